@@ -31,6 +31,26 @@ pub trait Sealer: Send + Sync {
     fn unseal(&self, ctx: &SealContext<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError>;
 }
 
+/// Signature algorithm of a [`LogSigner`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignatureAlgorithm {
+    /// Ed25519 over the message (RFC 8032).
+    Ed25519,
+    /// ECDSA P-256 over SHA-256 of the message, DER-free `r || s` (64 bytes).
+    EcdsaP256Sha256,
+}
+
+/// Signs transparency-log checkpoints with a key that never leaves its backend.
+pub trait LogSigner: Send + Sync {
+    /// The algorithm this signer uses.
+    fn algorithm(&self) -> SignatureAlgorithm;
+    /// The public key: 32 bytes for Ed25519, SEC1 compressed (33 bytes) for P-256.
+    fn public_key(&self) -> Vec<u8>;
+    /// Signs `message` (the implementation hashes it if the algorithm needs it).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError>;
+}
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
