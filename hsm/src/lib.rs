@@ -3,7 +3,40 @@
 //! material.
 //!
 //! Backends: a software key-encryption key derived from a passphrase (the
-//! embedded default) and PKCS#11 (an HSM; SoftHSM2 in tests).
+//! embedded default, [`SoftwareSealer`]) and PKCS#11 (an HSM; SoftHSM2 in
+//! tests, [`Pkcs11Sealer`] and [`Pkcs11LogSigner`]).
+//!
+//! Every sealed blob has one versioned, self-describing format (see
+//! [`blob`]): a header naming the backend, the key-encryption key, the
+//! algorithm and its parameters and the [`SealContext`] the blob is bound to,
+//! followed by the AEAD ciphertext. The whole header is the associated data,
+//! so a blob cannot be moved to another node, key, share or KEK, and one
+//! flipped bit anywhere makes it fail to unseal.
+//!
+//! A node calls [`open_sealer`] with its [`SealerConfig`] at start and
+//! refuses to start on any error (fail closed): each failure cause (missing
+//! module, missing token, wrong PIN, missing KEK, wrong passphrase) is a
+//! distinct [`HsmError`] variant.
+
+#![deny(missing_docs)]
+
+pub mod blob;
+mod config;
+mod error;
+mod fsutil;
+mod pkcs11;
+mod reseal;
+mod secret;
+mod software;
+
+pub use config::{
+    LogSignerConfig, Pkcs11Config, SealerConfig, SoftwareConfig, open_log_signer, open_sealer,
+};
+pub use error::HsmError;
+pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer};
+pub use reseal::{ResealReport, reseal, reseal_dir};
+pub use secret::{Passphrase, Pin, Secret};
+pub use software::{KdfParams, SOFTWARE_KEK_FILE, SoftwareSealer};
 
 use zeroize::Zeroizing;
 
@@ -49,13 +82,4 @@ pub trait LogSigner: Send + Sync {
     fn public_key(&self) -> Vec<u8>;
     /// Signs `message` (the implementation hashes it if the algorithm needs it).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError>;
-}
-
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HsmError {
-    /// The sealed blob is corrupt, was sealed under another key, or is bound to another context.
-    #[error("sealed blob invalid: {0}")]
-    SealedBlobInvalid(String),
 }

@@ -1,0 +1,250 @@
+//! Backend selection for the signer node and the coordinator.
+//!
+//! ```toml
+//! [sealer]
+//! backend = "software"
+//! passphrase_file = "/etc/custos/passphrase"   # or passphrase_env = "CUSTOS_PASSPHRASE"
+//!
+//! # or
+//! [sealer]
+//! backend = "pkcs11"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token_label = "custos-node-1"
+//! pin_file = "/etc/custos/hsm-pin"             # or pin_env = "CUSTOS_HSM_PIN"
+//! kek_label = "custos-kek"
+//! create_kek = false
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, Pkcs11LogSigner, Pkcs11Sealer, Sealer,
+    SoftwareSealer,
+};
+
+/// Which backend seals a node's shares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SealerConfig {
+    /// Passphrase-derived KEK (Argon2id + XChaCha20-Poly1305); the embedded default.
+    Software(SoftwareConfig),
+    /// KEK inside a PKCS#11 token (AES-256-GCM computed by the token).
+    Pkcs11(Pkcs11Config),
+}
+
+/// Settings of the software backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareConfig {
+    /// File holding the passphrase (one trailing newline is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_env: Option<String>,
+    /// Create the KEK on first start if its metadata file is absent (default true).
+    #[serde(default = "default_true")]
+    pub create_kek: bool,
+    /// Argon2id parameters for a newly created KEK (default m=64 MiB, t=3, p=1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfParams>,
+}
+
+/// Settings of the PKCS#11 backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Label of the token (the slot is looked up by label; slot ids are not stable).
+    pub token_label: String,
+    /// File holding the user PIN (one trailing newline is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
+    /// Label of the AES-256 key-encryption key on the token.
+    pub kek_label: String,
+    /// Generate the KEK in the token if no key has `kek_label` (default false: fail closed).
+    #[serde(default)]
+    pub create_kek: bool,
+}
+
+/// Which backend holds the transparency-log signing key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LogSignerConfig {
+    /// A key pair inside a PKCS#11 token.
+    Pkcs11 {
+        /// Path of the PKCS#11 module.
+        module: PathBuf,
+        /// Label of the token.
+        token_label: String,
+        /// File holding the user PIN.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin_file: Option<PathBuf>,
+        /// Environment variable holding the user PIN.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin_env: Option<String>,
+        /// Label of the signing key pair.
+        key_label: String,
+        /// Algorithm: `auto` (Ed25519 if the token has it, else P-256), `ed25519`, `ecdsa_p256`.
+        #[serde(default)]
+        algorithm: LogKeyAlgorithm,
+        /// Generate the key pair if absent (default false).
+        #[serde(default)]
+        create_key: bool,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Pkcs11Config {
+    #[allow(dead_code)] // used by the PKCS#11 backend (next commit)
+    pub(crate) fn pin(&self) -> Result<crate::Pin, HsmError> {
+        crate::Secret::from_file_or_env("pin", self.pin_file.as_deref(), self.pin_env.as_deref())
+    }
+}
+
+/// Opens the configured sealer; the signer node calls this at start and
+/// refuses to start on any error. The software backend keeps its KEK
+/// metadata in `data_dir`.
+pub fn open_sealer(cfg: &SealerConfig, data_dir: &Path) -> Result<Box<dyn Sealer>, HsmError> {
+    match cfg {
+        SealerConfig::Software(c) => {
+            let pass = crate::Secret::from_file_or_env(
+                "passphrase",
+                c.passphrase_file.as_deref(),
+                c.passphrase_env.as_deref(),
+            )?;
+            Ok(Box::new(SoftwareSealer::open_with_params(
+                data_dir,
+                &pass,
+                c.create_kek,
+                c.kdf.unwrap_or_default(),
+            )?))
+        }
+        SealerConfig::Pkcs11(c) => Ok(Box::new(Pkcs11Sealer::open(c)?)),
+    }
+}
+
+/// Opens the configured log signer (fail closed on any error).
+pub fn open_log_signer(cfg: &LogSignerConfig) -> Result<Box<dyn LogSigner>, HsmError> {
+    match cfg {
+        LogSignerConfig::Pkcs11 {
+            module,
+            token_label,
+            pin_file,
+            pin_env,
+            key_label,
+            algorithm,
+            create_key,
+        } => {
+            let pin =
+                crate::Secret::from_file_or_env("pin", pin_file.as_deref(), pin_env.as_deref())?;
+            Ok(Box::new(Pkcs11LogSigner::open(
+                module,
+                token_label,
+                &pin,
+                key_label,
+                *algorithm,
+                *create_key,
+            )?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_backends_from_toml() {
+        let sw: SealerConfig = toml::from_str(
+            r#"
+            backend = "software"
+            passphrase_file = "/etc/custos/pass"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            sw,
+            SealerConfig::Software(SoftwareConfig {
+                passphrase_file: Some("/etc/custos/pass".into()),
+                passphrase_env: None,
+                create_kek: true,
+                kdf: None,
+            })
+        );
+        let hsm: SealerConfig = toml::from_str(
+            r#"
+            backend = "pkcs11"
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            token_label = "node-1"
+            pin_env = "CUSTOS_HSM_PIN"
+            kek_label = "custos-kek"
+            "#,
+        )
+        .unwrap();
+        let SealerConfig::Pkcs11(c) = &hsm else {
+            panic!("{hsm:?}")
+        };
+        assert!(!c.create_kek, "creation must be opt-in");
+        assert_eq!(c.pin_env.as_deref(), Some("CUSTOS_HSM_PIN"));
+        let back: SealerConfig = toml::from_str(&toml::to_string(&hsm).unwrap()).unwrap();
+        assert_eq!(back, hsm);
+    }
+
+    #[test]
+    fn unknown_fields_and_backends_are_rejected() {
+        let typo = toml::from_str::<SealerConfig>(
+            r#"
+            backend = "pkcs11"
+            module = "/m.so"
+            token_label = "t"
+            pin_fiel = "/p"
+            kek_label = "k"
+            "#,
+        );
+        assert!(typo.is_err());
+        assert!(toml::from_str::<SealerConfig>("backend = \"tpm\"").is_err());
+    }
+
+    #[test]
+    fn software_sealer_from_config_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "correct horse\n").unwrap();
+        let mut cfg = SoftwareConfig {
+            passphrase_file: Some(pass.clone()),
+            passphrase_env: None,
+            create_kek: false,
+            kdf: Some(KdfParams::insecure_fast_for_tests()),
+        };
+        let data = dir.path().join("data");
+        let err = open_sealer(&SealerConfig::Software(cfg.clone()), &data)
+            .err()
+            .unwrap();
+        assert!(matches!(err, HsmError::KekMissing { .. }), "{err}");
+        cfg.create_kek = true;
+        let s = open_sealer(&SealerConfig::Software(cfg.clone()), &data).unwrap();
+        assert_eq!(s.backend(), "software");
+        std::fs::write(&pass, "wrong horse\n").unwrap();
+        let err = open_sealer(&SealerConfig::Software(cfg.clone()), &data)
+            .err()
+            .unwrap();
+        assert!(matches!(err, HsmError::WrongPassphrase { .. }), "{err}");
+        cfg.passphrase_env = Some("X".into());
+        let err = open_sealer(&SealerConfig::Software(cfg), &data)
+            .err()
+            .unwrap();
+        assert!(matches!(err, HsmError::Config(_)), "{err}");
+    }
+}
