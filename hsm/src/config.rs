@@ -107,7 +107,6 @@ fn default_true() -> bool {
 }
 
 impl Pkcs11Config {
-    #[allow(dead_code)] // used by the PKCS#11 backend (next commit)
     pub(crate) fn pin(&self) -> Result<crate::Pin, HsmError> {
         crate::Secret::from_file_or_env("pin", self.pin_file.as_deref(), self.pin_env.as_deref())
     }

@@ -157,7 +157,6 @@ impl HsmError {
         }
     }
 
-    #[allow(dead_code)] // used by the PKCS#11 backend (next commit)
     pub(crate) fn pkcs11(operation: &'static str, source: cryptoki::error::Error) -> Self {
         HsmError::Pkcs11 { operation, source }
     }

@@ -33,7 +33,7 @@ pub use config::{
     LogSignerConfig, Pkcs11Config, SealerConfig, SoftwareConfig, open_log_signer, open_sealer,
 };
 pub use error::HsmError;
-pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer};
+pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer, pkcs11_context};
 pub use reseal::{ResealReport, reseal, reseal_dir};
 pub use secret::{Passphrase, Pin, Secret};
 pub use software::{KdfParams, SOFTWARE_KEK_FILE, SoftwareSealer};

@@ -234,6 +234,7 @@ impl SoftHsm {
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("--- child {name}:\n{stdout}");
         assert!(
             out.status.success() && stdout.contains("1 passed"),
             "child {name} failed:\n{stdout}\n{stderr}"
