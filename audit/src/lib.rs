@@ -1,1 +1,50 @@
-//! placeholder
+//! The Custos transparency log: an append-only Merkle tree in the style of
+//! RFC 9162 (Certificate Transparency v2), typed log entries, C2SP signed-note
+//! checkpoints co-signed by witnesses, and an offline verifier for auditors.
+//!
+//! # Layers
+//!
+//! - [`hash`] and [`proof`]: RFC 9162 §2.1 hashing with leaf/node domain
+//!   separation and pure proof verification. No storage, no I/O.
+//! - [`tree`]: proof *generation* over any source of perfect-subtree hashes,
+//!   and [`tree::CompactRange`] for streaming root computation.
+//! - [`store`]: the [`LogStore`] trait (synchronous; the coordinator
+//!   implements it over its database) and [`MemoryStore`].
+//! - [`log`]: [`Log`], which appends encoded entries, keeps every completed
+//!   interior node in the store so proofs cost O(log n) lookups, signs
+//!   checkpoints through [`custos_hsm::LogSigner`] and exports bundles.
+//! - [`entry`]: the typed, versioned canonical entry encoding (format below).
+//! - [`note`]: C2SP signed notes, checkpoints, verifier keys, cosignatures.
+//! - [`witness`]: the witness state machine that signer nodes run.
+//! - [`bundle`] and [`replay`]: export bundles and the offline verifier.
+//!
+//! # Trust
+//!
+//! The coordinator (log operator) is not trusted by the verifier: entries are
+//! authenticated only through checkpoints signed by the log key and co-signed
+//! by a quorum of witnesses; everything else in a bundle is a claim to check.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod entry;
+mod error;
+pub mod hash;
+pub mod log;
+pub mod note;
+pub mod proof;
+pub mod replay;
+pub mod store;
+pub mod tree;
+pub mod witness;
+
+pub use bundle::{ExportBundle, Failure, FailureKind, Report, TrustRoots, verify_bundle};
+pub use entry::{Entry, EntryBody};
+pub use error::AuditError;
+pub use hash::{Hash, leaf_hash, node_hash};
+pub use log::Log;
+pub use note::{Checkpoint, SignedNote, VerifierKey};
+pub use replay::{AuthorizationReplay, RequireSatisfiedDecision};
+pub use store::{LogStore, MemoryStore};
+pub use witness::Witness;

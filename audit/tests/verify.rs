@@ -1,0 +1,436 @@
+//! The offline verifier: tampering is detected and located (SECURITY.md
+//! cases 19-21), unauthorised signatures are flagged, and the bundle format is
+//! pinned by a golden file the CLI tests reuse.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use common::{SoftSigner, T0, build_log, checkpoint, trust, witness};
+use custos_audit::entry::{EntryBody, Verdict};
+use custos_audit::store::{AppendBatch, LogStore};
+use custos_audit::{
+    AuditError, Entry, ExportBundle, FailureKind, Log, MemoryStore, RequireSatisfiedDecision,
+    verify_bundle,
+};
+use proptest::prelude::*;
+
+fn verify(b: &ExportBundle) -> custos_audit::Report {
+    verify_bundle(b, &trust(), None, &RequireSatisfiedDecision)
+}
+
+fn first_bad(r: &custos_audit::Report) -> Option<u64> {
+    r.first_failure().and_then(|f| f.entry)
+}
+
+#[test]
+fn good_bundle_verifies() {
+    let log = build_log(6);
+    let b = log.export(0, log.size(), None).unwrap();
+    let r = verify(&b);
+    assert!(r.is_ok(), "{:#?}", r.failures);
+    assert_eq!(r.signatures_authorised, 6);
+    assert_eq!(r.checkpoints_verified, 7);
+    assert_eq!(r.latest_size, Some(log.size()));
+    // Quorum not met with a third unknown-to-the-log witness required.
+    let mut t = trust();
+    t.witness_keys.push(common::witness_key(3));
+    t.witness_quorum = 3;
+    let r = verify_bundle(&b, &t, None, &RequireSatisfiedDecision);
+    assert!(
+        r.failures
+            .iter()
+            .all(|f| f.kind == FailureKind::WitnessQuorum)
+            && !r.is_ok()
+    );
+}
+
+#[test]
+fn partial_range_with_previous_checkpoint() {
+    let log = build_log(6);
+    let cps = log.store().checkpoints(0, log.size()).unwrap();
+    let (s1, prev) = cps[1].clone();
+    let (s3, _) = cps[3].clone();
+    // Range starting at a later checkpoint, connected to the auditor's older one.
+    let b = log.export(s3, log.size(), Some(s1)).unwrap();
+    let r = verify_bundle(&b, &trust(), Some(&prev), &RequireSatisfiedDecision);
+    assert!(r.is_ok(), "{:#?}", r.failures);
+    // Without the consistency proof the previous checkpoint cannot be connected.
+    let mut b2 = b.clone();
+    b2.consistency_proofs.clear();
+    let r = verify_bundle(&b2, &trust(), Some(&prev), &RequireSatisfiedDecision);
+    assert!(
+        r.failures
+            .iter()
+            .any(|f| f.kind == FailureKind::PreviousCheckpoint)
+    );
+}
+
+/// Tamper with the bundle the way an operator editing the entries table
+/// would; the verifier must name `expected` as the first bad entry.
+#[derive(Clone, Debug)]
+enum Tamper {
+    Change(usize),
+    Remove(usize),
+    Swap(usize, usize),
+    Insert(usize),
+}
+
+fn apply(b: &mut ExportBundle, t: &Tamper) -> u64 {
+    match *t {
+        Tamper::Change(i) => {
+            let mut bytes = hex::decode(&b.entries[i]).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            b.entries[i] = hex::encode(bytes);
+            i as u64
+        }
+        Tamper::Remove(i) => {
+            b.entries.remove(i);
+            i as u64
+        }
+        Tamper::Swap(i, j) => {
+            b.entries.swap(i, j);
+            i.min(j) as u64
+        }
+        Tamper::Insert(i) => {
+            let fake = Entry {
+                index: i as u64,
+                timestamp_ms: T0,
+                body: EntryBody::Approval {
+                    withdrawal_id: "wd-1".into(),
+                    approver_id: "mallory".into(),
+                    verdict: Verdict::Approve,
+                    statement: vec![],
+                    signature: vec![],
+                },
+            };
+            b.entries.insert(i, hex::encode(fake.encode().unwrap()));
+            i as u64
+        }
+    }
+}
+
+fn tamper_strategy(n: usize) -> impl Strategy<Value = Tamper> {
+    prop_oneof![
+        (0..n).prop_map(Tamper::Change),
+        (0..n).prop_map(Tamper::Remove),
+        (0..n, 0..n)
+            .prop_filter("distinct", |(a, b)| a != b)
+            .prop_map(|(a, b)| Tamper::Swap(a, b)),
+        (0..=n).prop_map(Tamper::Insert),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, rng_seed: proptest::test_runner::RngSeed::Fixed(0x19_20), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_tampered_entry_is_detected_and_located(t in tamper_strategy(40)) {
+        let log = build_log(6);
+        prop_assume!(log.size() >= 40);
+        let mut b = log.export(0, log.size(), None).unwrap();
+        let expected = apply(&mut b, &t);
+        let r = verify(&b);
+        prop_assert!(!r.is_ok());
+        prop_assert_eq!(first_bad(&r), Some(expected), "{:?}: {:#?}", t, r.failures);
+    }
+
+    #[test]
+    fn tampering_tree_storage_too_is_still_detected(t in tamper_strategy(40)) {
+        // The attacker also rewrites the stored leaf hashes: detection stays
+        // certain (signed roots), location falls back to checkpoint ranges
+        // and index fields and never points after the tampered entry.
+        let log = build_log(6);
+        let mut b = log.export(0, log.size(), None).unwrap();
+        let expected = apply(&mut b, &t);
+        b.leaf_hashes = b.entries.iter().map(|e| hex::encode(custos_audit::leaf_hash(&hex::decode(e).unwrap()))).collect();
+        let r = verify(&b);
+        prop_assert!(!r.is_ok());
+        let got = first_bad(&r).unwrap();
+        prop_assert!(got <= expected, "{:?}: named {} after {}", t, got, expected);
+    }
+}
+
+/// A store wrapper that lets the test edit rows behind the log's back.
+struct Tamperable(MemoryStore, Vec<(u64, Option<Vec<u8>>)>, Option<u64>);
+
+impl LogStore for Tamperable {
+    fn size(&self) -> Result<u64, AuditError> {
+        Ok(self.2.unwrap_or(self.0.size()?))
+    }
+    fn append(&mut self, batch: &AppendBatch<'_>) -> Result<(), AuditError> {
+        self.0.append(batch)
+    }
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        match self.1.iter().find(|(i, _)| *i == index) {
+            Some((_, v)) => Ok(v.clone()),
+            None => self.0.entry(index),
+        }
+    }
+    fn node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        self.0.node(level, index)
+    }
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), AuditError> {
+        self.0.put_checkpoint(size, note)
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, AuditError> {
+        self.0.checkpoint(size)
+    }
+    fn checkpoints(&self, from: u64, to: u64) -> Result<Vec<(u64, String)>, AuditError> {
+        self.0.checkpoints(from, to)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
+        self.0.latest_checkpoint()
+    }
+}
+
+fn reopen(
+    log: Log<MemoryStore>,
+    edits: Vec<(u64, Option<Vec<u8>>)>,
+    size: Option<u64>,
+) -> Log<Tamperable> {
+    Log::open(Tamperable(log.store().clone(), edits, size), common::ORIGIN).unwrap()
+}
+
+#[test]
+fn edited_row_behind_the_log_is_named() {
+    let log = build_log(4);
+    let victim = 14;
+    let mut e = Entry::decode(&log.entry(victim).unwrap()).unwrap();
+    if let EntryBody::Approval { approver_id, .. } = &mut e.body {
+        *approver_id = "mallory".into();
+    } else {
+        e.timestamp_ms += 1;
+    }
+    let tampered = reopen(log, vec![(victim, Some(e.encode().unwrap()))], None);
+    let r = verify(&tampered.export(0, tampered.size(), None).unwrap());
+    let f = r.first_failure().unwrap();
+    assert_eq!(
+        (f.entry, f.kind),
+        (Some(victim), FailureKind::EntryMismatch),
+        "{:#?}",
+        r.failures
+    );
+}
+
+#[test]
+fn dropped_last_entry_and_truncated_tree_are_detected() {
+    let log = build_log(4);
+    let n = log.size();
+    let prev = log.latest_checkpoint().unwrap().unwrap();
+    // The operator deletes the last entry row and truncates the tree, then
+    // exports without the now-inconvenient checkpoint.
+    let store = log.store().clone();
+    let truncated = reopen(log, vec![], Some(n - 1));
+    assert_eq!(truncated.size(), n - 1);
+    let mut b = truncated.export(0, n - 1, None).unwrap();
+    // As exported, the last checkpoint (size n) is out of range and omitted;
+    // the entries after the previous checkpoint are uncovered.
+    let r = verify(&b);
+    assert!(!r.is_ok());
+    // The auditor's previous checkpoint exposes the truncation exactly.
+    let r = verify_bundle(&b, &trust(), Some(&prev), &RequireSatisfiedDecision);
+    let f = r
+        .failures
+        .iter()
+        .find(|f| f.kind == FailureKind::EntryMissing)
+        .unwrap();
+    assert_eq!(f.entry, Some(n - 1), "{:#?}", r.failures);
+    // If the old checkpoint is still shipped, the missing entry is named too.
+    b.checkpoints.push(store.checkpoint(n).unwrap().unwrap());
+    let r = verify(&b);
+    assert_eq!(first_bad(&r), Some(n - 1), "{:#?}", r.failures);
+}
+
+#[test]
+fn rewritten_history_fails_against_previous_checkpoint_and_witnesses() {
+    let signer = SoftSigner::from_seed(1);
+    let log = build_log(3);
+    let n = log.size();
+    let prev = log.latest_checkpoint().unwrap().unwrap();
+    // Rebuild a different log of the same size with valid log signatures.
+    let mut fork = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for i in 0..n - 1 {
+        let e = Entry::decode(&log.entry(i).unwrap()).unwrap();
+        fork.append(e.timestamp_ms, e.body).unwrap();
+    }
+    fork.append(
+        T0,
+        EntryBody::Cancelled {
+            withdrawal_id: "wd-2".into(),
+            cancelled_by: "m".into(),
+            reason: String::new(),
+        },
+    )
+    .unwrap();
+    let mut fresh = [witness(1), witness(2)];
+    checkpoint(&mut fork, &signer, &mut fresh, T0);
+    let b = fork.export(0, n, None).unwrap();
+    let r = verify_bundle(&b, &trust(), Some(&prev), &RequireSatisfiedDecision);
+    assert!(
+        r.failures.iter().any(|f| f.kind == FailureKind::SplitView),
+        "{:#?}",
+        r.failures
+    );
+}
+
+#[test]
+fn signature_without_satisfied_decision_is_flagged() {
+    let signer = SoftSigner::from_seed(1);
+    let mut ws = [witness(1), witness(2)];
+    let mut log = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for b in common::genesis() {
+        log.append(T0, b).unwrap();
+    }
+    // wd-0: fine. wd-1: decision removed. wd-2: one approval of two.
+    // wd-3: denied. wd-4: cancelled before signing. wd-5: rejected by one approver.
+    let mut expect = Vec::new();
+    for n in 0..6u64 {
+        let mut bodies = common::withdrawal(n, if n == 2 || n == 5 { 2 } else { 0 });
+        match n {
+            1 => {
+                bodies.remove(2);
+            }
+            2 => {
+                bodies.remove(3);
+            }
+            3 => {
+                if let EntryBody::PolicyDecision { outcome, .. } = &mut bodies[2] {
+                    *outcome = custos_audit::entry::DecisionOutcome::Deny;
+                }
+            }
+            4 => bodies.insert(
+                3,
+                EntryBody::Cancelled {
+                    withdrawal_id: "wd-4".into(),
+                    cancelled_by: "ops".into(),
+                    reason: "fraud".into(),
+                },
+            ),
+            5 => {
+                if let EntryBody::Approval { verdict, .. } = &mut bodies[4] {
+                    *verdict = Verdict::Reject;
+                }
+            }
+            _ => {}
+        }
+        for b in bodies {
+            let sig = matches!(b, EntryBody::SignatureProduced { .. });
+            let i = log.append(T0, b).unwrap();
+            if sig && n > 0 {
+                expect.push(i);
+            }
+        }
+    }
+    checkpoint(&mut log, &signer, &mut ws, T0);
+    let r = verify(&log.export(0, log.size(), None).unwrap());
+    let flagged: Vec<u64> = r
+        .failures
+        .iter()
+        .filter(|f| f.kind == FailureKind::Unauthorized)
+        .filter_map(|f| f.entry)
+        .collect();
+    assert_eq!(flagged, expect, "{:#?}", r.failures);
+    assert_eq!(r.signatures_authorised, 1);
+    assert_eq!(first_bad(&r), expect.first().copied());
+}
+
+/// SECURITY.md case 21: an unwritable log stops the action; nothing changes.
+#[test]
+fn failed_append_has_no_effect() {
+    struct Down(MemoryStore, bool);
+    impl LogStore for Down {
+        fn size(&self) -> Result<u64, AuditError> {
+            self.0.size()
+        }
+        fn append(&mut self, b: &AppendBatch<'_>) -> Result<(), AuditError> {
+            if self.1 {
+                Err(AuditError::Storage("disk full".into()))
+            } else {
+                self.0.append(b)
+            }
+        }
+        fn entry(&self, i: u64) -> Result<Option<Vec<u8>>, AuditError> {
+            self.0.entry(i)
+        }
+        fn node(&self, l: u8, i: u64) -> Result<Option<[u8; 32]>, AuditError> {
+            self.0.node(l, i)
+        }
+        fn put_checkpoint(&mut self, s: u64, n: &str) -> Result<(), AuditError> {
+            if self.1 {
+                Err(AuditError::Storage("disk full".into()))
+            } else {
+                self.0.put_checkpoint(s, n)
+            }
+        }
+        fn checkpoint(&self, s: u64) -> Result<Option<String>, AuditError> {
+            self.0.checkpoint(s)
+        }
+        fn checkpoints(&self, f: u64, t: u64) -> Result<Vec<(u64, String)>, AuditError> {
+            self.0.checkpoints(f, t)
+        }
+        fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
+            self.0.latest_checkpoint()
+        }
+    }
+    let mut log = Log::open(Down(MemoryStore::new(), false), common::ORIGIN).unwrap();
+    log.append(T0, common::genesis().remove(0)).unwrap();
+    let root = log.root();
+    log.store();
+    let mut down = Log::open(Down(log.store().0.clone(), true), common::ORIGIN).unwrap();
+    let err = down
+        .append(T0, common::withdrawal(0, 0).remove(0))
+        .unwrap_err();
+    assert!(matches!(err, AuditError::Storage(_)));
+    assert_eq!((down.size(), down.root()), (1, root));
+    assert!(down.checkpoint(&SoftSigner::from_seed(1), T0).is_err());
+    // A concurrent writer that appended first is detected, not overwritten.
+    let mut a = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    a.append(T0, common::genesis().remove(0)).unwrap();
+    let mut store = a.store().clone();
+    let nodes = [(0u8, 0u64, [0u8; 32])];
+    let err = store
+        .append(&AppendBatch {
+            first_index: 0,
+            entries: &[vec![1]],
+            nodes: &nodes,
+        })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        AuditError::AppendConflict {
+            expected: 0,
+            actual: 1
+        }
+    ));
+}
+
+/// Pins the bundle JSON and checkpoint text byte for byte; the CLI tests
+/// tamper with this file. Regenerate with `UPDATE_GOLDEN=1`.
+#[test]
+fn golden_bundle() {
+    let log = build_log(3);
+    let b = log.export(0, log.size(), None).unwrap();
+    assert!(verify(&b).is_ok());
+    let previous = log.store().checkpoint(3).unwrap().unwrap();
+    let keys = serde_json::json!({
+        "log_key": common::log_key().to_string(),
+        "witness_keys": [common::witness_key(1).to_string(), common::witness_key(2).to_string()],
+        "previous_checkpoint": previous,
+    });
+    let bundle_json = serde_json::to_string_pretty(&b).unwrap() + "\n";
+    let keys_json = serde_json::to_string_pretty(&keys).unwrap() + "\n";
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(dir.join("bundle_good.json"), &bundle_json).unwrap();
+        std::fs::write(dir.join("bundle_keys.json"), &keys_json).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bundle_good.json")).unwrap(),
+        bundle_json
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bundle_keys.json")).unwrap(),
+        keys_json
+    );
+}
