@@ -27,38 +27,10 @@ fn main() {
 
 fn parent() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let status = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "bench",
-            "--pin",
-            "1234",
-            "--so-pin",
-            "5678",
-        ])
-        .output()
-        .expect("softhsm2-util (apt install softhsm2)");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let hsm = custos_hsm::testing::SoftHsm2::create(dir.path()).unwrap();
+    hsm.init_token("bench", "1234", "5678").unwrap();
     let status = Command::new(std::env::current_exe().unwrap())
-        .env("SOFTHSM2_CONF", &conf)
+        .envs(hsm.env())
         .env(CHILD, dir.path())
         .status()
         .unwrap();

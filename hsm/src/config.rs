@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, Pkcs11LogSigner, Pkcs11Sealer, Sealer,
-    SoftwareSealer,
+    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, Pkcs11LogSigner, Pkcs11Sealer,
+    SealedLogSigner, Sealer, SoftwareSealer,
 };
 
 /// Which backend seals a node's shares.
@@ -79,6 +79,24 @@ pub struct Pkcs11Config {
 #[serde(tag = "backend", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LogSignerConfig {
+    /// An Ed25519 key sealed at rest in `key_file` by a software KEK
+    /// (passphrase-derived; its metadata lives beside `key_file`).
+    Software {
+        /// Where the sealed key is stored.
+        key_file: PathBuf,
+        /// File holding the passphrase.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        passphrase_file: Option<PathBuf>,
+        /// Environment variable holding the passphrase.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        passphrase_env: Option<String>,
+        /// Generate the key (and the KEK) if absent (default true).
+        #[serde(default = "default_true")]
+        create_key: bool,
+        /// Argon2id parameters for a newly created KEK.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kdf: Option<KdfParams>,
+    },
     /// A key pair inside a PKCS#11 token.
     Pkcs11 {
         /// Path of the PKCS#11 module.
@@ -137,6 +155,30 @@ pub fn open_sealer(cfg: &SealerConfig, data_dir: &Path) -> Result<Box<dyn Sealer
 /// Opens the configured log signer (fail closed on any error).
 pub fn open_log_signer(cfg: &LogSignerConfig) -> Result<Box<dyn LogSigner>, HsmError> {
     match cfg {
+        LogSignerConfig::Software {
+            key_file,
+            passphrase_file,
+            passphrase_env,
+            create_key,
+            kdf,
+        } => {
+            let pass = crate::Secret::from_file_or_env(
+                "passphrase",
+                passphrase_file.as_deref(),
+                passphrase_env.as_deref(),
+            )?;
+            let dir = match key_file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let sealer =
+                SoftwareSealer::open_with_params(dir, &pass, *create_key, kdf.unwrap_or_default())?;
+            Ok(Box::new(SealedLogSigner::open(
+                &sealer,
+                key_file,
+                *create_key,
+            )?))
+        }
         LogSignerConfig::Pkcs11 {
             module,
             token_label,
@@ -214,6 +256,25 @@ mod tests {
         );
         assert!(typo.is_err());
         assert!(toml::from_str::<SealerConfig>("backend = \"tpm\"").is_err());
+    }
+
+    #[test]
+    fn software_log_signer_from_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "pw\n").unwrap();
+        let text = format!(
+            "backend = \"software\"\nkey_file = \"{}\"\npassphrase_file = \"{}\"\nkdf = {{ m_cost_kib = 64, t_cost = 1, p_cost = 1 }}\n",
+            dir.path().join("log.key").display(),
+            pass.display()
+        );
+        let cfg: LogSignerConfig = toml::from_str(&text).unwrap();
+        let a = open_log_signer(&cfg).unwrap();
+        let b = open_log_signer(&cfg).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        std::fs::write(&pass, "other\n").unwrap();
+        let err = open_log_signer(&cfg).err().unwrap();
+        assert!(matches!(err, HsmError::WrongPassphrase { .. }), "{err}");
     }
 
     #[test]

@@ -24,15 +24,18 @@ pub mod blob;
 mod config;
 mod error;
 mod fsutil;
+mod logsign;
 mod pkcs11;
 mod reseal;
 mod secret;
 mod software;
+pub mod testing;
 
 pub use config::{
     LogSignerConfig, Pkcs11Config, SealerConfig, SoftwareConfig, open_log_signer, open_sealer,
 };
 pub use error::HsmError;
+pub use logsign::SealedLogSigner;
 pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer, pkcs11_context};
 pub use reseal::{ResealReport, reseal, reseal_dir};
 pub use secret::{Passphrase, Pin, Secret};

@@ -169,16 +169,7 @@ pub struct SoftHsm {
 impl SoftHsm {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        std::fs::write(
-            dir.path().join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        custos_hsm::testing::SoftHsm2::create(dir.path()).unwrap();
         SoftHsm { dir }
     }
 
@@ -192,25 +183,10 @@ impl SoftHsm {
 
     /// Initialises a new token with `softhsm2-util` (the slot id it gets is random).
     pub fn init_token(&self, label: &str, pin: &str) {
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", self.conf())
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                pin,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .output()
-            .expect("softhsm2-util (apt install softhsm2)");
-        assert!(
-            out.status.success(),
-            "softhsm2-util: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        custos_hsm::testing::SoftHsm2::create(self.dir.path())
+            .unwrap()
+            .init_token(label, pin, SO_PIN)
+            .unwrap();
     }
 
     /// Runs the `#[ignore]`d test `name` of this test binary in a child process
