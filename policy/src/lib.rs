@@ -1,1 +1,72 @@
-//! placeholder
+//! Custos withdrawal policy engine.
+//!
+//! Pure and deterministic: no I/O, no clock, no randomness, no async. The same code
+//! runs in the coordinator and, independently, in every signer; time, history, the
+//! risk score and key seeds are inputs.
+//!
+//! - [`Policy::parse`] reads and validates a policy document (TOML or JSON).
+//! - [`verify_bundle`] checks an admin quorum signed the document's hash.
+//! - [`PolicyState`] tracks the policy in force, delayed relaxations and address
+//!   cooling periods; [`ActivePolicy`] is one policy with its times.
+//! - [`evaluate`] decides; [`Decision::explain`] says why in plain words.
+//! - [`ApprovalStatement`] is what approvers sign; [`check_approvals`] counts them.
+//!
+//! Byte formats (policy hash, bundle signatures, approval statements) are specified
+//! in `FORMATS.md` and pinned by golden files in `tests/golden/`.
+
+#![deny(missing_docs)]
+
+mod address;
+mod approval;
+mod bundle;
+mod document;
+mod error;
+mod eval;
+mod governance;
+mod keys;
+mod policy;
+mod quorum;
+mod statement;
+mod value;
+
+pub use address::{BitcoinNetwork, ChainKind, CheckedAddress, chain_kind, check_address};
+pub use approval::{
+    Approval, ApprovalStatus, InvalidApproval, MissingTerm, check_approvals, check_cancellation,
+};
+pub use bundle::{
+    AdminSet, AdminSetConfig, AdminSignature, BUNDLE_SIGN_DOMAIN, BundleSignatures, VerifiedBundle,
+    bundle_message, verify_bundle,
+};
+pub use document::{
+    ActionKind, AddressEntry, AmountRange, Approver, Destination, PolicyDocument, QuorumSpec,
+    QuorumTerm, RiskRange, Rule, Settings, TimeWindow, Velocity, VelocityKey,
+};
+pub use error::{Issue, PolicyError, Result};
+pub use eval::{
+    Check, Decision, HistoryEntry, MAX_FIELD_LEN, Outcome, RequiredTerm, RuleTrace, Withdrawal,
+    WithdrawalSummary, evaluate,
+};
+pub use governance::{ActivePolicy, PolicyState, UpdateEffect, relaxation};
+pub use keys::{PublicKey, SecretKey};
+pub use policy::{MAX_DOCUMENT_BYTES, POLICY_HASH_DOMAIN, Policy, PolicyHash, parse_document};
+pub use statement::{
+    APPROVAL_SIGN_DOMAIN, ApprovalStatement, MAX_DIGEST_LEN, STATEMENT_MAGIC, STATEMENT_VERSION,
+    Verdict,
+};
+pub use value::{Amount, Duration, Timestamp};
+pub use zeroize::Zeroizing;
+
+/// Fuzzing entry point: parses arbitrary bytes as a policy document, an approval
+/// statement and an admin set. Must never panic. Returns true when a decoded
+/// statement re-encodes to different bytes (a canonicality bug).
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) -> bool {
+    if let Ok(p) = Policy::parse(data) {
+        let _ = p.warnings().len();
+    }
+    let _ = AdminSet::parse(data);
+    match ApprovalStatement::decode(data) {
+        Ok(s) => s.encode().ok().as_deref() != Some(data),
+        Err(_) => false,
+    }
+}

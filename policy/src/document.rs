@@ -1,0 +1,297 @@
+//! The policy document as written by admins (TOML, or JSON with the same shape).
+//!
+//! Unknown fields are errors everywhere: a misspelt condition must never silently
+//! widen a rule. See `examples/policy.toml` for a complete, commented document.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::{Amount, Duration};
+
+/// A whole policy document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Monotonic version: an update must carry a higher number than the policy in force.
+    pub version: u64,
+    /// Free text shown to admins.
+    #[serde(default)]
+    pub description: String,
+    /// Governance delays.
+    #[serde(default)]
+    pub settings: Settings,
+    /// Named sets of wallets.
+    #[serde(default)]
+    pub wallet_groups: BTreeMap<String, Vec<String>>,
+    /// Known destinations.
+    #[serde(default)]
+    pub address_book: Vec<AddressEntry>,
+    /// People who may approve, reject or cancel withdrawals.
+    #[serde(default)]
+    pub approvers: Vec<Approver>,
+    /// Named sets of approvers, referenced by quorums and cancel rights.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Ordered rules: the first that matches decides. No match means block.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// Governance delays. The values of the policy *in force* apply to a change, so an
+/// update cannot shorten its own delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How long a newly added address-book entry waits before rules can use it.
+    #[serde(default = "default_day")]
+    pub whitelist_delay: Duration,
+    /// How long a policy update that is not a pure tightening waits before it takes effect.
+    #[serde(default = "default_day")]
+    pub change_delay: Duration,
+    /// Default lifetime of an approval statement when a rule does not set one.
+    #[serde(default = "default_day")]
+    pub approval_expiry: Duration,
+}
+
+fn default_day() -> Duration {
+    Duration(86_400)
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            whitelist_delay: default_day(),
+            change_delay: default_day(),
+            approval_expiry: default_day(),
+        }
+    }
+}
+
+/// One address-book entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressEntry {
+    /// Unique id, referenced by rules.
+    pub id: String,
+    /// Labels shared by several entries (for example `exchange`), referenced by rules.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Chain the address lives on.
+    pub chain: String,
+    /// The address, checked for the chain.
+    pub address: String,
+    /// Whether `destination = "whitelisted"` covers this entry.
+    #[serde(default = "yes")]
+    pub whitelisted: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One approver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approver {
+    /// Unique id, referenced by groups and carried by approvals.
+    pub id: String,
+    /// Role (for example `treasury`), matched by `initiator_roles`.
+    pub role: String,
+    /// Ed25519 public key, 64 hex digits.
+    pub ed25519: String,
+    /// Reserved for a WebAuthn P-256 credential; stored, not yet used for verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn_p256: Option<String>,
+    /// A revoked approver's approvals are refused; the entry stays for the audit trail.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// One rule. Every condition left out matches anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Unique id, carried by approval statements.
+    pub id: String,
+    /// Free text shown in explanations.
+    #[serde(default)]
+    pub description: String,
+    /// Source wallets (ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallets: Option<Vec<String>>,
+    /// Source wallet groups (names from `wallet_groups`); united with `wallets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_groups: Option<Vec<String>>,
+    /// Chains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chains: Option<Vec<String>>,
+    /// Asset symbols as the wallet service names them (`ETH`, `USDC`, `BTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assets: Option<Vec<String>>,
+    /// Destination condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    /// Initiator ids (API clients or approvers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiators: Option<Vec<String>>,
+    /// Initiator roles, looked up in `approvers` (never taken from the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_roles: Option<Vec<String>>,
+    /// Amount per transaction, inclusive bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<AmountRange>,
+    /// Rolling-window limits; the rule matches while the totals including this
+    /// withdrawal stay within them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity: Option<Velocity>,
+    /// UTC days and hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeWindow>,
+    /// Risk score range, inclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskRange>,
+    /// What happens on a match.
+    pub action: ActionKind,
+    /// For `block`: the reason shown to the initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `require_approvals`: the quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<QuorumSpec>,
+    /// Time lock between approval (or match, for `allow`) and signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Group whose members may cancel during the delay (required with `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_group: Option<String>,
+    /// Lifetime of approvals for this rule (defaults to `settings.approval_expiry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_expiry: Option<Duration>,
+}
+
+/// What a rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Sign (after `delay`, if any).
+    Allow,
+    /// Refuse, with `reason`.
+    Block,
+    /// Sign once the quorum has approved (and `delay` has passed).
+    RequireApprovals,
+}
+
+/// Destination condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Destination {
+    /// Any address, in the book or not.
+    Any,
+    /// Any whitelisted address-book entry past its cooling period.
+    Whitelisted,
+    /// Named address-book entries (ids), past their cooling period.
+    Entries(Vec<String>),
+    /// Address-book entries carrying any of these labels, past their cooling period.
+    Labels(Vec<String>),
+}
+
+/// Inclusive amount bounds in base units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmountRange {
+    /// Lowest amount matched (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Amount>,
+    /// Highest amount matched (default unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Amount>,
+}
+
+/// Dimensions a velocity limit is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VelocityKey {
+    /// Same source wallet.
+    Wallet,
+    /// Same chain and asset.
+    Asset,
+    /// Same destination address.
+    Destination,
+    /// Same initiator.
+    Initiator,
+}
+
+/// A rolling-window limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Velocity {
+    /// Window length; history entries newer than `now - window` count.
+    pub window: Duration,
+    /// History entries count only when equal to this withdrawal on these keys.
+    #[serde(default)]
+    pub per: Vec<VelocityKey>,
+    /// Highest total (history plus this withdrawal) still matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_amount: Option<Amount>,
+    /// Highest count (history plus this withdrawal) still matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<u64>,
+}
+
+/// Days and hours, UTC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    /// Days (`mon` … `sun`), UTC; default every day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<Vec<String>>,
+    /// First hour matched, 0..=23, UTC (default 0).
+    #[serde(default)]
+    pub from_hour: u8,
+    /// Hour the window ends, exclusive, 1..=24, UTC (default 24). When
+    /// `to_hour <= from_hour` the window wraps past midnight.
+    #[serde(default = "h24")]
+    pub to_hour: u8,
+}
+
+fn h24() -> u8 {
+    24
+}
+
+/// Inclusive risk-score bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskRange {
+    /// Lowest score matched (default 0).
+    #[serde(default)]
+    pub min: u32,
+    /// Highest score matched (default unbounded).
+    #[serde(default = "max_u32")]
+    pub max: u32,
+}
+
+fn max_u32() -> u32 {
+    u32::MAX
+}
+
+/// A quorum: every term must be met, by distinct approvers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumSpec {
+    /// Terms combined with AND.
+    pub all: Vec<QuorumTerm>,
+    /// The initiator's own approval does not count (and is refused).
+    #[serde(default)]
+    pub exclude_initiator: bool,
+}
+
+/// `count` approvals from members of `group`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumTerm {
+    /// Group name.
+    pub group: String,
+    /// Approvals needed from it.
+    pub count: u32,
+}
