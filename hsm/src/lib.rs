@@ -17,6 +17,26 @@
 //! refuses to start on any error (fail closed): each failure cause (missing
 //! module, missing token, wrong PIN, missing KEK, wrong passphrase) is a
 //! distinct [`HsmError`] variant.
+//!
+//! # Operations
+//!
+//! - Software backend: the KEK metadata (`software-kek.json`: Argon2id
+//!   parameters, salt, KEK id, check value) lives in the node's data
+//!   directory; Argon2id (m = 64 MiB, t = 3 by default) runs once at start, a
+//!   wrong passphrase fails there. Back the file up with the sealed shares:
+//!   without it (and the passphrase) they cannot be unsealed.
+//! - PKCS#11 backend: the token is found by label; the KEK (AES-256,
+//!   `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, random `CKA_ID`) is found by
+//!   label, or generated when `create_kek = true` (leave it false once the
+//!   KEK exists, so a wrong token fails closed instead of getting a new KEK).
+//!   An existing key that is extractable or not sensitive is refused. AES-GCM
+//!   IVs are random (96 bits): stay well below 2^32 seals per KEK.
+//! - Rotation: stop the node, open the old and the new sealer, run
+//!   [`reseal_dir`] over the share directory (it is resumable), then switch
+//!   the configuration. Plaintext only exists in zeroized memory.
+//! - Log signing: [`open_log_signer`] with a [`LogSignerConfig`]: a token key
+//!   pair ([`Pkcs11LogSigner`], Ed25519, or P-256 where the token lacks it) or
+//!   an Ed25519 key sealed by the software backend ([`SealedLogSigner`]).
 
 #![deny(missing_docs)]
 
@@ -35,6 +55,7 @@ pub use config::{
     LogSignerConfig, Pkcs11Config, SealerConfig, SoftwareConfig, open_log_signer, open_sealer,
 };
 pub use error::HsmError;
+pub use fsutil::write_atomic;
 pub use logsign::SealedLogSigner;
 pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer, pkcs11_context};
 pub use reseal::{ResealReport, reseal, reseal_dir};

@@ -8,6 +8,7 @@
 //! any blob is touched. Argon2id runs once, at open; each seal and unseal is
 //! then one AEAD call.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead as _, Payload};
@@ -209,17 +210,24 @@ impl SoftwareSealer {
         OsRng.fill_bytes(&mut kek_id);
         let (sealer, bytes) = Self::derive_new(passphrase, params, &salt, &kek_id)?;
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| HsmError::io(dir, e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| HsmError::io(dir, e))?;
         }
-        // create_new semantics: do not overwrite a KEK another process created meanwhile.
-        if path.exists() {
-            return Err(HsmError::Config(format!(
-                "{} appeared while creating it; retry",
-                path.display()
-            )));
+        // Never overwrite a KEK another process created meanwhile: that would
+        // orphan every blob sealed under it. If one appeared, open that one.
+        match fsutil::create_new_atomic(path, &bytes) {
+            Ok(()) => Ok(sealer),
+            Err(HsmError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                let existing = std::fs::read(path).map_err(|e| HsmError::io(path, e))?;
+                Self::load(path, &existing, passphrase)
+            }
+            Err(e) => Err(e),
         }
-        fsutil::write_atomic(path, &bytes)?;
-        Ok(sealer)
     }
 
     /// Derives a new KEK and its metadata file contents (deterministic given salt and id).
@@ -464,6 +472,19 @@ mod tests {
         let d = format!("{s:?}");
         assert!(d.contains("<redacted>"));
         assert!(!d.contains(&hex::encode(&s.seal_key[..])));
+    }
+
+    #[test]
+    fn concurrent_creators_end_with_one_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| open(dir.path(), "p", true).unwrap().kek_id()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+        assert_eq!(open(dir.path(), "p", false).unwrap().kek_id(), ids[0]);
     }
 
     #[test]

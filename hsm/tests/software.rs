@@ -154,3 +154,102 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn reseal_dir_finishes_an_interrupted_rotation() {
+    // As after a kill -9 half-way: some blobs already moved, others not.
+    let root = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        open(&root.path().join("o"), "old"),
+        open(&root.path().join("n"), "new"),
+    );
+    let shares = root.path().join("shares");
+    std::fs::create_dir(&shares).unwrap();
+    for i in 0..6 {
+        let key = format!("k{i}");
+        let ctx = SealContext {
+            node_id: "node-a",
+            key_id: &key,
+            share_id: "share",
+        };
+        let sealer: &dyn Sealer = if i % 2 == 0 { &old } else { &new };
+        std::fs::write(
+            shares.join(&key),
+            sealer.seal(&ctx, key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    }
+    // A temp file left by the interrupted write is ignored.
+    std::fs::write(shares.join(".k0.tmp-0123456789abcdef"), b"partial").unwrap();
+    let r = reseal_dir(&old, &new, &shares, "node-a").unwrap();
+    assert_eq!((r.resealed, r.already_current, r.skipped), (3, 3, 0));
+    for i in 0..6 {
+        let key = format!("k{i}");
+        let ctx = SealContext {
+            node_id: "node-a",
+            key_id: &key,
+            share_id: "share",
+        };
+        let b = std::fs::read(shares.join(&key)).unwrap();
+        assert_eq!(&new.unseal(&ctx, &b).unwrap()[..], key.as_bytes());
+    }
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sealer() -> &'static SoftwareSealer {
+        static S: std::sync::OnceLock<(tempfile::TempDir, SoftwareSealer)> =
+            std::sync::OnceLock::new();
+        let (_, s) = S.get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            let s = open(d.path(), "prop");
+            (d, s)
+        });
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x00c0_5705),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Arbitrary bytes never panic the parser or the unsealer.
+        #[test]
+        fn arbitrary_bytes_are_rejected(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = custos_hsm::blob::inspect(&bytes);
+            prop_assert!(sealer().unseal(&CTX, &bytes).is_err());
+        }
+
+        /// Any edit (overwrite a byte range, insert or delete bytes) of a valid blob fails.
+        #[test]
+        fn edited_blobs_are_rejected(
+            pt in proptest::collection::vec(any::<u8>(), 0..256),
+            pos in any::<proptest::sample::Index>(),
+            patch in proptest::collection::vec(any::<u8>(), 1..8),
+            op in 0u8..3,
+        ) {
+            let blob = sealer().seal(&CTX, &pt).unwrap();
+            let i = pos.index(blob.len());
+            let mut edited = blob.clone();
+            match op {
+                0 => {
+                    for (k, b) in patch.iter().enumerate() {
+                        if let Some(x) = edited.get_mut(i + k) {
+                            *x = b.wrapping_add(1).wrapping_add(*x); // differs unless b == 255
+                        }
+                    }
+                }
+                1 => { edited.splice(i..i, patch.iter().copied()); }
+                _ => { edited.drain(i..(i + patch.len()).min(edited.len())); }
+            }
+            prop_assume!(edited != blob);
+            prop_assert!(matches!(sealer().unseal(&CTX, &edited), Err(HsmError::SealedBlobInvalid(_))));
+        }
+    }
+}
