@@ -168,12 +168,16 @@ impl Report {
     }
 
     /// The failure at the lowest entry index, else the first failure.
+    /// Entries merely not covered by a checkpoint rank after entries shown
+    /// to be bad: after a truncation, the missing entry is the news.
     pub fn first_failure(&self) -> Option<&Failure> {
-        self.failures
-            .iter()
-            .filter(|f| f.entry.is_some())
-            .min_by_key(|f| f.entry)
-            .or(self.failures.first())
+        let located = |uncovered: bool| {
+            self.failures
+                .iter()
+                .filter(move |f| f.entry.is_some() && (f.kind == FailureKind::Uncovered) == uncovered)
+                .min_by_key(|f| f.entry)
+        };
+        located(false).or_else(|| located(true)).or(self.failures.first())
     }
 
     fn fail(&mut self, entry: Option<u64>, kind: FailureKind, message: impl Into<String>) {

@@ -19,6 +19,9 @@ enum Command {
     /// Approver key management.
     #[command(subcommand)]
     Approver(cmd::approver::ApproverCommand),
+    /// Verify the transparency log offline (auditors).
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +29,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Approver(c) => cmd::approver::run(c),
+        Command::Audit(c) => cmd::audit::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! One module per top-level subcommand.
 
 pub mod approver;
+pub mod audit;
 pub mod policy;
