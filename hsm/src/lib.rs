@@ -62,6 +62,8 @@ pub use reseal::{ResealReport, reseal, reseal_dir};
 pub use secret::{Passphrase, Pin, Secret};
 pub use software::{KdfParams, SOFTWARE_KEK_FILE, SoftwareSealer};
 
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
 
 /// What a sealed blob is bound to. Sealing authenticates all three fields as
@@ -107,3 +109,40 @@ pub trait LogSigner: Send + Sync {
     /// Signs `message` (the implementation hashes it if the algorithm needs it).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError>;
 }
+
+macro_rules! forward_impls {
+    ($($ptr:ident),*) => {$(
+        impl<S: Sealer + ?Sized> Sealer for $ptr<S> {
+            fn backend(&self) -> &'static str {
+                (**self).backend()
+            }
+            fn kek_id(&self) -> String {
+                (**self).kek_id()
+            }
+            fn seal(&self, ctx: &SealContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+                (**self).seal(ctx, plaintext)
+            }
+            fn unseal(
+                &self,
+                ctx: &SealContext<'_>,
+                sealed: &[u8],
+            ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+                (**self).unseal(ctx, sealed)
+            }
+        }
+
+        impl<S: LogSigner + ?Sized> LogSigner for $ptr<S> {
+            fn algorithm(&self) -> SignatureAlgorithm {
+                (**self).algorithm()
+            }
+            fn public_key(&self) -> Vec<u8> {
+                (**self).public_key()
+            }
+            fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+                (**self).sign(message)
+            }
+        }
+    )*};
+}
+
+forward_impls!(Box, Arc);

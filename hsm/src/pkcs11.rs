@@ -281,6 +281,111 @@ fn random_id() -> Vec<u8> {
     id
 }
 
+fn cka_id(ts: &TokenSession, handle: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+    Ok(ts
+        .attributes(handle, &[AttributeType::Id])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(v) => Some(v),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Errors after which the session (or its login) is gone but a new session
+/// may work: a network HSM failing over, a token re-inserted, a logout.
+fn is_session_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent,
+            _
+        )
+    )
+}
+
+/// A logged-in session and the handle of the key used through it.
+struct Live {
+    ts: TokenSession,
+    key: ObjectHandle,
+}
+
+/// A token-resident key used through one session, re-established once when
+/// the token drops the session. Keeps the PIN (zeroized on drop) for that.
+struct KeyInToken {
+    module: PathBuf,
+    token_label: String,
+    pin: Pin,
+    class: ObjectClass,
+    key_label: String,
+    /// `CKA_ID` at open: after a reconnect the label must still name this key.
+    key_id: Vec<u8>,
+    live: Mutex<Live>,
+}
+
+impl KeyInToken {
+    fn new(
+        module: &Path,
+        pin: &Pin,
+        class: ObjectClass,
+        key_label: &str,
+        key_id: Vec<u8>,
+        live: Live,
+    ) -> Self {
+        KeyInToken {
+            module: module.to_path_buf(),
+            token_label: live.ts.token_label.clone(),
+            pin: pin.clone(),
+            class,
+            key_label: key_label.to_owned(),
+            key_id,
+            live: Mutex::new(live),
+        }
+    }
+
+    /// Runs `op` on the session; if the session was lost, reconnects (same
+    /// token, same PIN, same key) and runs it once more.
+    fn run<T>(
+        &self,
+        op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<Result<T, CkError>, HsmError> {
+        let mut live = lock(&self.live)?;
+        match op(&live.ts.session, live.key) {
+            Err(e) if is_session_lost(&e) => {
+                *live = self.reconnect()?;
+                Ok(op(&live.ts.session, live.key))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn reconnect(&self) -> Result<Live, HsmError> {
+        let ts = TokenSession::open(&self.module, &self.token_label, &self.pin)?;
+        let key =
+            ts.find_one(self.class, &self.key_label)?
+                .ok_or_else(|| HsmError::KekMissing {
+                    what: format!(
+                        "key labelled {:?} on token {:?} (after reconnecting)",
+                        self.key_label, self.token_label
+                    ),
+                })?;
+        ts.check_protected(key, &self.key_label)?;
+        if cka_id(&ts, key)? != self.key_id {
+            return Err(HsmError::KeyUnsuitable {
+                label: self.key_label.clone(),
+                reason: "after reconnecting, the label names a different key".into(),
+            });
+        }
+        Ok(Live { ts, key })
+    }
+}
+
 // ------------------------------------------------------------ sealer
 
 /// Seals with an AES-256 KEK inside a PKCS#11 token (AES-256-GCM computed by
@@ -289,8 +394,7 @@ pub struct Pkcs11Sealer {
     token_label: String,
     kek_label: String,
     kek_id: String,
-    kek: ObjectHandle,
-    session: Mutex<TokenSession>,
+    kek: KeyInToken,
 }
 
 impl fmt::Debug for Pkcs11Sealer {
@@ -352,9 +456,15 @@ impl Pkcs11Sealer {
         Ok(Pkcs11Sealer {
             token_label: token_label.to_owned(),
             kek_label: kek_label.to_owned(),
-            kek_id: format!("pkcs11:{kek_label}:{}", hex::encode(id)),
-            kek,
-            session: Mutex::new(ts),
+            kek_id: format!("pkcs11:{kek_label}:{}", hex::encode(&id)),
+            kek: KeyInToken::new(
+                module,
+                pin,
+                ObjectClass::SECRET_KEY,
+                kek_label,
+                id,
+                Live { ts, key: kek },
+            ),
         })
     }
 
@@ -453,11 +563,14 @@ impl Sealer for Pkcs11Sealer {
         OsRng.fill_bytes(&mut iv);
         let mut out =
             blob::encode_header(Aead::Aes256Gcm, BACKEND, &self.kek_id, GCM_PARAMS, ctx, &iv)?;
-        let params = GcmParams::new(&mut iv, &out, GCM_TAG_BITS.into())
-            .map_err(|e| HsmError::pkcs11("GCM parameters", e))?;
-        let ct = lock(&self.session)?
-            .session
-            .encrypt(&Mechanism::AesGcm(params), self.kek, plaintext)
+        let header = &out;
+        let ct = self
+            .kek
+            .run(|session, kek| {
+                let mut iv = iv;
+                let params = GcmParams::new(&mut iv, header, GCM_TAG_BITS.into())?;
+                session.encrypt(&Mechanism::AesGcm(params), kek, plaintext)
+            })?
             .map_err(|e| HsmError::pkcs11("C_Encrypt (AES-GCM)", e))?;
         if ct.len() != plaintext.len() + blob::TAG_LEN {
             return Err(HsmError::Crypto(
@@ -478,12 +591,15 @@ impl Sealer for Pkcs11Sealer {
         }
         let mut iv = [0u8; 12];
         iv.copy_from_slice(p.nonce);
-        let params = GcmParams::new(&mut iv, p.header, GCM_TAG_BITS.into())
-            .map_err(|e| HsmError::pkcs11("GCM parameters", e))?;
-        let pt = lock(&self.session)?
-            .session
-            .decrypt(&Mechanism::AesGcm(params), self.kek, p.ciphertext)
-            .map(Zeroizing::new)
+        let pt = self
+            .kek
+            .run(|session, kek| {
+                let mut iv = iv;
+                let params = GcmParams::new(&mut iv, p.header, GCM_TAG_BITS.into())?;
+                session
+                    .decrypt(&Mechanism::AesGcm(params), kek, p.ciphertext)
+                    .map(Zeroizing::new)
+            })?
             .map_err(|e| {
                 if is_auth_failure(&e) {
                     HsmError::SealedBlobInvalid(
@@ -524,8 +640,7 @@ pub enum LogKeyAlgorithm {
 pub struct Pkcs11LogSigner {
     algorithm: SignatureAlgorithm,
     public_key: Vec<u8>,
-    key: ObjectHandle,
-    session: Mutex<TokenSession>,
+    key: KeyInToken,
 }
 
 impl fmt::Debug for Pkcs11LogSigner {
@@ -583,13 +698,19 @@ impl Pkcs11LogSigner {
         };
         ts.check_protected(key, key_label)?;
         let public_key = read_public_key(&ts, key_label, alg)?;
-        let signer = Pkcs11LogSigner {
+        let id = cka_id(&ts, key)?;
+        Ok(Pkcs11LogSigner {
             algorithm: alg,
             public_key,
-            key,
-            session: Mutex::new(ts),
-        };
-        Ok(signer)
+            key: KeyInToken::new(
+                module,
+                pin,
+                ObjectClass::PRIVATE_KEY,
+                key_label,
+                id,
+                Live { ts, key },
+            ),
+        })
     }
 }
 
@@ -749,20 +870,21 @@ impl LogSigner for Pkcs11LogSigner {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let ts = lock(&self.session)?;
         let sig = match self.algorithm {
-            SignatureAlgorithm::Ed25519 => ts
-                .session
-                .sign(
-                    &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
-                    self.key,
-                    message,
-                )
+            SignatureAlgorithm::Ed25519 => self
+                .key
+                .run(|session, key| {
+                    session.sign(
+                        &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                        key,
+                        message,
+                    )
+                })?
                 .map_err(|e| HsmError::pkcs11("C_Sign (EdDSA)", e))?,
             _ => {
                 let digest = Sha256::digest(message);
-                ts.session
-                    .sign(&Mechanism::Ecdsa, self.key, &digest)
+                self.key
+                    .run(|session, key| session.sign(&Mechanism::Ecdsa, key, &digest))?
                     .map_err(|e| HsmError::pkcs11("C_Sign (ECDSA)", e))?
             }
         };

@@ -655,3 +655,66 @@ fn missing_module_fails_before_reading_the_pin() {
     let err = expect_err(open_sealer(&cfg, Path::new("/tmp")), "missing module");
     assert!(matches!(err, HsmError::ModuleMissing { .. }), "{err}");
 }
+
+// ------------------------------------------------------------------ session loss
+
+#[test]
+fn lost_session_is_re_established() {
+    let hsm = SoftHsm::new();
+    hsm.init_token(TOKEN, PIN);
+    hsm.run_child("child_lost_session_is_re_established", &[]);
+}
+
+#[test]
+#[ignore = "run in a child process by its parent test"]
+fn child_lost_session_is_re_established() {
+    if child_dir().is_none() {
+        return;
+    }
+    let s = sealer(true);
+    let signer = Pkcs11LogSigner::open(
+        Path::new(MODULE),
+        TOKEN,
+        &pin(),
+        "log",
+        LogKeyAlgorithm::Auto,
+        true,
+    )
+    .unwrap();
+    let blob = s.seal(&CTX, b"before").unwrap();
+    let ctx = pkcs11_context(Path::new(MODULE)).unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|slot| ctx.get_token_info(*slot).unwrap().label() == TOKEN)
+        .unwrap();
+    for round in 0..2 {
+        // C_Logout logs out every session of this process on the token, as a
+        // restarted network HSM would: the private KEK becomes unusable.
+        let other = ctx.open_ro_session(slot).unwrap();
+        other.logout().unwrap();
+        drop(other);
+        let probe = ctx.open_ro_session(slot).unwrap();
+        assert!(
+            probe
+                .find_objects(&[Attribute::Label(KEK.as_bytes().to_vec())])
+                .unwrap()
+                .is_empty(),
+            "round {round}: still logged in"
+        );
+        drop(probe);
+        assert_eq!(
+            &s.unseal(&CTX, &blob).unwrap()[..],
+            b"before",
+            "round {round}"
+        );
+        let b2 = s.seal(&CTX, b"after").unwrap();
+        assert_eq!(&s.unseal(&CTX, &b2).unwrap()[..], b"after");
+        let sig = signer.sign(b"m").unwrap();
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&signer.public_key().try_into().unwrap())
+            .unwrap();
+        vk.verify_strict(b"m", &ed25519_dalek::Signature::from_slice(&sig).unwrap())
+            .unwrap();
+    }
+}
