@@ -11,7 +11,7 @@
 //! The state is plain data: callers persist it and pass it back in (no I/O here).
 
 use crate::bundle::VerifiedBundle;
-use crate::document::{ActionKind, PolicyDocument};
+use crate::document::{ActionKind, PolicyDocument, Rule};
 use crate::error::{PolicyError, Result};
 use crate::policy::{Policy, PolicyHash};
 use crate::value::Timestamp;
@@ -258,7 +258,9 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
         if old_next == Some(r) {
             j += 1;
         } else if r.action == ActionKind::Block {
-            if old_next.is_some_and(|o| o.id == r.id) {
+            // Same id and same conditions: a rule turned into a block. Anything else
+            // is a new block rule inserted here (and `old_next` must still follow).
+            if old_next.is_some_and(|o| o.id == r.id && same_conditions(o, r)) {
                 j += 1;
             }
         } else {
@@ -269,4 +271,19 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
         return Some("a rule was removed".into());
     }
     None
+}
+
+/// True when two rules match exactly the same withdrawals.
+fn same_conditions(a: &Rule, b: &Rule) -> bool {
+    let strip = |r: &Rule| Rule {
+        description: String::new(),
+        action: ActionKind::Block,
+        reason: None,
+        approvals: None,
+        delay: None,
+        cancel_group: None,
+        approval_expiry: None,
+        ..r.clone()
+    };
+    strip(a) == strip(b)
 }
