@@ -284,6 +284,8 @@ fn startup_errors_are_distinct_and_clear() {
     let hsm = SoftHsm::new();
     hsm.init_token(TOKEN, PIN);
     hsm.init_token("pin-test", PIN);
+    hsm.init_token("twin", PIN);
+    hsm.init_token("twin", PIN);
     hsm.run_child("child_startup_errors_are_distinct_and_clear", &[]);
 }
 
@@ -337,6 +339,12 @@ fn child_startup_errors_are_distinct_and_clear() {
     assert!(
         matches!(wrong_pin, HsmError::WrongPin { .. }),
         "{wrong_pin}"
+    );
+    // Two tokens with one label: refuse to guess which one holds the KEK.
+    let twins = open(cfg(module, "twin", &pin_file, KEK, true));
+    assert!(
+        matches!(twins, HsmError::TokenAmbiguous { count: 2, .. }),
+        "{twins}"
     );
     let kek_absent = open(cfg(module, TOKEN, &pin_file, KEK, false));
     assert!(
