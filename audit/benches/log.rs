@@ -51,8 +51,14 @@ impl Rng {
 
 fn main() {
     let signer = SoftSigner(SigningKey::from_bytes(&[7; 32]));
-    let appends: u64 = std::env::var("AUDIT_BENCH_APPENDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let big: u64 = std::env::var("AUDIT_BENCH_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let appends: u64 = std::env::var("AUDIT_BENCH_APPENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let big: u64 = std::env::var("AUDIT_BENCH_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
 
     for every in [100u64, 1000] {
         let mut log = Log::open(MemoryStore::new(), "bench.custos/log").unwrap();
@@ -75,12 +81,16 @@ fn main() {
     let mut i = 0;
     while i < big {
         let n = (big - i).min(10_000);
-        log.append_batch((i..i + n).map(|j| (j, body(j))).collect()).unwrap();
+        log.append_batch((i..i + n).map(|j| (j, body(j))).collect())
+            .unwrap();
         log.checkpoint(&signer, i).unwrap();
         i += n;
     }
     let s = t.elapsed().as_secs_f64();
-    println!("append in batches of 10000 with a checkpoint per batch: {big} entries in {s:.2} s = {:.0} appends/s", big as f64 / s);
+    println!(
+        "append in batches of 10000 with a checkpoint per batch: {big} entries in {s:.2} s = {:.0} appends/s",
+        big as f64 / s
+    );
 
     let size = log.size();
     let root = log.root();
@@ -98,13 +108,23 @@ fn main() {
         per * 1e6,
         total_len / rounds as usize
     );
-    let proofs: Vec<_> = picks.iter().take(1000).map(|&i| (i, log.inclusion_proof(i, size).unwrap())).collect();
-    let leaves: Vec<_> = proofs.iter().map(|(i, _)| leaf_hash(&log.entry(*i).unwrap())).collect();
+    let proofs: Vec<_> = picks
+        .iter()
+        .take(1000)
+        .map(|&i| (i, log.inclusion_proof(i, size).unwrap()))
+        .collect();
+    let leaves: Vec<_> = proofs
+        .iter()
+        .map(|(i, _)| leaf_hash(&log.entry(*i).unwrap()))
+        .collect();
     let t = Instant::now();
     for ((i, p), l) in proofs.iter().zip(&leaves) {
         verify_inclusion(*i, size, l, p, &root).unwrap();
     }
-    println!("inclusion proof verification: {:.2} us per proof", t.elapsed().as_secs_f64() / 1000.0 * 1e6);
+    println!(
+        "inclusion proof verification: {:.2} us per proof",
+        t.elapsed().as_secs_f64() / 1000.0 * 1e6
+    );
 
     let pairs: Vec<(u64, u64)> = (0..rounds)
         .map(|_| {
@@ -127,24 +147,38 @@ fn main() {
     for _ in 0..1000 {
         verify_consistency(old, new, &r1, &r2, &p).unwrap();
     }
-    println!("consistency proof verification: {:.2} us per proof", t.elapsed().as_secs_f64() / 1000.0 * 1e6);
+    println!(
+        "consistency proof verification: {:.2} us per proof",
+        t.elapsed().as_secs_f64() / 1000.0 * 1e6
+    );
 
     let t = Instant::now();
     let bundle = log.export(0, size, None).unwrap();
     let export_s = t.elapsed().as_secs_f64();
     let json = serde_json::to_vec(&bundle).unwrap();
-    println!("export of {size} entries: {export_s:.2} s, {} MB JSON", json.len() / 1_000_000);
+    println!(
+        "export of {size} entries: {export_s:.2} s, {} MB JSON",
+        json.len() / 1_000_000
+    );
 
     // Offline verification of the whole export (replay disabled: these bench
     // entries have no decisions).
     struct AllowAll;
     impl custos_audit::AuthorizationReplay for AllowAll {
-        fn check_signature(&self, _: &custos_audit::replay::ReplayContext<'_>) -> Result<(), custos_audit::AuditError> {
+        fn check_signature(
+            &self,
+            _: &custos_audit::replay::ReplayContext<'_>,
+        ) -> Result<(), custos_audit::AuditError> {
             Ok(())
         }
     }
     let trust = custos_audit::TrustRoots {
-        log_key: custos_audit::VerifierKey::from_signer("bench.custos/log", custos_audit::note::SIG_TYPE_ED25519, &signer).unwrap(),
+        log_key: custos_audit::VerifierKey::from_signer(
+            "bench.custos/log",
+            custos_audit::note::SIG_TYPE_ED25519,
+            &signer,
+        )
+        .unwrap(),
         witness_keys: vec![],
         witness_quorum: 0,
     };

@@ -174,10 +174,14 @@ impl Report {
         let located = |uncovered: bool| {
             self.failures
                 .iter()
-                .filter(move |f| f.entry.is_some() && (f.kind == FailureKind::Uncovered) == uncovered)
+                .filter(move |f| {
+                    f.entry.is_some() && (f.kind == FailureKind::Uncovered) == uncovered
+                })
                 .min_by_key(|f| f.entry)
         };
-        located(false).or_else(|| located(true)).or(self.failures.first())
+        located(false)
+            .or_else(|| located(true))
+            .or(self.failures.first())
     }
 
     fn fail(&mut self, entry: Option<u64>, kind: FailureKind, message: impl Into<String>) {
@@ -251,6 +255,20 @@ pub fn verify_bundle(
         return report;
     };
     report.end = end;
+    // The log signs checkpoints under a key named after its origin; a bundle
+    // claiming another origin is for another log, whatever it carries.
+    if bundle.origin != trust.log_key.name() {
+        report.fail(
+            None,
+            FailureKind::Bundle,
+            format!(
+                "bundle is for log {:?} but the log key is {:?}",
+                bundle.origin,
+                trust.log_key.name()
+            ),
+        );
+        return report;
+    }
     let prefix_hashes: Option<Vec<Hash>> = bundle.prefix.iter().map(|h| hex_hash(h)).collect();
     let prefix = match prefix_hashes.map(|p| CompactRange::from_parts(start, &p)) {
         Some(Ok(p)) => p,

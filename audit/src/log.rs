@@ -76,6 +76,19 @@ impl<S: LogStore> Log<S> {
         &self.store
     }
 
+    /// Gives the store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Re-reads the head from the store, after an
+    /// [`AuditError::AppendConflict`] caused by another writer.
+    pub fn refresh(&mut self) -> Result<(), AuditError> {
+        let size = self.store.size()?;
+        self.frontier = CompactRange::from_source(&Nodes(&self.store), size)?;
+        Ok(())
+    }
+
     /// Appends one entry; returns its index.
     pub fn append(&mut self, timestamp_ms: u64, body: EntryBody) -> Result<u64, AuditError> {
         let first = self.size();

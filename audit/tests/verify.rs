@@ -54,6 +54,25 @@ fn partial_range_with_previous_checkpoint() {
     let b = log.export(s3, log.size(), Some(s1)).unwrap();
     let r = verify_bundle(&b, &trust(), Some(&prev), &RequireSatisfiedDecision);
     assert!(r.is_ok(), "{:#?}", r.failures);
+    // Context entries (the policy activation, earlier entries of open
+    // withdrawals) are proven by inclusion proofs; a forged one is flagged.
+    assert!(!b.context.is_empty());
+    let mut forged = b.clone();
+    let c = &mut forged.context[0];
+    let mut raw = hex::decode(&c.entry).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    c.entry = hex::encode(raw);
+    let r = verify_bundle(&forged, &trust(), Some(&prev), &RequireSatisfiedDecision);
+    assert!(
+        r.failures
+            .iter()
+            .any(|f| f.kind == FailureKind::Bundle && f.entry == Some(forged.context[0].index))
+    );
+    // A bundle relabelled as another log is refused outright.
+    let mut other = b.clone();
+    other.origin = "other.test/log".into();
+    assert!(!verify(&other).is_ok());
     // Without the consistency proof the previous checkpoint cannot be connected.
     let mut b2 = b.clone();
     b2.consistency_proofs.clear();
@@ -433,4 +452,124 @@ fn golden_bundle() {
         std::fs::read_to_string(dir.join("bundle_keys.json")).unwrap(),
         keys_json
     );
+}
+
+#[test]
+fn two_checkpoints_for_one_size_are_a_split_view() {
+    let signer = SoftSigner::from_seed(1);
+    let log = build_log(2);
+    let mut b = log.export(0, log.size(), None).unwrap();
+    // The operator signs a second head for the same size over other content.
+    let mut fork = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for i in 0..log.size() {
+        fork.append(
+            T0 + i,
+            EntryBody::Cancelled {
+                withdrawal_id: "x".into(),
+                cancelled_by: "m".into(),
+                reason: String::new(),
+            },
+        )
+        .unwrap();
+    }
+    b.checkpoints.push(fork.checkpoint(&signer, T0).unwrap());
+    let r = verify_bundle(
+        &b,
+        &custos_audit::TrustRoots {
+            witness_quorum: 0,
+            ..trust()
+        },
+        None,
+        &RequireSatisfiedDecision,
+    );
+    assert!(
+        r.failures.iter().any(|f| f.kind == FailureKind::SplitView),
+        "{:#?}",
+        r.failures
+    );
+}
+
+/// The documented byte format, spelled out field by field.
+#[test]
+fn entry_encoding_matches_documented_format() {
+    let e = Entry {
+        index: 5,
+        timestamp_ms: 1_764_072_000_000,
+        body: EntryBody::Cancelled {
+            withdrawal_id: "wd-1".into(),
+            cancelled_by: "ops".into(),
+            reason: "".into(),
+        },
+    };
+    let mut want = vec![1u8]; // format
+    want.extend(8u16.to_be_bytes()); // kind: cancelled
+    want.push(1); // kind version
+    want.extend(5u64.to_be_bytes());
+    want.extend(1_764_072_000_000u64.to_be_bytes());
+    for s in ["wd-1", "ops", ""] {
+        want.extend((s.len() as u32).to_be_bytes());
+        want.extend(s.as_bytes());
+    }
+    assert_eq!(e.encode().unwrap(), want);
+    assert_eq!(
+        hex::encode(&want),
+        "0100080100000000000000050000019abae28a00000000047764 2d310000000 36f707300000000"
+            .replace(' ', "")
+    );
+}
+
+/// Two coordinator replicas writing one store: the stale one gets a
+/// conflict (its action must not happen), refreshes and continues.
+#[test]
+fn log_recovers_from_append_conflict() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    struct Shared(Rc<RefCell<MemoryStore>>);
+    impl LogStore for Shared {
+        fn size(&self) -> Result<u64, AuditError> {
+            self.0.borrow().size()
+        }
+        fn append(&mut self, b: &AppendBatch<'_>) -> Result<(), AuditError> {
+            self.0.borrow_mut().append(b)
+        }
+        fn entry(&self, i: u64) -> Result<Option<Vec<u8>>, AuditError> {
+            self.0.borrow().entry(i)
+        }
+        fn node(&self, l: u8, i: u64) -> Result<Option<[u8; 32]>, AuditError> {
+            self.0.borrow().node(l, i)
+        }
+        fn put_checkpoint(&mut self, s: u64, n: &str) -> Result<(), AuditError> {
+            self.0.borrow_mut().put_checkpoint(s, n)
+        }
+        fn checkpoint(&self, s: u64) -> Result<Option<String>, AuditError> {
+            self.0.borrow().checkpoint(s)
+        }
+        fn checkpoints(&self, f: u64, t: u64) -> Result<Vec<(u64, String)>, AuditError> {
+            self.0.borrow().checkpoints(f, t)
+        }
+        fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
+            self.0.borrow().latest_checkpoint()
+        }
+    }
+    let store = Rc::new(RefCell::new(MemoryStore::new()));
+    let mut a = Log::open(Shared(store.clone()), common::ORIGIN).unwrap();
+    let mut b = Log::open(Shared(store.clone()), common::ORIGIN).unwrap();
+    a.append(T0, common::genesis().remove(0)).unwrap();
+    let err = b.append(T0, common::genesis().remove(1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::AppendConflict {
+                expected: 0,
+                actual: 1
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.borrow().size().unwrap(), 1);
+    b.refresh().unwrap();
+    assert_eq!(b.append(T0, common::genesis().remove(1)).unwrap(), 1);
+    a.refresh().unwrap();
+    assert_eq!(a.root(), b.root());
+    assert_eq!(b.root(), b.root_at(2).unwrap());
 }
