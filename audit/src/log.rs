@@ -209,7 +209,9 @@ impl<S: LogStore> Log<S> {
     /// Exports entries `[start, end)` with every checkpoint of a size in
     /// `[start, end]`. When the auditor's previous checkpoint has a size
     /// `connect_from` below `start`, a consistency proof from it to the first
-    /// exported checkpoint is included.
+    /// exported checkpoint is included. Choose `end` at a checkpointed size:
+    /// entries after the last checkpoint in the range cannot be authenticated
+    /// and the verifier reports them as uncovered.
     pub fn export(
         &self,
         start: u64,
