@@ -10,6 +10,7 @@
 use custos_hsm::LogSigner;
 
 use crate::AuditError;
+use crate::entry::{DecisionOutcome, Entry, EntryBody};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{Checkpoint, VerifiedCheckpoint, VerifierKey, cosign};
 use crate::proof::{verify_consistency, verify_inclusion};
@@ -145,5 +146,38 @@ impl<S: LogSigner> Witness<S> {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// The signer's gate before joining a signing session: `entry` must be
+    /// witnessed (as in [`Witness::check_included`]), be entry `index`, and be
+    /// a policy decision for `withdrawal_id` that does not deny it. Returns
+    /// the outcome so the signer can check approvals against it.
+    pub fn witnessed_decision(
+        &self,
+        entry: &[u8],
+        index: u64,
+        proof: &[Hash],
+        withdrawal_id: &str,
+    ) -> Result<DecisionOutcome, AuditError> {
+        self.check_included(entry, index, proof)?;
+        let decoded = Entry::decode(entry)?;
+        let refuse = |why: String| Err(AuditError::Unauthorized(format!("entry {index}: {why}")));
+        if decoded.index != index {
+            return refuse(format!("entry says it is entry {}", decoded.index));
+        }
+        match decoded.body {
+            EntryBody::PolicyDecision {
+                withdrawal_id: w, ..
+            } if w != withdrawal_id => refuse(format!(
+                "decision is for withdrawal {w}, not {withdrawal_id}"
+            )),
+            EntryBody::PolicyDecision {
+                outcome: DecisionOutcome::Deny,
+                rule_id,
+                ..
+            } => refuse(format!("decision denied the withdrawal (rule {rule_id})")),
+            EntryBody::PolicyDecision { outcome, .. } => Ok(outcome),
+            other => refuse(format!("not a policy decision but {}", other.kind_name())),
+        }
     }
 }

@@ -137,6 +137,19 @@ fn signer_fails_closed_unless_decision_is_witnessed() {
     ));
     w.check_included(&decision, idx, &log.inclusion_proof(idx, size).unwrap())
         .unwrap();
+    let proof = log.inclusion_proof(idx, size).unwrap();
+    assert!(w.witnessed_decision(&decision, idx, &proof, "wd-0").is_ok());
+    // The same decision offered for another withdrawal, or another entry
+    // offered as the decision, is refused.
+    assert!(matches!(
+        w.witnessed_decision(&decision, idx, &proof, "wd-9"),
+        Err(AuditError::Unauthorized(_))
+    ));
+    let request = log.entry(3).unwrap();
+    assert!(
+        w.witnessed_decision(&request, 3, &log.inclusion_proof(3, size).unwrap(), "wd-0")
+            .is_err()
+    );
     // A decision appended after the witnessed checkpoint is refused until a new
     // checkpoint is witnessed.
     let late = log.append(T0, withdrawal(5, 0).remove(2)).unwrap();
