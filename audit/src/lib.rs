@@ -36,6 +36,8 @@ pub mod note;
 pub mod proof;
 pub mod replay;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tree;
 pub mod witness;
 

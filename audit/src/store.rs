@@ -68,6 +68,28 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Overwrites a stored entry behind the log's back (tamper tests).
+    #[cfg(feature = "testing")]
+    pub fn tamper_entry(&mut self, index: u64, bytes: Vec<u8>) {
+        if let Some(e) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.entries.get_mut(i))
+        {
+            *e = bytes;
+        }
+    }
+
+    /// Drops entries from `size` on and every node covering them, as an
+    /// operator truncating the database would (tamper tests).
+    #[cfg(feature = "testing")]
+    pub fn truncate(&mut self, size: u64) {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        self.entries.truncate(size);
+        for (level, nodes) in self.levels.iter_mut().enumerate() {
+            nodes.truncate(size >> level);
+        }
+    }
 }
 
 impl LogStore for MemoryStore {
