@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "custos", version, about = "Custos MPC custody cluster: admin, approver, auditor and dev commands")]
+#[command(
+    name = "custos",
+    version,
+    about = "Custos MPC custody cluster: admin, approver, auditor and dev commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
