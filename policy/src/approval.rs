@@ -4,13 +4,14 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::ActionKind;
 use crate::error::Result;
 use crate::eval::{Decision, Outcome};
 use crate::governance::ActivePolicy;
 use crate::keys::{SecretKey, verify};
 use crate::quorum::{self, Term};
 use crate::statement::{ApprovalStatement, Verdict};
-use crate::value::Timestamp;
+use crate::value::{Duration, Timestamp};
 
 /// An approver's signed verdict on a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +92,12 @@ pub enum ApprovalStatus {
     },
 }
 
-fn statement_problems(decision: &Decision, s: &ApprovalStatement, now: Timestamp) -> Vec<String> {
+fn statement_problems(
+    decision: &Decision,
+    s: &ApprovalStatement,
+    now: Timestamp,
+    max_lifetime: Option<Duration>,
+) -> Vec<String> {
     let w = &decision.withdrawal;
     let mut p = Vec::new();
     let mut cmp = |name: &str, got: &str, want: &str| {
@@ -120,10 +126,10 @@ fn statement_problems(decision: &Decision, s: &ApprovalStatement, now: Timestamp
             decision.rule_id.as_deref().unwrap_or("no rule")
         ));
     }
-    if now >= s.expiry {
+    if max_lifetime.is_some() && now >= s.expiry {
         p.push(format!("approvals expired at {}", s.expiry));
     }
-    if let Some(max) = decision.approval_expiry
+    if let Some(max) = max_lifetime
         && s.expiry > now.plus(max)
     {
         p.push(format!(
@@ -176,17 +182,35 @@ pub fn check_approvals(
             policy.hash()
         ));
     }
-    let Some(res) = decision.rule_index.and_then(|i| policy.resolved.get(i)) else {
+    let Some((res, rule)) = decision
+        .rule_index
+        .and_then(|i| policy.resolved.get(i).zip(policy.document().rules.get(i)))
+    else {
         return invalid("decision names no rule of this policy".into());
     };
-    let mut problems: Vec<InvalidApproval> = statement_problems(decision, statement, now)
-        .into_iter()
-        .map(|reason| InvalidApproval {
-            index: None,
-            approver: String::new(),
-            reason,
-        })
-        .collect();
+    // Everything that decides who may approve comes from the policy itself, never from
+    // the decision's own fields: a decision received from elsewhere may be forged.
+    if decision.rule_id.as_deref() != Some(rule.id.as_str())
+        || rule.action != ActionKind::RequireApprovals
+    {
+        return invalid(format!(
+            "decision does not match rule {:?} of this policy",
+            rule.id
+        ));
+    }
+    let exclude_initiator = rule.approvals.as_ref().is_some_and(|q| q.exclude_initiator);
+    let max_lifetime = rule
+        .approval_expiry
+        .unwrap_or(policy.document().settings.approval_expiry);
+    let mut problems: Vec<InvalidApproval> =
+        statement_problems(decision, statement, now, Some(max_lifetime))
+            .into_iter()
+            .map(|reason| InvalidApproval {
+                index: None,
+                approver: String::new(),
+                reason,
+            })
+            .collect();
     let messages = [Verdict::Approve, Verdict::Reject].map(|v| statement.signing_message(v).ok());
     let eligible: BTreeSet<usize> = res
         .terms
@@ -233,7 +257,7 @@ pub fn check_approvals(
             ));
             continue;
         }
-        if decision.exclude_initiator && a.approver == decision.withdrawal.initiator {
+        if exclude_initiator && a.approver == decision.withdrawal.initiator {
             bad(format!(
                 "{:?} initiated this withdrawal and may not approve it",
                 a.approver
@@ -301,8 +325,8 @@ pub fn check_approvals(
             could_approve: e
                 .iter()
                 .filter(|&&i| {
-                    let own = decision.exclude_initiator
-                        && doc.approvers[i].id == decision.withdrawal.initiator;
+                    let own =
+                        exclude_initiator && doc.approvers[i].id == decision.withdrawal.initiator;
                     !(approved_set.contains(&i) || doc.approvers[i].revoked || own)
                 })
                 .map(|&i| doc.approvers[i].id.clone())
@@ -330,16 +354,16 @@ pub fn check_cancellation(
     }
     let res = decision
         .rule_index
-        .and_then(|i| policy.resolved.get(i))
+        .and_then(|i| policy.resolved.get(i).zip(policy.document().rules.get(i)))
+        .filter(|(_, r)| decision.rule_id.as_deref() == Some(r.id.as_str()))
+        .map(|(res, _)| res)
         .ok_or("decision names no rule of this policy")?;
     let members = res
         .cancel
         .as_ref()
         .ok_or("the matched rule has no time lock to cancel")?;
-    let problems = statement_problems(decision, statement, Timestamp(i64::MIN))
-        .into_iter()
-        .filter(|p| !p.starts_with("statement expiry"))
-        .collect::<Vec<_>>();
+    // Expiry does not matter: cancelling a stale withdrawal is always harmless.
+    let problems = statement_problems(decision, statement, Timestamp(0), None);
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }

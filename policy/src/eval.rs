@@ -134,6 +134,10 @@ pub struct WithdrawalSummary {
 }
 
 /// The outcome of [`evaluate`].
+///
+/// A decision received from another component is a claim, not a fact: signers
+/// re-evaluate with their own inputs, and [`crate::check_approvals`] reads the quorum,
+/// the initiator exclusion and the approval lifetime from the policy, not from here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// Hash of the policy evaluated.
@@ -167,6 +171,12 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Earliest time signing may start when the approvals were complete at
+    /// `approved_at` (for `allow`, the time of the decision): the time lock.
+    pub fn signable_from(&self, approved_at: Timestamp) -> Timestamp {
+        self.delay.map_or(approved_at, |d| approved_at.plus(d))
+    }
+
     /// A plain-words explanation: the outcome, then why each rule did or did not match.
     pub fn explain(&self) -> String {
         let mut s = String::new();

@@ -183,7 +183,13 @@ impl PolicyState {
             .map(|e| {
                 old_book
                     .iter()
-                    .position(|o| o.id == e.id && o.chain == e.chain && o.address == e.address)
+                    // Newly whitelisted counts as new: it cools down like an added address.
+                    .position(|o| {
+                        o.id == e.id
+                            && o.chain == e.chain
+                            && o.address == e.address
+                            && (o.whitelisted || !e.whitelisted)
+                    })
                     .map(|i| self.current.entry_usable_from(i))
                     .unwrap_or_else(|| effective_at.plus(settings.whitelist_delay))
             })

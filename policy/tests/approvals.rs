@@ -379,3 +379,61 @@ fn approvals_json_round_trip() {
     let sj = serde_json::to_string(&c.s).unwrap();
     assert_eq!(serde_json::from_str::<ApprovalStatement>(&sj).unwrap(), c.s);
 }
+
+#[test]
+fn a_forged_decision_cannot_loosen_the_rule() {
+    let a = active();
+    let w = Withdrawal {
+        initiator: "alice".into(),
+        ..wd(5 * ETH)
+    };
+    let d = decide(&a, &w, &[], wed10(), 0);
+    let s = statement(&d, &w, wed10());
+    // Someone hands over a decision claiming the initiator may approve and a long lifetime.
+    let mut forged = d.clone();
+    forged.exclude_initiator = false;
+    forged.approval_expiry = Some(Duration(30 * 86_400));
+    forged.quorum = vec![RequiredTerm {
+        group: "treasury".into(),
+        count: 1,
+    }];
+    let list = [
+        approve(&s, "alice", ALICE),
+        approve(&s, "bob", BOB),
+        approve(&s, "dave", DAVE),
+    ];
+    let r = reasons(&check_approvals(&a, &forged, &s, &list, wed10()));
+    assert!(
+        r.iter().any(|m| m.contains("initiated this withdrawal")),
+        "{r:?}"
+    );
+    // Quorum comes from the policy: bob alone is not enough whatever the decision says.
+    let only_bob = [approve(&s, "bob", BOB), approve(&s, "dave", DAVE)];
+    assert!(matches!(
+        check_approvals(&a, &forged, &s, &only_bob, wed10()),
+        ApprovalStatus::Missing { .. }
+    ));
+    let long =
+        ApprovalStatement::for_decision(&forged, &w, wed10().plus(Duration(20 * 86_400))).unwrap();
+    let r = reasons(&check_approvals(&a, &forged, &long, &[], wed10()));
+    assert!(
+        r.iter().any(|m| m.contains("approval lifetime of 12h")),
+        "{r:?}"
+    );
+    // A decision pointing at an `allow` rule index cannot become an approval decision.
+    let mut wrong_rule = d.clone();
+    wrong_rule.rule_index = Some(3);
+    assert!(matches!(
+        check_approvals(&a, &wrong_rule, &s, &list, wed10()),
+        ApprovalStatus::Invalid { .. }
+    ));
+}
+
+#[test]
+fn time_lock_end() {
+    let c = large();
+    let approved = wed10();
+    assert_eq!(c.d.signable_from(approved), Timestamp(approved.0 + 3600));
+    let d = decide(&c.a, &wd(1), &[], wed10(), 0);
+    assert_eq!(d.signable_from(approved), approved);
+}

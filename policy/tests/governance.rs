@@ -370,3 +370,30 @@ fn genesis_entries_also_cool_down() {
         "hot-small"
     );
 }
+
+#[test]
+fn newly_whitelisted_entry_cools_down_like_a_new_one() {
+    let t0 = wed10();
+    let mut st = PolicyState::genesis(bundle(FIXTURE, &[ADMIN1, ADMIN2]), Timestamp(0));
+    let flipped = edit(
+        "address = \"0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb\"\nwhitelisted = false",
+        "address = \"0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb\"",
+        2,
+    );
+    let effect = st.propose(bundle(&flipped, &[ADMIN1, ADMIN2]), t0).unwrap();
+    let eff = Timestamp(t0.0 + 24 * HOUR);
+    assert_eq!(effect, UpdateEffect::Delayed(eff));
+    let ap = st.pending().unwrap();
+    let book = &ap.policy().document().address_book;
+    let old_vendor = book.iter().position(|e| e.id == "old-vendor").unwrap();
+    let payroll = book.iter().position(|e| e.id == "payroll").unwrap();
+    assert_eq!(
+        ap.entry_usable_from(old_vendor),
+        Timestamp(eff.0 + 24 * HOUR)
+    );
+    assert_eq!(
+        ap.entry_usable_from(payroll),
+        Timestamp(24 * HOUR),
+        "unchanged entries keep their time"
+    );
+}
