@@ -309,3 +309,92 @@ fn approver_keygen_writes_a_private_key_file() {
     let other = custos(&["approver", "keygen", "--out", s(&d.join("other.pem"))]);
     assert_ne!(stdout(&other).trim(), public);
 }
+
+#[test]
+fn statement_sign_and_check_approvals() {
+    let d = scratch("flow");
+    let p = example("policy.toml");
+    let w = r#"{"id":"wd-9","wallet":"eth-hot-1","chain":"ethereum","asset":"ETH","destination":"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed","amount":"5000000000000000000","fee_cap":"1","initiator":"payments-backend","tx_digest":"abcd"}"#;
+    let at = "2026-01-07T10:00:00Z";
+    let o = custos(&["policy", "statement", s(&p), "--withdrawal", w, "--at", at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = d.join("statement.json");
+    std::fs::write(&st, &o.stdout).unwrap();
+    assert!(stdout(&o).contains("\"rule_id\": \"large-whitelisted\""));
+    assert!(
+        stdout(&o).contains("\"expiry\": \"2026-01-07T22:00:00Z\""),
+        "12 h rule lifetime: {}",
+        stdout(&o)
+    );
+    let sign = |who: &str| {
+        let o = custos(&[
+            "approver",
+            "sign",
+            "--key",
+            s(&example(&format!("keys/{who}.pem"))),
+            "--id",
+            who,
+            "--statement",
+            s(&st),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("5000000000000000000 ETH (base units) on ethereum"),
+            "{}",
+            stderr(&o)
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let all = serde_json::Value::Array(vec![sign("alice"), sign("bob"), sign("erin")]);
+    let approvals = d.join("approvals.json");
+    std::fs::write(&approvals, all.to_string()).unwrap();
+    let check = |withdrawal: &str, approvals: &Path| {
+        custos(&[
+            "policy",
+            "approvals",
+            s(&p),
+            "--withdrawal",
+            withdrawal,
+            "--at",
+            at,
+            "--statement",
+            s(&st),
+            "--approvals",
+            s(approvals),
+        ])
+    };
+    let o = check(w, &approvals);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("\"status\": \"satisfied\""));
+    // Same approvals presented for a bigger amount: refused.
+    let o = check(
+        &w.replace("5000000000000000000", "6000000000000000000"),
+        &approvals,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("\"status\": \"invalid\"") && stdout(&o).contains("statement amount"),
+        "{}",
+        stdout(&o)
+    );
+    // A revoked approver's signature: refused.
+    let with_mallory = serde_json::Value::Array(vec![sign("alice"), sign("mallory"), sign("erin")]);
+    let f = d.join("mallory.json");
+    std::fs::write(&f, with_mallory.to_string()).unwrap();
+    let o = check(w, &f);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("revoked"), "{}", stdout(&o));
+    // A withdrawal that needs no approvals gets no statement.
+    let small = w.replace("5000000000000000000", "5");
+    let o = custos(&[
+        "policy",
+        "statement",
+        s(&p),
+        "--withdrawal",
+        &small,
+        "--at",
+        at,
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs no approvals"));
+}

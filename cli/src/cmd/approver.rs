@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use custos_policy::{SecretKey, Zeroizing};
+use custos_policy::{Approval, ApprovalStatement, SecretKey, Timestamp, Verdict, Zeroizing};
 
 /// `custos approver` subcommands.
 #[derive(clap::Subcommand)]
@@ -17,12 +17,34 @@ pub enum ApproverCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sign an approval statement (from `custos policy statement`): prints what is
+    /// being approved in plain words, then the approval as JSON.
+    Sign {
+        /// Your Ed25519 key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Your approver id in the policy.
+        #[arg(long)]
+        id: String,
+        /// The statement: JSON, inline or a path.
+        #[arg(long)]
+        statement: String,
+        /// approve, reject or cancel.
+        #[arg(long, default_value = "approve")]
+        verdict: String,
+    },
 }
 
 /// Runs a `custos approver` subcommand.
 pub fn run(command: ApproverCommand) -> anyhow::Result<ExitCode> {
     match command {
         ApproverCommand::Keygen { out } => keygen(&out),
+        ApproverCommand::Sign {
+            key,
+            id,
+            statement,
+            verdict,
+        } => sign(&key, &id, &statement, &verdict),
     }
 }
 
@@ -50,5 +72,42 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
         "secret key written to {} (mode 0600); the line above is the public key",
         out.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(
+    key: &std::path::Path,
+    id: &str,
+    statement: &str,
+    verdict: &str,
+) -> anyhow::Result<ExitCode> {
+    let verdict = match verdict {
+        "approve" => Verdict::Approve,
+        "reject" => Verdict::Reject,
+        "cancel" => Verdict::Cancel,
+        other => anyhow::bail!("verdict {other:?} must be approve, reject or cancel"),
+    };
+    let s: ApprovalStatement = super::policy::json_arg(statement, "statement")?;
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(key)
+            .with_context(|| format!("cannot read key {}", key.display()))?,
+    );
+    let key = SecretKey::from_pem(&pem)?;
+    // What the approver is about to sign, in plain words (the statement is the truth,
+    // not the screen of whoever sent it).
+    eprintln!("{verdict:?} as {id} ({}):", key.public());
+    eprintln!("  withdrawal  {}", s.withdrawal_id);
+    eprintln!(
+        "  amount      {} {} (base units) on {}",
+        s.amount, s.asset, s.chain
+    );
+    eprintln!("  from wallet {}", s.source_wallet);
+    eprintln!("  to          {}", s.destination);
+    eprintln!("  fee cap     {}", s.fee_cap);
+    eprintln!("  tx digest   {}", hex::encode(&s.tx_digest));
+    eprintln!("  policy      {} rule {}", s.policy_hash, s.rule_id);
+    eprintln!("  expires     {}", Timestamp(s.expiry.0));
+    let approval = Approval::sign(&s, verdict, id, &key)?;
+    println!("{}", serde_json::to_string_pretty(&approval)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use custos_policy::{
-    ActivePolicy, AdminSet, BundleSignatures, HistoryEntry, Policy, PolicyError, PolicyHash,
-    SecretKey, Timestamp, Withdrawal, evaluate, verify_bundle,
+    ActivePolicy, AdminSet, Approval, ApprovalStatement, ApprovalStatus, BundleSignatures,
+    Decision, Duration, HistoryEntry, Outcome, Policy, PolicyError, PolicyHash, SecretKey,
+    Timestamp, Withdrawal, check_approvals, evaluate, verify_bundle,
 };
 
 /// `custos policy` subcommands.
@@ -62,6 +63,50 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the approval statement (JSON) approvers sign for a withdrawal.
+    Statement {
+        /// Policy document.
+        file: PathBuf,
+        #[command(flatten)]
+        input: EvalInput,
+        /// Approval lifetime from --at (default: the matched rule's approval_expiry).
+        #[arg(long)]
+        expiry: Option<String>,
+    },
+    /// Check approvals (JSON array from `custos approver sign`) against a withdrawal;
+    /// exit 0 only when the quorum is satisfied.
+    Approvals {
+        /// Policy document.
+        file: PathBuf,
+        #[command(flatten)]
+        input: EvalInput,
+        /// The statement the approvals were made over (JSON, inline or a path).
+        #[arg(long)]
+        statement: String,
+        /// Approvals: JSON array, inline or a path.
+        #[arg(long)]
+        approvals: String,
+    },
+}
+
+/// Inputs of an evaluation.
+#[derive(clap::Args)]
+pub struct EvalInput {
+    /// Withdrawal as inline JSON or a path to a JSON file.
+    #[arg(long)]
+    withdrawal: String,
+    /// History of past withdrawals (JSON array, inline or a path).
+    #[arg(long)]
+    history: Option<String>,
+    /// Evaluation time: RFC 3339 (any offset) or Unix seconds; default now.
+    #[arg(long)]
+    at: Option<String>,
+    /// Risk score of the withdrawal.
+    #[arg(long, default_value_t = 0)]
+    risk: u32,
+    /// When the policy took effect (address-book cooling periods run from here); default 1970.
+    #[arg(long)]
+    activated_at: Option<String>,
 }
 
 /// Runs a `custos policy` subcommand.
@@ -89,15 +134,67 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             risk,
             activated_at,
             json,
-        } => explain(
-            &file,
-            &withdrawal,
-            history.as_deref(),
-            at.as_deref(),
-            risk,
-            activated_at.as_deref(),
-            json,
-        ),
+        } => {
+            let input = EvalInput {
+                withdrawal,
+                history,
+                at,
+                risk,
+                activated_at,
+            };
+            let (_, _, decision) = evaluate_input(&file, &input)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&decision)?);
+            } else {
+                print!("{}", decision.explain());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Statement {
+            file,
+            input,
+            expiry,
+        } => {
+            let (_, w, decision) = evaluate_input(&file, &input)?;
+            if decision.outcome != Outcome::RequireApprovals {
+                eprint!("{}", decision.explain());
+                bail!("this withdrawal needs no approvals (see the decision above)");
+            }
+            let lifetime = match expiry {
+                Some(e) => Duration::parse(&e)?,
+                None => decision.approval_expiry.unwrap_or(Duration(86_400)),
+            };
+            let statement = ApprovalStatement::for_decision(
+                &decision,
+                &w,
+                decision.evaluated_at.plus(lifetime),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&statement)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Approvals {
+            file,
+            input,
+            statement,
+            approvals,
+        } => {
+            let (active, _, decision) = evaluate_input(&file, &input)?;
+            let statement: ApprovalStatement = json_arg(&statement, "statement")?;
+            let approvals: Vec<Approval> = json_arg(&approvals, "approvals")?;
+            let status = check_approvals(
+                &active,
+                &decision,
+                &statement,
+                &approvals,
+                decision.evaluated_at,
+            );
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(if matches!(status, ApprovalStatus::Satisfied { .. }) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 
@@ -231,7 +328,7 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Inline JSON (starts with `{` or `[`) or a path to a JSON file.
-fn json_arg<T: serde::de::DeserializeOwned>(arg: &str, what: &str) -> anyhow::Result<T> {
+pub(crate) fn json_arg<T: serde::de::DeserializeOwned>(arg: &str, what: &str) -> anyhow::Result<T> {
     let t = arg.trim_start();
     let text = if t.starts_with('{') || t.starts_with('[') {
         arg.to_string()
@@ -241,22 +338,17 @@ fn json_arg<T: serde::de::DeserializeOwned>(arg: &str, what: &str) -> anyhow::Re
     serde_json::from_str(&text).with_context(|| format!("{what} JSON is malformed"))
 }
 
-fn explain(
+fn evaluate_input(
     file: &Path,
-    withdrawal: &str,
-    history: Option<&str>,
-    at: Option<&str>,
-    risk: u32,
-    activated_at: Option<&str>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+    input: &EvalInput,
+) -> anyhow::Result<(ActivePolicy, Withdrawal, Decision)> {
     let policy = Policy::parse(&read(file)?)?;
-    let w: Withdrawal = json_arg(withdrawal, "withdrawal")?;
-    let h: Vec<HistoryEntry> = match history {
+    let w: Withdrawal = json_arg(&input.withdrawal, "withdrawal")?;
+    let h: Vec<HistoryEntry> = match &input.history {
         Some(h) => json_arg(h, "history")?,
         None => Vec::new(),
     };
-    let now = match at {
+    let now = match &input.at {
         Some(t) => Timestamp::parse(t)?,
         None => Timestamp(
             std::time::SystemTime::now()
@@ -267,16 +359,11 @@ fn explain(
                 .context("system clock out of range")?,
         ),
     };
-    let since = match activated_at {
+    let since = match &input.activated_at {
         Some(t) => Timestamp::parse(t)?,
         None => Timestamp(0),
     };
     let active = ActivePolicy::assumed(policy, since);
-    let decision = evaluate(&active, &w, &h, now, risk)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&decision)?);
-    } else {
-        print!("{}", decision.explain());
-    }
-    Ok(ExitCode::SUCCESS)
+    let decision = evaluate(&active, &w, &h, now, input.risk)?;
+    Ok((active, w, decision))
 }
