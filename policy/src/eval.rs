@@ -108,6 +108,9 @@ pub struct Check {
 pub struct RuleTrace {
     /// Rule id.
     pub rule_id: String,
+    /// The rule's description, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// True when every condition held.
     pub matched: bool,
     /// Every condition the rule sets, in a fixed order.
@@ -205,7 +208,12 @@ impl Decision {
             } else {
                 "did not match"
             };
-            let _ = writeln!(s, "Rule {} `{}` {verdict}:", i + 1, t.rule_id);
+            let about = if t.description.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", t.description)
+            };
+            let _ = writeln!(s, "Rule {} `{}`{about} {verdict}:", i + 1, t.rule_id);
             if t.checks.is_empty() {
                 let _ = writeln!(s, "  - no conditions: matches every withdrawal");
             }
@@ -541,6 +549,7 @@ pub fn evaluate(
         let all = checks.iter().all(|c| c.passed);
         trace.push(RuleTrace {
             rule_id: rule.id.clone(),
+            description: rule.description.clone(),
             matched: all,
             checks,
         });

@@ -258,3 +258,28 @@ fn oversized_and_non_utf8_documents() {
         Err(PolicyError::Invalid(_))
     ));
 }
+
+#[test]
+fn json_form_of_the_sample_is_equivalent() {
+    // The JSON serialisation of a parsed document is itself a valid document with the
+    // same meaning (different bytes, so a different hash).
+    let p = policy();
+    let json = serde_json::to_vec_pretty(p.document()).unwrap();
+    let q = Policy::parse(&json).unwrap();
+    assert_eq!(q.document(), p.document());
+    assert_ne!(q.hash(), p.hash());
+    let (a, b) = (
+        ActivePolicy::assumed(p, Timestamp(0)),
+        ActivePolicy::assumed(q, Timestamp(0)),
+    );
+    for amount in [1, ETH, 5 * ETH] {
+        let (x, y) = (
+            decide(&a, &wd(amount), &[], wed10(), 0),
+            decide(&b, &wd(amount), &[], wed10(), 0),
+        );
+        assert_eq!(
+            (x.rule_id, x.outcome, x.trace),
+            (y.rule_id, y.outcome, y.trace)
+        );
+    }
+}
