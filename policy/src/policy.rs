@@ -479,6 +479,14 @@ impl Validator {
                 // Summing wei with satoshi is meaningless.
                 self.err(&vp, "max_amount needs \"asset\" in `per`: amounts of different assets cannot be added");
             }
+            if r.action == ActionKind::Block {
+                self.warn(
+                    &vp,
+                    "a velocity limit matches while totals stay WITHIN it, so this rule blocks normal traffic \
+                     and stops blocking once the limit is exceeded; to block over a limit, put the limit on an \
+                     allow/require_approvals rule and add a block rule after it",
+                );
+            }
             let uniq: BTreeSet<_> = v.per.iter().collect();
             if uniq.len() != v.per.len() {
                 self.warn(&vp, "a key is listed twice in `per`");

@@ -283,3 +283,18 @@ fn json_form_of_the_sample_is_equivalent() {
         );
     }
 }
+
+#[test]
+fn velocity_on_a_block_rule_is_flagged() {
+    let p = with_rules(
+        "[[rules]]\nid = \"b\"\naction = \"block\"\nreason = \"limit\"\n\
+         velocity = { window = \"1d\", per = [\"asset\"], max_amount = 5 }\n",
+    );
+    assert!(
+        p.warnings()
+            .iter()
+            .any(|w| w.message.contains("matches while totals stay WITHIN")),
+        "{:?}",
+        p.warnings()
+    );
+}
