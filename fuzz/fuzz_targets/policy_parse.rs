@@ -6,5 +6,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // `fuzz_parse` returns true when a decoded statement is not canonical.
-    assert!(!custos_policy::fuzz_parse(data), "non-canonical statement encoding accepted");
+    assert!(
+        !custos_policy::fuzz_parse(data),
+        "non-canonical statement encoding accepted"
+    );
 });
