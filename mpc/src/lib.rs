@@ -1,1 +1,29 @@
-//! placeholder
+//! Transport-agnostic threshold ECDSA (secp256k1) for Custos, over `cggmp21`.
+//!
+//! Services own the network; this crate owns the protocol. A session is a
+//! [`SessionIo`]: a stream of authenticated inbound frames and a sink of
+//! outbound frames, both tagged with session-local party indices. The
+//! [`session`] adapter decodes frames into `round_based` messages, checks
+//! that each one belongs to this execution and really comes from the party
+//! the transport authenticated, and records the culprit when it does not, so
+//! an abort can name who misbehaved.
+//!
+//! Costs shape the API: auxiliary info (Paillier keys, safe primes) is
+//! generated once per signer group and reused for every key of that group;
+//! key generation is then milliseconds, presignatures are pooled, and online
+//! signing from a presignature is a local computation plus a combine.
+
+#![deny(missing_docs)]
+
+pub mod eid;
+mod error;
+pub mod primes;
+pub mod protocol;
+pub mod session;
+pub mod sim;
+pub mod wire;
+
+pub use eid::{ExecutionId, SessionKind};
+pub use error::MpcError;
+pub use protocol::{AuxInfo, IncompleteKeyShare, KeyShare, PartialSignature, Presignature, Primes, Signature};
+pub use session::{Inbound, Outbound, SessionIo};

@@ -1,1 +1,110 @@
-//! placeholder
+//! Helpers for end-to-end tests: a real cluster of processes on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use custos_devkit::client::{Client, connect};
+use custos_devkit::{Cluster, ClusterSpec, StartOptions};
+use custos_proto::custody::GetClusterStatusRequest;
+
+/// Where cargo put the daemons (`target/<profile>`), next to the test binary's `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    for bin in ["custos-signer", "custos-coordinator"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} missing: run `cargo build --workspace --bins` first (scripts/test-all.sh does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// Pregenerated test primes (public fixtures; production nodes generate their own).
+pub fn primes_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../mpc/tests/fixtures/test-primes.json")
+}
+
+/// A running cluster with a connected client.
+pub struct TestCluster {
+    pub cluster: Cluster,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+/// Generates and starts an n-signer cluster and waits until aux info is ready.
+pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> TestCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.signers = signers;
+    spec.threshold = threshold;
+    spec.base_port = custos_devkit::free_base_port();
+    spec.primes_file = Some(primes_fixture());
+    for (node, fault) in faults {
+        spec.fault_injection.insert((*node).to_owned(), (*fault).to_owned());
+    }
+    let layout = custos_devkit::generate(&spec).unwrap();
+    let cluster = Cluster::start_with(
+        layout.clone(),
+        &bin_dir(),
+        StartOptions::default().timeout(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let client = connect(&layout).await.unwrap();
+    let tc = TestCluster { cluster, client, dir };
+    tc.wait_aux_ready(Duration::from_secs(600)).await;
+    tc
+}
+
+impl TestCluster {
+    /// Polls the coordinator until aux info is ready.
+    pub async fn wait_aux_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let s = self
+                .client
+                .clone()
+                .get_cluster_status(GetClusterStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if s.aux_info == "ready" {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "aux info not ready after {limit:?}: {}",
+                s.aux_info
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Verifies with RustCrypto k256 and with libsecp256k1.
+pub fn verify_both(public_key: &[u8], digest: &[u8; 32], r: &[u8], s: &[u8]) {
+    use k256::ecdsa::signature::hazmat::PrehashVerifier;
+    let mut rs = [0u8; 64];
+    rs[..32].copy_from_slice(r);
+    rs[32..].copy_from_slice(s);
+    let vk = k256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).unwrap();
+    vk.verify_prehash(digest, &k256::ecdsa::Signature::from_slice(&rs).unwrap())
+        .expect("k256 verifies");
+    let secp = secp256k1::Secp256k1::verification_only();
+    let pk = secp256k1::PublicKey::from_slice(public_key).unwrap();
+    let sig = secp256k1::ecdsa::Signature::from_compact(&rs).unwrap();
+    secp.verify_ecdsa(secp256k1::Message::from_digest(*digest), &sig, &pk)
+        .expect("libsecp256k1 verifies");
+}
+
+/// Ethereum address of a public key, computed here independently of the coordinator.
+pub fn eth_address_lower(public_key: &[u8]) -> String {
+    use sha3::Digest;
+    let pk = secp256k1::PublicKey::from_slice(public_key).unwrap();
+    let hash = sha3::Keccak256::digest(&pk.serialize_uncompressed()[1..]);
+    format!("0x{}", hex::encode(&hash[12..]))
+}

@@ -1,0 +1,723 @@
+//! Orchestration: aux info once per group, keys, the presignature pool, signing.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custos_proto::signer::{AuxInfoRequest, KeygenRequest, PartialSignRequest, PresignRequest, SignRequest};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand::RngCore;
+use tonic::Code;
+
+use crate::db::{Db, KeyRow};
+use crate::error::CoordError;
+use crate::eth;
+use crate::signers::{Signer, Signers};
+
+/// Tunables from the config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Threshold for keys that do not say.
+    pub default_threshold: u16,
+    /// Ready presignatures kept per key.
+    pub pool_target: u32,
+    /// Deadline for one partial signature.
+    pub partial_timeout: Duration,
+    /// Deadline for one protocol session.
+    pub session_timeout: Duration,
+}
+
+/// A produced signature.
+#[derive(Clone, Debug)]
+pub struct SignOutcome {
+    /// r.
+    pub r: [u8; 32],
+    /// s (low-s).
+    pub s: [u8; 32],
+    /// Ethereum recovery id.
+    pub recovery_id: u8,
+    /// Signers that took part.
+    pub signers: Vec<String>,
+    /// `presignature` or `interactive`.
+    pub mode: String,
+    /// Presignature used, if any.
+    pub presig_id: String,
+    /// Time in the signing round.
+    pub elapsed: Duration,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    /// Signatures produced.
+    pub signatures: AtomicU64,
+    /// Sign requests that failed.
+    pub sign_failures: AtomicU64,
+    /// Presignatures generated.
+    pub presignatures: AtomicU64,
+    /// Presignature generations that failed.
+    pub presign_failures: AtomicU64,
+    /// Signing latency histogram buckets (ms): 1, 2, 5, 10, 25, 50, 100, 250, 1000, +Inf.
+    pub latency_buckets: [AtomicU64; 10],
+    /// Sum of signing latency in microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+const BUCKETS_MS: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0];
+
+impl Metrics {
+    fn observe(&self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        let i = BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(9);
+        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text for the histogram.
+    pub fn histogram_text(&self) -> String {
+        let mut out = String::from("# TYPE custos_signing_latency_seconds histogram\n");
+        let mut cum = 0;
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            cum += self.latency_buckets[i].load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "custos_signing_latency_seconds_bucket{{le=\"{}\"}} {cum}\n",
+                b / 1000.0
+            ));
+        }
+        cum += self.latency_buckets[9].load(Ordering::Relaxed);
+        out.push_str(&format!("custos_signing_latency_seconds_bucket{{le=\"+Inf\"}} {cum}\n"));
+        out.push_str(&format!(
+            "custos_signing_latency_seconds_sum {}\ncustos_signing_latency_seconds_count {cum}\n",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        out
+    }
+}
+
+/// The coordinator's domain.
+pub struct Cluster {
+    /// Database.
+    pub db: Db,
+    /// Signer group.
+    pub signers: Arc<Signers>,
+    settings: Settings,
+    aux_state: Mutex<String>,
+    rotation: AtomicUsize,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Validates a caller-supplied id.
+pub fn validate_id(field: &str, id: &str) -> Result<(), CoordError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordError::InvalidArgument(format!(
+            "{field}: {id:?} must be 1-64 characters of letters, digits, '-', '_', '.'"
+        )))
+    }
+}
+
+/// Maps a signer's reply to our error, naming the signer.
+fn signer_error(signer: &Signer, s: &tonic::Status) -> CoordError {
+    let node = &signer.endpoint.node_id;
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => {
+            signer.mark_unreachable(s.message());
+            CoordError::Unavailable(format!("{node} unreachable: {}", s.message()))
+        }
+        Code::DeadlineExceeded => CoordError::DeadlineExceeded(format!("{node}: {}", s.message())),
+        Code::Aborted => CoordError::Aborted(format!("{node} reports: {}", s.message())),
+        Code::InvalidArgument => CoordError::InvalidArgument(format!("{node}: {}", s.message())),
+        Code::FailedPrecondition => CoordError::FailedPrecondition(format!("{node}: {}", s.message())),
+        Code::AlreadyExists => CoordError::AlreadyExists(format!("{node}: {}", s.message())),
+        Code::NotFound => CoordError::NotFound(format!("{node}: {}", s.message())),
+        _ => CoordError::Internal(format!("{node}: {}", s.message())),
+    }
+}
+
+/// Runs one call per participant concurrently; the first failure aborts the
+/// rest (a misbehaving peer is reported by the honest ones within moments,
+/// no need to wait for the culprit's own timeout).
+async fn all_or_first_error<T, F, Fut>(
+    signers: Vec<Arc<Signer>>,
+    deadline: Duration,
+    call: F,
+) -> Result<Vec<T>, CoordError>
+where
+    F: Fn(Arc<Signer>) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut pending: FuturesUnordered<_> = signers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let fut = call(s.clone());
+            let s = s.clone();
+            async move {
+                let r = tokio::time::timeout(deadline, fut).await;
+                (i, s, r)
+            }
+        })
+        .collect();
+    let mut out: Vec<Option<T>> = (0..signers.len()).map(|_| None).collect();
+    while let Some((i, s, r)) = pending.next().await {
+        match r {
+            Ok(Ok(v)) => out[i] = Some(v),
+            Ok(Err(status)) => {
+                let e = signer_error(&s, &status);
+                // A peer-misbehaviour report names the culprit: prefer it.
+                if matches!(e, CoordError::Aborted(_)) {
+                    return Err(e);
+                }
+                // Give the others a moment to report who caused it.
+                if let Ok(Some((_, s2, Ok(Err(st2))))) =
+                    tokio::time::timeout(Duration::from_secs(2), pending.next()).await
+                {
+                    let e2 = signer_error(&s2, &st2);
+                    if matches!(e2, CoordError::Aborted(_)) {
+                        return Err(e2);
+                    }
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(CoordError::DeadlineExceeded(format!(
+                    "{} did not answer within {}s",
+                    s.endpoint.node_id,
+                    deadline.as_secs()
+                )));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|v| v.ok_or_else(|| CoordError::Internal("missing result".into())))
+        .collect()
+}
+
+impl Cluster {
+    /// Wires the domain.
+    pub fn new(db: Db, signers: Arc<Signers>, settings: Settings) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            db,
+            signers,
+            settings,
+            aux_state: Mutex::new("none".into()),
+            rotation: AtomicUsize::new(0),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// `none`, `waiting: ...`, `running`, `ready`, `failed: ...`.
+    pub fn aux_state(&self) -> String {
+        self.aux_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_aux_state(&self, s: impl Into<String>) {
+        *self.aux_state.lock().unwrap_or_else(|p| p.into_inner()) = s.into();
+    }
+
+    /// Makes sure the signer group has aux info: waits until every signer
+    /// is reachable and has primes, then runs the ceremony once. Retries
+    /// with a fresh group id on failure.
+    pub async fn ensure_aux(self: Arc<Self>) {
+        loop {
+            match self.db.ready_group().await {
+                Ok(Some(_)) => {
+                    self.set_aux_state("ready");
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.set_aux_state(format!("failed: {e}"));
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+            let health = self.signers.probe_all().await;
+            let not_ready: Vec<String> = health
+                .iter()
+                .filter(|(_, h)| !h.reachable || !(h.state == "primes-ready" || h.state == "aux-ready"))
+                .map(|(n, h)| {
+                    if h.reachable {
+                        format!("{n} {}", h.state)
+                    } else {
+                        format!("{n} unreachable")
+                    }
+                })
+                .collect();
+            if !not_ready.is_empty() {
+                self.set_aux_state(format!("waiting: {}", not_ready.join(", ")));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let group_id = format!("group-{}", random_hex(6));
+            let participants = self.signers.group();
+            self.set_aux_state("running");
+            tracing::info!(%group_id, "running aux-info generation for the signer group");
+            if let Err(e) = self.db.set_group(&group_id, &participants, "running").await {
+                self.set_aux_state(format!("failed: {e}"));
+                continue;
+            }
+            let members: Vec<Arc<Signer>> = participants
+                .iter()
+                .filter_map(|n| self.signers.get(n).cloned())
+                .collect();
+            let req = AuxInfoRequest {
+                group_id: group_id.clone(),
+                participants: participants.clone(),
+            };
+            let result = all_or_first_error(members, Duration::from_secs(900), |s| {
+                let req = req.clone();
+                async move { s.client().aux_info(req).await.map(|_| ()) }
+            })
+            .await;
+            match result {
+                Ok(_) => {
+                    if let Err(e) = self.db.set_group(&group_id, &participants, "ready").await {
+                        self.set_aux_state(format!("failed: {e}"));
+                        continue;
+                    }
+                    tracing::info!(%group_id, "aux info ready");
+                    self.set_aux_state("ready");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "aux-info generation failed; retrying");
+                    let _ = self.db.set_group(&group_id, &participants, "failed").await;
+                    self.set_aux_state(format!("failed: {e}"));
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+            }
+        }
+    }
+
+    /// Creates a key with every signer of the group.
+    pub async fn create_key(&self, key_id: &str, threshold: u16) -> Result<KeyRow, CoordError> {
+        let key_id = if key_id.is_empty() {
+            format!("key-{}", random_hex(8))
+        } else {
+            key_id.to_owned()
+        };
+        validate_id("key_id", &key_id)?;
+        let threshold = if threshold == 0 {
+            self.settings.default_threshold
+        } else {
+            threshold
+        };
+        let n = self.signers.all.len() as u16;
+        if threshold < 2 || threshold > n {
+            return Err(CoordError::InvalidArgument(format!(
+                "threshold: {threshold} must be between 2 and {n}"
+            )));
+        }
+        let (group_id, participants) = self
+            .db
+            .ready_group()
+            .await?
+            .ok_or_else(|| CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state())))?;
+        let members = self.require_live(&participants, participants.len()).await?;
+        self.db.insert_key(&key_id, &group_id, threshold, &participants).await?;
+        let mut nonce = vec![0u8; 32];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let req = KeygenRequest {
+            key_id: key_id.clone(),
+            group_id,
+            participants: participants.clone(),
+            threshold: u32::from(threshold),
+            nonce,
+        };
+        let result = all_or_first_error(members, self.settings.session_timeout, |s| {
+            let req = req.clone();
+            async move { s.client().keygen(req).await.map(|r| r.into_inner().public_key) }
+        })
+        .await;
+        let keys = match result {
+            Ok(k) => k,
+            Err(e) => {
+                self.db.finish_key(&key_id, None, None).await?;
+                return Err(e);
+            }
+        };
+        let first = keys.first().cloned().unwrap_or_default();
+        if keys.iter().any(|k| *k != first) {
+            self.db.finish_key(&key_id, None, None).await?;
+            return Err(CoordError::Aborted(
+                "signers disagree on the public key; key discarded".into(),
+            ));
+        }
+        let address =
+            eth::address(&first).ok_or_else(|| CoordError::Internal("public key is not a secp256k1 point".into()))?;
+        self.db.finish_key(&key_id, Some(&first), Some(&address)).await?;
+        self.db
+            .key(&key_id)
+            .await?
+            .ok_or_else(|| CoordError::Internal("key vanished".into()))
+    }
+
+    /// The participants that are reachable, or an error naming those that are not.
+    async fn require_live(&self, participants: &[String], need: usize) -> Result<Vec<Arc<Signer>>, CoordError> {
+        let pick = |fresh: bool| -> (Vec<Arc<Signer>>, Vec<String>) {
+            let _ = fresh;
+            let mut live = Vec::new();
+            let mut down = Vec::new();
+            for p in participants {
+                match self.signers.get(p) {
+                    Some(s) if s.health().reachable => live.push(s.clone()),
+                    Some(s) => down.push(format!("{p} ({})", s.endpoint.endpoint)),
+                    None => down.push(format!("{p} (not configured)")),
+                }
+            }
+            (live, down)
+        };
+        let (live, _) = pick(false);
+        if live.len() >= need {
+            return Ok(live);
+        }
+        // The cache may be stale: probe now before refusing.
+        for p in participants {
+            if let Some(s) = self.signers.get(p) {
+                if !s.health().reachable {
+                    s.probe().await;
+                }
+            }
+        }
+        let (live, down) = pick(true);
+        if live.len() >= need {
+            return Ok(live);
+        }
+        Err(CoordError::Unavailable(format!(
+            "need {need} signers, {} reachable; unreachable: {}",
+            live.len(),
+            down.join(", ")
+        )))
+    }
+
+    /// Signs a digest: from a pooled presignature when one is ready with
+    /// live signers, else interactively. A request id signs at most once.
+    pub async fn sign_digest(
+        &self,
+        key_id: &str,
+        digest: &[u8],
+        request_id: &str,
+        interactive: bool,
+    ) -> Result<SignOutcome, CoordError> {
+        validate_id("key_id", key_id)?;
+        if request_id.is_empty() || request_id.len() > 128 {
+            return Err(CoordError::InvalidArgument(
+                "request_id: must be 1-128 characters".into(),
+            ));
+        }
+        let digest: [u8; 32] = digest
+            .try_into()
+            .map_err(|_| CoordError::InvalidArgument(format!("digest: must be 32 bytes, got {}", digest.len())))?;
+        let key = self
+            .db
+            .key(key_id)
+            .await?
+            .ok_or_else(|| CoordError::NotFound(format!("key {key_id}")))?;
+        let public_key = match (&key.state[..], &key.public_key) {
+            ("ready", Some(pk)) => pk.clone(),
+            _ => return Err(CoordError::FailedPrecondition(format!("key {key_id} is {}", key.state))),
+        };
+        if let Some(prev) = self.db.begin_sign(request_id, key_id, &digest).await? {
+            return self.previous_outcome(request_id, key_id, &digest, prev);
+        }
+        let started = Instant::now();
+        let result = self
+            .sign_attempts(&key, &public_key, &digest, request_id, interactive)
+            .await;
+        match result {
+            Ok(mut outcome) => {
+                outcome.elapsed = started.elapsed();
+                self.db
+                    .finish_sign(
+                        request_id,
+                        &outcome.mode,
+                        &outcome.signers,
+                        Some((&outcome.r, &outcome.s, outcome.recovery_id)),
+                        None,
+                    )
+                    .await?;
+                self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.observe(outcome.elapsed);
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.metrics.sign_failures.fetch_add(1, Ordering::Relaxed);
+                self.db
+                    .finish_sign(request_id, "", &[], None, Some(&e.to_string()))
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    fn previous_outcome(
+        &self,
+        request_id: &str,
+        key_id: &str,
+        digest: &[u8; 32],
+        prev: crate::db::SignRow,
+    ) -> Result<SignOutcome, CoordError> {
+        if prev.key_id != key_id || prev.digest != digest {
+            return Err(CoordError::AlreadyExists(format!(
+                "request_id {request_id} was already used for a different key or digest"
+            )));
+        }
+        match (prev.state.as_str(), prev.r, prev.s) {
+            ("signed", Some(r), Some(s)) => Ok(SignOutcome {
+                r: r.try_into().map_err(|_| CoordError::Internal("stored r".into()))?,
+                s: s.try_into().map_err(|_| CoordError::Internal("stored s".into()))?,
+                recovery_id: prev.recovery_id.and_then(|v| u8::try_from(v).ok()).unwrap_or(0),
+                signers: serde_json::from_str(prev.signers.as_deref().unwrap_or("[]")).unwrap_or_default(),
+                mode: prev.mode.unwrap_or_default(),
+                presig_id: prev.presig_id.unwrap_or_default(),
+                elapsed: Duration::ZERO,
+            }),
+            (state, _, _) => Err(CoordError::FailedPrecondition(format!(
+                "request_id {request_id} was already attempted ({state}{}); a request is never signed twice",
+                prev.error.map(|e| format!(": {e}")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn sign_attempts(
+        &self,
+        key: &KeyRow,
+        public_key: &[u8],
+        digest: &[u8; 32],
+        request_id: &str,
+        interactive: bool,
+    ) -> Result<SignOutcome, CoordError> {
+        let t = usize::from(key.threshold);
+        let mut last_err = None;
+        for _attempt in 0..3 {
+            let live = self.require_live(&key.participants, t).await?;
+            let live_ids: Vec<String> = live.iter().map(|s| s.endpoint.node_id.clone()).collect();
+            if !interactive {
+                if let Some((presig_id, signers)) = self
+                    .db
+                    .ready_presigs(&key.key_id)
+                    .await?
+                    .into_iter()
+                    .find(|(_, signers)| signers.iter().all(|s| live_ids.contains(s)))
+                {
+                    if !self.db.take_presig(&presig_id, request_id).await? {
+                        continue; // another request won it
+                    }
+                    match self
+                        .sign_with_presig(key, public_key, digest, request_id, &presig_id, &signers)
+                        .await
+                    {
+                        Ok(o) => return Ok(o),
+                        Err(e @ CoordError::Unavailable(_)) | Err(e @ CoordError::DeadlineExceeded(_)) => {
+                            // The presignature is burned (consumed on the signers that answered); try again.
+                            tracing::warn!(%presig_id, error = %e, "presignature signing failed; retrying");
+                            last_err = Some(e);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            let signers: Vec<Arc<Signer>> = live.into_iter().take(t).collect();
+            match self
+                .sign_interactive(key, public_key, digest, request_id, signers)
+                .await
+            {
+                Ok(o) => return Ok(o),
+                Err(e @ CoordError::Unavailable(_)) => {
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| CoordError::Unavailable("no signing attempt succeeded".into())))
+    }
+
+    async fn sign_with_presig(
+        &self,
+        key: &KeyRow,
+        public_key: &[u8],
+        digest: &[u8; 32],
+        request_id: &str,
+        presig_id: &str,
+        signer_ids: &[String],
+    ) -> Result<SignOutcome, CoordError> {
+        let signers: Vec<Arc<Signer>> = signer_ids.iter().filter_map(|n| self.signers.get(n).cloned()).collect();
+        let req = PartialSignRequest {
+            key_id: key.key_id.clone(),
+            presignature_id: presig_id.to_owned(),
+            digest: digest.to_vec(),
+            request_id: request_id.to_owned(),
+        };
+        let partials = all_or_first_error(signers, self.settings.partial_timeout, |s| {
+            let req = req.clone();
+            async move {
+                s.client()
+                    .partial_sign(req)
+                    .await
+                    .map(|r| r.into_inner().partial_signature)
+            }
+        })
+        .await?;
+        let parsed = partials
+            .iter()
+            .zip(signer_ids)
+            .map(|(p, n)| {
+                serde_json::from_slice::<custos_mpc::PartialSignature>(p)
+                    .map_err(|_| CoordError::Aborted(format!("{n} returned a malformed partial signature")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pk: [u8; 33] = public_key
+            .try_into()
+            .map_err(|_| CoordError::Internal("stored public key".into()))?;
+        let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
+            CoordError::Aborted(format!(
+                "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
+                signer_ids.join(", ")
+            ))
+        })?;
+        let recovery_id = eth::recovery_id(public_key, digest, &sig.r, &sig.s)
+            .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
+        Ok(SignOutcome {
+            r: sig.r,
+            s: sig.s,
+            recovery_id,
+            signers: signer_ids.to_vec(),
+            mode: "presignature".into(),
+            presig_id: presig_id.to_owned(),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    async fn sign_interactive(
+        &self,
+        key: &KeyRow,
+        public_key: &[u8],
+        digest: &[u8; 32],
+        request_id: &str,
+        signers: Vec<Arc<Signer>>,
+    ) -> Result<SignOutcome, CoordError> {
+        let ids: Vec<String> = signers.iter().map(|s| s.endpoint.node_id.clone()).collect();
+        let req = SignRequest {
+            key_id: key.key_id.clone(),
+            signers: ids.clone(),
+            digest: digest.to_vec(),
+            request_id: request_id.to_owned(),
+        };
+        let sigs = all_or_first_error(signers, self.settings.session_timeout, |s| {
+            let req = req.clone();
+            async move { s.client().sign(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+        let first = sigs
+            .first()
+            .ok_or_else(|| CoordError::Internal("no signature".into()))?;
+        let r: [u8; 32] = first
+            .r
+            .clone()
+            .try_into()
+            .map_err(|_| CoordError::Aborted("malformed r".into()))?;
+        let s: [u8; 32] = first
+            .s
+            .clone()
+            .try_into()
+            .map_err(|_| CoordError::Aborted("malformed s".into()))?;
+        let recovery_id = eth::recovery_id(public_key, digest, &r, &s)
+            .ok_or_else(|| CoordError::Aborted(format!("signature from {} does not verify", ids.join(", "))))?;
+        Ok(SignOutcome {
+            r,
+            s,
+            recovery_id,
+            signers: ids,
+            mode: "interactive".into(),
+            presig_id: String::new(),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// Keeps each ready key's pool of presignatures at the target size.
+    pub async fn refill_pool(self: Arc<Self>) {
+        if self.settings.pool_target == 0 {
+            return;
+        }
+        loop {
+            let did = self.refill_once().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "presignature refill failed");
+                false
+            });
+            if !did {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
+    async fn refill_once(&self) -> Result<bool, CoordError> {
+        for key in self.db.keys().await? {
+            if key.state != "ready" {
+                continue;
+            }
+            if self.db.ready_presigs(&key.key_id).await?.len() as u32 >= self.settings.pool_target {
+                continue;
+            }
+            let t = usize::from(key.threshold);
+            let Ok(mut live) = self.require_live(&key.participants, t).await else {
+                continue;
+            };
+            // Rotate subsets so every signer's presignatures are spread.
+            let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len();
+            live.rotate_left(shift);
+            let chosen: Vec<Arc<Signer>> = live.into_iter().take(t).collect();
+            let ids: Vec<String> = chosen.iter().map(|s| s.endpoint.node_id.clone()).collect();
+            let presig_id = format!("ps-{}", random_hex(10));
+            self.db.insert_presig(&presig_id, &key.key_id, &ids).await?;
+            let req = PresignRequest {
+                key_id: key.key_id.clone(),
+                presignature_id: presig_id.clone(),
+                signers: ids.clone(),
+            };
+            let result = all_or_first_error(chosen, self.settings.session_timeout, |s| {
+                let req = req.clone();
+                async move { s.client().presign(req).await.map(|r| r.into_inner().nonce_point) }
+            })
+            .await;
+            match result {
+                Ok(nonces) if nonces.windows(2).all(|w| w[0] == w[1]) => {
+                    self.db
+                        .set_presig(&presig_id, "ready", nonces.first().map(Vec::as_slice))
+                        .await?;
+                    self.metrics.presignatures.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {
+                    tracing::warn!(%presig_id, "signers disagree on the presignature nonce; discarded");
+                    self.db.set_presig(&presig_id, "failed", None).await?;
+                    self.metrics.presign_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(%presig_id, error = %e, "presignature generation failed");
+                    self.db.set_presig(&presig_id, "failed", None).await?;
+                    self.metrics.presign_failures.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

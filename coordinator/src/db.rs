@@ -1,0 +1,400 @@
+//! The coordinator's database (SQLite in its data dir).
+//!
+//! Every state change is committed before the action it allows: a
+//! presignature is marked consumed before its partials are requested, a
+//! sign request is recorded before any signer is asked.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::error::CoordError;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS groups (
+    group_id TEXT PRIMARY KEY,
+    participants TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL,
+    curve TEXT NOT NULL,
+    threshold INTEGER NOT NULL,
+    participants TEXT NOT NULL,
+    public_key BLOB,
+    eth_address TEXT,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS presignatures (
+    presig_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    signers TEXT NOT NULL,
+    state TEXT NOT NULL,
+    nonce_point BLOB,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS presignatures_ready ON presignatures (key_id, state);
+CREATE TABLE IF NOT EXISTS sign_requests (
+    request_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    state TEXT NOT NULL,
+    mode TEXT,
+    presig_id TEXT,
+    signers TEXT,
+    r BLOB,
+    s BLOB,
+    recovery_id INTEGER,
+    error TEXT,
+    created_at TEXT NOT NULL
+);
+"#;
+
+/// A key row.
+#[derive(Clone, Debug)]
+pub struct KeyRow {
+    /// Key id.
+    pub key_id: String,
+    /// Signer group.
+    pub group_id: String,
+    /// Threshold.
+    pub threshold: u16,
+    /// Participants in keygen order.
+    pub participants: Vec<String>,
+    /// Compressed public key (ready keys).
+    pub public_key: Option<Vec<u8>>,
+    /// EIP-55 address (ready keys).
+    pub eth_address: Option<String>,
+    /// `creating`, `ready`, `failed`.
+    pub state: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A completed or attempted sign request.
+#[derive(Clone, Debug)]
+pub struct SignRow {
+    /// Key.
+    pub key_id: String,
+    /// Digest.
+    pub digest: Vec<u8>,
+    /// `started`, `signed`, `failed`.
+    pub state: String,
+    /// `presignature` / `interactive`.
+    pub mode: Option<String>,
+    /// Presignature used.
+    pub presig_id: Option<String>,
+    /// Signers, JSON list.
+    pub signers: Option<String>,
+    /// r.
+    pub r: Option<Vec<u8>>,
+    /// s.
+    pub s: Option<Vec<u8>>,
+    /// Recovery id.
+    pub recovery_id: Option<i64>,
+    /// Failure reason.
+    pub error: Option<String>,
+}
+
+/// Database handle.
+#[derive(Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn db_err(e: sqlx::Error) -> CoordError {
+    CoordError::Storage(e.to_string())
+}
+
+fn list(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+impl Db {
+    /// Opens (creating) `dir/coordinator.db`.
+    pub async fn open(dir: &Path) -> Result<Db, CoordError> {
+        let path = dir.join("coordinator.db");
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(db_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit survives power loss, not only a process crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db_err)?;
+        Ok(Db { pool })
+    }
+
+    /// Cheap liveness probe.
+    pub async fn ping(&self) -> Result<(), CoordError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)
+            .map(|_| ())
+    }
+
+    /// The ready group, if any.
+    pub async fn ready_group(&self) -> Result<Option<(String, Vec<String>)>, CoordError> {
+        let row =
+            sqlx::query("SELECT group_id, participants FROM groups WHERE state = 'ready' ORDER BY created_at LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(row.map(|r| (r.get::<String, _>(0), list(&r.get::<String, _>(1)))))
+    }
+
+    /// Records a group's aux-info run and its outcome.
+    pub async fn set_group(&self, group_id: &str, participants: &[String], state: &str) -> Result<(), CoordError> {
+        sqlx::query(
+            "INSERT INTO groups (group_id, participants, state, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT(group_id) DO UPDATE SET state = excluded.state",
+        )
+        .bind(group_id)
+        .bind(serde_json::to_string(participants).unwrap_or_default())
+        .bind(state)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Inserts a key in state `creating`; fails if the id exists.
+    pub async fn insert_key(
+        &self,
+        key_id: &str,
+        group_id: &str,
+        threshold: u16,
+        participants: &[String],
+    ) -> Result<(), CoordError> {
+        let res = sqlx::query(
+            "INSERT INTO keys (key_id, group_id, curve, threshold, participants, state, created_at)
+             VALUES (?, ?, 'secp256k1', ?, ?, 'creating', ?)",
+        )
+        .bind(key_id)
+        .bind(group_id)
+        .bind(i64::from(threshold))
+        .bind(serde_json::to_string(participants).unwrap_or_default())
+        .bind(now())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Err(CoordError::AlreadyExists(format!("key {key_id} already exists")))
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Marks a key ready with its public key, or failed.
+    pub async fn finish_key(
+        &self,
+        key_id: &str,
+        public_key: Option<&[u8]>,
+        address: Option<&str>,
+    ) -> Result<(), CoordError> {
+        let state = if public_key.is_some() { "ready" } else { "failed" };
+        sqlx::query("UPDATE keys SET state = ?, public_key = ?, eth_address = ? WHERE key_id = ?")
+            .bind(state)
+            .bind(public_key)
+            .bind(address)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn key_row(r: &sqlx::sqlite::SqliteRow) -> KeyRow {
+        KeyRow {
+            key_id: r.get("key_id"),
+            group_id: r.get("group_id"),
+            threshold: u16::try_from(r.get::<i64, _>("threshold")).unwrap_or(0),
+            participants: list(&r.get::<String, _>("participants")),
+            public_key: r.get("public_key"),
+            eth_address: r.get("eth_address"),
+            state: r.get("state"),
+            created_at: r.get("created_at"),
+        }
+    }
+
+    /// One key.
+    pub async fn key(&self, key_id: &str) -> Result<Option<KeyRow>, CoordError> {
+        let row = sqlx::query("SELECT * FROM keys WHERE key_id = ?")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.as_ref().map(Self::key_row))
+    }
+
+    /// All keys.
+    pub async fn keys(&self) -> Result<Vec<KeyRow>, CoordError> {
+        let rows = sqlx::query("SELECT * FROM keys ORDER BY created_at, key_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(Self::key_row).collect())
+    }
+
+    /// Records a presignature being generated.
+    pub async fn insert_presig(&self, presig_id: &str, key_id: &str, signers: &[String]) -> Result<(), CoordError> {
+        sqlx::query("INSERT INTO presignatures (presig_id, key_id, signers, state, created_at) VALUES (?, ?, ?, 'generating', ?)")
+            .bind(presig_id)
+            .bind(key_id)
+            .bind(serde_json::to_string(signers).unwrap_or_default())
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Sets a presignature's state (`ready` with its nonce point, or `failed`).
+    pub async fn set_presig(&self, presig_id: &str, state: &str, nonce: Option<&[u8]>) -> Result<(), CoordError> {
+        sqlx::query("UPDATE presignatures SET state = ?, nonce_point = COALESCE(?, nonce_point) WHERE presig_id = ?")
+            .bind(state)
+            .bind(nonce)
+            .bind(presig_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Ready presignatures per key.
+    pub async fn ready_presigs(&self, key_id: &str) -> Result<Vec<(String, Vec<String>)>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT presig_id, signers FROM presignatures WHERE key_id = ? AND state = 'ready' ORDER BY created_at",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), list(&r.get::<String, _>(1))))
+            .collect())
+    }
+
+    /// Count of ready presignatures (all keys).
+    pub async fn ready_presig_total(&self) -> Result<u32, CoordError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM presignatures WHERE state = 'ready'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    /// Atomically takes a ready presignature: only one caller can win it.
+    pub async fn take_presig(&self, presig_id: &str, request_id: &str) -> Result<bool, CoordError> {
+        let res = sqlx::query("UPDATE presignatures SET state = 'consumed' WHERE presig_id = ? AND state = 'ready'")
+            .bind(presig_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if res.rows_affected() == 1 {
+            sqlx::query("UPDATE sign_requests SET presig_id = ?, mode = 'presignature' WHERE request_id = ?")
+                .bind(presig_id)
+                .bind(request_id)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Presignatures left `generating` by a crash can never be trusted: fail them.
+    pub async fn fail_stale_presigs(&self) -> Result<u64, CoordError> {
+        let res = sqlx::query("UPDATE presignatures SET state = 'failed' WHERE state = 'generating'")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(res.rows_affected())
+    }
+
+    /// Records a new sign request; returns the existing row if the id was used.
+    pub async fn begin_sign(
+        &self,
+        request_id: &str,
+        key_id: &str,
+        digest: &[u8],
+    ) -> Result<Option<SignRow>, CoordError> {
+        let res = sqlx::query(
+            "INSERT INTO sign_requests (request_id, key_id, digest, state, created_at) VALUES (?, ?, ?, 'started', ?)",
+        )
+        .bind(request_id)
+        .bind(key_id)
+        .bind(digest)
+        .bind(now())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                let r = sqlx::query("SELECT * FROM sign_requests WHERE request_id = ?")
+                    .bind(request_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(Some(SignRow {
+                    key_id: r.get("key_id"),
+                    digest: r.get("digest"),
+                    state: r.get("state"),
+                    mode: r.get("mode"),
+                    presig_id: r.get("presig_id"),
+                    signers: r.get("signers"),
+                    r: r.get("r"),
+                    s: r.get("s"),
+                    recovery_id: r.get("recovery_id"),
+                    error: r.get("error"),
+                }))
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Records a sign request's outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_sign(
+        &self,
+        request_id: &str,
+        mode: &str,
+        signers: &[String],
+        sig: Option<(&[u8], &[u8], u8)>,
+        error: Option<&str>,
+    ) -> Result<(), CoordError> {
+        let state = if sig.is_some() { "signed" } else { "failed" };
+        sqlx::query("UPDATE sign_requests SET state = ?, mode = ?, signers = ?, r = ?, s = ?, recovery_id = ?, error = ? WHERE request_id = ?")
+            .bind(state)
+            .bind(mode)
+            .bind(serde_json::to_string(signers).unwrap_or_default())
+            .bind(sig.map(|s| s.0))
+            .bind(sig.map(|s| s.1))
+            .bind(sig.map(|s| i64::from(s.2)))
+            .bind(error)
+            .bind(request_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! mTLS clients of the signer group and their last known health.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custos_proto::signer::StatusRequest;
+use custos_proto::signer::signer_control_client::SignerControlClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::SignerEndpoint;
+use crate::error::CoordError;
+
+/// Last observed state of a signer.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    /// Answered the last probe or call.
+    pub reachable: bool,
+    /// Its reported state (`aux-ready`, `generating-primes`, ...).
+    pub state: String,
+    /// Why it is unreachable.
+    pub error: String,
+    /// Aux-info groups it holds.
+    pub aux_groups: Vec<String>,
+}
+
+/// One signer.
+pub struct Signer {
+    /// Config entry.
+    pub endpoint: SignerEndpoint,
+    client: SignerControlClient<Channel>,
+    health: Mutex<(Health, Option<Instant>)>,
+}
+
+impl Signer {
+    /// A client for calls (cheap clone of a multiplexed channel).
+    pub fn client(&self) -> SignerControlClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Last known health.
+    pub fn health(&self) -> Health {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// Records that a call failed at the transport level.
+    pub fn mark_unreachable(&self, error: &str) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.0.reachable = false;
+        h.0.error = error.to_owned();
+        h.1 = Some(Instant::now());
+    }
+
+    /// Probes the signer now.
+    pub async fn probe(&self) -> Health {
+        let mut client = self.client();
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_millis(1500));
+        let res = tokio::time::timeout(Duration::from_millis(2000), client.status(req)).await;
+        let h = match res {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                Health {
+                    reachable: true,
+                    state: r.state,
+                    error: String::new(),
+                    aux_groups: r.aux_groups,
+                }
+            }
+            Ok(Err(s)) => Health {
+                reachable: false,
+                state: String::new(),
+                error: s.message().to_owned(),
+                aux_groups: vec![],
+            },
+            Err(_) => Health {
+                reachable: false,
+                state: String::new(),
+                error: "status probe timed out".into(),
+                aux_groups: vec![],
+            },
+        };
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h.clone(), Some(Instant::now()));
+        h
+    }
+}
+
+/// The signer group.
+pub struct Signers {
+    /// In config order.
+    pub all: Vec<Arc<Signer>>,
+    by_id: HashMap<String, Arc<Signer>>,
+}
+
+impl Signers {
+    /// Builds lazy mTLS channels (unreachable signers do not block start).
+    pub fn new(endpoints: &[SignerEndpoint], ca: Certificate, identity: Identity) -> Result<Signers, CoordError> {
+        let mut all = Vec::new();
+        for e in endpoints {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(ca.clone())
+                .identity(identity.clone())
+                .domain_name(e.tls_name.clone());
+            let channel = Endpoint::from_shared(e.endpoint.clone())
+                .map_err(|err| CoordError::InvalidArgument(format!("signers endpoint {:?}: {err}", e.endpoint)))?
+                .tls_config(tls)
+                .map_err(|err| CoordError::InvalidArgument(format!("signers tls for {}: {err}", e.node_id)))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let client = SignerControlClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+            all.push(Arc::new(Signer {
+                endpoint: e.clone(),
+                client,
+                health: Mutex::new((Health::default(), None)),
+            }));
+        }
+        let by_id = all.iter().map(|s| (s.endpoint.node_id.clone(), s.clone())).collect();
+        Ok(Signers { all, by_id })
+    }
+
+    /// A signer by node id.
+    pub fn get(&self, node_id: &str) -> Option<&Arc<Signer>> {
+        self.by_id.get(node_id)
+    }
+
+    /// Node ids in config order, sorted (the group's index order).
+    pub fn group(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.all.iter().map(|s| s.endpoint.node_id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Probes every signer concurrently.
+    pub async fn probe_all(&self) -> Vec<(String, Health)> {
+        let probes = self
+            .all
+            .iter()
+            .map(|s| async move { (s.endpoint.node_id.clone(), s.probe().await) });
+        futures::future::join_all(probes).await
+    }
+
+    /// Keeps health fresh in the background.
+    pub fn spawn_prober(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.probe_all().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}

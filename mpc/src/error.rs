@@ -1,0 +1,30 @@
+use thiserror::Error;
+
+/// Why a protocol session failed, separating who is at fault.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MpcError {
+    /// A peer sent data that failed a check; the session aborted.
+    #[error("party {party} misbehaved: {reason}")]
+    PeerMisbehaved {
+        /// Session-local index of the culprit.
+        party: u16,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The protocol aborted but the crate could not attribute the fault.
+    #[error("protocol aborted: {0}")]
+    Aborted(String),
+    /// The transport failed or closed before the session finished.
+    #[error("transport closed before the session finished: {0}")]
+    Transport(String),
+    /// The caller passed arguments the protocol cannot run with.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Stored protocol state could not be (de)serialised.
+    #[error("invalid stored state: {0}")]
+    InvalidState(String),
+    /// Combined partial signatures do not verify under the public key.
+    #[error("combined signature does not verify: a partial signature was invalid")]
+    InvalidSignature,
+}

@@ -1,0 +1,141 @@
+//! In-process simulation: every party in one process, wired by channels.
+//!
+//! This is the library baseline the cluster is benchmarked against, and the
+//! harness for adversarial tests: a [`Tamper`] hook sees every frame in
+//! flight and may rewrite it, as a malicious party or network would.
+
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use rand_core::{OsRng, RngCore};
+
+use crate::eid::{ExecutionId, SessionKind};
+use crate::error::MpcError;
+use crate::protocol::{self, AuxInfo, KeyShare, Presignature, Primes, Signature};
+use crate::session::{Inbound, Outbound, SessionIo};
+
+/// Rewrites a frame in flight: `(from, to, frame bytes)`.
+pub type Tamper = Arc<dyn Fn(u16, u16, &mut Vec<u8>) + Send + Sync>;
+
+/// Creates `n` connected session endpoints and the router future that moves
+/// frames between them until every party has finished.
+pub fn connect(n: u16, eid: ExecutionId, tamper: Option<Tamper>) -> (Vec<SessionIo>, impl Future<Output = ()>) {
+    let mut ios = Vec::new();
+    let mut inbound_tx = Vec::new();
+    let mut outbound_rx = Vec::new();
+    for me in 0..n {
+        let (itx, irx) = mpsc::channel(4096);
+        let (otx, orx) = mpsc::unbounded();
+        ios.push(SessionIo {
+            eid,
+            me,
+            parties: n,
+            inbound: irx,
+            outbound: otx,
+        });
+        inbound_tx.push(itx);
+        outbound_rx.push(orx.map(move |o: Outbound| (me, o)));
+    }
+    let router = async move {
+        let mut all = futures::stream::select_all(outbound_rx);
+        while let Some((from, out)) = all.next().await {
+            let targets: Vec<u16> = match out.to {
+                Some(j) => vec![j],
+                None => (0..n).filter(|j| *j != from).collect(),
+            };
+            for to in targets {
+                let mut bytes = out.bytes.clone();
+                if let Some(t) = &tamper {
+                    t(from, to, &mut bytes);
+                }
+                if let Some(tx) = inbound_tx.get_mut(usize::from(to)) {
+                    // A party that already finished has dropped its receiver.
+                    let _ = tx.send(Inbound { from, bytes }).await;
+                }
+            }
+        }
+    };
+    (ios, router)
+}
+
+/// Runs one future per party next to the router; the first error aborts all.
+pub async fn run_parties<T, F>(parties: Vec<F>, router: impl Future<Output = ()>) -> Result<Vec<T>, MpcError>
+where
+    F: Future<Output = Result<T, MpcError>>,
+{
+    let (_, out) = futures::future::join(router, futures::future::try_join_all(parties)).await;
+    out
+}
+
+/// A fresh random execution id for a simulated session.
+pub fn random_eid(kind: SessionKind) -> ExecutionId {
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    ExecutionId::derive(kind, "sim", &[], &nonce)
+}
+
+/// Aux info for `primes.len()` parties.
+pub async fn aux_info(primes: Vec<Primes>, tamper: Option<Tamper>) -> Result<Vec<AuxInfo>, MpcError> {
+    let n = u16::try_from(primes.len()).map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+    let (ios, router) = connect(n, random_eid(SessionKind::AuxInfo), tamper);
+    let futs = ios
+        .into_iter()
+        .zip(primes)
+        .map(|(io, p)| protocol::run_aux_info(io, p))
+        .collect();
+    run_parties(futs, router).await
+}
+
+/// Threshold keygen over existing aux info, completing the shares.
+pub async fn keygen(threshold: u16, aux: &[AuxInfo]) -> Result<Vec<KeyShare>, MpcError> {
+    let n = u16::try_from(aux.len()).map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+    let (ios, router) = connect(n, random_eid(SessionKind::Keygen), None);
+    let futs = ios.into_iter().map(|io| protocol::run_keygen(io, threshold)).collect();
+    let incomplete = run_parties(futs, router).await?;
+    incomplete
+        .into_iter()
+        .zip(aux.iter().cloned())
+        .map(|(i, a)| protocol::complete_key_share(i, a))
+        .collect()
+}
+
+/// Presignatures for the signers at keygen indices `signers`.
+pub async fn presign(
+    shares: &[KeyShare],
+    signers: &[u16],
+    tamper: Option<Tamper>,
+) -> Result<Vec<Presignature>, MpcError> {
+    let t = u16::try_from(signers.len()).map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
+    let (ios, router) = connect(t, random_eid(SessionKind::Presign), tamper);
+    let mut futs = Vec::new();
+    for (io, k) in ios.into_iter().zip(signers) {
+        let share = shares
+            .get(usize::from(*k))
+            .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
+        futs.push(protocol::run_presign(io, share, signers));
+    }
+    run_parties(futs, router).await
+}
+
+/// Interactive signing by the signers at keygen indices `signers`.
+pub async fn sign(
+    shares: &[KeyShare],
+    signers: &[u16],
+    digest: &[u8; 32],
+    tamper: Option<Tamper>,
+) -> Result<Signature, MpcError> {
+    let t = u16::try_from(signers.len()).map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
+    let (ios, router) = connect(t, random_eid(SessionKind::Sign), tamper);
+    let mut futs = Vec::new();
+    for (io, k) in ios.into_iter().zip(signers) {
+        let share = shares
+            .get(usize::from(*k))
+            .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
+        futs.push(protocol::run_sign(io, share, signers, digest));
+    }
+    let sigs = run_parties(futs, router).await?;
+    sigs.into_iter()
+        .next()
+        .ok_or(MpcError::InvalidInput("no signers".into()))
+}

@@ -1,0 +1,63 @@
+//! Errors of the signer node, by who is at fault.
+
+use std::path::Path;
+
+/// Why a signer refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The request is malformed or inconsistent with this node's state.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Something the request names does not exist here.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request repeats a session or presignature: refused.
+    #[error("replay refused: {0}")]
+    Replay(String),
+    /// The node cannot serve this yet (aux info missing, primes still generating).
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// A peer misbehaved; the session aborted.
+    #[error("signer {node} misbehaved: {reason}")]
+    PeerMisbehaved {
+        /// The culprit's node id.
+        node: String,
+        /// What it did.
+        reason: String,
+    },
+    /// Peers did not answer within the session timeout.
+    #[error("session timed out after {secs}s waiting for {absent:?}")]
+    Timeout {
+        /// Seconds waited.
+        secs: u64,
+        /// Node ids that did not deliver their messages.
+        absent: Vec<String>,
+    },
+    /// The protocol failed without a named culprit.
+    #[error("protocol failed: {0}")]
+    Protocol(String),
+    /// The data directory failed: fail closed.
+    #[error("storage failure at {path}: {message}")]
+    Storage {
+        /// The file or directory.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// Sealing or unsealing failed: fail closed.
+    #[error("sealer: {0}")]
+    Sealer(#[from] custos_hsm::HsmError),
+    /// A bug or corrupt internal state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    pub(crate) fn storage(path: &Path, e: std::io::Error) -> Self {
+        NodeError::Storage {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}

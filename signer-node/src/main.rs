@@ -1,0 +1,235 @@
+//! `custos-signer`: the signer daemon.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use base64::Engine;
+use clap::Parser;
+use custos_proto::signer::signer_control_server::SignerControlServer;
+use custos_service::config::{self, resolve};
+use custos_signer_node::config::SignerConfig;
+use custos_signer_node::node::Node;
+use custos_signer_node::p2p::{self, P2pConfig, PinnedPeer};
+use custos_signer_node::service::ControlService;
+use custos_signer_node::store::Store;
+use libp2p::{Multiaddr, PeerId};
+use tonic::transport::{Server, ServerTlsConfig};
+
+#[derive(Parser)]
+#[command(name = "custos-signer", version, about = "Custos threshold signer node")]
+struct Args {
+    /// Config file (TOML); every field can be overridden by CUSTOS_* env vars.
+    #[arg(long, short, env = "CUSTOS_SIGNER_CONFIG")]
+    config: PathBuf,
+    /// JSON logs.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// A startup failure and the exit code it warrants.
+struct Fatal(u8, anyhow::Error);
+
+fn config_error(e: impl Into<anyhow::Error>) -> Fatal {
+    Fatal(custos_service::EXIT_CONFIG, e.into())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    custos_service::init_logging(args.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal(code, e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// DER of the first certificate in a PEM file.
+fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let text = std::str::from_utf8(pem).context("certificate is not PEM text")?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return Err(anyhow!("no CERTIFICATE block"));
+    }
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
+
+async fn run(args: Args) -> Result<(), Fatal> {
+    let path = &args.config;
+    let cfg: SignerConfig = config::load(path, config::process_env()).map_err(config_error)?;
+    let data_dir = resolve(path, &cfg.data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))
+        .map_err(config_error)?;
+
+    // Fail closed: no sealer, no node.
+    let sealer = custos_hsm::open_sealer(&cfg.sealer, &data_dir)
+        .context("sealer (config field `sealer`)")
+        .map_err(config_error)?;
+    let store = Store::open(&data_dir, &cfg.node_id, sealer).map_err(|e| Fatal(1, e.into()))?;
+
+    let identity = p2p::load_identity(&resolve(path, &cfg.identity_key))
+        .context("config field `identity_key`")
+        .map_err(config_error)?;
+    let mut pinned = Vec::new();
+    let mut peer_ids = HashMap::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        let peer_id = PeerId::from_str(&p.peer_id)
+            .with_context(|| format!("config field `peers[{i}].peer_id`: not a PeerId"))
+            .map_err(config_error)?;
+        let addr = Multiaddr::from_str(&p.address)
+            .with_context(|| format!("config field `peers[{i}].address`: not a multiaddr"))
+            .map_err(config_error)?;
+        peer_ids.insert(p.node_id.clone(), peer_id);
+        pinned.push(PinnedPeer {
+            node_id: p.node_id.clone(),
+            peer_id,
+            addr,
+        });
+    }
+    let listen = cfg
+        .p2p_listen
+        .iter()
+        .map(|a| Multiaddr::from_str(a).with_context(|| format!("config field `p2p_listen`: {a:?} is not a multiaddr")))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(config_error)?;
+
+    let tls = &cfg.tls;
+    let identity_tls =
+        custos_service::tls::identity("tls.cert/tls.key", &resolve(path, &tls.cert), &resolve(path, &tls.key))
+            .map_err(config_error)?;
+    let client_ca =
+        custos_service::tls::certificate("tls.client_ca", &resolve(path, &tls.client_ca)).map_err(config_error)?;
+    let coordinator_pem = custos_service::tls::pem_bytes("tls.coordinator_cert", &resolve(path, &tls.coordinator_cert))
+        .map_err(config_error)?;
+    let coordinator_der = pem_to_der(&coordinator_pem)
+        .context("config field `tls.coordinator_cert`")
+        .map_err(config_error)?;
+
+    let (handle, inbound, p2p_task) = p2p::start(P2pConfig::new(identity, listen, pinned))
+        .await
+        .map_err(|e| Fatal(1, anyhow!("p2p: {e}")))?;
+    let node = Node::new(
+        cfg.node_id.clone(),
+        store,
+        handle.clone(),
+        peer_ids,
+        Duration::from_secs(cfg.session_timeout_secs),
+        cfg.dev.fault_injection,
+    );
+    tokio::spawn(node.clone().route_inbound(inbound));
+
+    if node.store().aux_groups().map_err(|e| Fatal(1, e.into()))?.is_empty() {
+        let pregenerated = match &cfg.dev.primes_file {
+            Some(f) => {
+                let f = resolve(path, f);
+                let bytes = std::fs::read(&f)
+                    .with_context(|| format!("dev.primes_file {}", f.display()))
+                    .map_err(config_error)?;
+                let mut all: Vec<custos_mpc::Primes> = serde_json::from_slice(&bytes)
+                    .context("dev.primes_file is not a primes list")
+                    .map_err(config_error)?;
+                if cfg.dev.primes_index >= all.len() {
+                    return Err(config_error(anyhow!(
+                        "dev.primes_index {} out of range",
+                        cfg.dev.primes_index
+                    )));
+                }
+                Some(all.swap_remove(cfg.dev.primes_index))
+            }
+            None => None,
+        };
+        node.ensure_primes(pregenerated).map_err(|e| Fatal(1, e.into()))?;
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SignerControlServer<ControlService>>()
+        .await;
+    let pin = Arc::new(coordinator_der);
+    let control =
+        SignerControlServer::with_interceptor(ControlService::new(node.clone()), move |req: tonic::Request<()>| {
+            // mTLS already proved a CA-issued client cert; accept only the coordinator's.
+            let ok = req
+                .peer_certs()
+                .and_then(|c| c.first().map(|c| c.as_ref() == pin.as_slice()))
+                .unwrap_or(false);
+            if ok {
+                Ok(req)
+            } else {
+                Err(tonic::Status::permission_denied(
+                    "client certificate is not the pinned coordinator",
+                ))
+            }
+        });
+    tracing::info!(node_id = %cfg.node_id, peer_id = %handle.local_peer_id(), control = %cfg.control_listen, "signer node started");
+    println!(
+        "custos-signer {} ready: control {} peer {}",
+        cfg.node_id,
+        cfg.control_listen,
+        handle.local_peer_id()
+    );
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    if let Some(http) = cfg.http_listen {
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("config field `http_listen` {http}"))
+            .map_err(config_error)?;
+        let h = Arc::new(SignerHealth { node: node.clone() });
+        tokio::spawn(custos_service::http::serve(listener, h, std::future::pending()));
+    }
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity_tls).client_ca_root(client_ca))
+        .map_err(|e| config_error(anyhow!("tls: {e}")))?
+        .add_service(health_service)
+        .add_service(control)
+        .serve_with_shutdown(cfg.control_listen, shutdown)
+        .await
+        .with_context(|| format!("control API on {}", cfg.control_listen))
+        .map_err(|e| Fatal(1, e))?;
+    drop(p2p_task);
+    Ok(())
+}
+
+struct SignerHealth {
+    node: Arc<Node>,
+}
+
+impl custos_service::http::Health for SignerHealth {
+    fn ready(&self) -> Result<(), String> {
+        self.node.store().aux_groups().map(|_| ()).map_err(|e| e.to_string())
+    }
+    fn metrics(&self) -> String {
+        format!(
+            "# TYPE custos_signer_presignatures gauge\ncustos_signer_presignatures {}\n# TYPE custos_signer_keys gauge\ncustos_signer_keys {}\n",
+            self.node.store().presig_total(),
+            self.node.store().key_count().unwrap_or(0)
+        )
+    }
+}

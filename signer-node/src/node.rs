@@ -1,0 +1,492 @@
+//! The signer: runs protocol sessions with its peers and keeps their results sealed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custos_mpc::protocol::{self, from_secret_bytes, to_secret_bytes};
+use custos_mpc::wire::Frame;
+use custos_mpc::{ExecutionId, KeyShare, MpcError, Outbound, SessionIo, SessionKind};
+use futures::StreamExt;
+use futures::channel::mpsc;
+use libp2p::PeerId;
+
+use crate::error::NodeError;
+use crate::p2p::{InboundMessage, P2pHandle};
+use crate::sessions::SessionRouter;
+use crate::store::{KeyMeta, PresigMeta, Store, validate_id};
+
+/// Deliberate misbehaviour, for adversarial tests of the cluster only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultInjection {
+    /// Behave.
+    #[default]
+    None,
+    /// Replace the payload of every outbound protocol frame with garbage.
+    CorruptProtocolMessages,
+}
+
+/// Where the node is in its one-time setup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrimeState {
+    /// Safe primes are being generated (seconds to minutes).
+    Generating,
+    /// Primes are ready for an aux-info run.
+    Ready,
+    /// No primes and none being generated (aux info exists).
+    Idle,
+    /// Generation failed.
+    Failed(String),
+}
+
+/// A signer node.
+pub struct Node {
+    /// This node's id.
+    pub node_id: String,
+    /// Every node of the signer group (this one included), sorted.
+    pub group: Vec<String>,
+    store: Store,
+    p2p: P2pHandle,
+    peers: HashMap<String, PeerId>,
+    router: SessionRouter,
+    timeout: Duration,
+    fault: FaultInjection,
+    shares: Mutex<HashMap<String, Arc<KeyShare>>>,
+    primes: Mutex<PrimeState>,
+}
+
+impl Node {
+    /// Wires a node together. `peers` maps every other node id to its pinned PeerId.
+    pub fn new(
+        node_id: String,
+        store: Store,
+        p2p: P2pHandle,
+        peers: HashMap<String, PeerId>,
+        timeout: Duration,
+        fault: FaultInjection,
+    ) -> Arc<Node> {
+        let mut group: Vec<String> = peers.keys().cloned().collect();
+        group.push(node_id.clone());
+        group.sort();
+        if fault != FaultInjection::None {
+            tracing::warn!(?fault, "FAULT INJECTION ENABLED: this node will misbehave on purpose");
+        }
+        Arc::new(Node {
+            node_id,
+            group,
+            store,
+            p2p,
+            peers,
+            router: SessionRouter::default(),
+            timeout,
+            fault,
+            shares: Mutex::new(HashMap::new()),
+            primes: Mutex::new(PrimeState::Idle),
+        })
+    }
+
+    /// The store (for status).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Feeds frames from the transport into sessions until the transport stops.
+    pub async fn route_inbound(self: Arc<Self>, mut inbound: tokio::sync::mpsc::Receiver<InboundMessage>) {
+        while let Some(msg) = inbound.recv().await {
+            let Some(from) = self.p2p.node_id(&msg.from).map(str::to_owned) else {
+                continue;
+            };
+            match Frame::peek_eid(&msg.payload) {
+                Some(eid) => self.router.deliver(eid, &from, msg.payload),
+                None => tracing::warn!(peer = %from, "unparseable protocol frame dropped"),
+            }
+        }
+    }
+
+    /// Current prime-generation state.
+    pub fn prime_state(&self) -> PrimeState {
+        self.primes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes sure safe primes exist for the next aux-info run: uses stored
+    /// ones, else `pregenerated` (dev fixtures), else generates them on a
+    /// blocking thread in the background.
+    pub fn ensure_primes(self: &Arc<Self>, pregenerated: Option<custos_mpc::Primes>) -> Result<(), NodeError> {
+        if self.store.get_primes()?.is_some() {
+            *self.primes.lock().unwrap_or_else(|p| p.into_inner()) = PrimeState::Ready;
+            return Ok(());
+        }
+        if let Some(p) = pregenerated {
+            self.store.put_primes(&to_secret_bytes(&p)?)?;
+            *self.primes.lock().unwrap_or_else(|p| p.into_inner()) = PrimeState::Ready;
+            return Ok(());
+        }
+        *self.primes.lock().unwrap_or_else(|p| p.into_inner()) = PrimeState::Generating;
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            tracing::info!("generating safe primes for aux info (takes a while)");
+            let started = std::time::Instant::now();
+            let primes = custos_mpc::primes::generate();
+            let state = match to_secret_bytes(&primes)
+                .map_err(NodeError::from)
+                .and_then(|b| node.store.put_primes(&b))
+            {
+                Ok(()) => {
+                    tracing::info!(secs = started.elapsed().as_secs_f64(), "safe primes ready");
+                    PrimeState::Ready
+                }
+                Err(e) => PrimeState::Failed(e.to_string()),
+            };
+            *node.primes.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        });
+        Ok(())
+    }
+
+    fn check_participants(&self, list: &[String], expect_len: Option<usize>) -> Result<u16, NodeError> {
+        if let Some(n) = expect_len {
+            if list.len() != n {
+                return Err(NodeError::InvalidRequest(format!(
+                    "expected {n} participants, got {}",
+                    list.len()
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in list {
+            if !self.group.contains(p) {
+                return Err(NodeError::InvalidRequest(format!(
+                    "{p} is not a member of this signer group"
+                )));
+            }
+            if !seen.insert(p) {
+                return Err(NodeError::InvalidRequest(format!("{p} is listed twice")));
+            }
+        }
+        let me = list
+            .iter()
+            .position(|p| *p == self.node_id)
+            .ok_or_else(|| NodeError::InvalidRequest(format!("{} is not among the participants", self.node_id)))?;
+        Ok(me as u16)
+    }
+
+    /// Runs one session: claims its execution id, wires it to the transport,
+    /// runs `protocol` on a blocking thread, enforces the timeout, and maps
+    /// failures to the node ids at fault.
+    async fn run_session<T, F, Fut>(
+        &self,
+        kind: SessionKind,
+        key_id: &str,
+        participants: &[String],
+        request: &[u8],
+        protocol: F,
+    ) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(SessionIo) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, MpcError>>,
+    {
+        let me = self.check_participants(participants, None)?;
+        let names: Vec<&str> = participants.iter().map(String::as_str).collect();
+        let eid = ExecutionId::derive(kind, key_id, &names, request);
+        self.store.claim_execution_id(&eid.to_hex())?;
+        let inbound = self.router.register(eid, participants.to_vec());
+        // If the caller goes away (coordinator cancelled the call), the
+        // session must not linger: unregistering ends its inbound stream.
+        let guard = Unregister {
+            router: &self.router,
+            eid,
+        };
+        let (out_tx, out_rx) = mpsc::unbounded();
+        let io = SessionIo {
+            eid,
+            me,
+            parties: participants.len() as u16,
+            inbound,
+            outbound: out_tx,
+        };
+        let sender = tokio::spawn(forward_outbound(
+            self.p2p.clone(),
+            self.peer_ids(participants)?,
+            out_rx,
+            self.fault,
+        ));
+        let work = tokio::task::spawn_blocking(move || futures::executor::block_on(protocol(io)));
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        std::mem::forget(guard);
+        let counts = self.router.unregister(&eid).unwrap_or_default();
+        sender.abort();
+        match outcome {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(self.map_protocol_error(e, participants)),
+            Ok(Err(join)) => Err(NodeError::Internal(format!("session task failed: {join}"))),
+            Err(_) => {
+                // Peers that delivered fewer frames than the most active one stalled.
+                let most = counts
+                    .iter()
+                    .filter(|(n, _)| *n != self.node_id)
+                    .map(|(_, c)| *c)
+                    .max()
+                    .unwrap_or(0);
+                let absent = counts
+                    .into_iter()
+                    .filter(|(n, c)| *n != self.node_id && (*c < most || most == 0))
+                    .map(|(n, _)| n)
+                    .collect();
+                Err(NodeError::Timeout {
+                    secs: self.timeout.as_secs(),
+                    absent,
+                })
+            }
+        }
+    }
+
+    fn peer_ids(&self, participants: &[String]) -> Result<Vec<Option<PeerId>>, NodeError> {
+        participants
+            .iter()
+            .map(|p| {
+                if *p == self.node_id {
+                    Ok(None)
+                } else {
+                    self.peers
+                        .get(p)
+                        .copied()
+                        .map(Some)
+                        .ok_or_else(|| NodeError::InvalidRequest(format!("unknown peer {p}")))
+                }
+            })
+            .collect()
+    }
+
+    fn map_protocol_error(&self, e: MpcError, participants: &[String]) -> NodeError {
+        match e {
+            MpcError::PeerMisbehaved { party, reason } => NodeError::PeerMisbehaved {
+                node: participants
+                    .get(usize::from(party))
+                    .cloned()
+                    .unwrap_or_else(|| format!("party {party}")),
+                reason,
+            },
+            MpcError::InvalidInput(m) => NodeError::InvalidRequest(m),
+            MpcError::Transport(m) => NodeError::Protocol(format!("session ended early: {m}")),
+            other => NodeError::Protocol(other.to_string()),
+        }
+    }
+
+    /// Aux-info generation for the whole group (`participants` = the group, in order).
+    pub async fn aux_info(&self, group_id: &str, participants: &[String]) -> Result<(), NodeError> {
+        validate_id("group id", group_id)?;
+        self.check_participants(participants, Some(self.group.len()))?;
+        if self.store.get_aux(group_id)?.is_some() {
+            return Err(NodeError::Replay(format!(
+                "aux info for group {group_id} already exists"
+            )));
+        }
+        let primes_bytes = self.store.get_primes()?.ok_or_else(|| match self.prime_state() {
+            PrimeState::Generating => NodeError::NotReady("safe primes are still being generated".into()),
+            PrimeState::Failed(e) => NodeError::NotReady(format!("prime generation failed: {e}")),
+            _ => NodeError::NotReady("no safe primes available".into()),
+        })?;
+        let primes: custos_mpc::Primes = from_secret_bytes(&primes_bytes)?;
+        let aux = self
+            .run_session(SessionKind::AuxInfo, group_id, participants, b"", move |io| {
+                protocol::run_aux_info(io, primes)
+            })
+            .await?;
+        self.store.put_aux(group_id, &to_secret_bytes(&aux)?)?;
+        self.store.drop_primes()?;
+        *self.primes.lock().unwrap_or_else(|p| p.into_inner()) = PrimeState::Idle;
+        Ok(())
+    }
+
+    /// Distributed key generation; returns the compressed public key.
+    pub async fn keygen(
+        &self,
+        key_id: &str,
+        group_id: &str,
+        participants: &[String],
+        threshold: u16,
+        nonce: &[u8],
+    ) -> Result<[u8; 33], NodeError> {
+        validate_id("key id", key_id)?;
+        if nonce.len() < 16 {
+            return Err(NodeError::InvalidRequest(
+                "keygen nonce must be at least 16 bytes".into(),
+            ));
+        }
+        self.check_participants(participants, Some(self.group.len()))?;
+        if self.store.key_meta(key_id).is_ok() {
+            return Err(NodeError::Replay(format!("key {key_id} already exists")));
+        }
+        let aux_bytes = self
+            .store
+            .get_aux(group_id)?
+            .ok_or_else(|| NodeError::NotReady(format!("no aux info for group {group_id}")))?;
+        let aux: custos_mpc::AuxInfo = from_secret_bytes(&aux_bytes)?;
+        let incomplete = self
+            .run_session(SessionKind::Keygen, key_id, participants, nonce, move |io| {
+                protocol::run_keygen(io, threshold)
+            })
+            .await?;
+        let share = protocol::complete_key_share(incomplete, aux)?;
+        let public_key = protocol::public_key(&share);
+        let meta = KeyMeta {
+            key_id: key_id.to_owned(),
+            group_id: group_id.to_owned(),
+            threshold,
+            participants: participants.to_vec(),
+            public_key: hex::encode(public_key),
+        };
+        self.store.put_key(&meta, &to_secret_bytes(&share)?)?;
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.to_owned(), Arc::new(share));
+        Ok(public_key)
+    }
+
+    fn share(&self, key_id: &str) -> Result<(KeyMeta, Arc<KeyShare>), NodeError> {
+        let meta = self.store.key_meta(key_id)?;
+        if let Some(s) = self.shares.lock().unwrap_or_else(|p| p.into_inner()).get(key_id) {
+            return Ok((meta, s.clone()));
+        }
+        let share: KeyShare = from_secret_bytes(&self.store.key_share(key_id)?)?;
+        let share = Arc::new(share);
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.to_owned(), share.clone());
+        Ok((meta, share))
+    }
+
+    fn signer_indices(&self, meta: &KeyMeta, signers: &[String]) -> Result<Vec<u16>, NodeError> {
+        if signers.len() != usize::from(meta.threshold) {
+            return Err(NodeError::InvalidRequest(format!(
+                "key {} needs exactly {} signers, got {}",
+                meta.key_id,
+                meta.threshold,
+                signers.len()
+            )));
+        }
+        signers
+            .iter()
+            .map(|s| {
+                meta.participants
+                    .iter()
+                    .position(|p| p == s)
+                    .map(|i| i as u16)
+                    .ok_or_else(|| NodeError::InvalidRequest(format!("{s} holds no share of key {}", meta.key_id)))
+            })
+            .collect()
+    }
+
+    /// Generates and stores a presignature; returns its public nonce point.
+    pub async fn presign(&self, key_id: &str, presig_id: &str, signers: &[String]) -> Result<[u8; 33], NodeError> {
+        validate_id("presignature id", presig_id)?;
+        let (meta, share) = self.share(key_id)?;
+        let indices = self.signer_indices(&meta, signers)?;
+        let presig = self
+            .run_session(
+                SessionKind::Presign,
+                key_id,
+                signers,
+                presig_id.as_bytes(),
+                move |io| async move { protocol::run_presign(io, &share, &indices).await },
+            )
+            .await?;
+        let nonce = protocol::presignature_nonce(&presig);
+        let secret = to_secret_bytes(&presig)?;
+        self.store.put_presig(
+            key_id,
+            presig_id,
+            &PresigMeta {
+                signers: signers.to_vec(),
+            },
+            &secret,
+        )?;
+        Ok(nonce)
+    }
+
+    /// Issues a partial signature from a stored presignature. The
+    /// presignature is durably marked consumed before the partial exists.
+    pub fn partial_sign(
+        &self,
+        key_id: &str,
+        presig_id: &str,
+        digest: &[u8; 32],
+        request_id: &str,
+    ) -> Result<Vec<u8>, NodeError> {
+        let usage = format!("request={request_id} digest={}\n", hex::encode(digest));
+        let (_meta, secret) = self.store.consume_presig(key_id, presig_id, &usage)?;
+        let presig: custos_mpc::Presignature = from_secret_bytes(&secret)?;
+        let partial = protocol::issue_partial(presig, digest);
+        serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()))
+    }
+
+    /// Interactive signing without a presignature.
+    pub async fn sign(
+        &self,
+        key_id: &str,
+        signers: &[String],
+        digest: &[u8; 32],
+        request_id: &str,
+    ) -> Result<custos_mpc::Signature, NodeError> {
+        let (meta, share) = self.share(key_id)?;
+        let indices = self.signer_indices(&meta, signers)?;
+        let mut request = request_id.as_bytes().to_vec();
+        request.extend_from_slice(digest);
+        let digest = *digest;
+        self.run_session(SessionKind::Sign, key_id, signers, &request, move |io| async move {
+            protocol::run_sign(io, &share, &indices, &digest).await
+        })
+        .await
+    }
+}
+
+struct Unregister<'a> {
+    router: &'a SessionRouter,
+    eid: ExecutionId,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.router.unregister(&self.eid);
+    }
+}
+
+impl From<MpcError> for NodeError {
+    fn from(e: MpcError) -> Self {
+        NodeError::Internal(e.to_string())
+    }
+}
+
+/// Sends a session's outbound frames to its peers.
+async fn forward_outbound(
+    p2p: P2pHandle,
+    peers: Vec<Option<PeerId>>,
+    mut out: mpsc::UnboundedReceiver<Outbound>,
+    fault: FaultInjection,
+) {
+    while let Some(Outbound { to, mut bytes }) = out.next().await {
+        if fault == FaultInjection::CorruptProtocolMessages {
+            if let Ok(mut f) = Frame::decode(&bytes) {
+                f.payload = b"{\"corrupted\":true}".to_vec();
+                bytes = f.encode();
+            }
+        }
+        let targets: Vec<PeerId> = match to {
+            Some(j) => peers.get(usize::from(j)).copied().flatten().into_iter().collect(),
+            None => peers.iter().flatten().copied().collect(),
+        };
+        let sends = targets.into_iter().map(|peer| {
+            let p2p = p2p.clone();
+            let bytes = bytes.clone();
+            async move {
+                if let Err(e) = p2p.send(peer, bytes).await {
+                    tracing::warn!(error = %e, "protocol frame not delivered");
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+}

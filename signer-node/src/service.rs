@@ -1,0 +1,130 @@
+//! The control API: decode, call the node, map errors to gRPC status.
+
+use std::sync::Arc;
+
+use custos_proto::signer::signer_control_server::SignerControl;
+use custos_proto::signer::*;
+use tonic::{Request, Response, Status};
+
+use crate::error::NodeError;
+use crate::node::{Node, PrimeState};
+
+/// gRPC adapter over a [`Node`].
+pub struct ControlService {
+    node: Arc<Node>,
+}
+
+impl ControlService {
+    /// Wraps a node.
+    pub fn new(node: Arc<Node>) -> Self {
+        ControlService { node }
+    }
+}
+
+fn status(e: NodeError) -> Status {
+    let msg = e.to_string();
+    match e {
+        NodeError::InvalidRequest(_) => Status::invalid_argument(msg),
+        NodeError::NotFound(_) => Status::not_found(msg),
+        NodeError::Replay(_) => Status::already_exists(msg),
+        NodeError::NotReady(_) => Status::failed_precondition(msg),
+        NodeError::PeerMisbehaved { .. } => Status::aborted(msg),
+        NodeError::Timeout { .. } => Status::deadline_exceeded(msg),
+        NodeError::Protocol(_) => Status::aborted(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
+    bytes
+        .try_into()
+        .map_err(|_| Status::invalid_argument(format!("digest must be 32 bytes, got {}", bytes.len())))
+}
+
+fn u16_field(name: &str, v: u32) -> Result<u16, Status> {
+    u16::try_from(v).map_err(|_| Status::invalid_argument(format!("{name} {v} out of range")))
+}
+
+#[tonic::async_trait]
+impl SignerControl for ControlService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let n = &self.node;
+        let aux_groups = n.store().aux_groups().map_err(status)?;
+        let state = match (n.prime_state(), aux_groups.is_empty()) {
+            (PrimeState::Generating, _) => "generating-primes".to_owned(),
+            (PrimeState::Failed(e), _) => format!("failed: {e}"),
+            (PrimeState::Ready, true) => "primes-ready".to_owned(),
+            (_, false) => "aux-ready".to_owned(),
+            (PrimeState::Idle, true) => "idle".to_owned(),
+        };
+        Ok(Response::new(StatusResponse {
+            node_id: n.node_id.clone(),
+            peer_id: String::new(),
+            state,
+            aux_groups,
+            keys: n.store().key_count().map_err(status)? as u32,
+            presignatures: n.store().presig_total() as u32,
+            primes_ready: u32::from(n.prime_state() == PrimeState::Ready),
+        }))
+    }
+
+    async fn aux_info(&self, req: Request<AuxInfoRequest>) -> Result<Response<AuxInfoResponse>, Status> {
+        let r = req.into_inner();
+        self.node.aux_info(&r.group_id, &r.participants).await.map_err(status)?;
+        Ok(Response::new(AuxInfoResponse {}))
+    }
+
+    async fn keygen(&self, req: Request<KeygenRequest>) -> Result<Response<KeygenResponse>, Status> {
+        let r = req.into_inner();
+        let t = u16_field("threshold", r.threshold)?;
+        let pk = self
+            .node
+            .keygen(&r.key_id, &r.group_id, &r.participants, t, &r.nonce)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(KeygenResponse {
+            public_key: pk.to_vec(),
+        }))
+    }
+
+    async fn presign(&self, req: Request<PresignRequest>) -> Result<Response<PresignResponse>, Status> {
+        let r = req.into_inner();
+        let nonce = self
+            .node
+            .presign(&r.key_id, &r.presignature_id, &r.signers)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PresignResponse {
+            nonce_point: nonce.to_vec(),
+        }))
+    }
+
+    async fn partial_sign(&self, req: Request<PartialSignRequest>) -> Result<Response<PartialSignResponse>, Status> {
+        let r = req.into_inner();
+        let d = digest(&r.digest)?;
+        let node = self.node.clone();
+        // Unsealing and fsync are blocking work.
+        let partial =
+            tokio::task::spawn_blocking(move || node.partial_sign(&r.key_id, &r.presignature_id, &d, &r.request_id))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status)?;
+        Ok(Response::new(PartialSignResponse {
+            partial_signature: partial,
+        }))
+    }
+
+    async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let r = req.into_inner();
+        let d = digest(&r.digest)?;
+        let sig = self
+            .node
+            .sign(&r.key_id, &r.signers, &d, &r.request_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(SignResponse {
+            r: sig.r.to_vec(),
+            s: sig.s.to_vec(),
+        }))
+    }
+}

@@ -1,0 +1,363 @@
+//! The signer's data directory: every secret sealed, every write atomic.
+//!
+//! ```text
+//! aux/<group>.sealed            aux info of a signer group (Paillier secret key)
+//! primes/next.sealed            safe primes waiting for the next aux-info run
+//! keys/<key>.sealed             completed key share
+//! keys/<key>.json               public metadata (threshold, participants, public key)
+//! presigs/<key>/<id>.sealed     unused presignature
+//! consumed/<id>                 presignature consumed (written before the partial leaves)
+//! sessions.log                  execution ids already used, one hex id per line
+//! ```
+//! Files are written temp + fsync + rename + directory fsync, so a crash
+//! leaves either the old or the new content, never a torn file.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use custos_hsm::{SealContext, Sealer};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::NodeError;
+
+/// Public facts about a key this node holds a share of.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyMeta {
+    /// Key id.
+    pub key_id: String,
+    /// Signer group the key was generated in.
+    pub group_id: String,
+    /// Threshold t.
+    pub threshold: u16,
+    /// Node ids in keygen index order.
+    pub participants: Vec<String>,
+    /// SEC1 compressed public key, hex.
+    pub public_key: String,
+}
+
+/// A presignature's public facts, stored next to its sealed secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresigMeta {
+    /// Signer node ids, in session order.
+    pub signers: Vec<String>,
+}
+
+/// Checks an id used as a file name: no path tricks, bounded length.
+pub fn validate_id(what: &str, id: &str) -> Result<(), NodeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeError::InvalidRequest(format!(
+            "{what} {id:?} must be 1-64 characters of letters, digits, '-', '_', '.' and not start with '.'"
+        )))
+    }
+}
+
+/// The data directory.
+pub struct Store {
+    root: PathBuf,
+    node_id: String,
+    sealer: Box<dyn Sealer>,
+    used_eids: Mutex<HashSet<String>>,
+}
+
+impl Store {
+    /// Opens (creating) the data directory and loads the used-session log.
+    pub fn open(root: &Path, node_id: &str, sealer: Box<dyn Sealer>) -> Result<Store, NodeError> {
+        for dir in ["aux", "primes", "keys", "presigs", "consumed"] {
+            fs::create_dir_all(root.join(dir)).map_err(|e| NodeError::storage(&root.join(dir), e))?;
+        }
+        let log = root.join("sessions.log");
+        let used = match fs::read_to_string(&log) {
+            Ok(text) => text.lines().map(str::to_owned).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(NodeError::storage(&log, e)),
+        };
+        Ok(Store {
+            root: root.to_owned(),
+            node_id: node_id.to_owned(),
+            sealer,
+            used_eids: Mutex::new(used),
+        })
+    }
+
+    /// The sealing backend's name, for status output.
+    pub fn sealer_backend(&self) -> &'static str {
+        self.sealer.backend()
+    }
+
+    /// Records an execution id as used, durably, before the session starts;
+    /// refuses one that was used before (a replayed session request).
+    pub fn claim_execution_id(&self, eid_hex: &str) -> Result<(), NodeError> {
+        let mut used = self.used_eids.lock().unwrap_or_else(|p| p.into_inner());
+        if used.contains(eid_hex) {
+            return Err(NodeError::Replay(format!(
+                "execution id {} was already used",
+                &eid_hex[..16.min(eid_hex.len())]
+            )));
+        }
+        let path = self.root.join("sessions.log");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| NodeError::storage(&path, e))?;
+        f.write_all(format!("{eid_hex}\n").as_bytes())
+            .map_err(|e| NodeError::storage(&path, e))?;
+        f.sync_all().map_err(|e| NodeError::storage(&path, e))?;
+        used.insert(eid_hex.to_owned());
+        Ok(())
+    }
+
+    fn seal_to(&self, path: &Path, key_id: &str, share_id: &str, plaintext: &[u8]) -> Result<(), NodeError> {
+        let ctx = SealContext {
+            node_id: &self.node_id,
+            key_id,
+            share_id,
+        };
+        let blob = self.sealer.seal(&ctx, plaintext)?;
+        write_atomic(path, &blob)
+    }
+
+    fn unseal_from(&self, path: &Path, key_id: &str, share_id: &str) -> Result<Option<Zeroizing<Vec<u8>>>, NodeError> {
+        let blob = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(NodeError::storage(path, e)),
+        };
+        let ctx = SealContext {
+            node_id: &self.node_id,
+            key_id,
+            share_id,
+        };
+        Ok(Some(self.sealer.unseal(&ctx, &blob)?))
+    }
+
+    /// Stores the primes for the next aux-info run.
+    pub fn put_primes(&self, plaintext: &[u8]) -> Result<(), NodeError> {
+        self.seal_to(&self.root.join("primes/next.sealed"), "primes", "next", plaintext)
+    }
+
+    /// Loads the stored primes, if any.
+    pub fn get_primes(&self) -> Result<Option<Zeroizing<Vec<u8>>>, NodeError> {
+        self.unseal_from(&self.root.join("primes/next.sealed"), "primes", "next")
+    }
+
+    /// Removes the primes once an aux-info run used them (they are now part of the aux info).
+    pub fn drop_primes(&self) -> Result<(), NodeError> {
+        remove_durably(&self.root.join("primes/next.sealed"))
+    }
+
+    /// Stores a group's aux info.
+    pub fn put_aux(&self, group_id: &str, plaintext: &[u8]) -> Result<(), NodeError> {
+        validate_id("group id", group_id)?;
+        self.seal_to(
+            &self.root.join(format!("aux/{group_id}.sealed")),
+            group_id,
+            "aux",
+            plaintext,
+        )
+    }
+
+    /// Loads a group's aux info.
+    pub fn get_aux(&self, group_id: &str) -> Result<Option<Zeroizing<Vec<u8>>>, NodeError> {
+        validate_id("group id", group_id)?;
+        self.unseal_from(&self.root.join(format!("aux/{group_id}.sealed")), group_id, "aux")
+    }
+
+    /// Group ids with aux info.
+    pub fn aux_groups(&self) -> Result<Vec<String>, NodeError> {
+        self.list("aux", ".sealed")
+    }
+
+    /// Stores a key share and its metadata (share first: metadata marks it usable).
+    pub fn put_key(&self, meta: &KeyMeta, share: &[u8]) -> Result<(), NodeError> {
+        validate_id("key id", &meta.key_id)?;
+        let k = &meta.key_id;
+        if self.root.join(format!("keys/{k}.json")).exists() {
+            return Err(NodeError::InvalidRequest(format!("key {k} already exists")));
+        }
+        self.seal_to(&self.root.join(format!("keys/{k}.sealed")), k, "share", share)?;
+        let json = serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Internal(e.to_string()))?;
+        write_atomic(&self.root.join(format!("keys/{k}.json")), &json)
+    }
+
+    /// A key's metadata.
+    pub fn key_meta(&self, key_id: &str) -> Result<KeyMeta, NodeError> {
+        validate_id("key id", key_id)?;
+        let path = self.root.join(format!("keys/{key_id}.json"));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!("key {key_id}")));
+            }
+            Err(e) => return Err(NodeError::storage(&path, e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))
+    }
+
+    /// A key's sealed share, unsealed.
+    pub fn key_share(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, NodeError> {
+        validate_id("key id", key_id)?;
+        self.unseal_from(&self.root.join(format!("keys/{key_id}.sealed")), key_id, "share")?
+            .ok_or_else(|| NodeError::NotFound(format!("share of key {key_id}")))
+    }
+
+    /// Number of keys held.
+    pub fn key_count(&self) -> Result<usize, NodeError> {
+        Ok(self.list("keys", ".json")?.len())
+    }
+
+    /// Stores a fresh presignature.
+    pub fn put_presig(&self, key_id: &str, presig_id: &str, meta: &PresigMeta, secret: &[u8]) -> Result<(), NodeError> {
+        validate_id("key id", key_id)?;
+        validate_id("presignature id", presig_id)?;
+        if self.is_consumed(presig_id) {
+            return Err(NodeError::Replay(format!(
+                "presignature {presig_id} was already consumed"
+            )));
+        }
+        let dir = self.root.join(format!("presigs/{key_id}"));
+        fs::create_dir_all(&dir).map_err(|e| NodeError::storage(&dir, e))?;
+        let json = serde_json::to_vec(meta).map_err(|e| NodeError::Internal(e.to_string()))?;
+        // Metadata is bound into the sealed blob's share id so it cannot be swapped.
+        let mut payload = Zeroizing::new(Vec::with_capacity(json.len() + secret.len() + 4));
+        payload.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&json);
+        payload.extend_from_slice(secret);
+        self.seal_to(
+            &dir.join(format!("{presig_id}.sealed")),
+            key_id,
+            &format!("presig:{presig_id}"),
+            &payload,
+        )
+    }
+
+    /// Whether a presignature was consumed (ever).
+    pub fn is_consumed(&self, presig_id: &str) -> bool {
+        self.root.join(format!("consumed/{presig_id}")).exists()
+    }
+
+    /// Takes a presignature for use: loads it, then durably marks it consumed
+    /// before returning it, so it can never be used again — even if the
+    /// process dies right after, or the signing fails.
+    pub fn consume_presig(
+        &self,
+        key_id: &str,
+        presig_id: &str,
+        usage: &str,
+    ) -> Result<(PresigMeta, Zeroizing<Vec<u8>>), NodeError> {
+        validate_id("key id", key_id)?;
+        validate_id("presignature id", presig_id)?;
+        if self.is_consumed(presig_id) {
+            return Err(NodeError::Replay(format!(
+                "presignature {presig_id} was already consumed"
+            )));
+        }
+        let path = self.root.join(format!("presigs/{key_id}/{presig_id}.sealed"));
+        let payload = self
+            .unseal_from(&path, key_id, &format!("presig:{presig_id}"))?
+            .ok_or_else(|| NodeError::NotFound(format!("presignature {presig_id} of key {key_id}")))?;
+        let marker = self.root.join(format!("consumed/{presig_id}"));
+        // create_new: two concurrent consumers cannot both win.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    NodeError::Replay(format!("presignature {presig_id} was already consumed"))
+                } else {
+                    NodeError::storage(&marker, e)
+                }
+            })?;
+        f.write_all(usage.as_bytes())
+            .map_err(|e| NodeError::storage(&marker, e))?;
+        f.sync_all().map_err(|e| NodeError::storage(&marker, e))?;
+        sync_dir(&self.root.join("consumed"))?;
+        // The marker is authoritative; the blob's removal need not be durable.
+        if let Err(e) = fs::remove_file(&path) {
+            tracing::warn!(error = %e, "consumed presignature blob not removed");
+        }
+        let (meta, secret) = split_presig(&payload)?;
+        Ok((meta, secret))
+    }
+
+    /// Number of unused presignatures of a key.
+    pub fn presig_count(&self, key_id: &str) -> usize {
+        fs::read_dir(self.root.join(format!("presigs/{key_id}")))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Unused presignatures across keys.
+    pub fn presig_total(&self) -> usize {
+        let Ok(dirs) = fs::read_dir(self.root.join("presigs")) else {
+            return 0;
+        };
+        dirs.filter_map(Result::ok)
+            .map(|d| fs::read_dir(d.path()).map(|x| x.count()).unwrap_or(0))
+            .sum()
+    }
+
+    fn list(&self, dir: &str, suffix: &str) -> Result<Vec<String>, NodeError> {
+        let path = self.root.join(dir);
+        let entries = fs::read_dir(&path).map_err(|e| NodeError::storage(&path, e))?;
+        let mut out: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(suffix))
+                    .map(str::to_owned)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn split_presig(payload: &[u8]) -> Result<(PresigMeta, Zeroizing<Vec<u8>>), NodeError> {
+    let bad = || NodeError::Internal("stored presignature is malformed".into());
+    let len_bytes: [u8; 4] = payload.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let json = payload.get(4..4 + len).ok_or_else(bad)?;
+    let meta = serde_json::from_slice(json).map_err(|_| bad())?;
+    let secret = Zeroizing::new(payload.get(4 + len..).ok_or_else(bad)?.to_vec());
+    Ok((meta, secret))
+}
+
+/// temp + fsync + rename + directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| NodeError::storage(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| NodeError::storage(&tmp, e))?;
+    f.sync_all().map_err(|e| NodeError::storage(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| NodeError::storage(path, e))?;
+    sync_dir(dir)
+}
+
+fn remove_durably(path: &Path) -> Result<(), NodeError> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NodeError::storage(path, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), NodeError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| NodeError::storage(dir, e))
+}

@@ -1,0 +1,147 @@
+//! The cluster end to end: real signer and coordinator processes on loopback.
+
+use std::time::{Duration, Instant};
+
+use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestRequest};
+use custos_tests::{eth_address_lower, start, verify_both};
+use rand::RngCore;
+
+fn digest() -> [u8; 32] {
+    let mut d = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut d);
+    d
+}
+
+fn sign_req(key_id: &str, d: &[u8; 32], interactive: bool) -> SignDigestRequest {
+    let mut id = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut id);
+    SignDigestRequest {
+        key_id: key_id.into(),
+        digest: d.to_vec(),
+        request_id: hex::encode(id),
+        interactive,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_keygen_sign_and_survive_signer_loss() {
+    let mut tc = start(3, 2, &[]).await;
+    let mut client = tc.client.clone();
+    let key = client
+        .create_key(CreateKeyRequest {
+            key_id: "wallet-1".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.public_key.len(), 33);
+    assert_eq!(key.participants.len(), 3);
+    assert_eq!(key.ethereum_address.to_lowercase(), eth_address_lower(&key.public_key));
+    assert_ne!(
+        key.ethereum_address,
+        key.ethereum_address.to_lowercase(),
+        "EIP-55 mixed case"
+    );
+
+    // 20 random digests, from the pool and interactively, verified by two libraries.
+    let mut modes = std::collections::HashSet::new();
+    for i in 0..20 {
+        let d = digest();
+        let r = client
+            .sign_digest(sign_req("wallet-1", &d, i % 5 == 4))
+            .await
+            .unwrap()
+            .into_inner();
+        verify_both(&key.public_key, &d, &r.r, &r.s);
+        modes.insert(r.mode);
+    }
+    assert!(modes.contains("interactive"), "{modes:?}");
+
+    // The same request id never signs a different digest.
+    let d = digest();
+    let mut req = sign_req("wallet-1", &d, false);
+    let first = client.sign_digest(req.clone()).await.unwrap().into_inner();
+    let again = client.sign_digest(req.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        (first.r, first.s),
+        (again.r, again.s),
+        "a retry returns the stored signature"
+    );
+    req.digest = digest().to_vec();
+    let err = client.sign_digest(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+
+    // Kill one signer: the remaining two still sign.
+    tc.cluster.kill_signer("signer-3").unwrap();
+    for _ in 0..3 {
+        let d = digest();
+        let r = client
+            .sign_digest(sign_req("wallet-1", &d, false))
+            .await
+            .unwrap()
+            .into_inner();
+        verify_both(&key.public_key, &d, &r.r, &r.s);
+        assert!(!r.signers.contains(&"signer-3".to_owned()));
+    }
+
+    // Kill a second: a clear, bounded failure naming the unreachable nodes.
+    tc.cluster.kill_signer("signer-2").unwrap();
+    let started = Instant::now();
+    let err = client
+        .sign_digest(sign_req("wallet-1", &digest(), false))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(
+        err.message().contains("signer-2") && err.message().contains("signer-3"),
+        "{}",
+        err.message()
+    );
+
+    // Restart one: shares reload from the sealed store and signing works again.
+    tc.cluster.restart_signer("signer-2").await.unwrap();
+    let d = digest();
+    let mut ok = None;
+    for _ in 0..20 {
+        match client.sign_digest(sign_req("wallet-1", &d, false)).await {
+            Ok(r) => {
+                ok = Some(r.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let r = ok.expect("signing works again after a restart");
+    verify_both(&key.public_key, &d, &r.r, &r.s);
+    tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_sending_malformed_messages_is_named() {
+    let tc = start(3, 2, &[("signer-3", "corrupt-protocol-messages")]).await;
+    let mut client = tc.client.clone();
+    // Keygen involves every signer: it must abort and name signer-3.
+    let err = client
+        .create_key(CreateKeyRequest {
+            key_id: "k-bad".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err}");
+    assert!(
+        err.message().contains("signer signer-3 misbehaved"),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("malformed"), "{}", err.message());
+    tc.cluster.stop().await.unwrap();
+}
