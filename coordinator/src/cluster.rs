@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custos_proto::signer::{AuxInfoRequest, KeygenRequest, PartialSignRequest, PresignRequest, SignRequest};
+use custos_proto::signer::{
+    AuxInfoRequest, KeygenRequest, PartialSignRequest, PresignRequest, SignRequest,
+};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::RngCore;
@@ -71,7 +73,8 @@ impl Metrics {
         let ms = d.as_secs_f64() * 1000.0;
         let i = BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(9);
         self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Prometheus text for the histogram.
@@ -86,7 +89,9 @@ impl Metrics {
             ));
         }
         cum += self.latency_buckets[9].load(Ordering::Relaxed);
-        out.push_str(&format!("custos_signing_latency_seconds_bucket{{le=\"+Inf\"}} {cum}\n"));
+        out.push_str(&format!(
+            "custos_signing_latency_seconds_bucket{{le=\"+Inf\"}} {cum}\n"
+        ));
         out.push_str(&format!(
             "custos_signing_latency_seconds_sum {}\ncustos_signing_latency_seconds_count {cum}\n",
             self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
@@ -142,7 +147,9 @@ fn signer_error(signer: &Signer, s: &tonic::Status) -> CoordError {
         Code::DeadlineExceeded => CoordError::DeadlineExceeded(format!("{node}: {}", s.message())),
         Code::Aborted => CoordError::Aborted(format!("{node} reports: {}", s.message())),
         Code::InvalidArgument => CoordError::InvalidArgument(format!("{node}: {}", s.message())),
-        Code::FailedPrecondition => CoordError::FailedPrecondition(format!("{node}: {}", s.message())),
+        Code::FailedPrecondition => {
+            CoordError::FailedPrecondition(format!("{node}: {}", s.message()))
+        }
         Code::AlreadyExists => CoordError::AlreadyExists(format!("{node}: {}", s.message())),
         Code::NotFound => CoordError::NotFound(format!("{node}: {}", s.message())),
         _ => CoordError::Internal(format!("{node}: {}", s.message())),
@@ -223,7 +230,10 @@ impl Cluster {
 
     /// `none`, `waiting: ...`, `running`, `ready`, `failed: ...`.
     pub fn aux_state(&self) -> String {
-        self.aux_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.aux_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_aux_state(&self, s: impl Into<String>) {
@@ -250,7 +260,9 @@ impl Cluster {
             let health = self.signers.probe_all().await;
             let not_ready: Vec<String> = health
                 .iter()
-                .filter(|(_, h)| !h.reachable || !(h.state == "primes-ready" || h.state == "aux-ready"))
+                .filter(|(_, h)| {
+                    !h.reachable || !(h.state == "primes-ready" || h.state == "aux-ready")
+                })
                 .map(|(n, h)| {
                     if h.reachable {
                         format!("{n} {}", h.state)
@@ -324,13 +336,13 @@ impl Cluster {
                 "threshold: {threshold} must be between 2 and {n}"
             )));
         }
-        let (group_id, participants) = self
-            .db
-            .ready_group()
-            .await?
-            .ok_or_else(|| CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state())))?;
+        let (group_id, participants) = self.db.ready_group().await?.ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state()))
+        })?;
         let members = self.require_live(&participants, participants.len()).await?;
-        self.db.insert_key(&key_id, &group_id, threshold, &participants).await?;
+        self.db
+            .insert_key(&key_id, &group_id, threshold, &participants)
+            .await?;
         let mut nonce = vec![0u8; 32];
         rand::thread_rng().fill_bytes(&mut nonce);
         let req = KeygenRequest {
@@ -342,7 +354,12 @@ impl Cluster {
         };
         let result = all_or_first_error(members, self.settings.session_timeout, |s| {
             let req = req.clone();
-            async move { s.client().keygen(req).await.map(|r| r.into_inner().public_key) }
+            async move {
+                s.client()
+                    .keygen(req)
+                    .await
+                    .map(|r| r.into_inner().public_key)
+            }
         })
         .await;
         let keys = match result {
@@ -359,9 +376,11 @@ impl Cluster {
                 "signers disagree on the public key; key discarded".into(),
             ));
         }
-        let address =
-            eth::address(&first).ok_or_else(|| CoordError::Internal("public key is not a secp256k1 point".into()))?;
-        self.db.finish_key(&key_id, Some(&first), Some(&address)).await?;
+        let address = eth::address(&first)
+            .ok_or_else(|| CoordError::Internal("public key is not a secp256k1 point".into()))?;
+        self.db
+            .finish_key(&key_id, Some(&first), Some(&address))
+            .await?;
         self.db
             .key(&key_id)
             .await?
@@ -369,7 +388,11 @@ impl Cluster {
     }
 
     /// The participants that are reachable, or an error naming those that are not.
-    async fn require_live(&self, participants: &[String], need: usize) -> Result<Vec<Arc<Signer>>, CoordError> {
+    async fn require_live(
+        &self,
+        participants: &[String],
+        need: usize,
+    ) -> Result<Vec<Arc<Signer>>, CoordError> {
         let pick = |fresh: bool| -> (Vec<Arc<Signer>>, Vec<String>) {
             let _ = fresh;
             let mut live = Vec::new();
@@ -421,9 +444,9 @@ impl Cluster {
                 "request_id: must be 1-128 characters".into(),
             ));
         }
-        let digest: [u8; 32] = digest
-            .try_into()
-            .map_err(|_| CoordError::InvalidArgument(format!("digest: must be 32 bytes, got {}", digest.len())))?;
+        let digest: [u8; 32] = digest.try_into().map_err(|_| {
+            CoordError::InvalidArgument(format!("digest: must be 32 bytes, got {}", digest.len()))
+        })?;
         let key = self
             .db
             .key(key_id)
@@ -431,7 +454,12 @@ impl Cluster {
             .ok_or_else(|| CoordError::NotFound(format!("key {key_id}")))?;
         let public_key = match (&key.state[..], &key.public_key) {
             ("ready", Some(pk)) => pk.clone(),
-            _ => return Err(CoordError::FailedPrecondition(format!("key {key_id} is {}", key.state))),
+            _ => {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "key {key_id} is {}",
+                    key.state
+                )));
+            }
         };
         if let Some(prev) = self.db.begin_sign(request_id, key_id, &digest).await? {
             return self.previous_outcome(request_id, key_id, &digest, prev);
@@ -480,10 +508,16 @@ impl Cluster {
         }
         match (prev.state.as_str(), prev.r, prev.s) {
             ("signed", Some(r), Some(s)) => Ok(SignOutcome {
-                r: r.try_into().map_err(|_| CoordError::Internal("stored r".into()))?,
-                s: s.try_into().map_err(|_| CoordError::Internal("stored s".into()))?,
-                recovery_id: prev.recovery_id.and_then(|v| u8::try_from(v).ok()).unwrap_or(0),
-                signers: serde_json::from_str(prev.signers.as_deref().unwrap_or("[]")).unwrap_or_default(),
+                r: r.try_into()
+                    .map_err(|_| CoordError::Internal("stored r".into()))?,
+                s: s.try_into()
+                    .map_err(|_| CoordError::Internal("stored s".into()))?,
+                recovery_id: prev
+                    .recovery_id
+                    .and_then(|v| u8::try_from(v).ok())
+                    .unwrap_or(0),
+                signers: serde_json::from_str(prev.signers.as_deref().unwrap_or("[]"))
+                    .unwrap_or_default(),
                 mode: prev.mode.unwrap_or_default(),
                 presig_id: prev.presig_id.unwrap_or_default(),
                 elapsed: Duration::ZERO,
@@ -524,7 +558,8 @@ impl Cluster {
                         .await
                     {
                         Ok(o) => return Ok(o),
-                        Err(e @ CoordError::Unavailable(_)) | Err(e @ CoordError::DeadlineExceeded(_)) => {
+                        Err(e @ CoordError::Unavailable(_))
+                        | Err(e @ CoordError::DeadlineExceeded(_)) => {
                             // The presignature is burned (consumed on the signers that answered); try again.
                             tracing::warn!(%presig_id, error = %e, "presignature signing failed; retrying");
                             last_err = Some(e);
@@ -547,7 +582,8 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| CoordError::Unavailable("no signing attempt succeeded".into())))
+        Err(last_err
+            .unwrap_or_else(|| CoordError::Unavailable("no signing attempt succeeded".into())))
     }
 
     async fn sign_with_presig(
@@ -559,7 +595,10 @@ impl Cluster {
         presig_id: &str,
         signer_ids: &[String],
     ) -> Result<SignOutcome, CoordError> {
-        let signers: Vec<Arc<Signer>> = signer_ids.iter().filter_map(|n| self.signers.get(n).cloned()).collect();
+        let signers: Vec<Arc<Signer>> = signer_ids
+            .iter()
+            .filter_map(|n| self.signers.get(n).cloned())
+            .collect();
         let req = PartialSignRequest {
             key_id: key.key_id.clone(),
             presignature_id: presig_id.to_owned(),
@@ -580,8 +619,9 @@ impl Cluster {
             .iter()
             .zip(signer_ids)
             .map(|(p, n)| {
-                serde_json::from_slice::<custos_mpc::PartialSignature>(p)
-                    .map_err(|_| CoordError::Aborted(format!("{n} returned a malformed partial signature")))
+                serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
+                    CoordError::Aborted(format!("{n} returned a malformed partial signature"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let pk: [u8; 33] = public_key
@@ -639,8 +679,9 @@ impl Cluster {
             .clone()
             .try_into()
             .map_err(|_| CoordError::Aborted("malformed s".into()))?;
-        let recovery_id = eth::recovery_id(public_key, digest, &r, &s)
-            .ok_or_else(|| CoordError::Aborted(format!("signature from {} does not verify", ids.join(", "))))?;
+        let recovery_id = eth::recovery_id(public_key, digest, &r, &s).ok_or_else(|| {
+            CoordError::Aborted(format!("signature from {} does not verify", ids.join(", ")))
+        })?;
         Ok(SignOutcome {
             r,
             s,
@@ -694,7 +735,12 @@ impl Cluster {
             };
             let result = all_or_first_error(chosen, self.settings.session_timeout, |s| {
                 let req = req.clone();
-                async move { s.client().presign(req).await.map(|r| r.into_inner().nonce_point) }
+                async move {
+                    s.client()
+                        .presign(req)
+                        .await
+                        .map(|r| r.into_inner().nonce_point)
+                }
             })
             .await;
             match result {
@@ -707,12 +753,16 @@ impl Cluster {
                 Ok(_) => {
                     tracing::warn!(%presig_id, "signers disagree on the presignature nonce; discarded");
                     self.db.set_presig(&presig_id, "failed", None).await?;
-                    self.metrics.presign_failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .presign_failures
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::warn!(%presig_id, error = %e, "presignature generation failed");
                     self.db.set_presig(&presig_id, "failed", None).await?;
-                    self.metrics.presign_failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .presign_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

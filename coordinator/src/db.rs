@@ -8,7 +8,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::error::CoordError;
 
@@ -161,7 +163,12 @@ impl Db {
     }
 
     /// Records a group's aux-info run and its outcome.
-    pub async fn set_group(&self, group_id: &str, participants: &[String], state: &str) -> Result<(), CoordError> {
+    pub async fn set_group(
+        &self,
+        group_id: &str,
+        participants: &[String],
+        state: &str,
+    ) -> Result<(), CoordError> {
         sqlx::query(
             "INSERT INTO groups (group_id, participants, state, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT(group_id) DO UPDATE SET state = excluded.state",
@@ -197,9 +204,9 @@ impl Db {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(CoordError::AlreadyExists(format!("key {key_id} already exists")))
-            }
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(
+                CoordError::AlreadyExists(format!("key {key_id} already exists")),
+            ),
             Err(e) => Err(db_err(e)),
         }
     }
@@ -211,7 +218,11 @@ impl Db {
         public_key: Option<&[u8]>,
         address: Option<&str>,
     ) -> Result<(), CoordError> {
-        let state = if public_key.is_some() { "ready" } else { "failed" };
+        let state = if public_key.is_some() {
+            "ready"
+        } else {
+            "failed"
+        };
         sqlx::query("UPDATE keys SET state = ?, public_key = ?, eth_address = ? WHERE key_id = ?")
             .bind(state)
             .bind(public_key)
@@ -256,7 +267,12 @@ impl Db {
     }
 
     /// Records a presignature being generated.
-    pub async fn insert_presig(&self, presig_id: &str, key_id: &str, signers: &[String]) -> Result<(), CoordError> {
+    pub async fn insert_presig(
+        &self,
+        presig_id: &str,
+        key_id: &str,
+        signers: &[String],
+    ) -> Result<(), CoordError> {
         sqlx::query("INSERT INTO presignatures (presig_id, key_id, signers, state, created_at) VALUES (?, ?, ?, 'generating', ?)")
             .bind(presig_id)
             .bind(key_id)
@@ -269,7 +285,12 @@ impl Db {
     }
 
     /// Sets a presignature's state (`ready` with its nonce point, or `failed`).
-    pub async fn set_presig(&self, presig_id: &str, state: &str, nonce: Option<&[u8]>) -> Result<(), CoordError> {
+    pub async fn set_presig(
+        &self,
+        presig_id: &str,
+        state: &str,
+        nonce: Option<&[u8]>,
+    ) -> Result<(), CoordError> {
         sqlx::query("UPDATE presignatures SET state = ?, nonce_point = COALESCE(?, nonce_point) WHERE presig_id = ?")
             .bind(state)
             .bind(nonce)
@@ -281,7 +302,10 @@ impl Db {
     }
 
     /// Ready presignatures per key.
-    pub async fn ready_presigs(&self, key_id: &str) -> Result<Vec<(String, Vec<String>)>, CoordError> {
+    pub async fn ready_presigs(
+        &self,
+        key_id: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, CoordError> {
         let rows = sqlx::query(
             "SELECT presig_id, signers FROM presignatures WHERE key_id = ? AND state = 'ready' ORDER BY created_at",
         )
@@ -306,11 +330,13 @@ impl Db {
 
     /// Atomically takes a ready presignature: only one caller can win it.
     pub async fn take_presig(&self, presig_id: &str, request_id: &str) -> Result<bool, CoordError> {
-        let res = sqlx::query("UPDATE presignatures SET state = 'consumed' WHERE presig_id = ? AND state = 'ready'")
-            .bind(presig_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let res = sqlx::query(
+            "UPDATE presignatures SET state = 'consumed' WHERE presig_id = ? AND state = 'ready'",
+        )
+        .bind(presig_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         if res.rows_affected() == 1 {
             sqlx::query("UPDATE sign_requests SET presig_id = ?, mode = 'presignature' WHERE request_id = ?")
                 .bind(presig_id)
@@ -324,10 +350,11 @@ impl Db {
 
     /// Presignatures left `generating` by a crash can never be trusted: fail them.
     pub async fn fail_stale_presigs(&self) -> Result<u64, CoordError> {
-        let res = sqlx::query("UPDATE presignatures SET state = 'failed' WHERE state = 'generating'")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let res =
+            sqlx::query("UPDATE presignatures SET state = 'failed' WHERE state = 'generating'")
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
         Ok(res.rows_affected())
     }
 

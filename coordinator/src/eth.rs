@@ -56,7 +56,11 @@ mod tests {
     #[test]
     fn address_of_known_key() {
         // Private key 1 -> generator point -> well-known address.
-        let g = hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798").unwrap();
-        assert_eq!(address(&g).unwrap(), "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf");
+        let g = hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+            .unwrap();
+        assert_eq!(
+            address(&g).unwrap(),
+            "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf"
+        );
     }
 }

@@ -71,7 +71,12 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(config_error)?;
     let token_path = resolve(path, &cfg.auth.admin_token_file);
     let token = std::fs::read_to_string(&token_path)
-        .with_context(|| format!("config field `auth.admin_token_file`: {}", token_path.display()))
+        .with_context(|| {
+            format!(
+                "config field `auth.admin_token_file`: {}",
+                token_path.display()
+            )
+        })
         .map_err(config_error)?
         .trim()
         .to_owned();
@@ -81,9 +86,12 @@ async fn run(args: Args) -> Result<(), Fatal> {
         )));
     }
     let tls = &cfg.tls;
-    let server_id =
-        custos_service::tls::identity("tls.cert/tls.key", &resolve(path, &tls.cert), &resolve(path, &tls.key))
-            .map_err(config_error)?;
+    let server_id = custos_service::tls::identity(
+        "tls.cert/tls.key",
+        &resolve(path, &tls.cert),
+        &resolve(path, &tls.key),
+    )
+    .map_err(config_error)?;
     let client_id = custos_service::tls::identity(
         "tls.client_cert/tls.client_key",
         &resolve(path, &tls.client_cert),
@@ -91,7 +99,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
     )
     .map_err(config_error)?;
     let signer_ca =
-        custos_service::tls::certificate("tls.signer_ca", &resolve(path, &tls.signer_ca)).map_err(config_error)?;
+        custos_service::tls::certificate("tls.signer_ca", &resolve(path, &tls.signer_ca))
+            .map_err(config_error)?;
 
     let db = Db::open(&data_dir)
         .await
@@ -101,7 +110,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .await
         .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
     if stale > 0 {
-        tracing::warn!(stale, "presignatures interrupted by a restart were discarded");
+        tracing::warn!(
+            stale,
+            "presignatures interrupted by a restart were discarded"
+        );
     }
     let signers = Arc::new(Signers::new(&cfg.signers, signer_ca, client_id).map_err(config_error)?);
     signers.spawn_prober();
@@ -131,24 +143,30 @@ async fn run(args: Args) -> Result<(), Fatal> {
     ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CustodyServer<CustodyService>>().await;
+    health_reporter
+        .set_serving::<CustodyServer<CustodyService>>()
+        .await;
     let expected = format!("Bearer {token}");
-    let custody = CustodyServer::with_interceptor(CustodyService::new(cluster), move |req: tonic::Request<()>| {
-        let ok = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| constant_eq(v, &expected));
-        if ok {
-            Ok(req)
-        } else {
-            Err(tonic::Status::unauthenticated(
-                "missing or wrong admin token (authorization: Bearer ...)",
-            ))
-        }
-    });
+    let custody = CustodyServer::with_interceptor(
+        CustodyService::new(cluster),
+        move |req: tonic::Request<()>| {
+            let ok = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| constant_eq(v, &expected));
+            if ok {
+                Ok(req)
+            } else {
+                Err(tonic::Status::unauthenticated(
+                    "missing or wrong admin token (authorization: Bearer ...)",
+                ))
+            }
+        },
+    );
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -174,7 +192,11 @@ async fn run(args: Args) -> Result<(), Fatal> {
 
 /// Compares without an early exit, so timing does not reveal the token.
 fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 struct CoordinatorHealth {
@@ -190,7 +212,13 @@ impl custos_service::http::Health for CoordinatorHealth {
     }
     fn metrics(&self) -> String {
         let m = &self.cluster.metrics;
-        let reachable = self.cluster.signers.all.iter().filter(|s| s.health().reachable).count();
+        let reachable = self
+            .cluster
+            .signers
+            .all
+            .iter()
+            .filter(|s| s.health().reachable)
+            .count();
         let mut out = format!(
             "# TYPE custos_signatures_total counter\ncustos_signatures_total {}\n\
              # TYPE custos_sign_failures_total counter\ncustos_sign_failures_total {}\n\

@@ -73,9 +73,14 @@ impl Custody for CustodyService {
                 )));
             }
         }
-        let t = u16::try_from(r.threshold)
-            .map_err(|_| Status::invalid_argument(format!("threshold: {} out of range", r.threshold)))?;
-        let key = self.cluster.create_key(&r.key_id, t).await.map_err(status)?;
+        let t = u16::try_from(r.threshold).map_err(|_| {
+            Status::invalid_argument(format!("threshold: {} out of range", r.threshold))
+        })?;
+        let key = self
+            .cluster
+            .create_key(&r.key_id, t)
+            .await
+            .map_err(status)?;
         Ok(Response::new(to_key(&self.cluster, key).await))
     }
 
@@ -92,7 +97,10 @@ impl Custody for CustodyService {
         Ok(Response::new(to_key(&self.cluster, key).await))
     }
 
-    async fn list_keys(&self, _: Request<ListKeysRequest>) -> Result<Response<ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        _: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
         let mut keys = Vec::new();
         for k in self.cluster.db.keys().await.map_err(status)? {
             keys.push(to_key(&self.cluster, k).await);
@@ -100,7 +108,10 @@ impl Custody for CustodyService {
         Ok(Response::new(ListKeysResponse { keys }))
     }
 
-    async fn sign_digest(&self, req: Request<SignDigestRequest>) -> Result<Response<SignDigestResponse>, Status> {
+    async fn sign_digest(
+        &self,
+        req: Request<SignDigestRequest>,
+    ) -> Result<Response<SignDigestResponse>, Status> {
         let r = req.into_inner();
         let o = self
             .cluster
@@ -118,7 +129,10 @@ impl Custody for CustodyService {
         }))
     }
 
-    async fn get_cluster_status(&self, _: Request<GetClusterStatusRequest>) -> Result<Response<ClusterStatus>, Status> {
+    async fn get_cluster_status(
+        &self,
+        _: Request<GetClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
         let c = &self.cluster;
         let signers = c
             .signers

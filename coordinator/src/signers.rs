@@ -40,7 +40,11 @@ impl Signer {
 
     /// Last known health.
     pub fn health(&self) -> Health {
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Records that a call failed at the transport level.
@@ -94,7 +98,11 @@ pub struct Signers {
 
 impl Signers {
     /// Builds lazy mTLS channels (unreachable signers do not block start).
-    pub fn new(endpoints: &[SignerEndpoint], ca: Certificate, identity: Identity) -> Result<Signers, CoordError> {
+    pub fn new(
+        endpoints: &[SignerEndpoint],
+        ca: Certificate,
+        identity: Identity,
+    ) -> Result<Signers, CoordError> {
         let mut all = Vec::new();
         for e in endpoints {
             let tls = ClientTlsConfig::new()
@@ -102,20 +110,28 @@ impl Signers {
                 .identity(identity.clone())
                 .domain_name(e.tls_name.clone());
             let channel = Endpoint::from_shared(e.endpoint.clone())
-                .map_err(|err| CoordError::InvalidArgument(format!("signers endpoint {:?}: {err}", e.endpoint)))?
+                .map_err(|err| {
+                    CoordError::InvalidArgument(format!("signers endpoint {:?}: {err}", e.endpoint))
+                })?
                 .tls_config(tls)
-                .map_err(|err| CoordError::InvalidArgument(format!("signers tls for {}: {err}", e.node_id)))?
+                .map_err(|err| {
+                    CoordError::InvalidArgument(format!("signers tls for {}: {err}", e.node_id))
+                })?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            let client = SignerControlClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+            let client =
+                SignerControlClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
             all.push(Arc::new(Signer {
                 endpoint: e.clone(),
                 client,
                 health: Mutex::new((Health::default(), None)),
             }));
         }
-        let by_id = all.iter().map(|s| (s.endpoint.node_id.clone(), s.clone())).collect();
+        let by_id = all
+            .iter()
+            .map(|s| (s.endpoint.node_id.clone(), s.clone()))
+            .collect();
         Ok(Signers { all, by_id })
     }
 
@@ -126,7 +142,11 @@ impl Signers {
 
     /// Node ids in config order, sorted (the group's index order).
     pub fn group(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.all.iter().map(|s| s.endpoint.node_id.clone()).collect();
+        let mut ids: Vec<String> = self
+            .all
+            .iter()
+            .map(|s| s.endpoint.node_id.clone())
+            .collect();
         ids.sort();
         ids
     }

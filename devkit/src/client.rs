@@ -40,7 +40,8 @@ pub async fn connect(layout: &ClusterLayout) -> Result<Client, ConnectError> {
         url: url.clone(),
         reason,
     };
-    let ca = std::fs::read(&layout.ca_cert).map_err(|e| err(format!("CA {}: {e}", layout.ca_cert.display())))?;
+    let ca = std::fs::read(&layout.ca_cert)
+        .map_err(|e| err(format!("CA {}: {e}", layout.ca_cert.display())))?;
     let token = std::fs::read_to_string(&layout.coordinator.admin_token_file).map_err(|e| {
         err(format!(
             "admin token {}: {e}",
@@ -62,5 +63,6 @@ pub async fn connect(layout: &ClusterLayout) -> Result<Client, ConnectError> {
         .connect()
         .await
         .map_err(|e| err(format!("{e} (is the cluster up? `custos dev up`)")))?;
-    Ok(CustodyClient::with_interceptor(channel, BearerToken(value)).max_decoding_message_size(16 * 1024 * 1024))
+    Ok(CustodyClient::with_interceptor(channel, BearerToken(value))
+        .max_decoding_message_size(16 * 1024 * 1024))
 }

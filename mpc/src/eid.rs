@@ -77,15 +77,30 @@ mod tests {
     #[test]
     fn every_field_changes_the_id() {
         let base = ExecutionId::derive(SessionKind::Sign, "k1", &["a", "b"], b"r");
-        assert_ne!(base, ExecutionId::derive(SessionKind::Presign, "k1", &["a", "b"], b"r"));
-        assert_ne!(base, ExecutionId::derive(SessionKind::Sign, "k2", &["a", "b"], b"r"));
-        assert_ne!(base, ExecutionId::derive(SessionKind::Sign, "k1", &["b", "a"], b"r"));
-        assert_ne!(base, ExecutionId::derive(SessionKind::Sign, "k1", &["a", "b"], b"s"));
+        assert_ne!(
+            base,
+            ExecutionId::derive(SessionKind::Presign, "k1", &["a", "b"], b"r")
+        );
+        assert_ne!(
+            base,
+            ExecutionId::derive(SessionKind::Sign, "k2", &["a", "b"], b"r")
+        );
+        assert_ne!(
+            base,
+            ExecutionId::derive(SessionKind::Sign, "k1", &["b", "a"], b"r")
+        );
+        assert_ne!(
+            base,
+            ExecutionId::derive(SessionKind::Sign, "k1", &["a", "b"], b"s")
+        );
         // Field boundaries are unambiguous.
         assert_ne!(
             ExecutionId::derive(SessionKind::Sign, "k1", &["ab"], b""),
             ExecutionId::derive(SessionKind::Sign, "k1", &["a", "b"], b"")
         );
-        assert_eq!(base, ExecutionId::derive(SessionKind::Sign, "k1", &["a", "b"], b"r"));
+        assert_eq!(
+            base,
+            ExecutionId::derive(SessionKind::Sign, "k1", &["a", "b"], b"r")
+        );
     }
 }

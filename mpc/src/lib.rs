@@ -25,5 +25,7 @@ pub mod wire;
 
 pub use eid::{ExecutionId, SessionKind};
 pub use error::MpcError;
-pub use protocol::{AuxInfo, IncompleteKeyShare, KeyShare, PartialSignature, Presignature, Primes, Signature};
+pub use protocol::{
+    AuxInfo, IncompleteKeyShare, KeyShare, PartialSignature, Presignature, Primes, Signature,
+};
 pub use session::{Inbound, Outbound, SessionIo};

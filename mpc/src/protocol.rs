@@ -96,11 +96,19 @@ pub async fn run_keygen(io: SessionIo, threshold: u16) -> Result<IncompleteKeySh
 }
 
 /// Attaches the group's aux info to a fresh key share.
-pub fn complete_key_share(incomplete: IncompleteKeyShare, aux: AuxInfo) -> Result<KeyShare, MpcError> {
-    KeyShare::from_parts((incomplete, aux)).map_err(|e| MpcError::InvalidState(format!("key share: {e}")))
+pub fn complete_key_share(
+    incomplete: IncompleteKeyShare,
+    aux: AuxInfo,
+) -> Result<KeyShare, MpcError> {
+    KeyShare::from_parts((incomplete, aux))
+        .map_err(|e| MpcError::InvalidState(format!("key share: {e}")))
 }
 
-fn check_signers(share: &KeyShare, io: &SessionIo, parties_at_keygen: &[u16]) -> Result<(), MpcError> {
+fn check_signers(
+    share: &KeyShare,
+    io: &SessionIo,
+    parties_at_keygen: &[u16],
+) -> Result<(), MpcError> {
     let t = usize::from(share.min_signers());
     if parties_at_keygen.len() != t || usize::from(io.parties) != t {
         return Err(MpcError::InvalidInput(format!(
@@ -117,7 +125,11 @@ fn check_signers(share: &KeyShare, io: &SessionIo, parties_at_keygen: &[u16]) ->
 }
 
 /// Generates a presignature with exactly `threshold` signers.
-pub async fn run_presign(io: SessionIo, share: &KeyShare, parties_at_keygen: &[u16]) -> Result<Presignature, MpcError> {
+pub async fn run_presign(
+    io: SessionIo,
+    share: &KeyShare,
+    parties_at_keygen: &[u16],
+) -> Result<Presignature, MpcError> {
     check_signers(share, &io, parties_at_keygen)?;
     let (me, eid) = (io.me, io.eid);
     let (incoming, outgoing, observed) = delivery(io);
@@ -152,7 +164,11 @@ pub fn issue_partial(presignature: Presignature, digest: &[u8; 32]) -> PartialSi
 }
 
 /// Combines partial signatures and verifies the result under `public_key`.
-pub fn combine(partials: &[PartialSignature], public_key: &[u8; 33], digest: &[u8; 32]) -> Result<Signature, MpcError> {
+pub fn combine(
+    partials: &[PartialSignature],
+    public_key: &[u8; 33],
+    digest: &[u8; 32],
+) -> Result<Signature, MpcError> {
     let pk = Point::<Secp256k1>::from_bytes(public_key)
         .map_err(|_| MpcError::InvalidInput("public key is not a secp256k1 point".into()))?;
     let sig = cggmp21::PartialSignature::combine(partials).ok_or(MpcError::InvalidSignature)?;
@@ -202,7 +218,10 @@ fn attribute(observed: &ObservedHandle, err: &dyn std::error::Error) -> MpcError
         };
     }
     if let Some(party) = blamed_party(&debug) {
-        return MpcError::PeerMisbehaved { party, reason: chain };
+        return MpcError::PeerMisbehaved {
+            party,
+            reason: chain,
+        };
     }
     if debug.contains("ReceiveMessageEof") || debug.contains("SendMessage") {
         return MpcError::Transport(chain);
@@ -214,7 +233,10 @@ fn attribute(observed: &ObservedHandle, err: &dyn std::error::Error) -> MpcError
 /// `([(N, msg, msg)])` for signing proofs).
 fn blamed_party(debug: &str) -> Option<u16> {
     if let Some(pos) = debug.find("faulty_party: ") {
-        let digits: String = debug[pos + 14..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = debug[pos + 14..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         return digits.parse().ok();
     }
     for marker in [
@@ -241,7 +263,9 @@ mod tests {
     #[test]
     fn blame_is_parsed() {
         assert_eq!(
-            blamed_party("Aborted(ProtocolAborted { parties: [AbortBlame { faulty_party: 2, data_message: 1 }]"),
+            blamed_party(
+                "Aborted(ProtocolAborted { parties: [AbortBlame { faulty_party: 2, data_message: 1 }]"
+            ),
             Some(2)
         );
         assert_eq!(blamed_party("Aborted(EncProofOfK([(1, 4, 5)]))"), Some(1));

@@ -118,30 +118,35 @@ where
                 if o.culprit.is_none() {
                     o.culprit = Some((from, reason.clone()));
                 }
-                Err(DeliveryError { party: from, reason })
+                Err(DeliveryError {
+                    party: from,
+                    reason,
+                })
             }
         }
     });
 
-    let outgoing = outbound.sink_map_err(|_| SendClosed).with(move |out: Outgoing<M>| {
-        let to = match out.recipient {
-            MessageDestination::AllParties => None,
-            MessageDestination::OneParty(j) => Some(j),
-        };
-        let frame = serde_json::to_vec(&out.msg)
-            .map(|payload| Outbound {
-                to,
-                bytes: Frame {
-                    eid,
-                    sender: me,
-                    recipient: to,
-                    payload,
-                }
-                .encode(),
-            })
-            .map_err(|_| SendClosed);
-        futures::future::ready(frame)
-    });
+    let outgoing = outbound
+        .sink_map_err(|_| SendClosed)
+        .with(move |out: Outgoing<M>| {
+            let to = match out.recipient {
+                MessageDestination::AllParties => None,
+                MessageDestination::OneParty(j) => Some(j),
+            };
+            let frame = serde_json::to_vec(&out.msg)
+                .map(|payload| Outbound {
+                    to,
+                    bytes: Frame {
+                        eid,
+                        sender: me,
+                        recipient: to,
+                        payload,
+                    }
+                    .encode(),
+                })
+                .map_err(|_| SendClosed);
+            futures::future::ready(frame)
+        });
     (incoming, Box::pin(outgoing), observed)
 }
 
@@ -173,6 +178,7 @@ fn check_frame<M: DeserializeOwned>(
         Some(r) if r == me => MessageType::P2P,
         Some(r) => return Err(format!("p2p message addressed to party {r}, not to us")),
     };
-    let msg = serde_json::from_slice(&frame.payload).map_err(|e| format!("malformed protocol message: {e}"))?;
+    let msg = serde_json::from_slice(&frame.payload)
+        .map_err(|e| format!("malformed protocol message: {e}"))?;
     Ok((msg, msg_type))
 }

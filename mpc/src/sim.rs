@@ -20,7 +20,11 @@ pub type Tamper = Arc<dyn Fn(u16, u16, &mut Vec<u8>) + Send + Sync>;
 
 /// Creates `n` connected session endpoints and the router future that moves
 /// frames between them until every party has finished.
-pub fn connect(n: u16, eid: ExecutionId, tamper: Option<Tamper>) -> (Vec<SessionIo>, impl Future<Output = ()>) {
+pub fn connect(
+    n: u16,
+    eid: ExecutionId,
+    tamper: Option<Tamper>,
+) -> (Vec<SessionIo>, impl Future<Output = ()>) {
     let mut ios = Vec::new();
     let mut inbound_tx = Vec::new();
     let mut outbound_rx = Vec::new();
@@ -60,7 +64,10 @@ pub fn connect(n: u16, eid: ExecutionId, tamper: Option<Tamper>) -> (Vec<Session
 }
 
 /// Runs one future per party next to the router; the first error aborts all.
-pub async fn run_parties<T, F>(parties: Vec<F>, router: impl Future<Output = ()>) -> Result<Vec<T>, MpcError>
+pub async fn run_parties<T, F>(
+    parties: Vec<F>,
+    router: impl Future<Output = ()>,
+) -> Result<Vec<T>, MpcError>
 where
     F: Future<Output = Result<T, MpcError>>,
 {
@@ -76,8 +83,12 @@ pub fn random_eid(kind: SessionKind) -> ExecutionId {
 }
 
 /// Aux info for `primes.len()` parties.
-pub async fn aux_info(primes: Vec<Primes>, tamper: Option<Tamper>) -> Result<Vec<AuxInfo>, MpcError> {
-    let n = u16::try_from(primes.len()).map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+pub async fn aux_info(
+    primes: Vec<Primes>,
+    tamper: Option<Tamper>,
+) -> Result<Vec<AuxInfo>, MpcError> {
+    let n = u16::try_from(primes.len())
+        .map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
     let (ios, router) = connect(n, random_eid(SessionKind::AuxInfo), tamper);
     let futs = ios
         .into_iter()
@@ -89,9 +100,13 @@ pub async fn aux_info(primes: Vec<Primes>, tamper: Option<Tamper>) -> Result<Vec
 
 /// Threshold keygen over existing aux info, completing the shares.
 pub async fn keygen(threshold: u16, aux: &[AuxInfo]) -> Result<Vec<KeyShare>, MpcError> {
-    let n = u16::try_from(aux.len()).map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+    let n =
+        u16::try_from(aux.len()).map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
     let (ios, router) = connect(n, random_eid(SessionKind::Keygen), None);
-    let futs = ios.into_iter().map(|io| protocol::run_keygen(io, threshold)).collect();
+    let futs = ios
+        .into_iter()
+        .map(|io| protocol::run_keygen(io, threshold))
+        .collect();
     let incomplete = run_parties(futs, router).await?;
     incomplete
         .into_iter()
@@ -106,7 +121,8 @@ pub async fn presign(
     signers: &[u16],
     tamper: Option<Tamper>,
 ) -> Result<Vec<Presignature>, MpcError> {
-    let t = u16::try_from(signers.len()).map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
+    let t = u16::try_from(signers.len())
+        .map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
     let (ios, router) = connect(t, random_eid(SessionKind::Presign), tamper);
     let mut futs = Vec::new();
     for (io, k) in ios.into_iter().zip(signers) {
@@ -125,7 +141,8 @@ pub async fn sign(
     digest: &[u8; 32],
     tamper: Option<Tamper>,
 ) -> Result<Signature, MpcError> {
-    let t = u16::try_from(signers.len()).map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
+    let t = u16::try_from(signers.len())
+        .map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
     let (ios, router) = connect(t, random_eid(SessionKind::Sign), tamper);
     let mut futs = Vec::new();
     for (io, k) in ios.into_iter().zip(signers) {

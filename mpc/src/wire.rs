@@ -114,7 +114,10 @@ mod tests {
             payload: b"{}".to_vec(),
         };
         assert_eq!(Frame::decode(&f.encode()), Ok(f.clone()));
-        let b = Frame { recipient: None, ..f };
+        let b = Frame {
+            recipient: None,
+            ..f
+        };
         assert_eq!(Frame::decode(&b.encode()), Ok(b));
     }
 

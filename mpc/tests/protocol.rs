@@ -10,7 +10,11 @@ use custos_mpc::{AuxInfo, KeyShare, MpcError, Primes};
 use rand_core::{OsRng, RngCore};
 
 fn fixture_primes() -> Vec<Primes> {
-    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-primes.json")).unwrap();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/test-primes.json"
+    ))
+    .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -48,7 +52,10 @@ fn presign_and_sign(shares: &[KeyShare], signers: &[u16]) {
     let pk = public_key(&shares[0]);
     let presigs = block_on(sim::presign(shares, signers, None)).unwrap();
     let digest = random_digest();
-    let partials: Vec<_> = presigs.into_iter().map(|p| issue_partial(p, &digest)).collect();
+    let partials: Vec<_> = presigs
+        .into_iter()
+        .map(|p| issue_partial(p, &digest))
+        .collect();
     let sig = combine(&partials, &pk, &digest).unwrap();
     verify_independently(&pk, &digest, &sig);
 }
@@ -77,7 +84,10 @@ fn two_of_three_presign_and_interactive_signing() {
     // A corrupted partial signature makes the combined signature fail verification.
     let presigs = block_on(sim::presign(&shares, &[0, 1], None)).unwrap();
     let digest = random_digest();
-    let mut partials: Vec<_> = presigs.into_iter().map(|p| issue_partial(p, &digest)).collect();
+    let mut partials: Vec<_> = presigs
+        .into_iter()
+        .map(|p| issue_partial(p, &digest))
+        .collect();
     partials[1].sigma = partials[1].sigma + cggmp21::generic_ec::Scalar::one();
     assert!(matches!(
         combine(&partials, &pk, &digest),
@@ -108,7 +118,9 @@ fn recorder() -> (Tamper, Arc<Mutex<Vec<(u16, u16, Vec<u8>)>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     (
-        Arc::new(move |from, to, bytes: &mut Vec<u8>| l.lock().unwrap().push((from, to, bytes.clone()))),
+        Arc::new(move |from, to, bytes: &mut Vec<u8>| {
+            l.lock().unwrap().push((from, to, bytes.clone()))
+        }),
         log,
     )
 }
@@ -134,7 +146,8 @@ fn adversarial_frames_abort_and_name_the_peer() {
             *bytes = old.iter().find(|(f, _, _)| *f == 1).unwrap().2.clone();
         }
     });
-    let (party, reason) = culprit(block_on(sim::presign(&shares, &[0, 1], Some(replay))).err_only());
+    let (party, reason) =
+        culprit(block_on(sim::presign(&shares, &[0, 1], Some(replay))).err_only());
     assert_eq!(party, 1);
     assert!(reason.contains("another session"), "{reason}");
 
@@ -159,7 +172,10 @@ fn adversarial_frames_abort_and_name_the_peer() {
     });
     let err = block_on(sim::presign(&shares, &[0, 1], Some(rewrap))).err_only();
     assert!(
-        matches!(err, MpcError::PeerMisbehaved { party: 1, .. } | MpcError::Aborted(_)),
+        matches!(
+            err,
+            MpcError::PeerMisbehaved { party: 1, .. } | MpcError::Aborted(_)
+        ),
         "{err:?}"
     );
 
@@ -183,7 +199,8 @@ fn adversarial_frames_abort_and_name_the_peer() {
             *bytes = f.encode();
         }
     });
-    let (party, reason) = culprit(block_on(sim::sign(&shares, &[2, 1], &random_digest(), Some(garble))).err_only());
+    let (party, reason) =
+        culprit(block_on(sim::sign(&shares, &[2, 1], &random_digest(), Some(garble))).err_only());
     assert_eq!(party, 1);
     assert!(reason.contains("malformed protocol message"), "{reason}");
     let truncate: Tamper = Arc::new(|from, _to, bytes: &mut Vec<u8>| {
@@ -191,7 +208,8 @@ fn adversarial_frames_abort_and_name_the_peer() {
             bytes.truncate(10);
         }
     });
-    let (party, reason) = culprit(block_on(sim::presign(&shares, &[0, 1], Some(truncate))).err_only());
+    let (party, reason) =
+        culprit(block_on(sim::presign(&shares, &[0, 1], Some(truncate))).err_only());
     assert_eq!(party, 0);
     assert!(reason.contains("malformed frame"), "{reason}");
 }
@@ -201,8 +219,12 @@ fn equivocated_broadcast_is_caught_by_the_echo_round() {
     // Keygen needs no aux info and is fast; 3 parties so one can be lied to.
     let (rec, log) = recorder();
     let aux_free = |tamper| {
-        let (ios, router) = sim::connect(3, sim::random_eid(custos_mpc::SessionKind::Keygen), tamper);
-        let futs = ios.into_iter().map(|io| protocol::run_keygen(io, 2)).collect();
+        let (ios, router) =
+            sim::connect(3, sim::random_eid(custos_mpc::SessionKind::Keygen), tamper);
+        let futs = ios
+            .into_iter()
+            .map(|io| protocol::run_keygen(io, 2))
+            .collect();
         block_on(sim::run_parties(futs, router))
     };
     aux_free(Some(rec)).unwrap();
@@ -223,7 +245,9 @@ fn equivocated_broadcast_is_caught_by_the_echo_round() {
     let err = aux_free(Some(equivocate)).err_only();
     let text = err.to_string();
     assert!(
-        text.contains("reliab") || text.contains("decommit") || matches!(err, MpcError::PeerMisbehaved { .. }),
+        text.contains("reliab")
+            || text.contains("decommit")
+            || matches!(err, MpcError::PeerMisbehaved { .. }),
         "{text}"
     );
 }

@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-const PROTOS: &[&str] = &["proto/custos/v1/custody.proto", "proto/custos/signer/v1/signer.proto"];
+const PROTOS: &[&str] = &[
+    "proto/custos/v1/custody.proto",
+    "proto/custos/signer/v1/signer.proto",
+];
 
 fn generate(out: &Path) {
     tonic_prost_build::configure()

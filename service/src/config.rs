@@ -52,7 +52,8 @@ pub fn load<T: DeserializeOwned>(
         path: path.to_owned(),
         message,
     };
-    let mut value: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+    let mut value: toml::Table =
+        toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
     for (key, raw) in env {
         let Some(rest) = key.strip_prefix("CUSTOS_") else {
             continue;
@@ -143,7 +144,11 @@ mod tests {
         std::fs::write(&p, "port = 1\n[inner]\nflag = false\n").unwrap();
         let e = load::<Cfg>(&p, vec![]).unwrap_err().to_string();
         assert!(e.contains("missing field `node_id`"), "{e}");
-        std::fs::write(&p, "node_id = \"a\"\nport = 1\nbogus = 2\n[inner]\nflag = false\n").unwrap();
+        std::fs::write(
+            &p,
+            "node_id = \"a\"\nport = 1\nbogus = 2\n[inner]\nflag = false\n",
+        )
+        .unwrap();
         let e = load::<Cfg>(&p, vec![]).unwrap_err().to_string();
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = load::<Cfg>(&dir.path().join("missing.toml"), vec![])

@@ -26,7 +26,10 @@ pub fn router(health: Arc<dyn Health>) -> Router {
                 async move {
                     match h.ready() {
                         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                        Err(reason) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {reason}\n"),
+                        ),
                     }
                 }
             }),

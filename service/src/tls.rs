@@ -23,7 +23,11 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, PemError> {
 }
 
 /// A certificate chain and key, as tonic wants them.
-pub fn identity(what: &'static str, cert: &Path, key: &Path) -> Result<tonic::transport::Identity, PemError> {
+pub fn identity(
+    what: &'static str,
+    cert: &Path,
+    key: &Path,
+) -> Result<tonic::transport::Identity, PemError> {
     Ok(tonic::transport::Identity::from_pem(
         read(what, cert)?,
         read(what, key)?,
@@ -31,7 +35,10 @@ pub fn identity(what: &'static str, cert: &Path, key: &Path) -> Result<tonic::tr
 }
 
 /// A CA certificate, as tonic wants it.
-pub fn certificate(what: &'static str, path: &Path) -> Result<tonic::transport::Certificate, PemError> {
+pub fn certificate(
+    what: &'static str,
+    path: &Path,
+) -> Result<tonic::transport::Certificate, PemError> {
     Ok(tonic::transport::Certificate::from_pem(read(what, path)?))
 }
 

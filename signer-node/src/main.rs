@@ -21,7 +21,11 @@ use libp2p::{Multiaddr, PeerId};
 use tonic::transport::{Server, ServerTlsConfig};
 
 #[derive(Parser)]
-#[command(name = "custos-signer", version, about = "Custos threshold signer node")]
+#[command(
+    name = "custos-signer",
+    version,
+    about = "Custos threshold signer node"
+)]
 struct Args {
     /// Config file (TOML); every field can be overridden by CUSTOS_* env vars.
     #[arg(long, short, env = "CUSTOS_SIGNER_CONFIG")]
@@ -108,18 +112,28 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let listen = cfg
         .p2p_listen
         .iter()
-        .map(|a| Multiaddr::from_str(a).with_context(|| format!("config field `p2p_listen`: {a:?} is not a multiaddr")))
+        .map(|a| {
+            Multiaddr::from_str(a)
+                .with_context(|| format!("config field `p2p_listen`: {a:?} is not a multiaddr"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .map_err(config_error)?;
 
     let tls = &cfg.tls;
-    let identity_tls =
-        custos_service::tls::identity("tls.cert/tls.key", &resolve(path, &tls.cert), &resolve(path, &tls.key))
-            .map_err(config_error)?;
+    let identity_tls = custos_service::tls::identity(
+        "tls.cert/tls.key",
+        &resolve(path, &tls.cert),
+        &resolve(path, &tls.key),
+    )
+    .map_err(config_error)?;
     let client_ca =
-        custos_service::tls::certificate("tls.client_ca", &resolve(path, &tls.client_ca)).map_err(config_error)?;
-    let coordinator_pem = custos_service::tls::pem_bytes("tls.coordinator_cert", &resolve(path, &tls.coordinator_cert))
-        .map_err(config_error)?;
+        custos_service::tls::certificate("tls.client_ca", &resolve(path, &tls.client_ca))
+            .map_err(config_error)?;
+    let coordinator_pem = custos_service::tls::pem_bytes(
+        "tls.coordinator_cert",
+        &resolve(path, &tls.coordinator_cert),
+    )
+    .map_err(config_error)?;
     let coordinator_der = pem_to_der(&coordinator_pem)
         .context("config field `tls.coordinator_cert`")
         .map_err(config_error)?;
@@ -137,7 +151,12 @@ async fn run(args: Args) -> Result<(), Fatal> {
     );
     tokio::spawn(node.clone().route_inbound(inbound));
 
-    if node.store().aux_groups().map_err(|e| Fatal(1, e.into()))?.is_empty() {
+    if node
+        .store()
+        .aux_groups()
+        .map_err(|e| Fatal(1, e.into()))?
+        .is_empty()
+    {
         let pregenerated = match &cfg.dev.primes_file {
             Some(f) => {
                 let f = resolve(path, f);
@@ -157,7 +176,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
             }
             None => None,
         };
-        node.ensure_primes(pregenerated).map_err(|e| Fatal(1, e.into()))?;
+        node.ensure_primes(pregenerated)
+            .map_err(|e| Fatal(1, e.into()))?;
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -165,8 +185,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .set_serving::<SignerControlServer<ControlService>>()
         .await;
     let pin = Arc::new(coordinator_der);
-    let control =
-        SignerControlServer::with_interceptor(ControlService::new(node.clone()), move |req: tonic::Request<()>| {
+    let control = SignerControlServer::with_interceptor(
+        ControlService::new(node.clone()),
+        move |req: tonic::Request<()>| {
             // mTLS already proved a CA-issued client cert; accept only the coordinator's.
             let ok = req
                 .peer_certs()
@@ -179,7 +200,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
                     "client certificate is not the pinned coordinator",
                 ))
             }
-        });
+        },
+    );
     tracing::info!(node_id = %cfg.node_id, peer_id = %handle.local_peer_id(), control = %cfg.control_listen, "signer node started");
     println!(
         "custos-signer {} ready: control {} peer {}",
@@ -189,7 +211,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
     );
 
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -202,10 +225,18 @@ async fn run(args: Args) -> Result<(), Fatal> {
             .with_context(|| format!("config field `http_listen` {http}"))
             .map_err(config_error)?;
         let h = Arc::new(SignerHealth { node: node.clone() });
-        tokio::spawn(custos_service::http::serve(listener, h, std::future::pending()));
+        tokio::spawn(custos_service::http::serve(
+            listener,
+            h,
+            std::future::pending(),
+        ));
     }
     Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity_tls).client_ca_root(client_ca))
+        .tls_config(
+            ServerTlsConfig::new()
+                .identity(identity_tls)
+                .client_ca_root(client_ca),
+        )
         .map_err(|e| config_error(anyhow!("tls: {e}")))?
         .add_service(health_service)
         .add_service(control)
@@ -223,7 +254,11 @@ struct SignerHealth {
 
 impl custos_service::http::Health for SignerHealth {
     fn ready(&self) -> Result<(), String> {
-        self.node.store().aux_groups().map(|_| ()).map_err(|e| e.to_string())
+        self.node
+            .store()
+            .aux_groups()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
     fn metrics(&self) -> String {
         format!(

@@ -70,7 +70,10 @@ impl Node {
         group.push(node_id.clone());
         group.sort();
         if fault != FaultInjection::None {
-            tracing::warn!(?fault, "FAULT INJECTION ENABLED: this node will misbehave on purpose");
+            tracing::warn!(
+                ?fault,
+                "FAULT INJECTION ENABLED: this node will misbehave on purpose"
+            );
         }
         Arc::new(Node {
             node_id,
@@ -92,7 +95,10 @@ impl Node {
     }
 
     /// Feeds frames from the transport into sessions until the transport stops.
-    pub async fn route_inbound(self: Arc<Self>, mut inbound: tokio::sync::mpsc::Receiver<InboundMessage>) {
+    pub async fn route_inbound(
+        self: Arc<Self>,
+        mut inbound: tokio::sync::mpsc::Receiver<InboundMessage>,
+    ) {
         while let Some(msg) = inbound.recv().await {
             let Some(from) = self.p2p.node_id(&msg.from).map(str::to_owned) else {
                 continue;
@@ -106,13 +112,19 @@ impl Node {
 
     /// Current prime-generation state.
     pub fn prime_state(&self) -> PrimeState {
-        self.primes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.primes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Makes sure safe primes exist for the next aux-info run: uses stored
     /// ones, else `pregenerated` (dev fixtures), else generates them on a
     /// blocking thread in the background.
-    pub fn ensure_primes(self: &Arc<Self>, pregenerated: Option<custos_mpc::Primes>) -> Result<(), NodeError> {
+    pub fn ensure_primes(
+        self: &Arc<Self>,
+        pregenerated: Option<custos_mpc::Primes>,
+    ) -> Result<(), NodeError> {
         if self.store.get_primes()?.is_some() {
             *self.primes.lock().unwrap_or_else(|p| p.into_inner()) = PrimeState::Ready;
             return Ok(());
@@ -143,7 +155,11 @@ impl Node {
         Ok(())
     }
 
-    fn check_participants(&self, list: &[String], expect_len: Option<usize>) -> Result<u16, NodeError> {
+    fn check_participants(
+        &self,
+        list: &[String],
+        expect_len: Option<usize>,
+    ) -> Result<u16, NodeError> {
         if let Some(n) = expect_len {
             if list.len() != n {
                 return Err(NodeError::InvalidRequest(format!(
@@ -166,7 +182,9 @@ impl Node {
         let me = list
             .iter()
             .position(|p| *p == self.node_id)
-            .ok_or_else(|| NodeError::InvalidRequest(format!("{} is not among the participants", self.node_id)))?;
+            .ok_or_else(|| {
+                NodeError::InvalidRequest(format!("{} is not among the participants", self.node_id))
+            })?;
         Ok(me as u16)
     }
 
@@ -282,16 +300,27 @@ impl Node {
                 "aux info for group {group_id} already exists"
             )));
         }
-        let primes_bytes = self.store.get_primes()?.ok_or_else(|| match self.prime_state() {
-            PrimeState::Generating => NodeError::NotReady("safe primes are still being generated".into()),
-            PrimeState::Failed(e) => NodeError::NotReady(format!("prime generation failed: {e}")),
-            _ => NodeError::NotReady("no safe primes available".into()),
-        })?;
+        let primes_bytes = self
+            .store
+            .get_primes()?
+            .ok_or_else(|| match self.prime_state() {
+                PrimeState::Generating => {
+                    NodeError::NotReady("safe primes are still being generated".into())
+                }
+                PrimeState::Failed(e) => {
+                    NodeError::NotReady(format!("prime generation failed: {e}"))
+                }
+                _ => NodeError::NotReady("no safe primes available".into()),
+            })?;
         let primes: custos_mpc::Primes = from_secret_bytes(&primes_bytes)?;
         let aux = self
-            .run_session(SessionKind::AuxInfo, group_id, participants, b"", move |io| {
-                protocol::run_aux_info(io, primes)
-            })
+            .run_session(
+                SessionKind::AuxInfo,
+                group_id,
+                participants,
+                b"",
+                move |io| protocol::run_aux_info(io, primes),
+            )
             .await?;
         self.store.put_aux(group_id, &to_secret_bytes(&aux)?)?;
         self.store.drop_primes()?;
@@ -324,9 +353,13 @@ impl Node {
             .ok_or_else(|| NodeError::NotReady(format!("no aux info for group {group_id}")))?;
         let aux: custos_mpc::AuxInfo = from_secret_bytes(&aux_bytes)?;
         let incomplete = self
-            .run_session(SessionKind::Keygen, key_id, participants, nonce, move |io| {
-                protocol::run_keygen(io, threshold)
-            })
+            .run_session(
+                SessionKind::Keygen,
+                key_id,
+                participants,
+                nonce,
+                move |io| protocol::run_keygen(io, threshold),
+            )
             .await?;
         let share = protocol::complete_key_share(incomplete, aux)?;
         let public_key = protocol::public_key(&share);
@@ -347,7 +380,12 @@ impl Node {
 
     fn share(&self, key_id: &str) -> Result<(KeyMeta, Arc<KeyShare>), NodeError> {
         let meta = self.store.key_meta(key_id)?;
-        if let Some(s) = self.shares.lock().unwrap_or_else(|p| p.into_inner()).get(key_id) {
+        if let Some(s) = self
+            .shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key_id)
+        {
             return Ok((meta, s.clone()));
         }
         let share: KeyShare = from_secret_bytes(&self.store.key_share(key_id)?)?;
@@ -375,13 +413,23 @@ impl Node {
                     .iter()
                     .position(|p| p == s)
                     .map(|i| i as u16)
-                    .ok_or_else(|| NodeError::InvalidRequest(format!("{s} holds no share of key {}", meta.key_id)))
+                    .ok_or_else(|| {
+                        NodeError::InvalidRequest(format!(
+                            "{s} holds no share of key {}",
+                            meta.key_id
+                        ))
+                    })
             })
             .collect()
     }
 
     /// Generates and stores a presignature; returns its public nonce point.
-    pub async fn presign(&self, key_id: &str, presig_id: &str, signers: &[String]) -> Result<[u8; 33], NodeError> {
+    pub async fn presign(
+        &self,
+        key_id: &str,
+        presig_id: &str,
+        signers: &[String],
+    ) -> Result<[u8; 33], NodeError> {
         validate_id("presignature id", presig_id)?;
         let (meta, share) = self.share(key_id)?;
         let indices = self.signer_indices(&meta, signers)?;
@@ -436,9 +484,13 @@ impl Node {
         let mut request = request_id.as_bytes().to_vec();
         request.extend_from_slice(digest);
         let digest = *digest;
-        self.run_session(SessionKind::Sign, key_id, signers, &request, move |io| async move {
-            protocol::run_sign(io, &share, &indices, &digest).await
-        })
+        self.run_session(
+            SessionKind::Sign,
+            key_id,
+            signers,
+            &request,
+            move |io| async move { protocol::run_sign(io, &share, &indices, &digest).await },
+        )
         .await
     }
 }
@@ -475,7 +527,12 @@ async fn forward_outbound(
             }
         }
         let targets: Vec<PeerId> = match to {
-            Some(j) => peers.get(usize::from(j)).copied().flatten().into_iter().collect(),
+            Some(j) => peers
+                .get(usize::from(j))
+                .copied()
+                .flatten()
+                .into_iter()
+                .collect(),
             None => peers.iter().flatten().copied().collect(),
         };
         let sends = targets.into_iter().map(|peer| {

@@ -36,9 +36,9 @@ fn status(e: NodeError) -> Status {
 }
 
 fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
-    bytes
-        .try_into()
-        .map_err(|_| Status::invalid_argument(format!("digest must be 32 bytes, got {}", bytes.len())))
+    bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!("digest must be 32 bytes, got {}", bytes.len()))
+    })
 }
 
 fn u16_field(name: &str, v: u32) -> Result<u16, Status> {
@@ -68,13 +68,22 @@ impl SignerControl for ControlService {
         }))
     }
 
-    async fn aux_info(&self, req: Request<AuxInfoRequest>) -> Result<Response<AuxInfoResponse>, Status> {
+    async fn aux_info(
+        &self,
+        req: Request<AuxInfoRequest>,
+    ) -> Result<Response<AuxInfoResponse>, Status> {
         let r = req.into_inner();
-        self.node.aux_info(&r.group_id, &r.participants).await.map_err(status)?;
+        self.node
+            .aux_info(&r.group_id, &r.participants)
+            .await
+            .map_err(status)?;
         Ok(Response::new(AuxInfoResponse {}))
     }
 
-    async fn keygen(&self, req: Request<KeygenRequest>) -> Result<Response<KeygenResponse>, Status> {
+    async fn keygen(
+        &self,
+        req: Request<KeygenRequest>,
+    ) -> Result<Response<KeygenResponse>, Status> {
         let r = req.into_inner();
         let t = u16_field("threshold", r.threshold)?;
         let pk = self
@@ -87,7 +96,10 @@ impl SignerControl for ControlService {
         }))
     }
 
-    async fn presign(&self, req: Request<PresignRequest>) -> Result<Response<PresignResponse>, Status> {
+    async fn presign(
+        &self,
+        req: Request<PresignRequest>,
+    ) -> Result<Response<PresignResponse>, Status> {
         let r = req.into_inner();
         let nonce = self
             .node
@@ -99,16 +111,20 @@ impl SignerControl for ControlService {
         }))
     }
 
-    async fn partial_sign(&self, req: Request<PartialSignRequest>) -> Result<Response<PartialSignResponse>, Status> {
+    async fn partial_sign(
+        &self,
+        req: Request<PartialSignRequest>,
+    ) -> Result<Response<PartialSignResponse>, Status> {
         let r = req.into_inner();
         let d = digest(&r.digest)?;
         let node = self.node.clone();
         // Unsealing and fsync are blocking work.
-        let partial =
-            tokio::task::spawn_blocking(move || node.partial_sign(&r.key_id, &r.presignature_id, &d, &r.request_id))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(status)?;
+        let partial = tokio::task::spawn_blocking(move || {
+            node.partial_sign(&r.key_id, &r.presignature_id, &d, &r.request_id)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
         Ok(Response::new(PartialSignResponse {
             partial_signature: partial,
         }))

@@ -50,7 +50,10 @@ impl SessionRouter {
             if id == eid {
                 if let Some(i) = participants.iter().position(|p| *p == from) {
                     received[i] += 1;
-                    let _ = tx.try_send(Inbound { from: i as u16, bytes });
+                    let _ = tx.try_send(Inbound {
+                        from: i as u16,
+                        bytes,
+                    });
                 }
             } else if at.elapsed() < EARLY_FRAME_TTL {
                 inner.early.push((at, id, from, bytes));
@@ -85,12 +88,20 @@ impl SessionRouter {
                 return;
             };
             s.received[i] += 1;
-            if s.tx.try_send(Inbound { from: i as u16, bytes }).is_err() {
+            if s.tx
+                .try_send(Inbound {
+                    from: i as u16,
+                    bytes,
+                })
+                .is_err()
+            {
                 tracing::warn!(peer = from, eid = ?eid, "session inbound queue full or closed, frame dropped");
             }
             return;
         }
-        inner.early.retain(|(at, ..)| at.elapsed() < EARLY_FRAME_TTL);
+        inner
+            .early
+            .retain(|(at, ..)| at.elapsed() < EARLY_FRAME_TTL);
         if inner.early.len() >= MAX_EARLY_FRAMES {
             tracing::warn!(
                 peer = from,
@@ -98,6 +109,8 @@ impl SessionRouter {
             );
             return;
         }
-        inner.early.push((Instant::now(), eid, from.to_owned(), bytes));
+        inner
+            .early
+            .push((Instant::now(), eid, from.to_owned(), bytes));
     }
 }

@@ -75,7 +75,8 @@ impl Store {
     /// Opens (creating) the data directory and loads the used-session log.
     pub fn open(root: &Path, node_id: &str, sealer: Box<dyn Sealer>) -> Result<Store, NodeError> {
         for dir in ["aux", "primes", "keys", "presigs", "consumed"] {
-            fs::create_dir_all(root.join(dir)).map_err(|e| NodeError::storage(&root.join(dir), e))?;
+            fs::create_dir_all(root.join(dir))
+                .map_err(|e| NodeError::storage(&root.join(dir), e))?;
         }
         let log = root.join("sessions.log");
         let used = match fs::read_to_string(&log) {
@@ -119,7 +120,13 @@ impl Store {
         Ok(())
     }
 
-    fn seal_to(&self, path: &Path, key_id: &str, share_id: &str, plaintext: &[u8]) -> Result<(), NodeError> {
+    fn seal_to(
+        &self,
+        path: &Path,
+        key_id: &str,
+        share_id: &str,
+        plaintext: &[u8],
+    ) -> Result<(), NodeError> {
         let ctx = SealContext {
             node_id: &self.node_id,
             key_id,
@@ -129,7 +136,12 @@ impl Store {
         write_atomic(path, &blob)
     }
 
-    fn unseal_from(&self, path: &Path, key_id: &str, share_id: &str) -> Result<Option<Zeroizing<Vec<u8>>>, NodeError> {
+    fn unseal_from(
+        &self,
+        path: &Path,
+        key_id: &str,
+        share_id: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, NodeError> {
         let blob = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -145,7 +157,12 @@ impl Store {
 
     /// Stores the primes for the next aux-info run.
     pub fn put_primes(&self, plaintext: &[u8]) -> Result<(), NodeError> {
-        self.seal_to(&self.root.join("primes/next.sealed"), "primes", "next", plaintext)
+        self.seal_to(
+            &self.root.join("primes/next.sealed"),
+            "primes",
+            "next",
+            plaintext,
+        )
     }
 
     /// Loads the stored primes, if any.
@@ -172,7 +189,11 @@ impl Store {
     /// Loads a group's aux info.
     pub fn get_aux(&self, group_id: &str) -> Result<Option<Zeroizing<Vec<u8>>>, NodeError> {
         validate_id("group id", group_id)?;
-        self.unseal_from(&self.root.join(format!("aux/{group_id}.sealed")), group_id, "aux")
+        self.unseal_from(
+            &self.root.join(format!("aux/{group_id}.sealed")),
+            group_id,
+            "aux",
+        )
     }
 
     /// Group ids with aux info.
@@ -187,8 +208,14 @@ impl Store {
         if self.root.join(format!("keys/{k}.json")).exists() {
             return Err(NodeError::InvalidRequest(format!("key {k} already exists")));
         }
-        self.seal_to(&self.root.join(format!("keys/{k}.sealed")), k, "share", share)?;
-        let json = serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Internal(e.to_string()))?;
+        self.seal_to(
+            &self.root.join(format!("keys/{k}.sealed")),
+            k,
+            "share",
+            share,
+        )?;
+        let json =
+            serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Internal(e.to_string()))?;
         write_atomic(&self.root.join(format!("keys/{k}.json")), &json)
     }
 
@@ -203,14 +230,19 @@ impl Store {
             }
             Err(e) => return Err(NodeError::storage(&path, e)),
         };
-        serde_json::from_slice(&bytes).map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))
     }
 
     /// A key's sealed share, unsealed.
     pub fn key_share(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, NodeError> {
         validate_id("key id", key_id)?;
-        self.unseal_from(&self.root.join(format!("keys/{key_id}.sealed")), key_id, "share")?
-            .ok_or_else(|| NodeError::NotFound(format!("share of key {key_id}")))
+        self.unseal_from(
+            &self.root.join(format!("keys/{key_id}.sealed")),
+            key_id,
+            "share",
+        )?
+        .ok_or_else(|| NodeError::NotFound(format!("share of key {key_id}")))
     }
 
     /// Number of keys held.
@@ -219,7 +251,13 @@ impl Store {
     }
 
     /// Stores a fresh presignature.
-    pub fn put_presig(&self, key_id: &str, presig_id: &str, meta: &PresigMeta, secret: &[u8]) -> Result<(), NodeError> {
+    pub fn put_presig(
+        &self,
+        key_id: &str,
+        presig_id: &str,
+        meta: &PresigMeta,
+        secret: &[u8],
+    ) -> Result<(), NodeError> {
         validate_id("key id", key_id)?;
         validate_id("presignature id", presig_id)?;
         if self.is_consumed(presig_id) {
@@ -264,10 +302,14 @@ impl Store {
                 "presignature {presig_id} was already consumed"
             )));
         }
-        let path = self.root.join(format!("presigs/{key_id}/{presig_id}.sealed"));
+        let path = self
+            .root
+            .join(format!("presigs/{key_id}/{presig_id}.sealed"));
         let payload = self
             .unseal_from(&path, key_id, &format!("presig:{presig_id}"))?
-            .ok_or_else(|| NodeError::NotFound(format!("presignature {presig_id} of key {key_id}")))?;
+            .ok_or_else(|| {
+                NodeError::NotFound(format!("presignature {presig_id} of key {key_id}"))
+            })?;
         let marker = self.root.join(format!("consumed/{presig_id}"));
         // create_new: two concurrent consumers cannot both win.
         let mut f = OpenOptions::new()
@@ -329,7 +371,10 @@ impl Store {
 
 fn split_presig(payload: &[u8]) -> Result<(PresigMeta, Zeroizing<Vec<u8>>), NodeError> {
     let bad = || NodeError::Internal("stored presignature is malformed".into());
-    let len_bytes: [u8; 4] = payload.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+    let len_bytes: [u8; 4] = payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
     let len = u32::from_be_bytes(len_bytes) as usize;
     let json = payload.get(4..4 + len).ok_or_else(bad)?;
     let meta = serde_json::from_slice(json).map_err(|_| bad())?;
@@ -342,7 +387,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| NodeError::storage(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| NodeError::storage(&tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| NodeError::storage(&tmp, e))?;
     f.sync_all().map_err(|e| NodeError::storage(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| NodeError::storage(path, e))?;
     sync_dir(dir)

@@ -44,7 +44,8 @@ pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> Tes
     spec.base_port = custos_devkit::free_base_port();
     spec.primes_file = Some(primes_fixture());
     for (node, fault) in faults {
-        spec.fault_injection.insert((*node).to_owned(), (*fault).to_owned());
+        spec.fault_injection
+            .insert((*node).to_owned(), (*fault).to_owned());
     }
     let layout = custos_devkit::generate(&spec).unwrap();
     let cluster = Cluster::start_with(
@@ -55,7 +56,11 @@ pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> Tes
     .await
     .unwrap();
     let client = connect(&layout).await.unwrap();
-    let tc = TestCluster { cluster, client, dir };
+    let tc = TestCluster {
+        cluster,
+        client,
+        dir,
+    };
     tc.wait_aux_ready(Duration::from_secs(600)).await;
     tc
 }

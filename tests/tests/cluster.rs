@@ -38,7 +38,10 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
         .into_inner();
     assert_eq!(key.public_key.len(), 33);
     assert_eq!(key.participants.len(), 3);
-    assert_eq!(key.ethereum_address.to_lowercase(), eth_address_lower(&key.public_key));
+    assert_eq!(
+        key.ethereum_address.to_lowercase(),
+        eth_address_lower(&key.public_key)
+    );
     assert_ne!(
         key.ethereum_address,
         key.ethereum_address.to_lowercase(),

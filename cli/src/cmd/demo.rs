@@ -28,8 +28,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let layout = custos_devkit::ClusterLayout::load(&args.dir)
-        .with_context(|| format!("no dev cluster in {} (run `custos dev up` first)", args.dir.display()))?;
+    let layout = custos_devkit::ClusterLayout::load(&args.dir).with_context(|| {
+        format!(
+            "no dev cluster in {} (run `custos dev up` first)",
+            args.dir.display()
+        )
+    })?;
     let mut client = custos_devkit::client::connect(&layout).await?;
     let say = |s: String| {
         if !args.json {
@@ -54,7 +58,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             s.aux_info,
             s.signers
                 .iter()
-                .map(|g| format!("{}={}", g.node_id, if g.reachable { &g.state } else { "unreachable" }))
+                .map(|g| format!(
+                    "{}={}",
+                    g.node_id,
+                    if g.reachable { &g.state } else { "unreachable" }
+                ))
                 .collect::<Vec<_>>()
                 .join(" ")
         );
@@ -68,7 +76,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let aux_secs = started.elapsed().as_secs_f64();
-    say(format!("signer group ready ({aux_secs:.1}s; reused on later runs)"));
+    say(format!(
+        "signer group ready ({aux_secs:.1}s; reused on later runs)"
+    ));
 
     let t0 = Instant::now();
     let key = client
@@ -153,6 +163,7 @@ fn verify(public_key: &[u8], digest: &[u8; 32], r: &[u8], s: &[u8]) -> anyhow::R
     rs.extend_from_slice(r);
     rs.extend_from_slice(s);
     let sig = k256::ecdsa::Signature::from_slice(&rs).context("signature encoding")?;
-    vk.verify_prehash(digest, &sig).context("signature does NOT verify")?;
+    vk.verify_prehash(digest, &sig)
+        .context("signature does NOT verify")?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
+use libp2p::core::upgrade::Version;
 use libp2p::request_response::{
     self, Event as RrEvent, Message, OutboundFailure, OutboundRequestId, ProtocolSupport,
     ResponseChannel,
@@ -25,6 +26,9 @@ use super::{
 };
 
 type Reply = oneshot::Sender<Result<(), P2pError>>;
+
+/// Concurrent substreams per connection (see `build_swarm`).
+const MAX_STREAMS_PER_CONNECTION: usize = 8;
 
 /// Closed connections remembered for classifying late failure events.
 const CLOSED_MEMORY: usize = 64;
@@ -48,9 +52,10 @@ pub(super) fn build_swarm(
         [(PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(cfg.request_timeout)
-            // Several messages may be in flight from each peer (one per
-            // round direction, plus retries of timed-out ones).
-            .with_max_concurrent_streams(64),
+            // Per connection, inbound + outbound. Honest peers keep one
+            // message in flight each way; the cap bounds what a misbehaving
+            // pinned peer can make us buffer (streams × max_message_bytes).
+            .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
     );
     let behaviour = Behaviour { allow, limits, rr };
     let swarm = SwarmBuilder::with_existing_identity(cfg.identity.clone())
@@ -63,7 +68,13 @@ pub(super) fn build_swarm(
         .map_err(|e| P2pError::Config(format!("noise setup failed: {e}")))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| P2pError::Config(format!("behaviour setup failed: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                // Every node speaks exactly one protocol, so the stream opener
+                // can send its request together with the protocol proposal
+                // instead of waiting a round trip for the confirmation.
+                .with_substream_upgrade_protocol_override(Version::V1Lazy)
+        })
         // Bounds TCP connect + Noise + Yamux for dials and inbound upgrades,
         // so an unreachable host fails a send within the request timeout.
         .with_connection_timeout(cfg.request_timeout)
