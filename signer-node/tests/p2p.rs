@@ -268,6 +268,104 @@ async fn unpinned_peer_is_refused_after_handshake() {
 }
 
 #[tokio::test]
+async fn impostor_at_pinned_address_gets_nothing() {
+    // B is pinned by A at addr_b, but the process listening there has another
+    // key (and would happily accept A). Noise exposes the wrong PeerId and A
+    // must not hand it the message.
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (aa, ab) = (free_addr(), free_addr());
+    let a = start_node(
+        "node-a",
+        ka.clone(),
+        aa.clone(),
+        vec![pinned("node-b", &kb, &ab)],
+        p2p::DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await;
+    let mut impostor = start_node(
+        "impostor",
+        Keypair::generate_ed25519(),
+        ab,
+        vec![pinned("node-a", &ka, &aa)],
+        p2p::DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await;
+    let err = a
+        .handle
+        .send(kb.public().to_peer_id(), b"secret round data".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, P2pError::PeerUnreachable { ref node_id, .. } if node_id == "node-b"),
+        "{err:?}"
+    );
+    assert_nothing_arrives(&mut impostor.rx).await;
+    assert!(a.handle.connected_peers().await.is_empty());
+}
+
+#[tokio::test]
+async fn three_nodes_all_to_all_keep_per_peer_order() {
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let addrs: Vec<Multiaddr> = (0..3).map(|_| free_addr()).collect();
+    let names = ["n0", "n1", "n2"];
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let peers = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| pinned(names[j], &keys[j], &addrs[j]))
+            .collect();
+        nodes.push(
+            start_node(
+                names[i],
+                keys[i].clone(),
+                addrs[i].clone(),
+                peers,
+                p2p::DEFAULT_MAX_MESSAGE_BYTES,
+            )
+            .await,
+        );
+    }
+    const N: u32 = 60;
+    // Like a protocol round: each node sends message k to both others
+    // concurrently, then moves on to k + 1.
+    let mut senders = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let h = node.handle.clone();
+        let others: Vec<PeerId> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| keys[j].public().to_peer_id())
+            .collect();
+        senders.push(tokio::spawn(async move {
+            for k in 0..N {
+                let sends = others.iter().map(|p| h.send(*p, payload(k, 100)));
+                for r in join_all(sends).await {
+                    r.unwrap();
+                }
+            }
+        }));
+    }
+    for node in &mut nodes {
+        let mut next: std::collections::HashMap<PeerId, u32> = Default::default();
+        for _ in 0..2 * N {
+            let m = recv(&mut node.rx).await;
+            let k = next.entry(m.from).or_default();
+            assert_eq!(
+                m.payload,
+                payload(*k, 100),
+                "at {} from {}",
+                node.node_id,
+                m.from
+            );
+            *k += 1;
+        }
+        assert!(next.values().all(|k| *k == N));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn oversized_messages_are_rejected() {
     // A accepts up to 8 MiB, B only 1 MiB: A's local check passes, B's codec
     // must reject the frame from its header.
