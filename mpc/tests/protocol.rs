@@ -259,7 +259,9 @@ fn a_bad_paillier_modulus_is_rejected_and_the_peer_named() {
     use cggmp21::rug::Integer;
     let mut primes = fixture_primes();
     let (_, q) = primes[1].clone().split();
-    let bad_p = Integer::from(3) * ((Integer::from(1) << 1022u32) + 1u32);
+    // Same bit length as a real prime, divisible by 3.
+    let bits = q.significant_bits();
+    let bad_p = Integer::from(3) * ((Integer::from(1) << (bits - 2)) + 1u32);
     primes[1] = Primes::new(bad_p, q).expect("size check passes: only the proofs can catch it");
     let err = block_on(sim::aux_info(primes.into_iter().take(3).collect(), None)).err_only();
     let (party, reason) = culprit(err);

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job: build, start a local 2-of-3 cluster on loopback (coordinator +
+# 3 signer processes, generated TLS certs, libp2p keys and configs in
+# .custos-dev/), then create a key, sign digests and verify them.
+# The first run generates safe primes and aux info (a few minutes on 2 cores);
+# later runs reuse them. Stop the cluster with `./target/release/custos dev down`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+cargo build --release --workspace --bins
+./target/release/custos dev up
+./target/release/custos demo "$@"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages Custos needs to build and test, idempotently.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+need_pkgs=()
+command -v m4 >/dev/null || need_pkgs+=(m4)                      # GMP build (cggmp21)
+command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)   # proto drift test
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need_pkgs+=(softhsm2)  # PKCS#11 tests
+command -v pkcs11-tool >/dev/null || need_pkgs+=(opensc)         # token inspection in tests
+command -v python3 >/dev/null || need_pkgs+=(python3)            # golden-vector scripts
+command -v openssl >/dev/null || need_pkgs+=(openssl)            # certificate checks in tests
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "==> installing ${need_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
+fi
