@@ -43,7 +43,7 @@ impl Node {
 
 /// A loopback address on a port that was free a moment ago. Both nodes of a
 /// pair must know each other's address before either starts, so ports are
-/// reserved up front (and `start_node` retries if one got taken meanwhile).
+/// picked up front (a port taken in between fails the test loudly).
 fn free_addr() -> Multiaddr {
     let l = StdTcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -65,12 +65,23 @@ async fn start_node(
     peers: Vec<PinnedPeer>,
     max_message_bytes: usize,
 ) -> Node {
+    start_node_with_timeout(node_id, key, addr, peers, max_message_bytes, TIMEOUT).await
+}
+
+async fn start_node_with_timeout(
+    node_id: &str,
+    key: Keypair,
+    addr: Multiaddr,
+    peers: Vec<PinnedPeer>,
+    max_message_bytes: usize,
+    request_timeout: Duration,
+) -> Node {
     let cfg = P2pConfig {
         identity: key.clone(),
         listen: vec![addr.clone()],
         peers,
         max_message_bytes,
-        request_timeout: TIMEOUT,
+        request_timeout,
     };
     let (handle, rx, task) = p2p::start(cfg).await.unwrap();
     assert_eq!(handle.listen_addrs().await, vec![addr.clone()]);
@@ -207,6 +218,65 @@ async fn full_receiver_applies_backpressure_without_dropping() {
         r.unwrap();
     }
     assert_eq!(b.handle.expired_messages(), 0);
+}
+
+#[tokio::test]
+async fn message_whose_sender_timed_out_is_not_delivered_later() {
+    // B never reads until A's send has timed out: the waiting message must be
+    // discarded (A was told it failed), not delivered behind A's back.
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (aa, ab) = (free_addr(), free_addr());
+    let t = Duration::from_millis(500);
+    let max = p2p::DEFAULT_MAX_MESSAGE_BYTES;
+    let a = start_node_with_timeout(
+        "node-a",
+        ka.clone(),
+        aa.clone(),
+        vec![pinned("node-b", &kb, &ab)],
+        max,
+        t,
+    )
+    .await;
+    let mut b =
+        start_node_with_timeout("node-b", kb, ab, vec![pinned("node-a", &ka, &aa)], max, t).await;
+    let cap = p2p::INBOUND_CHANNEL_CAPACITY as u32;
+    for i in 0..cap {
+        a.handle.send(b.peer_id(), payload(i, 4)).await.unwrap();
+    }
+    let started = Instant::now();
+    let err = a
+        .handle
+        .send(b.peer_id(), payload(cap, 4))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < t + Duration::from_millis(500));
+    assert!(err.to_string().contains("node-b"), "{err}");
+    for i in 0..cap {
+        assert_eq!(recv(&mut b.rx).await.payload, payload(i, 4));
+    }
+    assert_nothing_arrives(&mut b.rx).await;
+    assert_eq!(b.handle.expired_messages(), 1);
+    // The link is healthy afterwards.
+    a.handle.send(b.peer_id(), vec![9]).await.unwrap();
+    assert_eq!(recv(&mut b.rx).await.payload, vec![9]);
+}
+
+#[tokio::test]
+async fn dropped_receiver_means_no_ack() {
+    let (a, b) = pair(
+        p2p::DEFAULT_MAX_MESSAGE_BYTES,
+        p2p::DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await;
+    a.handle.send(b.peer_id(), vec![1]).await.unwrap();
+    let Node { rx, handle: hb, .. } = b;
+    drop(rx);
+    let err = a
+        .handle
+        .send(hb.local_peer_id(), vec![2])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("node-b"), "{err}");
 }
 
 #[tokio::test]

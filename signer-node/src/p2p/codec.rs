@@ -252,6 +252,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn random_inputs_never_panic() {
+        // Cheap deterministic fuzzing: random headers and bodies, some with
+        // plausible lengths, must decode or fail cleanly.
+        let (mut c, _) = codec(4096);
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 && bytes.len() >= 4 {
+                let claimed = (next() % 80) as u32;
+                bytes[..4].copy_from_slice(&claimed.to_be_bytes());
+            }
+            let res = c
+                .read_request(&PROTOCOL, &mut Cursor::new(bytes.clone()))
+                .await;
+            if let Ok(payload) = res {
+                assert!(payload.len() + 4 <= bytes.len());
+            }
+            let _ = c.read_response(&PROTOCOL, &mut Cursor::new(bytes)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn ack_bytes() {
         let (mut c, _) = codec(8);
         for ack in [Ack::Accepted, Ack::Busy] {
