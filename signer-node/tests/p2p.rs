@@ -13,7 +13,10 @@ use custos_signer_node::p2p::{
 use futures::future::join_all;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::Receiver;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -222,11 +225,13 @@ async fn full_receiver_applies_backpressure_without_dropping() {
 
 #[tokio::test]
 async fn message_whose_sender_timed_out_is_not_delivered_later() {
-    // B never reads until A's send has timed out: the waiting message must be
+    // B never reads until A's send has failed: the waiting message must be
     // discarded (A was told it failed), not delivered behind A's back.
+    // B's timeout is the shorter one, so by the time A sees the failure B
+    // has already given up on the message (no race in the assertions).
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let (aa, ab) = (free_addr(), free_addr());
-    let t = Duration::from_millis(500);
+    let (ta, tb) = (Duration::from_millis(1500), Duration::from_millis(300));
     let max = p2p::DEFAULT_MAX_MESSAGE_BYTES;
     let a = start_node_with_timeout(
         "node-a",
@@ -234,11 +239,11 @@ async fn message_whose_sender_timed_out_is_not_delivered_later() {
         aa.clone(),
         vec![pinned("node-b", &kb, &ab)],
         max,
-        t,
+        ta,
     )
     .await;
     let mut b =
-        start_node_with_timeout("node-b", kb, ab, vec![pinned("node-a", &ka, &aa)], max, t).await;
+        start_node_with_timeout("node-b", kb, ab, vec![pinned("node-a", &ka, &aa)], max, tb).await;
     let cap = p2p::INBOUND_CHANNEL_CAPACITY as u32;
     for i in 0..cap {
         a.handle.send(b.peer_id(), payload(i, 4)).await.unwrap();
@@ -249,7 +254,7 @@ async fn message_whose_sender_timed_out_is_not_delivered_later() {
         .send(b.peer_id(), payload(cap, 4))
         .await
         .unwrap_err();
-    assert!(started.elapsed() < t + Duration::from_millis(500));
+    assert!(started.elapsed() < ta, "{:?}", started.elapsed());
     assert!(err.to_string().contains("node-b"), "{err}");
     for i in 0..cap {
         assert_eq!(recv(&mut b.rx).await.payload, payload(i, 4));
@@ -574,6 +579,103 @@ async fn down_peer_fails_with_its_node_id_and_recovers_after_restart() {
     assert_eq!(recv(&mut b.rx).await.payload, vec![3]);
     b.handle.send(a.peer_id(), vec![4]).await.unwrap();
     assert_eq!(recv(&mut a.rx).await.payload, vec![4]);
+}
+
+/// A TCP relay whose existing connections can be frozen: bytes are read and
+/// silently discarded, sockets stay open. This is what a half-open
+/// connection (peer host gone, partition) looks like to the sender.
+async fn freezable_relay(target: std::net::SocketAddr) -> (Multiaddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Connections with an id <= frozen_upto are frozen.
+    let frozen_upto = Arc::new(AtomicU64::new(0));
+    let frozen = frozen_upto.clone();
+    tokio::spawn(async move {
+        let mut next_id = 0u64;
+        while let Ok((inbound, _)) = listener.accept().await {
+            next_id += 1;
+            let id = next_id;
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            for (mut r, mut w) in [(ri, wo), (ro, wi)] {
+                let frozen = frozen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if id > frozen.load(AtomicOrdering::SeqCst)
+                            && w.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // Keep the socket open after EOF too: never reset.
+                    std::future::pending::<()>().await;
+                });
+            }
+        }
+    });
+    (
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
+        frozen_upto,
+    )
+}
+
+#[tokio::test]
+async fn half_open_connection_is_replaced_after_a_timeout() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (aa, ab) = (free_addr(), free_addr());
+    let max = p2p::DEFAULT_MAX_MESSAGE_BYTES;
+    let mut b = start_node(
+        "node-b",
+        kb.clone(),
+        ab.clone(),
+        vec![pinned("node-a", &ka, &aa)],
+        max,
+    )
+    .await;
+    let target = format!("127.0.0.1:{}", port_of(&ab)).parse().unwrap();
+    let (relay, frozen_upto) = freezable_relay(target).await;
+    // A reaches B only through the relay.
+    let t = Duration::from_millis(700);
+    let a = start_node_with_timeout(
+        "node-a",
+        ka,
+        aa,
+        vec![pinned("node-b", &kb, &relay)],
+        max,
+        t,
+    )
+    .await;
+    a.handle.send(b.peer_id(), vec![1]).await.unwrap();
+    assert_eq!(recv(&mut b.rx).await.payload, vec![1]);
+
+    // Partition: the established connection silently eats everything.
+    frozen_upto.store(u64::MAX, AtomicOrdering::SeqCst);
+    let err = a.handle.send(b.peer_id(), vec![2]).await.unwrap_err();
+    assert!(
+        matches!(err, P2pError::Timeout { ref node_id, .. } if node_id == "node-b"),
+        "{err:?}"
+    );
+    // Heal for new connections only; the old one stays a black hole.
+    frozen_upto.store(1, AtomicOrdering::SeqCst);
+    a.handle.send(b.peer_id(), vec![3]).await.unwrap();
+    assert_eq!(recv(&mut b.rx).await.payload, vec![3]);
+}
+
+fn port_of(addr: &Multiaddr) -> u16 {
+    addr.iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap()
 }
 
 #[tokio::test]

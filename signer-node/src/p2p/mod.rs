@@ -19,7 +19,9 @@
 //!   order with `join_all`, both qualify). There is no ordering across peers.
 //!   When a send to a peer fails because the peer is unreachable, refused us
 //!   or timed out, every message queued behind it fails with the same error
-//!   instead of being sent out of order after a gap.
+//!   instead of being sent after a gap. After a [`P2pError::Rejected`] (the
+//!   peer answered "busy" or refused that one message) later messages are
+//!   still sent: callers must treat any failed send as a failed session.
 //! * **Backpressure.** The inbound channel is bounded. When it is full,
 //!   received messages wait (in order) inside the transport and their
 //!   acknowledgements are withheld, so senders slow down; nothing is dropped
@@ -34,7 +36,12 @@
 //!   [`P2pHandle::rejected_messages`]; outbound ones are refused locally.
 //! * **Reconnect.** Idle connections are kept for an hour. When a connection
 //!   is gone (for instance the peer was killed and restarted), the next `send`
-//!   dials the pinned address again.
+//!   dials the pinned address again. A connection on which a send timed out
+//!   is closed, so a half-open connection (peer host lost without a TCP
+//!   reset, network partition) cannot swallow later messages.
+//! * **Addresses.** The pinned address is only used to dial. Inbound
+//!   connections are accepted from any address; the PeerId proven in the
+//!   Noise handshake is what is checked.
 //!
 //! Payload bytes are never logged.
 

@@ -527,6 +527,18 @@ impl Driver {
                 request_id,
                 error,
             } => {
+                if matches!(error, OutboundFailure::Timeout) {
+                    // A connection that swallowed a message for a whole
+                    // request timeout may be half-open (peer host lost,
+                    // partition): TCP alone can take hours to notice. Close
+                    // it so the next send dials the pinned address afresh.
+                    tracing::info!(
+                        peer = %self.node_id(&peer),
+                        ?connection_id,
+                        "closing p2p connection after a send timed out"
+                    );
+                    self.swarm.close_connection(connection_id);
+                }
                 let err = self.classify(peer, connection_id, error);
                 tracing::debug!(error = %err, "p2p send failed");
                 self.complete(peer, request_id, Err(err));
