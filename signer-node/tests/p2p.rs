@@ -726,6 +726,36 @@ async fn config_is_validated() {
         .unwrap_err();
     assert!(matches!(err, P2pError::Config(_)), "{err:?}");
 
+    for (bad, why) in [
+        ("/dns4/signer-2/tcp/7510", "DNS"),
+        ("/ip4/127.0.0.1/udp/7510", "/tcp/"),
+        ("/ip4/127.0.0.1/tcp/0", "/tcp/"),
+        (
+            "/ip4/127.0.0.1/tcp/7510/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            "embeds PeerId",
+        ),
+    ] {
+        let peers = vec![pinned("signer-2", &other, &bad.parse().unwrap())];
+        match p2p::start(P2pConfig::new(k.clone(), vec![addr.clone()], peers)).await {
+            Err(P2pError::Config(msg)) => {
+                assert!(msg.contains("signer-2") && msg.contains(why), "{msg}")
+            }
+            other => panic!("{bad}: expected Config error, got {:?}", other.map(|_| ())),
+        }
+    }
+    // The pinned PeerId itself may be embedded.
+    let with_id: Multiaddr = format!("{addr}/p2p/{}", other.public().to_peer_id())
+        .parse()
+        .unwrap();
+    let (_h, _rx, task) = p2p::start(P2pConfig::new(
+        k.clone(),
+        vec![free_addr()],
+        vec![pinned("signer-2", &other, &with_id)],
+    ))
+    .await
+    .unwrap();
+    task.shutdown().await;
+
     let mut cfg = P2pConfig::new(k.clone(), vec![addr.clone()], vec![]);
     cfg.max_message_bytes = 0;
     assert!(matches!(p2p::start(cfg).await, Err(P2pError::Config(_))));
@@ -760,6 +790,15 @@ async fn config_is_validated() {
         h.send(other.public().to_peer_id(), vec![]).await,
         Err(P2pError::Shutdown)
     ));
+}
+
+#[test]
+fn handle_is_cheap_to_share() {
+    fn assert_traits<T: Clone + Send + Sync + 'static>() {}
+    assert_traits::<P2pHandle>();
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<P2pTask>();
+    assert_send::<P2pError>();
 }
 
 #[test]

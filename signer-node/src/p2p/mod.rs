@@ -477,6 +477,36 @@ const MAX_PENDING_INCOMING: u32 = 64;
 /// the old connection's teardown, but not for a connection flood.
 const MAX_ESTABLISHED_PER_PEER: u32 = 4;
 
+/// The transport dials plain TCP over IP only (no DNS resolver is built in):
+/// catch other address forms at start-up, naming the peer, rather than at
+/// the first send of a signing session.
+fn check_dial_addr(p: &PinnedPeer) -> Result<(), P2pError> {
+    use libp2p::multiaddr::Protocol;
+    let bad = |why: &str| P2pError::Config(format!("peer {} address {}: {why}", p.node_id, p.addr));
+    let mut parts = p.addr.iter();
+    match parts.next() {
+        Some(Protocol::Ip4(_) | Protocol::Ip6(_)) => {}
+        _ => {
+            return Err(bad(
+                "must start with /ip4/ or /ip6/ (DNS names are not supported)",
+            ));
+        }
+    }
+    match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => {}
+        _ => return Err(bad("must continue with /tcp/<port> (port not 0)")),
+    }
+    match parts.next() {
+        None => Ok(()),
+        Some(Protocol::P2p(id)) if id == p.peer_id && parts.next().is_none() => Ok(()),
+        Some(Protocol::P2p(id)) if id != p.peer_id => Err(bad(&format!(
+            "embeds PeerId {id}, not the pinned {}",
+            p.peer_id
+        ))),
+        Some(_) => Err(bad("unexpected components after /tcp/<port>")),
+    }
+}
+
 fn validate(cfg: &P2pConfig, local: PeerId) -> Result<HashMap<PeerId, PinnedPeer>, P2pError> {
     if cfg.max_message_bytes == 0 || u32::try_from(cfg.max_message_bytes).is_err() {
         return Err(P2pError::Config(format!(
@@ -508,6 +538,7 @@ fn validate(cfg: &P2pConfig, local: PeerId) -> Result<HashMap<PeerId, PinnedPeer
         if p.peer_id == local {
             continue;
         }
+        check_dial_addr(p)?;
         if peers.insert(p.peer_id, p.clone()).is_some() {
             return Err(P2pError::Config(format!(
                 "peer_id {} is listed twice in peers",
