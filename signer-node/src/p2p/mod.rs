@@ -9,9 +9,10 @@
 //!   [`P2pHandle::refused_connections`]. We never dial an unpinned peer.
 //! * **Acknowledged delivery.** [`P2pHandle::send`] resolves `Ok` only once the
 //!   receiving node has placed the message in its inbound channel (the
-//!   [`mpsc::Receiver`] returned by [`start`]). On `Err(Timeout)` or a lost
-//!   connection the message may or may not have been delivered (the ack can be
-//!   lost in flight); on every other error it was not delivered.
+//!   [`mpsc::Receiver`] returned by [`start`]). After an error, delivery is
+//!   unknown in general (the ack can be lost in flight), except for
+//!   [`P2pError::NotPinned`] and [`P2pError::MessageTooLarge`] (checked
+//!   locally, nothing sent) and a "busy" [`P2pError::Rejected`].
 //! * **Per-peer ordering.** Messages to one peer are transmitted one at a time:
 //!   the next is written only after the previous one was acknowledged or failed.
 //!   So messages from node A to node B are received in the order A's `send`

@@ -413,6 +413,11 @@ impl Driver {
                     remote = %endpoint.get_remote_address(),
                     "p2p connection established"
                 );
+                if endpoint.is_listener() {
+                    // The peer dialled us, so it pins us: losing this
+                    // connection is never a refusal.
+                    self.proven.insert(connection_id);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
