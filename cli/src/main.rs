@@ -26,6 +26,9 @@ enum Command {
     /// Verify the transparency log offline (auditors).
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// Run a local development cluster on loopback (up, down, status).
+    #[command(subcommand)]
+    Dev(cmd::dev::DevCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Approver(c) => cmd::approver::run(c),
         Command::Audit(c) => cmd::audit::run(c),
+        Command::Dev(c) => cmd::dev::run(c),
     };
     match result {
         Ok(code) => code,

@@ -2,4 +2,5 @@
 
 pub mod approver;
 pub mod audit;
+pub mod dev;
 pub mod policy;

@@ -1,0 +1,247 @@
+//! `custos dev up|down|status`: a local cluster on loopback for development
+//! (dev CA, keys and configs in `--dir`, daemons detached, logs in `<dir>/logs`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use custos_devkit::{
+    COORDINATOR_BIN, Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, ProcessRecord,
+    SIGNER_BIN, StartOptions, generate, process_status, stop_from_pid_file,
+};
+
+/// `custos dev` subcommands.
+#[derive(clap::Subcommand)]
+pub enum DevCommand {
+    /// Generate (or reuse) a local cluster in --dir and start it in the background.
+    Up(UpArgs),
+    /// Stop the cluster started by `custos dev up` (SIGTERM, SIGKILL after 5 s).
+    Down(DirArgs),
+    /// Show which processes of the cluster are alive.
+    Status(DirArgs),
+}
+
+/// Arguments of `custos dev up`.
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Cluster directory (keys, certificates, configs, data, logs).
+    #[arg(long, default_value = custos_devkit::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Number of signers.
+    #[arg(long, default_value_t = 3)]
+    signers: u16,
+    /// Default signing threshold.
+    #[arg(long, default_value_t = 2)]
+    threshold: u16,
+    /// Coordinator gRPC port; the others follow (HTTP +1, signers +10.., libp2p +110.., HTTP +210..).
+    #[arg(long, default_value_t = custos_devkit::DEFAULT_BASE_PORT)]
+    base_port: u16,
+    /// Pregenerated safe primes (JSON test fixture) so signers skip generating them.
+    #[arg(long, value_name = "FILE")]
+    primes_file: Option<PathBuf>,
+    /// Directory of custos-signer and custos-coordinator [default: next to this executable].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Seconds each process may take to open its port.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `custos dev down` and `custos dev status`.
+#[derive(clap::Args)]
+pub struct DirArgs {
+    /// Cluster directory.
+    #[arg(long, default_value = custos_devkit::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a `custos dev` subcommand.
+pub fn run(command: DevCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DevCommand::Up(args) => up(args),
+        DevCommand::Down(args) => down(args),
+        DevCommand::Status(args) => status(args),
+    }
+}
+
+/// Where the daemons are: `--bin-dir`, else the directory of this executable.
+fn bin_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match arg {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .context("cannot locate the custos executable")?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("the custos executable has no parent directory")?,
+    };
+    if !dir.join(SIGNER_BIN).is_file() {
+        bail!(
+            "`{SIGNER_BIN}` not found in {}: build the daemons with `cargo build --workspace` \
+             (or pass --bin-dir)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    // Already running? Then `up` is a no-op that reports the cluster.
+    let running = process_status(&args.dir)?;
+    let alive = running.iter().filter(|p| p.alive).count();
+    if alive > 0 {
+        if alive < running.len() {
+            bail!(
+                "the dev cluster in {} is partly running ({alive} of {} processes alive): \
+                 run `custos dev down --dir {0}` then `custos dev up` again",
+                args.dir.display(),
+                running.len()
+            );
+        }
+        let layout = ClusterLayout::load(&args.dir)?;
+        let records: Vec<ProcessRecord> = running.into_iter().map(|p| p.record).collect();
+        if !args.json {
+            println!("custos dev cluster already running");
+        }
+        report(&layout, &records, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Stale pid file (processes gone): clear it.
+    stop_from_pid_file(&args.dir)?;
+
+    let bins = bin_dir(args.bin_dir)?;
+    let spec = ClusterSpec {
+        dir: args.dir.clone(),
+        signers: args.signers,
+        threshold: args.threshold,
+        base_port: args.base_port,
+        primes_file: args.primes_file,
+        ..ClusterSpec::default()
+    };
+    let layout = generate(&spec)?;
+    if !bins.join(COORDINATOR_BIN).is_file() {
+        eprintln!(
+            "warning: `{COORDINATOR_BIN}` not found in {}: starting the signers only",
+            bins.display()
+        );
+    }
+    let opts = StartOptions::default()
+        .detached(true)
+        .coordinator(CoordinatorMode::IfPresent)
+        .timeout(Duration::from_secs(args.timeout));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let cluster = rt.block_on(Cluster::start_with(layout.clone(), &bins, opts))?;
+    let records = cluster.detach();
+    report(&layout, &records, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pid_of(records: &[ProcessRecord], name: &str) -> String {
+    records
+        .iter()
+        .find(|r| r.name == name)
+        .map_or_else(|| "not running".to_string(), |r| format!("pid {}", r.pid))
+}
+
+fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        let out = serde_json::json!({
+            "dir": layout.dir,
+            "cluster": layout,
+            "processes": records,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let c = &layout.coordinator;
+    println!(
+        "custos dev cluster in {} ({} signers, threshold {})",
+        layout.dir.display(),
+        layout.signers.len(),
+        layout.threshold
+    );
+    println!(
+        "  coordinator  {:<26} {:<12} http {}",
+        c.url,
+        pid_of(records, &c.name),
+        c.http_url
+    );
+    for s in &layout.signers {
+        println!(
+            "  {:<12} {:<26} {:<12} peer {}",
+            s.node_id,
+            s.control_endpoint,
+            pid_of(records, &s.node_id),
+            s.peer_id
+        );
+    }
+    let dir = layout.dir.display();
+    println!();
+    println!("  CA certificate  {}", layout.ca_cert.display());
+    println!(
+        "  admin token     {} (a file; keep it private)",
+        c.admin_token_file.display()
+    );
+    println!("  logs            {}/", layout.logs_dir.display());
+    println!("  summary         {}/cluster.json", dir);
+    println!("  stop with       custos dev down --dir {dir}");
+    Ok(())
+}
+
+fn down(args: DirArgs) -> anyhow::Result<ExitCode> {
+    let stopped = stop_from_pid_file(&args.dir)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "stopped": stopped }));
+    } else if stopped == 0 {
+        println!("no dev cluster running in {}", args.dir.display());
+    } else {
+        println!(
+            "stopped {stopped} process{} of the dev cluster in {}",
+            if stopped == 1 { "" } else { "es" },
+            args.dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: DirArgs) -> anyhow::Result<ExitCode> {
+    let procs = process_status(&args.dir)?;
+    if args.json {
+        let list: Vec<_> = procs
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.record.name,
+                    "pid": p.record.pid,
+                    "alive": p.alive,
+                    "log": p.record.log,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "processes": list }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if procs.is_empty() {
+        println!("no dev cluster running in {}", args.dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &procs {
+        println!(
+            "  {:<12} pid {:<8} {:<6} log {}",
+            p.record.name,
+            p.record.pid,
+            if p.alive { "alive" } else { "dead" },
+            p.record.log.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

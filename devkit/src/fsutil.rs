@@ -1,0 +1,93 @@
+//! Small file helpers: atomic writes, private modes.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::DevkitError;
+
+/// Mode of files holding secrets (private keys, passphrases, tokens).
+pub(crate) const SECRET_MODE: u32 = 0o600;
+/// Mode of public files (certificates, configs).
+pub(crate) const PUBLIC_MODE: u32 = 0o644;
+
+/// Creates `dir` (and parents) if missing.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), DevkitError> {
+    fs::create_dir_all(dir).map_err(DevkitError::io("cannot create directory", dir))
+}
+
+/// Creates `dir` if missing and restricts it to its owner.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), DevkitError> {
+    ensure_dir(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(DevkitError::io("cannot set permissions of", dir))
+}
+
+/// Writes `contents` to `path` with `mode`: temporary file in the same
+/// directory (created with `mode`, so a secret is never readable by others),
+/// fsync, rename.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), DevkitError> {
+    let file_name = path.file_name().ok_or_else(|| DevkitError::Io {
+        action: "cannot write",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(DevkitError::io("cannot write", path)(e));
+    }
+    Ok(())
+}
+
+/// Reads a whole file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DevkitError> {
+    fs::read(path).map_err(DevkitError::io("cannot read", path))
+}
+
+/// Reads a whole UTF-8 file.
+pub(crate) fn read_string(path: &Path) -> Result<String, DevkitError> {
+    fs::read_to_string(path).map_err(DevkitError::io("cannot read", path))
+}
+
+/// Makes sure an existing secret file is private (an older or hand-made file
+/// may have a looser mode).
+pub(crate) fn restrict(path: &Path) -> Result<(), DevkitError> {
+    let mode = fs::metadata(path)
+        .map_err(DevkitError::io("cannot stat", path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(SECRET_MODE))
+            .map_err(DevkitError::io("cannot set permissions of", path))?;
+    }
+    Ok(())
+}
+
+/// The last `max_lines` lines of a (log) file, at most 8 KiB; empty if unreadable.
+pub(crate) fn tail(path: &Path, max_lines: usize) -> String {
+    let Ok(bytes) = fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(8192);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(max_lines);
+    lines[from..].join("\n")
+}
