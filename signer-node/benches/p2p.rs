@@ -17,15 +17,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let loopback: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
+    // B pins A with a real address (B never dials it in this benchmark):
+    // pick a port that is free now for A to listen on.
+    let addr_a: libp2p::Multiaddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("/ip4/127.0.0.1/tcp/{}", l.local_addr()?.port()).parse()?
+    };
 
-    // B only receives; A dials it, so B's entry for A needs no real address.
     let (hb, mut rx_b, task_b) = p2p::start(P2pConfig::new(
         kb.clone(),
-        vec![loopback.clone()],
+        vec![loopback],
         vec![PinnedPeer {
             node_id: "bench-a".into(),
             peer_id: ka.public().to_peer_id(),
-            addr: loopback.clone(),
+            addr: addr_a.clone(),
         }],
     ))
     .await?;
@@ -37,7 +42,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("B not listening")?;
     let (ha, _rx_a, task_a) = p2p::start(P2pConfig::new(
         ka,
-        vec![loopback],
+        vec![addr_a],
         vec![PinnedPeer {
             node_id: "bench-b".into(),
             peer_id: kb.public().to_peer_id(),
@@ -47,6 +52,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let drain = tokio::spawn(async move { while rx_b.recv().await.is_some() {} });
     let pb = hb.local_peer_id();
+
+    let t = Instant::now();
+    ha.send(pb, vec![0u8; 64]).await?;
+    println!(
+        "p2p first send incl. dial (TCP + Noise + Yamux): {:.1?}",
+        t.elapsed()
+    );
 
     println!("p2p send round trip (send -> ack), loopback, established connection");
     for (label, size, iters) in [("64 B", 64usize, 5000usize), ("256 KiB", 256 * 1024, 500)] {
