@@ -29,6 +29,8 @@ enum Command {
     /// Run a local development cluster on loopback (up, down, status).
     #[command(subcommand)]
     Dev(cmd::dev::DevCommand),
+    /// Run the main job on the dev cluster: create a key, sign, verify, time it.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Approver(c) => cmd::approver::run(c),
         Command::Audit(c) => cmd::audit::run(c),
         Command::Dev(c) => cmd::dev::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => code,

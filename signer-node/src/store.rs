@@ -407,3 +407,129 @@ fn sync_dir(dir: &Path) -> Result<(), NodeError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| NodeError::storage(dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_hsm::{KdfParams, Secret, SoftwareSealer};
+
+    fn store(dir: &Path, node: &str) -> Store {
+        let sealer = SoftwareSealer::open_with_params(
+            dir,
+            &Secret::new(b"pass".to_vec()),
+            true,
+            KdfParams::insecure_fast_for_tests(),
+        )
+        .unwrap();
+        Store::open(dir, node, Box::new(sealer)).unwrap()
+    }
+
+    fn meta() -> PresigMeta {
+        PresigMeta {
+            signers: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn a_presignature_is_consumed_once_even_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "n1");
+        s.put_presig("k1", "p1", &meta(), b"secret").unwrap();
+        let (m, secret) = s.consume_presig("k1", "p1", "request=r1").unwrap();
+        assert_eq!((m.signers.len(), secret.as_slice()), (2, &b"secret"[..]));
+        assert!(matches!(
+            s.consume_presig("k1", "p1", "r2"),
+            Err(NodeError::Replay(_))
+        ));
+
+        // A crash after the marker but before the blob's removal: the blob is
+        // still on disk, yet a restarted node refuses it (SECURITY case 17).
+        s.put_presig("k1", "p2", &meta(), b"secret2").unwrap();
+        let blob = fs::read(dir.path().join("presigs/k1/p2.sealed")).unwrap();
+        s.consume_presig("k1", "p2", "r3").unwrap();
+        fs::write(dir.path().join("presigs/k1/p2.sealed"), blob).unwrap();
+        drop(s);
+        let restarted = store(dir.path(), "n1");
+        assert!(matches!(
+            restarted.consume_presig("k1", "p2", "r4"),
+            Err(NodeError::Replay(_))
+        ));
+        // And a consumed id can never be stored again.
+        assert!(matches!(
+            restarted.put_presig("k1", "p2", &meta(), b"x"),
+            Err(NodeError::Replay(_))
+        ));
+    }
+
+    #[test]
+    fn concurrent_consumers_of_one_presignature_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(store(dir.path(), "n1"));
+        s.put_presig("k1", "p1", &meta(), b"secret").unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.consume_presig("k1", "p1", &format!("r{i}")).is_ok())
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count();
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn execution_ids_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "n1");
+        s.claim_execution_id("aa").unwrap();
+        assert!(matches!(
+            s.claim_execution_id("aa"),
+            Err(NodeError::Replay(_))
+        ));
+        drop(s);
+        let s = store(dir.path(), "n1");
+        assert!(matches!(
+            s.claim_execution_id("aa"),
+            Err(NodeError::Replay(_))
+        ));
+        s.claim_execution_id("bb").unwrap();
+    }
+
+    #[test]
+    fn shares_are_sealed_and_bound_to_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "n1");
+        let m = KeyMeta {
+            key_id: "k1".into(),
+            group_id: "g".into(),
+            threshold: 2,
+            participants: vec!["n1".into(), "n2".into()],
+            public_key: "00".into(),
+        };
+        s.put_key(&m, b"{\"plaintext share\":1}").unwrap();
+        let raw = fs::read(dir.path().join("keys/k1.sealed")).unwrap();
+        assert!(
+            !raw.windows(15).any(|w| w == b"plaintext share"),
+            "share is sealed at rest"
+        );
+        assert_eq!(
+            s.key_share("k1").unwrap().as_slice(),
+            b"{\"plaintext share\":1}"
+        );
+        assert!(matches!(
+            s.put_key(&m, b"again"),
+            Err(NodeError::InvalidRequest(_))
+        ));
+        // The same blob read as another node fails to unseal.
+        drop(s);
+        let other = store(dir.path(), "n2");
+        assert!(matches!(other.key_share("k1"), Err(NodeError::Sealer(_))));
+        // A torn temp file from a crashed write is ignored.
+        fs::write(dir.path().join("keys/k2.tmp"), b"torn").unwrap();
+        assert_eq!(other.key_count().unwrap(), 1);
+        assert!(validate_id("key id", "../etc").is_err());
+    }
+}

@@ -37,6 +37,16 @@ pub struct TestCluster {
 
 /// Generates and starts an n-signer cluster and waits until aux info is ready.
 pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> TestCluster {
+    start_with_pool(signers, threshold, faults, None).await
+}
+
+/// Like [`start`], with the coordinator's presignature pool target set.
+pub async fn start_with_pool(
+    signers: u16,
+    threshold: u16,
+    faults: &[(&str, &str)],
+    pool: Option<u32>,
+) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.signers = signers;
@@ -48,6 +58,21 @@ pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> Tes
             .insert((*node).to_owned(), (*fault).to_owned());
     }
     let layout = custos_devkit::generate(&spec).unwrap();
+    if let Some(pool) = pool {
+        let cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+        let cfg: String = cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("presignature_pool") {
+                    format!("presignature_pool = {pool}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&layout.coordinator.config, cfg).unwrap();
+    }
     let cluster = Cluster::start_with(
         layout.clone(),
         &bin_dir(),

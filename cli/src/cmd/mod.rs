@@ -3,4 +3,5 @@
 pub mod approver;
 pub mod audit;
 pub mod dev;
+pub mod demo;
 pub mod policy;

@@ -1,0 +1,241 @@
+//! Cluster vs in-process baseline, for 2-of-3 and 3-of-5.
+//!
+//! `cargo bench -p custos-tests --bench cluster -- [--signatures N] [--only 2-of-3]`
+//!
+//! In-process: every party in one thread (`custos_mpc::sim`), the library
+//! baseline. Cluster: real coordinator and signer processes on loopback,
+//! through TLS gRPC and libp2p. Prints figures and cluster/in-process ratios.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use custos_mpc::protocol::{combine, issue_partial, public_key};
+use custos_mpc::{Primes, sim};
+use custos_proto::custody::{CreateKeyRequest, Curve, GetKeyRequest, SignDigestRequest};
+use rand::RngCore;
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn digest() -> [u8; 32] {
+    let mut d = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut d);
+    d
+}
+
+struct Figures {
+    keygen_p50: f64,
+    presign_ms: f64,
+    online_p50: f64,
+    online_p99: f64,
+    throughput: f64,
+}
+
+fn in_process(t: u16, n: u16, signatures: usize) -> Figures {
+    let primes: Vec<Primes> =
+        serde_json::from_slice(&std::fs::read(custos_tests::primes_fixture()).unwrap()).unwrap();
+    let block = futures::executor::block_on;
+    let aux = block(sim::aux_info(
+        primes.into_iter().take(n.into()).collect(),
+        None,
+    ))
+    .unwrap();
+    let mut keygen = Vec::new();
+    let mut shares = None;
+    for _ in 0..10 {
+        let s = Instant::now();
+        shares = Some(block(sim::keygen(t, &aux)).unwrap());
+        keygen.push(ms(s.elapsed()));
+    }
+    let shares = shares.unwrap();
+    let signers: Vec<u16> = (0..t).collect();
+    let mut presign = Vec::new();
+    let mut presigs = Vec::new();
+    for _ in 0..3 {
+        let s = Instant::now();
+        presigs = block(sim::presign(&shares, &signers, None)).unwrap();
+        presign.push(ms(s.elapsed()));
+    }
+    // Online signing is local: t partials and a verified combine. (The same
+    // presignature is re-timed here only because this is a benchmark of test
+    // keys; production code consumes each one once.)
+    let pk = public_key(&shares[0]);
+    let mut online = Vec::new();
+    for _ in 0..signatures {
+        let d = digest();
+        let s = Instant::now();
+        let partials: Vec<_> = presigs
+            .iter()
+            .cloned()
+            .map(|p| issue_partial(p, &d))
+            .collect();
+        combine(&partials, &pk, &d).unwrap();
+        online.push(ms(s.elapsed()));
+    }
+    let p50 = pct(&mut online, 0.5);
+    Figures {
+        keygen_p50: pct(&mut keygen, 0.5),
+        presign_ms: presign.iter().sum::<f64>() / presign.len() as f64,
+        online_p50: p50,
+        online_p99: pct(&mut online, 0.99),
+        throughput: 1000.0 / p50,
+    }
+}
+
+async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
+    let concurrent = signatures / 2;
+    let pool = (signatures + concurrent + 4) as u32;
+    let tc = custos_tests::start_with_pool(n, t, &[], Some(pool)).await;
+    let mut client = tc.client.clone();
+    let create = |id: String| CreateKeyRequest {
+        key_id: id,
+        curve: Curve::Secp256k1 as i32,
+        threshold: u32::from(t),
+    };
+
+    // Presignature generation: wall time per presignature while the pool fills.
+    let key = client
+        .create_key(create("bench-main".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    let filled = |c: &mut custos_devkit::client::Client| {
+        let mut c = c.clone();
+        async move {
+            c.get_key(GetKeyRequest {
+                key_id: "bench-main".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .presignatures_ready
+        }
+    };
+    let start = Instant::now();
+    let first = 5u32.min(pool);
+    while filled(&mut client).await < first {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let presign_ms = ms(start.elapsed()) / f64::from(first);
+    eprintln!("  {t}-of-{n}: {presign_ms:.0} ms per presignature; filling the pool to {pool}...");
+    let mut last = 0;
+    while filled(&mut client).await < pool {
+        let now = filled(&mut client).await;
+        if now / 50 != last / 50 {
+            eprintln!("    pool {now}/{pool}");
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let sign = |d: [u8; 32], i: usize| SignDigestRequest {
+        key_id: key.key_id.clone(),
+        digest: d.to_vec(),
+        request_id: format!("bench-{t}-{n}-{i}-{}", hex::encode(&digest()[..4])),
+        interactive: false,
+    };
+    let mut online = Vec::new();
+    for i in 0..signatures {
+        let s = Instant::now();
+        let r = client
+            .sign_digest(sign(digest(), i))
+            .await
+            .unwrap()
+            .into_inner();
+        online.push(ms(s.elapsed()));
+        assert_eq!(r.mode, "presignature", "pool ran dry; raise the pool");
+    }
+    // Throughput: concurrent requests, 8 in flight.
+    let s = Instant::now();
+    let mut done = 0;
+    for chunk in (0..concurrent).collect::<Vec<_>>().chunks(8) {
+        let calls = chunk.iter().map(|i| {
+            let mut c = client.clone();
+            let req = sign(digest(), signatures + i);
+            async move { c.sign_digest(req).await.unwrap() }
+        });
+        done += futures::future::join_all(calls).await.len();
+    }
+    let throughput = done as f64 / s.elapsed().as_secs_f64();
+
+    // Key creation with warm aux info.
+    let mut keygen = Vec::new();
+    for i in 0..10 {
+        let s = Instant::now();
+        client
+            .create_key(create(format!("bench-k{i}")))
+            .await
+            .unwrap();
+        keygen.push(ms(s.elapsed()));
+    }
+    tc.cluster.stop().await.unwrap();
+    Figures {
+        keygen_p50: pct(&mut keygen, 0.5),
+        presign_ms,
+        online_p50: pct(&mut online, 0.5),
+        online_p99: pct(&mut online, 0.99),
+        throughput,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let signatures = args
+        .iter()
+        .position(|a| a == "--signatures")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize);
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (t, n) in [(2u16, 3u16), (3, 5)] {
+        let name = format!("{t}-of-{n}");
+        if only.as_ref().is_some_and(|o| *o != name) {
+            continue;
+        }
+        eprintln!("== {name}: in-process baseline");
+        let base = in_process(t, n, signatures);
+        eprintln!("== {name}: cluster on loopback");
+        let clu = rt.block_on(cluster(t, n, signatures));
+        println!(
+            "\n{name} ({signatures} signatures)         in-process     cluster     cluster/in-process"
+        );
+        let row = |label: &str, a: f64, b: f64, unit: &str| {
+            println!(
+                "  {label:<34} {a:>10.3} {unit:<4} {b:>10.3} {unit:<4} {:>8.2}x",
+                b / a
+            )
+        };
+        row(
+            "key creation p50 (warm aux)",
+            base.keygen_p50,
+            clu.keygen_p50,
+            "ms",
+        );
+        row(
+            "presignature generation",
+            base.presign_ms,
+            clu.presign_ms,
+            "ms",
+        );
+        row("online signing p50", base.online_p50, clu.online_p50, "ms");
+        row("online signing p99", base.online_p99, clu.online_p99, "ms");
+        row("signing throughput", base.throughput, clu.throughput, "/s");
+    }
+}
