@@ -1,0 +1,343 @@
+//! `custos-signer` refuses to start, with exit code 78 and a message naming
+//! the problem, when its sealer (SoftHSM2 over PKCS#11, or the software KEK)
+//! or its config cannot be used. Every case runs the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use custos_devkit::{ClusterLayout, ClusterSpec};
+use custos_tests::{bin_dir, primes_fixture};
+
+const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const EXIT_CONFIG: i32 = 78;
+/// How long a refused start may take.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A generated 3-signer layout in its own tempdir.
+struct Fixture {
+    dir: tempfile::TempDir,
+    layout: ClusterLayout,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+        spec.signers = 3;
+        spec.threshold = 2;
+        spec.base_port = custos_devkit::free_base_port();
+        spec.primes_file = Some(primes_fixture());
+        let layout = custos_devkit::generate(&spec).unwrap();
+        Fixture { dir, layout }
+    }
+
+    fn config(&self) -> &Path {
+        &self.layout.signers[0].config
+    }
+
+    /// Replaces the `[sealer]` table of signer-1's config.
+    fn set_sealer(&self, table: &str) {
+        set_sealer(self.config(), table);
+    }
+
+    /// A SoftHSM2 installation with one token `custos-signer-1` (PIN `1234`).
+    fn softhsm(&self) -> SoftHsm {
+        let hsm = SoftHsm::create(&self.dir.path().join("softhsm"));
+        hsm.init_token("custos-signer-1", "1234");
+        hsm
+    }
+
+    /// Writes a PIN file next to the config and returns its path.
+    fn pin_file(&self, pin: &str) -> PathBuf {
+        let path = self.layout.signers[0].dir.join("hsm-pin");
+        std::fs::write(&path, format!("{pin}\n")).unwrap();
+        path
+    }
+
+    /// Runs signer-1 to completion (killed after [`LIMIT`]).
+    fn run(&self, env: &[(&str, &Path)]) -> Output {
+        run_signer(self.config(), env)
+    }
+}
+
+/// Rewrites `config`'s `[sealer]` table (and its subtables) as `table`.
+fn set_sealer(config: &Path, table: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            skipping = t == "[sealer]" || t.starts_with("[sealer.");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(
+        !out.contains("backend ="),
+        "sealer table not removed:\n{out}"
+    );
+    out.push_str("\n[sealer]\n");
+    out.push_str(table);
+    out.push('\n');
+    std::fs::write(config, out).unwrap();
+}
+
+fn pkcs11_table(token: &str, pin_file: &Path, kek: &str, create: bool) -> String {
+    format!(
+        "backend = \"pkcs11\"\nmodule = \"{SOFTHSM2_MODULE}\"\ntoken_label = \"{token}\"\npin_file = \"{}\"\nkek_label = \"{kek}\"\ncreate_kek = {create}\n",
+        pin_file.display()
+    )
+}
+
+/// A private SoftHSM2 token directory and configuration.
+struct SoftHsm {
+    conf: PathBuf,
+}
+
+impl SoftHsm {
+    fn create(dir: &Path) -> SoftHsm {
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        SoftHsm { conf }
+    }
+
+    fn init_token(&self, label: &str, pin: &str) {
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--pin", pin, "--so-pin", "so-secret"])
+            .output()
+            .expect("softhsm2-util runs");
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn env(&self) -> [(&'static str, &Path); 1] {
+        [("SOFTHSM2_CONF", self.conf.as_path())]
+    }
+}
+
+/// Runs `custos-signer --config <config>`; kills it if it still runs after [`LIMIT`].
+fn run_signer(config: &Path, env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(bin_dir().join("custos-signer"));
+    cmd.arg("--config")
+        .arg(config)
+        .current_dir(config.parent().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CUSTOS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > LIMIT {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "custos-signer still running after {LIMIT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts exit code 78 and that stderr contains every one of `needles`; returns stderr.
+fn assert_refused(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_CONFIG),
+        "exit status {}; stderr:\n{stderr}",
+        out.status
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+    // The error line itself (logs may precede it).
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no `error: ` line in stderr:\n{stderr}"));
+    line.to_owned()
+}
+
+/// The messages of the sealer cases must not be confused with each other.
+const SEALER_MESSAGES: [&str; 5] = [
+    "PKCS#11 module not found",
+    "no PKCS#11 token labelled",
+    "wrong PIN for PKCS#11 token",
+    "is absent and creating it is not allowed",
+    "wrong passphrase for the software KEK",
+];
+
+fn assert_only(line: &str, expected: &str) {
+    for m in SEALER_MESSAGES {
+        assert_eq!(
+            line.contains(m),
+            m == expected,
+            "{expected:?} expected, {m:?} {}: {line}",
+            if line.contains(m) {
+                "present"
+            } else {
+                "absent"
+            }
+        );
+    }
+}
+
+#[test]
+fn pkcs11_module_missing() {
+    let f = Fixture::new();
+    let hsm = f.softhsm();
+    let pin = f.pin_file("1234");
+    let mut table = pkcs11_table("custos-signer-1", &pin, "custos-kek", true);
+    table = table.replace(SOFTHSM2_MODULE, "/nonexistent/libpkcs11-missing.so");
+    f.set_sealer(&table);
+    let line = assert_refused(
+        &f.run(&hsm.env()),
+        &[
+            "sealer (config field `sealer`)",
+            "PKCS#11 module not found at /nonexistent/libpkcs11-missing.so",
+        ],
+    );
+    assert_only(&line, SEALER_MESSAGES[0]);
+}
+
+#[test]
+fn pkcs11_token_label_not_present() {
+    let f = Fixture::new();
+    let hsm = f.softhsm();
+    let pin = f.pin_file("1234");
+    f.set_sealer(&pkcs11_table(
+        "custos-no-such-token",
+        &pin,
+        "custos-kek",
+        true,
+    ));
+    let line = assert_refused(
+        &f.run(&hsm.env()),
+        &["no PKCS#11 token labelled \"custos-no-such-token\" is present"],
+    );
+    assert_only(&line, SEALER_MESSAGES[1]);
+}
+
+#[test]
+fn pkcs11_wrong_pin() {
+    let f = Fixture::new();
+    let hsm = f.softhsm();
+    let pin = f.pin_file("4321");
+    f.set_sealer(&pkcs11_table("custos-signer-1", &pin, "custos-kek", true));
+    let line = assert_refused(
+        &f.run(&hsm.env()),
+        &["wrong PIN for PKCS#11 token \"custos-signer-1\""],
+    );
+    assert_only(&line, SEALER_MESSAGES[2]);
+    assert!(!line.contains("4321"), "the PIN leaks: {line}");
+}
+
+#[test]
+fn pkcs11_kek_absent_and_creation_not_allowed() {
+    let f = Fixture::new();
+    let hsm = f.softhsm();
+    let pin = f.pin_file("1234");
+    f.set_sealer(&pkcs11_table("custos-signer-1", &pin, "custos-kek", false));
+    let line = assert_refused(
+        &f.run(&hsm.env()),
+        &[
+            "KEK labelled \"custos-kek\" on token \"custos-signer-1\" is absent and creating it is not allowed",
+        ],
+    );
+    assert_only(&line, SEALER_MESSAGES[3]);
+}
+
+#[test]
+fn software_wrong_passphrase() {
+    let f = Fixture::new();
+    let s = &f.layout.signers[0];
+    // First start with the generated passphrase: it creates the KEK file.
+    let mut child = Command::new(bin_dir().join("custos-signer"))
+        .arg("--config")
+        .arg(&s.config)
+        .current_dir(&s.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let kek = s.data_dir.join("software-kek.json");
+    let started = Instant::now();
+    while !kek.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("first start exited: {status}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no KEK file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    std::fs::write(&s.passphrase_file, "not the passphrase\n").unwrap();
+    let line = assert_refused(
+        &f.run(&[]),
+        &[
+            "sealer (config field `sealer`)",
+            "wrong passphrase for the software KEK",
+        ],
+    );
+    assert_only(&line, SEALER_MESSAGES[4]);
+    assert!(!line.contains("not the passphrase"), "the passphrase leaks");
+}
+
+#[test]
+fn missing_config_field_is_named() {
+    let f = Fixture::new();
+    let text = std::fs::read_to_string(f.config()).unwrap();
+    // The first `node_id` is the top-level one (peers come later).
+    let start = text.find("node_id = ").unwrap();
+    let end = start + text[start..].find('\n').unwrap() + 1;
+    std::fs::write(f.config(), format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let line = assert_refused(&f.run(&[]), &["node_id"]);
+    assert!(line.contains("missing field `node_id`"), "{line}");
+    for m in SEALER_MESSAGES {
+        assert!(!line.contains(m), "{line}");
+    }
+}
+
+#[test]
+fn unreadable_identity_key_is_named() {
+    let f = Fixture::new();
+    let key = &f.layout.signers[0].identity_key;
+    // Tests may run as root, which reads any file: make it a directory instead.
+    std::fs::remove_file(key).unwrap();
+    std::fs::create_dir(key).unwrap();
+    let line = assert_refused(&f.run(&[]), &["config field `identity_key`"]);
+    assert!(line.contains(&key.display().to_string()), "{line}");
+    for m in SEALER_MESSAGES {
+        assert!(!line.contains(m), "{line}");
+    }
+}
