@@ -1,0 +1,211 @@
+//! Starting real `custos-signer` processes from a generated layout.
+//!
+//! Needs the signer binary next to the test's target directory
+//! (`cargo build -p custos-signer-node` first, same `CARGO_TARGET_DIR`); the
+//! tests are skipped with a message when it is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use custos_devkit::{
+    Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, DevkitError, PidFile, StartOptions,
+    free_base_port, generate, http_get, is_alive, stop_from_pid_file,
+};
+
+/// `target/debug` (the test binary lives in `target/debug/deps`), if it has the signer.
+fn bin_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent()?.parent()?.to_path_buf();
+    if dir.join(custos_devkit::SIGNER_BIN).is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: {} missing: run `cargo build -p custos-signer-node` with the same CARGO_TARGET_DIR",
+            dir.join(custos_devkit::SIGNER_BIN).display()
+        );
+        None
+    }
+}
+
+fn primes() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mpc/tests/fixtures/test-primes.json");
+    p.is_file().then_some(p)
+}
+
+fn layout(dir: &Path) -> ClusterLayout {
+    let mut spec = ClusterSpec::new(dir.join("cluster"));
+    spec.base_port = free_base_port();
+    spec.primes_file = primes();
+    generate(&spec).unwrap()
+}
+
+fn signers_only() -> StartOptions {
+    StartOptions::default()
+        .coordinator(CoordinatorMode::Skip)
+        .timeout(Duration::from_secs(120))
+}
+
+fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+}
+
+fn pids(l: &ClusterLayout) -> PidFile {
+    PidFile::load(&l.dir).unwrap().expect("pids.json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_signers_start_answer_health_restart_and_stop() {
+    let Some(bins) = bin_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout(tmp.path());
+    let mut cluster = Cluster::start_with(l.clone(), &bins, signers_only())
+        .await
+        .unwrap();
+    assert!(!cluster.has_coordinator());
+
+    for s in &l.signers {
+        assert!(accepts(s.control_listen), "{} control port", s.node_id);
+        let (code, body) = http_get(s.http_listen, "/healthz").await.unwrap();
+        assert_eq!(code, 200, "{} /healthz: {body}", s.node_id);
+        let (code, metrics) = http_get(s.http_listen, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        assert!(metrics.contains("custos_signer_keys"), "{metrics}");
+    }
+    let records = pids(&l).processes;
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(is_alive));
+
+    // The daemon loaded the identity the layout advertises.
+    let log = std::fs::read_to_string(l.log_file("signer-2")).unwrap();
+    assert!(
+        log.contains(&l.signers[1].peer_id),
+        "signer-2 log lacks its PeerId:\n{log}"
+    );
+
+    // Crash and restart signer-2: same ports, same identity, fresh pid.
+    let old_pid = cluster.pid("signer-2").unwrap();
+    cluster.kill_signer("signer-2").unwrap();
+    assert_eq!(cluster.pid("signer-2"), None);
+    assert!(!accepts(l.signers[1].control_listen));
+    assert!(pids(&l).processes.iter().all(|r| r.name != "signer-2"));
+    cluster.restart_signer("signer-2").await.unwrap();
+    let new_pid = cluster.pid("signer-2").unwrap();
+    assert_ne!(new_pid, old_pid);
+    assert!(accepts(l.signers[1].control_listen));
+    assert_eq!(
+        http_get(l.signers[1].http_listen, "/healthz")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let log = std::fs::read_to_string(l.log_file("signer-2")).unwrap();
+    assert_eq!(
+        log.matches("==== custos-devkit: starting signer-2").count(),
+        2
+    );
+
+    // Graceful restart of a running node works too.
+    cluster.restart_signer("signer-1").await.unwrap();
+    assert!(accepts(l.signers[0].control_listen));
+
+    assert!(matches!(
+        cluster.kill_signer("signer-9"),
+        Err(DevkitError::UnknownNode(_))
+    ));
+    assert!(matches!(
+        cluster.kill_coordinator(),
+        Err(DevkitError::UnknownNode(_))
+    ));
+
+    let records = pids(&l).processes;
+    cluster.stop().await.unwrap();
+    assert!(
+        PidFile::load(&l.dir).unwrap().is_none(),
+        "pids.json removed"
+    );
+    assert!(!records.iter().any(is_alive));
+    for s in &l.signers {
+        assert!(!accepts(s.control_listen));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_exits_fails_the_start_with_its_log() {
+    let Some(bins) = bin_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout(tmp.path());
+    let cfg = &l.signers[2].config;
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(
+        cfg,
+        text.replacen("session_timeout_secs", "session_timeout_sec", 1),
+    )
+    .unwrap();
+
+    let err = Cluster::start_with(l.clone(), &bins, signers_only())
+        .await
+        .unwrap_err();
+    let DevkitError::ProcessExited { name, tail, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(name, "signer-3");
+    assert!(tail.contains("session_timeout_sec"), "{err}");
+    // Everything started was killed; nothing is left listening.
+    assert!(PidFile::load(&l.dir).unwrap().is_none());
+    for s in &l.signers[..2] {
+        assert!(!accepts(s.control_listen), "{} still up", s.node_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_cluster_stops_from_the_pid_file_and_drop_kills() {
+    let Some(bins) = bin_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout(tmp.path());
+
+    // A second start on the same ports fails clearly.
+    let first = Cluster::start_with(l.clone(), &bins, signers_only())
+        .await
+        .unwrap();
+    let err = Cluster::start_with(l.clone(), &bins, signers_only())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DevkitError::PortInUse { .. }), "{err}");
+    // Drop kills and reaps.
+    let records = first.records();
+    drop(first);
+    assert!(!records.iter().any(is_alive));
+    assert!(PidFile::load(&l.dir).unwrap().is_none());
+
+    // Detached (custos dev up): outlives the value, stopped via pids.json.
+    let cluster = Cluster::start_with(l.clone(), &bins, signers_only().detached(true))
+        .await
+        .unwrap();
+    let records = cluster.detach();
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(is_alive));
+    assert!(accepts(l.signers[0].control_listen));
+    assert_eq!(stop_from_pid_file(&l.dir).unwrap(), 3);
+    assert!(!records.iter().any(is_alive));
+    assert!(!accepts(l.signers[0].control_listen));
+    // Idempotent.
+    assert_eq!(stop_from_pid_file(&l.dir).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn missing_signer_binary_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(tmp.path().join("c"));
+    spec.base_port = free_base_port();
+    let l = generate(&spec).unwrap();
+    let err = Cluster::start(l, tmp.path()).await.unwrap_err();
+    assert!(matches!(err, DevkitError::MissingBinary { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("custos-signer") && msg.contains("cargo build --workspace"),
+        "{msg}"
+    );
+}
