@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use custos_devkit::client::{Client, connect};
-use custos_devkit::{Cluster, ClusterSpec, StartOptions};
+use custos_devkit::{Cluster, ClusterLayout, ClusterSpec, StartOptions};
 use custos_proto::custody::GetClusterStatusRequest;
 
 /// Where cargo put the daemons (`target/<profile>`), next to the test binary's `deps/`.
@@ -47,6 +47,18 @@ pub async fn start_with_pool(
     faults: &[(&str, &str)],
     pool: Option<u32>,
 ) -> TestCluster {
+    let tc = launch(signers, threshold, faults, pool).await;
+    tc.wait_aux_ready(Duration::from_secs(600)).await;
+    tc
+}
+
+/// Generates and starts a cluster without waiting for aux info.
+pub async fn launch(
+    signers: u16,
+    threshold: u16,
+    faults: &[(&str, &str)],
+    pool: Option<u32>,
+) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.signers = signers;
@@ -73,21 +85,37 @@ pub async fn start_with_pool(
             .join("\n");
         std::fs::write(&layout.coordinator.config, cfg).unwrap();
     }
-    let cluster = Cluster::start_with(
-        layout.clone(),
-        &bin_dir(),
-        StartOptions::default().timeout(Duration::from_secs(60)),
-    )
-    .await
-    .unwrap();
+    let opts = StartOptions::default().timeout(Duration::from_secs(60));
+    launch_layout(dir, layout, opts).await
+}
+
+/// Starts a layout generated (and possibly edited) in `dir`, with `opts` (for
+/// example extra environment variables), and waits until aux info is ready.
+pub async fn start_layout(
+    dir: tempfile::TempDir,
+    layout: ClusterLayout,
+    opts: StartOptions,
+) -> TestCluster {
+    let tc = launch_layout(dir, layout, opts).await;
+    tc.wait_aux_ready(Duration::from_secs(600)).await;
+    tc
+}
+
+/// Starts a layout without waiting for aux info.
+pub async fn launch_layout(
+    dir: tempfile::TempDir,
+    layout: ClusterLayout,
+    opts: StartOptions,
+) -> TestCluster {
+    let cluster = Cluster::start_with(layout.clone(), &bin_dir(), opts)
+        .await
+        .unwrap();
     let client = connect(&layout).await.unwrap();
-    let tc = TestCluster {
+    TestCluster {
         cluster,
         client,
         dir,
-    };
-    tc.wait_aux_ready(Duration::from_secs(600)).await;
-    tc
+    }
 }
 
 impl TestCluster {

@@ -128,9 +128,34 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signer_sending_malformed_messages_is_named() {
-    let tc = start(3, 2, &[("signer-3", "corrupt-protocol-messages")]).await;
+    // signer-3 corrupts every protocol frame it sends: the group's first
+    // session (aux info) must abort, and the honest signers must name it.
+    let tc = custos_tests::launch(3, 2, &[("signer-3", "corrupt-protocol-messages")], None).await;
     let mut client = tc.client.clone();
-    // Keygen involves every signer: it must abort and name signer-3.
+    let started = Instant::now();
+    let status = loop {
+        let s = client
+            .get_cluster_status(custos_proto::custody::GetClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.aux_info.starts_with("failed") {
+            break s.aux_info;
+        }
+        assert_ne!(
+            s.aux_info, "ready",
+            "a corrupting signer must not let aux info complete"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no abort after 5 minutes: {}",
+            s.aux_info
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(status.contains("signer signer-3 misbehaved"), "{status}");
+    assert!(status.contains("malformed protocol message"), "{status}");
+    // Nothing can be created on a group without aux info.
     let err = client
         .create_key(CreateKeyRequest {
             key_id: "k-bad".into(),
@@ -139,12 +164,6 @@ async fn a_signer_sending_malformed_messages_is_named() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Aborted, "{err}");
-    assert!(
-        err.message().contains("signer signer-3 misbehaved"),
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("malformed"), "{}", err.message());
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     tc.cluster.stop().await.unwrap();
 }
