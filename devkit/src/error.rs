@@ -57,6 +57,17 @@ pub enum DevkitError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// Processes of a previous start of this cluster directory are still alive.
+    #[error(
+        "the dev cluster in {} is already running ({alive} processes alive): `custos dev down --dir {0}` first",
+        dir.display()
+    )]
+    AlreadyRunning {
+        /// The cluster directory.
+        dir: PathBuf,
+        /// How many of its processes are alive.
+        alive: usize,
+    },
     /// A port the cluster needs is already taken.
     #[error(
         "{name}: {addr} is already in use (another dev cluster? run `custos dev down` or pick another base port)"

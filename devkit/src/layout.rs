@@ -26,8 +26,8 @@ pub const PIDS_FILE: &str = "pids.json";
 
 /// Session timeout written into signer configs.
 const SESSION_TIMEOUT_SECS: u64 = 60;
-/// Presignature pool size written into the coordinator config.
-const PRESIGNATURE_POOL: u32 = 4;
+/// Default presignature pool size of the coordinator.
+pub const PRESIGNATURE_POOL: u32 = 4;
 /// Argon2id for the signers' KEKs: the OWASP minimum (m = 19 MiB, t = 2, p = 1),
 /// real but fast enough to start a few nodes on a laptop.
 const KDF: KdfToml = KdfToml {
@@ -53,6 +53,8 @@ pub struct ClusterSpec {
     pub primes_file: Option<PathBuf>,
     /// Node id → fault to inject, e.g. `"signer-3"` → `"corrupt-protocol-messages"`.
     pub fault_injection: HashMap<String, String>,
+    /// Presignatures the coordinator keeps ready per key (default 4; 0 disables the pool).
+    pub presignature_pool: u32,
 }
 
 impl Default for ClusterSpec {
@@ -64,6 +66,7 @@ impl Default for ClusterSpec {
             base_port: DEFAULT_BASE_PORT,
             primes_file: None,
             fault_injection: HashMap::new(),
+            presignature_pool: PRESIGNATURE_POOL,
         }
     }
 }
@@ -514,7 +517,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         grpc_listen: coordinator.grpc_listen,
         http_listen: coordinator.http_listen,
         default_threshold: spec.threshold,
-        presignature_pool: PRESIGNATURE_POOL,
+        presignature_pool: spec.presignature_pool,
         tls: CoordinatorTlsToml {
             cert: "server.pem".into(),
             key: "server.key".into(),

@@ -32,7 +32,7 @@ pub use error::DevkitError;
 pub use identity::peer_id_of_key_file;
 pub use layout::{
     CLUSTER_FILE, ClusterLayout, ClusterSpec, CoordinatorLayout, DEFAULT_BASE_PORT, DEFAULT_DIR,
-    LAYOUT_FORMAT, MAX_SIGNERS, PIDS_FILE, SignerLayout, generate, signer_id,
+    LAYOUT_FORMAT, MAX_SIGNERS, PIDS_FILE, PRESIGNATURE_POOL, SignerLayout, generate, signer_id,
 };
 pub use ports::{cluster_ports, free_base_port, free_base_port_for, ports_free};
 pub use process::{

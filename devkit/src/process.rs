@@ -314,6 +314,17 @@ impl Cluster {
                 false
             }
         };
+        // Two node processes must never share a data directory.
+        let alive = process_status(&layout.dir)?
+            .iter()
+            .filter(|p| p.alive)
+            .count();
+        if alive > 0 {
+            return Err(DevkitError::AlreadyRunning {
+                dir: layout.dir.clone(),
+                alive,
+            });
+        }
         let addrs = listen_addrs(&layout);
         let mut procs = BTreeMap::new();
         for s in &layout.signers {
@@ -533,6 +544,8 @@ impl Cluster {
                 cmd.env_remove(key);
             }
         }
+        // Plain text in the log files (no ANSI colours); overridable via `env`.
+        cmd.env("NO_COLOR", "1");
         cmd.envs(extra_env);
         if detached {
             cmd.process_group(0);

@@ -166,14 +166,27 @@ async fn detached_cluster_stops_from_the_pid_file_and_drop_kills() {
     let tmp = tempfile::tempdir().unwrap();
     let l = layout(tmp.path());
 
-    // A second start on the same ports fails clearly.
+    // A second start of the same directory, or of another one on the same
+    // ports, fails clearly and leaves the first cluster alone.
     let first = Cluster::start_with(l.clone(), &bins, signers_only())
         .await
         .unwrap();
     let err = Cluster::start_with(l.clone(), &bins, signers_only())
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, DevkitError::AlreadyRunning { alive: 3, .. }),
+        "{err}"
+    );
+    let mut other = ClusterSpec::new(tmp.path().join("other"));
+    other.base_port = l.base_port;
+    let other = generate(&other).unwrap();
+    let err = Cluster::start_with(other, &bins, signers_only())
+        .await
+        .unwrap_err();
     assert!(matches!(err, DevkitError::PortInUse { .. }), "{err}");
+    assert!(first.records().iter().all(is_alive));
+    assert_eq!(PidFile::load(&l.dir).unwrap().unwrap().processes.len(), 3);
     // Drop kills and reaps.
     let records = first.records();
     drop(first);
@@ -208,4 +221,46 @@ async fn missing_signer_binary_is_named() {
         msg.contains("custos-signer") && msg.contains("cargo build --workspace"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_with_the_coordinator() {
+    let Some(bins) = bin_dir() else { return };
+    if !bins.join(custos_devkit::COORDINATOR_BIN).is_file() {
+        eprintln!(
+            "SKIPPED: custos-coordinator not built in {}",
+            bins.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layout(tmp.path());
+    let opts = StartOptions::default()
+        .coordinator(CoordinatorMode::Required)
+        .timeout(Duration::from_secs(120));
+    let mut cluster = Cluster::start_with(l.clone(), &bins, opts).await.unwrap();
+    assert!(cluster.has_coordinator());
+    assert!(accepts(l.coordinator.grpc_listen));
+    let (code, _) = http_get(l.coordinator.http_listen, "/healthz")
+        .await
+        .unwrap();
+    assert!(
+        code == 200 || code == 503,
+        "coordinator /healthz answered {code}"
+    );
+    let records = pids(&l).processes;
+    assert_eq!(records.len(), 4);
+    assert_eq!(
+        records[0].name, "coordinator",
+        "coordinator listed (and stopped) first"
+    );
+    let log = std::fs::read_to_string(l.log_file("coordinator")).unwrap();
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in the log");
+
+    cluster.kill_coordinator().unwrap();
+    assert!(!accepts(l.coordinator.grpc_listen));
+    cluster.restart_coordinator().await.unwrap();
+    assert!(accepts(l.coordinator.grpc_listen));
+    cluster.stop().await.unwrap();
+    assert!(!records.iter().any(is_alive));
 }

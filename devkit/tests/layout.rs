@@ -302,6 +302,12 @@ fn coordinator_config_and_summary() {
     assert_eq!(v["http_listen"].as_str(), Some("127.0.0.1:31001"));
     assert_eq!(v["default_threshold"].as_integer(), Some(2));
     assert_eq!(v["presignature_pool"].as_integer(), Some(4));
+    let mut no_pool = spec(&tmp.path().join("nopool"));
+    no_pool.presignature_pool = 0;
+    let np = generate(&no_pool).unwrap();
+    let v0: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&np.coordinator.config).unwrap()).unwrap();
+    assert_eq!(v0["presignature_pool"].as_integer(), Some(0));
     for (k, f) in [
         ("cert", "server.pem"),
         ("key", "server.key"),
@@ -456,7 +462,14 @@ fn free_base_port_gives_distinct_free_blocks() {
     let b = custos_devkit::free_base_port();
     assert_ne!(a, b);
     for base in [a, b] {
-        assert!((20000..60000).contains(&base));
+        assert!((20000..=64500).contains(&base));
+        // Out of the ephemeral range (where client sockets could steal a port).
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let r: Vec<u16> = range
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(base + 219 < r[0] || base > r[1], "{base} in {r:?}");
         assert!(custos_devkit::ports_free(&custos_devkit::cluster_ports(
             base, 3
         )));
