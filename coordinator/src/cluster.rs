@@ -412,10 +412,10 @@ impl Cluster {
         }
         // The cache may be stale: probe now before refusing.
         for p in participants {
-            if let Some(s) = self.signers.get(p) {
-                if !s.health().reachable {
-                    s.probe().await;
-                }
+            if let Some(s) = self.signers.get(p)
+                && !s.health().reachable
+            {
+                s.probe().await;
             }
         }
         let (live, down) = pick(true);
@@ -542,14 +542,17 @@ impl Cluster {
         for _attempt in 0..3 {
             let live = self.require_live(&key.participants, t).await?;
             let live_ids: Vec<String> = live.iter().map(|s| s.endpoint.node_id.clone()).collect();
-            if !interactive {
-                if let Some((presig_id, signers)) = self
-                    .db
+            let pooled = if interactive {
+                None
+            } else {
+                self.db
                     .ready_presigs(&key.key_id)
                     .await?
                     .into_iter()
                     .find(|(_, signers)| signers.iter().all(|s| live_ids.contains(s)))
-                {
+            };
+            {
+                if let Some((presig_id, signers)) = pooled {
                     if !self.db.take_presig(&presig_id, request_id).await? {
                         continue; // another request won it
                     }

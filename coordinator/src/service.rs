@@ -46,11 +46,7 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         .unwrap_or(0);
     Key {
         key_id: k.key_id,
-        curve: if k.state == "ready" {
-            Curve::Secp256k1 as i32
-        } else {
-            Curve::Secp256k1 as i32
-        },
+        curve: Curve::Secp256k1 as i32,
         threshold: u32::from(k.threshold),
         participants: k.participants,
         public_key: k.public_key.unwrap_or_default(),

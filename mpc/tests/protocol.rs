@@ -1,6 +1,8 @@
 //! Protocol tests in the in-process simulation: correctness over (t, n) and
 //! the adversarial cases of SECURITY.md that this layer can show.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::{Arc, Mutex};
 
 use custos_mpc::protocol::{self, combine, issue_partial, public_key};
@@ -88,7 +90,7 @@ fn two_of_three_presign_and_interactive_signing() {
         .into_iter()
         .map(|p| issue_partial(p, &digest))
         .collect();
-    partials[1].sigma = partials[1].sigma + cggmp21::generic_ec::Scalar::one();
+    partials[1].sigma += cggmp21::generic_ec::Scalar::one();
     assert!(matches!(
         combine(&partials, &pk, &digest),
         Err(MpcError::InvalidSignature)
@@ -114,7 +116,9 @@ fn three_of_five_keygen_and_signing() {
 }
 
 /// Records every frame of a session, to replay later.
-fn recorder() -> (Tamper, Arc<Mutex<Vec<(u16, u16, Vec<u8>)>>>) {
+type FrameLog = Arc<Mutex<Vec<(u16, u16, Vec<u8>)>>>;
+
+fn recorder() -> (Tamper, FrameLog) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     (

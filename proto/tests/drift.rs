@@ -2,6 +2,8 @@
 //! from the `.proto` files and fails if they drifted apart.
 //! Regenerate with `CUSTOS_REGENERATE_PROTO=1 cargo test -p custos-proto --test drift`.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 const PROTOS: &[&str] = &[

@@ -160,13 +160,13 @@ impl Node {
         list: &[String],
         expect_len: Option<usize>,
     ) -> Result<u16, NodeError> {
-        if let Some(n) = expect_len {
-            if list.len() != n {
-                return Err(NodeError::InvalidRequest(format!(
-                    "expected {n} participants, got {}",
-                    list.len()
-                )));
-            }
+        if let Some(n) = expect_len
+            && list.len() != n
+        {
+            return Err(NodeError::InvalidRequest(format!(
+                "expected {n} participants, got {}",
+                list.len()
+            )));
         }
         let mut seen = std::collections::HashSet::new();
         for p in list {
@@ -520,11 +520,11 @@ async fn forward_outbound(
     fault: FaultInjection,
 ) {
     while let Some(Outbound { to, mut bytes }) = out.next().await {
-        if fault == FaultInjection::CorruptProtocolMessages {
-            if let Ok(mut f) = Frame::decode(&bytes) {
-                f.payload = b"{\"corrupted\":true}".to_vec();
-                bytes = f.encode();
-            }
+        if fault == FaultInjection::CorruptProtocolMessages
+            && let Ok(mut f) = Frame::decode(&bytes)
+        {
+            f.payload = b"{\"corrupted\":true}".to_vec();
+            bytes = f.encode();
         }
         let targets: Vec<PeerId> = match to {
             Some(j) => peers

@@ -39,10 +39,13 @@ struct Figures {
     throughput: f64,
 }
 
+fn block<T>(f: impl Future<Output = T>) -> T {
+    futures::executor::block_on(f)
+}
+
 fn in_process(t: u16, n: u16, signatures: usize) -> Figures {
     let primes: Vec<Primes> =
         serde_json::from_slice(&std::fs::read(custos_tests::primes_fixture()).unwrap()).unwrap();
-    let block = futures::executor::block_on;
     let aux = block(sim::aux_info(
         primes.into_iter().take(n.into()).collect(),
         None,

@@ -1,5 +1,7 @@
 //! The cluster end to end: real signer and coordinator processes on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestRequest};
@@ -165,5 +167,32 @@ async fn a_signer_sending_malformed_messages_is_named() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_of_five_keygen_and_signing() {
+    let tc = start(5, 3, &[]).await;
+    let mut client = tc.client.clone();
+    let key = client
+        .create_key(CreateKeyRequest {
+            key_id: "wallet-35".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((key.threshold, key.participants.len()), (3, 5));
+    for interactive in [true, false] {
+        let d = digest();
+        let r = client
+            .sign_digest(sign_req("wallet-35", &d, interactive))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.signers.len(), 3);
+        verify_both(&key.public_key, &d, &r.r, &r.s);
+    }
     tc.cluster.stop().await.unwrap();
 }

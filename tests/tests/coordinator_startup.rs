@@ -1,5 +1,7 @@
 //! The coordinator refuses bad configuration with a message naming the field.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::Command;
 use std::time::Duration;
 

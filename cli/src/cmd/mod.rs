@@ -2,6 +2,6 @@
 
 pub mod approver;
 pub mod audit;
-pub mod dev;
 pub mod demo;
+pub mod dev;
 pub mod policy;
