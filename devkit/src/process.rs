@@ -406,6 +406,15 @@ impl Cluster {
         self.procs.get(name)?.child.as_ref().map(Child::id)
     }
 
+    /// Whether the process (`coordinator` or a node id) was started and has not
+    /// exited (a node that crashed on its own counts as not running).
+    pub fn is_running(&mut self, name: &str) -> bool {
+        self.procs
+            .get_mut(name)
+            .and_then(|p| p.child.as_mut())
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The running processes, as written to `pids.json`.
     pub fn records(&self) -> Vec<ProcessRecord> {
         let mut v: Vec<ProcessRecord> = self
@@ -608,10 +617,13 @@ impl Cluster {
     fn kill(&mut self, name: &str) -> Result<(), DevkitError> {
         if let Some(mut child) = self.proc_mut(name)?.child.take() {
             let pid = child.id();
-            child.kill().map_err(|e| DevkitError::Signal {
-                pid,
-                message: e.to_string(),
-            })?;
+            // A node that already died on its own only needs reaping.
+            if matches!(child.try_wait(), Ok(None)) {
+                child.kill().map_err(|e| DevkitError::Signal {
+                    pid,
+                    message: e.to_string(),
+                })?;
+            }
             child.wait().map_err(|e| DevkitError::Signal {
                 pid,
                 message: format!("wait: {e}"),

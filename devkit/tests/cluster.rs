@@ -35,9 +35,16 @@ fn primes() -> Option<PathBuf> {
 }
 
 fn layout(dir: &Path) -> ClusterLayout {
+    layout_with_fault(dir, None)
+}
+
+fn layout_with_fault(dir: &Path, fault: Option<(&str, &str)>) -> ClusterLayout {
     let mut spec = ClusterSpec::new(dir.join("cluster"));
     spec.base_port = free_base_port();
     spec.primes_file = primes();
+    if let Some((node, fault)) = fault {
+        spec.fault_injection.insert(node.into(), fault.into());
+    }
     generate(&spec).unwrap()
 }
 
@@ -59,7 +66,7 @@ fn pids(l: &ClusterLayout) -> PidFile {
 async fn three_signers_start_answer_health_restart_and_stop() {
     let Some(bins) = bin_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let l = layout(tmp.path());
+    let l = layout_with_fault(tmp.path(), Some(("signer-3", "corrupt-protocol-messages")));
     let mut cluster = Cluster::start_with(l.clone(), &bins, signers_only())
         .await
         .unwrap();
@@ -77,6 +84,11 @@ async fn three_signers_start_answer_health_restart_and_stop() {
     assert_eq!(records.len(), 3);
     assert!(records.iter().all(is_alive));
 
+    // The daemon took the [dev] section: fault injection on signer-3 only.
+    let log3 = std::fs::read_to_string(l.log_file("signer-3")).unwrap();
+    assert!(log3.contains("FAULT INJECTION"), "{log3}");
+    let log1 = std::fs::read_to_string(l.log_file("signer-1")).unwrap();
+    assert!(!log1.contains("FAULT INJECTION"));
     // The daemon loaded the identity the layout advertises.
     let log = std::fs::read_to_string(l.log_file("signer-2")).unwrap();
     assert!(
@@ -88,6 +100,8 @@ async fn three_signers_start_answer_health_restart_and_stop() {
     let old_pid = cluster.pid("signer-2").unwrap();
     cluster.kill_signer("signer-2").unwrap();
     assert_eq!(cluster.pid("signer-2"), None);
+    assert!(!cluster.is_running("signer-2"));
+    assert!(cluster.is_running("signer-1"));
     assert!(!accepts(l.signers[1].control_listen));
     assert!(pids(&l).processes.iter().all(|r| r.name != "signer-2"));
     cluster.restart_signer("signer-2").await.unwrap();
