@@ -16,6 +16,29 @@
 //! # }
 //! ```
 //!
+//! The cluster directory:
+//!
+//! ```text
+//! ca.pem ca.key                      dev CA (ECDSA P-256; key 0600)
+//! cluster.json                       ClusterLayout: every path, address, URL, PeerId
+//! pids.json                          running processes (Cluster, custos dev down)
+//! logs/<name>.log                    stdout+stderr of each process (appended)
+//! coordinator/coordinator.toml       config (rewritten by every generate)
+//! coordinator/server.pem|key         gRPC server cert (SAN localhost, 127.0.0.1)
+//! coordinator/client.pem|key         client cert towards the signers
+//! coordinator/admin.token            admin API token (0600)
+//! coordinator/data/
+//! signer-N/signer.toml               config (rewritten by every generate)
+//! signer-N/tls.pem|key               control API cert (SAN signer-N, localhost, 127.0.0.1)
+//! signer-N/p2p.key                   libp2p Ed25519 identity (protobuf, 0600)
+//! signer-N/passphrase                software sealer passphrase (0600)
+//! signer-N/data/                     sealed shares etc.
+//! ```
+//!
+//! Ports from `base_port` (default 7400): coordinator gRPC `+0`, HTTP `+1`;
+//! signer `i` (0-based, `signer-{i+1}`): control `+10+i`, libp2p `+110+i`,
+//! HTTP `+210+i`.
+//!
 //! Development only: the CA key sits next to the certificates it signs.
 #![deny(missing_docs)]
 
