@@ -109,6 +109,15 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         if !args.json {
             println!("custos dev cluster already running");
         }
+        if layout.base_port != args.base_port
+            || layout.signers.len() != usize::from(args.signers)
+            || layout.threshold != args.threshold
+        {
+            eprintln!(
+                "note: the running cluster keeps its settings; `custos dev down --dir {}` first to change them",
+                args.dir.display()
+            );
+        }
         report(&layout, &records, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
