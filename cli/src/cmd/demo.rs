@@ -99,16 +99,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         key.ethereum_address
     ));
 
-    // Give the pool a moment to fill so the demo shows one-round signing.
+    // Let the background pool fill so signing is one round (each presignature
+    // is a multi-round protocol of about a second; the coordinator keeps a few per key).
+    let want = args.signatures.min(4);
     let pool_wait = Instant::now();
-    while pool_wait.elapsed() < Duration::from_secs(20) {
+    let mut shown = u32::MAX;
+    while pool_wait.elapsed() < Duration::from_secs(60) {
         let k = client
             .get_key(custos_proto::custody::GetKeyRequest {
                 key_id: key.key_id.clone(),
             })
             .await?
             .into_inner();
-        if k.presignatures_ready >= 1 {
+        if k.presignatures_ready != shown && !args.json {
+            eprintln!(
+                "[{:>5.1}s] presignature pool {}/{want}",
+                pool_wait.elapsed().as_secs_f64(),
+                k.presignatures_ready
+            );
+            shown = k.presignatures_ready;
+        }
+        if k.presignatures_ready >= want {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
