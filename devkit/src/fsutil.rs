@@ -17,8 +17,12 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), DevkitError> {
     fs::create_dir_all(dir).map_err(DevkitError::io("cannot create directory", dir))
 }
 
-/// Creates `dir` if missing and restricts it to its owner.
+/// Creates `dir` restricted to its owner if missing (an existing directory,
+/// e.g. `--dir .`, keeps its mode).
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), DevkitError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     ensure_dir(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(DevkitError::io("cannot set permissions of", dir))
