@@ -542,34 +542,34 @@ impl Cluster {
         for _attempt in 0..3 {
             let live = self.require_live(&key.participants, t).await?;
             let live_ids: Vec<String> = live.iter().map(|s| s.endpoint.node_id.clone()).collect();
-            let pooled = if interactive {
-                None
-            } else {
-                self.db
-                    .ready_presigs(&key.key_id)
-                    .await?
-                    .into_iter()
-                    .find(|(_, signers)| signers.iter().all(|s| live_ids.contains(s)))
-            };
-            {
-                if let Some((presig_id, signers)) = pooled {
-                    if !self.db.take_presig(&presig_id, request_id).await? {
-                        continue; // another request won it
-                    }
-                    match self
-                        .sign_with_presig(key, public_key, digest, request_id, &presig_id, &signers)
-                        .await
+            // Take the first ready presignature whose signers are all live;
+            // concurrent requests race for each row, and a loser moves on to
+            // the next one (exactly one request can win a presignature).
+            let mut pooled = None;
+            if !interactive {
+                for (presig_id, signers) in self.db.ready_presigs(&key.key_id).await? {
+                    if signers.iter().all(|s| live_ids.contains(s))
+                        && self.db.take_presig(&presig_id, request_id).await?
                     {
-                        Ok(o) => return Ok(o),
-                        Err(e @ CoordError::Unavailable(_))
-                        | Err(e @ CoordError::DeadlineExceeded(_)) => {
-                            // The presignature is burned (consumed on the signers that answered); try again.
-                            tracing::warn!(%presig_id, error = %e, "presignature signing failed; retrying");
-                            last_err = Some(e);
-                            continue;
-                        }
-                        Err(e) => return Err(e),
+                        pooled = Some((presig_id, signers));
+                        break;
                     }
+                }
+            }
+            if let Some((presig_id, signers)) = pooled {
+                match self
+                    .sign_with_presig(key, public_key, digest, request_id, &presig_id, &signers)
+                    .await
+                {
+                    Ok(o) => return Ok(o),
+                    Err(e @ CoordError::Unavailable(_))
+                    | Err(e @ CoordError::DeadlineExceeded(_)) => {
+                        // The presignature is burned (consumed on the signers that answered); try again.
+                        tracing::warn!(%presig_id, error = %e, "presignature signing failed; retrying");
+                        last_err = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             let signers: Vec<Arc<Signer>> = live.into_iter().take(t).collect();

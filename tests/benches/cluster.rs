@@ -94,7 +94,7 @@ fn in_process(t: u16, n: u16, signatures: usize) -> Figures {
 }
 
 async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
-    let concurrent = signatures / 2;
+    let concurrent = 64usize;
     let pool = (signatures + concurrent + 4) as u32;
     let tc = custos_tests::start_with_pool(n, t, &[], Some(pool)).await;
     let mut client = tc.client.clone();
@@ -155,6 +155,14 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
             .into_inner();
         online.push(ms(s.elapsed()));
         assert_eq!(r.mode, "presignature", "pool ran dry; raise the pool");
+    }
+    {
+        let mut o = online.clone();
+        eprintln!(
+            "  {t}-of-{n}: online signing p50 {:.2} ms p99 {:.2} ms over {signatures}",
+            pct(&mut o, 0.5),
+            pct(&mut o, 0.99)
+        );
     }
     // Throughput: concurrent requests, 8 in flight.
     let s = Instant::now();

@@ -78,6 +78,26 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
     let err = client.sign_digest(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
 
+    // Concurrent requests race for the pool: all succeed, and no
+    // presignature serves two of them (SECURITY case 9).
+    let calls = (0..8).map(|_| {
+        let mut c = client.clone();
+        let d = digest();
+        async move { (d, c.sign_digest(sign_req("wallet-1", &d, false)).await) }
+    });
+    let mut used = std::collections::HashSet::new();
+    for (d, r) in futures::future::join_all(calls).await {
+        let r = r.expect("concurrent signing succeeds").into_inner();
+        verify_both(&key.public_key, &d, &r.r, &r.s);
+        if r.mode == "presignature" {
+            assert!(
+                used.insert(r.presignature_id.clone()),
+                "presignature {} used twice",
+                r.presignature_id
+            );
+        }
+    }
+
     // Kill one signer: the remaining two still sign.
     tc.cluster.kill_signer("signer-3").unwrap();
     for _ in 0..3 {
