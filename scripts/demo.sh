@@ -8,5 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --release --workspace --bins
+# What the withdrawal policy (examples/policy.toml) decides for a 5 ETH payout:
+# the rule, the approval quorum and the time lock, explained in plain words.
+./target/release/custos policy explain examples/policy.toml \
+    --withdrawal examples/withdrawal-large.json --at 2026-01-07T10:00:00Z
 ./target/release/custos dev up
 ./target/release/custos demo "$@"
