@@ -121,13 +121,7 @@ fn random_hex(bytes: usize) -> String {
 
 /// Validates a caller-supplied id.
 pub fn validate_id(field: &str, id: &str) -> Result<(), CoordError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if custos_service::daemon::is_valid_id(id) {
         Ok(())
     } else {
         Err(CoordError::InvalidArgument(format!(

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod daemon;
 pub mod http;
 pub mod tls;
 

@@ -45,20 +45,11 @@ fn config_error(e: impl Into<anyhow::Error>) -> Fatal {
 fn main() -> ExitCode {
     let args = Args::parse();
     custos_service::init_logging(args.log_json);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Fatal(code, e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(code)
-        }
-    }
+    custos_service::daemon::run_main(async {
+        run(args)
+            .await
+            .map_err(|Fatal(code, e)| (code, format!("{e:#}")))
+    })
 }
 
 /// DER of the first certificate in a PEM file.
@@ -210,15 +201,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         handle.local_peer_id()
     );
 
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        tracing::info!("shutting down");
-    };
+    let shutdown = custos_service::daemon::shutdown_signal();
     if let Some(http) = cfg.http_listen {
         let listener = tokio::net::TcpListener::bind(http)
             .await

@@ -48,13 +48,7 @@ pub struct PresigMeta {
 
 /// Checks an id used as a file name: no path tricks, bounded length.
 pub fn validate_id(what: &str, id: &str) -> Result<(), NodeError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if custos_service::daemon::is_valid_id(id) {
         Ok(())
     } else {
         Err(NodeError::InvalidRequest(format!(
