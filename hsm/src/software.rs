@@ -542,10 +542,10 @@ mod golden {
         let (meta, blob) = generate();
         if std::env::var_os("CUSTOS_REGEN_GOLDEN").is_some() {
             std::fs::write(dir.join(SOFTWARE_KEK_FILE), &meta).unwrap();
-            std::fs::write(dir.join("share.sealed"), &blob).unwrap();
+            std::fs::write(dir.join("share.blob"), &blob).unwrap();
         }
         let golden_meta = std::fs::read(dir.join(SOFTWARE_KEK_FILE)).unwrap();
-        let golden_blob = std::fs::read(dir.join("share.sealed")).unwrap();
+        let golden_blob = std::fs::read(dir.join("share.blob")).unwrap();
 
         // Old files still open and unseal.
         let sealer = SoftwareSealer::open(&dir, &Passphrase::from(PASSPHRASE), false).unwrap();
