@@ -166,3 +166,28 @@ pub fn eth_address_lower(public_key: &[u8]) -> String {
     let hash = sha3::Keccak256::digest(&pk.serialize_uncompressed()[1..]);
     format!("0x{}", hex::encode(&hash[12..]))
 }
+
+/// A random 32-byte digest.
+pub fn digest() -> [u8; 32] {
+    use rand::RngCore;
+    let mut d = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut d);
+    d
+}
+
+/// An admin SignDigest request with a fresh random request id.
+pub fn sign_req(
+    key_id: &str,
+    d: &[u8; 32],
+    interactive: bool,
+) -> custos_proto::custody::SignDigestRequest {
+    use rand::RngCore;
+    let mut id = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut id);
+    custos_proto::custody::SignDigestRequest {
+        key_id: key_id.into(),
+        digest: d.to_vec(),
+        request_id: hex::encode(id),
+        interactive,
+    }
+}

@@ -4,26 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestRequest};
+use custos_proto::custody::{CreateKeyRequest, Curve};
 use custos_tests::{eth_address_lower, start, verify_both};
-use rand::RngCore;
 
-fn digest() -> [u8; 32] {
-    let mut d = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut d);
-    d
-}
-
-fn sign_req(key_id: &str, d: &[u8; 32], interactive: bool) -> SignDigestRequest {
-    let mut id = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut id);
-    SignDigestRequest {
-        key_id: key_id.into(),
-        digest: d.to_vec(),
-        request_id: hex::encode(id),
-        interactive,
-    }
-}
+use custos_tests::{digest, sign_req};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_keygen_sign_and_survive_signer_loss() {
@@ -80,14 +64,35 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
 
     // Concurrent requests race for the pool: all succeed, and no
     // presignature serves two of them (SECURITY case 9).
-    let calls = (0..8).map(|_| {
+    // Wait for a full pool so the burst races for presignatures rather than
+    // piling interactive sessions onto a loaded 2-core machine.
+    let started = Instant::now();
+    while client
+        .get_key(custos_proto::custody::GetKeyRequest {
+            key_id: "wallet-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .presignatures_ready
+        < 4
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "pool did not refill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls = (0..4).map(|_| {
         let mut c = client.clone();
         let d = digest();
         async move { (d, c.sign_digest(sign_req("wallet-1", &d, false)).await) }
     });
     let mut used = std::collections::HashSet::new();
     for (d, r) in futures::future::join_all(calls).await {
-        let r = r.expect("concurrent signing succeeds").into_inner();
+        let r = r
+            .unwrap_or_else(|e| panic!("concurrent signing failed: {e}"))
+            .into_inner();
         verify_both(&key.public_key, &d, &r.r, &r.s);
         if r.mode == "presignature" {
             assert!(

@@ -9,9 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use custos_devkit::{ClusterSpec, StartOptions};
-use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestRequest, SignDigestResponse};
+use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestResponse};
 use custos_tests::{primes_fixture, start_layout, verify_both};
-use rand::RngCore;
 
 const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Fields of a serialized key share, aux info or presignature: never on disk in clear.
@@ -22,22 +21,7 @@ const PLAINTEXT_NEEDLES: [&str; 4] = [
     "\"vss_setup\"",
 ];
 
-fn digest() -> [u8; 32] {
-    let mut d = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut d);
-    d
-}
-
-fn sign_req(key_id: &str, d: &[u8; 32], interactive: bool) -> SignDigestRequest {
-    let mut id = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut id);
-    SignDigestRequest {
-        key_id: key_id.into(),
-        digest: d.to_vec(),
-        request_id: hex::encode(id),
-        interactive,
-    }
-}
+use custos_tests::{digest, sign_req};
 
 /// Writes a SoftHSM2 configuration with its own token directory under `dir`.
 fn softhsm_conf(dir: &Path) -> PathBuf {
