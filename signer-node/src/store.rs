@@ -376,16 +376,9 @@ fn split_presig(payload: &[u8]) -> Result<(PresigMeta, Zeroizing<Vec<u8>>), Node
     Ok((meta, secret))
 }
 
-/// temp + fsync + rename + directory fsync.
+/// temp + fsync + rename + directory fsync (the hsm crate's, errors mapped).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| NodeError::storage(&tmp, e))?;
-    f.write_all(bytes)
-        .map_err(|e| NodeError::storage(&tmp, e))?;
-    f.sync_all().map_err(|e| NodeError::storage(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| NodeError::storage(path, e))?;
-    sync_dir(dir)
+    custos_hsm::write_atomic(path, bytes).map_err(NodeError::from)
 }
 
 fn remove_durably(path: &Path) -> Result<(), NodeError> {

@@ -191,3 +191,38 @@ pub fn sign_req(
         interactive,
     }
 }
+
+/// The SoftHSM2 PKCS#11 module installed by `scripts/install-deps.sh`.
+pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Rewrites `config`'s `[sealer]` table (and its subtables) as `table`.
+pub fn set_sealer(config: &std::path::Path, table: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            skipping = t == "[sealer]" || t.starts_with("[sealer.");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(
+        !out.contains("backend ="),
+        "sealer table not removed:\n{out}"
+    );
+    out.push_str("\n[sealer]\n");
+    out.push_str(table);
+    out.push('\n');
+    std::fs::write(config, out).unwrap();
+}
+
+pub fn pkcs11_table(token: &str, pin_file: &std::path::Path, kek: &str, create: bool) -> String {
+    format!(
+        "backend = \"pkcs11\"\nmodule = \"{SOFTHSM2_MODULE}\"\ntoken_label = \"{token}\"\npin_file = \"{}\"\nkek_label = \"{kek}\"\ncreate_kek = {create}\n",
+        pin_file.display()
+    )
+}

@@ -12,7 +12,7 @@ use custos_devkit::{ClusterSpec, StartOptions};
 use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestResponse};
 use custos_tests::{primes_fixture, start_layout, verify_both};
 
-const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use custos_tests::{pkcs11_table, set_sealer};
 /// Fields of a serialized key share, aux info or presignature: never on disk in clear.
 const PLAINTEXT_NEEDLES: [&str; 4] = [
     "shared_public_key",
@@ -83,38 +83,6 @@ fn provision_kek(conf: &Path, signer_dir: &Path, table: &str) {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-}
-
-/// Rewrites `config`'s `[sealer]` table (and its subtables) as `table`.
-fn set_sealer(config: &Path, table: &str) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let mut out = String::new();
-    let mut skipping = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            skipping = t == "[sealer]" || t.starts_with("[sealer.");
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    assert!(
-        !out.contains("backend ="),
-        "sealer table not removed:\n{out}"
-    );
-    out.push_str("\n[sealer]\n");
-    out.push_str(table);
-    out.push('\n');
-    std::fs::write(config, out).unwrap();
-}
-
-fn pkcs11_table(token: &str, pin_file: &Path, kek: &str, create: bool) -> String {
-    format!(
-        "backend = \"pkcs11\"\nmodule = \"{SOFTHSM2_MODULE}\"\ntoken_label = \"{token}\"\npin_file = \"{}\"\nkek_label = \"{kek}\"\ncreate_kek = {create}\n",
-        pin_file.display()
-    )
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {

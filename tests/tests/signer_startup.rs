@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use custos_devkit::{ClusterLayout, ClusterSpec};
 use custos_tests::{bin_dir, primes_fixture};
 
-const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use custos_tests::{SOFTHSM2_MODULE, pkcs11_table, set_sealer};
 const EXIT_CONFIG: i32 = 78;
 /// How long a refused start may take.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -61,38 +61,6 @@ impl Fixture {
     fn run(&self, env: &[(&str, &Path)]) -> Output {
         run_signer(self.config(), env)
     }
-}
-
-/// Rewrites `config`'s `[sealer]` table (and its subtables) as `table`.
-fn set_sealer(config: &Path, table: &str) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let mut out = String::new();
-    let mut skipping = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            skipping = t == "[sealer]" || t.starts_with("[sealer.");
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    assert!(
-        !out.contains("backend ="),
-        "sealer table not removed:\n{out}"
-    );
-    out.push_str("\n[sealer]\n");
-    out.push_str(table);
-    out.push('\n');
-    std::fs::write(config, out).unwrap();
-}
-
-fn pkcs11_table(token: &str, pin_file: &Path, kek: &str, create: bool) -> String {
-    format!(
-        "backend = \"pkcs11\"\nmodule = \"{SOFTHSM2_MODULE}\"\ntoken_label = \"{token}\"\npin_file = \"{}\"\nkek_label = \"{kek}\"\ncreate_kek = {create}\n",
-        pin_file.display()
-    )
 }
 
 /// A private SoftHSM2 token directory and configuration.
