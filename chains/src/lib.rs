@@ -1,0 +1,1 @@
+//! Chain adapters: transaction building, parsing, digests and RPC clients (EVM first)

@@ -1,0 +1,1 @@
+//! Transactional outbox and event delivery to NATS JetStream and signed webhooks

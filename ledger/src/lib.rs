@@ -1,0 +1,1 @@
+//! Double-entry ledger for custody wallets: accounts, balanced postings, reconciliation

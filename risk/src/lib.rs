@@ -1,0 +1,1 @@
+//! Real-time withdrawal risk scoring: rules plus a per-wallet statistical model
