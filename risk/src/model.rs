@@ -256,7 +256,7 @@ impl RiskModel {
                         c.velocity_amount_points,
                     ),
                     format!(
-                        "{sum} {} base units in {count} withdrawals in the last {win} including this one; busiest earlier {win} moved {}, {:.1}x allowed",
+                        "{sum} {} base units in {count} withdrawals in the last {win} including this one; busiest earlier {win} moved {}, threshold {:.1}x that",
                         req.asset, peak.sum, c.velocity_factor
                     ),
                 );
