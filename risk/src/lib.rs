@@ -7,7 +7,12 @@
 //! - [`RiskConfig`] (serde, every field defaulted) holds weights, thresholds and
 //!   memory bounds; [`RiskModel::new`] validates it.
 //! - [`RiskState`] is the coordinator's in-memory history: [`RiskState::record`] after
-//!   each accepted withdrawal, [`RiskState::rebuild`] at startup.
+//!   each accepted withdrawal, [`RiskState::rebuild`] at startup (or
+//!   [`RiskModel::new_state`] + [`RiskState::extend`]); build it from the same config
+//!   as the model. Memory is bounded by the config: 512 amounts per stream, 20 000
+//!   destinations per wallet and chain, 64 payers per destination, and windows (a
+//!   stream idle for 180 days, a destination unused by the wallet for a year, or
+//!   unpaid by anyone for 30 days, is forgotten).
 //! - [`RiskModel::score`] (or [`RiskModel::assess`] with an explicit
 //!   [`WalletHistory`] view) returns a [`RiskAssessment`]: a score in 0..=100 and
 //!   the [`RiskReason`]s behind it.

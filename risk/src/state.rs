@@ -511,6 +511,14 @@ impl RiskState {
 /// Drops payers outside the fan-in window of any score at or after `now`, then the
 /// least recent beyond the cap.
 fn prune_payers(info: &mut DestinationInfo, now: u64, l: Limits) {
+    if info.payers.is_empty() {
+        return;
+    }
+    if info.last_seen_ms.saturating_add(l.fan_in_ms) <= now {
+        // Every payer paid at or before `last_seen_ms`: all are out of the window.
+        info.payers.clear();
+        return;
+    }
     info.payers
         .retain(|_, last| last.saturating_add(l.fan_in_ms) > now);
     while info.payers.len() > l.max_payers {
