@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided libFuzzer on the stable toolchain (no cargo-fuzz, no nightly):
 # the sanitizer-coverage instrumentation cargo-fuzz adds, passed by hand.
-# Usage: fuzz/run-stable.sh policy_parse|statement_decode [SECONDS]
+# Usage: fuzz/run-stable.sh policy_parse|statement_decode|evaluate_withdrawal|evm_unsigned_tx [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")"
 target="${1:?target}"
@@ -14,4 +14,6 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 host="$(rustc -vV | sed -n 's/^host: //p')"
 cargo build --release --target "$host" --bin "$target"
 mkdir -p "corpus/$target"
-"$CARGO_TARGET_DIR/$host/release/$target" -max_total_time="$secs" -max_len=65536 "corpus/$target" "seeds/$target"
+seeds=()
+[ -d "seeds/$target" ] && seeds=("seeds/$target")
+"$CARGO_TARGET_DIR/$host/release/$target" -max_total_time="$secs" -max_len=65536 "corpus/$target" "${seeds[@]}"

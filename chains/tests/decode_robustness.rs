@@ -189,3 +189,28 @@ proptest! {
         prop_assert_eq!(parse_units(&text, decimals).unwrap(), v);
     }
 }
+
+/// Writes the samples as seeds for the cargo-fuzz target
+/// (`cargo test -p custos-chains --test decode_robustness -- --ignored`).
+#[test]
+#[ignore = "regenerates fuzz/seeds/evm_unsigned_tx"]
+fn write_fuzz_seeds() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/evm_unsigned_tx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = [
+        "native_unsigned",
+        "native_signed",
+        "erc20_unsigned",
+        "erc20_signed",
+    ];
+    for (name, bytes) in names.iter().zip(samples()) {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    std::fs::write(
+        dir.join("address"),
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    )
+    .unwrap();
+    std::fs::write(dir.join("amount"), "1234.567891").unwrap();
+}
