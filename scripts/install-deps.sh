@@ -15,3 +15,4 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 fi
+bash "$(dirname "$0")/install-anvil.sh" >/dev/null   # anvil for the chain tests (.tools/, idempotent)

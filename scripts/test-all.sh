@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+./scripts/ensure-services.sh
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

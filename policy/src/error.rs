@@ -101,6 +101,9 @@ pub enum PolicyError {
     /// The caller: a timestamp, duration or amount string is malformed.
     #[error("{0}")]
     Value(String),
+    /// The request: a signing authorisation does not hold (policy, approvals, expiry).
+    #[error("signing refused: {0}")]
+    Refused(String),
     /// The caller: key material is malformed.
     #[error("key is invalid: {0}")]
     Key(String),

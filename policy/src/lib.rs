@@ -18,11 +18,13 @@
 
 mod address;
 mod approval;
+mod authorize;
 mod bundle;
 mod document;
 mod error;
 mod eval;
 mod governance;
+mod intent;
 mod keys;
 mod policy;
 mod quorum;
@@ -33,6 +35,7 @@ pub use address::{BitcoinNetwork, ChainKind, CheckedAddress, chain_kind, check_a
 pub use approval::{
     Approval, ApprovalStatus, InvalidApproval, MissingTerm, check_approvals, check_cancellation,
 };
+pub use authorize::{Authorization, SigningClaim, authorize, statement_hash};
 pub use bundle::{
     AdminSet, AdminSetConfig, AdminSignature, BUNDLE_SIGN_DOMAIN, BundleSignatures, VerifiedBundle,
     bundle_message, verify_bundle,
@@ -47,6 +50,7 @@ pub use eval::{
     WithdrawalSummary, evaluate,
 };
 pub use governance::{ActivePolicy, PolicyState, UpdateEffect, relaxation};
+pub use intent::{INTENT_DOMAIN, intent_digest};
 pub use keys::{PublicKey, SecretKey};
 pub use policy::{MAX_DOCUMENT_BYTES, POLICY_HASH_DOMAIN, Policy, PolicyHash, parse_document};
 pub use statement::{

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod http;
 pub mod tls;
 

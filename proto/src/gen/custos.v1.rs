@@ -10,6 +10,9 @@ pub struct CreateKeyRequest {
     /// Threshold t; 0 means the cluster default.
     #[prost(uint32, tag = "3")]
     pub threshold: u32,
+    /// Chain the key's wallet pays on ("ethereum", "anvil", ...). Empty: "ethereum".
+    #[prost(string, tag = "4")]
+    pub chain: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -35,6 +38,8 @@ pub struct Key {
     /// Presignatures ready for this key.
     #[prost(uint32, tag = "8")]
     pub presignatures_ready: u32,
+    #[prost(string, tag = "9")]
+    pub chain: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -122,6 +127,360 @@ pub struct ClusterStatus {
     pub presignatures_ready: u32,
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateWithdrawalRequest {
+    /// Client-chosen, unique per API client (1..128 chars).
+    #[prost(string, tag = "1")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    /// Wallet id (= key id).
+    #[prost(string, tag = "2")]
+    pub wallet: ::prost::alloc::string::String,
+    /// Asset symbol configured for the wallet's chain ("ETH").
+    #[prost(string, tag = "3")]
+    pub asset: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub destination: ::prost::alloc::string::String,
+    /// Base units (wei), decimal digits.
+    #[prost(string, tag = "5")]
+    pub amount: ::prost::alloc::string::String,
+    /// Highest fee in the chain's native base units; empty: the chain default.
+    #[prost(string, tag = "6")]
+    pub fee_cap: ::prost::alloc::string::String,
+    /// Free text shown to approvers (\<= 512 chars).
+    #[prost(string, tag = "7")]
+    pub memo: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RiskReason {
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub points: u32,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApprovalRecord {
+    #[prost(string, tag = "1")]
+    pub approver: ::prost::alloc::string::String,
+    /// "approve", "reject" or "cancel".
+    #[prost(string, tag = "2")]
+    pub verdict: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub signature: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub received_at: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Withdrawal {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub wallet: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub chain: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub asset: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub destination: ::prost::alloc::string::String,
+    /// Address-book label, if the destination is in it.
+    #[prost(string, tag = "7")]
+    pub destination_label: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub amount: ::prost::alloc::string::String,
+    /// Amount in human units ("1.5 ETH").
+    #[prost(string, tag = "9")]
+    pub amount_human: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub fee_cap: ::prost::alloc::string::String,
+    /// API client or approver that asked.
+    #[prost(string, tag = "11")]
+    pub initiator: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub memo: ::prost::alloc::string::String,
+    /// requested, risk_scored, policy_evaluated, blocked, awaiting_approvals,
+    /// approved, time_locked, signing, signed, rejected, cancelled, expired, failed.
+    #[prost(string, tag = "13")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "14")]
+    pub risk_score: u32,
+    #[prost(message, repeated, tag = "15")]
+    pub risk_reasons: ::prost::alloc::vec::Vec<RiskReason>,
+    /// Rule that matched, its explanation, the policy hash.
+    #[prost(string, tag = "16")]
+    pub rule_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "17")]
+    pub decision: ::prost::alloc::string::String,
+    #[prost(string, tag = "18")]
+    pub policy_hash: ::prost::alloc::string::String,
+    /// Required quorum in words ("2 of treasury, 1 of security").
+    #[prost(string, tag = "19")]
+    pub required_approvals: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "20")]
+    pub approvals: ::prost::alloc::vec::Vec<ApprovalRecord>,
+    /// The canonical approval statement approvers sign (policy FORMATS.md).
+    #[prost(bytes = "vec", tag = "21")]
+    pub statement: ::prost::alloc::vec::Vec<u8>,
+    /// The unsigned transaction payload and its signing digest.
+    #[prost(bytes = "vec", tag = "22")]
+    pub unsigned_tx: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "23")]
+    pub tx_digest: ::prost::alloc::vec::Vec<u8>,
+    /// Time lock after the quorum, seconds; and when it ends (RFC 3339, empty until approved).
+    #[prost(uint64, tag = "24")]
+    pub delay_secs: u64,
+    #[prost(string, tag = "25")]
+    pub time_lock_until: ::prost::alloc::string::String,
+    #[prost(string, tag = "26")]
+    pub cancel_group: ::prost::alloc::string::String,
+    /// When approvals stop being accepted (RFC 3339).
+    #[prost(string, tag = "27")]
+    pub expires_at: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "28")]
+    pub signature_r: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "29")]
+    pub signature_s: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint32, tag = "30")]
+    pub recovery_id: u32,
+    /// Why it failed, was blocked, rejected or cancelled.
+    #[prost(string, tag = "31")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "32")]
+    pub created_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "33")]
+    pub updated_at: ::prost::alloc::string::String,
+    /// Signers' refusals or errors, newest last.
+    #[prost(string, repeated, tag = "34")]
+    pub signer_notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetWithdrawalRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListWithdrawalsRequest {
+    /// Filters (empty: any).
+    #[prost(string, tag = "1")]
+    pub wallet: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub initiator: ::prost::alloc::string::String,
+    /// Page size (default 50, at most 500) and the token from the previous page.
+    #[prost(uint32, tag = "4")]
+    pub page_size: u32,
+    #[prost(string, tag = "5")]
+    pub page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListWithdrawalsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub withdrawals: ::prost::alloc::vec::Vec<Withdrawal>,
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelWithdrawalRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchWithdrawalsRequest {
+    /// Last event sequence the client has seen; 0 = from the beginning.
+    #[prost(uint64, tag = "1")]
+    pub cursor: u64,
+    /// Only this withdrawal (empty: all).
+    #[prost(string, tag = "2")]
+    pub withdrawal_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WithdrawalEvent {
+    /// Strictly increasing; pass it back as `cursor` to resume.
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    #[prost(string, tag = "2")]
+    pub withdrawal_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub at: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub detail: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Wallet {
+    #[prost(string, tag = "1")]
+    pub wallet_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub chain: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "4")]
+    pub assets: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "5")]
+    pub threshold: u32,
+    #[prost(string, repeated, tag = "6")]
+    pub participants: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListWalletsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListWalletsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub wallets: ::prost::alloc::vec::Vec<Wallet>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetWalletRequest {
+    #[prost(string, tag = "1")]
+    pub wallet_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AddressBookEntry {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub labels: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "3")]
+    pub chain: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(bool, tag = "5")]
+    pub whitelisted: bool,
+    /// RFC 3339: when rules may use it (cooling period after it was added).
+    #[prost(string, tag = "6")]
+    pub usable_from: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAddressBookRequest {
+    #[prost(string, tag = "1")]
+    pub chain: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAddressBookResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<AddressBookEntry>,
+    #[prost(string, tag = "2")]
+    pub policy_hash: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListPendingRequest {
+    /// Only withdrawals this approver may still act on (empty: all pending).
+    #[prost(string, tag = "1")]
+    pub approver: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubmitApprovalRequest {
+    #[prost(string, tag = "1")]
+    pub withdrawal_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub approver: ::prost::alloc::string::String,
+    #[prost(enumeration = "Verdict", tag = "3")]
+    pub verdict: i32,
+    /// Ed25519 signature (hex) over the statement's signing message for the verdict.
+    #[prost(string, tag = "4")]
+    pub signature: ::prost::alloc::string::String,
+    /// Free text for rejections and cancellations.
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetCheckpointRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Checkpoint {
+    /// C2SP signed note text (checkpoint body, log signature, witness cosignatures).
+    #[prost(string, tag = "1")]
+    pub note: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetLogEntryRequest {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogEntry {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// Canonical entry encoding (audit crate format).
+    #[prost(bytes = "vec", tag = "2")]
+    pub entry: ::prost::alloc::vec::Vec<u8>,
+    /// Human-readable JSON of the decoded entry.
+    #[prost(string, tag = "3")]
+    pub json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetInclusionProofRequest {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// Tree size; 0 = latest checkpoint.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetConsistencyProofRequest {
+    #[prost(uint64, tag = "1")]
+    pub old_size: u64,
+    #[prost(uint64, tag = "2")]
+    pub new_size: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Proof {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub hashes: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportAuditBundleRequest {
+    /// Entries \[from, to) ; to = 0: up to the latest checkpoint.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    #[prost(uint64, tag = "2")]
+    pub to: u64,
+    /// The auditor's previous checkpoint size, to include a consistency proof.
+    #[prost(uint64, tag = "3")]
+    pub previous_size: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditBundle {
+    /// JSON export bundle (audit crate ExportBundle).
+    #[prost(bytes = "vec", tag = "1")]
+    pub json: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Curve {
@@ -144,6 +503,39 @@ impl Curve {
         match value {
             "CURVE_UNSPECIFIED" => Some(Self::Unspecified),
             "CURVE_SECP256K1" => Some(Self::Secp256k1),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Verdict {
+    Unspecified = 0,
+    Approve = 1,
+    Reject = 2,
+    Cancel = 3,
+}
+impl Verdict {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "VERDICT_UNSPECIFIED",
+            Self::Approve => "VERDICT_APPROVE",
+            Self::Reject => "VERDICT_REJECT",
+            Self::Cancel => "VERDICT_CANCEL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "VERDICT_UNSPECIFIED" => Some(Self::Unspecified),
+            "VERDICT_APPROVE" => Some(Self::Approve),
+            "VERDICT_REJECT" => Some(Self::Reject),
+            "VERDICT_CANCEL" => Some(Self::Cancel),
             _ => None,
         }
     }
@@ -351,6 +743,347 @@ pub mod custody_client {
                 .insert(GrpcMethod::new("custos.v1.Custody", "GetClusterStatus"));
             self.inner.unary(req, path, codec).await
         }
+        /// --- Custodial backends (role "backend") ---
+        /// Requests a withdrawal. The idempotency key makes retries safe: the same key
+        /// with the same body returns the existing withdrawal; with a different body
+        /// it is ALREADY_EXISTS.
+        pub async fn create_withdrawal(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateWithdrawalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/CreateWithdrawal",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "CreateWithdrawal"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_withdrawal(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetWithdrawalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/GetWithdrawal",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "GetWithdrawal"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_withdrawals(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListWithdrawalsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWithdrawalsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ListWithdrawals",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ListWithdrawals"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Cancels a withdrawal before it is signed. During a time lock a backend may
+        /// cancel its own request; approvers cancel with a signed statement through
+        /// SubmitApproval (verdict CANCEL).
+        pub async fn cancel_withdrawal(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CancelWithdrawalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/CancelWithdrawal",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "CancelWithdrawal"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// State changes in commit order, from `cursor` (exclusive) onwards, then live.
+        pub async fn watch_withdrawals(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchWithdrawalsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::WithdrawalEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/WatchWithdrawals",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "WatchWithdrawals"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        pub async fn list_wallets(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListWalletsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWalletsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ListWallets",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ListWallets"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_wallet(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetWalletRequest>,
+        ) -> std::result::Result<tonic::Response<super::Wallet>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/GetWallet",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "GetWallet"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_address_book(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAddressBookRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAddressBookResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ListAddressBook",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ListAddressBook"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// --- Approvers (role "approver"; approvals are signatures, so the
+        /// transport is not trusted with them) ---
+        pub async fn list_pending(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListPendingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWithdrawalsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ListPending",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ListPending"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn submit_approval(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SubmitApprovalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/SubmitApproval",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "SubmitApproval"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// --- Auditors (role "auditor" or "admin") ---
+        pub async fn get_checkpoint(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetCheckpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Checkpoint>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/GetCheckpoint",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "GetCheckpoint"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_log_entry(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetLogEntryRequest>,
+        ) -> std::result::Result<tonic::Response<super::LogEntry>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/GetLogEntry",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "GetLogEntry"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_inclusion_proof(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetInclusionProofRequest>,
+        ) -> std::result::Result<tonic::Response<super::Proof>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/GetInclusionProof",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "GetInclusionProof"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_consistency_proof(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetConsistencyProofRequest>,
+        ) -> std::result::Result<tonic::Response<super::Proof>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/GetConsistencyProof",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "GetConsistencyProof"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn export_audit_bundle(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExportAuditBundleRequest>,
+        ) -> std::result::Result<tonic::Response<super::AuditBundle>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ExportAuditBundle",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ExportAuditBundle"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -396,6 +1129,98 @@ pub mod custody_server {
             &self,
             request: tonic::Request<super::GetClusterStatusRequest>,
         ) -> std::result::Result<tonic::Response<super::ClusterStatus>, tonic::Status>;
+        /// --- Custodial backends (role "backend") ---
+        /// Requests a withdrawal. The idempotency key makes retries safe: the same key
+        /// with the same body returns the existing withdrawal; with a different body
+        /// it is ALREADY_EXISTS.
+        async fn create_withdrawal(
+            &self,
+            request: tonic::Request<super::CreateWithdrawalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status>;
+        async fn get_withdrawal(
+            &self,
+            request: tonic::Request<super::GetWithdrawalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status>;
+        async fn list_withdrawals(
+            &self,
+            request: tonic::Request<super::ListWithdrawalsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWithdrawalsResponse>,
+            tonic::Status,
+        >;
+        /// Cancels a withdrawal before it is signed. During a time lock a backend may
+        /// cancel its own request; approvers cancel with a signed statement through
+        /// SubmitApproval (verdict CANCEL).
+        async fn cancel_withdrawal(
+            &self,
+            request: tonic::Request<super::CancelWithdrawalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status>;
+        /// Server streaming response type for the WatchWithdrawals method.
+        type WatchWithdrawalsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::WithdrawalEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// State changes in commit order, from `cursor` (exclusive) onwards, then live.
+        async fn watch_withdrawals(
+            &self,
+            request: tonic::Request<super::WatchWithdrawalsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchWithdrawalsStream>,
+            tonic::Status,
+        >;
+        async fn list_wallets(
+            &self,
+            request: tonic::Request<super::ListWalletsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWalletsResponse>,
+            tonic::Status,
+        >;
+        async fn get_wallet(
+            &self,
+            request: tonic::Request<super::GetWalletRequest>,
+        ) -> std::result::Result<tonic::Response<super::Wallet>, tonic::Status>;
+        async fn list_address_book(
+            &self,
+            request: tonic::Request<super::ListAddressBookRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAddressBookResponse>,
+            tonic::Status,
+        >;
+        /// --- Approvers (role "approver"; approvals are signatures, so the
+        /// transport is not trusted with them) ---
+        async fn list_pending(
+            &self,
+            request: tonic::Request<super::ListPendingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListWithdrawalsResponse>,
+            tonic::Status,
+        >;
+        async fn submit_approval(
+            &self,
+            request: tonic::Request<super::SubmitApprovalRequest>,
+        ) -> std::result::Result<tonic::Response<super::Withdrawal>, tonic::Status>;
+        /// --- Auditors (role "auditor" or "admin") ---
+        async fn get_checkpoint(
+            &self,
+            request: tonic::Request<super::GetCheckpointRequest>,
+        ) -> std::result::Result<tonic::Response<super::Checkpoint>, tonic::Status>;
+        async fn get_log_entry(
+            &self,
+            request: tonic::Request<super::GetLogEntryRequest>,
+        ) -> std::result::Result<tonic::Response<super::LogEntry>, tonic::Status>;
+        async fn get_inclusion_proof(
+            &self,
+            request: tonic::Request<super::GetInclusionProofRequest>,
+        ) -> std::result::Result<tonic::Response<super::Proof>, tonic::Status>;
+        async fn get_consistency_proof(
+            &self,
+            request: tonic::Request<super::GetConsistencyProofRequest>,
+        ) -> std::result::Result<tonic::Response<super::Proof>, tonic::Status>;
+        async fn export_audit_bundle(
+            &self,
+            request: tonic::Request<super::ExportAuditBundleRequest>,
+        ) -> std::result::Result<tonic::Response<super::AuditBundle>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct CustodyServer<T> {
@@ -677,6 +1502,681 @@ pub mod custody_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetClusterStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/CreateWithdrawal" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateWithdrawalSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::CreateWithdrawalRequest>
+                    for CreateWithdrawalSvc<T> {
+                        type Response = super::Withdrawal;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateWithdrawalRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::create_withdrawal(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateWithdrawalSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/GetWithdrawal" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetWithdrawalSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::GetWithdrawalRequest>
+                    for GetWithdrawalSvc<T> {
+                        type Response = super::Withdrawal;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetWithdrawalRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::get_withdrawal(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetWithdrawalSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ListWithdrawals" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListWithdrawalsSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ListWithdrawalsRequest>
+                    for ListWithdrawalsSvc<T> {
+                        type Response = super::ListWithdrawalsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListWithdrawalsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::list_withdrawals(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListWithdrawalsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/CancelWithdrawal" => {
+                    #[allow(non_camel_case_types)]
+                    struct CancelWithdrawalSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::CancelWithdrawalRequest>
+                    for CancelWithdrawalSvc<T> {
+                        type Response = super::Withdrawal;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CancelWithdrawalRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::cancel_withdrawal(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CancelWithdrawalSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/WatchWithdrawals" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchWithdrawalsSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::ServerStreamingService<
+                        super::WatchWithdrawalsRequest,
+                    > for WatchWithdrawalsSvc<T> {
+                        type Response = super::WithdrawalEvent;
+                        type ResponseStream = T::WatchWithdrawalsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchWithdrawalsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::watch_withdrawals(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchWithdrawalsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ListWallets" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListWalletsSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ListWalletsRequest>
+                    for ListWalletsSvc<T> {
+                        type Response = super::ListWalletsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListWalletsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::list_wallets(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListWalletsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/GetWallet" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetWalletSvc<T: Custody>(pub Arc<T>);
+                    impl<T: Custody> tonic::server::UnaryService<super::GetWalletRequest>
+                    for GetWalletSvc<T> {
+                        type Response = super::Wallet;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetWalletRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::get_wallet(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetWalletSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ListAddressBook" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAddressBookSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ListAddressBookRequest>
+                    for ListAddressBookSvc<T> {
+                        type Response = super::ListAddressBookResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAddressBookRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::list_address_book(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAddressBookSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ListPending" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListPendingSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ListPendingRequest>
+                    for ListPendingSvc<T> {
+                        type Response = super::ListWithdrawalsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListPendingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::list_pending(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListPendingSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/SubmitApproval" => {
+                    #[allow(non_camel_case_types)]
+                    struct SubmitApprovalSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::SubmitApprovalRequest>
+                    for SubmitApprovalSvc<T> {
+                        type Response = super::Withdrawal;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SubmitApprovalRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::submit_approval(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SubmitApprovalSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/GetCheckpoint" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetCheckpointSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::GetCheckpointRequest>
+                    for GetCheckpointSvc<T> {
+                        type Response = super::Checkpoint;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetCheckpointRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::get_checkpoint(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetCheckpointSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/GetLogEntry" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetLogEntrySvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::GetLogEntryRequest>
+                    for GetLogEntrySvc<T> {
+                        type Response = super::LogEntry;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetLogEntryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::get_log_entry(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetLogEntrySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/GetInclusionProof" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetInclusionProofSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::GetInclusionProofRequest>
+                    for GetInclusionProofSvc<T> {
+                        type Response = super::Proof;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetInclusionProofRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::get_inclusion_proof(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetInclusionProofSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/GetConsistencyProof" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetConsistencyProofSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::GetConsistencyProofRequest>
+                    for GetConsistencyProofSvc<T> {
+                        type Response = super::Proof;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetConsistencyProofRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::get_consistency_proof(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetConsistencyProofSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ExportAuditBundle" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExportAuditBundleSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ExportAuditBundleRequest>
+                    for ExportAuditBundleSvc<T> {
+                        type Response = super::AuditBundle;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExportAuditBundleRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::export_audit_bundle(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExportAuditBundleSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

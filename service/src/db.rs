@@ -1,0 +1,233 @@
+//! One database convention for every Custos store: `sqlx::Any` over SQLite
+//! (the embedded default) or PostgreSQL (production), with portable SQL.
+//!
+//! Rules for SQL written against [`Db`]: `$1, $2, ...` placeholders (SQLite
+//! accepts them too), `BIGINT`/`TEXT` columns, bytes as `BLOB` on SQLite and
+//! `BYTEA` on PostgreSQL (use [`Backend::blob`] in DDL), booleans as `BIGINT`
+//! 0/1, timestamps as `BIGINT` milliseconds since the Unix epoch.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+/// Which database a [`Db`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (WAL, `synchronous = FULL`).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a connection URL names, if it is one we support.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The column type for raw bytes.
+    pub fn blob(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BLOB",
+            Self::Postgres => "BYTEA",
+        }
+    }
+
+    /// An auto-incrementing 64-bit primary key column definition.
+    pub fn serial_pk(self) -> &'static str {
+        match self {
+            Self::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Self::Postgres => "BIGSERIAL PRIMARY KEY",
+        }
+    }
+}
+
+/// A pool plus the backend it talks to.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// The connection pool.
+    pub pool: AnyPool,
+    /// The backend behind it.
+    pub backend: Backend,
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL names no supported backend.
+    #[error("database url must start with sqlite: or postgres: (got `{0}`)")]
+    UnsupportedUrl(String),
+    /// The driver refused or the server is unreachable.
+    #[error("database {url}: {source}")]
+    Connect {
+        /// The URL with any password removed.
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+}
+
+/// Removes a password from a connection URL so it can be shown in errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    /// Opens a pool. SQLite files are created if missing and run with WAL,
+    /// `synchronous = FULL` (a commit survives power loss), foreign keys and a
+    /// busy timeout, so a committed state change is durable before we act on it.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend =
+            Backend::of_url(url).ok_or_else(|| DbError::UnsupportedUrl(redact_url(url)))?;
+        let err = |source| DbError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite && !url.contains("mode=") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(err)?
+            .disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(err)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Runs `;`-separated DDL statements one by one (idempotent DDL expected:
+    /// `CREATE TABLE IF NOT EXISTS ...`).
+    pub async fn execute_ddl(&self, ddl: &str) -> Result<(), sqlx::Error> {
+        for stmt in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an error is a unique-constraint violation (a lost insert race or a
+/// replayed id).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[cfg(feature = "testdb")]
+pub mod testdb {
+    //! Fresh databases for tests: a SQLite file in a temp dir, or a new
+    //! PostgreSQL database on the server named by `CUSTOS_TEST_PG_URL`
+    //! (default `postgres://postgres@127.0.0.1:5432/test`).
+
+    use super::{Db, DbError};
+
+    /// The admin URL tests create their PostgreSQL databases through.
+    pub fn pg_admin_url() -> String {
+        std::env::var("CUSTOS_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+    }
+
+    /// Creates a new, empty PostgreSQL database and returns its URL. Fails
+    /// (does not skip) when the server is unreachable: the test command
+    /// (`scripts/ensure-services.sh`) starts it.
+    pub async fn fresh_pg_url(prefix: &str) -> Result<String, DbError> {
+        let admin_url = pg_admin_url();
+        let admin = Db::connect(&admin_url, 1).await?;
+        let name = format!(
+            "{prefix}_{}_{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        )
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+        // `name` is reduced to [a-z0-9_] above.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin.pool)
+            .await
+            .map_err(|source| DbError::Connect {
+                url: super::redact_url(&admin_url),
+                source,
+            })?;
+        admin.pool.close().await;
+        let base = match admin_url.rfind('/') {
+            Some(i) if i > admin_url.find("://").map_or(0, |s| s + 2) => &admin_url[..i],
+            _ => admin_url.as_str(),
+        };
+        Ok(format!("{base}/{name}"))
+    }
+
+    /// A fresh PostgreSQL database, connected.
+    pub async fn fresh_pg(prefix: &str) -> Result<Db, DbError> {
+        let url = fresh_pg_url(prefix).await?;
+        Db::connect(&url, 8).await
+    }
+
+    /// A fresh SQLite file `name.db` in `dir`, connected.
+    pub async fn fresh_sqlite(dir: &std::path::Path, name: &str) -> Result<Db, DbError> {
+        let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        Db::connect(&url, 8).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(Backend::of_url("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of_url("postgresql://h/d"), Some(Backend::Postgres));
+        assert_eq!(Backend::of_url("mysql://h/d"), None);
+    }
+}
