@@ -17,6 +17,9 @@
 //! - [`note`]: C2SP signed notes, checkpoints, verifier keys, cosignatures.
 //! - [`witness`]: the witness state machine that signer nodes run.
 //! - [`bundle`] and [`replay`]: export bundles and the offline verifier.
+//! - `sql` and `shared` (feature `sql`): `SqlStore`, the [`LogStore`] in the
+//!   coordinator's SQLite or PostgreSQL database, and `SharedLog`, which
+//!   drives a log over it from async code.
 //!
 //! # Trust
 //!
@@ -35,6 +38,10 @@ pub mod log;
 pub mod note;
 pub mod proof;
 pub mod replay;
+#[cfg(feature = "sql")]
+pub mod shared;
+#[cfg(feature = "sql")]
+pub mod sql;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -48,5 +55,9 @@ pub use hash::{Hash, leaf_hash, node_hash};
 pub use log::Log;
 pub use note::{Checkpoint, SignedNote, VerifierKey};
 pub use replay::{AuthorizationReplay, RequireSatisfiedDecision};
+#[cfg(feature = "sql")]
+pub use shared::SharedLog;
+#[cfg(feature = "sql")]
+pub use sql::SqlStore;
 pub use store::{LogStore, MemoryStore};
 pub use witness::Witness;

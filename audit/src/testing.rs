@@ -26,7 +26,8 @@ use crate::{AuditError, Log, Witness};
 
 /// Origin of the logs the helpers build.
 pub const ORIGIN: &str = "custos.test/log";
-const T0: u64 = 1_764_072_000_000;
+/// The timestamp (ms) the helpers' logs start at.
+pub const T0: u64 = 1_764_072_000_000;
 
 /// A software Ed25519 [`LogSigner`] from a fixed seed. Tests only: the key is
 /// derived from one byte.
@@ -156,12 +157,16 @@ pub fn sample_withdrawal(n: u64, approvals: u16) -> Vec<EntryBody> {
     v
 }
 
-fn log_key() -> Result<VerifierKey, String> {
+/// The verifier key of [`TestSigner::from_seed(1)`](TestSigner::from_seed),
+/// the log key the helpers sign checkpoints with.
+pub fn log_key() -> Result<VerifierKey, String> {
     VerifierKey::from_signer(ORIGIN, SIG_TYPE_ED25519, &TestSigner::from_seed(1))
         .map_err(|e| e.to_string())
 }
 
-fn witness() -> Result<Witness<TestSigner>, String> {
+/// A fresh witness (`witness.custos.test`, key seed 11) of the helpers' log,
+/// trusting on first use.
+pub fn witness() -> Result<Witness<TestSigner>, String> {
     Witness::new(
         "witness.custos.test",
         TestSigner::from_seed(11),
@@ -172,7 +177,9 @@ fn witness() -> Result<Witness<TestSigner>, String> {
     .map_err(|e| e.to_string())
 }
 
-fn trust() -> Result<TrustRoots, String> {
+/// What an auditor trusts for the helpers' logs: [`log_key`] and the
+/// [`witness`]'s key, quorum 1.
+pub fn trust() -> Result<TrustRoots, String> {
     let w = VerifierKey::from_signer(
         "witness.custos.test",
         SIG_TYPE_COSIGNATURE_V1,

@@ -1,0 +1,195 @@
+//! [`SharedLog`]: the SQL-backed log for async code (feature `sql`).
+//!
+//! The coordinator holds one `SharedLog` per process (clone it freely) and
+//! calls it from its tasks. Each call takes the log's lock, then runs the
+//! synchronous [`Log`] operation on tokio's blocking pool, so the async
+//! executor never waits on the database.
+//!
+//! # Fail closed
+//!
+//! [`SharedLog::append`] returns `Ok(index)` only once the entry is committed
+//! to the database. On `Err` the caller must not perform the action the entry
+//! describes. An error can be ambiguous (a connection lost during commit), in
+//! which case the entry may be in the log although the action never happened;
+//! the reverse (an action without its entry) cannot happen. A future dropped
+//! mid-call does not abort the database work, it only loses the answer: treat
+//! it as an error.
+
+use std::sync::Arc;
+
+use custos_hsm::LogSigner;
+use custos_service::db::Db;
+use tokio::sync::Mutex;
+
+use crate::AuditError;
+use crate::bundle::ExportBundle;
+use crate::entry::EntryBody;
+use crate::hash::Hash;
+use crate::log::Log;
+use crate::sql::SqlStore;
+
+/// How many times an append is re-tried after another writer (another
+/// coordinator replica on the same database) appended first.
+const CONFLICT_RETRIES: usize = 8;
+
+/// A [`Log`] over a [`SqlStore`], shared by async tasks.
+///
+/// Appends are serialised by a lock in this process and by the database
+/// across processes. [`SharedLog::size`] and [`SharedLog::root`] are this
+/// process's view, refreshed by every append and by [`SharedLog::refresh`].
+#[derive(Clone, Debug)]
+pub struct SharedLog {
+    log: Arc<Mutex<Log<SqlStore>>>,
+    /// For exports, which read through their own [`Log`] so they do not hold
+    /// the lock (and stall appends) for the minutes a large export takes.
+    store: SqlStore,
+    origin: Arc<str>,
+}
+
+fn task_failed(e: tokio::task::JoinError) -> AuditError {
+    AuditError::Storage(format!("log task failed: {e}"))
+}
+
+impl SharedLog {
+    /// Opens the log named `origin` in `db`, creating the audit tables if
+    /// needed and reading the current head.
+    pub async fn open(db: Db, origin: &str) -> Result<Self, AuditError> {
+        let store = SqlStore::open_async(db).await?;
+        let reader = store.clone();
+        let name = origin.to_owned();
+        let log = tokio::task::spawn_blocking(move || Log::open(store, &name))
+            .await
+            .map_err(task_failed)??;
+        Ok(Self {
+            log: Arc::new(Mutex::new(log)),
+            store: reader,
+            origin: origin.into(),
+        })
+    }
+
+    /// Runs `f` on the locked log on the blocking pool.
+    async fn with_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Log<SqlStore>) -> Result<T, AuditError> + Send + 'static,
+    ) -> Result<T, AuditError> {
+        let mut log = Arc::clone(&self.log).lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&mut log))
+            .await
+            .map_err(task_failed)?
+    }
+
+    /// The log's origin (the name in its checkpoints).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Appends one entry and returns its index once it is durable. On `Err`
+    /// nothing was acknowledged: do not act (see the module documentation).
+    pub async fn append(&self, timestamp_ms: u64, body: EntryBody) -> Result<u64, AuditError> {
+        self.append_batch(vec![(timestamp_ms, body)]).await
+    }
+
+    /// Appends entries atomically (all or none) and returns the first index.
+    ///
+    /// When another process appended first, re-reads the head and tries again
+    /// at the new end, a few times, before giving up with
+    /// [`AuditError::AppendConflict`].
+    pub async fn append_batch(&self, items: Vec<(u64, EntryBody)>) -> Result<u64, AuditError> {
+        self.with_log(move |log| {
+            let mut attempt = 0;
+            loop {
+                match log.append_batch(items.clone()) {
+                    Err(AuditError::AppendConflict { .. }) if attempt < CONFLICT_RETRIES => {
+                        attempt += 1;
+                        log.refresh()?;
+                    }
+                    result => return result,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Number of entries, as of this process's last append or refresh.
+    pub async fn size(&self) -> u64 {
+        self.log.lock().await.size()
+    }
+
+    /// Root hash of the first [`SharedLog::size`] entries.
+    pub async fn root(&self) -> Hash {
+        self.log.lock().await.root()
+    }
+
+    /// Re-reads the head from the database (after other processes appended).
+    pub async fn refresh(&self) -> Result<(), AuditError> {
+        self.with_log(|log| log.refresh()).await
+    }
+
+    /// Signs a checkpoint of the current tree with the log key (see
+    /// [`Log::checkpoint`]), stores it and returns the note for witnesses.
+    pub async fn checkpoint(
+        &self,
+        signer: Arc<dyn LogSigner>,
+        timestamp_ms: u64,
+    ) -> Result<String, AuditError> {
+        self.with_log(move |log| log.checkpoint(signer.as_ref(), timestamp_ms))
+            .await
+    }
+
+    /// Adds witness cosignature lines to the stored checkpoint of `size` (see
+    /// [`Log::add_cosignatures`]); returns the updated note.
+    pub async fn add_cosignatures(
+        &self,
+        size: u64,
+        lines: Vec<String>,
+    ) -> Result<String, AuditError> {
+        self.with_log(move |log| log.add_cosignatures(size, &lines))
+            .await
+    }
+
+    /// The stored checkpoint with the largest size, if any.
+    pub async fn latest_checkpoint(&self) -> Result<Option<String>, AuditError> {
+        self.with_log(|log| log.latest_checkpoint()).await
+    }
+
+    /// The canonical encoding of entry `index` (decode it with
+    /// [`crate::Entry::decode`]).
+    pub async fn entry(&self, index: u64) -> Result<Vec<u8>, AuditError> {
+        self.with_log(move |log| log.entry(index)).await
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.with_log(move |log| log.inclusion_proof(index, size))
+            .await
+    }
+
+    /// Consistency proof from `old_size` to `new_size` entries.
+    pub async fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Hash>, AuditError> {
+        self.with_log(move |log| log.consistency_proof(old_size, new_size))
+            .await
+    }
+
+    /// Exports entries `[start, end)` for offline verification, as
+    /// [`Log::export`] does. Reads the database without holding the log's
+    /// lock, so appends continue meanwhile; `end` may be at most the size
+    /// committed when the export starts.
+    pub async fn export(
+        &self,
+        start: u64,
+        end: u64,
+        connect_from: Option<u64>,
+    ) -> Result<ExportBundle, AuditError> {
+        let store = self.store.clone();
+        let origin = Arc::clone(&self.origin);
+        tokio::task::spawn_blocking(move || {
+            Log::open(store, &origin)?.export(start, end, connect_from)
+        })
+        .await
+        .map_err(task_failed)?
+    }
+}
