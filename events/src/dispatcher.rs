@@ -31,8 +31,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The wait after `attempts` failed attempts (`attempts >= 1`).
     pub fn delay(&self, attempts: u32) -> Duration {
-        let exp = attempts.saturating_sub(1).min(32);
-        self.base.saturating_mul(1u32 << exp.min(31)).min(self.max)
+        let doublings = attempts.saturating_sub(1);
+        let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
     }
 
     fn exhausted(&self, attempts: i64) -> bool {

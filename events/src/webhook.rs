@@ -34,30 +34,23 @@ pub const HEADER_SIGNATURE: &str = "Custos-Signature";
 /// How far a request's timestamp may be from the receiver's clock, in seconds.
 pub const REPLAY_WINDOW_SECS: u64 = 300;
 
-fn mac(secret: &str, timestamp: u64, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => unreachable_hmac(),
-    };
+fn mac(secret: &str, timestamp: u64, body: &[u8]) -> Result<Hmac<Sha256>, EventsError> {
+    // HMAC takes keys of any length, so this error is unreachable in
+    // practice; it is still an error rather than a silent fallback key.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map_err(|_| EventsError::InvalidWebhook("unusable secret".into()))?;
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac
-}
-
-/// `Hmac::new_from_slice` only errors for fixed-size-key MACs; HMAC has none.
-/// Falling back to an empty key keeps this total without a panic path.
-fn unreachable_hmac() -> Hmac<Sha256> {
-    <Hmac<Sha256> as Mac>::new(&Default::default())
+    Ok(mac)
 }
 
 /// The `Custos-Signature` value for `body` sent at `timestamp` (Unix seconds).
-pub fn sign_webhook(secret: &str, timestamp: u64, body: &[u8]) -> String {
-    format!(
+pub fn sign_webhook(secret: &str, timestamp: u64, body: &[u8]) -> Result<String, EventsError> {
+    Ok(format!(
         "v1={}",
-        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
-    )
+        hex::encode(mac(secret, timestamp, body)?.finalize().into_bytes())
+    ))
 }
 
 /// Verifies a received webhook: the `Custos-Timestamp` is within
@@ -87,7 +80,7 @@ pub fn verify_webhook(
         ));
     }
     let signatures = header(HEADER_SIGNATURE)?;
-    let expected = mac(secret, timestamp, body);
+    let expected = mac(secret, timestamp, body)?;
     let valid = signatures
         .split(',')
         .filter_map(|s| s.trim().strip_prefix("v1="))
@@ -116,7 +109,7 @@ pub(crate) async fn deliver(
 ) -> Result<(), EventsError> {
     let body = event.wire_body()?;
     let timestamp = unix_now();
-    let signature = sign_webhook(&webhook.secret, timestamp, &body);
+    let signature = sign_webhook(&webhook.secret, timestamp, &body)?;
     let value = |s: &str| {
         HeaderValue::from_str(s)
             .map_err(|_| EventsError::WebhookDelivery("bad header value".into()))
