@@ -1,9 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Property test: random sequences of deposits, reservations, settlements,
 //! releases and replays, each in its own transaction that is committed or
-//! rolled back, run against an in-memory model and against SQLite. After every
-//! step the outcome classes agree; at the end the balances agree and the
-//! database's invariant check is clean (entries and assets sum to zero, no
+//! rolled back, run against an in-memory model and against SQLite and
+//! PostgreSQL. After every step the outcome classes agree; at the end the
+//! balances agree and the database's invariant check is clean (entries and assets sum to zero, no
 //! negative balance beyond the overdraft, reserved equals open reservations,
 //! one outcome per withdrawal).
 
@@ -13,7 +13,8 @@ use custos_ledger::{
     AccountKind, LedgerError, balances, check_invariants, create_schema, deposit, release, reserve,
     set_overdraft_limit, settle,
 };
-use custos_service::db::testdb::fresh_sqlite;
+use custos_service::db::Db;
+use custos_service::db::testdb::{fresh_pg, fresh_sqlite};
 use proptest::prelude::*;
 
 const WALLETS: [&str; 2] = ["w0", "w1"];
@@ -328,6 +329,51 @@ proptest! {
     }
 }
 
+/// Runs `steps` against `db` and the model side by side, then compares the
+/// balances and runs the database's invariant check.
+async fn matches_model(db: &Db, steps: &[(Op, bool)]) {
+    create_schema(db).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    set_overdraft_limit(&mut conn, "w1", "eth", OVERDRAFT as u128)
+        .await
+        .unwrap();
+    let mut model = Model::default();
+    for (step, op, commit) in resolve(steps) {
+        let mut next = model.clone();
+        let expected = next.apply(step, &op);
+        let got = if commit {
+            run_db(&mut conn, step, &op).await
+        } else {
+            run_then_rollback(&mut conn, step, &op).await
+        };
+        assert_eq!(got, expected, "step {step}: {op:?}");
+        if commit {
+            model = next;
+        }
+    }
+    let mut db_balances: BTreeMap<(String, String, AccountKind), i128> = BTreeMap::new();
+    for b in balances(&mut conn).await.unwrap() {
+        if b.amount != 0 {
+            db_balances.insert(
+                (b.account.wallet, b.account.asset, b.account.kind),
+                b.amount,
+            );
+        }
+    }
+    model.balances.retain(|_, b| *b != 0);
+    assert_eq!(db_balances, model.balances);
+    model.check();
+    let violations = check_invariants(&mut conn).await.unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -335,38 +381,27 @@ proptest! {
     /// rolled-back transactions and replays.
     #[test]
     fn sqlite_matches_model(steps in steps()) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let db = fresh_sqlite(dir.path(), "model").await.unwrap();
-            create_schema(&db).await.unwrap();
-            let mut conn = db.pool.acquire().await.unwrap();
-            set_overdraft_limit(&mut conn, "w1", "eth", OVERDRAFT as u128).await.unwrap();
-            let mut model = Model::default();
-            for (step, op, commit) in resolve(&steps) {
-                let mut next = model.clone();
-                let expected = next.apply(step, &op);
-                let got = if commit {
-                    run_db(&mut conn, step, &op).await
-                } else {
-                    run_then_rollback(&mut conn, step, &op).await
-                };
-                assert_eq!(got, expected, "step {step}: {op:?}");
-                if commit {
-                    model = next;
-                }
-            }
-            let mut db_balances: BTreeMap<(String, String, AccountKind), i128> = BTreeMap::new();
-            for b in balances(&mut conn).await.unwrap() {
-                if b.amount != 0 {
-                    db_balances.insert((b.account.wallet, b.account.asset, b.account.kind), b.amount);
-                }
-            }
-            model.balances.retain(|_, b| *b != 0);
-            assert_eq!(db_balances, model.balances);
-            model.check();
-            let violations = check_invariants(&mut conn).await.unwrap();
-            assert!(violations.is_empty(), "{violations:?}");
+            matches_model(&db, &steps).await;
+        });
+    }
+}
+
+proptest! {
+    // Each case creates a PostgreSQL database: fewer cases.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// The same on PostgreSQL (which must be reachable: the test fails otherwise).
+    #[test]
+    fn postgres_matches_model(steps in steps()) {
+        runtime().block_on(async {
+            let db = fresh_pg("ledger_model")
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (run scripts/ensure-services.sh)");
+            matches_model(&db, &steps).await;
+            db.pool.close().await;
         });
     }
 }
