@@ -144,7 +144,8 @@ const SEQ_ATTEMPTS: usize = 16;
 /// The sequence number is the aggregate's last plus one. `ON CONFLICT DO
 /// NOTHING` makes a concurrent writer on the same aggregate wait and retry
 /// rather than fail (a failed statement would abort the caller's PostgreSQL
-/// transaction).
+/// transaction). This relies on READ COMMITTED (PostgreSQL's default): under
+/// REPEATABLE READ a lost race ends in [`EventsError::SequenceContention`].
 pub async fn enqueue(conn: &mut AnyConnection, event: &Event) -> Result<StoredEvent, EventsError> {
     if !valid_event_type(&event.event_type) {
         return Err(EventsError::InvalidEventType(event.event_type.clone()));
