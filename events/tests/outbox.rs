@@ -276,6 +276,11 @@ on_both!(
 /// nothing to the stream because `Nats-Msg-Id` deduplicates.
 async fn nats_exactly_once_in_order(db: Db) {
     let url = nats_url();
+    // Fail at once with a clear message when the shared server is not up
+    // (the sink itself would keep retrying in the background).
+    async_nats::connect(url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("NATS at {url} (run scripts/ensure-services.sh): {e}"));
     let config = nats_config(&url);
     let stream = config.stream.clone();
     let same_stream = config.clone();
