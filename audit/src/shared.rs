@@ -16,6 +16,7 @@
 //! it as an error.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use custos_hsm::LogSigner;
 use custos_service::db::Db;
@@ -28,9 +29,20 @@ use crate::hash::Hash;
 use crate::log::Log;
 use crate::sql::SqlStore;
 
-/// How many times an append is re-tried after another writer (another
-/// coordinator replica on the same database) appended first.
-const CONFLICT_RETRIES: usize = 8;
+/// How long an append keeps re-trying after other writers (other
+/// coordinator replicas on the same database) appended first.
+const CONFLICT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The pause before re-try `attempt` (from 1): exponential from 1 ms, capped
+/// at 64 ms, with jitter so two replicas do not keep colliding in step.
+fn conflict_backoff(attempt: u32) -> Duration {
+    let base_us = 1000u64 << attempt.min(6);
+    // Jitter needs no quality: the clock's sub-millisecond digits will do.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_micros(base_us / 2 + nanos % base_us)
+}
 
 /// A [`Log`] over a [`SqlStore`], shared by async tasks.
 ///
@@ -92,16 +104,29 @@ impl SharedLog {
     /// Appends entries atomically (all or none) and returns the first index.
     ///
     /// When another process appended first, re-reads the head and tries again
-    /// at the new end, a few times, before giving up with
-    /// [`AuditError::AppendConflict`].
+    /// at the new end (with a short randomised pause) for up to 10 seconds,
+    /// then gives up with [`AuditError::AppendConflict`]. A conflict that
+    /// other writers do not explain (the stored size did not move: the tables
+    /// contradict each other) is returned at once.
     pub async fn append_batch(&self, items: Vec<(u64, EntryBody)>) -> Result<u64, AuditError> {
         self.with_log(move |log| {
+            let started = Instant::now();
             let mut attempt = 0;
             loop {
+                let head = log.size();
                 match log.append_batch(items.clone()) {
-                    Err(AuditError::AppendConflict { .. }) if attempt < CONFLICT_RETRIES => {
-                        attempt += 1;
+                    Err(conflict @ AuditError::AppendConflict { .. }) => {
+                        if started.elapsed() >= CONFLICT_DEADLINE {
+                            return Err(conflict);
+                        }
                         log.refresh()?;
+                        if log.size() == head {
+                            return Err(conflict);
+                        }
+                        attempt += 1;
+                        // On the blocking pool: sleeping here parks no
+                        // async worker.
+                        std::thread::sleep(conflict_backoff(attempt));
                     }
                     result => return result,
                 }

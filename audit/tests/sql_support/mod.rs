@@ -35,7 +35,10 @@ pub async fn fresh(kind: Kind, name: &str) -> TestDb {
             let db = testdb::fresh_sqlite(dir.path(), name)
                 .await
                 .expect("fresh SQLite database");
-            let url = format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
+            let url = format!(
+                "sqlite://{}",
+                dir.path().join(format!("{name}.db")).display()
+            );
             TestDb {
                 db,
                 url,
@@ -46,7 +49,9 @@ pub async fn fresh(kind: Kind, name: &str) -> TestDb {
             let url = testdb::fresh_pg_url(&format!("audit_{name}"))
                 .await
                 .expect("PostgreSQL on 127.0.0.1:5432 (run scripts/ensure-services.sh)");
-            let db = Db::connect(&url, 8).await.expect("connect to the fresh database");
+            let db = Db::connect(&url, 8)
+                .await
+                .expect("connect to the fresh database");
             TestDb { db, url, dir: None }
         }
     }
