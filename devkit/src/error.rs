@@ -114,6 +114,22 @@ pub enum DevkitError {
         /// The last lines of its log.
         tail: String,
     },
+    /// The policy document (or a demo admin key) to install is unusable.
+    #[error("policy {}: {message}", path.display())]
+    Policy {
+        /// The document (or key).
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `custos-coordinator log-key` did not give the audit-log verifier key.
+    #[error("cannot get the audit-log key from {}: {message}", binary.display())]
+    LogKey {
+        /// The coordinator binary.
+        binary: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// No process of that name in this cluster.
     #[error("unknown node {0:?}")]
     UnknownNode(String),

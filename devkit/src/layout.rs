@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use custos_policy::{BundleSignatures, Policy, PolicyHash, SecretKey, Zeroizing};
+
 use crate::DevkitError;
 use crate::certs::{self, DevCa};
 use crate::fsutil::{self, PUBLIC_MODE};
 use crate::identity;
+use crate::process::COORDINATOR_BIN;
 
 /// Default cluster directory of `custos dev up`.
 pub const DEFAULT_DIR: &str = ".custos-dev";
@@ -23,6 +26,32 @@ pub const LAYOUT_FORMAT: u32 = 1;
 pub const CLUSTER_FILE: &str = "cluster.json";
 /// Name of the pid file in the cluster directory.
 pub const PIDS_FILE: &str = "pids.json";
+
+/// Client id of the admin token ([`CoordinatorLayout::admin_token_file`]).
+pub const ADMIN_CLIENT: &str = "admin";
+/// Generated API client with the `backend` role (creates withdrawals).
+pub const BACKEND_CLIENT: &str = "payments-backend";
+/// Generated API client with the `approver` role (the `custos` approver commands).
+pub const APPROVER_CLIENT: &str = "approver-cli";
+/// Generated API client with the `auditor` role (reads the transparency log).
+pub const AUDITOR_CLIENT: &str = "auditor";
+/// Every generated API client besides the admin: (id, role).
+const GENERATED_CLIENTS: [(&str, &str); 3] = [
+    (BACKEND_CLIENT, "backend"),
+    (APPROVER_CLIENT, "approver"),
+    (AUDITOR_CLIENT, "auditor"),
+];
+
+/// The policy a generated cluster runs unless [`ClusterSpec::policy`] names another.
+pub const DEMO_POLICY: &str = include_str!("../../examples/demo-policy.toml");
+/// The demo admin keys (public seeds, `examples/keys/`): every generated policy
+/// bundle is signed by both, and the admin set is these two, threshold 2.
+const DEMO_ADMIN_KEYS: [&str; 2] = [
+    include_str!("../../examples/keys/admin1.pem"),
+    include_str!("../../examples/keys/admin2.pem"),
+];
+/// Directory of the policy bundle in the cluster directory.
+const POLICY_DIR: &str = "policy";
 
 /// Session timeout written into signer configs.
 const SESSION_TIMEOUT_SECS: u64 = 60;
@@ -55,6 +84,20 @@ pub struct ClusterSpec {
     pub fault_injection: HashMap<String, String>,
     /// Presignatures the coordinator keeps ready per key (default 4; 0 disables the pool).
     pub presignature_pool: u32,
+    /// Withdrawal policy document to install (TOML or JSON); default: the embedded
+    /// `examples/demo-policy.toml`. Either way it is signed with the embedded demo
+    /// admin keys (`examples/keys/admin1.pem`, `admin2.pem`, 2 of 2).
+    pub policy: Option<PathBuf>,
+    /// Keep the raw-digest signing paths of a dev cluster: coordinator
+    /// `[dev] allow_sign_digest` and signers' `[dev] allow_raw_digest` (default
+    /// true: the cluster demo, tests and benchmarks use `SignDigest`). False
+    /// generates a locked-down cluster that signs only policy-approved withdrawals.
+    pub raw_digest: bool,
+    /// Directory of `custos-coordinator`: when set, [`generate`] runs
+    /// `custos-coordinator log-key` and writes the audit-log verifier key into every
+    /// signer's `[cosigner] log_key` (failing if that does not work). When unset,
+    /// [`Cluster::start`](crate::Cluster::start) does it before the first start.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterSpec {
@@ -67,6 +110,9 @@ impl Default for ClusterSpec {
             primes_file: None,
             fault_injection: HashMap::new(),
             presignature_pool: PRESIGNATURE_POOL,
+            policy: None,
+            raw_digest: true,
+            bin_dir: None,
         }
     }
 }
@@ -111,6 +157,19 @@ impl ClusterSpec {
         {
             return bad(format!("primes_file {} does not exist", p.display()));
         }
+        if let Some(p) = &self.policy
+            && !p.is_file()
+        {
+            return bad(format!("policy {} does not exist", p.display()));
+        }
+        if let Some(d) = &self.bin_dir
+            && !d.join(COORDINATOR_BIN).is_file()
+        {
+            return bad(format!(
+                "bin_dir {} has no {COORDINATOR_BIN} (build it with `cargo build --workspace --bins`)",
+                d.display()
+            ));
+        }
         Ok(())
     }
 }
@@ -149,6 +208,46 @@ pub struct ClusterLayout {
     pub coordinator: CoordinatorLayout,
     /// The signers, in node id order.
     pub signers: Vec<SignerLayout>,
+    /// The installed withdrawal policy bundle (absent in layouts written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyLayout>,
+    /// The coordinator's audit-log verifier key line (`custos-coordinator log-key`),
+    /// as written into every signer's `[cosigner] log_key`; `None` until installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_key: Option<String>,
+    /// Whether the raw-digest signing paths are enabled ([`ClusterSpec::raw_digest`]).
+    #[serde(default = "yes")]
+    pub raw_digest: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The withdrawal policy bundle of a cluster (`policy/` in the cluster directory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PolicyLayout {
+    /// The policy document (`policy.toml`), exactly as signed.
+    pub document: PathBuf,
+    /// Its admin signatures (`policy.toml.sigs.json`).
+    pub signatures: PathBuf,
+    /// The admin set (`admins.toml`) the coordinator and every signer trust.
+    pub admins: PathBuf,
+    /// Policy hash (64 hex digits).
+    pub hash: String,
+}
+
+/// An API client of the coordinator with its own token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ClientLayout {
+    /// Client id (recorded as the initiator of what it creates).
+    pub id: String,
+    /// Its roles (`backend`, `approver`, `auditor`, `admin`).
+    pub roles: Vec<String>,
+    /// File holding its bearer token (0600).
+    pub token_file: PathBuf,
 }
 
 /// The coordinator's files and addresses.
@@ -173,6 +272,10 @@ pub struct CoordinatorLayout {
     pub client_key: PathBuf,
     /// File holding the admin API token.
     pub admin_token_file: PathBuf,
+    /// Further API clients ([`BACKEND_CLIENT`], [`APPROVER_CLIENT`],
+    /// [`AUDITOR_CLIENT`]), each with its own token file.
+    #[serde(default)]
+    pub clients: Vec<ClientLayout>,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
     /// HTTP listen address (approval app, REST, `/healthz`, `/metrics`).
@@ -265,6 +368,12 @@ impl ClusterLayout {
         self.signers.iter().find(|s| s.node_id == node_id)
     }
 
+    /// The generated API client `id` (not the admin: see
+    /// [`CoordinatorLayout::admin_token_file`]).
+    pub fn client(&self, id: &str) -> Option<&ClientLayout> {
+        self.coordinator.clients.iter().find(|c| c.id == id)
+    }
+
     /// Log file of the process `name` (`coordinator` or a node id).
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.logs_dir.join(format!("{name}.log"))
@@ -285,8 +394,16 @@ struct SignerToml {
     tls: SignerTlsToml,
     sealer: SealerToml,
     peers: Vec<PeerToml>,
+    cosigner: CosignerToml,
     #[serde(skip_serializing_if = "Option::is_none")]
     dev: Option<DevToml>,
+}
+
+#[derive(Serialize)]
+struct CosignerToml {
+    admins: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -325,6 +442,8 @@ struct DevToml {
     primes_index: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     fault_injection: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_raw_digest: bool,
 }
 
 #[derive(Serialize)]
@@ -337,6 +456,20 @@ struct CoordinatorToml {
     tls: CoordinatorTlsToml,
     auth: AuthToml,
     signers: Vec<SignerRefToml>,
+    policy: PolicyToml,
+    dev: CoordinatorDevToml,
+}
+
+#[derive(Serialize)]
+struct PolicyToml {
+    document: PathBuf,
+    signatures: PathBuf,
+    admins: PathBuf,
+}
+
+#[derive(Serialize)]
+struct CoordinatorDevToml {
+    allow_sign_digest: bool,
 }
 
 #[derive(Serialize)]
@@ -351,6 +484,14 @@ struct CoordinatorTlsToml {
 #[derive(Serialize)]
 struct AuthToml {
     admin_token_file: PathBuf,
+    clients: Vec<ClientToml>,
+}
+
+#[derive(Serialize)]
+struct ClientToml {
+    id: String,
+    token_file: PathBuf,
+    roles: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -406,6 +547,14 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         client_cert: cdir.join("client.pem"),
         client_key: cdir.join("client.key"),
         admin_token_file: cdir.join("admin.token"),
+        clients: GENERATED_CLIENTS
+            .iter()
+            .map(|(id, role)| ClientLayout {
+                id: (*id).to_string(),
+                roles: vec![(*role).to_string()],
+                token_file: cdir.join(format!("{id}.token")),
+            })
+            .collect(),
         grpc_listen: loopback(spec.base_port),
         http_listen: loopback(spec.base_port + 1),
         url: format!("https://127.0.0.1:{}", spec.base_port),
@@ -427,6 +576,9 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         certs::CLIENT,
     )?;
     identity::ensure_random_secret(&coordinator.admin_token_file)?;
+    for c in &coordinator.clients {
+        identity::ensure_random_secret(&c.token_file)?;
+    }
     fsutil::ensure_dir(&coordinator.data_dir)?;
 
     // Signer material.
@@ -472,7 +624,73 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         });
     }
 
-    // Configs (always rewritten).
+    // Withdrawal policy bundle (rewritten from the spec every time).
+    let policy = write_policy_bundle(&dir.join(POLICY_DIR), spec.policy.as_deref())?;
+
+    // Coordinator config first: `custos-coordinator log-key` reads it.
+    let cfg = CoordinatorToml {
+        data_dir: "data".into(),
+        grpc_listen: coordinator.grpc_listen,
+        http_listen: coordinator.http_listen,
+        default_threshold: spec.threshold,
+        presignature_pool: spec.presignature_pool,
+        tls: CoordinatorTlsToml {
+            cert: "server.pem".into(),
+            key: "server.key".into(),
+            client_cert: "client.pem".into(),
+            client_key: "client.key".into(),
+            signer_ca: "../ca.pem".into(),
+        },
+        auth: AuthToml {
+            admin_token_file: "admin.token".into(),
+            clients: coordinator
+                .clients
+                .iter()
+                .map(|c| ClientToml {
+                    id: c.id.clone(),
+                    token_file: relative_name(&c.token_file),
+                    roles: c.roles.clone(),
+                })
+                .collect(),
+        },
+        signers: signers
+            .iter()
+            .map(|s| SignerRefToml {
+                node_id: s.node_id.clone(),
+                endpoint: s.control_endpoint.clone(),
+                tls_name: s.node_id.clone(),
+            })
+            .collect(),
+        policy: PolicyToml {
+            document: Path::new("..")
+                .join(POLICY_DIR)
+                .join(file_name(&policy.document)),
+            signatures: Path::new("..")
+                .join(POLICY_DIR)
+                .join(file_name(&policy.signatures)),
+            admins: Path::new("..")
+                .join(POLICY_DIR)
+                .join(file_name(&policy.admins)),
+        },
+        dev: CoordinatorDevToml {
+            allow_sign_digest: spec.raw_digest,
+        },
+    };
+    write_toml(&coordinator.config, &cfg)?;
+
+    // The audit-log verifier key the signers check checkpoints against: fresh
+    // from the coordinator binary when we have it, else the one installed by an
+    // earlier run as long as the coordinator still has that key.
+    let log_key = match &spec.bin_dir {
+        Some(bin_dir) => Some(run_log_key(
+            &bin_dir.join(COORDINATOR_BIN),
+            &coordinator.config,
+            &coordinator.dir,
+            &[],
+        )?),
+        None => previous_log_key(&dir, &coordinator.data_dir),
+    };
+
     for s in &signers {
         let peers = signers
             .iter()
@@ -483,11 +701,15 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
                 address: p.p2p_listen.clone(),
             })
             .collect();
-        let dev = (primes_file.is_some() || s.fault_injection.is_some()).then(|| DevToml {
-            primes_file: primes_file.clone(),
-            primes_index: s.index,
-            fault_injection: s.fault_injection.clone(),
-        });
+        let dev =
+            (primes_file.is_some() || s.fault_injection.is_some() || spec.raw_digest).then(|| {
+                DevToml {
+                    primes_file: primes_file.clone(),
+                    primes_index: s.index,
+                    fault_injection: s.fault_injection.clone(),
+                    allow_raw_digest: spec.raw_digest,
+                }
+            });
         let cfg = SignerToml {
             node_id: s.node_id.clone(),
             data_dir: "data".into(),
@@ -508,36 +730,16 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
                 kdf: KDF,
             },
             peers,
+            cosigner: CosignerToml {
+                admins: Path::new("..")
+                    .join(POLICY_DIR)
+                    .join(file_name(&policy.admins)),
+                log_key: log_key.clone(),
+            },
             dev,
         };
         write_toml(&s.config, &cfg)?;
     }
-    let cfg = CoordinatorToml {
-        data_dir: "data".into(),
-        grpc_listen: coordinator.grpc_listen,
-        http_listen: coordinator.http_listen,
-        default_threshold: spec.threshold,
-        presignature_pool: spec.presignature_pool,
-        tls: CoordinatorTlsToml {
-            cert: "server.pem".into(),
-            key: "server.key".into(),
-            client_cert: "client.pem".into(),
-            client_key: "client.key".into(),
-            signer_ca: "../ca.pem".into(),
-        },
-        auth: AuthToml {
-            admin_token_file: "admin.token".into(),
-        },
-        signers: signers
-            .iter()
-            .map(|s| SignerRefToml {
-                node_id: s.node_id.clone(),
-                endpoint: s.control_endpoint.clone(),
-                tls_name: s.node_id.clone(),
-            })
-            .collect(),
-    };
-    write_toml(&coordinator.config, &cfg)?;
 
     let layout = ClusterLayout {
         format: LAYOUT_FORMAT,
@@ -549,10 +751,228 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         base_port: spec.base_port,
         coordinator,
         signers,
+        policy: Some(policy),
+        log_key,
+        raw_digest: spec.raw_digest,
         dir,
     };
     layout.save()?;
     Ok(layout)
+}
+
+fn file_name(path: &Path) -> PathBuf {
+    path.file_name().map(PathBuf::from).unwrap_or_default()
+}
+
+/// A file in the config's own directory, named relative to it.
+fn relative_name(path: &Path) -> PathBuf {
+    file_name(path)
+}
+
+/// Writes `policy.toml` (the given document or [`DEMO_POLICY`]), its admin
+/// signatures (both demo admin keys) and the admin set into `dir`.
+fn write_policy_bundle(dir: &Path, source: Option<&Path>) -> Result<PolicyLayout, DevkitError> {
+    fsutil::ensure_dir(dir)?;
+    let (bytes, origin) = match source {
+        Some(path) => (fsutil::read(path)?, path.to_path_buf()),
+        None => (
+            DEMO_POLICY.as_bytes().to_vec(),
+            PathBuf::from("examples/demo-policy.toml (embedded)"),
+        ),
+    };
+    // Refuse a document the daemons would refuse, naming the file, before any
+    // daemon starts on it.
+    let parsed = Policy::parse(&bytes).map_err(|e| DevkitError::Policy {
+        path: origin.clone(),
+        message: e.to_string(),
+    })?;
+    let hash = PolicyHash::of_document(&bytes);
+    debug_assert_eq!(parsed.hash(), hash);
+    let mut signatures = BundleSignatures::new(hash);
+    let mut admin_keys = Vec::new();
+    for (i, pem) in DEMO_ADMIN_KEYS.iter().enumerate() {
+        let key = SecretKey::from_pem(&Zeroizing::new((*pem).to_string())).map_err(|e| {
+            DevkitError::Policy {
+                path: PathBuf::from(format!("examples/keys/admin{}.pem (embedded)", i + 1)),
+                message: e.to_string(),
+            }
+        })?;
+        signatures.sign(&key);
+        admin_keys.push(key.public().to_hex());
+    }
+    let document = dir.join("policy.toml");
+    let signatures_file = dir.join("policy.toml.sigs.json");
+    let admins = dir.join("admins.toml");
+    fsutil::write_atomic(&document, &bytes, PUBLIC_MODE)?;
+    let mut sigs_json =
+        serde_json::to_string_pretty(&signatures).map_err(|e| DevkitError::Format {
+            path: signatures_file.clone(),
+            message: e.to_string(),
+        })?;
+    sigs_json.push('\n');
+    fsutil::write_atomic(&signatures_file, sigs_json.as_bytes(), PUBLIC_MODE)?;
+    let admin_set = format!(
+        "# Generated by custos-devkit: the demo admin set (examples/keys/admin1.pem and\n\
+         # admin2.pem; DEMO KEYS, their seeds are public). Bundles need both.\n\
+         threshold = {}\nkeys = [\n{}]\n",
+        admin_keys.len(),
+        admin_keys
+            .iter()
+            .map(|k| format!("  \"{k}\",\n"))
+            .collect::<String>()
+    );
+    fsutil::write_atomic(&admins, admin_set.as_bytes(), PUBLIC_MODE)?;
+    Ok(PolicyLayout {
+        document,
+        signatures: signatures_file,
+        admins,
+        hash: hash.to_string(),
+    })
+}
+
+/// The log key an earlier `generate` or start installed, if the coordinator still
+/// holds the sealed key it belongs to.
+fn previous_log_key(dir: &Path, coordinator_data: &Path) -> Option<String> {
+    if !coordinator_data.join("log-key.sealed").is_file() {
+        return None;
+    }
+    ClusterLayout::load(dir).ok()?.log_key
+}
+
+/// How long `custos-coordinator log-key` may take (it may create and seal the key).
+const LOG_KEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `<coordinator_bin> log-key --config <config>` (in `cwd`, without stray
+/// `CUSTOS_*` variables, plus `env`) and returns the verifier key line it prints.
+pub(crate) fn run_log_key(
+    coordinator_bin: &Path,
+    config: &Path,
+    cwd: &Path,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Result<String, DevkitError> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let fail = |message: String| DevkitError::LogKey {
+        binary: coordinator_bin.to_path_buf(),
+        message,
+    };
+    if !coordinator_bin.is_file() {
+        return Err(DevkitError::MissingBinary {
+            name: COORDINATOR_BIN.into(),
+            path: coordinator_bin.to_path_buf(),
+        });
+    }
+    let mut cmd = Command::new(coordinator_bin);
+    cmd.arg("log-key")
+        .arg("--config")
+        .arg(config)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CUSTOS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd.envs(env.iter().cloned());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    let deadline = std::time::Instant::now() + LOG_KEY_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "`log-key` did not finish within {} s",
+                    LOG_KEY_TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => return Err(fail(format!("wait: {e}"))),
+        }
+    };
+    // The outputs are a line or a short error: they fit the pipe buffers, so
+    // reading after the exit cannot deadlock.
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    if !status.success() {
+        let hint = if stderr.contains("unrecognized subcommand")
+            || stderr.contains("unexpected argument")
+        {
+            " (this custos-coordinator is too old for the `log-key` subcommand: rebuild it with `cargo build --workspace --bins`)"
+        } else {
+            ""
+        };
+        return Err(fail(format!(
+            "`log-key --config {}` failed ({status}){hint}: {}",
+            config.display(),
+            stderr.trim()
+        )));
+    }
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_string();
+    // A verifier key is `name+keyid+base64`: anything else is not what we asked for.
+    if line.split('+').count() != 3 || line.chars().any(char::is_whitespace) {
+        return Err(fail(format!(
+            "`log-key` printed {line:?}, not a verifier key line (name+keyid+base64)"
+        )));
+    }
+    Ok(line)
+}
+
+/// Sets `[cosigner] log_key` in every signer config of `layout` to the key the
+/// coordinator binary in `bin_dir` reports, and records it in `cluster.json`.
+/// [`Cluster::start`](crate::Cluster::start) calls it when generation did not.
+pub fn install_log_key(
+    layout: &mut ClusterLayout,
+    bin_dir: &Path,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Result<String, DevkitError> {
+    let line = run_log_key(
+        &bin_dir.join(COORDINATOR_BIN),
+        &layout.coordinator.config,
+        &layout.coordinator.dir,
+        env,
+    )?;
+    for s in &layout.signers {
+        // Edit in place: tests may have changed other parts of the config (sealer).
+        let text = fsutil::read_string(&s.config)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| DevkitError::Format {
+            path: s.config.clone(),
+            message: e.to_string(),
+        })?;
+        let cosigner = table
+            .entry("cosigner")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(cosigner) = cosigner.as_table_mut() else {
+            return Err(DevkitError::Format {
+                path: s.config.clone(),
+                message: "`cosigner` is not a table".into(),
+            });
+        };
+        cosigner.insert("log_key".into(), toml::Value::String(line.clone()));
+        write_toml(&s.config, &table)?;
+    }
+    layout.log_key = Some(line.clone());
+    layout.save()?;
+    Ok(line)
 }
 
 /// Every (process name, address) a layout listens on, for port checks.

@@ -1,7 +1,7 @@
 //! Generates and runs a local Custos cluster on loopback: a dev CA and TLS
 //! certificates, libp2p identities, sealer passphrases, `signer.toml` and
-//! `coordinator.toml`, then the `custos-signer-N` and `custos-coordinator`
-//! processes. Used by `custos dev up/down/status` and the end-to-end tests.
+//! `coordinator.toml`, API client tokens, a signed withdrawal policy bundle,
+//! then the `custos-signer-N` and `custos-coordinator` processes. Used by `custos dev up/down/status` and the end-to-end tests.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), custos_devkit::DevkitError> {
@@ -27,13 +27,23 @@
 //! coordinator/server.pem|key         gRPC server cert (SAN localhost, 127.0.0.1)
 //! coordinator/client.pem|key         client cert towards the signers
 //! coordinator/admin.token            admin API token (0600)
+//! coordinator/<client>.token         API tokens of payments-backend (role backend),
+//!                                    approver-cli (approver), auditor (auditor) (0600)
 //! coordinator/data/
 //! signer-N/signer.toml               config (rewritten by every generate)
 //! signer-N/tls.pem|key               control API cert (SAN signer-N, localhost, 127.0.0.1)
 //! signer-N/p2p.key                   libp2p Ed25519 identity (protobuf, 0600)
 //! signer-N/passphrase                software sealer passphrase (0600)
 //! signer-N/data/                     sealed shares etc.
+//! policy/policy.toml                 withdrawal policy (ClusterSpec::policy, default
+//!                                    examples/demo-policy.toml), exactly as signed
+//! policy/policy.toml.sigs.json       its signatures by both demo admin keys
+//! policy/admins.toml                 the demo admin set (2 of 2), trusted by all nodes
 //! ```
+//!
+//! Every signer's `[cosigner] log_key` is the coordinator's audit-log verifier key
+//! (`custos-coordinator log-key`): installed by [`generate`] when
+//! [`ClusterSpec::bin_dir`] is set, else by [`Cluster::start`] before the first start.
 //!
 //! Ports from `base_port` (default 7400): coordinator gRPC `+0`, HTTP `+1`;
 //! signer `i` (0-based, `signer-{i+1}`): control `+10+i`, libp2p `+110+i`,
@@ -54,8 +64,10 @@ mod process;
 pub use error::DevkitError;
 pub use identity::peer_id_of_key_file;
 pub use layout::{
-    CLUSTER_FILE, ClusterLayout, ClusterSpec, CoordinatorLayout, DEFAULT_BASE_PORT, DEFAULT_DIR,
-    LAYOUT_FORMAT, MAX_SIGNERS, PIDS_FILE, PRESIGNATURE_POOL, SignerLayout, generate, signer_id,
+    ADMIN_CLIENT, APPROVER_CLIENT, AUDITOR_CLIENT, BACKEND_CLIENT, CLUSTER_FILE, ClientLayout,
+    ClusterLayout, ClusterSpec, CoordinatorLayout, DEFAULT_BASE_PORT, DEFAULT_DIR, DEMO_POLICY,
+    LAYOUT_FORMAT, MAX_SIGNERS, PIDS_FILE, PRESIGNATURE_POOL, PolicyLayout, SignerLayout, generate,
+    install_log_key, signer_id,
 };
 pub use ports::{cluster_ports, free_base_port, free_base_port_for, ports_free};
 pub use process::{

@@ -279,13 +279,15 @@ impl Cluster {
         Cluster::start_with(layout, bin_dir, StartOptions::default()).await
     }
 
-    /// Starts `custos-signer` for every signer, waits until each accepts TCP
+    /// Installs the coordinator's audit-log key into the signer configs if the
+    /// layout has none yet ([`install_log_key`](crate::install_log_key)), starts
+    /// `custos-signer` for every signer, waits until each accepts TCP
     /// on its control port, then `custos-coordinator` (per
     /// [`StartOptions::coordinator`]) and waits for its gRPC port. Logs go to
     /// `logs/<name>.log` (appended), pids to `pids.json`. On error every process
     /// started is killed; the error names the process and quotes its log.
     pub async fn start_with(
-        layout: ClusterLayout,
+        mut layout: ClusterLayout,
         bin_dir: &Path,
         opts: StartOptions,
     ) -> Result<Cluster, DevkitError> {
@@ -324,6 +326,11 @@ impl Cluster {
                 dir: layout.dir.clone(),
                 alive,
             });
+        }
+        // Signers refuse withdrawals without the coordinator's log key: install it
+        // now if generation could not (it did not know where the binary is).
+        if with_coordinator && layout.log_key.is_none() {
+            crate::layout::install_log_key(&mut layout, bin_dir, &opts.env)?;
         }
         let addrs = listen_addrs(&layout);
         let mut procs = BTreeMap::new();

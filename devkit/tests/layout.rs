@@ -28,7 +28,24 @@ struct SignerConfig {
     sealer: custos_hsm::SealerConfig,
     session_timeout_secs: u64,
     #[serde(default)]
+    cosigner: CosignerConfig,
+    #[serde(default)]
     dev: DevConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // mirrors the daemon's schema; only some fields are checked
+struct CosignerConfig {
+    admins: Option<PathBuf>,
+    #[serde(default)]
+    clock_skew_secs: Option<u64>,
+    #[serde(default)]
+    log_key: Option<String>,
+    #[serde(default)]
+    log_origin: Option<String>,
+    #[serde(default)]
+    witness_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +74,8 @@ struct DevConfig {
     primes_index: usize,
     #[serde(default)]
     fault_injection: FaultInjection,
+    #[serde(default)]
+    allow_raw_digest: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +138,7 @@ fn secrets(l: &ClusterLayout) -> Vec<PathBuf> {
         l.coordinator.client_key.clone(),
         l.coordinator.admin_token_file.clone(),
     ];
+    v.extend(l.coordinator.clients.iter().map(|c| c.token_file.clone()));
     for s in &l.signers {
         v.extend([
             s.tls_key.clone(),
@@ -283,12 +303,34 @@ fn signer_configs_parse_with_the_daemon_schema() {
             peer_id_of_key_file(&s.identity_key).unwrap().to_base58(),
             s.peer_id
         );
+        // Co-signer checks: the admin set of the policy bundle; no log key
+        // until a coordinator binary reported it.
+        let admins = cfg.cosigner.admins.as_ref().unwrap();
+        assert_eq!(admins, Path::new("../policy/admins.toml"));
+        assert_eq!(
+            std::fs::canonicalize(s.dir.join(admins)).unwrap(),
+            l.policy.as_ref().unwrap().admins
+        );
+        assert_eq!(cfg.cosigner.log_key, None);
     }
-    // Without primes or faults there is no [dev] section at all.
+    assert_eq!(l.log_key, None);
+    // Dev clusters keep raw-digest signing by default...
     let plain = generate(&spec(&tmp.path().join("plain"))).unwrap();
     let text = std::fs::read_to_string(&plain.signers[0].config).unwrap();
+    let cfg: SignerConfig = toml::from_str(&text).unwrap();
+    assert!(cfg.dev.allow_raw_digest, "{text}");
+    assert!(cfg.dev.primes_file.is_none());
+    // ...and without primes, faults or raw digests there is no [dev] section at all.
+    let mut locked = spec(&tmp.path().join("locked"));
+    locked.raw_digest = false;
+    let locked = generate(&locked).unwrap();
+    assert!(!locked.raw_digest);
+    let text = std::fs::read_to_string(&locked.signers[0].config).unwrap();
     assert!(!text.contains("[dev]"), "{text}");
     toml::from_str::<SignerConfig>(&text).unwrap();
+    let v: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&locked.coordinator.config).unwrap()).unwrap();
+    assert_eq!(v["dev"]["allow_sign_digest"].as_bool(), Some(false));
 }
 
 #[test]
@@ -319,6 +361,55 @@ fn coordinator_config_and_summary() {
         assert!(c.dir.join(f).is_file(), "{f}");
     }
     assert_eq!(v["auth"]["admin_token_file"].as_str(), Some("admin.token"));
+    let clients = v["auth"]["clients"].as_array().unwrap();
+    let expected = [
+        ("payments-backend", "backend"),
+        ("approver-cli", "approver"),
+        ("auditor", "auditor"),
+    ];
+    assert_eq!(clients.len(), expected.len());
+    for (entry, (id, role)) in clients.iter().zip(expected) {
+        assert_eq!(entry["id"].as_str(), Some(id));
+        let roles: Vec<&str> = entry["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(roles, vec![role]);
+        let file = entry["token_file"].as_str().unwrap();
+        assert_eq!(file, format!("{id}.token"));
+        let token = std::fs::read_to_string(c.dir.join(file)).unwrap();
+        assert_eq!(token.len(), 64, "{id}");
+        let client = l.client(id).unwrap();
+        assert_eq!(client.token_file, c.dir.join(file));
+        assert_eq!(client.roles, vec![role.to_string()]);
+    }
+    assert!(
+        l.client("admin").is_none(),
+        "the admin is not a generated client"
+    );
+    // Distinct tokens: a role's token never opens another role.
+    let mut tokens: Vec<String> = l
+        .coordinator
+        .clients
+        .iter()
+        .map(|c| std::fs::read_to_string(&c.token_file).unwrap())
+        .collect();
+    tokens.push(std::fs::read_to_string(&c.admin_token_file).unwrap());
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 4);
+    assert_eq!(v["dev"]["allow_sign_digest"].as_bool(), Some(true));
+    assert!(l.raw_digest);
+    for (k, f) in [
+        ("document", "../policy/policy.toml"),
+        ("signatures", "../policy/policy.toml.sigs.json"),
+        ("admins", "../policy/admins.toml"),
+    ] {
+        assert_eq!(v["policy"][k].as_str(), Some(f));
+        assert!(c.dir.join(f).is_file(), "{f}");
+    }
     let signers = v["signers"].as_array().unwrap();
     assert_eq!(signers.len(), 3);
     for (i, s) in signers.iter().enumerate() {

@@ -86,6 +86,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             key_id: String::new(),
             curve: Curve::Secp256k1 as i32,
             threshold: 0,
+            chain: String::new(),
         })
         .await?
         .into_inner();

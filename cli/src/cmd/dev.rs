@@ -43,6 +43,14 @@ pub struct UpArgs {
     /// Directory of custos-signer and custos-coordinator [default: next to this executable].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Withdrawal policy document to install [default: examples/demo-policy.toml,
+    /// built in]; signed with the demo admin keys.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Disable the raw-digest signing paths (SignDigest): only policy-approved
+    /// withdrawals can be signed.
+    #[arg(long)]
+    no_raw_digest: bool,
     /// Seconds each process may take to open its port.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
@@ -131,15 +139,20 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         threshold: args.threshold,
         base_port: args.base_port,
         primes_file: args.primes_file,
+        policy: args.policy,
+        raw_digest: !args.no_raw_digest,
+        // The signers need the coordinator's audit-log key: generation asks the
+        // coordinator binary for it (and fails clearly if it cannot).
+        bin_dir: bins.join(COORDINATOR_BIN).is_file().then(|| bins.clone()),
         ..ClusterSpec::default()
     };
-    let layout = generate(&spec)?;
     if !bins.join(COORDINATOR_BIN).is_file() {
         eprintln!(
             "warning: `{COORDINATOR_BIN}` not found in {}: starting the signers only",
             bins.display()
         );
     }
+    let layout = generate(&spec)?;
     let opts = StartOptions::default()
         .detached(true)
         .coordinator(CoordinatorMode::IfPresent)
@@ -200,6 +213,21 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
         "  admin token     {} (a file; keep it private)",
         c.admin_token_file.display()
     );
+    for client in &c.clients {
+        println!(
+            "  {:<15} {} (role {})",
+            format!("{} token", client.id),
+            client.token_file.display(),
+            client.roles.join(", ")
+        );
+    }
+    if let Some(policy) = &layout.policy {
+        println!(
+            "  policy          {} (hash {})",
+            policy.document.display(),
+            policy.hash
+        );
+    }
     println!("  logs            {}/", layout.logs_dir.display());
     println!("  summary         {}/cluster.json", dir);
     println!("  stop with       custos dev down --dir {dir}");
