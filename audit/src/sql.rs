@@ -48,7 +48,8 @@ pub struct SqlStore {
     handle: Handle,
 }
 
-/// Creates the audit tables if they do not exist (idempotent).
+/// Creates the audit tables if they do not exist (idempotent), and checks
+/// that a SQLite pool commits durably.
 pub async fn create_schema(db: &Db) -> Result<(), AuditError> {
     let blob = db.backend.blob();
     let ddl = format!(
@@ -64,9 +65,35 @@ pub async fn create_schema(db: &Db) -> Result<(), AuditError> {
              size BIGINT PRIMARY KEY, \
              note TEXT NOT NULL)"
     );
-    db.execute_ddl(&ddl)
+    match db.execute_ddl(&ddl).await {
+        // Two processes creating the tables at once on PostgreSQL: the loser
+        // trips over the winner's catalog row. The tables exist now.
+        Err(e) if is_unique_violation(&e) => db.execute_ddl(&ddl).await,
+        other => other,
+    }
+    .map_err(storage("creating the audit tables"))?;
+    check_durable(db).await
+}
+
+/// Refuses a SQLite pool that would acknowledge a commit before it is on
+/// disk ([`Db::connect`] sets `synchronous = FULL`; `NORMAL` in WAL mode
+/// can lose the last commits on power loss).
+async fn check_durable(db: &Db) -> Result<(), AuditError> {
+    if db.backend != Backend::Sqlite {
+        return Ok(());
+    }
+    let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&db.pool)
         .await
-        .map_err(storage("creating the audit tables"))
+        .map_err(storage("reading the SQLite synchronous setting"))?;
+    // 2 = FULL, 3 = EXTRA.
+    if level < 2 {
+        return Err(AuditError::InvalidArgument(format!(
+            "SQLite pool has synchronous = {level}: the audit log needs FULL (2) or EXTRA (3) \
+             so an acknowledged append survives power loss; open it with Db::connect"
+        )));
+    }
+    Ok(())
 }
 
 impl SqlStore {

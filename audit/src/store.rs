@@ -1,8 +1,8 @@
 //! Storage behind the log: the [`LogStore`] trait and an in-memory store.
 //!
 //! The trait is synchronous and knows nothing of tokio or SQL so the tree
-//! logic stays free of I/O; the coordinator implements it over its database
-//! (SQLite by default, PostgreSQL later) with tables such as
+//! logic stays free of I/O; `SqlStore` (feature `sql`) implements it over the
+//! coordinator's SQLite or PostgreSQL database with the tables
 //! `audit_entries(idx PRIMARY KEY, bytes)`, `audit_nodes(level, idx, hash,
 //! PRIMARY KEY(level, idx))` and `audit_checkpoints(size PRIMARY KEY, note)`.
 //! A backend may group nodes into C2SP tlog tiles (8 levels x 256 hashes) as

@@ -154,3 +154,23 @@ fn sqlite_malformed_batch_is_refused() {
 fn pg_malformed_batch_is_refused() {
     malformed_batch_is_refused(Kind::Pg);
 }
+
+/// A SQLite pool that could acknowledge an append before it is on disk is
+/// refused at open.
+#[test]
+fn sqlite_pool_without_full_sync_is_refused() {
+    let rt = runtime();
+    let t = rt.block_on(fresh(Kind::Sqlite, "nosync"));
+    let one = rt.block_on(async {
+        let db = custos_service::db::Db::connect(&t.url, 1).await.unwrap();
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        db
+    });
+    match SqlStore::open(one, rt.handle().clone()) {
+        Err(AuditError::InvalidArgument(msg)) => assert!(msg.contains("synchronous"), "{msg}"),
+        other => panic!("expected the pool to be refused, got {other:?}"),
+    }
+}

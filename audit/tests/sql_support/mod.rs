@@ -46,9 +46,9 @@ pub async fn fresh(kind: Kind, name: &str) -> TestDb {
             }
         }
         Kind::Pg => {
-            let url = testdb::fresh_pg_url(&format!("audit_{name}"))
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (run scripts/ensure-services.sh)");
+            let url = testdb::fresh_pg_url(&format!("audit_{name}")).await.expect(
+                "PostgreSQL at CUSTOS_TEST_PG_URL or 127.0.0.1:5432 (scripts/ensure-services.sh)",
+            );
             let db = Db::connect(&url, 8)
                 .await
                 .expect("connect to the fresh database");
