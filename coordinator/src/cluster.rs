@@ -144,6 +144,7 @@ fn signer_error(signer: &Signer, s: &tonic::Status) -> CoordError {
         Code::FailedPrecondition => {
             CoordError::FailedPrecondition(format!("{node}: {}", s.message()))
         }
+        Code::PermissionDenied => CoordError::Refused(format!("{node}: {}", s.message())),
         Code::AlreadyExists => CoordError::AlreadyExists(format!("{node}: {}", s.message())),
         Code::NotFound => CoordError::NotFound(format!("{node}: {}", s.message())),
         _ => CoordError::Internal(format!("{node}: {}", s.message())),
@@ -312,7 +313,12 @@ impl Cluster {
     }
 
     /// Creates a key with every signer of the group.
-    pub async fn create_key(&self, key_id: &str, threshold: u16) -> Result<KeyRow, CoordError> {
+    pub async fn create_key(
+        &self,
+        key_id: &str,
+        threshold: u16,
+        chain: &str,
+    ) -> Result<KeyRow, CoordError> {
         let key_id = if key_id.is_empty() {
             format!("key-{}", random_hex(8))
         } else {
@@ -335,7 +341,7 @@ impl Cluster {
         })?;
         let members = self.require_live(&participants, participants.len()).await?;
         self.db
-            .insert_key(&key_id, &group_id, threshold, &participants)
+            .insert_key(&key_id, &group_id, threshold, &participants, chain)
             .await?;
         let mut nonce = vec![0u8; 32];
         rand::thread_rng().fill_bytes(&mut nonce);
@@ -714,57 +720,208 @@ impl Cluster {
             if self.db.ready_presigs(&key.key_id).await?.len() as u32 >= self.settings.pool_target {
                 continue;
             }
-            let t = usize::from(key.threshold);
-            let Ok(mut live) = self.require_live(&key.participants, t).await else {
-                continue;
-            };
-            // Rotate subsets so every signer's presignatures are spread.
-            let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len();
-            live.rotate_left(shift);
-            let chosen: Vec<Arc<Signer>> = live.into_iter().take(t).collect();
-            let ids: Vec<String> = chosen.iter().map(|s| s.endpoint.node_id.clone()).collect();
-            let presig_id = format!("ps-{}", random_hex(10));
-            self.db.insert_presig(&presig_id, &key.key_id, &ids).await?;
-            let req = PresignRequest {
-                key_id: key.key_id.clone(),
-                presignature_id: presig_id.clone(),
-                signers: ids.clone(),
-            };
-            let result = all_or_first_error(chosen, self.settings.session_timeout, |s| {
-                let req = req.clone();
-                async move {
-                    s.client()
-                        .presign(req)
-                        .await
-                        .map(|r| r.into_inner().nonce_point)
-                }
-            })
-            .await;
-            match result {
-                Ok(nonces) if nonces.windows(2).all(|w| w[0] == w[1]) => {
-                    self.db
-                        .set_presig(&presig_id, "ready", nonces.first().map(Vec::as_slice))
-                        .await?;
-                    self.metrics.presignatures.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {
-                    tracing::warn!(%presig_id, "signers disagree on the presignature nonce; discarded");
-                    self.db.set_presig(&presig_id, "failed", None).await?;
-                    self.metrics
-                        .presign_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(%presig_id, error = %e, "presignature generation failed");
-                    self.db.set_presig(&presig_id, "failed", None).await?;
-                    self.metrics
-                        .presign_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            if let Err(e) = self.presign_now(&key).await {
+                tracing::debug!(key_id = %key.key_id, error = %e, "presignature refill skipped");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Generates one presignature for `key` now with a rotating subset of live
+    /// signers; returns its id and signers once every signer reports the same
+    /// nonce point.
+    pub async fn presign_now(&self, key: &KeyRow) -> Result<(String, Vec<String>), CoordError> {
+        let t = usize::from(key.threshold);
+        let mut live = self.require_live(&key.participants, t).await?;
+        // Rotate subsets so every signer's presignatures are spread.
+        let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len().max(1);
+        live.rotate_left(shift);
+        let chosen: Vec<Arc<Signer>> = live.into_iter().take(t).collect();
+        let ids: Vec<String> = chosen.iter().map(|s| s.endpoint.node_id.clone()).collect();
+        let presig_id = format!("ps-{}", random_hex(10));
+        self.db.insert_presig(&presig_id, &key.key_id, &ids).await?;
+        let req = PresignRequest {
+            key_id: key.key_id.clone(),
+            presignature_id: presig_id.clone(),
+            signers: ids.clone(),
+        };
+        let result = all_or_first_error(chosen, self.settings.session_timeout, |s| {
+            let req = req.clone();
+            async move {
+                s.client()
+                    .presign(req)
+                    .await
+                    .map(|r| r.into_inner().nonce_point)
+            }
+        })
+        .await;
+        match result {
+            Ok(nonces) if nonces.windows(2).all(|w| w[0] == w[1]) => {
+                self.db
+                    .set_presig(&presig_id, "ready", nonces.first().map(Vec::as_slice))
+                    .await?;
+                self.metrics.presignatures.fetch_add(1, Ordering::Relaxed);
+                Ok((presig_id, ids))
+            }
+            Ok(_) => {
+                self.db.set_presig(&presig_id, "failed", None).await?;
+                self.metrics
+                    .presign_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(CoordError::Aborted(format!(
+                    "signers {} disagree on the nonce of presignature {presig_id}; discarded",
+                    ids.join(", ")
+                )))
+            }
+            Err(e) => {
+                self.db.set_presig(&presig_id, "failed", None).await?;
+                self.metrics
+                    .presign_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ready presignatures of `key` whose signers are all reachable now.
+    pub async fn usable_presigs(
+        &self,
+        key: &KeyRow,
+    ) -> Result<Vec<(String, Vec<String>)>, CoordError> {
+        let t = usize::from(key.threshold);
+        let live = self.require_live(&key.participants, t).await?;
+        let live_ids: Vec<String> = live.iter().map(|s| s.endpoint.node_id.clone()).collect();
+        Ok(self
+            .db
+            .ready_presigs(&key.key_id)
+            .await?
+            .into_iter()
+            .filter(|(_, signers)| signers.iter().all(|s| live_ids.contains(s)))
+            .collect())
+    }
+
+    /// Asks the presignature's signers for their partials for an authorised
+    /// withdrawal (each verifies the authorisation itself) and combines them.
+    pub async fn sign_withdrawal(
+        &self,
+        key: &KeyRow,
+        digest: &[u8; 32],
+        presig_id: &str,
+        signer_ids: &[String],
+        authorization: custos_proto::signer::WithdrawalAuthorization,
+    ) -> Result<SignOutcome, CoordError> {
+        let public_key = key.public_key.clone().ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("key {} is not ready", key.key_id))
+        })?;
+        let signers: Vec<Arc<Signer>> = signer_ids
+            .iter()
+            .filter_map(|n| self.signers.get(n).cloned())
+            .collect();
+        if signers.len() != signer_ids.len() {
+            return Err(CoordError::Internal(format!(
+                "presignature {presig_id} names signers that are not configured: {}",
+                signer_ids.join(", ")
+            )));
+        }
+        let req = custos_proto::signer::SignWithdrawalRequest {
+            authorization: Some(authorization),
+            key_id: key.key_id.clone(),
+            presignature_id: presig_id.to_owned(),
+        };
+        let started = Instant::now();
+        let partials = all_or_first_error(signers, self.settings.partial_timeout, |s| {
+            let req = req.clone();
+            async move {
+                s.client()
+                    .sign_withdrawal(req)
+                    .await
+                    .map(|r| r.into_inner().partial_signature)
+            }
+        })
+        .await?;
+        let parsed = partials
+            .iter()
+            .zip(signer_ids)
+            .map(|(p, n)| {
+                serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
+                    CoordError::Aborted(format!("{n} returned a malformed partial signature"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pk: [u8; 33] = public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoordError::Internal("stored public key".into()))?;
+        let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
+            CoordError::Aborted(format!(
+                "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid",
+                signer_ids.join(", ")
+            ))
+        })?;
+        let recovery_id = eth::recovery_id(&public_key, digest, &sig.r, &sig.s)
+            .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
+        self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe(started.elapsed());
+        Ok(SignOutcome {
+            r: sig.r,
+            s: sig.s,
+            recovery_id,
+            signers: signer_ids.to_vec(),
+            mode: "presignature".into(),
+            presig_id: presig_id.to_owned(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Registers a completed quorum with every participant; returns each
+    /// signer's answer (a refusal is `CoordError::Refused`).
+    pub async fn register_quorum(
+        &self,
+        participants: &[String],
+        authorization: custos_proto::signer::WithdrawalAuthorization,
+    ) -> Vec<(String, Result<i64, CoordError>)> {
+        let calls = participants.iter().map(|n| {
+            let auth = authorization.clone();
+            let signer = self.signers.get(n).cloned();
+            let timeout = self.settings.partial_timeout;
+            async move {
+                let Some(s) = signer else {
+                    return (
+                        n.clone(),
+                        Err(CoordError::Internal(format!("{n} not configured"))),
+                    );
+                };
+                let r = match tokio::time::timeout(timeout, s.client().register_quorum(auth)).await
+                {
+                    Ok(Ok(ack)) => Ok(ack.into_inner().signable_from),
+                    Ok(Err(st)) => Err(signer_error(&s, &st)),
+                    Err(_) => Err(CoordError::DeadlineExceeded(format!("{n} did not answer"))),
+                };
+                (n.clone(), r)
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// Tells every participant a withdrawal was cancelled (best effort: logs failures).
+    pub async fn register_cancel(
+        &self,
+        participants: &[String],
+        notice: custos_proto::signer::CancelNotice,
+    ) {
+        let calls = participants.iter().map(|n| {
+            let notice = notice.clone();
+            let signer = self.signers.get(n).cloned();
+            async move {
+                if let Some(s) = signer
+                    && let Err(e) = s.client().register_cancel(notice).await
+                {
+                    tracing::warn!(node = %n, error = %e.message(), "signer did not take the cancellation");
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
     }
 }

@@ -33,6 +33,95 @@ pub struct CoordinatorConfig {
     pub auth: AuthConfig,
     /// The signer group.
     pub signers: Vec<SignerEndpoint>,
+    /// Database URL (`sqlite://...` or `postgres://...`); default: SQLite
+    /// `coordinator.db` in `data_dir`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// The withdrawal policy bundle. Without it the withdrawal API refuses
+    /// every request (FAILED_PRECONDITION).
+    #[serde(default)]
+    pub policy: Option<PolicyFiles>,
+    /// Assets per chain; default: ETH on ethereum and anvil, BTC on bitcoin.
+    #[serde(default)]
+    pub assets: Vec<crate::withdrawal::assets::AssetConfig>,
+    /// Risk model tunables (custos-risk `RiskConfig`).
+    #[serde(default)]
+    pub risk: custos_risk::RiskConfig,
+    /// Withdrawal engine tunables.
+    #[serde(default)]
+    pub withdrawals: WithdrawalSettings,
+    /// Transparency log.
+    #[serde(default)]
+    pub audit: AuditSettings,
+    /// Switches for development clusters only.
+    #[serde(default)]
+    pub dev: DevSettings,
+}
+
+/// The policy bundle files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFiles {
+    /// Policy document (TOML or JSON), exactly as the admins signed it.
+    pub document: PathBuf,
+    /// Its admin signatures (`custos policy sign` output, `*.sigs.json`).
+    pub signatures: PathBuf,
+    /// The admin set (threshold and keys), configured out of band.
+    pub admins: PathBuf,
+}
+
+/// Withdrawal engine tunables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WithdrawalSettings {
+    /// How often waiting withdrawals are revisited, milliseconds (default 500).
+    pub tick_ms: u64,
+    /// Seconds added to each time lock on the coordinator's side (default 1).
+    pub lock_margin_secs: u64,
+}
+
+impl Default for WithdrawalSettings {
+    fn default() -> Self {
+        Self {
+            tick_ms: 500,
+            lock_margin_secs: 1,
+        }
+    }
+}
+
+/// Transparency log settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Log origin line in checkpoints (default `custos.local/log`).
+    pub origin: String,
+    /// The log-signing key (custos-hsm `LogSignerConfig`: a sealed software
+    /// key or a PKCS#11 key pair). Default (development): an Ed25519 key
+    /// sealed in `data_dir/log-key.sealed` with a random passphrase kept in
+    /// `data_dir/log-key.pass`; production configs name a token or a
+    /// passphrase held elsewhere.
+    pub signer: Option<custos_hsm::LogSignerConfig>,
+    /// Checkpoint interval, milliseconds (default 1000).
+    pub checkpoint_ms: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            origin: "custos.local/log".into(),
+            signer: None,
+            checkpoint_ms: 1000,
+        }
+    }
+}
+
+/// Development-only switches (never in production configs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSettings {
+    /// Keeps the admin `SignDigest` RPC (raw digests, no policy) for the
+    /// cluster demo and benchmarks. Signers must allow it too.
+    pub allow_sign_digest: bool,
 }
 
 fn default_threshold() -> u16 {
@@ -68,8 +157,23 @@ pub struct TlsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// File with the admin bearer token.
+    /// File with the admin bearer token (identity `admin`, every role).
     pub admin_token_file: PathBuf,
+    /// Further API clients (backends, approver tools, auditors).
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// One API client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Identity recorded as initiator (letters, digits, '-', '_', '.').
+    pub id: String,
+    /// File with its bearer token (at least 16 characters).
+    pub token_file: PathBuf,
+    /// Its roles: `backend`, `approver`, `auditor`, `admin`.
+    pub roles: Vec<crate::auth::Role>,
 }
 
 /// One signer.

@@ -5,15 +5,14 @@
 //! sign request is recorded before any signer is asked.
 
 use std::path::Path;
-use std::str::FromStr;
 
+use custos_service::db::{Backend, Db as SqlDb, is_unique_violation};
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::AnyRow;
 
 use crate::error::CoordError;
 
+/// Idempotent DDL; `BLOB` is rewritten for PostgreSQL.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS groups (
     group_id TEXT PRIMARY KEY,
@@ -25,10 +24,11 @@ CREATE TABLE IF NOT EXISTS keys (
     key_id TEXT PRIMARY KEY,
     group_id TEXT NOT NULL,
     curve TEXT NOT NULL,
-    threshold INTEGER NOT NULL,
+    threshold BIGINT NOT NULL,
     participants TEXT NOT NULL,
     public_key BLOB,
     eth_address TEXT,
+    chain TEXT NOT NULL,
     state TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS sign_requests (
     signers TEXT,
     r BLOB,
     s BLOB,
-    recovery_id INTEGER,
+    recovery_id BIGINT,
     error TEXT,
     created_at TEXT NOT NULL
 );
@@ -76,6 +76,8 @@ pub struct KeyRow {
     pub state: String,
     /// RFC 3339.
     pub created_at: String,
+    /// Chain the key's wallet pays on.
+    pub chain: String,
 }
 
 /// A completed or attempted sign request.
@@ -104,9 +106,10 @@ pub struct SignRow {
 }
 
 /// Database handle.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: sqlx::AnyPool,
+    backend: Backend,
 }
 
 fn now() -> String {
@@ -126,21 +129,35 @@ fn list(json: &str) -> Vec<String> {
 impl Db {
     /// Opens (creating) `dir/coordinator.db`.
     pub async fn open(dir: &Path) -> Result<Db, CoordError> {
-        let path = dir.join("coordinator.db");
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(db_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit survives power loss, not only a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        let url = format!("sqlite://{}", dir.join("coordinator.db").display());
+        Self::connect(&url).await
+    }
+
+    /// Opens the database at `url` (`sqlite://...` or `postgres://...`) and
+    /// creates the schema.
+    pub async fn connect(url: &str) -> Result<Db, CoordError> {
+        let db = SqlDb::connect(url, 8)
+            .await
+            .map_err(|e| CoordError::Storage(e.to_string()))?;
+        let ddl = SCHEMA.replace("BLOB", db.backend.blob());
+        db.execute_ddl(&ddl).await.map_err(db_err)?;
+        db.execute_ddl(&crate::withdrawal::store::schema(db.backend))
             .await
             .map_err(db_err)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(db_err)?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool: db.pool,
+            backend: db.backend,
+        })
+    }
+
+    /// The pool, for modules with their own tables.
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        &self.pool
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Cheap liveness probe.
@@ -170,7 +187,7 @@ impl Db {
         state: &str,
     ) -> Result<(), CoordError> {
         sqlx::query(
-            "INSERT INTO groups (group_id, participants, state, created_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO groups (group_id, participants, state, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT(group_id) DO UPDATE SET state = excluded.state",
         )
         .bind(group_id)
@@ -190,23 +207,25 @@ impl Db {
         group_id: &str,
         threshold: u16,
         participants: &[String],
+        chain: &str,
     ) -> Result<(), CoordError> {
         let res = sqlx::query(
-            "INSERT INTO keys (key_id, group_id, curve, threshold, participants, state, created_at)
-             VALUES (?, ?, 'secp256k1', ?, ?, 'creating', ?)",
+            "INSERT INTO keys (key_id, group_id, curve, threshold, participants, state, created_at, chain)
+             VALUES ($1, $2, 'secp256k1', $3, $4, 'creating', $5, $6)",
         )
         .bind(key_id)
         .bind(group_id)
         .bind(i64::from(threshold))
         .bind(serde_json::to_string(participants).unwrap_or_default())
         .bind(now())
+        .bind(chain)
         .execute(&self.pool)
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(
-                CoordError::AlreadyExists(format!("key {key_id} already exists")),
-            ),
+            Err(e) if is_unique_violation(&e) => Err(CoordError::AlreadyExists(format!(
+                "key {key_id} already exists"
+            ))),
             Err(e) => Err(db_err(e)),
         }
     }
@@ -223,18 +242,20 @@ impl Db {
         } else {
             "failed"
         };
-        sqlx::query("UPDATE keys SET state = ?, public_key = ?, eth_address = ? WHERE key_id = ?")
-            .bind(state)
-            .bind(public_key)
-            .bind(address)
-            .bind(key_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE keys SET state = $1, public_key = $2, eth_address = $3 WHERE key_id = $4",
+        )
+        .bind(state)
+        .bind(public_key)
+        .bind(address)
+        .bind(key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 
-    fn key_row(r: &sqlx::sqlite::SqliteRow) -> KeyRow {
+    fn key_row(r: &AnyRow) -> KeyRow {
         KeyRow {
             key_id: r.get("key_id"),
             group_id: r.get("group_id"),
@@ -244,12 +265,13 @@ impl Db {
             eth_address: r.get("eth_address"),
             state: r.get("state"),
             created_at: r.get("created_at"),
+            chain: r.get("chain"),
         }
     }
 
     /// One key.
     pub async fn key(&self, key_id: &str) -> Result<Option<KeyRow>, CoordError> {
-        let row = sqlx::query("SELECT * FROM keys WHERE key_id = ?")
+        let row = sqlx::query("SELECT * FROM keys WHERE key_id = $1")
             .bind(key_id)
             .fetch_optional(&self.pool)
             .await
@@ -273,7 +295,7 @@ impl Db {
         key_id: &str,
         signers: &[String],
     ) -> Result<(), CoordError> {
-        sqlx::query("INSERT INTO presignatures (presig_id, key_id, signers, state, created_at) VALUES (?, ?, ?, 'generating', ?)")
+        sqlx::query("INSERT INTO presignatures (presig_id, key_id, signers, state, created_at) VALUES ($1, $2, $3, 'generating', $4)")
             .bind(presig_id)
             .bind(key_id)
             .bind(serde_json::to_string(signers).unwrap_or_default())
@@ -291,7 +313,7 @@ impl Db {
         state: &str,
         nonce: Option<&[u8]>,
     ) -> Result<(), CoordError> {
-        sqlx::query("UPDATE presignatures SET state = ?, nonce_point = COALESCE(?, nonce_point) WHERE presig_id = ?")
+        sqlx::query("UPDATE presignatures SET state = $1, nonce_point = COALESCE($2, nonce_point) WHERE presig_id = $3")
             .bind(state)
             .bind(nonce)
             .bind(presig_id)
@@ -307,7 +329,7 @@ impl Db {
         key_id: &str,
     ) -> Result<Vec<(String, Vec<String>)>, CoordError> {
         let rows = sqlx::query(
-            "SELECT presig_id, signers FROM presignatures WHERE key_id = ? AND state = 'ready' ORDER BY created_at",
+            "SELECT presig_id, signers FROM presignatures WHERE key_id = $1 AND state = 'ready' ORDER BY created_at",
         )
         .bind(key_id)
         .fetch_all(&self.pool)
@@ -331,14 +353,14 @@ impl Db {
     /// Atomically takes a ready presignature: only one caller can win it.
     pub async fn take_presig(&self, presig_id: &str, request_id: &str) -> Result<bool, CoordError> {
         let res = sqlx::query(
-            "UPDATE presignatures SET state = 'consumed' WHERE presig_id = ? AND state = 'ready'",
+            "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
         )
         .bind(presig_id)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
         if res.rows_affected() == 1 {
-            sqlx::query("UPDATE sign_requests SET presig_id = ?, mode = 'presignature' WHERE request_id = ?")
+            sqlx::query("UPDATE sign_requests SET presig_id = $1, mode = 'presignature' WHERE request_id = $2")
                 .bind(presig_id)
                 .bind(request_id)
                 .execute(&self.pool)
@@ -366,7 +388,7 @@ impl Db {
         digest: &[u8],
     ) -> Result<Option<SignRow>, CoordError> {
         let res = sqlx::query(
-            "INSERT INTO sign_requests (request_id, key_id, digest, state, created_at) VALUES (?, ?, ?, 'started', ?)",
+            "INSERT INTO sign_requests (request_id, key_id, digest, state, created_at) VALUES ($1, $2, $3, 'started', $4)",
         )
         .bind(request_id)
         .bind(key_id)
@@ -376,8 +398,8 @@ impl Db {
         .await;
         match res {
             Ok(_) => Ok(None),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                let r = sqlx::query("SELECT * FROM sign_requests WHERE request_id = ?")
+            Err(e) if is_unique_violation(&e) => {
+                let r = sqlx::query("SELECT * FROM sign_requests WHERE request_id = $1")
                     .bind(request_id)
                     .fetch_one(&self.pool)
                     .await
@@ -410,7 +432,7 @@ impl Db {
         error: Option<&str>,
     ) -> Result<(), CoordError> {
         let state = if sig.is_some() { "signed" } else { "failed" };
-        sqlx::query("UPDATE sign_requests SET state = ?, mode = ?, signers = ?, r = ?, s = ?, recovery_id = ?, error = ? WHERE request_id = ?")
+        sqlx::query("UPDATE sign_requests SET state = $1, mode = $2, signers = $3, r = $4, s = $5, recovery_id = $6, error = $7 WHERE request_id = $8")
             .bind(state)
             .bind(mode)
             .bind(serde_json::to_string(signers).unwrap_or_default())

@@ -25,6 +25,12 @@ pub enum CoordError {
     /// A protocol session did not finish in time.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A signer refused on its own checks (policy, approvals, time lock, history).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The caller is not allowed to do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The database failed: nothing was signed.
     #[error("storage failure: {0}")]
     Storage(String),

@@ -4,6 +4,8 @@
 
 #![deny(missing_docs)]
 
+pub mod audit;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod db;
@@ -11,3 +13,4 @@ pub mod error;
 pub mod eth;
 pub mod service;
 pub mod signers;
+pub mod withdrawal;

@@ -8,11 +8,18 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
+use custos_coordinator::audit::AuditTrail;
+use custos_coordinator::auth::{Authenticator, Identity, Role};
 use custos_coordinator::cluster::{Cluster, Settings};
 use custos_coordinator::config::CoordinatorConfig;
 use custos_coordinator::db::Db;
 use custos_coordinator::service::CustodyService;
 use custos_coordinator::signers::Signers;
+use custos_coordinator::withdrawal::assets::default_assets;
+use custos_coordinator::withdrawal::bundle::PolicyHolder;
+use custos_coordinator::withdrawal::store::WithdrawalStore;
+use custos_coordinator::withdrawal::{Engine, FlowSettings};
+use custos_hsm::LogSignerConfig;
 use custos_proto::custody::custody_server::CustodyServer;
 use custos_service::config::{self, resolve};
 use tonic::transport::{Server, ServerTlsConfig};
@@ -25,11 +32,20 @@ use tonic::transport::{Server, ServerTlsConfig};
 )]
 struct Args {
     /// Config file (TOML); every field can be overridden by CUSTOS_* env vars.
-    #[arg(long, short, env = "CUSTOS_COORDINATOR_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short, env = "CUSTOS_COORDINATOR_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// JSON logs.
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Prints the audit log's verifier key (C2SP note key) for signers'
+    /// `[cosigner] log_key` and auditors' `--log-key`; creates the key if absent.
+    LogKey,
 }
 
 struct Fatal(u8, anyhow::Error);
@@ -48,9 +64,80 @@ fn main() -> ExitCode {
     })
 }
 
+/// The log-signing key config: the configured one, or a development default
+/// sealed in the data dir with a generated passphrase.
+fn log_signer_config(
+    cfg: &CoordinatorConfig,
+    path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<LogSignerConfig, Fatal> {
+    match &cfg.audit.signer {
+        Some(LogSignerConfig::Software {
+            key_file,
+            passphrase_file,
+            passphrase_env,
+            create_key,
+            kdf,
+        }) => Ok(LogSignerConfig::Software {
+            key_file: resolve(path, key_file),
+            passphrase_file: passphrase_file.as_ref().map(|p| resolve(path, p)),
+            passphrase_env: passphrase_env.clone(),
+            create_key: *create_key,
+            kdf: *kdf,
+        }),
+        Some(other) => Ok(other.clone()),
+        None => {
+            let pass = data_dir.join("log-key.pass");
+            if !pass.exists() {
+                let mut b = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+                custos_hsm::write_atomic(&pass, hex::encode(b).as_bytes())
+                    .with_context(|| format!("cannot write {}", pass.display()))
+                    .map_err(config_error)?;
+            }
+            Ok(LogSignerConfig::Software {
+                key_file: data_dir.join("log-key.sealed"),
+                passphrase_file: Some(pass),
+                passphrase_env: None,
+                create_key: true,
+                kdf: None,
+            })
+        }
+    }
+}
+
+fn open_log_key(
+    cfg: &CoordinatorConfig,
+    path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn custos_hsm::LogSigner>, Fatal> {
+    let c = log_signer_config(cfg, path, data_dir)?;
+    let signer = custos_hsm::open_log_signer(&c)
+        .map_err(|e| config_error(anyhow!("config field `audit.signer`: {e}")))?;
+    Ok(Arc::from(signer))
+}
+
 async fn run(args: Args) -> Result<(), Fatal> {
-    let path = &args.config;
+    let path = &args
+        .config
+        .clone()
+        .ok_or_else(|| config_error(anyhow!("--config FILE is required")))?;
     let cfg: CoordinatorConfig = config::load(path, config::process_env()).map_err(config_error)?;
+    if let Some(Command::LogKey) = args.command {
+        let data_dir = resolve(path, &cfg.data_dir);
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data_dir {}", data_dir.display()))
+            .map_err(config_error)?;
+        let signer = open_log_key(&cfg, path, &data_dir)?;
+        let key = custos_audit::note::VerifierKey::from_signer(
+            &cfg.audit.origin,
+            custos_audit::note::SIG_TYPE_ED25519,
+            signer.as_ref(),
+        )
+        .map_err(|e| Fatal(1, anyhow!("log key: {e}")))?;
+        println!("{key}");
+        return Ok(());
+    }
     if cfg.signers.is_empty() {
         return Err(config_error(anyhow!(
             "config field `signers`: at least two signers are required"
@@ -93,9 +180,51 @@ async fn run(args: Args) -> Result<(), Fatal> {
         custos_service::tls::certificate("tls.signer_ca", &resolve(path, &tls.signer_ca))
             .map_err(config_error)?;
 
-    let db = Db::open(&data_dir)
-        .await
-        .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
+    let db = match &cfg.database_url {
+        Some(url) => Db::connect(url).await,
+        None => Db::open(&data_dir).await,
+    }
+    .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
+    let mut clients = vec![(
+        token.clone(),
+        Identity {
+            id: "admin".into(),
+            roles: vec![Role::Admin],
+        },
+    )];
+    for (i, c) in cfg.auth.clients.iter().enumerate() {
+        if !custos_service::daemon::is_valid_id(&c.id) {
+            return Err(config_error(anyhow!(
+                "config field `auth.clients[{i}].id`: {:?} is not a valid id",
+                c.id
+            )));
+        }
+        let p = resolve(path, &c.token_file);
+        let t = std::fs::read_to_string(&p)
+            .with_context(|| {
+                format!(
+                    "config field `auth.clients[{i}].token_file`: {}",
+                    p.display()
+                )
+            })
+            .map_err(config_error)?
+            .trim()
+            .to_owned();
+        if t.len() < 16 {
+            return Err(config_error(anyhow!(
+                "config field `auth.clients[{i}].token_file`: token shorter than 16 characters"
+            )));
+        }
+        clients.push((
+            t,
+            Identity {
+                id: c.id.clone(),
+                roles: c.roles.clone(),
+            },
+        ));
+    }
+    let authenticator = Authenticator::new(clients);
+    let log_signer = open_log_key(&cfg, path, &data_dir)?;
     let stale = db
         .fail_stale_presigs()
         .await
@@ -121,6 +250,76 @@ async fn run(args: Args) -> Result<(), Fatal> {
     tokio::spawn(cluster.clone().ensure_aux());
     tokio::spawn(cluster.clone().refill_pool());
 
+    let service_db = custos_service::db::Db {
+        pool: cluster.db.pool().clone(),
+        backend: cluster.db.backend(),
+    };
+    let log = custos_audit::shared::SharedLog::open(service_db, &cfg.audit.origin)
+        .await
+        .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?;
+    let audit = Arc::new(
+        AuditTrail::new(log, log_signer, cluster.signers.clone())
+            .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?,
+    );
+    tracing::info!(log_key = %audit.verifier_key(), "audit log open");
+    tokio::spawn(
+        audit
+            .clone()
+            .run_checkpointer(Duration::from_millis(cfg.audit.checkpoint_ms.max(100))),
+    );
+    let engine = match &cfg.policy {
+        None => {
+            tracing::warn!("no [policy] configured: the withdrawal API refuses every request");
+            None
+        }
+        Some(p) => {
+            let now = custos_policy::Timestamp(
+                i64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                )
+                .unwrap_or(0),
+            );
+            let holder = PolicyHolder::load(
+                cluster.db.pool(),
+                &resolve(path, &p.document),
+                &resolve(path, &p.signatures),
+                &resolve(path, &p.admins),
+                now,
+            )
+            .await
+            .map_err(|e| config_error(anyhow!("{e}")))?;
+            let model = custos_risk::RiskModel::new(cfg.risk.clone())
+                .map_err(|e| config_error(anyhow!("config field `risk`: {e}")))?;
+            let store = WithdrawalStore::new(cluster.db.pool().clone());
+            let risk_state = Engine::rebuild_risk_state(&store, &model)
+                .await
+                .map_err(|e| Fatal(1, anyhow!("risk history: {e}")))?;
+            let assets = if cfg.assets.is_empty() {
+                default_assets()
+            } else {
+                cfg.assets.clone()
+            };
+            let engine = Engine::new(
+                store,
+                cluster.clone(),
+                holder,
+                model,
+                risk_state,
+                audit.clone(),
+                assets,
+                FlowSettings {
+                    tick: Duration::from_millis(cfg.withdrawals.tick_ms.max(50)),
+                    lock_margin: Duration::from_secs(cfg.withdrawals.lock_margin_secs),
+                },
+            );
+            tokio::spawn(engine.clone().run());
+            Some(engine)
+        }
+    };
+
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("config field `http_listen` {}", cfg.http_listen))
@@ -129,6 +328,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         http,
         Arc::new(CoordinatorHealth {
             cluster: cluster.clone(),
+            audit: audit.clone(),
+            engine: engine.clone(),
         }),
         std::future::pending(),
     ));
@@ -137,23 +338,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
     health_reporter
         .set_serving::<CustodyServer<CustodyService>>()
         .await;
-    let expected = format!("Bearer {token}");
     let custody = CustodyServer::with_interceptor(
-        CustodyService::new(cluster),
-        move |req: tonic::Request<()>| {
-            let ok = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| constant_eq(v, &expected));
-            if ok {
-                Ok(req)
-            } else {
-                Err(tonic::Status::unauthenticated(
-                    "missing or wrong admin token (authorization: Bearer ...)",
-                ))
-            }
-        },
+        CustodyService::new(cluster, engine, audit, cfg.dev.allow_sign_digest),
+        move |req: tonic::Request<()>| authenticator.authenticate(req),
     );
     let shutdown = custos_service::daemon::shutdown_signal();
     tracing::info!(grpc = %cfg.grpc_listen, http = %cfg.http_listen, "coordinator started");
@@ -173,21 +360,17 @@ async fn run(args: Args) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// Compares without an early exit, so timing does not reveal the token.
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 struct CoordinatorHealth {
     cluster: Arc<Cluster>,
+    audit: Arc<AuditTrail>,
+    engine: Option<Arc<Engine>>,
 }
 
 impl custos_service::http::Health for CoordinatorHealth {
     fn ready(&self) -> Result<(), String> {
+        if !self.audit.healthy() {
+            return Err("audit log unwritable: withdrawals stopped".into());
+        }
         match self.cluster.aux_state().as_str() {
             "ready" => Ok(()),
             other => Err(format!("aux info {other}")),
@@ -214,6 +397,20 @@ impl custos_service::http::Health for CoordinatorHealth {
             m.presign_failures.load(Ordering::Relaxed),
         );
         out.push_str(&m.histogram_text());
+        out.push_str(&format!(
+            "# TYPE custos_audit_appends_total counter\ncustos_audit_appends_total {}\n\
+             # TYPE custos_audit_append_failures_total counter\ncustos_audit_append_failures_total {}\n\
+             # TYPE custos_audit_healthy gauge\ncustos_audit_healthy {}\n",
+            self.audit.appends.load(Ordering::Relaxed),
+            self.audit.append_failures.load(Ordering::Relaxed),
+            u8::from(self.audit.healthy()),
+        ));
+        if let Some(e) = &self.engine {
+            out.push_str("# TYPE custos_withdrawals gauge\n");
+            for (state, n) in e.state_counts() {
+                out.push_str(&format!("custos_withdrawals{{state=\"{state}\"}} {n}\n"));
+            }
+        }
         out
     }
 }

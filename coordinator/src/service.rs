@@ -1,24 +1,165 @@
 //! The `custos.v1.Custody` gRPC service: decode, call the cluster, map errors.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use custos_audit::EntryBody;
 use custos_proto::custody::custody_server::Custody;
 use custos_proto::custody::*;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditTrail;
+use crate::auth::{Role, identity};
 use crate::cluster::Cluster;
 use crate::db::KeyRow;
 use crate::error::CoordError;
+use crate::withdrawal::store::{ApprovalRow, WithdrawalRow};
+use crate::withdrawal::{CreateRequest, Engine, State, SubmittedVerdict};
 
-/// gRPC adapter over the [`Cluster`].
+/// gRPC adapter over the [`Cluster`] and the withdrawal [`Engine`].
 pub struct CustodyService {
     cluster: Arc<Cluster>,
+    engine: Option<Arc<Engine>>,
+    audit: Arc<AuditTrail>,
+    allow_sign_digest: bool,
 }
 
 impl CustodyService {
-    /// Wraps the cluster.
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        CustodyService { cluster }
+    /// Wraps the domain. Without an engine (no policy configured) the
+    /// withdrawal API answers FAILED_PRECONDITION.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        engine: Option<Arc<Engine>>,
+        audit: Arc<AuditTrail>,
+        allow_sign_digest: bool,
+    ) -> Self {
+        CustodyService {
+            cluster,
+            engine,
+            audit,
+            allow_sign_digest,
+        }
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, Status> {
+        self.engine.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "no withdrawal policy configured (config section [policy]): withdrawals are refused",
+            )
+        })
+    }
+}
+
+fn require_any<T>(req: &Request<T>, roles: &[Role]) -> Result<crate::auth::Identity, Status> {
+    let id = identity(req)?;
+    if id.is_admin() || roles.iter().any(|r| id.roles.contains(r)) {
+        Ok(id)
+    } else {
+        Err(Status::permission_denied(format!(
+            "client {} needs one of the roles {roles:?}",
+            id.id
+        )))
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn rfc3339_s(s: Option<i64>) -> String {
+    s.map(|v| rfc3339_ms(v.saturating_mul(1000)))
+        .unwrap_or_default()
+}
+
+fn to_withdrawal(engine: &Engine, w: WithdrawalRow, approvals: Vec<ApprovalRow>) -> Withdrawal {
+    let risk: Vec<RiskReason> = w
+        .risk_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<custos_risk::RiskAssessment>(j).ok())
+        .map(|a| {
+            a.reasons
+                .into_iter()
+                .map(|r| RiskReason {
+                    code: r.code,
+                    points: r.points,
+                    message: r.message,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let label = engine.destination_label(&w.chain, &w.destination);
+    Withdrawal {
+        amount_human: engine.human_amount(&w),
+        id: w.id,
+        idempotency_key: w.idempotency_key,
+        wallet: w.wallet,
+        chain: w.chain,
+        asset: w.asset,
+        destination: w.destination,
+        destination_label: label,
+        amount: w.amount,
+        fee_cap: w.fee_cap,
+        initiator: w.initiator,
+        memo: w.memo,
+        state: w.state,
+        risk_score: w
+            .risk_score
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
+        risk_reasons: risk,
+        rule_id: w.rule_id.unwrap_or_default(),
+        decision: w.explanation.unwrap_or_default(),
+        policy_hash: w.policy_hash.unwrap_or_default(),
+        required_approvals: w.required.unwrap_or_default(),
+        approvals: approvals
+            .into_iter()
+            .map(|a| ApprovalRecord {
+                approver: a.approver,
+                verdict: a.verdict,
+                signature: a.signature,
+                received_at: rfc3339_ms(a.received_ms),
+            })
+            .collect(),
+        statement: w.statement.unwrap_or_default(),
+        unsigned_tx: w.unsigned_tx.unwrap_or_default(),
+        tx_digest: w.tx_digest.unwrap_or_default(),
+        delay_secs: w
+            .delay_secs
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
+        time_lock_until: rfc3339_s(w.time_lock_until),
+        cancel_group: w.cancel_group.unwrap_or_default(),
+        expires_at: rfc3339_s(w.statement_expiry),
+        signature_r: w.sig_r.unwrap_or_default(),
+        signature_s: w.sig_s.unwrap_or_default(),
+        recovery_id: w
+            .recovery_id
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
+        reason: w.reason.unwrap_or_default(),
+        created_at: rfc3339_ms(w.created_ms),
+        updated_at: rfc3339_ms(w.updated_ms),
+        signer_notes: serde_json::from_str(&w.signer_notes).unwrap_or_default(),
+    }
+}
+
+async fn view(engine: &Engine, w: WithdrawalRow) -> Result<Withdrawal, Status> {
+    let approvals = engine.store.approvals(&w.id).await.map_err(status)?;
+    Ok(to_withdrawal(engine, w, approvals))
+}
+
+fn audit_status(e: custos_audit::AuditError) -> Status {
+    match e {
+        custos_audit::AuditError::InvalidArgument(m) => Status::invalid_argument(m),
+        other => Status::unavailable(format!("audit log: {other}")),
     }
 }
 
@@ -33,6 +174,7 @@ pub fn status(e: CoordError) -> Status {
         CoordError::Unavailable(_) => Status::unavailable(msg),
         CoordError::Aborted(_) => Status::aborted(msg),
         CoordError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+        CoordError::Refused(_) | CoordError::PermissionDenied(_) => Status::permission_denied(msg),
         _ => Status::internal(msg),
     }
 }
@@ -53,13 +195,25 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         ethereum_address: k.eth_address.unwrap_or_default(),
         created_at: k.created_at,
         presignatures_ready: ready,
+        chain: k.chain,
     }
 }
 
 #[tonic::async_trait]
 impl Custody for CustodyService {
     async fn create_key(&self, req: Request<CreateKeyRequest>) -> Result<Response<Key>, Status> {
+        require_any(&req, &[Role::Admin])?;
         let r = req.into_inner();
+        let chain = if r.chain.is_empty() {
+            "ethereum".to_string()
+        } else {
+            r.chain.clone()
+        };
+        if custos_policy::chain_kind(&chain).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "chain: unknown chain {chain:?}"
+            )));
+        }
         match Curve::try_from(r.curve) {
             Ok(Curve::Secp256k1) | Ok(Curve::Unspecified) => {}
             _ => {
@@ -74,13 +228,27 @@ impl Custody for CustodyService {
         })?;
         let key = self
             .cluster
-            .create_key(&r.key_id, t)
+            .create_key(&r.key_id, t, &chain)
+            .await
+            .map_err(status)?;
+        self.audit
+            .append(EntryBody::KeyCreated {
+                key_id: key.key_id.clone(),
+                scheme: "ecdsa-secp256k1".into(),
+                participants: key.participants.clone(),
+                threshold: key.threshold,
+                public_key: key.public_key.clone().unwrap_or_default(),
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(to_key(&self.cluster, key).await))
     }
 
     async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<Key>, Status> {
+        require_any(
+            &req,
+            &[Role::Admin, Role::Backend, Role::Approver, Role::Auditor],
+        )?;
         let id = req.into_inner().key_id;
         crate::cluster::validate_id("key_id", &id).map_err(status)?;
         let key = self
@@ -95,8 +263,12 @@ impl Custody for CustodyService {
 
     async fn list_keys(
         &self,
-        _: Request<ListKeysRequest>,
+        req: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
+        require_any(
+            &req,
+            &[Role::Admin, Role::Backend, Role::Approver, Role::Auditor],
+        )?;
         let mut keys = Vec::new();
         for k in self.cluster.db.keys().await.map_err(status)? {
             keys.push(to_key(&self.cluster, k).await);
@@ -108,6 +280,12 @@ impl Custody for CustodyService {
         &self,
         req: Request<SignDigestRequest>,
     ) -> Result<Response<SignDigestResponse>, Status> {
+        require_any(&req, &[Role::Admin])?;
+        if !self.allow_sign_digest {
+            return Err(Status::permission_denied(
+                "SignDigest is disabled: signatures come only from approved withdrawals (dev.allow_sign_digest enables it on development clusters)",
+            ));
+        }
         let r = req.into_inner();
         let o = self
             .cluster
@@ -127,8 +305,9 @@ impl Custody for CustodyService {
 
     async fn get_cluster_status(
         &self,
-        _: Request<GetClusterStatusRequest>,
+        req: Request<GetClusterStatusRequest>,
     ) -> Result<Response<ClusterStatus>, Status> {
+        identity(&req)?;
         let c = &self.cluster;
         let signers = c
             .signers
@@ -152,5 +331,424 @@ impl Custody for CustodyService {
             keys: c.db.keys().await.map_err(status)?.len() as u32,
             presignatures_ready: c.db.ready_presig_total().await.map_err(status)?,
         }))
+    }
+
+    async fn create_withdrawal(
+        &self,
+        req: Request<CreateWithdrawalRequest>,
+    ) -> Result<Response<Withdrawal>, Status> {
+        let who = require_any(&req, &[Role::Backend])?;
+        let engine = self.engine()?;
+        let r = req.into_inner();
+        let row = engine
+            .create(
+                &who,
+                CreateRequest {
+                    idempotency_key: r.idempotency_key,
+                    wallet: r.wallet,
+                    asset: r.asset,
+                    destination: r.destination,
+                    amount: r.amount,
+                    fee_cap: r.fee_cap,
+                    memo: r.memo,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(view(engine, row).await?))
+    }
+
+    async fn get_withdrawal(
+        &self,
+        req: Request<GetWithdrawalRequest>,
+    ) -> Result<Response<Withdrawal>, Status> {
+        let who = require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let engine = self.engine()?;
+        let id = req.into_inner().id;
+        let row = engine.get(&id).await.map_err(status)?;
+        if who.roles == [Role::Backend] && row.client_id != who.id {
+            return Err(Status::not_found(format!("not found: withdrawal {id}")));
+        }
+        Ok(Response::new(view(engine, row).await?))
+    }
+
+    async fn list_withdrawals(
+        &self,
+        req: Request<ListWithdrawalsRequest>,
+    ) -> Result<Response<ListWithdrawalsResponse>, Status> {
+        let who = require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let engine = self.engine()?;
+        let r = req.into_inner();
+        let states = if r.state.is_empty() {
+            Vec::new()
+        } else {
+            vec![State::parse(&r.state).ok_or_else(|| {
+                Status::invalid_argument(format!("state: unknown state {:?}", r.state))
+            })?]
+        };
+        let limit = match r.page_size {
+            0 => 50,
+            n if n > 500 => return Err(Status::invalid_argument("page_size: at most 500")),
+            n => i64::from(n),
+        };
+        let offset: i64 = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| {
+                Status::invalid_argument("page_token: not a token from a previous page")
+            })?
+        };
+        let initiator = if who.roles == [Role::Backend] {
+            Some(who.id.clone())
+        } else if r.initiator.is_empty() {
+            None
+        } else {
+            Some(r.initiator.clone())
+        };
+        let rows = engine
+            .store
+            .list(
+                (!r.wallet.is_empty()).then_some(r.wallet.as_str()),
+                &states,
+                initiator.as_deref(),
+                offset,
+                limit + 1,
+            )
+            .await
+            .map_err(status)?;
+        let more = rows.len() as i64 > limit;
+        let mut withdrawals = Vec::new();
+        for row in rows.into_iter().take(usize::try_from(limit).unwrap_or(50)) {
+            withdrawals.push(view(engine, row).await?);
+        }
+        Ok(Response::new(ListWithdrawalsResponse {
+            withdrawals,
+            next_page_token: if more {
+                (offset + limit).to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn cancel_withdrawal(
+        &self,
+        req: Request<CancelWithdrawalRequest>,
+    ) -> Result<Response<Withdrawal>, Status> {
+        let who = require_any(&req, &[Role::Backend])?;
+        let engine = self.engine()?;
+        let r = req.into_inner();
+        let row = engine
+            .cancel_by_client(&who, &r.id, &r.reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(view(engine, row).await?))
+    }
+
+    type WatchWithdrawalsStream =
+        Pin<Box<dyn Stream<Item = Result<WithdrawalEvent, Status>> + Send + 'static>>;
+
+    async fn watch_withdrawals(
+        &self,
+        req: Request<WatchWithdrawalsRequest>,
+    ) -> Result<Response<Self::WatchWithdrawalsStream>, Status> {
+        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let engine = self.engine()?.clone();
+        let r = req.into_inner();
+        let mut cursor = i64::try_from(r.cursor)
+            .map_err(|_| Status::invalid_argument("cursor: out of range"))?;
+        let only = (!r.withdrawal_id.is_empty()).then_some(r.withdrawal_id);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut nudges = engine.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let batch = match engine
+                    .store
+                    .events_after(cursor, only.as_deref(), 200)
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                let empty = batch.is_empty();
+                for e in batch {
+                    cursor = e.seq;
+                    let ev = WithdrawalEvent {
+                        sequence: u64::try_from(e.seq).unwrap_or(0),
+                        withdrawal_id: e.withdrawal_id,
+                        state: e.state,
+                        at: rfc3339_ms(e.at_ms),
+                        detail: e.detail,
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if empty {
+                    // Woken by a commit, or re-poll (a commit from elsewhere).
+                    let _ = tokio::time::timeout(Duration::from_millis(500), nudges.recv()).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_wallets(
+        &self,
+        req: Request<ListWalletsRequest>,
+    ) -> Result<Response<ListWalletsResponse>, Status> {
+        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let mut wallets = Vec::new();
+        for k in self.cluster.db.keys().await.map_err(status)? {
+            if k.state == "ready" {
+                wallets.push(self.wallet(k));
+            }
+        }
+        Ok(Response::new(ListWalletsResponse { wallets }))
+    }
+
+    async fn get_wallet(&self, req: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {
+        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let id = req.into_inner().wallet_id;
+        crate::cluster::validate_id("wallet_id", &id).map_err(status)?;
+        let k = self
+            .cluster
+            .db
+            .key(&id)
+            .await
+            .map_err(status)?
+            .filter(|k| k.state == "ready")
+            .ok_or_else(|| Status::not_found(format!("not found: wallet {id}")))?;
+        Ok(Response::new(self.wallet(k)))
+    }
+
+    async fn list_address_book(
+        &self,
+        req: Request<ListAddressBookRequest>,
+    ) -> Result<Response<ListAddressBookResponse>, Status> {
+        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let engine = self.engine()?;
+        let chain = req.into_inner().chain;
+        let (entries, hash) = engine.address_book(&chain);
+        Ok(Response::new(ListAddressBookResponse {
+            entries: entries
+                .into_iter()
+                .map(|(e, usable)| AddressBookEntry {
+                    id: e.id,
+                    labels: e.labels,
+                    chain: e.chain,
+                    address: e.address,
+                    whitelisted: e.whitelisted,
+                    usable_from: rfc3339_s(Some(usable)),
+                })
+                .collect(),
+            policy_hash: hash,
+        }))
+    }
+
+    async fn list_pending(
+        &self,
+        req: Request<ListPendingRequest>,
+    ) -> Result<Response<ListWithdrawalsResponse>, Status> {
+        require_any(&req, &[Role::Approver, Role::Auditor])?;
+        let engine = self.engine()?;
+        let approver = req.into_inner().approver;
+        let rows = engine
+            .store
+            .list(
+                None,
+                &[State::AwaitingApprovals, State::TimeLocked],
+                None,
+                0,
+                500,
+            )
+            .await
+            .map_err(status)?;
+        let mut withdrawals = Vec::new();
+        for row in rows {
+            let w = view(engine, row).await?;
+            if approver.is_empty() || !w.approvals.iter().any(|a| a.approver == approver) {
+                withdrawals.push(w);
+            }
+        }
+        Ok(Response::new(ListWithdrawalsResponse {
+            withdrawals,
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn submit_approval(
+        &self,
+        req: Request<SubmitApprovalRequest>,
+    ) -> Result<Response<Withdrawal>, Status> {
+        require_any(&req, &[Role::Approver])?;
+        let engine = self.engine()?;
+        let r = req.into_inner();
+        let verdict = match Verdict::try_from(r.verdict) {
+            Ok(Verdict::Approve) => custos_policy::Verdict::Approve,
+            Ok(Verdict::Reject) => custos_policy::Verdict::Reject,
+            Ok(Verdict::Cancel) => custos_policy::Verdict::Cancel,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "verdict: must be APPROVE, REJECT or CANCEL",
+                ));
+            }
+        };
+        let row = engine
+            .submit(SubmittedVerdict {
+                withdrawal_id: r.withdrawal_id,
+                approver: r.approver,
+                verdict,
+                signature: r.signature,
+                reason: r.reason,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(view(engine, row).await?))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<GetCheckpointRequest>,
+    ) -> Result<Response<Checkpoint>, Status> {
+        require_any(&req, &[Role::Auditor, Role::Approver, Role::Backend])?;
+        let note = self
+            .audit
+            .log()
+            .latest_checkpoint()
+            .await
+            .map_err(audit_status)?
+            .unwrap_or_default();
+        let size = crate::audit::note_size(&note).unwrap_or(0);
+        Ok(Response::new(Checkpoint { note, size }))
+    }
+
+    async fn get_log_entry(
+        &self,
+        req: Request<GetLogEntryRequest>,
+    ) -> Result<Response<LogEntry>, Status> {
+        require_any(&req, &[Role::Auditor])?;
+        let index = req.into_inner().index;
+        let size = self.audit.log().size().await;
+        if index >= size {
+            return Err(Status::not_found(format!(
+                "not found: entry {index} (log size {size})"
+            )));
+        }
+        let entry = self.audit.log().entry(index).await.map_err(audit_status)?;
+        let json = custos_audit::Entry::decode(&entry)
+            .map(|e| {
+                serde_json::json!({
+                    "index": e.index,
+                    "timestamp_ms": e.timestamp_ms,
+                    "kind": e.body.kind_name(),
+                    "withdrawal_id": e.body.withdrawal_id(),
+                    "body": format!("{:?}", e.body),
+                })
+                .to_string()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(LogEntry { index, entry, json }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<Proof>, Status> {
+        require_any(&req, &[Role::Auditor])?;
+        let r = req.into_inner();
+        let size = if r.size == 0 {
+            self.latest_size().await?
+        } else {
+            r.size
+        };
+        let proof = self
+            .audit
+            .log()
+            .inclusion_proof(r.index, size)
+            .await
+            .map_err(audit_status)?;
+        Ok(Response::new(Proof {
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+            size,
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<Proof>, Status> {
+        require_any(&req, &[Role::Auditor])?;
+        let r = req.into_inner();
+        let proof = self
+            .audit
+            .log()
+            .consistency_proof(r.old_size, r.new_size)
+            .await
+            .map_err(audit_status)?;
+        Ok(Response::new(Proof {
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+            size: r.new_size,
+        }))
+    }
+
+    async fn export_audit_bundle(
+        &self,
+        req: Request<ExportAuditBundleRequest>,
+    ) -> Result<Response<AuditBundle>, Status> {
+        require_any(&req, &[Role::Auditor])?;
+        let r = req.into_inner();
+        let to = if r.to == 0 {
+            self.latest_size().await?
+        } else {
+            r.to
+        };
+        let bundle = self
+            .audit
+            .log()
+            .export(r.from, to, (r.previous_size > 0).then_some(r.previous_size))
+            .await
+            .map_err(audit_status)?;
+        let json = serde_json::to_vec_pretty(&bundle)
+            .map_err(|e| Status::internal(format!("bundle encoding: {e}")))?;
+        Ok(Response::new(AuditBundle { json }))
+    }
+}
+
+impl CustodyService {
+    fn wallet(&self, k: KeyRow) -> Wallet {
+        let assets = self
+            .engine
+            .as_ref()
+            .map(|e| e.assets_on(&k.chain))
+            .unwrap_or_default();
+        Wallet {
+            wallet_id: k.key_id,
+            chain: k.chain,
+            address: k.eth_address.unwrap_or_default(),
+            assets,
+            threshold: u32::from(k.threshold),
+            participants: k.participants,
+        }
+    }
+
+    async fn latest_size(&self) -> Result<u64, Status> {
+        let note = self
+            .audit
+            .log()
+            .latest_checkpoint()
+            .await
+            .map_err(audit_status)?
+            .ok_or_else(|| Status::failed_precondition("no checkpoint yet"))?;
+        crate::audit::note_size(&note)
+            .ok_or_else(|| Status::internal("stored checkpoint unreadable"))
     }
 }

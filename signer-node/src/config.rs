@@ -33,9 +33,44 @@ pub struct SignerConfig {
     /// Seconds a protocol session may take before it aborts (default 120).
     #[serde(default = "default_timeout")]
     pub session_timeout_secs: u64,
+    /// Withdrawal co-signer checks.
+    #[serde(default)]
+    pub cosigner: CosignerConfig,
     /// Development and test settings.
     #[serde(default)]
     pub dev: DevConfig,
+}
+
+/// What a signer needs to verify withdrawals on its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CosignerConfig {
+    /// Admin set (threshold and Ed25519 keys) that must sign policy bundles.
+    /// Without it the signer refuses every withdrawal.
+    pub admins: Option<PathBuf>,
+    /// Clock skew allowed against the coordinator, seconds (default 5).
+    pub clock_skew_secs: u64,
+    /// The coordinator's audit-log verifier key (C2SP note key line, as
+    /// printed by `custos-coordinator log-key`). Without it the signer
+    /// refuses every withdrawal: decisions must be in a log it witnessed.
+    pub log_key: Option<String>,
+    /// Log origin (default `custos.local/log`).
+    pub log_origin: String,
+    /// This node's witness signing key, sealed with `sealer`; created on first
+    /// start. Default: `witness-key.sealed` in data_dir.
+    pub witness_key: Option<PathBuf>,
+}
+
+impl Default for CosignerConfig {
+    fn default() -> Self {
+        Self {
+            admins: None,
+            clock_skew_secs: 5,
+            log_key: None,
+            log_origin: "custos.local/log".into(),
+            witness_key: None,
+        }
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -81,4 +116,8 @@ pub struct DevConfig {
     /// Deliberate misbehaviour for adversarial tests.
     #[serde(default)]
     pub fault_injection: FaultInjection,
+    /// Keeps the raw-digest `PartialSign`/`Sign` RPCs (no policy checks) for
+    /// the cluster demo and benchmarks.
+    #[serde(default)]
+    pub allow_raw_digest: bool,
 }

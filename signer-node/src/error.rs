@@ -48,6 +48,10 @@ pub enum NodeError {
     /// Sealing or unsealing failed: fail closed.
     #[error("sealer: {0}")]
     Sealer(#[from] custos_hsm::HsmError),
+    /// This signer's own checks refuse the request (policy, approvals, time
+    /// lock, history, audit log).
+    #[error("refused by co-signer checks: {0}")]
+    Refused(String),
     /// A bug or corrupt internal state.
     #[error("internal error: {0}")]
     Internal(String),

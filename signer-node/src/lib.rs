@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod cosigner;
 pub mod error;
 pub mod node;
 pub mod p2p;

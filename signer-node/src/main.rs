@@ -13,6 +13,10 @@ use clap::Parser;
 use custos_proto::signer::signer_control_server::SignerControlServer;
 use custos_service::config::{self, resolve};
 use custos_signer_node::config::SignerConfig;
+use custos_signer_node::cosigner::Cosigner;
+use custos_signer_node::cosigner::bundles::Bundles;
+use custos_signer_node::cosigner::journal::Journal;
+use custos_signer_node::cosigner::witness::LogWitness;
 use custos_signer_node::node::Node;
 use custos_signer_node::p2p::{self, P2pConfig, PinnedPeer};
 use custos_signer_node::service::ControlService;
@@ -80,6 +84,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .context("sealer (config field `sealer`)")
         .map_err(config_error)?;
     let store = Store::open(&data_dir, &cfg.node_id, sealer).map_err(|e| Fatal(1, e.into()))?;
+    let cosigner = Arc::new(open_cosigner(&cfg, path, &data_dir, &store)?);
 
     let identity = p2p::load_identity(&resolve(path, &cfg.identity_key))
         .context("config field `identity_key`")
@@ -177,7 +182,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .await;
     let pin = Arc::new(coordinator_der);
     let control = SignerControlServer::with_interceptor(
-        ControlService::new(node.clone()),
+        ControlService::new(node.clone(), cosigner, cfg.dev.allow_raw_digest),
         move |req: tonic::Request<()>| {
             // mTLS already proved a CA-issued client cert; accept only the coordinator's.
             let ok = req
@@ -250,4 +255,50 @@ impl custos_service::http::Health for SignerHealth {
             self.node.store().key_count().unwrap_or(0)
         )
     }
+}
+
+/// The co-signer checks: admin set, own journal, witness of the audit log.
+fn open_cosigner(
+    cfg: &custos_signer_node::config::SignerConfig,
+    path: &std::path::Path,
+    data_dir: &std::path::Path,
+    store: &Store,
+) -> Result<Cosigner, Fatal> {
+    let c = &cfg.cosigner;
+    let bundles = match &c.admins {
+        None => {
+            tracing::warn!("no [cosigner] admins configured: every withdrawal will be refused");
+            None
+        }
+        Some(f) => {
+            let f = resolve(path, f);
+            let bytes = std::fs::read(&f)
+                .with_context(|| format!("config field `cosigner.admins`: {}", f.display()))
+                .map_err(config_error)?;
+            let admins = custos_policy::AdminSet::parse(&bytes)
+                .map_err(|e| config_error(anyhow!("config field `cosigner.admins`: {e}")))?;
+            Some(Bundles::open(data_dir, admins).map_err(|e| Fatal(1, e.into()))?)
+        }
+    };
+    let journal = Journal::open(data_dir).map_err(|e| Fatal(1, e.into()))?;
+    let witness = match &c.log_key {
+        None => {
+            tracing::warn!("no [cosigner] log_key configured: every withdrawal will be refused");
+            None
+        }
+        Some(k) => {
+            let key_path = c
+                .witness_key
+                .as_ref()
+                .map(|p| resolve(path, p))
+                .unwrap_or_else(|| data_dir.join("witness-key.sealed"));
+            let key = custos_hsm::SealedLogSigner::open(store.sealer(), &key_path, true)
+                .map_err(|e| config_error(anyhow!("config field `cosigner.witness_key`: {e}")))?;
+            Some(
+                LogWitness::open(data_dir, &cfg.node_id, key, &c.log_origin, k)
+                    .map_err(|e| config_error(anyhow!("config field `cosigner.log_key`: {e}")))?,
+            )
+        }
+    };
+    Ok(Cosigner::new(bundles, journal, witness, c.clock_skew_secs))
 }

@@ -6,19 +6,46 @@ use custos_proto::signer::signer_control_server::SignerControl;
 use custos_proto::signer::*;
 use tonic::{Request, Response, Status};
 
+use crate::cosigner::{Cosigner, SignDecision};
 use crate::error::NodeError;
 use crate::node::{Node, PrimeState};
 
-/// gRPC adapter over a [`Node`].
+/// gRPC adapter over a [`Node`] and its [`Cosigner`].
 pub struct ControlService {
     node: Arc<Node>,
+    cosigner: Arc<Cosigner>,
+    allow_raw_digest: bool,
 }
 
 impl ControlService {
-    /// Wraps a node.
-    pub fn new(node: Arc<Node>) -> Self {
-        ControlService { node }
+    /// Wraps a node. `allow_raw_digest` keeps the policy-free `PartialSign`
+    /// and `Sign` RPCs (development clusters only).
+    pub fn new(node: Arc<Node>, cosigner: Arc<Cosigner>, allow_raw_digest: bool) -> Self {
+        ControlService {
+            node,
+            cosigner,
+            allow_raw_digest,
+        }
     }
+
+    fn raw_digest_allowed(&self) -> Result<(), Status> {
+        if self.allow_raw_digest {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "raw-digest signing is disabled on this signer: only authorised withdrawals are signed (dev.allow_raw_digest)",
+            ))
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)
 }
 
 fn status(e: NodeError) -> Status {
@@ -31,6 +58,7 @@ fn status(e: NodeError) -> Status {
         NodeError::PeerMisbehaved { .. } => Status::aborted(msg),
         NodeError::Timeout { .. } => Status::deadline_exceeded(msg),
         NodeError::Protocol(_) => Status::aborted(msg),
+        NodeError::Refused(_) => Status::permission_denied(msg),
         _ => Status::internal(msg),
     }
 }
@@ -65,6 +93,7 @@ impl SignerControl for ControlService {
             keys: n.store().key_count().map_err(status)? as u32,
             presignatures: n.store().presig_total() as u32,
             primes_ready: u32::from(n.prime_state() == PrimeState::Ready),
+            witnessed_size: self.cosigner.witness().map(|w| w.size()).unwrap_or(0),
         }))
     }
 
@@ -115,6 +144,7 @@ impl SignerControl for ControlService {
         &self,
         req: Request<PartialSignRequest>,
     ) -> Result<Response<PartialSignResponse>, Status> {
+        self.raw_digest_allowed()?;
         let r = req.into_inner();
         let d = digest(&r.digest)?;
         let node = self.node.clone();
@@ -131,6 +161,7 @@ impl SignerControl for ControlService {
     }
 
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        self.raw_digest_allowed()?;
         let r = req.into_inner();
         let d = digest(&r.digest)?;
         let sig = self
@@ -141,6 +172,100 @@ impl SignerControl for ControlService {
         Ok(Response::new(SignResponse {
             r: sig.r.to_vec(),
             s: sig.s.to_vec(),
+        }))
+    }
+
+    async fn register_quorum(
+        &self,
+        req: Request<WithdrawalAuthorization>,
+    ) -> Result<Response<AuthorizationAck>, Status> {
+        let a = req.into_inner();
+        let cos = self.cosigner.clone();
+        let (statement_hash, signable_from) = blocking(move || cos.register_quorum(&a)).await?;
+        Ok(Response::new(AuthorizationAck {
+            statement_hash,
+            signable_from,
+        }))
+    }
+
+    async fn register_cancel(
+        &self,
+        req: Request<CancelNotice>,
+    ) -> Result<Response<AuthorizationAck>, Status> {
+        let n = req.into_inner();
+        let cos = self.cosigner.clone();
+        blocking(move || cos.register_cancel(&n)).await?;
+        Ok(Response::new(AuthorizationAck::default()))
+    }
+
+    async fn sign_withdrawal(
+        &self,
+        req: Request<SignWithdrawalRequest>,
+    ) -> Result<Response<PartialSignResponse>, Status> {
+        let r = req.into_inner();
+        let a = r
+            .authorization
+            .ok_or_else(|| Status::invalid_argument("authorization: missing"))?;
+        let cos = self.cosigner.clone();
+        let node = self.node.clone();
+        let partial = blocking(move || {
+            let (decision, _serialised) = cos.authorize_signing(&a, &r.presignature_id)?;
+            match decision {
+                SignDecision::Repeat(p) => Ok(p),
+                SignDecision::Issue(v) => {
+                    if r.key_id != v.withdrawal.wallet {
+                        return Err(NodeError::Refused(format!(
+                            "key {} is not the key of wallet {}",
+                            r.key_id, v.withdrawal.wallet
+                        )));
+                    }
+                    let usage = format!(
+                        "withdrawal={} statement={}",
+                        v.withdrawal.id,
+                        hex::encode(v.authorization.statement_hash)
+                    );
+                    let partial =
+                        node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &usage)?;
+                    // Recorded before it leaves: velocity and replay see it even after a crash.
+                    cos.record_signed(&v, &r.presignature_id, &partial)?;
+                    Ok(partial)
+                }
+            }
+        })
+        .await?;
+        Ok(Response::new(PartialSignResponse {
+            partial_signature: partial,
+        }))
+    }
+
+    async fn cosign(
+        &self,
+        req: Request<CosignRequest>,
+    ) -> Result<Response<CosignResponse>, Status> {
+        let r = req.into_inner();
+        let cos = self.cosigner.clone();
+        let line = blocking(move || {
+            let w = cos
+                .witness()
+                .ok_or_else(|| NodeError::NotReady("no audit log key configured".into()))?;
+            let proof = r
+                .consistency_proof
+                .iter()
+                .map(|h| {
+                    h.as_slice().try_into().map_err(|_| {
+                        NodeError::InvalidRequest("consistency proof hash length".into())
+                    })
+                })
+                .collect::<Result<Vec<custos_audit::Hash>, _>>()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            w.cosign(&r.checkpoint, &proof, r.from_size, now)
+        })
+        .await?;
+        Ok(Response::new(CosignResponse {
+            cosignatures: vec![line],
         }))
     }
 }

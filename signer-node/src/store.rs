@@ -86,6 +86,11 @@ impl Store {
         })
     }
 
+    /// The sealer (also seals the witness key).
+    pub fn sealer(&self) -> &dyn Sealer {
+        self.sealer.as_ref()
+    }
+
     /// The sealing backend's name, for status output.
     pub fn sealer_backend(&self) -> &'static str {
         self.sealer.backend()

@@ -1,0 +1,270 @@
+//! The coordinator's side of the transparency log: appends before effects
+//! (fail closed), signed checkpoints, and witness cosignatures collected from
+//! the signers, which refuse to sign a withdrawal whose policy decision is not
+//! in a checkpoint they co-signed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custos_audit::note::VerifierKey;
+use custos_audit::shared::SharedLog;
+use custos_audit::{AuditError, EntryBody, Hash};
+use custos_hsm::LogSigner;
+use custos_proto::signer::{CosignRequest, StatusRequest};
+
+use crate::error::CoordError;
+use crate::signers::Signers;
+use crate::withdrawal::store::now_ms;
+
+/// The log, its key, and what each witness has co-signed.
+pub struct AuditTrail {
+    log: SharedLog,
+    signer: Arc<dyn LogSigner>,
+    verifier: VerifierKey,
+    signers: Arc<Signers>,
+    /// Last checkpoint size each witness co-signed (learned from Status after a restart).
+    witnessed: Mutex<HashMap<String, u64>>,
+    /// One checkpoint round at a time, so witnesses see sizes in order.
+    round: tokio::sync::Mutex<()>,
+    healthy: AtomicBool,
+    /// Entries appended by this process.
+    pub appends: AtomicU64,
+    /// Failed appends (each one stopped an action).
+    pub append_failures: AtomicU64,
+}
+
+/// Tree size of a signed checkpoint note.
+pub fn note_size(note: &str) -> Option<u64> {
+    let n = custos_audit::SignedNote::parse(note).ok()?;
+    custos_audit::Checkpoint::parse_text(&n.text)
+        .ok()
+        .map(|c| c.size)
+}
+
+fn log_err(e: AuditError) -> CoordError {
+    CoordError::Storage(format!("audit log unavailable, nothing done: {e}"))
+}
+
+impl AuditTrail {
+    /// Wraps an opened log and its signing key.
+    pub fn new(
+        log: SharedLog,
+        signer: Arc<dyn LogSigner>,
+        signers: Arc<Signers>,
+    ) -> Result<Self, CoordError> {
+        let verifier = VerifierKey::from_signer(
+            log.origin(),
+            custos_audit::note::SIG_TYPE_ED25519,
+            signer.as_ref(),
+        )
+        .map_err(|e| CoordError::Internal(format!("log key: {e}")))?;
+        Ok(Self {
+            log,
+            signer,
+            verifier,
+            signers,
+            witnessed: Mutex::new(HashMap::new()),
+            round: tokio::sync::Mutex::new(()),
+            healthy: AtomicBool::new(true),
+            appends: AtomicU64::new(0),
+            append_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// The verifier key line auditors and signers pin.
+    pub fn verifier_key(&self) -> String {
+        self.verifier.to_string()
+    }
+
+    /// The underlying log (API reads).
+    pub fn log(&self) -> &SharedLog {
+        &self.log
+    }
+
+    /// False after an append failed, until one succeeds (health endpoint).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Appends an entry durably; the caller must not act if this fails.
+    pub async fn append(&self, body: EntryBody) -> Result<u64, CoordError> {
+        let ts = u64::try_from(now_ms()).unwrap_or(0);
+        match self.log.append(ts, body).await {
+            Ok(i) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                self.appends.fetch_add(1, Ordering::Relaxed);
+                Ok(i)
+            }
+            Err(e) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                self.append_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "audit append failed: action refused");
+                Err(log_err(e))
+            }
+        }
+    }
+
+    async fn witnessed_size(&self, node: &str) -> Option<u64> {
+        if let Some(s) = self
+            .witnessed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+        {
+            return Some(*s);
+        }
+        let s = self.signers.get(node)?;
+        let st = s.client().status(StatusRequest {}).await.ok()?.into_inner();
+        self.witnessed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_owned(), st.witnessed_size);
+        Some(st.witnessed_size)
+    }
+
+    /// Makes sure entry `index` is covered by a checkpoint every node in
+    /// `nodes` co-signed; returns the size of that checkpoint. Nodes that do
+    /// not co-sign are named in the error.
+    pub async fn witness_through(&self, index: u64, nodes: &[String]) -> Result<u64, CoordError> {
+        let _round = self.round.lock().await;
+        let mut size = self.log.size().await;
+        if size <= index {
+            return Err(CoordError::Internal(format!(
+                "entry {index} is not in the log (size {size})"
+            )));
+        }
+        // Reuse the newest checkpoint if every node already co-signed it.
+        let latest = self
+            .log
+            .latest_checkpoint()
+            .await
+            .map_err(log_err)?
+            .and_then(|n| note_size(&n));
+        let mut need_new = true;
+        if let Some(l) = latest
+            && l > index
+        {
+            let mut all = true;
+            for n in nodes {
+                if self.witnessed_size(n).await != Some(l) {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(l);
+            }
+            size = l;
+            need_new = false;
+        }
+        let note = if need_new {
+            let ts = u64::try_from(now_ms()).unwrap_or(0);
+            self.log
+                .checkpoint(self.signer.clone(), ts)
+                .await
+                .map_err(log_err)?
+        } else {
+            self.log
+                .latest_checkpoint()
+                .await
+                .map_err(log_err)?
+                .ok_or_else(|| CoordError::Internal("checkpoint vanished".into()))?
+        };
+        if need_new {
+            size = self.log.size().await.min(size.max(index + 1));
+            if let Some(s) = note_size(&note) {
+                size = s;
+            }
+        }
+        let mut lines = Vec::new();
+        let mut failed = Vec::new();
+        for n in nodes {
+            match self.cosign(n, &note, size).await {
+                Ok(mut l) => lines.append(&mut l),
+                Err(e) => failed.push(format!("{n}: {e}")),
+            }
+        }
+        if !lines.is_empty() {
+            self.log
+                .add_cosignatures(size, lines)
+                .await
+                .map_err(log_err)?;
+        }
+        if !failed.is_empty() {
+            return Err(CoordError::Unavailable(format!(
+                "witnesses did not co-sign checkpoint {size}: {}",
+                failed.join("; ")
+            )));
+        }
+        Ok(size)
+    }
+
+    async fn cosign(&self, node: &str, note: &str, size: u64) -> Result<Vec<String>, CoordError> {
+        let from = self.witnessed_size(node).await.unwrap_or(0);
+        if from == size {
+            return Ok(Vec::new());
+        }
+        let proof: Vec<Hash> = if from == 0 || from > size {
+            Vec::new()
+        } else {
+            self.log
+                .consistency_proof(from, size)
+                .await
+                .map_err(log_err)?
+        };
+        let s = self
+            .signers
+            .get(node)
+            .ok_or_else(|| CoordError::Internal(format!("{node} not configured")))?;
+        let req = CosignRequest {
+            checkpoint: note.to_owned(),
+            consistency_proof: proof.iter().map(|h| h.to_vec()).collect(),
+            from_size: from,
+        };
+        let res = tokio::time::timeout(Duration::from_secs(10), s.client().cosign(req)).await;
+        match res {
+            Ok(Ok(r)) => {
+                self.witnessed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node.to_owned(), size);
+                Ok(r.into_inner().cosignatures)
+            }
+            Ok(Err(st)) => {
+                // Forget what we assumed; ask again next time.
+                self.witnessed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(node);
+                Err(CoordError::Refused(st.message().to_owned()))
+            }
+            Err(_) => Err(CoordError::DeadlineExceeded(format!(
+                "{node} did not co-sign in time"
+            ))),
+        }
+    }
+
+    /// Checkpoints and collects cosignatures from every signer whenever the
+    /// log grew (best effort; signing forces its own round when needed).
+    pub async fn run_checkpointer(self: Arc<Self>, every: Duration) {
+        let nodes: Vec<String> = self
+            .signers
+            .all
+            .iter()
+            .map(|s| s.endpoint.node_id.clone())
+            .collect();
+        let mut last = 0u64;
+        loop {
+            tokio::time::sleep(every).await;
+            let size = self.log.size().await;
+            if size == 0 || size == last {
+                continue;
+            }
+            match self.witness_through(size - 1, &nodes).await {
+                Ok(s) => last = s,
+                Err(e) => tracing::debug!(error = %e, "checkpoint round incomplete"),
+            }
+        }
+    }
+}

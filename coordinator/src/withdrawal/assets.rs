@@ -1,0 +1,67 @@
+//! Assets the coordinator accepts per chain, with decimals for human amounts.
+
+use serde::Deserialize;
+
+/// One asset on one chain.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetConfig {
+    /// Chain name as in the policy ("ethereum", "anvil").
+    pub chain: String,
+    /// Symbol ("ETH").
+    pub symbol: String,
+    /// Decimals of the base unit (18 for ETH).
+    pub decimals: u8,
+    /// Fee cap used when a request gives none, in the chain's native base units.
+    #[serde(default)]
+    pub default_fee_cap: String,
+}
+
+/// The built-in assets when the config lists none.
+pub fn default_assets() -> Vec<AssetConfig> {
+    let eth = |chain: &str| AssetConfig {
+        chain: chain.into(),
+        symbol: "ETH".into(),
+        decimals: 18,
+        // 21000 gas at 100 gwei.
+        default_fee_cap: "2100000000000000".into(),
+    };
+    vec![
+        eth("ethereum"),
+        eth("anvil"),
+        AssetConfig {
+            chain: "bitcoin".into(),
+            symbol: "BTC".into(),
+            decimals: 8,
+            default_fee_cap: "50000".into(),
+        },
+    ]
+}
+
+/// Formats base units as a human amount: `1500000000000000000` wei → `1.5 ETH`.
+pub fn human(amount: u128, decimals: u8, symbol: &str) -> String {
+    let scale = 10u128.checked_pow(u32::from(decimals)).unwrap_or(1);
+    let whole = amount / scale;
+    let frac = amount % scale;
+    if frac == 0 {
+        return format!("{whole} {symbol}");
+    }
+    let mut f = format!("{frac:0width$}", width = usize::from(decimals));
+    while f.ends_with('0') {
+        f.pop();
+    }
+    format!("{whole}.{f} {symbol}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn human_amounts() {
+        assert_eq!(human(1_500_000_000_000_000_000, 18, "ETH"), "1.5 ETH");
+        assert_eq!(human(1, 18, "ETH"), "0.000000000000000001 ETH");
+        assert_eq!(human(2_000_000, 8, "BTC"), "0.02 BTC");
+        assert_eq!(human(0, 18, "ETH"), "0 ETH");
+    }
+}

@@ -1,0 +1,1368 @@
+//! The withdrawal state machine.
+//!
+//! Every transition: append the audit entry (fail closed: no entry, no
+//! transition), commit the new state (compare-and-set, one transaction with
+//! its event row), then act. Transitions that wait (approvals, time locks,
+//! unreachable signers) are resumed by a ticker, which is also what resumes
+//! every non-terminal withdrawal after a restart.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custos_audit::EntryBody;
+use custos_audit::entry::{DecisionOutcome, Verdict as AuditVerdict};
+use custos_policy::{
+    Amount, Approval, ApprovalStatement, ApprovalStatus, Decision, HistoryEntry, Outcome,
+    PolicyHash, Timestamp, Verdict, Withdrawal, check_address, check_approvals, check_cancellation,
+    evaluate, intent_digest,
+};
+use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
+use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use super::assets::{AssetConfig, human};
+use super::bundle::PolicyHolder;
+use super::state::State;
+use super::store::{ApprovalRow, Inserted, Updates, Val, WithdrawalRow, WithdrawalStore, now_ms};
+use crate::audit::AuditTrail;
+use crate::auth::Identity;
+use crate::cluster::Cluster;
+use crate::error::CoordError;
+
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Longest memo.
+pub const MAX_MEMO: usize = 512;
+/// Longest destination string accepted before parsing.
+pub const MAX_DESTINATION: usize = 256;
+/// Velocity and risk history kept in view.
+const HISTORY_WINDOW_MS: i64 = 31 * 86_400_000;
+
+/// A backend's request, as decoded from the API.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    /// Client-chosen idempotency key.
+    pub idempotency_key: String,
+    /// Wallet id.
+    pub wallet: String,
+    /// Asset symbol.
+    pub asset: String,
+    /// Destination address.
+    pub destination: String,
+    /// Base units, decimal.
+    pub amount: String,
+    /// Base units, decimal; empty: the asset default.
+    pub fee_cap: String,
+    /// Free text.
+    pub memo: String,
+}
+
+/// An approver's signed verdict, as received.
+#[derive(Clone, Debug)]
+pub struct SubmittedVerdict {
+    /// Withdrawal id.
+    pub withdrawal_id: String,
+    /// Approver id in the policy.
+    pub approver: String,
+    /// What they decided.
+    pub verdict: Verdict,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+    /// Free text.
+    pub reason: String,
+}
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct FlowSettings {
+    /// How often waiting withdrawals are revisited.
+    pub tick: Duration,
+    /// Added to a time lock on the coordinator's side so signers, whose lock
+    /// started when they registered the quorum, are past theirs too.
+    pub lock_margin: Duration,
+}
+
+/// What a step leaves the withdrawal doing.
+enum Next {
+    Continue,
+    Wait,
+}
+
+/// The withdrawal engine.
+pub struct Engine {
+    /// Storage.
+    pub store: WithdrawalStore,
+    cluster: Arc<Cluster>,
+    policy: PolicyHolder,
+    risk_model: RiskModel,
+    risk_state: Mutex<RiskState>,
+    audit: Arc<AuditTrail>,
+    assets: Vec<AssetConfig>,
+    settings: FlowSettings,
+    /// Serialises policy evaluation with the velocity history it reads.
+    eval_lock: tokio::sync::Mutex<()>,
+    in_flight: Mutex<HashSet<String>>,
+    changes: broadcast::Sender<()>,
+    /// Withdrawals per state, refreshed by the ticker (metrics).
+    counts: Mutex<Vec<(String, i64)>>,
+}
+
+fn secs_now() -> i64 {
+    now_ms() / 1000
+}
+
+fn parse_amount(field: &str, s: &str, allow_zero: bool) -> Result<u128, CoordError> {
+    if s.is_empty() || s.len() > 39 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CoordError::InvalidArgument(format!(
+            "{field}: {s:?} must be a non-negative integer in base units (decimal digits only)"
+        )));
+    }
+    let v: u128 = s
+        .parse()
+        .map_err(|_| CoordError::InvalidArgument(format!("{field}: {s} overflows 128 bits")))?;
+    if v == 0 && !allow_zero {
+        return Err(CoordError::InvalidArgument(format!(
+            "{field}: must be greater than zero"
+        )));
+    }
+    Ok(v)
+}
+
+fn text_ok(field: &str, s: &str, max: usize, required: bool) -> Result<(), CoordError> {
+    if required && s.is_empty() {
+        return Err(CoordError::InvalidArgument(format!("{field}: required")));
+    }
+    if s.len() > max {
+        return Err(CoordError::InvalidArgument(format!(
+            "{field}: {} bytes, at most {max}",
+            s.len()
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(CoordError::InvalidArgument(format!(
+            "{field}: contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Approve => "approve",
+        Verdict::Reject => "reject",
+        Verdict::Cancel => "cancel",
+    }
+}
+
+fn quorum_words(d: &Decision) -> String {
+    d.quorum
+        .iter()
+        .map(|t| format!("{} of {}", t.count, t.group))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The policy crate's view of a stored withdrawal.
+pub fn policy_withdrawal(row: &WithdrawalRow) -> Result<Withdrawal, CoordError> {
+    Ok(Withdrawal {
+        id: row.id.clone(),
+        wallet: row.wallet.clone(),
+        chain: row.chain.clone(),
+        asset: row.asset.clone(),
+        destination: row.destination.clone(),
+        amount: Amount(parse_amount("amount", &row.amount, false)?),
+        fee_cap: Amount(parse_amount("fee_cap", &row.fee_cap, true)?),
+        initiator: row.initiator.clone(),
+        tx_digest: row
+            .tx_digest
+            .as_deref()
+            .map(hex::encode)
+            .unwrap_or_default(),
+    })
+}
+
+impl Engine {
+    /// Wires the engine; call [`Engine::run`] to start resuming withdrawals.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: WithdrawalStore,
+        cluster: Arc<Cluster>,
+        policy: PolicyHolder,
+        risk_model: RiskModel,
+        risk_state: RiskState,
+        audit: Arc<AuditTrail>,
+        assets: Vec<AssetConfig>,
+        settings: FlowSettings,
+    ) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(64);
+        Arc::new(Self {
+            store,
+            cluster,
+            policy,
+            risk_model,
+            risk_state: Mutex::new(risk_state),
+            audit,
+            assets,
+            settings,
+            eval_lock: tokio::sync::Mutex::new(()),
+            in_flight: Mutex::new(HashSet::new()),
+            changes,
+            counts: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Rebuilds the risk model's state from stored history.
+    pub async fn rebuild_risk_state(
+        store: &WithdrawalStore,
+        model: &RiskModel,
+    ) -> Result<RiskState, CoordError> {
+        let rows = store.history_since(now_ms() - HISTORY_WINDOW_MS).await?;
+        let past: Vec<RiskRequest> = rows.iter().filter_map(risk_request).collect();
+        RiskState::rebuild(model.config(), past).map_err(|e| CoordError::Internal(e.to_string()))
+    }
+
+    /// Withdrawals per state as of the last tick.
+    pub fn state_counts(&self) -> Vec<(String, i64)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A receiver nudged after every committed change (WatchWithdrawals).
+    pub fn subscribe(&self) -> broadcast::Receiver<()> {
+        self.changes.subscribe()
+    }
+
+    /// The policy holder (address book reads).
+    pub fn policy(&self) -> &PolicyHolder {
+        &self.policy
+    }
+
+    /// The asset config for (chain, symbol).
+    pub fn asset(&self, chain: &str, symbol: &str) -> Option<&AssetConfig> {
+        self.assets
+            .iter()
+            .find(|a| a.chain == chain && a.symbol == symbol)
+    }
+
+    /// Assets configured for a chain.
+    pub fn assets_on(&self, chain: &str) -> Vec<String> {
+        self.assets
+            .iter()
+            .filter(|a| a.chain == chain)
+            .map(|a| a.symbol.clone())
+            .collect()
+    }
+
+    /// The address-book entries of the policy in force (all chains when
+    /// `chain` is empty), with when each becomes usable, and the policy hash.
+    pub fn address_book(&self, chain: &str) -> (Vec<(custos_policy::AddressEntry, i64)>, String) {
+        let active = self.policy.in_force(Timestamp(secs_now()));
+        let doc = active.policy().document();
+        let entries = doc
+            .address_book
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| chain.is_empty() || e.chain == chain)
+            .map(|(i, e)| (e.clone(), active.entry_usable_from(i).0))
+            .collect();
+        (entries, active.policy().hash().to_string())
+    }
+
+    /// The address-book id of a destination, if it is in the book.
+    pub fn destination_label(&self, chain: &str, destination: &str) -> String {
+        let (entries, _) = self.address_book(chain);
+        entries
+            .into_iter()
+            .find(|(e, _)| {
+                check_address(chain, &e.address)
+                    .map(|c| c.canonical.eq_ignore_ascii_case(destination))
+                    .unwrap_or(false)
+            })
+            .map(|(e, _)| {
+                if e.labels.is_empty() {
+                    e.id
+                } else {
+                    format!("{} ({})", e.id, e.labels.join(", "))
+                }
+            })
+            .unwrap_or_default()
+    }
+
+    /// Amount in human units, when the asset is known.
+    pub fn human_amount(&self, row: &WithdrawalRow) -> String {
+        match (
+            self.asset(&row.chain, &row.asset),
+            row.amount.parse::<u128>(),
+        ) {
+            (Some(a), Ok(v)) => human(v, a.decimals, &a.symbol),
+            _ => format!("{} {} base units", row.amount, row.asset),
+        }
+    }
+
+    // ------------------------------------------------------------- create
+
+    /// Validates and records a request, then drives it to its first waiting
+    /// state (awaiting approvals, blocked, time lock, or signing in the background).
+    pub async fn create(
+        self: &Arc<Self>,
+        client: &Identity,
+        req: CreateRequest,
+    ) -> Result<WithdrawalRow, CoordError> {
+        text_ok(
+            "idempotency_key",
+            &req.idempotency_key,
+            MAX_IDEMPOTENCY_KEY,
+            true,
+        )?;
+        text_ok("wallet", &req.wallet, 64, true)?;
+        text_ok("asset", &req.asset, 32, true)?;
+        text_ok("destination", &req.destination, MAX_DESTINATION, true)?;
+        text_ok("memo", &req.memo, MAX_MEMO, false)?;
+        let amount = parse_amount("amount", &req.amount, false)?;
+        let key = self
+            .cluster
+            .db
+            .key(&req.wallet)
+            .await?
+            .filter(|k| k.state == "ready")
+            .ok_or_else(|| {
+                CoordError::InvalidArgument(format!("wallet: unknown wallet {:?}", req.wallet))
+            })?;
+        let asset = self.asset(&key.chain, &req.asset).ok_or_else(|| {
+            CoordError::InvalidArgument(format!(
+                "asset: {:?} is not supported on {} (supported: {})",
+                req.asset,
+                key.chain,
+                self.assets_on(&key.chain).join(", ")
+            ))
+        })?;
+        let fee_cap = if req.fee_cap.is_empty() {
+            parse_amount("fee_cap", &asset.default_fee_cap, true).unwrap_or(0)
+        } else {
+            parse_amount("fee_cap", &req.fee_cap, true)?
+        };
+        let destination = check_address(&key.chain, &req.destination)
+            .map_err(|e| CoordError::InvalidArgument(format!("destination: {e}")))?
+            .canonical;
+        let body = serde_json::json!({
+            "wallet": req.wallet, "asset": req.asset, "destination": destination,
+            "amount": amount.to_string(), "fee_cap": fee_cap.to_string(), "memo": req.memo,
+        });
+        let request_hash = hex::encode(sha256(body.to_string().as_bytes()));
+        let mut id_bytes = [0u8; 10];
+        rand::thread_rng().fill_bytes(&mut id_bytes);
+        let row = WithdrawalRow {
+            id: format!("wd-{}", hex::encode(id_bytes)),
+            client_id: client.id.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            request_hash,
+            wallet: req.wallet.clone(),
+            chain: key.chain.clone(),
+            asset: req.asset.clone(),
+            destination,
+            amount: amount.to_string(),
+            fee_cap: fee_cap.to_string(),
+            initiator: client.id.clone(),
+            memo: req.memo.clone(),
+            state: State::Requested.as_str().into(),
+            created_ms: now_ms(),
+            updated_ms: now_ms(),
+            ..WithdrawalRow::default()
+        };
+        if let Some(prev) = self
+            .store
+            .by_idempotency_key(&client.id, &req.idempotency_key)
+            .await?
+        {
+            return same_request(prev, &row);
+        }
+        self.audit
+            .append(EntryBody::WithdrawalRequested {
+                withdrawal_id: row.id.clone(),
+                key_id: row.wallet.clone(),
+                chain: row.chain.clone(),
+                asset: row.asset.clone(),
+                destination: row.destination.clone(),
+                amount: row.amount.clone(),
+                tx_digest: None,
+                requested_by: row.initiator.clone(),
+            })
+            .await?;
+        match self.store.insert(&row).await? {
+            Inserted::Existing(prev) => same_request(prev, &row),
+            Inserted::New(row) => {
+                let _ = self.changes.send(());
+                self.clone().advance(row.id.clone()).await;
+                self.get(&row.id).await
+            }
+        }
+    }
+
+    /// One withdrawal.
+    pub async fn get(&self, id: &str) -> Result<WithdrawalRow, CoordError> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| CoordError::NotFound(format!("withdrawal {id}")))
+    }
+
+    // ------------------------------------------------------------ driving
+
+    /// Drives a withdrawal until it waits. Only one driver per withdrawal runs
+    /// at a time; a second call returns at once.
+    pub async fn advance(self: Arc<Self>, id: String) {
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if !f.insert(id.clone()) {
+                return;
+            }
+        }
+        let _guard = InFlight(self.clone(), id.clone());
+        loop {
+            let row = match self.store.get(&id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(withdrawal = %id, error = %e, "cannot load withdrawal");
+                    return;
+                }
+            };
+            match self.step(&row).await {
+                Ok(Next::Continue) => {
+                    let _ = self.changes.send(());
+                }
+                Ok(Next::Wait) => return,
+                Err(e) => {
+                    // Storage or audit failure: nothing happened; the ticker retries.
+                    tracing::warn!(withdrawal = %id, state = %row.state, error = %e, "withdrawal step failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Revisits waiting withdrawals forever (time locks, expiries, retries,
+    /// and every non-terminal withdrawal after a restart).
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.store.non_terminal().await {
+                Ok(rows) => {
+                    let now = secs_now();
+                    for row in rows {
+                        let due = match row.state().unwrap_or(State::Failed) {
+                            State::AwaitingApprovals => {
+                                row.statement_expiry.is_some_and(|e| now >= e)
+                            }
+                            State::TimeLocked => {
+                                row.time_lock_until.is_some_and(|t| now >= t)
+                                    || row.statement_expiry.is_some_and(|e| now >= e)
+                            }
+                            _ => true,
+                        };
+                        if due {
+                            tokio::spawn(self.clone().advance(row.id.clone()));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list open withdrawals"),
+            }
+            if let Ok(c) = self.store.count_by_state().await {
+                *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = c;
+            }
+            tokio::time::sleep(self.settings.tick).await;
+        }
+    }
+
+    async fn step(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        match row.state()? {
+            State::Requested => self.score(row).await,
+            State::RiskScored => self.decide(row).await,
+            State::PolicyEvaluated => {
+                let _g = self.eval_lock.lock().await;
+                self.route(row).await
+            }
+            State::AwaitingApprovals => self.expire_if_due(row, State::AwaitingApprovals).await,
+            State::Approved => self.register_quorum(row).await,
+            State::TimeLocked => {
+                if let Next::Continue = self.expire_if_due(row, State::TimeLocked).await? {
+                    return Ok(Next::Continue);
+                }
+                if row.time_lock_until.is_some_and(|t| secs_now() >= t) {
+                    self.move_to(
+                        row,
+                        &[State::TimeLocked],
+                        State::Signing,
+                        vec![],
+                        "time lock elapsed",
+                    )
+                    .await
+                } else {
+                    Ok(Next::Wait)
+                }
+            }
+            State::Signing => self.sign(row).await,
+            _ => Ok(Next::Wait),
+        }
+    }
+
+    /// Appends the status entry, then commits the transition.
+    async fn move_to(
+        &self,
+        row: &WithdrawalRow,
+        from: &[State],
+        to: State,
+        updates: Updates,
+        detail: &str,
+    ) -> Result<Next, CoordError> {
+        self.audit
+            .append(EntryBody::StatusChanged {
+                withdrawal_id: row.id.clone(),
+                status: to.audit_status(),
+                reason: detail.to_owned(),
+            })
+            .await?;
+        match self
+            .store
+            .transition(&row.id, from, to, updates, detail)
+            .await?
+        {
+            Some(_) => Ok(Next::Continue),
+            // Someone else moved it (a cancel, another driver): look again.
+            None => Ok(Next::Continue),
+        }
+    }
+
+    async fn expire_if_due(&self, row: &WithdrawalRow, state: State) -> Result<Next, CoordError> {
+        match row.statement_expiry {
+            Some(e) if secs_now() >= e => {
+                let detail = format!("approvals expired at {}", Timestamp(e));
+                self.move_to(
+                    row,
+                    &[state],
+                    State::Expired,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
+            }
+            _ => Ok(Next::Wait),
+        }
+    }
+
+    async fn score(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let req = risk_request(row).ok_or_else(|| CoordError::Internal("stored amount".into()))?;
+        let assessment: RiskAssessment = {
+            let st = self.risk_state.lock().unwrap_or_else(|p| p.into_inner());
+            self.risk_model.score(
+                &st,
+                &RiskRequest {
+                    at_ms: u64::try_from(now_ms()).unwrap_or(0),
+                    ..req
+                },
+            )
+        };
+        let json =
+            serde_json::to_string(&assessment).map_err(|e| CoordError::Internal(e.to_string()))?;
+        self.audit
+            .append(EntryBody::RiskScored {
+                withdrawal_id: row.id.clone(),
+                provider: "custos-risk/1".into(),
+                score: assessment.score,
+                details_hash: custos_audit::Hash::from(sha256(json.as_bytes())),
+            })
+            .await?;
+        self.store
+            .transition(
+                &row.id,
+                &[State::Requested],
+                State::RiskScored,
+                vec![
+                    ("risk_score", Val::Int(Some(i64::from(assessment.score)))),
+                    ("risk_json", Val::Text(Some(json))),
+                ],
+                &assessment.summary(),
+            )
+            .await?;
+        Ok(Next::Continue)
+    }
+
+    async fn velocity_history(&self, wallet: &str) -> Result<Vec<HistoryEntry>, CoordError> {
+        let rows = self
+            .store
+            .velocity_history(wallet, now_ms() - HISTORY_WINDOW_MS)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(HistoryEntry {
+                    id: r.id.clone(),
+                    wallet: r.wallet.clone(),
+                    chain: r.chain.clone(),
+                    asset: r.asset.clone(),
+                    destination: r.destination.clone(),
+                    initiator: r.initiator.clone(),
+                    amount: Amount(r.amount.parse().ok()?),
+                    at: Timestamp(r.approved_at?),
+                })
+            })
+            .collect())
+    }
+
+    /// Evaluates the policy and, under the same lock, routes the decision so
+    /// that an `allow` counts toward velocity before the next evaluation.
+    async fn decide(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let _g = self.eval_lock.lock().await;
+        let now = Timestamp(secs_now());
+        let active = self.policy.in_force(now);
+        let mut w = policy_withdrawal(row)?;
+        // No transaction adapter yet for this chain: the transfer-intent digest.
+        let digest = intent_digest(&w);
+        w.tx_digest = hex::encode(digest);
+        let history = self.velocity_history(&row.wallet).await?;
+        let score = u32::try_from(row.risk_score.unwrap_or(100)).unwrap_or(100);
+        let decision = match evaluate(&active, &w, &history, now, score) {
+            Ok(d) => d,
+            Err(e) => {
+                let detail = format!("policy evaluation failed: {e}");
+                return self
+                    .move_to(
+                        row,
+                        &[State::RiskScored],
+                        State::Failed,
+                        vec![("reason", Val::Text(Some(detail.clone())))],
+                        &detail,
+                    )
+                    .await;
+            }
+        };
+        let explanation = decision.explain();
+        let lifetime = decision
+            .approval_expiry
+            .unwrap_or(active.policy().document().settings.approval_expiry);
+        let expiry = now.plus(lifetime);
+        let (outcome, audit_outcome) = match &decision.outcome {
+            Outcome::Allow => ("allow", DecisionOutcome::Allow),
+            Outcome::RequireApprovals => (
+                "require_approvals",
+                DecisionOutcome::RequireApprovals {
+                    quorum: u16::try_from(decision.quorum.iter().map(|t| t.count).sum::<u32>())
+                        .unwrap_or(u16::MAX),
+                },
+            ),
+            Outcome::Block { .. } => ("block", DecisionOutcome::Deny),
+        };
+        let statement = match decision.outcome {
+            Outcome::Block { .. } => None,
+            _ => Some(
+                ApprovalStatement::for_decision(&decision, &w, expiry)
+                    .and_then(|s| s.encode())
+                    .map_err(|e| CoordError::Internal(format!("statement: {e}")))?,
+            ),
+        };
+        let decision_json =
+            serde_json::to_string(&decision).map_err(|e| CoordError::Internal(e.to_string()))?;
+        let decision_index = self
+            .audit
+            .append(EntryBody::PolicyDecision {
+                withdrawal_id: row.id.clone(),
+                policy_hash: custos_audit::Hash::from(decision.policy_hash.0),
+                rule_id: decision.rule_id.clone().unwrap_or_default(),
+                outcome: audit_outcome,
+                explanation_hash: custos_audit::Hash::from(sha256(explanation.as_bytes())),
+            })
+            .await?;
+        let summary = format!(
+            "{outcome} by rule {}",
+            decision.rule_id.as_deref().unwrap_or("(none)")
+        );
+        let updated = self
+            .store
+            .transition(
+                &row.id,
+                &[State::RiskScored],
+                State::PolicyEvaluated,
+                vec![
+                    ("rule_id", Val::Text(decision.rule_id.clone())),
+                    ("outcome", Val::Text(Some(outcome.into()))),
+                    ("explanation", Val::Text(Some(explanation))),
+                    ("decision_json", Val::Text(Some(decision_json))),
+                    (
+                        "decision_index",
+                        Val::Int(i64::try_from(decision_index).ok()),
+                    ),
+                    (
+                        "policy_hash",
+                        Val::Text(Some(decision.policy_hash.to_string())),
+                    ),
+                    ("required", Val::Text(Some(quorum_words(&decision)))),
+                    ("delay_secs", Val::Int(decision.delay.map(|d| d.secs_i64()))),
+                    ("cancel_group", Val::Text(decision.cancel_group.clone())),
+                    ("statement", Val::Blob(statement)),
+                    ("statement_expiry", Val::Int(Some(expiry.0))),
+                    ("tx_digest", Val::Blob(Some(digest.to_vec()))),
+                ],
+                &summary,
+            )
+            .await?;
+        match updated {
+            Some(r) => self.route(&r).await,
+            None => Ok(Next::Continue),
+        }
+    }
+
+    /// policy_evaluated → blocked | awaiting_approvals | approved.
+    async fn route(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let from = [State::PolicyEvaluated];
+        match row.outcome.as_deref() {
+            Some("block") => {
+                let reason = self.decision(row).ok().and_then(|d| match d.outcome {
+                    Outcome::Block { reason } => Some(reason),
+                    _ => None,
+                });
+                let detail = format!(
+                    "blocked by rule {}: {}",
+                    row.rule_id.as_deref().unwrap_or("(no rule matched)"),
+                    reason.unwrap_or_else(|| "no rule allows it".into())
+                );
+                self.move_to(
+                    row,
+                    &from,
+                    State::Blocked,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
+            }
+            Some("require_approvals") => {
+                let detail = format!("needs {}", row.required.as_deref().unwrap_or("approvals"));
+                self.move_to(row, &from, State::AwaitingApprovals, vec![], &detail)
+                    .await
+            }
+            Some("allow") => {
+                self.move_to(
+                    row,
+                    &from,
+                    State::Approved,
+                    vec![("approved_at", Val::Int(Some(secs_now())))],
+                    "allowed by policy without approvals",
+                )
+                .await
+            }
+            other => Err(CoordError::Internal(format!("stored outcome {other:?}"))),
+        }
+    }
+
+    fn decision(&self, row: &WithdrawalRow) -> Result<Decision, CoordError> {
+        let json = row
+            .decision_json
+            .as_deref()
+            .ok_or_else(|| CoordError::Internal(format!("{} has no decision", row.id)))?;
+        serde_json::from_str(json)
+            .map_err(|e| CoordError::Internal(format!("stored decision: {e}")))
+    }
+
+    fn statement(&self, row: &WithdrawalRow) -> Result<ApprovalStatement, CoordError> {
+        let bytes = row.statement.as_deref().ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("withdrawal {} has nothing to approve", row.id))
+        })?;
+        ApprovalStatement::decode(bytes)
+            .map_err(|e| CoordError::Internal(format!("stored statement: {e}")))
+    }
+
+    /// Everything a signer needs to verify the withdrawal itself.
+    pub async fn authorization(
+        &self,
+        row: &WithdrawalRow,
+    ) -> Result<WithdrawalAuthorization, CoordError> {
+        let w = policy_withdrawal(row)?;
+        let hash = PolicyHash::from_hex(row.policy_hash.as_deref().unwrap_or_default())
+            .map_err(|e| CoordError::Internal(format!("stored policy hash: {e}")))?;
+        let bundle = self.policy.bundle(&hash).ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("policy {hash} is no longer known"))
+        })?;
+        let approvals: Vec<Approval> = self
+            .store
+            .approvals(&row.id)
+            .await?
+            .into_iter()
+            .filter(|a| a.verdict == "approve")
+            .map(|a| Approval {
+                approver: a.approver,
+                verdict: Verdict::Approve,
+                signature: a.signature,
+            })
+            .collect();
+        Ok(WithdrawalAuthorization {
+            withdrawal_json: serde_json::to_vec(&w)
+                .map_err(|e| CoordError::Internal(e.to_string()))?,
+            unsigned_tx: row.unsigned_tx.clone().unwrap_or_default(),
+            policy_document: bundle.document.clone(),
+            policy_signatures: bundle.signatures.clone(),
+            rule_id: row.rule_id.clone().unwrap_or_default(),
+            statement_expiry: row.statement_expiry.unwrap_or(0),
+            risk_score: u32::try_from(row.risk_score.unwrap_or(100)).unwrap_or(100),
+            approvals_json: serde_json::to_vec(&approvals)
+                .map_err(|e| CoordError::Internal(e.to_string()))?,
+            ..WithdrawalAuthorization::default()
+        })
+    }
+
+    /// approved → time_locked | signing, once enough signers registered the quorum.
+    async fn register_quorum(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let key = self.key(row).await?;
+        let auth = self.authorization(row).await?;
+        let results = self.cluster.register_quorum(&key.participants, auth).await;
+        let mut accepted = 0usize;
+        let mut refusals = Vec::new();
+        let mut unreachable = 0usize;
+        for (node, r) in &results {
+            match r {
+                Ok(_) => accepted += 1,
+                Err(CoordError::Refused(m)) => refusals.push(format!("{node}: {m}")),
+                Err(e) => {
+                    unreachable += 1;
+                    tracing::info!(withdrawal = %row.id, %node, error = %e, "signer did not register the quorum yet");
+                }
+            }
+        }
+        let t = usize::from(key.threshold);
+        if accepted + unreachable < t {
+            let detail = format!("signers refused: {}", refusals.join("; "));
+            return self
+                .move_to(
+                    row,
+                    &[State::Approved],
+                    State::Failed,
+                    vec![
+                        ("reason", Val::Text(Some(detail.clone()))),
+                        (
+                            "signer_notes",
+                            Val::Text(Some(serde_json::to_string(&refusals).unwrap_or_default())),
+                        ),
+                    ],
+                    &detail,
+                )
+                .await;
+        }
+        if accepted < t {
+            return Ok(Next::Wait);
+        }
+        let delay = row.delay_secs.unwrap_or(0);
+        if delay <= 0 {
+            return self
+                .move_to(
+                    row,
+                    &[State::Approved],
+                    State::Signing,
+                    vec![],
+                    "quorum registered with signers",
+                )
+                .await;
+        }
+        let until =
+            secs_now() + delay + i64::try_from(self.settings.lock_margin.as_secs()).unwrap_or(1);
+        self.move_to(
+            row,
+            &[State::Approved],
+            State::TimeLocked,
+            vec![("time_lock_until", Val::Int(Some(until)))],
+            &format!("time lock until {}", Timestamp(until)),
+        )
+        .await
+    }
+
+    async fn key(&self, row: &WithdrawalRow) -> Result<crate::db::KeyRow, CoordError> {
+        self.cluster
+            .db
+            .key(&row.wallet)
+            .await?
+            .ok_or_else(|| CoordError::Internal(format!("wallet {} vanished", row.wallet)))
+    }
+
+    /// signing → signed | failed (retries while signers are unreachable).
+    async fn sign(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let key = self.key(row).await?;
+        let mut row = row.clone();
+        if row.presig_id.is_none() {
+            let mut reserved = false;
+            for (presig, signers) in self.cluster.usable_presigs(&key).await? {
+                if self
+                    .store
+                    .reserve_presig(&row.id, &presig, &signers)
+                    .await?
+                {
+                    reserved = true;
+                    break;
+                }
+            }
+            if !reserved {
+                let (presig, signers) = match self.cluster.presign_now(&key).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::info!(withdrawal = %row.id, error = %e, "no presignature yet");
+                        return Ok(Next::Wait);
+                    }
+                };
+                if !self
+                    .store
+                    .reserve_presig(&row.id, &presig, &signers)
+                    .await?
+                {
+                    return Ok(Next::Continue);
+                }
+            }
+            row = self.get(&row.id).await?;
+        }
+        let presig = row.presig_id.clone().unwrap_or_default();
+        let signers: Vec<String> =
+            serde_json::from_str(row.signers.as_deref().unwrap_or("[]")).unwrap_or_default();
+        let digest: [u8; 32] = row
+            .tx_digest
+            .as_deref()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| CoordError::Internal(format!("{} has no digest", row.id)))?;
+        let mut auth = self.authorization(&row).await?;
+        // Signers sign only decisions in a checkpoint they co-signed.
+        let index = row
+            .decision_index
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| CoordError::Internal(format!("{} has no decision entry", row.id)))?;
+        let size = match self.audit.witness_through(index, &signers).await {
+            Ok(s) => s,
+            Err(e @ CoordError::Storage(_)) => return Err(e),
+            Err(e) => {
+                self.note(&row, State::Signing, &e.to_string()).await?;
+                return Ok(Next::Wait);
+            }
+        };
+        auth.decision_entry_index = index;
+        auth.decision_entry = self
+            .audit
+            .log()
+            .entry(index)
+            .await
+            .map_err(|e| CoordError::Storage(e.to_string()))?;
+        auth.inclusion_proof = self
+            .audit
+            .log()
+            .inclusion_proof(index, size)
+            .await
+            .map_err(|e| CoordError::Storage(e.to_string()))?
+            .iter()
+            .map(|h| h.to_vec())
+            .collect();
+        auth.proof_tree_size = size;
+        let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
+        self.audit
+            .append(EntryBody::SigningSession {
+                withdrawal_id: row.id.clone(),
+                key_id: key.key_id.clone(),
+                execution_id: statement_hash.to_vec(),
+                participants: signers.clone(),
+                presignature_id: Some(presig.clone()),
+                message_digest: custos_audit::Hash::from(digest),
+            })
+            .await?;
+        match self
+            .cluster
+            .sign_withdrawal(&key, &digest, &presig, &signers, auth)
+            .await
+        {
+            Ok(sig) => {
+                let mut signature = sig.r.to_vec();
+                signature.extend_from_slice(&sig.s);
+                signature.push(sig.recovery_id);
+                self.audit
+                    .append(EntryBody::SignatureProduced {
+                        withdrawal_id: row.id.clone(),
+                        key_id: key.key_id.clone(),
+                        execution_id: statement_hash.to_vec(),
+                        message_digest: custos_audit::Hash::from(digest),
+                        signature,
+                    })
+                    .await?;
+                self.store
+                    .transition(
+                        &row.id,
+                        &[State::Signing],
+                        State::Signed,
+                        vec![
+                            ("sig_r", Val::Blob(Some(sig.r.to_vec()))),
+                            ("sig_s", Val::Blob(Some(sig.s.to_vec()))),
+                            ("recovery_id", Val::Int(Some(i64::from(sig.recovery_id)))),
+                        ],
+                        &format!("signed by {}", sig.signers.join(", ")),
+                    )
+                    .await?;
+                if let Some(req) = risk_request(&row) {
+                    self.risk_state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(&req);
+                }
+                Ok(Next::Continue)
+            }
+            Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
+                self.note(&row, State::Signing, &e.to_string()).await?;
+                Ok(Next::Wait)
+            }
+            Err(e) => {
+                let detail = format!("signing failed: {e}");
+                self.note(&row, State::Signing, &e.to_string()).await?;
+                self.move_to(
+                    &row,
+                    &[State::Signing],
+                    State::Failed,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn note(&self, row: &WithdrawalRow, state: State, note: &str) -> Result<(), CoordError> {
+        let mut notes: Vec<String> = serde_json::from_str(&row.signer_notes).unwrap_or_default();
+        if notes.last().map(String::as_str) == Some(note) {
+            return Ok(());
+        }
+        notes.push(note.to_owned());
+        if notes.len() > 20 {
+            notes.remove(0);
+        }
+        self.store
+            .update(
+                &row.id,
+                state,
+                vec![(
+                    "signer_notes",
+                    Val::Text(Some(serde_json::to_string(&notes).unwrap_or_default())),
+                )],
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- approvals
+
+    /// Verifies and records an approver's signed verdict, then moves the
+    /// withdrawal on if it completes (or denies) the quorum.
+    pub async fn submit(
+        self: &Arc<Self>,
+        v: SubmittedVerdict,
+    ) -> Result<WithdrawalRow, CoordError> {
+        let row = self.get(&v.withdrawal_id).await?;
+        let state = row.state()?;
+        text_ok("approver", &v.approver, 64, true)?;
+        text_ok("reason", &v.reason, MAX_MEMO, false)?;
+        if v.signature.len() != 128 || hex::decode(&v.signature).is_err() {
+            return Err(CoordError::InvalidArgument(
+                "signature: must be 128 hex characters (Ed25519)".into(),
+            ));
+        }
+        let statement = self.statement(&row)?;
+        let decision = self.decision(&row)?;
+        let now = Timestamp(secs_now());
+        let active = self.policy.in_force(now);
+        if active.policy().hash() != decision.policy_hash {
+            return Err(CoordError::FailedPrecondition(format!(
+                "the policy changed since withdrawal {} was evaluated; request it again",
+                row.id
+            )));
+        }
+        let new = Approval {
+            approver: v.approver.clone(),
+            verdict: v.verdict,
+            signature: v.signature.clone(),
+        };
+        if v.verdict == Verdict::Cancel {
+            return self
+                .cancel_signed(row, state, &active, &decision, &statement, new, &v.reason)
+                .await;
+        }
+        if state != State::AwaitingApprovals {
+            return Err(CoordError::FailedPrecondition(format!(
+                "withdrawal {} is {state}: approvals are accepted only while awaiting_approvals",
+                row.id
+            )));
+        }
+        let mut all: Vec<Approval> = self
+            .store
+            .approvals(&row.id)
+            .await?
+            .into_iter()
+            .filter_map(|a| {
+                let verdict = match a.verdict.as_str() {
+                    "approve" => Verdict::Approve,
+                    "reject" => Verdict::Reject,
+                    _ => return None,
+                };
+                Some(Approval {
+                    approver: a.approver,
+                    verdict,
+                    signature: a.signature,
+                })
+            })
+            .collect();
+        if all.iter().any(|a| a.approver == new.approver) {
+            return Err(CoordError::AlreadyExists(format!(
+                "{} already gave a verdict on withdrawal {}",
+                new.approver, row.id
+            )));
+        }
+        all.push(new.clone());
+        let status = check_approvals(&active, &decision, &statement, &all, now);
+        if let ApprovalStatus::Invalid { problems } = &status {
+            let mine: Vec<String> = problems
+                .iter()
+                .filter(|p| p.index.is_none() || p.index == Some(all.len() - 1))
+                .map(|p| p.reason.clone())
+                .collect();
+            if !mine.is_empty() {
+                return Err(CoordError::InvalidArgument(format!(
+                    "approval by {}: {}",
+                    new.approver,
+                    mine.join("; ")
+                )));
+            }
+        }
+        let signature = hex::decode(&new.signature).unwrap_or_default();
+        self.audit
+            .append(EntryBody::Approval {
+                withdrawal_id: row.id.clone(),
+                approver_id: new.approver.clone(),
+                verdict: if new.verdict == Verdict::Reject {
+                    AuditVerdict::Reject
+                } else {
+                    AuditVerdict::Approve
+                },
+                statement: row.statement.clone().unwrap_or_default(),
+                signature,
+            })
+            .await?;
+        let stored = self
+            .store
+            .add_approval(
+                &row.id,
+                &ApprovalRow {
+                    approver: new.approver.clone(),
+                    verdict: verdict_name(new.verdict).into(),
+                    signature: new.signature.clone(),
+                    reason: v.reason.clone(),
+                    received_ms: now_ms(),
+                },
+            )
+            .await?;
+        if !stored {
+            return Err(CoordError::AlreadyExists(format!(
+                "{} already gave a verdict on withdrawal {}",
+                new.approver, row.id
+            )));
+        }
+        let _ = self.changes.send(());
+        match status {
+            ApprovalStatus::Satisfied { approvers } => {
+                let detail = format!("quorum reached: {}", approvers.join(", "));
+                self.move_to(
+                    &row,
+                    &[State::AwaitingApprovals],
+                    State::Approved,
+                    vec![("approved_at", Val::Int(Some(secs_now())))],
+                    &detail,
+                )
+                .await?;
+                tokio::spawn(self.clone().advance(row.id.clone()));
+            }
+            ApprovalStatus::Rejected { by } => {
+                let detail = format!(
+                    "rejected by {}{}",
+                    by.join(", "),
+                    if v.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", v.reason)
+                    }
+                );
+                self.move_to(
+                    &row,
+                    &[State::AwaitingApprovals],
+                    State::Rejected,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        let _ = self.changes.send(());
+        self.get(&row.id).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn cancel_signed(
+        &self,
+        row: WithdrawalRow,
+        state: State,
+        active: &custos_policy::ActivePolicy,
+        decision: &Decision,
+        statement: &ApprovalStatement,
+        cancel: Approval,
+        reason: &str,
+    ) -> Result<WithdrawalRow, CoordError> {
+        if !state.cancellable() {
+            return Err(not_cancellable(&row, state));
+        }
+        let by = check_cancellation(active, decision, statement, &cancel).map_err(|e| {
+            CoordError::InvalidArgument(format!("cancellation by {}: {e}", cancel.approver))
+        })?;
+        let cancel_json =
+            serde_json::to_vec(&cancel).map_err(|e| CoordError::Internal(e.to_string()))?;
+        self.finish_cancel(&row, state, &by, reason, cancel_json, Some(&cancel))
+            .await
+    }
+
+    /// A backend cancels its own request (or an admin any), before signing.
+    pub async fn cancel_by_client(
+        &self,
+        who: &Identity,
+        id: &str,
+        reason: &str,
+    ) -> Result<WithdrawalRow, CoordError> {
+        text_ok("reason", reason, MAX_MEMO, false)?;
+        let row = self.get(id).await?;
+        if row.client_id != who.id && !who.is_admin() {
+            return Err(CoordError::NotFound(format!("withdrawal {id}")));
+        }
+        let state = row.state()?;
+        if !state.cancellable() {
+            return Err(not_cancellable(&row, state));
+        }
+        self.finish_cancel(&row, state, &who.id, reason, Vec::new(), None)
+            .await
+    }
+
+    async fn finish_cancel(
+        &self,
+        row: &WithdrawalRow,
+        state: State,
+        by: &str,
+        reason: &str,
+        cancel_json: Vec<u8>,
+        signed: Option<&Approval>,
+    ) -> Result<WithdrawalRow, CoordError> {
+        let detail = format!(
+            "cancelled by {by}{}",
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            }
+        );
+        self.audit
+            .append(EntryBody::Cancelled {
+                withdrawal_id: row.id.clone(),
+                cancelled_by: by.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        let moved = self
+            .store
+            .transition(
+                &row.id,
+                &[state],
+                State::Cancelled,
+                vec![("reason", Val::Text(Some(detail.clone())))],
+                &detail,
+            )
+            .await?;
+        if moved.is_none() {
+            let now = self.get(&row.id).await?;
+            let st = now.state()?;
+            return Err(not_cancellable(&now, st));
+        }
+        if let Some(c) = signed {
+            self.store
+                .add_approval(
+                    &row.id,
+                    &ApprovalRow {
+                        approver: c.approver.clone(),
+                        verdict: "cancel".into(),
+                        signature: c.signature.clone(),
+                        reason: reason.to_owned(),
+                        received_ms: now_ms(),
+                    },
+                )
+                .await?;
+        }
+        let _ = self.changes.send(());
+        // Tell the signers (they also refuse on their own clock/records; this
+        // makes them refuse even a coordinator that later forgets the cancel).
+        if let (Ok(key), Ok(auth)) = (self.key(row).await, self.authorization(row).await) {
+            let notice = CancelNotice {
+                authorization: Some(auth),
+                cancel_json,
+            };
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                cluster.register_cancel(&key.participants, notice).await;
+            });
+        }
+        self.get(&row.id).await
+    }
+}
+
+fn not_cancellable(row: &WithdrawalRow, state: State) -> CoordError {
+    match state {
+        State::Signing | State::Signed => CoordError::FailedPrecondition(format!(
+            "withdrawal {} is already {state}: cancel refused (a signature may exist; it cannot be recalled)",
+            row.id
+        )),
+        _ => CoordError::FailedPrecondition(format!(
+            "withdrawal {} is {state}: nothing to cancel",
+            row.id
+        )),
+    }
+}
+
+fn same_request(prev: WithdrawalRow, new: &WithdrawalRow) -> Result<WithdrawalRow, CoordError> {
+    if prev.request_hash == new.request_hash {
+        Ok(prev)
+    } else {
+        Err(CoordError::AlreadyExists(format!(
+            "idempotency_key {:?} was already used for a different request (withdrawal {})",
+            new.idempotency_key, prev.id
+        )))
+    }
+}
+
+fn risk_request(row: &WithdrawalRow) -> Option<RiskRequest> {
+    Some(RiskRequest {
+        wallet: row.wallet.clone(),
+        chain: row.chain.clone(),
+        asset: row.asset.clone(),
+        destination: row.destination.to_lowercase(),
+        amount: row.amount.parse().ok()?,
+        at_ms: u64::try_from(row.created_ms).ok()?,
+    })
+}
+
+struct InFlight(Arc<Engine>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}

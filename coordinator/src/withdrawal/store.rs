@@ -1,0 +1,697 @@
+//! Withdrawal tables. Every transition is a compare-and-set on the state plus
+//! an event row, in one transaction, committed before the transition is acted
+//! on. The same SQL runs on SQLite and PostgreSQL (`sqlx::Any`).
+
+use custos_service::db::{Backend, is_unique_violation};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use super::state::State;
+use crate::error::CoordError;
+
+/// Idempotent DDL for the withdrawal tables.
+pub fn schema(backend: Backend) -> String {
+    let blob = backend.blob();
+    let serial = backend.serial_pk();
+    format!(
+        "CREATE TABLE IF NOT EXISTS withdrawals (
+            id TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            wallet TEXT NOT NULL,
+            chain TEXT NOT NULL,
+            asset TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            fee_cap TEXT NOT NULL,
+            initiator TEXT NOT NULL,
+            memo TEXT NOT NULL,
+            state TEXT NOT NULL,
+            risk_score BIGINT,
+            risk_json TEXT,
+            rule_id TEXT,
+            outcome TEXT,
+            explanation TEXT,
+            decision_json TEXT,
+            decision_index BIGINT,
+            policy_hash TEXT,
+            required TEXT,
+            delay_secs BIGINT,
+            cancel_group TEXT,
+            statement {blob},
+            statement_expiry BIGINT,
+            unsigned_tx {blob},
+            tx_digest {blob},
+            approved_at BIGINT,
+            time_lock_until BIGINT,
+            presig_id TEXT,
+            signers TEXT,
+            sig_r {blob},
+            sig_s {blob},
+            recovery_id BIGINT,
+            reason TEXT,
+            signer_notes TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            UNIQUE (client_id, idempotency_key)
+        );
+        CREATE INDEX IF NOT EXISTS withdrawals_state ON withdrawals (state);
+        CREATE INDEX IF NOT EXISTS withdrawals_wallet ON withdrawals (wallet, created_ms);
+        CREATE TABLE IF NOT EXISTS approvals (
+            withdrawal_id TEXT NOT NULL,
+            approver TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            received_ms BIGINT NOT NULL,
+            PRIMARY KEY (withdrawal_id, approver, verdict)
+        );
+        CREATE TABLE IF NOT EXISTS withdrawal_events (
+            seq {serial},
+            withdrawal_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at_ms BIGINT NOT NULL
+        )"
+    )
+}
+
+/// One withdrawal row.
+#[derive(Clone, Debug, Default)]
+pub struct WithdrawalRow {
+    /// Withdrawal id.
+    pub id: String,
+    /// API client that created it.
+    pub client_id: String,
+    /// The client's idempotency key.
+    pub idempotency_key: String,
+    /// Hash of the request body (idempotency check).
+    pub request_hash: String,
+    /// Wallet (= key id).
+    pub wallet: String,
+    /// Chain.
+    pub chain: String,
+    /// Asset symbol.
+    pub asset: String,
+    /// Canonical destination.
+    pub destination: String,
+    /// Base units, decimal.
+    pub amount: String,
+    /// Fee cap, base units, decimal.
+    pub fee_cap: String,
+    /// Initiator identity.
+    pub initiator: String,
+    /// Free text.
+    pub memo: String,
+    /// State name.
+    pub state: String,
+    /// Risk score.
+    pub risk_score: Option<i64>,
+    /// Risk assessment JSON.
+    pub risk_json: Option<String>,
+    /// Matched rule.
+    pub rule_id: Option<String>,
+    /// `allow`, `require_approvals`, `block`.
+    pub outcome: Option<String>,
+    /// Decision explanation.
+    pub explanation: Option<String>,
+    /// The coordinator's decision (policy crate JSON).
+    pub decision_json: Option<String>,
+    /// Audit-log index of the policy-decision entry.
+    pub decision_index: Option<i64>,
+    /// Policy hash, hex.
+    pub policy_hash: Option<String>,
+    /// Quorum in words.
+    pub required: Option<String>,
+    /// Time lock after the quorum.
+    pub delay_secs: Option<i64>,
+    /// Cancel group.
+    pub cancel_group: Option<String>,
+    /// Canonical approval statement.
+    pub statement: Option<Vec<u8>>,
+    /// Statement expiry, Unix seconds.
+    pub statement_expiry: Option<i64>,
+    /// Unsigned transaction payload.
+    pub unsigned_tx: Option<Vec<u8>>,
+    /// Signing digest.
+    pub tx_digest: Option<Vec<u8>>,
+    /// When the quorum was complete, Unix seconds.
+    pub approved_at: Option<i64>,
+    /// End of the time lock, Unix seconds.
+    pub time_lock_until: Option<i64>,
+    /// Presignature reserved for signing.
+    pub presig_id: Option<String>,
+    /// Signers of that presignature, JSON list.
+    pub signers: Option<String>,
+    /// Signature r.
+    pub sig_r: Option<Vec<u8>>,
+    /// Signature s.
+    pub sig_s: Option<Vec<u8>>,
+    /// Recovery id.
+    pub recovery_id: Option<i64>,
+    /// Why it failed, was blocked, rejected or cancelled.
+    pub reason: Option<String>,
+    /// Signers' refusals, JSON list.
+    pub signer_notes: String,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Unix ms.
+    pub updated_ms: i64,
+}
+
+impl WithdrawalRow {
+    /// The parsed state.
+    pub fn state(&self) -> Result<State, CoordError> {
+        State::parse(&self.state).ok_or_else(|| {
+            CoordError::Internal(format!(
+                "withdrawal {} has unknown state {}",
+                self.id, self.state
+            ))
+        })
+    }
+}
+
+/// A stored approval, rejection or cancellation.
+#[derive(Clone, Debug)]
+pub struct ApprovalRow {
+    /// Approver id.
+    pub approver: String,
+    /// `approve`, `reject`, `cancel`.
+    pub verdict: String,
+    /// Signature, hex.
+    pub signature: String,
+    /// Free text.
+    pub reason: String,
+    /// Unix ms.
+    pub received_ms: i64,
+}
+
+/// One state change, as streamed by WatchWithdrawals.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    /// Commit-ordered sequence.
+    pub seq: i64,
+    /// Withdrawal.
+    pub withdrawal_id: String,
+    /// New state.
+    pub state: String,
+    /// Detail.
+    pub detail: String,
+    /// Unix ms.
+    pub at_ms: i64,
+}
+
+/// A column value for a transition's updates.
+#[derive(Clone, Debug)]
+pub enum Val {
+    /// Text or NULL.
+    Text(Option<String>),
+    /// Integer or NULL.
+    Int(Option<i64>),
+    /// Bytes or NULL.
+    Blob(Option<Vec<u8>>),
+}
+
+/// Columns a transition sets, beyond `state` and `updated_ms`.
+pub type Updates = Vec<(&'static str, Val)>;
+
+fn db_err(e: sqlx::Error) -> CoordError {
+    CoordError::Storage(e.to_string())
+}
+
+/// Current time, Unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn row(r: &AnyRow) -> WithdrawalRow {
+    WithdrawalRow {
+        id: r.get("id"),
+        client_id: r.get("client_id"),
+        idempotency_key: r.get("idempotency_key"),
+        request_hash: r.get("request_hash"),
+        wallet: r.get("wallet"),
+        chain: r.get("chain"),
+        asset: r.get("asset"),
+        destination: r.get("destination"),
+        amount: r.get("amount"),
+        fee_cap: r.get("fee_cap"),
+        initiator: r.get("initiator"),
+        memo: r.get("memo"),
+        state: r.get("state"),
+        risk_score: r.get("risk_score"),
+        risk_json: r.get("risk_json"),
+        rule_id: r.get("rule_id"),
+        outcome: r.get("outcome"),
+        explanation: r.get("explanation"),
+        decision_json: r.get("decision_json"),
+        decision_index: r.get("decision_index"),
+        policy_hash: r.get("policy_hash"),
+        required: r.get("required"),
+        delay_secs: r.get("delay_secs"),
+        cancel_group: r.get("cancel_group"),
+        statement: r.get("statement"),
+        statement_expiry: r.get("statement_expiry"),
+        unsigned_tx: r.get("unsigned_tx"),
+        tx_digest: r.get("tx_digest"),
+        approved_at: r.get("approved_at"),
+        time_lock_until: r.get("time_lock_until"),
+        presig_id: r.get("presig_id"),
+        signers: r.get("signers"),
+        sig_r: r.get("sig_r"),
+        sig_s: r.get("sig_s"),
+        recovery_id: r.get("recovery_id"),
+        reason: r.get("reason"),
+        signer_notes: r.get("signer_notes"),
+        created_ms: r.get("created_ms"),
+        updated_ms: r.get("updated_ms"),
+    }
+}
+
+/// Outcome of an insert keyed by (client, idempotency key).
+#[derive(Debug)]
+pub enum Inserted {
+    /// A new withdrawal.
+    New(WithdrawalRow),
+    /// The key was used before; this is what it created.
+    Existing(WithdrawalRow),
+}
+
+/// Withdrawal storage over the coordinator's pool.
+#[derive(Clone, Debug)]
+pub struct WithdrawalStore {
+    pool: AnyPool,
+}
+
+impl WithdrawalStore {
+    /// Wraps the coordinator's pool (schema created by `Db::connect`).
+    pub fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// Inserts a new withdrawal in state `requested` with its first event, or
+    /// returns the one created earlier with the same (client, idempotency key).
+    pub async fn insert(&self, w: &WithdrawalRow) -> Result<Inserted, CoordError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let res = sqlx::query(
+            "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain, asset,
+                destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '[]', $14, $14)",
+        )
+        .bind(&w.id)
+        .bind(&w.client_id)
+        .bind(&w.idempotency_key)
+        .bind(&w.request_hash)
+        .bind(&w.wallet)
+        .bind(&w.chain)
+        .bind(&w.asset)
+        .bind(&w.destination)
+        .bind(&w.amount)
+        .bind(&w.fee_cap)
+        .bind(&w.initiator)
+        .bind(&w.memo)
+        .bind(State::Requested.as_str())
+        .bind(w.created_ms)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                let existing = self
+                    .by_idempotency_key(&w.client_id, &w.idempotency_key)
+                    .await?
+                    .ok_or_else(|| CoordError::Internal("idempotency row vanished".into()))?;
+                return Ok(Inserted::Existing(existing));
+            }
+            Err(e) => return Err(db_err(e)),
+        }
+        insert_event(&mut tx, &w.id, State::Requested, "requested", w.created_ms).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Inserted::New(w.clone()))
+    }
+
+    /// The withdrawal a client created with an idempotency key.
+    pub async fn by_idempotency_key(
+        &self,
+        client: &str,
+        key: &str,
+    ) -> Result<Option<WithdrawalRow>, CoordError> {
+        let r =
+            sqlx::query("SELECT * FROM withdrawals WHERE client_id = $1 AND idempotency_key = $2")
+                .bind(client)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(r.as_ref().map(row))
+    }
+
+    /// One withdrawal.
+    pub async fn get(&self, id: &str) -> Result<Option<WithdrawalRow>, CoordError> {
+        let r = sqlx::query("SELECT * FROM withdrawals WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(r.as_ref().map(row))
+    }
+
+    /// Moves `id` from one of `from` to `to`, setting `updates`, and records
+    /// the event, in one transaction. Returns the new row, or `Ok(None)` when
+    /// the withdrawal was no longer in one of `from` (someone else moved it).
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[State],
+        to: State,
+        updates: Updates,
+        detail: &str,
+    ) -> Result<Option<WithdrawalRow>, CoordError> {
+        let now = now_ms();
+        let mut sql = String::from("UPDATE withdrawals SET state = $1, updated_ms = $2");
+        let mut n = 2;
+        for (col, _) in &updates {
+            n += 1;
+            sql.push_str(&format!(", {col} = ${n}"));
+        }
+        n += 1;
+        sql.push_str(&format!(" WHERE id = ${n} AND state IN ("));
+        for (i, _) in from.iter().enumerate() {
+            n += 1;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${n}"));
+        }
+        sql.push(')');
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to.as_str())
+            .bind(now);
+        for (_, v) in updates {
+            q = match v {
+                Val::Text(t) => q.bind(t),
+                Val::Int(i) => q.bind(i),
+                Val::Blob(b) => q.bind(b),
+            };
+        }
+        q = q.bind(id);
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let res = q.execute(&mut *tx).await.map_err(db_err)?;
+        if res.rows_affected() != 1 {
+            return Ok(None);
+        }
+        insert_event(&mut tx, id, to, detail, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.get(id).await
+    }
+
+    /// Sets columns without changing the state (notes, reserved presignature).
+    pub async fn update(
+        &self,
+        id: &str,
+        state: State,
+        updates: Updates,
+    ) -> Result<bool, CoordError> {
+        let mut sql = String::from("UPDATE withdrawals SET updated_ms = $1");
+        let mut n = 1;
+        for (col, _) in &updates {
+            n += 1;
+            sql.push_str(&format!(", {col} = ${n}"));
+        }
+        sql.push_str(&format!(" WHERE id = ${} AND state = ${}", n + 1, n + 2));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+        for (_, v) in updates {
+            q = match v {
+                Val::Text(t) => q.bind(t),
+                Val::Int(i) => q.bind(i),
+                Val::Blob(b) => q.bind(b),
+            };
+        }
+        let res = q
+            .bind(id)
+            .bind(state.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Reserves a ready presignature for a withdrawal in `signing`, atomically:
+    /// the presignature is marked consumed and named on the withdrawal in one
+    /// transaction, so it can never serve two withdrawals.
+    pub async fn reserve_presig(
+        &self,
+        id: &str,
+        presig_id: &str,
+        signers: &[String],
+    ) -> Result<bool, CoordError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let res = sqlx::query(
+            "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
+        )
+        .bind(presig_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let res = sqlx::query(
+            "UPDATE withdrawals SET presig_id = $1, signers = $2, updated_ms = $3
+             WHERE id = $4 AND state = 'signing' AND presig_id IS NULL",
+        )
+        .bind(presig_id)
+        .bind(serde_json::to_string(signers).unwrap_or_default())
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// Stores an approval, rejection or cancellation; `false` if this approver
+    /// already gave this verdict.
+    pub async fn add_approval(
+        &self,
+        withdrawal_id: &str,
+        a: &ApprovalRow,
+    ) -> Result<bool, CoordError> {
+        let res = sqlx::query(
+            "INSERT INTO approvals (withdrawal_id, approver, verdict, signature, reason, received_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(withdrawal_id)
+        .bind(&a.approver)
+        .bind(&a.verdict)
+        .bind(&a.signature)
+        .bind(&a.reason)
+        .bind(a.received_ms)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Approvals of a withdrawal, in arrival order.
+    pub async fn approvals(&self, withdrawal_id: &str) -> Result<Vec<ApprovalRow>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT approver, verdict, signature, reason, received_ms FROM approvals
+             WHERE withdrawal_id = $1 ORDER BY received_ms, approver",
+        )
+        .bind(withdrawal_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| ApprovalRow {
+                approver: r.get(0),
+                verdict: r.get(1),
+                signature: r.get(2),
+                reason: r.get(3),
+                received_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Withdrawals matching the filters, newest first, `limit` from `offset`.
+    pub async fn list(
+        &self,
+        wallet: Option<&str>,
+        states: &[State],
+        initiator: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<WithdrawalRow>, CoordError> {
+        let mut sql = String::from("SELECT * FROM withdrawals WHERE 1 = 1");
+        let mut n = 0;
+        if wallet.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND wallet = ${n}"));
+        }
+        if initiator.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND initiator = ${n}"));
+        }
+        if !states.is_empty() {
+            sql.push_str(" AND state IN (");
+            for i in 0..states.len() {
+                n += 1;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_ms DESC, id DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(w) = wallet {
+            q = q.bind(w);
+        }
+        if let Some(i) = initiator {
+            q = q.bind(i);
+        }
+        for s in states {
+            q = q.bind(s.as_str());
+        }
+        let rows = q
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(row).collect())
+    }
+
+    /// Every withdrawal not in a terminal state (resumed after a restart).
+    pub async fn non_terminal(&self) -> Result<Vec<WithdrawalRow>, CoordError> {
+        let open: Vec<State> = State::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        self.list(None, &open, None, 0, i64::MAX).await
+    }
+
+    /// Withdrawals of `wallet` that count toward velocity limits (authorised
+    /// for signing: approved, time-locked, signing or signed) since `since_ms`.
+    pub async fn velocity_history(
+        &self,
+        wallet: &str,
+        since_ms: i64,
+    ) -> Result<Vec<WithdrawalRow>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT * FROM withdrawals WHERE wallet = $1 AND approved_at IS NOT NULL
+               AND state IN ('approved', 'time_locked', 'signing', 'signed')
+               AND updated_ms >= $2",
+        )
+        .bind(wallet)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows.iter().map(row).collect())
+    }
+
+    /// Every withdrawal that reached a policy decision (risk model rebuild).
+    pub async fn history_since(&self, since_ms: i64) -> Result<Vec<WithdrawalRow>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT * FROM withdrawals WHERE created_ms >= $1 AND approved_at IS NOT NULL ORDER BY created_ms",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows.iter().map(row).collect())
+    }
+
+    /// Events after `cursor`, oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        cursor: i64,
+        withdrawal_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, CoordError> {
+        let rows = match withdrawal_id {
+            Some(w) => {
+                sqlx::query(
+                    "SELECT seq, withdrawal_id, state, detail, at_ms FROM withdrawal_events
+                 WHERE seq > $1 AND withdrawal_id = $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(cursor)
+                .bind(w)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "SELECT seq, withdrawal_id, state, detail, at_ms FROM withdrawal_events
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(cursor)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| EventRow {
+                seq: r.get(0),
+                withdrawal_id: r.get(1),
+                state: r.get(2),
+                detail: r.get(3),
+                at_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Count of withdrawals per state (metrics).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, CoordError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM withdrawals GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    state: State,
+    detail: &str,
+    at_ms: i64,
+) -> Result<(), CoordError> {
+    sqlx::query("INSERT INTO withdrawal_events (withdrawal_id, state, detail, at_ms) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(state.as_str())
+        .bind(detail)
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The signer's own record of withdrawals: when it saw each quorum (its time
+//! locks run from there), which it was told are cancelled, and what it signed
+//! (velocity limits and replay refusal). Append-only JSON lines, fsync'd
+//! before the signer acts on them; a torn last line from a crash is ignored.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use custos_policy::{Amount, HistoryEntry, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+
+/// What this signer issued for a withdrawal.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedRecord {
+    /// Presignature consumed.
+    pub presig_id: String,
+    /// Digest signed, hex.
+    pub digest: String,
+    /// Statement hash verified, hex.
+    pub statement_hash: String,
+    /// The partial signature issued (public once sent), returned again on an
+    /// identical retry so a coordinator crash mid-signing does not strand the
+    /// withdrawal.
+    pub partial: String,
+    /// Velocity bookkeeping.
+    pub wallet: String,
+    /// Chain.
+    pub chain: String,
+    /// Asset.
+    pub asset: String,
+    /// Destination.
+    pub destination: String,
+    /// Initiator.
+    pub initiator: String,
+    /// Base units, decimal.
+    pub amount: String,
+    /// Unix seconds (this signer's clock).
+    pub at: i64,
+}
+
+/// One journal line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Line {
+    QuorumSeen {
+        id: String,
+        at: i64,
+        statement_hash: String,
+    },
+    Cancelled {
+        id: String,
+        at: i64,
+        by: String,
+    },
+    Signed {
+        id: String,
+        record: Box<SignedRecord>,
+    },
+}
+
+/// What the journal knows of one withdrawal.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// When this signer first verified the quorum, and over which statement.
+    pub quorum_seen: Option<(i64, String)>,
+    /// Who cancelled it.
+    pub cancelled_by: Option<String>,
+    /// What this signer signed for it.
+    pub signed: Option<SignedRecord>,
+}
+
+/// The journal file and its index.
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+    index: Mutex<HashMap<String, Known>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+impl Journal {
+    /// Opens (creating) `dir/withdrawals.log` and replays it.
+    pub fn open(dir: &Path) -> Result<Self, NodeError> {
+        let path = dir.join("withdrawals.log");
+        let mut index: HashMap<String, Known> = HashMap::new();
+        if path.exists() {
+            let f = File::open(&path).map_err(|e| NodeError::storage(&path, e))?;
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(|e| NodeError::storage(&path, e))?;
+                // A torn final line (crash mid-append) was never acted on.
+                let Ok(l) = serde_json::from_str::<Line>(&line) else {
+                    continue;
+                };
+                apply(&mut index, l);
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| NodeError::storage(&path, e))?;
+        Ok(Self {
+            path,
+            file: Mutex::new(file),
+            index: Mutex::new(index),
+        })
+    }
+
+    fn append(&self, l: Line) -> Result<(), NodeError> {
+        let mut bytes = serde_json::to_vec(&l).map_err(|e| NodeError::Internal(e.to_string()))?;
+        bytes.push(b'\n');
+        {
+            let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            // A torn line left by a crash would glue onto ours: start fresh.
+            f.write_all(b"\n")
+                .and_then(|_| f.write_all(&bytes))
+                .and_then(|_| f.sync_data())
+                .map_err(|e| NodeError::storage(&self.path, e))?;
+        }
+        apply(&mut self.index.lock().unwrap_or_else(|p| p.into_inner()), l);
+        Ok(())
+    }
+
+    /// What is known of a withdrawal.
+    pub fn get(&self, id: &str) -> Known {
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records the first time this signer verified the quorum (later calls keep the first).
+    pub fn quorum_seen(&self, id: &str, at: i64, statement_hash: &str) -> Result<i64, NodeError> {
+        if let Some((t, _)) = self.get(id).quorum_seen {
+            return Ok(t);
+        }
+        self.append(Line::QuorumSeen {
+            id: id.to_owned(),
+            at,
+            statement_hash: statement_hash.to_owned(),
+        })?;
+        Ok(at)
+    }
+
+    /// Records a cancellation.
+    pub fn cancelled(&self, id: &str, at: i64, by: &str) -> Result<(), NodeError> {
+        self.append(Line::Cancelled {
+            id: id.to_owned(),
+            at,
+            by: by.to_owned(),
+        })
+    }
+
+    /// Records a signature issued.
+    pub fn signed(&self, id: &str, record: SignedRecord) -> Result<(), NodeError> {
+        self.append(Line::Signed {
+            id: id.to_owned(),
+            record: Box::new(record),
+        })
+    }
+
+    /// Every withdrawal this signer signed since `since` (velocity history),
+    /// except `exclude`.
+    pub fn history(&self, since: i64, exclude: &str) -> Vec<HistoryEntry> {
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(id, _)| id.as_str() != exclude)
+            .filter_map(|(id, k)| {
+                let s = k.signed.as_ref()?;
+                if s.at < since {
+                    return None;
+                }
+                Some(HistoryEntry {
+                    id: id.clone(),
+                    wallet: s.wallet.clone(),
+                    chain: s.chain.clone(),
+                    asset: s.asset.clone(),
+                    destination: s.destination.clone(),
+                    initiator: s.initiator.clone(),
+                    amount: Amount(s.amount.parse().ok()?),
+                    at: Timestamp(s.at),
+                })
+            })
+            .collect()
+    }
+}
+
+fn apply(index: &mut HashMap<String, Known>, l: Line) {
+    match l {
+        Line::QuorumSeen {
+            id,
+            at,
+            statement_hash,
+        } => {
+            let k = index.entry(id).or_default();
+            if k.quorum_seen.is_none() {
+                k.quorum_seen = Some((at, statement_hash));
+            }
+        }
+        Line::Cancelled { id, by, .. } => {
+            index.entry(id).or_default().cancelled_by = Some(by);
+        }
+        Line::Signed { id, record } => {
+            index.entry(id).or_default().signed = Some(*record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            assert_eq!(j.quorum_seen("w1", 100, "aa").unwrap(), 100);
+            assert_eq!(j.quorum_seen("w1", 200, "aa").unwrap(), 100);
+            j.cancelled("w2", 150, "dave").unwrap();
+        }
+        // Simulate a crash mid-append.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("withdrawals.log"))
+            .unwrap();
+        f.write_all(b"{\"event\":\"signed\",\"id\":\"w3\",\"rec")
+            .unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.get("w1").quorum_seen.map(|q| q.0), Some(100));
+        assert_eq!(j.get("w2").cancelled_by.as_deref(), Some("dave"));
+        assert!(j.get("w3").signed.is_none());
+        j.quorum_seen("w4", 300, "bb").unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.get("w4").quorum_seen.map(|q| q.0), Some(300));
+    }
+}

@@ -1,0 +1,319 @@
+//! The co-signer check: before this signer releases anything for a
+//! withdrawal it verifies, on its own, the admin signatures on the policy
+//! bundle, the policy decision (re-evaluated with its own clock and its own
+//! record of what it signed), the approvals over the statement it rebuilt from
+//! the digest it computed itself, the time lock from when *it* saw the
+//! quorum, cancellations, replays, and that the decision is in a transparency
+//! log checkpoint it witnessed. Nothing from the coordinator is trusted.
+
+pub mod bundles;
+pub mod journal;
+pub mod witness;
+
+use std::sync::Mutex;
+
+use custos_policy::{
+    Approval, Authorization, SigningClaim, Timestamp, Withdrawal, authorize, check_cancellation,
+    intent_digest,
+};
+use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
+
+use crate::error::NodeError;
+use bundles::Bundles;
+use journal::{Journal, SignedRecord};
+use witness::LogWitness;
+
+/// Velocity history considered (covers every window a policy may use).
+const HISTORY_SECS: i64 = 31 * 86_400;
+
+/// What was verified for a signing request.
+#[derive(Debug)]
+pub struct Verified {
+    /// The withdrawal, with the digest this signer computed.
+    pub withdrawal: Withdrawal,
+    /// The digest to sign.
+    pub digest: [u8; 32],
+    /// The policy's verdict and the statement.
+    pub authorization: Authorization,
+}
+
+/// What to do after the checks.
+#[derive(Debug)]
+pub enum SignDecision {
+    /// Issue a partial from the presignature, then record it.
+    Issue(Box<Verified>),
+    /// An identical request was already answered: return the same partial.
+    Repeat(Vec<u8>),
+}
+
+/// The co-signer state of one signer node.
+#[derive(Debug)]
+pub struct Cosigner {
+    bundles: Option<Bundles>,
+    journal: Journal,
+    witness: Option<LogWitness>,
+    skew: i64,
+    /// Serialises verification with the journal writes it depends on
+    /// (velocity, replay).
+    lock: Mutex<()>,
+}
+
+fn refused(m: impl std::fmt::Display) -> NodeError {
+    NodeError::Refused(m.to_string())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Cosigner {
+    /// Wires the parts; without `bundles` (no admin set configured) or
+    /// without a witness (no log key configured) every withdrawal is refused.
+    pub fn new(
+        bundles: Option<Bundles>,
+        journal: Journal,
+        witness: Option<LogWitness>,
+        skew_secs: u64,
+    ) -> Self {
+        Self {
+            bundles,
+            journal,
+            witness,
+            skew: i64::try_from(skew_secs).unwrap_or(5),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The witness, if configured.
+    pub fn witness(&self) -> Option<&LogWitness> {
+        self.witness.as_ref()
+    }
+
+    /// Checks everything but the time lock and the log; `now` is this signer's clock.
+    fn verify(&self, a: &WithdrawalAuthorization, now: i64) -> Result<Verified, NodeError> {
+        let bundles = self.bundles.as_ref().ok_or_else(|| {
+            refused("no admin set configured ([cosigner] admins): this signer signs no withdrawal")
+        })?;
+        let mut w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
+            .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
+        // Recompute the digest from what is signed; the claimed one is ignored.
+        let digest = if a.unsigned_tx.is_empty() {
+            intent_digest(&w)
+        } else {
+            return Err(refused(format!(
+                "chain {}: this signer has no transaction adapter for unsigned_tx payloads",
+                w.chain
+            )));
+        };
+        w.tx_digest = hex::encode(digest);
+        let active = bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))?;
+        let approvals: Vec<Approval> = if a.approvals_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&a.approvals_json)
+                .map_err(|e| NodeError::InvalidRequest(format!("approvals: {e}")))?
+        };
+        let known = self.journal.get(&w.id);
+        if let Some(by) = known.cancelled_by {
+            return Err(refused(format!(
+                "withdrawal {} was cancelled by {by}",
+                w.id
+            )));
+        }
+        let history = self.journal.history(now - HISTORY_SECS, &w.id);
+        let authorization = authorize(
+            &active,
+            &SigningClaim {
+                withdrawal: &w,
+                rule_id: &a.rule_id,
+                statement_expiry: Timestamp(a.statement_expiry),
+                risk_score: a.risk_score,
+                approvals: &approvals,
+            },
+            &history,
+            Timestamp(now),
+        )
+        .map_err(|e| {
+            refused(
+                e.to_string()
+                    .trim_start_matches("signing refused: ")
+                    .to_owned(),
+            )
+        })?;
+        Ok(Verified {
+            withdrawal: w,
+            digest,
+            authorization,
+        })
+    }
+
+    /// Verifies a completed quorum and records when this signer saw it;
+    /// returns the time from which it will sign (its own clock).
+    pub fn register_quorum(&self, a: &WithdrawalAuthorization) -> Result<(String, i64), NodeError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_secs();
+        let v = self.verify(a, now)?;
+        let hash = hex::encode(v.authorization.statement_hash);
+        let seen = self.journal.quorum_seen(&v.withdrawal.id, now, &hash)?;
+        Ok((
+            hash,
+            v.authorization.decision.signable_from(Timestamp(seen)).0,
+        ))
+    }
+
+    /// Records a cancellation: signed by the cancel group (verified here), or
+    /// the coordinator's own (a backend withdrawing its request) — either way
+    /// it only ever removes authority.
+    pub fn register_cancel(&self, n: &CancelNotice) -> Result<(), NodeError> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let a = n
+            .authorization
+            .as_ref()
+            .ok_or_else(|| NodeError::InvalidRequest("authorization missing".into()))?;
+        let w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
+            .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
+        let by = if n.cancel_json.is_empty() {
+            "coordinator".to_owned()
+        } else {
+            let cancel: Approval = serde_json::from_slice(&n.cancel_json)
+                .map_err(|e| NodeError::InvalidRequest(format!("cancel: {e}")))?;
+            let now = now_secs();
+            // Verify against this signer's own view of the decision.
+            match self.verify(a, now) {
+                Ok(v) => check_cancellation(
+                    &self.active_for(a, now)?,
+                    &v.authorization.decision,
+                    &v.authorization.statement,
+                    &cancel,
+                )
+                .map_err(refused)?,
+                Err(_) => cancel.approver.clone(),
+            }
+        };
+        self.journal.cancelled(&w.id, now_secs(), &by)
+    }
+
+    fn active_for(
+        &self,
+        a: &WithdrawalAuthorization,
+        now: i64,
+    ) -> Result<custos_policy::ActivePolicy, NodeError> {
+        let bundles = self
+            .bundles
+            .as_ref()
+            .ok_or_else(|| refused("no admin set configured"))?;
+        bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))
+    }
+
+    /// All checks before a partial signature leaves this node.
+    pub fn authorize_signing(
+        &self,
+        a: &WithdrawalAuthorization,
+        presig_id: &str,
+    ) -> Result<(SignDecision, std::sync::MutexGuard<'_, ()>), NodeError> {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_secs();
+        let w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
+            .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
+        let known = self.journal.get(&w.id);
+        if let Some(s) = &known.signed {
+            let digest = if a.unsigned_tx.is_empty() {
+                hex::encode(intent_digest(&w))
+            } else {
+                String::new()
+            };
+            if s.presig_id == presig_id && s.digest == digest && known.cancelled_by.is_none() {
+                let partial = hex::decode(&s.partial)
+                    .map_err(|_| NodeError::Internal("stored partial".into()))?;
+                return Ok((SignDecision::Repeat(partial), guard));
+            }
+            return Err(NodeError::Replay(format!(
+                "withdrawal {} was already signed by this signer (presignature {}); a withdrawal is signed once",
+                w.id, s.presig_id
+            )));
+        }
+        let v = self.verify(a, now)?;
+        let witness = self.witness.as_ref().ok_or_else(|| {
+            refused(
+                "no audit log key configured ([cosigner] log_key): this signer signs no withdrawal",
+            )
+        })?;
+        let proof: Vec<custos_audit::Hash> = a
+            .inclusion_proof
+            .iter()
+            .map(|h| {
+                h.as_slice()
+                    .try_into()
+                    .map_err(|_| NodeError::InvalidRequest("inclusion proof hash length".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        witness.check_decision(
+            &a.decision_entry,
+            a.decision_entry_index,
+            &proof,
+            a.proof_tree_size,
+            &w.id,
+            &v.authorization.decision.policy_hash.0,
+            &a.rule_id,
+        )?;
+        let delay = v
+            .authorization
+            .decision
+            .delay
+            .map(|d| d.secs_i64())
+            .unwrap_or(0);
+        let seen = match known.quorum_seen {
+            Some((t, _)) => t,
+            None if delay == 0 => self.journal.quorum_seen(
+                &w.id,
+                now,
+                &hex::encode(v.authorization.statement_hash),
+            )?,
+            None => {
+                return Err(refused(format!(
+                    "time lock: the quorum of withdrawal {} was never registered with this signer, so its {delay}s delay has not run here",
+                    w.id
+                )));
+            }
+        };
+        let from = seen + delay;
+        if now + self.skew < from {
+            return Err(refused(format!(
+                "time lock: withdrawal {} may be signed from {} by this signer's clock ({}s to go)",
+                w.id,
+                Timestamp(from),
+                from - now
+            )));
+        }
+        Ok((SignDecision::Issue(Box::new(v)), guard))
+    }
+
+    /// Records what was signed (before the partial is returned).
+    pub fn record_signed(
+        &self,
+        v: &Verified,
+        presig_id: &str,
+        partial: &[u8],
+    ) -> Result<(), NodeError> {
+        let w = &v.withdrawal;
+        self.journal.signed(
+            &w.id,
+            SignedRecord {
+                presig_id: presig_id.to_owned(),
+                digest: hex::encode(v.digest),
+                statement_hash: hex::encode(v.authorization.statement_hash),
+                partial: hex::encode(partial),
+                wallet: w.wallet.clone(),
+                chain: w.chain.clone(),
+                asset: w.asset.clone(),
+                destination: w.destination.clone(),
+                initiator: w.initiator.clone(),
+                amount: w.amount.0.to_string(),
+                at: now_secs(),
+            },
+        )
+    }
+}
