@@ -281,16 +281,81 @@ pub enum Inserted {
     Existing(WithdrawalRow),
 }
 
+/// A boxed future (hooks are trait objects).
+pub type HookFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CoordError>> + Send + 'a>>;
+
+/// Work done inside the same database transaction as a state change
+/// (ledger postings, outbox events): it commits with the change or not at all.
+pub trait TransitionHook: Send + Sync {
+    /// Called after `row` (already updated) moved from `from` to its new state
+    /// `to`; `from` is `None` for a new withdrawal. An error rolls the change back.
+    fn on_transition<'a>(
+        &'a self,
+        conn: &'a mut sqlx::AnyConnection,
+        row: &'a WithdrawalRow,
+        from: Option<State>,
+        to: State,
+        detail: &'a str,
+    ) -> HookFuture<'a>;
+}
+
 /// Withdrawal storage over the coordinator's pool.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WithdrawalStore {
     pool: AnyPool,
+    hooks: Vec<std::sync::Arc<dyn TransitionHook>>,
+}
+
+impl std::fmt::Debug for WithdrawalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithdrawalStore")
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
 }
 
 impl WithdrawalStore {
     /// Wraps the coordinator's pool (schema created by `Db::connect`).
     pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// Adds a hook run inside every state change's transaction.
+    pub fn with_hook(mut self, hook: std::sync::Arc<dyn TransitionHook>) -> Self {
+        self.hooks.push(hook);
+        self
+    }
+
+    /// The pool (adapters and reports read it).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn run_hooks(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        from: Option<State>,
+        to: State,
+        detail: &str,
+    ) -> Result<(), CoordError> {
+        if self.hooks.is_empty() {
+            return Ok(());
+        }
+        let r = sqlx::query("SELECT * FROM withdrawals WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        let current = row(&r);
+        for h in &self.hooks {
+            h.on_transition(tx, &current, from, to, detail).await?;
+        }
+        Ok(())
     }
 
     /// Inserts a new withdrawal in state `requested` with its first event, or
@@ -331,6 +396,8 @@ impl WithdrawalStore {
             Err(e) => return Err(db_err(e)),
         }
         insert_event(&mut tx, &w.id, State::Requested, "requested", w.created_ms).await?;
+        self.run_hooks(&mut tx, &w.id, None, State::Requested, "requested")
+            .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(Inserted::New(w.clone()))
     }
@@ -409,6 +476,9 @@ impl WithdrawalStore {
             return Ok(None);
         }
         insert_event(&mut tx, id, to, detail, now).await?;
+        // The state the row was in: the one `from` state that matched.
+        let prior = if from.len() == 1 { from.first().copied() } else { None };
+        self.run_hooks(&mut tx, id, prior, to, detail).await?;
         tx.commit().await.map_err(db_err)?;
         self.get(id).await
     }
