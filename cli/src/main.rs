@@ -29,7 +29,25 @@ enum Command {
     /// Run a local development cluster on loopback (up, down, status).
     #[command(subcommand)]
     Dev(cmd::dev::DevCommand),
-    /// Run the main job on the dev cluster: create a key, sign, verify, time it.
+    /// Request a withdrawal (backend): prints its id, state, risk and rule.
+    Withdraw(cmd::withdraw::WithdrawArgs),
+    /// List withdrawals, optionally by state or wallet.
+    Withdrawals(cmd::withdraw::ListArgs),
+    /// Follow withdrawal state changes as they happen (one line per event).
+    Watch(cmd::withdraw::WatchArgs),
+    /// List withdrawals waiting for approvals (approvers).
+    Pending(cmd::approve::PendingArgs),
+    /// Show exactly what a withdrawal asks you to approve, decoded from its statement.
+    Show(cmd::approve::ShowArgs),
+    /// Approve a withdrawal: sign its statement with your key and submit it.
+    Approve(cmd::approve::VerdictArgs),
+    /// Reject a withdrawal (one authorised rejection denies it).
+    Reject(cmd::approve::RejectArgs),
+    /// Cancel a withdrawal during its time lock (the rule's cancel group).
+    Cancel(cmd::approve::CancelArgs),
+    /// Run the main job on the dev cluster: create a wallet key, withdraw a small
+    /// amount (signed at once) and a large one (approved by two treasurers, time
+    /// locked, signed), verifying each signature.
     Demo(cmd::demo::DemoArgs),
 }
 
@@ -40,6 +58,14 @@ fn main() -> std::process::ExitCode {
         Command::Approver(c) => cmd::approver::run(c),
         Command::Audit(c) => cmd::audit::run(c),
         Command::Dev(c) => cmd::dev::run(c),
+        Command::Withdraw(a) => cmd::withdraw::withdraw(a),
+        Command::Withdrawals(a) => cmd::withdraw::list(a),
+        Command::Watch(a) => cmd::withdraw::watch(a),
+        Command::Pending(a) => cmd::approve::pending(a),
+        Command::Show(a) => cmd::approve::show(a),
+        Command::Approve(a) => cmd::approve::approve(a),
+        Command::Reject(a) => cmd::approve::reject(a),
+        Command::Cancel(a) => cmd::approve::cancel(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -1,8 +1,5 @@
 //! `custos audit` subcommands: offline verification of transparency-log
-//! export bundles.
-//!
-//! `custos audit tail` (following new checkpoints) needs the coordinator's
-//! checkpoint API and comes with it.
+//! export bundles, and following a live log's checkpoints (`tail`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +17,34 @@ pub enum AuditCommand {
     /// checkpoint, and that every signature followed a satisfied decision.
     /// Exits 1 naming the first bad entry.
     Verify(VerifyArgs),
+    /// Follow the coordinator's log: print each new checkpoint (size, root,
+    /// cosigners) and verify it is consistent with the previous one (RFC 9162
+    /// consistency proof). Exits 1 naming the sizes if a proof fails.
+    Tail(TailArgs),
+}
+
+/// Arguments of `custos audit tail`.
+#[derive(clap::Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    conn: super::conn::ConnArgs,
+    /// Poll interval, milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    interval_ms: u64,
+    /// The log's verifier key (`name+keyid+base64`) or a file holding it, to check
+    /// each checkpoint's log signature [default with --cluster: the key installed
+    /// in the dev cluster's signers].
+    #[arg(long, value_name = "PUB")]
+    log_key: Option<String>,
+    /// Log origin the checkpoints must name (with a log key).
+    #[arg(long, value_name = "ORIGIN", default_value = "custos.local/log")]
+    origin: String,
+    /// Stop after this many new checkpoints [default: follow forever].
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// One JSON object per checkpoint, one per line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `custos audit verify`.
@@ -48,6 +73,7 @@ pub struct VerifyArgs {
 pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify(args) => verify(args),
+        AuditCommand::Tail(args) => tail(args),
     }
 }
 
@@ -153,4 +179,183 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// One checkpoint as fetched.
+struct Seen {
+    size: u64,
+    root: custos_audit::Hash,
+}
+
+fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    use super::conn::rpc;
+    use custos_audit::note::VerifiedCheckpoint;
+    use custos_audit::{Checkpoint, SignedNote};
+    use custos_proto::custody::{GetCheckpointRequest, GetConsistencyProofRequest};
+
+    if args.interval_ms == 0 {
+        bail!("--interval-ms must be at least 1");
+    }
+    let log_key = match &args.log_key {
+        Some(k) => Some(read_key(k).context("--log-key")?),
+        None if args.conn.endpoint.is_none() => args
+            .conn
+            .layout()
+            .ok()
+            .and_then(|l| l.log_key)
+            .map(|k| VerifierKey::parse(&k))
+            .transpose()
+            .context("the dev cluster's log key (cluster.json)")?,
+        None => None,
+    };
+    if log_key.is_none() && !args.json {
+        eprintln!("note: no log key (--log-key): checkpoint signatures are not verified");
+    }
+    super::conn::block_on(async move {
+        let mut client = args.conn.connect(custos_devkit::AUDITOR_CLIENT).await?;
+        let mut previous: Option<Seen> = None;
+        let mut shown = 0u64;
+        loop {
+            let cp = client
+                .get_checkpoint(GetCheckpointRequest {})
+                .await
+                .map_err(rpc("GetCheckpoint"))?
+                .into_inner();
+            let note =
+                SignedNote::parse(&cp.note).context("the checkpoint is not a signed note")?;
+            let checkpoint = match &log_key {
+                Some(key) => {
+                    VerifiedCheckpoint::verify(&cp.note, key, &args.origin)
+                        .with_context(|| {
+                            format!(
+                                "checkpoint of size {}: log signature or origin invalid",
+                                cp.size
+                            )
+                        })?
+                        .checkpoint
+                }
+                None => Checkpoint::parse_text(&note.text).context("checkpoint text")?,
+            };
+            if checkpoint.size != cp.size {
+                bail!(
+                    "the server says size {} but its checkpoint note says {}",
+                    cp.size,
+                    checkpoint.size
+                );
+            }
+            let is_new = previous.as_ref().is_none_or(|p| p.size != checkpoint.size);
+            if let Some(p) = &previous {
+                if checkpoint.size < p.size {
+                    eprintln!(
+                        "FAIL: the log shrank from size {} to {}",
+                        p.size, checkpoint.size
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                if checkpoint.size == p.size && checkpoint.root != p.root {
+                    eprintln!(
+                        "FAIL: two different roots for size {}: {} and {}",
+                        p.size,
+                        hex::encode(p.root),
+                        hex::encode(checkpoint.root)
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                if checkpoint.size > p.size {
+                    let proof = client
+                        .get_consistency_proof(GetConsistencyProofRequest {
+                            old_size: p.size,
+                            new_size: checkpoint.size,
+                        })
+                        .await
+                        .map_err(rpc("GetConsistencyProof"))?
+                        .into_inner();
+                    let hashes = proof
+                        .hashes
+                        .iter()
+                        .map(|h| custos_audit::Hash::try_from(h.as_slice()))
+                        .collect::<Result<Vec<_>, _>>();
+                    let verdict = match hashes {
+                        Ok(hashes) => custos_audit::proof::verify_consistency(
+                            p.size,
+                            checkpoint.size,
+                            &p.root,
+                            &checkpoint.root,
+                            &hashes,
+                        )
+                        .map_err(|e| e.to_string()),
+                        Err(_) => Err("a proof hash is not 32 bytes".to_string()),
+                    };
+                    if let Err(e) = verdict {
+                        eprintln!(
+                            "FAIL: consistency proof from size {} to size {} does not verify: {e}",
+                            p.size, checkpoint.size
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+            if is_new {
+                let key_name = log_key.as_ref().map(|k| k.name().to_string());
+                let cosigners: Vec<String> = note
+                    .signatures
+                    .iter()
+                    .filter(|s| match &key_name {
+                        Some(n) => s.name != *n,
+                        // Without the key, the log's own line is the first.
+                        None => false,
+                    })
+                    .map(|s| s.name.clone())
+                    .collect();
+                let cosigners = if key_name.is_none() {
+                    note.signatures
+                        .iter()
+                        .skip(1)
+                        .map(|s| s.name.clone())
+                        .collect()
+                } else {
+                    cosigners
+                };
+                let consistent = previous.as_ref().map(|p| p.size);
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "size": checkpoint.size,
+                            "root": hex::encode(checkpoint.root),
+                            "timestamp_ms": checkpoint.timestamp_ms,
+                            "origin": checkpoint.origin,
+                            "log_signature_verified": log_key.is_some(),
+                            "cosigners": cosigners,
+                            "consistent_with": consistent,
+                        })
+                    );
+                } else {
+                    println!(
+                        "size {:<8} root {}  cosigned by {}{}",
+                        checkpoint.size,
+                        hex::encode(checkpoint.root),
+                        if cosigners.is_empty() {
+                            "nobody".to_string()
+                        } else {
+                            cosigners.join(", ")
+                        },
+                        match consistent {
+                            Some(old) => format!("  (consistent with {old})"),
+                            None => String::new(),
+                        }
+                    );
+                }
+                shown += 1;
+                previous = Some(Seen {
+                    size: checkpoint.size,
+                    root: checkpoint.root,
+                });
+                if args.count.is_some_and(|c| shown >= c) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
+        }
+    })
 }

@@ -1,7 +1,11 @@
 //! One module per top-level subcommand.
 
+pub mod approve;
 pub mod approver;
 pub mod audit;
+pub mod conn;
 pub mod demo;
 pub mod dev;
 pub mod policy;
+pub mod view;
+pub mod withdraw;

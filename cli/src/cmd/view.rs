@@ -1,0 +1,495 @@
+//! Showing withdrawals: the approval statement decoded from its bytes (the truth
+//! an approver signs), cross-checked against the server's plain fields.
+
+use custos_policy::{ApprovalStatement, PolicyHash, Timestamp};
+use custos_proto::custody::{AddressBookEntry, Withdrawal};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// States in lifecycle order (the terminal exits are not in it).
+pub const PROGRESS: [&str; 10] = [
+    "requested",
+    "risk_scored",
+    "policy_evaluated",
+    "awaiting_approvals",
+    "approved",
+    "time_locked",
+    "signing",
+    "signed",
+    "broadcast",
+    "confirmed",
+];
+/// Terminal exits: once there, a withdrawal never moves again.
+pub const EXITS: [&str; 5] = ["blocked", "rejected", "cancelled", "expired", "failed"];
+
+/// Every state name.
+pub fn all_states() -> Vec<&'static str> {
+    PROGRESS.iter().chain(EXITS.iter()).copied().collect()
+}
+
+/// Position in [`PROGRESS`], `None` for an exit or an unknown state.
+pub fn rank(state: &str) -> Option<usize> {
+    PROGRESS.iter().position(|s| *s == state)
+}
+
+/// Whether nothing more will happen to a withdrawal in `state` (waiting for
+/// `target` does not count `confirmed` as final when waiting for it).
+pub fn is_final(state: &str) -> bool {
+    EXITS.contains(&state) || state == "confirmed"
+}
+
+/// Decimals of well-known assets, to print human amounts computed from the
+/// statement (not taken from the server).
+pub fn decimals(asset: &str) -> Option<u32> {
+    match asset {
+        "ETH" | "WETH" | "DAI" => Some(18),
+        "BTC" => Some(8),
+        "USDC" | "USDT" => Some(6),
+        _ => None,
+    }
+}
+
+/// `base` base units in human units, e.g. `1.5 ETH`; `None` for an unknown asset.
+pub fn human_amount(base: u128, asset: &str) -> Option<String> {
+    let d = decimals(asset)?;
+    let unit = 10u128.checked_pow(d)?;
+    let whole = base / unit;
+    let frac = base % unit;
+    if frac == 0 {
+        return Some(format!("{whole} {asset}"));
+    }
+    let frac = format!("{frac:0width$}", width = d as usize);
+    Some(format!("{whole}.{} {asset}", frac.trim_end_matches('0')))
+}
+
+/// Parses a human amount (`1.5`) of `asset` into base units.
+pub fn parse_human(text: &str, asset: &str) -> Option<u128> {
+    let d = decimals(asset)?;
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > d as usize
+    {
+        return None;
+    }
+    let unit = 10u128.checked_pow(d)?;
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac_units: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>()
+            .ok()?
+            .checked_mul(10u128.checked_pow(d - u32::try_from(frac.len()).ok()?)?)?
+    };
+    whole.checked_mul(unit)?.checked_add(frac_units)
+}
+
+fn same_address(a: &str, b: &str) -> bool {
+    // EVM addresses differ only in checksum case between renderings.
+    if a.starts_with("0x") && b.starts_with("0x") {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+/// The decoded statement of a withdrawal, the differences between it and the
+/// server's plain fields, and the address-book entries of its destination.
+pub struct Review {
+    /// Decoded from `withdrawal.statement`.
+    pub statement: ApprovalStatement,
+    /// SHA-256 of the statement bytes, hex.
+    pub statement_hash: String,
+    /// "field: server says X, statement says Y".
+    pub mismatches: Vec<String>,
+    /// Address-book entries of the destination.
+    pub entries: Vec<AddressBookEntry>,
+}
+
+impl Review {
+    /// Decodes and cross-checks; `book` is the address book of the statement's chain
+    /// (`None` if it could not be read).
+    pub fn new(w: &Withdrawal, book: Option<&[AddressBookEntry]>) -> anyhow::Result<Review> {
+        let statement = ApprovalStatement::decode(&w.statement).map_err(|e| {
+            anyhow::anyhow!(
+                "withdrawal {}: its approval statement does not decode ({e}): do not approve it",
+                w.id
+            )
+        })?;
+        let statement_hash = hex::encode(Sha256::digest(&w.statement));
+        let s = &statement;
+        let mut mismatches = Vec::new();
+        let mut check = |field: &str, server: &str, signed: &str, same: bool| {
+            if !same {
+                mismatches.push(format!(
+                    "{field}: server says {server:?}, the statement says {signed:?}"
+                ));
+            }
+        };
+        check("id", &w.id, &s.withdrawal_id, w.id == s.withdrawal_id);
+        check("chain", &w.chain, &s.chain, w.chain == s.chain);
+        check("asset", &w.asset, &s.asset, w.asset == s.asset);
+        check(
+            "wallet",
+            &w.wallet,
+            &s.source_wallet,
+            w.wallet == s.source_wallet,
+        );
+        check(
+            "destination",
+            &w.destination,
+            &s.destination,
+            same_address(&w.destination, &s.destination),
+        );
+        let amount = s.amount.0.to_string();
+        check("amount", &w.amount, &amount, w.amount == amount);
+        if let Some(human) = human_amount(s.amount.0, &s.asset)
+            && !w.amount_human.is_empty()
+            && parse_human(
+                w.amount_human
+                    .trim()
+                    .trim_end_matches(s.asset.as_str())
+                    .trim(),
+                &s.asset,
+            ) != Some(s.amount.0)
+        {
+            check("amount_human", &w.amount_human, &human, false);
+        }
+        let fee_cap = s.fee_cap.0.to_string();
+        check(
+            "fee_cap",
+            &w.fee_cap,
+            &fee_cap,
+            w.fee_cap.is_empty() || w.fee_cap == fee_cap,
+        );
+        let digest = hex::encode(&s.tx_digest);
+        check(
+            "tx_digest",
+            &hex::encode(&w.tx_digest),
+            &digest,
+            w.tx_digest.is_empty() || w.tx_digest == s.tx_digest,
+        );
+        let policy = s.policy_hash.to_string();
+        check(
+            "policy_hash",
+            &w.policy_hash,
+            &policy,
+            w.policy_hash.is_empty()
+                || PolicyHash::from_hex(&w.policy_hash).ok() == Some(s.policy_hash),
+        );
+        check("rule", &w.rule_id, &s.rule_id, w.rule_id == s.rule_id);
+        let expiry = Timestamp(s.expiry.0).to_string();
+        check(
+            "expires_at",
+            &w.expires_at,
+            &expiry,
+            w.expires_at.is_empty() || Timestamp::parse(&w.expires_at).ok() == Some(s.expiry),
+        );
+        let entries = book
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.chain == s.chain && same_address(&e.address, &s.destination))
+            .cloned()
+            .collect::<Vec<_>>();
+        if book.is_some() {
+            let label = label_of(&entries);
+            let server_label = w.destination_label.trim();
+            if !server_label.is_empty() && !entries.iter().any(|e| label_mentions(e, server_label))
+            {
+                mismatches.push(format!(
+                    "destination label: server says {server_label:?}, the address book says {}",
+                    label
+                        .as_deref()
+                        .unwrap_or("the address is NOT in the address book")
+                ));
+            }
+        }
+        Ok(Review {
+            statement,
+            statement_hash,
+            mismatches,
+            entries,
+        })
+    }
+}
+
+fn label_mentions(e: &AddressBookEntry, text: &str) -> bool {
+    text.contains(&e.id) || e.labels.iter().any(|l| text.contains(l.as_str()))
+}
+
+/// `id (label, label), whitelisted` of the entries, `None` if there are none.
+pub fn label_of(entries: &[AddressBookEntry]) -> Option<String> {
+    if entries.is_empty() {
+        return None;
+    }
+    Some(
+        entries
+            .iter()
+            .map(|e| {
+                let mut t = e.id.clone();
+                if !e.labels.is_empty() {
+                    t.push_str(&format!(" ({})", e.labels.join(", ")));
+                }
+                t.push_str(if e.whitelisted {
+                    ", whitelisted"
+                } else {
+                    ", NOT whitelisted"
+                });
+                if !e.usable_from.is_empty() {
+                    t.push_str(&format!(", usable from {}", e.usable_from));
+                }
+                t
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// Prints the mismatches so nobody misses them (stderr, framed).
+pub fn warn_mismatches(review: &Review) {
+    if review.mismatches.is_empty() {
+        return;
+    }
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!(
+        "WARNING: the server's description of withdrawal {} DIFFERS from the statement you would sign.",
+        review.statement.withdrawal_id
+    );
+    eprintln!("Only the statement counts. Differences:");
+    for m in &review.mismatches {
+        eprintln!("  - {m}");
+    }
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+}
+
+/// The full approver's view of a withdrawal as text.
+pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<18} {v}\n"));
+    match review {
+        Some(r) => {
+            let s = &r.statement;
+            line("withdrawal", format!("{} ({})", s.withdrawal_id, w.state));
+            line(
+                "amount",
+                match human_amount(s.amount.0, &s.asset) {
+                    Some(h) => format!("{h} ({} base units)", s.amount),
+                    None => format!("{} base units of {}", s.amount, s.asset),
+                },
+            );
+            line("chain / asset", format!("{} / {}", s.chain, s.asset));
+            line("from wallet", s.source_wallet.clone());
+            line("to", s.destination.clone());
+            line(
+                "destination",
+                match (label_of(&r.entries), book_note) {
+                    (Some(l), _) => l,
+                    (None, Some(note)) => format!("unknown ({note})"),
+                    (None, None) => "NOT IN THE ADDRESS BOOK".into(),
+                },
+            );
+            line("fee cap", format!("{} (native base units)", s.fee_cap));
+            line("tx digest", hex::encode(&s.tx_digest));
+            line("policy", s.policy_hash.to_string());
+            line("rule", s.rule_id.clone());
+        }
+        None => {
+            line("withdrawal", format!("{} ({})", w.id, w.state));
+            line(
+                "amount",
+                format!("{} ({} base units)", w.amount_human, w.amount),
+            );
+            line("chain / asset", format!("{} / {}", w.chain, w.asset));
+            line("from wallet", w.wallet.clone());
+            line("to", w.destination.clone());
+            if !w.destination_label.is_empty() {
+                line("destination", w.destination_label.clone());
+            }
+            if !w.rule_id.is_empty() {
+                line("rule", w.rule_id.clone());
+            }
+        }
+    }
+    if !w.decision.is_empty() {
+        line("decision", w.decision.clone());
+    }
+    if !w.required_approvals.is_empty() {
+        line("required", w.required_approvals.clone());
+    }
+    line(
+        "approvals so far",
+        if w.approvals.is_empty() {
+            "none".into()
+        } else {
+            w.approvals
+                .iter()
+                .map(|a| format!("{} ({})", a.approver, a.verdict))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    line(
+        "risk",
+        if w.risk_reasons.is_empty() {
+            format!("{}", w.risk_score)
+        } else {
+            format!(
+                "{}: {}",
+                w.risk_score,
+                w.risk_reasons
+                    .iter()
+                    .map(|r| format!("{} +{} ({})", r.code, r.points, r.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        },
+    );
+    if w.delay_secs > 0 || !w.time_lock_until.is_empty() {
+        let mut t = format!("{}s after approval", w.delay_secs);
+        if !w.time_lock_until.is_empty() {
+            t.push_str(&format!(", until {}", w.time_lock_until));
+        }
+        if !w.cancel_group.is_empty() {
+            t.push_str(&format!("; group {} may cancel", w.cancel_group));
+        }
+        line("time lock", t);
+    }
+    match review {
+        Some(r) => {
+            line("expires", Timestamp(r.statement.expiry.0).to_string());
+            line("statement sha256", r.statement_hash.clone());
+        }
+        None if !w.expires_at.is_empty() => line("expires", w.expires_at.clone()),
+        None => {}
+    }
+    if !w.memo.is_empty() {
+        line("memo", w.memo.clone());
+    }
+    if !w.initiator.is_empty() {
+        line("initiator", w.initiator.clone());
+    }
+    if !w.reason.is_empty() {
+        line("reason", w.reason.clone());
+    }
+    for n in &w.signer_notes {
+        line("signer note", n.clone());
+    }
+    if !w.signature_r.is_empty() {
+        line(
+            "signature",
+            format!(
+                "r={} s={} v={}",
+                hex::encode(&w.signature_r),
+                hex::encode(&w.signature_s),
+                w.recovery_id
+            ),
+        );
+    }
+    out
+}
+
+/// A withdrawal as JSON (the server's fields, bytes in hex).
+pub fn withdrawal_json(w: &Withdrawal) -> Value {
+    json!({
+        "id": w.id,
+        "idempotency_key": w.idempotency_key,
+        "wallet": w.wallet,
+        "chain": w.chain,
+        "asset": w.asset,
+        "destination": w.destination,
+        "destination_label": w.destination_label,
+        "amount": w.amount,
+        "amount_human": w.amount_human,
+        "fee_cap": w.fee_cap,
+        "initiator": w.initiator,
+        "memo": w.memo,
+        "state": w.state,
+        "risk_score": w.risk_score,
+        "risk_reasons": w.risk_reasons.iter().map(|r| json!({"code": r.code, "points": r.points, "message": r.message})).collect::<Vec<_>>(),
+        "rule_id": w.rule_id,
+        "decision": w.decision,
+        "policy_hash": w.policy_hash,
+        "required_approvals": w.required_approvals,
+        "approvals": w.approvals.iter().map(|a| json!({"approver": a.approver, "verdict": a.verdict, "signature": a.signature, "received_at": a.received_at})).collect::<Vec<_>>(),
+        "statement": hex::encode(&w.statement),
+        "unsigned_tx": hex::encode(&w.unsigned_tx),
+        "tx_digest": hex::encode(&w.tx_digest),
+        "delay_secs": w.delay_secs,
+        "time_lock_until": w.time_lock_until,
+        "cancel_group": w.cancel_group,
+        "expires_at": w.expires_at,
+        "signature_r": hex::encode(&w.signature_r),
+        "signature_s": hex::encode(&w.signature_s),
+        "recovery_id": w.recovery_id,
+        "reason": w.reason,
+        "created_at": w.created_at,
+        "updated_at": w.updated_at,
+        "signer_notes": w.signer_notes,
+    })
+}
+
+/// The review as JSON: the decoded statement (policy crate JSON form), its hash,
+/// the address-book entries and the mismatches.
+pub fn review_json(r: &Review) -> Value {
+    json!({
+        "statement": r.statement,
+        "statement_sha256": r.statement_hash,
+        "amount_human": human_amount(r.statement.amount.0, &r.statement.asset),
+        "address_book": r.entries.iter().map(|e| json!({"id": e.id, "labels": e.labels, "whitelisted": e.whitelisted, "usable_from": e.usable_from})).collect::<Vec<_>>(),
+        "mismatches": r.mismatches,
+    })
+}
+
+/// One line for lists: id, state, amount, wallet → destination.
+pub fn summary_line(w: &Withdrawal) -> String {
+    let amount = w
+        .amount
+        .parse::<u128>()
+        .ok()
+        .and_then(|a| human_amount(a, &w.asset))
+        .unwrap_or_else(|| format!("{} {}", w.amount, w.asset));
+    let to = if w.destination_label.is_empty() {
+        w.destination.clone()
+    } else {
+        format!("{} ({})", w.destination, w.destination_label)
+    };
+    format!(
+        "{:<28} {:<18} {:>20}  {} -> {}",
+        w.id, w.state, amount, w.wallet, to
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn human_amounts_round_trip() {
+        assert_eq!(
+            human_amount(1_500_000_000_000_000_000, "ETH").unwrap(),
+            "1.5 ETH"
+        );
+        assert_eq!(human_amount(1, "ETH").unwrap(), "0.000000000000000001 ETH");
+        assert_eq!(human_amount(200_000_000, "BTC").unwrap(), "2 BTC");
+        assert_eq!(human_amount(5, "XYZ"), None);
+        assert_eq!(parse_human("1.5", "ETH"), Some(1_500_000_000_000_000_000));
+        assert_eq!(parse_human(".5", "ETH"), Some(500_000_000_000_000_000));
+        assert_eq!(parse_human("2", "BTC"), Some(200_000_000));
+        assert_eq!(parse_human("1.123456789", "BTC"), None);
+        assert_eq!(parse_human("1e3", "ETH"), None);
+        assert_eq!(parse_human("", "ETH"), None);
+    }
+
+    #[test]
+    fn ranks_follow_the_lifecycle() {
+        assert!(rank("approved") < rank("signed"));
+        assert_eq!(rank("rejected"), None);
+        assert!(is_final("cancelled") && !is_final("signed"));
+    }
+}
