@@ -1,12 +1,25 @@
-//! `custos demo`: the main job end to end on the local dev cluster.
+//! `custos demo`: the main job end to end on the local dev cluster: a wallet
+//! key, a small withdrawal signed at once, a large one approved by two
+//! treasurers, time locked and signed; every signature verified with k256.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use custos_proto::custody::{CreateKeyRequest, Curve, GetClusterStatusRequest, SignDigestRequest};
+use custos_devkit::client::{Client, connect_as};
+use custos_devkit::{ADMIN_CLIENT, APPROVER_CLIENT, BACKEND_CLIENT};
+use custos_policy::{Approval, SecretKey, Timestamp, Verdict, Zeroizing};
+use custos_proto::custody::{
+    CreateKeyRequest, CreateWithdrawalRequest, Curve, GetClusterStatusRequest, GetKeyRequest,
+    GetWithdrawalRequest, Key, ListAddressBookRequest, SignDigestRequest, SubmitApprovalRequest,
+    Verdict as ProtoVerdict, Withdrawal,
+};
 use rand::RngCore;
+
+use super::conn::rpc;
+use super::view::{Review, human_amount, is_final, render, warn_mismatches, withdrawal_json};
+use super::withdraw::{reached, wait_for};
 
 /// `custos demo` arguments.
 #[derive(clap::Args)]
@@ -14,9 +27,20 @@ pub struct DemoArgs {
     /// Directory of the dev cluster (`custos dev up`).
     #[arg(long, default_value = ".custos-dev")]
     dir: PathBuf,
-    /// Signatures to produce.
-    #[arg(long, default_value_t = 5)]
+    /// Raw-digest signatures (`SignDigest`, dev clusters only) to time before the
+    /// withdrawal flow; 0 skips them.
+    #[arg(long, default_value_t = 3)]
     signatures: u32,
+    /// Wallet (key) id to create or reuse; the demo policy knows demo-hot.
+    #[arg(long, value_name = "ID", default_value = "demo-hot")]
+    wallet: String,
+    /// Whitelisted destination in the demo policy (exchange-deposit).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    )]
+    to: String,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -34,7 +58,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.dir.display()
         )
     })?;
-    let mut client = custos_devkit::client::connect(&layout).await?;
+    let mut client = connect_as(&layout, ADMIN_CLIENT).await?;
     let say = |s: String| {
         if !args.json {
             println!("{s}");
@@ -80,19 +104,34 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "signer group ready ({aux_secs:.1}s; reused on later runs)"
     ));
 
+    // The wallet: a threshold key on ethereum (wallet id = key id). A rerun
+    // reuses it (its history then counts toward the policy's daily limit).
     let t0 = Instant::now();
-    let key = client
+    let key = match client
         .create_key(CreateKeyRequest {
-            key_id: String::new(),
+            key_id: args.wallet.clone(),
             curve: Curve::Secp256k1 as i32,
             threshold: 0,
-            chain: String::new(),
+            chain: "ethereum".into(),
         })
-        .await?
-        .into_inner();
+        .await
+    {
+        Ok(k) => k.into_inner(),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            say(format!("wallet {} exists: reusing it", args.wallet));
+            client
+                .get_key(GetKeyRequest {
+                    key_id: args.wallet.clone(),
+                })
+                .await
+                .map_err(rpc("GetKey"))?
+                .into_inner()
+        }
+        Err(s) => return Err(rpc("CreateKey")(s)),
+    };
     let keygen_ms = t0.elapsed().as_secs_f64() * 1000.0;
     say(format!(
-        "created key {} ({}-of-{}) in {keygen_ms:.1} ms\n  public key {}\n  ethereum address {}",
+        "wallet {} ({}-of-{}, {keygen_ms:.1} ms)\n  public key {}\n  ethereum address {}",
         key.key_id,
         key.threshold,
         key.participants.len(),
@@ -100,19 +139,269 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         key.ethereum_address
     ));
 
+    let mut raw = Vec::new();
+    if args.signatures > 0 && layout.raw_digest {
+        raw = raw_digest_signatures(&mut client, &key, args.signatures, args.json).await?;
+    } else if args.signatures > 0 {
+        say("raw-digest signing is disabled in this cluster: skipping it".into());
+    }
+
+    // The withdrawal flow, as the payments backend and two treasury approvers.
+    let mut backend = connect_as(&layout, BACKEND_CLIENT).await?;
+    let mut approver = connect_as(&layout, APPROVER_CLIENT).await?;
+
+    say(format!(
+        "\n1) small withdrawal: {} to {} (policy: allowed without approvals)",
+        human_amount(SMALL_WEI, "ETH").unwrap_or_default(),
+        args.to
+    ));
+    let small = create(&mut backend, &args, SMALL_WEI, "demo: small payout").await?;
+    say(format!(
+        "   {} {} risk {} rule {}",
+        small.id, small.state, small.risk_score, small.rule_id
+    ));
+    let small = wait_signed(&mut backend, &small.id, args.json).await?;
+    verify(
+        &key.public_key,
+        &small.tx_digest,
+        &small.signature_r,
+        &small.signature_s,
+    )?;
+    say(format!(
+        "   signed: tx digest {} r={}.. s={}.., verified against the wallet key",
+        hex::encode(&small.tx_digest),
+        hex::encode(small.signature_r.get(..8).unwrap_or_default()),
+        hex::encode(small.signature_s.get(..8).unwrap_or_default()),
+    ));
+
+    say(format!(
+        "\n2) large withdrawal: {} to {} (policy: 2 treasury approvals, then a time lock)",
+        human_amount(LARGE_WEI, "ETH").unwrap_or_default(),
+        args.to
+    ));
+    let large = create(&mut backend, &args, LARGE_WEI, "demo: large transfer").await?;
+    say(format!(
+        "   {} {} risk {} rule {}",
+        large.id, large.state, large.risk_score, large.rule_id
+    ));
+    let large = wait_for(&mut backend, &large.id, "awaiting_approvals", WAIT, |w| {
+        progress(w, args.json)
+    })
+    .await?;
+    if large.state != "awaiting_approvals" {
+        bail!(
+            "withdrawal {} is {} instead of awaiting_approvals{}",
+            large.id,
+            large.state,
+            reason(&large)
+        );
+    }
+    // What the approvers see: decoded from the statement bytes.
+    let large = approver
+        .get_withdrawal(GetWithdrawalRequest {
+            id: large.id.clone(),
+        })
+        .await
+        .map_err(rpc("GetWithdrawal"))?
+        .into_inner();
+    let book = approver
+        .list_address_book(ListAddressBookRequest {
+            chain: large.chain.clone(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().entries);
+    let review = Review::new(&large, book.as_deref())?;
+    if review.statement.withdrawal_id != large.id {
+        bail!(
+            "the statement names withdrawal {}",
+            review.statement.withdrawal_id
+        );
+    }
+    warn_mismatches(&review);
+    if !review.mismatches.is_empty() {
+        bail!("the server's fields differ from the statement: the demo does not approve");
+    }
+    say("   what the approvers sign (decoded from the statement):".into());
+    if !args.json {
+        print!("{}", render(&large, Some(&review), None));
+    }
+    let mut approvals = Vec::new();
+    for (id, pem) in DEMO_APPROVERS {
+        let secret = SecretKey::from_pem(&Zeroizing::new(pem.to_string()))?;
+        let approval = Approval::sign(&review.statement, Verdict::Approve, id, &secret)?;
+        let after = approver
+            .submit_approval(SubmitApprovalRequest {
+                withdrawal_id: large.id.clone(),
+                approver: id.to_string(),
+                verdict: ProtoVerdict::Approve as i32,
+                signature: approval.signature.clone(),
+                reason: String::new(),
+            })
+            .await
+            .map_err(rpc("SubmitApproval"))?
+            .into_inner();
+        say(format!("   {id} approved: now {}", after.state));
+        approvals.push(serde_json::json!({"approver": id, "state_after": after.state}));
+    }
+    let large = wait_signed(&mut backend, &large.id, args.json).await?;
+    verify(
+        &key.public_key,
+        &large.tx_digest,
+        &large.signature_r,
+        &large.signature_s,
+    )?;
+    say(format!(
+        "   signed after the time lock: tx digest {} verified against the wallet key",
+        hex::encode(&large.tx_digest)
+    ));
+    say(format!(
+        "\ndone in {:.1}s. Try: custos pending, custos show ID, custos withdrawals, custos audit tail",
+        started.elapsed().as_secs_f64()
+    ));
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "key_id": key.key_id,
+                "public_key": hex::encode(&key.public_key),
+                "ethereum_address": key.ethereum_address,
+                "aux_wait_secs": aux_secs,
+                "keygen_ms": keygen_ms,
+                "raw_digest_signatures": raw,
+                "small": withdrawal_json(&small),
+                "large": withdrawal_json(&large),
+                "large_statement_sha256": review.statement_hash,
+                "approvals": approvals,
+                "verified": true,
+            })
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 0.1 ETH: within the demo policy's `hot-small` rule.
+const SMALL_WEI: u128 = 100_000_000_000_000_000;
+/// 2 ETH: the demo policy's `large-whitelisted` rule (2 treasury approvals, 5 s lock).
+const LARGE_WEI: u128 = 2_000_000_000_000_000_000;
+/// How long one withdrawal may take to get where the demo waits for it.
+const WAIT: Duration = Duration::from_secs(300);
+/// Treasury approvers of the demo policy. DEMO KEYS: their seeds are public.
+const DEMO_APPROVERS: [(&str, &str); 2] = [
+    ("alice", include_str!("../../../examples/keys/alice.pem")),
+    ("bob", include_str!("../../../examples/keys/bob.pem")),
+];
+
+fn reason(w: &Withdrawal) -> String {
+    if w.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", w.reason)
+    }
+}
+
+async fn create(
+    backend: &mut Client,
+    args: &DemoArgs,
+    wei: u128,
+    memo: &str,
+) -> anyhow::Result<Withdrawal> {
+    let mut b = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut b);
+    Ok(backend
+        .create_withdrawal(CreateWithdrawalRequest {
+            idempotency_key: format!("demo-{}", hex::encode(b)),
+            wallet: args.wallet.clone(),
+            asset: "ETH".into(),
+            destination: args.to.clone(),
+            amount: wei.to_string(),
+            fee_cap: String::new(),
+            memo: memo.into(),
+        })
+        .await
+        .map_err(rpc("CreateWithdrawal"))?
+        .into_inner())
+}
+
+fn progress(w: &Withdrawal, json: bool) {
+    if !json {
+        eprintln!("   ... {}", w.state);
+    }
+}
+
+/// Waits for `signed`, showing the time-lock countdown; fails on any other end.
+async fn wait_signed(client: &mut Client, id: &str, json: bool) -> anyhow::Result<Withdrawal> {
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut last_left = i64::MIN;
+    loop {
+        let w = client
+            .get_withdrawal(GetWithdrawalRequest { id: id.to_string() })
+            .await
+            .map_err(rpc("GetWithdrawal"))?
+            .into_inner();
+        if w.state != last {
+            progress(&w, json);
+            last = w.state.clone();
+        }
+        if w.state == "time_locked"
+            && let Ok(until) = Timestamp::parse(&w.time_lock_until)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or_default();
+            let left = (until.0 - now).max(0);
+            if left != last_left && !json {
+                eprintln!(
+                    "   ... time lock: {left}s left (until {})",
+                    w.time_lock_until
+                );
+                last_left = left;
+            }
+        }
+        if reached(&w.state, "signed") {
+            if w.signature_r.is_empty() || w.tx_digest.is_empty() {
+                bail!("withdrawal {id} is {} but carries no signature", w.state);
+            }
+            return Ok(w);
+        }
+        if is_final(&w.state) {
+            bail!("withdrawal {id} ended {}{}", w.state, reason(&w));
+        }
+        if started.elapsed() > WAIT {
+            bail!(
+                "withdrawal {id} still {} after {} s",
+                w.state,
+                WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The raw-digest path (`SignDigest`, dev clusters only): pool wait and timings.
+async fn raw_digest_signatures(
+    client: &mut Client,
+    key: &Key,
+    count: u32,
+    json: bool,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     // Let the background pool fill so signing is one round (each presignature
     // is a multi-round protocol of about a second; the coordinator keeps a few per key).
-    let want = args.signatures.min(4);
+    let want = count.min(4);
     let pool_wait = Instant::now();
     let mut shown = u32::MAX;
     while pool_wait.elapsed() < Duration::from_secs(60) {
         let k = client
-            .get_key(custos_proto::custody::GetKeyRequest {
+            .get_key(GetKeyRequest {
                 key_id: key.key_id.clone(),
             })
-            .await?
+            .await
+            .map_err(rpc("GetKey"))?
             .into_inner();
-        if k.presignatures_ready != shown && !args.json {
+        if k.presignatures_ready != shown && !json {
             eprintln!(
                 "[{:>5.1}s] presignature pool {}/{want}",
                 pool_wait.elapsed().as_secs_f64(),
@@ -125,9 +414,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-
     let mut results = Vec::new();
-    for _ in 0..args.signatures {
+    for _ in 0..count {
         let mut digest = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut digest);
         let mut rid = [0u8; 8];
@@ -140,35 +428,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 request_id: format!("demo-{}", hex::encode(rid)),
                 interactive: false,
             })
-            .await?
+            .await
+            .map_err(rpc("SignDigest"))?
             .into_inner();
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         verify(&key.public_key, &digest, &sig.r, &sig.s)?;
-        say(format!(
-            "signed {} -> r={}.. s={}.. via {} ({}) in {ms:.2} ms, verified",
-            &hex::encode(digest)[..16],
-            &hex::encode(&sig.r)[..16],
-            &hex::encode(&sig.s)[..16],
-            sig.mode,
-            sig.signers.join("+")
-        ));
+        if !json {
+            println!(
+                "raw digest {} -> r={}.. s={}.. via {} ({}) in {ms:.2} ms, verified",
+                &hex::encode(digest)[..16],
+                hex::encode(sig.r.get(..8).unwrap_or_default()),
+                hex::encode(sig.s.get(..8).unwrap_or_default()),
+                sig.mode,
+                sig.signers.join("+")
+            );
+        }
         results.push(
             serde_json::json!({"digest": hex::encode(digest), "r": hex::encode(&sig.r), "s": hex::encode(&sig.s),
             "recovery_id": sig.recovery_id, "mode": sig.mode, "signers": sig.signers, "ms": ms}),
         );
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"key_id": key.key_id, "public_key": hex::encode(&key.public_key),
-                "ethereum_address": key.ethereum_address, "aux_wait_secs": aux_secs, "keygen_ms": keygen_ms, "signatures": results})
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(results)
 }
 
 /// Verifies independently of the cluster (RustCrypto k256).
-fn verify(public_key: &[u8], digest: &[u8; 32], r: &[u8], s: &[u8]) -> anyhow::Result<()> {
+fn verify(public_key: &[u8], digest: &[u8], r: &[u8], s: &[u8]) -> anyhow::Result<()> {
     use k256::ecdsa::signature::hazmat::PrehashVerifier;
     let vk = k256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).context("public key")?;
     let mut rs = Vec::with_capacity(64);
