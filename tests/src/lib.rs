@@ -226,3 +226,163 @@ pub fn pkcs11_table(token: &str, pin_file: &std::path::Path, kek: &str, create: 
         pin_file.display()
     )
 }
+
+// ------------------------------------------------------------ withdrawals
+
+use custos_devkit::client::connect_as;
+use custos_proto::custody::{
+    CreateKeyRequest, CreateWithdrawalRequest, GetWithdrawalRequest, SubmitApprovalRequest,
+    Verdict, Withdrawal,
+};
+
+/// A whitelisted destination in the test and demo policies (`exchange-deposit`).
+pub const WHITELISTED: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+/// A valid address that is in no address book.
+pub const NOT_WHITELISTED: &str = "0x000000000000000000000000000000000000dEaD";
+/// 1 ETH in wei.
+pub const ETH: u128 = 1_000_000_000_000_000_000;
+
+/// A cluster running a withdrawal policy, with a client per API role.
+pub struct FlowCluster {
+    pub tc: TestCluster,
+    pub backend: Client,
+    pub approver: Client,
+    pub auditor: Client,
+}
+
+/// The withdrawal-flow test policy (`tests/fixtures/flow-policy.toml`).
+pub fn flow_policy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/flow-policy.toml")
+}
+
+/// Starts a 2-of-3 cluster with `policy`, raw-digest signing disabled unless
+/// `raw_digest`, waits for aux info and creates wallet `wallet` (ethereum).
+pub async fn start_flow(
+    policy: &std::path::Path,
+    raw_digest: bool,
+    wallets: &[&str],
+) -> FlowCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.base_port = custos_devkit::free_base_port();
+    spec.primes_file = Some(primes_fixture());
+    spec.policy = Some(policy.to_path_buf());
+    spec.raw_digest = raw_digest;
+    spec.bin_dir = Some(bin_dir());
+    let layout = custos_devkit::generate(&spec).unwrap();
+    let opts = StartOptions::default().timeout(Duration::from_secs(60));
+    let tc = start_layout(dir, layout, opts).await;
+    let layout = tc.cluster.layout().clone();
+    for w in wallets {
+        tc.client
+            .clone()
+            .create_key(CreateKeyRequest {
+                key_id: (*w).to_owned(),
+                chain: "ethereum".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    FlowCluster {
+        backend: connect_as(&layout, "payments-backend").await.unwrap(),
+        approver: connect_as(&layout, "approver-cli").await.unwrap(),
+        auditor: connect_as(&layout, "auditor").await.unwrap(),
+        tc,
+    }
+}
+
+/// A CreateWithdrawal request for ETH.
+pub fn withdrawal_req(key: &str, wallet: &str, to: &str, amount: u128) -> CreateWithdrawalRequest {
+    CreateWithdrawalRequest {
+        idempotency_key: key.to_owned(),
+        wallet: wallet.to_owned(),
+        asset: "ETH".into(),
+        destination: to.to_owned(),
+        amount: amount.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Polls until the withdrawal is in one of `states` (panics on a terminal
+/// state not in the list, or after `limit`).
+pub async fn wait_state(client: &Client, id: &str, states: &[&str], limit: Duration) -> Withdrawal {
+    let started = Instant::now();
+    let terminal = [
+        "blocked",
+        "signed",
+        "rejected",
+        "cancelled",
+        "expired",
+        "failed",
+    ];
+    loop {
+        let w = client
+            .clone()
+            .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
+            .await
+            .unwrap()
+            .into_inner();
+        if states.contains(&w.state.as_str()) {
+            return w;
+        }
+        assert!(
+            !terminal.contains(&w.state.as_str()),
+            "withdrawal {id} ended {} ({}), expected {states:?}; signer notes: {:?}",
+            w.state,
+            w.reason,
+            w.signer_notes
+        );
+        assert!(
+            started.elapsed() < limit,
+            "withdrawal {id} still {} after {limit:?}, expected {states:?}; notes: {:?}",
+            w.state,
+            w.signer_notes
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A demo approver's key (`examples/keys/<who>.pem`).
+pub fn approver_key(who: &str) -> custos_policy::SecretKey {
+    let pem = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/keys/{who}.pem")),
+    )
+    .unwrap();
+    custos_policy::SecretKey::from_pem(&pem).unwrap()
+}
+
+/// Signs `w`'s statement as `who` with `verdict` and submits it.
+pub async fn submit_verdict(
+    approver: &Client,
+    w: &Withdrawal,
+    who: &str,
+    verdict: custos_policy::Verdict,
+    reason: &str,
+) -> Result<Withdrawal, tonic::Status> {
+    let statement = custos_policy::ApprovalStatement::decode(&w.statement).unwrap();
+    let a = custos_policy::Approval::sign(&statement, verdict, who, &approver_key(who)).unwrap();
+    let v = match verdict {
+        custos_policy::Verdict::Approve => Verdict::Approve,
+        custos_policy::Verdict::Reject => Verdict::Reject,
+        custos_policy::Verdict::Cancel => Verdict::Cancel,
+    };
+    approver
+        .clone()
+        .submit_approval(SubmitApprovalRequest {
+            withdrawal_id: w.id.clone(),
+            approver: who.to_owned(),
+            verdict: v as i32,
+            signature: a.signature,
+            reason: reason.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Approves `w` as `who`.
+pub async fn approve(approver: &Client, w: &Withdrawal, who: &str) -> Withdrawal {
+    submit_verdict(approver, w, who, custos_policy::Verdict::Approve, "")
+        .await
+        .unwrap()
+}

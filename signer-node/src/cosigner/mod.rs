@@ -236,29 +236,6 @@ impl Cosigner {
             )));
         }
         let v = self.verify(a, now)?;
-        let witness = self.witness.as_ref().ok_or_else(|| {
-            refused(
-                "no audit log key configured ([cosigner] log_key): this signer signs no withdrawal",
-            )
-        })?;
-        let proof: Vec<custos_audit::Hash> = a
-            .inclusion_proof
-            .iter()
-            .map(|h| {
-                h.as_slice()
-                    .try_into()
-                    .map_err(|_| NodeError::InvalidRequest("inclusion proof hash length".into()))
-            })
-            .collect::<Result<_, _>>()?;
-        witness.check_decision(
-            &a.decision_entry,
-            a.decision_entry_index,
-            &proof,
-            a.proof_tree_size,
-            &w.id,
-            &v.authorization.decision.policy_hash.0,
-            &a.rule_id,
-        )?;
         let delay = v
             .authorization
             .decision
@@ -288,6 +265,29 @@ impl Cosigner {
                 from - now
             )));
         }
+        let witness = self.witness.as_ref().ok_or_else(|| {
+            refused(
+                "no audit log key configured ([cosigner] log_key): this signer signs no withdrawal",
+            )
+        })?;
+        let proof: Vec<custos_audit::Hash> = a
+            .inclusion_proof
+            .iter()
+            .map(|h| {
+                h.as_slice()
+                    .try_into()
+                    .map_err(|_| NodeError::InvalidRequest("inclusion proof hash length".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        witness.check_decision(
+            &a.decision_entry,
+            a.decision_entry_index,
+            &proof,
+            a.proof_tree_size,
+            &w.id,
+            &v.authorization.decision.policy_hash.0,
+            &a.rule_id,
+        )?;
         Ok((SignDecision::Issue(Box::new(v)), guard))
     }
 

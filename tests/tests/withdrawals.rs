@@ -1,0 +1,311 @@
+//! The withdrawal flow end to end on real processes: each policy action,
+//! approvals, time locks, cancellation, idempotency and input validation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use custos_policy::Verdict as PV;
+use custos_proto::custody::{
+    CancelWithdrawalRequest, GetKeyRequest, ListWithdrawalsRequest, SignDigestRequest,
+};
+use custos_tests::*;
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+async fn count(fc: &FlowCluster) -> usize {
+    fc.backend
+        .clone()
+        .list_withdrawals(ListWithdrawalsRequest {
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .withdrawals
+        .len()
+}
+
+fn verify_signed(pk: &[u8], w: &custos_proto::custody::Withdrawal) {
+    let digest: [u8; 32] = w.tx_digest.clone().try_into().unwrap();
+    verify_both(pk, &digest, &w.signature_r, &w.signature_s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_policy_action_end_to_end() {
+    let fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
+    let pk = fc
+        .tc
+        .client
+        .clone()
+        .get_key(GetKeyRequest {
+            key_id: "w-hot".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .public_key;
+    let backend = fc.backend.clone();
+
+    // allow: signed with no approval.
+    let w = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("allow-1", "w-hot", WHITELISTED, ETH / 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.rule_id, "small-allow", "{}", w.decision);
+    assert_eq!(w.destination_label, "exchange-deposit (exchange)");
+    assert_eq!(w.amount_human, "0.5 ETH");
+    assert!(
+        w.risk_score < 80,
+        "risk {} {:?}",
+        w.risk_score,
+        w.risk_reasons
+    );
+    let signed = wait_state(&backend, &w.id, &["signed"], LIMIT).await;
+    verify_signed(&pk, &signed);
+
+    // The same idempotency key and body: the same withdrawal, nothing new.
+    let again = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("allow-1", "w-hot", WHITELISTED, ETH / 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.id, w.id);
+    // The same key with another body is refused.
+    let e = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("allow-1", "w-hot", WHITELISTED, ETH / 4))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    assert!(e.message().contains("idempotency_key"), "{e}");
+
+    // Concurrent identical requests create one withdrawal.
+    let before = count(&fc).await;
+    let calls = (0..8).map(|_| {
+        let b = backend.clone();
+        async move {
+            b.clone()
+                .create_withdrawal(withdrawal_req("race-1", "w-hot", WHITELISTED, ETH / 10))
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    });
+    let ids = futures::future::join_all(calls).await;
+    assert!(ids.windows(2).all(|p| p[0] == p[1]), "{ids:?}");
+    assert_eq!(count(&fc).await, before + 1);
+    wait_state(&backend, &ids[0], &["signed"], LIMIT).await;
+
+    // Bad input: INVALID_ARGUMENT naming the field, nothing stored.
+    let before = count(&fc).await;
+    let cases = [
+        (withdrawal_req("bad-1", "nope", WHITELISTED, ETH), "wallet"),
+        (
+            withdrawal_req("bad-2", "w-hot", "0x1234", ETH),
+            "destination",
+        ),
+        (withdrawal_req("bad-3", "w-hot", WHITELISTED, 0), "amount"),
+        (
+            {
+                let mut r = withdrawal_req("bad-4", "w-hot", WHITELISTED, 1);
+                r.amount = "-5".into();
+                r
+            },
+            "amount",
+        ),
+        (
+            {
+                let mut r = withdrawal_req("bad-5", "w-hot", WHITELISTED, 1);
+                r.amount = "9".repeat(39);
+                r
+            },
+            "amount",
+        ),
+        (
+            {
+                let mut r = withdrawal_req("bad-6", "w-hot", WHITELISTED, 1);
+                r.asset = "DOGE".into();
+                r
+            },
+            "asset",
+        ),
+        (
+            {
+                let mut r = withdrawal_req("bad-7", "w-hot", WHITELISTED, 1);
+                r.memo = "x".repeat(10_000);
+                r
+            },
+            "memo",
+        ),
+        (
+            withdrawal_req("", "w-hot", WHITELISTED, 1),
+            "idempotency_key",
+        ),
+    ];
+    for (req, field) in cases {
+        let e = backend.clone().create_withdrawal(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e}");
+        assert!(e.message().contains(field), "{field}: {e}");
+    }
+    assert_eq!(count(&fc).await, before, "bad input must store nothing");
+
+    // block: not whitelisted.
+    let b = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("block-1", "w-hot", NOT_WHITELISTED, 2 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.state, "blocked", "{}", b.reason);
+    assert!(b.reason.contains("block-everything-else"), "{}", b.reason);
+
+    // require 2-of-3 approvals.
+    let m = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("two-1", "w-hot", WHITELISTED, 5 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.state, "awaiting_approvals");
+    assert_eq!(m.rule_id, "medium-two-approvals");
+    let after_one = approve(&fc.approver, &m, "alice").await;
+    assert_eq!(after_one.state, "awaiting_approvals");
+    // A duplicate approver, a revoked or unknown approver, a forged signature: refused.
+    let dup = submit_verdict(&fc.approver, &m, "alice", PV::Approve, "")
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup}");
+    let outsider = submit_verdict(&fc.approver, &m, "dave", PV::Approve, "")
+        .await
+        .unwrap_err();
+    assert_eq!(outsider.code(), Code::InvalidArgument, "{outsider}");
+    let mut forged = m.clone();
+    forged.statement = {
+        let mut s = custos_policy::ApprovalStatement::decode(&m.statement).unwrap();
+        s.amount = custos_policy::Amount(ETH);
+        s.encode().unwrap()
+    };
+    let e = submit_verdict(&fc.approver, &forged, "bob", PV::Approve, "")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "approval over another amount: {e}"
+    );
+    let quorum = approve(&fc.approver, &m, "bob").await;
+    assert!(
+        ["approved", "signing", "signed"].contains(&quorum.state.as_str()),
+        "{}",
+        quorum.state
+    );
+    let signed = wait_state(&backend, &m.id, &["signed"], LIMIT).await;
+    verify_signed(&pk, &signed);
+    assert_eq!(signed.approvals.len(), 2);
+
+    // An explicit reject denies.
+    let r = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("reject-1", "w-hot", WHITELISTED, 6 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&fc.approver, &r, "alice").await;
+    let rejected = submit_verdict(&fc.approver, &r, "carol", PV::Reject, "unknown payee")
+        .await
+        .unwrap();
+    assert_eq!(rejected.state, "rejected");
+    assert!(rejected.reason.contains("carol"), "{}", rejected.reason);
+
+    // approvals + delay: time locked, cancelled by the security group during the lock.
+    let c = backend
+        .clone()
+        .create_withdrawal(withdrawal_req(
+            "delay-cancel",
+            "w-hot",
+            WHITELISTED,
+            20 * ETH,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.rule_id, "large-approvals-delay");
+    approve(&fc.approver, &c, "alice").await;
+    approve(&fc.approver, &c, "bob").await;
+    let locked = wait_state(&backend, &c.id, &["time_locked"], LIMIT).await;
+    assert!(!locked.time_lock_until.is_empty());
+    // A treasurer is not in the cancel group.
+    let e = submit_verdict(&fc.approver, &c, "carol", PV::Cancel, "")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let cancelled = submit_verdict(&fc.approver, &c, "dave", PV::Cancel, "suspicious")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let still = wait_state(&backend, &c.id, &["cancelled"], LIMIT).await;
+    assert!(
+        still.signature_r.is_empty(),
+        "a cancelled withdrawal was signed"
+    );
+
+    // approvals + delay: signed after the lock; a cancel after signing is refused.
+    let d = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("delay-sign", "w-hot", WHITELISTED, 30 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&fc.approver, &d, "bob").await;
+    approve(&fc.approver, &d, "carol").await;
+    wait_state(&backend, &d.id, &["time_locked"], LIMIT).await;
+    let signed = wait_state(&backend, &d.id, &["signed"], LIMIT).await;
+    verify_signed(&pk, &signed);
+    let e = submit_verdict(&fc.approver, &d, "dave", PV::Cancel, "too late")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("already signed"), "{e}");
+    let e = backend
+        .clone()
+        .cancel_withdrawal(CancelWithdrawalRequest {
+            id: d.id.clone(),
+            reason: "too late".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+
+    // The raw-digest path is locked down on this cluster.
+    let e = fc
+        .tc
+        .client
+        .clone()
+        .sign_digest(SignDigestRequest {
+            key_id: "w-hot".into(),
+            digest: vec![7; 32],
+            request_id: "raw-1".into(),
+            interactive: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // Roles: an approver cannot create withdrawals.
+    let e = fc
+        .approver
+        .clone()
+        .create_withdrawal(withdrawal_req("role-1", "w-hot", WHITELISTED, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    fc.tc.cluster.stop().await.unwrap();
+}
