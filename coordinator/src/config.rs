@@ -56,6 +56,12 @@ pub struct CoordinatorConfig {
     /// Switches for development clusters only.
     #[serde(default)]
     pub dev: DevSettings,
+    /// The double-entry ledger fed by withdrawal transitions.
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+    /// Event delivery (transactional outbox → NATS JetStream, webhooks).
+    #[serde(default)]
+    pub events: EventSettings,
 }
 
 /// The policy bundle files.
@@ -186,4 +192,71 @@ pub struct SignerEndpoint {
     pub endpoint: String,
     /// Name in its certificate.
     pub tls_name: String,
+}
+
+/// `[ledger]`: postings for every withdrawal (reserve on `approved`, settle on
+/// the settlement state, release on cancellation or failure).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// Post withdrawals to the ledger (default true).
+    pub enabled: bool,
+    /// Overdraft limit given to a (wallet, asset) the first time a withdrawal
+    /// names it: `"unlimited"` (default: the books never hold a withdrawal
+    /// up, a negative `available` shows as a reconciliation difference) or a
+    /// base-unit amount (`"0"`: no overdraft; a reservation the books cannot
+    /// cover is recorded as a ledger exception and the withdrawal proceeds).
+    /// Existing limits are never changed by this setting.
+    pub default_overdraft: String,
+    /// JSON-RPC URL of the EVM node `GET /v1/ledger/reconcile?chain=eth`
+    /// reads balances from (admins may pass another one per request).
+    pub eth_rpc_url: Option<String>,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_overdraft: "unlimited".into(),
+            eth_rpc_url: None,
+        }
+    }
+}
+
+/// `[events]`: delivery of the outbox written with every withdrawal transition.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// NATS server URL (e.g. `nats://127.0.0.1:4222`); unset: no NATS sink
+    /// (webhooks are always delivered).
+    pub nats_url: Option<String>,
+    /// JetStream stream, created if missing (default `CUSTOS_EVENTS`).
+    pub stream: String,
+    /// Subject prefix: events go to `<prefix>.withdrawal.<state>` (default `custos.events`).
+    pub subject_prefix: String,
+    /// Outbox poll interval when nothing nudges the dispatcher, ms (default 500).
+    pub poll_ms: u64,
+    /// Delay after a webhook's first failed attempt, doubled after each further one, ms (default 1000).
+    pub webhook_retry_base_ms: u64,
+    /// Cap on that delay, ms (default 300000).
+    pub webhook_retry_max_ms: u64,
+    /// Attempts before a webhook delivery is dead-lettered (default 10).
+    pub webhook_max_attempts: u32,
+    /// Per-request timeout of webhook deliveries, ms (default 10000).
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            stream: "CUSTOS_EVENTS".into(),
+            subject_prefix: "custos.events".into(),
+            poll_ms: 500,
+            webhook_retry_base_ms: 1000,
+            webhook_retry_max_ms: 300_000,
+            webhook_max_attempts: 10,
+            webhook_timeout_ms: 10_000,
+        }
+    }
 }

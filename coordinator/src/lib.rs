@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod adapters;
 pub mod audit;
 pub mod auth;
 pub mod cluster;

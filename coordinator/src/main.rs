@@ -267,6 +267,26 @@ async fn run(args: Args) -> Result<(), Fatal> {
             .clone()
             .run_checkpointer(Duration::from_millis(cfg.audit.checkpoint_ms.max(100))),
     );
+    // --- adapters (ledger, outbox, reports) ---
+    // Ledger/outbox schemas, the event dispatcher (NATS when `[events] nats_url`
+    // is set, webhooks always), and the hooks attached to the withdrawal store
+    // below; the HTTP port serves the adapter routes and metrics.
+    let adapters = Arc::new(
+        custos_coordinator::adapters::Adapters::start(
+            &cluster.db,
+            authenticator.clone(),
+            &cfg.ledger,
+            &cfg.events,
+        )
+        .await
+        .map_err(|e| match e {
+            custos_coordinator::error::CoordError::InvalidArgument(m) => {
+                config_error(anyhow!("config field {m}"))
+            }
+            other => Fatal(1, anyhow!("adapters: {other}")),
+        })?,
+    );
+    // --- end adapters ---
     let engine = match &cfg.policy {
         None => {
             tracing::warn!("no [policy] configured: the withdrawal API refuses every request");
@@ -282,6 +302,20 @@ async fn run(args: Args) -> Result<(), Fatal> {
                 )
                 .unwrap_or(0),
             );
+            // A bundle used for the first time is logged before it takes effect.
+            if let Some(entry) = custos_coordinator::withdrawal::bundle::activation_entry(
+                cluster.db.pool(),
+                &resolve(path, &p.document),
+                &resolve(path, &p.signatures),
+            )
+            .await
+            .map_err(|e| config_error(anyhow!("{e}")))?
+            {
+                audit
+                    .append(entry)
+                    .await
+                    .map_err(|e| Fatal(1, anyhow!("{e}")))?;
+            }
             let holder = PolicyHolder::load(
                 cluster.db.pool(),
                 &resolve(path, &p.document),
@@ -293,7 +327,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
             .map_err(|e| config_error(anyhow!("{e}")))?;
             let model = custos_risk::RiskModel::new(cfg.risk.clone())
                 .map_err(|e| config_error(anyhow!("config field `risk`: {e}")))?;
-            let store = WithdrawalStore::new(cluster.db.pool().clone());
+            // adapters: ledger and outbox hooks run in every transition's transaction.
+            let store = adapters.attach(WithdrawalStore::new(cluster.db.pool().clone()));
             let risk_state = Engine::rebuild_risk_state(&store, &model)
                 .await
                 .map_err(|e| Fatal(1, anyhow!("risk history: {e}")))?;
@@ -324,14 +359,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .await
         .with_context(|| format!("config field `http_listen` {}", cfg.http_listen))
         .map_err(config_error)?;
-    tokio::spawn(custos_service::http::serve(
+    // adapters: /healthz and /metrics (plus adapter metrics) and the /v1 REST routes.
+    tokio::spawn(adapters.serve_http(
         http,
         Arc::new(CoordinatorHealth {
             cluster: cluster.clone(),
             audit: audit.clone(),
             engine: engine.clone(),
         }),
-        std::future::pending(),
     ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

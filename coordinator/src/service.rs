@@ -321,6 +321,7 @@ impl Custody for CustodyService {
                     reachable: h.reachable,
                     state: h.state,
                     error: h.error,
+                    witness_key: h.witness_key,
                 }
             })
             .collect();
@@ -330,6 +331,7 @@ impl Custody for CustodyService {
             aux_info: c.aux_state(),
             keys: c.db.keys().await.map_err(status)?.len() as u32,
             presignatures_ready: c.db.ready_presig_total().await.map_err(status)?,
+            log_key: self.audit.verifier_key(),
         }))
     }
 

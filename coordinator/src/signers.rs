@@ -22,6 +22,8 @@ pub struct Health {
     pub error: String,
     /// Aux-info groups it holds.
     pub aux_groups: Vec<String>,
+    /// Its audit-log witness key (C2SP note key line), once seen.
+    pub witness_key: String,
 }
 
 /// One signer.
@@ -69,6 +71,7 @@ impl Signer {
                     state: r.state,
                     error: String::new(),
                     aux_groups: r.aux_groups,
+                    witness_key: r.witness_key,
                 }
             }
             Ok(Err(s)) => Health {
@@ -76,12 +79,14 @@ impl Signer {
                 state: String::new(),
                 error: s.message().to_owned(),
                 aux_groups: vec![],
+                witness_key: String::new(),
             },
             Err(_) => Health {
                 reachable: false,
                 state: String::new(),
                 error: "status probe timed out".into(),
                 aux_groups: vec![],
+                witness_key: String::new(),
             },
         };
         *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h.clone(), Some(Instant::now()));

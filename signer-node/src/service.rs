@@ -94,6 +94,11 @@ impl SignerControl for ControlService {
             presignatures: n.store().presig_total() as u32,
             primes_ready: u32::from(n.prime_state() == PrimeState::Ready),
             witnessed_size: self.cosigner.witness().map(|w| w.size()).unwrap_or(0),
+            witness_key: self
+                .cosigner
+                .witness()
+                .map(|w| w.verifier_key())
+                .unwrap_or_default(),
         }))
     }
 

@@ -137,6 +137,50 @@ impl PolicyHolder {
     }
 }
 
+/// The audit entry for a bundle the coordinator has not used before, or
+/// `None` if it is already known (appended when it was first loaded).
+pub async fn activation_entry(
+    pool: &AnyPool,
+    document: &Path,
+    signatures: &Path,
+) -> Result<Option<custos_audit::EntryBody>, CoordError> {
+    let doc = std::fs::read(document)
+        .map_err(|e| CoordError::InvalidArgument(format!("config field `policy.document`: {e}")))?;
+    let sigs = std::fs::read(signatures).map_err(|e| {
+        CoordError::InvalidArgument(format!("config field `policy.signatures`: {e}"))
+    })?;
+    let hash = PolicyHash::of_document(&doc);
+    sqlx::query(SCHEMA)
+        .execute(pool)
+        .await
+        .map_err(|e| CoordError::Storage(e.to_string()))?;
+    let known = sqlx::query("SELECT policy_hash FROM policy_bundles WHERE policy_hash = $1")
+        .bind(hash.to_string())
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| CoordError::Storage(e.to_string()))?;
+    if known.is_some() {
+        return Ok(None);
+    }
+    let parsed: BundleSignatures = serde_json::from_slice(&sigs)
+        .map_err(|e| refused("policy signatures are not valid JSON", e))?;
+    let version = custos_policy::Policy::parse(&doc)
+        .map(|p| p.version())
+        .map_err(|e| refused("policy document", e))?;
+    Ok(Some(custos_audit::EntryBody::PolicyActivated {
+        policy_hash: hash.0,
+        policy_version: version,
+        admin_signatures: parsed
+            .signatures
+            .iter()
+            .map(|s| custos_audit::entry::AdminSignature {
+                admin_id: s.public_key.clone(),
+                signature: hex::decode(&s.signature).unwrap_or_default(),
+            })
+            .collect(),
+    }))
+}
+
 fn verify(
     doc: &[u8],
     sigs: &[u8],

@@ -477,7 +477,11 @@ impl WithdrawalStore {
         }
         insert_event(&mut tx, id, to, detail, now).await?;
         // The state the row was in: the one `from` state that matched.
-        let prior = if from.len() == 1 { from.first().copied() } else { None };
+        let prior = if from.len() == 1 {
+            from.first().copied()
+        } else {
+            None
+        };
         self.run_hooks(&mut tx, id, prior, to, detail).await?;
         tx.commit().await.map_err(db_err)?;
         self.get(id).await

@@ -111,6 +111,9 @@ pub struct StatusResponse {
     /// Size of the last audit-log checkpoint this signer co-signed (0: none).
     #[prost(uint64, tag = "8")]
     pub witnessed_size: u64,
+    /// This signer's witness verifier key (C2SP note key line) for auditors.
+    #[prost(string, tag = "9")]
+    pub witness_key: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -110,6 +110,9 @@ pub struct SignerStatus {
     pub state: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub error: ::prost::alloc::string::String,
+    /// Its audit-log witness key (C2SP note key line), for `custos audit verify --witness-key`.
+    #[prost(string, tag = "6")]
+    pub witness_key: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -125,6 +128,9 @@ pub struct ClusterStatus {
     pub keys: u32,
     #[prost(uint32, tag = "5")]
     pub presignatures_ready: u32,
+    /// The audit log's verifier key (C2SP note key line), for `--log-key`.
+    #[prost(string, tag = "6")]
+    pub log_key: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -70,6 +70,14 @@ impl LogWitness {
         })
     }
 
+    /// This witness's verifier key line (for auditors' `--witness-key`).
+    pub fn verifier_key(&self) -> String {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.verifier_key()
+            .map(|k| k.to_string())
+            .unwrap_or_default()
+    }
+
     /// Size of the last checkpoint co-signed (0: none).
     pub fn size(&self) -> u64 {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
