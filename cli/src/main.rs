@@ -49,6 +49,12 @@ enum Command {
     /// amount (signed at once) and a large one (approved by two treasurers, time
     /// locked, signed), verifying each signature.
     Demo(cmd::demo::DemoArgs),
+    /// Reports over withdrawals and the ledger: volume, states, approval-latency,
+    /// blocked, risk, fees (from the coordinator's HTTP port).
+    Report(cmd::report::ReportArgs),
+    /// Ledger balances, invariant check, deposits (admin) and reconciliation with the chain.
+    #[command(subcommand)]
+    Ledger(cmd::ledger::LedgerCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +73,8 @@ fn main() -> std::process::ExitCode {
         Command::Reject(a) => cmd::approve::reject(a),
         Command::Cancel(a) => cmd::approve::cancel(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Report(a) => cmd::report::run(a),
+        Command::Ledger(c) => cmd::ledger::run(c),
     };
     match result {
         Ok(code) => code,

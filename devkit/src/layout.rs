@@ -929,7 +929,16 @@ pub(crate) fn run_log_key(
         .unwrap_or_default()
         .to_string();
     // A verifier key is `name+keyid+base64`: anything else is not what we asked for.
-    if line.split('+').count() != 3 || line.chars().any(char::is_whitespace) {
+    let mut parts = line.splitn(3, '+');
+    let well_formed = matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(name), Some(id), Some(key))
+            if !name.is_empty()
+                && id.len() == 8
+                && id.bytes().all(|b| b.is_ascii_hexdigit())
+                && !key.is_empty()
+    );
+    if !well_formed || line.chars().any(char::is_whitespace) {
         return Err(fail(format!(
             "`log-key` printed {line:?}, not a verifier key line (name+keyid+base64)"
         )));

@@ -37,6 +37,9 @@ pub struct ShowArgs {
     conn: ConnArgs,
     /// Withdrawal id.
     id: String,
+    /// Also print the policy evaluation rule by rule (the server's explanation).
+    #[arg(long)]
+    explain: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -184,6 +187,12 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
                 println!("(no approval statement: nothing to approve for this withdrawal)");
             }
             print!("{}", render(&w, review.as_ref(), note.as_deref()));
+            if args.explain && !w.decision.is_empty() {
+                println!(
+                    "\npolicy evaluation (from the server):\n{}",
+                    w.decision.trim_end()
+                );
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -302,7 +311,9 @@ async fn submit(
         if !so_far.is_empty() {
             println!("  verdicts so far: {}", so_far.join(", "));
         }
-        if !after.time_lock_until.is_empty() {
+        if !after.time_lock_until.is_empty()
+            && matches!(after.state.as_str(), "approved" | "time_locked")
+        {
             println!("  time lock until {}", after.time_lock_until);
         }
     }

@@ -317,21 +317,19 @@ fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
                     cosigners
                 };
                 let consistent = previous.as_ref().map(|p| p.size);
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
+                let line = if args.json {
+                    serde_json::json!({
                             "size": checkpoint.size,
                             "root": hex::encode(checkpoint.root),
                             "timestamp_ms": checkpoint.timestamp_ms,
                             "origin": checkpoint.origin,
                             "log_signature_verified": log_key.is_some(),
                             "cosigners": cosigners,
-                            "consistent_with": consistent,
-                        })
-                    );
+                        "consistent_with": consistent,
+                    })
+                    .to_string()
                 } else {
-                    println!(
+                    format!(
                         "size {:<8} root {}  cosigned by {}{}",
                         checkpoint.size,
                         hex::encode(checkpoint.root),
@@ -344,7 +342,10 @@ fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
                             Some(old) => format!("  (consistent with {old})"),
                             None => String::new(),
                         }
-                    );
+                    )
+                };
+                if !super::conn::emit(&line) {
+                    return Ok(ExitCode::SUCCESS);
                 }
                 shown += 1;
                 previous = Some(Seen {

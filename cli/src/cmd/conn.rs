@@ -83,3 +83,11 @@ pub fn rpc(what: &str) -> impl FnOnce(tonic::Status) -> anyhow::Error + '_ {
         anyhow::anyhow!("{what}: {:?}: {}{hint}", s.code(), s.message())
     }
 }
+
+/// Prints a line to stdout; `false` once stdout is closed (`| head`), so that
+/// following commands end quietly instead of failing on a broken pipe.
+pub fn emit(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}

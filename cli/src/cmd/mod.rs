@@ -6,6 +6,8 @@ pub mod audit;
 pub mod conn;
 pub mod demo;
 pub mod dev;
+pub mod ledger;
 pub mod policy;
+pub mod report;
 pub mod view;
 pub mod withdraw;

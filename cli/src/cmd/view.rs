@@ -267,6 +267,19 @@ pub fn warn_mismatches(review: &Review) {
     eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
 }
 
+/// The conclusion of the server's decision text (its last `Decision:` line; the
+/// whole text when it has none). `custos show --explain` prints the full trace.
+pub fn decision_summary(decision: &str) -> String {
+    decision
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("Decision:"))
+        .map_or_else(
+            || decision.trim().replace('\n', " "),
+            |d| d.trim().to_string(),
+        )
+}
+
 /// The full approver's view of a withdrawal as text.
 pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) -> String {
     let mut out = String::new();
@@ -316,7 +329,7 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
         }
     }
     if !w.decision.is_empty() {
-        line("decision", w.decision.clone());
+        line("decision", decision_summary(&w.decision));
     }
     if !w.required_approvals.is_empty() {
         line("required", w.required_approvals.clone());
@@ -466,7 +479,7 @@ pub fn summary_line(w: &Withdrawal) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -484,6 +497,130 @@ mod tests {
         assert_eq!(parse_human("1.123456789", "BTC"), None);
         assert_eq!(parse_human("1e3", "ETH"), None);
         assert_eq!(parse_human("", "ETH"), None);
+    }
+
+    fn statement() -> ApprovalStatement {
+        ApprovalStatement {
+            withdrawal_id: "wd-1".into(),
+            chain: "ethereum".into(),
+            asset: "ETH".into(),
+            source_wallet: "demo-hot".into(),
+            destination: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into(),
+            amount: custos_policy::Amount(2_000_000_000_000_000_000),
+            fee_cap: custos_policy::Amount(21_000),
+            tx_digest: vec![7; 32],
+            policy_hash: PolicyHash([9; 32]),
+            rule_id: "large-whitelisted".into(),
+            expiry: Timestamp(1_800_000_000),
+        }
+    }
+
+    fn withdrawal(s: &ApprovalStatement) -> Withdrawal {
+        Withdrawal {
+            id: s.withdrawal_id.clone(),
+            wallet: s.source_wallet.clone(),
+            chain: s.chain.clone(),
+            asset: s.asset.clone(),
+            // The server may print the address in lowercase.
+            destination: s.destination.to_lowercase(),
+            destination_label: "exchange-deposit".into(),
+            amount: s.amount.to_string(),
+            amount_human: "2 ETH".into(),
+            fee_cap: s.fee_cap.to_string(),
+            rule_id: s.rule_id.clone(),
+            policy_hash: s.policy_hash.to_string(),
+            statement: s.encode().unwrap(),
+            tx_digest: s.tx_digest.clone(),
+            expires_at: Timestamp(s.expiry.0).to_string(),
+            state: "awaiting_approvals".into(),
+            ..Withdrawal::default()
+        }
+    }
+
+    fn entry(id: &str, address: &str) -> AddressBookEntry {
+        AddressBookEntry {
+            id: id.into(),
+            labels: vec!["exchange".into()],
+            chain: "ethereum".into(),
+            address: address.into(),
+            whitelisted: true,
+            usable_from: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_faithful_server_shows_no_mismatch() {
+        let s = statement();
+        let w = withdrawal(&s);
+        let book = [entry("exchange-deposit", &s.destination)];
+        let r = Review::new(&w, Some(&book)).unwrap();
+        assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(
+            r.statement_hash,
+            hex::encode(Sha256::digest(s.encode().unwrap()))
+        );
+        let text = render(&w, Some(&r), None);
+        assert!(
+            text.contains("2 ETH (2000000000000000000 base units)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("exchange-deposit (exchange), whitelisted"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_lie_of_the_server_is_named() {
+        let s = statement();
+        let book = [entry("exchange-deposit", &s.destination)];
+        type Lie = fn(&mut Withdrawal);
+        let lies: [(&str, Lie); 9] = [
+            ("amount", |w| w.amount = "1".into()),
+            ("amount_human", |w| w.amount_human = "0.2 ETH".into()),
+            ("destination", |w| {
+                w.destination = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359".into()
+            }),
+            ("wallet", |w| w.wallet = "demo-cold".into()),
+            ("fee_cap", |w| w.fee_cap = "1".into()),
+            ("tx_digest", |w| w.tx_digest = vec![8; 32]),
+            ("rule", |w| w.rule_id = "hot-small".into()),
+            ("expires_at", |w| {
+                w.expires_at = "2030-01-01T00:00:00Z".into()
+            }),
+            ("destination label", |w| {
+                w.destination_label = "payroll".into()
+            }),
+        ];
+        for (field, lie) in lies {
+            let mut w = withdrawal(&s);
+            lie(&mut w);
+            let r = Review::new(&w, Some(&book)).unwrap();
+            assert_eq!(r.mismatches.len(), 1, "{field}: {:?}", r.mismatches);
+            assert!(
+                r.mismatches[0].starts_with(field),
+                "{field}: {:?}",
+                r.mismatches
+            );
+        }
+        // An unknown destination is said so, not labelled.
+        let w = withdrawal(&s);
+        let r = Review::new(&w, Some(&[])).unwrap();
+        assert!(render(&w, Some(&r), None).contains("NOT IN THE ADDRESS BOOK"));
+        // Garbage is not a statement.
+        let mut w = withdrawal(&s);
+        w.statement.push(0);
+        assert!(Review::new(&w, None).is_err());
+    }
+
+    #[test]
+    fn decision_summaries_take_the_conclusion() {
+        assert_eq!(
+            decision_summary("Rule 1 ...\nDecision: ALLOW by rule `x`.\n"),
+            "ALLOW by rule `x`."
+        );
+        assert_eq!(decision_summary("blocked"), "blocked");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use custos_proto::custody::{
 };
 use rand::RngCore;
 
-use super::conn::{ConnArgs, block_on, rpc};
+use super::conn::{ConnArgs, block_on, emit, rpc};
 use super::view::{self, is_final, rank, summary_line, withdrawal_json};
 
 /// `custos withdraw`: request a withdrawal (role backend).
@@ -89,8 +89,8 @@ pub struct WatchArgs {
     /// Only this withdrawal.
     #[arg(long, value_name = "W")]
     id: Option<String>,
-    /// Stop once the watched withdrawal (--id) reaches this state or a later one,
-    /// or ends (e.g. signed).
+    /// Stop once the watched withdrawal (--id) reaches this state or a later one
+    /// (e.g. signed); exit 1 if it ends elsewhere (blocked, rejected, ...).
     #[arg(long, value_name = "STATE", requires = "id")]
     until: Option<String>,
     /// One JSON object per line.
@@ -159,8 +159,9 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         };
+        let created_state = w.state.clone();
         let progress = |w: &Withdrawal| {
-            if !args.json {
+            if !args.json && w.state != created_state {
                 eprintln!("  ... {}{}", w.state, lock_note(w));
             }
         };
@@ -175,7 +176,7 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
         let reached = reached(&w.state, target);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&withdrawal_json(&w))?);
-        } else {
+        } else if w.state != created_state {
             print_brief(&w);
         }
         if reached {
@@ -343,18 +344,28 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .map_err(rpc("WatchWithdrawals"))?
             .into_inner();
         while let Some(e) = stream.message().await.map_err(rpc("WatchWithdrawals"))? {
-            if args.json {
-                println!("{}", event_json(&e));
+            let line = if args.json {
+                event_json(&e).to_string()
             } else {
-                println!(
+                format!(
                     "#{:<6} {} {:<28} {:<18} {}",
                     e.sequence, e.at, e.withdrawal_id, e.state, e.detail
-                );
-            }
-            if let Some(until) = &args.until
-                && (reached(&e.state, until) || is_final(&e.state))
-            {
+                )
+            };
+            if !emit(&line) {
                 return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(until) = &args.until {
+                if reached(&e.state, until) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if is_final(&e.state) {
+                    eprintln!(
+                        "error: withdrawal {} ended {} without reaching {until}",
+                        e.withdrawal_id, e.state
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
             }
         }
         if !args.json {
