@@ -1,0 +1,287 @@
+//! `custos report NAME`: reports from the coordinator's REST API
+//! (`GET /v1/reports/{name}` on its HTTP port), printed as a table, CSV or JSON.
+//! Also the small HTTP client `custos ledger` shares.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::conn::block_on;
+
+/// Where the coordinator's HTTP port is and which token to present.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Dev cluster directory: its cluster.json gives the HTTP address and tokens.
+    #[arg(long, value_name = "DIR", default_value = custos_devkit::DEFAULT_DIR)]
+    pub cluster: PathBuf,
+    /// Coordinator HTTP URL (`http://host:port`), instead of --cluster; needs --token-file.
+    #[arg(long = "http", value_name = "URL", requires = "token_file")]
+    pub http_url: Option<String>,
+    /// File holding your API bearer token (with --http).
+    #[arg(long, value_name = "FILE", requires = "http_url")]
+    pub token_file: Option<PathBuf>,
+    /// Which generated API client of the dev cluster to act as [default: the
+    /// command's role: auditor for reads, admin for writes].
+    #[arg(long, value_name = "ID", conflicts_with = "http_url")]
+    pub client: Option<String>,
+}
+
+/// A coordinator REST endpoint and a token.
+pub struct Api {
+    host_port: String,
+    token: String,
+}
+
+impl HttpArgs {
+    /// Resolves the address and the token (`default_client` in a dev cluster).
+    pub fn api(&self, default_client: &str) -> anyhow::Result<Api> {
+        let (url, token_file) = match (&self.http_url, &self.token_file) {
+            (Some(url), Some(t)) => (url.clone(), t.clone()),
+            _ => {
+                let layout = custos_devkit::ClusterLayout::load(&self.cluster).with_context(|| {
+                    format!(
+                        "--cluster {}: no dev cluster there (run `custos dev up`, or use --http URL --token-file FILE)",
+                        self.cluster.display()
+                    )
+                })?;
+                let id = self.client.as_deref().unwrap_or(default_client);
+                let token_file = if id == custos_devkit::ADMIN_CLIENT {
+                    layout.coordinator.admin_token_file.clone()
+                } else {
+                    layout
+                        .client(id)
+                        .map(|c| c.token_file.clone())
+                        .ok_or_else(|| anyhow!("no API client {id:?} in the dev cluster"))?
+                };
+                (layout.coordinator.http_url.clone(), token_file)
+            }
+        };
+        let host_port = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("--http {url}: only http:// URLs are supported"))?
+            .trim_end_matches('/')
+            .to_owned();
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("token file {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        Ok(Api { host_port, token })
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Api {
+    /// `method path` with an optional JSON body; returns the JSON answer, or
+    /// the server's `error` for a non-2xx status.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nConnection: close\r\n",
+            self.host_port, self.token
+        );
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        let addr = self.host_port.clone();
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.write_all(req.as_bytes()).await?;
+            s.write_all(&body).await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        let buf = tokio::time::timeout(Duration::from_secs(60), fut)
+            .await
+            .map_err(|_| anyhow!("http://{addr}{path}: no answer in 60 s"))?
+            .with_context(|| format!("http://{addr}{path} (is the coordinator running?)"))?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("http://{addr}{path}: not an HTTP response"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("http://{addr}{path}: not an HTTP response"))?;
+        let json: Value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+        if !(200..300).contains(&status) {
+            let msg = json
+                .get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| body.trim().to_owned(), str::to_owned);
+            let hint = match status {
+                401 => " (check the token: --client or --token-file)",
+                403 => " (this API client lacks the role: pick another with --client)",
+                404 if msg.is_empty() => " (the coordinator is too old for this endpoint)",
+                _ => "",
+            };
+            bail!("{method} {path}: HTTP {status}: {msg}{hint}");
+        }
+        Ok(json)
+    }
+}
+
+/// Arguments of `custos report`.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Report: volume, states, approval-latency, blocked, risk, fees.
+    name: String,
+    /// First day (YYYY-MM-DD, UTC), RFC 3339 time or Unix ms [default: the beginning].
+    #[arg(long, value_name = "DATE")]
+    from: Option<String>,
+    /// Last day, inclusive (YYYY-MM-DD, UTC), or an exclusive RFC 3339 time / Unix ms [default: now].
+    #[arg(long, value_name = "DATE")]
+    to: Option<String>,
+    /// Group rows by wallet, asset or day.
+    #[arg(long, value_parser = ["wallet", "asset", "day"])]
+    group: Option<String>,
+    /// Print CSV.
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// Runs `custos report`.
+pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let api = args.http.api(custos_devkit::AUDITOR_CLIENT)?;
+    let mut query = Vec::new();
+    for (k, v) in [
+        ("from", &args.from),
+        ("to", &args.to),
+        ("group", &args.group),
+    ] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode(v)));
+        }
+    }
+    let path = format!(
+        "/v1/reports/{}{}{}",
+        encode(&args.name),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    let report = block_on(api.call("GET", &path, None))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (columns, rows) = table_of(&report)?;
+    if args.csv {
+        print!("{}", csv(&columns, &rows));
+    } else {
+        print!("{}", table(&columns, &rows));
+        if rows.is_empty() {
+            println!("(no rows)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The columns and the rows (as text) of a `{columns, rows}` JSON table.
+pub fn table_of(report: &Value) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let columns: Vec<String> = report
+        .get("columns")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("answer has no columns"))?
+        .iter()
+        .map(cell)
+        .collect();
+    let rows = report
+        .get("rows")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("answer has no rows"))?
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .map(|r| r.iter().map(cell).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok((columns, rows))
+}
+
+/// An aligned text table.
+pub fn table(columns: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(columns);
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// RFC 4180 CSV.
+pub fn csv(columns: &[String], rows: &[Vec<String>]) -> String {
+    let esc = |c: &String| {
+        if c.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", c.replace('"', "\"\""))
+        } else {
+            c.clone()
+        }
+    };
+    let mut out = String::new();
+    for r in std::iter::once(columns).chain(rows.iter().map(Vec::as_slice)) {
+        out.push_str(&r.iter().map(esc).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    out
+}

@@ -1,0 +1,530 @@
+//! REST routes on the coordinator's HTTP port, next to `/healthz` and
+//! `/metrics`. Every route takes `Authorization: Bearer <API token>` (the
+//! same tokens as the gRPC API) and answers JSON; errors are
+//! `{"error": "..."}` with 400/401/403/404/503.
+//!
+//! | route | roles | what |
+//! |---|---|---|
+//! | `POST /v1/webhooks` `{url, secret}` | backend | registers a webhook for the caller's events (secret ≥ 16 bytes) |
+//! | `GET /v1/webhooks` | backend | the caller's webhooks (admin: all), secrets left out |
+//! | `GET /v1/webhooks/dead-letters` | backend | dead-lettered deliveries of the caller's events (admin: all) |
+//! | `POST /v1/webhooks/redrive/{event_id}` | backend | puts an event's dead letters back to pending |
+//! | `GET /v1/reports/{name}?from=&to=&group=` | auditor | a report ([`super::reports`]) |
+//! | `GET /v1/ledger/balances[?wallet=]` | auditor | account balances |
+//! | `GET /v1/ledger/journal?wallet=` | auditor | a wallet's journal entries |
+//! | `GET /v1/ledger/invariants` | auditor | invariant violations (empty when consistent) |
+//! | `GET /v1/ledger/exceptions` | auditor | postings the ledger refused |
+//! | `POST /v1/ledger/deposits` `{wallet, asset, amount, reference}` | admin | records a deposit (idempotent per reference) |
+//! | `GET /v1/ledger/reconcile?chain=eth[&rpc=URL]` | auditor (`rpc`: admin) | ledger vs chain balances |
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::AnyPool;
+use tokio::sync::Notify;
+
+use super::reports::{self, Group, ReportQuery};
+use crate::auth::{Authenticator, Identity, Role};
+use crate::error::CoordError;
+
+/// What the routes need.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The coordinator's pool.
+    pub pool: AnyPool,
+    /// The coordinator's database (wallet keys for reconciliation).
+    pub db: crate::db::Db,
+    /// API tokens.
+    pub auth: Authenticator,
+    /// Nudges the event dispatcher after a redrive.
+    pub notify: Arc<Notify>,
+    /// `[ledger] eth_rpc_url`.
+    pub eth_rpc_url: Option<String>,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        let code = match &e {
+            CoordError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            CoordError::NotFound(_) => StatusCode::NOT_FOUND,
+            CoordError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            CoordError::AlreadyExists(_) => StatusCode::CONFLICT,
+            CoordError::FailedPrecondition(_) => StatusCode::PRECONDITION_FAILED,
+            CoordError::Storage(_) | CoordError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}"))
+}
+
+fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Resolves the bearer token to an identity with one of `roles` (admins have all).
+fn identify(state: &HttpState, headers: &HeaderMap, roles: &[Role]) -> Result<Identity, ApiError> {
+    let mut req = tonic::Request::new(());
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        req.metadata_mut().insert("authorization", v);
+    }
+    let req = state
+        .auth
+        .authenticate(req)
+        .map_err(|s| ApiError(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
+    let id = crate::auth::identity(&req)
+        .map_err(|s| ApiError(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
+    if id.is_admin() || roles.iter().any(|r| id.roles.contains(r)) {
+        Ok(id)
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("client {} lacks the role ({roles:?})", id.id),
+        ))
+    }
+}
+
+/// The adapter routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/v1/webhooks", post(register_webhook).get(list_webhooks))
+        .route("/v1/webhooks/dead-letters", get(dead_letters))
+        .route("/v1/webhooks/redrive/{event_id}", post(redrive))
+        .route("/v1/reports/{name}", get(report))
+        .route("/v1/ledger/balances", get(balances))
+        .route("/v1/ledger/journal", get(journal))
+        .route("/v1/ledger/invariants", get(invariants))
+        .route("/v1/ledger/exceptions", get(exceptions))
+        .route("/v1/ledger/deposits", post(deposit))
+        .route("/v1/ledger/reconcile", get(reconcile))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct WebhookBody {
+    url: String,
+    secret: String,
+}
+
+async fn register_webhook(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Json(body): Json<WebhookBody>,
+) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Backend])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let w = custos_events::register_webhook(&mut conn, &id.id, &body.url, &body.secret)
+        .await
+        .map_err(|e| match e {
+            custos_events::EventsError::Db(e) => storage(e),
+            other => bad_request(other),
+        })?;
+    tracing::info!(webhook = w.id, client = %w.client_id, "webhook registered");
+    Ok(Json(json!({
+        "id": w.id, "client_id": w.client_id, "url": w.url,
+        "active": w.active, "from_outbox_id": w.from_outbox_id,
+    })))
+}
+
+async fn list_webhooks(State(s): State<HttpState>, headers: HeaderMap) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Backend])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let hooks: Vec<Value> = custos_events::webhooks(&mut conn)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .filter(|w| id.is_admin() || w.client_id == id.id)
+        .map(|w| {
+            json!({
+                "id": w.id, "client_id": w.client_id, "url": w.url,
+                "active": w.active, "from_outbox_id": w.from_outbox_id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "webhooks": hooks })))
+}
+
+async fn dead_letters(State(s): State<HttpState>, headers: HeaderMap) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Backend])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let letters: Vec<Value> = custos_events::dead_letters(&mut conn)
+        .await
+        .map_err(storage)?
+        .into_iter()
+        .filter(|d| id.is_admin() || d.event.client_id == id.id)
+        .map(|d| {
+            json!({
+                "event_id": d.event.event_id,
+                "event_type": d.event.event_type,
+                "aggregate_id": d.event.aggregate_id,
+                "client_id": d.event.client_id,
+                "sink": d.sink,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "dead_lettered_at_ms": d.dead_lettered_at_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+async fn redrive(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(event_id): Path<String>,
+) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Backend])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT client_id FROM outbox WHERE event_id = $1")
+            .bind(&event_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(storage)?;
+    match owner {
+        Some((client,)) if id.is_admin() || client == id.id => {}
+        // Another client's event is reported as missing, not as forbidden.
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no event {event_id}"),
+            ));
+        }
+    }
+    let revived = custos_events::redrive(&mut conn, &event_id)
+        .await
+        .map_err(storage)?;
+    s.notify.notify_one();
+    Ok(Json(json!({ "event_id": event_id, "revived": revived })))
+}
+
+#[derive(Deserialize, Default)]
+struct ReportParams {
+    from: Option<String>,
+    to: Option<String>,
+    group: Option<String>,
+}
+
+/// Builds a report query from `from`/`to`/`group` strings.
+pub fn report_query(
+    from: Option<&str>,
+    to: Option<&str>,
+    group: Option<&str>,
+) -> Result<ReportQuery, CoordError> {
+    Ok(ReportQuery {
+        from_ms: match from.filter(|s| !s.is_empty()) {
+            Some(f) => reports::parse_bound(f, false)?,
+            None => 0,
+        },
+        to_ms: match to.filter(|s| !s.is_empty()) {
+            Some(t) => reports::parse_bound(t, true)?,
+            None => i64::MAX,
+        },
+        group: group
+            .filter(|s| !s.is_empty())
+            .map(Group::parse)
+            .transpose()?,
+    })
+}
+
+async fn report(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(p): Query<ReportParams>,
+) -> ApiResult {
+    identify(&s, &headers, &[Role::Auditor])?;
+    let q = report_query(p.from.as_deref(), p.to.as_deref(), p.group.as_deref())?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let r = reports::run(&mut conn, &name, &q).await?;
+    Ok(Json(serde_json::to_value(r).map_err(storage)?))
+}
+
+#[derive(Deserialize)]
+struct WalletParam {
+    wallet: Option<String>,
+}
+
+fn ledger_err(e: custos_ledger::LedgerError) -> ApiError {
+    match e {
+        custos_ledger::LedgerError::Db(e) => storage(e),
+        other => bad_request(other),
+    }
+}
+
+async fn balances(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Query(p): Query<WalletParam>,
+) -> ApiResult {
+    identify(&s, &headers, &[Role::Auditor])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let b = match p.wallet.as_deref() {
+        Some(w) => custos_ledger::wallet_balances(&mut conn, w).await,
+        None => custos_ledger::balances(&mut conn).await,
+    }
+    .map_err(ledger_err)?;
+    let rows: Vec<Value> = b
+        .into_iter()
+        .map(|b| {
+            json!({
+                "wallet": b.account.wallet, "asset": b.account.asset,
+                "kind": b.account.kind.as_str(), "amount": b.amount.to_string(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "balances": rows })))
+}
+
+async fn journal(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Query(p): Query<WalletParam>,
+) -> ApiResult {
+    identify(&s, &headers, &[Role::Auditor])?;
+    let wallet = p.wallet.ok_or_else(|| bad_request("wallet: required"))?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let entries = custos_ledger::journal(&mut conn, &wallet)
+        .await
+        .map_err(ledger_err)?;
+    let rows: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            let postings: Vec<Value> = e
+                .postings
+                .iter()
+                .map(|p| {
+                    json!({
+                        "wallet": p.account.wallet, "asset": p.account.asset,
+                        "kind": p.account.kind.as_str(), "amount": p.amount.to_string(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": e.id, "reference": e.reference, "kind": e.kind.as_str(),
+                "wallet": e.wallet, "created_at_ms": e.created_at_ms, "postings": postings,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "entries": rows })))
+}
+
+async fn invariants(State(s): State<HttpState>, headers: HeaderMap) -> ApiResult {
+    identify(&s, &headers, &[Role::Auditor])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let v = custos_ledger::check_invariants(&mut conn)
+        .await
+        .map_err(ledger_err)?;
+    Ok(Json(json!({ "ok": v.is_empty(), "violations": v })))
+}
+
+async fn exceptions(State(s): State<HttpState>, headers: HeaderMap) -> ApiResult {
+    identify(&s, &headers, &[Role::Auditor])?;
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let v = super::ledger::exceptions(&mut conn).await?;
+    Ok(Json(json!({ "exceptions": v })))
+}
+
+#[derive(Deserialize)]
+struct DepositBody {
+    wallet: String,
+    asset: String,
+    amount: String,
+    reference: String,
+}
+
+async fn deposit(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Json(body): Json<DepositBody>,
+) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Admin])?;
+    let amount: u128 = body
+        .amount
+        .trim()
+        .parse()
+        .map_err(|_| bad_request("amount: not an integer in base units"))?;
+    if body.reference.trim().is_empty() || body.wallet.is_empty() || body.asset.is_empty() {
+        return Err(bad_request("wallet, asset and reference are required"));
+    }
+    let mut tx = s.pool.begin().await.map_err(storage)?;
+    let posted =
+        custos_ledger::deposit(&mut tx, &body.wallet, &body.asset, amount, &body.reference)
+            .await
+            .map_err(ledger_err)?;
+    tx.commit().await.map_err(storage)?;
+    tracing::info!(by = %id.id, wallet = %body.wallet, asset = %body.asset, amount = %amount,
+        reference = %body.reference, replayed = posted.replayed, "ledger deposit recorded");
+    Ok(Json(
+        json!({ "entry_id": posted.entry_id, "replayed": posted.replayed }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ReconcileParams {
+    chain: Option<String>,
+    rpc: Option<String>,
+}
+
+/// EVM chain names a `chain=eth` reconciliation covers.
+fn evm_chain(requested: &str, key_chain: &str) -> bool {
+    match requested {
+        "eth" | "evm" => matches!(
+            key_chain,
+            "ethereum" | "anvil" | "sepolia" | "holesky" | "eth"
+        ),
+        other => other == key_chain,
+    }
+}
+
+async fn reconcile(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Query(p): Query<ReconcileParams>,
+) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Auditor])?;
+    let chain = p.chain.unwrap_or_else(|| "eth".into());
+    // The coordinator fetches the URL: only admins may name one.
+    let url = match p.rpc.filter(|u| !u.is_empty()) {
+        Some(u) if id.is_admin() => u,
+        Some(_) => {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "rpc: only an admin may name an RPC endpoint; configure [ledger] eth_rpc_url"
+                    .into(),
+            ));
+        }
+        None => s.eth_rpc_url.clone().ok_or_else(|| {
+            bad_request(
+                "rpc: no RPC endpoint (pass rpc=URL as admin, or configure [ledger] eth_rpc_url)",
+            )
+        })?,
+    };
+    let rpc = custos_chains::evm::rpc::EvmRpc::new(custos_chains::evm::rpc::RpcConfig::new(&url))
+        .map_err(bad_request)?;
+    let native = "ETH";
+    let keys = s.db.keys().await?;
+    let mut wallets = Vec::new();
+    let mut onchain = Vec::new();
+    for k in keys {
+        if k.state != "ready" || !evm_chain(&chain, &k.chain) {
+            continue;
+        }
+        let Some(addr) = k.eth_address.clone() else {
+            continue;
+        };
+        let parsed = custos_chains::evm::address::parse_address(&addr).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("wallet {} address {addr}: {e}", k.key_id),
+            )
+        })?;
+        let wei = rpc.balance(parsed).await.map_err(|e| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("balance of {} ({addr}): {e}", k.key_id),
+            )
+        })?;
+        let amount = u128::try_from(wei).map_err(|_| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("balance of {} exceeds 128 bits", k.key_id),
+            )
+        })?;
+        onchain.push(custos_ledger::OnchainBalance {
+            wallet: k.key_id.clone(),
+            asset: native.into(),
+            amount,
+        });
+        wallets.push((k.key_id, addr));
+    }
+    let wallet_ids: BTreeSet<&str> = wallets.iter().map(|(w, _)| w.as_str()).collect();
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    let all = custos_ledger::balances(&mut conn)
+        .await
+        .map_err(ledger_err)?;
+    let mut skipped = BTreeSet::new();
+    let ledger: Vec<custos_ledger::Balance> = all
+        .into_iter()
+        .filter(|b| wallet_ids.contains(b.account.wallet.as_str()))
+        .filter(|b| {
+            let native_asset = b.account.asset == native;
+            if !native_asset {
+                skipped.insert(format!("{}/{}", b.account.wallet, b.account.asset));
+            }
+            native_asset
+        })
+        .collect();
+    let diffs = custos_ledger::reconcile(&ledger, &onchain);
+    let mut rows = Vec::new();
+    for (wallet, address) in &wallets {
+        let holding = |kind: custos_ledger::AccountKind| -> i128 {
+            ledger
+                .iter()
+                .filter(|b| &b.account.wallet == wallet && b.account.kind == kind)
+                .map(|b| b.amount)
+                .sum()
+        };
+        let available = holding(custos_ledger::AccountKind::Available);
+        let reserved = holding(custos_ledger::AccountKind::Reserved);
+        let chain_amount = onchain
+            .iter()
+            .find(|o| &o.wallet == wallet)
+            .map_or(0, |o| o.amount);
+        let ledger_total = available.saturating_add(reserved);
+        let delta = i128::try_from(chain_amount)
+            .ok()
+            .and_then(|c| c.checked_sub(ledger_total));
+        rows.push(json!({
+            "wallet": wallet, "address": address, "asset": native,
+            "ledger": ledger_total.to_string(), "reserved": reserved.to_string(),
+            "onchain": chain_amount.to_string(),
+            "delta": delta.map(|d| d.to_string()),
+            "matches": delta == Some(0),
+        }));
+    }
+    let differences: Vec<Value> = diffs
+        .iter()
+        .map(|d| {
+            json!({
+                "wallet": d.wallet, "asset": d.asset, "ledger": d.ledger.to_string(),
+                "reserved": d.reserved.to_string(),
+                "onchain": d.onchain.map(|o| o.to_string()),
+                "delta": d.delta().map(|x| x.to_string()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "chain": chain,
+        "ok": differences.is_empty(),
+        "wallets": rows,
+        "differences": differences,
+        "skipped": skipped,
+    })))
+}

@@ -1,0 +1,306 @@
+//! Ledger postings for withdrawal transitions ([`LedgerHook`]).
+//!
+//! | transition to | posting |
+//! |---|---|
+//! | `requested` (creation) | the (wallet, asset) gets the configured default overdraft limit if it has none |
+//! | `approved` | `reserve` (available → reserved) |
+//! | [`SETTLEMENT_STATE`] (`signed` for now) | `settle` with [`settlement_fee`] (reserved → external, fee available → fees) |
+//! | `cancelled`, `failed`, `expired`, `rejected` | `release` (reserved → available) when a reservation exists |
+//!
+//! The hook runs inside the transition's transaction, so a posting commits
+//! with its state change or not at all. It fails only on storage errors: a
+//! posting the ledger refuses (a reservation beyond the overdraft limit, a
+//! settlement without reservation, a replay mismatch) leaves the ledger
+//! untouched (the ledger's savepoint), is recorded in `ledger_exceptions` with
+//! the withdrawal id and the reason, counted in
+//! `custos_ledger_exceptions_total`, and the withdrawal proceeds. The books
+//! follow custody, they do not authorise it: the policy and the signers do.
+//! With the default `default_overdraft = "unlimited"` no posting is ever refused
+//! for funds; with a finite limit a shortfall is an exception to reconcile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use custos_ledger::LedgerError;
+use custos_service::db::Backend;
+use sqlx::AnyConnection;
+
+use crate::error::CoordError;
+use crate::withdrawal::State;
+use crate::withdrawal::store::{HookFuture, TransitionHook, WithdrawalRow, now_ms};
+
+/// The state at which a withdrawal's reservation is settled. `signed` until
+/// the chain adapter broadcasts and confirms transactions; it then becomes
+/// `confirmed` (and [`settlement_fee`] the receipt's fee).
+pub const SETTLEMENT_STATE: State = State::Signed;
+
+/// Terminal exits that give a reservation back.
+pub const RELEASE_STATES: [State; 4] = [
+    State::Cancelled,
+    State::Failed,
+    State::Expired,
+    State::Rejected,
+];
+
+/// The network fee settled with a withdrawal: `(fee asset, base units)`.
+/// Zero until the chain adapter reports the fee actually paid (receipt gas
+/// used × effective gas price, in the chain's native asset).
+pub fn settlement_fee(row: &WithdrawalRow) -> (String, u128) {
+    (row.asset.clone(), 0)
+}
+
+/// The `default_overdraft` setting: `"unlimited"` or a base-unit amount.
+pub fn parse_overdraft(s: &str) -> Result<u128, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(i128::MAX.unsigned_abs());
+    }
+    let v: u128 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is neither \"unlimited\" nor an amount in base units"))?;
+    if i128::try_from(v).is_err() {
+        return Err(format!("`{s}` exceeds the ledger's range"));
+    }
+    Ok(v)
+}
+
+/// DDL for the table of postings the ledger refused.
+pub fn exceptions_schema(backend: Backend) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS ledger_exceptions (
+            id {},
+            withdrawal_id TEXT NOT NULL,
+            wallet TEXT NOT NULL,
+            asset TEXT NOT NULL,
+            state TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS ledger_exceptions_wd ON ledger_exceptions (withdrawal_id)",
+        backend.serial_pk()
+    )
+}
+
+/// Posts withdrawal transitions to the ledger.
+#[derive(Debug)]
+pub struct LedgerHook {
+    default_overdraft: u128,
+    exceptions: Arc<AtomicU64>,
+}
+
+impl LedgerHook {
+    /// A hook giving new (wallet, asset) pairs `default_overdraft` (base units;
+    /// see [`parse_overdraft`]).
+    pub fn new(default_overdraft: u128) -> Self {
+        Self {
+            default_overdraft,
+            exceptions: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Refused postings since start (metrics).
+    pub fn exceptions(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.exceptions)
+    }
+
+    async fn post(
+        &self,
+        conn: &mut AnyConnection,
+        row: &WithdrawalRow,
+        to: State,
+    ) -> Result<(), CoordError> {
+        if to == State::Requested {
+            return self.ensure_overdraft(conn, row).await;
+        }
+        if to == State::Approved {
+            self.ensure_overdraft(conn, row).await?;
+            let amount = match row.amount.parse::<u128>() {
+                Ok(a) => a,
+                Err(_) => {
+                    return self
+                        .exception(
+                            conn,
+                            row,
+                            to,
+                            "bad_amount",
+                            &format!("amount {:?}", row.amount),
+                        )
+                        .await;
+                }
+            };
+            let r = custos_ledger::reserve(conn, &row.id, &row.wallet, &row.asset, amount).await;
+            return self.outcome(conn, row, to, "reserve", r).await;
+        }
+        if to == SETTLEMENT_STATE {
+            let (fee_asset, fee) = settlement_fee(row);
+            let r = custos_ledger::settle(conn, &row.id, &fee_asset, fee).await;
+            if let Err(LedgerError::NotReserved { .. }) = r {
+                // The reservation was refused at approval (a shortfall already
+                // recorded): try again, funds may have arrived since.
+                let amount = row.amount.parse::<u128>().unwrap_or(0);
+                let reserved =
+                    custos_ledger::reserve(conn, &row.id, &row.wallet, &row.asset, amount).await;
+                if reserved.is_err() {
+                    return self.outcome(conn, row, to, "settle", reserved).await;
+                }
+                let r = custos_ledger::settle(conn, &row.id, &fee_asset, fee).await;
+                return self.outcome(conn, row, to, "settle", r).await;
+            }
+            return self.outcome(conn, row, to, "settle", r).await;
+        }
+        if RELEASE_STATES.contains(&to) {
+            return match custos_ledger::release(conn, &row.id).await {
+                // Never reserved (ended before approval, or the reservation was refused).
+                Err(LedgerError::NotReserved { .. }) => Ok(()),
+                r => self.outcome(conn, row, to, "release", r).await,
+            };
+        }
+        Ok(())
+    }
+
+    /// Storage errors fail the transition; refusals become exceptions.
+    async fn outcome<T>(
+        &self,
+        conn: &mut AnyConnection,
+        row: &WithdrawalRow,
+        to: State,
+        op: &str,
+        r: Result<T, LedgerError>,
+    ) -> Result<(), CoordError> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(LedgerError::Db(e)) => Err(CoordError::Storage(format!("ledger {op}: {e}"))),
+            Err(e) => {
+                let kind = match &e {
+                    LedgerError::InsufficientFunds { .. } => "insufficient_funds",
+                    LedgerError::NotReserved { .. } => "not_reserved",
+                    LedgerError::AlreadyFinalized { .. } => "already_finalized",
+                    LedgerError::ReplayMismatch { .. } => "replay_mismatch",
+                    _ => "refused",
+                };
+                self.exception(conn, row, to, kind, &format!("{op}: {e}"))
+                    .await
+            }
+        }
+    }
+
+    async fn exception(
+        &self,
+        conn: &mut AnyConnection,
+        row: &WithdrawalRow,
+        to: State,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), CoordError> {
+        tracing::warn!(withdrawal = %row.id, wallet = %row.wallet, asset = %row.asset,
+            state = %to, kind, detail, "ledger refused a posting; recorded as an exception");
+        self.exceptions.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "INSERT INTO ledger_exceptions (withdrawal_id, wallet, asset, state, kind, detail, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&row.id)
+        .bind(&row.wallet)
+        .bind(&row.asset)
+        .bind(to.as_str())
+        .bind(kind)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| CoordError::Storage(format!("ledger exception: {e}")))?;
+        Ok(())
+    }
+
+    /// Gives a (wallet, asset) seen for the first time the default overdraft limit.
+    async fn ensure_overdraft(
+        &self,
+        conn: &mut AnyConnection,
+        row: &WithdrawalRow,
+    ) -> Result<(), CoordError> {
+        let existing: Option<(String,)> = sqlx::query_as(
+            "SELECT max_overdraft FROM ledger_overdrafts WHERE wallet = $1 AND asset = $2",
+        )
+        .bind(&row.wallet)
+        .bind(&row.asset)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| CoordError::Storage(format!("ledger overdraft: {e}")))?;
+        if existing.is_some() {
+            return Ok(());
+        }
+        match custos_ledger::set_overdraft_limit(
+            conn,
+            &row.wallet,
+            &row.asset,
+            self.default_overdraft,
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(LedgerError::Db(e)) => Err(CoordError::Storage(format!("ledger overdraft: {e}"))),
+            Err(e) => {
+                self.exception(conn, row, State::Requested, "overdraft", &e.to_string())
+                    .await
+            }
+        }
+    }
+}
+
+impl TransitionHook for LedgerHook {
+    fn on_transition<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        row: &'a WithdrawalRow,
+        _from: Option<State>,
+        to: State,
+        _detail: &'a str,
+    ) -> HookFuture<'a> {
+        Box::pin(self.post(conn, row, to))
+    }
+}
+
+/// A refused posting, as recorded.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LedgerException {
+    /// The withdrawal.
+    pub withdrawal_id: String,
+    /// Its wallet.
+    pub wallet: String,
+    /// Its asset.
+    pub asset: String,
+    /// The state it moved to.
+    pub state: String,
+    /// `insufficient_funds`, `not_reserved`, ...
+    pub kind: String,
+    /// The ledger's message.
+    pub detail: String,
+    /// Unix ms.
+    pub created_at_ms: i64,
+}
+
+/// Every recorded exception, oldest first.
+pub async fn exceptions(conn: &mut AnyConnection) -> Result<Vec<LedgerException>, CoordError> {
+    let rows: Vec<(String, String, String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT withdrawal_id, wallet, asset, state, kind, detail, created_at
+         FROM ledger_exceptions ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| CoordError::Storage(e.to_string()))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(withdrawal_id, wallet, asset, state, kind, detail, created_at_ms)| LedgerException {
+                withdrawal_id,
+                wallet,
+                asset,
+                state,
+                kind,
+                detail,
+                created_at_ms,
+            },
+        )
+        .collect())
+}

@@ -1,0 +1,216 @@
+//! Adapters fed by the withdrawal state machine: the double-entry ledger
+//! ([`ledger::LedgerHook`]), the transactional outbox and its delivery to
+//! NATS JetStream and webhooks ([`events`]), reports ([`reports`]), and their
+//! REST routes and metrics on the HTTP port ([`http`]).
+//!
+//! `main.rs` calls [`Adapters::start`] once the database is open, wraps the
+//! withdrawal store with [`Adapters::attach`] (the hooks then run inside every
+//! state change's transaction) and serves [`Adapters::serve_http`] instead of
+//! the bare health router.
+
+pub mod events;
+pub mod http;
+pub mod ledger;
+pub mod reports;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use custos_service::http::Health;
+
+use crate::auth::Authenticator;
+use crate::config::{EventSettings, LedgerSettings};
+use crate::error::CoordError;
+use crate::withdrawal::store::{TransitionHook, WithdrawalStore};
+
+/// Creates the ledger, ledger-exception and outbox tables if missing.
+pub async fn create_schemas(db: &custos_service::db::Db) -> Result<(), CoordError> {
+    let storage = |e: sqlx::Error| CoordError::Storage(e.to_string());
+    db.execute_ddl(&custos_ledger::schema(db.backend))
+        .await
+        .map_err(storage)?;
+    db.execute_ddl(&ledger::exceptions_schema(db.backend))
+        .await
+        .map_err(storage)?;
+    db.execute_ddl(&custos_events::schema(db.backend))
+        .await
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Database-derived gauges, refreshed in the background (the metrics
+/// endpoint is synchronous).
+#[derive(Debug, Default)]
+struct Gauges {
+    dead_letters: AtomicU64,
+    webhooks_failing: AtomicU64,
+    ledger_exceptions: AtomicU64,
+}
+
+/// The running adapters.
+pub struct Adapters {
+    ledger: Option<Arc<ledger::LedgerHook>>,
+    outbox: Arc<events::OutboxHook>,
+    dispatcher: events::RunningDispatcher,
+    gauges: Arc<Gauges>,
+    http: http::HttpState,
+}
+
+impl std::fmt::Debug for Adapters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapters")
+            .field("ledger", &self.ledger.is_some())
+            .field("nats", &self.dispatcher.nats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Adapters {
+    /// Creates the schemas, starts the event dispatcher and builds the hooks.
+    /// `InvalidArgument` errors name the config field at fault.
+    pub async fn start(
+        db: &crate::db::Db,
+        auth: Authenticator,
+        ledger_cfg: &LedgerSettings,
+        events_cfg: &EventSettings,
+    ) -> Result<Adapters, CoordError> {
+        let default_overdraft = ledger::parse_overdraft(&ledger_cfg.default_overdraft)
+            .map_err(|e| CoordError::InvalidArgument(format!("ledger.default_overdraft: {e}")))?;
+        let sdb = custos_service::db::Db {
+            pool: db.pool().clone(),
+            backend: db.backend(),
+        };
+        create_schemas(&sdb).await?;
+        let dispatcher = events::start_dispatcher(sdb, events_cfg).await?;
+        let ledger = ledger_cfg
+            .enabled
+            .then(|| Arc::new(ledger::LedgerHook::new(default_overdraft)));
+        let outbox = Arc::new(events::OutboxHook::new(Some(Arc::clone(
+            &dispatcher.notify,
+        ))));
+        let gauges = Arc::new(Gauges::default());
+        tokio::spawn(refresh_gauges(db.pool().clone(), Arc::clone(&gauges)));
+        tracing::info!(
+            ledger = ledger_cfg.enabled,
+            nats = dispatcher.nats,
+            "adapters started (ledger, outbox, reports)"
+        );
+        let http = http::HttpState {
+            pool: db.pool().clone(),
+            db: db.clone(),
+            auth,
+            notify: Arc::clone(&dispatcher.notify),
+            eth_rpc_url: ledger_cfg.eth_rpc_url.clone(),
+        };
+        Ok(Adapters {
+            ledger,
+            outbox,
+            dispatcher,
+            gauges,
+            http,
+        })
+    }
+
+    /// The store with the ledger (if enabled) and outbox hooks attached.
+    pub fn attach(&self, mut store: WithdrawalStore) -> WithdrawalStore {
+        if let Some(l) = &self.ledger {
+            store = store.with_hook(Arc::clone(l) as Arc<dyn TransitionHook>);
+        }
+        store.with_hook(Arc::clone(&self.outbox) as Arc<dyn TransitionHook>)
+    }
+
+    /// Prometheus text for the adapters.
+    pub fn metrics_text(&self) -> String {
+        let m = self.dispatcher.metrics.snapshot();
+        let exceptions = self
+            .ledger
+            .as_ref()
+            .map_or(0, |l| l.exceptions().load(Ordering::Relaxed));
+        format!(
+            "# TYPE custos_outbox_backlog gauge\ncustos_outbox_backlog {}\n\
+             # TYPE custos_event_deliveries_total counter\ncustos_event_deliveries_total {}\n\
+             # TYPE custos_event_delivery_failures_total counter\ncustos_event_delivery_failures_total {}\n\
+             # TYPE custos_events_dead_lettered_total counter\ncustos_events_dead_lettered_total {}\n\
+             # TYPE custos_event_rounds_failed_total counter\ncustos_event_rounds_failed_total {}\n\
+             # TYPE custos_event_dead_letters gauge\ncustos_event_dead_letters {}\n\
+             # TYPE custos_webhook_deliveries_failing gauge\ncustos_webhook_deliveries_failing {}\n\
+             # TYPE custos_events_nats_enabled gauge\ncustos_events_nats_enabled {}\n\
+             # TYPE custos_ledger_exceptions_total counter\ncustos_ledger_exceptions_total {exceptions}\n\
+             # TYPE custos_ledger_exceptions gauge\ncustos_ledger_exceptions {}\n",
+            m.backlog,
+            m.delivered,
+            m.failures,
+            m.dead_lettered,
+            m.round_errors,
+            self.gauges.dead_letters.load(Ordering::Relaxed),
+            self.gauges.webhooks_failing.load(Ordering::Relaxed),
+            u8::from(self.dispatcher.nats),
+            self.gauges.ledger_exceptions.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Serves `/healthz`, `/metrics` (the daemon's plus the adapters') and the
+    /// adapter routes ([`http`]) on `listener`, forever.
+    pub fn serve_http(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        health: Arc<dyn Health>,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        let combined: Arc<dyn Health> = Arc::new(WithAdapterMetrics {
+            inner: health,
+            adapters: Arc::clone(self),
+        });
+        let app = custos_service::http::router(combined).merge(http::router(self.http.clone()));
+        async move { axum::serve(listener, app).await }
+    }
+}
+
+/// The daemon's health plus the adapters' metrics.
+struct WithAdapterMetrics {
+    inner: Arc<dyn Health>,
+    adapters: Arc<Adapters>,
+}
+
+impl Health for WithAdapterMetrics {
+    fn ready(&self) -> Result<(), String> {
+        self.inner.ready()
+    }
+    fn metrics(&self) -> String {
+        let mut out = self.inner.metrics();
+        out.push_str(&self.adapters.metrics_text());
+        out
+    }
+}
+
+async fn refresh_gauges(pool: sqlx::AnyPool, gauges: Arc<Gauges>) {
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(&pool)
+                .await
+                .map(|(n,)| u64::try_from(n).unwrap_or(0))
+        }
+    };
+    loop {
+        if let Ok(n) =
+            count("SELECT COUNT(*) FROM outbox_deliveries WHERE state = 'dead_letter'").await
+        {
+            gauges.dead_letters.store(n, Ordering::Relaxed);
+        }
+        if let Ok(n) = count(
+            "SELECT COUNT(*) FROM outbox_deliveries WHERE state = 'pending' AND sink LIKE 'webhook:%'",
+        )
+        .await
+        {
+            gauges.webhooks_failing.store(n, Ordering::Relaxed);
+        }
+        if let Ok(n) = count("SELECT COUNT(*) FROM ledger_exceptions").await {
+            gauges.ledger_exceptions.store(n, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
