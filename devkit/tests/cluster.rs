@@ -278,3 +278,108 @@ async fn full_cluster_with_the_coordinator() {
     cluster.stop().await.unwrap();
     assert!(!records.iter().any(is_alive));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_clients_get_their_roles_and_signers_the_log_key() {
+    use custos_devkit::client::{connect, connect_as};
+    use custos_proto::custody::{
+        CreateWithdrawalRequest, GetCheckpointRequest, ListPendingRequest, ListWalletsRequest,
+        SubmitApprovalRequest,
+    };
+    let Some(bins) = bin_dir() else { return };
+    if !bins.join(custos_devkit::COORDINATOR_BIN).is_file() {
+        eprintln!(
+            "SKIPPED: custos-coordinator not built in {}",
+            bins.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(tmp.path().join("locked"));
+    spec.base_port = free_base_port();
+    spec.primes_file = primes();
+    spec.raw_digest = false;
+    let l = generate(&spec).unwrap();
+    assert_eq!(l.log_key, None, "no bin_dir: installed at start");
+    let opts = StartOptions::default()
+        .coordinator(CoordinatorMode::Required)
+        .timeout(Duration::from_secs(120));
+    let cluster = Cluster::start_with(l.clone(), &bins, opts).await.unwrap();
+
+    // The start asked the coordinator for its log key and gave it to every signer.
+    let key = cluster.layout().log_key.clone().expect("log key installed");
+    assert_eq!(
+        ClusterLayout::load(&l.dir).unwrap().log_key.as_deref(),
+        Some(key.as_str())
+    );
+    for s in &l.signers {
+        let v: toml::Value = toml::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+        assert_eq!(v["cosigner"]["log_key"].as_str(), Some(key.as_str()));
+        assert!(
+            v.get("dev")
+                .and_then(|d| d.get("allow_raw_digest"))
+                .is_none(),
+            "locked-down signer allows raw digests"
+        );
+    }
+
+    let mut backend = connect_as(&l, custos_devkit::BACKEND_CLIENT).await.unwrap();
+    let mut approver = connect_as(&l, custos_devkit::APPROVER_CLIENT)
+        .await
+        .unwrap();
+    let mut auditor = connect_as(&l, custos_devkit::AUDITOR_CLIENT).await.unwrap();
+    let mut admin = connect_as(&l, custos_devkit::ADMIN_CLIENT).await.unwrap();
+    connect(&l).await.unwrap();
+    backend.list_wallets(ListWalletsRequest {}).await.unwrap();
+    admin.list_wallets(ListWalletsRequest {}).await.unwrap();
+    approver
+        .list_pending(ListPendingRequest::default())
+        .await
+        .unwrap();
+    auditor
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap();
+    denied(
+        approver
+            .create_withdrawal(CreateWithdrawalRequest {
+                idempotency_key: "k".into(),
+                wallet: "demo-hot".into(),
+                asset: "ETH".into(),
+                destination: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into(),
+                amount: "1".into(),
+                ..CreateWithdrawalRequest::default()
+            })
+            .await,
+        "approver CreateWithdrawal",
+    );
+    denied(
+        backend
+            .submit_approval(SubmitApprovalRequest {
+                withdrawal_id: "wd-x".into(),
+                approver: "alice".into(),
+                verdict: 1,
+                signature: "00".into(),
+                reason: String::new(),
+            })
+            .await,
+        "backend SubmitApproval",
+    );
+    let err = match connect_as(&l, "nobody").await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("unknown client connected"),
+    };
+    assert!(
+        err.contains("nobody") && err.contains("payments-backend"),
+        "{err}"
+    );
+    cluster.stop().await.unwrap();
+}
+
+fn denied<T>(r: Result<tonic::Response<T>, tonic::Status>, what: &str) {
+    match r {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        Err(s) => panic!("{what}: expected PermissionDenied, got {s:?}"),
+        Ok(_) => panic!("{what}: allowed"),
+    }
+}
