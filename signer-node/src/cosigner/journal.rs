@@ -43,6 +43,26 @@ pub struct SignedRecord {
     pub at: i64,
 }
 
+/// A withdrawal this signer verified as authorised (quorum registered or
+/// allowed): counted by velocity limits even when other signers sign it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Spend {
+    /// Wallet.
+    pub wallet: String,
+    /// Chain.
+    pub chain: String,
+    /// Asset.
+    pub asset: String,
+    /// Destination.
+    pub destination: String,
+    /// Initiator.
+    pub initiator: String,
+    /// Base units, decimal.
+    pub amount: String,
+    /// Unix seconds (this signer's clock).
+    pub at: i64,
+}
+
 /// One journal line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -56,6 +76,10 @@ enum Line {
         id: String,
         at: i64,
         by: String,
+    },
+    Authorized {
+        id: String,
+        spend: Box<Spend>,
     },
     Signed {
         id: String,
@@ -72,6 +96,8 @@ pub struct Known {
     pub cancelled_by: Option<String>,
     /// What this signer signed for it.
     pub signed: Option<SignedRecord>,
+    /// Verified as authorised (velocity).
+    pub authorized: Option<Spend>,
 }
 
 /// The journal file and its index.
@@ -153,6 +179,17 @@ impl Journal {
         Ok(at)
     }
 
+    /// Records a withdrawal verified as authorised (once).
+    pub fn authorized(&self, id: &str, spend: Spend) -> Result<(), NodeError> {
+        if self.get(id).authorized.is_some() {
+            return Ok(());
+        }
+        self.append(Line::Authorized {
+            id: id.to_owned(),
+            spend: Box::new(spend),
+        })
+    }
+
     /// Records a cancellation.
     pub fn cancelled(&self, id: &str, at: i64, by: &str) -> Result<(), NodeError> {
         self.append(Line::Cancelled {
@@ -179,17 +216,30 @@ impl Journal {
             .iter()
             .filter(|(id, _)| id.as_str() != exclude)
             .filter_map(|(id, k)| {
-                let s = k.signed.as_ref()?;
+                // Signed counts always; authorised counts unless cancelled.
+                let s: Spend = match (&k.signed, &k.authorized) {
+                    (Some(s), _) => Spend {
+                        wallet: s.wallet.clone(),
+                        chain: s.chain.clone(),
+                        asset: s.asset.clone(),
+                        destination: s.destination.clone(),
+                        initiator: s.initiator.clone(),
+                        amount: s.amount.clone(),
+                        at: s.at,
+                    },
+                    (None, Some(a)) if k.cancelled_by.is_none() => a.clone(),
+                    _ => return None,
+                };
                 if s.at < since {
                     return None;
                 }
                 Some(HistoryEntry {
                     id: id.clone(),
-                    wallet: s.wallet.clone(),
-                    chain: s.chain.clone(),
-                    asset: s.asset.clone(),
-                    destination: s.destination.clone(),
-                    initiator: s.initiator.clone(),
+                    wallet: s.wallet,
+                    chain: s.chain,
+                    asset: s.asset,
+                    destination: s.destination,
+                    initiator: s.initiator,
                     amount: Amount(s.amount.parse().ok()?),
                     at: Timestamp(s.at),
                 })
@@ -212,6 +262,12 @@ fn apply(index: &mut HashMap<String, Known>, l: Line) {
         }
         Line::Cancelled { id, by, .. } => {
             index.entry(id).or_default().cancelled_by = Some(by);
+        }
+        Line::Authorized { id, spend } => {
+            let k = index.entry(id).or_default();
+            if k.authorized.is_none() {
+                k.authorized = Some(*spend);
+            }
         }
         Line::Signed { id, record } => {
             index.entry(id).or_default().signed = Some(*record);

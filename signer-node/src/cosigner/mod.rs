@@ -20,7 +20,7 @@ use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
 
 use crate::error::NodeError;
 use bundles::Bundles;
-use journal::{Journal, SignedRecord};
+use journal::{Journal, SignedRecord, Spend};
 use witness::LogWitness;
 
 /// Velocity history considered (covers every window a policy may use).
@@ -44,6 +44,18 @@ pub enum SignDecision {
     Issue(Box<Verified>),
     /// An identical request was already answered: return the same partial.
     Repeat(Vec<u8>),
+}
+
+fn spend(w: &Withdrawal, at: i64) -> Spend {
+    Spend {
+        wallet: w.wallet.clone(),
+        chain: w.chain.clone(),
+        asset: w.asset.clone(),
+        destination: w.destination.clone(),
+        initiator: w.initiator.clone(),
+        amount: w.amount.0.to_string(),
+        at,
+    }
 }
 
 /// The co-signer state of one signer node.
@@ -158,6 +170,8 @@ impl Cosigner {
         let v = self.verify(a, now)?;
         let hash = hex::encode(v.authorization.statement_hash);
         let seen = self.journal.quorum_seen(&v.withdrawal.id, now, &hash)?;
+        self.journal
+            .authorized(&v.withdrawal.id, spend(&v.withdrawal, now))?;
         Ok((
             hash,
             v.authorization.decision.signable_from(Timestamp(seen)).0,

@@ -1,0 +1,397 @@
+//! A compromised coordinator cannot get a signature: the test talks to the
+//! signers directly with the coordinator's own mTLS identity and sends
+//! requests that the policy and the approvers did not authorise. Every signer
+//! refuses on its own checks (SECURITY.md cases 10-16), before any
+//! presignature is touched. Also: velocity limits enforced by the signers'
+//! own records after the coordinator's history is wiped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use custos_devkit::ClusterLayout;
+use custos_policy::{
+    ActivePolicy, Amount, Approval, ApprovalStatement, Policy, Timestamp, Verdict, Withdrawal,
+    evaluate, intent_digest,
+};
+use custos_proto::custody::GetWithdrawalRequest;
+use custos_proto::signer::signer_control_client::SignerControlClient;
+use custos_proto::signer::{SignWithdrawalRequest, WithdrawalAuthorization};
+use custos_tests::*;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// SignerControl clients authenticated as the coordinator (what an attacker
+/// who owns the coordinator host has).
+async fn rogue_clients(layout: &ClusterLayout) -> Vec<(String, SignerControlClient<Channel>)> {
+    let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
+    let id = Identity::from_pem(
+        std::fs::read(&layout.coordinator.client_cert).unwrap(),
+        std::fs::read(&layout.coordinator.client_key).unwrap(),
+    );
+    let mut out = Vec::new();
+    for s in &layout.signers {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(ca.clone())
+            .identity(id.clone())
+            .domain_name(s.node_id.clone());
+        let ch = Channel::from_shared(s.control_endpoint.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        out.push((s.node_id.clone(), SignerControlClient::new(ch)));
+    }
+    out
+}
+
+struct Bundle {
+    document: Vec<u8>,
+    signatures: Vec<u8>,
+}
+
+fn bundle(layout: &ClusterLayout) -> Bundle {
+    let p = layout.policy.as_ref().unwrap();
+    Bundle {
+        document: std::fs::read(&p.document).unwrap(),
+        signatures: std::fs::read(&p.signatures).unwrap(),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn withdrawal(id: &str, to: &str, amount: u128) -> Withdrawal {
+    Withdrawal {
+        id: id.into(),
+        wallet: "w-hot".into(),
+        chain: "ethereum".into(),
+        asset: "ETH".into(),
+        destination: to.into(),
+        amount: Amount(amount),
+        fee_cap: Amount(2_100_000_000_000_000),
+        initiator: "payments-backend".into(),
+        tx_digest: String::new(),
+    }
+}
+
+/// The statement the policy would produce for `w` and its rule id.
+fn statement(doc: &[u8], w: &Withdrawal, expiry: i64) -> (ApprovalStatement, String) {
+    let active = ActivePolicy::assumed(Policy::parse(doc).unwrap(), Timestamp(0));
+    let mut w = w.clone();
+    w.tx_digest = hex::encode(intent_digest(&w));
+    let d = evaluate(&active, &w, &[], Timestamp(now()), 0).unwrap();
+    let rule = d.rule_id.clone().unwrap();
+    (
+        ApprovalStatement::for_decision(&d, &w, Timestamp(expiry)).unwrap(),
+        rule,
+    )
+}
+
+fn sign_all(st: &ApprovalStatement, who: &[&str]) -> Vec<Approval> {
+    who.iter()
+        .map(|w| Approval::sign(st, Verdict::Approve, w, &approver_key(w)).unwrap())
+        .collect()
+}
+
+fn auth(
+    b: &Bundle,
+    w: &Withdrawal,
+    rule: &str,
+    expiry: i64,
+    approvals: &[Approval],
+) -> WithdrawalAuthorization {
+    WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(w).unwrap(),
+        policy_document: b.document.clone(),
+        policy_signatures: b.signatures.clone(),
+        rule_id: rule.into(),
+        statement_expiry: expiry,
+        risk_score: 0,
+        approvals_json: serde_json::to_vec(approvals).unwrap(),
+        ..Default::default()
+    }
+}
+
+/// Sends `a` to every signer (register + sign) and asserts each refuses with
+/// PERMISSION_DENIED (co-signer checks) and a message containing `why`.
+async fn all_refuse(
+    signers: &[(String, SignerControlClient<Channel>)],
+    a: &WithdrawalAuthorization,
+    register: bool,
+    why: &str,
+) {
+    for (node, c) in signers {
+        if register {
+            let e = c.clone().register_quorum(a.clone()).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{node} register: {e}");
+            assert!(e.message().contains(why), "{node} register: {e}");
+        }
+        let e = c
+            .clone()
+            .sign_withdrawal(SignWithdrawalRequest {
+                authorization: Some(a.clone()),
+                key_id: "w-hot".into(),
+                presignature_id: "ps-rogue".into(),
+            })
+            .await
+            .unwrap_err();
+        // NOT_FOUND would mean the checks passed and only the presignature was missing.
+        assert_eq!(e.code(), Code::PermissionDenied, "{node} sign: {e}");
+        assert!(e.message().contains(why), "{node} sign: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compromised_coordinator_gets_no_signature() {
+    let fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
+    let layout = fc.tc.cluster.layout().clone();
+    let signers = rogue_clients(&layout).await;
+    let b = bundle(&layout);
+    let expiry = now() + 3600;
+
+    // Too few approvals (case 10).
+    let w = withdrawal("rogue-few", WHITELISTED, 5 * ETH);
+    let (st, rule) = statement(&b.document, &w, expiry);
+    assert_eq!(rule, "medium-two-approvals");
+    let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice"]));
+    all_refuse(&signers, &a, true, "too few approvals").await;
+    // A duplicate approver does not count twice; a non-member never counts.
+    let mut dup = sign_all(&st, &["alice"]);
+    dup.extend(sign_all(&st, &["alice"]));
+    all_refuse(
+        &signers,
+        &auth(&b, &w, &rule, expiry, &dup),
+        true,
+        "approvals",
+    )
+    .await;
+    let outsider = sign_all(&st, &["alice", "dave"]);
+    all_refuse(
+        &signers,
+        &auth(&b, &w, &rule, expiry, &outsider),
+        true,
+        "approvals",
+    )
+    .await;
+
+    // Approvals over a different amount, or a different destination (case 11).
+    let mut bigger = w.clone();
+    bigger.amount = Amount(6 * ETH);
+    let a = auth(
+        &b,
+        &bigger,
+        &rule,
+        expiry,
+        &sign_all(&st, &["alice", "bob"]),
+    );
+    all_refuse(&signers, &a, true, "invalid approvals").await;
+    let mut elsewhere = w.clone();
+    elsewhere.destination = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359".into();
+    let a = auth(
+        &b,
+        &elsewhere,
+        &rule,
+        expiry,
+        &sign_all(&st, &["alice", "bob"]),
+    );
+    all_refuse(&signers, &a, true, "invalid approvals").await;
+
+    // A forged bundle: a relaxed document under the real signatures, and one
+    // signed by keys that are not admins (case 12).
+    let relaxed = String::from_utf8(b.document.clone()).unwrap().replace(
+        "amount = { max = \"1000000000000000000\" }\nvelocity",
+        "amount = { max = \"50000000000000000000\" }\nvelocity",
+    );
+    assert_ne!(relaxed.as_bytes(), b.document.as_slice());
+    let forged = Bundle {
+        document: relaxed.clone().into_bytes(),
+        signatures: b.signatures.clone(),
+    };
+    let small = withdrawal("rogue-forged", WHITELISTED, 20 * ETH);
+    let a = auth(&forged, &small, "small-allow", expiry, &[]);
+    all_refuse(&signers, &a, true, "policy bundle").await;
+    let mut self_signed = custos_policy::BundleSignatures::new(
+        custos_policy::PolicyHash::of_document(relaxed.as_bytes()),
+    );
+    self_signed.sign(&approver_key("mallory"));
+    self_signed.sign(&approver_key("alice"));
+    let forged = Bundle {
+        document: relaxed.into_bytes(),
+        signatures: serde_json::to_vec(&self_signed).unwrap(),
+    };
+    let a = auth(&forged, &small, "small-allow", expiry, &[]);
+    all_refuse(&signers, &a, true, "policy bundle").await;
+
+    // Before the time lock elapses (case 15): valid approvals for the 1 h rule.
+    // (Another wallet: a registered quorum counts toward that wallet's velocity.)
+    let mut w = withdrawal("rogue-early", WHITELISTED, 500 * ETH);
+    w.wallet = "w-early".into();
+    let (st, rule) = statement(&b.document, &w, expiry);
+    assert_eq!(rule, "huge-approvals-long-delay");
+    let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
+    // Without registering the quorum first, the lock has not even started.
+    all_refuse(&signers, &a, false, "never registered").await;
+    for (node, c) in &signers {
+        let ack = c
+            .clone()
+            .register_quorum(a.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(ack.signable_from >= now() + 3500, "{node}: {ack:?}");
+    }
+    all_refuse(&signers, &a, false, "time lock").await;
+
+    // Expired approvals (case 15).
+    let w = withdrawal("rogue-expired", WHITELISTED, 5 * ETH);
+    let (st, rule) = statement(&b.document, &w, now() - 10);
+    let a = auth(&b, &w, &rule, now() - 10, &sign_all(&st, &["alice", "bob"]));
+    all_refuse(&signers, &a, true, "expired").await;
+
+    // A fully authorised request is still refused unless its decision is in a
+    // log checkpoint the signer witnessed (the coordinator cannot sign off-log).
+    let w = withdrawal("rogue-offlog", WHITELISTED, ETH / 10);
+    let (_, rule) = statement(&b.document, &w, expiry);
+    assert_eq!(rule, "small-allow");
+    let a = auth(&b, &w, &rule, expiry, &[]);
+    all_refuse(&signers, &a, false, "co-signed").await;
+
+    // Replay of a completed withdrawal (case 16): signed once through the real
+    // flow, then asked again with another presignature.
+    let done = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("real-1", "w-hot", WHITELISTED, ETH / 5))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_state(&fc.backend, &done.id, &["signed"], LIMIT).await;
+    let mut w = withdrawal(&done.id, WHITELISTED, ETH / 5);
+    w.destination = done.destination.clone();
+    w.fee_cap = Amount(done.fee_cap.parse().unwrap());
+    let a = auth(&b, &w, &done.rule_id, expiry, &[]);
+    let signed_by: Vec<&(String, SignerControlClient<Channel>)> = signers.iter().collect();
+    let mut refused = 0;
+    for (node, c) in signed_by {
+        let e = c
+            .clone()
+            .sign_withdrawal(SignWithdrawalRequest {
+                authorization: Some(a.clone()),
+                key_id: "w-hot".into(),
+                presignature_id: "ps-replayed".into(),
+            })
+            .await
+            .unwrap_err();
+        // Signers that signed it: replay refused; the other: off-log/witness gate.
+        assert!(
+            matches!(e.code(), Code::AlreadyExists | Code::PermissionDenied),
+            "{node}: {e}"
+        );
+        if e.code() == Code::AlreadyExists {
+            assert!(e.message().contains("already signed"), "{node}: {e}");
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 2,
+        "both signers of the withdrawal refuse the replay"
+    );
+    // The coordinator's own view is unchanged: one signature.
+    let again = fc
+        .backend
+        .clone()
+        .get_withdrawal(GetWithdrawalRequest {
+            id: done.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.signature_r, done.signature_r);
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
+    let mut fc = start_flow(&flow_policy(), false, &["w-vel"]).await;
+    // 3 x 1 ETH reaches the 3 ETH daily limit of rule small-allow.
+    for i in 0..3 {
+        let w = fc
+            .backend
+            .clone()
+            .create_withdrawal(withdrawal_req(
+                &format!("vel-{i}"),
+                "w-vel",
+                WHITELISTED,
+                ETH,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(w.rule_id, "small-allow", "{}", w.decision);
+        wait_state(&fc.backend, &w.id, &["signed"], LIMIT).await;
+    }
+    // The coordinator catches the next one.
+    let over = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("vel-3", "w-vel", WHITELISTED, ETH / 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(over.state, "blocked", "{}", over.decision);
+    assert_eq!(over.rule_id, "small-over-limit");
+
+    // Wipe the coordinator's withdrawal history behind its back.
+    fc.tc.cluster.kill_coordinator().unwrap();
+    let db_path = fc
+        .tc
+        .cluster
+        .layout()
+        .coordinator
+        .data_dir
+        .join("coordinator.db");
+    let db = custos_service::db::Db::connect(&format!("sqlite://{}", db_path.display()), 1)
+        .await
+        .unwrap();
+    for t in ["withdrawals", "approvals", "withdrawal_events"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t}")))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    db.pool.close().await;
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+    fc.tc.wait_aux_ready(Duration::from_secs(60)).await;
+
+    // Now the coordinator allows it; the signers' own records refuse it.
+    let w = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("vel-4", "w-vel", WHITELISTED, ETH / 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        w.rule_id, "small-allow",
+        "the wiped coordinator should allow: {}",
+        w.decision
+    );
+    let failed = wait_state(&fc.backend, &w.id, &["failed"], LIMIT).await;
+    assert!(
+        failed.reason.contains("refused") && failed.reason.contains("small-over-limit"),
+        "{} / {:?}",
+        failed.reason,
+        failed.signer_notes
+    );
+    assert!(failed.signature_r.is_empty());
+    fc.tc.cluster.stop().await.unwrap();
+}
