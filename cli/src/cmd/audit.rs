@@ -221,6 +221,11 @@ fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(rpc("GetCheckpoint"))?
                 .into_inner();
+            if cp.note.trim().is_empty() {
+                // No checkpoint signed yet (a fresh log): look again later.
+                tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
+                continue;
+            }
             let note =
                 SignedNote::parse(&cp.note).context("the checkpoint is not a signed note")?;
             let checkpoint = match &log_key {

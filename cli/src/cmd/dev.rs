@@ -215,10 +215,11 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
     );
     for client in &c.clients {
         println!(
-            "  {:<15} {} (role {})",
-            format!("{} token", client.id),
+            "  {:<15} {} (role {}; --client {})",
+            "client token",
             client.token_file.display(),
-            client.roles.join(", ")
+            client.roles.join(", "),
+            client.id
         );
     }
     if let Some(policy) = &layout.policy {
