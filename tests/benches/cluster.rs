@@ -102,6 +102,7 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
         key_id: id,
         curve: Curve::Secp256k1 as i32,
         threshold: u32::from(t),
+        chain: String::new(),
     };
 
     // Presignature generation: wall time per presignature while the pool fills.

@@ -18,6 +18,7 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
             key_id: "wallet-1".into(),
             curve: Curve::Secp256k1 as i32,
             threshold: 2,
+            chain: String::new(),
         })
         .await
         .unwrap()
@@ -188,6 +189,7 @@ async fn a_signer_sending_malformed_messages_is_named() {
             key_id: "k-bad".into(),
             curve: Curve::Secp256k1 as i32,
             threshold: 2,
+            chain: String::new(),
         })
         .await
         .unwrap_err();
@@ -204,6 +206,7 @@ async fn three_of_five_keygen_and_signing() {
             key_id: "wallet-35".into(),
             curve: Curve::Secp256k1 as i32,
             threshold: 3,
+            chain: String::new(),
         })
         .await
         .unwrap()

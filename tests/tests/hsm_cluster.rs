@@ -226,6 +226,7 @@ async fn pkcs11_sealed_cluster_signs_and_survives_a_signer_restart() {
             key_id: "hsm-wallet".into(),
             curve: Curve::Secp256k1 as i32,
             threshold: 2,
+            chain: String::new(),
         })
         .await
         .unwrap()
