@@ -25,7 +25,7 @@ use super::withdraw::{reached, wait_for};
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Directory of the dev cluster (`custos dev up`).
-    #[arg(long, default_value = ".custos-dev")]
+    #[arg(long, visible_alias = "cluster", default_value = ".custos-dev")]
     dir: PathBuf,
     /// Raw-digest signatures (`SignDigest`, dev clusters only) to time before the
     /// withdrawal flow; 0 skips them.
