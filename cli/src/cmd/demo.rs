@@ -160,6 +160,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "   {} {} risk {} rule {}",
         small.id, small.state, small.risk_score, small.rule_id
     ));
+    if small.state == "blocked" {
+        bail!(
+            "the small withdrawal {} was blocked{}\n(the demo policy lets a hot wallet pay 5 ETH \
+             in 20 withdrawals a day, and every demo run uses 2.1 ETH: run \
+             `custos demo --wallet eth-hot-1` for another hot wallet, or start a fresh cluster)",
+            small.id,
+            reason(&small)
+        );
+    }
     let small = wait_signed(&mut backend, &small.id, args.json).await?;
     verify(
         &key.public_key,
