@@ -262,6 +262,17 @@ pub async fn start_flow(
     raw_digest: bool,
     wallets: &[&str],
 ) -> FlowCluster {
+    start_flow_on(policy, raw_digest, wallets, None).await
+}
+
+/// Like [`start_flow`], with the coordinator on the database at `database_url`
+/// (e.g. a fresh PostgreSQL database) instead of its SQLite file.
+pub async fn start_flow_on(
+    policy: &std::path::Path,
+    raw_digest: bool,
+    wallets: &[&str],
+    database_url: Option<&str>,
+) -> FlowCluster {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
@@ -270,6 +281,15 @@ pub async fn start_flow(
     spec.raw_digest = raw_digest;
     spec.bin_dir = Some(bin_dir());
     let layout = custos_devkit::generate(&spec).unwrap();
+    if let Some(url) = database_url {
+        // Top-level keys go before the first [section].
+        let cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+        std::fs::write(
+            &layout.coordinator.config,
+            format!("database_url = {url:?}\n{cfg}"),
+        )
+        .unwrap();
+    }
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     let tc = start_layout(dir, layout, opts).await;
     let layout = tc.cluster.layout().clone();
@@ -385,4 +405,51 @@ pub async fn approve(approver: &Client, w: &Withdrawal, who: &str) -> Withdrawal
     submit_verdict(approver, w, who, custos_policy::Verdict::Approve, "")
         .await
         .unwrap()
+}
+
+/// Like [`start_flow`], for benchmarks: the coordinator keeps `pool`
+/// presignatures per key, and `coordinator_toml` (whole tables, e.g. a
+/// `[risk]` table) is appended to its config before the cluster starts.
+pub async fn start_flow_tuned(
+    policy: &std::path::Path,
+    wallets: &[&str],
+    pool: u32,
+    coordinator_toml: &str,
+) -> FlowCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.base_port = custos_devkit::free_base_port();
+    spec.primes_file = Some(primes_fixture());
+    spec.policy = Some(policy.to_path_buf());
+    spec.raw_digest = false;
+    spec.presignature_pool = pool;
+    spec.bin_dir = Some(bin_dir());
+    let layout = custos_devkit::generate(&spec).unwrap();
+    if !coordinator_toml.is_empty() {
+        let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+        cfg.push('\n');
+        cfg.push_str(coordinator_toml);
+        cfg.push('\n');
+        std::fs::write(&layout.coordinator.config, cfg).unwrap();
+    }
+    let opts = StartOptions::default().timeout(Duration::from_secs(60));
+    let tc = start_layout(dir, layout, opts).await;
+    let layout = tc.cluster.layout().clone();
+    for w in wallets {
+        tc.client
+            .clone()
+            .create_key(CreateKeyRequest {
+                key_id: (*w).to_owned(),
+                chain: "ethereum".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    FlowCluster {
+        backend: connect_as(&layout, "payments-backend").await.unwrap(),
+        approver: connect_as(&layout, "approver-cli").await.unwrap(),
+        auditor: connect_as(&layout, "auditor").await.unwrap(),
+        tc,
+    }
 }

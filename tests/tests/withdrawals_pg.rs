@@ -1,0 +1,116 @@
+//! The same withdrawal flow with the coordinator on PostgreSQL (real server,
+//! fresh database): every action, idempotency, and resume after kill -9.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use custos_policy::Verdict as PV;
+use custos_proto::custody::{GetCheckpointRequest, GetWithdrawalRequest};
+use custos_tests::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn withdrawal_flow_on_postgresql() {
+    let url = custos_service::db::testdb::fresh_pg_url("custos_flow")
+        .await
+        .expect("PostgreSQL reachable (scripts/ensure-services.sh starts it)");
+    let mut fc = start_flow_on(&flow_policy(), false, &["w-hot", "w-vel"], Some(&url)).await;
+    let b = fc.backend.clone();
+
+    // allow
+    let w = b
+        .clone()
+        .create_withdrawal(withdrawal_req("pg-allow", "w-vel", WHITELISTED, ETH / 3))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_state(&b, &w.id, &["signed"], LIMIT).await;
+
+    // concurrent identical requests: one withdrawal
+    let calls = (0..6).map(|_| {
+        let b = b.clone();
+        async move {
+            b.clone()
+                .create_withdrawal(withdrawal_req("pg-race", "w-hot", WHITELISTED, 2 * ETH))
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    });
+    let ids = futures::future::join_all(calls).await;
+    assert!(ids.windows(2).all(|p| p[0] == p[1]), "{ids:?}");
+
+    // 2-of-3, with a crash while awaiting approvals
+    let m = b
+        .clone()
+        .create_withdrawal(withdrawal_req("pg-two", "w-hot", WHITELISTED, 3 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&fc.approver, &m, "alice").await;
+    fc.tc.cluster.kill_coordinator().unwrap();
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+    fc.tc.wait_aux_ready(Duration::from_secs(60)).await;
+    let m = fc
+        .backend
+        .clone()
+        .get_withdrawal(GetWithdrawalRequest { id: m.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.state, "awaiting_approvals");
+    assert_eq!(m.approvals.len(), 1);
+    approve(&fc.approver, &m, "bob").await;
+    wait_state(&fc.backend, &m.id, &["signed"], LIMIT).await;
+
+    // approvals + delay, cancelled during the lock
+    let c = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("pg-cancel", "w-hot", WHITELISTED, 40 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&fc.approver, &c, "alice").await;
+    approve(&fc.approver, &c, "carol").await;
+    wait_state(&fc.backend, &c.id, &["time_locked"], LIMIT).await;
+    let x = submit_verdict(&fc.approver, &c, "erin", PV::Cancel, "test")
+        .await
+        .unwrap();
+    assert_eq!(x.state, "cancelled");
+
+    // block
+    let k = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req(
+            "pg-block",
+            "w-hot",
+            NOT_WHITELISTED,
+            2 * ETH,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(k.state, "blocked");
+
+    // The audit log lives in PostgreSQL too and is witnessed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cp = fc
+        .auditor
+        .clone()
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cp.size > 10, "{cp:?}");
+    assert!(
+        cp.note.contains("signer-1"),
+        "checkpoint not co-signed: {}",
+        cp.note
+    );
+    fc.tc.cluster.stop().await.unwrap();
+}
