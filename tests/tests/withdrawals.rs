@@ -35,7 +35,7 @@ fn verify_signed(pk: &[u8], w: &custos_proto::custody::Withdrawal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_policy_action_end_to_end() {
-    let fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
+    let fc = start_flow(&flow_policy(), false, &["w-hot", "w-cold"]).await;
     let pk = fc
         .tc
         .client
@@ -283,6 +283,23 @@ async fn every_policy_action_end_to_end() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+
+    // Approvals not gathered before the statement expires: expired, and a
+    // late approval is refused.
+    let e = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("expire-1", "w-cold", WHITELISTED, 2 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.rule_id, "cold-short-expiry", "{}", e.decision);
+    approve(&fc.approver, &e, "alice").await;
+    let expired = wait_state(&backend, &e.id, &["expired"], LIMIT).await;
+    assert!(expired.reason.contains("expired"), "{}", expired.reason);
+    let late = submit_verdict(&fc.approver, &e, "bob", PV::Approve, "")
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late}");
 
     // The raw-digest path is locked down on this cluster.
     let e = fc

@@ -108,6 +108,8 @@ pub struct Engine {
     changes: broadcast::Sender<()>,
     /// Withdrawals per state, refreshed by the ticker (metrics).
     counts: Mutex<Vec<(String, i64)>>,
+    /// Chain adapters (`[[chains]]`), set once at start.
+    chains: std::sync::OnceLock<Arc<crate::chain::Chains>>,
 }
 
 fn secs_now() -> i64 {
@@ -215,7 +217,19 @@ impl Engine {
             in_flight: Mutex::new(HashSet::new()),
             changes,
             counts: Mutex::new(Vec::new()),
+            chains: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the chain adapters (once, before withdrawals are served).
+    pub fn set_chains(&self, chains: Arc<crate::chain::Chains>) {
+        let _ = self.chains.set(chains);
+    }
+
+    /// The EVM adapter for a withdrawal's chain, if one is configured.
+    fn evm_chain(&self, chain: &str) -> Option<(&crate::chain::Chains, &crate::chain::EvmChain)> {
+        let chains = self.chains.get()?;
+        chains.evm(chain).map(|c| (chains.as_ref(), c))
     }
 
     /// Rebuilds the risk model's state from stored history.
@@ -510,6 +524,7 @@ impl Engine {
                 }
             }
             State::Signing => self.sign(row).await,
+            State::Signed | State::Broadcast => self.chain_after_signed(row).await,
             _ => Ok(Next::Wait),
         }
     }
@@ -892,6 +907,40 @@ impl Engine {
     async fn sign(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         let key = self.key(row).await?;
         let mut row = row.clone();
+        if row.unsigned_tx.is_none()
+            && let Some((chains, chain)) = self.evm_chain(&row.chain)
+        {
+            // The transaction (and its nonce) is made only now (chain module docs).
+            let asset = self.asset(&row.chain, &row.asset).cloned().ok_or_else(|| {
+                CoordError::Internal(format!(
+                    "asset {} on {} is no longer configured",
+                    row.asset, row.chain
+                ))
+            })?;
+            let token = match asset.contract.as_deref() {
+                None => None,
+                Some(c) => Some(custos_chains::evm::address::parse_address(c).map_err(|e| {
+                    CoordError::Internal(format!("asset {} contract: {e}", asset.symbol))
+                })?),
+            };
+            match chains
+                .prepare(
+                    chain,
+                    &row,
+                    key.eth_address.as_deref().unwrap_or_default(),
+                    token,
+                    asset.decimals,
+                )
+                .await
+            {
+                Ok(_) => row = self.get(&row.id).await?,
+                Err(crate::chain::Pending::Storage(e)) => return Err(e),
+                Err(crate::chain::Pending::Wait(note)) => {
+                    self.note(&row, State::Signing, &note).await?;
+                    return Ok(Next::Wait);
+                }
+            }
+        }
         if row.presig_id.is_none() {
             let mut reserved = false;
             for (presig, signers) in self.cluster.usable_presigs(&key).await? {
@@ -925,11 +974,19 @@ impl Engine {
         let presig = row.presig_id.clone().unwrap_or_default();
         let signers: Vec<String> =
             serde_json::from_str(row.signers.as_deref().unwrap_or("[]")).unwrap_or_default();
-        let digest: [u8; 32] = row
-            .tx_digest
-            .as_deref()
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| CoordError::Internal(format!("{} has no digest", row.id)))?;
+        let digest: [u8; 32] = match row.unsigned_tx.as_deref().filter(|t| !t.is_empty()) {
+            // Signers sign the transaction's own digest (they recompute it).
+            Some(tx) => custos_chains::evm::tx::decode_unsigned(tx)
+                .map(|u| custos_chains::evm::tx::signing_digest(&u))
+                .map_err(|e| {
+                    CoordError::Internal(format!("{}: stored transaction: {e}", row.id))
+                })?,
+            None => row
+                .tx_digest
+                .as_deref()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| CoordError::Internal(format!("{} has no digest", row.id)))?,
+        };
         let mut auth = self.authorization(&row).await?;
         // Signers sign only decisions in a checkpoint they co-signed.
         let index = row
@@ -1018,14 +1075,102 @@ impl Engine {
             Err(e) => {
                 let detail = format!("signing failed: {e}");
                 self.note(&row, State::Signing, &e.to_string()).await?;
+                let next = self
+                    .move_to(
+                        &row,
+                        &[State::Signing],
+                        State::Failed,
+                        vec![("reason", Val::Text(Some(detail.clone())))],
+                        &detail,
+                    )
+                    .await?;
+                if let Some((chains, _)) = self.evm_chain(&row.chain) {
+                    // No signature exists: its nonce goes to the next withdrawal.
+                    chains.release_unsigned(&row.id).await?;
+                }
+                Ok(next)
+            }
+        }
+    }
+
+    /// signed → broadcast → confirmed | failed, for chains with an adapter.
+    async fn chain_after_signed(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let Some((chains, chain)) = self.evm_chain(&row.chain) else {
+            return Ok(Next::Wait);
+        };
+        if row.unsigned_tx.as_deref().is_none_or(<[u8]>::is_empty) {
+            return Ok(Next::Wait);
+        }
+        let state = row.state()?;
+        if state == State::Signed {
+            let key = self.key(row).await?;
+            let (_, hash) = chains
+                .assemble(row, key.eth_address.as_deref().unwrap_or_default())
+                .await?;
+            self.audit
+                .append(EntryBody::TransactionBroadcast {
+                    withdrawal_id: row.id.clone(),
+                    chain: row.chain.clone(),
+                    txid: hash.clone(),
+                })
+                .await?;
+            self.store
+                .transition(
+                    &row.id,
+                    &[State::Signed],
+                    State::Broadcast,
+                    vec![],
+                    &format!("broadcasting {hash}"),
+                )
+                .await?;
+            return Ok(Next::Continue);
+        }
+        match chains.track(chain, row).await {
+            Ok(crate::chain::Tracked::Waiting(note)) => {
+                self.note(row, State::Broadcast, &note).await?;
+                Ok(Next::Wait)
+            }
+            Ok(crate::chain::Tracked::Confirmed {
+                hash,
+                block,
+                gas_used,
+            }) => {
+                self.audit
+                    .append(EntryBody::Confirmed {
+                        withdrawal_id: row.id.clone(),
+                        chain: row.chain.clone(),
+                        txid: hash.clone(),
+                        block_height: block,
+                        confirmations: u32::try_from(chain.settings.confirmations)
+                            .unwrap_or(u32::MAX),
+                    })
+                    .await?;
+                self.store
+                    .transition(
+                        &row.id,
+                        &[State::Broadcast],
+                        State::Confirmed,
+                        vec![],
+                        &format!("{hash} confirmed in block {block} (gas used {gas_used})"),
+                    )
+                    .await?;
+                Ok(Next::Continue)
+            }
+            Ok(crate::chain::Tracked::Reverted { hash, block }) => {
+                let detail = format!("{hash} reverted in block {block} (receipt status 0)");
                 self.move_to(
-                    &row,
-                    &[State::Signing],
+                    row,
+                    &[State::Broadcast],
                     State::Failed,
                     vec![("reason", Val::Text(Some(detail.clone())))],
                     &detail,
                 )
                 .await
+            }
+            Err(crate::chain::Pending::Storage(e)) => Err(e),
+            Err(crate::chain::Pending::Wait(note)) => {
+                self.note(row, State::Broadcast, &note).await?;
+                Ok(Next::Wait)
             }
         }
     }
@@ -1322,10 +1467,12 @@ impl Engine {
 
 fn not_cancellable(row: &WithdrawalRow, state: State) -> CoordError {
     match state {
-        State::Signing | State::Signed => CoordError::FailedPrecondition(format!(
-            "withdrawal {} is already {state}: cancel refused (a signature may exist; it cannot be recalled)",
-            row.id
-        )),
+        State::Signing | State::Signed | State::Broadcast | State::Confirmed => {
+            CoordError::FailedPrecondition(format!(
+                "withdrawal {} is already {state}: cancel refused (a signature may exist; it cannot be recalled)",
+                row.id
+            ))
+        }
         _ => CoordError::FailedPrecondition(format!(
             "withdrawal {} is {state}: nothing to cancel",
             row.id
@@ -1364,5 +1511,60 @@ impl Drop for InFlight {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_amount, text_ok};
+    use proptest::prelude::*;
+
+    #[test]
+    fn amounts_are_strict() {
+        assert_eq!(parse_amount("amount", "1500", false).ok(), Some(1500));
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.5",
+            "1e18",
+            " 1",
+            "0x10",
+            &"9".repeat(40),
+        ] {
+            let e = parse_amount("amount", bad, false)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|m| m.contains("amount")),
+                "{bad:?}: {e:?}"
+            );
+        }
+        assert_eq!(parse_amount("fee_cap", "0", true).ok(), Some(0));
+        // u128::MAX fits; one more does not.
+        assert!(parse_amount("amount", &u128::MAX.to_string(), false).is_ok());
+        assert!(parse_amount("amount", "340282366920938463463374607431768211456", false).is_err());
+    }
+
+    proptest! {
+        // Any input: no panic; accepted amounts are exactly the canonical
+        // decimal digits of a positive u128 (modulo leading zeros).
+        #[test]
+        fn amount_parser_total(s in ".{0,64}") {
+            if let Ok(v) = parse_amount("amount", &s, false) {
+                prop_assert!(v > 0);
+                prop_assert!(s.bytes().all(|b| b.is_ascii_digit()));
+                prop_assert_eq!(s.trim_start_matches('0'), v.to_string());
+            }
+        }
+
+        #[test]
+        fn text_fields_bounded(s in "\\PC{0,300}", max in 1usize..200) {
+            match text_ok("memo", &s, max, false) {
+                Ok(()) => prop_assert!(s.len() <= max),
+                Err(e) => prop_assert!(e.to_string().contains("memo")),
+            }
+        }
     }
 }
