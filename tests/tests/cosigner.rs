@@ -265,6 +265,32 @@ async fn compromised_coordinator_gets_no_signature() {
     let a = auth(&b, &w, &rule, expiry, &[]);
     all_refuse(&signers, &a, false, "co-signed").await;
 
+    // A correctly admin-signed relaxation (v2 adds an address) is not in force
+    // on the signers until its change delay has passed on their clocks (cases 12, 13).
+    let v2 = String::from_utf8(b.document.clone())
+        .unwrap()
+        .replacen("version = 1", "version = 2", 1)
+        .replacen(
+            "[[approvers]]",
+            "[[address_book]]\nid = \"new-payee\"\nlabels = [\"opex\"]\nchain = \"ethereum\"\naddress = \"0x1111111111111111111111111111111111111111\"\n\n[[approvers]]",
+            1,
+        );
+    let mut sigs =
+        custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(v2.as_bytes()));
+    sigs.sign(&approver_key("admin1"));
+    sigs.sign(&approver_key("admin2"));
+    let relaxed = Bundle {
+        document: v2.into_bytes(),
+        signatures: serde_json::to_vec(&sigs).unwrap(),
+    };
+    let w = withdrawal(
+        "rogue-new-address",
+        "0x1111111111111111111111111111111111111111",
+        ETH / 10,
+    );
+    let a = auth(&relaxed, &w, "small-allow", expiry, &[]);
+    all_refuse(&signers, &a, true, "not in force until").await;
+
     // Replay of a completed withdrawal (case 16): signed once through the real
     // flow, then asked again with another presignature.
     let done = fc
