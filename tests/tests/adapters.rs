@@ -535,6 +535,151 @@ fn by_aggregate(events: &[(String, Value)]) -> BTreeMap<String, Vec<String>> {
     m
 }
 
+/// Runs the `custos` CLI built next to the daemons.
+fn custos(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args(args)
+        .output()
+        .expect("custos binary (cargo build --workspace --bins)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn anvil_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("CUSTOS_ANVIL") {
+        return p.into();
+    }
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+}
+
+/// An anvil node, killed on drop.
+struct Anvil(std::process::Child, std::net::SocketAddr);
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn anvil() -> Anvil {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(anvil_path())
+        .args(["--port", &port.to_string(), "--silent"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("anvil (scripts/install-anvil.sh or CUSTOS_ANVIL)");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let a = Anvil(child, addr);
+    wait_until("anvil", Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    a
+}
+
+async fn cli_checks(layout: &custos_devkit::ClusterLayout, pool: &sqlx::AnyPool) {
+    let dir = layout.dir.to_str().unwrap();
+    let (code, out, err) = custos(&[
+        "report",
+        "volume",
+        "--group",
+        "wallet",
+        "--csv",
+        "--cluster",
+        dir,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("w-hot,ETH,1,{}", ETH / 2)), "{out}");
+    let (code, out, err) = custos(&["report", "states", "--cluster", dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["blocked", "1"]),
+        "{out}"
+    );
+    let (code, out, err) = custos(&["ledger", "check", "--cluster", dir]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Reconcile: the chain holds 0.25 ETH, the ledger -0.5 ETH (the signed
+    // withdrawal, nothing deposited): a difference of 0.75 ETH, exit 1.
+    let node = anvil().await;
+    let rpc = format!("http://{}", node.1);
+    let (addr,): (String,) = sqlx::query_as("SELECT eth_address FROM keys WHERE key_id = 'w-hot'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let (st, _) = http(
+        node.1,
+        "POST",
+        "/",
+        "-",
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
+            "params": [addr, format!("0x{:x}", ETH / 4)]}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (code, out, err) = custos(&[
+        "ledger",
+        "reconcile",
+        "--chain",
+        "eth",
+        "--rpc",
+        &rpc,
+        "--json",
+        "--cluster",
+        dir,
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["differences"][0]["wallet"], "w-hot");
+    assert_eq!(v["differences"][0]["onchain"], (ETH / 4).to_string());
+    assert_eq!(v["differences"][0]["ledger"], format!("-{}", ETH / 2));
+    assert_eq!(v["differences"][0]["delta"], (3 * ETH / 4).to_string());
+    // An auditor may not make the coordinator fetch a URL of its choosing.
+    let (code, _, err) = custos(&[
+        "ledger",
+        "reconcile",
+        "--rpc",
+        &rpc,
+        "--client",
+        "auditor",
+        "--cluster",
+        dir,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403"), "{err}");
+    // Record the missing deposit: the books then match the chain.
+    let amount = (3 * ETH / 4).to_string();
+    let (code, out, err) = custos(&[
+        "ledger",
+        "deposit",
+        "--wallet",
+        "w-hot",
+        "--asset",
+        "ETH",
+        "--amount",
+        &amount,
+        "--reference",
+        "eth:0xfeed:0",
+        "--cluster",
+        dir,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = custos(&["ledger", "reconcile", "--rpc", &rpc, "--cluster", dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ledger and chain agree"), "{out}");
+}
+
 // -------------------------------------------------------------------- test
 
 async fn scenario(database_url: Option<&str>) {
@@ -746,6 +891,9 @@ async fn scenario(database_url: Option<&str>) {
     )
     .await;
     assert_eq!(st, 403, "reports are for auditors");
+
+    // The CLI: reports and the ledger reconciled against a real chain (anvil).
+    cli_checks(&layout, &pool).await;
 
     // kill -9 right after a state change: the event is delivered after the restart.
     *receiver.failing.lock().unwrap() = true;
