@@ -415,7 +415,11 @@ impl Engine {
             Inserted::Existing(prev) => same_request(prev, &row),
             Inserted::New(row) => {
                 let _ = self.changes.send(());
-                self.clone().advance(row.id.clone()).await;
+                // Risk and policy run before the call returns (the caller
+                // sees blocked / awaiting_approvals / approved); signer rounds
+                // continue in the background.
+                self.clone().drive(row.id.clone(), true).await;
+                tokio::spawn(self.clone().advance(row.id.clone()));
                 self.get(&row.id).await
             }
         }
@@ -434,6 +438,12 @@ impl Engine {
     /// Drives a withdrawal until it waits. Only one driver per withdrawal runs
     /// at a time; a second call returns at once.
     pub async fn advance(self: Arc<Self>, id: String) {
+        self.drive(id, false).await;
+    }
+
+    /// Drives a withdrawal; with `local_only`, stops before any step that
+    /// talks to signers or waits.
+    async fn drive(self: Arc<Self>, id: String, local_only: bool) {
         {
             let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             if !f.insert(id.clone()) {
@@ -450,6 +460,14 @@ impl Engine {
                     return;
                 }
             };
+            if local_only
+                && !matches!(
+                    row.state(),
+                    Ok(State::Requested | State::RiskScored | State::PolicyEvaluated)
+                )
+            {
+                return;
+            }
             match self.step(&row).await {
                 Ok(Next::Continue) => {
                     let _ = self.changes.send(());
