@@ -1,0 +1,493 @@
+//! The withdrawal flow under load on a real 2-of-3 cluster (coordinator and
+//! three signers as processes on loopback, TLS gRPC, libp2p), one wallet.
+//!
+//! `cargo bench -p custos-tests --bench withdrawals -- [--count N]` (default 200;
+//! build the daemons first: `cargo build --release --workspace --bins`).
+//!
+//! - A: N concurrent `CreateWithdrawal` (5 ETH, rule `medium-two-approvals`):
+//!   RPC latency (it returns after risk scoring and policy evaluation, in
+//!   `awaiting_approvals`), requests/s, and no loss (exactly N withdrawals, each
+//!   awaiting approvals).
+//! - B: two treasury approvals each (alice then bob; 20 withdrawals in flight):
+//!   quorum (bob's response) → `signed` (timestamped from `WatchWithdrawals`), and
+//!   signatures/s. Every signature is verified over `tx_digest`.
+//! - C: N concurrent allowed withdrawals (0.5 ETH, rule `small-allow`):
+//!   request → `signed` latency and signed withdrawals/s.
+//!
+//! The presignature pool (one per wallet) is filled before A and refilled before
+//! C, so signing draws on ready presignatures; it refills in the background as
+//! B and C consume it (as in production). The cluster runs
+//! `tests/fixtures/bench-policy.toml` (high policy velocity limits), and its
+//! coordinator's risk model has the velocity signals at 0 points: a burst of
+//! hundreds of withdrawals from one wallet in minutes is exactly what they flag
+//! (score ≥ 80 blocks), and this benchmark measures the flow, not the risk model.
+//!
+//! Baseline: in-process `custos_mpc` online signing (two `issue_partial` and a
+//! verified `combine` from a presignature) and presignature generation
+//! (`custos_mpc::sim`), as in the cluster benchmark.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custos_devkit::client::Client;
+use custos_mpc::protocol::{combine, issue_partial, public_key};
+use custos_mpc::{Primes, sim};
+use custos_proto::custody::{
+    GetKeyRequest, GetWithdrawalRequest, ListWithdrawalsRequest, WatchWithdrawalsRequest,
+    Withdrawal,
+};
+use custos_tests::{
+    ETH, WHITELISTED, approve, digest, start_flow_tuned, verify_both, withdrawal_req,
+};
+use futures::StreamExt;
+
+const WALLET: &str = "w-bench";
+/// Withdrawals being approved at once in phase B.
+const IN_FLIGHT: usize = 20;
+/// Extra presignatures above N in the pool target.
+const POOL_SLACK: u32 = 8;
+const LIMIT: Duration = Duration::from_secs(1800);
+const RISK: &str = "[risk]\nvelocity_count_points = 0\nvelocity_amount_points = 0";
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ------------------------------------------------------------ baseline
+
+struct Baseline {
+    presign_ms: f64,
+    online: Vec<f64>,
+}
+
+fn block<T>(f: impl Future<Output = T>) -> T {
+    futures::executor::block_on(f)
+}
+
+/// Every party in one thread: presignature generation and online signing.
+fn in_process(signatures: usize) -> Baseline {
+    let primes: Vec<Primes> =
+        serde_json::from_slice(&std::fs::read(custos_tests::primes_fixture()).unwrap()).unwrap();
+    let aux = block(sim::aux_info(primes.into_iter().take(3).collect(), None)).unwrap();
+    let shares = block(sim::keygen(2, &aux)).unwrap();
+    let mut presign = Vec::new();
+    let mut presigs = Vec::new();
+    for _ in 0..3 {
+        let s = Instant::now();
+        presigs = block(sim::presign(&shares, &[0, 1], None)).unwrap();
+        presign.push(ms(s.elapsed()));
+    }
+    // The same presignature is re-timed only because these are test keys.
+    let pk = public_key(&shares[0]);
+    let mut online = Vec::new();
+    for _ in 0..signatures {
+        let d = digest();
+        let s = Instant::now();
+        let partials: Vec<_> = presigs
+            .iter()
+            .cloned()
+            .map(|p| issue_partial(p, &d))
+            .collect();
+        combine(&partials, &pk, &d).unwrap();
+        online.push(ms(s.elapsed()));
+    }
+    Baseline {
+        presign_ms: presign.iter().sum::<f64>() / presign.len() as f64,
+        online,
+    }
+}
+
+// ------------------------------------------------------------ cluster
+
+/// When this client first saw each (withdrawal, state) on `WatchWithdrawals`.
+type Seen = Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>;
+
+fn watch(client: &Client) -> Seen {
+    let seen: Seen = Arc::default();
+    let (client, s) = (client.clone(), seen.clone());
+    tokio::spawn(async move {
+        let mut stream = client
+            .clone()
+            .watch_withdrawals(WatchWithdrawalsRequest {
+                cursor: 0,
+                withdrawal_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Ends when the cluster stops.
+        while let Ok(Some(ev)) = stream.message().await {
+            let now = Instant::now();
+            s.lock()
+                .unwrap()
+                .entry(ev.withdrawal_id)
+                .or_default()
+                .entry(ev.state)
+                .or_insert(now);
+        }
+    });
+    seen
+}
+
+/// Waits until every id was seen `signed`; panics on a failure exit.
+async fn wait_signed(client: &Client, seen: &Seen, ids: &[String]) -> HashMap<String, Instant> {
+    let started = Instant::now();
+    loop {
+        let (done, bad) = {
+            let s = seen.lock().unwrap();
+            let done: HashMap<String, Instant> = ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), *s.get(id)?.get("signed")?)))
+                .collect();
+            let bad = ids.iter().find(|id| {
+                s.get(*id).is_some_and(|st| {
+                    ["failed", "blocked", "rejected", "expired", "cancelled"]
+                        .iter()
+                        .any(|b| st.contains_key(*b))
+                })
+            });
+            (done, bad.cloned())
+        };
+        if let Some(id) = bad {
+            let w = get(client, &id).await;
+            panic!(
+                "withdrawal {id} ended {} ({}); notes {:?}",
+                w.state, w.reason, w.signer_notes
+            );
+        }
+        if done.len() == ids.len() {
+            return done;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "{} of {} signed after {LIMIT:?}",
+            done.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(client: &Client, id: &str) -> Withdrawal {
+    client
+        .clone()
+        .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn list(client: &Client, state: &str) -> Vec<Withdrawal> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = client
+            .clone()
+            .list_withdrawals(ListWithdrawalsRequest {
+                wallet: WALLET.into(),
+                state: state.into(),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(r.withdrawals);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
+/// Waits until the wallet has `want` presignatures ready; returns the wait
+/// and how many were generated meanwhile.
+async fn fill_pool(admin: &Client, want: u32) -> (Duration, u32) {
+    let s = Instant::now();
+    let mut first = None;
+    let mut last = 0;
+    loop {
+        let ready = admin
+            .clone()
+            .get_key(GetKeyRequest {
+                key_id: WALLET.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .presignatures_ready;
+        let first = *first.get_or_insert(ready);
+        if ready >= want {
+            return (s.elapsed(), ready - first);
+        }
+        if ready / 25 != last / 25 {
+            eprintln!(
+                "    pool {ready}/{want} after {:.0} s",
+                s.elapsed().as_secs_f64()
+            );
+        }
+        last = ready;
+        assert!(s.elapsed() < LIMIT, "pool {ready}/{want} after {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn verify(pk: &[u8], w: &Withdrawal) {
+    assert_eq!(w.state, "signed", "{}", w.id);
+    let d: [u8; 32] = w.tx_digest.clone().try_into().unwrap();
+    verify_both(pk, &d, &w.signature_r, &w.signature_s);
+}
+
+struct Figures {
+    a_lat: Vec<f64>,
+    a_rate: f64,
+    b_lat: Vec<f64>,
+    b_rate: f64,
+    c_lat: Vec<f64>,
+    c_rate: f64,
+    presign_ms: f64,
+}
+
+async fn cluster(n: usize) -> Figures {
+    let pool = n as u32 + POOL_SLACK;
+    let fc = start_flow_tuned(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/bench-policy.toml"),
+        &[WALLET],
+        pool,
+        RISK,
+    )
+    .await;
+    let (admin, backend, approver) = (&fc.tc.client, &fc.backend, &fc.approver);
+    let pk = admin
+        .clone()
+        .get_key(GetKeyRequest {
+            key_id: WALLET.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .public_key;
+    let seen = watch(backend);
+    let run = hex::encode(&digest()[..4]);
+
+    eprintln!("  filling the presignature pool to {pool}...");
+    let (fill, made) = fill_pool(admin, pool).await;
+    let presign_ms = ms(fill) / f64::from(made.max(1));
+    eprintln!("  pool full after {:.0} s", fill.as_secs_f64());
+
+    // ---- A: N concurrent requests needing approvals.
+    eprintln!("  A: {n} concurrent CreateWithdrawal (5 ETH, 2 approvals)");
+    let start = Instant::now();
+    let calls = (0..n).map(|i| {
+        let b = backend.clone();
+        let req = withdrawal_req(&format!("{run}-a-{i}"), WALLET, WHITELISTED, 5 * ETH);
+        async move {
+            let s = Instant::now();
+            let w = b.clone().create_withdrawal(req).await.unwrap().into_inner();
+            (w, ms(s.elapsed()))
+        }
+    });
+    let created = futures::future::join_all(calls).await;
+    let a_rate = n as f64 / start.elapsed().as_secs_f64();
+    let a_lat: Vec<f64> = created.iter().map(|(_, l)| *l).collect();
+    let a: Vec<Withdrawal> = created.into_iter().map(|(w, _)| w).collect();
+    for w in &a {
+        assert_eq!(w.state, "awaiting_approvals", "{} {}", w.id, w.reason);
+        assert_eq!(w.rule_id, "medium-two-approvals", "{}", w.id);
+    }
+    let ids: HashSet<&str> = a.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids.len(), n, "duplicate withdrawal ids");
+    let all = list(backend, "").await;
+    let waiting = list(backend, "awaiting_approvals").await;
+    assert_eq!(all.len(), n, "withdrawals stored");
+    assert_eq!(waiting.len(), n, "withdrawals awaiting approvals");
+    assert!(waiting.iter().all(|w| ids.contains(w.id.as_str())));
+    eprintln!("  A: no loss: {n} stored, {n} awaiting approvals");
+
+    // ---- B: approve all (alice then bob each, IN_FLIGHT at once).
+    eprintln!("  B: approving {n} ({IN_FLIGHT} in flight)");
+    let start = Instant::now();
+    let quorum: Vec<(String, Instant)> = futures::stream::iter(a.iter().cloned())
+        .map(|w| async move {
+            approve(approver, &w, "alice").await;
+            let after = approve(approver, &w, "bob").await;
+            let at = Instant::now();
+            assert!(
+                ["approved", "signing", "signed"].contains(&after.state.as_str()),
+                "{} after the quorum: {}",
+                w.id,
+                after.state
+            );
+            (w.id, at)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let b_ids: Vec<String> = quorum.iter().map(|(id, _)| id.clone()).collect();
+    let signed = wait_signed(backend, &seen, &b_ids).await;
+    let last = signed.values().max().copied().unwrap();
+    let b_rate = n as f64 / last.duration_since(start).as_secs_f64();
+    let b_lat: Vec<f64> = quorum
+        .iter()
+        .map(|(id, q)| ms(signed[id].saturating_duration_since(*q)))
+        .collect();
+    for id in &b_ids {
+        let w = get(backend, id).await;
+        verify(&pk, &w);
+        assert_eq!(w.approvals.len(), 2, "{id}");
+    }
+    eprintln!("  B: {n} signatures verified (k256 and libsecp256k1)");
+
+    // ---- C: N concurrent allowed withdrawals.
+    eprintln!("  C: refilling the pool to {n}...");
+    fill_pool(admin, n as u32).await;
+    eprintln!("  C: {n} concurrent CreateWithdrawal (0.5 ETH, allowed)");
+    let start = Instant::now();
+    let calls = (0..n).map(|i| {
+        let b = backend.clone();
+        let req = withdrawal_req(&format!("{run}-c-{i}"), WALLET, WHITELISTED, ETH / 2);
+        async move {
+            let s = Instant::now();
+            let w = b.clone().create_withdrawal(req).await.unwrap().into_inner();
+            (w, s, Instant::now())
+        }
+    });
+    let created = futures::future::join_all(calls).await;
+    for (w, _, _) in &created {
+        assert_eq!(w.rule_id, "small-allow", "{} {}", w.id, w.reason);
+    }
+    let c_ids: Vec<String> = created.iter().map(|(w, _, _)| w.id.clone()).collect();
+    let signed = wait_signed(backend, &seen, &c_ids).await;
+    let c_lat: Vec<f64> = created
+        .iter()
+        .map(|(w, sent, replied)| {
+            // The RPC drives the withdrawal as far as it can: often to `signed`.
+            let mut at = signed[&w.id];
+            if w.state == "signed" {
+                at = at.min(*replied);
+            }
+            ms(at.saturating_duration_since(*sent))
+        })
+        .collect();
+    let last = signed.values().max().copied().unwrap();
+    let c_rate = n as f64 / last.duration_since(start).as_secs_f64();
+    for id in &c_ids {
+        verify(&pk, &get(backend, id).await);
+    }
+    let all = list(backend, "").await;
+    assert_eq!(all.len(), 2 * n);
+    assert!(all.iter().all(|w| w.state == "signed"));
+    eprintln!(
+        "  C: {n} signatures verified; {} withdrawals, all signed",
+        2 * n
+    );
+    fc.tc.cluster.stop().await.unwrap();
+    Figures {
+        a_lat,
+        a_rate,
+        b_lat,
+        b_rate,
+        c_lat,
+        c_rate,
+        presign_ms,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n = args
+        .iter()
+        .position(|a| a == "--count")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200usize);
+    assert!(n > 0, "--count must be at least 1");
+    eprintln!("== in-process baseline (2-of-3)");
+    let base = in_process(n);
+    eprintln!("== cluster on loopback (2-of-3, one wallet, {n} withdrawals per phase)");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = rt.block_on(cluster(n));
+
+    let online_p50 = pct(&base.online, 0.5);
+    let online_p99 = pct(&base.online, 0.99);
+    println!(
+        "\nwithdrawals, 2-of-3, {n} per phase              in-process     cluster     cluster/in-process"
+    );
+    let row = |label: &str, a: Option<f64>, b: f64, unit: &str| {
+        let (base, ratio) = match a {
+            Some(a) if b / a >= 1.0 => (format!("{a:>10.3} {unit:<4}"), format!("{:>8.1}x", b / a)),
+            Some(a) => (format!("{a:>10.3} {unit:<4}"), format!("{:>8.5}x", b / a)),
+            None => (format!("{:>10} {unit:<4}", "-"), format!("{:>9}", "-")),
+        };
+        println!("  {label:<40} {base} {b:>10.3} {unit:<4} {ratio}");
+    };
+    row(
+        "A create → awaiting_approvals p50",
+        None,
+        pct(&f.a_lat, 0.5),
+        "ms",
+    );
+    row(
+        "A create → awaiting_approvals p99",
+        None,
+        pct(&f.a_lat, 0.99),
+        "ms",
+    );
+    row("A requests/s", None, f.a_rate, "/s");
+    row(
+        "B quorum → signed p50",
+        Some(online_p50),
+        pct(&f.b_lat, 0.5),
+        "ms",
+    );
+    row(
+        "B quorum → signed p99",
+        Some(online_p99),
+        pct(&f.b_lat, 0.99),
+        "ms",
+    );
+    row("B signatures/s", Some(1000.0 / online_p50), f.b_rate, "/s");
+    row(
+        "C request → signed p50",
+        Some(online_p50),
+        pct(&f.c_lat, 0.5),
+        "ms",
+    );
+    row(
+        "C request → signed p99",
+        Some(online_p99),
+        pct(&f.c_lat, 0.99),
+        "ms",
+    );
+    row(
+        "C signed withdrawals/s",
+        Some(1000.0 / online_p50),
+        f.c_rate,
+        "/s",
+    );
+    row(
+        "presignature generation (wall, each)",
+        Some(base.presign_ms),
+        f.presign_ms,
+        "ms",
+    );
+    println!(
+        "  (in-process: online signing = 2 partials + verified combine from a presignature; \
+         cluster presignatures: pool fill wall time / presignatures made)"
+    );
+}
