@@ -44,6 +44,10 @@ pub struct CoordinatorConfig {
     /// Assets per chain; default: ETH on ethereum and anvil, BTC on bitcoin.
     #[serde(default)]
     pub assets: Vec<crate::withdrawal::assets::AssetConfig>,
+    /// Chains with a transaction adapter (`[[chains]]`, kind "evm"); a chain
+    /// not listed signs the transfer-intent digest and stops at `signed`.
+    #[serde(default)]
+    pub chains: Vec<crate::chain::ChainSettings>,
     /// Risk model tunables (custos-risk `RiskConfig`).
     #[serde(default)]
     pub risk: custos_risk::RiskConfig,

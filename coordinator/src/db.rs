@@ -141,6 +141,9 @@ impl Db {
             .map_err(|e| CoordError::Storage(e.to_string()))?;
         let ddl = SCHEMA.replace("BLOB", db.backend.blob());
         db.execute_ddl(&ddl).await.map_err(db_err)?;
+        db.execute_ddl(&crate::chain::schema(db.backend))
+            .await
+            .map_err(db_err)?;
         db.execute_ddl(&crate::withdrawal::store::schema(db.backend))
             .await
             .map_err(db_err)?;

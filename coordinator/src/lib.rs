@@ -7,6 +7,7 @@
 pub mod adapters;
 pub mod audit;
 pub mod auth;
+pub mod chain;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -350,6 +350,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
                     lock_margin: Duration::from_secs(cfg.withdrawals.lock_margin_secs),
                 },
             );
+            let chains =
+                custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
+                    .map_err(|e| config_error(anyhow!("{e}")))?;
+            engine.set_chains(Arc::new(chains));
             tokio::spawn(engine.clone().run());
             Some(engine)
         }

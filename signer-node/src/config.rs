@@ -59,6 +59,10 @@ pub struct CosignerConfig {
     /// This node's witness signing key, sealed with `sealer`; created on first
     /// start. Default: `witness-key.sealed` in data_dir.
     pub witness_key: Option<PathBuf>,
+    /// Chains whose transactions this signer parses and checks itself
+    /// (`chains = [{ name = "anvil", chain_id = 31337, tokens = [...] }]`).
+    /// A withdrawal carrying a transaction on a chain not listed is refused.
+    pub chains: Vec<crate::cosigner::chains::SignerChain>,
 }
 
 impl Default for CosignerConfig {
@@ -69,6 +73,7 @@ impl Default for CosignerConfig {
             log_key: None,
             log_origin: "custos.local/log".into(),
             witness_key: None,
+            chains: Vec::new(),
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct AssetConfig {
     /// Fee cap used when a request gives none, in the chain's native base units.
     #[serde(default)]
     pub default_fee_cap: String,
+    /// ERC-20 contract (EIP-55 or lowercase hex); none: the chain's native coin.
+    #[serde(default)]
+    pub contract: Option<String>,
 }
 
 /// The built-in assets when the config lists none.
@@ -25,6 +28,7 @@ pub fn default_assets() -> Vec<AssetConfig> {
         decimals: 18,
         // 21000 gas at 100 gwei.
         default_fee_cap: "2100000000000000".into(),
+        contract: None,
     };
     vec![
         eth("ethereum"),
@@ -34,6 +38,7 @@ pub fn default_assets() -> Vec<AssetConfig> {
             symbol: "BTC".into(),
             decimals: 8,
             default_fee_cap: "50000".into(),
+            contract: None,
         },
     ]
 }

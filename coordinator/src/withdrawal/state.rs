@@ -15,6 +15,8 @@ pub enum State {
     TimeLocked,
     Signing,
     Signed,
+    Broadcast,
+    Confirmed,
     Rejected,
     Cancelled,
     Expired,
@@ -23,7 +25,7 @@ pub enum State {
 
 impl State {
     /// Every state, in lifecycle order.
-    pub const ALL: [State; 13] = [
+    pub const ALL: [State; 15] = [
         State::Requested,
         State::RiskScored,
         State::PolicyEvaluated,
@@ -33,6 +35,8 @@ impl State {
         State::TimeLocked,
         State::Signing,
         State::Signed,
+        State::Broadcast,
+        State::Confirmed,
         State::Rejected,
         State::Cancelled,
         State::Expired,
@@ -51,6 +55,8 @@ impl State {
             State::TimeLocked => "time_locked",
             State::Signing => "signing",
             State::Signed => "signed",
+            State::Broadcast => "broadcast",
+            State::Confirmed => "confirmed",
             State::Rejected => "rejected",
             State::Cancelled => "cancelled",
             State::Expired => "expired",
@@ -63,12 +69,15 @@ impl State {
         State::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// No further transition happens from here.
+    /// No further transition happens from here. `signed` is terminal for
+    /// chains without an adapter; a signed withdrawal with a transaction moves
+    /// on to `broadcast` (the store resumes those too).
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
             State::Blocked
                 | State::Signed
+                | State::Confirmed
                 | State::Rejected
                 | State::Cancelled
                 | State::Expired
@@ -102,6 +111,8 @@ impl State {
             State::TimeLocked => W::TimeLocked,
             State::Signing => W::Signing,
             State::Signed => W::Signed,
+            State::Broadcast => W::Broadcast,
+            State::Confirmed => W::Confirmed,
             State::Rejected => W::Rejected,
             State::Cancelled => W::Cancelled,
             State::Expired => W::Expired,

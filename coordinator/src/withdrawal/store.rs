@@ -664,7 +664,16 @@ impl WithdrawalStore {
             .into_iter()
             .filter(|s| !s.is_terminal())
             .collect();
-        self.list(None, &open, None, 0, i64::MAX).await
+        let mut rows = self.list(None, &open, None, 0, i64::MAX).await?;
+        // Signed withdrawals with a chain transaction still have to be broadcast.
+        let signed = sqlx::query(
+            "SELECT * FROM withdrawals WHERE state = 'signed' AND unsigned_tx IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.extend(signed.iter().map(row));
+        Ok(rows)
     }
 
     /// Withdrawals of `wallet` that count toward velocity limits (authorised
@@ -676,7 +685,7 @@ impl WithdrawalStore {
     ) -> Result<Vec<WithdrawalRow>, CoordError> {
         let rows = sqlx::query(
             "SELECT * FROM withdrawals WHERE wallet = $1 AND approved_at IS NOT NULL
-               AND state IN ('approved', 'time_locked', 'signing', 'signed')
+               AND state IN ('approved', 'time_locked', 'signing', 'signed', 'broadcast', 'confirmed')
                AND updated_ms >= $2",
         )
         .bind(wallet)

@@ -7,6 +7,7 @@
 //! log checkpoint it witnessed. Nothing from the coordinator is trusted.
 
 pub mod bundles;
+pub mod chains;
 pub mod journal;
 pub mod witness;
 
@@ -68,6 +69,8 @@ pub struct Cosigner {
     /// Serialises verification with the journal writes it depends on
     /// (velocity, replay).
     lock: Mutex<()>,
+    /// Chains whose transactions this signer checks itself.
+    chains: Vec<chains::SignerChain>,
 }
 
 fn refused(m: impl std::fmt::Display) -> NodeError {
@@ -96,6 +99,28 @@ impl Cosigner {
             witness,
             skew: i64::try_from(skew_secs).unwrap_or(5),
             lock: Mutex::new(()),
+            chains: Vec::new(),
+        }
+    }
+
+    /// The chains whose unsigned transactions this signer parses and checks.
+    pub fn with_chains(mut self, chains: Vec<chains::SignerChain>) -> Self {
+        self.chains = chains;
+        self
+    }
+
+    /// The digest to sign: the intent digest, or for a transaction the
+    /// digest of the bytes this signer parsed and checked against `w` (the
+    /// approved fields).
+    fn signing_digest(
+        &self,
+        w: &Withdrawal,
+        a: &WithdrawalAuthorization,
+    ) -> Result<[u8; 32], NodeError> {
+        if a.unsigned_tx.is_empty() {
+            Ok(intent_digest(w))
+        } else {
+            chains::check_transaction(&self.chains, w, &a.unsigned_tx).map_err(refused)
         }
     }
 
@@ -112,15 +137,10 @@ impl Cosigner {
         let mut w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
             .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
         // Recompute the digest from what is signed; the claimed one is ignored.
-        let digest = if a.unsigned_tx.is_empty() {
-            intent_digest(&w)
-        } else {
-            return Err(refused(format!(
-                "chain {}: this signer has no transaction adapter for unsigned_tx payloads",
-                w.chain
-            )));
-        };
-        w.tx_digest = hex::encode(digest);
+        // Approvals bind the transfer intent (with the fee cap); a transaction
+        // is checked field by field against it.
+        let digest = self.signing_digest(&w, a)?;
+        w.tx_digest = hex::encode(intent_digest(&w));
         let active = bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))?;
         let approvals: Vec<Approval> = if a.approvals_json.is_empty() {
             Vec::new()
@@ -234,11 +254,10 @@ impl Cosigner {
             .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
         let known = self.journal.get(&w.id);
         if let Some(s) = &known.signed {
-            let digest = if a.unsigned_tx.is_empty() {
-                hex::encode(intent_digest(&w))
-            } else {
-                String::new()
-            };
+            let digest = self
+                .signing_digest(&w, a)
+                .map(hex::encode)
+                .unwrap_or_default();
             if s.presig_id == presig_id && s.digest == digest && known.cancelled_by.is_none() {
                 let partial = hex::decode(&s.partial)
                     .map_err(|_| NodeError::Internal("stored partial".into()))?;

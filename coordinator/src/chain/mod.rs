@@ -1,0 +1,573 @@
+//! Chain adapters in the withdrawal flow (EVM first).
+//!
+//! # Design: what approvals bind, and where the nonce comes from
+//!
+//! Approvals sign the canonical statement built at `decide`: it binds the
+//! transfer intent (wallet, chain, asset, destination, amount, **fee cap**) and
+//! its digest ([`custos_policy::intent_digest`]). The EIP-1559 transaction is
+//! built only when the withdrawal enters `signing` (after approvals and the
+//! time lock), with a nonce taken at that moment, so a blocked, rejected,
+//! cancelled or expired withdrawal never holds a nonce and never leaves a gap.
+//! Every signer decodes that transaction itself (custos-chains) and refuses it
+//! unless its chain id (from the signer's own config), `to`, value, ERC-20
+//! calldata (recipient and amount, token contract of the asset) and fee cap
+//! (`gas_limit * max_fee_per_gas` ≤ the approved fee cap) match the approved
+//! statement; it signs the digest it computed, never one it was handed.
+//!
+//! Nonces: table `evm_txs` holds one row per withdrawal that was given a
+//! transaction, `UNIQUE (chain, sender, nonce)`. A new nonce is the smallest
+//! one ≥ the node's `eth_getTransactionCount(pending)` not held by another
+//! row; the row and the withdrawal's `unsigned_tx` are written in one
+//! database transaction, under a per-chain lock. A withdrawal that fails in
+//! `signing` (signers refused, so no signature exists) releases its row, and
+//! the next allocation reuses the nonce: no gaps, no duplicates. Once a
+//! withdrawal has a transaction it is never rebuilt: a restart re-signs the
+//! same bytes (signers answer a repeat with the same partial) and re-sends
+//! the same raw transaction.
+//!
+//! After `signed`: the signature is assembled (low s, recovered sender must be
+//! the wallet) and the raw transaction stored, a `TransactionBroadcast` audit
+//! entry is appended, the withdrawal moves to `broadcast`, and then the raw
+//! bytes are sent (idempotent: "already known" is success) until a receipt
+//! with enough confirmations moves it to `confirmed` (status 1) or `failed`
+//! (status 0). A transaction the node no longer knows is re-sent, byte for
+//! byte. An unreachable RPC leaves the withdrawal where it is with a note;
+//! the engine's tick retries.
+
+use std::time::Duration;
+
+use custos_chains::evm::address::parse_address;
+use custos_chains::evm::asset::Asset;
+use custos_chains::evm::rpc::{BlockTag, CallRequest, EvmRpc, RpcConfig};
+use custos_chains::evm::signature::assemble_signed;
+use custos_chains::evm::tx::{TransferRequest, build_unsigned, decode_unsigned, encode_unsigned};
+use custos_chains::{Address, B256, ChainError, U256};
+use custos_service::db::{Backend, is_unique_violation};
+use serde::Deserialize;
+use sqlx::{AnyPool, Row};
+
+use crate::error::CoordError;
+use crate::withdrawal::store::{WithdrawalRow, now_ms};
+
+/// `[[chains]]` in the coordinator config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSettings {
+    /// Chain name as in keys, assets and the policy ("anvil", "ethereum").
+    pub name: String,
+    /// Adapter: "evm".
+    pub kind: String,
+    /// EIP-155 chain id (checked against the node at start).
+    pub chain_id: u64,
+    /// JSON-RPC endpoint.
+    pub rpc_url: String,
+    /// Blocks (including the one with the transaction) before `confirmed` (default 1).
+    #[serde(default = "one")]
+    pub confirmations: u64,
+    /// Highest `max_fee_per_gas` ever offered, wei, decimal (default 500 gwei).
+    #[serde(default = "default_max_fee")]
+    pub max_fee_per_gas_cap: String,
+    /// RPC timeout, milliseconds (default 5000).
+    #[serde(default = "default_rpc_timeout")]
+    pub rpc_timeout_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+fn default_max_fee() -> String {
+    "500000000000".into()
+}
+fn default_rpc_timeout() -> u64 {
+    5000
+}
+
+/// DDL for the chain tables.
+pub fn schema(backend: Backend) -> String {
+    let blob = backend.blob();
+    format!(
+        "CREATE TABLE IF NOT EXISTS evm_txs (
+            withdrawal_id TEXT PRIMARY KEY,
+            chain TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            nonce BIGINT NOT NULL,
+            unsigned_tx {blob} NOT NULL,
+            raw_tx {blob},
+            tx_hash TEXT,
+            sends BIGINT NOT NULL,
+            block_number BIGINT,
+            created_ms BIGINT NOT NULL,
+            UNIQUE (chain, sender, nonce)
+        )"
+    )
+}
+
+fn db_err(e: sqlx::Error) -> CoordError {
+    CoordError::Storage(e.to_string())
+}
+
+/// Why a chain step could not proceed now (the withdrawal waits, with this note).
+#[derive(Debug)]
+pub enum Pending {
+    /// Wait and retry on the tick; the note says why.
+    Wait(String),
+    /// Storage failure.
+    Storage(CoordError),
+}
+
+impl From<CoordError> for Pending {
+    fn from(e: CoordError) -> Self {
+        Pending::Storage(e)
+    }
+}
+
+fn rpc_note(chain: &str, what: &str, e: &ChainError) -> Pending {
+    Pending::Wait(format!(
+        "chain {chain}: {what}: {e} (waiting; retried on every tick)"
+    ))
+}
+
+/// A stored transaction of a withdrawal.
+#[derive(Clone, Debug)]
+pub struct EvmTxRow {
+    /// Sender (wallet) address.
+    pub sender: Address,
+    /// Account nonce.
+    pub nonce: u64,
+    /// The unsigned EIP-1559 payload.
+    pub unsigned_tx: Vec<u8>,
+    /// The signed transaction, once assembled.
+    pub raw_tx: Option<Vec<u8>>,
+    /// Its hash, `0x…`.
+    pub tx_hash: Option<String>,
+    /// How many times it was sent.
+    pub sends: i64,
+}
+
+/// What happened to a broadcast transaction.
+#[derive(Debug)]
+pub enum Tracked {
+    /// Not mined yet, or not enough confirmations (note).
+    Waiting(String),
+    /// Mined with status 1 and enough confirmations.
+    Confirmed {
+        /// Hash.
+        hash: String,
+        /// Inclusion block.
+        block: u64,
+        /// Gas used.
+        gas_used: u64,
+    },
+    /// Mined with status 0.
+    Reverted {
+        /// Hash.
+        hash: String,
+        /// Inclusion block.
+        block: u64,
+    },
+}
+
+/// One configured EVM chain.
+#[derive(Debug)]
+pub struct EvmChain {
+    /// Its settings.
+    pub settings: ChainSettings,
+    rpc: EvmRpc,
+    alloc: tokio::sync::Mutex<()>,
+}
+
+/// The configured chains.
+#[derive(Debug)]
+pub struct Chains {
+    evm: Vec<EvmChain>,
+    pool: AnyPool,
+}
+
+impl Chains {
+    /// Validates the settings (names the bad field) and builds the RPC clients.
+    pub fn new(settings: &[ChainSettings], pool: AnyPool) -> Result<Self, CoordError> {
+        let mut evm = Vec::new();
+        for (i, s) in settings.iter().enumerate() {
+            let field = |f: &str| format!("config field `chains[{i}].{f}`");
+            if s.kind != "evm" {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: {:?} is not a supported chain kind (supported: evm)",
+                    field("kind"),
+                    s.kind
+                )));
+            }
+            if s.name.is_empty() || settings.iter().filter(|o| o.name == s.name).count() > 1 {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: {:?} is empty or listed twice",
+                    field("name"),
+                    s.name
+                )));
+            }
+            if s.chain_id == 0 {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: must not be 0",
+                    field("chain_id")
+                )));
+            }
+            let cap: u128 = s.max_fee_per_gas_cap.parse().map_err(|_| {
+                CoordError::InvalidArgument(format!(
+                    "{}: {:?} must be an integer (wei)",
+                    field("max_fee_per_gas_cap"),
+                    s.max_fee_per_gas_cap
+                ))
+            })?;
+            let mut rc = RpcConfig::new(&s.rpc_url);
+            rc.timeout = Duration::from_millis(s.rpc_timeout_ms.max(100));
+            rc.max_fee_per_gas_cap = cap;
+            let rpc = EvmRpc::new(rc)
+                .map_err(|e| CoordError::InvalidArgument(format!("{}: {e}", field("rpc_url"))))?;
+            evm.push(EvmChain {
+                settings: s.clone(),
+                rpc,
+                alloc: tokio::sync::Mutex::new(()),
+            });
+        }
+        Ok(Self { evm, pool })
+    }
+
+    /// The EVM chain named `name`, if configured.
+    pub fn evm(&self, name: &str) -> Option<&EvmChain> {
+        self.evm.iter().find(|c| c.settings.name == name)
+    }
+
+    /// The transaction stored for a withdrawal.
+    pub async fn stored(&self, withdrawal_id: &str) -> Result<Option<EvmTxRow>, CoordError> {
+        let r = sqlx::query("SELECT * FROM evm_txs WHERE withdrawal_id = $1")
+            .bind(withdrawal_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        r.map(|r| {
+            let sender: String = r.get("sender");
+            Ok(EvmTxRow {
+                sender: parse_address(&sender)
+                    .map_err(|e| CoordError::Internal(format!("stored sender: {e}")))?,
+                nonce: u64::try_from(r.get::<i64, _>("nonce")).unwrap_or(0),
+                unsigned_tx: r.get("unsigned_tx"),
+                raw_tx: r.get("raw_tx"),
+                tx_hash: r.get("tx_hash"),
+                sends: r.get("sends"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Releases the nonce of a withdrawal that failed before any signature
+    /// existed (signers refused), so the next allocation reuses it.
+    pub async fn release_unsigned(&self, withdrawal_id: &str) -> Result<(), CoordError> {
+        sqlx::query(
+            "DELETE FROM evm_txs WHERE withdrawal_id = $1 AND raw_tx IS NULL
+               AND withdrawal_id IN (SELECT id FROM withdrawals WHERE id = $1 AND state = 'failed' AND sig_r IS NULL)",
+        )
+        .bind(withdrawal_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Builds (once) the unsigned transaction of a withdrawal in `signing`:
+    /// allocates the nonce, estimates gas and fees within the approved fee cap,
+    /// and stores the row and the withdrawal's `unsigned_tx` together.
+    pub async fn prepare(
+        &self,
+        chain: &EvmChain,
+        row: &WithdrawalRow,
+        wallet: &str,
+        token: Option<Address>,
+        decimals: u8,
+    ) -> Result<Vec<u8>, Pending> {
+        let name = &chain.settings.name;
+        if let Some(t) = self.stored(&row.id).await? {
+            self.attach(&row.id, &t.unsigned_tx).await?;
+            return Ok(t.unsigned_tx);
+        }
+        let from = parse_address(wallet).map_err(|e| {
+            Pending::Wait(format!("wallet {} has no usable address: {e}", row.wallet))
+        })?;
+        let recipient = parse_address(&row.destination)
+            .map_err(|e| Pending::Wait(format!("destination: {e}")))?;
+        let amount = U256::from_str_radix(&row.amount, 10)
+            .map_err(|e| Pending::Wait(format!("stored amount: {e}")))?;
+        let fee_cap = U256::from_str_radix(&row.fee_cap, 10)
+            .map_err(|e| Pending::Wait(format!("stored fee cap: {e}")))?;
+        let asset = match token {
+            None => Asset::native(&row.asset, decimals),
+            Some(t) => Asset::erc20(t, &row.asset, decimals),
+        }
+        .map_err(|e| Pending::Wait(format!("asset {}: {e}", row.asset)))?;
+        let _g = chain.alloc.lock().await;
+        let pending = chain
+            .rpc
+            .transaction_count(from, BlockTag::Pending)
+            .await
+            .map_err(|e| rpc_note(name, "cannot read the account nonce", &e))?;
+        let (to, value, data) = match token {
+            None => (recipient, amount, Default::default()),
+            Some(t) => (
+                t,
+                U256::ZERO,
+                custos_chains::evm::tx::erc20::transfer_calldata(recipient, amount),
+            ),
+        };
+        let estimated = chain
+            .rpc
+            .estimate_gas(&CallRequest {
+                from: Some(from),
+                to,
+                value,
+                data,
+            })
+            .await
+            .map_err(|e| rpc_note(name, "gas estimation failed", &e))?;
+        // Contract calls get 20% headroom; a plain transfer costs exactly 21000.
+        let gas_limit = if token.is_some() {
+            estimated.saturating_add(estimated / 5)
+        } else {
+            estimated
+        };
+        let fees = chain
+            .rpc
+            .estimate_fees()
+            .await
+            .map_err(|e| rpc_note(name, "fee estimation failed", &e))?;
+        let mut max_fee = fees.max_fee_per_gas;
+        let gas = U256::from(gas_limit);
+        if gas * U256::from(max_fee) > fee_cap {
+            // Stay within the approved fee cap: the most per gas it allows.
+            let allowed = u128::try_from(fee_cap / gas).unwrap_or(u128::MAX);
+            if allowed < fees.base_fee_per_gas {
+                return Err(Pending::Wait(format!(
+                    "chain {name}: the approved fee cap of {fee_cap} wei allows {allowed} wei per gas for {gas_limit} gas, below the base fee {} (waiting for lower fees)",
+                    fees.base_fee_per_gas
+                )));
+            }
+            max_fee = allowed;
+        }
+        let tip = fees.max_priority_fee_per_gas.min(max_fee);
+        let taken: Vec<i64> = sqlx::query(
+            "SELECT nonce FROM evm_txs WHERE chain = $1 AND sender = $2 AND nonce >= $3 ORDER BY nonce",
+        )
+        .bind(name)
+        .bind(format!("{from:#x}"))
+        .bind(i64::try_from(pending).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get::<i64, _>("nonce"))
+        .collect();
+        let mut nonce = pending;
+        for t in taken {
+            if u64::try_from(t).ok() == Some(nonce) {
+                nonce += 1;
+            } else if u64::try_from(t).is_ok_and(|t| t > nonce) {
+                break;
+            }
+        }
+        let unsigned = build_unsigned(&TransferRequest {
+            chain_id: chain.settings.chain_id,
+            from,
+            recipient,
+            asset,
+            amount,
+            nonce,
+            gas_limit,
+            max_fee_per_gas: max_fee,
+            max_priority_fee_per_gas: tip,
+        })
+        .map_err(|e| Pending::Wait(format!("cannot build the transaction: {e}")))?;
+        let bytes = encode_unsigned(&unsigned);
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let res = sqlx::query(
+            "INSERT INTO evm_txs (withdrawal_id, chain, sender, nonce, unsigned_tx, sends, created_ms)
+             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+        )
+        .bind(&row.id)
+        .bind(name)
+        .bind(format!("{from:#x}"))
+        .bind(i64::try_from(nonce).unwrap_or(i64::MAX))
+        .bind(bytes.clone())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Pending::Wait(format!(
+                    "nonce {nonce} was taken concurrently; allocating again"
+                )));
+            }
+            Err(e) => return Err(db_err(e).into()),
+        }
+        let res = sqlx::query(
+            "UPDATE withdrawals SET unsigned_tx = $1, updated_ms = $2
+             WHERE id = $3 AND state = 'signing' AND unsigned_tx IS NULL",
+        )
+        .bind(bytes.clone())
+        .bind(now_ms())
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if res.rows_affected() != 1 {
+            return Err(Pending::Wait(
+                "the withdrawal left `signing` while its transaction was built".into(),
+            ));
+        }
+        tx.commit().await.map_err(db_err)?;
+        tracing::info!(withdrawal = %row.id, chain = %name, nonce, gas_limit, max_fee, "built transaction");
+        Ok(bytes)
+    }
+
+    async fn attach(&self, id: &str, bytes: &[u8]) -> Result<(), CoordError> {
+        sqlx::query(
+            "UPDATE withdrawals SET unsigned_tx = $1 WHERE id = $2 AND unsigned_tx IS NULL",
+        )
+        .bind(bytes.to_vec())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Assembles the signed transaction (low s; the recovered sender must be
+    /// the wallet) and stores it, once. Returns (raw, hash).
+    pub async fn assemble(
+        &self,
+        row: &WithdrawalRow,
+        wallet: &str,
+    ) -> Result<(Vec<u8>, String), CoordError> {
+        let t = self
+            .stored(&row.id)
+            .await?
+            .ok_or_else(|| CoordError::Internal(format!("{} has no transaction", row.id)))?;
+        if let (Some(raw), Some(hash)) = (t.raw_tx.clone(), t.tx_hash.clone()) {
+            return Ok((raw, hash));
+        }
+        let unsigned = decode_unsigned(&t.unsigned_tx)
+            .map_err(|e| CoordError::Internal(format!("stored transaction: {e}")))?;
+        let r: [u8; 32] = row
+            .sig_r
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| CoordError::Internal(format!("{} has no signature r", row.id)))?;
+        let s: [u8; 32] = row
+            .sig_s
+            .as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| CoordError::Internal(format!("{} has no signature s", row.id)))?;
+        let v = u8::try_from(row.recovery_id.unwrap_or(-1))
+            .map_err(|_| CoordError::Internal(format!("{} has no recovery id", row.id)))?;
+        let wallet = parse_address(wallet)
+            .map_err(|e| CoordError::Internal(format!("wallet address: {e}")))?;
+        let signed = assemble_signed(&unsigned, r, s, v, wallet)
+            .map_err(|e| CoordError::Internal(format!("assembling the signed transaction: {e}")))?;
+        let hash = format!("{:#x}", signed.hash);
+        sqlx::query(
+            "UPDATE evm_txs SET raw_tx = $1, tx_hash = $2 WHERE withdrawal_id = $3 AND raw_tx IS NULL",
+        )
+        .bind(signed.raw.clone())
+        .bind(&hash)
+        .bind(&row.id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        // Whatever is stored now is what goes out (a concurrent writer wins).
+        let t = self
+            .stored(&row.id)
+            .await?
+            .ok_or_else(|| CoordError::Internal(format!("{} lost its transaction", row.id)))?;
+        match (t.raw_tx, t.tx_hash) {
+            (Some(raw), Some(hash)) => Ok((raw, hash)),
+            _ => Err(CoordError::Internal(format!(
+                "{}: signed transaction not stored",
+                row.id
+            ))),
+        }
+    }
+
+    /// One look at a broadcast transaction: receipt and confirmations, or
+    /// (re-)send the stored raw bytes if the node does not know it.
+    pub async fn track(&self, chain: &EvmChain, row: &WithdrawalRow) -> Result<Tracked, Pending> {
+        let name = &chain.settings.name;
+        let t = self
+            .stored(&row.id)
+            .await?
+            .ok_or_else(|| CoordError::Internal(format!("{} has no transaction", row.id)))?;
+        let (raw, hash_text) = match (t.raw_tx, t.tx_hash) {
+            (Some(r), Some(h)) => (r, h),
+            _ => {
+                return Err(Pending::Storage(CoordError::Internal(format!(
+                    "{} is broadcast without a signed transaction",
+                    row.id
+                ))));
+            }
+        };
+        let hash: B256 = hash_text
+            .parse()
+            .map_err(|_| CoordError::Internal(format!("stored hash {hash_text}")))?;
+        let receipt = chain
+            .rpc
+            .transaction_receipt(hash)
+            .await
+            .map_err(|e| rpc_note(name, "cannot read the receipt", &e))?;
+        match receipt {
+            Some(r) => {
+                if !r.success {
+                    return Ok(Tracked::Reverted {
+                        hash: hash_text,
+                        block: r.block_number,
+                    });
+                }
+                let head = chain
+                    .rpc
+                    .block_number()
+                    .await
+                    .map_err(|e| rpc_note(name, "cannot read the block number", &e))?;
+                let confs = head.saturating_sub(r.block_number).saturating_add(1);
+                if confs >= chain.settings.confirmations {
+                    Ok(Tracked::Confirmed {
+                        hash: hash_text,
+                        block: r.block_number,
+                        gas_used: r.gas_used,
+                    })
+                } else {
+                    Ok(Tracked::Waiting(format!(
+                        "{hash_text} in block {}: {confs} of {} confirmations",
+                        r.block_number, chain.settings.confirmations
+                    )))
+                }
+            }
+            None => {
+                let known = t.sends > 0
+                    && chain
+                        .rpc
+                        .transaction_exists(hash)
+                        .await
+                        .map_err(|e| rpc_note(name, "cannot look the transaction up", &e))?;
+                if known {
+                    return Ok(Tracked::Waiting(format!("{hash_text} pending")));
+                }
+                // Never sent, or dropped by the node: send the same bytes again.
+                let sent =
+                    chain.rpc.send_raw_transaction(&raw).await.map_err(|e| {
+                        rpc_note(name, &format!("broadcasting {hash_text} failed"), &e)
+                    })?;
+                sqlx::query("UPDATE evm_txs SET sends = sends + 1 WHERE withdrawal_id = $1")
+                    .bind(&row.id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                tracing::info!(withdrawal = %row.id, tx = %hash_text, already_known = sent.already_known, resend = t.sends > 0, "transaction sent");
+                Ok(Tracked::Waiting(format!("{hash_text} sent")))
+            }
+        }
+    }
+}

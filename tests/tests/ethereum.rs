@@ -1,0 +1,556 @@
+//! Ethereum end to end (issue #7): a real anvil node and a real cluster; the
+//! coordinator builds EIP-1559 transactions at signing time, signers parse and
+//! check them, the coordinator broadcasts and tracks confirmations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use custos_chains::evm::address::parse_address;
+use custos_chains::evm::rpc::{BlockTag, EvmRpc, RpcConfig};
+use custos_chains::evm::tx::decode_unsigned_transfer;
+use custos_chains::{Address, B256, U256};
+use custos_devkit::client::connect_as;
+use custos_devkit::{ClusterSpec, StartOptions};
+use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, GetWithdrawalRequest, Withdrawal};
+use custos_tests::*;
+use serde_json::json;
+
+const CHAIN_ID: u64 = 31337;
+const ETH: u128 = 1_000_000_000_000_000_000;
+/// Anvil dev accounts 1..3 (in the policy's address book).
+const PAYEE_1: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+const PAYEE_2: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+const PAYEE_3: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
+/// Dev account 0, which deploys MiniToken first: its contract address.
+const DEV_0: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+const MINI: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+
+fn anvil_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CUSTOS_ANVIL") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from("anvil")
+    }
+}
+
+/// anvil on a free port, killed on drop; `freeze`/`thaw` stop and resume it
+/// (its RPC hangs meanwhile, its state survives).
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Anvil {
+    async fn start() -> Anvil {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(anvil_path())
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--silent",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("anvil: run scripts/install-anvil.sh or set CUSTOS_ANVIL");
+            let url = format!("http://127.0.0.1:{port}");
+            let rpc = rpc(&url);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if rpc.chain_id().await.is_ok() {
+                    return Anvil { child, url };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("anvil did not come up");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rpc(url: &str) -> EvmRpc {
+    let mut c = RpcConfig::new(url);
+    c.timeout = Duration::from_secs(3);
+    EvmRpc::new(c).unwrap()
+}
+
+fn addr(s: &str) -> Address {
+    parse_address(s).unwrap()
+}
+
+async fn wait_receipt(rpc: &EvmRpc, hash: B256) -> custos_chains::evm::rpc::Receipt {
+    rpc.wait_for_receipt(hash, Duration::from_millis(50), Duration::from_secs(20))
+        .await
+        .unwrap()
+}
+
+/// Dev account 0 (unlocked in anvil) sends `tx`; returns the receipt.
+async fn dev_send(rpc: &EvmRpc, tx: serde_json::Value) -> custos_chains::evm::rpc::Receipt {
+    let hash = rpc
+        .request("eth_sendTransaction", json!([tx]))
+        .await
+        .unwrap();
+    wait_receipt(rpc, hash.as_str().unwrap().parse().unwrap()).await
+}
+
+async fn fund(rpc: &EvmRpc, to: Address, wei: u128) {
+    let r = dev_send(
+        rpc,
+        json!({ "from": DEV_0, "to": to, "value": format!("0x{wei:x}") }),
+    )
+    .await;
+    assert!(r.success);
+}
+
+/// Deploys MiniToken from dev account 0 (its first transaction: at [`MINI`]).
+async fn deploy_mini(rpc: &EvmRpc) -> Address {
+    let code = include_str!("../../chains/tests/fixtures/MiniToken.bin.hex").trim();
+    let r = dev_send(
+        rpc,
+        json!({ "from": DEV_0, "data": format!("0x{code}"), "gas": "0x100000" }),
+    )
+    .await;
+    assert!(r.success);
+    let token = r.contract_address.unwrap();
+    assert_eq!(token, addr(MINI));
+    token
+}
+
+async fn mini_transfer(rpc: &EvmRpc, to: Address, amount: U256) {
+    let data = custos_chains::evm::tx::erc20::transfer_calldata(to, amount);
+    let r = dev_send(
+        rpc,
+        json!({ "from": DEV_0, "to": MINI, "data": format!("0x{}", hex::encode(&data)), "gas": "0x30000" }),
+    )
+    .await;
+    assert!(r.success);
+}
+
+/// The coordinator config for anvil at `url` (assets and the chain).
+fn chain_toml(url: &str) -> String {
+    format!(
+        r#"
+[[assets]]
+chain = "ethereum"
+symbol = "ETH"
+decimals = 18
+default_fee_cap = "2100000000000000"
+
+[[assets]]
+chain = "anvil"
+symbol = "ETH"
+decimals = 18
+default_fee_cap = "2100000000000000"
+
+[[assets]]
+chain = "anvil"
+symbol = "MINI"
+decimals = 18
+default_fee_cap = "20000000000000000"
+contract = "{MINI}"
+
+[[chains]]
+name = "anvil"
+kind = "evm"
+chain_id = {CHAIN_ID}
+rpc_url = "{url}"
+confirmations = 1
+rpc_timeout_ms = 1000
+"#
+    )
+}
+
+/// The signers' own chain facts (inserted under `[cosigner]`).
+fn signer_chains(chain_id: u64) -> String {
+    format!(
+        r#"chains = [{{ name = "anvil", chain_id = {chain_id}, tokens = [{{ symbol = "MINI", contract = "{MINI}" }}] }}]"#
+    )
+}
+
+/// A 2-of-3 cluster on `eth-policy.toml` with anvil configured, and wallets
+/// on chain "anvil"; returns the cluster and each wallet's address.
+async fn start_eth(anvil: &Anvil, wallets: &[&str]) -> (FlowCluster, Vec<Address>) {
+    let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/eth-policy.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.base_port = custos_devkit::free_base_port();
+    spec.primes_file = Some(primes_fixture());
+    spec.policy = Some(policy);
+    spec.raw_digest = false;
+    spec.bin_dir = Some(bin_dir());
+    let layout = custos_devkit::generate(&spec).unwrap();
+    let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+    cfg.push_str(&chain_toml(&anvil.url));
+    std::fs::write(&layout.coordinator.config, cfg).unwrap();
+    for s in &layout.signers {
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let text = if text.contains("[cosigner]") {
+            text.replacen(
+                "[cosigner]\n",
+                &format!("[cosigner]\n{}\n", signer_chains(CHAIN_ID)),
+                1,
+            )
+        } else {
+            format!("{text}\n[cosigner]\n{}\n", signer_chains(CHAIN_ID))
+        };
+        std::fs::write(&s.config, text).unwrap();
+    }
+    let opts = StartOptions::default().timeout(Duration::from_secs(60));
+    let tc = start_layout(dir, layout, opts).await;
+    let layout = tc.cluster.layout().clone();
+    let mut addresses = Vec::new();
+    for w in wallets {
+        tc.client
+            .clone()
+            .create_key(CreateKeyRequest {
+                key_id: (*w).to_owned(),
+                chain: "anvil".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let key = tc
+            .client
+            .clone()
+            .get_key(GetKeyRequest {
+                key_id: (*w).to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        addresses.push(addr(&key.ethereum_address));
+    }
+    let fc = FlowCluster {
+        backend: connect_as(&layout, "payments-backend").await.unwrap(),
+        approver: connect_as(&layout, "approver-cli").await.unwrap(),
+        auditor: connect_as(&layout, "auditor").await.unwrap(),
+        tc,
+    };
+    (fc, addresses)
+}
+
+async fn get(fc: &FlowCluster, id: &str) -> Withdrawal {
+    fc.backend
+        .clone()
+        .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls until `state` (panics on another end state or after `limit`).
+async fn wait_for(fc: &FlowCluster, id: &str, state: &str, limit: Duration) -> Withdrawal {
+    let started = Instant::now();
+    loop {
+        let w = get(fc, id).await;
+        if w.state == state {
+            return w;
+        }
+        assert!(
+            ![
+                "blocked",
+                "rejected",
+                "cancelled",
+                "expired",
+                "failed",
+                "confirmed"
+            ]
+            .contains(&w.state.as_str()),
+            "withdrawal {id} ended {} ({}), expected {state}; notes: {:?}",
+            w.state,
+            w.reason,
+            w.signer_notes
+        );
+        assert!(
+            started.elapsed() < limit,
+            "withdrawal {id} still {} after {limit:?}, expected {state}; notes: {:?}",
+            w.state,
+            w.signer_notes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create(
+    fc: &FlowCluster,
+    key: &str,
+    wallet: &str,
+    asset: &str,
+    to: &str,
+    amount: u128,
+) -> Withdrawal {
+    let mut req = withdrawal_req(key, wallet, to, amount);
+    req.asset = asset.into();
+    fc.backend
+        .clone()
+        .create_withdrawal(req)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The confirmed transaction of a withdrawal: (hash, nonce, receipt).
+async fn confirmed_tx(
+    fc: &FlowCluster,
+    rpc: &EvmRpc,
+    id: &str,
+) -> (B256, u64, custos_chains::evm::rpc::Receipt) {
+    let w = wait_for(fc, id, "confirmed", Duration::from_secs(90)).await;
+    let (_, decoded) = decode_unsigned_transfer(&w.unsigned_tx).unwrap();
+    let hash = find_hash(&w).unwrap_or_else(|| panic!("no tx hash in {w:?}"));
+    let receipt = rpc.transaction_receipt(hash).await.unwrap().unwrap();
+    (hash, decoded.nonce, receipt)
+}
+
+/// The tx hash, recomputed from the withdrawal's signature and transaction
+/// (the sender must recover to the transaction's own signer: decoded below).
+fn find_hash(w: &Withdrawal) -> Option<B256> {
+    let (unsigned, _) = decode_unsigned_transfer(&w.unsigned_tx).ok()?;
+    let r: [u8; 32] = w.signature_r.as_slice().try_into().ok()?;
+    let s: [u8; 32] = w.signature_s.as_slice().try_into().ok()?;
+    let v = u8::try_from(w.recovery_id).ok()?;
+    match custos_chains::evm::signature::assemble_signed(&unsigned, r, s, v, Address::ZERO) {
+        Ok(signed) => Some(signed.hash),
+        Err(custos_chains::ChainError::WrongSigner { recovered, .. }) => {
+            custos_chains::evm::signature::assemble_signed(&unsigned, r, s, v, recovered)
+                .ok()
+                .map(|t| t.hash)
+        }
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eth_and_erc20_withdrawals_through_the_full_flow() {
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let token = deploy_mini(&rpc).await;
+    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok"]).await;
+    let (w_eth, w_tok) = (wallets[0], wallets[1]);
+    fund(&rpc, w_eth, 5 * ETH).await;
+    fund(&rpc, w_tok, ETH).await;
+    mini_transfer(&rpc, w_tok, U256::from(500u64) * U256::from(ETH)).await;
+
+    // 1.5 ETH needs two approvals; approvals bind the statement (intent + fee cap).
+    let payee = addr(PAYEE_1);
+    let before_payee = rpc.balance(payee).await.unwrap();
+    let before_wallet = rpc.balance(w_eth).await.unwrap();
+    let w = create(&fc, "eth-1", "w-eth", "ETH", PAYEE_1, 3 * ETH / 2).await;
+    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
+    assert!(w.unsigned_tx.is_empty(), "no transaction before signing");
+    approve(&fc.approver, &w, "alice").await;
+    approve(&fc.approver, &w, "bob").await;
+    let (hash, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    assert!(receipt.success);
+    assert_eq!(receipt.from, w_eth);
+    assert_eq!(nonce, 0);
+    let amount = U256::from(3 * ETH / 2);
+    assert_eq!(rpc.balance(payee).await.unwrap(), before_payee + amount);
+    assert_eq!(
+        rpc.balance(w_eth).await.unwrap(),
+        before_wallet - amount - receipt.fee_paid_wei()
+    );
+    let done = get(&fc, &w.id).await;
+    assert!(done.unsigned_tx.len() > 10);
+    println!("eth withdrawal {} → tx {hash:#x}", done.id);
+
+    // ERC-20: 123 MINI to payee 2; balanceOf moves by exactly that.
+    let payee2 = addr(PAYEE_2);
+    let amount = U256::from(123u64) * U256::from(ETH);
+    let w = create(&fc, "tok-1", "w-tok", "MINI", PAYEE_2, 123 * ETH).await;
+    let (_, _, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    assert!(receipt.success);
+    assert_eq!(receipt.to, Some(token));
+    assert_eq!(rpc.erc20_balance(token, payee2).await.unwrap(), amount);
+    assert_eq!(
+        rpc.erc20_balance(token, w_tok).await.unwrap(),
+        U256::from(500u64) * U256::from(ETH) - amount
+    );
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_withdrawals_get_consecutive_nonces() {
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (fc, wallets) = start_eth(&anvil, &["w-many"]).await;
+    let wallet = wallets[0];
+    fund(&rpc, wallet, 5 * ETH).await;
+    let before = rpc.balance(addr(PAYEE_3)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10u128 {
+        let backend = fc.backend.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut req = withdrawal_req(&format!("many-{i}"), "w-many", PAYEE_3, ETH / 100 + i);
+            req.asset = "ETH".into();
+            backend
+                .clone()
+                .create_withdrawal(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }));
+    }
+    let mut nonces = Vec::new();
+    let mut total = U256::ZERO;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let id = t.await.unwrap();
+        let (_, nonce, receipt) = confirmed_tx(&fc, &rpc, &id).await;
+        assert!(receipt.success);
+        nonces.push(nonce);
+        total += U256::from(ETH / 100 + i as u128);
+    }
+    nonces.sort_unstable();
+    assert_eq!(
+        nonces,
+        (0..10).collect::<Vec<u64>>(),
+        "consecutive, no gap, no duplicate"
+    );
+    assert_eq!(
+        rpc.transaction_count(wallet, BlockTag::Latest)
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(rpc.balance(addr(PAYEE_3)).await.unwrap(), before + total);
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anvil_down_mid_flow_waits_with_a_note_and_completes() {
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (fc, wallets) = start_eth(&anvil, &["w-down"]).await;
+    fund(&rpc, wallets[0], 5 * ETH).await;
+    let w = create(&fc, "down-1", "w-down", "ETH", PAYEE_1, 3 * ETH / 2).await;
+    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
+    anvil.freeze();
+    approve(&fc.approver, &w, "alice").await;
+    approve(&fc.approver, &w, "bob").await;
+    // The transaction cannot be built: signing waits, saying why.
+    let started = Instant::now();
+    loop {
+        let now = get(&fc, &w.id).await;
+        assert!(
+            !["signed", "broadcast", "confirmed", "failed"].contains(&now.state.as_str()),
+            "{now:?}"
+        );
+        if now.signer_notes.iter().any(|n| n.contains("chain anvil")) {
+            assert_eq!(now.state, "signing");
+            assert!(now.unsigned_tx.is_empty());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&fc, &w.id).await.state, "signing");
+    anvil.thaw();
+    let (_, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    assert!(receipt.success);
+    assert_eq!(nonce, 0);
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_killed_before_broadcast_rebroadcasts_the_same_tx() {
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (mut fc, wallets) = start_eth(&anvil, &["w-crash"]).await;
+    let wallet = wallets[0];
+    fund(&rpc, wallet, 5 * ETH).await;
+    let w = create(&fc, "crash-1", "w-crash", "ETH", PAYEE_2, 3 * ETH / 2).await;
+    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
+    approve(&fc.approver, &w, "alice").await;
+    approve(&fc.approver, &w, "bob").await;
+    // Freeze anvil as soon as the transaction exists: signing goes on, the
+    // broadcast cannot happen.
+    let started = Instant::now();
+    let tx = loop {
+        let now = get(&fc, &w.id).await;
+        if !now.unsigned_tx.is_empty() {
+            anvil.freeze();
+            break now.unsigned_tx;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{now:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let signed = wait_for(&fc, &w.id, "broadcast", Duration::from_secs(60)).await;
+    assert_eq!(signed.unsigned_tx, tx);
+    let hash = find_hash(&signed).unwrap();
+    // It waits in `broadcast`, saying the node is unreachable.
+    let started = Instant::now();
+    loop {
+        let now = get(&fc, &w.id).await;
+        assert_eq!(now.state, "broadcast");
+        if now.signer_notes.iter().any(|n| n.contains("chain anvil")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fc.tc.cluster.kill_coordinator().unwrap();
+    anvil.thaw();
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+    let (hash2, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    assert_eq!(hash2, hash, "the stored raw transaction, not a new one");
+    assert_eq!(nonce, 0);
+    assert!(receipt.success);
+    let done = get(&fc, &w.id).await;
+    assert_eq!(done.unsigned_tx, tx, "never rebuilt");
+    assert_eq!(done.signature_r, signed.signature_r, "never re-signed");
+    assert_eq!(
+        rpc.transaction_count(wallet, BlockTag::Latest)
+            .await
+            .unwrap(),
+        1,
+        "broadcast once"
+    );
+    fc.tc.cluster.stop().await.unwrap();
+}
