@@ -678,6 +678,34 @@ async fn cli_checks(layout: &custos_devkit::ClusterLayout, pool: &sqlx::AnyPool)
     let (code, out, err) = custos(&["ledger", "reconcile", "--rpc", &rpc, "--cluster", dir]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ledger and chain agree"), "{out}");
+    // An admin tightens the wallet's overdraft limit (first set: unlimited).
+    let (limit,): (String,) = sqlx::query_as(
+        "SELECT max_overdraft FROM ledger_overdrafts WHERE wallet = 'w-hot' AND asset = 'ETH'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(limit, i128::MAX.to_string());
+    let (code, out, err) = custos(&[
+        "ledger",
+        "overdraft",
+        "--wallet",
+        "w-hot",
+        "--asset",
+        "ETH",
+        "--limit",
+        "0",
+        "--cluster",
+        dir,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (limit,): (String,) = sqlx::query_as(
+        "SELECT max_overdraft FROM ledger_overdrafts WHERE wallet = 'w-hot' AND asset = 'ETH'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(limit, "0");
 }
 
 // -------------------------------------------------------------------- test

@@ -23,6 +23,24 @@ pub enum LedgerCommand {
     Exceptions(OutputArgs),
     /// Record a deposit (admin): external → available, idempotent per reference.
     Deposit(DepositArgs),
+    /// Set how far below zero a wallet's available balance may go (admin).
+    Overdraft(OverdraftArgs),
+}
+
+/// Arguments of `custos ledger overdraft`.
+#[derive(clap::Args)]
+pub struct OverdraftArgs {
+    /// Wallet id.
+    #[arg(long)]
+    wallet: String,
+    /// Asset symbol.
+    #[arg(long)]
+    asset: String,
+    /// `unlimited`, or base units (0: no overdraft).
+    #[arg(long)]
+    limit: String,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// Output switches.
@@ -95,6 +113,7 @@ pub fn run(command: LedgerCommand) -> anyhow::Result<ExitCode> {
         LedgerCommand::Check(a) => check(a),
         LedgerCommand::Exceptions(a) => exceptions(a),
         LedgerCommand::Deposit(a) => deposit(a),
+        LedgerCommand::Overdraft(a) => overdraft(a),
     }
 }
 
@@ -280,6 +299,19 @@ fn deposit(a: DepositArgs) -> anyhow::Result<ExitCode> {
     println!(
         "deposit {reference}: entry {entry}{}",
         if replayed { " (already recorded)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn overdraft(a: OverdraftArgs) -> anyhow::Result<ExitCode> {
+    let api = a.http.api(custos_devkit::ADMIN_CLIENT)?;
+    let body = json!({ "wallet": a.wallet, "asset": a.asset, "limit": a.limit });
+    let out = block_on(api.call("POST", "/v1/ledger/overdrafts", Some(&body)))?;
+    println!(
+        "overdraft limit of {}/{}: {}",
+        s(&out, "wallet"),
+        s(&out, "asset"),
+        s(&out, "limit")
     );
     Ok(ExitCode::SUCCESS)
 }

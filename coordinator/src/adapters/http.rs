@@ -15,6 +15,7 @@
 //! | `GET /v1/ledger/invariants` | auditor | invariant violations (empty when consistent) |
 //! | `GET /v1/ledger/exceptions` | auditor | postings the ledger refused |
 //! | `POST /v1/ledger/deposits` `{wallet, asset, amount, reference}` | admin | records a deposit (idempotent per reference) |
+//! | `POST /v1/ledger/overdrafts` `{wallet, asset, limit}` | admin | sets a wallet's overdraft limit (`"unlimited"`, or base units; `"0"` = none) |
 //! | `GET /v1/ledger/reconcile?chain=eth[&rpc=URL]` | auditor (`rpc`: admin) | ledger vs chain balances |
 
 use std::collections::BTreeSet;
@@ -122,6 +123,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/ledger/invariants", get(invariants))
         .route("/v1/ledger/exceptions", get(exceptions))
         .route("/v1/ledger/deposits", post(deposit))
+        .route("/v1/ledger/overdrafts", post(set_overdraft))
         .route("/v1/ledger/reconcile", get(reconcile))
         .with_state(state)
 }
@@ -384,6 +386,35 @@ async fn deposit(
     Ok(Json(
         json!({ "entry_id": posted.entry_id, "replayed": posted.replayed }),
     ))
+}
+
+#[derive(Deserialize)]
+struct OverdraftBody {
+    wallet: String,
+    asset: String,
+    limit: String,
+}
+
+async fn set_overdraft(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Json(body): Json<OverdraftBody>,
+) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Admin])?;
+    let limit = super::ledger::parse_overdraft(&body.limit)
+        .map_err(|e| bad_request(format!("limit: {e}")))?;
+    if body.wallet.is_empty() || body.asset.is_empty() {
+        return Err(bad_request("wallet and asset are required"));
+    }
+    let mut conn = s.pool.acquire().await.map_err(storage)?;
+    custos_ledger::set_overdraft_limit(&mut conn, &body.wallet, &body.asset, limit)
+        .await
+        .map_err(ledger_err)?;
+    tracing::info!(by = %id.id, wallet = %body.wallet, asset = %body.asset, limit = %body.limit,
+        "ledger overdraft limit set");
+    Ok(Json(json!({
+        "wallet": body.wallet, "asset": body.asset, "limit": limit.to_string(),
+    })))
 }
 
 #[derive(Deserialize)]

@@ -93,6 +93,8 @@ impl LedgerHook {
     /// A hook giving new (wallet, asset) pairs `default_overdraft` (base units;
     /// see [`parse_overdraft`]).
     pub fn new(default_overdraft: u128) -> Self {
+        // The ledger refuses limits above i128::MAX; so does parse_overdraft.
+        let default_overdraft = default_overdraft.min(i128::MAX.unsigned_abs());
         Self {
             default_overdraft,
             exceptions: Arc::new(AtomicU64::new(0)),
@@ -213,38 +215,26 @@ impl LedgerHook {
         Ok(())
     }
 
-    /// Gives a (wallet, asset) seen for the first time the default overdraft limit.
+    /// Gives a (wallet, asset) seen for the first time the default overdraft
+    /// limit. One `INSERT ... ON CONFLICT DO NOTHING` on the ledger's
+    /// `ledger_overdrafts` table: a limit an admin set (even concurrently) is
+    /// never overwritten.
     async fn ensure_overdraft(
         &self,
         conn: &mut AnyConnection,
         row: &WithdrawalRow,
     ) -> Result<(), CoordError> {
-        let existing: Option<(String,)> = sqlx::query_as(
-            "SELECT max_overdraft FROM ledger_overdrafts WHERE wallet = $1 AND asset = $2",
+        sqlx::query(
+            "INSERT INTO ledger_overdrafts (wallet, asset, max_overdraft) VALUES ($1, $2, $3)
+             ON CONFLICT (wallet, asset) DO NOTHING",
         )
         .bind(&row.wallet)
         .bind(&row.asset)
-        .fetch_optional(&mut *conn)
+        .bind(self.default_overdraft.to_string())
+        .execute(&mut *conn)
         .await
         .map_err(|e| CoordError::Storage(format!("ledger overdraft: {e}")))?;
-        if existing.is_some() {
-            return Ok(());
-        }
-        match custos_ledger::set_overdraft_limit(
-            conn,
-            &row.wallet,
-            &row.asset,
-            self.default_overdraft,
-        )
-        .await
-        {
-            Ok(()) => Ok(()),
-            Err(LedgerError::Db(e)) => Err(CoordError::Storage(format!("ledger overdraft: {e}"))),
-            Err(e) => {
-                self.exception(conn, row, State::Requested, "overdraft", &e.to_string())
-                    .await
-            }
-        }
+        Ok(())
     }
 }
 
