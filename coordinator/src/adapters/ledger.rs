@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `requested` (creation) | the (wallet, asset) gets the configured default overdraft limit if it has none |
 //! | `approved` | `reserve` (available → reserved) |
-//! | [`SETTLEMENT_STATE`] (`signed` for now) | `settle` with [`settlement_fee`] (reserved → external, fee available → fees) |
+//! | `confirmed`, or `signed` without a chain transaction ([`settles`]) | `settle` with [`settlement_fee`] (reserved → external, fee available → fees) |
 //! | `cancelled`, `failed`, `expired`, `rejected` | `release` (reserved → available) when a reservation exists |
 //!
 //! The hook runs inside the transition's transaction, so a posting commits
@@ -29,12 +29,21 @@ use crate::error::CoordError;
 use crate::withdrawal::State;
 use crate::withdrawal::store::{HookFuture, TransitionHook, WithdrawalRow, now_ms};
 
-/// The state at which a withdrawal's reservation is settled. `signed` until
-/// the chain adapter broadcasts and confirms transactions; it then becomes
-/// `confirmed` (and [`settlement_fee`] the receipt's fee).
-pub const SETTLEMENT_STATE: State = State::Signed;
+/// Where a withdrawal's reservation is settled: `confirmed` for a chain with
+/// a transaction adapter, `signed` for a withdrawal without a chain
+/// transaction (its last state).
+pub const SETTLEMENT_STATE: State = State::Confirmed;
 
-/// Terminal exits that give a reservation back.
+/// Whether entering `to` settles `row`'s reservation: [`SETTLEMENT_STATE`],
+/// or `signed` when the withdrawal carries no chain transaction (no adapter
+/// for its chain: nothing is broadcast and `signed` is final).
+pub fn settles(row: &WithdrawalRow, to: State) -> bool {
+    to == SETTLEMENT_STATE
+        || (to == State::Signed && row.unsigned_tx.as_deref().is_none_or(<[u8]>::is_empty))
+}
+
+/// Terminal exits that give a reservation back (`failed` includes a
+/// transaction that reverted on chain: the value never left).
 pub const RELEASE_STATES: [State; 4] = [
     State::Cancelled,
     State::Failed,
@@ -43,8 +52,9 @@ pub const RELEASE_STATES: [State; 4] = [
 ];
 
 /// The network fee settled with a withdrawal: `(fee asset, base units)`.
-/// Zero until the chain adapter reports the fee actually paid (receipt gas
-/// used × effective gas price, in the chain's native asset).
+/// Zero until the chain adapter records the fee actually paid (receipt gas
+/// used × effective gas price, in the chain's native asset) where this can
+/// read it.
 pub fn settlement_fee(row: &WithdrawalRow) -> (String, u128) {
     (row.asset.clone(), 0)
 }
@@ -134,7 +144,7 @@ impl LedgerHook {
             let r = custos_ledger::reserve(conn, &row.id, &row.wallet, &row.asset, amount).await;
             return self.outcome(conn, row, to, "reserve", r).await;
         }
-        if to == SETTLEMENT_STATE {
+        if settles(row, to) {
             let (fee_asset, fee) = settlement_fee(row);
             let r = custos_ledger::settle(conn, &row.id, &fee_asset, fee).await;
             if let Err(LedgerError::NotReserved { .. }) = r {

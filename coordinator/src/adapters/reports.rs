@@ -9,7 +9,7 @@
 //!
 //! | name | rows | `group` |
 //! |---|---|---|
-//! | `volume` | settled withdrawals (state [`SETTLEMENT_STATE`]): count and amount per asset | `asset` (default), `wallet`, `day` |
+//! | `volume` | settled withdrawals ([`SETTLED_STATES`]): count and amount per asset | `asset` (default), `wallet`, `day` |
 //! | `states` | withdrawals per current state (final for terminal ones) | none, `wallet`, `asset`, `day` |
 //! | `approval-latency` | withdrawals that needed approvals and reached a quorum: request (`created_ms`) → quorum (`approved_at`), count, p50, p95, max in ms (nearest-rank percentiles; `approved_at` has second resolution) | none, `wallet`, `asset`, `day` |
 //! | `blocked` | every blocked or cancelled withdrawal with its rule and reason | (a list) |
@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 
-use super::ledger::SETTLEMENT_STATE;
 use crate::error::CoordError;
 
 /// The report names.
@@ -34,6 +33,10 @@ pub const REPORTS: [&str; 6] = [
     "risk",
     "fees",
 ];
+
+/// The final states of a withdrawal whose value left: `confirmed` (chains
+/// with a transaction adapter) and `signed` (chains without one).
+pub const SETTLED_STATES: [&str; 2] = ["signed", "confirmed"];
 
 /// How rows are grouped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,7 +317,7 @@ async fn volume(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Table, Coor
     let group = q.group.or(Some(Group::Asset));
     let mut acc: BTreeMap<Vec<String>, (u64, u128)> = BTreeMap::new();
     for w in withdrawals(conn, q).await? {
-        if w.state != SETTLEMENT_STATE.as_str() {
+        if !SETTLED_STATES.contains(&w.state.as_str()) {
             continue;
         }
         let amount: u128 = w.amount.parse().map_err(|_| {

@@ -214,6 +214,62 @@ async fn hooks_scenario(db: Db) {
     assert_eq!(p["from"], Value::Null);
     assert_eq!(events_of(&db, "wd-blocked").await.len(), 4);
 
+    // A chain transaction: `signed` does not settle, `confirmed` does; a
+    // transaction that reverts (broadcast → failed) releases.
+    for (id, end) in [("wd-chain", State::Confirmed), ("wd-revert", State::Failed)] {
+        store.insert(&row(id, "hot", 10)).await.unwrap();
+        walk(&store, id, &TO_SIGNED[..3]).await;
+        store
+            .transition(
+                id,
+                &[State::Approved],
+                State::Signing,
+                vec![("unsigned_tx", Val::Blob(Some(vec![2, 0xf8])))],
+                "tx built",
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        for (from, to) in [
+            (State::Signing, State::Signed),
+            (State::Signed, State::Broadcast),
+        ] {
+            store
+                .transition(id, &[from], to, vec![], "chain")
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(entry_kinds(&db, id).await, [EntryKind::Reserve], "{id}");
+        store
+            .transition(id, &[State::Broadcast], end, vec![], "mined")
+            .await
+            .unwrap()
+            .unwrap();
+        let outcome = if end == State::Confirmed {
+            EntryKind::Settle
+        } else {
+            EntryKind::Release
+        };
+        assert_eq!(
+            entry_kinds(&db, id).await,
+            [EntryKind::Reserve, outcome],
+            "{id}"
+        );
+    }
+    assert_eq!(balance(&db, "hot", AccountKind::External).await, 710);
+    assert_eq!(balance(&db, "hot", AccountKind::Available).await, -710);
+    let types: Vec<String> = events_of(&db, "wd-chain")
+        .await
+        .into_iter()
+        .map(|(_, t, _)| t)
+        .collect();
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("withdrawal.confirmed")
+    );
+    assert_eq!(types.len(), 8);
+
     // A finite overdraft: the shortfall is recorded, the withdrawal proceeds;
     // the settlement reserves again once the funds are there.
     let strict = Arc::new(LedgerHook::new(0));
