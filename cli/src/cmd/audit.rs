@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use custos_audit::{
-    ExportBundle, RequireSatisfiedDecision, TrustRoots, VerifierKey, verify_bundle,
+    AuthorizationReplay, ExportBundle, RequireSatisfiedDecision, TrustRoots, VerifierKey,
+    verify_bundle,
 };
+
+use super::audit_replay::PolicyReplay;
 
 /// `custos audit` subcommands.
 #[derive(clap::Subcommand)]
@@ -15,8 +18,23 @@ pub enum AuditCommand {
     /// Verify an export bundle offline: recompute the tree, check every
     /// checkpoint signature and witness quorum, consistency with your previous
     /// checkpoint, and that every signature followed a satisfied decision.
-    /// Exits 1 naming the first bad entry.
+    /// With --policy, replay each signature's authorisation with the policy
+    /// engine: the decision's policy document and rule, the approvers' Ed25519
+    /// signatures over the statement, the quorum, no rejection, the signed
+    /// digest and the time lock. Exits 1 naming the first bad entry.
+    #[command(after_help = VERIFY_HELP)]
     Verify(VerifyArgs),
+    /// Download an export bundle (ExportAuditBundle, auditor role) to a file,
+    /// and the checkpoint it ends at (your next --previous).
+    Export(ExportArgs),
+    /// Print the log key and the signers' witness keys as the coordinator
+    /// reports them (GetClusterStatus), as `custos audit verify` options
+    /// (`--log-key`, one `--witness-key` per signer, and `--witness-quorum` =
+    /// the signing threshold: a signature needs its decision in a checkpoint
+    /// co-signed by the signers of that round, while the third signer may only
+    /// co-sign a later checkpoint). Compare the keys with ones obtained out of
+    /// band before trusting them: the coordinator is the party being audited.
+    Keys(KeysArgs),
     /// Follow the coordinator's log: print each new checkpoint (size, root,
     /// cosigners) and verify it is consistent with the previous one (RFC 9162
     /// consistency proof). Exits 1 naming the sizes if a proof fails.
@@ -47,6 +65,36 @@ pub struct TailArgs {
     json: bool,
 }
 
+/// Arguments of `custos audit export`.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    conn: super::conn::ConnArgs,
+    /// Where to write the bundle (JSON).
+    #[arg(long, short, value_name = "FILE")]
+    out: PathBuf,
+    /// First entry index.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    from: u64,
+    /// One past the last entry [default: the latest checkpoint's size].
+    #[arg(long, value_name = "N")]
+    to: Option<u64>,
+    /// Size of your previous checkpoint, to ship a consistency proof from it.
+    #[arg(long, value_name = "N")]
+    previous_size: Option<u64>,
+    /// Also write the latest checkpoint note here (keep it for the next --previous
+    /// once the bundle verifies).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+}
+
+/// Arguments of `custos audit keys`.
+#[derive(clap::Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    conn: super::conn::ConnArgs,
+}
+
 /// Arguments of `custos audit verify`.
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -64,6 +112,16 @@ pub struct VerifyArgs {
     /// The last checkpoint you verified (signed note file): the bundle must extend it.
     #[arg(long, value_name = "CHECKPOINT")]
     previous: Option<PathBuf>,
+    /// A policy document (TOML or JSON, exactly as the admins signed it) named by
+    /// the log's policy activations and decisions; repeat for each bundle in
+    /// force during the range. Turns on the full replay of every signature's
+    /// authorisation with the policy engine [default: structural replay only].
+    #[arg(long = "policy", value_name = "FILE")]
+    policies: Vec<PathBuf>,
+    /// The admin set (`threshold`, `keys`; TOML or JSON) you trust: every policy
+    /// activation entry must carry an admin quorum over its document (needs --policy).
+    #[arg(long, value_name = "FILE", requires = "policies")]
+    admins: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -74,6 +132,8 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify(args) => verify(args),
         AuditCommand::Tail(args) => tail(args),
+        AuditCommand::Export(args) => export(args),
+        AuditCommand::Keys(args) => keys(args),
     }
 }
 
@@ -118,17 +178,34 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         witness_keys,
         witness_quorum,
     };
-    let report = verify_bundle(
-        &bundle,
-        &trust,
-        previous.as_deref(),
-        &RequireSatisfiedDecision,
-    );
+    let policy_replay = if args.policies.is_empty() {
+        None
+    } else {
+        Some(PolicyReplay::load(
+            &args.policies,
+            args.admins.as_deref(),
+            &bundle,
+        )?)
+    };
+    let replay: &dyn AuthorizationReplay = match &policy_replay {
+        Some(r) => r,
+        None => &RequireSatisfiedDecision,
+    };
+    let mut report = verify_bundle(&bundle, &trust, previous.as_deref(), replay);
+    if let Some(r) = &policy_replay {
+        r.check_activations(&bundle, &mut report);
+    }
+    let replay_mode = match &policy_replay {
+        Some(r) if r.checks_admins() => "policy+admins",
+        Some(_) => "policy",
+        None => "structural",
+    };
 
     if args.json {
         let out = serde_json::json!({
             "ok": report.is_ok(),
             "first_failure": report.first_failure(),
+            "replay": replay_mode,
             "report": &report,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -151,7 +228,34 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         println!("entries      {}", kinds.join(" "));
-        println!("signatures   {} authorised", report.signatures_authorised);
+        let how = match &policy_replay {
+            Some(r) => format!(
+                "policy replay: decision, rule, approver signatures, quorum, digest and time lock \
+                 re-checked against {} policy document(s){}",
+                r.documents().count(),
+                if r.checks_admins() {
+                    ", admin signatures checked"
+                } else {
+                    ""
+                }
+            ),
+            None => "structural replay; add --policy to re-check approvals with the policy engine"
+                .to_owned(),
+        };
+        let signatures = report
+            .entry_kinds
+            .get("signature_produced")
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "signatures   {} authorised of {signatures} checked ({how})",
+            report.signatures_authorised
+        );
+        if let Some(r) = &policy_replay {
+            for (hash, source) in r.documents() {
+                println!("policy       {hash}  ({source})");
+            }
+        }
         for f in report.failures.iter().take(20) {
             let at = f.entry.map_or(String::new(), |e| format!("entry {e} "));
             eprintln!(
@@ -180,6 +284,107 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    use super::conn::rpc;
+    use custos_proto::custody::{ExportAuditBundleRequest, GetCheckpointRequest};
+
+    super::conn::block_on(async move {
+        let mut client = args.conn.connect(custos_devkit::AUDITOR_CLIENT).await?;
+        let cp = client
+            .get_checkpoint(GetCheckpointRequest {})
+            .await
+            .map_err(rpc("GetCheckpoint"))?
+            .into_inner();
+        let to = args.to.unwrap_or(cp.size);
+        let bundle = client
+            .export_audit_bundle(ExportAuditBundleRequest {
+                from: args.from,
+                to,
+                previous_size: args.previous_size.unwrap_or(0),
+            })
+            .await
+            .map_err(rpc("ExportAuditBundle"))?
+            .into_inner();
+        let parsed: ExportBundle = serde_json::from_slice(&bundle.json)
+            .context("the coordinator's answer is not an export bundle")?;
+        std::fs::write(&args.out, &bundle.json)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        if let Some(path) = &args.checkpoint {
+            std::fs::write(path, &cp.note)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        println!(
+            "wrote {}: entries [{}, {}), {} checkpoints",
+            args.out.display(),
+            parsed.start,
+            parsed.start + parsed.entries.len() as u64,
+            parsed.checkpoints.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn keys(args: KeysArgs) -> anyhow::Result<ExitCode> {
+    use super::conn::rpc;
+    use custos_proto::custody::GetClusterStatusRequest;
+
+    super::conn::block_on(async move {
+        let mut client = args.conn.connect(custos_devkit::AUDITOR_CLIENT).await?;
+        let st = client
+            .get_cluster_status(GetClusterStatusRequest {})
+            .await
+            .map_err(rpc("GetClusterStatus"))?
+            .into_inner();
+        if st.log_key.is_empty() {
+            bail!("the coordinator reports no log key");
+        }
+        println!("--log-key {}", st.log_key);
+        for s in &st.signers {
+            if s.witness_key.is_empty() {
+                eprintln!("note: {} reports no witness key ({})", s.node_id, s.state);
+            } else {
+                println!("--witness-key {}", s.witness_key);
+            }
+        }
+        // The coordinator may not report its threshold; a dev cluster's layout has it.
+        let threshold = match st.threshold {
+            0 if args.conn.endpoint.is_none() => args
+                .conn
+                .layout()
+                .map(|l| u32::from(l.threshold))
+                .unwrap_or(0),
+            t => t,
+        };
+        if threshold > 0 {
+            println!("--witness-quorum {threshold}");
+        } else {
+            eprintln!(
+                "note: the coordinator does not report its signing threshold: pass \
+                 --witness-quorum (the number of signers in a signing round) yourself"
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Usage notes shown after `custos audit verify --help`.
+const VERIFY_HELP: &str = "\
+Examples:
+  custos audit keys > trust.args       # the keys as the coordinator reports them:
+                                       # check them against your own records
+  custos audit export --out bundle.json --checkpoint next-checkpoint.txt
+  custos audit verify bundle.json \\
+      --log-key 'custos.local/log+1234abcd+AB...' \\
+      --witness-key signer-1.pub --witness-key signer-2.pub --witness-key signer-3.pub \\
+      --witness-quorum 2 \\
+      --previous last-checkpoint.txt \\
+      --policy policy.toml --admins admins.toml
+  custos audit verify bundle.json $(cat trust.args) --policy policy.toml
+
+Exit status 0: every entry is committed by checkpoints signed by the log key and
+co-signed by the witness quorum, the bundle extends --previous, and every
+signature was authorised. Exit status 1: the first bad entry is named.";
 
 /// One checkpoint as fetched.
 struct Seen {
