@@ -223,6 +223,11 @@ impl Cluster {
         })
     }
 
+    /// Threshold of new keys when a request does not say.
+    pub fn default_threshold(&self) -> u16 {
+        self.settings.default_threshold
+    }
+
     /// `none`, `waiting: ...`, `running`, `ready`, `failed: ...`.
     pub fn aux_state(&self) -> String {
         self.aux_state

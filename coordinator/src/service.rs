@@ -327,7 +327,7 @@ impl Custody for CustodyService {
             .collect();
         Ok(Response::new(ClusterStatus {
             signers,
-            threshold: 0,
+            threshold: u32::from(c.default_threshold()),
             aux_info: c.aux_state(),
             keys: c.db.keys().await.map_err(status)?.len() as u32,
             presignatures_ready: c.db.ready_presig_total().await.map_err(status)?,
