@@ -554,3 +554,332 @@ async fn coordinator_killed_before_broadcast_rebroadcasts_the_same_tx() {
     );
     fc.tc.cluster.stop().await.unwrap();
 }
+
+/// SignerControl clients authenticated as the coordinator (a compromised
+/// coordinator host), as in tests/tests/cosigner.rs.
+async fn rogue_clients(
+    layout: &custos_devkit::ClusterLayout,
+) -> Vec<(
+    String,
+    custos_proto::signer::signer_control_client::SignerControlClient<tonic::transport::Channel>,
+)> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
+    let id = Identity::from_pem(
+        std::fs::read(&layout.coordinator.client_cert).unwrap(),
+        std::fs::read(&layout.coordinator.client_key).unwrap(),
+    );
+    let mut out = Vec::new();
+    for s in &layout.signers {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(ca.clone())
+            .identity(id.clone())
+            .domain_name(s.node_id.clone());
+        let ch = Channel::from_shared(s.control_endpoint.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        out.push((
+            s.node_id.clone(),
+            custos_proto::signer::signer_control_client::SignerControlClient::new(ch),
+        ));
+    }
+    out
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An unsigned EIP-1559 transfer as the coordinator would build it.
+fn unsigned(
+    chain_id: u64,
+    asset: custos_chains::evm::asset::Asset,
+    recipient: Address,
+    amount: U256,
+    gas_limit: u64,
+    max_fee_per_gas: u128,
+) -> Vec<u8> {
+    let tx = custos_chains::evm::tx::build_unsigned(&custos_chains::evm::tx::TransferRequest {
+        chain_id,
+        from: Address::repeat_byte(0x11),
+        recipient,
+        asset,
+        amount,
+        nonce: 0,
+        gas_limit,
+        max_fee_per_gas,
+        max_priority_fee_per_gas: 1,
+    })
+    .unwrap();
+    custos_chains::evm::tx::encode_unsigned(&tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signers_refuse_a_transaction_that_differs_from_the_approval() {
+    use custos_chains::evm::asset::Asset;
+    use custos_policy::{
+        ActivePolicy, Amount, Approval, ApprovalStatement, Policy, Timestamp, Verdict,
+        Withdrawal as PW, evaluate, intent_digest,
+    };
+    use custos_proto::signer::{SignWithdrawalRequest, WithdrawalAuthorization};
+
+    let anvil = Anvil::start().await;
+    let (fc, _) = start_eth(&anvil, &[]).await;
+    let layout = fc.tc.cluster.layout().clone();
+    let signers = rogue_clients(&layout).await;
+    let p = layout.policy.as_ref().unwrap();
+    let document = std::fs::read(&p.document).unwrap();
+    let signatures = std::fs::read(&p.signatures).unwrap();
+    let expiry = unix_now() + 3600;
+    let fee_cap: u128 = 2_100_000_000_000_000;
+
+    // An approved withdrawal: 1.5 ETH, or 200 MINI, to payee 1, on anvil.
+    let approved = |id: &str, asset: &str, amount: u128| {
+        let mut w = PW {
+            id: id.into(),
+            wallet: "w-rogue".into(),
+            chain: "anvil".into(),
+            asset: asset.into(),
+            destination: PAYEE_1.into(),
+            amount: Amount(amount),
+            fee_cap: Amount(fee_cap),
+            initiator: "payments-backend".into(),
+            tx_digest: String::new(),
+        };
+        w.tx_digest = hex::encode(intent_digest(&w));
+        let active = ActivePolicy::assumed(Policy::parse(&document).unwrap(), Timestamp(0));
+        let d = evaluate(&active, &w, &[], Timestamp(unix_now()), 0).unwrap();
+        let rule = d.rule_id.clone().unwrap();
+        let st = ApprovalStatement::for_decision(&d, &w, Timestamp(expiry)).unwrap();
+        let approvals: Vec<Approval> = ["alice", "bob"]
+            .iter()
+            .map(|who| Approval::sign(&st, Verdict::Approve, who, &approver_key(who)).unwrap())
+            .collect();
+        (w, rule, approvals)
+    };
+    let auth = |w: &PW, rule: &str, approvals: &[Approval], tx: Vec<u8>| WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(w).unwrap(),
+        unsigned_tx: tx,
+        policy_document: document.clone(),
+        policy_signatures: signatures.clone(),
+        rule_id: rule.into(),
+        statement_expiry: expiry,
+        risk_score: 0,
+        approvals_json: serde_json::to_vec(approvals).unwrap(),
+        ..Default::default()
+    };
+
+    let eth_amount = U256::from(3 * ETH / 2);
+    let (w, rule, approvals) = approved("rogue-eth", "ETH", 3 * ETH / 2);
+    assert_eq!(rule, "medium-two-approvals");
+    let good = unsigned(
+        CHAIN_ID,
+        Asset::eth(),
+        addr(PAYEE_1),
+        eth_amount,
+        21_000,
+        1_000_000_000,
+    );
+    let mini = Asset::erc20(addr(MINI), "MINI", 18).unwrap();
+    let mini_amount = U256::from(200u64) * U256::from(ETH);
+    let (tw, trule, tapprovals) = approved("rogue-mini", "MINI", 200 * ETH);
+    assert_eq!(trule, "mini-token-allow");
+    let good_token = unsigned(
+        CHAIN_ID,
+        mini.clone(),
+        addr(PAYEE_1),
+        mini_amount,
+        60_000,
+        1_000_000_000,
+    );
+    let other_token = Asset::erc20(Address::repeat_byte(0x77), "MINI", 18).unwrap();
+
+    let cases: Vec<(&str, WithdrawalAuthorization, &str)> = vec![
+        (
+            "other recipient",
+            auth(
+                &w,
+                &rule,
+                &approvals,
+                unsigned(
+                    CHAIN_ID,
+                    Asset::eth(),
+                    addr(PAYEE_2),
+                    eth_amount,
+                    21_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field to",
+        ),
+        (
+            "other value",
+            auth(
+                &w,
+                &rule,
+                &approvals,
+                unsigned(
+                    CHAIN_ID,
+                    Asset::eth(),
+                    addr(PAYEE_1),
+                    eth_amount * U256::from(2u8),
+                    21_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field value",
+        ),
+        (
+            "other chain id",
+            auth(
+                &w,
+                &rule,
+                &approvals,
+                unsigned(
+                    1,
+                    Asset::eth(),
+                    addr(PAYEE_1),
+                    eth_amount,
+                    21_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field chain_id",
+        ),
+        (
+            "fee cap above the approved one",
+            auth(
+                &w,
+                &rule,
+                &approvals,
+                unsigned(
+                    CHAIN_ID,
+                    Asset::eth(),
+                    addr(PAYEE_1),
+                    eth_amount,
+                    21_000,
+                    1_000_000_000_000,
+                ),
+            ),
+            "field fee_cap",
+        ),
+        (
+            "ETH approved, token transfer built",
+            auth(
+                &w,
+                &rule,
+                &approvals,
+                unsigned(
+                    CHAIN_ID,
+                    mini.clone(),
+                    addr(PAYEE_1),
+                    eth_amount,
+                    60_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field to",
+        ),
+        (
+            "calldata recipient",
+            auth(
+                &tw,
+                &trule,
+                &tapprovals,
+                unsigned(
+                    CHAIN_ID,
+                    mini.clone(),
+                    addr(PAYEE_3),
+                    mini_amount,
+                    60_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field recipient",
+        ),
+        (
+            "calldata amount",
+            auth(
+                &tw,
+                &trule,
+                &tapprovals,
+                unsigned(
+                    CHAIN_ID,
+                    mini.clone(),
+                    addr(PAYEE_1),
+                    mini_amount + U256::from(1u8),
+                    60_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field amount",
+        ),
+        (
+            "other token contract",
+            auth(
+                &tw,
+                &trule,
+                &tapprovals,
+                unsigned(
+                    CHAIN_ID,
+                    other_token,
+                    addr(PAYEE_1),
+                    mini_amount,
+                    60_000,
+                    1_000_000_000,
+                ),
+            ),
+            "field to",
+        ),
+        (
+            "garbage bytes",
+            auth(&w, &rule, &approvals, vec![0x02, 0xc0]),
+            "unsigned_tx",
+        ),
+    ];
+    for (what, a, why) in &cases {
+        for (node, c) in &signers {
+            let e = c.clone().register_quorum(a.clone()).await.unwrap_err();
+            assert_eq!(
+                e.code(),
+                tonic::Code::PermissionDenied,
+                "{what}: {node} register: {e}"
+            );
+            assert!(e.message().contains(why), "{what}: {node} register: {e}");
+            let e = c
+                .clone()
+                .sign_withdrawal(SignWithdrawalRequest {
+                    authorization: Some(a.clone()),
+                    key_id: "w-rogue".into(),
+                    presignature_id: "ps-rogue".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.code(),
+                tonic::Code::PermissionDenied,
+                "{what}: {node} sign: {e}"
+            );
+            assert!(e.message().contains(why), "{what}: {node} sign: {e}");
+        }
+    }
+    // The matching transactions pass the same checks (the quorum registers).
+    for (node, c) in &signers {
+        c.clone()
+            .register_quorum(auth(&w, &rule, &approvals, good.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{node}: good ETH tx refused: {e}"));
+        c.clone()
+            .register_quorum(auth(&tw, &trule, &tapprovals, good_token.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{node}: good token tx refused: {e}"));
+    }
+    fc.tc.cluster.stop().await.unwrap();
+}
