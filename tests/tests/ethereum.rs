@@ -883,3 +883,46 @@ async fn signers_refuse_a_transaction_that_differs_from_the_approval() {
     }
     fc.tc.cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_transaction_is_resent_byte_for_byte() {
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (fc, wallets) = start_eth(&anvil, &["w-eth"]).await;
+    let wallet = wallets[0];
+    fund(&rpc, wallet, 5 * ETH).await;
+    // No mining: the transaction stays pending until we drop it.
+    rpc.request("evm_setAutomine", json!([false]))
+        .await
+        .unwrap();
+    let w = create(&fc, "drop-1", "w-eth", "ETH", PAYEE_1, ETH / 2).await;
+    let started = Instant::now();
+    let sent = loop {
+        let now = get(&fc, &w.id).await;
+        if now.state == "broadcast" && now.signer_notes.iter().any(|n| n.contains("pending")) {
+            break now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hash = find_hash(&sent).unwrap();
+    assert!(rpc.transaction_exists(hash).await.unwrap());
+    rpc.request("anvil_dropTransaction", json!([hash]))
+        .await
+        .unwrap();
+    assert!(!rpc.transaction_exists(hash).await.unwrap(), "dropped");
+    // The coordinator notices and sends the same bytes again.
+    let started = Instant::now();
+    while !rpc.transaction_exists(hash).await.unwrap() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not resent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rpc.request("evm_setAutomine", json!([true])).await.unwrap();
+    rpc.request("evm_mine", json!([])).await.unwrap();
+    let (hash2, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    assert_eq!(hash2, hash);
+    assert_eq!(nonce, 0);
+    assert!(receipt.success);
+    assert_eq!(receipt.from, wallet);
+    fc.tc.cluster.stop().await.unwrap();
+}
