@@ -210,6 +210,21 @@ async fn every_policy_action_end_to_end() {
     verify_signed(&pk, &signed);
     assert_eq!(signed.approvals.len(), 2);
 
+    // Two approvals arriving at the same moment both count.
+    let cc = backend
+        .clone()
+        .create_withdrawal(withdrawal_req("two-concurrent", "w-hot", WHITELISTED, 4 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    let (x, y) = tokio::join!(
+        submit_verdict(&fc.approver, &cc, "alice", PV::Approve, ""),
+        submit_verdict(&fc.approver, &cc, "carol", PV::Approve, "")
+    );
+    x.unwrap();
+    y.unwrap();
+    wait_state(&backend, &cc.id, &["signed"], LIMIT).await;
+
     // An explicit reject denies.
     let r = backend
         .clone()
