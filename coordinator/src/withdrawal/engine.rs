@@ -104,6 +104,9 @@ pub struct Engine {
     settings: FlowSettings,
     /// Serialises policy evaluation with the velocity history it reads.
     eval_lock: tokio::sync::Mutex<()>,
+    /// Serialises verdicts, so two approvals arriving together both count
+    /// (each sees the other) and exactly one of them completes the quorum.
+    verdict_lock: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashSet<String>>,
     changes: broadcast::Sender<()>,
     /// Withdrawals per state, refreshed by the ticker (metrics).
@@ -214,6 +217,7 @@ impl Engine {
             assets,
             settings,
             eval_lock: tokio::sync::Mutex::new(()),
+            verdict_lock: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashSet::new()),
             changes,
             counts: Mutex::new(Vec::new()),
@@ -1223,6 +1227,7 @@ impl Engine {
         self: &Arc<Self>,
         v: SubmittedVerdict,
     ) -> Result<WithdrawalRow, CoordError> {
+        let _serialised = self.verdict_lock.lock().await;
         let row = self.get(&v.withdrawal_id).await?;
         let state = row.state()?;
         text_ok("approver", &v.approver, 64, true)?;
