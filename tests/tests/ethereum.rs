@@ -215,6 +215,15 @@ fn signer_chains(chain_id: u64) -> String {
 /// A 2-of-3 cluster on `eth-policy.toml` with anvil configured, and wallets
 /// on chain "anvil"; returns the cluster and each wallet's address.
 async fn start_eth(anvil: &Anvil, wallets: &[&str]) -> (FlowCluster, Vec<Address>) {
+    start_eth_on(anvil, wallets, None).await
+}
+
+/// [`start_eth`] with the coordinator on the database at `database_url`.
+async fn start_eth_on(
+    anvil: &Anvil,
+    wallets: &[&str],
+    database_url: Option<&str>,
+) -> (FlowCluster, Vec<Address>) {
     let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/eth-policy.toml");
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
@@ -225,6 +234,10 @@ async fn start_eth(anvil: &Anvil, wallets: &[&str]) -> (FlowCluster, Vec<Address
     spec.bin_dir = Some(bin_dir());
     let layout = custos_devkit::generate(&spec).unwrap();
     let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+    if let Some(url) = database_url {
+        // Top-level keys go before the first [section].
+        cfg = format!("database_url = {url:?}\n{cfg}");
+    }
     cfg.push_str(&chain_toml(&anvil.url));
     std::fs::write(&layout.coordinator.config, cfg).unwrap();
     for s in &layout.signers {
@@ -924,5 +937,44 @@ async fn a_dropped_transaction_is_resent_byte_for_byte() {
     assert_eq!(nonce, 0);
     assert!(receipt.success);
     assert_eq!(receipt.from, wallet);
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nonces_on_postgresql() {
+    let url = custos_service::db::testdb::fresh_pg_url("custos_eth")
+        .await
+        .expect("PostgreSQL reachable (scripts/ensure-services.sh starts it)");
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (mut fc, wallets) = start_eth_on(&anvil, &["w-many"], Some(&url)).await;
+    fund(&rpc, wallets[0], 5 * ETH).await;
+    let mut ids = Vec::new();
+    for i in 0..4u128 {
+        let backend = fc.backend.clone();
+        ids.push(tokio::spawn(async move {
+            let mut req = withdrawal_req(&format!("pg-{i}"), "w-many", PAYEE_3, ETH / 10 + i);
+            req.asset = "ETH".into();
+            backend
+                .clone()
+                .create_withdrawal(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }));
+    }
+    let mut nonces = Vec::new();
+    for t in ids {
+        let id = t.await.unwrap();
+        nonces.push(confirmed_tx(&fc, &rpc, &id).await.1);
+    }
+    nonces.sort_unstable();
+    assert_eq!(nonces, vec![0, 1, 2, 3]);
+    // A restarted coordinator on the same database takes the next nonce.
+    fc.tc.cluster.kill_coordinator().unwrap();
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+    let w = create(&fc, "pg-after", "w-many", "ETH", PAYEE_3, ETH / 10).await;
+    assert_eq!(confirmed_tx(&fc, &rpc, &w.id).await.1, 4);
     fc.tc.cluster.stop().await.unwrap();
 }
