@@ -353,6 +353,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
             let chains =
                 custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
                     .map_err(|e| config_error(anyhow!("{e}")))?;
+            chains
+                .check_nodes()
+                .await
+                .map_err(|e| config_error(anyhow!("{e}")))?;
             engine.set_chains(Arc::new(chains));
             tokio::spawn(engine.clone().run());
             Some(engine)

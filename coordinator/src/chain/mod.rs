@@ -230,6 +230,27 @@ impl Chains {
         Ok(Self { evm, pool })
     }
 
+    /// Asks every node for its chain id: a node on another chain is a config
+    /// error (names the field); an unreachable one is only logged (the flow
+    /// waits for it).
+    pub async fn check_nodes(&self) -> Result<(), CoordError> {
+        for (i, c) in self.evm.iter().enumerate() {
+            match c.rpc.chain_id().await {
+                Ok(id) if id == c.settings.chain_id => {}
+                Ok(id) => {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "config field `chains[{i}].chain_id`: {} but the node at {} is on chain {id}",
+                        c.settings.chain_id, c.settings.rpc_url
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(chain = %c.settings.name, error = %e, "chain RPC unreachable at start; withdrawals on it wait")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The EVM chain named `name`, if configured.
     pub fn evm(&self, name: &str) -> Option<&EvmChain> {
         self.evm.iter().find(|c| c.settings.name == name)
