@@ -213,7 +213,12 @@ async fn every_policy_action_end_to_end() {
     // Two approvals arriving at the same moment both count.
     let cc = backend
         .clone()
-        .create_withdrawal(withdrawal_req("two-concurrent", "w-hot", WHITELISTED, 4 * ETH))
+        .create_withdrawal(withdrawal_req(
+            "two-concurrent",
+            "w-hot",
+            WHITELISTED,
+            4 * ETH,
+        ))
         .await
         .unwrap()
         .into_inner();
