@@ -453,3 +453,34 @@ pub async fn start_flow_tuned(
         tc,
     }
 }
+
+/// A signer control client.
+pub type SignerClient =
+    custos_proto::signer::signer_control_client::SignerControlClient<tonic::transport::Channel>;
+
+/// SignerControl clients authenticated with the coordinator's own mTLS
+/// identity, by node id: what an attacker who owns the coordinator host has.
+pub async fn coordinator_signer_clients(layout: &ClusterLayout) -> Vec<(String, SignerClient)> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
+    let id = Identity::from_pem(
+        std::fs::read(&layout.coordinator.client_cert).unwrap(),
+        std::fs::read(&layout.coordinator.client_key).unwrap(),
+    );
+    let mut out = Vec::new();
+    for s in &layout.signers {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(ca.clone())
+            .identity(id.clone())
+            .domain_name(s.node_id.clone());
+        let ch = Channel::from_shared(s.control_endpoint.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        out.push((s.node_id.clone(), SignerClient::new(ch)));
+    }
+    out
+}

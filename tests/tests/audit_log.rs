@@ -29,7 +29,7 @@ use custos_service::db::Db;
 use custos_tests::*;
 use k256::sha2::{Digest, Sha256};
 use sqlx::Row;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -386,27 +386,11 @@ async fn witnesses_refuse(fc: &FlowCluster, key: &str, before: u64, what: &str) 
 
 /// SignerControl clients with the coordinator's mTLS identity.
 async fn signer_clients(layout: &ClusterLayout) -> Vec<SignerControlClient<Channel>> {
-    let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
-    let id = Identity::from_pem(
-        std::fs::read(&layout.coordinator.client_cert).unwrap(),
-        std::fs::read(&layout.coordinator.client_key).unwrap(),
-    );
-    let mut out = Vec::new();
-    for s in &layout.signers {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(ca.clone())
-            .identity(id.clone())
-            .domain_name(s.node_id.clone());
-        let ch = Channel::from_shared(s.control_endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        out.push(SignerControlClient::new(ch));
-    }
-    out
+    coordinator_signer_clients(layout)
+        .await
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
 }
 
 /// Removes the entries from `index` on from an exported bundle (what an

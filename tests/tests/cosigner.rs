@@ -19,34 +19,13 @@ use custos_proto::signer::signer_control_client::SignerControlClient;
 use custos_proto::signer::{SignWithdrawalRequest, WithdrawalAuthorization};
 use custos_tests::*;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// SignerControl clients authenticated as the coordinator (what an attacker
-/// who owns the coordinator host has).
+/// SignerControl clients authenticated as the coordinator.
 async fn rogue_clients(layout: &ClusterLayout) -> Vec<(String, SignerControlClient<Channel>)> {
-    let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
-    let id = Identity::from_pem(
-        std::fs::read(&layout.coordinator.client_cert).unwrap(),
-        std::fs::read(&layout.coordinator.client_key).unwrap(),
-    );
-    let mut out = Vec::new();
-    for s in &layout.signers {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(ca.clone())
-            .identity(id.clone())
-            .domain_name(s.node_id.clone());
-        let ch = Channel::from_shared(s.control_endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        out.push((s.node_id.clone(), SignerControlClient::new(ch)));
-    }
-    out
+    coordinator_signer_clients(layout).await
 }
 
 struct Bundle {

@@ -570,37 +570,8 @@ async fn coordinator_killed_before_broadcast_rebroadcasts_the_same_tx() {
 
 /// SignerControl clients authenticated as the coordinator (a compromised
 /// coordinator host), as in tests/tests/cosigner.rs.
-async fn rogue_clients(
-    layout: &custos_devkit::ClusterLayout,
-) -> Vec<(
-    String,
-    custos_proto::signer::signer_control_client::SignerControlClient<tonic::transport::Channel>,
-)> {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-    let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
-    let id = Identity::from_pem(
-        std::fs::read(&layout.coordinator.client_cert).unwrap(),
-        std::fs::read(&layout.coordinator.client_key).unwrap(),
-    );
-    let mut out = Vec::new();
-    for s in &layout.signers {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(ca.clone())
-            .identity(id.clone())
-            .domain_name(s.node_id.clone());
-        let ch = Channel::from_shared(s.control_endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        out.push((
-            s.node_id.clone(),
-            custos_proto::signer::signer_control_client::SignerControlClient::new(ch),
-        ));
-    }
-    out
+async fn rogue_clients(layout: &custos_devkit::ClusterLayout) -> Vec<(String, SignerClient)> {
+    coordinator_signer_clients(layout).await
 }
 
 fn unix_now() -> i64 {

@@ -51,12 +51,17 @@ pub const RELEASE_STATES: [State; 4] = [
     State::Rejected,
 ];
 
-/// The network fee settled with a withdrawal: `(fee asset, base units)`.
-/// Zero until the chain adapter records the fee actually paid (receipt gas
-/// used × effective gas price, in the chain's native asset) where this can
-/// read it.
+/// Native asset of the EVM chains, in which their fees are paid.
+pub const EVM_NATIVE_ASSET: &str = "ETH";
+
+/// The network fee settled with a withdrawal: `(fee asset, base units)`: the
+/// fee the chain adapter recorded at confirmation (receipt gas used ×
+/// effective gas price, in the native asset), zero without a chain transaction.
 pub fn settlement_fee(row: &WithdrawalRow) -> (String, u128) {
-    (row.asset.clone(), 0)
+    match row.fee_paid.as_deref().and_then(|f| f.parse::<u128>().ok()) {
+        Some(fee) => (EVM_NATIVE_ASSET.to_owned(), fee),
+        None => (row.asset.clone(), 0),
+    }
 }
 
 /// The `default_overdraft` setting: `"unlimited"` or a base-unit amount.

@@ -241,8 +241,14 @@ async fn hooks_scenario(db: Db) {
                 .unwrap();
         }
         assert_eq!(entry_kinds(&db, id).await, [EntryKind::Reserve], "{id}");
+        // The adapter records the fee paid at confirmation.
+        let fee = if end == State::Confirmed {
+            vec![("fee_paid", Val::Text(Some("7".into())))]
+        } else {
+            vec![]
+        };
         store
-            .transition(id, &[State::Broadcast], end, vec![], "mined")
+            .transition(id, &[State::Broadcast], end, fee, "mined")
             .await
             .unwrap()
             .unwrap();
@@ -258,7 +264,9 @@ async fn hooks_scenario(db: Db) {
         );
     }
     assert_eq!(balance(&db, "hot", AccountKind::External).await, 710);
-    assert_eq!(balance(&db, "hot", AccountKind::Available).await, -710);
+    // The confirmed transaction's fee (7 wei) went from available to fees.
+    assert_eq!(balance(&db, "hot", AccountKind::Fees).await, 7);
+    assert_eq!(balance(&db, "hot", AccountKind::Available).await, -717);
     let types: Vec<String> = events_of(&db, "wd-chain")
         .await
         .into_iter()

@@ -157,6 +157,8 @@ pub enum Tracked {
         block: u64,
         /// Gas used.
         gas_used: u64,
+        /// Fee paid (gas used × effective gas price), wei.
+        fee_paid: u128,
     },
     /// Mined with status 0.
     Reverted {
@@ -558,6 +560,7 @@ impl Chains {
                         hash: hash_text,
                         block: r.block_number,
                         gas_used: r.gas_used,
+                        fee_paid: u128::try_from(r.fee_paid_wei()).unwrap_or(u128::MAX),
                     })
                 } else {
                     Ok(Tracked::Waiting(format!(

@@ -1156,6 +1156,7 @@ impl Engine {
                 hash,
                 block,
                 gas_used,
+                fee_paid,
             }) => {
                 self.audit
                     .append(EntryBody::Confirmed {
@@ -1172,7 +1173,7 @@ impl Engine {
                         &row.id,
                         &[State::Broadcast],
                         State::Confirmed,
-                        vec![],
+                        vec![("fee_paid", Val::Text(Some(fee_paid.to_string())))],
                         &format!("{hash} confirmed in block {block} (gas used {gas_used})"),
                     )
                     .await?;

@@ -51,6 +51,7 @@ pub fn schema(backend: Backend) -> String {
             sig_s {blob},
             recovery_id BIGINT,
             reason TEXT,
+            fee_paid TEXT,
             signer_notes TEXT NOT NULL,
             created_ms BIGINT NOT NULL,
             updated_ms BIGINT NOT NULL,
@@ -152,6 +153,8 @@ pub struct WithdrawalRow {
     pub recovery_id: Option<i64>,
     /// Why it failed, was blocked, rejected or cancelled.
     pub reason: Option<String>,
+    /// Network fee paid (native base units), once confirmed.
+    pub fee_paid: Option<String>,
     /// Signers' refusals, JSON list.
     pub signer_notes: String,
     /// Unix ms.
@@ -266,6 +269,7 @@ fn row(r: &AnyRow) -> WithdrawalRow {
         sig_s: r.get("sig_s"),
         recovery_id: r.get("recovery_id"),
         reason: r.get("reason"),
+        fee_paid: r.get("fee_paid"),
         signer_notes: r.get("signer_notes"),
         created_ms: r.get("created_ms"),
         updated_ms: r.get("updated_ms"),
