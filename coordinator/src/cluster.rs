@@ -210,6 +210,39 @@ where
         .collect()
 }
 
+/// Parses the signers' partial signatures and combines them; the combined
+/// signature is verified, so a bad partial is reported (with the signer set)
+/// instead of producing an invalid signature.
+fn combine_partials(
+    partials: &[Vec<u8>],
+    signer_ids: &[String],
+    public_key: &[u8],
+    digest: &[u8; 32],
+    presig_id: &str,
+) -> Result<(custos_mpc::protocol::Signature, u8), CoordError> {
+    let parsed = partials
+        .iter()
+        .zip(signer_ids)
+        .map(|(p, n)| {
+            serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
+                CoordError::Aborted(format!("{n} returned a malformed partial signature"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pk: [u8; 33] = public_key
+        .try_into()
+        .map_err(|_| CoordError::Internal("stored public key".into()))?;
+    let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
+        CoordError::Aborted(format!(
+            "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
+            signer_ids.join(", ")
+        ))
+    })?;
+    let recovery_id = eth::recovery_id(public_key, digest, &sig.r, &sig.s)
+        .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
+    Ok((sig, recovery_id))
+}
+
 impl Cluster {
     /// Wires the domain.
     pub fn new(db: Db, signers: Arc<Signers>, settings: Settings) -> Arc<Cluster> {
@@ -623,26 +656,8 @@ impl Cluster {
             }
         })
         .await?;
-        let parsed = partials
-            .iter()
-            .zip(signer_ids)
-            .map(|(p, n)| {
-                serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
-                    CoordError::Aborted(format!("{n} returned a malformed partial signature"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let pk: [u8; 33] = public_key
-            .try_into()
-            .map_err(|_| CoordError::Internal("stored public key".into()))?;
-        let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
-            CoordError::Aborted(format!(
-                "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
-                signer_ids.join(", ")
-            ))
-        })?;
-        let recovery_id = eth::recovery_id(public_key, digest, &sig.r, &sig.s)
-            .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
+        let (sig, recovery_id) =
+            combine_partials(&partials, signer_ids, public_key, digest, presig_id)?;
         Ok(SignOutcome {
             r: sig.r,
             s: sig.s,
@@ -846,27 +861,8 @@ impl Cluster {
             }
         })
         .await?;
-        let parsed = partials
-            .iter()
-            .zip(signer_ids)
-            .map(|(p, n)| {
-                serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
-                    CoordError::Aborted(format!("{n} returned a malformed partial signature"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let pk: [u8; 33] = public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| CoordError::Internal("stored public key".into()))?;
-        let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
-            CoordError::Aborted(format!(
-                "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid",
-                signer_ids.join(", ")
-            ))
-        })?;
-        let recovery_id = eth::recovery_id(&public_key, digest, &sig.r, &sig.s)
-            .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
+        let (sig, recovery_id) =
+            combine_partials(&partials, signer_ids, &public_key, digest, presig_id)?;
         self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe(started.elapsed());
         Ok(SignOutcome {
