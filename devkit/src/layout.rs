@@ -10,6 +10,7 @@ use custos_policy::{BundleSignatures, Policy, PolicyHash, SecretKey, Zeroizing};
 
 use crate::DevkitError;
 use crate::certs::{self, DevCa};
+use crate::chain::{AssetToml, ChainToml, EvmChain, SignerChainToml};
 use crate::fsutil::{self, PUBLIC_MODE};
 use crate::identity;
 use crate::process::COORDINATOR_BIN;
@@ -98,6 +99,11 @@ pub struct ClusterSpec {
     /// signer's `[cosigner] log_key` (failing if that does not work). When unset,
     /// [`Cluster::start`](crate::Cluster::start) does it before the first start.
     pub bin_dir: Option<PathBuf>,
+    /// An EVM node to sign and broadcast on (default none: withdrawals end
+    /// `signed`). When set, the coordinator config gets ETH on that chain in
+    /// `[[assets]]` (besides the built-in ones) and a `[[chains]]` entry, every
+    /// signer's `[cosigner] chains` names it, and `cluster.json` records it.
+    pub evm_chain: Option<EvmChain>,
 }
 
 impl Default for ClusterSpec {
@@ -113,6 +119,7 @@ impl Default for ClusterSpec {
             policy: None,
             raw_digest: true,
             bin_dir: None,
+            evm_chain: None,
         }
     }
 }
@@ -170,6 +177,9 @@ impl ClusterSpec {
                 d.display()
             ));
         }
+        if let Some(chain) = &self.evm_chain {
+            chain.validate()?;
+        }
         Ok(())
     }
 }
@@ -218,6 +228,9 @@ pub struct ClusterLayout {
     /// Whether the raw-digest signing paths are enabled ([`ClusterSpec::raw_digest`]).
     #[serde(default = "yes")]
     pub raw_digest: bool,
+    /// The EVM chain the cluster broadcasts on ([`ClusterSpec::evm_chain`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evm_chain: Option<EvmChain>,
 }
 
 fn yes() -> bool {
@@ -404,6 +417,8 @@ struct CosignerToml {
     admins: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_key: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chains: Vec<SignerChainToml>,
 }
 
 #[derive(Serialize)]
@@ -458,6 +473,10 @@ struct CoordinatorToml {
     signers: Vec<SignerRefToml>,
     policy: PolicyToml,
     dev: CoordinatorDevToml,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    assets: Vec<AssetToml>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chains: Vec<ChainToml>,
 }
 
 #[derive(Serialize)]
@@ -675,6 +694,16 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         dev: CoordinatorDevToml {
             allow_sign_digest: spec.raw_digest,
         },
+        assets: spec
+            .evm_chain
+            .as_ref()
+            .map(EvmChain::coordinator_assets)
+            .unwrap_or_default(),
+        chains: spec
+            .evm_chain
+            .iter()
+            .map(EvmChain::coordinator_chain)
+            .collect(),
     };
     write_toml(&coordinator.config, &cfg)?;
 
@@ -735,6 +764,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
                     .join(POLICY_DIR)
                     .join(file_name(&policy.admins)),
                 log_key: log_key.clone(),
+                chains: spec.evm_chain.iter().map(EvmChain::signer_chain).collect(),
             },
             dev,
         };
@@ -754,6 +784,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         policy: Some(policy),
         log_key,
         raw_digest: spec.raw_digest,
+        evm_chain: spec.evm_chain.clone(),
         dir,
     };
     layout.save()?;
@@ -1007,4 +1038,74 @@ pub(crate) fn listen_addrs(layout: &ClusterLayout) -> BTreeMap<String, Vec<Socke
         m.insert(s.node_id.clone(), v);
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_toml(path: &Path) -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_evm_chain_reaches_every_config_and_the_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = ClusterSpec::new(tmp.path().join("cluster"));
+        spec.base_port = 34000;
+        spec.evm_chain = Some(EvmChain::new("http://127.0.0.1:8545", 31337));
+        let layout = generate(&spec).unwrap();
+        assert_eq!(layout.evm_chain, spec.evm_chain);
+        assert_eq!(ClusterLayout::load(&layout.dir).unwrap(), layout);
+
+        let c = read_toml(&layout.coordinator.config);
+        let chains = c["chains"].as_array().unwrap();
+        assert_eq!(chains.len(), 1);
+        assert_eq!(chains[0]["name"].as_str(), Some("anvil"));
+        assert_eq!(chains[0]["kind"].as_str(), Some("evm"));
+        assert_eq!(chains[0]["chain_id"].as_integer(), Some(31337));
+        assert_eq!(chains[0]["rpc_url"].as_str(), Some("http://127.0.0.1:8545"));
+        assert_eq!(chains[0]["confirmations"].as_integer(), Some(1));
+        let assets = c["assets"].as_array().unwrap();
+        assert!(assets.iter().any(|a| a["chain"].as_str() == Some("anvil")
+            && a["symbol"].as_str() == Some("ETH")
+            && a["decimals"].as_integer() == Some(18)));
+        // The built-in assets stay (an explicit list replaces them).
+        assert!(
+            assets
+                .iter()
+                .any(|a| a["chain"].as_str() == Some("ethereum"))
+        );
+        for s in &layout.signers {
+            let t = read_toml(&s.config);
+            let chains = t["cosigner"]["chains"].as_array().unwrap();
+            assert_eq!(chains.len(), 1);
+            assert_eq!(chains[0]["name"].as_str(), Some("anvil"));
+            assert_eq!(chains[0]["chain_id"].as_integer(), Some(31337));
+        }
+
+        // Without it: none of that, and cluster.json says so.
+        spec.evm_chain = None;
+        let layout = generate(&spec).unwrap();
+        assert_eq!(layout.evm_chain, None);
+        let c = read_toml(&layout.coordinator.config);
+        assert!(!c.contains_key("chains") && !c.contains_key("assets"));
+        let t = read_toml(&layout.signers[0].config);
+        assert!(!t["cosigner"].as_table().unwrap().contains_key("chains"));
+        let json = std::fs::read_to_string(layout.dir.join(CLUSTER_FILE)).unwrap();
+        assert!(!json.contains("evm_chain"), "{json}");
+    }
+
+    #[test]
+    fn a_bad_rpc_url_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = ClusterSpec::new(tmp.path().join("cluster"));
+        spec.evm_chain = Some(EvmChain::new("127.0.0.1:8545", 31337));
+        let err = generate(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("\"127.0.0.1:8545\"") && err.contains("http://"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("cluster").exists(), "nothing written");
+    }
 }

@@ -45,6 +45,13 @@
 //! (`custos-coordinator log-key`): installed by [`generate`] when
 //! [`ClusterSpec::bin_dir`] is set, else by [`Cluster::start`] before the first start.
 //!
+//! With [`ClusterSpec::evm_chain`] set (`custos dev up --eth-rpc URL`), the
+//! coordinator config also gets ETH on that chain in `[[assets]]` and its
+//! `[[chains]]` entry (node URL, chain id, confirmations), every signer's
+//! `[cosigner] chains` names the chain and its id, and `cluster.json` records it
+//! ([`ClusterLayout::evm_chain`]): withdrawals on it are then broadcast and
+//! tracked to `confirmed`.
+//!
 //! Ports from `base_port` (default 7400): coordinator gRPC `+0`, HTTP `+1`;
 //! signer `i` (0-based, `signer-{i+1}`): control `+10+i`, libp2p `+110+i`,
 //! HTTP `+210+i`.
@@ -53,6 +60,7 @@
 #![deny(missing_docs)]
 
 mod certs;
+mod chain;
 pub mod client;
 mod error;
 mod fsutil;
@@ -61,6 +69,7 @@ mod layout;
 mod ports;
 mod process;
 
+pub use chain::{DEFAULT_EVM_CHAIN, EvmChain};
 pub use error::DevkitError;
 pub use identity::peer_id_of_key_file;
 pub use layout::{

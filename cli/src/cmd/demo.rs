@@ -1,6 +1,10 @@
 //! `custos demo`: the main job end to end on the local dev cluster: a wallet
 //! key, a small withdrawal signed at once, a large one approved by two
 //! treasurers, time locked and signed; every signature verified with k256.
+//! With `--eth-rpc URL` ([`eth`]): the large one on an EVM node, funded from
+//! the node's dev account, broadcast and confirmed, with its receipt.
+
+pub(crate) mod eth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,22 +32,38 @@ pub struct DemoArgs {
     #[arg(long, visible_alias = "cluster", default_value = ".custos-dev")]
     dir: PathBuf,
     /// Raw-digest signatures (`SignDigest`, dev clusters only) to time before the
-    /// withdrawal flow; 0 skips them.
+    /// withdrawal flow; 0 skips them (so does --eth-rpc).
     #[arg(long, default_value_t = 3)]
     signatures: u32,
-    /// Wallet (key) id to create or reuse; the demo policy knows demo-hot.
-    #[arg(long, value_name = "ID", default_value = "demo-hot")]
-    wallet: String,
-    /// Whitelisted destination in the demo policy (exchange-deposit).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-    )]
-    to: String,
+    /// Wallet (key) id to create or reuse; the demo policy's hot wallets are
+    /// demo-hot and eth-hot-1 [default: demo-hot; with --eth-rpc: eth-hot-1].
+    #[arg(long, value_name = "ID")]
+    wallet: Option<String>,
+    /// Whitelisted destination in the demo policy [default: exchange-deposit
+    /// 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed; with --eth-rpc: anvil-payee
+    /// 0x70997970C51812dc3A010C7d01b50e0d17dc79C8, anvil's dev account 1].
+    #[arg(long, value_name = "ADDR")]
+    to: Option<String>,
+    /// Run the flow on this EVM node (e.g. anvil at http://127.0.0.1:8545), which
+    /// the cluster must have been started with (`custos dev up --eth-rpc URL`):
+    /// fund the wallet from the node's dev account, withdraw 1.5 ETH through the
+    /// policy and two approvals, wait for `confirmed`, print the tx hash, the
+    /// receipt and the balance changes.
+    #[arg(long, value_name = "URL")]
+    eth_rpc: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+/// Destination of the default demo: the demo policy's `exchange-deposit`.
+const EXCHANGE_DEPOSIT: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+
+/// Prints a result line on stdout unless the output is JSON.
+fn say(json: bool, line: &str) {
+    if !json {
+        println!("{line}");
+    }
 }
 
 /// Runs the demo.
@@ -58,14 +78,125 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.dir.display()
         )
     })?;
-    let mut client = connect_as(&layout, ADMIN_CLIENT).await?;
-    let say = |s: String| {
-        if !args.json {
-            println!("{s}");
-        }
+    // A cluster without that chain: say so before doing anything.
+    let chain = match &args.eth_rpc {
+        Some(url) => Some(eth::cluster_chain(&layout, &args.dir, url)?),
+        None => None,
     };
+    let started = Instant::now();
+    let mut client = connect_as(&layout, ADMIN_CLIENT).await?;
+    let aux_secs = wait_group_ready(&mut client, args.json).await?;
+    if let Some(chain) = chain {
+        return eth::run(&layout, &chain, &args, client, aux_secs, started).await;
+    }
+    let say = |s: String| say(args.json, &s);
+    let wallet = args.wallet.clone().unwrap_or_else(|| "demo-hot".into());
+    let to = args.to.clone().unwrap_or_else(|| EXCHANGE_DEPOSIT.into());
 
-    // First run: signers generate safe primes and run aux info (tens of seconds).
+    // The wallet: a threshold key on ethereum (wallet id = key id). A rerun
+    // reuses it (its history then counts toward the policy's daily limit).
+    let (key, keygen_ms) = ensure_key(&mut client, &wallet, "ethereum", args.json).await?;
+
+    let mut raw = Vec::new();
+    if args.signatures > 0 && layout.raw_digest {
+        raw = raw_digest_signatures(&mut client, &key, args.signatures, args.json).await?;
+    } else if args.signatures > 0 {
+        say("raw-digest signing is disabled in this cluster: skipping it".into());
+    }
+
+    // The withdrawal flow, as the payments backend and two treasury approvers.
+    let mut backend = connect_as(&layout, BACKEND_CLIENT).await?;
+    let mut approver = connect_as(&layout, APPROVER_CLIENT).await?;
+
+    say(format!(
+        "\n1) small withdrawal: {} to {to} (policy: allowed without approvals)",
+        human_amount(SMALL_WEI, "ETH").unwrap_or_default(),
+    ));
+    let small = create(&mut backend, &wallet, &to, SMALL_WEI, "demo: small payout").await?;
+    say(format!(
+        "   {} {} risk {} rule {}",
+        small.id, small.state, small.risk_score, small.rule_id
+    ));
+    if small.state == "blocked" {
+        bail!(
+            "the small withdrawal {} was blocked{}\n(the demo policy lets a hot wallet pay 5 ETH \
+             in 20 withdrawals a day, and every demo run uses 2.1 ETH: run \
+             `custos demo --wallet eth-hot-1` for another hot wallet, or start a fresh cluster)",
+            small.id,
+            reason(&small)
+        );
+    }
+    let small = wait_until(&mut backend, &small.id, "signed", args.json).await?;
+    verify_withdrawal(&key, &small)?;
+    say(format!(
+        "   signed: tx digest {} r={}.. s={}.., verified against the wallet key",
+        hex::encode(&small.tx_digest),
+        hex::encode(small.signature_r.get(..8).unwrap_or_default()),
+        hex::encode(small.signature_s.get(..8).unwrap_or_default()),
+    ));
+
+    say(format!(
+        "\n2) large withdrawal: {} to {to} (policy: 2 treasury approvals, then a time lock)",
+        human_amount(LARGE_WEI, "ETH").unwrap_or_default(),
+    ));
+    let large = create(
+        &mut backend,
+        &wallet,
+        &to,
+        LARGE_WEI,
+        "demo: large transfer",
+    )
+    .await?;
+    let (review, approvals) =
+        approve_as_treasurers(&mut backend, &mut approver, &large, args.json).await?;
+    let large = wait_until(&mut backend, &large.id, "signed", args.json).await?;
+    verify_withdrawal(&key, &large)?;
+    say(format!(
+        "   signed after the time lock: tx digest {} verified against the wallet key",
+        hex::encode(&large.tx_digest)
+    ));
+    say(format!(
+        "\ndone in {:.1}s. Try: custos pending, custos show ID, custos withdrawals, custos audit tail",
+        started.elapsed().as_secs_f64()
+    ));
+
+    if args.json {
+        print_result(
+            &key,
+            aux_secs,
+            keygen_ms,
+            serde_json::json!({
+                "raw_digest_signatures": raw,
+                "small": withdrawal_json(&small),
+                "large": withdrawal_json(&large),
+                "large_statement_sha256": review.statement_hash,
+                "approvals": approvals,
+            }),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the `--json` result: the wallet, the waits and `verified`, plus the
+/// fields of `rest` (an object).
+fn print_result(key: &Key, aux_secs: f64, keygen_ms: f64, rest: serde_json::Value) {
+    let mut out = serde_json::json!({
+        "key_id": key.key_id,
+        "public_key": hex::encode(&key.public_key),
+        "ethereum_address": key.ethereum_address,
+        "aux_wait_secs": aux_secs,
+        "keygen_ms": keygen_ms,
+        "verified": true,
+    });
+    if let (Some(out), serde_json::Value::Object(rest)) = (out.as_object_mut(), rest) {
+        out.extend(rest);
+    }
+    println!("{out}");
+}
+
+/// Waits until the signer group is ready (on the first run, signers generate
+/// safe primes and run aux info: minutes), showing progress; returns the wait.
+async fn wait_group_ready(client: &mut Client, json: bool) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut last = String::new();
     loop {
@@ -90,7 +221,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        if line[9..] != last.get(9..).unwrap_or("")[..] && !args.json {
+        if line[9..] != last.get(9..).unwrap_or("")[..] && !json {
             eprintln!("{line}");
         }
         last = line;
@@ -100,128 +231,110 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let aux_secs = started.elapsed().as_secs_f64();
-    say(format!(
-        "signer group ready ({aux_secs:.1}s; reused on later runs)"
-    ));
+    say(
+        json,
+        &format!("signer group ready ({aux_secs:.1}s; reused on later runs)"),
+    );
+    Ok(aux_secs)
+}
 
-    // The wallet: a threshold key on ethereum (wallet id = key id). A rerun
-    // reuses it (its history then counts toward the policy's daily limit).
+/// Creates the wallet `id` (a threshold key on `chain`; wallet id = key id) or
+/// reuses it; returns it with the key generation time (0 when reused).
+async fn ensure_key(
+    client: &mut Client,
+    id: &str,
+    chain: &str,
+    json: bool,
+) -> anyhow::Result<(Key, f64)> {
     let t0 = Instant::now();
     let key = match client
         .create_key(CreateKeyRequest {
-            key_id: args.wallet.clone(),
+            key_id: id.to_string(),
             curve: Curve::Secp256k1 as i32,
             threshold: 0,
-            chain: "ethereum".into(),
+            chain: chain.into(),
         })
         .await
     {
         Ok(k) => k.into_inner(),
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            say(format!("wallet {} exists: reusing it", args.wallet));
-            client
+            say(json, &format!("wallet {id} exists: reusing it"));
+            let key = client
                 .get_key(GetKeyRequest {
-                    key_id: args.wallet.clone(),
+                    key_id: id.to_string(),
                 })
                 .await
                 .map_err(rpc("GetKey"))?
-                .into_inner()
+                .into_inner();
+            if !key.chain.is_empty() && key.chain != chain {
+                bail!(
+                    "wallet {id} exists on chain {}, not {chain}: pick another --wallet",
+                    key.chain
+                );
+            }
+            key
         }
         Err(s) => return Err(rpc("CreateKey")(s)),
     };
     let keygen_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    say(format!(
-        "wallet {} ({}-of-{}, {keygen_ms:.1} ms)\n  public key {}\n  ethereum address {}",
-        key.key_id,
-        key.threshold,
-        key.participants.len(),
-        hex::encode(&key.public_key),
-        key.ethereum_address
-    ));
+    say(
+        json,
+        &format!(
+            "wallet {} on {chain} ({}-of-{}, {keygen_ms:.1} ms)\n  public key {}\n  ethereum address {}",
+            key.key_id,
+            key.threshold,
+            key.participants.len(),
+            hex::encode(&key.public_key),
+            key.ethereum_address
+        ),
+    );
+    Ok((key, keygen_ms))
+}
 
-    let mut raw = Vec::new();
-    if args.signatures > 0 && layout.raw_digest {
-        raw = raw_digest_signatures(&mut client, &key, args.signatures, args.json).await?;
-    } else if args.signatures > 0 {
-        say("raw-digest signing is disabled in this cluster: skipping it".into());
-    }
-
-    // The withdrawal flow, as the payments backend and two treasury approvers.
-    let mut backend = connect_as(&layout, BACKEND_CLIENT).await?;
-    let mut approver = connect_as(&layout, APPROVER_CLIENT).await?;
-
-    say(format!(
-        "\n1) small withdrawal: {} to {} (policy: allowed without approvals)",
-        human_amount(SMALL_WEI, "ETH").unwrap_or_default(),
-        args.to
-    ));
-    let small = create(&mut backend, &args, SMALL_WEI, "demo: small payout").await?;
-    say(format!(
-        "   {} {} risk {} rule {}",
-        small.id, small.state, small.risk_score, small.rule_id
-    ));
-    if small.state == "blocked" {
-        bail!(
-            "the small withdrawal {} was blocked{}\n(the demo policy lets a hot wallet pay 5 ETH \
-             in 20 withdrawals a day, and every demo run uses 2.1 ETH: run \
-             `custos demo --wallet eth-hot-1` for another hot wallet, or start a fresh cluster)",
-            small.id,
-            reason(&small)
-        );
-    }
-    let small = wait_signed(&mut backend, &small.id, args.json).await?;
-    verify(
-        &key.public_key,
-        &small.tx_digest,
-        &small.signature_r,
-        &small.signature_s,
-    )?;
-    say(format!(
-        "   signed: tx digest {} r={}.. s={}.., verified against the wallet key",
-        hex::encode(&small.tx_digest),
-        hex::encode(small.signature_r.get(..8).unwrap_or_default()),
-        hex::encode(small.signature_s.get(..8).unwrap_or_default()),
-    ));
-
-    say(format!(
-        "\n2) large withdrawal: {} to {} (policy: 2 treasury approvals, then a time lock)",
-        human_amount(LARGE_WEI, "ETH").unwrap_or_default(),
-        args.to
-    ));
-    let large = create(&mut backend, &args, LARGE_WEI, "demo: large transfer").await?;
-    say(format!(
-        "   {} {} risk {} rule {}",
-        large.id, large.state, large.risk_score, large.rule_id
-    ));
-    let large = wait_for(&mut backend, &large.id, "awaiting_approvals", WAIT, |w| {
-        progress(w, args.json)
+/// Waits until the large withdrawal `w` asks for approvals, shows what the
+/// approvers sign (decoded from the statement bytes, cross-checked against the
+/// server's fields) and approves it as the demo treasurers alice and bob.
+/// Returns the review and one JSON record per approval.
+async fn approve_as_treasurers(
+    backend: &mut Client,
+    approver: &mut Client,
+    w: &Withdrawal,
+    json: bool,
+) -> anyhow::Result<(Review, Vec<serde_json::Value>)> {
+    say(
+        json,
+        &format!(
+            "   {} {} risk {} rule {}",
+            w.id, w.state, w.risk_score, w.rule_id
+        ),
+    );
+    let w = wait_for(backend, &w.id, "awaiting_approvals", WAIT, |w| {
+        progress(w, json)
     })
     .await?;
-    if large.state != "awaiting_approvals" {
+    if w.state != "awaiting_approvals" {
         bail!(
             "withdrawal {} is {} instead of awaiting_approvals{}",
-            large.id,
-            large.state,
-            reason(&large)
+            w.id,
+            w.state,
+            reason(&w)
         );
     }
     // What the approvers see: decoded from the statement bytes.
-    let large = approver
-        .get_withdrawal(GetWithdrawalRequest {
-            id: large.id.clone(),
-        })
+    let w = approver
+        .get_withdrawal(GetWithdrawalRequest { id: w.id.clone() })
         .await
         .map_err(rpc("GetWithdrawal"))?
         .into_inner();
     let book = approver
         .list_address_book(ListAddressBookRequest {
-            chain: large.chain.clone(),
+            chain: w.chain.clone(),
         })
         .await
         .ok()
         .map(|r| r.into_inner().entries);
-    let review = Review::new(&large, book.as_deref())?;
-    if review.statement.withdrawal_id != large.id {
+    let review = Review::new(&w, book.as_deref())?;
+    if review.statement.withdrawal_id != w.id {
         bail!(
             "the statement names withdrawal {}",
             review.statement.withdrawal_id
@@ -231,9 +344,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !review.mismatches.is_empty() {
         bail!("the server's fields differ from the statement: the demo does not approve");
     }
-    say("   what the approvers sign (decoded from the statement):".into());
-    if !args.json {
-        print!("{}", render(&large, Some(&review), None));
+    say(
+        json,
+        "   what the approvers sign (decoded from the statement):",
+    );
+    if !json {
+        print!("{}", render(&w, Some(&review), None));
     }
     let mut approvals = Vec::new();
     for (id, pem) in DEMO_APPROVERS {
@@ -241,7 +357,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let approval = Approval::sign(&review.statement, Verdict::Approve, id, &secret)?;
         let after = approver
             .submit_approval(SubmitApprovalRequest {
-                withdrawal_id: large.id.clone(),
+                withdrawal_id: w.id.clone(),
                 approver: id.to_string(),
                 verdict: ProtoVerdict::Approve as i32,
                 signature: approval.signature.clone(),
@@ -250,44 +366,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(rpc("SubmitApproval"))?
             .into_inner();
-        say(format!("   {id} approved: now {}", after.state));
+        say(json, &format!("   {id} approved: now {}", after.state));
         approvals.push(serde_json::json!({"approver": id, "state_after": after.state}));
     }
-    let large = wait_signed(&mut backend, &large.id, args.json).await?;
-    verify(
-        &key.public_key,
-        &large.tx_digest,
-        &large.signature_r,
-        &large.signature_s,
-    )?;
-    say(format!(
-        "   signed after the time lock: tx digest {} verified against the wallet key",
-        hex::encode(&large.tx_digest)
-    ));
-    say(format!(
-        "\ndone in {:.1}s. Try: custos pending, custos show ID, custos withdrawals, custos audit tail",
-        started.elapsed().as_secs_f64()
-    ));
-
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "key_id": key.key_id,
-                "public_key": hex::encode(&key.public_key),
-                "ethereum_address": key.ethereum_address,
-                "aux_wait_secs": aux_secs,
-                "keygen_ms": keygen_ms,
-                "raw_digest_signatures": raw,
-                "small": withdrawal_json(&small),
-                "large": withdrawal_json(&large),
-                "large_statement_sha256": review.statement_hash,
-                "approvals": approvals,
-                "verified": true,
-            })
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((review, approvals))
 }
 
 /// 0.1 ETH: within the demo policy's `hot-small` rule.
@@ -312,7 +394,8 @@ fn reason(w: &Withdrawal) -> String {
 
 async fn create(
     backend: &mut Client,
-    args: &DemoArgs,
+    wallet: &str,
+    to: &str,
     wei: u128,
     memo: &str,
 ) -> anyhow::Result<Withdrawal> {
@@ -321,9 +404,9 @@ async fn create(
     Ok(backend
         .create_withdrawal(CreateWithdrawalRequest {
             idempotency_key: format!("demo-{}", hex::encode(b)),
-            wallet: args.wallet.clone(),
+            wallet: wallet.to_string(),
             asset: "ETH".into(),
-            destination: args.to.clone(),
+            destination: to.to_string(),
             amount: wei.to_string(),
             fee_cap: String::new(),
             memo: memo.into(),
@@ -339,11 +422,18 @@ fn progress(w: &Withdrawal, json: bool) {
     }
 }
 
-/// Waits for `signed`, showing the time-lock countdown; fails on any other end.
-async fn wait_signed(client: &mut Client, id: &str, json: bool) -> anyhow::Result<Withdrawal> {
+/// Waits for `target` (`signed`, or `confirmed` on a chain), showing each
+/// state, the time-lock countdown and new signer notes; fails on any other end.
+async fn wait_until(
+    client: &mut Client,
+    id: &str,
+    target: &str,
+    json: bool,
+) -> anyhow::Result<Withdrawal> {
     let started = Instant::now();
     let mut last = String::new();
     let mut last_left = i64::MIN;
+    let mut notes = 0;
     loop {
         let w = client
             .get_withdrawal(GetWithdrawalRequest { id: id.to_string() })
@@ -354,6 +444,12 @@ async fn wait_signed(client: &mut Client, id: &str, json: bool) -> anyhow::Resul
             progress(&w, json);
             last = w.state.clone();
         }
+        for note in w.signer_notes.iter().skip(notes) {
+            if !json {
+                eprintln!("   ... note: {note}");
+            }
+        }
+        notes = notes.max(w.signer_notes.len());
         if w.state == "time_locked"
             && let Ok(until) = Timestamp::parse(&w.time_lock_until)
         {
@@ -370,7 +466,7 @@ async fn wait_signed(client: &mut Client, id: &str, json: bool) -> anyhow::Resul
                 last_left = left;
             }
         }
-        if reached(&w.state, "signed") {
+        if reached(&w.state, target) {
             if w.signature_r.is_empty() || w.tx_digest.is_empty() {
                 bail!("withdrawal {id} is {} but carries no signature", w.state);
             }
@@ -381,7 +477,7 @@ async fn wait_signed(client: &mut Client, id: &str, json: bool) -> anyhow::Resul
         }
         if started.elapsed() > WAIT {
             bail!(
-                "withdrawal {id} still {} after {} s",
+                "withdrawal {id} still {} after {} s (waiting for {target})",
                 w.state,
                 WAIT.as_secs()
             );
@@ -471,4 +567,15 @@ fn verify(public_key: &[u8], digest: &[u8], r: &[u8], s: &[u8]) -> anyhow::Resul
     vk.verify_prehash(digest, &sig)
         .context("signature does NOT verify")?;
     Ok(())
+}
+
+/// Verifies a signed withdrawal's signature over its tx digest with the wallet key.
+fn verify_withdrawal(key: &Key, w: &Withdrawal) -> anyhow::Result<()> {
+    verify(
+        &key.public_key,
+        &w.tx_digest,
+        &w.signature_r,
+        &w.signature_s,
+    )
+    .with_context(|| format!("withdrawal {}", w.id))
 }

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use custos_devkit::{
-    COORDINATOR_BIN, Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, ProcessRecord,
+    COORDINATOR_BIN, Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, EvmChain, ProcessRecord,
     SIGNER_BIN, StartOptions, generate, process_status, stop_from_pid_file,
 };
+
+use super::demo::eth::{dev_up_command, node_chain_id};
 
 /// `custos dev` subcommands.
 #[derive(clap::Subcommand)]
@@ -51,6 +53,14 @@ pub struct UpArgs {
     /// withdrawals can be signed.
     #[arg(long)]
     no_raw_digest: bool,
+    /// JSON-RPC URL of an EVM node (e.g. anvil, http://127.0.0.1:8545) to sign,
+    /// broadcast and confirm withdrawals on, as chain "anvil" (ETH); see
+    /// `custos demo --eth-rpc`.
+    #[arg(long, value_name = "URL")]
+    eth_rpc: Option<String>,
+    /// Chain id of the --eth-rpc node [default: asked from the node with eth_chainId].
+    #[arg(long, value_name = "N", requires = "eth_rpc")]
+    eth_chain_id: Option<u64>,
     /// Seconds each process may take to open its port.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
@@ -113,6 +123,23 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let layout = ClusterLayout::load(&args.dir)?;
+        if let Some(url) = &args.eth_rpc {
+            let has_it = layout.evm_chain.as_ref().is_some_and(|c| {
+                c.uses_rpc(url) && args.eth_chain_id.is_none_or(|id| id == c.chain_id)
+            });
+            if !has_it {
+                let now = layout.evm_chain.as_ref().map_or_else(
+                    || "without an EVM chain".to_string(),
+                    |c| format!("with the EVM node {} (chain id {})", c.rpc_url, c.chain_id),
+                );
+                bail!(
+                    "the dev cluster in {} is already running {now}: to use --eth-rpc {url}, \
+                     restart it: `custos dev down --dir {0}` then `{}`",
+                    args.dir.display(),
+                    dev_up_command(&args.dir, layout.base_port, url)
+                );
+            }
+        }
         let records: Vec<ProcessRecord> = running.into_iter().map(|p| p.record).collect();
         if !args.json {
             println!("custos dev cluster already running");
@@ -133,6 +160,15 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     stop_from_pid_file(&args.dir)?;
 
     let bins = bin_dir(args.bin_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let evm_chain = match (&args.eth_rpc, args.eth_chain_id) {
+        (Some(url), Some(id)) => Some(EvmChain::new(url, id)),
+        (Some(url), None) => Some(EvmChain::new(url, rt.block_on(node_chain_id(url))?)),
+        (None, _) => None,
+    };
     let spec = ClusterSpec {
         dir: args.dir.clone(),
         signers: args.signers,
@@ -144,6 +180,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         // The signers need the coordinator's audit-log key: generation asks the
         // coordinator binary for it (and fails clearly if it cannot).
         bin_dir: bins.join(COORDINATOR_BIN).is_file().then(|| bins.clone()),
+        evm_chain,
         ..ClusterSpec::default()
     };
     if !bins.join(COORDINATOR_BIN).is_file() {
@@ -157,10 +194,6 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         .detached(true)
         .coordinator(CoordinatorMode::IfPresent)
         .timeout(Duration::from_secs(args.timeout));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let cluster = rt.block_on(Cluster::start_with(layout.clone(), &bins, opts))?;
     let records = cluster.detach();
     report(&layout, &records, args.json)?;
@@ -227,6 +260,12 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
             "  policy          {} (hash {})",
             policy.document.display(),
             policy.hash
+        );
+    }
+    if let Some(chain) = &layout.evm_chain {
+        println!(
+            "  EVM chain       {} (chain id {}) at {}",
+            chain.name, chain.chain_id, chain.rpc_url
         );
     }
     println!("  logs            {}/", layout.logs_dir.display());
