@@ -753,12 +753,36 @@ impl Cluster {
     /// signers; returns its id and signers once every signer reports the same
     /// nonce point.
     pub async fn presign_now(&self, key: &KeyRow) -> Result<(String, Vec<String>), CoordError> {
+        self.presign_among(key, None).await
+    }
+
+    /// [`Self::presign_now`], with exactly the signers `only` when given (a
+    /// fee bump is signed by the signers that signed the transaction it
+    /// replaces: they are the ones that can check it replaces it).
+    pub async fn presign_among(
+        &self,
+        key: &KeyRow,
+        only: Option<&[String]>,
+    ) -> Result<(String, Vec<String>), CoordError> {
         let t = usize::from(key.threshold);
-        let mut live = self.require_live(&key.participants, t).await?;
-        // Rotate subsets so every signer's presignatures are spread.
-        let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len().max(1);
-        live.rotate_left(shift);
-        let chosen: Vec<Arc<Signer>> = live.into_iter().take(t).collect();
+        let chosen: Vec<Arc<Signer>> = match only {
+            Some(ids) => {
+                if ids.len() != t {
+                    return Err(CoordError::Internal(format!(
+                        "a presignature needs {t} signers, not {}",
+                        ids.join(", ")
+                    )));
+                }
+                self.require_live(ids, t).await?
+            }
+            None => {
+                let mut live = self.require_live(&key.participants, t).await?;
+                // Rotate subsets so every signer's presignatures are spread.
+                let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len().max(1);
+                live.rotate_left(shift);
+                live.into_iter().take(t).collect()
+            }
+        };
         let ids: Vec<String> = chosen.iter().map(|s| s.endpoint.node_id.clone()).collect();
         let presig_id = format!("ps-{}", random_hex(10));
         self.db.insert_presig(&presig_id, &key.key_id, &ids).await?;

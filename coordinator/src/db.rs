@@ -147,6 +147,10 @@ impl Db {
         db.execute_ddl(&crate::withdrawal::store::schema(db.backend))
             .await
             .map_err(db_err)?;
+        crate::withdrawal::store::upgrade(&db)
+            .await
+            .map_err(db_err)?;
+        crate::chain::upgrade(&db).await.map_err(db_err)?;
         Ok(Db {
             pool: db.pool,
             backend: db.backend,
@@ -450,3 +454,6 @@ impl Db {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod upgrade_tests;

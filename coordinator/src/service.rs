@@ -148,6 +148,8 @@ fn to_withdrawal(engine: &Engine, w: WithdrawalRow, approvals: Vec<ApprovalRow>)
         created_at: rfc3339_ms(w.created_ms),
         updated_at: rfc3339_ms(w.updated_ms),
         signer_notes: serde_json::from_str(&w.signer_notes).unwrap_or_default(),
+        tx_hash: w.tx_hash.unwrap_or_default(),
+        fee_paid: w.fee_paid.unwrap_or_default(),
     }
 }
 

@@ -143,6 +143,51 @@ impl Db {
         }
         Ok(())
     }
+
+    /// Adds a column to a table created by an earlier version, if it lacks
+    /// it (schema upgrades are additive: new columns are nullable).
+    /// `table`, `column` and `decl` are compile-time names, never input.
+    pub async fn add_column_if_missing(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        decl: &str,
+    ) -> Result<(), sqlx::Error> {
+        let present: i64 = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2")
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
+                )
+                .bind(table)
+                .bind(column)
+                .fetch_one(&self.pool)
+                .await?
+            }
+        };
+        if present == 0 {
+            let stmt = format!("ALTER TABLE {table} ADD COLUMN {column} {decl}");
+            match sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => {}
+                // Two processes upgrading at once: the other one won.
+                Err(sqlx::Error::Database(d))
+                    if d.message().contains("duplicate column")
+                        || d.message().contains("already exists") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether an error is a unique-constraint violation (a lost insert race or a

@@ -224,11 +224,16 @@ impl SignerControl for ControlService {
                             r.key_id, v.withdrawal.wallet
                         )));
                     }
-                    let usage = format!(
-                        "withdrawal={} statement={}",
-                        v.withdrawal.id,
-                        hex::encode(v.authorization.statement_hash)
-                    );
+                    let usage = match &v.replaces {
+                        None => format!(
+                            "withdrawal={} statement={}",
+                            v.withdrawal.id, v.statement_hash
+                        ),
+                        Some(old) => format!(
+                            "withdrawal={} statement={} fee-bump-of={old}",
+                            v.withdrawal.id, v.statement_hash
+                        ),
+                    };
                     let partial =
                         node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &usage)?;
                     // Recorded before it leaves: velocity and replay see it even after a crash.

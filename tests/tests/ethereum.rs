@@ -50,6 +50,10 @@ struct Anvil {
 
 impl Anvil {
     async fn start() -> Anvil {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Anvil {
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -64,6 +68,7 @@ impl Anvil {
                     &port.to_string(),
                     "--silent",
                 ])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -171,8 +176,67 @@ async fn mini_transfer(rpc: &EvmRpc, to: Address, amount: U256) {
     assert!(r.success);
 }
 
-/// The coordinator config for anvil at `url` (assets and the chain).
-fn chain_toml(url: &str) -> String {
+/// Mines `blocks` blocks now.
+async fn mine(rpc: &EvmRpc, blocks: u64) {
+    rpc.request("anvil_mine", json!([format!("0x{blocks:x}")]))
+        .await
+        .unwrap();
+}
+
+/// Turns anvil's mining on each transaction on or off.
+async fn automine(rpc: &EvmRpc, on: bool) {
+    rpc.request("evm_setAutomine", json!([on])).await.unwrap();
+}
+
+/// Waits until the withdrawal is broadcast and the node has its current
+/// transaction in its pool; returns the withdrawal then.
+async fn wait_in_pool(fc: &FlowCluster, rpc: &EvmRpc, id: &str) -> Withdrawal {
+    wait_for(fc, id, "broadcast", Duration::from_secs(120)).await;
+    let started = Instant::now();
+    loop {
+        let w = get(fc, id).await;
+        if let Ok(hash) = w.tx_hash.parse::<B256>()
+            && rpc.transaction_exists(hash).await.unwrap()
+        {
+            return w;
+        }
+        assert_eq!(w.state, "broadcast", "{id}: {:?}", w.signer_notes);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{id}: transaction never reached the node; notes {:?}",
+            w.signer_notes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the withdrawal until `check` holds (panics after `limit`).
+async fn wait_until(
+    fc: &FlowCluster,
+    id: &str,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&Withdrawal) -> bool,
+) -> Withdrawal {
+    let started = Instant::now();
+    loop {
+        let w = get(fc, id).await;
+        if check(&w) {
+            return w;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{id}: not {what} after {limit:?}: state {} notes {:?}",
+            w.state,
+            w.signer_notes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The coordinator config for anvil at `url` (assets and the chain, with
+/// more `[[chains]]` settings in `chain_extra`, `key = value` lines).
+fn chain_toml(url: &str, chain_extra: &str) -> String {
     format!(
         r#"
 [[assets]]
@@ -199,8 +263,8 @@ name = "anvil"
 kind = "evm"
 chain_id = {CHAIN_ID}
 rpc_url = "{url}"
-confirmations = 1
 rpc_timeout_ms = 1000
+{chain_extra}
 "#
     )
 }
@@ -224,6 +288,16 @@ async fn start_eth_on(
     wallets: &[&str],
     database_url: Option<&str>,
 ) -> (FlowCluster, Vec<Address>) {
+    start_eth_with(anvil, wallets, database_url, "").await
+}
+
+/// [`start_eth_on`] with more `[[chains]]` settings.
+async fn start_eth_with(
+    anvil: &Anvil,
+    wallets: &[&str],
+    database_url: Option<&str>,
+    chain_extra: &str,
+) -> (FlowCluster, Vec<Address>) {
     let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/eth-policy.toml");
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
@@ -238,7 +312,7 @@ async fn start_eth_on(
         // Top-level keys go before the first [section].
         cfg = format!("database_url = {url:?}\n{cfg}");
     }
-    cfg.push_str(&chain_toml(&anvil.url));
+    cfg.push_str(&chain_toml(&anvil.url, chain_extra));
     std::fs::write(&layout.coordinator.config, cfg).unwrap();
     for s in &layout.signers {
         let text = std::fs::read_to_string(&s.config).unwrap();
@@ -948,4 +1022,311 @@ async fn nonces_on_postgresql() {
     let w = create(&fc, "pg-after", "w-many", "ETH", PAYEE_3, ETH / 10).await;
     assert_eq!(confirmed_tx(&fc, &rpc, &w.id).await.1, 4);
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// How many signatures the signers' journals hold for withdrawal `id`.
+fn journal_signatures(layout: &custos_devkit::ClusterLayout, id: &str) -> usize {
+    layout
+        .signers
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(s.data_dir.join("withdrawals.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("\"event\":\"signed\"") && l.contains(id))
+                .count()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_transaction_is_replaced_with_a_higher_fee_within_its_cap() {
+    use custos_chains::evm::tx::{
+        ReplacementFees, TransferRequest, build_unsigned, decode_unsigned, encode_unsigned,
+        with_fees,
+    };
+    use custos_proto::signer::{SignWithdrawalRequest, WithdrawalAuthorization};
+
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (fc, addrs) = start_eth_with(
+        &anvil,
+        &["w-eth"],
+        None,
+        "resubmit_after_secs = 2\nfee_bump_percent = 25",
+    )
+    .await;
+    let wallet = addrs[0];
+    fund(&rpc, wallet, 3 * ETH).await;
+    let payee_before = rpc.balance(addr(PAYEE_1)).await.unwrap();
+    // Nothing is mined from now on until the test says so: the transaction
+    // stays in the pool, as one priced under the market would.
+    automine(&rpc, false).await;
+
+    let w = create(&fc, "bump-1", "w-eth", "ETH", PAYEE_1, ETH / 2).await;
+    let first = wait_in_pool(&fc, &rpc, &w.id).await;
+    let (_, first_tx) = decode_unsigned_transfer(&first.unsigned_tx).unwrap();
+    let bumped = wait_until(&fc, &w.id, Duration::from_secs(60), "replaced", |x| {
+        x.tx_hash != first.tx_hash && !x.tx_hash.is_empty()
+    })
+    .await;
+    let bumped = wait_in_pool(&fc, &rpc, &bumped.id).await;
+    assert!(
+        bumped
+            .signer_notes
+            .iter()
+            .any(|n| n.contains("replaced by") && n.contains("same nonce")),
+        "{:?}",
+        bumped.signer_notes
+    );
+    let (_, bumped_tx) = decode_unsigned_transfer(&bumped.unsigned_tx).unwrap();
+    assert_eq!(bumped_tx.nonce, first_tx.nonce);
+    assert_eq!(bumped_tx.gas_limit, first_tx.gas_limit);
+    assert_eq!(
+        (bumped_tx.to, bumped_tx.value),
+        (first_tx.to, first_tx.value)
+    );
+    assert!(
+        bumped_tx.max_fee_per_gas * 100 >= first_tx.max_fee_per_gas * 125,
+        "{} vs {}",
+        bumped_tx.max_fee_per_gas,
+        first_tx.max_fee_per_gas
+    );
+    assert!(bumped_tx.max_priority_fee_per_gas > first_tx.max_priority_fee_per_gas);
+    assert!(bumped_tx.fee_cap_wei <= U256::from(2_100_000_000_000_000u128));
+
+    mine(&rpc, 1).await;
+    let done = wait_for(&fc, &w.id, "confirmed", Duration::from_secs(60)).await;
+    let hash: B256 = done.tx_hash.parse().unwrap();
+    let receipt = rpc.transaction_receipt(hash).await.unwrap().unwrap();
+    assert!(receipt.success);
+    assert_ne!(done.tx_hash, first.tx_hash, "a replacement was mined");
+    assert!(
+        rpc.transaction_receipt(first.tx_hash.parse().unwrap())
+            .await
+            .unwrap()
+            .is_none(),
+        "the replaced version is not mined"
+    );
+    // One transaction left the wallet; the payee got the amount exactly once.
+    assert_eq!(
+        rpc.transaction_count(wallet, BlockTag::Latest)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        rpc.balance(addr(PAYEE_1)).await.unwrap(),
+        payee_before + U256::from(ETH / 2)
+    );
+    assert_eq!(done.fee_paid, receipt.fee_paid_wei().to_string());
+    assert_eq!(
+        rpc.balance(wallet).await.unwrap(),
+        U256::from(3 * ETH - ETH / 2) - receipt.fee_paid_wei()
+    );
+    let layout = fc.tc.cluster.layout().clone();
+    let signed = journal_signatures(&layout, &w.id);
+    assert!(signed >= 4, "2 signers × (first + bump), got {signed}");
+
+    // A coordinator that asks for "fee bumps" that are not: every signer
+    // refuses, naming the field, and records nothing.
+    let current = decode_unsigned(&done.unsigned_tx).unwrap();
+    let cur = decode_unsigned_transfer(&done.unsigned_tx).unwrap().1;
+    let higher = ReplacementFees {
+        max_fee_per_gas: cur.max_fee_per_gas * 3,
+        max_priority_fee_per_gas: cur.max_priority_fee_per_gas * 3,
+    };
+    let rebuilt = |nonce: u64, recipient: &str, fees: ReplacementFees| {
+        encode_unsigned(
+            &build_unsigned(&TransferRequest {
+                chain_id: CHAIN_ID,
+                from: wallet,
+                recipient: addr(recipient),
+                asset: custos_chains::evm::asset::Asset::eth(),
+                amount: U256::from(ETH / 2),
+                nonce,
+                gas_limit: cur.gas_limit,
+                max_fee_per_gas: fees.max_fee_per_gas,
+                max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            })
+            .unwrap(),
+        )
+    };
+    let policy_w = |amount: u128| {
+        let mut pw = custos_policy::Withdrawal {
+            id: done.id.clone(),
+            wallet: done.wallet.clone(),
+            chain: done.chain.clone(),
+            asset: done.asset.clone(),
+            destination: done.destination.clone(),
+            amount: custos_policy::Amount(amount),
+            fee_cap: custos_policy::Amount(done.fee_cap.parse().unwrap()),
+            initiator: done.initiator.clone(),
+            tx_digest: String::new(),
+        };
+        pw.tx_digest = hex::encode(custos_policy::intent_digest(&pw));
+        serde_json::to_vec(&pw).unwrap()
+    };
+    let over_cap = ReplacementFees {
+        max_fee_per_gas: 2_100_000_000_000_000 / u128::from(cur.gas_limit) + 1,
+        max_priority_fee_per_gas: cur.max_priority_fee_per_gas * 3,
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+        (
+            "another nonce",
+            policy_w(ETH / 2),
+            rebuilt(cur.nonce + 1, PAYEE_1, higher),
+            "field nonce",
+        ),
+        (
+            "fees not raised",
+            policy_w(ETH / 2),
+            encode_unsigned(
+                &with_fees(
+                    &current,
+                    ReplacementFees {
+                        max_fee_per_gas: cur.max_fee_per_gas / 2,
+                        max_priority_fee_per_gas: cur.max_priority_fee_per_gas / 2,
+                    },
+                )
+                .unwrap(),
+            ),
+            "field max_fee_per_gas",
+        ),
+        (
+            "above the approved fee cap",
+            policy_w(ETH / 2),
+            encode_unsigned(&with_fees(&current, over_cap).unwrap()),
+            "field fee_cap",
+        ),
+        (
+            "another recipient",
+            policy_w(ETH / 2),
+            rebuilt(cur.nonce, PAYEE_2, higher),
+            "field to:",
+        ),
+        (
+            "another amount, in the withdrawal too",
+            policy_w(ETH),
+            rebuilt(cur.nonce, PAYEE_1, higher),
+            "other terms",
+        ),
+    ];
+    let signers = rogue_clients(&layout).await;
+    for (i, (what, withdrawal_json, tx, field)) in cases.into_iter().enumerate() {
+        let mut named = 0;
+        for (node, client) in &signers {
+            let err = client
+                .clone()
+                .sign_withdrawal(SignWithdrawalRequest {
+                    authorization: Some(WithdrawalAuthorization {
+                        withdrawal_json: withdrawal_json.clone(),
+                        unsigned_tx: tx.clone(),
+                        rule_id: done.rule_id.clone(),
+                        ..Default::default()
+                    }),
+                    key_id: "w-eth".into(),
+                    presignature_id: format!("ps-rogue-bump-{i}"),
+                })
+                .await
+                .expect_err(&format!("{node} signed a bump with {what}"));
+            if err.message().contains(field) {
+                named += 1;
+            }
+        }
+        assert!(named >= 2, "{what}: the signers that signed name {field}");
+    }
+    assert_eq!(
+        journal_signatures(&layout, &w.id),
+        signed,
+        "nothing recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirmations_are_counted_and_reverted_or_displaced_transactions_fail() {
+    let anvil = Anvil::start().await;
+    let rpc = rpc(&anvil.url);
+    let (fc, addrs) = start_eth_with(
+        &anvil,
+        &["w-eth", "w-tok", "w-many"],
+        None,
+        "confirmations = 3",
+    )
+    .await;
+    let token = deploy_mini(&rpc).await;
+    fund(&rpc, addrs[0], 2 * ETH).await;
+    fund(&rpc, addrs[1], ETH).await;
+    fund(&rpc, addrs[2], ETH).await;
+    mini_transfer(&rpc, addrs[1], U256::from(500u64) * U256::from(ETH)).await;
+    automine(&rpc, false).await;
+
+    // 1. Three confirmations: mined is not enough.
+    let a = create(&fc, "conf-1", "w-eth", "ETH", PAYEE_1, ETH / 4).await;
+    let a = wait_in_pool(&fc, &rpc, &a.id).await;
+    mine(&rpc, 1).await;
+    let one = wait_until(&fc, &a.id, Duration::from_secs(30), "1 of 3", |w| {
+        w.signer_notes
+            .iter()
+            .any(|n| n.contains("1 of 3 confirmations"))
+    })
+    .await;
+    assert_eq!(one.state, "broadcast");
+    mine(&rpc, 1).await;
+    wait_until(&fc, &a.id, Duration::from_secs(30), "2 of 3", |w| {
+        w.signer_notes
+            .iter()
+            .any(|n| n.contains("2 of 3 confirmations"))
+    })
+    .await;
+    assert_eq!(get(&fc, &a.id).await.state, "broadcast");
+    mine(&rpc, 1).await;
+    let a = wait_for(&fc, &a.id, "confirmed", Duration::from_secs(30)).await;
+    let receipt = rpc
+        .transaction_receipt(a.tx_hash.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(receipt.success);
+
+    // 2. An ERC-20 transfer that reverts when mined (the token's code is
+    // replaced by `REVERT` after the transaction was built): receipt status
+    // 0 → failed, naming the hash.
+    let b = create(&fc, "revert-1", "w-tok", "MINI", PAYEE_2, 100 * ETH).await;
+    let b = wait_in_pool(&fc, &rpc, &b.id).await;
+    rpc.request("anvil_setCode", json!([token, "0x60006000fd"]))
+        .await
+        .unwrap();
+    mine(&rpc, 1).await;
+    let b = wait_for(&fc, &b.id, "failed", Duration::from_secs(30)).await;
+    assert!(
+        b.reason.contains("receipt status 0") && b.reason.contains(&b.tx_hash),
+        "{}",
+        b.reason
+    );
+    let receipt = rpc
+        .transaction_receipt(b.tx_hash.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!receipt.success);
+
+    // 3. The nonce used by something that is not this withdrawal's
+    // transaction (dropped from the pool, and the account's nonce moved on):
+    // failed, saying so, instead of waiting forever.
+    let c = create(&fc, "displaced-1", "w-many", "ETH", PAYEE_3, ETH / 10).await;
+    let c = wait_in_pool(&fc, &rpc, &c.id).await;
+    rpc.request("anvil_dropTransaction", json!([c.tx_hash]))
+        .await
+        .unwrap();
+    rpc.request("anvil_setNonce", json!([addrs[2], "0x1"]))
+        .await
+        .unwrap();
+    mine(&rpc, 1).await;
+    let c = wait_for(&fc, &c.id, "failed", Duration::from_secs(30)).await;
+    assert!(
+        c.reason.contains("nonce 0") && c.reason.contains("not this withdrawal's"),
+        "{}",
+        c.reason
+    );
 }

@@ -392,6 +392,12 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
     for n in &w.signer_notes {
         line("signer note", n.clone());
     }
+    if !w.tx_hash.is_empty() {
+        line("transaction", w.tx_hash.clone());
+    }
+    if !w.fee_paid.is_empty() {
+        line("fee paid", format!("{} wei", w.fee_paid));
+    }
     if !w.signature_r.is_empty() {
         line(
             "signature",
@@ -443,6 +449,8 @@ pub fn withdrawal_json(w: &Withdrawal) -> Value {
         "created_at": w.created_at,
         "updated_at": w.updated_at,
         "signer_notes": w.signer_notes,
+        "tx_hash": w.tx_hash,
+        "fee_paid": w.fee_paid,
     })
 }
 

@@ -34,6 +34,8 @@
 //! byte. An unreachable RPC leaves the withdrawal where it is with a note;
 //! the engine's tick retries.
 
+pub mod bump;
+
 use std::time::Duration;
 
 use custos_chains::evm::address::parse_address;
@@ -70,6 +72,18 @@ pub struct ChainSettings {
     /// RPC timeout, milliseconds (default 5000).
     #[serde(default = "default_rpc_timeout")]
     pub rpc_timeout_ms: u64,
+    /// Seconds a sent transaction may stay unmined before it is replaced
+    /// with a higher fee (default 120).
+    #[serde(default = "default_resubmit_after")]
+    pub resubmit_after_secs: u64,
+    /// How much each replacement raises both fees, percent (default 15;
+    /// nodes refuse replacements under 10).
+    #[serde(default = "default_fee_bump_percent")]
+    pub fee_bump_percent: u32,
+    /// Most replacements of one withdrawal's transaction (default 5, at most
+    /// 7: a signer signs a withdrawal at most 8 times).
+    #[serde(default = "default_max_fee_bumps")]
+    pub max_fee_bumps: u32,
 }
 
 fn one() -> u64 {
@@ -81,6 +95,18 @@ fn default_max_fee() -> String {
 fn default_rpc_timeout() -> u64 {
     5000
 }
+fn default_resubmit_after() -> u64 {
+    120
+}
+fn default_fee_bump_percent() -> u32 {
+    15
+}
+fn default_max_fee_bumps() -> u32 {
+    5
+}
+
+/// Most fee bumps of one withdrawal (signers issue at most 8 signatures for one).
+pub const MAX_FEE_BUMPS: u32 = 7;
 
 /// DDL for the chain tables.
 pub fn schema(backend: Backend) -> String {
@@ -97,9 +123,38 @@ pub fn schema(backend: Backend) -> String {
             sends BIGINT NOT NULL,
             block_number BIGINT,
             created_ms BIGINT NOT NULL,
+            last_sent_ms BIGINT,
+            bumps BIGINT,
+            bump_tx {blob},
+            bump_presig TEXT,
+            bump_signers TEXT,
+            abandoned_tx {blob},
             UNIQUE (chain, sender, nonce)
+        );
+        CREATE TABLE IF NOT EXISTS evm_tx_replaced (
+            withdrawal_id TEXT NOT NULL,
+            tx_hash TEXT NOT NULL,
+            raw_tx {blob} NOT NULL,
+            replaced_ms BIGINT NOT NULL,
+            PRIMARY KEY (withdrawal_id, tx_hash)
         )"
     )
+}
+
+/// Columns added since the first schema (databases made by earlier versions).
+pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
+    let blob = db.backend.blob();
+    db.add_column_if_missing("evm_txs", "last_sent_ms", "BIGINT")
+        .await?;
+    db.add_column_if_missing("evm_txs", "bumps", "BIGINT")
+        .await?;
+    db.add_column_if_missing("evm_txs", "bump_tx", blob).await?;
+    db.add_column_if_missing("evm_txs", "bump_presig", "TEXT")
+        .await?;
+    db.add_column_if_missing("evm_txs", "bump_signers", "TEXT")
+        .await?;
+    db.add_column_if_missing("evm_txs", "abandoned_tx", blob)
+        .await
 }
 
 fn db_err(e: sqlx::Error) -> CoordError {
@@ -142,6 +197,19 @@ pub struct EvmTxRow {
     pub tx_hash: Option<String>,
     /// How many times it was sent.
     pub sends: i64,
+    /// When it was last sent (Unix ms).
+    pub last_sent_ms: Option<i64>,
+    /// How many times the withdrawal's transaction was replaced (fee bumps).
+    pub bumps: i64,
+    /// A fee bump being signed: its unsigned transaction.
+    pub bump_tx: Option<Vec<u8>>,
+    /// The presignature reserved for it.
+    pub bump_presig: Option<String>,
+    /// That presignature's signers (JSON list).
+    pub bump_signers: Option<String>,
+    /// The last fee bump the signers did not all sign: some may have, so
+    /// the next one must raise its fees too.
+    pub abandoned_tx: Option<Vec<u8>>,
 }
 
 /// What happened to a broadcast transaction.
@@ -166,6 +234,17 @@ pub enum Tracked {
         hash: String,
         /// Inclusion block.
         block: u64,
+    },
+    /// Sent, unmined for `resubmit_after_secs` (or a bump is half done):
+    /// replace it with a higher fee.
+    Stuck(String),
+    /// The nonce was used by a transaction that is none of this
+    /// withdrawal's versions (the wallet signed something else at that nonce).
+    NonceTaken {
+        /// The nonce.
+        nonce: u64,
+        /// The account's mined transaction count.
+        mined: u64,
     },
 }
 
@@ -218,6 +297,27 @@ impl Chains {
                     s.max_fee_per_gas_cap
                 ))
             })?;
+            if !(10..=100).contains(&s.fee_bump_percent) {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: {} must be between 10 and 100 (nodes refuse replacements under 10 %)",
+                    field("fee_bump_percent"),
+                    s.fee_bump_percent
+                )));
+            }
+            if s.max_fee_bumps > MAX_FEE_BUMPS {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: {} is above {MAX_FEE_BUMPS} (signers sign a withdrawal at most {} times)",
+                    field("max_fee_bumps"),
+                    s.max_fee_bumps,
+                    MAX_FEE_BUMPS + 1
+                )));
+            }
+            if s.resubmit_after_secs == 0 {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: must be at least 1",
+                    field("resubmit_after_secs")
+                )));
+            }
             let mut rc = RpcConfig::new(&s.rpc_url);
             rc.timeout = Duration::from_millis(s.rpc_timeout_ms.max(100));
             rc.max_fee_per_gas_cap = cap;
@@ -275,6 +375,12 @@ impl Chains {
                 raw_tx: r.get("raw_tx"),
                 tx_hash: r.get("tx_hash"),
                 sends: r.get("sends"),
+                last_sent_ms: r.get("last_sent_ms"),
+                bumps: r.get::<Option<i64>, _>("bumps").unwrap_or(0),
+                bump_tx: r.get("bump_tx"),
+                bump_presig: r.get("bump_presig"),
+                bump_signers: r.get("bump_signers"),
+                abandoned_tx: r.get("abandoned_tx"),
             })
         })
         .transpose()
@@ -516,15 +622,18 @@ impl Chains {
         }
     }
 
-    /// One look at a broadcast transaction: receipt and confirmations, or
-    /// (re-)send the stored raw bytes if the node does not know it.
+    /// One look at a broadcast transaction: a receipt for any of its
+    /// versions (the current one and those it replaced) and its
+    /// confirmations; otherwise (re-)send the current raw bytes if the node
+    /// does not know them, or report it stuck once it has waited
+    /// `resubmit_after_secs` unmined.
     pub async fn track(&self, chain: &EvmChain, row: &WithdrawalRow) -> Result<Tracked, Pending> {
         let name = &chain.settings.name;
         let t = self
             .stored(&row.id)
             .await?
             .ok_or_else(|| CoordError::Internal(format!("{} has no transaction", row.id)))?;
-        let (raw, hash_text) = match (t.raw_tx, t.tx_hash) {
+        let (raw, hash_text) = match (t.raw_tx.clone(), t.tx_hash.clone()) {
             (Some(r), Some(h)) => (r, h),
             _ => {
                 return Err(Pending::Storage(CoordError::Internal(format!(
@@ -533,65 +642,140 @@ impl Chains {
                 ))));
             }
         };
-        let hash: B256 = hash_text
-            .parse()
-            .map_err(|_| CoordError::Internal(format!("stored hash {hash_text}")))?;
-        let receipt = chain
-            .rpc
-            .transaction_receipt(hash)
-            .await
-            .map_err(|e| rpc_note(name, "cannot read the receipt", &e))?;
-        match receipt {
-            Some(r) => {
-                if !r.success {
-                    return Ok(Tracked::Reverted {
-                        hash: hash_text,
-                        block: r.block_number,
-                    });
+        let hash = parse_hash(&hash_text)?;
+        if let Some(done) = self.mined_version(chain, row, &hash_text).await? {
+            return Ok(done);
+        }
+        if t.bump_tx.is_some() {
+            return Ok(Tracked::Stuck(format!(
+                "{hash_text}: resuming its fee bump"
+            )));
+        }
+        let known = t.sends > 0
+            && chain
+                .rpc
+                .transaction_exists(hash)
+                .await
+                .map_err(|e| rpc_note(name, "cannot look the transaction up", &e))?;
+        let waited_ms = now_ms().saturating_sub(t.last_sent_ms.unwrap_or(i64::MAX));
+        let resubmit_ms = i64::try_from(chain.settings.resubmit_after_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        if known {
+            if waited_ms >= resubmit_ms {
+                if t.bumps < i64::from(chain.settings.max_fee_bumps) {
+                    return Ok(Tracked::Stuck(format!(
+                        "{hash_text} unmined for {}s",
+                        waited_ms / 1000
+                    )));
                 }
-                let head = chain
-                    .rpc
-                    .block_number()
-                    .await
-                    .map_err(|e| rpc_note(name, "cannot read the block number", &e))?;
-                let confs = head.saturating_sub(r.block_number).saturating_add(1);
-                if confs >= chain.settings.confirmations {
-                    Ok(Tracked::Confirmed {
-                        hash: hash_text,
-                        block: r.block_number,
-                        gas_used: r.gas_used,
-                        fee_paid: u128::try_from(r.fee_paid_wei()).unwrap_or(u128::MAX),
-                    })
-                } else {
-                    Ok(Tracked::Waiting(format!(
-                        "{hash_text} in block {}: {confs} of {} confirmations",
-                        r.block_number, chain.settings.confirmations
-                    )))
-                }
+                return Ok(Tracked::Waiting(format!(
+                    "{hash_text} pending; replaced {} times already (max_fee_bumps), waiting",
+                    t.bumps
+                )));
             }
-            None => {
-                let known = t.sends > 0
-                    && chain
-                        .rpc
-                        .transaction_exists(hash)
-                        .await
-                        .map_err(|e| rpc_note(name, "cannot look the transaction up", &e))?;
-                if known {
-                    return Ok(Tracked::Waiting(format!("{hash_text} pending")));
+            return Ok(Tracked::Waiting(format!("{hash_text} pending")));
+        }
+        if t.sends > 0 {
+            // Dropped. If the account already used this nonce and none of our
+            // versions was mined, the wallet signed something else with it.
+            let mined = chain
+                .rpc
+                .transaction_count(t.sender, BlockTag::Latest)
+                .await
+                .map_err(|e| rpc_note(name, "cannot read the account nonce", &e))?;
+            if mined > t.nonce {
+                if let Some(done) = self.mined_version(chain, row, &hash_text).await? {
+                    return Ok(done);
                 }
-                // Never sent, or dropped by the node: send the same bytes again.
-                let sent =
-                    chain.rpc.send_raw_transaction(&raw).await.map_err(|e| {
-                        rpc_note(name, &format!("broadcasting {hash_text} failed"), &e)
-                    })?;
-                sqlx::query("UPDATE evm_txs SET sends = sends + 1 WHERE withdrawal_id = $1")
-                    .bind(&row.id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err)?;
-                tracing::info!(withdrawal = %row.id, tx = %hash_text, already_known = sent.already_known, resend = t.sends > 0, "transaction sent");
-                Ok(Tracked::Waiting(format!("{hash_text} sent")))
+                return Ok(Tracked::NonceTaken {
+                    nonce: t.nonce,
+                    mined,
+                });
             }
         }
+        // Never sent, or dropped by the node: send the same bytes again.
+        let sent = chain
+            .rpc
+            .send_raw_transaction(&raw)
+            .await
+            .map_err(|e| rpc_note(name, &format!("broadcasting {hash_text} failed"), &e))?;
+        sqlx::query(
+            "UPDATE evm_txs SET sends = sends + 1, last_sent_ms = $1
+             WHERE withdrawal_id = $2 AND tx_hash = $3",
+        )
+        .bind(now_ms())
+        .bind(&row.id)
+        .bind(&hash_text)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        tracing::info!(withdrawal = %row.id, tx = %hash_text, already_known = sent.already_known, resend = t.sends > 0, "transaction sent");
+        Ok(Tracked::Waiting(format!("{hash_text} sent")))
     }
+
+    /// The outcome if any version of the withdrawal's transaction is mined.
+    async fn mined_version(
+        &self,
+        chain: &EvmChain,
+        row: &WithdrawalRow,
+        current: &str,
+    ) -> Result<Option<Tracked>, Pending> {
+        let name = &chain.settings.name;
+        let mut hashes = vec![current.to_owned()];
+        hashes.extend(self.replaced_hashes(&row.id).await?);
+        for hash_text in hashes {
+            let hash = parse_hash(&hash_text)?;
+            let receipt = chain
+                .rpc
+                .transaction_receipt(hash)
+                .await
+                .map_err(|e| rpc_note(name, "cannot read the receipt", &e))?;
+            let Some(r) = receipt else { continue };
+            if !r.success {
+                return Ok(Some(Tracked::Reverted {
+                    hash: hash_text,
+                    block: r.block_number,
+                }));
+            }
+            let head = chain
+                .rpc
+                .block_number()
+                .await
+                .map_err(|e| rpc_note(name, "cannot read the block number", &e))?;
+            let confs = head.saturating_sub(r.block_number).saturating_add(1);
+            return Ok(Some(if confs >= chain.settings.confirmations {
+                Tracked::Confirmed {
+                    hash: hash_text,
+                    block: r.block_number,
+                    gas_used: r.gas_used,
+                    fee_paid: u128::try_from(r.fee_paid_wei()).unwrap_or(u128::MAX),
+                }
+            } else {
+                Tracked::Waiting(format!(
+                    "{hash_text} in block {}: {confs} of {} confirmations",
+                    r.block_number, chain.settings.confirmations
+                ))
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Hashes of the versions a fee bump replaced, oldest first.
+    pub async fn replaced_hashes(&self, withdrawal_id: &str) -> Result<Vec<String>, CoordError> {
+        Ok(sqlx::query(
+            "SELECT tx_hash FROM evm_tx_replaced WHERE withdrawal_id = $1 ORDER BY replaced_ms",
+        )
+        .bind(withdrawal_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get::<String, _>("tx_hash"))
+        .collect())
+    }
+}
+
+fn parse_hash(text: &str) -> Result<B256, CoordError> {
+    text.parse()
+        .map_err(|_| CoordError::Internal(format!("stored hash {text}")))
 }

@@ -32,6 +32,8 @@ use crate::auth::Identity;
 use crate::cluster::Cluster;
 use crate::error::CoordError;
 
+mod onchain;
+
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Longest memo.
@@ -86,6 +88,26 @@ pub struct FlowSettings {
 }
 
 /// What a step leaves the withdrawal doing.
+/// What a presignature is reserved for.
+#[derive(Debug)]
+enum PresigUse<'a> {
+    /// A withdrawal's signature (recorded on the withdrawal).
+    Signing(&'a str),
+    /// A fee bump of a withdrawal's transaction (recorded on its
+    /// transaction), by the signers that signed it.
+    FeeBump(&'a crate::chain::Chains, &'a str, &'a [String]),
+}
+
+impl PresigUse<'_> {
+    /// The signers it must have, if fixed.
+    fn signers(&self) -> Option<&[String]> {
+        match self {
+            PresigUse::Signing(_) => None,
+            PresigUse::FeeBump(_, _, s) => Some(s),
+        }
+    }
+}
+
 enum Next {
     Continue,
     Wait,
@@ -925,6 +947,97 @@ impl Engine {
             .ok_or_else(|| CoordError::Internal(format!("wallet {} vanished", row.wallet)))
     }
 
+    /// Reserves a ready presignature of `key` (or makes one) with `reserve`,
+    /// which consumes it durably and records it where it will be used.
+    /// `Some(true)`: reserved; `Some(false)`: lost a race (step again);
+    /// `None`: none can be had now (wait for the tick).
+    async fn take_presig(
+        &self,
+        key: &crate::db::KeyRow,
+        target: PresigUse<'_>,
+    ) -> Result<Option<bool>, CoordError> {
+        let only = target.signers();
+        let same = |signers: &[String]| {
+            only.is_none_or(|o| {
+                let mut a = o.to_vec();
+                let mut b = signers.to_vec();
+                a.sort();
+                b.sort();
+                a == b
+            })
+        };
+        for (presig, signers) in self.cluster.usable_presigs(key).await? {
+            if same(&signers) && self.reserve_for(&target, &presig, &signers).await? {
+                return Ok(Some(true));
+            }
+        }
+        match self.cluster.presign_among(key, only).await {
+            Ok((presig, signers)) => Ok(Some(self.reserve_for(&target, &presig, &signers).await?)),
+            Err(e) => {
+                tracing::info!(target = ?target, error = %e, "no presignature yet");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn reserve_for(
+        &self,
+        target: &PresigUse<'_>,
+        presig: &str,
+        signers: &[String],
+    ) -> Result<bool, CoordError> {
+        match target {
+            PresigUse::Signing(id) => self.store.reserve_presig(id, presig, signers).await,
+            PresigUse::FeeBump(chains, id, _) => {
+                chains.reserve_bump_presig(id, presig, signers).await
+            }
+        }
+    }
+
+    /// Logs the signing session, asks the signers for their partials, and
+    /// logs the signature. The outer error is the audit log's (nothing was
+    /// signed, or the signature is not used); the inner one the signers'.
+    async fn audited_sign(
+        &self,
+        row: &WithdrawalRow,
+        key: &crate::db::KeyRow,
+        digest: &[u8; 32],
+        presig: &str,
+        signers: &[String],
+        auth: WithdrawalAuthorization,
+    ) -> Result<Result<crate::cluster::SignOutcome, CoordError>, CoordError> {
+        let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
+        self.audit
+            .append(EntryBody::SigningSession {
+                withdrawal_id: row.id.clone(),
+                key_id: key.key_id.clone(),
+                execution_id: statement_hash.to_vec(),
+                participants: signers.to_vec(),
+                presignature_id: Some(presig.to_owned()),
+                message_digest: custos_audit::Hash::from(*digest),
+            })
+            .await?;
+        let outcome = self
+            .cluster
+            .sign_withdrawal(key, digest, presig, signers, auth)
+            .await;
+        if let Ok(sig) = &outcome {
+            let mut signature = sig.r.to_vec();
+            signature.extend_from_slice(&sig.s);
+            signature.push(sig.recovery_id);
+            self.audit
+                .append(EntryBody::SignatureProduced {
+                    withdrawal_id: row.id.clone(),
+                    key_id: key.key_id.clone(),
+                    execution_id: statement_hash.to_vec(),
+                    message_digest: custos_audit::Hash::from(*digest),
+                    signature,
+                })
+                .await?;
+        }
+        Ok(outcome)
+    }
+
     /// signing → signed | failed (retries while signers are unreachable).
     async fn sign(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         let key = self.key(row).await?;
@@ -964,34 +1077,11 @@ impl Engine {
             }
         }
         if row.presig_id.is_none() {
-            let mut reserved = false;
-            for (presig, signers) in self.cluster.usable_presigs(&key).await? {
-                if self
-                    .store
-                    .reserve_presig(&row.id, &presig, &signers)
-                    .await?
-                {
-                    reserved = true;
-                    break;
-                }
+            match self.take_presig(&key, PresigUse::Signing(&row.id)).await? {
+                Some(true) => row = self.get(&row.id).await?,
+                Some(false) => return Ok(Next::Continue),
+                None => return Ok(Next::Wait),
             }
-            if !reserved {
-                let (presig, signers) = match self.cluster.presign_now(&key).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::info!(withdrawal = %row.id, error = %e, "no presignature yet");
-                        return Ok(Next::Wait);
-                    }
-                };
-                if !self
-                    .store
-                    .reserve_presig(&row.id, &presig, &signers)
-                    .await?
-                {
-                    return Ok(Next::Continue);
-                }
-            }
-            row = self.get(&row.id).await?;
         }
         let presig = row.presig_id.clone().unwrap_or_default();
         let signers: Vec<String> =
@@ -1040,35 +1130,11 @@ impl Engine {
             .map(|h| h.to_vec())
             .collect();
         auth.proof_tree_size = size;
-        let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
-        self.audit
-            .append(EntryBody::SigningSession {
-                withdrawal_id: row.id.clone(),
-                key_id: key.key_id.clone(),
-                execution_id: statement_hash.to_vec(),
-                participants: signers.clone(),
-                presignature_id: Some(presig.clone()),
-                message_digest: custos_audit::Hash::from(digest),
-            })
-            .await?;
         match self
-            .cluster
-            .sign_withdrawal(&key, &digest, &presig, &signers, auth)
-            .await
+            .audited_sign(&row, &key, &digest, &presig, &signers, auth)
+            .await?
         {
             Ok(sig) => {
-                let mut signature = sig.r.to_vec();
-                signature.extend_from_slice(&sig.s);
-                signature.push(sig.recovery_id);
-                self.audit
-                    .append(EntryBody::SignatureProduced {
-                        withdrawal_id: row.id.clone(),
-                        key_id: key.key_id.clone(),
-                        execution_id: statement_hash.to_vec(),
-                        message_digest: custos_audit::Hash::from(digest),
-                        signature,
-                    })
-                    .await?;
                 self.store
                     .transition(
                         &row.id,
@@ -1111,89 +1177,6 @@ impl Engine {
                     chains.release_unsigned(&row.id).await?;
                 }
                 Ok(next)
-            }
-        }
-    }
-
-    /// signed → broadcast → confirmed | failed, for chains with an adapter.
-    async fn chain_after_signed(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
-        let Some((chains, chain)) = self.evm_chain(&row.chain) else {
-            return Ok(Next::Wait);
-        };
-        if row.unsigned_tx.as_deref().is_none_or(<[u8]>::is_empty) {
-            return Ok(Next::Wait);
-        }
-        let state = row.state()?;
-        if state == State::Signed {
-            let key = self.key(row).await?;
-            let (_, hash) = chains
-                .assemble(row, key.eth_address.as_deref().unwrap_or_default())
-                .await?;
-            self.audit
-                .append(EntryBody::TransactionBroadcast {
-                    withdrawal_id: row.id.clone(),
-                    chain: row.chain.clone(),
-                    txid: hash.clone(),
-                })
-                .await?;
-            self.store
-                .transition(
-                    &row.id,
-                    &[State::Signed],
-                    State::Broadcast,
-                    vec![],
-                    &format!("broadcasting {hash}"),
-                )
-                .await?;
-            return Ok(Next::Continue);
-        }
-        match chains.track(chain, row).await {
-            Ok(crate::chain::Tracked::Waiting(note)) => {
-                self.note(row, State::Broadcast, &note).await?;
-                Ok(Next::Wait)
-            }
-            Ok(crate::chain::Tracked::Confirmed {
-                hash,
-                block,
-                gas_used,
-                fee_paid,
-            }) => {
-                self.audit
-                    .append(EntryBody::Confirmed {
-                        withdrawal_id: row.id.clone(),
-                        chain: row.chain.clone(),
-                        txid: hash.clone(),
-                        block_height: block,
-                        confirmations: u32::try_from(chain.settings.confirmations)
-                            .unwrap_or(u32::MAX),
-                    })
-                    .await?;
-                self.store
-                    .transition(
-                        &row.id,
-                        &[State::Broadcast],
-                        State::Confirmed,
-                        vec![("fee_paid", Val::Text(Some(fee_paid.to_string())))],
-                        &format!("{hash} confirmed in block {block} (gas used {gas_used})"),
-                    )
-                    .await?;
-                Ok(Next::Continue)
-            }
-            Ok(crate::chain::Tracked::Reverted { hash, block }) => {
-                let detail = format!("{hash} reverted in block {block} (receipt status 0)");
-                self.move_to(
-                    row,
-                    &[State::Broadcast],
-                    State::Failed,
-                    vec![("reason", Val::Text(Some(detail.clone())))],
-                    &detail,
-                )
-                .await
-            }
-            Err(crate::chain::Pending::Storage(e)) => Err(e),
-            Err(crate::chain::Pending::Wait(note)) => {
-                self.note(row, State::Broadcast, &note).await?;
-                Ok(Next::Wait)
             }
         }
     }

@@ -9,6 +9,28 @@ use sqlx::{AnyPool, Row};
 use super::state::State;
 use crate::error::CoordError;
 
+/// Columns added since the first schema (databases made by earlier versions).
+pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
+    db.add_column_if_missing("withdrawals", "tx_hash", "TEXT")
+        .await
+}
+
+/// Marks a ready presignature consumed, inside the caller's transaction
+/// (which then records where it is used); `false` if it was not ready.
+pub async fn consume_presig(
+    conn: &mut sqlx::AnyConnection,
+    presig_id: &str,
+) -> Result<bool, CoordError> {
+    let res = sqlx::query(
+        "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
+    )
+    .bind(presig_id)
+    .execute(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(res.rows_affected() == 1)
+}
+
 /// Idempotent DDL for the withdrawal tables.
 pub fn schema(backend: Backend) -> String {
     let blob = backend.blob();
@@ -52,6 +74,7 @@ pub fn schema(backend: Backend) -> String {
             recovery_id BIGINT,
             reason TEXT,
             fee_paid TEXT,
+            tx_hash TEXT,
             signer_notes TEXT NOT NULL,
             created_ms BIGINT NOT NULL,
             updated_ms BIGINT NOT NULL,
@@ -155,6 +178,8 @@ pub struct WithdrawalRow {
     pub reason: Option<String>,
     /// Network fee paid (native base units), once confirmed.
     pub fee_paid: Option<String>,
+    /// The hash of the transaction on chain (the latest fee bump, or the one mined).
+    pub tx_hash: Option<String>,
     /// Signers' refusals, JSON list.
     pub signer_notes: String,
     /// Unix ms.
@@ -270,6 +295,7 @@ fn row(r: &AnyRow) -> WithdrawalRow {
         recovery_id: r.get("recovery_id"),
         reason: r.get("reason"),
         fee_paid: r.get("fee_paid"),
+        tx_hash: r.get("tx_hash"),
         signer_notes: r.get("signer_notes"),
         created_ms: r.get("created_ms"),
         updated_ms: r.get("updated_ms"),
@@ -532,14 +558,7 @@ impl WithdrawalStore {
         signers: &[String],
     ) -> Result<bool, CoordError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let res = sqlx::query(
-            "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
-        )
-        .bind(presig_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if res.rows_affected() != 1 {
+        if !consume_presig(&mut tx, presig_id).await? {
             return Ok(false);
         }
         let res = sqlx::query(

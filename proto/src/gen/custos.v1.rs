@@ -263,6 +263,13 @@ pub struct Withdrawal {
     /// Signers' refusals or errors, newest last.
     #[prost(string, repeated, tag = "34")]
     pub signer_notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// On chains with an adapter: the transaction's hash (the latest fee bump
+    /// while it is pending, the one mined once it is).
+    #[prost(string, tag = "35")]
+    pub tx_hash: ::prost::alloc::string::String,
+    /// The fee the mined transaction paid, in the chain's base unit (wei).
+    #[prost(string, tag = "36")]
+    pub fee_paid: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

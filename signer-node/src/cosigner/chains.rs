@@ -8,7 +8,8 @@
 
 use custos_chains::evm::address::parse_address;
 use custos_chains::evm::tx::{
-    ExpectedTransfer, check_against, decode_unsigned_transfer, signing_digest,
+    DecodedTransfer, ExpectedTransfer, check_against, check_replacement, decode_unsigned_transfer,
+    signing_digest,
 };
 use custos_chains::{Address, U256};
 use custos_policy::Withdrawal;
@@ -61,13 +62,22 @@ pub fn validate(chains: &[SignerChain]) -> Result<(), String> {
     Ok(())
 }
 
+/// A transaction checked against its approval.
+#[derive(Clone, Debug)]
+pub struct CheckedTx {
+    /// The digest to sign (computed here from the bytes).
+    pub digest: [u8; 32],
+    /// What it moves, with its nonce and fees.
+    pub decoded: DecodedTransfer,
+}
+
 /// Decodes `unsigned_tx`, checks it against the approved withdrawal `w` and
 /// returns the digest to sign; an error is the refusal message.
 pub fn check_transaction(
     chains: &[SignerChain],
     w: &Withdrawal,
     unsigned_tx: &[u8],
-) -> Result<[u8; 32], String> {
+) -> Result<CheckedTx, String> {
     let chain = chains.iter().find(|c| c.name == w.chain).ok_or_else(|| {
         format!(
             "chain {}: this signer has no transaction adapter configured for it ([cosigner] chains)",
@@ -106,5 +116,18 @@ pub fn check_transaction(
             m.field()
         )
     })?;
-    Ok(signing_digest(&unsigned))
+    Ok(CheckedTx {
+        digest: signing_digest(&unsigned),
+        decoded,
+    })
+}
+
+/// Checks that `next` (already checked against the approval) replaces the
+/// transaction this signer signed before, `previous_tx`: the same transfer,
+/// nonce and gas limit with higher fees. Only one of them can be mined.
+pub fn check_fee_bump(previous_tx: &[u8], next: &CheckedTx) -> Result<(), String> {
+    let (_, previous) = decode_unsigned_transfer(previous_tx)
+        .map_err(|e| format!("the transaction signed before cannot be read: {e}"))?;
+    check_replacement(&previous, &next.decoded)
+        .map_err(|m| format!("unsigned_tx: field {}: {m}", m.field()))
 }

@@ -39,8 +39,17 @@ pub struct SignedRecord {
     pub initiator: String,
     /// Base units, decimal.
     pub amount: String,
-    /// Unix seconds (this signer's clock).
+    /// Unix seconds (this signer's clock) of the first signature of this
+    /// withdrawal (velocity counts it from then).
     pub at: i64,
+    /// The intent digest of the approved withdrawal, hex: a fee bump must be
+    /// for the very same withdrawal.
+    #[serde(default)]
+    pub intent: String,
+    /// The unsigned transaction signed, hex (empty for an intent digest): a
+    /// fee bump must keep its transfer, nonce and gas limit.
+    #[serde(default)]
+    pub tx: String,
 }
 
 /// A withdrawal this signer verified as authorised (quorum registered or
@@ -94,8 +103,10 @@ pub struct Known {
     pub quorum_seen: Option<(i64, String)>,
     /// Who cancelled it.
     pub cancelled_by: Option<String>,
-    /// What this signer signed for it.
+    /// What this signer signed for it last (a fee bump replaces the record).
     pub signed: Option<SignedRecord>,
+    /// How many signatures this signer issued for it (1 + fee bumps).
+    pub signings: u32,
     /// Verified as authorised (velocity).
     pub authorized: Option<Spend>,
 }
@@ -269,8 +280,13 @@ fn apply(index: &mut HashMap<String, Known>, l: Line) {
                 k.authorized = Some(*spend);
             }
         }
-        Line::Signed { id, record } => {
-            index.entry(id).or_default().signed = Some(*record);
+        Line::Signed { id, mut record } => {
+            let k = index.entry(id).or_default();
+            if let Some(first) = &k.signed {
+                record.at = first.at;
+            }
+            k.signed = Some(*record);
+            k.signings = k.signings.saturating_add(1);
         }
     }
 }

@@ -38,11 +38,30 @@ pub struct Verified {
     pub authorization: Authorization,
 }
 
+/// Most signatures a signer issues for one withdrawal: the first and its
+/// fee bumps (all at one nonce, so at most one is ever mined).
+pub const MAX_SIGNINGS: u32 = 8;
+
+/// A signature this signer agreed to issue.
+#[derive(Debug)]
+pub struct Grant {
+    /// The withdrawal (its intent digest computed here).
+    pub withdrawal: Withdrawal,
+    /// The digest to sign.
+    pub digest: [u8; 32],
+    /// The approval statement's hash, hex.
+    pub statement_hash: String,
+    /// The unsigned transaction signed (empty for an intent digest).
+    pub unsigned_tx: Vec<u8>,
+    /// For a fee bump: the digest of the transaction it replaces, hex.
+    pub replaces: Option<String>,
+}
+
 /// What to do after the checks.
 #[derive(Debug)]
 pub enum SignDecision {
     /// Issue a partial from the presignature, then record it.
-    Issue(Box<Verified>),
+    Issue(Box<Grant>),
     /// An identical request was already answered: return the same partial.
     Repeat(Vec<u8>),
 }
@@ -120,7 +139,9 @@ impl Cosigner {
         if a.unsigned_tx.is_empty() {
             Ok(intent_digest(w))
         } else {
-            chains::check_transaction(&self.chains, w, &a.unsigned_tx).map_err(refused)
+            chains::check_transaction(&self.chains, w, &a.unsigned_tx)
+                .map(|c| c.digest)
+                .map_err(refused)
         }
     }
 
@@ -263,6 +284,10 @@ impl Cosigner {
                     .map_err(|_| NodeError::Internal("stored partial".into()))?;
                 return Ok((SignDecision::Repeat(partial), guard));
             }
+            if !a.unsigned_tx.is_empty() && !s.tx.is_empty() {
+                let grant = self.fee_bump(&w, a, s, &known)?;
+                return Ok((SignDecision::Issue(Box::new(grant)), guard));
+            }
             return Err(NodeError::Replay(format!(
                 "withdrawal {} was already signed by this signer (presignature {}); a withdrawal is signed once",
                 w.id, s.presig_id
@@ -321,24 +346,83 @@ impl Cosigner {
             &v.authorization.decision.policy_hash.0,
             &a.rule_id,
         )?;
-        Ok((SignDecision::Issue(Box::new(v)), guard))
+        let statement_hash = hex::encode(v.authorization.statement_hash);
+        Ok((
+            SignDecision::Issue(Box::new(Grant {
+                withdrawal: v.withdrawal,
+                digest: v.digest,
+                statement_hash,
+                unsigned_tx: a.unsigned_tx.clone(),
+                replaces: None,
+            })),
+            guard,
+        ))
+    }
+
+    /// A fee bump of a transaction this signer already signed: the same
+    /// approved withdrawal (intent digest), the new transaction within the
+    /// approved fee cap, and a replacement of the signed one (same transfer,
+    /// nonce and gas limit, higher fees). The approvals and time lock were
+    /// verified at the first signature; at one nonce only one version can be
+    /// mined, so no new approval is needed for a bump within the cap.
+    fn fee_bump(
+        &self,
+        w: &Withdrawal,
+        a: &WithdrawalAuthorization,
+        signed: &SignedRecord,
+        known: &journal::Known,
+    ) -> Result<Grant, NodeError> {
+        if let Some(by) = &known.cancelled_by {
+            return Err(refused(format!(
+                "withdrawal {} was cancelled by {by}",
+                w.id
+            )));
+        }
+        if known.signings >= MAX_SIGNINGS {
+            return Err(NodeError::Replay(format!(
+                "withdrawal {} was already signed {} times (the first signature and its fee bumps): no more",
+                w.id, known.signings
+            )));
+        }
+        let mut w = w.clone();
+        w.tx_digest = hex::encode(intent_digest(&w));
+        if signed.intent.is_empty() || w.tx_digest != signed.intent {
+            return Err(NodeError::Replay(format!(
+                "withdrawal {} was already signed by this signer for other terms; a fee bump must be for the approved withdrawal unchanged",
+                w.id
+            )));
+        }
+        let checked =
+            chains::check_transaction(&self.chains, &w, &a.unsigned_tx).map_err(refused)?;
+        let previous = hex::decode(&signed.tx)
+            .map_err(|_| NodeError::Internal("journal: stored transaction".into()))?;
+        chains::check_fee_bump(&previous, &checked).map_err(refused)?;
+        Ok(Grant {
+            withdrawal: w,
+            digest: checked.digest,
+            statement_hash: signed.statement_hash.clone(),
+            unsigned_tx: a.unsigned_tx.clone(),
+            replaces: Some(signed.digest.clone()),
+        })
     }
 
     /// Records what was signed (before the partial is returned).
     pub fn record_signed(
         &self,
-        v: &Verified,
+        g: &Grant,
         presig_id: &str,
         partial: &[u8],
     ) -> Result<(), NodeError> {
-        let w = &v.withdrawal;
+        let w = &g.withdrawal;
         self.journal.signed(
             &w.id,
             SignedRecord {
                 presig_id: presig_id.to_owned(),
-                digest: hex::encode(v.digest),
-                statement_hash: hex::encode(v.authorization.statement_hash),
+                digest: hex::encode(g.digest),
+                statement_hash: g.statement_hash.clone(),
                 partial: hex::encode(partial),
+                intent: hex::encode(intent_digest(w)),
+                tx: hex::encode(&g.unsigned_tx),
                 wallet: w.wallet.clone(),
                 chain: w.chain.clone(),
                 asset: w.asset.clone(),

@@ -148,7 +148,17 @@ pub(super) async fn run(
         Ok(w) => w,
         Err(e) => return Err(explain_stuck(&rpc, &mut backend, &w.id, sender, e).await),
     };
-    let hash = signed_tx_hash(&key, &w, sender)?;
+    // The signature is checked over the transaction it signs; the hash on
+    // chain is the server's (a fee bump may have been replaced by the
+    // version it replaced, if that one was mined first).
+    let rebuilt = signed_tx_hash(&key, &w, sender)?;
+    let hash: B256 = if w.tx_hash.is_empty() {
+        rebuilt
+    } else {
+        w.tx_hash
+            .parse()
+            .with_context(|| format!("withdrawal {}: tx_hash {:?}", w.id, w.tx_hash))?
+    };
     let receipt = rpc
         .transaction_receipt(hash)
         .await

@@ -1,0 +1,226 @@
+//! After `signed`, on chains with an adapter: broadcast, confirmation
+//! tracking, fee bumps of stuck transactions, and failure (receipt status 0,
+//! or the nonce used by a transaction that is not this withdrawal's).
+
+use custos_audit::EntryBody;
+
+use super::{Engine, Next, PresigUse};
+use crate::chain::bump::SignedBump;
+use crate::chain::{Chains, EvmChain, Pending, Tracked};
+use crate::error::CoordError;
+use crate::withdrawal::state::State;
+use crate::withdrawal::store::{Val, WithdrawalRow};
+
+impl Engine {
+    /// signed → broadcast → confirmed | failed, for chains with an adapter.
+    pub(super) async fn chain_after_signed(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let Some((chains, chain)) = self.evm_chain(&row.chain) else {
+            return Ok(Next::Wait);
+        };
+        if row.unsigned_tx.as_deref().is_none_or(<[u8]>::is_empty) {
+            return Ok(Next::Wait);
+        }
+        if row.state()? == State::Signed {
+            let key = self.key(row).await?;
+            let (_, hash) = chains
+                .assemble(row, key.eth_address.as_deref().unwrap_or_default())
+                .await?;
+            self.log_broadcast(row, &hash).await?;
+            self.store
+                .transition(
+                    &row.id,
+                    &[State::Signed],
+                    State::Broadcast,
+                    vec![("tx_hash", Val::Text(Some(hash.clone())))],
+                    &format!("broadcasting {hash}"),
+                )
+                .await?;
+            return Ok(Next::Continue);
+        }
+        match chains.track(chain, row).await {
+            Ok(Tracked::Waiting(note)) => {
+                self.note(row, State::Broadcast, &note).await?;
+                Ok(Next::Wait)
+            }
+            Ok(Tracked::Stuck(why)) => self.bump_fee(row, chains, chain, &why).await,
+            Ok(Tracked::Confirmed {
+                hash,
+                block,
+                gas_used,
+                fee_paid,
+            }) => {
+                self.audit
+                    .append(EntryBody::Confirmed {
+                        withdrawal_id: row.id.clone(),
+                        chain: row.chain.clone(),
+                        txid: hash.clone(),
+                        block_height: block,
+                        confirmations: u32::try_from(chain.settings.confirmations)
+                            .unwrap_or(u32::MAX),
+                    })
+                    .await?;
+                self.store
+                    .transition(
+                        &row.id,
+                        &[State::Broadcast],
+                        State::Confirmed,
+                        vec![
+                            ("fee_paid", Val::Text(Some(fee_paid.to_string()))),
+                            ("tx_hash", Val::Text(Some(hash.clone()))),
+                        ],
+                        &format!("{hash} confirmed in block {block} (gas used {gas_used})"),
+                    )
+                    .await?;
+                Ok(Next::Continue)
+            }
+            Ok(Tracked::Reverted { hash, block }) => {
+                let detail = format!(
+                    "{hash} reverted in block {block} (receipt status 0): the transfer did not happen; the fee was paid"
+                );
+                self.move_to(
+                    row,
+                    &[State::Broadcast],
+                    State::Failed,
+                    vec![
+                        ("reason", Val::Text(Some(detail.clone()))),
+                        ("tx_hash", Val::Text(Some(hash))),
+                    ],
+                    &detail,
+                )
+                .await
+            }
+            Ok(Tracked::NonceTaken { nonce, mined }) => {
+                let detail = format!(
+                    "nonce {nonce} of wallet {} was used by a transaction that is not this withdrawal's (the account has {mined} mined transactions): none of its versions can be mined; investigate the wallet key",
+                    row.wallet
+                );
+                tracing::error!(withdrawal = %row.id, nonce, "{detail}");
+                self.move_to(
+                    row,
+                    &[State::Broadcast],
+                    State::Failed,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
+            }
+            Err(Pending::Storage(e)) => Err(e),
+            Err(Pending::Wait(note)) => {
+                self.note(row, State::Broadcast, &note).await?;
+                Ok(Next::Wait)
+            }
+        }
+    }
+
+    /// The audit entry for a transaction about to be sent (before it is).
+    async fn log_broadcast(&self, row: &WithdrawalRow, hash: &str) -> Result<(), CoordError> {
+        self.audit
+            .append(EntryBody::TransactionBroadcast {
+                withdrawal_id: row.id.clone(),
+                chain: row.chain.clone(),
+                txid: hash.to_owned(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Replaces a stuck transaction: the same transfer at the same nonce
+    /// with higher fees within the approved cap, signed by the signers (each
+    /// checks it replaces what it signed), then sent by the next step. A
+    /// refusal keeps the current version and tries again later.
+    async fn bump_fee(
+        &self,
+        row: &WithdrawalRow,
+        chains: &Chains,
+        chain: &EvmChain,
+        why: &str,
+    ) -> Result<Next, CoordError> {
+        let key = self.key(row).await?;
+        let unsigned_tx = match chains.prepare_bump(chain, row).await {
+            Ok(b) => b,
+            Err(Pending::Storage(e)) => return Err(e),
+            Err(Pending::Wait(note)) => {
+                self.note(row, State::Broadcast, &note).await?;
+                return Ok(Next::Wait);
+            }
+        };
+        let stored = chains
+            .stored(&row.id)
+            .await?
+            .ok_or_else(|| CoordError::Internal(format!("{} lost its transaction", row.id)))?;
+        if stored.bump_presig.is_none() {
+            // The signers of the first signature: each checks that the bump
+            // replaces what it signed.
+            let original: Vec<String> =
+                serde_json::from_str(row.signers.as_deref().unwrap_or("[]")).unwrap_or_default();
+            match self
+                .take_presig(&key, PresigUse::FeeBump(chains, &row.id, &original))
+                .await?
+            {
+                Some(true) => {}
+                Some(false) => return Ok(Next::Continue),
+                None => return Ok(Next::Wait),
+            }
+        }
+        let stored = chains
+            .stored(&row.id)
+            .await?
+            .ok_or_else(|| CoordError::Internal(format!("{} lost its transaction", row.id)))?;
+        let presig = stored.bump_presig.unwrap_or_default();
+        let signers: Vec<String> =
+            serde_json::from_str(stored.bump_signers.as_deref().unwrap_or("[]"))
+                .unwrap_or_default();
+        let digest = custos_chains::evm::tx::decode_unsigned(&unsigned_tx)
+            .map(|u| custos_chains::evm::tx::signing_digest(&u))
+            .map_err(|e| CoordError::Internal(format!("{}: fee bump: {e}", row.id)))?;
+        let mut auth = self.authorization(row).await?;
+        auth.unsigned_tx = unsigned_tx.clone();
+        tracing::info!(withdrawal = %row.id, %why, presig = %presig, "signing a fee bump");
+        match self
+            .audited_sign(row, &key, &digest, &presig, &signers, auth)
+            .await?
+        {
+            Ok(sig) => {
+                let bump = SignedBump {
+                    unsigned_tx,
+                    r: sig.r,
+                    s: sig.s,
+                    recovery_id: sig.recovery_id,
+                };
+                let (raw, hash) =
+                    Chains::assemble_bump(&bump, key.eth_address.as_deref().unwrap_or_default())?;
+                self.log_broadcast(row, &hash).await?;
+                if chains.commit_bump(&row.id, &bump, &raw, &hash).await? {
+                    let previous = stored.tx_hash.unwrap_or_default();
+                    self.note(
+                        row,
+                        State::Broadcast,
+                        &format!(
+                            "{why}: replaced by {hash} (fee bump {}, same nonce {})",
+                            stored.bumps + 1,
+                            stored.nonce
+                        ),
+                    )
+                    .await?;
+                    tracing::info!(withdrawal = %row.id, %previous, replacement = %hash, "fee bumped");
+                }
+                Ok(Next::Continue)
+            }
+            Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
+                self.note(row, State::Broadcast, &format!("fee bump: {e}"))
+                    .await?;
+                Ok(Next::Wait)
+            }
+            Err(e) => {
+                self.note(
+                    row,
+                    State::Broadcast,
+                    &format!("fee bump refused, the current transaction stays: {e}"),
+                )
+                .await?;
+                chains.abandon_bump(&row.id).await?;
+                Ok(Next::Wait)
+            }
+        }
+    }
+}
