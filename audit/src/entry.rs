@@ -297,6 +297,18 @@ pub enum EntryBody {
         /// Admin signatures over the change.
         admin_signatures: Vec<AdminSignature>,
     },
+    /// A key was locked for signing (repeated unexplained signing failures)
+    /// or unlocked by an admin.
+    KeyLockChanged {
+        /// Key identifier.
+        key_id: String,
+        /// Locked (`true`) or unlocked.
+        locked: bool,
+        /// Who: `coordinator` for a lock, the admin client for an unlock.
+        actor: String,
+        /// Why (the last failure, or the admin's reason).
+        reason: String,
+    },
 }
 
 impl EntryBody {
@@ -317,6 +329,7 @@ impl EntryBody {
             Self::TransactionBroadcast { .. } => 12,
             Self::Confirmed { .. } => 13,
             Self::MembershipChanged { .. } => 14,
+            Self::KeyLockChanged { .. } => 15,
         }
     }
 
@@ -337,6 +350,7 @@ impl EntryBody {
             Self::TransactionBroadcast { .. } => "transaction_broadcast",
             Self::Confirmed { .. } => "confirmed",
             Self::MembershipChanged { .. } => "membership_changed",
+            Self::KeyLockChanged { .. } => "key_lock_changed",
         }
     }
 
@@ -562,6 +576,17 @@ impl Entry {
                 w.bytes(public_key)?;
                 w.admin_sigs(admin_signatures)?;
             }
+            EntryBody::KeyLockChanged {
+                key_id,
+                locked,
+                actor,
+                reason,
+            } => {
+                w.str(key_id)?;
+                w.u8(u8::from(*locked));
+                w.str(actor)?;
+                w.str(reason)?;
+            }
         }
         Ok(w.0)
     }
@@ -701,6 +726,16 @@ impl Entry {
                 },
                 public_key: r.bytes()?,
                 admin_signatures: r.admin_sigs()?,
+            },
+            15 => EntryBody::KeyLockChanged {
+                key_id: r.str()?,
+                locked: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    t => return Err(malformed(format!("key lock flag {t}"))),
+                },
+                actor: r.str()?,
+                reason: r.str()?,
             },
             k => return Err(malformed(format!("unknown entry kind {k}"))),
         };
@@ -900,5 +935,45 @@ impl Reader<'_> {
                 signature: r.bytes()?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn key_lock_entries_round_trip_and_reject_a_bad_flag() {
+        let entry = |body: EntryBody| Entry {
+            index: 7,
+            timestamp_ms: 1_700_000_000_000,
+            body,
+        };
+        for locked in [true, false] {
+            let e = entry(EntryBody::KeyLockChanged {
+                key_id: "w-1".into(),
+                locked,
+                actor: "coordinator".into(),
+                reason: "3 unexplained signing failures".into(),
+            });
+            let bytes = e.encode().unwrap();
+            assert_eq!(Entry::decode(&bytes).unwrap(), e);
+            assert_eq!(e.body.kind(), 15);
+            assert_eq!(e.body.withdrawal_id(), None);
+        }
+        let mut bytes = entry(EntryBody::KeyLockChanged {
+            key_id: "k".into(),
+            locked: true,
+            actor: "a".into(),
+            reason: "r".into(),
+        })
+        .encode()
+        .unwrap();
+        // The flag follows the key id "k".
+        let at = bytes.iter().position(|b| *b == b'k').unwrap() + 1;
+        assert_eq!(bytes[at], 1);
+        bytes[at] = 2;
+        assert!(Entry::decode(&bytes).is_err());
     }
 }

@@ -55,6 +55,10 @@ enum Command {
     /// Ledger balances, invariant check, deposits (admin) and reconciliation with the chain.
     #[command(subcommand)]
     Ledger(cmd::ledger::LedgerCommand),
+    /// Wallet keys: show one, or unlock one that repeated unexplained signing
+    /// failures locked (admin).
+    #[command(subcommand)]
+    Key(cmd::key::KeyCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Ledger(c) => cmd::ledger::run(c),
+        Command::Key(c) => cmd::key::run(c),
     };
     match result {
         Ok(code) => code,

@@ -129,6 +129,15 @@ async fn approvers_and_backends_drive_withdrawals_through_the_cli() {
     assert_eq!(demo["large"]["rule_id"], "large-whitelisted");
     assert_eq!(demo["verified"], true);
 
+    // The demo wallet's key: not locked, and an unlock of an unlocked key is refused.
+    let k = json(&ok(&dir, &["key", "show", "demo-hot", "--json"]));
+    assert_eq!(k["signing_locked"], false, "{k}");
+    assert_eq!(k["threshold"], 2);
+    let e = fails(&dir, &["key", "unlock", "demo-hot", "--reason", "test"]);
+    assert!(e.contains("is not locked"), "{e}");
+    let e = fails(&dir, &["key", "unlock", "demo-hot", "--reason", " "]);
+    assert!(e.contains("--reason"), "{e}");
+
     // A large withdrawal: shown from its statement, approved by two treasurers,
     // cancelled by security during the time lock.
     let w = withdraw(&dir, PAYROLL, "3000000000000000000", "awaiting_approvals");

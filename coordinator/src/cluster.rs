@@ -1,7 +1,9 @@
 //! Orchestration: aux info once per group, keys, the presignature pool, signing.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::key_lock::KeyLocks;
 use std::time::{Duration, Instant};
 
 use custos_proto::signer::{
@@ -28,6 +30,11 @@ pub struct Settings {
     pub partial_timeout: Duration,
     /// Deadline for one protocol session.
     pub session_timeout: Duration,
+    /// Unexplained signing failures that lock a key (SECURITY.md promise 3),
+    /// each within `lock_window` of the previous.
+    pub lock_after_failures: u32,
+    /// See `lock_after_failures`.
+    pub lock_window: Duration,
 }
 
 /// A produced signature.
@@ -111,6 +118,10 @@ pub struct Cluster {
     rotation: AtomicUsize,
     /// Metrics.
     pub metrics: Metrics,
+    /// Keys locked after repeated unexplained signing failures.
+    pub locks: KeyLocks,
+    /// Where locks are logged (set once the log is open).
+    audit: OnceLock<Arc<crate::audit::AuditTrail>>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -246,7 +257,14 @@ fn combine_partials(
 impl Cluster {
     /// Wires the domain.
     pub fn new(db: Db, signers: Arc<Signers>, settings: Settings) -> Arc<Cluster> {
+        let locks = KeyLocks::new(
+            db.pool().clone(),
+            settings.lock_after_failures,
+            settings.lock_window,
+        );
         Arc::new(Cluster {
+            locks,
+            audit: OnceLock::new(),
             db,
             signers,
             settings,
@@ -254,6 +272,48 @@ impl Cluster {
             rotation: AtomicUsize::new(0),
             metrics: Metrics::default(),
         })
+    }
+
+    /// The log key locks are recorded in.
+    pub fn set_audit(&self, audit: Arc<crate::audit::AuditTrail>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The combined signature of `key`, counted: a failure no one can
+    /// explain counts toward locking the key.
+    async fn counted(
+        &self,
+        key_id: &str,
+        combined: Result<(custos_mpc::protocol::Signature, u8), CoordError>,
+    ) -> Result<(custos_mpc::protocol::Signature, u8), CoordError> {
+        match combined {
+            Ok(sig) => Ok(sig),
+            Err(e) => {
+                match self.locks.failure(key_id, &e.to_string()).await {
+                    Ok(Some(n)) => {
+                        tracing::error!(key_id, failures = n, error = %e, "key locked for signing");
+                        // The lock is stored; logging it must not undo it.
+                        if let Some(audit) = self.audit.get()
+                            && let Err(le) = audit
+                                .append(custos_audit::EntryBody::KeyLockChanged {
+                                    key_id: key_id.to_owned(),
+                                    locked: true,
+                                    actor: "coordinator".into(),
+                                    reason: format!("{n} unexplained signing failures; last: {e}"),
+                                })
+                                .await
+                        {
+                            tracing::error!(key_id, error = %le, "key lock not logged");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(se) => {
+                        tracing::error!(key_id, error = %se, "signing failure not counted")
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Threshold of new keys when a request does not say.
@@ -499,6 +559,7 @@ impl Cluster {
                 )));
             }
         };
+        self.locks.check(key_id).await?;
         if let Some(prev) = self.db.begin_sign(request_id, key_id, &digest).await? {
             return self.previous_outcome(request_id, key_id, &digest, prev);
         }
@@ -656,8 +717,12 @@ impl Cluster {
             }
         })
         .await?;
-        let (sig, recovery_id) =
-            combine_partials(&partials, signer_ids, public_key, digest, presig_id)?;
+        let (sig, recovery_id) = self
+            .counted(
+                &key.key_id,
+                combine_partials(&partials, signer_ids, public_key, digest, presig_id),
+            )
+            .await?;
         Ok(SignOutcome {
             r: sig.r,
             s: sig.s,
@@ -859,6 +924,7 @@ impl Cluster {
         let public_key = key.public_key.clone().ok_or_else(|| {
             CoordError::FailedPrecondition(format!("key {} is not ready", key.key_id))
         })?;
+        self.locks.check(&key.key_id).await?;
         let signers: Vec<Arc<Signer>> = signer_ids
             .iter()
             .filter_map(|n| self.signers.get(n).cloned())
@@ -885,8 +951,12 @@ impl Cluster {
             }
         })
         .await?;
-        let (sig, recovery_id) =
-            combine_partials(&partials, signer_ids, &public_key, digest, presig_id)?;
+        let (sig, recovery_id) = self
+            .counted(
+                &key.key_id,
+                combine_partials(&partials, signer_ids, &public_key, digest, presig_id),
+            )
+            .await?;
         self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe(started.elapsed());
         Ok(SignOutcome {

@@ -27,6 +27,15 @@ pub struct CoordinatorConfig {
     /// Seconds a protocol session (keygen, presign, interactive sign) may take (default 120).
     #[serde(default = "default_session_timeout")]
     pub session_timeout_secs: u64,
+    /// Unexplained signing failures (partials that are malformed or do not
+    /// combine into a valid signature) that lock a key for signing until an
+    /// admin unlocks it (default 3), each within `lock_window_secs` of the
+    /// previous (default 86400).
+    #[serde(default = "default_lock_after_failures")]
+    pub lock_after_failures: u32,
+    /// See `lock_after_failures`.
+    #[serde(default = "default_lock_window")]
+    pub lock_window_secs: u64,
     /// TLS material.
     pub tls: TlsConfig,
     /// API authentication.
@@ -139,6 +148,12 @@ fn default_threshold() -> u16 {
 }
 fn default_pool() -> u32 {
     4
+}
+fn default_lock_after_failures() -> u32 {
+    3
+}
+fn default_lock_window() -> u64 {
+    86_400
 }
 fn default_partial_timeout() -> u64 {
     5

@@ -147,6 +147,9 @@ impl Db {
         db.execute_ddl(&crate::withdrawal::store::schema(db.backend))
             .await
             .map_err(db_err)?;
+        db.execute_ddl(crate::key_lock::SCHEMA)
+            .await
+            .map_err(db_err)?;
         crate::withdrawal::store::upgrade(&db)
             .await
             .map_err(db_err)?;

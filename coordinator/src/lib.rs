@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod eth;
+pub mod key_lock;
 pub mod service;
 pub mod signers;
 pub mod withdrawal;

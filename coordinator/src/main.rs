@@ -245,6 +245,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
             pool_target: cfg.presignature_pool,
             partial_timeout: Duration::from_secs(cfg.partial_timeout_secs),
             session_timeout: Duration::from_secs(cfg.session_timeout_secs),
+            lock_after_failures: cfg.lock_after_failures,
+            lock_window: Duration::from_secs(cfg.lock_window_secs),
         },
     );
     tokio::spawn(cluster.clone().ensure_aux());
@@ -262,6 +264,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
             .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?,
     );
     tracing::info!(log_key = %audit.verifier_key(), "audit log open");
+    cluster.set_audit(audit.clone());
     tokio::spawn(
         audit
             .clone()

@@ -188,7 +188,11 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         .await
         .map(|v| v.len() as u32)
         .unwrap_or(0);
+    let lock = cluster.locks.status(&k.key_id).await.ok().flatten();
     Key {
+        signing_locked: lock.as_ref().is_some_and(|l| l.locked_ms.is_some()),
+        unexplained_failures: lock.as_ref().map_or(0, |l| l.consecutive),
+        last_failure: lock.map(|l| l.last_error).unwrap_or_default(),
         key_id: k.key_id,
         curve: Curve::Secp256k1 as i32,
         threshold: u32::from(k.threshold),
@@ -303,6 +307,55 @@ impl Custody for CustodyService {
             presignature_id: o.presig_id,
             signing_micros: o.elapsed.as_micros() as u64,
         }))
+    }
+
+    async fn unlock_key(&self, req: Request<UnlockKeyRequest>) -> Result<Response<Key>, Status> {
+        let who = require_any(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        crate::cluster::validate_id("key_id", &r.key_id).map_err(status)?;
+        let reason = r.reason.trim();
+        if reason.is_empty() || reason.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "reason: say in 1-1024 characters why the key may sign again (it is logged)",
+            ));
+        }
+        let key = self
+            .cluster
+            .db
+            .key(&r.key_id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("key {}", r.key_id)))?;
+        let locked = self
+            .cluster
+            .locks
+            .status(&key.key_id)
+            .await
+            .map_err(status)?
+            .is_some_and(|l| l.locked_ms.is_some());
+        if !locked {
+            return Err(Status::failed_precondition(format!(
+                "key {} is not locked",
+                key.key_id
+            )));
+        }
+        // Logged before it takes effect: an unlock weakens the cluster.
+        self.audit
+            .append(EntryBody::KeyLockChanged {
+                key_id: key.key_id.clone(),
+                locked: false,
+                actor: who.id.clone(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .map_err(status)?;
+        self.cluster
+            .locks
+            .unlock(&key.key_id)
+            .await
+            .map_err(status)?;
+        tracing::warn!(key_id = %key.key_id, by = %who.id, %reason, "key unlocked for signing");
+        Ok(Response::new(to_key(&self.cluster, key).await))
     }
 
     async fn get_cluster_status(

@@ -25,6 +25,9 @@ pub enum FaultInjection {
     None,
     /// Replace the payload of every outbound protocol frame with garbage.
     CorruptProtocolMessages,
+    /// Issue well-formed partial signatures over another digest (they do
+    /// not combine into a valid signature: an unexplained signing failure).
+    CorruptPartialSignatures,
 }
 
 /// Where the node is in its one-time setup.
@@ -467,7 +470,11 @@ impl Node {
         let usage = format!("request={request_id} digest={}\n", hex::encode(digest));
         let (_meta, secret) = self.store.consume_presig(key_id, presig_id, &usage)?;
         let presig: custos_mpc::Presignature = from_secret_bytes(&secret)?;
-        let partial = protocol::issue_partial(presig, digest);
+        let mut digest = *digest;
+        if self.fault == FaultInjection::CorruptPartialSignatures {
+            digest[0] ^= 1;
+        }
+        let partial = protocol::issue_partial(presig, &digest);
         serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()))
     }
 

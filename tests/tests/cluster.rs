@@ -224,3 +224,175 @@ async fn three_of_five_keygen_and_signing() {
     }
     tc.cluster.stop().await.unwrap();
 }
+
+async fn key_pk(client: &mut custos_devkit::client::Client) -> Vec<u8> {
+    client
+        .get_key(custos_proto::custody::GetKeyRequest {
+            key_id: "k-lock".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .public_key
+}
+
+/// The decoded audit log entries (up to the latest checkpoint).
+async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<custos_audit::Entry> {
+    use custos_proto::custody::{GetCheckpointRequest, GetLogEntryRequest};
+    let size = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .size;
+    let mut out = Vec::new();
+    for index in 0..size {
+        let e = client
+            .get_log_entry(GetLogEntryRequest { index })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(custos_audit::Entry::decode(&e.entry).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_unexplained_signing_failures_lock_the_key_until_an_admin_unlocks_it() {
+    use custos_audit::EntryBody;
+    use custos_proto::custody::{GetKeyRequest, UnlockKeyRequest};
+
+    // Two of three signers issue partials that do not combine into a valid
+    // signature, so every 2-of-3 presignature signing fails unexplained.
+    let tc = start(
+        3,
+        2,
+        &[
+            ("signer-2", "corrupt-partial-signatures"),
+            ("signer-3", "corrupt-partial-signatures"),
+        ],
+    )
+    .await;
+    let mut client = tc.client.clone();
+    client
+        .create_key(CreateKeyRequest {
+            key_id: "k-lock".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 2,
+            chain: String::new(),
+        })
+        .await
+        .unwrap();
+    let d = digest();
+    // Presignature signing: the partials do not combine (counted). Wait for
+    // the pool, so requests do not go interactive (which signs fine here).
+    let started = Instant::now();
+    while client
+        .get_key(GetKeyRequest {
+            key_id: "k-lock".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .presignatures_ready
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no presignatures"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut locked = None;
+    for attempt in 0..12 {
+        match client.sign_digest(sign_req("k-lock", &d, false)).await {
+            Ok(r) => verify_both(
+                &key_pk(&mut client).await,
+                &d,
+                &r.get_ref().r,
+                &r.get_ref().s,
+            ),
+            Err(err) if err.message().contains("is locked for signing") => {
+                locked = Some((attempt, err));
+                break;
+            }
+            Err(err) => assert!(
+                err.message().contains("does not verify") || err.code() == tonic::Code::Unavailable,
+                "{err}"
+            ),
+        }
+    }
+    let (attempt, err) = locked.expect("the key locks");
+    assert!(attempt >= 2, "three failures lock it, not fewer");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("custos key unlock k-lock"), "{err}");
+    let key = client
+        .get_key(GetKeyRequest {
+            key_id: "k-lock".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(key.signing_locked);
+    assert!(key.unexplained_failures >= 3, "{key:?}");
+    assert!(key.last_failure.contains("does not verify"), "{key:?}");
+
+    // Only an admin unlocks, and only with a reason.
+    let layout = tc.cluster.layout().clone();
+    let mut auditor = custos_devkit::client::connect_as(&layout, "auditor")
+        .await
+        .unwrap();
+    let denied = auditor
+        .unlock_key(UnlockKeyRequest {
+            key_id: "k-lock".into(),
+            reason: "me".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    let no_reason = client
+        .unlock_key(UnlockKeyRequest {
+            key_id: "k-lock".into(),
+            reason: " ".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_reason.code(), tonic::Code::InvalidArgument);
+    let unlocked = client
+        .unlock_key(UnlockKeyRequest {
+            key_id: "k-lock".into(),
+            reason: "signer-2 and signer-3 replaced after the incident".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unlocked.signing_locked);
+    assert_eq!(unlocked.unexplained_failures, 0);
+    // Unlocked, it signs again.
+    if let Err(again) = client.sign_digest(sign_req("k-lock", &d, false)).await {
+        assert!(!again.message().contains("is locked"), "{again}");
+    }
+
+    // Both the lock and the unlock are in the audit log.
+    let started = Instant::now();
+    loop {
+        let entries = log_entries(&mut client).await;
+        let lock = entries.iter().any(|e| {
+            matches!(&e.body, EntryBody::KeyLockChanged { key_id, locked: true, actor, reason }
+                if key_id == "k-lock" && actor == "coordinator" && reason.contains("3 unexplained"))
+        });
+        let unlock = entries.iter().any(|e| {
+            matches!(&e.body, EntryBody::KeyLockChanged { key_id, locked: false, reason, .. }
+                if key_id == "k-lock" && reason.contains("replaced after the incident"))
+        });
+        if lock && unlock {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "lock {lock} unlock {unlock} in the log"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tc.cluster.stop().await.unwrap();
+}

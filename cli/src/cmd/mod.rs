@@ -7,6 +7,7 @@ pub mod audit_replay;
 pub mod conn;
 pub mod demo;
 pub mod dev;
+pub mod key;
 pub mod ledger;
 pub mod policy;
 pub mod report;

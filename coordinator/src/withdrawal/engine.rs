@@ -947,6 +947,24 @@ impl Engine {
             .ok_or_else(|| CoordError::Internal(format!("wallet {} vanished", row.wallet)))
     }
 
+    /// A locked key (repeated unexplained signing failures) signs nothing:
+    /// the withdrawal waits, with a note, until an admin unlocks it.
+    async fn wait_if_locked(
+        &self,
+        row: &WithdrawalRow,
+        state: State,
+        key: &crate::db::KeyRow,
+    ) -> Result<Option<Next>, CoordError> {
+        match self.cluster.locks.check(&key.key_id).await {
+            Ok(()) => Ok(None),
+            Err(e @ CoordError::FailedPrecondition(_)) => {
+                self.note(row, state, &e.to_string()).await?;
+                Ok(Some(Next::Wait))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reserves a ready presignature of `key` (or makes one) with `reserve`,
     /// which consumes it durably and records it where it will be used.
     /// `Some(true)`: reserved; `Some(false)`: lost a race (step again);
@@ -1041,6 +1059,9 @@ impl Engine {
     /// signing → signed | failed (retries while signers are unreachable).
     async fn sign(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         let key = self.key(row).await?;
+        if let Some(next) = self.wait_if_locked(row, State::Signing, &key).await? {
+            return Ok(next);
+        }
         let mut row = row.clone();
         if row.unsigned_tx.is_none()
             && let Some((chains, chain)) = self.evm_chain(&row.chain)
@@ -1426,20 +1447,29 @@ impl Engine {
                 reason: reason.to_owned(),
             })
             .await?;
-        let moved = self
-            .store
-            .transition(
-                &row.id,
-                &[state],
-                State::Cancelled,
-                vec![("reason", Val::Text(Some(detail.clone())))],
-                &detail,
-            )
-            .await?;
-        if moved.is_none() {
+        // The withdrawal may move on meanwhile (approved → time_locked): the
+        // cancel still applies while the new state is cancellable.
+        let mut state = state;
+        loop {
+            let moved = self
+                .store
+                .transition(
+                    &row.id,
+                    &[state],
+                    State::Cancelled,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await?;
+            if moved.is_some() {
+                break;
+            }
             let now = self.get(&row.id).await?;
             let st = now.state()?;
-            return Err(not_cancellable(&now, st));
+            if !st.cancellable() {
+                return Err(not_cancellable(&now, st));
+            }
+            state = st;
         }
         if let Some(c) = signed {
             self.store

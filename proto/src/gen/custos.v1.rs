@@ -40,6 +40,23 @@ pub struct Key {
     pub presignatures_ready: u32,
     #[prost(string, tag = "9")]
     pub chain: ::prost::alloc::string::String,
+    /// Locked for signing after repeated unexplained signing failures.
+    #[prost(bool, tag = "10")]
+    pub signing_locked: bool,
+    /// Recent unexplained signing failures, and the last one.
+    #[prost(uint32, tag = "11")]
+    pub unexplained_failures: u32,
+    #[prost(string, tag = "12")]
+    pub last_failure: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnlockKeyRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// Why it is safe to sign again (logged).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -734,6 +751,29 @@ pub mod custody_client {
                 .insert(GrpcMethod::new("custos.v1.Custody", "SignDigest"));
             self.inner.unary(req, path, codec).await
         }
+        /// Admin: unlocks a key that repeated unexplained signing failures locked
+        /// (the reason is logged before the key signs again).
+        pub async fn unlock_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UnlockKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Key>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/UnlockKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "UnlockKey"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         pub async fn get_cluster_status(
             &mut self,
@@ -1137,6 +1177,12 @@ pub mod custody_server {
             tonic::Response<super::SignDigestResponse>,
             tonic::Status,
         >;
+        /// Admin: unlocks a key that repeated unexplained signing failures locked
+        /// (the reason is logged before the key signs again).
+        async fn unlock_key(
+            &self,
+            request: tonic::Request<super::UnlockKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Key>, tonic::Status>;
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         async fn get_cluster_status(
             &self,
@@ -1470,6 +1516,49 @@ pub mod custody_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SignDigestSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/UnlockKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct UnlockKeySvc<T: Custody>(pub Arc<T>);
+                    impl<T: Custody> tonic::server::UnaryService<super::UnlockKeyRequest>
+                    for UnlockKeySvc<T> {
+                        type Response = super::Key;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UnlockKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::unlock_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UnlockKeySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

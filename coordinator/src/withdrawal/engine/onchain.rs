@@ -136,6 +136,9 @@ impl Engine {
         why: &str,
     ) -> Result<Next, CoordError> {
         let key = self.key(row).await?;
+        if let Some(next) = self.wait_if_locked(row, State::Broadcast, &key).await? {
+            return Ok(next);
+        }
         let unsigned_tx = match chains.prepare_bump(chain, row).await {
             Ok(b) => b,
             Err(Pending::Storage(e)) => return Err(e),
