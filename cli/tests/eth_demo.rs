@@ -8,16 +8,15 @@
 //! otherwise) and anvil (`scripts/install-anvil.sh`, or `CUSTOS_ANVIL`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use custos_chains::evm::address::parse_address;
+use custos_chains::evm::rpc::EvmRpc;
 use custos_chains::evm::rpc::quantity::{format_quantity, parse_u256};
-use custos_chains::evm::rpc::{EvmRpc, RpcConfig};
 use custos_chains::{Address, B256, U256};
 use custos_devkit::{ClusterSpec, EvmChain, generate};
+use custos_tests::anvil::{Anvil, rpc};
 use serde_json::{Value, json};
 
 /// The demo policy's `anvil-payee` (anvil dev account 1).
@@ -43,77 +42,6 @@ fn bin_dir() -> Option<PathBuf> {
         }
     }
     Some(dir)
-}
-
-fn anvil_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CUSTOS_ANVIL") {
-        return PathBuf::from(p);
-    }
-    let local = repo().join(".tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    if local.is_file() {
-        local
-    } else {
-        PathBuf::from("anvil")
-    }
-}
-
-fn rpc(url: &str) -> EvmRpc {
-    let mut c = RpcConfig::new(url);
-    c.timeout = Duration::from_secs(5);
-    EvmRpc::new(c).unwrap()
-}
-
-/// anvil on a free loopback port, killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Anvil {
-    async fn start() -> Anvil {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(anvil_path())
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--silent",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("anvil: run scripts/install-anvil.sh or set CUSTOS_ANVIL");
-            let url = format!("http://127.0.0.1:{port}");
-            let node = rpc(&url);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if node.chain_id().await.is_ok() {
-                    return Anvil { child, url };
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("anvil did not come up");
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A temporary cluster directory; `custos dev down` on drop (also when the

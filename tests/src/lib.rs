@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+pub mod anvil;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -3,18 +3,17 @@
 //! check them, the coordinator broadcasts and tracks confirmations.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use custos_chains::evm::address::parse_address;
-use custos_chains::evm::rpc::{BlockTag, EvmRpc, RpcConfig};
+use custos_chains::evm::rpc::{BlockTag, EvmRpc};
 use custos_chains::evm::tx::decode_unsigned_transfer;
 use custos_chains::{Address, B256, U256};
 use custos_devkit::client::connect_as;
 use custos_devkit::{ClusterSpec, StartOptions};
 use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, GetWithdrawalRequest, Withdrawal};
+use custos_tests::anvil::{Anvil, rpc};
 use custos_tests::*;
 use serde_json::json;
 
@@ -27,102 +26,6 @@ const PAYEE_3: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
 /// Dev account 0, which deploys MiniToken first: its contract address.
 const DEV_0: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
 const MINI: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
-
-fn anvil_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CUSTOS_ANVIL") {
-        return PathBuf::from(p);
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../.tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    if local.is_file() {
-        local
-    } else {
-        PathBuf::from("anvil")
-    }
-}
-
-/// anvil on a free port, killed on drop; `freeze`/`thaw` stop and resume it
-/// (its RPC hangs meanwhile, its state survives).
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Anvil {
-    async fn start() -> Anvil {
-        Self::start_with(&[]).await
-    }
-
-    async fn start_with(extra: &[&str]) -> Anvil {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(anvil_path())
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--silent",
-                ])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("anvil: run scripts/install-anvil.sh or set CUSTOS_ANVIL");
-            let url = format!("http://127.0.0.1:{port}");
-            let rpc = rpc(&url);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if rpc.chain_id().await.is_ok() {
-                    return Anvil { child, url };
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("anvil did not come up");
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    fn thaw(&self) {
-        self.signal("-CONT");
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        self.thaw();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rpc(url: &str) -> EvmRpc {
-    let mut c = RpcConfig::new(url);
-    c.timeout = Duration::from_secs(3);
-    EvmRpc::new(c).unwrap()
-}
 
 fn addr(s: &str) -> Address {
     parse_address(s).unwrap()
