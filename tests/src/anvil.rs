@@ -31,11 +31,50 @@ pub fn rpc(url: &str) -> EvmRpc {
 }
 
 /// anvil on a free port, killed on drop; `freeze`/`thaw` stop and resume it
-/// (its RPC hangs meanwhile, its state survives).
+/// (its RPC hangs meanwhile, its state survives); `stop`/`restart` end the
+/// process (connections are refused meanwhile) and bring it back on the same
+/// port with its chain state, for nodes started with [`Anvil::start_persistent`].
 pub struct Anvil {
     child: Child,
     /// Its JSON-RPC URL.
     pub url: String,
+    port: u16,
+    args: Vec<String>,
+    /// Holds the state file of a persistent node.
+    _state_dir: Option<tempfile::TempDir>,
+}
+
+fn spawn(port: u16, args: &[String]) -> Child {
+    Command::new(anvil_path())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--silent",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("anvil: run scripts/install-anvil.sh or set CUSTOS_ANVIL")
+}
+
+/// Waits until the node at `url` answers; false if `child` exits or 20 s pass.
+async fn answers(child: &mut Child, url: &str) -> bool {
+    let node = rpc(url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if node.chain_id().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 impl Anvil {
@@ -44,44 +83,58 @@ impl Anvil {
         Self::start_with(&[]).await
     }
 
+    /// Starts anvil keeping its chain state in a file it writes when it is
+    /// stopped, so [`Anvil::restart`] brings the same chain back.
+    pub async fn start_persistent() -> Anvil {
+        let dir = tempfile::tempdir().expect("a state directory");
+        let state = dir.path().join("state.json").to_string_lossy().into_owned();
+        let mut a = Self::start_with(&["--state", &state]).await;
+        a._state_dir = Some(dir);
+        a
+    }
+
     /// Starts anvil with `extra` arguments.
     pub async fn start_with(extra: &[&str]) -> Anvil {
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .expect("a free port")
                 .local_addr()
                 .expect("its address")
                 .port();
-            let mut child = Command::new(anvil_path())
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--silent",
-                ])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("anvil: run scripts/install-anvil.sh or set CUSTOS_ANVIL");
+            let mut child = spawn(port, &args);
             let url = format!("http://127.0.0.1:{port}");
-            let node = rpc(&url);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if node.chain_id().await.is_ok() {
-                    return Anvil { child, url };
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if answers(&mut child, &url).await {
+                return Anvil {
+                    child,
+                    url,
+                    port,
+                    args,
+                    _state_dir: None,
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
         }
         panic!("anvil did not come up");
+    }
+
+    /// Ends the process (SIGTERM: a persistent node writes its state) and
+    /// waits for it: the port refuses connections until [`Anvil::restart`].
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        let _ = self.child.wait();
+    }
+
+    /// Starts the node again on the same port (and state file).
+    pub async fn restart(&mut self) {
+        let mut child = spawn(self.port, &self.args);
+        assert!(
+            answers(&mut child, &self.url).await,
+            "anvil did not come back on port {}",
+            self.port
+        );
+        self.child = child;
     }
 
     fn signal(&self, sig: &str) {
