@@ -309,6 +309,20 @@ pub enum EntryBody {
         /// Why (the last failure, or the admin's reason).
         reason: String,
     },
+    /// kind 16: an approver approved or rejected the replacement of a stuck
+    /// transaction (a rule with `fee_bumps = "reapprove"`).
+    FeeBumpApproval {
+        /// Withdrawal identifier.
+        withdrawal_id: String,
+        /// Approver identifier.
+        approver_id: String,
+        /// Approve or reject.
+        verdict: Verdict,
+        /// The canonical fee-bump statement signed.
+        statement: Vec<u8>,
+        /// The approver's signature over it.
+        signature: Vec<u8>,
+    },
 }
 
 impl EntryBody {
@@ -330,6 +344,7 @@ impl EntryBody {
             Self::Confirmed { .. } => 13,
             Self::MembershipChanged { .. } => 14,
             Self::KeyLockChanged { .. } => 15,
+            Self::FeeBumpApproval { .. } => 16,
         }
     }
 
@@ -351,6 +366,7 @@ impl EntryBody {
             Self::Confirmed { .. } => "confirmed",
             Self::MembershipChanged { .. } => "membership_changed",
             Self::KeyLockChanged { .. } => "key_lock_changed",
+            Self::FeeBumpApproval { .. } => "fee_bump_approval",
         }
     }
 
@@ -361,6 +377,7 @@ impl EntryBody {
             | Self::RiskScored { withdrawal_id, .. }
             | Self::PolicyDecision { withdrawal_id, .. }
             | Self::Approval { withdrawal_id, .. }
+            | Self::FeeBumpApproval { withdrawal_id, .. }
             | Self::Cancelled { withdrawal_id, .. }
             | Self::StatusChanged { withdrawal_id, .. }
             | Self::SigningSession { withdrawal_id, .. }
@@ -478,6 +495,13 @@ impl Entry {
                 w.hash(explanation_hash);
             }
             EntryBody::Approval {
+                withdrawal_id,
+                approver_id,
+                verdict,
+                statement,
+                signature,
+            }
+            | EntryBody::FeeBumpApproval {
                 withdrawal_id,
                 approver_id,
                 verdict,
@@ -664,17 +688,28 @@ impl Entry {
                 },
                 explanation_hash: r.hash()?,
             },
-            7 => EntryBody::Approval {
-                withdrawal_id: r.str()?,
-                approver_id: r.str()?,
-                verdict: match r.u8()? {
-                    1 => Verdict::Approve,
-                    2 => Verdict::Reject,
-                    t => return Err(malformed(format!("unknown verdict {t}"))),
-                },
-                statement: r.bytes()?,
-                signature: r.bytes()?,
-            },
+            7 => {
+                let (withdrawal_id, approver_id, verdict, statement, signature) =
+                    r.signed_verdict()?;
+                EntryBody::Approval {
+                    withdrawal_id,
+                    approver_id,
+                    verdict,
+                    statement,
+                    signature,
+                }
+            }
+            16 => {
+                let (withdrawal_id, approver_id, verdict, statement, signature) =
+                    r.signed_verdict()?;
+                EntryBody::FeeBumpApproval {
+                    withdrawal_id,
+                    approver_id,
+                    verdict,
+                    statement,
+                    signature,
+                }
+            }
             8 => EntryBody::Cancelled {
                 withdrawal_id: r.str()?,
                 cancelled_by: r.str()?,
@@ -865,7 +900,26 @@ impl Writer {
 
 struct Reader<'a>(&'a [u8]);
 
+/// An approval-like entry's fields: withdrawal, approver, verdict,
+/// statement, signature.
+type SignedVerdict = (String, String, Verdict, Vec<u8>, Vec<u8>);
+
 impl Reader<'_> {
+    /// The fields shared by approvals of withdrawals and of fee bumps.
+    fn signed_verdict(&mut self) -> Result<SignedVerdict, AuditError> {
+        Ok((
+            self.str()?,
+            self.str()?,
+            match self.u8()? {
+                1 => Verdict::Approve,
+                2 => Verdict::Reject,
+                t => return Err(malformed(format!("unknown verdict {t}"))),
+            },
+            self.bytes()?,
+            self.bytes()?,
+        ))
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], AuditError> {
         if self.0.len() < n {
             return Err(malformed(format!(
@@ -975,5 +1029,25 @@ mod tests {
         assert_eq!(bytes[at], 1);
         bytes[at] = 2;
         assert!(Entry::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn fee_bump_approvals_round_trip_under_their_own_kind() {
+        let e = Entry {
+            index: 9,
+            timestamp_ms: 1_700_000_000_000,
+            body: EntryBody::FeeBumpApproval {
+                withdrawal_id: "wd-1".into(),
+                approver_id: "alice".into(),
+                verdict: Verdict::Approve,
+                statement: b"custos.fee-bump-statement\x01".to_vec(),
+                signature: vec![7; 64],
+            },
+        };
+        let bytes = e.encode().unwrap();
+        assert_eq!(Entry::decode(&bytes).unwrap(), e);
+        assert_eq!(e.body.kind(), 16);
+        assert_eq!(e.body.kind_name(), "fee_bump_approval");
+        assert_eq!(e.body.withdrawal_id(), Some("wd-1"));
     }
 }

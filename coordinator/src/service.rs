@@ -150,12 +150,36 @@ fn to_withdrawal(engine: &Engine, w: WithdrawalRow, approvals: Vec<ApprovalRow>)
         signer_notes: serde_json::from_str(&w.signer_notes).unwrap_or_default(),
         tx_hash: w.tx_hash.unwrap_or_default(),
         fee_paid: w.fee_paid.unwrap_or_default(),
+        fee_bump_statement: Vec::new(),
+        fee_bump_approvals: Vec::new(),
     }
 }
 
 async fn view(engine: &Engine, w: WithdrawalRow) -> Result<Withdrawal, Status> {
     let approvals = engine.store.approvals(&w.id).await.map_err(status)?;
-    Ok(to_withdrawal(engine, w, approvals))
+    let bump = engine.pending_fee_bump(&w).await.map_err(status)?;
+    let mut out = to_withdrawal(engine, w, approvals);
+    if let Some((statement, verdicts)) = bump {
+        out.fee_bump_statement = statement;
+        out.fee_bump_approvals = verdicts
+            .into_iter()
+            .map(|v| ApprovalRecord {
+                approver: v.approval.approver,
+                verdict: verdict_text(v.approval.verdict).into(),
+                signature: v.approval.signature,
+                received_at: rfc3339_ms(v.received_ms),
+            })
+            .collect();
+    }
+    Ok(out)
+}
+
+fn verdict_text(v: custos_policy::Verdict) -> &'static str {
+    match v {
+        custos_policy::Verdict::Approve => "approve",
+        custos_policy::Verdict::Reject => "reject",
+        custos_policy::Verdict::Cancel => "cancel",
+    }
 }
 
 fn audit_status(e: custos_audit::AuditError) -> Status {
@@ -659,16 +683,21 @@ impl Custody for CustodyService {
                 ));
             }
         };
-        let row = engine
-            .submit(SubmittedVerdict {
-                withdrawal_id: r.withdrawal_id,
-                approver: r.approver,
-                verdict,
-                signature: r.signature,
-                reason: r.reason,
-            })
-            .await
-            .map_err(status)?;
+        let submitted = SubmittedVerdict {
+            withdrawal_id: r.withdrawal_id,
+            approver: r.approver,
+            verdict,
+            signature: r.signature,
+            reason: r.reason,
+        };
+        let row = if r.fee_bump_statement.is_empty() {
+            engine.submit(submitted).await
+        } else {
+            engine
+                .submit_bump_verdict(submitted, &r.fee_bump_statement)
+                .await
+        }
+        .map_err(status)?;
         Ok(Response::new(view(engine, row).await?))
     }
 

@@ -361,6 +361,7 @@ async fn api_clients_get_their_roles_and_signers_the_log_key() {
                 verdict: 1,
                 signature: "00".into(),
                 reason: String::new(),
+                fee_bump_statement: Vec::new(),
             })
             .await,
         "backend SubmitApproval",

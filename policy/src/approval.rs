@@ -198,11 +198,10 @@ pub fn check_approvals(
             rule.id
         ));
     }
-    let exclude_initiator = rule.approvals.as_ref().is_some_and(|q| q.exclude_initiator);
     let max_lifetime = rule
         .approval_expiry
         .unwrap_or(policy.document().settings.approval_expiry);
-    let mut problems: Vec<InvalidApproval> =
+    let problems: Vec<InvalidApproval> =
         statement_problems(decision, statement, now, Some(max_lifetime))
             .into_iter()
             .map(|reason| InvalidApproval {
@@ -212,6 +211,38 @@ pub fn check_approvals(
             })
             .collect();
     let messages = [Verdict::Approve, Verdict::Reject].map(|v| statement.signing_message(v).ok());
+    count_verdicts(
+        &Quorum {
+            policy,
+            resolved: res,
+            rule,
+            initiator: &decision.withdrawal.initiator,
+        },
+        &messages,
+        approvals,
+        problems,
+    )
+}
+
+/// The quorum of one `require_approvals` rule of a policy, for one initiator.
+pub(crate) struct Quorum<'a> {
+    pub policy: &'a crate::policy::Policy,
+    pub resolved: &'a crate::policy::Resolved,
+    pub rule: &'a crate::document::Rule,
+    pub initiator: &'a str,
+}
+
+/// Counts approvals and rejections whose signatures verify over `messages`
+/// (the approve and the reject message) against `q`; `problems` found so
+/// far make the result `Invalid`.
+pub(crate) fn count_verdicts(
+    q: &Quorum<'_>,
+    messages: &[Option<Vec<u8>>; 2],
+    approvals: &[Approval],
+    mut problems: Vec<InvalidApproval>,
+) -> ApprovalStatus {
+    let (policy, res, rule) = (q.policy, q.resolved, q.rule);
+    let exclude_initiator = rule.approvals.as_ref().is_some_and(|q| q.exclude_initiator);
     let eligible: BTreeSet<usize> = res
         .terms
         .iter()
@@ -252,12 +283,12 @@ pub fn check_approvals(
             bad(format!(
                 "approver {:?} is in none of the groups rule {:?} needs ({})",
                 a.approver,
-                decision.rule_id.as_deref().unwrap_or(""),
+                rule.id,
                 groups.join(", ")
             ));
             continue;
         }
-        if exclude_initiator && a.approver == decision.withdrawal.initiator {
+        if exclude_initiator && a.approver == q.initiator {
             bad(format!(
                 "{:?} initiated this withdrawal and may not approve it",
                 a.approver
@@ -325,8 +356,7 @@ pub fn check_approvals(
             could_approve: e
                 .iter()
                 .filter(|&&i| {
-                    let own =
-                        exclude_initiator && doc.approvers[i].id == decision.withdrawal.initiator;
+                    let own = exclude_initiator && doc.approvers[i].id == q.initiator;
                     !(approved_set.contains(&i) || doc.approvers[i].revoked || own)
                 })
                 .map(|&i| doc.approvers[i].id.clone())

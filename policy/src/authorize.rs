@@ -84,25 +84,39 @@ pub fn authorize(
     }
     let statement =
         ApprovalStatement::for_decision(&decision, claim.withdrawal, claim.statement_expiry)?;
-    let approvers = match check_approvals(active, &decision, &statement, claim.approvals, now) {
-        ApprovalStatus::Satisfied { approvers } => approvers,
+    let approvers = require_satisfied(
+        check_approvals(active, &decision, &statement, claim.approvals, now),
+        "",
+    )?;
+    let statement_hash = statement_hash(&statement)?;
+    Ok(Authorization {
+        decision,
+        statement,
+        statement_hash,
+        approvers,
+    })
+}
+
+/// The approvers counted when `status` is satisfied; otherwise
+/// [`PolicyError::Refused`] with `prefix` and what is missing or wrong.
+pub(crate) fn require_satisfied(status: ApprovalStatus, prefix: &str) -> Result<Vec<String>> {
+    match status {
+        ApprovalStatus::Satisfied { approvers } => Ok(approvers),
         ApprovalStatus::Missing { approvers, missing } => {
             let needs: Vec<String> = missing
                 .iter()
                 .map(|m| format!("{} more from {}", m.still_needed, m.group))
                 .collect();
-            return Err(PolicyError::Refused(format!(
-                "too few approvals: counted [{}], needs {}",
+            Err(PolicyError::Refused(format!(
+                "{prefix}too few approvals: counted [{}], needs {}",
                 approvers.join(", "),
                 needs.join(" and ")
-            )));
+            )))
         }
-        ApprovalStatus::Rejected { by } => {
-            return Err(PolicyError::Refused(format!(
-                "rejected by {}",
-                by.join(", ")
-            )));
-        }
+        ApprovalStatus::Rejected { by } => Err(PolicyError::Refused(format!(
+            "{prefix}rejected by {}",
+            by.join(", ")
+        ))),
         ApprovalStatus::Invalid { problems } => {
             let p: Vec<String> = problems
                 .iter()
@@ -111,17 +125,10 @@ pub fn authorize(
                     None => p.reason.clone(),
                 })
                 .collect();
-            return Err(PolicyError::Refused(format!(
-                "invalid approvals: {}",
+            Err(PolicyError::Refused(format!(
+                "{prefix}invalid approvals: {}",
                 p.join("; ")
-            )));
+            )))
         }
-    };
-    let statement_hash = statement_hash(&statement)?;
-    Ok(Authorization {
-        decision,
-        statement,
-        statement_hash,
-        approvers,
-    })
+    }
 }

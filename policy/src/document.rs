@@ -168,6 +168,34 @@ pub struct Rule {
     /// Lifetime of approvals for this rule (defaults to `settings.approval_expiry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_expiry: Option<Duration>,
+    /// What replacing a stuck transaction with a higher fee needs (chains
+    /// with fee bumps, such as EVM).
+    #[serde(default, skip_serializing_if = "FeeBumps::is_within_cap")]
+    pub fee_bumps: FeeBumps,
+}
+
+/// What a fee bump of a rule's transaction needs.
+///
+/// A bump is always the same transfer at the same nonce, so at most one
+/// version is ever mined, and never above the approved fee cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeeBumps {
+    /// Bumps within the approved fee cap need no new approval (the approvals
+    /// bound the cap).
+    #[default]
+    WithinCap,
+    /// Every bump needs the rule's quorum again, over a
+    /// [`FeeBumpStatement`](crate::FeeBumpStatement) naming the replacement.
+    /// Only for `require_approvals` rules.
+    Reapprove,
+}
+
+impl FeeBumps {
+    /// True for the default.
+    pub fn is_within_cap(&self) -> bool {
+        *self == FeeBumps::WithinCap
+    }
 }
 
 /// What a rule does.

@@ -289,6 +289,7 @@ fn same_conditions(a: &Rule, b: &Rule) -> bool {
         delay: None,
         cancel_group: None,
         approval_expiry: None,
+        fee_bumps: crate::document::FeeBumps::WithinCap,
         ..r.clone()
     };
     strip(a) == strip(b)

@@ -10,6 +10,8 @@
 //!   cooling periods; [`ActivePolicy`] is one policy with its times.
 //! - [`evaluate`] decides; [`Decision::explain`] says why in plain words.
 //! - [`ApprovalStatement`] is what approvers sign; [`check_approvals`] counts them.
+//! - [`FeeBumpStatement`] is what they sign to replace a stuck transaction when a
+//!   rule says `fee_bumps = "reapprove"`; [`check_fee_bump_approvals`] counts those.
 //!
 //! Byte formats (policy hash, bundle signatures, approval statements) are specified
 //! in `FORMATS.md` and pinned by golden files in `tests/golden/`.
@@ -23,6 +25,7 @@ mod bundle;
 mod document;
 mod error;
 mod eval;
+mod fee_bump;
 mod governance;
 mod intent;
 mod keys;
@@ -41,13 +44,17 @@ pub use bundle::{
     bundle_message, verify_bundle,
 };
 pub use document::{
-    ActionKind, AddressEntry, AmountRange, Approver, Destination, PolicyDocument, QuorumSpec,
-    QuorumTerm, RiskRange, Rule, Settings, TimeWindow, Velocity, VelocityKey,
+    ActionKind, AddressEntry, AmountRange, Approver, Destination, FeeBumps, PolicyDocument,
+    QuorumSpec, QuorumTerm, RiskRange, Rule, Settings, TimeWindow, Velocity, VelocityKey,
 };
 pub use error::{Issue, PolicyError, Result};
 pub use eval::{
     Check, Decision, HistoryEntry, MAX_FIELD_LEN, Outcome, RequiredTerm, RuleTrace, Withdrawal,
     WithdrawalSummary, evaluate,
+};
+pub use fee_bump::{
+    FEE_BUMP_MAGIC, FEE_BUMP_SIGN_DOMAIN, FEE_BUMP_VERSION, FeeBumpStatement, authorize_fee_bump,
+    check_fee_bump_approvals, fee_bump_needs_approval,
 };
 pub use governance::{ActivePolicy, PolicyState, UpdateEffect, relaxation};
 pub use intent::{INTENT_DOMAIN, intent_digest};

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::address::{chain_kind, check_address};
-use crate::document::{ActionKind, Destination, PolicyDocument, QuorumSpec, Rule, VelocityKey};
+use crate::document::{
+    ActionKind, Destination, FeeBumps, PolicyDocument, QuorumSpec, Rule, VelocityKey,
+};
 use crate::error::{Issue, PolicyError, Result};
 use crate::quorum::{self, Term};
 
@@ -568,6 +570,12 @@ impl Validator {
         }
         if r.action != ActionKind::Block && r.reason.is_some() {
             self.warn(path, "`reason` is only shown for `block` rules");
+        }
+        if r.action != ActionKind::RequireApprovals && r.fee_bumps == FeeBumps::Reapprove {
+            self.err(
+                format!("{path}.fee_bumps"),
+                "`reapprove` needs action = \"require_approvals\": there is no quorum to ask again",
+            );
         }
         if r.action != ActionKind::RequireApprovals && r.approval_expiry.is_some() {
             self.warn(path, "`approval_expiry` has no effect without approvals");

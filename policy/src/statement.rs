@@ -92,7 +92,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn byte(self) -> u8 {
+    pub(crate) fn byte(self) -> u8 {
         match self {
             Verdict::Approve => 1,
             Verdict::Reject => 2,
@@ -101,7 +101,7 @@ impl Verdict {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, name: &str, s: &str) -> Result<()> {
+pub(crate) fn put_str(out: &mut Vec<u8>, name: &str, s: &str) -> Result<()> {
     if s.is_empty() || s.len() > MAX_FIELD_LEN {
         return Err(PolicyError::Statement(format!(
             "{name} must be 1..={MAX_FIELD_LEN} bytes"
@@ -111,18 +111,22 @@ fn put_str(out: &mut Vec<u8>, name: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Lengths are bounded by the callers (≤ 1024), so u32 always fits.
     out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(b);
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if self.buf.len() < n {
             return Err(PolicyError::Statement(format!("truncated in {what}")));
         }
@@ -130,12 +134,12 @@ impl<'a> Reader<'a> {
         self.buf = tail;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+    pub(crate) fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, what)?);
         Ok(a)
     }
-    fn bytes(&mut self, what: &str, max: usize) -> Result<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, what: &str, max: usize) -> Result<&'a [u8]> {
         let len = u32::from_be_bytes(self.array::<4>(what)?);
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len > max {
@@ -145,7 +149,19 @@ impl<'a> Reader<'a> {
         }
         self.take(len, what)
     }
-    fn string(&mut self, what: &str) -> Result<String> {
+    /// Refuses trailing bytes: one value has exactly one encoding.
+    pub(crate) fn finish(&self) -> Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError::Statement(format!(
+                "{} trailing bytes",
+                self.buf.len()
+            )))
+        }
+    }
+
+    pub(crate) fn string(&mut self, what: &str) -> Result<String> {
         let b = self.bytes(what, MAX_FIELD_LEN)?;
         if b.is_empty() {
             return Err(PolicyError::Statement(format!("{what} is empty")));
@@ -219,7 +235,7 @@ impl ApprovalStatement {
 
     /// Parses canonical bytes; refuses other versions and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader { buf: bytes };
+        let mut r = Reader::new(bytes);
         if r.take(STATEMENT_MAGIC.len(), "magic")? != STATEMENT_MAGIC {
             return Err(PolicyError::Statement(
                 "not an approval statement (bad magic)".into(),
@@ -242,12 +258,7 @@ impl ApprovalStatement {
             rule_id: r.string("rule_id")?,
             expiry: Timestamp(i64::from_be_bytes(r.array("expiry")?)),
         };
-        if !r.buf.is_empty() {
-            return Err(PolicyError::Statement(format!(
-                "{} trailing bytes",
-                r.buf.len()
-            )));
-        }
+        r.finish()?;
         Ok(s)
     }
 

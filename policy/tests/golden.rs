@@ -122,3 +122,30 @@ fn example_policy_is_the_fixture() {
         p.warnings()
     );
 }
+
+#[test]
+fn fee_bump_statement_encoding_v1() {
+    let s = FeeBumpStatement {
+        withdrawal_id: "wd-0001".into(),
+        statement_hash: [0x11; 32],
+        chain: "ethereum".into(),
+        nonce: 7,
+        replaces: [0x22; 32],
+        replacement: [0x33; 32],
+        max_fee_per_gas: 30_000_000_000,
+        max_priority_fee_per_gas: 1_500_000_000,
+        gas_limit: 21_000,
+        policy_hash: PolicyHash([0xab; 32]),
+        rule_id: "large-whitelisted".into(),
+        expiry: Timestamp(1_767_830_400),
+    };
+    let bytes = s.encode().unwrap();
+    golden("fee_bump_v1.hex", &format!("{}\n", hex::encode(&bytes)));
+    assert_eq!(&bytes[..25], b"custos.fee-bump-statement");
+    assert_eq!(bytes[25], 1, "version byte");
+    let approve = s.signing_message(Verdict::Approve).unwrap();
+    assert_eq!(&approve[..19], b"custos.fee-bump.v1\x00");
+    assert_eq!(approve[19], 1);
+    let sig = s.sign(Verdict::Approve, "alice", &key(ALICE)).unwrap();
+    golden("fee_bump_approval_v1.txt", &format!("{}\n", sig.signature));
+}

@@ -229,9 +229,15 @@ impl SignerControl for ControlService {
                             "withdrawal={} statement={}",
                             v.withdrawal.id, v.statement_hash
                         ),
-                        Some(old) => format!(
+                        Some(old) if v.bump_approvers.is_empty() => format!(
                             "withdrawal={} statement={} fee-bump-of={old}",
                             v.withdrawal.id, v.statement_hash
+                        ),
+                        Some(old) => format!(
+                            "withdrawal={} statement={} fee-bump-of={old} fee-bump-approved-by={}",
+                            v.withdrawal.id,
+                            v.statement_hash,
+                            v.bump_approvers.join(",")
                         ),
                     };
                     let partial =

@@ -397,6 +397,7 @@ pub async fn submit_verdict(
             verdict: v as i32,
             signature: a.signature,
             reason: reason.to_owned(),
+            fee_bump_statement: Vec::new(),
         })
         .await
         .map(|r| r.into_inner())
@@ -483,6 +484,27 @@ pub async fn coordinator_signer_clients(layout: &ClusterLayout) -> Vec<(String, 
             .await
             .unwrap();
         out.push((s.node_id.clone(), SignerClient::new(ch)));
+    }
+    out
+}
+
+/// The decoded audit log entries (up to the latest checkpoint).
+pub async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<custos_audit::Entry> {
+    use custos_proto::custody::{GetCheckpointRequest, GetLogEntryRequest};
+    let size = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .size;
+    let mut out = Vec::new();
+    for index in 0..size {
+        let e = client
+            .get_log_entry(GetLogEntryRequest { index })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(custos_audit::Entry::decode(&e.entry).unwrap());
     }
     out
 }

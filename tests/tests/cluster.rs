@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use custos_proto::custody::{CreateKeyRequest, Curve};
-use custos_tests::{eth_address_lower, start, verify_both};
+use custos_tests::{eth_address_lower, log_entries, start, verify_both};
 
 use custos_tests::{digest, sign_req};
 
@@ -234,27 +234,6 @@ async fn key_pk(client: &mut custos_devkit::client::Client) -> Vec<u8> {
         .unwrap()
         .into_inner()
         .public_key
-}
-
-/// The decoded audit log entries (up to the latest checkpoint).
-async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<custos_audit::Entry> {
-    use custos_proto::custody::{GetCheckpointRequest, GetLogEntryRequest};
-    let size = client
-        .get_checkpoint(GetCheckpointRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .size;
-    let mut out = Vec::new();
-    for index in 0..size {
-        let e = client
-            .get_log_entry(GetLogEntryRequest { index })
-            .await
-            .unwrap()
-            .into_inner();
-        out.push(custos_audit::Entry::decode(&e.entry).unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,8 +201,33 @@ async fn start_eth_with(
     database_url: Option<&str>,
     chain_extra: &str,
 ) -> (FlowCluster, Vec<Address>) {
-    let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/eth-policy.toml");
+    start_eth_policy(anvil, wallets, database_url, chain_extra, None).await
+}
+
+/// The Ethereum test policy (`fixtures/eth-policy.toml`).
+fn eth_policy_text() -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/eth-policy.toml"),
+    )
+    .unwrap()
+}
+
+/// [`start_eth_with`] on the policy document `policy_text` (default: the
+/// Ethereum test policy).
+async fn start_eth_policy(
+    anvil: &Anvil,
+    wallets: &[&str],
+    database_url: Option<&str>,
+    chain_extra: &str,
+    policy_text: Option<&str>,
+) -> (FlowCluster, Vec<Address>) {
     let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("eth-policy.toml");
+    std::fs::write(
+        &policy,
+        policy_text.map_or_else(eth_policy_text, str::to_owned),
+    )
+    .unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
     spec.primes_file = Some(primes_fixture());
@@ -324,6 +349,37 @@ async fn create(
         .into_inner()
 }
 
+/// Creates `n` ETH withdrawals from `w-many` to payee 3 at once (request
+/// `i` of `amount(i)` wei); returns their ids in request order.
+async fn create_concurrently(
+    fc: &FlowCluster,
+    prefix: &str,
+    n: u128,
+    amount: impl Fn(u128) -> u128,
+) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let backend = fc.backend.clone();
+            let mut req = withdrawal_req(&format!("{prefix}-{i}"), "w-many", PAYEE_3, amount(i));
+            req.asset = "ETH".into();
+            tokio::spawn(async move {
+                backend
+                    .clone()
+                    .create_withdrawal(req)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids
+}
+
 /// The confirmed transaction of a withdrawal: (hash, nonce, receipt).
 async fn confirmed_tx(
     fc: &FlowCluster,
@@ -412,25 +468,10 @@ async fn ten_concurrent_withdrawals_get_consecutive_nonces() {
     let wallet = wallets[0];
     fund(&rpc, wallet, 5 * ETH).await;
     let before = rpc.balance(addr(PAYEE_3)).await.unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..10u128 {
-        let backend = fc.backend.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut req = withdrawal_req(&format!("many-{i}"), "w-many", PAYEE_3, ETH / 100 + i);
-            req.asset = "ETH".into();
-            backend
-                .clone()
-                .create_withdrawal(req)
-                .await
-                .unwrap()
-                .into_inner()
-                .id
-        }));
-    }
+    let ids = create_concurrently(&fc, "many", 10, |i| ETH / 100 + i).await;
     let mut nonces = Vec::new();
     let mut total = U256::ZERO;
-    for (i, t) in tasks.into_iter().enumerate() {
-        let id = t.await.unwrap();
+    for (i, id) in ids.into_iter().enumerate() {
         let (_, nonce, receipt) = confirmed_tx(&fc, &rpc, &id).await;
         assert!(receipt.success);
         nonces.push(nonce);
@@ -452,21 +493,14 @@ async fn ten_concurrent_withdrawals_get_consecutive_nonces() {
     fc.tc.cluster.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn anvil_down_mid_flow_waits_with_a_note_and_completes() {
-    let anvil = Anvil::start().await;
-    let rpc = rpc(&anvil.url);
-    let (fc, wallets) = start_eth(&anvil, &["w-down"]).await;
-    fund(&rpc, wallets[0], 5 * ETH).await;
-    let w = create(&fc, "down-1", "w-down", "ETH", PAYEE_1, 3 * ETH / 2).await;
-    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
-    anvil.freeze();
-    approve(&fc.approver, &w, "alice").await;
-    approve(&fc.approver, &w, "bob").await;
-    // The transaction cannot be built: signing waits, saying why.
+/// Approves `w` while the node is unreachable, then checks that signing
+/// waits with a note naming the chain and nothing is built or signed.
+async fn approve_while_node_is_down(fc: &FlowCluster, w: &Withdrawal) {
+    approve(&fc.approver, w, "alice").await;
+    approve(&fc.approver, w, "bob").await;
     let started = Instant::now();
     loop {
-        let now = get(&fc, &w.id).await;
+        let now = get(fc, &w.id).await;
         assert!(
             !["signed", "broadcast", "confirmed", "failed"].contains(&now.state.as_str()),
             "{now:?}"
@@ -479,12 +513,44 @@ async fn anvil_down_mid_flow_waits_with_a_note_and_completes() {
         assert!(started.elapsed() < Duration::from_secs(30), "{now:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // It keeps waiting (and retrying) while the node is away.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(get(&fc, &w.id).await.state, "signing");
+    assert_eq!(get(fc, &w.id).await.state, "signing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anvil_down_mid_flow_waits_with_a_note_and_completes() {
+    let mut anvil = Anvil::start_persistent().await;
+    let rpc = rpc(&anvil.url);
+    let (fc, wallets) = start_eth(&anvil, &["w-down"]).await;
+    fund(&rpc, wallets[0], 5 * ETH).await;
+    // A hung node (SIGSTOP: connections accepted, no answer).
+    let w = create(&fc, "down-1", "w-down", "ETH", PAYEE_1, 3 * ETH / 2).await;
+    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
+    anvil.freeze();
+    approve_while_node_is_down(&fc, &w).await;
     anvil.thaw();
     let (_, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
     assert!(receipt.success);
     assert_eq!(nonce, 0);
+    // A stopped node (the process ends, connections are refused), back
+    // later on the same port with its chain.
+    let before = rpc.balance(addr(PAYEE_1)).await.unwrap();
+    let w = create(&fc, "down-2", "w-down", "ETH", PAYEE_1, 3 * ETH / 2).await;
+    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
+    anvil.stop();
+    approve_while_node_is_down(&fc, &w).await;
+    anvil.restart().await;
+    let (_, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    assert!(receipt.success);
+    assert_eq!(
+        nonce, 1,
+        "the restarted node kept the chain, and the next nonce was used"
+    );
+    assert_eq!(
+        rpc.balance(addr(PAYEE_1)).await.unwrap(),
+        before + U256::from(3 * ETH / 2)
+    );
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -897,24 +963,9 @@ async fn nonces_on_postgresql() {
     let rpc = rpc(&anvil.url);
     let (mut fc, wallets) = start_eth_on(&anvil, &["w-many"], Some(&url)).await;
     fund(&rpc, wallets[0], 5 * ETH).await;
-    let mut ids = Vec::new();
-    for i in 0..4u128 {
-        let backend = fc.backend.clone();
-        ids.push(tokio::spawn(async move {
-            let mut req = withdrawal_req(&format!("pg-{i}"), "w-many", PAYEE_3, ETH / 10 + i);
-            req.asset = "ETH".into();
-            backend
-                .clone()
-                .create_withdrawal(req)
-                .await
-                .unwrap()
-                .into_inner()
-                .id
-        }));
-    }
+    let ids = create_concurrently(&fc, "pg", 4, |i| ETH / 10 + i).await;
     let mut nonces = Vec::new();
-    for t in ids {
-        let id = t.await.unwrap();
+    for id in ids {
         nonces.push(confirmed_tx(&fc, &rpc, &id).await.1);
     }
     nonces.sort_unstable();
@@ -1233,3 +1284,6 @@ async fn confirmations_are_counted_and_reverted_or_displaced_transactions_fail()
         c.reason
     );
 }
+
+#[path = "ethereum/fee_bump_approvals.rs"]
+mod fee_bump_approvals;

@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use custos_devkit::APPROVER_CLIENT;
 use custos_devkit::client::Client;
-use custos_policy::{Approval, SecretKey, Verdict, Zeroizing};
+use custos_policy::{Approval, FeeBumpStatement, SecretKey, Verdict, Zeroizing};
 use custos_proto::custody::{
     AddressBookEntry, GetWithdrawalRequest, ListAddressBookRequest, ListPendingRequest,
     SubmitApprovalRequest, Withdrawal,
 };
+use sha2::Digest;
 
 use super::conn::{ConnArgs, block_on, rpc};
 use super::view::{Review, render, review_json, summary_line, warn_mismatches, withdrawal_json};
@@ -62,6 +63,11 @@ pub struct VerdictArgs {
     /// (the statement is what counts; the difference is printed).
     #[arg(long)]
     accept_mismatch: bool,
+    /// Give the verdict on the fee bump waiting for approvals (the
+    /// replacement of a stuck transaction, under a rule with
+    /// `fee_bumps = "reapprove"`) instead of on the withdrawal.
+    #[arg(long)]
+    fee_bump: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -181,12 +187,18 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             if let Some(n) = &note {
                 v["address_book_error"] = serde_json::json!(n);
             }
+            if let Some(bump) = FeeBumpReview::of(&w)? {
+                v["fee_bump"] = bump.json(&w);
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             if review.is_none() {
                 println!("(no approval statement: nothing to approve for this withdrawal)");
             }
             print!("{}", render(&w, review.as_ref(), note.as_deref()));
+            if let Some(bump) = FeeBumpReview::of(&w)? {
+                print!("{}", bump.render(&w));
+            }
             if args.explain && !w.decision.is_empty() {
                 println!(
                     "\npolicy evaluation (from the server):\n{}",
@@ -236,6 +248,9 @@ async fn submit(
     let approver = approver_id(args)?;
     let key = load_key(&args.key)?;
     let mut client = args.conn.connect(APPROVER_CLIENT).await?;
+    if args.fee_bump {
+        return submit_fee_bump(args, &mut client, verdict, reason, &approver, &key).await;
+    }
     let (w, review, note) = review(&mut client, &args.id).await?;
     let Some(review) = review else {
         bail!(
@@ -283,6 +298,7 @@ async fn submit(
             verdict: proto_verdict as i32,
             signature: approval.signature.clone(),
             reason: reason.unwrap_or_default().to_string(),
+            fee_bump_statement: Vec::new(),
         })
         .await
         .map_err(rpc("SubmitApproval"))?
@@ -352,4 +368,165 @@ pub fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
 /// Runs `custos cancel`.
 pub fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     block_on(async move { submit(&args.verdict, Verdict::Cancel, args.reason.as_deref()).await })
+}
+
+/// A pending fee bump, decoded from the statement bytes (what is signed),
+/// with the fees of the transaction it replaces for comparison.
+struct FeeBumpReview {
+    statement: FeeBumpStatement,
+    /// Max fee per gas of the transaction in flight, if it decodes.
+    current_max_fee: Option<u128>,
+}
+
+impl FeeBumpReview {
+    /// The pending fee bump of `w`, if any; an error if its statement does
+    /// not decode or is not about `w`'s approved statement.
+    fn of(w: &Withdrawal) -> anyhow::Result<Option<Self>> {
+        if w.fee_bump_statement.is_empty() {
+            return Ok(None);
+        }
+        let statement = FeeBumpStatement::decode(&w.fee_bump_statement)
+            .context("the server's fee-bump statement does not decode")?;
+        if statement.withdrawal_id != w.id {
+            bail!(
+                "the server sent a fee-bump statement for withdrawal {:?} with withdrawal {:?}: refusing it",
+                statement.withdrawal_id,
+                w.id
+            );
+        }
+        let approved: [u8; 32] = sha2::Sha256::digest(&w.statement).into();
+        if statement.statement_hash != approved {
+            bail!(
+                "the fee-bump statement of {} is not about the approval statement the withdrawal was approved with: refusing it",
+                w.id
+            );
+        }
+        let current_max_fee = custos_chains::evm::tx::decode_unsigned_transfer(&w.unsigned_tx)
+            .ok()
+            .map(|(_, d)| d.max_fee_per_gas);
+        Ok(Some(Self {
+            statement,
+            current_max_fee,
+        }))
+    }
+
+    fn most_fee(&self) -> u128 {
+        self.statement
+            .max_fee_per_gas
+            .saturating_mul(u128::from(self.statement.gas_limit))
+    }
+
+    fn render(&self, w: &Withdrawal) -> String {
+        let s = &self.statement;
+        let before = self
+            .current_max_fee
+            .map_or_else(|| "?".to_owned(), |f| f.to_string());
+        let verdicts: Vec<String> = w
+            .fee_bump_approvals
+            .iter()
+            .map(|a| format!("{} ({})", a.approver, a.verdict))
+            .collect();
+        format!(
+            "\nfee bump awaiting approvals (rule {} says fee_bumps = \"reapprove\"):\n  \
+             replaces the transaction in flight at nonce {} on {}: same transfer, same gas limit {}\n  \
+             max fee per gas {before} -> {} wei, priority fee {} wei\n  \
+             most it can pay: {} wei (approved fee cap {} wei)\n  \
+             replacement digest 0x{}; approvals void after {}\n  \
+             verdicts so far: {}\n  \
+             approve with `custos approve {} --fee-bump --key KEY`\n",
+            s.rule_id,
+            s.nonce,
+            s.chain,
+            s.gas_limit,
+            s.max_fee_per_gas,
+            s.max_priority_fee_per_gas,
+            self.most_fee(),
+            w.fee_cap,
+            hex::encode(s.replacement),
+            s.expiry,
+            if verdicts.is_empty() {
+                "none".to_owned()
+            } else {
+                verdicts.join(", ")
+            },
+            w.id
+        )
+    }
+
+    fn json(&self, w: &Withdrawal) -> serde_json::Value {
+        serde_json::json!({
+            "statement": self.statement,
+            "statement_hex": hex::encode(&w.fee_bump_statement),
+            "current_max_fee_per_gas": self.current_max_fee.map(|f| f.to_string()),
+            "most_fee_wei": self.most_fee().to_string(),
+            "verdicts": w.fee_bump_approvals.iter().map(|a| serde_json::json!({
+                "approver": a.approver, "verdict": a.verdict, "received_at": a.received_at,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Signs `verdict` over the pending fee-bump statement and submits it.
+async fn submit_fee_bump(
+    args: &VerdictArgs,
+    client: &mut Client,
+    verdict: Verdict,
+    reason: Option<&str>,
+    approver: &str,
+    key: &SecretKey,
+) -> anyhow::Result<ExitCode> {
+    if verdict == Verdict::Cancel {
+        bail!("--fee-bump: a fee bump is approved or rejected, not cancelled");
+    }
+    let w = get(client, &args.id).await?;
+    let Some(bump) = FeeBumpReview::of(&w)? else {
+        bail!(
+            "withdrawal {} ({}) has no fee bump awaiting approvals",
+            w.id,
+            w.state
+        );
+    };
+    if !args.json {
+        eprintln!(
+            "{} FEE BUMP as {approver} (key {}):\n{}",
+            verb(verdict).to_uppercase(),
+            key.public(),
+            summary_line(&w)
+        );
+        eprint!("{}", bump.render(&w));
+    }
+    let approval = bump.statement.sign(verdict, approver, key)?;
+    let proto_verdict = match verdict {
+        Verdict::Reject => custos_proto::custody::Verdict::Reject,
+        _ => custos_proto::custody::Verdict::Approve,
+    };
+    let after = client
+        .submit_approval(SubmitApprovalRequest {
+            withdrawal_id: args.id.clone(),
+            approver: approver.to_owned(),
+            verdict: proto_verdict as i32,
+            signature: approval.signature.clone(),
+            reason: reason.unwrap_or_default().to_string(),
+            fee_bump_statement: w.fee_bump_statement.clone(),
+        })
+        .await
+        .map_err(rpc("SubmitApproval (fee bump)"))?
+        .into_inner();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "fee_bump_approval": approval,
+                "withdrawal": withdrawal_json(&after),
+            }))?
+        );
+    } else {
+        println!(
+            "fee bump of {} {} by {approver}: withdrawal {}",
+            after.id,
+            past(verdict),
+            after.state
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -362,6 +362,7 @@ async fn approve_as_treasurers(
                 verdict: ProtoVerdict::Approve as i32,
                 signature: approval.signature.clone(),
                 reason: String::new(),
+                fee_bump_statement: Vec::new(),
             })
             .await
             .map_err(rpc("SubmitApproval"))?

@@ -9,7 +9,9 @@
 //! for receipts of every version: whichever is mined wins). No new approval
 //! is asked: the approvals bound the fee cap, every signer checks the
 //! replacement against it and against the version it signed (same transfer,
-//! nonce and gas limit), and at one nonce only one version can be mined.
+//! nonce and gas limit), and at one nonce only one version can be mined;
+//! unless the withdrawal's rule says `fee_bumps = "reapprove"`: then the
+//! quorum approves a fee-bump statement first (`bump_approvals`).
 
 use custos_chains::U256;
 use custos_chains::evm::address::parse_address;
@@ -154,7 +156,7 @@ impl Chains {
     pub async fn abandon_bump(&self, withdrawal_id: &str) -> Result<(), CoordError> {
         sqlx::query(
             "UPDATE evm_txs SET abandoned_tx = COALESCE(bump_tx, abandoned_tx), bump_tx = NULL,
-                bump_presig = NULL, bump_signers = NULL, last_sent_ms = $1
+                bump_presig = NULL, bump_signers = NULL, bump_statement = NULL, last_sent_ms = $1
              WHERE withdrawal_id = $2",
         )
         .bind(now_ms())
@@ -229,7 +231,7 @@ impl Chains {
         sqlx::query(
             "UPDATE evm_txs SET unsigned_tx = bump_tx, raw_tx = $1, tx_hash = $2, sends = 0,
                 last_sent_ms = NULL, bumps = COALESCE(bumps, 0) + 1,
-                bump_tx = NULL, bump_presig = NULL, bump_signers = NULL
+                bump_tx = NULL, bump_presig = NULL, bump_signers = NULL, bump_statement = NULL
              WHERE withdrawal_id = $3",
         )
         .bind(raw.to_vec())

@@ -35,6 +35,7 @@
 //! the engine's tick retries.
 
 pub mod bump;
+pub mod bump_approvals;
 
 use std::time::Duration;
 
@@ -129,7 +130,17 @@ pub fn schema(backend: Backend) -> String {
             bump_presig TEXT,
             bump_signers TEXT,
             abandoned_tx {blob},
+            bump_statement {blob},
             UNIQUE (chain, sender, nonce)
+        );
+        CREATE TABLE IF NOT EXISTS fee_bump_approvals (
+            withdrawal_id TEXT NOT NULL,
+            statement_hash TEXT NOT NULL,
+            approver TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            received_ms BIGINT NOT NULL,
+            PRIMARY KEY (withdrawal_id, statement_hash, approver)
         );
         CREATE TABLE IF NOT EXISTS evm_tx_replaced (
             withdrawal_id TEXT NOT NULL,
@@ -154,6 +165,8 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
     db.add_column_if_missing("evm_txs", "bump_signers", "TEXT")
         .await?;
     db.add_column_if_missing("evm_txs", "abandoned_tx", blob)
+        .await?;
+    db.add_column_if_missing("evm_txs", "bump_statement", blob)
         .await
 }
 
@@ -210,6 +223,9 @@ pub struct EvmTxRow {
     /// The last fee bump the signers did not all sign: some may have, so
     /// the next one must raise its fees too.
     pub abandoned_tx: Option<Vec<u8>>,
+    /// The fee-bump statement approvers are asked to sign for `bump_tx`
+    /// (rules with `fee_bumps = "reapprove"`).
+    pub bump_statement: Option<Vec<u8>>,
 }
 
 /// What happened to a broadcast transaction.
@@ -381,6 +397,7 @@ impl Chains {
                 bump_presig: r.get("bump_presig"),
                 bump_signers: r.get("bump_signers"),
                 abandoned_tx: r.get("abandoned_tx"),
+                bump_statement: r.get("bump_statement"),
             })
         })
         .transpose()

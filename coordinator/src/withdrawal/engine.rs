@@ -32,6 +32,7 @@ use crate::auth::Identity;
 use crate::cluster::Cluster;
 use crate::error::CoordError;
 
+mod bump_quorum;
 mod onchain;
 
 /// Longest idempotency key.
@@ -172,6 +173,25 @@ fn text_ok(field: &str, s: &str, max: usize, required: bool) -> Result<(), Coord
         return Err(CoordError::InvalidArgument(format!(
             "{field}: contains control characters"
         )));
+    }
+    Ok(())
+}
+
+/// Refuses a verdict just added at `index` when `status` finds it (or the
+/// statement) unacceptable; problems with earlier verdicts are not its fault.
+fn refuse_if_invalid(status: &ApprovalStatus, index: usize, what: &str) -> Result<(), CoordError> {
+    if let ApprovalStatus::Invalid { problems } = status {
+        let mine: Vec<String> = problems
+            .iter()
+            .filter(|p| p.index.is_none() || p.index == Some(index))
+            .map(|p| p.reason.clone())
+            .collect();
+        if !mine.is_empty() {
+            return Err(CoordError::InvalidArgument(format!(
+                "{what}: {}",
+                mine.join("; ")
+            )));
+        }
     }
     Ok(())
 }
@@ -1294,20 +1314,11 @@ impl Engine {
         }
         all.push(new.clone());
         let status = check_approvals(&active, &decision, &statement, &all, now);
-        if let ApprovalStatus::Invalid { problems } = &status {
-            let mine: Vec<String> = problems
-                .iter()
-                .filter(|p| p.index.is_none() || p.index == Some(all.len() - 1))
-                .map(|p| p.reason.clone())
-                .collect();
-            if !mine.is_empty() {
-                return Err(CoordError::InvalidArgument(format!(
-                    "approval by {}: {}",
-                    new.approver,
-                    mine.join("; ")
-                )));
-            }
-        }
+        refuse_if_invalid(
+            &status,
+            all.len() - 1,
+            &format!("approval by {}", new.approver),
+        )?;
         let signature = hex::decode(&new.signature).unwrap_or_default();
         self.audit
             .append(EntryBody::Approval {

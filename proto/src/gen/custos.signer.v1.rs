@@ -35,6 +35,13 @@ pub struct WithdrawalAuthorization {
     pub inclusion_proof: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     #[prost(uint64, tag = "12")]
     pub proof_tree_size: u64,
+    /// A fee bump under a rule with fee_bumps = "reapprove": approvals (JSON
+    /// array of custos_policy::Approval) over the fee-bump statement the signer
+    /// builds itself, and that statement's expiry (unix seconds).
+    #[prost(bytes = "vec", tag = "13")]
+    pub fee_bump_approvals_json: ::prost::alloc::vec::Vec<u8>,
+    #[prost(int64, tag = "14")]
+    pub fee_bump_expiry: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

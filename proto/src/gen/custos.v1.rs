@@ -287,6 +287,13 @@ pub struct Withdrawal {
     /// The fee the mined transaction paid, in the chain's base unit (wei).
     #[prost(string, tag = "36")]
     pub fee_paid: ::prost::alloc::string::String,
+    /// A replacement of the stuck transaction waiting for approvals (a rule with
+    /// fee_bumps = "reapprove"): the canonical fee-bump statement approvers sign
+    /// (policy FORMATS.md), empty when none waits; and the verdicts given on it.
+    #[prost(bytes = "vec", tag = "37")]
+    pub fee_bump_statement: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "38")]
+    pub fee_bump_approvals: ::prost::alloc::vec::Vec<ApprovalRecord>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -435,6 +442,10 @@ pub struct SubmitApprovalRequest {
     /// Free text for rejections and cancellations.
     #[prost(string, tag = "5")]
     pub reason: ::prost::alloc::string::String,
+    /// Set to approve or reject the pending fee bump instead: the exact
+    /// fee-bump statement signed (Withdrawal.fee_bump_statement).
+    #[prost(bytes = "vec", tag = "6")]
+    pub fee_bump_statement: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

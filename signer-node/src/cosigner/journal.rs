@@ -50,6 +50,11 @@ pub struct SignedRecord {
     /// fee bump must keep its transfer, nonce and gas limit.
     #[serde(default)]
     pub tx: String,
+    /// The rule this signer found the withdrawal approved under: it decides
+    /// whether a fee bump needs new approvals (empty in records written
+    /// before this field existed: such bumps are refused, fail closed).
+    #[serde(default)]
+    pub rule_id: String,
 }
 
 /// A withdrawal this signer verified as authorised (quorum registered or

@@ -14,8 +14,8 @@ pub mod witness;
 use std::sync::Mutex;
 
 use custos_policy::{
-    Approval, Authorization, SigningClaim, Timestamp, Withdrawal, authorize, check_cancellation,
-    intent_digest,
+    Approval, Authorization, FeeBumpStatement, SigningClaim, Timestamp, Withdrawal, authorize,
+    authorize_fee_bump, check_cancellation, fee_bump_needs_approval, intent_digest,
 };
 use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
 
@@ -55,6 +55,10 @@ pub struct Grant {
     pub unsigned_tx: Vec<u8>,
     /// For a fee bump: the digest of the transaction it replaces, hex.
     pub replaces: Option<String>,
+    /// The rule this signer found the withdrawal approved under.
+    pub rule_id: String,
+    /// For a fee bump that needed approvals: the approvers counted.
+    pub bump_approvers: Vec<String>,
 }
 
 /// What to do after the checks.
@@ -285,7 +289,7 @@ impl Cosigner {
                 return Ok((SignDecision::Repeat(partial), guard));
             }
             if !a.unsigned_tx.is_empty() && !s.tx.is_empty() {
-                let grant = self.fee_bump(&w, a, s, &known)?;
+                let grant = self.fee_bump(&w, a, s, &known, now)?;
                 return Ok((SignDecision::Issue(Box::new(grant)), guard));
             }
             return Err(NodeError::Replay(format!(
@@ -354,6 +358,8 @@ impl Cosigner {
                 statement_hash,
                 unsigned_tx: a.unsigned_tx.clone(),
                 replaces: None,
+                rule_id: v.authorization.decision.rule_id.clone().unwrap_or_default(),
+                bump_approvers: Vec::new(),
             })),
             guard,
         ))
@@ -364,13 +370,17 @@ impl Cosigner {
     /// approved fee cap, and a replacement of the signed one (same transfer,
     /// nonce and gas limit, higher fees). The approvals and time lock were
     /// verified at the first signature; at one nonce only one version can be
-    /// mined, so no new approval is needed for a bump within the cap.
+    /// mined, so no new approval is needed for a bump within the cap, unless
+    /// the rule says `fee_bumps = "reapprove"` in the policy in force: then
+    /// the rule's quorum must have approved the fee-bump statement this
+    /// signer builds from its own record and the replacement it decoded.
     fn fee_bump(
         &self,
         w: &Withdrawal,
         a: &WithdrawalAuthorization,
         signed: &SignedRecord,
         known: &journal::Known,
+        now: i64,
     ) -> Result<Grant, NodeError> {
         if let Some(by) = &known.cancelled_by {
             return Err(refused(format!(
@@ -397,12 +407,79 @@ impl Cosigner {
         let previous = hex::decode(&signed.tx)
             .map_err(|_| NodeError::Internal("journal: stored transaction".into()))?;
         chains::check_fee_bump(&previous, &checked).map_err(refused)?;
+        let bump_approvers = self.fee_bump_approvals(&w, a, signed, &checked, now)?;
         Ok(Grant {
             withdrawal: w,
             digest: checked.digest,
             statement_hash: signed.statement_hash.clone(),
             unsigned_tx: a.unsigned_tx.clone(),
             replaces: Some(signed.digest.clone()),
+            rule_id: signed.rule_id.clone(),
+            bump_approvers,
+        })
+    }
+
+    /// The approvals a fee bump needs under the policy in force (verified
+    /// here from its admin signatures): none for `fee_bumps = "within_cap"`,
+    /// otherwise the rule's quorum over the statement built here.
+    fn fee_bump_approvals(
+        &self,
+        w: &Withdrawal,
+        a: &WithdrawalAuthorization,
+        signed: &SignedRecord,
+        checked: &chains::CheckedTx,
+        now: i64,
+    ) -> Result<Vec<String>, NodeError> {
+        let active = self.active_for(a, now)?;
+        if signed.rule_id.is_empty() {
+            return Err(refused(format!(
+                "withdrawal {} was signed before this signer recorded its rule: a fee bump cannot be checked against the policy",
+                w.id
+            )));
+        }
+        if !fee_bump_needs_approval(&active, &signed.rule_id) {
+            return Ok(Vec::new());
+        }
+        let hash32 = |hex_text: &str, what: &str| -> Result<[u8; 32], NodeError> {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(hex_text, &mut out)
+                .map_err(|_| NodeError::Internal(format!("journal: stored {what}")))?;
+            Ok(out)
+        };
+        let d = &checked.decoded;
+        let statement = FeeBumpStatement {
+            withdrawal_id: w.id.clone(),
+            statement_hash: hash32(&signed.statement_hash, "statement hash")?,
+            chain: w.chain.clone(),
+            nonce: d.nonce,
+            replaces: hash32(&signed.digest, "digest")?,
+            replacement: checked.digest,
+            max_fee_per_gas: d.max_fee_per_gas,
+            max_priority_fee_per_gas: d.max_priority_fee_per_gas,
+            gas_limit: d.gas_limit,
+            policy_hash: active.policy().hash(),
+            rule_id: signed.rule_id.clone(),
+            expiry: Timestamp(a.fee_bump_expiry),
+        };
+        let approvals: Vec<Approval> = if a.fee_bump_approvals_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&a.fee_bump_approvals_json)
+                .map_err(|e| NodeError::InvalidRequest(format!("fee_bump_approvals: {e}")))?
+        };
+        authorize_fee_bump(
+            &active,
+            &w.initiator,
+            &statement,
+            &approvals,
+            Timestamp(now),
+        )
+        .map_err(|e| {
+            refused(format!(
+                "rule {} needs approvals for a fee bump: {}",
+                signed.rule_id,
+                e.to_string().trim_start_matches("signing refused: ")
+            ))
         })
     }
 
@@ -423,6 +500,7 @@ impl Cosigner {
                 partial: hex::encode(partial),
                 intent: hex::encode(intent_digest(w)),
                 tx: hex::encode(&g.unsigned_tx),
+                rule_id: g.rule_id.clone(),
                 wallet: w.wallet.clone(),
                 chain: w.chain.clone(),
                 asset: w.asset.clone(),

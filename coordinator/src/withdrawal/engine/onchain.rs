@@ -4,6 +4,7 @@
 
 use custos_audit::EntryBody;
 
+use super::bump_quorum::BumpQuorum;
 use super::{Engine, Next, PresigUse};
 use crate::chain::bump::SignedBump;
 use crate::chain::{Chains, EvmChain, Pending, Tracked};
@@ -112,6 +113,24 @@ impl Engine {
         }
     }
 
+    /// What the signers get for a fee bump: the withdrawal's authorization
+    /// with the policy in force now (signers judge a bump by it, not by the
+    /// policy of the original decision).
+    async fn bump_authorization(
+        &self,
+        row: &WithdrawalRow,
+    ) -> Result<custos_proto::signer::WithdrawalAuthorization, CoordError> {
+        let mut auth = self.authorization(row).await?;
+        let now = custos_policy::Timestamp(super::secs_now());
+        let hash = self.policy.in_force(now).policy().hash();
+        let bundle = self.policy.bundle(&hash).ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("policy in force {hash} has no bundle"))
+        })?;
+        auth.policy_document = bundle.document.clone();
+        auth.policy_signatures = bundle.signatures.clone();
+        Ok(auth)
+    }
+
     /// The audit entry for a transaction about to be sent (before it is).
     async fn log_broadcast(&self, row: &WithdrawalRow, hash: &str) -> Result<(), CoordError> {
         self.audit
@@ -151,6 +170,24 @@ impl Engine {
             .stored(&row.id)
             .await?
             .ok_or_else(|| CoordError::Internal(format!("{} lost its transaction", row.id)))?;
+        // Approvals first (when the rule wants them): no presignature is
+        // reserved while approvers take their time.
+        let bump_approvals = match self.bump_quorum(row, chains, &stored, &unsigned_tx).await? {
+            BumpQuorum::NotNeeded => None,
+            BumpQuorum::Met {
+                approvals_json,
+                expiry,
+            } => Some((approvals_json, expiry)),
+            BumpQuorum::Waiting(note) => {
+                self.note(row, State::Broadcast, &note).await?;
+                return Ok(Next::Wait);
+            }
+            BumpQuorum::Denied(note) => {
+                self.note(row, State::Broadcast, &note).await?;
+                chains.abandon_bump(&row.id).await?;
+                return Ok(Next::Wait);
+            }
+        };
         if stored.bump_presig.is_none() {
             // The signers of the first signature: each checks that the bump
             // replaces what it signed.
@@ -176,8 +213,12 @@ impl Engine {
         let digest = custos_chains::evm::tx::decode_unsigned(&unsigned_tx)
             .map(|u| custos_chains::evm::tx::signing_digest(&u))
             .map_err(|e| CoordError::Internal(format!("{}: fee bump: {e}", row.id)))?;
-        let mut auth = self.authorization(row).await?;
+        let mut auth = self.bump_authorization(row).await?;
         auth.unsigned_tx = unsigned_tx.clone();
+        if let Some((approvals_json, expiry)) = bump_approvals {
+            auth.fee_bump_approvals_json = approvals_json;
+            auth.fee_bump_expiry = expiry;
+        }
         tracing::info!(withdrawal = %row.id, %why, presig = %presig, "signing a fee bump");
         match self
             .audited_sign(row, &key, &digest, &presig, &signers, auth)
