@@ -323,6 +323,17 @@ pub enum EntryBody {
         /// The approver's signature over it.
         signature: Vec<u8>,
     },
+    /// kind 17: the unsigned chain transaction a signing session is about to
+    /// sign (its signing digest is the session's digest), so an auditor can
+    /// decode what was signed and compare it with what was approved.
+    TransactionPrepared {
+        /// Withdrawal identifier.
+        withdrawal_id: String,
+        /// Chain.
+        chain: String,
+        /// The unsigned transaction, in the chain's format.
+        unsigned_tx: Vec<u8>,
+    },
 }
 
 impl EntryBody {
@@ -345,6 +356,7 @@ impl EntryBody {
             Self::MembershipChanged { .. } => 14,
             Self::KeyLockChanged { .. } => 15,
             Self::FeeBumpApproval { .. } => 16,
+            Self::TransactionPrepared { .. } => 17,
         }
     }
 
@@ -367,6 +379,7 @@ impl EntryBody {
             Self::MembershipChanged { .. } => "membership_changed",
             Self::KeyLockChanged { .. } => "key_lock_changed",
             Self::FeeBumpApproval { .. } => "fee_bump_approval",
+            Self::TransactionPrepared { .. } => "transaction_prepared",
         }
     }
 
@@ -378,6 +391,7 @@ impl EntryBody {
             | Self::PolicyDecision { withdrawal_id, .. }
             | Self::Approval { withdrawal_id, .. }
             | Self::FeeBumpApproval { withdrawal_id, .. }
+            | Self::TransactionPrepared { withdrawal_id, .. }
             | Self::Cancelled { withdrawal_id, .. }
             | Self::StatusChanged { withdrawal_id, .. }
             | Self::SigningSession { withdrawal_id, .. }
@@ -611,6 +625,15 @@ impl Entry {
                 w.str(actor)?;
                 w.str(reason)?;
             }
+            EntryBody::TransactionPrepared {
+                withdrawal_id,
+                chain,
+                unsigned_tx,
+            } => {
+                w.str(withdrawal_id)?;
+                w.str(chain)?;
+                w.bytes(unsigned_tx)?;
+            }
         }
         Ok(w.0)
     }
@@ -771,6 +794,11 @@ impl Entry {
                 },
                 actor: r.str()?,
                 reason: r.str()?,
+            },
+            17 => EntryBody::TransactionPrepared {
+                withdrawal_id: r.str()?,
+                chain: r.str()?,
+                unsigned_tx: r.bytes()?,
             },
             k => return Err(malformed(format!("unknown entry kind {k}"))),
         };
@@ -1048,6 +1076,23 @@ mod tests {
         assert_eq!(Entry::decode(&bytes).unwrap(), e);
         assert_eq!(e.body.kind(), 16);
         assert_eq!(e.body.kind_name(), "fee_bump_approval");
+        assert_eq!(e.body.withdrawal_id(), Some("wd-1"));
+    }
+
+    #[test]
+    fn prepared_transactions_round_trip() {
+        let e = Entry {
+            index: 3,
+            timestamp_ms: 1_700_000_000_000,
+            body: EntryBody::TransactionPrepared {
+                withdrawal_id: "wd-1".into(),
+                chain: "anvil".into(),
+                unsigned_tx: vec![0x02, 0xf8, 0x6f],
+            },
+        };
+        let bytes = e.encode().unwrap();
+        assert_eq!(Entry::decode(&bytes).unwrap(), e);
+        assert_eq!(e.body.kind(), 17);
         assert_eq!(e.body.withdrawal_id(), Some("wd-1"));
     }
 }

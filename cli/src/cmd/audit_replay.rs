@@ -29,6 +29,13 @@
 //!    session's time) finds the rule's quorum met by distinct, active,
 //!    eligible approvers other than the initiator, no rejection, statement
 //!    fields equal to the logged request, policy and rule, not expired;
+//!    on chains with a transaction adapter the signed digest is instead the
+//!    signing digest of a `transaction_prepared` transaction that pays the
+//!    approved destination the approved amount within the approved fee cap,
+//!    and the statement's digest is the logged request's transfer intent
+//!    (`audit_chain_tx`); a replacement signed under a rule with
+//!    `fee_bumps = "reapprove"` needs its own quorum of `fee_bump_approval`
+//!    entries over a statement naming exactly that transaction;
 //! 5. the rule's time lock: the signing session started at least `delay`
 //!    after the quorum was complete (after the decision, for `allow`), by the
 //!    log's own timestamps, with one second of tolerance for the coordinator's
@@ -55,8 +62,8 @@ use custos_audit::{
 };
 use custos_policy::{
     ActionKind, ActivePolicy, AdminSet, Amount, Approval, ApprovalStatement, ApprovalStatus,
-    BundleSignatures, Decision, Outcome, Policy, PolicyHash, Timestamp, Verdict, Withdrawal,
-    check_approvals, evaluate,
+    BundleSignatures, Decision, FeeBumps, Outcome, Policy, PolicyHash, Timestamp, Verdict,
+    Withdrawal, check_approvals, evaluate,
 };
 use sha2::{Digest, Sha256};
 
@@ -446,12 +453,14 @@ impl AuthorizationReplay for PolicyReplay {
                 });
             }
             if statement.tx_digest.as_slice() != message_digest.as_slice() {
-                return deny(format!(
-                    "approval entry {} approved transaction digest {} but digest {} was signed",
-                    first.index,
-                    hex::encode(&statement.tx_digest),
-                    hex::encode(message_digest)
-                ));
+                // A chain transaction built from the approved intent.
+                super::audit_chain_tx::check_prepared_transaction(
+                    ctx.history,
+                    &withdrawal,
+                    &statement,
+                    message_digest.as_slice(),
+                )
+                .or_else(|m| deny(format!("approval entry {}: {m}", first.index)))?;
             }
             let statement_hash: [u8; 32] = Sha256::digest(first_bytes).into();
             if statement_hash.as_slice() != execution_id.as_slice() {
@@ -469,7 +478,33 @@ impl AuthorizationReplay for PolicyReplay {
             reevaluated.rule_index = Some(rule_index);
             reevaluated.outcome = Outcome::RequireApprovals;
             let decision_for_rule: &Decision = &reevaluated;
-            let at = secs(session.timestamp_ms);
+            // A replacement (fee bump) is signed later: the approvals count
+            // as of the withdrawal's first signing session.
+            let replacement = ctx
+                .history
+                .iter()
+                .any(|e| matches!(e.body, EntryBody::SignatureProduced { .. }));
+            let first_session = after
+                .iter()
+                .find(|e| matches!(&e.body, EntryBody::SigningSession { .. }))
+                .map_or(session.timestamp_ms, |e| e.timestamp_ms);
+            let at = secs(first_session);
+            if replacement && rule.fee_bumps == FeeBumps::Reapprove {
+                let documents = &self.documents;
+                super::audit_chain_tx::check_fee_bump_quorum(
+                    ctx.history,
+                    |hash| {
+                        documents
+                            .get(hash)
+                            .map(|d| ActivePolicy::assumed(d.policy.clone(), Timestamp(0)))
+                    },
+                    rule_id,
+                    requested_by,
+                    message_digest.as_slice(),
+                    secs(session.timestamp_ms),
+                )
+                .or_else(deny::<()>)?;
+            }
             match check_approvals(&active, decision_for_rule, &statement, &list, at) {
                 ApprovalStatus::Satisfied { .. } => {}
                 ApprovalStatus::Missing { approvers, missing } => {
@@ -915,7 +950,7 @@ reason = "not whitelisted"
                 signed_digest: [8; 32],
                 ..Case::default()
             },
-            "approved transaction digest",
+            "is neither the signed digest",
         );
     }
 

@@ -3,6 +3,7 @@
 pub mod approve;
 pub mod approver;
 pub mod audit;
+pub mod audit_chain_tx;
 pub mod audit_replay;
 pub mod conn;
 pub mod demo;

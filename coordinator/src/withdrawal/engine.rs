@@ -1045,6 +1045,16 @@ impl Engine {
         auth: WithdrawalAuthorization,
     ) -> Result<Result<crate::cluster::SignOutcome, CoordError>, CoordError> {
         let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
+        if !auth.unsigned_tx.is_empty() {
+            // What is signed, for auditors to decode and compare with the approval.
+            self.audit
+                .append(EntryBody::TransactionPrepared {
+                    withdrawal_id: row.id.clone(),
+                    chain: row.chain.clone(),
+                    unsigned_tx: auth.unsigned_tx.clone(),
+                })
+                .await?;
+        }
         self.audit
             .append(EntryBody::SigningSession {
                 withdrawal_id: row.id.clone(),

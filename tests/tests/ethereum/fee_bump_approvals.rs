@@ -66,6 +66,23 @@ async fn submit_bump(
         .map(|r| r.into_inner())
 }
 
+/// Runs the `custos` CLI against the cluster in `dir`; returns its stdout
+/// (panics, with its stderr, if it fails).
+fn cli(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args(args)
+        .arg("--cluster")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "custos {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits for a fee-bump statement other than `not` to be pending on `id`.
 async fn wait_for_bump(fc: &FlowCluster, id: &str, not: &[u8]) -> (Withdrawal, FeeBumpStatement) {
     let w = wait_until(
@@ -297,14 +314,37 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
 
-    // 5. The quorum approves: the replacement is signed and sent.
-    bump_verdict(&fc, &second, "alice", Verdict::Approve)
+    // 5. The quorum approves (bob with the CLI, after reviewing it there):
+    //    the replacement is signed and sent.
+    let after = bump_verdict(&fc, &second, "alice", Verdict::Approve)
         .await
         .unwrap();
-    let after = bump_verdict(&fc, &second, "bob", Verdict::Approve)
-        .await
-        .unwrap();
-    assert_eq!(after.fee_bump_approvals.len(), 2);
+    assert_eq!(after.fee_bump_approvals.len(), 1);
+    let shown = cli(&layout.dir, &["show", &w.id, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["fee_bump"]["statement"]["nonce"], json!(st2.nonce), "{v}");
+    assert_eq!(
+        v["fee_bump"]["most_fee_wei"],
+        json!((st2.max_fee_per_gas * u128::from(st2.gas_limit)).to_string())
+    );
+    assert_eq!(v["fee_bump"]["verdicts"][0]["approver"], "alice");
+    let text = cli(&layout.dir, &["show", &w.id]);
+    assert!(text.contains("fee bump awaiting approvals"), "{text}");
+    let key = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/keys/bob.pem");
+    let out = cli(
+        &layout.dir,
+        &[
+            "approve",
+            &w.id,
+            "--fee-bump",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains(&format!("fee bump of {} approved by bob", w.id)),
+        "{out}"
+    );
     let bumped = wait_until(&fc, &w.id, Duration::from_secs(60), "replaced", |x| {
         x.tx_hash != first.tx_hash && !x.tx_hash.is_empty()
     })
@@ -333,25 +373,49 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
         rpc.balance(addr(PAYEE_1)).await.unwrap(),
         payee_before + U256::from(3 * ETH / 2)
     );
+    // Nothing is pending any more: the CLI says so and signs nothing.
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args([
+            "approve",
+            &w.id,
+            "--fee-bump",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .arg("--cluster")
+        .arg(&layout.dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no fee bump awaiting approvals"), "{err}");
 
     // 6. Every verdict on a fee bump is in the audit log, under its own kind.
+    // (Entries are served up to the latest checkpoint, made every second.)
     let mut auditor = fc.auditor.clone();
-    let bump_entries: Vec<(String, Vec<u8>)> = log_entries(&mut auditor)
-        .await
-        .into_iter()
-        .filter_map(|e| match e.body {
-            custos_audit::EntryBody::FeeBumpApproval {
-                withdrawal_id,
-                approver_id,
-                statement,
-                ..
-            } => {
-                assert_eq!(withdrawal_id, w.id);
-                Some((approver_id, statement))
-            }
-            _ => None,
-        })
-        .collect();
+    let started = Instant::now();
+    let bump_entries = loop {
+        let found: Vec<(String, Vec<u8>)> = log_entries(&mut auditor)
+            .await
+            .into_iter()
+            .filter_map(|e| match e.body {
+                custos_audit::EntryBody::FeeBumpApproval {
+                    withdrawal_id,
+                    approver_id,
+                    statement,
+                    ..
+                } => {
+                    assert_eq!(withdrawal_id, w.id);
+                    Some((approver_id, statement))
+                }
+                _ => None,
+            })
+            .collect();
+        if found.len() >= 4 || started.elapsed() > Duration::from_secs(20) {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let names: Vec<&str> = bump_entries.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
         names,
@@ -359,5 +423,39 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
         "in order, with the statement each signed"
     );
     assert_eq!(bump_entries[3].1, second.fee_bump_statement);
+
+    // 7. The auditor's offline replay authorises both signatures (the first,
+    //    and the approved replacement with its fee-bump quorum).
+    let dir = layout.dir.to_str().unwrap();
+    let trust = cli(&layout.dir, &["audit", "keys"]);
+    let bundle = fc.tc.dir.path().join("bundle.json");
+    cli(
+        &layout.dir,
+        &["audit", "export", "--out", bundle.to_str().unwrap()],
+    );
+    let policy_file = fc.tc.dir.path().join("eth-policy.toml");
+    let admins = layout.policy.as_ref().unwrap().admins.clone();
+    let mut args = vec!["audit", "verify", bundle.to_str().unwrap()];
+    args.extend(trust.split_whitespace());
+    args.extend([
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--admins",
+        admins.to_str().unwrap(),
+    ]);
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let _ = dir;
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("signatures   2 authorised of 2 checked"),
+        "{stdout}"
+    );
     fc.tc.cluster.stop().await.unwrap();
 }
