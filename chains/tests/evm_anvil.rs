@@ -337,3 +337,58 @@ async fn built_transaction_matches_what_anvil_decodes() {
     );
     assert_eq!(tx["gas"], format!("{:#x}", unsigned.as_eip1559().gas_limit));
 }
+
+/// A loopback URL nothing listens on.
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}/key-in-path")
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_fails_over_to_the_next() {
+    let anvil = Anvil::start().await;
+    let mut config = RpcConfig::new(&dead_url());
+    config.fallback_urls = vec![anvil.url.clone()];
+    config.timeout = std::time::Duration::from_secs(2);
+    let rpc = EvmRpc::new(config).unwrap();
+    assert_eq!(rpc.chain_id().await.unwrap(), CHAIN_ID);
+    // The node that answered is used from now on; reads and sends work.
+    assert!(rpc.block_number().await.is_ok());
+    assert_eq!(
+        rpc.endpoints(),
+        vec![
+            "http://127.0.0.1/…".to_owned(),
+            "http://127.0.0.1/…".to_owned()
+        ],
+        "redacted: no path, no key"
+    );
+    // Every endpoint's own answer, for the start-up chain check.
+    let each = rpc.chain_id_of_each().await;
+    assert!(
+        matches!(each[0].1, Err(ChainError::RpcUnreachable(_))),
+        "{each:?}"
+    );
+    assert_eq!(each[1].1.as_ref().unwrap(), &CHAIN_ID);
+    // A node that answers with a JSON-RPC error is not skipped: its answer counts.
+    let mut config = RpcConfig::new(&anvil.url);
+    config.fallback_urls = vec![dead_url()];
+    let rpc = EvmRpc::new(config).unwrap();
+    assert!(matches!(
+        rpc.request("eth_noSuchMethod", json!([])).await,
+        Err(ChainError::RpcError { .. })
+    ));
+    // None reachable: the last transport error.
+    let mut config = RpcConfig::new(&dead_url());
+    config.fallback_urls = vec![dead_url()];
+    let e = EvmRpc::new(config).unwrap().chain_id().await.unwrap_err();
+    assert!(matches!(e, ChainError::RpcUnreachable(_)), "{e}");
+    // A bad fallback is a config error naming it.
+    let mut config = RpcConfig::new(&anvil.url);
+    config.fallback_urls = vec!["ftp://node".into()];
+    let e = EvmRpc::new(config).unwrap_err();
+    assert!(e.to_string().contains("fallback RPC url 1"), "{e}");
+}

@@ -23,7 +23,7 @@ fn run(config: &std::path::Path) -> (i32, String) {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
+    for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -32,7 +32,9 @@ fn run(config: &std::path::Path) -> (i32, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     child.kill().unwrap();
-    panic!("coordinator did not exit on bad config");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    panic!("coordinator did not exit on bad config: {err}");
 }
 
 #[test]
@@ -60,4 +62,39 @@ fn bad_coordinator_config_exits_78_naming_the_problem() {
     let (code, err) = run(&layout.coordinator.config);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("auth.admin_token_file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_endpoint_of_a_chain_must_be_on_its_chain_id() {
+    // The primary is unreachable (only a warning), the fallback answers for
+    // another chain: a config error naming the field, the endpoint redacted.
+    let other_chain = custos_tests::anvil::Anvil::start_with(&["--chain-id", "999"]).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_d, layout) = layout();
+    let cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+    std::fs::write(
+        &layout.coordinator.config,
+        format!(
+            "{cfg}\n[[chains]]\nname = \"anvil\"\nkind = \"evm\"\nchain_id = 31337\n\
+             rpc_url = \"http://127.0.0.1:{dead}/primary-api-key\"\n\
+             fallback_rpc_urls = [\"{}/?key=fallback-api-key\"]\nrpc_timeout_ms = 500\n",
+            other_chain.url
+        ),
+    )
+    .unwrap();
+    let config = layout.coordinator.config.clone();
+    let (code, err) = tokio::task::spawn_blocking(move || run(&config))
+        .await
+        .unwrap();
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("chains[0].chain_id"), "{err}");
+    assert!(err.contains("is on chain 999"), "{err}");
+    assert!(
+        !err.contains("api-key"),
+        "endpoint paths are redacted: {err}"
+    );
 }

@@ -64,6 +64,10 @@ pub struct ChainSettings {
     pub chain_id: u64,
     /// JSON-RPC endpoint.
     pub rpc_url: String,
+    /// More endpoints of the same chain, tried in order when the one in use
+    /// cannot be reached (every one is checked to be on `chain_id` at start).
+    #[serde(default)]
+    pub fallback_rpc_urls: Vec<String>,
     /// Blocks (including the one with the transaction) before `confirmed` (default 1).
     #[serde(default = "one")]
     pub confirmations: u64,
@@ -335,10 +339,16 @@ impl Chains {
                 )));
             }
             let mut rc = RpcConfig::new(&s.rpc_url);
+            rc.fallback_urls = s.fallback_rpc_urls.clone();
             rc.timeout = Duration::from_millis(s.rpc_timeout_ms.max(100));
             rc.max_fee_per_gas_cap = cap;
+            let which = if s.fallback_rpc_urls.is_empty() {
+                "rpc_url"
+            } else {
+                "rpc_url` / `fallback_rpc_urls"
+            };
             let rpc = EvmRpc::new(rc)
-                .map_err(|e| CoordError::InvalidArgument(format!("{}: {e}", field("rpc_url"))))?;
+                .map_err(|e| CoordError::InvalidArgument(format!("{}: {e}", field(which))))?;
             evm.push(EvmChain {
                 settings: s.clone(),
                 rpc,
@@ -353,16 +363,19 @@ impl Chains {
     /// waits for it).
     pub async fn check_nodes(&self) -> Result<(), CoordError> {
         for (i, c) in self.evm.iter().enumerate() {
-            match c.rpc.chain_id().await {
-                Ok(id) if id == c.settings.chain_id => {}
-                Ok(id) => {
-                    return Err(CoordError::InvalidArgument(format!(
-                        "config field `chains[{i}].chain_id`: {} but the node at {} is on chain {id}",
-                        c.settings.chain_id, c.settings.rpc_url
-                    )));
-                }
-                Err(e) => {
-                    tracing::warn!(chain = %c.settings.name, error = %e, "chain RPC unreachable at start; withdrawals on it wait")
+            // Every endpoint: a fallback on another chain would sign for it.
+            for (endpoint, answer) in c.rpc.chain_id_of_each().await {
+                match answer {
+                    Ok(id) if id == c.settings.chain_id => {}
+                    Ok(id) => {
+                        return Err(CoordError::InvalidArgument(format!(
+                            "config field `chains[{i}].chain_id`: {} but the node at {endpoint} is on chain {id}",
+                            c.settings.chain_id
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::warn!(chain = %c.settings.name, %endpoint, error = %e, "chain RPC endpoint unreachable at start; the others are used, withdrawals wait if none answers")
+                    }
                 }
             }
         }
@@ -663,7 +676,10 @@ impl Chains {
         if let Some(done) = self.mined_version(chain, row, &hash_text).await? {
             return Ok(done);
         }
-        if t.bump_tx.is_some() {
+        // A replacement being signed is resumed at once; one waiting for
+        // approvers is not, so the transaction in flight is still watched
+        // (and re-sent if the node drops it) meanwhile.
+        if t.bump_tx.is_some() && t.bump_statement.is_none() {
             return Ok(Tracked::Stuck(format!(
                 "{hash_text}: resuming its fee bump"
             )));

@@ -161,6 +161,21 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
         still.signer_notes
     );
     assert_eq!(journal_signatures(&layout, &w.id), signed_once);
+    // Meanwhile the transaction in flight is still watched: dropped by the
+    // node, it is sent again, byte for byte.
+    let in_flight: B256 = first.tx_hash.parse().unwrap();
+    rpc.request("anvil_dropTransaction", json!([in_flight]))
+        .await
+        .unwrap();
+    assert!(!rpc.transaction_exists(in_flight).await.unwrap(), "dropped");
+    let started = Instant::now();
+    while !rpc.transaction_exists(in_flight).await.unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not re-sent while the bump waits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // 2. A coordinator that skips the quorum: every signer that signed the
     //    first version refuses the (exact) replacement, and records nothing.

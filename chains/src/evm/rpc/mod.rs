@@ -13,7 +13,7 @@ pub mod quantity;
 pub mod types;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
@@ -31,6 +31,10 @@ const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 pub struct RpcConfig {
     /// `http://` or `https://` endpoint (may embed an API key).
     pub url: String,
+    /// More endpoints of the same chain, tried in order when one cannot be
+    /// reached (connection refused, timeout, HTTP error without a JSON-RPC
+    /// answer); the one that answered is kept for the next requests.
+    pub fallback_urls: Vec<String>,
     /// Per-request timeout (connect + send + read).
     pub timeout: Duration,
     /// Upper bound for `max_fee_per_gas` in [`EvmRpc::estimate_fees`], wei/gas.
@@ -44,6 +48,7 @@ impl RpcConfig {
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            fallback_urls: Vec::new(),
             timeout: Duration::from_secs(10),
             max_fee_per_gas_cap: 500_000_000_000,
             fallback_priority_fee: 1_000_000_000,
@@ -55,6 +60,14 @@ impl fmt::Debug for RpcConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcConfig")
             .field("url", &redact(&self.url))
+            .field(
+                "fallback_urls",
+                &self
+                    .fallback_urls
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("timeout", &self.timeout)
             .field("max_fee_per_gas_cap", &self.max_fee_per_gas_cap)
             .field("fallback_priority_fee", &self.fallback_priority_fee)
@@ -63,17 +76,21 @@ impl fmt::Debug for RpcConfig {
 }
 
 /// Scheme and host only: paths and queries often hold API keys.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or("?")),
         Err(_) => "<invalid url>".to_owned(),
     }
 }
 
-/// A JSON-RPC client for one EVM node.
+/// A JSON-RPC client for one EVM chain, through one node or several
+/// (failover in order, see [`RpcConfig::fallback_urls`]).
 pub struct EvmRpc {
     http: reqwest::Client,
-    url: reqwest::Url,
+    /// The primary endpoint, then the fallbacks.
+    urls: Vec<reqwest::Url>,
+    /// Index of the endpoint that answered last: tried first.
+    preferred: AtomicUsize,
     config: RpcConfig,
     next_id: AtomicU64,
 }
@@ -109,12 +126,24 @@ fn field<'a>(method: &'static str, object: &'a Value, name: &str) -> Result<&'a 
 impl EvmRpc {
     /// A client for `config.url` (http or https, no request sent yet).
     pub fn new(config: RpcConfig) -> Result<Self> {
-        let url = reqwest::Url::parse(&config.url)
-            .map_err(|_| ChainError::InvalidConfig("RPC url is not a valid URL".to_owned()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ChainError::InvalidConfig(
-                "RPC url must be http:// or https://".to_owned(),
-            ));
+        let mut urls = Vec::with_capacity(1 + config.fallback_urls.len());
+        for (i, text) in std::iter::once(&config.url)
+            .chain(&config.fallback_urls)
+            .enumerate()
+        {
+            let which = if i == 0 {
+                "RPC url".to_owned()
+            } else {
+                format!("fallback RPC url {i}")
+            };
+            let url = reqwest::Url::parse(text)
+                .map_err(|_| ChainError::InvalidConfig(format!("{which} is not a valid URL")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ChainError::InvalidConfig(format!(
+                    "{which} must be http:// or https://"
+                )));
+            }
+            urls.push(url);
         }
         if config.timeout.is_zero() {
             return Err(ChainError::InvalidConfig(
@@ -133,7 +162,8 @@ impl EvmRpc {
             .map_err(|e| ChainError::InvalidConfig(format!("HTTP client: {}", e.without_url())))?;
         Ok(Self {
             http,
-            url,
+            urls,
+            preferred: AtomicUsize::new(0),
             config,
             next_id: AtomicU64::new(1),
         })
@@ -144,8 +174,59 @@ impl EvmRpc {
         &self.config
     }
 
-    /// Sends one JSON-RPC request and returns its `result` (which may be `null`).
+    /// The endpoints, redacted (scheme and host), primary first.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.urls.iter().map(|u| redact(u.as_str())).collect()
+    }
+
+    /// Sends one JSON-RPC request and returns its `result` (which may be
+    /// `null`). An endpoint that cannot be reached is skipped for the next
+    /// one; a JSON-RPC error from a node that answered is returned as is.
     pub async fn request(&self, method: &'static str, params: Value) -> Result<Value> {
+        let n = self.urls.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for attempt in 0..n {
+            let i = (start + attempt) % n;
+            match self.request_at(i, method, params.clone()).await {
+                Err(e @ (ChainError::RpcUnreachable(_) | ChainError::RpcTimeout { .. })) => {
+                    last = Some(e);
+                }
+                other => {
+                    if attempt > 0 {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ChainError::RpcUnreachable(format!("{method}: no endpoint"))))
+    }
+
+    /// The chain id each endpoint reports (or why it could not), redacted
+    /// endpoint first: every node of a chain must be on it.
+    pub async fn chain_id_of_each(&self) -> Vec<(String, Result<u64>)> {
+        let mut out = Vec::with_capacity(self.urls.len());
+        for (i, url) in self.urls.iter().enumerate() {
+            let id = self
+                .request_at(i, "eth_chainId", json!([]))
+                .await
+                .and_then(|v| {
+                    quantity::parse_u64(as_str("eth_chainId", &v, "result")?)
+                        .map_err(|e| malformed("eth_chainId", e))
+                });
+            out.push((redact(url.as_str()), id));
+        }
+        out
+    }
+
+    /// One request to endpoint `i`.
+    async fn request_at(&self, i: usize, method: &'static str, params: Value) -> Result<Value> {
+        let url = self
+            .urls
+            .get(i)
+            .cloned()
+            .ok_or_else(|| ChainError::RpcUnreachable(format!("{method}: no endpoint {i}")))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let transport = |e: reqwest::Error| {
@@ -160,7 +241,7 @@ impl EvmRpc {
         };
         let mut response = self
             .http
-            .post(self.url.clone())
+            .post(url)
             .json(&body)
             .send()
             .await
