@@ -467,9 +467,11 @@ impl Cosigner {
             serde_json::from_slice(&a.fee_bump_approvals_json)
                 .map_err(|e| NodeError::InvalidRequest(format!("fee_bump_approvals: {e}")))?
         };
+        // The initiator as this signer recorded it (the intent digest does
+        // not cover it): the initiator never approves their own bump.
         authorize_fee_bump(
             &active,
-            &w.initiator,
+            &signed.initiator,
             &statement,
             &approvals,
             Timestamp(now),

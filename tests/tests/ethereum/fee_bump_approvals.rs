@@ -406,31 +406,39 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
     assert!(err.contains("has no fee bump awaiting approvals"), "{err}");
 
     // 6. Every verdict on a fee bump is in the audit log, under its own kind.
-    // (Entries are served up to the latest checkpoint, made every second.)
+    // (Entries are served, and exported, up to the latest checkpoint: wait
+    // until it covers the confirmation, the withdrawal's last entry.)
     let mut auditor = fc.auditor.clone();
     let started = Instant::now();
-    let bump_entries = loop {
-        let found: Vec<(String, Vec<u8>)> = log_entries(&mut auditor)
-            .await
-            .into_iter()
-            .filter_map(|e| match e.body {
-                custos_audit::EntryBody::FeeBumpApproval {
-                    withdrawal_id,
-                    approver_id,
-                    statement,
-                    ..
-                } => {
-                    assert_eq!(withdrawal_id, w.id);
-                    Some((approver_id, statement))
-                }
-                _ => None,
-            })
-            .collect();
-        if found.len() >= 4 || started.elapsed() > Duration::from_secs(20) {
-            break found;
+    let entries = loop {
+        let entries = log_entries(&mut auditor).await;
+        if entries.iter().any(|e| {
+            matches!(&e.body, custos_audit::EntryBody::Confirmed { withdrawal_id, .. } if *withdrawal_id == w.id)
+        }) {
+            break entries;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint covers the confirmation of {}",
+            w.id
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let bump_entries: Vec<(String, Vec<u8>)> = entries
+        .into_iter()
+        .filter_map(|e| match e.body {
+            custos_audit::EntryBody::FeeBumpApproval {
+                withdrawal_id,
+                approver_id,
+                statement,
+                ..
+            } => {
+                assert_eq!(withdrawal_id, w.id);
+                Some((approver_id, statement))
+            }
+            _ => None,
+        })
+        .collect();
     let names: Vec<&str> = bump_entries.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
         names,
@@ -441,7 +449,6 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
 
     // 7. The auditor's offline replay authorises both signatures (the first,
     //    and the approved replacement with its fee-bump quorum).
-    let dir = layout.dir.to_str().unwrap();
     let trust = cli(&layout.dir, &["audit", "keys"]);
     let bundle = fc.tc.dir.path().join("bundle.json");
     cli(
@@ -466,7 +473,6 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    let _ = dir;
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("signatures   2 authorised of 2 checked"),
