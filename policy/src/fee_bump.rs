@@ -115,17 +115,7 @@ impl FeeBumpStatement {
     /// Parses canonical bytes; refuses other versions and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
-        if r.take(FEE_BUMP_MAGIC.len(), "magic")? != FEE_BUMP_MAGIC {
-            return Err(PolicyError::Statement(
-                "not a fee-bump statement (bad magic)".into(),
-            ));
-        }
-        let v = r.array::<1>("version")?[0];
-        if v != FEE_BUMP_VERSION {
-            return Err(PolicyError::Statement(format!(
-                "unsupported fee-bump statement version {v}"
-            )));
-        }
+        r.header(FEE_BUMP_MAGIC, FEE_BUMP_VERSION, "a fee-bump statement")?;
         let s = FeeBumpStatement {
             withdrawal_id: r.string("withdrawal_id")?,
             statement_hash: r.array("statement_hash")?,

@@ -149,6 +149,20 @@ impl<'a> Reader<'a> {
         }
         self.take(len, what)
     }
+    /// Reads and checks the magic and version byte of a `what` encoding.
+    pub(crate) fn header(&mut self, magic: &[u8], version: u8, what: &str) -> Result<()> {
+        if self.take(magic.len(), "magic")? != magic {
+            return Err(PolicyError::Statement(format!("not {what} (bad magic)")));
+        }
+        let v = self.array::<1>("version")?[0];
+        if v != version {
+            return Err(PolicyError::Statement(format!(
+                "unsupported version {v} of {what}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses trailing bytes: one value has exactly one encoding.
     pub(crate) fn finish(&self) -> Result<()> {
         if self.buf.is_empty() {
@@ -236,15 +250,7 @@ impl ApprovalStatement {
     /// Parses canonical bytes; refuses other versions and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
-        if r.take(STATEMENT_MAGIC.len(), "magic")? != STATEMENT_MAGIC {
-            return Err(PolicyError::Statement(
-                "not an approval statement (bad magic)".into(),
-            ));
-        }
-        let v = r.array::<1>("version")?[0];
-        if v != STATEMENT_VERSION {
-            return Err(PolicyError::Statement(format!("unsupported version {v}")));
-        }
+        r.header(STATEMENT_MAGIC, STATEMENT_VERSION, "an approval statement")?;
         let s = ApprovalStatement {
             withdrawal_id: r.string("withdrawal_id")?,
             chain: r.string("chain")?,
