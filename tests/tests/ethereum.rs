@@ -611,6 +611,51 @@ async fn coordinator_killed_before_broadcast_rebroadcasts_the_same_tx() {
     fc.tc.cluster.stop().await.unwrap();
 }
 
+/// The withdrawal `w` as the policy crate sees it, for `amount`, JSON (what
+/// a coordinator sends the signers).
+fn policy_withdrawal_json(w: &Withdrawal, amount: u128) -> Vec<u8> {
+    let mut pw = custos_policy::Withdrawal {
+        id: w.id.clone(),
+        wallet: w.wallet.clone(),
+        chain: w.chain.clone(),
+        asset: w.asset.clone(),
+        destination: w.destination.clone(),
+        amount: custos_policy::Amount(amount),
+        fee_cap: custos_policy::Amount(w.fee_cap.parse().unwrap()),
+        initiator: w.initiator.clone(),
+        tx_digest: String::new(),
+    };
+    pw.tx_digest = hex::encode(custos_policy::intent_digest(&pw));
+    serde_json::to_vec(&pw).unwrap()
+}
+
+/// Asks every signer directly (as a rogue coordinator would) to sign with
+/// `authorization`; each must refuse. Returns how many refusals say `why`.
+async fn refusals_saying(
+    signers: &[(String, SignerClient)],
+    authorization: custos_proto::signer::WithdrawalAuthorization,
+    key_id: &str,
+    presignature_id: &str,
+    why: &str,
+) -> usize {
+    let mut named = 0;
+    for (node, client) in signers {
+        let err = client
+            .clone()
+            .sign_withdrawal(custos_proto::signer::SignWithdrawalRequest {
+                authorization: Some(authorization.clone()),
+                key_id: key_id.into(),
+                presignature_id: presignature_id.into(),
+            })
+            .await
+            .expect_err(&format!("{node} signed ({presignature_id})"));
+        if err.message().contains(why) {
+            named += 1;
+        }
+    }
+    named
+}
+
 /// SignerControl clients authenticated as the coordinator (a compromised
 /// coordinator host), as in tests/tests/cosigner.rs.
 async fn rogue_clients(layout: &custos_devkit::ClusterLayout) -> Vec<(String, SignerClient)> {
@@ -999,7 +1044,7 @@ async fn a_stuck_transaction_is_replaced_with_a_higher_fee_within_its_cap() {
         ReplacementFees, TransferRequest, build_unsigned, decode_unsigned, encode_unsigned,
         with_fees,
     };
-    use custos_proto::signer::{SignWithdrawalRequest, WithdrawalAuthorization};
+    use custos_proto::signer::WithdrawalAuthorization;
 
     let anvil = Anvil::start().await;
     let rpc = rpc(&anvil.url);
@@ -1106,21 +1151,7 @@ async fn a_stuck_transaction_is_replaced_with_a_higher_fee_within_its_cap() {
             .unwrap(),
         )
     };
-    let policy_w = |amount: u128| {
-        let mut pw = custos_policy::Withdrawal {
-            id: done.id.clone(),
-            wallet: done.wallet.clone(),
-            chain: done.chain.clone(),
-            asset: done.asset.clone(),
-            destination: done.destination.clone(),
-            amount: custos_policy::Amount(amount),
-            fee_cap: custos_policy::Amount(done.fee_cap.parse().unwrap()),
-            initiator: done.initiator.clone(),
-            tx_digest: String::new(),
-        };
-        pw.tx_digest = hex::encode(custos_policy::intent_digest(&pw));
-        serde_json::to_vec(&pw).unwrap()
-    };
+    let policy_w = |amount: u128| policy_withdrawal_json(&done, amount);
     let over_cap = ReplacementFees {
         max_fee_per_gas: 2_100_000_000_000_000 / u128::from(cur.gas_limit) + 1,
         max_priority_fee_per_gas: cur.max_priority_fee_per_gas * 3,
@@ -1168,26 +1199,20 @@ async fn a_stuck_transaction_is_replaced_with_a_higher_fee_within_its_cap() {
     ];
     let signers = rogue_clients(&layout).await;
     for (i, (what, withdrawal_json, tx, field)) in cases.into_iter().enumerate() {
-        let mut named = 0;
-        for (node, client) in &signers {
-            let err = client
-                .clone()
-                .sign_withdrawal(SignWithdrawalRequest {
-                    authorization: Some(WithdrawalAuthorization {
-                        withdrawal_json: withdrawal_json.clone(),
-                        unsigned_tx: tx.clone(),
-                        rule_id: done.rule_id.clone(),
-                        ..Default::default()
-                    }),
-                    key_id: "w-eth".into(),
-                    presignature_id: format!("ps-rogue-bump-{i}"),
-                })
-                .await
-                .expect_err(&format!("{node} signed a bump with {what}"));
-            if err.message().contains(field) {
-                named += 1;
-            }
-        }
+        let auth = WithdrawalAuthorization {
+            withdrawal_json,
+            unsigned_tx: tx,
+            rule_id: done.rule_id.clone(),
+            ..Default::default()
+        };
+        let named = refusals_saying(
+            &signers,
+            auth,
+            "w-eth",
+            &format!("ps-rogue-bump-{i}"),
+            field,
+        )
+        .await;
         assert!(named >= 2, "{what}: the signers that signed name {field}");
     }
     assert_eq!(

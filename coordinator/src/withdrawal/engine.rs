@@ -196,6 +196,15 @@ fn refuse_if_invalid(status: &ApprovalStatus, index: usize, what: &str) -> Resul
     Ok(())
 }
 
+/// How the audit log records an approve or reject verdict.
+fn audit_verdict(v: Verdict) -> AuditVerdict {
+    if v == Verdict::Reject {
+        AuditVerdict::Reject
+    } else {
+        AuditVerdict::Approve
+    }
+}
+
 fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
@@ -1334,11 +1343,7 @@ impl Engine {
             .append(EntryBody::Approval {
                 withdrawal_id: row.id.clone(),
                 approver_id: new.approver.clone(),
-                verdict: if new.verdict == Verdict::Reject {
-                    AuditVerdict::Reject
-                } else {
-                    AuditVerdict::Approve
-                },
+                verdict: audit_verdict(new.verdict),
                 statement: row.statement.clone().unwrap_or_default(),
                 signature,
             })

@@ -13,7 +13,7 @@ use custos_chains::evm::tx::{
 };
 use custos_policy::{Approval, ApprovalStatement, FeeBumpStatement, Verdict};
 use custos_proto::custody::SubmitApprovalRequest;
-use custos_proto::signer::{SignWithdrawalRequest, WithdrawalAuthorization};
+use custos_proto::signer::WithdrawalAuthorization;
 use sha2::Digest;
 use tonic::Code;
 
@@ -199,18 +199,7 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
         std::fs::read(&p.document).unwrap(),
         std::fs::read(&p.signatures).unwrap(),
     );
-    let mut pw = custos_policy::Withdrawal {
-        id: first.id.clone(),
-        wallet: first.wallet.clone(),
-        chain: first.chain.clone(),
-        asset: first.asset.clone(),
-        destination: first.destination.clone(),
-        amount: custos_policy::Amount(first.amount.parse().unwrap()),
-        fee_cap: custos_policy::Amount(first.fee_cap.parse().unwrap()),
-        initiator: first.initiator.clone(),
-        tx_digest: String::new(),
-    };
-    pw.tx_digest = hex::encode(custos_policy::intent_digest(&pw));
+    let withdrawal_json = policy_withdrawal_json(&first, first.amount.parse().unwrap());
     let alice_bump = st
         .sign(Verdict::Approve, "alice", &approver_key("alice"))
         .unwrap();
@@ -233,31 +222,18 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
     ];
     let signers = rogue_clients(&layout).await;
     for (i, (what, approvals, why)) in cases.into_iter().enumerate() {
-        let mut named = 0;
-        for (node, client) in &signers {
-            let err = client
-                .clone()
-                .sign_withdrawal(SignWithdrawalRequest {
-                    authorization: Some(WithdrawalAuthorization {
-                        withdrawal_json: serde_json::to_vec(&pw).unwrap(),
-                        unsigned_tx: replacement.clone(),
-                        policy_document: document.clone(),
-                        policy_signatures: signatures.clone(),
-                        rule_id: first.rule_id.clone(),
-                        fee_bump_approvals_json: serde_json::to_vec(&approvals).unwrap(),
-                        fee_bump_expiry: st.expiry.0,
-                        ..Default::default()
-                    }),
-                    key_id: "w-eth".into(),
-                    presignature_id: format!("ps-rogue-reapprove-{i}"),
-                })
-                .await
-                .expect_err(&format!("{node} signed a replacement with {what}"));
-            if err.message().contains(why) {
-                assert_eq!(err.code(), Code::PermissionDenied, "{node}: {err}");
-                named += 1;
-            }
-        }
+        let auth = WithdrawalAuthorization {
+            withdrawal_json: withdrawal_json.clone(),
+            unsigned_tx: replacement.clone(),
+            policy_document: document.clone(),
+            policy_signatures: signatures.clone(),
+            rule_id: first.rule_id.clone(),
+            fee_bump_approvals_json: serde_json::to_vec(&approvals).unwrap(),
+            fee_bump_expiry: st.expiry.0,
+            ..Default::default()
+        };
+        let presig = format!("ps-rogue-reapprove-{i}");
+        let named = refusals_saying(&signers, auth, "w-eth", &presig, why).await;
         assert!(
             named >= 2,
             "{what}: the signers of the first version say {why:?}"

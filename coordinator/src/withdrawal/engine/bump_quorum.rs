@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use custos_audit::EntryBody;
-use custos_audit::entry::Verdict as AuditVerdict;
 use custos_chains::evm::tx::{decode_transfer, decode_unsigned, signing_digest};
 use custos_policy::{
     ActivePolicy, Approval, ApprovalStatus, FeeBumpStatement, Timestamp, Verdict,
@@ -259,11 +258,7 @@ impl Engine {
             .append(EntryBody::FeeBumpApproval {
                 withdrawal_id: row.id.clone(),
                 approver_id: new.approver.clone(),
-                verdict: if new.verdict == Verdict::Reject {
-                    AuditVerdict::Reject
-                } else {
-                    AuditVerdict::Approve
-                },
+                verdict: super::audit_verdict(new.verdict),
                 statement: pending.clone(),
                 signature: hex::decode(&new.signature).unwrap_or_default(),
             })
