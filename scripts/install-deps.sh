@@ -16,3 +16,5 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 fi
 bash "$(dirname "$0")/install-anvil.sh" >/dev/null   # anvil for the chain tests (.tools/, idempotent)
+# The test runner (scripts/test-all.sh): cargo-nextest from crates.io if missing.
+cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked

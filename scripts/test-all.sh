@@ -1,18 +1,101 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently), then runs the format, lint and
-# test gates. `.ci/run` calls exactly this.
+# test gates, and prints a timing table (each stage, the 15 slowest tests).
+# `.ci/run` calls exactly this.
+#
+# The build goes to a target directory outside the clone
+# ($HOME/.cache/custos/target unless CARGO_TARGET_DIR says otherwise), so a
+# local run and CI's run on the same machine share it; an empty one works too
+# (a cold run compiles everything once).
+#
+# Knobs: CUSTOS_FUZZ_SECS (seconds per fuzz target, default 20; 0 skips the
+# fuzz smoke run), CUSTOS_NEXTEST_ARGS (extra arguments to cargo nextest run,
+# e.g. a filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/custos/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+timings=()
+run_started=$(date +%s)
+stage_started=$run_started
+current=""
+stage() {
+  local now
+  now=$(date +%s)
+  if [ -n "$current" ]; then
+    timings+=("$(printf '%-28s %6ss' "$current" $((now - stage_started)))")
+  fi
+  current="$1"
+  stage_started=$now
+  [ -n "$current" ] && echo "==> $current"
+  return 0
+}
+
+junit="$CARGO_TARGET_DIR/nextest/ci/junit.xml"
+report() {
+  local rc=$?
+  stage ""
+  echo
+  echo "==> timing (exit $rc)"
+  printf '%s\n' "${timings[@]}"
+  printf '%-28s %6ss\n' "total" $(($(date +%s) - run_started))
+  if [ -f "$junit" ]; then
+    echo
+    echo "==> 15 slowest tests (from $junit)"
+    python3 - "$junit" <<'EOF' || true
+import sys, xml.etree.ElementTree as ET
+cases = []
+for tc in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    cases.append((float(tc.get("time", 0)), tc.get("classname", ""), tc.get("name", "")))
+cases.sort(reverse=True)
+for t, cls, name in cases[:15]:
+    print(f"{t:8.1f}s  {cls} {name}")
+print(f"{len(cases)} tests, {sum(c[0] for c in cases):.0f} s of test time")
+EOF
+  fi
+}
+trap report EXIT
+
+stage "install"
 ./scripts/install-deps.sh
+stage "services"
 ./scripts/ensure-services.sh
 
-echo "==> cargo fmt --check"
+stage "fmt"
 cargo fmt --all -- --check
-echo "==> cargo clippy"
+(cd fuzz && cargo fmt --all -- --check)
+
+stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# End-to-end tests spawn the daemons: build every binary first.
-echo "==> cargo build --bins"
-cargo build --workspace --bins --locked
-echo "==> cargo test"
-cargo test --workspace --locked -- --test-threads="${CUSTOS_TEST_THREADS:-2}"
+
+# One build for the tests and the daemons they spawn: nextest builds every
+# test binary and the workspace's binaries with the same features.
+stage "build"
+cargo nextest run --workspace --locked --no-run
+cargo build --workspace --bins --tests --locked
+
+stage "tests"
+rm -f "$junit"
+# shellcheck disable=SC2086
+cargo nextest run --workspace --locked --profile ci --no-fail-fast ${CUSTOS_NEXTEST_ARGS:-}
+
+stage "doctests"
+cargo test --workspace --locked --doc
+
+fuzz_secs="${CUSTOS_FUZZ_SECS:-20}"
+if [ "$fuzz_secs" -gt 0 ]; then
+  stage "fuzz smoke (${fuzz_secs}s each)"
+  for target in policy_parse statement_decode evaluate_withdrawal evm_unsigned_tx; do
+    log="$CARGO_TARGET_DIR/fuzz-$target.log"
+    if ! CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" ./fuzz/run-stable.sh "$target" "$fuzz_secs" >"$log" 2>&1; then
+      tail -n 60 "$log"
+      echo "fuzz target $target failed (log: $log)" >&2
+      exit 1
+    fi
+    echo "$target: $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"
+  done
+fi
+stage ""

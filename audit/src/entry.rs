@@ -91,7 +91,7 @@ pub enum Verdict {
 
 /// Withdrawal lifecycle states (tags 1..=15 in declaration order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)] // the names are the lifecycle in ARCHITECTURE.md
+#[allow(missing_docs)] // the names are the lifecycle in docs/ARCHITECTURE.md
 pub enum WithdrawalStatus {
     Requested,
     RiskScored,

@@ -327,7 +327,7 @@ pub fn store_conformance<S: LogStore>(store: S) -> Result<S, String> {
     Ok(log.into_store())
 }
 
-/// SECURITY.md case 19 on a real backend: `edit(store, index, bytes)` must
+/// docs/SECURITY.md case 19 on a real backend: `edit(store, index, bytes)` must
 /// overwrite the stored entry `index` with `bytes` behind the log's back; the
 /// verifier must then name exactly that entry.
 pub fn edited_entry_is_named<S: LogStore>(
@@ -355,7 +355,7 @@ pub fn edited_entry_is_named<S: LogStore>(
     }
 }
 
-/// SECURITY.md cases 19 and 20 on a real backend: `truncate(store, size)`
+/// docs/SECURITY.md cases 19 and 20 on a real backend: `truncate(store, size)`
 /// must delete entries from `size` on and the tree nodes covering them. The
 /// verifier, given the auditor's previous checkpoint, must name the missing
 /// entry; the witness must refuse the checkpoint of the rewritten log (split

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! SECURITY.md case 21 and promise 4 on a real database: when the log cannot
+//! docs/SECURITY.md case 21 and promise 4 on a real database: when the log cannot
 //! be written, SharedLog::append fails, nothing is half-written and the log's
 //! size does not move, so the coordinator never acts on an unlogged step.
 //! Also: two coordinator replicas appending to one database concurrently.

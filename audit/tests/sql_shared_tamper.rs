@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! SECURITY.md cases 19 and 20 on a real database: a log built through
+//! docs/SECURITY.md cases 19 and 20 on a real database: a log built through
 //! SharedLog, checkpoints signed by the log key and co-signed by a witness,
 //! then altered with raw SQL through a separate connection pool. The offline
 //! verifier must name the altered entry, and the witness that saw the

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The `testing` suite (contract and tamper scenarios, SECURITY.md cases 19
+//! The `testing` suite (contract and tamper scenarios, docs/SECURITY.md cases 19
 //! and 20) against SqlStore on SQLite and on PostgreSQL, tampering through a
 //! second connection pool; plus the unique-violation path of an append.
 

@@ -1,4 +1,4 @@
-//! The offline verifier: tampering is detected and located (SECURITY.md
+//! The offline verifier: tampering is detected and located (docs/SECURITY.md
 //! cases 19-21), unauthorised signatures are flagged, and the bundle format is
 //! pinned by a golden file the CLI tests reuse.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -354,7 +354,7 @@ fn signature_without_satisfied_decision_is_flagged() {
     assert_eq!(first_bad(&r), expect.first().copied());
 }
 
-/// SECURITY.md case 21: an unwritable log stops the action; nothing changes.
+/// docs/SECURITY.md case 21: an unwritable log stops the action; nothing changes.
 #[test]
 fn failed_append_has_no_effect() {
     struct Down(MemoryStore, bool);

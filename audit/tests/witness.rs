@@ -1,5 +1,5 @@
 //! Witnesses: co-sign only consistent growth; refuse rollbacks and split
-//! views (SECURITY.md case 20); signers fail closed on unwitnessed entries.
+//! views (docs/SECURITY.md case 20); signers fail closed on unwitnessed entries.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Parser robustness (SECURITY.md case 23): random, truncated, mutated and
+//! Parser robustness (docs/SECURITY.md case 23): random, truncated, mutated and
 //! oversized input never panics, and anything accepted is canonical. The same
 //! checks run coverage-guided in `fuzz/fuzz_targets/evm_unsigned_tx.rs`.
 

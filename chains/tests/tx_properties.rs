@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Properties of the transfer codec: round trips, and SECURITY.md case 11:
+//! Properties of the transfer codec: round trips, and docs/SECURITY.md case 11:
 //! a transaction that differs from the approved transfer in any checked
 //! field is refused with that field named.
 

@@ -1,6 +1,6 @@
 //! `custos audit verify` on the golden bundle of the audit crate and on
 //! tampered copies of it: exit 0 when intact, non-zero naming the first bad
-//! entry otherwise (SECURITY.md cases 19 and 20).
+//! entry otherwise (docs/SECURITY.md cases 19 and 20).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};

@@ -174,6 +174,8 @@ async fn demo_withdraws_on_anvil_through_policy_and_approvals() {
     let base = custos_devkit::free_base_port().to_string();
     let primes = repo().join("mpc/tests/fixtures/test-primes.json");
     let primes = primes.display().to_string();
+    let aux = repo().join("mpc/tests/fixtures/aux-info-3.json");
+    let aux = aux.display().to_string();
 
     // The chain id comes from the node; cluster.json records the chain.
     let up = json_of(&ok(&[
@@ -185,6 +187,8 @@ async fn demo_withdraws_on_anvil_through_policy_and_approvals() {
         &base,
         "--primes-file",
         &primes,
+        "--aux-fixture",
+        &aux,
         "--eth-rpc",
         &anvil.url,
         "--json",

@@ -94,6 +94,7 @@ async fn approvers_and_backends_drive_withdrawals_through_the_cli() {
     let mut spec = ClusterSpec::new(tmp.path().join("cluster"));
     spec.base_port = free_base_port();
     spec.primes_file = Some(repo().join("mpc/tests/fixtures/test-primes.json"));
+    spec.aux_fixture = Some(repo().join("mpc/tests/fixtures/aux-info-3.json"));
     spec.bin_dir = Some(bins.clone());
     let layout = generate(&spec).unwrap();
     assert!(layout.log_key.is_some());

@@ -1,4 +1,4 @@
-//! Key locks (SECURITY.md promise 3): a signing failure that no one can
+//! Key locks (docs/SECURITY.md promise 3): a signing failure that no one can
 //! explain (a partial signature that is malformed, or partials that combine
 //! into a signature that does not verify) is counted per key; after
 //! `lock_after_failures` of them, each within `lock_window` of the previous

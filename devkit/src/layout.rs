@@ -81,6 +81,12 @@ pub struct ClusterSpec {
     /// Pregenerated safe primes (test fixture) so signers skip generating them;
     /// signer `i` uses entry `i`.
     pub primes_file: Option<PathBuf>,
+    /// Aux info of the whole group made once from `primes_file`
+    /// (`mpc/tests/fixtures/aux-info-<n>.json`): the signers import it
+    /// instead of running the aux-info ceremony (debug builds of dev and test
+    /// clusters only; needs `primes_file`). Tests whose subject is the
+    /// ceremony leave it unset.
+    pub aux_fixture: Option<PathBuf>,
     /// Node id → fault to inject, e.g. `"signer-3"` → `"corrupt-protocol-messages"`.
     pub fault_injection: HashMap<String, String>,
     /// Presignatures the coordinator keeps ready per key (default 4; 0 disables the pool).
@@ -114,6 +120,7 @@ impl Default for ClusterSpec {
             threshold: 2,
             base_port: DEFAULT_BASE_PORT,
             primes_file: None,
+            aux_fixture: None,
             fault_injection: HashMap::new(),
             presignature_pool: PRESIGNATURE_POOL,
             policy: None,
@@ -163,6 +170,14 @@ impl ClusterSpec {
             && !p.is_file()
         {
             return bad(format!("primes_file {} does not exist", p.display()));
+        }
+        if let Some(p) = &self.aux_fixture {
+            if !p.is_file() {
+                return bad(format!("aux_fixture {} does not exist", p.display()));
+            }
+            if self.primes_file.is_none() {
+                return bad("aux_fixture needs primes_file (the primes it was made from)".into());
+            }
         }
         if let Some(p) = &self.policy
             && !p.is_file()
@@ -456,6 +471,8 @@ struct DevToml {
     primes_file: Option<PathBuf>,
     primes_index: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
+    aux_fixture: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     fault_injection: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_raw_digest: bool,
@@ -547,6 +564,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
     fsutil::ensure_private_dir(&spec.dir)?;
     let dir = absolute(&spec.dir)?;
     let primes_file = spec.primes_file.as_deref().map(absolute).transpose()?;
+    let aux_fixture = spec.aux_fixture.as_deref().map(absolute).transpose()?;
 
     let ca_cert = dir.join("ca.pem");
     let ca_key = dir.join("ca.key");
@@ -735,6 +753,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
                 DevToml {
                     primes_file: primes_file.clone(),
                     primes_index: s.index,
+                    aux_fixture: aux_fixture.clone(),
                     fault_injection: s.fault_injection.clone(),
                     allow_raw_digest: spec.raw_digest,
                 }

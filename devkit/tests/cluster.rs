@@ -34,6 +34,12 @@ fn primes() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// The aux info made from `primes()` for the default 3 signers.
+fn aux_fixture() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mpc/tests/fixtures/aux-info-3.json");
+    p.is_file().then_some(p)
+}
+
 fn layout(dir: &Path) -> ClusterLayout {
     layout_with_fault(dir, None)
 }
@@ -42,6 +48,7 @@ fn layout_with_fault(dir: &Path, fault: Option<(&str, &str)>) -> ClusterLayout {
     let mut spec = ClusterSpec::new(dir.join("cluster"));
     spec.base_port = free_base_port();
     spec.primes_file = primes();
+    spec.aux_fixture = aux_fixture();
     if let Some((node, fault)) = fault {
         spec.fault_injection.insert(node.into(), fault.into());
     }
@@ -298,6 +305,7 @@ async fn api_clients_get_their_roles_and_signers_the_log_key() {
     let mut spec = ClusterSpec::new(tmp.path().join("locked"));
     spec.base_port = free_base_port();
     spec.primes_file = primes();
+    spec.aux_fixture = aux_fixture();
     spec.raw_digest = false;
     let l = generate(&spec).unwrap();
     assert_eq!(l.log_key, None, "no bin_dir: installed at start");

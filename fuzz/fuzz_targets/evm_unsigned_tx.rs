@@ -21,12 +21,18 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(address) = parse_address(text) {
-            assert_eq!(address.to_checksum(None).to_lowercase(), text.to_lowercase());
+            assert_eq!(
+                address.to_checksum(None).to_lowercase(),
+                text.to_lowercase()
+            );
         }
         for decimals in [0u8, 6, 18] {
             if let Ok(value) = parse_units(text, decimals) {
                 let back = format_units(value, decimals);
-                assert_eq!(back.ok().and_then(|b| parse_units(&b, decimals).ok()), Some(value));
+                assert_eq!(
+                    back.ok().and_then(|b| parse_units(&b, decimals).ok()),
+                    Some(value)
+                );
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The `custos-hsm` tool as a process: fail-closed start-up checks with
-//! distinct errors and exit codes (SECURITY.md case 22), and re-sealing a
-//! node's shares between backends (SECURITY.md case 18 for the result).
+//! distinct errors and exit codes (docs/SECURITY.md case 22), and re-sealing a
+//! node's shares between backends (docs/SECURITY.md case 18 for the result).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
 use std::path::Path;

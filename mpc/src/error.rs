@@ -27,4 +27,8 @@ pub enum MpcError {
     /// Combined partial signatures do not verify under the public key.
     #[error("combined signature does not verify: a partial signature was invalid")]
     InvalidSignature,
+    /// The session's owner cancelled it (timeout, caller gone); the protocol
+    /// work stopped at a stage boundary.
+    #[error("session cancelled")]
+    Cancelled,
 }

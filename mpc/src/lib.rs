@@ -15,14 +15,17 @@
 
 #![deny(missing_docs)]
 
+pub mod cancel;
 pub mod eid;
 mod error;
+pub mod fixture;
 pub mod primes;
 pub mod protocol;
 pub mod session;
 pub mod sim;
 pub mod wire;
 
+pub use cancel::CancelToken;
 pub use eid::{ExecutionId, SessionKind};
 pub use error::MpcError;
 pub use protocol::{

@@ -8,6 +8,7 @@ use cggmp21::{DataToSign, ExecutionId as CrateEid};
 use rand_core::OsRng;
 use zeroize::Zeroizing;
 
+use crate::cancel::CancelTracer;
 use crate::error::MpcError;
 use crate::session::{ObservedHandle, SessionIo, delivery};
 
@@ -68,11 +69,14 @@ pub fn public_key(share: &KeyShare) -> [u8; 33] {
 
 /// Runs auxiliary-info generation (Paillier keys with their Π-mod and Π-fac
 /// proofs, which every party verifies) for a signer group of `io.parties`.
+/// The work stops at the next protocol stage once `io.cancel` is set.
 pub async fn run_aux_info(io: SessionIo, primes: Primes) -> Result<AuxInfo, MpcError> {
     let (me, n, eid) = (io.me, io.parties, io.eid);
+    let mut tracer = CancelTracer(io.cancel.clone());
     let (incoming, outgoing, observed) = delivery(io);
     let party = MpcParty::connected((incoming, outgoing));
     let result = cggmp21::aux_info_gen(CrateEid::new(&eid.0), me, n, primes)
+        .set_progress_tracer(&mut tracer)
         .start(&mut OsRng, party)
         .await;
     result.map_err(|e| attribute(&observed, &e))

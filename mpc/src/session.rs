@@ -42,6 +42,8 @@ pub struct SessionIo {
     pub inbound: mpsc::Receiver<Inbound>,
     /// Frames to peers.
     pub outbound: mpsc::UnboundedSender<Outbound>,
+    /// Set by the session's owner to stop the protocol work (see [`crate::cancel`]).
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// What the session observed about peers, for error attribution.
@@ -90,6 +92,7 @@ where
         parties,
         inbound,
         outbound,
+        cancel: _,
     } = io;
     let observed: ObservedHandle = Arc::new(Mutex::new(Observed {
         culprit: None,

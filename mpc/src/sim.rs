@@ -37,6 +37,7 @@ pub fn connect(
             parties: n,
             inbound: irx,
             outbound: otx,
+            cancel: crate::cancel::CancelToken::new(),
         });
         inbound_tx.push(itx);
         outbound_rx.push(orx.map(move |o: Outbound| (me, o)));

@@ -1,4 +1,4 @@
-//! Admin-signed bundles and how updates take effect (SECURITY.md cases 12 and 13).
+//! Admin-signed bundles and how updates take effect (docs/SECURITY.md cases 12 and 13).
 
 #![allow(
     clippy::unwrap_used,

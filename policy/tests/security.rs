@@ -1,4 +1,4 @@
-//! SECURITY.md "Authorization" cases 10-14, at the library level. The coordinator
+//! docs/SECURITY.md "Authorization" cases 10-14, at the library level. The coordinator
 //! and every signer run these same calls; a refusal here is a refusal in both.
 
 #![allow(

@@ -33,6 +33,11 @@ pub struct SignerConfig {
     /// Seconds a protocol session may take before it aborts (default 120).
     #[serde(default = "default_timeout")]
     pub session_timeout_secs: u64,
+    /// Seconds the aux-info ceremony may take before it aborts (default 900:
+    /// a 5-party group on slow or HSM-backed hosts takes minutes). A timed-out
+    /// ceremony's computation is cancelled, and the coordinator retries.
+    #[serde(default = "default_aux_info_timeout")]
+    pub aux_info_timeout_secs: u64,
     /// Withdrawal co-signer checks.
     #[serde(default)]
     pub cosigner: CosignerConfig,
@@ -82,6 +87,10 @@ fn default_timeout() -> u64 {
     120
 }
 
+fn default_aux_info_timeout() -> u64 {
+    900
+}
+
 /// TLS of the control API.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +127,12 @@ pub struct DevConfig {
     /// Which entry of `primes_file` this node uses.
     #[serde(default)]
     pub primes_index: usize,
+    /// Aux info of the whole group made once from `primes_file`
+    /// (`mpc/tests/fixtures/aux-info-<n>.json`), imported sealed instead of
+    /// running the ceremony. Debug builds only, and only with `primes_file`
+    /// (a dev cluster, whose Paillier primes are public anyway).
+    #[serde(default)]
+    pub aux_fixture: Option<PathBuf>,
     /// Deliberate misbehaviour for adversarial tests.
     #[serde(default)]
     pub fault_injection: FaultInjection,

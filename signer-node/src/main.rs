@@ -17,7 +17,7 @@ use custos_signer_node::cosigner::Cosigner;
 use custos_signer_node::cosigner::bundles::Bundles;
 use custos_signer_node::cosigner::journal::Journal;
 use custos_signer_node::cosigner::witness::LogWitness;
-use custos_signer_node::node::Node;
+use custos_signer_node::node::{Node, SessionTimeouts};
 use custos_signer_node::p2p::{self, P2pConfig, PinnedPeer};
 use custos_signer_node::service::ControlService;
 use custos_signer_node::store::Store;
@@ -142,36 +142,41 @@ async fn run(args: Args) -> Result<(), Fatal> {
         store,
         handle.clone(),
         peer_ids,
-        Duration::from_secs(cfg.session_timeout_secs),
+        SessionTimeouts {
+            session: Duration::from_secs(cfg.session_timeout_secs),
+            aux_info: Duration::from_secs(cfg.aux_info_timeout_secs),
+        },
         cfg.dev.fault_injection,
     );
     tokio::spawn(node.clone().route_inbound(inbound));
 
-    if node
+    let pregenerated = match &cfg.dev.primes_file {
+        Some(f) => {
+            let f = resolve(path, f);
+            let bytes = std::fs::read(&f)
+                .with_context(|| format!("dev.primes_file {}", f.display()))
+                .map_err(config_error)?;
+            let mut all: Vec<custos_mpc::Primes> = serde_json::from_slice(&bytes)
+                .context("dev.primes_file is not a primes list")
+                .map_err(config_error)?;
+            if cfg.dev.primes_index >= all.len() {
+                return Err(config_error(anyhow!(
+                    "dev.primes_index {} out of range",
+                    cfg.dev.primes_index
+                )));
+            }
+            Some(all.swap_remove(cfg.dev.primes_index))
+        }
+        None => None,
+    };
+    if let Some(f) = &cfg.dev.aux_fixture {
+        import_aux_fixture(&node, &resolve(path, f), pregenerated.as_ref())?;
+    } else if node
         .store()
         .aux_groups()
         .map_err(|e| Fatal(1, e.into()))?
         .is_empty()
     {
-        let pregenerated = match &cfg.dev.primes_file {
-            Some(f) => {
-                let f = resolve(path, f);
-                let bytes = std::fs::read(&f)
-                    .with_context(|| format!("dev.primes_file {}", f.display()))
-                    .map_err(config_error)?;
-                let mut all: Vec<custos_mpc::Primes> = serde_json::from_slice(&bytes)
-                    .context("dev.primes_file is not a primes list")
-                    .map_err(config_error)?;
-                if cfg.dev.primes_index >= all.len() {
-                    return Err(config_error(anyhow!(
-                        "dev.primes_index {} out of range",
-                        cfg.dev.primes_index
-                    )));
-                }
-                Some(all.swap_remove(cfg.dev.primes_index))
-            }
-            None => None,
-        };
         node.ensure_primes(pregenerated)
             .map_err(|e| Fatal(1, e.into()))?;
     }
@@ -236,6 +241,40 @@ async fn run(args: Args) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `[dev] aux_fixture`: imports this node's aux info from the fixture.
+/// Only a debug build of a dev cluster may: the fixture's Paillier keys come
+/// from public primes, so a node that takes it must already be running on
+/// the public test primes it was made from (`[dev] primes_file`).
+fn import_aux_fixture(
+    node: &Node,
+    file: &std::path::Path,
+    primes: Option<&custos_mpc::Primes>,
+) -> Result<(), Fatal> {
+    if !cfg!(debug_assertions) {
+        return Err(config_error(anyhow!(
+            "config field `dev.aux_fixture` is a development setting and this is a release build: \
+             remove it (a production group runs its own aux-info ceremony)"
+        )));
+    }
+    let Some(primes) = primes else {
+        return Err(config_error(anyhow!(
+            "config field `dev.aux_fixture` needs a dev cluster: set `dev.primes_file` to the \
+             public test primes the fixture was made from (this node would otherwise replace \
+             its own secret primes with public ones)"
+        )));
+    };
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("config field `dev.aux_fixture`: {}", file.display()))
+        .map_err(config_error)?;
+    let fixture = custos_mpc::fixture::AuxFixture::parse(&bytes)
+        .map_err(|e| config_error(anyhow!("config field `dev.aux_fixture`: {e}")))?;
+    let group_id = node
+        .import_aux_fixture(&fixture, primes)
+        .map_err(|e| config_error(anyhow!("config field `dev.aux_fixture`: {e}")))?;
+    tracing::warn!(%group_id, "DEV CLUSTER: aux info from a public fixture, keys are not secret");
+    Ok(())
+}
+
 struct SignerHealth {
     node: Arc<Node>,
 }
@@ -250,9 +289,10 @@ impl custos_service::http::Health for SignerHealth {
     }
     fn metrics(&self) -> String {
         format!(
-            "# TYPE custos_signer_presignatures gauge\ncustos_signer_presignatures {}\n# TYPE custos_signer_keys gauge\ncustos_signer_keys {}\n",
+            "# TYPE custos_signer_presignatures gauge\ncustos_signer_presignatures {}\n# TYPE custos_signer_keys gauge\ncustos_signer_keys {}\n# TYPE custos_signer_protocol_threads gauge\ncustos_signer_protocol_threads {}\n",
             self.node.store().presig_total(),
-            self.node.store().key_count().unwrap_or(0)
+            self.node.store().key_count().unwrap_or(0),
+            self.node.protocol_threads()
         )
     }
 }

@@ -30,6 +30,31 @@ pub enum FaultInjection {
     CorruptPartialSignatures,
 }
 
+/// Counts a protocol thread from its spawn until the thread ends (also by unwinding).
+struct ThreadCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ThreadCount {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ThreadCount(counter.clone())
+    }
+}
+
+impl Drop for ThreadCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Cancels a session's protocol work when the session ends, however it ends.
+struct CancelOnDrop(custos_mpc::CancelToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// Where the node is in its one-time setup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrimeState {
@@ -43,6 +68,16 @@ pub enum PrimeState {
     Failed(String),
 }
 
+/// How long protocol sessions may take before they abort.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionTimeouts {
+    /// Keygen, presignature and signing sessions.
+    pub session: Duration,
+    /// The aux-info ceremony (Paillier keys and proofs for every party:
+    /// minutes for 5 parties on slow or HSM-backed hosts).
+    pub aux_info: Duration,
+}
+
 /// A signer node.
 pub struct Node {
     /// This node's id.
@@ -53,8 +88,11 @@ pub struct Node {
     p2p: P2pHandle,
     peers: HashMap<String, PeerId>,
     router: SessionRouter,
-    timeout: Duration,
+    timeouts: SessionTimeouts,
     fault: FaultInjection,
+    /// Protocol computations still running on blocking threads (a cancelled
+    /// session's thread counts until it has really stopped).
+    protocol_threads: Arc<std::sync::atomic::AtomicUsize>,
     shares: Mutex<HashMap<String, Arc<KeyShare>>>,
     primes: Mutex<PrimeState>,
 }
@@ -66,7 +104,7 @@ impl Node {
         store: Store,
         p2p: P2pHandle,
         peers: HashMap<String, PeerId>,
-        timeout: Duration,
+        timeouts: SessionTimeouts,
         fault: FaultInjection,
     ) -> Arc<Node> {
         let mut group: Vec<String> = peers.keys().cloned().collect();
@@ -85,8 +123,9 @@ impl Node {
             p2p,
             peers,
             router: SessionRouter::default(),
-            timeout,
+            timeouts,
             fault,
+            protocol_threads: Arc::default(),
             shares: Mutex::new(HashMap::new()),
             primes: Mutex::new(PrimeState::Idle),
         })
@@ -95,6 +134,42 @@ impl Node {
     /// The store (for status).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Protocol computations running on blocking threads right now.
+    pub fn protocol_threads(&self) -> usize {
+        self.protocol_threads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stores party `index`'s aux info from a dev/test fixture (made from
+    /// the public test primes) under the fixture's group id, unless it is
+    /// there already; the node's primes, which the fixture was checked
+    /// against, are then no longer needed. Returns the group id.
+    pub fn import_aux_fixture(
+        &self,
+        fixture: &custos_mpc::fixture::AuxFixture,
+        primes: &custos_mpc::Primes,
+    ) -> Result<String, NodeError> {
+        let group_id = fixture.group_id()?;
+        let mut members = fixture.participants.clone();
+        members.sort();
+        if members != self.group {
+            return Err(NodeError::InvalidRequest(format!(
+                "aux-info fixture is for {}, this signer group is {}",
+                fixture.participants.join(", "),
+                self.group.join(", ")
+            )));
+        }
+        if self.store.get_aux(&group_id)?.is_none() {
+            let index = fixture.index_of(&self.node_id)?;
+            let aux = fixture.party_for(index, primes)?;
+            self.store.put_aux(&group_id, &to_secret_bytes(aux)?)?;
+            tracing::info!(%group_id, "aux info imported from the dev fixture");
+        }
+        self.store.drop_primes()?;
+        *self.primes.lock().unwrap_or_else(|p| p.into_inner()) = PrimeState::Idle;
+        Ok(group_id)
     }
 
     /// Feeds frames from the transport into sessions until the transport stops.
@@ -225,6 +300,7 @@ impl Node {
             parties: participants.len() as u16,
             inbound,
             outbound: out_tx,
+            cancel: custos_mpc::CancelToken::new(),
         };
         let sender = tokio::spawn(forward_outbound(
             self.p2p.clone(),
@@ -232,8 +308,23 @@ impl Node {
             out_rx,
             self.fault,
         ));
-        let work = tokio::task::spawn_blocking(move || futures::executor::block_on(protocol(io)));
-        let outcome = tokio::time::timeout(self.timeout, work).await;
+        let cancel = io.cancel.clone();
+        let threads = ThreadCount::enter(&self.protocol_threads);
+        let work = tokio::task::spawn_blocking({
+            let cancel = cancel.clone();
+            move || {
+                let _running = threads;
+                custos_mpc::cancel::block_on(&cancel, protocol(io))
+            }
+        });
+        let limit = match kind {
+            SessionKind::AuxInfo => self.timeouts.aux_info,
+            _ => self.timeouts.session,
+        };
+        // Stops the computation at its next stage if it is still running
+        // (timeout, or this future dropped because the caller went away).
+        let _cancel_on_exit = CancelOnDrop(cancel);
+        let outcome = tokio::time::timeout(limit, work).await;
         std::mem::forget(guard);
         let counts = self.router.unregister(&eid).unwrap_or_default();
         sender.abort();
@@ -255,7 +346,7 @@ impl Node {
                     .map(|(n, _)| n)
                     .collect();
                 Err(NodeError::Timeout {
-                    secs: self.timeout.as_secs(),
+                    secs: limit.as_secs(),
                     absent,
                 })
             }

@@ -435,7 +435,7 @@ mod tests {
         ));
 
         // A crash after the marker but before the blob's removal: the blob is
-        // still on disk, yet a restarted node refuses it (SECURITY case 17).
+        // still on disk, yet a restarted node refuses it (docs/SECURITY.md case 17).
         s.put_presig("k1", "p2", &meta(), b"secret2").unwrap();
         let blob = fs::read(dir.path().join("presigs/k1/p2.sealed")).unwrap();
         s.consume_presig("k1", "p2", "r3").unwrap();

@@ -30,6 +30,21 @@ pub fn primes_fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../mpc/tests/fixtures/test-primes.json")
 }
 
+/// The checked-in aux info of an `n`-signer group made from [`primes_fixture`].
+pub fn aux_fixture(n: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../mpc/tests/fixtures/aux-info-{n}.json"))
+}
+
+/// Points `spec` at the public test primes and the aux-info fixture for its
+/// number of signers, so the cluster skips the aux-info ceremony (tests whose
+/// subject is the ceremony set only `primes_file`). Call after setting
+/// `spec.signers`.
+pub fn use_fixtures(spec: &mut ClusterSpec) {
+    spec.primes_file = Some(primes_fixture());
+    spec.aux_fixture = Some(aux_fixture(spec.signers));
+}
+
 /// A running cluster with a connected client.
 pub struct TestCluster {
     pub cluster: Cluster,
@@ -54,12 +69,34 @@ pub async fn start_with_pool(
     tc
 }
 
-/// Generates and starts a cluster without waiting for aux info.
+/// Like [`start`], with aux info imported from the fixture instead of a ceremony.
+pub async fn start_from_fixture(
+    signers: u16,
+    threshold: u16,
+    faults: &[(&str, &str)],
+) -> TestCluster {
+    let tc = launch_spec(signers, threshold, faults, None, true).await;
+    tc.wait_aux_ready(Duration::from_secs(600)).await;
+    tc
+}
+
+/// Generates and starts a cluster without waiting for aux info (which its
+/// signers generate in a real ceremony).
 pub async fn launch(
     signers: u16,
     threshold: u16,
     faults: &[(&str, &str)],
     pool: Option<u32>,
+) -> TestCluster {
+    launch_spec(signers, threshold, faults, pool, false).await
+}
+
+async fn launch_spec(
+    signers: u16,
+    threshold: u16,
+    faults: &[(&str, &str)],
+    pool: Option<u32>,
+    fixture: bool,
 ) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
@@ -67,6 +104,9 @@ pub async fn launch(
     spec.threshold = threshold;
     spec.base_port = custos_devkit::free_base_port();
     spec.primes_file = Some(primes_fixture());
+    if fixture {
+        use_fixtures(&mut spec);
+    }
     for (node, fault) in faults {
         spec.fault_injection
             .insert((*node).to_owned(), (*fault).to_owned());
@@ -278,7 +318,7 @@ pub async fn start_flow_on(
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
-    spec.primes_file = Some(primes_fixture());
+    use_fixtures(&mut spec);
     spec.policy = Some(policy.to_path_buf());
     spec.raw_digest = raw_digest;
     spec.bin_dir = Some(bin_dir());
@@ -507,4 +547,39 @@ pub async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<cust
         out.push(custos_audit::Entry::decode(&e.entry).unwrap());
     }
     out
+}
+
+/// A gauge or counter from a daemon's `/metrics` (plain HTTP on loopback).
+pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no metric {name} at {http}:\n{body}"))
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel's USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
 }

@@ -375,7 +375,7 @@ async fn start(database_url: Option<&str>, stream: &str, prefix: &str) -> FlowCl
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
-    spec.primes_file = Some(primes_fixture());
+    custos_tests::use_fixtures(&mut spec);
     spec.policy = Some(flow_policy());
     spec.raw_digest = false;
     spec.bin_dir = Some(bin_dir());

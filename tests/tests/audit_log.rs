@@ -1,5 +1,5 @@
 //! The transparency log end to end on real processes and the coordinator's
-//! real SQLite database (SECURITY.md cases 19-21):
+//! real SQLite database (docs/SECURITY.md cases 19-21):
 //!
 //! - withdrawals of every outcome, exported through ExportAuditBundle as the
 //!   auditor and verified by the real `custos audit verify` binary with the

@@ -64,7 +64,7 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
 
     // Concurrent requests race for the pool: all succeed, and no
-    // presignature serves two of them (SECURITY case 9).
+    // presignature serves two of them (docs/SECURITY.md case 9).
     // Wait for a full pool so the burst races for presignatures rather than
     // piling interactive sessions onto a loaded 2-core machine.
     let started = Instant::now();
@@ -243,7 +243,7 @@ async fn repeated_unexplained_signing_failures_lock_the_key_until_an_admin_unloc
 
     // Two of three signers issue partials that do not combine into a valid
     // signature, so every 2-of-3 presignature signing fails unexplained.
-    let tc = start(
+    let tc = custos_tests::start_from_fixture(
         3,
         2,
         &[
@@ -374,4 +374,117 @@ async fn repeated_unexplained_signing_failures_lock_the_key_until_an_admin_unloc
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tc.cluster.stop().await.unwrap();
+}
+
+/// Sets a top-level key of a daemon's TOML config (before its first table).
+fn prepend_config(config: &std::path::Path, line: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, format!("{line}\n{text}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_aux_ceremony_stops_its_work_and_the_retry_succeeds() {
+    use custos_devkit::{ClusterSpec, StartOptions};
+    use custos_proto::custody::GetClusterStatusRequest;
+    use custos_tests::{cpu_time, metric};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.base_port = custos_devkit::free_base_port();
+    spec.primes_file = Some(custos_tests::primes_fixture());
+    let layout = custos_devkit::generate(&spec).unwrap();
+    // Far too short for the ceremony: it times out mid-computation.
+    let configs: Vec<_> = layout.signers.iter().map(|s| s.config.clone()).collect();
+    let originals: Vec<String> = configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    for c in &configs {
+        prepend_config(c, "aux_info_timeout_secs = 2");
+    }
+    let opts = StartOptions::default().timeout(Duration::from_secs(60));
+    let mut tc = custos_tests::launch_layout(dir, layout.clone(), opts).await;
+
+    let started = Instant::now();
+    let failure = loop {
+        let s = tc
+            .client
+            .clone()
+            .get_cluster_status(GetClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .aux_info;
+        if s.starts_with("failed") {
+            break s;
+        }
+        assert_ne!(
+            s, "ready",
+            "the ceremony finished within 2 s: the test proves nothing"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "aux info: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(failure.contains("timed out after 2s"), "{failure}");
+    // No retry while we watch the signers.
+    tc.cluster.kill_coordinator().unwrap();
+
+    // Every signer's protocol computation stops...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in &layout.signers {
+        while metric(s.http_listen, "custos_signer_protocol_threads") > 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{}: protocol work still running 10 s after the timeout",
+                s.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // ...and nothing else burns CPU behind it.
+    let pids: Vec<u32> = layout
+        .signers
+        .iter()
+        .map(|s| tc.cluster.pid(&s.node_id).unwrap())
+        .collect();
+    let before: Duration = pids.iter().map(|p| cpu_time(*p)).sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Duration = pids.iter().map(|p| cpu_time(*p)).sum();
+    assert!(
+        after - before < Duration::from_millis(400),
+        "signers used {:?} of CPU in 2 s after the cancelled ceremony",
+        after - before
+    );
+
+    // With the default timeout the coordinator's retry completes the ceremony
+    // (the primes survived the failed run), and the group signs.
+    for (c, text) in configs.iter().zip(&originals) {
+        std::fs::write(c, text).unwrap();
+    }
+    for s in &layout.signers {
+        tc.cluster.restart_signer(&s.node_id).await.unwrap();
+    }
+    tc.cluster.restart_coordinator().await.unwrap();
+    tc.wait_aux_ready(Duration::from_secs(600)).await;
+    let mut client = tc.client.clone();
+    let key = client
+        .create_key(CreateKeyRequest {
+            key_id: "after-retry".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = digest();
+    let sig = client
+        .sign_digest(sign_req("after-retry", &d, true))
+        .await
+        .unwrap()
+        .into_inner();
+    verify_both(&key.public_key, &d, &sig.r, &sig.s);
 }

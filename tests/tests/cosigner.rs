@@ -1,7 +1,7 @@
 //! A compromised coordinator cannot get a signature: the test talks to the
 //! signers directly with the coordinator's own mTLS identity and sends
 //! requests that the policy and the approvers did not authorise. Every signer
-//! refuses on its own checks (SECURITY.md cases 10-16), before any
+//! refuses on its own checks (docs/SECURITY.md cases 10-16), before any
 //! presignature is touched. Also: velocity limits enforced by the signers'
 //! own records after the coordinator's history is wiped.
 

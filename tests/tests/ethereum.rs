@@ -230,7 +230,7 @@ async fn start_eth_policy(
     .unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
-    spec.primes_file = Some(primes_fixture());
+    custos_tests::use_fixtures(&mut spec);
     spec.policy = Some(policy);
     spec.raw_digest = false;
     spec.bin_dir = Some(bin_dir());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use custos_devkit::{ClusterSpec, StartOptions};
 use custos_proto::custody::{CreateKeyRequest, Curve, SignDigestResponse};
-use custos_tests::{primes_fixture, start_layout, verify_both};
+use custos_tests::{start_layout, verify_both};
 
 use custos_tests::{pkcs11_table, set_sealer};
 /// Fields of a serialized key share, aux info or presignature: never on disk in clear.
@@ -201,7 +201,7 @@ async fn pkcs11_sealed_cluster_signs_and_survives_a_signer_restart() {
     spec.signers = 3;
     spec.threshold = 2;
     spec.base_port = custos_devkit::free_base_port();
-    spec.primes_file = Some(primes_fixture());
+    custos_tests::use_fixtures(&mut spec);
     let layout = custos_devkit::generate(&spec).unwrap();
 
     // One SoftHSM2 token per signer, each with its own label and PIN, and in its

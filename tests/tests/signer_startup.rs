@@ -309,3 +309,63 @@ fn unreadable_identity_key_is_named() {
         assert!(!line.contains(m), "{line}");
     }
 }
+
+/// Rewrites the signer's `[dev]` table: drops the lines starting with any of
+/// `drop` and adds `add` under the table header.
+fn edit_dev_table(config: &Path, drop: &[&str], add: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if drop.iter().any(|d| line.starts_with(d)) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.trim() == "[dev]" {
+            out.push_str(add);
+            out.push('\n');
+        }
+    }
+    assert!(out.contains(add), "no [dev] table in:\n{text}");
+    std::fs::write(config, out).unwrap();
+}
+
+#[test]
+fn aux_fixture_only_for_its_own_dev_group() {
+    // Without the public test primes this is no dev cluster: refused.
+    let f = Fixture::new();
+    let fixture = custos_tests::aux_fixture(3);
+    edit_dev_table(
+        f.config(),
+        &["primes_file"],
+        &format!("aux_fixture = {:?}", fixture.display().to_string()),
+    );
+    let line = assert_refused(&f.run(&[]), &["dev.aux_fixture"]);
+    assert!(line.contains("dev.primes_file"), "{line}");
+
+    // A fixture for another group size.
+    let f = Fixture::new();
+    edit_dev_table(
+        f.config(),
+        &[],
+        &format!(
+            "aux_fixture = {:?}",
+            custos_tests::aux_fixture(5).display().to_string()
+        ),
+    );
+    let line = assert_refused(&f.run(&[]), &["dev.aux_fixture"]);
+    assert!(line.contains("this signer group is"), "{line}");
+
+    // Primes other than the ones the fixture's party was made from.
+    let f = Fixture::new();
+    edit_dev_table(
+        f.config(),
+        &["primes_index"],
+        &format!(
+            "primes_index = 1\naux_fixture = {:?}",
+            fixture.display().to_string()
+        ),
+    );
+    let line = assert_refused(&f.run(&[]), &["dev.aux_fixture"]);
+    assert!(line.contains("not made from this node's primes"), "{line}");
+}

@@ -42,6 +42,11 @@ pub struct UpArgs {
     /// Pregenerated safe primes (JSON test fixture) so signers skip generating them.
     #[arg(long, value_name = "FILE")]
     primes_file: Option<PathBuf>,
+    /// Aux info made once from --primes-file (`mpc/tests/fixtures/aux-info-<n>.json`),
+    /// imported instead of running the aux-info ceremony (debug builds only: a
+    /// release signer refuses it).
+    #[arg(long, value_name = "FILE", requires = "primes_file")]
+    aux_fixture: Option<PathBuf>,
     /// Directory of custos-signer and custos-coordinator [default: next to this executable].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -175,6 +180,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         threshold: args.threshold,
         base_port: args.base_port,
         primes_file: args.primes_file,
+        aux_fixture: args.aux_fixture,
         policy: args.policy,
         raw_digest: !args.no_raw_digest,
         // The signers need the coordinator's audit-log key: generation asks the

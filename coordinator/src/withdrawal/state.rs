@@ -1,4 +1,4 @@
-//! Withdrawal lifecycle states (ARCHITECTURE.md).
+//! Withdrawal lifecycle states (docs/ARCHITECTURE.md).
 
 use std::fmt;
 

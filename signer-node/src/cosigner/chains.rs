@@ -1,5 +1,5 @@
 //! The signer's own chain facts and its check of an unsigned transaction
-//! against the approved withdrawal (SECURITY.md case 11).
+//! against the approved withdrawal (docs/SECURITY.md case 11).
 //!
 //! The chain id and the token contracts come from this signer's config, never
 //! from the coordinator: a transaction for another chain, to another address,

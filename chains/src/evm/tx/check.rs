@@ -2,7 +2,7 @@
 //!
 //! A signer decodes the unsigned transaction it is asked to sign and refuses
 //! it unless it moves exactly what the approved statement says
-//! (SECURITY.md, promise 5 and case 11).
+//! (docs/SECURITY.md, promise 5 and case 11).
 
 use std::fmt;
 
