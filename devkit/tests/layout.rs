@@ -39,8 +39,6 @@ struct SignerConfig {
 struct CosignerConfig {
     admins: Option<PathBuf>,
     #[serde(default)]
-    clock_skew_secs: Option<u64>,
-    #[serde(default)]
     log_key: Option<String>,
     #[serde(default)]
     log_origin: Option<String>,

@@ -53,8 +53,6 @@ pub struct CosignerConfig {
     /// Admin set (threshold and Ed25519 keys) that must sign policy bundles.
     /// Without it the signer refuses every withdrawal.
     pub admins: Option<PathBuf>,
-    /// Clock skew allowed against the coordinator, seconds (default 5).
-    pub clock_skew_secs: u64,
     /// The coordinator's audit-log verifier key (C2SP note key line, as
     /// printed by `custos-coordinator log-key`). Without it the signer
     /// refuses every withdrawal: decisions must be in a log it witnessed.
@@ -74,7 +72,6 @@ impl Default for CosignerConfig {
     fn default() -> Self {
         Self {
             admins: None,
-            clock_skew_secs: 5,
             log_key: None,
             log_origin: "custos.local/log".into(),
             witness_key: None,

@@ -342,5 +342,5 @@ fn open_cosigner(
     };
     custos_signer_node::cosigner::chains::validate(&c.chains)
         .map_err(|e| config_error(anyhow!("config field `cosigner.chains`: {e}")))?;
-    Ok(Cosigner::new(bundles, journal, witness, c.clock_skew_secs).with_chains(c.chains.clone()))
+    Ok(Cosigner::new(bundles, journal, witness).with_chains(c.chains.clone()))
 }

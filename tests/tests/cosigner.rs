@@ -230,6 +230,64 @@ async fn compromised_coordinator_gets_no_signature() {
     }
     all_refuse(&signers, &a, false, "time lock").await;
 
+    // The time lock is measured on each signer's own clock with no skew
+    // allowance (case 46): the 4 s rule refuses at 0 s, 2 s and 3.6 s after
+    // the quorum was registered, and only the log gate refuses after 4 s.
+    let mut w = withdrawal("rogue-lock", WHITELISTED, 50 * ETH);
+    w.wallet = "w-lock".into();
+    let (st, rule) = statement(&b.document, &w, expiry);
+    assert_eq!(rule, "large-approvals-delay");
+    let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
+    let registered = std::time::Instant::now();
+    for (node, c) in &signers {
+        c.clone()
+            .register_quorum(a.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{node}: {e}"));
+    }
+    for at in [0.0, 2.0, 3.6] {
+        tokio::time::sleep_until((registered + Duration::from_secs_f64(at)).into()).await;
+        all_refuse(&signers, &a, false, "time lock").await;
+        assert!(
+            registered.elapsed() < Duration::from_secs(4),
+            "the round at {at} s ended after the lock: the test proves nothing"
+        );
+    }
+    tokio::time::sleep_until((registered + Duration::from_millis(5100)).into()).await;
+    all_refuse(&signers, &a, false, "co-signed").await;
+
+    // A new statement under the same withdrawal id restarts the time lock
+    // (case 29): re-approval cannot inherit the elapsed time of the old one.
+    let mut w = withdrawal("rogue-restart", WHITELISTED, 50 * ETH);
+    w.wallet = "w-restart".into();
+    let (st, rule) = statement(&b.document, &w, expiry);
+    let first = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
+    let mut first_from = Vec::new();
+    for (_, c) in &signers {
+        let ack = c.clone().register_quorum(first.clone()).await.unwrap();
+        first_from.push(ack.into_inner().signable_from);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = expiry - 60;
+    let (st2, _) = statement(&b.document, &w, later);
+    let second = auth(&b, &w, &rule, later, &sign_all(&st2, &["alice", "bob"]));
+    for ((node, c), from) in signers.iter().zip(&first_from) {
+        let ack = c
+            .clone()
+            .register_quorum(second.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            ack.signable_from >= from + 2,
+            "{node}: the new statement kept the old lock start ({} vs {from})",
+            ack.signable_from
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first statement's lock has run out; the second's has not.
+    all_refuse(&signers, &second, false, "time lock").await;
+
     // Expired approvals (case 15).
     let w = withdrawal("rogue-expired", WHITELISTED, 5 * ETH);
     let (st, rule) = statement(&b.document, &w, now() - 10);

@@ -182,9 +182,15 @@ impl Journal {
             .unwrap_or_default()
     }
 
-    /// Records the first time this signer verified the quorum (later calls keep the first).
+    /// Records when this signer first saw a valid quorum over
+    /// `statement_hash` and returns that time. The time lock runs from it: a
+    /// new statement under the same withdrawal id (other terms, another
+    /// expiry) starts its own lock, so re-approving cannot inherit an older
+    /// statement's elapsed time (docs/SECURITY.md case 29).
     pub fn quorum_seen(&self, id: &str, at: i64, statement_hash: &str) -> Result<i64, NodeError> {
-        if let Some((t, _)) = self.get(id).quorum_seen {
+        if let Some((t, seen_hash)) = self.get(id).quorum_seen
+            && seen_hash == statement_hash
+        {
             return Ok(t);
         }
         self.append(Line::QuorumSeen {
@@ -272,7 +278,10 @@ fn apply(index: &mut HashMap<String, Known>, l: Line) {
             statement_hash,
         } => {
             let k = index.entry(id).or_default();
-            if k.quorum_seen.is_none() {
+            if k.quorum_seen
+                .as_ref()
+                .is_none_or(|(_, h)| *h != statement_hash)
+            {
                 k.quorum_seen = Some((at, statement_hash));
             }
         }

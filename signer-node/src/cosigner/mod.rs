@@ -88,7 +88,6 @@ pub struct Cosigner {
     bundles: Option<Bundles>,
     journal: Journal,
     witness: Option<LogWitness>,
-    skew: i64,
     /// Serialises verification with the journal writes it depends on
     /// (velocity, replay).
     lock: Mutex<()>,
@@ -100,6 +99,7 @@ fn refused(m: impl std::fmt::Display) -> NodeError {
     NodeError::Refused(m.to_string())
 }
 
+/// This signer's clock in whole seconds, rounded down (for "now").
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -107,20 +107,32 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// When a quorum seen now starts its time lock: with a lock, the next whole
+/// second (so, with "now" rounded down, the lock never ends early by even a
+/// fraction of a second); without one, now.
+fn lock_start(has_delay: bool) -> i64 {
+    if has_delay { start_secs() } else { now_secs() }
+}
+
+/// This signer's clock in whole seconds, rounded up.
+fn start_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| {
+            let up = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            i64::try_from(up).unwrap_or(i64::MAX)
+        })
+        .unwrap_or(0)
+}
+
 impl Cosigner {
     /// Wires the parts; without `bundles` (no admin set configured) or
     /// without a witness (no log key configured) every withdrawal is refused.
-    pub fn new(
-        bundles: Option<Bundles>,
-        journal: Journal,
-        witness: Option<LogWitness>,
-        skew_secs: u64,
-    ) -> Self {
+    pub fn new(bundles: Option<Bundles>, journal: Journal, witness: Option<LogWitness>) -> Self {
         Self {
             bundles,
             journal,
             witness,
-            skew: i64::try_from(skew_secs).unwrap_or(5),
             lock: Mutex::new(()),
             chains: Vec::new(),
         }
@@ -214,7 +226,13 @@ impl Cosigner {
         let now = now_secs();
         let v = self.verify(a, now)?;
         let hash = hex::encode(v.authorization.statement_hash);
-        let seen = self.journal.quorum_seen(&v.withdrawal.id, now, &hash)?;
+        let start = lock_start(
+            v.authorization
+                .decision
+                .delay
+                .is_some_and(|d| d.secs_i64() > 0),
+        );
+        let seen = self.journal.quorum_seen(&v.withdrawal.id, start, &hash)?;
         self.journal
             .authorized(&v.withdrawal.id, spend(&v.withdrawal, now))?;
         Ok((
@@ -304,13 +322,16 @@ impl Cosigner {
             .delay
             .map(|d| d.secs_i64())
             .unwrap_or(0);
+        let statement_hash = hex::encode(v.authorization.statement_hash);
         let seen = match known.quorum_seen {
-            Some((t, _)) => t,
-            None if delay == 0 => self.journal.quorum_seen(
-                &w.id,
-                now,
-                &hex::encode(v.authorization.statement_hash),
-            )?,
+            Some((t, seen_hash)) if seen_hash == statement_hash => t,
+            _ if delay == 0 => self.journal.quorum_seen(&w.id, now, &statement_hash)?,
+            Some(_) => {
+                return Err(refused(format!(
+                    "time lock: the quorum registered with this signer for withdrawal {} was over another statement; this statement's {delay}s delay has not started here",
+                    w.id
+                )));
+            }
             None => {
                 return Err(refused(format!(
                     "time lock: the quorum of withdrawal {} was never registered with this signer, so its {delay}s delay has not run here",
@@ -318,8 +339,10 @@ impl Cosigner {
                 )));
             }
         };
+        // Both times come from this signer's own clock: no skew allowance
+        // (a coordinator's clock plays no part in it).
         let from = seen + delay;
-        if now + self.skew < from {
+        if now < from {
             return Err(refused(format!(
                 "time lock: withdrawal {} may be signed from {} by this signer's clock ({}s to go)",
                 w.id,
@@ -350,7 +373,6 @@ impl Cosigner {
             &v.authorization.decision.policy_hash.0,
             &a.rule_id,
         )?;
-        let statement_hash = hex::encode(v.authorization.statement_hash);
         Ok((
             SignDecision::Issue(Box::new(Grant {
                 withdrawal: v.withdrawal,
