@@ -34,7 +34,8 @@ stage() {
   return 0
 }
 
-junit="$CARGO_TARGET_DIR/nextest/ci/junit.xml"
+# nextest keeps its store (and the JUnit report) under the workspace.
+junit="$PWD/target/nextest/ci/junit.xml"
 report() {
   local rc=$?
   stage ""

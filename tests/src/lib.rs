@@ -292,6 +292,9 @@ pub struct FlowCluster {
     pub auditor: Client,
 }
 
+/// Presignatures per key in flow-test clusters (the pool itself is tested in `cluster.rs`).
+pub const FLOW_TEST_POOL: u32 = 2;
+
 /// The withdrawal-flow test policy (`tests/fixtures/flow-policy.toml`).
 pub fn flow_policy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/flow-policy.toml")
@@ -319,6 +322,9 @@ pub async fn start_flow_on(
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
     use_fixtures(&mut spec);
+    // Flow tests sign a few withdrawals per wallet: a small pool keeps the
+    // background presignature refills off the shared 2 cores.
+    spec.presignature_pool = FLOW_TEST_POOL;
     spec.policy = Some(policy.to_path_buf());
     spec.raw_digest = raw_digest;
     spec.bin_dir = Some(bin_dir());

@@ -376,6 +376,7 @@ async fn start(database_url: Option<&str>, stream: &str, prefix: &str) -> FlowCl
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
     custos_tests::use_fixtures(&mut spec);
+    spec.presignature_pool = custos_tests::FLOW_TEST_POOL;
     spec.policy = Some(flow_policy());
     spec.raw_digest = false;
     spec.bin_dir = Some(bin_dir());

@@ -231,6 +231,7 @@ async fn start_eth_policy(
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.base_port = custos_devkit::free_base_port();
     custos_tests::use_fixtures(&mut spec);
+    spec.presignature_pool = custos_tests::FLOW_TEST_POOL;
     spec.policy = Some(policy);
     spec.raw_digest = false;
     spec.bin_dir = Some(bin_dir());
@@ -411,27 +412,41 @@ fn find_hash(w: &Withdrawal) -> Option<B256> {
     }
 }
 
+/// The tests that need the default configuration and kill nothing share one
+/// anvil and one cluster (each on its own wallet, so nonces stay separate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn eth_and_erc20_withdrawals_through_the_full_flow() {
+async fn default_configuration_on_one_cluster() {
     let anvil = Anvil::start().await;
     let rpc = rpc(&anvil.url);
+    // First transaction of the dev account: the token address the config expects.
     let token = deploy_mini(&rpc).await;
-    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok"]).await;
-    let (w_eth, w_tok) = (wallets[0], wallets[1]);
-    fund(&rpc, w_eth, 5 * ETH).await;
-    fund(&rpc, w_tok, ETH).await;
-    mini_transfer(&rpc, w_tok, U256::from(500u64) * U256::from(ETH)).await;
+    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many"]).await;
+    eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
+    ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+async fn eth_and_erc20_withdrawals_through_the_full_flow(
+    fc: &FlowCluster,
+    rpc: &EvmRpc,
+    token: Address,
+    w_eth: Address,
+    w_tok: Address,
+) {
+    fund(rpc, w_eth, 5 * ETH).await;
+    fund(rpc, w_tok, ETH).await;
+    mini_transfer(rpc, w_tok, U256::from(500u64) * U256::from(ETH)).await;
 
     // 1.5 ETH needs two approvals; approvals bind the statement (intent + fee cap).
     let payee = addr(PAYEE_1);
     let before_payee = rpc.balance(payee).await.unwrap();
     let before_wallet = rpc.balance(w_eth).await.unwrap();
-    let w = create(&fc, "eth-1", "w-eth", "ETH", PAYEE_1, 3 * ETH / 2).await;
-    let w = wait_for(&fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
+    let w = create(fc, "eth-1", "w-eth", "ETH", PAYEE_1, 3 * ETH / 2).await;
+    let w = wait_for(fc, &w.id, "awaiting_approvals", Duration::from_secs(20)).await;
     assert!(w.unsigned_tx.is_empty(), "no transaction before signing");
     approve(&fc.approver, &w, "alice").await;
     approve(&fc.approver, &w, "bob").await;
-    let (hash, nonce, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    let (hash, nonce, receipt) = confirmed_tx(fc, rpc, &w.id).await;
     assert!(receipt.success);
     assert_eq!(receipt.from, w_eth);
     assert_eq!(nonce, 0);
@@ -441,15 +456,15 @@ async fn eth_and_erc20_withdrawals_through_the_full_flow() {
         rpc.balance(w_eth).await.unwrap(),
         before_wallet - amount - receipt.fee_paid_wei()
     );
-    let done = get(&fc, &w.id).await;
+    let done = get(fc, &w.id).await;
     assert!(done.unsigned_tx.len() > 10);
     println!("eth withdrawal {} → tx {hash:#x}", done.id);
 
     // ERC-20: 123 MINI to payee 2; balanceOf moves by exactly that.
     let payee2 = addr(PAYEE_2);
     let amount = U256::from(123u64) * U256::from(ETH);
-    let w = create(&fc, "tok-1", "w-tok", "MINI", PAYEE_2, 123 * ETH).await;
-    let (_, _, receipt) = confirmed_tx(&fc, &rpc, &w.id).await;
+    let w = create(fc, "tok-1", "w-tok", "MINI", PAYEE_2, 123 * ETH).await;
+    let (_, _, receipt) = confirmed_tx(fc, rpc, &w.id).await;
     assert!(receipt.success);
     assert_eq!(receipt.to, Some(token));
     assert_eq!(rpc.erc20_balance(token, payee2).await.unwrap(), amount);
@@ -457,22 +472,20 @@ async fn eth_and_erc20_withdrawals_through_the_full_flow() {
         rpc.erc20_balance(token, w_tok).await.unwrap(),
         U256::from(500u64) * U256::from(ETH) - amount
     );
-    fc.tc.cluster.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ten_concurrent_withdrawals_get_consecutive_nonces() {
-    let anvil = Anvil::start().await;
-    let rpc = rpc(&anvil.url);
-    let (fc, wallets) = start_eth(&anvil, &["w-many"]).await;
-    let wallet = wallets[0];
-    fund(&rpc, wallet, 5 * ETH).await;
+async fn ten_concurrent_withdrawals_get_consecutive_nonces(
+    fc: &FlowCluster,
+    rpc: &EvmRpc,
+    wallet: Address,
+) {
+    fund(rpc, wallet, 5 * ETH).await;
     let before = rpc.balance(addr(PAYEE_3)).await.unwrap();
-    let ids = create_concurrently(&fc, "many", 10, |i| ETH / 100 + i).await;
+    let ids = create_concurrently(fc, "many", 10, |i| ETH / 100 + i).await;
     let mut nonces = Vec::new();
     let mut total = U256::ZERO;
     for (i, id) in ids.into_iter().enumerate() {
-        let (_, nonce, receipt) = confirmed_tx(&fc, &rpc, &id).await;
+        let (_, nonce, receipt) = confirmed_tx(fc, rpc, &id).await;
         assert!(receipt.success);
         nonces.push(nonce);
         total += U256::from(ETH / 100 + i as u128);
@@ -490,7 +503,6 @@ async fn ten_concurrent_withdrawals_get_consecutive_nonces() {
         10
     );
     assert_eq!(rpc.balance(addr(PAYEE_3)).await.unwrap(), before + total);
-    fc.tc.cluster.stop().await.unwrap();
 }
 
 /// Approves `w` while the node is unreachable, then checks that signing
