@@ -30,6 +30,8 @@ pub struct Settings {
     pub partial_timeout: Duration,
     /// Deadline for one protocol session.
     pub session_timeout: Duration,
+    /// Deadline for the aux-info ceremony.
+    pub aux_info_timeout: Duration,
     /// Unexplained signing failures that lock a key (docs/SECURITY.md promise 3),
     /// each within `lock_window` of the previous.
     pub lock_after_failures: u32,
@@ -403,7 +405,7 @@ impl Cluster {
                 group_id: group_id.clone(),
                 participants: participants.clone(),
             };
-            let result = all_or_first_error(members, Duration::from_secs(900), |s| {
+            let result = all_or_first_error(members, self.settings.aux_info_timeout, |s| {
                 let req = req.clone();
                 async move { s.client().aux_info(req).await.map(|_| ()) }
             })

@@ -27,6 +27,12 @@ pub struct CoordinatorConfig {
     /// Seconds a protocol session (keygen, presign, interactive sign) may take (default 120).
     #[serde(default = "default_session_timeout")]
     pub session_timeout_secs: u64,
+    /// Seconds the signer group's aux-info ceremony may take before the
+    /// coordinator gives up on it and retries with a new group (default 960:
+    /// the signers' own `aux_info_timeout_secs` default, 900, plus a margin,
+    /// so the signers' timeout, which also stops their work, fires first).
+    #[serde(default = "default_aux_info_timeout")]
+    pub aux_info_timeout_secs: u64,
     /// Unexplained signing failures (partials that are malformed or do not
     /// combine into a valid signature) that lock a key for signing until an
     /// admin unlocks it (default 3), each within `lock_window_secs` of the
@@ -160,6 +166,9 @@ fn default_partial_timeout() -> u64 {
 }
 fn default_session_timeout() -> u64 {
     120
+}
+fn default_aux_info_timeout() -> u64 {
+    960
 }
 
 /// TLS material.

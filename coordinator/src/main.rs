@@ -245,6 +245,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
             pool_target: cfg.presignature_pool,
             partial_timeout: Duration::from_secs(cfg.partial_timeout_secs),
             session_timeout: Duration::from_secs(cfg.session_timeout_secs),
+            aux_info_timeout: Duration::from_secs(cfg.aux_info_timeout_secs),
             lock_after_failures: cfg.lock_after_failures,
             lock_window: Duration::from_secs(cfg.lock_window_secs),
         },

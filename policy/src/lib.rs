@@ -64,7 +64,7 @@ pub use statement::{
     APPROVAL_SIGN_DOMAIN, ApprovalStatement, MAX_DIGEST_LEN, STATEMENT_MAGIC, STATEMENT_VERSION,
     Verdict,
 };
-pub use value::{Amount, Duration, Timestamp};
+pub use value::{Amount, Duration, MAX_VELOCITY_WINDOW_SECS, Timestamp};
 pub use zeroize::Zeroizing;
 
 /// Fuzzing entry point: parses arbitrary bytes as a policy document, an approval

@@ -474,6 +474,16 @@ impl Validator {
             if v.window.0 == 0 {
                 self.err(&vp, "window must be longer than zero");
             }
+            if v.window.0 > crate::value::MAX_VELOCITY_WINDOW_SECS {
+                self.err(
+                    &vp,
+                    format!(
+                        "window {}s is longer than the {}s of history signers keep to check it themselves",
+                        v.window.0,
+                        crate::value::MAX_VELOCITY_WINDOW_SECS
+                    ),
+                );
+            }
             if v.max_amount.is_none() && v.max_count.is_none() {
                 self.err(&vp, "set max_amount, max_count or both");
             }

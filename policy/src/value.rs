@@ -91,6 +91,11 @@ pub struct Duration(pub u64);
 /// keeps `now + delay` far from `i64` overflow.
 pub const MAX_DURATION_SECS: u64 = 10 * 366 * 86_400;
 
+/// Longest velocity window a policy may use: 30 days. Signers keep their own
+/// history of signed withdrawals at least this long (plus a day), so every
+/// window a policy can name is covered by what a signer can check itself.
+pub const MAX_VELOCITY_WINDOW_SECS: u64 = 30 * 86_400;
+
 impl Duration {
     /// Seconds as `i64` (always fits: durations are capped at ten years).
     pub fn secs_i64(self) -> i64 {

@@ -170,6 +170,16 @@ fn amounts_that_overflow_or_make_no_sense() {
         "[[rules]]\nid = \"r\"\naction = \"allow\"\nvelocity = { window = \"1h\", per = [\"wallet\"], max_amount = 5 }\n",
     );
     assert!(e.contains("needs \"asset\""), "{e}");
+    // Signers check velocity from the history they keep (30 days and a day):
+    // a longer window could not be checked by them.
+    let e = errs(
+        "[[rules]]\nid = \"r\"\naction = \"allow\"\nvelocity = { window = \"31d\", per = [\"asset\"], max_count = 5 }\n",
+    );
+    assert!(e.contains("longer than the 2592000s of history"), "{e}");
+    // 30 days is allowed (with_rules panics on errors).
+    with_rules(
+        "[[rules]]\nid = \"r\"\naction = \"allow\"\nvelocity = { window = \"30d\", per = [\"asset\"], max_count = 5 }\n",
+    );
     let e = parse_err("version = 1\n[settings]\nwhitelist_delay = \"99999d\"\n");
     assert!(e.contains("ten-year"), "{e}");
 }

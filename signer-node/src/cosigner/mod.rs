@@ -24,8 +24,9 @@ use bundles::Bundles;
 use journal::{Journal, SignedRecord, Spend};
 use witness::LogWitness;
 
-/// Velocity history considered (covers every window a policy may use).
-const HISTORY_SECS: i64 = 31 * 86_400;
+/// Velocity history considered: every window a policy may use
+/// (`MAX_VELOCITY_WINDOW_SECS`, checked when a policy is parsed) plus a day.
+const HISTORY_SECS: i64 = custos_policy::MAX_VELOCITY_WINDOW_SECS as i64 + 86_400;
 
 /// What was verified for a signing request.
 #[derive(Debug)]
