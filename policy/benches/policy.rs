@@ -54,6 +54,7 @@ fn main() {
                 destination: "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359".into(),
                 initiator: "payments-backend".into(),
                 amount: Amount(1000),
+                fee_cap: Amount(1),
                 at: Timestamp(now.0 - i64::try_from(i).unwrap() * 60),
             })
             .collect()

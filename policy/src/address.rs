@@ -56,6 +56,24 @@ pub fn chain_kind(chain: &str) -> Option<ChainKind> {
     }
 }
 
+/// The built-in symbol of a chain's native asset (the asset its fees are paid
+/// in), as the wallet service names it: `BTC` on Bitcoin networks, `ETH` on
+/// Ethereum, its testnets, anvil and the Ethereum L2s, `POL`, `BNB`, `AVAX` on
+/// Polygon, BSC and Avalanche. `None` for `evm:<id>` chains and unknown names:
+/// a policy names those in its `native_assets` table.
+pub fn native_asset(chain: &str) -> Option<&'static str> {
+    match chain {
+        "bitcoin" | "bitcoin-testnet" | "bitcoin-signet" | "bitcoin-regtest" => Some("BTC"),
+        "ethereum" | "sepolia" | "holesky" | "anvil" | "arbitrum" | "optimism" | "base" => {
+            Some("ETH")
+        }
+        "polygon" => Some("POL"),
+        "bsc" => Some("BNB"),
+        "avalanche" => Some("AVAX"),
+        _ => None,
+    }
+}
+
 /// How an address was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedAddress {

@@ -33,6 +33,13 @@ pub struct PolicyDocument {
     /// Named sets of approvers, referenced by quorums and cancel rights.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Native asset of a chain (`anvil = "ETH"`), the asset its fees are paid
+    /// in. Overrides and extends the built-in names (see
+    /// [`native_asset`](crate::native_asset)); needed for `evm:<id>` chains.
+    /// Fee conditions relative to the amount and velocity limits that count
+    /// fees apply to a chain's native asset only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub native_assets: BTreeMap<String, String>,
     /// Ordered rules: the first that matches decides. No match means block.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -141,8 +148,13 @@ pub struct Rule {
     /// Amount per transaction, inclusive bounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<AmountRange>,
+    /// Bounds on the withdrawal's fee cap; the rule matches only while the fee
+    /// cap stays within every bound that applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee: Option<FeeBound>,
     /// Rolling-window limits; the rule matches while the totals including this
-    /// withdrawal stay within them.
+    /// withdrawal stay within them. For the chain's native asset, totals count
+    /// amounts plus fee caps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub velocity: Option<Velocity>,
     /// UTC days and hours.
@@ -236,6 +248,29 @@ pub struct AmountRange {
     pub max: Option<Amount>,
 }
 
+/// Bounds on a withdrawal's fee cap (the highest fee its transaction may pay,
+/// in the chain's native base units: wei, satoshi).
+///
+/// Every bound that applies must hold. `max` and `max_per_asset` apply to every
+/// withdrawal the rule matches; `max_bps` only when the asset is the chain's
+/// native asset (a token's amount and the native fee are in different units).
+/// A withdrawal to which no bound applies does not match the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeBound {
+    /// Highest fee cap, native base units, whatever the asset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Amount>,
+    /// Highest fee cap per asset symbol, native base units of the chain the
+    /// asset is withdrawn on (a token transfer costs more gas than a native one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_asset: Option<BTreeMap<String, Amount>>,
+    /// Highest fee cap relative to the amount, in basis points (1..=10000;
+    /// 100 = 1 %), for withdrawals of the chain's native asset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bps: Option<u32>,
+}
+
 /// Dimensions a velocity limit is counted per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -259,7 +294,10 @@ pub struct Velocity {
     /// History entries count only when equal to this withdrawal on these keys.
     #[serde(default)]
     pub per: Vec<VelocityKey>,
-    /// Highest total (history plus this withdrawal) still matched.
+    /// Highest total (history plus this withdrawal) still matched. When the
+    /// withdrawal's asset is its chain's native asset, the total counts each
+    /// withdrawal's amount plus its fee cap, and the fee caps of other assets'
+    /// withdrawals on the same chain that match the other keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_amount: Option<Amount>,
     /// Highest count (history plus this withdrawal) still matched.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::check_address;
 use crate::document::{ActionKind, VelocityKey};
 use crate::error::{PolicyError, Result};
+use crate::fee::check_fee;
 use crate::governance::ActivePolicy;
 use crate::policy::{DestSet, PolicyHash, day_name};
 use crate::value::{Amount, Duration, Timestamp};
@@ -64,6 +65,10 @@ pub struct HistoryEntry {
     pub initiator: String,
     /// Amount in base units.
     pub amount: Amount,
+    /// Its fee cap, in the chain's native base units (0 when the record
+    /// predates fee caps): velocity limits on the native asset count it.
+    #[serde(default)]
+    pub fee_cap: Amount,
     /// When it was approved for signing.
     pub at: Timestamp,
 }
@@ -349,6 +354,8 @@ pub fn evaluate(
         .cloned()
         .unwrap_or_default();
     let initiator_role = policy.role_of(&withdrawal.initiator);
+    let native = policy.native_asset(&withdrawal.chain);
+    let is_native = native == Some(withdrawal.asset.as_str());
 
     let mut trace = Vec::new();
     let mut matched = None;
@@ -444,31 +451,45 @@ pub fn evaluate(
             };
             push("amount", ok, detail);
         }
+        if let Some(f) = &rule.fee {
+            let (ok, detail) = check_fee(f, withdrawal, native);
+            push("fee", ok, detail);
+        }
         if let Some(v) = &rule.velocity {
             let since = now.0.saturating_sub(v.window.secs_i64());
-            let mut sum: Option<u128> = Some(withdrawal.amount.0);
+            let per_asset = v.per.contains(&VelocityKey::Asset);
+            let mut amounts: Option<u128> = Some(withdrawal.amount.0);
+            // Fees are counted only for the native asset: it is what they are paid in.
+            let mut fees: Option<u128> = Some(if is_native { withdrawal.fee_cap.0 } else { 0 });
             let mut count: u64 = 1;
             for h in &canon {
                 let e = h.e;
                 if e.id == withdrawal.id || e.at.0 <= since {
                     continue;
                 }
-                let same = v.per.iter().all(|k| match k {
+                // Every key but the asset itself (for `asset`: the same chain).
+                let others = v.per.iter().all(|k| match k {
                     VelocityKey::Wallet => e.wallet == withdrawal.wallet,
-                    VelocityKey::Asset => {
-                        e.chain == withdrawal.chain && e.asset == withdrawal.asset
-                    }
+                    VelocityKey::Asset => e.chain == withdrawal.chain,
                     VelocityKey::Destination => {
                         e.chain == withdrawal.chain && h.destination == destination
                     }
                     VelocityKey::Initiator => e.initiator == withdrawal.initiator,
                 });
-                if same {
+                if !others {
+                    continue;
+                }
+                if !per_asset || e.asset == withdrawal.asset {
                     // An overflowing total is certainly over any limit: never wrap.
-                    sum = sum.and_then(|s| s.checked_add(e.amount.0));
+                    amounts = amounts.and_then(|s| s.checked_add(e.amount.0));
                     count = count.saturating_add(1);
                 }
+                // A token withdrawal on this chain paid its fee in the native asset too.
+                if is_native && e.chain == withdrawal.chain {
+                    fees = fees.and_then(|s| s.checked_add(e.fee_cap.0));
+                }
             }
+            let sum = amounts.zip(fees).and_then(|(a, f)| a.checked_add(f));
             let amount_ok = match (v.max_amount, sum) {
                 (None, _) => true,
                 (Some(m), Some(s)) => s <= m.0,
@@ -485,9 +506,19 @@ pub fn evaluate(
                     VelocityKey::Initiator => "initiator",
                 })
                 .collect();
-            let sum_s = sum.map_or("more than 2^128".to_string(), |s| s.to_string());
+            let big = || "more than 2^128".to_string();
+            let sum_s = sum.map_or_else(big, |s| s.to_string());
+            let parts = if is_native {
+                format!(
+                    " (amounts {} + fee caps {})",
+                    amounts.map_or_else(big, |s| s.to_string()),
+                    fees.map_or_else(big, |s| s.to_string())
+                )
+            } else {
+                String::new()
+            };
             let mut detail = format!(
-                "over the last {} per [{}], including this one: total {sum_s} in {count} withdrawal(s)",
+                "over the last {} per [{}], including this one: total {sum_s}{parts} in {count} withdrawal(s)",
                 v.window,
                 per.join(", ")
             );

@@ -228,6 +228,11 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
     if new.wallet_groups != old.wallet_groups {
         return Some("wallet groups changed".into());
     }
+    if new.native_assets != old.native_assets {
+        // Decides where relative fee bounds apply and which velocity totals
+        // count fees: a change can loosen either.
+        return Some("native assets changed".into());
+    }
     for e in &new.address_book {
         let kept = old.address_book.iter().any(|o| {
             o.id == e.id

@@ -8,7 +8,10 @@
 //! - [`verify_bundle`] checks an admin quorum signed the document's hash.
 //! - [`PolicyState`] tracks the policy in force, delayed relaxations and address
 //!   cooling periods; [`ActivePolicy`] is one policy with its times.
-//! - [`evaluate`] decides; [`Decision::explain`] says why in plain words.
+//! - [`evaluate`] decides; [`Decision::explain`] says why in plain words. A rule's
+//!   [`FeeBound`] bounds the withdrawal's fee cap, and velocity totals on a chain's
+//!   native asset count fee caps; [`Policy::fee_bound_problems`] is the lint that
+//!   `custos policy check` applies to rules without a fee bound.
 //! - [`ApprovalStatement`] is what approvers sign; [`check_approvals`] counts them.
 //! - [`FeeBumpStatement`] is what they sign to replace a stuck transaction when a
 //!   rule says `fee_bumps = "reapprove"`; [`check_fee_bump_approvals`] counts those.
@@ -25,6 +28,7 @@ mod bundle;
 mod document;
 mod error;
 mod eval;
+mod fee;
 mod fee_bump;
 mod governance;
 mod intent;
@@ -34,7 +38,9 @@ mod quorum;
 mod statement;
 mod value;
 
-pub use address::{BitcoinNetwork, ChainKind, CheckedAddress, chain_kind, check_address};
+pub use address::{
+    BitcoinNetwork, ChainKind, CheckedAddress, chain_kind, check_address, native_asset,
+};
 pub use approval::{
     Approval, ApprovalStatus, InvalidApproval, MissingTerm, check_approvals, check_cancellation,
 };
@@ -44,14 +50,16 @@ pub use bundle::{
     bundle_message, verify_bundle,
 };
 pub use document::{
-    ActionKind, AddressEntry, AmountRange, Approver, Destination, FeeBumps, PolicyDocument,
-    QuorumSpec, QuorumTerm, RiskRange, Rule, Settings, TimeWindow, Velocity, VelocityKey,
+    ActionKind, AddressEntry, AmountRange, Approver, Destination, FeeBound, FeeBumps,
+    PolicyDocument, QuorumSpec, QuorumTerm, RiskRange, Rule, Settings, TimeWindow, Velocity,
+    VelocityKey,
 };
 pub use error::{Issue, PolicyError, Result};
 pub use eval::{
     Check, Decision, HistoryEntry, MAX_FIELD_LEN, Outcome, RequiredTerm, RuleTrace, Withdrawal,
     WithdrawalSummary, evaluate,
 };
+pub use fee::MAX_FEE_BPS;
 pub use fee_bump::{
     FEE_BUMP_MAGIC, FEE_BUMP_SIGN_DOMAIN, FEE_BUMP_VERSION, FeeBumpStatement, authorize_fee_bump,
     check_fee_bump_approvals, fee_bump_needs_approval,

@@ -337,6 +337,22 @@ impl Validator {
             }
             group_members.insert(name.clone(), set);
         }
+        // Native assets.
+        for (chain, asset) in &doc.native_assets {
+            let path = format!("native_assets.{chain}");
+            if chain_kind(chain).is_none() {
+                self.err(&path, format!("unknown chain {chain:?}"));
+            }
+            if asset.is_empty()
+                || asset.len() > crate::eval::MAX_FIELD_LEN
+                || asset.chars().any(char::is_control)
+            {
+                self.err(
+                    &path,
+                    "asset symbol must be 1-256 characters without control characters",
+                );
+            }
+        }
         // Rules.
         let mut rule_ids = BTreeSet::new();
         let mut resolved = Vec::new();
@@ -469,6 +485,9 @@ impl Validator {
             }
             (lo, hi)
         });
+        let (fee_errors, fee_warnings) = crate::fee::validate_fee(r, path);
+        self.errors.extend(fee_errors);
+        self.warnings.extend(fee_warnings);
         if let Some(v) = &r.velocity {
             let vp = format!("{path}.velocity");
             if v.window.0 == 0 {
@@ -762,7 +781,7 @@ fn intended_fall_through(p: &Policy, i: usize, j: usize) -> bool {
 
 /// Chains a rule can match: its `chains`, narrowed by the chains of the address-book
 /// entries it names.
-fn effective_chains(p: &Policy, r: &Resolved) -> Option<BTreeSet<String>> {
+pub(crate) fn effective_chains(p: &Policy, r: &Resolved) -> Option<BTreeSet<String>> {
     let from_dest: Option<BTreeSet<String>> = match &r.dest {
         Some(DestSet::Entries(set)) => Some(
             set.iter()
@@ -851,6 +870,7 @@ fn covers(p: &Policy, i: usize, j: usize) -> bool {
         && (a.days_mask & b.days_mask) == b.days_mask
         && (a.hours_mask & b.hours_mask) == b.hours_mask
         && (ra.velocity.is_none() || ra.velocity == rb.velocity)
+        && (ra.fee.is_none() || ra.fee == rb.fee)
 }
 
 /// Liberal: false only when no withdrawal can match both rules.

@@ -198,6 +198,11 @@ fn velocity_window_edges() {
     let now = wed10();
     let day = Duration(86_400).secs_i64();
     let at = |secs_ago: i64| Timestamp(now.0 - secs_ago);
+    // Without a fee cap: ETH totals count fee caps too (see `fees.rs`).
+    let wd = |amount: u128| Withdrawal {
+        fee_cap: Amount(0),
+        ..wd(amount)
+    };
     // 600 a second inside the window + 400 now = 1000: at the limit, matches.
     assert_eq!(
         outcome_rule(p(), &wd(400), &[hist("a", 600, at(day - 1))], now, 0),

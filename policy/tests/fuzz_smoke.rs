@@ -14,16 +14,6 @@ mod common;
 use common::*;
 use custos_policy::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
-
-fn cfg(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0xF022),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 fn statement_bytes() -> Vec<u8> {
     ApprovalStatement {
@@ -44,7 +34,7 @@ fn statement_bytes() -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(cfg(2000))]
+    #![proptest_config(seeded(2000, 0xF022))]
 
     #[test]
     fn random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -149,3 +149,27 @@ fn fee_bump_statement_encoding_v1() {
     let sig = s.sign(Verdict::Approve, "alice", &key(ALICE)).unwrap();
     golden("fee_bump_approval_v1.txt", &format!("{}\n", sig.signature));
 }
+
+#[test]
+fn history_entry_json_v1() {
+    // Velocity history as callers persist and pass it (`custos policy explain
+    // --history`). `fee_cap` was added later with a default: the old form, without
+    // it, must keep parsing (as a fee cap of 0).
+    let e = HistoryEntry {
+        fee_cap: Amount(2_100_000_000_000_000),
+        ..hist("wd-0000", 4 * ETH, Timestamp(1_767_772_800))
+    };
+    let json = serde_json::to_string_pretty(&e).unwrap();
+    golden("history_entry_v1.json", &format!("{json}\n"));
+    assert_eq!(serde_json::from_str::<HistoryEntry>(&json).unwrap(), e);
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("fee_cap");
+    let parsed: HistoryEntry = serde_json::from_value(old).unwrap();
+    assert_eq!(
+        parsed,
+        HistoryEntry {
+            fee_cap: Amount(0),
+            ..e
+        }
+    );
+}

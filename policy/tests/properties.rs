@@ -12,16 +12,6 @@ mod common;
 use common::*;
 use custos_policy::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
-
-fn cfg(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0x00C0_5705),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 const WALLETS: &[&str] = &["eth-hot-1", "eth-cold-1", "anvil-hot-1", "eth-hot-2"];
 const DESTS: &[&str] = &[EXCHANGE, PAYROLL, COLD, OLD_VENDOR, STRANGER];
@@ -65,7 +55,7 @@ fn history() -> impl Strategy<Value = Vec<HistoryEntry>> {
 }
 
 proptest! {
-    #![proptest_config(cfg(256))]
+    #![proptest_config(seeded(256, 0x00C0_5705))]
 
     #[test]
     fn evaluation_is_deterministic(w in withdrawal(), h in history(), offset in 0i64..14 * 86_400, risk in 0u32..100) {

@@ -12,14 +12,6 @@ mod common;
 use common::*;
 use custos_policy::*;
 
-fn errs(rules: &str) -> String {
-    with_rules_err(rules)
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn parse_err(text: &str) -> String {
     match Policy::parse(text.as_bytes()) {
         Err(e) => e.to_string(),

@@ -71,6 +71,7 @@ pub fn hist(id: &str, amount: u128, at: Timestamp) -> HistoryEntry {
         destination: PAYROLL.into(),
         initiator: "payments-backend".into(),
         amount: Amount(amount),
+        fee_cap: Amount(0),
         at,
     }
 }
@@ -94,6 +95,25 @@ pub fn with_rules(rules: &str) -> Policy {
     let text = std::str::from_utf8(FIXTURE).unwrap();
     let head = &text[..text.find("# 1. Anything").unwrap()];
     Policy::parse(format!("{head}\n{rules}").as_bytes()).unwrap_or_else(|e| panic!("{e}\n{rules}"))
+}
+
+/// Proptest settings with a fixed seed: the same cases on every machine.
+pub fn seeded(cases: u32, seed: u64) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+/// The validation errors of the fixture's header followed by `rules`, one a line.
+pub fn errs(rules: &str) -> String {
+    with_rules_err(rules)
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn with_rules_err(rules: &str) -> Vec<Issue> {
