@@ -93,6 +93,112 @@ fn check_reports_every_error_and_fails() {
     assert!(stdout(&h).is_empty());
 }
 
+/// `custos policy sign FILE` fails with `reason` and writes no signatures file.
+fn sign_is_refused(file: &Path, reason: &str) {
+    let o = custos(&[
+        "policy",
+        "sign",
+        s(file),
+        "--key",
+        s(&example("keys/admin1.pem")),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains(reason), "{}", stderr(&o));
+    let mut sigs = file.as_os_str().to_owned();
+    sigs.push(".sigs.json");
+    assert!(!Path::new(&sigs).exists());
+}
+
+/// The sample policy without its `fee` conditions.
+fn without_fee_bounds() -> String {
+    std::fs::read_to_string(example("policy.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("fee = "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn check_refuses_rules_without_a_fee_bound() {
+    let d = scratch("no-fee");
+    let f = d.join("p.toml");
+    std::fs::write(&f, without_fee_bounds()).unwrap();
+    let o = custos(&["policy", "check", s(&f)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(e.contains("REFUSED, 4 fee-bound error(s)"), "{e}");
+    for rule in [
+        "rules[1] (cold-to-internal): `require_approvals` rule without a fee bound",
+        "rules[3] (hot-small): `allow` rule without a fee bound",
+        "rules[5] (btc-small): `allow` rule without a fee bound",
+        "rules[6] (large-whitelisted): `require_approvals` rule without a fee bound",
+    ] {
+        assert!(e.contains(rule), "{rule}\n{e}");
+    }
+    assert!(!stdout(&o).contains(": ok"), "{}", stdout(&o));
+    // The document itself is well-formed: it hashes (signers keep loading such a
+    // policy in force), but admins cannot sign it with the CLI.
+    assert!(custos(&["policy", "hash", s(&f)]).status.success());
+    sign_is_refused(
+        &f,
+        "refusing to sign a policy with rules that do not bound the fee cap",
+    );
+    // One absolute number over wei and satoshi: refused, naming the field.
+    let text = std::fs::read_to_string(example("policy.toml"))
+        .unwrap()
+        .replace(
+            "fee = { max_per_asset = { ETH = \"50000000000000000\", BTC = 200000 } }",
+            "fee = { max = \"50000000000000000\" }",
+        );
+    std::fs::write(&f, text).unwrap();
+    let o = custos(&["policy", "check", s(&f)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("rules[6] (large-whitelisted).fee.max: is in the native base units"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn check_accepts_rules_with_fee_bounds() {
+    // Only the fee bounds differ from the refused document above.
+    let o = custos(&["policy", "check", s(&example("policy.toml"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = custos(&["policy", "check", s(&example("demo-policy.toml"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("ok, version 1, 4 rule(s)"),
+        "{}",
+        stdout(&o)
+    );
+    // A fee over the hot-wallet bound: the explanation names the bound, and the
+    // withdrawal falls through to the block rule after it.
+    let w = r#"{"id":"wd-7","wallet":"eth-hot-1","chain":"ethereum","asset":"ETH","destination":"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed","amount":"50000000000000000","fee_cap":"2600000000000000","initiator":"payments-backend"}"#;
+    let o = custos(&[
+        "policy",
+        "explain",
+        s(&example("policy.toml")),
+        "--withdrawal",
+        w,
+        "--at",
+        "2026-01-07T10:00:00Z",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "FAIL fee: fee cap 2600000000000000 is above fee.max_bps 500 of the amount 50000000000000000 (2500000000000000)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Decision: BLOCK by rule `hot-small-over-limit`"),
+        "{out}"
+    );
+}
+
 #[test]
 fn sign_by_admin_quorum_then_verify() {
     let d = scratch("sign");
@@ -164,20 +270,7 @@ fn sign_refuses_invalid_policy() {
     let d = scratch("sign-invalid");
     let f = d.join("p.toml");
     std::fs::write(&f, "version = 0\n").unwrap();
-    let o = custos(&[
-        "policy",
-        "sign",
-        s(&f),
-        "--key",
-        s(&example("keys/admin1.pem")),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("refusing to sign an invalid policy"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!d.join("p.toml.sigs.json").exists());
+    sign_is_refused(&f, "refusing to sign an invalid policy");
 }
 
 #[test]
@@ -200,7 +293,9 @@ fn explain_prints_the_rule_and_why() {
     let out = stdout(&o);
     assert!(out.contains("Rule 4 `hot-small` MATCHED"), "{out}");
     assert!(
-        out.contains("total 4500000000000000000 in 2 withdrawal(s)"),
+        out.contains(
+            "total 4504200000000000000 (amounts 4500000000000000000 + fee caps 4200000000000000) in 2 withdrawal(s)"
+        ),
         "{out}"
     );
     assert!(out.contains("Decision: ALLOW by rule `hot-small`"), "{out}");

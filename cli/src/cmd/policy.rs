@@ -14,6 +14,8 @@ use custos_policy::{
 #[derive(clap::Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy document; with --admins, also check its admin signatures.
+    /// Also refuses (exit 1) rules that allow or require approvals for
+    /// withdrawals without a sound fee bound (`fee`), as `sign` does.
     Check {
         /// Policy document (TOML or JSON).
         file: PathBuf,
@@ -230,6 +232,19 @@ fn check(
             return Ok(ExitCode::FAILURE);
         }
     };
+    let fee_problems = policy.fee_bound_problems();
+    if !fee_problems.is_empty() {
+        eprintln!(
+            "{}: REFUSED, {} fee-bound error(s): every rule that allows or requires approvals \
+             must bound the fee cap (see policy/FORMATS.md, rule conditions)",
+            file.display(),
+            fee_problems.len()
+        );
+        for i in &fee_problems {
+            eprintln!("  error: {i}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     let doc = policy.document();
     println!(
         "{}: ok, version {}, {} rule(s), {} approver(s), {} address-book entr{}",
@@ -274,6 +289,14 @@ fn check(
 fn sign(file: &Path, key: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let bytes = read(file)?;
     let policy = Policy::parse(&bytes).context("refusing to sign an invalid policy")?;
+    let fee_problems = policy.fee_bound_problems();
+    if !fee_problems.is_empty() {
+        let list: Vec<String> = fee_problems.iter().map(ToString::to_string).collect();
+        bail!(
+            "refusing to sign a policy with rules that do not bound the fee cap: {}",
+            list.join("; ")
+        );
+    }
     let pem = custos_policy::Zeroizing::new(
         std::fs::read_to_string(key)
             .with_context(|| format!("cannot read key {}", key.display()))?,
