@@ -157,6 +157,10 @@ pub struct Report {
     pub entry_kinds: BTreeMap<String, u64>,
     /// Signature entries whose authorisation was replayed successfully.
     pub signatures_authorised: u64,
+    /// Signing-session entries whose authorisation was replayed
+    /// successfully. Signers release partials only for sessions in the log,
+    /// so a session is where any signature, logged or not, can come from.
+    pub signing_sessions_authorised: u64,
     /// Everything wrong, in discovery order.
     pub failures: Vec<Failure>,
 }
@@ -514,6 +518,43 @@ pub fn verify_bundle(
         }
     }
     for e in decoded.iter().flatten() {
+        if let EntryBody::SigningSession {
+            withdrawal_id,
+            key_id,
+            execution_id,
+            message_digest,
+            ..
+        } = &e.body
+        {
+            // Replayed as the signature it may produce (whether or not the
+            // coordinator logs that), with the session itself in its history.
+            let as_signature = Entry {
+                index: e.index,
+                timestamp_ms: e.timestamp_ms,
+                body: EntryBody::SignatureProduced {
+                    withdrawal_id: withdrawal_id.clone(),
+                    key_id: key_id.clone(),
+                    execution_id: execution_id.clone(),
+                    message_digest: *message_digest,
+                    signature: Vec::new(),
+                },
+            };
+            let mut history: Vec<&Entry> = by_withdrawal
+                .get(withdrawal_id.as_str())
+                .cloned()
+                .unwrap_or_default();
+            history.push(e);
+            let ctx = ReplayContext {
+                index: e.index,
+                signature: &as_signature,
+                history: &history,
+                policies: &policies,
+                policy_documents: &bundle.policy_documents,
+            };
+            if replay_one(replay, &ctx, &mut report, "signing session") {
+                report.signing_sessions_authorised += 1;
+            }
+        }
         if let EntryBody::SignatureProduced { withdrawal_id, .. } = &e.body {
             let history = by_withdrawal
                 .get(withdrawal_id.as_str())
@@ -526,13 +567,8 @@ pub fn verify_bundle(
                 policies: &policies,
                 policy_documents: &bundle.policy_documents,
             };
-            match replay.check_signature(&ctx) {
-                Ok(()) => report.signatures_authorised += 1,
-                Err(err) => report.fail(
-                    Some(e.index),
-                    FailureKind::Unauthorized,
-                    format!("signature entry {}: {err}", e.index),
-                ),
+            if replay_one(replay, &ctx, &mut report, "signature") {
+                report.signatures_authorised += 1;
             }
         }
         if matches!(e.body, EntryBody::PolicyActivated { .. }) {
@@ -543,6 +579,27 @@ pub fn verify_bundle(
         }
     }
     report
+}
+
+/// Replays one authorisation; a refusal is reported as a failure at the
+/// entry (`what` names its kind). Returns whether it was authorised.
+fn replay_one(
+    replay: &dyn AuthorizationReplay,
+    ctx: &ReplayContext<'_>,
+    report: &mut Report,
+    what: &str,
+) -> bool {
+    match replay.check_signature(ctx) {
+        Ok(()) => true,
+        Err(err) => {
+            report.fail(
+                Some(ctx.index),
+                FailureKind::Unauthorized,
+                format!("{what} entry {}: {err}", ctx.index),
+            );
+            false
+        }
+    }
 }
 
 /// Context entries that are proven included in a checkpoint of the bundle.

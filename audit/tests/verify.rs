@@ -334,7 +334,11 @@ fn signature_without_satisfied_decision_is_flagged() {
             _ => {}
         }
         for b in bodies {
-            let sig = matches!(b, EntryBody::SignatureProduced { .. });
+            // The session and the signature are both checked.
+            let sig = matches!(
+                b,
+                EntryBody::SignatureProduced { .. } | EntryBody::SigningSession { .. }
+            );
             let i = log.append(T0, b).unwrap();
             if sig && n > 0 {
                 expect.push(i);
@@ -351,7 +355,48 @@ fn signature_without_satisfied_decision_is_flagged() {
         .collect();
     assert_eq!(flagged, expect, "{:#?}", r.failures);
     assert_eq!(r.signatures_authorised, 1);
+    assert_eq!(r.signing_sessions_authorised, 1);
     assert_eq!(first_bad(&r), expect.first().copied());
+}
+
+/// docs/SECURITY.md case 47: signers release partials only for signing
+/// sessions in the log, so an unauthorised session is reported even when the
+/// coordinator never logs the signature it got.
+#[test]
+fn unauthorised_signing_session_without_a_signature_is_flagged() {
+    let signer = SoftSigner::from_seed(1);
+    let mut ws = [witness(1), witness(2)];
+    let mut log = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for b in common::genesis() {
+        log.append(T0, b).unwrap();
+    }
+    let mut bodies = common::withdrawal(0, 0);
+    bodies.retain(|b| {
+        !matches!(
+            b,
+            EntryBody::PolicyDecision { .. } | EntryBody::SignatureProduced { .. }
+        )
+    });
+    let mut session = None;
+    for b in bodies {
+        let is_session = matches!(b, EntryBody::SigningSession { .. });
+        let i = log.append(T0, b).unwrap();
+        if is_session {
+            session = Some(i);
+        }
+    }
+    checkpoint(&mut log, &signer, &mut ws, T0);
+    let r = verify(&log.export(0, log.size(), None).unwrap());
+    let session = session.expect("the sample withdrawal has a signing session");
+    let f = r
+        .failures
+        .iter()
+        .find(|f| f.kind == FailureKind::Unauthorized)
+        .unwrap_or_else(|| panic!("not flagged: {:#?}", r.failures));
+    assert_eq!(f.entry, Some(session));
+    assert!(f.message.contains("signing session entry"), "{}", f.message);
+    assert!(f.message.contains("no policy decision"), "{}", f.message);
+    assert_eq!(r.signing_sessions_authorised, 0);
 }
 
 /// docs/SECURITY.md case 21: an unwritable log stops the action; nothing changes.

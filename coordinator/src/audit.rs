@@ -124,6 +124,24 @@ impl AuditTrail {
         Some(st.witnessed_size)
     }
 
+    /// Entry `index` (encoded) and its inclusion proof in the tree of `size`.
+    pub async fn entry_with_proof(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), CoordError> {
+        let entry = self.log.entry(index).await.map_err(log_err)?;
+        let proof = self
+            .log
+            .inclusion_proof(index, size)
+            .await
+            .map_err(log_err)?
+            .iter()
+            .map(|h| h.to_vec())
+            .collect();
+        Ok((entry, proof))
+    }
+
     /// Makes sure entry `index` is covered by a checkpoint every node in
     /// `nodes` co-signed; returns the size of that checkpoint. Every other
     /// signer is asked too (so checkpoints carry as many cosignatures as
@@ -239,10 +257,17 @@ impl AuditTrail {
             .signers
             .get(node)
             .ok_or_else(|| CoordError::Internal(format!("{node} not configured")))?;
+        // The witness derives its view of the log from the entries
+        // themselves (and checks they hash to the checkpoint's root).
+        let mut entries = Vec::new();
+        for i in from..size {
+            entries.push(self.log.entry(i).await.map_err(log_err)?);
+        }
         let req = CosignRequest {
             checkpoint: note.to_owned(),
             consistency_proof: proof.iter().map(|h| h.to_vec()).collect(),
             from_size: from,
+            entries,
         };
         let res = tokio::time::timeout(limit, s.client().cosign(req)).await;
         match res {

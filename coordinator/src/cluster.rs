@@ -454,6 +454,14 @@ impl Cluster {
                 "threshold: {threshold} must be between 2 and {n}"
             )));
         }
+        if !chain.is_empty() && usize::from(threshold) * 2 <= usize::from(n) {
+            // Signers refuse withdrawals on such a key (two disjoint signer
+            // sets could each sign one withdrawal): say so before keygen.
+            return Err(CoordError::InvalidArgument(format!(
+                "threshold: a wallet key for chain {chain} needs more than half of the {n} signers ({} or more), not {threshold}",
+                n / 2 + 1
+            )));
+        }
         let (group_id, participants) = self.db.ready_group().await?.ok_or_else(|| {
             CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state()))
         })?;

@@ -34,6 +34,15 @@ pub enum NodeError {
         /// Node ids that did not deliver their messages.
         absent: Vec<String>,
     },
+    /// A peer did not acknowledge this session's messages however often
+    /// they were resent; the session aborted.
+    #[error("signer {node} did not receive this session's messages: {reason}")]
+    PeerUnreachable {
+        /// The peer's node id.
+        node: String,
+        /// The last transport error.
+        reason: String,
+    },
     /// The protocol failed without a named culprit.
     #[error("protocol failed: {0}")]
     Protocol(String),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod cosigner;
 pub mod error;
 pub mod node;
+pub mod outbound;
 pub mod p2p;
 pub mod service;
 pub mod sessions;

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use custos_mpc::protocol::{self, from_secret_bytes, to_secret_bytes};
 use custos_mpc::wire::Frame;
-use custos_mpc::{ExecutionId, KeyShare, MpcError, Outbound, SessionIo, SessionKind};
-use futures::StreamExt;
+use custos_mpc::{ExecutionId, KeyShare, MpcError, SessionIo, SessionKind};
 use futures::channel::mpsc;
 use libp2p::PeerId;
 
@@ -302,37 +301,67 @@ impl Node {
             outbound: out_tx,
             cancel: custos_mpc::CancelToken::new(),
         };
-        let sender = tokio::spawn(forward_outbound(
+        let limit = match kind {
+            SessionKind::AuxInfo => self.timeouts.aux_info,
+            _ => self.timeouts.session,
+        };
+        let mut sender = tokio::spawn(crate::outbound::forward(
             self.p2p.clone(),
             self.peer_ids(participants)?,
             out_rx,
             self.fault,
+            crate::outbound::DELIVERY_DEADLINE.min(limit),
         ));
         let cancel = io.cancel.clone();
         let threads = ThreadCount::enter(&self.protocol_threads);
-        let work = tokio::task::spawn_blocking({
+        let mut work = tokio::task::spawn_blocking({
             let cancel = cancel.clone();
             move || {
                 let _running = threads;
                 custos_mpc::cancel::block_on(&cancel, protocol(io))
             }
         });
-        let limit = match kind {
-            SessionKind::AuxInfo => self.timeouts.aux_info,
-            _ => self.timeouts.session,
-        };
         // Stops the computation at its next stage if it is still running
-        // (timeout, or this future dropped because the caller went away).
+        // (timeout, undeliverable frames, or this future dropped because the
+        // caller went away).
         let _cancel_on_exit = CancelOnDrop(cancel);
-        let outcome = tokio::time::timeout(limit, work).await;
+        let timeout = tokio::time::sleep(limit);
+        tokio::pin!(timeout);
+        let mut sender_done = false;
+        let end = loop {
+            tokio::select! {
+                r = &mut work => break SessionEnd::Finished(r),
+                s = &mut sender, if !sender_done => {
+                    sender_done = true;
+                    if let Ok(Err(u)) = s {
+                        break SessionEnd::Undelivered(u);
+                    }
+                }
+                _ = &mut timeout => break SessionEnd::TimedOut,
+            }
+        };
+        if matches!(end, SessionEnd::Finished(Ok(Ok(_)))) && !sender_done {
+            // Our last frames may still be on their way; a peer without them
+            // would wait for them until it times out.
+            if let Ok(Err(u)) = sender.await {
+                tracing::warn!(peer = %u.node, error = %u.error, "last protocol frames of a completed session not delivered");
+            }
+        } else {
+            sender.abort();
+        }
         std::mem::forget(guard);
         let counts = self.router.unregister(&eid).unwrap_or_default();
-        sender.abort();
-        match outcome {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(self.map_protocol_error(e, participants)),
-            Ok(Err(join)) => Err(NodeError::Internal(format!("session task failed: {join}"))),
-            Err(_) => {
+        match end {
+            SessionEnd::Finished(Ok(Ok(v))) => Ok(v),
+            SessionEnd::Finished(Ok(Err(e))) => Err(self.map_protocol_error(e, participants)),
+            SessionEnd::Finished(Err(join)) => {
+                Err(NodeError::Internal(format!("session task failed: {join}")))
+            }
+            SessionEnd::Undelivered(u) => Err(NodeError::PeerUnreachable {
+                node: u.node,
+                reason: u.error,
+            }),
+            SessionEnd::TimedOut => {
                 // Peers that delivered fewer frames than the most active one stalled.
                 let most = counts
                     .iter()
@@ -472,6 +501,11 @@ impl Node {
         Ok(public_key)
     }
 
+    /// The public facts of key `key_id`.
+    pub fn key_meta(&self, key_id: &str) -> Result<KeyMeta, NodeError> {
+        self.store.key_meta(key_id)
+    }
+
     fn share(&self, key_id: &str) -> Result<(KeyMeta, Arc<KeyShare>), NodeError> {
         let meta = self.store.key_meta(key_id)?;
         if let Some(s) = self
@@ -593,6 +627,13 @@ impl Node {
     }
 }
 
+/// How a session's wait ended.
+enum SessionEnd<T> {
+    Finished(Result<Result<T, MpcError>, tokio::task::JoinError>),
+    Undelivered(crate::outbound::Undelivered),
+    TimedOut,
+}
+
 struct Unregister<'a> {
     router: &'a SessionRouter,
     eid: ExecutionId,
@@ -607,41 +648,5 @@ impl Drop for Unregister<'_> {
 impl From<MpcError> for NodeError {
     fn from(e: MpcError) -> Self {
         NodeError::Internal(e.to_string())
-    }
-}
-
-/// Sends a session's outbound frames to its peers.
-async fn forward_outbound(
-    p2p: P2pHandle,
-    peers: Vec<Option<PeerId>>,
-    mut out: mpsc::UnboundedReceiver<Outbound>,
-    fault: FaultInjection,
-) {
-    while let Some(Outbound { to, mut bytes }) = out.next().await {
-        if fault == FaultInjection::CorruptProtocolMessages
-            && let Ok(mut f) = Frame::decode(&bytes)
-        {
-            f.payload = b"{\"corrupted\":true}".to_vec();
-            bytes = f.encode();
-        }
-        let targets: Vec<PeerId> = match to {
-            Some(j) => peers
-                .get(usize::from(j))
-                .copied()
-                .flatten()
-                .into_iter()
-                .collect(),
-            None => peers.iter().flatten().copied().collect(),
-        };
-        let sends = targets.into_iter().map(|peer| {
-            let p2p = p2p.clone();
-            let bytes = bytes.clone();
-            async move {
-                if let Err(e) = p2p.send(peer, bytes).await {
-                    tracing::warn!(error = %e, "protocol frame not delivered");
-                }
-            }
-        });
-        futures::future::join_all(sends).await;
     }
 }

@@ -39,6 +39,10 @@ impl ControlService {
     }
 }
 
+fn majority_key(node: &Node, key_id: &str) -> Result<(), NodeError> {
+    crate::cosigner::check_majority_key(&node.key_meta(key_id)?)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -57,6 +61,7 @@ fn status(e: NodeError) -> Status {
         NodeError::NotReady(_) => Status::failed_precondition(msg),
         NodeError::PeerMisbehaved { .. } => Status::aborted(msg),
         NodeError::Timeout { .. } => Status::deadline_exceeded(msg),
+        NodeError::PeerUnreachable { .. } => Status::unavailable(msg),
         NodeError::Protocol(_) => Status::aborted(msg),
         NodeError::Refused(_) => Status::permission_denied(msg),
         _ => Status::internal(msg),
@@ -224,6 +229,7 @@ impl SignerControl for ControlService {
                             r.key_id, v.withdrawal.wallet
                         )));
                     }
+                    majority_key(&node, &r.key_id)?;
                     let usage = match &v.replaces {
                         None => format!(
                             "withdrawal={} statement={}",
@@ -277,7 +283,7 @@ impl SignerControl for ControlService {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            w.cosign(&r.checkpoint, &proof, r.from_size, now)
+            w.cosign(&r.checkpoint, &proof, r.from_size, now, &r.entries)
         })
         .await?;
         Ok(Response::new(CosignResponse {

@@ -3,13 +3,20 @@
 //! A peer may start a session a moment before we do (the coordinator's
 //! requests do not arrive at all signers at once), so frames for an unknown
 //! execution id wait in a bounded buffer for a short time.
+//!
+//! Senders resend a frame whose acknowledgement they did not get (the frame
+//! may or may not have arrived), so a session drops a frame it already has
+//! from the same peer: delivery is at least once on the wire and exactly once
+//! into the protocol. Two different frames of one sender never have the same
+//! bytes (each round's message differs), so nothing genuine is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use custos_mpc::{ExecutionId, Inbound};
 use futures::channel::mpsc;
+use sha2::{Digest, Sha256};
 
 /// How long an early frame waits for its session.
 const EARLY_FRAME_TTL: Duration = Duration::from_secs(30);
@@ -20,6 +27,25 @@ struct Session {
     participants: Vec<String>,
     tx: mpsc::Sender<Inbound>,
     received: Vec<u64>,
+    /// SHA-256 of every frame delivered, per sender index.
+    seen: HashSet<(usize, [u8; 32])>,
+}
+
+impl Session {
+    /// Queues a frame from participant `i` unless it is a resent copy.
+    fn accept(&mut self, i: usize, bytes: Vec<u8>) -> Result<(), &'static str> {
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if !self.seen.insert((i, digest)) {
+            return Ok(()); // a resent copy: already delivered
+        }
+        self.received[i] += 1;
+        self.tx
+            .try_send(Inbound {
+                from: i as u16,
+                bytes,
+            })
+            .map_err(|_| "session inbound queue full or closed, frame dropped")
+    }
 }
 
 #[derive(Default)]
@@ -42,31 +68,25 @@ impl SessionRouter {
     /// Registers a session and returns its inbound stream, with any frames
     /// that arrived early already queued.
     pub fn register(&self, eid: ExecutionId, participants: Vec<String>) -> mpsc::Receiver<Inbound> {
-        let (mut tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(1024);
         let mut inner = self.lock();
-        let mut received = vec![0; participants.len()];
+        let mut session = Session {
+            received: vec![0; participants.len()],
+            participants,
+            tx,
+            seen: HashSet::new(),
+        };
         let early = std::mem::take(&mut inner.early);
         for (at, id, from, bytes) in early {
             if id == eid {
-                if let Some(i) = participants.iter().position(|p| *p == from) {
-                    received[i] += 1;
-                    let _ = tx.try_send(Inbound {
-                        from: i as u16,
-                        bytes,
-                    });
+                if let Some(i) = session.participants.iter().position(|p| *p == from) {
+                    let _ = session.accept(i, bytes);
                 }
             } else if at.elapsed() < EARLY_FRAME_TTL {
                 inner.early.push((at, id, from, bytes));
             }
         }
-        inner.sessions.insert(
-            eid,
-            Session {
-                participants,
-                tx,
-                received,
-            },
-        );
+        inner.sessions.insert(eid, session);
         rx
     }
 
@@ -87,15 +107,8 @@ impl SessionRouter {
                 tracing::warn!(peer = from, eid = ?eid, "frame from a node that is not in the session, dropped");
                 return;
             };
-            s.received[i] += 1;
-            if s.tx
-                .try_send(Inbound {
-                    from: i as u16,
-                    bytes,
-                })
-                .is_err()
-            {
-                tracing::warn!(peer = from, eid = ?eid, "session inbound queue full or closed, frame dropped");
+            if let Err(why) = s.accept(i, bytes) {
+                tracing::warn!(peer = from, eid = ?eid, "{why}");
             }
             return;
         }

@@ -2,6 +2,9 @@
 //! 127.0.0.1, real TCP, Noise and Yamux.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
+mod common;
+use common::{free_addr, pinned};
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener as StdTcpListener;
 use std::process::{Child, Command, Stdio};
@@ -41,23 +44,6 @@ impl Node {
             peer_id: self.peer_id(),
             addr: self.addr.clone(),
         }
-    }
-}
-
-/// A loopback address on a port that was free a moment ago. Both nodes of a
-/// pair must know each other's address before either starts, so ports are
-/// picked up front (a port taken in between fails the test loudly).
-fn free_addr() -> Multiaddr {
-    let l = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
-}
-
-fn pinned(node_id: &str, key: &Keypair, addr: &Multiaddr) -> PinnedPeer {
-    PinnedPeer {
-        node_id: node_id.into(),
-        peer_id: key.public().to_peer_id(),
-        addr: addr.clone(),
     }
 }
 

@@ -600,6 +600,7 @@ async fn export_verify_and_tamper() {
                 checkpoint: first_note.clone(),
                 consistency_proof: vec![],
                 from_size: have.witnessed_size,
+                entries: vec![],
             })
             .await
             .unwrap_err();

@@ -488,3 +488,49 @@ async fn a_timed_out_aux_ceremony_stops_its_work_and_the_retry_succeeds() {
         .into_inner();
     verify_both(&key.public_key, &d, &sig.r, &sig.s);
 }
+
+/// Concurrent signings on a 3-of-5 cluster while its presignature pool
+/// refills, starting right after the cluster came up. This is where sessions
+/// stalled for the whole 60 s session timeout: a frame whose send failed
+/// (peer not yet connected, ack lost under load) was dropped, or a party
+/// that finished first took its last frames with it. Every signature must
+/// come back well inside the session timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signing_during_pool_refills_never_stalls() {
+    let tc = custos_tests::start_from_fixture(5, 3, &[]).await;
+    let mut client = tc.client.clone();
+    let key = client
+        .create_key(CreateKeyRequest {
+            key_id: "wallet-busy".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 3,
+            chain: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    for round in 0..2 {
+        let calls = (0..8).map(|i| {
+            let mut c = client.clone();
+            let d = digest();
+            async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(40),
+                    c.sign_digest(sign_req("wallet-busy", &d, i % 2 == 0)),
+                )
+                .await;
+                (i, d, r)
+            }
+        });
+        for (i, d, r) in futures::future::join_all(calls).await {
+            let r = r
+                .unwrap_or_else(|_| panic!("round {round}, signing {i}: stalled for 40 s"))
+                .unwrap_or_else(|e| panic!("round {round}, signing {i}: {e}"))
+                .into_inner();
+            verify_both(&key.public_key, &d, &r.r, &r.s);
+        }
+    }
+    eprintln!("16 signatures, 8 at a time, in {:?}", started.elapsed());
+    tc.cluster.stop().await.unwrap();
+}

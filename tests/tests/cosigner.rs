@@ -131,7 +131,7 @@ async fn all_refuse(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compromised_coordinator_gets_no_signature() {
-    let fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
+    let mut fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
     let layout = fc.tc.cluster.layout().clone();
     let signers = rogue_clients(&layout).await;
     let b = bundle(&layout);
@@ -368,6 +368,160 @@ async fn compromised_coordinator_gets_no_signature() {
         refused, 2,
         "both signers of the withdrawal refuse the replay"
     );
+
+    // Every partial is preceded by its signing-session entry in a checkpoint
+    // the signer co-signed (case 47). The decision of real-1 is genuinely in
+    // the witnessed log; the signer that did not sign it is asked with that
+    // proof but no signing entry, then with the entry of the real signing
+    // (which names other signers and another presignature): it refuses both.
+    let mut auditor = fc.tc.client.clone();
+    let (size, entries) = loop {
+        let cp = auditor
+            .get_checkpoint(custos_proto::custody::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        // The log's signature and three cosignatures.
+        if cp
+            .note
+            .lines()
+            .filter(|l| l.starts_with('\u{2014}'))
+            .count()
+            >= 4
+        {
+            let entries = log_entries(&mut auditor).await;
+            break (cp.size, entries);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let find = |want: &str| -> u64 {
+        entries
+            .iter()
+            .position(|e| {
+                let (kind, id) = match &e.body {
+                    custos_audit::EntryBody::PolicyDecision { withdrawal_id, .. } => {
+                        ("decision", withdrawal_id)
+                    }
+                    custos_audit::EntryBody::SigningSession { withdrawal_id, .. } => {
+                        ("signing", withdrawal_id)
+                    }
+                    _ => return false,
+                };
+                kind == want && *id == done.id
+            })
+            .unwrap() as u64
+    };
+    let (decision_index, signing_index) = (find("decision"), find("signing"));
+    let custos_audit::EntryBody::SigningSession { participants, .. } =
+        &entries[signing_index as usize].body
+    else {
+        unreachable!()
+    };
+    let proven = |index: u64| {
+        let mut auditor = auditor.clone();
+        async move {
+            let entry = auditor
+                .get_log_entry(custos_proto::custody::GetLogEntryRequest { index })
+                .await
+                .unwrap()
+                .into_inner()
+                .entry;
+            let proof = auditor
+                .get_inclusion_proof(custos_proto::custody::GetInclusionProofRequest {
+                    index,
+                    size,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .hashes;
+            (entry, proof)
+        }
+    };
+    let mut a = a.clone();
+    (a.decision_entry, a.inclusion_proof) = proven(decision_index).await;
+    a.decision_entry_index = decision_index;
+    a.proof_tree_size = size;
+    let (outsider, client) = signers
+        .iter()
+        .find(|(n, _)| !participants.contains(n))
+        .unwrap();
+    let ask = |a: WithdrawalAuthorization| {
+        let mut c = client.clone();
+        async move {
+            c.sign_withdrawal(SignWithdrawalRequest {
+                authorization: Some(a),
+                key_id: "w-hot".into(),
+                presignature_id: "ps-offlog".into(),
+            })
+            .await
+            .unwrap_err()
+        }
+    };
+    let e = ask(a.clone()).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "{outsider}: {e}");
+    assert!(
+        e.message().contains("no signing-session entry"),
+        "{outsider}: {e}"
+    );
+    (a.signing_entry, a.signing_inclusion_proof) = proven(signing_index).await;
+    a.signing_entry_index = signing_index;
+    let e = ask(a).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "{outsider}: {e}");
+    assert!(
+        e.message().contains("logged signing session"),
+        "{outsider}: {e}"
+    );
+
+    // A dropped cancel (case 42): signer-3 is down while the backend
+    // cancels, so the coordinator's notice never reaches it and its own
+    // record has no cancel. Once restarted, it learns the cancel from the
+    // entries shipped with the next checkpoint it co-signs, and refuses a
+    // fully approved quorum for the withdrawal, naming the log entry.
+    let pending = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("cancel-1", "w-hot", WHITELISTED, 5 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pending.state, "awaiting_approvals", "{}", pending.decision);
+    fc.tc.cluster.kill_signer("signer-3").unwrap();
+    fc.backend
+        .clone()
+        .cancel_withdrawal(custos_proto::custody::CancelWithdrawalRequest {
+            id: pending.id.clone(),
+            reason: "duplicate payout".into(),
+        })
+        .await
+        .unwrap();
+    fc.tc.cluster.restart_signer("signer-3").await.unwrap();
+    let mut w = withdrawal(&pending.id, WHITELISTED, 5 * ETH);
+    w.destination = pending.destination.clone();
+    w.fee_cap = Amount(pending.fee_cap.parse().unwrap());
+    let (st, rule) = statement(&b.document, &w, expiry);
+    let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
+    let signer3 = rogue_clients(fc.tc.cluster.layout())
+        .await
+        .into_iter()
+        .find(|(n, _)| n == "signer-3")
+        .unwrap()
+        .1;
+    let started = std::time::Instant::now();
+    let refusal = loop {
+        match signer3.clone().register_quorum(a.clone()).await {
+            Err(e) if e.message().contains("(log entry") => break e,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "signer-3 never learned the cancel from the log: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    assert_eq!(refusal.code(), Code::PermissionDenied, "{refusal}");
+    assert!(refusal.message().contains("cancelled by"), "{refusal}");
     // The coordinator's own view is unchanged: one signature.
     let again = fc
         .backend
@@ -385,7 +539,8 @@ async fn compromised_coordinator_gets_no_signature() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
     let mut fc = start_flow(&flow_policy(), false, &["w-vel"]).await;
-    // 3 x 1 ETH reaches the 3 ETH daily limit of rule small-allow.
+    // 3 x 0.9 ETH plus their fee caps come close to the 3 ETH daily limit
+    // of rule small-allow (velocity counts fee caps on the native asset).
     for i in 0..3 {
         let w = fc
             .backend
@@ -394,7 +549,7 @@ async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
                 &format!("vel-{i}"),
                 "w-vel",
                 WHITELISTED,
-                ETH,
+                ETH / 10 * 9,
             ))
             .await
             .unwrap()

@@ -251,6 +251,15 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "signatures   {} authorised of {signatures} checked ({how})",
             report.signatures_authorised
         );
+        let sessions = report
+            .entry_kinds
+            .get("signing_session")
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "sessions     {} authorised of {sessions} signing sessions checked",
+            report.signing_sessions_authorised
+        );
         if let Some(r) = &policy_replay {
             for (hash, source) in r.documents() {
                 println!("policy       {hash}  ({source})");

@@ -35,6 +35,8 @@ pub struct BundleBytes {
 pub struct PolicyHolder {
     state: RwLock<PolicyState>,
     bundles: HashMap<PolicyHash, BundleBytes>,
+    /// The configured bundle: the newest activation this coordinator logged.
+    configured: PolicyHash,
 }
 
 fn refused(what: &str, e: impl std::fmt::Display) -> CoordError {
@@ -121,6 +123,7 @@ impl PolicyHolder {
         Ok(Self {
             state: RwLock::new(state),
             bundles,
+            configured: hash,
         })
     }
 
@@ -129,6 +132,12 @@ impl PolicyHolder {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         st.advance(now);
         st.in_force(now).clone()
+    }
+
+    /// The configured bundle (the newest activation logged), which signers
+    /// must know before they sign under any policy.
+    pub fn latest(&self) -> Option<&BundleBytes> {
+        self.bundles.get(&self.configured)
     }
 
     /// The bundle bytes for a policy hash.

@@ -699,6 +699,7 @@ impl Engine {
                     destination: r.destination.clone(),
                     initiator: r.initiator.clone(),
                     amount: Amount(r.amount.parse().ok()?),
+                    fee_cap: Amount(r.fee_cap.parse().unwrap_or(0)),
                     at: Timestamp(r.approved_at?),
                 })
             })
@@ -877,6 +878,7 @@ impl Engine {
         let bundle = self.policy.bundle(&hash).ok_or_else(|| {
             CoordError::FailedPrecondition(format!("policy {hash} is no longer known"))
         })?;
+        let latest = self.policy.latest().unwrap_or(bundle);
         let approvals: Vec<Approval> = self
             .store
             .approvals(&row.id)
@@ -900,6 +902,8 @@ impl Engine {
             risk_score: u32::try_from(row.risk_score.unwrap_or(100)).unwrap_or(100),
             approvals_json: serde_json::to_vec(&approvals)
                 .map_err(|e| CoordError::Internal(e.to_string()))?,
+            latest_policy_document: latest.document.clone(),
+            latest_policy_signatures: latest.signatures.clone(),
             ..WithdrawalAuthorization::default()
         })
     }
@@ -1041,9 +1045,13 @@ impl Engine {
         }
     }
 
-    /// Logs the signing session, asks the signers for their partials, and
-    /// logs the signature. The outer error is the audit log's (nothing was
-    /// signed, or the signature is not used); the inner one the signers'.
+    /// Logs the signing session, has it witnessed by the signers (with the
+    /// policy decision), asks them for their partials with the proofs, and
+    /// logs the signature. A signer releases its partial only for a signing
+    /// session in a checkpoint it co-signed, so every signature that can
+    /// exist is in the log. The outer error is the audit log's (nothing was
+    /// signed, or the signature is not used); the inner one the signers'
+    /// (a witness round that did not complete is `Unavailable`: retried).
     async fn audited_sign(
         &self,
         row: &WithdrawalRow,
@@ -1051,7 +1059,7 @@ impl Engine {
         digest: &[u8; 32],
         presig: &str,
         signers: &[String],
-        auth: WithdrawalAuthorization,
+        mut auth: WithdrawalAuthorization,
     ) -> Result<Result<crate::cluster::SignOutcome, CoordError>, CoordError> {
         let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
         if !auth.unsigned_tx.is_empty() {
@@ -1064,7 +1072,8 @@ impl Engine {
                 })
                 .await?;
         }
-        self.audit
+        let signing_index = self
+            .audit
             .append(EntryBody::SigningSession {
                 withdrawal_id: row.id.clone(),
                 key_id: key.key_id.clone(),
@@ -1074,6 +1083,29 @@ impl Engine {
                 message_digest: custos_audit::Hash::from(*digest),
             })
             .await?;
+        let decision_index = row
+            .decision_index
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| CoordError::Internal(format!("{} has no decision entry", row.id)))?;
+        // One witness round covers the decision and the signing session.
+        let size = match self.audit.witness_through(signing_index, signers).await {
+            Ok(s) => s,
+            Err(e @ CoordError::Storage(_)) => return Err(e),
+            Err(e) => {
+                return Ok(Err(CoordError::Unavailable(format!(
+                    "witness round before signing: {e}"
+                ))));
+            }
+        };
+        let (decision, decision_proof) = self.audit.entry_with_proof(decision_index, size).await?;
+        let (signing, signing_proof) = self.audit.entry_with_proof(signing_index, size).await?;
+        auth.decision_entry_index = decision_index;
+        auth.decision_entry = decision;
+        auth.inclusion_proof = decision_proof;
+        auth.signing_entry_index = signing_index;
+        auth.signing_entry = signing;
+        auth.signing_inclusion_proof = signing_proof;
+        auth.proof_tree_size = size;
         let outcome = self
             .cluster
             .sign_withdrawal(key, digest, presig, signers, auth)
@@ -1159,37 +1191,7 @@ impl Engine {
                 .and_then(|d| d.try_into().ok())
                 .ok_or_else(|| CoordError::Internal(format!("{} has no digest", row.id)))?,
         };
-        let mut auth = self.authorization(&row).await?;
-        // Signers sign only decisions in a checkpoint they co-signed.
-        let index = row
-            .decision_index
-            .and_then(|i| u64::try_from(i).ok())
-            .ok_or_else(|| CoordError::Internal(format!("{} has no decision entry", row.id)))?;
-        let size = match self.audit.witness_through(index, &signers).await {
-            Ok(s) => s,
-            Err(e @ CoordError::Storage(_)) => return Err(e),
-            Err(e) => {
-                self.note(&row, State::Signing, &e.to_string()).await?;
-                return Ok(Next::Wait);
-            }
-        };
-        auth.decision_entry_index = index;
-        auth.decision_entry = self
-            .audit
-            .log()
-            .entry(index)
-            .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
-        auth.inclusion_proof = self
-            .audit
-            .log()
-            .inclusion_proof(index, size)
-            .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?
-            .iter()
-            .map(|h| h.to_vec())
-            .collect();
-        auth.proof_tree_size = size;
+        let auth = self.authorization(&row).await?;
         match self
             .audited_sign(&row, &key, &digest, &presig, &signers, auth)
             .await?

@@ -42,6 +42,23 @@ pub struct WithdrawalAuthorization {
     pub fee_bump_approvals_json: ::prost::alloc::vec::Vec<u8>,
     #[prost(int64, tag = "14")]
     pub fee_bump_expiry: i64,
+    /// The signing-session entry for this very signing (withdrawal, key,
+    /// digest, signer set, presignature) and its inclusion proof in the same
+    /// checkpoint of size proof_tree_size: a signer releases a partial only for
+    /// a signing the log it co-signed already shows.
+    #[prost(uint64, tag = "15")]
+    pub signing_entry_index: u64,
+    #[prost(bytes = "vec", tag = "16")]
+    pub signing_entry: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", repeated, tag = "17")]
+    pub signing_inclusion_proof: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// The newest policy bundle the coordinator activated (it may still be in
+    /// its relaxation delay): a signer whose witnessed log shows an activation
+    /// it has not been shown refuses to sign until it is shown this one.
+    #[prost(bytes = "vec", tag = "18")]
+    pub latest_policy_document: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "19")]
+    pub latest_policy_signatures: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -85,6 +102,12 @@ pub struct CosignRequest {
     pub consistency_proof: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     #[prost(uint64, tag = "3")]
     pub from_size: u64,
+    /// The entries the checkpoint adds, \[from_size, size), canonical encoding:
+    /// the signer checks they hash to the checkpoint's root and derives its own
+    /// view of the log (cancels, rejections, signing sessions, policy
+    /// activations) from them.
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub entries: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -64,6 +64,60 @@ impl Bundles {
         })
     }
 
+    /// Whether this signer has been shown (and accepted) the bundle with
+    /// policy hash `hash_hex`.
+    pub fn knows(&self, hash_hex: &str) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.iter().any(|s| {
+            PolicyHash::of_document(s.document.as_bytes())
+                .to_string()
+                .eq_ignore_ascii_case(hash_hex)
+        })
+    }
+
+    /// Verifies `document` against the admin set and remembers it
+    /// (persisted, with this signer's clock as its first sighting) if it is
+    /// new; refuses a bundle the governance rules refuse (an older version).
+    pub fn learn(
+        &self,
+        document: &[u8],
+        signatures: &[u8],
+        now: Timestamp,
+    ) -> Result<(), NodeError> {
+        let hash = PolicyHash::of_document(document);
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let known =
+            g.0.iter()
+                .any(|s| PolicyHash::of_document(s.document.as_bytes()) == hash);
+        if known {
+            return Ok(());
+        }
+        let v = verify(document, signatures, &self.admins)?;
+        let doc = String::from_utf8(document.to_vec())
+            .map_err(|_| refused("policy document is not UTF-8"))?;
+        let sigs = String::from_utf8(signatures.to_vec())
+            .map_err(|_| refused("policy signatures are not UTF-8"))?;
+        let mut next_state = g.1.clone();
+        match &mut next_state {
+            None => next_state = Some(PolicyState::genesis(v, now)),
+            Some(st) => {
+                st.propose(v, now)
+                    .map_err(|e| refused(format!("policy update {hash}: {e}")))?;
+            }
+        }
+        let mut next_seen = g.0.clone();
+        next_seen.push(Seen {
+            document: doc,
+            signatures: sigs,
+            first_seen: now.0,
+        });
+        let bytes = serde_json::to_vec_pretty(&next_seen)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        crate::store::write_atomic(&self.path, &bytes)?;
+        *g = (next_seen, next_state);
+        Ok(())
+    }
+
     /// The policy named by `document` if this signer accepts it as the one in
     /// force at `now`: verified against the admin set, remembered (persisted
     /// before use) the first time, and subject to relaxation delays.
@@ -73,36 +127,9 @@ impl Bundles {
         signatures: &[u8],
         now: Timestamp,
     ) -> Result<ActivePolicy, NodeError> {
+        self.learn(document, signatures, now)?;
         let hash = PolicyHash::of_document(document);
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let known =
-            g.0.iter()
-                .any(|s| PolicyHash::of_document(s.document.as_bytes()) == hash);
-        if !known {
-            let v = verify(document, signatures, &self.admins)?;
-            let doc = String::from_utf8(document.to_vec())
-                .map_err(|_| refused("policy document is not UTF-8"))?;
-            let sigs = String::from_utf8(signatures.to_vec())
-                .map_err(|_| refused("policy signatures are not UTF-8"))?;
-            let mut next_state = g.1.clone();
-            match &mut next_state {
-                None => next_state = Some(PolicyState::genesis(v, now)),
-                Some(st) => {
-                    st.propose(v, now)
-                        .map_err(|e| refused(format!("policy update {hash}: {e}")))?;
-                }
-            }
-            let mut next_seen = g.0.clone();
-            next_seen.push(Seen {
-                document: doc,
-                signatures: sigs,
-                first_seen: now.0,
-            });
-            let bytes = serde_json::to_vec_pretty(&next_seen)
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
-            crate::store::write_atomic(&self.path, &bytes)?;
-            *g = (next_seen, next_state);
-        }
         let st =
             g.1.as_mut()
                 .ok_or_else(|| NodeError::Internal("no policy state".into()))?;

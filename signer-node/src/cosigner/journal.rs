@@ -39,6 +39,9 @@ pub struct SignedRecord {
     pub initiator: String,
     /// Base units, decimal.
     pub amount: String,
+    /// Fee cap in native base units, decimal (empty in older records).
+    #[serde(default)]
+    pub fee_cap: String,
     /// Unix seconds (this signer's clock) of the first signature of this
     /// withdrawal (velocity counts it from then).
     pub at: i64,
@@ -73,6 +76,10 @@ pub struct Spend {
     pub initiator: String,
     /// Base units, decimal.
     pub amount: String,
+    /// Fee cap in the chain's native base units, decimal (empty in records
+    /// written before fees counted).
+    #[serde(default)]
+    pub fee_cap: String,
     /// Unix seconds (this signer's clock).
     pub at: i64,
 }
@@ -247,6 +254,7 @@ impl Journal {
                         destination: s.destination.clone(),
                         initiator: s.initiator.clone(),
                         amount: s.amount.clone(),
+                        fee_cap: s.fee_cap.clone(),
                         at: s.at,
                     },
                     (None, Some(a)) if k.cancelled_by.is_none() => a.clone(),
@@ -263,6 +271,7 @@ impl Journal {
                     destination: s.destination,
                     initiator: s.initiator,
                     amount: Amount(s.amount.parse().ok()?),
+                    fee_cap: Amount(s.fee_cap.parse().unwrap_or(0)),
                     at: Timestamp(s.at),
                 })
             })

@@ -9,13 +9,14 @@
 pub mod bundles;
 pub mod chains;
 pub mod journal;
+pub mod log_view;
 pub mod witness;
 
 use std::sync::Mutex;
 
 use custos_policy::{
-    Approval, Authorization, FeeBumpStatement, SigningClaim, Timestamp, Withdrawal, authorize,
-    authorize_fee_bump, check_cancellation, fee_bump_needs_approval, intent_digest,
+    Approval, Authorization, FeeBumpStatement, PolicyHash, SigningClaim, Timestamp, Withdrawal,
+    authorize, authorize_fee_bump, check_cancellation, fee_bump_needs_approval, intent_digest,
 };
 use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
 
@@ -71,6 +72,23 @@ pub enum SignDecision {
     Repeat(Vec<u8>),
 }
 
+/// A key signs withdrawals only if any two of its signer sets share a
+/// signer (t > n/2): that signer's own record refuses the second signing of
+/// a withdrawal, so two disjoint sets cannot each sign it (and pay it twice
+/// with different nonces).
+pub fn check_majority_key(meta: &crate::store::KeyMeta) -> Result<(), NodeError> {
+    let n = meta.participants.len();
+    if usize::from(meta.threshold) * 2 <= n {
+        return Err(refused(format!(
+            "key {} is {}-of-{n}: two disjoint signer sets could each sign one withdrawal; keys that sign withdrawals need a threshold above n/2 ({} or more of {n})",
+            meta.key_id,
+            meta.threshold,
+            n / 2 + 1
+        )));
+    }
+    Ok(())
+}
+
 fn spend(w: &Withdrawal, at: i64) -> Spend {
     Spend {
         wallet: w.wallet.clone(),
@@ -79,6 +97,7 @@ fn spend(w: &Withdrawal, at: i64) -> Spend {
         destination: w.destination.clone(),
         initiator: w.initiator.clone(),
         amount: w.amount.0.to_string(),
+        fee_cap: w.fee_cap.0.to_string(),
         at,
     }
 }
@@ -179,6 +198,9 @@ impl Cosigner {
         // is checked field by field against it.
         let digest = self.signing_digest(&w, a)?;
         w.tx_digest = hex::encode(intent_digest(&w));
+        // First what the witnessed log says (it may bring a newer bundle,
+        // which a tightening puts in force at once).
+        self.check_logged_facts(&w.id, bundles, a, now)?;
         let active = bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))?;
         let approvals: Vec<Approval> = if a.approvals_json.is_empty() {
             Vec::new()
@@ -193,7 +215,7 @@ impl Cosigner {
                 w.id
             )));
         }
-        let history = self.journal.history(now - HISTORY_SECS, &w.id);
+        let history = self.history(now, &w.id)?;
         let authorization = authorize(
             &active,
             &SigningClaim {
@@ -218,6 +240,78 @@ impl Cosigner {
             digest,
             authorization,
         })
+    }
+
+    /// What the witnessed log says against this withdrawal: a cancel or a
+    /// rejection the coordinator may not have forwarded, or a newer policy
+    /// bundle it has not shown this signer.
+    fn check_logged_facts(
+        &self,
+        id: &str,
+        bundles: &Bundles,
+        a: &WithdrawalAuthorization,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let Some(witness) = &self.witness else {
+            return Ok(()); // signing is refused without a witness anyway
+        };
+        let (logged, newest) =
+            witness.with_view(|v| (v.withdrawal(id).cloned(), v.newest_policy.clone()))?;
+        if let Some(l) = &logged {
+            if let Some((index, by)) = &l.cancelled {
+                return Err(refused(format!(
+                    "withdrawal {id} was cancelled by {by} (log entry {index})"
+                )));
+            }
+            if let Some((index, by)) = &l.rejected {
+                return Err(refused(format!(
+                    "withdrawal {id} was rejected by approver {by} (log entry {index})"
+                )));
+            }
+        }
+        if let Some(p) = newest
+            && !bundles.knows(&p.hash)
+        {
+            // The coordinator ships the newest bundle with every request;
+            // learning it starts its relaxation delay on this signer's clock.
+            if !a.latest_policy_document.is_empty()
+                && PolicyHash::of_document(&a.latest_policy_document)
+                    .to_string()
+                    .eq_ignore_ascii_case(&p.hash)
+            {
+                return bundles.learn(
+                    &a.latest_policy_document,
+                    &a.latest_policy_signatures,
+                    Timestamp(now),
+                );
+            }
+            return Err(refused(format!(
+                "the log activated policy {} (version {}, entry {}), which the coordinator has not shown this signer: it signs under no older policy",
+                p.hash, p.version, p.index
+            )));
+        }
+        Ok(())
+    }
+
+    /// Velocity history: this signer's own record, plus every withdrawal the
+    /// witnessed log shows a signing session for (whichever signers signed
+    /// it), counted from when this signer witnessed it.
+    fn history(
+        &self,
+        now: i64,
+        exclude: &str,
+    ) -> Result<Vec<custos_policy::HistoryEntry>, NodeError> {
+        let since = now - HISTORY_SECS;
+        let mut history = self.journal.history(since, exclude);
+        if let Some(witness) = &self.witness {
+            let logged = witness.with_view(|v| v.spends_since(since))?;
+            for h in logged {
+                if h.id != exclude && !history.iter().any(|o| o.id == h.id) {
+                    history.push(h);
+                }
+            }
+        }
+        Ok(history)
     }
 
     /// Verifies a completed quorum and records when this signer saw it;
@@ -309,6 +403,9 @@ impl Cosigner {
             }
             if !a.unsigned_tx.is_empty() && !s.tx.is_empty() {
                 let grant = self.fee_bump(&w, a, s, &known, now)?;
+                // The approvals were checked at the first signature; the
+                // replacement's own signing must be in the log too.
+                self.check_log(a, &grant.withdrawal, &grant.digest, presig_id, None)?;
                 return Ok((SignDecision::Issue(Box::new(grant)), guard));
             }
             return Err(NodeError::Replay(format!(
@@ -351,28 +448,12 @@ impl Cosigner {
                 from - now
             )));
         }
-        let witness = self.witness.as_ref().ok_or_else(|| {
-            refused(
-                "no audit log key configured ([cosigner] log_key): this signer signs no withdrawal",
-            )
-        })?;
-        let proof: Vec<custos_audit::Hash> = a
-            .inclusion_proof
-            .iter()
-            .map(|h| {
-                h.as_slice()
-                    .try_into()
-                    .map_err(|_| NodeError::InvalidRequest("inclusion proof hash length".into()))
-            })
-            .collect::<Result<_, _>>()?;
-        witness.check_decision(
-            &a.decision_entry,
-            a.decision_entry_index,
-            &proof,
-            a.proof_tree_size,
-            &w.id,
-            &v.authorization.decision.policy_hash.0,
-            &a.rule_id,
+        self.check_log(
+            a,
+            &v.withdrawal,
+            &v.digest,
+            presig_id,
+            Some(&v.authorization.decision),
         )?;
         Ok((
             SignDecision::Issue(Box::new(Grant {
@@ -386,6 +467,92 @@ impl Cosigner {
             })),
             guard,
         ))
+    }
+
+    /// The log gate: the withdrawal's decision (when `decision` is given,
+    /// matched against the policy and rule this signer found) and this very
+    /// signing session are in a checkpoint this signer co-signed.
+    fn check_log(
+        &self,
+        a: &WithdrawalAuthorization,
+        w: &Withdrawal,
+        digest: &[u8; 32],
+        presig_id: &str,
+        decision: Option<&custos_policy::Decision>,
+    ) -> Result<(), NodeError> {
+        let witness = self.witness.as_ref().ok_or_else(|| {
+            refused(
+                "no audit log key configured ([cosigner] log_key): this signer signs no withdrawal",
+            )
+        })?;
+        let hashes = |proof: &[Vec<u8>],
+                      what: &str|
+         -> Result<Vec<custos_audit::Hash>, NodeError> {
+            proof
+                .iter()
+                .map(|h| {
+                    h.as_slice().try_into().map_err(|_| {
+                        NodeError::InvalidRequest(format!("{what} inclusion proof: hash length"))
+                    })
+                })
+                .collect()
+        };
+        if let Some(d) = decision {
+            witness.check_decision(
+                &a.decision_entry,
+                a.decision_entry_index,
+                &hashes(&a.inclusion_proof, "decision")?,
+                a.proof_tree_size,
+                &w.id,
+                &d.policy_hash.0,
+                &a.rule_id,
+            )?;
+        }
+        if a.signing_entry.is_empty() {
+            return Err(refused(format!(
+                "withdrawal {}: no signing-session entry was shown; this signer signs only what the log it co-signed already records",
+                w.id
+            )));
+        }
+        let participants = witness.check_signing(
+            &a.signing_entry,
+            a.signing_entry_index,
+            &hashes(&a.signing_inclusion_proof, "signing")?,
+            a.proof_tree_size,
+            &witness::SigningFacts {
+                withdrawal_id: &w.id,
+                key_id: &w.wallet,
+                digest,
+                presignature_id: presig_id,
+            },
+        )?;
+        if decision.is_none() {
+            return Ok(()); // a fee bump: its own session, after the first
+        }
+        // One signing per withdrawal, whichever signers are asked: the first
+        // session in the log decides the signer set and the presignature.
+        let first =
+            witness.with_view(|v| v.withdrawal(&w.id).and_then(|l| l.first_signing.clone()))?;
+        match first {
+            Some(f)
+                if f.index == a.signing_entry_index
+                    || (f.participants == participants
+                        && f.presignature_id.as_deref() == Some(presig_id)) =>
+            {
+                Ok(())
+            }
+            Some(f) => Err(NodeError::Replay(format!(
+                "withdrawal {} was first logged for signing at entry {} by {} with presignature {}: a withdrawal is signed once, by one signer set",
+                w.id,
+                f.index,
+                f.participants.join(", "),
+                f.presignature_id.unwrap_or_default()
+            ))),
+            None => Err(refused(format!(
+                "withdrawal {}: signing entry {} is not in this signer's view of the log",
+                w.id, a.signing_entry_index
+            ))),
+        }
     }
 
     /// A fee bump of a transaction this signer already signed: the same
@@ -532,6 +699,7 @@ impl Cosigner {
                 destination: w.destination.clone(),
                 initiator: w.initiator.clone(),
                 amount: w.amount.0.to_string(),
+                fee_cap: w.fee_cap.0.to_string(),
                 at: now_secs(),
             },
         )

@@ -10,24 +10,36 @@ use std::sync::Mutex;
 use custos_audit::entry::DecisionOutcome;
 use custos_audit::note::VerifierKey;
 use custos_audit::proof::verify_inclusion;
+use custos_audit::tree::CompactRange;
 use custos_audit::{Checkpoint, Entry, EntryBody, Hash, SignedNote, Witness, leaf_hash};
 use custos_hsm::SealedLogSigner;
 use serde::{Deserialize, Serialize};
 
+use super::log_view::LogView;
 use crate::error::NodeError;
 
 /// Roots kept for inclusion checks (oldest dropped first).
 const MAX_ROOTS: usize = 4096;
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct State {
     last_note: Option<String>,
     roots: BTreeMap<u64, String>,
+    /// The perfect subtree roots covering the witnessed prefix (hex), from
+    /// which the next entries' root is computed.
+    #[serde(default)]
+    frontier: Vec<String>,
+    /// What the witnessed entries say. `None` only in a state written before
+    /// entries were shipped with checkpoints.
+    #[serde(default)]
+    view: Option<LogView>,
 }
 
 /// The witness and the roots it co-signed.
 pub struct LogWitness {
     path: PathBuf,
+    /// This signer's node id (its name as a witness).
+    name: String,
     inner: Mutex<(Witness<SealedLogSigner>, State)>,
 }
 
@@ -66,6 +78,7 @@ impl LogWitness {
             .map_err(|e| NodeError::Internal(format!("witness: {e}")))?;
         Ok(Self {
             path,
+            name: name.to_owned(),
             inner: Mutex::new((w, state)),
         })
     }
@@ -85,13 +98,16 @@ impl LogWitness {
     }
 
     /// Co-signs `note` if it extends (consistently) the last checkpoint
-    /// co-signed, which must have size `from_size`; persists before answering.
+    /// co-signed, which must have size `from_size`, and `entries` are exactly
+    /// the entries it adds (they must hash to its root); applies them to the
+    /// log view and persists before answering.
     pub fn cosign(
         &self,
         note: &str,
         proof: &[Hash],
         from_size: u64,
         now_secs: u64,
+        entries: &[Vec<u8>],
     ) -> Result<String, NodeError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let have = g.0.last().map(|c| c.size).unwrap_or(0);
@@ -103,15 +119,17 @@ impl LogWitness {
         let parsed = SignedNote::parse(note).map_err(|e| refused(format!("checkpoint: {e}")))?;
         let cp = Checkpoint::parse_text(&parsed.text)
             .map_err(|e| refused(format!("checkpoint: {e}")))?;
-        let mut trial_state = State {
-            last_note: Some(note.to_owned()),
-            roots: g.1.roots.clone(),
-        };
+        let mut trial_state = g.1.clone();
+        trial_state.last_note = Some(note.to_owned());
         trial_state.roots.insert(cp.size, hex::encode(cp.root));
         while trial_state.roots.len() > MAX_ROOTS {
             if let Some(k) = trial_state.roots.keys().next().copied() {
                 trial_state.roots.remove(&k);
             }
+        }
+        if cp.size > have {
+            let now = i64::try_from(now_secs).unwrap_or(i64::MAX);
+            extend(&mut trial_state, have, cp.size, &cp.root, entries, now)?;
         }
         // Verify first (the witness refuses rollbacks and split views) ...
         let line =
@@ -123,6 +141,55 @@ impl LogWitness {
         crate::store::write_atomic(&self.path, &bytes)?;
         g.1 = trial_state;
         Ok(line)
+    }
+
+    /// Runs `f` on the log view (the prefix this signer co-signed).
+    pub fn with_view<T>(&self, f: impl FnOnce(&LogView) -> T) -> Result<T, NodeError> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match (&g.1.view, &g.1.last_note) {
+            (Some(v), _) => Ok(f(v)),
+            // Nothing witnessed yet: the log is empty as far as it knows.
+            (None, None) => Ok(f(&LogView::default())),
+            (None, Some(_)) => Err(legacy_state()),
+        }
+    }
+
+    /// Decodes `entry` after checking it is entry `index` of a checkpoint of
+    /// size `size` this signer co-signed (`what` names it in refusals).
+    fn witnessed_entry(
+        &self,
+        what: &str,
+        entry: &[u8],
+        index: u64,
+        proof: &[Hash],
+        size: u64,
+    ) -> Result<EntryBody, NodeError> {
+        let root = {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.1.roots.get(&size).cloned()
+        }
+        .ok_or_else(|| {
+            refused(format!(
+                "{what} entry {index}: this signer never co-signed a checkpoint of size {size}"
+            ))
+        })?;
+        let root: Hash = hex::decode(&root)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| NodeError::Internal("stored root".into()))?;
+        verify_inclusion(index, size, &leaf_hash(entry), proof, &root).map_err(|e| {
+            refused(format!(
+                "{what} entry {index} is not in the witnessed log: {e}"
+            ))
+        })?;
+        let decoded = Entry::decode(entry).map_err(|e| refused(format!("{what} entry: {e}")))?;
+        if decoded.index != index {
+            return Err(refused(format!(
+                "{what} entry claims index {}, expected {index}",
+                decoded.index
+            )));
+        }
+        Ok(decoded.body)
     }
 
     /// The gate before signing: `entry` is entry `index` of a checkpoint of
@@ -139,32 +206,7 @@ impl LogWitness {
         policy_hash: &[u8; 32],
         rule_id: &str,
     ) -> Result<(), NodeError> {
-        let root = {
-            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            g.1.roots.get(&size).cloned()
-        }
-        .ok_or_else(|| {
-            refused(format!(
-                "decision entry {index}: this signer never co-signed a checkpoint of size {size}"
-            ))
-        })?;
-        let root: Hash = hex::decode(&root)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| NodeError::Internal("stored root".into()))?;
-        verify_inclusion(index, size, &leaf_hash(entry), proof, &root).map_err(|e| {
-            refused(format!(
-                "decision entry {index} is not in the witnessed log: {e}"
-            ))
-        })?;
-        let decoded = Entry::decode(entry).map_err(|e| refused(format!("decision entry: {e}")))?;
-        if decoded.index != index {
-            return Err(refused(format!(
-                "entry claims index {}, expected {index}",
-                decoded.index
-            )));
-        }
-        match decoded.body {
+        match self.witnessed_entry("decision", entry, index, proof, size)? {
             EntryBody::PolicyDecision {
                 withdrawal_id: w,
                 policy_hash: h,
@@ -196,4 +238,125 @@ impl LogWitness {
             ))),
         }
     }
+
+    /// The gate before a partial leaves: `entry` is a signing-session entry
+    /// in a checkpoint of size `size` this signer co-signed, for exactly
+    /// this signing (withdrawal, key, digest, presignature) with this signer
+    /// among its participants. So no partial exists whose signing the log
+    /// does not show, whoever asks for it.
+    /// Returns the session's participants.
+    pub fn check_signing(
+        &self,
+        entry: &[u8],
+        index: u64,
+        proof: &[Hash],
+        size: u64,
+        signing: &SigningFacts<'_>,
+    ) -> Result<Vec<String>, NodeError> {
+        match self.witnessed_entry("signing", entry, index, proof, size)? {
+            EntryBody::SigningSession {
+                withdrawal_id,
+                key_id,
+                participants,
+                presignature_id,
+                message_digest,
+                ..
+            } => {
+                let mismatch = |field: &str| {
+                    refused(format!(
+                        "logged signing session {index} is for another {field} than this signing of withdrawal {}",
+                        signing.withdrawal_id
+                    ))
+                };
+                if withdrawal_id != signing.withdrawal_id {
+                    return Err(mismatch("withdrawal"));
+                }
+                if key_id != signing.key_id {
+                    return Err(mismatch("key"));
+                }
+                if message_digest != *signing.digest {
+                    return Err(mismatch("digest"));
+                }
+                if presignature_id.as_deref() != Some(signing.presignature_id) {
+                    return Err(mismatch("presignature"));
+                }
+                if !participants.contains(&self.name) {
+                    return Err(mismatch("signer set"));
+                }
+                Ok(participants)
+            }
+            other => Err(refused(format!(
+                "entry {index} is a {}, not a signing session",
+                other.kind_name()
+            ))),
+        }
+    }
+}
+
+fn legacy_state() -> NodeError {
+    NodeError::NotReady(
+        "witness.json was written before checkpoints carried their entries: this signer has no \
+         view of the log; stop it, move witness.json aside and let it witness the log from the start"
+            .into(),
+    )
+}
+
+/// Checks that `entries` are the entries `[have, size)` of the log whose
+/// first `size` entries hash to `root`, and applies them to the view.
+fn extend(
+    state: &mut State,
+    have: u64,
+    size: u64,
+    root: &Hash,
+    entries: &[Vec<u8>],
+    now: i64,
+) -> Result<(), NodeError> {
+    let view = match (&mut state.view, have) {
+        (Some(v), _) => v,
+        (None, 0) => state.view.insert(LogView::default()),
+        (None, _) => return Err(legacy_state()),
+    };
+    let want = size - have;
+    if entries.len() as u64 != want {
+        return Err(refused(format!(
+            "checkpoint {size}: {want} new entries from index {have} must come with it, got {}",
+            entries.len()
+        )));
+    }
+    let parts: Vec<Hash> = state
+        .frontier
+        .iter()
+        .map(|h| hex::decode(h).ok().and_then(|b| b.try_into().ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| NodeError::Internal("witness frontier".into()))?;
+    let mut range = CompactRange::from_parts(have, &parts)
+        .map_err(|e| NodeError::Internal(format!("witness frontier: {e}")))?;
+    for (i, bytes) in entries.iter().enumerate() {
+        let index = have + i as u64;
+        let entry = Entry::decode(bytes).map_err(|e| refused(format!("log entry {index}: {e}")))?;
+        view.apply(&entry, now)
+            .map_err(|e| refused(format!("log entry {index}: {e}")))?;
+        range.push(leaf_hash(bytes));
+    }
+    if range.root() != *root {
+        return Err(refused(format!(
+            "the {want} entries shipped with checkpoint {size} do not hash to its root: \
+             the coordinator showed this signer other entries than it logged"
+        )));
+    }
+    state.frontier = range.parts().iter().map(hex::encode).collect();
+    Ok(())
+}
+
+/// One signing as this signer is about to do it.
+#[derive(Debug)]
+pub struct SigningFacts<'a> {
+    /// Withdrawal id.
+    pub withdrawal_id: &'a str,
+    /// Key that signs.
+    pub key_id: &'a str,
+    /// The digest this signer computed.
+    pub digest: &'a [u8; 32],
+    /// The presignature it will consume.
+    pub presignature_id: &'a str,
 }
