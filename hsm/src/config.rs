@@ -16,12 +16,13 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, Pkcs11LogSigner, Pkcs11Sealer,
-    SealedLogSigner, Sealer, SoftwareSealer,
+    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, Pkcs11Counter, Pkcs11LogSigner, Pkcs11Sealer,
+    RollbackCounter, SealedFileCounter, SealedLogSigner, Sealer, SoftwareSealer,
 };
 
 /// Which backend seals a node's shares.
@@ -149,6 +150,33 @@ pub fn open_sealer(cfg: &SealerConfig, data_dir: &Path) -> Result<Box<dyn Sealer
             )?))
         }
         SealerConfig::Pkcs11(c) => Ok(Box::new(Pkcs11Sealer::open(c)?)),
+    }
+}
+
+/// File name of the software backend's rollback counter in the data directory.
+pub const ROLLBACK_COUNTER_FILE: &str = "rollback-counter.sealed";
+
+/// Opens node `node_id`'s rollback counter for its sealer configuration: a
+/// data object labelled `custos-rollback-<node_id>` on the PKCS#11 token,
+/// or `data_dir/rollback-counter.sealed` sealed by `sealer` (software).
+pub fn open_rollback_counter(
+    cfg: &SealerConfig,
+    sealer: Arc<dyn Sealer>,
+    data_dir: &Path,
+    node_id: &str,
+) -> Result<Box<dyn RollbackCounter>, HsmError> {
+    match cfg {
+        SealerConfig::Software(_) => Ok(Box::new(SealedFileCounter::new(
+            &data_dir.join(ROLLBACK_COUNTER_FILE),
+            sealer,
+            node_id,
+        ))),
+        SealerConfig::Pkcs11(c) => Ok(Box::new(Pkcs11Counter::open(
+            &c.module,
+            &c.token_label,
+            &c.pin()?,
+            &format!("custos-rollback-{node_id}"),
+        )?)),
     }
 }
 

@@ -34,6 +34,9 @@
 //! - Rotation: stop the node, open the old and the new sealer, run
 //!   [`reseal_dir`] over the share directory (it is resumable), then switch
 //!   the configuration. Plaintext only exists in zeroized memory.
+//! - Rollback counters ([`open_rollback_counter`]): a data object on the
+//!   token, or a sealed file, holding a value a restored snapshot cannot
+//!   rewind (see [`RollbackCounter`]).
 //! - Log signing: [`open_log_signer`] with a [`LogSignerConfig`]: a token key
 //!   pair ([`Pkcs11LogSigner`], Ed25519, or P-256 where the token lacks it) or
 //!   an Ed25519 key sealed by the software backend ([`SealedLogSigner`]).
@@ -42,6 +45,7 @@
 
 pub mod blob;
 mod config;
+mod counter;
 mod error;
 mod fsutil;
 mod logsign;
@@ -52,8 +56,10 @@ mod software;
 pub mod testing;
 
 pub use config::{
-    LogSignerConfig, Pkcs11Config, SealerConfig, SoftwareConfig, open_log_signer, open_sealer,
+    LogSignerConfig, Pkcs11Config, ROLLBACK_COUNTER_FILE, SealerConfig, SoftwareConfig,
+    open_log_signer, open_rollback_counter, open_sealer,
 };
+pub use counter::{CounterValue, Pkcs11Counter, RollbackCounter, SealedFileCounter};
 pub use error::HsmError;
 pub use fsutil::write_atomic;
 pub use logsign::SealedLogSigner;

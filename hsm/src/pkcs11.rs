@@ -118,11 +118,11 @@ pub fn pkcs11_context(module: &Path) -> Result<Pkcs11, HsmError> {
 // ------------------------------------------------------------ token access
 
 /// A logged-in read-write session on the token with a given label.
-struct TokenSession {
+pub(crate) struct TokenSession {
     ctx: Pkcs11,
     slot: Slot,
     token_label: String,
-    session: Session,
+    pub(crate) session: Session,
 }
 
 fn find_token(ctx: &Pkcs11, label: &str) -> Result<(Slot, String), HsmError> {
@@ -151,7 +151,7 @@ fn find_token(ctx: &Pkcs11, label: &str) -> Result<(Slot, String), HsmError> {
 }
 
 impl TokenSession {
-    fn open(module: &Path, token_label: &str, pin: &Pin) -> Result<Self, HsmError> {
+    pub(crate) fn open(module: &Path, token_label: &str, pin: &Pin) -> Result<Self, HsmError> {
         if pin.is_empty() {
             return Err(HsmError::Config("the PIN is empty".into()));
         }
@@ -219,7 +219,11 @@ impl TokenSession {
         }
     }
 
-    fn find_one(&self, class: ObjectClass, label: &str) -> Result<Option<ObjectHandle>, HsmError> {
+    pub(crate) fn find_one(
+        &self,
+        class: ObjectClass,
+        label: &str,
+    ) -> Result<Option<ObjectHandle>, HsmError> {
         let mut found = self
             .session
             .find_objects(&[
@@ -237,7 +241,7 @@ impl TokenSession {
         }
     }
 
-    fn attributes(
+    pub(crate) fn attributes(
         &self,
         handle: ObjectHandle,
         types: &[AttributeType],

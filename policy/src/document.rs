@@ -33,6 +33,13 @@ pub struct PolicyDocument {
     /// Named sets of approvers, referenced by quorums and cancel rights.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// API clients' request keys. When any is registered, every withdrawal
+    /// must carry its initiator's signature over the request (see
+    /// [`RequestStatement`](crate::RequestStatement)), and signers evaluate
+    /// initiator conditions on the client that signed, not on what the
+    /// coordinator says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_keys: Vec<RequestKey>,
     /// Native asset of a chain (`anvil = "ETH"`), the asset its fees are paid
     /// in. Overrides and extends the built-in names (see
     /// [`native_asset`](crate::native_asset)); needed for `evm:<id>` chains.
@@ -111,6 +118,19 @@ pub struct Approver {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webauthn_p256: Option<String>,
     /// A revoked approver's approvals are refused; the entry stays for the audit trail.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// An API client's request key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestKey {
+    /// The client's id (its API identity, the withdrawal's initiator).
+    pub client: String,
+    /// Ed25519 public key, 64 hex digits.
+    pub ed25519: String,
+    /// A revoked key signs nothing; the entry stays for the audit trail.
     #[serde(default)]
     pub revoked: bool,
 }

@@ -257,6 +257,23 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
             return Some(format!("approver {:?} added, changed or reinstated", a.id));
         }
     }
+    // A new or changed request key is a new way to initiate; dropping the
+    // last one turns request signing off.
+    if !old.request_keys.is_empty() && new.request_keys.is_empty() {
+        return Some("request signing turned off".into());
+    }
+    for k in &new.request_keys {
+        let kept = old
+            .request_keys
+            .iter()
+            .any(|o| o.client == k.client && o.ed25519 == k.ed25519 && (!o.revoked || k.revoked));
+        if !kept {
+            return Some(format!(
+                "request key of client {:?} added, changed or reinstated",
+                k.client
+            ));
+        }
+    }
     for (g, members) in &new.groups {
         match old.groups.get(g) {
             Some(om) if members.iter().all(|m| om.contains(m)) => {}

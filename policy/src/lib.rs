@@ -35,6 +35,7 @@ mod intent;
 mod keys;
 mod policy;
 mod quorum;
+mod request;
 mod statement;
 mod value;
 
@@ -51,8 +52,8 @@ pub use bundle::{
 };
 pub use document::{
     ActionKind, AddressEntry, AmountRange, Approver, Destination, FeeBound, FeeBumps,
-    PolicyDocument, QuorumSpec, QuorumTerm, RiskRange, Rule, Settings, TimeWindow, Velocity,
-    VelocityKey,
+    PolicyDocument, QuorumSpec, QuorumTerm, RequestKey, RiskRange, Rule, Settings, TimeWindow,
+    Velocity, VelocityKey,
 };
 pub use error::{Issue, PolicyError, Result};
 pub use eval::{
@@ -68,6 +69,9 @@ pub use governance::{ActivePolicy, PolicyState, UpdateEffect, relaxation};
 pub use intent::{INTENT_DOMAIN, intent_digest};
 pub use keys::{PublicKey, SecretKey};
 pub use policy::{MAX_DOCUMENT_BYTES, POLICY_HASH_DOMAIN, Policy, PolicyHash, parse_document};
+pub use request::{
+    REQUEST_SIGN_DOMAIN, RequestStatement, canonical_destination, request_withdrawal_id,
+};
 pub use statement::{
     APPROVAL_SIGN_DOMAIN, ApprovalStatement, MAX_DIGEST_LEN, STATEMENT_MAGIC, STATEMENT_VERSION,
     Verdict,

@@ -102,6 +102,8 @@ pub struct Policy {
     doc: PolicyDocument,
     hash: PolicyHash,
     keys: Vec<VerifyingKey>,
+    /// Active request keys by client id.
+    pub(crate) request_keys: BTreeMap<String, VerifyingKey>,
     pub(crate) resolved: Vec<Resolved>,
     /// (chain, canonical address) → entry indices.
     pub(crate) book_index: BTreeMap<(String, String), Vec<usize>>,
@@ -313,6 +315,25 @@ impl Validator {
                 }
             }
         }
+        // Request keys.
+        let mut request_keys = BTreeMap::new();
+        let mut clients = BTreeSet::new();
+        for (i, k) in doc.request_keys.iter().enumerate() {
+            let path = format!("request_keys[{i}] ({})", k.client);
+            if !valid_id(&k.client) {
+                self.err(&path, "client must be 1-128 characters of [A-Za-z0-9-_.:@]");
+            }
+            if !clients.insert(k.client.clone()) {
+                self.err(&path, format!("duplicate client {:?}", k.client));
+            }
+            match crate::keys::PublicKey::from_hex(&k.ed25519) {
+                Ok(key) if !k.revoked => {
+                    request_keys.insert(k.client.clone(), key.0);
+                }
+                Ok(_) => {}
+                Err(e) => self.err(&path, format!("ed25519: {e}")),
+            }
+        }
         // Approver groups.
         let index_of = |id: &str| doc.approvers.iter().position(|a| a.id == id);
         let mut group_members: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
@@ -373,6 +394,7 @@ impl Validator {
             doc,
             hash,
             keys,
+            request_keys,
             resolved,
             book_index,
             warnings: Vec::new(),

@@ -130,6 +130,17 @@ fn human(ms: u64) -> String {
     }
 }
 
+impl Default for RiskModel {
+    /// The model of the default configuration (which is valid and has an
+    /// empty deny list).
+    fn default() -> Self {
+        Self {
+            config: RiskConfig::default(),
+            deny: HashSet::new(),
+        }
+    }
+}
+
 impl RiskModel {
     /// Validates `config` and prepares the deny list.
     pub fn new(config: RiskConfig) -> Result<Self> {

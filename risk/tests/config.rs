@@ -25,6 +25,7 @@ fn defaults_are_valid_and_an_empty_document_means_defaults() {
     assert_eq!(c.amount_points, 70);
     assert_eq!(c.ring_capacity, 512);
     RiskModel::new(c).unwrap();
+    assert_eq!(RiskModel::default().config(), &RiskConfig::default());
     // Round trip.
     let json = serde_json::to_string(&RiskConfig::default()).unwrap();
     assert_eq!(

@@ -41,6 +41,11 @@ pub struct SignerConfig {
     /// Withdrawal co-signer checks.
     #[serde(default)]
     pub cosigner: CosignerConfig,
+    /// The risk model this signer scores withdrawals with itself (custos-risk
+    /// `RiskConfig`, the coordinator's `[risk]` table format): the policy is
+    /// evaluated on the higher of its score and the coordinator's.
+    #[serde(default)]
+    pub risk: custos_risk::RiskConfig,
     /// Development and test settings.
     #[serde(default)]
     pub dev: DevConfig,

@@ -334,13 +334,25 @@ fn open_cosigner(
                 .unwrap_or_else(|| data_dir.join("witness-key.sealed"));
             let key = custos_hsm::SealedLogSigner::open(store.sealer(), &key_path, true)
                 .map_err(|e| config_error(anyhow!("config field `cosigner.witness_key`: {e}")))?;
+            let counter = custos_hsm::open_rollback_counter(
+                &cfg.sealer,
+                store.shared_sealer(),
+                data_dir,
+                &cfg.node_id,
+            )
+            .context("rollback counter (config field `sealer`)")
+            .map_err(config_error)?;
             Some(
-                LogWitness::open(data_dir, &cfg.node_id, key, &c.log_origin, k)
+                LogWitness::open(data_dir, &cfg.node_id, key, &c.log_origin, k, counter)
                     .map_err(|e| config_error(anyhow!("config field `cosigner.log_key`: {e}")))?,
             )
         }
     };
     custos_signer_node::cosigner::chains::validate(&c.chains)
         .map_err(|e| config_error(anyhow!("config field `cosigner.chains`: {e}")))?;
-    Ok(Cosigner::new(bundles, journal, witness).with_chains(c.chains.clone()))
+    let risk = custos_risk::RiskModel::new(cfg.risk.clone())
+        .map_err(|e| config_error(anyhow!("config table `risk`: {e}")))?;
+    Ok(Cosigner::new(bundles, journal, witness)
+        .with_chains(c.chains.clone())
+        .with_risk(risk))
 }

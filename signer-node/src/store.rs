@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use custos_hsm::{SealContext, Sealer};
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,7 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), NodeError> {
 pub struct Store {
     root: PathBuf,
     node_id: String,
-    sealer: Box<dyn Sealer>,
+    sealer: Arc<dyn Sealer>,
     used_eids: Mutex<HashSet<String>>,
 }
 
@@ -81,7 +81,7 @@ impl Store {
         Ok(Store {
             root: root.to_owned(),
             node_id: node_id.to_owned(),
-            sealer,
+            sealer: Arc::from(sealer),
             used_eids: Mutex::new(used),
         })
     }
@@ -89,6 +89,11 @@ impl Store {
     /// The sealer (also seals the witness key).
     pub fn sealer(&self) -> &dyn Sealer {
         self.sealer.as_ref()
+    }
+
+    /// The sealer, shared (the software rollback counter seals with it).
+    pub fn shared_sealer(&self) -> Arc<dyn Sealer> {
+        Arc::clone(&self.sealer)
     }
 
     /// The sealing backend's name, for status output.

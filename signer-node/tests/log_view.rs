@@ -95,6 +95,10 @@ fn the_view_keeps_what_a_signer_must_not_take_from_the_coordinator() {
     assert_eq!(first.participants, vec!["signer-1", "signer-2"]);
     assert_eq!(first.presignature_id.as_deref(), Some("ps-a"));
     assert_eq!(first.witnessed_at, 1_003);
+    // Each presignature's first use is remembered, per key (case 44).
+    assert_eq!(v.presignature_use("w-hot", "ps-a"), Some(3));
+    assert_eq!(v.presignature_use("w-hot", "ps-b"), Some(4));
+    assert_eq!(v.presignature_use("w-cold", "ps-a"), None);
     assert_eq!(
         v.withdrawal("wd-2").unwrap().cancelled,
         Some((6, "ops".to_owned()))
@@ -120,4 +124,89 @@ fn entries_must_come_in_order() {
     let e = v.apply(&at(0, requested("wd-2", "1")), 0).unwrap_err();
     assert!(e.contains("next is 1"), "{e}");
     assert_eq!(v.size, 1);
+}
+
+#[test]
+fn entry_times_are_bounded_by_the_signers_clock_and_never_go_back() {
+    let mut v = LogView::default();
+    // Witnessed at t = 1,000 s: the coordinator's times are kept when they
+    // are not in the future of the signer's clock.
+    let mut e = at(0, requested("wd-1", "1"));
+    e.timestamp_ms = 999_000;
+    v.apply(&e, 1_000).unwrap();
+    v.witnessed(1_000);
+    assert_eq!(
+        v.withdrawal("wd-1")
+            .unwrap()
+            .requested
+            .as_ref()
+            .unwrap()
+            .at_ms,
+        999_000
+    );
+    // A time in the future is pulled back to the signer's clock.
+    let mut e = at(1, requested("wd-2", "1"));
+    e.timestamp_ms = 5_000_000;
+    v.apply(&e, 1_010).unwrap();
+    assert_eq!(
+        v.withdrawal("wd-2")
+            .unwrap()
+            .requested
+            .as_ref()
+            .unwrap()
+            .at_ms,
+        1_011_000
+    );
+    v.witnessed(1_010);
+    // An entry in a later checkpoint cannot be dated before the previous
+    // checkpoint (less a minute of skew), nor before the entry before it.
+    let mut e = at(2, requested("wd-3", "1"));
+    e.timestamp_ms = 1;
+    v.apply(&e, 2_000).unwrap();
+    assert_eq!(
+        v.withdrawal("wd-3")
+            .unwrap()
+            .requested
+            .as_ref()
+            .unwrap()
+            .at_ms,
+        1_011_000
+    );
+}
+
+#[test]
+fn risk_history_is_what_was_signed_before_the_request() {
+    let mut v = LogView::default();
+    let bodies = vec![
+        requested("wd-1", "100"),
+        session("wd-1", &["signer-1", "signer-2"], "ps-a"),
+        requested("wd-2", "200"),
+        // Requested but never signed: not history.
+        requested("wd-3", "300"),
+        requested("wd-4", "400"),
+        EntryBody::RiskScored {
+            withdrawal_id: "wd-4".into(),
+            provider: "custos-risk/1".into(),
+            score: 12,
+            details_hash: [0; 32],
+        },
+        // Signed after wd-4 was requested: the coordinator had not seen it
+        // when it scored wd-4.
+        session("wd-2", &["signer-1", "signer-2"], "ps-b"),
+    ];
+    for (i, b) in bodies.into_iter().enumerate() {
+        let mut e = at(i as u64, b);
+        e.timestamp_ms = 1_000_000 + i as u64;
+        v.apply(&e, 2_000).unwrap();
+    }
+    let (history, at_ms) = v.risk_inputs("wd-4");
+    assert_eq!(at_ms, Some(1_000_004));
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].amount, 100);
+    assert_eq!(history[0].at_ms, 1_000_000);
+    assert_eq!(v.withdrawal("wd-4").unwrap().risk_score, Some(12));
+    // A withdrawal the log has no request for is scored on everything signed.
+    let (history, at_ms) = v.risk_inputs("wd-9");
+    assert_eq!(at_ms, None);
+    assert_eq!(history.len(), 2);
 }

@@ -279,6 +279,9 @@ use custos_proto::custody::{
 
 /// A whitelisted destination in the test and demo policies (`exchange-deposit`).
 pub const WHITELISTED: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+/// The flow policy's cold-storage address (whitelisted; tests that need a
+/// second whitelisted destination use it).
+pub const COLD_STORAGE: &str = "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB";
 /// A valid address that is in no address book.
 pub const NOT_WHITELISTED: &str = "0x000000000000000000000000000000000000dEaD";
 /// 1 ETH in wei.
@@ -307,16 +310,38 @@ pub async fn start_flow(
     raw_digest: bool,
     wallets: &[&str],
 ) -> FlowCluster {
-    start_flow_on(policy, raw_digest, wallets, None).await
+    start_flow_on(policy, raw_digest, wallets, FlowSettings::default()).await
 }
 
-/// Like [`start_flow`], with the coordinator on the database at `database_url`
-/// (e.g. a fresh PostgreSQL database) instead of its SQLite file.
+/// What a flow cluster may change from [`start_flow`]'s defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowSettings<'a> {
+    /// The coordinator's database (e.g. a fresh PostgreSQL database) instead
+    /// of its SQLite file.
+    pub database_url: Option<&'a str>,
+    /// Whole tables appended to every signer's config (e.g. a `[risk]`
+    /// table that differs from the coordinator's).
+    pub signer_toml: &'a str,
+}
+
+/// Appends `toml` (whole tables) to the config file at `path`.
+fn append_toml(path: &std::path::Path, toml: &str) {
+    if toml.is_empty() {
+        return;
+    }
+    let mut cfg = std::fs::read_to_string(path).unwrap();
+    cfg.push('\n');
+    cfg.push_str(toml);
+    cfg.push('\n');
+    std::fs::write(path, cfg).unwrap();
+}
+
+/// Like [`start_flow`], with `settings`.
 pub async fn start_flow_on(
     policy: &std::path::Path,
     raw_digest: bool,
     wallets: &[&str],
-    database_url: Option<&str>,
+    settings: FlowSettings<'_>,
 ) -> FlowCluster {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
@@ -329,7 +354,7 @@ pub async fn start_flow_on(
     spec.raw_digest = raw_digest;
     spec.bin_dir = Some(bin_dir());
     let layout = custos_devkit::generate(&spec).unwrap();
-    if let Some(url) = database_url {
+    if let Some(url) = settings.database_url {
         // Top-level keys go before the first [section].
         let cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
         std::fs::write(
@@ -337,6 +362,9 @@ pub async fn start_flow_on(
             format!("database_url = {url:?}\n{cfg}"),
         )
         .unwrap();
+    }
+    for s in &layout.signers {
+        append_toml(&s.config, settings.signer_toml);
     }
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     let tc = start_layout(dir, layout, opts).await;
@@ -457,13 +485,14 @@ pub async fn approve(approver: &Client, w: &Withdrawal, who: &str) -> Withdrawal
 }
 
 /// Like [`start_flow`], for benchmarks: the coordinator keeps `pool`
-/// presignatures per key, and `coordinator_toml` (whole tables, e.g. a
-/// `[risk]` table) is appended to its config before the cluster starts.
+/// presignatures per key, and `risk_toml` (a `[risk]` table) is appended to
+/// the coordinator's and every signer's config before the cluster starts
+/// (signers score risk themselves, with the same model).
 pub async fn start_flow_tuned(
     policy: &std::path::Path,
     wallets: &[&str],
     pool: u32,
-    coordinator_toml: &str,
+    risk_toml: &str,
 ) -> FlowCluster {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
@@ -474,12 +503,9 @@ pub async fn start_flow_tuned(
     spec.presignature_pool = pool;
     spec.bin_dir = Some(bin_dir());
     let layout = custos_devkit::generate(&spec).unwrap();
-    if !coordinator_toml.is_empty() {
-        let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
-        cfg.push('\n');
-        cfg.push_str(coordinator_toml);
-        cfg.push('\n');
-        std::fs::write(&layout.coordinator.config, cfg).unwrap();
+    append_toml(&layout.coordinator.config, risk_toml);
+    for s in &layout.signers {
+        append_toml(&s.config, risk_toml);
     }
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     let tc = start_layout(dir, layout, opts).await;

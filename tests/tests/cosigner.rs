@@ -41,6 +41,19 @@ fn bundle(layout: &ClusterLayout) -> Bundle {
     }
 }
 
+/// `document` signed by both demo admins (the cluster's admin set).
+fn admin_signed(document: String) -> Bundle {
+    let mut sigs = custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(
+        document.as_bytes(),
+    ));
+    sigs.sign(&approver_key("admin1"));
+    sigs.sign(&approver_key("admin2"));
+    Bundle {
+        document: document.into_bytes(),
+        signatures: serde_json::to_vec(&sigs).unwrap(),
+    }
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -129,9 +142,77 @@ async fn all_refuse(
     }
 }
 
+/// A real withdrawal of 5 ETH awaiting two approvals, and the authorization
+/// a rogue coordinator would send with alice's and bob's genuine approvals.
+async fn pending_with_quorum(
+    fc: &FlowCluster,
+    b: &Bundle,
+    request: &str,
+    expiry: i64,
+) -> (custos_proto::custody::Withdrawal, WithdrawalAuthorization) {
+    let pending = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req(request, "w-hot", WHITELISTED, 5 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pending.state, "awaiting_approvals", "{}", pending.decision);
+    let mut w = withdrawal(&pending.id, WHITELISTED, 5 * ETH);
+    w.destination = pending.destination.clone();
+    w.fee_cap = Amount(pending.fee_cap.parse().unwrap());
+    let (st, rule) = statement(&b.document, &w, expiry);
+    let a = auth(b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
+    (pending, a)
+}
+
+/// signer-3 was down while the coordinator acted, so it heard nothing from
+/// it: its refusal of `a` once it has learnt the facts from the entries
+/// shipped with the checkpoints it co-signs after its restart (the message
+/// names the log entry, which only that path does).
+async fn signer3_refusal_from_log(
+    layout: &ClusterLayout,
+    a: &WithdrawalAuthorization,
+) -> tonic::Status {
+    let signer3 = rogue_clients(layout)
+        .await
+        .into_iter()
+        .find(|(n, _)| n == "signer-3")
+        .unwrap()
+        .1;
+    let started = std::time::Instant::now();
+    loop {
+        match signer3.clone().register_quorum(a.clone()).await {
+            Err(e) if e.message().contains("(log entry") => {
+                assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+                return e;
+            }
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "signer-3 never learned it from the log: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compromised_coordinator_gets_no_signature() {
-    let mut fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
+    // The signers' risk model denies cold-storage; the coordinator's does not
+    // (as if its risk configuration or database had been tampered with).
+    let signer_risk = format!("[risk]\ndeny_destinations = [{COLD_STORAGE:?}]");
+    let mut fc = start_flow_on(
+        &flow_policy(),
+        false,
+        &["w-hot"],
+        FlowSettings {
+            signer_toml: &signer_risk,
+            ..Default::default()
+        },
+    )
+    .await;
     let layout = fc.tc.cluster.layout().clone();
     let signers = rogue_clients(&layout).await;
     let b = bundle(&layout);
@@ -187,10 +268,10 @@ async fn compromised_coordinator_gets_no_signature() {
     // A forged bundle: a relaxed document under the real signatures, and one
     // signed by keys that are not admins (case 12).
     let relaxed = String::from_utf8(b.document.clone()).unwrap().replace(
-        "amount = { max = \"1000000000000000000\" }\nvelocity",
-        "amount = { max = \"50000000000000000000\" }\nvelocity",
+        "amount = { max = \"1000000000000000000\" }\nfee",
+        "amount = { max = \"50000000000000000000\" }\nfee",
     );
-    assert_ne!(relaxed.as_bytes(), b.document.as_slice());
+    assert!(relaxed.as_bytes() != b.document.as_slice(), "no change");
     let forged = Bundle {
         document: relaxed.clone().into_bytes(),
         signatures: b.signatures.clone(),
@@ -302,6 +383,14 @@ async fn compromised_coordinator_gets_no_signature() {
     let a = auth(&b, &w, &rule, expiry, &[]);
     all_refuse(&signers, &a, false, "co-signed").await;
 
+    // A huge fee cap on an allowed payout (case 38): 0.1 ETH carrying a
+    // 0.5 ETH fee cap. small-allow bounds the fee cap at 0.01 ETH, so the
+    // signers' own evaluation lands on a blocking rule.
+    let mut w = withdrawal("rogue-fee", WHITELISTED, ETH / 10);
+    w.fee_cap = Amount(ETH / 2);
+    let a = auth(&b, &w, "small-allow", expiry, &[]);
+    all_refuse(&signers, &a, true, "policy blocks withdrawal rogue-fee").await;
+
     // A correctly admin-signed relaxation (v2 adds an address) is not in force
     // on the signers until its change delay has passed on their clocks (cases 12, 13).
     let v2 = String::from_utf8(b.document.clone())
@@ -312,14 +401,7 @@ async fn compromised_coordinator_gets_no_signature() {
             "[[address_book]]\nid = \"new-payee\"\nlabels = [\"opex\"]\nchain = \"ethereum\"\naddress = \"0x1111111111111111111111111111111111111111\"\n\n[[approvers]]",
             1,
         );
-    let mut sigs =
-        custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(v2.as_bytes()));
-    sigs.sign(&approver_key("admin1"));
-    sigs.sign(&approver_key("admin2"));
-    let relaxed = Bundle {
-        document: v2.into_bytes(),
-        signatures: serde_json::to_vec(&sigs).unwrap(),
-    };
+    let relaxed = admin_signed(v2);
     let w = withdrawal(
         "rogue-new-address",
         "0x1111111111111111111111111111111111111111",
@@ -478,14 +560,7 @@ async fn compromised_coordinator_gets_no_signature() {
     // record has no cancel. Once restarted, it learns the cancel from the
     // entries shipped with the next checkpoint it co-signs, and refuses a
     // fully approved quorum for the withdrawal, naming the log entry.
-    let pending = fc
-        .backend
-        .clone()
-        .create_withdrawal(withdrawal_req("cancel-1", "w-hot", WHITELISTED, 5 * ETH))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(pending.state, "awaiting_approvals", "{}", pending.decision);
+    let (pending, a) = pending_with_quorum(&fc, &b, "cancel-1", expiry).await;
     fc.tc.cluster.kill_signer("signer-3").unwrap();
     fc.backend
         .clone()
@@ -496,32 +571,89 @@ async fn compromised_coordinator_gets_no_signature() {
         .await
         .unwrap();
     fc.tc.cluster.restart_signer("signer-3").await.unwrap();
-    let mut w = withdrawal(&pending.id, WHITELISTED, 5 * ETH);
-    w.destination = pending.destination.clone();
-    w.fee_cap = Amount(pending.fee_cap.parse().unwrap());
-    let (st, rule) = statement(&b.document, &w, expiry);
-    let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
-    let signer3 = rogue_clients(fc.tc.cluster.layout())
-        .await
-        .into_iter()
-        .find(|(n, _)| n == "signer-3")
-        .unwrap()
-        .1;
-    let started = std::time::Instant::now();
-    let refusal = loop {
-        match signer3.clone().register_quorum(a.clone()).await {
-            Err(e) if e.message().contains("(log entry") => break e,
-            other => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "signer-3 never learned the cancel from the log: {other:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    };
-    assert_eq!(refusal.code(), Code::PermissionDenied, "{refusal}");
+    let refusal = signer3_refusal_from_log(fc.tc.cluster.layout(), &a).await;
     assert!(refusal.message().contains("cancelled by"), "{refusal}");
+
+    // A dropped reject (case 43): the same with approver carol rejecting
+    // while signer-3 is down; alice and bob's approvals do not help.
+    let (pending, a) = pending_with_quorum(&fc, &b, "reject-1", expiry).await;
+    fc.tc.cluster.kill_signer("signer-3").unwrap();
+    submit_verdict(
+        &fc.approver,
+        &pending,
+        "carol",
+        Verdict::Reject,
+        "unknown payee",
+    )
+    .await
+    .unwrap();
+    fc.tc.cluster.restart_signer("signer-3").await.unwrap();
+    let refusal = signer3_refusal_from_log(fc.tc.cluster.layout(), &a).await;
+    assert!(
+        refusal.message().contains("rejected by approver carol"),
+        "{refusal}"
+    );
+    // A forged low risk score (case 36): the coordinator scores a payout to
+    // cold-storage low and asks for two approvals; the signers score it
+    // themselves (100: on their deny list), so block-high-risk is the rule
+    // they find, and they refuse the genuine quorum. The refusal is logged.
+    let pending = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("risk-1", "w-hot", COLD_STORAGE, 5 * ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pending.state, "awaiting_approvals", "{}", pending.decision);
+    assert!(pending.risk_score < 80, "{}", pending.risk_score);
+    approve(&fc.approver, &pending, "alice").await;
+    approve(&fc.approver, &pending, "bob").await;
+    let failed = wait_state(&fc.backend, &pending.id, &["failed"], LIMIT).await;
+    assert!(
+        failed.reason.contains("block-high-risk") && failed.reason.contains("deny_list"),
+        "{}",
+        failed.reason
+    );
+    assert!(failed.signature_r.is_empty());
+
+    // A withheld policy bundle (case 41): the coordinator restarts on an
+    // admin-signed v3 that lowers small-allow's limit, which the log records as
+    // activated; a request that shows the signers only v1 is refused by
+    // each, from the log (they never saw v3).
+    let v3 = String::from_utf8(b.document.clone())
+        .unwrap()
+        .replacen("version = 1", "version = 3", 1)
+        .replacen(
+            "amount = { max = \"1000000000000000000\" }\nfee",
+            "amount = { max = \"500000000000000000\" }\nfee",
+            1,
+        );
+    let v3 = admin_signed(v3);
+    let policy = layout.policy.as_ref().unwrap();
+    std::fs::write(&policy.document, &v3.document).unwrap();
+    std::fs::write(&policy.signatures, &v3.signatures).unwrap();
+    fc.tc.cluster.kill_coordinator().unwrap();
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+    let w = withdrawal("rogue-withheld", WHITELISTED, ETH / 10);
+    let a = auth(&b, &w, "small-allow", expiry, &[]);
+    let started = std::time::Instant::now();
+    for (node, c) in &signers {
+        loop {
+            let r = c.clone().register_quorum(a.clone()).await;
+            if let Err(e) = &r
+                && e.message().contains("the log activated policy")
+            {
+                assert_eq!(e.code(), Code::PermissionDenied, "{node}: {e}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{node} never learned the activation from the log: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     // The coordinator's own view is unchanged: one signature.
     let again = fc
         .backend
@@ -541,7 +673,19 @@ async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
     let mut fc = start_flow(&flow_policy(), false, &["w-vel"]).await;
     // 3 x 0.9 ETH plus their fee caps come close to the 3 ETH daily limit
     // of rule small-allow (velocity counts fee caps on the native asset).
+    // The spends are split across signer sets (case 40): vel-0 and vel-1 are
+    // signed while signer-3 is down, vel-2 while signer-1 is down, so no
+    // signer but signer-2 has all three in its own record.
+    let mut ids = Vec::new();
     for i in 0..3 {
+        match i {
+            0 => fc.tc.cluster.kill_signer("signer-3").unwrap(),
+            2 => {
+                fc.tc.cluster.restart_signer("signer-3").await.unwrap();
+                fc.tc.cluster.kill_signer("signer-1").unwrap();
+            }
+            _ => {}
+        }
         let w = fc
             .backend
             .clone()
@@ -556,7 +700,30 @@ async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
             .into_inner();
         assert_eq!(w.rule_id, "small-allow", "{}", w.decision);
         wait_state(&fc.backend, &w.id, &["signed"], LIMIT).await;
+        ids.push(w.id);
     }
+    fc.tc.cluster.restart_signer("signer-1").await.unwrap();
+    let entries = log_entries(&mut fc.auditor.clone()).await;
+    let sets: Vec<std::collections::BTreeSet<String>> = ids
+        .iter()
+        .map(|id| {
+            entries
+                .iter()
+                .find_map(|e| match &e.body {
+                    custos_audit::EntryBody::SigningSession {
+                        withdrawal_id,
+                        participants,
+                        ..
+                    } if withdrawal_id == id => Some(participants.iter().cloned().collect()),
+                    _ => None,
+                })
+                .unwrap()
+        })
+        .collect();
+    let set = |a: &str, b: &str| [a.to_owned(), b.to_owned()].into_iter().collect();
+    assert_eq!(sets[0], set("signer-1", "signer-2"));
+    assert_eq!(sets[1], set("signer-1", "signer-2"));
+    assert_eq!(sets[2], set("signer-2", "signer-3"));
     // The coordinator catches the next one.
     let over = fc
         .backend
@@ -589,8 +756,11 @@ async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
     db.pool.close().await;
     fc.tc.cluster.restart_coordinator().await.unwrap();
     fc.tc.wait_aux_ready(Duration::from_secs(60)).await;
+    // signer-2, the only one whose own record holds all three, is down: the
+    // other two refuse only because the log shows them every spend.
+    fc.tc.cluster.kill_signer("signer-2").unwrap();
 
-    // Now the coordinator allows it; the signers' own records refuse it.
+    // Now the coordinator allows it; the signers refuse it from the log.
     let w = fc
         .backend
         .clone()

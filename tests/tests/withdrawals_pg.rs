@@ -16,7 +16,16 @@ async fn withdrawal_flow_on_postgresql() {
     let url = custos_service::db::testdb::fresh_pg_url("custos_flow")
         .await
         .expect("PostgreSQL reachable (scripts/ensure-services.sh starts it)");
-    let mut fc = start_flow_on(&flow_policy(), false, &["w-hot", "w-vel"], Some(&url)).await;
+    let mut fc = start_flow_on(
+        &flow_policy(),
+        false,
+        &["w-hot", "w-vel"],
+        FlowSettings {
+            database_url: Some(&url),
+            ..Default::default()
+        },
+    )
+    .await;
     let b = fc.backend.clone();
 
     // allow

@@ -12,7 +12,13 @@ use std::collections::BTreeMap;
 use custos_audit::entry::Verdict;
 use custos_audit::{Entry, EntryBody};
 use custos_policy::{Amount, HistoryEntry};
+use custos_risk::RiskRequest;
 use serde::{Deserialize, Serialize};
+
+/// How far the coordinator's clock may run behind this signer's: an entry
+/// this signer first sees in a checkpoint was appended after the previous
+/// checkpoint it co-signed, so it cannot be older than that (less this).
+const CLOCK_SKEW_MS: u64 = 60_000;
 
 /// The newest policy activation in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +63,13 @@ pub struct LoggedRequest {
     pub amount: String,
     /// Requesting client.
     pub requested_by: String,
+    /// Entry index.
+    #[serde(default)]
+    pub index: u64,
+    /// When it was logged, Unix ms: the coordinator's entry time, bounded by
+    /// this signer's clock (see [`LogView::entry_time`]).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// Everything the log says about one withdrawal that a signer acts on.
@@ -74,6 +87,9 @@ pub struct LoggedWithdrawal {
     /// The first signing session.
     #[serde(default)]
     pub first_signing: Option<LoggedSigning>,
+    /// The coordinator's logged risk score (the first one).
+    #[serde(default)]
+    pub risk_score: Option<u32>,
 }
 
 /// The log prefix `[0, size)` as this signer witnessed it.
@@ -87,6 +103,16 @@ pub struct LogView {
     /// Per withdrawal id.
     #[serde(default)]
     pub withdrawals: BTreeMap<String, LoggedWithdrawal>,
+    /// The first signing session naming each presignature, keyed
+    /// `key_id/presignature_id`: a presignature is used once ever.
+    #[serde(default)]
+    pub presignatures: BTreeMap<String, u64>,
+    /// This signer's clock (Unix ms) when it co-signed the last checkpoint.
+    #[serde(default)]
+    pub witnessed_ms: u64,
+    /// The last entry time assigned (entry times never go backwards).
+    #[serde(default)]
+    pub last_at_ms: u64,
 }
 
 impl LogView {
@@ -101,6 +127,7 @@ impl LogView {
         }
         self.size += 1;
         let index = entry.index;
+        let at_ms = self.entry_time(entry.timestamp_ms, now);
         match &entry.body {
             EntryBody::PolicyActivated {
                 policy_hash,
@@ -136,8 +163,18 @@ impl LogView {
                         destination: destination.clone(),
                         amount: amount.clone(),
                         requested_by: requested_by.clone(),
+                        index,
+                        at_ms,
                     });
                 }
+            }
+            EntryBody::RiskScored {
+                withdrawal_id,
+                score,
+                ..
+            } => {
+                let w = self.withdrawals.entry(withdrawal_id.clone()).or_default();
+                w.risk_score.get_or_insert(*score);
             }
             EntryBody::Cancelled {
                 withdrawal_id,
@@ -164,6 +201,11 @@ impl LogView {
                 message_digest,
                 ..
             } => {
+                if let Some(p) = presignature_id {
+                    self.presignatures
+                        .entry(format!("{key_id}/{p}"))
+                        .or_insert(index);
+                }
                 let w = self.withdrawals.entry(withdrawal_id.clone()).or_default();
                 w.first_signing.get_or_insert(LoggedSigning {
                     index,
@@ -177,6 +219,66 @@ impl LogView {
             _ => {}
         }
         Ok(())
+    }
+
+    /// An entry's time as this signer accepts it: the coordinator's
+    /// timestamp, but never later than this signer's clock (`now`, seconds),
+    /// never earlier than the previous checkpoint it co-signed (less
+    /// [`CLOCK_SKEW_MS`]), and never before the entry before it. So a
+    /// coordinator cannot date history out of a velocity window.
+    fn entry_time(&mut self, timestamp_ms: u64, now: i64) -> u64 {
+        let upper = u64::try_from(now.saturating_add(1))
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let floor = self
+            .last_at_ms
+            .max(self.witnessed_ms.saturating_sub(CLOCK_SKEW_MS));
+        let at = timestamp_ms.max(floor).min(upper);
+        self.last_at_ms = self.last_at_ms.max(at);
+        at
+    }
+
+    /// Marks the end of a checkpoint's entries, co-signed at `now` (seconds).
+    pub fn witnessed(&mut self, now: i64) {
+        let ms = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
+        self.witnessed_ms = self.witnessed_ms.max(ms);
+    }
+
+    /// What this signer scores a withdrawal's risk on: the withdrawals whose
+    /// signing session the log shows before `id`'s request (what the
+    /// coordinator had seen signed when it scored it), each at its request
+    /// time, and the time of `id`'s request (`None` when it is not logged).
+    pub fn risk_inputs(&self, id: &str) -> (Vec<RiskRequest>, Option<u64>) {
+        let request = self.withdrawal(id).and_then(|w| w.requested.as_ref());
+        let before = request.map_or(self.size, |r| r.index);
+        let history = self
+            .withdrawals
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .filter_map(|(_, w)| {
+                let s = w.first_signing.as_ref()?;
+                let r = w.requested.as_ref()?;
+                (s.index < before).then(|| {
+                    Some(RiskRequest {
+                        wallet: r.key_id.clone(),
+                        chain: r.chain.clone(),
+                        asset: r.asset.clone(),
+                        destination: r.destination.to_lowercase(),
+                        amount: r.amount.parse().ok()?,
+                        at_ms: r.at_ms,
+                    })
+                })?
+            })
+            .collect();
+        (history, request.map(|r| r.at_ms))
+    }
+
+    /// The first signing-session entry that names presignature
+    /// `presignature_id` of key `key_id`.
+    pub fn presignature_use(&self, key_id: &str, presignature_id: &str) -> Option<u64> {
+        self.presignatures
+            .get(&format!("{key_id}/{presignature_id}"))
+            .copied()
     }
 
     /// The log's record of `id`, if any.

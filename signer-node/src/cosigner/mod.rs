@@ -19,6 +19,7 @@ use custos_policy::{
     authorize, authorize_fee_bump, check_cancellation, fee_bump_needs_approval, intent_digest,
 };
 use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
+use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
 
 use crate::error::NodeError;
 use bundles::Bundles;
@@ -89,6 +90,35 @@ pub fn check_majority_key(meta: &crate::store::KeyMeta) -> Result<(), NodeError>
     Ok(())
 }
 
+/// The withdrawal shown must be the one the log says was requested: same
+/// wallet, chain, asset, destination, amount and initiator (the logged
+/// decision and approvals name only its id).
+fn check_against_request(w: &Withdrawal, r: &log_view::LoggedRequest) -> Result<(), NodeError> {
+    let amount = w.amount.0.to_string();
+    let fields = [
+        ("wallet", w.wallet.as_str(), r.key_id.as_str()),
+        ("chain", w.chain.as_str(), r.chain.as_str()),
+        ("asset", w.asset.as_str(), r.asset.as_str()),
+        ("amount", amount.as_str(), r.amount.as_str()),
+        ("initiator", w.initiator.as_str(), r.requested_by.as_str()),
+    ];
+    for (field, shown, logged) in fields {
+        if shown != logged {
+            return Err(refused(format!(
+                "withdrawal {}: {field} {shown:?} is not the {logged:?} its logged request (entry {}) names",
+                w.id, r.index
+            )));
+        }
+    }
+    if !w.destination.eq_ignore_ascii_case(&r.destination) {
+        return Err(refused(format!(
+            "withdrawal {}: destination {} is not the {} its logged request (entry {}) names",
+            w.id, w.destination, r.destination, r.index
+        )));
+    }
+    Ok(())
+}
+
 fn spend(w: &Withdrawal, at: i64) -> Spend {
     Spend {
         wallet: w.wallet.clone(),
@@ -113,6 +143,8 @@ pub struct Cosigner {
     lock: Mutex<()>,
     /// Chains whose transactions this signer checks itself.
     chains: Vec<chains::SignerChain>,
+    /// The risk model this signer scores withdrawals with itself.
+    risk: RiskModel,
 }
 
 fn refused(m: impl std::fmt::Display) -> NodeError {
@@ -155,7 +187,15 @@ impl Cosigner {
             witness,
             lock: Mutex::new(()),
             chains: Vec::new(),
+            risk: RiskModel::default(),
         }
+    }
+
+    /// The risk model this signer scores withdrawals with (default: the
+    /// default `RiskConfig`).
+    pub fn with_risk(mut self, risk: RiskModel) -> Self {
+        self.risk = risk;
+        self
     }
 
     /// The chains whose unsigned transactions this signer parses and checks.
@@ -200,7 +240,7 @@ impl Cosigner {
         w.tx_digest = hex::encode(intent_digest(&w));
         // First what the witnessed log says (it may bring a newer bundle,
         // which a tightening puts in force at once).
-        self.check_logged_facts(&w.id, bundles, a, now)?;
+        self.check_logged_facts(&w, bundles, a, now)?;
         let active = bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))?;
         let approvals: Vec<Approval> = if a.approvals_json.is_empty() {
             Vec::new()
@@ -216,24 +256,35 @@ impl Cosigner {
             )));
         }
         let history = self.history(now, &w.id)?;
+        // The policy sees the higher of this signer's own score and the
+        // coordinator's (claimed or logged): a coordinator cannot lower it.
+        let (own, logged) = self.own_risk(&w, now)?;
+        let risk_score = own.score.max(a.risk_score).max(logged.unwrap_or(0));
         let authorization = authorize(
             &active,
             &SigningClaim {
                 withdrawal: &w,
                 rule_id: &a.rule_id,
                 statement_expiry: Timestamp(a.statement_expiry),
-                risk_score: a.risk_score,
+                risk_score,
                 approvals: &approvals,
             },
             &history,
             Timestamp(now),
         )
         .map_err(|e| {
-            refused(
-                e.to_string()
-                    .trim_start_matches("signing refused: ")
-                    .to_owned(),
-            )
+            let mut m = e
+                .to_string()
+                .trim_start_matches("signing refused: ")
+                .to_owned();
+            if own.score > a.risk_score {
+                m.push_str(&format!(
+                    " (this signer's own {}; the coordinator claimed {})",
+                    own.summary(),
+                    a.risk_score
+                ));
+            }
+            refused(m)
         })?;
         Ok(Verified {
             withdrawal: w,
@@ -247,7 +298,7 @@ impl Cosigner {
     /// bundle it has not shown this signer.
     fn check_logged_facts(
         &self,
-        id: &str,
+        w: &Withdrawal,
         bundles: &Bundles,
         a: &WithdrawalAuthorization,
         now: i64,
@@ -255,8 +306,12 @@ impl Cosigner {
         let Some(witness) = &self.witness else {
             return Ok(()); // signing is refused without a witness anyway
         };
+        let id = w.id.as_str();
         let (logged, newest) =
             witness.with_view(|v| (v.withdrawal(id).cloned(), v.newest_policy.clone()))?;
+        if let Some(r) = logged.as_ref().and_then(|l| l.requested.as_ref()) {
+            check_against_request(w, r)?;
+        }
         if let Some(l) = &logged {
             if let Some((index, by)) = &l.cancelled {
                 return Err(refused(format!(
@@ -291,6 +346,36 @@ impl Cosigner {
             )));
         }
         Ok(())
+    }
+
+    /// This signer's own risk assessment of `w`, from the signed withdrawals
+    /// its witnessed log shows before `w`'s request (at the request's logged
+    /// time, else now), and the coordinator's logged score.
+    fn own_risk(
+        &self,
+        w: &Withdrawal,
+        now: i64,
+    ) -> Result<(RiskAssessment, Option<u32>), NodeError> {
+        let (history, at_ms, logged) = match &self.witness {
+            Some(witness) => witness.with_view(|v| {
+                let (history, at_ms) = v.risk_inputs(&w.id);
+                let logged = v.withdrawal(&w.id).and_then(|l| l.risk_score);
+                (history, at_ms, logged)
+            })?,
+            None => (Vec::new(), None, None),
+        };
+        let state = RiskState::rebuild(self.risk.config(), history)
+            .map_err(|e| NodeError::Internal(format!("risk history: {e}")))?;
+        let at_ms = at_ms.unwrap_or_else(|| u64::try_from(now).unwrap_or(0).saturating_mul(1000));
+        let request = RiskRequest {
+            wallet: w.wallet.clone(),
+            chain: w.chain.clone(),
+            asset: w.asset.clone(),
+            destination: w.destination.to_lowercase(),
+            amount: w.amount.0,
+            at_ms,
+        };
+        Ok((self.risk.score(&state, &request), logged))
     }
 
     /// Velocity history: this signer's own record, plus every withdrawal the
@@ -526,8 +611,29 @@ impl Cosigner {
                 presignature_id: presig_id,
             },
         )?;
+        // A presignature is used once ever: the log names every one a
+        // signing used, so consumed markers restored from a snapshot (or
+        // lost) cannot bring one back (two signatures with one nonce would
+        // reveal the key).
+        if let Some(first) = witness.with_view(|v| v.presignature_use(&w.wallet, presig_id))?
+            && first != a.signing_entry_index
+        {
+            return Err(NodeError::Replay(format!(
+                "presignature {presig_id} of key {} was already used by the signing session in log entry {first}: a presignature signs once, ever",
+                w.wallet
+            )));
+        }
         if decision.is_none() {
             return Ok(()); // a fee bump: its own session, after the first
+        }
+        if witness
+            .with_view(|v| v.withdrawal(&w.id).and_then(|l| l.requested.clone()))?
+            .is_none()
+        {
+            return Err(refused(format!(
+                "withdrawal {}: its request is not in this signer's view of the log",
+                w.id
+            )));
         }
         // One signing per withdrawal, whichever signers are asked: the first
         // session in the log decides the signer set and the presignature.

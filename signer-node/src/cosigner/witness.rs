@@ -12,8 +12,9 @@ use custos_audit::note::VerifierKey;
 use custos_audit::proof::verify_inclusion;
 use custos_audit::tree::CompactRange;
 use custos_audit::{Checkpoint, Entry, EntryBody, Hash, SignedNote, Witness, leaf_hash};
-use custos_hsm::SealedLogSigner;
+use custos_hsm::{CounterValue, RollbackCounter, SealedLogSigner};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::log_view::LogView;
 use crate::error::NodeError;
@@ -33,6 +34,41 @@ struct State {
     /// entries were shipped with checkpoints.
     #[serde(default)]
     view: Option<LogView>,
+    /// Set while this signer rebuilds its state from the log (after its
+    /// state file was found older than, or different from, its rollback
+    /// counter): the checkpoint it had co-signed, which the log must still
+    /// contain. It signs nothing until its view reaches it.
+    #[serde(default)]
+    floor: Option<Floor>,
+}
+
+/// A checkpoint this signer co-signed before it lost (or could no longer
+/// trust) its state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Floor {
+    size: u64,
+    /// Root, hex.
+    root: String,
+}
+
+impl State {
+    /// Size of the last checkpoint co-signed (0: none).
+    fn size(&self) -> u64 {
+        self.last_note
+            .as_deref()
+            .and_then(|n| SignedNote::parse(n).ok())
+            .and_then(|n| Checkpoint::parse_text(&n.text).ok())
+            .map_or(0, |c| c.size)
+    }
+
+    /// A state that rebuilds everything from the log, which must still
+    /// contain checkpoint `floor`.
+    fn rebuilding(floor: Floor) -> Self {
+        State {
+            floor: Some(floor),
+            ..State::default()
+        }
+    }
 }
 
 /// The witness and the roots it co-signed.
@@ -41,6 +77,9 @@ pub struct LogWitness {
     /// This signer's node id (its name as a witness).
     name: String,
     inner: Mutex<(Witness<SealedLogSigner>, State)>,
+    /// Binds `witness.json` to the last checkpoint co-signed, where a
+    /// restored snapshot cannot rewind it.
+    counter: Box<dyn RollbackCounter>,
 }
 
 impl std::fmt::Debug for LogWitness {
@@ -56,22 +95,67 @@ fn refused(m: impl std::fmt::Display) -> NodeError {
 }
 
 impl LogWitness {
-    /// Restores the witness from `dir/witness.json`.
+    /// Restores the witness from `dir/witness.json`, checked against the
+    /// rollback `counter`: a file older than the counter (a restored
+    /// snapshot), one that does not hash to it (an edited one) or one from
+    /// before checkpoints carried their entries is set aside, and the view is
+    /// rebuilt from the log, which must still contain the checkpoint the
+    /// counter names.
     pub fn open(
         dir: &Path,
         name: &str,
         key: SealedLogSigner,
         origin: &str,
         log_key: &str,
+        counter: Box<dyn RollbackCounter>,
     ) -> Result<Self, NodeError> {
         let path = dir.join("witness.json");
-        let state: State = if path.exists() {
-            let b = std::fs::read(&path).map_err(|e| NodeError::storage(&path, e))?;
-            serde_json::from_slice(&b)
-                .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))?
-        } else {
-            State::default()
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(NodeError::storage(&path, e)),
         };
+        let mut state: State = match &bytes {
+            Some(b) => serde_json::from_slice(b)
+                .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))?,
+            None => State::default(),
+        };
+        let stored = counter.read()?;
+        let digest: [u8; 32] = bytes
+            .as_deref()
+            .map(|b| Sha256::digest(b).into())
+            .unwrap_or_default();
+        if stored == CounterValue::default() {
+            // The counter is new (first start, or an upgrade): bind the
+            // state as it is.
+            if bytes.is_some() && state.floor.is_none() {
+                counter.advance(&CounterValue {
+                    position: state.size(),
+                    root: last_root(&state)?,
+                    digest,
+                })?;
+            }
+        } else if stored.position != state.size() || stored.digest != digest {
+            tracing::warn!(
+                witnessed = stored.position,
+                file = state.size(),
+                counter = %counter.location(),
+                "witness.json does not match the rollback counter (restored from a snapshot, or edited): rebuilding this signer's view from the log; it signs nothing until then"
+            );
+            let _ = std::fs::rename(&path, dir.join("witness.json.set-aside"));
+            state = State::rebuilding(Floor {
+                size: stored.position,
+                root: hex::encode(stored.root),
+            });
+        }
+        if state.view.is_none() && state.last_note.is_some() {
+            // Written before checkpoints carried their entries: rebuild.
+            let floor = Floor {
+                size: state.size(),
+                root: hex::encode(last_root(&state)?),
+            };
+            state = State::rebuilding(floor);
+        }
         let log_key = VerifierKey::parse(log_key.trim())
             .map_err(|e| NodeError::InvalidRequest(format!("cosigner.log_key: {e}")))?;
         let w = Witness::new(name, key, origin, log_key, state.last_note.as_deref())
@@ -80,6 +164,7 @@ impl LogWitness {
             path,
             name: name.to_owned(),
             inner: Mutex::new((w, state)),
+            counter,
         })
     }
 
@@ -119,6 +204,14 @@ impl LogWitness {
         let parsed = SignedNote::parse(note).map_err(|e| refused(format!("checkpoint: {e}")))?;
         let cp = Checkpoint::parse_text(&parsed.text)
             .map_err(|e| refused(format!("checkpoint: {e}")))?;
+        if let Some(f) = &g.1.floor
+            && cp.size < f.size
+        {
+            return Err(refused(format!(
+                "will not co-sign checkpoint {}: this signer co-signed checkpoint {} before (its rollback counter says so)",
+                cp.size, f.size
+            )));
+        }
         let mut trial_state = g.1.clone();
         trial_state.last_note = Some(note.to_owned());
         trial_state.roots.insert(cp.size, hex::encode(cp.root));
@@ -135,9 +228,16 @@ impl LogWitness {
         let line =
             g.0.cosign(note, proof, now_secs)
                 .map_err(|e| refused(format!("will not co-sign checkpoint {}: {e}", cp.size)))?;
-        // ... then persist before releasing the cosignature.
+        // ... then persist before releasing the cosignature: the counter
+        // first (a crash between the two leaves a file the counter does not
+        // match, which is rebuilt from the log at the next start).
         let bytes =
             serde_json::to_vec(&trial_state).map_err(|e| NodeError::Internal(e.to_string()))?;
+        self.counter.advance(&CounterValue {
+            position: cp.size,
+            root: cp.root,
+            digest: Sha256::digest(&bytes).into(),
+        })?;
         crate::store::write_atomic(&self.path, &bytes)?;
         g.1 = trial_state;
         Ok(line)
@@ -146,6 +246,13 @@ impl LogWitness {
     /// Runs `f` on the log view (the prefix this signer co-signed).
     pub fn with_view<T>(&self, f: impl FnOnce(&LogView) -> T) -> Result<T, NodeError> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = &g.1.floor {
+            return Err(NodeError::NotReady(format!(
+                "rebuilding this signer's view of the log: it reached entry {} of the {} it had co-signed before",
+                g.1.view.as_ref().map_or(0, |v| v.size),
+                f.size
+            )));
+        }
         match (&g.1.view, &g.1.last_note) {
             (Some(v), _) => Ok(f(v)),
             // Nothing witnessed yet: the log is empty as far as it knows.
@@ -293,6 +400,20 @@ impl LogWitness {
     }
 }
 
+/// The root of the last checkpoint in `state` (zero when none).
+fn last_root(state: &State) -> Result<Hash, NodeError> {
+    let size = state.size();
+    if size == 0 {
+        return Ok(Hash::default());
+    }
+    state
+        .roots
+        .get(&size)
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| NodeError::Internal(format!("witness.json: no root for checkpoint {size}")))
+}
+
 fn legacy_state() -> NodeError {
     NodeError::NotReady(
         "witness.json was written before checkpoints carried their entries: this signer has no \
@@ -337,7 +458,19 @@ fn extend(
         view.apply(&entry, now)
             .map_err(|e| refused(format!("log entry {index}: {e}")))?;
         range.push(leaf_hash(bytes));
+        if let Some(f) = &state.floor
+            && f.size == index + 1
+        {
+            if hex::encode(range.root()) != f.root {
+                return Err(refused(format!(
+                    "the log shown now differs from the one this signer co-signed up to checkpoint {} (its rollback counter): a forked log",
+                    f.size
+                )));
+            }
+            state.floor = None;
+        }
     }
+    view.witnessed(now);
     if range.root() != *root {
         return Err(refused(format!(
             "the {want} entries shipped with checkpoint {size} do not hash to its root: \
