@@ -432,6 +432,7 @@ impl Custody for CustodyService {
                     amount: r.amount,
                     fee_cap: r.fee_cap,
                     memo: r.memo,
+                    request_signature: r.request_signature,
                 },
             )
             .await

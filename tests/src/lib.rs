@@ -388,14 +388,31 @@ pub async fn start_flow_on(
     }
 }
 
-/// A CreateWithdrawal request for ETH.
+/// The payments backend's request key in the flow policy
+/// (`[[request_keys]]`): seed 0x42 repeated, a TEST KEY.
+pub fn request_key() -> custos_policy::SecretKey {
+    custos_policy::SecretKey::from_seed(&custos_policy::Zeroizing::new([0x42; 32]))
+}
+
+/// A CreateWithdrawal request for ETH, signed with [`request_key`] as
+/// `payments-backend` (policies without request keys ignore the signature).
 pub fn withdrawal_req(key: &str, wallet: &str, to: &str, amount: u128) -> CreateWithdrawalRequest {
+    let request_signature = custos_policy::RequestStatement {
+        client: custos_devkit::BACKEND_CLIENT.to_owned(),
+        idempotency_key: key.to_owned(),
+        wallet: wallet.to_owned(),
+        asset: "ETH".into(),
+        destination: custos_policy::canonical_destination("ethereum", to),
+        amount,
+    }
+    .sign(&request_key());
     CreateWithdrawalRequest {
         idempotency_key: key.to_owned(),
         wallet: wallet.to_owned(),
         asset: "ETH".into(),
         destination: to.to_owned(),
         amount: amount.to_string(),
+        request_signature,
         ..Default::default()
     }
 }

@@ -61,9 +61,24 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn withdrawal(id: &str, to: &str, amount: u128) -> Withdrawal {
+/// Idempotency key of each withdrawal id the test made (the flow policy
+/// requires signed requests, whose ids follow from the key).
+fn idempotency_keys() -> &'static std::sync::Mutex<std::collections::BTreeMap<String, String>> {
+    static KEYS: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, String>>> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default)
+}
+
+/// The withdrawal the payments backend requested with idempotency key `key`
+/// (its id is the one the coordinator gives that signed request).
+fn withdrawal(key: &str, to: &str, amount: u128) -> Withdrawal {
+    let id = custos_policy::request_withdrawal_id(custos_devkit::BACKEND_CLIENT, key);
+    idempotency_keys()
+        .lock()
+        .unwrap()
+        .insert(id.clone(), key.to_owned());
     Withdrawal {
-        id: id.into(),
+        id,
         wallet: "w-hot".into(),
         chain: "ethereum".into(),
         asset: "ETH".into(),
@@ -101,7 +116,18 @@ fn auth(
     expiry: i64,
     approvals: &[Approval],
 ) -> WithdrawalAuthorization {
+    // The backend's genuine signed request for `w` as it stands.
+    let key = idempotency_keys()
+        .lock()
+        .unwrap()
+        .get(&w.id)
+        .cloned()
+        .unwrap_or_default();
+    let request_signature =
+        custos_policy::RequestStatement::for_withdrawal(w, &key).sign(&request_key());
     WithdrawalAuthorization {
+        idempotency_key: key,
+        request_signature,
         withdrawal_json: serde_json::to_vec(w).unwrap(),
         policy_document: b.document.clone(),
         policy_signatures: b.signatures.clone(),
@@ -158,7 +184,8 @@ async fn pending_with_quorum(
         .unwrap()
         .into_inner();
     assert_eq!(pending.state, "awaiting_approvals", "{}", pending.decision);
-    let mut w = withdrawal(&pending.id, WHITELISTED, 5 * ETH);
+    let mut w = withdrawal(request, WHITELISTED, 5 * ETH);
+    assert_eq!(w.id, pending.id);
     w.destination = pending.destination.clone();
     w.fee_cap = Amount(pending.fee_cap.parse().unwrap());
     let (st, rule) = statement(&b.document, &w, expiry);
@@ -389,7 +416,33 @@ async fn compromised_coordinator_gets_no_signature() {
     let mut w = withdrawal("rogue-fee", WHITELISTED, ETH / 10);
     w.fee_cap = Amount(ETH / 2);
     let a = auth(&b, &w, "small-allow", expiry, &[]);
-    all_refuse(&signers, &a, true, "policy blocks withdrawal rogue-fee").await;
+    all_refuse(&signers, &a, true, "(rule small-over-limit)").await;
+
+    // A forged initiator (case 37): the payments backend signed this request;
+    // the coordinator names another initiator, strips the signature, or uses
+    // the one signed request for a second withdrawal. Each signer refuses.
+    let w = withdrawal("rogue-initiator", WHITELISTED, ETH / 10);
+    let genuine = auth(&b, &w, "small-allow", expiry, &[]);
+    let mut other = w.clone();
+    other.initiator = "treasury-ops".into();
+    let mut a = genuine.clone();
+    a.withdrawal_json = serde_json::to_vec(&other).unwrap();
+    all_refuse(&signers, &a, true, "initiator \"treasury-ops\"").await;
+    let mut a = genuine.clone();
+    a.request_signature.clear();
+    all_refuse(&signers, &a, true, "no request signature").await;
+    let mut second = w.clone();
+    second.id =
+        custos_policy::request_withdrawal_id(custos_devkit::BACKEND_CLIENT, "rogue-initiator-2");
+    let mut a = genuine.clone();
+    a.withdrawal_json = serde_json::to_vec(&second).unwrap();
+    all_refuse(
+        &signers,
+        &a,
+        true,
+        "one signed request backs one withdrawal",
+    )
+    .await;
 
     // A correctly admin-signed relaxation (v2 adds an address) is not in force
     // on the signers until its change delay has passed on their clocks (cases 12, 13).
@@ -420,7 +473,8 @@ async fn compromised_coordinator_gets_no_signature() {
         .unwrap()
         .into_inner();
     let done = wait_state(&fc.backend, &done.id, &["signed"], LIMIT).await;
-    let mut w = withdrawal(&done.id, WHITELISTED, ETH / 5);
+    let mut w = withdrawal("real-1", WHITELISTED, ETH / 5);
+    assert_eq!(w.id, done.id);
     w.destination = done.destination.clone();
     w.fee_cap = Amount(done.fee_cap.parse().unwrap());
     let a = auth(&b, &w, &done.rule_id, expiry, &[]);

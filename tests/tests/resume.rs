@@ -162,14 +162,30 @@ async fn coordinator_killed_in_each_state_resumes() {
         r.id
     ))
     .await;
+    // A row in `requested` that never reached the log (only a write behind
+    // the coordinator's back makes one: it logs a request before storing
+    // it). The coordinator resumes it through risk, policy and signing, and
+    // the signers refuse it: its request is not in the log they witnessed.
+    let crashed = custos_policy::request_withdrawal_id(custos_devkit::BACKEND_CLIENT, "r-req");
+    let signature = withdrawal_req("r-req", "w-vel", WHITELISTED, ETH / 8).request_signature;
     sql(&fc, format!(
-        "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain, asset, destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms)
-         VALUES ('wd-crashed', 'payments-backend', 'r-req', 'x', 'w-vel', 'ethereum', 'ETH', '{WHITELISTED}', '{}', '2100000000000000', 'payments-backend', '', 'requested', '[]', 1, 1)",
+        "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain, asset, destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms, request_signature)
+         VALUES ('{crashed}', 'payments-backend', 'r-req', 'x', 'w-vel', 'ethereum', 'ETH', '{WHITELISTED}', '{}', '2100000000000000', 'payments-backend', '', 'requested', '[]', 1, 1, '{signature}')",
         ETH / 8
     ))
     .await;
     fc.tc.cluster.restart_coordinator().await.unwrap();
     fc.tc.wait_aux_ready(Duration::from_secs(60)).await;
+
+    let unlogged = wait_state(&fc.backend, &crashed, &["failed"], LIMIT).await;
+    assert!(
+        unlogged
+            .reason
+            .contains("its request is not in this signer's view of the log"),
+        "{}",
+        unlogged.reason
+    );
+    assert!(unlogged.signature_r.is_empty());
 
     // Everything resumes to where it should be.
     // (Allowed payouts use wallet w-vel: w-hot's approved ones fill its daily limit.)
@@ -180,7 +196,6 @@ async fn coordinator_killed_in_each_state_resumes() {
         (g.id.as_str(), "signed"),
         (q.id.as_str(), "awaiting_approvals"),
         (r.id.as_str(), "awaiting_approvals"),
-        ("wd-crashed", "signed"),
     ] {
         let w = wait_state(&fc.backend, id, &[state], LIMIT).await;
         if state == "signed" {

@@ -231,12 +231,13 @@ fn approver_id(args: &VerdictArgs) -> anyhow::Result<String> {
         })
 }
 
-fn load_key(path: &Path) -> anyhow::Result<SecretKey> {
+/// The Ed25519 key in the PEM file given as `flag` (named in errors).
+pub(crate) fn load_key(flag: &str, path: &Path) -> anyhow::Result<SecretKey> {
     let pem = Zeroizing::new(
         std::fs::read_to_string(path)
-            .with_context(|| format!("--key {}: cannot read it", path.display()))?,
+            .with_context(|| format!("{flag} {}: cannot read it", path.display()))?,
     );
-    SecretKey::from_pem(&pem).with_context(|| format!("--key {}", path.display()))
+    SecretKey::from_pem(&pem).with_context(|| format!("{flag} {}", path.display()))
 }
 
 /// Fetches, decodes, signs `verdict` over the statement and submits it.
@@ -246,7 +247,7 @@ async fn submit(
     reason: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let approver = approver_id(args)?;
-    let key = load_key(&args.key)?;
+    let key = load_key("--key", &args.key)?;
     let mut client = args.conn.connect(APPROVER_CLIENT).await?;
     if args.fee_bump {
         return submit_fee_bump(args, &mut client, verdict, reason, &approver, &key).await;

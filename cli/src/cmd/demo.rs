@@ -411,6 +411,7 @@ async fn create(
             amount: wei.to_string(),
             fee_cap: String::new(),
             memo: memo.into(),
+            request_signature: String::new(),
         })
         .await
         .map_err(rpc("CreateWithdrawal"))?

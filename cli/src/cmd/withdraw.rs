@@ -7,8 +7,8 @@ use anyhow::bail;
 use custos_devkit::BACKEND_CLIENT;
 use custos_devkit::client::Client;
 use custos_proto::custody::{
-    CreateWithdrawalRequest, GetWithdrawalRequest, ListWithdrawalsRequest, WatchWithdrawalsRequest,
-    Withdrawal, WithdrawalEvent,
+    CreateWithdrawalRequest, GetWalletRequest, GetWithdrawalRequest, ListWithdrawalsRequest,
+    WatchWithdrawalsRequest, Withdrawal, WithdrawalEvent,
 };
 use rand::RngCore;
 
@@ -42,6 +42,11 @@ pub struct WithdrawArgs {
     /// withdrawal [default: random].
     #[arg(long, value_name = "K")]
     idempotency_key: Option<String>,
+    /// This client's request key (Ed25519 PEM): signs the request, which the
+    /// coordinator and every signer check when the policy registers request
+    /// keys ([[request_keys]]).
+    #[arg(long, value_name = "PEM")]
+    request_key: Option<std::path::PathBuf>,
     /// Wait until the withdrawal reaches this state (or a later one), or ends:
     /// e.g. awaiting_approvals, approved, time_locked, signed. Exits 1 if it
     /// ends elsewhere (blocked, rejected, cancelled, expired, failed).
@@ -136,6 +141,30 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
             rand::thread_rng().fill_bytes(&mut b);
             format!("cli-{}", hex::encode(b))
         });
+        let request_signature = match &args.request_key {
+            None => String::new(),
+            Some(path) => {
+                let secret = super::approve::load_key("--request-key", path)?;
+                let chain = client
+                    .get_wallet(GetWalletRequest {
+                        wallet_id: args.wallet.clone(),
+                    })
+                    .await
+                    .map_err(rpc("GetWallet"))?
+                    .into_inner()
+                    .chain;
+                let amount: u128 = args.amount.parse()?;
+                custos_policy::RequestStatement {
+                    client: BACKEND_CLIENT.to_owned(),
+                    idempotency_key: key.clone(),
+                    wallet: args.wallet.clone(),
+                    asset: args.asset.clone(),
+                    destination: custos_policy::canonical_destination(&chain, &args.to),
+                    amount,
+                }
+                .sign(&secret)
+            }
+        };
         let w = client
             .create_withdrawal(CreateWithdrawalRequest {
                 idempotency_key: key.clone(),
@@ -145,6 +174,7 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
                 amount: args.amount.clone(),
                 fee_cap: args.fee_cap.clone().unwrap_or_default(),
                 memo: args.memo.clone().unwrap_or_default(),
+                request_signature,
             })
             .await
             .map_err(rpc("CreateWithdrawal"))?

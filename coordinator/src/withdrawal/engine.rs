@@ -14,8 +14,8 @@ use custos_audit::EntryBody;
 use custos_audit::entry::{DecisionOutcome, Verdict as AuditVerdict};
 use custos_policy::{
     Amount, Approval, ApprovalStatement, ApprovalStatus, Decision, HistoryEntry, Outcome,
-    PolicyHash, Timestamp, Verdict, Withdrawal, check_address, check_approvals, check_cancellation,
-    evaluate, intent_digest,
+    PolicyHash, RequestStatement, Timestamp, Verdict, Withdrawal, check_address, check_approvals,
+    check_cancellation, evaluate, intent_digest, request_withdrawal_id,
 };
 use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
 use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
@@ -61,6 +61,9 @@ pub struct CreateRequest {
     pub fee_cap: String,
     /// Free text.
     pub memo: String,
+    /// The client's signature over the request statement (hex), required
+    /// when the policy registers a request key.
+    pub request_signature: String,
 }
 
 /// An approver's signed verdict, as received.
@@ -427,10 +430,40 @@ impl Engine {
             "amount": amount.to_string(), "fee_cap": fee_cap.to_string(), "memo": req.memo,
         });
         let request_hash = hex::encode(sha256(body.to_string().as_bytes()));
-        let mut id_bytes = [0u8; 10];
-        rand::thread_rng().fill_bytes(&mut id_bytes);
+        // A policy with request keys: the client must have signed exactly
+        // this request, and its id follows from the client and idempotency
+        // key (signers check both, so one signature backs one withdrawal).
+        let active = self.policy.in_force(Timestamp(secs_now()));
+        let (id, request_signature) = if active.policy().requires_signed_requests() {
+            let statement = RequestStatement {
+                client: client.id.clone(),
+                idempotency_key: req.idempotency_key.clone(),
+                wallet: req.wallet.clone(),
+                asset: req.asset.clone(),
+                destination: destination.clone(),
+                amount,
+            };
+            active
+                .policy()
+                .verify_request(&statement, &req.request_signature)
+                .map_err(|e| {
+                    CoordError::PermissionDenied(format!(
+                        "request_signature: {} (sign the destination as {destination})",
+                        e.to_string().trim_start_matches("signing refused: ")
+                    ))
+                })?;
+            (
+                request_withdrawal_id(&client.id, &req.idempotency_key),
+                Some(req.request_signature.clone()),
+            )
+        } else {
+            let mut id_bytes = [0u8; 10];
+            rand::thread_rng().fill_bytes(&mut id_bytes);
+            (format!("wd-{}", hex::encode(id_bytes)), None)
+        };
         let row = WithdrawalRow {
-            id: format!("wd-{}", hex::encode(id_bytes)),
+            id,
+            request_signature,
             client_id: client.id.clone(),
             idempotency_key: req.idempotency_key.clone(),
             request_hash,
@@ -898,6 +931,8 @@ impl Engine {
             policy_document: bundle.document.clone(),
             policy_signatures: bundle.signatures.clone(),
             rule_id: row.rule_id.clone().unwrap_or_default(),
+            idempotency_key: row.idempotency_key.clone(),
+            request_signature: row.request_signature.clone().unwrap_or_default(),
             statement_expiry: row.statement_expiry.unwrap_or(0),
             risk_score: u32::try_from(row.risk_score.unwrap_or(100)).unwrap_or(100),
             approvals_json: serde_json::to_vec(&approvals)

@@ -12,6 +12,8 @@ use crate::error::CoordError;
 /// Columns added since the first schema (databases made by earlier versions).
 pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
     db.add_column_if_missing("withdrawals", "tx_hash", "TEXT")
+        .await?;
+    db.add_column_if_missing("withdrawals", "request_signature", "TEXT")
         .await
 }
 
@@ -112,6 +114,9 @@ pub struct WithdrawalRow {
     pub idempotency_key: String,
     /// Hash of the request body (idempotency check).
     pub request_hash: String,
+    /// The client's signature over the request statement (hex), when the
+    /// policy requires signed requests.
+    pub request_signature: Option<String>,
     /// Wallet (= key id).
     pub wallet: String,
     /// Chain.
@@ -262,6 +267,7 @@ fn row(r: &AnyRow) -> WithdrawalRow {
         client_id: r.get("client_id"),
         idempotency_key: r.get("idempotency_key"),
         request_hash: r.get("request_hash"),
+        request_signature: r.try_get("request_signature").ok().flatten(),
         wallet: r.get("wallet"),
         chain: r.get("chain"),
         asset: r.get("asset"),
@@ -394,8 +400,9 @@ impl WithdrawalStore {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let res = sqlx::query(
             "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain, asset,
-                destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '[]', $14, $14)",
+                destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms,
+                request_signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '[]', $14, $14, $15)",
         )
         .bind(&w.id)
         .bind(&w.client_id)
@@ -411,6 +418,7 @@ impl WithdrawalStore {
         .bind(&w.memo)
         .bind(State::Requested.as_str())
         .bind(w.created_ms)
+        .bind(w.request_signature.as_deref())
         .execute(&mut *tx)
         .await;
         match res {

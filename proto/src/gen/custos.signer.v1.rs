@@ -59,6 +59,13 @@ pub struct WithdrawalAuthorization {
     pub latest_policy_document: ::prost::alloc::vec::Vec<u8>,
     #[prost(bytes = "vec", tag = "19")]
     pub latest_policy_signatures: ::prost::alloc::vec::Vec<u8>,
+    /// The initiator's signed request (required when the policy registers
+    /// request keys): its idempotency key and Ed25519 signature (hex) over the
+    /// request statement. Signers check it and derive the withdrawal id from it.
+    #[prost(string, tag = "20")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "21")]
+    pub request_signature: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

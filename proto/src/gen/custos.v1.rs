@@ -172,6 +172,12 @@ pub struct CreateWithdrawalRequest {
     /// Free text shown to approvers (\<= 512 chars).
     #[prost(string, tag = "7")]
     pub memo: ::prost::alloc::string::String,
+    /// Required when the policy registers a request key for this client: its
+    /// Ed25519 signature (hex) over the request statement (custos_policy
+    /// RequestStatement: client id, idempotency key, wallet, asset, the
+    /// destination in canonical form, amount). Signers check it too.
+    #[prost(string, tag = "8")]
+    pub request_signature: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

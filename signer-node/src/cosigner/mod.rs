@@ -119,6 +119,39 @@ fn check_against_request(w: &Withdrawal, r: &log_view::LoggedRequest) -> Result<
     Ok(())
 }
 
+/// With request keys in the policy, the initiator the policy sees must be
+/// the client whose signature over exactly this request (wallet, asset,
+/// destination, amount, idempotency key) verifies, and the withdrawal id must
+/// be the one that request derives: one signed request backs one withdrawal.
+fn check_signed_request(
+    policy: &custos_policy::Policy,
+    w: &Withdrawal,
+    a: &WithdrawalAuthorization,
+) -> Result<(), NodeError> {
+    if !policy.requires_signed_requests() {
+        return Ok(());
+    }
+    let id = custos_policy::request_withdrawal_id(&w.initiator, &a.idempotency_key);
+    if w.id != id {
+        return Err(refused(format!(
+            "withdrawal {} is not the withdrawal of initiator {:?}'s request {:?} ({id}): one signed request backs one withdrawal",
+            w.id, w.initiator, a.idempotency_key
+        )));
+    }
+    policy
+        .verify_request(
+            &custos_policy::RequestStatement::for_withdrawal(w, &a.idempotency_key),
+            &a.request_signature,
+        )
+        .map_err(|e| {
+            refused(
+                e.to_string()
+                    .trim_start_matches("signing refused: ")
+                    .to_owned(),
+            )
+        })
+}
+
 fn spend(w: &Withdrawal, at: i64) -> Spend {
     Spend {
         wallet: w.wallet.clone(),
@@ -242,6 +275,7 @@ impl Cosigner {
         // which a tightening puts in force at once).
         self.check_logged_facts(&w, bundles, a, now)?;
         let active = bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))?;
+        check_signed_request(active.policy(), &w, a)?;
         let approvals: Vec<Approval> = if a.approvals_json.is_empty() {
             Vec::new()
         } else {
