@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use custos_proto::custody::{CreateKeyRequest, Curve};
 use custos_tests::{eth_address_lower, log_entries, start, verify_both};
 
-use custos_tests::{digest, sign_req};
+use custos_tests::{digest, metric, sign_req};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_keygen_sign_and_survive_signer_loss() {
@@ -386,7 +386,7 @@ fn prepend_config(config: &std::path::Path, line: &str) {
 async fn a_timed_out_aux_ceremony_stops_its_work_and_the_retry_succeeds() {
     use custos_devkit::{ClusterSpec, StartOptions};
     use custos_proto::custody::GetClusterStatusRequest;
-    use custos_tests::{cpu_time, metric};
+    use custos_tests::cpu_time;
 
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
@@ -493,8 +493,12 @@ async fn a_timed_out_aux_ceremony_stops_its_work_and_the_retry_succeeds() {
 /// refills, starting right after the cluster came up. This is where sessions
 /// stalled for the whole 60 s session timeout: a frame whose send failed
 /// (peer not yet connected, ack lost under load) was dropped, or a party
-/// that finished first took its last frames with it. Every signature must
-/// come back well inside the session timeout.
+/// that finished first took its last frames with it. A stalled session hits
+/// the 60 s session timeout and fails (a presignature refill is counted in
+/// `custos_presign_failures_total`, a signing is an error), so the test asks
+/// for every signature and no failure; its client-side bound is only a
+/// backstop above that timeout, because on 2 shared cores the presignature
+/// work alone (all GMP arithmetic) takes 15-45 s a round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_signing_during_pool_refills_never_stalls() {
     let tc = custos_tests::start_from_fixture(5, 3, &[]).await;
@@ -510,27 +514,44 @@ async fn concurrent_signing_during_pool_refills_never_stalls() {
         .unwrap()
         .into_inner();
     let started = Instant::now();
+    let mut slowest = Duration::ZERO;
     for round in 0..2 {
         let calls = (0..8).map(|i| {
             let mut c = client.clone();
             let d = digest();
             async move {
+                let asked = Instant::now();
                 let r = tokio::time::timeout(
-                    Duration::from_secs(40),
+                    Duration::from_secs(150),
                     c.sign_digest(sign_req("wallet-busy", &d, i % 2 == 0)),
                 )
                 .await;
-                (i, d, r)
+                (i, d, r, asked.elapsed())
             }
         });
-        for (i, d, r) in futures::future::join_all(calls).await {
+        for (i, d, r, took) in futures::future::join_all(calls).await {
+            slowest = slowest.max(took);
             let r = r
-                .unwrap_or_else(|_| panic!("round {round}, signing {i}: stalled for 40 s"))
+                .unwrap_or_else(|_| panic!("round {round}, signing {i}: stalled for 150 s"))
                 .unwrap_or_else(|e| panic!("round {round}, signing {i}: {e}"))
                 .into_inner();
             verify_both(&key.public_key, &d, &r.r, &r.s);
         }
     }
-    eprintln!("16 signatures, 8 at a time, in {:?}", started.elapsed());
+    eprintln!(
+        "16 signatures, 8 at a time, in {:?} (slowest {slowest:?})",
+        started.elapsed()
+    );
+    let http = tc.cluster.layout().coordinator.http_listen;
+    for counter in [
+        "custos_sign_failures_total",
+        "custos_presign_failures_total",
+    ] {
+        assert_eq!(
+            metric(http, counter),
+            0.0,
+            "{counter}: a session failed (stalled until its timeout?)"
+        );
+    }
     tc.cluster.stop().await.unwrap();
 }

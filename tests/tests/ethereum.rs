@@ -18,6 +18,8 @@ use custos_tests::*;
 use serde_json::json;
 
 const CHAIN_ID: u64 = 31337;
+/// The chain's name in the flow cluster's configuration (and so in the log).
+const CHAIN: &str = "anvil";
 const ETH: u128 = 1_000_000_000_000_000_000;
 /// Anvil dev accounts 1..3 (in the policy's address book).
 const PAYEE_1: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
@@ -423,7 +425,82 @@ async fn default_configuration_on_one_cluster() {
     let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many"]).await;
     eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
     ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
+    onchain_transactions_match_the_log(&fc, &rpc, &anvil.url, wallets[2]).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// `custos audit verify --evm-rpc` (docs/SECURITY.md case 47): every nonce
+/// the wallets mined is a transaction the log prepared; a transaction sent
+/// from a wallet's address outside the log (anvil's account impersonation
+/// stands in for a signature made off the log) is named with its nonce.
+async fn onchain_transactions_match_the_log(
+    fc: &FlowCluster,
+    rpc: &EvmRpc,
+    url: &str,
+    wallet: Address,
+) {
+    let layout = fc.tc.cluster.layout();
+    let cluster = layout.dir.to_str().unwrap().to_owned();
+    let bundle = layout.dir.join("onchain-bundle.json");
+    let custos = |args: &[&str]| {
+        let out = std::process::Command::new(bin_dir().join("custos"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, trust, err) = custos(&["audit", "keys", "--cluster", &cluster]);
+    assert!(ok, "{err}");
+    let verify = |chain: &str| {
+        let (ok, _, err) = custos(&[
+            "audit",
+            "export",
+            "--cluster",
+            &cluster,
+            "--out",
+            bundle.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let mut args = vec!["audit", "verify", bundle.to_str().unwrap()];
+        args.extend(trust.split_whitespace());
+        let rpc_arg = format!("{chain}={url}");
+        args.extend(["--evm-rpc", rpc_arg.as_str()]);
+        custos(&args)
+    };
+    // A misspelt chain is named, not reported as ten unlogged nonces.
+    let (ok, out, err) = verify("ethereum");
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        err.contains("the log names no withdrawal on chain \"ethereum\" (its chains: anvil)"),
+        "{err}"
+    );
+    let (ok, out, err) = verify(CHAIN);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("10 mined, 10 logged"), "{out}");
+
+    let mined = rpc
+        .transaction_count(wallet, BlockTag::Latest)
+        .await
+        .unwrap();
+    rpc.request("anvil_impersonateAccount", json!([wallet]))
+        .await
+        .unwrap();
+    let r = dev_send(
+        rpc,
+        json!({ "from": wallet, "to": PAYEE_3, "value": "0x1" }),
+    )
+    .await;
+    assert!(r.success);
+    let (ok, out, err) = verify(CHAIN);
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("nonce(s) [{mined}] have no logged transaction")),
+        "{out}\n{err}"
+    );
 }
 
 async fn eth_and_erc20_withdrawals_through_the_full_flow(

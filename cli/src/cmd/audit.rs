@@ -122,6 +122,12 @@ pub struct VerifyArgs {
     /// activation entry must carry an admin quorum over its document (needs --policy).
     #[arg(long, value_name = "FILE", requires = "policies")]
     admins: Option<PathBuf>,
+    /// An EVM chain's JSON-RPC endpoint (`CHAIN=URL`, repeatable; needs a
+    /// bundle from the start of the log): every transaction each wallet has
+    /// mined there must be one the log prepared, or its nonce is reported as
+    /// a signature made outside the log.
+    #[arg(long = "evm-rpc", value_name = "CHAIN=URL")]
+    evm_rpcs: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -191,7 +197,27 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(r) => r,
         None => &RequireSatisfiedDecision,
     };
+    let rpcs = args
+        .evm_rpcs
+        .iter()
+        .map(|t| super::audit_onchain::parse_rpc(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut report = verify_bundle(&bundle, &trust, previous.as_deref(), replay);
+    let onchain = if rpcs.is_empty() {
+        Vec::new()
+    } else {
+        super::conn::block_on(super::audit_onchain::check(&bundle, &rpcs))?
+    };
+    let unlogged: Vec<String> = onchain
+        .iter()
+        .filter(|w| !w.unlogged.is_empty())
+        .map(|w| {
+            format!(
+                "{} on {}: {} mined {} transaction(s); nonce(s) {:?} have no logged transaction: signed outside the log",
+                w.key_id, w.chain, w.address, w.mined, w.unlogged
+            )
+        })
+        .collect();
     if let Some(r) = &policy_replay {
         r.check_activations(&bundle, &mut report);
     }
@@ -207,6 +233,8 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "first_failure": report.first_failure(),
             "replay": replay_mode,
             "report": &report,
+            "onchain": &onchain,
+            "onchain_unlogged": &unlogged,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -260,6 +288,19 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "sessions     {} authorised of {sessions} signing sessions checked",
             report.signing_sessions_authorised
         );
+        for w in &onchain {
+            println!(
+                "on chain     {} {} {}: {} mined, {} logged",
+                w.chain,
+                w.key_id,
+                w.address,
+                w.mined,
+                w.mined - w.unlogged.len() as u64
+            );
+        }
+        for u in &unlogged {
+            eprintln!("  [onchain] {u}");
+        }
         if let Some(r) = &policy_replay {
             for (hash, source) in r.documents() {
                 println!("policy       {hash}  ({source})");
@@ -276,6 +317,12 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         if report.failures.len() > 20 {
             eprintln!("  ... {} more", report.failures.len() - 20);
         }
+    }
+    if report.first_failure().is_none()
+        && let Some(u) = unlogged.first()
+    {
+        eprintln!("FAIL: {u}");
+        return Ok(ExitCode::FAILURE);
     }
     match report.first_failure() {
         None => {
