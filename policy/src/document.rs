@@ -128,8 +128,14 @@ pub struct Approver {
 pub struct RequestKey {
     /// The client's id (its API identity, the withdrawal's initiator).
     pub client: String,
-    /// Ed25519 public key, 64 hex digits.
+    /// Ed25519 public key, 64 hex digits (this or `p256`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ed25519: String,
+    /// ECDSA P-256 public key, SEC1 hex (33 or 65 bytes), for clients whose
+    /// keys live where Ed25519 is not offered (cloud KMS, HSM, platform
+    /// keystores); it signs SHA-256 of the request's signing message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub p256: String,
     /// A revoked key signs nothing; the entry stays for the audit trail.
     #[serde(default)]
     pub revoked: bool,

@@ -263,10 +263,12 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
         return Some("request signing turned off".into());
     }
     for k in &new.request_keys {
-        let kept = old
-            .request_keys
-            .iter()
-            .any(|o| o.client == k.client && o.ed25519 == k.ed25519 && (!o.revoked || k.revoked));
+        let kept = old.request_keys.iter().any(|o| {
+            o.client == k.client
+                && o.ed25519 == k.ed25519
+                && o.p256 == k.p256
+                && (!o.revoked || k.revoked)
+        });
         if !kept {
             return Some(format!(
                 "request key of client {:?} added, changed or reinstated",

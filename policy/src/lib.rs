@@ -36,6 +36,7 @@ mod keys;
 mod policy;
 mod quorum;
 mod request;
+mod request_key;
 mod statement;
 mod value;
 

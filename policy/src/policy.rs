@@ -103,7 +103,7 @@ pub struct Policy {
     hash: PolicyHash,
     keys: Vec<VerifyingKey>,
     /// Active request keys by client id.
-    pub(crate) request_keys: BTreeMap<String, VerifyingKey>,
+    pub(crate) request_keys: BTreeMap<String, crate::request_key::RequestVerifier>,
     pub(crate) resolved: Vec<Resolved>,
     /// (chain, canonical address) → entry indices.
     pub(crate) book_index: BTreeMap<(String, String), Vec<usize>>,
@@ -326,12 +326,12 @@ impl Validator {
             if !clients.insert(k.client.clone()) {
                 self.err(&path, format!("duplicate client {:?}", k.client));
             }
-            match crate::keys::PublicKey::from_hex(&k.ed25519) {
+            match crate::request_key::RequestVerifier::parse(k) {
                 Ok(key) if !k.revoked => {
-                    request_keys.insert(k.client.clone(), key.0);
+                    request_keys.insert(k.client.clone(), key);
                 }
                 Ok(_) => {}
-                Err(e) => self.err(&path, format!("ed25519: {e}")),
+                Err(e) => self.err(&path, e),
             }
         }
         // Approver groups.
@@ -389,6 +389,18 @@ impl Validator {
         }
         if doc.rules.is_empty() {
             self.warn("rules", "no rules: every withdrawal is blocked");
+        }
+        if request_keys.is_empty() {
+            for (i, r) in doc.rules.iter().enumerate() {
+                if let Some(what) = initiator_condition(r) {
+                    self.warn(
+                        format!("rules[{i}] ({})", r.id),
+                        format!(
+                            "{what} depends on the initiator, but no [[request_keys]] prove it: signers take the coordinator's word for who asked"
+                        ),
+                    );
+                }
+            }
         }
         let policy = Policy {
             doc,
@@ -920,4 +932,23 @@ fn overlaps(p: &Policy, i: usize, j: usize) -> bool {
         && range_meets(widen(a.risk), widen(b.risk))
         && (a.days_mask & b.days_mask) != 0
         && (a.hours_mask & b.hours_mask) != 0
+}
+
+/// The condition of `r` that reads the withdrawal's initiator, if any.
+fn initiator_condition(r: &crate::document::Rule) -> Option<&'static str> {
+    if r.initiators.is_some() {
+        Some("`initiators`")
+    } else if r.initiator_roles.is_some() {
+        Some("`initiator_roles`")
+    } else if r
+        .velocity
+        .as_ref()
+        .is_some_and(|v| v.per.contains(&crate::document::VelocityKey::Initiator))
+    {
+        Some("velocity `per = [\"initiator\"]`")
+    } else if r.approvals.as_ref().is_some_and(|q| q.exclude_initiator) {
+        Some("`exclude_initiator`")
+    } else {
+        None
+    }
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::address::check_address;
 use crate::error::{PolicyError, Result};
 use crate::eval::Withdrawal;
-use crate::keys::{SecretKey, verify};
+use crate::keys::SecretKey;
 use crate::policy::Policy;
 
 /// Domain separator of a request signature.
@@ -125,7 +125,7 @@ impl Policy {
                 "the request signature of initiator {client:?} is not hex"
             ))
         })?;
-        if !verify(key, &statement.signing_message(), &sig) {
+        if !key.verify(&statement.signing_message(), &sig) {
             return Err(PolicyError::Refused(format!(
                 "the request signature does not verify with initiator {client:?}'s request key over this request (idempotency key {:?}, wallet {}, asset {}, destination {}, amount {}): it was signed by another key or for another request",
                 statement.idempotency_key,

@@ -130,3 +130,69 @@ fn adding_changing_or_dropping_request_keys_is_a_relaxation() {
     assert!(relaxation(one.document(), revoked.document()).is_none());
     assert!(relaxation(revoked.document(), one.document()).is_some());
 }
+
+/// A client whose key lives in a KMS or HSM without Ed25519 registers a
+/// P-256 key; its ECDSA signatures (DER or r‖s) verify over the same
+/// statement, and nothing else does.
+#[test]
+fn a_p256_request_key_verifies_der_and_raw_signatures() {
+    use p256::ecdsa::signature::Signer as _;
+    use p256::ecdsa::{Signature, SigningKey};
+    let client_key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let sec1 = hex::encode(client_key.verifying_key().to_encoded_point(true).as_bytes());
+    let p = with_keys(&format!(
+        "[[request_keys]]\nclient = \"payments-backend\"\np256 = \"{sec1}\"\n"
+    ));
+    assert!(p.requires_signed_requests());
+    let st = RequestStatement::for_withdrawal(&wd(ETH), "order-7");
+    let sig: Signature = client_key.sign(&st.signing_message());
+    p.verify_request(&st, &hex::encode(sig.to_der().as_bytes()))
+        .unwrap();
+    p.verify_request(&st, &hex::encode(sig.to_bytes())).unwrap();
+    // Another statement, another key, an Ed25519 signature: refused.
+    let mut other = st.clone();
+    other.amount += 1;
+    let e = p
+        .verify_request(&other, &hex::encode(sig.to_bytes()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not verify"), "{e}");
+    let mallory = SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let forged: Signature = mallory.sign(&st.signing_message());
+    assert!(
+        p.verify_request(&st, &hex::encode(forged.to_bytes()))
+            .is_err()
+    );
+    assert!(p.verify_request(&st, &st.sign(&key(BACKEND))).is_err());
+
+    // The document names a bad key, both keys or none.
+    let text = std::str::from_utf8(FIXTURE).unwrap();
+    for (entry, wanted) in [
+        (
+            "p256 = \"02ff\"",
+            "p256: 2 bytes are not a SEC1 P-256 public key",
+        ),
+        ("p256 = \"xyz\"", "p256: not hex"),
+        ("", "needs a public key: set ed25519 or p256"),
+        (
+            &format!(
+                "p256 = \"{sec1}\"\ned25519 = \"{}\"",
+                key(BACKEND).public().to_hex()
+            ),
+            "set one of ed25519 and p256, not both",
+        ),
+    ] {
+        let doc = format!("{text}\n[[request_keys]]\nclient = \"payments-backend\"\n{entry}\n");
+        let e = Policy::parse(doc.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("request_keys[0] (payments-backend)"), "{e}");
+        assert!(e.contains(wanted), "{wanted}: {e}");
+    }
+
+    // Swapping the P-256 key is a relaxation (a new way to initiate).
+    let swapped = with_keys(&format!(
+        "[[request_keys]]\nclient = \"payments-backend\"\np256 = \"{}\"\n",
+        hex::encode(mallory.verifying_key().to_encoded_point(true).as_bytes())
+    ));
+    assert!(relaxation(p.document(), swapped.document()).is_some());
+    assert!(relaxation(p.document(), p.document()).is_none());
+}

@@ -241,8 +241,34 @@ fn unreachable_and_shadowed_rules_are_warnings() {
             .any(|m| m.contains("rules[2] (vendor-block)") && m.contains("partly shadowed")),
         "{w:?}"
     );
-    // The sample policy uses only intended tiering: no warnings.
-    assert!(policy().warnings().is_empty(), "{:?}", policy().warnings());
+    // The sample policy uses only intended tiering; its warnings are that
+    // its two `exclude_initiator` rules trust the coordinator's initiator
+    // without request keys, and registering one silences them.
+    let w: Vec<String> = policy()
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    for (m, rule) in w.iter().zip([
+        "rules[1] (cold-to-internal)",
+        "rules[6] (large-whitelisted)",
+    ]) {
+        assert!(
+            m.contains(rule)
+                && m.contains(
+                    "`exclude_initiator` depends on the initiator, but no [[request_keys]] prove it"
+                ),
+            "{w:?}"
+        );
+    }
+    let text = std::str::from_utf8(FIXTURE).unwrap();
+    let keyed = format!(
+        "{text}\n[[request_keys]]\nclient = \"payments-backend\"\ned25519 = \"{}\"\n",
+        key(20).public().to_hex()
+    );
+    let p = Policy::parse(keyed.as_bytes()).unwrap();
+    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
 }
 
 #[test]

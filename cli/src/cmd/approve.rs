@@ -231,12 +231,16 @@ fn approver_id(args: &VerdictArgs) -> anyhow::Result<String> {
         })
 }
 
+/// The PEM file given as `flag` (named in errors), kept zeroized.
+pub(crate) fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    Ok(Zeroizing::new(std::fs::read_to_string(path).with_context(
+        || format!("{flag} {}: cannot read it", path.display()),
+    )?))
+}
+
 /// The Ed25519 key in the PEM file given as `flag` (named in errors).
-pub(crate) fn load_key(flag: &str, path: &Path) -> anyhow::Result<SecretKey> {
-    let pem = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("{flag} {}: cannot read it", path.display()))?,
-    );
+fn load_key(flag: &str, path: &Path) -> anyhow::Result<SecretKey> {
+    let pem = read_pem(flag, path)?;
     SecretKey::from_pem(&pem).with_context(|| format!("{flag} {}", path.display()))
 }
 

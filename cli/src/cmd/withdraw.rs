@@ -42,7 +42,7 @@ pub struct WithdrawArgs {
     /// withdrawal [default: random].
     #[arg(long, value_name = "K")]
     idempotency_key: Option<String>,
-    /// This client's request key (Ed25519 PEM): signs the request, which the
+    /// This client's request key (PKCS#8 PEM, Ed25519 or P-256): signs the request, which the
     /// coordinator and every signer check when the policy registers request
     /// keys ([[request_keys]]).
     #[arg(long, value_name = "PEM")]
@@ -144,7 +144,6 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
         let request_signature = match &args.request_key {
             None => String::new(),
             Some(path) => {
-                let secret = super::approve::load_key("--request-key", path)?;
                 let chain = client
                     .get_wallet(GetWalletRequest {
                         wallet_id: args.wallet.clone(),
@@ -154,15 +153,15 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
                     .into_inner()
                     .chain;
                 let amount: u128 = args.amount.parse()?;
-                custos_policy::RequestStatement {
+                let statement = custos_policy::RequestStatement {
                     client: BACKEND_CLIENT.to_owned(),
                     idempotency_key: key.clone(),
                     wallet: args.wallet.clone(),
                     asset: args.asset.clone(),
                     destination: custos_policy::canonical_destination(&chain, &args.to),
                     amount,
-                }
-                .sign(&secret)
+                };
+                sign_request("--request-key", path, &statement)?
             }
         };
         let w = client
@@ -403,4 +402,100 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Signs `statement` with the request key in the PEM file `path` (given as
+/// `flag`, named in errors): an Ed25519 key signs the message itself, a
+/// P-256 key signs its SHA-256 (DER signature), as the policy's
+/// `[[request_keys]]` entry expects.
+fn sign_request(
+    flag: &str,
+    path: &std::path::Path,
+    statement: &custos_policy::RequestStatement,
+) -> anyhow::Result<String> {
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::DecodePrivateKey as _;
+    let pem = super::approve::read_pem(flag, path)?;
+    if let Ok(key) = custos_policy::SecretKey::from_pem(&pem) {
+        return Ok(statement.sign(&key));
+    }
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+        anyhow::anyhow!(
+            "{flag} {}: not an Ed25519 or P-256 private key in PKCS#8 PEM",
+            path.display()
+        )
+    })?;
+    let signature: p256::ecdsa::Signature = key.sign(&statement.signing_message());
+    Ok(hex::encode(signature.to_der().as_bytes()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use custos_policy::{Policy, RequestStatement, SecretKey};
+    use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+
+    /// The flow test policy with its payments-backend key replaced by `entry`.
+    fn policy(entry: &str) -> Policy {
+        let text = include_str!("../../../tests/fixtures/flow-policy.toml");
+        let start = text.find("[[request_keys]]").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let doc = format!(
+            "{}[[request_keys]]\nclient = \"payments-backend\"\n{entry}{}",
+            &text[..start],
+            &text[end..]
+        );
+        Policy::parse(doc.as_bytes()).unwrap()
+    }
+
+    fn statement() -> RequestStatement {
+        RequestStatement {
+            client: BACKEND_CLIENT.to_owned(),
+            idempotency_key: "order-1".into(),
+            wallet: "w-eth".into(),
+            asset: "ETH".into(),
+            destination: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into(),
+            amount: 1_000,
+        }
+    }
+
+    #[test]
+    fn request_keys_sign_from_ed25519_and_p256_pem_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = statement();
+
+        let ed = SecretKey::from_seed(&custos_policy::Zeroizing::new([0x42; 32]));
+        let ed_pem = dir.path().join("ed25519.pem");
+        std::fs::write(&ed_pem, ed.to_pem().unwrap().as_bytes()).unwrap();
+        let sig = sign_request("--request-key", &ed_pem, &st).unwrap();
+        policy(&format!("ed25519 = \"{}\"\n", ed.public().to_hex()))
+            .verify_request(&st, &sig)
+            .unwrap();
+
+        let p = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let p_pem = dir.path().join("p256.pem");
+        std::fs::write(&p_pem, p.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let sig = sign_request("--request-key", &p_pem, &st).unwrap();
+        let sec1 = hex::encode(p.verifying_key().to_encoded_point(true).as_bytes());
+        let registered = policy(&format!("p256 = \"{sec1}\"\n"));
+        registered.verify_request(&st, &sig).unwrap();
+        let mut other = st.clone();
+        other.amount += 1;
+        assert!(registered.verify_request(&other, &sig).is_err());
+
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a key").unwrap();
+        let e = sign_request("--request-key", &junk, &st)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("junk.pem: not an Ed25519 or P-256 private key in PKCS#8 PEM"),
+            "{e}"
+        );
+        let e = sign_request("--request-key", &dir.path().join("missing.pem"), &st)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.pem: cannot read it"), "{e}");
+    }
 }
