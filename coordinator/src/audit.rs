@@ -90,17 +90,26 @@ impl AuditTrail {
 
     /// Appends an entry durably; the caller must not act if this fails.
     pub async fn append(&self, body: EntryBody) -> Result<u64, CoordError> {
+        self.append_batch(vec![body]).await
+    }
+
+    /// Appends entries durably in one transaction and one tree update (all
+    /// or none); returns the first one's index. The caller must not act on
+    /// any of them if this fails.
+    pub async fn append_batch(&self, bodies: Vec<EntryBody>) -> Result<u64, CoordError> {
         let ts = u64::try_from(now_ms()).unwrap_or(0);
-        match self.log.append(ts, body).await {
+        let n = bodies.len() as u64;
+        let items = bodies.into_iter().map(|b| (ts, b)).collect();
+        match self.log.append_batch(items).await {
             Ok(i) => {
                 self.healthy.store(true, Ordering::Relaxed);
-                self.appends.fetch_add(1, Ordering::Relaxed);
+                self.appends.fetch_add(n, Ordering::Relaxed);
                 Ok(i)
             }
             Err(e) => {
                 self.healthy.store(false, Ordering::Relaxed);
                 self.append_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "audit append failed: action refused");
+                tracing::error!(error = %e, entries = n, "audit append failed: action refused");
                 Err(log_err(e))
             }
         }

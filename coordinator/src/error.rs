@@ -1,7 +1,7 @@
 //! Errors of the coordinator's domain, by who is at fault.
 
 /// Why a coordinator operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoordError {
     /// The caller's input is wrong; names the field.

@@ -37,6 +37,40 @@ async fn withdrawal_flow_on_postgresql() {
         .into_inner();
     wait_state(&b, &w.id, &["signed"], LIMIT).await;
 
+    // Concurrent requests are decided in group commits (one log append and
+    // one PostgreSQL transaction per batch): an `allow` still counts toward
+    // the velocity of every request decided after it, in the same batch or a
+    // later one. 1/3 ETH (plus a fee cap ≤ 0.01) of w-vel's 3 ETH daily limit
+    // is used, so exactly three of eight 0.7 ETH requests fit.
+    let calls = (0..8).map(|i| {
+        let b = b.clone();
+        async move {
+            b.clone()
+                .create_withdrawal(withdrawal_req(
+                    &format!("pg-burst-{i}"),
+                    "w-vel",
+                    WHITELISTED,
+                    7 * ETH / 10,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    });
+    let burst = futures::future::join_all(calls).await;
+    let allowed: Vec<_> = burst
+        .iter()
+        .filter(|w| w.rule_id == "small-allow")
+        .collect();
+    let blocked = burst
+        .iter()
+        .filter(|w| w.rule_id == "small-over-limit" && w.state == "blocked")
+        .count();
+    assert_eq!((allowed.len(), blocked), (3, 5), "{burst:#?}");
+    for w in allowed {
+        wait_state(&b, &w.id, &["signed"], LIMIT).await;
+    }
+
     // concurrent identical requests: one withdrawal
     let calls = (0..6).map(|_| {
         let b = b.clone();

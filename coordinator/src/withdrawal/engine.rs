@@ -25,14 +25,16 @@ use tokio::sync::broadcast;
 
 use super::assets::{AssetConfig, human};
 use super::bundle::PolicyHolder;
+use super::machine::{self, Effect, Event, Route, Work};
 use super::state::State;
-use super::store::{ApprovalRow, Inserted, Updates, Val, WithdrawalRow, WithdrawalStore, now_ms};
+use super::store::{ApprovalRow, Updates, Val, WithdrawalRow, WithdrawalStore, now_ms};
 use crate::audit::AuditTrail;
 use crate::auth::Identity;
 use crate::cluster::Cluster;
 use crate::error::CoordError;
 
 mod bump_quorum;
+mod intake;
 mod onchain;
 
 /// Longest idempotency key.
@@ -117,6 +119,59 @@ enum Next {
     Wait,
 }
 
+/// A risk score, ready to log and commit.
+struct Scored {
+    score: u32,
+    entry: EntryBody,
+    summary: String,
+    updates: Updates,
+}
+
+/// A policy decision, ready to log and commit (`decision_index` is added
+/// once the entry has its index).
+struct Decided {
+    decision: Decision,
+    entry: EntryBody,
+    updates: Updates,
+    summary: String,
+}
+
+/// What evaluating the policy came to.
+enum Evaluated {
+    Decided(Box<Decided>),
+    /// The policy could not be evaluated: the withdrawal fails.
+    Failed(String),
+}
+
+/// Where a decision routes a withdrawal, the columns that records, and the
+/// event's detail.
+fn plan_route(decision: &Decision) -> (Route, Updates, String) {
+    match &decision.outcome {
+        Outcome::Block { reason } => {
+            let detail = format!(
+                "blocked by rule {}: {}",
+                decision.rule_id.as_deref().unwrap_or("(no rule matched)"),
+                reason
+            );
+            (
+                Route::Block,
+                vec![("reason", Val::Text(Some(detail.clone())))],
+                detail,
+            )
+        }
+        Outcome::RequireApprovals => (
+            Route::NeedApprovals,
+            vec![],
+            format!("needs {}", quorum_words(decision)),
+        ),
+        Outcome::Allow => (
+            Route::Allow,
+            vec![("approved_at", Val::Int(Some(secs_now())))],
+            "allowed by policy without approvals".to_owned(),
+        ),
+    }
+}
+
 /// The withdrawal engine.
 pub struct Engine {
     /// Storage.
@@ -129,7 +184,9 @@ pub struct Engine {
     assets: Vec<AssetConfig>,
     settings: FlowSettings,
     /// Serialises policy evaluation with the velocity history it reads.
-    eval_lock: tokio::sync::Mutex<()>,
+    eval_lock: Arc<tokio::sync::Mutex<()>>,
+    /// New withdrawals waiting for the next group commit (`intake`).
+    intake: Mutex<Vec<intake::Job>>,
     /// Serialises verdicts, so two approvals arriving together both count
     /// (each sees the other) and exactly one of them completes the quorum.
     verdict_lock: tokio::sync::Mutex<()>,
@@ -270,7 +327,8 @@ impl Engine {
             audit,
             assets,
             settings,
-            eval_lock: tokio::sync::Mutex::new(()),
+            eval_lock: Arc::new(tokio::sync::Mutex::new(())),
+            intake: Mutex::new(Vec::new()),
             verdict_lock: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashSet::new()),
             changes,
@@ -487,30 +545,15 @@ impl Engine {
         {
             return same_request(prev, &row);
         }
-        self.audit
-            .append(EntryBody::WithdrawalRequested {
-                withdrawal_id: row.id.clone(),
-                key_id: row.wallet.clone(),
-                chain: row.chain.clone(),
-                asset: row.asset.clone(),
-                destination: row.destination.clone(),
-                amount: row.amount.clone(),
-                tx_digest: None,
-                requested_by: row.initiator.clone(),
-            })
-            .await?;
-        match self.store.insert(&row).await? {
-            Inserted::Existing(prev) => same_request(prev, &row),
-            Inserted::New(row) => {
-                let _ = self.changes.send(());
-                // Risk and policy run before the call returns (the caller
-                // sees blocked / awaiting_approvals / approved); signer rounds
-                // continue in the background.
-                self.clone().drive(row.id.clone(), true).await;
-                tokio::spawn(self.clone().advance(row.id.clone()));
-                self.get(&row.id).await
-            }
+        // Risk and policy run before the call returns (the caller sees
+        // blocked / awaiting_approvals / approved), in a group commit with
+        // every request that arrives meanwhile; signer rounds continue in
+        // the background.
+        let row = self.clone().admit(row).await?;
+        if !row.state()?.is_terminal() {
+            tokio::spawn(self.clone().advance(row.id.clone()));
         }
+        Ok(row)
     }
 
     /// One withdrawal.
@@ -526,12 +569,11 @@ impl Engine {
     /// Drives a withdrawal until it waits. Only one driver per withdrawal runs
     /// at a time; a second call returns at once.
     pub async fn advance(self: Arc<Self>, id: String) {
-        self.drive(id, false).await;
+        self.drive(id).await;
     }
 
-    /// Drives a withdrawal; with `local_only`, stops before any step that
-    /// talks to signers or waits.
-    async fn drive(self: Arc<Self>, id: String, local_only: bool) {
+    /// Drives a withdrawal until it waits.
+    async fn drive(self: Arc<Self>, id: String) {
         {
             let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             if !f.insert(id.clone()) {
@@ -548,14 +590,6 @@ impl Engine {
                     return;
                 }
             };
-            if local_only
-                && !matches!(
-                    row.state(),
-                    Ok(State::Requested | State::RiskScored | State::PolicyEvaluated)
-                )
-            {
-                return;
-            }
             match self.step(&row).await {
                 Ok(Next::Continue) => {
                     let _ = self.changes.send(());
@@ -578,11 +612,11 @@ impl Engine {
                 Ok(rows) => {
                     let now = secs_now();
                     for row in rows {
-                        let due = match row.state().unwrap_or(State::Failed) {
-                            State::AwaitingApprovals => {
+                        let due = match row.state().map(machine::work) {
+                            Ok(Work::AwaitVerdicts) => {
                                 row.statement_expiry.is_some_and(|e| now >= e)
                             }
-                            State::TimeLocked => {
+                            Ok(Work::AwaitTimeLock) => {
                                 row.time_lock_until.is_some_and(|t| now >= t)
                                     || row.statement_expiry.is_some_and(|e| now >= e)
                             }
@@ -603,73 +637,117 @@ impl Engine {
     }
 
     async fn step(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
-        match row.state()? {
-            State::Requested => self.score(row).await,
-            State::RiskScored => self.decide(row).await,
-            State::PolicyEvaluated => {
+        match machine::work(row.state()?) {
+            Work::Score => self.score(row).await,
+            Work::Decide => self.decide(row).await,
+            Work::Route => {
                 let _g = self.eval_lock.lock().await;
                 self.route(row).await
             }
-            State::AwaitingApprovals => self.expire_if_due(row, State::AwaitingApprovals).await,
-            State::Approved => self.register_quorum(row).await,
-            State::TimeLocked => {
-                if let Next::Continue = self.expire_if_due(row, State::TimeLocked).await? {
+            Work::AwaitVerdicts => self.expire_if_due(row).await,
+            Work::RegisterQuorum => self.register_quorum(row).await,
+            Work::AwaitTimeLock => {
+                if let Next::Continue = self.expire_if_due(row).await? {
                     return Ok(Next::Continue);
                 }
                 if row.time_lock_until.is_some_and(|t| secs_now() >= t) {
-                    self.move_to(
-                        row,
-                        &[State::TimeLocked],
-                        State::Signing,
-                        vec![],
-                        "time lock elapsed",
-                    )
-                    .await
+                    self.move_to(row, Event::TimeLockElapsed, vec![], "time lock elapsed")
+                        .await
                 } else {
                     Ok(Next::Wait)
                 }
             }
-            State::Signing => self.sign(row).await,
-            State::Signed | State::Broadcast => self.chain_after_signed(row).await,
-            _ => Ok(Next::Wait),
+            Work::Sign => self.sign(row).await,
+            Work::Publish => self.chain_after_signed(row).await,
+            Work::Nothing => Ok(Next::Wait),
         }
     }
 
-    /// Appends the status entry, then commits the transition.
+    /// The driver of [`machine::next`]: executes `event`'s transition for
+    /// `row` in the machine's order (status entry, compare-and-set commit,
+    /// then the effects that act). Returns the committed row, or `None` when
+    /// someone else moved the withdrawal first (a cancel, another driver):
+    /// then nothing was acted on and the caller looks again.
+    async fn apply(
+        &self,
+        row: &WithdrawalRow,
+        event: Event,
+        updates: Updates,
+        detail: &str,
+    ) -> Result<Option<WithdrawalRow>, CoordError> {
+        let from = row.state()?;
+        let t = machine::next(from, event)
+            .map_err(|e| CoordError::FailedPrecondition(format!("withdrawal {}: {e}", row.id)))?;
+        let mut committed = None;
+        let mut updates = Some(updates);
+        for effect in &t.effects {
+            match effect {
+                Effect::LogStatus => {
+                    self.audit
+                        .append(EntryBody::StatusChanged {
+                            withdrawal_id: row.id.clone(),
+                            status: t.to.audit_status(),
+                            reason: detail.to_owned(),
+                        })
+                        .await?;
+                }
+                Effect::Commit => {
+                    committed = self
+                        .store
+                        .transition(
+                            &row.id,
+                            &[from],
+                            t.to,
+                            updates.take().unwrap_or_default(),
+                            detail,
+                        )
+                        .await?;
+                    if committed.is_none() {
+                        return Ok(None);
+                    }
+                }
+                Effect::RecordRisk => {
+                    if let Some(req) = risk_request(row) {
+                        self.risk_state
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .record(&req);
+                    }
+                }
+                Effect::ReleaseNonce => {
+                    if let Some((chains, _)) = self.evm_chain(&row.chain) {
+                        chains.release_unsigned(&row.id).await?;
+                    }
+                }
+                // The caller holds what the signers must be told (the
+                // cancel's signature); see `finish_cancel`.
+                Effect::NotifySigners | Effect::Continue => {}
+            }
+        }
+        Ok(committed)
+    }
+
+    /// [`Engine::apply`] for a step of the driver loop.
     async fn move_to(
         &self,
         row: &WithdrawalRow,
-        from: &[State],
-        to: State,
+        event: Event,
         updates: Updates,
         detail: &str,
     ) -> Result<Next, CoordError> {
-        self.audit
-            .append(EntryBody::StatusChanged {
-                withdrawal_id: row.id.clone(),
-                status: to.audit_status(),
-                reason: detail.to_owned(),
-            })
-            .await?;
-        match self
-            .store
-            .transition(&row.id, from, to, updates, detail)
-            .await?
-        {
-            Some(_) => Ok(Next::Continue),
-            // Someone else moved it (a cancel, another driver): look again.
-            None => Ok(Next::Continue),
-        }
+        self.apply(row, event, updates, detail).await?;
+        // Look again either way: the new state's work (or someone else's
+        // move) decides whether to wait.
+        Ok(Next::Continue)
     }
 
-    async fn expire_if_due(&self, row: &WithdrawalRow, state: State) -> Result<Next, CoordError> {
+    async fn expire_if_due(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         match row.statement_expiry {
             Some(e) if secs_now() >= e => {
                 let detail = format!("approvals expired at {}", Timestamp(e));
                 self.move_to(
                     row,
-                    &[state],
-                    State::Expired,
+                    Event::Expired,
                     vec![("reason", Val::Text(Some(detail.clone())))],
                     &detail,
                 )
@@ -680,6 +758,15 @@ impl Engine {
     }
 
     async fn score(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let scored = self.assess(row)?;
+        self.audit.append(scored.entry).await?;
+        self.apply(row, Event::Scored, scored.updates, &scored.summary)
+            .await?;
+        Ok(Next::Continue)
+    }
+
+    /// The risk model's score of `row`, with its log entry and columns.
+    fn assess(&self, row: &WithdrawalRow) -> Result<Scored, CoordError> {
         let req = risk_request(row).ok_or_else(|| CoordError::Internal("stored amount".into()))?;
         let assessment: RiskAssessment = {
             let st = self.risk_state.lock().unwrap_or_else(|p| p.into_inner());
@@ -693,27 +780,20 @@ impl Engine {
         };
         let json =
             serde_json::to_string(&assessment).map_err(|e| CoordError::Internal(e.to_string()))?;
-        self.audit
-            .append(EntryBody::RiskScored {
+        Ok(Scored {
+            score: assessment.score,
+            entry: EntryBody::RiskScored {
                 withdrawal_id: row.id.clone(),
                 provider: "custos-risk/1".into(),
                 score: assessment.score,
                 details_hash: custos_audit::Hash::from(sha256(json.as_bytes())),
-            })
-            .await?;
-        self.store
-            .transition(
-                &row.id,
-                &[State::Requested],
-                State::RiskScored,
-                vec![
-                    ("risk_score", Val::Int(Some(i64::from(assessment.score)))),
-                    ("risk_json", Val::Text(Some(json))),
-                ],
-                &assessment.summary(),
-            )
-            .await?;
-        Ok(Next::Continue)
+            },
+            summary: assessment.summary(),
+            updates: vec![
+                ("risk_score", Val::Int(Some(i64::from(assessment.score)))),
+                ("risk_json", Val::Text(Some(json))),
+            ],
+        })
     }
 
     async fn velocity_history(&self, wallet: &str) -> Result<Vec<HistoryEntry>, CoordError> {
@@ -745,26 +825,50 @@ impl Engine {
         let _g = self.eval_lock.lock().await;
         let now = Timestamp(secs_now());
         let active = self.policy.in_force(now);
+        let history = self.velocity_history(&row.wallet).await?;
+        match self.evaluate_row(row, &active, &history, now)? {
+            Evaluated::Failed(detail) => {
+                self.move_to(
+                    row,
+                    Event::EvaluationFailed,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
+            }
+            Evaluated::Decided(d) => {
+                let decision_index = self.audit.append(d.entry).await?;
+                let mut updates = d.updates;
+                updates.push((
+                    "decision_index",
+                    Val::Int(i64::try_from(decision_index).ok()),
+                ));
+                match self.apply(row, Event::Decided, updates, &d.summary).await? {
+                    Some(r) => self.route(&r).await,
+                    None => Ok(Next::Continue),
+                }
+            }
+        }
+    }
+
+    /// The policy's decision on `row` (risk already scored) against
+    /// `history`, with its log entry and columns; pure but for the clock
+    /// read by the caller.
+    fn evaluate_row(
+        &self,
+        row: &WithdrawalRow,
+        active: &custos_policy::ActivePolicy,
+        history: &[HistoryEntry],
+        now: Timestamp,
+    ) -> Result<Evaluated, CoordError> {
         let mut w = policy_withdrawal(row)?;
         // No transaction adapter yet for this chain: the transfer-intent digest.
         let digest = intent_digest(&w);
         w.tx_digest = hex::encode(digest);
-        let history = self.velocity_history(&row.wallet).await?;
         let score = u32::try_from(row.risk_score.unwrap_or(100)).unwrap_or(100);
-        let decision = match evaluate(&active, &w, &history, now, score) {
+        let decision = match evaluate(active, &w, history, now, score) {
             Ok(d) => d,
-            Err(e) => {
-                let detail = format!("policy evaluation failed: {e}");
-                return self
-                    .move_to(
-                        row,
-                        &[State::RiskScored],
-                        State::Failed,
-                        vec![("reason", Val::Text(Some(detail.clone())))],
-                        &detail,
-                    )
-                    .await;
-            }
+            Err(e) => return Ok(Evaluated::Failed(format!("policy evaluation failed: {e}"))),
         };
         let explanation = decision.explain();
         let lifetime = decision
@@ -792,95 +896,46 @@ impl Engine {
         };
         let decision_json =
             serde_json::to_string(&decision).map_err(|e| CoordError::Internal(e.to_string()))?;
-        let decision_index = self
-            .audit
-            .append(EntryBody::PolicyDecision {
-                withdrawal_id: row.id.clone(),
-                policy_hash: custos_audit::Hash::from(decision.policy_hash.0),
-                rule_id: decision.rule_id.clone().unwrap_or_default(),
-                outcome: audit_outcome,
-                explanation_hash: custos_audit::Hash::from(sha256(explanation.as_bytes())),
-            })
-            .await?;
+        let entry = EntryBody::PolicyDecision {
+            withdrawal_id: row.id.clone(),
+            policy_hash: custos_audit::Hash::from(decision.policy_hash.0),
+            rule_id: decision.rule_id.clone().unwrap_or_default(),
+            outcome: audit_outcome,
+            explanation_hash: custos_audit::Hash::from(sha256(explanation.as_bytes())),
+        };
         let summary = format!(
             "{outcome} by rule {}",
             decision.rule_id.as_deref().unwrap_or("(none)")
         );
-        let updated = self
-            .store
-            .transition(
-                &row.id,
-                &[State::RiskScored],
-                State::PolicyEvaluated,
-                vec![
-                    ("rule_id", Val::Text(decision.rule_id.clone())),
-                    ("outcome", Val::Text(Some(outcome.into()))),
-                    ("explanation", Val::Text(Some(explanation))),
-                    ("decision_json", Val::Text(Some(decision_json))),
-                    (
-                        "decision_index",
-                        Val::Int(i64::try_from(decision_index).ok()),
-                    ),
-                    (
-                        "policy_hash",
-                        Val::Text(Some(decision.policy_hash.to_string())),
-                    ),
-                    ("required", Val::Text(Some(quorum_words(&decision)))),
-                    ("delay_secs", Val::Int(decision.delay.map(|d| d.secs_i64()))),
-                    ("cancel_group", Val::Text(decision.cancel_group.clone())),
-                    ("statement", Val::Blob(statement)),
-                    ("statement_expiry", Val::Int(Some(expiry.0))),
-                    ("tx_digest", Val::Blob(Some(digest.to_vec()))),
-                ],
-                &summary,
-            )
-            .await?;
-        match updated {
-            Some(r) => self.route(&r).await,
-            None => Ok(Next::Continue),
-        }
+        let updates = vec![
+            ("rule_id", Val::Text(decision.rule_id.clone())),
+            ("outcome", Val::Text(Some(outcome.into()))),
+            ("explanation", Val::Text(Some(explanation))),
+            ("decision_json", Val::Text(Some(decision_json))),
+            (
+                "policy_hash",
+                Val::Text(Some(decision.policy_hash.to_string())),
+            ),
+            ("required", Val::Text(Some(quorum_words(&decision)))),
+            ("delay_secs", Val::Int(decision.delay.map(|d| d.secs_i64()))),
+            ("cancel_group", Val::Text(decision.cancel_group.clone())),
+            ("statement", Val::Blob(statement)),
+            ("statement_expiry", Val::Int(Some(expiry.0))),
+            ("tx_digest", Val::Blob(Some(digest.to_vec()))),
+        ];
+        Ok(Evaluated::Decided(Box::new(Decided {
+            decision,
+            entry,
+            updates,
+            summary,
+        })))
     }
 
     /// policy_evaluated → blocked | awaiting_approvals | approved.
     async fn route(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
-        let from = [State::PolicyEvaluated];
-        match row.outcome.as_deref() {
-            Some("block") => {
-                let reason = self.decision(row).ok().and_then(|d| match d.outcome {
-                    Outcome::Block { reason } => Some(reason),
-                    _ => None,
-                });
-                let detail = format!(
-                    "blocked by rule {}: {}",
-                    row.rule_id.as_deref().unwrap_or("(no rule matched)"),
-                    reason.unwrap_or_else(|| "no rule allows it".into())
-                );
-                self.move_to(
-                    row,
-                    &from,
-                    State::Blocked,
-                    vec![("reason", Val::Text(Some(detail.clone())))],
-                    &detail,
-                )
-                .await
-            }
-            Some("require_approvals") => {
-                let detail = format!("needs {}", row.required.as_deref().unwrap_or("approvals"));
-                self.move_to(row, &from, State::AwaitingApprovals, vec![], &detail)
-                    .await
-            }
-            Some("allow") => {
-                self.move_to(
-                    row,
-                    &from,
-                    State::Approved,
-                    vec![("approved_at", Val::Int(Some(secs_now())))],
-                    "allowed by policy without approvals",
-                )
-                .await
-            }
-            other => Err(CoordError::Internal(format!("stored outcome {other:?}"))),
-        }
+        let (route, updates, detail) = plan_route(&self.decision(row)?);
+        self.move_to(row, Event::Routed(route), updates, &detail)
+            .await
     }
 
     fn decision(&self, row: &WithdrawalRow) -> Result<Decision, CoordError> {
@@ -967,8 +1022,7 @@ impl Engine {
             return self
                 .move_to(
                     row,
-                    &[State::Approved],
-                    State::Failed,
+                    Event::SignersRefused,
                     vec![
                         ("reason", Val::Text(Some(detail.clone()))),
                         (
@@ -988,8 +1042,7 @@ impl Engine {
             return self
                 .move_to(
                     row,
-                    &[State::Approved],
-                    State::Signing,
+                    Event::QuorumRegistered { time_lock: false },
                     vec![],
                     "quorum registered with signers",
                 )
@@ -999,8 +1052,7 @@ impl Engine {
             secs_now() + delay + i64::try_from(self.settings.lock_margin.as_secs()).unwrap_or(1);
         self.move_to(
             row,
-            &[State::Approved],
-            State::TimeLocked,
+            Event::QuorumRegistered { time_lock: true },
             vec![("time_lock_until", Val::Int(Some(until)))],
             &format!("time lock until {}", Timestamp(until)),
         )
@@ -1232,25 +1284,17 @@ impl Engine {
             .await?
         {
             Ok(sig) => {
-                self.store
-                    .transition(
-                        &row.id,
-                        &[State::Signing],
-                        State::Signed,
-                        vec![
-                            ("sig_r", Val::Blob(Some(sig.r.to_vec()))),
-                            ("sig_s", Val::Blob(Some(sig.s.to_vec()))),
-                            ("recovery_id", Val::Int(Some(i64::from(sig.recovery_id)))),
-                        ],
-                        &format!("signed by {}", sig.signers.join(", ")),
-                    )
-                    .await?;
-                if let Some(req) = risk_request(&row) {
-                    self.risk_state
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(&req);
-                }
+                self.apply(
+                    &row,
+                    Event::Signed,
+                    vec![
+                        ("sig_r", Val::Blob(Some(sig.r.to_vec()))),
+                        ("sig_s", Val::Blob(Some(sig.s.to_vec()))),
+                        ("recovery_id", Val::Int(Some(i64::from(sig.recovery_id)))),
+                    ],
+                    &format!("signed by {}", sig.signers.join(", ")),
+                )
+                .await?;
                 Ok(Next::Continue)
             }
             Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
@@ -1260,20 +1304,14 @@ impl Engine {
             Err(e) => {
                 let detail = format!("signing failed: {e}");
                 self.note(&row, State::Signing, &e.to_string()).await?;
-                let next = self
-                    .move_to(
-                        &row,
-                        &[State::Signing],
-                        State::Failed,
-                        vec![("reason", Val::Text(Some(detail.clone())))],
-                        &detail,
-                    )
-                    .await?;
-                if let Some((chains, _)) = self.evm_chain(&row.chain) {
-                    // No signature exists: its nonce goes to the next withdrawal.
-                    chains.release_unsigned(&row.id).await?;
-                }
-                Ok(next)
+                // No signature exists: the machine releases its nonce.
+                self.move_to(
+                    &row,
+                    Event::SigningFailed,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
             }
         }
     }
@@ -1410,8 +1448,7 @@ impl Engine {
                 let detail = format!("quorum reached: {}", approvers.join(", "));
                 self.move_to(
                     &row,
-                    &[State::AwaitingApprovals],
-                    State::Approved,
+                    Event::QuorumReached,
                     vec![("approved_at", Val::Int(Some(secs_now())))],
                     &detail,
                 )
@@ -1430,8 +1467,7 @@ impl Engine {
                 );
                 self.move_to(
                     &row,
-                    &[State::AwaitingApprovals],
-                    State::Rejected,
+                    Event::Rejected,
                     vec![("reason", Val::Text(Some(detail.clone())))],
                     &detail,
                 )
@@ -1462,7 +1498,7 @@ impl Engine {
         })?;
         let cancel_json =
             serde_json::to_vec(&cancel).map_err(|e| CoordError::Internal(e.to_string()))?;
-        self.finish_cancel(&row, state, &by, reason, cancel_json, Some(&cancel))
+        self.finish_cancel(&row, &by, reason, cancel_json, Some(&cancel))
             .await
     }
 
@@ -1482,14 +1518,13 @@ impl Engine {
         if !state.cancellable() {
             return Err(not_cancellable(&row, state));
         }
-        self.finish_cancel(&row, state, &who.id, reason, Vec::new(), None)
+        self.finish_cancel(&row, &who.id, reason, Vec::new(), None)
             .await
     }
 
     async fn finish_cancel(
         &self,
         row: &WithdrawalRow,
-        state: State,
         by: &str,
         reason: &str,
         cancel_json: Vec<u8>,
@@ -1512,27 +1547,21 @@ impl Engine {
             .await?;
         // The withdrawal may move on meanwhile (approved → time_locked): the
         // cancel still applies while the new state is cancellable.
-        let mut state = state;
+        let mut current = row.clone();
         loop {
-            let moved = self
-                .store
-                .transition(
-                    &row.id,
-                    &[state],
-                    State::Cancelled,
-                    vec![("reason", Val::Text(Some(detail.clone())))],
-                    &detail,
-                )
-                .await?;
-            if moved.is_some() {
+            let state = current.state()?;
+            if !state.cancellable() {
+                return Err(not_cancellable(&current, state));
+            }
+            let updates = vec![("reason", Val::Text(Some(detail.clone())))];
+            if self
+                .apply(&current, Event::Cancel, updates, &detail)
+                .await?
+                .is_some()
+            {
                 break;
             }
-            let now = self.get(&row.id).await?;
-            let st = now.state()?;
-            if !st.cancellable() {
-                return Err(not_cancellable(&now, st));
-            }
-            state = st;
+            current = self.get(&row.id).await?;
         }
         if let Some(c) = signed {
             self.store
@@ -1549,8 +1578,10 @@ impl Engine {
                 .await?;
         }
         let _ = self.changes.send(());
-        // Tell the signers (they also refuse on their own clock/records; this
-        // makes them refuse even a coordinator that later forgets the cancel).
+        // The machine's `NotifySigners`, done here because only this path
+        // holds the cancel's signature. Signers also refuse on their own
+        // clock and log view; this makes them refuse even a coordinator that
+        // later forgets the cancel.
         if let (Ok(key), Ok(auth)) = (self.key(row).await, self.authorization(row).await) {
             let notice = CancelNotice {
                 authorization: Some(auth),

@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod bundle;
 pub mod engine;
+pub mod machine;
 pub mod state;
 pub mod store;
 

@@ -85,17 +85,10 @@ impl State {
         )
     }
 
-    /// States in which a cancellation is still possible (nothing signed yet).
+    /// States in which a cancellation is still possible (nothing signed
+    /// yet): the lifecycle's answer, [`super::machine::next`].
     pub fn cancellable(self) -> bool {
-        matches!(
-            self,
-            State::Requested
-                | State::RiskScored
-                | State::PolicyEvaluated
-                | State::AwaitingApprovals
-                | State::Approved
-                | State::TimeLocked
-        )
+        super::machine::next(self, super::machine::Event::Cancel).is_ok()
     }
 
     /// The audit log's name for this state.

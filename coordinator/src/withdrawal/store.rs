@@ -308,6 +308,17 @@ fn row(r: &AnyRow) -> WithdrawalRow {
     }
 }
 
+/// One transition of a new withdrawal in a group commit.
+#[derive(Debug)]
+pub struct Step {
+    /// The state it moves to.
+    pub to: State,
+    /// Columns it sets.
+    pub updates: Updates,
+    /// Its event's detail.
+    pub detail: String,
+}
+
 /// Outcome of an insert keyed by (client, idempotency key).
 #[derive(Debug)]
 pub enum Inserted {
@@ -398,6 +409,26 @@ impl WithdrawalStore {
     /// returns the one created earlier with the same (client, idempotency key).
     pub async fn insert(&self, w: &WithdrawalRow) -> Result<Inserted, CoordError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !self.insert_in(&mut tx, w).await? {
+            drop(tx);
+            let existing = self
+                .by_idempotency_key(&w.client_id, &w.idempotency_key)
+                .await?
+                .ok_or_else(|| CoordError::Internal("idempotency row vanished".into()))?;
+            return Ok(Inserted::Existing(existing));
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(Inserted::New(w.clone()))
+    }
+
+    /// Inserts `w` in state `requested` with its first event and hooks,
+    /// inside the caller's transaction; false when its (client, idempotency
+    /// key) is taken (the transaction is then unusable on PostgreSQL).
+    async fn insert_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        w: &WithdrawalRow,
+    ) -> Result<bool, CoordError> {
         let res = sqlx::query(
             "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain, asset,
                 destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms,
@@ -419,25 +450,17 @@ impl WithdrawalStore {
         .bind(State::Requested.as_str())
         .bind(w.created_ms)
         .bind(w.request_signature.as_deref())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match res {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                drop(tx);
-                let existing = self
-                    .by_idempotency_key(&w.client_id, &w.idempotency_key)
-                    .await?
-                    .ok_or_else(|| CoordError::Internal("idempotency row vanished".into()))?;
-                return Ok(Inserted::Existing(existing));
-            }
+            Err(e) if is_unique_violation(&e) => return Ok(false),
             Err(e) => return Err(db_err(e)),
         }
-        insert_event(&mut tx, &w.id, State::Requested, "requested", w.created_ms).await?;
-        self.run_hooks(&mut tx, &w.id, None, State::Requested, "requested")
+        insert_event(tx, &w.id, State::Requested, "requested", w.created_ms).await?;
+        self.run_hooks(tx, &w.id, None, State::Requested, "requested")
             .await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(Inserted::New(w.clone()))
+        Ok(true)
     }
 
     /// The withdrawal a client created with an idempotency key.
@@ -477,6 +500,28 @@ impl WithdrawalStore {
         updates: Updates,
         detail: &str,
     ) -> Result<Option<WithdrawalRow>, CoordError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !self
+            .transition_in(&mut tx, id, from, to, updates, detail)
+            .await?
+        {
+            return Ok(None);
+        }
+        tx.commit().await.map_err(db_err)?;
+        self.get(id).await
+    }
+
+    /// [`WithdrawalStore::transition`] inside the caller's transaction;
+    /// false when the row was not in one of `from`.
+    async fn transition_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        from: &[State],
+        to: State,
+        updates: Updates,
+        detail: &str,
+    ) -> Result<bool, CoordError> {
         let now = now_ms();
         let mut sql = String::from("UPDATE withdrawals SET state = $1, updated_ms = $2");
         let mut n = 2;
@@ -508,21 +553,82 @@ impl WithdrawalStore {
         for s in from {
             q = q.bind(s.as_str());
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let res = q.execute(&mut *tx).await.map_err(db_err)?;
+        let res = q.execute(&mut **tx).await.map_err(db_err)?;
         if res.rows_affected() != 1 {
-            return Ok(None);
+            return Ok(false);
         }
-        insert_event(&mut tx, id, to, detail, now).await?;
+        insert_event(tx, id, to, detail, now).await?;
         // The state the row was in: the one `from` state that matched.
         let prior = if from.len() == 1 {
             from.first().copied()
         } else {
             None
         };
-        self.run_hooks(&mut tx, id, prior, to, detail).await?;
+        self.run_hooks(tx, id, prior, to, detail).await?;
+        Ok(true)
+    }
+
+    /// Group commit of new withdrawals: inserts each one and runs its
+    /// transitions (`steps`, from `requested`), with their events and hooks,
+    /// all in one transaction. A withdrawal whose (client, idempotency key)
+    /// is already stored is left alone and returned as
+    /// [`Inserted::Existing`].
+    pub async fn insert_decided(
+        &self,
+        items: Vec<(WithdrawalRow, Vec<Step>)>,
+    ) -> Result<Vec<Inserted>, CoordError> {
+        // Repeats are found before the transaction: on SQLite a transaction
+        // that reads first and then writes fails when another connection
+        // wrote in between (SQLITE_BUSY_SNAPSHOT), one that writes first
+        // waits for the lock instead.
+        let mut out = Vec::with_capacity(items.len());
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut pending = Vec::with_capacity(items.len());
+        for (w, steps) in items {
+            match self
+                .by_idempotency_key(&w.client_id, &w.idempotency_key)
+                .await?
+            {
+                Some(existing) => out.push(Inserted::Existing(existing)),
+                None => {
+                    fresh.push(out.len());
+                    out.push(Inserted::New(w.clone()));
+                    pending.push((w, steps));
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for (w, steps) in pending {
+            if !self.insert_in(&mut tx, &w).await? {
+                // Taken by another coordinator since the check above.
+                return Err(CoordError::Unavailable(format!(
+                    "idempotency_key {:?} was taken meanwhile; retry",
+                    w.idempotency_key
+                )));
+            }
+            let mut from = State::Requested;
+            for step in steps {
+                if !self
+                    .transition_in(&mut tx, &w.id, &[from], step.to, step.updates, &step.detail)
+                    .await?
+                {
+                    return Err(CoordError::Internal(format!(
+                        "{}: new withdrawal left {from} during its own insert",
+                        w.id
+                    )));
+                }
+                from = step.to;
+            }
+        }
         tx.commit().await.map_err(db_err)?;
-        self.get(id).await
+        for i in fresh {
+            if let Some(Inserted::New(w)) = out.get_mut(i)
+                && let Some(stored) = self.get(&w.id).await?
+            {
+                *w = stored;
+            }
+        }
+        Ok(out)
     }
 
     /// Sets columns without changing the state (notes, reserved presignature).

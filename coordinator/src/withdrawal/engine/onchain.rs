@@ -9,6 +9,7 @@ use super::{Engine, Next, PresigUse};
 use crate::chain::bump::SignedBump;
 use crate::chain::{Chains, EvmChain, Pending, Tracked};
 use crate::error::CoordError;
+use crate::withdrawal::machine::Event;
 use crate::withdrawal::state::State;
 use crate::withdrawal::store::{Val, WithdrawalRow};
 
@@ -27,15 +28,13 @@ impl Engine {
                 .assemble(row, key.eth_address.as_deref().unwrap_or_default())
                 .await?;
             self.log_broadcast(row, &hash).await?;
-            self.store
-                .transition(
-                    &row.id,
-                    &[State::Signed],
-                    State::Broadcast,
-                    vec![("tx_hash", Val::Text(Some(hash.clone())))],
-                    &format!("broadcasting {hash}"),
-                )
-                .await?;
+            self.apply(
+                row,
+                Event::Broadcast,
+                vec![("tx_hash", Val::Text(Some(hash.clone())))],
+                &format!("broadcasting {hash}"),
+            )
+            .await?;
             return Ok(Next::Continue);
         }
         match chains.track(chain, row).await {
@@ -60,18 +59,16 @@ impl Engine {
                             .unwrap_or(u32::MAX),
                     })
                     .await?;
-                self.store
-                    .transition(
-                        &row.id,
-                        &[State::Broadcast],
-                        State::Confirmed,
-                        vec![
-                            ("fee_paid", Val::Text(Some(fee_paid.to_string()))),
-                            ("tx_hash", Val::Text(Some(hash.clone()))),
-                        ],
-                        &format!("{hash} confirmed in block {block} (gas used {gas_used})"),
-                    )
-                    .await?;
+                self.apply(
+                    row,
+                    Event::Confirmed,
+                    vec![
+                        ("fee_paid", Val::Text(Some(fee_paid.to_string()))),
+                        ("tx_hash", Val::Text(Some(hash.clone()))),
+                    ],
+                    &format!("{hash} confirmed in block {block} (gas used {gas_used})"),
+                )
+                .await?;
                 Ok(Next::Continue)
             }
             Ok(Tracked::Reverted { hash, block }) => {
@@ -80,8 +77,7 @@ impl Engine {
                 );
                 self.move_to(
                     row,
-                    &[State::Broadcast],
-                    State::Failed,
+                    Event::ChainFailed,
                     vec![
                         ("reason", Val::Text(Some(detail.clone()))),
                         ("tx_hash", Val::Text(Some(hash))),
@@ -98,8 +94,7 @@ impl Engine {
                 tracing::error!(withdrawal = %row.id, nonce, "{detail}");
                 self.move_to(
                     row,
-                    &[State::Broadcast],
-                    State::Failed,
+                    Event::ChainFailed,
                     vec![("reason", Val::Text(Some(detail.clone())))],
                     &detail,
                 )
