@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use custos_audit::entry::EntryBody;
 use custos_audit::proof::{verify_consistency, verify_inclusion};
+use custos_audit::{AuditError, LogSigner, SignatureAlgorithm};
 use custos_audit::{Log, MemoryStore, leaf_hash};
-use custos_hsm::{HsmError, LogSigner, SignatureAlgorithm};
 use ed25519_dalek::{Signer, SigningKey};
 
 struct SoftSigner(SigningKey);
@@ -22,7 +22,7 @@ impl LogSigner for SoftSigner {
     fn public_key(&self) -> Vec<u8> {
         self.0.verifying_key().to_bytes().to_vec()
     }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
         Ok(self.0.sign(message).to_bytes().to_vec())
     }
 }

@@ -23,9 +23,11 @@ pub enum AuditError {
         /// The size the store reported.
         actual: u64,
     },
-    /// The log-signing or witness key backend failed.
+    /// The log-signing or witness key backend failed. The source is the
+    /// backend's own error (for example a PKCS#11 failure from `custos-hsm`),
+    /// kept so an operator sees the cause.
     #[error("log signer failed: {0}")]
-    Signer(#[from] custos_hsm::HsmError),
+    Signer(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The key uses an algorithm the note format here does not support.
     #[error("unsupported signature algorithm: {0}")]
     UnsupportedAlgorithm(String),
@@ -85,4 +87,11 @@ pub enum AuditError {
     /// A signature entry is not backed by a satisfied authorisation.
     #[error("unauthorised signature: {0}")]
     Unauthorized(String),
+}
+
+impl AuditError {
+    /// A [`crate::LogSigner`] backend failure, keeping `cause` as the source.
+    pub fn signer(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        AuditError::Signer(Box::new(cause))
+    }
 }

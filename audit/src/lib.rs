@@ -12,10 +12,12 @@
 //!   implements it over its database) and [`MemoryStore`].
 //! - [`log`]: [`Log`], which appends encoded entries, keeps every completed
 //!   interior node in the store so proofs cost O(log n) lookups, signs
-//!   checkpoints through [`custos_hsm::LogSigner`] and exports bundles.
+//!   checkpoints through a [`LogSigner`] and exports bundles.
 //! - [`entry`]: the typed, versioned canonical entry encoding (format below).
 //! - [`note`]: C2SP signed notes, checkpoints, verifier keys, cosignatures.
 //! - [`witness`]: the witness state machine that signer nodes run.
+//! - [`signer`]: the [`LogSigner`] trait that key backends (`custos-hsm`)
+//!   implement for the log and witness keys.
 //! - [`bundle`] and [`replay`]: export bundles and the offline verifier.
 //! - `sql` and `shared` (feature `sql`): `SqlStore`, the [`LogStore`] in the
 //!   coordinator's SQLite or PostgreSQL database, and `SharedLog`, which
@@ -40,6 +42,7 @@ pub mod proof;
 pub mod replay;
 #[cfg(feature = "sql")]
 pub mod shared;
+pub mod signer;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod store;
@@ -57,6 +60,7 @@ pub use note::{Checkpoint, SignedNote, VerifierKey};
 pub use replay::{AuthorizationReplay, RequireSatisfiedDecision};
 #[cfg(feature = "sql")]
 pub use shared::SharedLog;
+pub use signer::{LogSigner, SignatureAlgorithm};
 #[cfg(feature = "sql")]
 pub use sql::SqlStore;
 pub use store::{LogStore, MemoryStore};

@@ -1,14 +1,12 @@
 //! The append-only log over a [`LogStore`].
 
-use custos_hsm::LogSigner;
-
-use crate::AuditError;
 use crate::bundle::{BUNDLE_FORMAT, ConsistencyRecord, ContextEntry, ExportBundle};
 use crate::entry::{Entry, EntryBody};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{Checkpoint, SignedNote};
 use crate::store::{AppendBatch, LogStore};
 use crate::tree::{self, CompactRange, NodeSource};
+use crate::{AuditError, LogSigner};
 
 /// An append-only Merkle log.
 ///

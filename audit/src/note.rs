@@ -19,12 +19,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use custos_hsm::{LogSigner, SignatureAlgorithm};
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::AuditError;
 use crate::hash::Hash;
+use crate::{AuditError, LogSigner, SignatureAlgorithm};
 
 /// Signature type of an Ed25519 note signature (the log's own key).
 pub const SIG_TYPE_ED25519: u8 = 0x01;

@@ -18,16 +18,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use custos_hsm::LogSigner;
 use custos_service::db::Db;
 use tokio::sync::Mutex;
 
-use crate::AuditError;
 use crate::bundle::ExportBundle;
 use crate::entry::EntryBody;
 use crate::hash::Hash;
 use crate::log::Log;
 use crate::sql::SqlStore;
+use crate::{AuditError, LogSigner};
 
 /// How long an append keeps re-trying after other writers (other
 /// coordinator replicas on the same database) appended first.

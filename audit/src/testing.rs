@@ -13,7 +13,6 @@
 //! Every helper returns `Err(description)` instead of panicking so it can be
 //! used from any test harness.
 
-use custos_hsm::{HsmError, LogSigner, SignatureAlgorithm};
 use ed25519_dalek::{Signer, SigningKey};
 
 use crate::bundle::{FailureKind, TrustRoots, verify_bundle};
@@ -22,7 +21,7 @@ use crate::hash::{leaf_hash, root_from_leaf_hashes};
 use crate::note::{SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, VerifierKey};
 use crate::replay::RequireSatisfiedDecision;
 use crate::store::{AppendBatch, LogStore};
-use crate::{AuditError, Log, Witness};
+use crate::{AuditError, Log, LogSigner, SignatureAlgorithm, Witness};
 
 /// Origin of the logs the helpers build.
 pub const ORIGIN: &str = "custos.test/log";
@@ -53,7 +52,7 @@ impl LogSigner for TestSigner {
     fn public_key(&self) -> Vec<u8> {
         self.0.verifying_key().to_bytes().to_vec()
     }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
         Ok(self.0.sign(message).to_bytes().to_vec())
     }
 }

@@ -7,13 +7,11 @@
 //! lets the signer fail closed: it joins a signing session only if the
 //! session's decision entry is included in a checkpoint it witnessed.
 
-use custos_hsm::LogSigner;
-
-use crate::AuditError;
 use crate::entry::{DecisionOutcome, Entry, EntryBody};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{Checkpoint, VerifiedCheckpoint, VerifierKey, cosign};
 use crate::proof::{verify_consistency, verify_inclusion};
+use crate::{AuditError, LogSigner};
 
 /// A witness for one log.
 pub struct Witness<S: LogSigner> {

@@ -9,6 +9,7 @@ mod sql_support;
 
 use std::sync::Arc;
 
+use custos_audit::LogSigner;
 use custos_audit::entry::EntryBody;
 use custos_audit::testing::{
     ORIGIN, T0, TestSigner, sample_genesis, sample_withdrawal, trust, witness,
@@ -17,7 +18,6 @@ use custos_audit::{
     AuditError, Entry, FailureKind, RequireSatisfiedDecision, SharedLog, Witness, leaf_hash,
     node_hash, verify_bundle,
 };
-use custos_hsm::LogSigner;
 use sql_support::{Kind, TestDb, fresh};
 
 fn log_signer() -> Arc<dyn LogSigner> {

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use custos_audit::note::VerifierKey;
 use custos_audit::shared::SharedLog;
-use custos_audit::{AuditError, EntryBody, Hash};
-use custos_hsm::LogSigner;
+use custos_audit::{AuditError, EntryBody, Hash, LogSigner};
 use custos_proto::signer::{CosignRequest, StatusRequest};
 
 use crate::error::CoordError;

@@ -91,9 +91,13 @@ fn log_signer_config(
             if !pass.exists() {
                 let mut b = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-                custos_hsm::write_atomic(&pass, hex::encode(b).as_bytes())
-                    .with_context(|| format!("cannot write {}", pass.display()))
-                    .map_err(config_error)?;
+                custos_fsutil::write_atomic(
+                    &pass,
+                    hex::encode(b).as_bytes(),
+                    custos_fsutil::PRIVATE_MODE,
+                )
+                .with_context(|| format!("cannot write {}", pass.display()))
+                .map_err(config_error)?;
             }
             Ok(LogSignerConfig::Software {
                 key_file: data_dir.join("log-key.sealed"),
@@ -110,7 +114,7 @@ fn open_log_key(
     cfg: &CoordinatorConfig,
     path: &std::path::Path,
     data_dir: &std::path::Path,
-) -> Result<Arc<dyn custos_hsm::LogSigner>, Fatal> {
+) -> Result<Arc<dyn custos_audit::LogSigner>, Fatal> {
     let c = log_signer_config(cfg, path, data_dir)?;
     let signer = custos_hsm::open_log_signer(&c)
         .map_err(|e| config_error(anyhow!("config field `audit.signer`: {e}")))?;

@@ -1,16 +1,15 @@
 //! Small file helpers: atomic writes, private modes.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::DevkitError;
 
 /// Mode of files holding secrets (private keys, passphrases, tokens).
-pub(crate) const SECRET_MODE: u32 = 0o600;
+pub(crate) const SECRET_MODE: u32 = custos_fsutil::PRIVATE_MODE;
 /// Mode of public files (certificates, configs).
-pub(crate) const PUBLIC_MODE: u32 = 0o644;
+pub(crate) const PUBLIC_MODE: u32 = custos_fsutil::PUBLIC_MODE;
 
 /// Creates `dir` (and parents) if missing.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<(), DevkitError> {
@@ -28,36 +27,12 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), DevkitError> {
         .map_err(DevkitError::io("cannot set permissions of", dir))
 }
 
-/// Writes `contents` to `path` with `mode`: temporary file in the same
-/// directory (created with `mode`, so a secret is never readable by others),
-/// fsync, rename.
+/// Writes `contents` to `path` with `mode` through the workspace's one
+/// crash-consistent write (`custos_fsutil::write_atomic`: temporary file in
+/// the same directory created with `mode`, so a secret is never readable by
+/// others, fsync, rename, directory fsync).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), DevkitError> {
-    let file_name = path.file_name().ok_or_else(|| DevkitError::Io {
-        action: "cannot write",
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| -> std::io::Result<()> {
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(DevkitError::io("cannot write", path)(e));
-    }
-    Ok(())
+    custos_fsutil::write_atomic(path, contents, mode).map_err(DevkitError::io("cannot write", path))
 }
 
 /// Reads a whole file.

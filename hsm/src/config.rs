@@ -18,10 +18,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use custos_audit::LogSigner;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, Pkcs11Counter, Pkcs11LogSigner, Pkcs11Sealer,
+    HsmError, KdfParams, LogKeyAlgorithm, Pkcs11Counter, Pkcs11LogSigner, Pkcs11Sealer,
     RollbackCounter, SealedFileCounter, SealedLogSigner, Sealer, SoftwareSealer,
 };
 

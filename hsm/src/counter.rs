@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
+use crate::fsutil::write_atomic;
 use crate::pkcs11::TokenSession;
-use crate::{HsmError, Pin, SealContext, Sealer, write_atomic};
+use crate::{HsmError, Pin, SealContext, Sealer};
 
 /// Encoded length of a [`CounterValue`].
 const ENCODED_LEN: usize = 8 + 32 + 32;

@@ -1,94 +1,26 @@
-//! Crash-consistent file writes: temp file + fsync + rename + directory fsync.
+//! Sealed blobs and key metadata on disk, through the workspace's one
+//! crash-consistent write (`custos-fsutil`), always private (mode 0600), with
+//! failures as [`HsmError::Io`] naming the path.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use rand_core::{OsRng, RngCore};
+use custos_fsutil::PRIVATE_MODE;
+pub(crate) use custos_fsutil::is_temp_name;
 
 use crate::HsmError;
 
-/// Writes `bytes` to `path` atomically with mode 0600 (temp file + fsync +
-/// rename + directory fsync): a reader, or a restart after a crash, sees
-/// either the old file or the new one, never a torn one. Use it to store
-/// sealed blobs.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HsmError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| HsmError::Config(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{:016x}",
-        name.to_string_lossy(),
-        OsRng.next_u64()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| HsmError::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| HsmError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| HsmError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| HsmError::io(path, e))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Writes `bytes` to `path` atomically with mode 0600, replacing any
+/// existing file: after a crash `path` holds the old or the new blob, never a
+/// torn one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HsmError> {
+    custos_fsutil::write_atomic(path, bytes, PRIVATE_MODE).map_err(|e| HsmError::io(path, e))
 }
 
-/// Creates `path` with `bytes` atomically, failing with `AlreadyExists` (as
-/// [`HsmError::Io`]) if it exists: written to a temp file, fsynced, then
-/// hard-linked into place (link never replaces an existing file), so two
-/// concurrent creators cannot overwrite each other.
+/// Creates `path` with `bytes` atomically (mode 0600), failing with an
+/// [`HsmError::Io`] of kind `AlreadyExists` if it exists, so two concurrent
+/// creators of a KEK cannot overwrite each other.
 pub(crate) fn create_new_atomic(path: &Path, bytes: &[u8]) -> Result<(), HsmError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| HsmError::Config(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{:016x}",
-        name.to_string_lossy(),
-        OsRng.next_u64()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| HsmError::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| HsmError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| HsmError::io(&tmp, e))?;
-        drop(f);
-        std::fs::hard_link(&tmp, path).map_err(|e| HsmError::io(path, e))
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result?;
-    sync_dir(dir)
-}
-
-/// Fsyncs a directory so a rename or create in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), HsmError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| HsmError::io(dir, e))
-}
-
-/// Whether `name` is a temporary file left by [`write_atomic`].
-pub(crate) fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp-")
+    custos_fsutil::create_new_atomic(path, bytes, PRIVATE_MODE).map_err(|e| HsmError::io(path, e))
 }
 
 #[cfg(test)]
@@ -97,13 +29,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn create_new_atomic_never_replaces() {
+    fn create_new_atomic_never_replaces_and_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("kek.json");
         create_new_atomic(&p, b"first").unwrap();
         let err = create_new_atomic(&p, b"second").unwrap_err();
         assert!(
-            matches!(err, HsmError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+            matches!(err, HsmError::Io { ref path, ref source } if path == &p && source.kind() == std::io::ErrorKind::AlreadyExists),
             "{err}"
         );
         assert_eq!(std::fs::read(&p).unwrap(), b"first");
@@ -111,7 +43,7 @@ mod tests {
     }
 
     #[test]
-    fn write_atomic_replaces_and_leaves_no_temp() {
+    fn write_atomic_replaces_privately_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.sealed");
         write_atomic(&p, b"one").unwrap();

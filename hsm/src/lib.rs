@@ -40,6 +40,10 @@
 //! - Log signing: [`open_log_signer`] with a [`LogSignerConfig`]: a token key
 //!   pair ([`Pkcs11LogSigner`], Ed25519, or P-256 where the token lacks it) or
 //!   an Ed25519 key sealed by the software backend ([`SealedLogSigner`]).
+//!   Both implement [`custos_audit::LogSigner`]: the trait belongs to the
+//!   log, so the log and its offline verifier need no key backend; a signing
+//!   failure reaches the log as `AuditError::Signer` with the [`HsmError`] as
+//!   its source.
 
 #![deny(missing_docs)]
 
@@ -61,7 +65,6 @@ pub use config::{
 };
 pub use counter::{CounterValue, Pkcs11Counter, RollbackCounter, SealedFileCounter};
 pub use error::HsmError;
-pub use fsutil::write_atomic;
 pub use logsign::SealedLogSigner;
 pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer, pkcs11_context};
 pub use reseal::{ResealReport, reseal, reseal_dir};
@@ -96,26 +99,6 @@ pub trait Sealer: Send + Sync {
     fn unseal(&self, ctx: &SealContext<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError>;
 }
 
-/// Signature algorithm of a [`LogSigner`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SignatureAlgorithm {
-    /// Ed25519 over the message (RFC 8032).
-    Ed25519,
-    /// ECDSA P-256 over SHA-256 of the message, DER-free `r || s` (64 bytes).
-    EcdsaP256Sha256,
-}
-
-/// Signs transparency-log checkpoints with a key that never leaves its backend.
-pub trait LogSigner: Send + Sync {
-    /// The algorithm this signer uses.
-    fn algorithm(&self) -> SignatureAlgorithm;
-    /// The public key: 32 bytes for Ed25519, SEC1 compressed (33 bytes) for P-256.
-    fn public_key(&self) -> Vec<u8>;
-    /// Signs `message` (the implementation hashes it if the algorithm needs it).
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError>;
-}
-
 macro_rules! forward_impls {
     ($($ptr:ident),*) => {$(
         impl<S: Sealer + ?Sized> Sealer for $ptr<S> {
@@ -134,18 +117,6 @@ macro_rules! forward_impls {
                 sealed: &[u8],
             ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
                 (**self).unseal(ctx, sealed)
-            }
-        }
-
-        impl<S: LogSigner + ?Sized> LogSigner for $ptr<S> {
-            fn algorithm(&self) -> SignatureAlgorithm {
-                (**self).algorithm()
-            }
-            fn public_key(&self) -> Vec<u8> {
-                (**self).public_key()
-            }
-            fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
-                (**self).sign(message)
             }
         }
     )*};

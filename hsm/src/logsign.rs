@@ -4,11 +4,12 @@
 use std::fmt;
 use std::path::Path;
 
+use custos_audit::{AuditError, LogSigner, SignatureAlgorithm};
 use ed25519_dalek::{Signer as _, SigningKey};
 use rand_core::OsRng;
 use zeroize::Zeroizing;
 
-use crate::{HsmError, LogSigner, SealContext, Sealer, SignatureAlgorithm, fsutil};
+use crate::{HsmError, SealContext, Sealer, fsutil};
 
 /// What the sealed log-signing key is bound to.
 const CTX: SealContext<'static> = SealContext {
@@ -75,7 +76,8 @@ impl LogSigner for SealedLogSigner {
         self.key.verifying_key().to_bytes().to_vec()
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
+        // Software Ed25519 signing cannot fail once the key is loaded.
         Ok(self.key.sign(message).to_bytes().to_vec())
     }
 }

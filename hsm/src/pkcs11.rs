@@ -26,6 +26,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::RawAuthPin;
+use custos_audit::{AuditError, LogSigner, SignatureAlgorithm};
 use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::blob::{self, Aead};
-use crate::{HsmError, LogSigner, Pin, Pkcs11Config, SealContext, Sealer, SignatureAlgorithm};
+use crate::{HsmError, Pin, Pkcs11Config, SealContext, Sealer};
 
 const BACKEND: &str = "pkcs11";
 const GCM_PARAMS: &str = "ckm_aes_gcm;iv=96;tag=128";
@@ -873,7 +874,15 @@ impl LogSigner for Pkcs11LogSigner {
         self.public_key.clone()
     }
 
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
+        self.sign_on_token(message).map_err(AuditError::signer)
+    }
+}
+
+impl Pkcs11LogSigner {
+    /// Signs `message` on the token: EdDSA over the message, or ECDSA over
+    /// its SHA-256 (the token's `CKM_ECDSA` takes a digest).
+    fn sign_on_token(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
         let sig = match self.algorithm {
             SignatureAlgorithm::Ed25519 => self
                 .key

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use common::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+use custos_audit::{LogSigner, SignatureAlgorithm};
 use custos_hsm::{
-    HsmError, KdfParams, LogKeyAlgorithm, LogSigner, LogSignerConfig, Passphrase, Pin,
-    Pkcs11Config, Pkcs11LogSigner, Pkcs11Sealer, SealContext, Sealer, SealerConfig,
-    SignatureAlgorithm, SoftwareSealer, open_log_signer, open_sealer, pkcs11_context, reseal_dir,
+    HsmError, KdfParams, LogKeyAlgorithm, LogSignerConfig, Passphrase, Pin, Pkcs11Config,
+    Pkcs11LogSigner, Pkcs11Sealer, SealContext, Sealer, SealerConfig, SoftwareSealer,
+    open_log_signer, open_sealer, pkcs11_context, reseal_dir,
 };
 
 const TOKEN: &str = "custos-node";

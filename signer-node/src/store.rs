@@ -13,7 +13,7 @@
 //! leaves either the old or the new content, never a torn file.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -386,9 +386,12 @@ fn split_presig(payload: &[u8]) -> Result<(PresigMeta, Zeroizing<Vec<u8>>), Node
     Ok((meta, secret))
 }
 
-/// temp + fsync + rename + directory fsync (the hsm crate's, errors mapped).
+/// Writes `bytes` to `path` with mode 0600 through the workspace's one
+/// crash-consistent write (temp + fsync + rename + directory fsync): a crash
+/// leaves the old or the new file, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    custos_hsm::write_atomic(path, bytes).map_err(NodeError::from)
+    custos_fsutil::write_atomic(path, bytes, custos_fsutil::PRIVATE_MODE)
+        .map_err(|e| NodeError::storage(path, e))
 }
 
 fn remove_durably(path: &Path) -> Result<(), NodeError> {
@@ -400,9 +403,7 @@ fn remove_durably(path: &Path) -> Result<(), NodeError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), NodeError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| NodeError::storage(dir, e))
+    custos_fsutil::sync_dir(dir).map_err(|e| NodeError::storage(dir, e))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use custos_audit::entry::{AdminSignature, DecisionOutcome, EntryBody, Verdict};
 use custos_audit::note::{SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519};
+use custos_audit::{AuditError, LogSigner, SignatureAlgorithm};
 use custos_audit::{Log, MemoryStore, VerifierKey, Witness};
-use custos_hsm::{HsmError, LogSigner, SignatureAlgorithm};
 use ed25519_dalek::{Signer, SigningKey};
 
 pub const ORIGIN: &str = "custos.test/log";
@@ -26,7 +26,7 @@ impl LogSigner for SoftSigner {
     fn public_key(&self) -> Vec<u8> {
         self.0.verifying_key().to_bytes().to_vec()
     }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
         Ok(self.0.sign(message).to_bytes().to_vec())
     }
 }

@@ -1,6 +1,6 @@
 //! `custos approver` subcommands.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,18 +55,10 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
         .context("cannot read randomness from /dev/urandom")?;
     let key = SecretKey::from_seed(&seed);
     let pem = key.to_pem()?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(out)
+    // Created whole or not at all (a crash leaves no torn key), never over
+    // an existing file.
+    custos_fsutil::create_new_atomic(out, pem.as_bytes(), custos_fsutil::PRIVATE_MODE)
         .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
-    f.write_all(pem.as_bytes())?;
-    f.sync_all()?;
     println!("{}", key.public());
     eprintln!(
         "secret key written to {} (mode 0600); the line above is the public key",

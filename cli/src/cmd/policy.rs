@@ -331,23 +331,11 @@ fn sign(file: &Path, key: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// temp + fsync + rename + directory fsync: a crash leaves the old or the new file.
+/// Writes a public file (signatures, documents) through the workspace's one
+/// crash-consistent write: a crash leaves the old or the new file.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
-    Ok(())
+    custos_fsutil::write_atomic(path, data, custos_fsutil::PUBLIC_MODE)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Inline JSON (starts with `{` or `[`) or a path to a JSON file.

@@ -3,13 +3,14 @@
 //! Format: libp2p's protobuf keypair encoding (what `Keypair::to_protobuf_encoding`
 //! produces), so the file is interchangeable with other libp2p tooling.
 //! The file holds a private key: it is created with mode 0600, written to a
-//! temporary file in the same directory, fsynced, renamed into place and the
-//! directory fsynced, so a crash never leaves a torn or missing key.
+//! temporary file in the same directory, fsynced, linked into place and the
+//! directory fsynced (`custos_fsutil::create_new_atomic`), so a crash never
+//! leaves a torn or missing key.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
@@ -85,7 +86,7 @@ pub fn load_identity(path: &Path) -> Result<Keypair, P2pError> {
 }
 
 /// Generates a new Ed25519 identity, writes it to `path` (mode 0600,
-/// temp + fsync + rename + directory fsync) and returns its [`PeerId`].
+/// temp + fsync + link + directory fsync) and returns its [`PeerId`].
 ///
 /// Refuses to overwrite an existing file: replacing a node's identity changes
 /// its PeerId and must be a deliberate act (delete the old file first).
@@ -107,37 +108,15 @@ pub fn write_identity_file(path: &Path, keypair: &Keypair) -> Result<(), P2pErro
             IdentityProblem::Write(format!("cannot encode keypair: {e}")),
         )
     })?);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| err(path, IdentityProblem::Write("path has no file name".into())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&encoded)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        File::open(&dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        // Best effort: never leave a stray copy of the secret key behind.
-        let _ = fs::remove_file(&tmp);
-        return Err(write_err(e));
-    }
-    Ok(())
+    // Never replaces a file: a concurrent writer that got there first wins
+    // and this one reports AlreadyExists, like the check above.
+    custos_fsutil::create_new_atomic(path, &encoded, custos_fsutil::PRIVATE_MODE).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            err(path, IdentityProblem::AlreadyExists)
+        } else {
+            write_err(e)
+        }
+    })
 }
 
 #[cfg(test)]
