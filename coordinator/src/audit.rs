@@ -15,6 +15,7 @@ use custos_proto::signer::{CosignRequest, StatusRequest};
 
 use crate::error::CoordError;
 use crate::signers::Signers;
+use crate::stages::{self, Stage};
 use crate::withdrawal::store::now_ms;
 
 /// The log, its key, and what each witness has co-signed.
@@ -99,7 +100,10 @@ impl AuditTrail {
         let ts = u64::try_from(now_ms()).unwrap_or(0);
         let n = bodies.len() as u64;
         let items = bodies.into_iter().map(|b| (ts, b)).collect();
-        match self.log.append_batch(items).await {
+        let started = std::time::Instant::now();
+        let appended = self.log.append_batch(items).await;
+        stages::since(Stage::LogAppend, started);
+        match appended {
             Ok(i) => {
                 self.healthy.store(true, Ordering::Relaxed);
                 self.appends.fetch_add(n, Ordering::Relaxed);
@@ -187,10 +191,14 @@ impl AuditTrail {
         }
         let note = if need_new {
             let ts = u64::try_from(now_ms()).unwrap_or(0);
-            self.log
+            let started = std::time::Instant::now();
+            let note = self
+                .log
                 .checkpoint(self.signer.clone(), ts)
                 .await
-                .map_err(log_err)?
+                .map_err(log_err)?;
+            stages::since(Stage::Checkpoint, started);
+            note
         } else {
             self.log
                 .latest_checkpoint()
@@ -220,7 +228,10 @@ impl AuditTrail {
         });
         let mut lines = Vec::new();
         let mut failed = Vec::new();
-        for (n, required, r) in futures::future::join_all(rounds).await {
+        let started = std::time::Instant::now();
+        let answers = futures::future::join_all(rounds).await;
+        stages::since(Stage::WitnessRound, started);
+        for (n, required, r) in answers {
             match r {
                 Ok(mut l) => lines.append(&mut l),
                 Err(e) if required => failed.push(format!("{n}: {e}")),

@@ -16,4 +16,5 @@ pub mod eth;
 pub mod key_lock;
 pub mod service;
 pub mod signers;
+pub mod stages;
 pub mod withdrawal;

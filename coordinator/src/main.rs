@@ -448,6 +448,7 @@ impl custos_service::http::Health for CoordinatorHealth {
             m.presign_failures.load(Ordering::Relaxed),
         );
         out.push_str(&m.histogram_text());
+        out.push_str(&custos_coordinator::stages::metrics_text());
         out.push_str(&format!(
             "# TYPE custos_audit_appends_total counter\ncustos_audit_appends_total {}\n\
              # TYPE custos_audit_append_failures_total counter\ncustos_audit_append_failures_total {}\n\

@@ -70,6 +70,32 @@ async fn withdrawal_flow_on_postgresql() {
     for w in allowed {
         wait_state(&b, &w.id, &["signed"], LIMIT).await;
     }
+    // Each stage of the path shows on /metrics, and every request went
+    // through a group commit.
+    let http = fc.tc.cluster.layout().coordinator.http_listen;
+    for stage in [
+        "risk",
+        "policy",
+        "log_append",
+        "intake",
+        "checkpoint",
+        "witness_round",
+        "registration",
+        "signing",
+    ] {
+        let n = metric(
+            http,
+            &format!("custos_stage_latency_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        assert!(n >= 1.0, "stage {stage} never timed");
+    }
+    let requests = metric(http, "custos_intake_requests_total");
+    let batches = metric(http, "custos_intake_batches_total");
+    assert!(
+        requests >= 9.0 && batches >= 1.0 && batches <= requests,
+        "{batches} batches for {requests} requests"
+    );
+    eprintln!("intake: {requests} requests in {batches} group commits");
 
     // concurrent identical requests: one withdrawal
     let calls = (0..6).map(|_| {

@@ -32,6 +32,7 @@ use crate::audit::AuditTrail;
 use crate::auth::Identity;
 use crate::cluster::Cluster;
 use crate::error::CoordError;
+use crate::stages::{self, Stage};
 
 mod bump_quorum;
 mod intake;
@@ -768,6 +769,7 @@ impl Engine {
     /// The risk model's score of `row`, with its log entry and columns.
     fn assess(&self, row: &WithdrawalRow) -> Result<Scored, CoordError> {
         let req = risk_request(row).ok_or_else(|| CoordError::Internal("stored amount".into()))?;
+        let started = std::time::Instant::now();
         let assessment: RiskAssessment = {
             let st = self.risk_state.lock().unwrap_or_else(|p| p.into_inner());
             self.risk_model.score(
@@ -778,6 +780,7 @@ impl Engine {
                 },
             )
         };
+        stages::since(Stage::Risk, started);
         let json =
             serde_json::to_string(&assessment).map_err(|e| CoordError::Internal(e.to_string()))?;
         Ok(Scored {
@@ -866,7 +869,10 @@ impl Engine {
         let digest = intent_digest(&w);
         w.tx_digest = hex::encode(digest);
         let score = u32::try_from(row.risk_score.unwrap_or(100)).unwrap_or(100);
-        let decision = match evaluate(active, &w, history, now, score) {
+        let started = std::time::Instant::now();
+        let evaluated = evaluate(active, &w, history, now, score);
+        stages::since(Stage::Policy, started);
+        let decision = match evaluated {
             Ok(d) => d,
             Err(e) => return Ok(Evaluated::Failed(format!("policy evaluation failed: {e}"))),
         };
@@ -1002,7 +1008,9 @@ impl Engine {
     async fn register_quorum(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         let key = self.key(row).await?;
         let auth = self.authorization(row).await?;
+        let started = std::time::Instant::now();
         let results = self.cluster.register_quorum(&key.participants, auth).await;
+        stages::since(Stage::Registration, started);
         let mut accepted = 0usize;
         let mut refusals = Vec::new();
         let mut unreachable = 0usize;
@@ -1279,10 +1287,12 @@ impl Engine {
                 .ok_or_else(|| CoordError::Internal(format!("{} has no digest", row.id)))?,
         };
         let auth = self.authorization(&row).await?;
-        match self
+        let started = std::time::Instant::now();
+        let signed = self
             .audited_sign(&row, &key, &digest, &presig, &signers, auth)
-            .await?
-        {
+            .await?;
+        stages::since(Stage::Signing, started);
+        match signed {
             Ok(sig) => {
                 self.apply(
                     &row,

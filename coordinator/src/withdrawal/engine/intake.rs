@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use super::{Engine, Evaluated, plan_route, same_request, secs_now};
 use crate::error::CoordError;
+use crate::stages::{self, Stage};
 use crate::withdrawal::machine::{self, Event};
 use crate::withdrawal::state::State;
 use crate::withdrawal::store::{Inserted, Step, Val, WithdrawalRow};
@@ -95,7 +96,10 @@ impl Engine {
         }
         let rows: Vec<WithdrawalRow> = unique.iter().map(|j| j.row.clone()).collect();
         let n = rows.len();
+        let started = std::time::Instant::now();
         let result = self.commit_batch(rows).await;
+        stages::since(Stage::Intake, started);
+        stages::intake_batch(n);
         let _ = self.changes.send(());
         let answers: Vec<Result<WithdrawalRow, CoordError>> = match result {
             Ok(inserted) => inserted

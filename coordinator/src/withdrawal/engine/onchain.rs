@@ -9,6 +9,7 @@ use super::{Engine, Next, PresigUse};
 use crate::chain::bump::SignedBump;
 use crate::chain::{Chains, EvmChain, Pending, Tracked};
 use crate::error::CoordError;
+use crate::stages::{self, Stage};
 use crate::withdrawal::machine::Event;
 use crate::withdrawal::state::State;
 use crate::withdrawal::store::{Val, WithdrawalRow};
@@ -24,9 +25,11 @@ impl Engine {
         }
         if row.state()? == State::Signed {
             let key = self.key(row).await?;
+            let started = std::time::Instant::now();
             let (_, hash) = chains
                 .assemble(row, key.eth_address.as_deref().unwrap_or_default())
                 .await?;
+            stages::since(Stage::Broadcast, started);
             self.log_broadcast(row, &hash).await?;
             self.apply(
                 row,
