@@ -182,6 +182,32 @@ impl SharedLog {
         self.with_log(move |log| log.entry(index)).await
     }
 
+    /// The canonical encodings of entries `from..to`, read on their own
+    /// connection without the log's lock: entries below the size are
+    /// immutable, so a witness catching up on thousands of them does not
+    /// stall the appends meanwhile.
+    pub async fn entries(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, AuditError> {
+        let size = self.size().await;
+        if to > size {
+            return Err(AuditError::InvalidArgument(format!(
+                "entries {from}..{to} beyond the log's {size}"
+            )));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            use crate::store::LogStore as _;
+            (from..to)
+                .map(|i| {
+                    store
+                        .entry(i)?
+                        .ok_or_else(|| AuditError::Corrupt(format!("entry {i} missing")))
+                })
+                .collect()
+        })
+        .await
+        .map_err(task_failed)?
+    }
+
     /// Inclusion proof of entry `index` in the tree of `size` entries.
     pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
         self.with_log(move |log| log.inclusion_proof(index, size))

@@ -167,6 +167,13 @@ async fn sqlite_append_fails_closed_on_a_read_only_database() {
     assert!(matches!(err, AuditError::Storage(_)), "{err:?}");
     assert_eq!(log.size().await, size);
     assert!(!log.entry(0).await.unwrap().is_empty());
+    // Range reads (what witnesses catch up with) see the same entries and
+    // stop at the size.
+    let all = log.entries(0, size).await.unwrap();
+    assert_eq!(all.len() as u64, size);
+    assert_eq!(all[0], log.entry(0).await.unwrap());
+    assert!(log.entries(size - 1, size + 1).await.is_err());
+    assert!(log.entries(size, size).await.unwrap().is_empty());
 }
 
 /// Tables that contradict each other (an entry row deleted, the tree node

@@ -278,10 +278,7 @@ impl AuditTrail {
             .ok_or_else(|| CoordError::Internal(format!("{node} not configured")))?;
         // The witness derives its view of the log from the entries
         // themselves (and checks they hash to the checkpoint's root).
-        let mut entries = Vec::new();
-        for i in from..size {
-            entries.push(self.log.entry(i).await.map_err(log_err)?);
-        }
+        let entries = self.log.entries(from, size).await.map_err(log_err)?;
         let req = CosignRequest {
             checkpoint: note.to_owned(),
             consistency_proof: proof.iter().map(|h| h.to_vec()).collect(),

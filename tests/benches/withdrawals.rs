@@ -257,6 +257,49 @@ struct Figures {
     c_lat: Vec<f64>,
     c_rate: f64,
     presign_ms: f64,
+    /// (stage, count, mean ms) from the coordinator's `/metrics`, then the
+    /// intake's requests and batches.
+    stages: (Vec<(&'static str, f64, f64)>, f64, f64),
+}
+
+/// Where the coordinator's time went, from its per-stage histograms.
+fn stage_breakdown(http: std::net::SocketAddr) -> (Vec<(&'static str, f64, f64)>, f64, f64) {
+    let stages = [
+        "risk",
+        "policy",
+        "intake",
+        "log_append",
+        "checkpoint",
+        "witness_round",
+        "registration",
+        "signing",
+    ]
+    .into_iter()
+    .map(|stage| {
+        let count = custos_tests::metric(
+            http,
+            &format!("custos_stage_latency_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        let sum = custos_tests::metric(
+            http,
+            &format!("custos_stage_latency_seconds_sum{{stage=\"{stage}\"}}"),
+        );
+        (
+            stage,
+            count,
+            if count > 0.0 {
+                sum * 1000.0 / count
+            } else {
+                0.0
+            },
+        )
+    })
+    .collect();
+    (
+        stages,
+        custos_tests::metric(http, "custos_intake_requests_total"),
+        custos_tests::metric(http, "custos_intake_batches_total"),
+    )
 }
 
 async fn cluster(n: usize) -> Figures {
@@ -392,8 +435,10 @@ async fn cluster(n: usize) -> Figures {
         "  C: {n} signatures verified; {} withdrawals, all signed",
         2 * n
     );
+    let stages = stage_breakdown(fc.tc.cluster.layout().coordinator.http_listen);
     fc.tc.cluster.stop().await.unwrap();
     Figures {
+        stages,
         a_lat,
         a_rate,
         b_lat,
@@ -489,5 +534,14 @@ fn main() {
     println!(
         "  (in-process: online signing = 2 partials + verified combine from a presignature; \
          cluster presignatures: pool fill wall time / presignatures made)"
+    );
+    let (stages, requests, batches) = &f.stages;
+    println!("\ncoordinator stages over all phases (/metrics)      count     mean");
+    for (stage, count, mean) in stages {
+        println!("  {stage:<40} {count:>10.0} {mean:>10.3} ms");
+    }
+    println!(
+        "  intake: {requests:.0} requests in {batches:.0} group commits ({:.1} per commit)",
+        requests / batches.max(1.0)
     );
 }
