@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided libFuzzer on the stable toolchain (no cargo-fuzz, no nightly):
 # the sanitizer-coverage instrumentation cargo-fuzz adds, passed by hand.
-# Usage: fuzz/run-stable.sh policy_parse|statement_decode|evaluate_withdrawal|evm_unsigned_tx [SECONDS]
+# Usage: fuzz/run-stable.sh policy_parse|statement_decode|evaluate_withdrawal|evm_unsigned_tx|utxo_psbt_check [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")"
 target="${1:?target}"

@@ -10,6 +10,7 @@ command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)   # proto drift t
 command -v pkcs11-tool >/dev/null || need_pkgs+=(opensc)         # token inspection in tests
 command -v python3 >/dev/null || need_pkgs+=(python3)            # golden-vector scripts
 command -v openssl >/dev/null || need_pkgs+=(openssl)            # certificate checks in tests
+command -v litecoind >/dev/null || need_pkgs+=(litecoind)        # UTXO chain tests (Litecoin Core regtest)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq

@@ -89,7 +89,7 @@ cargo test --workspace --locked --doc
 fuzz_secs="${CUSTOS_FUZZ_SECS:-20}"
 if [ "$fuzz_secs" -gt 0 ]; then
   stage "fuzz smoke (${fuzz_secs}s each)"
-  for target in policy_parse statement_decode evaluate_withdrawal evm_unsigned_tx; do
+  for target in policy_parse statement_decode evaluate_withdrawal evm_unsigned_tx utxo_psbt_check; do
     log="$CARGO_TARGET_DIR/fuzz-$target.log"
     if ! CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" ./fuzz/run-stable.sh "$target" "$fuzz_secs" >"$log" 2>&1; then
       tail -n 60 "$log"

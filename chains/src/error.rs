@@ -104,6 +104,18 @@ pub enum ChainError {
         /// The configured cap.
         max_fee_per_gas: u128,
     },
+    /// The wallet's spendable coins do not cover the payouts and the fee.
+    #[error("insufficient funds: {needed} base units needed, {available} spendable")]
+    InsufficientFunds {
+        /// Payouts plus the fee of the smallest transaction that pays them.
+        needed: u64,
+        /// Sum of the spendable coins offered.
+        available: u64,
+    },
+    /// A PSBT that cannot be decoded, or a UTXO transaction that differs from
+    /// its approvals; the message names the input or output and the rule.
+    #[error("UTXO transaction refused: {0}")]
+    UtxoRefused(String),
     /// RPC client configuration is invalid.
     #[error("invalid RPC configuration: {0}")]
     InvalidConfig(String),

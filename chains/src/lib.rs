@@ -1,5 +1,5 @@
 //! Chain adapters: transaction building, parsing, digests and RPC clients.
-//! EVM first ([`evm`]); Bitcoin next. Pure library, shared by the coordinator
+//! EVM ([`evm`]) and Bitcoin-format UTXO chains ([`utxo`]). Pure library, shared by the coordinator
 //! (builds and broadcasts) and the signers (parse and check what they sign).
 //!
 //! # EVM formats
@@ -34,6 +34,9 @@
 
 pub mod error;
 pub mod evm;
+#[cfg(feature = "rpc")]
+mod jsonrpc;
+pub mod utxo;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256};
 pub use error::{ChainError, Result};

@@ -239,7 +239,7 @@ impl EvmRpc {
                 ChainError::RpcUnreachable(format!("{method}: {}", e.without_url()))
             }
         };
-        let mut response = self
+        let response = self
             .http
             .post(url)
             .json(&body)
@@ -247,13 +247,8 @@ impl EvmRpc {
             .await
             .map_err(transport)?;
         let status = response.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(malformed(method, "response larger than 8 MiB"));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes =
+            crate::jsonrpc::read_body(response, MAX_RESPONSE_BYTES, method, transport).await?;
         let reply: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(_) if !status.is_success() => {
@@ -263,33 +258,15 @@ impl EvmRpc {
             }
             Err(e) => return Err(malformed(method, format!("not JSON: {e}"))),
         };
-        if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
-            let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .chars()
-                .take(500)
-                .collect();
-            return Err(ChainError::RpcError {
-                method,
-                code,
-                message,
-            });
+        if let Some(e) = crate::jsonrpc::error_of(method, &reply) {
+            return Err(e);
         }
         if !status.is_success() {
             return Err(ChainError::RpcUnreachable(format!(
                 "{method}: HTTP {status}"
             )));
         }
-        if reply.get("id").and_then(Value::as_u64) != Some(id) {
-            return Err(malformed(method, "response id does not match the request"));
-        }
-        reply
-            .get("result")
-            .cloned()
-            .ok_or_else(|| malformed(method, "neither result nor error"))
+        crate::jsonrpc::result_of(method, &reply, id)
     }
 
     async fn quantity_u64(&self, method: &'static str, params: Value) -> Result<u64> {
