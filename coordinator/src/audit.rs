@@ -118,6 +118,28 @@ impl AuditTrail {
         }
     }
 
+    /// At shutdown, once nothing appends any more: waits for an append or
+    /// checkpoint round still holding the log (each is one database
+    /// transaction, so there is nothing else to flush) and logs where the
+    /// log stands, for the operator to compare with the next start.
+    pub async fn close(&self) {
+        let _round = self.round.lock().await;
+        let size = self.log.size().await;
+        let checkpoint = match self.log.latest_checkpoint().await {
+            Ok(note) => note.as_deref().and_then(note_size),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit log: latest checkpoint unreadable at shutdown");
+                None
+            }
+        };
+        tracing::info!(
+            size,
+            checkpoint,
+            appends = self.appends.load(Ordering::Relaxed),
+            "audit log closed"
+        );
+    }
+
     async fn witnessed_size(&self, node: &str) -> Option<u64> {
         if let Some(s) = self
             .witnessed
@@ -309,8 +331,13 @@ impl AuditTrail {
     }
 
     /// Checkpoints and collects cosignatures from every signer whenever the
-    /// log grew (best effort; signing forces its own round when needed).
-    pub async fn run_checkpointer(self: Arc<Self>, every: Duration) {
+    /// log grew (best effort; signing forces its own round when needed),
+    /// until `stop` is cancelled (a round in progress finishes first).
+    pub async fn run_checkpointer(
+        self: Arc<Self>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let nodes: Vec<String> = self
             .signers
             .all
@@ -318,8 +345,11 @@ impl AuditTrail {
             .map(|s| s.endpoint.node_id.clone())
             .collect();
         let mut last = 0u64;
-        loop {
-            tokio::time::sleep(every).await;
+        while !stop.is_cancelled() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
             let size = self.log.size().await;
             if size == 0 || size == last {
                 continue;

@@ -809,18 +809,24 @@ impl Cluster {
         })
     }
 
-    /// Keeps each ready key's pool of presignatures at the target size.
-    pub async fn refill_pool(self: Arc<Self>) {
+    /// Keeps each ready key's pool of presignatures at the target size
+    /// until `stop` is cancelled. A presignature round in progress then
+    /// finishes (its signers are mid-protocol; one cut off is discarded at
+    /// the next start as interrupted), and no other starts.
+    pub async fn refill_pool(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         if self.settings.pool_target == 0 {
             return;
         }
-        loop {
+        while !stop.is_cancelled() {
             let did = self.refill_once().await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "presignature refill failed");
                 false
             });
             if !did {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
             }
         }
     }

@@ -42,6 +42,15 @@ pub struct CoordinatorConfig {
     /// See `lock_after_failures`.
     #[serde(default = "default_lock_window")]
     pub lock_window_secs: u64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for work in progress
+    /// (default 10): gRPC and HTTP calls, the withdrawal step each driver is
+    /// in (a signing round included), a presignature or checkpoint round.
+    /// Work still running then is cut off, as a crash would cut it (every
+    /// withdrawal resumes from its stored state at the next start); closing
+    /// the event dispatcher, the audit log and the database takes at most
+    /// 3 s more. Keep it below the supervisor's kill timeout.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
     /// TLS material.
     pub tls: TlsConfig,
     /// API authentication.
@@ -169,6 +178,9 @@ fn default_session_timeout() -> u64 {
 }
 fn default_aux_info_timeout() -> u64 {
     960
+}
+fn default_drain_timeout() -> u64 {
+    custos_service::daemon::DEFAULT_DRAIN_SECS
 }
 
 /// TLS material.

@@ -1,6 +1,6 @@
 //! `custos-coordinator`: the coordinator daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
+use custos_coordinator::adapters::Adapters;
 use custos_coordinator::audit::AuditTrail;
 use custos_coordinator::auth::{Authenticator, Identity, Role};
 use custos_coordinator::cluster::{Cluster, Settings};
-use custos_coordinator::config::CoordinatorConfig;
+use custos_coordinator::config::{CoordinatorConfig, PolicyFiles};
 use custos_coordinator::db::Db;
 use custos_coordinator::service::CustodyService;
 use custos_coordinator::signers::Signers;
@@ -22,6 +23,7 @@ use custos_coordinator::withdrawal::{Engine, FlowSettings};
 use custos_hsm::LogSignerConfig;
 use custos_proto::custody::custody_server::CustodyServer;
 use custos_service::config::{self, resolve};
+use custos_service::daemon::{CallCounter, CancellationToken, Tasks, serve_until_signal};
 use tonic::transport::{Server, ServerTlsConfig};
 
 #[derive(Parser)]
@@ -68,8 +70,8 @@ fn main() -> ExitCode {
 /// sealed in the data dir with a generated passphrase.
 fn log_signer_config(
     cfg: &CoordinatorConfig,
-    path: &std::path::Path,
-    data_dir: &std::path::Path,
+    path: &Path,
+    data_dir: &Path,
 ) -> Result<LogSignerConfig, Fatal> {
     match &cfg.audit.signer {
         Some(LogSignerConfig::Software {
@@ -112,8 +114,8 @@ fn log_signer_config(
 
 fn open_log_key(
     cfg: &CoordinatorConfig,
-    path: &std::path::Path,
-    data_dir: &std::path::Path,
+    path: &Path,
+    data_dir: &Path,
 ) -> Result<Arc<dyn custos_audit::LogSigner>, Fatal> {
     let c = log_signer_config(cfg, path, data_dir)?;
     let signer = custos_hsm::open_log_signer(&c)
@@ -128,45 +130,64 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .ok_or_else(|| config_error(anyhow!("--config FILE is required")))?;
     let cfg: CoordinatorConfig = config::load(path, config::process_env()).map_err(config_error)?;
     if let Some(Command::LogKey) = args.command {
-        let data_dir = resolve(path, &cfg.data_dir);
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create data_dir {}", data_dir.display()))
-            .map_err(config_error)?;
-        let signer = open_log_key(&cfg, path, &data_dir)?;
-        let key = custos_audit::note::VerifierKey::from_signer(
-            &cfg.audit.origin,
-            custos_audit::note::SIG_TYPE_ED25519,
-            signer.as_ref(),
-        )
-        .map_err(|e| Fatal(1, anyhow!("log key: {e}")))?;
-        println!("{key}");
-        return Ok(());
+        return print_log_key(&cfg, path);
     }
     if cfg.signers.is_empty() {
         return Err(config_error(anyhow!(
             "config field `signers`: at least two signers are required"
         )));
     }
+    let stop = CancellationToken::new();
+    let parts = build(&cfg, path, &stop).await?;
+    serve(parts, &cfg, stop).await
+}
+
+/// `custos-coordinator log-key`.
+fn print_log_key(cfg: &CoordinatorConfig, path: &Path) -> Result<(), Fatal> {
+    let data_dir = data_dir(cfg, path)?;
+    let signer = open_log_key(cfg, path, &data_dir)?;
+    let key = custos_audit::note::VerifierKey::from_signer(
+        &cfg.audit.origin,
+        custos_audit::note::SIG_TYPE_ED25519,
+        signer.as_ref(),
+    )
+    .map_err(|e| Fatal(1, anyhow!("log key: {e}")))?;
+    println!("{key}");
+    Ok(())
+}
+
+fn data_dir(cfg: &CoordinatorConfig, path: &Path) -> Result<PathBuf, Fatal> {
     let data_dir = resolve(path, &cfg.data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))
         .map_err(config_error)?;
-    let token_path = resolve(path, &cfg.auth.admin_token_file);
-    let token = std::fs::read_to_string(&token_path)
-        .with_context(|| {
-            format!(
-                "config field `auth.admin_token_file`: {}",
-                token_path.display()
-            )
-        })
-        .map_err(config_error)?
-        .trim()
-        .to_owned();
-    if token.len() < 16 {
-        return Err(config_error(anyhow!(
-            "config field `auth.admin_token_file`: token shorter than 16 characters"
-        )));
-    }
+    Ok(data_dir)
+}
+
+/// Everything the coordinator serves, built and checked before it listens.
+struct Parts {
+    cluster: Arc<Cluster>,
+    audit: Arc<AuditTrail>,
+    adapters: Arc<Adapters>,
+    engine: Option<Arc<Engine>>,
+    authenticator: Authenticator,
+    server_id: tonic::transport::Identity,
+    http: tokio::net::TcpListener,
+}
+
+/// Reads the config's files, opens the database and the audit log, starts
+/// the adapters and wires the engine (which starts no step once `stop` is
+/// cancelled). Spawns nothing that runs on: [`serve`] does.
+async fn build(
+    cfg: &CoordinatorConfig,
+    path: &Path,
+    stop: &CancellationToken,
+) -> Result<Parts, Fatal> {
+    let data_dir = data_dir(cfg, path)?;
+    let token = read_token(
+        "auth.admin_token_file",
+        &resolve(path, &cfg.auth.admin_token_file),
+    )?;
     let tls = &cfg.tls;
     let server_id = custos_service::tls::identity(
         "tls.cert/tls.key",
@@ -189,46 +210,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         None => Db::open(&data_dir).await,
     }
     .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
-    let mut clients = vec![(
-        token.clone(),
-        Identity {
-            id: "admin".into(),
-            roles: vec![Role::Admin],
-        },
-    )];
-    for (i, c) in cfg.auth.clients.iter().enumerate() {
-        if !custos_service::daemon::is_valid_id(&c.id) {
-            return Err(config_error(anyhow!(
-                "config field `auth.clients[{i}].id`: {:?} is not a valid id",
-                c.id
-            )));
-        }
-        let p = resolve(path, &c.token_file);
-        let t = std::fs::read_to_string(&p)
-            .with_context(|| {
-                format!(
-                    "config field `auth.clients[{i}].token_file`: {}",
-                    p.display()
-                )
-            })
-            .map_err(config_error)?
-            .trim()
-            .to_owned();
-        if t.len() < 16 {
-            return Err(config_error(anyhow!(
-                "config field `auth.clients[{i}].token_file`: token shorter than 16 characters"
-            )));
-        }
-        clients.push((
-            t,
-            Identity {
-                id: c.id.clone(),
-                roles: c.roles.clone(),
-            },
-        ));
-    }
-    let authenticator = Authenticator::new(clients);
-    let log_signer = open_log_key(&cfg, path, &data_dir)?;
+    let authenticator = authenticator(cfg, path, token)?;
+    let log_signer = open_log_key(cfg, path, &data_dir)?;
     let stale = db
         .fail_stale_presigs()
         .await
@@ -240,7 +223,6 @@ async fn run(args: Args) -> Result<(), Fatal> {
         );
     }
     let signers = Arc::new(Signers::new(&cfg.signers, signer_ca, client_id).map_err(config_error)?);
-    signers.spawn_prober();
     let cluster = Cluster::new(
         db,
         signers,
@@ -254,8 +236,6 @@ async fn run(args: Args) -> Result<(), Fatal> {
             lock_window: Duration::from_secs(cfg.lock_window_secs),
         },
     );
-    tokio::spawn(cluster.clone().ensure_aux());
-    tokio::spawn(cluster.clone().refill_pool());
 
     let service_db = custos_service::db::Db {
         pool: cluster.db.pool().clone(),
@@ -270,29 +250,19 @@ async fn run(args: Args) -> Result<(), Fatal> {
     );
     tracing::info!(log_key = %audit.verifier_key(), "audit log open");
     cluster.set_audit(audit.clone());
-    tokio::spawn(
-        audit
-            .clone()
-            .run_checkpointer(Duration::from_millis(cfg.audit.checkpoint_ms.max(100))),
-    );
     // --- adapters (ledger, outbox, reports) ---
     // Ledger/outbox schemas, the event dispatcher (NATS when `[events] nats_url`
     // is set, webhooks always), and the hooks attached to the withdrawal store
     // below; the HTTP port serves the adapter routes and metrics.
     let adapters = Arc::new(
-        custos_coordinator::adapters::Adapters::start(
-            &cluster.db,
-            authenticator.clone(),
-            &cfg.ledger,
-            &cfg.events,
-        )
-        .await
-        .map_err(|e| match e {
-            custos_coordinator::error::CoordError::InvalidArgument(m) => {
-                config_error(anyhow!("config field {m}"))
-            }
-            other => Fatal(1, anyhow!("adapters: {other}")),
-        })?,
+        Adapters::start(&cluster.db, authenticator.clone(), &cfg.ledger, &cfg.events)
+            .await
+            .map_err(|e| match e {
+                custos_coordinator::error::CoordError::InvalidArgument(m) => {
+                    config_error(anyhow!("config field {m}"))
+                }
+                other => Fatal(1, anyhow!("adapters: {other}")),
+            })?,
     );
     // --- end adapters ---
     let engine = match &cfg.policy {
@@ -300,115 +270,271 @@ async fn run(args: Args) -> Result<(), Fatal> {
             tracing::warn!("no [policy] configured: the withdrawal API refuses every request");
             None
         }
-        Some(p) => {
-            let now = custos_policy::Timestamp(
-                i64::try_from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                )
-                .unwrap_or(0),
-            );
-            // A bundle used for the first time is logged before it takes effect.
-            if let Some(entry) = custos_coordinator::withdrawal::bundle::activation_entry(
-                cluster.db.pool(),
-                &resolve(path, &p.document),
-                &resolve(path, &p.signatures),
-            )
-            .await
-            .map_err(|e| config_error(anyhow!("{e}")))?
-            {
-                audit
-                    .append(entry)
-                    .await
-                    .map_err(|e| Fatal(1, anyhow!("{e}")))?;
-            }
-            let holder = PolicyHolder::load(
-                cluster.db.pool(),
-                &resolve(path, &p.document),
-                &resolve(path, &p.signatures),
-                &resolve(path, &p.admins),
-                now,
-            )
-            .await
-            .map_err(|e| config_error(anyhow!("{e}")))?;
-            let model = custos_risk::RiskModel::new(cfg.risk.clone())
-                .map_err(|e| config_error(anyhow!("config field `risk`: {e}")))?;
-            // adapters: ledger and outbox hooks run in every transition's transaction.
-            let store = adapters.attach(WithdrawalStore::new(cluster.db.pool().clone()));
-            let risk_state = Engine::rebuild_risk_state(&store, &model)
-                .await
-                .map_err(|e| Fatal(1, anyhow!("risk history: {e}")))?;
-            let assets = if cfg.assets.is_empty() {
-                default_assets()
-            } else {
-                cfg.assets.clone()
-            };
-            let engine = Engine::new(
-                store,
-                cluster.clone(),
-                holder,
-                model,
-                risk_state,
-                audit.clone(),
-                assets,
-                FlowSettings {
-                    tick: Duration::from_millis(cfg.withdrawals.tick_ms.max(50)),
-                    lock_margin: Duration::from_secs(cfg.withdrawals.lock_margin_secs),
-                },
-            );
-            let chains =
-                custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
-                    .map_err(|e| config_error(anyhow!("{e}")))?;
-            chains
-                .check_nodes()
-                .await
-                .map_err(|e| config_error(anyhow!("{e}")))?;
-            engine.set_chains(Arc::new(chains));
-            tokio::spawn(engine.clone().run());
-            Some(engine)
-        }
+        Some(p) => Some(build_engine(cfg, path, p, &cluster, &audit, &adapters, stop).await?),
     };
 
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("config field `http_listen` {}", cfg.http_listen))
         .map_err(config_error)?;
-    // adapters: /healthz and /metrics (plus adapter metrics) and the /v1 REST routes.
-    tokio::spawn(adapters.serve_http(
+    Ok(Parts {
+        cluster,
+        audit,
+        adapters,
+        engine,
+        authenticator,
+        server_id,
         http,
+    })
+}
+
+/// An API token from `file` (config field `field`): trimmed, at least 16 characters.
+fn read_token(field: &str, file: &Path) -> Result<String, Fatal> {
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("config field `{field}`: {}", file.display()))
+        .map_err(config_error)?
+        .trim()
+        .to_owned();
+    if t.len() < 16 {
+        return Err(config_error(anyhow!(
+            "config field `{field}`: token shorter than 16 characters"
+        )));
+    }
+    Ok(t)
+}
+
+/// The admin (`admin_token`) and every configured API client.
+fn authenticator(
+    cfg: &CoordinatorConfig,
+    path: &Path,
+    admin_token: String,
+) -> Result<Authenticator, Fatal> {
+    let mut clients = vec![(
+        admin_token,
+        Identity {
+            id: "admin".into(),
+            roles: vec![Role::Admin],
+        },
+    )];
+    for (i, c) in cfg.auth.clients.iter().enumerate() {
+        if !custos_service::daemon::is_valid_id(&c.id) {
+            return Err(config_error(anyhow!(
+                "config field `auth.clients[{i}].id`: {:?} is not a valid id",
+                c.id
+            )));
+        }
+        let t = read_token(
+            &format!("auth.clients[{i}].token_file"),
+            &resolve(path, &c.token_file),
+        )?;
+        clients.push((
+            t,
+            Identity {
+                id: c.id.clone(),
+                roles: c.roles.clone(),
+            },
+        ));
+    }
+    Ok(Authenticator::new(clients))
+}
+
+/// The withdrawal engine for the policy bundle `p`: logs a bundle used for
+/// the first time, rebuilds the risk history and checks the chain nodes.
+async fn build_engine(
+    cfg: &CoordinatorConfig,
+    path: &Path,
+    p: &PolicyFiles,
+    cluster: &Arc<Cluster>,
+    audit: &Arc<AuditTrail>,
+    adapters: &Adapters,
+    stop: &CancellationToken,
+) -> Result<Arc<Engine>, Fatal> {
+    let now = custos_policy::Timestamp(
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+        .unwrap_or(0),
+    );
+    // A bundle used for the first time is logged before it takes effect.
+    if let Some(entry) = custos_coordinator::withdrawal::bundle::activation_entry(
+        cluster.db.pool(),
+        &resolve(path, &p.document),
+        &resolve(path, &p.signatures),
+    )
+    .await
+    .map_err(|e| config_error(anyhow!("{e}")))?
+    {
+        audit
+            .append(entry)
+            .await
+            .map_err(|e| Fatal(1, anyhow!("{e}")))?;
+    }
+    let holder = PolicyHolder::load(
+        cluster.db.pool(),
+        &resolve(path, &p.document),
+        &resolve(path, &p.signatures),
+        &resolve(path, &p.admins),
+        now,
+    )
+    .await
+    .map_err(|e| config_error(anyhow!("{e}")))?;
+    let model = custos_risk::RiskModel::new(cfg.risk.clone())
+        .map_err(|e| config_error(anyhow!("config field `risk`: {e}")))?;
+    // adapters: ledger and outbox hooks run in every transition's transaction.
+    let store = adapters.attach(WithdrawalStore::new(cluster.db.pool().clone()));
+    let risk_state = Engine::rebuild_risk_state(&store, &model)
+        .await
+        .map_err(|e| Fatal(1, anyhow!("risk history: {e}")))?;
+    let assets = if cfg.assets.is_empty() {
+        default_assets()
+    } else {
+        cfg.assets.clone()
+    };
+    let engine = Engine::new(
+        store,
+        cluster.clone(),
+        holder,
+        model,
+        risk_state,
+        audit.clone(),
+        assets,
+        FlowSettings {
+            tick: Duration::from_millis(cfg.withdrawals.tick_ms.max(50)),
+            lock_margin: Duration::from_secs(cfg.withdrawals.lock_margin_secs),
+        },
+        stop.clone(),
+    );
+    let chains = custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
+        .map_err(|e| config_error(anyhow!("{e}")))?;
+    chains
+        .check_nodes()
+        .await
+        .map_err(|e| config_error(anyhow!("{e}")))?;
+    engine.set_chains(Arc::new(chains));
+    Ok(engine)
+}
+
+/// How long closing takes at most once the drain is over: the event
+/// dispatcher's round, the audit log's last append, the database pool.
+const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Starts the background tasks and the servers, runs until SIGTERM or
+/// Ctrl-C (or until the gRPC server fails), then drains: no new calls,
+/// calls and withdrawal steps in progress finish until
+/// `drain_timeout_secs`, what is left is cut off and named; then the event
+/// dispatcher, the audit log and the database are closed.
+async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Result<(), Fatal> {
+    let mut tasks = Tasks::new(stop.clone());
+    tasks
+        .spawn_until_stopped("signer prober", p.cluster.signers.clone().probe_forever())
+        // Aux info is set up once; a ceremony cut off is retried with a new
+        // group at the next start (the signers abort theirs with the call).
+        .spawn_until_stopped("aux-info setup", p.cluster.clone().ensure_aux())
+        .spawn(
+            "presignature refill",
+            p.cluster.clone().refill_pool(stop.clone()),
+        )
+        .spawn(
+            "checkpointer",
+            p.audit.clone().run_checkpointer(
+                Duration::from_millis(cfg.audit.checkpoint_ms.max(100)),
+                stop.clone(),
+            ),
+        )
+        .spawn_until_stopped("adapter gauges", p.adapters.refresh_gauges());
+    if let Some(e) = &p.engine {
+        tasks.spawn("withdrawal ticker", e.clone().run());
+    }
+    // adapters: /healthz and /metrics (plus adapter metrics) and the /v1 REST routes.
+    let http = p.adapters.serve_http(
+        p.http,
         Arc::new(CoordinatorHealth {
-            cluster: cluster.clone(),
-            audit: audit.clone(),
-            engine: engine.clone(),
+            cluster: p.cluster.clone(),
+            audit: p.audit.clone(),
+            engine: p.engine.clone(),
         }),
-    ));
+        stop.clone().cancelled_owned(),
+    );
+    tasks.spawn("HTTP server", async move {
+        if let Err(e) = http.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CustodyServer<CustodyService>>()
         .await;
+    let authenticator = p.authenticator;
     let custody = CustodyServer::with_interceptor(
-        CustodyService::new(cluster, engine, audit, cfg.dev.allow_sign_digest),
+        CustodyService::new(
+            p.cluster.clone(),
+            p.engine.clone(),
+            p.audit.clone(),
+            cfg.dev.allow_sign_digest,
+        ),
         move |req: tonic::Request<()>| authenticator.authenticate(req),
     );
-    let shutdown = custos_service::daemon::shutdown_signal();
+    let calls = CallCounter::default();
+    let grpc = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(p.server_id))
+        .map_err(|e| config_error(anyhow!("tls: {e}")))?
+        .add_service(calls.wrap(health_service))
+        .add_service(calls.wrap(custody))
+        .serve_with_shutdown(cfg.grpc_listen, stop.clone().cancelled_owned());
     tracing::info!(grpc = %cfg.grpc_listen, http = %cfg.http_listen, "coordinator started");
     println!(
         "custos-coordinator ready: grpc {} http {}",
         cfg.grpc_listen, cfg.http_listen
     );
-    Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(server_id))
-        .map_err(|e| config_error(anyhow!("tls: {e}")))?
-        .add_service(health_service)
-        .add_service(custody)
-        .serve_with_shutdown(cfg.grpc_listen, shutdown)
+    let (served, deadline) = serve_until_signal(
+        "gRPC API",
+        grpc,
+        &calls,
+        &stop,
+        Duration::from_secs(cfg.drain_timeout_secs),
+    )
+    .await;
+    if let Some(e) = &p.engine {
+        e.drain(deadline).await;
+    }
+    tasks.join_until(deadline).await.log();
+    close(&p.adapters, &p.audit, &p.cluster).await;
+    match served {
+        Some(Err(e)) => Err(Fatal(
+            1,
+            anyhow::Error::new(e).context(format!("gRPC API on {}", cfg.grpc_listen)),
+        )),
+        _ => {
+            tracing::info!("coordinator stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Stops event delivery, waits for the audit log's last append and closes
+/// the database pool, each within [`CLOSE_LIMIT`].
+async fn close(adapters: &Adapters, audit: &AuditTrail, cluster: &Cluster) {
+    adapters.shutdown(CLOSE_LIMIT).await;
+    if tokio::time::timeout(CLOSE_LIMIT, audit.close())
         .await
-        .with_context(|| format!("gRPC API on {}", cfg.grpc_listen))
-        .map_err(|e| Fatal(1, e))?;
-    Ok(())
+        .is_err()
+    {
+        tracing::warn!("audit log still busy (a step cut off by the drain): not closed cleanly");
+    }
+    // Waits for connections still in use; one held by work that was cut off
+    // is closed by the exit.
+    if tokio::time::timeout(CLOSE_LIMIT, cluster.db.pool().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database connections still in use: closed by the exit");
+    } else {
+        tracing::info!("database closed");
+    }
 }
 
 struct CoordinatorHealth {

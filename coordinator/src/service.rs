@@ -542,7 +542,11 @@ impl Custody for CustodyService {
         let only = (!r.withdrawal_id.is_empty()).then_some(r.withdrawal_id);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut nudges = engine.subscribe();
-        tokio::spawn(async move {
+        // Ends with the engine's stop signal, so an open watch does not hold
+        // the server's drain: the client sees the stream end and reconnects
+        // from its cursor.
+        let streaming = engine.clone();
+        streaming.spawn_until_stopped(async move {
             loop {
                 let batch = match engine
                     .store

@@ -165,14 +165,12 @@ impl Signers {
         futures::future::join_all(probes).await
     }
 
-    /// Keeps health fresh in the background.
-    pub fn spawn_prober(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                me.probe_all().await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
+    /// Keeps health fresh, every second, for as long as it is polled (the
+    /// daemon drops it at shutdown: a probe has nothing worth finishing).
+    pub async fn probe_forever(self: Arc<Self>) {
+        loop {
+            self.probe_all().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }

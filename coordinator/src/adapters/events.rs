@@ -139,8 +139,9 @@ pub struct RunningDispatcher {
     pub metrics: Arc<DispatcherMetrics>,
     /// Whether a NATS sink is configured.
     pub nats: bool,
-    /// The task (kept so it lives as long as the coordinator).
-    pub handle: DispatcherHandle,
+    /// The task (kept so it lives as long as the coordinator; taken by
+    /// [`super::Adapters::shutdown`]).
+    pub handle: std::sync::Mutex<Option<DispatcherHandle>>,
 }
 
 /// Starts the delivery task: webhooks always, NATS when `nats_url` is set. The
@@ -171,6 +172,6 @@ pub async fn start_dispatcher(db: Db, s: &EventSettings) -> Result<RunningDispat
         notify,
         metrics,
         nats,
-        handle,
+        handle: std::sync::Mutex::new(Some(handle)),
     })
 }

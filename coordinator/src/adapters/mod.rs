@@ -5,8 +5,9 @@
 //!
 //! `main.rs` calls [`Adapters::start`] once the database is open, wraps the
 //! withdrawal store with [`Adapters::attach`] (the hooks then run inside every
-//! state change's transaction) and serves [`Adapters::serve_http`] instead of
-//! the bare health router.
+//! state change's transaction), serves [`Adapters::serve_http`] instead of
+//! the bare health router, runs [`Adapters::refresh_gauges`] with its other
+//! background tasks and calls [`Adapters::shutdown`] when it stops.
 
 pub mod events;
 pub mod http;
@@ -92,7 +93,6 @@ impl Adapters {
             &dispatcher.notify,
         ))));
         let gauges = Arc::new(Gauges::default());
-        tokio::spawn(refresh_gauges(db.pool().clone(), Arc::clone(&gauges)));
         tracing::info!(
             ledger = ledger_cfg.enabled,
             nats = dispatcher.nats,
@@ -153,18 +153,51 @@ impl Adapters {
     }
 
     /// Serves `/healthz`, `/metrics` (the daemon's plus the adapters') and the
-    /// adapter routes ([`http`]) on `listener`, forever.
+    /// adapter routes ([`http`]) on `listener` until `shutdown` resolves,
+    /// then finishes the requests in progress.
     pub fn serve_http(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
         health: Arc<dyn Health>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
         let combined: Arc<dyn Health> = Arc::new(WithAdapterMetrics {
             inner: health,
             adapters: Arc::clone(self),
         });
         let app = custos_service::http::router(combined).merge(http::router(self.http.clone()));
-        async move { axum::serve(listener, app).await }
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+
+    /// Refreshes the database-derived gauges every 5 s, for as long as it
+    /// is polled.
+    pub fn refresh_gauges(&self) -> impl Future<Output = ()> + Send + 'static {
+        refresh_gauges(self.http.pool.clone(), Arc::clone(&self.gauges))
+    }
+
+    /// Stops event delivery after the round in progress, waiting at most
+    /// `limit` (a round cut off is repeated by the next start: deliveries
+    /// are at least once). Events of the last transitions are in the
+    /// outbox, committed with them.
+    pub async fn shutdown(&self, limit: Duration) {
+        let handle = self
+            .dispatcher
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            match tokio::time::timeout(limit, h.shutdown()).await {
+                Ok(()) => tracing::info!("event dispatcher stopped"),
+                Err(_) => tracing::warn!(
+                    "event dispatcher still in a delivery round: cut off (repeated at the next start)"
+                ),
+            }
+        }
     }
 }
 

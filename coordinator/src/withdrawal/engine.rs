@@ -22,6 +22,8 @@ use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::assets::{AssetConfig, human};
 use super::bundle::PolicyHolder;
@@ -197,6 +199,22 @@ pub struct Engine {
     counts: Mutex<Vec<(String, i64)>>,
     /// Chain adapters (`[[chains]]`), set once at start.
     chains: std::sync::OnceLock<Arc<crate::chain::Chains>>,
+    /// The daemon's stop signal: drivers finish the step they are in and
+    /// start no other, the ticker stops, watch streams end.
+    stop: CancellationToken,
+    /// Every task the engine spawns (drivers, intake batches, cancel
+    /// notices, watch streams), so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+/// What [`Engine::drain`] came to.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Withdrawals whose driver was still in a step at the deadline (cut off
+    /// there: the restarted coordinator resumes them from their stored state).
+    pub cut_off: Vec<String>,
+    /// Tasks still running at the deadline (drivers included).
+    pub tasks_left: usize,
 }
 
 fn secs_now() -> i64 {
@@ -307,6 +325,8 @@ pub fn policy_withdrawal(row: &WithdrawalRow) -> Result<Withdrawal, CoordError> 
 
 impl Engine {
     /// Wires the engine; call [`Engine::run`] to start resuming withdrawals.
+    /// Once `stop` is cancelled the engine starts no new step;
+    /// [`Engine::drain`] waits for the ones in progress.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: WithdrawalStore,
@@ -317,6 +337,7 @@ impl Engine {
         audit: Arc<AuditTrail>,
         assets: Vec<AssetConfig>,
         settings: FlowSettings,
+        stop: CancellationToken,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(64);
         Arc::new(Self {
@@ -335,7 +356,75 @@ impl Engine {
             changes,
             counts: Mutex::new(Vec::new()),
             chains: std::sync::OnceLock::new(),
+            stop,
+            tasks: TaskTracker::new(),
         })
+    }
+
+    /// Spawns `task` where [`Engine::drain`] waits for it.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Spawns `task`, dropped at its next `.await` once the engine stops
+    /// (a watch stream: nothing in it is worth finishing, and a stream that
+    /// never ends would hold the gRPC server's drain to its deadline).
+    pub fn spawn_until_stopped(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    /// Drives `id` in a tracked task, unless the engine is stopping: every
+    /// state is stored before it is acted on, so the restarted coordinator's
+    /// ticker picks the withdrawal up where it is.
+    fn spawn_advance(self: &Arc<Self>, id: String) {
+        if !self.stop.is_cancelled() {
+            self.spawn(self.clone().advance(id));
+        }
+    }
+
+    /// After the stop signal: waits until every driver has finished the step
+    /// it was in (a transition commits before it acts, so each stops at a
+    /// stored state) and every other engine task has ended, or until
+    /// `deadline`. Logs what was drained and what was cut off.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> Drained {
+        self.tasks.close();
+        let driving = self.in_flight_ids();
+        let done = tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_ok();
+        if done {
+            tracing::info!(withdrawals = ?driving, "withdrawal engine drained: every step in progress finished");
+            return Drained::default();
+        }
+        let cut_off = self.in_flight_ids();
+        let tasks_left = self.tasks.len();
+        tracing::warn!(
+            withdrawals = ?cut_off,
+            tasks = tasks_left,
+            "drain deadline reached: withdrawal steps still in progress are cut off (resumed from their stored state at the next start)"
+        );
+        Drained {
+            cut_off,
+            tasks_left,
+        }
+    }
+
+    fn in_flight_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Installs the chain adapters (once, before withdrawals are served).
@@ -552,7 +641,7 @@ impl Engine {
         // the background.
         let row = self.clone().admit(row).await?;
         if !row.state()?.is_terminal() {
-            tokio::spawn(self.clone().advance(row.id.clone()));
+            self.spawn_advance(row.id.clone());
         }
         Ok(row)
     }
@@ -583,6 +672,11 @@ impl Engine {
         }
         let _guard = InFlight(self.clone(), id.clone());
         loop {
+            // Between steps is where a stop is safe: the last step's state
+            // is stored, and nothing of the next one has happened.
+            if self.stop.is_cancelled() {
+                return;
+            }
             let row = match self.store.get(&id).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
@@ -605,10 +699,10 @@ impl Engine {
         }
     }
 
-    /// Revisits waiting withdrawals forever (time locks, expiries, retries,
-    /// and every non-terminal withdrawal after a restart).
+    /// Revisits waiting withdrawals until the stop signal (time locks,
+    /// expiries, retries, and every non-terminal withdrawal after a restart).
     pub async fn run(self: Arc<Self>) {
-        loop {
+        while !self.stop.is_cancelled() {
             match self.store.non_terminal().await {
                 Ok(rows) => {
                     let now = secs_now();
@@ -624,7 +718,7 @@ impl Engine {
                             _ => true,
                         };
                         if due {
-                            tokio::spawn(self.clone().advance(row.id.clone()));
+                            self.spawn_advance(row.id.clone());
                         }
                     }
                 }
@@ -633,7 +727,10 @@ impl Engine {
             if let Ok(c) = self.store.count_by_state().await {
                 *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = c;
             }
-            tokio::time::sleep(self.settings.tick).await;
+            tokio::select! {
+                _ = self.stop.cancelled() => {}
+                _ = tokio::time::sleep(self.settings.tick) => {}
+            }
         }
     }
 
@@ -1463,7 +1560,7 @@ impl Engine {
                     &detail,
                 )
                 .await?;
-                tokio::spawn(self.clone().advance(row.id.clone()));
+                self.spawn_advance(row.id.clone());
             }
             ApprovalStatus::Rejected { by } => {
                 let detail = format!(
@@ -1598,7 +1695,7 @@ impl Engine {
                 cancel_json,
             };
             let cluster = self.cluster.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 cluster.register_cancel(&key.participants, notice).await;
             });
         }

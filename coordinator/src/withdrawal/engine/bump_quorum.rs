@@ -274,7 +274,7 @@ impl Engine {
             status,
             ApprovalStatus::Satisfied { .. } | ApprovalStatus::Rejected { .. }
         ) {
-            tokio::spawn(self.clone().advance(row.id.clone()));
+            self.spawn_advance(row.id.clone());
         }
         let _ = self.changes.send(());
         self.get(&row.id).await

@@ -68,7 +68,7 @@ impl Engine {
             drop(guard);
         } else {
             let engine = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 engine.decide_batch(jobs).await;
                 drop(guard);
             });
