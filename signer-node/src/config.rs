@@ -38,6 +38,13 @@ pub struct SignerConfig {
     /// ceremony's computation is cancelled, and the coordinator retries.
     #[serde(default = "default_aux_info_timeout")]
     pub aux_info_timeout_secs: u64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for the control calls in
+    /// progress, protocol sessions included (default 10); the peer transport
+    /// stays up meanwhile so those sessions can finish. A session still
+    /// running then is cut off, as a crash would cut it: its peers time out
+    /// and the coordinator retries with other signers or later.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
     /// Withdrawal co-signer checks.
     #[serde(default)]
     pub cosigner: CosignerConfig,
@@ -87,6 +94,10 @@ impl Default for CosignerConfig {
 
 fn default_timeout() -> u64 {
     120
+}
+
+fn default_drain_timeout() -> u64 {
+    custos_service::daemon::DEFAULT_DRAIN_SECS
 }
 
 fn default_aux_info_timeout() -> u64 {

@@ -12,6 +12,7 @@ use base64::Engine;
 use clap::Parser;
 use custos_proto::signer::signer_control_server::SignerControlServer;
 use custos_service::config::{self, resolve};
+use custos_service::daemon::{CallCounter, CancellationToken, Tasks, serve_until_signal};
 use custos_signer_node::config::SignerConfig;
 use custos_signer_node::cosigner::Cosigner;
 use custos_signer_node::cosigner::bundles::Bundles;
@@ -22,6 +23,8 @@ use custos_signer_node::p2p::{self, P2pConfig, PinnedPeer};
 use custos_signer_node::service::ControlService;
 use custos_signer_node::store::Store;
 use libp2p::{Multiaddr, PeerId};
+use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, ServerTlsConfig};
 
 #[derive(Parser)]
@@ -148,7 +151,6 @@ async fn run(args: Args) -> Result<(), Fatal> {
         },
         cfg.dev.fault_injection,
     );
-    tokio::spawn(node.clone().route_inbound(inbound));
 
     let pregenerated = match &cfg.dev.primes_file {
         Some(f) => {
@@ -181,28 +183,26 @@ async fn run(args: Args) -> Result<(), Fatal> {
             .map_err(|e| Fatal(1, e.into()))?;
     }
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SignerControlServer<ControlService>>()
-        .await;
-    let pin = Arc::new(coordinator_der);
     let control = SignerControlServer::with_interceptor(
         ControlService::new(node.clone(), cosigner, cfg.dev.allow_raw_digest),
-        move |req: tonic::Request<()>| {
-            // mTLS already proved a CA-issued client cert; accept only the coordinator's.
-            let ok = req
-                .peer_certs()
-                .and_then(|c| c.first().map(|c| c.as_ref() == pin.as_slice()))
-                .unwrap_or(false);
-            if ok {
-                Ok(req)
-            } else {
-                Err(tonic::Status::permission_denied(
-                    "client certificate is not the pinned coordinator",
-                ))
-            }
-        },
+        PinnedCoordinator(Arc::new(coordinator_der)),
     );
+    let http = match cfg.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("config field `http_listen` {addr}"))
+                .map_err(config_error)?,
+        ),
+        None => None,
+    };
+    let server = Server::builder()
+        .tls_config(
+            ServerTlsConfig::new()
+                .identity(identity_tls)
+                .client_ca_root(client_ca),
+        )
+        .map_err(|e| config_error(anyhow!("tls: {e}")))?;
     tracing::info!(node_id = %cfg.node_id, peer_id = %handle.local_peer_id(), control = %cfg.control_listen, "signer node started");
     println!(
         "custos-signer {} ready: control {} peer {}",
@@ -210,35 +210,112 @@ async fn run(args: Args) -> Result<(), Fatal> {
         cfg.control_listen,
         handle.local_peer_id()
     );
+    serve(
+        &cfg,
+        Serving {
+            node,
+            server,
+            control,
+            http,
+            inbound,
+            p2p_task,
+        },
+    )
+    .await
+}
 
-    let shutdown = custos_service::daemon::shutdown_signal();
-    if let Some(http) = cfg.http_listen {
-        let listener = tokio::net::TcpListener::bind(http)
-            .await
-            .with_context(|| format!("config field `http_listen` {http}"))
-            .map_err(config_error)?;
-        let h = Arc::new(SignerHealth { node: node.clone() });
-        tokio::spawn(custos_service::http::serve(
-            listener,
-            h,
-            std::future::pending(),
-        ));
+/// What [`serve`] runs.
+struct Serving {
+    node: Arc<Node>,
+    server: Server,
+    control: InterceptedService<SignerControlServer<ControlService>, PinnedCoordinator>,
+    http: Option<tokio::net::TcpListener>,
+    inbound: tokio::sync::mpsc::Receiver<custos_signer_node::p2p::InboundMessage>,
+    p2p_task: p2p::P2pTask,
+}
+
+/// Accepts only calls from the coordinator's pinned client certificate.
+#[derive(Clone)]
+struct PinnedCoordinator(Arc<Vec<u8>>);
+
+impl tonic::service::Interceptor for PinnedCoordinator {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        // mTLS already proved a CA-issued client cert; accept only the coordinator's.
+        let ok = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.as_ref() == self.0.as_slice()))
+            .unwrap_or(false);
+        if ok {
+            Ok(req)
+        } else {
+            Err(tonic::Status::permission_denied(
+                "client certificate is not the pinned coordinator",
+            ))
+        }
     }
-    Server::builder()
-        .tls_config(
-            ServerTlsConfig::new()
-                .identity(identity_tls)
-                .client_ca_root(client_ca),
-        )
-        .map_err(|e| config_error(anyhow!("tls: {e}")))?
-        .add_service(health_service)
-        .add_service(control)
-        .serve_with_shutdown(cfg.control_listen, shutdown)
+}
+
+/// How long the transport and the remaining tasks get to stop once the
+/// control calls are drained (or cut off).
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Serves the control API until SIGTERM or Ctrl-C (or until the server
+/// fails), then drains: no new calls; calls in progress (protocol sessions
+/// included) finish until `drain_timeout_secs` with the peer transport still
+/// up, since their frames travel on it; then the transport stops, and with
+/// it inbound routing.
+async fn serve(cfg: &SignerConfig, s: Serving) -> Result<(), Fatal> {
+    let stop = CancellationToken::new();
+    let mut tasks = Tasks::new(stop.clone());
+    // Not stopped by the signal: sessions being drained still need their
+    // frames. It ends when the transport closes the channel.
+    tasks.spawn("inbound frames", s.node.clone().route_inbound(s.inbound));
+    if let Some(listener) = s.http {
+        let h = Arc::new(SignerHealth {
+            node: s.node.clone(),
+        });
+        let shutdown = stop.clone().cancelled_owned();
+        tasks.spawn("HTTP server", async move {
+            if let Err(e) = custos_service::http::serve(listener, h, shutdown).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SignerControlServer<ControlService>>()
+        .await;
+    let calls = CallCounter::default();
+    let mut server = s.server;
+    let grpc = server
+        .add_service(calls.wrap(health_service))
+        .add_service(calls.wrap(s.control))
+        .serve_with_shutdown(cfg.control_listen, stop.clone().cancelled_owned());
+    let (served, _) = serve_until_signal(
+        "control API",
+        grpc,
+        &calls,
+        &stop,
+        Duration::from_secs(cfg.drain_timeout_secs),
+    )
+    .await;
+    if tokio::time::timeout(CLOSE_LIMIT, s.p2p_task.shutdown())
         .await
-        .with_context(|| format!("control API on {}", cfg.control_listen))
-        .map_err(|e| Fatal(1, e))?;
-    drop(p2p_task);
-    Ok(())
+        .is_err()
+    {
+        tracing::warn!("p2p transport did not stop in time: closed by the exit");
+    }
+    tasks.join_until(Instant::now() + CLOSE_LIMIT).await.log();
+    match served {
+        Some(Err(e)) => Err(Fatal(
+            1,
+            anyhow::Error::new(e).context(format!("control API on {}", cfg.control_listen)),
+        )),
+        _ => {
+            tracing::info!("signer node stopped");
+            Ok(())
+        }
+    }
 }
 
 /// `[dev] aux_fixture`: imports this node's aux info from the fixture.
