@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,10 @@ use crate::layout::{ClusterLayout, PIDS_FILE, listen_addrs};
 pub const SIGNER_BIN: &str = "custos-signer";
 /// File name of the coordinator daemon.
 pub const COORDINATOR_BIN: &str = "custos-coordinator";
-/// Grace period between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Grace period between SIGTERM and SIGKILL: above the daemons' default
+/// `drain_timeout_secs` (10) plus their closing (3), so a graceful stop is
+/// never cut short by the kill.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Lines of a log quoted in start errors.
 const TAIL_LINES: usize = 30;
 
@@ -479,6 +481,21 @@ impl Cluster {
         self.kill(COORDINATOR)
     }
 
+    /// SIGTERMs `name` (`coordinator` or a node id) and waits up to `grace`
+    /// for it to exit. Returns its exit status, or `None` if it had to be
+    /// SIGKILLed (reaped either way) or was not running.
+    pub async fn terminate_within(
+        &mut self,
+        name: &str,
+        grace: Duration,
+    ) -> Result<Option<ExitStatus>, DevkitError> {
+        let stopped = self
+            .terminate_all_within(&[name.to_string()], grace)
+            .await?;
+        self.write_pids()?;
+        Ok(stopped.into_iter().next().flatten())
+    }
+
     /// Starts the coordinator again (stopping it gracefully first if it runs).
     pub async fn restart_coordinator(&mut self) -> Result<(), DevkitError> {
         self.coordinator_name()?;
@@ -641,6 +658,18 @@ impl Cluster {
 
     /// SIGTERM to `names`, wait up to [`STOP_GRACE`], SIGKILL the rest; reaps all.
     async fn terminate(&mut self, names: &[String]) -> Result<(), DevkitError> {
+        self.terminate_all_within(names, STOP_GRACE)
+            .await
+            .map(|_| ())
+    }
+
+    /// SIGTERM to `names`, wait up to `grace`, SIGKILL the rest; reaps all.
+    /// Returns, per running process, its exit status if it exited by itself.
+    async fn terminate_all_within(
+        &mut self,
+        names: &[String],
+        grace: Duration,
+    ) -> Result<Vec<Option<ExitStatus>>, DevkitError> {
         let mut children: Vec<(String, Child)> = Vec::new();
         for name in names {
             if let Some(child) = self.proc_mut(name)?.child.take() {
@@ -652,7 +681,7 @@ impl Cluster {
                 let _ = signal(child.id(), "TERM");
             }
         }
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = Instant::now() + grace;
         loop {
             let mut running = false;
             for (_, child) in &mut children {
@@ -663,18 +692,21 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut statuses = Vec::with_capacity(children.len());
         for (name, child) in &mut children {
-            if matches!(child.try_wait(), Ok(None)) {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if !exited {
                 tracing::warn!(name = %name, "did not stop after SIGTERM: SIGKILL");
                 let _ = child.kill();
             }
             let pid = child.id();
-            child.wait().map_err(|e| DevkitError::Signal {
+            let status = child.wait().map_err(|e| DevkitError::Signal {
                 pid,
                 message: format!("wait: {e}"),
             })?;
+            statuses.push(exited.then_some(status));
         }
-        Ok(())
+        Ok(statuses)
     }
 
     async fn restart(&mut self, name: &str) -> Result<(), DevkitError> {

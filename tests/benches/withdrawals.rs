@@ -36,11 +36,10 @@ use custos_devkit::client::Client;
 use custos_mpc::protocol::{combine, issue_partial, public_key};
 use custos_mpc::{Primes, sim};
 use custos_proto::custody::{
-    GetKeyRequest, GetWithdrawalRequest, ListWithdrawalsRequest, WatchWithdrawalsRequest,
-    Withdrawal,
+    GetKeyRequest, ListWithdrawalsRequest, WatchWithdrawalsRequest, Withdrawal,
 };
 use custos_tests::{
-    ETH, WHITELISTED, approve, digest, start_flow_tuned, verify_both, withdrawal_req,
+    ETH, WHITELISTED, approve, digest, start_flow_tuned, verify_both, withdrawal, withdrawal_req,
 };
 use futures::StreamExt;
 
@@ -159,7 +158,7 @@ async fn wait_signed(client: &Client, seen: &Seen, ids: &[String]) -> HashMap<St
             (done, bad.cloned())
         };
         if let Some(id) = bad {
-            let w = get(client, &id).await;
+            let w = withdrawal(client, &id).await;
             panic!(
                 "withdrawal {id} ended {} ({}); notes {:?}",
                 w.state, w.reason, w.signer_notes
@@ -176,15 +175,6 @@ async fn wait_signed(client: &Client, seen: &Seen, ids: &[String]) -> HashMap<St
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn get(client: &Client, id: &str) -> Withdrawal {
-    client
-        .clone()
-        .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 async fn list(client: &Client, state: &str) -> Vec<Withdrawal> {
@@ -386,7 +376,7 @@ async fn cluster(n: usize) -> Figures {
         .map(|(id, q)| ms(signed[id].saturating_duration_since(*q)))
         .collect();
     for id in &b_ids {
-        let w = get(backend, id).await;
+        let w = withdrawal(backend, id).await;
         verify(&pk, &w);
         assert_eq!(w.approvals.len(), 2, "{id}");
     }
@@ -426,7 +416,7 @@ async fn cluster(n: usize) -> Figures {
     let last = signed.values().max().copied().unwrap();
     let c_rate = n as f64 / last.duration_since(start).as_secs_f64();
     for id in &c_ids {
-        verify(&pk, &get(backend, id).await);
+        verify(&pk, &withdrawal(backend, id).await);
     }
     let all = list(backend, "").await;
     assert_eq!(all.len(), 2 * n);

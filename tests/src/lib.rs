@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 pub mod anvil;
+pub mod audit;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -415,6 +416,30 @@ pub fn withdrawal_req(key: &str, wallet: &str, to: &str, amount: u128) -> Create
         request_signature,
         ..Default::default()
     }
+}
+
+/// The withdrawal `id`, as `client` sees it.
+pub async fn withdrawal(client: &Client, id: &str) -> Withdrawal {
+    client
+        .clone()
+        .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Every withdrawal `client` may see (up to 500).
+pub async fn all_withdrawals(client: &Client) -> Vec<Withdrawal> {
+    client
+        .clone()
+        .list_withdrawals(custos_proto::custody::ListWithdrawalsRequest {
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .withdrawals
 }
 
 /// Polls until the withdrawal is in one of `states` (panics on a terminal

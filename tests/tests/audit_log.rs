@@ -19,13 +19,11 @@ use std::time::{Duration, Instant};
 
 use custos_devkit::ClusterLayout;
 use custos_policy::Verdict as PV;
-use custos_proto::custody::{
-    ExportAuditBundleRequest, GetCheckpointRequest, GetClusterStatusRequest, GetLogEntryRequest,
-    GetWithdrawalRequest, ListWithdrawalsRequest, Withdrawal,
-};
+use custos_proto::custody::{GetWithdrawalRequest, Withdrawal};
 use custos_proto::signer::signer_control_client::SignerControlClient;
 use custos_proto::signer::{CosignRequest, StatusRequest};
 use custos_service::db::Db;
+use custos_tests::audit::{Keys, Outcome, checkpoint, cosignatures, export, keys, settled, verify};
 use custos_tests::*;
 use k256::sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -40,128 +38,10 @@ const SMALL: &str = "w-vel";
 /// One cluster at a time: the machine is small.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The trust roots an auditor pins, as GetClusterStatus reports them.
-struct Keys {
-    log: String,
-    witnesses: Vec<String>,
-}
-
-async fn keys(fc: &FlowCluster) -> Keys {
-    let st = fc
-        .auditor
-        .clone()
-        .get_cluster_status(GetClusterStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!st.log_key.is_empty(), "no log key in the cluster status");
-    let witnesses: Vec<String> = st.signers.iter().map(|s| s.witness_key.clone()).collect();
-    assert_eq!(witnesses.len(), 3);
-    assert!(witnesses.iter().all(|w| !w.is_empty()), "{witnesses:?}");
-    Keys {
-        log: st.log_key,
-        witnesses,
-    }
-}
-
-/// Witness cosignature lines of a signed note (every signature line after
-/// the log's own).
-fn cosignatures(note: &str) -> usize {
-    note.lines()
-        .filter(|l| l.starts_with("\u{2014} "))
-        .count()
-        .saturating_sub(1)
-}
-
-async fn checkpoint(fc: &FlowCluster) -> (u64, String) {
-    let cp = fc
-        .auditor
-        .clone()
-        .get_checkpoint(GetCheckpointRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    (cp.size, cp.note)
-}
-
-/// Waits until the latest checkpoint covers the whole log and every witness
-/// co-signed it; returns its size and note.
-async fn settled(fc: &FlowCluster) -> (u64, String) {
-    let started = Instant::now();
-    loop {
-        let (size, note) = checkpoint(fc).await;
-        let beyond = fc
-            .auditor
-            .clone()
-            .get_log_entry(GetLogEntryRequest { index: size })
-            .await;
-        if size > 0 && beyond.is_err() && cosignatures(&note) == 3 {
-            return (size, note);
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the log did not settle: checkpoint {size} with {} cosignatures, entry {size} {}",
-            cosignatures(&note),
-            if beyond.is_ok() { "exists" } else { "absent" }
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-async fn export(fc: &FlowCluster, from: u64, to: u64) -> serde_json::Value {
-    let b = fc
-        .auditor
-        .clone()
-        .export_audit_bundle(ExportAuditBundleRequest {
-            from,
-            to,
-            previous_size: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_slice(&b.json).unwrap()
-}
-
 fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
     p
-}
-
-struct Outcome {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// Runs the real `custos audit verify` on `bundle` with the cluster's keys.
-fn verify(bundle: &Path, keys: &Keys, extra: &[&str]) -> Outcome {
-    let mut cmd = std::process::Command::new(bin_dir().join("custos"));
-    cmd.args(["audit", "verify"])
-        .arg(bundle)
-        .arg("--log-key")
-        .arg(&keys.log);
-    for w in &keys.witnesses {
-        cmd.arg("--witness-key").arg(w);
-    }
-    // A signing round has the presignature's 2 signers co-sign the checkpoint
-    // carrying its decision; the third catches up on a later checkpoint. So
-    // an honest log's checkpoints carry at least 2 of the 3 cosignatures.
-    cmd.args(["--witness-quorum", "2"]);
-    cmd.args(extra);
-    let out = cmd.output().unwrap();
-    Outcome {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// Asserts the verifier failed and named `entry` as the first bad entry.
@@ -784,19 +664,7 @@ async fn unwritable_log_stops_withdrawals() {
     let layout = fc.tc.cluster.layout().clone();
     let backend = fc.backend.clone();
     let http = layout.coordinator.http_listen;
-    let count = || async {
-        fc.backend
-            .clone()
-            .list_withdrawals(ListWithdrawalsRequest {
-                page_size: 500,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .withdrawals
-            .len()
-    };
+    let count = || async { all_withdrawals(&fc.backend).await.len() };
 
     // One withdrawal half approved before the log breaks.
     let pending = backend

@@ -6,26 +6,14 @@
 use std::time::Duration;
 
 use custos_policy::Verdict as PV;
-use custos_proto::custody::{
-    CancelWithdrawalRequest, GetKeyRequest, ListWithdrawalsRequest, SignDigestRequest,
-};
+use custos_proto::custody::{CancelWithdrawalRequest, GetKeyRequest, SignDigestRequest};
 use custos_tests::*;
 use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
 async fn count(fc: &FlowCluster) -> usize {
-    fc.backend
-        .clone()
-        .list_withdrawals(ListWithdrawalsRequest {
-            page_size: 500,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .withdrawals
-        .len()
+    all_withdrawals(&fc.backend).await.len()
 }
 
 fn verify_signed(pk: &[u8], w: &custos_proto::custody::Withdrawal) {

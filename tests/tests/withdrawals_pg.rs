@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use custos_policy::Verdict as PV;
-use custos_proto::custody::{GetCheckpointRequest, GetWithdrawalRequest};
+use custos_proto::custody::GetWithdrawalRequest;
 use custos_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -168,18 +168,11 @@ async fn withdrawal_flow_on_postgresql() {
 
     // The audit log lives in PostgreSQL too and is witnessed.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cp = fc
-        .auditor
-        .clone()
-        .get_checkpoint(GetCheckpointRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(cp.size > 10, "{cp:?}");
+    let (size, note) = custos_tests::audit::checkpoint(&fc).await;
+    assert!(size > 10, "{size} {note}");
     assert!(
-        cp.note.contains("signer-1"),
-        "checkpoint not co-signed: {}",
-        cp.note
+        note.contains("signer-1"),
+        "checkpoint not co-signed: {note}"
     );
     fc.tc.cluster.stop().await.unwrap();
 }

@@ -18,7 +18,7 @@ use super::demo::eth::{dev_up_command, node_chain_id};
 pub enum DevCommand {
     /// Generate (or reuse) a local cluster in --dir and start it in the background.
     Up(UpArgs),
-    /// Stop the cluster started by `custos dev up` (SIGTERM, SIGKILL after 5 s).
+    /// Stop the cluster started by `custos dev up` (SIGTERM, SIGKILL after 15 s).
     Down(DirArgs),
     /// Show which processes of the cluster are alive.
     Status(DirArgs),

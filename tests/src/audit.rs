@@ -1,0 +1,133 @@
+//! The audit log as an auditor sees it: the trust roots from
+//! GetClusterStatus, a settled checkpoint, an export, and the real
+//! `custos audit verify` binary.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use custos_proto::custody::{
+    ExportAuditBundleRequest, GetCheckpointRequest, GetClusterStatusRequest, GetLogEntryRequest,
+};
+
+use crate::{FlowCluster, bin_dir};
+
+/// How long [`settled`] waits for the log to settle.
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The trust roots an auditor pins, as GetClusterStatus reports them.
+pub struct Keys {
+    pub log: String,
+    pub witnesses: Vec<String>,
+}
+
+pub async fn keys(fc: &FlowCluster) -> Keys {
+    let st = fc
+        .auditor
+        .clone()
+        .get_cluster_status(GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st.log_key.is_empty(), "no log key in the cluster status");
+    let witnesses: Vec<String> = st.signers.iter().map(|s| s.witness_key.clone()).collect();
+    assert_eq!(witnesses.len(), 3);
+    assert!(witnesses.iter().all(|w| !w.is_empty()), "{witnesses:?}");
+    Keys {
+        log: st.log_key,
+        witnesses,
+    }
+}
+
+/// Witness cosignature lines of a signed note (every signature line after
+/// the log's own).
+pub fn cosignatures(note: &str) -> usize {
+    note.lines()
+        .filter(|l| l.starts_with("\u{2014} "))
+        .count()
+        .saturating_sub(1)
+}
+
+pub async fn checkpoint(fc: &FlowCluster) -> (u64, String) {
+    let cp = fc
+        .auditor
+        .clone()
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (cp.size, cp.note)
+}
+
+/// Waits until the latest checkpoint covers the whole log and every witness
+/// co-signed it; returns its size and note.
+pub async fn settled(fc: &FlowCluster) -> (u64, String) {
+    let started = Instant::now();
+    loop {
+        let (size, note) = checkpoint(fc).await;
+        let beyond = fc
+            .auditor
+            .clone()
+            .get_log_entry(GetLogEntryRequest { index: size })
+            .await;
+        if size > 0 && beyond.is_err() && cosignatures(&note) == 3 {
+            return (size, note);
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the log did not settle: checkpoint {size} with {} cosignatures, entry {size} {}",
+            cosignatures(&note),
+            if beyond.is_ok() { "exists" } else { "absent" }
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub async fn export(fc: &FlowCluster, from: u64, to: u64) -> serde_json::Value {
+    let b = fc
+        .auditor
+        .clone()
+        .export_audit_bundle(ExportAuditBundleRequest {
+            from,
+            to,
+            previous_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_slice(&b.json).unwrap()
+}
+
+pub struct Outcome {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs the real `custos audit verify` on `bundle` with the cluster's keys.
+pub fn verify(bundle: &Path, keys: &Keys, extra: &[&str]) -> Outcome {
+    let mut cmd = std::process::Command::new(bin_dir().join("custos"));
+    cmd.args(["audit", "verify"])
+        .arg(bundle)
+        .arg("--log-key")
+        .arg(&keys.log);
+    for w in &keys.witnesses {
+        cmd.arg("--witness-key").arg(w);
+    }
+    // A signing round has the presignature's 2 signers co-sign the checkpoint
+    // carrying its decision; the third catches up on a later checkpoint. So
+    // an honest log's checkpoints carry at least 2 of the 3 cosignatures.
+    cmd.args(["--witness-quorum", "2"]);
+    cmd.args(extra);
+    let out = cmd.output().unwrap();
+    Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
