@@ -32,11 +32,17 @@
 //! # }
 //! ```
 
+pub mod adapter;
 pub mod error;
 pub mod evm;
+pub mod family;
 #[cfg(feature = "rpc")]
 mod jsonrpc;
 pub mod utxo;
 
+pub use adapter::{
+    ApprovedTransfer, ChainAdapter, CheckedDetail, CheckedTransaction, EvmAdapter, UtxoAdapter,
+};
 pub use alloy_primitives::{Address, B256, Bytes, U256};
 pub use error::{ChainError, Result};
+pub use family::{ChainFamily, family_of};

@@ -6,8 +6,7 @@
 
 use bitcoin::absolute::LockTime;
 use bitcoin::psbt::{Psbt, PsbtSighashType};
-use bitcoin::transaction::Version;
-use bitcoin::{Amount, EcdsaSighashType, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut};
+use bitcoin::{Amount, EcdsaSighashType, ScriptBuf, Sequence, TxOut};
 use custos_chains::ChainError;
 use custos_chains::utxo::{
     BuildRequest, CheckedUtxoTx, Payout, UnsignedUtxoTx, Utxo, UtxoNetwork, assemble_signed,
@@ -32,47 +31,7 @@ fn wallet(seed: u8) -> Wallet {
     Wallet { key, sec1, script }
 }
 
-/// A previous transaction paying `values` to `script` (its own input is a
-/// fake outpoint made unique by `salt`).
-fn funding(script: &ScriptBuf, values: &[u64], salt: u32) -> Transaction {
-    Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint {
-                txid: bitcoin::hashes::Hash::all_zeros(),
-                vout: salt,
-            },
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: bitcoin::Witness::new(),
-        }],
-        output: values
-            .iter()
-            .map(|v| TxOut {
-                value: Amount::from_sat(*v),
-                script_pubkey: script.clone(),
-            })
-            .collect(),
-    }
-}
-
-fn coins(script: &ScriptBuf, values: &[u64]) -> Vec<Utxo> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let prev_tx = funding(script, &[*v], i as u32);
-            Utxo {
-                outpoint: OutPoint {
-                    txid: prev_tx.compute_txid(),
-                    vout: 0,
-                },
-                prev_tx,
-            }
-        })
-        .collect()
-}
+use custos_chains::utxo::testing::{coins, funding_tx as funding};
 
 fn payout(id: &str, address: &str, amount: u64, fee_cap: u64) -> Payout {
     Payout {

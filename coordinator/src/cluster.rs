@@ -16,7 +16,6 @@ use tonic::Code;
 
 use crate::db::{Db, KeyRow};
 use crate::error::CoordError;
-use crate::eth;
 use crate::signers::{Signer, Signers};
 
 /// Tunables from the config.
@@ -251,8 +250,9 @@ fn combine_partials(
             signer_ids.join(", ")
         ))
     })?;
-    let recovery_id = eth::recovery_id(public_key, digest, &sig.r, &sig.s)
-        .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
+    let recovery_id =
+        custos_chains::evm::signature::recovery_id(public_key, digest, &sig.r, &sig.s)
+            .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
     Ok((sig, recovery_id))
 }
 
@@ -502,7 +502,9 @@ impl Cluster {
                 "signers disagree on the public key; key discarded".into(),
             ));
         }
-        let address = eth::address(&first)
+        let address = custos_chains::evm::address::address_from_sec1(&first)
+            .ok()
+            .map(|a| custos_chains::evm::address::to_checksum(&a))
             .ok_or_else(|| CoordError::Internal("public key is not a secp256k1 point".into()))?;
         self.db
             .finish_key(&key_id, Some(&first), Some(&address))
@@ -795,9 +797,10 @@ impl Cluster {
             .clone()
             .try_into()
             .map_err(|_| CoordError::Aborted("malformed s".into()))?;
-        let recovery_id = eth::recovery_id(public_key, digest, &r, &s).ok_or_else(|| {
-            CoordError::Aborted(format!("signature from {} does not verify", ids.join(", ")))
-        })?;
+        let recovery_id = custos_chains::evm::signature::recovery_id(public_key, digest, &r, &s)
+            .ok_or_else(|| {
+                CoordError::Aborted(format!("signature from {} does not verify", ids.join(", ")))
+            })?;
         Ok(SignOutcome {
             r,
             s,

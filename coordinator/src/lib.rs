@@ -12,7 +12,6 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod eth;
 pub mod key_lock;
 pub mod service;
 pub mod signers;

@@ -32,7 +32,7 @@ pub(crate) fn load_or_create_identity(path: &Path) -> Result<PeerId, DevkitError
     let mut seed = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(seed.as_mut());
     // `ed25519_from_bytes` zeroizes the seed it is given.
-    let key = Keypair::ed25519_from_bytes(seed.as_mut()).map_err(|e| id_err(path, e))?;
+    let key = Keypair::ed25519_from_bytes(&mut seed[..]).map_err(|e| id_err(path, e))?;
     let encoded = Zeroizing::new(key.to_protobuf_encoding().map_err(|e| id_err(path, e))?);
     fsutil::write_atomic(path, &encoded, SECRET_MODE)?;
     Ok(key.public().to_peer_id())
@@ -45,6 +45,6 @@ pub(crate) fn ensure_random_secret(path: &Path) -> Result<(), DevkitError> {
     }
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-    let text = Zeroizing::new(hex::encode(bytes.as_ref()));
+    let text = Zeroizing::new(hex::encode(&bytes[..]));
     fsutil::write_atomic(path, text.as_bytes(), SECRET_MODE)
 }

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::address::{ChainKind, chain_kind};
+use crate::address::{ChainFamily, chain_kind};
 use crate::document::{ActionKind, FeeBound, Rule};
 use crate::error::Issue;
 use crate::eval::Withdrawal;
@@ -176,8 +176,8 @@ enum Family {
 
 fn family(chain: &str) -> Option<Family> {
     chain_kind(chain).map(|k| match k {
-        ChainKind::Evm => Family::Evm,
-        ChainKind::Bitcoin(_) => Family::Bitcoin,
+        ChainFamily::Evm => Family::Evm,
+        ChainFamily::Utxo(_) => Family::Bitcoin,
     })
 }
 

@@ -40,9 +40,7 @@ mod request_key;
 mod statement;
 mod value;
 
-pub use address::{
-    BitcoinNetwork, ChainKind, CheckedAddress, chain_kind, check_address, native_asset,
-};
+pub use address::{ChainFamily, CheckedAddress, chain_kind, check_address, native_asset};
 pub use approval::{
     Approval, ApprovalStatus, InvalidApproval, MissingTerm, check_approvals, check_cancellation,
 };

@@ -430,6 +430,7 @@ fn open_cosigner(
     let risk = custos_risk::RiskModel::new(cfg.risk.clone())
         .map_err(|e| config_error(anyhow!("config table `risk`: {e}")))?;
     Ok(Cosigner::new(bundles, journal, witness)
-        .with_chains(c.chains.clone())
+        .with_chains(&c.chains)
+        .with_wallet_keys(store.key_directory())
         .with_risk(risk))
 }

@@ -57,6 +57,36 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), NodeError> {
     }
 }
 
+/// The public half of the key store: key metadata, no shares.
+#[derive(Clone, Debug)]
+pub struct KeyDirectory {
+    root: PathBuf,
+}
+
+impl KeyDirectory {
+    /// A key's metadata.
+    pub fn key_meta(&self, key_id: &str) -> Result<KeyMeta, NodeError> {
+        validate_id("key id", key_id)?;
+        let path = self.root.join(format!("keys/{key_id}.json"));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!("key {key_id}")));
+            }
+            Err(e) => return Err(NodeError::storage(&path, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))
+    }
+
+    /// A key's public key (SEC1 bytes), `None` if unknown or unreadable.
+    pub fn public_key(&self, key_id: &str) -> Option<Vec<u8>> {
+        self.key_meta(key_id)
+            .ok()
+            .and_then(|m| hex::decode(m.public_key).ok())
+    }
+}
+
 /// The data directory.
 pub struct Store {
     root: PathBuf,
@@ -225,17 +255,15 @@ impl Store {
 
     /// A key's metadata.
     pub fn key_meta(&self, key_id: &str) -> Result<KeyMeta, NodeError> {
-        validate_id("key id", key_id)?;
-        let path = self.root.join(format!("keys/{key_id}.json"));
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NodeError::NotFound(format!("key {key_id}")));
-            }
-            Err(e) => return Err(NodeError::storage(&path, e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))
+        self.key_directory().key_meta(key_id)
+    }
+
+    /// A reader of key metadata that others may hold (the co-signer looks
+    /// up wallet keys through it).
+    pub fn key_directory(&self) -> KeyDirectory {
+        KeyDirectory {
+            root: self.root.clone(),
+        }
     }
 
     /// A key's sealed share, unsealed.

@@ -57,6 +57,22 @@ fn bad_coordinator_config_exits_78_naming_the_problem() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("unknown field `surprise`"), "{err}");
 
+    // A UTXO chain is known to the chain crate but not driven by the engine yet.
+    std::fs::write(
+        &layout.coordinator.config,
+        format!(
+            "{cfg}\n[[chains]]\nname = \"litecoin-regtest\"\nkind = \"evm\"\nchain_id = 1\n\
+             rpc_url = \"http://127.0.0.1:9/\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, err) = run(&layout.coordinator.config);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("chains[0].name") && err.contains("EVM chains only"),
+        "{err}"
+    );
+
     std::fs::write(&layout.coordinator.config, &cfg).unwrap();
     std::fs::remove_file(&layout.coordinator.admin_token_file).unwrap();
     let (code, err) = run(&layout.coordinator.config);

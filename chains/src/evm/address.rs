@@ -102,6 +102,17 @@ mod tests {
     ];
 
     #[test]
+    fn generator_point_has_the_well_known_address() {
+        // Private key 1: its public key is the generator point.
+        let g = hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+            .unwrap();
+        assert_eq!(
+            to_checksum(&address_from_sec1(&g).unwrap()),
+            "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf"
+        );
+    }
+
+    #[test]
     fn eip55_vectors_round_trip() {
         for text in EIP55 {
             let a = parse_address(text).unwrap();

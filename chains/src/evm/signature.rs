@@ -39,6 +39,21 @@ pub struct SignedTx {
     pub signature: Signature,
 }
 
+/// The recovery id (0 or 1) with which `(r, s)` over `digest` recovers
+/// `public_key` (SEC1), `None` if neither does (the signature is not the key's).
+pub fn recovery_id(public_key: &[u8], digest: &[u8; 32], r: &[u8; 32], s: &[u8; 32]) -> Option<u8> {
+    let mut rs = [0u8; 64];
+    rs[..32].copy_from_slice(r);
+    rs[32..].copy_from_slice(s);
+    let sig = k256::ecdsa::Signature::from_slice(&rs).ok()?;
+    let expected = k256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).ok()?;
+    (0u8..2).find(|v| {
+        k256::ecdsa::RecoveryId::from_byte(*v)
+            .and_then(|id| k256::ecdsa::VerifyingKey::recover_from_prehash(digest, &sig, id).ok())
+            .is_some_and(|k| k == expected)
+    })
+}
+
 /// Signs `unsigned` with `(r, s, recovery_id)` (big-endian scalars; recovery
 /// id 0 or 1 = y-parity of R), normalising to low s, and checks that the
 /// result recovers to `wallet`.
@@ -169,6 +184,25 @@ mod tests {
     use crate::evm::tx::{UnsignedTx, signing_digest};
     use alloy_primitives::{Bytes, TxKind};
     use k256::ecdsa::SigningKey;
+
+    #[test]
+    fn recovery_id_finds_the_parity_that_recovers_the_key() {
+        let key = SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let pk = key.verifying_key().to_sec1_bytes();
+        for i in 0u8..8 {
+            let digest = [i; 32];
+            let (sig, recid) = key.sign_prehash_recoverable(&digest).unwrap();
+            let (r, s) = sig.split_bytes();
+            assert_eq!(
+                recovery_id(&pk, &digest, &r.into(), &s.into()),
+                Some(recid.to_byte())
+            );
+        }
+        let other = SigningKey::from_slice(&[6u8; 32]).unwrap();
+        let (sig, _) = other.sign_prehash_recoverable(&[1u8; 32]).unwrap();
+        let (r, s) = sig.split_bytes();
+        assert_eq!(recovery_id(&pk, &[1u8; 32], &r.into(), &s.into()), None);
+    }
 
     fn unsigned() -> UnsignedTx {
         UnsignedTx::from_eip1559(TxEip1559 {

@@ -52,19 +52,22 @@ pub fn parse_address(network: UtxoNetwork, text: &str) -> Result<UtxoAddress> {
     {
         return Err(invalid(
             text,
-            format!("an address of {other}, not of {network}"),
+            format!("an address of another network ({other}), not of {network}"),
         ));
     }
     parse_base58(network, trimmed)
 }
 
 fn parse_segwit(network: UtxoNetwork, text: &str) -> Result<UtxoAddress> {
-    let (hrp, version, program) =
-        bitcoin::bech32::segwit::decode(text).map_err(|e| invalid(text, e))?;
+    let (hrp, version, program) = bitcoin::bech32::segwit::decode(text)
+        .map_err(|e| invalid(text, format!("invalid segwit address: {e}")))?;
     if hrp.to_lowercase() != network.bech32_hrp() {
         return Err(invalid(
             text,
-            format!("prefix {} is not {network}'s", hrp.to_lowercase()),
+            format!(
+                "prefix {} is another network's, not {network}'s",
+                hrp.to_lowercase()
+            ),
         ));
     }
     let version = WitnessVersion::try_from(version).map_err(|e| invalid(text, e))?;
@@ -115,7 +118,9 @@ fn parse_base58(network: UtxoNetwork, text: &str) -> Result<UtxoAddress> {
     } else {
         return Err(invalid(
             text,
-            format!("version byte 0x{version:02x} is not a {network} address"),
+            format!(
+                "version byte 0x{version:02x}: an address of another network, not of {network}"
+            ),
         ));
     };
     Ok(UtxoAddress {

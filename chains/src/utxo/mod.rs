@@ -33,6 +33,8 @@ pub mod finalize;
 pub mod network;
 #[cfg(feature = "rpc")]
 pub mod rpc;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use address::{UtxoAddress, address_of, parse_address, wallet_address, wallet_script};
 pub use build::{BuildRequest, Payout, UnsignedUtxoTx, Utxo, build_unsigned};

@@ -297,6 +297,24 @@ impl Chains {
                     s.kind
                 )));
             }
+            match custos_chains::family_of(&s.name) {
+                Some(custos_chains::ChainFamily::Evm) => {}
+                Some(other) => {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "{}: {:?} is a {other} chain; the withdrawal engine drives EVM chains only so far",
+                        field("name"),
+                        s.name
+                    )));
+                }
+                None => {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "{}: unknown chain {:?} (known: {})",
+                        field("name"),
+                        s.name,
+                        custos_chains::family::known_chains()
+                    )));
+                }
+            }
             if s.name.is_empty() || settings.iter().filter(|o| o.name == s.name).count() > 1 {
                 return Err(CoordError::InvalidArgument(format!(
                     "{}: {:?} is empty or listed twice",

@@ -1,17 +1,17 @@
 //! The signer's own chain facts and its check of an unsigned transaction
 //! against the approved withdrawal (docs/SECURITY.md case 11).
 //!
-//! The chain id and the token contracts come from this signer's config, never
-//! from the coordinator: a transaction for another chain, to another address,
-//! of another amount, with other calldata or a higher fee cap than approved is
-//! refused, naming the field.
+//! Each configured chain becomes a [`ChainAdapter`] of its family (decided
+//! by the chain's name, as in policies): chain ids, networks and token
+//! contracts come from this signer's config, never from the coordinator. A
+//! transaction for another chain, to another address, of another amount,
+//! with other calldata, other outputs or a higher fee than approved is
+//! refused, naming the field or output.
 
-use custos_chains::evm::address::parse_address;
-use custos_chains::evm::tx::{
-    DecodedTransfer, ExpectedTransfer, check_against, check_replacement, decode_unsigned_transfer,
-    signing_digest,
+use custos_chains::family::{ChainFamily, family_of, known_chains, native_asset};
+use custos_chains::{
+    ApprovedTransfer, ChainAdapter, ChainError, CheckedTransaction, EvmAdapter, UtxoAdapter,
 };
-use custos_chains::{Address, U256};
 use custos_policy::Withdrawal;
 use serde::Deserialize;
 
@@ -19,14 +19,16 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerChain {
-    /// Chain name as in withdrawals ("anvil", "ethereum").
+    /// Chain name as in withdrawals and policies ("anvil", "ethereum",
+    /// "litecoin-regtest"); it decides the family.
     pub name: String,
-    /// EIP-155 chain id.
-    pub chain_id: u64,
-    /// Symbol of the native coin (default "ETH").
-    #[serde(default = "eth")]
-    pub native: String,
-    /// ERC-20 tokens: symbol and contract.
+    /// EIP-155 chain id (EVM chains only).
+    #[serde(default)]
+    pub chain_id: Option<u64>,
+    /// Symbol of the native coin (default: the chain's, e.g. "ETH", "LTC").
+    #[serde(default)]
+    pub native: Option<String>,
+    /// ERC-20 tokens: symbol and contract (EVM chains only).
     #[serde(default)]
     pub tokens: Vec<SignerToken>,
 }
@@ -41,25 +43,61 @@ pub struct SignerToken {
     pub contract: String,
 }
 
-fn eth() -> String {
-    "ETH".into()
+/// The adapter for one configured chain, or why the entry is unusable.
+pub fn adapter(c: &SignerChain) -> Result<Box<dyn ChainAdapter>, String> {
+    let family = family_of(&c.name).ok_or_else(|| {
+        format!(
+            "name {:?}: unknown chain (known: {})",
+            c.name,
+            known_chains()
+        )
+    })?;
+    let native = c
+        .native
+        .clone()
+        .or_else(|| native_asset(&c.name).map(str::to_owned))
+        .unwrap_or_else(|| "ETH".to_owned());
+    match family {
+        ChainFamily::Evm => {
+            let chain_id = c
+                .chain_id
+                .ok_or_else(|| format!("{}: chain_id is required for an EVM chain", c.name))?;
+            let tokens: Vec<(String, String)> = c
+                .tokens
+                .iter()
+                .map(|t| (t.symbol.clone(), t.contract.clone()))
+                .collect();
+            EvmAdapter::new(&c.name, chain_id, &native, &tokens)
+                .map(|a| Box::new(a) as Box<dyn ChainAdapter>)
+                .map_err(|e| e.to_string())
+        }
+        ChainFamily::Utxo(network) => {
+            if c.chain_id.is_some() || !c.tokens.is_empty() {
+                return Err(format!(
+                    "{}: a {network} chain has no chain_id and no tokens",
+                    c.name
+                ));
+            }
+            Ok(Box::new(UtxoAdapter::new(&c.name, network, &native)))
+        }
+    }
 }
 
-/// Checks the configured chains (names unique, chain ids and contracts valid).
+/// Checks the configured chains (names unique and known, each usable).
 pub fn validate(chains: &[SignerChain]) -> Result<(), String> {
     for (i, c) in chains.iter().enumerate() {
         if c.name.is_empty() || chains.iter().filter(|o| o.name == c.name).count() > 1 {
             return Err(format!("[{i}].name {:?} is empty or listed twice", c.name));
         }
-        if c.chain_id == 0 {
-            return Err(format!("[{i}].chain_id must not be 0"));
-        }
-        for t in &c.tokens {
-            parse_address(&t.contract)
-                .map_err(|e| format!("[{i}].tokens {}: contract: {e}", t.symbol))?;
-        }
+        adapter(c).map_err(|e| format!("[{i}]: {e}"))?;
     }
     Ok(())
+}
+
+/// The adapters of the configured chains (entries that fail [`validate`]
+/// are left out: the daemon refuses to start with them).
+pub fn adapters(chains: &[SignerChain]) -> Vec<Box<dyn ChainAdapter>> {
+    chains.iter().filter_map(|c| adapter(c).ok()).collect()
 }
 
 /// A transaction checked against its approval.
@@ -67,67 +105,181 @@ pub fn validate(chains: &[SignerChain]) -> Result<(), String> {
 pub struct CheckedTx {
     /// The digest to sign (computed here from the bytes).
     pub digest: [u8; 32],
-    /// What it moves, with its nonce and fees.
-    pub decoded: DecodedTransfer,
+    /// The family's view of it, for replacement checks.
+    pub checked: CheckedTransaction,
 }
 
-/// Decodes `unsigned_tx`, checks it against the approved withdrawal `w` and
-/// returns the digest to sign; an error is the refusal message.
+fn describe(e: ChainError) -> String {
+    match e {
+        ChainError::Mismatch(m) => format!(
+            "unsigned_tx does not match the approved withdrawal: field {}: {m}",
+            m.field()
+        ),
+        ChainError::MalformedTx(_) | ChainError::UnsupportedCalldata(_) => {
+            format!("unsigned_tx: cannot be parsed as a transfer: {e}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Decodes `unsigned_tx`, checks it against the approved withdrawal `w`
+/// paid from the wallet key `public_key` (SEC1) and returns the digest to
+/// sign; an error is the refusal message.
 pub fn check_transaction(
-    chains: &[SignerChain],
+    chains: &[Box<dyn ChainAdapter>],
     w: &Withdrawal,
     unsigned_tx: &[u8],
+    public_key: &[u8],
 ) -> Result<CheckedTx, String> {
-    let chain = chains.iter().find(|c| c.name == w.chain).ok_or_else(|| {
+    let chain = chains.iter().find(|c| c.name() == w.chain).ok_or_else(|| {
         format!(
             "chain {}: this signer has no transaction adapter configured for it ([cosigner] chains)",
             w.chain
         )
     })?;
-    let token: Option<Address> = if w.asset == chain.native {
-        None
-    } else {
-        let t = chain
-            .tokens
-            .iter()
-            .find(|t| t.symbol == w.asset)
-            .ok_or_else(|| {
-                format!(
-                    "asset {} on {}: unknown to this signer ([cosigner] chains tokens)",
-                    w.asset, w.chain
-                )
-            })?;
-        Some(parse_address(&t.contract).map_err(|e| format!("asset {} contract: {e}", w.asset))?)
+    let approved = [ApprovedTransfer {
+        withdrawal_id: &w.id,
+        asset: &w.asset,
+        destination: &w.destination,
+        amount: w.amount.0,
+        fee_cap: w.fee_cap.0,
+    }];
+    let checked = chain
+        .check_unsigned(unsigned_tx, &approved, public_key)
+        .map_err(describe)?;
+    // One signing session signs one digest: a transaction with several
+    // (a UTXO spend of several coins) needs one session per input, which
+    // this signer does not run yet, so it is refused rather than half signed.
+    let digest = match checked.digests.as_slice() {
+        [d] => *d,
+        many => {
+            return Err(format!(
+                "unsigned_tx: {} inputs to sign; this signer signs transactions of one input",
+                many.len()
+            ));
+        }
     };
-    let recipient = parse_address(&w.destination).map_err(|e| format!("destination: {e}"))?;
-    let (unsigned, decoded) = decode_unsigned_transfer(unsigned_tx)
-        .map_err(|e| format!("unsigned_tx: cannot be parsed as a transfer: {e}"))?;
-    let expected = ExpectedTransfer {
-        chain_id: chain.chain_id,
-        token,
-        recipient,
-        amount: U256::from(w.amount.0),
-        max_fee_wei: U256::from(w.fee_cap.0),
-        nonce: None,
-    };
-    check_against(&decoded, &expected).map_err(|m| {
-        format!(
-            "unsigned_tx does not match the approved withdrawal: field {}: {m}",
-            m.field()
-        )
-    })?;
-    Ok(CheckedTx {
-        digest: signing_digest(&unsigned),
-        decoded,
-    })
+    Ok(CheckedTx { digest, checked })
 }
 
 /// Checks that `next` (already checked against the approval) replaces the
-/// transaction this signer signed before, `previous_tx`: the same transfer,
-/// nonce and gas limit with higher fees. Only one of them can be mined.
-pub fn check_fee_bump(previous_tx: &[u8], next: &CheckedTx) -> Result<(), String> {
-    let (_, previous) = decode_unsigned_transfer(previous_tx)
+/// transaction this signer signed before, `previous_tx`: only one of them
+/// can be mined.
+pub fn check_fee_bump(
+    chains: &[Box<dyn ChainAdapter>],
+    w: &Withdrawal,
+    previous_tx: &[u8],
+    public_key: &[u8],
+    next: &CheckedTx,
+) -> Result<(), String> {
+    let previous = check_transaction(chains, w, previous_tx, public_key)
         .map_err(|e| format!("the transaction signed before cannot be read: {e}"))?;
-    check_replacement(&previous, &next.decoded)
-        .map_err(|m| format!("unsigned_tx: field {}: {m}", m.field()))
+    let chain = chains
+        .iter()
+        .find(|c| c.name() == w.chain)
+        .ok_or_else(|| format!("chain {}: no adapter", w.chain))?;
+    chain
+        .check_replacement(&previous.checked, &next.checked)
+        .map_err(|e| match e {
+            ChainError::InvalidRequest { field, reason } => {
+                format!("unsigned_tx: field {field}: {reason}")
+            }
+            other => format!("unsigned_tx: {other}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_chains::utxo::{self, BuildRequest, Payout, Utxo, UtxoNetwork};
+    use custos_policy::Amount as PolicyAmount;
+
+    fn chain(text: &str) -> SignerChain {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn configs_are_checked_per_family() {
+        let ok = [
+            chain("name = \"anvil\"\nchain_id = 31337"),
+            chain("name = \"litecoin-regtest\""),
+        ];
+        validate(&ok).unwrap();
+        assert_eq!(adapters(&ok).len(), 2);
+        for (bad, why) in [
+            ("name = \"dogecoin\"", "unknown chain"),
+            ("name = \"anvil\"", "chain_id is required"),
+            ("name = \"litecoin\"\nchain_id = 2", "no chain_id"),
+            ("name = \"anvil\"\nchain_id = 0", "must not be 0"),
+        ] {
+            let e = validate(&[chain(bad)]).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let twice = [chain("name = \"litecoin\""), chain("name = \"litecoin\"")];
+        assert!(validate(&twice).unwrap_err().contains("listed twice"));
+    }
+
+    fn coins(pk: &[u8], values: &[u64]) -> Vec<Utxo> {
+        utxo::testing::coins(&utxo::wallet_script(pk).unwrap(), values)
+    }
+
+    /// A UTXO withdrawal reaches the signer's check through the seam with the
+    /// wallet key from its own store; one input signs, several are refused
+    /// (one session per input is not run yet), and a foreign key's coins are
+    /// not the wallet's.
+    #[test]
+    fn utxo_transactions_go_through_the_adapter_with_the_signers_own_wallet_key() {
+        let net = UtxoNetwork::LitecoinRegtest;
+        let adapters = adapters(&[chain("name = \"litecoin-regtest\"")]);
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let key = |seed: u8| {
+            let sk = bitcoin::secp256k1::SecretKey::from_slice(&[seed; 32]).unwrap();
+            bitcoin::secp256k1::PublicKey::from_secret_key(&secp, &sk)
+                .serialize()
+                .to_vec()
+        };
+        let pk = key(11);
+        let payee = utxo::wallet_address(net, &key(12)).unwrap();
+        let w = Withdrawal {
+            id: "w-ltc".into(),
+            wallet: "ltc-hot".into(),
+            chain: "litecoin-regtest".into(),
+            asset: "LTC".into(),
+            destination: payee.text.clone(),
+            amount: PolicyAmount(150_000),
+            fee_cap: PolicyAmount(10_000),
+            initiator: "backend".into(),
+            tx_digest: String::new(),
+        };
+        let build = |coins: &[Utxo]| {
+            utxo::build_unsigned(&BuildRequest {
+                coins,
+                required: &[],
+                payouts: &[Payout {
+                    withdrawal_id: w.id.clone(),
+                    script_pubkey: payee.script_pubkey.clone(),
+                    amount: 150_000,
+                    fee_cap: 10_000,
+                }],
+                change_script: &utxo::wallet_script(&pk).unwrap(),
+                fee_rate_sat_per_kvb: 2_000,
+            })
+            .unwrap()
+        };
+        let one = build(&coins(&pk, &[200_000]));
+        let checked = check_transaction(&adapters, &w, &one.psbt, &pk).unwrap();
+        assert_eq!(checked.checked.digests, vec![checked.digest]);
+        let two = build(&coins(&pk, &[100_000, 90_000]));
+        let e = check_transaction(&adapters, &w, &two.psbt, &pk).unwrap_err();
+        assert!(e.contains("2 inputs"), "{e}");
+        let e = check_transaction(&adapters, &w, &one.psbt, &[]).unwrap_err();
+        assert!(e.contains("public key"), "{e}");
+        let mut other = w.clone();
+        other.amount = PolicyAmount(150_001);
+        let e = check_transaction(&adapters, &other, &one.psbt, &pk).unwrap_err();
+        assert!(e.contains("output 0: amount 150000"), "{e}");
+        other.chain = "litecoin".into();
+        let e = check_transaction(&adapters, &other, &one.psbt, &pk).unwrap_err();
+        assert!(e.contains("no transaction adapter"), "{e}");
+    }
 }

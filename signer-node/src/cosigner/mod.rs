@@ -175,7 +175,10 @@ pub struct Cosigner {
     /// (velocity, replay).
     lock: Mutex<()>,
     /// Chains whose transactions this signer checks itself.
-    chains: Vec<chains::SignerChain>,
+    chains: Vec<Box<dyn custos_chains::ChainAdapter>>,
+    /// The public key (SEC1) of a wallet, from this signer's own key store:
+    /// a UTXO transaction may spend only that key's coins.
+    wallet_keys: Option<crate::store::KeyDirectory>,
     /// The risk model this signer scores withdrawals with itself.
     risk: RiskModel,
 }
@@ -220,6 +223,7 @@ impl Cosigner {
             witness,
             lock: Mutex::new(()),
             chains: Vec::new(),
+            wallet_keys: None,
             risk: RiskModel::default(),
         }
     }
@@ -232,9 +236,24 @@ impl Cosigner {
     }
 
     /// The chains whose unsigned transactions this signer parses and checks.
-    pub fn with_chains(mut self, chains: Vec<chains::SignerChain>) -> Self {
-        self.chains = chains;
+    pub fn with_chains(mut self, chains: &[chains::SignerChain]) -> Self {
+        self.chains = chains::adapters(chains);
         self
+    }
+
+    /// Where this signer looks up a wallet's public key (its key store).
+    pub fn with_wallet_keys(mut self, keys: crate::store::KeyDirectory) -> Self {
+        self.wallet_keys = Some(keys);
+        self
+    }
+
+    /// The wallet's public key from this signer's store (empty if unknown:
+    /// a check that needs it then refuses).
+    fn wallet_key(&self, wallet: &str) -> Vec<u8> {
+        self.wallet_keys
+            .as_ref()
+            .and_then(|k| k.public_key(wallet))
+            .unwrap_or_default()
     }
 
     /// The digest to sign: the intent digest, or for a transaction the
@@ -248,7 +267,7 @@ impl Cosigner {
         if a.unsigned_tx.is_empty() {
             Ok(intent_digest(w))
         } else {
-            chains::check_transaction(&self.chains, w, &a.unsigned_tx)
+            chains::check_transaction(&self.chains, w, &a.unsigned_tx, &self.wallet_key(&w.wallet))
                 .map(|c| c.digest)
                 .map_err(refused)
         }
@@ -732,11 +751,12 @@ impl Cosigner {
                 w.id
             )));
         }
+        let key = self.wallet_key(&w.wallet);
         let checked =
-            chains::check_transaction(&self.chains, &w, &a.unsigned_tx).map_err(refused)?;
+            chains::check_transaction(&self.chains, &w, &a.unsigned_tx, &key).map_err(refused)?;
         let previous = hex::decode(&signed.tx)
             .map_err(|_| NodeError::Internal("journal: stored transaction".into()))?;
-        chains::check_fee_bump(&previous, &checked).map_err(refused)?;
+        chains::check_fee_bump(&self.chains, &w, &previous, &key, &checked).map_err(refused)?;
         let bump_approvers = self.fee_bump_approvals(&w, a, signed, &checked, now)?;
         Ok(Grant {
             withdrawal: w,
@@ -776,7 +796,12 @@ impl Cosigner {
                 .map_err(|_| NodeError::Internal(format!("journal: stored {what}")))?;
             Ok(out)
         };
-        let d = &checked.decoded;
+        let custos_chains::CheckedDetail::Evm(d) = &checked.checked.detail else {
+            return Err(refused(format!(
+                "withdrawal {}: fee bumps that need approvals are defined for EVM transactions only",
+                w.id
+            )));
+        };
         let statement = FeeBumpStatement {
             withdrawal_id: w.id.clone(),
             statement_hash: hash32(&signed.statement_hash, "statement hash")?,

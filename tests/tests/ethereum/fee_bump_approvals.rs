@@ -425,6 +425,9 @@ async fn a_fee_bump_under_a_reapprove_rule_waits_for_its_quorum() {
 
     // 7. The auditor's offline replay authorises both signatures (the first,
     //    and the approved replacement with its fee-bump quorum).
+    // Export only once every witness co-signed a checkpoint covering the
+    // whole log: the last entries may still be in a witness round.
+    custos_tests::audit::settled(&fc).await;
     let trust = cli(&layout.dir, &["audit", "keys"]);
     let bundle = fc.tc.dir.path().join("bundle.json");
     cli(

@@ -1,0 +1,51 @@
+//! Coins for tests: previous transactions that pay a script, so a test can
+//! build, check and sign spends without a node (feature `testing`).
+
+use bitcoin::absolute::LockTime;
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+
+use crate::utxo::build::Utxo;
+
+/// A previous transaction paying `values` to `script`; `salt` makes its
+/// (fake) input, and so its txid, unique.
+pub fn funding_tx(script: &ScriptBuf, values: &[u64], salt: u32) -> Transaction {
+    Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint {
+                txid: bitcoin::hashes::Hash::all_zeros(),
+                vout: salt,
+            },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: values
+            .iter()
+            .map(|v| TxOut {
+                value: Amount::from_sat(*v),
+                script_pubkey: script.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// One coin per value, each paying `script` from its own funding transaction.
+pub fn coins(script: &ScriptBuf, values: &[u64]) -> Vec<Utxo> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let prev_tx = funding_tx(script, &[*v], u32::try_from(i).unwrap_or(u32::MAX));
+            Utxo {
+                outpoint: OutPoint {
+                    txid: prev_tx.compute_txid(),
+                    vout: 0,
+                },
+                prev_tx,
+            }
+        })
+        .collect()
+}
