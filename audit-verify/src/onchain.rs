@@ -1,0 +1,303 @@
+//! Mined nonces against the log: every transaction an EVM wallet of the log
+//! has mined must be one the log shows prepared (and so signed through a
+//! logged signing session).
+//!
+//! An EVM account's transactions are numbered by nonce: when the chain says
+//! the wallet's address has mined N transactions, nonces 0..N were each
+//! signed by the wallet's key. A nonce no `transaction_prepared` entry of
+//! the log names is a signature made outside the log, which the signers'
+//! log gate should have made impossible. Needs a bundle from the start of
+//! the log (the keys' creation entries and every transaction).
+//!
+//! [`LoggedNonces`] reads the log (pure); [`query`] (feature `evm-rpc`) asks
+//! the chains' nodes how many transactions each wallet mined.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use custos_audit::{Entry, EntryBody, ExportBundle};
+use custos_chains::Address;
+use custos_chains::evm::address::address_from_sec1;
+use custos_chains::evm::tx::decode_unsigned;
+
+use crate::VerifyError;
+
+/// One wallet on one chain, as the chain and the log see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WalletNonces {
+    /// Chain name (as in the log).
+    pub chain: String,
+    /// Key id (wallet).
+    pub key_id: String,
+    /// The wallet's EVM address.
+    pub address: String,
+    /// Transactions the chain says the address mined.
+    pub mined: u64,
+    /// Mined nonces no logged transaction names.
+    pub unlogged: Vec<u64>,
+}
+
+impl WalletNonces {
+    /// [`VerifyError::SignedOutsideLog`] if some mined nonce is not in the log.
+    pub fn outside_log(&self) -> Option<VerifyError> {
+        (!self.unlogged.is_empty()).then(|| VerifyError::SignedOutsideLog {
+            key_id: self.key_id.clone(),
+            chain: self.chain.clone(),
+            address: self.address.clone(),
+            mined: self.mined,
+            nonces: self.unlogged.clone(),
+        })
+    }
+}
+
+/// The EVM wallets of a log and the nonces of the transactions it prepared.
+#[derive(Clone, Debug, Default)]
+pub struct LoggedNonces {
+    /// Each secp256k1 key's EVM address, by key id.
+    wallets: BTreeMap<String, Address>,
+    /// Nonces of prepared transactions, by (chain, key id).
+    prepared: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Every chain a withdrawal names.
+    chains: BTreeSet<String>,
+}
+
+impl LoggedNonces {
+    /// Reads the bundle's entries (not verified here: run the bundle
+    /// verifier too).
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::NotFromStart`] if the bundle does not start at entry 0;
+    /// [`VerifyError::EntryNotHex`] or [`VerifyError::EntryUndecodable`] for
+    /// the first bad entry.
+    pub fn from_bundle(bundle: &ExportBundle) -> Result<Self, VerifyError> {
+        if bundle.start != 0 {
+            return Err(VerifyError::NotFromStart {
+                start: bundle.start,
+            });
+        }
+        let mut out = LoggedNonces::default();
+        let mut wallet_of: BTreeMap<String, String> = BTreeMap::new();
+        for (i, hex_entry) in (0u64..).zip(&bundle.entries) {
+            let bytes =
+                hex::decode(hex_entry).map_err(|_| VerifyError::EntryNotHex { entry: i })?;
+            let entry = Entry::decode(&bytes)
+                .map_err(|source| VerifyError::EntryUndecodable { entry: i, source })?;
+            match entry.body {
+                EntryBody::KeyCreated {
+                    key_id,
+                    scheme,
+                    public_key,
+                    ..
+                } if scheme == "ecdsa-secp256k1" => {
+                    if let Ok(a) = address_from_sec1(&public_key) {
+                        out.wallets.insert(key_id, a);
+                    }
+                }
+                EntryBody::WithdrawalRequested {
+                    withdrawal_id,
+                    key_id,
+                    chain,
+                    ..
+                } => {
+                    out.chains.insert(chain);
+                    wallet_of.insert(withdrawal_id, key_id);
+                }
+                EntryBody::TransactionPrepared {
+                    withdrawal_id,
+                    chain,
+                    unsigned_tx,
+                } => {
+                    let (Some(key), Ok(tx)) =
+                        (wallet_of.get(&withdrawal_id), decode_unsigned(&unsigned_tx))
+                    else {
+                        continue;
+                    };
+                    out.prepared
+                        .entry((chain, key.clone()))
+                        .or_default()
+                        .insert(tx.as_eip1559().nonce);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The EVM wallets: key id and address.
+    pub fn wallets(&self) -> impl Iterator<Item = (&str, Address)> {
+        self.wallets.iter().map(|(k, a)| (k.as_str(), *a))
+    }
+
+    /// The log names a withdrawal on `chain` (a misspelt chain name would
+    /// report every mined nonce as unlogged).
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::UnknownChain`], listing the chains the log names.
+    pub fn check_chain(&self, chain: &str) -> Result<(), VerifyError> {
+        if self.chains.contains(chain) {
+            return Ok(());
+        }
+        Err(VerifyError::UnknownChain {
+            chain: chain.to_owned(),
+            known: self.chains.iter().cloned().collect(),
+        })
+    }
+
+    /// Compares `mined`, the number of transactions `key_id` has mined on
+    /// `chain`, with the transactions the log prepared for it.
+    pub fn compare(&self, chain: &str, key_id: &str, address: Address, mined: u64) -> WalletNonces {
+        let have = self.prepared.get(&(chain.to_owned(), key_id.to_owned()));
+        WalletNonces {
+            chain: chain.to_owned(),
+            key_id: key_id.to_owned(),
+            address: format!("{address:#x}"),
+            mined,
+            unlogged: (0..mined)
+                .filter(|n| !have.is_some_and(|h| h.contains(n)))
+                .collect(),
+        }
+    }
+}
+
+/// Asks each chain's node (`rpcs`: chain name and JSON-RPC URL) how many
+/// transactions each EVM wallet of the bundle mined, and compares with the
+/// transactions the log prepared.
+///
+/// # Errors
+///
+/// Those of [`LoggedNonces::from_bundle`] and [`LoggedNonces::check_chain`];
+/// [`VerifyError::Rpc`] or [`VerifyError::RpcCall`] if a node cannot be asked.
+#[cfg(feature = "evm-rpc")]
+pub async fn query(
+    bundle: &ExportBundle,
+    rpcs: &[(String, String)],
+) -> Result<Vec<WalletNonces>, VerifyError> {
+    use custos_chains::evm::rpc::{BlockTag, EvmRpc, RpcConfig};
+
+    let logged = LoggedNonces::from_bundle(bundle)?;
+    for (chain, _) in rpcs {
+        logged.check_chain(chain)?;
+    }
+    let mut out = Vec::new();
+    for (chain, url) in rpcs {
+        let rpc = EvmRpc::new(RpcConfig::new(url)).map_err(|source| VerifyError::Rpc {
+            chain: chain.clone(),
+            source: Box::new(source),
+        })?;
+        for (key_id, address) in logged.wallets() {
+            let mined = rpc
+                .transaction_count(address, BlockTag::Latest)
+                .await
+                .map_err(|source| VerifyError::RpcCall {
+                    chain: chain.clone(),
+                    address: format!("{address:#x}"),
+                    source: Box::new(source),
+                })?;
+            out.push(logged.compare(chain, key_id, address, mined));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::chain_tx::tests::tx;
+
+    const TO: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    /// A secp256k1 generator point, compressed (any valid SEC1 key will do).
+    const KEY: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+    fn bundle(start: u64, bodies: Vec<EntryBody>) -> ExportBundle {
+        ExportBundle {
+            format: custos_audit::bundle::BUNDLE_FORMAT.into(),
+            origin: "custos.test/log".into(),
+            start,
+            prefix: vec![],
+            entries: (start..)
+                .zip(bodies)
+                .map(|(index, body)| {
+                    hex::encode(
+                        Entry {
+                            index,
+                            timestamp_ms: 1_700_000_000_000,
+                            body,
+                        }
+                        .encode()
+                        .unwrap(),
+                    )
+                })
+                .collect(),
+            leaf_hashes: vec![],
+            checkpoints: vec![],
+            consistency_proofs: vec![],
+            context: vec![],
+            policy_documents: BTreeMap::new(),
+        }
+    }
+
+    fn log() -> Vec<EntryBody> {
+        vec![
+            EntryBody::KeyCreated {
+                key_id: "w-eth".into(),
+                scheme: "ecdsa-secp256k1".into(),
+                public_key: hex::decode(KEY).unwrap(),
+                threshold: 2,
+                participants: vec!["signer-1".into(), "signer-2".into(), "signer-3".into()],
+            },
+            EntryBody::WithdrawalRequested {
+                withdrawal_id: "wd-1".into(),
+                key_id: "w-eth".into(),
+                chain: "anvil".into(),
+                asset: "ETH".into(),
+                destination: TO.into(),
+                amount: "1".into(),
+                tx_digest: None,
+                requested_by: "payments-backend".into(),
+            },
+            EntryBody::TransactionPrepared {
+                withdrawal_id: "wd-1".into(),
+                chain: "anvil".into(),
+                unsigned_tx: tx(TO, 1, 1_000_000_000),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_mined_nonce_the_log_never_prepared_is_named() {
+        let logged = LoggedNonces::from_bundle(&bundle(0, log())).unwrap();
+        let (key_id, address) = logged.wallets().next().unwrap();
+        assert_eq!(key_id, "w-eth");
+        // Nonce 0 is the logged transaction.
+        let one = logged.compare("anvil", key_id, address, 1);
+        assert_eq!(one.unlogged, Vec::<u64>::new());
+        assert!(one.outside_log().is_none());
+        // Nonces 1 and 2 were signed outside the log.
+        let three = logged.compare("anvil", key_id, address, 3);
+        assert_eq!(three.unlogged, vec![1, 2]);
+        let e = three.outside_log().unwrap().to_string();
+        assert!(
+            e.starts_with("w-eth on anvil: 0x") && e.contains("nonce(s) [1, 2]"),
+            "{e}"
+        );
+        // Another chain's nonces are not this chain's.
+        assert_eq!(
+            logged.compare("sepolia", key_id, address, 1).unlogged,
+            vec![0]
+        );
+    }
+
+    #[test]
+    fn an_unknown_chain_or_a_partial_bundle_is_refused() {
+        let logged = LoggedNonces::from_bundle(&bundle(0, log())).unwrap();
+        logged.check_chain("anvil").unwrap();
+        let e = logged.check_chain("ethereum").unwrap_err().to_string();
+        assert!(e.contains("its chains: anvil"), "{e}");
+        let e = LoggedNonces::from_bundle(&bundle(5, log()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("starts at entry 5"), "{e}");
+    }
+}
