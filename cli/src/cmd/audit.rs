@@ -5,12 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use custos_audit::{
-    AuthorizationReplay, ExportBundle, RequireSatisfiedDecision, TrustRoots, VerifierKey,
-    verify_bundle,
-};
-
-use super::audit_replay::PolicyReplay;
+use custos_audit::{ExportBundle, TrustRoots, VerifierKey};
+use custos_audit_verify::{PolicyReplay, Verification};
+use custos_policy::AdminSet;
 
 /// `custos audit` subcommands.
 #[derive(clap::Subcommand)]
@@ -153,6 +150,40 @@ fn read_key(arg: &str) -> anyhow::Result<VerifierKey> {
     VerifierKey::parse(&text).with_context(|| format!("invalid verifier key {arg:?}"))
 }
 
+/// Reads the `--policy` documents and the `--admins` set.
+fn policy_replay(
+    files: &[PathBuf],
+    admins: Option<&Path>,
+    bundle: &ExportBundle,
+) -> anyhow::Result<PolicyReplay> {
+    let mut supplied = Vec::with_capacity(files.len());
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        supplied.push((bytes, f.display().to_string()));
+    }
+    let admins = match admins {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(
+                AdminSet::parse(&bytes)
+                    .with_context(|| format!("{} is not an admin set", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(PolicyReplay::new(supplied, admins, bundle)?)
+}
+
+/// Parses `--evm-rpc CHAIN=URL`.
+fn parse_rpc(text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((chain, url)) if !chain.is_empty() && !url.is_empty() => {
+            Ok((chain.to_owned(), url.to_owned()))
+        }
+        _ => bail!("--evm-rpc {text:?}: expected CHAIN=URL, e.g. ethereum=http://127.0.0.1:8545"),
+    }
+}
+
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let log_key = read_key(&args.log_key).context("--log-key")?;
     let witness_keys = args
@@ -184,139 +215,45 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         witness_keys,
         witness_quorum,
     };
-    let policy_replay = if args.policies.is_empty() {
+    let policy = if args.policies.is_empty() {
         None
     } else {
-        Some(PolicyReplay::load(
+        Some(policy_replay(
             &args.policies,
             args.admins.as_deref(),
             &bundle,
         )?)
     };
-    let replay: &dyn AuthorizationReplay = match &policy_replay {
-        Some(r) => r,
-        None => &RequireSatisfiedDecision,
-    };
     let rpcs = args
         .evm_rpcs
         .iter()
-        .map(|t| super::audit_onchain::parse_rpc(t))
+        .map(|t| parse_rpc(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut report = verify_bundle(&bundle, &trust, previous.as_deref(), replay);
-    let onchain = if rpcs.is_empty() {
-        Vec::new()
-    } else {
-        super::conn::block_on(super::audit_onchain::check(&bundle, &rpcs))?
-    };
-    let unlogged: Vec<String> = onchain
-        .iter()
-        .filter(|w| !w.unlogged.is_empty())
-        .map(|w| {
-            format!(
-                "{} on {}: {} mined {} transaction(s); nonce(s) {:?} have no logged transaction: signed outside the log",
-                w.key_id, w.chain, w.address, w.mined, w.unlogged
-            )
-        })
-        .collect();
-    if let Some(r) = &policy_replay {
-        r.check_activations(&bundle, &mut report);
+    let mut outcome =
+        custos_audit_verify::verify(&bundle, &trust, previous.as_deref(), policy.as_ref());
+    if !rpcs.is_empty() {
+        outcome.onchain = super::conn::block_on(async {
+            Ok(custos_audit_verify::onchain::query(&bundle, &rpcs).await?)
+        })?;
     }
-    let replay_mode = match &policy_replay {
-        Some(r) if r.checks_admins() => "policy+admins",
-        Some(_) => "policy",
-        None => "structural",
-    };
-
+    let unlogged: Vec<String> = outcome
+        .outside_log()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let report = &outcome.report;
     if args.json {
         let out = serde_json::json!({
             "ok": report.is_ok(),
             "first_failure": report.first_failure(),
-            "replay": replay_mode,
-            "report": &report,
-            "onchain": &onchain,
+            "replay": outcome.replay.as_str(),
+            "report": report,
+            "onchain": &outcome.onchain,
             "onchain_unlogged": &unlogged,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!(
-            "bundle       {} entries [{}, {})",
-            report.origin, report.start, report.end
-        );
-        println!(
-            "checkpoints  {} verified with witness quorum {} of {}; latest size {} root {}",
-            report.checkpoints_verified,
-            trust.witness_quorum,
-            trust.witness_keys.len(),
-            report.latest_size.map_or("-".into(), |s| s.to_string()),
-            report.latest_root.as_deref().unwrap_or("-"),
-        );
-        let kinds: Vec<String> = report
-            .entry_kinds
-            .iter()
-            .map(|(k, n)| format!("{k}={n}"))
-            .collect();
-        println!("entries      {}", kinds.join(" "));
-        let how = match &policy_replay {
-            Some(r) => format!(
-                "policy replay: decision, rule, approver signatures, quorum, digest and time lock \
-                 re-checked against {} policy document(s){}",
-                r.documents().count(),
-                if r.checks_admins() {
-                    ", admin signatures checked"
-                } else {
-                    ""
-                }
-            ),
-            None => "structural replay; add --policy to re-check approvals with the policy engine"
-                .to_owned(),
-        };
-        let signatures = report
-            .entry_kinds
-            .get("signature_produced")
-            .copied()
-            .unwrap_or(0);
-        println!(
-            "signatures   {} authorised of {signatures} checked ({how})",
-            report.signatures_authorised
-        );
-        let sessions = report
-            .entry_kinds
-            .get("signing_session")
-            .copied()
-            .unwrap_or(0);
-        println!(
-            "sessions     {} authorised of {sessions} signing sessions checked",
-            report.signing_sessions_authorised
-        );
-        for w in &onchain {
-            println!(
-                "on chain     {} {} {}: {} mined, {} logged",
-                w.chain,
-                w.key_id,
-                w.address,
-                w.mined,
-                w.mined - w.unlogged.len() as u64
-            );
-        }
-        for u in &unlogged {
-            eprintln!("  [onchain] {u}");
-        }
-        if let Some(r) = &policy_replay {
-            for (hash, source) in r.documents() {
-                println!("policy       {hash}  ({source})");
-            }
-        }
-        for f in report.failures.iter().take(20) {
-            let at = f.entry.map_or(String::new(), |e| format!("entry {e} "));
-            eprintln!(
-                "  {at}[{}] {}",
-                serde_json::to_value(f.kind)?.as_str().unwrap_or("?"),
-                f.message
-            );
-        }
-        if report.failures.len() > 20 {
-            eprintln!("  ... {} more", report.failures.len() - 20);
-        }
+        print_verification(&outcome, &trust, policy.as_ref(), &unlogged)?;
     }
     if report.first_failure().is_none()
         && let Some(u) = unlogged.first()
@@ -339,6 +276,96 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The text report of `custos audit verify` (without the verdict line).
+fn print_verification(
+    outcome: &Verification,
+    trust: &TrustRoots,
+    policy: Option<&PolicyReplay>,
+    unlogged: &[String],
+) -> anyhow::Result<()> {
+    let report = &outcome.report;
+    println!(
+        "bundle       {} entries [{}, {})",
+        report.origin, report.start, report.end
+    );
+    println!(
+        "checkpoints  {} verified with witness quorum {} of {}; latest size {} root {}",
+        report.checkpoints_verified,
+        trust.witness_quorum,
+        trust.witness_keys.len(),
+        report.latest_size.map_or("-".into(), |s| s.to_string()),
+        report.latest_root.as_deref().unwrap_or("-"),
+    );
+    let kinds: Vec<String> = report
+        .entry_kinds
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    println!("entries      {}", kinds.join(" "));
+    let how = match policy {
+        Some(r) => format!(
+            "policy replay: decision, rule, approver signatures, quorum, digest and time lock \
+             re-checked against {} policy document(s){}",
+            r.documents().count(),
+            if r.checks_admins() {
+                ", admin signatures checked"
+            } else {
+                ""
+            }
+        ),
+        None => "structural replay; add --policy to re-check approvals with the policy engine"
+            .to_owned(),
+    };
+    let signatures = report
+        .entry_kinds
+        .get("signature_produced")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "signatures   {} authorised of {signatures} checked ({how})",
+        report.signatures_authorised
+    );
+    let sessions = report
+        .entry_kinds
+        .get("signing_session")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "sessions     {} authorised of {sessions} signing sessions checked",
+        report.signing_sessions_authorised
+    );
+    for w in &outcome.onchain {
+        println!(
+            "on chain     {} {} {}: {} mined, {} logged",
+            w.chain,
+            w.key_id,
+            w.address,
+            w.mined,
+            w.mined - w.unlogged.len() as u64
+        );
+    }
+    for u in unlogged {
+        eprintln!("  [onchain] {u}");
+    }
+    if let Some(r) = policy {
+        for (hash, source) in r.documents() {
+            println!("policy       {hash}  ({source})");
+        }
+    }
+    for f in report.failures.iter().take(20) {
+        let at = f.entry.map_or(String::new(), |e| format!("entry {e} "));
+        eprintln!(
+            "  {at}[{}] {}",
+            serde_json::to_value(f.kind)?.as_str().unwrap_or("?"),
+            f.message
+        );
+    }
+    if report.failures.len() > 20 {
+        eprintln!("  ... {} more", report.failures.len() - 20);
+    }
+    Ok(())
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {

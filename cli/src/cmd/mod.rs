@@ -3,9 +3,6 @@
 pub mod approve;
 pub mod approver;
 pub mod audit;
-pub mod audit_chain_tx;
-pub mod audit_onchain;
-pub mod audit_replay;
 pub mod conn;
 pub mod demo;
 pub mod dev;
