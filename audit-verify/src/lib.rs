@@ -82,24 +82,26 @@
 //! exactly as the admins signed them, and the admin set the auditor trusts:
 //!
 //! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let bundle: custos_audit::ExportBundle = serde_json::from_str("")?;
-//! # let trust: custos_audit::TrustRoots = todo!();
+//! use custos_audit::{ExportBundle, TrustRoots};
 //! use custos_audit_verify::{PolicyReplay, verify};
 //! use custos_policy::AdminSet;
 //!
-//! let admins = AdminSet::parse(&std::fs::read("admins.toml")?)?;
-//! let policy = PolicyReplay::new(
-//!     vec![(std::fs::read("policy.toml")?, "policy.toml".to_owned())],
-//!     Some(admins),
-//!     &bundle,
-//! )?;
-//! let outcome = verify(&bundle, &trust, None, Some(&policy));
-//! for failure in &outcome.report.failures {
-//!     eprintln!("entry {:?}: {}", failure.entry, failure.message);
+//! fn full_replay(
+//!     bundle: &ExportBundle,
+//!     trust: &TrustRoots,
+//! ) -> Result<bool, Box<dyn std::error::Error>> {
+//!     let admins = AdminSet::parse(&std::fs::read("admins.toml")?)?;
+//!     let policy = PolicyReplay::new(
+//!         vec![(std::fs::read("policy.toml")?, "policy.toml".to_owned())],
+//!         Some(admins),
+//!         bundle,
+//!     )?;
+//!     let outcome = verify(bundle, trust, None, Some(&policy));
+//!     for failure in &outcome.report.failures {
+//!         eprintln!("entry {:?}: {}", failure.entry, failure.message);
+//!     }
+//!     Ok(outcome.is_ok())
 //! }
-//! # Ok(())
-//! # }
 //! ```
 
 #![deny(missing_docs)]
