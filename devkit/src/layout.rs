@@ -448,6 +448,9 @@ struct SignerTlsToml {
 struct SealerToml {
     backend: &'static str,
     passphrase_file: PathBuf,
+    /// True in dev clusters: a fresh data dir gets its KEK at the first start
+    /// (production configs leave it at its default, false).
+    create_kek: bool,
     kdf: KdfToml,
 }
 
@@ -775,6 +778,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
             sealer: SealerToml {
                 backend: "software",
                 passphrase_file: "passphrase".into(),
+                create_kek: true,
                 kdf: KDF,
             },
             peers,

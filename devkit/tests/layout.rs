@@ -269,6 +269,8 @@ fn signer_configs_parse_with_the_daemon_schema() {
             Some(Path::new("passphrase"))
         );
         assert!(s.dir.join("passphrase").is_file());
+        // Dev clusters create their KEK at the first start; the default is false.
+        assert!(sealer.create_kek, "dev signers pass create_kek = true");
         assert_eq!(
             sealer.kdf,
             Some(custos_hsm::KdfParams {

@@ -4,6 +4,8 @@
 //! [sealer]
 //! backend = "software"
 //! passphrase_file = "/etc/custos/passphrase"   # or passphrase_env = "CUSTOS_PASSPHRASE"
+//! create_kek = true                            # first start only (default false)
+//! kdf = { m_cost_kib = 65536, t_cost = 3, p_cost = 1 }   # at least 19456 / 2 / 1
 //!
 //! # or
 //! [sealer]
@@ -47,10 +49,14 @@ pub struct SoftwareConfig {
     /// Environment variable holding the passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_env: Option<String>,
-    /// Create the KEK on first start if its metadata file is absent (default true).
-    #[serde(default = "default_true")]
+    /// Create the KEK if its metadata file is absent (default false: a
+    /// missing KEK file is an error naming it, so a deleted file is never
+    /// silently replaced by a new KEK that cannot open the sealed shares).
+    /// Set it for the first start only.
+    #[serde(default)]
     pub create_kek: bool,
-    /// Argon2id parameters for a newly created KEK (default m=64 MiB, t=3, p=1).
+    /// Argon2id parameters for a newly created KEK (default m=64 MiB, t=3,
+    /// p=1; below m=19 MiB, t=2, p=1 is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kdf: Option<KdfParams>,
 }
@@ -92,10 +98,11 @@ pub enum LogSignerConfig {
         /// Environment variable holding the passphrase.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         passphrase_env: Option<String>,
-        /// Generate the key (and the KEK) if absent (default true).
-        #[serde(default = "default_true")]
+        /// Generate the key (and the KEK) if absent (default false: a missing
+        /// key or KEK file is an error naming it). Set it for the first start.
+        #[serde(default)]
         create_key: bool,
-        /// Argon2id parameters for a newly created KEK.
+        /// Argon2id parameters for a newly created KEK (at least m=19 MiB, t=2, p=1).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kdf: Option<KdfParams>,
     },
@@ -122,10 +129,6 @@ pub enum LogSignerConfig {
     },
 }
 
-fn default_true() -> bool {
-    true
-}
-
 impl Pkcs11Config {
     pub(crate) fn pin(&self) -> Result<crate::Pin, HsmError> {
         crate::Secret::from_file_or_env("pin", self.pin_file.as_deref(), self.pin_env.as_deref())
@@ -138,6 +141,8 @@ impl Pkcs11Config {
 pub fn open_sealer(cfg: &SealerConfig, data_dir: &Path) -> Result<Box<dyn Sealer>, HsmError> {
     match cfg {
         SealerConfig::Software(c) => {
+            let kdf = c.kdf.unwrap_or_default();
+            kdf.check_minimum("kdf")?;
             let pass = crate::Secret::from_file_or_env(
                 "passphrase",
                 c.passphrase_file.as_deref(),
@@ -147,7 +152,7 @@ pub fn open_sealer(cfg: &SealerConfig, data_dir: &Path) -> Result<Box<dyn Sealer
                 data_dir,
                 &pass,
                 c.create_kek,
-                c.kdf.unwrap_or_default(),
+                kdf,
             )?))
         }
         SealerConfig::Pkcs11(c) => Ok(Box::new(Pkcs11Sealer::open(c)?)),
@@ -191,6 +196,8 @@ pub fn open_log_signer(cfg: &LogSignerConfig) -> Result<Box<dyn LogSigner>, HsmE
             create_key,
             kdf,
         } => {
+            let kdf = kdf.unwrap_or_default();
+            kdf.check_minimum("kdf")?;
             let pass = crate::Secret::from_file_or_env(
                 "passphrase",
                 passphrase_file.as_deref(),
@@ -200,8 +207,7 @@ pub fn open_log_signer(cfg: &LogSignerConfig) -> Result<Box<dyn LogSigner>, HsmE
                 Some(d) if !d.as_os_str().is_empty() => d,
                 _ => Path::new("."),
             };
-            let sealer =
-                SoftwareSealer::open_with_params(dir, &pass, *create_key, kdf.unwrap_or_default())?;
+            let sealer = SoftwareSealer::open_with_params(dir, &pass, *create_key, kdf)?;
             Ok(Box::new(SealedLogSigner::open(
                 &sealer,
                 key_file,
@@ -249,7 +255,7 @@ mod tests {
             SealerConfig::Software(SoftwareConfig {
                 passphrase_file: Some("/etc/custos/pass".into()),
                 passphrase_env: None,
-                create_kek: true,
+                create_kek: false,
                 kdf: None,
             })
         );
@@ -273,6 +279,47 @@ mod tests {
     }
 
     #[test]
+    fn kdf_below_the_owasp_minimum_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "pw\n").unwrap();
+        for (kdf, field) in [
+            (
+                KdfParams::insecure_fast_for_tests(),
+                "`kdf.m_cost_kib` = 64",
+            ),
+            (
+                KdfParams {
+                    m_cost_kib: 19456,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+                "`kdf.t_cost` = 1",
+            ),
+            (
+                KdfParams {
+                    m_cost_kib: 19455,
+                    t_cost: 9,
+                    p_cost: 1,
+                },
+                "`kdf.m_cost_kib` = 19455",
+            ),
+        ] {
+            let cfg = SealerConfig::Software(SoftwareConfig {
+                passphrase_file: Some(pass.clone()),
+                passphrase_env: None,
+                create_kek: true,
+                kdf: Some(kdf),
+            });
+            let err = open_sealer(&cfg, dir.path()).err().unwrap();
+            assert!(matches!(err, HsmError::Config(_)), "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+            assert!(!dir.path().join(crate::SOFTWARE_KEK_FILE).exists());
+        }
+        assert!(KdfParams::default().check_minimum("kdf").is_ok());
+    }
+
+    #[test]
     fn unknown_fields_and_backends_are_rejected() {
         let typo = toml::from_str::<SealerConfig>(
             r#"
@@ -293,11 +340,25 @@ mod tests {
         let pass = dir.path().join("pass");
         std::fs::write(&pass, "pw\n").unwrap();
         let text = format!(
-            "backend = \"software\"\nkey_file = \"{}\"\npassphrase_file = \"{}\"\nkdf = {{ m_cost_kib = 64, t_cost = 1, p_cost = 1 }}\n",
+            "backend = \"software\"\nkey_file = \"{}\"\npassphrase_file = \"{}\"\nkdf = {{ m_cost_kib = 19456, t_cost = 2, p_cost = 1 }}\n",
             dir.path().join("log.key").display(),
             pass.display()
         );
+        // Creation is opt-in: an absent key is an error naming its KEK file.
         let cfg: LogSignerConfig = toml::from_str(&text).unwrap();
+        let err = open_log_signer(&cfg).err().unwrap();
+        assert!(matches!(err, HsmError::KekMissing { .. }), "{err}");
+        assert!(err.to_string().contains("software-kek.json"), "{err}");
+        // Argon2id below OWASP's minimum is refused, naming the field.
+        let weak: LogSignerConfig = toml::from_str(
+            &text
+                .replace("m_cost_kib = 19456", "m_cost_kib = 64")
+                .replace("t_cost = 2", "t_cost = 1"),
+        )
+        .unwrap();
+        let err = open_log_signer(&weak).err().unwrap();
+        assert!(err.to_string().contains("`kdf.m_cost_kib` = 64"), "{err}");
+        let cfg: LogSignerConfig = toml::from_str(&format!("{text}create_key = true\n")).unwrap();
         let a = open_log_signer(&cfg).unwrap();
         let b = open_log_signer(&cfg).unwrap();
         assert_eq!(a.public_key(), b.public_key());
@@ -315,7 +376,11 @@ mod tests {
             passphrase_file: Some(pass.clone()),
             passphrase_env: None,
             create_kek: false,
-            kdf: Some(KdfParams::insecure_fast_for_tests()),
+            kdf: Some(KdfParams {
+                m_cost_kib: crate::MIN_KDF_M_COST_KIB,
+                t_cost: crate::MIN_KDF_T_COST,
+                p_cost: 1,
+            }),
         };
         let data = dir.path().join("data");
         let err = open_sealer(&SealerConfig::Software(cfg.clone()), &data)
@@ -330,6 +395,17 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, HsmError::WrongPassphrase { .. }), "{err}");
+        // A deleted KEK file is not recreated without create_kek, and the
+        // error names the file.
+        std::fs::remove_file(data.join(crate::SOFTWARE_KEK_FILE)).unwrap();
+        let mut no_create = cfg.clone();
+        no_create.create_kek = false;
+        let err = open_sealer(&SealerConfig::Software(no_create), &data)
+            .err()
+            .unwrap();
+        assert!(matches!(err, HsmError::KekMissing { .. }), "{err}");
+        assert!(err.to_string().contains("software-kek.json"), "{err}");
+        assert!(!data.join(crate::SOFTWARE_KEK_FILE).exists());
         cfg.passphrase_env = Some("X".into());
         let err = open_sealer(&SealerConfig::Software(cfg), &data)
             .err()

@@ -22,9 +22,13 @@
 //!
 //! - Software backend: the KEK metadata (`software-kek.json`: Argon2id
 //!   parameters, salt, KEK id, check value) lives in the node's data
-//!   directory; Argon2id (m = 64 MiB, t = 3 by default) runs once at start, a
-//!   wrong passphrase fails there. Back the file up with the sealed shares:
-//!   without it (and the passphrase) they cannot be unsealed.
+//!   directory; Argon2id (m = 64 MiB, t = 3 by default; a config below
+//!   OWASP's minimum, m = 19 MiB and t = 2, is refused naming the field)
+//!   runs once at start, a wrong passphrase fails there. The KEK is created
+//!   only when `create_kek = true` (default false): a deleted metadata file
+//!   is an error naming it, never silently replaced by a new KEK. Back the
+//!   file up with the sealed shares: without it (and the passphrase) they
+//!   cannot be unsealed.
 //! - PKCS#11 backend: the token is found by label; the KEK (AES-256,
 //!   `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, random `CKA_ID`) is found by
 //!   label, or generated when `create_kek = true` (leave it false once the
@@ -69,7 +73,9 @@ pub use logsign::SealedLogSigner;
 pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer, pkcs11_context};
 pub use reseal::{ResealReport, reseal, reseal_dir};
 pub use secret::{Passphrase, Pin, Secret};
-pub use software::{KdfParams, SOFTWARE_KEK_FILE, SoftwareSealer};
+pub use software::{
+    KdfParams, MIN_KDF_M_COST_KIB, MIN_KDF_T_COST, SOFTWARE_KEK_FILE, SoftwareSealer,
+};
 
 use std::sync::Arc;
 

@@ -56,7 +56,37 @@ impl Default for KdfParams {
     }
 }
 
+/// Least Argon2id memory a configured KEK may use, KiB (19 MiB: OWASP's
+/// minimum for Argon2id, with [`MIN_KDF_T_COST`]).
+pub const MIN_KDF_M_COST_KIB: u32 = 19 * 1024;
+/// Fewest Argon2id iterations a configured KEK may use (OWASP's minimum at 19 MiB).
+pub const MIN_KDF_T_COST: u32 = 2;
+
 impl KdfParams {
+    /// Refuses parameters below OWASP's Argon2id minimum (m = 19 MiB, t = 2,
+    /// p = 1), naming the field under `field` (the config table they came
+    /// from, e.g. `kdf`). Config loading calls this; the library API
+    /// ([`SoftwareSealer::open_with_params`]) does not, so unit tests can keep
+    /// [`KdfParams::insecure_fast_for_tests`].
+    pub fn check_minimum(self, field: &str) -> Result<(), HsmError> {
+        let low = if self.m_cost_kib < MIN_KDF_M_COST_KIB {
+            Some(("m_cost_kib", self.m_cost_kib, MIN_KDF_M_COST_KIB))
+        } else if self.t_cost < MIN_KDF_T_COST {
+            Some(("t_cost", self.t_cost, MIN_KDF_T_COST))
+        } else if self.p_cost < 1 {
+            Some(("p_cost", self.p_cost, 1))
+        } else {
+            None
+        };
+        match low {
+            Some((name, value, min)) => Err(HsmError::Config(format!(
+                "config field `{field}.{name}` = {value} is below the minimum {min} \
+                 (OWASP's Argon2id minimum: m_cost_kib = {MIN_KDF_M_COST_KIB}, t_cost = {MIN_KDF_T_COST}, p_cost = 1)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Cheap parameters (m = 64 KiB, t = 1, p = 1) so tests stay fast. Never use them in production.
     pub fn insecure_fast_for_tests() -> Self {
         KdfParams {

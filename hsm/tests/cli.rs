@@ -54,7 +54,7 @@ fn software_toml(dir: &Path, name: &str, pass: &str, create: bool) -> String {
     write(
         &dir.join(format!("{name}.toml")),
         &format!(
-            "backend = \"software\"\npassphrase_file = \"{pass_file}\"\ncreate_kek = {create}\nkdf = {{ m_cost_kib = 64, t_cost = 1, p_cost = 1 }}\n"
+            "backend = \"software\"\npassphrase_file = \"{pass_file}\"\ncreate_kek = {create}\nkdf = {{ m_cost_kib = 19456, t_cost = 2, p_cost = 1 }}\n"
         ),
     )
 }

@@ -12,10 +12,18 @@ use custos_devkit::client::{Client, connect};
 use custos_devkit::{Cluster, ClusterLayout, ClusterSpec, StartOptions};
 use custos_proto::custody::GetClusterStatusRequest;
 
-/// Where cargo put the daemons (`target/<profile>`), next to the test binary's `deps/`.
+/// Where cargo put the daemons (`target/<profile>`), next to the test binary's
+/// `deps/`; `TESTS_BIN_DIR` overrides it (a target directory shared by several
+/// worktrees holds whichever worktree's binaries were built last: copy yours
+/// aside and point this at them).
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let dir = match std::env::var_os("TESTS_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_path_buf()
+        }
+    };
     for bin in ["custos-signer", "custos-coordinator"] {
         assert!(
             dir.join(bin).exists(),

@@ -243,11 +243,10 @@ fn pkcs11_kek_absent_and_creation_not_allowed() {
     assert_only(&line, SEALER_MESSAGES[3]);
 }
 
-#[test]
-fn software_wrong_passphrase() {
-    let f = Fixture::new();
+/// Starts signer-1 with its generated config (`create_kek = true`) until its
+/// software KEK file exists, then kills it; returns the KEK file's path.
+fn first_start(f: &Fixture) -> PathBuf {
     let s = &f.layout.signers[0];
-    // First start with the generated passphrase: it creates the KEK file.
     let mut child = Command::new(bin_dir().join("custos-signer"))
         .arg("--config")
         .arg(&s.config)
@@ -268,7 +267,14 @@ fn software_wrong_passphrase() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    kek
+}
 
+#[test]
+fn software_wrong_passphrase() {
+    let f = Fixture::new();
+    first_start(&f);
+    let s = &f.layout.signers[0];
     std::fs::write(&s.passphrase_file, "not the passphrase\n").unwrap();
     let line = assert_refused(
         &f.run(&[]),
@@ -279,6 +285,58 @@ fn software_wrong_passphrase() {
     );
     assert_only(&line, SEALER_MESSAGES[4]);
     assert!(!line.contains("not the passphrase"), "the passphrase leaks");
+}
+
+/// `create_kek` defaults to false: with the line gone (a production
+/// config), a deleted KEK file is an error naming it and is not recreated.
+#[test]
+fn software_kek_deleted_is_not_recreated() {
+    let f = Fixture::new();
+    let kek = first_start(&f);
+    let text = std::fs::read_to_string(f.config()).unwrap();
+    assert!(text.contains("create_kek = true"), "{text}");
+    let production: String = text
+        .lines()
+        .filter(|l| !l.starts_with("create_kek"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(f.config(), production).unwrap();
+    std::fs::remove_file(&kek).unwrap();
+    let line = assert_refused(
+        &f.run(&[]),
+        &[
+            "sealer (config field `sealer`)",
+            &format!("software KEK file {}", kek.display()),
+        ],
+    );
+    assert_only(&line, SEALER_MESSAGES[3]);
+    assert!(!kek.exists(), "the KEK file was recreated");
+}
+
+/// Argon2id parameters below OWASP's minimum are refused at start, naming the field.
+#[test]
+fn software_kdf_below_minimum_is_refused() {
+    let f = Fixture::new();
+    let text = std::fs::read_to_string(f.config()).unwrap();
+    assert!(text.contains("m_cost_kib = 19456"), "{text}");
+    std::fs::write(
+        f.config(),
+        text.replace("m_cost_kib = 19456", "m_cost_kib = 64"),
+    )
+    .unwrap();
+    let line = assert_refused(
+        &f.run(&[]),
+        &["`kdf.m_cost_kib` = 64 is below the minimum 19456"],
+    );
+    for m in SEALER_MESSAGES {
+        assert!(!line.contains(m), "{line}");
+    }
+    assert!(
+        !f.layout.signers[0]
+            .data_dir
+            .join("software-kek.json")
+            .exists()
+    );
 }
 
 #[test]
