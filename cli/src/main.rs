@@ -59,6 +59,10 @@ enum Command {
     /// failures locked (admin).
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
+    /// The coordinator's API tokens: create (shown once), list, revoke. Edits
+    /// its hashed token store; the running coordinator rereads it (no restart).
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(a) => cmd::report::run(a),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Key(c) => cmd::key::run(c),
+        Command::Token(c) => cmd::token::run(c),
     };
     match result {
         Ok(code) => code,

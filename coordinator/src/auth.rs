@@ -1,9 +1,15 @@
 //! API client authentication: bearer tokens mapped to identities and roles.
 //! The identity is recorded as the initiator of every withdrawal it creates.
+//!
+//! Tokens live hashed in the token store file (`[auth] token_store`,
+//! managed by `custos token create|list|revoke`; see custos-credentials).
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use custos_credentials::{CredentialError, Refusal, TokenRecord, TokenStore};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
 /// What a client may do.
@@ -27,6 +33,8 @@ pub struct Identity {
     pub id: String,
     /// Its roles.
     pub roles: Vec<Role>,
+    /// The API token it presented (its id; `None` for internal callers).
+    pub token_id: Option<String>,
 }
 
 impl Identity {
@@ -56,84 +64,151 @@ pub fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
         .ok_or_else(|| Status::unauthenticated("no client identity"))
 }
 
-/// Token → identity table, checked in constant time per entry.
+/// The token store as loaded: its bytes (to notice a change) and contents.
+struct Loaded {
+    bytes: Vec<u8>,
+    store: TokenStore,
+}
+
+/// Bearer tokens checked against the hashed token store (custos-credentials):
+/// looked up by id, compared in constant time, refused when revoked or
+/// expired. Every use is logged with the token id, never its value.
+/// [`Authenticator::reload`] rereads the file when it changed, so tokens can
+/// be created and revoked without a restart.
 #[derive(Clone)]
 pub struct Authenticator {
-    clients: Arc<Vec<(String, Identity)>>,
+    path: Arc<PathBuf>,
+    loaded: Arc<RwLock<Loaded>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field(
-                "clients",
-                &self.clients.iter().map(|(_, i)| &i.id).collect::<Vec<_>>(),
-            )
-            .finish()
+            .field("token_store", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
-/// Compares without an early exit, so timing does not reveal the token.
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The roles of a stored token as [`Role`]s (the store checks the names).
+fn roles_of(record: &TokenRecord) -> Vec<Role> {
+    record
+        .roles
+        .iter()
+        .filter_map(|r| match r.as_str() {
+            "admin" => Some(Role::Admin),
+            "backend" => Some(Role::Backend),
+            "approver" => Some(Role::Approver),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Authenticator {
-    /// Builds the table from (token, identity) pairs.
-    pub fn new(clients: Vec<(String, Identity)>) -> Self {
-        Self {
-            clients: Arc::new(clients),
+    /// Loads the token store at `path` (its hashes only).
+    pub fn open(path: &Path) -> Result<Self, CredentialError> {
+        let bytes = std::fs::read(path).map_err(|reason| CredentialError::Io {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let store = TokenStore::parse(path, &bytes)?;
+        Ok(Self {
+            path: Arc::new(path.to_path_buf()),
+            loaded: Arc::new(RwLock::new(Loaded { bytes, store })),
+        })
+    }
+
+    /// Rereads the store if the file changed. A store that no longer parses
+    /// is an error and the previous one stays in force.
+    pub fn reload(&self) -> Result<bool, CredentialError> {
+        let bytes = std::fs::read(&*self.path).map_err(|reason| CredentialError::Io {
+            path: self.path.to_path_buf(),
+            reason,
+        })?;
+        if self.read().bytes == bytes {
+            return Ok(false);
+        }
+        let store = TokenStore::parse(&self.path, &bytes)?;
+        let mut w = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        *w = Loaded { bytes, store };
+        Ok(true)
+    }
+
+    /// Calls [`Authenticator::reload`] every `every` until `stop`.
+    pub async fn watch(self, every: std::time::Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.reload() {
+                Ok(true) => {
+                    let n = self.read().store.tokens.len();
+                    tracing::info!(tokens = n, store = %self.path.display(), "API token store reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "API token store not reloaded: the previous one stays in force"
+                ),
+            }
         }
     }
 
-    /// Interceptor body: resolves `authorization: Bearer <token>`.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        self.loaded.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a bearer value at `now` (Unix seconds) and logs the outcome
+    /// with the token id.
+    pub fn check(&self, presented: &str, now: i64) -> Result<Identity, Refusal> {
+        let loaded = self.read();
+        match loaded.store.verify(presented, now) {
+            Ok(record) => {
+                tracing::info!(
+                    token_id = %record.id,
+                    client = %record.client,
+                    "API token accepted"
+                );
+                Ok(Identity {
+                    id: record.client.clone(),
+                    roles: roles_of(record),
+                    token_id: Some(record.id.clone()),
+                })
+            }
+            Err(refusal) => {
+                tracing::warn!(reason = %refusal, "API token refused");
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Interceptor body: resolves `authorization: Bearer <token>`; a refusal
+    /// is `UNAUTHENTICATED` naming the token id (never its value).
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let presented = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let mut found = None;
-        for (token, id) in self.clients.iter() {
-            if constant_eq(token.as_bytes(), presented.as_bytes()) {
-                found = Some(id.clone());
-            }
-        }
-        match found {
-            Some(id) if !presented.is_empty() => {
-                req.extensions_mut().insert(id);
-                Ok(req)
-            }
-            _ => Err(Status::unauthenticated(
-                "missing or unknown API token (authorization: Bearer ...)",
-            )),
-        }
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let presented = zeroize::Zeroizing::new(presented);
+        let id = self
+            .check(&presented, custos_credentials::now_unix())
+            .map_err(|r| Status::unauthenticated(r.to_string()))?;
+        req.extensions_mut().insert(id);
+        Ok(req)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    fn auth() -> Authenticator {
-        Authenticator::new(vec![
-            (
-                "admin-token-0123456789".into(),
-                Identity {
-                    id: "admin".into(),
-                    roles: vec![Role::Admin],
-                },
-            ),
-            (
-                "backend-token-0123456789".into(),
-                Identity {
-                    id: "payments".into(),
-                    roles: vec![Role::Backend],
-                },
-            ),
-        ])
-    }
 
     fn req(token: &str) -> Request<()> {
         let mut r = Request::new(());
@@ -144,13 +219,38 @@ mod tests {
     }
 
     #[test]
-    fn maps_tokens_to_identities() {
-        let a = auth();
-        let r = a.authenticate(req("backend-token-0123456789")).ok();
-        let id = r.as_ref().and_then(|r| identity(r).ok());
-        assert_eq!(id.map(|i| i.id), Some("payments".to_string()));
-        assert!(a.authenticate(req("wrong")).is_err());
+    fn maps_tokens_to_identities_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let now = custos_credentials::now_unix();
+        let backend = custos_credentials::update(&path, true, |s| {
+            s.issue("payments", &["backend".into()], now, Some(now + 60), None)
+        })
+        .unwrap()
+        .1;
+        let a = Authenticator::open(&path).unwrap();
+        let r = a.authenticate(req(backend.expose())).unwrap();
+        let id = identity(&r).unwrap();
+        assert_eq!(id.id, "payments");
+        assert_eq!(id.roles, vec![Role::Backend]);
+        assert_eq!(id.token_id.as_deref(), Some(backend.id()));
+        let e = a.authenticate(req("wrong")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
         assert!(a.authenticate(Request::new(())).is_err());
+
+        // Revoked in the file: still accepted until reloaded, then refused by id.
+        custos_credentials::update(&path, false, |s| s.revoke(backend.id(), now)).unwrap();
+        assert!(a.authenticate(req(backend.expose())).is_ok());
+        assert!(a.reload().unwrap());
+        let e = a.authenticate(req(backend.expose())).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains(backend.id()), "{}", e.message());
+        assert!(e.message().contains("revoked"), "{}", e.message());
+        assert!(!e.message().contains(&backend.expose()[24..]));
+        // A broken store keeps the previous one in force.
+        std::fs::write(&path, "{").unwrap();
+        assert!(a.reload().is_err());
+        assert!(a.authenticate(req(backend.expose())).is_err());
     }
 
     #[test]
@@ -158,12 +258,14 @@ mod tests {
         let backend = Identity {
             id: "b".into(),
             roles: vec![Role::Backend],
+            token_id: None,
         };
         assert!(backend.require(Role::Backend).is_ok());
         assert!(backend.require(Role::Approver).is_err());
         let admin = Identity {
             id: "a".into(),
             roles: vec![Role::Admin],
+            token_id: None,
         };
         assert!(admin.require(Role::Auditor).is_ok());
     }

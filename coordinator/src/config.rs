@@ -203,23 +203,45 @@ pub struct TlsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// File with the admin bearer token (identity `admin`, every role).
-    pub admin_token_file: PathBuf,
-    /// Further API clients (backends, approver tools, auditors).
+    /// The hashed API token store (JSON; `custos token create --store FILE`):
+    /// each token's id, client, roles, expiry and SHA-256, never a token.
+    /// Reread when it changes, so tokens are created and revoked without a
+    /// restart.
+    pub token_store: Option<PathBuf>,
+    /// How often the token store is checked for changes, ms (default 1000).
+    #[serde(default = "default_token_reload_ms")]
+    pub token_reload_ms: u64,
+    /// Removed: a plain-text admin token. A config that still sets it is
+    /// refused with the migration steps (see [`AuthConfig::plain_text_fields`]).
     #[serde(default)]
-    pub clients: Vec<ClientConfig>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Removed: API clients with plain-text token files (refused likewise).
+    #[serde(default)]
+    pub clients: Option<serde::de::IgnoredAny>,
 }
 
-/// One API client.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientConfig {
-    /// Identity recorded as initiator (letters, digits, '-', '_', '.').
-    pub id: String,
-    /// File with its bearer token (at least 16 characters).
-    pub token_file: PathBuf,
-    /// Its roles: `backend`, `approver`, `auditor`, `admin`.
-    pub roles: Vec<crate::auth::Role>,
+impl AuthConfig {
+    /// The removed plain-text token fields this config still sets.
+    ///
+    /// They are refused at load rather than hashed automatically: hashing at
+    /// load would leave the plain-text files on disk and the daemon still
+    /// reading them, and the old tokens have no id, prefix or expiry (and,
+    /// having sat in plain text, should be treated as exposed). The operator
+    /// issues new tokens with `custos token create` and deletes the files.
+    pub fn plain_text_fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.admin_token_file.is_some() {
+            v.push("auth.admin_token_file");
+        }
+        if self.clients.is_some() {
+            v.push("auth.clients");
+        }
+        v
+    }
+}
+
+fn default_token_reload_ms() -> u64 {
+    1000
 }
 
 /// One signer.

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow};
 use clap::Parser;
 use custos_coordinator::adapters::Adapters;
 use custos_coordinator::audit::AuditTrail;
-use custos_coordinator::auth::{Authenticator, Identity, Role};
+use custos_coordinator::auth::Authenticator;
 use custos_coordinator::cluster::{Cluster, Settings};
 use custos_coordinator::config::{CoordinatorConfig, PolicyFiles};
 use custos_coordinator::db::Db;
@@ -184,10 +184,7 @@ async fn build(
     stop: &CancellationToken,
 ) -> Result<Parts, Fatal> {
     let data_dir = data_dir(cfg, path)?;
-    let token = read_token(
-        "auth.admin_token_file",
-        &resolve(path, &cfg.auth.admin_token_file),
-    )?;
+    let authenticator = authenticator(cfg, path)?;
     let tls = &cfg.tls;
     let server_id = custos_service::tls::identity(
         "tls.cert/tls.key",
@@ -210,7 +207,6 @@ async fn build(
         None => Db::open(&data_dir).await,
     }
     .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
-    let authenticator = authenticator(cfg, path, token)?;
     let log_signer = open_log_key(cfg, path, &data_dir)?;
     let stale = db
         .fail_stale_presigs()
@@ -288,54 +284,29 @@ async fn build(
     })
 }
 
-/// An API token from `file` (config field `field`): trimmed, at least 16 characters.
-fn read_token(field: &str, file: &Path) -> Result<String, Fatal> {
-    let t = std::fs::read_to_string(file)
-        .with_context(|| format!("config field `{field}`: {}", file.display()))
-        .map_err(config_error)?
-        .trim()
-        .to_owned();
-    if t.len() < 16 {
+/// The API token store (`auth.token_store`). A config still naming
+/// plain-text token files is refused with the way to migrate.
+fn authenticator(cfg: &CoordinatorConfig, path: &Path) -> Result<Authenticator, Fatal> {
+    let plain = cfg.auth.plain_text_fields();
+    if let Some(field) = plain.first() {
         return Err(config_error(anyhow!(
-            "config field `{field}`: token shorter than 16 characters"
+            "config field `{field}`: plain-text API tokens are no longer accepted \
+             (fields {}). Issue hashed tokens, shown once, with \
+             `custos token create --store FILE --client ID --role ROLE` for the admin and \
+             every client, set `auth.token_store = \"FILE\"`, remove {} and delete the old \
+             token files (see the README, API tokens)",
+            plain.join(", "),
+            plain.join(" and "),
         )));
     }
-    Ok(t)
-}
-
-/// The admin (`admin_token`) and every configured API client.
-fn authenticator(
-    cfg: &CoordinatorConfig,
-    path: &Path,
-    admin_token: String,
-) -> Result<Authenticator, Fatal> {
-    let mut clients = vec![(
-        admin_token,
-        Identity {
-            id: "admin".into(),
-            roles: vec![Role::Admin],
-        },
-    )];
-    for (i, c) in cfg.auth.clients.iter().enumerate() {
-        if !custos_service::daemon::is_valid_id(&c.id) {
-            return Err(config_error(anyhow!(
-                "config field `auth.clients[{i}].id`: {:?} is not a valid id",
-                c.id
-            )));
-        }
-        let t = read_token(
-            &format!("auth.clients[{i}].token_file"),
-            &resolve(path, &c.token_file),
-        )?;
-        clients.push((
-            t,
-            Identity {
-                id: c.id.clone(),
-                roles: c.roles.clone(),
-            },
-        ));
-    }
-    Ok(Authenticator::new(clients))
+    let Some(store) = &cfg.auth.token_store else {
+        return Err(config_error(anyhow!(
+            "config field `auth.token_store` is required: the hashed API token store \
+             (`custos token create --store FILE ...`)"
+        )));
+    };
+    Authenticator::open(&resolve(path, store))
+        .map_err(|e| config_error(anyhow!("config field `auth.token_store`: {e}")))
 }
 
 /// The withdrawal engine for the policy bundle `p`: logs a bundle used for
@@ -444,7 +415,14 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
                 stop.clone(),
             ),
         )
-        .spawn_until_stopped("adapter gauges", p.adapters.refresh_gauges());
+        .spawn_until_stopped("adapter gauges", p.adapters.refresh_gauges())
+        .spawn(
+            "API token store reload",
+            p.authenticator.clone().watch(
+                Duration::from_millis(cfg.auth.token_reload_ms.max(100)),
+                stop.clone(),
+            ),
+        );
     if let Some(e) = &p.engine {
         tasks.spawn("withdrawal ticker", e.clone().run());
     }

@@ -51,6 +51,11 @@ const DEMO_ADMIN_KEYS: [&str; 2] = [
     include_str!("../../examples/keys/admin1.pem"),
     include_str!("../../examples/keys/admin2.pem"),
 ];
+/// The coordinator's hashed API token store, in its directory.
+const TOKEN_STORE: &str = "tokens.json";
+/// How long a generated API token is valid; `custos dev up` issues a new
+/// one when it has expired or been revoked.
+const DEV_TOKEN_LIFETIME_SECS: i64 = 90 * 24 * 3600;
 /// Directory of the policy bundle in the cluster directory.
 const POLICY_DIR: &str = "policy";
 
@@ -274,7 +279,9 @@ pub struct ClientLayout {
     pub id: String,
     /// Its roles (`backend`, `approver`, `auditor`, `admin`).
     pub roles: Vec<String>,
-    /// File holding its bearer token (0600).
+    /// File holding its bearer token (0600): the client's copy, printed by
+    /// `custos dev up`; the coordinator holds only its hash
+    /// ([`CoordinatorLayout::token_store`]).
     pub token_file: PathBuf,
 }
 
@@ -298,8 +305,12 @@ pub struct CoordinatorLayout {
     pub client_cert: PathBuf,
     /// Client key.
     pub client_key: PathBuf,
-    /// File holding the admin API token.
+    /// File holding the admin API token (the client's copy).
     pub admin_token_file: PathBuf,
+    /// The coordinator's hashed token store (`auth.token_store`): every
+    /// generated token's id, client, roles, expiry and SHA-256.
+    #[serde(default)]
+    pub token_store: PathBuf,
     /// Further API clients ([`BACKEND_CLIENT`], [`APPROVER_CLIENT`],
     /// [`AUDITOR_CLIENT`]), each with its own token file.
     #[serde(default)]
@@ -522,15 +533,7 @@ struct CoordinatorTlsToml {
 
 #[derive(Serialize)]
 struct AuthToml {
-    admin_token_file: PathBuf,
-    clients: Vec<ClientToml>,
-}
-
-#[derive(Serialize)]
-struct ClientToml {
-    id: String,
-    token_file: PathBuf,
-    roles: Vec<String>,
+    token_store: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -587,6 +590,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         client_cert: cdir.join("client.pem"),
         client_key: cdir.join("client.key"),
         admin_token_file: cdir.join("admin.token"),
+        token_store: cdir.join(TOKEN_STORE),
         clients: GENERATED_CLIENTS
             .iter()
             .map(|(id, role)| ClientLayout {
@@ -615,9 +619,14 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         &["custos-coordinator"],
         certs::CLIENT,
     )?;
-    identity::ensure_random_secret(&coordinator.admin_token_file)?;
+    ensure_api_token(
+        &coordinator.token_store,
+        &coordinator.admin_token_file,
+        ADMIN_CLIENT,
+        &["admin".to_string()],
+    )?;
     for c in &coordinator.clients {
-        identity::ensure_random_secret(&c.token_file)?;
+        ensure_api_token(&coordinator.token_store, &c.token_file, &c.id, &c.roles)?;
     }
     fsutil::ensure_dir(&coordinator.data_dir)?;
 
@@ -682,16 +691,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
             signer_ca: "../ca.pem".into(),
         },
         auth: AuthToml {
-            admin_token_file: "admin.token".into(),
-            clients: coordinator
-                .clients
-                .iter()
-                .map(|c| ClientToml {
-                    id: c.id.clone(),
-                    token_file: relative_name(&c.token_file),
-                    roles: c.roles.clone(),
-                })
-                .collect(),
+            token_store: TOKEN_STORE.into(),
         },
         signers: signers
             .iter()
@@ -814,13 +814,49 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
     Ok(layout)
 }
 
-fn file_name(path: &Path) -> PathBuf {
-    path.file_name().map(PathBuf::from).unwrap_or_default()
+/// Keeps `client`'s token in `token_file` if the store accepts it, else
+/// issues a new one (hash into `store`, the token itself into `token_file`,
+/// 0600). A token file from before hashed tokens (no `custos_` prefix) is
+/// replaced the same way.
+fn ensure_api_token(
+    store: &Path,
+    token_file: &Path,
+    client: &str,
+    roles: &[String],
+) -> Result<(), DevkitError> {
+    let now = custos_credentials::now_unix();
+    let held = std::fs::read_to_string(token_file)
+        .ok()
+        .map(|t| Zeroizing::new(t.trim().to_owned()));
+    let store_err = |e: custos_credentials::CredentialError| DevkitError::Format {
+        path: store.to_path_buf(),
+        message: e.to_string(),
+    };
+    let token = custos_credentials::update(store, true, |s| {
+        if let Some(t) = &held
+            && s.verify(t, now)
+                .is_ok_and(|r| r.client == client && r.roles == roles)
+        {
+            return Ok(None);
+        }
+        let (_, token) = s.issue(
+            client,
+            roles,
+            now,
+            Some(now + DEV_TOKEN_LIFETIME_SECS),
+            Some("custos dev up".into()),
+        )?;
+        Ok(Some(token))
+    })
+    .map_err(store_err)?;
+    match token {
+        Some(t) => fsutil::write_atomic(token_file, t.expose().as_bytes(), fsutil::SECRET_MODE),
+        None => fsutil::restrict(token_file),
+    }
 }
 
-/// A file in the config's own directory, named relative to it.
-fn relative_name(path: &Path) -> PathBuf {
-    file_name(path)
+fn file_name(path: &Path) -> PathBuf {
+    path.file_name().map(PathBuf::from).unwrap_or_default()
 }
 
 /// Writes `policy.toml` (the given document or [`DEMO_POLICY`]), its admin

@@ -26,9 +26,12 @@
 //! coordinator/coordinator.toml       config (rewritten by every generate)
 //! coordinator/server.pem|key         gRPC server cert (SAN localhost, 127.0.0.1)
 //! coordinator/client.pem|key         client cert towards the signers
-//! coordinator/admin.token            admin API token (0600)
+//! coordinator/tokens.json            hashed API token store (auth.token_store, 0600):
+//!                                    ids, clients, roles, expiry, SHA-256; no token
+//! coordinator/admin.token            the admin's API token, `custos_...` (0600)
 //! coordinator/<client>.token         API tokens of payments-backend (role backend),
-//!                                    approver-cli (approver), auditor (auditor) (0600)
+//!                                    approver-cli (approver), auditor (auditor) (0600);
+//!                                    the clients' copies, reissued when expired
 //! coordinator/data/
 //! signer-N/signer.toml               config (rewritten by every generate)
 //! signer-N/tls.pem|key               control API cert (SAN signer-N, localhost, 127.0.0.1)

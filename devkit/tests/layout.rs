@@ -135,6 +135,7 @@ fn secrets(l: &ClusterLayout) -> Vec<PathBuf> {
         l.coordinator.server_key.clone(),
         l.coordinator.client_key.clone(),
         l.coordinator.admin_token_file.clone(),
+        l.coordinator.token_store.clone(),
     ];
     v.extend(l.coordinator.clients.iter().map(|c| c.token_file.clone()));
     for s in &l.signers {
@@ -360,34 +361,47 @@ fn coordinator_config_and_summary() {
         assert_eq!(v["tls"][k].as_str(), Some(f));
         assert!(c.dir.join(f).is_file(), "{f}");
     }
-    assert_eq!(v["auth"]["admin_token_file"].as_str(), Some("admin.token"));
-    let clients = v["auth"]["clients"].as_array().unwrap();
+    // The coordinator gets the hashed token store only; the clients' copies
+    // of their tokens sit beside it (0600) for the CLI and `dev up`'s output.
+    assert_eq!(v["auth"]["token_store"].as_str(), Some("tokens.json"));
+    assert!(v["auth"].get("admin_token_file").is_none());
+    assert!(v["auth"].get("clients").is_none());
+    assert_eq!(c.token_store, c.dir.join("tokens.json"));
+    let store = custos_credentials::TokenStore::load(&c.token_store).unwrap();
+    let store_text = std::fs::read_to_string(&c.token_store).unwrap();
+    let now = custos_credentials::now_unix();
     let expected = [
         ("payments-backend", "backend"),
         ("approver-cli", "approver"),
         ("auditor", "auditor"),
     ];
-    assert_eq!(clients.len(), expected.len());
-    for (entry, (id, role)) in clients.iter().zip(expected) {
-        assert_eq!(entry["id"].as_str(), Some(id));
-        let roles: Vec<&str> = entry["roles"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap())
-            .collect();
-        assert_eq!(roles, vec![role]);
-        let file = entry["token_file"].as_str().unwrap();
-        assert_eq!(file, format!("{id}.token"));
-        let token = std::fs::read_to_string(c.dir.join(file)).unwrap();
-        assert_eq!(token.len(), 64, "{id}");
-        let client = l.client(id).unwrap();
-        assert_eq!(client.token_file, c.dir.join(file));
+    assert_eq!(c.clients.len(), expected.len());
+    for (client, (id, role)) in c.clients.iter().zip(expected) {
+        assert_eq!(client.id, id);
+        assert_eq!(client.token_file, c.dir.join(format!("{id}.token")));
         assert_eq!(client.roles, vec![role.to_string()]);
+        let token = std::fs::read_to_string(&client.token_file).unwrap();
+        assert!(token.starts_with("custos_"), "{id}");
+        assert!(
+            !store_text.contains(&token[24..]),
+            "{id}: plain text in the store"
+        );
+        let record = store.verify(&token, now).unwrap();
+        assert_eq!(
+            (record.client.as_str(), record.roles.clone()),
+            (id, vec![role.to_string()])
+        );
+        assert!(record.expires_at.is_some(), "{id}: no expiry");
     }
     assert!(
         l.client("admin").is_none(),
         "the admin is not a generated client"
+    );
+    let admin = std::fs::read_to_string(&c.admin_token_file).unwrap();
+    let record = store.verify(&admin, now).unwrap();
+    assert_eq!(
+        (record.client.as_str(), record.roles.clone()),
+        ("admin", vec!["admin".to_string()])
     );
     // Distinct tokens: a role's token never opens another role.
     let mut tokens: Vec<String> = l
@@ -396,10 +410,11 @@ fn coordinator_config_and_summary() {
         .iter()
         .map(|c| std::fs::read_to_string(&c.token_file).unwrap())
         .collect();
-    tokens.push(std::fs::read_to_string(&c.admin_token_file).unwrap());
+    tokens.push(admin);
     tokens.sort();
     tokens.dedup();
     assert_eq!(tokens.len(), 4);
+    assert_eq!(store.tokens.len(), 4);
     assert_eq!(v["dev"]["allow_sign_digest"].as_bool(), Some(true));
     assert!(l.raw_digest);
     for (k, f) in [
@@ -426,9 +441,6 @@ fn coordinator_config_and_summary() {
             Some(format!("signer-{}", i + 1).as_str())
         );
     }
-    let token = std::fs::read_to_string(&c.admin_token_file).unwrap();
-    assert_eq!(token.len(), 64);
-    assert!(hex::decode(&token).is_ok());
     // cluster.json round-trips and has absolute paths and URLs.
     let loaded = ClusterLayout::load(&l.dir).unwrap();
     assert_eq!(loaded, l);

@@ -312,12 +312,7 @@ pub async fn drain_server<T>(
 /// Whether an id is safe as a file name and a database key: 1-64 letters,
 /// digits, `-`, `_`, `.`, not starting with `.`.
 pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    custos_credentials::is_valid_client_id(id)
 }
 
 #[cfg(test)]

@@ -73,11 +73,51 @@ fn bad_coordinator_config_exits_78_naming_the_problem() {
         "{err}"
     );
 
-    std::fs::write(&layout.coordinator.config, &cfg).unwrap();
-    std::fs::remove_file(&layout.coordinator.admin_token_file).unwrap();
+    // A config from before hashed tokens: refused, naming the field and the migration.
+    assert!(cfg.contains("token_store = \"tokens.json\""), "{cfg}");
+    std::fs::write(
+        &layout.coordinator.config,
+        cfg.replace(
+            "token_store = \"tokens.json\"",
+            "admin_token_file = \"admin.token\"",
+        ),
+    )
+    .unwrap();
     let (code, err) = run(&layout.coordinator.config);
     assert_eq!(code, 78, "{err}");
-    assert!(err.contains("auth.admin_token_file"), "{err}");
+    assert!(
+        err.contains(
+            "config field `auth.admin_token_file`: plain-text API tokens are no longer accepted"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("custos token create"), "{err}");
+
+    // A plain-text token where the store keeps a hash: refused, naming the entry.
+    std::fs::write(&layout.coordinator.config, &cfg).unwrap();
+    let store = std::fs::read_to_string(&layout.coordinator.token_store).unwrap();
+    let admin = std::fs::read_to_string(&layout.coordinator.admin_token_file).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&store).unwrap();
+    let hash = v["tokens"][0]["sha256"].as_str().unwrap();
+    std::fs::write(
+        &layout.coordinator.token_store,
+        store.replace(hash, admin.trim()),
+    )
+    .unwrap();
+    let (code, err) = run(&layout.coordinator.config);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("config field `auth.token_store`"), "{err}");
+    assert!(
+        err.contains("tokens[0].sha256: not a SHA-256 hash"),
+        "{err}"
+    );
+    assert!(!err.contains(admin.trim()), "the token leaks: {err}");
+
+    // No store at all.
+    std::fs::remove_file(&layout.coordinator.token_store).unwrap();
+    let (code, err) = run(&layout.coordinator.config);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("auth.token_store"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -332,5 +332,197 @@ async fn every_policy_action_end_to_end() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    api_tokens_rotate_revoke_and_expire(&fc).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// `text` without ANSI colour sequences (the daemons' logs may carry them).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs `custos token <args> --store <store> --json` and returns its JSON.
+fn token_cli(store: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .arg("token")
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "custos token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Lists withdrawals with `token` until `ok(result)` holds (the coordinator
+/// rereads its token store about every second); returns the last result.
+async fn call_with_token(
+    fc: &FlowCluster,
+    dir: &std::path::Path,
+    token: &str,
+    ok: impl Fn(&Result<(), tonic::Status>) -> bool,
+) -> Result<(), tonic::Status> {
+    let layout = &fc.tc.cluster.layout();
+    let file = dir.join(format!("t{}", rand::random::<u32>()));
+    std::fs::write(&file, token).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let mut c = custos_devkit::client::connect_with_token_file(
+            &layout.coordinator.url,
+            &layout.ca_cert,
+            &file,
+            None,
+        )
+        .await
+        .unwrap();
+        let r = c
+            .list_withdrawals(custos_proto::custody::ListWithdrawalsRequest::default())
+            .await
+            .map(|_| ());
+        if ok(&r) || started.elapsed() > Duration::from_secs(10) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Credentials (SECURITY.md case 31) on the running flow cluster: the store
+/// holds hashes only; a second backend token works beside the first, the
+/// first revoked is refused by id while its successor works, an expired
+/// token is refused by id; every use is logged with the id, never the value.
+async fn api_tokens_rotate_revoke_and_expire(fc: &FlowCluster) {
+    let layout = &fc.tc.cluster.layout();
+    let store = layout.coordinator.token_store.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let old =
+        std::fs::read_to_string(&layout.client("payments-backend").unwrap().token_file).unwrap();
+    let old_id = &old["custos_".len().."custos_".len() + 16];
+
+    // Rotation: the successor works while the old token still does.
+    let new = token_cli(
+        &store,
+        &[
+            "create",
+            "--client",
+            "payments-backend",
+            "--role",
+            "backend",
+            "--expires-in",
+            "1h",
+        ],
+    );
+    let new_token = new["token"].as_str().unwrap().to_owned();
+    let new_id = new["id"].as_str().unwrap().to_owned();
+    assert!(new_token.starts_with(&format!("custos_{new_id}_")));
+    call_with_token(fc, dir.path(), &new_token, Result::is_ok)
+        .await
+        .unwrap();
+    call_with_token(fc, dir.path(), &old, Result::is_ok)
+        .await
+        .unwrap();
+
+    // The store: each token's SHA-256, never a token or its secret.
+    let text = std::fs::read_to_string(&store).unwrap();
+    for t in [&old, &new_token] {
+        assert!(
+            !text.contains(&t[24..]),
+            "plain-text token in {}",
+            store.display()
+        );
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()));
+        assert!(text.contains(&sha), "no hash of {}", &t[..23]);
+    }
+
+    // Revoked: refused by id, the successor unaffected.
+    let revoked = token_cli(&store, &["revoke", old_id]);
+    assert_eq!(revoked["status"], "revoked");
+    let e = call_with_token(fc, dir.path(), &old, Result::is_err)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("API token {old_id} was revoked")),
+        "{e}"
+    );
+    assert!(!e.message().contains(&old[24..]), "the token leaks: {e}");
+    call_with_token(fc, dir.path(), &new_token, Result::is_ok)
+        .await
+        .unwrap();
+
+    // Expired: accepted until its expiry, refused by id after it.
+    let short = token_cli(
+        &store,
+        &[
+            "create",
+            "--client",
+            "auditor",
+            "--role",
+            "auditor",
+            "--expires-in",
+            "4s",
+        ],
+    );
+    let short_token = short["token"].as_str().unwrap().to_owned();
+    let short_id = short["id"].as_str().unwrap().to_owned();
+    call_with_token(fc, dir.path(), &short_token, Result::is_ok)
+        .await
+        .unwrap();
+    let e = call_with_token(fc, dir.path(), &short_token, |r| {
+        r.as_ref().is_err_and(|e| e.message().contains("expired"))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("API token {short_id} expired at")),
+        "{e}"
+    );
+
+    let listed = token_cli(&store, &["list", "--client", "payments-backend"]);
+    let statuses: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert!(statuses.contains(&(old_id, "revoked")), "{statuses:?}");
+    assert!(
+        statuses.contains(&(new_id.as_str(), "active")),
+        "{statuses:?}"
+    );
+
+    // The coordinator's log names the tokens it accepted and refused, never a value.
+    let log = strip_ansi(&std::fs::read_to_string(layout.log_file("coordinator")).unwrap());
+    assert!(
+        log.contains(&format!("token_id={new_id}")),
+        "no use of {new_id} logged"
+    );
+    assert!(log.contains(&format!("API token {old_id} was revoked")));
+    for t in [&old, &new_token, &short_token] {
+        assert!(
+            !log.contains(&t[24..]),
+            "a token value in the coordinator's log"
+        );
+    }
 }

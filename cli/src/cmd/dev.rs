@@ -261,6 +261,10 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
             client.id
         );
     }
+    println!(
+        "  token store     {} (hashes only; `custos token list|create|revoke`)",
+        c.token_store.display()
+    );
     if let Some(policy) = &layout.policy {
         println!(
             "  policy          {} (hash {})",

@@ -10,5 +10,6 @@ pub mod key;
 pub mod ledger;
 pub mod policy;
 pub mod report;
+pub mod token;
 pub mod view;
 pub mod withdraw;
