@@ -455,7 +455,7 @@ async fn onchain_transactions_match_the_log(
     };
     let (ok, trust, err) = custos(&["audit", "keys", "--cluster", &cluster]);
     assert!(ok, "{err}");
-    let verify = |chain: &str| {
+    let verify = |chain: &str, extra: &[&str]| {
         let (ok, _, err) = custos(&[
             "audit",
             "export",
@@ -469,16 +469,17 @@ async fn onchain_transactions_match_the_log(
         args.extend(trust.split_whitespace());
         let rpc_arg = format!("{chain}={url}");
         args.extend(["--evm-rpc", rpc_arg.as_str()]);
+        args.extend(extra);
         custos(&args)
     };
     // A misspelt chain is named, not reported as ten unlogged nonces.
-    let (ok, out, err) = verify("ethereum");
+    let (ok, out, err) = verify("ethereum", &[]);
     assert!(!ok, "{out}\n{err}");
     assert!(
         err.contains("the log names no withdrawal on chain \"ethereum\" (its chains: anvil)"),
         "{err}"
     );
-    let (ok, out, err) = verify(CHAIN);
+    let (ok, out, err) = verify(CHAIN, &[]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("10 mined, 10 logged"), "{out}");
 
@@ -495,11 +496,21 @@ async fn onchain_transactions_match_the_log(
     )
     .await;
     assert!(r.success);
-    let (ok, out, err) = verify(CHAIN);
+    let (ok, out, err) = verify(CHAIN, &[]);
     assert!(!ok, "{out}\n{err}");
     assert!(
         err.contains(&format!("nonce(s) [{mined}] have no logged transaction")),
         "{out}\n{err}"
+    );
+    // Scripts reading --json see the same verdict as the exit status.
+    let (ok, out, err) = verify(CHAIN, &["--json"]);
+    assert!(!ok, "{out}\n{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["ok"], json!(false), "{out}");
+    assert_eq!(
+        json["onchain_unlogged"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
     );
 }
 

@@ -244,7 +244,9 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = &outcome.report;
     if args.json {
         let out = serde_json::json!({
-            "ok": report.is_ok(),
+            // The verdict of the exit status: the log's report and the
+            // on-chain comparison both.
+            "ok": outcome.is_ok(),
             "first_failure": report.first_failure(),
             "replay": outcome.replay.as_str(),
             "report": report,
