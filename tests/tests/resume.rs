@@ -93,6 +93,33 @@ async fn coordinator_killed_in_each_state_resumes() {
     crash_and_restart(&mut fc).await;
     assert_eq!(get(&fc, &t.id).await.state, "time_locked");
 
+    // The crash between storing the quorum's last approval and moving on
+    // (Engine::submit's two steps): both approvals stored, the withdrawal
+    // still awaiting them. The first tick after the restart settles it.
+    fc.tc.cluster.kill_coordinator().unwrap();
+    sql(
+        &fc,
+        format!(
+            "UPDATE withdrawals SET state = 'awaiting_approvals', approved_at = NULL, time_lock_until = NULL WHERE id = '{}'",
+            t.id
+        ),
+    )
+    .await;
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+    fc.tc.wait_aux_ready(Duration::from_secs(60)).await;
+    let settled = wait_state(
+        &fc.backend,
+        &t.id,
+        &["time_locked", "signing", "signed"],
+        LIMIT,
+    )
+    .await;
+    assert_eq!(
+        settled.approvals.len(),
+        2,
+        "the stored approvals, none asked again"
+    );
+
     // approved, with every signer down (the quorum cannot be registered yet).
     for s in &signer_ids {
         fc.tc.cluster.kill_signer(s).unwrap();

@@ -702,6 +702,10 @@ impl Engine {
     /// Revisits waiting withdrawals until the stop signal (time locks,
     /// expiries, retries, and every non-terminal withdrawal after a restart).
     pub async fn run(self: Arc<Self>) {
+        // The first pass after a start visits every open withdrawal, those
+        // awaiting approvals too: a verdict stored just before a crash may
+        // already settle one.
+        let mut first = true;
         while !self.stop.is_cancelled() {
             match self.store.non_terminal().await {
                 Ok(rows) => {
@@ -709,7 +713,7 @@ impl Engine {
                     for row in rows {
                         let due = match row.state().map(machine::work) {
                             Ok(Work::AwaitVerdicts) => {
-                                row.statement_expiry.is_some_and(|e| now >= e)
+                                first || row.statement_expiry.is_some_and(|e| now >= e)
                             }
                             Ok(Work::AwaitTimeLock) => {
                                 row.time_lock_until.is_some_and(|t| now >= t)
@@ -721,6 +725,7 @@ impl Engine {
                             self.spawn_advance(row.id.clone());
                         }
                     }
+                    first = false;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot list open withdrawals"),
             }
@@ -734,7 +739,7 @@ impl Engine {
         }
     }
 
-    async fn step(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+    async fn step(self: &Arc<Self>, row: &WithdrawalRow) -> Result<Next, CoordError> {
         match machine::work(row.state()?) {
             Work::Score => self.score(row).await,
             Work::Decide => self.decide(row).await,
@@ -742,7 +747,10 @@ impl Engine {
                 let _g = self.eval_lock.lock().await;
                 self.route(row).await
             }
-            Work::AwaitVerdicts => self.expire_if_due(row).await,
+            Work::AwaitVerdicts => match self.expire_if_due(row).await? {
+                Next::Wait => self.settle_stored_verdicts(row).await,
+                moved => Ok(moved),
+            },
             Work::RegisterQuorum => self.register_quorum(row).await,
             Work::AwaitTimeLock => {
                 if let Next::Continue = self.expire_if_due(row).await? {
@@ -1489,24 +1497,7 @@ impl Engine {
                 row.id
             )));
         }
-        let mut all: Vec<Approval> = self
-            .store
-            .approvals(&row.id)
-            .await?
-            .into_iter()
-            .filter_map(|a| {
-                let verdict = match a.verdict.as_str() {
-                    "approve" => Verdict::Approve,
-                    "reject" => Verdict::Reject,
-                    _ => return None,
-                };
-                Some(Approval {
-                    approver: a.approver,
-                    verdict,
-                    signature: a.signature,
-                })
-            })
-            .collect();
+        let mut all = self.stored_verdicts(&row.id).await?;
         if all.iter().any(|a| a.approver == new.approver) {
             return Err(CoordError::AlreadyExists(format!(
                 "{} already gave a verdict on withdrawal {}",
@@ -1550,40 +1541,108 @@ impl Engine {
             )));
         }
         let _ = self.changes.send(());
+        if let Next::Continue = self.settle(&row, status, &v.reason).await? {
+            self.spawn_advance(row.id.clone());
+        }
+        let _ = self.changes.send(());
+        self.get(&row.id).await
+    }
+
+    /// The approve and reject verdicts stored for a withdrawal.
+    async fn stored_verdicts(&self, id: &str) -> Result<Vec<Approval>, CoordError> {
+        Ok(self
+            .store
+            .approvals(id)
+            .await?
+            .into_iter()
+            .filter_map(|a| {
+                let verdict = match a.verdict.as_str() {
+                    "approve" => Verdict::Approve,
+                    "reject" => Verdict::Reject,
+                    _ => return None,
+                };
+                Some(Approval {
+                    approver: a.approver,
+                    verdict,
+                    signature: a.signature,
+                })
+            })
+            .collect())
+    }
+
+    /// Moves a withdrawal awaiting approvals on to `approved` or `rejected`
+    /// when its stored verdicts settle it; `reason` is the last rejecter's.
+    async fn settle(
+        self: &Arc<Self>,
+        row: &WithdrawalRow,
+        status: ApprovalStatus,
+        reason: &str,
+    ) -> Result<Next, CoordError> {
         match status {
             ApprovalStatus::Satisfied { approvers } => {
                 let detail = format!("quorum reached: {}", approvers.join(", "));
                 self.move_to(
-                    &row,
+                    row,
                     Event::QuorumReached,
                     vec![("approved_at", Val::Int(Some(secs_now())))],
                     &detail,
                 )
                 .await?;
-                self.spawn_advance(row.id.clone());
+                Ok(Next::Continue)
             }
             ApprovalStatus::Rejected { by } => {
                 let detail = format!(
                     "rejected by {}{}",
                     by.join(", "),
-                    if v.reason.is_empty() {
+                    if reason.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", v.reason)
+                        format!(": {reason}")
                     }
                 );
                 self.move_to(
-                    &row,
+                    row,
                     Event::Rejected,
                     vec![("reason", Val::Text(Some(detail.clone())))],
                     &detail,
                 )
-                .await?;
+                .await
             }
-            _ => {}
+            _ => Ok(Next::Wait),
         }
-        let _ = self.changes.send(());
-        self.get(&row.id).await
+    }
+
+    /// A withdrawal awaiting approvals whose stored verdicts already settle
+    /// it: the verdict was stored but the coordinator stopped before moving
+    /// it on (a crash between the two steps of [`Engine::submit`]). Checked
+    /// on the first tick after a start; the verdicts were verified when they
+    /// arrived and are checked again here against the policy in force.
+    async fn settle_stored_verdicts(
+        self: &Arc<Self>,
+        row: &WithdrawalRow,
+    ) -> Result<Next, CoordError> {
+        let verdicts = self.stored_verdicts(&row.id).await?;
+        if verdicts.is_empty() {
+            return Ok(Next::Wait);
+        }
+        let statement = self.statement(row)?;
+        let decision = self.decision(row)?;
+        let now = Timestamp(secs_now());
+        let active = self.policy.in_force(now);
+        if active.policy().hash() != decision.policy_hash {
+            return Ok(Next::Wait);
+        }
+        let status = check_approvals(&active, &decision, &statement, &verdicts, now);
+        let reason = self
+            .store
+            .approvals(&row.id)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|a| a.verdict == "reject")
+            .map(|a| a.reason)
+            .unwrap_or_default();
+        self.settle(row, status, &reason).await
     }
 
     #[allow(clippy::too_many_arguments)]
