@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use custos_service::config::{BuildMode, ConfigError, refuse_dev_settings};
 use serde::Deserialize;
 
 /// The whole config file.
@@ -149,13 +150,34 @@ impl Default for AuditSettings {
     }
 }
 
-/// Development-only switches (never in production configs).
+impl CoordinatorConfig {
+    /// Refuses the `[dev]` settings this config sets if `mode` is a release
+    /// build (the daemon passes [`crate::BUILD_MODE`]).
+    pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
+        refuse_dev_settings(&self.dev.set_fields(), mode)
+    }
+}
+
+/// Development-only switches (never in production configs; a release build
+/// refuses them, see [`CoordinatorConfig::check_build`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevSettings {
     /// Keeps the admin `SignDigest` RPC (raw digests, no policy) for the
     /// cluster demo and benchmarks. Signers must allow it too.
     pub allow_sign_digest: bool,
+}
+
+impl DevSettings {
+    /// Dotted paths of the fields set to anything but their default.
+    pub fn set_fields(&self) -> Vec<&'static str> {
+        // Destructured: a new field does not compile until it is listed here.
+        let DevSettings { allow_sign_digest } = self;
+        [("dev.allow_sign_digest", *allow_sign_digest)]
+            .into_iter()
+            .filter_map(|(field, set)| set.then_some(field))
+            .collect()
+    }
 }
 
 fn default_threshold() -> u16 {
@@ -319,6 +341,58 @@ impl Default for EventSettings {
             webhook_retry_max_ms: 300_000,
             webhook_max_attempts: 10,
             webhook_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+data_dir = "data"
+grpc_listen = "127.0.0.1:7400"
+http_listen = "127.0.0.1:7401"
+signers = []
+[tls]
+cert = "c.pem"
+key = "k.pem"
+client_cert = "cc.pem"
+client_key = "ck.pem"
+signer_ca = "ca.pem"
+[auth]
+token_store = "tokens.json"
+"#;
+
+    /// Every `[dev]` field, set in the file or by a `CUSTOS_DEV__*` override
+    /// and read by the daemon's loader, goes through the one check: a
+    /// release build refuses it naming it, a dev build takes it.
+    #[test]
+    fn release_build_refuses_every_dev_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str, env: &[(&str, &str)]| -> CoordinatorConfig {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+            custos_service::config::load(&path, env).unwrap()
+        };
+        let in_file = load(&format!("{MINIMAL}[dev]\nallow_sign_digest = true\n"), &[]);
+        let by_env = load(MINIMAL, &[("CUSTOS_DEV__ALLOW_SIGN_DIGEST", "true")]);
+        for cfg in [in_file, by_env] {
+            assert_eq!(cfg.dev.set_fields(), ["dev.allow_sign_digest"]);
+            cfg.check_build(BuildMode::Dev).unwrap();
+            let e = cfg.check_build(BuildMode::Release).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::DevSetting { field, .. } if field == "dev.allow_sign_digest"),
+                "{e}"
+            );
+        }
+        for cfg in [
+            load(MINIMAL, &[]),
+            load(&format!("{MINIMAL}[dev]\nallow_sign_digest = false\n"), &[]),
+        ] {
+            assert!(cfg.dev.set_fields().is_empty());
+            cfg.check_build(BuildMode::Release).unwrap();
         }
     }
 }

@@ -10,6 +10,17 @@ pub mod auth;
 pub mod chain;
 pub mod cluster;
 pub mod config;
+
+/// This build's mode: [`Dev`](custos_service::config::BuildMode::Dev) in a
+/// debug build or with the `dev` feature (optimised demo and benchmark
+/// clusters), else `Release`, which refuses every `[dev]` setting at start and
+/// compiles out `SignDigest` (the check is a constant, so its branch is
+/// removed, yet both modes type-check).
+pub const BUILD_MODE: custos_service::config::BuildMode =
+    custos_service::config::BuildMode::from_dev(cfg!(any(debug_assertions, feature = "dev")));
+
+/// Whether this build honours development settings: `BUILD_MODE.allows_dev()`.
+pub const DEV_BUILD: bool = BUILD_MODE.allows_dev();
 pub mod db;
 pub mod error;
 pub mod key_lock;

@@ -129,6 +129,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .clone()
         .ok_or_else(|| config_error(anyhow!("--config FILE is required")))?;
     let cfg: CoordinatorConfig = config::load(path, config::process_env()).map_err(config_error)?;
+    cfg.check_build(custos_coordinator::BUILD_MODE)
+        .map_err(config_error)?;
     if let Some(Command::LogKey) = args.command {
         return print_log_key(&cfg, path);
     }

@@ -37,6 +37,69 @@ pub enum ConfigError {
         /// Why.
         message: String,
     },
+    /// A development setting is set and this build does not accept them
+    /// (see [`refuse_dev_settings`]).
+    #[error(
+        "config field `{field}` is a development setting and this is a release build: \
+         remove it{}",
+        also_set(others)
+    )]
+    DevSetting {
+        /// Dotted path of the first such field, e.g. `dev.fault_injection`.
+        field: String,
+        /// The other development fields set, if any.
+        others: Vec<String>,
+    },
+}
+
+fn also_set(others: &[String]) -> String {
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (also set: {})", others.join(", "))
+    }
+}
+
+/// Whether a daemon build accepts development settings (fault injection,
+/// raw-digest signing, public test primes and aux-info fixtures).
+///
+/// Each daemon decides its own mode from its own build
+/// (`cfg!(any(debug_assertions, feature = "dev"))`), since a library cannot
+/// see its dependants' features, and passes it to [`refuse_dev_settings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildMode {
+    /// A debug build, or an optimised build with the daemon's `dev` feature
+    /// (demo and benchmark clusters): development settings are honoured.
+    Dev,
+    /// A release build: development settings are refused at start and
+    /// their code paths are compiled out.
+    Release,
+}
+
+impl BuildMode {
+    /// `Dev` if `dev`, else `Release`: `BuildMode::from_dev(cfg!(...))`.
+    pub const fn from_dev(dev: bool) -> Self {
+        if dev { Self::Dev } else { Self::Release }
+    }
+
+    /// True for [`BuildMode::Dev`]; usable in constants, so code gated on it
+    /// is removed from release builds.
+    pub const fn allows_dev(self) -> bool {
+        matches!(self, Self::Dev)
+    }
+}
+
+/// The one check for development settings: `set` lists the dotted paths of
+/// the development fields a config sets (to anything but their default). A
+/// release build refuses the config, naming the first; a dev build accepts it.
+pub fn refuse_dev_settings(set: &[&str], mode: BuildMode) -> Result<(), ConfigError> {
+    match (mode, set.split_first()) {
+        (BuildMode::Release, Some((first, rest))) => Err(ConfigError::DevSetting {
+            field: (*first).to_owned(),
+            others: rest.iter().map(|f| (*f).to_owned()).collect(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Loads `path`, applies `CUSTOS_*` overrides from `env`, and deserialises.
@@ -155,5 +218,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn dev_settings_refused_only_in_release_builds() {
+        for mode in [BuildMode::Dev, BuildMode::Release] {
+            refuse_dev_settings(&[], mode).unwrap();
+        }
+        refuse_dev_settings(
+            &["dev.fault_injection", "dev.allow_raw_digest"],
+            BuildMode::Dev,
+        )
+        .unwrap();
+
+        let e = refuse_dev_settings(&["dev.fault_injection"], BuildMode::Release).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::DevSetting { field, .. } if field == "dev.fault_injection")
+        );
+        assert_eq!(
+            e.to_string(),
+            "config field `dev.fault_injection` is a development setting and this is a \
+             release build: remove it"
+        );
+        let e = refuse_dev_settings(&["dev.primes_file", "dev.aux_fixture"], BuildMode::Release)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "config field `dev.primes_file` is a development setting and this is a release build"
+            ),
+            "{e}"
+        );
+        assert!(e.ends_with("(also set: dev.aux_fixture)"), "{e}");
+
+        assert_eq!(BuildMode::from_dev(true), BuildMode::Dev);
+        assert_eq!(BuildMode::from_dev(false), BuildMode::Release);
+        assert!(BuildMode::Dev.allows_dev() && !BuildMode::Release.allows_dev());
     }
 }

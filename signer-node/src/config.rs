@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use custos_service::config::{BuildMode, ConfigError, refuse_dev_settings};
 use serde::Deserialize;
 
 use crate::node::FaultInjection;
@@ -56,6 +57,14 @@ pub struct SignerConfig {
     /// Development and test settings.
     #[serde(default)]
     pub dev: DevConfig,
+}
+
+impl SignerConfig {
+    /// Refuses the `[dev]` settings this config sets if `mode` is a release
+    /// build (the daemon passes [`crate::BUILD_MODE`]).
+    pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
+        refuse_dev_settings(&self.dev.set_fields(), mode)
+    }
 }
 
 /// What a signer needs to verify withdrawals on its own.
@@ -130,7 +139,8 @@ pub struct PeerConfig {
     pub address: String,
 }
 
-/// Development and test settings; never needed in production.
+/// Development and test settings; never needed in production, and refused
+/// by a release build ([`SignerConfig::check_build`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevConfig {
@@ -153,4 +163,124 @@ pub struct DevConfig {
     /// the cluster demo and benchmarks.
     #[serde(default)]
     pub allow_raw_digest: bool,
+}
+
+impl DevConfig {
+    /// Dotted paths of the fields set to anything but their default.
+    pub fn set_fields(&self) -> Vec<&'static str> {
+        // Destructured: a new field does not compile until it is listed here.
+        let DevConfig {
+            primes_file,
+            primes_index,
+            aux_fixture,
+            fault_injection,
+            allow_raw_digest,
+        } = self;
+        [
+            ("dev.primes_file", primes_file.is_some()),
+            ("dev.primes_index", *primes_index != 0),
+            ("dev.aux_fixture", aux_fixture.is_some()),
+            (
+                "dev.fault_injection",
+                *fault_injection != FaultInjection::None,
+            ),
+            ("dev.allow_raw_digest", *allow_raw_digest),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest config the schema accepts, with `dev` as its `[dev]`
+    /// table, read by the daemon's loader.
+    fn with_dev(dev: &str) -> SignerConfig {
+        let text = format!(
+            r#"
+node_id = "signer-1"
+data_dir = "data"
+identity_key = "identity.key"
+p2p_listen = ["/ip4/127.0.0.1/tcp/7510"]
+control_listen = "127.0.0.1:7410"
+peers = []
+[tls]
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
+coordinator_cert = "coord.pem"
+[sealer]
+backend = "software"
+passphrase_file = "pass"
+[dev]
+{dev}
+"#
+        );
+        // Through the daemon's loader, as `main` reads it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &text).unwrap();
+        match custos_service::config::load(&path, Vec::new()) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}\n{text}"),
+        }
+    }
+
+    /// Every `[dev]` field, set, goes through the one check: a release build
+    /// refuses it naming it, a dev build takes it.
+    #[test]
+    fn release_build_refuses_every_dev_field() {
+        let cases = [
+            ("primes_file", r#"primes_file = "primes.json""#),
+            ("primes_index", "primes_index = 1"),
+            ("aux_fixture", r#"aux_fixture = "aux-info-3.json""#),
+            (
+                "fault_injection",
+                r#"fault_injection = "corrupt-protocol-messages""#,
+            ),
+            (
+                "fault_injection",
+                r#"fault_injection = "corrupt-partial-signatures""#,
+            ),
+            ("allow_raw_digest", "allow_raw_digest = true"),
+        ];
+        for (field, line) in cases {
+            let cfg = with_dev(line);
+            assert_eq!(cfg.dev.set_fields(), [format!("dev.{field}")], "{line}");
+            cfg.check_build(BuildMode::Dev).unwrap();
+            let e = cfg.check_build(BuildMode::Release).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "config field `dev.{field}` is a development setting and this is a release build"
+                )),
+                "{line}: {e}"
+            );
+        }
+        // Every field named by set_fields has a case above.
+        let all = with_dev(
+            "primes_file = \"p\"\nprimes_index = 2\naux_fixture = \"a\"\n\
+             fault_injection = \"corrupt-protocol-messages\"\nallow_raw_digest = true",
+        );
+        let mut named: Vec<String> = cases.iter().map(|(f, _)| format!("dev.{f}")).collect();
+        named.dedup();
+        assert_eq!(all.dev.set_fields(), named);
+        let e = all.check_build(BuildMode::Release).unwrap_err().to_string();
+        assert!(
+            e.contains("also set: dev.primes_index, dev.aux_fixture"),
+            "{e}"
+        );
+
+        // Defaults, written out or absent, are not development settings.
+        for dev in [
+            "",
+            "primes_index = 0\nfault_injection = \"none\"\nallow_raw_digest = false",
+        ] {
+            let cfg = with_dev(dev);
+            assert!(cfg.dev.set_fields().is_empty(), "{dev}");
+            cfg.check_build(BuildMode::Release).unwrap();
+        }
+    }
 }

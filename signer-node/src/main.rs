@@ -22,6 +22,7 @@ use custos_signer_node::node::{Node, SessionTimeouts};
 use custos_signer_node::p2p::{self, P2pConfig, PinnedPeer};
 use custos_signer_node::service::ControlService;
 use custos_signer_node::store::Store;
+use custos_signer_node::{BUILD_MODE, DEV_BUILD};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
@@ -77,6 +78,7 @@ fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
 async fn run(args: Args) -> Result<(), Fatal> {
     let path = &args.config;
     let cfg: SignerConfig = config::load(path, config::process_env()).map_err(config_error)?;
+    cfg.check_build(BUILD_MODE).map_err(config_error)?;
     let data_dir = resolve(path, &cfg.data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))
@@ -152,7 +154,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
         cfg.dev.fault_injection,
     );
 
-    let pregenerated = match &cfg.dev.primes_file {
+    // `[dev]` is refused by a release build above; `DEV_BUILD` (a constant)
+    // also removes these branches from it.
+    let pregenerated = match cfg.dev.primes_file.as_ref().filter(|_| DEV_BUILD) {
         Some(f) => {
             let f = resolve(path, f);
             let bytes = std::fs::read(&f)
@@ -171,7 +175,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         }
         None => None,
     };
-    if let Some(f) = &cfg.dev.aux_fixture {
+    if let Some(f) = cfg.dev.aux_fixture.as_ref().filter(|_| DEV_BUILD) {
         import_aux_fixture(&node, &resolve(path, f), pregenerated.as_ref())?;
     } else if node
         .store()
@@ -319,20 +323,15 @@ async fn serve(cfg: &SignerConfig, s: Serving) -> Result<(), Fatal> {
 }
 
 /// `[dev] aux_fixture`: imports this node's aux info from the fixture.
-/// Only a debug build of a dev cluster may: the fixture's Paillier keys come
-/// from public primes, so a node that takes it must already be running on
-/// the public test primes it was made from (`[dev] primes_file`).
+/// Only a dev build (see `SignerConfig::check_build`) of a dev cluster may:
+/// the fixture's Paillier keys come from public primes, so a node that takes
+/// it must already be running on the public test primes it was made from
+/// (`[dev] primes_file`).
 fn import_aux_fixture(
     node: &Node,
     file: &std::path::Path,
     primes: Option<&custos_mpc::Primes>,
 ) -> Result<(), Fatal> {
-    if !cfg!(debug_assertions) {
-        return Err(config_error(anyhow!(
-            "config field `dev.aux_fixture` is a development setting and this is a release build: \
-             remove it (a production group runs its own aux-info ceremony)"
-        )));
-    }
     let Some(primes) = primes else {
         return Err(config_error(anyhow!(
             "config field `dev.aux_fixture` needs a dev cluster: set `dev.primes_file` to the \

@@ -15,7 +15,9 @@ use crate::p2p::{InboundMessage, P2pHandle};
 use crate::sessions::SessionRouter;
 use crate::store::{KeyMeta, PresigMeta, Store, validate_id};
 
-/// Deliberate misbehaviour, for adversarial tests of the cluster only.
+/// Deliberate misbehaviour, for adversarial tests of the cluster only: a
+/// release build ([`crate::BUILD_MODE`]) refuses it in its config and never
+/// acts on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultInjection {
@@ -109,7 +111,7 @@ impl Node {
         let mut group: Vec<String> = peers.keys().cloned().collect();
         group.push(node_id.clone());
         group.sort();
-        if fault != FaultInjection::None {
+        if crate::DEV_BUILD && fault != FaultInjection::None {
             tracing::warn!(
                 ?fault,
                 "FAULT INJECTION ENABLED: this node will misbehave on purpose"
@@ -596,7 +598,7 @@ impl Node {
         let (_meta, secret) = self.store.consume_presig(key_id, presig_id, &usage)?;
         let presig: custos_mpc::Presignature = from_secret_bytes(&secret)?;
         let mut digest = *digest;
-        if self.fault == FaultInjection::CorruptPartialSignatures {
+        if crate::DEV_BUILD && self.fault == FaultInjection::CorruptPartialSignatures {
             digest[0] ^= 1;
         }
         let partial = protocol::issue_partial(presig, &digest);

@@ -101,7 +101,8 @@ fn fail_on(
 }
 
 fn corrupt_if_asked(fault: FaultInjection, bytes: Vec<u8>) -> Vec<u8> {
-    if fault == FaultInjection::CorruptProtocolMessages
+    if crate::DEV_BUILD
+        && fault == FaultInjection::CorruptProtocolMessages
         && let Ok(mut f) = Frame::decode(&bytes)
     {
         f.payload = b"{\"corrupted\":true}".to_vec();
