@@ -109,85 +109,43 @@ fn utxo_adapter_checks_outputs_against_approvals_and_the_wallet_key() {
     let payee_key = SigningKey::from_slice(&[5; 32]).unwrap();
     let payee = utxo::wallet_address(net, &payee_key.verifying_key().to_sec1_bytes()).unwrap();
     let change = utxo::wallet_script(&pk).unwrap();
-    let unsigned = utxo::build_unsigned(&BuildRequest {
-        coins: &coins,
-        required: &[],
-        payouts: &[Payout {
-            withdrawal_id: "w-1".into(),
-            script_pubkey: payee.script_pubkey.clone(),
-            amount: 500_000,
-            fee_cap: 5_000,
-        }],
-        change_script: &change,
-        fee_rate_sat_per_kvb: 2_000,
-    })
-    .unwrap();
-    let ok = adapter
-        .check_unsigned(
-            &unsigned.psbt,
-            &[approved(&payee.text, 500_000, 5_000, "LTC")],
-            &pk,
-        )
-        .unwrap();
+    let payout = [Payout {
+        withdrawal_id: "w-1".into(),
+        script_pubkey: payee.script_pubkey.clone(),
+        amount: 500_000,
+        fee_cap: 5_000,
+    }];
+    let build = |required: &[bitcoin::OutPoint], rate: u64| {
+        utxo::build_unsigned(&BuildRequest {
+            coins: &coins,
+            required,
+            payouts: &payout,
+            change_script: &change,
+            fee_rate_sat_per_kvb: rate,
+        })
+        .unwrap()
+    };
+    // What the adapter says of `psbt` approved as (destination, amount, asset), paid by `key`.
+    let check = |psbt: &[u8], destination: &str, amount: u128, asset: &str, key: &[u8]| {
+        adapter.check_unsigned(psbt, &[approved(destination, amount, 5_000, asset)], key)
+    };
+    let unsigned = build(&[], 2_000);
+    let ok = check(&unsigned.psbt, &payee.text, 500_000, "LTC", &pk).unwrap();
     assert_eq!(ok.digests.len(), 2, "one digest per input");
     // Another amount, another asset, or another wallet's key: refused.
-    let e = adapter
-        .check_unsigned(
-            &unsigned.psbt,
-            &[approved(&payee.text, 499_999, 5_000, "LTC")],
-            &pk,
-        )
-        .unwrap_err();
+    let e = check(&unsigned.psbt, &payee.text, 499_999, "LTC", &pk).unwrap_err();
     assert!(e.to_string().contains("amount"), "{e}");
-    let e = adapter
-        .check_unsigned(
-            &unsigned.psbt,
-            &[approved(&payee.text, 500_000, 5_000, "BTC")],
-            &pk,
-        )
-        .unwrap_err();
+    let e = check(&unsigned.psbt, &payee.text, 500_000, "BTC", &pk).unwrap_err();
     assert!(e.to_string().contains("only LTC"), "{e}");
     let other = payee_key.verifying_key().to_sec1_bytes();
-    let e = adapter
-        .check_unsigned(
-            &unsigned.psbt,
-            &[approved(&payee.text, 500_000, 5_000, "LTC")],
-            &other,
-        )
-        .unwrap_err();
+    let e = check(&unsigned.psbt, &payee.text, 500_000, "LTC", &other).unwrap_err();
     assert!(e.to_string().contains("not a coin of this wallet"), "{e}");
     // A Bitcoin destination on Litecoin never matches.
     let btc = utxo::wallet_address(UtxoNetwork::Bitcoin, &other).unwrap();
-    assert!(
-        adapter
-            .check_unsigned(
-                &unsigned.psbt,
-                &[approved(&btc.text, 500_000, 5_000, "LTC")],
-                &pk
-            )
-            .is_err()
-    );
+    assert!(check(&unsigned.psbt, &btc.text, 500_000, "LTC", &pk).is_err());
     // Replacement through the seam: a bump of the same coins is accepted.
-    let bump = utxo::build_unsigned(&BuildRequest {
-        coins: &coins,
-        required: &unsigned.inputs,
-        payouts: &[Payout {
-            withdrawal_id: "w-1".into(),
-            script_pubkey: payee.script_pubkey.clone(),
-            amount: 500_000,
-            fee_cap: 5_000,
-        }],
-        change_script: &change,
-        fee_rate_sat_per_kvb: 4_000,
-    })
-    .unwrap();
-    let bumped = adapter
-        .check_unsigned(
-            &bump.psbt,
-            &[approved(&payee.text, 500_000, 5_000, "LTC")],
-            &pk,
-        )
-        .unwrap();
+    let bump = build(&unsigned.inputs, 4_000);
+    let bumped = check(&bump.psbt, &payee.text, 500_000, "LTC", &pk).unwrap();
     adapter.check_replacement(&ok, &bumped).unwrap();
     assert!(adapter.check_replacement(&bumped, &ok).is_err());
 }
