@@ -328,6 +328,12 @@ pub struct EventSettings {
     pub webhook_max_attempts: u32,
     /// Per-request timeout of webhook deliveries, ms (default 10000).
     pub webhook_timeout_ms: u64,
+    /// Accept plain `http://` webhooks (default false; dev clusters only).
+    pub webhook_allow_http: bool,
+    /// Accept webhooks on loopback, private, link-local and other non-public
+    /// addresses (default false: a webhook must not reach the coordinator's
+    /// own network or the cloud metadata endpoint).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for EventSettings {
@@ -341,6 +347,8 @@ impl Default for EventSettings {
             webhook_retry_max_ms: 300_000,
             webhook_max_attempts: 10,
             webhook_timeout_ms: 10_000,
+            webhook_allow_http: false,
+            webhook_allow_private: false,
         }
     }
 }

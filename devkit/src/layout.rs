@@ -504,6 +504,7 @@ struct CoordinatorToml {
     signers: Vec<SignerRefToml>,
     policy: PolicyToml,
     dev: CoordinatorDevToml,
+    events: CoordinatorEventsToml,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     assets: Vec<AssetToml>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -515,6 +516,13 @@ struct PolicyToml {
     document: PathBuf,
     signatures: PathBuf,
     admins: PathBuf,
+}
+
+/// A dev cluster's webhook receivers run on loopback over plain HTTP.
+#[derive(Serialize)]
+struct CoordinatorEventsToml {
+    webhook_allow_http: bool,
+    webhook_allow_private: bool,
 }
 
 #[derive(Serialize)]
@@ -714,6 +722,10 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         },
         dev: CoordinatorDevToml {
             allow_sign_digest: spec.raw_digest,
+        },
+        events: CoordinatorEventsToml {
+            webhook_allow_http: true,
+            webhook_allow_private: true,
         },
         assets: spec
             .evm_chain

@@ -58,6 +58,9 @@ pub struct DispatcherConfig {
     pub webhook_timeout: Duration,
     /// Whether registered webhooks are delivered to.
     pub webhooks: bool,
+    /// Which destinations deliveries may reach (checked again at every
+    /// delivery: a webhook stored under another policy is not delivered to).
+    pub destinations: crate::DestinationPolicy,
 }
 
 impl Default for DispatcherConfig {
@@ -77,6 +80,7 @@ impl Default for DispatcherConfig {
             },
             webhook_timeout: Duration::from_secs(10),
             webhooks: true,
+            destinations: crate::DestinationPolicy::default(),
         }
     }
 }
@@ -172,10 +176,14 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher over `db`'s outbox, with webhooks as configured and no NATS sink.
     pub fn new(db: Db, config: DispatcherConfig) -> Result<Self, EventsError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.webhook_timeout)
             // A redirect would send the signed body somewhere the client did not register.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if !config.destinations.allow_private {
+            builder = builder.dns_resolver(Arc::new(crate::destination::PublicOnlyResolver));
+        }
+        let http = builder
             .build()
             .map_err(|e| EventsError::WebhookDelivery(format!("http client: {e}")))?;
         Ok(Self {
@@ -253,9 +261,7 @@ impl Dispatcher {
         for event in heads {
             let sent = match target {
                 Target::Nats(sink) => sink.publish(&event).await,
-                Target::Webhook(w) => {
-                    webhook::deliver(&self.http, w, &event, self.config.webhook_timeout).await
-                }
+                Target::Webhook(w) => webhook::deliver(&self.http, w, &event, &self.config).await,
             };
             match sent {
                 Ok(()) => {

@@ -22,11 +22,13 @@
 //! means a crash between a sink's acknowledgement and the durable record of it
 //! causes one more delivery.
 
+pub mod destination;
 mod dispatcher;
 mod nats;
 mod outbox;
 pub mod webhook;
 
+pub use destination::{DestinationPolicy, check_destination};
 pub use dispatcher::{
     Dispatcher, DispatcherConfig, DispatcherHandle, DispatcherMetrics, MetricsSnapshot, RetryPolicy,
 };

@@ -241,15 +241,12 @@ pub async fn register_webhook(
     client_id: &str,
     url: &str,
     secret: &str,
+    policy: crate::DestinationPolicy,
 ) -> Result<Webhook, EventsError> {
     if client_id.is_empty() {
         return Err(EventsError::InvalidId("client id"));
     }
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| EventsError::InvalidWebhook(format!("url: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(EventsError::InvalidWebhook("url must be http(s)".into()));
-    }
+    crate::check_destination(url, policy).await?;
     if secret.len() < MIN_WEBHOOK_SECRET_LEN {
         return Err(EventsError::InvalidWebhook(format!(
             "secret shorter than {MIN_WEBHOOK_SECRET_LEN} bytes"

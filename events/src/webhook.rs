@@ -16,8 +16,6 @@
 //! else (or no answer within the timeout) is retried with exponential backoff
 //! and finally dead-lettered.
 
-use std::time::Duration;
-
 use hmac::{Hmac, Mac};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use sha2::Sha256;
@@ -105,8 +103,12 @@ pub(crate) async fn deliver(
     client: &reqwest::Client,
     webhook: &Webhook,
     event: &StoredEvent,
-    timeout: Duration,
+    config: &crate::DispatcherConfig,
 ) -> Result<(), EventsError> {
+    // The resolver keeps names to public addresses; an IP literal is checked here.
+    crate::destination::check_url(&webhook.url, config.destinations)
+        .map_err(|e| EventsError::WebhookDelivery(e.to_string()))?;
+    let timeout = config.webhook_timeout;
     let body = event.wire_body()?;
     let timestamp = unix_now();
     let signature = sign_webhook(&webhook.secret, timestamp, &body)?;

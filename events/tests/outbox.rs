@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use custos_events::{
-    DeliveryState, Dispatcher, DispatcherConfig, Event, EventsError, NatsConfig, NatsSink,
-    RetryPolicy, create_schema, dead_letters, delivery_state, enqueue, redrive, register_webhook,
-    sign_webhook, verify_webhook,
+    DeliveryState, DestinationPolicy, Dispatcher, DispatcherConfig, Event, EventsError, NatsConfig,
+    NatsSink, RetryPolicy, create_schema, dead_letters, delivery_state, enqueue, redrive,
+    register_webhook, sign_webhook, verify_webhook,
 };
 use custos_service::db::Db;
 use custos_service::db::testdb::{fresh_pg, fresh_sqlite};
@@ -97,6 +97,8 @@ fn fast_config() -> DispatcherConfig {
         },
         webhook_timeout: Duration::from_secs(5),
         webhooks: true,
+        // The receivers run on loopback over plain HTTP.
+        destinations: DestinationPolicy::PERMISSIVE,
     }
 }
 
@@ -219,13 +221,25 @@ async fn enqueue_semantics(db: Db) {
         .await
         .unwrap_err();
     assert!(matches!(err, EventsError::InvalidId(_)), "{err:?}");
-    let err = register_webhook(&mut conn, "c1", "http://127.0.0.1:1/", "short")
-        .await
-        .unwrap_err();
+    let err = register_webhook(
+        &mut conn,
+        "c1",
+        "http://127.0.0.1:1/",
+        "short",
+        DestinationPolicy::PERMISSIVE,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, EventsError::InvalidWebhook(_)), "{err:?}");
-    let err = register_webhook(&mut conn, "c1", "ftp://x/", "0123456789abcdef")
-        .await
-        .unwrap_err();
+    let err = register_webhook(
+        &mut conn,
+        "c1",
+        "ftp://x/",
+        "0123456789abcdef",
+        DestinationPolicy::PERMISSIVE,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, EventsError::InvalidWebhook(_)), "{err:?}");
 }
 on_both!(enqueue_semantics, enqueue_sqlite, enqueue_pg);
@@ -536,6 +550,23 @@ async fn start_receiver(receiver: Receiver) -> SocketAddr {
     addr
 }
 
+/// Registers client c1's webhook at the local receiver `addr` (loopback,
+/// plain HTTP: allowed only by the permissive policy).
+async fn local_hook(
+    conn: &mut sqlx::AnyConnection,
+    addr: std::net::SocketAddr,
+) -> custos_events::Webhook {
+    register_webhook(
+        conn,
+        "c1",
+        &format!("http://{addr}/hook"),
+        SECRET,
+        DestinationPolicy::PERMISSIVE,
+    )
+    .await
+    .unwrap()
+}
+
 /// A receiver that answers 500 twice then 200: the client's two events
 /// arrive once each, in order, signed; another client's event is not sent.
 async fn webhook_retries_then_delivers(db: Db) {
@@ -547,9 +578,7 @@ async fn webhook_retries_then_delivers(db: Db) {
     enqueue(&mut conn, &event("wd-0", "c1", "withdrawal.requested", 0))
         .await
         .unwrap();
-    let hook = register_webhook(&mut conn, "c1", &format!("http://{addr}/hook"), SECRET)
-        .await
-        .unwrap();
+    let hook = local_hook(&mut conn, addr).await;
     assert!(!format!("{hook:?}").contains(SECRET), "secret in Debug");
     drop(conn);
 
@@ -600,6 +629,66 @@ on_both!(
     webhook_retry_pg
 );
 
+/// Server-side request forgery: under the default policy a loopback or
+/// plain-HTTP webhook cannot be registered, and one stored under a looser
+/// policy is never called: its deliveries fail naming the address and the
+/// receiver sees no request.
+async fn webhooks_reach_public_https_only_by_default(db: Db) {
+    let receiver = Receiver::default();
+    let addr = start_receiver(receiver.clone()).await;
+    let strict = DestinationPolicy::default();
+    let mut conn = db.pool.acquire().await.unwrap();
+    for (url, why) in [
+        (format!("http://{addr}/hook"), "https"),
+        (format!("https://{addr}/hook"), "127.0.0.1"),
+        ("https://localhost/hook".to_owned(), "localhost resolves to"),
+        (
+            "https://169.254.169.254/latest/meta-data".to_owned(),
+            "169.254.169.254",
+        ),
+    ] {
+        let e = register_webhook(&mut conn, "c1", &url, SECRET, strict)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{url}: {e}");
+    }
+    let hook = local_hook(&mut conn, addr).await;
+    drop(conn);
+    let e1 = enqueue_committed(&db, &event("wd-s", "c1", "withdrawal.approved", 1)).await;
+    let mut config = fast_config();
+    config.destinations = strict;
+    let dispatcher = Dispatcher::new(db.clone(), config).unwrap();
+    let handle = dispatcher.spawn();
+    let sink = hook.sink_name();
+    wait_until("dead letter", Duration::from_secs(20), || {
+        let db = db.clone();
+        let id = e1.event_id.clone();
+        let sink = sink.clone();
+        async move {
+            matches!(
+                state(&db, &id, &sink).await,
+                DeliveryState::DeadLetter { .. }
+            )
+        }
+    })
+    .await;
+    handle.shutdown().await;
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 0, "never called");
+    match state(&db, &e1.event_id, &hook.sink_name()).await {
+        DeliveryState::DeadLetter { last_error, .. } => {
+            let e = last_error.unwrap_or_default();
+            assert!(e.contains("https"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+on_both!(
+    webhooks_reach_public_https_only_by_default,
+    webhook_ssrf_sqlite,
+    webhook_ssrf_pg
+);
+
 /// A receiver that always fails: the event is dead-lettered after the
 /// configured attempts, the aggregate's next event waits behind it, and a
 /// redrive once the receiver is fixed delivers both in order.
@@ -608,9 +697,7 @@ async fn webhook_dead_letter_and_redrive(db: Db) {
     receiver.fail_first.store(usize::MAX, Ordering::SeqCst);
     let addr = start_receiver(receiver.clone()).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let hook = register_webhook(&mut conn, "c1", &format!("http://{addr}/hook"), SECRET)
-        .await
-        .unwrap();
+    let hook = local_hook(&mut conn, addr).await;
     drop(conn);
     let e1 = enqueue_committed(&db, &event("wd-1", "c1", "withdrawal.approved", 1)).await;
     let e2 = enqueue_committed(&db, &event("wd-1", "c1", "withdrawal.signed", 2)).await;
@@ -684,9 +771,7 @@ async fn killed_dispatcher_resumes(db: Db) {
     receiver.hang_first.store(1, Ordering::SeqCst);
     let addr = start_receiver(receiver.clone()).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let hook = register_webhook(&mut conn, "c1", &format!("http://{addr}/hook"), SECRET)
-        .await
-        .unwrap();
+    let hook = local_hook(&mut conn, addr).await;
     drop(conn);
     let e1 = enqueue_committed(&db, &event("wd-1", "c1", "withdrawal.confirmed", 1)).await;
 

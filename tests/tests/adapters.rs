@@ -385,12 +385,15 @@ async fn start(database_url: Option<&str>, stream: &str, prefix: &str) -> FlowCl
     let top = database_url
         .map(|u| format!("database_url = \"{u}\"\n"))
         .unwrap_or_default();
+    // Into the dev cluster's own [events] table (loopback receivers allowed).
     let events = format!(
-        "\n[events]\nnats_url = \"nats://{}\"\nstream = \"{stream}\"\nsubject_prefix = \"{prefix}\"\n\
+        "[events]\nnats_url = \"nats://{}\"\nstream = \"{stream}\"\nsubject_prefix = \"{prefix}\"\n\
          poll_ms = 100\nwebhook_retry_base_ms = 200\nwebhook_retry_max_ms = 1000\nwebhook_max_attempts = 60\n",
         nats_addr()
     );
-    std::fs::write(&layout.coordinator.config, format!("{top}{cfg}{events}")).unwrap();
+    assert!(cfg.contains("[events]\n"), "{cfg}");
+    let cfg = cfg.replacen("[events]\n", &events, 1);
+    std::fs::write(&layout.coordinator.config, format!("{top}{cfg}")).unwrap();
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     let tc = start_layout(dir, layout, opts).await;
     let layout = tc.cluster.layout().clone();

@@ -114,6 +114,14 @@ impl TransitionHook for OutboxHook {
     }
 }
 
+/// `[events] webhook_allow_http` and `webhook_allow_private`.
+pub fn destination_policy(s: &EventSettings) -> custos_events::DestinationPolicy {
+    custos_events::DestinationPolicy {
+        allow_http: s.webhook_allow_http,
+        allow_private: s.webhook_allow_private,
+    }
+}
+
 /// The dispatcher settings `[events]` asks for.
 pub fn dispatcher_config(s: &EventSettings) -> DispatcherConfig {
     let defaults = DispatcherConfig::default();
@@ -126,6 +134,7 @@ pub fn dispatcher_config(s: &EventSettings) -> DispatcherConfig {
         },
         webhook_timeout: Duration::from_millis(s.webhook_timeout_ms.max(100)),
         webhooks: true,
+        destinations: destination_policy(s),
         ..defaults
     }
 }

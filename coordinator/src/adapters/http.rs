@@ -48,6 +48,8 @@ pub struct HttpState {
     pub notify: Arc<Notify>,
     /// `[ledger] eth_rpc_url`.
     pub eth_rpc_url: Option<String>,
+    /// Which webhook destinations are accepted (`[events]`).
+    pub webhook_destinations: custos_events::DestinationPolicy,
 }
 
 /// An error answer.
@@ -141,12 +143,18 @@ async fn register_webhook(
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Backend])?;
     let mut conn = s.pool.acquire().await.map_err(storage)?;
-    let w = custos_events::register_webhook(&mut conn, &id.id, &body.url, &body.secret)
-        .await
-        .map_err(|e| match e {
-            custos_events::EventsError::Db(e) => storage(e),
-            other => bad_request(other),
-        })?;
+    let w = custos_events::register_webhook(
+        &mut conn,
+        &id.id,
+        &body.url,
+        &body.secret,
+        s.webhook_destinations,
+    )
+    .await
+    .map_err(|e| match e {
+        custos_events::EventsError::Db(e) => storage(e),
+        other => bad_request(other),
+    })?;
     tracing::info!(webhook = w.id, client = %w.client_id, "webhook registered");
     Ok(Json(json!({
         "id": w.id, "client_id": w.client_id, "url": w.url,

@@ -104,6 +104,7 @@ impl Adapters {
             auth,
             notify: Arc::clone(&dispatcher.notify),
             eth_rpc_url: ledger_cfg.eth_rpc_url.clone(),
+            webhook_destinations: events::destination_policy(events_cfg),
         };
         Ok(Adapters {
             ledger,
