@@ -108,18 +108,7 @@ async fn main() {
         }
     }
     node.mine(1).await;
-    let mut coins = Vec::new();
-    for c in rpc.list_unspent(WATCH, 1).await.unwrap() {
-        let (prev_tx, _) = rpc
-            .wallet_transaction(WATCH, &c.outpoint.txid)
-            .await
-            .unwrap()
-            .unwrap();
-        coins.push(Utxo {
-            outpoint: c.outpoint,
-            prev_tx,
-        });
-    }
+    let coins = rpc.spendable(WATCH, 1).await.unwrap();
     let mut payouts = Vec::new();
     for i in 0..n {
         let to = node.miner_address().await;

@@ -23,19 +23,7 @@ const NET: UtxoNetwork = UtxoNetwork::LitecoinRegtest;
 const WATCH: &str = "custos-ltc-hot";
 
 async fn spendable(rpc: &UtxoRpc, min_conf: u64) -> Vec<Utxo> {
-    let mut out = Vec::new();
-    for c in rpc.list_unspent(WATCH, min_conf).await.unwrap() {
-        let (prev_tx, _) = rpc
-            .wallet_transaction(WATCH, &c.outpoint.txid)
-            .await
-            .unwrap()
-            .unwrap();
-        out.push(Utxo {
-            outpoint: c.outpoint,
-            prev_tx,
-        });
-    }
-    out
+    rpc.spendable(WATCH, min_conf).await.unwrap()
 }
 
 async fn status_of(rpc: &UtxoRpc, txid: &bitcoin::Txid) -> TxStatus {

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ChainError, Result};
 use crate::evm::rpc::redact;
+use crate::utxo::build::Utxo;
 
 /// Largest response body read, in bytes.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -299,6 +300,32 @@ impl UtxoRpc {
                 })
             })
             .collect()
+    }
+
+    /// The wallet's spendable coins with at least `min_conf` confirmations,
+    /// each with its whole previous transaction (what a PSBT input carries
+    /// so that signers can prove its value).
+    pub async fn spendable(&self, wallet: &str, min_conf: u64) -> Result<Vec<Utxo>> {
+        let mut coins = Vec::new();
+        for c in self.list_unspent(wallet, min_conf).await? {
+            let (prev_tx, _) = self
+                .wallet_transaction(wallet, &c.outpoint.txid)
+                .await?
+                .ok_or_else(|| {
+                    malformed(
+                        "gettransaction",
+                        format!(
+                            "the wallet lists {} but does not know its transaction",
+                            c.outpoint
+                        ),
+                    )
+                })?;
+            coins.push(Utxo {
+                outpoint: c.outpoint,
+                prev_tx,
+            });
+        }
+        Ok(coins)
     }
 
     /// A transaction the wallet knows, decoded; `None` if it knows none by that id.
