@@ -12,11 +12,19 @@
 //! Not re-checked: the chain id and an ERC-20 token's contract address
 //! (chain configuration the log does not carry); the signers check both
 //! against their own configuration.
+//!
+//! UTXO chains: the logged PSBT must have the signed digest among its
+//! inputs' digests, pay the approved destination exactly the approved amount
+//! in output 0, send anything else back to the script its inputs spend
+//! (change), and pay a fee within the approved cap. That the spent script is
+//! the wallet key's is the signers' check (the log's PSBT carries no key).
 
 use custos_audit::{Entry, EntryBody};
 use custos_chains::U256;
 use custos_chains::evm::address::parse_address;
 use custos_chains::evm::tx::{decode_unsigned, decode_unsigned_transfer, signing_digest};
+use custos_chains::family::{ChainFamily, family_of};
+use custos_chains::utxo::{self, UtxoNetwork};
 use custos_policy::{ApprovalStatement, Withdrawal, intent_digest};
 
 use crate::VerifyError;
@@ -44,6 +52,9 @@ pub(crate) fn check_prepared_transaction(
             signed: hex::encode(message_digest),
             intent: hex::encode(intent),
         });
+    }
+    if let Some(ChainFamily::Utxo(network)) = family_of(&w.chain) {
+        return check_prepared_psbt(history, &w, network, message_digest, approval);
     }
     let Some((entry, tx)) = history.iter().find_map(|e| match &e.body {
         EntryBody::TransactionPrepared { unsigned_tx, .. }
@@ -97,6 +108,55 @@ pub(crate) fn check_prepared_transaction(
         });
     }
     Ok(())
+}
+
+/// [`check_prepared_transaction`] on a UTXO chain (module docs).
+fn check_prepared_psbt(
+    history: &[&Entry],
+    w: &Withdrawal,
+    network: UtxoNetwork,
+    message_digest: &[u8],
+    approval: u64,
+) -> Result<(), VerifyError> {
+    let destination = utxo::parse_address(network, &w.destination).map_err(|source| {
+        VerifyError::BadDestination {
+            approval,
+            destination: w.destination.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let payout = utxo::Payout {
+        withdrawal_id: w.id.clone(),
+        script_pubkey: destination.script_pubkey,
+        amount: u64::try_from(w.amount.0).unwrap_or(u64::MAX),
+        fee_cap: u64::try_from(w.fee_cap.0).unwrap_or(u64::MAX),
+    };
+    let mut refusal = None;
+    for e in history {
+        let EntryBody::TransactionPrepared { unsigned_tx, .. } = &e.body else {
+            continue;
+        };
+        let checked = utxo::spent_script(unsigned_tx)
+            .and_then(|own| utxo::check_psbt(unsigned_tx, std::slice::from_ref(&payout), &[own]));
+        match checked {
+            Ok(c) if c.digests.iter().any(|d| d.as_slice() == message_digest) => return Ok(()),
+            Ok(_) => {}
+            // A logged PSBT that moves something other than approved (its
+            // digests are not trusted then): named if nothing else matches.
+            Err(source) => {
+                refusal.get_or_insert(VerifyError::NotATransfer {
+                    approval,
+                    entry: e.index,
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    Err(refusal.unwrap_or(VerifyError::NoPreparedTransaction {
+        approval,
+        digest: hex::encode(message_digest),
+        withdrawal: w.id.clone(),
+    }))
 }
 
 #[cfg(test)]
@@ -213,5 +273,75 @@ pub(crate) mod tests {
         other.tx_digest = vec![9; 32];
         let e = check(&[prepared(1, good.clone())], &other, &digest(&good)).unwrap_err();
         assert!(e.contains("transfer intent"), "{e}");
+    }
+
+    /// On a UTXO chain the logged PSBT links the digests: any input's
+    /// digest of a PSBT paying the approved output, change back to the
+    /// spent script and a fee within the cap; a PSBT with an extra output
+    /// is named.
+    #[test]
+    fn a_logged_psbt_of_the_approved_payout_links_each_input_digest() {
+        use custos_chains::utxo::{BuildRequest, Payout, testing, wallet_address};
+        let net = UtxoNetwork::LitecoinRegtest;
+        let key = |seed: u8| {
+            let sk = k256::SecretKey::from_slice(&[seed; 32]).unwrap();
+            k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&sk.public_key(), true)
+                .as_bytes()
+                .to_vec()
+        };
+        let wallet = wallet_address(net, &key(1)).unwrap();
+        let payee = wallet_address(net, &key(2)).unwrap();
+        let thief = wallet_address(net, &key(3)).unwrap();
+        let mut w = withdrawal();
+        w.chain = "litecoin-regtest".into();
+        w.asset = "LTC".into();
+        w.destination = payee.text.clone();
+        w.amount = Amount(150_000);
+        w.fee_cap = Amount(10_000);
+        let mut st = statement(&w);
+        st.tx_digest = intent_digest(&w).to_vec();
+        st.fee_cap = Amount(10_000);
+        let coins = testing::coins(&wallet.script_pubkey, &[100_000, 90_000]);
+        let build = |payouts: &[Payout]| {
+            utxo::build_unsigned(&BuildRequest {
+                coins: &coins,
+                required: &[],
+                payouts,
+                change_script: &wallet.script_pubkey,
+                fee_rate_sat_per_kvb: 2_000,
+            })
+            .unwrap()
+            .psbt
+        };
+        let pay = |script: &custos_chains::utxo::UtxoAddress, amount| Payout {
+            withdrawal_id: w.id.clone(),
+            script_pubkey: script.script_pubkey.clone(),
+            amount,
+            fee_cap: 10_000,
+        };
+        let good = build(&[pay(&payee, 150_000)]);
+        let digests = utxo::check_psbt(
+            &good,
+            &[pay(&payee, 150_000)],
+            std::slice::from_ref(&wallet.script_pubkey),
+        )
+        .unwrap()
+        .digests;
+        assert_eq!(digests.len(), 2);
+        let run = |tx: Vec<u8>, d: &[u8]| {
+            let e = prepared(1, tx);
+            check_prepared_transaction(&[&e], &w, &st, d, 7).map_err(|e| e.explain())
+        };
+        for d in &digests {
+            assert_eq!(run(good.clone(), d), Ok(()));
+        }
+        let e = run(good.clone(), &[9; 32]).unwrap_err();
+        assert!(e.contains("no transaction_prepared entry"), "{e}");
+        let stolen = build(&[pay(&payee, 150_000), pay(&thief, 10_000)]);
+        let e = run(stolen, &digests[0]).unwrap_err();
+        assert!(
+            e.contains("not a transfer") && e.contains("outputs beyond"),
+            "{e}"
+        );
     }
 }

@@ -145,6 +145,23 @@ pub fn check_address(chain: &str, address: &str) -> Result<CheckedAddress> {
     }
 }
 
+/// The address of the wallet whose key is `sec1` (a SEC1 secp256k1 public
+/// key) on `chain`: EIP-55 on EVM chains, P2WPKH (bech32) on UTXO chains.
+pub fn wallet_address(chain: &str, sec1: &[u8]) -> Result<String> {
+    match family_of(chain) {
+        None => Err(ChainError::InvalidConfig(format!(
+            "unknown chain {chain:?} (known: {})",
+            known_chains()
+        ))),
+        Some(ChainFamily::Evm) => {
+            crate::evm::address::address_from_sec1(sec1).map(|a| to_checksum(&a))
+        }
+        Some(ChainFamily::Utxo(network)) => {
+            crate::utxo::address::wallet_address(network, sec1).map(|a| a.text)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +199,18 @@ mod tests {
         let b = check_address("bitcoin", "BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4").unwrap();
         assert_eq!(b.canonical, "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4");
         assert!(check_address("litecoin", "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4").is_err());
+        // A wallet's own address in its chain's format, accepted by the check.
+        let key = hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+            .unwrap();
+        let evm = wallet_address("anvil", &key).unwrap();
+        assert_eq!(evm, "0x7E5F4552091A69125d5DfCb7b8C2659029395Bdf");
+        let ltc = wallet_address("litecoin-regtest", &key).unwrap();
+        assert!(ltc.starts_with("rltc1q"), "{ltc}");
+        assert_eq!(
+            check_address("litecoin-regtest", &ltc).unwrap().canonical,
+            ltc
+        );
+        assert!(wallet_address("dogecoin", &key).is_err());
         let e = check_address("dogecoin", "D...").unwrap_err().to_string();
         assert!(
             e.contains("litecoin-regtest") && e.contains("evm:<chain id>"),

@@ -502,10 +502,11 @@ impl Cluster {
                 "signers disagree on the public key; key discarded".into(),
             ));
         }
-        let address = custos_chains::evm::address::address_from_sec1(&first)
-            .ok()
-            .map(|a| custos_chains::evm::address::to_checksum(&a))
-            .ok_or_else(|| CoordError::Internal("public key is not a secp256k1 point".into()))?;
+        // The wallet's address in its chain's format (EIP-55, or P2WPKH on
+        // a UTXO chain); a key without a chain gets its Ethereum address.
+        let on = if chain.is_empty() { "ethereum" } else { chain };
+        let address = custos_chains::family::wallet_address(on, &first)
+            .map_err(|e| CoordError::Internal(format!("key {key_id} on {on}: {e}")))?;
         self.db
             .finish_key(&key_id, Some(&first), Some(&address))
             .await?;

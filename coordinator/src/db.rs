@@ -70,8 +70,9 @@ pub struct KeyRow {
     pub participants: Vec<String>,
     /// Compressed public key (ready keys).
     pub public_key: Option<Vec<u8>>,
-    /// EIP-55 address (ready keys).
-    pub eth_address: Option<String>,
+    /// The wallet's address on its chain, in that chain's format (ready
+    /// keys; stored in column `eth_address`, its name from EVM-only days).
+    pub address: Option<String>,
     /// `creating`, `ready`, `failed`.
     pub state: String,
     /// RFC 3339.
@@ -272,7 +273,7 @@ impl Db {
             threshold: u16::try_from(r.get::<i64, _>("threshold")).unwrap_or(0),
             participants: list(&r.get::<String, _>("participants")),
             public_key: r.get("public_key"),
-            eth_address: r.get("eth_address"),
+            address: r.get("eth_address"),
             state: r.get("state"),
             created_at: r.get("created_at"),
             chain: r.get("chain"),

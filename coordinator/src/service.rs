@@ -222,7 +222,16 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         threshold: u32::from(k.threshold),
         participants: k.participants,
         public_key: k.public_key.unwrap_or_default(),
-        ethereum_address: k.eth_address.unwrap_or_default(),
+        // Kept for clients of the EVM-only API: set on EVM chains only.
+        ethereum_address: if matches!(
+            custos_chains::family_of(&k.chain),
+            Some(custos_chains::ChainFamily::Evm) | None
+        ) {
+            k.address.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        address: k.address.unwrap_or_default(),
         created_at: k.created_at,
         presignatures_ready: ready,
         chain: k.chain,
@@ -824,7 +833,7 @@ impl CustodyService {
         Wallet {
             wallet_id: k.key_id,
             chain: k.chain,
-            address: k.eth_address.unwrap_or_default(),
+            address: k.address.unwrap_or_default(),
             assets,
             threshold: u32::from(k.threshold),
             participants: k.participants,

@@ -232,6 +232,10 @@ impl SignerControl for ControlService {
                     }
                     majority_key(&node, &r.key_id)?;
                     let usage = match &v.replaces {
+                        None if v.input > 0 => format!(
+                            "withdrawal={} input={} statement={}",
+                            v.withdrawal.id, v.input, v.statement_hash
+                        ),
                         None => format!(
                             "withdrawal={} statement={}",
                             v.withdrawal.id, v.statement_hash

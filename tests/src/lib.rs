@@ -4,6 +4,9 @@
 
 pub mod anvil;
 pub mod audit;
+/// The Litecoin Core regtest node of the chains crate's tests.
+#[path = "../../chains/tests/common/litecoind.rs"]
+pub mod litecoind;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -57,6 +57,38 @@ fn refused(msg: impl Into<String>) -> ChainError {
     ChainError::UtxoRefused(msg.into())
 }
 
+/// The output script the first input of `psbt` spends, as its previous
+/// transaction proves it. An auditor who does not hold the wallet key (or
+/// does not trust a claimed one) checks the PSBT with [`check_psbt`] against
+/// this script: every input must then spend that same script and change
+/// can only go back to it.
+pub fn spent_script(psbt: &[u8]) -> Result<ScriptBuf> {
+    if psbt.len() > MAX_PSBT_LEN {
+        return Err(refused(format!(
+            "PSBT of {} bytes exceeds {MAX_PSBT_LEN}",
+            psbt.len()
+        )));
+    }
+    let psbt = Psbt::deserialize(psbt).map_err(|e| refused(format!("not a PSBT: {e}")))?;
+    let (txin, input) = psbt
+        .unsigned_tx
+        .input
+        .first()
+        .zip(psbt.inputs.first())
+        .ok_or_else(|| refused("no inputs"))?;
+    let op = txin.previous_output;
+    let prev_tx = input
+        .non_witness_utxo
+        .as_ref()
+        .filter(|t| t.compute_txid() == op.txid)
+        .ok_or_else(|| refused("input 0: previous transaction missing or not its txid's"))?;
+    prev_tx
+        .output
+        .get(op.vout as usize)
+        .map(|o| o.script_pubkey.clone())
+        .ok_or_else(|| refused(format!("input 0: {op} has no such output")))
+}
+
 /// Decodes `psbt` and checks it against `payouts` (approved, in output
 /// order) and the wallet's own scripts; returns the digests to sign.
 pub fn check_psbt(

@@ -37,7 +37,8 @@ pub mod rpc;
 pub mod testing;
 
 pub use address::{UtxoAddress, address_of, parse_address, wallet_address, wallet_script};
+pub use bitcoin::{OutPoint, Transaction, Txid};
 pub use build::{BuildRequest, Payout, UnsignedUtxoTx, Utxo, build_unsigned};
-pub use check::{CheckedUtxoTx, check_psbt, check_replacement};
+pub use check::{CheckedUtxoTx, check_psbt, check_replacement, spent_script};
 pub use finalize::{SignedUtxoTx, assemble_signed};
 pub use network::UtxoNetwork;

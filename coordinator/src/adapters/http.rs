@@ -475,7 +475,7 @@ async fn reconcile(
         if k.state != "ready" || !evm_chain(&chain, &k.chain) {
             continue;
         }
-        let Some(addr) = k.eth_address.clone() else {
+        let Some(addr) = k.address.clone() else {
             continue;
         };
         let parsed = custos_chains::evm::address::parse_address(&addr).map_err(|e| {

@@ -51,15 +51,19 @@ pub const RELEASE_STATES: [State; 4] = [
     State::Rejected,
 ];
 
-/// Native asset of the EVM chains, in which their fees are paid.
-pub const EVM_NATIVE_ASSET: &str = "ETH";
-
 /// The network fee settled with a withdrawal: `(fee asset, base units)`: the
-/// fee the chain adapter recorded at confirmation (receipt gas used ×
-/// effective gas price, in the native asset), zero without a chain transaction.
+/// fee the chain adapter recorded at confirmation (EVM: receipt gas used ×
+/// effective gas price; UTXO: inputs less outputs), in the chain's native
+/// asset (`custos_chains::family::native_asset`: ETH, LTC, BTC, ...); zero
+/// without a chain transaction.
 pub fn settlement_fee(row: &WithdrawalRow) -> (String, u128) {
     match row.fee_paid.as_deref().and_then(|f| f.parse::<u128>().ok()) {
-        Some(fee) => (EVM_NATIVE_ASSET.to_owned(), fee),
+        Some(fee) => (
+            custos_chains::family::native_asset(&row.chain)
+                .unwrap_or("ETH")
+                .to_owned(),
+            fee,
+        ),
         None => (row.asset.clone(), 0),
     }
 }

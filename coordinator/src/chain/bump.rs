@@ -2,10 +2,10 @@
 //! transfer at the same nonce and higher fees, within the approved fee cap.
 //!
 //! Every step is persisted before it is acted on, so a restart resumes it:
-//! the replacement's unsigned bytes (`evm_txs.bump_tx`), then the
+//! the replacement's unsigned bytes (`chain_txs.bump_tx`), then the
 //! presignature reserved for it (`bump_presig`, consumed in the same database
 //! transaction), then the signed replacement swaps in as the current version
-//! while the replaced one moves to `evm_tx_replaced` (tracking keeps looking
+//! while the replaced one moves to `chain_tx_replaced` (tracking keeps looking
 //! for receipts of every version: whichever is mined wins). No new approval
 //! is asked: the approvals bound the fee cap, every signer checks the
 //! replacement against it and against the version it signed (same transfer,
@@ -102,12 +102,14 @@ impl Chains {
         let next = with_fees(&current, bumped)
             .map_err(|e| CoordError::Internal(format!("building the replacement: {e}")))?;
         let bytes = encode_unsigned(&next);
-        sqlx::query("UPDATE evm_txs SET bump_tx = $1 WHERE withdrawal_id = $2 AND bump_tx IS NULL")
-            .bind(bytes.clone())
-            .bind(&row.id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE chain_txs SET bump_tx = $1 WHERE withdrawal_id = $2 AND bump_tx IS NULL",
+        )
+        .bind(bytes.clone())
+        .bind(&row.id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
         tracing::info!(
             withdrawal = %row.id,
             nonce = decoded.nonce,
@@ -135,7 +137,7 @@ impl Chains {
             return Ok(false);
         }
         let res = sqlx::query(
-            "UPDATE evm_txs SET bump_presig = $1, bump_signers = $2
+            "UPDATE chain_txs SET bump_presig = $1, bump_signers = $2
              WHERE withdrawal_id = $3 AND bump_tx IS NOT NULL AND bump_presig IS NULL",
         )
         .bind(presig_id)
@@ -155,7 +157,7 @@ impl Chains {
     /// the next bump is tried after `resubmit_after_secs`.
     pub async fn abandon_bump(&self, withdrawal_id: &str) -> Result<(), CoordError> {
         sqlx::query(
-            "UPDATE evm_txs SET abandoned_tx = COALESCE(bump_tx, abandoned_tx), bump_tx = NULL,
+            "UPDATE chain_txs SET abandoned_tx = COALESCE(bump_tx, abandoned_tx), bump_tx = NULL,
                 bump_presig = NULL, bump_signers = NULL, bump_statement = NULL, last_sent_ms = $1
              WHERE withdrawal_id = $2",
         )
@@ -169,7 +171,7 @@ impl Chains {
 
     /// Restarts the resubmit clock (nothing to bump for now).
     async fn touch_sent(&self, withdrawal_id: &str) -> Result<(), CoordError> {
-        sqlx::query("UPDATE evm_txs SET last_sent_ms = $1 WHERE withdrawal_id = $2")
+        sqlx::query("UPDATE chain_txs SET last_sent_ms = $1 WHERE withdrawal_id = $2")
             .bind(now_ms())
             .bind(withdrawal_id)
             .execute(&self.pool)
@@ -204,7 +206,7 @@ impl Chains {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let pending = sqlx::query(
-            "SELECT tx_hash, raw_tx FROM evm_txs
+            "SELECT tx_hash, raw_tx FROM chain_txs
              WHERE withdrawal_id = $1 AND bump_tx = $2 AND raw_tx IS NOT NULL",
         )
         .bind(withdrawal_id)
@@ -218,7 +220,7 @@ impl Chains {
         let prev_hash: String = prev.get("tx_hash");
         let prev_raw: Vec<u8> = prev.get("raw_tx");
         sqlx::query(
-            "INSERT INTO evm_tx_replaced (withdrawal_id, tx_hash, raw_tx, replaced_ms)
+            "INSERT INTO chain_tx_replaced (withdrawal_id, tx_hash, raw_tx, replaced_ms)
              VALUES ($1, $2, $3, $4)",
         )
         .bind(withdrawal_id)
@@ -229,7 +231,7 @@ impl Chains {
         .await
         .map_err(db_err)?;
         sqlx::query(
-            "UPDATE evm_txs SET unsigned_tx = bump_tx, raw_tx = $1, tx_hash = $2, sends = 0,
+            "UPDATE chain_txs SET unsigned_tx = bump_tx, raw_tx = $1, tx_hash = $2, sends = 0,
                 last_sent_ms = NULL, bumps = COALESCE(bumps, 0) + 1,
                 bump_tx = NULL, bump_presig = NULL, bump_signers = NULL, bump_statement = NULL
              WHERE withdrawal_id = $3",

@@ -2,7 +2,7 @@
 //! `fee_bumps = "reapprove"`.
 //!
 //! The statement for a pending replacement is stored once
-//! (`evm_txs.bump_statement`, only while that `bump_tx` is the pending one),
+//! (`chain_txs.bump_statement`, only while that `bump_tx` is the pending one),
 //! so every approver signs the same bytes; approvals are keyed by the
 //! statement's SHA-256, so an approval of an abandoned bump never counts for
 //! the next one.
@@ -40,7 +40,7 @@ impl Chains {
         statement: &[u8],
     ) -> Result<Option<Vec<u8>>, CoordError> {
         sqlx::query(
-            "UPDATE evm_txs SET bump_statement = $1
+            "UPDATE chain_txs SET bump_statement = $1
              WHERE withdrawal_id = $2 AND bump_tx = $3 AND bump_statement IS NULL",
         )
         .bind(statement.to_vec())

@@ -1,4 +1,5 @@
-//! Chain adapters in the withdrawal flow (EVM first).
+//! Chain adapters in the withdrawal flow: EVM (this module, [`bump`]) and
+//! Bitcoin-format UTXO chains ([`utxo`]).
 //!
 //! # Design: what approvals bind, and where the nonce comes from
 //!
@@ -14,7 +15,7 @@
 //! (`gas_limit * max_fee_per_gas` ≤ the approved fee cap) match the approved
 //! statement; it signs the digest it computed, never one it was handed.
 //!
-//! Nonces: table `evm_txs` holds one row per withdrawal that was given a
+//! Nonces: table `chain_txs` holds one row per withdrawal that was given a
 //! transaction, `UNIQUE (chain, sender, nonce)`. A new nonce is the smallest
 //! one ≥ the node's `eth_getTransactionCount(pending)` not held by another
 //! row; the row and the withdrawal's `unsigned_tx` are written in one
@@ -36,6 +37,7 @@
 
 pub mod bump;
 pub mod bump_approvals;
+pub mod utxo;
 
 use std::time::Duration;
 
@@ -58,9 +60,11 @@ use crate::withdrawal::store::{WithdrawalRow, now_ms};
 pub struct ChainSettings {
     /// Chain name as in keys, assets and the policy ("anvil", "ethereum").
     pub name: String,
-    /// Adapter: "evm".
+    /// Adapter: "evm" or "utxo" (must match the chain's family, which its
+    /// name decides as in policies).
     pub kind: String,
-    /// EIP-155 chain id (checked against the node at start).
+    /// EIP-155 chain id (EVM chains; checked against the node at start).
+    #[serde(default)]
     pub chain_id: u64,
     /// JSON-RPC endpoint.
     pub rpc_url: String,
@@ -89,6 +93,21 @@ pub struct ChainSettings {
     /// 7: a signer signs a withdrawal at most 8 times).
     #[serde(default = "default_max_fee_bumps")]
     pub max_fee_bumps: u32,
+    /// UTXO chains: the node's watch-only wallet that tracks the wallets'
+    /// coins (default `custos-<name>`; created if missing, holds no key).
+    #[serde(default)]
+    pub watch_wallet: Option<String>,
+    /// UTXO chains: confirmation target, in blocks, of the node's fee
+    /// estimate (`estimatesmartfee`; default 6).
+    #[serde(default = "default_fee_target")]
+    pub fee_target_blocks: u16,
+    /// UTXO chains: confirmations a coin needs before it is spent (default 1).
+    #[serde(default = "one")]
+    pub spend_confirmations: u64,
+}
+
+fn default_fee_target() -> u16 {
+    6
 }
 
 fn one() -> u64 {
@@ -113,15 +132,19 @@ fn default_max_fee_bumps() -> u32 {
 /// Most fee bumps of one withdrawal (signers issue at most 8 signatures for one).
 pub const MAX_FEE_BUMPS: u32 = 7;
 
-/// DDL for the chain tables.
+/// DDL for the chain tables. `chain_txs` holds every withdrawal's
+/// transaction whatever its chain (`nonce` is the EVM account nonce, NULL on
+/// UTXO chains); `utxo_inputs` the coins a UTXO transaction spends, one row
+/// each with its signing session (`UNIQUE (chain, outpoint)` is the coin
+/// lock: a coin is in one withdrawal's transaction at a time).
 pub fn schema(backend: Backend) -> String {
     let blob = backend.blob();
     format!(
-        "CREATE TABLE IF NOT EXISTS evm_txs (
+        "CREATE TABLE IF NOT EXISTS chain_txs (
             withdrawal_id TEXT PRIMARY KEY,
             chain TEXT NOT NULL,
             sender TEXT NOT NULL,
-            nonce BIGINT NOT NULL,
+            nonce BIGINT,
             unsigned_tx {blob} NOT NULL,
             raw_tx {blob},
             tx_hash TEXT,
@@ -146,18 +169,65 @@ pub fn schema(backend: Backend) -> String {
             received_ms BIGINT NOT NULL,
             PRIMARY KEY (withdrawal_id, statement_hash, approver)
         );
-        CREATE TABLE IF NOT EXISTS evm_tx_replaced (
+        CREATE TABLE IF NOT EXISTS chain_tx_replaced (
             withdrawal_id TEXT NOT NULL,
             tx_hash TEXT NOT NULL,
             raw_tx {blob} NOT NULL,
             replaced_ms BIGINT NOT NULL,
             PRIMARY KEY (withdrawal_id, tx_hash)
+        );
+        CREATE TABLE IF NOT EXISTS utxo_inputs (
+            withdrawal_id TEXT NOT NULL,
+            input_index BIGINT NOT NULL,
+            chain TEXT NOT NULL,
+            outpoint TEXT NOT NULL,
+            presig_id TEXT,
+            signers TEXT,
+            signature {blob},
+            PRIMARY KEY (withdrawal_id, input_index),
+            UNIQUE (chain, outpoint)
         )"
     )
 }
 
-/// Columns added since the first schema (databases made by earlier versions).
+/// The columns of `chain_txs` that `evm_txs` (its name before UTXO chains)
+/// had, in the order both tables declare them.
+const EVM_TX_COLUMNS: &str = "withdrawal_id, chain, sender, nonce, unsigned_tx, raw_tx, tx_hash, \
+    sends, block_number, created_ms, last_sent_ms, bumps, bump_tx, bump_presig, bump_signers, \
+    abandoned_tx, bump_statement";
+
+async fn table_exists(db: &custos_service::db::Db, table: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = match db.backend {
+        Backend::Sqlite => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+            )
+            .bind(table)
+            .fetch_one(&db.pool)
+            .await?
+        }
+        Backend::Postgres => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = $1",
+            )
+            .bind(table)
+            .fetch_one(&db.pool)
+            .await?
+        }
+    };
+    Ok(n > 0)
+}
+
+/// Databases made by earlier versions: the EVM-only `evm_txs` and
+/// `evm_tx_replaced` (with the columns added to them since their first
+/// version) are copied into `chain_txs` and `chain_tx_replaced`, once per
+/// row; the old tables stay as they were (additive, so an older binary
+/// pointed at the database still finds them).
 pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
+    if !table_exists(db, "evm_txs").await? {
+        return Ok(());
+    }
     let blob = db.backend.blob();
     db.add_column_if_missing("evm_txs", "last_sent_ms", "BIGINT")
         .await?;
@@ -171,7 +241,25 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
     db.add_column_if_missing("evm_txs", "abandoned_tx", blob)
         .await?;
     db.add_column_if_missing("evm_txs", "bump_statement", blob)
-        .await
+        .await?;
+    let copy = format!(
+        "INSERT INTO chain_txs ({EVM_TX_COLUMNS}) SELECT {EVM_TX_COLUMNS} FROM evm_txs
+         WHERE withdrawal_id NOT IN (SELECT withdrawal_id FROM chain_txs)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(copy))
+        .execute(&db.pool)
+        .await?;
+    if table_exists(db, "evm_tx_replaced").await? {
+        sqlx::query(
+            "INSERT INTO chain_tx_replaced (withdrawal_id, tx_hash, raw_tx, replaced_ms)
+             SELECT withdrawal_id, tx_hash, raw_tx, replaced_ms FROM evm_tx_replaced r
+             WHERE NOT EXISTS (SELECT 1 FROM chain_tx_replaced c
+                               WHERE c.withdrawal_id = r.withdrawal_id AND c.tx_hash = r.tx_hash)",
+        )
+        .execute(&db.pool)
+        .await?;
+    }
+    Ok(())
 }
 
 fn db_err(e: sqlx::Error) -> CoordError {
@@ -266,6 +354,9 @@ pub enum Tracked {
         /// The account's mined transaction count.
         mined: u64,
     },
+    /// A transaction spending the same coins (UTXO) is mined: this one
+    /// never can be (note).
+    Conflicted(String),
 }
 
 /// One configured EVM chain.
@@ -281,6 +372,9 @@ pub struct EvmChain {
 #[derive(Debug)]
 pub struct Chains {
     evm: Vec<EvmChain>,
+    utxo: Vec<utxo::UtxoChain>,
+    /// Chain names in config order (error messages name `chains[i]`).
+    order: Vec<String>,
     pool: AnyPool,
 }
 
@@ -288,22 +382,39 @@ impl Chains {
     /// Validates the settings (names the bad field) and builds the RPC clients.
     pub fn new(settings: &[ChainSettings], pool: AnyPool) -> Result<Self, CoordError> {
         let mut evm = Vec::new();
+        let mut utxo = Vec::new();
         for (i, s) in settings.iter().enumerate() {
             let field = |f: &str| format!("config field `chains[{i}].{f}`");
-            if s.kind != "evm" {
+            if s.kind != "evm" && s.kind != "utxo" {
                 return Err(CoordError::InvalidArgument(format!(
-                    "{}: {:?} is not a supported chain kind (supported: evm)",
+                    "{}: {:?} is not a supported chain kind (supported: evm, utxo)",
                     field("kind"),
                     s.kind
                 )));
             }
+            if s.name.is_empty() || settings.iter().filter(|o| o.name == s.name).count() > 1 {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{}: {:?} is empty or listed twice",
+                    field("name"),
+                    s.name
+                )));
+            }
             match custos_chains::family_of(&s.name) {
-                Some(custos_chains::ChainFamily::Evm) => {}
+                Some(custos_chains::ChainFamily::Evm) if s.kind == "evm" => {}
+                Some(custos_chains::ChainFamily::Utxo(network)) if s.kind == "utxo" => {
+                    utxo.push(utxo::UtxoChain::new(s, network, field)?);
+                    continue;
+                }
                 Some(other) => {
                     return Err(CoordError::InvalidArgument(format!(
-                        "{}: {:?} is a {other} chain; the withdrawal engine drives EVM chains only so far",
-                        field("name"),
-                        s.name
+                        "{}: {:?} is a {other} chain, so its kind is {:?}, not {:?}",
+                        field("kind"),
+                        s.name,
+                        match other {
+                            custos_chains::ChainFamily::Evm => "evm",
+                            custos_chains::ChainFamily::Utxo(_) => "utxo",
+                        },
+                        s.kind
                     )));
                 }
                 None => {
@@ -314,13 +425,6 @@ impl Chains {
                         custos_chains::family::known_chains()
                     )));
                 }
-            }
-            if s.name.is_empty() || settings.iter().filter(|o| o.name == s.name).count() > 1 {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: {:?} is empty or listed twice",
-                    field("name"),
-                    s.name
-                )));
             }
             if s.chain_id == 0 {
                 return Err(CoordError::InvalidArgument(format!(
@@ -373,14 +477,26 @@ impl Chains {
                 alloc: tokio::sync::Mutex::new(()),
             });
         }
-        Ok(Self { evm, pool })
+        let order = settings.iter().map(|s| s.name.clone()).collect();
+        Ok(Self {
+            evm,
+            utxo,
+            order,
+            pool,
+        })
     }
 
     /// Asks every node for its chain id: a node on another chain is a config
     /// error (names the field); an unreachable one is only logged (the flow
     /// waits for it).
     pub async fn check_nodes(&self) -> Result<(), CoordError> {
-        for (i, c) in self.evm.iter().enumerate() {
+        for c in &self.utxo {
+            let i = self.index_of(&c.settings.name);
+            c.check_node(|f| format!("config field `chains[{i}].{f}`"))
+                .await?;
+        }
+        for c in &self.evm {
+            let i = self.index_of(&c.settings.name);
             // Every endpoint: a fallback on another chain would sign for it.
             for (endpoint, answer) in c.rpc.chain_id_of_each().await {
                 match answer {
@@ -400,6 +516,11 @@ impl Chains {
         Ok(())
     }
 
+    /// A chain's position among the configured ones (for error messages).
+    fn index_of(&self, name: &str) -> usize {
+        self.order.iter().position(|n| n == name).unwrap_or(0)
+    }
+
     /// The EVM chain named `name`, if configured.
     pub fn evm(&self, name: &str) -> Option<&EvmChain> {
         self.evm.iter().find(|c| c.settings.name == name)
@@ -407,7 +528,7 @@ impl Chains {
 
     /// The transaction stored for a withdrawal.
     pub async fn stored(&self, withdrawal_id: &str) -> Result<Option<EvmTxRow>, CoordError> {
-        let r = sqlx::query("SELECT * FROM evm_txs WHERE withdrawal_id = $1")
+        let r = sqlx::query("SELECT * FROM chain_txs WHERE withdrawal_id = $1")
             .bind(withdrawal_id)
             .fetch_optional(&self.pool)
             .await
@@ -438,7 +559,7 @@ impl Chains {
     /// existed (signers refused), so the next allocation reuses it.
     pub async fn release_unsigned(&self, withdrawal_id: &str) -> Result<(), CoordError> {
         sqlx::query(
-            "DELETE FROM evm_txs WHERE withdrawal_id = $1 AND raw_tx IS NULL
+            "DELETE FROM chain_txs WHERE withdrawal_id = $1 AND raw_tx IS NULL
                AND withdrawal_id IN (SELECT id FROM withdrawals WHERE id = $1 AND state = 'failed' AND sig_r IS NULL)",
         )
         .bind(withdrawal_id)
@@ -528,7 +649,7 @@ impl Chains {
         }
         let tip = fees.max_priority_fee_per_gas.min(max_fee);
         let taken: Vec<i64> = sqlx::query(
-            "SELECT nonce FROM evm_txs WHERE chain = $1 AND sender = $2 AND nonce >= $3 ORDER BY nonce",
+            "SELECT nonce FROM chain_txs WHERE chain = $1 AND sender = $2 AND nonce >= $3 ORDER BY nonce",
         )
         .bind(name)
         .bind(format!("{from:#x}"))
@@ -562,7 +683,7 @@ impl Chains {
         let bytes = encode_unsigned(&unsigned);
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let res = sqlx::query(
-            "INSERT INTO evm_txs (withdrawal_id, chain, sender, nonce, unsigned_tx, sends, created_ms)
+            "INSERT INTO chain_txs (withdrawal_id, chain, sender, nonce, unsigned_tx, sends, created_ms)
              VALUES ($1, $2, $3, $4, $5, 0, $6)",
         )
         .bind(&row.id)
@@ -647,25 +768,34 @@ impl Chains {
         let signed = assemble_signed(&unsigned, r, s, v, wallet)
             .map_err(|e| CoordError::Internal(format!("assembling the signed transaction: {e}")))?;
         let hash = format!("{:#x}", signed.hash);
+        self.store_signed(&row.id, signed.raw, &hash).await
+    }
+
+    /// Stores a withdrawal's signed transaction (once) and returns what is
+    /// stored: whatever is stored is what goes out (a concurrent writer wins).
+    pub(crate) async fn store_signed(
+        &self,
+        withdrawal_id: &str,
+        raw: Vec<u8>,
+        hash: &str,
+    ) -> Result<(Vec<u8>, String), CoordError> {
         sqlx::query(
-            "UPDATE evm_txs SET raw_tx = $1, tx_hash = $2 WHERE withdrawal_id = $3 AND raw_tx IS NULL",
+            "UPDATE chain_txs SET raw_tx = $1, tx_hash = $2 WHERE withdrawal_id = $3 AND raw_tx IS NULL",
         )
-        .bind(signed.raw.clone())
-        .bind(&hash)
-        .bind(&row.id)
+        .bind(raw)
+        .bind(hash)
+        .bind(withdrawal_id)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
-        // Whatever is stored now is what goes out (a concurrent writer wins).
         let t = self
-            .stored(&row.id)
+            .stored_tx(withdrawal_id)
             .await?
-            .ok_or_else(|| CoordError::Internal(format!("{} lost its transaction", row.id)))?;
+            .ok_or_else(|| CoordError::Internal(format!("{withdrawal_id} lost its transaction")))?;
         match (t.raw_tx, t.tx_hash) {
             (Some(raw), Some(hash)) => Ok((raw, hash)),
             _ => Err(CoordError::Internal(format!(
-                "{}: signed transaction not stored",
-                row.id
+                "{withdrawal_id}: signed transaction not stored"
             ))),
         }
     }
@@ -751,7 +881,7 @@ impl Chains {
             .await
             .map_err(|e| rpc_note(name, &format!("broadcasting {hash_text} failed"), &e))?;
         sqlx::query(
-            "UPDATE evm_txs SET sends = sends + 1, last_sent_ms = $1
+            "UPDATE chain_txs SET sends = sends + 1, last_sent_ms = $1
              WHERE withdrawal_id = $2 AND tx_hash = $3",
         )
         .bind(now_ms())
@@ -814,7 +944,7 @@ impl Chains {
     /// Hashes of the versions a fee bump replaced, oldest first.
     pub async fn replaced_hashes(&self, withdrawal_id: &str) -> Result<Vec<String>, CoordError> {
         Ok(sqlx::query(
-            "SELECT tx_hash FROM evm_tx_replaced WHERE withdrawal_id = $1 ORDER BY replaced_ms",
+            "SELECT tx_hash FROM chain_tx_replaced WHERE withdrawal_id = $1 ORDER BY replaced_ms",
         )
         .bind(withdrawal_id)
         .fetch_all(&self.pool)

@@ -1,6 +1,7 @@
 //! A database made by an earlier version (without the columns added since)
 //! is upgraded in place when the coordinator opens it, on SQLite and
-//! PostgreSQL, and keeps its rows.
+//! PostgreSQL, and keeps its rows (the EVM-only `evm_txs` copied into the
+//! chain-neutral `chain_txs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,18 +50,29 @@ async fn old_database(url: &str) {
 }
 
 async fn check_upgraded(url: &str) {
-    // Twice: the second open finds everything in place.
-    for _ in 0..2 {
+    // Twice: the second open finds everything in place and copies nothing again.
+    for round in 0..2 {
         let db = Db::connect(url).await.unwrap();
         let r = sqlx::query(
             "SELECT nonce, last_sent_ms, bumps, bump_tx, bump_presig, bump_signers, abandoned_tx
-             FROM evm_txs WHERE withdrawal_id = 'w-1'",
+             FROM chain_txs WHERE withdrawal_id = 'w-1'",
         )
         .fetch_one(db.pool())
         .await
         .unwrap();
         assert_eq!(r.get::<i64, _>("nonce"), 4);
         assert_eq!(r.get::<Option<i64>, _>("bumps"), None);
+        assert_eq!(
+            r.get::<Option<i64>, _>("last_sent_ms"),
+            None,
+            "round {round}"
+        );
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chain_txs")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // The old table stays (additive) and gained its later columns.
         sqlx::query("UPDATE evm_txs SET bump_tx = $1, last_sent_ms = 9")
             .bind(vec![1u8])
             .execute(db.pool())
@@ -70,7 +82,11 @@ async fn check_upgraded(url: &str) {
             .fetch_all(db.pool())
             .await
             .unwrap();
-        sqlx::query("SELECT tx_hash FROM evm_tx_replaced")
+        sqlx::query("SELECT tx_hash FROM chain_tx_replaced")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        sqlx::query("SELECT outpoint FROM utxo_inputs")
             .fetch_all(db.pool())
             .await
             .unwrap();

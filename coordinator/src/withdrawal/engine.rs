@@ -39,6 +39,7 @@ use crate::stages::{self, Stage};
 mod bump_quorum;
 mod intake;
 mod onchain;
+mod utxo;
 
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -105,13 +106,15 @@ enum PresigUse<'a> {
     /// A fee bump of a withdrawal's transaction (recorded on its
     /// transaction), by the signers that signed it.
     FeeBump(&'a crate::chain::Chains, &'a str, &'a [String]),
+    /// One input of a withdrawal's UTXO transaction (recorded on the input).
+    Input(&'a crate::chain::Chains, &'a str, u32),
 }
 
 impl PresigUse<'_> {
     /// The signers it must have, if fixed.
     fn signers(&self) -> Option<&[String]> {
         match self {
-            PresigUse::Signing(_) => None,
+            PresigUse::Signing(_) | PresigUse::Input(..) => None,
             PresigUse::FeeBump(_, _, s) => Some(s),
         }
     }
@@ -436,6 +439,15 @@ impl Engine {
     fn evm_chain(&self, chain: &str) -> Option<(&crate::chain::Chains, &crate::chain::EvmChain)> {
         let chains = self.chains.get()?;
         chains.evm(chain).map(|c| (chains.as_ref(), c))
+    }
+
+    /// The configured UTXO chain `chain`, if any.
+    fn utxo_chain(
+        &self,
+        chain: &str,
+    ) -> Option<(&crate::chain::Chains, &crate::chain::utxo::UtxoChain)> {
+        let chains = self.chains.get()?;
+        chains.utxo(chain).map(|c| (chains.as_ref(), c))
     }
 
     /// Rebuilds the risk model's state from stored history.
@@ -823,6 +835,9 @@ impl Engine {
                 Effect::ReleaseNonce => {
                     if let Some((chains, _)) = self.evm_chain(&row.chain) {
                         chains.release_unsigned(&row.id).await?;
+                    }
+                    if let Some((chains, _)) = self.utxo_chain(&row.chain) {
+                        chains.release_unsigned_utxo(&row.id).await?;
                     }
                 }
                 // The caller holds what the signers must be told (the
@@ -1242,6 +1257,11 @@ impl Engine {
             PresigUse::FeeBump(chains, id, _) => {
                 chains.reserve_bump_presig(id, presig, signers).await
             }
+            PresigUse::Input(chains, id, index) => {
+                chains
+                    .reserve_input_presig(id, *index, presig, signers)
+                    .await
+            }
         }
     }
 
@@ -1262,7 +1282,8 @@ impl Engine {
         mut auth: WithdrawalAuthorization,
     ) -> Result<Result<crate::cluster::SignOutcome, CoordError>, CoordError> {
         let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
-        if !auth.unsigned_tx.is_empty() {
+        // Logged once per transaction: the first input's session carries it.
+        if !auth.unsigned_tx.is_empty() && auth.input_index == 0 {
             // What is signed, for auditors to decode and compare with the approval.
             self.audit
                 .append(EntryBody::TransactionPrepared {
@@ -1333,6 +1354,9 @@ impl Engine {
         if let Some(next) = self.wait_if_locked(row, State::Signing, &key).await? {
             return Ok(next);
         }
+        if let Some((chains, chain)) = self.utxo_chain(&row.chain) {
+            return self.sign_utxo(row, &key, chains, chain).await;
+        }
         let mut row = row.clone();
         if row.unsigned_tx.is_none()
             && let Some((chains, chain)) = self.evm_chain(&row.chain)
@@ -1354,7 +1378,7 @@ impl Engine {
                 .prepare(
                     chain,
                     &row,
-                    key.eth_address.as_deref().unwrap_or_default(),
+                    key.address.as_deref().unwrap_or_default(),
                     token,
                     asset.decimals,
                 )
@@ -1397,10 +1421,20 @@ impl Engine {
             .audited_sign(&row, &key, &digest, &presig, &signers, auth)
             .await?;
         stages::since(Stage::Signing, started);
+        self.settle_signing(&row, signed).await
+    }
+
+    /// What one signing session's outcome does to the withdrawal: signed,
+    /// waiting (signers unreachable: retried), or failed.
+    async fn settle_signing(
+        &self,
+        row: &WithdrawalRow,
+        signed: Result<crate::cluster::SignOutcome, CoordError>,
+    ) -> Result<Next, CoordError> {
         match signed {
             Ok(sig) => {
                 self.apply(
-                    &row,
+                    row,
                     Event::Signed,
                     vec![
                         ("sig_r", Val::Blob(Some(sig.r.to_vec()))),
@@ -1413,15 +1447,15 @@ impl Engine {
                 Ok(Next::Continue)
             }
             Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
-                self.note(&row, State::Signing, &e.to_string()).await?;
+                self.note(row, State::Signing, &e.to_string()).await?;
                 Ok(Next::Wait)
             }
             Err(e) => {
                 let detail = format!("signing failed: {e}");
-                self.note(&row, State::Signing, &e.to_string()).await?;
+                self.note(row, State::Signing, &e.to_string()).await?;
                 // No signature exists: the machine releases its nonce.
                 self.move_to(
-                    &row,
+                    row,
                     Event::SigningFailed,
                     vec![("reason", Val::Text(Some(detail.clone())))],
                     &detail,

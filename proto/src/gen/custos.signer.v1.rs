@@ -66,6 +66,12 @@ pub struct WithdrawalAuthorization {
     pub idempotency_key: ::prost::alloc::string::String,
     #[prost(string, tag = "21")]
     pub request_signature: ::prost::alloc::string::String,
+    /// Which input of unsigned_tx this session signs (0-based): a transaction
+    /// spending several coins (UTXO) is signed one session per input, each with
+    /// its own presignature and its own signing-session entry in the log. 0 for
+    /// single-digest transactions.
+    #[prost(uint32, tag = "22")]
+    pub input_index: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -29,7 +29,8 @@ pub struct Key {
     /// SEC1 compressed public key (33 bytes).
     #[prost(bytes = "vec", tag = "5")]
     pub public_key: ::prost::alloc::vec::Vec<u8>,
-    /// EIP-55 checksummed Ethereum address of the key.
+    /// EIP-55 checksummed Ethereum address of the key, on EVM chains only
+    /// (empty on others); `address` is the chain-neutral field.
     #[prost(string, tag = "6")]
     pub ethereum_address: ::prost::alloc::string::String,
     /// RFC 3339.
@@ -48,6 +49,10 @@ pub struct Key {
     pub unexplained_failures: u32,
     #[prost(string, tag = "12")]
     pub last_failure: ::prost::alloc::string::String,
+    /// The wallet's address on its chain, in that chain's format: EIP-55 on EVM
+    /// chains, bech32 P2WPKH on Bitcoin-format chains.
+    #[prost(string, tag = "13")]
+    pub address: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

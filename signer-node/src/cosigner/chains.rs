@@ -103,9 +103,11 @@ pub fn adapters(chains: &[SignerChain]) -> Vec<Box<dyn ChainAdapter>> {
 /// A transaction checked against its approval.
 #[derive(Clone, Debug)]
 pub struct CheckedTx {
-    /// The digest to sign (computed here from the bytes).
+    /// The digest to sign in this session (computed here from the bytes):
+    /// the one of the requested input.
     pub digest: [u8; 32],
-    /// The family's view of it, for replacement checks.
+    /// The family's view of it (every input's digest), for replacement
+    /// checks and for tying sessions of one transaction together.
     pub checked: CheckedTransaction,
 }
 
@@ -123,13 +125,14 @@ fn describe(e: ChainError) -> String {
 }
 
 /// Decodes `unsigned_tx`, checks it against the approved withdrawal `w`
-/// paid from the wallet key `public_key` (SEC1) and returns the digest to
-/// sign; an error is the refusal message.
+/// paid from the wallet key `public_key` (SEC1) and returns the digest of
+/// input `input` to sign; an error is the refusal message.
 pub fn check_transaction(
     chains: &[Box<dyn ChainAdapter>],
     w: &Withdrawal,
     unsigned_tx: &[u8],
     public_key: &[u8],
+    input: u32,
 ) -> Result<CheckedTx, String> {
     let chain = chains.iter().find(|c| c.name() == w.chain).ok_or_else(|| {
         format!(
@@ -147,18 +150,19 @@ pub fn check_transaction(
     let checked = chain
         .check_unsigned(unsigned_tx, &approved, public_key)
         .map_err(describe)?;
-    // One signing session signs one digest: a transaction with several
-    // (a UTXO spend of several coins) needs one session per input, which
-    // this signer does not run yet, so it is refused rather than half signed.
-    let digest = match checked.digests.as_slice() {
-        [d] => *d,
-        many => {
-            return Err(format!(
-                "unsigned_tx: {} inputs to sign; this signer signs transactions of one input",
-                many.len()
-            ));
-        }
-    };
+    // One signing session signs one digest: a transaction with several (a
+    // UTXO spend of several coins) gets one session per input, each with its
+    // own presignature.
+    let digest = usize::try_from(input)
+        .ok()
+        .and_then(|i| checked.digests.get(i))
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "input_index {input}: the transaction has {} input(s) to sign",
+                checked.digests.len()
+            )
+        })?;
     Ok(CheckedTx { digest, checked })
 }
 
@@ -172,7 +176,15 @@ pub fn check_fee_bump(
     public_key: &[u8],
     next: &CheckedTx,
 ) -> Result<(), String> {
-    let previous = check_transaction(chains, w, previous_tx, public_key)
+    if next.checked.digests.len() != 1 {
+        // A replacement of several inputs needs every input re-signed, as one
+        // new set of sessions; not supported yet, so refused (fail closed).
+        return Err(format!(
+            "unsigned_tx: a replacement with {} inputs; fee bumps are signed for single-input transactions only",
+            next.checked.digests.len()
+        ));
+    }
+    let previous = check_transaction(chains, w, previous_tx, public_key, 0)
         .map_err(|e| format!("the transaction signed before cannot be read: {e}"))?;
     let chain = chains
         .iter()
@@ -224,9 +236,8 @@ mod tests {
     }
 
     /// A UTXO withdrawal reaches the signer's check through the seam with the
-    /// wallet key from its own store; one input signs, several are refused
-    /// (one session per input is not run yet), and a foreign key's coins are
-    /// not the wallet's.
+    /// wallet key from its own store; each input is its own session with its
+    /// own digest, and a foreign key's coins are not the wallet's.
     #[test]
     fn utxo_transactions_go_through_the_adapter_with_the_signers_own_wallet_key() {
         let net = UtxoNetwork::LitecoinRegtest;
@@ -267,19 +278,27 @@ mod tests {
             .unwrap()
         };
         let one = build(&coins(&pk, &[200_000]));
-        let checked = check_transaction(&adapters, &w, &one.psbt, &pk).unwrap();
+        let checked = check_transaction(&adapters, &w, &one.psbt, &pk, 0).unwrap();
         assert_eq!(checked.checked.digests, vec![checked.digest]);
+        let e = check_transaction(&adapters, &w, &one.psbt, &pk, 1).unwrap_err();
+        assert!(
+            e.contains("input_index 1") && e.contains("1 input(s)"),
+            "{e}"
+        );
+        // Two coins: one session per input, each its own digest.
         let two = build(&coins(&pk, &[100_000, 90_000]));
-        let e = check_transaction(&adapters, &w, &two.psbt, &pk).unwrap_err();
-        assert!(e.contains("2 inputs"), "{e}");
-        let e = check_transaction(&adapters, &w, &one.psbt, &[]).unwrap_err();
+        let first = check_transaction(&adapters, &w, &two.psbt, &pk, 0).unwrap();
+        let second = check_transaction(&adapters, &w, &two.psbt, &pk, 1).unwrap();
+        assert_eq!(first.checked.digests, vec![first.digest, second.digest]);
+        assert_ne!(first.digest, second.digest);
+        let e = check_transaction(&adapters, &w, &one.psbt, &[], 0).unwrap_err();
         assert!(e.contains("public key"), "{e}");
         let mut other = w.clone();
         other.amount = PolicyAmount(150_001);
-        let e = check_transaction(&adapters, &other, &one.psbt, &pk).unwrap_err();
+        let e = check_transaction(&adapters, &other, &one.psbt, &pk, 0).unwrap_err();
         assert!(e.contains("output 0: amount 150000"), "{e}");
         other.chain = "litecoin".into();
-        let e = check_transaction(&adapters, &other, &one.psbt, &pk).unwrap_err();
+        let e = check_transaction(&adapters, &other, &one.psbt, &pk, 0).unwrap_err();
         assert!(e.contains("no transaction adapter"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 //! (velocity limits and replay refusal). Append-only JSON lines, fsync'd
 //! before the signer acts on them; a torn last line from a crash is ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +58,10 @@ pub struct SignedRecord {
     /// before this field existed: such bumps are refused, fail closed).
     #[serde(default)]
     pub rule_id: String,
+    /// The input of `tx` this signature is for (0 for single-digest
+    /// transactions; a UTXO spend of several coins has one record per input).
+    #[serde(default)]
+    pub input: u32,
 }
 
 /// A withdrawal this signer verified as authorised (quorum registered or
@@ -117,7 +121,11 @@ pub struct Known {
     pub cancelled_by: Option<String>,
     /// What this signer signed for it last (a fee bump replaces the record).
     pub signed: Option<SignedRecord>,
-    /// How many signatures this signer issued for it (1 + fee bumps).
+    /// The records of the transaction signed last, by input: each input of
+    /// one transaction is signed once (a fee bump starts a new set).
+    pub inputs: BTreeMap<u32, SignedRecord>,
+    /// How many transactions this signer signed for it (1 + fee bumps),
+    /// whatever their number of inputs.
     pub signings: u32,
     /// Verified as authorised (velocity).
     pub authorized: Option<Spend>,
@@ -308,8 +316,13 @@ fn apply(index: &mut HashMap<String, Known>, l: Line) {
             if let Some(first) = &k.signed {
                 record.at = first.at;
             }
+            let same_tx = k.signed.as_ref().is_some_and(|s| s.tx == record.tx);
+            if !same_tx {
+                k.signings = k.signings.saturating_add(1);
+                k.inputs.clear();
+            }
+            k.inputs.insert(record.input, (*record).clone());
             k.signed = Some(*record);
-            k.signings = k.signings.saturating_add(1);
         }
     }
 }
@@ -342,5 +355,48 @@ mod tests {
         j.quorum_seen("w4", 300, "bb").unwrap();
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.get("w4").quorum_seen.map(|q| q.0), Some(300));
+    }
+
+    fn record(tx: &str, input: u32, at: i64) -> SignedRecord {
+        SignedRecord {
+            presig_id: format!("p-{tx}-{input}"),
+            digest: format!("d-{tx}-{input}"),
+            statement_hash: "s".into(),
+            partial: "00".into(),
+            wallet: "w".into(),
+            chain: "litecoin-regtest".into(),
+            asset: "LTC".into(),
+            destination: "d".into(),
+            initiator: "i".into(),
+            amount: "1".into(),
+            fee_cap: "1".into(),
+            at,
+            intent: "i".into(),
+            tx: tx.into(),
+            rule_id: "r".into(),
+            input,
+        }
+    }
+
+    /// The inputs of one transaction are one signing (the fee-bump count is
+    /// of transactions), each input recorded once, and a new transaction
+    /// starts a new set; all of it survives a reopen.
+    #[test]
+    fn inputs_of_one_transaction_count_as_one_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.signed("w", record("aa", 0, 10)).unwrap();
+            j.signed("w", record("aa", 1, 20)).unwrap();
+            let k = j.get("w");
+            assert_eq!(k.signings, 1);
+            assert_eq!(k.inputs.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+            assert_eq!(k.inputs[&1].at, 10, "velocity counts from the first");
+            j.signed("w", record("bb", 0, 30)).unwrap();
+        }
+        let k = Journal::open(dir.path()).unwrap().get("w");
+        assert_eq!(k.signings, 2);
+        assert_eq!(k.inputs.len(), 1);
+        assert_eq!(k.inputs[&0].tx, "bb");
     }
 }

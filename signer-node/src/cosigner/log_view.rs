@@ -87,6 +87,10 @@ pub struct LoggedWithdrawal {
     /// The first signing session.
     #[serde(default)]
     pub first_signing: Option<LoggedSigning>,
+    /// The first session of each other digest signed for it (the other
+    /// inputs of a transaction that spends several coins, and fee bumps).
+    #[serde(default)]
+    pub other_digests: Vec<LoggedSigning>,
     /// The coordinator's logged risk score (the first one).
     #[serde(default)]
     pub risk_score: Option<u32>,
@@ -207,14 +211,24 @@ impl LogView {
                         .or_insert(index);
                 }
                 let w = self.withdrawals.entry(withdrawal_id.clone()).or_default();
-                w.first_signing.get_or_insert(LoggedSigning {
+                let session = LoggedSigning {
                     index,
                     key_id: key_id.clone(),
                     participants: participants.clone(),
                     presignature_id: presignature_id.clone(),
                     digest: hex::encode(message_digest),
                     witnessed_at: now,
-                });
+                };
+                match &w.first_signing {
+                    None => w.first_signing = Some(session),
+                    Some(first)
+                        if first.digest != session.digest
+                            && !w.other_digests.iter().any(|s| s.digest == session.digest) =>
+                    {
+                        w.other_digests.push(session);
+                    }
+                    Some(_) => {}
+                }
             }
             _ => {}
         }
@@ -279,6 +293,15 @@ impl LogView {
         self.presignatures
             .get(&format!("{key_id}/{presignature_id}"))
             .copied()
+    }
+
+    /// The first signing session logged for digest `digest` (hex) of `id`.
+    pub fn first_session_for(&self, id: &str, digest: &str) -> Option<&LoggedSigning> {
+        let w = self.withdrawal(id)?;
+        w.first_signing
+            .iter()
+            .chain(&w.other_digests)
+            .find(|s| s.digest == digest)
     }
 
     /// The log's record of `id`, if any.

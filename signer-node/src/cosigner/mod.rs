@@ -37,6 +37,8 @@ pub struct Verified {
     pub withdrawal: Withdrawal,
     /// The digest to sign.
     pub digest: [u8; 32],
+    /// The digests of every input of the transaction (`[digest]` for one).
+    pub tx_digests: Vec<[u8; 32]>,
     /// The policy's verdict and the statement.
     pub authorization: Authorization,
 }
@@ -62,6 +64,8 @@ pub struct Grant {
     pub rule_id: String,
     /// For a fee bump that needed approvals: the approvers counted.
     pub bump_approvers: Vec<String>,
+    /// The input of `unsigned_tx` signed (0 for single-digest transactions).
+    pub input: u32,
 }
 
 /// What to do after the checks.
@@ -264,12 +268,35 @@ impl Cosigner {
         w: &Withdrawal,
         a: &WithdrawalAuthorization,
     ) -> Result<[u8; 32], NodeError> {
+        self.signing_digests(w, a).map(|(d, _)| d)
+    }
+
+    /// The digest to sign (of input `a.input_index`) and the digests of
+    /// every input of the transaction it belongs to.
+    fn signing_digests(
+        &self,
+        w: &Withdrawal,
+        a: &WithdrawalAuthorization,
+    ) -> Result<([u8; 32], Vec<[u8; 32]>), NodeError> {
         if a.unsigned_tx.is_empty() {
-            Ok(intent_digest(w))
+            if a.input_index != 0 {
+                return Err(NodeError::InvalidRequest(format!(
+                    "input_index {}: there is no transaction, only the intent digest",
+                    a.input_index
+                )));
+            }
+            let d = intent_digest(w);
+            Ok((d, vec![d]))
         } else {
-            chains::check_transaction(&self.chains, w, &a.unsigned_tx, &self.wallet_key(&w.wallet))
-                .map(|c| c.digest)
-                .map_err(refused)
+            chains::check_transaction(
+                &self.chains,
+                w,
+                &a.unsigned_tx,
+                &self.wallet_key(&w.wallet),
+                a.input_index,
+            )
+            .map(|c| (c.digest, c.checked.digests))
+            .map_err(refused)
         }
     }
 
@@ -288,7 +315,7 @@ impl Cosigner {
         // Recompute the digest from what is signed; the claimed one is ignored.
         // Approvals bind the transfer intent (with the fee cap); a transaction
         // is checked field by field against it.
-        let digest = self.signing_digest(&w, a)?;
+        let (digest, tx_digests) = self.signing_digests(&w, a)?;
         w.tx_digest = hex::encode(intent_digest(&w));
         // First what the witnessed log says (it may bring a newer bundle,
         // which a tightening puts in force at once).
@@ -342,6 +369,7 @@ impl Cosigner {
         Ok(Verified {
             withdrawal: w,
             digest,
+            tx_digests,
             authorization,
         })
     }
@@ -534,22 +562,38 @@ impl Cosigner {
                 .signing_digest(&w, a)
                 .map(hex::encode)
                 .unwrap_or_default();
-            if s.presig_id == presig_id && s.digest == digest && known.cancelled_by.is_none() {
-                let partial = hex::decode(&s.partial)
+            if let Some(r) = known.inputs.get(&a.input_index)
+                && r.presig_id == presig_id
+                && r.digest == digest
+                && known.cancelled_by.is_none()
+            {
+                let partial = hex::decode(&r.partial)
                     .map_err(|_| NodeError::Internal("stored partial".into()))?;
                 return Ok((SignDecision::Repeat(partial), guard));
             }
-            if !a.unsigned_tx.is_empty() && !s.tx.is_empty() {
+            let same_tx = !a.unsigned_tx.is_empty() && hex::encode(&a.unsigned_tx) == s.tx;
+            if same_tx && !known.inputs.contains_key(&a.input_index) {
+                // Another input of the transaction this signer signed: its
+                // own session, verified in full below like the first.
+            } else if !a.unsigned_tx.is_empty() && !s.tx.is_empty() && !same_tx {
                 let grant = self.fee_bump(&w, a, s, &known, now)?;
                 // The approvals were checked at the first signature; the
                 // replacement's own signing must be in the log too.
-                self.check_log(a, &grant.withdrawal, &grant.digest, presig_id, None)?;
+                self.check_log(
+                    a,
+                    &grant.withdrawal,
+                    &grant.digest,
+                    &[grant.digest],
+                    presig_id,
+                    None,
+                )?;
                 return Ok((SignDecision::Issue(Box::new(grant)), guard));
+            } else {
+                return Err(NodeError::Replay(format!(
+                    "withdrawal {} (input {}) was already signed by this signer (presignature {}); a withdrawal is signed once",
+                    w.id, a.input_index, s.presig_id
+                )));
             }
-            return Err(NodeError::Replay(format!(
-                "withdrawal {} was already signed by this signer (presignature {}); a withdrawal is signed once",
-                w.id, s.presig_id
-            )));
         }
         let v = self.verify(a, now)?;
         let delay = v
@@ -590,6 +634,7 @@ impl Cosigner {
             a,
             &v.withdrawal,
             &v.digest,
+            &v.tx_digests,
             presig_id,
             Some(&v.authorization.decision),
         )?;
@@ -602,6 +647,7 @@ impl Cosigner {
                 replaces: None,
                 rule_id: v.authorization.decision.rule_id.clone().unwrap_or_default(),
                 bump_approvers: Vec::new(),
+                input: a.input_index,
             })),
             guard,
         ))
@@ -615,6 +661,7 @@ impl Cosigner {
         a: &WithdrawalAuthorization,
         w: &Withdrawal,
         digest: &[u8; 32],
+        tx_digests: &[[u8; 32]],
         presig_id: &str,
         decision: Option<&custos_policy::Decision>,
     ) -> Result<(), NodeError> {
@@ -688,30 +735,47 @@ impl Cosigner {
                 w.id
             )));
         }
-        // One signing per withdrawal, whichever signers are asked: the first
-        // session in the log decides the signer set and the presignature.
-        let first =
-            witness.with_view(|v| v.withdrawal(&w.id).and_then(|l| l.first_signing.clone()))?;
-        match first {
-            Some(f)
-                if f.index == a.signing_entry_index
-                    || (f.participants == participants
-                        && f.presignature_id.as_deref() == Some(presig_id)) =>
-            {
-                Ok(())
-            }
-            Some(f) => Err(NodeError::Replay(format!(
-                "withdrawal {} was first logged for signing at entry {} by {} with presignature {}: a withdrawal is signed once, by one signer set",
-                w.id,
-                f.index,
-                f.participants.join(", "),
-                f.presignature_id.unwrap_or_default()
-            ))),
-            None => Err(refused(format!(
+        // One transaction per withdrawal, whichever signers are asked: the
+        // first session in the log decides the transaction (this one must
+        // have its digest among its inputs'), and the first session of each
+        // digest decides that input's signer set and presignature.
+        let not_in_view = || {
+            refused(format!(
                 "withdrawal {}: signing entry {} is not in this signer's view of the log",
                 w.id, a.signing_entry_index
-            ))),
+            ))
+        };
+        let first = witness
+            .with_view(|v| v.withdrawal(&w.id).and_then(|l| l.first_signing.clone()))?
+            .ok_or_else(not_in_view)?;
+        if !tx_digests.iter().any(|d| hex::encode(d) == first.digest) {
+            return Err(NodeError::Replay(format!(
+                "withdrawal {} was first logged for signing at entry {} by {} with presignature {} over digest {}, which is no input of this transaction: a withdrawal is signed once, as one transaction",
+                w.id,
+                first.index,
+                first.participants.join(", "),
+                first.presignature_id.unwrap_or_default(),
+                first.digest
+            )));
         }
+        let digest_hex = hex::encode(digest);
+        let session = witness
+            .with_view(|v| v.first_session_for(&w.id, &digest_hex).cloned())?
+            .ok_or_else(not_in_view)?;
+        if session.index == a.signing_entry_index
+            || (session.participants == participants
+                && session.presignature_id.as_deref() == Some(presig_id))
+        {
+            return Ok(());
+        }
+        Err(NodeError::Replay(format!(
+            "withdrawal {} (input {}) was first logged for signing at entry {} by {} with presignature {}: each input is signed once, by one signer set",
+            w.id,
+            a.input_index,
+            session.index,
+            session.participants.join(", "),
+            session.presignature_id.unwrap_or_default()
+        )))
     }
 
     /// A fee bump of a transaction this signer already signed: the same
@@ -753,7 +817,8 @@ impl Cosigner {
         }
         let key = self.wallet_key(&w.wallet);
         let checked =
-            chains::check_transaction(&self.chains, &w, &a.unsigned_tx, &key).map_err(refused)?;
+            chains::check_transaction(&self.chains, &w, &a.unsigned_tx, &key, a.input_index)
+                .map_err(refused)?;
         let previous = hex::decode(&signed.tx)
             .map_err(|_| NodeError::Internal("journal: stored transaction".into()))?;
         chains::check_fee_bump(&self.chains, &w, &previous, &key, &checked).map_err(refused)?;
@@ -766,6 +831,7 @@ impl Cosigner {
             replaces: Some(signed.digest.clone()),
             rule_id: signed.rule_id.clone(),
             bump_approvers,
+            input: a.input_index,
         })
     }
 
@@ -858,6 +924,7 @@ impl Cosigner {
                 intent: hex::encode(intent_digest(w)),
                 tx: hex::encode(&g.unsigned_tx),
                 rule_id: g.rule_id.clone(),
+                input: g.input,
                 wallet: w.wallet.clone(),
                 chain: w.chain.clone(),
                 asset: w.asset.clone(),

@@ -17,6 +17,9 @@ use crate::withdrawal::store::{Val, WithdrawalRow};
 impl Engine {
     /// signed → broadcast → confirmed | failed, for chains with an adapter.
     pub(super) async fn chain_after_signed(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        if let Some((chains, chain)) = self.utxo_chain(&row.chain) {
+            return self.utxo_after_signed(row, chains, chain).await;
+        }
         let Some((chains, chain)) = self.evm_chain(&row.chain) else {
             return Ok(Next::Wait);
         };
@@ -27,25 +30,54 @@ impl Engine {
             let key = self.key(row).await?;
             let started = std::time::Instant::now();
             let (_, hash) = chains
-                .assemble(row, key.eth_address.as_deref().unwrap_or_default())
+                .assemble(row, key.address.as_deref().unwrap_or_default())
                 .await?;
             stages::since(Stage::Broadcast, started);
-            self.log_broadcast(row, &hash).await?;
-            self.apply(
-                row,
-                Event::Broadcast,
-                vec![("tx_hash", Val::Text(Some(hash.clone())))],
-                &format!("broadcasting {hash}"),
-            )
-            .await?;
-            return Ok(Next::Continue);
+            return self.broadcasting(row, &hash).await;
         }
-        match chains.track(chain, row).await {
+        let tracked = chains.track(chain, row).await;
+        if let Ok(Tracked::Stuck(why)) = &tracked {
+            return self.bump_fee(row, chains, chain, why).await;
+        }
+        self.settle_tracked(row, chain.settings.confirmations, tracked)
+            .await
+    }
+
+    /// signed → broadcast: the signed transaction `hash` is logged before
+    /// it is sent (the next step sends it).
+    pub(super) async fn broadcasting(
+        &self,
+        row: &WithdrawalRow,
+        hash: &str,
+    ) -> Result<Next, CoordError> {
+        self.log_broadcast(row, hash).await?;
+        self.apply(
+            row,
+            Event::Broadcast,
+            vec![("tx_hash", Val::Text(Some(hash.to_owned())))],
+            &format!("broadcasting {hash}"),
+        )
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// What one look at a broadcast transaction does to the withdrawal
+    /// (`confirmations`: the chain's setting, for the log).
+    pub(super) async fn settle_tracked(
+        &self,
+        row: &WithdrawalRow,
+        confirmations: u64,
+        tracked: Result<Tracked, Pending>,
+    ) -> Result<Next, CoordError> {
+        match tracked {
             Ok(Tracked::Waiting(note)) => {
                 self.note(row, State::Broadcast, &note).await?;
                 Ok(Next::Wait)
             }
-            Ok(Tracked::Stuck(why)) => self.bump_fee(row, chains, chain, &why).await,
+            Ok(Tracked::Stuck(why)) => {
+                self.note(row, State::Broadcast, &why).await?;
+                Ok(Next::Wait)
+            }
             Ok(Tracked::Confirmed {
                 hash,
                 block,
@@ -58,8 +90,7 @@ impl Engine {
                         chain: row.chain.clone(),
                         txid: hash.clone(),
                         block_height: block,
-                        confirmations: u32::try_from(chain.settings.confirmations)
-                            .unwrap_or(u32::MAX),
+                        confirmations: u32::try_from(confirmations).unwrap_or(u32::MAX),
                     })
                     .await?;
                 self.apply(
@@ -95,6 +126,16 @@ impl Engine {
                     row.wallet
                 );
                 tracing::error!(withdrawal = %row.id, nonce, "{detail}");
+                self.move_to(
+                    row,
+                    Event::ChainFailed,
+                    vec![("reason", Val::Text(Some(detail.clone())))],
+                    &detail,
+                )
+                .await
+            }
+            Ok(Tracked::Conflicted(detail)) => {
+                tracing::error!(withdrawal = %row.id, "{detail}");
                 self.move_to(
                     row,
                     Event::ChainFailed,
@@ -230,7 +271,7 @@ impl Engine {
                     recovery_id: sig.recovery_id,
                 };
                 let (raw, hash) =
-                    Chains::assemble_bump(&bump, key.eth_address.as_deref().unwrap_or_default())?;
+                    Chains::assemble_bump(&bump, key.address.as_deref().unwrap_or_default())?;
                 self.log_broadcast(row, &hash).await?;
                 if chains.commit_bump(&row.id, &bump, &raw, &hash).await? {
                     let previous = stored.tx_hash.unwrap_or_default();

@@ -1,0 +1,575 @@
+//! UTXO withdrawals end to end (issue #17): a real Litecoin Core regtest node
+//! and a real 2-of-3 cluster. The coordinator selects coins from the node's
+//! watch-only wallet and builds a PSBT when the withdrawal enters `signing`;
+//! each input is signed in its own session (its own presignature and log
+//! entry), every signer decoding the PSBT itself; the coordinator assembles
+//! the witnesses, broadcasts and tracks confirmations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use custos_audit::EntryBody;
+use custos_chains::utxo::{
+    self, BuildRequest, Payout, Transaction, Txid, UtxoAddress, UtxoNetwork, parse_address,
+};
+use custos_devkit::client::connect_as;
+use custos_devkit::{ClusterSpec, StartOptions};
+use custos_proto::custody::{
+    CreateKeyRequest, CreateWithdrawalRequest, GetKeyRequest, GetWithdrawalRequest, Withdrawal,
+};
+use custos_tests::litecoind::Litecoind;
+use custos_tests::*;
+use serde_json::json;
+
+const CHAIN: &str = "litecoin-regtest";
+const NETWORK: UtxoNetwork = UtxoNetwork::LitecoinRegtest;
+/// Base units per LTC.
+const LTC: u64 = 100_000_000;
+/// The asset's default fee cap (0.001 LTC).
+const FEE_CAP: u64 = 100_000;
+
+/// A payee outside every wallet of the node: the P2WPKH address of a fixed
+/// test key (so the policy's address book can name it).
+fn payee() -> UtxoAddress {
+    let secp = secp256k1::Secp256k1::new();
+    let sk = secp256k1::SecretKey::from_byte_array([12; 32]).unwrap();
+    let pk = secp256k1::PublicKey::from_secret_key(&secp, &sk).serialize();
+    utxo::wallet_address(NETWORK, &pk).unwrap()
+}
+
+/// Allow up to 1 LTC to the address book, 2-of-3 approvals up to 10 LTC,
+/// block the rest.
+fn policy_text() -> String {
+    format!(
+        r#"
+version = 1
+description = "Litecoin e2e test policy"
+
+[settings]
+whitelist_delay = "0s"
+change_delay = "24h"
+approval_expiry = "1h"
+
+[wallet_groups]
+hot = ["ltc-hot", "ltc-rogue"]
+
+[[address_book]]
+id = "ltc-payee"
+labels = ["test"]
+chain = "{CHAIN}"
+address = "{payee}"
+
+[[approvers]]
+id = "alice"
+role = "treasury"
+ed25519 = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+
+[[approvers]]
+id = "bob"
+role = "treasury"
+ed25519 = "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394"
+
+[[approvers]]
+id = "carol"
+role = "treasury"
+ed25519 = "ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1"
+
+[groups]
+treasury = ["alice", "bob", "carol"]
+
+[[rules]]
+id = "small-ltc-allow"
+wallet_groups = ["hot"]
+assets = ["LTC"]
+destination = "whitelisted"
+amount = {{ max = "{small}" }}
+action = "allow"
+
+[[rules]]
+id = "medium-two-approvals"
+assets = ["LTC"]
+destination = "whitelisted"
+amount = {{ max = "{medium}" }}
+action = "require_approvals"
+approvals = {{ all = [{{ group = "treasury", count = 2 }}], exclude_initiator = true }}
+
+[[rules]]
+id = "block-everything-else"
+action = "block"
+reason = "not allowed by the Litecoin test policy"
+"#,
+        payee = payee().text,
+        small = LTC,
+        medium = 10 * LTC,
+    )
+}
+
+/// A 2-of-3 cluster with the node configured as chain `litecoin-regtest`
+/// (`chain_extra`: more `[[chains]]` lines) and wallet keys `wallets` on it;
+/// returns the cluster and each wallet's address.
+async fn start_ltc(
+    node: &Litecoind,
+    wallets: &[&str],
+    chain_extra: &str,
+) -> (FlowCluster, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("ltc-policy.toml");
+    std::fs::write(&policy, policy_text()).unwrap();
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.base_port = custos_devkit::free_base_port();
+    custos_tests::use_fixtures(&mut spec);
+    spec.presignature_pool = custos_tests::FLOW_TEST_POOL;
+    spec.policy = Some(policy);
+    spec.raw_digest = false;
+    spec.bin_dir = Some(bin_dir());
+    let layout = custos_devkit::generate(&spec).unwrap();
+    let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
+    cfg.push_str(&format!(
+        r#"
+[[assets]]
+chain = "{CHAIN}"
+symbol = "LTC"
+decimals = 8
+default_fee_cap = "{FEE_CAP}"
+
+[[chains]]
+name = "{CHAIN}"
+kind = "utxo"
+rpc_url = "{url}"
+rpc_timeout_ms = 5000
+{chain_extra}
+"#,
+        url = node.url
+    ));
+    std::fs::write(&layout.coordinator.config, cfg).unwrap();
+    let signer_chains = format!(r#"chains = [{{ name = "{CHAIN}" }}]"#);
+    for s in &layout.signers {
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let text = if text.contains("[cosigner]") {
+            text.replacen("[cosigner]\n", &format!("[cosigner]\n{signer_chains}\n"), 1)
+        } else {
+            format!("{text}\n[cosigner]\n{signer_chains}\n")
+        };
+        std::fs::write(&s.config, text).unwrap();
+    }
+    let opts = StartOptions::default().timeout(Duration::from_secs(60));
+    let tc = start_layout(dir, layout, opts).await;
+    let layout = tc.cluster.layout().clone();
+    let mut addresses = Vec::new();
+    for w in wallets {
+        tc.client
+            .clone()
+            .create_key(CreateKeyRequest {
+                key_id: (*w).to_owned(),
+                chain: CHAIN.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let key = tc
+            .client
+            .clone()
+            .get_key(GetKeyRequest {
+                key_id: (*w).to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(key.ethereum_address.is_empty(), "{key:?}");
+        // The neutral field is the chain's own format, and the address of the key.
+        let wallet = utxo::wallet_address(NETWORK, &key.public_key).unwrap();
+        assert_eq!(key.address, wallet.text);
+        addresses.push(key.address);
+    }
+    let fc = FlowCluster {
+        backend: connect_as(&layout, "payments-backend").await.unwrap(),
+        approver: connect_as(&layout, "approver-cli").await.unwrap(),
+        auditor: connect_as(&layout, "auditor").await.unwrap(),
+        tc,
+    };
+    (fc, addresses)
+}
+
+async fn get(fc: &FlowCluster, id: &str) -> Withdrawal {
+    fc.backend
+        .clone()
+        .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls until `check` holds (panics on an unexpected end state or after `limit`).
+async fn wait_until(
+    fc: &FlowCluster,
+    id: &str,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&Withdrawal) -> bool,
+) -> Withdrawal {
+    let started = Instant::now();
+    loop {
+        let w = get(fc, id).await;
+        if check(&w) {
+            return w;
+        }
+        assert!(
+            ![
+                "blocked",
+                "rejected",
+                "cancelled",
+                "expired",
+                "failed",
+                "confirmed"
+            ]
+            .contains(&w.state.as_str()),
+            "withdrawal {id} ended {} ({}), expected {what}; notes: {:?}",
+            w.state,
+            w.reason,
+            w.signer_notes
+        );
+        assert!(
+            started.elapsed() < limit,
+            "withdrawal {id} still {} after {limit:?}, expected {what}; notes: {:?}",
+            w.state,
+            w.signer_notes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for(fc: &FlowCluster, id: &str, state: &str) -> Withdrawal {
+    wait_until(fc, id, state, Duration::from_secs(120), |w| {
+        w.state == state
+    })
+    .await
+}
+
+async fn create(fc: &FlowCluster, key: &str, wallet: &str, amount: u64) -> Withdrawal {
+    fc.backend
+        .clone()
+        .create_withdrawal(CreateWithdrawalRequest {
+            idempotency_key: key.to_owned(),
+            wallet: wallet.to_owned(),
+            asset: "LTC".into(),
+            destination: payee().text,
+            amount: amount.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The transaction `txid` as the coordinator's watch-only wallet sees it.
+async fn watched_tx(node: &Litecoind, txid: &str) -> (Transaction, i64) {
+    let txid: Txid = txid.parse().unwrap();
+    let (tx, status) = node
+        .rpc()
+        .wallet_transaction(&format!("custos-{CHAIN}"), &txid)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the watch-only wallet does not know {txid}"));
+    (tx, status.confirmations)
+}
+
+/// The tests that kill nothing share one node and one cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ltc_withdrawals_on_one_cluster() {
+    let node = Litecoind::start().await;
+    let (fc, addresses) = start_ltc(&node, &["ltc-hot", "ltc-rogue"], "").await;
+    several_inputs_and_change_to_a_confirmed_transaction(&fc, &node, &addresses[0]).await;
+    signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+/// Deposits of 0.3 LTC three times; a 0.5 LTC withdrawal (allowed by the
+/// policy) spends two of them with change back to the wallet, each input
+/// signed in its own logged session; the node accepts and mines it.
+async fn several_inputs_and_change_to_a_confirmed_transaction(
+    fc: &FlowCluster,
+    node: &Litecoind,
+    wallet_address: &str,
+) {
+    for _ in 0..3 {
+        node.pay(wallet_address, 0.3).await;
+    }
+    node.mine(1).await;
+    let w = create(fc, "ltc-1", "ltc-hot", LTC / 2).await;
+    assert_eq!(w.chain, CHAIN);
+    assert_eq!(w.fee_cap, FEE_CAP.to_string());
+    let w = wait_for(fc, &w.id, "broadcast").await;
+    let (tx, confs) = watched_tx(node, &w.tx_hash).await;
+    assert_eq!(confs, 0, "in the mempool");
+    assert_eq!(tx.input.len(), 2, "{tx:?}");
+    assert_eq!(tx.output.len(), 2, "payout and change: {tx:?}");
+    assert_eq!(tx.output[0].value.to_sat(), LTC / 2);
+    assert_eq!(tx.output[0].script_pubkey, payee().script_pubkey);
+    let wallet = parse_address(NETWORK, wallet_address).unwrap();
+    assert_eq!(tx.output[1].script_pubkey, wallet.script_pubkey, "change");
+    node.mine(1).await;
+    let w = wait_for(fc, &w.id, "confirmed").await;
+    let fee = 60 * LTC / 100 - tx.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
+    assert!(fee > 0 && fee <= FEE_CAP, "fee {fee}");
+    assert_eq!(w.fee_paid, fee.to_string(), "{w:?}");
+
+    // The log: one transaction, two signing sessions (one per input, each
+    // its own digest and presignature), two signatures.
+    let entries = log_entries(&mut fc.auditor.clone()).await;
+    let sessions: Vec<_> = entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            EntryBody::SigningSession {
+                withdrawal_id,
+                presignature_id,
+                message_digest,
+                ..
+            } if *withdrawal_id == w.id => Some((presignature_id.clone(), *message_digest)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_ne!(sessions[0].0, sessions[1].0, "one presignature per input");
+    assert_ne!(sessions[0].1, sessions[1].1, "one digest per input");
+    let prepared = entries
+        .iter()
+        .filter(|e| matches!(&e.body, EntryBody::TransactionPrepared { withdrawal_id, .. } if *withdrawal_id == w.id))
+        .count();
+    assert_eq!(prepared, 1);
+    // The confirmation is logged too (in the next checkpoint).
+    let started = Instant::now();
+    loop {
+        let entries = log_entries(&mut fc.auditor.clone()).await;
+        let confirmed = entries.iter().any(|e| {
+            matches!(&e.body, EntryBody::Confirmed { withdrawal_id, txid, .. } if *withdrawal_id == w.id && *txid == w.tx_hash)
+        });
+        if confirmed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no Confirmed entry for {}",
+            w.tx_hash
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A rogue coordinator (the coordinator's own credentials) asks every signer
+/// to sign PSBTs that differ from an approved withdrawal: an extra output, a
+/// fee above the cap, another amount, another input index. Each is refused
+/// by every signer, naming what is wrong.
+async fn signers_refuse_a_psbt_that_differs_from_the_approval(
+    fc: &FlowCluster,
+    wallet_address: &str,
+) {
+    use custos_policy::{Amount, Withdrawal as PW, intent_digest};
+    use custos_proto::signer::WithdrawalAuthorization;
+
+    let layout = fc.tc.cluster.layout().clone();
+    let signers = coordinator_signer_clients(&layout).await;
+    let p = layout.policy.as_ref().unwrap();
+    let document = std::fs::read(&p.document).unwrap();
+    let signatures = std::fs::read(&p.signatures).unwrap();
+    let key = fc
+        .tc
+        .client
+        .clone()
+        .get_key(GetKeyRequest {
+            key_id: "ltc-rogue".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let wallet = parse_address(NETWORK, wallet_address).unwrap();
+    let mut w = PW {
+        id: "rogue-ltc".into(),
+        wallet: "ltc-rogue".into(),
+        chain: CHAIN.into(),
+        asset: "LTC".into(),
+        destination: payee().text,
+        amount: Amount(u128::from(LTC / 10)),
+        fee_cap: Amount(u128::from(FEE_CAP)),
+        initiator: "payments-backend".into(),
+        tx_digest: String::new(),
+    };
+    w.tx_digest = hex::encode(intent_digest(&w));
+    let coins = utxo::testing::coins(&wallet.script_pubkey, &[LTC / 5, LTC / 5]);
+    let payout = |amount: u64| Payout {
+        withdrawal_id: w.id.clone(),
+        script_pubkey: payee().script_pubkey,
+        amount,
+        fee_cap: FEE_CAP,
+    };
+    let build = |payouts: &[Payout], rate: u64, coins: &[utxo::Utxo]| {
+        utxo::build_unsigned(&BuildRequest {
+            coins,
+            required: &[],
+            payouts,
+            change_script: &wallet.script_pubkey,
+            fee_rate_sat_per_kvb: rate,
+        })
+        .unwrap()
+        .psbt
+    };
+    let auth = |tx: Vec<u8>, input: u32| WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(&w).unwrap(),
+        unsigned_tx: tx,
+        policy_document: document.clone(),
+        policy_signatures: signatures.clone(),
+        rule_id: "small-ltc-allow".into(),
+        statement_expiry: 0,
+        risk_score: 0,
+        input_index: input,
+        ..Default::default()
+    };
+    let extra = Payout {
+        withdrawal_id: "stolen".into(),
+        script_pubkey: wallet_addr_of_seed(13).script_pubkey,
+        amount: LTC / 20,
+        fee_cap: FEE_CAP,
+    };
+    let cases: Vec<(&str, WithdrawalAuthorization, &str)> = vec![
+        (
+            "extra output",
+            auth(build(&[payout(LTC / 10), extra], 1_000, &coins), 0),
+            "outputs beyond",
+        ),
+        (
+            "fee above the cap",
+            // Built as if the cap were 1 LTC; the approval says 0.001.
+            auth(
+                build(
+                    &[Payout {
+                        fee_cap: LTC,
+                        ..payout(LTC / 10)
+                    }],
+                    5_000_000,
+                    &coins,
+                ),
+                0,
+            ),
+            "fee",
+        ),
+        (
+            "another amount",
+            auth(build(&[payout(LTC / 10 + 1)], 1_000, &coins), 0),
+            "output 0: amount",
+        ),
+        (
+            "an input the transaction does not have",
+            auth(build(&[payout(LTC / 10)], 1_000, &coins[..1]), 1),
+            "input_index 1",
+        ),
+    ];
+    for (what, authorization, why) in cases {
+        let named = refusals_saying(&signers, authorization, &key.key_id, "p-none", why).await;
+        assert_eq!(named, signers.len(), "{what}: every signer names {why:?}");
+    }
+}
+
+fn wallet_addr_of_seed(seed: u8) -> UtxoAddress {
+    let secp = secp256k1::Secp256k1::new();
+    let sk = secp256k1::SecretKey::from_byte_array([seed; 32]).unwrap();
+    let pk = secp256k1::PublicKey::from_secret_key(&secp, &sk).serialize();
+    utxo::wallet_address(NETWORK, &pk).unwrap()
+}
+
+/// Asks every signer directly to sign with `authorization`; each must
+/// refuse. Returns how many refusals say `why`.
+async fn refusals_saying(
+    signers: &[(String, SignerClient)],
+    authorization: custos_proto::signer::WithdrawalAuthorization,
+    key_id: &str,
+    presignature_id: &str,
+    why: &str,
+) -> usize {
+    let mut named = 0;
+    for (node, client) in signers {
+        let err = client
+            .clone()
+            .sign_withdrawal(custos_proto::signer::SignWithdrawalRequest {
+                authorization: Some(authorization.clone()),
+                key_id: key_id.into(),
+                presignature_id: presignature_id.into(),
+            })
+            .await
+            .expect_err(&format!("{node} signed"));
+        if err.message().contains(why) {
+            named += 1;
+        } else {
+            eprintln!("{node}: {}", err.message());
+        }
+    }
+    named
+}
+
+/// The node stops while a withdrawal is being built and signed, and again
+/// while it is broadcast: the withdrawal waits with a note and completes
+/// when the node is back. Then a reorg (`invalidateblock`) takes its block
+/// away before the configured 2 confirmations: the withdrawal stays
+/// `broadcast` (its transaction back in the mempool, sent again) and is
+/// confirmed once mined again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_restart_and_reorg_mid_flow() {
+    let mut node = Litecoind::start().await;
+    let (fc, addresses) = start_ltc(&node, &["ltc-hot"], "confirmations = 2").await;
+    node.pay(&addresses[0], 0.4).await;
+    node.mine(1).await;
+    node.stop().await;
+    let w = create(&fc, "ltc-down", "ltc-hot", LTC / 4).await;
+    let w = wait_until(
+        &fc,
+        &w.id,
+        "a note on the node",
+        Duration::from_secs(60),
+        |w| {
+            w.signer_notes
+                .iter()
+                .any(|n| n.contains("chain litecoin-regtest"))
+        },
+    )
+    .await;
+    assert_eq!(w.state, "signing", "{w:?}");
+    node.launch().await;
+    let w = wait_for(&fc, &w.id, "broadcast").await;
+    let (_, confs) = watched_tx(&node, &w.tx_hash).await;
+    assert_eq!(confs, 0);
+    let blocks = node.mine(1).await;
+    let w = wait_until(
+        &fc,
+        &w.id,
+        "1 of 2 confirmations",
+        Duration::from_secs(60),
+        |w| {
+            w.signer_notes
+                .iter()
+                .any(|n| n.contains("1 of 2 confirmations"))
+        },
+    )
+    .await;
+    node.rpc()
+        .call(None, "invalidateblock", json!([blocks[0]]))
+        .await
+        .unwrap();
+    let (_, confs) = watched_tx(&node, &w.tx_hash).await;
+    assert_eq!(confs, 0, "reorged out");
+    let w = wait_until(
+        &fc,
+        &w.id,
+        "back in the mempool",
+        Duration::from_secs(60),
+        |w| {
+            w.signer_notes
+                .last()
+                .is_some_and(|n| n.contains("in the mempool"))
+        },
+    )
+    .await;
+    assert_eq!(w.state, "broadcast");
+    node.mine(2).await;
+    let w = wait_for(&fc, &w.id, "confirmed").await;
+    let (_, confs) = watched_tx(&node, &w.tx_hash).await;
+    assert!(confs >= 2, "{confs}");
+    fc.tc.cluster.stop().await.unwrap();
+}
