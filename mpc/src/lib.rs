@@ -1,4 +1,5 @@
-//! Transport-agnostic threshold ECDSA (secp256k1) for Custos, over `cggmp21`.
+//! Transport-agnostic threshold ECDSA (secp256k1) for Custos, over `cggmp21`,
+//! behind the signature-scheme seam ([`scheme::SignatureScheme`]).
 //!
 //! Services own the network; this crate owns the protocol. A session is a
 //! [`SessionIo`]: a stream of authenticated inbound frames and a sink of
@@ -21,6 +22,7 @@ mod error;
 pub mod fixture;
 pub mod primes;
 pub mod protocol;
+pub mod scheme;
 pub mod session;
 pub mod sim;
 pub mod wire;
@@ -31,4 +33,5 @@ pub use error::MpcError;
 pub use protocol::{
     AuxInfo, IncompleteKeyShare, KeyShare, PartialSignature, Presignature, Primes, Signature,
 };
+pub use scheme::{Cggmp21Ecdsa, SchemeId, SignatureScheme};
 pub use session::{Inbound, Outbound, SessionIo};

@@ -181,6 +181,20 @@ pub fn combine(
     Ok(Signature::from_crate(sig))
 }
 
+/// Verifies an ECDSA signature (`r || s`) over `digest` under `public_key`.
+pub fn verify(
+    public_key: &[u8; 33],
+    digest: &[u8; 32],
+    signature: &Signature,
+) -> Result<(), MpcError> {
+    let pk = Point::<Secp256k1>::from_bytes(public_key)
+        .map_err(|_| MpcError::InvalidInput("public key is not a secp256k1 point".into()))?;
+    let sig = cggmp21::Signature::<Secp256k1>::read_from_slice(&signature.to_bytes())
+        .ok_or(MpcError::InvalidSignature)?;
+    sig.verify(&pk, &data_to_sign(digest))
+        .map_err(|_| MpcError::InvalidSignature)
+}
+
 /// The presignature's public nonce point `R`, compressed: not secret, lets
 /// the coordinator check all partials came from the same presignature.
 pub fn presignature_nonce(presignature: &Presignature) -> [u8; 33] {

@@ -13,6 +13,7 @@ use rand_core::{OsRng, RngCore};
 use crate::eid::{ExecutionId, SessionKind};
 use crate::error::MpcError;
 use crate::protocol::{self, AuxInfo, KeyShare, Presignature, Primes, Signature};
+use crate::scheme::{Cggmp21Ecdsa, SignatureScheme};
 use crate::session::{Inbound, Outbound, SessionIo};
 
 /// Rewrites a frame in flight: `(from, to, frame bytes)`.
@@ -101,19 +102,7 @@ pub async fn aux_info(
 
 /// Threshold keygen over existing aux info, completing the shares.
 pub async fn keygen(threshold: u16, aux: &[AuxInfo]) -> Result<Vec<KeyShare>, MpcError> {
-    let n =
-        u16::try_from(aux.len()).map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
-    let (ios, router) = connect(n, random_eid(SessionKind::Keygen), None);
-    let futs = ios
-        .into_iter()
-        .map(|io| protocol::run_keygen(io, threshold))
-        .collect();
-    let incomplete = run_parties(futs, router).await?;
-    incomplete
-        .into_iter()
-        .zip(aux.iter().cloned())
-        .map(|(i, a)| protocol::complete_key_share(i, a))
-        .collect()
+    keygen_with::<Cggmp21Ecdsa>(threshold, aux.to_vec(), None).await
 }
 
 /// Presignatures for the signers at keygen indices `signers`.
@@ -122,17 +111,7 @@ pub async fn presign(
     signers: &[u16],
     tamper: Option<Tamper>,
 ) -> Result<Vec<Presignature>, MpcError> {
-    let t = u16::try_from(signers.len())
-        .map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
-    let (ios, router) = connect(t, random_eid(SessionKind::Presign), tamper);
-    let mut futs = Vec::new();
-    for (io, k) in ios.into_iter().zip(signers) {
-        let share = shares
-            .get(usize::from(*k))
-            .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
-        futs.push(protocol::run_presign(io, share, signers));
-    }
-    run_parties(futs, router).await
+    precompute_with::<Cggmp21Ecdsa>(shares, signers, tamper).await
 }
 
 /// Interactive signing by the signers at keygen indices `signers`.
@@ -156,4 +135,68 @@ pub async fn sign(
     sigs.into_iter()
         .next()
         .ok_or(MpcError::InvalidInput("no signers".into()))
+}
+
+/// Key generation of any scheme behind the seam, one setup per party
+/// (ECDSA: each party's aux info; FROST: `()`).
+pub async fn keygen_with<S: SignatureScheme>(
+    threshold: u16,
+    setups: Vec<S::KeygenSetup>,
+    tamper: Option<Tamper>,
+) -> Result<Vec<S::KeyShare>, MpcError> {
+    let n = u16::try_from(setups.len())
+        .map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+    let (ios, router) = connect(n, random_eid(SessionKind::Keygen), tamper);
+    let futs = ios
+        .into_iter()
+        .zip(setups)
+        .map(|(io, setup)| S::keygen(io, threshold, setup))
+        .collect();
+    run_parties(futs, router).await
+}
+
+/// Precomputation (presignatures, FROST nonces) of any scheme among the
+/// signers at keygen indices `signers`; `shares[k]` is party `k`'s share.
+pub async fn precompute_with<S: SignatureScheme>(
+    shares: &[S::KeyShare],
+    signers: &[u16],
+    tamper: Option<Tamper>,
+) -> Result<Vec<S::Presignature>, MpcError> {
+    let t = u16::try_from(signers.len())
+        .map_err(|_| MpcError::InvalidInput("too many signers".into()))?;
+    let (ios, router) = connect(t, random_eid(SessionKind::Presign), tamper);
+    let mut futs = Vec::new();
+    for (io, k) in ios.into_iter().zip(signers) {
+        let share = shares
+            .get(usize::from(*k))
+            .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
+        futs.push(S::precompute(io, share, signers));
+    }
+    run_parties(futs, router).await
+}
+
+/// Precomputes, signs `message` with the signers at keygen indices
+/// `signers` and combines: the whole signing path of any scheme.
+pub async fn sign_with<S: SignatureScheme>(
+    shares: &[S::KeyShare],
+    signers: &[u16],
+    message: &[u8],
+) -> Result<S::Signature, MpcError> {
+    let presignatures = precompute_with::<S>(shares, signers, None).await?;
+    let public = presignatures
+        .first()
+        .map(S::presignature_public)
+        .ok_or_else(|| MpcError::InvalidInput("no signers".into()))?;
+    let mut partials = Vec::new();
+    for (pre, k) in presignatures.into_iter().zip(signers) {
+        let share = shares
+            .get(usize::from(*k))
+            .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
+        partials.push(S::partial_sign(pre, share, message)?);
+    }
+    let key = shares
+        .first()
+        .map(S::public_key)
+        .ok_or_else(|| MpcError::InvalidInput("no shares".into()))?;
+    S::combine(&key, &public, message, &partials)
 }
