@@ -27,6 +27,13 @@ pub enum MpcError {
     /// Combined partial signatures do not verify under the public key.
     #[error("combined signature does not verify: a partial signature was invalid")]
     InvalidSignature,
+    /// Signature shares that do not verify against their signers' verifying
+    /// shares (FROST cheater detection): no signature was produced.
+    #[error("invalid signature share from party {parties:?} (keygen indices)")]
+    InvalidSignatureShare {
+        /// Keygen indices of the signers whose shares are bad.
+        parties: Vec<u16>,
+    },
     /// The session's owner cancelled it (timeout, caller gone); the protocol
     /// work stopped at a stage boundary.
     #[error("session cancelled")]

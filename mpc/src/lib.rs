@@ -1,5 +1,6 @@
-//! Transport-agnostic threshold ECDSA (secp256k1) for Custos, over `cggmp21`,
-//! behind the signature-scheme seam ([`scheme::SignatureScheme`]).
+//! Transport-agnostic threshold signing for Custos: ECDSA (secp256k1) over
+//! `cggmp21`, and Schnorr over FROST ([`frost`]: BIP340/taproot and Ed25519),
+//! both behind one seam ([`scheme::SignatureScheme`]).
 //!
 //! Services own the network; this crate owns the protocol. A session is a
 //! [`SessionIo`]: a stream of authenticated inbound frames and a sink of
@@ -20,6 +21,7 @@ pub mod cancel;
 pub mod eid;
 mod error;
 pub mod fixture;
+pub mod frost;
 pub mod primes;
 pub mod protocol;
 pub mod scheme;

@@ -12,6 +12,7 @@ use rand_core::{OsRng, RngCore};
 
 use crate::eid::{ExecutionId, SessionKind};
 use crate::error::MpcError;
+use crate::frost::{self, FrostKeyShare, FrostPublicKey, FrostSuite};
 use crate::protocol::{self, AuxInfo, KeyShare, Presignature, Primes, Signature};
 use crate::scheme::{Cggmp21Ecdsa, SignatureScheme};
 use crate::session::{Inbound, Outbound, SessionIo};
@@ -199,4 +200,65 @@ pub async fn sign_with<S: SignatureScheme>(
         .map(S::public_key)
         .ok_or_else(|| MpcError::InvalidInput("no shares".into()))?;
     S::combine(&key, &public, message, &partials)
+}
+
+/// FROST share refresh among the parties at keygen indices `parties`
+/// (`shares[k]` is party `k`'s share); returns their new shares in that order.
+pub async fn frost_refresh<C: FrostSuite>(
+    shares: &[FrostKeyShare<C>],
+    parties: &[u16],
+    tamper: Option<Tamper>,
+) -> Result<Vec<FrostKeyShare<C>>, MpcError> {
+    let n = u16::try_from(parties.len())
+        .map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+    let (ios, router) = connect(n, random_eid(SessionKind::Keygen), tamper);
+    let mut futs = Vec::new();
+    for (io, k) in ios.into_iter().zip(parties) {
+        let share = shares
+            .get(usize::from(*k))
+            .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
+        futs.push(frost::run_refresh(io, share, parties));
+    }
+    run_parties(futs, router).await
+}
+
+/// FROST repair of party `lost`'s share by the helpers (keygen indices;
+/// `shares[k]` is party `k`'s share), against the key's public record.
+pub async fn frost_repair<C: FrostSuite>(
+    shares: &[FrostKeyShare<C>],
+    helpers: &[u16],
+    lost: u16,
+    public: &FrostPublicKey<C>,
+    tamper: Option<Tamper>,
+) -> Result<FrostKeyShare<C>, MpcError> {
+    let n = u16::try_from(helpers.len() + 1)
+        .map_err(|_| MpcError::InvalidInput("too many parties".into()))?;
+    let (ios, router) = connect(n, random_eid(SessionKind::Keygen), tamper);
+    type Fut<'a, C> =
+        std::pin::Pin<Box<dyn Future<Output = Result<Option<FrostKeyShare<C>>, MpcError>> + 'a>>;
+    let mut futs: Vec<Fut<'_, C>> = Vec::new();
+    for (pos, io) in ios.into_iter().enumerate() {
+        match helpers.get(pos) {
+            Some(k) => {
+                let share = shares
+                    .get(usize::from(*k))
+                    .ok_or_else(|| MpcError::InvalidInput(format!("no share {k}")))?;
+                futs.push(Box::pin(async move {
+                    frost::run_repair_help(io, share, helpers, lost)
+                        .await
+                        .map(|()| None)
+                }));
+            }
+            None => futs.push(Box::pin(async move {
+                frost::run_repair_recover(io, public, helpers, lost)
+                    .await
+                    .map(Some)
+            })),
+        }
+    }
+    let out = run_parties(futs, router).await?;
+    out.into_iter()
+        .flatten()
+        .next()
+        .ok_or_else(|| MpcError::InvalidState("the lost party returned no share".into()))
 }
