@@ -1,4 +1,6 @@
-//! Bitcoin-format (UTXO) chains: Bitcoin and Litecoin, P2WPKH wallets.
+//! Bitcoin-format (UTXO) chains: Bitcoin and Litecoin, P2WPKH wallets
+//! (threshold ECDSA); P2TR key-path spends for threshold Schnorr wallets are
+//! in [`taproot`].
 //!
 //! # Formats
 //!
@@ -33,6 +35,7 @@ pub mod finalize;
 pub mod network;
 #[cfg(feature = "rpc")]
 pub mod rpc;
+pub mod taproot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

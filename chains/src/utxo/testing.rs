@@ -49,3 +49,21 @@ pub fn coins(script: &ScriptBuf, values: &[u64]) -> Vec<Utxo> {
         })
         .collect()
 }
+
+/// Signatures of a local key over every input digest of a checked
+/// transaction (`r || s`, as the threshold signers return them), standing
+/// in for the cluster where a test needs a P2WPKH spend.
+pub fn sign_locally(
+    key: &k256::ecdsa::SigningKey,
+    checked: &crate::utxo::check::CheckedUtxoTx,
+) -> Vec<[u8; 64]> {
+    use k256::ecdsa::signature::hazmat::PrehashSigner;
+    checked
+        .digests
+        .iter()
+        .filter_map(|d| {
+            let s: Option<k256::ecdsa::Signature> = key.sign_prehash(d).ok();
+            s.map(|s| s.to_bytes().into())
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod anvil;
+pub mod frost;
 pub mod litecoind;
 
 use std::time::Duration;
