@@ -145,3 +145,17 @@ impl AuxFixture {
         Ok(aux)
     }
 }
+
+/// The checked-in aux info of an `n`-party group
+/// (`mpc/tests/fixtures/aux-info-<n>.json`, made from the public test
+/// primes), checked, in party order: for this crate's tests and benchmarks,
+/// whose subject is not the ceremony.
+pub fn checked_in_aux(n: usize) -> Result<Vec<AuxInfo>, MpcError> {
+    let path = format!(
+        "{}/tests/fixtures/aux-info-{n}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&path)
+        .map_err(|e| MpcError::InvalidInput(format!("aux-info fixture {path}: {e}")))?;
+    Ok(AuxFixture::parse(&bytes)?.parties)
+}

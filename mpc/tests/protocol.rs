@@ -54,14 +54,7 @@ fn aux(n: usize) -> Vec<AuxInfo> {
 /// The checked-in aux info that a ceremony over the test primes made
 /// (`tests/aux_fixture.rs`), for tests whose subject is not the ceremony.
 fn fixture_aux(n: usize) -> Vec<AuxInfo> {
-    let bytes = std::fs::read(format!(
-        "{}/tests/fixtures/aux-info-{n}.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    custos_mpc::fixture::AuxFixture::parse(&bytes)
-        .unwrap()
-        .parties
+    custos_mpc::fixture::checked_in_aux(n).unwrap()
 }
 
 fn presign_and_sign(shares: &[KeyShare], signers: &[u16]) {

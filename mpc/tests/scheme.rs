@@ -12,14 +12,7 @@ fn block_on<T>(f: impl Future<Output = T>) -> T {
 }
 
 fn fixture_aux(n: usize) -> Vec<AuxInfo> {
-    let bytes = std::fs::read(format!(
-        "{}/tests/fixtures/aux-info-{n}.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    custos_mpc::fixture::AuxFixture::parse(&bytes)
-        .unwrap()
-        .parties
+    custos_mpc::fixture::checked_in_aux(n).unwrap()
 }
 
 #[test]
