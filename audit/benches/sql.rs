@@ -18,7 +18,7 @@ use std::time::Instant;
 use custos_audit::entry::EntryBody;
 use custos_audit::testing::TestSigner;
 use custos_audit::{Log, SqlStore, leaf_hash};
-use custos_service::db::{Db, testdb};
+use custos_db::{Db, testdb};
 
 fn body(i: u64) -> EntryBody {
     EntryBody::SignatureProduced {

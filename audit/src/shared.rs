@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use custos_service::db::Db;
+use custos_db::Db;
 use tokio::sync::Mutex;
 
 use crate::bundle::ExportBundle;

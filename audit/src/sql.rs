@@ -9,7 +9,7 @@
 //! audit_checkpoints(size BIGINT PRIMARY KEY, note TEXT)
 //! ```
 //!
-//! The store follows the shared convention of [`custos_service::db`]: one
+//! The store follows the shared convention of [`custos_db`]: one
 //! `sqlx::Any` pool, `$n` placeholders on both backends. It is not the
 //! authority on integrity: anyone with write access to these tables can alter
 //! them, and the signed, witnessed checkpoints are what expose that.
@@ -22,7 +22,7 @@
 //! [`tokio::task::spawn_blocking`] (which is what [`crate::SharedLog`] does).
 //! Calling it from inside an async task makes tokio panic.
 
-use custos_service::db::{Backend, Db, is_unique_violation};
+use custos_db::{Backend, Db, is_unique_violation};
 use sqlx::{Any, AssertSqlSafe, Transaction};
 use tokio::runtime::Handle;
 

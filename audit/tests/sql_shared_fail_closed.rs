@@ -13,7 +13,7 @@ use custos_audit::testing::{
     ORIGIN, T0, TestSigner, sample_genesis, sample_withdrawal, trust, witness,
 };
 use custos_audit::{AuditError, RequireSatisfiedDecision, SharedLog, verify_bundle};
-use custos_service::db::{Backend, Db};
+use custos_db::{Backend, Db};
 use sql_support::{Kind, fresh};
 
 fn body(n: u64) -> EntryBody {

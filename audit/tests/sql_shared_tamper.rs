@@ -68,7 +68,7 @@ async fn reopen(t: &TestDb) -> SharedLog {
 
 /// Re-derives every tree node from the stored entries and writes them back,
 /// as an operator covering up an edit would.
-async fn rehash_tree(raw: &custos_service::db::Db) {
+async fn rehash_tree(raw: &custos_db::Db) {
     let mut level: Vec<[u8; 32]> = sql_support::all_entries(raw)
         .await
         .iter()

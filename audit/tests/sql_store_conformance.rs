@@ -162,7 +162,7 @@ fn sqlite_pool_without_full_sync_is_refused() {
     let rt = runtime();
     let t = rt.block_on(fresh(Kind::Sqlite, "nosync"));
     let one = rt.block_on(async {
-        let db = custos_service::db::Db::connect(&t.url, 1).await.unwrap();
+        let db = custos_db::Db::connect(&t.url, 1).await.unwrap();
         sqlx::query("PRAGMA synchronous = NORMAL")
             .execute(&db.pool)
             .await

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use custos_service::db::Db;
+use custos_db::Db;
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;

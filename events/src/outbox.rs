@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use custos_service::db::{Backend, Db};
+use custos_db::{Backend, Db};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, AssertSqlSafe};
 

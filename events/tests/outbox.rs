@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
+use custos_db::Db;
+use custos_db::testdb::{fresh_pg, fresh_sqlite};
 use custos_events::{
     DeliveryState, DestinationPolicy, Dispatcher, DispatcherConfig, Event, EventsError, NatsConfig,
     NatsSink, RetryPolicy, create_schema, dead_letters, delivery_state, enqueue, redrive,
     register_webhook, sign_webhook, verify_webhook,
 };
-use custos_service::db::Db;
-use custos_service::db::testdb::{fresh_pg, fresh_sqlite};
 
 async fn sqlite(dir: &tempfile::TempDir) -> Db {
     let db = fresh_sqlite(dir.path(), "events").await.unwrap();

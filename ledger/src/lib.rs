@@ -33,7 +33,7 @@ mod reconcile;
 
 use std::fmt;
 
-use custos_service::db::{Backend, Db};
+use custos_db::{Backend, Db};
 use serde::{Deserialize, Serialize};
 
 pub use ops::{deposit, release, reserve, set_overdraft_limit, settle};

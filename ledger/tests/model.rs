@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 
+use custos_db::Db;
+use custos_db::testdb::{fresh_pg, fresh_sqlite};
 use custos_ledger::{
     AccountKind, LedgerError, balances, check_invariants, create_schema, deposit, release, reserve,
     set_overdraft_limit, settle,
 };
-use custos_service::db::Db;
-use custos_service::db::testdb::{fresh_pg, fresh_sqlite};
 use proptest::prelude::*;
 
 const WALLETS: [&str; 2] = ["w0", "w1"];

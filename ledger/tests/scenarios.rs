@@ -2,13 +2,13 @@
 //! Ledger scenarios, each run on SQLite and on PostgreSQL (which must be
 //! reachable: `scripts/ensure-services.sh`; the PostgreSQL tests fail, never skip).
 
+use custos_db::Db;
+use custos_db::testdb::{fresh_pg, fresh_sqlite};
 use custos_ledger::{
     AccountKind, Difference, EntryKind, LedgerError, OnchainBalance, Violation, balance, balances,
     check_invariants, create_schema, deposit, journal, reconcile, release, reserve,
     set_overdraft_limit, settle, wallet_balances,
 };
-use custos_service::db::Db;
-use custos_service::db::testdb::{fresh_pg, fresh_sqlite};
 use sqlx::Connection;
 
 async fn sqlite(dir: &tempfile::TempDir) -> Db {

@@ -1,14 +1,18 @@
 //! Plumbing shared by the Custos daemons: one typed config from a TOML file
 //! plus `CUSTOS_*` environment overrides, TLS file loading, logging setup,
-//! and the health/metrics HTTP endpoint.
+//! the health/metrics HTTP endpoint, and the database layer (re-exported
+//! from `custos-db`).
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod daemon;
-pub mod db;
 pub mod http;
 pub mod tls;
+
+/// The database layer (`custos-db`), re-exported so the daemons reach it
+/// with their other plumbing; libraries depend on `custos-db` directly.
+pub use custos_db as db;
 
 /// Exit code for a bad configuration (sysexits `EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;

@@ -2,7 +2,7 @@
 //! access "behind the log's back" through a second, independent pool.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use custos_service::db::{Db, testdb};
+use custos_db::{Db, testdb};
 
 /// Which backend a test runs on.
 #[derive(Clone, Copy, Debug)]

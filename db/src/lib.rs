@@ -1,10 +1,17 @@
 //! One database convention for every Custos store: `sqlx::Any` over SQLite
 //! (the embedded default) or PostgreSQL (production), with portable SQL.
 //!
+//! The stores (`custos-ledger`, `custos-events`, `custos-audit`'s SQL store,
+//! the coordinator's tables) depend on this crate alone for their database,
+//! so they carry no daemon plumbing; the daemons reach it as
+//! `custos_service::db`.
+//!
 //! Rules for SQL written against [`Db`]: `$1, $2, ...` placeholders (SQLite
 //! accepts them too), `BIGINT`/`TEXT` columns, bytes as `BLOB` on SQLite and
 //! `BYTEA` on PostgreSQL (use [`Backend::blob`] in DDL), booleans as `BIGINT`
 //! 0/1, timestamps as `BIGINT` milliseconds since the Unix epoch.
+
+#![deny(missing_docs)]
 
 use std::str::FromStr;
 use std::time::Duration;
