@@ -29,6 +29,7 @@
 
 use crate::AuditError;
 use crate::hash::Hash;
+pub use crate::status::WithdrawalStatus;
 
 /// Version of the entry envelope.
 pub const FORMAT_VERSION: u8 = 1;
@@ -87,27 +88,6 @@ pub enum Verdict {
     Approve,
     /// Rejects it (one explicit reject denies the withdrawal).
     Reject,
-}
-
-/// Withdrawal lifecycle states (tags 1..=15 in declaration order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)] // the names are the lifecycle in docs/ARCHITECTURE.md
-pub enum WithdrawalStatus {
-    Requested,
-    RiskScored,
-    PolicyEvaluated,
-    Blocked,
-    AwaitingApprovals,
-    Approved,
-    TimeLocked,
-    Signing,
-    Signed,
-    Broadcast,
-    Confirmed,
-    Rejected,
-    Cancelled,
-    Expired,
-    Failed,
 }
 
 /// Cluster membership change. Tags: `Joined` = 1, `Left` = 2, `KeyRotated` = 3.
@@ -546,7 +526,7 @@ impl Entry {
                 reason,
             } => {
                 w.str(withdrawal_id)?;
-                w.u8(status_tag(*status));
+                w.u8(status.tag());
                 w.str(reason)?;
             }
             EntryBody::SigningSession {
@@ -742,7 +722,7 @@ impl Entry {
                 withdrawal_id: r.str()?,
                 status: {
                     let t = r.u8()?;
-                    status_from_tag(t)
+                    WithdrawalStatus::from_tag(t)
                         .ok_or_else(|| malformed(format!("unknown withdrawal status {t}")))?
                 },
                 reason: r.str()?,
@@ -811,35 +791,6 @@ impl Entry {
             body,
         })
     }
-}
-
-const STATUSES: [WithdrawalStatus; 15] = [
-    WithdrawalStatus::Requested,
-    WithdrawalStatus::RiskScored,
-    WithdrawalStatus::PolicyEvaluated,
-    WithdrawalStatus::Blocked,
-    WithdrawalStatus::AwaitingApprovals,
-    WithdrawalStatus::Approved,
-    WithdrawalStatus::TimeLocked,
-    WithdrawalStatus::Signing,
-    WithdrawalStatus::Signed,
-    WithdrawalStatus::Broadcast,
-    WithdrawalStatus::Confirmed,
-    WithdrawalStatus::Rejected,
-    WithdrawalStatus::Cancelled,
-    WithdrawalStatus::Expired,
-    WithdrawalStatus::Failed,
-];
-
-fn status_tag(s: WithdrawalStatus) -> u8 {
-    STATUSES
-        .iter()
-        .position(|x| *x == s)
-        .map_or(0, |i| i as u8 + 1)
-}
-
-fn status_from_tag(t: u8) -> Option<WithdrawalStatus> {
-    STATUSES.get(usize::from(t).checked_sub(1)?).copied()
 }
 
 fn malformed(msg: String) -> AuditError {

@@ -14,6 +14,8 @@
 //!   interior node in the store so proofs cost O(log n) lookups, signs
 //!   checkpoints through a [`LogSigner`] and exports bundles.
 //! - [`entry`]: the typed, versioned canonical entry encoding (format below).
+//! - [`WithdrawalStatus`]: the withdrawal lifecycle's states, the one list
+//!   the coordinator runs and the log records.
 //! - [`note`]: C2SP signed notes, checkpoints, verifier keys, cosignatures.
 //! - [`witness`]: the witness state machine that signer nodes run.
 //! - [`signer`]: the [`LogSigner`] trait that key backends (`custos-hsm`)
@@ -45,6 +47,7 @@ pub mod shared;
 pub mod signer;
 #[cfg(feature = "sql")]
 pub mod sql;
+mod status;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -63,5 +66,6 @@ pub use shared::SharedLog;
 pub use signer::{LogSigner, SignatureAlgorithm};
 #[cfg(feature = "sql")]
 pub use sql::SqlStore;
+pub use status::WithdrawalStatus;
 pub use store::{LogStore, MemoryStore};
 pub use witness::Witness;
