@@ -12,6 +12,7 @@
 //! hash32    = 32 bytes
 //! list<T>   = count:u32 T*                 (count <= 4096)
 //! option<T> = 0x00 | 0x01 T
+//! bool      = 0x00 | 0x01
 //! amount    = str of decimal digits, no sign, no leading zero except "0"
 //! enum      = u8 tag (values listed on each type)
 //! ```
@@ -23,6 +24,14 @@
 //! format, kind or kind version, invalid UTF-8, out-of-range tags, booleans
 //! other than 0/1, oversize fields and trailing bytes are all rejected, so
 //! every accepted encoding is the unique encoding of its value.
+//!
+//! One table defines the format: the `entry_bodies!` invocation below lists
+//! each kind with its tag, name and fields, and generates the enum, the
+//! encoder and the decoder from it, each field through the one `Field`
+//! implementation of its type (or the codec named after `as`). The encoder
+//! and the decoder therefore cannot disagree on a field's order or form;
+//! `tests/entry_vectors.rs` pins every kind against independently computed
+//! bytes.
 //!
 //! A new field or meaning is a new `kind_version` for that kind; old versions
 //! stay decodable so old logs still verify.
@@ -57,13 +66,68 @@ pub struct AdminSignature {
     pub signature: Vec<u8>,
 }
 
-/// Address-book change. Tags: `Added` = 1, `Removed` = 2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddressBookAction {
-    /// Address added (subject to its cooling period).
-    Added,
-    /// Address removed.
-    Removed,
+/// Defines a field-less enum whose values are `u8` tags in entries, and its
+/// [`Field`] encoding (an unknown tag is refused naming `$what`).
+macro_rules! tagged_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $tag:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl Field for $name {
+            fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+                w.u8(match self {
+                    $( Self::$variant => $tag, )+
+                });
+                Ok(())
+            }
+            fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+                match r.u8()? {
+                    $( $tag => Ok(Self::$variant), )+
+                    t => Err(malformed(format!(concat!("unknown ", $what, " {}"), t))),
+                }
+            }
+        }
+    };
+}
+
+tagged_enum! {
+    /// Address-book change. Tags: `Added` = 1, `Removed` = 2.
+    pub enum AddressBookAction ("address-book action") {
+        /// Address added (subject to its cooling period).
+        Added = 1,
+        /// Address removed.
+        Removed = 2,
+    }
+}
+
+tagged_enum! {
+    /// Approver verdict. Tags: `Approve` = 1, `Reject` = 2.
+    pub enum Verdict ("verdict") {
+        /// Approves the statement.
+        Approve = 1,
+        /// Rejects it (one explicit reject denies the withdrawal).
+        Reject = 2,
+    }
+}
+
+tagged_enum! {
+    /// Cluster membership change. Tags: `Joined` = 1, `Left` = 2, `KeyRotated` = 3.
+    pub enum MembershipAction ("membership action") {
+        /// A node joined.
+        Joined = 1,
+        /// A node left or was removed.
+        Left = 2,
+        /// A node's identity key changed.
+        KeyRotated = 3,
+    }
 }
 
 /// Policy outcome. Tags: `Allow` = 1, `RequireApprovals` = 2 (followed by
@@ -81,32 +145,86 @@ pub enum DecisionOutcome {
     Deny,
 }
 
-/// Approver verdict. Tags: `Approve` = 1, `Reject` = 2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Approves the statement.
-    Approve,
-    /// Rejects it (one explicit reject denies the withdrawal).
-    Reject,
+/// Defines [`EntryBody`] from one table, and with it `kind`, `kind_name`
+/// and the body's encoder and decoder: each field is written and read, in
+/// declaration order, by the [`Codec`] after its type (`as C`), or by its
+/// type's own [`Field`] encoding.
+macro_rules! entry_bodies {
+    (
+        $(
+            $(#[$vmeta:meta])*
+            $variant:ident = $kind:literal, $kind_name:literal {
+                $( $(#[$fmeta:meta])* $field:ident : $ty:ty $(as $codec:ty)? ),* $(,)?
+            }
+        ),+ $(,)?
+    ) => {
+        /// The event an entry records.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum EntryBody {
+            $(
+                $(#[$vmeta])*
+                $variant {
+                    $( $(#[$fmeta])* $field: $ty, )*
+                },
+            )+
+        }
+
+        impl EntryBody {
+            /// The `kind` tag.
+            pub fn kind(&self) -> u16 {
+                match self {
+                    $( Self::$variant { .. } => $kind, )+
+                }
+            }
+
+            /// A short name for reports.
+            pub fn kind_name(&self) -> &'static str {
+                match self {
+                    $( Self::$variant { .. } => $kind_name, )+
+                }
+            }
+
+            /// Writes the body's fields in declaration order.
+            fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+                match self {
+                    $(
+                        Self::$variant { $($field),* } => {
+                            $( <codec!($($codec)?) as Codec<$ty>>::put($field, w)?; )*
+                        }
+                    )+
+                }
+                Ok(())
+            }
+
+            /// Reads the fields of kind `kind` in declaration order.
+            fn get(kind: u16, r: &mut Reader<'_>) -> Result<Self, AuditError> {
+                Ok(match kind {
+                    $(
+                        $kind => Self::$variant {
+                            $( $field: <codec!($($codec)?) as Codec<$ty>>::get(r)?, )*
+                        },
+                    )+
+                    k => return Err(malformed(format!("unknown entry kind {k}"))),
+                })
+            }
+        }
+    };
 }
 
-/// Cluster membership change. Tags: `Joined` = 1, `Left` = 2, `KeyRotated` = 3.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MembershipAction {
-    /// A node joined.
-    Joined,
-    /// A node left or was removed.
-    Left,
-    /// A node's identity key changed.
-    KeyRotated,
+/// The codec of a field: the one named, else [`Plain`] (the type's own).
+macro_rules! codec {
+    () => {
+        Plain
+    };
+    ($codec:ty) => {
+        $codec
+    };
 }
 
-/// The event an entry records.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EntryBody {
+entry_bodies! {
     /// kind 1: a wallet key was generated.
-    KeyCreated {
+    KeyCreated = 1, "key_created" {
         /// Key identifier.
         key_id: String,
         /// Signature scheme and curve, e.g. `ecdsa-secp256k1`.
@@ -119,7 +237,7 @@ pub enum EntryBody {
         public_key: Vec<u8>,
     },
     /// kind 2: a policy bundle became active.
-    PolicyActivated {
+    PolicyActivated = 2, "policy_activated" {
         /// Hash of the canonical policy bundle.
         policy_hash: Hash,
         /// Bundle version number.
@@ -128,7 +246,7 @@ pub enum EntryBody {
         admin_signatures: Vec<AdminSignature>,
     },
     /// kind 3: the address book changed.
-    AddressBookChanged {
+    AddressBookChanged = 3, "address_book_changed" {
         /// Chain identifier.
         chain: String,
         /// Address.
@@ -143,7 +261,7 @@ pub enum EntryBody {
         admin_signatures: Vec<AdminSignature>,
     },
     /// kind 4: a withdrawal was requested.
-    WithdrawalRequested {
+    WithdrawalRequested = 4, "withdrawal_requested" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Key that would sign.
@@ -155,14 +273,14 @@ pub enum EntryBody {
         /// Destination address.
         destination: String,
         /// Amount in base units, canonical decimal.
-        amount: String,
+        amount: String as CanonicalAmount,
         /// Digest of the unsigned transaction, when already built.
         tx_digest: Option<Hash>,
         /// Requesting client.
         requested_by: String,
     },
     /// kind 5: a risk score was attached.
-    RiskScored {
+    RiskScored = 5, "risk_scored" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Scoring provider.
@@ -173,7 +291,7 @@ pub enum EntryBody {
         details_hash: Hash,
     },
     /// kind 6: the policy engine decided.
-    PolicyDecision {
+    PolicyDecision = 6, "policy_decision" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Policy bundle the decision was made under.
@@ -186,7 +304,7 @@ pub enum EntryBody {
         explanation_hash: Hash,
     },
     /// kind 7: an approver approved or rejected.
-    Approval {
+    Approval = 7, "approval" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Approver identifier.
@@ -199,7 +317,7 @@ pub enum EntryBody {
         signature: Vec<u8>,
     },
     /// kind 8: a withdrawal was cancelled.
-    Cancelled {
+    Cancelled = 8, "cancelled" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Who cancelled.
@@ -208,7 +326,7 @@ pub enum EntryBody {
         reason: String,
     },
     /// kind 9: any other lifecycle transition.
-    StatusChanged {
+    StatusChanged = 9, "status_changed" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// New status.
@@ -217,7 +335,7 @@ pub enum EntryBody {
         reason: String,
     },
     /// kind 10: a signing session started.
-    SigningSession {
+    SigningSession = 10, "signing_session" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Key used.
@@ -232,7 +350,7 @@ pub enum EntryBody {
         message_digest: Hash,
     },
     /// kind 11: a signature was produced.
-    SignatureProduced {
+    SignatureProduced = 11, "signature_produced" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Key used.
@@ -245,7 +363,7 @@ pub enum EntryBody {
         signature: Vec<u8>,
     },
     /// kind 12: a transaction was broadcast.
-    TransactionBroadcast {
+    TransactionBroadcast = 12, "transaction_broadcast" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Chain identifier.
@@ -254,7 +372,7 @@ pub enum EntryBody {
         txid: String,
     },
     /// kind 13: a transaction was confirmed.
-    Confirmed {
+    Confirmed = 13, "confirmed" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Chain identifier.
@@ -267,7 +385,7 @@ pub enum EntryBody {
         confirmations: u32,
     },
     /// kind 14: cluster membership changed.
-    MembershipChanged {
+    MembershipChanged = 14, "membership_changed" {
         /// Node identifier.
         node_id: String,
         /// What changed.
@@ -277,9 +395,9 @@ pub enum EntryBody {
         /// Admin signatures over the change.
         admin_signatures: Vec<AdminSignature>,
     },
-    /// A key was locked for signing (repeated unexplained signing failures)
-    /// or unlocked by an admin.
-    KeyLockChanged {
+    /// kind 15: a key was locked for signing (repeated unexplained signing
+    /// failures) or unlocked by an admin.
+    KeyLockChanged = 15, "key_lock_changed" {
         /// Key identifier.
         key_id: String,
         /// Locked (`true`) or unlocked.
@@ -291,7 +409,7 @@ pub enum EntryBody {
     },
     /// kind 16: an approver approved or rejected the replacement of a stuck
     /// transaction (a rule with `fee_bumps = "reapprove"`).
-    FeeBumpApproval {
+    FeeBumpApproval = 16, "fee_bump_approval" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Approver identifier.
@@ -306,7 +424,7 @@ pub enum EntryBody {
     /// kind 17: the unsigned chain transaction a signing session is about to
     /// sign (its signing digest is the session's digest), so an auditor can
     /// decode what was signed and compare it with what was approved.
-    TransactionPrepared {
+    TransactionPrepared = 17, "transaction_prepared" {
         /// Withdrawal identifier.
         withdrawal_id: String,
         /// Chain.
@@ -317,52 +435,6 @@ pub enum EntryBody {
 }
 
 impl EntryBody {
-    /// The `kind` tag.
-    pub fn kind(&self) -> u16 {
-        match self {
-            Self::KeyCreated { .. } => 1,
-            Self::PolicyActivated { .. } => 2,
-            Self::AddressBookChanged { .. } => 3,
-            Self::WithdrawalRequested { .. } => 4,
-            Self::RiskScored { .. } => 5,
-            Self::PolicyDecision { .. } => 6,
-            Self::Approval { .. } => 7,
-            Self::Cancelled { .. } => 8,
-            Self::StatusChanged { .. } => 9,
-            Self::SigningSession { .. } => 10,
-            Self::SignatureProduced { .. } => 11,
-            Self::TransactionBroadcast { .. } => 12,
-            Self::Confirmed { .. } => 13,
-            Self::MembershipChanged { .. } => 14,
-            Self::KeyLockChanged { .. } => 15,
-            Self::FeeBumpApproval { .. } => 16,
-            Self::TransactionPrepared { .. } => 17,
-        }
-    }
-
-    /// A short name for reports.
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            Self::KeyCreated { .. } => "key_created",
-            Self::PolicyActivated { .. } => "policy_activated",
-            Self::AddressBookChanged { .. } => "address_book_changed",
-            Self::WithdrawalRequested { .. } => "withdrawal_requested",
-            Self::RiskScored { .. } => "risk_scored",
-            Self::PolicyDecision { .. } => "policy_decision",
-            Self::Approval { .. } => "approval",
-            Self::Cancelled { .. } => "cancelled",
-            Self::StatusChanged { .. } => "status_changed",
-            Self::SigningSession { .. } => "signing_session",
-            Self::SignatureProduced { .. } => "signature_produced",
-            Self::TransactionBroadcast { .. } => "transaction_broadcast",
-            Self::Confirmed { .. } => "confirmed",
-            Self::MembershipChanged { .. } => "membership_changed",
-            Self::KeyLockChanged { .. } => "key_lock_changed",
-            Self::FeeBumpApproval { .. } => "fee_bump_approval",
-            Self::TransactionPrepared { .. } => "transaction_prepared",
-        }
-    }
-
     /// The withdrawal this entry concerns, if any.
     pub fn withdrawal_id(&self) -> Option<&str> {
         match self {
@@ -393,228 +465,7 @@ impl Entry {
         w.u8(KIND_VERSION);
         w.u64(self.index);
         w.u64(self.timestamp_ms);
-        match &self.body {
-            EntryBody::KeyCreated {
-                key_id,
-                scheme,
-                participants,
-                threshold,
-                public_key,
-            } => {
-                w.str(key_id)?;
-                w.str(scheme)?;
-                w.list(participants, |w, p| w.str(p))?;
-                w.u16(*threshold);
-                w.bytes(public_key)?;
-            }
-            EntryBody::PolicyActivated {
-                policy_hash,
-                policy_version,
-                admin_signatures,
-            } => {
-                w.hash(policy_hash);
-                w.u64(*policy_version);
-                w.admin_sigs(admin_signatures)?;
-            }
-            EntryBody::AddressBookChanged {
-                chain,
-                address,
-                label,
-                action,
-                effective_at_ms,
-                admin_signatures,
-            } => {
-                w.str(chain)?;
-                w.str(address)?;
-                w.str(label)?;
-                w.u8(match action {
-                    AddressBookAction::Added => 1,
-                    AddressBookAction::Removed => 2,
-                });
-                w.u64(*effective_at_ms);
-                w.admin_sigs(admin_signatures)?;
-            }
-            EntryBody::WithdrawalRequested {
-                withdrawal_id,
-                key_id,
-                chain,
-                asset,
-                destination,
-                amount,
-                tx_digest,
-                requested_by,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(key_id)?;
-                w.str(chain)?;
-                w.str(asset)?;
-                w.str(destination)?;
-                check_amount(amount)?;
-                w.str(amount)?;
-                w.opt(tx_digest.as_ref(), |w, h| {
-                    w.hash(h);
-                    Ok(())
-                })?;
-                w.str(requested_by)?;
-            }
-            EntryBody::RiskScored {
-                withdrawal_id,
-                provider,
-                score,
-                details_hash,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(provider)?;
-                w.u32(*score);
-                w.hash(details_hash);
-            }
-            EntryBody::PolicyDecision {
-                withdrawal_id,
-                policy_hash,
-                rule_id,
-                outcome,
-                explanation_hash,
-            } => {
-                w.str(withdrawal_id)?;
-                w.hash(policy_hash);
-                w.str(rule_id)?;
-                match outcome {
-                    DecisionOutcome::Allow => w.u8(1),
-                    DecisionOutcome::RequireApprovals { quorum } => {
-                        w.u8(2);
-                        w.u16(*quorum);
-                    }
-                    DecisionOutcome::Deny => w.u8(3),
-                }
-                w.hash(explanation_hash);
-            }
-            EntryBody::Approval {
-                withdrawal_id,
-                approver_id,
-                verdict,
-                statement,
-                signature,
-            }
-            | EntryBody::FeeBumpApproval {
-                withdrawal_id,
-                approver_id,
-                verdict,
-                statement,
-                signature,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(approver_id)?;
-                w.u8(match verdict {
-                    Verdict::Approve => 1,
-                    Verdict::Reject => 2,
-                });
-                w.bytes(statement)?;
-                w.bytes(signature)?;
-            }
-            EntryBody::Cancelled {
-                withdrawal_id,
-                cancelled_by,
-                reason,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(cancelled_by)?;
-                w.str(reason)?;
-            }
-            EntryBody::StatusChanged {
-                withdrawal_id,
-                status,
-                reason,
-            } => {
-                w.str(withdrawal_id)?;
-                w.u8(status.tag());
-                w.str(reason)?;
-            }
-            EntryBody::SigningSession {
-                withdrawal_id,
-                key_id,
-                execution_id,
-                participants,
-                presignature_id,
-                message_digest,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(key_id)?;
-                w.bytes(execution_id)?;
-                w.list(participants, |w, p| w.str(p))?;
-                w.opt(presignature_id.as_ref(), |w, p| w.str(p))?;
-                w.hash(message_digest);
-            }
-            EntryBody::SignatureProduced {
-                withdrawal_id,
-                key_id,
-                execution_id,
-                message_digest,
-                signature,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(key_id)?;
-                w.bytes(execution_id)?;
-                w.hash(message_digest);
-                w.bytes(signature)?;
-            }
-            EntryBody::TransactionBroadcast {
-                withdrawal_id,
-                chain,
-                txid,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(chain)?;
-                w.str(txid)?;
-            }
-            EntryBody::Confirmed {
-                withdrawal_id,
-                chain,
-                txid,
-                block_height,
-                confirmations,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(chain)?;
-                w.str(txid)?;
-                w.u64(*block_height);
-                w.u32(*confirmations);
-            }
-            EntryBody::MembershipChanged {
-                node_id,
-                action,
-                public_key,
-                admin_signatures,
-            } => {
-                w.str(node_id)?;
-                w.u8(match action {
-                    MembershipAction::Joined => 1,
-                    MembershipAction::Left => 2,
-                    MembershipAction::KeyRotated => 3,
-                });
-                w.bytes(public_key)?;
-                w.admin_sigs(admin_signatures)?;
-            }
-            EntryBody::KeyLockChanged {
-                key_id,
-                locked,
-                actor,
-                reason,
-            } => {
-                w.str(key_id)?;
-                w.u8(u8::from(*locked));
-                w.str(actor)?;
-                w.str(reason)?;
-            }
-            EntryBody::TransactionPrepared {
-                withdrawal_id,
-                chain,
-                unsigned_tx,
-            } => {
-                w.str(withdrawal_id)?;
-                w.str(chain)?;
-                w.bytes(unsigned_tx)?;
-            }
-        }
+        self.body.put(&mut w)?;
         Ok(w.0)
     }
 
@@ -634,154 +485,7 @@ impl Entry {
         }
         let index = r.u64()?;
         let timestamp_ms = r.u64()?;
-        let body = match kind {
-            1 => EntryBody::KeyCreated {
-                key_id: r.str()?,
-                scheme: r.str()?,
-                participants: r.list(|r| r.str())?,
-                threshold: r.u16()?,
-                public_key: r.bytes()?,
-            },
-            2 => EntryBody::PolicyActivated {
-                policy_hash: r.hash()?,
-                policy_version: r.u64()?,
-                admin_signatures: r.admin_sigs()?,
-            },
-            3 => EntryBody::AddressBookChanged {
-                chain: r.str()?,
-                address: r.str()?,
-                label: r.str()?,
-                action: match r.u8()? {
-                    1 => AddressBookAction::Added,
-                    2 => AddressBookAction::Removed,
-                    t => return Err(malformed(format!("unknown address-book action {t}"))),
-                },
-                effective_at_ms: r.u64()?,
-                admin_signatures: r.admin_sigs()?,
-            },
-            4 => EntryBody::WithdrawalRequested {
-                withdrawal_id: r.str()?,
-                key_id: r.str()?,
-                chain: r.str()?,
-                asset: r.str()?,
-                destination: r.str()?,
-                amount: {
-                    let a = r.str()?;
-                    check_amount(&a)?;
-                    a
-                },
-                tx_digest: r.opt(|r| r.hash())?,
-                requested_by: r.str()?,
-            },
-            5 => EntryBody::RiskScored {
-                withdrawal_id: r.str()?,
-                provider: r.str()?,
-                score: r.u32()?,
-                details_hash: r.hash()?,
-            },
-            6 => EntryBody::PolicyDecision {
-                withdrawal_id: r.str()?,
-                policy_hash: r.hash()?,
-                rule_id: r.str()?,
-                outcome: match r.u8()? {
-                    1 => DecisionOutcome::Allow,
-                    2 => DecisionOutcome::RequireApprovals { quorum: r.u16()? },
-                    3 => DecisionOutcome::Deny,
-                    t => return Err(malformed(format!("unknown decision outcome {t}"))),
-                },
-                explanation_hash: r.hash()?,
-            },
-            7 => {
-                let (withdrawal_id, approver_id, verdict, statement, signature) =
-                    r.signed_verdict()?;
-                EntryBody::Approval {
-                    withdrawal_id,
-                    approver_id,
-                    verdict,
-                    statement,
-                    signature,
-                }
-            }
-            16 => {
-                let (withdrawal_id, approver_id, verdict, statement, signature) =
-                    r.signed_verdict()?;
-                EntryBody::FeeBumpApproval {
-                    withdrawal_id,
-                    approver_id,
-                    verdict,
-                    statement,
-                    signature,
-                }
-            }
-            8 => EntryBody::Cancelled {
-                withdrawal_id: r.str()?,
-                cancelled_by: r.str()?,
-                reason: r.str()?,
-            },
-            9 => EntryBody::StatusChanged {
-                withdrawal_id: r.str()?,
-                status: {
-                    let t = r.u8()?;
-                    WithdrawalStatus::from_tag(t)
-                        .ok_or_else(|| malformed(format!("unknown withdrawal status {t}")))?
-                },
-                reason: r.str()?,
-            },
-            10 => EntryBody::SigningSession {
-                withdrawal_id: r.str()?,
-                key_id: r.str()?,
-                execution_id: r.bytes()?,
-                participants: r.list(|r| r.str())?,
-                presignature_id: r.opt(|r| r.str())?,
-                message_digest: r.hash()?,
-            },
-            11 => EntryBody::SignatureProduced {
-                withdrawal_id: r.str()?,
-                key_id: r.str()?,
-                execution_id: r.bytes()?,
-                message_digest: r.hash()?,
-                signature: r.bytes()?,
-            },
-            12 => EntryBody::TransactionBroadcast {
-                withdrawal_id: r.str()?,
-                chain: r.str()?,
-                txid: r.str()?,
-            },
-            13 => EntryBody::Confirmed {
-                withdrawal_id: r.str()?,
-                chain: r.str()?,
-                txid: r.str()?,
-                block_height: r.u64()?,
-                confirmations: r.u32()?,
-            },
-            14 => EntryBody::MembershipChanged {
-                node_id: r.str()?,
-                action: match r.u8()? {
-                    1 => MembershipAction::Joined,
-                    2 => MembershipAction::Left,
-                    3 => MembershipAction::KeyRotated,
-                    t => return Err(malformed(format!("unknown membership action {t}"))),
-                },
-                public_key: r.bytes()?,
-                admin_signatures: r.admin_sigs()?,
-            },
-            15 => EntryBody::KeyLockChanged {
-                key_id: r.str()?,
-                locked: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    t => return Err(malformed(format!("key lock flag {t}"))),
-                },
-                actor: r.str()?,
-                reason: r.str()?,
-            },
-            17 => EntryBody::TransactionPrepared {
-                withdrawal_id: r.str()?,
-                chain: r.str()?,
-                unsigned_tx: r.bytes()?,
-            },
-            k => return Err(malformed(format!("unknown entry kind {k}"))),
-        };
+        let body = EntryBody::get(kind, &mut r)?;
         if !r.0.is_empty() {
             return Err(malformed(format!("{} trailing bytes", r.0.len())));
         }
@@ -790,6 +494,220 @@ impl Entry {
             timestamp_ms,
             body,
         })
+    }
+}
+
+/// How a value is written in and read from an entry: the one encoding of
+/// its type (a field's type picks it unless the table names a [`Codec`]).
+trait Field: Sized {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError>;
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError>;
+}
+
+/// An encoding of `T` chosen by name in the table (`field: T as Codec`),
+/// for a field whose values are narrower than its type's.
+trait Codec<T> {
+    fn put(v: &T, w: &mut Writer) -> Result<(), AuditError>;
+    fn get(r: &mut Reader<'_>) -> Result<T, AuditError>;
+}
+
+/// A field encoded as its type: [`Field`].
+struct Plain;
+
+impl<T: Field> Codec<T> for Plain {
+    fn put(v: &T, w: &mut Writer) -> Result<(), AuditError> {
+        v.put(w)
+    }
+    fn get(r: &mut Reader<'_>) -> Result<T, AuditError> {
+        T::get(r)
+    }
+}
+
+/// An amount: a `str` holding a canonical decimal integer (checked both
+/// ways, so a log never holds two spellings of one amount).
+struct CanonicalAmount;
+
+impl Codec<String> for CanonicalAmount {
+    fn put(v: &String, w: &mut Writer) -> Result<(), AuditError> {
+        check_amount(v)?;
+        v.put(w)
+    }
+    fn get(r: &mut Reader<'_>) -> Result<String, AuditError> {
+        let a = String::get(r)?;
+        check_amount(&a)?;
+        Ok(a)
+    }
+}
+
+impl Field for u16 {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.u16(*self);
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        r.u16()
+    }
+}
+
+impl Field for u32 {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.u32(*self);
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        r.u32()
+    }
+}
+
+impl Field for u64 {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.u64(*self);
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        r.u64()
+    }
+}
+
+impl Field for bool {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.u8(u8::from(*self));
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        match r.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            t => Err(malformed(format!("boolean {t} is neither 0 nor 1"))),
+        }
+    }
+}
+
+impl Field for Hash {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.0.extend_from_slice(self);
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        r.array()
+    }
+}
+
+/// `bytes`.
+impl Field for Vec<u8> {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.bytes(self)
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        r.bytes()
+    }
+}
+
+/// `str`.
+impl Field for String {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.bytes(self.as_bytes())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        String::from_utf8(r.bytes()?).map_err(|_| malformed("invalid UTF-8 in string field".into()))
+    }
+}
+
+/// A type that may be a `list<T>` item (`Vec<u8>` is `bytes`, not a list).
+trait ListItem: Field {}
+impl ListItem for String {}
+impl ListItem for AdminSignature {}
+
+/// `list<T>`.
+impl<T: ListItem> Field for Vec<T> {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        if self.len() > MAX_LIST {
+            return Err(malformed(format!(
+                "list of {} items exceeds {MAX_LIST}",
+                self.len()
+            )));
+        }
+        w.u32(self.len() as u32);
+        self.iter().try_for_each(|item| item.put(w))
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        let n = r.u32()? as usize;
+        if n > MAX_LIST {
+            return Err(malformed(format!("list of {n} items exceeds {MAX_LIST}")));
+        }
+        (0..n).map(|_| T::get(r)).collect()
+    }
+}
+
+/// `option<T>`.
+impl<T: Field> Field for Option<T> {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        match self {
+            None => {
+                w.u8(0);
+                Ok(())
+            }
+            Some(v) => {
+                w.u8(1);
+                v.put(w)
+            }
+        }
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        match r.u8()? {
+            0 => Ok(None),
+            1 => T::get(r).map(Some),
+            t => Err(malformed(format!("option tag {t} is neither 0 nor 1"))),
+        }
+    }
+}
+
+/// `admin_id:str signature:bytes`.
+impl Field for AdminSignature {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        self.admin_id.put(w)?;
+        self.signature.put(w)
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        Ok(AdminSignature {
+            admin_id: String::get(r)?,
+            signature: Vec::get(r)?,
+        })
+    }
+}
+
+/// The tag `1 + position` in [`WithdrawalStatus::ALL`].
+impl Field for WithdrawalStatus {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        w.u8(self.tag());
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        let t = r.u8()?;
+        Self::from_tag(t).ok_or_else(|| malformed(format!("unknown withdrawal status {t}")))
+    }
+}
+
+/// The outcome's tag, then `quorum:u16` for `RequireApprovals`.
+impl Field for DecisionOutcome {
+    fn put(&self, w: &mut Writer) -> Result<(), AuditError> {
+        match self {
+            Self::Allow => w.u8(1),
+            Self::RequireApprovals { quorum } => {
+                w.u8(2);
+                quorum.put(w)?;
+            }
+            Self::Deny => w.u8(3),
+        }
+        Ok(())
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, AuditError> {
+        match r.u8()? {
+            1 => Ok(Self::Allow),
+            2 => Ok(Self::RequireApprovals { quorum: r.u16()? }),
+            3 => Ok(Self::Deny),
+            t => Err(malformed(format!("unknown decision outcome {t}"))),
+        }
     }
 }
 
@@ -822,9 +740,6 @@ impl Writer {
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
-    fn hash(&mut self, h: &Hash) {
-        self.0.extend_from_slice(h);
-    }
     fn bytes(&mut self, b: &[u8]) -> Result<(), AuditError> {
         if b.len() > MAX_FIELD {
             return Err(malformed(format!(
@@ -836,69 +751,11 @@ impl Writer {
         self.0.extend_from_slice(b);
         Ok(())
     }
-    fn str(&mut self, s: &str) -> Result<(), AuditError> {
-        self.bytes(s.as_bytes())
-    }
-    fn list<T>(
-        &mut self,
-        items: &[T],
-        f: impl Fn(&mut Self, &T) -> Result<(), AuditError>,
-    ) -> Result<(), AuditError> {
-        if items.len() > MAX_LIST {
-            return Err(malformed(format!(
-                "list of {} items exceeds {MAX_LIST}",
-                items.len()
-            )));
-        }
-        self.u32(items.len() as u32);
-        items.iter().try_for_each(|i| f(self, i))
-    }
-    fn opt<T>(
-        &mut self,
-        v: Option<&T>,
-        f: impl Fn(&mut Self, &T) -> Result<(), AuditError>,
-    ) -> Result<(), AuditError> {
-        match v {
-            None => {
-                self.u8(0);
-                Ok(())
-            }
-            Some(v) => {
-                self.u8(1);
-                f(self, v)
-            }
-        }
-    }
-    fn admin_sigs(&mut self, sigs: &[AdminSignature]) -> Result<(), AuditError> {
-        self.list(sigs, |w, s| {
-            w.str(&s.admin_id)?;
-            w.bytes(&s.signature)
-        })
-    }
 }
 
 struct Reader<'a>(&'a [u8]);
 
-/// An approval-like entry's fields: withdrawal, approver, verdict,
-/// statement, signature.
-type SignedVerdict = (String, String, Verdict, Vec<u8>, Vec<u8>);
-
 impl Reader<'_> {
-    /// The fields shared by approvals of withdrawals and of fee bumps.
-    fn signed_verdict(&mut self) -> Result<SignedVerdict, AuditError> {
-        Ok((
-            self.str()?,
-            self.str()?,
-            match self.u8()? {
-                1 => Verdict::Approve,
-                2 => Verdict::Reject,
-                t => return Err(malformed(format!("unknown verdict {t}"))),
-            },
-            self.bytes()?,
-            self.bytes()?,
-        ))
-    }
-
     fn take(&mut self, n: usize) -> Result<&[u8], AuditError> {
         if self.0.len() < n {
             return Err(malformed(format!(
@@ -927,47 +784,12 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64, AuditError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
-    fn hash(&mut self) -> Result<Hash, AuditError> {
-        self.array()
-    }
     fn bytes(&mut self) -> Result<Vec<u8>, AuditError> {
         let n = self.u32()? as usize;
         if n > MAX_FIELD {
             return Err(malformed(format!("field of {n} bytes exceeds {MAX_FIELD}")));
         }
         Ok(self.take(n)?.to_vec())
-    }
-    fn str(&mut self) -> Result<String, AuditError> {
-        String::from_utf8(self.bytes()?)
-            .map_err(|_| malformed("invalid UTF-8 in string field".into()))
-    }
-    fn list<T>(
-        &mut self,
-        f: impl Fn(&mut Self) -> Result<T, AuditError>,
-    ) -> Result<Vec<T>, AuditError> {
-        let n = self.u32()? as usize;
-        if n > MAX_LIST {
-            return Err(malformed(format!("list of {n} items exceeds {MAX_LIST}")));
-        }
-        (0..n).map(|_| f(self)).collect()
-    }
-    fn opt<T>(
-        &mut self,
-        f: impl Fn(&mut Self) -> Result<T, AuditError>,
-    ) -> Result<Option<T>, AuditError> {
-        match self.u8()? {
-            0 => Ok(None),
-            1 => f(self).map(Some),
-            t => Err(malformed(format!("option tag {t} is neither 0 nor 1"))),
-        }
-    }
-    fn admin_sigs(&mut self) -> Result<Vec<AdminSignature>, AuditError> {
-        self.list(|r| {
-            Ok(AdminSignature {
-                admin_id: r.str()?,
-                signature: r.bytes()?,
-            })
-        })
     }
 }
 
