@@ -57,7 +57,7 @@ fn bad_coordinator_config_exits_78_naming_the_problem() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("unknown field `surprise`"), "{err}");
 
-    // A UTXO chain is known to the chain crate but not driven by the engine yet.
+    // A known chain declared with the wrong family is refused, naming both.
     std::fs::write(
         &layout.coordinator.config,
         format!(
@@ -69,7 +69,7 @@ fn bad_coordinator_config_exits_78_naming_the_problem() {
     let (code, err) = run(&layout.coordinator.config);
     assert_eq!(code, 78, "{err}");
     assert!(
-        err.contains("chains[0].name") && err.contains("EVM chains only"),
+        err.contains("chains[0].kind") && err.contains("its kind is \"utxo\", not \"evm\""),
         "{err}"
     );
 
