@@ -14,6 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The daemons the tests start read CUSTOS_* variables as config overrides,
+# so this script's own knobs are taken here and kept from them.
+fuzz_secs="${CUSTOS_FUZZ_SECS:-20}"
+nextest_args="${CUSTOS_NEXTEST_ARGS:-}"
+unset CUSTOS_FUZZ_SECS CUSTOS_NEXTEST_ARGS
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/custos/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -81,12 +87,11 @@ cargo build --workspace --bins --tests --locked
 stage "tests"
 rm -f "$junit"
 # shellcheck disable=SC2086
-cargo nextest run --workspace --locked --profile ci --no-fail-fast ${CUSTOS_NEXTEST_ARGS:-}
+cargo nextest run --workspace --locked --profile ci --no-fail-fast $nextest_args
 
 stage "doctests"
 cargo test --workspace --locked --doc
 
-fuzz_secs="${CUSTOS_FUZZ_SECS:-20}"
 if [ "$fuzz_secs" -gt 0 ]; then
   stage "fuzz smoke (${fuzz_secs}s each)"
   for target in policy_parse statement_decode evaluate_withdrawal evm_unsigned_tx utxo_psbt_check; do
