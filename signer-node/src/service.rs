@@ -220,6 +220,9 @@ impl SignerControl for ControlService {
         let cos = self.cosigner.clone();
         let node = self.node.clone();
         let partial = blocking(move || {
+            // Before anything else: a minority key never signs a withdrawal,
+            // so what the request claims is not even read.
+            majority_key(&node, &r.key_id)?;
             let (decision, _serialised) = cos.authorize_signing(&a, &r.presignature_id)?;
             match decision {
                 SignDecision::Repeat(p) => Ok(p),
@@ -230,7 +233,6 @@ impl SignerControl for ControlService {
                             r.key_id, v.withdrawal.wallet
                         )));
                     }
-                    majority_key(&node, &r.key_id)?;
                     let usage = match &v.replaces {
                         None if v.input > 0 => format!(
                             "withdrawal={} input={} statement={}",

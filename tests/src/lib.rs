@@ -334,6 +334,9 @@ pub struct FlowSettings<'a> {
     /// Whole tables appended to every signer's config (e.g. a `[risk]`
     /// table that differs from the coordinator's).
     pub signer_toml: &'a str,
+    /// The coordinator's presignature pool target per key instead of
+    /// [`FLOW_TEST_POOL`].
+    pub presignature_pool: Option<u32>,
 }
 
 /// Appends `toml` (whole tables) to the config file at `path`.
@@ -361,7 +364,7 @@ pub async fn start_flow_on(
     use_fixtures(&mut spec);
     // Flow tests sign a few withdrawals per wallet: a small pool keeps the
     // background presignature refills off the shared 2 cores.
-    spec.presignature_pool = FLOW_TEST_POOL;
+    spec.presignature_pool = settings.presignature_pool.unwrap_or(FLOW_TEST_POOL);
     spec.policy = Some(policy.to_path_buf());
     spec.raw_digest = raw_digest;
     spec.bin_dir = Some(bin_dir());

@@ -222,6 +222,69 @@ async fn three_of_five_keygen_and_signing() {
         assert_eq!(r.signers.len(), 3);
         verify_both(&key.public_key, &d, &r.r, &r.s);
     }
+
+    // Two disjoint signer sets of a minority key (docs/SECURITY.md case 39).
+    // The coordinator refuses to make a 2-of-5 wallet key, so a rogue one
+    // runs the keygen on the signers itself, then asks {signer-1, signer-2}
+    // and {signer-3, signer-4} each to sign one withdrawal with it. Every
+    // signer refuses before it reads the request: no two disjoint sets can
+    // each pay one withdrawal.
+    let e = client
+        .create_key(CreateKeyRequest {
+            key_id: "wallet-25".into(),
+            curve: Curve::Secp256k1 as i32,
+            threshold: 2,
+            chain: "ethereum".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("more than half"), "{e}");
+    let rogue = custos_tests::coordinator_signer_clients(tc.cluster.layout()).await;
+    let group_id = rogue[0]
+        .1
+        .clone()
+        .status(custos_proto::signer::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .aux_groups[0]
+        .clone();
+    let keygen = custos_proto::signer::KeygenRequest {
+        key_id: "wallet-25".into(),
+        group_id,
+        participants: key.participants.clone(),
+        threshold: 2,
+        nonce: vec![25; 32],
+    };
+    let keys = futures::future::join_all(rogue.iter().map(|(_, c)| {
+        let (mut c, req) = (c.clone(), keygen.clone());
+        async move { c.keygen(req).await.unwrap().into_inner().public_key }
+    }))
+    .await;
+    assert!(keys.iter().all(|k| *k == keys[0] && !k.is_empty()));
+    let rogue = custos_tests::coordinator_signer_clients(tc.cluster.layout()).await;
+    for set in [["signer-1", "signer-2"], ["signer-3", "signer-4"]] {
+        for (node, c) in rogue.iter().filter(|(n, _)| set.contains(&n.as_str())) {
+            let e = c
+                .clone()
+                .sign_withdrawal(custos_proto::signer::SignWithdrawalRequest {
+                    authorization: Some(custos_proto::signer::WithdrawalAuthorization {
+                        withdrawal_json: br#"{"id":"w-twice","wallet":"wallet-25"}"#.to_vec(),
+                        ..Default::default()
+                    }),
+                    key_id: "wallet-25".into(),
+                    presignature_id: "ps-any".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{node}: {e}");
+            assert!(
+                e.message().contains("two disjoint signer sets") && e.message().contains("2-of-5"),
+                "{node}: {e}"
+            );
+        }
+    }
     tc.cluster.stop().await.unwrap();
 }
 

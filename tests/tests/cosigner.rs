@@ -225,6 +225,20 @@ async fn signer3_refusal_from_log(
     }
 }
 
+/// Copies the directory tree `from` to `to` (files and directories only).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compromised_coordinator_gets_no_signature() {
     // The signers' risk model denies cold-storage; the coordinator's does not
@@ -236,6 +250,9 @@ async fn compromised_coordinator_gets_no_signature() {
         &["w-hot"],
         FlowSettings {
             signer_toml: &signer_risk,
+            // Four presignatures over rotating pairs: signer-1 holds three,
+            // so its snapshot (case 44) holds some that real-1 does not use.
+            presignature_pool: Some(4),
             ..Default::default()
         },
     )
@@ -463,6 +480,31 @@ async fn compromised_coordinator_gets_no_signature() {
     let a = auth(&relaxed, &w, "small-allow", expiry, &[]);
     all_refuse(&signers, &a, true, "not in force until").await;
 
+    // A snapshot of signer-1's data directory taken before real-1 is signed
+    // (case 44, restored below). The rollback counter stays out of it, as it
+    // would on an HSM. signer-3 is down while real-1 is signed, so signer-1
+    // is one of its signers.
+    let snapshot = tempfile::tempdir().unwrap();
+    let signer1_data = layout.signers[0].data_dir.clone();
+    let held = || {
+        std::fs::read_dir(signer1_data.join("presigs/w-hot"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    while held() < 2 {
+        assert!(
+            started.elapsed() < LIMIT,
+            "signer-1 holds {} presignatures",
+            held()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fc.tc.cluster.kill_signer("signer-1").unwrap();
+    copy_tree(&signer1_data, snapshot.path());
+    fc.tc.cluster.restart_signer("signer-1").await.unwrap();
+    fc.tc.cluster.kill_signer("signer-3").unwrap();
+
     // Replay of a completed withdrawal (case 16): signed once through the real
     // flow, then asked again with another presignature.
     let done = fc
@@ -473,6 +515,8 @@ async fn compromised_coordinator_gets_no_signature() {
         .unwrap()
         .into_inner();
     let done = wait_state(&fc.backend, &done.id, &["signed"], LIMIT).await;
+    fc.tc.cluster.restart_signer("signer-3").await.unwrap();
+    let signers = rogue_clients(&layout).await;
     let mut w = withdrawal("real-1", WHITELISTED, ETH / 5);
     assert_eq!(w.id, done.id);
     w.destination = done.destination.clone();
@@ -602,12 +646,124 @@ async fn compromised_coordinator_gets_no_signature() {
     );
     (a.signing_entry, a.signing_inclusion_proof) = proven(signing_index).await;
     a.signing_entry_index = signing_index;
-    let e = ask(a).await;
+    let e = ask(a.clone()).await;
     assert_eq!(e.code(), Code::PermissionDenied, "{outsider}: {e}");
     assert!(
         e.message().contains("logged signing session"),
         "{outsider}: {e}"
     );
+
+    // signer-1's data directory restored from the snapshot (case 44): its
+    // journal no longer records real-1 and every presignature it held then
+    // is back, unconsumed. A rogue coordinator replays real-1 with the
+    // genuine witnessed proofs and one of those presignatures: the signer
+    // refuses from the log (real-1's logged session used another one), and
+    // while its view is behind the checkpoint its counter holds, it refuses
+    // everything.
+    assert_eq!(participants, &["signer-1", "signer-2"]);
+    let custos_audit::EntryBody::SigningSession {
+        presignature_id: used,
+        ..
+    } = &entries[signing_index as usize].body
+    else {
+        unreachable!()
+    };
+    fc.tc.cluster.kill_signer("signer-1").unwrap();
+    let counter = signer1_data.join(custos_hsm::ROLLBACK_COUNTER_FILE);
+    let counter_bytes = std::fs::read(&counter).unwrap();
+    std::fs::remove_dir_all(&signer1_data).unwrap();
+    copy_tree(snapshot.path(), &signer1_data);
+    std::fs::write(&counter, counter_bytes).unwrap();
+    let restored: Vec<String> = std::fs::read_dir(signer1_data.join("presigs/w-hot"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .replace(".sealed", "")
+        })
+        .filter(|id| Some(id) != used.as_ref())
+        .collect();
+    assert!(!restored.is_empty(), "the snapshot holds presignatures");
+    fc.tc.cluster.restart_signer("signer-1").await.unwrap();
+    let signer1 = rogue_clients(&layout).await.remove(0).1;
+    for presignature_id in &restored {
+        let e = signer1
+            .clone()
+            .sign_withdrawal(SignWithdrawalRequest {
+                authorization: Some(a.clone()),
+                key_id: "w-hot".into(),
+                presignature_id: presignature_id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::PermissionDenied | Code::FailedPrecondition),
+            "restored signer-1, {presignature_id}: {e}"
+        );
+    }
+    // Caught up (the next entries the log appends are shipped to it from
+    // the start), it names the logged session that fixes real-1's
+    // presignature.
+    let _ = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req(
+            "after-restore",
+            "w-hot",
+            WHITELISTED,
+            5 * ETH,
+        ))
+        .await
+        .unwrap();
+    // The proofs go against the newest checkpoint, as the coordinator's
+    // would: the restored signer knows only what it co-signed since.
+    let prove_in = |index: u64, size: u64| {
+        let mut auditor = auditor.clone();
+        async move {
+            auditor
+                .get_inclusion_proof(custos_proto::custody::GetInclusionProofRequest {
+                    index,
+                    size,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .hashes
+        }
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let size = auditor
+            .clone()
+            .get_checkpoint(custos_proto::custody::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .size;
+        let mut a = a.clone();
+        a.proof_tree_size = size;
+        a.inclusion_proof = prove_in(decision_index, size).await;
+        a.signing_inclusion_proof = prove_in(signing_index, size).await;
+        let e = signer1
+            .clone()
+            .sign_withdrawal(SignWithdrawalRequest {
+                authorization: Some(a),
+                key_id: "w-hot".into(),
+                presignature_id: restored[0].clone(),
+            })
+            .await
+            .unwrap_err();
+        if e.message().contains("logged signing session") {
+            assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "restored signer-1 never caught up: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     // A dropped cancel (case 42): signer-3 is down while the backend
     // cancels, so the coordinator's notice never reaches it and its own
