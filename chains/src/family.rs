@@ -25,6 +25,18 @@ pub enum ChainFamily {
     Utxo(UtxoNetwork),
 }
 
+impl ChainFamily {
+    /// The largest amount, in base units, one transaction output or fee of
+    /// this family can carry (EVM values are 256-bit, so every `u128` fits;
+    /// a Bitcoin-format output value is a `u64`).
+    pub fn max_base_units(self) -> u128 {
+        match self {
+            Self::Evm => u128::MAX,
+            Self::Utxo(_) => u128::from(u64::MAX),
+        }
+    }
+}
+
 impl fmt::Display for ChainFamily {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

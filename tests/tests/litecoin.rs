@@ -262,15 +262,27 @@ async fn create(fc: &FlowCluster, key: &str, wallet: &str, amount: u64) -> Withd
 }
 
 /// The transaction `txid` as the coordinator's watch-only wallet sees it.
+/// The node's wallet learns a transaction from its mempool asynchronously
+/// (a notification after acceptance), so a transaction just sent may be
+/// unknown to it for a moment.
 async fn watched_tx(node: &Litecoind, txid: &str) -> (Transaction, i64) {
     let txid: Txid = txid.parse().unwrap();
-    let (tx, status) = node
-        .rpc()
-        .wallet_transaction(&format!("custos-{CHAIN}"), &txid)
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("the watch-only wallet does not know {txid}"));
-    (tx, status.confirmations)
+    let started = Instant::now();
+    loop {
+        if let Some((tx, status)) = node
+            .rpc()
+            .wallet_transaction(&format!("custos-{CHAIN}"), &txid)
+            .await
+            .unwrap()
+        {
+            return (tx, status.confirmations);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the watch-only wallet does not know {txid}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The tests that kill nothing share one node and one cluster.
@@ -278,9 +290,51 @@ async fn watched_tx(node: &Litecoind, txid: &str) -> (Transaction, i64) {
 async fn ltc_withdrawals_on_one_cluster() {
     let node = Litecoind::start().await;
     let (fc, addresses) = start_ltc(&node, &["ltc-hot", "ltc-rogue"], "").await;
+    amounts_beyond_a_transaction_output_are_refused_at_creation(&fc).await;
     several_inputs_and_change_to_a_confirmed_transaction(&fc, &node, &addresses[0]).await;
     signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// A Bitcoin-format output carries a u64 of base units: a larger amount or
+/// fee cap is refused when the withdrawal is requested, naming the field,
+/// and nothing is stored.
+async fn amounts_beyond_a_transaction_output_are_refused_at_creation(fc: &FlowCluster) {
+    let too_big = (u128::from(u64::MAX) + 1).to_string();
+    for (field, amount, fee_cap) in [
+        ("amount", too_big.clone(), String::new()),
+        ("fee_cap", LTC.to_string(), too_big.clone()),
+    ] {
+        let e = fc
+            .backend
+            .clone()
+            .create_withdrawal(CreateWithdrawalRequest {
+                idempotency_key: format!("ltc-too-big-{field}"),
+                wallet: "ltc-hot".into(),
+                asset: "LTC".into(),
+                destination: payee().text,
+                amount,
+                fee_cap,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e}");
+        assert!(
+            e.message()
+                .contains(&format!("{field}: {too_big} base units"))
+                && e.message().contains(CHAIN),
+            "{field}: {e}"
+        );
+    }
+    let listed = fc
+        .backend
+        .clone()
+        .list_withdrawals(custos_proto::custody::ListWithdrawalsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.withdrawals.is_empty(), "{:?}", listed.withdrawals);
 }
 
 /// Deposits of 0.3 LTC three times; a 0.5 LTC withdrawal (allowed by the
@@ -552,8 +606,15 @@ async fn node_restart_and_reorg_mid_flow() {
         .call(None, "invalidateblock", json!([blocks[0]]))
         .await
         .unwrap();
-    let (_, confs) = watched_tx(&node, &w.tx_hash).await;
-    assert_eq!(confs, 0, "reorged out");
+    // The wallet hears of the disconnected block asynchronously too.
+    let started = Instant::now();
+    while watched_tx(&node, &w.tx_hash).await.1 != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still confirmed after the reorg"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let w = wait_until(
         &fc,
         &w.id,

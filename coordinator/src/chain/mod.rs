@@ -535,10 +535,17 @@ impl Chains {
             .map_err(db_err)?;
         r.map(|r| {
             let sender: String = r.get("sender");
+            // NULL for a UTXO transaction: an error here, never a panic.
+            let nonce: Option<i64> = r.try_get("nonce").map_err(db_err)?;
+            let nonce = nonce.and_then(|n| u64::try_from(n).ok()).ok_or_else(|| {
+                CoordError::Internal(format!(
+                    "withdrawal {withdrawal_id}: its stored transaction has no EVM nonce"
+                ))
+            })?;
             Ok(EvmTxRow {
                 sender: parse_address(&sender)
                     .map_err(|e| CoordError::Internal(format!("stored sender: {e}")))?,
-                nonce: u64::try_from(r.get::<i64, _>("nonce")).unwrap_or(0),
+                nonce,
                 unsigned_tx: r.get("unsigned_tx"),
                 raw_tx: r.get("raw_tx"),
                 tx_hash: r.get("tx_hash"),

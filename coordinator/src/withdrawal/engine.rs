@@ -585,6 +585,19 @@ impl Engine {
         let destination = check_address(&key.chain, &req.destination)
             .map_err(|e| CoordError::InvalidArgument(format!("destination: {e}")))?
             .canonical;
+        // Refused now, not found at signing: a payout the chain's
+        // transaction format cannot carry would wait forever.
+        if let Some(family) = custos_chains::family_of(&key.chain) {
+            for (field, value) in [("amount", amount), ("fee_cap", fee_cap)] {
+                if value > family.max_base_units() {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "{field}: {value} base units is more than a {} transaction can carry ({})",
+                        key.chain,
+                        family.max_base_units()
+                    )));
+                }
+            }
+        }
         let body = serde_json::json!({
             "wallet": req.wallet, "asset": req.asset, "destination": destination,
             "amount": amount.to_string(), "fee_cap": fee_cap.to_string(), "memo": req.memo,
