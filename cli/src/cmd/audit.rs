@@ -393,10 +393,11 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             .into_inner();
         let parsed: ExportBundle = serde_json::from_slice(&bundle.json)
             .context("the coordinator's answer is not an export bundle")?;
-        std::fs::write(&args.out, &bundle.json)
+        // Whole or not at all: an auditor must never verify half a bundle.
+        custos_fsutil::write_atomic(&args.out, &bundle.json, 0o644)
             .with_context(|| format!("writing {}", args.out.display()))?;
         if let Some(path) = &args.checkpoint {
-            std::fs::write(path, &cp.note)
+            custos_fsutil::write_atomic(path, cp.note.as_bytes(), 0o644)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         println!(

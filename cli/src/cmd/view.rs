@@ -1,41 +1,36 @@
 //! Showing withdrawals: the approval statement decoded from its bytes (the truth
 //! an approver signs), cross-checked against the server's plain fields.
 
+use custos_audit::WithdrawalStatus;
 use custos_policy::{ApprovalStatement, PolicyHash, Timestamp};
 use custos_proto::custody::{AddressBookEntry, Withdrawal};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// States in lifecycle order (the terminal exits are not in it).
-pub const PROGRESS: [&str; 10] = [
-    "requested",
-    "risk_scored",
-    "policy_evaluated",
-    "awaiting_approvals",
-    "approved",
-    "time_locked",
-    "signing",
-    "signed",
-    "broadcast",
-    "confirmed",
-];
-/// Terminal exits: once there, a withdrawal never moves again.
-pub const EXITS: [&str; 5] = ["blocked", "rejected", "cancelled", "expired", "failed"];
-
-/// Every state name.
-pub fn all_states() -> Vec<&'static str> {
-    PROGRESS.iter().chain(EXITS.iter()).copied().collect()
+/// A terminal exit: the withdrawal left the lifecycle without paying.
+fn is_exit(s: WithdrawalStatus) -> bool {
+    s.is_terminal() && !matches!(s, WithdrawalStatus::Signed | WithdrawalStatus::Confirmed)
 }
 
-/// Position in [`PROGRESS`], `None` for an exit or an unknown state.
+/// Every state name (the one list, `custos_audit::WithdrawalStatus`).
+pub fn all_states() -> Vec<&'static str> {
+    WithdrawalStatus::ALL.iter().map(|s| s.as_str()).collect()
+}
+
+/// Position in the lifecycle's order of progress, `None` for an exit or an
+/// unknown state.
 pub fn rank(state: &str) -> Option<usize> {
-    PROGRESS.iter().position(|s| *s == state)
+    let s = WithdrawalStatus::parse(state).filter(|s| !is_exit(*s))?;
+    WithdrawalStatus::ALL
+        .iter()
+        .filter(|x| !is_exit(**x))
+        .position(|x| *x == s)
 }
 
 /// Whether nothing more will happen to a withdrawal in `state` (waiting for
 /// `target` does not count `confirmed` as final when waiting for it).
 pub fn is_final(state: &str) -> bool {
-    EXITS.contains(&state) || state == "confirmed"
+    WithdrawalStatus::parse(state).is_some_and(|s| is_exit(s) || s == WithdrawalStatus::Confirmed)
 }
 
 /// Decimals of well-known assets, to print human amounts computed from the
@@ -635,6 +630,10 @@ mod tests {
     fn ranks_follow_the_lifecycle() {
         assert!(rank("approved") < rank("signed"));
         assert_eq!(rank("rejected"), None);
-        assert!(is_final("cancelled") && !is_final("signed"));
+        assert_eq!(rank("blocked"), None);
+        assert_eq!((rank("requested"), rank("confirmed")), (Some(0), Some(9)));
+        assert!(is_final("cancelled") && is_final("confirmed") && !is_final("signed"));
+        assert!(!is_final("no-such-state"));
+        assert_eq!(all_states().len(), 15);
     }
 }
