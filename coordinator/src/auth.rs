@@ -185,6 +185,39 @@ impl Authenticator {
         }
     }
 
+    /// The identity a request's `authorization: Bearer <token>` proves, if
+    /// any, checked like [`Authenticator::check`] but not logged (the call's
+    /// own authentication logs it): what the rate limiter keys a client by
+    /// ([`Authenticator::credential_id`]) and the admin audit names.
+    pub fn peek(&self, headers: &axum::http::HeaderMap) -> Option<Identity> {
+        let presented = zeroize::Zeroizing::new(
+            headers
+                .get(axum::http::header::AUTHORIZATION)?
+                .to_str()
+                .ok()?
+                .strip_prefix("Bearer ")?
+                .trim()
+                .to_owned(),
+        );
+        let loaded = self.read();
+        let record = loaded
+            .store
+            .verify(&presented, custos_credentials::now_unix())
+            .ok()?;
+        Some(Identity {
+            id: record.client.clone(),
+            roles: roles_of(record),
+            token_id: Some(record.id.clone()),
+        })
+    }
+
+    /// The id of the valid API token a request presents, if any: a caller
+    /// presenting another client's token id with a wrong secret is not
+    /// keyed as that client.
+    pub fn credential_id(&self, headers: &axum::http::HeaderMap) -> Option<String> {
+        self.peek(headers).and_then(|id| id.token_id)
+    }
+
     /// Interceptor body: resolves `authorization: Bearer <token>`; a refusal
     /// is `UNAUTHENTICATED` naming the token id (never its value).
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
@@ -237,6 +270,16 @@ mod tests {
         let e = a.authenticate(req("wrong")).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         assert!(a.authenticate(Request::new(())).is_err());
+        // The rate limiter's key: the id of a valid token only.
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", backend.expose()).parse().unwrap(),
+        );
+        assert_eq!(a.credential_id(&headers).as_deref(), Some(backend.id()));
+        let forged = format!("Bearer custos_{}_{}", backend.id(), "0".repeat(64));
+        headers.insert("authorization", forged.parse().unwrap());
+        assert_eq!(a.credential_id(&headers), None);
 
         // Revoked in the file: still accepted until reloaded, then refused by id.
         custos_credentials::update(&path, false, |s| s.revoke(backend.id(), now)).unwrap();

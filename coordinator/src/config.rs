@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use custos_service::config::{BuildMode, ConfigError, refuse_dev_settings};
+use custos_service::config::{BuildMode, ConfigError, MetricsSettings, refuse_dev_settings};
+use custos_service::limits::{LimitSettings, LimitsConfig};
 use serde::Deserialize;
 
 /// The whole config file.
@@ -14,8 +15,17 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// gRPC API listen address (TLS).
     pub grpc_listen: SocketAddr,
-    /// HTTP listen address (`/healthz`, `/metrics`).
+    /// HTTP API listen address (the `/v1` REST routes), over TLS with
+    /// `tls.cert` and `tls.key` (plain HTTP only with `[dev] plain_http`).
     pub http_listen: SocketAddr,
+    /// Where `/healthz` and `/metrics` are served, apart from the API
+    /// (plain HTTP, no token; default `127.0.0.1:7402`).
+    #[serde(default = "default_metrics")]
+    pub metrics: MetricsSettings,
+    /// Rate limits, concurrency and request sizes of the gRPC and HTTP APIs
+    /// (each listener its own; see [`CoordinatorConfig::limit_settings`]).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Threshold for new keys when a request does not say (default 2).
     #[serde(default = "default_threshold")]
     pub default_threshold: u16,
@@ -152,10 +162,22 @@ impl Default for AuditSettings {
 
 impl CoordinatorConfig {
     /// Refuses the `[dev]` settings this config sets if `mode` is a release
-    /// build (the daemon passes [`crate::BUILD_MODE`]).
+    /// build (the daemon passes [`crate::BUILD_MODE`]), and unusable limits.
     pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
+        self.limit_settings()?;
         refuse_dev_settings(&self.dev.set_fields(), mode)
     }
+
+    /// `[limits]` over the API defaults
+    /// ([`custos_service::limits::LimitSettings::default`]: per client and
+    /// route 100 requests/s, bursts of 200; 512 calls in flight; 4 MiB).
+    pub fn limit_settings(&self) -> Result<LimitSettings, ConfigError> {
+        self.limits.resolve(LimitSettings::default(), "limits")
+    }
+}
+
+fn default_metrics() -> MetricsSettings {
+    MetricsSettings::loopback(7402)
 }
 
 /// Development-only switches (never in production configs; a release build
@@ -166,17 +188,26 @@ pub struct DevSettings {
     /// Keeps the admin `SignDigest` RPC (raw digests, no policy) for the
     /// cluster demo and benchmarks. Signers must allow it too.
     pub allow_sign_digest: bool,
+    /// Serves the HTTP API (`http_listen`) over plain HTTP instead of TLS,
+    /// for tools of a dev cluster that speak no TLS.
+    pub plain_http: bool,
 }
 
 impl DevSettings {
     /// Dotted paths of the fields set to anything but their default.
     pub fn set_fields(&self) -> Vec<&'static str> {
         // Destructured: a new field does not compile until it is listed here.
-        let DevSettings { allow_sign_digest } = self;
-        [("dev.allow_sign_digest", *allow_sign_digest)]
-            .into_iter()
-            .filter_map(|(field, set)| set.then_some(field))
-            .collect()
+        let DevSettings {
+            allow_sign_digest,
+            plain_http,
+        } = self;
+        [
+            ("dev.allow_sign_digest", *allow_sign_digest),
+            ("dev.plain_http", *plain_http),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
     }
 }
 
@@ -384,16 +415,25 @@ token_store = "tokens.json"
             let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
             custos_service::config::load(&path, env).unwrap()
         };
-        let in_file = load(&format!("{MINIMAL}[dev]\nallow_sign_digest = true\n"), &[]);
-        let by_env = load(MINIMAL, &[("CUSTOS_DEV__ALLOW_SIGN_DIGEST", "true")]);
-        for cfg in [in_file, by_env] {
-            assert_eq!(cfg.dev.set_fields(), ["dev.allow_sign_digest"]);
-            cfg.check_build(BuildMode::Dev).unwrap();
-            let e = cfg.check_build(BuildMode::Release).unwrap_err();
-            assert!(
-                matches!(&e, ConfigError::DevSetting { field, .. } if field == "dev.allow_sign_digest"),
-                "{e}"
-            );
+        for (field, key, env_var) in [
+            (
+                "dev.allow_sign_digest",
+                "allow_sign_digest",
+                "CUSTOS_DEV__ALLOW_SIGN_DIGEST",
+            ),
+            ("dev.plain_http", "plain_http", "CUSTOS_DEV__PLAIN_HTTP"),
+        ] {
+            let in_file = load(&format!("{MINIMAL}[dev]\n{key} = true\n"), &[]);
+            let by_env = load(MINIMAL, &[(env_var, "true")]);
+            for cfg in [in_file, by_env] {
+                assert_eq!(cfg.dev.set_fields(), [field]);
+                cfg.check_build(BuildMode::Dev).unwrap();
+                let e = cfg.check_build(BuildMode::Release).unwrap_err();
+                assert!(
+                    matches!(&e, ConfigError::DevSetting { field: f, .. } if f == field),
+                    "{e}"
+                );
+            }
         }
         for cfg in [
             load(MINIMAL, &[]),
@@ -402,5 +442,21 @@ token_store = "tokens.json"
             assert!(cfg.dev.set_fields().is_empty());
             cfg.check_build(BuildMode::Release).unwrap();
         }
+    }
+
+    /// `[metrics]` and `[limits]` have loopback and API defaults; a bad
+    /// limit is refused naming its field.
+    #[test]
+    fn metrics_and_limits_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let cfg: CoordinatorConfig = custos_service::config::load(&path, vec![]).unwrap();
+        assert_eq!(cfg.metrics.listen.to_string(), "127.0.0.1:7402");
+        assert_eq!(cfg.limit_settings().unwrap(), LimitSettings::default());
+        let env = vec![("CUSTOS_LIMITS__RATE_PER_SEC".to_owned(), "0".to_owned())];
+        let cfg: CoordinatorConfig = custos_service::config::load(&path, env).unwrap();
+        let e = cfg.check_build(BuildMode::Dev).unwrap_err().to_string();
+        assert!(e.contains("`limits.rate_per_sec`"), "{e}");
     }
 }

@@ -23,7 +23,12 @@ use custos_coordinator::withdrawal::{Engine, FlowSettings};
 use custos_hsm::LogSignerConfig;
 use custos_proto::custody::custody_server::CustodyServer;
 use custos_service::config::{self, resolve};
-use custos_service::daemon::{CallCounter, CancellationToken, Tasks, serve_until_signal};
+use custos_service::daemon::{
+    CallCounter, CancellationToken, Drain, Readiness, Tasks, serve_until_signal,
+};
+use custos_service::http::ApiListener;
+use custos_service::limits::{ClientOf, Guard, Protocol};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, ServerTlsConfig};
 
 #[derive(Parser)]
@@ -174,7 +179,8 @@ struct Parts {
     engine: Option<Arc<Engine>>,
     authenticator: Authenticator,
     server_id: tonic::transport::Identity,
-    http: tokio::net::TcpListener,
+    http: ApiListener,
+    metrics: tokio::net::TcpListener,
 }
 
 /// Reads the config's files, opens the database and the audit log, starts
@@ -275,6 +281,24 @@ async fn build(
         .await
         .with_context(|| format!("config field `http_listen` {}", cfg.http_listen))
         .map_err(config_error)?;
+    // The HTTP API takes the same tokens as gRPC: TLS with the same
+    // certificate, plain only in a dev cluster that asks for it.
+    let http = if cfg.dev.plain_http && custos_coordinator::BUILD_MODE.allows_dev() {
+        tracing::warn!(listen = %cfg.http_listen, "DEV CLUSTER: HTTP API without TLS");
+        ApiListener::plain(http)
+    } else {
+        let tls = custos_service::tls::server_config(
+            "tls.cert/tls.key",
+            &resolve(path, &tls.cert),
+            &resolve(path, &tls.key),
+        )
+        .map_err(config_error)?;
+        ApiListener::tls(http, tls)
+    };
+    let metrics = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("config field `metrics.listen` {}", cfg.metrics.listen))
+        .map_err(config_error)?;
     Ok(Parts {
         cluster,
         audit,
@@ -283,6 +307,7 @@ async fn build(
         authenticator,
         server_id,
         http,
+        metrics,
     })
 }
 
@@ -428,56 +453,99 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
     if let Some(e) = &p.engine {
         tasks.spawn("withdrawal ticker", e.clone().run());
     }
-    // adapters: /healthz and /metrics (plus adapter metrics) and the /v1 REST routes.
-    let http = p.adapters.serve_http(
+    let limits = cfg.limit_settings().map_err(config_error)?;
+    let client_of: ClientOf = {
+        let auth = p.authenticator.clone();
+        Arc::new(move |headers| auth.credential_id(headers))
+    };
+    let grpc_guard = Guard::new(
+        "grpc",
+        Protocol::Grpc,
+        limits.clone(),
+        client_of.clone(),
+        Some(stop.clone()),
+    );
+    let http_guard = Guard::new("http", Protocol::Http, limits.clone(), client_of, None);
+    // /healthz and /metrics on their own listener, up through the drain
+    // (answering "shutting down"), closed once it is over.
+    let metrics_closed = CancellationToken::new();
+    let health = p.adapters.with_metrics(Arc::new(CoordinatorHealth {
+        cluster: p.cluster.clone(),
+        audit: p.audit.clone(),
+        engine: p.engine.clone(),
+        guards: vec![grpc_guard.clone(), http_guard.clone()],
+    }));
+    let metrics = custos_service::http::serve_metrics(
+        p.metrics,
+        health,
+        stop.clone(),
+        metrics_closed.clone().cancelled_owned(),
+    );
+    tasks.spawn("metrics server", async move {
+        if let Err(e) = metrics.await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    // adapters: the /v1 REST routes on the API listener.
+    let tls = p.http.is_tls();
+    let http = custos_service::http::serve_api(
         p.http,
-        Arc::new(CoordinatorHealth {
-            cluster: p.cluster.clone(),
-            audit: p.audit.clone(),
-            engine: p.engine.clone(),
-        }),
+        p.adapters.api_router(http_guard, limits.max_request()),
         stop.clone().cancelled_owned(),
     );
-    tasks.spawn("HTTP server", async move {
+    tasks.spawn("HTTP API", async move {
         if let Err(e) = http.await {
-            tracing::error!(error = %e, "HTTP server failed");
+            tracing::error!(error = %e, "HTTP API failed");
         }
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CustodyServer<CustodyService>>()
-        .await;
+    let readiness = Readiness::serving(
+        health_reporter,
+        &[<CustodyServer<CustodyService> as tonic::server::NamedService>::NAME],
+    )
+    .await;
     let authenticator = p.authenticator;
-    let custody = CustodyServer::with_interceptor(
-        CustodyService::new(
+    let custody = InterceptedService::new(
+        CustodyServer::new(CustodyService::new(
             p.cluster.clone(),
             p.engine.clone(),
             p.audit.clone(),
             cfg.dev.allow_sign_digest,
-        ),
+        ))
+        .max_decoding_message_size(limits.max_request()),
         move |req: tonic::Request<()>| authenticator.authenticate(req),
     );
     let calls = CallCounter::default();
+    let accepting = CancellationToken::new();
     let grpc = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(p.server_id))
         .map_err(|e| config_error(anyhow!("tls: {e}")))?
+        .layer(grpc_guard)
         .add_service(calls.wrap(health_service))
         .add_service(calls.wrap(custody))
-        .serve_with_shutdown(cfg.grpc_listen, stop.clone().cancelled_owned());
-    tracing::info!(grpc = %cfg.grpc_listen, http = %cfg.http_listen, "coordinator started");
+        .serve_with_shutdown(cfg.grpc_listen, accepting.clone().cancelled_owned());
+    tracing::info!(grpc = %cfg.grpc_listen, http = %cfg.http_listen, http_tls = tls,
+        metrics = %cfg.metrics.listen, "coordinator started");
     println!(
-        "custos-coordinator ready: grpc {} http {}",
-        cfg.grpc_listen, cfg.http_listen
+        "custos-coordinator ready: grpc {} http {} metrics {}",
+        cfg.grpc_listen, cfg.http_listen, cfg.metrics.listen
     );
     let (served, deadline) = serve_until_signal(
-        "gRPC API",
         grpc,
-        &calls,
-        &stop,
-        Duration::from_secs(cfg.drain_timeout_secs),
+        Drain {
+            what: "gRPC API",
+            calls: &calls,
+            readiness: &readiness,
+            stop: &stop,
+            accepting: &accepting,
+            timeout: Duration::from_secs(cfg.drain_timeout_secs),
+        },
     )
     .await;
+    // The API no longer answers: the metrics listener closes with the rest
+    // (given the same deadline, not what is left after the engine's drain).
+    metrics_closed.cancel();
     if let Some(e) = &p.engine {
         e.drain(deadline).await;
     }
@@ -521,6 +589,8 @@ struct CoordinatorHealth {
     cluster: Arc<Cluster>,
     audit: Arc<AuditTrail>,
     engine: Option<Arc<Engine>>,
+    /// The API listeners' guards (their refusal counters).
+    guards: Vec<Guard>,
 }
 
 impl custos_service::http::Health for CoordinatorHealth {
@@ -563,6 +633,7 @@ impl custos_service::http::Health for CoordinatorHealth {
             self.audit.append_failures.load(Ordering::Relaxed),
             u8::from(self.audit.healthy()),
         ));
+        out.push_str(&custos_service::limits::metrics_text(&self.guards));
         if let Some(e) = &self.engine {
             out.push_str("# TYPE custos_withdrawals gauge\n");
             for (state, n) in e.state_counts() {

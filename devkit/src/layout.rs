@@ -22,7 +22,7 @@ pub const DEFAULT_BASE_PORT: u16 = 7400;
 /// Most signers a layout can hold (the port blocks are 100 wide).
 pub const MAX_SIGNERS: u16 = 99;
 /// Version of the `cluster.json` format.
-pub const LAYOUT_FORMAT: u32 = 1;
+pub const LAYOUT_FORMAT: u32 = 2;
 /// Name of the summary file in the cluster directory.
 pub const CLUSTER_FILE: &str = "cluster.json";
 /// Name of the pid file in the cluster directory.
@@ -317,12 +317,15 @@ pub struct CoordinatorLayout {
     pub clients: Vec<ClientLayout>,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
-    /// HTTP listen address (approval app, REST, `/healthz`, `/metrics`).
+    /// HTTP API listen address (the `/v1` REST routes, TLS).
     pub http_listen: SocketAddr,
     /// gRPC URL, e.g. `https://127.0.0.1:7400`.
     pub url: String,
-    /// HTTP URL, e.g. `http://127.0.0.1:7401`.
+    /// HTTP API URL, e.g. `https://127.0.0.1:7401` (the cluster's CA, name
+    /// `localhost`: [`crate::HttpTarget::coordinator_api`]).
     pub http_url: String,
+    /// `/healthz` and `/metrics` (plain HTTP), e.g. `127.0.0.1:7402`.
+    pub metrics_listen: SocketAddr,
 }
 
 /// A signer's files and addresses.
@@ -355,7 +358,7 @@ pub struct SignerLayout {
     pub control_listen: SocketAddr,
     /// Control endpoint URL, e.g. `https://127.0.0.1:7410`.
     pub control_endpoint: String,
-    /// Health/metrics HTTP listen address.
+    /// `/healthz` and `/metrics` listen address (`[metrics] listen`, plain HTTP).
     pub http_listen: SocketAddr,
     /// Health/metrics URL, e.g. `http://127.0.0.1:7610`.
     pub http_url: String,
@@ -428,14 +431,19 @@ struct SignerToml {
     identity_key: PathBuf,
     p2p_listen: Vec<String>,
     control_listen: SocketAddr,
-    http_listen: SocketAddr,
     session_timeout_secs: u64,
+    metrics: MetricsToml,
     tls: SignerTlsToml,
     sealer: SealerToml,
     peers: Vec<PeerToml>,
     cosigner: CosignerToml,
     #[serde(skip_serializing_if = "Option::is_none")]
     dev: Option<DevToml>,
+}
+
+#[derive(Serialize)]
+struct MetricsToml {
+    listen: SocketAddr,
 }
 
 #[derive(Serialize)]
@@ -499,6 +507,7 @@ struct CoordinatorToml {
     http_listen: SocketAddr,
     default_threshold: u16,
     presignature_pool: u32,
+    metrics: MetricsToml,
     tls: CoordinatorTlsToml,
     auth: AuthToml,
     signers: Vec<SignerRefToml>,
@@ -610,7 +619,8 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         grpc_listen: loopback(spec.base_port),
         http_listen: loopback(spec.base_port + 1),
         url: format!("https://127.0.0.1:{}", spec.base_port),
-        http_url: format!("http://127.0.0.1:{}", spec.base_port + 1),
+        http_url: format!("https://127.0.0.1:{}", spec.base_port + 1),
+        metrics_listen: loopback(spec.base_port + 2),
         dir: cdir,
     };
     ca.ensure_leaf(
@@ -691,6 +701,9 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         http_listen: coordinator.http_listen,
         default_threshold: spec.threshold,
         presignature_pool: spec.presignature_pool,
+        metrics: MetricsToml {
+            listen: coordinator.metrics_listen,
+        },
         tls: CoordinatorTlsToml {
             cert: "server.pem".into(),
             key: "server.key".into(),
@@ -779,8 +792,10 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
             identity_key: "p2p.key".into(),
             p2p_listen: vec![s.p2p_listen.clone()],
             control_listen: s.control_listen,
-            http_listen: s.http_listen,
             session_timeout_secs: SESSION_TIMEOUT_SECS,
+            metrics: MetricsToml {
+                listen: s.http_listen,
+            },
             tls: SignerTlsToml {
                 cert: "tls.pem".into(),
                 key: "tls.key".into(),
@@ -1094,6 +1109,7 @@ pub(crate) fn listen_addrs(layout: &ClusterLayout) -> BTreeMap<String, Vec<Socke
         vec![
             layout.coordinator.grpc_listen,
             layout.coordinator.http_listen,
+            layout.coordinator.metrics_listen,
         ],
     );
     for s in &layout.signers {

@@ -24,7 +24,7 @@
 //! pids.json                          running processes (Cluster, custos dev down)
 //! logs/<name>.log                    stdout+stderr of each process (appended)
 //! coordinator/coordinator.toml       config (rewritten by every generate)
-//! coordinator/server.pem|key         gRPC server cert (SAN localhost, 127.0.0.1)
+//! coordinator/server.pem|key         gRPC and HTTP API server cert (SAN localhost, 127.0.0.1)
 //! coordinator/client.pem|key         client cert towards the signers
 //! coordinator/tokens.json            hashed API token store (auth.token_store, 0600):
 //!                                    ids, clients, roles, expiry, SHA-256; no token
@@ -55,9 +55,10 @@
 //! ([`ClusterLayout::evm_chain`]): withdrawals on it are then broadcast and
 //! tracked to `confirmed`.
 //!
-//! Ports from `base_port` (default 7400): coordinator gRPC `+0`, HTTP `+1`;
+//! Ports from `base_port` (default 7400): coordinator gRPC `+0`, HTTP API
+//! `+1` (TLS, the same certificate as gRPC), health and metrics `+2` (plain);
 //! signer `i` (0-based, `signer-{i+1}`): control `+10+i`, libp2p `+110+i`,
-//! HTTP `+210+i`.
+//! health and metrics `+210+i` (plain).
 //!
 //! Development only: the CA key sits next to the certificates it signs.
 #![deny(missing_docs)]
@@ -67,6 +68,7 @@ mod chain;
 pub mod client;
 mod error;
 mod fsutil;
+pub mod http;
 mod identity;
 mod layout;
 mod ports;
@@ -74,6 +76,7 @@ mod process;
 
 pub use chain::{DEFAULT_EVM_CHAIN, EvmChain};
 pub use error::DevkitError;
+pub use http::{HttpResponse, HttpTarget};
 pub use identity::peer_id_of_key_file;
 pub use layout::{
     ADMIN_CLIENT, APPROVER_CLIENT, AUDITOR_CLIENT, BACKEND_CLIENT, CLUSTER_FILE, ClientLayout,

@@ -20,7 +20,7 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Every port a cluster with `signers` signers at `base` listens on.
 pub fn cluster_ports(base: u16, signers: u16) -> Vec<u16> {
-    let mut ports = vec![base, base.saturating_add(1)];
+    let mut ports = vec![base, base.saturating_add(1), base.saturating_add(2)];
     for i in 0..signers {
         for off in [10, 110, 210] {
             ports.push(base.saturating_add(off).saturating_add(i));

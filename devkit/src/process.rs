@@ -768,38 +768,13 @@ impl Drop for Cluster {
 }
 
 /// `GET path` on `addr` (plain HTTP/1.0); returns the status code and body.
-/// For health checks in tests: `http_get(signer.http_listen, "/healthz")`.
+/// For health checks in tests: `http_get(signer.http_listen, "/healthz")`
+/// (the daemons' metrics listeners); the coordinator's API is TLS
+/// ([`crate::http::HttpTarget::coordinator_api`]).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), DevkitError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let label = PathBuf::from(format!("http://{addr}{path}"));
-    let io = DevkitError::io("cannot fetch", label.clone());
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+    let r = crate::http::HttpTarget::plain(addr.to_string())
+        .with_timeout(Duration::from_secs(10))
+        .request("GET", path, &[], &[])
         .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))
-        .and_then(|r| r)
-        .map_err(io)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| DevkitError::Format {
-            path: label,
-            message: format!(
-                "not an HTTP response: {:?}",
-                head.lines().next().unwrap_or_default()
-            ),
-        })?;
-    Ok((code, body.to_string()))
+    Ok((r.status, r.body))
 }

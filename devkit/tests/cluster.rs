@@ -262,7 +262,7 @@ async fn full_cluster_with_the_coordinator() {
     let mut cluster = Cluster::start_with(l.clone(), &bins, opts).await.unwrap();
     assert!(cluster.has_coordinator());
     assert!(accepts(l.coordinator.grpc_listen));
-    let (code, _) = http_get(l.coordinator.http_listen, "/healthz")
+    let (code, _) = http_get(l.coordinator.metrics_listen, "/healthz")
         .await
         .unwrap();
     assert!(

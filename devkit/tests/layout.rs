@@ -21,8 +21,7 @@ struct SignerConfig {
     identity_key: PathBuf,
     p2p_listen: Vec<String>,
     control_listen: std::net::SocketAddr,
-    #[serde(default)]
-    http_listen: Option<std::net::SocketAddr>,
+    metrics: MetricsConfig,
     tls: TlsConfig,
     peers: Vec<PeerConfig>,
     sealer: custos_hsm::SealerConfig,
@@ -31,6 +30,12 @@ struct SignerConfig {
     cosigner: CosignerConfig,
     #[serde(default)]
     dev: DevConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsConfig {
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,8 +239,8 @@ fn signer_configs_parse_with_the_daemon_schema() {
             format!("127.0.0.1:{}", 31010 + i)
         );
         assert_eq!(
-            cfg.http_listen.map(|a| a.to_string()),
-            Some(format!("127.0.0.1:{}", 31210 + i))
+            cfg.metrics.listen.to_string(),
+            format!("127.0.0.1:{}", 31210 + i)
         );
         assert_eq!(cfg.session_timeout_secs, 60);
         assert_eq!(cfg.tls.client_ca, Path::new("../ca.pem"));
@@ -343,6 +348,8 @@ fn coordinator_config_and_summary() {
     assert_eq!(v["data_dir"].as_str(), Some("data"));
     assert_eq!(v["grpc_listen"].as_str(), Some("127.0.0.1:31000"));
     assert_eq!(v["http_listen"].as_str(), Some("127.0.0.1:31001"));
+    assert_eq!(v["metrics"]["listen"].as_str(), Some("127.0.0.1:31002"));
+    assert!(v.get("dev").and_then(|d| d.get("plain_http")).is_none());
     assert_eq!(v["default_threshold"].as_integer(), Some(2));
     assert_eq!(v["presignature_pool"].as_integer(), Some(4));
     let mut no_pool = spec(&tmp.path().join("nopool"));
@@ -446,7 +453,8 @@ fn coordinator_config_and_summary() {
     assert_eq!(loaded, l);
     assert!(l.dir.is_absolute() && l.ca_cert.is_absolute());
     assert_eq!(c.url, "https://127.0.0.1:31000");
-    assert_eq!(c.http_url, "http://127.0.0.1:31001");
+    assert_eq!(c.http_url, "https://127.0.0.1:31001");
+    assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:31002");
     assert_eq!(l.signers[1].control_endpoint, "https://127.0.0.1:31011");
     assert_eq!(l.signers[1].http_url, "http://127.0.0.1:31211");
     let json: serde_json::Value =

@@ -102,6 +102,27 @@ pub fn refuse_dev_settings(set: &[&str], mode: BuildMode) -> Result<(), ConfigEr
     }
 }
 
+/// `[metrics]`: where `/healthz` and `/metrics` are served, apart from the
+/// API (plain HTTP, no token: bind it to loopback or a management network).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Listen address, e.g. `127.0.0.1:7402`.
+    pub listen: std::net::SocketAddr,
+}
+
+impl MetricsSettings {
+    /// On loopback at `port` (the daemons' defaults).
+    pub const fn loopback(port: u16) -> Self {
+        Self {
+            listen: std::net::SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port,
+            ),
+        }
+    }
+}
+
 /// Loads `path`, applies `CUSTOS_*` overrides from `env`, and deserialises.
 pub fn load<T: DeserializeOwned>(
     path: &Path,

@@ -255,29 +255,127 @@ where
     }
 }
 
-/// Runs `server` (which stops accepting when `stop` is cancelled) until
-/// SIGTERM or Ctrl-C, or until it ends by itself (it failed); then cancels
-/// `stop` and gives the server until the drain deadline, `drain` from now, to
-/// finish its calls in flight ([`drain_server`]). Returns the server's
-/// result (`None`: cut off at the deadline) and the deadline, which the
-/// rest of the daemon's drain shares.
+/// What a daemon's gRPC health service says: SERVING while it runs,
+/// NOT_SERVING from the moment its drain starts, so that load balancers
+/// and supervisors stop sending it work while calls in flight finish.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: tonic_health::server::HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    /// Marks the server (`""`) and each of `services` (their gRPC names,
+    /// `NamedService::NAME`) SERVING in `reporter`.
+    pub async fn serving(
+        reporter: tonic_health::server::HealthReporter,
+        services: &[&'static str],
+    ) -> Self {
+        let r = Self {
+            reporter,
+            services: services.to_vec(),
+        };
+        r.set(tonic_health::ServingStatus::Serving).await;
+        r
+    }
+
+    /// Marks them all NOT_SERVING.
+    pub async fn draining(&self) {
+        self.set(tonic_health::ServingStatus::NotServing).await;
+    }
+
+    async fn set(&self, status: tonic_health::ServingStatus) {
+        for name in std::iter::once("").chain(self.services.iter().copied()) {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// How a gRPC server drains (see [`serve_until_signal`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Drain<'a> {
+    /// The server's name in logs ("gRPC API").
+    pub what: &'a str,
+    /// Its calls in flight.
+    pub calls: &'a CallCounter,
+    /// Its health service.
+    pub readiness: &'a Readiness,
+    /// The daemon's stop signal: cancelled when the drain starts (the
+    /// server's [`crate::limits::Guard`] then refuses new calls).
+    pub stop: &'a CancellationToken,
+    /// The server's own shutdown: cancelled once the calls in flight have
+    /// finished (or at the deadline); the server then stops accepting.
+    pub accepting: &'a CancellationToken,
+    /// How long the drain may take (`drain_timeout_secs`).
+    pub timeout: Duration,
+}
+
+/// Runs `server` (which stops accepting when `drain.accepting` is
+/// cancelled) until SIGTERM or Ctrl-C, or until it ends by itself (it
+/// failed); see [`serve_until`].
 pub async fn serve_until_signal<T>(
-    what: &str,
     server: impl Future<Output = T>,
-    calls: &CallCounter,
-    stop: &CancellationToken,
-    drain: Duration,
+    drain: Drain<'_>,
+) -> (Option<T>, Instant) {
+    serve_until(server, drain, shutdown_signal()).await
+}
+
+/// Runs `server` until `signal` resolves (or the server ends by itself),
+/// then drains it:
+///
+/// 1. health checks answer NOT_SERVING and `stop` is cancelled (background
+///    tasks stop; the server's guard refuses new calls, `UNAVAILABLE`);
+/// 2. the server keeps answering until its calls in flight have finished,
+///    or until the drain deadline, `timeout` from the signal;
+/// 3. it stops accepting and is given until the deadline to close
+///    ([`drain_server`]).
+///
+/// Returns the server's result (`None`: cut off at the deadline) and the
+/// deadline, which the rest of the daemon's drain shares.
+pub async fn serve_until<T>(
+    server: impl Future<Output = T>,
+    drain: Drain<'_>,
+    signal: impl Future<Output = ()>,
 ) -> (Option<T>, Instant) {
     tokio::pin!(server);
     let failed = tokio::select! {
-        () = shutdown_signal() => None,
+        () = signal => None,
         r = &mut server => Some(r),
     };
-    stop.cancel();
-    let deadline = Instant::now() + drain;
-    let served = match failed {
+    drain.readiness.draining().await;
+    drain.stop.cancel();
+    let deadline = Instant::now() + drain.timeout;
+    if let Some(r) = failed {
+        drain.accepting.cancel();
+        return (Some(r), deadline);
+    }
+    let in_flight = drain.calls.in_flight();
+    tracing::info!(
+        server = drain.what,
+        in_flight,
+        "draining: health NOT_SERVING, new calls refused"
+    );
+    let ended = loop {
+        if drain.calls.in_flight() == 0 || Instant::now() >= deadline {
+            break None;
+        }
+        tokio::select! {
+            r = &mut server => break Some(r),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    };
+    drain.accepting.cancel();
+    let served = match ended {
         Some(r) => Some(r),
-        None => drain_server(what, server, calls, deadline).await,
+        None => drain_server(drain.what, server, drain.calls, deadline).await,
     };
     (served, deadline)
 }
@@ -361,6 +459,170 @@ mod tests {
         tx.send(()).unwrap();
         call.await.unwrap().unwrap();
         assert_eq!(calls.in_flight(), 0);
+    }
+
+    /// Holds the calls that carry `x-test-hold` until the gate opens.
+    #[derive(Clone)]
+    struct Hold<S> {
+        inner: S,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl<S: tonic::server::NamedService> tonic::server::NamedService for Hold<S> {
+        const NAME: &'static str = S::NAME;
+    }
+
+    impl<S, B> tonic::codegen::Service<axum::http::Request<B>> for Hold<S>
+    where
+        S: tonic::codegen::Service<axum::http::Request<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+        fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+            let hold = req.headers().contains_key("x-test-hold");
+            let gate = self.gate.clone();
+            let mut inner = self.inner.clone();
+            Box::pin(async move {
+                if hold {
+                    let _ = gate.acquire().await;
+                }
+                inner.call(req).await
+            })
+        }
+    }
+
+    /// A real tonic server drained by [`serve_until`]: after the signal, with
+    /// a call still in flight, health checks are answered NOT_SERVING and
+    /// other new calls are refused UNAVAILABLE; once the call finishes the
+    /// server stops and `serve_until` returns.
+    #[tokio::test]
+    async fn health_answers_not_serving_while_draining() {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let readiness = Readiness::serving(reporter, &["test.Service"]).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = CallCounter::default();
+        let stop = CancellationToken::new();
+        let accepting = CancellationToken::new();
+        let guard = crate::limits::Guard::new(
+            "test",
+            crate::limits::Protocol::Grpc,
+            crate::limits::LimitSettings::default(),
+            Arc::new(|_| None),
+            Some(stop.clone()),
+        );
+        let server = tonic::transport::Server::builder()
+            .layer(guard.clone())
+            .add_service(calls.wrap(Hold {
+                inner: health,
+                gate: gate.clone(),
+            }))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                accepting.clone().cancelled_owned(),
+            );
+        let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn({
+            let (calls, stop, accepting, readiness) = (
+                calls.clone(),
+                stop.clone(),
+                accepting.clone(),
+                readiness.clone(),
+            );
+            async move {
+                let drain = Drain {
+                    what: "test",
+                    calls: &calls,
+                    readiness: &readiness,
+                    stop: &stop,
+                    accepting: &accepting,
+                    timeout: Duration::from_secs(20),
+                };
+                serve_until(server, drain, async {
+                    let _ = signal_rx.await;
+                })
+                .await
+                .0
+            }
+        });
+
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let check = |hold: bool| {
+            let mut client = HealthClient::new(channel.clone());
+            async move {
+                let mut req = tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                });
+                if hold {
+                    req.metadata_mut()
+                        .insert("x-test-hold", "1".parse().unwrap());
+                }
+                client.check(req).await.map(|r| r.into_inner())
+            }
+        };
+        let status = |r: &HealthCheckResponse| ServingStatus::try_from(r.status).unwrap();
+        assert_eq!(status(&check(false).await.unwrap()), ServingStatus::Serving);
+
+        let held = tokio::spawn(check(true));
+        while calls.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        signal_tx.send(()).unwrap();
+        while !stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Draining, one call in flight: the server still answers, NOT_SERVING.
+        let during = check(false).await.unwrap();
+        assert_eq!(status(&during), ServingStatus::NotServing);
+        // Any other method is refused UNAVAILABLE with a retry hint.
+        let mut other = tonic::client::Grpc::new(channel.clone());
+        other.ready().await.unwrap();
+        let e = other
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                "/test.Service/Work".parse().unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert_eq!(e.metadata().get("retry-after").unwrap(), "1");
+        assert!(!serving.is_finished());
+
+        // The call in flight finishes (answered, NOT_SERVING by now), then
+        // the server stops.
+        gate.add_permits(1);
+        let held = held.await.unwrap().unwrap();
+        assert_eq!(status(&held), ServingStatus::NotServing);
+        drop(other);
+        drop(channel);
+        let served = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(served, Some(Ok(()))), "{served:?}");
+        assert!(accepting.is_cancelled());
+        assert_eq!(
+            guard.refused().draining.load(Ordering::Relaxed),
+            1,
+            "{}",
+            crate::limits::metrics_text(std::slice::from_ref(&guard))
+        );
     }
 
     /// A minimal service from a closure (tower's `service_fn`, without tower).

@@ -1,13 +1,14 @@
 //! Plumbing shared by the Custos daemons: one typed config from a TOML file
 //! plus `CUSTOS_*` environment overrides, TLS file loading, logging setup,
-//! the health/metrics HTTP endpoint, and the database layer (re-exported
-//! from `custos-db`).
+//! the API and health/metrics HTTP listeners, rate limits, the drain, and the
+//! database layer (re-exported from `custos-db`).
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod limits;
 pub mod tls;
 
 /// The database layer (`custos-db`), re-exported so the daemons reach it

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use custos_service::config::{BuildMode, ConfigError, refuse_dev_settings};
+use custos_service::config::{BuildMode, ConfigError, MetricsSettings, refuse_dev_settings};
+use custos_service::limits::{LimitSettings, LimitsConfig};
 use serde::Deserialize;
 
 use crate::node::FaultInjection;
@@ -22,9 +23,18 @@ pub struct SignerConfig {
     pub p2p_listen: Vec<String>,
     /// Control gRPC listen address (mTLS), e.g. `127.0.0.1:7410`.
     pub control_listen: SocketAddr,
-    /// Health and metrics HTTP listen address.
+    /// Removed: `/healthz` and `/metrics` are served on `[metrics] listen`.
+    /// A config that still sets it is refused naming the new field.
     #[serde(default)]
-    pub http_listen: Option<SocketAddr>,
+    pub http_listen: Option<serde::de::IgnoredAny>,
+    /// Where `/healthz` and `/metrics` are served (plain HTTP; default
+    /// `127.0.0.1:7610`).
+    #[serde(default = "default_metrics")]
+    pub metrics: MetricsSettings,
+    /// Rate limits, concurrency and request size of the control API
+    /// (the coordinator is its one client, keyed by its address).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// TLS material of the control API.
     pub tls: TlsConfig,
     /// The other signers of the group, pinned.
@@ -61,10 +71,40 @@ pub struct SignerConfig {
 
 impl SignerConfig {
     /// Refuses the `[dev]` settings this config sets if `mode` is a release
-    /// build (the daemon passes [`crate::BUILD_MODE`]).
+    /// build (the daemon passes [`crate::BUILD_MODE`]), and removed or
+    /// unusable fields.
     pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
+        if self.http_listen.is_some() {
+            return Err(ConfigError::Field {
+                field: "http_listen".into(),
+                message: "moved: set `[metrics] listen` (health and metrics, plain HTTP)".into(),
+            });
+        }
+        self.limit_settings()?;
         refuse_dev_settings(&self.dev.set_fields(), mode)
     }
+}
+
+impl SignerConfig {
+    /// `[limits]` over the signer's defaults: its one client, the
+    /// coordinator, calls it for every signature, presignature and probe, so
+    /// the rate is higher than an API's (1000/s, bursts of 2000); requests up
+    /// to what the coordinator's client accepts in answers (64 MiB).
+    pub fn limit_settings(&self) -> Result<LimitSettings, ConfigError> {
+        self.limits.resolve(
+            LimitSettings {
+                rate_per_sec: 1000,
+                burst: 2000,
+                max_request_bytes: 64 * 1024 * 1024,
+                ..LimitSettings::default()
+            },
+            "limits",
+        )
+    }
+}
+
+fn default_metrics() -> MetricsSettings {
+    MetricsSettings::loopback(7610)
 }
 
 /// What a signer needs to verify withdrawals on its own.
@@ -282,5 +322,41 @@ passphrase_file = "pass"
             assert!(cfg.dev.set_fields().is_empty(), "{dev}");
             cfg.check_build(BuildMode::Release).unwrap();
         }
+    }
+
+    /// `[metrics]` and `[limits]` default to loopback and the signer's own
+    /// limits; the removed `http_listen` is refused naming its replacement.
+    #[test]
+    fn metrics_listener_and_limits() {
+        let cfg = with_dev("");
+        assert_eq!(cfg.metrics.listen.to_string(), "127.0.0.1:7610");
+        let limits = cfg.limit_settings().unwrap();
+        assert_eq!((limits.rate_per_sec, limits.burst), (1000, 2000));
+        assert_eq!(limits.max_request_bytes, 64 * 1024 * 1024);
+        cfg.check_build(BuildMode::Release).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let minimal = |extra: &str| {
+            format!(
+                "{extra}node_id = \"s\"\ndata_dir = \"d\"\nidentity_key = \"i\"\n\
+                 p2p_listen = []\ncontrol_listen = \"127.0.0.1:7410\"\npeers = []\n\
+                 [tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+                 coordinator_cert = \"o\"\n[sealer]\nbackend = \"software\"\n\
+                 passphrase_file = \"p\"\n"
+            )
+        };
+        std::fs::write(&path, minimal("http_listen = \"127.0.0.1:7610\"\n")).unwrap();
+        let cfg: SignerConfig = custos_service::config::load(&path, Vec::new()).unwrap();
+        let e = cfg.check_build(BuildMode::Dev).unwrap_err().to_string();
+        assert!(
+            e.contains("`http_listen`") && e.contains("[metrics] listen"),
+            "{e}"
+        );
+        std::fs::write(&path, minimal("")).unwrap();
+        let env = vec![("CUSTOS_LIMITS__BURST".to_owned(), "0".to_owned())];
+        let cfg: SignerConfig = custos_service::config::load(&path, env).unwrap();
+        let e = cfg.check_build(BuildMode::Dev).unwrap_err().to_string();
+        assert!(e.contains("`limits.burst`"), "{e}");
     }
 }

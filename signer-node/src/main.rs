@@ -12,7 +12,10 @@ use base64::Engine;
 use clap::Parser;
 use custos_proto::signer::signer_control_server::SignerControlServer;
 use custos_service::config::{self, resolve};
-use custos_service::daemon::{CallCounter, CancellationToken, Tasks, serve_until_signal};
+use custos_service::daemon::{
+    CallCounter, CancellationToken, Drain, Readiness, Tasks, serve_until_signal,
+};
+use custos_service::limits::{Guard, LimitSettings, Protocol};
 use custos_signer_node::config::SignerConfig;
 use custos_signer_node::cosigner::Cosigner;
 use custos_signer_node::cosigner::bundles::Bundles;
@@ -187,19 +190,20 @@ async fn run(args: Args) -> Result<(), Fatal> {
             .map_err(|e| Fatal(1, e.into()))?;
     }
 
-    let control = SignerControlServer::with_interceptor(
-        ControlService::new(node.clone(), cosigner, cfg.dev.allow_raw_digest),
+    let limits = cfg.limit_settings().map_err(config_error)?;
+    let control = InterceptedService::new(
+        SignerControlServer::new(ControlService::new(
+            node.clone(),
+            cosigner,
+            cfg.dev.allow_raw_digest,
+        ))
+        .max_decoding_message_size(limits.max_request()),
         PinnedCoordinator(Arc::new(coordinator_der)),
     );
-    let http = match cfg.http_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("config field `http_listen` {addr}"))
-                .map_err(config_error)?,
-        ),
-        None => None,
-    };
+    let metrics = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("config field `metrics.listen` {}", cfg.metrics.listen))
+        .map_err(config_error)?;
     let server = Server::builder()
         .tls_config(
             ServerTlsConfig::new()
@@ -207,7 +211,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
                 .client_ca_root(client_ca),
         )
         .map_err(|e| config_error(anyhow!("tls: {e}")))?;
-    tracing::info!(node_id = %cfg.node_id, peer_id = %handle.local_peer_id(), control = %cfg.control_listen, "signer node started");
+    tracing::info!(node_id = %cfg.node_id, peer_id = %handle.local_peer_id(),
+        control = %cfg.control_listen, metrics = %cfg.metrics.listen, "signer node started");
     println!(
         "custos-signer {} ready: control {} peer {}",
         cfg.node_id,
@@ -220,7 +225,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
             node,
             server,
             control,
-            http,
+            limits,
+            metrics,
             inbound,
             p2p_task,
         },
@@ -233,7 +239,8 @@ struct Serving {
     node: Arc<Node>,
     server: Server,
     control: InterceptedService<SignerControlServer<ControlService>, PinnedCoordinator>,
-    http: Option<tokio::net::TcpListener>,
+    limits: LimitSettings,
+    metrics: tokio::net::TcpListener,
     inbound: tokio::sync::mpsc::Receiver<custos_signer_node::p2p::InboundMessage>,
     p2p_task: p2p::P2pTask,
 }
@@ -274,33 +281,54 @@ async fn serve(cfg: &SignerConfig, s: Serving) -> Result<(), Fatal> {
     // Not stopped by the signal: sessions being drained still need their
     // frames. It ends when the transport closes the channel.
     tasks.spawn("inbound frames", s.node.clone().route_inbound(s.inbound));
-    if let Some(listener) = s.http {
-        let h = Arc::new(SignerHealth {
-            node: s.node.clone(),
-        });
-        let shutdown = stop.clone().cancelled_owned();
-        tasks.spawn("HTTP server", async move {
-            if let Err(e) = custos_service::http::serve(listener, h, shutdown).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-    }
+    // The coordinator is the one client (pinned certificate): keyed by its address.
+    let guard = Guard::new(
+        "control",
+        Protocol::Grpc,
+        s.limits,
+        Arc::new(|_| None),
+        Some(stop.clone()),
+    );
+    // /healthz and /metrics, up through the drain, closed once it is over.
+    let metrics_closed = CancellationToken::new();
+    let h = Arc::new(SignerHealth {
+        node: s.node.clone(),
+        guard: guard.clone(),
+    });
+    let metrics = custos_service::http::serve_metrics(
+        s.metrics,
+        h,
+        stop.clone(),
+        metrics_closed.clone().cancelled_owned(),
+    );
+    tasks.spawn("metrics server", async move {
+        if let Err(e) = metrics.await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SignerControlServer<ControlService>>()
-        .await;
+    let readiness = Readiness::serving(
+        health_reporter,
+        &[<SignerControlServer<ControlService> as tonic::server::NamedService>::NAME],
+    )
+    .await;
     let calls = CallCounter::default();
-    let mut server = s.server;
+    let accepting = CancellationToken::new();
+    let mut server = s.server.layer(guard);
     let grpc = server
         .add_service(calls.wrap(health_service))
         .add_service(calls.wrap(s.control))
-        .serve_with_shutdown(cfg.control_listen, stop.clone().cancelled_owned());
+        .serve_with_shutdown(cfg.control_listen, accepting.clone().cancelled_owned());
     let (served, _) = serve_until_signal(
-        "control API",
         grpc,
-        &calls,
-        &stop,
-        Duration::from_secs(cfg.drain_timeout_secs),
+        Drain {
+            what: "control API",
+            calls: &calls,
+            readiness: &readiness,
+            stop: &stop,
+            accepting: &accepting,
+            timeout: Duration::from_secs(cfg.drain_timeout_secs),
+        },
     )
     .await;
     if tokio::time::timeout(CLOSE_LIMIT, s.p2p_task.shutdown())
@@ -309,6 +337,7 @@ async fn serve(cfg: &SignerConfig, s: Serving) -> Result<(), Fatal> {
     {
         tracing::warn!("p2p transport did not stop in time: closed by the exit");
     }
+    metrics_closed.cancel();
     tasks.join_until(Instant::now() + CLOSE_LIMIT).await.log();
     match served {
         Some(Err(e)) => Err(Fatal(
@@ -353,6 +382,7 @@ fn import_aux_fixture(
 
 struct SignerHealth {
     node: Arc<Node>,
+    guard: Guard,
 }
 
 impl custos_service::http::Health for SignerHealth {
@@ -369,7 +399,7 @@ impl custos_service::http::Health for SignerHealth {
             self.node.store().presig_total(),
             self.node.store().key_count().unwrap_or(0),
             self.node.protocol_threads()
-        )
+        ) + &custos_service::limits::metrics_text(std::slice::from_ref(&self.guard))
     }
 }
 

@@ -425,7 +425,7 @@ async fn cluster(n: usize) -> Figures {
         "  C: {n} signatures verified; {} withdrawals, all signed",
         2 * n
     );
-    let stages = stage_breakdown(fc.tc.cluster.layout().coordinator.http_listen);
+    let stages = stage_breakdown(fc.tc.cluster.layout().coordinator.metrics_listen);
     fc.tc.cluster.stop().await.unwrap();
     Figures {
         stages,

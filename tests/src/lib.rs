@@ -337,6 +337,8 @@ pub struct FlowSettings<'a> {
     /// The coordinator's presignature pool target per key instead of
     /// [`FLOW_TEST_POOL`].
     pub presignature_pool: Option<u32>,
+    /// Whole tables appended to the coordinator's config (e.g. `[limits]`).
+    pub coordinator_toml: &'a str,
 }
 
 /// Appends `toml` (whole tables) to the config file at `path`.
@@ -381,6 +383,7 @@ pub async fn start_flow_on(
     for s in &layout.signers {
         append_toml(&s.config, settings.signer_toml);
     }
+    append_toml(&layout.coordinator.config, settings.coordinator_toml);
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     let tc = start_layout(dir, layout, opts).await;
     let layout = tc.cluster.layout().clone();
@@ -637,7 +640,8 @@ pub async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<cust
     out
 }
 
-/// A gauge or counter from a daemon's `/metrics` (plain HTTP on loopback).
+/// A gauge or counter from a daemon's `/metrics` (its metrics listener,
+/// plain HTTP on loopback).
 pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(5)).unwrap();

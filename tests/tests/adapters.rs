@@ -332,9 +332,9 @@ impl Receiver {
     }
 }
 
-/// `method path` on the coordinator's HTTP port with a bearer token.
+/// `method path` on the coordinator's HTTP API (TLS) with a bearer token.
 async fn http(
-    addr: std::net::SocketAddr,
+    api: &custos_devkit::HttpTarget,
     method: &str,
     path: &str,
     token: &str,
@@ -345,19 +345,23 @@ async fn http(
     } else {
         serde_json::to_vec(body).unwrap()
     };
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (h, b) = text.split_once("\r\n\r\n").unwrap();
-    let status = h.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(b).unwrap_or(Value::Null))
+    let auth = format!("Bearer {token}");
+    let r = api
+        .request(
+            method,
+            path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+        .await
+        .unwrap();
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
 }
 
 fn token(layout: &custos_devkit::ClusterLayout, client: &str) -> String {
@@ -622,7 +626,7 @@ async fn cli_checks(layout: &custos_devkit::ClusterLayout, pool: &sqlx::AnyPool)
         .await
         .unwrap();
     let (st, _) = http(
-        node.1,
+        &custos_devkit::HttpTarget::plain(node.1.to_string()),
         "POST",
         "/",
         "-",
@@ -682,6 +686,20 @@ async fn cli_checks(layout: &custos_devkit::ClusterLayout, pool: &sqlx::AnyPool)
     let (code, out, err) = custos(&["ledger", "reconcile", "--rpc", &rpc, "--cluster", dir]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ledger and chain agree"), "{out}");
+    // Every admin call is audited, the refused one too, by token id.
+    let log = std::fs::read_to_string(layout.log_file("coordinator")).unwrap();
+    let audited = |route: &str, status: u16, client: &str| {
+        log.lines().any(|l| {
+            l.contains("custos::audit")
+                && l.contains("admin call")
+                && l.contains(&format!("route={route} "))
+                && l.contains(&format!("status={status}"))
+                && l.contains(&format!("client=\"{client}\""))
+                && l.contains("token_id=")
+        })
+    };
+    assert!(audited("POST /v1/ledger/deposits", 200, "admin"), "{log}");
+    assert!(audited("GET /v1/ledger/reconcile", 403, "auditor"), "{log}");
     // An admin tightens the wallet's overdraft limit (first set: unlimited).
     let (limit,): (String,) = sqlx::query_as(
         "SELECT max_overdraft FROM ledger_overdrafts WHERE wallet = 'w-hot' AND asset = 'ETH'",
@@ -720,12 +738,12 @@ async fn scenario(database_url: Option<&str>) {
     let (receiver, hook_url) = Receiver::start(2).await;
     let mut fc = start(database_url, &stream, &prefix).await;
     let layout = fc.tc.cluster.layout().clone();
-    let http_addr = layout.coordinator.http_listen;
+    let api = &custos_devkit::HttpTarget::coordinator_api(&layout).unwrap();
     let backend_token = token(&layout, "payments-backend");
 
     // Register the backend's webhook before any withdrawal exists.
     let (st, w) = http(
-        http_addr,
+        api,
         "POST",
         "/v1/webhooks",
         &backend_token,
@@ -735,7 +753,7 @@ async fn scenario(database_url: Option<&str>) {
     assert_eq!(st, 200, "{w}");
     // An auditor may not register webhooks; a short secret is refused.
     let (st, _) = http(
-        http_addr,
+        api,
         "POST",
         "/v1/webhooks",
         &token(&layout, "auditor"),
@@ -744,7 +762,7 @@ async fn scenario(database_url: Option<&str>) {
     .await;
     assert_eq!(st, 403);
     let (st, _) = http(
-        http_addr,
+        api,
         "POST",
         "/v1/webhooks",
         &backend_token,
@@ -873,7 +891,7 @@ async fn scenario(database_url: Option<&str>) {
     assert_eq!(first.body["type"], "withdrawal.requested");
 
     // Metrics and the adapter endpoints.
-    let (code, metrics) = custos_devkit::http_get(http_addr, "/metrics")
+    let (code, metrics) = custos_devkit::http_get(layout.coordinator.metrics_listen, "/metrics")
         .await
         .unwrap();
     assert_eq!(code, 200);
@@ -887,7 +905,7 @@ async fn scenario(database_url: Option<&str>) {
         assert!(metrics.contains(m), "{m} missing:\n{metrics}");
     }
     let (st, inv) = http(
-        http_addr,
+        api,
         "GET",
         "/v1/ledger/invariants",
         &token(&layout, "auditor"),
@@ -897,7 +915,7 @@ async fn scenario(database_url: Option<&str>) {
     assert_eq!(st, 200);
     assert_eq!(inv["ok"], true, "{inv}");
     let (st, rep) = http(
-        http_addr,
+        api,
         "GET",
         "/v1/reports/states",
         &token(&layout, "auditor"),
@@ -915,7 +933,7 @@ async fn scenario(database_url: Option<&str>) {
     assert_eq!(counts.get("blocked"), Some(&1));
     assert_eq!(counts.get("cancelled"), Some(&1));
     let (st, _) = http(
-        http_addr,
+        api,
         "GET",
         "/v1/reports/states",
         &backend_token,

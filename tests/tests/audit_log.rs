@@ -663,7 +663,7 @@ async fn unwritable_log_stops_withdrawals() {
     let fc = start_flow(&flow_policy(), false, &["w-hot"]).await;
     let layout = fc.tc.cluster.layout().clone();
     let backend = fc.backend.clone();
-    let http = layout.coordinator.http_listen;
+    let http = layout.coordinator.metrics_listen;
     let count = || async { all_withdrawals(&fc.backend).await.len() };
 
     // One withdrawal half approved before the log breaks.

@@ -605,7 +605,7 @@ async fn concurrent_signing_during_pool_refills_never_stalls() {
         "16 signatures, 8 at a time, in {:?} (slowest {slowest:?})",
         started.elapsed()
     );
-    let http = tc.cluster.layout().coordinator.http_listen;
+    let http = tc.cluster.layout().coordinator.metrics_listen;
     for counter in [
         "custos_sign_failures_total",
         "custos_presign_failures_total",

@@ -72,7 +72,7 @@ async fn withdrawal_flow_on_postgresql() {
     }
     // Each stage of the path shows on /metrics, and every request went
     // through a group commit.
-    let http = fc.tc.cluster.layout().coordinator.http_listen;
+    let http = fc.tc.cluster.layout().coordinator.metrics_listen;
     for stage in [
         "risk",
         "policy",

@@ -231,10 +231,11 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
         layout.threshold
     );
     println!(
-        "  coordinator  {:<26} {:<12} http {}",
+        "  coordinator  {:<26} {:<12} http {} metrics http://{}",
         c.url,
         pid_of(records, &c.name),
-        c.http_url
+        c.http_url,
+        c.metrics_listen
     );
     for s in &layout.signers {
         println!(

@@ -1,29 +1,34 @@
 //! `custos report NAME`: reports from the coordinator's REST API
-//! (`GET /v1/reports/{name}` on its HTTP port), printed as a table, CSV or JSON.
-//! Also the small HTTP client `custos ledger` shares.
+//! (`GET /v1/reports/{name}` on its HTTP API, TLS), printed as a table, CSV
+//! or JSON. Also the API client `custos ledger` shares.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conn::block_on;
 
-/// Where the coordinator's HTTP port is and which token to present.
+/// Where the coordinator's HTTP API is and which token to present.
 #[derive(clap::Args, Clone, Debug)]
 pub struct HttpArgs {
-    /// Dev cluster directory: its cluster.json gives the HTTP address and tokens.
+    /// Dev cluster directory: its cluster.json gives the HTTP API address,
+    /// the CA and the tokens.
     #[arg(long, value_name = "DIR", default_value = custos_devkit::DEFAULT_DIR)]
     pub cluster: PathBuf,
-    /// Coordinator HTTP URL (`http://host:port`), instead of --cluster; needs --token-file.
+    /// Coordinator HTTP API URL (`https://host:port`; `http://` only for a
+    /// dev coordinator with `[dev] plain_http`), instead of --cluster; needs
+    /// --token-file, and --ca for https.
     #[arg(long = "http", value_name = "URL", requires = "token_file")]
     pub http_url: Option<String>,
     /// File holding your API bearer token (with --http).
     #[arg(long, value_name = "FILE", requires = "http_url")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that issued the coordinator's server
+    /// certificate, checked against the URL's host (with --http https://).
+    #[arg(long, value_name = "FILE", requires = "http_url")]
+    pub ca: Option<PathBuf>,
     /// Which generated API client of the dev cluster to act as [default: the
     /// command's role: auditor for reads, admin for writes].
     #[arg(long, value_name = "ID", conflicts_with = "http_url")]
@@ -32,15 +37,19 @@ pub struct HttpArgs {
 
 /// A coordinator REST endpoint and a token.
 pub struct Api {
-    host_port: String,
-    token: String,
+    target: custos_devkit::HttpTarget,
+    token: zeroize::Zeroizing<String>,
 }
 
 impl HttpArgs {
     /// Resolves the address and the token (`default_client` in a dev cluster).
     pub fn api(&self, default_client: &str) -> anyhow::Result<Api> {
-        let (url, token_file) = match (&self.http_url, &self.token_file) {
-            (Some(url), Some(t)) => (url.clone(), t.clone()),
+        let (target, token_file) = match (&self.http_url, &self.token_file) {
+            (Some(url), Some(t)) => (
+                custos_devkit::HttpTarget::from_url(url, self.ca.as_deref())
+                    .with_context(|| format!("--http {url} (with --ca FILE for https)"))?,
+                t.clone(),
+            ),
             _ => {
                 let layout = custos_devkit::ClusterLayout::load(&self.cluster).with_context(|| {
                     format!(
@@ -57,19 +66,19 @@ impl HttpArgs {
                         .map(|c| c.token_file.clone())
                         .ok_or_else(|| anyhow!("no API client {id:?} in the dev cluster"))?
                 };
-                (layout.coordinator.http_url.clone(), token_file)
+                (
+                    custos_devkit::HttpTarget::coordinator_api(&layout)?,
+                    token_file,
+                )
             }
         };
-        let host_port = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow!("--http {url}: only http:// URLs are supported"))?
-            .trim_end_matches('/')
-            .to_owned();
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("token file {}", token_file.display()))?
-            .trim()
-            .to_owned();
-        Ok(Api { host_port, token })
+        let token = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&token_file)
+                .with_context(|| format!("token file {}", token_file.display()))?
+                .trim()
+                .to_owned(),
+        );
+        Ok(Api { target, token })
     }
 }
 
@@ -99,52 +108,38 @@ impl Api {
             .map(serde_json::to_vec)
             .transpose()?
             .unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nConnection: close\r\n",
-            self.host_port, self.token
-        );
+        let auth = zeroize::Zeroizing::new(format!("Bearer {}", self.token.as_str()));
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Accept", "application/json"),
+        ];
         if !body.is_empty() || method == "POST" {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            headers.push(("Content-Type", "application/json"));
         }
-        req.push_str("\r\n");
-        let addr = self.host_port.clone();
-        let fut = async {
-            let mut s = tokio::net::TcpStream::connect(&addr).await?;
-            s.write_all(req.as_bytes()).await?;
-            s.write_all(&body).await?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await?;
-            Ok::<_, std::io::Error>(buf)
-        };
-        let buf = tokio::time::timeout(Duration::from_secs(60), fut)
+        let url = self.target.url();
+        let r = self
+            .target
+            .request(method, path, &headers, &body)
             .await
-            .map_err(|_| anyhow!("http://{addr}{path}: no answer in 60 s"))?
-            .with_context(|| format!("http://{addr}{path} (is the coordinator running?)"))?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("http://{addr}{path}: not an HTTP response"))?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("http://{addr}{path}: not an HTTP response"))?;
-        let json: Value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
-        if !(200..300).contains(&status) {
+            .with_context(|| format!("{url}{path} (is the coordinator running?)"))?;
+        let json: Value = serde_json::from_str(&r.body).unwrap_or(Value::String(r.body.clone()));
+        if !(200..300).contains(&r.status) {
             let msg = json
                 .get("error")
                 .and_then(Value::as_str)
-                .map_or_else(|| body.trim().to_owned(), str::to_owned);
-            let hint = match status {
-                401 => " (check the token: --client or --token-file)",
-                403 => " (this API client lacks the role: pick another with --client)",
-                404 if msg.is_empty() => " (the coordinator is too old for this endpoint)",
-                _ => "",
+                .map_or_else(|| r.body.trim().to_owned(), str::to_owned);
+            let hint = match (r.status, r.header("retry-after")) {
+                (401, _) => " (check the token: --client or --token-file)".to_owned(),
+                (403, _) => {
+                    " (this API client lacks the role: pick another with --client)".to_owned()
+                }
+                (404, _) if msg.is_empty() => {
+                    " (the coordinator is too old for this endpoint)".to_owned()
+                }
+                (429 | 503, Some(after)) => format!(" (retry after {after} s)"),
+                _ => String::new(),
             };
-            bail!("{method} {path}: HTTP {status}: {msg}{hint}");
+            bail!("{method} {path}: HTTP {}: {msg}{hint}", r.status);
         }
         Ok(json)
     }

@@ -17,6 +17,10 @@
 //! | `POST /v1/ledger/deposits` `{wallet, asset, amount, reference}` | admin | records a deposit (idempotent per reference) |
 //! | `POST /v1/ledger/overdrafts` `{wallet, asset, limit}` | admin | sets a wallet's overdraft limit (`"unlimited"`, or base units; `"0"` = none) |
 //! | `GET /v1/ledger/reconcile?chain=eth[&rpc=URL]` | auditor (`rpc`: admin) | ledger vs chain balances |
+//!
+//! Every admin call is audited: a call to an admin route (allowed or not)
+//! and any call made with an admin token is logged under the target
+//! `custos::audit` with the client, the token id, the route and the answer.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -113,8 +117,60 @@ fn identify(state: &HttpState, headers: &HeaderMap, roles: &[Role]) -> Result<Id
     }
 }
 
+/// Routes only an admin may call (and `rpc=` on reconcile).
+const ADMIN_ROUTES: &[&str] = &["POST /v1/ledger/deposits", "POST /v1/ledger/overdrafts"];
+
+/// Whether a call needs the admin role: an admin route, or a reconciliation
+/// naming its own RPC endpoint.
+fn is_admin_call(route: &str, query: Option<&str>) -> bool {
+    ADMIN_ROUTES.contains(&route)
+        || (route == "GET /v1/ledger/reconcile"
+            && query.is_some_and(|q| {
+                q.split('&')
+                    .any(|kv| kv.starts_with("rpc=") && kv.len() > "rpc=".len())
+            }))
+}
+
+/// Logs every admin call under the target `custos::audit`: calls to an
+/// admin route, whoever makes them (refusals included), and every call made
+/// with an admin token; with the client, the token id (never the token),
+/// the route and the status answered.
+async fn audit_admin_calls(
+    State(auth): State<Authenticator>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+        Some(p) => format!("{} {}", req.method(), p.as_str()),
+        None => format!("{} {}", req.method(), req.uri().path()),
+    };
+    let admin_route = is_admin_call(&route, req.uri().query());
+    let caller = auth.peek(req.headers());
+    let by_admin = caller.as_ref().is_some_and(Identity::is_admin);
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    if admin_route || by_admin {
+        let (client, token_id) = match &caller {
+            Some(id) => (id.id.as_str(), id.token_id.as_deref().unwrap_or("-")),
+            None => ("(unauthenticated)", "-"),
+        };
+        tracing::info!(
+            target: "custos::audit",
+            client,
+            token_id,
+            admin = by_admin,
+            route = %route,
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "admin call"
+        );
+    }
+    response
+}
+
 /// The adapter routes.
 pub fn router(state: HttpState) -> Router {
+    let auth = state.auth.clone();
     Router::new()
         .route("/v1/webhooks", post(register_webhook).get(list_webhooks))
         .route("/v1/webhooks/dead-letters", get(dead_letters))
@@ -127,7 +183,35 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/ledger/deposits", post(deposit))
         .route("/v1/ledger/overdrafts", post(set_overdraft))
         .route("/v1/ledger/reconcile", get(reconcile))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            audit_admin_calls,
+        ))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::is_admin_call;
+
+    #[test]
+    fn admin_calls_are_recognised() {
+        assert!(is_admin_call("POST /v1/ledger/deposits", None));
+        assert!(is_admin_call("POST /v1/ledger/overdrafts", None));
+        assert!(is_admin_call(
+            "GET /v1/ledger/reconcile",
+            Some("chain=eth&rpc=http://x")
+        ));
+        assert!(!is_admin_call(
+            "GET /v1/ledger/reconcile",
+            Some("chain=eth&rpc=")
+        ));
+        assert!(!is_admin_call(
+            "GET /v1/ledger/reconcile",
+            Some("chain=eth")
+        ));
+        assert!(!is_admin_call("GET /v1/ledger/balances", None));
+    }
 }
 
 #[derive(Deserialize)]

@@ -5,9 +5,10 @@
 //!
 //! `main.rs` calls [`Adapters::start`] once the database is open, wraps the
 //! withdrawal store with [`Adapters::attach`] (the hooks then run inside every
-//! state change's transaction), serves [`Adapters::serve_http`] instead of
-//! the bare health router, runs [`Adapters::refresh_gauges`] with its other
-//! background tasks and calls [`Adapters::shutdown`] when it stops.
+//! state change's transaction), serves [`Adapters::api_router`] on the API
+//! listener and its health [`Adapters::with_metrics`] on the metrics
+//! listener, runs [`Adapters::refresh_gauges`] with its other background
+//! tasks and calls [`Adapters::shutdown`] when it stops.
 
 pub mod events;
 pub mod http;
@@ -153,25 +154,26 @@ impl Adapters {
         )
     }
 
-    /// Serves `/healthz`, `/metrics` (the daemon's plus the adapters') and the
-    /// adapter routes ([`http`]) on `listener` until `shutdown` resolves,
-    /// then finishes the requests in progress.
-    pub fn serve_http(
-        self: &Arc<Self>,
-        listener: tokio::net::TcpListener,
-        health: Arc<dyn Health>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        let combined: Arc<dyn Health> = Arc::new(WithAdapterMetrics {
+    /// The daemon's health with the adapters' metrics added, for the
+    /// metrics listener (`custos_service::http::serve_metrics`).
+    pub fn with_metrics(self: &Arc<Self>, health: Arc<dyn Health>) -> Arc<dyn Health> {
+        Arc::new(WithAdapterMetrics {
             inner: health,
             adapters: Arc::clone(self),
-        });
-        let app = custos_service::http::router(combined).merge(http::router(self.http.clone()));
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        })
+    }
+
+    /// The adapter routes ([`http`]) for the API listener: every request
+    /// goes through `guard` (rate limits per client and route, calls in
+    /// flight) and bodies are bounded to `max_body` bytes (413 beyond).
+    pub fn api_router(
+        &self,
+        guard: custos_service::limits::Guard,
+        max_body: usize,
+    ) -> axum::Router {
+        http::router(self.http.clone())
+            .layer(guard)
+            .layer(axum::extract::DefaultBodyLimit::max(max_body))
     }
 
     /// Refreshes the database-derived gauges every 5 s, for as long as it
