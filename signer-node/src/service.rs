@@ -221,8 +221,13 @@ impl SignerControl for ControlService {
         let node = self.node.clone();
         let partial = blocking(move || {
             // Before anything else: a minority key never signs a withdrawal,
-            // so what the request claims is not even read.
-            majority_key(&node, &r.key_id)?;
+            // so what the request claims is not even read. (An unknown key
+            // is left to the checks below, which name what is wrong.)
+            match node.key_meta(&r.key_id) {
+                Ok(meta) => crate::cosigner::check_majority_key(&meta)?,
+                Err(NodeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
             let (decision, _serialised) = cos.authorize_signing(&a, &r.presignature_id)?;
             match decision {
                 SignDecision::Repeat(p) => Ok(p),
@@ -233,6 +238,7 @@ impl SignerControl for ControlService {
                             r.key_id, v.withdrawal.wallet
                         )));
                     }
+                    majority_key(&node, &r.key_id)?;
                     let usage = match &v.replaces {
                         None if v.input > 0 => format!(
                             "withdrawal={} input={} statement={}",
