@@ -1,7 +1,7 @@
 //! Orchestration: aux info once per group, keys, the presignature pool, signing.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crate::key_lock::KeyLocks;
 use std::time::{Duration, Instant};
@@ -122,7 +122,7 @@ pub struct Cluster {
     /// Keys locked after repeated unexplained signing failures.
     pub locks: KeyLocks,
     /// Where locks are logged (set once the log is open).
-    audit: OnceLock<Arc<crate::audit::AuditTrail>>,
+    audit: Arc<crate::audit::AuditTrail>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -258,7 +258,12 @@ fn combine_partials(
 
 impl Cluster {
     /// Wires the domain.
-    pub fn new(db: Db, signers: Arc<Signers>, settings: Settings) -> Arc<Cluster> {
+    pub fn new(
+        db: Db,
+        signers: Arc<Signers>,
+        audit: Arc<crate::audit::AuditTrail>,
+        settings: Settings,
+    ) -> Arc<Cluster> {
         let locks = KeyLocks::new(
             db.pool().clone(),
             settings.lock_after_failures,
@@ -266,7 +271,7 @@ impl Cluster {
         );
         Arc::new(Cluster {
             locks,
-            audit: OnceLock::new(),
+            audit,
             db,
             signers,
             settings,
@@ -274,11 +279,6 @@ impl Cluster {
             rotation: AtomicUsize::new(0),
             metrics: Metrics::default(),
         })
-    }
-
-    /// The log key locks are recorded in.
-    pub fn set_audit(&self, audit: Arc<crate::audit::AuditTrail>) {
-        let _ = self.audit.set(audit);
     }
 
     /// The combined signature of `key`, counted: a failure no one can
@@ -295,15 +295,15 @@ impl Cluster {
                     Ok(Some(n)) => {
                         tracing::error!(key_id, failures = n, error = %e, "key locked for signing");
                         // The lock is stored; logging it must not undo it.
-                        if let Some(audit) = self.audit.get()
-                            && let Err(le) = audit
-                                .append(custos_audit::EntryBody::KeyLockChanged {
-                                    key_id: key_id.to_owned(),
-                                    locked: true,
-                                    actor: "coordinator".into(),
-                                    reason: format!("{n} unexplained signing failures; last: {e}"),
-                                })
-                                .await
+                        if let Err(le) = self
+                            .audit
+                            .append(custos_audit::EntryBody::KeyLockChanged {
+                                key_id: key_id.to_owned(),
+                                locked: true,
+                                actor: "coordinator".into(),
+                                reason: format!("{n} unexplained signing failures; last: {e}"),
+                            })
+                            .await
                         {
                             tracing::error!(key_id, error = %le, "key lock not logged");
                         }

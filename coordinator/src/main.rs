@@ -227,9 +227,23 @@ async fn build(
         );
     }
     let signers = Arc::new(Signers::new(&cfg.signers, signer_ca, client_id).map_err(config_error)?);
+    // The log comes before the cluster, which records key locks in it.
+    let service_db = custos_service::db::Db {
+        pool: db.pool().clone(),
+        backend: db.backend(),
+    };
+    let log = custos_audit::shared::SharedLog::open(service_db, &cfg.audit.origin)
+        .await
+        .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?;
+    let audit = Arc::new(
+        AuditTrail::new(log, log_signer, signers.clone())
+            .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?,
+    );
+    tracing::info!(log_key = %audit.verifier_key(), "audit log open");
     let cluster = Cluster::new(
         db,
         signers,
+        audit.clone(),
         Settings {
             default_threshold: cfg.default_threshold,
             pool_target: cfg.presignature_pool,
@@ -240,20 +254,6 @@ async fn build(
             lock_window: Duration::from_secs(cfg.lock_window_secs),
         },
     );
-
-    let service_db = custos_service::db::Db {
-        pool: cluster.db.pool().clone(),
-        backend: cluster.db.backend(),
-    };
-    let log = custos_audit::shared::SharedLog::open(service_db, &cfg.audit.origin)
-        .await
-        .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?;
-    let audit = Arc::new(
-        AuditTrail::new(log, log_signer, cluster.signers.clone())
-            .map_err(|e| Fatal(1, anyhow!("audit log: {e}")))?,
-    );
-    tracing::info!(log_key = %audit.verifier_key(), "audit log open");
-    cluster.set_audit(audit.clone());
     // --- adapters (ledger, outbox, reports) ---
     // Ledger/outbox schemas, the event dispatcher (NATS when `[events] nats_url`
     // is set, webhooks always), and the hooks attached to the withdrawal store
@@ -391,6 +391,12 @@ async fn build_engine(
     } else {
         cfg.assets.clone()
     };
+    let chains = custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
+        .map_err(|e| config_error(anyhow!("{e}")))?;
+    chains
+        .check_nodes()
+        .await
+        .map_err(|e| config_error(anyhow!("{e}")))?;
     let engine = Engine::new(
         store,
         cluster.clone(),
@@ -398,6 +404,7 @@ async fn build_engine(
         model,
         risk_state,
         audit.clone(),
+        Arc::new(chains),
         assets,
         FlowSettings {
             tick: Duration::from_millis(cfg.withdrawals.tick_ms.max(50)),
@@ -405,13 +412,6 @@ async fn build_engine(
         },
         stop.clone(),
     );
-    let chains = custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
-        .map_err(|e| config_error(anyhow!("{e}")))?;
-    chains
-        .check_nodes()
-        .await
-        .map_err(|e| config_error(anyhow!("{e}")))?;
-    engine.set_chains(Arc::new(chains));
     Ok(engine)
 }
 

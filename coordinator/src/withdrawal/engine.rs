@@ -200,8 +200,8 @@ pub struct Engine {
     changes: broadcast::Sender<()>,
     /// Withdrawals per state, refreshed by the ticker (metrics).
     counts: Mutex<Vec<(String, i64)>>,
-    /// Chain adapters (`[[chains]]`), set once at start.
-    chains: std::sync::OnceLock<Arc<crate::chain::Chains>>,
+    /// Chain adapters (`[[chains]]`).
+    chains: Arc<crate::chain::Chains>,
     /// The daemon's stop signal: drivers finish the step they are in and
     /// start no other, the ticker stops, watch streams end.
     stop: CancellationToken,
@@ -338,6 +338,7 @@ impl Engine {
         risk_model: RiskModel,
         risk_state: RiskState,
         audit: Arc<AuditTrail>,
+        chains: Arc<crate::chain::Chains>,
         assets: Vec<AssetConfig>,
         settings: FlowSettings,
         stop: CancellationToken,
@@ -358,7 +359,7 @@ impl Engine {
             in_flight: Mutex::new(HashSet::new()),
             changes,
             counts: Mutex::new(Vec::new()),
-            chains: std::sync::OnceLock::new(),
+            chains,
             stop,
             tasks: TaskTracker::new(),
         })
@@ -430,15 +431,10 @@ impl Engine {
         ids
     }
 
-    /// Installs the chain adapters (once, before withdrawals are served).
-    pub fn set_chains(&self, chains: Arc<crate::chain::Chains>) {
-        let _ = self.chains.set(chains);
-    }
-
     /// The EVM adapter for a withdrawal's chain, if one is configured.
     fn evm_chain(&self, chain: &str) -> Option<(&crate::chain::Chains, &crate::chain::EvmChain)> {
-        let chains = self.chains.get()?;
-        chains.evm(chain).map(|c| (chains.as_ref(), c))
+        let chains = self.chains.as_ref();
+        chains.evm(chain).map(|c| (chains, c))
     }
 
     /// The configured UTXO chain `chain`, if any.
@@ -446,8 +442,8 @@ impl Engine {
         &self,
         chain: &str,
     ) -> Option<(&crate::chain::Chains, &crate::chain::utxo::UtxoChain)> {
-        let chains = self.chains.get()?;
-        chains.utxo(chain).map(|c| (chains.as_ref(), c))
+        let chains = self.chains.as_ref();
+        chains.utxo(chain).map(|c| (chains, c))
     }
 
     /// Rebuilds the risk model's state from stored history.
