@@ -13,10 +13,10 @@ use custos_audit::shared::SharedLog;
 use custos_audit::{AuditError, EntryBody, Hash, LogSigner};
 use custos_proto::signer::{CosignRequest, StatusRequest};
 
+use crate::clock::now_ms;
 use crate::error::CoordError;
 use crate::signers::Signers;
 use crate::stages::{self, Stage};
-use crate::withdrawal::store::now_ms;
 
 /// The log, its key, and what each witness has co-signed.
 pub struct AuditTrail {

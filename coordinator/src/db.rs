@@ -4,8 +4,6 @@
 //! presignature is marked consumed before its partials are requested, a
 //! sign request is recorded before any signer is asked.
 
-use std::path::Path;
-
 use custos_service::db::{Backend, Db as SqlDb, is_unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -127,38 +125,45 @@ fn list(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
-impl Db {
-    /// Opens (creating) `dir/coordinator.db`.
-    pub async fn open(dir: &Path) -> Result<Db, CoordError> {
-        let url = format!("sqlite://{}", dir.join("coordinator.db").display());
-        Self::connect(&url).await
-    }
+/// Marks a ready presignature consumed, inside the caller's transaction
+/// (which then records where it is used); `false` if it was not ready.
+pub async fn consume_presig(
+    conn: &mut sqlx::AnyConnection,
+    presig_id: &str,
+) -> Result<bool, CoordError> {
+    let res = sqlx::query(
+        "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
+    )
+    .bind(presig_id)
+    .execute(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(res.rows_affected() == 1)
+}
 
+impl Db {
     /// Opens the database at `url` (`sqlite://...` or `postgres://...`) and
-    /// creates the schema.
+    /// creates this module's tables (keys, groups, presignatures, sign
+    /// requests); [`crate::storage::connect`] adds every other module's.
     pub async fn connect(url: &str) -> Result<Db, CoordError> {
         let db = SqlDb::connect(url, 8)
             .await
             .map_err(|e| CoordError::Storage(e.to_string()))?;
         let ddl = SCHEMA.replace("BLOB", db.backend.blob());
         db.execute_ddl(&ddl).await.map_err(db_err)?;
-        db.execute_ddl(&crate::chain::schema(db.backend))
-            .await
-            .map_err(db_err)?;
-        db.execute_ddl(&crate::withdrawal::store::schema(db.backend))
-            .await
-            .map_err(db_err)?;
-        db.execute_ddl(crate::key_lock::SCHEMA)
-            .await
-            .map_err(db_err)?;
-        crate::withdrawal::store::upgrade(&db)
-            .await
-            .map_err(db_err)?;
-        crate::chain::upgrade(&db).await.map_err(db_err)?;
         Ok(Db {
             pool: db.pool,
             backend: db.backend,
         })
+    }
+
+    /// The same database as the `custos-db` type the modules' schema
+    /// functions take.
+    pub fn sql(&self) -> SqlDb {
+        SqlDb {
+            pool: self.pool.clone(),
+            backend: self.backend,
+        }
     }
 
     /// The pool, for modules with their own tables.

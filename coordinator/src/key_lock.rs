@@ -12,8 +12,8 @@
 
 use sqlx::{AnyPool, Row};
 
+use crate::clock::now_ms;
 use crate::error::CoordError;
-use crate::withdrawal::store::now_ms;
 
 /// DDL for the failure counts and locks.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS key_failures (
@@ -156,7 +156,7 @@ mod tests {
     use super::*;
 
     async fn locks(url: &str, window: std::time::Duration) -> KeyLocks {
-        let db = crate::db::Db::connect(url).await.unwrap();
+        let db = crate::storage::connect(url).await.unwrap();
         KeyLocks::new(db.pool().clone(), 3, window)
     }
 

@@ -8,6 +8,7 @@ pub mod adapters;
 pub mod audit;
 pub mod auth;
 pub mod chain;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 
@@ -27,4 +28,5 @@ pub mod key_lock;
 pub mod service;
 pub mod signers;
 pub mod stages;
+pub mod storage;
 pub mod withdrawal;

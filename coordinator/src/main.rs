@@ -13,7 +13,6 @@ use custos_coordinator::audit::AuditTrail;
 use custos_coordinator::auth::Authenticator;
 use custos_coordinator::cluster::{Cluster, Settings};
 use custos_coordinator::config::{CoordinatorConfig, PolicyFiles};
-use custos_coordinator::db::Db;
 use custos_coordinator::service::CustodyService;
 use custos_coordinator::signers::Signers;
 use custos_coordinator::withdrawal::assets::default_assets;
@@ -211,8 +210,8 @@ async fn build(
             .map_err(config_error)?;
 
     let db = match &cfg.database_url {
-        Some(url) => Db::connect(url).await,
-        None => Db::open(&data_dir).await,
+        Some(url) => custos_coordinator::storage::connect(url).await,
+        None => custos_coordinator::storage::open(&data_dir).await,
     }
     .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
     let log_signer = open_log_key(cfg, path, &data_dir)?;

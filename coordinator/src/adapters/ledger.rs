@@ -25,9 +25,10 @@ use custos_ledger::LedgerError;
 use custos_service::db::Backend;
 use sqlx::AnyConnection;
 
+use crate::clock::now_ms;
 use crate::error::CoordError;
 use crate::withdrawal::State;
-use crate::withdrawal::store::{HookFuture, TransitionHook, WithdrawalRow, now_ms};
+use crate::withdrawal::store::{HookFuture, TransitionHook, WithdrawalRow};
 
 /// Where a withdrawal's reservation is settled: `confirmed` for a chain with
 /// a transaction adapter, `signed` for a withdrawal without a chain

@@ -19,7 +19,7 @@ use crate::withdrawal::store::{Val, WithdrawalRow, WithdrawalStore};
 
 async fn sqlite() -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path()).await.unwrap();
+    let db = crate::storage::open(dir.path()).await.unwrap();
     prepare(&db).await;
     (db, dir)
 }
@@ -28,7 +28,7 @@ async fn pg() -> Db {
     let url = custos_service::db::testdb::fresh_pg_url("adapters")
         .await
         .expect("PostgreSQL (scripts/ensure-services.sh)");
-    let db = Db::connect(&url).await.unwrap();
+    let db = crate::storage::connect(&url).await.unwrap();
     prepare(&db).await;
     db
 }

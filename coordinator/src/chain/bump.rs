@@ -21,10 +21,12 @@ use custos_chains::evm::tx::{
 };
 use sqlx::Row;
 
+use super::Payment;
 use super::{EvmChain, Pending, db_err, rpc_note};
 use crate::chain::Chains;
+use crate::clock::now_ms;
+use crate::db::consume_presig;
 use crate::error::CoordError;
-use crate::withdrawal::store::{WithdrawalRow, consume_presig, now_ms};
 
 /// A signed replacement, ready to swap in.
 #[derive(Debug)]
@@ -45,11 +47,7 @@ impl Chains {
     /// most the approved fee cap and the chain's `max_fee_per_gas_cap`) and
     /// stored before it is signed. Waits with a note when the cap leaves no
     /// room (and then looks again only after `resubmit_after_secs`).
-    pub async fn prepare_bump(
-        &self,
-        chain: &EvmChain,
-        row: &WithdrawalRow,
-    ) -> Result<Vec<u8>, Pending> {
+    pub async fn prepare_bump(&self, chain: &EvmChain, row: &Payment) -> Result<Vec<u8>, Pending> {
         let name = &chain.settings.name;
         let t = self
             .stored(&row.id)

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{Chains, db_err};
+use crate::clock::now_ms;
 use crate::error::CoordError;
-use crate::withdrawal::store::now_ms;
 
 /// SHA-256 of an encoded fee-bump statement, hex: the key of its approvals.
 pub fn statement_key(statement: &[u8]) -> String {

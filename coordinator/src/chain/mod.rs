@@ -51,8 +51,8 @@ use custos_service::db::{Backend, is_unique_violation};
 use serde::Deserialize;
 use sqlx::{AnyPool, Row};
 
+use crate::clock::now_ms;
 use crate::error::CoordError;
-use crate::withdrawal::store::{WithdrawalRow, now_ms};
 
 /// `[[chains]]` in the coordinator config.
 #[derive(Clone, Debug, Deserialize)]
@@ -368,6 +368,37 @@ pub struct EvmChain {
     alloc: tokio::sync::Mutex<()>,
 }
 
+/// What the chain layer needs of a withdrawal: its id, the wallet it pays
+/// from and the approved payout. The engine builds it from its own record;
+/// the chain layer never reads the withdrawal's storage row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    /// Withdrawal id.
+    pub id: String,
+    /// The paying wallet's key id.
+    pub wallet: String,
+    /// Asset symbol.
+    pub asset: String,
+    /// Canonical destination address.
+    pub destination: String,
+    /// Approved amount, base units (decimal).
+    pub amount: String,
+    /// Approved fee cap, base units (decimal).
+    pub fee_cap: String,
+}
+
+/// A withdrawal's signature as the engine stored it (parts may be missing
+/// if it was never signed: assembling then fails, naming the part).
+#[derive(Clone, Copy, Debug)]
+pub struct StoredSignature<'a> {
+    /// `r`, 32 bytes.
+    pub r: Option<&'a [u8]>,
+    /// `s`, 32 bytes.
+    pub s: Option<&'a [u8]>,
+    /// The recovery id (0 or 1).
+    pub recovery_id: Option<i64>,
+}
+
 /// The configured chains.
 #[derive(Debug)]
 pub struct Chains {
@@ -582,7 +613,7 @@ impl Chains {
     pub async fn prepare(
         &self,
         chain: &EvmChain,
-        row: &WithdrawalRow,
+        row: &Payment,
         wallet: &str,
         token: Option<Address>,
         decimals: u8,
@@ -746,7 +777,8 @@ impl Chains {
     /// the wallet) and stores it, once. Returns (raw, hash).
     pub async fn assemble(
         &self,
-        row: &WithdrawalRow,
+        row: &Payment,
+        sig: StoredSignature<'_>,
         wallet: &str,
     ) -> Result<(Vec<u8>, String), CoordError> {
         let t = self
@@ -758,17 +790,15 @@ impl Chains {
         }
         let unsigned = decode_unsigned(&t.unsigned_tx)
             .map_err(|e| CoordError::Internal(format!("stored transaction: {e}")))?;
-        let r: [u8; 32] = row
-            .sig_r
-            .as_deref()
+        let r: [u8; 32] = sig
+            .r
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| CoordError::Internal(format!("{} has no signature r", row.id)))?;
-        let s: [u8; 32] = row
-            .sig_s
-            .as_deref()
+        let s: [u8; 32] = sig
+            .s
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| CoordError::Internal(format!("{} has no signature s", row.id)))?;
-        let v = u8::try_from(row.recovery_id.unwrap_or(-1))
+        let v = u8::try_from(sig.recovery_id.unwrap_or(-1))
             .map_err(|_| CoordError::Internal(format!("{} has no recovery id", row.id)))?;
         let wallet = parse_address(wallet)
             .map_err(|e| CoordError::Internal(format!("wallet address: {e}")))?;
@@ -812,7 +842,7 @@ impl Chains {
     /// confirmations; otherwise (re-)send the current raw bytes if the node
     /// does not know them, or report it stuck once it has waited
     /// `resubmit_after_secs` unmined.
-    pub async fn track(&self, chain: &EvmChain, row: &WithdrawalRow) -> Result<Tracked, Pending> {
+    pub async fn track(&self, chain: &EvmChain, row: &Payment) -> Result<Tracked, Pending> {
         let name = &chain.settings.name;
         let t = self
             .stored(&row.id)
@@ -905,7 +935,7 @@ impl Chains {
     async fn mined_version(
         &self,
         chain: &EvmChain,
-        row: &WithdrawalRow,
+        row: &Payment,
         current: &str,
     ) -> Result<Option<Tracked>, Pending> {
         let name = &chain.settings.name;

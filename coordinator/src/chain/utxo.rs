@@ -41,9 +41,10 @@ use custos_chains::utxo::{
 use custos_service::db::is_unique_violation;
 use sqlx::Row;
 
+use super::Payment;
 use super::{ChainSettings, Chains, Pending, Tracked, db_err, rpc_note};
+use crate::clock::now_ms;
 use crate::error::CoordError;
-use crate::withdrawal::store::{WithdrawalRow, now_ms};
 
 /// One configured UTXO chain.
 #[derive(Debug)]
@@ -160,7 +161,7 @@ impl UtxoChain {
     }
 
     /// The approved payout of `row`.
-    fn payout(&self, row: &WithdrawalRow) -> Result<Payout, Pending> {
+    fn payout(&self, row: &Payment) -> Result<Payout, Pending> {
         let destination = parse_address(self.network, &row.destination)
             .map_err(|e| Pending::Wait(format!("destination: {e}")))?;
         let base_units = |field: &str, text: &str| {
@@ -231,7 +232,7 @@ impl Chains {
     pub async fn prepare_utxo(
         &self,
         chain: &UtxoChain,
-        row: &WithdrawalRow,
+        row: &Payment,
         wallet_key: &[u8],
     ) -> Result<Vec<u8>, Pending> {
         let name = &chain.settings.name;
@@ -362,13 +363,10 @@ impl Chains {
     pub fn checked_utxo(
         &self,
         chain: &UtxoChain,
-        row: &WithdrawalRow,
+        row: &Payment,
+        psbt: &[u8],
         wallet_key: &[u8],
     ) -> Result<CheckedUtxoTx, CoordError> {
-        let psbt = row
-            .unsigned_tx
-            .as_deref()
-            .ok_or_else(|| CoordError::Internal(format!("{} has no transaction", row.id)))?;
         let payout = chain.payout(row).map_err(|e| match e {
             Pending::Wait(note) | Pending::Storage(CoordError::Internal(note)) => {
                 CoordError::Internal(note)
@@ -420,7 +418,7 @@ impl Chains {
         signers: &[String],
     ) -> Result<bool, CoordError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if !crate::withdrawal::store::consume_presig(&mut tx, presig_id).await? {
+        if !crate::db::consume_presig(&mut tx, presig_id).await? {
             return Ok(false);
         }
         let res = sqlx::query(
@@ -495,7 +493,7 @@ impl Chains {
     pub async fn assemble_utxo(
         &self,
         chain: &UtxoChain,
-        row: &WithdrawalRow,
+        row: &Payment,
         wallet_key: &[u8],
     ) -> Result<(Vec<u8>, String), CoordError> {
         let t = self
@@ -505,7 +503,7 @@ impl Chains {
         if let (Some(raw), Some(hash)) = (t.raw_tx.clone(), t.tx_hash.clone()) {
             return Ok((raw, hash));
         }
-        let checked = self.checked_utxo(chain, row, wallet_key)?;
+        let checked = self.checked_utxo(chain, row, &t.unsigned_tx, wallet_key)?;
         let signatures: Vec<[u8; 64]> = self
             .utxo_inputs(&row.id)
             .await?
@@ -532,7 +530,7 @@ impl Chains {
     pub async fn track_utxo(
         &self,
         chain: &UtxoChain,
-        row: &WithdrawalRow,
+        row: &Payment,
         wallet_key: &[u8],
     ) -> Result<Tracked, Pending> {
         let name = &chain.settings.name;
@@ -579,7 +577,13 @@ impl Chains {
                     .chain()
                     .await
                     .map_err(|e| rpc_note(name, "cannot read the block height", &e))?;
-                let fee = self.checked_utxo(chain, row, wallet_key)?.fee;
+                let psbt = self
+                    .stored_tx(&row.id)
+                    .await
+                    .map_err(Pending::Storage)?
+                    .map(|t| t.unsigned_tx)
+                    .unwrap_or_default();
+                let fee = self.checked_utxo(chain, row, &psbt, wallet_key)?.fee;
                 return Ok(Tracked::Confirmed {
                     hash: hash_text,
                     block: height.saturating_add(1).saturating_sub(confs),

@@ -7,8 +7,6 @@
 
 use sqlx::Row;
 
-use super::Db;
-
 /// The first versions of the two tables that gained columns.
 const OLD_TABLES: [&str; 2] = [
     "CREATE TABLE evm_txs (
@@ -52,7 +50,7 @@ async fn old_database(url: &str) {
 async fn check_upgraded(url: &str) {
     // Twice: the second open finds everything in place and copies nothing again.
     for round in 0..2 {
-        let db = Db::connect(url).await.unwrap();
+        let db = crate::storage::connect(url).await.unwrap();
         let r = sqlx::query(
             "SELECT nonce, last_sent_ms, bumps, bump_tx, bump_presig, bump_signers, abandoned_tx
              FROM chain_txs WHERE withdrawal_id = 'w-1'",

@@ -29,9 +29,10 @@ use super::assets::{AssetConfig, human};
 use super::bundle::PolicyHolder;
 use super::machine::{self, Effect, Event, Route, Work};
 use super::state::State;
-use super::store::{ApprovalRow, Updates, Val, WithdrawalRow, WithdrawalStore, now_ms};
+use super::store::{ApprovalRow, Updates, Val, WithdrawalRow, WithdrawalStore};
 use crate::audit::AuditTrail;
 use crate::auth::Identity;
+use crate::clock::{now_ms, now_secs};
 use crate::cluster::Cluster;
 use crate::error::CoordError;
 use crate::stages::{self, Stage};
@@ -172,7 +173,7 @@ fn plan_route(decision: &Decision) -> (Route, Updates, String) {
         ),
         Outcome::Allow => (
             Route::Allow,
-            vec![("approved_at", Val::Int(Some(secs_now())))],
+            vec![("approved_at", Val::Int(Some(now_secs())))],
             "allowed by policy without approvals".to_owned(),
         ),
     }
@@ -218,10 +219,6 @@ pub struct Drained {
     pub cut_off: Vec<String>,
     /// Tasks still running at the deadline (drivers included).
     pub tasks_left: usize,
-}
-
-fn secs_now() -> i64 {
-    now_ms() / 1000
 }
 
 fn parse_amount(field: &str, s: &str, allow_zero: bool) -> Result<u128, CoordError> {
@@ -493,7 +490,7 @@ impl Engine {
     /// The address-book entries of the policy in force (all chains when
     /// `chain` is empty), with when each becomes usable, and the policy hash.
     pub fn address_book(&self, chain: &str) -> (Vec<(custos_policy::AddressEntry, i64)>, String) {
-        let active = self.policy.in_force(Timestamp(secs_now()));
+        let active = self.policy.in_force(Timestamp(now_secs()));
         let doc = active.policy().document();
         let entries = doc
             .address_book
@@ -602,7 +599,7 @@ impl Engine {
         // A policy with request keys: the client must have signed exactly
         // this request, and its id follows from the client and idempotency
         // key (signers check both, so one signature backs one withdrawal).
-        let active = self.policy.in_force(Timestamp(secs_now()));
+        let active = self.policy.in_force(Timestamp(now_secs()));
         let (id, request_signature) = if active.policy().requires_signed_requests() {
             let statement = RequestStatement {
                 client: client.id.clone(),
@@ -730,7 +727,7 @@ impl Engine {
         while !self.stop.is_cancelled() {
             match self.store.non_terminal().await {
                 Ok(rows) => {
-                    let now = secs_now();
+                    let now = now_secs();
                     for row in rows {
                         let due = match row.state().map(machine::work) {
                             Ok(Work::AwaitVerdicts) => {
@@ -777,7 +774,7 @@ impl Engine {
                 if let Next::Continue = self.expire_if_due(row).await? {
                     return Ok(Next::Continue);
                 }
-                if row.time_lock_until.is_some_and(|t| secs_now() >= t) {
+                if row.time_lock_until.is_some_and(|t| now_secs() >= t) {
                     self.move_to(row, Event::TimeLockElapsed, vec![], "time lock elapsed")
                         .await
                 } else {
@@ -873,7 +870,7 @@ impl Engine {
 
     async fn expire_if_due(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         match row.statement_expiry {
-            Some(e) if secs_now() >= e => {
+            Some(e) if now_secs() >= e => {
                 let detail = format!("approvals expired at {}", Timestamp(e));
                 self.move_to(
                     row,
@@ -955,7 +952,7 @@ impl Engine {
     /// that an `allow` counts toward velocity before the next evaluation.
     async fn decide(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         let _g = self.eval_lock.lock().await;
-        let now = Timestamp(secs_now());
+        let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         let history = self.velocity_history(&row.wallet).await?;
         match self.evaluate_row(row, &active, &history, now)? {
@@ -1186,7 +1183,7 @@ impl Engine {
                 .await;
         }
         let until =
-            secs_now() + delay + i64::try_from(self.settings.lock_margin.as_secs()).unwrap_or(1);
+            now_secs() + delay + i64::try_from(self.settings.lock_margin.as_secs()).unwrap_or(1);
         self.move_to(
             row,
             Event::QuorumRegistered { time_lock: true },
@@ -1386,7 +1383,7 @@ impl Engine {
             match chains
                 .prepare(
                     chain,
-                    &row,
+                    &row.payment(),
                     key.address.as_deref().unwrap_or_default(),
                     token,
                     asset.decimals,
@@ -1516,7 +1513,7 @@ impl Engine {
         }
         let statement = self.statement(&row)?;
         let decision = self.decision(&row)?;
-        let now = Timestamp(secs_now());
+        let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         if active.policy().hash() != decision.policy_hash {
             return Err(CoordError::FailedPrecondition(format!(
@@ -1627,7 +1624,7 @@ impl Engine {
                 self.move_to(
                     row,
                     Event::QuorumReached,
-                    vec![("approved_at", Val::Int(Some(secs_now())))],
+                    vec![("approved_at", Val::Int(Some(now_secs())))],
                     &detail,
                 )
                 .await?;
@@ -1670,7 +1667,7 @@ impl Engine {
         }
         let statement = self.statement(row)?;
         let decision = self.decision(row)?;
-        let now = Timestamp(secs_now());
+        let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         if active.policy().hash() != decision.policy_hash {
             return Ok(Next::Wait);

@@ -7,6 +7,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::state::State;
+use crate::clock::now_ms;
+use crate::db::consume_presig;
 use crate::error::CoordError;
 
 /// Columns added since the first schema (databases made by earlier versions).
@@ -15,22 +17,6 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
         .await?;
     db.add_column_if_missing("withdrawals", "request_signature", "TEXT")
         .await
-}
-
-/// Marks a ready presignature consumed, inside the caller's transaction
-/// (which then records where it is used); `false` if it was not ready.
-pub async fn consume_presig(
-    conn: &mut sqlx::AnyConnection,
-    presig_id: &str,
-) -> Result<bool, CoordError> {
-    let res = sqlx::query(
-        "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
-    )
-    .bind(presig_id)
-    .execute(conn)
-    .await
-    .map_err(db_err)?;
-    Ok(res.rows_affected() == 1)
 }
 
 /// Idempotent DDL for the withdrawal tables.
@@ -194,6 +180,29 @@ pub struct WithdrawalRow {
 }
 
 impl WithdrawalRow {
+    /// What the chain layer needs of this withdrawal.
+    pub fn payment(&self) -> crate::chain::Payment {
+        crate::chain::Payment {
+            id: self.id.clone(),
+            wallet: self.wallet.clone(),
+            asset: self.asset.clone(),
+            destination: self.destination.clone(),
+            amount: self.amount.clone(),
+            fee_cap: self.fee_cap.clone(),
+        }
+    }
+
+    /// The signature stored on this withdrawal, for the chain layer.
+    pub fn stored_signature(&self) -> crate::chain::StoredSignature<'_> {
+        crate::chain::StoredSignature {
+            r: self.sig_r.as_deref(),
+            s: self.sig_s.as_deref(),
+            recovery_id: self.recovery_id,
+        }
+    }
+}
+
+impl WithdrawalRow {
     /// The parsed state.
     pub fn state(&self) -> Result<State, CoordError> {
         State::parse(&self.state).ok_or_else(|| {
@@ -251,14 +260,6 @@ pub type Updates = Vec<(&'static str, Val)>;
 
 fn db_err(e: sqlx::Error) -> CoordError {
     CoordError::Storage(e.to_string())
-}
-
-/// Current time, Unix ms.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn row(r: &AnyRow) -> WithdrawalRow {
@@ -363,7 +364,7 @@ impl std::fmt::Debug for WithdrawalStore {
 }
 
 impl WithdrawalStore {
-    /// Wraps the coordinator's pool (schema created by `Db::connect`).
+    /// Wraps the coordinator's pool (schema created by `crate::storage::connect`).
     pub fn new(pool: AnyPool) -> Self {
         Self {
             pool,

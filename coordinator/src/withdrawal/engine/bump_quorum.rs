@@ -14,9 +14,10 @@ use custos_policy::{
     check_fee_bump_approvals, fee_bump_needs_approval,
 };
 
-use super::{Engine, SubmittedVerdict, secs_now, sha256};
+use super::{Engine, SubmittedVerdict, sha256};
 use crate::chain::bump_approvals::{BumpVerdict, statement_key};
 use crate::chain::{Chains, EvmTxRow};
+use crate::clock::now_secs;
 use crate::error::CoordError;
 use crate::withdrawal::state::State;
 use crate::withdrawal::store::WithdrawalRow;
@@ -65,7 +66,7 @@ impl Engine {
         stored: &EvmTxRow,
         bump_tx: &[u8],
     ) -> Result<BumpQuorum, CoordError> {
-        let now = Timestamp(secs_now());
+        let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         let rule_id = row.rule_id.as_deref().unwrap_or_default();
         if !fee_bump_needs_approval(&active, rule_id) {
@@ -246,7 +247,7 @@ impl Engine {
             signature: v.signature.clone(),
         };
         all.push(new.clone());
-        let now = Timestamp(secs_now());
+        let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         let status = check_fee_bump_approvals(&active, &row.initiator, &decoded, &all, now);
         super::refuse_if_invalid(

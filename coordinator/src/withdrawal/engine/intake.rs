@@ -17,7 +17,8 @@ use custos_audit::EntryBody;
 use custos_policy::{Amount, HistoryEntry, Timestamp};
 use tokio::sync::oneshot;
 
-use super::{Engine, Evaluated, plan_route, same_request, secs_now};
+use super::{Engine, Evaluated, plan_route, same_request};
+use crate::clock::now_secs;
 use crate::error::CoordError;
 use crate::stages::{self, Stage};
 use crate::withdrawal::machine::{self, Event};
@@ -130,7 +131,7 @@ impl Engine {
     /// Decides `rows` in order, logs everything in one append and stores
     /// everything in one transaction.
     async fn commit_batch(&self, rows: Vec<WithdrawalRow>) -> Result<Vec<Inserted>, CoordError> {
-        let now = Timestamp(secs_now());
+        let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         let mut histories: HashMap<String, Vec<HistoryEntry>> = HashMap::new();
         let mut planned = Vec::with_capacity(rows.len());

@@ -30,12 +30,16 @@ impl Engine {
             let key = self.key(row).await?;
             let started = std::time::Instant::now();
             let (_, hash) = chains
-                .assemble(row, key.address.as_deref().unwrap_or_default())
+                .assemble(
+                    &row.payment(),
+                    row.stored_signature(),
+                    key.address.as_deref().unwrap_or_default(),
+                )
                 .await?;
             stages::since(Stage::Broadcast, started);
             return self.broadcasting(row, &hash).await;
         }
-        let tracked = chains.track(chain, row).await;
+        let tracked = chains.track(chain, &row.payment()).await;
         if let Ok(Tracked::Stuck(why)) = &tracked {
             return self.bump_fee(row, chains, chain, why).await;
         }
@@ -160,7 +164,7 @@ impl Engine {
         row: &WithdrawalRow,
     ) -> Result<custos_proto::signer::WithdrawalAuthorization, CoordError> {
         let mut auth = self.authorization(row).await?;
-        let now = custos_policy::Timestamp(super::secs_now());
+        let now = custos_policy::Timestamp(crate::clock::now_secs());
         let hash = self.policy.in_force(now).policy().hash();
         let bundle = self.policy.bundle(&hash).ok_or_else(|| {
             CoordError::FailedPrecondition(format!("policy in force {hash} has no bundle"))
@@ -197,7 +201,7 @@ impl Engine {
         if let Some(next) = self.wait_if_locked(row, State::Broadcast, &key).await? {
             return Ok(next);
         }
-        let unsigned_tx = match chains.prepare_bump(chain, row).await {
+        let unsigned_tx = match chains.prepare_bump(chain, &row.payment()).await {
             Ok(b) => b,
             Err(Pending::Storage(e)) => return Err(e),
             Err(Pending::Wait(note)) => {

@@ -24,7 +24,10 @@ impl Engine {
         let wallet_key = key.public_key.clone().unwrap_or_default();
         let mut row = row.clone();
         if row.unsigned_tx.is_none() {
-            match chains.prepare_utxo(chain, &row, &wallet_key).await {
+            match chains
+                .prepare_utxo(chain, &row.payment(), &wallet_key)
+                .await
+            {
                 Ok(_) => row = self.get(&row.id).await?,
                 Err(Pending::Storage(e)) => return Err(e),
                 Err(Pending::Wait(note)) => {
@@ -33,7 +36,8 @@ impl Engine {
                 }
             }
         }
-        let checked = chains.checked_utxo(chain, &row, &wallet_key)?;
+        let psbt = row.unsigned_tx.as_deref().unwrap_or_default();
+        let checked = chains.checked_utxo(chain, &row.payment(), psbt, &wallet_key)?;
         let inputs = chains.utxo_inputs(&row.id).await?;
         if inputs.len() != checked.digests.len() {
             return Err(CoordError::Internal(format!(
@@ -137,11 +141,13 @@ impl Engine {
         let wallet_key = key.public_key.clone().unwrap_or_default();
         if row.state()? == State::Signed {
             let started = std::time::Instant::now();
-            let (_, txid) = chains.assemble_utxo(chain, row, &wallet_key).await?;
+            let (_, txid) = chains
+                .assemble_utxo(chain, &row.payment(), &wallet_key)
+                .await?;
             stages::since(Stage::Broadcast, started);
             return self.broadcasting(row, &txid).await;
         }
-        let tracked = chains.track_utxo(chain, row, &wallet_key).await;
+        let tracked = chains.track_utxo(chain, &row.payment(), &wallet_key).await;
         self.settle_tracked(row, chain.settings.confirmations, tracked)
             .await
     }
