@@ -297,17 +297,9 @@ fn default_token_reload_ms() -> u64 {
     1000
 }
 
-/// One signer.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignerEndpoint {
-    /// Its node id.
-    pub node_id: String,
-    /// Control API URL, `https://host:port`.
-    pub endpoint: String,
-    /// Name in its certificate.
-    pub tls_name: String,
-}
+/// One signer (`[[signers]]`): defined with the signer clients, which
+/// config depends on, not the other way round.
+pub use crate::signers::SignerEndpoint;
 
 /// `[ledger]`: postings for every withdrawal (reserve on `approved`, settle on
 /// the settlement state, release on cancellation or failure).

@@ -6,10 +6,22 @@ use std::time::{Duration, Instant};
 
 use custos_proto::signer::StatusRequest;
 use custos_proto::signer::signer_control_client::SignerControlClient;
+use serde::Deserialize;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::config::SignerEndpoint;
 use crate::error::CoordError;
+
+/// One signer, as `[[signers]]` in the coordinator's config names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerEndpoint {
+    /// Its node id.
+    pub node_id: String,
+    /// Control API URL, `https://host:port`.
+    pub endpoint: String,
+    /// Name in its certificate.
+    pub tls_name: String,
+}
 
 /// Last observed state of a signer.
 #[derive(Clone, Debug, Default)]
