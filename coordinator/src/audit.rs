@@ -330,8 +330,30 @@ impl AuditTrail {
         }
     }
 
+    /// Whether a reachable signer's last probe shows it behind the log (one
+    /// that was down, or restarted from a snapshot or an empty directory).
+    /// The size cached for a signer that reports less is dropped, so the
+    /// next round asks it and ships every entry it lacks: a restored signer
+    /// catches up without waiting for the log to grow.
+    fn forget_stale_witnesses(&self, size: u64) -> bool {
+        let mut cache = self.witnessed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lagging = false;
+        for s in &self.signers.all {
+            let h = s.health();
+            if !h.reachable {
+                continue;
+            }
+            let node = &s.endpoint.node_id;
+            if cache.get(node).is_some_and(|c| *c > h.witnessed_size) {
+                cache.remove(node);
+            }
+            lagging |= h.witnessed_size < size;
+        }
+        lagging
+    }
+
     /// Checkpoints and collects cosignatures from every signer whenever the
-    /// log grew (best effort; signing forces its own round when needed),
+    /// log grew or a signer is behind it (best effort; signing forces its own round when needed),
     /// until `stop` is cancelled (a round in progress finishes first).
     pub async fn run_checkpointer(
         self: Arc<Self>,
@@ -351,7 +373,8 @@ impl AuditTrail {
                 _ = tokio::time::sleep(every) => {}
             }
             let size = self.log.size().await;
-            if size == 0 || size == last {
+            let lagging = self.forget_stale_witnesses(size);
+            if size == 0 || (size == last && !lagging) {
                 continue;
             }
             match self.witness_through(size - 1, &nodes).await {

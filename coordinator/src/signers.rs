@@ -36,6 +36,8 @@ pub struct Health {
     pub aux_groups: Vec<String>,
     /// Its audit-log witness key (C2SP note key line), once seen.
     pub witness_key: String,
+    /// Size of the last log checkpoint it co-signed, as it reported it.
+    pub witnessed_size: u64,
 }
 
 /// One signer.
@@ -84,21 +86,20 @@ impl Signer {
                     error: String::new(),
                     aux_groups: r.aux_groups,
                     witness_key: r.witness_key,
+                    witnessed_size: r.witnessed_size,
                 }
             }
             Ok(Err(s)) => Health {
                 reachable: false,
                 state: String::new(),
                 error: s.message().to_owned(),
-                aux_groups: vec![],
-                witness_key: String::new(),
+                ..Health::default()
             },
             Err(_) => Health {
                 reachable: false,
                 state: String::new(),
                 error: "status probe timed out".into(),
-                aux_groups: vec![],
-                witness_key: String::new(),
+                ..Health::default()
             },
         };
         *self.health.lock().unwrap_or_else(|p| p.into_inner()) = (h.clone(), Some(Instant::now()));
