@@ -160,6 +160,7 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     nats: Option<NatsSink>,
     http: reqwest::Client,
+    http_private: reqwest::Client,
     notify: Arc<Notify>,
     metrics: Arc<DispatcherMetrics>,
 }
@@ -176,21 +177,27 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher over `db`'s outbox, with webhooks as configured and no NATS sink.
     pub fn new(db: Db, config: DispatcherConfig) -> Result<Self, EventsError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.webhook_timeout)
-            // A redirect would send the signed body somewhere the client did not register.
-            .redirect(reqwest::redirect::Policy::none());
-        if !config.destinations.allow_private {
-            builder = builder.dns_resolver(Arc::new(crate::destination::PublicOnlyResolver));
-        }
-        let http = builder
-            .build()
-            .map_err(|e| EventsError::WebhookDelivery(format!("http client: {e}")))?;
+        let client = |public_only: bool| {
+            let mut builder = reqwest::Client::builder()
+                .timeout(config.webhook_timeout)
+                // A redirect would send the signed body somewhere the client did not register.
+                .redirect(reqwest::redirect::Policy::none());
+            if public_only {
+                builder = builder.dns_resolver(Arc::new(crate::destination::PublicOnlyResolver));
+            }
+            builder
+                .build()
+                .map_err(|e| EventsError::WebhookDelivery(format!("http client: {e}")))
+        };
+        let http = client(!config.destinations.allow_private)?;
+        // For the webhooks an admin allowed an internal destination.
+        let http_private = client(false)?;
         Ok(Self {
             db,
             config,
             nats: None,
             http,
+            http_private,
             notify: Arc::new(Notify::new()),
             metrics: Arc::new(DispatcherMetrics::default()),
         })
@@ -261,7 +268,14 @@ impl Dispatcher {
         for event in heads {
             let sent = match target {
                 Target::Nats(sink) => sink.publish(&event).await,
-                Target::Webhook(w) => webhook::deliver(&self.http, w, &event, &self.config).await,
+                Target::Webhook(w) => {
+                    let http = if w.allow_private {
+                        &self.http_private
+                    } else {
+                        &self.http
+                    };
+                    webhook::deliver(http, w, &event, &self.config).await
+                }
             };
             match sent {
                 Ok(()) => {

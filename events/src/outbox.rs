@@ -51,7 +51,8 @@ pub fn schema(backend: Backend) -> String {
             secret TEXT NOT NULL,
             active BIGINT NOT NULL,
             from_outbox_id BIGINT NOT NULL,
-            created_at BIGINT NOT NULL
+            created_at BIGINT NOT NULL,
+            allow_private BIGINT NOT NULL DEFAULT 0
         )"
     )
 }
@@ -59,6 +60,9 @@ pub fn schema(backend: Backend) -> String {
 /// Creates the outbox tables if they are missing.
 pub async fn create_schema(db: &Db) -> Result<(), EventsError> {
     db.execute_ddl(&schema(db.backend)).await?;
+    // Webhooks registered before per-webhook allowances existed allow nothing.
+    db.add_column_if_missing("webhooks", "allow_private", "BIGINT NOT NULL DEFAULT 0")
+        .await?;
     Ok(())
 }
 
@@ -208,6 +212,10 @@ pub struct Webhook {
     pub active: bool,
     /// Only events with a larger outbox id are sent to it.
     pub from_outbox_id: i64,
+    /// An admin allowed this webhook a loopback, private or link-local
+    /// destination (an internal receiver); its URL's scheme still follows
+    /// the deployment's policy.
+    pub allow_private: bool,
 }
 
 impl fmt::Debug for Webhook {
@@ -219,6 +227,7 @@ impl fmt::Debug for Webhook {
             .field("secret", &"<redacted>")
             .field("active", &self.active)
             .field("from_outbox_id", &self.from_outbox_id)
+            .field("allow_private", &self.allow_private)
             .finish()
     }
 }
@@ -227,6 +236,16 @@ impl Webhook {
     /// The sink name its delivery state is recorded under.
     pub fn sink_name(&self) -> String {
         format!("webhook:{}", self.id)
+    }
+
+    /// The destinations this webhook may reach under the deployment's
+    /// `policy`: the policy, widened to private addresses if an admin
+    /// allowed this webhook those.
+    pub fn destinations(&self, policy: crate::DestinationPolicy) -> crate::DestinationPolicy {
+        crate::DestinationPolicy {
+            allow_private: policy.allow_private || self.allow_private,
+            ..policy
+        }
     }
 }
 
@@ -242,10 +261,15 @@ pub async fn register_webhook(
     url: &str,
     secret: &str,
     policy: crate::DestinationPolicy,
+    allow_private: bool,
 ) -> Result<Webhook, EventsError> {
     if client_id.is_empty() {
         return Err(EventsError::InvalidId("client id"));
     }
+    let policy = crate::DestinationPolicy {
+        allow_private: policy.allow_private || allow_private,
+        ..policy
+    };
     crate::check_destination(url, policy).await?;
     if secret.len() < MIN_WEBHOOK_SECRET_LEN {
         return Err(EventsError::InvalidWebhook(format!(
@@ -255,14 +279,15 @@ pub async fn register_webhook(
     // One INSERT ... SELECT so the statement that reads the outbox high-water
     // mark is also the write (see `enqueue` on SQLite locking).
     let (id, from_outbox_id): (i64, i64) = sqlx::query_as(
-        "INSERT INTO webhooks (client_id, url, secret, active, from_outbox_id, created_at)
-         SELECT $1, $2, $3, 1, COALESCE(MAX(id), 0), $4 FROM outbox WHERE 1 = 1
+        "INSERT INTO webhooks (client_id, url, secret, active, from_outbox_id, created_at, allow_private)
+         SELECT $1, $2, $3, 1, COALESCE(MAX(id), 0), $4, $5 FROM outbox WHERE 1 = 1
          RETURNING id, from_outbox_id",
     )
     .bind(client_id)
     .bind(url)
     .bind(secret)
     .bind(now_ms())
+    .bind(i64::from(allow_private))
     .fetch_one(&mut *conn)
     .await?;
     Ok(Webhook {
@@ -272,6 +297,7 @@ pub async fn register_webhook(
         secret: secret.to_string(),
         active: true,
         from_outbox_id,
+        allow_private,
     })
 }
 
@@ -292,21 +318,23 @@ pub async fn set_webhook_active(
 
 /// All registered webhooks, by id.
 pub async fn webhooks(conn: &mut AnyConnection) -> Result<Vec<Webhook>, EventsError> {
-    let rows: Vec<(i64, String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT id, client_id, url, secret, active, from_outbox_id FROM webhooks ORDER BY id",
+    let rows: Vec<(i64, String, String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, client_id, url, secret, active, from_outbox_id, allow_private
+         FROM webhooks ORDER BY id",
     )
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
         .map(
-            |(id, client_id, url, secret, active, from_outbox_id)| Webhook {
+            |(id, client_id, url, secret, active, from_outbox_id, allow_private)| Webhook {
                 id,
                 client_id,
                 url,
                 secret,
                 active: active != 0,
                 from_outbox_id,
+                allow_private: allow_private != 0,
             },
         )
         .collect())

@@ -106,7 +106,7 @@ pub(crate) async fn deliver(
     config: &crate::DispatcherConfig,
 ) -> Result<(), EventsError> {
     // The resolver keeps names to public addresses; an IP literal is checked here.
-    crate::destination::check_url(&webhook.url, config.destinations)
+    crate::destination::check_url(&webhook.url, webhook.destinations(config.destinations))
         .map_err(|e| EventsError::WebhookDelivery(e.to_string()))?;
     let timeout = config.webhook_timeout;
     let body = event.wire_body()?;

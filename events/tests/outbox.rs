@@ -227,6 +227,7 @@ async fn enqueue_semantics(db: Db) {
         "http://127.0.0.1:1/",
         "short",
         DestinationPolicy::PERMISSIVE,
+        false,
     )
     .await
     .unwrap_err();
@@ -237,6 +238,7 @@ async fn enqueue_semantics(db: Db) {
         "ftp://x/",
         "0123456789abcdef",
         DestinationPolicy::PERMISSIVE,
+        false,
     )
     .await
     .unwrap_err();
@@ -562,6 +564,7 @@ async fn local_hook(
         &format!("http://{addr}/hook"),
         SECRET,
         DestinationPolicy::PERMISSIVE,
+        false,
     )
     .await
     .unwrap()
@@ -629,6 +632,28 @@ on_both!(
     webhook_retry_pg
 );
 
+/// Runs a dispatcher under `policy` until event `id`'s state with `hook`
+/// satisfies `done`, then stops it.
+async fn dispatch_until(
+    db: &Db,
+    policy: DestinationPolicy,
+    id: &str,
+    hook: &custos_events::Webhook,
+    what: &str,
+    done: fn(&DeliveryState) -> bool,
+) {
+    let mut config = fast_config();
+    config.destinations = policy;
+    let handle = Dispatcher::new(db.clone(), config).unwrap().spawn();
+    let sink = hook.sink_name();
+    wait_until(what, Duration::from_secs(20), || {
+        let (db, id, sink) = (db.clone(), id.to_owned(), sink.clone());
+        async move { done(&state(&db, &id, &sink).await) }
+    })
+    .await;
+    handle.shutdown().await;
+}
+
 /// Server-side request forgery: under the default policy a loopback or
 /// plain-HTTP webhook cannot be registered, and one stored under a looser
 /// policy is never called: its deliveries fail naming the address and the
@@ -647,7 +672,7 @@ async fn webhooks_reach_public_https_only_by_default(db: Db) {
             "169.254.169.254",
         ),
     ] {
-        let e = register_webhook(&mut conn, "c1", &url, SECRET, strict)
+        let e = register_webhook(&mut conn, "c1", &url, SECRET, strict, false)
             .await
             .unwrap_err()
             .to_string();
@@ -656,24 +681,10 @@ async fn webhooks_reach_public_https_only_by_default(db: Db) {
     let hook = local_hook(&mut conn, addr).await;
     drop(conn);
     let e1 = enqueue_committed(&db, &event("wd-s", "c1", "withdrawal.approved", 1)).await;
-    let mut config = fast_config();
-    config.destinations = strict;
-    let dispatcher = Dispatcher::new(db.clone(), config).unwrap();
-    let handle = dispatcher.spawn();
-    let sink = hook.sink_name();
-    wait_until("dead letter", Duration::from_secs(20), || {
-        let db = db.clone();
-        let id = e1.event_id.clone();
-        let sink = sink.clone();
-        async move {
-            matches!(
-                state(&db, &id, &sink).await,
-                DeliveryState::DeadLetter { .. }
-            )
-        }
+    dispatch_until(&db, strict, &e1.event_id, &hook, "dead letter", |st| {
+        matches!(st, DeliveryState::DeadLetter { .. })
     })
     .await;
-    handle.shutdown().await;
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 0, "never called");
     match state(&db, &e1.event_id, &hook.sink_name()).await {
         DeliveryState::DeadLetter { last_error, .. } => {
@@ -687,6 +698,46 @@ on_both!(
     webhooks_reach_public_https_only_by_default,
     webhook_ssrf_sqlite,
     webhook_ssrf_pg
+);
+
+/// An internal receiver an admin allowed for one webhook: under a policy
+/// that refuses private addresses (plain http allowed, as in a dev
+/// cluster), the same loopback URL is refused for one webhook and accepted
+/// for another with the allowance, which is stored, listed and delivered
+/// to; the webhook without it is never called.
+async fn a_private_destination_only_with_its_allowance(db: Db) {
+    let receiver = Receiver::default();
+    let addr = start_receiver(receiver.clone()).await;
+    let policy = DestinationPolicy {
+        allow_http: true,
+        allow_private: false,
+    };
+    let url = format!("http://{addr}/hook");
+    let mut conn = db.pool.acquire().await.unwrap();
+    let e = register_webhook(&mut conn, "c1", &url, SECRET, policy, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("127.0.0.1"), "{e}");
+    let hook = register_webhook(&mut conn, "c1", &url, SECRET, policy, true)
+        .await
+        .unwrap();
+    assert!(hook.allow_private);
+    let listed = custos_events::webhooks(&mut conn).await.unwrap();
+    assert_eq!(listed.len(), 1, "the refused one was not stored");
+    assert!(listed[0].allow_private);
+    drop(conn);
+    let e1 = enqueue_committed(&db, &event("wd-p", "c1", "withdrawal.approved", 1)).await;
+    dispatch_until(&db, policy, &e1.event_id, &hook, "delivered", |st| {
+        matches!(st, DeliveryState::Delivered { .. })
+    })
+    .await;
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 1);
+}
+on_both!(
+    a_private_destination_only_with_its_allowance,
+    webhook_allowance_sqlite,
+    webhook_allowance_pg
 );
 
 /// A receiver that always fails: the event is dead-lettered after the

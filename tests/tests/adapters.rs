@@ -770,6 +770,16 @@ async fn scenario(database_url: Option<&str>) {
     )
     .await;
     assert_eq!(st, 400);
+    // Only an admin may allow a webhook an internal destination, or
+    // register one for another client.
+    for body in [
+        serde_json::json!({"url": hook_url, "secret": WEBHOOK_SECRET, "allow_private": true}),
+        serde_json::json!({"url": hook_url, "secret": WEBHOOK_SECRET, "client_id": "other"}),
+    ] {
+        let (st, e) = http(api, "POST", "/v1/webhooks", &backend_token, &body).await;
+        assert_eq!(st, 403, "{e}");
+        assert!(e.to_string().contains("only an admin"), "{e}");
+    }
 
     let backend = fc.backend.clone();
     // Allowed and signed.

@@ -5,7 +5,7 @@
 //!
 //! | route | roles | what |
 //! |---|---|---|
-//! | `POST /v1/webhooks` `{url, secret}` | backend | registers a webhook for the caller's events (secret ≥ 16 bytes) |
+//! | `POST /v1/webhooks` `{url, secret}` | backend | registers a webhook for the caller's events (secret ≥ 16 bytes); an admin may add `client_id` (another client's events) and `allow_private: true` (an internal destination the deployment's policy refuses) |
 //! | `GET /v1/webhooks` | backend | the caller's webhooks (admin: all), secrets left out |
 //! | `GET /v1/webhooks/dead-letters` | backend | dead-lettered deliveries of the caller's events (admin: all) |
 //! | `POST /v1/webhooks/redrive/{event_id}` | backend | puts an event's dead letters back to pending |
@@ -215,9 +215,19 @@ mod audit_tests {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WebhookBody {
     url: String,
     secret: String,
+    /// Admin only: allow this webhook a loopback, private or link-local
+    /// destination (an internal receiver) that the deployment's policy
+    /// refuses.
+    #[serde(default)]
+    allow_private: bool,
+    /// Admin only: the client whose events the webhook receives (default:
+    /// the caller).
+    #[serde(default)]
+    client_id: Option<String>,
 }
 
 async fn register_webhook(
@@ -226,23 +236,41 @@ async fn register_webhook(
     Json(body): Json<WebhookBody>,
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Backend])?;
+    if (body.allow_private || body.client_id.is_some()) && !id.is_admin() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "allow_private, client_id: only an admin may allow a webhook an internal destination or register one for another client (client {})",
+                id.id
+            ),
+        ));
+    }
+    let owner = body.client_id.clone().unwrap_or_else(|| id.id.clone());
     let mut conn = s.pool.acquire().await.map_err(storage)?;
     let w = custos_events::register_webhook(
         &mut conn,
-        &id.id,
+        &owner,
         &body.url,
         &body.secret,
         s.webhook_destinations,
+        body.allow_private,
     )
     .await
     .map_err(|e| match e {
         custos_events::EventsError::Db(e) => storage(e),
         other => bad_request(other),
     })?;
-    tracing::info!(webhook = w.id, client = %w.client_id, "webhook registered");
+    tracing::info!(
+        webhook = w.id,
+        client = %w.client_id,
+        allow_private = w.allow_private,
+        by = %id.id,
+        "webhook registered"
+    );
     Ok(Json(json!({
         "id": w.id, "client_id": w.client_id, "url": w.url,
         "active": w.active, "from_outbox_id": w.from_outbox_id,
+        "allow_private": w.allow_private,
     })))
 }
 
@@ -258,6 +286,7 @@ async fn list_webhooks(State(s): State<HttpState>, headers: HeaderMap) -> ApiRes
             json!({
                 "id": w.id, "client_id": w.client_id, "url": w.url,
                 "active": w.active, "from_outbox_id": w.from_outbox_id,
+                "allow_private": w.allow_private,
             })
         })
         .collect();
