@@ -75,6 +75,9 @@ stage "fmt"
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt --all -- --check)
 
+stage "terraform"
+./scripts/check-terraform.sh
+
 stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
