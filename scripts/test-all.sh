@@ -87,6 +87,9 @@ stage "build"
 cargo nextest run --workspace --locked --no-run
 cargo build --workspace --bins --tests --locked
 
+stage "systemd units"
+./scripts/check-systemd.sh
+
 stage "tests"
 rm -f "$junit"
 # shellcheck disable=SC2086
