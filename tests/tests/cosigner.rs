@@ -207,21 +207,35 @@ async fn signer3_refusal_from_log(
         .find(|(n, _)| n == "signer-3")
         .unwrap()
         .1;
+    refusal_naming("signer-3", "(log entry", || {
+        let (mut c, a) = (signer3.clone(), a.clone());
+        async move { c.register_quorum(a).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Calls `ask` until it is refused PERMISSION_DENIED with a message naming
+/// `want` (a signer learning a fact from the log does so within a few
+/// checkpoint rounds), and returns that refusal; panics after 60 s.
+async fn refusal_naming<F, Fut>(who: &str, want: &str, mut ask: F) -> tonic::Status
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
     let started = std::time::Instant::now();
     loop {
-        match signer3.clone().register_quorum(a.clone()).await {
-            Err(e) if e.message().contains("(log entry") => {
-                assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-                return e;
-            }
-            other => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "signer-3 never learned it from the log: {other:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+        let r = ask().await;
+        if let Err(e) = &r
+            && e.message().contains(want)
+        {
+            assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e}");
+            return e.clone();
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{who} never refused naming {want:?}: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -721,38 +735,32 @@ async fn compromised_coordinator_gets_no_signature() {
                 .hashes
         }
     };
-    let started = std::time::Instant::now();
-    loop {
-        let size = auditor
-            .clone()
-            .get_checkpoint(custos_proto::custody::GetCheckpointRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .size;
-        let mut a = a.clone();
-        a.proof_tree_size = size;
-        a.inclusion_proof = prove_in(decision_index, size).await;
-        a.signing_inclusion_proof = prove_in(signing_index, size).await;
-        let e = signer1
-            .clone()
-            .sign_withdrawal(SignWithdrawalRequest {
-                authorization: Some(a),
-                key_id: "w-hot".into(),
-                presignature_id: restored[0].clone(),
-            })
-            .await
-            .unwrap_err();
-        if e.message().contains("logged signing session") {
-            assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-            break;
+    let presignature_id = restored[0].clone();
+    refusal_naming("restored signer-1", "logged signing session", || {
+        let (auditor, signer1, prove_in) = (auditor.clone(), signer1.clone(), &prove_in);
+        let (mut a, presignature_id) = (a.clone(), presignature_id.clone());
+        async move {
+            let size = auditor
+                .clone()
+                .get_checkpoint(custos_proto::custody::GetCheckpointRequest {})
+                .await?
+                .into_inner()
+                .size;
+            a.proof_tree_size = size;
+            a.inclusion_proof = prove_in(decision_index, size).await;
+            a.signing_inclusion_proof = prove_in(signing_index, size).await;
+            signer1
+                .clone()
+                .sign_withdrawal(SignWithdrawalRequest {
+                    authorization: Some(a),
+                    key_id: "w-hot".into(),
+                    presignature_id,
+                })
+                .await
+                .map(|_| ())
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "restored signer-1 never caught up: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
 
     // A dropped cancel (case 42): signer-3 is down while the backend
     // cancels, so the coordinator's notice never reaches it and its own
@@ -835,22 +843,12 @@ async fn compromised_coordinator_gets_no_signature() {
     fc.tc.cluster.restart_coordinator().await.unwrap();
     let w = withdrawal("rogue-withheld", WHITELISTED, ETH / 10);
     let a = auth(&b, &w, "small-allow", expiry, &[]);
-    let started = std::time::Instant::now();
     for (node, c) in &signers {
-        loop {
-            let r = c.clone().register_quorum(a.clone()).await;
-            if let Err(e) = &r
-                && e.message().contains("the log activated policy")
-            {
-                assert_eq!(e.code(), Code::PermissionDenied, "{node}: {e}");
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{node} never learned the activation from the log: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        refusal_naming(node, "the log activated policy", || {
+            let (mut c, a) = (c.clone(), a.clone());
+            async move { c.register_quorum(a).await.map(|_| ()) }
+        })
+        .await;
     }
 
     // The coordinator's own view is unchanged: one signature.
