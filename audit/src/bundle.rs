@@ -24,6 +24,7 @@ use crate::entry::{Entry, EntryBody};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{VerifiedCheckpoint, VerifierKey};
 use crate::proof::verify_consistency;
+use crate::refusal::Refusal;
 use crate::replay::{AuthorizationReplay, ReplayContext};
 use crate::tree::CompactRange;
 
@@ -125,6 +126,26 @@ pub enum FailureKind {
     PreviousCheckpoint,
     /// A signature entry without a satisfied authorisation.
     Unauthorized,
+    /// A signer's refusal whose signature does not verify under the
+    /// witness key of the signer it names.
+    RefusalSignature,
+}
+
+/// A signer's refusal found in the log (kind 18), its signature checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoggedRefusal {
+    /// Entry index.
+    pub entry: u64,
+    /// Withdrawal refused (empty if the request was undecodable).
+    pub withdrawal_id: String,
+    /// The refusing signer.
+    pub signer: String,
+    /// What was refused.
+    pub request: String,
+    /// The signer's reason.
+    pub reason: String,
+    /// The signer's clock, Unix ms.
+    pub refused_at_ms: u64,
 }
 
 /// One problem found.
@@ -161,6 +182,10 @@ pub struct Report {
     /// successfully. Signers release partials only for sessions in the log,
     /// so a session is where any signature, logged or not, can come from.
     pub signing_sessions_authorised: u64,
+    /// Refusals signers signed and the log carries: requests for what the
+    /// policy forbids. Not failures (each one is a signature that does not
+    /// exist), but each is something the coordinator asked for.
+    pub refusals: Vec<LoggedRefusal>,
     /// Everything wrong, in discovery order.
     pub failures: Vec<Failure>,
 }
@@ -518,6 +543,26 @@ pub fn verify_bundle(
         }
     }
     for e in decoded.iter().flatten() {
+        if let Some((refusal, signature)) = Refusal::from_entry(&e.body) {
+            if let Err(err) = refusal.verify(signature, &trust.witness_keys) {
+                report.fail(
+                    Some(e.index),
+                    FailureKind::RefusalSignature,
+                    format!(
+                        "signing_refused entry {}: not signed by {}: {err}",
+                        e.index, refusal.signer
+                    ),
+                );
+            }
+            report.refusals.push(LoggedRefusal {
+                entry: e.index,
+                withdrawal_id: refusal.withdrawal_id,
+                signer: refusal.signer,
+                request: refusal.request,
+                reason: refusal.reason,
+                refused_at_ms: refusal.refused_at_ms,
+            });
+        }
         if let EntryBody::SigningSession {
             withdrawal_id,
             key_id,

@@ -432,6 +432,25 @@ entry_bodies! {
         /// The unsigned transaction, in the chain's format.
         unsigned_tx: Vec<u8>,
     },
+    /// kind 18: a signer refused a withdrawal request, in its own words and
+    /// under its own witness key (see [`crate::refusal`]). Signers hold
+    /// their signing until their refusals are in the log, so a coordinator
+    /// that asks for what the policy forbids cannot hide having asked.
+    SigningRefused = 18, "signing_refused" {
+        /// Withdrawal identifier (empty if the request could not be decoded).
+        withdrawal_id: String,
+        /// The refusing signer's node id (its witness key name).
+        signer: String,
+        /// What was refused: `register_quorum` or `sign_withdrawal`.
+        request: String,
+        /// The signer's reason.
+        reason: String,
+        /// The signer's clock when it refused, Unix ms.
+        refused_at_ms: u64,
+        /// Ed25519 signature by the signer's witness key over
+        /// [`crate::refusal::Refusal::message`].
+        signature: Vec<u8>,
+    },
 }
 
 impl EntryBody {

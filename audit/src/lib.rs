@@ -41,6 +41,7 @@ pub mod hash;
 pub mod log;
 pub mod note;
 pub mod proof;
+pub mod refusal;
 pub mod replay;
 #[cfg(feature = "sql")]
 pub mod shared;
@@ -54,7 +55,9 @@ pub mod testing;
 pub mod tree;
 pub mod witness;
 
-pub use bundle::{ExportBundle, Failure, FailureKind, Report, TrustRoots, verify_bundle};
+pub use bundle::{
+    ExportBundle, Failure, FailureKind, LoggedRefusal, Report, TrustRoots, verify_bundle,
+};
 pub use entry::{Entry, EntryBody};
 pub use error::AuditError;
 pub use hash::{Hash, leaf_hash, node_hash};

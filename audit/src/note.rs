@@ -111,6 +111,11 @@ impl VerifierKey {
         &self.name
     }
 
+    /// The Ed25519 public key.
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     /// The signature type byte.
     pub fn sig_type(&self) -> u8 {
         self.sig_type

@@ -72,6 +72,18 @@ impl<S: LogSigner> Witness<S> {
         )
     }
 
+    /// Signs a refusal by this witness (whose name it must carry) with the
+    /// witness key; the message is domain-separated from cosignatures.
+    pub fn sign_refusal(&self, r: &crate::refusal::Refusal) -> Result<Vec<u8>, AuditError> {
+        if r.signer != self.name {
+            return Err(AuditError::InvalidArgument(format!(
+                "refusal names signer {:?}, this witness is {:?}",
+                r.signer, self.name
+            )));
+        }
+        r.sign(&self.signer)
+    }
+
     /// The last checkpoint co-signed.
     pub fn last(&self) -> Option<&Checkpoint> {
         self.last.as_ref().map(|(c, _)| c)

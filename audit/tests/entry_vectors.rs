@@ -274,6 +274,17 @@ fn bodies() -> Vec<(String, EntryBody)> {
             unsigned_tx: vec![0x02, 0xf8, 0x6f],
         },
     );
+    add(
+        "signing_refused",
+        EntryBody::SigningRefused {
+            withdrawal_id: "wd-1".into(),
+            signer: "signer-2".into(),
+            request: "sign_withdrawal".into(),
+            reason: "time lock \u{2014} signable in 3 s".into(),
+            refused_at_ms: 1_764_072_000_005,
+            signature: vec![0x0a; 64],
+        },
+    );
     out
 }
 
@@ -324,7 +335,7 @@ fn every_kind_encodes_and_decodes_as_the_independent_vectors() {
     kinds.dedup();
     assert_eq!(
         kinds,
-        (1..=17).collect::<Vec<u16>>(),
+        (1..=18).collect::<Vec<u16>>(),
         "every kind is covered"
     );
 }

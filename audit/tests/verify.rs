@@ -618,3 +618,48 @@ fn log_recovers_from_append_conflict() {
     assert_eq!(a.root(), b.root());
     assert_eq!(b.root(), b.root_at(2).unwrap());
 }
+
+/// docs/SECURITY.md case 53: a signer's refusal, signed with its witness
+/// key, is reported by the verifier with its reason; one the coordinator
+/// made up or altered is a failure naming the entry.
+#[test]
+fn signed_refusals_are_reported_and_forged_ones_flagged() {
+    use custos_audit::refusal::Refusal;
+
+    let signer = SoftSigner::from_seed(1);
+    let mut ws = [witness(1), witness(2)];
+    let mut log = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for b in common::genesis() {
+        log.append(T0, b).unwrap();
+    }
+    let refusal = |reason: &str| Refusal {
+        withdrawal_id: "wd-7".into(),
+        signer: "witness-1.custos.test".into(),
+        request: "sign_withdrawal".into(),
+        reason: reason.into(),
+        refused_at_ms: T0 + 3,
+    };
+    let genuine = refusal("time lock: signable in 3 s");
+    let sig = genuine.sign(&SoftSigner::from_seed(11)).unwrap();
+    let good = log
+        .append(T0, genuine.clone().into_entry(sig.clone()))
+        .unwrap();
+    // The coordinator rewords it, keeping the signature.
+    let altered = log
+        .append(T0, refusal("operator error").into_entry(sig))
+        .unwrap();
+    checkpoint(&mut log, &signer, &mut ws, T0);
+    let r = verify(&log.export(0, log.size(), None).unwrap());
+    assert_eq!(r.refusals.len(), 2);
+    assert_eq!(r.refusals[0].entry, good);
+    assert_eq!(r.refusals[0].reason, "time lock: signable in 3 s");
+    assert_eq!(r.refusals[0].withdrawal_id, "wd-7");
+    let flagged: Vec<_> = r
+        .failures
+        .iter()
+        .filter(|f| f.kind == FailureKind::RefusalSignature)
+        .map(|f| f.entry)
+        .collect();
+    assert_eq!(flagged, vec![Some(altered)], "{:#?}", r.failures);
+    assert_eq!(r.entry_kinds.get("signing_refused"), Some(&2));
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use custos_audit::note::VerifierKey;
+use custos_audit::refusal::Refusal;
 use custos_audit::shared::SharedLog;
 use custos_audit::{AuditError, EntryBody, Hash, LogSigner};
 use custos_proto::signer::{CosignRequest, StatusRequest};
@@ -33,6 +34,11 @@ pub struct AuditTrail {
     pub appends: AtomicU64,
     /// Failed appends (each one stopped an action).
     pub append_failures: AtomicU64,
+    /// Signatures of signers' refusals this process appended that the
+    /// signers still report (they stop once they witnessed the entry).
+    refusals_appended: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Signers' refusals appended by this process.
+    pub refusals_logged: AtomicU64,
 }
 
 /// Tree size of a signed checkpoint note.
@@ -70,6 +76,8 @@ impl AuditTrail {
             healthy: AtomicBool::new(true),
             appends: AtomicU64::new(0),
             append_failures: AtomicU64::new(0),
+            refusals_appended: Mutex::new(std::collections::HashSet::new()),
+            refusals_logged: AtomicU64::new(0),
         })
     }
 
@@ -330,6 +338,80 @@ impl AuditTrail {
         }
     }
 
+    /// Appends the refusals signers report as not yet in the log (each
+    /// checked against its signer's witness key, once). Signers hold their
+    /// signing while one waits too long, so this is what keeps them signing.
+    async fn log_refusals(&self) {
+        let mut reported = std::collections::HashSet::new();
+        let mut fresh = Vec::new();
+        for s in &self.signers.all {
+            let h = s.health();
+            if h.unlogged_refusals.is_empty() {
+                continue;
+            }
+            let key = VerifierKey::parse(&h.witness_key).ok();
+            for r in h.unlogged_refusals {
+                let refusal = Refusal {
+                    withdrawal_id: r.withdrawal_id,
+                    signer: r.signer,
+                    request: r.request,
+                    reason: r.reason,
+                    refused_at_ms: r.refused_at_ms,
+                };
+                let genuine = refusal.signer == s.endpoint.node_id
+                    && key.as_ref().is_some_and(|k| {
+                        refusal
+                            .verify(&r.signature, std::slice::from_ref(k))
+                            .is_ok()
+                    });
+                if !genuine {
+                    tracing::warn!(
+                        node = %s.endpoint.node_id,
+                        withdrawal = %refusal.withdrawal_id,
+                        "a refusal that does not verify under the signer's witness key: not logged"
+                    );
+                    continue;
+                }
+                reported.insert(r.signature.clone());
+                let known = self
+                    .refusals_appended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&r.signature);
+                if !known {
+                    fresh.push((r.signature.clone(), refusal));
+                }
+            }
+        }
+        let sigs: Vec<Vec<u8>> = fresh.iter().map(|(s, _)| s.clone()).collect();
+        if !fresh.is_empty() {
+            for (_, r) in &fresh {
+                tracing::warn!(
+                    node = %r.signer,
+                    withdrawal = %r.withdrawal_id,
+                    request = %r.request,
+                    reason = %r.reason,
+                    "a signer refused: logging its refusal"
+                );
+            }
+            let n = fresh.len() as u64;
+            let bodies = fresh
+                .into_iter()
+                .map(|(sig, r)| r.into_entry(sig))
+                .collect();
+            if self.append_batch(bodies).await.is_err() {
+                return;
+            }
+            self.refusals_logged.fetch_add(n, Ordering::Relaxed);
+        }
+        let mut appended = self
+            .refusals_appended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        appended.extend(sigs);
+        appended.retain(|s| reported.contains(s));
+    }
+
     /// Whether a reachable signer's last probe shows it behind the log (one
     /// that was down, or restarted from a snapshot or an empty directory).
     /// The size cached for a signer that reports less is dropped, so the
@@ -372,6 +454,7 @@ impl AuditTrail {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
             }
+            self.log_refusals().await;
             let size = self.log.size().await;
             let lagging = self.forget_stale_witnesses(size);
             if size == 0 || (size == last && !lagging) {

@@ -627,10 +627,12 @@ impl custos_service::http::Health for CoordinatorHealth {
         out.push_str(&format!(
             "# TYPE custos_audit_appends_total counter\ncustos_audit_appends_total {}\n\
              # TYPE custos_audit_append_failures_total counter\ncustos_audit_append_failures_total {}\n\
-             # TYPE custos_audit_healthy gauge\ncustos_audit_healthy {}\n",
+             # TYPE custos_audit_healthy gauge\ncustos_audit_healthy {}\n\
+             # TYPE custos_signer_refusals_logged_total counter\ncustos_signer_refusals_logged_total {}\n",
             self.audit.appends.load(Ordering::Relaxed),
             self.audit.append_failures.load(Ordering::Relaxed),
             u8::from(self.audit.healthy()),
+            self.audit.refusals_logged.load(Ordering::Relaxed),
         ));
         out.push_str(&custos_service::limits::metrics_text(&self.guards));
         if let Some(e) = &self.engine {

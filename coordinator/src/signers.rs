@@ -38,6 +38,8 @@ pub struct Health {
     pub witness_key: String,
     /// Size of the last log checkpoint it co-signed, as it reported it.
     pub witnessed_size: u64,
+    /// Refusals it signed that it has not yet witnessed in the log.
+    pub unlogged_refusals: Vec<custos_proto::signer::SigningRefusal>,
 }
 
 /// One signer.
@@ -87,6 +89,7 @@ impl Signer {
                     aux_groups: r.aux_groups,
                     witness_key: r.witness_key,
                     witnessed_size: r.witnessed_size,
+                    unlogged_refusals: r.unlogged_refusals,
                 }
             }
             Ok(Err(s)) => Health {

@@ -127,6 +127,10 @@ pub struct CosignerConfig {
     /// (`chains = [{ name = "anvil", chain_id = 31337, tokens = [...] }]`).
     /// A withdrawal carrying a transaction on a chain not listed is refused.
     pub chains: Vec<crate::cosigner::chains::SignerChain>,
+    /// How long a refusal this signer signed may wait for the audit log
+    /// before it signs nothing more (seconds, default 300). The coordinator
+    /// logs refusals within seconds; one that does not is hiding requests.
+    pub refusal_log_grace_secs: u64,
 }
 
 impl Default for CosignerConfig {
@@ -137,6 +141,7 @@ impl Default for CosignerConfig {
             log_origin: "custos.local/log".into(),
             witness_key: None,
             chains: Vec::new(),
+            refusal_log_grace_secs: 300,
         }
     }
 }

@@ -458,7 +458,11 @@ fn open_cosigner(
         .map_err(|e| config_error(anyhow!("config field `cosigner.chains`: {e}")))?;
     let risk = custos_risk::RiskModel::new(cfg.risk.clone())
         .map_err(|e| config_error(anyhow!("config table `risk`: {e}")))?;
+    let refusals =
+        custos_signer_node::cosigner::refusals::Refusals::open(data_dir, c.refusal_log_grace_secs)
+            .map_err(|e| Fatal(1, e.into()))?;
     Ok(Cosigner::new(bundles, journal, witness)
+        .with_refusals(refusals)
         .with_chains(&c.chains)
         .with_wallet_keys(store.key_directory())
         .with_risk(risk))

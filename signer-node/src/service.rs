@@ -105,6 +105,19 @@ impl SignerControl for ControlService {
                 .witness()
                 .map(|w| w.verifier_key())
                 .unwrap_or_default(),
+            unlogged_refusals: self
+                .cosigner
+                .unlogged_refusals()
+                .into_iter()
+                .map(|p| SigningRefusal {
+                    signature: hex::decode(&p.signature).unwrap_or_default(),
+                    withdrawal_id: p.withdrawal_id,
+                    signer: p.signer,
+                    request: p.request,
+                    reason: p.reason,
+                    refused_at_ms: p.refused_at_ms,
+                })
+                .collect(),
         }))
     }
 
@@ -192,7 +205,11 @@ impl SignerControl for ControlService {
     ) -> Result<Response<AuthorizationAck>, Status> {
         let a = req.into_inner();
         let cos = self.cosigner.clone();
-        let (statement_hash, signable_from) = blocking(move || cos.register_quorum(&a)).await?;
+        let (statement_hash, signable_from) = blocking(move || {
+            cos.register_quorum(&a)
+                .inspect_err(|e| cos.record_refusal(&a, "register_quorum", e))
+        })
+        .await?;
         Ok(Response::new(AuthorizationAck {
             statement_hash,
             signable_from,
@@ -213,59 +230,16 @@ impl SignerControl for ControlService {
         &self,
         req: Request<SignWithdrawalRequest>,
     ) -> Result<Response<PartialSignResponse>, Status> {
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let a = r
             .authorization
+            .take()
             .ok_or_else(|| Status::invalid_argument("authorization: missing"))?;
         let cos = self.cosigner.clone();
         let node = self.node.clone();
         let partial = blocking(move || {
-            // Before anything else: a minority key never signs a withdrawal,
-            // so what the request claims is not even read. (An unknown key
-            // is left to the checks below, which name what is wrong.)
-            match node.key_meta(&r.key_id) {
-                Ok(meta) => crate::cosigner::check_majority_key(&meta)?,
-                Err(NodeError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-            let (decision, _serialised) = cos.authorize_signing(&a, &r.presignature_id)?;
-            match decision {
-                SignDecision::Repeat(p) => Ok(p),
-                SignDecision::Issue(v) => {
-                    if r.key_id != v.withdrawal.wallet {
-                        return Err(NodeError::Refused(format!(
-                            "key {} is not the key of wallet {}",
-                            r.key_id, v.withdrawal.wallet
-                        )));
-                    }
-                    majority_key(&node, &r.key_id)?;
-                    let usage = match &v.replaces {
-                        None if v.input > 0 => format!(
-                            "withdrawal={} input={} statement={}",
-                            v.withdrawal.id, v.input, v.statement_hash
-                        ),
-                        None => format!(
-                            "withdrawal={} statement={}",
-                            v.withdrawal.id, v.statement_hash
-                        ),
-                        Some(old) if v.bump_approvers.is_empty() => format!(
-                            "withdrawal={} statement={} fee-bump-of={old}",
-                            v.withdrawal.id, v.statement_hash
-                        ),
-                        Some(old) => format!(
-                            "withdrawal={} statement={} fee-bump-of={old} fee-bump-approved-by={}",
-                            v.withdrawal.id,
-                            v.statement_hash,
-                            v.bump_approvers.join(",")
-                        ),
-                    };
-                    let partial =
-                        node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &usage)?;
-                    // Recorded before it leaves: velocity and replay see it even after a crash.
-                    cos.record_signed(&v, &r.presignature_id, &partial)?;
-                    Ok(partial)
-                }
-            }
+            sign_withdrawal(&node, &cos, &r, &a)
+                .inspect_err(|e| cos.record_refusal(&a, "sign_withdrawal", e))
         })
         .await?;
         Ok(Response::new(PartialSignResponse {
@@ -302,5 +276,59 @@ impl SignerControl for ControlService {
         Ok(Response::new(CosignResponse {
             cosignatures: vec![line],
         }))
+    }
+}
+
+/// The checks and the partial signature of one `SignWithdrawal`.
+fn sign_withdrawal(
+    node: &Node,
+    cos: &Cosigner,
+    r: &SignWithdrawalRequest,
+    a: &WithdrawalAuthorization,
+) -> Result<Vec<u8>, NodeError> {
+    // Before anything else: a minority key never signs a withdrawal, so
+    // what the request claims is not even read. (An unknown key is left to
+    // the checks below, which name what is wrong.)
+    match node.key_meta(&r.key_id) {
+        Ok(meta) => crate::cosigner::check_majority_key(&meta)?,
+        Err(NodeError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let (decision, _serialised) = cos.authorize_signing(a, &r.presignature_id)?;
+    match decision {
+        SignDecision::Repeat(p) => Ok(p),
+        SignDecision::Issue(v) => {
+            if r.key_id != v.withdrawal.wallet {
+                return Err(NodeError::Refused(format!(
+                    "key {} is not the key of wallet {}",
+                    r.key_id, v.withdrawal.wallet
+                )));
+            }
+            majority_key(node, &r.key_id)?;
+            let usage = match &v.replaces {
+                None if v.input > 0 => format!(
+                    "withdrawal={} input={} statement={}",
+                    v.withdrawal.id, v.input, v.statement_hash
+                ),
+                None => format!(
+                    "withdrawal={} statement={}",
+                    v.withdrawal.id, v.statement_hash
+                ),
+                Some(old) if v.bump_approvers.is_empty() => format!(
+                    "withdrawal={} statement={} fee-bump-of={old}",
+                    v.withdrawal.id, v.statement_hash
+                ),
+                Some(old) => format!(
+                    "withdrawal={} statement={} fee-bump-of={old} fee-bump-approved-by={}",
+                    v.withdrawal.id,
+                    v.statement_hash,
+                    v.bump_approvers.join(",")
+                ),
+            };
+            let partial = node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &usage)?;
+            // Recorded before it leaves: velocity and replay see it even after a crash.
+            cos.record_signed(&v, &r.presignature_id, &partial)?;
+            Ok(partial)
+        }
     }
 }

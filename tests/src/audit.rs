@@ -131,3 +131,78 @@ pub fn verify(bundle: &Path, keys: &Keys, extra: &[&str]) -> Outcome {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Runs the real `custos` CLI with `args`.
+fn custos(args: &[&str]) -> Outcome {
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args(args)
+        .output()
+        .unwrap();
+    Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The refusal lines of a `custos audit verify` report.
+pub fn refusal_lines(o: &Outcome) -> Vec<&str> {
+    o.stdout
+        .lines()
+        .filter(|l| l.starts_with("  entry ") && l.contains(" refused "))
+        .collect()
+}
+
+/// Exports the log of the cluster in `cluster_dir` as an auditor does
+/// (`custos audit keys`, `custos audit export`) and runs `custos audit
+/// verify` with `extra` until, for each `(signer, text)` of `want`, it
+/// reports a refusal by that signer whose line contains `text` (the
+/// coordinator logs what signers report within a few checkpoint rounds),
+/// none of them flagged as not signed by its signer; panics after [`LIMIT`]
+/// naming what is missing. The verdict on the rest of the log (a checkpoint
+/// made while a signer was down may lack the witness quorum) is the
+/// caller's to check.
+pub async fn refusals_reported(
+    cluster_dir: &Path,
+    extra: &[&str],
+    want: &[(&str, &str)],
+) -> Outcome {
+    let cluster = cluster_dir.to_str().unwrap();
+    let keys = custos(&["audit", "keys", "--cluster", cluster]);
+    assert!(keys.ok, "{keys}");
+    let bundle = cluster_dir.join("refusals-bundle.json");
+    let started = Instant::now();
+    loop {
+        let export = custos(&[
+            "audit",
+            "export",
+            "--cluster",
+            cluster,
+            "--out",
+            bundle.to_str().unwrap(),
+        ]);
+        assert!(export.ok, "{export}");
+        let mut args = vec!["audit", "verify", bundle.to_str().unwrap()];
+        args.extend(keys.stdout.split_whitespace());
+        args.extend(extra);
+        let o = custos(&args);
+        let lines = refusal_lines(&o);
+        let missing: Vec<&(&str, &str)> = want
+            .iter()
+            .filter(|(signer, text)| {
+                !lines
+                    .iter()
+                    .any(|l| l.contains(&format!(" {signer} refused ")) && l.contains(text))
+            })
+            .collect();
+        assert!(!o.stderr.contains("[refusal_signature]"), "{o}");
+        if missing.is_empty() {
+            return o;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "refusals not reported ({missing:?} missing): {o}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -285,6 +285,12 @@ async fn three_of_five_keygen_and_signing() {
             );
         }
     }
+    // Each refusal is in the log and the verifier reports it.
+    let want: Vec<(&str, &str)> = ["signer-1", "signer-2", "signer-3", "signer-4"]
+        .iter()
+        .map(|n| (*n, "sign_withdrawal of withdrawal w-twice"))
+        .collect();
+    custos_tests::audit::refusals_reported(&tc.cluster.layout().dir.clone(), &[], &want).await;
     tc.cluster.stop().await.unwrap();
 }
 

@@ -139,15 +139,16 @@ fn auth(
     }
 }
 
-/// Sends `a` to every signer (register + sign) and asserts each refuses with
-/// PERMISSION_DENIED (co-signer checks) and a message containing `why`.
+/// Sends `a` to every signer at once (register + sign) and asserts each
+/// refuses with PERMISSION_DENIED (co-signer checks) and a message
+/// containing `why`.
 async fn all_refuse(
     signers: &[(String, SignerControlClient<Channel>)],
     a: &WithdrawalAuthorization,
     register: bool,
     why: &str,
 ) {
-    for (node, c) in signers {
+    let asks = signers.iter().map(|(node, c)| async move {
         if register {
             let e = c.clone().register_quorum(a.clone()).await.unwrap_err();
             assert_eq!(e.code(), Code::PermissionDenied, "{node} register: {e}");
@@ -165,7 +166,8 @@ async fn all_refuse(
         // NOT_FOUND would mean the checks passed and only the presignature was missing.
         assert_eq!(e.code(), Code::PermissionDenied, "{node} sign: {e}");
         assert!(e.message().contains(why), "{node} sign: {e}");
-    }
+    });
+    futures::future::join_all(asks).await;
 }
 
 /// A real withdrawal of 5 ETH awaiting two approvals, and the authorization
@@ -370,29 +372,35 @@ async fn compromised_coordinator_gets_no_signature() {
     all_refuse(&signers, &a, false, "time lock").await;
 
     // The time lock is measured on each signer's own clock with no skew
-    // allowance (case 46): the 4 s rule refuses at 0 s, 2 s and 3.6 s after
-    // the quorum was registered, and only the log gate refuses after 4 s.
+    // allowance (case 46): the 5 s rule refuses at 0 s, 2.5 s and 4.9 s
+    // after the quorum was registered, and only the log gate refuses after
+    // it (the lock starts at the signer's next whole second, so by 6 s).
     let mut w = withdrawal("rogue-lock", WHITELISTED, 50 * ETH);
     w.wallet = "w-lock".into();
     let (st, rule) = statement(&b.document, &w, expiry);
     assert_eq!(rule, "large-approvals-delay");
     let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
     let registered = std::time::Instant::now();
+    let mut lock_ends = i64::MAX;
     for (node, c) in &signers {
-        c.clone()
+        let ack = c
+            .clone()
             .register_quorum(a.clone())
             .await
-            .unwrap_or_else(|e| panic!("{node}: {e}"));
+            .unwrap_or_else(|e| panic!("{node}: {e}"))
+            .into_inner();
+        lock_ends = lock_ends.min(ack.signable_from);
     }
-    for at in [0.0, 2.0, 3.6] {
+    let lock_ends = std::time::UNIX_EPOCH + Duration::from_secs(lock_ends as u64);
+    for at in [0.0, 2.5, 4.9] {
         tokio::time::sleep_until((registered + Duration::from_secs_f64(at)).into()).await;
         all_refuse(&signers, &a, false, "time lock").await;
         assert!(
-            registered.elapsed() < Duration::from_secs(4),
+            std::time::SystemTime::now() < lock_ends,
             "the round at {at} s ended after the lock: the test proves nothing"
         );
     }
-    tokio::time::sleep_until((registered + Duration::from_millis(5100)).into()).await;
+    tokio::time::sleep_until((registered + Duration::from_millis(6100)).into()).await;
     all_refuse(&signers, &a, false, "co-signed").await;
 
     // A new statement under the same withdrawal id restarts the time lock
@@ -862,6 +870,56 @@ async fn compromised_coordinator_gets_no_signature() {
         .unwrap()
         .into_inner();
     assert_eq!(again.signature_r, done.signature_r);
+
+    // Every refusal above is in the log, signed by the signer that made it
+    // (the coordinator logs what signers report; a signer whose refusals
+    // wait too long signs nothing more), and `custos audit verify --policy`
+    // reports each with its reason (case 53).
+    let v1 = layout.dir.join("policy-v1.toml");
+    let v3_path = layout.dir.join("policy-v3.toml");
+    std::fs::write(&v1, &b.document).unwrap();
+    std::fs::write(&v3_path, &v3.document).unwrap();
+    let reasons = [
+        "too few approvals",
+        "policy bundle",
+        "never registered",
+        "time lock",
+        "co-signed",
+        "(rule small-over-limit)",
+        "initiator \"treasury-ops\"",
+        "no request signature",
+        "one signed request backs one withdrawal",
+        "not in force until",
+        "expired",
+        "block-high-risk",
+        "the log activated policy",
+    ];
+    let mut want: Vec<(&str, &str)> = Vec::new();
+    for signer in ["signer-1", "signer-2", "signer-3"] {
+        want.extend(reasons.iter().map(|r| (signer, *r)));
+    }
+    // The restored signer's replay refusal, signer-3's from the log.
+    want.push(("signer-1", "logged signing session"));
+    want.push(("signer-3", "cancelled by"));
+    want.push(("signer-3", "rejected by approver carol"));
+    let report = custos_tests::audit::refusals_reported(
+        &layout.dir,
+        &[
+            "--policy",
+            v1.to_str().unwrap(),
+            "--policy",
+            v3_path.to_str().unwrap(),
+        ],
+        &want,
+    )
+    .await;
+    assert!(report.ok, "{report}");
+    assert!(
+        report
+            .stdout
+            .contains("signatures   1 authorised of 1 checked (policy replay"),
+        "{report}"
+    );
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -978,5 +1036,16 @@ async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
         failed.signer_notes
     );
     assert!(failed.signature_r.is_empty());
+    // Both signers' refusals are in the log and the verifier reports them.
+    let flow = flow_policy();
+    custos_tests::audit::refusals_reported(
+        &fc.tc.cluster.layout().dir.clone(),
+        &["--policy", flow.to_str().unwrap()],
+        &[
+            ("signer-1", "small-over-limit"),
+            ("signer-3", "small-over-limit"),
+        ],
+    )
+    .await;
     fc.tc.cluster.stop().await.unwrap();
 }

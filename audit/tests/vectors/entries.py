@@ -119,6 +119,9 @@ def entries():
             s("wd-1") + s("bob") + u8(tag) + byts(b"custos.fee-bump-statement\x01")
             + byts(b"\x06" * 64))
     add("transaction_prepared", 17, s("wd-1") + s("anvil") + byts(bytes([0x02, 0xF8, 0x6F])))
+    add("signing_refused", 18,
+        s("wd-1") + s("signer-2") + s("sign_withdrawal") + s("time lock \u2014 signable in 3 s")
+        + u64(T0 + 5) + byts(b"\x0a" * 64))
     return out
 
 

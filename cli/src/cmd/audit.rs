@@ -338,6 +338,23 @@ fn print_verification(
         "sessions     {} authorised of {sessions} signing sessions checked",
         report.signing_sessions_authorised
     );
+    if !report.refusals.is_empty() {
+        println!(
+            "refusals     {} signed by signers (requests they would not sign):",
+            report.refusals.len()
+        );
+        for r in &report.refusals {
+            let what = if r.withdrawal_id.is_empty() {
+                "an undecodable request".to_owned()
+            } else {
+                format!("withdrawal {}", r.withdrawal_id)
+            };
+            println!(
+                "  entry {} {} refused {} of {what}: {}",
+                r.entry, r.signer, r.request, r.reason
+            );
+        }
+    }
     for w in &outcome.onchain {
         println!(
             "on chain     {} {} {}: {} mined, {} logged",

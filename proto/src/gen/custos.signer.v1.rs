@@ -133,7 +133,7 @@ pub struct CosignResponse {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StatusResponse {
     #[prost(string, tag = "1")]
     pub node_id: ::prost::alloc::string::String,
@@ -157,6 +157,30 @@ pub struct StatusResponse {
     /// This signer's witness verifier key (C2SP note key line) for auditors.
     #[prost(string, tag = "9")]
     pub witness_key: ::prost::alloc::string::String,
+    /// Refusals this signer signed that it has not yet witnessed in the log.
+    /// The coordinator appends them (entry kind 18); a signer holding one past
+    /// its grace period signs nothing until it is logged.
+    #[prost(message, repeated, tag = "10")]
+    pub unlogged_refusals: ::prost::alloc::vec::Vec<SigningRefusal>,
+}
+/// A signer's refusal of a withdrawal request, signed with its witness key
+/// over custos_audit::refusal::Refusal::message.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SigningRefusal {
+    #[prost(string, tag = "1")]
+    pub withdrawal_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub signer: ::prost::alloc::string::String,
+    /// "register_quorum" or "sign_withdrawal".
+    #[prost(string, tag = "3")]
+    pub request: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub refused_at_ms: u64,
+    #[prost(bytes = "vec", tag = "6")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

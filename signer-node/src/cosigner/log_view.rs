@@ -117,6 +117,20 @@ pub struct LogView {
     /// The last entry time assigned (entry times never go backwards).
     #[serde(default)]
     pub last_at_ms: u64,
+    /// Signers' refusals in the log: SHA-256 of the refusal's signature
+    /// (hex) to its entry index, the newest [`MAX_REFUSALS`] kept (a signer
+    /// looks up its own pending refusals here, which are recent).
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
+}
+
+/// Logged refusals remembered by [`LogView::refusals`].
+const MAX_REFUSALS: usize = 4096;
+
+/// The key of a refusal in [`LogView::refusals`].
+pub fn refusal_key(signature: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(signature))
 }
 
 impl LogView {
@@ -230,9 +244,27 @@ impl LogView {
                     Some(_) => {}
                 }
             }
+            EntryBody::SigningRefused { signature, .. } => {
+                self.refusals.insert(refusal_key(signature), entry.index);
+                while self.refusals.len() > MAX_REFUSALS {
+                    let oldest = self
+                        .refusals
+                        .iter()
+                        .min_by_key(|(_, i)| **i)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        self.refusals.remove(&k);
+                    }
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether the refusal with this signature is in the log.
+    pub fn refusal_logged(&self, signature: &[u8]) -> bool {
+        self.refusals.contains_key(&refusal_key(signature))
     }
 
     /// An entry's time as this signer accepts it: the coordinator's

@@ -10,6 +10,7 @@ pub mod bundles;
 pub mod chains;
 pub mod journal;
 pub mod log_view;
+pub mod refusals;
 pub mod witness;
 
 use std::sync::Mutex;
@@ -24,6 +25,7 @@ use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
 use crate::error::NodeError;
 use bundles::Bundles;
 use journal::{Journal, SignedRecord, Spend};
+use refusals::{PendingRefusal, Refusals};
 use witness::LogWitness;
 
 /// Velocity history considered: every window a policy may use
@@ -185,6 +187,8 @@ pub struct Cosigner {
     wallet_keys: Option<crate::store::KeyDirectory>,
     /// The risk model this signer scores withdrawals with itself.
     risk: RiskModel,
+    /// Refusals signed and not yet witnessed in the log.
+    refusals: Option<Refusals>,
 }
 
 fn refused(m: impl std::fmt::Display) -> NodeError {
@@ -196,6 +200,14 @@ fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// This signer's clock in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -229,7 +241,78 @@ impl Cosigner {
             chains: Vec::new(),
             wallet_keys: None,
             risk: RiskModel::default(),
+            refusals: None,
         }
+    }
+
+    /// Keeps refusals until the log carries them, holding signing once one
+    /// waits too long (without it refusals are only answered).
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = Some(refusals);
+        self
+    }
+
+    /// Whether the log this signer witnessed carries the refusal signed
+    /// `signature` (a view being rebuilt answers no).
+    fn refusal_logged(&self, signature: &[u8]) -> bool {
+        self.witness
+            .as_ref()
+            .and_then(|w| w.with_view(|v| v.refusal_logged(signature)).ok())
+            .unwrap_or(false)
+    }
+
+    /// Signs and keeps this signer's refusal of `request` for `a`: a policy
+    /// refusal or a replay, not a malformed request or a fault of its own.
+    /// Best effort: the refusal itself stands whatever happens here.
+    pub fn record_refusal(&self, a: &WithdrawalAuthorization, request: &str, err: &NodeError) {
+        if !matches!(err, NodeError::Refused(_) | NodeError::Replay(_)) {
+            return;
+        }
+        let (Some(w), Some(store)) = (&self.witness, &self.refusals) else {
+            return;
+        };
+        // The id even of a request too malformed to be a withdrawal.
+        let withdrawal_id = serde_json::from_slice::<serde_json::Value>(&a.withdrawal_json)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+            .map(|id| id.chars().take(256).collect())
+            .unwrap_or_default();
+        let refusal = custos_audit::refusal::Refusal {
+            withdrawal_id,
+            signer: w.name().to_owned(),
+            request: request.to_owned(),
+            reason: refusals::bounded_reason(&err.to_string()),
+            refused_at_ms: now_ms(),
+        };
+        let kept = w
+            .sign_refusal(&refusal)
+            .and_then(|sig| store.record(refusal.clone(), &sig));
+        match kept {
+            Ok(()) => tracing::warn!(
+                withdrawal = %refusal.withdrawal_id,
+                request,
+                reason = %refusal.reason,
+                "refused; the signed refusal waits for the audit log"
+            ),
+            Err(e) => tracing::error!(
+                withdrawal = %refusal.withdrawal_id,
+                error = %e,
+                "refused, but the refusal could not be kept for the log"
+            ),
+        }
+    }
+
+    /// Refusals this signer signed that the log does not carry yet.
+    pub fn unlogged_refusals(&self) -> Vec<PendingRefusal> {
+        let Some(store) = &self.refusals else {
+            return Vec::new();
+        };
+        store
+            .unlogged(|sig| self.refusal_logged(sig))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "pending refusals unreadable");
+                Vec::new()
+            })
     }
 
     /// The risk model this signer scores withdrawals with (default: the
@@ -553,6 +636,9 @@ impl Cosigner {
         presig_id: &str,
     ) -> Result<(SignDecision, std::sync::MutexGuard<'_, ()>), NodeError> {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = &self.refusals {
+            store.check_logged(now_ms(), |sig| self.refusal_logged(sig))?;
+        }
         let now = now_secs();
         let w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
             .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;

@@ -243,6 +243,18 @@ impl LogWitness {
         Ok(line)
     }
 
+    /// This witness's name (the signer's node id).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Signs a refusal by this signer with its witness key.
+    pub fn sign_refusal(&self, r: &custos_audit::refusal::Refusal) -> Result<Vec<u8>, NodeError> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.sign_refusal(r)
+            .map_err(|e| NodeError::Internal(format!("signing a refusal: {e}")))
+    }
+
     /// Runs `f` on the log view (the prefix this signer co-signed).
     pub fn with_view<T>(&self, f: impl FnOnce(&LogView) -> T) -> Result<T, NodeError> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
