@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod adapter;
 pub mod error;
 pub mod evm;

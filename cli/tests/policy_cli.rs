@@ -187,6 +187,13 @@ fn check_accepts_rules_with_fee_bounds() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
+    // The amount a person reads shows units and base units.
+    assert!(
+        out.starts_with(
+            "Withdrawal wd-7 of 0.05 ETH (50000000000000000 base units) from wallet eth-hot-1"
+        ),
+        "{out}"
+    );
     assert!(
         out.contains(
             "FAIL fee: fee cap 2600000000000000 is above fee.max_bps 500 of the amount 50000000000000000 (2500000000000000)"
@@ -434,7 +441,7 @@ fn statement_sign_and_check_approvals() {
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(
-            stderr(&o).contains("5000000000000000000 ETH (base units) on ethereum"),
+            stderr(&o).contains("5 ETH (5000000000000000000 base units) on ethereum"),
             "{}",
             stderr(&o)
         );

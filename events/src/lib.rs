@@ -22,6 +22,8 @@
 //! means a crash between a sink's acknowledgement and the durable record of it
 //! causes one more delivery.
 
+#![deny(missing_docs)]
+
 pub mod destination;
 mod dispatcher;
 mod nats;

@@ -27,6 +27,8 @@
 //! ([`Posted::replayed`]); replaying it with different arguments is refused
 //! ([`LedgerError::ReplayMismatch`]).
 
+#![deny(missing_docs)]
+
 mod ops;
 mod query;
 mod reconcile;

@@ -191,10 +191,9 @@ impl Decision {
         let w = &self.withdrawal;
         let _ = writeln!(
             s,
-            "Withdrawal {} of {} {} from wallet {} to {} on {}, initiated by {}, at {} (risk score {}).",
+            "Withdrawal {} of {} from wallet {} to {} on {}, initiated by {}, at {} (risk score {}).",
             w.id,
-            w.amount,
-            w.asset,
+            crate::describe_amount(w.amount.0, crate::known_decimals(&w.asset), &w.asset),
             w.wallet,
             w.destination,
             w.chain,

@@ -38,6 +38,7 @@ mod quorum;
 mod request;
 mod request_key;
 mod statement;
+mod units;
 mod value;
 
 pub use address::{ChainFamily, CheckedAddress, chain_kind, check_address, native_asset};
@@ -75,6 +76,7 @@ pub use statement::{
     APPROVAL_SIGN_DOMAIN, ApprovalStatement, MAX_DIGEST_LEN, STATEMENT_MAGIC, STATEMENT_VERSION,
     Verdict,
 };
+pub use units::{describe_amount, format_units, known_decimals, parse_units};
 pub use value::{Amount, Duration, MAX_VELOCITY_WINDOW_SECS, Timestamp};
 pub use zeroize::Zeroizing;
 

@@ -90,8 +90,13 @@ fn sign(
     eprintln!("{verdict:?} as {id} ({}):", key.public());
     eprintln!("  withdrawal  {}", s.withdrawal_id);
     eprintln!(
-        "  amount      {} {} (base units) on {}",
-        s.amount, s.asset, s.chain
+        "  amount      {} on {}",
+        custos_policy::describe_amount(
+            s.amount.0,
+            custos_policy::known_decimals(&s.asset),
+            &s.asset
+        ),
+        s.chain
     );
     eprintln!("  from wallet {}", s.source_wallet);
     eprintln!("  to          {}", s.destination);

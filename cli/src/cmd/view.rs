@@ -33,55 +33,15 @@ pub fn is_final(state: &str) -> bool {
     WithdrawalStatus::parse(state).is_some_and(|s| is_exit(s) || s == WithdrawalStatus::Confirmed)
 }
 
-/// Decimals of well-known assets, to print human amounts computed from the
-/// statement (not taken from the server).
-pub fn decimals(asset: &str) -> Option<u32> {
-    match asset {
-        "ETH" | "WETH" | "DAI" => Some(18),
-        "BTC" => Some(8),
-        "USDC" | "USDT" => Some(6),
-        _ => None,
-    }
-}
-
-/// `base` base units in human units, e.g. `1.5 ETH`; `None` for an unknown asset.
+/// `base` base units in human units, e.g. `1.5 ETH`, computed from the
+/// statement (not taken from the server); `None` for an unknown asset.
 pub fn human_amount(base: u128, asset: &str) -> Option<String> {
-    let d = decimals(asset)?;
-    let unit = 10u128.checked_pow(d)?;
-    let whole = base / unit;
-    let frac = base % unit;
-    if frac == 0 {
-        return Some(format!("{whole} {asset}"));
-    }
-    let frac = format!("{frac:0width$}", width = d as usize);
-    Some(format!("{whole}.{} {asset}", frac.trim_end_matches('0')))
+    custos_policy::known_decimals(asset).map(|d| custos_policy::format_units(base, d, asset))
 }
 
 /// Parses a human amount (`1.5`) of `asset` into base units.
 pub fn parse_human(text: &str, asset: &str) -> Option<u128> {
-    let d = decimals(asset)?;
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() && frac.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > d as usize
-    {
-        return None;
-    }
-    let unit = 10u128.checked_pow(d)?;
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let frac_units: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse::<u128>()
-            .ok()?
-            .checked_mul(10u128.checked_pow(d - u32::try_from(frac.len()).ok()?)?)?
-    };
-    whole.checked_mul(unit)?.checked_add(frac_units)
+    custos_policy::parse_units(text, custos_policy::known_decimals(asset)?)
 }
 
 fn same_address(a: &str, b: &str) -> bool {
@@ -285,10 +245,11 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
             line("withdrawal", format!("{} ({})", s.withdrawal_id, w.state));
             line(
                 "amount",
-                match human_amount(s.amount.0, &s.asset) {
-                    Some(h) => format!("{h} ({} base units)", s.amount),
-                    None => format!("{} base units of {}", s.amount, s.asset),
-                },
+                custos_policy::describe_amount(
+                    s.amount.0,
+                    custos_policy::known_decimals(&s.asset),
+                    &s.asset,
+                ),
             );
             line("chain / asset", format!("{} / {}", s.chain, s.asset));
             line("from wallet", s.source_wallet.clone());

@@ -42,31 +42,3 @@ pub fn default_assets() -> Vec<AssetConfig> {
         },
     ]
 }
-
-/// Formats base units as a human amount: `1500000000000000000` wei → `1.5 ETH`.
-pub fn human(amount: u128, decimals: u8, symbol: &str) -> String {
-    let scale = 10u128.checked_pow(u32::from(decimals)).unwrap_or(1);
-    let whole = amount / scale;
-    let frac = amount % scale;
-    if frac == 0 {
-        return format!("{whole} {symbol}");
-    }
-    let mut f = format!("{frac:0width$}", width = usize::from(decimals));
-    while f.ends_with('0') {
-        f.pop();
-    }
-    format!("{whole}.{f} {symbol}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human;
-
-    #[test]
-    fn human_amounts() {
-        assert_eq!(human(1_500_000_000_000_000_000, 18, "ETH"), "1.5 ETH");
-        assert_eq!(human(1, 18, "ETH"), "0.000000000000000001 ETH");
-        assert_eq!(human(2_000_000, 8, "BTC"), "0.02 BTC");
-        assert_eq!(human(0, 18, "ETH"), "0 ETH");
-    }
-}

@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::assets::{AssetConfig, human};
+use super::assets::AssetConfig;
 use super::bundle::PolicyHolder;
 use super::machine::{self, Effect, Event, Route, Work};
 use super::state::State;
@@ -528,7 +528,7 @@ impl Engine {
             self.asset(&row.chain, &row.asset),
             row.amount.parse::<u128>(),
         ) {
-            (Some(a), Ok(v)) => human(v, a.decimals, &a.symbol),
+            (Some(a), Ok(v)) => custos_policy::format_units(v, a.decimals, &a.symbol),
             _ => format!("{} {} base units", row.amount, row.asset),
         }
     }
