@@ -111,9 +111,14 @@ pub struct Db {
     backend: Backend,
 }
 
+/// Now on the one clock, RFC 3339 (UTC), as the tables store it.
 fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(custos_clock::now_ms()) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 

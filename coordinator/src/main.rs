@@ -346,15 +346,7 @@ async fn build_engine(
     adapters: &Adapters,
     stop: &CancellationToken,
 ) -> Result<Arc<Engine>, Fatal> {
-    let now = custos_policy::Timestamp(
-        i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
-        .unwrap_or(0),
-    );
+    let now = custos_policy::Timestamp(custos_clock::now_secs());
     // A bundle used for the first time is logged before it takes effect.
     if let Some(entry) = custos_coordinator::withdrawal::bundle::activation_entry(
         cluster.db.pool(),

@@ -193,7 +193,7 @@ pub fn rfc3339(unix: i64) -> String {
 
 /// The current time, Unix seconds.
 pub fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    custos_clock::now_secs()
 }
 
 fn sha256_hex(token: &str) -> String {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -550,10 +550,7 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .map_err(DevkitError::io("cannot open log", &log_path))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
+        let now = custos_clock::now_secs();
         writeln!(
             log,
             "==== custos-devkit: starting {name}: {} --config {} (unix time {now}) ====",

@@ -92,10 +92,7 @@ pub fn verify_webhook(
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    custos_clock::now_ms() / 1000
 }
 
 /// POSTs `event` to `webhook`; `Ok` only on a 2xx answer.

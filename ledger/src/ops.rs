@@ -242,12 +242,7 @@ fn fingerprint(parts: &[&str]) -> String {
         .join(",")
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+use custos_clock::now_ms_i64 as now_ms;
 
 enum Claim {
     New(i64),

@@ -266,10 +266,7 @@ impl SignerControl for ControlService {
                     })
                 })
                 .collect::<Result<Vec<custos_audit::Hash>, _>>()?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = u64::try_from(cos.clock().now_secs()).unwrap_or(0);
             w.cosign(&r.checkpoint, &proof, r.from_size, now, &r.entries)
         })
         .await?;

@@ -455,10 +455,7 @@ async fn wait_until(
         if w.state == "time_locked"
             && let Ok(until) = Timestamp::parse(&w.time_lock_until)
         {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-                .unwrap_or_default();
+            let now = custos_clock::now_secs();
             let left = (until.0 - now).max(0);
             if left != last_left && !json {
                 eprintln!(

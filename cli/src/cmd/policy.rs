@@ -361,14 +361,7 @@ fn evaluate_input(
     };
     let now = match &input.at {
         Some(t) => Timestamp::parse(t)?,
-        None => Timestamp(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .context("system clock is before 1970")?
-                .as_secs()
-                .try_into()
-                .context("system clock out of range")?,
-        ),
+        None => Timestamp(custos_clock::now_secs()),
     };
     let since = match &input.activated_at {
         Some(t) => Timestamp::parse(t)?,

@@ -13,7 +13,9 @@ pub mod log_view;
 pub mod refusals;
 pub mod witness;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use custos_clock::Clock;
 
 use custos_policy::{
     Approval, Authorization, FeeBumpStatement, PolicyHash, SigningClaim, Timestamp, Withdrawal,
@@ -189,44 +191,13 @@ pub struct Cosigner {
     risk: RiskModel,
     /// Refusals signed and not yet witnessed in the log.
     refusals: Option<Refusals>,
+    /// This signer's clock: time locks, cancels and refusals are measured
+    /// on it, never on the coordinator's.
+    clock: Arc<dyn Clock>,
 }
 
 fn refused(m: impl std::fmt::Display) -> NodeError {
     NodeError::Refused(m.to_string())
-}
-
-/// This signer's clock in whole seconds, rounded down (for "now").
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// This signer's clock in Unix milliseconds.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// When a quorum seen now starts its time lock: with a lock, the next whole
-/// second (so, with "now" rounded down, the lock never ends early by even a
-/// fraction of a second); without one, now.
-fn lock_start(has_delay: bool) -> i64 {
-    if has_delay { start_secs() } else { now_secs() }
-}
-
-/// This signer's clock in whole seconds, rounded up.
-fn start_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| {
-            let up = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-            i64::try_from(up).unwrap_or(i64::MAX)
-        })
-        .unwrap_or(0)
 }
 
 impl Cosigner {
@@ -242,6 +213,34 @@ impl Cosigner {
             wallet_keys: None,
             risk: RiskModel::default(),
             refusals: None,
+            clock: custos_clock::system(),
+        }
+    }
+
+    /// Measures time on `clock` (tests drive a [`custos_clock::ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// This signer's clock.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// Now in whole seconds, rounded down.
+    fn now_secs(&self) -> i64 {
+        self.clock.now_secs()
+    }
+
+    /// When a quorum seen now starts its time lock: with a lock, the next
+    /// whole second (so, with "now" rounded down, the lock never ends early
+    /// by even a fraction of a second); without one, now.
+    fn lock_start(&self, has_delay: bool) -> i64 {
+        if has_delay {
+            self.clock.now_secs_ceil()
+        } else {
+            self.clock.now_secs()
         }
     }
 
@@ -282,7 +281,7 @@ impl Cosigner {
             signer: w.name().to_owned(),
             request: request.to_owned(),
             reason: refusals::bounded_reason(&err.to_string()),
-            refused_at_ms: now_ms(),
+            refused_at_ms: self.clock.now_ms(),
         };
         let kept = w
             .sign_refusal(&refusal)
@@ -567,10 +566,10 @@ impl Cosigner {
     /// returns the time from which it will sign (its own clock).
     pub fn register_quorum(&self, a: &WithdrawalAuthorization) -> Result<(String, i64), NodeError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_secs();
+        let now = self.now_secs();
         let v = self.verify(a, now)?;
         let hash = hex::encode(v.authorization.statement_hash);
-        let start = lock_start(
+        let start = self.lock_start(
             v.authorization
                 .decision
                 .delay
@@ -601,7 +600,7 @@ impl Cosigner {
         } else {
             let cancel: Approval = serde_json::from_slice(&n.cancel_json)
                 .map_err(|e| NodeError::InvalidRequest(format!("cancel: {e}")))?;
-            let now = now_secs();
+            let now = self.now_secs();
             // Verify against this signer's own view of the decision.
             match self.verify(a, now) {
                 Ok(v) => check_cancellation(
@@ -614,7 +613,7 @@ impl Cosigner {
                 Err(_) => cancel.approver.clone(),
             }
         };
-        self.journal.cancelled(&w.id, now_secs(), &by)
+        self.journal.cancelled(&w.id, self.now_secs(), &by)
     }
 
     fn active_for(
@@ -637,9 +636,9 @@ impl Cosigner {
     ) -> Result<(SignDecision, std::sync::MutexGuard<'_, ()>), NodeError> {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(store) = &self.refusals {
-            store.check_logged(now_ms(), |sig| self.refusal_logged(sig))?;
+            store.check_logged(self.clock.now_ms(), |sig| self.refusal_logged(sig))?;
         }
-        let now = now_secs();
+        let now = self.now_secs();
         let w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
             .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
         let known = self.journal.get(&w.id);
@@ -1018,7 +1017,7 @@ impl Cosigner {
                 initiator: w.initiator.clone(),
                 amount: w.amount.0.to_string(),
                 fee_cap: w.fee_cap.0.to_string(),
-                at: now_secs(),
+                at: self.now_secs(),
             },
         )
     }
