@@ -8,12 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use custos_policy::{BundleSignatures, Policy, PolicyHash, SecretKey, Zeroizing};
 
-use crate::DevkitError;
 use crate::certs::{self, DevCa};
 use crate::chain::{AssetToml, ChainToml, EvmChain, SignerChainToml};
 use crate::fsutil::{self, PUBLIC_MODE};
 use crate::identity;
-use crate::process::COORDINATOR_BIN;
+use crate::{COORDINATOR_BIN, DevkitError};
 
 /// Default cluster directory of `custos dev up`.
 pub const DEFAULT_DIR: &str = ".custos-dev";

@@ -84,8 +84,13 @@ pub use layout::{
     LAYOUT_FORMAT, MAX_SIGNERS, PIDS_FILE, PRESIGNATURE_POOL, PolicyLayout, SignerLayout, generate,
     install_log_key, signer_id,
 };
+/// File name of the signer daemon.
+pub const SIGNER_BIN: &str = "custos-signer";
+/// File name of the coordinator daemon.
+pub const COORDINATOR_BIN: &str = "custos-coordinator";
+
 pub use ports::{cluster_ports, free_base_port, free_base_port_for, ports_free};
 pub use process::{
-    COORDINATOR_BIN, Cluster, CoordinatorMode, PidFile, ProcessRecord, ProcessStatus, SIGNER_BIN,
-    STOP_GRACE, StartOptions, http_get, is_alive, process_status, stop_from_pid_file,
+    Cluster, CoordinatorMode, PidFile, ProcessRecord, ProcessStatus, STOP_GRACE, StartOptions,
+    http_get, is_alive, process_status, stop_from_pid_file,
 };

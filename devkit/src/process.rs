@@ -12,14 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::DevkitError;
 use crate::fsutil::{self, PUBLIC_MODE};
 use crate::layout::{ClusterLayout, PIDS_FILE, listen_addrs};
+use crate::{COORDINATOR_BIN, DevkitError, SIGNER_BIN};
 
-/// File name of the signer daemon.
-pub const SIGNER_BIN: &str = "custos-signer";
-/// File name of the coordinator daemon.
-pub const COORDINATOR_BIN: &str = "custos-coordinator";
 /// Grace period between SIGTERM and SIGKILL: above the daemons' default
 /// `drain_timeout_secs` (10) plus their closing (3), so a graceful stop is
 /// never cut short by the kill.

@@ -330,6 +330,11 @@ pub(crate) fn parse_u128(s: &str, what: &str) -> Result<u128, LedgerError> {
         .map_err(|_| LedgerError::Corrupt(format!("{what}: `{s}` is not an amount")))
 }
 
+/// Parses a stored overdraft limit.
+pub(crate) fn parse_limit(s: &str) -> Result<Amount, LedgerError> {
+    parse_u128(s, "overdraft limit")
+}
+
 /// A positive API amount as a signed posting amount.
 pub(crate) fn signed(amount: Amount) -> Result<i128, LedgerError> {
     if amount == 0 {

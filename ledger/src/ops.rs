@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::{Any, AnyConnection, Connection, Transaction};
 
 use crate::query::overdraft_limit;
-use crate::{
-    AccountKey, AccountKind, Amount, EntryKind, LedgerError, Posted, parse_i128, parse_u128, signed,
-};
+use crate::{AccountKey, AccountKind, Amount, EntryKind, LedgerError, Posted, parse_i128, signed};
 
 /// Records a deposit of `amount` into `wallet`'s `available` account for `asset`
 /// (external → available). `reference` identifies the deposit on its chain
@@ -542,11 +540,6 @@ async fn ensure_account(
     .fetch_one(&mut *conn)
     .await?;
     Ok(id)
-}
-
-/// Parses a stored overdraft limit.
-pub(crate) fn parse_limit(s: &str) -> Result<Amount, LedgerError> {
-    parse_u128(s, "overdraft limit")
 }
 
 fn account_id(ids: &BTreeMap<AccountKey, i64>, account: &AccountKey) -> Result<i64, LedgerError> {

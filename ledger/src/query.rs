@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
-use crate::ops::parse_limit;
 use crate::{
     AccountKey, AccountKind, Amount, Balance, EntryKind, JournalEntry, LedgerError, Posting,
-    parse_i128,
+    parse_i128, parse_limit,
 };
 
 /// The overdraft limit of `wallet` for `asset` (0 when none is configured).
