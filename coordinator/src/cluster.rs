@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::key_lock::KeyLocks;
 use std::time::{Duration, Instant};
 
+use custos_proto::signer::signer_control_client::SignerControlClient;
 use custos_proto::signer::{
     AuxInfoRequest, KeygenRequest, PartialSignRequest, PresignRequest, SignRequest,
 };
@@ -13,6 +14,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::RngCore;
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::db::{Db, KeyRow};
 use crate::error::CoordError;
@@ -1008,27 +1010,30 @@ impl Cluster {
         })
     }
 
-    /// Registers a completed quorum with every participant; returns each
-    /// signer's answer (a refusal is `CoordError::Refused`).
-    pub async fn register_quorum(
+    /// Calls every participant at once with `call`, each within `timeout`;
+    /// returns each answer, a failure mapped to the error naming the signer.
+    async fn fan_out<T, F, Fut>(
         &self,
         participants: &[String],
-        authorization: custos_proto::signer::WithdrawalAuthorization,
-    ) -> Vec<(String, Result<i64, CoordError>)> {
+        timeout: Duration,
+        call: F,
+    ) -> Vec<(String, Result<T, CoordError>)>
+    where
+        F: Fn(SignerControlClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let calls = participants.iter().map(|n| {
-            let auth = authorization.clone();
             let signer = self.signers.get(n).cloned();
-            let timeout = self.settings.partial_timeout;
+            let request = signer.as_ref().map(|s| call(s.client()));
             async move {
-                let Some(s) = signer else {
+                let (Some(s), Some(request)) = (signer, request) else {
                     return (
                         n.clone(),
                         Err(CoordError::Internal(format!("{n} not configured"))),
                     );
                 };
-                let r = match tokio::time::timeout(timeout, s.client().register_quorum(auth)).await
-                {
-                    Ok(Ok(ack)) => Ok(ack.into_inner().signable_from),
+                let r = match tokio::time::timeout(timeout, request).await {
+                    Ok(Ok(answer)) => Ok(answer.into_inner()),
                     Ok(Err(st)) => Err(signer_error(&s, &st)),
                     Err(_) => Err(CoordError::DeadlineExceeded(format!("{n} did not answer"))),
                 };
@@ -1038,24 +1043,41 @@ impl Cluster {
         futures::future::join_all(calls).await
     }
 
-    /// Tells every participant a withdrawal was cancelled (best effort: logs failures).
+    /// Registers a completed quorum with every participant; returns each
+    /// signer's answer (a refusal is `CoordError::Refused`).
+    pub async fn register_quorum(
+        &self,
+        participants: &[String],
+        authorization: custos_proto::signer::WithdrawalAuthorization,
+    ) -> Vec<(String, Result<i64, CoordError>)> {
+        self.fan_out(participants, self.settings.partial_timeout, |mut c| {
+            let a = authorization.clone();
+            async move { c.register_quorum(a).await }
+        })
+        .await
+        .into_iter()
+        .map(|(n, r)| (n, r.map(|ack| ack.signable_from)))
+        .collect()
+    }
+
+    /// Tells every participant a withdrawal was cancelled (best effort: logs
+    /// failures; signers learn the cancel from the log anyway).
     pub async fn register_cancel(
         &self,
         participants: &[String],
         notice: custos_proto::signer::CancelNotice,
     ) {
-        let calls = participants.iter().map(|n| {
-            let notice = notice.clone();
-            let signer = self.signers.get(n).cloned();
-            async move {
-                if let Some(s) = signer
-                    && let Err(e) = s.client().register_cancel(notice).await
-                {
-                    tracing::warn!(node = %n, error = %e.message(), "signer did not take the cancellation");
-                }
+        let answers = self
+            .fan_out(participants, self.settings.partial_timeout, |mut c| {
+                let n = notice.clone();
+                async move { c.register_cancel(n).await }
+            })
+            .await;
+        for (node, r) in answers {
+            if let Err(e) = r {
+                tracing::warn!(node = %node, error = %e, "signer did not take the cancellation");
             }
-        });
-        futures::future::join_all(calls).await;
+        }
     }
 }
 
