@@ -106,7 +106,7 @@ pub enum FailureKind {
     Bundle,
     /// A checkpoint is malformed or not signed by the log key.
     CheckpointSignature,
-    /// A checkpoint lacks the witness quorum.
+    /// No checkpoint in the bundle has the witness quorum.
     WitnessQuorum,
     /// Two checkpoints of one size with different roots, or out of order.
     SplitView,
@@ -170,6 +170,13 @@ pub struct Report {
     pub end: u64,
     /// Checkpoints whose log signature and witness quorum verified.
     pub checkpoints_verified: usize,
+    /// Sizes of checkpoints signed by the log key but co-signed by fewer
+    /// witnesses than the quorum (a witness was down or slow that round).
+    /// Their roots are still checked against the entries, so a forked one
+    /// is caught, but nothing is taken as proven by them: coverage, the
+    /// latest size, context proofs and the previous checkpoint rest on the
+    /// checkpoints with the quorum.
+    pub checkpoints_below_quorum: Vec<u64>,
     /// Size of the largest verified checkpoint.
     pub latest_size: Option<u64>,
     /// Its root, hex.
@@ -326,24 +333,23 @@ pub fn verify_bundle(
     let computed: Vec<Hash> = raw.iter().map(|r| leaf_hash(r)).collect();
 
     // Checkpoints: log signature, origin, witness quorum, ordering.
+    // Every checkpoint signed by the log key (`signed`) is checked against
+    // the entries; only those with the witness quorum (`cps`) are relied on.
+    let mut signed: Vec<VerifiedCheckpoint> = Vec::new();
     let mut cps: Vec<VerifiedCheckpoint> = Vec::new();
+    let mut fewest: Option<(u64, usize)> = None;
     for (i, note) in bundle.checkpoints.iter().enumerate() {
         match VerifiedCheckpoint::verify(note, &trust.log_key, &bundle.origin) {
             Ok(v) => {
                 let n = v.valid_cosigners(&trust.witness_keys).len();
                 if n < trust.witness_quorum {
-                    report.fail(
-                        None,
-                        FailureKind::WitnessQuorum,
-                        format!(
-                            "checkpoint of size {} has {n} valid witness cosignatures, quorum is {}",
-                            v.checkpoint.size, trust.witness_quorum
-                        ),
-                    );
+                    report.checkpoints_below_quorum.push(v.checkpoint.size);
+                    fewest = Some((v.checkpoint.size, n));
                 } else {
                     report.checkpoints_verified += 1;
+                    cps.push(v.clone());
                 }
-                cps.push(v);
+                signed.push(v);
             }
             Err(e) => report.fail(
                 None,
@@ -352,7 +358,19 @@ pub fn verify_bundle(
             ),
         }
     }
-    for pair in cps.windows(2) {
+    if cps.is_empty()
+        && let Some((size, n)) = fewest
+    {
+        report.fail(
+            None,
+            FailureKind::WitnessQuorum,
+            format!(
+                "no checkpoint has the witness quorum of {}: the one of size {size} has {n} valid witness cosignatures",
+                trust.witness_quorum
+            ),
+        );
+    }
+    for pair in signed.windows(2) {
         let (a, b) = (&pair[0].checkpoint, &pair[1].checkpoint);
         if a.size == b.size && a.root != b.root {
             report.fail(
@@ -372,8 +390,9 @@ pub fn verify_bundle(
         report.latest_size = Some(latest.size);
         report.latest_root = Some(hex::encode(latest.root));
     }
-    // Only checkpoints whose sizes fall in the bundle can be recomputed.
-    let in_range: Vec<(u64, Hash)> = cps
+    // Only checkpoints whose sizes fall in the bundle can be recomputed;
+    // every log-signed one must agree with the entries.
+    let in_range: Vec<(u64, Hash)> = signed
         .iter()
         .map(|c| (c.checkpoint.size, c.checkpoint.root))
         .filter(|(s, _)| *s >= start)
@@ -394,7 +413,12 @@ pub fn verify_bundle(
         Some(s) if matches_all(s) => Some(s),
         _ => None,
     };
-    let covered_end = in_range.iter().map(|(s, _)| *s).max();
+    // What the quorum vouches for.
+    let covered_end = cps
+        .iter()
+        .map(|c| c.checkpoint.size)
+        .filter(|s| *s >= start)
+        .max();
     if let Some(auth) = authentic {
         let auth_end = start + auth.len() as u64;
         if let Some(ce) = covered_end.filter(|ce| *ce > auth_end) {

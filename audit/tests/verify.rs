@@ -31,17 +31,62 @@ fn good_bundle_verifies() {
     assert_eq!(r.signatures_authorised, 6);
     assert_eq!(r.checkpoints_verified, 7);
     assert_eq!(r.latest_size, Some(log.size()));
-    // Quorum not met with a third unknown-to-the-log witness required.
+    assert!(r.checkpoints_below_quorum.is_empty());
+    // Quorum not met with a third unknown-to-the-log witness required: no
+    // checkpoint is relied on, so nothing is covered.
     let mut t = trust();
     t.witness_keys.push(common::witness_key(3));
     t.witness_quorum = 3;
     let r = verify_bundle(&b, &t, None, &RequireSatisfiedDecision);
+    assert!(!r.is_ok());
+    assert_eq!(r.checkpoints_verified, 0);
+    assert_eq!(r.checkpoints_below_quorum.len(), 7);
     assert!(
         r.failures
             .iter()
-            .all(|f| f.kind == FailureKind::WitnessQuorum)
-            && !r.is_ok()
+            .any(|f| f.kind == FailureKind::WitnessQuorum),
+        "{:#?}",
+        r.failures
     );
+    assert!(
+        r.failures.iter().any(|f| f.kind == FailureKind::Uncovered),
+        "{:#?}",
+        r.failures
+    );
+}
+
+/// A checkpoint a witness missed (down or slow that round) is not a failure
+/// while later checkpoints with the quorum cover its entries; it is listed,
+/// checked against the entries, and never relied on: entries only it covers
+/// are uncovered.
+#[test]
+fn checkpoints_below_the_quorum_are_listed_not_relied_on() {
+    let log = build_log(4);
+    let b = log.export(0, log.size(), None).unwrap();
+    // Strip one witness's cosignature from an early checkpoint.
+    let strip = |note: &str| {
+        let mut lines: Vec<&str> = note.lines().collect();
+        let last = lines.len() - 1;
+        lines.remove(last);
+        lines.join("\n") + "\n"
+    };
+    let mut early = b.clone();
+    early.checkpoints[1] = strip(&early.checkpoints[1]);
+    let r = verify(&early);
+    assert!(r.is_ok(), "{:#?}", r.failures);
+    assert_eq!(r.checkpoints_below_quorum.len(), 1);
+    assert_eq!(r.checkpoints_verified, b.checkpoints.len() - 1);
+    // The latest one below the quorum: its entries are not proven.
+    let mut late = b.clone();
+    let last = late.checkpoints.len() - 1;
+    late.checkpoints[last] = strip(&late.checkpoints[last]);
+    let r = verify(&late);
+    assert!(
+        r.failures.iter().any(|f| f.kind == FailureKind::Uncovered),
+        "{:#?}",
+        r.failures
+    );
+    assert_ne!(r.latest_size, Some(log.size()));
 }
 
 #[test]

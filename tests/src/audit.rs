@@ -158,10 +158,8 @@ pub fn refusal_lines(o: &Outcome) -> Vec<&str> {
 /// verify` with `extra` until, for each `(signer, text)` of `want`, it
 /// reports a refusal by that signer whose line contains `text` (the
 /// coordinator logs what signers report within a few checkpoint rounds),
-/// none of them flagged as not signed by its signer; panics after [`LIMIT`]
-/// naming what is missing. The verdict on the rest of the log (a checkpoint
-/// made while a signer was down may lack the witness quorum) is the
-/// caller's to check.
+/// none of them flagged as not signed by its signer, and the whole log
+/// verifies; panics after [`LIMIT`] naming what is missing.
 pub async fn refusals_reported(
     cluster_dir: &Path,
     extra: &[&str],
@@ -196,7 +194,7 @@ pub async fn refusals_reported(
             })
             .collect();
         assert!(!o.stderr.contains("[refusal_signature]"), "{o}");
-        if missing.is_empty() {
+        if o.ok && missing.is_empty() {
             return o;
         }
         assert!(

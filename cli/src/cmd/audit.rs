@@ -103,7 +103,9 @@ pub struct VerifyArgs {
     /// Witness verifier keys (cosignature/v1 vkeys), or files holding them.
     #[arg(long = "witness-key", value_name = "PUB", num_args = 1..)]
     witness_keys: Vec<String>,
-    /// Valid witness cosignatures each checkpoint needs [default: all given keys].
+    /// Valid witness cosignatures a checkpoint needs to be relied on [default:
+    /// all given keys]; checkpoints with fewer are listed and checked against
+    /// the entries, but prove nothing.
     #[arg(long, value_name = "N")]
     witness_quorum: Option<usize>,
     /// The last checkpoint you verified (signed note file): the bundle must extend it.
@@ -300,6 +302,18 @@ fn print_verification(
         report.latest_size.map_or("-".into(), |s| s.to_string()),
         report.latest_root.as_deref().unwrap_or("-"),
     );
+    if !report.checkpoints_below_quorum.is_empty() {
+        let sizes: Vec<String> = report
+            .checkpoints_below_quorum
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        println!(
+            "             {} more below the quorum (a witness missed them), not relied on: sizes {}",
+            sizes.len(),
+            sizes.join(" ")
+        );
+    }
     let kinds: Vec<String> = report
         .entry_kinds
         .iter()
