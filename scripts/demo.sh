@@ -22,7 +22,7 @@ fi
 ./scripts/install-deps.sh
 # A dev cluster: its configs keep the raw-digest paths ([dev]), which release
 # daemons refuse unless built with their `dev` feature.
-cargo build --release --workspace --bins --features custos-signer-node/dev,custos-coordinator/dev
+cargo build --release --workspace --bins --features custos-signer-node/dev,custos-coordinator/dev,custos-cli/dev
 custos=./target/release/custos
 if [ -z "$eth" ]; then
   # What the withdrawal policy (examples/policy.toml) decides for a 5 ETH payout:

@@ -27,6 +27,7 @@ enum Command {
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
     /// Run a local development cluster on loopback (up, down, status).
+    #[cfg(any(debug_assertions, feature = "dev"))]
     #[command(subcommand)]
     Dev(cmd::dev::DevCommand),
     /// Request a withdrawal (backend): prints its id, state, risk and rule.
@@ -48,6 +49,7 @@ enum Command {
     /// Run the main job on the dev cluster: create a wallet key, withdraw a small
     /// amount (signed at once) and a large one (approved by two treasurers, time
     /// locked, signed), verifying each signature.
+    #[cfg(any(debug_assertions, feature = "dev"))]
     Demo(cmd::demo::DemoArgs),
     /// Reports over withdrawals and the ledger: volume, states, approval-latency,
     /// blocked, risk, fees (from the coordinator's HTTP port).
@@ -71,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Approver(c) => cmd::approver::run(c),
         Command::Audit(c) => cmd::audit::run(c),
+        #[cfg(any(debug_assertions, feature = "dev"))]
         Command::Dev(c) => cmd::dev::run(c),
         Command::Withdraw(a) => cmd::withdraw::withdraw(a),
         Command::Withdrawals(a) => cmd::withdraw::list(a),
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Approve(a) => cmd::approve::approve(a),
         Command::Reject(a) => cmd::approve::reject(a),
         Command::Cancel(a) => cmd::approve::cancel(a),
+        #[cfg(any(debug_assertions, feature = "dev"))]
         Command::Demo(a) => cmd::demo::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Ledger(c) => cmd::ledger::run(c),

@@ -4,7 +4,9 @@ pub mod approve;
 pub mod approver;
 pub mod audit;
 pub mod conn;
+#[cfg(any(debug_assertions, feature = "dev"))]
 pub mod demo;
+#[cfg(any(debug_assertions, feature = "dev"))]
 pub mod dev;
 pub mod key;
 pub mod ledger;
