@@ -55,10 +55,7 @@ fn admin_signed(document: String) -> Bundle {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    custos_clock::now_secs()
 }
 
 /// Idempotency key of each withdrawal id the test made (the flow policy
@@ -1048,4 +1045,54 @@ async fn velocity_enforced_by_signers_after_coordinator_history_is_wiped() {
     )
     .await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// The time lock is measured on the signer's own clock, which a test can
+/// drive (docs/SECURITY.md case 46, without sleeping and without a cluster):
+/// a Cosigner on a ManualClock registers a 5 s quorum, refuses "time lock" at
+/// 0, 2.5 and 4.9 s and at the last millisecond before `signable_from`, and
+/// from `signable_from` on refuses only for what the time lock does not
+/// decide (here: no log witnessed).
+#[test]
+fn time_lock_runs_on_the_signers_own_clock() {
+    use custos_signer_node::cosigner::{Cosigner, bundles::Bundles, journal::Journal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let admins =
+        custos_policy::AdminSet::parse(&std::fs::read(repo.join("examples/admins.toml")).unwrap())
+            .unwrap();
+    let start_ms = custos_clock::now_ms() / 1000 * 1000 + 400;
+    let clock = custos_clock::ManualClock::at_ms(start_ms);
+    let cosigner = Cosigner::new(
+        Some(Bundles::open(dir.path(), admins).unwrap()),
+        Journal::open(dir.path()).unwrap(),
+        None,
+    )
+    .with_clock(clock.clone());
+    let b = admin_signed(std::fs::read_to_string(flow_policy()).unwrap());
+    let mut w = withdrawal("clock-lock", WHITELISTED, 50 * ETH);
+    w.wallet = "w-clock".into();
+    let expiry = (start_ms / 1000) as i64 + 3600;
+    let (st, rule) = statement(&b.document, &w, expiry);
+    assert_eq!(rule, "large-approvals-delay");
+    let a = auth(&b, &w, &rule, expiry, &sign_all(&st, &["alice", "bob"]));
+    let (_, signable_from) = cosigner.register_quorum(&a).unwrap();
+    // The lock starts at the signer's next whole second and lasts 5 s.
+    assert_eq!(signable_from, (start_ms / 1000) as i64 + 1 + 5);
+    let end_ms = signable_from as u64 * 1000;
+    for at_ms in [start_ms, start_ms + 2_500, start_ms + 4_900, end_ms - 1] {
+        clock.set_ms(at_ms);
+        let e = cosigner
+            .authorize_signing(&a, "ps-clock")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("time lock"), "at {at_ms}: {e}");
+    }
+    clock.set_ms(end_ms);
+    let e = cosigner
+        .authorize_signing(&a, "ps-clock")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(!e.to_string().contains("time lock"), "{e}");
 }
