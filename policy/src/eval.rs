@@ -436,17 +436,20 @@ pub fn evaluate(
         if let Some((lo, hi)) = res.amount {
             let a = withdrawal.amount.0;
             let ok = lo <= a && a <= hi;
+            // What a person reads: units and base units.
+            let asset = &withdrawal.asset;
+            let shown = |v: u128| crate::describe_amount(v, crate::known_decimals(asset), asset);
             let hi_s = if hi == u128::MAX {
                 "unbounded".to_string()
             } else {
-                hi.to_string()
+                shown(hi)
             };
             let detail = if a < lo {
-                format!("amount {a} is below the minimum {lo}")
+                format!("amount {} is below the minimum {}", shown(a), shown(lo))
             } else if a > hi {
-                format!("amount {a} is above the maximum {hi}")
+                format!("amount {} is above the maximum {}", shown(a), shown(hi))
             } else {
-                format!("amount {a} is within [{lo}, {hi_s}]")
+                format!("amount {} is within [{}, {hi_s}]", shown(a), shown(lo))
             };
             push("amount", ok, detail);
         }

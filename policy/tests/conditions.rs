@@ -380,7 +380,7 @@ fn explanation_names_failed_conditions_of_earlier_rules() {
     assert!(text.contains("Rule 4 `hot-small` did not match"), "{text}");
     assert!(
         text.contains(
-            "FAIL amount: amount 5000000000000000000 is above the maximum 1000000000000000000"
+            "FAIL amount: amount 5 ETH (5000000000000000000 base units) is above the maximum 1 ETH (1000000000000000000 base units)"
         ),
         "{text}"
     );
