@@ -344,8 +344,14 @@ impl AuditTrail {
     async fn log_refusals(&self) {
         let mut reported = std::collections::HashSet::new();
         let mut fresh = Vec::new();
+        // Only a signer that answered says what it no longer holds.
+        let mut all_answered = true;
         for s in &self.signers.all {
             let h = s.health();
+            if !h.reachable {
+                all_answered = false;
+                continue;
+            }
             if h.unlogged_refusals.is_empty() {
                 continue;
             }
@@ -409,7 +415,12 @@ impl AuditTrail {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         appended.extend(sigs);
-        appended.retain(|s| reported.contains(s));
+        // Forget what every signer stopped reporting (it witnessed the
+        // entry); while one is unreachable, forget nothing, or its
+        // refusals would be appended again when it answers.
+        if all_answered {
+            appended.retain(|s| reported.contains(s));
+        }
     }
 
     /// Whether a reachable signer's last probe shows it behind the log (one

@@ -105,19 +105,21 @@ impl SignerControl for ControlService {
                 .witness()
                 .map(|w| w.verifier_key())
                 .unwrap_or_default(),
-            unlogged_refusals: self
-                .cosigner
-                .unlogged_refusals()
-                .into_iter()
-                .map(|p| SigningRefusal {
-                    signature: hex::decode(&p.signature).unwrap_or_default(),
-                    withdrawal_id: p.withdrawal_id,
-                    signer: p.signer,
-                    request: p.request,
-                    reason: p.reason,
-                    refused_at_ms: p.refused_at_ms,
-                })
-                .collect(),
+            // Pruning what the log now carries rewrites refusals.json.
+            unlogged_refusals: {
+                let cos = self.cosigner.clone();
+                blocking(move || Ok(cos.unlogged_refusals())).await?
+            }
+            .into_iter()
+            .map(|p| SigningRefusal {
+                signature: hex::decode(&p.signature).unwrap_or_default(),
+                withdrawal_id: p.withdrawal_id,
+                signer: p.signer,
+                request: p.request,
+                reason: p.reason,
+                refused_at_ms: p.refused_at_ms,
+            })
+            .collect(),
         }))
     }
 

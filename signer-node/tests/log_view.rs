@@ -210,3 +210,30 @@ fn risk_history_is_what_was_signed_before_the_request() {
     assert_eq!(at_ms, None);
     assert_eq!(history.len(), 2);
 }
+
+/// docs/SECURITY.md case 53: a signer's pending refusal counts as logged only
+/// when the log carries it exactly; a coordinator that keeps the signature
+/// but rewords the refusal has not logged it.
+#[test]
+fn a_refusal_counts_as_logged_only_as_signed() {
+    use custos_audit::refusal::Refusal;
+
+    let genuine = Refusal {
+        withdrawal_id: "wd-1".into(),
+        signer: "signer-1".into(),
+        request: "sign_withdrawal".into(),
+        reason: "time lock: 3 s to go".into(),
+        refused_at_ms: 1_000,
+    };
+    let signature = vec![5; 64];
+    let mut reworded = genuine.clone();
+    reworded.reason = "operator error".into();
+    let mut v = LogView::default();
+    v.apply(&at(0, reworded.clone().into_entry(signature.clone())), 10)
+        .unwrap();
+    assert!(v.refusal_logged(&reworded, &signature));
+    assert!(!v.refusal_logged(&genuine, &signature));
+    v.apply(&at(1, genuine.clone().into_entry(signature.clone())), 10)
+        .unwrap();
+    assert!(v.refusal_logged(&genuine, &signature));
+}

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use custos_audit::entry::Verdict;
+use custos_audit::refusal::Refusal;
 use custos_audit::{Entry, EntryBody};
 use custos_policy::{Amount, HistoryEntry};
 use custos_risk::RiskRequest;
@@ -117,8 +118,8 @@ pub struct LogView {
     /// The last entry time assigned (entry times never go backwards).
     #[serde(default)]
     pub last_at_ms: u64,
-    /// Signers' refusals in the log: SHA-256 of the refusal's signature
-    /// (hex) to its entry index, the newest [`MAX_REFUSALS`] kept (a signer
+    /// Signers' refusals in the log: [`refusal_key`] (the refusal exactly
+    /// as logged, with its signature) to its entry index, the newest [`MAX_REFUSALS`] kept (a signer
     /// looks up its own pending refusals here, which are recent).
     #[serde(default)]
     pub refusals: BTreeMap<String, u64>,
@@ -127,10 +128,15 @@ pub struct LogView {
 /// Logged refusals remembered by [`LogView::refusals`].
 const MAX_REFUSALS: usize = 4096;
 
-/// The key of a refusal in [`LogView::refusals`].
-pub fn refusal_key(signature: &[u8]) -> String {
+/// The key of a refusal in [`LogView::refusals`]: SHA-256 of its signed
+/// message and its signature (hex), so a logged entry that kept the
+/// signature but changed a field does not count as this refusal.
+pub fn refusal_key(refusal: &Refusal, signature: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(signature))
+    let mut h = sha2::Sha256::new();
+    h.update(refusal.message());
+    h.update(signature);
+    hex::encode(h.finalize())
 }
 
 impl LogView {
@@ -244,8 +250,11 @@ impl LogView {
                     Some(_) => {}
                 }
             }
-            EntryBody::SigningRefused { signature, .. } => {
-                self.refusals.insert(refusal_key(signature), entry.index);
+            EntryBody::SigningRefused { .. } => {
+                if let Some((refusal, signature)) = Refusal::from_entry(&entry.body) {
+                    self.refusals
+                        .insert(refusal_key(&refusal, signature), entry.index);
+                }
                 while self.refusals.len() > MAX_REFUSALS {
                     let oldest = self
                         .refusals
@@ -263,8 +272,8 @@ impl LogView {
     }
 
     /// Whether the refusal with this signature is in the log.
-    pub fn refusal_logged(&self, signature: &[u8]) -> bool {
-        self.refusals.contains_key(&refusal_key(signature))
+    pub fn refusal_logged(&self, refusal: &Refusal, signature: &[u8]) -> bool {
+        self.refusals.contains_key(&refusal_key(refusal, signature))
     }
 
     /// An entry's time as this signer accepts it: the coordinator's

@@ -251,12 +251,13 @@ impl Cosigner {
         self
     }
 
-    /// Whether the log this signer witnessed carries the refusal signed
-    /// `signature` (a view being rebuilt answers no).
-    fn refusal_logged(&self, signature: &[u8]) -> bool {
+    /// Whether the log this signer witnessed carries `pending` exactly, with
+    /// its signature (a view being rebuilt answers no).
+    fn refusal_logged(&self, pending: &PendingRefusal) -> bool {
+        let (refusal, signature) = pending.signed();
         self.witness
             .as_ref()
-            .and_then(|w| w.with_view(|v| v.refusal_logged(signature)).ok())
+            .and_then(|w| w.with_view(|v| v.refusal_logged(&refusal, &signature)).ok())
             .unwrap_or(false)
     }
 
@@ -307,7 +308,7 @@ impl Cosigner {
             return Vec::new();
         };
         store
-            .unlogged(|sig| self.refusal_logged(sig))
+            .unlogged(|p| self.refusal_logged(p))
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "pending refusals unreadable");
                 Vec::new()
@@ -636,7 +637,7 @@ impl Cosigner {
     ) -> Result<(SignDecision, std::sync::MutexGuard<'_, ()>), NodeError> {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(store) = &self.refusals {
-            store.check_logged(self.clock.now_ms(), |sig| self.refusal_logged(sig))?;
+            store.check_logged(self.clock.now_ms(), |p| self.refusal_logged(p))?;
         }
         let now = self.now_secs();
         let w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)

@@ -142,14 +142,10 @@ impl Refusals {
     /// says are.
     pub fn unlogged(
         &self,
-        logged: impl Fn(&[u8]) -> bool,
+        logged: impl Fn(&PendingRefusal) -> bool,
     ) -> Result<Vec<PendingRefusal>, NodeError> {
         let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let keep: Vec<PendingRefusal> = g
-            .iter()
-            .filter(|p| !logged(&hex::decode(&p.signature).unwrap_or_default()))
-            .cloned()
-            .collect();
+        let keep: Vec<PendingRefusal> = g.iter().filter(|p| !logged(p)).cloned().collect();
         if keep.len() != g.len() {
             self.persist(&keep)?;
             *g = keep.clone();
@@ -162,7 +158,7 @@ impl Refusals {
     pub fn check_logged(
         &self,
         now_ms: u64,
-        logged: impl Fn(&[u8]) -> bool,
+        logged: impl Fn(&PendingRefusal) -> bool,
     ) -> Result<(), NodeError> {
         let pending = self.unlogged(logged)?;
         let overdue: Vec<&PendingRefusal> = pending
@@ -203,7 +199,7 @@ mod tests {
     fn overdue_unlogged_refusal_holds_signing_until_logged_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let r = Refusals::open(dir.path(), 60).unwrap();
-        let none = |_: &[u8]| false;
+        let none = |_: &PendingRefusal| false;
         r.record(refusal("wd-1", 1_000), &[1; 64]).unwrap();
         // A retry of the same request is not a second record.
         r.record(refusal("wd-1", 2_000), &[2; 64]).unwrap();
@@ -221,7 +217,7 @@ mod tests {
         assert!(r.check_logged(61_001, none).is_err());
         // Once the log carries wd-1's refusal only wd-2's is pending, and it
         // is not yet overdue.
-        let logged = |s: &[u8]| s == [1; 64];
+        let logged = |p: &PendingRefusal| p.withdrawal_id == "wd-1";
         r.check_logged(61_001, logged).unwrap();
         let left = r.unlogged(none).unwrap();
         assert_eq!(left.len(), 1);
