@@ -169,7 +169,7 @@ fn check_accepts_rules_with_fee_bounds() {
     let o = custos(&["policy", "check", s(&example("demo-policy.toml"))]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("ok, version 1, 4 rule(s)"),
+        stdout(&o).contains("ok, version 1, 6 rule(s)"),
         "{}",
         stdout(&o)
     );

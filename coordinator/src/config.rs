@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use custos_service::config::{BuildMode, ConfigError, MetricsSettings, refuse_dev_settings};
 use custos_service::limits::{LimitSettings, LimitsConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// Data directory (SQLite database).
@@ -103,8 +103,52 @@ pub struct CoordinatorConfig {
     pub events: EventSettings,
 }
 
+impl CoordinatorConfig {
+    /// A config with the fields a config file must set, every other one at
+    /// its default (what a file setting only these gets): how tools that
+    /// write configs (the dev cluster) build one, so a new required field
+    /// does not compile until they set it.
+    pub fn new(
+        data_dir: PathBuf,
+        grpc_listen: SocketAddr,
+        http_listen: SocketAddr,
+        tls: TlsConfig,
+        auth: AuthConfig,
+        signers: Vec<SignerEndpoint>,
+    ) -> Self {
+        Self {
+            data_dir,
+            grpc_listen,
+            http_listen,
+            metrics: default_metrics(),
+            limits: LimitsConfig::default(),
+            default_threshold: default_threshold(),
+            presignature_pool: default_pool(),
+            partial_timeout_secs: default_partial_timeout(),
+            session_timeout_secs: default_session_timeout(),
+            aux_info_timeout_secs: default_aux_info_timeout(),
+            lock_after_failures: default_lock_after_failures(),
+            lock_window_secs: default_lock_window(),
+            drain_timeout_secs: default_drain_timeout(),
+            tls,
+            auth,
+            signers,
+            database_url: None,
+            policy: None,
+            assets: Vec::new(),
+            chains: Vec::new(),
+            risk: custos_risk::RiskConfig::default(),
+            withdrawals: WithdrawalSettings::default(),
+            audit: AuditSettings::default(),
+            dev: DevSettings::default(),
+            ledger: LedgerSettings::default(),
+            events: EventSettings::default(),
+        }
+    }
+}
+
 /// The policy bundle files.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFiles {
     /// Policy document (TOML or JSON), exactly as the admins signed it.
@@ -116,7 +160,7 @@ pub struct PolicyFiles {
 }
 
 /// Withdrawal engine tunables.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WithdrawalSettings {
     /// How often waiting withdrawals are revisited, milliseconds (default 500).
@@ -135,7 +179,7 @@ impl Default for WithdrawalSettings {
 }
 
 /// Transparency log settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     /// Log origin line in checkpoints (default `custos.local/log`).
@@ -182,7 +226,7 @@ fn default_metrics() -> MetricsSettings {
 
 /// Development-only switches (never in production configs; a release build
 /// refuses them, see [`CoordinatorConfig::check_build`]).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevSettings {
     /// Keeps the admin `SignDigest` RPC (raw digests, no policy) for the
@@ -237,7 +281,7 @@ fn default_drain_timeout() -> u64 {
 }
 
 /// TLS material.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Server certificate for API clients (PEM).
@@ -253,7 +297,7 @@ pub struct TlsConfig {
 }
 
 /// API authentication.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// The hashed API token store (JSON; `custos token create --store FILE`):
@@ -266,14 +310,24 @@ pub struct AuthConfig {
     pub token_reload_ms: u64,
     /// Removed: a plain-text admin token. A config that still sets it is
     /// refused with the migration steps (see [`AuthConfig::plain_text_fields`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
     /// Removed: API clients with plain-text token files (refused likewise).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub clients: Option<serde::de::IgnoredAny>,
 }
 
 impl AuthConfig {
+    /// Tokens from the hashed store `token_store`, reloaded at the default interval.
+    pub fn new(token_store: PathBuf) -> Self {
+        Self {
+            token_store: Some(token_store),
+            token_reload_ms: default_token_reload_ms(),
+            admin_token_file: None,
+            clients: None,
+        }
+    }
+
     /// The removed plain-text token fields this config still sets.
     ///
     /// They are refused at load rather than hashed automatically: hashing at
@@ -303,7 +357,7 @@ pub use crate::signers::SignerEndpoint;
 
 /// `[ledger]`: postings for every withdrawal (reserve on `approved`, settle on
 /// the settlement state, release on cancellation or failure).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerSettings {
     /// Post withdrawals to the ledger (default true).
@@ -331,7 +385,7 @@ impl Default for LedgerSettings {
 }
 
 /// `[events]`: delivery of the outbox written with every withdrawal transition.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
     /// NATS server URL (e.g. `nats://127.0.0.1:4222`); unset: no NATS sink

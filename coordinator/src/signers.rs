@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use custos_proto::signer::StatusRequest;
 use custos_proto::signer::signer_control_client::SignerControlClient;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::CoordError;
 
 /// One signer, as `[[signers]]` in the coordinator's config names it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerEndpoint {
     /// Its node id.

@@ -9,7 +9,16 @@ use serde::{Deserialize, Serialize};
 use custos_policy::{BundleSignatures, Policy, PolicyHash, SecretKey, Zeroizing};
 
 use crate::certs::{self, DevCa};
-use crate::chain::{AssetToml, ChainToml, EvmChain, SignerChainToml};
+use crate::config_file;
+use custos_coordinator::config::{
+    AuthConfig, CoordinatorConfig, PolicyFiles, SignerEndpoint, TlsConfig as CoordinatorTls,
+};
+use custos_hsm::{KdfParams, SealerConfig, SoftwareConfig};
+use custos_service::config::MetricsSettings;
+use custos_signer_node::config::{PeerConfig, SignerConfig, TlsConfig as SignerTls};
+use custos_signer_node::node::FaultInjection;
+
+use crate::chain::{self, EvmChain, UtxoChain};
 use crate::fsutil::{self, PUBLIC_MODE};
 use crate::identity;
 use crate::{COORDINATOR_BIN, DevkitError};
@@ -64,7 +73,7 @@ const SESSION_TIMEOUT_SECS: u64 = 60;
 pub const PRESIGNATURE_POOL: u32 = 4;
 /// Argon2id for the signers' KEKs: the OWASP minimum (m = 19 MiB, t = 2, p = 1),
 /// real but fast enough to start a few nodes on a laptop.
-const KDF: KdfToml = KdfToml {
+const KDF: KdfParams = KdfParams {
     m_cost_kib: 19456,
     t_cost: 2,
     p_cost: 1,
@@ -91,8 +100,9 @@ pub struct ClusterSpec {
     /// clusters only; needs `primes_file`). Tests whose subject is the
     /// ceremony leave it unset.
     pub aux_fixture: Option<PathBuf>,
-    /// Node id → fault to inject, e.g. `"signer-3"` → `"corrupt-protocol-messages"`.
-    pub fault_injection: HashMap<String, String>,
+    /// Node id → fault to inject, e.g. `"signer-3"` →
+    /// [`FaultInjection::CorruptProtocolMessages`].
+    pub fault_injection: HashMap<String, FaultInjection>,
     /// Presignatures the coordinator keeps ready per key (default 4; 0 disables the pool).
     pub presignature_pool: u32,
     /// Withdrawal policy document to install (TOML or JSON); default: the embedded
@@ -114,6 +124,11 @@ pub struct ClusterSpec {
     /// `[[assets]]` (besides the built-in ones) and a `[[chains]]` entry, every
     /// signer's `[cosigner] chains` names it, and `cluster.json` records it.
     pub evm_chain: Option<EvmChain>,
+    /// A Bitcoin-format node to spend on (default none). When set, the
+    /// coordinator config gets its native coin in `[[assets]]` and a
+    /// `[[chains]]` entry of kind `utxo`, every signer's `[cosigner] chains`
+    /// names it, and `cluster.json` records it.
+    pub utxo_chain: Option<UtxoChain>,
 }
 
 impl Default for ClusterSpec {
@@ -131,6 +146,7 @@ impl Default for ClusterSpec {
             raw_digest: true,
             bin_dir: None,
             evm_chain: None,
+            utxo_chain: None,
         }
     }
 }
@@ -199,6 +215,9 @@ impl ClusterSpec {
         if let Some(chain) = &self.evm_chain {
             chain.validate()?;
         }
+        if let Some(chain) = &self.utxo_chain {
+            chain.validate()?;
+        }
         Ok(())
     }
 }
@@ -250,6 +269,9 @@ pub struct ClusterLayout {
     /// The EVM chain the cluster broadcasts on ([`ClusterSpec::evm_chain`]), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evm_chain: Option<EvmChain>,
+    /// The Bitcoin-format chain the cluster spends on ([`ClusterSpec::utxo_chain`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utxo_chain: Option<UtxoChain>,
 }
 
 fn yes() -> bool {
@@ -363,7 +385,7 @@ pub struct SignerLayout {
     pub http_url: String,
     /// Fault injected into this node, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault_injection: Option<String>,
+    pub fault_injection: Option<FaultInjection>,
 }
 
 impl ClusterLayout {
@@ -422,152 +444,6 @@ impl ClusterLayout {
 }
 
 // ---- config files as written -------------------------------------------------
-
-#[derive(Serialize)]
-struct SignerToml {
-    node_id: String,
-    data_dir: PathBuf,
-    identity_key: PathBuf,
-    p2p_listen: Vec<String>,
-    control_listen: SocketAddr,
-    session_timeout_secs: u64,
-    metrics: MetricsToml,
-    tls: SignerTlsToml,
-    sealer: SealerToml,
-    peers: Vec<PeerToml>,
-    cosigner: CosignerToml,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dev: Option<DevToml>,
-}
-
-#[derive(Serialize)]
-struct MetricsToml {
-    listen: SocketAddr,
-}
-
-#[derive(Serialize)]
-struct CosignerToml {
-    admins: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_key: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    chains: Vec<SignerChainToml>,
-}
-
-#[derive(Serialize)]
-struct SignerTlsToml {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: PathBuf,
-    coordinator_cert: PathBuf,
-}
-
-#[derive(Serialize)]
-struct SealerToml {
-    backend: &'static str,
-    passphrase_file: PathBuf,
-    /// True in dev clusters: a fresh data dir gets its KEK at the first start
-    /// (production configs leave it at its default, false).
-    create_kek: bool,
-    kdf: KdfToml,
-}
-
-#[derive(Serialize)]
-struct KdfToml {
-    m_cost_kib: u32,
-    t_cost: u32,
-    p_cost: u32,
-}
-
-#[derive(Serialize)]
-struct PeerToml {
-    node_id: String,
-    peer_id: String,
-    address: String,
-}
-
-#[derive(Serialize)]
-struct DevToml {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    primes_file: Option<PathBuf>,
-    primes_index: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aux_fixture: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fault_injection: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    allow_raw_digest: bool,
-}
-
-#[derive(Serialize)]
-struct CoordinatorToml {
-    data_dir: PathBuf,
-    grpc_listen: SocketAddr,
-    http_listen: SocketAddr,
-    default_threshold: u16,
-    presignature_pool: u32,
-    metrics: MetricsToml,
-    tls: CoordinatorTlsToml,
-    auth: AuthToml,
-    signers: Vec<SignerRefToml>,
-    policy: PolicyToml,
-    dev: CoordinatorDevToml,
-    events: CoordinatorEventsToml,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    assets: Vec<AssetToml>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    chains: Vec<ChainToml>,
-}
-
-#[derive(Serialize)]
-struct PolicyToml {
-    document: PathBuf,
-    signatures: PathBuf,
-    admins: PathBuf,
-}
-
-/// A dev cluster's webhook receivers run on loopback over plain HTTP.
-#[derive(Serialize)]
-struct CoordinatorEventsToml {
-    webhook_allow_http: bool,
-    webhook_allow_private: bool,
-}
-
-#[derive(Serialize)]
-struct CoordinatorDevToml {
-    allow_sign_digest: bool,
-}
-
-#[derive(Serialize)]
-struct CoordinatorTlsToml {
-    cert: PathBuf,
-    key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    signer_ca: PathBuf,
-}
-
-#[derive(Serialize)]
-struct AuthToml {
-    token_store: PathBuf,
-}
-
-#[derive(Serialize)]
-struct SignerRefToml {
-    node_id: String,
-    endpoint: String,
-    tls_name: String,
-}
-
-const HEADER: &str = "# Generated by custos-devkit (`custos dev up`): rewritten on every run, edit the\n# ClusterSpec instead. Relative paths are relative to this file's directory.\n\n";
-
-fn write_toml(path: &Path, value: &impl Serialize) -> Result<(), DevkitError> {
-    let body = toml::to_string(value).map_err(|e| DevkitError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    fsutil::write_atomic(path, format!("{HEADER}{body}").as_bytes(), PUBLIC_MODE)
-}
 
 fn absolute(path: &Path) -> Result<PathBuf, DevkitError> {
     std::fs::canonicalize(path).map_err(DevkitError::io("cannot resolve", path))
@@ -694,63 +570,47 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
     let policy = write_policy_bundle(&dir.join(POLICY_DIR), spec.policy.as_deref())?;
 
     // Coordinator config first: `custos-coordinator log-key` reads it.
-    let cfg = CoordinatorToml {
-        data_dir: "data".into(),
-        grpc_listen: coordinator.grpc_listen,
-        http_listen: coordinator.http_listen,
-        default_threshold: spec.threshold,
-        presignature_pool: spec.presignature_pool,
-        metrics: MetricsToml {
-            listen: coordinator.metrics_listen,
-        },
-        tls: CoordinatorTlsToml {
+    let policy_file = |p: &Path| Path::new("..").join(POLICY_DIR).join(file_name(p));
+    let mut cfg = CoordinatorConfig::new(
+        "data".into(),
+        coordinator.grpc_listen,
+        coordinator.http_listen,
+        CoordinatorTls {
             cert: "server.pem".into(),
             key: "server.key".into(),
             client_cert: "client.pem".into(),
             client_key: "client.key".into(),
             signer_ca: "../ca.pem".into(),
         },
-        auth: AuthToml {
-            token_store: TOKEN_STORE.into(),
-        },
-        signers: signers
+        AuthConfig::new(TOKEN_STORE.into()),
+        signers
             .iter()
-            .map(|s| SignerRefToml {
+            .map(|s| SignerEndpoint {
                 node_id: s.node_id.clone(),
                 endpoint: s.control_endpoint.clone(),
                 tls_name: s.node_id.clone(),
             })
             .collect(),
-        policy: PolicyToml {
-            document: Path::new("..")
-                .join(POLICY_DIR)
-                .join(file_name(&policy.document)),
-            signatures: Path::new("..")
-                .join(POLICY_DIR)
-                .join(file_name(&policy.signatures)),
-            admins: Path::new("..")
-                .join(POLICY_DIR)
-                .join(file_name(&policy.admins)),
-        },
-        dev: CoordinatorDevToml {
-            allow_sign_digest: spec.raw_digest,
-        },
-        events: CoordinatorEventsToml {
-            webhook_allow_http: true,
-            webhook_allow_private: true,
-        },
-        assets: spec
-            .evm_chain
-            .as_ref()
-            .map(EvmChain::coordinator_assets)
-            .unwrap_or_default(),
-        chains: spec
-            .evm_chain
-            .iter()
-            .map(EvmChain::coordinator_chain)
-            .collect(),
+    );
+    cfg.default_threshold = spec.threshold;
+    cfg.presignature_pool = spec.presignature_pool;
+    cfg.metrics = MetricsSettings {
+        listen: coordinator.metrics_listen,
     };
-    write_toml(&coordinator.config, &cfg)?;
+    cfg.policy = Some(PolicyFiles {
+        document: policy_file(&policy.document),
+        signatures: policy_file(&policy.signatures),
+        admins: policy_file(&policy.admins),
+    });
+    cfg.dev.allow_sign_digest = spec.raw_digest;
+    // A dev cluster's webhook receivers run on loopback over plain HTTP.
+    cfg.events.webhook_allow_http = true;
+    cfg.events.webhook_allow_private = true;
+    cfg.assets = chain::coordinator_assets(spec.evm_chain.as_ref(), spec.utxo_chain.as_ref());
+    cfg.chains = (spec.evm_chain.iter().map(EvmChain::coordinator_chain))
+        .chain(spec.utxo_chain.iter().map(UtxoChain::coordinator_chain))
+        .collect();
+    config_file::write_config(&coordinator.config, &cfg)?;
 
     // The audit-log verifier key the signers check checkpoints against: fresh
     // from the coordinator binary when we have it, else the one installed by an
@@ -769,55 +629,51 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         let peers = signers
             .iter()
             .filter(|p| p.node_id != s.node_id)
-            .map(|p| PeerToml {
+            .map(|p| PeerConfig {
                 node_id: p.node_id.clone(),
                 peer_id: p.peer_id.clone(),
                 address: p.p2p_listen.clone(),
             })
             .collect();
-        let dev =
-            (primes_file.is_some() || s.fault_injection.is_some() || spec.raw_digest).then(|| {
-                DevToml {
-                    primes_file: primes_file.clone(),
-                    primes_index: s.index,
-                    aux_fixture: aux_fixture.clone(),
-                    fault_injection: s.fault_injection.clone(),
-                    allow_raw_digest: spec.raw_digest,
-                }
-            });
-        let cfg = SignerToml {
-            node_id: s.node_id.clone(),
-            data_dir: "data".into(),
-            identity_key: "p2p.key".into(),
-            p2p_listen: vec![s.p2p_listen.clone()],
-            control_listen: s.control_listen,
-            session_timeout_secs: SESSION_TIMEOUT_SECS,
-            metrics: MetricsToml {
-                listen: s.http_listen,
-            },
-            tls: SignerTlsToml {
+        let mut cfg = SignerConfig::new(
+            s.node_id.clone(),
+            "data".into(),
+            "p2p.key".into(),
+            vec![s.p2p_listen.clone()],
+            s.control_listen,
+            SignerTls {
                 cert: "tls.pem".into(),
                 key: "tls.key".into(),
                 client_ca: "../ca.pem".into(),
                 coordinator_cert: "../coordinator/client.pem".into(),
             },
-            sealer: SealerToml {
-                backend: "software",
-                passphrase_file: "passphrase".into(),
-                create_kek: true,
-                kdf: KDF,
-            },
             peers,
-            cosigner: CosignerToml {
-                admins: Path::new("..")
-                    .join(POLICY_DIR)
-                    .join(file_name(&policy.admins)),
-                log_key: log_key.clone(),
-                chains: spec.evm_chain.iter().map(EvmChain::signer_chain).collect(),
-            },
-            dev,
+            SealerConfig::Software(SoftwareConfig {
+                passphrase_file: Some("passphrase".into()),
+                passphrase_env: None,
+                // A fresh data dir gets its KEK at the first start
+                // (production configs leave it at its default, false).
+                create_kek: true,
+                kdf: Some(KDF),
+            }),
+        );
+        cfg.session_timeout_secs = SESSION_TIMEOUT_SECS;
+        cfg.metrics = MetricsSettings {
+            listen: s.http_listen,
         };
-        write_toml(&s.config, &cfg)?;
+        cfg.cosigner.admins = Some(policy_file(&policy.admins));
+        cfg.cosigner.log_key = log_key.clone();
+        cfg.cosigner.chains = (spec.evm_chain.iter().map(EvmChain::signer_chain))
+            .chain(spec.utxo_chain.iter().map(UtxoChain::signer_chain))
+            .collect();
+        if primes_file.is_some() {
+            cfg.dev.primes_file = primes_file.clone();
+            cfg.dev.primes_index = usize::from(s.index);
+        }
+        cfg.dev.aux_fixture = aux_fixture.clone();
+        cfg.dev.fault_injection = s.fault_injection.unwrap_or_default();
+        cfg.dev.allow_raw_digest = spec.raw_digest;
+        config_file::write_config(&s.config, &cfg)?;
     }
 
     let layout = ClusterLayout {
@@ -834,6 +690,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         log_key,
         raw_digest: spec.raw_digest,
         evm_chain: spec.evm_chain.clone(),
+        utxo_chain: spec.utxo_chain.clone(),
         dir,
     };
     layout.save()?;
@@ -1093,7 +950,7 @@ pub fn install_log_key(
             });
         };
         cosigner.insert("log_key".into(), toml::Value::String(line.clone()));
-        write_toml(&s.config, &table)?;
+        config_file::write_table(&s.config, &table)?;
     }
     layout.log_key = Some(line.clone());
     layout.save()?;
@@ -1151,7 +1008,11 @@ mod tests {
         assert_eq!(chains[0]["kind"].as_str(), Some("evm"));
         assert_eq!(chains[0]["chain_id"].as_integer(), Some(31337));
         assert_eq!(chains[0]["rpc_url"].as_str(), Some("http://127.0.0.1:8545"));
-        assert_eq!(chains[0]["confirmations"].as_integer(), Some(1));
+        // One confirmation is the daemon's default, so it is not written.
+        assert!(chains[0].get("confirmations").is_none());
+        let typed: CoordinatorConfig =
+            toml::from_str(&std::fs::read_to_string(&layout.coordinator.config).unwrap()).unwrap();
+        assert_eq!(typed.chains[0].confirmations, 1);
         let assets = c["assets"].as_array().unwrap();
         assert!(assets.iter().any(|a| a["chain"].as_str() == Some("anvil")
             && a["symbol"].as_str() == Some("ETH")
@@ -1180,6 +1041,41 @@ mod tests {
         assert!(!t["cosigner"].as_table().unwrap().contains_key("chains"));
         let json = std::fs::read_to_string(layout.dir.join(CLUSTER_FILE)).unwrap();
         assert!(!json.contains("evm_chain"), "{json}");
+    }
+
+    #[test]
+    fn a_utxo_chain_reaches_every_config_and_the_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = ClusterSpec::new(tmp.path().join("cluster"));
+        spec.base_port = 34500;
+        spec.evm_chain = Some(EvmChain::new("http://127.0.0.1:8545", 31337));
+        spec.utxo_chain = Some(UtxoChain::new("http://u:p@127.0.0.1:19443/"));
+        let layout = generate(&spec).unwrap();
+        assert_eq!(layout.utxo_chain, spec.utxo_chain);
+        assert_eq!(ClusterLayout::load(&layout.dir).unwrap(), layout);
+
+        let c: CoordinatorConfig =
+            toml::from_str(&std::fs::read_to_string(&layout.coordinator.config).unwrap()).unwrap();
+        let kinds: Vec<_> = c
+            .chains
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind.as_str()))
+            .collect();
+        assert_eq!(kinds, [("anvil", "evm"), ("litecoin-regtest", "utxo")]);
+        assert_eq!(c.chains[1].rpc_url, "http://u:p@127.0.0.1:19443/");
+        let ltc = c
+            .assets
+            .iter()
+            .find(|a| a.chain == "litecoin-regtest")
+            .unwrap();
+        assert_eq!((ltc.symbol.as_str(), ltc.decimals), ("LTC", 8));
+        for s in &layout.signers {
+            let t: SignerConfig =
+                toml::from_str(&std::fs::read_to_string(&s.config).unwrap()).unwrap();
+            let names: Vec<_> = t.cosigner.chains.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["anvil", "litecoin-regtest"]);
+            assert_eq!(t.cosigner.chains[1].chain_id, None);
+        }
     }
 
     #[test]

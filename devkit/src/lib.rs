@@ -66,6 +66,7 @@
 mod certs;
 mod chain;
 pub mod client;
+mod config_file;
 mod error;
 mod fsutil;
 pub mod http;
@@ -74,7 +75,8 @@ mod layout;
 mod ports;
 mod process;
 
-pub use chain::{DEFAULT_EVM_CHAIN, EvmChain};
+pub use chain::{DEFAULT_EVM_CHAIN, DEFAULT_UTXO_CHAIN, EvmChain, UtxoChain};
+pub use custos_signer_node::node::FaultInjection;
 pub use error::DevkitError;
 pub use http::{HttpResponse, HttpTarget};
 pub use identity::peer_id_of_key_file;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use custos_devkit::{
-    Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, DevkitError, PidFile, StartOptions,
-    free_base_port, generate, http_get, is_alive, stop_from_pid_file,
+    Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, DevkitError, FaultInjection, PidFile,
+    StartOptions, free_base_port, generate, http_get, is_alive, stop_from_pid_file,
 };
 
 /// `target/debug` (the test binary lives in `target/debug/deps`), if it has the signer.
@@ -44,13 +44,13 @@ fn layout(dir: &Path) -> ClusterLayout {
     layout_with_fault(dir, None)
 }
 
-fn layout_with_fault(dir: &Path, fault: Option<(&str, &str)>) -> ClusterLayout {
+fn layout_with_fault(dir: &Path, fault: Option<(&str, FaultInjection)>) -> ClusterLayout {
     let mut spec = ClusterSpec::new(dir.join("cluster"));
     spec.base_port = free_base_port();
     spec.primes_file = primes();
     spec.aux_fixture = aux_fixture();
     if let Some((node, fault)) = fault {
-        spec.fault_injection.insert(node.into(), fault.into());
+        spec.fault_injection.insert(node.into(), fault);
     }
     generate(&spec).unwrap()
 }
@@ -73,7 +73,10 @@ fn pids(l: &ClusterLayout) -> PidFile {
 async fn three_signers_start_answer_health_restart_and_stop() {
     let Some(bins) = bin_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let l = layout_with_fault(tmp.path(), Some(("signer-3", "corrupt-protocol-messages")));
+    let l = layout_with_fault(
+        tmp.path(),
+        Some(("signer-3", FaultInjection::CorruptProtocolMessages)),
+    );
     let mut cluster = Cluster::start_with(l.clone(), &bins, signers_only())
         .await
         .unwrap();

@@ -6,88 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use custos_devkit::{ClusterLayout, ClusterSpec, DevkitError, generate, peer_id_of_key_file};
-use serde::Deserialize;
+use custos_devkit::{
+    ClusterLayout, ClusterSpec, DevkitError, FaultInjection, generate, peer_id_of_key_file,
+};
 
-/// Mirror of `custos_signer_node::config::SignerConfig` (signer-node/src/config.rs),
-/// as strict as the daemon (`deny_unknown_fields`); the sealer section is parsed
-/// with the real `custos_hsm::SealerConfig`. The start test in `cluster.rs` feeds
-/// the generated files to the real daemon.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignerConfig {
-    node_id: String,
-    data_dir: PathBuf,
-    identity_key: PathBuf,
-    p2p_listen: Vec<String>,
-    control_listen: std::net::SocketAddr,
-    metrics: MetricsConfig,
-    tls: TlsConfig,
-    peers: Vec<PeerConfig>,
-    sealer: custos_hsm::SealerConfig,
-    session_timeout_secs: u64,
-    #[serde(default)]
-    cosigner: CosignerConfig,
-    #[serde(default)]
-    dev: DevConfig,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MetricsConfig {
-    listen: std::net::SocketAddr,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // mirrors the daemon's schema; only some fields are checked
-struct CosignerConfig {
-    admins: Option<PathBuf>,
-    #[serde(default)]
-    log_key: Option<String>,
-    #[serde(default)]
-    log_origin: Option<String>,
-    #[serde(default)]
-    witness_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsConfig {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: PathBuf,
-    coordinator_cert: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeerConfig {
-    node_id: String,
-    peer_id: String,
-    address: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DevConfig {
-    #[serde(default)]
-    primes_file: Option<PathBuf>,
-    #[serde(default)]
-    primes_index: usize,
-    #[serde(default)]
-    fault_injection: FaultInjection,
-    #[serde(default)]
-    allow_raw_digest: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum FaultInjection {
-    #[default]
-    None,
-    CorruptProtocolMessages,
-}
+/// The daemon's own config type (`deny_unknown_fields`): the schema is exact.
+/// The start test in `cluster.rs` feeds the generated files to the real daemon.
+use custos_signer_node::config::SignerConfig;
 
 fn spec(dir: &Path) -> ClusterSpec {
     let mut s = ClusterSpec::new(dir.join("cluster"));
@@ -219,7 +144,7 @@ fn signer_configs_parse_with_the_daemon_schema() {
     let mut sp = spec(tmp.path());
     sp.primes_file = Some(primes.clone());
     sp.fault_injection
-        .insert("signer-3".into(), "corrupt-protocol-messages".into());
+        .insert("signer-3".into(), FaultInjection::CorruptProtocolMessages);
     let l = generate(&sp).unwrap();
     assert_eq!(l.signers.len(), 3);
     for (i, s) in l.signers.iter().enumerate() {
@@ -334,9 +259,13 @@ fn signer_configs_parse_with_the_daemon_schema() {
     let text = std::fs::read_to_string(&locked.signers[0].config).unwrap();
     assert!(!text.contains("[dev]"), "{text}");
     toml::from_str::<SignerConfig>(&text).unwrap();
-    let v: toml::Value =
-        toml::from_str(&std::fs::read_to_string(&locked.coordinator.config).unwrap()).unwrap();
-    assert_eq!(v["dev"]["allow_sign_digest"].as_bool(), Some(false));
+    let text = std::fs::read_to_string(&locked.coordinator.config).unwrap();
+    let cfg: custos_coordinator::config::CoordinatorConfig = toml::from_str(&text).unwrap();
+    assert!(!cfg.dev.allow_sign_digest);
+    assert!(
+        !text.contains("[dev]"),
+        "defaults only, so not written:\n{text}"
+    );
 }
 
 #[test]
@@ -344,14 +273,37 @@ fn coordinator_config_and_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let l = generate(&spec(tmp.path())).unwrap();
     let c = &l.coordinator;
-    let v: toml::Value = toml::from_str(&std::fs::read_to_string(&c.config).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    // The daemon's own type reads it (deny_unknown_fields).
+    let cfg: custos_coordinator::config::CoordinatorConfig =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!((cfg.default_threshold, cfg.presignature_pool), (2, 4));
+    // Only what this cluster chose is written: defaults are left to the
+    // daemon (so tests can add a table or key without repeating one).
+    for default in [
+        "default_threshold",
+        "presignature_pool",
+        "risk",
+        "limits",
+        "ledger",
+    ] {
+        assert!(v.get(default).is_none(), "{default} written:\n{text}");
+    }
+    assert_eq!(
+        v["events"]
+            .as_table()
+            .map(|t| t.keys().cloned().collect::<Vec<_>>()),
+        Some(vec![
+            "webhook_allow_http".to_owned(),
+            "webhook_allow_private".to_owned()
+        ])
+    );
     assert_eq!(v["data_dir"].as_str(), Some("data"));
     assert_eq!(v["grpc_listen"].as_str(), Some("127.0.0.1:31000"));
     assert_eq!(v["http_listen"].as_str(), Some("127.0.0.1:31001"));
     assert_eq!(v["metrics"]["listen"].as_str(), Some("127.0.0.1:31002"));
     assert!(v.get("dev").and_then(|d| d.get("plain_http")).is_none());
-    assert_eq!(v["default_threshold"].as_integer(), Some(2));
-    assert_eq!(v["presignature_pool"].as_integer(), Some(4));
     let mut no_pool = spec(&tmp.path().join("nopool"));
     no_pool.presignature_pool = 0;
     let np = generate(&no_pool).unwrap();
@@ -552,7 +504,7 @@ fn bad_specs_are_rejected() {
         Box::new(|s| s.base_port = 65400),
         Box::new(|s| {
             s.fault_injection
-                .insert("signer-9".into(), "corrupt-protocol-messages".into());
+                .insert("signer-9".into(), FaultInjection::CorruptProtocolMessages);
         }),
         Box::new(|s| s.primes_file = Some("/nonexistent/primes.json".into())),
     ];

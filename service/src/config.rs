@@ -104,7 +104,7 @@ pub fn refuse_dev_settings(set: &[&str], mode: BuildMode) -> Result<(), ConfigEr
 
 /// `[metrics]`: where `/healthz` and `/metrics` are served, apart from the
 /// API (plain HTTP, no token: bind it to loopback or a management network).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Listen address, e.g. `127.0.0.1:7402`.

@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::http;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ const TOKEN: u128 = 1_000_000_000;
 const MAX_BUCKETS: usize = 100_000;
 
 /// A sustained rate and the burst allowed above it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     /// Requests per second, sustained (≥ 1).
@@ -143,7 +143,7 @@ impl Default for LimitSettings {
 
 /// `[limits]` of a daemon's config: every field optional, the daemon's
 /// defaults for those left out ([`LimitsConfig::resolve`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Requests per second one client may make to one route, sustained.

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use custos_service::config::{BuildMode, ConfigError, MetricsSettings, refuse_dev_settings};
 use custos_service::limits::{LimitSettings, LimitsConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::node::FaultInjection;
 
 /// The whole config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerConfig {
     /// This node's id (unique in the group; also its party order key).
@@ -25,7 +25,7 @@ pub struct SignerConfig {
     pub control_listen: SocketAddr,
     /// Removed: `/healthz` and `/metrics` are served on `[metrics] listen`.
     /// A config that still sets it is refused naming the new field.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub http_listen: Option<serde::de::IgnoredAny>,
     /// Where `/healthz` and `/metrics` are served (plain HTTP; default
     /// `127.0.0.1:7610`).
@@ -70,6 +70,42 @@ pub struct SignerConfig {
 }
 
 impl SignerConfig {
+    /// A config with the fields a config file must set, every other one at
+    /// its default (what a file setting only these gets): how tools that
+    /// write configs (the dev cluster) build one, so a new required field
+    /// does not compile until they set it.
+    #[allow(clippy::too_many_arguments)] // one per required field, named as in the file
+    pub fn new(
+        node_id: String,
+        data_dir: PathBuf,
+        identity_key: PathBuf,
+        p2p_listen: Vec<String>,
+        control_listen: SocketAddr,
+        tls: TlsConfig,
+        peers: Vec<PeerConfig>,
+        sealer: custos_hsm::SealerConfig,
+    ) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            identity_key,
+            p2p_listen,
+            control_listen,
+            http_listen: None,
+            metrics: default_metrics(),
+            limits: LimitsConfig::default(),
+            tls,
+            peers,
+            sealer,
+            session_timeout_secs: default_timeout(),
+            aux_info_timeout_secs: default_aux_info_timeout(),
+            drain_timeout_secs: default_drain_timeout(),
+            cosigner: CosignerConfig::default(),
+            risk: custos_risk::RiskConfig::default(),
+            dev: DevConfig::default(),
+        }
+    }
+
     /// Refuses the `[dev]` settings this config sets if `mode` is a release
     /// build (the daemon passes [`crate::BUILD_MODE`]), and removed or
     /// unusable fields.
@@ -108,7 +144,7 @@ fn default_metrics() -> MetricsSettings {
 }
 
 /// What a signer needs to verify withdrawals on its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CosignerConfig {
     /// Admin set (threshold and Ed25519 keys) that must sign policy bundles.
@@ -159,7 +195,7 @@ fn default_aux_info_timeout() -> u64 {
 }
 
 /// TLS of the control API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Server certificate (PEM).
@@ -173,7 +209,7 @@ pub struct TlsConfig {
 }
 
 /// A pinned peer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Its node id.
@@ -186,7 +222,7 @@ pub struct PeerConfig {
 
 /// Development and test settings; never needed in production, and refused
 /// by a release build ([`SignerConfig::check_build`]).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevConfig {
     /// JSON file with pregenerated safe primes (test fixtures), to skip generation.

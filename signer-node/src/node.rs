@@ -18,7 +18,7 @@ use crate::store::{KeyMeta, PresigMeta, Store, validate_id};
 /// Deliberate misbehaviour, for adversarial tests of the cluster only: a
 /// release build ([`crate::BUILD_MODE`]) refuses it in its config and never
 /// acts on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultInjection {
     /// Behave.

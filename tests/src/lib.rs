@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use custos_devkit::client::{Client, connect};
-use custos_devkit::{Cluster, ClusterLayout, ClusterSpec, StartOptions};
+use custos_devkit::{Cluster, ClusterLayout, ClusterSpec, FaultInjection, StartOptions};
 use custos_proto::custody::GetClusterStatusRequest;
 
 /// Where cargo put the daemons (`target/<profile>`), next to the test binary's
@@ -65,7 +65,7 @@ pub struct TestCluster {
 }
 
 /// Generates and starts an n-signer cluster and waits until aux info is ready.
-pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> TestCluster {
+pub async fn start(signers: u16, threshold: u16, faults: &[(&str, FaultInjection)]) -> TestCluster {
     start_with_pool(signers, threshold, faults, None).await
 }
 
@@ -73,7 +73,7 @@ pub async fn start(signers: u16, threshold: u16, faults: &[(&str, &str)]) -> Tes
 pub async fn start_with_pool(
     signers: u16,
     threshold: u16,
-    faults: &[(&str, &str)],
+    faults: &[(&str, FaultInjection)],
     pool: Option<u32>,
 ) -> TestCluster {
     let tc = launch(signers, threshold, faults, pool).await;
@@ -85,7 +85,7 @@ pub async fn start_with_pool(
 pub async fn start_from_fixture(
     signers: u16,
     threshold: u16,
-    faults: &[(&str, &str)],
+    faults: &[(&str, FaultInjection)],
 ) -> TestCluster {
     let tc = launch_spec(signers, threshold, faults, None, true).await;
     tc.wait_aux_ready(Duration::from_secs(600)).await;
@@ -97,7 +97,7 @@ pub async fn start_from_fixture(
 pub async fn launch(
     signers: u16,
     threshold: u16,
-    faults: &[(&str, &str)],
+    faults: &[(&str, FaultInjection)],
     pool: Option<u32>,
 ) -> TestCluster {
     launch_spec(signers, threshold, faults, pool, false).await
@@ -106,7 +106,7 @@ pub async fn launch(
 async fn launch_spec(
     signers: u16,
     threshold: u16,
-    faults: &[(&str, &str)],
+    faults: &[(&str, FaultInjection)],
     pool: Option<u32>,
     fixture: bool,
 ) -> TestCluster {
@@ -120,25 +120,12 @@ async fn launch_spec(
         use_fixtures(&mut spec);
     }
     for (node, fault) in faults {
-        spec.fault_injection
-            .insert((*node).to_owned(), (*fault).to_owned());
+        spec.fault_injection.insert((*node).to_owned(), *fault);
+    }
+    if let Some(pool) = pool {
+        spec.presignature_pool = pool;
     }
     let layout = custos_devkit::generate(&spec).unwrap();
-    if let Some(pool) = pool {
-        let cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
-        let cfg: String = cfg
-            .lines()
-            .map(|l| {
-                if l.starts_with("presignature_pool") {
-                    format!("presignature_pool = {pool}")
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&layout.coordinator.config, cfg).unwrap();
-    }
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     launch_layout(dir, layout, opts).await
 }

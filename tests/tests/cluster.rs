@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use custos_proto::custody::{CreateKeyRequest, Curve};
 use custos_tests::{eth_address_lower, log_entries, start, verify_both};
 
+use custos_devkit::FaultInjection;
 use custos_tests::{digest, metric, sign_req};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +159,13 @@ async fn two_of_three_keygen_sign_and_survive_signer_loss() {
 async fn a_signer_sending_malformed_messages_is_named() {
     // signer-3 corrupts every protocol frame it sends: the group's first
     // session (aux info) must abort, and the honest signers must name it.
-    let tc = custos_tests::launch(3, 2, &[("signer-3", "corrupt-protocol-messages")], None).await;
+    let tc = custos_tests::launch(
+        3,
+        2,
+        &[("signer-3", FaultInjection::CorruptProtocolMessages)],
+        None,
+    )
+    .await;
     let mut client = tc.client.clone();
     let started = Instant::now();
     let status = loop {
@@ -316,8 +323,8 @@ async fn repeated_unexplained_signing_failures_lock_the_key_until_an_admin_unloc
         3,
         2,
         &[
-            ("signer-2", "corrupt-partial-signatures"),
-            ("signer-3", "corrupt-partial-signatures"),
+            ("signer-2", FaultInjection::CorruptPartialSignatures),
+            ("signer-3", FaultInjection::CorruptPartialSignatures),
         ],
     )
     .await;

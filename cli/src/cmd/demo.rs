@@ -2,9 +2,12 @@
 //! key, a small withdrawal signed at once, a large one approved by two
 //! treasurers, time locked and signed; every signature verified with k256.
 //! With `--eth-rpc URL` ([`eth`]): the large one on an EVM node, funded from
-//! the node's dev account, broadcast and confirmed, with its receipt.
+//! the node's dev account, broadcast and confirmed, with its receipt. With
+//! `--ltc-rpc URL` ([`ltc`]): the large one in LTC on a Litecoin Core regtest
+//! node, funded from the node, spent, mined and confirmed.
 
 pub(crate) mod eth;
+mod ltc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,8 +52,16 @@ pub struct DemoArgs {
     /// fund the wallet from the node's dev account, withdraw 1.5 ETH through the
     /// policy and two approvals, wait for `confirmed`, print the tx hash, the
     /// receipt and the balance changes.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "ltc_rpc")]
     eth_rpc: Option<String>,
+    /// Run the flow in LTC on this Litecoin Core regtest node (JSON-RPC URL with
+    /// user and password), which the cluster must have been started with
+    /// (`custos dev up --ltc-rpc URL`): fund the wallet from a wallet of the
+    /// node's own (mining regtest blocks), withdraw 1.5 LTC through the policy
+    /// and two approvals, mine the transaction and wait for `confirmed`
+    /// [wallet default: ltc-hot-1; --to default: the policy's ltc-payee].
+    #[arg(long, value_name = "URL")]
+    ltc_rpc: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -83,11 +94,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Some(url) => Some(eth::cluster_chain(&layout, &args.dir, url)?),
         None => None,
     };
+    let utxo_chain = match &args.ltc_rpc {
+        Some(url) => Some(ltc::cluster_chain(&layout, &args.dir, url)?),
+        None => None,
+    };
     let started = Instant::now();
     let mut client = connect_as(&layout, ADMIN_CLIENT).await?;
     let aux_secs = wait_group_ready(&mut client, args.json).await?;
     if let Some(chain) = chain {
         return eth::run(&layout, &chain, &args, client, aux_secs, started).await;
+    }
+    if let Some(chain) = utxo_chain {
+        return ltc::run(&layout, &chain, &args, client, aux_secs, started).await;
     }
     let say = |s: String| say(args.json, &s);
     let wallet = args.wallet.clone().unwrap_or_else(|| "demo-hot".into());
@@ -112,7 +130,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "\n1) small withdrawal: {} to {to} (policy: allowed without approvals)",
         human_amount(SMALL_WEI, "ETH").unwrap_or_default(),
     ));
-    let small = create(&mut backend, &wallet, &to, SMALL_WEI, "demo: small payout").await?;
+    let small = create(
+        &mut backend,
+        &wallet,
+        &to,
+        (SMALL_WEI, "ETH"),
+        "demo: small payout",
+    )
+    .await?;
     say(format!(
         "   {} {} risk {} rule {}",
         small.id, small.state, small.risk_score, small.rule_id
@@ -143,7 +168,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &mut backend,
         &wallet,
         &to,
-        LARGE_WEI,
+        (LARGE_WEI, "ETH"),
         "demo: large transfer",
     )
     .await?;
@@ -184,6 +209,7 @@ fn print_result(key: &Key, aux_secs: f64, keygen_ms: f64, rest: serde_json::Valu
         "key_id": key.key_id,
         "public_key": hex::encode(&key.public_key),
         "ethereum_address": key.ethereum_address,
+        "address": key.address,
         "aux_wait_secs": aux_secs,
         "keygen_ms": keygen_ms,
         "verified": true,
@@ -280,12 +306,12 @@ async fn ensure_key(
     say(
         json,
         &format!(
-            "wallet {} on {chain} ({}-of-{}, {keygen_ms:.1} ms)\n  public key {}\n  ethereum address {}",
+            "wallet {} on {chain} ({}-of-{}, {keygen_ms:.1} ms)\n  public key {}\n  address {}",
             key.key_id,
             key.threshold,
             key.participants.len(),
             hex::encode(&key.public_key),
-            key.ethereum_address
+            key.address
         ),
     );
     Ok((key, keygen_ms))
@@ -397,7 +423,7 @@ async fn create(
     backend: &mut Client,
     wallet: &str,
     to: &str,
-    wei: u128,
+    (base_units, asset): (u128, &str),
     memo: &str,
 ) -> anyhow::Result<Withdrawal> {
     let mut b = [0u8; 8];
@@ -406,9 +432,9 @@ async fn create(
         .create_withdrawal(CreateWithdrawalRequest {
             idempotency_key: format!("demo-{}", hex::encode(b)),
             wallet: wallet.to_string(),
-            asset: "ETH".into(),
+            asset: asset.into(),
             destination: to.to_string(),
-            amount: wei.to_string(),
+            amount: base_units.to_string(),
             fee_cap: String::new(),
             memo: memo.into(),
             request_signature: String::new(),
@@ -466,7 +492,9 @@ async fn wait_until(
             }
         }
         if reached(&w.state, target) {
-            if w.signature_r.is_empty() || w.tx_digest.is_empty() {
+            // A withdrawal with a chain transaction carries its signatures in
+            // it (a UTXO spend has one per input), checked by the node.
+            if w.tx_hash.is_empty() && (w.signature_r.is_empty() || w.tx_digest.is_empty()) {
                 bail!("withdrawal {id} is {} but carries no signature", w.state);
             }
             return Ok(w);

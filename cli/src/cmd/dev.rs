@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use custos_devkit::{
     COORDINATOR_BIN, Cluster, ClusterLayout, ClusterSpec, CoordinatorMode, EvmChain, ProcessRecord,
-    SIGNER_BIN, StartOptions, generate, process_status, stop_from_pid_file,
+    SIGNER_BIN, StartOptions, UtxoChain, generate, process_status, stop_from_pid_file,
 };
 
 use super::demo::eth::{dev_up_command, node_chain_id};
@@ -66,6 +66,13 @@ pub struct UpArgs {
     /// Chain id of the --eth-rpc node [default: asked from the node with eth_chainId].
     #[arg(long, value_name = "N", requires = "eth_rpc")]
     eth_chain_id: Option<u64>,
+    /// JSON-RPC URL, with RPC user and password, of a Litecoin Core regtest
+    /// node (http://user:password@127.0.0.1:19443/) to spend LTC on as chain
+    /// "litecoin-regtest" through a watch-only wallet the coordinator creates
+    /// on it; see `custos demo --ltc-rpc`. Its credentials are written into
+    /// the cluster's files: use a throwaway regtest node.
+    #[arg(long, value_name = "URL")]
+    ltc_rpc: Option<String>,
     /// Seconds each process may take to open its port.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
@@ -145,6 +152,21 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        if let Some(url) = &args.ltc_rpc
+            && !layout.utxo_chain.as_ref().is_some_and(|c| c.uses_rpc(url))
+        {
+            let now = layout.utxo_chain.as_ref().map_or_else(
+                || "without a UTXO chain".to_string(),
+                |c| format!("with the node {}", redact_password(&c.rpc_url)),
+            );
+            let url = redact_password(url);
+            bail!(
+                "the dev cluster in {} is already running {now}: to use --ltc-rpc {url}, \
+                 restart it: `custos dev down --dir {0}` then `custos dev up --dir {0} \
+                 --ltc-rpc {url}`",
+                args.dir.display(),
+            );
+        }
         let records: Vec<ProcessRecord> = running.into_iter().map(|p| p.record).collect();
         if !args.json {
             println!("custos dev cluster already running");
@@ -187,6 +209,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         // coordinator binary for it (and fails clearly if it cannot).
         bin_dir: bins.join(COORDINATOR_BIN).is_file().then(|| bins.clone()),
         evm_chain,
+        utxo_chain: args.ltc_rpc.as_ref().map(UtxoChain::new),
         ..ClusterSpec::default()
     };
     if !bins.join(COORDINATOR_BIN).is_file() {
@@ -279,10 +302,34 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
             chain.name, chain.chain_id, chain.rpc_url
         );
     }
+    if let Some(chain) = &layout.utxo_chain {
+        println!(
+            "  UTXO chain      {} ({}) at {}",
+            chain.name,
+            chain.symbol(),
+            redact_password(&chain.rpc_url)
+        );
+    }
     println!("  logs            {}/", layout.logs_dir.display());
     println!("  summary         {}/cluster.json", dir);
     println!("  stop with       custos dev down --dir {dir}");
     Ok(())
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 fn down(args: DirArgs) -> anyhow::Result<ExitCode> {
@@ -332,4 +379,24 @@ fn status(args: DirArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        for (url, shown) in [
+            (
+                "http://custos:regtest-only@127.0.0.1:19443/",
+                "http://custos:***@127.0.0.1:19443/",
+            ),
+            ("http://u:p:q@h:1/x?y@z", "http://u:***@h:1/x?y@z"),
+            ("http://127.0.0.1:19443", "http://127.0.0.1:19443"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_password(url), shown, "{url}");
+        }
+    }
 }

@@ -39,6 +39,19 @@ pub fn human_amount(base: u128, asset: &str) -> Option<String> {
     custos_policy::known_decimals(asset).map(|d| custos_policy::format_units(base, d, asset))
 }
 
+/// A fee (`base` base units of `chain`'s native coin) in units and base
+/// units (`0.00000141 LTC (141 base units)`), or labelled base units when
+/// the coin or the number is unknown.
+pub fn native_amount(chain: &str, base: &str) -> String {
+    let coin = custos_chains::family::native_asset(chain);
+    match (coin, base.parse::<u128>()) {
+        (Some(coin), Ok(n)) => {
+            custos_policy::describe_amount(n, custos_policy::known_decimals(coin), coin)
+        }
+        _ => format!("{base} base units of {chain}'s native coin"),
+    }
+}
+
 /// Parses a human amount (`1.5`) of `asset` into base units.
 pub fn parse_human(text: &str, asset: &str) -> Option<u128> {
     custos_policy::parse_units(text, custos_policy::known_decimals(asset)?)
@@ -262,7 +275,7 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
                     (None, None) => "NOT IN THE ADDRESS BOOK".into(),
                 },
             );
-            line("fee cap", format!("{} (native base units)", s.fee_cap));
+            line("fee cap", native_amount(&s.chain, &s.fee_cap.to_string()));
             line("tx digest", hex::encode(&s.tx_digest));
             line("policy", s.policy_hash.to_string());
             line("rule", s.rule_id.clone());
@@ -352,7 +365,7 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
         line("transaction", w.tx_hash.clone());
     }
     if !w.fee_paid.is_empty() {
-        line("fee paid", format!("{} wei", w.fee_paid));
+        line("fee paid", native_amount(&w.chain, &w.fee_paid));
     }
     if !w.signature_r.is_empty() {
         line(

@@ -48,14 +48,14 @@ use custos_chains::evm::signature::assemble_signed;
 use custos_chains::evm::tx::{TransferRequest, build_unsigned, decode_unsigned, encode_unsigned};
 use custos_chains::{Address, B256, ChainError, U256};
 use custos_service::db::{Backend, is_unique_violation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{AnyPool, Row};
 
 use crate::clock::now_ms;
 use crate::error::CoordError;
 
 /// `[[chains]]` in the coordinator config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainSettings {
     /// Chain name as in keys, assets and the policy ("anvil", "ethereum").
@@ -104,6 +104,33 @@ pub struct ChainSettings {
     /// UTXO chains: confirmations a coin needs before it is spent (default 1).
     #[serde(default = "one")]
     pub spend_confirmations: u64,
+}
+
+impl ChainSettings {
+    /// Chain `name` of adapter `kind` at `rpc_url`, every other setting at
+    /// its default (what a `[[chains]]` entry naming only these gets).
+    pub fn new(
+        name: impl Into<String>,
+        kind: impl Into<String>,
+        rpc_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind: kind.into(),
+            chain_id: 0,
+            rpc_url: rpc_url.into(),
+            fallback_rpc_urls: Vec::new(),
+            confirmations: one(),
+            max_fee_per_gas_cap: default_max_fee(),
+            rpc_timeout_ms: default_rpc_timeout(),
+            resubmit_after_secs: default_resubmit_after(),
+            fee_bump_percent: default_fee_bump_percent(),
+            max_fee_bumps: default_max_fee_bumps(),
+            watch_wallet: None,
+            fee_target_blocks: default_fee_target(),
+            spend_confirmations: one(),
+        }
+    }
 }
 
 fn default_fee_target() -> u16 {

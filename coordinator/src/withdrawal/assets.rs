@@ -1,9 +1,9 @@
 //! Assets the coordinator accepts per chain, with decimals for human amounts.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One asset on one chain.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssetConfig {
     /// Chain name as in the policy ("ethereum", "anvil").

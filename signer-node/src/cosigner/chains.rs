@@ -13,10 +13,10 @@ use custos_chains::{
     ApprovedTransfer, ChainAdapter, ChainError, CheckedTransaction, EvmAdapter, UtxoAdapter,
 };
 use custos_policy::Withdrawal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[cosigner] chains = [...]`: one chain this signer signs transactions on.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerChain {
     /// Chain name as in withdrawals and policies ("anvil", "ethereum",
@@ -34,7 +34,7 @@ pub struct SignerChain {
 }
 
 /// One ERC-20 token a signer knows.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerToken {
     /// Asset symbol as in withdrawals.

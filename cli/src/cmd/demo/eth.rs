@@ -139,7 +139,7 @@ pub(super) async fn run(
         &mut backend,
         &wallet,
         &to,
-        PAYOUT_WEI,
+        (PAYOUT_WEI, "ETH"),
         "demo: on-chain payout",
     )
     .await?;

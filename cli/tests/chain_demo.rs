@@ -1,11 +1,14 @@
-//! `custos dev up --eth-rpc URL` and `custos demo --eth-rpc URL` against a real
-//! anvil node: the wallet is funded from anvil's dev account, a 1.5 ETH
-//! withdrawal goes through the policy and two approvals, is broadcast and
-//! confirmed; the test checks the receipt and the balances on the node itself.
+//! The demo on real chains. `custos dev up --eth-rpc URL` and `custos demo
+//! --eth-rpc URL` against a real anvil node: the wallet is funded from anvil's
+//! dev account, a 1.5 ETH withdrawal goes through the policy and two
+//! approvals, is broadcast and confirmed; the test checks the receipt and the
+//! balances on the node itself. `--ltc-rpc URL` likewise against a real
+//! Litecoin Core regtest node, in LTC.
 //!
 //! Needs `custos-signer` and `custos-coordinator` next to the test binary's
 //! directory (`cargo build --workspace --bins`; skipped with a message
-//! otherwise) and anvil (`scripts/install-anvil.sh`, or `CUSTOS_ANVIL`).
+//! otherwise), anvil (`scripts/install-anvil.sh`, or `CUSTOS_ANVIL`) and
+//! litecoind (apt, or `CUSTOS_LITECOIND`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use custos_chains::evm::rpc::quantity::{format_quantity, parse_u256};
 use custos_chains::{Address, B256, U256};
 use custos_devkit::{ClusterSpec, EvmChain, generate};
 use custos_tests::anvil::{Anvil, rpc};
+use custos_tests::litecoind::Litecoind;
 use serde_json::{Value, json};
 
 /// The demo policy's `anvil-payee` (anvil dev account 1).
@@ -172,27 +176,9 @@ async fn demo_withdraws_on_anvil_through_policy_and_approvals() {
     let dev = DevDir::new();
     let dir = dev.arg();
     let base = custos_devkit::free_base_port().to_string();
-    let primes = repo().join("mpc/tests/fixtures/test-primes.json");
-    let primes = primes.display().to_string();
-    let aux = repo().join("mpc/tests/fixtures/aux-info-3.json");
-    let aux = aux.display().to_string();
 
     // The chain id comes from the node; cluster.json records the chain.
-    let up = json_of(&ok(&[
-        "dev",
-        "up",
-        "--dir",
-        &dir,
-        "--base-port",
-        &base,
-        "--primes-file",
-        &primes,
-        "--aux-fixture",
-        &aux,
-        "--eth-rpc",
-        &anvil.url,
-        "--json",
-    ]));
+    let up = json_of(&ok_owned(dev_up(&dir, &base, &["--eth-rpc", &anvil.url])));
     assert_eq!(up["cluster"]["evm_chain"]["name"], "anvil", "{up}");
     assert_eq!(up["cluster"]["evm_chain"]["chain_id"], 31337, "{up}");
     assert_eq!(up["cluster"]["evm_chain"]["rpc_url"], anvil.url.as_str());
@@ -237,6 +223,113 @@ async fn demo_withdraws_on_anvil_through_policy_and_approvals() {
 
     drop(dev);
     drop(anvil);
+}
+
+/// `custos dev up` of a fixture-backed cluster in `dir` on `base`, with
+/// `extra` arguments, as JSON.
+fn dev_up(dir: &str, base: &str, extra: &[&str]) -> Vec<String> {
+    let primes = repo().join("mpc/tests/fixtures/test-primes.json");
+    let aux = repo().join("mpc/tests/fixtures/aux-info-3.json");
+    let mut args: Vec<String> = ["dev", "up", "--dir", dir, "--base-port", base]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--primes-file".into(), primes.display().to_string()]);
+    args.extend(["--aux-fixture".into(), aux.display().to_string()]);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push("--json".into());
+    args
+}
+
+fn ok_owned(args: Vec<String>) -> String {
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The LTC demo on a real Litecoin Core regtest node: the wallet is funded
+/// from a node wallet the demo mines to, 1.5 LTC goes through the policy and
+/// two approvals, is signed input by input, broadcast and mined; the node's
+/// own wallets show the payout and the confirmation. A rerun funds and
+/// spends again; another node is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_withdraws_ltc_on_litecoin_core_through_policy_and_approvals() {
+    let Some(_bins) = bin_dir() else { return };
+    let node = Litecoind::start().await;
+    let dev = DevDir::new();
+    let dir = dev.arg();
+    let base = custos_devkit::free_base_port().to_string();
+    let up = json_of(&ok_owned(dev_up(&dir, &base, &["--ltc-rpc", &node.url])));
+    assert_eq!(
+        up["cluster"]["utxo_chain"]["name"], "litecoin-regtest",
+        "{up}"
+    );
+
+    let demo = |dir: String, url: String| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            ok(&["demo", "--dir", &dir, "--ltc-rpc", &url, "--json"])
+        })
+        .await
+        .unwrap();
+        json_of(&out)
+    };
+    let mut txids = Vec::new();
+    for run in 0..2 {
+        let v = demo(dir.clone(), node.url.clone()).await;
+        assert_eq!(v["withdrawal"]["state"], "confirmed", "run {run}: {v}");
+        assert_eq!(v["withdrawal"]["rule_id"], "ltc-large-whitelisted", "{v}");
+        assert_eq!(v["withdrawal"]["asset"], "LTC", "{v}");
+        assert_eq!(v["withdrawal"]["amount"], "150000000", "{v}");
+        assert_eq!(v["approvals"].as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(v["key_id"], "ltc-hot-1");
+        assert!(v["address"].as_str().unwrap().starts_with("rltc1q"), "{v}");
+
+        // On the node: the funding paid the wallet, the payout is mined and
+        // pays the policy's ltc-payee exactly 1.5 LTC.
+        let rpc = node.rpc();
+        let funding: custos_chains::utxo::Txid =
+            v["funding"]["txid"].as_str().unwrap().parse().unwrap();
+        assert!(
+            rpc.wallet_transaction("custos-demo-funds", &funding)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let txid: custos_chains::utxo::Txid = v["txid"].as_str().unwrap().parse().unwrap();
+        let (tx, status) = rpc
+            .wallet_transaction("custos-litecoin-regtest", &txid)
+            .await
+            .unwrap()
+            .expect("the watch-only wallet knows the payout");
+        assert!(status.confirmations >= 1, "{status:?}");
+        let payee = custos_chains::utxo::parse_address(
+            custos_chains::utxo::UtxoNetwork::LitecoinRegtest,
+            "rltc1qdmm5875nd4709xuh7f65k9d46laea9qlz5vn5j",
+        )
+        .unwrap();
+        assert!(
+            tx.output
+                .iter()
+                .any(|o| o.script_pubkey == payee.script_pubkey && o.value.to_sat() == 150_000_000),
+            "{tx:?}"
+        );
+        assert_eq!(v["withdrawal"]["fee_paid"], v["fee"], "{v}");
+        txids.push(txid);
+    }
+    assert_ne!(txids[0], txids[1]);
+
+    // Another node: refused by `demo` and by `dev up` while running.
+    let other = "http://custos:x@127.0.0.1:1/";
+    let err = fails(&["demo", "--dir", &dir, "--ltc-rpc", other]);
+    assert!(
+        err.contains("another Litecoin node") && err.contains("custos dev down"),
+        "{err}"
+    );
+    let err = fails(&["dev", "up", "--dir", &dir, "--ltc-rpc", other]);
+    assert!(
+        err.contains("already running") && !err.contains(":x@"),
+        "{err}"
+    );
+
+    drop(dev);
+    drop(node);
 }
 
 #[test]
