@@ -104,6 +104,25 @@ fn roles_of(record: &TokenRecord) -> Vec<Role> {
         .collect()
 }
 
+/// The identity of an accepted credential (`what`: "API token", ...), the
+/// outcome logged with the record id, never a secret.
+fn logged(what: &str, checked: Result<&TokenRecord, Refusal>) -> Result<Identity, Refusal> {
+    match checked {
+        Ok(record) => {
+            tracing::info!(token_id = %record.id, client = %record.client, "{what} accepted");
+            Ok(Identity {
+                id: record.client.clone(),
+                roles: roles_of(record),
+                token_id: Some(record.id.clone()),
+            })
+        }
+        Err(refusal) => {
+            tracing::warn!(reason = %refusal, "{what} refused");
+            Err(refusal)
+        }
+    }
+}
+
 impl Authenticator {
     /// Loads the token store at `path` (its hashes only).
     pub fn open(path: &Path) -> Result<Self, CredentialError> {
@@ -164,25 +183,7 @@ impl Authenticator {
     /// Checks a bearer value at `now` (Unix seconds) and logs the outcome
     /// with the token id.
     pub fn check(&self, presented: &str, now: i64) -> Result<Identity, Refusal> {
-        let loaded = self.read();
-        match loaded.store.verify(presented, now) {
-            Ok(record) => {
-                tracing::info!(
-                    token_id = %record.id,
-                    client = %record.client,
-                    "API token accepted"
-                );
-                Ok(Identity {
-                    id: record.client.clone(),
-                    roles: roles_of(record),
-                    token_id: Some(record.id.clone()),
-                })
-            }
-            Err(refusal) => {
-                tracing::warn!(reason = %refusal, "API token refused");
-                Err(refusal)
-            }
-        }
+        logged("API token", self.read().store.verify(presented, now))
     }
 
     /// The identity a request's `authorization: Bearer <token>` proves, if
@@ -218,8 +219,19 @@ impl Authenticator {
         self.peek(headers).and_then(|id| id.token_id)
     }
 
-    /// Interceptor body: resolves `authorization: Bearer <token>`; a refusal
-    /// is `UNAUTHENTICATED` naming the token id (never its value).
+    /// Checks a client certificate (DER) at `now` against the pinned ones
+    /// and logs the outcome with the record id.
+    pub fn check_certificate(&self, der: &[u8], now: i64) -> Result<Identity, Refusal> {
+        logged(
+            "client certificate",
+            self.read().store.verify_certificate(der, now),
+        )
+    }
+
+    /// Interceptor body: resolves `authorization: Bearer <token>`, or without
+    /// one the TLS client certificate the caller presented (mTLS, `[auth]
+    /// client_ca`); a refusal is `UNAUTHENTICATED` naming the token id or
+    /// the certificate's fingerprint (never a token's value).
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let presented = req
             .metadata()
@@ -230,9 +242,15 @@ impl Authenticator {
             .trim()
             .to_owned();
         let presented = zeroize::Zeroizing::new(presented);
-        let id = self
-            .check(&presented, custos_credentials::now_unix())
-            .map_err(|r| Status::unauthenticated(r.to_string()))?;
+        let now = custos_credentials::now_unix();
+        let client_cert = req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let id = match client_cert {
+            Some(der) if presented.is_empty() => self.check_certificate(&der, now),
+            _ => self.check(&presented, now),
+        }
+        .map_err(|r| Status::unauthenticated(r.to_string()))?;
         req.extensions_mut().insert(id);
         Ok(req)
     }

@@ -308,6 +308,13 @@ pub struct AuthConfig {
     /// How often the token store is checked for changes, ms (default 1000).
     #[serde(default = "default_token_reload_ms")]
     pub token_reload_ms: u64,
+    /// CA (PEM) whose client certificates the gRPC API accepts as an
+    /// alternative to a bearer token (mTLS, for backends). A certificate
+    /// authenticates only once pinned in the token store (`custos token
+    /// create --cert FILE`), which gives it its client id and roles. Unset
+    /// (default): no client certificates are asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
     /// Removed: a plain-text admin token. A config that still sets it is
     /// refused with the migration steps (see [`AuthConfig::plain_text_fields`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,6 +330,7 @@ impl AuthConfig {
         Self {
             token_store: Some(token_store),
             token_reload_ms: default_token_reload_ms(),
+            client_ca: None,
             admin_token_file: None,
             clients: None,
         }

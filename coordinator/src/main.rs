@@ -177,7 +177,9 @@ struct Parts {
     adapters: Arc<Adapters>,
     engine: Option<Arc<Engine>>,
     authenticator: Authenticator,
-    server_id: tonic::transport::Identity,
+    /// The gRPC API's TLS: its certificate, and the CA of the client
+    /// certificates it asks for (optional: tokens work without one).
+    grpc_tls: ServerTlsConfig,
     http: ApiListener,
     metrics: tokio::net::TcpListener,
 }
@@ -199,6 +201,12 @@ async fn build(
         &resolve(path, &tls.key),
     )
     .map_err(config_error)?;
+    let mut grpc_tls = ServerTlsConfig::new().identity(server_id);
+    if let Some(ca) = &cfg.auth.client_ca {
+        let ca = custos_service::tls::certificate("auth.client_ca", &resolve(path, ca))
+            .map_err(config_error)?;
+        grpc_tls = grpc_tls.client_ca_root(ca).client_auth_optional(true);
+    }
     let client_id = custos_service::tls::identity(
         "tls.client_cert/tls.client_key",
         &resolve(path, &tls.client_cert),
@@ -304,7 +312,7 @@ async fn build(
         adapters,
         engine,
         authenticator,
-        server_id,
+        grpc_tls,
         http,
         metrics,
     })
@@ -510,7 +518,7 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
     let calls = CallCounter::default();
     let accepting = CancellationToken::new();
     let grpc = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(p.server_id))
+        .tls_config(p.grpc_tls)
         .map_err(|e| config_error(anyhow!("tls: {e}")))?
         .layer(grpc_guard)
         .add_service(calls.wrap(health_service))

@@ -21,6 +21,14 @@
 //! client to it, revoke the old one. The coordinator rereads the store when
 //! the file changes, so none of this needs a restart.
 //!
+//! Backends may authenticate with a TLS client certificate instead
+//! ([`TokenStore::pin_certificate`]): the store then records the SHA-256 of
+//! that exact certificate (DER) with the client, roles and expiry, as a
+//! record of kind [`CredentialKind::Certificate`] with its own id, revoked
+//! and listed like a token. The TLS handshake proves the client holds the
+//! certificate's key and that the configured CA issued it; the pin decides
+//! who it is, so a CA-issued certificate nobody pinned opens nothing.
+//!
 //! This crate does no logging and no networking: the coordinator maps a
 //! [`Refusal`] to its gRPC and HTTP answers and logs the token id.
 
@@ -106,8 +114,12 @@ pub struct TokenRecord {
     pub client: String,
     /// Its roles (see [`ROLES`]).
     pub roles: Vec<String>,
-    /// SHA-256 of the whole token, hex.
+    /// SHA-256 of the whole token, hex (of the certificate's DER for a
+    /// [`CredentialKind::Certificate`]).
     pub sha256: String,
+    /// What the client presents (default: an API token).
+    #[serde(default, skip_serializing_if = "CredentialKind::is_token")]
+    pub kind: CredentialKind,
     /// When it was created, Unix seconds.
     pub created_at: i64,
     /// When it stops being accepted, Unix seconds; `None`: never.
@@ -118,6 +130,23 @@ pub struct TokenRecord {
     /// Free text (who holds it, what for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// What a stored credential is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// A bearer token (`custos_<id>_<secret>`).
+    #[default]
+    Token,
+    /// A pinned TLS client certificate.
+    Certificate,
+}
+
+impl CredentialKind {
+    fn is_token(&self) -> bool {
+        *self == CredentialKind::Token
+    }
 }
 
 /// Where a token stands at a given time.
@@ -178,6 +207,32 @@ pub enum Refusal {
         /// When (RFC 3339).
         at: String,
     },
+    /// A client certificate no record pins.
+    #[error("client certificate sha256:{sha256} is not registered (custos token create --cert)")]
+    UnknownCertificate {
+        /// SHA-256 of the certificate (DER), hex.
+        sha256: String,
+    },
+}
+
+/// The DER of the first certificate in PEM text (what a certificate pin and
+/// a TLS peer compare), or why there is none.
+pub fn certificate_der(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_owned())?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .map(str::trim)
+        .collect();
+    if body.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| format!("CERTIFICATE block is not base64: {e}"))
 }
 
 /// Unix seconds as RFC 3339 (UTC), or the number if out of range.
@@ -196,8 +251,8 @@ pub fn now_unix() -> i64 {
     custos_clock::now_secs()
 }
 
-fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Splits `custos_<id>_<secret>` into its id, checking the shape.
@@ -334,6 +389,144 @@ impl TokenStore {
         expires_at: Option<i64>,
         note: Option<String>,
     ) -> Result<(TokenRecord, Token), CredentialError> {
+        check_grant(client, roles, now, expires_at)?;
+        let (id, token) = loop {
+            let id = random_hex(ID_HEX / 2);
+            if !self.tokens.iter().any(|t| t.id == *id) {
+                let secret = random_hex(SECRET_HEX / 2);
+                let token = Token(Zeroizing::new(format!(
+                    "{TOKEN_PREFIX}{}_{}",
+                    id.as_str(),
+                    secret.as_str()
+                )));
+                break (id.to_string(), token);
+            }
+        };
+        let record = self.record(
+            id,
+            client,
+            roles,
+            sha256_hex(token.expose().as_bytes()),
+            CredentialKind::Token,
+            (now, expires_at, note),
+        );
+        Ok((record, token))
+    }
+
+    /// Pins the client certificate `cert_der` for `client` with `roles`,
+    /// valid until `expires_at`, and returns its record (its id names it in
+    /// logs and `custos token revoke`). A certificate pinned and in force
+    /// already is refused, naming that record.
+    pub fn pin_certificate(
+        &mut self,
+        client: &str,
+        roles: &[String],
+        cert_der: &[u8],
+        now: i64,
+        expires_at: Option<i64>,
+        note: Option<String>,
+    ) -> Result<TokenRecord, CredentialError> {
+        check_grant(client, roles, now, expires_at)?;
+        let sha256 = sha256_hex(cert_der);
+        if let Some(t) = self.tokens.iter().find(|t| {
+            t.kind == CredentialKind::Certificate
+                && t.sha256 == sha256
+                && t.status(now) == TokenStatus::Active
+        }) {
+            return Err(CredentialError::Usage(format!(
+                "this certificate (sha256:{sha256}) is already registered as {} for client {}",
+                t.id, t.client
+            )));
+        }
+        let id = loop {
+            let id = random_hex(ID_HEX / 2);
+            if !self.tokens.iter().any(|t| t.id == *id) {
+                break id.to_string();
+            }
+        };
+        Ok(self.record(
+            id,
+            client,
+            roles,
+            sha256,
+            CredentialKind::Certificate,
+            (now, expires_at, note),
+        ))
+    }
+
+    /// Adds a record and returns it.
+    fn record(
+        &mut self,
+        id: String,
+        client: &str,
+        roles: &[String],
+        sha256: String,
+        kind: CredentialKind,
+        (created_at, expires_at, note): (i64, Option<i64>, Option<String>),
+    ) -> TokenRecord {
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let record = TokenRecord {
+            id,
+            client: client.to_owned(),
+            roles,
+            sha256,
+            kind,
+            created_at,
+            expires_at,
+            revoked_at: None,
+            note,
+        };
+        self.tokens.push(record.clone());
+        record
+    }
+
+    /// The record pinning the client certificate `cert_der`, if it is in
+    /// force at `now` (the TLS layer has checked the chain and the key).
+    pub fn verify_certificate(&self, cert_der: &[u8], now: i64) -> Result<&TokenRecord, Refusal> {
+        let sha256 = sha256_hex(cert_der);
+        let mut pins = self
+            .tokens
+            .iter()
+            .filter(|t| t.kind == CredentialKind::Certificate && t.sha256 == sha256);
+        // A certificate pinned again after a revocation: the record in force wins.
+        let first = pins.next().ok_or(Refusal::UnknownCertificate {
+            sha256: sha256.clone(),
+        })?;
+        let record = std::iter::once(first)
+            .chain(pins)
+            .find(|t| t.status(now) == TokenStatus::Active)
+            .unwrap_or(first);
+        in_force(record, now)
+    }
+}
+
+/// A record's refusal at `now` if it is revoked or expired.
+fn in_force(record: &TokenRecord, now: i64) -> Result<&TokenRecord, Refusal> {
+    if let Some(at) = record.revoked_at {
+        return Err(Refusal::Revoked {
+            id: record.id.clone(),
+            at: rfc3339(at),
+        });
+    }
+    match record.expires_at {
+        Some(at) if now >= at => Err(Refusal::Expired {
+            id: record.id.clone(),
+            at: rfc3339(at),
+        }),
+        _ => Ok(record),
+    }
+}
+
+/// Checks what a new credential grants, naming what is wrong.
+fn check_grant(
+    client: &str,
+    roles: &[String],
+    now: i64,
+    expires_at: Option<i64>,
+) -> Result<(), CredentialError> {
+    {
         if !is_valid_client_id(client) {
             return Err(CredentialError::Usage(format!(
                 "client id {client:?} is not valid (letters, digits, '-', '_', '.'; at most 64)"
@@ -355,35 +548,11 @@ impl TokenStore {
                 "the expiry must be in the future".into(),
             ));
         }
-        let (id, token) = loop {
-            let id = random_hex(ID_HEX / 2);
-            if !self.tokens.iter().any(|t| t.id == *id) {
-                let secret = random_hex(SECRET_HEX / 2);
-                let token = Token(Zeroizing::new(format!(
-                    "{TOKEN_PREFIX}{}_{}",
-                    id.as_str(),
-                    secret.as_str()
-                )));
-                break (id.to_string(), token);
-            }
-        };
-        let mut roles = roles.to_vec();
-        roles.sort();
-        roles.dedup();
-        let record = TokenRecord {
-            id,
-            client: client.to_owned(),
-            roles,
-            sha256: sha256_hex(token.expose()),
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            note,
-        };
-        self.tokens.push(record.clone());
-        Ok((record, token))
+        Ok(())
     }
+}
 
+impl TokenStore {
     /// Marks token `id` revoked at `now`. Revoking a revoked token is an error
     /// naming when it was revoked.
     pub fn revoke(&mut self, id: &str, now: i64) -> Result<TokenRecord, CredentialError> {
@@ -413,26 +582,14 @@ impl TokenStore {
         let record = self
             .tokens
             .iter()
-            .find(|t| t.id == id)
+            .find(|t| t.id == id && t.kind == CredentialKind::Token)
             .ok_or_else(unknown)?;
         let stored = hex::decode(&record.sha256).map_err(|_| unknown())?;
         let digest = Sha256::digest(presented.as_bytes());
         if !bool::from(digest[..].ct_eq(&stored[..])) {
             return Err(unknown());
         }
-        if let Some(at) = record.revoked_at {
-            return Err(Refusal::Revoked {
-                id: record.id.clone(),
-                at: rfc3339(at),
-            });
-        }
-        match record.expires_at {
-            Some(at) if now >= at => Err(Refusal::Expired {
-                id: record.id.clone(),
-                at: rfc3339(at),
-            }),
-            _ => Ok(record),
-        }
+        in_force(record, now)
     }
 }
 
@@ -506,7 +663,7 @@ mod tests {
         assert_eq!(v.len(), 7 + 16 + 1 + 64);
         assert_eq!(tok.id(), rec.id);
         assert_eq!(parse_id(v), Some(rec.id.as_str()));
-        assert_eq!(rec.sha256, sha256_hex(v));
+        assert_eq!(rec.sha256, sha256_hex(v.as_bytes()));
         let bytes = String::from_utf8(s.to_bytes()).unwrap();
         let secret = &v[7 + 16 + 1..];
         assert!(!bytes.contains(secret), "the token's secret is stored");
@@ -604,5 +761,74 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         assert!(update(&path, false, |s| s.revoke(&id, 4)).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    /// A pinned certificate authenticates as its client with its roles;
+    /// another certificate, a revoked or expired pin do not; a pin is never
+    /// a bearer token (its id with any secret is unknown); a pin survives the
+    /// file round trip, tokens keep their old shape.
+    #[test]
+    fn pinned_client_certificates() {
+        let mut s = TokenStore {
+            format: STORE_FORMAT.into(),
+            version: STORE_VERSION,
+            tokens: Vec::new(),
+        };
+        let cert = b"DER of a client certificate";
+        let backend = vec!["backend".to_owned()];
+        let pin = s
+            .pin_certificate("payments", &backend, cert, 10, Some(100), None)
+            .unwrap();
+        assert_eq!(pin.kind, CredentialKind::Certificate);
+        assert_eq!(pin.sha256, sha256_hex(cert));
+        assert_eq!(s.verify_certificate(cert, 50).unwrap().client, "payments");
+        let other = s.verify_certificate(b"another", 50).unwrap_err();
+        assert_eq!(
+            other.to_string(),
+            format!(
+                "client certificate sha256:{} is not registered (custos token create --cert)",
+                sha256_hex(b"another")
+            )
+        );
+        assert!(matches!(
+            s.verify_certificate(cert, 100),
+            Err(Refusal::Expired { .. })
+        ));
+        let e = s
+            .pin_certificate("payments", &backend, cert, 20, None, None)
+            .unwrap_err();
+        assert!(e.to_string().contains(&pin.id), "{e}");
+        let as_token = format!("{TOKEN_PREFIX}{}_{}", pin.id, "0".repeat(SECRET_HEX));
+        assert_eq!(
+            s.verify(&as_token, 50).unwrap_err(),
+            Refusal::Unknown { id: pin.id.clone() }
+        );
+
+        // Revoked, then pinned again: the new record is in force.
+        s.revoke(&pin.id, 30).unwrap();
+        assert!(matches!(
+            s.verify_certificate(cert, 40),
+            Err(Refusal::Revoked { .. })
+        ));
+        let again = s
+            .pin_certificate("payments", &backend, cert, 40, None, None)
+            .unwrap();
+        assert_eq!(s.verify_certificate(cert, 50).unwrap().id, again.id);
+
+        let pem = "junk\n-----BEGIN CERTIFICATE-----\nREVS\nIG9m\n-----END CERTIFICATE-----\n";
+        assert_eq!(certificate_der(pem.as_bytes()).unwrap(), b"DER of");
+        assert_eq!(certificate_der(b"x").unwrap_err(), "no CERTIFICATE block");
+
+        let (_, token) = s.issue("other", &backend, 10, None, None).unwrap();
+        let text = String::from_utf8(s.to_bytes()).unwrap();
+        assert_eq!(
+            text.matches("\"kind\": \"certificate\"").count(),
+            2,
+            "{text}"
+        );
+        assert!(!text.contains("\"kind\": \"token\""), "{text}");
+        let back = TokenStore::parse(Path::new("t.json"), text.as_bytes()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.verify(token.expose(), 50).unwrap().client, "other");
     }
 }

@@ -103,6 +103,29 @@ impl DevCa {
     }
 }
 
+/// Issues a client certificate (`ClientAuth`, common name and DNS name
+/// `common_name`) from the cluster's dev CA into `cert`/`key`: what a
+/// backend presents to a dev coordinator instead of a token, once pinned
+/// with `custos token create --cert`. Fails if the cluster has no CA.
+pub fn issue_client_certificate(
+    layout: &crate::ClusterLayout,
+    common_name: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), DevkitError> {
+    for p in [&layout.ca_cert, &layout.ca_key] {
+        if !p.is_file() {
+            return Err(DevkitError::Cert {
+                path: p.clone(),
+                message: "the cluster's CA is missing: run `custos dev up` first".into(),
+            });
+        }
+    }
+    let ca = DevCa::load_or_create(&layout.ca_cert, &layout.ca_key)?;
+    let _ = std::fs::remove_file(cert);
+    ca.ensure_leaf(cert, key, common_name, &[common_name], CLIENT)
+}
+
 /// Server certificate usages.
 pub(crate) const SERVER: &[ExtendedKeyUsagePurpose] = &[ExtendedKeyUsagePurpose::ServerAuth];
 /// Client certificate usages.

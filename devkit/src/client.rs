@@ -7,7 +7,7 @@ use std::time::Duration;
 use custos_proto::custody::custody_client::CustodyClient;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use zeroize::Zeroizing;
 
@@ -105,11 +105,51 @@ pub async fn connect_with_token_file(
     let value = format!("Bearer {}", token.trim())
         .parse()
         .map_err(|_| err(format!("token in {} is not ASCII", token_file.display())))?;
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let channel = channel(url, tls, tls_name).await?;
+    Ok(CustodyClient::with_interceptor(channel, BearerToken(value))
+        .max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// Connects to a coordinator with a TLS client certificate (`cert`, `key`:
+/// PEM) and no token: the coordinator must accept its CA (`[auth]
+/// client_ca`) and have it pinned (`custos token create --cert`).
+pub async fn connect_with_certificate(
+    url: &str,
+    ca_cert: &Path,
+    (cert, key): (&Path, &Path),
+    tls_name: Option<&str>,
+) -> Result<CustodyClient<Channel>, ConnectError> {
+    let err = |reason: String| ConnectError {
+        url: url.to_string(),
+        reason,
+    };
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| err(format!("{what} {}: {e}", path.display())))
+    };
+    let identity = Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("CA", ca_cert)?))
+        .identity(identity);
+    let channel = channel(url, tls, tls_name).await?;
+    Ok(CustodyClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// A TLS channel to `url` checking the server's name `tls_name` (default:
+/// the URL's host).
+async fn channel(
+    url: &str,
+    mut tls: ClientTlsConfig,
+    tls_name: Option<&str>,
+) -> Result<Channel, ConnectError> {
+    let err = |reason: String| ConnectError {
+        url: url.to_string(),
+        reason,
+    };
     if let Some(name) = tls_name {
         tls = tls.domain_name(name);
     }
-    let channel = Endpoint::from_shared(url.to_string())
+    Endpoint::from_shared(url.to_string())
         .map_err(|e| err(e.to_string()))?
         .tls_config(tls)
         .map_err(|e| err(e.to_string()))?
@@ -117,7 +157,5 @@ pub async fn connect_with_token_file(
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| err(format!("{e} (is the cluster up? `custos dev up`)")))?;
-    Ok(CustodyClient::with_interceptor(channel, BearerToken(value))
-        .max_decoding_message_size(16 * 1024 * 1024))
+        .map_err(|e| err(format!("{e} (is the cluster up? `custos dev up`)")))
 }

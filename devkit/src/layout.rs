@@ -603,6 +603,9 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         admins: policy_file(&policy.admins),
     });
     cfg.dev.allow_sign_digest = spec.raw_digest;
+    // Backends may present a client certificate from the dev CA instead of a
+    // token, once pinned (`custos token create --cert`).
+    cfg.auth.client_ca = Some("../ca.pem".into());
     // A dev cluster's webhook receivers run on loopback over plain HTTP.
     cfg.events.webhook_allow_http = true;
     cfg.events.webhook_allow_private = true;

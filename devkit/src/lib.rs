@@ -75,6 +75,7 @@ mod layout;
 mod ports;
 mod process;
 
+pub use certs::issue_client_certificate;
 pub use chain::{DEFAULT_EVM_CHAIN, DEFAULT_UTXO_CHAIN, EvmChain, UtxoChain};
 pub use custos_signer_node::node::FaultInjection;
 pub use error::DevkitError;

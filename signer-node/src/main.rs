@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use base64::Engine;
 use clap::Parser;
 use custos_proto::signer::signer_control_server::SignerControlServer;
 use custos_service::config::{self, resolve};
@@ -61,21 +60,6 @@ fn main() -> ExitCode {
             .await
             .map_err(|Fatal(code, e)| (code, format!("{e:#}")))
     })
-}
-
-/// DER of the first certificate in a PEM file.
-fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let text = std::str::from_utf8(pem).context("certificate is not PEM text")?;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    if body.is_empty() {
-        return Err(anyhow!("no CERTIFICATE block"));
-    }
-    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
 }
 
 async fn run(args: Args) -> Result<(), Fatal> {
@@ -138,8 +122,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
         &resolve(path, &tls.coordinator_cert),
     )
     .map_err(config_error)?;
-    let coordinator_der = pem_to_der(&coordinator_pem)
-        .context("config field `tls.coordinator_cert`")
+    let coordinator_der = custos_credentials::certificate_der(&coordinator_pem)
+        .map_err(|e| anyhow!("config field `tls.coordinator_cert`: {e}"))
         .map_err(config_error)?;
 
     let (handle, inbound, p2p_task) = p2p::start(P2pConfig::new(identity, listen, pinned))

@@ -334,6 +334,7 @@ async fn every_policy_action_end_to_end() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
     api_tokens_rotate_revoke_and_expire(&fc).await;
+    client_certificates_authenticate_backends(&fc).await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -384,8 +385,7 @@ async fn call_with_token(
     let layout = &fc.tc.cluster.layout();
     let file = dir.join(format!("t{}", rand::random::<u32>()));
     std::fs::write(&file, token).unwrap();
-    let started = std::time::Instant::now();
-    loop {
+    retry_until(ok, || async {
         let mut c = custos_devkit::client::connect_with_token_file(
             &layout.coordinator.url,
             &layout.ca_cert,
@@ -394,10 +394,26 @@ async fn call_with_token(
         )
         .await
         .unwrap();
-        let r = c
-            .list_withdrawals(custos_proto::custody::ListWithdrawalsRequest::default())
+        c.list_withdrawals(custos_proto::custody::ListWithdrawalsRequest::default())
             .await
-            .map(|_| ());
+            .map(|_| ())
+    })
+    .await
+}
+
+/// Calls `call` until `ok(result)` holds or 10 s have passed; returns the
+/// last result.
+async fn retry_until<F, Fut>(
+    ok: impl Fn(&Result<(), tonic::Status>) -> bool,
+    mut call: F,
+) -> Result<(), tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let r = call().await;
         if ok(&r) || started.elapsed() > Duration::from_secs(10) {
             return r;
         }
@@ -525,4 +541,124 @@ async fn api_tokens_rotate_revoke_and_expire(fc: &FlowCluster) {
             "a token value in the coordinator's log"
         );
     }
+}
+
+/// Lists withdrawals over mTLS with the client certificate `name`.pem/.key
+/// in `dir` and no token, until `ok(result)` holds (the coordinator rereads
+/// its store about every second); returns the last result.
+async fn call_with_certificate(
+    fc: &FlowCluster,
+    dir: &std::path::Path,
+    name: &str,
+    ok: impl Fn(&Result<(), tonic::Status>) -> bool,
+) -> Result<(), tonic::Status> {
+    let layout = fc.tc.cluster.layout();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    retry_until(ok, || async {
+        let mut c = custos_devkit::client::connect_with_certificate(
+            &layout.coordinator.url,
+            &layout.ca_cert,
+            (&cert, &key),
+            Some("localhost"),
+        )
+        .await
+        .unwrap();
+        c.list_withdrawals(custos_proto::custody::ListWithdrawalsRequest::default())
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+/// mTLS for backends (SECURITY.md case 31): a client certificate from the
+/// coordinator's client CA authenticates once `custos token create --cert`
+/// pins it, as the client and with the roles of its pin (a backend cannot
+/// create keys); a certificate from the same CA that nobody pinned is
+/// refused naming its fingerprint, as is the pinned one once revoked.
+async fn client_certificates_authenticate_backends(fc: &FlowCluster) {
+    let layout = fc.tc.cluster.layout().clone();
+    let store = layout.coordinator.token_store.clone();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mtls-backend", "stranger"] {
+        custos_devkit::issue_client_certificate(
+            &layout,
+            name,
+            &dir.path().join(format!("{name}.pem")),
+            &dir.path().join(format!("{name}.key")),
+        )
+        .unwrap();
+    }
+    let cert = dir.path().join("mtls-backend.pem");
+    let pin = token_cli(
+        &store,
+        &[
+            "create",
+            "--client",
+            "mtls-backend",
+            "--role",
+            "backend",
+            "--expires-in",
+            "1h",
+            "--cert",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(pin["kind"], "certificate", "{pin}");
+    assert!(
+        pin.get("token").is_none(),
+        "nothing secret is printed: {pin}"
+    );
+    let id = pin["id"].as_str().unwrap().to_owned();
+    call_with_certificate(fc, dir.path(), "mtls-backend", Result::is_ok)
+        .await
+        .unwrap();
+
+    // Its pin's client and roles: a backend may not create keys.
+    let mut c = custos_devkit::client::connect_with_certificate(
+        &layout.coordinator.url,
+        &layout.ca_cert,
+        (&cert, &dir.path().join("mtls-backend.key")),
+        Some("localhost"),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .create_key(custos_proto::custody::CreateKeyRequest {
+            key_id: "mtls-key".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(
+        e.message()
+            .contains("client mtls-backend needs one of the roles [Admin]"),
+        "{e}"
+    );
+
+    // Same CA, not pinned: refused by fingerprint.
+    let stranger_der = custos_credentials::certificate_der(
+        &std::fs::read(dir.path().join("stranger.pem")).unwrap(),
+    )
+    .unwrap();
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stranger_der));
+    let e = call_with_certificate(fc, dir.path(), "stranger", Result::is_err)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("sha256:{fingerprint} is not registered")),
+        "{e}"
+    );
+
+    // Revoked: refused by id from the next store reload.
+    let revoked = token_cli(&store, &["revoke", &id]);
+    assert_eq!(revoked["status"], "revoked");
+    let e = call_with_certificate(fc, dir.path(), "mtls-backend", Result::is_err)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.message().contains(&format!("{id} was revoked")), "{e}");
 }

@@ -6,6 +6,11 @@
 //! the change within `auth.token_reload_ms` (default 1 s): rotation is
 //! create, switch the client over, revoke the old token, with no restart.
 //! A token is printed once, by `create`; nothing can show it again.
+//!
+//! `create --cert FILE` registers a backend's TLS client certificate instead
+//! (mTLS, with the coordinator's `[auth] client_ca`): the store pins that
+//! exact certificate's SHA-256 with the client, roles and expiry; it is
+//! listed and revoked like a token, and nothing secret is printed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +23,8 @@ use serde_json::json;
 /// `custos token ...`.
 #[derive(clap::Subcommand)]
 pub enum TokenCommand {
-    /// Create an API token for a client and print it (once).
+    /// Create an API token for a client and print it (once), or with --cert
+    /// register the client's TLS certificate instead.
     Create(CreateArgs),
     /// List the tokens in the store (ids, clients, roles, expiry, status; never a token).
     List(ListArgs),
@@ -70,6 +76,12 @@ pub struct CreateArgs {
     /// Free text kept with the token (who holds it, what for).
     #[arg(long)]
     note: Option<String>,
+    /// Register this TLS client certificate (PEM) instead of creating a
+    /// token: the client then calls the gRPC API with the certificate and
+    /// its key and no token (the coordinator needs `[auth] client_ca`, the
+    /// CA that issued it).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
     /// Print JSON (the token included: handle the output as a secret).
     #[arg(long)]
     json: bool,
@@ -105,6 +117,7 @@ pub struct RevokeArgs {
 fn record_json(r: &TokenRecord, now: i64) -> serde_json::Value {
     json!({
         "id": r.id,
+        "kind": r.kind,
         "client": r.client,
         "roles": r.roles,
         "created_at": rfc3339(r.created_at),
@@ -138,6 +151,35 @@ pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 }
                 Some(now.saturating_add(secs))
             };
+            if let Some(cert) = &a.cert {
+                let pem = std::fs::read(cert)
+                    .with_context(|| format!("--cert {}: cannot read it", cert.display()))?;
+                let der = custos_credentials::certificate_der(&pem)
+                    .map_err(|e| anyhow::anyhow!("--cert {}: {e}", cert.display()))?;
+                let record = custos_credentials::update(&path, true, |s| {
+                    s.pin_certificate(&a.client, &a.roles, &der, now, expires_at, a.note.clone())
+                })
+                .with_context(|| {
+                    format!("cannot register the certificate in {}", path.display())
+                })?;
+                if a.json {
+                    println!("{}", record_json(&record, now));
+                } else {
+                    println!(
+                        "certificate {} (sha256:{}) for client {} ({})\nexpires   {}\nstore     {}",
+                        record.id,
+                        record.sha256,
+                        record.client,
+                        record.roles.join(", "),
+                        record
+                            .expires_at
+                            .map(rfc3339)
+                            .unwrap_or_else(|| "never".into()),
+                        path.display()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let (record, token) = custos_credentials::update(&path, true, |s| {
                 s.issue(&a.client, &a.roles, now, expires_at, a.note.clone())
             })
@@ -182,12 +224,16 @@ pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 println!("no tokens in {}", path.display());
             } else {
                 println!(
-                    "{:<16}  {:<20}  {:<16}  {:<8}  {:<20}  note",
-                    "id", "client", "roles", "status", "expires"
+                    "{:<16}  {:<11}  {:<20}  {:<16}  {:<8}  {:<20}  note",
+                    "id", "kind", "client", "roles", "status", "expires"
                 );
                 for r in rows {
+                    let kind = match r.kind {
+                        custos_credentials::CredentialKind::Token => "token",
+                        custos_credentials::CredentialKind::Certificate => "certificate",
+                    };
                     println!(
-                        "{:<16}  {:<20}  {:<16}  {:<8}  {:<20}  {}",
+                        "{:<16}  {kind:<11}  {:<20}  {:<16}  {:<8}  {:<20}  {}",
                         r.id,
                         r.client,
                         r.roles.join(","),
