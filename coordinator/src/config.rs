@@ -380,6 +380,10 @@ pub struct LedgerSettings {
     /// JSON-RPC URL of the EVM node `GET /v1/ledger/reconcile?chain=eth`
     /// reads balances from (admins may pass another one per request).
     pub eth_rpc_url: Option<String>,
+    /// How often confirmed deposits into the wallets on UTXO chains are read
+    /// from the nodes and credited (each once, by `<chain>:<txid>:<vout>`),
+    /// ms (default 5000).
+    pub deposit_scan_ms: u64,
 }
 
 impl Default for LedgerSettings {
@@ -388,6 +392,7 @@ impl Default for LedgerSettings {
             enabled: true,
             default_overdraft: "unlimited".into(),
             eth_rpc_url: None,
+            deposit_scan_ms: 5000,
         }
     }
 }

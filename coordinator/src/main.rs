@@ -451,6 +451,15 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
         );
     if let Some(e) = &p.engine {
         tasks.spawn("withdrawal ticker", e.clone().run());
+        if cfg.ledger.enabled && e.chains().has_utxo() {
+            tasks.spawn_until_stopped(
+                "deposit watcher",
+                p.adapters.clone().credit_deposits_forever(
+                    e.chains().clone(),
+                    Duration::from_millis(cfg.ledger.deposit_scan_ms.max(100)),
+                ),
+            );
+        }
     }
     let limits = cfg.limit_settings().map_err(config_error)?;
     let client_of: ClientOf = {

@@ -126,6 +126,9 @@ async fn start_ltc(
     let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
     cfg.push_str(&format!(
         r#"
+[ledger]
+deposit_scan_ms = 300
+
 [[assets]]
 chain = "{CHAIN}"
 symbol = "LTC"
@@ -366,6 +369,49 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
     let fee = 60 * LTC / 100 - tx.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
     assert!(fee > 0 && fee <= FEE_CAP, "fee {fee}");
     assert_eq!(w.fee_paid, fee.to_string(), "{w:?}");
+
+    // The ledger: the three deposits credited once each (0.9 LTC in from
+    // outside, the 0.5 LTC payout out to it), the withdrawal's change to the
+    // same address not counted as a deposit.
+    let dir = fc.tc.cluster.layout().dir.clone();
+    let external = || {
+        let out = std::process::Command::new(bin_dir().join("custos"))
+            .args([
+                "ledger",
+                "balances",
+                "--wallet",
+                "ltc-hot",
+                "--json",
+                "--cluster",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["asset"] == "LTC" && b["kind"] == "external")
+            .map(|b| b["amount"].as_str().unwrap().to_owned())
+    };
+    let deposited = (9 * LTC / 10 - LTC / 2).to_string();
+    let started = Instant::now();
+    while external().as_deref() != Some(&format!("-{deposited}")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "deposits not credited: external {:?}",
+            external()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(external(), Some(format!("-{deposited}")), "credited twice");
 
     // The log: one transaction, two signing sessions (one per input, each
     // its own digest and presignature), two signatures.

@@ -71,6 +71,64 @@ impl std::fmt::Debug for Adapters {
 }
 
 impl Adapters {
+    /// Credits the confirmed deposits `chains` finds on its UTXO chains every
+    /// `every`, forever (each once: a deposit already credited is a replay).
+    pub async fn credit_deposits_forever(
+        self: Arc<Self>,
+        chains: Arc<crate::chain::Chains>,
+        every: std::time::Duration,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let deposits = match chains.utxo_deposits().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot scan for deposits");
+                    continue;
+                }
+            };
+            for d in deposits {
+                match self
+                    .credit_deposit(&d.wallet, &d.asset, u128::from(d.amount), &d.reference)
+                    .await
+                {
+                    Ok(true) => tracing::info!(
+                        chain = %d.chain, wallet = %d.wallet, asset = %d.asset,
+                        amount = d.amount, reference = %d.reference,
+                        confirmations = d.confirmations, "deposit credited"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(reference = %d.reference, error = %e,
+                        "deposit not credited; retrying at the next scan"),
+                }
+            }
+        }
+    }
+
+    /// Credits a deposit to `wallet`'s available balance in the ledger,
+    /// once per `reference` (a repeat writes nothing); `Ok(true)` when this
+    /// call recorded it, `Ok(false)` for a repeat or without a ledger.
+    pub async fn credit_deposit(
+        &self,
+        wallet: &str,
+        asset: &str,
+        amount: u128,
+        reference: &str,
+    ) -> Result<bool, CoordError> {
+        if self.ledger.is_none() {
+            return Ok(false);
+        }
+        let storage = |e: sqlx::Error| CoordError::Storage(format!("ledger deposit: {e}"));
+        let mut tx = self.http.pool.begin().await.map_err(storage)?;
+        let posted = custos_ledger::deposit(&mut tx, wallet, asset, amount, reference)
+            .await
+            .map_err(|e| CoordError::Storage(format!("ledger deposit {reference}: {e}")))?;
+        tx.commit().await.map_err(storage)?;
+        Ok(!posted.replayed)
+    }
+
     /// Creates the schemas, starts the event dispatcher and builds the hooks.
     /// `InvalidArgument` errors name the config field at fault.
     pub async fn start(

@@ -37,6 +37,7 @@
 
 pub mod bump;
 pub mod bump_approvals;
+pub mod deposits;
 pub mod utxo;
 
 use std::time::Duration;

@@ -115,6 +115,11 @@ impl UtxoChain {
         })
     }
 
+    /// The node's RPC client.
+    pub(crate) fn rpc(&self) -> &UtxoRpc {
+        &self.rpc
+    }
+
     /// The node must be on this chain's network (a config error otherwise);
     /// an unreachable node is only logged (withdrawals wait for it).
     pub async fn check_node(&self, field: impl Fn(&str) -> String) -> Result<(), CoordError> {
@@ -140,7 +145,7 @@ impl UtxoChain {
 
     /// Imports `address` into the watch-only wallet (once per process, with
     /// a rescan so that coins it received before are found).
-    async fn watch(&self, address: &str) -> Result<(), ChainError> {
+    pub(crate) async fn watch(&self, address: &str) -> Result<(), ChainError> {
         let seen = self
             .watched
             .lock()

@@ -717,6 +717,11 @@ impl Engine {
         }
     }
 
+    /// The chains the engine signs on (the deposit watcher reads them too).
+    pub fn chains(&self) -> &Arc<crate::chain::Chains> {
+        &self.chains
+    }
+
     /// Revisits waiting withdrawals until the stop signal (time locks,
     /// expiries, retries, and every non-terminal withdrawal after a restart).
     pub async fn run(self: Arc<Self>) {
