@@ -207,6 +207,22 @@ pub enum Refusal {
         /// When (RFC 3339).
         at: String,
     },
+    /// A pinned client certificate past its pin's expiry.
+    #[error("client certificate {id} expired at {at}")]
+    CertificateExpired {
+        /// The pin's id.
+        id: String,
+        /// When (RFC 3339).
+        at: String,
+    },
+    /// A pinned client certificate whose pin was revoked.
+    #[error("client certificate {id} was revoked at {at}")]
+    CertificateRevoked {
+        /// The pin's id.
+        id: String,
+        /// When (RFC 3339).
+        at: String,
+    },
     /// A client certificate no record pins.
     #[error("client certificate sha256:{sha256} is not registered (custos token create --cert)")]
     UnknownCertificate {
@@ -498,7 +514,11 @@ impl TokenStore {
             .chain(pins)
             .find(|t| t.status(now) == TokenStatus::Active)
             .unwrap_or(first);
-        in_force(record, now)
+        in_force(record, now).map_err(|refusal| match refusal {
+            Refusal::Expired { id, at } => Refusal::CertificateExpired { id, at },
+            Refusal::Revoked { id, at } => Refusal::CertificateRevoked { id, at },
+            other => other,
+        })
     }
 }
 
@@ -790,10 +810,13 @@ mod tests {
                 sha256_hex(b"another")
             )
         );
-        assert!(matches!(
-            s.verify_certificate(cert, 100),
-            Err(Refusal::Expired { .. })
-        ));
+        assert_eq!(
+            s.verify_certificate(cert, 100).unwrap_err().to_string(),
+            format!(
+                "client certificate {} expired at 1970-01-01T00:01:40Z",
+                pin.id
+            )
+        );
         let e = s
             .pin_certificate("payments", &backend, cert, 20, None, None)
             .unwrap_err();
@@ -808,7 +831,7 @@ mod tests {
         s.revoke(&pin.id, 30).unwrap();
         assert!(matches!(
             s.verify_certificate(cert, 40),
-            Err(Refusal::Revoked { .. })
+            Err(Refusal::CertificateRevoked { .. })
         ));
         let again = s
             .pin_certificate("payments", &backend, cert, 40, None, None)

@@ -412,6 +412,11 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(external(), Some(format!("-{deposited}")), "credited twice");
+    let credited = metric(
+        fc.tc.cluster.layout().coordinator.metrics_listen,
+        "custos_deposits_credited_total",
+    );
+    assert_eq!(credited, 3.0, "one per deposit");
 
     // The log: one transaction, two signing sessions (one per input, each
     // its own digest and presignature), two signatures.

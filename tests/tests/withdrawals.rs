@@ -660,5 +660,9 @@ async fn client_certificates_authenticate_backends(fc: &FlowCluster) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
-    assert!(e.message().contains(&format!("{id} was revoked")), "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("client certificate {id} was revoked")),
+        "{e}"
+    );
 }

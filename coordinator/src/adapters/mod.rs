@@ -50,6 +50,8 @@ struct Gauges {
     dead_letters: AtomicU64,
     webhooks_failing: AtomicU64,
     ledger_exceptions: AtomicU64,
+    /// Deposits credited from UTXO chains by this process.
+    deposits_credited: AtomicU64,
 }
 
 /// The running adapters.
@@ -94,11 +96,16 @@ impl Adapters {
                     .credit_deposit(&d.wallet, &d.asset, u128::from(d.amount), &d.reference)
                     .await
                 {
-                    Ok(true) => tracing::info!(
-                        chain = %d.chain, wallet = %d.wallet, asset = %d.asset,
-                        amount = d.amount, reference = %d.reference,
-                        confirmations = d.confirmations, "deposit credited"
-                    ),
+                    Ok(true) => {
+                        self.gauges
+                            .deposits_credited
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            chain = %d.chain, wallet = %d.wallet, asset = %d.asset,
+                            amount = d.amount, reference = %d.reference,
+                            confirmations = d.confirmations, "deposit credited"
+                        );
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::error!(reference = %d.reference, error = %e,
                         "deposit not credited; retrying at the next scan"),
@@ -199,7 +206,8 @@ impl Adapters {
              # TYPE custos_webhook_deliveries_failing gauge\ncustos_webhook_deliveries_failing {}\n\
              # TYPE custos_events_nats_enabled gauge\ncustos_events_nats_enabled {}\n\
              # TYPE custos_ledger_exceptions_total counter\ncustos_ledger_exceptions_total {exceptions}\n\
-             # TYPE custos_ledger_exceptions gauge\ncustos_ledger_exceptions {}\n",
+             # TYPE custos_ledger_exceptions gauge\ncustos_ledger_exceptions {}\n\
+             # TYPE custos_deposits_credited_total counter\ncustos_deposits_credited_total {}\n",
             m.backlog,
             m.delivered,
             m.failures,
@@ -209,6 +217,7 @@ impl Adapters {
             self.gauges.webhooks_failing.load(Ordering::Relaxed),
             u8::from(self.dispatcher.nats),
             self.gauges.ledger_exceptions.load(Ordering::Relaxed),
+            self.gauges.deposits_credited.load(Ordering::Relaxed),
         )
     }
 
