@@ -99,15 +99,31 @@ stage "doctests"
 cargo test --workspace --locked --doc
 
 if [ "$fuzz_secs" -gt 0 ]; then
-  stage "fuzz smoke (${fuzz_secs}s each)"
+  stage "fuzz smoke (${fuzz_secs}s each, two at a time)"
+  # A libFuzzer run is one process on one core: two at a time use both cores
+  # (their builds share the fuzz target directory, one after the other).
+  running=()
+  finish_fuzz() {
+    local entry pid target log
+    for entry in "${running[@]}"; do
+      pid="${entry%%:*}"
+      target="${entry#*:}"
+      log="$CARGO_TARGET_DIR/fuzz-$target.log"
+      if ! wait "$pid"; then
+        tail -n 60 "$log"
+        echo "fuzz target $target failed (log: $log)" >&2
+        exit 1
+      fi
+      echo "$target: $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"
+    done
+    running=()
+  }
   for target in policy_parse statement_decode evaluate_withdrawal evm_unsigned_tx utxo_psbt_check; do
-    log="$CARGO_TARGET_DIR/fuzz-$target.log"
-    if ! CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" ./fuzz/run-stable.sh "$target" "$fuzz_secs" >"$log" 2>&1; then
-      tail -n 60 "$log"
-      echo "fuzz target $target failed (log: $log)" >&2
-      exit 1
-    fi
-    echo "$target: $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" ./fuzz/run-stable.sh "$target" "$fuzz_secs" \
+      >"$CARGO_TARGET_DIR/fuzz-$target.log" 2>&1 &
+    running+=("$!:$target")
+    [ "${#running[@]}" -lt 2 ] || finish_fuzz
   done
+  finish_fuzz
 fi
 stage ""
