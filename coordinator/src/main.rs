@@ -265,15 +265,29 @@ async fn build(
     // Ledger/outbox schemas, the event dispatcher (NATS when `[events] nats_url`
     // is set, webhooks always), and the hooks attached to the withdrawal store
     // below; the HTTP port serves the adapter routes and metrics.
+    let chains = Arc::new(
+        custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
+            .map_err(|e| config_error(anyhow!("{e}")))?,
+    );
+    chains
+        .check_nodes()
+        .await
+        .map_err(|e| config_error(anyhow!("{e}")))?;
     let adapters = Arc::new(
-        Adapters::start(&cluster.db, authenticator.clone(), &cfg.ledger, &cfg.events)
-            .await
-            .map_err(|e| match e {
-                custos_coordinator::error::CoordError::InvalidArgument(m) => {
-                    config_error(anyhow!("config field {m}"))
-                }
-                other => Fatal(1, anyhow!("adapters: {other}")),
-            })?,
+        Adapters::start(
+            &cluster.db,
+            authenticator.clone(),
+            &cfg.ledger,
+            &cfg.events,
+            chains.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            custos_coordinator::error::CoordError::InvalidArgument(m) => {
+                config_error(anyhow!("config field {m}"))
+            }
+            other => Fatal(1, anyhow!("adapters: {other}")),
+        })?,
     );
     // --- end adapters ---
     let engine = match &cfg.policy {
@@ -281,7 +295,9 @@ async fn build(
             tracing::warn!("no [policy] configured: the withdrawal API refuses every request");
             None
         }
-        Some(p) => Some(build_engine(cfg, path, p, &cluster, &audit, &adapters, stop).await?),
+        Some(p) => {
+            Some(build_engine(cfg, path, p, (&cluster, &audit, &adapters), chains, stop).await?)
+        }
     };
 
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
@@ -349,9 +365,8 @@ async fn build_engine(
     cfg: &CoordinatorConfig,
     path: &Path,
     p: &PolicyFiles,
-    cluster: &Arc<Cluster>,
-    audit: &Arc<AuditTrail>,
-    adapters: &Adapters,
+    (cluster, audit, adapters): (&Arc<Cluster>, &Arc<AuditTrail>, &Adapters),
+    chains: Arc<custos_coordinator::chain::Chains>,
     stop: &CancellationToken,
 ) -> Result<Arc<Engine>, Fatal> {
     let now = custos_policy::Timestamp(custos_clock::now_secs());
@@ -390,12 +405,6 @@ async fn build_engine(
     } else {
         cfg.assets.clone()
     };
-    let chains = custos_coordinator::chain::Chains::new(&cfg.chains, cluster.db.pool().clone())
-        .map_err(|e| config_error(anyhow!("{e}")))?;
-    chains
-        .check_nodes()
-        .await
-        .map_err(|e| config_error(anyhow!("{e}")))?;
     let engine = Engine::new(
         store,
         cluster.clone(),
@@ -403,7 +412,7 @@ async fn build_engine(
         model,
         risk_state,
         audit.clone(),
-        Arc::new(chains),
+        chains,
         assets,
         FlowSettings {
             tick: Duration::from_millis(cfg.withdrawals.tick_ms.max(50)),

@@ -418,6 +418,38 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
     );
     assert_eq!(credited, 3.0, "one per deposit");
 
+    // Reconciliation against the node: the wallet's coins (the unspent
+    // deposit and the change) are what the ledger holds for it.
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args([
+            "ledger",
+            "reconcile",
+            "--chain",
+            CHAIN,
+            "--json",
+            "--cluster",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let hot = v["wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["wallet"] == "ltc-hot")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(hot["asset"], "LTC", "{v}");
+    assert_eq!(hot["address"], wallet_address, "{v}");
+    assert_eq!(
+        hot["onchain"],
+        (9 * LTC / 10 - LTC / 2 - fee).to_string(),
+        "{v}"
+    );
+    assert_eq!(hot["delta"], "0", "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+
     // The log: one transaction, two signing sessions (one per input, each
     // its own digest and presignature), two signatures.
     let entries = log_entries(&mut fc.auditor.clone()).await;

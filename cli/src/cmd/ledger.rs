@@ -56,7 +56,9 @@ pub struct OutputArgs {
 /// Arguments of `custos ledger reconcile`.
 #[derive(clap::Args)]
 pub struct ReconcileArgs {
-    /// Chain: `eth` (every EVM wallet) or a chain name (`anvil`, `ethereum`).
+    /// Chain: `eth` (every EVM wallet) or a chain name (`anvil`, `ethereum`;
+    /// a configured UTXO chain such as `litecoin-regtest`: its wallets' coins
+    /// as the coordinator's node lists them).
     #[arg(long, default_value = "eth")]
     chain: String,
     /// JSON-RPC URL the coordinator reads balances from [default: its `[ledger]

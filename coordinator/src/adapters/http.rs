@@ -52,6 +52,8 @@ pub struct HttpState {
     pub notify: Arc<Notify>,
     /// `[ledger] eth_rpc_url`.
     pub eth_rpc_url: Option<String>,
+    /// The configured chains (reconciliation reads UTXO wallets' coins).
+    pub chains: Arc<crate::chain::Chains>,
     /// Which webhook destinations are accepted (`[events]`).
     pub webhook_destinations: custos_events::DestinationPolicy,
 }
@@ -555,15 +557,23 @@ fn evm_chain(requested: &str, key_chain: &str) -> bool {
     }
 }
 
-async fn reconcile(
-    State(s): State<HttpState>,
-    headers: HeaderMap,
-    Query(p): Query<ReconcileParams>,
-) -> ApiResult {
-    let id = identify(&s, &headers, &[Role::Auditor])?;
-    let chain = p.chain.unwrap_or_else(|| "eth".into());
+/// The EVM wallets on `chain` ("eth": every EVM chain) and their balances
+/// at the RPC endpoint (`rpc`, admins only, else `[ledger] eth_rpc_url`).
+async fn evm_holdings(
+    s: &HttpState,
+    id: &Identity,
+    chain: &str,
+    rpc: Option<String>,
+) -> Result<
+    (
+        &'static str,
+        Vec<(String, String)>,
+        Vec<custos_ledger::OnchainBalance>,
+    ),
+    ApiError,
+> {
     // The coordinator fetches the URL: only admins may name one.
-    let url = match p.rpc.filter(|u| !u.is_empty()) {
+    let url = match rpc.filter(|u| !u.is_empty()) {
         Some(u) if id.is_admin() => u,
         Some(_) => {
             return Err(ApiError(
@@ -585,7 +595,7 @@ async fn reconcile(
     let mut wallets = Vec::new();
     let mut onchain = Vec::new();
     for k in keys {
-        if k.state != "ready" || !evm_chain(&chain, &k.chain) {
+        if k.state != "ready" || !evm_chain(chain, &k.chain) {
             continue;
         }
         let Some(addr) = k.address.clone() else {
@@ -616,6 +626,37 @@ async fn reconcile(
         });
         wallets.push((k.key_id, addr));
     }
+    Ok((native, wallets, onchain))
+}
+
+async fn reconcile(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    Query(p): Query<ReconcileParams>,
+) -> ApiResult {
+    let id = identify(&s, &headers, &[Role::Auditor])?;
+    let chain = p.chain.unwrap_or_else(|| "eth".into());
+    let (native, wallets, onchain) = match s.chains.utxo_holdings(&chain).await {
+        // A UTXO chain: the wallets' coins as its node lists them.
+        Some(holdings) => {
+            let (native, holdings) = holdings
+                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("chain {chain}: {e}")))?;
+            let onchain = holdings
+                .iter()
+                .map(|h| custos_ledger::OnchainBalance {
+                    wallet: h.wallet.clone(),
+                    asset: native.into(),
+                    amount: u128::from(h.amount),
+                })
+                .collect();
+            let wallets = holdings
+                .into_iter()
+                .map(|h| (h.wallet, h.address))
+                .collect();
+            (native, wallets, onchain)
+        }
+        None => evm_holdings(&s, &id, &chain, p.rpc).await?,
+    };
     let wallet_ids: BTreeSet<&str> = wallets.iter().map(|(w, _)| w.as_str()).collect();
     let mut conn = s.pool.acquire().await.map_err(storage)?;
     let all = custos_ledger::balances(&mut conn)

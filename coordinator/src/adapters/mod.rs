@@ -143,6 +143,7 @@ impl Adapters {
         auth: Authenticator,
         ledger_cfg: &LedgerSettings,
         events_cfg: &EventSettings,
+        chains: Arc<crate::chain::Chains>,
     ) -> Result<Adapters, CoordError> {
         let default_overdraft = ledger::parse_overdraft(&ledger_cfg.default_overdraft)
             .map_err(|e| CoordError::InvalidArgument(format!("ledger.default_overdraft: {e}")))?;
@@ -170,6 +171,7 @@ impl Adapters {
             auth,
             notify: Arc::clone(&dispatcher.notify),
             eth_rpc_url: ledger_cfg.eth_rpc_url.clone(),
+            chains,
             webhook_destinations: events::destination_policy(events_cfg),
         };
         Ok(Adapters {

@@ -55,20 +55,7 @@ impl Chains {
             let Some(asset) = custos_chains::family::native_asset(name) else {
                 continue;
             };
-            let mut wallets = HashMap::new();
-            for row in sqlx::query(
-                "SELECT key_id, public_key FROM keys WHERE chain = $1 AND public_key IS NOT NULL",
-            )
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?
-            {
-                let key: Vec<u8> = row.get("public_key");
-                if let Ok(address) = wallet_address(chain.network, &key) {
-                    wallets.insert(address.text, row.get::<String, _>("key_id"));
-                }
-            }
+            let wallets = self.wallet_addresses(chain).await?;
             if wallets.is_empty() {
                 continue;
             }
@@ -109,6 +96,70 @@ impl Chains {
             }
         }
         Ok(found)
+    }
+
+    /// The native coin of the UTXO chain `name` and what each wallet on it
+    /// holds: its unspent coins as the node lists them, the mempool's
+    /// included (a withdrawal's change counts from its broadcast). `None`
+    /// when `name` is not a configured UTXO chain.
+    pub async fn utxo_holdings(
+        &self,
+        name: &str,
+    ) -> Option<Result<(&'static str, Vec<Holding>), CoordError>> {
+        let chain = self.utxo.iter().find(|c| c.settings.name == name)?;
+        let asset = custos_chains::family::native_asset(name)?;
+        Some(self.holdings(chain).await.map(|h| (asset, h)))
+    }
+
+    async fn holdings(&self, chain: &super::utxo::UtxoChain) -> Result<Vec<Holding>, CoordError> {
+        let name = &chain.settings.name;
+        let node_err =
+            |e: custos_chains::ChainError| CoordError::Unavailable(format!("{name} node: {e}"));
+        let wallets = self.wallet_addresses(chain).await?;
+        for address in wallets.keys() {
+            chain.watch(address).await.map_err(node_err)?;
+        }
+        let coins = chain
+            .rpc()
+            .list_unspent(&chain.watch_wallet, 0)
+            .await
+            .map_err(node_err)?;
+        let mut out: Vec<Holding> = wallets
+            .iter()
+            .map(|(address, wallet)| Holding {
+                wallet: wallet.clone(),
+                address: address.clone(),
+                amount: coins
+                    .iter()
+                    .filter(|c| &c.address == address)
+                    .map(|c| c.value)
+                    .sum(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.wallet.cmp(&b.wallet));
+        Ok(out)
+    }
+
+    /// Each wallet's address on `chain` → its wallet (key id).
+    async fn wallet_addresses(
+        &self,
+        chain: &super::utxo::UtxoChain,
+    ) -> Result<HashMap<String, String>, CoordError> {
+        let mut wallets = HashMap::new();
+        for row in sqlx::query(
+            "SELECT key_id, public_key FROM keys WHERE chain = $1 AND public_key IS NOT NULL",
+        )
+        .bind(&chain.settings.name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        {
+            let key: Vec<u8> = row.get("public_key");
+            if let Ok(address) = wallet_address(chain.network, &key) {
+                wallets.insert(address.text, row.get::<String, _>("key_id"));
+            }
+        }
+        Ok(wallets)
     }
 
     /// The outputs the node's watch-only wallet received (after importing
@@ -159,6 +210,17 @@ impl Chains {
         }
         Ok(out)
     }
+}
+
+/// What one wallet holds on a UTXO chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The wallet (key id).
+    pub wallet: String,
+    /// Its address on the chain.
+    pub address: String,
+    /// Its unspent coins, base units.
+    pub amount: u64,
 }
 
 /// One received output as the node lists it.
