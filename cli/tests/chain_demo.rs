@@ -261,6 +261,10 @@ async fn demo_withdraws_ltc_on_litecoin_core_through_policy_and_approvals() {
         up["cluster"]["utxo_chain"]["name"], "litecoin-regtest",
         "{up}"
     );
+    assert!(
+        !up.to_string().contains(custos_tests::litecoind::PASSWORD),
+        "{up}"
+    );
 
     let demo = |dir: String, url: String| async move {
         let out = tokio::task::spawn_blocking(move || {

@@ -82,17 +82,21 @@ pub enum DbError {
     },
 }
 
-/// Removes a password from a connection URL so it can be shown in errors.
+/// Removes a password from a URL (a database's, a node's JSON-RPC
+/// endpoint) so it can be shown: `scheme://user:***@host...`.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Only the authority holds credentials; an `@` in the path or query does not.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -274,6 +278,16 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(
+            redact_url("http://custos:regtest-only@127.0.0.1:19443/"),
+            "http://custos:***@127.0.0.1:19443/"
+        );
+        assert_eq!(
+            redact_url("http://u:p:q@h:1/x?y@z"),
+            "http://u:***@h:1/x?y@z"
+        );
+        assert_eq!(redact_url("http://h:1/x?y@z"), "http://h:1/x?y@z");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

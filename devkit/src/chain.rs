@@ -14,10 +14,6 @@ use crate::DevkitError;
 /// `anvil-payee` address-book entry name.
 pub const DEFAULT_EVM_CHAIN: &str = "anvil";
 
-/// Fee cap of an ETH withdrawal that names none: 21000 gas at 100 gwei, in wei
-/// (the coordinator's built-in default).
-pub(crate) const ETH_DEFAULT_FEE_CAP: &str = "2100000000000000";
-
 /// An EVM node the cluster uses: recorded in `cluster.json`
 /// ([`ClusterLayout::evm_chain`](crate::ClusterLayout::evm_chain)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,15 +70,21 @@ impl EvmChain {
         Ok(())
     }
 
-    /// The coordinator's `[[assets]]` entry for ETH on this chain.
+    /// The coordinator's `[[assets]]` entry for ETH on this chain: its
+    /// built-in ETH asset (same decimals and default fee cap).
     pub(crate) fn coordinator_asset(&self) -> AssetConfig {
-        AssetConfig {
-            chain: self.name.clone(),
-            symbol: "ETH".into(),
-            decimals: 18,
-            default_fee_cap: ETH_DEFAULT_FEE_CAP.into(),
-            contract: None,
-        }
+        let mut eth = default_assets()
+            .into_iter()
+            .find(|a| a.symbol == "ETH")
+            .unwrap_or_else(|| AssetConfig {
+                chain: String::new(),
+                symbol: "ETH".into(),
+                decimals: 18,
+                default_fee_cap: String::new(),
+                contract: None,
+            });
+        eth.chain = self.name.clone();
+        eth
     }
 
     /// The coordinator's `[[chains]]` entry.

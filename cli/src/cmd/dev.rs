@@ -157,9 +157,9 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         {
             let now = layout.utxo_chain.as_ref().map_or_else(
                 || "without a UTXO chain".to_string(),
-                |c| format!("with the node {}", redact_password(&c.rpc_url)),
+                |c| format!("with the node {}", custos_db::redact_url(&c.rpc_url)),
             );
-            let url = redact_password(url);
+            let url = custos_db::redact_url(url);
             bail!(
                 "the dev cluster in {} is already running {now}: to use --ltc-rpc {url}, \
                  restart it: `custos dev down --dir {0}` then `custos dev up --dir {0} \
@@ -238,9 +238,14 @@ fn pid_of(records: &[ProcessRecord], name: &str) -> String {
 
 fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyhow::Result<()> {
     if json {
+        // The node's RPC password stays in cluster.json, not in the output.
+        let mut shown = layout.clone();
+        if let Some(chain) = &mut shown.utxo_chain {
+            chain.rpc_url = custos_db::redact_url(&chain.rpc_url);
+        }
         let out = serde_json::json!({
             "dir": layout.dir,
-            "cluster": layout,
+            "cluster": shown,
             "processes": records,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -307,29 +312,13 @@ fn report(layout: &ClusterLayout, records: &[ProcessRecord], json: bool) -> anyh
             "  UTXO chain      {} ({}) at {}",
             chain.name,
             chain.symbol(),
-            redact_password(&chain.rpc_url)
+            custos_db::redact_url(&chain.rpc_url)
         );
     }
     println!("  logs            {}/", layout.logs_dir.display());
     println!("  summary         {}/cluster.json", dir);
     println!("  stop with       custos dev down --dir {dir}");
     Ok(())
-}
-
-/// `url` with the password of its `user:password@` part replaced by `***`.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
 }
 
 fn down(args: DirArgs) -> anyhow::Result<ExitCode> {
@@ -379,24 +368,4 @@ fn status(args: DirArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_password;
-
-    #[test]
-    fn passwords_are_not_printed() {
-        for (url, shown) in [
-            (
-                "http://custos:regtest-only@127.0.0.1:19443/",
-                "http://custos:***@127.0.0.1:19443/",
-            ),
-            ("http://u:p:q@h:1/x?y@z", "http://u:***@h:1/x?y@z"),
-            ("http://127.0.0.1:19443", "http://127.0.0.1:19443"),
-            ("not a url", "not a url"),
-        ] {
-            assert_eq!(redact_password(url), shown, "{url}");
-        }
-    }
 }
