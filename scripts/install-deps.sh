@@ -19,3 +19,16 @@ fi
 bash "$(dirname "$0")/install-anvil.sh" >/dev/null   # anvil for the chain tests (.tools/, idempotent)
 # The test runner (scripts/test-all.sh): cargo-nextest from crates.io if missing.
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+# The dependency gate (scripts/check-deps.sh): cargo-deny and cargo-machete,
+# pinned, from crates.io if missing or at another version (built outside the
+# project's target directory).
+cargo_deny_version=0.20.2
+cargo_machete_version=0.9.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $cargo_deny_version" ]; then
+  echo "==> installing cargo-deny $cargo_deny_version"
+  CARGO_TARGET_DIR="$HOME/.cache/cargo-deny-build" cargo install --locked cargo-deny --version "$cargo_deny_version"
+fi
+if [ "$(cargo machete --version 2>/dev/null)" != "$cargo_machete_version" ]; then
+  echo "==> installing cargo-machete $cargo_machete_version"
+  CARGO_TARGET_DIR="$HOME/.cache/cargo-deny-build" cargo install --locked cargo-machete --version "$cargo_machete_version"
+fi

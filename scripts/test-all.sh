@@ -78,6 +78,9 @@ cargo fmt --all -- --check
 stage "terraform"
 ./scripts/check-terraform.sh
 
+stage "cargo deny"
+./scripts/check-deps.sh
+
 stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -65,6 +65,11 @@ enum Command {
     /// its hashed token store; the running coordinator rereads it (no restart).
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// The unseal ceremony of a node started with `unseal = "ceremony"`:
+    /// give it the passphrase or a share (on its local socket), see how far
+    /// it is, or split a passphrase into k-of-n shares.
+    #[command(subcommand)]
+    Unseal(cmd::unseal::UnsealCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Key(c) => cmd::key::run(c),
         Command::Token(c) => cmd::token::run(c),
+        Command::Unseal(c) => cmd::unseal::run(c),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 pub struct CoordinatorConfig {
     /// Data directory (SQLite database).
     pub data_dir: PathBuf,
+    /// The unseal ceremony's socket when `audit.signer.unseal = "ceremony"`
+    /// (default `<data_dir>/unseal.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseal_socket: Option<PathBuf>,
     /// gRPC API listen address (TLS).
     pub grpc_listen: SocketAddr,
     /// HTTP API listen address (the `/v1` REST routes), over TLS with
@@ -118,6 +122,7 @@ impl CoordinatorConfig {
     ) -> Self {
         Self {
             data_dir,
+            unseal_socket: None,
             grpc_listen,
             http_listen,
             metrics: default_metrics(),
@@ -209,6 +214,22 @@ impl CoordinatorConfig {
     /// build (the daemon passes [`crate::BUILD_MODE`]), and unusable limits.
     pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
         self.limit_settings()?;
+        if let Some(custos_hsm::LogSignerConfig::Software {
+            unseal,
+            passphrase_file,
+            passphrase_env,
+            ..
+        }) = &self.audit.signer
+        {
+            let both = *unseal == custos_hsm::UnsealMode::Ceremony
+                && (passphrase_file.is_some() || passphrase_env.is_some());
+            if both {
+                return Err(ConfigError::Field {
+                    field: "audit.signer.unseal".into(),
+                    message: "\"ceremony\" takes the passphrase from operators: remove passphrase_file and passphrase_env".into(),
+                });
+            }
+        }
         refuse_dev_settings(&self.dev.set_fields(), mode)
     }
 

@@ -82,12 +82,14 @@ fn log_signer_config(
             key_file,
             passphrase_file,
             passphrase_env,
+            unseal,
             create_key,
             kdf,
         }) => Ok(LogSignerConfig::Software {
             key_file: resolve(path, key_file),
             passphrase_file: passphrase_file.as_ref().map(|p| resolve(path, p)),
             passphrase_env: passphrase_env.clone(),
+            unseal: *unseal,
             create_key: *create_key,
             kdf: *kdf,
         }),
@@ -109,6 +111,7 @@ fn log_signer_config(
                 key_file: data_dir.join("log-key.sealed"),
                 passphrase_file: Some(pass),
                 passphrase_env: None,
+                unseal: custos_hsm::UnsealMode::Auto,
                 create_key: true,
                 kdf: None,
             })
@@ -116,14 +119,29 @@ fn log_signer_config(
     }
 }
 
-fn open_log_key(
+async fn open_log_key(
     cfg: &CoordinatorConfig,
     path: &Path,
     data_dir: &Path,
 ) -> Result<Arc<dyn custos_audit::LogSigner>, Fatal> {
     let c = log_signer_config(cfg, path, data_dir)?;
-    let signer = custos_hsm::open_log_signer(&c)
-        .map_err(|e| config_error(anyhow!("config field `audit.signer`: {e}")))?;
+    if c.unseal_mode() == custos_hsm::UnsealMode::Auto {
+        let signer = custos_hsm::open_log_signer(&c)
+            .map_err(|e| config_error(anyhow!("config field `audit.signer`: {e}")))?;
+        return Ok(Arc::from(signer));
+    }
+    // `unseal = "ceremony"`: wait sealed for operators (`custos unseal`).
+    let socket = cfg
+        .unseal_socket
+        .as_ref()
+        .map(|s| resolve(path, s))
+        .unwrap_or_else(|| data_dir.join(custos_service::unseal::SOCKET_NAME));
+    let signer =
+        custos_service::unseal::wait_for_unseal("coordinator", &socket, cfg.metrics.listen, |p| {
+            custos_hsm::open_log_signer_with(&c, Some(p)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Fatal(1, e.into()))?;
     Ok(Arc::from(signer))
 }
 
@@ -136,7 +154,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     cfg.check_build(custos_coordinator::BUILD_MODE)
         .map_err(config_error)?;
     if let Some(Command::LogKey) = args.command {
-        return print_log_key(&cfg, path);
+        return print_log_key(&cfg, path).await;
     }
     if cfg.signers.is_empty() {
         return Err(config_error(anyhow!(
@@ -149,9 +167,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
 }
 
 /// `custos-coordinator log-key`.
-fn print_log_key(cfg: &CoordinatorConfig, path: &Path) -> Result<(), Fatal> {
+async fn print_log_key(cfg: &CoordinatorConfig, path: &Path) -> Result<(), Fatal> {
     let data_dir = data_dir(cfg, path)?;
-    let signer = open_log_key(cfg, path, &data_dir)?;
+    let signer = open_log_key(cfg, path, &data_dir).await?;
     let key = custos_audit::note::VerifierKey::from_signer(
         &cfg.audit.origin,
         custos_audit::note::SIG_TYPE_ED25519,
@@ -222,7 +240,7 @@ async fn build(
         None => custos_coordinator::storage::open(&data_dir).await,
     }
     .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
-    let log_signer = open_log_key(cfg, path, &data_dir)?;
+    let log_signer = open_log_key(cfg, path, &data_dir).await?;
     let stale = db
         .fail_stale_presigs()
         .await

@@ -16,11 +16,37 @@ fn id_err(path: &Path, message: impl std::fmt::Display) -> DevkitError {
     }
 }
 
-/// The PeerId of the protobuf-encoded keypair in `path`.
+/// Where the PeerId of the identity in `key` is kept in plain text: the
+/// signer seals its key file at its first start, after which only the node
+/// can read the key.
+fn peer_id_file(key: &Path) -> std::path::PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".peer");
+    name.into()
+}
+
+/// The PeerId of the identity in `path`: from the protobuf-encoded keypair,
+/// or, once the signer has sealed it, from the `.peer` file written beside it.
 pub fn peer_id_of_key_file(path: &Path) -> Result<PeerId, DevkitError> {
     let bytes = Zeroizing::new(fsutil::read(path)?);
-    let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| id_err(path, e))?;
-    Ok(key.public().to_peer_id())
+    let peer_id = match Keypair::from_protobuf_encoding(&bytes) {
+        Ok(key) => key.public().to_peer_id(),
+        Err(e) => {
+            let side = peer_id_file(path);
+            let text = std::fs::read_to_string(&side)
+                .map_err(|_| id_err(path, format!("{e}, and no {} beside it", side.display())))?;
+            text.trim().parse().map_err(|e| id_err(&side, e))?
+        }
+    };
+    let side = peer_id_file(path);
+    if !side.is_file() {
+        fsutil::write_atomic(
+            &side,
+            format!("{peer_id}\n").as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+    }
+    Ok(peer_id)
 }
 
 /// Loads the identity in `path`, or creates a new Ed25519 one (mode 0600).
@@ -35,7 +61,13 @@ pub(crate) fn load_or_create_identity(path: &Path) -> Result<PeerId, DevkitError
     let key = Keypair::ed25519_from_bytes(&mut seed[..]).map_err(|e| id_err(path, e))?;
     let encoded = Zeroizing::new(key.to_protobuf_encoding().map_err(|e| id_err(path, e))?);
     fsutil::write_atomic(path, &encoded, SECRET_MODE)?;
-    Ok(key.public().to_peer_id())
+    let peer_id = key.public().to_peer_id();
+    fsutil::write_atomic(
+        &peer_id_file(path),
+        format!("{peer_id}\n").as_bytes(),
+        fsutil::PUBLIC_MODE,
+    )?;
+    Ok(peer_id)
 }
 
 /// Creates `path` holding 32 random bytes in hex (mode 0600) unless it exists.

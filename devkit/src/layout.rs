@@ -654,6 +654,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
             SealerConfig::Software(SoftwareConfig {
                 passphrase_file: Some("passphrase".into()),
                 passphrase_env: None,
+                unseal: Default::default(),
                 // A fresh data dir gets its KEK at the first start
                 // (production configs leave it at its default, false).
                 create_kek: true,

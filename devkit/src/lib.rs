@@ -35,7 +35,8 @@
 //! coordinator/data/
 //! signer-N/signer.toml               config (rewritten by every generate)
 //! signer-N/tls.pem|key               control API cert (SAN signer-N, localhost, 127.0.0.1)
-//! signer-N/p2p.key                   libp2p Ed25519 identity (protobuf, 0600)
+//! signer-N/p2p.key                   libp2p Ed25519 identity (protobuf, 0600; sealed by the node at its first start)
+//! signer-N/p2p.key.peer              its PeerId (plain text, read once the key is sealed)
 //! signer-N/passphrase                software sealer passphrase (0600)
 //! signer-N/data/                     sealed shares etc.
 //! policy/policy.toml                 withdrawal policy (ClusterSpec::policy, default

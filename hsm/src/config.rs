@@ -5,6 +5,9 @@
 //! backend = "software"
 //! passphrase_file = "/etc/custos/passphrase"   # or passphrase_env = "CUSTOS_PASSPHRASE"
 //! create_kek = true                            # first start only (default false)
+//! # or, instead of passphrase_file/passphrase_env, start sealed and wait for
+//! # operators (`custos unseal`): the passphrase or k of n shares of it
+//! unseal = "ceremony"
 //! kdf = { m_cost_kib = 65536, t_cost = 3, p_cost = 1 }   # at least 19456 / 2 / 1
 //!
 //! # or
@@ -39,6 +42,56 @@ pub enum SealerConfig {
     Pkcs11(Pkcs11Config),
 }
 
+/// Where a passphrase comes from at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsealMode {
+    /// From `passphrase_file` or `passphrase_env`, unattended (dev clusters,
+    /// hosts whose secret store provides the file).
+    #[default]
+    Auto,
+    /// From operators at each start: the node waits sealed until they give
+    /// it the passphrase, or k of n Shamir shares of it, through
+    /// `custos unseal` on its local socket. No passphrase is stored.
+    Ceremony,
+}
+
+impl UnsealMode {
+    fn is_auto(&self) -> bool {
+        *self == UnsealMode::Auto
+    }
+}
+
+/// Checks that exactly one passphrase source fits `mode`.
+fn check_source(mode: UnsealMode, file: Option<&Path>, env: Option<&str>) -> Result<(), HsmError> {
+    match (mode, file.is_some() || env.is_some()) {
+        (UnsealMode::Ceremony, true) => Err(HsmError::Config(
+            "unseal = \"ceremony\" takes the passphrase from operators: remove passphrase_file and passphrase_env".into(),
+        )),
+        (UnsealMode::Auto, false) => Err(HsmError::Config(
+            "exactly one of passphrase_file and passphrase_env must be set (or unseal = \"ceremony\")".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The passphrase: the one the ceremony gave, or the configured source's.
+fn passphrase(
+    mode: UnsealMode,
+    file: Option<&Path>,
+    env: Option<&str>,
+    given: Option<&crate::Passphrase>,
+) -> Result<crate::Passphrase, HsmError> {
+    check_source(mode, file, env)?;
+    match (mode, given) {
+        (UnsealMode::Ceremony, Some(p)) => Ok(p.clone()),
+        (UnsealMode::Ceremony, None) => Err(HsmError::Config(
+            "unseal = \"ceremony\": no passphrase was given (the node must wait for `custos unseal`)".into(),
+        )),
+        (UnsealMode::Auto, _) => crate::Secret::from_file_or_env("passphrase", file, env),
+    }
+}
+
 /// Settings of the software backend.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +102,10 @@ pub struct SoftwareConfig {
     /// Environment variable holding the passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_env: Option<String>,
+    /// `auto` (default: from the file or variable) or `ceremony` (from
+    /// operators at each start, see [`UnsealMode`]).
+    #[serde(default, skip_serializing_if = "UnsealMode::is_auto")]
+    pub unseal: UnsealMode,
     /// Create the KEK if its metadata file is absent (default false: a
     /// missing KEK file is an error naming it, so a deleted file is never
     /// silently replaced by a new KEK that cannot open the sealed shares).
@@ -98,6 +155,9 @@ pub enum LogSignerConfig {
         /// Environment variable holding the passphrase.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         passphrase_env: Option<String>,
+        /// `auto` (default) or `ceremony` (see [`UnsealMode`]).
+        #[serde(default, skip_serializing_if = "UnsealMode::is_auto")]
+        unseal: UnsealMode,
         /// Generate the key (and the KEK) if absent (default false: a missing
         /// key or KEK file is an error naming it). Set it for the first start.
         #[serde(default)]
@@ -139,14 +199,51 @@ impl Pkcs11Config {
 /// refuses to start on any error. The software backend keeps its KEK
 /// metadata in `data_dir`.
 pub fn open_sealer(cfg: &SealerConfig, data_dir: &Path) -> Result<Box<dyn Sealer>, HsmError> {
+    open_sealer_with(cfg, data_dir, None)
+}
+
+impl SealerConfig {
+    /// How the sealer's secret is obtained at start (PKCS#11: its PIN source).
+    pub fn unseal_mode(&self) -> UnsealMode {
+        match self {
+            SealerConfig::Software(c) => c.unseal,
+            SealerConfig::Pkcs11(_) => UnsealMode::Auto,
+        }
+    }
+
+    /// Checks the settings that need no file or token (passphrase sources,
+    /// Argon2 minimum), for config loading.
+    pub fn check(&self) -> Result<(), HsmError> {
+        match self {
+            SealerConfig::Software(c) => {
+                c.kdf.unwrap_or_default().check_minimum("kdf")?;
+                check_source(
+                    c.unseal,
+                    c.passphrase_file.as_deref(),
+                    c.passphrase_env.as_deref(),
+                )
+            }
+            SealerConfig::Pkcs11(_) => Ok(()),
+        }
+    }
+}
+
+/// [`open_sealer`] with the passphrase an unseal ceremony gave (`unseal =
+/// "ceremony"`; ignored otherwise).
+pub fn open_sealer_with(
+    cfg: &SealerConfig,
+    data_dir: &Path,
+    given: Option<&crate::Passphrase>,
+) -> Result<Box<dyn Sealer>, HsmError> {
     match cfg {
         SealerConfig::Software(c) => {
             let kdf = c.kdf.unwrap_or_default();
             kdf.check_minimum("kdf")?;
-            let pass = crate::Secret::from_file_or_env(
-                "passphrase",
+            let pass = passphrase(
+                c.unseal,
                 c.passphrase_file.as_deref(),
                 c.passphrase_env.as_deref(),
+                given,
             )?;
             Ok(Box::new(SoftwareSealer::open_with_params(
                 data_dir,
@@ -188,20 +285,40 @@ pub fn open_rollback_counter(
 
 /// Opens the configured log signer (fail closed on any error).
 pub fn open_log_signer(cfg: &LogSignerConfig) -> Result<Box<dyn LogSigner>, HsmError> {
+    open_log_signer_with(cfg, None)
+}
+
+impl LogSignerConfig {
+    /// How the key's secret is obtained at start (PKCS#11: its PIN source).
+    pub fn unseal_mode(&self) -> UnsealMode {
+        match self {
+            LogSignerConfig::Software { unseal, .. } => *unseal,
+            LogSignerConfig::Pkcs11 { .. } => UnsealMode::Auto,
+        }
+    }
+}
+
+/// [`open_log_signer`] with the passphrase an unseal ceremony gave.
+pub fn open_log_signer_with(
+    cfg: &LogSignerConfig,
+    given: Option<&crate::Passphrase>,
+) -> Result<Box<dyn LogSigner>, HsmError> {
     match cfg {
         LogSignerConfig::Software {
             key_file,
             passphrase_file,
             passphrase_env,
+            unseal,
             create_key,
             kdf,
         } => {
             let kdf = kdf.unwrap_or_default();
             kdf.check_minimum("kdf")?;
-            let pass = crate::Secret::from_file_or_env(
-                "passphrase",
+            let pass = passphrase(
+                *unseal,
                 passphrase_file.as_deref(),
                 passphrase_env.as_deref(),
+                given,
             )?;
             let dir = match key_file.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -255,6 +372,7 @@ mod tests {
             SealerConfig::Software(SoftwareConfig {
                 passphrase_file: Some("/etc/custos/pass".into()),
                 passphrase_env: None,
+                unseal: UnsealMode::Auto,
                 create_kek: false,
                 kdf: None,
             })
@@ -308,6 +426,7 @@ mod tests {
             let cfg = SealerConfig::Software(SoftwareConfig {
                 passphrase_file: Some(pass.clone()),
                 passphrase_env: None,
+                unseal: UnsealMode::Auto,
                 create_kek: true,
                 kdf: Some(kdf),
             });
@@ -375,6 +494,7 @@ mod tests {
         let mut cfg = SoftwareConfig {
             passphrase_file: Some(pass.clone()),
             passphrase_env: None,
+            unseal: UnsealMode::Auto,
             create_kek: false,
             kdf: Some(KdfParams {
                 m_cost_kib: crate::MIN_KDF_M_COST_KIB,

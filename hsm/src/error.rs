@@ -10,6 +10,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HsmError {
+    /// A secret share (unseal ceremony) is malformed or does not fit the others.
+    #[error("invalid share: {0}")]
+    InvalidShare(String),
+
     /// The sealed blob is corrupt, was sealed under another key, or is bound to another context.
     #[error("sealed blob invalid: {0}")]
     SealedBlobInvalid(String),

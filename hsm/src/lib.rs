@@ -56,19 +56,22 @@ mod config;
 mod counter;
 mod error;
 mod fsutil;
+mod key_file;
 mod logsign;
 mod pkcs11;
 mod reseal;
 mod secret;
+pub mod shamir;
 mod software;
 pub mod testing;
 
 pub use config::{
-    LogSignerConfig, Pkcs11Config, ROLLBACK_COUNTER_FILE, SealerConfig, SoftwareConfig,
-    open_log_signer, open_rollback_counter, open_sealer,
+    LogSignerConfig, Pkcs11Config, ROLLBACK_COUNTER_FILE, SealerConfig, SoftwareConfig, UnsealMode,
+    open_log_signer, open_log_signer_with, open_rollback_counter, open_sealer, open_sealer_with,
 };
 pub use counter::{CounterValue, Pkcs11Counter, RollbackCounter, SealedFileCounter};
 pub use error::HsmError;
+pub use key_file::{KeyFileState, NODE_KEY_ID, open_key_file};
 pub use logsign::SealedLogSigner;
 pub use pkcs11::{LogKeyAlgorithm, Pkcs11LogSigner, Pkcs11Sealer, pkcs11_context};
 pub use reseal::{ResealReport, reseal, reseal_dir};

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod http;
 pub mod limits;
 pub mod tls;
+pub mod unseal;
 
 /// The database layer (`custos-db`), re-exported so the daemons reach it
 /// with their other plumbing; libraries depend on `custos-db` directly.

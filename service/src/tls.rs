@@ -34,6 +34,18 @@ pub fn identity(
     ))
 }
 
+/// A server identity whose private key the caller has read (e.g. unsealed).
+pub fn identity_with_key(
+    what: &'static str,
+    cert: &Path,
+    key_pem: &[u8],
+) -> Result<tonic::transport::Identity, PemError> {
+    Ok(tonic::transport::Identity::from_pem(
+        read(what, cert)?,
+        key_pem,
+    ))
+}
+
 /// A CA certificate, as tonic wants it.
 pub fn certificate(
     what: &'static str,

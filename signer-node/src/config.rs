@@ -41,6 +41,15 @@ pub struct SignerConfig {
     pub peers: Vec<PeerConfig>,
     /// How shares are sealed at rest.
     pub sealer: custos_hsm::SealerConfig,
+    /// Seal the libp2p identity and TLS key files with the sealer (default
+    /// true): a plain key file found at start is replaced by its sealed form
+    /// (`custos_hsm::open_key_file`).
+    #[serde(default = "yes")]
+    pub seal_key_files: bool,
+    /// The unseal ceremony's socket when `sealer.unseal = "ceremony"`
+    /// (default `<data_dir>/unseal.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseal_socket: Option<PathBuf>,
     /// Seconds a protocol session may take before it aborts (default 120).
     #[serde(default = "default_timeout")]
     pub session_timeout_secs: u64,
@@ -97,6 +106,8 @@ impl SignerConfig {
             tls,
             peers,
             sealer,
+            seal_key_files: true,
+            unseal_socket: None,
             session_timeout_secs: default_timeout(),
             aux_info_timeout_secs: default_aux_info_timeout(),
             drain_timeout_secs: default_drain_timeout(),
@@ -117,6 +128,10 @@ impl SignerConfig {
             });
         }
         self.limit_settings()?;
+        self.sealer.check().map_err(|e| ConfigError::Field {
+            field: "sealer".into(),
+            message: e.to_string(),
+        })?;
         refuse_dev_settings(&self.dev.set_fields(), mode)
     }
 }
@@ -180,6 +195,10 @@ impl Default for CosignerConfig {
             refusal_log_grace_secs: 300,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_timeout() -> u64 {

@@ -72,15 +72,21 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(config_error)?;
 
     // Fail closed: no sealer, no node.
-    let sealer = custos_hsm::open_sealer(&cfg.sealer, &data_dir)
-        .context("sealer (config field `sealer`)")
-        .map_err(config_error)?;
+    let sealer = open_sealer(&cfg, path, &data_dir).await?;
     let store = Store::open(&data_dir, &cfg.node_id, sealer).map_err(|e| Fatal(1, e.into()))?;
     let cosigner = Arc::new(open_cosigner(&cfg, path, &data_dir, &store)?);
 
-    let identity = p2p::load_identity(&resolve(path, &cfg.identity_key))
-        .context("config field `identity_key`")
-        .map_err(config_error)?;
+    let identity_path = resolve(path, &cfg.identity_key);
+    let identity = open_key_file(
+        &cfg,
+        &store,
+        "p2p-identity",
+        &identity_path,
+        p2p::MAX_IDENTITY_BYTES,
+    )
+    .and_then(|bytes| p2p::decode_identity(&identity_path, &bytes).map_err(anyhow::Error::from))
+    .context("config field `identity_key`")
+    .map_err(config_error)?;
     let mut pinned = Vec::new();
     let mut peer_ids = HashMap::new();
     for (i, p) in cfg.peers.iter().enumerate() {
@@ -108,10 +114,13 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .map_err(config_error)?;
 
     let tls = &cfg.tls;
-    let identity_tls = custos_service::tls::identity(
+    let tls_key = open_key_file(&cfg, &store, "tls-key", &resolve(path, &tls.key), 64 * 1024)
+        .context("config field `tls.key`")
+        .map_err(config_error)?;
+    let identity_tls = custos_service::tls::identity_with_key(
         "tls.cert/tls.key",
         &resolve(path, &tls.cert),
-        &resolve(path, &tls.key),
+        &tls_key,
     )
     .map_err(config_error)?;
     let client_ca =
@@ -248,6 +257,64 @@ impl tonic::service::Interceptor for PinnedCoordinator {
             ))
         }
     }
+}
+
+/// Opens the sealer: from the configured passphrase or PIN source, or, with
+/// `sealer.unseal = "ceremony"`, from operators through `custos unseal`
+/// (waiting sealed, `/healthz` saying so, until one gives what opens it).
+async fn open_sealer(
+    cfg: &SignerConfig,
+    path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Result<Box<dyn custos_hsm::Sealer>, Fatal> {
+    use custos_service::unseal;
+    if cfg.sealer.unseal_mode() == custos_hsm::UnsealMode::Auto {
+        return custos_hsm::open_sealer(&cfg.sealer, data_dir)
+            .context("sealer (config field `sealer`)")
+            .map_err(config_error);
+    }
+    let socket = cfg
+        .unseal_socket
+        .as_ref()
+        .map(|s| resolve(path, s))
+        .unwrap_or_else(|| data_dir.join(unseal::SOCKET_NAME));
+    unseal::wait_for_unseal(
+        &format!("signer {}", cfg.node_id),
+        &socket,
+        cfg.metrics.listen,
+        |p| custos_hsm::open_sealer_with(&cfg.sealer, data_dir, Some(p)).map_err(|e| e.to_string()),
+    )
+    .await
+    .map_err(|e| Fatal(1, e.into()))
+}
+
+/// Reads one of the node's private key files, sealing it in place first if
+/// it is plain and `seal_key_files` is on.
+fn open_key_file(
+    cfg: &SignerConfig,
+    store: &Store,
+    purpose: &str,
+    file: &std::path::Path,
+    max_len: u64,
+) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let (bytes, state) = custos_hsm::open_key_file(
+        store.sealer(),
+        &cfg.node_id,
+        purpose,
+        file,
+        max_len,
+        cfg.seal_key_files,
+    )?;
+    match state {
+        custos_hsm::KeyFileState::SealedNow => {
+            tracing::info!(file = %file.display(), purpose, "key file sealed in place with the node's sealer");
+        }
+        custos_hsm::KeyFileState::Plain => {
+            tracing::warn!(file = %file.display(), purpose, "key file is not sealed (seal_key_files = false)");
+        }
+        custos_hsm::KeyFileState::Sealed => {}
+    }
+    Ok(bytes)
 }
 
 /// How long the transport and the remaining tasks get to stop once the

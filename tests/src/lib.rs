@@ -662,3 +662,45 @@ pub fn cpu_time(pid: u32) -> Duration {
     // The kernel's USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
 }
+
+// ------------------------------------------------------------ plain helpers
+
+/// `GET path` on a plain HTTP listener (`/healthz`, `/metrics`), blocking:
+/// (status, body).
+pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (text[9..12].parse().unwrap(), body)
+}
+
+/// Runs `custos unseal <args>` with `stdin` as its standard input: (exit
+/// success, stdout and stderr together, stdout alone).
+pub fn unseal_cli(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin_dir().join("custos"))
+        .arg("unseal")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), all, stdout)
+}

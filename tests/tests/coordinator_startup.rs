@@ -154,3 +154,95 @@ async fn every_rpc_endpoint_of_a_chain_must_be_on_its_chain_id() {
         "endpoint paths are redacted: {err}"
     );
 }
+
+/// The coordinator's log key with `unseal = "ceremony"` (issue 22): no
+/// passphrase file anywhere; the coordinator waits sealed (`/healthz` 503
+/// "sealed") until an operator gives the passphrase with `custos unseal`; a
+/// wrong one is refused and the wait goes on.
+#[test]
+fn coordinator_log_key_unsealed_by_an_operator() {
+    let (_d, layout) = layout();
+    let c = &layout.coordinator;
+    let cfg = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(
+        &c.config,
+        format!(
+            "{cfg}\n[audit.signer]\nbackend = \"software\"\nkey_file = \"{}\"\nunseal = \"ceremony\"\ncreate_key = true\nkdf = {{ m_cost_kib = 19456, t_cost = 2, p_cost = 1 }}\n",
+            c.data_dir.join("log-key.sealed").display()
+        ),
+    )
+    .unwrap();
+    let socket = c.data_dir.join("unseal.sock");
+    let socket_arg = socket.to_str().unwrap().to_owned();
+    let submit = |socket: &str, secret: &str| {
+        let (ok, text, _) =
+            custos_tests::unseal_cli(&["submit", "--socket", socket], &format!("{secret}\n"));
+        (ok, text)
+    };
+    let spawn = || {
+        let mut child = Command::new(custos_tests::bin_dir().join("custos-coordinator"))
+            .arg("--config")
+            .arg(&c.config)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the coordinator exited"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no unseal socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let until_unsealed = |child: &mut std::process::Child| {
+        let started = std::time::Instant::now();
+        while socket.exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the coordinator exited"
+            );
+            assert!(started.elapsed() < Duration::from_secs(30), "still sealed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // First start: the log key and its KEK are made under the passphrase
+    // the operator gives.
+    let mut child = spawn();
+    let (code, body) = custos_tests::http_get_blocking(c.metrics_listen, "/healthz");
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not ready: sealed (waiting for `custos unseal`)")
+    );
+    assert!(std::net::TcpStream::connect(c.grpc_listen).is_err());
+    let (ok, text) = submit(&socket_arg, "log key passphrase");
+    assert!(ok && text.contains("coordinator: unsealed"), "{text}");
+    until_unsealed(&mut child);
+    assert!(c.data_dir.join("log-key.sealed").exists());
+    assert!(
+        !c.data_dir.join("log-key.pass").exists(),
+        "no passphrase is stored"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Next start: only that passphrase opens it.
+    let mut child = spawn();
+    let (ok, text) = submit(&socket_arg, "another passphrase");
+    assert!(!ok && text.contains("does not open the key"), "{text}");
+    assert_eq!(
+        custos_tests::http_get_blocking(c.metrics_listen, "/healthz").0,
+        503
+    );
+    let (ok, text) = submit(&socket_arg, "log key passphrase");
+    assert!(ok, "{text}");
+    until_unsealed(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

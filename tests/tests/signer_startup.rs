@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use custos_devkit::{ClusterLayout, ClusterSpec};
-use custos_tests::{bin_dir, primes_fixture};
+use custos_tests::{bin_dir, primes_fixture, unseal_cli};
 
 use custos_tests::{SOFTHSM2_MODULE, pkcs11_table, set_sealer};
 const EXIT_CONFIG: i32 = 78;
@@ -426,4 +426,158 @@ fn aux_fixture_only_for_its_own_dev_group() {
     );
     let line = assert_refused(&f.run(&[]), &["dev.aux_fixture"]);
     assert!(line.contains("not made from this node's primes"), "{line}");
+}
+
+/// Waits until `cond` holds (or fails after 30 s, with `what`).
+fn wait_until(what: &str, child: &mut std::process::Child, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+            }
+            panic!("custos-signer exited ({status}) while waiting for {what}:\n{err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_signer(config: &Path) -> std::process::Child {
+    Command::new(bin_dir().join("custos-signer"))
+        .arg("--config")
+        .arg(config)
+        .current_dir(config.parent().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The unseal ceremony (issue 22): a signer with `unseal = "ceremony"` keeps
+/// no passphrase; it starts sealed (`/healthz` 503 "sealed", nothing else
+/// listening) until operators give it 2 of 3 Shamir shares (or the whole
+/// passphrase) with `custos unseal`; wrong shares and passphrases are
+/// refused without losing the wait; its identity and TLS keys are sealed
+/// in place at the first start and open again at the next; SIGTERM ends a
+/// sealed wait.
+#[test]
+fn unseal_ceremony_with_shares_and_sealed_key_files() {
+    let f = Fixture::new();
+    let s = &f.layout.signers[0];
+    std::fs::remove_file(&s.passphrase_file).unwrap();
+    f.set_sealer(
+        "backend = \"software\"\nunseal = \"ceremony\"\ncreate_kek = true\nkdf = { m_cost_kib = 19456, t_cost = 2, p_cost = 1 }\n",
+    );
+    let socket = s.data_dir.join("unseal.sock");
+    let sock = socket.to_str().unwrap();
+
+    // Split the passphrase: 3 shares, any 2 unseal.
+    let (ok, all, stdout) = unseal_cli(&["split", "-k", "2", "-n", "3"], "Correct horse battery\n");
+    assert!(ok, "{all}");
+    let shares: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    assert_eq!(shares.len(), 3, "{all}");
+    assert!(!all.contains("Correct horse"));
+    let (_, _, other) = unseal_cli(&["split", "-k", "2", "-n", "2", "--json"], "another\n");
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+
+    let mut child = spawn_signer(f.config());
+    wait_until("unseal socket", &mut child, || socket.exists());
+    let (code, body) = custos_tests::http_get_blocking(s.http_listen, "/healthz");
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not ready: sealed (waiting for `custos unseal`)")
+    );
+    assert!(
+        std::net::TcpStream::connect(s.control_listen).is_err(),
+        "the control API must not listen while sealed"
+    );
+
+    let (ok, out, _stdout) = unseal_cli(&["submit", "--socket", sock], &format!("{}\n", shares[0]));
+    assert!(ok, "{out}");
+    assert!(out.contains("share accepted: 1 of 2"), "{}", out);
+    let (_, body) = custos_tests::http_get_blocking(s.http_listen, "/healthz");
+    assert!(body.contains("sealed (1 of 2 shares received)"), "{body}");
+    // A share of another split is refused and names the way out.
+    let wrong = other["shares"][0].as_str().unwrap();
+    let (ok, out, _stdout) = unseal_cli(&["submit", "--socket", sock], &format!("{wrong}\n"));
+    assert!(!ok, "{out}");
+    assert!(out.contains("custos unseal reset"), "{}", out);
+    // A mistyped share is caught by the CLI before it is sent.
+    let typo = shares[1].replacen("custos-share1-2-2-", "custos-share1-2-3-", 1);
+    let (_ok, out, _stdout) = unseal_cli(&["submit", "--socket", sock], &format!("{typo}\n"));
+    assert!(out.contains("mistyped"), "{}", out);
+    let (_ok, _out, stdout) = unseal_cli(&["status", "--socket", sock, "--json"], "");
+    let st: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (st["state"].as_str(), st["shares"].as_u64()),
+        (Some("sealed"), Some(1))
+    );
+
+    let (_ok, out, _stdout) =
+        unseal_cli(&["submit", "--socket", sock], &format!("{}\n", shares[2]));
+    assert!(out.contains("unsealed"), "{}", out);
+    wait_until("readiness", &mut child, || {
+        std::net::TcpStream::connect(s.http_listen).is_ok()
+            && custos_tests::http_get_blocking(s.http_listen, "/healthz").0 == 200
+    });
+    assert!(!socket.exists(), "the socket goes once unsealed");
+    for key in [&s.identity_key, &s.tls_key] {
+        let bytes = std::fs::read(key).unwrap();
+        assert!(
+            bytes.starts_with(b"CSTSEAL"),
+            "{} is not sealed",
+            key.display()
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Next start: a wrong passphrase is refused, the right one (whole)
+    // opens the KEK and the sealed key files.
+    let mut child = spawn_signer(f.config());
+    wait_until("unseal socket", &mut child, || socket.exists());
+    let (ok, out, _stdout) = unseal_cli(&["submit", "--socket", sock], "Correct horse\n");
+    assert!(!ok, "{out}");
+    assert!(out.contains("does not open the key"), "{}", out);
+    let (ok, out, _stdout) = unseal_cli(&["submit", "--socket", sock], "Correct horse battery\n");
+    assert!(ok, "{out}");
+    wait_until("readiness", &mut child, || {
+        std::net::TcpStream::connect(s.http_listen).is_ok()
+            && custos_tests::http_get_blocking(s.http_listen, "/healthz").0 == 200
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // SIGTERM while sealed: the node stops, the socket goes.
+    let mut child = spawn_signer(f.config());
+    wait_until("unseal socket", &mut child, || socket.exists());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped while sealed"));
+    assert!(!socket.exists());
+}
+
+/// A config that sets both a passphrase source and the ceremony is refused.
+#[test]
+fn unseal_ceremony_and_a_passphrase_file_exclude_each_other() {
+    let f = Fixture::new();
+    f.set_sealer(
+        "backend = \"software\"\nunseal = \"ceremony\"\npassphrase_file = \"passphrase\"\n",
+    );
+    let line = assert_refused(&f.run(&[]), &["sealer"]);
+    assert!(line.contains("remove passphrase_file"), "{line}");
 }

@@ -13,5 +13,6 @@ pub mod ledger;
 pub mod policy;
 pub mod report;
 pub mod token;
+pub mod unseal;
 pub mod view;
 pub mod withdraw;

@@ -74,10 +74,18 @@ pub fn load_identity(path: &Path) -> Result<Keypair, P2pError> {
     Read::take(&mut file, MAX_IDENTITY_FILE_BYTES)
         .read_to_end(&mut bytes)
         .map_err(|e| err(path, IdentityProblem::Unreadable(e.to_string())))?;
+    decode_identity(path, &bytes)
+}
+
+/// Largest identity file accepted, bytes (before sealing).
+pub const MAX_IDENTITY_BYTES: u64 = MAX_IDENTITY_FILE_BYTES;
+
+/// Decodes the keypair read (or unsealed) from `path`.
+pub fn decode_identity(path: &Path, bytes: &[u8]) -> Result<Keypair, P2pError> {
     if bytes.is_empty() {
         return Err(err(path, IdentityProblem::NotAKey("file is empty".into())));
     }
-    Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+    Keypair::from_protobuf_encoding(bytes).map_err(|e| {
         err(
             path,
             IdentityProblem::NotAKey(format!("not a protobuf-encoded libp2p keypair: {e}")),

@@ -67,7 +67,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use codec::PROTOCOL;
-pub use identity::{generate_identity_file, load_identity, write_identity_file};
+pub use identity::{
+    MAX_IDENTITY_BYTES, decode_identity, generate_identity_file, load_identity, write_identity_file,
+};
 
 /// Default cap on one message: 8 MiB, well above the largest cggmp21 round
 /// message (Paillier proofs are a few hundred KiB).
