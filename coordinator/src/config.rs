@@ -17,6 +17,12 @@ pub struct CoordinatorConfig {
     /// (default `<data_dir>/unseal.sock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unseal_socket: Option<PathBuf>,
+    /// Seal the TLS key files (`tls.key`, `tls.client_key`) with the
+    /// software log key's sealer (default true): a plain key file found at
+    /// start is replaced by its sealed form. A token log key has no software
+    /// sealer: the files then stay plain (logged).
+    #[serde(default = "yes")]
+    pub seal_key_files: bool,
     /// gRPC API listen address (TLS).
     pub grpc_listen: SocketAddr,
     /// HTTP API listen address (the `/v1` REST routes), over TLS with
@@ -123,6 +129,7 @@ impl CoordinatorConfig {
         Self {
             data_dir,
             unseal_socket: None,
+            seal_key_files: true,
             grpc_listen,
             http_listen,
             metrics: default_metrics(),
@@ -239,6 +246,10 @@ impl CoordinatorConfig {
     pub fn limit_settings(&self) -> Result<LimitSettings, ConfigError> {
         self.limits.resolve(LimitSettings::default(), "limits")
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_metrics() -> MetricsSettings {

@@ -119,30 +119,70 @@ fn log_signer_config(
     }
 }
 
+/// The log key and, for a software key, its sealer (which also seals the
+/// coordinator's TLS keys).
+type LogKey = (
+    Arc<dyn custos_audit::LogSigner>,
+    Option<Box<dyn custos_hsm::Sealer>>,
+);
+
 async fn open_log_key(
     cfg: &CoordinatorConfig,
     path: &Path,
     data_dir: &Path,
-) -> Result<Arc<dyn custos_audit::LogSigner>, Fatal> {
+) -> Result<LogKey, Fatal> {
     let c = log_signer_config(cfg, path, data_dir)?;
-    if c.unseal_mode() == custos_hsm::UnsealMode::Auto {
-        let signer = custos_hsm::open_log_signer(&c)
-            .map_err(|e| config_error(anyhow!("config field `audit.signer`: {e}")))?;
-        return Ok(Arc::from(signer));
-    }
-    // `unseal = "ceremony"`: wait sealed for operators (`custos unseal`).
-    let socket = cfg
-        .unseal_socket
-        .as_ref()
-        .map(|s| resolve(path, s))
-        .unwrap_or_else(|| data_dir.join(custos_service::unseal::SOCKET_NAME));
-    let signer =
+    let opened = if c.unseal_mode() == custos_hsm::UnsealMode::Auto {
+        custos_hsm::open_log_key(&c, None)
+            .map_err(|e| config_error(anyhow!("config field `audit.signer`: {e}")))?
+    } else {
+        // `unseal = "ceremony"`: wait sealed for operators (`custos unseal`).
+        let socket = cfg
+            .unseal_socket
+            .as_ref()
+            .map(|s| resolve(path, s))
+            .unwrap_or_else(|| data_dir.join(custos_service::unseal::SOCKET_NAME));
         custos_service::unseal::wait_for_unseal("coordinator", &socket, cfg.metrics.listen, |p| {
-            custos_hsm::open_log_signer_with(&c, Some(p)).map_err(|e| e.to_string())
+            custos_hsm::open_log_key(&c, Some(p)).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| Fatal(1, e.into()))?;
-    Ok(Arc::from(signer))
+        .map_err(|e| Fatal(1, e.into()))?
+    };
+    Ok((Arc::from(opened.signer), opened.sealer))
+}
+
+/// The node id the coordinator's own key files are sealed under.
+const COORDINATOR_NODE_ID: &str = "coordinator";
+
+/// Reads one of the coordinator's TLS private keys (`field`), sealing it in
+/// place with the log key's sealer first if it is plain and
+/// `seal_key_files` is on.
+fn open_key_file(
+    cfg: &CoordinatorConfig,
+    sealer: Option<&dyn custos_hsm::Sealer>,
+    field: &str,
+    purpose: &str,
+    file: &Path,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Fatal> {
+    let read_plain = || {
+        std::fs::read(file)
+            .map(zeroize::Zeroizing::new)
+            .with_context(|| format!("config field `{field}`: {}", file.display()))
+            .map_err(config_error)
+    };
+    let Some(sealer) = sealer.filter(|_| cfg.seal_key_files) else {
+        if cfg.seal_key_files {
+            tracing::warn!(file = %file.display(), "the log key is on a token: TLS key files stay plain");
+        }
+        return read_plain();
+    };
+    let (bytes, state) =
+        custos_hsm::open_key_file(sealer, COORDINATOR_NODE_ID, purpose, file, 64 * 1024, true)
+            .map_err(|e| config_error(anyhow!("config field `{field}`: {e}")))?;
+    if state == custos_hsm::KeyFileState::SealedNow {
+        tracing::info!(file = %file.display(), purpose, "key file sealed in place with the log key's sealer");
+    }
+    Ok(bytes)
 }
 
 async fn run(args: Args) -> Result<(), Fatal> {
@@ -169,7 +209,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
 /// `custos-coordinator log-key`.
 async fn print_log_key(cfg: &CoordinatorConfig, path: &Path) -> Result<(), Fatal> {
     let data_dir = data_dir(cfg, path)?;
-    let signer = open_log_key(cfg, path, &data_dir).await?;
+    let (signer, _) = open_log_key(cfg, path, &data_dir).await?;
     let key = custos_audit::note::VerifierKey::from_signer(
         &cfg.audit.origin,
         custos_audit::note::SIG_TYPE_ED25519,
@@ -212,11 +252,19 @@ async fn build(
 ) -> Result<Parts, Fatal> {
     let data_dir = data_dir(cfg, path)?;
     let authenticator = authenticator(cfg, path)?;
+    let (log_signer, key_sealer) = open_log_key(cfg, path, &data_dir).await?;
     let tls = &cfg.tls;
-    let server_id = custos_service::tls::identity(
+    let server_key = open_key_file(
+        cfg,
+        key_sealer.as_deref(),
+        "tls.key",
+        "tls-key",
+        &resolve(path, &tls.key),
+    )?;
+    let server_id = custos_service::tls::identity_with_key(
         "tls.cert/tls.key",
         &resolve(path, &tls.cert),
-        &resolve(path, &tls.key),
+        &server_key,
     )
     .map_err(config_error)?;
     let mut grpc_tls = ServerTlsConfig::new().identity(server_id);
@@ -225,10 +273,17 @@ async fn build(
             .map_err(config_error)?;
         grpc_tls = grpc_tls.client_ca_root(ca).client_auth_optional(true);
     }
-    let client_id = custos_service::tls::identity(
+    let client_key = open_key_file(
+        cfg,
+        key_sealer.as_deref(),
+        "tls.client_key",
+        "tls-client-key",
+        &resolve(path, &tls.client_key),
+    )?;
+    let client_id = custos_service::tls::identity_with_key(
         "tls.client_cert/tls.client_key",
         &resolve(path, &tls.client_cert),
-        &resolve(path, &tls.client_key),
+        &client_key,
     )
     .map_err(config_error)?;
     let signer_ca =
@@ -240,7 +295,6 @@ async fn build(
         None => custos_coordinator::storage::open(&data_dir).await,
     }
     .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
-    let log_signer = open_log_key(cfg, path, &data_dir).await?;
     let stale = db
         .fail_stale_presigs()
         .await
@@ -328,10 +382,11 @@ async fn build(
         tracing::warn!(listen = %cfg.http_listen, "DEV CLUSTER: HTTP API without TLS");
         ApiListener::plain(http)
     } else {
-        let tls = custos_service::tls::server_config(
+        let tls = custos_service::tls::server_config_with_key(
             "tls.cert/tls.key",
             &resolve(path, &tls.cert),
             &resolve(path, &tls.key),
+            &server_key,
         )
         .map_err(config_error)?;
         ApiListener::tls(http, tls)

@@ -303,6 +303,32 @@ pub fn open_log_signer_with(
     cfg: &LogSignerConfig,
     given: Option<&crate::Passphrase>,
 ) -> Result<Box<dyn LogSigner>, HsmError> {
+    open_log_key(cfg, given).map(|k| k.signer)
+}
+
+/// An opened log-signing key and, for the software backend, the sealer
+/// protecting it, which the coordinator also seals its TLS keys with.
+pub struct OpenedLogKey {
+    /// The log signer.
+    pub signer: Box<dyn LogSigner>,
+    /// The software KEK that seals it (none for a token key).
+    pub sealer: Option<Box<dyn Sealer>>,
+}
+
+impl std::fmt::Debug for OpenedLogKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedLogKey")
+            .field("sealer", &self.sealer.as_ref().map(|s| s.backend()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the log key (with the passphrase an unseal ceremony gave, if any)
+/// and keeps its sealer.
+pub fn open_log_key(
+    cfg: &LogSignerConfig,
+    given: Option<&crate::Passphrase>,
+) -> Result<OpenedLogKey, HsmError> {
     match cfg {
         LogSignerConfig::Software {
             key_file,
@@ -325,11 +351,11 @@ pub fn open_log_signer_with(
                 _ => Path::new("."),
             };
             let sealer = SoftwareSealer::open_with_params(dir, &pass, *create_key, kdf)?;
-            Ok(Box::new(SealedLogSigner::open(
-                &sealer,
-                key_file,
-                *create_key,
-            )?))
+            let signer = SealedLogSigner::open(&sealer, key_file, *create_key)?;
+            Ok(OpenedLogKey {
+                signer: Box::new(signer),
+                sealer: Some(Box::new(sealer)),
+            })
         }
         LogSignerConfig::Pkcs11 {
             module,
@@ -342,14 +368,18 @@ pub fn open_log_signer_with(
         } => {
             let pin =
                 crate::Secret::from_file_or_env("pin", pin_file.as_deref(), pin_env.as_deref())?;
-            Ok(Box::new(Pkcs11LogSigner::open(
+            let signer = Pkcs11LogSigner::open(
                 module,
                 token_label,
                 &pin,
                 key_label,
                 *algorithm,
                 *create_key,
-            )?))
+            )?;
+            Ok(OpenedLogKey {
+                signer: Box::new(signer),
+                sealer: None,
+            })
         }
     }
 }

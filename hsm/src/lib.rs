@@ -66,8 +66,9 @@ mod software;
 pub mod testing;
 
 pub use config::{
-    LogSignerConfig, Pkcs11Config, ROLLBACK_COUNTER_FILE, SealerConfig, SoftwareConfig, UnsealMode,
-    open_log_signer, open_log_signer_with, open_rollback_counter, open_sealer, open_sealer_with,
+    LogSignerConfig, OpenedLogKey, Pkcs11Config, ROLLBACK_COUNTER_FILE, SealerConfig,
+    SoftwareConfig, UnsealMode, open_log_key, open_log_signer, open_log_signer_with,
+    open_rollback_counter, open_sealer, open_sealer_with,
 };
 pub use counter::{CounterValue, Pkcs11Counter, RollbackCounter, SealedFileCounter};
 pub use error::HsmError;

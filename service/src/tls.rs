@@ -94,6 +94,16 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with_key(what, cert, key, &read(what, key)?)
+}
+
+/// [`server_config`] with the key already read (e.g. unsealed) from `key`.
+pub fn server_config_with_key(
+    what: &'static str,
+    cert: &Path,
+    key: &Path,
+    key_pem: &[u8],
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let pem_err = |path: &Path, message: String| TlsError::Pem {
@@ -107,7 +117,7 @@ pub fn server_config(
     if chain.is_empty() {
         return Err(pem_err(cert, "no CERTIFICATE block".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_slice(&read(what, key)?)
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| pem_err(key, format!("no usable private key: {e}")))?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -184,7 +184,6 @@ pub async fn wait_for_unseal<T>(
     metrics: SocketAddr,
     mut open: impl FnMut(&Passphrase) -> Result<T, String>,
 ) -> Result<T, UnsealError> {
-    let listener = bind(socket)?;
     let held = Arc::new(Mutex::new(Held { shares: Vec::new() }));
     let stop_health = CancellationToken::new();
     let health_task = match tokio::net::TcpListener::bind(metrics).await {
@@ -197,6 +196,14 @@ pub async fn wait_for_unseal<T>(
         Err(e) => {
             tracing::warn!(%metrics, error = %e, "cannot serve /healthz while sealed");
             None
+        }
+    };
+    // The socket last: once it exists, `/healthz` already says "sealed".
+    let listener = match bind(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            stop_health.cancel();
+            return Err(e);
         }
     };
     tracing::warn!(socket = %socket.display(), "{daemon} is sealed: waiting for `custos unseal --socket {}`", socket.display());

@@ -579,6 +579,30 @@ pub async fn start_flow_tuned(
 pub type SignerClient =
     custos_proto::signer::signer_control_client::SignerControlClient<tonic::transport::Channel>;
 
+/// The coordinator's TLS client key as the running coordinator holds it:
+/// its first start sealed the file with the dev cluster's log-key sealer,
+/// which an attacker on its host (or this test) opens with the passphrase
+/// file beside it.
+pub fn coordinator_client_key(layout: &ClusterLayout) -> zeroize::Zeroizing<Vec<u8>> {
+    let c = &layout.coordinator;
+    let bytes = std::fs::read(&c.client_key).unwrap();
+    if !bytes.starts_with(custos_hsm::blob::MAGIC) {
+        return zeroize::Zeroizing::new(bytes);
+    }
+    let pass = custos_hsm::Passphrase::from_file(&c.data_dir.join("log-key.pass")).unwrap();
+    let sealer = custos_hsm::SoftwareSealer::open(&c.data_dir, &pass, false).unwrap();
+    let (key, _) = custos_hsm::open_key_file(
+        &sealer,
+        "coordinator",
+        "tls-client-key",
+        &c.client_key,
+        64 * 1024,
+        false,
+    )
+    .unwrap();
+    key
+}
+
 /// SignerControl clients authenticated with the coordinator's own mTLS
 /// identity, by node id: what an attacker who owns the coordinator host has.
 pub async fn coordinator_signer_clients(layout: &ClusterLayout) -> Vec<(String, SignerClient)> {
@@ -586,7 +610,7 @@ pub async fn coordinator_signer_clients(layout: &ClusterLayout) -> Vec<(String, 
     let ca = Certificate::from_pem(std::fs::read(&layout.ca_cert).unwrap());
     let id = Identity::from_pem(
         std::fs::read(&layout.coordinator.client_cert).unwrap(),
-        std::fs::read(&layout.coordinator.client_key).unwrap(),
+        coordinator_client_key(layout).as_slice(),
     );
     let mut out = Vec::new();
     for s in &layout.signers {
@@ -669,7 +693,16 @@ pub fn cpu_time(pid: u32) -> Duration {
 /// (status, body).
 pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // A daemon moving from its sealed listener to its own one is briefly
+    // not listening: retry the connection for a while.
+    let started = std::time::Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() > Duration::from_secs(10) => panic!("{addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

@@ -225,6 +225,22 @@ fn coordinator_log_key_unsealed_by_an_operator() {
     assert!(ok && text.contains("coordinator: unsealed"), "{text}");
     until_unsealed(&mut child);
     assert!(c.data_dir.join("log-key.sealed").exists());
+    // Its TLS keys are sealed in place with the log key's sealer.
+    let started = std::time::Instant::now();
+    for key in [&c.server_key, &c.client_key] {
+        while !std::fs::read(key).unwrap().starts_with(b"CSTSEAL") {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the coordinator exited"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} not sealed",
+                key.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     assert!(
         !c.data_dir.join("log-key.pass").exists(),
         "no passphrase is stored"
