@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use custos_chains::evm::address::parse_address;
 use custos_chains::evm::rpc::EvmRpc;
@@ -200,6 +201,32 @@ async fn demo_withdraws_on_anvil_through_policy_and_approvals() {
     assert_eq!(second["funding"], Value::Null, "{second}");
     assert_eq!(second["ethereum_address"], first["ethereum_address"]);
     assert_ne!(second["tx_hash"], first["tx_hash"]);
+
+    // The ledger reconciles with the node out of the box: the funding was
+    // credited as a deposit from anvil's blocks (issue 19), the payouts and
+    // fees debited; reconcile takes the configured chain's own endpoint.
+    let started = std::time::Instant::now();
+    loop {
+        let out = custos(&[
+            "ledger",
+            "reconcile",
+            "--chain",
+            "anvil",
+            "--json",
+            "--cluster",
+            &dir,
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if out.status.success() && v["ok"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "ledger and anvil disagree: {v} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Another node: refused, naming the cluster's node and how to restart.
     let other = "http://127.0.0.1:1";

@@ -139,6 +139,42 @@ async fn approvers_and_backends_drive_withdrawals_through_the_cli() {
     let e = fails(&dir, &["key", "unlock", "demo-hot", "--reason", " "]);
     assert!(e.contains("--reason"), "{e}");
 
+    // A key ceremony from the CLI (issue 19): created by the signer group,
+    // listed with its address; a bad id is refused naming it.
+    let created = json(&ok(
+        &dir,
+        &["key", "create", "ops-cold-2", "--chain", "anvil", "--json"],
+    ));
+    assert_eq!(created["threshold"], 2, "{created}");
+    assert_eq!(
+        created["participants"].as_array().unwrap().len(),
+        3,
+        "{created}"
+    );
+    let address = created["address"].as_str().unwrap().to_owned();
+    assert!(
+        address.starts_with("0x") && address.len() == 42,
+        "{created}"
+    );
+    let listed = json(&ok(&dir, &["key", "list", "--json"]));
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"demo-hot") && ids.contains(&"ops-cold-2"),
+        "{listed}"
+    );
+    let table = ok(&dir, &["key", "list"]);
+    assert!(
+        table.contains(&address) && table.contains("2-of-3"),
+        "{table}"
+    );
+    let e = fails(&dir, &["key", "create", "bad id!", "--chain", "anvil"]);
+    assert!(e.contains("key_id"), "{e}");
+
     // A large withdrawal: shown from its statement, approved by two treasurers,
     // cancelled by security during the time lock.
     let w = withdraw(&dir, PAYROLL, "3000000000000000000", "awaiting_approvals");

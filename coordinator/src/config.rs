@@ -412,9 +412,10 @@ pub struct LedgerSettings {
     /// JSON-RPC URL of the EVM node `GET /v1/ledger/reconcile?chain=eth`
     /// reads balances from (admins may pass another one per request).
     pub eth_rpc_url: Option<String>,
-    /// How often confirmed deposits into the wallets on UTXO chains are read
-    /// from the nodes and credited (each once, by `<chain>:<txid>:<vout>`),
-    /// ms (default 5000).
+    /// How often confirmed deposits into the wallets are read from the
+    /// nodes and credited, each once (UTXO chains: `<chain>:<txid>:<vout>`;
+    /// EVM chains: `<chain>:<tx hash>` for ETH, `<chain>:<tx hash>:log<n>`
+    /// for a configured ERC-20), ms (default 5000).
     pub deposit_scan_ms: u64,
 }
 

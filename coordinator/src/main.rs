@@ -533,11 +533,12 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
         );
     if let Some(e) = &p.engine {
         tasks.spawn("withdrawal ticker", e.clone().run());
-        if cfg.ledger.enabled && e.chains().has_utxo() {
+        if cfg.ledger.enabled && (e.chains().has_utxo() || e.chains().has_evm()) {
             tasks.spawn_until_stopped(
                 "deposit watcher",
                 p.adapters.clone().credit_deposits_forever(
                     e.chains().clone(),
+                    e.tokens(),
                     Duration::from_millis(cfg.ledger.deposit_scan_ms.max(100)),
                 ),
             );

@@ -737,3 +737,42 @@ pub fn unseal_cli(args: &[&str], stdin: &str) -> (bool, String, String) {
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     (out.status.success(), all, stdout)
 }
+
+/// A wallet's ledger balances of kind `external` (what came in from
+/// outside, negative; what went out, positive) by asset, read with
+/// `custos ledger balances` from the dev cluster in `dir`.
+pub fn external_balances(
+    dir: &std::path::Path,
+    wallet: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args([
+            "ledger",
+            "balances",
+            "--wallet",
+            wallet,
+            "--json",
+            "--cluster",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "external")
+        .map(|b| {
+            (
+                b["asset"].as_str().unwrap().to_owned(),
+                b["amount"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}

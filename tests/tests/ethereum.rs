@@ -170,6 +170,9 @@ chain_id = {CHAIN_ID}
 rpc_url = "{url}"
 rpc_timeout_ms = 1000
 {chain_extra}
+
+[ledger]
+deposit_scan_ms = 300
 "#
     )
 }
@@ -422,11 +425,43 @@ async fn default_configuration_on_one_cluster() {
     let rpc = rpc(&anvil.url);
     // First transaction of the dev account: the token address the config expects.
     let token = deploy_mini(&rpc).await;
-    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many"]).await;
+    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many", "w-dep"]).await;
+    deposits_are_credited_from_the_blocks(&fc, &rpc, wallets[3]).await;
     eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
     ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
     onchain_transactions_match_the_log(&fc, &rpc, &anvil.url, wallets[2]).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// Deposit detection on EVM chains (issue 19): ETH sent to a wallet and
+/// ERC-20 `Transfer`s to it are read from anvil's blocks and credited to the
+/// ledger once each, after the chain's confirmations; later scans credit
+/// nothing twice.
+async fn deposits_are_credited_from_the_blocks(fc: &FlowCluster, rpc: &EvmRpc, wallet: Address) {
+    fund(rpc, wallet, 2 * ETH).await;
+    fund(rpc, wallet, ETH / 4).await;
+    mini_transfer(rpc, wallet, U256::from(5 * ETH)).await;
+    let want: std::collections::BTreeMap<String, String> = [
+        ("ETH".to_owned(), format!("-{}", 2 * ETH + ETH / 4)),
+        ("MINI".to_owned(), format!("-{}", 5 * ETH)),
+    ]
+    .into();
+    let started = Instant::now();
+    while external_balances(&fc.tc.cluster.layout().dir, "w-dep") != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "deposits not credited: {:?}",
+            external_balances(&fc.tc.cluster.layout().dir, "w-dep")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    mine(rpc, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        external_balances(&fc.tc.cluster.layout().dir, "w-dep"),
+        want,
+        "credited twice"
+    );
 }
 
 /// `custos audit verify --evm-rpc` (docs/SECURITY.md case 47): every nonce

@@ -375,30 +375,9 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
     // same address not counted as a deposit.
     let dir = fc.tc.cluster.layout().dir.clone();
     let external = || {
-        let out = std::process::Command::new(bin_dir().join("custos"))
-            .args([
-                "ledger",
-                "balances",
-                "--wallet",
-                "ltc-hot",
-                "--json",
-                "--cluster",
-            ])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["balances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["asset"] == "LTC" && b["kind"] == "external")
-            .map(|b| b["amount"].as_str().unwrap().to_owned())
+        custos_tests::external_balances(&dir, "ltc-hot")
+            .get("LTC")
+            .cloned()
     };
     let deposited = (9 * LTC / 10 - LTC / 2).to_string();
     let started = Instant::now();

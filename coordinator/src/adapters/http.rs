@@ -582,11 +582,17 @@ async fn evm_holdings(
                     .into(),
             ));
         }
-        None => s.eth_rpc_url.clone().ok_or_else(|| {
-            bad_request(
-                "rpc: no RPC endpoint (pass rpc=URL as admin, or configure [ledger] eth_rpc_url)",
-            )
-        })?,
+        // The chain's own endpoint when it is a configured EVM chain.
+        None => s
+            .chains
+            .evm(chain)
+            .map(|c| c.settings.rpc_url.clone())
+            .or_else(|| s.eth_rpc_url.clone())
+            .ok_or_else(|| {
+                bad_request(
+                    "rpc: no RPC endpoint (pass rpc=URL as admin, configure [ledger] eth_rpc_url, or name a configured EVM chain)",
+                )
+            })?,
     };
     let rpc = custos_chains::evm::rpc::EvmRpc::new(custos_chains::evm::rpc::RpcConfig::new(&url))
         .map_err(bad_request)?;

@@ -78,40 +78,71 @@ impl Adapters {
     pub async fn credit_deposits_forever(
         self: Arc<Self>,
         chains: Arc<crate::chain::Chains>,
+        tokens: Vec<crate::chain::evm_deposits::Token>,
         every: std::time::Duration,
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let deposits = match chains.utxo_deposits().await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot scan for deposits");
-                    continue;
-                }
-            };
-            for d in deposits {
-                match self
-                    .credit_deposit(&d.wallet, &d.asset, u128::from(d.amount), &d.reference)
-                    .await
-                {
-                    Ok(true) => {
-                        self.gauges
-                            .deposits_credited
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(
-                            chain = %d.chain, wallet = %d.wallet, asset = %d.asset,
-                            amount = d.amount, reference = %d.reference,
-                            confirmations = d.confirmations, "deposit credited"
-                        );
+            if chains.has_utxo() {
+                match chains.utxo_deposits().await {
+                    Ok(d) => {
+                        self.credit_all(&d).await;
                     }
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(reference = %d.reference, error = %e,
-                        "deposit not credited; retrying at the next scan"),
+                    Err(e) => tracing::warn!(error = %e, "cannot scan for deposits"),
+                }
+            }
+            if chains.has_evm() {
+                let scans = match chains.evm_deposits(&tokens).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot scan for deposits");
+                        continue;
+                    }
+                };
+                for scan in scans {
+                    // The cursor moves only past blocks whose every deposit
+                    // is in the ledger (a failed one is found again).
+                    if self.credit_all(&scan.deposits).await
+                        && let Err(e) = chains
+                            .advance_evm_cursor(&scan.chain, scan.next_block)
+                            .await
+                    {
+                        tracing::warn!(chain = %scan.chain, error = %e, "deposit scan position not saved; the blocks are scanned again");
+                    }
                 }
             }
         }
+    }
+
+    /// Credits each deposit once; whether every one is in the ledger now.
+    async fn credit_all(&self, deposits: &[crate::chain::deposits::Deposit]) -> bool {
+        let mut all = true;
+        for d in deposits {
+            match self
+                .credit_deposit(&d.wallet, &d.asset, d.amount, &d.reference)
+                .await
+            {
+                Ok(true) => {
+                    self.gauges
+                        .deposits_credited
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        chain = %d.chain, wallet = %d.wallet, asset = %d.asset,
+                        amount = %d.amount, reference = %d.reference,
+                        confirmations = d.confirmations, "deposit credited"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    all = false;
+                    tracing::error!(reference = %d.reference, error = %e,
+                        "deposit not credited; retrying at the next scan");
+                }
+            }
+        }
+        all
     }
 
     /// Credits a deposit to `wallet`'s available balance in the ledger,

@@ -32,7 +32,7 @@ pub struct Deposit {
     /// The chain's native coin ("LTC").
     pub asset: String,
     /// Base units.
-    pub amount: u64,
+    pub amount: u128,
     /// `<chain>:<txid>:<vout>`: the ledger's reference.
     pub reference: String,
     /// Confirmations when seen.
@@ -89,7 +89,7 @@ impl Chains {
                     chain: name.clone(),
                     wallet: wallet.clone(),
                     asset: asset.to_owned(),
-                    amount: r.amount,
+                    amount: u128::from(r.amount),
                     reference: format!("{name}:{}:{}", r.txid, r.vout),
                     confirmations: r.confirmations,
                 });

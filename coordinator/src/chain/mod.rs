@@ -38,6 +38,7 @@
 pub mod bump;
 pub mod bump_approvals;
 pub mod deposits;
+pub mod evm_deposits;
 pub mod utxo;
 
 use std::time::Duration;
@@ -105,6 +106,10 @@ pub struct ChainSettings {
     /// UTXO chains: confirmations a coin needs before it is spent (default 1).
     #[serde(default = "one")]
     pub spend_confirmations: u64,
+    /// EVM chains: the first block scanned for deposits into the wallets
+    /// (default 0; set it to a block before the first wallet was funded).
+    #[serde(default)]
+    pub deposit_start_block: u64,
 }
 
 impl ChainSettings {
@@ -130,6 +135,7 @@ impl ChainSettings {
             watch_wallet: None,
             fee_target_blocks: default_fee_target(),
             spend_confirmations: one(),
+            deposit_start_block: 0,
         }
     }
 }
@@ -214,6 +220,10 @@ pub fn schema(backend: Backend) -> String {
             signature {blob},
             PRIMARY KEY (withdrawal_id, input_index),
             UNIQUE (chain, outpoint)
+        );
+        CREATE TABLE IF NOT EXISTS deposit_cursors (
+            chain TEXT PRIMARY KEY,
+            next_block BIGINT NOT NULL
         )"
     )
 }

@@ -478,6 +478,22 @@ impl Engine {
             .find(|a| a.chain == chain && a.symbol == symbol)
     }
 
+    /// The ERC-20 tokens configured (deposit detection reads their logs).
+    pub fn tokens(&self) -> Vec<crate::chain::evm_deposits::Token> {
+        self.assets
+            .iter()
+            .filter_map(|a| {
+                a.contract
+                    .as_ref()
+                    .map(|c| crate::chain::evm_deposits::Token {
+                        chain: a.chain.clone(),
+                        symbol: a.symbol.clone(),
+                        contract: c.clone(),
+                    })
+            })
+            .collect()
+    }
+
     /// Assets configured for a chain.
     pub fn assets_on(&self, chain: &str) -> Vec<String> {
         self.assets

@@ -1,0 +1,273 @@
+//! Deposits into the wallets on EVM chains, as the node's blocks show them:
+//! ETH sent to a wallet's address by a transaction that succeeded, and
+//! ERC-20 `Transfer` events of the configured tokens to it.
+//!
+//! Each chain is scanned block by block from a cursor kept in
+//! `deposit_cursors` (from `[[chains]] deposit_start_block`, default 0, the
+//! first time), up to the newest block with the chain's `confirmations`, at
+//! most [`MAX_BLOCKS_PER_SCAN`] blocks per scan. The caller credits what a
+//! scan found and only then moves the cursor ([`Chains::advance_evm_cursor`]),
+//! so a crash in between scans the same blocks again, and the ledger's
+//! idempotent references (`<chain>:<tx hash>` for ETH,
+//! `<chain>:<tx hash>:log<index>` for a token) credit nothing twice.
+//!
+//! Not seen: ETH moved to a wallet by a contract's internal call (it leaves
+//! no transaction to the address and no log); reconciliation shows it.
+
+use std::collections::HashMap;
+
+use custos_chains::evm::address::{address_from_sec1, parse_address};
+use custos_chains::{Address, U256};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::deposits::Deposit;
+use super::{Chains, EvmChain, db_err};
+use crate::error::CoordError;
+
+/// Blocks read per chain per scan (each is one `eth_getBlockByNumber`).
+pub const MAX_BLOCKS_PER_SCAN: u64 = 200;
+
+/// keccak256("Transfer(address,address,uint256)").
+const TRANSFER_TOPIC: &str = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
+
+/// What one scan of one chain found, and where the next one starts.
+#[derive(Clone, Debug)]
+pub struct EvmScan {
+    /// The chain's name.
+    pub chain: String,
+    /// The deposits in the blocks scanned.
+    pub deposits: Vec<Deposit>,
+    /// The first block the next scan reads.
+    pub next_block: u64,
+}
+
+/// An ERC-20 token the coordinator is configured for.
+#[derive(Clone, Debug)]
+pub struct Token {
+    /// Chain name.
+    pub chain: String,
+    /// Asset symbol.
+    pub symbol: String,
+    /// Contract address text.
+    pub contract: String,
+}
+
+fn hex_u64(v: &Value, what: &str) -> Result<u64, CoordError> {
+    v.as_str()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .ok_or_else(|| CoordError::Unavailable(format!("node: {what} is not a hex quantity")))
+}
+
+fn hex_u128(v: &Value, what: &str) -> Result<u128, CoordError> {
+    let bad = || CoordError::Unavailable(format!("node: {what} is not a hex amount"));
+    let s = v.as_str().ok_or_else(bad)?;
+    let n = U256::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| bad())?;
+    u128::try_from(n).map_err(|_| bad())
+}
+
+impl Chains {
+    /// Whether any EVM chain is configured.
+    pub fn has_evm(&self) -> bool {
+        !self.evm.is_empty()
+    }
+
+    /// The next blocks' deposits on each EVM chain. A chain whose node
+    /// cannot be reached is left out with a warning (the next scan retries).
+    pub async fn evm_deposits(&self, tokens: &[Token]) -> Result<Vec<EvmScan>, CoordError> {
+        let mut scans = Vec::new();
+        for chain in &self.evm {
+            let name = &chain.settings.name;
+            let wallets = self.evm_wallets(name).await?;
+            if wallets.is_empty() {
+                continue;
+            }
+            let from = self.evm_cursor(chain).await?;
+            match self.scan_evm(chain, &wallets, tokens, from).await {
+                Ok(scan) => scans.push(scan),
+                Err(e) => {
+                    tracing::warn!(chain = %name, error = %e, "cannot read deposits from the node; retrying at the next scan");
+                }
+            }
+        }
+        Ok(scans)
+    }
+
+    /// Records that the blocks before `next_block` of `chain` are credited.
+    pub async fn advance_evm_cursor(&self, chain: &str, next_block: u64) -> Result<(), CoordError> {
+        let next = i64::try_from(next_block)
+            .map_err(|_| CoordError::Internal(format!("{chain}: block {next_block}")))?;
+        sqlx::query(
+            "INSERT INTO deposit_cursors (chain, next_block) VALUES ($1, $2)
+             ON CONFLICT (chain) DO UPDATE SET next_block = excluded.next_block",
+        )
+        .bind(chain)
+        .bind(next)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn evm_cursor(&self, chain: &EvmChain) -> Result<u64, CoordError> {
+        let row = sqlx::query("SELECT next_block FROM deposit_cursors WHERE chain = $1")
+            .bind(&chain.settings.name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row
+            .and_then(|r| u64::try_from(r.get::<i64, _>("next_block")).ok())
+            .unwrap_or(chain.settings.deposit_start_block))
+    }
+
+    /// Each wallet's address on `chain` → its wallet (key id).
+    async fn evm_wallets(&self, chain: &str) -> Result<HashMap<Address, String>, CoordError> {
+        let mut wallets = HashMap::new();
+        for row in sqlx::query(
+            "SELECT key_id, public_key FROM keys WHERE chain = $1 AND public_key IS NOT NULL",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        {
+            let key: Vec<u8> = row.get("public_key");
+            if let Ok(address) = address_from_sec1(&key) {
+                wallets.insert(address, row.get::<String, _>("key_id"));
+            }
+        }
+        Ok(wallets)
+    }
+
+    async fn scan_evm(
+        &self,
+        chain: &EvmChain,
+        wallets: &HashMap<Address, String>,
+        tokens: &[Token],
+        from: u64,
+    ) -> Result<EvmScan, CoordError> {
+        let name = &chain.settings.name;
+        let node =
+            |e: custos_chains::ChainError| CoordError::Unavailable(format!("{name} node: {e}"));
+        let head = chain.rpc.block_number().await.map_err(node)?;
+        // Block b has head - b + 1 confirmations.
+        let last = (head + 1).saturating_sub(chain.settings.confirmations.max(1));
+        let mut scan = EvmScan {
+            chain: name.clone(),
+            deposits: Vec::new(),
+            next_block: from,
+        };
+        if last < from {
+            return Ok(scan);
+        }
+        let to = last.min(from + MAX_BLOCKS_PER_SCAN - 1);
+        let native = custos_chains::family::native_asset(name).unwrap_or("ETH");
+        let deposit =
+            |wallet: &String, asset: &str, amount: u128, reference: String, block: u64| Deposit {
+                chain: name.clone(),
+                wallet: wallet.clone(),
+                asset: asset.to_owned(),
+                amount,
+                reference,
+                confirmations: head + 1 - block,
+            };
+        for block in from..=to {
+            let b = chain
+                .rpc
+                .request(
+                    "eth_getBlockByNumber",
+                    json!([format!("0x{block:x}"), true]),
+                )
+                .await
+                .map_err(node)?;
+            for tx in b["transactions"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let Some(wallet) = tx["to"]
+                    .as_str()
+                    .and_then(|t| parse_address(t).ok())
+                    .and_then(|to| wallets.get(&to))
+                else {
+                    continue;
+                };
+                let value = hex_u128(&tx["value"], "transaction value")?;
+                if value == 0 {
+                    continue;
+                }
+                let hash = tx["hash"].as_str().unwrap_or_default().to_owned();
+                let receipt = chain
+                    .rpc
+                    .transaction_receipt(hash.parse().map_err(|_| {
+                        CoordError::Unavailable(format!("{name} node: transaction hash {hash:?}"))
+                    })?)
+                    .await
+                    .map_err(node)?;
+                if receipt.is_some_and(|r| r.success) {
+                    scan.deposits.push(deposit(
+                        wallet,
+                        native,
+                        value,
+                        format!("{name}:{hash}"),
+                        block,
+                    ));
+                }
+            }
+        }
+        let contracts: Vec<(Address, &Token)> = tokens
+            .iter()
+            .filter(|t| &t.chain == name)
+            .filter_map(|t| parse_address(&t.contract).ok().map(|a| (a, t)))
+            .collect();
+        if !contracts.is_empty() {
+            let topic = |a: &Address| format!("0x{:0>64}", hex::encode(a.as_slice()));
+            let logs = chain
+                .rpc
+                .request(
+                    "eth_getLogs",
+                    json!([{
+                        "fromBlock": format!("0x{from:x}"),
+                        "toBlock": format!("0x{to:x}"),
+                        "address": contracts.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+                        "topics": [TRANSFER_TOPIC, Value::Null, wallets.keys().map(topic).collect::<Vec<_>>()],
+                    }]),
+                )
+                .await
+                .map_err(node)?;
+            for log in logs.as_array().map(Vec::as_slice).unwrap_or_default() {
+                if log["removed"].as_bool() == Some(true) {
+                    continue;
+                }
+                let token = log["address"]
+                    .as_str()
+                    .and_then(|a| parse_address(a).ok())
+                    .and_then(|a| contracts.iter().find(|(c, _)| *c == a));
+                let wallet = log["topics"][2]
+                    .as_str()
+                    .and_then(|t| hex::decode(t.trim_start_matches("0x")).ok())
+                    .filter(|b| b.len() == 32)
+                    .map(|b| Address::from_slice(&b[12..]))
+                    .and_then(|a| wallets.get(&a));
+                let (Some((_, token)), Some(wallet)) = (token, wallet) else {
+                    continue;
+                };
+                let amount = hex_u128(&log["data"], "Transfer amount")?;
+                let hash = log["transactionHash"].as_str().unwrap_or_default();
+                let index = hex_u64(&log["logIndex"], "logIndex")?;
+                let block = hex_u64(&log["blockNumber"], "blockNumber")?;
+                if amount > 0 {
+                    scan.deposits.push(deposit(
+                        wallet,
+                        &token.symbol,
+                        amount,
+                        format!("{name}:{hash}:log{index}"),
+                        block,
+                    ));
+                }
+            }
+        }
+        scan.next_block = to + 1;
+        Ok(scan)
+    }
+}
