@@ -876,6 +876,10 @@ async fn signers_refuse_a_transaction_that_differs_from_the_approval() {
         unsigned_tx: tx,
         policy_document: document.clone(),
         policy_signatures: signatures.clone(),
+        // As the coordinator does: the newest logged bundle rides along, or a
+        // signer whose log view already shows its activation refuses.
+        latest_policy_document: document.clone(),
+        latest_policy_signatures: signatures.clone(),
         rule_id: rule.into(),
         statement_expiry: expiry,
         risk_score: 0,
