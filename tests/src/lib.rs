@@ -776,3 +776,11 @@ pub fn external_balances(
         })
         .collect()
 }
+
+/// The URL of a dev cluster coordinator's own SQLite database.
+pub fn coordinator_sqlite_url(layout: &ClusterLayout) -> String {
+    format!(
+        "sqlite://{}",
+        layout.coordinator.data_dir.join("coordinator.db").display()
+    )
+}

@@ -421,16 +421,7 @@ async fn start(database_url: Option<&str>, stream: &str, prefix: &str) -> FlowCl
 async fn db(fc: &FlowCluster, database_url: Option<&str>) -> sqlx::AnyPool {
     let url = match database_url {
         Some(u) => u.to_string(),
-        None => format!(
-            "sqlite://{}",
-            fc.tc
-                .cluster
-                .layout()
-                .coordinator
-                .data_dir
-                .join("coordinator.db")
-                .display()
-        ),
+        None => custos_tests::coordinator_sqlite_url(fc.tc.cluster.layout()),
     };
     custos_service::db::Db::connect(&url, 2).await.unwrap().pool
 }

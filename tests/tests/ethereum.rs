@@ -462,6 +462,26 @@ async fn deposits_are_credited_from_the_blocks(fc: &FlowCluster, rpc: &EvmRpc, w
         want,
         "credited twice"
     );
+    // One `deposit.credited` event each, in the outbox with the credit.
+    let url = coordinator_sqlite_url(fc.tc.cluster.layout());
+    let pool = custos_service::db::Db::connect(&url, 1).await.unwrap().pool;
+    let events: Vec<(String,)> = sqlx::query_as(
+        "SELECT payload FROM outbox WHERE event_type = 'deposit.credited' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let w_dep: Vec<serde_json::Value> = events
+        .iter()
+        .map(|(p,)| serde_json::from_str::<serde_json::Value>(p).unwrap())
+        .filter(|p| p["wallet"] == "w-dep")
+        .collect();
+    assert_eq!(w_dep.len(), 3, "{w_dep:?}");
+    assert!(
+        w_dep
+            .iter()
+            .any(|p| p["asset"] == "MINI" && p["amount"] == (5 * ETH).to_string())
+    );
 }
 
 /// `custos audit verify --evm-rpc` (docs/SECURITY.md case 47): every nonce

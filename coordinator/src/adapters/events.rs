@@ -60,6 +60,24 @@ pub fn withdrawal_event(
     }
 }
 
+/// The event of a deposit credited to `wallet` (type `deposit.credited`,
+/// one per ledger reference). Deposits belong to no API client: the event
+/// goes to the event stream (NATS), not to a client's webhooks.
+pub fn deposit_event(wallet: &str, asset: &str, amount: u128, reference: &str) -> Event {
+    Event {
+        aggregate_id: format!("deposit:{reference}"),
+        client_id: "custody".to_owned(),
+        event_type: "deposit.credited".to_owned(),
+        payload: serde_json::json!({
+            "wallet": wallet,
+            "asset": asset,
+            "amount": amount.to_string(),
+            "reference": reference,
+            "chain": reference.split(':').next().unwrap_or_default(),
+        }),
+    }
+}
+
 /// Enqueues an event for every state change, in the change's transaction.
 #[derive(Debug, Default)]
 pub struct OutboxHook {
@@ -80,8 +98,18 @@ impl OutboxHook {
         to: State,
         detail: &str,
     ) -> Result<(), CoordError> {
-        let event = withdrawal_event(row, from, to, detail);
-        custos_events::enqueue(conn, &event)
+        self.enqueue_event(conn, &withdrawal_event(row, from, to, detail))
+            .await
+    }
+
+    /// Enqueues `event` on `conn` (the caller's transaction) and nudges the
+    /// dispatcher.
+    pub async fn enqueue_event(
+        &self,
+        conn: &mut AnyConnection,
+        event: &Event,
+    ) -> Result<(), CoordError> {
+        custos_events::enqueue(conn, event)
             .await
             .map_err(|e| match e {
                 EventsError::Db(e) => CoordError::Storage(format!("outbox: {e}")),

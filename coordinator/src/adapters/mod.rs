@@ -163,6 +163,15 @@ impl Adapters {
         let posted = custos_ledger::deposit(&mut tx, wallet, asset, amount, reference)
             .await
             .map_err(|e| CoordError::Storage(format!("ledger deposit {reference}: {e}")))?;
+        if !posted.replayed {
+            // In the posting's transaction: the event exists iff the credit does.
+            self.outbox
+                .enqueue_event(
+                    &mut tx,
+                    &events::deposit_event(wallet, asset, amount, reference),
+                )
+                .await?;
+        }
         tx.commit().await.map_err(storage)?;
         Ok(!posted.replayed)
     }
