@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use custos_chains::evm::address::{address_from_sec1, parse_address};
+use custos_chains::evm::rpc::quantity::{format_quantity, parse_u64, parse_u128};
 use custos_chains::{Address, U256};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -53,17 +54,16 @@ pub struct Token {
     pub contract: String,
 }
 
-fn hex_u64(v: &Value, what: &str) -> Result<u64, CoordError> {
+/// A hex quantity field of a node's answer (the chains crate's parser).
+fn quantity<T>(
+    v: &Value,
+    what: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, CoordError> {
     v.as_str()
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .ok_or_else(|| CoordError::Unavailable(format!("node: {what} is not a hex quantity")))
-}
-
-fn hex_u128(v: &Value, what: &str) -> Result<u128, CoordError> {
-    let bad = || CoordError::Unavailable(format!("node: {what} is not a hex amount"));
-    let s = v.as_str().ok_or_else(bad)?;
-    let n = U256::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| bad())?;
-    u128::try_from(n).map_err(|_| bad())
+        .ok_or_else(|| "missing".to_owned())
+        .and_then(parse)
+        .map_err(|e| CoordError::Unavailable(format!("node: {what}: {e}")))
 }
 
 impl Chains {
@@ -169,22 +169,23 @@ impl Chains {
                 asset: asset.to_owned(),
                 amount,
                 reference,
-                confirmations: head + 1 - block,
+                confirmations: (head + 1).saturating_sub(block),
             };
         for block in from..=to {
             let b = chain
                 .rpc
                 .request(
                     "eth_getBlockByNumber",
-                    json!([format!("0x{block:x}"), true]),
+                    json!([format_quantity(U256::from(block)), true]),
                 )
                 .await
                 .map_err(node)?;
-            for tx in b["transactions"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
+            // A block the node does not have (yet) stops the scan here: the
+            // cursor never moves past a block that was not read.
+            let txs = b["transactions"].as_array().ok_or_else(|| {
+                CoordError::Unavailable(format!("{name} node: block {block} not available"))
+            })?;
+            for tx in txs {
                 let Some(wallet) = tx["to"]
                     .as_str()
                     .and_then(|t| parse_address(t).ok())
@@ -192,7 +193,7 @@ impl Chains {
                 else {
                     continue;
                 };
-                let value = hex_u128(&tx["value"], "transaction value")?;
+                let value = quantity(&tx["value"], "transaction value", parse_u128)?;
                 if value == 0 {
                     continue;
                 }
@@ -204,7 +205,12 @@ impl Chains {
                     })?)
                     .await
                     .map_err(node)?;
-                if receipt.is_some_and(|r| r.success) {
+                // A confirmed block's receipt must exist: without it the
+                // scan fails (and the cursor stays) rather than skip a deposit.
+                let receipt = receipt.ok_or_else(|| {
+                    CoordError::Unavailable(format!("{name} node: no receipt for {hash}"))
+                })?;
+                if receipt.success {
                     scan.deposits.push(deposit(
                         wallet,
                         native,
@@ -227,8 +233,8 @@ impl Chains {
                 .request(
                     "eth_getLogs",
                     json!([{
-                        "fromBlock": format!("0x{from:x}"),
-                        "toBlock": format!("0x{to:x}"),
+                        "fromBlock": format_quantity(U256::from(from)),
+                        "toBlock": format_quantity(U256::from(to)),
                         "address": contracts.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
                         "topics": [TRANSFER_TOPIC, Value::Null, wallets.keys().map(topic).collect::<Vec<_>>()],
                     }]),
@@ -252,10 +258,10 @@ impl Chains {
                 let (Some((_, token)), Some(wallet)) = (token, wallet) else {
                     continue;
                 };
-                let amount = hex_u128(&log["data"], "Transfer amount")?;
+                let amount = quantity(&log["data"], "Transfer amount", parse_u128)?;
                 let hash = log["transactionHash"].as_str().unwrap_or_default();
-                let index = hex_u64(&log["logIndex"], "logIndex")?;
-                let block = hex_u64(&log["blockNumber"], "blockNumber")?;
+                let index = quantity(&log["logIndex"], "logIndex", parse_u64)?;
+                let block = quantity(&log["blockNumber"], "blockNumber", parse_u64)?;
                 if amount > 0 {
                     scan.deposits.push(deposit(
                         wallet,
