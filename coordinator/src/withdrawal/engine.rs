@@ -38,6 +38,9 @@ use crate::error::CoordError;
 use crate::stages::{self, Stage};
 
 mod bump_quorum;
+mod digest;
+mod driver;
+mod evm;
 mod intake;
 mod onchain;
 mod utxo;
@@ -428,6 +431,16 @@ impl Engine {
         ids
     }
 
+    /// What drives withdrawals on `chain` from `signing` on: its family's
+    /// driver, or signing the stored digest where no chain is configured.
+    fn driver(&self, chain: &str) -> &'static dyn driver::FamilyDriver {
+        match self.chains.family(chain) {
+            Some(custos_chains::ChainFamily::Evm) => &evm::EvmDriver,
+            Some(custos_chains::ChainFamily::Utxo(_)) => &utxo::UtxoDriver,
+            None => &digest::DigestOnly,
+        }
+    }
+
     /// The EVM adapter for a withdrawal's chain, if one is configured.
     fn evm_chain(&self, chain: &str) -> Option<(&crate::chain::Chains, &crate::chain::EvmChain)> {
         let chains = self.chains.as_ref();
@@ -803,7 +816,7 @@ impl Engine {
                 }
             }
             Work::Sign => self.sign(row).await,
-            Work::Publish => self.chain_after_signed(row).await,
+            Work::Publish => self.driver(&row.chain).publish(self, row).await,
             Work::Nothing => Ok(Next::Wait),
         }
     }
@@ -860,12 +873,7 @@ impl Engine {
                     }
                 }
                 Effect::ReleaseNonce => {
-                    if let Some((chains, _)) = self.evm_chain(&row.chain) {
-                        chains.release_unsigned(&row.id).await?;
-                    }
-                    if let Some((chains, _)) = self.utxo_chain(&row.chain) {
-                        chains.release_unsigned_utxo(&row.id).await?;
-                    }
+                    self.driver(&row.chain).release(self, &row.id).await?;
                 }
                 // The caller holds what the signers must be told (the
                 // cancel's signature); see `finish_cancel`.
@@ -1375,52 +1383,27 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// signing → signed | failed (retries while signers are unreachable).
+    /// signing → signed | failed (retries while signers are unreachable):
+    /// the chain family's driver builds what is signed.
     async fn sign(&self, row: &WithdrawalRow) -> Result<Next, CoordError> {
         let key = self.key(row).await?;
         if let Some(next) = self.wait_if_locked(row, State::Signing, &key).await? {
             return Ok(next);
         }
-        if let Some((chains, chain)) = self.utxo_chain(&row.chain) {
-            return self.sign_utxo(row, &key, chains, chain).await;
-        }
+        self.driver(&row.chain).sign(self, row, &key).await
+    }
+
+    /// Signs `digest` for `row` in one session from a presignature reserved
+    /// for the withdrawal (reserving one first), then settles the outcome.
+    async fn sign_digest(
+        &self,
+        row: &WithdrawalRow,
+        key: &crate::db::KeyRow,
+        digest: &[u8; 32],
+    ) -> Result<Next, CoordError> {
         let mut row = row.clone();
-        if row.unsigned_tx.is_none()
-            && let Some((chains, chain)) = self.evm_chain(&row.chain)
-        {
-            // The transaction (and its nonce) is made only now (chain module docs).
-            let asset = self.asset(&row.chain, &row.asset).cloned().ok_or_else(|| {
-                CoordError::Internal(format!(
-                    "asset {} on {} is no longer configured",
-                    row.asset, row.chain
-                ))
-            })?;
-            let token = match asset.contract.as_deref() {
-                None => None,
-                Some(c) => Some(custos_chains::evm::address::parse_address(c).map_err(|e| {
-                    CoordError::Internal(format!("asset {} contract: {e}", asset.symbol))
-                })?),
-            };
-            match chains
-                .prepare(
-                    chain,
-                    &row.payment(),
-                    key.address.as_deref().unwrap_or_default(),
-                    token,
-                    asset.decimals,
-                )
-                .await
-            {
-                Ok(_) => row = self.get(&row.id).await?,
-                Err(crate::chain::Pending::Storage(e)) => return Err(e),
-                Err(crate::chain::Pending::Wait(note)) => {
-                    self.note(&row, State::Signing, &note).await?;
-                    return Ok(Next::Wait);
-                }
-            }
-        }
         if row.presig_id.is_none() {
-            match self.take_presig(&key, PresigUse::Signing(&row.id)).await? {
+            match self.take_presig(key, PresigUse::Signing(&row.id)).await? {
                 Some(true) => row = self.get(&row.id).await?,
                 Some(false) => return Ok(Next::Continue),
                 None => return Ok(Next::Wait),
@@ -1429,23 +1412,10 @@ impl Engine {
         let presig = row.presig_id.clone().unwrap_or_default();
         let signers: Vec<String> =
             serde_json::from_str(row.signers.as_deref().unwrap_or("[]")).unwrap_or_default();
-        let digest: [u8; 32] = match row.unsigned_tx.as_deref().filter(|t| !t.is_empty()) {
-            // Signers sign the transaction's own digest (they recompute it).
-            Some(tx) => custos_chains::evm::tx::decode_unsigned(tx)
-                .map(|u| custos_chains::evm::tx::signing_digest(&u))
-                .map_err(|e| {
-                    CoordError::Internal(format!("{}: stored transaction: {e}", row.id))
-                })?,
-            None => row
-                .tx_digest
-                .as_deref()
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| CoordError::Internal(format!("{} has no digest", row.id)))?,
-        };
         let auth = self.authorization(&row).await?;
         let started = std::time::Instant::now();
         let signed = self
-            .audited_sign(&row, &key, &digest, &presig, &signers, auth)
+            .audited_sign(&row, key, digest, &presig, &signers, auth)
             .await?;
         stages::since(Stage::Signing, started);
         self.settle_signing(&row, signed).await

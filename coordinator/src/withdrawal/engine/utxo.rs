@@ -1,6 +1,7 @@
 //! `signing` and after on UTXO chains: one signing session per input (see
 //! [`crate::chain::utxo`]), then broadcast and tracking to confirmation.
 
+use super::driver::FamilyDriver;
 use super::{Engine, Next, PresigUse};
 use crate::chain::utxo::UtxoChain;
 use crate::chain::{Chains, Pending};
@@ -10,11 +11,47 @@ use crate::stages::{self, Stage};
 use crate::withdrawal::state::State;
 use crate::withdrawal::store::WithdrawalRow;
 
+/// Drives withdrawals on UTXO chains.
+pub(super) struct UtxoDriver;
+
+impl UtxoDriver {
+    fn chain<'e>(
+        engine: &'e Engine,
+        row: &WithdrawalRow,
+    ) -> Result<(&'e Chains, &'e UtxoChain), CoordError> {
+        engine.utxo_chain(&row.chain).ok_or_else(|| {
+            CoordError::Internal(format!("{}: chain {} is not configured", row.id, row.chain))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl FamilyDriver for UtxoDriver {
+    async fn sign(
+        &self,
+        engine: &Engine,
+        row: &WithdrawalRow,
+        key: &KeyRow,
+    ) -> Result<Next, CoordError> {
+        let (chains, chain) = Self::chain(engine, row)?;
+        engine.sign_utxo(row, key, chains, chain).await
+    }
+
+    async fn publish(&self, engine: &Engine, row: &WithdrawalRow) -> Result<Next, CoordError> {
+        let (chains, chain) = Self::chain(engine, row)?;
+        engine.utxo_after_signed(row, chains, chain).await
+    }
+
+    async fn release(&self, engine: &Engine, withdrawal_id: &str) -> Result<(), CoordError> {
+        engine.chains.release_unsigned_utxo(withdrawal_id).await
+    }
+}
+
 impl Engine {
     /// signing → signed | failed on a UTXO chain: builds the transaction
     /// (once), then signs its inputs one session each, in order; the
     /// withdrawal is `signed` when every input is.
-    pub(super) async fn sign_utxo(
+    async fn sign_utxo(
         &self,
         row: &WithdrawalRow,
         key: &KeyRow,
@@ -131,7 +168,7 @@ impl Engine {
     }
 
     /// signed → broadcast → confirmed | failed on a UTXO chain.
-    pub(super) async fn utxo_after_signed(
+    async fn utxo_after_signed(
         &self,
         row: &WithdrawalRow,
         chains: &Chains,
