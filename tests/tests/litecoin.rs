@@ -233,12 +233,25 @@ async fn wait_until(
         );
         assert!(
             started.elapsed() < limit,
-            "withdrawal {id} still {} after {limit:?}, expected {what}; notes: {:?}",
+            "withdrawal {id} still {} after {limit:?}, expected {what}; notes: {:?}\ncoordinator log (last lines):\n{}",
             w.state,
-            w.signer_notes
+            w.signer_notes,
+            log_tail(fc, 40)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The last `lines` lines of the coordinator's log (what a timeout shows).
+fn log_tail(fc: &FlowCluster, lines: usize) -> String {
+    let text =
+        std::fs::read_to_string(fc.tc.cluster.layout().log_file("coordinator")).unwrap_or_default();
+    // Token checks are logged on every call; they say nothing here.
+    let all: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("API token accepted"))
+        .collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 async fn wait_for(fc: &FlowCluster, id: &str, state: &str) -> Withdrawal {
@@ -295,6 +308,7 @@ async fn ltc_withdrawals_on_one_cluster() {
     let (fc, addresses) = start_ltc(&node, &["ltc-hot", "ltc-rogue"], "").await;
     amounts_beyond_a_transaction_output_are_refused_at_creation(&fc).await;
     several_inputs_and_change_to_a_confirmed_transaction(&fc, &node, &addresses[0]).await;
+    deposits_after_the_scan_cursor_are_credited(&fc, &node, &addresses[0]).await;
     signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
     fc.tc.cluster.stop().await.unwrap();
 }
@@ -469,6 +483,52 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Deposits are read with `listsinceblock` from a cursor that moves only
+/// once a scan's deposits are credited: the cursor is stored, and payments
+/// in blocks after it (here two, in two blocks) are each credited once.
+async fn deposits_after_the_scan_cursor_are_credited(
+    fc: &FlowCluster,
+    node: &Litecoind,
+    wallet_address: &str,
+) {
+    let layout = fc.tc.cluster.layout();
+    let metrics = layout.coordinator.metrics_listen;
+    let url = custos_tests::coordinator_sqlite_url(layout);
+    let pool = custos_service::db::Db::connect(&url, 1).await.unwrap().pool;
+    let cursor = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT block_hash, addresses FROM utxo_deposit_cursors WHERE chain = $1",
+        )
+        .bind(CHAIN)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    let (first, covered) = cursor().await.expect("the scan stored its cursor");
+    assert!(covered.contains(wallet_address), "{covered}");
+    let before = metric(metrics, "custos_deposits_credited_total");
+    for _ in 0..2 {
+        node.pay(wallet_address, 0.2).await;
+        node.mine(1).await;
+    }
+    let started = Instant::now();
+    while metric(metrics, "custos_deposits_credited_total") < before + 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "deposits after the cursor not credited"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        metric(metrics, "custos_deposits_credited_total"),
+        before + 2.0,
+        "credited once each"
+    );
+    let (next, _) = cursor().await.unwrap();
+    assert_ne!(next, first, "the cursor moved past the credited blocks");
 }
 
 /// A rogue coordinator (the coordinator's own credentials) asks every signer

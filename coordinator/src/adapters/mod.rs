@@ -87,8 +87,14 @@ impl Adapters {
             tick.tick().await;
             if chains.has_utxo() {
                 match chains.utxo_deposits().await {
-                    Ok(d) => {
-                        self.credit_all(&d).await;
+                    Ok(scans) => {
+                        for scan in scans {
+                            if self.credit_all(&scan.deposits).await
+                                && let Err(e) = chains.advance_utxo_cursor(&scan).await
+                            {
+                                tracing::warn!(chain = %scan.chain, error = %e, "deposit scan position not saved; the blocks are scanned again");
+                            }
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot scan for deposits"),
                 }

@@ -2,7 +2,12 @@
 //!
 //! Every wallet key on a UTXO chain has one address; the coordinator imports
 //! it into the node's watch-only wallet (with a rescan, so earlier payments
-//! count) and reads the wallet's received outputs. An output is a deposit
+//! count) and reads the wallet's received outputs with `listsinceblock`
+//! from a cursor kept in `utxo_deposit_cursors` (the block the last
+//! complete scan ended at, and the addresses it covered: a new address
+//! restarts from the first block). The cursor moves only after every
+//! deposit the scan found is in the ledger, so none is skipped however many
+//! arrive between scans. An output is a deposit
 //! when it pays a wallet's address, has the chain's `confirmations`, and is
 //! not in a transaction of the wallets' own withdrawals (their change comes
 //! back to the same address). Each deposit is named `<chain>:<txid>:<vout>`,
@@ -18,9 +23,6 @@ use sqlx::Row;
 
 use super::{Chains, db_err};
 use crate::error::CoordError;
-
-/// The received outputs read per scan (the node's newest first).
-const SCAN_WINDOW: u64 = 1000;
 
 /// A confirmed payment into a wallet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,11 +47,11 @@ impl Chains {
         !self.utxo.is_empty()
     }
 
-    /// The confirmed deposits into the wallets on every UTXO chain among
-    /// the node's last [`SCAN_WINDOW`] received outputs. A chain whose node
-    /// cannot be reached is skipped with a warning (the next scan retries).
-    pub async fn utxo_deposits(&self) -> Result<Vec<Deposit>, CoordError> {
-        let mut found = Vec::new();
+    /// The confirmed deposits into the wallets on every UTXO chain since
+    /// each chain's cursor (see the module docs). A chain whose node cannot
+    /// be reached is skipped with a warning (the next scan retries).
+    pub async fn utxo_deposits(&self) -> Result<Vec<UtxoScan>, CoordError> {
+        let mut scans = Vec::new();
         for chain in &self.utxo {
             let name = &chain.settings.name;
             let Some(asset) = custos_chains::family::native_asset(name) else {
@@ -71,31 +73,92 @@ impl Chains {
             .iter()
             .map(|r| r.get::<String, _>("tx_hash"))
             .collect();
-            let received = match self.received(chain, wallets.keys()).await {
+            let cursor = self.utxo_cursor(name, wallets.keys()).await?;
+            let (received, next_block) = match self
+                .received_since(chain, wallets.keys(), cursor.as_deref())
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
+                    chain.forget_imports_if_down(&e);
                     tracing::warn!(chain = %name, error = %e, "cannot read deposits from the node; retrying at the next scan");
                     continue;
                 }
             };
-            for r in received {
-                let Some(wallet) = wallets.get(&r.address) else {
-                    continue;
-                };
-                if own.contains(&r.txid) || r.confirmations < chain.settings.confirmations {
-                    continue;
-                }
-                found.push(Deposit {
-                    chain: name.clone(),
-                    wallet: wallet.clone(),
-                    asset: asset.to_owned(),
-                    amount: u128::from(r.amount),
-                    reference: format!("{name}:{}:{}", r.txid, r.vout),
-                    confirmations: r.confirmations,
-                });
-            }
+            let deposits = received
+                .into_iter()
+                .filter(|r| {
+                    !own.contains(&r.txid) && r.confirmations >= chain.settings.confirmations
+                })
+                .filter_map(|r| {
+                    Some(Deposit {
+                        chain: name.clone(),
+                        wallet: wallets.get(&r.address)?.clone(),
+                        asset: asset.to_owned(),
+                        amount: u128::from(r.amount),
+                        reference: format!("{name}:{}:{}", r.txid, r.vout),
+                        confirmations: r.confirmations,
+                    })
+                })
+                .collect();
+            scans.push(UtxoScan {
+                chain: name.clone(),
+                deposits,
+                next_block,
+                addresses: wallets.keys().cloned().collect(),
+            });
         }
-        Ok(found)
+        Ok(scans)
+    }
+
+    /// Where the next scan of `chain` starts: the block its last complete
+    /// scan ended at, or `None` (from the first block) when there is none
+    /// or when a wallet address was added since (the node's import rescan
+    /// found that address's earlier payments, which lie before the cursor).
+    async fn utxo_cursor(
+        &self,
+        chain: &str,
+        addresses: impl Iterator<Item = &String>,
+    ) -> Result<Option<String>, CoordError> {
+        let row =
+            sqlx::query("SELECT block_hash, addresses FROM utxo_deposit_cursors WHERE chain = $1")
+                .bind(chain)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let covered: HashSet<String> =
+            serde_json::from_str(&row.get::<String, _>("addresses")).unwrap_or_default();
+        if addresses.into_iter().all(|a| covered.contains(a)) {
+            Ok(Some(row.get("block_hash")))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Records that every deposit of `scan` is in the ledger: the next scan
+    /// of its chain starts at the block this one ended at.
+    pub async fn advance_utxo_cursor(&self, scan: &UtxoScan) -> Result<(), CoordError> {
+        let Some(block) = &scan.next_block else {
+            return Ok(());
+        };
+        let mut addresses: Vec<&String> = scan.addresses.iter().collect();
+        addresses.sort();
+        let addresses = serde_json::to_string(&addresses)
+            .map_err(|e| CoordError::Internal(format!("deposit cursor: {e}")))?;
+        sqlx::query(
+            "INSERT INTO utxo_deposit_cursors (chain, block_hash, addresses) VALUES ($1, $2, $3)
+             ON CONFLICT (chain) DO UPDATE SET block_hash = excluded.block_hash, addresses = excluded.addresses",
+        )
+        .bind(&scan.chain)
+        .bind(block)
+        .bind(addresses)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
     }
 
     /// The native coin of the UTXO chain `name` and what each wallet on it
@@ -162,27 +225,37 @@ impl Chains {
         Ok(wallets)
     }
 
-    /// The outputs the node's watch-only wallet received (after importing
-    /// `addresses`, once per process, with a rescan).
-    async fn received(
+    /// The outputs the node's watch-only wallet received in blocks after
+    /// `since` (all of them for `None`) and in its mempool (after importing
+    /// `addresses`, once per process, with a rescan), and the block the next
+    /// scan starts at: the deepest one that a payment still short of the
+    /// chain's confirmations can be in, so such a payment is listed again.
+    async fn received_since(
         &self,
         chain: &super::utxo::UtxoChain,
         addresses: impl Iterator<Item = &String>,
-    ) -> Result<Vec<Received>, custos_chains::ChainError> {
+        since: Option<&str>,
+    ) -> Result<(Vec<Received>, Option<String>), custos_chains::ChainError> {
         for address in addresses {
             chain.watch(address).await?;
         }
-        let m = "listtransactions";
-        let list = chain
+        let m = "listsinceblock";
+        let target = chain.settings.confirmations.max(1);
+        let answer = chain
             .rpc()
             .call(
                 Some(&chain.watch_wallet),
                 m,
-                json!(["*", SCAN_WINDOW, 0, true]),
+                json!([since.unwrap_or(""), target, true, false]),
             )
             .await?;
+        let next_block = answer
+            .get("lastblock")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let list = answer.get("transactions").and_then(Value::as_array);
         let mut out = Vec::new();
-        for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+        for item in list.map(Vec::as_slice).unwrap_or_default() {
             if item.get("category").and_then(Value::as_str) != Some("receive") {
                 continue;
             }
@@ -208,8 +281,21 @@ impl Chains {
                     .unwrap_or(0),
             });
         }
-        Ok(out)
+        Ok((out, next_block))
     }
+}
+
+/// One scan of a UTXO chain's deposits.
+#[derive(Clone, Debug)]
+pub struct UtxoScan {
+    /// The chain's name.
+    pub chain: String,
+    /// The confirmed deposits found.
+    pub deposits: Vec<Deposit>,
+    /// Where the next scan starts once every deposit is credited.
+    pub next_block: Option<String>,
+    /// The wallet addresses this scan covered.
+    pub addresses: Vec<String>,
 }
 
 /// What one wallet holds on a UTXO chain.

@@ -224,6 +224,11 @@ pub fn schema(backend: Backend) -> String {
         CREATE TABLE IF NOT EXISTS deposit_cursors (
             chain TEXT PRIMARY KEY,
             next_block BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS utxo_deposit_cursors (
+            chain TEXT PRIMARY KEY,
+            block_hash TEXT NOT NULL,
+            addresses TEXT NOT NULL
         )"
     )
 }
@@ -588,6 +593,14 @@ impl Chains {
     /// A chain's position among the configured ones (for error messages).
     fn index_of(&self, name: &str) -> usize {
         self.order.iter().position(|n| n == name).unwrap_or(0)
+    }
+
+    /// The family of the configured chain `name` (`None`: not configured).
+    pub fn family(&self, name: &str) -> Option<custos_chains::ChainFamily> {
+        if self.evm(name).is_some() {
+            return Some(custos_chains::ChainFamily::Evm);
+        }
+        self.utxo(name).and_then(|_| custos_chains::family_of(name))
     }
 
     /// The EVM chain named `name`, if configured.

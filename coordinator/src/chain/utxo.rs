@@ -165,6 +165,22 @@ impl UtxoChain {
         Ok(())
     }
 
+    /// After the node could not be reached, imports are made again (with
+    /// their rescan) at the next [`UtxoChain::watch`]: a node that went away
+    /// may come back with its wallet restored, replaced or behind, and the
+    /// coins of an address it no longer watches would look absent.
+    pub(crate) fn forget_imports_if_down(&self, e: &ChainError) {
+        if matches!(
+            e,
+            ChainError::RpcUnreachable(_) | ChainError::RpcTimeout { .. }
+        ) {
+            self.watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+
     /// The approved payout of `row`.
     fn payout(&self, row: &Payment) -> Result<Payout, Pending> {
         let destination = parse_address(self.network, &row.destination)
@@ -267,7 +283,10 @@ impl Chains {
             .rpc
             .spendable(&chain.watch_wallet, chain.settings.spend_confirmations)
             .await
-            .map_err(|e| rpc_note(name, "cannot list the wallet's coins", &e))?
+            .map_err(|e| {
+                chain.forget_imports_if_down(&e);
+                rpc_note(name, "cannot list the wallet's coins", &e)
+            })?
             .into_iter()
             .filter(|c| {
                 c.txout()
