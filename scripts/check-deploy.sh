@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Checks the container deployment files offline, in seconds:
+#
+# - deploy/docker/*.Dockerfile with hadolint: any finding at level warning
+#   or above fails (style and info findings are printed only). No network
+#   is used. Every run shows it: where `unshare -rn` works (a new user and
+#   network namespace with no interface up), the whole check runs inside one.
+#
+# The tools come from scripts/install-deps.sh (a Python venv at
+# $CUSTOS_DEPLOY_VENV, default ~/.cache/custos/deploy-venv). A missing tool
+# fails the check: it does not skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${CUSTOS_DEPLOY_VENV:-$HOME/.cache/custos/deploy-venv}"
+
+if [ -z "${CUSTOS_DEPLOY_NO_NET:-}" ]; then
+  if unshare -rn true 2>/dev/null; then
+    exec env CUSTOS_DEPLOY_NO_NET=1 unshare -rn "$0" "$@"
+  fi
+  echo "(unshare -rn is not available here: checking with the network up)"
+else
+  echo "(no network: running in a fresh network namespace)"
+fi
+
+for tool in hadolint; do
+  if [ ! -x "$venv/bin/$tool" ]; then
+    echo "$tool is not installed in $venv: run scripts/install-deps.sh" >&2
+    exit 1
+  fi
+done
+echo "==> hadolint $("$venv/bin/hadolint" --version | awk '{print $NF}')"
+"$venv/bin/hadolint" --failure-threshold warning deploy/docker/*.Dockerfile
+echo "deploy/docker: $(ls deploy/docker/*.Dockerfile | wc -l) Dockerfiles, no warnings"
