@@ -11,6 +11,7 @@ command -v pkcs11-tool >/dev/null || need_pkgs+=(opensc)         # token inspect
 command -v python3 >/dev/null || need_pkgs+=(python3)            # golden-vector scripts
 command -v openssl >/dev/null || need_pkgs+=(openssl)            # certificate checks in tests
 command -v litecoind >/dev/null || need_pkgs+=(litecoind)        # UTXO chain tests (Litecoin Core regtest)
+command -v dot >/dev/null || need_pkgs+=(graphviz)               # docs/topology.svg (scripts/check-deploy.sh)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_pkgs+=(python3-venv)  # deploy checkers' venv
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
