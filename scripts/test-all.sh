@@ -78,6 +78,9 @@ cargo fmt --all -- --check
 stage "terraform"
 ./scripts/check-terraform.sh
 
+stage "deploy files"
+./scripts/check-deploy.sh
+
 stage "cargo deny"
 ./scripts/check-deps.sh
 

@@ -148,6 +148,23 @@ pub struct LoggedRefusal {
     pub refused_at_ms: u64,
 }
 
+/// A checkpoint the log key signed that fewer witnesses than the quorum
+/// co-signed, and that a later checkpoint with the quorum supersedes: its
+/// root matches the entries the witnessed checkpoints commit to. Not a
+/// failure (the coordinator stopped, or a witness was down, before the
+/// round finished), but nothing rests on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// Size of the unwitnessed checkpoint.
+    pub checkpoint_size: u64,
+    /// Its valid witness cosignatures.
+    pub cosignatures: usize,
+    /// Size of the first witnessed checkpoint at or after it.
+    pub superseded_by: u64,
+    /// Human explanation.
+    pub message: String,
+}
+
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
@@ -193,6 +210,13 @@ pub struct Report {
     /// policy forbids. Not failures (each one is a signature that does not
     /// exist), but each is something the coordinator asked for.
     pub refusals: Vec<LoggedRefusal>,
+    /// Unwitnessed checkpoints superseded by witnessed ones (see
+    /// [`Warning`]). An unwitnessed checkpoint that is the latest is not a
+    /// warning but a failure: the entries only it covers (the unwitnessed
+    /// tail) are reported as [`FailureKind::Uncovered`], naming it, while
+    /// the witnessed prefix is verified as usual. One that disagrees with
+    /// the entries is a [`FailureKind::SplitView`].
+    pub warnings: Vec<Warning>,
     /// Everything wrong, in discovery order.
     pub failures: Vec<Failure>,
 }
@@ -338,12 +362,15 @@ pub fn verify_bundle(
     let mut signed: Vec<VerifiedCheckpoint> = Vec::new();
     let mut cps: Vec<VerifiedCheckpoint> = Vec::new();
     let mut fewest: Option<(u64, usize)> = None;
+    // Below-quorum checkpoints: (size, root, valid cosignatures).
+    let mut unwitnessed: Vec<(u64, Hash, usize)> = Vec::new();
     for (i, note) in bundle.checkpoints.iter().enumerate() {
         match VerifiedCheckpoint::verify(note, &trust.log_key, &bundle.origin) {
             Ok(v) => {
                 let n = v.valid_cosigners(&trust.witness_keys).len();
                 if n < trust.witness_quorum {
                     report.checkpoints_below_quorum.push(v.checkpoint.size);
+                    unwitnessed.push((v.checkpoint.size, v.checkpoint.root, n));
                     fewest = Some((v.checkpoint.size, n));
                 } else {
                     report.checkpoints_verified += 1;
@@ -390,9 +417,10 @@ pub fn verify_bundle(
         report.latest_size = Some(latest.size);
         report.latest_root = Some(hex::encode(latest.root));
     }
-    // Only checkpoints whose sizes fall in the bundle can be recomputed;
-    // every log-signed one must agree with the entries.
-    let in_range: Vec<(u64, Hash)> = signed
+    // Only checkpoints whose sizes fall in the bundle can be recomputed.
+    // The witnessed ones authenticate the leaves; every unwitnessed one
+    // must agree with those leaves too (checked below).
+    let in_range: Vec<(u64, Hash)> = cps
         .iter()
         .map(|c| (c.checkpoint.size, c.checkpoint.root))
         .filter(|(s, _)| *s >= start)
@@ -498,16 +526,47 @@ pub fn verify_bundle(
             }
         }
     }
+    check_unwitnessed(
+        &mut report,
+        &unwitnessed,
+        &cps,
+        &prefix,
+        authentic.unwrap_or(&computed),
+        trust.witness_quorum,
+    );
+    // The unwitnessed tail: entries after the latest witnessed checkpoint,
+    // maybe covered by checkpoints the witnesses have not co-signed yet.
+    let tail_note = |from: u64| {
+        let tail: Vec<String> = unwitnessed
+            .iter()
+            .filter(|(s, _, _)| *s > from)
+            .map(|(s, _, n)| format!("{s} ({n} of {} cosignatures)", trust.witness_quorum))
+            .collect();
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; only unwitnessed checkpoints cover them: size {} (an unwitnessed tail: the witnesses have not co-signed it yet; export up to the latest witnessed checkpoint to verify the prefix alone)",
+                tail.join(", size ")
+            )
+        }
+    };
     match covered_end {
         None if end > start => report.fail(
             Some(start),
             FailureKind::Uncovered,
-            "no checkpoint in the bundle covers its entries",
+            format!(
+                "no witnessed checkpoint in the bundle covers its entries{}",
+                tail_note(start)
+            ),
         ),
         Some(ce) if ce < end => report.fail(
             Some(ce),
             FailureKind::Uncovered,
-            format!("entries [{ce}, {end}) are not covered by any checkpoint"),
+            format!(
+                "entries [{ce}, {end}) are not covered by any witnessed checkpoint{}",
+                tail_note(ce)
+            ),
         ),
         _ => {}
     }
@@ -648,6 +707,72 @@ pub fn verify_bundle(
         }
     }
     report
+}
+
+/// Checks each unwitnessed checkpoint (`(size, root, cosignatures)`) in the
+/// range against the leaves the witnessed ones authenticate: one that
+/// matches and that a witnessed checkpoint supersedes is a warning; one that
+/// does not match is a split view (the log key signed another history, or
+/// the entries after the witnessed prefix were altered); one larger than
+/// the bundle's entries shows entries missing. One that matches but that no
+/// witnessed checkpoint follows is left to the coverage check (the
+/// unwitnessed tail).
+fn check_unwitnessed(
+    report: &mut Report,
+    unwitnessed: &[(u64, Hash, usize)],
+    cps: &[VerifiedCheckpoint],
+    prefix: &CompactRange,
+    leaves: &[Hash],
+    quorum: usize,
+) {
+    let sizes: Vec<u64> = unwitnessed.iter().map(|(s, _, _)| *s).collect();
+    let roots = roots_at(prefix, leaves, &sizes);
+    for (size, root, n) in unwitnessed {
+        if *size < prefix.size() {
+            continue;
+        }
+        let later = cps
+            .iter()
+            .map(|c| c.checkpoint.size)
+            .filter(|s| s >= size)
+            .min();
+        match roots.get(size) {
+            Some(r) if r != root => report.fail(
+                Some(*size),
+                FailureKind::SplitView,
+                format!(
+                    "checkpoint of size {size} ({n} of {quorum} witness cosignatures) does not match the entries{}: the log key signed another history, or the entries were altered",
+                    later.map_or(String::new(), |l| format!(
+                        " the witnessed checkpoint of size {l} commits to"
+                    ))
+                ),
+            ),
+            Some(_) => {
+                if let Some(l) = later {
+                    report.warnings.push(Warning {
+                        checkpoint_size: *size,
+                        cosignatures: *n,
+                        superseded_by: l,
+                        message: format!(
+                            "checkpoint of size {size} has {n} of {quorum} witness cosignatures; superseded by the witnessed checkpoint of size {l}, which is consistent with it"
+                        ),
+                    });
+                }
+            }
+            // Beyond the entries: the log key committed to entries the
+            // bundle lacks.
+            None => {
+                let end = prefix.size() + leaves.len() as u64;
+                report.fail(
+                    Some(end),
+                    FailureKind::EntryMissing,
+                    format!(
+                        "checkpoint of size {size} ({n} of {quorum} witness cosignatures) covers entries the bundle lacks (entry {end} missing)"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Replays one authorisation; a refusal is reported as a failure at the

@@ -89,6 +89,99 @@ fn checkpoints_below_the_quorum_are_listed_not_relied_on() {
     assert_ne!(r.latest_size, Some(log.size()));
 }
 
+/// The coordinator's crash window: a checkpoint signed and stored, then the
+/// process killed before any witness co-signed it. Later rounds sign and
+/// witness a newer checkpoint. The log verifies by its witnessed
+/// checkpoints, with a warning naming the unwitnessed one; while the
+/// unwitnessed one is the latest, its entries are an unwitnessed tail and
+/// fail, naming it, with the witnessed prefix verified; one that disagrees
+/// with the entries is a split view even though nothing rests on it.
+#[test]
+fn an_unwitnessed_checkpoint_is_a_warning_once_superseded_and_a_failure_while_latest() {
+    let signer = SoftSigner::from_seed(1);
+    let mut log = build_log(2);
+    let witnessed = log.size();
+    let mut t = T0 + 1_000_000;
+    for b in common::withdrawal(2, 1) {
+        t += 1000;
+        log.append(t, b).unwrap();
+    }
+    // Stored, never co-signed (the coordinator was killed here).
+    log.checkpoint(&signer, t).unwrap();
+    let orphan = log.size();
+
+    // While it is the latest: the unwitnessed tail fails, naming it.
+    let tail = log.export(0, log.size(), None).unwrap();
+    let r = verify(&tail);
+    assert!(!r.is_ok());
+    assert!(r.warnings.is_empty(), "{:#?}", r.warnings);
+    assert_eq!(r.checkpoints_below_quorum, vec![orphan]);
+    assert_eq!(r.latest_size, Some(witnessed), "the witnessed prefix");
+    assert!(
+        r.failures.iter().all(|f| f.kind == FailureKind::Uncovered),
+        "only the tail fails: {:#?}",
+        r.failures
+    );
+    let f = r.first_failure().unwrap();
+    assert_eq!(f.entry, Some(witnessed));
+    assert!(
+        f.message
+            .contains(&format!("size {orphan} (0 of 2 cosignatures)"))
+            && f.message.contains("unwitnessed tail"),
+        "{}",
+        f.message
+    );
+    // Exported up to the witnessed prefix, the same log verifies.
+    assert!(verify(&log.export(0, witnessed, None).unwrap()).is_ok());
+
+    // A later round signs and witnesses a newer checkpoint.
+    for b in common::withdrawal(3, 0) {
+        t += 1000;
+        log.append(t, b).unwrap();
+    }
+    let mut ws = [common::witness(1), common::witness(2)];
+    checkpoint(&mut log, &signer, &mut ws, t);
+    let b = log.export(0, log.size(), None).unwrap();
+    let r = verify(&b);
+    assert!(r.is_ok(), "{:#?}", r.failures);
+    assert_eq!(r.latest_size, Some(log.size()));
+    assert_eq!(r.checkpoints_below_quorum, vec![orphan]);
+    assert_eq!(r.warnings.len(), 1, "{:#?}", r.warnings);
+    let w = &r.warnings[0];
+    assert_eq!(
+        (w.checkpoint_size, w.cosignatures, w.superseded_by),
+        (orphan, 0, log.size())
+    );
+    assert!(
+        w.message.contains(&format!("size {orphan}")),
+        "{}",
+        w.message
+    );
+
+    // The unwitnessed checkpoint replaced by one the log key signed over
+    // other content: still a failure, named at its size.
+    let mut forked = b.clone();
+    let at = forked
+        .checkpoints
+        .iter()
+        .position(|n| n.contains(&format!("\n{orphan}\n")))
+        .unwrap();
+    forked.checkpoints[at] = forked_checkpoint(&signer, orphan, t);
+    let r = verify(&forked);
+    assert!(r.warnings.is_empty(), "{:#?}", r.warnings);
+    let f = r
+        .failures
+        .iter()
+        .find(|f| f.kind == FailureKind::SplitView)
+        .unwrap_or_else(|| panic!("{:#?}", r.failures));
+    assert_eq!(f.entry, Some(orphan));
+    assert!(
+        f.message.contains(&format!("size {orphan}")),
+        "{}",
+        f.message
+    );
+}
+
 #[test]
 fn partial_range_with_previous_checkpoint() {
     let log = build_log(6);
@@ -544,14 +637,10 @@ fn golden_bundle() {
     );
 }
 
-#[test]
-fn two_checkpoints_for_one_size_are_a_split_view() {
-    let signer = SoftSigner::from_seed(1);
-    let log = build_log(2);
-    let mut b = log.export(0, log.size(), None).unwrap();
-    // The operator signs a second head for the same size over other content.
+/// A checkpoint of `size` the log key signs over other content (a fork).
+fn forked_checkpoint(signer: &SoftSigner, size: u64, now_ms: u64) -> String {
     let mut fork = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
-    for i in 0..log.size() {
+    for i in 0..size {
         fork.append(
             T0 + i,
             EntryBody::Cancelled {
@@ -562,7 +651,17 @@ fn two_checkpoints_for_one_size_are_a_split_view() {
         )
         .unwrap();
     }
-    b.checkpoints.push(fork.checkpoint(&signer, T0).unwrap());
+    fork.checkpoint(signer, now_ms).unwrap()
+}
+
+#[test]
+fn two_checkpoints_for_one_size_are_a_split_view() {
+    let signer = SoftSigner::from_seed(1);
+    let log = build_log(2);
+    let mut b = log.export(0, log.size(), None).unwrap();
+    // The operator signs a second head for the same size over other content.
+    b.checkpoints
+        .push(forked_checkpoint(&signer, log.size(), T0));
     let r = verify_bundle(
         &b,
         &custos_audit::TrustRoots {

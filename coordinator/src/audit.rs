@@ -41,6 +41,14 @@ pub struct AuditTrail {
     pub refusals_logged: AtomicU64,
 }
 
+/// Whether a signed checkpoint note carries a signature line by `node`.
+/// A witness that co-signed a checkpoint but whose line never reached the
+/// store (the coordinator died between the witness's answer and the write)
+/// is asked again: it re-signs a checkpoint of the size it witnessed.
+fn cosigned_by(note: &str, node: &str) -> bool {
+    custos_audit::SignedNote::parse(note).is_ok_and(|n| n.signatures.iter().any(|s| s.name == node))
+}
+
 /// Tree size of a signed checkpoint note.
 pub fn note_size(note: &str) -> Option<u64> {
     let n = custos_audit::SignedNote::parse(note).ok()?;
@@ -196,20 +204,20 @@ impl AuditTrail {
                 "entry {index} is not in the log (size {size})"
             )));
         }
-        // Reuse the newest checkpoint if every node already co-signed it.
-        let latest = self
-            .log
-            .latest_checkpoint()
-            .await
-            .map_err(log_err)?
-            .and_then(|n| note_size(&n));
+        // Reuse the newest checkpoint if every node already co-signed it,
+        // and the stored note carries their lines: after a crash in the
+        // middle of a round (the checkpoint stored, the witnesses unreachable
+        // or their answers lost) the next round finishes it.
+        let latest_note = self.log.latest_checkpoint().await.map_err(log_err)?;
+        let latest = latest_note.as_deref().and_then(note_size);
         let mut need_new = true;
         if let Some(l) = latest
             && l > index
         {
+            let stored = latest_note.as_deref().unwrap_or_default();
             let mut all = true;
             for n in nodes {
-                if self.witnessed_size(n).await != Some(l) {
+                if self.witnessed_size(n).await != Some(l) || !cosigned_by(stored, n) {
                     all = false;
                 }
             }
@@ -291,7 +299,7 @@ impl AuditTrail {
         limit: Duration,
     ) -> Result<Vec<String>, CoordError> {
         let from = self.witnessed_size(node).await.unwrap_or(0);
-        if from == size {
+        if from == size && cosigned_by(note, node) {
             return Ok(Vec::new());
         }
         let proof: Vec<Hash> = if from == 0 || from > size {

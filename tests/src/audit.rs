@@ -58,25 +58,32 @@ pub async fn checkpoint(fc: &FlowCluster) -> (u64, String) {
     (cp.size, cp.note)
 }
 
+/// The latest checkpoint's size and note, and whether it covers the whole
+/// log (no entry at its size).
+pub async fn latest_checkpoint(fc: &FlowCluster) -> (u64, String, bool) {
+    let (size, note) = checkpoint(fc).await;
+    let beyond = fc
+        .auditor
+        .clone()
+        .get_log_entry(GetLogEntryRequest { index: size })
+        .await;
+    (size, note, beyond.is_err())
+}
+
 /// Waits until the latest checkpoint covers the whole log and every witness
 /// co-signed it; returns its size and note.
 pub async fn settled(fc: &FlowCluster) -> (u64, String) {
     let started = Instant::now();
     loop {
-        let (size, note) = checkpoint(fc).await;
-        let beyond = fc
-            .auditor
-            .clone()
-            .get_log_entry(GetLogEntryRequest { index: size })
-            .await;
-        if size > 0 && beyond.is_err() && cosignatures(&note) == 3 {
+        let (size, note, whole) = latest_checkpoint(fc).await;
+        if size > 0 && whole && cosignatures(&note) == 3 {
             return (size, note);
         }
         assert!(
             started.elapsed() < LIMIT,
             "the log did not settle: checkpoint {size} with {} cosignatures, entry {size} {}",
             cosignatures(&note),
-            if beyond.is_ok() { "exists" } else { "absent" }
+            if whole { "absent" } else { "exists" }
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -23,7 +23,9 @@ use custos_proto::custody::{GetWithdrawalRequest, Withdrawal};
 use custos_proto::signer::signer_control_client::SignerControlClient;
 use custos_proto::signer::{CosignRequest, StatusRequest};
 use custos_service::db::Db;
-use custos_tests::audit::{Keys, Outcome, checkpoint, cosignatures, export, keys, settled, verify};
+use custos_tests::audit::{
+    Keys, Outcome, checkpoint, cosignatures, export, keys, latest_checkpoint, settled, verify,
+};
 use custos_tests::*;
 use k256::sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -654,7 +656,143 @@ async fn export_verify_and_tamper() {
         o.stdout.contains("signatures   3 authorised of 3 checked"),
         "{o}"
     );
+    crash_during_checkpoint_rounds(&mut fc, &keys, &dir).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+const SIGNERS: [&str; 3] = ["signer-1", "signer-2", "signer-3"];
+
+/// Waits until the coordinator has stored a checkpoint of the whole log,
+/// grown past `after`, that no witness co-signed (they are all down).
+async fn unwitnessed_checkpoint(fc: &FlowCluster, after: u64) -> u64 {
+    let started = Instant::now();
+    loop {
+        let (size, note, whole) = latest_checkpoint(fc).await;
+        if size > after && whole {
+            assert_eq!(cosignatures(&note), 0, "the witnesses are down:\n{note}");
+            return size;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "no checkpoint after {after} (latest {size})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The coordinator killed with -9 inside a checkpoint round (docs/SECURITY.md
+/// case 56): the checkpoint is signed and stored before the witnesses answer.
+///
+/// 1. The witnesses unreachable: two checkpoints are stored uncosigned; while
+///    the newer is the latest, an export fails naming it as the unwitnessed
+///    tail (the witnessed prefix verified). The coordinator is killed and
+///    restarted with the witnesses back: it gets the latest co-signed, and a
+///    full export verifies with a warning naming the older one, which the
+///    witnessed one supersedes.
+/// 2. The witnesses answered but their lines were lost (the kill came between
+///    their answers and the write; recreated by stripping the stored lines):
+///    the witnesses already stand at that size, and the restarted coordinator
+///    still asks them again and stores their cosignatures.
+async fn crash_during_checkpoint_rounds(fc: &mut FlowCluster, keys: &Keys, dir: &Path) {
+    let layout = fc.tc.cluster.layout().clone();
+    let (before, _) = settled(fc).await;
+    for s in SIGNERS {
+        fc.tc.cluster.kill_signer(s).unwrap();
+    }
+    let mut stored = Vec::new();
+    for key in ["crash-1", "crash-2"] {
+        let w = fc
+            .backend
+            .clone()
+            .create_withdrawal(withdrawal_req(key, "w-hot", NOT_WHITELISTED, 2 * ETH))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(w.state, "blocked", "{}", w.reason);
+        let after = stored.last().copied().unwrap_or(before);
+        stored.push(unwitnessed_checkpoint(fc, after).await);
+    }
+    let (older, latest) = (stored[0], stored[1]);
+    // The unwitnessed tail fails, naming the checkpoint; the prefix verified.
+    let o = verify(
+        &write(dir, "tail.json", json(&export(fc, 0, latest).await)),
+        keys,
+        &[],
+    );
+    assert!(!o.ok, "an unwitnessed tail accepted\n{o}");
+    assert_eq!(first_bad(&o), Some(before), "{o}");
+    assert!(
+        o.stderr
+            .contains("only unwitnessed checkpoints cover them: size ")
+            && o.stderr
+                .contains(&format!("size {older} (0 of 2 cosignatures), "))
+            && o.stderr.contains(&format!(
+                "size {latest} (0 of 2 cosignatures) (an unwitnessed tail"
+            )),
+        "{o}"
+    );
+    assert!(o.stdout.contains(&format!("latest size {before} ")), "{o}");
+
+    fc.tc.cluster.kill_coordinator().unwrap();
+    for s in SIGNERS {
+        fc.tc.cluster.restart_signer(s).await.unwrap();
+    }
+    restart(fc).await;
+    let (size, _) = settled(fc).await;
+    assert_eq!(size, latest, "the stored checkpoint was not finished");
+    let o = verify(
+        &write(dir, "superseded.json", json(&export(fc, 0, 0).await)),
+        keys,
+        &[],
+    );
+    assert!(o.ok, "{o}");
+    assert!(
+        o.stdout.contains(&format!(
+            "warning      checkpoint of size {older} has 0 of 2 witness cosignatures; superseded by the witnessed checkpoint of size {latest}"
+        )),
+        "{o}"
+    );
+
+    // 2. Cosignatures lost after the witnesses answered.
+    fc.tc.cluster.kill_coordinator().unwrap();
+    let db = open_db(&layout).await;
+    let note: String = sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = $1")
+        .bind(i64::try_from(latest).unwrap())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let log_line = note
+        .lines()
+        .position(|l| l.starts_with("\u{2014} "))
+        .unwrap();
+    let bare: String = note
+        .lines()
+        .take(log_line + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(cosignatures(&bare), 0);
+    sqlx::query("UPDATE audit_checkpoints SET note = $1 WHERE size = $2")
+        .bind(&bare)
+        .bind(i64::try_from(latest).unwrap())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db.pool.close().await;
+    for mut s in signer_clients(&layout).await {
+        let st = s.status(StatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(st.witnessed_size, latest, "the witnesses co-signed it");
+    }
+    restart(fc).await;
+    let (size, note) = settled(fc).await;
+    assert_eq!(size, latest, "the log moved");
+    assert_eq!(cosignatures(&note), 3, "{note}");
+    let o = verify(
+        &write(dir, "recollected.json", json(&export(fc, 0, 0).await)),
+        keys,
+        &[],
+    );
+    assert!(o.ok, "{o}");
+    assert!(!o.stdout.contains(&format!("size {latest} has")), "{o}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -105,7 +105,11 @@ pub struct VerifyArgs {
     witness_keys: Vec<String>,
     /// Valid witness cosignatures a checkpoint needs to be relied on [default:
     /// all given keys]; checkpoints with fewer are listed and checked against
-    /// the entries, but prove nothing.
+    /// the entries, but prove nothing. The log is judged by its witnessed
+    /// checkpoints: an unwitnessed one that a witnessed one supersedes is a
+    /// warning; entries only unwitnessed checkpoints cover (the unwitnessed
+    /// tail after a coordinator crash, until it is co-signed) fail, naming
+    /// them.
     #[arg(long, value_name = "N")]
     witness_quorum: Option<usize>,
     /// The last checkpoint you verified (signed note file): the bundle must extend it.
@@ -313,6 +317,9 @@ fn print_verification(
             sizes.len(),
             sizes.join(" ")
         );
+    }
+    for w in &report.warnings {
+        println!("warning      {}", w.message);
     }
     let kinds: Vec<String> = report
         .entry_kinds
