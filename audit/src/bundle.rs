@@ -165,6 +165,23 @@ pub struct Warning {
     pub message: String,
 }
 
+/// A share backup exported to a recovery key (kind 19).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoggedShareExport {
+    /// Entry index.
+    pub entry: u64,
+    /// Key whose share was exported.
+    pub key_id: String,
+    /// The signer that exported it.
+    pub signer: String,
+    /// SHA-256 of the recovery key's public key, hex.
+    pub recipient_fingerprint: String,
+    /// SHA-256 of the backup's ciphertext, hex.
+    pub backup_hash: String,
+    /// The admin client that asked.
+    pub actor: String,
+}
+
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
@@ -217,6 +234,9 @@ pub struct Report {
     /// the witnessed prefix is verified as usual. One that disagrees with
     /// the entries is a [`FailureKind::SplitView`].
     pub warnings: Vec<Warning>,
+    /// Share backups exported to a recovery key (kind 19): each is a copy
+    /// of a share outside its signer, so an auditor sees every one.
+    pub share_exports: Vec<LoggedShareExport>,
     /// Everything wrong, in discovery order.
     pub failures: Vec<Failure>,
 }
@@ -644,6 +664,24 @@ pub fn verify_bundle(
                 request: refusal.request,
                 reason: refusal.reason,
                 refused_at_ms: refusal.refused_at_ms,
+            });
+        }
+        if let EntryBody::ShareExported {
+            key_id,
+            signer,
+            recipient_fingerprint,
+            backup_hash,
+            actor,
+            ..
+        } = &e.body
+        {
+            report.share_exports.push(LoggedShareExport {
+                entry: e.index,
+                key_id: key_id.clone(),
+                signer: signer.clone(),
+                recipient_fingerprint: hex::encode(recipient_fingerprint),
+                backup_hash: hex::encode(backup_hash),
+                actor: actor.clone(),
             });
         }
         if let EntryBody::SigningSession {

@@ -451,6 +451,24 @@ entry_bodies! {
         /// [`crate::refusal::Refusal::message`].
         signature: Vec<u8>,
     },
+    /// kind 19: a signer exported its share of a key, sealed to the admins'
+    /// offline recovery key (a disaster-recovery backup). Logged by the
+    /// coordinator before it hands the backup to the admin who asked.
+    ShareExported = 19, "share_exported" {
+        /// Key identifier.
+        key_id: String,
+        /// The signer node whose share it is.
+        signer: String,
+        /// Its keygen index.
+        party_index: u16,
+        /// SHA-256 of the recovery key's X25519 public key.
+        recipient_fingerprint: Hash,
+        /// SHA-256 of the backup's encapsulated key and ciphertext
+        /// (`custos_mpc::recovery::ShareBackup::ciphertext_hash`).
+        backup_hash: Hash,
+        /// The admin client that asked for it.
+        actor: String,
+    },
 }
 
 impl EntryBody {

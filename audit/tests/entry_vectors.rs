@@ -285,6 +285,17 @@ fn bodies() -> Vec<(String, EntryBody)> {
             signature: vec![0x0a; 64],
         },
     );
+    add(
+        "share_exported",
+        EntryBody::ShareExported {
+            key_id: "key-1".into(),
+            signer: "signer-3".into(),
+            party_index: 2,
+            recipient_fingerprint: h(11),
+            backup_hash: h(12),
+            actor: "admin".into(),
+        },
+    );
     out
 }
 
@@ -335,7 +346,7 @@ fn every_kind_encodes_and_decodes_as_the_independent_vectors() {
     kinds.dedup();
     assert_eq!(
         kinds,
-        (1..=18).collect::<Vec<u16>>(),
+        (1..=19).collect::<Vec<u16>>(),
         "every kind is covered"
     );
 }

@@ -70,6 +70,11 @@ enum Command {
     /// it is, or split a passphrase into k-of-n shares.
     #[command(subcommand)]
     Unseal(cmd::unseal::UnsealCommand),
+    /// Share backups and disaster recovery: make the admins' offline
+    /// recovery key, export every signer's share sealed to it (logged), and
+    /// rebuild a key from its threshold of backups to sweep its funds.
+    #[command(subcommand)]
+    Recovery(cmd::recovery::RecoveryCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,6 +100,7 @@ fn main() -> std::process::ExitCode {
         Command::Key(c) => cmd::key::run(c),
         Command::Token(c) => cmd::token::run(c),
         Command::Unseal(c) => cmd::unseal::run(c),
+        Command::Recovery(c) => cmd::recovery::run(c),
     };
     match result {
         Ok(code) => code,

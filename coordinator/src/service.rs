@@ -43,6 +43,17 @@ impl CustodyService {
         }
     }
 
+    /// The key `key_id` (validated), or NOT_FOUND.
+    async fn key_row(&self, key_id: &str) -> Result<KeyRow, Status> {
+        crate::cluster::validate_id("key_id", key_id).map_err(status)?;
+        self.cluster
+            .db
+            .key(key_id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("key {key_id}")))
+    }
+
     fn engine(&self) -> Result<&Arc<Engine>, Status> {
         self.engine.as_ref().ok_or_else(|| {
             Status::failed_precondition(
@@ -189,6 +200,39 @@ fn audit_status(e: custos_audit::AuditError) -> Status {
     }
 }
 
+/// What a share backup of a key must say about itself.
+struct ExpectedBackup<'a> {
+    key_id: &'a str,
+    public_key: String,
+    recipient: String,
+}
+
+impl ExpectedBackup<'_> {
+    /// Parses a signer's backup and checks its public header: this key,
+    /// this signer at its keygen index, this recipient.
+    fn check(
+        &self,
+        json: &[u8],
+        node: &str,
+        index: usize,
+    ) -> Result<custos_mpc::recovery::ShareBackup, String> {
+        let b = custos_mpc::recovery::ShareBackup::from_json(json).map_err(|e| e.to_string())?;
+        let h = &b.header;
+        if h.key_id != self.key_id
+            || h.node_id != node
+            || usize::from(h.party_index) != index
+            || h.public_key != self.public_key
+            || h.recipient != self.recipient
+        {
+            return Err(format!(
+                "its backup names key {}, signer {} (index {}), recipient {}: not what was asked",
+                h.key_id, h.node_id, h.party_index, h.recipient
+            ));
+        }
+        Ok(b)
+    }
+}
+
 /// Maps domain errors to gRPC codes.
 pub fn status(e: CoordError) -> Status {
     let msg = e.to_string();
@@ -288,15 +332,7 @@ impl Custody for CustodyService {
             &req,
             &[Role::Admin, Role::Backend, Role::Approver, Role::Auditor],
         )?;
-        let id = req.into_inner().key_id;
-        crate::cluster::validate_id("key_id", &id).map_err(status)?;
-        let key = self
-            .cluster
-            .db
-            .key(&id)
-            .await
-            .map_err(status)?
-            .ok_or_else(|| Status::not_found(format!("key {id}")))?;
+        let key = self.key_row(&req.into_inner().key_id).await?;
         Ok(Response::new(to_key(&self.cluster, key).await))
     }
 
@@ -345,20 +381,13 @@ impl Custody for CustodyService {
     async fn unlock_key(&self, req: Request<UnlockKeyRequest>) -> Result<Response<Key>, Status> {
         let who = require_any(&req, &[Role::Admin])?;
         let r = req.into_inner();
-        crate::cluster::validate_id("key_id", &r.key_id).map_err(status)?;
         let reason = r.reason.trim();
         if reason.is_empty() || reason.len() > 1024 {
             return Err(Status::invalid_argument(
                 "reason: say in 1-1024 characters why the key may sign again (it is logged)",
             ));
         }
-        let key = self
-            .cluster
-            .db
-            .key(&r.key_id)
-            .await
-            .map_err(status)?
-            .ok_or_else(|| Status::not_found(format!("key {}", r.key_id)))?;
+        let key = self.key_row(&r.key_id).await?;
         let locked = self
             .cluster
             .locks
@@ -389,6 +418,81 @@ impl Custody for CustodyService {
             .map_err(status)?;
         tracing::warn!(key_id = %key.key_id, by = %who.id, %reason, "key unlocked for signing");
         Ok(Response::new(to_key(&self.cluster, key).await))
+    }
+
+    async fn export_share_backups(
+        &self,
+        req: Request<ExportShareBackupsRequest>,
+    ) -> Result<Response<ExportShareBackupsResponse>, Status> {
+        let who = require_any(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        let recipient = custos_mpc::recovery::Recipient::parse(&r.recipient)
+            .map_err(|e| Status::invalid_argument(format!("recipient: {e}")))?;
+        let key = self.key_row(&r.key_id).await?;
+        let Some(public_key) = key.public_key.as_ref().filter(|_| key.state == "ready") else {
+            return Err(Status::failed_precondition(format!(
+                "key {} is {}, not ready: nothing to back up",
+                key.key_id, key.state
+            )));
+        };
+        let expected = ExpectedBackup {
+            key_id: &key.key_id,
+            public_key: hex::encode(public_key),
+            recipient: recipient.to_string(),
+        };
+        let mut out = ExportShareBackupsResponse::default();
+        for (index, node) in key.participants.iter().enumerate() {
+            let Some(signer) = self.cluster.signers.get(node) else {
+                out.failures
+                    .push(format!("{node}: not a signer of this coordinator"));
+                continue;
+            };
+            let answer = signer
+                .client()
+                .export_share(custos_proto::signer::ExportShareRequest {
+                    key_id: key.key_id.clone(),
+                    recipient: r.recipient.clone(),
+                })
+                .await;
+            let json = match answer {
+                Ok(a) => a.into_inner().backup_json,
+                Err(e) => {
+                    out.failures.push(format!("{node}: {}", e.message()));
+                    continue;
+                }
+            };
+            let backup = match expected.check(&json, node, index) {
+                Ok(b) => b,
+                Err(e) => {
+                    out.failures.push(format!("{node}: {e}"));
+                    continue;
+                }
+            };
+            let backup_hash = backup.ciphertext_hash();
+            // Logged before the admin gets it: every copy of a share that
+            // leaves a signer is in the log.
+            let log_index = self
+                .audit
+                .append(EntryBody::ShareExported {
+                    key_id: key.key_id.clone(),
+                    signer: node.clone(),
+                    party_index: backup.header.party_index,
+                    recipient_fingerprint: recipient.fingerprint_bytes(),
+                    backup_hash,
+                    actor: who.id.clone(),
+                })
+                .await
+                .map_err(status)?;
+            tracing::warn!(key_id = %key.key_id, signer = %node, by = %who.id,
+                recipient = %recipient.fingerprint(), "share backup exported");
+            out.backups.push(ShareBackupFile {
+                node_id: node.clone(),
+                backup_json: json,
+                backup_hash: hex::encode(backup_hash),
+                log_index,
+            });
+        }
+        Ok(Response::new(out))
     }
 
     async fn get_cluster_status(

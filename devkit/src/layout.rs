@@ -129,6 +129,10 @@ pub struct ClusterSpec {
     /// `[[chains]]` entry of kind `utxo`, every signer's `[cosigner] chains`
     /// names it, and `cluster.json` records it.
     pub utxo_chain: Option<UtxoChain>,
+    /// The admins' recovery key (`custos-recipient1:...`, from `custos
+    /// recovery keygen`) written into every signer's `[recovery] recipient`
+    /// (default none: the signers export no share backup).
+    pub recovery_recipient: Option<String>,
 }
 
 impl Default for ClusterSpec {
@@ -147,6 +151,7 @@ impl Default for ClusterSpec {
             bin_dir: None,
             evm_chain: None,
             utxo_chain: None,
+            recovery_recipient: None,
         }
     }
 }
@@ -674,6 +679,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
             cfg.dev.primes_file = primes_file.clone();
             cfg.dev.primes_index = usize::from(s.index);
         }
+        cfg.recovery.recipient = spec.recovery_recipient.clone();
         cfg.dev.aux_fixture = aux_fixture.clone();
         cfg.dev.fault_injection = s.fault_injection.unwrap_or_default();
         cfg.dev.allow_raw_digest = spec.raw_digest;

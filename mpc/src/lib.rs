@@ -24,6 +24,7 @@ pub mod fixture;
 pub mod frost;
 pub mod primes;
 pub mod protocol;
+pub mod recovery;
 pub mod scheme;
 pub mod session;
 pub mod sim;

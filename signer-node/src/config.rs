@@ -73,9 +73,38 @@ pub struct SignerConfig {
     /// evaluated on the higher of its score and the coordinator's.
     #[serde(default)]
     pub risk: custos_risk::RiskConfig,
+    /// Share backups for disaster recovery.
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
     /// Development and test settings.
     #[serde(default)]
     pub dev: DevConfig,
+}
+
+/// Share backups (`custos recovery export`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// The admins' offline recovery key (`custos-recipient1:<hex>`, printed
+    /// by `custos recovery keygen`): the only recipient this signer seals
+    /// its shares to. Set on the signer's host by its operators, never
+    /// taken from a request; without it the signer exports nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+}
+
+impl RecoveryConfig {
+    /// The configured recipient, parsed (`None` if unset).
+    pub fn recipient(&self) -> Result<Option<custos_mpc::recovery::Recipient>, ConfigError> {
+        self.recipient
+            .as_deref()
+            .map(custos_mpc::recovery::Recipient::parse)
+            .transpose()
+            .map_err(|e| ConfigError::Field {
+                field: "recovery.recipient".into(),
+                message: e.to_string(),
+            })
+    }
 }
 
 impl SignerConfig {
@@ -113,6 +142,7 @@ impl SignerConfig {
             drain_timeout_secs: default_drain_timeout(),
             cosigner: CosignerConfig::default(),
             risk: custos_risk::RiskConfig::default(),
+            recovery: RecoveryConfig::default(),
             dev: DevConfig::default(),
         }
     }
@@ -128,6 +158,7 @@ impl SignerConfig {
             });
         }
         self.limit_settings()?;
+        self.recovery.recipient()?;
         self.sealer.check().map_err(|e| ConfigError::Field {
             field: "sealer".into(),
             message: e.to_string(),
@@ -418,5 +449,33 @@ passphrase_file = "pass"
         let cfg: SignerConfig = custos_service::config::load(&path, env).unwrap();
         let e = cfg.check_build(BuildMode::Dev).unwrap_err().to_string();
         assert!(e.contains("`limits.burst`"), "{e}");
+    }
+
+    /// `[recovery] recipient` is checked at start: a malformed one is
+    /// refused naming the field; unset, the signer exports nothing.
+    #[test]
+    fn recovery_recipient_is_checked_at_start() {
+        let cfg = with_dev("");
+        assert!(cfg.recovery.recipient().unwrap().is_none());
+        let id = custos_mpc::recovery::RecoveryIdentity::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = |recipient: &str| {
+            format!(
+                "node_id = \"s\"\ndata_dir = \"d\"\nidentity_key = \"i\"\n\
+                 p2p_listen = []\ncontrol_listen = \"127.0.0.1:7410\"\npeers = []\n\
+                 [tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+                 coordinator_cert = \"o\"\n[sealer]\nbackend = \"software\"\n\
+                 passphrase_file = \"p\"\n[recovery]\nrecipient = \"{recipient}\"\n"
+            )
+        };
+        std::fs::write(&path, text(&id.recipient().to_string())).unwrap();
+        let cfg: SignerConfig = custos_service::config::load(&path, Vec::new()).unwrap();
+        cfg.check_build(BuildMode::Release).unwrap();
+        assert_eq!(cfg.recovery.recipient().unwrap(), Some(id.recipient()));
+        std::fs::write(&path, text("age1notours")).unwrap();
+        let cfg: SignerConfig = custos_service::config::load(&path, Vec::new()).unwrap();
+        let e = cfg.check_build(BuildMode::Dev).unwrap_err().to_string();
+        assert!(e.contains("`recovery.recipient`"), "{e}");
     }
 }

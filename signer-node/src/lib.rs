@@ -21,6 +21,7 @@ pub mod error;
 pub mod node;
 pub mod outbound;
 pub mod p2p;
+pub mod recovery;
 pub mod service;
 pub mod sessions;
 pub mod store;

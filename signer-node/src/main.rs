@@ -185,11 +185,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
 
     let limits = cfg.limit_settings().map_err(config_error)?;
     let control = InterceptedService::new(
-        SignerControlServer::new(ControlService::new(
-            node.clone(),
-            cosigner,
-            cfg.dev.allow_raw_digest,
-        ))
+        SignerControlServer::new(
+            ControlService::new(node.clone(), cosigner, cfg.dev.allow_raw_digest)
+                .with_recovery_recipient(cfg.recovery.recipient().map_err(config_error)?),
+        )
         .max_decoding_message_size(limits.max_request()),
         PinnedCoordinator(Arc::new(coordinator_der)),
     );

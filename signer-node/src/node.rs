@@ -508,6 +508,46 @@ impl Node {
         self.store.key_meta(key_id)
     }
 
+    /// Seals this node's share of `key_id` to `recipient` (the recovery key
+    /// its own config names) for a disaster-recovery backup. The share is
+    /// unsealed only in memory, for the sealing; nothing is written.
+    pub fn export_share(
+        &self,
+        key_id: &str,
+        recipient: &custos_mpc::recovery::Recipient,
+        now_ms: u64,
+    ) -> Result<custos_mpc::recovery::ShareBackup, NodeError> {
+        let meta = self.store.key_meta(key_id)?;
+        let party_index = meta
+            .participants
+            .iter()
+            .position(|p| *p == self.node_id)
+            .and_then(|i| u16::try_from(i).ok())
+            .ok_or_else(|| {
+                NodeError::Internal(format!(
+                    "key {key_id} does not list this node ({}) among its participants",
+                    self.node_id
+                ))
+            })?;
+        let share = self.store.key_share(key_id)?;
+        let header = custos_mpc::recovery::BackupHeader {
+            format: custos_mpc::recovery::BACKUP_FORMAT.to_owned(),
+            key_id: key_id.to_owned(),
+            group_id: meta.group_id.clone(),
+            scheme: custos_mpc::SchemeId::EcdsaSecp256k1.name().to_owned(),
+            node_id: self.node_id.clone(),
+            party_index,
+            threshold: meta.threshold,
+            participants: meta.participants.clone(),
+            public_key: meta.public_key.clone(),
+            recipient: recipient.to_string(),
+            created_at_ms: now_ms,
+        };
+        Ok(custos_mpc::recovery::ShareBackup::seal(
+            header, recipient, &share,
+        )?)
+    }
+
     fn share(&self, key_id: &str) -> Result<(KeyMeta, Arc<KeyShare>), NodeError> {
         let meta = self.store.key_meta(key_id)?;
         if let Some(s) = self

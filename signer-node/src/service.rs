@@ -6,6 +6,8 @@ use custos_proto::signer::signer_control_server::SignerControl;
 use custos_proto::signer::*;
 use tonic::{Request, Response, Status};
 
+use custos_mpc::recovery::Recipient;
+
 use crate::cosigner::{Cosigner, SignDecision};
 use crate::error::NodeError;
 use crate::node::{Node, PrimeState};
@@ -15,6 +17,7 @@ pub struct ControlService {
     node: Arc<Node>,
     cosigner: Arc<Cosigner>,
     allow_raw_digest: bool,
+    recovery_recipient: Option<Recipient>,
 }
 
 impl ControlService {
@@ -26,7 +29,15 @@ impl ControlService {
             node,
             cosigner,
             allow_raw_digest,
+            recovery_recipient: None,
         }
+    }
+
+    /// The admins' recovery key this signer seals share backups to
+    /// (`[recovery] recipient`); without one it exports nothing.
+    pub fn with_recovery_recipient(mut self, recipient: Option<Recipient>) -> Self {
+        self.recovery_recipient = recipient;
+        self
     }
 
     fn raw_digest_allowed(&self) -> Result<(), Status> {
@@ -275,6 +286,40 @@ impl SignerControl for ControlService {
         Ok(Response::new(CosignResponse {
             cosignatures: vec![line],
         }))
+    }
+
+    async fn export_share(
+        &self,
+        req: Request<ExportShareRequest>,
+    ) -> Result<Response<ExportShareResponse>, Status> {
+        let r = req.into_inner();
+        let configured = self.recovery_recipient.ok_or_else(|| {
+            Status::failed_precondition(
+                "this signer has no recovery key configured ([recovery] recipient): it exports no share",
+            )
+        })?;
+        let asked = Recipient::parse(&r.recipient)
+            .map_err(|e| Status::invalid_argument(format!("recipient: {e}")))?;
+        if asked != configured {
+            return Err(Status::permission_denied(format!(
+                "recipient {} is not this signer's recovery key (fingerprint {}): refused",
+                asked.fingerprint(),
+                configured.fingerprint()
+            )));
+        }
+        let node = self.node.clone();
+        let now_ms = self.cosigner.clock().now_ms();
+        let backup = blocking(move || node.export_share(&r.key_id, &configured, now_ms)).await?;
+        let json = backup
+            .to_json()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::warn!(
+            key_id = %backup.header.key_id,
+            recipient = %configured.fingerprint(),
+            backup = %hex::encode(backup.ciphertext_hash()),
+            "share exported, sealed to the recovery key"
+        );
+        Ok(Response::new(ExportShareResponse { backup_json: json }))
     }
 }
 

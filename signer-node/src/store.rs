@@ -434,20 +434,28 @@ fn sync_dir(dir: &Path) -> Result<(), NodeError> {
     custos_fsutil::sync_dir(dir).map_err(|e| NodeError::storage(dir, e))
 }
 
+/// A store in `dir` for node `node` under a software sealer with fast
+/// (insecure) key derivation: unit tests only.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_store(dir: &Path, node: &str) -> Store {
+    use custos_hsm::{KdfParams, Secret, SoftwareSealer};
+    let sealer = SoftwareSealer::open_with_params(
+        dir,
+        &Secret::new(b"pass".to_vec()),
+        true,
+        KdfParams::insecure_fast_for_tests(),
+    )
+    .unwrap();
+    Store::open(dir, node, Box::new(sealer)).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_hsm::{KdfParams, Secret, SoftwareSealer};
 
     fn store(dir: &Path, node: &str) -> Store {
-        let sealer = SoftwareSealer::open_with_params(
-            dir,
-            &Secret::new(b"pass".to_vec()),
-            true,
-            KdfParams::insecure_fast_for_tests(),
-        )
-        .unwrap();
-        Store::open(dir, node, Box::new(sealer)).unwrap()
+        test_store(dir, node)
     }
 
     fn meta() -> PresigMeta {

@@ -140,7 +140,7 @@ pub fn verify(bundle: &Path, keys: &Keys, extra: &[&str]) -> Outcome {
 }
 
 /// Runs the real `custos` CLI with `args`.
-fn custos(args: &[&str]) -> Outcome {
+pub fn custos(args: &[&str]) -> Outcome {
     let out = std::process::Command::new(bin_dir().join("custos"))
         .args(args)
         .output()
@@ -150,6 +150,37 @@ fn custos(args: &[&str]) -> Outcome {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `custos audit keys` of the cluster in `cluster_dir`: the trust
+/// arguments an auditor pins.
+pub fn trust_args(cluster_dir: &Path) -> String {
+    let keys = custos(&["audit", "keys", "--cluster", cluster_dir.to_str().unwrap()]);
+    assert!(keys.ok, "{keys}");
+    keys.stdout
+}
+
+/// Exports the whole log of the cluster in `cluster_dir` with `custos
+/// audit export` and runs `custos audit verify` on it with `trust` (from
+/// [`trust_args`]) and `extra`; a failed export is returned as the outcome.
+pub fn export_and_verify(cluster_dir: &Path, trust: &str, extra: &[&str]) -> Outcome {
+    let bundle = cluster_dir.join("audit-bundle.json");
+    let export = custos(&[
+        "audit",
+        "export",
+        "--cluster",
+        cluster_dir.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    if !export.ok {
+        // No checkpoint yet: the caller's loop tries again.
+        return export;
+    }
+    let mut args = vec!["audit", "verify", bundle.to_str().unwrap()];
+    args.extend(trust.split_whitespace());
+    args.extend(extra);
+    custos(&args)
 }
 
 /// The refusal lines of a `custos audit verify` report.
@@ -172,25 +203,10 @@ pub async fn refusals_reported(
     extra: &[&str],
     want: &[(&str, &str)],
 ) -> Outcome {
-    let cluster = cluster_dir.to_str().unwrap();
-    let keys = custos(&["audit", "keys", "--cluster", cluster]);
-    assert!(keys.ok, "{keys}");
-    let bundle = cluster_dir.join("refusals-bundle.json");
+    let keys = trust_args(cluster_dir);
     let started = Instant::now();
     loop {
-        let export = custos(&[
-            "audit",
-            "export",
-            "--cluster",
-            cluster,
-            "--out",
-            bundle.to_str().unwrap(),
-        ]);
-        assert!(export.ok, "{export}");
-        let mut args = vec!["audit", "verify", bundle.to_str().unwrap()];
-        args.extend(keys.stdout.split_whitespace());
-        args.extend(extra);
-        let o = custos(&args);
+        let o = export_and_verify(cluster_dir, &keys, extra);
         let lines = refusal_lines(&o);
         let missing: Vec<&(&str, &str)> = want
             .iter()

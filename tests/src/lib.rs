@@ -326,6 +326,8 @@ pub struct FlowSettings<'a> {
     pub presignature_pool: Option<u32>,
     /// Whole tables appended to the coordinator's config (e.g. `[limits]`).
     pub coordinator_toml: &'a str,
+    /// The admins' recovery key for every signer's `[recovery] recipient`.
+    pub recovery_recipient: Option<&'a str>,
 }
 
 /// Appends `toml` (whole tables) to the config file at `path`.
@@ -340,6 +342,27 @@ fn append_toml(path: &std::path::Path, toml: &str) {
     std::fs::write(path, cfg).unwrap();
 }
 
+/// The spec of a flow cluster in `dir` (`<dir>/cluster`), on the default
+/// base port: [`start_flow_on`] picks a free one; regenerating a running
+/// cluster's files takes its layout's `base_port`.
+pub fn flow_spec(
+    dir: &std::path::Path,
+    policy: &std::path::Path,
+    raw_digest: bool,
+    settings: FlowSettings<'_>,
+) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(dir.join("cluster"));
+    use_fixtures(&mut spec);
+    // Flow tests sign a few withdrawals per wallet: a small pool keeps the
+    // background presignature refills off the shared 2 cores.
+    spec.presignature_pool = settings.presignature_pool.unwrap_or(FLOW_TEST_POOL);
+    spec.policy = Some(policy.to_path_buf());
+    spec.raw_digest = raw_digest;
+    spec.bin_dir = Some(bin_dir());
+    spec.recovery_recipient = settings.recovery_recipient.map(str::to_owned);
+    spec
+}
+
 /// Like [`start_flow`], with `settings`.
 pub async fn start_flow_on(
     policy: &std::path::Path,
@@ -348,15 +371,8 @@ pub async fn start_flow_on(
     settings: FlowSettings<'_>,
 ) -> FlowCluster {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    let mut spec = flow_spec(dir.path(), policy, raw_digest, settings);
     spec.base_port = custos_devkit::free_base_port();
-    use_fixtures(&mut spec);
-    // Flow tests sign a few withdrawals per wallet: a small pool keeps the
-    // background presignature refills off the shared 2 cores.
-    spec.presignature_pool = settings.presignature_pool.unwrap_or(FLOW_TEST_POOL);
-    spec.policy = Some(policy.to_path_buf());
-    spec.raw_digest = raw_digest;
-    spec.bin_dir = Some(bin_dir());
     let layout = custos_devkit::generate(&spec).unwrap();
     if let Some(url) = settings.database_url {
         // Top-level keys go before the first [section].

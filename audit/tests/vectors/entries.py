@@ -122,6 +122,8 @@ def entries():
     add("signing_refused", 18,
         s("wd-1") + s("signer-2") + s("sign_withdrawal") + s("time lock \u2014 signable in 3 s")
         + u64(T0 + 5) + byts(b"\x0a" * 64))
+    add("share_exported", 19,
+        s("key-1") + s("signer-3") + u16(2) + h(11) + h(12) + s("admin"))
     return out
 
 

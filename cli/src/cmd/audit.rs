@@ -376,6 +376,23 @@ fn print_verification(
             );
         }
     }
+    if !report.share_exports.is_empty() {
+        println!(
+            "backups      {} share export(s) sealed to a recovery key:",
+            report.share_exports.len()
+        );
+        for x in &report.share_exports {
+            println!(
+                "  entry {} {} exported its share of {} for {} (recipient {}, backup {})",
+                x.entry,
+                x.signer,
+                x.key_id,
+                x.actor,
+                &x.recipient_fingerprint[..16.min(x.recipient_fingerprint.len())],
+                &x.backup_hash[..16.min(x.backup_hash.len())]
+            );
+        }
+    }
     for w in &outcome.onchain {
         println!(
             "on chain     {} {} {}: {} mined, {} logged",

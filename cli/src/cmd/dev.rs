@@ -73,6 +73,11 @@ pub struct UpArgs {
     /// the cluster's files: use a throwaway regtest node.
     #[arg(long, value_name = "URL")]
     ltc_rpc: Option<String>,
+    /// The admins' recovery key (`custos-recipient1:...` from `custos
+    /// recovery keygen`) for every signer's `[recovery] recipient`, so that
+    /// `custos recovery export` can back up the keys.
+    #[arg(long, value_name = "RECIPIENT")]
+    recovery_recipient: Option<String>,
     /// Seconds each process may take to open its port.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
@@ -210,6 +215,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         bin_dir: bins.join(COORDINATOR_BIN).is_file().then(|| bins.clone()),
         evm_chain,
         utxo_chain: args.ltc_rpc.as_ref().map(UtxoChain::new),
+        recovery_recipient: args.recovery_recipient.clone(),
         ..ClusterSpec::default()
     };
     if !bins.join(COORDINATOR_BIN).is_file() {

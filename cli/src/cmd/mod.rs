@@ -11,6 +11,7 @@ pub mod dev;
 pub mod key;
 pub mod ledger;
 pub mod policy;
+pub mod recovery;
 pub mod report;
 pub mod token;
 pub mod unseal;

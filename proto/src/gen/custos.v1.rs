@@ -56,6 +56,40 @@ pub struct Key {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportShareBackupsRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// The recovery key's public half (custos-recipient1:<hex>); each signer
+    /// refuses one that is not the recipient its own config names.
+    #[prost(string, tag = "2")]
+    pub recipient: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShareBackupFile {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// custos_mpc::recovery::ShareBackup as JSON: write it to a file as is.
+    #[prost(bytes = "vec", tag = "2")]
+    pub backup_json: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 of its ciphertext (hex), as logged.
+    #[prost(string, tag = "3")]
+    pub backup_hash: ::prost::alloc::string::String,
+    /// Index of its share_exported entry in the audit log.
+    #[prost(uint64, tag = "4")]
+    pub log_index: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExportShareBackupsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub backups: ::prost::alloc::vec::Vec<ShareBackupFile>,
+    /// One line per signer that did not export (unreachable, refused), naming it.
+    #[prost(string, repeated, tag = "2")]
+    pub failures: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UnlockKeyRequest {
     #[prost(string, tag = "1")]
     pub key_id: ::prost::alloc::string::String,
@@ -796,6 +830,33 @@ pub mod custody_client {
                 .insert(GrpcMethod::new("custos.v1.Custody", "UnlockKey"));
             self.inner.unary(req, path, codec).await
         }
+        /// Admin: every signer holding a share of the key seals it to the
+        /// admins' offline recovery key that its own config names, and the
+        /// coordinator logs each export (share_exported) before returning it.
+        pub async fn export_share_backups(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExportShareBackupsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExportShareBackupsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ExportShareBackups",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ExportShareBackups"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         pub async fn get_cluster_status(
             &mut self,
@@ -1205,6 +1266,16 @@ pub mod custody_server {
             &self,
             request: tonic::Request<super::UnlockKeyRequest>,
         ) -> std::result::Result<tonic::Response<super::Key>, tonic::Status>;
+        /// Admin: every signer holding a share of the key seals it to the
+        /// admins' offline recovery key that its own config names, and the
+        /// coordinator logs each export (share_exported) before returning it.
+        async fn export_share_backups(
+            &self,
+            request: tonic::Request<super::ExportShareBackupsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExportShareBackupsResponse>,
+            tonic::Status,
+        >;
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         async fn get_cluster_status(
             &self,
@@ -1581,6 +1652,51 @@ pub mod custody_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UnlockKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ExportShareBackups" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExportShareBackupsSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ExportShareBackupsRequest>
+                    for ExportShareBackupsSvc<T> {
+                        type Response = super::ExportShareBackupsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExportShareBackupsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::export_share_backups(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExportShareBackupsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
