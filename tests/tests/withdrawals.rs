@@ -764,6 +764,44 @@ async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowClu
         .public_key;
     verify_signed(&pk, &signed);
 
+    // The log carries the assertions: the real `custos audit verify` with
+    // the policy replay re-verifies the passkey approvals behind w1's signature.
+    custos_tests::audit::settled(fc).await;
+    let bundle = custos_tests::audit::export(fc, 0, 0).await;
+    let path = fc.tc.dir.path().join("passkey-bundle.json");
+    std::fs::write(&path, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let policy_file = flow_policy();
+    let admins = fc
+        .tc
+        .cluster
+        .layout()
+        .policy
+        .as_ref()
+        .unwrap()
+        .admins
+        .clone();
+    let o = custos_tests::audit::verify(
+        &path,
+        &custos_tests::audit::keys(fc).await,
+        &[
+            "--policy",
+            policy_file.to_str().unwrap(),
+            "--admins",
+            admins.to_str().unwrap(),
+        ],
+    );
+    assert!(o.ok, "{o}");
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("signatures"))
+        .unwrap();
+    let n = line.split_whitespace().nth(1).unwrap();
+    assert!(
+        n != "0" && line.contains(&format!("{n} authorised of {n} checked")),
+        "{o}"
+    );
+
     // A rogue coordinator forwards w2 with grace's genuine approval and a
     // tampered one of frank's: every signer refuses, naming the check.
     let layout = fc.tc.cluster.layout().clone();
