@@ -220,6 +220,14 @@ approvals = {{ all = [{{ group = "treasury", count = 2 }}] }}
     Policy::parse(doc.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{doc}"))
 }
 
+fn bob_says(bob: &mut SoftPasskey, challenge: &[u8], origin: &str, flags: u8) -> Approval {
+    Approval::passkey(
+        "bob",
+        Verdict::Approve,
+        bob.assert(challenge, origin, flags),
+    )
+}
+
 fn refusal(status: &ApprovalStatus) -> String {
     match status {
         ApprovalStatus::Invalid { problems } => problems
@@ -246,11 +254,7 @@ fn two_passkey_approvals_meet_a_quorum_and_tampering_is_refused() {
         Verdict::Approve,
         alice.assert(&challenge, "https://custos.test", 0x05),
     );
-    let b = Approval::passkey(
-        "bob",
-        Verdict::Approve,
-        bob.assert(&challenge, "https://custos.test", 0x05),
-    );
+    let b = bob_says(&mut bob, &challenge, "https://custos.test", 0x05);
     let ok = check_approvals(&active, &d, &s, &[a.clone(), b.clone()], wed10());
     assert_eq!(
         ok,
@@ -259,85 +263,46 @@ fn two_passkey_approvals_meet_a_quorum_and_tampering_is_refused() {
         }
     );
 
+    let with_alice = |second: Approval| {
+        refusal(&check_approvals(
+            &active,
+            &d,
+            &s,
+            &[a.clone(), second],
+            wed10(),
+        ))
+    };
     // Over another statement (another amount): the challenge differs.
     let mut other = s.clone();
     other.amount = Amount(6 * ETH);
     let wrong = passkey_challenge(&other, Verdict::Approve).unwrap();
-    let bad = Approval::passkey(
-        "bob",
-        Verdict::Approve,
-        bob.assert(&wrong, "https://custos.test", 0x05),
-    );
-    let r = refusal(&check_approvals(
-        &active,
-        &d,
-        &s,
-        &[a.clone(), bad],
-        wed10(),
-    ));
+    let bad = bob_says(&mut bob, &wrong, "https://custos.test", 0x05);
+    let r = with_alice(bad);
     assert!(r.contains("challenge is not this statement's"), "{r}");
     // An approve assertion does not count as a reject, nor the other way round.
     let mut as_reject = b.clone();
     as_reject.verdict = Verdict::Reject;
-    let r = refusal(&check_approvals(
-        &active,
-        &d,
-        &s,
-        &[a.clone(), as_reject],
-        wed10(),
-    ));
+    let r = with_alice(as_reject);
     assert!(r.contains("challenge"), "{r}");
     // From another origin.
-    let bad = Approval::passkey(
-        "bob",
-        Verdict::Approve,
-        bob.assert(&challenge, "https://evil.test", 0x05),
-    );
-    let r = refusal(&check_approvals(
-        &active,
-        &d,
-        &s,
-        &[a.clone(), bad],
-        wed10(),
-    ));
+    let bad = bob_says(&mut bob, &challenge, "https://evil.test", 0x05);
+    let r = with_alice(bad);
     assert!(
         r.contains("origin \"https://evil.test\" is not an allowed origin"),
         "{r}"
     );
     // Without user verification.
-    let bad = Approval::passkey(
-        "bob",
-        Verdict::Approve,
-        bob.assert(&challenge, "https://custos.test", 0x01),
-    );
-    let r = refusal(&check_approvals(
-        &active,
-        &d,
-        &s,
-        &[a.clone(), bad],
-        wed10(),
-    ));
+    let bad = bob_says(&mut bob, &challenge, "https://custos.test", 0x01);
+    let r = with_alice(bad);
     assert!(r.contains("(UV) flag is clear"), "{r}");
     // Alice's passkey presented as bob's.
     let mut stolen = a.clone();
     stolen.approver = "bob".into();
-    let r = refusal(&check_approvals(
-        &active,
-        &d,
-        &s,
-        &[a.clone(), stolen],
-        wed10(),
-    ));
+    let r = with_alice(stolen);
     assert!(r.contains("is not registered for approver \"bob\""), "{r}");
     // The rule takes passkeys only: bob's valid Ed25519 signature is refused.
     let ed = approve(&s, "bob", BOB);
-    let r = refusal(&check_approvals(
-        &active,
-        &d,
-        &s,
-        &[a.clone(), ed.clone()],
-        wed10(),
-    ));
+    let r = with_alice(ed);
     assert!(r.contains("accepts passkey approvals only"), "{r}");
 
     // Without approval_methods, a passkey and an Ed25519 approval mix.
