@@ -3,7 +3,8 @@
 //! the signing session's execution id, and the policy crate's
 //! `check_approvals` finds the rule's quorum met by distinct, active,
 //! eligible approvers (other than the initiator when the rule says so) whose
-//! Ed25519 signatures verify, no rejection, statement fields equal to the
+//! Ed25519 signatures or passkey assertions (carried whole in the entry's
+//! `signature` field, see `PasskeyAssertion::to_log_bytes`) verify, no rejection, statement fields equal to the
 //! logged request, policy and rule, not expired.
 
 use custos_audit::Entry;
@@ -90,11 +91,7 @@ impl<'a> LoggedApprovals<'a> {
                     first: first.index,
                 });
             }
-            verdicts.push(Approval {
-                approver: approver_id.clone(),
-                verdict: verdict(logged),
-                signature: hex::encode(signature),
-            });
+            verdicts.push(Approval::from_log(approver_id, verdict(logged), signature));
         }
         Ok(Quorum {
             statement,

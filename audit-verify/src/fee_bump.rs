@@ -42,11 +42,7 @@ fn bump_verdicts(
         if decoded.replacement.as_slice() != message_digest {
             continue;
         }
-        let approval = Approval {
-            approver: approver_id.clone(),
-            verdict: verdict(logged),
-            signature: hex::encode(signature),
-        };
+        let approval = Approval::from_log(approver_id, verdict(logged), signature);
         match &mut found {
             None => {
                 found = Some((

@@ -806,6 +806,14 @@ impl Custody for CustodyService {
             approver: r.approver,
             verdict,
             signature: r.signature,
+            webauthn: r.webauthn.map(|a| {
+                custos_policy::PasskeyAssertion::from_bytes(
+                    &a.credential_id,
+                    &a.authenticator_data,
+                    &a.client_data_json,
+                    &a.signature,
+                )
+            }),
             reason: r.reason,
         };
         let row = if r.fee_bump_statement.is_empty() {

@@ -373,6 +373,7 @@ async fn api_clients_get_their_roles_and_signers_the_log_key() {
                 signature: "00".into(),
                 reason: String::new(),
                 fee_bump_statement: Vec::new(),
+                webauthn: None,
             })
             .await,
         "backend SubmitApproval",

@@ -4,14 +4,18 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::document::ActionKind;
+use sha2::{Digest, Sha256};
+
+use crate::document::{ActionKind, ApprovalMethod, Rule};
 use crate::error::Result;
 use crate::eval::{Decision, Outcome};
 use crate::governance::ActivePolicy;
 use crate::keys::{SecretKey, verify};
+use crate::policy::Policy;
 use crate::quorum::{self, Term};
 use crate::statement::{ApprovalStatement, Verdict};
 use crate::value::{Duration, Timestamp};
+use crate::webauthn::{PasskeyAssertion, RelyingParty, verify_passkey_assertion};
 
 /// An approver's signed verdict on a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,8 +25,14 @@ pub struct Approval {
     pub approver: String,
     /// What they decided.
     pub verdict: Verdict,
-    /// Ed25519 signature over `statement.signing_message(verdict)`, hex.
+    /// Ed25519 signature over `statement.signing_message(verdict)`, hex; empty
+    /// for a passkey approval.
+    #[serde(default)]
     pub signature: String,
+    /// A passkey approval: the WebAuthn assertion whose challenge is
+    /// [`passkey_challenge`](crate::passkey_challenge) of the statement and verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<PasskeyAssertion>,
 }
 
 impl Approval {
@@ -38,7 +48,118 @@ impl Approval {
             approver: approver.to_string(),
             verdict,
             signature: hex::encode(key.sign(&msg)),
+            webauthn: None,
         })
+    }
+
+    /// A passkey approval.
+    pub fn passkey(approver: &str, verdict: Verdict, assertion: PasskeyAssertion) -> Self {
+        Approval {
+            approver: approver.to_string(),
+            verdict,
+            signature: String::new(),
+            webauthn: Some(assertion),
+        }
+    }
+
+    /// The bytes an audit log entry carries as the approval's signature: the
+    /// 64 Ed25519 signature bytes, or the passkey assertion
+    /// ([`PasskeyAssertion::to_log_bytes`]).
+    pub fn log_signature(&self) -> Vec<u8> {
+        match &self.webauthn {
+            Some(a) => a.to_log_bytes(),
+            None => hex::decode(&self.signature).unwrap_or_default(),
+        }
+    }
+
+    /// Rebuilds an approval from a log entry's fields (the inverse of
+    /// [`log_signature`](Self::log_signature)). A malformed passkey record
+    /// becomes an approval that fails verification.
+    pub fn from_log(approver: &str, verdict: Verdict, signature: &[u8]) -> Self {
+        match PasskeyAssertion::from_log_bytes(signature) {
+            Some(Ok(a)) => Approval::passkey(approver, verdict, a),
+            Some(Err(_)) => Approval {
+                approver: approver.to_string(),
+                verdict,
+                signature: String::new(),
+                webauthn: None,
+            },
+            None => Approval {
+                approver: approver.to_string(),
+                verdict,
+                signature: hex::encode(signature),
+                webauthn: None,
+            },
+        }
+    }
+}
+
+/// Verifies approval `a` of approver `ai` over `message` (the signing message
+/// of its verdict): an Ed25519 signature or a passkey assertion, as the rule's
+/// `approval_methods` allow. Passkey counters are not compared here (see
+/// [`check_sign_counter`](crate::check_sign_counter)).
+pub(crate) fn verify_approval(
+    policy: &Policy,
+    rule: &Rule,
+    ai: usize,
+    a: &Approval,
+    message: Option<&[u8]>,
+) -> std::result::Result<(), String> {
+    let allows = |m: ApprovalMethod| {
+        rule.approval_methods
+            .as_ref()
+            .is_none_or(|v| v.contains(&m))
+    };
+    let Some(message) = message else {
+        return Err("the statement cannot be encoded".into());
+    };
+    match &a.webauthn {
+        None => {
+            if !allows(ApprovalMethod::Ed25519) {
+                return Err(format!(
+                    "rule {:?} accepts passkey approvals only; {:?} signed with an Ed25519 key",
+                    rule.id, a.approver
+                ));
+            }
+            let sig = hex::decode(&a.signature).unwrap_or_default();
+            match policy.approver_key(ai) {
+                Some(k) if verify(k, message, &sig) => Ok(()),
+                Some(_) => Err(format!(
+                    "signature of {:?} does not verify over this statement (signed for another withdrawal, transaction, amount or policy?)",
+                    a.approver
+                )),
+                None => Err(format!("approver {:?} has no ed25519 key", a.approver)),
+            }
+        }
+        Some(assertion) => {
+            if !allows(ApprovalMethod::Passkey) {
+                return Err(format!(
+                    "rule {:?} does not accept passkey approvals",
+                    rule.id
+                ));
+            }
+            let Some(rp) = policy.document().webauthn.as_ref() else {
+                return Err(
+                    "the policy has no [webauthn] section: passkey approvals are not accepted"
+                        .into(),
+                );
+            };
+            let id = assertion.credential_id_bytes().map_err(|e| e.to_string())?;
+            let Some(cred) = policy.approver_passkeys(ai).iter().find(|c| c.id == id) else {
+                return Err(format!(
+                    "passkey {:?} is not registered for approver {:?}",
+                    assertion.credential_id, a.approver
+                ));
+            };
+            let challenge: [u8; 32] = Sha256::digest(message).into();
+            let rp = RelyingParty {
+                rp_id: &rp.rp_id,
+                origins: &rp.origins,
+            };
+            verify_passkey_assertion(cred, rp, &challenge, 0, assertion)
+                .map(|_| ())
+                .map_err(|e| format!("passkey approval of {:?} refused: {e}", a.approver))
+        }
     }
 }
 
@@ -303,16 +424,8 @@ pub(crate) fn count_verdicts(
                 continue;
             }
         };
-        let sig = hex::decode(&a.signature).unwrap_or_default();
-        let ok = match (msg, policy.approver_key(ai)) {
-            (Some(m), Some(k)) => verify(k, m, &sig),
-            _ => false,
-        };
-        if !ok {
-            bad(format!(
-                "signature of {:?} does not verify over this statement (signed for another withdrawal, transaction, amount or policy?)",
-                a.approver
-            ));
+        if let Err(reason) = verify_approval(policy, rule, ai, a, msg.as_deref()) {
+            bad(reason);
             continue;
         }
         match a.verdict {
@@ -382,11 +495,10 @@ pub fn check_cancellation(
     if cancel.verdict != Verdict::Cancel {
         return Err("not a cancellation".into());
     }
-    let res = decision
+    let (res, rule) = decision
         .rule_index
         .and_then(|i| policy.resolved.get(i).zip(policy.document().rules.get(i)))
         .filter(|(_, r)| decision.rule_id.as_deref() == Some(r.id.as_str()))
-        .map(|(res, _)| res)
         .ok_or("decision names no rule of this policy")?;
     let members = res
         .cancel
@@ -413,13 +525,7 @@ pub fn check_cancellation(
     let msg = statement
         .signing_message(Verdict::Cancel)
         .map_err(|e| e.to_string())?;
-    let sig = hex::decode(&cancel.signature).unwrap_or_default();
-    let key = policy.approver_key(ai).ok_or("approver key missing")?;
-    if !verify(key, &msg, &sig) {
-        return Err(format!(
-            "cancellation signature of {:?} does not verify over this statement",
-            cancel.approver
-        ));
-    }
+    verify_approval(policy, rule, ai, cancel, Some(&msg))
+        .map_err(|e| format!("cancellation refused: {e}"))?;
     Ok(cancel.approver.clone())
 }

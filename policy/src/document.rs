@@ -47,6 +47,10 @@ pub struct PolicyDocument {
     /// fees apply to a chain's native asset only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub native_assets: BTreeMap<String, String>,
+    /// The relying party for passkey approvals; required when any approver
+    /// has a passkey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<WebAuthnSettings>,
     /// Ordered rules: the first that matches decides. No match means block.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -112,14 +116,53 @@ pub struct Approver {
     pub id: String,
     /// Role (for example `treasury`), matched by `initiator_roles`.
     pub role: String,
-    /// Ed25519 public key, 64 hex digits.
+    /// Ed25519 public key, 64 hex digits; may be left out when the approver
+    /// has a passkey (then they approve with the passkey only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ed25519: String,
-    /// Reserved for a WebAuthn P-256 credential; stored, not yet used for verification.
+    /// A passkey (WebAuthn credential) with an ES256 (P-256) key; needs the
+    /// document's `[webauthn]` section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webauthn_p256: Option<String>,
+    pub webauthn_p256: Option<PasskeyCredential>,
+    /// A passkey with an EdDSA (Ed25519) key; needs `[webauthn]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn_ed25519: Option<PasskeyCredential>,
     /// A revoked approver's approvals are refused; the entry stays for the audit trail.
     #[serde(default)]
     pub revoked: bool,
+}
+
+/// A passkey registered for an approver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyCredential {
+    /// The credential id, base64url (`PublicKeyCredential.id` at registration).
+    pub credential_id: String,
+    /// The public key, hex: the COSE_Key from the registration's attested
+    /// credential data, or the raw key (SEC1 point for P-256, 32 bytes for Ed25519).
+    pub public_key: String,
+}
+
+/// The WebAuthn relying party passkey approvals are made for. Signers verify
+/// assertions against this admin-signed section only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebAuthnSettings {
+    /// RP ID: the domain the passkeys are scoped to (for example `custos.test`).
+    pub rp_id: String,
+    /// Origins the approval app is served from, exactly as browsers report
+    /// them (`https://approve.custos.test`).
+    pub origins: Vec<String>,
+}
+
+/// How an approval may be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalMethod {
+    /// An Ed25519 signature (the CLI).
+    Ed25519,
+    /// A passkey assertion (WebAuthn).
+    Passkey,
 }
 
 /// An API client's request key.
@@ -206,6 +249,10 @@ pub struct Rule {
     /// Lifetime of approvals for this rule (defaults to `settings.approval_expiry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_expiry: Option<Duration>,
+    /// How approvals for this rule may be given (default: any). With
+    /// `["passkey"]`, Ed25519 approvals and rejections are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_methods: Option<Vec<ApprovalMethod>>,
     /// What replacing a stuck transaction with a higher fee needs (chains
     /// with fee bumps, such as EVM).
     #[serde(default, skip_serializing_if = "FeeBumps::is_within_cap")]

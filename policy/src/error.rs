@@ -104,6 +104,9 @@ pub enum PolicyError {
     /// The request: a signing authorisation does not hold (policy, approvals, expiry).
     #[error("signing refused: {0}")]
     Refused(String),
+    /// An approver's passkey assertion fails the named check.
+    #[error("passkey assertion refused: {0}")]
+    Passkey(crate::webauthn::PasskeyCheck),
     /// The caller: key material is malformed.
     #[error("key is invalid: {0}")]
     Key(String),

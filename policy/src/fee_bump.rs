@@ -156,6 +156,7 @@ impl FeeBumpStatement {
             approver: approver.to_string(),
             verdict,
             signature: hex::encode(key.sign(&msg)),
+            webauthn: None,
         })
     }
 }

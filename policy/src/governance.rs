@@ -228,6 +228,10 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
     if new.wallet_groups != old.wallet_groups {
         return Some("wallet groups changed".into());
     }
+    if new.webauthn != old.webauthn {
+        // Another RP ID or origin is another place passkeys may approve from.
+        return Some("webauthn relying party changed".into());
+    }
     if new.native_assets != old.native_assets {
         // Decides where relative fee bounds apply and which velocity totals
         // count fees: a change can loosen either.
@@ -251,6 +255,7 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
                 && o.ed25519 == a.ed25519
                 && o.role == a.role
                 && o.webauthn_p256 == a.webauthn_p256
+                && o.webauthn_ed25519 == a.webauthn_ed25519
                 && (!o.revoked || a.revoked)
         });
         if !kept {
@@ -314,6 +319,7 @@ fn same_conditions(a: &Rule, b: &Rule) -> bool {
         cancel_group: None,
         approval_expiry: None,
         fee_bumps: crate::document::FeeBumps::WithinCap,
+        approval_methods: None,
         ..r.clone()
     };
     strip(a) == strip(b)

@@ -13,6 +13,7 @@
 //!   native asset count fee caps; [`Policy::fee_bound_problems`] is the lint that
 //!   `custos policy check` applies to rules without a fee bound.
 //! - [`ApprovalStatement`] is what approvers sign; [`check_approvals`] counts them.
+//!   Approvers sign with Ed25519 keys or passkeys ([`verify_passkey_assertion`]).
 //! - [`FeeBumpStatement`] is what they sign to replace a stuck transaction when a
 //!   rule says `fee_bumps = "reapprove"`; [`check_fee_bump_approvals`] counts those.
 //!
@@ -40,6 +41,7 @@ mod request_key;
 mod statement;
 mod units;
 mod value;
+mod webauthn;
 
 pub use address::{ChainFamily, CheckedAddress, chain_kind, check_address, native_asset};
 pub use approval::{
@@ -51,9 +53,9 @@ pub use bundle::{
     bundle_message, verify_bundle,
 };
 pub use document::{
-    ActionKind, AddressEntry, AmountRange, Approver, Destination, FeeBound, FeeBumps,
-    PolicyDocument, QuorumSpec, QuorumTerm, RequestKey, RiskRange, Rule, Settings, TimeWindow,
-    Velocity, VelocityKey,
+    ActionKind, AddressEntry, AmountRange, ApprovalMethod, Approver, Destination, FeeBound,
+    FeeBumps, PasskeyCredential, PolicyDocument, QuorumSpec, QuorumTerm, RequestKey, RiskRange,
+    Rule, Settings, TimeWindow, Velocity, VelocityKey, WebAuthnSettings,
 };
 pub use error::{Issue, PolicyError, Result};
 pub use eval::{
@@ -78,6 +80,10 @@ pub use statement::{
 };
 pub use units::{describe_amount, format_units, known_decimals, parse_units};
 pub use value::{Amount, Duration, MAX_VELOCITY_WINDOW_SECS, Timestamp};
+pub use webauthn::{
+    PASSKEY_LOG_MAGIC, PasskeyAlg, PasskeyAssertion, PasskeyCheck, PasskeyCredentialKey,
+    PasskeyKey, RelyingParty, check_sign_counter, passkey_challenge, verify_passkey_assertion,
+};
 pub use zeroize::Zeroizing;
 
 /// Fuzzing entry point: parses arbitrary bytes as a policy document, an approval

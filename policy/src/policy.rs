@@ -101,7 +101,9 @@ pub(crate) struct Resolved {
 pub struct Policy {
     doc: PolicyDocument,
     hash: PolicyHash,
-    keys: Vec<VerifyingKey>,
+    keys: Vec<Option<VerifyingKey>>,
+    /// Each approver's passkeys (same order as the document's approvers).
+    passkeys: Vec<Vec<crate::webauthn::PasskeyCredentialKey>>,
     /// Active request keys by client id.
     pub(crate) request_keys: BTreeMap<String, crate::request_key::RequestVerifier>,
     pub(crate) resolved: Vec<Resolved>,
@@ -192,7 +194,12 @@ impl Policy {
     }
 
     pub(crate) fn approver_key(&self, idx: usize) -> Option<&VerifyingKey> {
-        self.keys.get(idx)
+        self.keys.get(idx).and_then(Option::as_ref)
+    }
+
+    /// The passkeys registered for approver `idx`.
+    pub(crate) fn approver_passkeys(&self, idx: usize) -> &[crate::webauthn::PasskeyCredentialKey] {
+        self.passkeys.get(idx).map_or(&[], Vec::as_slice)
     }
 
     /// Role of an initiator id, when it is an approver of this policy.
@@ -216,6 +223,91 @@ impl Validator {
     }
     fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.warnings.push(Issue::new(path, msg));
+    }
+
+    /// Parses an approver's passkeys; a credential id used twice (by anyone)
+    /// is an error: one authenticator would count twice in a quorum.
+    fn passkeys(
+        &mut self,
+        doc: &PolicyDocument,
+        path: &str,
+        a: &crate::document::Approver,
+        seen: &mut BTreeMap<Vec<u8>, String>,
+    ) -> Vec<crate::webauthn::PasskeyCredentialKey> {
+        use crate::webauthn::{PasskeyAlg, PasskeyAssertion, PasskeyCredentialKey, PasskeyKey};
+        let mut out = Vec::new();
+        for (field, alg, cred) in [
+            ("webauthn_p256", PasskeyAlg::Es256, &a.webauthn_p256),
+            ("webauthn_ed25519", PasskeyAlg::EdDsa, &a.webauthn_ed25519),
+        ] {
+            let Some(cred) = cred else { continue };
+            let at = format!("{path}.{field}");
+            if doc.webauthn.is_none() {
+                self.err(
+                    &at,
+                    "a passkey needs the document's [webauthn] section (rp_id, origins)",
+                );
+            }
+            let probe = PasskeyAssertion {
+                credential_id: cred.credential_id.clone(),
+                ..PasskeyAssertion::from_bytes(b"", b"", b"", b"")
+            };
+            let id = match probe.credential_id_bytes() {
+                Ok(id) if (16..=1023).contains(&id.len()) => id,
+                Ok(id) => {
+                    self.err(
+                        &at,
+                        format!(
+                            "credential_id is {} bytes; WebAuthn ids are 16..=1023",
+                            id.len()
+                        ),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.err(&at, format!("credential_id: {e}"));
+                    continue;
+                }
+            };
+            if let Some(other) = seen.insert(id.clone(), a.id.clone()) {
+                self.err(
+                    &at,
+                    format!("credential_id is also registered for approver {other:?}"),
+                );
+            }
+            match PasskeyKey::parse(alg, &cred.public_key) {
+                Ok(key) => out.push(PasskeyCredentialKey { id, key }),
+                Err(e) => self.err(&at, e.to_string()),
+            }
+        }
+        out
+    }
+
+    fn webauthn_settings(&mut self, doc: &PolicyDocument) {
+        let Some(w) = &doc.webauthn else { return };
+        if w.rp_id.is_empty() || w.rp_id.len() > 253 || w.rp_id.contains(['/', ':', ' ']) {
+            self.err(
+                "webauthn.rp_id",
+                "must be a domain name (for example custos.test)",
+            );
+        }
+        if w.origins.is_empty() {
+            self.err(
+                "webauthn.origins",
+                "list at least one origin (https://approve.example.com)",
+            );
+        }
+        for (i, o) in w.origins.iter().enumerate() {
+            let ok = (o.starts_with("https://") || o.starts_with("http://localhost"))
+                && !o.ends_with('/')
+                && o.len() <= 512;
+            if !ok {
+                self.err(
+                    format!("webauthn.origins[{i}]"),
+                    format!("{o:?} is not an origin: https://host[:port], no path or trailing slash (http only for localhost)"),
+                );
+            }
+        }
     }
 
     fn nonempty_list(&mut self, path: &str, list: &Option<Vec<String>>) {
@@ -287,6 +379,8 @@ impl Validator {
         let mut keys = Vec::new();
         let mut approver_ids = BTreeSet::new();
         let mut seen_keys = BTreeMap::new();
+        let mut passkeys = Vec::new();
+        let mut seen_credentials = BTreeMap::new();
         for (i, a) in doc.approvers.iter().enumerate() {
             let path = format!("approvers[{i}] ({})", a.id);
             if !valid_id(&a.id) {
@@ -298,6 +392,18 @@ impl Validator {
             if a.role.is_empty() {
                 self.err(&path, "role is empty");
             }
+            let own_passkeys = self.passkeys(&doc, &path, a, &mut seen_credentials);
+            if a.ed25519.is_empty() && own_passkeys.is_empty() {
+                self.err(
+                    &path,
+                    "needs an ed25519 key, a passkey (webauthn_p256, webauthn_ed25519), or both",
+                );
+            }
+            passkeys.push(own_passkeys);
+            if a.ed25519.is_empty() {
+                keys.push(None);
+                continue;
+            }
             match crate::keys::PublicKey::from_hex(&a.ed25519) {
                 Ok(k) => {
                     if let Some(other) = seen_keys.insert(k.0.to_bytes(), a.id.clone()) {
@@ -307,14 +413,15 @@ impl Validator {
                             format!("ed25519 key is also used by approver {other:?}"),
                         );
                     }
-                    keys.push(k.0);
+                    keys.push(Some(k.0));
                 }
                 Err(e) => {
                     self.err(&path, format!("ed25519: {e}"));
-                    keys.push(VerifyingKey::default());
+                    keys.push(None);
                 }
             }
         }
+        self.webauthn_settings(&doc);
         // Request keys.
         let mut request_keys = BTreeMap::new();
         let mut clients = BTreeSet::new();
@@ -406,6 +513,7 @@ impl Validator {
             doc,
             hash,
             keys,
+            passkeys,
             request_keys,
             resolved,
             book_index,
@@ -639,6 +747,24 @@ impl Validator {
                 format!("{path}.fee_bumps"),
                 "`reapprove` needs action = \"require_approvals\": there is no quorum to ask again",
             );
+        }
+        if let Some(methods) = &r.approval_methods {
+            if methods.is_empty() {
+                self.err(
+                    format!("{path}.approval_methods"),
+                    "empty list accepts no approval; leave it out to accept any",
+                );
+            }
+            if methods.contains(&crate::document::ApprovalMethod::Passkey) && doc.webauthn.is_none()
+            {
+                self.err(
+                    format!("{path}.approval_methods"),
+                    "\"passkey\" needs a [webauthn] section (rp_id, origins)",
+                );
+            }
+            if r.action != ActionKind::RequireApprovals {
+                self.warn(path, "`approval_methods` has no effect without approvals");
+            }
         }
         if r.action != ActionKind::RequireApprovals && r.approval_expiry.is_some() {
             self.warn(path, "`approval_expiry` has no effect without approvals");

@@ -534,6 +534,7 @@ pub async fn submit_verdict(
             signature: a.signature,
             reason: reason.to_owned(),
             fee_bump_statement: Vec::new(),
+            webauthn: None,
         })
         .await
         .map(|r| r.into_inner())
@@ -799,4 +800,121 @@ pub fn coordinator_sqlite_url(layout: &ClusterLayout) -> String {
         "sqlite://{}",
         layout.coordinator.data_dir.join("coordinator.db").display()
     )
+}
+
+/// A software passkey: a P-256 key that answers `navigator.credentials.get()`
+/// as a browser does (authenticatorData, clientDataJSON, DER signature), for
+/// RP ID `custos.test`. TEST KEYS from public seeds.
+pub struct SoftPasskey {
+    key: p256::ecdsa::SigningKey,
+    id: Vec<u8>,
+    /// The sign counter of the next assertion, minus one.
+    pub counter: u32,
+}
+
+/// The flow policy's passkey origin and RP ID.
+pub const PASSKEY_ORIGIN: &str = "https://custos.test";
+
+/// Flags of an assertion: user present and user verified.
+pub const UP_UV: u8 = 0x05;
+
+impl SoftPasskey {
+    /// The passkey of the flow policy's approver `who` (`frank`, `grace`).
+    pub fn of(who: &str) -> Self {
+        let seed = match who {
+            "frank" => 0xf1,
+            _ => 0xf2,
+        };
+        Self {
+            key: p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap(),
+            id: vec![seed; 16],
+            counter: 0,
+        }
+    }
+
+    /// Signs an assertion over `challenge` for `origin` with `flags`, the
+    /// counter one above the last.
+    pub fn assert(
+        &mut self,
+        challenge: &[u8],
+        origin: &str,
+        flags: u8,
+    ) -> custos_policy::PasskeyAssertion {
+        use p256::ecdsa::signature::Signer;
+        use sha2::Digest;
+        self.counter += 1;
+        let mut ad = sha2::Sha256::digest(b"custos.test").to_vec();
+        ad.push(flags);
+        ad.extend_from_slice(&self.counter.to_be_bytes());
+        let challenge = base64_url(challenge);
+        let cd = format!(
+            r#"{{"type":"webauthn.get","challenge":"{challenge}","origin":"{origin}","crossOrigin":false}}"#
+        );
+        let mut msg = ad.clone();
+        msg.extend_from_slice(&sha2::Sha256::digest(cd.as_bytes()));
+        let sig: p256::ecdsa::Signature = self.key.sign(&msg);
+        custos_policy::PasskeyAssertion::from_bytes(
+            &self.id,
+            &ad,
+            cd.as_bytes(),
+            sig.to_der().as_bytes(),
+        )
+    }
+
+    /// The approval of `who` over `statement` with this passkey.
+    pub fn approve(
+        &mut self,
+        who: &str,
+        statement: &custos_policy::ApprovalStatement,
+        origin: &str,
+        flags: u8,
+    ) -> custos_policy::Approval {
+        let challenge =
+            custos_policy::passkey_challenge(statement, custos_policy::Verdict::Approve).unwrap();
+        custos_policy::Approval::passkey(
+            who,
+            custos_policy::Verdict::Approve,
+            self.assert(&challenge, origin, flags),
+        )
+    }
+}
+
+/// Unpadded base64url, as browsers encode the challenge.
+fn base64_url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Submits a passkey approval to the coordinator over gRPC, as the approval
+/// app will (raw assertion bytes).
+pub async fn submit_passkey(
+    approver: &Client,
+    w: &Withdrawal,
+    a: &custos_policy::Approval,
+) -> Result<Withdrawal, tonic::Status> {
+    let p = a.webauthn.as_ref().unwrap();
+    let raw = |s: &str| -> Vec<u8> {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .unwrap()
+    };
+    approver
+        .clone()
+        .submit_approval(SubmitApprovalRequest {
+            withdrawal_id: w.id.clone(),
+            approver: a.approver.clone(),
+            verdict: Verdict::Approve as i32,
+            signature: String::new(),
+            reason: String::new(),
+            fee_bump_statement: Vec::new(),
+            webauthn: Some(custos_proto::custody::WebAuthnAssertion {
+                credential_id: raw(&p.credential_id),
+                authenticator_data: raw(&p.authenticator_data),
+                client_data_json: raw(&p.client_data_json),
+                signature: raw(&p.signature),
+            }),
+        })
+        .await
+        .map(|r| r.into_inner())
 }

@@ -333,6 +333,7 @@ async fn every_policy_action_end_to_end() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
+    passkey_approvals_verified_by_coordinator_and_every_signer(&fc).await;
     api_tokens_rotate_revoke_and_expire(&fc).await;
     client_certificates_authenticate_backends(&fc).await;
     fc.tc.cluster.stop().await.unwrap();
@@ -665,4 +666,213 @@ async fn client_certificates_authenticate_backends(fc: &FlowCluster) {
             .contains(&format!("client certificate {id} was revoked")),
         "{e}"
     );
+}
+
+/// The flow policy's passkey payee (rule `passkey-two-approvals`: two
+/// passkey approvals from frank and grace, Ed25519 refused).
+const PASSKEY_PAYEE: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
+
+/// Passkey approvals (docs/SECURITY.md case 35): two software passkeys
+/// answering as a browser would approve a withdrawal and it is signed; an
+/// assertion over another statement, from another origin, without user
+/// verification or with a replayed counter is refused by the coordinator at
+/// submit (nothing stored) and by every signer when a rogue coordinator
+/// forwards it anyway. Uses wallet w-cold, so no velocity limit of w-hot
+/// moves.
+async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowCluster) {
+    use custos_policy::{Amount, ApprovalStatement, Withdrawal as PolicyWithdrawal};
+    let (mut frank, mut grace) = (SoftPasskey::of("frank"), SoftPasskey::of("grace"));
+    let create = |key: &'static str| {
+        let backend = fc.backend.clone();
+        async move {
+            backend
+                .clone()
+                .create_withdrawal(withdrawal_req(key, "w-cold", PASSKEY_PAYEE, 2 * ETH))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let w1 = create("passkey-1").await;
+    assert_eq!(w1.rule_id, "passkey-two-approvals", "{}", w1.decision);
+    assert_eq!(w1.state, "awaiting_approvals");
+    let st1 = ApprovalStatement::decode(&w1.statement).unwrap();
+    let mut other = st1.clone();
+    other.amount = Amount(3 * ETH);
+
+    // The coordinator refuses at submit, naming the check; nothing is stored.
+    let refused = |r: Result<custos_proto::custody::Withdrawal, tonic::Status>, why: &str| {
+        let e = r.unwrap_err();
+        assert!(e.message().contains(why), "{why}: {e}");
+    };
+    let a = frank.approve("frank", &other, PASSKEY_ORIGIN, UP_UV);
+    refused(
+        submit_passkey(&fc.approver, &w1, &a).await,
+        "challenge is not this statement's",
+    );
+    let a = frank.approve("frank", &st1, "https://evil.test", UP_UV);
+    refused(
+        submit_passkey(&fc.approver, &w1, &a).await,
+        "is not an allowed origin",
+    );
+    let a = frank.approve("frank", &st1, PASSKEY_ORIGIN, 0x01);
+    refused(
+        submit_passkey(&fc.approver, &w1, &a).await,
+        "(UV) flag is clear",
+    );
+    // An Ed25519 approval under a passkey-only rule.
+    let e = submit_verdict(&fc.approver, &w1, "alice", PV::Approve, "")
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("approval"), "{e}");
+    let w = withdrawal(&fc.backend, &w1.id).await;
+    assert!(
+        w.approvals.is_empty(),
+        "refused approvals were stored: {:?}",
+        w.approvals
+    );
+
+    let a = frank.approve("frank", &st1, PASSKEY_ORIGIN, UP_UV);
+    let frank_counter = frank.counter;
+    submit_passkey(&fc.approver, &w1, &a).await.unwrap();
+
+    // A second withdrawal: frank's passkey cloned (its counter replayed).
+    let w2 = create("passkey-2").await;
+    let st2 = ApprovalStatement::decode(&w2.statement).unwrap();
+    frank.counter = frank_counter - 1;
+    let replayed = frank.approve("frank", &st2, PASSKEY_ORIGIN, UP_UV);
+    refused(
+        submit_passkey(&fc.approver, &w2, &replayed).await,
+        &format!("sign counter {frank_counter} is not above the last one seen ({frank_counter})"),
+    );
+
+    // grace completes w1's quorum: every signer re-verifies both assertions
+    // and w1 is signed.
+    let a = grace.approve("grace", &st1, PASSKEY_ORIGIN, UP_UV);
+    submit_passkey(&fc.approver, &w1, &a).await.unwrap();
+    let signed = wait_state(&fc.backend, &w1.id, &["signed"], LIMIT).await;
+    let pk = fc
+        .tc
+        .client
+        .clone()
+        .get_key(GetKeyRequest {
+            key_id: "w-cold".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .public_key;
+    verify_signed(&pk, &signed);
+
+    // The log carries the assertions: the real `custos audit verify` with
+    // the policy replay re-verifies the passkey approvals behind w1's signature.
+    custos_tests::audit::settled(fc).await;
+    let bundle = custos_tests::audit::export(fc, 0, 0).await;
+    let path = fc.tc.dir.path().join("passkey-bundle.json");
+    std::fs::write(&path, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let policy_file = flow_policy();
+    let admins = fc
+        .tc
+        .cluster
+        .layout()
+        .policy
+        .as_ref()
+        .unwrap()
+        .admins
+        .clone();
+    let o = custos_tests::audit::verify(
+        &path,
+        &custos_tests::audit::keys(fc).await,
+        &[
+            "--policy",
+            policy_file.to_str().unwrap(),
+            "--admins",
+            admins.to_str().unwrap(),
+        ],
+    );
+    assert!(o.ok, "{o}");
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("signatures"))
+        .unwrap();
+    let n = line.split_whitespace().nth(1).unwrap();
+    assert!(
+        n != "0" && line.contains(&format!("{n} authorised of {n} checked")),
+        "{o}"
+    );
+
+    // A rogue coordinator forwards w2 with grace's genuine approval and a
+    // tampered one of frank's: every signer refuses, naming the check.
+    let layout = fc.tc.cluster.layout().clone();
+    let policy = layout.policy.as_ref().unwrap();
+    let request = withdrawal_req("passkey-2", "w-cold", PASSKEY_PAYEE, 2 * ETH);
+    let pw = PolicyWithdrawal {
+        id: w2.id.clone(),
+        wallet: w2.wallet.clone(),
+        chain: w2.chain.clone(),
+        asset: w2.asset.clone(),
+        destination: w2.destination.clone(),
+        amount: Amount(2 * ETH),
+        fee_cap: Amount(w2.fee_cap.parse().unwrap()),
+        initiator: w2.initiator.clone(),
+        tx_digest: String::new(),
+    };
+    let grace_w2 = grace.approve("grace", &st2, PASSKEY_ORIGIN, UP_UV);
+    let auth =
+        |frank_approval: custos_policy::Approval| custos_proto::signer::WithdrawalAuthorization {
+            idempotency_key: request.idempotency_key.clone(),
+            request_signature: request.request_signature.clone(),
+            withdrawal_json: serde_json::to_vec(&pw).unwrap(),
+            policy_document: std::fs::read(&policy.document).unwrap(),
+            policy_signatures: std::fs::read(&policy.signatures).unwrap(),
+            rule_id: "passkey-two-approvals".into(),
+            statement_expiry: st2.expiry.0,
+            risk_score: 0,
+            approvals_json: serde_json::to_vec(&[frank_approval, grace_w2.clone()]).unwrap(),
+            ..Default::default()
+        };
+    let signers = coordinator_signer_clients(&layout).await;
+    let mut other2 = st2.clone();
+    other2.amount = Amount(3 * ETH);
+    frank.counter = 100;
+    let cases = [
+        (
+            frank.approve("frank", &other2, PASSKEY_ORIGIN, UP_UV),
+            "challenge is not this statement's".to_owned(),
+        ),
+        (
+            frank.approve("frank", &st2, "https://evil.test", UP_UV),
+            "is not an allowed origin".to_owned(),
+        ),
+        (
+            frank.approve("frank", &st2, PASSKEY_ORIGIN, 0x01),
+            "(UV) flag is clear".to_owned(),
+        ),
+        (
+            replayed,
+            format!(
+                "sign counter {frank_counter} is not above the last one seen ({frank_counter})"
+            ),
+        ),
+    ];
+    for (bad, why) in cases {
+        let a = auth(bad);
+        for (node, c) in &signers {
+            let e = c.clone().register_quorum(a.clone()).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{node} register: {e}");
+            assert!(e.message().contains(&why), "{node} register, {why}: {e}");
+            let e = c
+                .clone()
+                .sign_withdrawal(custos_proto::signer::SignWithdrawalRequest {
+                    authorization: Some(a.clone()),
+                    key_id: "w-cold".into(),
+                    presignature_id: "ps-rogue".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{node} sign: {e}");
+            assert!(e.message().contains(&why), "{node} sign, {why}: {e}");
+        }
+    }
 }

@@ -304,6 +304,7 @@ async fn submit(
             signature: approval.signature.clone(),
             reason: reason.unwrap_or_default().to_string(),
             fee_bump_statement: Vec::new(),
+            webauthn: None,
         })
         .await
         .map_err(rpc("SubmitApproval"))?
@@ -513,6 +514,7 @@ async fn submit_fee_bump(
             signature: approval.signature.clone(),
             reason: reason.unwrap_or_default().to_string(),
             fee_bump_statement: w.fee_bump_statement.clone(),
+            webauthn: None,
         })
         .await
         .map_err(rpc("SubmitApproval (fee bump)"))?

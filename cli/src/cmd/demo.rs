@@ -389,6 +389,7 @@ async fn approve_as_treasurers(
                 signature: approval.signature.clone(),
                 reason: String::new(),
                 fee_bump_statement: Vec::new(),
+                webauthn: None,
             })
             .await
             .map_err(rpc("SubmitApproval"))?

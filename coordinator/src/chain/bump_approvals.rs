@@ -115,6 +115,7 @@ impl Chains {
                         approver: r.get("approver"),
                         verdict,
                         signature: r.get("signature"),
+                        webauthn: None,
                     },
                     received_ms: r.get("received_ms"),
                 })

@@ -14,8 +14,9 @@ use custos_audit::EntryBody;
 use custos_audit::entry::{DecisionOutcome, Verdict as AuditVerdict};
 use custos_policy::{
     Amount, Approval, ApprovalStatement, ApprovalStatus, Decision, HistoryEntry, Outcome,
-    PolicyHash, RequestStatement, Timestamp, Verdict, Withdrawal, check_address, check_approvals,
-    check_cancellation, evaluate, intent_digest, request_withdrawal_id,
+    PasskeyAssertion, PolicyHash, RequestStatement, Timestamp, Verdict, Withdrawal, check_address,
+    check_approvals, check_cancellation, check_sign_counter, evaluate, intent_digest,
+    request_withdrawal_id,
 };
 use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
 use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
@@ -85,10 +86,25 @@ pub struct SubmittedVerdict {
     pub approver: String,
     /// What they decided.
     pub verdict: Verdict,
-    /// Ed25519 signature, hex.
+    /// Ed25519 signature, hex (empty with `webauthn`).
     pub signature: String,
+    /// A passkey approval's assertion instead of `signature`.
+    pub webauthn: Option<PasskeyAssertion>,
     /// Free text.
     pub reason: String,
+}
+
+/// The policy crate's approval for a stored row (`verdict` as stored).
+fn approval_of(a: ApprovalRow, verdict: Verdict) -> Approval {
+    Approval {
+        approver: a.approver,
+        verdict,
+        signature: a.signature,
+        // Unreadable JSON leaves no assertion: the approval then fails verification.
+        webauthn: a
+            .webauthn
+            .and_then(|j| serde_json::from_str::<PasskeyAssertion>(&j).ok()),
+    }
 }
 
 /// Tunables.
@@ -261,6 +277,39 @@ fn text_ok(field: &str, s: &str, max: usize, required: bool) -> Result<(), Coord
 
 /// Refuses a verdict just added at `index` when `status` finds it (or the
 /// statement) unacceptable; problems with earlier verdicts are not its fault.
+/// A verdict carries exactly one of an Ed25519 signature (128 hex) and a
+/// passkey assertion.
+fn check_signature_fields(v: &SubmittedVerdict) -> Result<(), CoordError> {
+    match &v.webauthn {
+        Some(_) if !v.signature.is_empty() => Err(CoordError::InvalidArgument(
+            "signature: leave it empty when a webauthn assertion is given".into(),
+        )),
+        Some(a) => {
+            let fields = [
+                ("webauthn.credential_id", &a.credential_id),
+                ("webauthn.authenticator_data", &a.authenticator_data),
+                ("webauthn.client_data_json", &a.client_data_json),
+                ("webauthn.signature", &a.signature),
+            ];
+            for (name, f) in fields {
+                if f.is_empty() || f.len() > 8192 {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "{name}: must be 1..=6144 bytes"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        None if v.signature.len() != 128 || hex::decode(&v.signature).is_err() => {
+            Err(CoordError::InvalidArgument(
+                "signature: must be 128 hex characters (Ed25519), or give a webauthn assertion"
+                    .into(),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 fn refuse_if_invalid(status: &ApprovalStatus, index: usize, what: &str) -> Result<(), CoordError> {
     if let ApprovalStatus::Invalid { problems } = status {
         let mine: Vec<String> = problems
@@ -1134,11 +1183,7 @@ impl Engine {
             .await?
             .into_iter()
             .filter(|a| a.verdict == "approve")
-            .map(|a| Approval {
-                approver: a.approver,
-                verdict: Verdict::Approve,
-                signature: a.signature,
-            })
+            .map(|a| approval_of(a, Verdict::Approve))
             .collect();
         Ok(WithdrawalAuthorization {
             withdrawal_json: serde_json::to_vec(&w)
@@ -1497,11 +1542,7 @@ impl Engine {
         let state = row.state()?;
         text_ok("approver", &v.approver, 64, true)?;
         text_ok("reason", &v.reason, MAX_MEMO, false)?;
-        if v.signature.len() != 128 || hex::decode(&v.signature).is_err() {
-            return Err(CoordError::InvalidArgument(
-                "signature: must be 128 hex characters (Ed25519)".into(),
-            ));
-        }
+        check_signature_fields(&v)?;
         let statement = self.statement(&row)?;
         let decision = self.decision(&row)?;
         let now = Timestamp(now_secs());
@@ -1516,7 +1557,13 @@ impl Engine {
             approver: v.approver.clone(),
             verdict: v.verdict,
             signature: v.signature.clone(),
+            webauthn: v.webauthn.clone(),
         };
+        if v.verdict == Verdict::Cancel && new.webauthn.is_some() {
+            return Err(CoordError::InvalidArgument(
+                "webauthn: cancellations are signed with the approver's Ed25519 key (custos withdrawal cancel)".into(),
+            ));
+        }
         if v.verdict == Verdict::Cancel {
             return self
                 .cancel_signed(row, state, &active, &decision, &statement, new, &v.reason)
@@ -1542,7 +1589,8 @@ impl Engine {
             all.len() - 1,
             &format!("approval by {}", new.approver),
         )?;
-        let signature = hex::decode(&new.signature).unwrap_or_default();
+        self.check_passkey_counter(&new).await?;
+        let signature = new.log_signature();
         self.audit
             .append(EntryBody::Approval {
                 withdrawal_id: row.id.clone(),
@@ -1562,6 +1610,10 @@ impl Engine {
                     signature: new.signature.clone(),
                     reason: v.reason.clone(),
                     received_ms: now_ms(),
+                    webauthn: new
+                        .webauthn
+                        .as_ref()
+                        .and_then(|a| serde_json::to_string(a).ok()),
                 },
             )
             .await?;
@@ -1579,6 +1631,34 @@ impl Engine {
         self.get(&row.id).await
     }
 
+    /// Refuses a passkey approval whose sign counter is not above the last
+    /// one this coordinator stored for the credential (an early error: every
+    /// signer compares counters again in its own storage).
+    async fn check_passkey_counter(&self, new: &Approval) -> Result<(), CoordError> {
+        let Some(assertion) = &new.webauthn else {
+            return Ok(());
+        };
+        let bad =
+            |e: custos_policy::PolicyError| CoordError::InvalidArgument(format!("webauthn: {e}"));
+        let id = assertion.credential_id_bytes().map_err(bad)?;
+        let counter = assertion.sign_counter().map_err(bad)?;
+        let mut last = 0;
+        for json in self.store.passkey_assertions(&new.approver).await? {
+            let Ok(seen) = serde_json::from_str::<PasskeyAssertion>(&json) else {
+                continue;
+            };
+            if seen.credential_id_bytes().ok().as_deref() == Some(id.as_slice()) {
+                last = last.max(seen.sign_counter().unwrap_or(0));
+            }
+        }
+        check_sign_counter(last, counter).map_err(|e| {
+            CoordError::InvalidArgument(format!(
+                "webauthn: passkey approval of {} refused: {e}",
+                new.approver
+            ))
+        })
+    }
+
     /// The approve and reject verdicts stored for a withdrawal.
     async fn stored_verdicts(&self, id: &str) -> Result<Vec<Approval>, CoordError> {
         Ok(self
@@ -1592,11 +1672,7 @@ impl Engine {
                     "reject" => Verdict::Reject,
                     _ => return None,
                 };
-                Some(Approval {
-                    approver: a.approver,
-                    verdict,
-                    signature: a.signature,
-                })
+                Some(approval_of(a, verdict))
             })
             .collect())
     }
@@ -1770,6 +1846,7 @@ impl Engine {
                         signature: c.signature.clone(),
                         reason: reason.to_owned(),
                         received_ms: now_ms(),
+                        webauthn: None,
                     },
                 )
                 .await?;

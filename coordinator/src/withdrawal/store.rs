@@ -16,6 +16,8 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
     db.add_column_if_missing("withdrawals", "tx_hash", "TEXT")
         .await?;
     db.add_column_if_missing("withdrawals", "request_signature", "TEXT")
+        .await?;
+    db.add_column_if_missing("approvals", "webauthn", "TEXT")
         .await
 }
 
@@ -77,6 +79,7 @@ pub fn schema(backend: Backend) -> String {
             signature TEXT NOT NULL,
             reason TEXT NOT NULL,
             received_ms BIGINT NOT NULL,
+            webauthn TEXT,
             PRIMARY KEY (withdrawal_id, approver, verdict)
         );
         CREATE TABLE IF NOT EXISTS withdrawal_events (
@@ -221,12 +224,14 @@ pub struct ApprovalRow {
     pub approver: String,
     /// `approve`, `reject`, `cancel`.
     pub verdict: String,
-    /// Signature, hex.
+    /// Signature, hex (empty for a passkey approval).
     pub signature: String,
     /// Free text.
     pub reason: String,
     /// Unix ms.
     pub received_ms: i64,
+    /// A passkey approval's assertion (JSON `custos_policy::PasskeyAssertion`).
+    pub webauthn: Option<String>,
 }
 
 /// One state change, as streamed by WatchWithdrawals.
@@ -702,8 +707,8 @@ impl WithdrawalStore {
         a: &ApprovalRow,
     ) -> Result<bool, CoordError> {
         let res = sqlx::query(
-            "INSERT INTO approvals (withdrawal_id, approver, verdict, signature, reason, received_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO approvals (withdrawal_id, approver, verdict, signature, reason, received_ms, webauthn)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(withdrawal_id)
         .bind(&a.approver)
@@ -711,6 +716,7 @@ impl WithdrawalStore {
         .bind(&a.signature)
         .bind(&a.reason)
         .bind(a.received_ms)
+        .bind(a.webauthn.as_deref())
         .execute(&self.pool)
         .await;
         match res {
@@ -720,10 +726,23 @@ impl WithdrawalStore {
         }
     }
 
+    /// Every passkey assertion stored from `approver` (JSON), for comparing
+    /// sign counters.
+    pub async fn passkey_assertions(&self, approver: &str) -> Result<Vec<String>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT webauthn FROM approvals WHERE approver = $1 AND webauthn IS NOT NULL",
+        )
+        .bind(approver)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Approvals of a withdrawal, in arrival order.
     pub async fn approvals(&self, withdrawal_id: &str) -> Result<Vec<ApprovalRow>, CoordError> {
         let rows = sqlx::query(
-            "SELECT approver, verdict, signature, reason, received_ms FROM approvals
+            "SELECT approver, verdict, signature, reason, received_ms, webauthn FROM approvals
              WHERE withdrawal_id = $1 ORDER BY received_ms, approver",
         )
         .bind(withdrawal_id)
@@ -738,6 +757,7 @@ impl WithdrawalStore {
                 signature: r.get(2),
                 reason: r.get(3),
                 received_ms: r.get(4),
+                webauthn: r.get(5),
             })
             .collect())
     }

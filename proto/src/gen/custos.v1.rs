@@ -481,7 +481,8 @@ pub struct SubmitApprovalRequest {
     pub approver: ::prost::alloc::string::String,
     #[prost(enumeration = "Verdict", tag = "3")]
     pub verdict: i32,
-    /// Ed25519 signature (hex) over the statement's signing message for the verdict.
+    /// Ed25519 signature (hex) over the statement's signing message for the
+    /// verdict; empty when `webauthn` is set.
     #[prost(string, tag = "4")]
     pub signature: ::prost::alloc::string::String,
     /// Free text for rejections and cancellations.
@@ -491,6 +492,23 @@ pub struct SubmitApprovalRequest {
     /// fee-bump statement signed (Withdrawal.fee_bump_statement).
     #[prost(bytes = "vec", tag = "6")]
     pub fee_bump_statement: ::prost::alloc::vec::Vec<u8>,
+    /// A passkey approval instead of `signature`: the WebAuthn assertion whose
+    /// challenge is SHA-256 of the statement's signing message for the verdict.
+    #[prost(message, optional, tag = "7")]
+    pub webauthn: ::core::option::Option<WebAuthnAssertion>,
+}
+/// A WebAuthn assertion as navigator.credentials.get() returns it (raw bytes).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WebAuthnAssertion {
+    #[prost(bytes = "vec", tag = "1")]
+    pub credential_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub authenticator_data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub client_data_json: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

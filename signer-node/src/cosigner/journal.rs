@@ -2,8 +2,10 @@
 //! locks run from there), which it was told are cancelled, and what it signed
 //! (velocity limits and replay refusal). Append-only JSON lines, fsync'd
 //! before the signer acts on them; a torn last line from a crash is ignored.
+//! It also keeps the sign counter of every passkey whose approvals this
+//! signer accepted, so a counter that repeats or goes backwards is refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -110,7 +112,30 @@ enum Line {
         id: String,
         record: Box<SignedRecord>,
     },
+    /// A passkey assertion this signer accepted.
+    PasskeySeen {
+        /// Credential id, base64url.
+        credential: String,
+        counter: u32,
+        /// SHA-256 of the assertion, hex.
+        assertion: String,
+    },
 }
+
+/// One passkey use: credential id (base64url), sign counter, assertion digest (hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyUse {
+    /// Credential id, base64url.
+    pub credential: String,
+    /// The sign counter the authenticator reported.
+    pub counter: u32,
+    /// SHA-256 of the assertion, hex.
+    pub assertion: String,
+}
+
+/// Per credential: the highest counter accepted and every assertion accepted
+/// (seeing one again is re-verification, not a replay).
+type PasskeyIndex = HashMap<String, (u32, BTreeSet<String>)>;
 
 /// What the journal knows of one withdrawal.
 #[derive(Clone, Debug, Default)]
@@ -136,6 +161,7 @@ pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
     index: Mutex<HashMap<String, Known>>,
+    passkeys: Mutex<PasskeyIndex>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -149,6 +175,7 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Self, NodeError> {
         let path = dir.join("withdrawals.log");
         let mut index: HashMap<String, Known> = HashMap::new();
+        let mut passkeys = PasskeyIndex::new();
         if path.exists() {
             let f = File::open(&path).map_err(|e| NodeError::storage(&path, e))?;
             for line in BufReader::new(f).lines() {
@@ -157,7 +184,7 @@ impl Journal {
                 let Ok(l) = serde_json::from_str::<Line>(&line) else {
                     continue;
                 };
-                apply(&mut index, l);
+                apply(&mut index, &mut passkeys, l);
             }
         }
         let file = OpenOptions::new()
@@ -169,6 +196,7 @@ impl Journal {
             path,
             file: Mutex::new(file),
             index: Mutex::new(index),
+            passkeys: Mutex::new(passkeys),
         })
     }
 
@@ -183,7 +211,42 @@ impl Journal {
                 .and_then(|_| f.sync_data())
                 .map_err(|e| NodeError::storage(&self.path, e))?;
         }
-        apply(&mut self.index.lock().unwrap_or_else(|p| p.into_inner()), l);
+        apply(
+            &mut self.index.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut self.passkeys.lock().unwrap_or_else(|p| p.into_inner()),
+            l,
+        );
+        Ok(())
+    }
+
+    /// Checks the passkey uses of one quorum against the counters this
+    /// signer recorded, then records them: each credential's counter must be
+    /// above the highest accepted before (or both 0), unless the very same
+    /// assertion was accepted before. Nothing is recorded when one fails.
+    pub fn passkeys_seen(&self, uses: &[PasskeyUse]) -> Result<(), String> {
+        let mut fresh = Vec::new();
+        {
+            let index = self.passkeys.lock().unwrap_or_else(|p| p.into_inner());
+            for u in uses {
+                let (last, seen) = index
+                    .get(&u.credential)
+                    .map_or((0, None), |(c, s)| (*c, Some(s)));
+                if seen.is_some_and(|s| s.contains(&u.assertion)) {
+                    continue;
+                }
+                custos_policy::check_sign_counter(last, u.counter)
+                    .map_err(|e| format!("passkey {}: {e}", u.credential))?;
+                fresh.push(u.clone());
+            }
+        }
+        for u in fresh {
+            self.append(Line::PasskeySeen {
+                credential: u.credential,
+                counter: u.counter,
+                assertion: u.assertion,
+            })
+            .map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -287,8 +350,17 @@ impl Journal {
     }
 }
 
-fn apply(index: &mut HashMap<String, Known>, l: Line) {
+fn apply(index: &mut HashMap<String, Known>, passkeys: &mut PasskeyIndex, l: Line) {
     match l {
+        Line::PasskeySeen {
+            credential,
+            counter,
+            assertion,
+        } => {
+            let e = passkeys.entry(credential).or_default();
+            e.0 = e.0.max(counter);
+            e.1.insert(assertion);
+        }
         Line::QuorumSeen {
             id,
             at,
@@ -355,6 +427,46 @@ mod tests {
         j.quorum_seen("w4", 300, "bb").unwrap();
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.get("w4").quorum_seen.map(|q| q.0), Some(300));
+    }
+
+    fn pk(credential: &str, counter: u32, assertion: &str) -> PasskeyUse {
+        PasskeyUse {
+            credential: credential.into(),
+            counter,
+            assertion: assertion.into(),
+        }
+    }
+
+    /// Passkey counters must grow per credential, across a reopen; the same
+    /// assertion seen again (quorum registration, then signing) is accepted;
+    /// a failing quorum records nothing.
+    #[test]
+    fn passkey_counters_grow_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.passkeys_seen(&[pk("a", 5, "x1"), pk("b", 1, "y1")])
+                .unwrap();
+            j.passkeys_seen(&[pk("a", 5, "x1")]).unwrap();
+            let e = j.passkeys_seen(&[pk("a", 5, "x2")]).unwrap_err();
+            assert!(
+                e.contains("sign counter 5 is not above the last one seen (5)"),
+                "{e}"
+            );
+            // b's counter would be fine, a's is not: b is not recorded.
+            assert!(
+                j.passkeys_seen(&[pk("b", 2, "y2"), pk("a", 4, "x3")])
+                    .is_err()
+            );
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.passkeys_seen(&[pk("a", 3, "x4")]).is_err());
+        assert!(j.passkeys_seen(&[pk("a", 5, "x1")]).is_ok());
+        j.passkeys_seen(&[pk("b", 2, "y2"), pk("a", 6, "x5")])
+            .unwrap();
+        // Authenticators without a counter report 0 every time.
+        j.passkeys_seen(&[pk("c", 0, "z1")]).unwrap();
+        j.passkeys_seen(&[pk("c", 0, "z2")]).unwrap();
     }
 
     fn record(tx: &str, input: u32, at: i64) -> SignedRecord {

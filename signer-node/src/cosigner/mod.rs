@@ -449,12 +449,32 @@ impl Cosigner {
             }
             refused(m)
         })?;
+        self.record_passkeys(&approvals)?;
         Ok(Verified {
             withdrawal: w,
             digest,
             tx_digests,
             authorization,
         })
+    }
+
+    /// Compares the sign counters of the passkey approvals (verified by
+    /// `authorize`) with the ones this signer recorded, and records them.
+    fn record_passkeys(&self, approvals: &[Approval]) -> Result<(), NodeError> {
+        let mut uses = Vec::new();
+        for a in approvals {
+            let Some(p) = &a.webauthn else { continue };
+            let bad =
+                |e: custos_policy::PolicyError| refused(format!("approval of {}: {e}", a.approver));
+            uses.push(journal::PasskeyUse {
+                credential: hex::encode(p.credential_id_bytes().map_err(bad)?),
+                counter: p.sign_counter().map_err(bad)?,
+                assertion: hex::encode(p.digest().map_err(bad)?),
+            });
+        }
+        self.journal
+            .passkeys_seen(&uses)
+            .map_err(|e| refused(format!("invalid approvals: {e}")))
     }
 
     /// What the witnessed log says against this withdrawal: a cancel or a
@@ -976,7 +996,7 @@ impl Cosigner {
         };
         // The initiator as this signer recorded it (the intent digest does
         // not cover it): the initiator never approves their own bump.
-        authorize_fee_bump(
+        let approvers = authorize_fee_bump(
             &active,
             &signed.initiator,
             &statement,
@@ -989,7 +1009,9 @@ impl Cosigner {
                 signed.rule_id,
                 e.to_string().trim_start_matches("signing refused: ")
             ))
-        })
+        })?;
+        self.record_passkeys(&approvals)?;
+        Ok(approvers)
     }
 
     /// Records what was signed (before the partial is returned).

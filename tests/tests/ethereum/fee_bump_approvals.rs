@@ -61,6 +61,7 @@ async fn submit_bump(
             signature: a.signature.clone(),
             reason: String::new(),
             fee_bump_statement: statement,
+            webauthn: None,
         })
         .await
         .map(|r| r.into_inner())

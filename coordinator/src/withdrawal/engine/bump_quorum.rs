@@ -195,6 +195,11 @@ impl Engine {
         let _serialised = self.verdict_lock.lock().await;
         let row = self.get(&v.withdrawal_id).await?;
         super::text_ok("approver", &v.approver, 64, true)?;
+        if v.webauthn.is_some() {
+            return Err(CoordError::InvalidArgument(
+                "webauthn: fee bumps are approved with the approver's Ed25519 key (custos withdrawal approve)".into(),
+            ));
+        }
         if v.signature.len() != 128 || hex::decode(&v.signature).is_err() {
             return Err(CoordError::InvalidArgument(
                 "signature: must be 128 hex characters (Ed25519)".into(),
@@ -245,6 +250,7 @@ impl Engine {
             approver: v.approver.clone(),
             verdict: v.verdict,
             signature: v.signature.clone(),
+            webauthn: None,
         };
         all.push(new.clone());
         let now = Timestamp(now_secs());
