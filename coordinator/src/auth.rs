@@ -4,8 +4,9 @@
 //! Tokens live hashed in the token store file (`[auth] token_store`,
 //! managed by `custos token create|list|revoke`; see custos-credentials).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use custos_credentials::{CredentialError, Refusal, TokenRecord, TokenStore};
 use serde::Deserialize;
@@ -79,6 +80,10 @@ struct Loaded {
 pub struct Authenticator {
     path: Arc<PathBuf>,
     loaded: Arc<RwLock<Loaded>>,
+    /// Credential ids accepted since the start (each one's first use is
+    /// logged at INFO, later ones at DEBUG: a backend presents its token on
+    /// every call).
+    used: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -104,26 +109,41 @@ fn roles_of(record: &TokenRecord) -> Vec<Role> {
         .collect()
 }
 
-/// The identity of an accepted credential (`what`: "API token", ...), the
-/// outcome logged with the record id, never a secret.
-fn logged(what: &str, checked: Result<&TokenRecord, Refusal>) -> Result<Identity, Refusal> {
-    match checked {
-        Ok(record) => {
-            tracing::info!(token_id = %record.id, client = %record.client, "{what} accepted");
-            Ok(Identity {
-                id: record.client.clone(),
-                roles: roles_of(record),
-                token_id: Some(record.id.clone()),
-            })
-        }
-        Err(refusal) => {
-            tracing::warn!(reason = %refusal, "{what} refused");
-            Err(refusal)
+impl Authenticator {
+    /// The identity of an accepted credential (`what`: "API token", ...),
+    /// the outcome logged with the record id, never a secret: refusals at
+    /// WARN, a credential's first use since the start at INFO and its later
+    /// uses at DEBUG (admin calls are logged under `custos::audit` anyway).
+    fn logged(
+        &self,
+        what: &str,
+        checked: Result<&TokenRecord, Refusal>,
+    ) -> Result<Identity, Refusal> {
+        match checked {
+            Ok(record) => {
+                let first = self
+                    .used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(record.id.clone());
+                if first {
+                    tracing::info!(token_id = %record.id, client = %record.client, "{what} accepted (first use since start; later uses are logged at DEBUG)");
+                } else {
+                    tracing::debug!(token_id = %record.id, client = %record.client, "{what} accepted");
+                }
+                Ok(Identity {
+                    id: record.client.clone(),
+                    roles: roles_of(record),
+                    token_id: Some(record.id.clone()),
+                })
+            }
+            Err(refusal) => {
+                tracing::warn!(reason = %refusal, "{what} refused");
+                Err(refusal)
+            }
         }
     }
-}
 
-impl Authenticator {
     /// Loads the token store at `path` (its hashes only).
     pub fn open(path: &Path) -> Result<Self, CredentialError> {
         let bytes = std::fs::read(path).map_err(|reason| CredentialError::Io {
@@ -134,6 +154,7 @@ impl Authenticator {
         Ok(Self {
             path: Arc::new(path.to_path_buf()),
             loaded: Arc::new(RwLock::new(Loaded { bytes, store })),
+            used: Arc::default(),
         })
     }
 
@@ -183,7 +204,7 @@ impl Authenticator {
     /// Checks a bearer value at `now` (Unix seconds) and logs the outcome
     /// with the token id.
     pub fn check(&self, presented: &str, now: i64) -> Result<Identity, Refusal> {
-        logged("API token", self.read().store.verify(presented, now))
+        self.logged("API token", self.read().store.verify(presented, now))
     }
 
     /// The identity a request's `authorization: Bearer <token>` proves, if
@@ -222,7 +243,7 @@ impl Authenticator {
     /// Checks a client certificate (DER) at `now` against the pinned ones
     /// and logs the outcome with the record id.
     pub fn check_certificate(&self, der: &[u8], now: i64) -> Result<Identity, Refusal> {
-        logged(
+        self.logged(
             "client certificate",
             self.read().store.verify_certificate(der, now),
         )
