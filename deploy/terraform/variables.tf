@@ -55,12 +55,12 @@ variable "threshold" {
 }
 
 variable "coordinators" {
-  description = "Coordinator instances (one active, the others standing by)."
+  description = "Coordinator instances. One: several would all be active, since fenced leadership (a lease with an epoch the signers check) is not built yet; the autoscaling group replaces a lost one."
   type        = number
-  default     = 2
+  default     = 1
   validation {
-    condition     = var.coordinators >= 1 && var.coordinators <= 5
-    error_message = "coordinators: between 1 and 5."
+    condition     = var.coordinators == 1
+    error_message = "coordinators: must be 1 until fenced leadership exists (several coordinators would all act on the same withdrawals)."
   }
 }
 

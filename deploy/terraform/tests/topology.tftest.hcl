@@ -127,6 +127,14 @@ run "fewer_zones_than_signers_refused" {
   expect_failures = [var.signers]
 }
 
+run "several_coordinators_refused_without_leadership" {
+  command = plan
+  variables {
+    coordinators = 2
+  }
+  expect_failures = [var.coordinators]
+}
+
 run "unknown_sealing_refused" {
   command = plan
   variables {
