@@ -166,10 +166,11 @@ impl RecoveryIdentity {
 
     /// The identity file's text (secret).
     pub fn to_text(&self) -> Zeroizing<String> {
+        let secret = Zeroizing::new(hex::encode(self.secret.as_ref()));
         Zeroizing::new(format!(
             "# Custos recovery key: keep offline. Recipient: {}\n{IDENTITY_PREFIX}{}\n",
             self.recipient(),
-            hex::encode(self.secret.as_ref())
+            secret.as_str()
         ))
     }
 

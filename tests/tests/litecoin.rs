@@ -508,6 +508,31 @@ async fn deposits_after_the_scan_cursor_are_credited(
     };
     let (first, covered) = cursor().await.expect("the scan stored its cursor");
     assert!(covered.contains(wallet_address), "{covered}");
+    // A cursor block the node does not know (a resynced node) falls back to
+    // a scan from the first block instead of stopping deposits.
+    let log = layout.log_file("coordinator");
+    let unknown = "11".repeat(32);
+    let fell_back = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("does not know the deposit cursor's block")
+    };
+    let started = Instant::now();
+    while !fell_back() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no fallback from an unknown cursor block; cursor {:?}; coordinator log:\n{}",
+            cursor().await,
+            log_tail(fc, 30)
+        );
+        sqlx::query("UPDATE utxo_deposit_cursors SET block_hash = $1 WHERE chain = $2")
+            .bind(&unknown)
+            .bind(CHAIN)
+            .execute(&pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let before = metric(metrics, "custos_deposits_credited_total");
     for _ in 0..2 {
         node.pay(wallet_address, 0.2).await;
@@ -529,6 +554,7 @@ async fn deposits_after_the_scan_cursor_are_credited(
     );
     let (next, _) = cursor().await.unwrap();
     assert_ne!(next, first, "the cursor moved past the credited blocks");
+    assert_ne!(next, unknown, "the fallback scan stored a known block");
 }
 
 /// A rogue coordinator (the coordinator's own credentials) asks every signer

@@ -241,14 +241,23 @@ impl Chains {
         }
         let m = "listsinceblock";
         let target = chain.settings.confirmations.max(1);
-        let answer = chain
-            .rpc()
-            .call(
+        let list = |from: &str| {
+            chain.rpc().call(
                 Some(&chain.watch_wallet),
                 m,
-                json!([since.unwrap_or(""), target, true, false]),
+                json!([from, target, true, false]),
             )
-            .await?;
+        };
+        let answer = match list(since.unwrap_or("")).await {
+            // -5: the node does not know the cursor's block (resynced, or
+            // another node behind the URL): scan from the first block; the
+            // ledger credits each deposit once whatever is listed again.
+            Err(custos_chains::ChainError::RpcError { code: -5, .. }) if since.is_some() => {
+                tracing::warn!(chain = %chain.settings.name, block = since.unwrap_or_default(), "the node does not know the deposit cursor's block; scanning from the first block");
+                list("").await?
+            }
+            other => other?,
+        };
         let next_block = answer
             .get("lastblock")
             .and_then(Value::as_str)

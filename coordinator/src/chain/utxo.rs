@@ -165,15 +165,13 @@ impl UtxoChain {
         Ok(())
     }
 
-    /// After the node could not be reached, imports are made again (with
-    /// their rescan) at the next [`UtxoChain::watch`]: a node that went away
-    /// may come back with its wallet restored, replaced or behind, and the
-    /// coins of an address it no longer watches would look absent.
+    /// After the node could not be reached (down or restarted), imports are
+    /// made again (with their rescan) at the next [`UtxoChain::watch`]: the
+    /// node may come back with its wallet restored, replaced or behind, and
+    /// the coins of an address it no longer watches would look absent. A
+    /// slow answer is not a reason: a rescan of a long chain is slow too.
     pub(crate) fn forget_imports_if_down(&self, e: &ChainError) {
-        if matches!(
-            e,
-            ChainError::RpcUnreachable(_) | ChainError::RpcTimeout { .. }
-        ) {
+        if matches!(e, ChainError::RpcUnreachable(_)) {
             self.watched
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
