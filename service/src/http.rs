@@ -28,6 +28,11 @@ pub trait Health: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
+    /// What a ready daemon adds to `/healthz`'s "ok" (a coordinator's
+    /// leadership: "active, epoch 3"); `None`: nothing.
+    fn role(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The router with `/healthz` (200, or 503 with the reason; "shutting down"
@@ -47,7 +52,10 @@ pub fn router(health: Arc<dyn Health>, draining: CancellationToken) -> Router {
                         h.ready()
                     };
                     match state {
-                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Ok(()) => match h.role() {
+                            Some(role) => (StatusCode::OK, format!("ok: {role}\n")),
+                            None => (StatusCode::OK, "ok\n".to_owned()),
+                        },
                         Err(reason) => (
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("not ready: {reason}\n"),

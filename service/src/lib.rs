@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod limits;
+pub mod standby;
 pub mod tls;
 pub mod unseal;
 
@@ -18,6 +19,11 @@ pub use custos_db as db;
 
 /// Exit code for a bad configuration (sysexits `EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
+
+/// Exit code of a coordinator that lost its leadership lease (sysexits
+/// `EX_TEMPFAIL`): it stopped acting at once; its supervisor restarts it,
+/// and it comes back as a standby.
+pub const EXIT_LEASE_LOST: u8 = 75;
 
 /// Sets up `tracing` logging to stderr; `json` for machine-readable logs.
 /// Level from `RUST_LOG` (default `info`).

@@ -327,6 +327,11 @@ pub enum Refusal {
     },
     /// The daemon is shutting down and takes no new calls.
     Draining,
+    /// This instance is a standby: the call belongs to the active one.
+    Standby {
+        /// The active instance, if one is known.
+        leader: Option<crate::standby::Leader>,
+    },
 }
 
 impl Refusal {
@@ -345,18 +350,22 @@ impl Refusal {
                 format!("server busy: {limit} calls in flight, retry after 1 s")
             }
             Refusal::Draining => "shutting down: retry on another instance".to_owned(),
+            Refusal::Standby { leader } => crate::standby::message(leader.as_ref()),
         }
     }
 
     fn retry_after(&self) -> u64 {
         match self {
             Refusal::RateLimited { retry_after, .. } => retry_after_secs(*retry_after),
-            Refusal::Busy { .. } | Refusal::Draining => 1,
+            Refusal::Busy { .. } | Refusal::Draining | Refusal::Standby { .. } => 1,
         }
     }
 
     /// The answer for `protocol`.
     pub fn response<B: RefusalBody>(&self, protocol: Protocol) -> http::Response<B> {
+        if let Refusal::Standby { leader } = self {
+            return crate::standby::response(leader.as_ref(), protocol);
+        }
         let retry = http::HeaderValue::from(self.retry_after());
         match protocol {
             Protocol::Grpc => {
@@ -371,7 +380,7 @@ impl Refusal {
             Protocol::Http => {
                 let code = match self {
                     Refusal::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
-                    Refusal::Busy { .. } | Refusal::Draining => {
+                    Refusal::Busy { .. } | Refusal::Draining | Refusal::Standby { .. } => {
                         http::StatusCode::SERVICE_UNAVAILABLE
                     }
                 };
@@ -432,6 +441,8 @@ pub struct Refused {
     pub busy: AtomicU64,
     /// During the drain.
     pub draining: AtomicU64,
+    /// On a standby (every call but health checks).
+    pub standby: AtomicU64,
 }
 
 /// The guard of one listener: rate limits, the concurrency bound and (for
@@ -449,6 +460,9 @@ struct GuardState {
     in_flight: Arc<Semaphore>,
     client_of: ClientOf,
     draining: Option<CancellationToken>,
+    /// Set on a standby: every call but health checks is refused naming
+    /// the active instance.
+    standby: Option<crate::standby::LeaderView>,
     refused: Refused,
 }
 
@@ -477,6 +491,17 @@ impl Guard {
         client_of: ClientOf,
         draining: Option<CancellationToken>,
     ) -> Self {
+        Self::with_state(name, protocol, settings, client_of, draining, None)
+    }
+
+    fn with_state(
+        name: &'static str,
+        protocol: Protocol,
+        settings: LimitSettings,
+        client_of: ClientOf,
+        draining: Option<CancellationToken>,
+        standby: Option<crate::standby::LeaderView>,
+    ) -> Self {
         let permits = usize::try_from(settings.max_concurrent).unwrap_or(usize::MAX);
         Self {
             inner: Arc::new(GuardState {
@@ -486,9 +511,29 @@ impl Guard {
                 in_flight: Arc::new(Semaphore::new(permits)),
                 client_of,
                 draining,
+                standby,
                 refused: Refused::default(),
             }),
         }
+    }
+
+    /// The guard of a standby's listener `name`: every call but gRPC
+    /// health checks is refused with the active instance's address as
+    /// `view` knows it (`crate::standby` says why a standby redirects
+    /// rather than proxies).
+    pub fn standby(
+        name: &'static str,
+        protocol: Protocol,
+        view: crate::standby::LeaderView,
+    ) -> Self {
+        Self::with_state(
+            name,
+            protocol,
+            LimitSettings::default(),
+            Arc::new(|_| None),
+            None,
+            Some(view),
+        )
     }
 
     /// What it refused so far.
@@ -505,6 +550,7 @@ impl Guard {
             ("rate_limited", &r.rate_limited),
             ("busy", &r.busy),
             ("draining", &r.draining),
+            ("standby", &r.standby),
         ]
         .iter()
         .map(|(reason, n)| {
@@ -529,6 +575,10 @@ impl Guard {
         if !is_health && s.draining.as_ref().is_some_and(|d| d.is_cancelled()) {
             s.refused.draining.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Draining);
+        }
+        if let Some(view) = s.standby.as_ref().filter(|_| !is_health) {
+            s.refused.standby.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Standby { leader: view.get() });
         }
         let client = match (s.client_of)(req.headers()) {
             Some(id) => format!("credential {id}"),
