@@ -227,6 +227,8 @@ impl AuditTrail {
             size = l;
             need_new = false;
         }
+        // A coordinator that no longer leads signs no checkpoint.
+        self.signers.epoch()?;
         let note = if need_new {
             let ts = u64::try_from(now_ms()).unwrap_or(0);
             let started = std::time::Instant::now();
@@ -322,6 +324,7 @@ impl AuditTrail {
             consistency_proof: proof.iter().map(|h| h.to_vec()).collect(),
             from_size: from,
             entries,
+            coordinator_epoch: self.signers.epoch()?,
         };
         let res = tokio::time::timeout(limit, s.client().cosign(req)).await;
         match res {
@@ -333,6 +336,12 @@ impl AuditTrail {
                 Ok(r.into_inner().cosignatures)
             }
             Ok(Err(st)) => {
+                if s.fenced(&st).is_some() {
+                    return Err(CoordError::Unavailable(format!(
+                        "{node} refused: {}",
+                        st.message()
+                    )));
+                }
                 // Forget what we assumed; ask again next time.
                 self.witnessed
                     .lock()

@@ -147,6 +147,11 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), CoordError> {
 /// Maps a signer's reply to our error, naming the signer.
 fn signer_error(signer: &Signer, s: &tonic::Status) -> CoordError {
     let node = &signer.endpoint.node_id;
+    // A fenced coordinator's request: retryable by whoever leads now (never
+    // a failure of the withdrawal), and our leadership is over.
+    if signer.fenced(s).is_some() {
+        return CoordError::Unavailable(format!("{node} refused: {}", s.message()));
+    }
     match s.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled => {
             signer.mark_unreachable(s.message());
@@ -403,9 +408,17 @@ impl Cluster {
                 .iter()
                 .filter_map(|n| self.signers.get(n).cloned())
                 .collect();
+            let epoch = match self.signers.epoch() {
+                Ok(e) => e,
+                Err(e) => {
+                    self.set_aux_state(format!("failed: {e}"));
+                    return;
+                }
+            };
             let req = AuxInfoRequest {
                 group_id: group_id.clone(),
                 participants: participants.clone(),
+                coordinator_epoch: epoch,
             };
             let result = all_or_first_error(members, self.settings.aux_info_timeout, |s| {
                 let req = req.clone();
@@ -468,6 +481,7 @@ impl Cluster {
             CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state()))
         })?;
         let members = self.require_live(&participants, participants.len()).await?;
+        let epoch = self.signers.epoch()?;
         self.db
             .insert_key(&key_id, &group_id, threshold, &participants, chain)
             .await?;
@@ -479,6 +493,7 @@ impl Cluster {
             participants: participants.clone(),
             threshold: u32::from(threshold),
             nonce,
+            coordinator_epoch: epoch,
         };
         let result = all_or_first_error(members, self.settings.session_timeout, |s| {
             let req = req.clone();
@@ -739,6 +754,7 @@ impl Cluster {
             presignature_id: presig_id.to_owned(),
             digest: digest.to_vec(),
             request_id: request_id.to_owned(),
+            coordinator_epoch: self.signers.epoch()?,
         };
         let partials = all_or_first_error(signers, self.settings.partial_timeout, |s| {
             let req = req.clone();
@@ -781,6 +797,7 @@ impl Cluster {
             signers: ids.clone(),
             digest: digest.to_vec(),
             request_id: request_id.to_owned(),
+            coordinator_epoch: self.signers.epoch()?,
         };
         let sigs = all_or_first_error(signers, self.settings.session_timeout, |s| {
             let req = req.clone();
@@ -889,12 +906,14 @@ impl Cluster {
             }
         };
         let ids: Vec<String> = chosen.iter().map(|s| s.endpoint.node_id.clone()).collect();
+        let epoch = self.signers.epoch()?;
         let presig_id = format!("ps-{}", random_hex(10));
         self.db.insert_presig(&presig_id, &key.key_id, &ids).await?;
         let req = PresignRequest {
             key_id: key.key_id.clone(),
             presignature_id: presig_id.clone(),
             signers: ids.clone(),
+            coordinator_epoch: epoch,
         };
         let result = all_or_first_error(chosen, self.settings.session_timeout, |s| {
             let req = req.clone();
@@ -959,8 +978,9 @@ impl Cluster {
         digest: &[u8; 32],
         presig_id: &str,
         signer_ids: &[String],
-        authorization: custos_proto::signer::WithdrawalAuthorization,
+        mut authorization: custos_proto::signer::WithdrawalAuthorization,
     ) -> Result<SignOutcome, CoordError> {
+        authorization.coordinator_epoch = self.signers.epoch()?;
         let public_key = key.public_key.clone().ok_or_else(|| {
             CoordError::FailedPrecondition(format!("key {} is not ready", key.key_id))
         })?;
@@ -1048,8 +1068,17 @@ impl Cluster {
     pub async fn register_quorum(
         &self,
         participants: &[String],
-        authorization: custos_proto::signer::WithdrawalAuthorization,
+        mut authorization: custos_proto::signer::WithdrawalAuthorization,
     ) -> Vec<(String, Result<i64, CoordError>)> {
+        match self.signers.epoch() {
+            Ok(epoch) => authorization.coordinator_epoch = epoch,
+            Err(e) => {
+                return participants
+                    .iter()
+                    .map(|n| (n.clone(), Err(e.clone())))
+                    .collect();
+            }
+        }
         self.fan_out(participants, self.settings.partial_timeout, |mut c| {
             let a = authorization.clone();
             async move { c.register_quorum(a).await }
@@ -1065,8 +1094,16 @@ impl Cluster {
     pub async fn register_cancel(
         &self,
         participants: &[String],
-        notice: custos_proto::signer::CancelNotice,
+        mut notice: custos_proto::signer::CancelNotice,
     ) {
+        match (self.signers.epoch(), notice.authorization.as_mut()) {
+            (Ok(epoch), Some(a)) => a.coordinator_epoch = epoch,
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cancellation not sent to the signers");
+                return;
+            }
+        }
         let answers = self
             .fan_out(participants, self.settings.partial_timeout, |mut c| {
                 let n = notice.clone();

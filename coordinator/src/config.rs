@@ -111,6 +111,10 @@ pub struct CoordinatorConfig {
     /// Event delivery (transactional outbox → NATS JetStream, webhooks).
     #[serde(default)]
     pub events: EventSettings,
+    /// Fenced leadership among several coordinators on one PostgreSQL
+    /// database (a lease; unused with SQLite, where one coordinator runs).
+    #[serde(default)]
+    pub leadership: LeadershipSettings,
 }
 
 impl CoordinatorConfig {
@@ -155,7 +159,84 @@ impl CoordinatorConfig {
             dev: DevSettings::default(),
             ledger: LedgerSettings::default(),
             events: EventSettings::default(),
+            leadership: LeadershipSettings::default(),
         }
+    }
+}
+
+/// `[leadership]`: with `database_url` on PostgreSQL, coordinators sharing
+/// the database elect one active coordinator through a lease row; every new
+/// holder gets a higher epoch, which signers check (README, "Several
+/// coordinators"). A standby answers API calls with the active one's
+/// address and takes over once the lease expires: within `lease_ms` plus
+/// `poll_ms` of the last renewal, plus its own start. Ignored with SQLite.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeadershipSettings {
+    /// How long a lease lasts without renewal, milliseconds (default 5000):
+    /// the longest a dead or paused leader keeps a standby waiting. A leader
+    /// that could not renew for this long stops acting at once.
+    pub lease_ms: u64,
+    /// How often the leader renews, milliseconds (default 1000; at most a
+    /// third of `lease_ms`, so one failed renewal does not lose the lease).
+    pub renew_ms: u64,
+    /// How often a standby tries to take the lease, milliseconds (default 500).
+    pub poll_ms: u64,
+    /// This coordinator's name in the lease (default: host name and process
+    /// id): shown by standbys and in the logs.
+    pub name: Option<String>,
+    /// The gRPC address clients should use for this coordinator when it
+    /// leads (default `https://<grpc_listen>`): standbys answer with it.
+    pub advertise_grpc: Option<String>,
+    /// The HTTP API address clients should use (default `https://<http_listen>`).
+    pub advertise_http: Option<String>,
+}
+
+impl Default for LeadershipSettings {
+    fn default() -> Self {
+        Self {
+            lease_ms: 5000,
+            renew_ms: 1000,
+            poll_ms: 500,
+            name: None,
+            advertise_grpc: None,
+            advertise_http: None,
+        }
+    }
+}
+
+impl LeadershipSettings {
+    /// Refuses unusable timings, naming the field.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let field = |f: &str, message: String| ConfigError::Field {
+            field: format!("leadership.{f}"),
+            message,
+        };
+        if !(500..=600_000).contains(&self.lease_ms) {
+            return Err(field(
+                "lease_ms",
+                format!("{} is outside 500..=600000", self.lease_ms),
+            ));
+        }
+        if self.renew_ms < 50 || self.renew_ms.saturating_mul(3) > self.lease_ms {
+            return Err(field(
+                "renew_ms",
+                format!(
+                    "{} must be at least 50 and at most a third of lease_ms ({})",
+                    self.renew_ms, self.lease_ms
+                ),
+            ));
+        }
+        if self.poll_ms < 50 || self.poll_ms > self.lease_ms {
+            return Err(field(
+                "poll_ms",
+                format!(
+                    "{} must be at least 50 and at most lease_ms ({})",
+                    self.poll_ms, self.lease_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -221,6 +302,7 @@ impl CoordinatorConfig {
     /// build (the daemon passes [`crate::BUILD_MODE`]), and unusable limits.
     pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
         self.limit_settings()?;
+        self.leadership.check()?;
         if let Some(custos_hsm::LogSignerConfig::Software {
             unseal,
             passphrase_file,

@@ -25,6 +25,7 @@ pub const DEV_BUILD: bool = BUILD_MODE.allows_dev();
 pub mod db;
 pub mod error;
 pub mod key_lock;
+pub mod leadership;
 pub mod service;
 pub mod signers;
 pub mod stages;

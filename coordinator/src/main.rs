@@ -13,6 +13,7 @@ use custos_coordinator::audit::AuditTrail;
 use custos_coordinator::auth::Authenticator;
 use custos_coordinator::cluster::{Cluster, Settings};
 use custos_coordinator::config::{CoordinatorConfig, PolicyFiles};
+use custos_coordinator::leadership::{Leadership, Lease};
 use custos_coordinator::service::CustodyService;
 use custos_coordinator::signers::Signers;
 use custos_coordinator::withdrawal::assets::default_assets;
@@ -27,6 +28,7 @@ use custos_service::daemon::{
 };
 use custos_service::http::ApiListener;
 use custos_service::limits::{ClientOf, Guard, Protocol};
+use custos_service::standby::{Leader, LeaderView};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, ServerTlsConfig};
 
@@ -202,8 +204,68 @@ async fn run(args: Args) -> Result<(), Fatal> {
         )));
     }
     let stop = CancellationToken::new();
-    let parts = build(&cfg, path, &stop).await?;
-    serve(parts, &cfg, stop).await
+    let Some(mut parts) = build(&cfg, path, &stop).await? else {
+        tracing::info!("standby stopped");
+        return Ok(());
+    };
+    let leadership = parts.leadership.clone();
+    let holder = parts.holder.take();
+    let served = serve(parts, &cfg, stop).await;
+    if let Some(h) = holder {
+        h.release(&leadership).await;
+    }
+    served
+}
+
+/// The task renewing the lease of an active coordinator.
+struct Holder {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Lease>,
+}
+
+impl Holder {
+    /// Renews `lease` for `leadership` until [`Holder::release`]. If the
+    /// leadership is lost, the process exits at once with
+    /// [`custos_service::EXIT_LEASE_LOST`]: every engine loop, signing round
+    /// and checkpoint stops with it, and its supervisor restarts it as a
+    /// standby. Requests already on their way carry the old epoch, which
+    /// signers refuse once they have seen the new leader's.
+    fn start(leadership: Arc<Leadership>, lease: Lease, renew: Duration) -> Self {
+        let stop = CancellationToken::new();
+        let hold_stop = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Some(reason) = leadership.hold(&lease, renew, hold_stop).await {
+                tracing::error!(
+                    epoch = leadership.epoch(),
+                    %reason,
+                    "lost the leadership lease: this coordinator stops acting now (exit {}; its supervisor restarts it as a standby)",
+                    custos_service::EXIT_LEASE_LOST
+                );
+                std::process::exit(i32::from(custos_service::EXIT_LEASE_LOST));
+            }
+            lease
+        });
+        Self { stop, task }
+    }
+
+    /// Stops renewing and gives the lease up, so a standby takes over at
+    /// its next poll (a clean shutdown).
+    async fn release(self, leadership: &Leadership) {
+        self.stop.cancel();
+        let Ok(lease) = self.task.await else {
+            return;
+        };
+        if !leadership.is_active() {
+            return;
+        }
+        match lease.release(leadership.epoch()).await {
+            Ok(true) => tracing::info!(epoch = leadership.epoch(), "leadership lease released"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "leadership lease not released: it expires by itself")
+            }
+        }
+    }
 }
 
 /// `custos-coordinator log-key`.
@@ -230,6 +292,10 @@ fn data_dir(cfg: &CoordinatorConfig, path: &Path) -> Result<PathBuf, Fatal> {
 
 /// Everything the coordinator serves, built and checked before it listens.
 struct Parts {
+    /// Whether this coordinator may act (always, with SQLite), and its epoch.
+    leadership: Arc<Leadership>,
+    /// The lease renewal (PostgreSQL).
+    holder: Option<Holder>,
     cluster: Arc<Cluster>,
     audit: Arc<AuditTrail>,
     adapters: Arc<Adapters>,
@@ -249,7 +315,7 @@ async fn build(
     cfg: &CoordinatorConfig,
     path: &Path,
     stop: &CancellationToken,
-) -> Result<Parts, Fatal> {
+) -> Result<Option<Parts>, Fatal> {
     let data_dir = data_dir(cfg, path)?;
     let authenticator = authenticator(cfg, path)?;
     let (log_signer, key_sealer) = open_log_key(cfg, path, &data_dir).await?;
@@ -289,6 +355,45 @@ async fn build(
     let signer_ca =
         custos_service::tls::certificate("tls.signer_ca", &resolve(path, &tls.signer_ca))
             .map_err(config_error)?;
+    // The HTTP API takes the same tokens as gRPC: TLS with the same
+    // certificate, plain only in a dev cluster that asks for it.
+    let plain_http = cfg.dev.plain_http && custos_coordinator::BUILD_MODE.allows_dev();
+    let http_tls = if plain_http {
+        None
+    } else {
+        Some(
+            custos_service::tls::server_config_with_key(
+                "tls.cert/tls.key",
+                &resolve(path, &tls.cert),
+                &resolve(path, &tls.key),
+                &server_key,
+            )
+            .map_err(config_error)?,
+        )
+    };
+
+    // Several coordinators on PostgreSQL: wait as a standby until this one
+    // holds the lease; nothing below runs (no schema change, no recovery
+    // of interrupted work) before it does.
+    let (leadership, holder) = match cfg.database_url.as_deref() {
+        Some(url)
+            if custos_service::db::Backend::of_url(url)
+                == Some(custos_service::db::Backend::Postgres) =>
+        {
+            let Some((leadership, lease)) =
+                stand_by(cfg, url, &grpc_tls, http_tls.clone(), plain_http).await?
+            else {
+                return Ok(None);
+            };
+            let holder = Holder::start(
+                leadership.clone(),
+                lease,
+                Duration::from_millis(cfg.leadership.renew_ms),
+            );
+            (leadership, Some(holder))
+        }
+        _ => (Arc::new(Leadership::single()), None),
+    };
 
     let db = match &cfg.database_url {
         Some(url) => custos_coordinator::storage::connect(url).await,
@@ -305,7 +410,10 @@ async fn build(
             "presignatures interrupted by a restart were discarded"
         );
     }
-    let signers = Arc::new(Signers::new(&cfg.signers, signer_ca, client_id).map_err(config_error)?);
+    let signers = Arc::new(
+        Signers::new(&cfg.signers, signer_ca, client_id, leadership.clone())
+            .map_err(config_error)?,
+    );
     // The log comes before the cluster, which records key locks in it.
     let service_db = custos_service::db::Db {
         pool: db.pool().clone(),
@@ -376,26 +484,20 @@ async fn build(
         .await
         .with_context(|| format!("config field `http_listen` {}", cfg.http_listen))
         .map_err(config_error)?;
-    // The HTTP API takes the same tokens as gRPC: TLS with the same
-    // certificate, plain only in a dev cluster that asks for it.
-    let http = if cfg.dev.plain_http && custos_coordinator::BUILD_MODE.allows_dev() {
-        tracing::warn!(listen = %cfg.http_listen, "DEV CLUSTER: HTTP API without TLS");
-        ApiListener::plain(http)
-    } else {
-        let tls = custos_service::tls::server_config_with_key(
-            "tls.cert/tls.key",
-            &resolve(path, &tls.cert),
-            &resolve(path, &tls.key),
-            &server_key,
-        )
-        .map_err(config_error)?;
-        ApiListener::tls(http, tls)
+    let http = match http_tls {
+        None => {
+            tracing::warn!(listen = %cfg.http_listen, "DEV CLUSTER: HTTP API without TLS");
+            ApiListener::plain(http)
+        }
+        Some(tls) => ApiListener::tls(http, tls),
     };
     let metrics = tokio::net::TcpListener::bind(cfg.metrics.listen)
         .await
         .with_context(|| format!("config field `metrics.listen` {}", cfg.metrics.listen))
         .map_err(config_error)?;
-    Ok(Parts {
+    Ok(Some(Parts {
+        leadership,
+        holder,
         cluster,
         audit,
         adapters,
@@ -404,7 +506,7 @@ async fn build(
         grpc_tls,
         http,
         metrics,
-    })
+    }))
 }
 
 /// The API token store (`auth.token_store`). A config still naming
@@ -561,6 +663,7 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
     // (answering "shutting down"), closed once it is over.
     let metrics_closed = CancellationToken::new();
     let health = p.adapters.with_metrics(Arc::new(CoordinatorHealth {
+        leadership: p.leadership.clone(),
         cluster: p.cluster.clone(),
         audit: p.audit.clone(),
         engine: p.engine.clone(),
@@ -677,6 +780,7 @@ async fn close(adapters: &Adapters, audit: &AuditTrail, cluster: &Cluster) {
 }
 
 struct CoordinatorHealth {
+    leadership: Arc<Leadership>,
     cluster: Arc<Cluster>,
     audit: Arc<AuditTrail>,
     engine: Option<Arc<Engine>>,
@@ -685,7 +789,16 @@ struct CoordinatorHealth {
 }
 
 impl custos_service::http::Health for CoordinatorHealth {
+    fn role(&self) -> Option<String> {
+        self.leadership.role()
+    }
     fn ready(&self) -> Result<(), String> {
+        if !self.leadership.is_active() {
+            return Err(format!(
+                "lost the leadership lease (epoch {}): stopping",
+                self.leadership.epoch()
+            ));
+        }
         if !self.audit.healthy() {
             return Err("audit log unwritable: withdrawals stopped".into());
         }
@@ -727,6 +840,7 @@ impl custos_service::http::Health for CoordinatorHealth {
             self.audit.refusals_logged.load(Ordering::Relaxed),
         ));
         out.push_str(&custos_service::limits::metrics_text(&self.guards));
+        out.push_str(&self.leadership.metrics_text());
         if let Some(e) = &self.engine {
             out.push_str("# TYPE custos_withdrawals gauge\n");
             for (state, n) in e.state_counts() {
@@ -735,4 +849,214 @@ impl custos_service::http::Health for CoordinatorHealth {
         }
         out
     }
+}
+
+/// This coordinator's name in the lease: `[leadership] name`, or the host
+/// name and process id.
+fn lease_holder(cfg: &CoordinatorConfig) -> String {
+    cfg.leadership.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "coordinator".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// The standby's `/healthz` (503, naming the active coordinator) and
+/// `/metrics` (the lease's epoch, not active).
+struct StandbyHealth {
+    view: LeaderView,
+}
+
+impl custos_service::http::Health for StandbyHealth {
+    fn ready(&self) -> Result<(), String> {
+        Err(self.view.message())
+    }
+    fn metrics(&self) -> String {
+        let epoch = self.view.get().map_or(0, |l| l.epoch);
+        custos_coordinator::leadership::metrics_text(epoch, false)
+    }
+}
+
+/// Servers of a standby: every API call is answered with the active
+/// coordinator's address (`custos_service::standby`).
+struct StandbyServers {
+    done: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StandbyServers {
+    async fn start(
+        cfg: &CoordinatorConfig,
+        view: &LeaderView,
+        grpc_tls: &ServerTlsConfig,
+        http_tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, Fatal> {
+        let done = CancellationToken::new();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status(
+                <CustodyServer<CustodyService> as tonic::server::NamedService>::NAME,
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+        let grpc = Server::builder()
+            .tls_config(grpc_tls.clone())
+            .map_err(|e| config_error(anyhow!("tls: {e}")))?
+            .layer(Guard::standby("grpc", Protocol::Grpc, view.clone()))
+            .add_service(health_service)
+            .serve_with_shutdown(cfg.grpc_listen, done.clone().cancelled_owned());
+        let http = tokio::net::TcpListener::bind(cfg.http_listen)
+            .await
+            .with_context(|| format!("config field `http_listen` {}", cfg.http_listen))
+            .map_err(config_error)?;
+        let http = match http_tls {
+            Some(tls) => ApiListener::tls(http, tls),
+            None => ApiListener::plain(http),
+        };
+        let router = axum::Router::new()
+            .fallback(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE })
+            .layer(Guard::standby("http", Protocol::Http, view.clone()));
+        let http = custos_service::http::serve_api(http, router, done.clone().cancelled_owned());
+        let metrics = tokio::net::TcpListener::bind(cfg.metrics.listen)
+            .await
+            .with_context(|| format!("config field `metrics.listen` {}", cfg.metrics.listen))
+            .map_err(config_error)?;
+        let metrics = custos_service::http::serve_metrics(
+            metrics,
+            Arc::new(StandbyHealth { view: view.clone() }),
+            CancellationToken::new(),
+            done.clone().cancelled_owned(),
+        );
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = grpc.await {
+                    tracing::error!(error = %e, "standby gRPC listener failed");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = http.await {
+                    tracing::error!(error = %e, "standby HTTP listener failed");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = metrics.await {
+                    tracing::error!(error = %e, "standby metrics listener failed");
+                }
+            }),
+        ];
+        Ok(Self { done, tasks })
+    }
+
+    /// Closes the listeners (cutting off connections still open after a
+    /// second), so the active coordinator can bind them.
+    async fn stop(self) {
+        self.done.cancel();
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(1), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+/// Waits as a standby until this coordinator takes the lease: answers API
+/// calls with the active coordinator's address meanwhile. Returns the
+/// leadership and the lease, or `None` on SIGTERM / Ctrl-C.
+async fn stand_by(
+    cfg: &CoordinatorConfig,
+    url: &str,
+    grpc_tls: &ServerTlsConfig,
+    http_tls: Option<Arc<rustls::ServerConfig>>,
+    plain_http: bool,
+) -> Result<Option<(Arc<Leadership>, Lease)>, Fatal> {
+    let l = &cfg.leadership;
+    let db = custos_service::db::Db::connect(url, 2)
+        .await
+        .map_err(|e| Fatal(1, anyhow!("database: {e}")))?;
+    let holder = lease_holder(cfg);
+    let grpc_address = l
+        .advertise_grpc
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", cfg.grpc_listen));
+    let http_address = l.advertise_http.clone().unwrap_or_else(|| {
+        let scheme = if plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", cfg.http_listen)
+    });
+    let duration = Duration::from_millis(l.lease_ms);
+    let lease = Lease::open(
+        &db,
+        &holder,
+        (grpc_address.as_str(), http_address.as_str()),
+        duration,
+    )
+    .await
+    .map_err(|e| Fatal(1, anyhow!("{e}")))?;
+    let view = LeaderView::default();
+    let mut servers: Option<StandbyServers> = None;
+    let shutdown = custos_service::daemon::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let sent = std::time::Instant::now();
+        match lease.try_acquire().await {
+            Ok(Some(epoch)) => {
+                if let Some(s) = servers.take() {
+                    s.stop().await;
+                }
+                let leadership = Arc::new(Leadership::acquired(epoch, sent + duration));
+                tracing::info!(epoch, %holder, grpc = %grpc_address, "this coordinator holds the leadership lease: active");
+                println!("custos-coordinator active: leadership epoch {epoch}");
+                return Ok(Some((leadership, lease)));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "leadership lease: cannot reach the database"),
+        }
+        match lease.current().await {
+            Ok(row) => {
+                let leader = row.filter(|r| r.live).map(|r| Leader {
+                    grpc: r.grpc_address,
+                    http: r.http_address,
+                    epoch: r.epoch,
+                });
+                if view.get() != leader {
+                    tracing::info!(leader = %view_text(leader.as_ref()), "standby: the active coordinator");
+                }
+                view.set(leader);
+            }
+            Err(e) => tracing::warn!(error = %e, "leadership lease: cannot read it"),
+        }
+        if servers.is_none() {
+            servers = Some(StandbyServers::start(cfg, &view, grpc_tls, http_tls.clone()).await?);
+            tracing::info!(%holder, grpc = %cfg.grpc_listen, http = %cfg.http_listen,
+                metrics = %cfg.metrics.listen, "coordinator started as a standby");
+            println!(
+                "custos-coordinator standby: grpc {} http {} metrics {}",
+                cfg.grpc_listen, cfg.http_listen, cfg.metrics.listen
+            );
+        }
+        tokio::select! {
+            () = &mut shutdown => {
+                if let Some(s) = servers.take() {
+                    s.stop().await;
+                }
+                db.pool.close().await;
+                return Ok(None);
+            }
+            () = tokio::time::sleep(Duration::from_millis(l.poll_ms)) => {}
+        }
+    }
+}
+
+fn view_text(leader: Option<&Leader>) -> String {
+    leader.map_or_else(
+        || "none".to_owned(),
+        |l| format!("{} (epoch {})", l.grpc, l.epoch),
+    )
 }

@@ -452,6 +452,7 @@ impl Custody for CustodyService {
                 .export_share(custos_proto::signer::ExportShareRequest {
                     key_id: key.key_id.clone(),
                     recipient: r.recipient.clone(),
+                    coordinator_epoch: self.cluster.signers.epoch().map_err(status)?,
                 })
                 .await;
             let json = match answer {

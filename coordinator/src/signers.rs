@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::CoordError;
+use crate::leadership::Leadership;
+
+/// Metadata on a signer's refusal of a request from a fenced coordinator:
+/// the highest epoch it has seen (the signer's `FENCED_EPOCH_HEADER`).
+pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";
 
 /// One signer, as `[[signers]]` in the coordinator's config names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +53,7 @@ pub struct Signer {
     pub endpoint: SignerEndpoint,
     client: SignerControlClient<Channel>,
     health: Mutex<(Health, Option<Instant>)>,
+    leadership: Arc<Leadership>,
 }
 
 impl Signer {
@@ -63,6 +69,20 @@ impl Signer {
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone()
+    }
+
+    /// A refusal naming a newer coordinator epoch than ours ends our
+    /// leadership; returns that epoch.
+    pub fn fenced(&self, status: &tonic::Status) -> Option<u64> {
+        let highest = status
+            .metadata()
+            .get(FENCED_EPOCH_HEADER)?
+            .to_str()
+            .ok()?
+            .parse::<u64>()
+            .ok()?;
+        self.leadership.fenced_by(highest);
+        Some(highest)
     }
 
     /// Records that a call failed at the transport level.
@@ -115,14 +135,18 @@ pub struct Signers {
     /// In config order.
     pub all: Vec<Arc<Signer>>,
     by_id: HashMap<String, Arc<Signer>>,
+    leadership: Arc<Leadership>,
 }
 
 impl Signers {
     /// Builds lazy mTLS channels (unreachable signers do not block start).
+    /// Every request that changes a signer's state carries `leadership`'s
+    /// epoch, and none is sent once it is lost ([`Signers::epoch`]).
     pub fn new(
         endpoints: &[SignerEndpoint],
         ca: Certificate,
         identity: Identity,
+        leadership: Arc<Leadership>,
     ) -> Result<Signers, CoordError> {
         let mut all = Vec::new();
         for e in endpoints {
@@ -147,13 +171,29 @@ impl Signers {
                 endpoint: e.clone(),
                 client,
                 health: Mutex::new((Health::default(), None)),
+                leadership: leadership.clone(),
             }));
         }
         let by_id = all
             .iter()
             .map(|s| (s.endpoint.node_id.clone(), s.clone()))
             .collect();
-        Ok(Signers { all, by_id })
+        Ok(Signers {
+            all,
+            by_id,
+            leadership,
+        })
+    }
+
+    /// The epoch to send with a request, or `Unavailable` once this
+    /// coordinator no longer leads: then nothing is sent.
+    pub fn epoch(&self) -> Result<u64, CoordError> {
+        self.leadership.check()
+    }
+
+    /// This coordinator's leadership.
+    pub fn leadership(&self) -> &Arc<Leadership> {
+        &self.leadership
     }
 
     /// A signer by node id.

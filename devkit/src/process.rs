@@ -492,10 +492,37 @@ impl Cluster {
         Ok(stopped.into_iter().next().flatten())
     }
 
-    /// Starts the coordinator again (stopping it gracefully first if it runs).
+    /// Starts the coordinator again (stopping it gracefully first if it
+    /// runs) and waits until it is active: on PostgreSQL a coordinator
+    /// restarted after a kill -9 waits as a standby until its old lease
+    /// expires (`[leadership] lease_ms`).
     pub async fn restart_coordinator(&mut self) -> Result<(), DevkitError> {
         self.coordinator_name()?;
-        self.restart(COORDINATOR).await
+        self.restart(COORDINATOR).await?;
+        self.wait_not_standby().await
+    }
+
+    /// Polls the coordinator's `/healthz` until it no longer says it is a
+    /// standby (within the start timeout).
+    async fn wait_not_standby(&mut self) -> Result<(), DevkitError> {
+        let addr = self.layout.coordinator.metrics_listen;
+        let deadline = Instant::now() + self.opts.timeout;
+        loop {
+            match http_get(addr, "/healthz").await {
+                Ok((_, body)) if !body.contains("standby") => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    let log = self.layout.log_file(COORDINATOR);
+                    return Err(DevkitError::StartTimeout {
+                        tail: fsutil::tail(&log, TAIL_LINES),
+                        name: COORDINATOR.into(),
+                        addr,
+                        secs: self.opts.timeout.as_secs(),
+                        log,
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// Stops everything: SIGTERM (coordinator first), SIGKILL whatever still

@@ -61,6 +61,18 @@ pub enum NodeError {
     /// lock, history, audit log).
     #[error("refused by co-signer checks: {0}")]
     Refused(String),
+    /// The request comes from a coordinator whose leadership epoch is older
+    /// than one this signer has already seen: a newer coordinator leads and
+    /// this one is fenced off (paused, partitioned or not yet aware).
+    #[error(
+        "coordinator epoch {epoch} older than {highest}: a newer coordinator leads, request refused"
+    )]
+    StaleEpoch {
+        /// The epoch the request carried.
+        epoch: u64,
+        /// The highest epoch this signer has recorded.
+        highest: u64,
+    },
     /// A bug or corrupt internal state.
     #[error("internal error: {0}")]
     Internal(String),

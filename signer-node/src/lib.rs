@@ -18,6 +18,7 @@ pub const BUILD_MODE: custos_service::config::BuildMode =
 pub const DEV_BUILD: bool = BUILD_MODE.allows_dev();
 pub mod cosigner;
 pub mod error;
+pub mod fence;
 pub mod node;
 pub mod outbound;
 pub mod p2p;

@@ -75,6 +75,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let sealer = open_sealer(&cfg, path, &data_dir).await?;
     let store = Store::open(&data_dir, &cfg.node_id, sealer).map_err(|e| Fatal(1, e.into()))?;
     let cosigner = Arc::new(open_cosigner(&cfg, path, &data_dir, &store)?);
+    // Refuses requests from a fenced-off coordinator (an older leadership epoch).
+    let fence = Arc::new(
+        custos_signer_node::fence::EpochFence::open(&data_dir).map_err(|e| Fatal(1, e.into()))?,
+    );
 
     let identity_path = resolve(path, &cfg.identity_key);
     let identity = open_key_file(
@@ -186,7 +190,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let limits = cfg.limit_settings().map_err(config_error)?;
     let control = InterceptedService::new(
         SignerControlServer::new(
-            ControlService::new(node.clone(), cosigner, cfg.dev.allow_raw_digest)
+            ControlService::new(node.clone(), cosigner, cfg.dev.allow_raw_digest, fence)
                 .with_recovery_recipient(cfg.recovery.recipient().map_err(config_error)?),
         )
         .max_decoding_message_size(limits.max_request()),

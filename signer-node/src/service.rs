@@ -10,6 +10,7 @@ use custos_mpc::recovery::Recipient;
 
 use crate::cosigner::{Cosigner, SignDecision};
 use crate::error::NodeError;
+use crate::fence::EpochFence;
 use crate::node::{Node, PrimeState};
 
 /// gRPC adapter over a [`Node`] and its [`Cosigner`].
@@ -18,19 +19,39 @@ pub struct ControlService {
     cosigner: Arc<Cosigner>,
     allow_raw_digest: bool,
     recovery_recipient: Option<Recipient>,
+    fence: Arc<EpochFence>,
 }
 
 impl ControlService {
     /// Wraps a node. `allow_raw_digest` keeps the policy-free `PartialSign`
     /// and `Sign` RPCs (development clusters only: a release build refuses
-    /// them whatever it says, see [`crate::BUILD_MODE`]).
-    pub fn new(node: Arc<Node>, cosigner: Arc<Cosigner>, allow_raw_digest: bool) -> Self {
+    /// them whatever it says, see [`crate::BUILD_MODE`]). Every call that
+    /// changes state passes `fence` first.
+    pub fn new(
+        node: Arc<Node>,
+        cosigner: Arc<Cosigner>,
+        allow_raw_digest: bool,
+        fence: Arc<EpochFence>,
+    ) -> Self {
         ControlService {
             node,
             cosigner,
             allow_raw_digest,
             recovery_recipient: None,
+            fence,
         }
+    }
+
+    /// Refuses a request from a fenced-off coordinator (an epoch older than
+    /// one already seen); records a newer epoch durably before the request
+    /// is acted on.
+    async fn admit(&self, epoch: u64, call: &'static str) -> Result<(), Status> {
+        let fence = self.fence.clone();
+        blocking(move || fence.admit(epoch))
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(call, epoch, refusal = %e.message(), "request from a fenced coordinator refused");
+            })
     }
 
     /// The admins' recovery key this signer seals share backups to
@@ -76,9 +97,22 @@ fn status(e: NodeError) -> Status {
         NodeError::PeerUnreachable { .. } => Status::unavailable(msg),
         NodeError::Protocol(_) => Status::aborted(msg),
         NodeError::Refused(_) => Status::permission_denied(msg),
+        NodeError::StaleEpoch { highest, .. } => {
+            let mut s = Status::failed_precondition(msg);
+            s.metadata_mut().insert(
+                FENCED_EPOCH_HEADER,
+                tonic::metadata::MetadataValue::from(highest),
+            );
+            s
+        }
         _ => Status::internal(msg),
     }
 }
+
+/// Metadata on a refusal of a fenced coordinator's request: the highest
+/// epoch this signer has seen (decimal), so the coordinator knows at once
+/// that it no longer leads.
+pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";
 
 fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
     bytes.try_into().map_err(|_| {
@@ -110,6 +144,7 @@ impl SignerControl for ControlService {
             keys: n.store().key_count().map_err(status)? as u32,
             presignatures: n.store().presig_total() as u32,
             primes_ready: u32::from(n.prime_state() == PrimeState::Ready),
+            coordinator_epoch: self.fence.highest(),
             witnessed_size: self.cosigner.witness().map(|w| w.size()).unwrap_or(0),
             witness_key: self
                 .cosigner
@@ -139,6 +174,7 @@ impl SignerControl for ControlService {
         req: Request<AuxInfoRequest>,
     ) -> Result<Response<AuxInfoResponse>, Status> {
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "aux_info").await?;
         self.node
             .aux_info(&r.group_id, &r.participants)
             .await
@@ -151,6 +187,7 @@ impl SignerControl for ControlService {
         req: Request<KeygenRequest>,
     ) -> Result<Response<KeygenResponse>, Status> {
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "keygen").await?;
         let t = u16_field("threshold", r.threshold)?;
         let pk = self
             .node
@@ -167,6 +204,7 @@ impl SignerControl for ControlService {
         req: Request<PresignRequest>,
     ) -> Result<Response<PresignResponse>, Status> {
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "presign").await?;
         let nonce = self
             .node
             .presign(&r.key_id, &r.presignature_id, &r.signers)
@@ -183,6 +221,7 @@ impl SignerControl for ControlService {
     ) -> Result<Response<PartialSignResponse>, Status> {
         self.raw_digest_allowed()?;
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "partial_sign").await?;
         let d = digest(&r.digest)?;
         let node = self.node.clone();
         // Unsealing and fsync are blocking work.
@@ -200,6 +239,7 @@ impl SignerControl for ControlService {
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         self.raw_digest_allowed()?;
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "sign").await?;
         let d = digest(&r.digest)?;
         let sig = self
             .node
@@ -217,6 +257,7 @@ impl SignerControl for ControlService {
         req: Request<WithdrawalAuthorization>,
     ) -> Result<Response<AuthorizationAck>, Status> {
         let a = req.into_inner();
+        self.admit(a.coordinator_epoch, "register_quorum").await?;
         let cos = self.cosigner.clone();
         let (statement_hash, signable_from) = blocking(move || {
             cos.register_quorum(&a)
@@ -234,6 +275,8 @@ impl SignerControl for ControlService {
         req: Request<CancelNotice>,
     ) -> Result<Response<AuthorizationAck>, Status> {
         let n = req.into_inner();
+        let epoch = n.authorization.as_ref().map_or(0, |a| a.coordinator_epoch);
+        self.admit(epoch, "register_cancel").await?;
         let cos = self.cosigner.clone();
         blocking(move || cos.register_cancel(&n)).await?;
         Ok(Response::new(AuthorizationAck::default()))
@@ -248,6 +291,7 @@ impl SignerControl for ControlService {
             .authorization
             .take()
             .ok_or_else(|| Status::invalid_argument("authorization: missing"))?;
+        self.admit(a.coordinator_epoch, "sign_withdrawal").await?;
         let cos = self.cosigner.clone();
         let node = self.node.clone();
         let partial = blocking(move || {
@@ -265,6 +309,7 @@ impl SignerControl for ControlService {
         req: Request<CosignRequest>,
     ) -> Result<Response<CosignResponse>, Status> {
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "cosign").await?;
         let cos = self.cosigner.clone();
         let line = blocking(move || {
             let w = cos
@@ -293,6 +338,7 @@ impl SignerControl for ControlService {
         req: Request<ExportShareRequest>,
     ) -> Result<Response<ExportShareResponse>, Status> {
         let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "export_share").await?;
         let configured = self.recovery_recipient.ok_or_else(|| {
             Status::failed_precondition(
                 "this signer has no recovery key configured ([recovery] recipient): it exports no share",

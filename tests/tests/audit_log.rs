@@ -483,6 +483,7 @@ async fn export_verify_and_tamper() {
                 consistency_proof: vec![],
                 from_size: have.witnessed_size,
                 entries: vec![],
+                coordinator_epoch: 0,
             })
             .await
             .unwrap_err();

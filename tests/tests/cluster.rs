@@ -263,6 +263,7 @@ async fn three_of_five_keygen_and_signing() {
         participants: key.participants.clone(),
         threshold: 2,
         nonce: vec![25; 32],
+        coordinator_epoch: 0,
     };
     let keys = futures::future::join_all(rogue.iter().map(|(_, c)| {
         let (mut c, req) = (c.clone(), keygen.clone());

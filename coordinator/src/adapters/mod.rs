@@ -329,6 +329,9 @@ impl Health for WithAdapterMetrics {
     fn ready(&self) -> Result<(), String> {
         self.inner.ready()
     }
+    fn role(&self) -> Option<String> {
+        self.inner.role()
+    }
     fn metrics(&self) -> String {
         let mut out = self.inner.metrics();
         out.push_str(&self.adapters.metrics_text());

@@ -8,6 +8,12 @@ pub struct ExportShareRequest {
     /// the signer's configured one.
     #[prost(string, tag = "2")]
     pub recipient: ::prost::alloc::string::String,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "3")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -89,6 +95,12 @@ pub struct WithdrawalAuthorization {
     /// single-digest transactions.
     #[prost(uint32, tag = "22")]
     pub input_index: u32,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "23")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -138,6 +150,12 @@ pub struct CosignRequest {
     /// activations) from them.
     #[prost(bytes = "vec", repeated, tag = "4")]
     pub entries: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "5")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -179,6 +197,9 @@ pub struct StatusResponse {
     /// its grace period signs nothing until it is logged.
     #[prost(message, repeated, tag = "10")]
     pub unlogged_refusals: ::prost::alloc::vec::Vec<SigningRefusal>,
+    /// The highest coordinator epoch this signer has recorded (0: none).
+    #[prost(uint64, tag = "11")]
+    pub coordinator_epoch: u64,
 }
 /// A signer's refusal of a withdrawal request, signed with its witness key
 /// over custos_audit::refusal::Refusal::message.
@@ -207,6 +228,12 @@ pub struct AuxInfoRequest {
     /// All signer node ids of the group, in index order.
     #[prost(string, repeated, tag = "2")]
     pub participants: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "3")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -225,6 +252,12 @@ pub struct KeygenRequest {
     /// Fresh random nonce chosen by the coordinator, bound into the execution id.
     #[prost(bytes = "vec", tag = "5")]
     pub nonce: ::prost::alloc::vec::Vec<u8>,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "6")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -242,6 +275,12 @@ pub struct PresignRequest {
     /// Exactly t signer node ids, in session order.
     #[prost(string, repeated, tag = "3")]
     pub signers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "4")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -261,6 +300,12 @@ pub struct PartialSignRequest {
     pub digest: ::prost::alloc::vec::Vec<u8>,
     #[prost(string, tag = "4")]
     pub request_id: ::prost::alloc::string::String,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "5")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -280,6 +325,12 @@ pub struct SignRequest {
     pub digest: ::prost::alloc::vec::Vec<u8>,
     #[prost(string, tag = "4")]
     pub request_id: ::prost::alloc::string::String,
+    /// The coordinator's leadership epoch (fencing token, see the README,
+    /// "Several coordinators"): a signer refuses a request carrying an epoch
+    /// older than the highest it has recorded. 0 from a single coordinator
+    /// without a lease (SQLite).
+    #[prost(uint64, tag = "5")]
+    pub coordinator_epoch: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
