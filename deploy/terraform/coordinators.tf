@@ -1,8 +1,11 @@
 # Coordinators in an autoscaling group over every zone, behind an internal
 # network load balancer (TCP pass-through, so TLS ends at the coordinator
 # and client addresses reach its rate limits). One coordinator is active at
-# a time; the others stand by. The load balancer's health check is the
-# metrics listener's /healthz, which answers 503 while a coordinator drains.
+# a time, the holder of the lease in PostgreSQL; the others stand by and
+# take over once its lease expires. The load balancer's health check is the
+# metrics listener's /healthz, which answers 200 on the active coordinator
+# only (503 on a standby, naming the leader, and while draining), so the
+# load balancer sends calls to the active one alone.
 resource "aws_launch_template" "coordinator" {
   name_prefix            = "${var.name}-coordinator-"
   image_id               = var.ami_id
@@ -76,7 +79,10 @@ resource "aws_autoscaling_group" "coordinator" {
   desired_capacity    = var.coordinators
   vpc_zone_identifier = aws_subnet.private[*].id
   target_group_arns   = [for tg in aws_lb_target_group.api : tg.arn]
-  health_check_type   = "ELB"
+  # EC2, not ELB: a standby is unhealthy to the load balancer by design
+  # and must not be replaced for it. A hung leader stops renewing its lease
+  # and a standby takes over; systemd restarts a crashed one.
+  health_check_type = "EC2"
 
   launch_template {
     id      = aws_launch_template.coordinator.id

@@ -55,12 +55,12 @@ variable "threshold" {
 }
 
 variable "coordinators" {
-  description = "Coordinator instances. One: several would all be active, since fenced leadership (a lease with an epoch the signers check) is not built yet; the autoscaling group replaces a lost one."
+  description = "Coordinator instances on the one database: one is active through the PostgreSQL lease (fenced leadership: an epoch the signers check), the others stand by and take over when its lease expires (README, Several coordinators)."
   type        = number
-  default     = 1
+  default     = 2
   validation {
-    condition     = var.coordinators == 1
-    error_message = "coordinators: must be 1 until fenced leadership exists (several coordinators would all act on the same withdrawals)."
+    condition     = var.coordinators >= 1 && var.coordinators <= 5
+    error_message = "coordinators: between 1 and 5 (one active, the others standing by)."
   }
 }
 

@@ -84,6 +84,14 @@ run "default_cluster" {
     condition     = output.threshold == "2-of-3"
     error_message = "2-of-3 by default"
   }
+  assert {
+    condition     = aws_autoscaling_group.coordinator.desired_capacity == 2 && aws_autoscaling_group.coordinator.min_size == 2
+    error_message = "two coordinators by default: one active, one standing by"
+  }
+  assert {
+    condition     = aws_autoscaling_group.coordinator.health_check_type == "EC2"
+    error_message = "the autoscaling group must not replace a standby for its 503 on /healthz"
+  }
 }
 
 run "five_signers_with_cloudhsm" {
@@ -127,10 +135,18 @@ run "fewer_zones_than_signers_refused" {
   expect_failures = [var.signers]
 }
 
-run "several_coordinators_refused_without_leadership" {
+run "coordinators_outside_one_to_five_refused" {
   command = plan
   variables {
-    coordinators = 2
+    coordinators = 6
+  }
+  expect_failures = [var.coordinators]
+}
+
+run "no_coordinator_refused" {
+  command = plan
+  variables {
+    coordinators = 0
   }
   expect_failures = [var.coordinators]
 }
