@@ -11,10 +11,19 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::error::CoordError;
 use crate::leadership::Leadership;
+use custos_proto::FENCED_EPOCH_HEADER;
 
-/// Metadata on a signer's refusal of a request from a fenced coordinator:
-/// the highest epoch it has seen (the signer's `FENCED_EPOCH_HEADER`).
-pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";
+/// The newer epoch a signer's refusal names, if it refused this
+/// coordinator as fenced.
+pub fn fenced_epoch(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(FENCED_EPOCH_HEADER)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()
+}
 
 /// One signer, as `[[signers]]` in the coordinator's config names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,13 +83,7 @@ impl Signer {
     /// A refusal naming a newer coordinator epoch than ours ends our
     /// leadership; returns that epoch.
     pub fn fenced(&self, status: &tonic::Status) -> Option<u64> {
-        let highest = status
-            .metadata()
-            .get(FENCED_EPOCH_HEADER)?
-            .to_str()
-            .ok()?
-            .parse::<u64>()
-            .ok()?;
+        let highest = fenced_epoch(status)?;
         self.leadership.fenced_by(highest);
         Some(highest)
     }
@@ -228,5 +231,30 @@ impl Signers {
             self.probe_all().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_fenced_refusal_names_the_newer_epoch() {
+        let mut st = tonic::Status::failed_precondition(
+            "coordinator epoch 1 older than 2: a newer coordinator leads, request refused",
+        );
+        assert_eq!(fenced_epoch(&st), None);
+        st.metadata_mut().insert(
+            FENCED_EPOCH_HEADER,
+            tonic::metadata::MetadataValue::from(2u64),
+        );
+        assert_eq!(fenced_epoch(&st), Some(2));
+        // Any other refusal (a policy refusal) leaves the leadership alone.
+        let l = Leadership::acquired(1, Instant::now() + Duration::from_secs(60));
+        l.fenced_by(fenced_epoch(&st).unwrap());
+        assert!(!l.is_active());
+        assert!(fenced_epoch(&tonic::Status::permission_denied("time lock")).is_none());
     }
 }

@@ -12,3 +12,8 @@ pub mod custody {
 pub mod signer {
     include!("gen/custos.signer.v1.rs");
 }
+
+/// Metadata on a signer's refusal of a request from a fenced coordinator
+/// (a `coordinator_epoch` older than one the signer has seen): that newer
+/// epoch, in decimal, so the coordinator knows at once it no longer leads.
+pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";

@@ -100,7 +100,7 @@ fn status(e: NodeError) -> Status {
         NodeError::StaleEpoch { highest, .. } => {
             let mut s = Status::failed_precondition(msg);
             s.metadata_mut().insert(
-                FENCED_EPOCH_HEADER,
+                custos_proto::FENCED_EPOCH_HEADER,
                 tonic::metadata::MetadataValue::from(highest),
             );
             s
@@ -108,11 +108,6 @@ fn status(e: NodeError) -> Status {
         _ => Status::internal(msg),
     }
 }
-
-/// Metadata on a refusal of a fenced coordinator's request: the highest
-/// epoch this signer has seen (decimal), so the coordinator knows at once
-/// that it no longer leads.
-pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";
 
 fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
     bytes.try_into().map_err(|_| {
