@@ -357,5 +357,10 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     wait_state(&fc.backend, &second, &["signed"], LIMIT).await;
     assert_eq!(withdrawal(&fc.backend, &first).await.state, "signed");
     assert!(a2.log().contains("epoch 3"), "{}", a2.log());
+    // One log across three leaders: the latest checkpoint is co-signed by
+    // all three witnesses, each of which checked its consistency with the
+    // last one it co-signed under an earlier leader.
+    let (size, _) = custos_tests::audit::settled(&fc).await;
+    assert!(size > size_before, "{size} <= {size_before}");
     assert!(b.log().contains("active"), "{}", b.log());
 }
