@@ -97,11 +97,11 @@ impl Lease {
             http_address TEXT NOT NULL,
             epoch BIGINT NOT NULL,
             expires_ms BIGINT NOT NULL)";
-        if let Err(e) = db.execute_ddl(ddl).await {
-            // Two coordinators creating it at once: the other one won.
-            if !custos_service::db::is_unique_violation(&e) {
-                return Err(db_err(e));
-            }
+        if db.execute_ddl(ddl).await.is_err() {
+            // Two coordinators creating it at once: PostgreSQL may refuse
+            // the loser's `IF NOT EXISTS` ("type ... already exists"). The
+            // table is there now; a second failure is a real one.
+            db.execute_ddl(ddl).await.map_err(db_err)?;
         }
         Ok(Self {
             pool: db.pool.clone(),
@@ -372,6 +372,58 @@ impl Leadership {
     }
 }
 
+/// A withdrawal transition hook that fences the database too: inside the
+/// transition's transaction it locks the lease row (`FOR SHARE`) and rolls
+/// the transition back unless this coordinator still holds the lease at its
+/// epoch. A takeover's update of the row waits for that transaction, so no
+/// transition of an old leader commits after a new leader took over.
+#[derive(Debug)]
+pub struct LeaseFence {
+    epoch: u64,
+}
+
+impl LeaseFence {
+    /// The fence of the leader at `epoch`.
+    pub fn new(epoch: u64) -> Self {
+        Self { epoch }
+    }
+
+    /// `Ok` if the lease is still this coordinator's, locked until `conn`'s
+    /// transaction ends; `Unavailable` otherwise.
+    pub async fn check(&self, conn: &mut sqlx::AnyConnection) -> Result<(), CoordError> {
+        let sql = format!(
+            "SELECT CASE WHEN epoch = $1 AND expires_ms >= {NOW_MS} THEN 1 ELSE 0 END \
+             FROM coordinator_lease WHERE id = 1 FOR SHARE"
+        );
+        let current: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(self.epoch).unwrap_or(i64::MAX))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if current == Some(1) {
+            Ok(())
+        } else {
+            Err(CoordError::Unavailable(format!(
+                "this coordinator no longer holds the leadership lease (epoch {}): the change is rolled back",
+                self.epoch
+            )))
+        }
+    }
+}
+
+impl crate::withdrawal::store::TransitionHook for LeaseFence {
+    fn on_transition<'a>(
+        &'a self,
+        conn: &'a mut sqlx::AnyConnection,
+        _row: &'a crate::withdrawal::store::WithdrawalRow,
+        _from: Option<crate::withdrawal::State>,
+        _to: crate::withdrawal::State,
+        _detail: &'a str,
+    ) -> crate::withdrawal::store::HookFuture<'a> {
+        Box::pin(self.check(conn))
+    }
+}
+
 /// Prometheus lines for a coordinator at `epoch` (the lease's epoch as
 /// last seen, for a standby) that is or is not the active one.
 pub fn metrics_text(epoch: u64, active: bool) -> String {
@@ -441,6 +493,34 @@ mod tests {
         // Nor does an expired lease come back to life by renewal.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!a.renew(3).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_database_fence_refuses_an_old_leaders_changes() {
+        let db = fresh().await;
+        let a = lease(&db, "a", 60_000).await;
+        assert_eq!(a.try_acquire().await.unwrap(), Some(1));
+        let fence = LeaseFence::new(1);
+        let mut tx = db.pool.begin().await.unwrap();
+        fence.check(&mut tx).await.unwrap();
+        // While a transition holds the fence, a takeover waits for it.
+        let b = lease(&db, "b", 60_000).await;
+        let takeover = tokio::time::timeout(
+            Duration::from_millis(300),
+            sqlx::query("UPDATE coordinator_lease SET expires_ms = 0").execute(&db.pool),
+        )
+        .await;
+        assert!(takeover.is_err(), "a takeover went through a held fence");
+        tx.commit().await.unwrap();
+        sqlx::query("UPDATE coordinator_lease SET expires_ms = 0")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(b.try_acquire().await.unwrap(), Some(2));
+        let mut conn = db.pool.acquire().await.unwrap();
+        let err = fence.check(&mut conn).await.unwrap_err().to_string();
+        assert!(err.contains("epoch 1"), "{err}");
+        LeaseFence::new(2).check(&mut conn).await.unwrap();
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use custos_coordinator::audit::AuditTrail;
 use custos_coordinator::auth::Authenticator;
 use custos_coordinator::cluster::{Cluster, Settings};
 use custos_coordinator::config::{CoordinatorConfig, PolicyFiles};
-use custos_coordinator::leadership::{Leadership, Lease};
+use custos_coordinator::leadership::{Leadership, Lease, LeaseFence};
 use custos_coordinator::service::CustodyService;
 use custos_coordinator::signers::Signers;
 use custos_coordinator::withdrawal::assets::default_assets;
@@ -571,7 +571,12 @@ async fn build_engine(
     let model = custos_risk::RiskModel::new(cfg.risk.clone())
         .map_err(|e| config_error(anyhow!("config field `risk`: {e}")))?;
     // adapters: ledger and outbox hooks run in every transition's transaction.
-    let store = adapters.attach(WithdrawalStore::new(cluster.db.pool().clone()));
+    let mut store = adapters.attach(WithdrawalStore::new(cluster.db.pool().clone()));
+    // Under a lease, every transition also checks it in its own transaction.
+    let leadership = cluster.signers.leadership();
+    if leadership.leased() {
+        store = store.with_hook(Arc::new(LeaseFence::new(leadership.epoch())));
+    }
     let risk_state = Engine::rebuild_risk_state(&store, &model)
         .await
         .map_err(|e| Fatal(1, anyhow!("risk history: {e}")))?;
