@@ -64,10 +64,17 @@ impl<'a> LoggedApprovals<'a> {
         self.statement.as_ref().map_or(Amount(0), |s| s.fee_cap)
     }
 
+    /// The fee cap the approvers agreed to, if any approval is logged.
+    pub(crate) fn approved_fee_cap(&self) -> Option<Amount> {
+        self.statement.as_ref().map(|s| s.fee_cap)
+    }
+
     /// The approvals as one quorum over one statement; the decision (entry
     /// `decision`) requires approvals, so none is an error.
-    pub(crate) fn quorum(self, decision: u64) -> Result<Quorum<'a>, VerifyError> {
-        let (Some(statement), Some(first)) = (self.statement, self.entries.first().copied()) else {
+    pub(crate) fn quorum(&self, decision: u64) -> Result<Quorum<'a>, VerifyError> {
+        let (Some(statement), Some(first)) =
+            (self.statement.clone(), self.entries.first().copied())
+        else {
             return Err(VerifyError::NoApprovals { decision });
         };
         let mut statement_bytes: &[u8] = &[];
@@ -97,7 +104,7 @@ impl<'a> LoggedApprovals<'a> {
             statement,
             statement_bytes,
             first,
-            entries: self.entries,
+            entries: self.entries.clone(),
             verdicts,
         })
     }

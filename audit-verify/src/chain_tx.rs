@@ -40,19 +40,7 @@ pub(crate) fn check_prepared_transaction(
     message_digest: &[u8],
     approval: u64,
 ) -> Result<(), VerifyError> {
-    let w = Withdrawal {
-        fee_cap: statement.fee_cap,
-        ..withdrawal.clone()
-    };
-    let intent = intent_digest(&w);
-    if statement.tx_digest.as_slice() != intent.as_slice() {
-        return Err(VerifyError::IntentMismatch {
-            approval,
-            approved: hex::encode(&statement.tx_digest),
-            signed: hex::encode(message_digest),
-            intent: hex::encode(intent),
-        });
-    }
+    let w = check_intent(withdrawal, statement, message_digest, approval)?;
     if let Some(ChainFamily::Utxo(network)) = family_of(&w.chain) {
         return check_prepared_psbt(history, &w, network, message_digest, approval);
     }
@@ -108,6 +96,32 @@ pub(crate) fn check_prepared_transaction(
         });
     }
     Ok(())
+}
+
+/// Checks that the approved `statement`'s digest (first logged in approval
+/// entry `approval`) is the transfer intent of `withdrawal` (the logged
+/// request) with the approved fee cap, which it returns; `message_digest`
+/// (what was signed) is for the message.
+pub(crate) fn check_intent(
+    withdrawal: &Withdrawal,
+    statement: &ApprovalStatement,
+    message_digest: &[u8],
+    approval: u64,
+) -> Result<Withdrawal, VerifyError> {
+    let w = Withdrawal {
+        fee_cap: statement.fee_cap,
+        ..withdrawal.clone()
+    };
+    let intent = intent_digest(&w);
+    if statement.tx_digest.as_slice() != intent.as_slice() {
+        return Err(VerifyError::IntentMismatch {
+            approval,
+            approved: hex::encode(&statement.tx_digest),
+            signed: hex::encode(message_digest),
+            intent: hex::encode(intent),
+        });
+    }
+    Ok(w)
 }
 
 /// [`check_prepared_transaction`] on a UTXO chain (module docs).

@@ -61,7 +61,7 @@ pub(crate) struct LoggedDecision<'a> {
     /// The rule it names.
     pub(crate) rule_id: &'a str,
     /// The outcome it logs.
-    outcome: DecisionOutcome,
+    pub(crate) outcome: DecisionOutcome,
 }
 
 impl<'a> LoggedDecision<'a> {

@@ -360,6 +360,125 @@ pub enum VerifyError {
         cap: Amount,
     },
 
+    // Batched UTXO transactions (one transaction paying several withdrawals).
+    /// The withdrawal was cancelled before it was signed (checked here for
+    /// the other withdrawals of a batched transaction; the structural
+    /// replay checks the signed one).
+    #[error("withdrawal {withdrawal} was cancelled at entry {entry}")]
+    Cancelled {
+        /// The withdrawal.
+        withdrawal: String,
+        /// The `cancelled` entry.
+        entry: u64,
+    },
+    /// The latest decision denies the withdrawal.
+    #[error("decision entry {decision} (rule {rule}) denied the withdrawal")]
+    Denied {
+        /// The decision entry.
+        decision: u64,
+        /// The rule it names.
+        rule: String,
+    },
+    /// The decision names another policy than the one active at that point
+    /// of the log (or none was active).
+    #[error("decision entry {decision} used policy {policy}, which was not the active policy")]
+    PolicyNotActive {
+        /// The decision entry.
+        decision: u64,
+        /// The policy hash it names (hex).
+        policy: String,
+    },
+    /// A logged PSBT that several withdrawals prepared does not pay what they
+    /// asked (or is not a transaction the verifier can read).
+    #[error("batched transaction_prepared entry {prepared} (withdrawals {})", .withdrawals.join(", "))]
+    BatchRefused {
+        /// The signed withdrawal's `transaction_prepared` entry.
+        prepared: u64,
+        /// The withdrawals that prepared it, in log order.
+        withdrawals: Vec<String>,
+        /// What the transaction check refused.
+        #[source]
+        source: Box<ChainError>,
+    },
+    /// An output of a batched transaction pays someone no withdrawal that
+    /// prepared it asked to pay, and is not change.
+    #[error(
+        "transaction_prepared entry {prepared}: output {output} pays {pays} ({amount}): no \
+         withdrawal in the log prepared this transaction"
+    )]
+    BatchOutputUnprepared {
+        /// The signed withdrawal's `transaction_prepared` entry.
+        prepared: u64,
+        /// The output's position.
+        output: usize,
+        /// Its address (or script, hex, when it has none).
+        pays: String,
+        /// Its amount, base units.
+        amount: u64,
+    },
+    /// A withdrawal prepared a batched transaction that does not pay it.
+    #[error(
+        "withdrawal {withdrawal} prepared this transaction at entry {prepared}, which pays its \
+         destination {destination} {}",
+        paid_instead(.paid, .requested)
+    )]
+    BatchPayoutMissing {
+        /// The withdrawal.
+        withdrawal: String,
+        /// Its `transaction_prepared` entry.
+        prepared: u64,
+        /// Its logged destination.
+        destination: String,
+        /// Its logged amount.
+        requested: Amount,
+        /// An output paying its destination another amount, if any
+        /// (position, amount).
+        paid: Option<(usize, u64)>,
+    },
+    /// A withdrawal logged the batched transaction only after the signers
+    /// began signing it.
+    #[error(
+        "withdrawal {withdrawal} prepared this transaction at entry {prepared}, after its first \
+         signing session (entry {session})"
+    )]
+    BatchPreparedLate {
+        /// The withdrawal.
+        withdrawal: String,
+        /// Its `transaction_prepared` entry.
+        prepared: u64,
+        /// The first signing session of the transaction.
+        session: u64,
+    },
+    /// A withdrawal's destination is not an address of the chain.
+    #[error("withdrawal {withdrawal}: logged destination {destination:?}")]
+    BatchDestination {
+        /// The withdrawal.
+        withdrawal: String,
+        /// The destination as logged.
+        destination: String,
+        /// Why it does not parse.
+        #[source]
+        source: Box<ChainError>,
+    },
+    /// Another withdrawal paid by the signed (batched) transaction was not
+    /// authorised when the transaction's first input was signed.
+    #[error(
+        "batch member {member} (transaction_prepared entry {prepared}) is not authorised at \
+         signing session entry {session}"
+    )]
+    BatchMember {
+        /// The member withdrawal.
+        member: String,
+        /// Its `transaction_prepared` entry of the transaction.
+        prepared: u64,
+        /// The first signing session of the transaction (the signed
+        /// withdrawal's), the time the member is authorised at.
+        session: u64,
+        /// The rule its authorisation breaks.
+        #[source]
+        source: Box<VerifyError>,
+    },
+
     // Fee bumps under `fee_bumps = "reapprove"`.
     /// A fee-bump approval's statement does not decode.
     #[error("fee_bump_approval entry {entry}: statement does not decode")]
@@ -523,6 +642,13 @@ impl VerifyError {
             cause = c.source();
         }
         out
+    }
+}
+
+fn paid_instead(paid: &Option<(usize, u64)>, requested: &Amount) -> String {
+    match paid {
+        Some((output, amount)) => format!("{amount} at output {output}, its request {requested}"),
+        None => format!("nothing (its request: {requested})"),
     }
 }
 

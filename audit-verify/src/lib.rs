@@ -18,7 +18,10 @@
 //!   the approvals and their quorum (`approvals`), the chain transaction
 //!   built from an approved intent (`chain_tx`), the quorum of a re-approved
 //!   fee bump (`fee_bump`) and the time lock; with an admin set, the admin
-//!   quorum of every policy activation (`policies`).
+//!   quorum of every policy activation (`policies`). A UTXO transaction
+//!   that pays several withdrawals (a batch, `batch`) is checked against
+//!   all of them, and each one the signature did not name is authorised as
+//!   of the transaction's first signing session (`grant`).
 //! - [`onchain`] compares each EVM wallet's mined nonces with the
 //!   transactions the log prepared.
 //! - [`VerifyError`] is the one error type: each variant names the entry and
@@ -108,10 +111,12 @@
 #![forbid(unsafe_code)]
 
 mod approvals;
+mod batch;
 mod chain_tx;
 mod decision;
 mod error;
 mod fee_bump;
+mod grant;
 pub mod onchain;
 mod policies;
 pub mod replay;
@@ -120,5 +125,5 @@ mod report;
 mod testing;
 
 pub use error::{ApprovalProblem, VerifyError};
-pub use replay::PolicyReplay;
+pub use replay::{BatchCount, PolicyReplay};
 pub use report::{ReplayMode, Verification, verify};

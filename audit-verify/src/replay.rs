@@ -39,6 +39,11 @@
 //!    after the quorum was complete (after the decision, for `allow`), by the
 //!    log's own timestamps, with one second of tolerance for the coordinator's
 //!    whole-second clock.
+//! 6. on UTXO chains, when the signed transaction was prepared by several
+//!    withdrawals (a batch, module `batch`): its outputs pay exactly those
+//!    withdrawals' logged requests (and change), each fee share within its
+//!    withdrawal's approved cap, and every other withdrawal it pays passes
+//!    steps 1 to 5 as if signed at the transaction's first signing session.
 //!
 //! # What is not re-checked
 //!
@@ -48,28 +53,44 @@
 //! rule than the logged one, the difference may come from them and is
 //! accepted; signers enforce both from their own records.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
 use custos_audit::replay::ReplayContext;
 use custos_audit::{
     AuditError, AuthorizationReplay, Entry, EntryBody, ExportBundle, Report,
     RequireSatisfiedDecision,
 };
-use custos_policy::{
-    ActionKind, ActivePolicy, AdminSet, Decision, FeeBumps, Outcome, Timestamp, Withdrawal,
-};
+use custos_policy::{ActionKind, ActivePolicy, AdminSet, FeeBumps, Timestamp};
 
 use crate::VerifyError;
-use crate::approvals::LoggedApprovals;
-use crate::chain_tx::check_prepared_transaction;
-use crate::decision::{
-    LoggedDecision, LoggedRequest, LoggedRule, Signed, active_at, reevaluate, secs,
-};
+use crate::batch::{BatchIndex, Batches, Lookup};
+use crate::chain_tx::{check_intent, check_prepared_transaction};
+use crate::decision::{LoggedDecision, Signed, secs};
 use crate::fee_bump::check_fee_bump_quorum;
+use crate::grant::Grant;
 use crate::policies::PolicySet;
 
 /// The policy-engine replay (see the module documentation). Plug it into
 /// [`custos_audit::verify_bundle`], or use [`crate::verify`].
 pub struct PolicyReplay {
     policies: PolicySet,
+    /// The batched UTXO transactions of the bundle it was built from.
+    batches: BatchIndex,
+    /// Batched transactions found fully authorised so far: the signed
+    /// withdrawal's `transaction_prepared` entry → payouts. A map because
+    /// each input's session and signature find the same transaction; a
+    /// mutex because the bundle verifier holds the replay shared.
+    authorised_batches: Mutex<BTreeMap<u64, usize>>,
+}
+
+/// Batched transactions whose every payout was authorised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchCount {
+    /// Transactions paying more than one withdrawal.
+    pub transactions: usize,
+    /// The withdrawals they pay, signed ones included.
+    pub payouts: usize,
 }
 
 impl PolicyReplay {
@@ -77,7 +98,9 @@ impl PolicyReplay {
     /// them, each with where it came from, for messages) and the trusted
     /// admin set, if activations are to be checked. Documents shipped in
     /// `bundle` are added when their content hashes to their key (a hash
-    /// names exactly one document, whoever ships it).
+    /// names exactly one document, whoever ships it). The replay is for
+    /// `bundle` only: the other withdrawals a batched transaction pays are
+    /// looked up in it.
     ///
     /// # Errors
     ///
@@ -89,6 +112,8 @@ impl PolicyReplay {
     ) -> Result<Self, VerifyError> {
         Ok(Self {
             policies: PolicySet::new(supplied, admins, bundle)?,
+            batches: BatchIndex::new(bundle),
+            authorised_batches: Mutex::default(),
         })
     }
 
@@ -109,50 +134,71 @@ impl PolicyReplay {
         self.policies.check_activations(bundle, report);
     }
 
-    /// Steps 1 to 5 of the replay for one signature (the structural replay
-    /// is not run here: [`AuthorizationReplay::check_signature`] runs both).
+    /// Batched transactions whose every payout [`Self::authorise`] found
+    /// authorised so far.
+    pub fn batches_authorised(&self) -> BatchCount {
+        let found = self
+            .authorised_batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        BatchCount {
+            transactions: found.len(),
+            payouts: found.values().sum(),
+        }
+    }
+
+    /// Steps 1 to 5 of the replay for one signature, and for each other
+    /// withdrawal a batched transaction it signs pays (the structural
+    /// replay is not run here: [`AuthorizationReplay::check_signature`]
+    /// runs both).
     ///
     /// # Errors
     ///
     /// The first rule the signature's authorisation breaks, naming the entry.
     pub fn authorise(&self, ctx: &ReplayContext<'_>) -> Result<(), VerifyError> {
         let signed = Signed::from_entry(ctx.signature)?;
-        let decision = LoggedDecision::latest(ctx.history, signed.withdrawal)?;
-        // 1. The policy document, and the admin quorum of its activation.
-        let policy = decision.policy_in(&self.policies)?;
-        decision.check_activation(&self.policies, ctx.policies)?;
-        // 2. The rule and the logged outcome.
-        let rule = decision.rule_in(policy)?;
-        decision.check_outcome(&rule)?;
-        // 3. The logged request, re-evaluated.
-        let before = ctx.history.get(..decision.position).unwrap_or_default();
-        let after = ctx.history.get(decision.position + 1..).unwrap_or_default();
-        let request = LoggedRequest::before(before, signed.withdrawal, &decision)?;
-        let approvals = LoggedApprovals::after(after)?;
-        let withdrawal = request.withdrawal(approvals.fee_cap());
-        let active = active_at(policy, &decision);
-        let reevaluated = reevaluate(&active, &rule, &decision, &withdrawal, &request)?;
-        let session = signing_session(after, &signed, &decision)?;
+        // 1 to 3: the decision, its rule and the re-evaluated request.
+        let grant = Grant::replay(&self.policies, ctx.history, signed.withdrawal, ctx.policies)?;
+        let session = signing_session(grant.after, &signed, &grant.decision)?;
+        // A batched transaction: its payouts, and the other withdrawals'
+        // authorisation at its first signing session (`batch`). Looked up
+        // first: step 4 then knows the transaction is checked.
+        let batches = Batches {
+            index: &self.batches,
+            policies: &self.policies,
+            activations: ctx.policies,
+        };
+        let Lookup { found, refusal } = batches.lookup(&grant, session, signed.digest)?;
         let signature = Authorisation {
-            history: ctx.history,
-            after,
+            grant,
             signed,
-            decision,
-            rule,
-            request,
-            withdrawal,
-            active,
             session,
         };
         // 4. Approvals.
-        let quorum_at_ms = match signature.rule.rule.action {
+        let quorum_at_ms = match signature.grant.rule.rule.action {
             ActionKind::RequireApprovals => {
-                signature.check_approvals(approvals, reevaluated, &self.policies)?
+                signature.check_approvals(found.is_some(), refusal, &self.policies)?
             }
-            _ => signature.decision.entry.timestamp_ms,
+            _ => {
+                // No approved transaction to check against; a batched one
+                // that cannot be checked is still refused.
+                if let (None, Some(refusal)) = (found, refusal) {
+                    return Err(refusal);
+                }
+                signature.grant.decision.entry.timestamp_ms
+            }
         };
         // 5. The time lock.
-        signature.check_time_lock(quorum_at_ms)
+        signature
+            .grant
+            .check_time_lock(signature.session, quorum_at_ms)?;
+        if let Some(found) = found {
+            self.authorised_batches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(found.prepared, found.payouts);
+        }
+        Ok(())
     }
 }
 
@@ -184,112 +230,88 @@ fn signing_session<'a>(
         })
 }
 
-/// One signature with what steps 1 to 3 found.
+/// One signature with what steps 1 to 3 found for its withdrawal.
 struct Authorisation<'a> {
-    /// The withdrawal's entries before the signature.
-    history: &'a [&'a Entry],
-    /// Those after the decision.
-    after: &'a [&'a Entry],
+    grant: Grant<'a>,
     signed: Signed<'a>,
-    decision: LoggedDecision<'a>,
-    rule: LoggedRule<'a>,
-    request: LoggedRequest,
-    /// The logged request with the approved fee cap.
-    withdrawal: Withdrawal,
-    /// The decision's policy as the replay assumes it active.
-    active: ActivePolicy,
     /// The signing session entry.
     session: &'a Entry,
 }
 
 impl Authorisation<'_> {
-    /// Step 4: the approvals authorise what was signed. Returns the log time
-    /// at which the quorum was complete.
+    /// Step 4: the approvals authorise what was signed. `batched`: the
+    /// signed digest is a batched transaction's, already checked; else
+    /// `refusal` is why a batched transaction of the withdrawal could not
+    /// be. Returns the log time at which the quorum was complete.
     fn check_approvals(
         &self,
-        approvals: LoggedApprovals<'_>,
-        reevaluated: Decision,
+        batched: bool,
+        refusal: Option<VerifyError>,
         policies: &PolicySet,
     ) -> Result<u64, VerifyError> {
-        let quorum = approvals.quorum(self.decision.index())?;
+        let grant = &self.grant;
+        let quorum = grant.quorum()?;
         if quorum.statement.tx_digest.as_slice() != self.signed.digest.as_slice() {
             // A chain transaction built from the approved intent.
-            check_prepared_transaction(
-                self.history,
-                &self.withdrawal,
-                &quorum.statement,
-                self.signed.digest,
-                quorum.first.index,
-            )?;
+            if batched {
+                // Its payouts are checked (`batch`); the approvals must bind
+                // this withdrawal's intent.
+                check_intent(
+                    &grant.withdrawal,
+                    &quorum.statement,
+                    self.signed.digest,
+                    quorum.first.index,
+                )?;
+            } else {
+                check_prepared_transaction(
+                    grant.history,
+                    &grant.withdrawal,
+                    &quorum.statement,
+                    self.signed.digest,
+                    quorum.first.index,
+                )
+                // A batched transaction that could not be checked says more
+                // than the single-payout check that refused it.
+                .map_err(|e| refusal.unwrap_or(e))?;
+            }
         }
         quorum.check_execution_id(self.signed.execution_id)?;
-        let decision = self.decision_for_rule(reevaluated);
         // A replacement (fee bump) is signed later: the approvals count as
         // of the withdrawal's first signing session.
         let at = secs(self.first_session_ms());
-        if self.is_replacement() && self.rule.rule.fee_bumps == FeeBumps::Reapprove {
+        if self.is_replacement() && grant.rule.rule.fee_bumps == FeeBumps::Reapprove {
             check_fee_bump_quorum(
-                self.history,
+                grant.history,
                 |hash| {
                     policies
                         .get(hash)
                         .map(|d| ActivePolicy::assumed(d.policy.clone(), Timestamp(0)))
                 },
-                self.decision.rule_id,
-                self.request.initiator(),
+                grant.decision.rule_id,
+                grant.request.initiator(),
                 self.signed.digest,
                 secs(self.session.timestamp_ms),
             )?;
         }
-        quorum.check(&self.active, &decision, at)?;
-        Ok(quorum
-            .completed_at_ms(&self.active, &decision, at)
-            .unwrap_or(self.decision.entry.timestamp_ms))
-    }
-
-    /// The decision for the logged rule, with the re-evaluated (canonical)
-    /// withdrawal summary: `check_approvals` reads the quorum, groups,
-    /// initiator exclusion and lifetime from the policy.
-    fn decision_for_rule(&self, mut reevaluated: Decision) -> Decision {
-        reevaluated.rule_id = Some(self.rule.rule.id.clone());
-        reevaluated.rule_index = Some(self.rule.index);
-        reevaluated.outcome = Outcome::RequireApprovals;
-        reevaluated
+        grant.check_quorum(&quorum, at)
     }
 
     /// Whether an earlier signature of the withdrawal exists: this one
     /// signs a replacement.
     fn is_replacement(&self) -> bool {
-        self.history
+        self.grant
+            .history
             .iter()
             .any(|e| matches!(e.body, EntryBody::SignatureProduced { .. }))
     }
 
     /// Log time of the withdrawal's first signing session after the decision.
     fn first_session_ms(&self) -> u64 {
-        self.after
+        self.grant
+            .after
             .iter()
             .find(|e| matches!(&e.body, EntryBody::SigningSession { .. }))
             .map_or(self.session.timestamp_ms, |e| e.timestamp_ms)
-    }
-
-    /// Step 5: the signing session started no earlier than the rule's delay
-    /// after `quorum_at_ms`, by the log's clock (one second of tolerance).
-    fn check_time_lock(&self, quorum_at_ms: u64) -> Result<(), VerifyError> {
-        let Some(delay) = self.rule.rule.delay else {
-            return Ok(());
-        };
-        let due = quorum_at_ms.saturating_add(delay.0.saturating_mul(1000));
-        if self.session.timestamp_ms.saturating_add(1000) >= due {
-            return Ok(());
-        }
-        Err(VerifyError::TimeLock {
-            session: self.session.index,
-            after_ms: self.session.timestamp_ms.saturating_sub(quorum_at_ms),
-            quorum_at_ms,
-            rule: self.decision.rule_id.to_owned(),
-            delay_secs: delay.0,
-        })
     }
 }
 
@@ -299,12 +321,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::testing::key;
-    use custos_audit::entry::{
-        AdminSignature as LogAdminSignature, DecisionOutcome, Verdict as LogVerdict,
-    };
+    use crate::testing::{activation, bundle, key, policy_header};
+    use custos_audit::entry::{DecisionOutcome, Verdict as LogVerdict};
     use custos_policy::{
-        AdminSetConfig, Amount, Approval, ApprovalStatement, BundleSignatures, Policy, Verdict,
+        AdminSetConfig, Amount, Approval, ApprovalStatement, Outcome, Policy, Verdict, Withdrawal,
         evaluate,
     };
     use sha2::{Digest, Sha256};
@@ -315,39 +335,13 @@ mod tests {
     const DIGEST: [u8; 32] = [7; 32];
 
     fn document() -> Vec<u8> {
-        let pk = |n: &str| key(n).public().to_hex();
-        format!(
+        let mut doc = policy_header("w-hot");
+        doc.push_str(&format!(
             r#"
-version = 1
-[settings]
-whitelist_delay = "0s"
-change_delay = "24h"
-approval_expiry = "1h"
-[wallet_groups]
-hot = ["w-hot"]
 [[address_book]]
 id = "exchange"
 chain = "ethereum"
 address = "{TO}"
-[[approvers]]
-id = "alice"
-role = "treasury"
-ed25519 = "{}"
-[[approvers]]
-id = "bob"
-role = "treasury"
-ed25519 = "{}"
-[[approvers]]
-id = "carol"
-role = "treasury"
-ed25519 = "{}"
-[[approvers]]
-id = "dave"
-role = "security"
-ed25519 = "{}"
-[groups]
-treasury = ["alice", "bob", "carol"]
-security = ["dave"]
 [[rules]]
 id = "small"
 wallet_groups = ["hot"]
@@ -371,13 +365,9 @@ cancel_group = "security"
 id = "rest"
 action = "block"
 reason = "not whitelisted"
-"#,
-            pk("alice"),
-            pk("bob"),
-            pk("carol"),
-            pk("dave")
-        )
-        .into_bytes()
+"#
+        ));
+        doc.into_bytes()
     }
 
     fn policy() -> Policy {
@@ -393,18 +383,7 @@ reason = "not whitelisted"
     }
 
     fn empty_bundle() -> ExportBundle {
-        ExportBundle {
-            format: custos_audit::bundle::BUNDLE_FORMAT.into(),
-            origin: "custos.test/log".into(),
-            start: 0,
-            prefix: vec![],
-            entries: vec![],
-            leaf_hashes: vec![],
-            checkpoints: vec![],
-            consistency_proofs: vec![],
-            context: vec![],
-            policy_documents: BTreeMap::new(),
-        }
+        bundle(&[])
     }
 
     fn replay(admins: Option<AdminSet>) -> PolicyReplay {
@@ -455,25 +434,7 @@ reason = "not whitelisted"
     fn log(case: &Case) -> Vec<Entry> {
         let p = policy();
         let hash = p.hash();
-        let mut sigs = BundleSignatures::new(hash);
-        sigs.sign(&key("admin1"));
-        sigs.sign(&key("admin2"));
-        let mut out = vec![entry(
-            0,
-            T0,
-            EntryBody::PolicyActivated {
-                policy_hash: hash.0,
-                policy_version: 1,
-                admin_signatures: sigs
-                    .signatures
-                    .iter()
-                    .map(|s| LogAdminSignature {
-                        admin_id: s.public_key.clone(),
-                        signature: hex::decode(&s.signature).unwrap(),
-                    })
-                    .collect(),
-            },
-        )];
+        let mut out = vec![entry(0, T0, activation(&p, &["admin1", "admin2"]))];
         let w = Withdrawal {
             id: "wd-1".into(),
             wallet: "w-hot".into(),

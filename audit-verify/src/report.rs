@@ -7,7 +7,7 @@ use custos_audit::{
 
 use crate::VerifyError;
 use crate::onchain::WalletNonces;
-use crate::replay::PolicyReplay;
+use crate::replay::{BatchCount, PolicyReplay};
 
 /// How far the authorisation replay went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -44,6 +44,9 @@ pub struct Verification {
     pub report: Report,
     /// How far the replay went.
     pub replay: ReplayMode,
+    /// Batched UTXO transactions whose every payout the policy replay
+    /// authorised (zero without one).
+    pub batches: BatchCount,
     /// The on-chain comparison, when chains were asked
     /// ([`crate::onchain::query`]; empty otherwise).
     pub onchain: Vec<WalletNonces>,
@@ -95,6 +98,9 @@ pub fn verify(
     Verification {
         report,
         replay: mode,
+        batches: policy
+            .map(PolicyReplay::batches_authorised)
+            .unwrap_or_default(),
         onchain: Vec::new(),
     }
 }

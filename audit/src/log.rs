@@ -262,9 +262,13 @@ impl<S: LogStore> Log<S> {
 
     /// The entries before `start` that replaying `[start, end)` needs: the
     /// last policy activation and every earlier entry of a withdrawal that
-    /// appears in the range, each with an inclusion proof for `tree_size`.
+    /// appears in the range, or that prepared the same transaction as one
+    /// that does (a batched UTXO payout: the signature of one withdrawal
+    /// authorises every withdrawal the transaction pays, and the replay
+    /// checks each one's decision and approvals), each with an inclusion
+    /// proof for `tree_size`.
     ///
-    /// Scans `[0, start)`; a database-backed coordinator can answer this from
+    /// Scans `[0, end)`; a database-backed coordinator can answer this from
     /// an index by withdrawal id instead.
     fn context_before(
         &self,
@@ -272,24 +276,50 @@ impl<S: LogStore> Log<S> {
         end: u64,
         tree_size: u64,
     ) -> Result<Vec<ContextEntry>, AuditError> {
-        use std::collections::BTreeSet;
+        use std::collections::{BTreeMap, BTreeSet};
         let mut wanted: BTreeSet<String> = BTreeSet::new();
-        for i in start..end {
-            if let Some(w) = Entry::decode(&self.entry(i)?)?.body.withdrawal_id() {
-                wanted.insert(w.to_owned());
-            }
-        }
-        let mut picked = Vec::new();
+        // Entries before the range by withdrawal, and the withdrawals that
+        // prepared each transaction (by its bytes' leaf hash).
+        let mut earlier: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut preparers: BTreeMap<Hash, BTreeSet<String>> = BTreeMap::new();
         let mut last_policy = None;
-        for i in 0..start {
+        for i in 0..end {
             let e = Entry::decode(&self.entry(i)?)?;
+            if let EntryBody::TransactionPrepared {
+                withdrawal_id,
+                unsigned_tx,
+                ..
+            } = &e.body
+            {
+                preparers
+                    .entry(leaf_hash(unsigned_tx))
+                    .or_default()
+                    .insert(withdrawal_id.clone());
+            }
+            if i >= start {
+                wanted.extend(e.body.withdrawal_id().map(str::to_owned));
+                continue;
+            }
             if matches!(e.body, EntryBody::PolicyActivated { .. }) {
                 last_policy = Some(i);
             }
-            if e.body.withdrawal_id().is_some_and(|w| wanted.contains(w)) {
-                picked.push(i);
+            if let Some(w) = e.body.withdrawal_id() {
+                earlier.entry(w.to_owned()).or_default().push(i);
             }
         }
+        let batched: Vec<String> = preparers
+            .values()
+            .filter(|ws| ws.len() > 1 && ws.iter().any(|w| wanted.contains(w)))
+            .flatten()
+            .cloned()
+            .collect();
+        wanted.extend(batched);
+        let mut picked: Vec<u64> = wanted
+            .iter()
+            .filter_map(|w| earlier.get(w))
+            .flatten()
+            .copied()
+            .collect();
         picked.extend(last_policy);
         picked.sort_unstable();
         picked.dedup();

@@ -182,6 +182,58 @@ fn an_unwitnessed_checkpoint_is_a_warning_once_superseded_and_a_failure_while_la
     );
 }
 
+/// A batched UTXO transaction is prepared by every withdrawal it pays, and
+/// only one of them signs: a range holding that signature carries the
+/// others' earlier entries as context, for the replay to authorise them.
+#[test]
+fn context_carries_every_withdrawal_of_a_batched_transaction() {
+    let signer = SoftSigner::from_seed(1);
+    let mut log = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    let mut ws = [witness(1), witness(2)];
+    let prepared = |w: &str, tx: &[u8]| EntryBody::TransactionPrepared {
+        withdrawal_id: w.into(),
+        chain: "litecoin-regtest".into(),
+        unsigned_tx: tx.to_vec(),
+    };
+    let mut t = T0;
+    for body in [
+        prepared("wd-lead", b"batch"),
+        prepared("wd-member", b"batch"),
+        prepared("wd-other", b"single"),
+    ] {
+        t += 1000;
+        log.append(t, body).unwrap();
+    }
+    checkpoint(&mut log, &signer, &mut ws, t);
+    let start = log.size();
+    let signed = EntryBody::SigningSession {
+        withdrawal_id: "wd-lead".into(),
+        key_id: "w-ltc".into(),
+        execution_id: vec![1; 32],
+        participants: vec!["signer-1".into()],
+        presignature_id: None,
+        message_digest: [2; 32],
+    };
+    log.append(t + 1000, signed).unwrap();
+    checkpoint(&mut log, &signer, &mut ws, t + 1000);
+    let b = log.export(start, log.size(), None).unwrap();
+    let context: Vec<(u64, String)> = b
+        .context
+        .iter()
+        .map(|c| {
+            let e = Entry::decode(&hex::decode(&c.entry).unwrap()).unwrap();
+            (
+                c.index,
+                e.body.withdrawal_id().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        context,
+        [(0, "wd-lead".to_owned()), (1, "wd-member".to_owned())]
+    );
+}
+
 #[test]
 fn partial_range_with_previous_checkpoint() {
     let log = build_log(6);

@@ -305,9 +305,19 @@ async fn watched_tx(node: &Litecoind, txid: &str) -> (Transaction, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ltc_withdrawals_on_one_cluster() {
     let node = Litecoind::start().await;
-    let (fc, addresses) = start_ltc(&node, &["ltc-hot", "ltc-rogue"], "").await;
+    // A transaction unconfirmed for 10 s is replaced by fee (the default is
+    // 120 s); the other steps mine what they send at once. Withdrawals ready
+    // within 3 s of each other share a transaction.
+    let (fc, addresses) = start_ltc(
+        &node,
+        &["ltc-hot", "ltc-rogue"],
+        "resubmit_after_secs = 10\nbatch_window_ms = 3000",
+    )
+    .await;
     amounts_beyond_a_transaction_output_are_refused_at_creation(&fc).await;
     several_inputs_and_change_to_a_confirmed_transaction(&fc, &node, &addresses[0]).await;
+    a_stuck_transaction_is_replaced_by_fee(&fc, &node, &addresses[0]).await;
+    withdrawals_ready_together_share_one_transaction(&fc, &node, &addresses[0]).await;
     deposits_after_the_scan_cursor_are_credited(&fc, &node, &addresses[0]).await;
     signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
     fc.tc.cluster.stop().await.unwrap();
@@ -482,6 +492,295 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
             w.tx_hash
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The mempool entry of `txid`: (fee, vsize); `None` if the node has none.
+async fn mempool_entry(node: &Litecoind, txid: &str) -> Option<(u64, u64)> {
+    let v = node
+        .rpc()
+        .call(None, "getmempoolentry", json!([txid]))
+        .await
+        .ok()?;
+    let fee = utxo::rpc::coins_to_base_units("getmempoolentry", &v["fees"]["base"]).unwrap();
+    Some((fee, v["vsize"].as_u64().unwrap()))
+}
+
+/// Replace-by-fee driven by the engine (docs/SECURITY.md case 60): a
+/// two-input transaction left unmined past `resubmit_after_secs` is
+/// replaced by one spending the same coins, paying the same output, with a
+/// fee higher by at least the node's incremental relay fee, each input
+/// signed in its own logged session by signers that check it replaces what
+/// they signed; the node takes the replacement into its mempool in place of
+/// the original, and the replacement is what confirms and what the ledger
+/// and the log show.
+async fn a_stuck_transaction_is_replaced_by_fee(
+    fc: &FlowCluster,
+    node: &Litecoind,
+    wallet_address: &str,
+) {
+    for _ in 0..2 {
+        node.pay(wallet_address, 0.3).await;
+    }
+    node.mine(1).await;
+    let w = create(fc, "ltc-rbf", "ltc-hot", 45 * LTC / 100).await;
+    let w = wait_for(fc, &w.id, "broadcast").await;
+    let first_hash = w.tx_hash.clone();
+    let (first, _) = watched_tx(node, &first_hash).await;
+    assert_eq!(first.input.len(), 2, "{first:?}");
+    let started = Instant::now();
+    let first_entry = loop {
+        if let Some(e) = mempool_entry(node, &first_hash).await {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not in the mempool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let w = wait_until(fc, &w.id, "a replacement", Duration::from_secs(90), |w| {
+        w.tx_hash != first_hash && !w.tx_hash.is_empty()
+    })
+    .await;
+    assert_eq!(w.state, "broadcast", "{w:?}");
+    assert!(
+        w.signer_notes.iter().any(|n| n.contains("replaced by")),
+        "{:?}",
+        w.signer_notes
+    );
+    let (next, confs) = watched_tx(node, &w.tx_hash).await;
+    assert_eq!(confs, 0);
+    let started = Instant::now();
+    let next_entry = loop {
+        if let Some(e) = mempool_entry(node, &w.tx_hash).await {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replacement is not in the mempool"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        mempool_entry(node, &first_hash).await.is_none(),
+        "the original is replaced"
+    );
+    let coins = |t: &Transaction| {
+        let mut c: Vec<_> = t.input.iter().map(|i| i.previous_output).collect();
+        c.sort();
+        c
+    };
+    assert_eq!(coins(&first), coins(&next), "same coins");
+    assert_eq!(next.output[0], first.output[0], "same payout");
+    let info = node
+        .rpc()
+        .call(None, "getnetworkinfo", json!([]))
+        .await
+        .unwrap();
+    let incremental =
+        utxo::rpc::coins_to_base_units("getnetworkinfo", &info["incrementalfee"]).unwrap();
+    assert!(
+        next_entry.0 >= first_entry.0 + next_entry.1 * incremental / 1000,
+        "BIP125 rule 4: {next_entry:?} replacing {first_entry:?} at {incremental} per kvB"
+    );
+    assert!(next_entry.0 <= FEE_CAP, "within the cap: {next_entry:?}");
+    node.mine(1).await;
+    let w = wait_for(fc, &w.id, "confirmed").await;
+    assert_eq!(w.fee_paid, next_entry.0.to_string(), "{w:?}");
+    assert_ne!(w.tx_hash, first_hash);
+
+    // The log: two transactions prepared, two sessions each (one per
+    // input), both broadcasts (the last in a later checkpoint).
+    let started = Instant::now();
+    let entries = loop {
+        let entries = log_entries(&mut fc.auditor.clone()).await;
+        let broadcasts = entries
+            .iter()
+            .filter(|e| matches!(&e.body, EntryBody::TransactionBroadcast { withdrawal_id, .. } if *withdrawal_id == w.id))
+            .count();
+        if broadcasts == 2 || started.elapsed() > Duration::from_secs(60) {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let count = |f: &dyn Fn(&EntryBody) -> bool| entries.iter().filter(|e| f(&e.body)).count();
+    assert_eq!(
+        count(
+            &|b| matches!(b, EntryBody::TransactionPrepared { withdrawal_id, .. } if *withdrawal_id == w.id)
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            &|b| matches!(b, EntryBody::SigningSession { withdrawal_id, .. } if *withdrawal_id == w.id)
+        ),
+        4
+    );
+    assert_eq!(
+        count(
+            &|b| matches!(b, EntryBody::TransactionBroadcast { withdrawal_id, .. } if *withdrawal_id == w.id)
+        ),
+        2
+    );
+    // An auditor replays both versions' sessions against the policy.
+    let layout = fc.tc.cluster.layout();
+    let policy = layout.dir.parent().unwrap().join("ltc-policy.toml");
+    let trust = custos_tests::audit::trust_args(&layout.dir);
+    // Every signature so far (this withdrawal's four, the first step's
+    // two) authorised by the replay, once the last is in a checkpoint.
+    let started = Instant::now();
+    loop {
+        let o = custos_tests::audit::export_and_verify(
+            &layout.dir,
+            &trust,
+            &["--policy", policy.to_str().unwrap()],
+        );
+        if o.ok
+            && o.stdout
+                .contains("signatures   6 authorised of 6 checked (policy replay")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Batched payouts (docs/SECURITY.md case 61): three withdrawals of one
+/// wallet ready to sign within the batching window are paid by one
+/// transaction, one output each plus change, signed in the lead's sessions
+/// after every signer verified each of them; each is confirmed with its own
+/// share of the fee (within its own cap), the log binds each to the
+/// transaction, and the ledger still reconciles with the node.
+async fn withdrawals_ready_together_share_one_transaction(
+    fc: &FlowCluster,
+    node: &Litecoind,
+    wallet_address: &str,
+) {
+    node.pay(wallet_address, 0.5).await;
+    node.mine(1).await;
+    let mut ids = Vec::new();
+    for (i, amount) in [10, 11, 12].into_iter().enumerate() {
+        let w = create(fc, &format!("ltc-batch-{i}"), "ltc-hot", amount * LTC / 100).await;
+        ids.push(w.id);
+    }
+    let mut ws = Vec::new();
+    for id in &ids {
+        ws.push(wait_for(fc, id, "broadcast").await);
+    }
+    let hash = ws[0].tx_hash.clone();
+    assert!(
+        ws.iter().all(|w| w.tx_hash == hash),
+        "one transaction: {ws:?}"
+    );
+    let (tx, confs) = watched_tx(node, &hash).await;
+    assert_eq!(confs, 0);
+    let payee = payee().script_pubkey;
+    let mut paid: Vec<u64> = tx
+        .output
+        .iter()
+        .filter(|o| o.script_pubkey == payee)
+        .map(|o| o.value.to_sat())
+        .collect();
+    paid.sort_unstable();
+    assert_eq!(
+        paid,
+        vec![10 * LTC / 100, 11 * LTC / 100, 12 * LTC / 100],
+        "{tx:?}"
+    );
+    assert!(
+        tx.output.len() <= 4,
+        "three payouts and at most one change: {tx:?}"
+    );
+    let (fee, _) = mempool_entry(node, &hash).await.expect("in the mempool");
+    node.mine(1).await;
+    let mut shares = Vec::new();
+    for id in &ids {
+        let w = wait_for(fc, id, "confirmed").await;
+        assert_eq!(w.tx_hash, hash);
+        shares.push(w.fee_paid.parse::<u64>().unwrap());
+    }
+    assert_eq!(
+        shares.iter().sum::<u64>(),
+        fee,
+        "the shares are the fee: {shares:?}"
+    );
+    assert!(
+        shares.iter().all(|s| *s <= FEE_CAP && *s >= fee / 3),
+        "{shares:?}"
+    );
+
+    // The log: each withdrawal has the same transaction prepared; only the
+    // lead has signing sessions (one per input).
+    let entries = log_entries(&mut fc.auditor.clone()).await;
+    let prepared: Vec<_> = entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            EntryBody::TransactionPrepared {
+                withdrawal_id,
+                unsigned_tx,
+                ..
+            } if ids.contains(withdrawal_id) => Some(unsigned_tx.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prepared.len(), 3);
+    assert!(prepared.iter().all(|p| *p == prepared[0]));
+    let with_sessions: std::collections::BTreeSet<_> = entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            EntryBody::SigningSession { withdrawal_id, .. } if ids.contains(withdrawal_id) => {
+                Some(withdrawal_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(with_sessions.len(), 1, "the lead signs: {with_sessions:?}");
+
+    // The ledger holds what the node holds for the wallet.
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args([
+            "ledger",
+            "reconcile",
+            "--chain",
+            CHAIN,
+            "--json",
+            "--cluster",
+        ])
+        .arg(&fc.tc.cluster.layout().dir)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let hot = v["wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["wallet"] == "ltc-hot")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(hot["delta"], "0", "{v}");
+
+    // An auditor replays each member's approval at the lead's session and
+    // matches every output to the withdrawal that logged it.
+    let layout = fc.tc.cluster.layout();
+    let policy = layout.dir.parent().unwrap().join("ltc-policy.toml");
+    let trust = custos_tests::audit::trust_args(&layout.dir);
+    let started = Instant::now();
+    loop {
+        let o = custos_tests::audit::export_and_verify(
+            &layout.dir,
+            &trust,
+            &["--policy", policy.to_str().unwrap()],
+        );
+        if o.ok
+            && o.stdout
+                .contains("batched      3 payouts authorised in 1 batched transactions")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

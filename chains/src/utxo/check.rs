@@ -89,6 +89,26 @@ pub fn spent_script(psbt: &[u8]) -> Result<ScriptBuf> {
         .ok_or_else(|| refused(format!("input 0: {op} has no such output")))
 }
 
+/// The outputs of `psbt`'s unsigned transaction (script, amount in base
+/// units), in order, checked for nothing else. An auditor matching a
+/// batched transaction's outputs to the withdrawals that prepared it needs
+/// them before [`check_psbt`] can be given the payouts in output order.
+pub fn psbt_outputs(psbt: &[u8]) -> Result<Vec<(ScriptBuf, u64)>> {
+    if psbt.len() > MAX_PSBT_LEN {
+        return Err(refused(format!(
+            "PSBT of {} bytes exceeds {MAX_PSBT_LEN}",
+            psbt.len()
+        )));
+    }
+    let psbt = Psbt::deserialize(psbt).map_err(|e| refused(format!("not a PSBT: {e}")))?;
+    Ok(psbt
+        .unsigned_tx
+        .output
+        .into_iter()
+        .map(|o| (o.script_pubkey, o.value.to_sat()))
+        .collect())
+}
+
 /// Decodes `psbt` and checks it against `payouts` (approved, in output
 /// order) and the wallet's own scripts; returns the digests to sign.
 pub fn check_psbt(

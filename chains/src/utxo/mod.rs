@@ -33,6 +33,7 @@ pub mod check;
 pub mod fees;
 pub mod finalize;
 pub mod network;
+pub mod replace;
 #[cfg(feature = "rpc")]
 pub mod rpc;
 pub mod taproot;
@@ -45,3 +46,4 @@ pub use build::{BuildRequest, Payout, UnsignedUtxoTx, Utxo, build_unsigned};
 pub use check::{CheckedUtxoTx, check_psbt, check_replacement, spent_script};
 pub use finalize::{SignedUtxoTx, assemble_signed};
 pub use network::UtxoNetwork;
+pub use replace::{ReplacementRequest, build_replacement, psbt_coins, psbt_fee};

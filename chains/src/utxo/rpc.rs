@@ -234,6 +234,18 @@ impl UtxoRpc {
         )
     }
 
+    /// The node's incremental relay fee (what a replacement must add per
+    /// 1,000 vbytes of its own size), base units per 1,000 vbytes; Bitcoin
+    /// Core's default when the node does not say.
+    pub async fn incremental_fee_rate(&self) -> Result<u64> {
+        let m = "getnetworkinfo";
+        let v = self.call(None, m, json!([])).await?;
+        match v.get("incrementalfee") {
+            Some(rate) => coins_to_base_units(m, rate),
+            None => Ok(crate::utxo::replace::INCREMENTAL_RELAY_FEE_SAT_PER_KVB),
+        }
+    }
+
     /// Creates (or loads) the watch-only wallet `name`; idempotent.
     pub async fn ensure_watch_wallet(&self, name: &str) -> Result<()> {
         let m = "listwallets";

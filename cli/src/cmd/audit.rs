@@ -258,6 +258,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "report": report,
             "onchain": &outcome.onchain,
             "onchain_unlogged": &unlogged,
+            "batches": outcome.batches,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -359,6 +360,12 @@ fn print_verification(
         "sessions     {} authorised of {sessions} signing sessions checked",
         report.signing_sessions_authorised
     );
+    if outcome.batches.transactions > 0 {
+        println!(
+            "batched      {} payouts authorised in {} batched transactions",
+            outcome.batches.payouts, outcome.batches.transactions
+        );
+    }
     if !report.refusals.is_empty() {
         println!(
             "refusals     {} signed by signers (requests they would not sign):",

@@ -168,7 +168,7 @@ impl Chains {
     }
 
     /// Restarts the resubmit clock (nothing to bump for now).
-    async fn touch_sent(&self, withdrawal_id: &str) -> Result<(), CoordError> {
+    pub(super) async fn touch_sent(&self, withdrawal_id: &str) -> Result<(), CoordError> {
         sqlx::query("UPDATE chain_txs SET last_sent_ms = $1 WHERE withdrawal_id = $2")
             .bind(now_ms())
             .bind(withdrawal_id)

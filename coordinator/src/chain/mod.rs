@@ -40,6 +40,8 @@ pub mod bump_approvals;
 pub mod deposits;
 pub mod evm_deposits;
 pub mod utxo;
+pub mod utxo_batch;
+pub mod utxo_bump;
 
 use std::time::Duration;
 
@@ -110,6 +112,15 @@ pub struct ChainSettings {
     /// (default 0; set it to a block before the first wallet was funded).
     #[serde(default)]
     pub deposit_start_block: u64,
+    /// UTXO chains: how long a withdrawal ready to sign waits for others of
+    /// the same wallet and asset to be paid by the same transaction,
+    /// milliseconds (default 0: no batching).
+    #[serde(default)]
+    pub batch_window_ms: u64,
+    /// UTXO chains: most withdrawals paid by one transaction (default 20,
+    /// at most 200).
+    #[serde(default = "default_batch_max")]
+    pub batch_max_payouts: u32,
 }
 
 impl ChainSettings {
@@ -136,8 +147,14 @@ impl ChainSettings {
             fee_target_blocks: default_fee_target(),
             spend_confirmations: one(),
             deposit_start_block: 0,
+            batch_window_ms: 0,
+            batch_max_payouts: default_batch_max(),
         }
     }
+}
+
+fn default_batch_max() -> u32 {
+    20
 }
 
 fn default_fee_target() -> u16 {
@@ -170,7 +187,10 @@ pub const MAX_FEE_BUMPS: u32 = 7;
 /// transaction whatever its chain (`nonce` is the EVM account nonce, NULL on
 /// UTXO chains); `utxo_inputs` the coins a UTXO transaction spends, one row
 /// each with its signing session (`UNIQUE (chain, outpoint)` is the coin
-/// lock: a coin is in one withdrawal's transaction at a time).
+/// lock: a coin is in one withdrawal's transaction at a time);
+/// `utxo_bump_inputs` the sessions of a replacement being signed
+/// (`utxo_bump`); `utxo_batches` which withdrawals one transaction pays
+/// (`utxo_batch`: the lead's `chain_txs` row is the transaction).
 pub fn schema(backend: Backend) -> String {
     let blob = backend.blob();
     format!(
@@ -220,6 +240,20 @@ pub fn schema(backend: Backend) -> String {
             signature {blob},
             PRIMARY KEY (withdrawal_id, input_index),
             UNIQUE (chain, outpoint)
+        );
+        CREATE TABLE IF NOT EXISTS utxo_batches (
+            withdrawal_id TEXT PRIMARY KEY,
+            lead_id TEXT NOT NULL,
+            output_index BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS utxo_bump_inputs (
+            withdrawal_id TEXT NOT NULL,
+            input_index BIGINT NOT NULL,
+            outpoint TEXT NOT NULL,
+            presig_id TEXT,
+            signers TEXT,
+            signature {blob},
+            PRIMARY KEY (withdrawal_id, input_index)
         );
         CREATE TABLE IF NOT EXISTS deposit_cursors (
             chain TEXT PRIMARY KEY,

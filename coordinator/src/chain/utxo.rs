@@ -59,6 +59,9 @@ pub struct UtxoChain {
     alloc: tokio::sync::Mutex<()>,
     /// Addresses imported into the watch-only wallet by this process.
     watched: StdMutex<HashSet<String>>,
+    /// When this process first saw each withdrawal ready to be paid (the
+    /// batching window runs from there; a restart starts it again).
+    pub(super) ready_since: StdMutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// One input of a withdrawal's UTXO transaction.
@@ -76,6 +79,26 @@ pub struct InputRow {
     pub signature: Option<Vec<u8>>,
 }
 
+impl InputRow {
+    /// From a row of `utxo_inputs` or `utxo_bump_inputs`.
+    pub(super) fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, CoordError> {
+        Ok(InputRow {
+            index: u32::try_from(r.try_get::<i64, _>("input_index").map_err(db_err)?)
+                .map_err(|_| CoordError::Internal("stored input index".into()))?,
+            outpoint: r.try_get("outpoint").map_err(db_err)?,
+            presig_id: r.try_get("presig_id").map_err(db_err)?,
+            signers: serde_json::from_str(
+                r.try_get::<Option<String>, _>("signers")
+                    .map_err(db_err)?
+                    .as_deref()
+                    .unwrap_or("[]"),
+            )
+            .unwrap_or_default(),
+            signature: r.try_get("signature").map_err(db_err)?,
+        })
+    }
+}
+
 impl UtxoChain {
     /// Checks the UTXO-specific settings (`field` names the config entry).
     pub fn new(
@@ -87,6 +110,14 @@ impl UtxoChain {
             return Err(CoordError::InvalidArgument(format!(
                 "{}: a {network} chain has no chain id",
                 field("chain_id")
+            )));
+        }
+        let max = custos_chains::utxo::build::MAX_PAYOUTS;
+        if settings.batch_max_payouts == 0 || settings.batch_max_payouts as usize > max {
+            return Err(CoordError::InvalidArgument(format!(
+                "{}: {} must be between 1 and {max}",
+                field("batch_max_payouts"),
+                settings.batch_max_payouts
             )));
         }
         if settings.fee_target_blocks == 0 || settings.fee_target_blocks > 1008 {
@@ -112,6 +143,7 @@ impl UtxoChain {
             rpc,
             alloc: tokio::sync::Mutex::new(()),
             watched: StdMutex::new(HashSet::new()),
+            ready_since: StdMutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -180,7 +212,7 @@ impl UtxoChain {
     }
 
     /// The approved payout of `row`.
-    fn payout(&self, row: &Payment) -> Result<Payout, Pending> {
+    pub(super) fn payout(&self, row: &Payment) -> Result<Payout, Pending> {
         let destination = parse_address(self.network, &row.destination)
             .map_err(|e| Pending::Wait(format!("destination: {e}")))?;
         let base_units = |field: &str, text: &str| {
@@ -215,13 +247,22 @@ pub struct StoredTx {
     pub tx_hash: Option<String>,
     /// How many times it was sent.
     pub sends: i64,
+    /// When it was last sent (or a bump last given up), ms.
+    pub last_sent_ms: Option<i64>,
+    /// How many times it was replaced (fee bumps).
+    pub bumps: i64,
+    /// The replacement being signed, if any.
+    pub bump_tx: Option<Vec<u8>>,
+    /// The last replacement given up (some signers may have signed it).
+    pub abandoned_tx: Option<Vec<u8>>,
 }
 
 impl Chains {
     /// The chain-neutral columns of a withdrawal's stored transaction (any chain).
     pub async fn stored_tx(&self, withdrawal_id: &str) -> Result<Option<StoredTx>, CoordError> {
         let r = sqlx::query(
-            "SELECT unsigned_tx, raw_tx, tx_hash, sends FROM chain_txs WHERE withdrawal_id = $1",
+            "SELECT unsigned_tx, raw_tx, tx_hash, sends, last_sent_ms, bumps, bump_tx, abandoned_tx
+             FROM chain_txs WHERE withdrawal_id = $1",
         )
         .bind(withdrawal_id)
         .fetch_optional(&self.pool)
@@ -233,6 +274,13 @@ impl Chains {
                 raw_tx: r.try_get("raw_tx").map_err(db_err)?,
                 tx_hash: r.try_get("tx_hash").map_err(db_err)?,
                 sends: r.try_get("sends").map_err(db_err)?,
+                last_sent_ms: r.try_get("last_sent_ms").map_err(db_err)?,
+                bumps: r
+                    .try_get::<Option<i64>, _>("bumps")
+                    .map_err(db_err)?
+                    .unwrap_or(0),
+                bump_tx: r.try_get("bump_tx").map_err(db_err)?,
+                abandoned_tx: r.try_get("abandoned_tx").map_err(db_err)?,
             })
         })
         .transpose()
@@ -243,18 +291,23 @@ impl Chains {
         self.utxo.iter().find(|c| c.settings.name == name)
     }
 
-    /// Builds (once) the PSBT of a UTXO withdrawal in `signing`: selects
-    /// coins not held by another withdrawal, change back to the wallet, the
-    /// node's fee estimate within the approved fee cap; stores the
-    /// transaction, its inputs (the coin lock) and the withdrawal's
+    /// Builds (once) the PSBT of a UTXO withdrawal in `signing` (`rows[0]`,
+    /// the lead) and of the others `rows` names (a batch: one output each,
+    /// in this order, same wallet and asset): selects coins not held by
+    /// another withdrawal, change back to the wallet, the node's fee
+    /// estimate within every approved fee cap; stores the transaction, its
+    /// inputs (the coin lock), the batch and every withdrawal's
     /// `unsigned_tx` together.
     pub async fn prepare_utxo(
         &self,
         chain: &UtxoChain,
-        row: &Payment,
+        rows: &[Payment],
         wallet_key: &[u8],
     ) -> Result<Vec<u8>, Pending> {
         let name = &chain.settings.name;
+        let row = rows
+            .first()
+            .ok_or_else(|| CoordError::Internal("no withdrawal to pay".into()))?;
         if let Some(t) = self.stored_tx(&row.id).await? {
             self.attach(&row.id, &t.unsigned_tx).await?;
             return Ok(t.unsigned_tx);
@@ -262,7 +315,10 @@ impl Chains {
         let wallet = wallet_address(chain.network, wallet_key).map_err(|e| {
             Pending::Wait(format!("wallet {} has no usable address: {e}", row.wallet))
         })?;
-        let payout = chain.payout(row)?;
+        let payouts = rows
+            .iter()
+            .map(|r| chain.payout(r))
+            .collect::<Result<Vec<_>, _>>()?;
         chain
             .watch(&wallet.text)
             .await
@@ -308,7 +364,7 @@ impl Chains {
         let built = build_unsigned(&BuildRequest {
             coins: &coins,
             required: &[],
-            payouts: std::slice::from_ref(&payout),
+            payouts: &payouts,
             change_script: &wallet.script_pubkey,
             fee_rate_sat_per_kvb: rate,
         })
@@ -357,25 +413,39 @@ impl Chains {
                 Err(e) => return Err(db_err(e).into()),
             }
         }
-        let res = sqlx::query(
-            "UPDATE withdrawals SET unsigned_tx = $1, updated_ms = $2
-             WHERE id = $3 AND state = 'signing' AND unsigned_tx IS NULL",
-        )
-        .bind(built.psbt.clone())
-        .bind(now_ms())
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if res.rows_affected() != 1 {
-            return Err(Pending::Wait(
-                "the withdrawal left `signing` while its transaction was built".into(),
-            ));
+        for (i, r) in rows.iter().enumerate() {
+            let res = sqlx::query(
+                "UPDATE withdrawals SET unsigned_tx = $1, updated_ms = $2
+                 WHERE id = $3 AND state = 'signing' AND unsigned_tx IS NULL",
+            )
+            .bind(built.psbt.clone())
+            .bind(now_ms())
+            .bind(&r.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if res.rows_affected() != 1 {
+                return Err(Pending::Wait(format!(
+                    "withdrawal {} left `signing` (or got a transaction) while this one was built; building again",
+                    r.id
+                )));
+            }
+            if rows.len() > 1 {
+                sqlx::query(
+                    "INSERT INTO utxo_batches (withdrawal_id, lead_id, output_index) VALUES ($1, $2, $3)",
+                )
+                .bind(&r.id)
+                .bind(&row.id)
+                .bind(i64::try_from(i).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
         }
         tx.commit().await.map_err(db_err)?;
         tracing::info!(
             withdrawal = %row.id, chain = %name, txid = %built.txid, inputs = built.inputs.len(),
-            fee = built.fee, change = ?built.change, rate, "built UTXO transaction"
+            payouts = rows.len(), fee = built.fee, change = ?built.change, rate, "built UTXO transaction"
         );
         Ok(built.psbt)
     }
@@ -385,20 +455,25 @@ impl Chains {
     pub fn checked_utxo(
         &self,
         chain: &UtxoChain,
-        row: &Payment,
+        rows: &[Payment],
         psbt: &[u8],
         wallet_key: &[u8],
     ) -> Result<CheckedUtxoTx, CoordError> {
-        let payout = chain.payout(row).map_err(|e| match e {
-            Pending::Wait(note) | Pending::Storage(CoordError::Internal(note)) => {
-                CoordError::Internal(note)
-            }
-            Pending::Storage(e) => e,
-        })?;
+        let payouts = rows
+            .iter()
+            .map(|r| chain.payout(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| match e {
+                Pending::Wait(note) | Pending::Storage(CoordError::Internal(note)) => {
+                    CoordError::Internal(note)
+                }
+                Pending::Storage(e) => e,
+            })?;
         let own = custos_chains::utxo::wallet_script(wallet_key)
             .map_err(|e| CoordError::Internal(format!("wallet key: {e}")))?;
-        check_psbt(psbt, &[payout], &[own])
-            .map_err(|e| CoordError::Internal(format!("{}: stored transaction: {e}", row.id)))
+        let lead = rows.first().map_or("", |r| r.id.as_str());
+        check_psbt(psbt, &payouts, &[own])
+            .map_err(|e| CoordError::Internal(format!("{lead}: stored transaction: {e}")))
     }
 
     /// The inputs of a withdrawal's UTXO transaction, in order.
@@ -412,21 +487,7 @@ impl Chains {
         .await
         .map_err(db_err)?
         .iter()
-        .map(|r| {
-            Ok(InputRow {
-                index: u32::try_from(r.get::<i64, _>("input_index"))
-                    .map_err(|_| CoordError::Internal("stored input index".into()))?,
-                outpoint: r.get("outpoint"),
-                presig_id: r.get("presig_id"),
-                signers: serde_json::from_str(
-                    r.get::<Option<String>, _>("signers")
-                        .as_deref()
-                        .unwrap_or("[]"),
-                )
-                .unwrap_or_default(),
-                signature: r.get("signature"),
-            })
-        })
+        .map(InputRow::from_row)
         .collect()
     }
 
@@ -515,9 +576,12 @@ impl Chains {
     pub async fn assemble_utxo(
         &self,
         chain: &UtxoChain,
-        row: &Payment,
+        rows: &[Payment],
         wallet_key: &[u8],
     ) -> Result<(Vec<u8>, String), CoordError> {
+        let row = rows
+            .first()
+            .ok_or_else(|| CoordError::Internal("no withdrawal to pay".into()))?;
         let t = self
             .stored_tx(&row.id)
             .await?
@@ -525,7 +589,7 @@ impl Chains {
         if let (Some(raw), Some(hash)) = (t.raw_tx.clone(), t.tx_hash.clone()) {
             return Ok((raw, hash));
         }
-        let checked = self.checked_utxo(chain, row, &t.unsigned_tx, wallet_key)?;
+        let checked = self.checked_utxo(chain, rows, &t.unsigned_tx, wallet_key)?;
         let signatures: Vec<[u8; 64]> = self
             .utxo_inputs(&row.id)
             .await?
@@ -545,15 +609,18 @@ impl Chains {
             .await
     }
 
-    /// One look at a broadcast UTXO transaction: confirmed with enough
-    /// confirmations; otherwise (re-)sent while unconfirmed (the node may
-    /// have dropped it, or a reorg taken it out of a block); failed when a
-    /// conflicting transaction is mined.
+    /// One look at a broadcast UTXO transaction: any of its versions (the
+    /// current one and those it replaced) confirmed with enough
+    /// confirmations wins; a conflicting transaction mined fails it;
+    /// otherwise the current version is (re-)sent while unconfirmed (the
+    /// node may have dropped it, or a reorg taken it out of a block), and
+    /// reported stuck once it has waited `resubmit_after_secs` in the
+    /// mempool (the engine then replaces it by fee).
     pub async fn track_utxo(
         &self,
         chain: &UtxoChain,
         row: &Payment,
-        wallet_key: &[u8],
+        _wallet_key: &[u8],
     ) -> Result<Tracked, Pending> {
         let name = &chain.settings.name;
         let t = self
@@ -569,50 +636,55 @@ impl Chains {
                 ))));
             }
         };
-        let txid: Txid = hash_text
-            .parse()
-            .map_err(|_| CoordError::Internal(format!("stored txid {hash_text}")))?;
-        let status = chain
-            .rpc
-            .wallet_transaction(&chain.watch_wallet, &txid)
-            .await
-            .map_err(|e| rpc_note(name, "cannot look the transaction up", &e))?
-            .map(|(_, s)| s);
-        if let Some(s) = &status {
-            if s.confirmations < 0 {
-                return Ok(Tracked::Conflicted(format!(
-                    "{hash_text}: a conflicting transaction spending the same coins is mined {} blocks deep",
-                    -s.confirmations
+        let txid = parse_txid(&hash_text)?;
+        let mut versions = vec![(hash_text.clone(), raw.clone())];
+        versions.extend(self.replaced_versions(&row.id).await?);
+        let mut current = None;
+        for (i, (hash, version_raw)) in versions.iter().enumerate() {
+            let status = chain
+                .rpc
+                .wallet_transaction(&chain.watch_wallet, &parse_txid(hash)?)
+                .await
+                .map_err(|e| rpc_note(name, "cannot look the transaction up", &e))?
+                .map(|(_, s)| s);
+            if i == 0 {
+                current = status.clone();
+            }
+            let Some(confs) = status
+                .as_ref()
+                .and_then(|s| u64::try_from(s.confirmations).ok())
+                .filter(|c| *c > 0)
+            else {
+                continue;
+            };
+            if confs < chain.settings.confirmations {
+                return Ok(Tracked::Waiting(format!(
+                    "{hash} in a block: {confs} of {} confirmations",
+                    chain.settings.confirmations
                 )));
             }
-            if let Ok(confs) = u64::try_from(s.confirmations)
-                && confs > 0
-            {
-                if confs < chain.settings.confirmations {
-                    return Ok(Tracked::Waiting(format!(
-                        "{hash_text} in a block: {confs} of {} confirmations",
-                        chain.settings.confirmations
-                    )));
-                }
-                let (_, height) = chain
-                    .rpc
-                    .chain()
-                    .await
-                    .map_err(|e| rpc_note(name, "cannot read the block height", &e))?;
-                let psbt = self
-                    .stored_tx(&row.id)
-                    .await
-                    .map_err(Pending::Storage)?
-                    .map(|t| t.unsigned_tx)
-                    .unwrap_or_default();
-                let fee = self.checked_utxo(chain, row, &psbt, wallet_key)?.fee;
-                return Ok(Tracked::Confirmed {
-                    hash: hash_text,
-                    block: height.saturating_add(1).saturating_sub(confs),
-                    gas_used: 0,
-                    fee_paid: u128::from(fee),
-                });
-            }
+            let (_, height) = chain
+                .rpc
+                .chain()
+                .await
+                .map_err(|e| rpc_note(name, "cannot read the block height", &e))?;
+            return Ok(Tracked::Confirmed {
+                hash: hash.clone(),
+                block: height.saturating_add(1).saturating_sub(confs),
+                gas_used: 0,
+                fee_paid: u128::from(paid_fee(&t.unsigned_tx, version_raw)?),
+            });
+        }
+        if let Some(s) = current.as_ref().filter(|s| s.confirmations < 0) {
+            return Ok(Tracked::Conflicted(format!(
+                "{hash_text}: a conflicting transaction spending the same coins is mined {} blocks deep",
+                -s.confirmations
+            )));
+        }
+        if t.bump_tx.is_some() {
+            return Ok(Tracked::Stuck(format!(
+                "{hash_text}: resuming its fee bump"
+            )));
         }
         // Never sent, in the mempool, or dropped (by the node or a reorg):
         // send the same bytes; a transaction the node has is success.
@@ -621,19 +693,77 @@ impl Chains {
             .send_raw(&raw, txid)
             .await
             .map_err(|e| rpc_note(name, &format!("broadcasting {hash_text} failed"), &e))?;
+        // The stuck clock runs from the first send, or from a send after the
+        // node forgot it (a node answers a transaction already in its
+        // mempool as accepted too, so the answer cannot tell).
+        let entered = t.last_sent_ms.is_none() || current.is_none();
         sqlx::query(
-            "UPDATE chain_txs SET sends = sends + 1, last_sent_ms = $1
-             WHERE withdrawal_id = $2 AND tx_hash = $3",
+            "UPDATE chain_txs SET sends = sends + 1,
+                last_sent_ms = CASE WHEN $1 THEN $2 ELSE last_sent_ms END
+             WHERE withdrawal_id = $3 AND tx_hash = $4",
         )
+        .bind(entered)
         .bind(now_ms())
         .bind(&row.id)
         .bind(&hash_text)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
-        if t.sends == 0 || status.is_none() {
+        if entered {
             tracing::info!(withdrawal = %row.id, tx = %hash_text, already_known = matches!(sent, Broadcast::AlreadyKnown(_)), resend = t.sends > 0, "transaction sent");
+            return Ok(Tracked::Waiting(format!("{hash_text} in the mempool")));
         }
-        Ok(Tracked::Waiting(format!("{hash_text} in the mempool")))
+        let waited_ms = now_ms().saturating_sub(t.last_sent_ms.unwrap_or(i64::MAX));
+        let resubmit_ms = i64::try_from(chain.settings.resubmit_after_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        if waited_ms < resubmit_ms {
+            return Ok(Tracked::Waiting(format!("{hash_text} in the mempool")));
+        }
+        if t.bumps < i64::from(chain.settings.max_fee_bumps) {
+            return Ok(Tracked::Stuck(format!(
+                "{hash_text} unconfirmed for {}s",
+                waited_ms / 1000
+            )));
+        }
+        Ok(Tracked::Waiting(format!(
+            "{hash_text} in the mempool; replaced {} times already (max_fee_bumps), waiting",
+            t.bumps
+        )))
     }
+
+    /// The versions a withdrawal's transaction replaced: (txid, raw).
+    pub(super) async fn replaced_versions(
+        &self,
+        withdrawal_id: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
+        sqlx::query(
+            "SELECT tx_hash, raw_tx FROM chain_tx_replaced WHERE withdrawal_id = $1
+             ORDER BY replaced_ms DESC",
+        )
+        .bind(withdrawal_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("tx_hash").map_err(db_err)?,
+                r.try_get("raw_tx").map_err(db_err)?,
+            ))
+        })
+        .collect()
+    }
+}
+
+/// A stored txid, parsed.
+pub(super) fn parse_txid(text: &str) -> Result<Txid, CoordError> {
+    text.parse()
+        .map_err(|_| CoordError::Internal(format!("stored txid {text}")))
+}
+
+/// The fee a signed version pays: every version spends the coins of the
+/// current PSBT (a replacement spends exactly the replaced coins).
+fn paid_fee(psbt: &[u8], raw: &[u8]) -> Result<u64, CoordError> {
+    custos_chains::utxo::replace::signed_fee(psbt, raw)
+        .map_err(|e| CoordError::Internal(format!("stored transaction: {e}")))
 }

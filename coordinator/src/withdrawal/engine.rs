@@ -128,6 +128,9 @@ enum PresigUse<'a> {
     FeeBump(&'a crate::chain::Chains, &'a str, &'a [String]),
     /// One input of a withdrawal's UTXO transaction (recorded on the input).
     Input(&'a crate::chain::Chains, &'a str, u32),
+    /// One input of the replacement of a withdrawal's UTXO transaction, by
+    /// signers that signed the transaction it replaces.
+    BumpInput(&'a crate::chain::Chains, &'a str, u32, &'a [String]),
 }
 
 impl PresigUse<'_> {
@@ -135,7 +138,7 @@ impl PresigUse<'_> {
     fn signers(&self) -> Option<&[String]> {
         match self {
             PresigUse::Signing(_) | PresigUse::Input(..) => None,
-            PresigUse::FeeBump(_, _, s) => Some(s),
+            PresigUse::FeeBump(_, _, s) | PresigUse::BumpInput(_, _, _, s) => Some(s),
         }
     }
 }
@@ -1342,6 +1345,11 @@ impl Engine {
                     .reserve_input_presig(id, *index, presig, signers)
                     .await
             }
+            PresigUse::BumpInput(chains, id, index, _) => {
+                chains
+                    .reserve_bump_input_presig(id, *index, presig, signers)
+                    .await
+            }
         }
     }
 
@@ -1364,14 +1372,25 @@ impl Engine {
         let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
         // Logged once per transaction: the first input's session carries it.
         if !auth.unsigned_tx.is_empty() && auth.input_index == 0 {
-            // What is signed, for auditors to decode and compare with the approval.
-            self.audit
-                .append(EntryBody::TransactionPrepared {
-                    withdrawal_id: row.id.clone(),
-                    chain: row.chain.clone(),
-                    unsigned_tx: auth.unsigned_tx.clone(),
-                })
-                .await?;
+            // What is signed, for auditors to decode and compare with the
+            // approval: once for each withdrawal it pays (a batch's members
+            // have no signing session of their own; this entry binds each
+            // of them to the transaction, for the signers and the auditors).
+            let mut ids = vec![row.id.clone()];
+            for m in &auth.batch {
+                let w: custos_policy::Withdrawal = serde_json::from_slice(&m.withdrawal_json)
+                    .map_err(|e| CoordError::Internal(format!("batch member: {e}")))?;
+                ids.push(w.id);
+            }
+            for id in ids {
+                self.audit
+                    .append(EntryBody::TransactionPrepared {
+                        withdrawal_id: id,
+                        chain: row.chain.clone(),
+                        unsigned_tx: auth.unsigned_tx.clone(),
+                    })
+                    .await?;
+            }
         }
         let signing_index = self
             .audit
@@ -1407,6 +1426,14 @@ impl Engine {
         auth.signing_entry = signing;
         auth.signing_inclusion_proof = signing_proof;
         auth.proof_tree_size = size;
+        for m in &mut auth.batch {
+            let (entry, proof) = self
+                .audit
+                .entry_with_proof(m.decision_entry_index, size)
+                .await?;
+            m.decision_entry = entry;
+            m.inclusion_proof = proof;
+        }
         let outcome = self
             .cluster
             .sign_withdrawal(key, digest, presig, signers, auth)

@@ -24,7 +24,7 @@ pub struct ExportShareResponse {
 }
 /// Everything a signer needs to decide on its own whether a withdrawal may be signed.
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WithdrawalAuthorization {
     /// The withdrawal as the policy crate sees it, JSON (custos_policy::Withdrawal);
     /// the signer recomputes tx_digest from unsigned_tx and ignores the claimed one.
@@ -95,6 +95,14 @@ pub struct WithdrawalAuthorization {
     /// single-digest transactions.
     #[prost(uint32, tag = "22")]
     pub input_index: u32,
+    /// Batched payouts (UTXO): the other withdrawals unsigned_tx pays, one
+    /// output each after this one's, in output order. Each carries its own
+    /// withdrawal, policy bundle, approvals, risk score, request signature and
+    /// decision entry with its inclusion proof at proof_tree_size; its
+    /// unsigned_tx, signing fields and batch are empty. Every signer verifies
+    /// each of them as it verifies this one.
+    #[prost(message, repeated, tag = "24")]
+    pub batch: ::prost::alloc::vec::Vec<WithdrawalAuthorization>,
     /// The coordinator's leadership epoch (fencing token, see the README,
     /// "Several coordinators"): a signer refuses a request carrying an epoch
     /// older than the highest it has recorded. 0 from a single coordinator
@@ -113,7 +121,7 @@ pub struct AuthorizationAck {
     pub signable_from: i64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CancelNotice {
     #[prost(message, optional, tag = "1")]
     pub authorization: ::core::option::Option<WithdrawalAuthorization>,
@@ -123,7 +131,7 @@ pub struct CancelNotice {
     pub cancel_json: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SignWithdrawalRequest {
     #[prost(message, optional, tag = "1")]
     pub authorization: ::core::option::Option<WithdrawalAuthorization>,

@@ -124,29 +124,46 @@ fn describe(e: ChainError) -> String {
     }
 }
 
-/// Decodes `unsigned_tx`, checks it against the approved withdrawal `w`
-/// paid from the wallet key `public_key` (SEC1) and returns the digest of
-/// input `input` to sign; an error is the refusal message.
+/// Decodes `unsigned_tx`, checks it against the approved withdrawals `ws`
+/// (one, or a batch paid by one UTXO transaction: one output each, in this
+/// order, all from one wallet) paid from the wallet key `public_key` (SEC1)
+/// and returns the digest of input `input` to sign; an error is the
+/// refusal message.
 pub fn check_transaction(
     chains: &[Box<dyn ChainAdapter>],
-    w: &Withdrawal,
+    ws: &[Withdrawal],
     unsigned_tx: &[u8],
     public_key: &[u8],
     input: u32,
 ) -> Result<CheckedTx, String> {
+    let w = ws
+        .first()
+        .ok_or("no withdrawal to check the transaction against")?;
+    if let Some(o) = ws
+        .iter()
+        .find(|o| o.chain != w.chain || o.wallet != w.wallet || o.asset != w.asset)
+    {
+        return Err(format!(
+            "batch: withdrawal {} pays {} from {} on {}, not {} from {} on {} like withdrawal {}: a batch is one wallet's payouts of one asset",
+            o.id, o.asset, o.wallet, o.chain, w.asset, w.wallet, w.chain, w.id
+        ));
+    }
     let chain = chains.iter().find(|c| c.name() == w.chain).ok_or_else(|| {
         format!(
             "chain {}: this signer has no transaction adapter configured for it ([cosigner] chains)",
             w.chain
         )
     })?;
-    let approved = [ApprovedTransfer {
-        withdrawal_id: &w.id,
-        asset: &w.asset,
-        destination: &w.destination,
-        amount: w.amount.0,
-        fee_cap: w.fee_cap.0,
-    }];
+    let approved: Vec<ApprovedTransfer<'_>> = ws
+        .iter()
+        .map(|w| ApprovedTransfer {
+            withdrawal_id: &w.id,
+            asset: &w.asset,
+            destination: &w.destination,
+            amount: w.amount.0,
+            fee_cap: w.fee_cap.0,
+        })
+        .collect();
     let checked = chain
         .check_unsigned(unsigned_tx, &approved, public_key)
         .map_err(describe)?;
@@ -171,20 +188,18 @@ pub fn check_transaction(
 /// can be mined.
 pub fn check_fee_bump(
     chains: &[Box<dyn ChainAdapter>],
-    w: &Withdrawal,
+    ws: &[Withdrawal],
     previous_tx: &[u8],
     public_key: &[u8],
     next: &CheckedTx,
 ) -> Result<(), String> {
-    if next.checked.digests.len() != 1 {
-        // A replacement of several inputs needs every input re-signed, as one
-        // new set of sessions; not supported yet, so refused (fail closed).
-        return Err(format!(
-            "unsigned_tx: a replacement with {} inputs; fee bumps are signed for single-input transactions only",
-            next.checked.digests.len()
-        ));
-    }
-    let previous = check_transaction(chains, w, previous_tx, public_key, 0)
+    let w = ws
+        .first()
+        .ok_or("no withdrawal to check the replacement against")?;
+    // A replacement of several inputs is signed one session per input like
+    // the first version: this check admits its first session; the others
+    // sign the very bytes admitted here (`Cosigner::bump_input`).
+    let previous = check_transaction(chains, ws, previous_tx, public_key, 0)
         .map_err(|e| format!("the transaction signed before cannot be read: {e}"))?;
     let chain = chains
         .iter()
@@ -278,27 +293,90 @@ mod tests {
             .unwrap()
         };
         let one = build(&coins(&pk, &[200_000]));
-        let checked = check_transaction(&adapters, &w, &one.psbt, &pk, 0).unwrap();
+        let checked =
+            check_transaction(&adapters, std::slice::from_ref(&w), &one.psbt, &pk, 0).unwrap();
         assert_eq!(checked.checked.digests, vec![checked.digest]);
-        let e = check_transaction(&adapters, &w, &one.psbt, &pk, 1).unwrap_err();
+        let e =
+            check_transaction(&adapters, std::slice::from_ref(&w), &one.psbt, &pk, 1).unwrap_err();
         assert!(
             e.contains("input_index 1") && e.contains("1 input(s)"),
             "{e}"
         );
         // Two coins: one session per input, each its own digest.
         let two = build(&coins(&pk, &[100_000, 90_000]));
-        let first = check_transaction(&adapters, &w, &two.psbt, &pk, 0).unwrap();
-        let second = check_transaction(&adapters, &w, &two.psbt, &pk, 1).unwrap();
+        let first =
+            check_transaction(&adapters, std::slice::from_ref(&w), &two.psbt, &pk, 0).unwrap();
+        let second =
+            check_transaction(&adapters, std::slice::from_ref(&w), &two.psbt, &pk, 1).unwrap();
         assert_eq!(first.checked.digests, vec![first.digest, second.digest]);
         assert_ne!(first.digest, second.digest);
-        let e = check_transaction(&adapters, &w, &one.psbt, &[], 0).unwrap_err();
+        let e =
+            check_transaction(&adapters, std::slice::from_ref(&w), &one.psbt, &[], 0).unwrap_err();
         assert!(e.contains("public key"), "{e}");
         let mut other = w.clone();
         other.amount = PolicyAmount(150_001);
-        let e = check_transaction(&adapters, &other, &one.psbt, &pk, 0).unwrap_err();
+        let e = check_transaction(&adapters, std::slice::from_ref(&other), &one.psbt, &pk, 0)
+            .unwrap_err();
         assert!(e.contains("output 0: amount 150000"), "{e}");
         other.chain = "litecoin".into();
-        let e = check_transaction(&adapters, &other, &one.psbt, &pk, 0).unwrap_err();
+        let e = check_transaction(&adapters, std::slice::from_ref(&other), &one.psbt, &pk, 0)
+            .unwrap_err();
         assert!(e.contains("no transaction adapter"), "{e}");
+
+        // Fee bumps of a two-input transaction (SECURITY.md case 60): the
+        // replacement the engine builds is admitted against the version
+        // signed; one that leaves a coin out (both could confirm) or pays no
+        // more is refused, naming why.
+        let own = utxo::wallet_script(&pk).unwrap();
+        let payouts = [Payout {
+            withdrawal_id: w.id.clone(),
+            script_pubkey: payee.script_pubkey.clone(),
+            amount: 150_000,
+            fee_cap: 10_000,
+        }];
+        let bump = |replaced: &[u8], rate: u64| {
+            utxo::build_replacement(&utxo::ReplacementRequest {
+                replaced,
+                fee_floor: 0,
+                payouts: &payouts,
+                change_script: &own,
+                min_rate_sat_per_kvb: rate,
+                incremental_sat_per_kvb: 1_000,
+            })
+            .unwrap()
+        };
+        let next = bump(&two.psbt, 3_000);
+        for input in 0..2 {
+            let checked =
+                check_transaction(&adapters, std::slice::from_ref(&w), &next.psbt, &pk, input)
+                    .unwrap();
+            check_fee_bump(
+                &adapters,
+                std::slice::from_ref(&w),
+                &two.psbt,
+                &pk,
+                &checked,
+            )
+            .unwrap();
+        }
+        let back =
+            check_transaction(&adapters, std::slice::from_ref(&w), &two.psbt, &pk, 0).unwrap();
+        let e = check_fee_bump(&adapters, std::slice::from_ref(&w), &next.psbt, &pk, &back)
+            .unwrap_err();
+        assert!(e.contains("is not above the replaced fee"), "{e}");
+        let other_coins = coins(&pk, &[300_000]);
+        let elsewhere = build(&other_coins);
+        let checked =
+            check_transaction(&adapters, std::slice::from_ref(&w), &elsewhere.psbt, &pk, 0)
+                .unwrap();
+        let e = check_fee_bump(
+            &adapters,
+            std::slice::from_ref(&w),
+            &two.psbt,
+            &pk,
+            &checked,
+        )
+        .unwrap_err();
+        assert!(e.contains("does not spend"), "{e}");
     }
 }

@@ -49,6 +49,23 @@ pub struct LoggedSigning {
     pub witnessed_at: i64,
 }
 
+/// The first transaction logged as prepared for a withdrawal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedPrepared {
+    /// Entry index.
+    pub index: u64,
+    /// SHA-256 of the unsigned transaction, hex.
+    pub tx_hash: String,
+    /// This signer's clock (Unix seconds) when it witnessed the entry.
+    pub witnessed_at: i64,
+}
+
+/// SHA-256 of an unsigned transaction, hex: how the view names it.
+pub fn tx_hash(unsigned_tx: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(unsigned_tx))
+}
+
 /// The request as logged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedRequest {
@@ -95,6 +112,26 @@ pub struct LoggedWithdrawal {
     /// The coordinator's logged risk score (the first one).
     #[serde(default)]
     pub risk_score: Option<u32>,
+    /// The first transaction prepared for it: a withdrawal paid in a batch
+    /// has no signing session of its own, and this binds it to the batch.
+    #[serde(default)]
+    pub first_prepared: Option<LoggedPrepared>,
+}
+
+impl LoggedWithdrawal {
+    /// When this signer first saw it committed to a transaction (its first
+    /// signing session, else its first prepared transaction): (entry index,
+    /// this signer's clock).
+    pub fn committed(&self) -> Option<(u64, i64)> {
+        self.first_signing
+            .as_ref()
+            .map(|s| (s.index, s.witnessed_at))
+            .or_else(|| {
+                self.first_prepared
+                    .as_ref()
+                    .map(|p| (p.index, p.witnessed_at))
+            })
+    }
 }
 
 /// The log prefix `[0, size)` as this signer witnessed it.
@@ -250,6 +287,18 @@ impl LogView {
                     Some(_) => {}
                 }
             }
+            EntryBody::TransactionPrepared {
+                withdrawal_id,
+                unsigned_tx,
+                ..
+            } => {
+                let w = self.withdrawals.entry(withdrawal_id.clone()).or_default();
+                w.first_prepared.get_or_insert(LoggedPrepared {
+                    index,
+                    tx_hash: tx_hash(unsigned_tx),
+                    witnessed_at: now,
+                });
+            }
             EntryBody::SigningRefused { .. } => {
                 if let Some((refusal, signature)) = Refusal::from_entry(&entry.body) {
                     self.refusals
@@ -311,9 +360,9 @@ impl LogView {
             .iter()
             .filter(|(other, _)| other.as_str() != id)
             .filter_map(|(_, w)| {
-                let s = w.first_signing.as_ref()?;
+                let (index, _) = w.committed()?;
                 let r = w.requested.as_ref()?;
-                (s.index < before).then(|| {
+                (index < before).then(|| {
                     Some(RiskRequest {
                         wallet: r.key_id.clone(),
                         chain: r.chain.clone(),
@@ -350,16 +399,16 @@ impl LogView {
         self.withdrawals.get(id)
     }
 
-    /// Withdrawals with a logged signing session witnessed since `since`
-    /// (this signer's clock), as velocity history: whichever signer set
-    /// signed them, they count here.
+    /// Withdrawals with a logged signing session (or, paid in a batch, a
+    /// prepared transaction) witnessed since `since` (this signer's clock),
+    /// as velocity history: whichever signer set signed them, they count here.
     pub fn spends_since(&self, since: i64) -> Vec<HistoryEntry> {
         self.withdrawals
             .iter()
             .filter_map(|(id, w)| {
-                let s = w.first_signing.as_ref()?;
+                let (_, witnessed_at) = w.committed()?;
                 let r = w.requested.as_ref()?;
-                if s.witnessed_at < since {
+                if witnessed_at < since {
                     return None;
                 }
                 Some(HistoryEntry {
@@ -374,7 +423,7 @@ impl LogView {
                     // record of the same withdrawal (with its fee cap) is
                     // preferred where it has one.
                     fee_cap: Amount(0),
-                    at: custos_policy::Timestamp(s.witnessed_at),
+                    at: custos_policy::Timestamp(witnessed_at),
                 })
             })
             .collect()

@@ -6,6 +6,7 @@
 //! quorum, cancellations, replays, and that the decision is in a transparency
 //! log checkpoint it witnessed. Nothing from the coordinator is trusted.
 
+pub mod batch;
 pub mod bundles;
 pub mod chains;
 pub mod journal;
@@ -70,6 +71,8 @@ pub struct Grant {
     pub bump_approvers: Vec<String>,
     /// The input of `unsigned_tx` signed (0 for single-digest transactions).
     pub input: u32,
+    /// The other withdrawals `unsigned_tx` pays (a batch), verified.
+    pub batch: Vec<batch::BatchMember>,
 }
 
 /// What to do after the checks.
@@ -194,6 +197,18 @@ pub struct Cosigner {
     /// This signer's clock: time locks, cancels and refusals are measured
     /// on it, never on the coordinator's.
     clock: Arc<dyn Clock>,
+}
+
+/// An inclusion proof's hashes (`what` names it in the error).
+fn proof_hashes(proof: &[Vec<u8>], what: &str) -> Result<Vec<custos_audit::Hash>, NodeError> {
+    proof
+        .iter()
+        .map(|h| {
+            h.as_slice().try_into().map_err(|_| {
+                NodeError::InvalidRequest(format!("{what} inclusion proof: hash length"))
+            })
+        })
+        .collect()
 }
 
 fn refused(m: impl std::fmt::Display) -> NodeError {
@@ -371,9 +386,11 @@ impl Cosigner {
             let d = intent_digest(w);
             Ok((d, vec![d]))
         } else {
+            let mut ws = vec![w.clone()];
+            ws.extend(batch::batch_withdrawals(w, a)?);
             chains::check_transaction(
                 &self.chains,
-                w,
+                &ws,
                 &a.unsigned_tx,
                 &self.wallet_key(&w.wallet),
                 a.input_index,
@@ -397,14 +414,43 @@ impl Cosigner {
             .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
         // Recompute the digest from what is signed; the claimed one is ignored.
         // Approvals bind the transfer intent (with the fee cap); a transaction
-        // is checked field by field against it.
+        // is checked field by field against it (and a batch's other payouts).
         let (digest, tx_digests) = self.signing_digests(&w, a)?;
         w.tx_digest = hex::encode(intent_digest(&w));
+        // The payouts after it in a batch do not count against it (they are
+        // checked with it counted), even once this signer recorded them.
+        let later: Vec<String> = batch::batch_withdrawals(&w, a)?
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        let authorization = self.verify_terms(bundles, &w, a, now, &[], &later)?;
+        Ok(Verified {
+            withdrawal: w,
+            digest,
+            tx_digests,
+            authorization,
+        })
+    }
+
+    /// The policy's verdict on `w` (its intent digest set) as `a` shows it:
+    /// the log's facts first (which may bring a newer bundle), the signed
+    /// request, cancellation, this signer's own risk score and velocity
+    /// history (with `earlier`, payouts before it in its batch, and without
+    /// `later`, those after it), the approvals.
+    fn verify_terms(
+        &self,
+        bundles: &Bundles,
+        w: &Withdrawal,
+        a: &WithdrawalAuthorization,
+        now: i64,
+        earlier: &[Withdrawal],
+        later: &[String],
+    ) -> Result<Authorization, NodeError> {
         // First what the witnessed log says (it may bring a newer bundle,
         // which a tightening puts in force at once).
-        self.check_logged_facts(&w, bundles, a, now)?;
+        self.check_logged_facts(w, bundles, a, now)?;
         let active = bundles.in_force(&a.policy_document, &a.policy_signatures, Timestamp(now))?;
-        check_signed_request(active.policy(), &w, a)?;
+        check_signed_request(active.policy(), w, a)?;
         let approvals: Vec<Approval> = if a.approvals_json.is_empty() {
             Vec::new()
         } else {
@@ -418,15 +464,15 @@ impl Cosigner {
                 w.id
             )));
         }
-        let history = self.history(now, &w.id)?;
+        let history = self.history_with(now, w, earlier, later)?;
         // The policy sees the higher of this signer's own score and the
         // coordinator's (claimed or logged): a coordinator cannot lower it.
-        let (own, logged) = self.own_risk(&w, now)?;
+        let (own, logged) = self.own_risk(w, now)?;
         let risk_score = own.score.max(a.risk_score).max(logged.unwrap_or(0));
         let authorization = authorize(
             &active,
             &SigningClaim {
-                withdrawal: &w,
+                withdrawal: w,
                 rule_id: &a.rule_id,
                 statement_expiry: Timestamp(a.statement_expiry),
                 risk_score,
@@ -450,12 +496,53 @@ impl Cosigner {
             refused(m)
         })?;
         self.record_passkeys(&approvals)?;
-        Ok(Verified {
-            withdrawal: w,
-            digest,
-            tx_digests,
-            authorization,
-        })
+        Ok(authorization)
+    }
+
+    /// The time lock of `w` on this signer's clock: from when this signer
+    /// registered the quorum over this statement, plus the rule's delay.
+    /// Returns the statement's hash (hex).
+    fn time_lock(
+        &self,
+        w: &Withdrawal,
+        known: &journal::Known,
+        authorization: &Authorization,
+        now: i64,
+    ) -> Result<String, NodeError> {
+        let delay = authorization
+            .decision
+            .delay
+            .map(|d| d.secs_i64())
+            .unwrap_or(0);
+        let statement_hash = hex::encode(authorization.statement_hash);
+        let seen = match &known.quorum_seen {
+            Some((t, seen_hash)) if *seen_hash == statement_hash => *t,
+            _ if delay == 0 => self.journal.quorum_seen(&w.id, now, &statement_hash)?,
+            Some(_) => {
+                return Err(refused(format!(
+                    "time lock: the quorum registered with this signer for withdrawal {} was over another statement; this statement's {delay}s delay has not started here",
+                    w.id
+                )));
+            }
+            None => {
+                return Err(refused(format!(
+                    "time lock: the quorum of withdrawal {} was never registered with this signer, so its {delay}s delay has not run here",
+                    w.id
+                )));
+            }
+        };
+        // Both times come from this signer's own clock: no skew allowance
+        // (a coordinator's clock plays no part in it).
+        let from = seen + delay;
+        if now < from {
+            return Err(refused(format!(
+                "time lock: withdrawal {} may be signed from {} by this signer's clock ({}s to go)",
+                w.id,
+                Timestamp(from),
+                from - now
+            )));
+        }
+        Ok(statement_hash)
     }
 
     /// Compares the sign counters of the passkey approvals (verified by
@@ -678,7 +765,20 @@ impl Cosigner {
                 return Ok((SignDecision::Repeat(partial), guard));
             }
             let same_tx = !a.unsigned_tx.is_empty() && hex::encode(&a.unsigned_tx) == s.tx;
-            if same_tx && !known.inputs.contains_key(&a.input_index) {
+            if same_tx && !known.inputs.contains_key(&a.input_index) && known.signings > 1 {
+                // Another input of a replacement this signer already
+                // accepted as a fee bump: its own session, in the log.
+                let grant = self.bump_input(&w, a, s, &known)?;
+                self.check_log(
+                    a,
+                    &grant.withdrawal,
+                    &grant.digest,
+                    &[grant.digest],
+                    presig_id,
+                    None,
+                )?;
+                return Ok((SignDecision::Issue(Box::new(grant)), guard));
+            } else if same_tx && !known.inputs.contains_key(&a.input_index) {
                 // Another input of the transaction this signer signed: its
                 // own session, verified in full below like the first.
             } else if !a.unsigned_tx.is_empty() && !s.tx.is_empty() && !same_tx {
@@ -702,40 +802,7 @@ impl Cosigner {
             }
         }
         let v = self.verify(a, now)?;
-        let delay = v
-            .authorization
-            .decision
-            .delay
-            .map(|d| d.secs_i64())
-            .unwrap_or(0);
-        let statement_hash = hex::encode(v.authorization.statement_hash);
-        let seen = match known.quorum_seen {
-            Some((t, seen_hash)) if seen_hash == statement_hash => t,
-            _ if delay == 0 => self.journal.quorum_seen(&w.id, now, &statement_hash)?,
-            Some(_) => {
-                return Err(refused(format!(
-                    "time lock: the quorum registered with this signer for withdrawal {} was over another statement; this statement's {delay}s delay has not started here",
-                    w.id
-                )));
-            }
-            None => {
-                return Err(refused(format!(
-                    "time lock: the quorum of withdrawal {} was never registered with this signer, so its {delay}s delay has not run here",
-                    w.id
-                )));
-            }
-        };
-        // Both times come from this signer's own clock: no skew allowance
-        // (a coordinator's clock plays no part in it).
-        let from = seen + delay;
-        if now < from {
-            return Err(refused(format!(
-                "time lock: withdrawal {} may be signed from {} by this signer's clock ({}s to go)",
-                w.id,
-                Timestamp(from),
-                from - now
-            )));
-        }
+        let statement_hash = self.time_lock(&v.withdrawal, &known, &v.authorization, now)?;
         self.check_log(
             a,
             &v.withdrawal,
@@ -744,6 +811,7 @@ impl Cosigner {
             presig_id,
             Some(&v.authorization.decision),
         )?;
+        let batch = self.verify_batch(a, &v.withdrawal, &v.tx_digests, now)?;
         Ok((
             SignDecision::Issue(Box::new(Grant {
                 withdrawal: v.withdrawal,
@@ -754,6 +822,7 @@ impl Cosigner {
                 rule_id: v.authorization.decision.rule_id.clone().unwrap_or_default(),
                 bump_approvers: Vec::new(),
                 input: a.input_index,
+                batch,
             })),
             guard,
         ))
@@ -776,18 +845,7 @@ impl Cosigner {
                 "no audit log key configured ([cosigner] log_key): this signer signs no withdrawal",
             )
         })?;
-        let hashes = |proof: &[Vec<u8>],
-                      what: &str|
-         -> Result<Vec<custos_audit::Hash>, NodeError> {
-            proof
-                .iter()
-                .map(|h| {
-                    h.as_slice().try_into().map_err(|_| {
-                        NodeError::InvalidRequest(format!("{what} inclusion proof: hash length"))
-                    })
-                })
-                .collect()
-        };
+        let hashes = proof_hashes;
         if let Some(d) = decision {
             witness.check_decision(
                 &a.decision_entry,
@@ -922,14 +980,18 @@ impl Cosigner {
             )));
         }
         let key = self.wallet_key(&w.wallet);
+        let batch = self.bumped_members(&w, a, &signed.tx)?;
+        let mut ws = vec![w.clone()];
+        ws.extend(batch.iter().map(|m| m.withdrawal.clone()));
         let checked =
-            chains::check_transaction(&self.chains, &w, &a.unsigned_tx, &key, a.input_index)
+            chains::check_transaction(&self.chains, &ws, &a.unsigned_tx, &key, a.input_index)
                 .map_err(refused)?;
         let previous = hex::decode(&signed.tx)
             .map_err(|_| NodeError::Internal("journal: stored transaction".into()))?;
-        chains::check_fee_bump(&self.chains, &w, &previous, &key, &checked).map_err(refused)?;
+        chains::check_fee_bump(&self.chains, &ws, &previous, &key, &checked).map_err(refused)?;
         let bump_approvers = self.fee_bump_approvals(&w, a, signed, &checked, now)?;
         Ok(Grant {
+            batch,
             withdrawal: w,
             digest: checked.digest,
             statement_hash: signed.statement_hash.clone(),
@@ -937,6 +999,54 @@ impl Cosigner {
             replaces: Some(signed.digest.clone()),
             rule_id: signed.rule_id.clone(),
             bump_approvers,
+            input: a.input_index,
+        })
+    }
+
+    /// Another input of a fee bump this signer already accepted (the very
+    /// bytes it checked as a replacement and signed an input of): the
+    /// withdrawal unchanged and not cancelled, the input in the transaction.
+    fn bump_input(
+        &self,
+        w: &Withdrawal,
+        a: &WithdrawalAuthorization,
+        signed: &SignedRecord,
+        known: &journal::Known,
+    ) -> Result<Grant, NodeError> {
+        if let Some(by) = &known.cancelled_by {
+            return Err(refused(format!(
+                "withdrawal {} was cancelled by {by}",
+                w.id
+            )));
+        }
+        let mut w = w.clone();
+        w.tx_digest = hex::encode(intent_digest(&w));
+        if signed.intent.is_empty() || w.tx_digest != signed.intent {
+            return Err(NodeError::Replay(format!(
+                "withdrawal {} was already signed by this signer for other terms; a fee bump must be for the approved withdrawal unchanged",
+                w.id
+            )));
+        }
+        let batch = self.bumped_members(&w, a, &signed.tx)?;
+        let mut ws = vec![w.clone()];
+        ws.extend(batch.iter().map(|m| m.withdrawal.clone()));
+        let checked = chains::check_transaction(
+            &self.chains,
+            &ws,
+            &a.unsigned_tx,
+            &self.wallet_key(&w.wallet),
+            a.input_index,
+        )
+        .map_err(refused)?;
+        Ok(Grant {
+            batch,
+            withdrawal: w,
+            digest: checked.digest,
+            statement_hash: signed.statement_hash.clone(),
+            unsigned_tx: a.unsigned_tx.clone(),
+            replaces: None,
+            rule_id: signed.rule_id.clone(),
+            bump_approvers: Vec::new(),
             input: a.input_index,
         })
     }
@@ -1014,34 +1124,44 @@ impl Cosigner {
         Ok(approvers)
     }
 
-    /// Records what was signed (before the partial is returned).
+    /// Records what was signed (before the partial is returned): for the
+    /// lead and for every other withdrawal the transaction pays.
     pub fn record_signed(
         &self,
         g: &Grant,
         presig_id: &str,
         partial: &[u8],
     ) -> Result<(), NodeError> {
-        let w = &g.withdrawal;
+        let at = self.now_secs();
+        let record = |w: &Withdrawal, statement_hash: &str, rule_id: &str| SignedRecord {
+            presig_id: presig_id.to_owned(),
+            digest: hex::encode(g.digest),
+            statement_hash: statement_hash.to_owned(),
+            partial: hex::encode(partial),
+            intent: hex::encode(intent_digest(w)),
+            tx: hex::encode(&g.unsigned_tx),
+            rule_id: rule_id.to_owned(),
+            input: g.input,
+            wallet: w.wallet.clone(),
+            chain: w.chain.clone(),
+            asset: w.asset.clone(),
+            destination: w.destination.clone(),
+            initiator: w.initiator.clone(),
+            amount: w.amount.0.to_string(),
+            fee_cap: w.fee_cap.0.to_string(),
+            at,
+        };
+        // Members first: if this stops half-way, the lead (whose record
+        // answers a repeated request) is not recorded yet and is asked again.
+        for m in &g.batch {
+            self.journal.signed(
+                &m.withdrawal.id,
+                record(&m.withdrawal, &m.statement_hash, &m.rule_id),
+            )?;
+        }
         self.journal.signed(
-            &w.id,
-            SignedRecord {
-                presig_id: presig_id.to_owned(),
-                digest: hex::encode(g.digest),
-                statement_hash: g.statement_hash.clone(),
-                partial: hex::encode(partial),
-                intent: hex::encode(intent_digest(w)),
-                tx: hex::encode(&g.unsigned_tx),
-                rule_id: g.rule_id.clone(),
-                input: g.input,
-                wallet: w.wallet.clone(),
-                chain: w.chain.clone(),
-                asset: w.asset.clone(),
-                destination: w.destination.clone(),
-                initiator: w.initiator.clone(),
-                amount: w.amount.0.to_string(),
-                fee_cap: w.fee_cap.0.to_string(),
-                at: self.now_secs(),
-            },
+            &g.withdrawal.id,
+            record(&g.withdrawal, &g.statement_hash, &g.rule_id),
         )
     }
 }
