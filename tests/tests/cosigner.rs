@@ -128,6 +128,11 @@ fn auth(
         withdrawal_json: serde_json::to_vec(w).unwrap(),
         policy_document: b.document.clone(),
         policy_signatures: b.signatures.clone(),
+        // As the coordinator ships it: a signer that has not yet learned the
+        // bundle the log activated learns it here (a fresh cluster's first
+        // requests would otherwise race the signers' first checkpoint).
+        latest_policy_document: b.document.clone(),
+        latest_policy_signatures: b.signatures.clone(),
         rule_id: rule.into(),
         statement_expiry: expiry,
         risk_score: 0,
