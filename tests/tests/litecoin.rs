@@ -963,6 +963,53 @@ async fn signers_refuse_a_psbt_that_differs_from_the_approval(
             "input_index 1",
         ),
     ];
+    // Batches (case 61): a member of another wallet, and a member's output
+    // of another amount than its approval, refused naming the member or
+    // the output, before any log check.
+    let member = |wallet: &str| {
+        let mut m = PW {
+            id: "rogue-ltc-2".into(),
+            wallet: wallet.into(),
+            ..w.clone()
+        };
+        m.tx_digest = hex::encode(intent_digest(&m));
+        WithdrawalAuthorization {
+            withdrawal_json: serde_json::to_vec(&m).unwrap(),
+            policy_document: document.clone(),
+            policy_signatures: signatures.clone(),
+            rule_id: "small-ltc-allow".into(),
+            ..Default::default()
+        }
+    };
+    let two = |second: u64| {
+        build(
+            &[
+                payout(LTC / 10),
+                Payout {
+                    withdrawal_id: "rogue-ltc-2".into(),
+                    ..payout(second)
+                },
+            ],
+            1_000,
+            &coins,
+        )
+    };
+    let mut other_wallet = auth(two(LTC / 10), 0);
+    other_wallet.batch = vec![member("ltc-hot")];
+    let mut other_amount = auth(two(LTC / 10 + 5), 0);
+    other_amount.batch = vec![member("ltc-rogue")];
+    let cases = cases.into_iter().chain([
+        (
+            "a batch member of another wallet",
+            other_wallet,
+            "a batch is one wallet's payouts",
+        ),
+        (
+            "a batch member paid another amount",
+            other_amount,
+            "output 1: amount",
+        ),
+    ]);
     for (what, authorization, why) in cases {
         let named = refusals_saying(&signers, authorization, &key.key_id, "p-none", why).await;
         assert_eq!(named, signers.len(), "{what}: every signer names {why:?}");
