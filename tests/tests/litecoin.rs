@@ -495,6 +495,28 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
     }
 }
 
+/// Exports the log and runs `custos audit verify --policy` (the test
+/// policy) until it passes and reports `wanted` (the last entries reach a
+/// checkpoint a moment later); panics after a minute with the report.
+async fn verify_until(fc: &FlowCluster, wanted: &str) {
+    let layout = fc.tc.cluster.layout();
+    let policy = layout.dir.parent().unwrap().join("ltc-policy.toml");
+    let trust = custos_tests::audit::trust_args(&layout.dir);
+    let started = Instant::now();
+    loop {
+        let o = custos_tests::audit::export_and_verify(
+            &layout.dir,
+            &trust,
+            &["--policy", policy.to_str().unwrap()],
+        );
+        if o.ok && o.stdout.contains(wanted) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The mempool entry of `txid`: (fee, vsize); `None` if the node has none.
 async fn mempool_entry(node: &Litecoind, txid: &str) -> Option<(u64, u64)> {
     let v = node
@@ -623,28 +645,9 @@ async fn a_stuck_transaction_is_replaced_by_fee(
         ),
         2
     );
-    // An auditor replays both versions' sessions against the policy.
-    let layout = fc.tc.cluster.layout();
-    let policy = layout.dir.parent().unwrap().join("ltc-policy.toml");
-    let trust = custos_tests::audit::trust_args(&layout.dir);
-    // Every signature so far (this withdrawal's four, the first step's
-    // two) authorised by the replay, once the last is in a checkpoint.
-    let started = Instant::now();
-    loop {
-        let o = custos_tests::audit::export_and_verify(
-            &layout.dir,
-            &trust,
-            &["--policy", policy.to_str().unwrap()],
-        );
-        if o.ok
-            && o.stdout
-                .contains("signatures   6 authorised of 6 checked (policy replay")
-        {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // An auditor replays both versions' sessions against the policy: every
+    // signature so far (this withdrawal's four, the first step's two).
+    verify_until(fc, "signatures   6 authorised of 6 checked (policy replay").await;
 }
 
 /// Batched payouts (docs/SECURITY.md case 61): three withdrawals of one
@@ -763,25 +766,11 @@ async fn withdrawals_ready_together_share_one_transaction(
 
     // An auditor replays each member's approval at the lead's session and
     // matches every output to the withdrawal that logged it.
-    let layout = fc.tc.cluster.layout();
-    let policy = layout.dir.parent().unwrap().join("ltc-policy.toml");
-    let trust = custos_tests::audit::trust_args(&layout.dir);
-    let started = Instant::now();
-    loop {
-        let o = custos_tests::audit::export_and_verify(
-            &layout.dir,
-            &trust,
-            &["--policy", policy.to_str().unwrap()],
-        );
-        if o.ok
-            && o.stdout
-                .contains("batched      3 payouts authorised in 1 batched transactions")
-        {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    verify_until(
+        fc,
+        "batched      3 payouts authorised in 1 batched transactions",
+    )
+    .await;
 }
 
 /// Deposits are read with `listsinceblock` from a cursor that moves only

@@ -64,6 +64,35 @@ pub struct UtxoChain {
     pub(super) ready_since: StdMutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
+/// Which signing sessions of a withdrawal's UTXO transaction: those of
+/// the transaction in flight (`utxo_inputs`) or of its replacement being
+/// signed (`utxo_bump_inputs`, [`super::utxo_bump`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inputs {
+    /// `utxo_inputs`.
+    Current,
+    /// `utxo_bump_inputs`.
+    Replacement,
+}
+
+impl Inputs {
+    fn name(self) -> &'static str {
+        match self {
+            Inputs::Current => "utxo_inputs",
+            Inputs::Replacement => "utxo_bump_inputs",
+        }
+    }
+
+    /// The query of a withdrawal's inputs (`$1`), in order.
+    pub(super) fn select(self) -> String {
+        format!(
+            "SELECT input_index, outpoint, presig_id, signers, signature FROM {}
+             WHERE withdrawal_id = $1 ORDER BY input_index",
+            self.name()
+        )
+    }
+}
+
 /// One input of a withdrawal's UTXO transaction.
 #[derive(Clone, Debug)]
 pub struct InputRow {
@@ -478,23 +507,30 @@ impl Chains {
 
     /// The inputs of a withdrawal's UTXO transaction, in order.
     pub async fn utxo_inputs(&self, withdrawal_id: &str) -> Result<Vec<InputRow>, CoordError> {
-        sqlx::query(
-            "SELECT input_index, outpoint, presig_id, signers, signature FROM utxo_inputs
-             WHERE withdrawal_id = $1 ORDER BY input_index",
-        )
-        .bind(withdrawal_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(InputRow::from_row)
-        .collect()
+        self.inputs_of(Inputs::Current, withdrawal_id).await
     }
 
-    /// Consumes presignature `presig_id` (durably) for input `index` of a
-    /// withdrawal's transaction; `false` if another caller won.
+    /// The inputs in `table` of a withdrawal, in order.
+    pub async fn inputs_of(
+        &self,
+        table: Inputs,
+        withdrawal_id: &str,
+    ) -> Result<Vec<InputRow>, CoordError> {
+        sqlx::query(sqlx::AssertSqlSafe(table.select()))
+            .bind(withdrawal_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(InputRow::from_row)
+            .collect()
+    }
+
+    /// Consumes presignature `presig_id` (durably) for input `index` in
+    /// `table` of a withdrawal; `false` if another caller won.
     pub async fn reserve_input_presig(
         &self,
+        table: Inputs,
         withdrawal_id: &str,
         index: u32,
         presig_id: &str,
@@ -504,17 +540,19 @@ impl Chains {
         if !crate::db::consume_presig(&mut tx, presig_id).await? {
             return Ok(false);
         }
-        let res = sqlx::query(
-            "UPDATE utxo_inputs SET presig_id = $1, signers = $2
+        let sql = format!(
+            "UPDATE {} SET presig_id = $1, signers = $2
              WHERE withdrawal_id = $3 AND input_index = $4 AND presig_id IS NULL",
-        )
-        .bind(presig_id)
-        .bind(serde_json::to_string(signers).unwrap_or_default())
-        .bind(withdrawal_id)
-        .bind(i64::from(index))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+            table.name()
+        );
+        let res = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(presig_id)
+            .bind(serde_json::to_string(signers).unwrap_or_default())
+            .bind(withdrawal_id)
+            .bind(i64::from(index))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         if res.rows_affected() != 1 {
             return Ok(false);
         }
@@ -522,23 +560,26 @@ impl Chains {
         Ok(true)
     }
 
-    /// Stores input `index`'s signature (`r || s`).
+    /// Stores the signature (`r || s`) of input `index` in `table`.
     pub async fn store_input_signature(
         &self,
+        table: Inputs,
         withdrawal_id: &str,
         index: u32,
         signature: &[u8],
     ) -> Result<(), CoordError> {
-        sqlx::query(
-            "UPDATE utxo_inputs SET signature = $1
+        let sql = format!(
+            "UPDATE {} SET signature = $1
              WHERE withdrawal_id = $2 AND input_index = $3 AND signature IS NULL",
-        )
-        .bind(signature.to_vec())
-        .bind(withdrawal_id)
-        .bind(i64::from(index))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
+            table.name()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(signature.to_vec())
+            .bind(withdrawal_id)
+            .bind(i64::from(index))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 

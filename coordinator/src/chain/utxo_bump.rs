@@ -18,10 +18,9 @@ use custos_chains::ChainError;
 use custos_chains::utxo::{ReplacementRequest, build_replacement, psbt_fee, wallet_address};
 use sqlx::Row;
 
-use super::utxo::{InputRow, UtxoChain};
+use super::utxo::{InputRow, Inputs, UtxoChain};
 use super::{Chains, Payment, Pending, db_err, rpc_note};
 use crate::clock::now_ms;
-use crate::db::consume_presig;
 use crate::error::CoordError;
 
 impl Chains {
@@ -156,72 +155,6 @@ impl Chains {
             .ok_or_else(|| Pending::Wait("the fee bump was abandoned concurrently".into()))
     }
 
-    /// The inputs of the pending replacement, in order.
-    pub async fn utxo_bump_inputs(&self, withdrawal_id: &str) -> Result<Vec<InputRow>, CoordError> {
-        sqlx::query(
-            "SELECT input_index, outpoint, presig_id, signers, signature FROM utxo_bump_inputs
-             WHERE withdrawal_id = $1 ORDER BY input_index",
-        )
-        .bind(withdrawal_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(InputRow::from_row)
-        .collect()
-    }
-
-    /// Consumes presignature `presig_id` (durably) for input `index` of the
-    /// pending replacement; `false` if another caller won.
-    pub async fn reserve_bump_input_presig(
-        &self,
-        withdrawal_id: &str,
-        index: u32,
-        presig_id: &str,
-        signers: &[String],
-    ) -> Result<bool, CoordError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if !consume_presig(&mut tx, presig_id).await? {
-            return Ok(false);
-        }
-        let res = sqlx::query(
-            "UPDATE utxo_bump_inputs SET presig_id = $1, signers = $2
-             WHERE withdrawal_id = $3 AND input_index = $4 AND presig_id IS NULL",
-        )
-        .bind(presig_id)
-        .bind(serde_json::to_string(signers).unwrap_or_default())
-        .bind(withdrawal_id)
-        .bind(i64::from(index))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if res.rows_affected() != 1 {
-            return Ok(false);
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(true)
-    }
-
-    /// Stores the signature (`r || s`) of input `index` of the replacement.
-    pub async fn store_bump_input_signature(
-        &self,
-        withdrawal_id: &str,
-        index: u32,
-        signature: &[u8],
-    ) -> Result<(), CoordError> {
-        sqlx::query(
-            "UPDATE utxo_bump_inputs SET signature = $1
-             WHERE withdrawal_id = $2 AND input_index = $3 AND signature IS NULL",
-        )
-        .bind(signature.to_vec())
-        .bind(withdrawal_id)
-        .bind(i64::from(index))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(())
-    }
-
     /// Swaps the signed replacement in (module docs), in one database
     /// transaction. `false` if no replacement of these bytes was pending
     /// (already swapped in).
@@ -249,17 +182,14 @@ impl Chains {
         let prev_hash: String = prev.try_get("tx_hash").map_err(db_err)?;
         let prev_raw: Vec<u8> = prev.try_get("raw_tx").map_err(db_err)?;
         let chain: String = prev.try_get("chain").map_err(db_err)?;
-        let inputs: Vec<InputRow> = sqlx::query(
-            "SELECT input_index, outpoint, presig_id, signers, signature FROM utxo_bump_inputs
-             WHERE withdrawal_id = $1 ORDER BY input_index",
-        )
-        .bind(withdrawal_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(InputRow::from_row)
-        .collect::<Result<_, _>>()?;
+        let inputs: Vec<InputRow> = sqlx::query(sqlx::AssertSqlSafe(Inputs::Replacement.select()))
+            .bind(withdrawal_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(InputRow::from_row)
+            .collect::<Result<_, _>>()?;
         let first = inputs
             .first()
             .and_then(|i| i.signature.clone())

@@ -1342,12 +1342,24 @@ impl Engine {
             }
             PresigUse::Input(chains, id, index) => {
                 chains
-                    .reserve_input_presig(id, *index, presig, signers)
+                    .reserve_input_presig(
+                        crate::chain::utxo::Inputs::Current,
+                        id,
+                        *index,
+                        presig,
+                        signers,
+                    )
                     .await
             }
             PresigUse::BumpInput(chains, id, index, _) => {
                 chains
-                    .reserve_bump_input_presig(id, *index, presig, signers)
+                    .reserve_input_presig(
+                        crate::chain::utxo::Inputs::Replacement,
+                        id,
+                        *index,
+                        presig,
+                        signers,
+                    )
                     .await
             }
         }

@@ -7,7 +7,7 @@
 
 use super::driver::FamilyDriver;
 use super::{Engine, Next, PresigUse};
-use crate::chain::utxo::UtxoChain;
+use crate::chain::utxo::{Inputs, UtxoChain};
 use crate::chain::{Chains, Pending, Tracked};
 use crate::db::KeyRow;
 use crate::error::CoordError;
@@ -142,7 +142,7 @@ impl Engine {
                 let mut rs = sig.r.to_vec();
                 rs.extend_from_slice(&sig.s);
                 chains
-                    .store_input_signature(&row.id, input.index, &rs)
+                    .store_input_signature(Inputs::Current, &row.id, input.index, &rs)
                     .await?;
                 if inputs.iter().filter(|i| i.signature.is_none()).count() > 1 {
                     return Ok(Next::Continue);
@@ -435,7 +435,7 @@ impl Engine {
             }
         };
         let checked = chains.checked_utxo(chain, &payments, &psbt, &wallet_key)?;
-        let inputs = chains.utxo_bump_inputs(&row.id).await?;
+        let inputs = chains.inputs_of(Inputs::Replacement, &row.id).await?;
         if inputs.len() != checked.digests.len() {
             return Err(CoordError::Internal(format!(
                 "{}: {} stored replacement inputs for a transaction of {}",
@@ -484,7 +484,7 @@ impl Engine {
                 let mut rs = sig.r.to_vec();
                 rs.extend_from_slice(&sig.s);
                 chains
-                    .store_bump_input_signature(&row.id, input.index, &rs)
+                    .store_input_signature(Inputs::Replacement, &row.id, input.index, &rs)
                     .await?;
                 Ok(Next::Continue)
             }
