@@ -502,6 +502,14 @@ impl Cluster {
         self.wait_not_standby().await
     }
 
+    /// Starts the coordinator again (stopping it gracefully first if it
+    /// runs) and waits for its gRPC port only: beside another coordinator
+    /// it may come back as a standby (which also listens, naming the leader).
+    pub async fn restart_coordinator_process(&mut self) -> Result<(), DevkitError> {
+        self.coordinator_name()?;
+        self.restart(COORDINATOR).await
+    }
+
     /// Polls the coordinator's `/healthz` until it no longer says it is a
     /// standby (within the start timeout).
     async fn wait_not_standby(&mut self) -> Result<(), DevkitError> {

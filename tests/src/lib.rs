@@ -4,9 +4,13 @@
 
 pub mod anvil;
 pub mod audit;
+pub mod eth;
+pub mod ha;
 /// The Litecoin Core regtest node of the chains crate's tests.
 #[path = "../../chains/tests/common/litecoind.rs"]
 pub mod litecoind;
+pub mod pg;
+pub mod storm;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use custos_chains::evm::address::parse_address;
 use custos_chains::evm::rpc::{BlockTag, EvmRpc};
 use custos_chains::evm::tx::decode_unsigned_transfer;
 use custos_chains::{Address, B256, U256};
@@ -14,48 +13,15 @@ use custos_devkit::client::connect_as;
 use custos_devkit::{ClusterSpec, StartOptions};
 use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, GetWithdrawalRequest, Withdrawal};
 use custos_tests::anvil::{Anvil, rpc};
+use custos_tests::eth::{CHAIN, CHAIN_ID, DEV_0, MINI, addr, dev_send, fund};
 use custos_tests::*;
 use serde_json::json;
 
-const CHAIN_ID: u64 = 31337;
-/// The chain's name in the flow cluster's configuration (and so in the log).
-const CHAIN: &str = "anvil";
 const ETH: u128 = 1_000_000_000_000_000_000;
 /// Anvil dev accounts 1..3 (in the policy's address book).
 const PAYEE_1: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 const PAYEE_2: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 const PAYEE_3: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
-/// Dev account 0, which deploys MiniToken first: its contract address.
-const DEV_0: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
-const MINI: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
-
-fn addr(s: &str) -> Address {
-    parse_address(s).unwrap()
-}
-
-async fn wait_receipt(rpc: &EvmRpc, hash: B256) -> custos_chains::evm::rpc::Receipt {
-    rpc.wait_for_receipt(hash, Duration::from_millis(50), Duration::from_secs(20))
-        .await
-        .unwrap()
-}
-
-/// Dev account 0 (unlocked in anvil) sends `tx`; returns the receipt.
-async fn dev_send(rpc: &EvmRpc, tx: serde_json::Value) -> custos_chains::evm::rpc::Receipt {
-    let hash = rpc
-        .request("eth_sendTransaction", json!([tx]))
-        .await
-        .unwrap();
-    wait_receipt(rpc, hash.as_str().unwrap().parse().unwrap()).await
-}
-
-async fn fund(rpc: &EvmRpc, to: Address, wei: u128) {
-    let r = dev_send(
-        rpc,
-        json!({ "from": DEV_0, "to": to, "value": format!("0x{wei:x}") }),
-    )
-    .await;
-    assert!(r.success);
-}
 
 /// Deploys MiniToken from dev account 0 (its first transaction: at [`MINI`]).
 async fn deploy_mini(rpc: &EvmRpc) -> Address {
@@ -139,51 +105,6 @@ async fn wait_until(
     }
 }
 
-/// The coordinator config for anvil at `url` (assets and the chain, with
-/// more `[[chains]]` settings in `chain_extra`, `key = value` lines).
-fn chain_toml(url: &str, chain_extra: &str) -> String {
-    format!(
-        r#"
-[[assets]]
-chain = "ethereum"
-symbol = "ETH"
-decimals = 18
-default_fee_cap = "2100000000000000"
-
-[[assets]]
-chain = "anvil"
-symbol = "ETH"
-decimals = 18
-default_fee_cap = "2100000000000000"
-
-[[assets]]
-chain = "anvil"
-symbol = "MINI"
-decimals = 18
-default_fee_cap = "20000000000000000"
-contract = "{MINI}"
-
-[[chains]]
-name = "anvil"
-kind = "evm"
-chain_id = {CHAIN_ID}
-rpc_url = "{url}"
-rpc_timeout_ms = 1000
-{chain_extra}
-
-[ledger]
-deposit_scan_ms = 300
-"#
-    )
-}
-
-/// The signers' own chain facts (inserted under `[cosigner]`).
-fn signer_chains(chain_id: u64) -> String {
-    format!(
-        r#"chains = [{{ name = "anvil", chain_id = {chain_id}, tokens = [{{ symbol = "MINI", contract = "{MINI}" }}] }}]"#
-    )
-}
-
 /// A 2-of-3 cluster on `eth-policy.toml` with anvil configured, and wallets
 /// on chain "anvil"; returns the cluster and each wallet's address.
 async fn start_eth(anvil: &Anvil, wallets: &[&str]) -> (FlowCluster, Vec<Address>) {
@@ -241,26 +162,7 @@ async fn start_eth_policy(
     spec.raw_digest = false;
     spec.bin_dir = Some(bin_dir());
     let layout = custos_devkit::generate(&spec).unwrap();
-    let mut cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
-    if let Some(url) = database_url {
-        // Top-level keys go before the first [section].
-        cfg = format!("database_url = {url:?}\n{cfg}");
-    }
-    cfg.push_str(&chain_toml(&anvil.url, chain_extra));
-    std::fs::write(&layout.coordinator.config, cfg).unwrap();
-    for s in &layout.signers {
-        let text = std::fs::read_to_string(&s.config).unwrap();
-        let text = if text.contains("[cosigner]") {
-            text.replacen(
-                "[cosigner]\n",
-                &format!("[cosigner]\n{}\n", signer_chains(CHAIN_ID)),
-                1,
-            )
-        } else {
-            format!("{text}\n[cosigner]\n{}\n", signer_chains(CHAIN_ID))
-        };
-        std::fs::write(&s.config, text).unwrap();
-    }
+    custos_tests::eth::configure(&layout, &anvil.url, database_url, chain_extra, "", "");
     let opts = StartOptions::default().timeout(Duration::from_secs(60));
     let tc = start_layout(dir, layout, opts).await;
     let layout = tc.cluster.layout().clone();

@@ -8,15 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use custos_devkit::ClusterLayout;
 use custos_devkit::client::connect_as;
 use custos_devkit::http::HttpTarget;
 use custos_proto::custody::{GetCheckpointRequest, GetWithdrawalRequest};
 use custos_proto::signer::{CancelNotice, StatusRequest, WithdrawalAuthorization};
+use custos_tests::ha::{self, ExtraCoordinator, copy_data_dir, healthz};
 use custos_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -27,113 +26,12 @@ const LEASE: Duration = Duration::from_millis(2000);
 const TAKEOVER_BOUND: Duration = Duration::from_secs(15);
 
 fn leadership_toml(name: &str) -> String {
-    format!(
-        "[leadership]\nlease_ms = {}\nrenew_ms = 400\npoll_ms = 200\nname = \"{name}\"\n",
-        LEASE.as_millis()
-    )
-}
-
-/// A coordinator process this test starts itself (beside the devkit's):
-/// the cluster's config with its own ports, data directory and lease name
-/// through `CUSTOS_*` overrides. Killed on drop.
-struct Extra {
-    child: Child,
-    log: PathBuf,
-    layout: ClusterLayout,
-}
-
-impl Extra {
-    fn start(base: &ClusterLayout, name: &str, data_dir: &Path, ports: Option<u16>) -> Extra {
-        let mut layout = base.clone();
-        if let Some(p) = ports {
-            layout.coordinator.url = format!("https://127.0.0.1:{p}");
-            layout.coordinator.http_url = format!("https://127.0.0.1:{}", p + 1);
-            layout.coordinator.metrics_listen = SocketAddr::from(([127, 0, 0, 1], p + 2));
-            layout.coordinator.grpc_listen = SocketAddr::from(([127, 0, 0, 1], p));
-            layout.coordinator.http_listen = SocketAddr::from(([127, 0, 0, 1], p + 1));
-        }
-        let c = &layout.coordinator;
-        let log = base.dir.join(format!("logs/{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(bin_dir().join("custos-coordinator"));
-        cmd.arg("--config")
-            .arg(&c.config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUSTOS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("NO_COLOR", "1")
-            .env("CUSTOS_DATA_DIR", data_dir)
-            .env("CUSTOS_GRPC_LISTEN", c.grpc_listen.to_string())
-            .env("CUSTOS_HTTP_LISTEN", c.http_listen.to_string())
-            .env("CUSTOS_METRICS__LISTEN", c.metrics_listen.to_string())
-            .env("CUSTOS_LEADERSHIP__NAME", name);
-        Extra {
-            child: cmd.spawn().unwrap(),
-            log,
-            layout,
-        }
-    }
-
-    fn metrics(&self) -> SocketAddr {
-        self.layout.coordinator.metrics_listen
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Copies the first coordinator's data directory (its sealed log key and
-/// the passphrase beside it: every coordinator signs the one log with the
-/// one key) into `to`.
-fn copy_data_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().unwrap().is_file() && !name.starts_with("coordinator.db") {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-/// `/healthz` of a metrics listener: (status, body), or (0, error).
-async fn healthz(addr: SocketAddr) -> (u16, String) {
-    custos_devkit::http_get(addr, "/healthz")
-        .await
-        .unwrap_or_else(|e| (0, e.to_string()))
+    ha::leadership_toml(name, LEASE.as_millis() as u64)
 }
 
 /// Waits until `/healthz` at `addr` satisfies `ok`; returns how long it took.
 async fn wait_health(addr: SocketAddr, what: &str, ok: impl Fn(u16, &str) -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (code, body) = healthz(addr).await;
-        if ok(code, &body) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "{addr} never became {what}: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ha::wait_health(addr, what, LIMIT, ok).await
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -205,7 +103,7 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     // the leader on /healthz (503), over gRPC and over HTTP, and does no work.
     let b_dir = fc.tc.dir.path().join("coordinator-b");
     copy_data_dir(&layout.coordinator.data_dir, &b_dir);
-    let mut b = Extra::start(
+    let mut b = ExtraCoordinator::start(
         &layout,
         "coord-b",
         &b_dir,
@@ -340,14 +238,13 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     // 6. The first coordinator comes back as a standby; the leader is
     // killed (kill -9): the standby takes over and completes a withdrawal
     // the dead leader left half approved.
-    let a2 = Extra::start(&layout, "coord-a2", &layout.coordinator.data_dir, None);
+    let a2 = ExtraCoordinator::start(&layout, "coord-a2", &layout.coordinator.data_dir, None);
     wait_health(a_metrics, "a standby", |c, body| {
         c == 503 && body.contains("standby")
     })
     .await;
     let second = half_approved(&b_backend, &b_approver, "ha-killed").await;
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    b.kill();
     let took = wait_health(a_metrics, "active", |c, _| c == 200).await;
     eprintln!("takeover after kill -9: {took:?}");
     assert!(took < TAKEOVER_BOUND, "takeover took {took:?}");
