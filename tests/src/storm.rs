@@ -26,7 +26,9 @@ use custos_chains::evm::tx::decode_unsigned_transfer;
 use custos_chains::{B256, U256};
 use custos_devkit::client::{Client, connect_as};
 use custos_devkit::{ClusterLayout, ClusterSpec, StartOptions};
-use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, ListWithdrawalsRequest, Withdrawal};
+use custos_proto::custody::{
+    CreateKeyRequest, GetKeyRequest, GetWithdrawalRequest, ListWithdrawalsRequest, Withdrawal,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -51,6 +53,8 @@ const RISK: &str = "[risk]\nvelocity_count_points = 0\nvelocity_amount_points = 
 const CALL_LIMIT: Duration = Duration::from_secs(90);
 /// How long the cluster may take to be whole again after one kill.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(90);
+/// Withdrawals the load keeps open at most.
+const MAX_OPEN: usize = 8;
 /// The end states.
 const TERMINAL: [&str; 6] = [
     "confirmed",
@@ -267,17 +271,40 @@ impl Failover {
         }
     }
 
+    /// Every withdrawal, page by page.
     async fn list(&self) -> Vec<Withdrawal> {
-        self.call("list withdrawals", |mut c| async move {
-            c.list_withdrawals(ListWithdrawalsRequest {
-                page_size: 500,
-                ..Default::default()
-            })
-            .await
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .call("list withdrawals", |mut c| {
+                    let page_token = token.clone();
+                    async move {
+                        c.list_withdrawals(ListWithdrawalsRequest {
+                            page_size: 500,
+                            page_token,
+                            ..Default::default()
+                        })
+                        .await
+                    }
+                })
+                .await
+                .unwrap();
+            all.extend(page.withdrawals);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    async fn get(&self, id: &str) -> Withdrawal {
+        self.call(id, |mut c| {
+            let id = id.to_owned();
+            async move { c.get_withdrawal(GetWithdrawalRequest { id }).await }
         })
         .await
         .unwrap()
-        .withdrawals
     }
 }
 
@@ -452,15 +479,18 @@ impl Storm {
         Ok(())
     }
 
-    /// Waits until [`Storm::whole`], restarting what exits meanwhile.
-    async fn wait_whole(&mut self, after: &str) -> Duration {
+    /// Waits until [`Storm::whole`], restarting what exits meanwhile;
+    /// returns how long it took and what was missing last.
+    async fn wait_whole(&mut self, after: &str) -> (Duration, String) {
         let started = Instant::now();
+        let mut missing = String::new();
         loop {
             self.supervise().await;
             let why = match self.whole().await {
-                Ok(()) => return started.elapsed(),
+                Ok(()) => return (started.elapsed(), missing),
                 Err(why) => why,
             };
+            missing.clone_from(&why);
             assert!(
                 started.elapsed() < RECOVERY_LIMIT,
                 "the cluster was not whole {RECOVERY_LIMIT:?} after {after}: {why}\ncoordinator-a: {}\ncoordinator-b: {}",
@@ -550,8 +580,10 @@ async fn approve_both(approver: &Failover, w: &Withdrawal) {
     }
 }
 
-/// The steady load: one withdrawal every `every` until `stop`; every
-/// fourth needs two approvals (given at once). Returns (key, id, amount).
+/// The steady load: one withdrawal every `every` until `stop`, while fewer
+/// than [`MAX_OPEN`] are open (the storm measures recovery, not how long a
+/// backlog takes); every fourth needs two approvals (given at once).
+/// Returns (key, id, amount).
 async fn load(
     backend: Failover,
     approver: Failover,
@@ -559,8 +591,20 @@ async fn load(
     stop: Arc<AtomicBool>,
 ) -> Vec<(String, String, u128)> {
     let mut made = Vec::new();
+    let mut open: Vec<String> = Vec::new();
     let mut i: u128 = 0;
     while !stop.load(Ordering::Relaxed) {
+        let mut still = Vec::new();
+        for id in open {
+            if !TERMINAL.contains(&backend.get(&id).await.state.as_str()) {
+                still.push(id);
+            }
+        }
+        open = still;
+        if open.len() >= MAX_OPEN {
+            tokio::time::sleep(every).await;
+            continue;
+        }
         i += 1;
         let key = format!("storm-{i}");
         let amount = if i.is_multiple_of(4) {
@@ -576,6 +620,7 @@ async fn load(
             let approver = approver.clone();
             tokio::spawn(async move { approve_both(&approver, &w).await });
         }
+        open.push(again.id.clone());
         made.push((key, again.id, amount));
         tokio::time::sleep(every).await;
     }
@@ -626,9 +671,16 @@ pub async fn run(settings: Settings) -> Report {
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
         let killed = Instant::now();
         s.kill_and_restart(t).await;
-        s.wait_whole(&format!("kill {} of {t}", k + 1)).await;
+        let (_, missing) = s.wait_whole(&format!("kill {} of {t}", k + 1)).await;
         let took = killed.elapsed();
-        eprintln!("kill {:>2}: {t:<14} whole again after {took:?}", k + 1);
+        let mut line = format!("kill {:>2}: {t:<14} whole again after {took:?}", k + 1);
+        if took > Duration::from_secs(5) {
+            line.push_str(&format!(
+                " (last missing: {})",
+                missing.chars().take(200).collect::<String>()
+            ));
+        }
+        eprintln!("{line}");
         report.kills.push((t, took));
         if loader.is_finished() {
             break;
