@@ -57,6 +57,9 @@ pub fn note_size(note: &str) -> Option<u64> {
         .map(|c| c.size)
 }
 
+/// How far back [`AuditTrail::logged`] looks for a retried session's entry.
+const RETRY_SCAN: u64 = 10_000;
+
 fn log_err(e: AuditError) -> CoordError {
     CoordError::Storage(format!("audit log unavailable, nothing done: {e}"))
 }
@@ -132,6 +135,30 @@ impl AuditTrail {
                 Err(log_err(e))
             }
         }
+    }
+
+    /// The index of an entry with exactly this `body` among the last
+    /// [`RETRY_SCAN`] entries at or after `from`, if any. A signing session
+    /// retried after a failure (a witness round that did not complete, a
+    /// signer unreachable, a coordinator restart) reuses its logged entry:
+    /// signers accept a presignature only under the one session entry that
+    /// first named it, so a second entry for the same session would get it
+    /// refused as a replay. An entry beyond the window is not found: the
+    /// retry then logs a new one and the signers refuse it (fail closed).
+    pub async fn logged(&self, from: u64, body: &EntryBody) -> Result<Option<u64>, CoordError> {
+        let size = self.log.size().await;
+        let from = from.max(size.saturating_sub(RETRY_SCAN));
+        if from >= size {
+            return Ok(None);
+        }
+        let raw = self.log.entries(from, size).await.map_err(log_err)?;
+        for (i, bytes) in (from..).zip(raw.iter()) {
+            let entry = custos_audit::Entry::decode(bytes).map_err(log_err)?;
+            if &entry.body == body {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
     }
 
     /// At shutdown, once nothing appends any more: waits for an append or

@@ -738,6 +738,16 @@ pub async fn run(settings: Settings) -> Report {
     report.withdrawals = ws.len();
     for w in &ws {
         *report.states.entry(w.state.clone()).or_default() += 1;
+        // A retried signing session reuses its logged entry; a second
+        // entry for one presignature is refused by the signers as a
+        // replay (a crash must not make a withdrawal unsignable so).
+        assert!(
+            !w.reason
+                .contains("was already used by the signing session in log entry"),
+            "{}: a retry logged its session twice: {}",
+            w.id,
+            w.reason
+        );
         if w.state != "confirmed" {
             report.not_confirmed.push(format!(
                 "{} {}: {} {:?}",

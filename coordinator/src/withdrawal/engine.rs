@@ -1404,21 +1404,26 @@ impl Engine {
                     .await?;
             }
         }
-        let signing_index = self
-            .audit
-            .append(EntryBody::SigningSession {
-                withdrawal_id: row.id.clone(),
-                key_id: key.key_id.clone(),
-                execution_id: statement_hash.to_vec(),
-                participants: signers.to_vec(),
-                presignature_id: Some(presig.to_owned()),
-                message_digest: custos_audit::Hash::from(*digest),
-            })
-            .await?;
         let decision_index = row
             .decision_index
             .and_then(|i| u64::try_from(i).ok())
             .ok_or_else(|| CoordError::Internal(format!("{} has no decision entry", row.id)))?;
+        let session = EntryBody::SigningSession {
+            withdrawal_id: row.id.clone(),
+            key_id: key.key_id.clone(),
+            execution_id: statement_hash.to_vec(),
+            participants: signers.to_vec(),
+            presignature_id: Some(presig.to_owned()),
+            message_digest: custos_audit::Hash::from(*digest),
+        };
+        // A retry of this very session (same presignature, signers and
+        // digest) reuses its entry: signers refuse a presignature under a
+        // second one (found by the crash storm: a witness round cut short
+        // by a killed signer left the withdrawal unsignable).
+        let signing_index = match self.audit.logged(decision_index, &session).await? {
+            Some(i) => i,
+            None => self.audit.append(session).await?,
+        };
         // One witness round covers the decision and the signing session.
         let size = match self.audit.witness_through(signing_index, signers).await {
             Ok(s) => s,
