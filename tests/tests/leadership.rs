@@ -7,16 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use custos_devkit::ClusterLayout;
 use custos_devkit::client::connect_as;
 use custos_devkit::http::HttpTarget;
 use custos_proto::custody::{GetCheckpointRequest, GetWithdrawalRequest};
-use custos_proto::signer::{CancelNotice, StatusRequest, WithdrawalAuthorization};
+use custos_tests::coordinators::{
+    Extra, assert_signers_fence, complete_half_approved, copy_data_dir, half_approved, healthz,
+    wait_health,
+};
 use custos_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -33,109 +33,6 @@ fn leadership_toml(name: &str) -> String {
     )
 }
 
-/// A coordinator process this test starts itself (beside the devkit's):
-/// the cluster's config with its own ports, data directory and lease name
-/// through `CUSTOS_*` overrides. Killed on drop.
-struct Extra {
-    child: Child,
-    log: PathBuf,
-    layout: ClusterLayout,
-}
-
-impl Extra {
-    fn start(base: &ClusterLayout, name: &str, data_dir: &Path, ports: Option<u16>) -> Extra {
-        let mut layout = base.clone();
-        if let Some(p) = ports {
-            layout.coordinator.url = format!("https://127.0.0.1:{p}");
-            layout.coordinator.http_url = format!("https://127.0.0.1:{}", p + 1);
-            layout.coordinator.metrics_listen = SocketAddr::from(([127, 0, 0, 1], p + 2));
-            layout.coordinator.grpc_listen = SocketAddr::from(([127, 0, 0, 1], p));
-            layout.coordinator.http_listen = SocketAddr::from(([127, 0, 0, 1], p + 1));
-        }
-        let c = &layout.coordinator;
-        let log = base.dir.join(format!("logs/{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(bin_dir().join("custos-coordinator"));
-        cmd.arg("--config")
-            .arg(&c.config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUSTOS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("NO_COLOR", "1")
-            .env("CUSTOS_DATA_DIR", data_dir)
-            .env("CUSTOS_GRPC_LISTEN", c.grpc_listen.to_string())
-            .env("CUSTOS_HTTP_LISTEN", c.http_listen.to_string())
-            .env("CUSTOS_METRICS__LISTEN", c.metrics_listen.to_string())
-            .env("CUSTOS_LEADERSHIP__NAME", name);
-        Extra {
-            child: cmd.spawn().unwrap(),
-            log,
-            layout,
-        }
-    }
-
-    fn metrics(&self) -> SocketAddr {
-        self.layout.coordinator.metrics_listen
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Copies the first coordinator's data directory (its sealed log key and
-/// the passphrase beside it: every coordinator signs the one log with the
-/// one key) into `to`.
-fn copy_data_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().unwrap().is_file() && !name.starts_with("coordinator.db") {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-/// `/healthz` of a metrics listener: (status, body), or (0, error).
-async fn healthz(addr: SocketAddr) -> (u16, String) {
-    custos_devkit::http_get(addr, "/healthz")
-        .await
-        .unwrap_or_else(|e| (0, e.to_string()))
-}
-
-/// Waits until `/healthz` at `addr` satisfies `ok`; returns how long it took.
-async fn wait_health(addr: SocketAddr, what: &str, ok: impl Fn(u16, &str) -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (code, body) = healthz(addr).await;
-        if ok(code, &body) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "{addr} never became {what}: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -143,23 +40,6 @@ fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig} {pid}");
-}
-
-/// A withdrawal that waits for two approvals, approved by alice only.
-async fn half_approved(
-    backend: &custos_devkit::client::Client,
-    approver: &custos_devkit::client::Client,
-    key: &str,
-) -> String {
-    let w = backend
-        .clone()
-        .create_withdrawal(withdrawal_req(key, "w-hot", WHITELISTED, 3 * ETH))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(w.state, "awaiting_approvals", "{w:?}");
-    approve(approver, &w, "alice").await;
-    w.id
 }
 
 async fn checkpoint_size(client: &custos_devkit::client::Client) -> u64 {
@@ -211,7 +91,7 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
         &b_dir,
         Some(custos_devkit::free_base_port()),
     );
-    wait_health(b.metrics(), "a standby", |c, body| {
+    wait_health(b.metrics(), "a standby", LIMIT, |c, body| {
         c == 503 && body.contains("standby")
     })
     .await;
@@ -255,10 +135,10 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
 
     // 3. A withdrawal half approved on the leader; then the leader is
     // paused (SIGSTOP): the standby takes over within the bound.
-    let first = half_approved(&fc.backend, &fc.approver, "ha-paused").await;
+    let first = half_approved(&fc.backend, &fc.approver, "w-hot", "ha-paused").await;
     let size_before = checkpoint_size(&fc.auditor).await;
     signal(a_pid, "-STOP");
-    let took = wait_health(b.metrics(), "active", |c, _| c == 200).await;
+    let took = wait_health(b.metrics(), "active", LIMIT, |c, _| c == 200).await;
     eprintln!("takeover after SIGSTOP: {took:?} (lease {LEASE:?})");
     assert!(took < TAKEOVER_BOUND, "takeover took {took:?}");
     assert!(took >= LEASE / 2, "took over a live lease after {took:?}");
@@ -268,13 +148,7 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
 
     // The new leader resumes the withdrawal: bob's approval completes it.
     let b_approver = connect_as(&b.layout, "approver-cli").await.unwrap();
-    let w = withdrawal(&b_backend, &first).await;
-    assert_eq!(
-        (w.state.as_str(), w.approvals.len()),
-        ("awaiting_approvals", 1)
-    );
-    approve(&b_approver, &w, "bob").await;
-    wait_state(&b_backend, &first, &["signed"], LIMIT).await;
+    complete_half_approved(&b_backend, &b_approver, &first, LIMIT).await;
     let b_auditor = connect_as(&b.layout, "auditor").await.unwrap();
     assert!(
         checkpoint_size(&b_auditor).await > size_before,
@@ -282,40 +156,7 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     );
 
     // 4. Every signer now refuses the old epoch, naming both.
-    for (node, mut signer) in coordinator_signer_clients(&layout).await {
-        let seen = signer
-            .status(StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .coordinator_epoch;
-        assert_eq!(seen, 2, "{node}");
-        let e = signer
-            .register_cancel(CancelNotice {
-                authorization: Some(WithdrawalAuthorization {
-                    withdrawal_json: format!(r#"{{"id":"{first}"}}"#).into_bytes(),
-                    coordinator_epoch: 1,
-                    ..Default::default()
-                }),
-                cancel_json: Vec::new(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{node}: {e:?}");
-        assert!(
-            e.message().contains("coordinator epoch 1 older than 2"),
-            "{node}: {}",
-            e.message()
-        );
-        assert_eq!(
-            e.metadata()
-                .get("custos-fenced-epoch")
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "2"
-        );
-    }
+    assert_signers_fence(&layout, &first, 1, 2).await;
 
     // 5. The paused leader resumes: it finds its lease gone and stops at
     // once (exit 75), without touching the withdrawal.
@@ -341,14 +182,14 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     // killed (kill -9): the standby takes over and completes a withdrawal
     // the dead leader left half approved.
     let a2 = Extra::start(&layout, "coord-a2", &layout.coordinator.data_dir, None);
-    wait_health(a_metrics, "a standby", |c, body| {
+    wait_health(a_metrics, "a standby", LIMIT, |c, body| {
         c == 503 && body.contains("standby")
     })
     .await;
-    let second = half_approved(&b_backend, &b_approver, "ha-killed").await;
+    let second = half_approved(&b_backend, &b_approver, "w-hot", "ha-killed").await;
     b.child.kill().unwrap();
     b.child.wait().unwrap();
-    let took = wait_health(a_metrics, "active", |c, _| c == 200).await;
+    let took = wait_health(a_metrics, "active", LIMIT, |c, _| c == 200).await;
     eprintln!("takeover after kill -9: {took:?}");
     assert!(took < TAKEOVER_BOUND, "takeover took {took:?}");
     assert_eq!(metric(a_metrics, "custos_coordinator_epoch"), 3.0);
