@@ -294,9 +294,9 @@ impl Netns {
         ip(&["link", "set", &self.host(name).port, "up"]);
     }
 
-    /// Toggles `name`'s link down and up every `period` (down for half of
-    /// it) until the guard is dropped, which leaves it up.
-    pub fn flap(&self, name: &str, period: Duration) -> Flapping {
+    /// Toggles `name`'s link: down for `down`, up for `up`, over and over
+    /// until the guard is dropped, which leaves it up.
+    pub fn flap(&self, name: &str, down: Duration, up: Duration) -> Flapping {
         let port = self.host(name).port.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let flips = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -305,10 +305,10 @@ impl Netns {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = run("ip", &["link", "set", &port, "down"]);
-                    std::thread::sleep(period / 2);
+                    std::thread::sleep(down);
                     let _ = run("ip", &["link", "set", &port, "up"]);
                     flips.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(period / 2);
+                    std::thread::sleep(up);
                 }
             })
         };
