@@ -391,6 +391,10 @@ impl Netns {
                 };
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        // A transparent hop: no Nagle delay of its own on
+                        // small request/response traffic.
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
