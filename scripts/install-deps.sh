@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need_pkgs+=(openssl)            # certificate c
 command -v litecoind >/dev/null || need_pkgs+=(litecoind)        # UTXO chain tests (Litecoin Core regtest)
 command -v dot >/dev/null || need_pkgs+=(graphviz)               # docs/topology.svg (scripts/check-deploy.sh)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_pkgs+=(python3-venv)  # deploy checkers' venv
+command -v ip >/dev/null || need_pkgs+=(iproute2)                # network-namespace tests (ip netns, tc)
+command -v iptables >/dev/null || need_pkgs+=(iptables)         # their delay and loss where the kernel has no netem
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq

@@ -21,6 +21,7 @@ use custos_signer_node::node::FaultInjection;
 use crate::chain::{self, EvmChain, UtxoChain};
 use crate::fsutil::{self, PUBLIC_MODE};
 use crate::identity;
+use crate::placement::Placement;
 use crate::{COORDINATOR_BIN, DevkitError};
 
 /// Default cluster directory of `custos dev up`.
@@ -133,6 +134,10 @@ pub struct ClusterSpec {
     /// recovery keygen`) written into every signer's `[recovery] recipient`
     /// (default none: the signers export no share backup).
     pub recovery_recipient: Option<String>,
+    /// Process name (`coordinator`, `signer-N`) → where it runs: its own
+    /// address and a command prefix (default none: every process on
+    /// 127.0.0.1, spawned directly). Ports stay those of `base_port`.
+    pub placements: BTreeMap<String, Placement>,
 }
 
 impl Default for ClusterSpec {
@@ -152,6 +157,7 @@ impl Default for ClusterSpec {
             evm_chain: None,
             utxo_chain: None,
             recovery_recipient: None,
+            placements: BTreeMap::new(),
         }
     }
 }
@@ -185,6 +191,12 @@ impl ClusterSpec {
                 "base_port {} leaves no room for {} signers (needs base_port + 210 + signers <= 65535)",
                 self.base_port, self.signers
             ));
+        }
+        for (name, placement) in &self.placements {
+            if name != COORDINATOR_NAME && !(0..self.signers).any(|i| signer_id(i) == *name) {
+                return bad(format!("placements names unknown process {name:?}"));
+            }
+            placement.validate(name)?;
         }
         for id in self.fault_injection.keys() {
             if !(0..self.signers).any(|i| signer_id(i) == *id) {
@@ -225,15 +237,24 @@ impl ClusterSpec {
         }
         Ok(())
     }
+
+    /// Where the process `name` runs (the default placement if unplaced).
+    fn placement(&self, name: &str) -> Placement {
+        self.placements.get(name).cloned().unwrap_or_default()
+    }
 }
+
+/// Process name of the coordinator (its log is `logs/coordinator.log`).
+const COORDINATOR_NAME: &str = "coordinator";
 
 /// Node id of signer `i` (0-based): `signer-{i+1}`.
 pub fn signer_id(i: u16) -> String {
     format!("signer-{}", u32::from(i) + 1)
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+/// `ip:port` (127.0.0.1 unless the process is placed elsewhere).
+fn on(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
 /// Where everything of a generated cluster is; serialised as `cluster.json`.
@@ -352,6 +373,9 @@ pub struct CoordinatorLayout {
     pub http_url: String,
     /// `/healthz` and `/metrics` (plain HTTP), e.g. `127.0.0.1:7402`.
     pub metrics_listen: SocketAddr,
+    /// Command prefix it is spawned with ([`Placement::command_prefix`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_prefix: Vec<String>,
 }
 
 /// A signer's files and addresses.
@@ -391,6 +415,9 @@ pub struct SignerLayout {
     /// Fault injected into this node, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_injection: Option<FaultInjection>,
+    /// Command prefix it is spawned with ([`Placement::command_prefix`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_prefix: Vec<String>,
 }
 
 impl ClusterLayout {
@@ -478,8 +505,10 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
     // Coordinator material.
     let cdir = dir.join("coordinator");
     fsutil::ensure_private_dir(&cdir)?;
+    let placed = spec.placement(COORDINATOR_NAME);
+    let host = placed.host();
     let coordinator = CoordinatorLayout {
-        name: "coordinator".into(),
+        name: COORDINATOR_NAME.into(),
         config: cdir.join("coordinator.toml"),
         data_dir: cdir.join("data"),
         server_cert: cdir.join("server.pem"),
@@ -496,11 +525,12 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
                 token_file: cdir.join(format!("{id}.token")),
             })
             .collect(),
-        grpc_listen: loopback(spec.base_port),
-        http_listen: loopback(spec.base_port + 1),
-        url: format!("https://127.0.0.1:{}", spec.base_port),
-        http_url: format!("https://127.0.0.1:{}", spec.base_port + 1),
-        metrics_listen: loopback(spec.base_port + 2),
+        grpc_listen: on(host, spec.base_port),
+        http_listen: on(host, spec.base_port + 1),
+        url: format!("https://{host}:{}", spec.base_port),
+        http_url: format!("https://{host}:{}", spec.base_port + 1),
+        metrics_listen: on(host, spec.base_port + 2),
+        command_prefix: placed.command_prefix,
         dir: cdir,
     };
     ca.ensure_leaf(
@@ -551,6 +581,8 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
         fsutil::ensure_dir(&data_dir)?;
         let control_port = spec.base_port + 10 + i;
         let http_port = spec.base_port + 210 + i;
+        let placed = spec.placement(&node_id);
+        let host = placed.host();
         signers.push(SignerLayout {
             index: i,
             config: sdir.join("signer.toml"),
@@ -560,12 +592,13 @@ pub fn generate(spec: &ClusterSpec) -> Result<ClusterLayout, DevkitError> {
             identity_key,
             passphrase_file,
             peer_id: peer_id.to_base58(),
-            p2p_listen: format!("/ip4/127.0.0.1/tcp/{}", spec.base_port + 110 + i),
-            control_listen: loopback(control_port),
-            control_endpoint: format!("https://127.0.0.1:{control_port}"),
-            http_listen: loopback(http_port),
-            http_url: format!("http://127.0.0.1:{http_port}"),
+            p2p_listen: format!("/ip4/{host}/tcp/{}", spec.base_port + 110 + i),
+            control_listen: on(host, control_port),
+            control_endpoint: format!("https://{host}:{control_port}"),
+            http_listen: on(host, http_port),
+            http_url: format!("http://{host}:{http_port}"),
             fault_injection: spec.fault_injection.get(&node_id).cloned(),
+            command_prefix: placed.command_prefix,
             dir: sdir,
             node_id,
         });
@@ -986,7 +1019,7 @@ pub(crate) fn listen_addrs(layout: &ClusterLayout) -> BTreeMap<String, Vec<Socke
             .and_then(|p| p.parse::<u16>().ok());
         let mut v = vec![s.control_listen, s.http_listen];
         if let Some(p) = p2p_port {
-            v.push(loopback(p));
+            v.push(SocketAddr::new(s.control_listen.ip(), p));
         }
         m.insert(s.node_id.clone(), v);
     }
@@ -1086,6 +1119,80 @@ mod tests {
             assert_eq!(names, ["anvil", "litecoin-regtest"]);
             assert_eq!(t.cosigner.chains[1].chain_id, None);
         }
+    }
+
+    #[test]
+    fn a_placed_process_binds_and_advertises_its_own_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = ClusterSpec::new(tmp.path().join("cluster"));
+        spec.base_port = 35000;
+        // Unplaced: exactly the loopback layout of before.
+        let before = generate(&spec).unwrap();
+        assert_eq!(before.coordinator.url, "https://127.0.0.1:35000");
+        assert_eq!(before.signers[1].p2p_listen, "/ip4/127.0.0.1/tcp/35111");
+        assert!(before.signers.iter().all(|s| s.command_prefix.is_empty()));
+        let json = std::fs::read_to_string(before.dir.join(CLUSTER_FILE)).unwrap();
+        assert!(!json.contains("command_prefix"), "{json}");
+
+        let ns =
+            |n: &str| -> Vec<String> { ["ip", "netns", "exec", n].map(str::to_owned).to_vec() };
+        let c_ip = Ipv4Addr::new(10, 77, 3, 2);
+        let s2_ip = Ipv4Addr::new(10, 77, 3, 4);
+        spec.placements
+            .insert("coordinator".into(), Placement::new(c_ip, ns("x-c")));
+        spec.placements
+            .insert("signer-2".into(), Placement::new(s2_ip, ns("x-s2")));
+        let layout = generate(&spec).unwrap();
+        assert_eq!(ClusterLayout::load(&layout.dir).unwrap(), layout);
+        let c = &layout.coordinator;
+        assert_eq!(c.url, "https://10.77.3.2:35000");
+        assert_eq!(c.http_url, "https://10.77.3.2:35001");
+        assert_eq!(c.metrics_listen, on(c_ip, 35002));
+        assert_eq!(c.command_prefix, ns("x-c"));
+        let s2 = layout.signer("signer-2").unwrap();
+        assert_eq!(s2.control_endpoint, "https://10.77.3.4:35011");
+        assert_eq!(s2.p2p_listen, "/ip4/10.77.3.4/tcp/35111");
+        assert_eq!(s2.http_listen, on(s2_ip, 35211));
+        assert_eq!(s2.command_prefix, ns("x-s2"));
+        // The others stay on loopback, spawned directly.
+        let s1 = layout.signer("signer-1").unwrap();
+        assert_eq!(s1.control_endpoint, "https://127.0.0.1:35010");
+        assert!(s1.command_prefix.is_empty());
+
+        // The configs say the same: the coordinator binds its address and
+        // dials signer-2 there (by its node id as TLS name), signer-2 binds
+        // its own, and its peers dial it there.
+        let cfg: CoordinatorConfig =
+            toml::from_str(&std::fs::read_to_string(&c.config).unwrap()).unwrap();
+        assert_eq!(cfg.grpc_listen, on(c_ip, 35000));
+        assert_eq!(cfg.metrics.listen, on(c_ip, 35002));
+        let e = cfg
+            .signers
+            .iter()
+            .find(|e| e.node_id == "signer-2")
+            .unwrap();
+        assert_eq!(
+            (e.endpoint.as_str(), e.tls_name.as_str()),
+            ("https://10.77.3.4:35011", "signer-2")
+        );
+        let t: SignerConfig =
+            toml::from_str(&std::fs::read_to_string(&s2.config).unwrap()).unwrap();
+        assert_eq!(t.control_listen, on(s2_ip, 35011));
+        assert_eq!(t.p2p_listen, vec!["/ip4/10.77.3.4/tcp/35111".to_owned()]);
+        let t1: SignerConfig =
+            toml::from_str(&std::fs::read_to_string(&s1.config).unwrap()).unwrap();
+        let peer = t1.peers.iter().find(|p| p.node_id == "signer-2").unwrap();
+        assert_eq!(peer.address, "/ip4/10.77.3.4/tcp/35111");
+        // Port checks look at each process's own addresses.
+        let addrs = listen_addrs(&layout);
+        assert!(addrs["signer-2"].iter().all(|a| a.ip() == s2_ip));
+        assert!(addrs["signer-2"].contains(&on(s2_ip, 35111)));
+
+        // A placement of a process the cluster does not have is refused.
+        spec.placements
+            .insert("signer-9".into(), Placement::new(s2_ip, Vec::new()));
+        let err = generate(&spec).unwrap_err().to_string();
+        assert!(err.contains("signer-9"), "{err}");
     }
 
     #[test]

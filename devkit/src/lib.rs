@@ -59,7 +59,9 @@
 //! Ports from `base_port` (default 7400): coordinator gRPC `+0`, HTTP API
 //! `+1` (TLS, the same certificate as gRPC), health and metrics `+2` (plain);
 //! signer `i` (0-based, `signer-{i+1}`): control `+10+i`, libp2p `+110+i`,
-//! health and metrics `+210+i` (plain).
+//! health and metrics `+210+i` (plain). Every address is on 127.0.0.1
+//! unless [`ClusterSpec::placements`] gives a process its own address (and
+//! a command prefix such as `ip netns exec NS`: [`Placement`]).
 //!
 //! Development only: the CA key sits next to the certificates it signs.
 #![deny(missing_docs)]
@@ -73,6 +75,7 @@ mod fsutil;
 pub mod http;
 mod identity;
 mod layout;
+mod placement;
 mod ports;
 mod process;
 
@@ -88,6 +91,7 @@ pub use layout::{
     LAYOUT_FORMAT, MAX_SIGNERS, PIDS_FILE, PRESIGNATURE_POOL, PolicyLayout, SignerLayout, generate,
     install_log_key, signer_id,
 };
+pub use placement::Placement;
 /// File name of the signer daemon.
 pub const SIGNER_BIN: &str = "custos-signer";
 /// File name of the coordinator daemon.

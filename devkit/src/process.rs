@@ -254,7 +254,24 @@ struct Proc {
     ready_addr: SocketAddr,
     /// Every address it listens on (checked free before a start).
     listens: Vec<SocketAddr>,
+    /// Program and arguments its command line is appended to (empty:
+    /// spawned directly; see [`crate::Placement`]).
+    prefix: Vec<String>,
     child: Option<Child>,
+}
+
+impl Proc {
+    /// The addresses to check free in this network namespace before a
+    /// start: none for a process launched through a prefix, which may run
+    /// in another namespace or host (`ip netns exec`), where binding here
+    /// says nothing about its ports.
+    fn local_listens(&self) -> &[SocketAddr] {
+        if self.prefix.is_empty() {
+            &self.listens
+        } else {
+            &[]
+        }
+    }
 }
 
 /// A running local cluster. Dropping it kills every process (SIGKILL, reaped),
@@ -341,6 +358,7 @@ impl Cluster {
                     cwd: s.dir.clone(),
                     ready_addr: s.control_listen,
                     listens: addrs.get(&s.node_id).cloned().unwrap_or_default(),
+                    prefix: s.command_prefix.clone(),
                     child: None,
                 },
             );
@@ -355,13 +373,14 @@ impl Cluster {
                     cwd: c.dir.clone(),
                     ready_addr: c.grpc_listen,
                     listens: addrs.get(&c.name).cloned().unwrap_or_default(),
+                    prefix: c.command_prefix.clone(),
                     child: None,
                 },
             );
         }
         // Fail fast and clearly if something (an old cluster?) holds a port.
         for (name, p) in &procs {
-            for addr in &p.listens {
+            for addr in p.local_listens() {
                 if std::net::TcpListener::bind(addr).is_err() {
                     return Err(DevkitError::PortInUse {
                         name: name.clone(),
@@ -584,7 +603,8 @@ impl Cluster {
         let now = custos_clock::now_secs();
         writeln!(
             log,
-            "==== custos-devkit: starting {name}: {} --config {} (unix time {now}) ====",
+            "==== custos-devkit: starting {name}: {}{} --config {} (unix time {now}) ====",
+            p.prefix.iter().map(|a| format!("{a} ")).collect::<String>(),
             p.binary.display(),
             p.config.display()
         )
@@ -592,7 +612,16 @@ impl Cluster {
         let stderr = log
             .try_clone()
             .map_err(DevkitError::io("cannot open log", &log_path))?;
-        let mut cmd = Command::new(&p.binary);
+        // With a prefix (`ip netns exec NS`), the wrapper execs the daemon
+        // in place: the child's pid is the daemon's.
+        let mut cmd = match p.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&p.binary);
+                c
+            }
+            None => Command::new(&p.binary),
+        };
         cmd.arg("--config")
             .arg(&p.config)
             .current_dir(&p.cwd)
@@ -613,7 +642,10 @@ impl Cluster {
         }
         let child = cmd.spawn().map_err(|source| DevkitError::Spawn {
             name: name.into(),
-            binary: p.binary.clone(),
+            binary: p
+                .prefix
+                .first()
+                .map_or_else(|| p.binary.clone(), PathBuf::from),
             source,
         })?;
         tracing::debug!(name, pid = child.id(), "started");
@@ -739,7 +771,7 @@ impl Cluster {
 
     async fn restart(&mut self, name: &str) -> Result<(), DevkitError> {
         self.terminate(&[name.to_string()]).await?;
-        let listens = self.proc_mut(name)?.listens.clone();
+        let listens = self.proc_mut(name)?.local_listens().to_vec();
         // The old process is reaped, so its ports are free; a short grace for the
         // kernel all the same.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -4,11 +4,12 @@
 
 pub mod anvil;
 pub mod audit;
+pub mod coordinators;
 pub mod eth;
-pub mod ha;
 /// The Litecoin Core regtest node of the chains crate's tests.
 #[path = "../../chains/tests/common/litecoind.rs"]
 pub mod litecoind;
+pub mod netns;
 pub mod pg;
 pub mod storm;
 
@@ -332,6 +333,37 @@ pub struct FlowSettings<'a> {
     pub coordinator_toml: &'a str,
     /// The admins' recovery key for every signer's `[recovery] recipient`.
     pub recovery_recipient: Option<&'a str>,
+    /// Where each process runs ([`ClusterSpec::placements`]), e.g. each in
+    /// its own network namespace ([`netns::Netns::placements`]).
+    pub placements: Option<&'a std::collections::BTreeMap<String, custos_devkit::Placement>>,
+    /// Top-level keys put before the first table of the coordinator's
+    /// config (replacing generated ones; e.g. `session_timeout_secs = 20`).
+    pub coordinator_keys: &'a str,
+    /// Top-level keys put before the first table of every signer's config
+    /// (replacing the generated ones, e.g. `session_timeout_secs`).
+    pub signer_keys: &'a str,
+}
+
+/// Puts `keys` (top-level `key = value` lines) before the first table of
+/// the config file at `path`, replacing the file's own top-level lines of
+/// those keys.
+fn prepend_toml(path: &std::path::Path, keys: &str) {
+    if keys.is_empty() {
+        return;
+    }
+    let key_of = |l: &str| l.split('=').next().unwrap_or_default().trim().to_owned();
+    let ours: Vec<String> = keys.lines().map(key_of).collect();
+    let cfg = std::fs::read_to_string(path).unwrap();
+    let mut out = format!("{}\n", keys.trim_end());
+    let mut top = true;
+    for line in cfg.lines() {
+        top &= !line.trim_start().starts_with('[');
+        if !(top && line.contains('=') && ours.contains(&key_of(line))) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(path, out).unwrap();
 }
 
 /// Appends `toml` (whole tables) to the config file at `path`.
@@ -364,6 +396,9 @@ pub fn flow_spec(
     spec.raw_digest = raw_digest;
     spec.bin_dir = Some(bin_dir());
     spec.recovery_recipient = settings.recovery_recipient.map(str::to_owned);
+    if let Some(p) = settings.placements {
+        spec.placements = p.clone();
+    }
     spec
 }
 
@@ -379,15 +414,14 @@ pub async fn start_flow_on(
     spec.base_port = custos_devkit::free_base_port();
     let layout = custos_devkit::generate(&spec).unwrap();
     if let Some(url) = settings.database_url {
-        // Top-level keys go before the first [section].
-        let cfg = std::fs::read_to_string(&layout.coordinator.config).unwrap();
-        std::fs::write(
+        prepend_toml(
             &layout.coordinator.config,
-            format!("database_url = {url:?}\n{cfg}"),
-        )
-        .unwrap();
+            &format!("database_url = {url:?}"),
+        );
     }
+    prepend_toml(&layout.coordinator.config, settings.coordinator_keys);
     for s in &layout.signers {
+        prepend_toml(&s.config, settings.signer_keys);
         append_toml(&s.config, settings.signer_toml);
     }
     append_toml(&layout.coordinator.config, settings.coordinator_toml);

@@ -34,7 +34,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::anvil::{Anvil, rpc};
-use crate::ha::{ExtraCoordinator, copy_data_dir, healthz, leadership_toml, wait_health};
+use crate::coordinators::{Extra, copy_data_dir, healthz, leadership_toml, wait_health};
 use crate::pg::PrivatePg;
 use crate::{ETH, FlowCluster, TestCluster, bin_dir, eth, start_layout, use_fixtures};
 
@@ -311,7 +311,7 @@ impl Failover {
 /// The storm's processes.
 struct Storm {
     tc: TestCluster,
-    b: ExtraCoordinator,
+    b: Extra,
     pg: PrivatePg,
     anvil: Anvil,
     policy: PathBuf,
@@ -361,7 +361,7 @@ impl Storm {
             .unwrap();
         let b_dir = tc.dir.path().join("coordinator-b");
         copy_data_dir(&layout.coordinator.data_dir, &b_dir);
-        let b = ExtraCoordinator::start(
+        let b = Extra::start(
             &layout,
             "coord-b",
             &b_dir,
@@ -509,7 +509,7 @@ impl Storm {
     /// leads, and comes back as a standby.
     async fn lead_with_a(&mut self) {
         if healthz(self.b.metrics()).await.0 == 200 {
-            let pid = self.b.pid().to_string();
+            let pid = self.b.child.id().to_string();
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid])
                 .status();

@@ -7,15 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use custos_devkit::client::connect_as;
 use custos_devkit::http::HttpTarget;
 use custos_proto::custody::{GetCheckpointRequest, GetWithdrawalRequest};
-use custos_proto::signer::{CancelNotice, StatusRequest, WithdrawalAuthorization};
-use custos_tests::ha::{self, ExtraCoordinator, copy_data_dir, healthz};
+use custos_tests::coordinators::{
+    Extra, assert_signers_fence, complete_half_approved, copy_data_dir, half_approved, healthz,
+    wait_health,
+};
 use custos_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -26,12 +27,7 @@ const LEASE: Duration = Duration::from_millis(2000);
 const TAKEOVER_BOUND: Duration = Duration::from_secs(15);
 
 fn leadership_toml(name: &str) -> String {
-    ha::leadership_toml(name, LEASE.as_millis() as u64)
-}
-
-/// Waits until `/healthz` at `addr` satisfies `ok`; returns how long it took.
-async fn wait_health(addr: SocketAddr, what: &str, ok: impl Fn(u16, &str) -> bool) -> Duration {
-    ha::wait_health(addr, what, LIMIT, ok).await
+    custos_tests::coordinators::leadership_toml(name, LEASE.as_millis() as u64)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -41,23 +37,6 @@ fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig} {pid}");
-}
-
-/// A withdrawal that waits for two approvals, approved by alice only.
-async fn half_approved(
-    backend: &custos_devkit::client::Client,
-    approver: &custos_devkit::client::Client,
-    key: &str,
-) -> String {
-    let w = backend
-        .clone()
-        .create_withdrawal(withdrawal_req(key, "w-hot", WHITELISTED, 3 * ETH))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(w.state, "awaiting_approvals", "{w:?}");
-    approve(approver, &w, "alice").await;
-    w.id
 }
 
 async fn checkpoint_size(client: &custos_devkit::client::Client) -> u64 {
@@ -103,13 +82,13 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     // the leader on /healthz (503), over gRPC and over HTTP, and does no work.
     let b_dir = fc.tc.dir.path().join("coordinator-b");
     copy_data_dir(&layout.coordinator.data_dir, &b_dir);
-    let mut b = ExtraCoordinator::start(
+    let mut b = Extra::start(
         &layout,
         "coord-b",
         &b_dir,
         Some(custos_devkit::free_base_port()),
     );
-    wait_health(b.metrics(), "a standby", |c, body| {
+    wait_health(b.metrics(), "a standby", LIMIT, |c, body| {
         c == 503 && body.contains("standby")
     })
     .await;
@@ -153,10 +132,10 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
 
     // 3. A withdrawal half approved on the leader; then the leader is
     // paused (SIGSTOP): the standby takes over within the bound.
-    let first = half_approved(&fc.backend, &fc.approver, "ha-paused").await;
+    let first = half_approved(&fc.backend, &fc.approver, "w-hot", "ha-paused").await;
     let size_before = checkpoint_size(&fc.auditor).await;
     signal(a_pid, "-STOP");
-    let took = wait_health(b.metrics(), "active", |c, _| c == 200).await;
+    let took = wait_health(b.metrics(), "active", LIMIT, |c, _| c == 200).await;
     eprintln!("takeover after SIGSTOP: {took:?} (lease {LEASE:?})");
     assert!(took < TAKEOVER_BOUND, "takeover took {took:?}");
     assert!(took >= LEASE / 2, "took over a live lease after {took:?}");
@@ -166,13 +145,7 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
 
     // The new leader resumes the withdrawal: bob's approval completes it.
     let b_approver = connect_as(&b.layout, "approver-cli").await.unwrap();
-    let w = withdrawal(&b_backend, &first).await;
-    assert_eq!(
-        (w.state.as_str(), w.approvals.len()),
-        ("awaiting_approvals", 1)
-    );
-    approve(&b_approver, &w, "bob").await;
-    wait_state(&b_backend, &first, &["signed"], LIMIT).await;
+    complete_half_approved(&b_backend, &b_approver, &first, LIMIT).await;
     let b_auditor = connect_as(&b.layout, "auditor").await.unwrap();
     assert!(
         checkpoint_size(&b_auditor).await > size_before,
@@ -180,40 +153,7 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     );
 
     // 4. Every signer now refuses the old epoch, naming both.
-    for (node, mut signer) in coordinator_signer_clients(&layout).await {
-        let seen = signer
-            .status(StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .coordinator_epoch;
-        assert_eq!(seen, 2, "{node}");
-        let e = signer
-            .register_cancel(CancelNotice {
-                authorization: Some(WithdrawalAuthorization {
-                    withdrawal_json: format!(r#"{{"id":"{first}"}}"#).into_bytes(),
-                    coordinator_epoch: 1,
-                    ..Default::default()
-                }),
-                cancel_json: Vec::new(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{node}: {e:?}");
-        assert!(
-            e.message().contains("coordinator epoch 1 older than 2"),
-            "{node}: {}",
-            e.message()
-        );
-        assert_eq!(
-            e.metadata()
-                .get("custos-fenced-epoch")
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "2"
-        );
-    }
+    assert_signers_fence(&layout, &first, 1, 2).await;
 
     // 5. The paused leader resumes: it finds its lease gone and stops at
     // once (exit 75), without touching the withdrawal.
@@ -238,14 +178,15 @@ async fn standby_takes_over_and_the_old_leader_is_fenced() {
     // 6. The first coordinator comes back as a standby; the leader is
     // killed (kill -9): the standby takes over and completes a withdrawal
     // the dead leader left half approved.
-    let a2 = ExtraCoordinator::start(&layout, "coord-a2", &layout.coordinator.data_dir, None);
-    wait_health(a_metrics, "a standby", |c, body| {
+    let a2 = Extra::start(&layout, "coord-a2", &layout.coordinator.data_dir, None);
+    wait_health(a_metrics, "a standby", LIMIT, |c, body| {
         c == 503 && body.contains("standby")
     })
     .await;
-    let second = half_approved(&b_backend, &b_approver, "ha-killed").await;
-    b.kill();
-    let took = wait_health(a_metrics, "active", |c, _| c == 200).await;
+    let second = half_approved(&b_backend, &b_approver, "w-hot", "ha-killed").await;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let took = wait_health(a_metrics, "active", LIMIT, |c, _| c == 200).await;
     eprintln!("takeover after kill -9: {took:?}");
     assert!(took < TAKEOVER_BOUND, "takeover took {took:?}");
     assert_eq!(metric(a_metrics, "custos_coordinator_epoch"), 3.0);
