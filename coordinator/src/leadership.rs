@@ -269,7 +269,7 @@ impl Leadership {
         if self.is_active() {
             Ok(self.epoch)
         } else {
-            Err(CoordError::Unavailable(format!(
+            Err(CoordError::unavailable(format!(
                 "this coordinator no longer holds the leadership lease (epoch {}): it stopped acting",
                 self.epoch
             )))
@@ -403,7 +403,7 @@ impl LeaseFence {
         if current == Some(1) {
             Ok(())
         } else {
-            Err(CoordError::Unavailable(format!(
+            Err(CoordError::unavailable(format!(
                 "this coordinator no longer holds the leadership lease (epoch {}): the change is rolled back",
                 self.epoch
             )))

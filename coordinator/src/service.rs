@@ -14,7 +14,7 @@ use crate::audit::AuditTrail;
 use crate::auth::{Role, identity};
 use crate::cluster::Cluster;
 use crate::db::KeyRow;
-use crate::error::CoordError;
+use crate::edge::status;
 use crate::withdrawal::store::{ApprovalRow, WithdrawalRow};
 use crate::withdrawal::{CreateRequest, Engine, State, SubmittedVerdict};
 
@@ -230,22 +230,6 @@ impl ExpectedBackup<'_> {
             ));
         }
         Ok(b)
-    }
-}
-
-/// Maps domain errors to gRPC codes.
-pub fn status(e: CoordError) -> Status {
-    let msg = e.to_string();
-    match e {
-        CoordError::InvalidArgument(_) => Status::invalid_argument(msg),
-        CoordError::NotFound(_) => Status::not_found(msg),
-        CoordError::AlreadyExists(_) => Status::already_exists(msg),
-        CoordError::FailedPrecondition(_) => Status::failed_precondition(msg),
-        CoordError::Unavailable(_) => Status::unavailable(msg),
-        CoordError::Aborted(_) => Status::aborted(msg),
-        CoordError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
-        CoordError::Refused(_) | CoordError::PermissionDenied(_) => Status::permission_denied(msg),
-        _ => Status::internal(msg),
     }
 }
 

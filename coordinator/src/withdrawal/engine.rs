@@ -1220,7 +1220,9 @@ impl Engine {
         for (node, r) in &results {
             match r {
                 Ok(_) => accepted += 1,
-                Err(CoordError::Refused(m)) => refusals.push(format!("{node}: {m}")),
+                Err(CoordError::Refused { reason, .. }) => {
+                    refusals.push(format!("{node}: {reason}"))
+                }
                 Err(e) => {
                     unreachable += 1;
                     tracing::info!(withdrawal = %row.id, %node, error = %e, "signer did not register the quorum yet");
@@ -1424,7 +1426,7 @@ impl Engine {
             Ok(s) => s,
             Err(e @ CoordError::Storage(_)) => return Err(e),
             Err(e) => {
-                return Ok(Err(CoordError::Unavailable(format!(
+                return Ok(Err(CoordError::unavailable(format!(
                     "witness round before signing: {e}"
                 ))));
             }
@@ -1527,7 +1529,7 @@ impl Engine {
                 .await?;
                 Ok(Next::Continue)
             }
-            Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
+            Err(e) if e.is_transient() => {
                 self.note(row, State::Signing, &e.to_string()).await?;
                 Ok(Next::Wait)
             }
