@@ -58,7 +58,7 @@ pub fn note_size(note: &str) -> Option<u64> {
 }
 
 fn log_err(e: AuditError) -> CoordError {
-    CoordError::Storage(format!("audit log unavailable, nothing done: {e}"))
+    CoordError::storage("audit log unavailable, nothing done", e)
 }
 
 impl AuditTrail {

@@ -661,7 +661,7 @@ impl Cluster {
             .db
             .key(key_id)
             .await?
-            .ok_or_else(|| CoordError::NotFound(format!("key {key_id}")))?;
+            .ok_or_else(|| CoordError::not_found("key", key_id))?;
         let public_key = match (&key.state[..], &key.public_key) {
             ("ready", Some(pk)) => pk.clone(),
             _ => {

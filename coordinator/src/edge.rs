@@ -24,7 +24,7 @@ use crate::error::{CoordError, SignerRejection};
 pub fn grpc_code(e: &CoordError) -> Code {
     match e {
         CoordError::InvalidArgument(_) => Code::InvalidArgument,
-        CoordError::NotFound(_) => Code::NotFound,
+        CoordError::NotFound { .. } => Code::NotFound,
         CoordError::AlreadyExists(_) => Code::AlreadyExists,
         CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
         CoordError::Unavailable { .. } | CoordError::SignersUnavailable { .. } => Code::Unavailable,
@@ -47,11 +47,11 @@ pub fn grpc_code(e: &CoordError) -> Code {
 pub fn http_status(e: &CoordError) -> StatusCode {
     match e {
         CoordError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        CoordError::NotFound(_) => StatusCode::NOT_FOUND,
+        CoordError::NotFound { .. } => StatusCode::NOT_FOUND,
         CoordError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         CoordError::AlreadyExists(_) => StatusCode::CONFLICT,
         CoordError::FailedPrecondition(_) => StatusCode::PRECONDITION_FAILED,
-        CoordError::Storage(_)
+        CoordError::Storage { .. }
         | CoordError::Unavailable { .. }
         | CoordError::SignersUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CoordError::SignerRejected { kind, .. } => match kind {
@@ -138,7 +138,7 @@ mod tests {
                 None,
             ),
             (
-                CoordError::NotFound(s("withdrawal wd-1")),
+                CoordError::not_found("withdrawal", "wd-1"),
                 Code::NotFound,
                 404,
                 "not found: withdrawal wd-1",
@@ -322,10 +322,10 @@ mod tests {
                 None,
             ),
             (
-                CoordError::Storage(s("disk full")),
+                CoordError::storage("withdrawal store", sqlx::Error::PoolTimedOut),
                 Code::Internal,
                 503,
-                "storage failure: disk full",
+                "storage failure: withdrawal store: pool timed out while waiting for an open connection",
                 None,
                 None,
             ),

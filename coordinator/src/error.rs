@@ -8,6 +8,7 @@
 //! `tonic::Status` codes and HTTP statuses.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a coordinator operation failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -16,9 +17,14 @@ pub enum CoordError {
     /// The caller's input is wrong; names the field.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// Not found.
-    #[error("not found: {0}")]
-    NotFound(String),
+    /// Something the request names does not exist.
+    #[error("not found: {kind} {id}")]
+    NotFound {
+        /// What kind of thing (`key`, `withdrawal`, `wallet`, `report`).
+        kind: &'static str,
+        /// The id the request gave (with the known ones where that helps).
+        id: String,
+    },
     /// A unique id was reused.
     #[error("{0}")]
     AlreadyExists(String),
@@ -98,9 +104,15 @@ pub enum CoordError {
     /// The caller is not allowed to do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// The database failed: nothing was signed.
-    #[error("storage failure: {0}")]
-    Storage(String),
+    /// The database (or the log's store) failed: nothing was signed.
+    #[error("storage failure: {during}: {source}")]
+    Storage {
+        /// What was being done (`withdrawal store`, `ledger deposit d-1`).
+        during: String,
+        /// The failure itself, kept for its type and its own sources
+        /// (shared: the error is `Clone`, a `sqlx::Error` is not).
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -183,6 +195,25 @@ impl CoordError {
     /// reach ([`Self::is_unavailable`]) or too slow (a timeout).
     pub fn is_transient(&self) -> bool {
         self.is_unavailable() || matches!(self, CoordError::DeadlineExceeded { .. })
+    }
+
+    /// Storage failed while doing `during`.
+    pub fn storage(
+        during: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> CoordError {
+        CoordError::Storage {
+            during: during.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// The `kind` named `id` does not exist.
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> CoordError {
+        CoordError::NotFound {
+            kind,
+            id: id.into(),
+        }
     }
 
     /// A dependency (not a signer) is unavailable.
@@ -328,6 +359,26 @@ mod tests {
         for (e, text) in cases {
             assert_eq!(e.to_string(), text);
         }
+    }
+
+    #[test]
+    fn storage_keeps_what_and_the_source() {
+        let e = CoordError::storage("withdrawal store", sqlx::Error::PoolTimedOut);
+        assert!(
+            e.to_string()
+                .starts_with("storage failure: withdrawal store: "),
+            "{e}"
+        );
+        let CoordError::Storage { source, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(matches!(
+            source.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut)
+        ));
+        assert!(std::error::Error::source(&e).is_some());
+        let e = CoordError::not_found("withdrawal", "wd-1");
+        assert_eq!(e.to_string(), "not found: withdrawal wd-1");
     }
 
     #[test]

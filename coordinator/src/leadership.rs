@@ -44,11 +44,11 @@ use crate::error::CoordError;
 const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(format!("leadership lease: {e}"))
+    CoordError::storage("leadership lease", e)
 }
 
 fn to_epoch(v: i64) -> Result<u64, CoordError> {
-    u64::try_from(v).map_err(|_| CoordError::Storage(format!("leadership lease: epoch {v}")))
+    u64::try_from(v).map_err(|e| CoordError::storage(format!("leadership lease: epoch {v}"), e))
 }
 
 /// The lease row as read.

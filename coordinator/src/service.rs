@@ -15,6 +15,7 @@ use crate::auth::{Role, identity};
 use crate::cluster::Cluster;
 use crate::db::KeyRow;
 use crate::edge::status;
+use crate::error::CoordError;
 use crate::withdrawal::store::{ApprovalRow, WithdrawalRow};
 use crate::withdrawal::{CreateRequest, Engine, State, SubmittedVerdict};
 
@@ -547,7 +548,8 @@ impl Custody for CustodyService {
         let id = req.into_inner().id;
         let row = engine.get(&id).await.map_err(status)?;
         if who.roles == [Role::Backend] && row.client_id != who.id {
-            return Err(Status::not_found(format!("not found: withdrawal {id}")));
+            // Another client's withdrawal: answered as one that does not exist.
+            return Err(status(CoordError::not_found("withdrawal", id)));
         }
         Ok(Response::new(view(engine, row).await?))
     }
@@ -710,7 +712,7 @@ impl Custody for CustodyService {
             .await
             .map_err(status)?
             .filter(|k| k.state == "ready")
-            .ok_or_else(|| Status::not_found(format!("not found: wallet {id}")))?;
+            .ok_or_else(|| status(CoordError::not_found("wallet", id)))?;
         Ok(Response::new(self.wallet(k)))
     }
 

@@ -213,7 +213,7 @@ async fn withdrawals(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Vec<Wd
     .bind(q.to_ms)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| CoordError::Storage(e.to_string()))?;
+    .map_err(|e| CoordError::storage("report", e))?;
     Ok(rows
         .into_iter()
         .map(|r| Wd {
@@ -295,10 +295,10 @@ pub async fn run(
         "risk" => risk(conn, q).await?,
         "fees" => fees(conn, q).await?,
         other => {
-            return Err(CoordError::NotFound(format!(
-                "report `{other}` (reports: {})",
-                REPORTS.join(", ")
-            )));
+            return Err(CoordError::not_found(
+                "report",
+                format!("`{other}` (reports: {})", REPORTS.join(", ")),
+            ));
         }
     };
     Ok(Report {
@@ -477,7 +477,7 @@ async fn fees(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Table, CoordE
     .bind(q.to_ms)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| CoordError::Storage(e.to_string()))?;
+    .map_err(|e| CoordError::storage("report", e))?;
     let mut acc: BTreeMap<Vec<String>, (u64, i128)> = BTreeMap::new();
     for (wallet, asset, amount, at) in lines {
         let amount: i128 = amount

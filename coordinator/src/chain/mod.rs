@@ -340,7 +340,7 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
 }
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("chain transactions", e)
 }
 
 /// Why a chain step could not proceed now (the withdrawal waits, with this note).

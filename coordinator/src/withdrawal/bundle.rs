@@ -73,12 +73,12 @@ impl PolicyHolder {
         sqlx::query(SCHEMA)
             .execute(pool)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("policy bundles", e))?;
         let known = sqlx::query("SELECT policy_hash FROM policy_bundles WHERE policy_hash = $1")
             .bind(hash.to_string())
             .fetch_optional(pool)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("policy bundles", e))?;
         if known.is_none() {
             sqlx::query(
                 "INSERT INTO policy_bundles (policy_hash, document, signatures, first_seen) VALUES ($1, $2, $3, $4)",
@@ -89,14 +89,14 @@ impl PolicyHolder {
             .bind(now.0)
             .execute(pool)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("policy bundles", e))?;
         }
         let rows = sqlx::query(
             "SELECT document, signatures, first_seen FROM policy_bundles ORDER BY first_seen, policy_hash",
         )
         .fetch_all(pool)
         .await
-        .map_err(|e| CoordError::Storage(e.to_string()))?;
+        .map_err(|e| CoordError::storage("policy bundles", e))?;
         let mut state: Option<PolicyState> = None;
         let mut bundles = HashMap::new();
         for r in rows {
@@ -162,12 +162,12 @@ pub async fn activation_entry(
     sqlx::query(SCHEMA)
         .execute(pool)
         .await
-        .map_err(|e| CoordError::Storage(e.to_string()))?;
+        .map_err(|e| CoordError::storage("policy bundles", e))?;
     let known = sqlx::query("SELECT policy_hash FROM policy_bundles WHERE policy_hash = $1")
         .bind(hash.to_string())
         .fetch_optional(pool)
         .await
-        .map_err(|e| CoordError::Storage(e.to_string()))?;
+        .map_err(|e| CoordError::storage("policy bundles", e))?;
     if known.is_some() {
         return Ok(None);
     }

@@ -750,7 +750,7 @@ impl Engine {
         self.store
             .get(id)
             .await?
-            .ok_or_else(|| CoordError::NotFound(format!("withdrawal {id}")))
+            .ok_or_else(|| CoordError::not_found("withdrawal", id))
     }
 
     // ------------------------------------------------------------ driving
@@ -1424,7 +1424,7 @@ impl Engine {
         // One witness round covers the decision and the signing session.
         let size = match self.audit.witness_through(signing_index, signers).await {
             Ok(s) => s,
-            Err(e @ CoordError::Storage(_)) => return Err(e),
+            Err(e @ CoordError::Storage { .. }) => return Err(e),
             Err(e) => {
                 return Ok(Err(CoordError::unavailable(format!(
                     "witness round before signing: {e}"
@@ -1826,7 +1826,7 @@ impl Engine {
         text_ok("reason", reason, MAX_MEMO, false)?;
         let row = self.get(id).await?;
         if row.client_id != who.id && !who.is_admin() {
-            return Err(CoordError::NotFound(format!("withdrawal {id}")));
+            return Err(CoordError::not_found("withdrawal", id));
         }
         let state = row.state()?;
         if !state.cancellable() {

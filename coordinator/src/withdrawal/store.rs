@@ -264,7 +264,7 @@ pub enum Val {
 pub type Updates = Vec<(&'static str, Val)>;
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("withdrawal store", e)
 }
 
 fn row(r: &AnyRow) -> WithdrawalRow {
