@@ -138,9 +138,10 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), CoordError> {
     if custos_service::daemon::is_valid_id(id) {
         Ok(())
     } else {
-        Err(CoordError::InvalidArgument(format!(
-            "{field}: {id:?} must be 1-64 characters of letters, digits, '-', '_', '.'"
-        )))
+        Err(CoordError::invalid(
+            field,
+            format!("{id:?} must be 1-64 characters of letters, digits, '-', '_', '.'"),
+        ))
     }
 }
 
@@ -521,17 +522,21 @@ impl Cluster {
         };
         let n = self.signers.all.len() as u16;
         if threshold < 2 || threshold > n {
-            return Err(CoordError::InvalidArgument(format!(
-                "threshold: {threshold} must be between 2 and {n}"
-            )));
+            return Err(CoordError::invalid(
+                "threshold",
+                format!("{threshold} must be between 2 and {n}"),
+            ));
         }
         if !chain.is_empty() && usize::from(threshold) * 2 <= usize::from(n) {
             // Signers refuse withdrawals on such a key (two disjoint signer
             // sets could each sign one withdrawal): say so before keygen.
-            return Err(CoordError::InvalidArgument(format!(
-                "threshold: a wallet key for chain {chain} needs more than half of the {n} signers ({} or more), not {threshold}",
-                n / 2 + 1
-            )));
+            return Err(CoordError::invalid(
+                "threshold",
+                format!(
+                    "a wallet key for chain {chain} needs more than half of the {n} signers ({} or more), not {threshold}",
+                    n / 2 + 1
+                ),
+            ));
         }
         let (group_id, participants) = self.db.ready_group().await?.ok_or_else(|| {
             CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state()))
@@ -650,12 +655,13 @@ impl Cluster {
     ) -> Result<SignOutcome, CoordError> {
         validate_id("key_id", key_id)?;
         if request_id.is_empty() || request_id.len() > 128 {
-            return Err(CoordError::InvalidArgument(
-                "request_id: must be 1-128 characters".into(),
+            return Err(CoordError::invalid(
+                "request_id",
+                "must be 1-128 characters",
             ));
         }
         let digest: [u8; 32] = digest.try_into().map_err(|_| {
-            CoordError::InvalidArgument(format!("digest: must be 32 bytes, got {}", digest.len()))
+            CoordError::invalid("digest", format!("must be 32 bytes, got {}", digest.len()))
         })?;
         let key = self
             .db
@@ -1381,6 +1387,20 @@ mod tests {
         assert!(
             matches!(&e, CoordError::Aborted { culprit: Some(c), reporter: Some(r), .. } if c == "signer-3" && r == "signer-2"),
             "{e}"
+        );
+    }
+
+    /// Invalid input names its field as data; the text is as before.
+    #[test]
+    fn invalid_input_names_the_field() {
+        let e = validate_id("key_id", "no spaces").unwrap_err();
+        assert!(
+            matches!(&e, CoordError::InvalidArgument { field, .. } if field == "key_id"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: key_id: \"no spaces\" must be 1-64 characters of letters, digits, '-', '_', '.'"
         );
     }
 

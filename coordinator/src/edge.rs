@@ -23,7 +23,7 @@ use crate::error::{CoordError, SignerRejection};
 /// The gRPC code of a domain error.
 pub fn grpc_code(e: &CoordError) -> Code {
     match e {
-        CoordError::InvalidArgument(_) => Code::InvalidArgument,
+        CoordError::InvalidArgument { .. } => Code::InvalidArgument,
         CoordError::NotFound { .. } => Code::NotFound,
         CoordError::AlreadyExists(_) => Code::AlreadyExists,
         CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -46,7 +46,7 @@ pub fn grpc_code(e: &CoordError) -> Code {
 /// The HTTP status of a domain error.
 pub fn http_status(e: &CoordError) -> StatusCode {
     match e {
-        CoordError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        CoordError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
         CoordError::NotFound { .. } => StatusCode::NOT_FOUND,
         CoordError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         CoordError::AlreadyExists(_) => StatusCode::CONFLICT,
@@ -130,7 +130,7 @@ mod tests {
         );
         let rows: Vec<Row> = vec![
             (
-                CoordError::InvalidArgument(s("amount: must be positive")),
+                CoordError::invalid("amount", "must be positive"),
                 Code::InvalidArgument,
                 400,
                 "invalid argument: amount: must be positive",

@@ -14,9 +14,14 @@ use std::sync::Arc;
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoordError {
-    /// The caller's input is wrong; names the field.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    /// The caller's input (or the config) is wrong; names the field.
+    #[error("invalid argument: {field}: {problem}")]
+    InvalidArgument {
+        /// The request field or config field (`amount`, `chains[0].rpc_url`).
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Something the request names does not exist.
     #[error("not found: {kind} {id}")]
     NotFound {
@@ -195,6 +200,14 @@ impl CoordError {
     /// reach ([`Self::is_unavailable`]) or too slow (a timeout).
     pub fn is_transient(&self) -> bool {
         self.is_unavailable() || matches!(self, CoordError::DeadlineExceeded { .. })
+    }
+
+    /// The caller's `field` is wrong: `problem`.
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> CoordError {
+        CoordError::InvalidArgument {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// Storage failed while doing `during`.

@@ -86,8 +86,9 @@ impl Lease {
         duration: Duration,
     ) -> Result<Self, CoordError> {
         if db.backend != Backend::Postgres {
-            return Err(CoordError::InvalidArgument(
-                "leadership: a lease needs PostgreSQL (database_url = \"postgres://...\")".into(),
+            return Err(CoordError::invalid(
+                "leadership",
+                "a lease needs PostgreSQL (database_url = \"postgres://...\")",
             ));
         }
         let ddl = "CREATE TABLE IF NOT EXISTS coordinator_lease (

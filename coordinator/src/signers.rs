@@ -206,11 +206,14 @@ impl Signers {
                 .domain_name(e.tls_name.clone());
             let channel = Endpoint::from_shared(e.endpoint.clone())
                 .map_err(|err| {
-                    CoordError::InvalidArgument(format!("signers endpoint {:?}: {err}", e.endpoint))
+                    CoordError::invalid(
+                        format!("signers endpoint {:?}", e.endpoint),
+                        err.to_string(),
+                    )
                 })?
                 .tls_config(tls)
                 .map_err(|err| {
-                    CoordError::InvalidArgument(format!("signers tls for {}: {err}", e.node_id))
+                    CoordError::invalid(format!("signers tls for {}", e.node_id), err.to_string())
                 })?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)

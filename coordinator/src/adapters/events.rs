@@ -196,7 +196,7 @@ pub async fn start_dispatcher(db: Db, s: &EventSettings) -> Result<RunningDispat
                 ..NatsConfig::default()
             })
             .await
-            .map_err(|e| CoordError::InvalidArgument(format!("events.nats_url: {e}")))?;
+            .map_err(|e| CoordError::invalid("events.nats_url", e.to_string()))?;
             dispatcher = dispatcher.with_nats(sink);
             true
         }

@@ -192,7 +192,7 @@ impl Adapters {
         chains: Arc<crate::chain::Chains>,
     ) -> Result<Adapters, CoordError> {
         let default_overdraft = ledger::parse_overdraft(&ledger_cfg.default_overdraft)
-            .map_err(|e| CoordError::InvalidArgument(format!("ledger.default_overdraft: {e}")))?;
+            .map_err(|e| CoordError::invalid("ledger.default_overdraft", e.to_string()))?;
         let sdb = custos_service::db::Db {
             pool: db.pool().clone(),
             backend: db.backend(),

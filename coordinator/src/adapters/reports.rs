@@ -57,9 +57,10 @@ impl Group {
             "wallet" => Ok(Group::Wallet),
             "asset" => Ok(Group::Asset),
             "day" => Ok(Group::Day),
-            other => Err(CoordError::InvalidArgument(format!(
-                "group: `{other}` is not one of wallet, asset, day"
-            ))),
+            other => Err(CoordError::invalid(
+                "group",
+                format!("`{other}` is not one of wallet, asset, day"),
+            )),
         }
     }
 }
@@ -110,10 +111,10 @@ pub fn parse_bound(s: &str, end: bool) -> Result<i64, CoordError> {
         return Ok(ms);
     }
     let bad = || {
-        CoordError::InvalidArgument(format!(
-            "{}: `{s}` is not YYYY-MM-DD, RFC 3339 or Unix ms",
-            if end { "to" } else { "from" }
-        ))
+        CoordError::invalid(
+            if end { "to" } else { "from" },
+            format!("`{s}` is not YYYY-MM-DD, RFC 3339 or Unix ms"),
+        )
     };
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(date) = time::Date::parse(s, &fmt) {
@@ -283,8 +284,9 @@ pub async fn run(
     q: &ReportQuery,
 ) -> Result<Report, CoordError> {
     if q.from_ms > q.to_ms {
-        return Err(CoordError::InvalidArgument(
-            "from: the range starts after it ends".into(),
+        return Err(CoordError::invalid(
+            "from",
+            "the range starts after it ends",
         ));
     }
     let (columns, rows) = match name {

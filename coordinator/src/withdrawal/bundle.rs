@@ -55,20 +55,18 @@ impl PolicyHolder {
     ) -> Result<Self, CoordError> {
         let read = |p: &Path, field: &str| {
             std::fs::read(p).map_err(|e| {
-                CoordError::InvalidArgument(format!(
-                    "config field `policy.{field}`: {}: {e}",
-                    p.display()
-                ))
+                CoordError::invalid(
+                    format!("config field `policy.{field}`"),
+                    format!("{}: {e}", p.display()),
+                )
             })
         };
-        let admin_set = AdminSet::parse(&read(admins, "admins")?).map_err(|e| {
-            CoordError::InvalidArgument(format!("config field `policy.admins`: {e}"))
-        })?;
+        let admin_set = AdminSet::parse(&read(admins, "admins")?)
+            .map_err(|e| CoordError::invalid("config field `policy.admins`", e.to_string()))?;
         let doc = read(document, "document")?;
         let sigs = read(signatures, "signatures")?;
-        verify(&doc, &sigs, &admin_set).map_err(|e| {
-            CoordError::InvalidArgument(format!("config field `policy.document`: {e}"))
-        })?;
+        verify(&doc, &sigs, &admin_set)
+            .map_err(|e| CoordError::invalid("config field `policy.document`", e.to_string()))?;
         let hash = PolicyHash::of_document(&doc);
         sqlx::query(SCHEMA)
             .execute(pool)
@@ -154,10 +152,9 @@ pub async fn activation_entry(
     signatures: &Path,
 ) -> Result<Option<custos_audit::EntryBody>, CoordError> {
     let doc = std::fs::read(document)
-        .map_err(|e| CoordError::InvalidArgument(format!("config field `policy.document`: {e}")))?;
-    let sigs = std::fs::read(signatures).map_err(|e| {
-        CoordError::InvalidArgument(format!("config field `policy.signatures`: {e}"))
-    })?;
+        .map_err(|e| CoordError::invalid("config field `policy.document`", e.to_string()))?;
+    let sigs = std::fs::read(signatures)
+        .map_err(|e| CoordError::invalid("config field `policy.signatures`", e.to_string()))?;
     let hash = PolicyHash::of_document(&doc);
     sqlx::query(SCHEMA)
         .execute(pool)
