@@ -61,7 +61,7 @@ pub fn note_size(note: &str) -> Option<u64> {
 const RETRY_SCAN: u64 = 10_000;
 
 fn log_err(e: AuditError) -> CoordError {
-    CoordError::Storage(format!("audit log unavailable, nothing done: {e}"))
+    CoordError::storage("audit log unavailable, nothing done", e)
 }
 
 impl AuditTrail {
@@ -301,7 +301,14 @@ impl AuditTrail {
         for (n, required, r) in answers {
             match r {
                 Ok(mut l) => lines.append(&mut l),
-                Err(e) if required => failed.push(format!("{n}: {e}")),
+                // Name the witness once: most errors name it already.
+                Err(e) if required => failed.push(
+                    if e.culprit() == Some(n.as_str()) || e.absent().contains(&n.as_str()) {
+                        e.to_string()
+                    } else {
+                        format!("{n}: {e}")
+                    },
+                ),
                 Err(e) => tracing::debug!(node = %n, error = %e, "witness did not co-sign"),
             }
         }
@@ -312,7 +319,7 @@ impl AuditTrail {
                 .map_err(log_err)?;
         }
         if !failed.is_empty() {
-            return Err(CoordError::Unavailable(format!(
+            return Err(CoordError::unavailable(format!(
                 "witnesses did not co-sign checkpoint {size}: {}",
                 failed.join("; ")
             )));
@@ -364,21 +371,22 @@ impl AuditTrail {
             }
             Ok(Err(st)) => {
                 if s.fenced(&st).is_some() {
-                    return Err(CoordError::Unavailable(format!(
-                        "{node} refused: {}",
-                        st.message()
-                    )));
+                    return Err(CoordError::Unavailable {
+                        signer: Some(node.to_owned()),
+                        reason: format!("refused: {}", st.message()),
+                    });
                 }
                 // Forget what we assumed; ask again next time.
                 self.witnessed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(node);
-                Err(CoordError::Refused(st.message().to_owned()))
+                Err(CoordError::Refused {
+                    signer: node.to_owned(),
+                    reason: st.message().to_owned(),
+                })
             }
-            Err(_) => Err(CoordError::DeadlineExceeded(format!(
-                "{node} did not co-sign in time"
-            ))),
+            Err(_) => Err(CoordError::silent(node, "did not co-sign in time")),
         }
     }
 

@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::db::{Db, KeyRow};
-use crate::error::CoordError;
+use crate::error::{CoordError, SignerRejection, Unreachable};
 use crate::signers::{Signer, Signers};
 
 /// Tunables from the config.
@@ -138,35 +138,72 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), CoordError> {
     if custos_service::daemon::is_valid_id(id) {
         Ok(())
     } else {
-        Err(CoordError::InvalidArgument(format!(
-            "{field}: {id:?} must be 1-64 characters of letters, digits, '-', '_', '.'"
-        )))
+        Err(CoordError::invalid(
+            field,
+            format!("{id:?} must be 1-64 characters of letters, digits, '-', '_', '.'"),
+        ))
     }
 }
 
-/// Maps a signer's reply to our error, naming the signer.
+/// Maps a signer's reply to our error, naming the signer; notes on the
+/// signer what the reply says about it (unreachable, or our leadership fenced).
 fn signer_error(signer: &Signer, s: &tonic::Status) -> CoordError {
-    let node = &signer.endpoint.node_id;
+    let fenced = signer.fenced(s).is_some();
+    if !fenced
+        && matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        )
+    {
+        signer.mark_unreachable(s.message());
+    }
+    signer_failure(&signer.endpoint.node_id, fenced, s)
+}
+
+/// The error for signer `node`'s failed answer `s`, keeping the signer (and
+/// the peer or peers its answer names) as data. `fenced`: the answer refuses
+/// us as a coordinator whose leadership is over.
+fn signer_failure(node: &str, fenced: bool, s: &tonic::Status) -> CoordError {
+    let signer = node.to_owned();
+    let message = s.message().to_owned();
     // A fenced coordinator's request: retryable by whoever leads now (never
     // a failure of the withdrawal), and our leadership is over.
-    if signer.fenced(s).is_some() {
-        return CoordError::Unavailable(format!("{node} refused: {}", s.message()));
+    if fenced {
+        return CoordError::Unavailable {
+            signer: Some(signer),
+            reason: format!("refused: {message}"),
+        };
     }
+    let rejected = |kind| CoordError::SignerRejected {
+        signer: node.to_owned(),
+        kind,
+        message: message.clone(),
+    };
     match s.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => {
-            signer.mark_unreachable(s.message());
-            CoordError::Unavailable(format!("{node} unreachable: {}", s.message()))
-        }
-        Code::DeadlineExceeded => CoordError::DeadlineExceeded(format!("{node}: {}", s.message())),
-        Code::Aborted => CoordError::Aborted(format!("{node} reports: {}", s.message())),
-        Code::InvalidArgument => CoordError::InvalidArgument(format!("{node}: {}", s.message())),
-        Code::FailedPrecondition => {
-            CoordError::FailedPrecondition(format!("{node}: {}", s.message()))
-        }
-        Code::PermissionDenied => CoordError::Refused(format!("{node}: {}", s.message())),
-        Code::AlreadyExists => CoordError::AlreadyExists(format!("{node}: {}", s.message())),
-        Code::NotFound => CoordError::NotFound(format!("{node}: {}", s.message())),
-        _ => CoordError::Internal(format!("{node}: {}", s.message())),
+        Code::Unavailable | Code::Unknown | Code::Cancelled => CoordError::Unavailable {
+            signer: Some(signer),
+            reason: format!("unreachable: {message}"),
+        },
+        Code::DeadlineExceeded => CoordError::DeadlineExceeded {
+            waiting_for: crate::signers::reported_waiting_for(s),
+            reporter: Some(signer),
+            reason: message,
+        },
+        Code::Aborted => CoordError::Aborted {
+            culprit: crate::signers::reported_culprit(s),
+            reporter: Some(signer),
+            suspects: Vec::new(),
+            reason: message,
+        },
+        Code::PermissionDenied => CoordError::Refused {
+            signer,
+            reason: message,
+        },
+        Code::InvalidArgument => rejected(SignerRejection::InvalidRequest),
+        Code::FailedPrecondition => rejected(SignerRejection::NotReady),
+        Code::AlreadyExists => rejected(SignerRejection::Replay),
+        Code::NotFound => rejected(SignerRejection::NotFound),
+        _ => rejected(SignerRejection::Internal),
     }
 }
 
@@ -201,7 +238,7 @@ where
             Ok(Err(status)) => {
                 let e = signer_error(&s, &status);
                 // A peer-misbehaviour report names the culprit: prefer it.
-                if matches!(e, CoordError::Aborted(_)) {
+                if matches!(e, CoordError::Aborted { .. }) {
                     return Err(e);
                 }
                 // Give the others a moment to report who caused it.
@@ -209,18 +246,17 @@ where
                     tokio::time::timeout(Duration::from_secs(2), pending.next()).await
                 {
                     let e2 = signer_error(&s2, &st2);
-                    if matches!(e2, CoordError::Aborted(_)) {
+                    if matches!(e2, CoordError::Aborted { .. }) {
                         return Err(e2);
                     }
                 }
                 return Err(e);
             }
             Err(_) => {
-                return Err(CoordError::DeadlineExceeded(format!(
-                    "{} did not answer within {}s",
-                    s.endpoint.node_id,
-                    deadline.as_secs()
-                )));
+                return Err(CoordError::silent(
+                    &s.endpoint.node_id,
+                    format!("did not answer within {}s", deadline.as_secs()),
+                ));
             }
         }
     }
@@ -244,7 +280,12 @@ fn combine_partials(
         .zip(signer_ids)
         .map(|(p, n)| {
             serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
-                CoordError::Aborted(format!("{n} returned a malformed partial signature"))
+                CoordError::Aborted {
+                    culprit: Some(n.clone()),
+                    reporter: None,
+                    suspects: Vec::new(),
+                    reason: "returned a malformed partial signature".into(),
+                }
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -252,15 +293,31 @@ fn combine_partials(
         .try_into()
         .map_err(|_| CoordError::Internal("stored public key".into()))?;
     let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
-        CoordError::Aborted(format!(
-            "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
-            signer_ids.join(", ")
-        ))
+        CoordError::Aborted {
+            culprit: None,
+            reporter: None,
+            suspects: signer_ids.to_vec(),
+            reason: format!(
+                "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
+                signer_ids.join(", ")
+            ),
+        }
     })?;
     let recovery_id =
         custos_chains::evm::signature::recovery_id(public_key, digest, &sig.r, &sig.s)
             .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
     Ok((sig, recovery_id))
+}
+
+/// An interactive signature whose `which` component is malformed: the
+/// signature is the first signer's answer, so that signer is the culprit.
+fn malformed_signature(ids: &[String], which: &str) -> CoordError {
+    CoordError::Aborted {
+        culprit: ids.first().cloned(),
+        reporter: None,
+        suspects: Vec::new(),
+        reason: format!("returned a malformed {which}"),
+    }
 }
 
 impl Cluster {
@@ -465,17 +522,21 @@ impl Cluster {
         };
         let n = self.signers.all.len() as u16;
         if threshold < 2 || threshold > n {
-            return Err(CoordError::InvalidArgument(format!(
-                "threshold: {threshold} must be between 2 and {n}"
-            )));
+            return Err(CoordError::invalid(
+                "threshold",
+                format!("{threshold} must be between 2 and {n}"),
+            ));
         }
         if !chain.is_empty() && usize::from(threshold) * 2 <= usize::from(n) {
             // Signers refuse withdrawals on such a key (two disjoint signer
             // sets could each sign one withdrawal): say so before keygen.
-            return Err(CoordError::InvalidArgument(format!(
-                "threshold: a wallet key for chain {chain} needs more than half of the {n} signers ({} or more), not {threshold}",
-                n / 2 + 1
-            )));
+            return Err(CoordError::invalid(
+                "threshold",
+                format!(
+                    "a wallet key for chain {chain} needs more than half of the {n} signers ({} or more), not {threshold}",
+                    n / 2 + 1
+                ),
+            ));
         }
         let (group_id, participants) = self.db.ready_group().await?.ok_or_else(|| {
             CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state()))
@@ -515,9 +576,12 @@ impl Cluster {
         let first = keys.first().cloned().unwrap_or_default();
         if keys.iter().any(|k| *k != first) {
             self.db.finish_key(&key_id, None, None).await?;
-            return Err(CoordError::Aborted(
-                "signers disagree on the public key; key discarded".into(),
-            ));
+            return Err(CoordError::Aborted {
+                culprit: None,
+                reporter: None,
+                suspects: participants.clone(),
+                reason: "signers disagree on the public key; key discarded".into(),
+            });
         }
         // The wallet's address in its chain's format (EIP-55, or P2WPKH on
         // a UTXO chain); a key without a chain gets its Ethereum address.
@@ -539,20 +603,25 @@ impl Cluster {
         participants: &[String],
         need: usize,
     ) -> Result<Vec<Arc<Signer>>, CoordError> {
-        let pick = |fresh: bool| -> (Vec<Arc<Signer>>, Vec<String>) {
-            let _ = fresh;
+        let pick = || -> (Vec<Arc<Signer>>, Vec<Unreachable>) {
             let mut live = Vec::new();
             let mut down = Vec::new();
             for p in participants {
                 match self.signers.get(p) {
                     Some(s) if s.health().reachable => live.push(s.clone()),
-                    Some(s) => down.push(format!("{p} ({})", s.endpoint.endpoint)),
-                    None => down.push(format!("{p} (not configured)")),
+                    Some(s) => down.push(Unreachable {
+                        signer: p.clone(),
+                        endpoint: Some(s.endpoint.endpoint.clone()),
+                    }),
+                    None => down.push(Unreachable {
+                        signer: p.clone(),
+                        endpoint: None,
+                    }),
                 }
             }
             (live, down)
         };
-        let (live, _) = pick(false);
+        let (live, _) = pick();
         if live.len() >= need {
             return Ok(live);
         }
@@ -564,15 +633,15 @@ impl Cluster {
                 s.probe().await;
             }
         }
-        let (live, down) = pick(true);
+        let (live, missing) = pick();
         if live.len() >= need {
             return Ok(live);
         }
-        Err(CoordError::Unavailable(format!(
-            "need {need} signers, {} reachable; unreachable: {}",
-            live.len(),
-            down.join(", ")
-        )))
+        Err(CoordError::SignersUnavailable {
+            needed: need,
+            reachable: live.len(),
+            missing,
+        })
     }
 
     /// Signs a digest: from a pooled presignature when one is ready with
@@ -586,18 +655,19 @@ impl Cluster {
     ) -> Result<SignOutcome, CoordError> {
         validate_id("key_id", key_id)?;
         if request_id.is_empty() || request_id.len() > 128 {
-            return Err(CoordError::InvalidArgument(
-                "request_id: must be 1-128 characters".into(),
+            return Err(CoordError::invalid(
+                "request_id",
+                "must be 1-128 characters",
             ));
         }
         let digest: [u8; 32] = digest.try_into().map_err(|_| {
-            CoordError::InvalidArgument(format!("digest: must be 32 bytes, got {}", digest.len()))
+            CoordError::invalid("digest", format!("must be 32 bytes, got {}", digest.len()))
         })?;
         let key = self
             .db
             .key(key_id)
             .await?
-            .ok_or_else(|| CoordError::NotFound(format!("key {key_id}")))?;
+            .ok_or_else(|| CoordError::not_found("key", key_id))?;
         let public_key = match (&key.state[..], &key.public_key) {
             ("ready", Some(pk)) => pk.clone(),
             _ => {
@@ -709,8 +779,7 @@ impl Cluster {
                     .await
                 {
                     Ok(o) => return Ok(o),
-                    Err(e @ CoordError::Unavailable(_))
-                    | Err(e @ CoordError::DeadlineExceeded(_)) => {
+                    Err(e) if e.is_transient() => {
                         // The presignature is burned (consumed on the signers that answered); try again.
                         tracing::warn!(%presig_id, error = %e, "presignature signing failed; retrying");
                         last_err = Some(e);
@@ -725,15 +794,14 @@ impl Cluster {
                 .await
             {
                 Ok(o) => return Ok(o),
-                Err(e @ CoordError::Unavailable(_)) => {
+                Err(e) if e.is_unavailable() => {
                     last_err = Some(e);
                     continue;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err
-            .unwrap_or_else(|| CoordError::Unavailable("no signing attempt succeeded".into())))
+        Err(last_err.unwrap_or_else(|| CoordError::unavailable("no signing attempt succeeded")))
     }
 
     async fn sign_with_presig(
@@ -811,15 +879,18 @@ impl Cluster {
             .r
             .clone()
             .try_into()
-            .map_err(|_| CoordError::Aborted("malformed r".into()))?;
+            .map_err(|_| malformed_signature(&ids, "r"))?;
         let s: [u8; 32] = first
             .s
             .clone()
             .try_into()
-            .map_err(|_| CoordError::Aborted("malformed s".into()))?;
+            .map_err(|_| malformed_signature(&ids, "s"))?;
         let recovery_id = custos_chains::evm::signature::recovery_id(public_key, digest, &r, &s)
-            .ok_or_else(|| {
-                CoordError::Aborted(format!("signature from {} does not verify", ids.join(", ")))
+            .ok_or_else(|| CoordError::Aborted {
+                culprit: None,
+                reporter: None,
+                suspects: ids.clone(),
+                reason: format!("signature from {} does not verify", ids.join(", ")),
             })?;
         Ok(SignOutcome {
             r,
@@ -938,10 +1009,15 @@ impl Cluster {
                 self.metrics
                     .presign_failures
                     .fetch_add(1, Ordering::Relaxed);
-                Err(CoordError::Aborted(format!(
-                    "signers {} disagree on the nonce of presignature {presig_id}; discarded",
-                    ids.join(", ")
-                )))
+                Err(CoordError::Aborted {
+                    culprit: None,
+                    reporter: None,
+                    suspects: ids.clone(),
+                    reason: format!(
+                        "signers {} disagree on the nonce of presignature {presig_id}; discarded",
+                        ids.join(", ")
+                    ),
+                })
             }
             Err(e) => {
                 self.db.set_presig(&presig_id, "failed", None).await?;
@@ -1055,7 +1131,7 @@ impl Cluster {
                 let r = match tokio::time::timeout(timeout, request).await {
                     Ok(Ok(answer)) => Ok(answer.into_inner()),
                     Ok(Err(st)) => Err(signer_error(&s, &st)),
-                    Err(_) => Err(CoordError::DeadlineExceeded(format!("{n} did not answer"))),
+                    Err(_) => Err(CoordError::silent(n, "did not answer")),
                 };
                 (n.clone(), r)
             }
@@ -1064,7 +1140,7 @@ impl Cluster {
     }
 
     /// Registers a completed quorum with every participant; returns each
-    /// signer's answer (a refusal is `CoordError::Refused`).
+    /// signer's answer (a refusal is `CoordError::Refused`, naming it).
     pub async fn register_quorum(
         &self,
         participants: &[String],
@@ -1132,4 +1208,224 @@ fn common_fixture_group(health: &[(String, crate::signers::Health)]) -> Option<S
                 .all(|(_, h)| h.reachable && h.aux_groups.contains(g))
         })
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn with(mut st: tonic::Status, key: &'static str, value: &str) -> tonic::Status {
+        st.metadata_mut().insert(key, value.parse().unwrap());
+        st
+    }
+
+    /// A signer's answer keeps the signer, and the peer its answer blames,
+    /// as data; the text is what it was.
+    #[test]
+    fn a_signers_failure_keeps_who() {
+        let st = with(
+            tonic::Status::aborted("signer signer-3 misbehaved: malformed protocol message"),
+            custos_proto::CULPRIT_HEADER,
+            "signer-3",
+        );
+        let e = signer_failure("signer-1", false, &st);
+        assert!(matches!(
+            &e,
+            CoordError::Aborted { culprit: Some(c), reporter: Some(r), .. }
+                if c == "signer-3" && r == "signer-1"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "signer-1 reports: signer signer-3 misbehaved: malformed protocol message"
+        );
+
+        let st = with(
+            tonic::Status::deadline_exceeded(
+                "session timed out after 2s waiting for [\"signer-2\", \"signer-3\"]",
+            ),
+            custos_proto::WAITING_FOR_HEADER,
+            "signer-2,signer-3",
+        );
+        let e = signer_failure("signer-1", false, &st);
+        assert!(matches!(
+            &e,
+            CoordError::DeadlineExceeded { waiting_for, reporter: Some(r), .. }
+                if waiting_for == &["signer-2", "signer-3"] && r == "signer-1"
+        ));
+        assert!(
+            e.to_string()
+                .starts_with("signer-1: session timed out after 2s")
+        );
+
+        let e = signer_failure(
+            "signer-2",
+            false,
+            &tonic::Status::permission_denied("refused by co-signer checks: time lock"),
+        );
+        assert!(matches!(
+            &e,
+            CoordError::Refused { signer, reason }
+                if signer == "signer-2" && reason == "refused by co-signer checks: time lock"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "refused: signer-2: refused by co-signer checks: time lock"
+        );
+
+        let e = signer_failure(
+            "signer-2",
+            false,
+            &tonic::Status::unavailable("connection refused"),
+        );
+        assert!(matches!(
+            &e,
+            CoordError::Unavailable { signer: Some(s), .. } if s == "signer-2"
+        ));
+        assert_eq!(e.to_string(), "signer-2 unreachable: connection refused");
+
+        let fenced = tonic::Status::failed_precondition("coordinator epoch 1 older than 2");
+        let e = signer_failure("signer-2", true, &fenced);
+        assert!(matches!(&e, CoordError::Unavailable { signer: Some(s), .. } if s == "signer-2"));
+        assert_eq!(
+            e.to_string(),
+            "signer-2 refused: coordinator epoch 1 older than 2"
+        );
+
+        for (code, kind, answered) in [
+            (
+                Code::InvalidArgument,
+                SignerRejection::InvalidRequest,
+                Code::InvalidArgument,
+            ),
+            (Code::NotFound, SignerRejection::NotFound, Code::NotFound),
+            (
+                Code::AlreadyExists,
+                SignerRejection::Replay,
+                Code::AlreadyExists,
+            ),
+            (
+                Code::FailedPrecondition,
+                SignerRejection::NotReady,
+                Code::FailedPrecondition,
+            ),
+            (Code::Internal, SignerRejection::Internal, Code::Internal),
+            (
+                Code::ResourceExhausted,
+                SignerRejection::Internal,
+                Code::Internal,
+            ),
+        ] {
+            let e = signer_failure("signer-3", false, &tonic::Status::new(code, "why"));
+            assert!(matches!(
+                &e,
+                CoordError::SignerRejected { signer, kind: k, .. } if signer == "signer-3" && *k == kind
+            ));
+            assert_eq!(e.to_string(), "signer-3: why");
+            // The client gets the code it got before the variant existed.
+            assert_eq!(crate::edge::grpc_code(&e), answered, "{code:?}");
+        }
+    }
+
+    /// The fan-out names the signer that refused, or that stayed silent, in
+    /// the typed field, and prefers a report naming a misbehaving peer.
+    #[tokio::test]
+    async fn the_fan_out_names_the_signer_at_fault() {
+        let signers = || {
+            ["signer-1", "signer-2", "signer-3"]
+                .map(Signer::unconnected)
+                .to_vec()
+        };
+        // signer-2 refuses.
+        let e = all_or_first_error(signers(), Duration::from_secs(5), |s| async move {
+            match s.endpoint.node_id.as_str() {
+                "signer-2" => Err(tonic::Status::permission_denied(
+                    "refused by co-signer checks: velocity",
+                )),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.culprit(), Some("signer-2"), "{e}");
+        assert!(matches!(e, CoordError::Refused { .. }), "{e}");
+
+        // signer-3 never answers: the deadline names it.
+        let e = all_or_first_error(signers(), Duration::from_millis(50), |s| async move {
+            if s.endpoint.node_id == "signer-3" {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, CoordError::DeadlineExceeded { waiting_for, reporter: None, .. } if waiting_for == &["signer-3"]),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "signer-3 did not answer within 0s");
+
+        // signer-1 fails first (an internal error), signer-2 reports that
+        // signer-3 misbehaved: the abort naming the culprit wins.
+        let e = all_or_first_error(signers(), Duration::from_secs(5), |s| async move {
+            match s.endpoint.node_id.as_str() {
+                "signer-1" => Err::<(), _>(tonic::Status::internal("session failed")),
+                "signer-2" => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(with(
+                        tonic::Status::aborted("signer signer-3 misbehaved: bad proof"),
+                        custos_proto::CULPRIT_HEADER,
+                        "signer-3",
+                    ))
+                }
+                _ => std::future::pending().await,
+            }
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, CoordError::Aborted { culprit: Some(c), reporter: Some(r), .. } if c == "signer-3" && r == "signer-2"),
+            "{e}"
+        );
+    }
+
+    /// Invalid input names its field as data; the text is as before.
+    #[test]
+    fn invalid_input_names_the_field() {
+        let e = validate_id("key_id", "no spaces").unwrap_err();
+        assert!(
+            matches!(&e, CoordError::InvalidArgument { field, .. } if field == "key_id"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: key_id: \"no spaces\" must be 1-64 characters of letters, digits, '-', '_', '.'"
+        );
+    }
+
+    /// A bad partial names its signer; an invalid combination names the set.
+    #[test]
+    fn a_bad_partial_names_its_signer() {
+        let ids = vec!["signer-1".to_owned(), "signer-2".to_owned()];
+        let e = combine_partials(
+            &[b"{}".to_vec(), b"not json".to_vec()],
+            &ids,
+            &[2; 33],
+            &[0; 32],
+            "ps-1",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, CoordError::Aborted { culprit: Some(c), .. } if c == "signer-1"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "signer-1 returned a malformed partial signature"
+        );
+        let e = malformed_signature(&ids, "r");
+        assert_eq!(e.culprit(), Some("signer-1"));
+        assert_eq!(e.to_string(), "signer-1 returned a malformed r");
+    }
 }

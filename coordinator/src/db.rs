@@ -123,7 +123,7 @@ fn now() -> String {
 }
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("keys and signing sessions", e)
 }
 
 fn list(json: &str) -> Vec<String> {
@@ -153,7 +153,7 @@ impl Db {
     pub async fn connect(url: &str) -> Result<Db, CoordError> {
         let db = SqlDb::connect(url, 8)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("opening the database", e))?;
         let ddl = SCHEMA.replace("BLOB", db.backend.blob());
         db.execute_ddl(&ddl).await.map_err(db_err)?;
         Ok(Db {

@@ -25,7 +25,7 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS key_failures (
 )";
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("key locks", e)
 }
 
 /// A key's failure record.

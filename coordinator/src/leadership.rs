@@ -44,11 +44,11 @@ use crate::error::CoordError;
 const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(format!("leadership lease: {e}"))
+    CoordError::storage("leadership lease", e)
 }
 
 fn to_epoch(v: i64) -> Result<u64, CoordError> {
-    u64::try_from(v).map_err(|_| CoordError::Storage(format!("leadership lease: epoch {v}")))
+    u64::try_from(v).map_err(|e| CoordError::storage(format!("leadership lease: epoch {v}"), e))
 }
 
 /// The lease row as read.
@@ -86,8 +86,9 @@ impl Lease {
         duration: Duration,
     ) -> Result<Self, CoordError> {
         if db.backend != Backend::Postgres {
-            return Err(CoordError::InvalidArgument(
-                "leadership: a lease needs PostgreSQL (database_url = \"postgres://...\")".into(),
+            return Err(CoordError::invalid(
+                "leadership",
+                "a lease needs PostgreSQL (database_url = \"postgres://...\")",
             ));
         }
         let ddl = "CREATE TABLE IF NOT EXISTS coordinator_lease (
@@ -269,7 +270,7 @@ impl Leadership {
         if self.is_active() {
             Ok(self.epoch)
         } else {
-            Err(CoordError::Unavailable(format!(
+            Err(CoordError::unavailable(format!(
                 "this coordinator no longer holds the leadership lease (epoch {}): it stopped acting",
                 self.epoch
             )))
@@ -403,7 +404,7 @@ impl LeaseFence {
         if current == Some(1) {
             Ok(())
         } else {
-            Err(CoordError::Unavailable(format!(
+            Err(CoordError::unavailable(format!(
                 "this coordinator no longer holds the leadership lease (epoch {}): the change is rolled back",
                 self.epoch
             )))

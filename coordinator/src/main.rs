@@ -463,8 +463,8 @@ async fn build(
         )
         .await
         .map_err(|e| match e {
-            custos_coordinator::error::CoordError::InvalidArgument(m) => {
-                config_error(anyhow!("config field {m}"))
+            custos_coordinator::error::CoordError::InvalidArgument { field, problem } => {
+                config_error(anyhow!("config field {field}: {problem}"))
             }
             other => Fatal(1, anyhow!("adapters: {other}")),
         })?,

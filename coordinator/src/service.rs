@@ -14,6 +14,7 @@ use crate::audit::AuditTrail;
 use crate::auth::{Role, identity};
 use crate::cluster::Cluster;
 use crate::db::KeyRow;
+use crate::edge::status;
 use crate::error::CoordError;
 use crate::withdrawal::store::{ApprovalRow, WithdrawalRow};
 use crate::withdrawal::{CreateRequest, Engine, State, SubmittedVerdict};
@@ -230,22 +231,6 @@ impl ExpectedBackup<'_> {
             ));
         }
         Ok(b)
-    }
-}
-
-/// Maps domain errors to gRPC codes.
-pub fn status(e: CoordError) -> Status {
-    let msg = e.to_string();
-    match e {
-        CoordError::InvalidArgument(_) => Status::invalid_argument(msg),
-        CoordError::NotFound(_) => Status::not_found(msg),
-        CoordError::AlreadyExists(_) => Status::already_exists(msg),
-        CoordError::FailedPrecondition(_) => Status::failed_precondition(msg),
-        CoordError::Unavailable(_) => Status::unavailable(msg),
-        CoordError::Aborted(_) => Status::aborted(msg),
-        CoordError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
-        CoordError::Refused(_) | CoordError::PermissionDenied(_) => Status::permission_denied(msg),
-        _ => Status::internal(msg),
     }
 }
 
@@ -563,7 +548,8 @@ impl Custody for CustodyService {
         let id = req.into_inner().id;
         let row = engine.get(&id).await.map_err(status)?;
         if who.roles == [Role::Backend] && row.client_id != who.id {
-            return Err(Status::not_found(format!("not found: withdrawal {id}")));
+            // Another client's withdrawal: answered as one that does not exist.
+            return Err(status(CoordError::not_found("withdrawal", id)));
         }
         Ok(Response::new(view(engine, row).await?))
     }
@@ -726,7 +712,7 @@ impl Custody for CustodyService {
             .await
             .map_err(status)?
             .filter(|k| k.state == "ready")
-            .ok_or_else(|| Status::not_found(format!("not found: wallet {id}")))?;
+            .ok_or_else(|| status(CoordError::not_found("wallet", id)))?;
         Ok(Response::new(self.wallet(k)))
     }
 

@@ -25,6 +25,31 @@ pub fn fenced_epoch(status: &tonic::Status) -> Option<u64> {
         .ok()
 }
 
+/// The peer a signer's error names as at fault (`custos-culprit`), if any.
+pub fn reported_culprit(status: &tonic::Status) -> Option<String> {
+    let v = status
+        .metadata()
+        .get(custos_proto::CULPRIT_HEADER)?
+        .to_str()
+        .ok()?;
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+/// The peers a signer's timeout says it waited for (`custos-waiting-for`).
+pub fn reported_waiting_for(status: &tonic::Status) -> Vec<String> {
+    status
+        .metadata()
+        .get(custos_proto::WAITING_FOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One signer, as `[[signers]]` in the coordinator's config names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +158,28 @@ impl Signer {
     }
 }
 
+#[cfg(test)]
+impl Signer {
+    /// A signer whose channel is never connected: tests hand the code under
+    /// test calls of their own that answer for it. Needs a tokio runtime.
+    pub(crate) fn unconnected(node_id: &str) -> Arc<Signer> {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        Arc::new(Signer {
+            endpoint: SignerEndpoint {
+                node_id: node_id.to_owned(),
+                endpoint: "http://127.0.0.1:1".to_owned(),
+                tls_name: node_id.to_owned(),
+            },
+            client: SignerControlClient::new(channel),
+            health: Mutex::new((Health::default(), None)),
+            leadership: Arc::new(Leadership::acquired(
+                1,
+                Instant::now() + Duration::from_secs(3600),
+            )),
+        })
+    }
+}
+
 /// The signer group.
 pub struct Signers {
     /// In config order.
@@ -159,11 +206,14 @@ impl Signers {
                 .domain_name(e.tls_name.clone());
             let channel = Endpoint::from_shared(e.endpoint.clone())
                 .map_err(|err| {
-                    CoordError::InvalidArgument(format!("signers endpoint {:?}: {err}", e.endpoint))
+                    CoordError::invalid(
+                        format!("signers endpoint {:?}", e.endpoint),
+                        err.to_string(),
+                    )
                 })?
                 .tls_config(tls)
                 .map_err(|err| {
-                    CoordError::InvalidArgument(format!("signers tls for {}: {err}", e.node_id))
+                    CoordError::invalid(format!("signers tls for {}", e.node_id), err.to_string())
                 })?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)

@@ -9,7 +9,7 @@ use crate::db::Db;
 use crate::error::CoordError;
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("opening the database", e)
 }
 
 /// Opens (creating) `dir/coordinator.db` with every table.

@@ -17,3 +17,13 @@ pub mod signer {
 /// (a `coordinator_epoch` older than one the signer has seen): that newer
 /// epoch, in decimal, so the coordinator knows at once it no longer leads.
 pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";
+
+/// Metadata on an error that names the signer at fault (a peer that
+/// misbehaved or could not be reached, a signer that refused): its node id.
+/// Signers set it on their answers; the coordinator keeps it as data and
+/// sets it on its own answers to clients.
+pub const CULPRIT_HEADER: &str = "custos-culprit";
+
+/// Metadata on a timeout or outage naming the signers that were waited for
+/// in vain: their node ids, comma-separated.
+pub const WAITING_FOR_HEADER: &str = "custos-waiting-for";

@@ -92,9 +92,21 @@ fn status(e: NodeError) -> Status {
         NodeError::NotFound(_) => Status::not_found(msg),
         NodeError::Replay(_) => Status::already_exists(msg),
         NodeError::NotReady(_) => Status::failed_precondition(msg),
-        NodeError::PeerMisbehaved { .. } => Status::aborted(msg),
-        NodeError::Timeout { .. } => Status::deadline_exceeded(msg),
-        NodeError::PeerUnreachable { .. } => Status::unavailable(msg),
+        // The peer at fault travels as metadata too, so the coordinator
+        // keeps it as data instead of parsing our message.
+        NodeError::PeerMisbehaved { node, .. } => {
+            with_metadata(Status::aborted(msg), custos_proto::CULPRIT_HEADER, &node)
+        }
+        NodeError::Timeout { absent, .. } => with_metadata(
+            Status::deadline_exceeded(msg),
+            custos_proto::WAITING_FOR_HEADER,
+            &absent.join(","),
+        ),
+        NodeError::PeerUnreachable { node, .. } => with_metadata(
+            Status::unavailable(msg),
+            custos_proto::CULPRIT_HEADER,
+            &node,
+        ),
         NodeError::Protocol(_) => Status::aborted(msg),
         NodeError::Refused(_) => Status::permission_denied(msg),
         NodeError::StaleEpoch { highest, .. } => {
@@ -107,6 +119,15 @@ fn status(e: NodeError) -> Status {
         }
         _ => Status::internal(msg),
     }
+}
+
+/// `status` with `value` under `key`; a value metadata cannot carry (node
+/// ids are ASCII, so never in practice) leaves the message alone to say it.
+fn with_metadata(mut status: Status, key: &'static str, value: &str) -> Status {
+    if let Ok(v) = value.parse() {
+        status.metadata_mut().insert(key, v);
+    }
+    status
 }
 
 fn digest(bytes: &[u8]) -> Result<[u8; 32], Status> {
@@ -415,5 +436,51 @@ fn sign_withdrawal(
             cos.record_signed(&v, &r.presignature_id, &partial)?;
             Ok(partial)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(st: &Status, key: &str) -> Option<String> {
+        st.metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// The peer at fault travels as metadata beside the message.
+    #[test]
+    fn an_answer_names_the_peer_at_fault() {
+        let st = status(NodeError::PeerMisbehaved {
+            node: "signer-3".into(),
+            reason: "malformed protocol message".into(),
+        });
+        assert_eq!(st.code(), tonic::Code::Aborted);
+        assert_eq!(
+            header(&st, custos_proto::CULPRIT_HEADER).as_deref(),
+            Some("signer-3")
+        );
+        let st = status(NodeError::Timeout {
+            secs: 2,
+            absent: vec!["signer-2".into(), "signer-3".into()],
+        });
+        assert_eq!(st.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            header(&st, custos_proto::WAITING_FOR_HEADER).as_deref(),
+            Some("signer-2,signer-3")
+        );
+        let st = status(NodeError::PeerUnreachable {
+            node: "signer-2".into(),
+            reason: "connection refused".into(),
+        });
+        assert_eq!(st.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            header(&st, custos_proto::CULPRIT_HEADER).as_deref(),
+            Some("signer-2")
+        );
+        let st = status(NodeError::Refused("time lock".into()));
+        assert_eq!(header(&st, custos_proto::CULPRIT_HEADER), None);
     }
 }

@@ -112,8 +112,8 @@ impl OutboxHook {
         custos_events::enqueue(conn, event)
             .await
             .map_err(|e| match e {
-                EventsError::Db(e) => CoordError::Storage(format!("outbox: {e}")),
-                other => CoordError::Storage(format!("outbox: {other}")),
+                EventsError::Db(e) => CoordError::storage("outbox", e),
+                other => CoordError::storage("outbox", other),
             })?;
         if let Some(n) = &self.notify {
             // The row becomes visible when the caller commits, after this
@@ -196,7 +196,7 @@ pub async fn start_dispatcher(db: Db, s: &EventSettings) -> Result<RunningDispat
                 ..NatsConfig::default()
             })
             .await
-            .map_err(|e| CoordError::InvalidArgument(format!("events.nats_url: {e}")))?;
+            .map_err(|e| CoordError::invalid("events.nats_url", e.to_string()))?;
             dispatcher = dispatcher.with_nats(sink);
             true
         }

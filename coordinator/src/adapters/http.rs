@@ -58,37 +58,53 @@ pub struct HttpState {
     pub webhook_destinations: custos_events::DestinationPolicy,
 }
 
-/// An error answer.
+/// An error answer: one a route decided, or a domain error, mapped at the
+/// edge ([`crate::edge`]) with the signers it names.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub enum ApiError {
+    /// A status and message the route chose.
+    Route(StatusCode, String),
+    /// A domain error.
+    Domain(CoordError),
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        match self {
+            ApiError::Route(code, message) => {
+                (code, Json(json!({ "error": message }))).into_response()
+            }
+            ApiError::Domain(e) => {
+                let mut headers = HeaderMap::new();
+                for (key, value) in crate::edge::culprit_metadata(&e) {
+                    // A value a header cannot carry stays in the body.
+                    if let Ok(v) = value.parse() {
+                        headers.insert(key, v);
+                    }
+                }
+                (
+                    crate::edge::http_status(&e),
+                    headers,
+                    Json(crate::edge::http_body(&e)),
+                )
+                    .into_response()
+            }
+        }
     }
 }
 
 impl From<CoordError> for ApiError {
     fn from(e: CoordError) -> Self {
-        let code = match &e {
-            CoordError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            CoordError::NotFound(_) => StatusCode::NOT_FOUND,
-            CoordError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            CoordError::AlreadyExists(_) => StatusCode::CONFLICT,
-            CoordError::FailedPrecondition(_) => StatusCode::PRECONDITION_FAILED,
-            CoordError::Storage(_) | CoordError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(code, e.to_string())
+        ApiError::Domain(e)
     }
 }
 
 fn storage(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}"))
+    ApiError::Route(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}"))
 }
 
 fn bad_request(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+    ApiError::Route(StatusCode::BAD_REQUEST, e.to_string())
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
@@ -106,13 +122,13 @@ fn identify(state: &HttpState, headers: &HeaderMap, roles: &[Role]) -> Result<Id
     let req = state
         .auth
         .authenticate(req)
-        .map_err(|s| ApiError(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
+        .map_err(|s| ApiError::Route(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
     let id = crate::auth::identity(&req)
-        .map_err(|s| ApiError(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
+        .map_err(|s| ApiError::Route(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
     if id.is_admin() || roles.iter().any(|r| id.roles.contains(r)) {
         Ok(id)
     } else {
-        Err(ApiError(
+        Err(ApiError::Route(
             StatusCode::FORBIDDEN,
             format!("client {} lacks the role ({roles:?})", id.id),
         ))
@@ -239,7 +255,7 @@ async fn register_webhook(
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Backend])?;
     if (body.allow_private || body.client_id.is_some()) && !id.is_admin() {
-        return Err(ApiError(
+        return Err(ApiError::Route(
             StatusCode::FORBIDDEN,
             format!(
                 "allow_private, client_id: only an admin may allow a webhook an internal destination or register one for another client (client {})",
@@ -336,7 +352,7 @@ async fn redrive(
         Some((client,)) if id.is_admin() || client == id.id => {}
         // Another client's event is reported as missing, not as forbidden.
         _ => {
-            return Err(ApiError(
+            return Err(ApiError::Route(
                 StatusCode::NOT_FOUND,
                 format!("no event {event_id}"),
             ));
@@ -576,7 +592,7 @@ async fn evm_holdings(
     let url = match rpc.filter(|u| !u.is_empty()) {
         Some(u) if id.is_admin() => u,
         Some(_) => {
-            return Err(ApiError(
+            return Err(ApiError::Route(
                 StatusCode::FORBIDDEN,
                 "rpc: only an admin may name an RPC endpoint; configure [ledger] eth_rpc_url"
                     .into(),
@@ -608,19 +624,19 @@ async fn evm_holdings(
             continue;
         };
         let parsed = custos_chains::evm::address::parse_address(&addr).map_err(|e| {
-            ApiError(
+            ApiError::Route(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("wallet {} address {addr}: {e}", k.key_id),
             )
         })?;
         let wei = rpc.balance(parsed).await.map_err(|e| {
-            ApiError(
+            ApiError::Route(
                 StatusCode::BAD_GATEWAY,
                 format!("balance of {} ({addr}): {e}", k.key_id),
             )
         })?;
         let amount = u128::try_from(wei).map_err(|_| {
-            ApiError(
+            ApiError::Route(
                 StatusCode::BAD_GATEWAY,
                 format!("balance of {} exceeds 128 bits", k.key_id),
             )
@@ -645,8 +661,9 @@ async fn reconcile(
     let (native, wallets, onchain) = match s.chains.utxo_holdings(&chain).await {
         // A UTXO chain: the wallets' coins as its node lists them.
         Some(holdings) => {
-            let (native, holdings) = holdings
-                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("chain {chain}: {e}")))?;
+            let (native, holdings) = holdings.map_err(|e| {
+                ApiError::Route(StatusCode::BAD_GATEWAY, format!("chain {chain}: {e}"))
+            })?;
             let onchain = holdings
                 .iter()
                 .map(|h| custos_ledger::OnchainBalance {

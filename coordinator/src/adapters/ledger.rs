@@ -192,7 +192,7 @@ impl LedgerHook {
     ) -> Result<(), CoordError> {
         match r {
             Ok(_) => Ok(()),
-            Err(LedgerError::Db(e)) => Err(CoordError::Storage(format!("ledger {op}: {e}"))),
+            Err(LedgerError::Db(e)) => Err(CoordError::storage(format!("ledger {op}"), e)),
             Err(e) => {
                 let kind = match &e {
                     LedgerError::InsufficientFunds { .. } => "insufficient_funds",
@@ -231,7 +231,7 @@ impl LedgerHook {
         .bind(now_ms())
         .execute(&mut *conn)
         .await
-        .map_err(|e| CoordError::Storage(format!("ledger exception: {e}")))?;
+        .map_err(|e| CoordError::storage("ledger exception", e))?;
         Ok(())
     }
 
@@ -253,7 +253,7 @@ impl LedgerHook {
         .bind(self.default_overdraft.to_string())
         .execute(&mut *conn)
         .await
-        .map_err(|e| CoordError::Storage(format!("ledger overdraft: {e}")))?;
+        .map_err(|e| CoordError::storage("ledger overdraft", e))?;
         Ok(())
     }
 }
@@ -298,7 +298,7 @@ pub async fn exceptions(conn: &mut AnyConnection) -> Result<Vec<LedgerException>
     )
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| CoordError::Storage(e.to_string()))?;
+    .map_err(|e| CoordError::storage("ledger exceptions", e))?;
     Ok(rows
         .into_iter()
         .map(

@@ -30,7 +30,7 @@ use crate::withdrawal::store::{TransitionHook, WithdrawalStore};
 
 /// Creates the ledger, ledger-exception and outbox tables if missing.
 pub async fn create_schemas(db: &custos_service::db::Db) -> Result<(), CoordError> {
-    let storage = |e: sqlx::Error| CoordError::Storage(e.to_string());
+    let storage = |e: sqlx::Error| CoordError::storage("adapter schemas", e);
     db.execute_ddl(&custos_ledger::schema(db.backend))
         .await
         .map_err(storage)?;
@@ -164,11 +164,11 @@ impl Adapters {
         if self.ledger.is_none() {
             return Ok(false);
         }
-        let storage = |e: sqlx::Error| CoordError::Storage(format!("ledger deposit: {e}"));
+        let storage = |e: sqlx::Error| CoordError::storage("ledger deposit", e);
         let mut tx = self.http.pool.begin().await.map_err(storage)?;
         let posted = custos_ledger::deposit(&mut tx, wallet, asset, amount, reference)
             .await
-            .map_err(|e| CoordError::Storage(format!("ledger deposit {reference}: {e}")))?;
+            .map_err(|e| CoordError::storage(format!("ledger deposit {reference}"), e))?;
         if !posted.replayed {
             // In the posting's transaction: the event exists iff the credit does.
             self.outbox
@@ -192,7 +192,7 @@ impl Adapters {
         chains: Arc<crate::chain::Chains>,
     ) -> Result<Adapters, CoordError> {
         let default_overdraft = ledger::parse_overdraft(&ledger_cfg.default_overdraft)
-            .map_err(|e| CoordError::InvalidArgument(format!("ledger.default_overdraft: {e}")))?;
+            .map_err(|e| CoordError::invalid("ledger.default_overdraft", e.to_string()))?;
         let sdb = custos_service::db::Db {
             pool: db.pool().clone(),
             backend: db.backend(),

@@ -57,9 +57,10 @@ impl Group {
             "wallet" => Ok(Group::Wallet),
             "asset" => Ok(Group::Asset),
             "day" => Ok(Group::Day),
-            other => Err(CoordError::InvalidArgument(format!(
-                "group: `{other}` is not one of wallet, asset, day"
-            ))),
+            other => Err(CoordError::invalid(
+                "group",
+                format!("`{other}` is not one of wallet, asset, day"),
+            )),
         }
     }
 }
@@ -110,10 +111,10 @@ pub fn parse_bound(s: &str, end: bool) -> Result<i64, CoordError> {
         return Ok(ms);
     }
     let bad = || {
-        CoordError::InvalidArgument(format!(
-            "{}: `{s}` is not YYYY-MM-DD, RFC 3339 or Unix ms",
-            if end { "to" } else { "from" }
-        ))
+        CoordError::invalid(
+            if end { "to" } else { "from" },
+            format!("`{s}` is not YYYY-MM-DD, RFC 3339 or Unix ms"),
+        )
     };
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(date) = time::Date::parse(s, &fmt) {
@@ -213,7 +214,7 @@ async fn withdrawals(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Vec<Wd
     .bind(q.to_ms)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| CoordError::Storage(e.to_string()))?;
+    .map_err(|e| CoordError::storage("report", e))?;
     Ok(rows
         .into_iter()
         .map(|r| Wd {
@@ -283,8 +284,9 @@ pub async fn run(
     q: &ReportQuery,
 ) -> Result<Report, CoordError> {
     if q.from_ms > q.to_ms {
-        return Err(CoordError::InvalidArgument(
-            "from: the range starts after it ends".into(),
+        return Err(CoordError::invalid(
+            "from",
+            "the range starts after it ends",
         ));
     }
     let (columns, rows) = match name {
@@ -295,10 +297,10 @@ pub async fn run(
         "risk" => risk(conn, q).await?,
         "fees" => fees(conn, q).await?,
         other => {
-            return Err(CoordError::NotFound(format!(
-                "report `{other}` (reports: {})",
-                REPORTS.join(", ")
-            )));
+            return Err(CoordError::not_found(
+                "report",
+                format!("`{other}` (reports: {})", REPORTS.join(", ")),
+            ));
         }
     };
     Ok(Report {
@@ -477,7 +479,7 @@ async fn fees(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Table, CoordE
     .bind(q.to_ms)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| CoordError::Storage(e.to_string()))?;
+    .map_err(|e| CoordError::storage("report", e))?;
     let mut acc: BTreeMap<Vec<String>, (u64, i128)> = BTreeMap::new();
     for (wallet, asset, amount, at) in lines {
         let amount: i128 = amount

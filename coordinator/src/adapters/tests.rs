@@ -679,7 +679,7 @@ async fn reports_scenario(db: Db) {
     let mut c = db.pool().acquire().await.unwrap();
     assert!(matches!(
         reports::run(&mut c, "nope", &all).await,
-        Err(crate::error::CoordError::NotFound(_))
+        Err(crate::error::CoordError::NotFound { kind: "report", .. })
     ));
 }
 

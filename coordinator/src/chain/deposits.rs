@@ -177,7 +177,7 @@ impl Chains {
     async fn holdings(&self, chain: &super::utxo::UtxoChain) -> Result<Vec<Holding>, CoordError> {
         let name = &chain.settings.name;
         let node_err =
-            |e: custos_chains::ChainError| CoordError::Unavailable(format!("{name} node: {e}"));
+            |e: custos_chains::ChainError| CoordError::unavailable(format!("{name} node: {e}"));
         let wallets = self.wallet_addresses(chain).await?;
         for address in wallets.keys() {
             chain.watch(address).await.map_err(node_err)?;

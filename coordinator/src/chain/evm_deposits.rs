@@ -63,7 +63,7 @@ fn quantity<T>(
     v.as_str()
         .ok_or_else(|| "missing".to_owned())
         .and_then(parse)
-        .map_err(|e| CoordError::Unavailable(format!("node: {what}: {e}")))
+        .map_err(|e| CoordError::unavailable(format!("node: {what}: {e}")))
 }
 
 impl Chains {
@@ -148,7 +148,7 @@ impl Chains {
     ) -> Result<EvmScan, CoordError> {
         let name = &chain.settings.name;
         let node =
-            |e: custos_chains::ChainError| CoordError::Unavailable(format!("{name} node: {e}"));
+            |e: custos_chains::ChainError| CoordError::unavailable(format!("{name} node: {e}"));
         let head = chain.rpc.block_number().await.map_err(node)?;
         // Block b has head - b + 1 confirmations.
         let last = (head + 1).saturating_sub(chain.settings.confirmations.max(1));
@@ -183,7 +183,7 @@ impl Chains {
             // A block the node does not have (yet) stops the scan here: the
             // cursor never moves past a block that was not read.
             let txs = b["transactions"].as_array().ok_or_else(|| {
-                CoordError::Unavailable(format!("{name} node: block {block} not available"))
+                CoordError::unavailable(format!("{name} node: block {block} not available"))
             })?;
             for tx in txs {
                 let Some(wallet) = tx["to"]
@@ -201,14 +201,14 @@ impl Chains {
                 let receipt = chain
                     .rpc
                     .transaction_receipt(hash.parse().map_err(|_| {
-                        CoordError::Unavailable(format!("{name} node: transaction hash {hash:?}"))
+                        CoordError::unavailable(format!("{name} node: transaction hash {hash:?}"))
                     })?)
                     .await
                     .map_err(node)?;
                 // A confirmed block's receipt must exist: without it the
                 // scan fails (and the cursor stays) rather than skip a deposit.
                 let receipt = receipt.ok_or_else(|| {
-                    CoordError::Unavailable(format!("{name} node: no receipt for {hash}"))
+                    CoordError::unavailable(format!("{name} node: no receipt for {hash}"))
                 })?;
                 if receipt.success {
                     scan.deposits.push(deposit(

@@ -340,7 +340,7 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
 }
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("chain transactions", e)
 }
 
 /// Why a chain step could not proceed now (the withdrawal waits, with this note).
@@ -494,18 +494,19 @@ impl Chains {
         for (i, s) in settings.iter().enumerate() {
             let field = |f: &str| format!("config field `chains[{i}].{f}`");
             if s.kind != "evm" && s.kind != "utxo" {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: {:?} is not a supported chain kind (supported: evm, utxo)",
+                return Err(CoordError::invalid(
                     field("kind"),
-                    s.kind
-                )));
+                    format!(
+                        "{:?} is not a supported chain kind (supported: evm, utxo)",
+                        s.kind
+                    ),
+                ));
             }
             if s.name.is_empty() || settings.iter().filter(|o| o.name == s.name).count() > 1 {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: {:?} is empty or listed twice",
+                return Err(CoordError::invalid(
                     field("name"),
-                    s.name
-                )));
+                    format!("{:?} is empty or listed twice", s.name),
+                ));
             }
             match custos_chains::family_of(&s.name) {
                 Some(custos_chains::ChainFamily::Evm) if s.kind == "evm" => {}
@@ -514,59 +515,63 @@ impl Chains {
                     continue;
                 }
                 Some(other) => {
-                    return Err(CoordError::InvalidArgument(format!(
-                        "{}: {:?} is a {other} chain, so its kind is {:?}, not {:?}",
+                    return Err(CoordError::invalid(
                         field("kind"),
-                        s.name,
-                        match other {
-                            custos_chains::ChainFamily::Evm => "evm",
-                            custos_chains::ChainFamily::Utxo(_) => "utxo",
-                        },
-                        s.kind
-                    )));
+                        format!(
+                            "{:?} is a {other} chain, so its kind is {:?}, not {:?}",
+                            s.name,
+                            match other {
+                                custos_chains::ChainFamily::Evm => "evm",
+                                custos_chains::ChainFamily::Utxo(_) => "utxo",
+                            },
+                            s.kind
+                        ),
+                    ));
                 }
                 None => {
-                    return Err(CoordError::InvalidArgument(format!(
-                        "{}: unknown chain {:?} (known: {})",
+                    return Err(CoordError::invalid(
                         field("name"),
-                        s.name,
-                        custos_chains::family::known_chains()
-                    )));
+                        format!(
+                            "unknown chain {:?} (known: {})",
+                            s.name,
+                            custos_chains::family::known_chains()
+                        ),
+                    ));
                 }
             }
             if s.chain_id == 0 {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: must not be 0",
-                    field("chain_id")
-                )));
+                return Err(CoordError::invalid(field("chain_id"), "must not be 0"));
             }
             let cap: u128 = s.max_fee_per_gas_cap.parse().map_err(|_| {
-                CoordError::InvalidArgument(format!(
-                    "{}: {:?} must be an integer (wei)",
+                CoordError::invalid(
                     field("max_fee_per_gas_cap"),
-                    s.max_fee_per_gas_cap
-                ))
+                    format!("{:?} must be an integer (wei)", s.max_fee_per_gas_cap),
+                )
             })?;
             if !(10..=100).contains(&s.fee_bump_percent) {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: {} must be between 10 and 100 (nodes refuse replacements under 10 %)",
+                return Err(CoordError::invalid(
                     field("fee_bump_percent"),
-                    s.fee_bump_percent
-                )));
+                    format!(
+                        "{} must be between 10 and 100 (nodes refuse replacements under 10 %)",
+                        s.fee_bump_percent
+                    ),
+                ));
             }
             if s.max_fee_bumps > MAX_FEE_BUMPS {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: {} is above {MAX_FEE_BUMPS} (signers sign a withdrawal at most {} times)",
+                return Err(CoordError::invalid(
                     field("max_fee_bumps"),
-                    s.max_fee_bumps,
-                    MAX_FEE_BUMPS + 1
-                )));
+                    format!(
+                        "{} is above {MAX_FEE_BUMPS} (signers sign a withdrawal at most {} times)",
+                        s.max_fee_bumps,
+                        MAX_FEE_BUMPS + 1
+                    ),
+                ));
             }
             if s.resubmit_after_secs == 0 {
-                return Err(CoordError::InvalidArgument(format!(
-                    "{}: must be at least 1",
-                    field("resubmit_after_secs")
-                )));
+                return Err(CoordError::invalid(
+                    field("resubmit_after_secs"),
+                    "must be at least 1",
+                ));
             }
             let mut rc = RpcConfig::new(&s.rpc_url);
             rc.fallback_urls = s.fallback_rpc_urls.clone();
@@ -577,8 +582,8 @@ impl Chains {
             } else {
                 "rpc_url` / `fallback_rpc_urls"
             };
-            let rpc = EvmRpc::new(rc)
-                .map_err(|e| CoordError::InvalidArgument(format!("{}: {e}", field(which))))?;
+            let rpc =
+                EvmRpc::new(rc).map_err(|e| CoordError::invalid(field(which), e.to_string()))?;
             evm.push(EvmChain {
                 settings: s.clone(),
                 rpc,
@@ -610,10 +615,13 @@ impl Chains {
                 match answer {
                     Ok(id) if id == c.settings.chain_id => {}
                     Ok(id) => {
-                        return Err(CoordError::InvalidArgument(format!(
-                            "config field `chains[{i}].chain_id`: {} but the node at {endpoint} is on chain {id}",
-                            c.settings.chain_id
-                        )));
+                        return Err(CoordError::invalid(
+                            format!("config field `chains[{i}].chain_id`"),
+                            format!(
+                                "{} but the node at {endpoint} is on chain {id}",
+                                c.settings.chain_id
+                            ),
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(chain = %c.settings.name, %endpoint, error = %e, "chain RPC endpoint unreachable at start; the others are used, withdrawals wait if none answers")

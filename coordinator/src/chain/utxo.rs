@@ -136,31 +136,32 @@ impl UtxoChain {
         field: impl Fn(&str) -> String,
     ) -> Result<Self, CoordError> {
         if settings.chain_id != 0 {
-            return Err(CoordError::InvalidArgument(format!(
-                "{}: a {network} chain has no chain id",
-                field("chain_id")
-            )));
+            return Err(CoordError::invalid(
+                field("chain_id"),
+                format!("a {network} chain has no chain id"),
+            ));
         }
         let max = custos_chains::utxo::build::MAX_PAYOUTS;
         if settings.batch_max_payouts == 0 || settings.batch_max_payouts as usize > max {
-            return Err(CoordError::InvalidArgument(format!(
-                "{}: {} must be between 1 and {max}",
+            return Err(CoordError::invalid(
                 field("batch_max_payouts"),
-                settings.batch_max_payouts
-            )));
+                format!("{} must be between 1 and {max}", settings.batch_max_payouts),
+            ));
         }
         if settings.fee_target_blocks == 0 || settings.fee_target_blocks > 1008 {
-            return Err(CoordError::InvalidArgument(format!(
-                "{}: {} must be between 1 and 1008 blocks",
+            return Err(CoordError::invalid(
                 field("fee_target_blocks"),
-                settings.fee_target_blocks
-            )));
+                format!(
+                    "{} must be between 1 and 1008 blocks",
+                    settings.fee_target_blocks
+                ),
+            ));
         }
         let rpc = UtxoRpc::new(
             &settings.rpc_url,
             Duration::from_millis(settings.rpc_timeout_ms.max(100)),
         )
-        .map_err(|e| CoordError::InvalidArgument(format!("{}: {e}", field("rpc_url"))))?;
+        .map_err(|e| CoordError::invalid(field("rpc_url"), e.to_string()))?;
         let watch_wallet = settings
             .watch_wallet
             .clone()
@@ -191,12 +192,14 @@ impl UtxoChain {
                 }
                 Ok(())
             }
-            Ok((chain, _)) => Err(CoordError::InvalidArgument(format!(
-                "{}: the node is on chain {chain:?}, not {:?} ({})",
+            Ok((chain, _)) => Err(CoordError::invalid(
                 field("rpc_url"),
-                self.network.node_chain(),
-                self.network
-            ))),
+                format!(
+                    "the node is on chain {chain:?}, not {:?} ({})",
+                    self.network.node_chain(),
+                    self.network
+                ),
+            )),
             Err(e) => {
                 tracing::warn!(chain = %self.settings.name, error = %e, "UTXO node unreachable at start; withdrawals wait for it");
                 Ok(())

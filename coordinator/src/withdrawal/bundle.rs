@@ -55,30 +55,28 @@ impl PolicyHolder {
     ) -> Result<Self, CoordError> {
         let read = |p: &Path, field: &str| {
             std::fs::read(p).map_err(|e| {
-                CoordError::InvalidArgument(format!(
-                    "config field `policy.{field}`: {}: {e}",
-                    p.display()
-                ))
+                CoordError::invalid(
+                    format!("config field `policy.{field}`"),
+                    format!("{}: {e}", p.display()),
+                )
             })
         };
-        let admin_set = AdminSet::parse(&read(admins, "admins")?).map_err(|e| {
-            CoordError::InvalidArgument(format!("config field `policy.admins`: {e}"))
-        })?;
+        let admin_set = AdminSet::parse(&read(admins, "admins")?)
+            .map_err(|e| CoordError::invalid("config field `policy.admins`", e.to_string()))?;
         let doc = read(document, "document")?;
         let sigs = read(signatures, "signatures")?;
-        verify(&doc, &sigs, &admin_set).map_err(|e| {
-            CoordError::InvalidArgument(format!("config field `policy.document`: {e}"))
-        })?;
+        verify(&doc, &sigs, &admin_set)
+            .map_err(|e| CoordError::invalid("config field `policy.document`", e.to_string()))?;
         let hash = PolicyHash::of_document(&doc);
         sqlx::query(SCHEMA)
             .execute(pool)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("policy bundles", e))?;
         let known = sqlx::query("SELECT policy_hash FROM policy_bundles WHERE policy_hash = $1")
             .bind(hash.to_string())
             .fetch_optional(pool)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("policy bundles", e))?;
         if known.is_none() {
             sqlx::query(
                 "INSERT INTO policy_bundles (policy_hash, document, signatures, first_seen) VALUES ($1, $2, $3, $4)",
@@ -89,14 +87,14 @@ impl PolicyHolder {
             .bind(now.0)
             .execute(pool)
             .await
-            .map_err(|e| CoordError::Storage(e.to_string()))?;
+            .map_err(|e| CoordError::storage("policy bundles", e))?;
         }
         let rows = sqlx::query(
             "SELECT document, signatures, first_seen FROM policy_bundles ORDER BY first_seen, policy_hash",
         )
         .fetch_all(pool)
         .await
-        .map_err(|e| CoordError::Storage(e.to_string()))?;
+        .map_err(|e| CoordError::storage("policy bundles", e))?;
         let mut state: Option<PolicyState> = None;
         let mut bundles = HashMap::new();
         for r in rows {
@@ -154,20 +152,19 @@ pub async fn activation_entry(
     signatures: &Path,
 ) -> Result<Option<custos_audit::EntryBody>, CoordError> {
     let doc = std::fs::read(document)
-        .map_err(|e| CoordError::InvalidArgument(format!("config field `policy.document`: {e}")))?;
-    let sigs = std::fs::read(signatures).map_err(|e| {
-        CoordError::InvalidArgument(format!("config field `policy.signatures`: {e}"))
-    })?;
+        .map_err(|e| CoordError::invalid("config field `policy.document`", e.to_string()))?;
+    let sigs = std::fs::read(signatures)
+        .map_err(|e| CoordError::invalid("config field `policy.signatures`", e.to_string()))?;
     let hash = PolicyHash::of_document(&doc);
     sqlx::query(SCHEMA)
         .execute(pool)
         .await
-        .map_err(|e| CoordError::Storage(e.to_string()))?;
+        .map_err(|e| CoordError::storage("policy bundles", e))?;
     let known = sqlx::query("SELECT policy_hash FROM policy_bundles WHERE policy_hash = $1")
         .bind(hash.to_string())
         .fetch_optional(pool)
         .await
-        .map_err(|e| CoordError::Storage(e.to_string()))?;
+        .map_err(|e| CoordError::storage("policy bundles", e))?;
     if known.is_some() {
         return Ok(None);
     }

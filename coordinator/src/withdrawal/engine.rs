@@ -245,35 +245,32 @@ pub struct Drained {
 
 fn parse_amount(field: &str, s: &str, allow_zero: bool) -> Result<u128, CoordError> {
     if s.is_empty() || s.len() > 39 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CoordError::InvalidArgument(format!(
-            "{field}: {s:?} must be a non-negative integer in base units (decimal digits only)"
-        )));
+        return Err(CoordError::invalid(
+            field,
+            format!("{s:?} must be a non-negative integer in base units (decimal digits only)"),
+        ));
     }
     let v: u128 = s
         .parse()
-        .map_err(|_| CoordError::InvalidArgument(format!("{field}: {s} overflows 128 bits")))?;
+        .map_err(|_| CoordError::invalid(field, format!("{s} overflows 128 bits")))?;
     if v == 0 && !allow_zero {
-        return Err(CoordError::InvalidArgument(format!(
-            "{field}: must be greater than zero"
-        )));
+        return Err(CoordError::invalid(field, "must be greater than zero"));
     }
     Ok(v)
 }
 
 fn text_ok(field: &str, s: &str, max: usize, required: bool) -> Result<(), CoordError> {
     if required && s.is_empty() {
-        return Err(CoordError::InvalidArgument(format!("{field}: required")));
+        return Err(CoordError::invalid(field, "required"));
     }
     if s.len() > max {
-        return Err(CoordError::InvalidArgument(format!(
-            "{field}: {} bytes, at most {max}",
-            s.len()
-        )));
+        return Err(CoordError::invalid(
+            field,
+            format!("{} bytes, at most {max}", s.len()),
+        ));
     }
     if s.chars().any(char::is_control) {
-        return Err(CoordError::InvalidArgument(format!(
-            "{field}: contains control characters"
-        )));
+        return Err(CoordError::invalid(field, "contains control characters"));
     }
     Ok(())
 }
@@ -284,8 +281,9 @@ fn text_ok(field: &str, s: &str, max: usize, required: bool) -> Result<(), Coord
 /// passkey assertion.
 fn check_signature_fields(v: &SubmittedVerdict) -> Result<(), CoordError> {
     match &v.webauthn {
-        Some(_) if !v.signature.is_empty() => Err(CoordError::InvalidArgument(
-            "signature: leave it empty when a webauthn assertion is given".into(),
+        Some(_) if !v.signature.is_empty() => Err(CoordError::invalid(
+            "signature",
+            "leave it empty when a webauthn assertion is given",
         )),
         Some(a) => {
             let fields = [
@@ -296,17 +294,15 @@ fn check_signature_fields(v: &SubmittedVerdict) -> Result<(), CoordError> {
             ];
             for (name, f) in fields {
                 if f.is_empty() || f.len() > 8192 {
-                    return Err(CoordError::InvalidArgument(format!(
-                        "{name}: must be 1..=6144 bytes"
-                    )));
+                    return Err(CoordError::invalid(name, "must be 1..=6144 bytes"));
                 }
             }
             Ok(())
         }
         None if v.signature.len() != 128 || hex::decode(&v.signature).is_err() => {
-            Err(CoordError::InvalidArgument(
-                "signature: must be 128 hex characters (Ed25519), or give a webauthn assertion"
-                    .into(),
+            Err(CoordError::invalid(
+                "signature",
+                "must be 128 hex characters (Ed25519), or give a webauthn assertion",
             ))
         }
         None => Ok(()),
@@ -321,10 +317,7 @@ fn refuse_if_invalid(status: &ApprovalStatus, index: usize, what: &str) -> Resul
             .map(|p| p.reason.clone())
             .collect();
         if !mine.is_empty() {
-            return Err(CoordError::InvalidArgument(format!(
-                "{what}: {}",
-                mine.join("; ")
-            )));
+            return Err(CoordError::invalid(what, mine.join("; ")));
         }
     }
     Ok(())
@@ -641,15 +634,18 @@ impl Engine {
             .await?
             .filter(|k| k.state == "ready")
             .ok_or_else(|| {
-                CoordError::InvalidArgument(format!("wallet: unknown wallet {:?}", req.wallet))
+                CoordError::invalid("wallet", format!("unknown wallet {:?}", req.wallet))
             })?;
         let asset = self.asset(&key.chain, &req.asset).ok_or_else(|| {
-            CoordError::InvalidArgument(format!(
-                "asset: {:?} is not supported on {} (supported: {})",
-                req.asset,
-                key.chain,
-                self.assets_on(&key.chain).join(", ")
-            ))
+            CoordError::invalid(
+                "asset",
+                format!(
+                    "{:?} is not supported on {} (supported: {})",
+                    req.asset,
+                    key.chain,
+                    self.assets_on(&key.chain).join(", ")
+                ),
+            )
         })?;
         let fee_cap = if req.fee_cap.is_empty() {
             parse_amount("fee_cap", &asset.default_fee_cap, true).unwrap_or(0)
@@ -657,18 +653,21 @@ impl Engine {
             parse_amount("fee_cap", &req.fee_cap, true)?
         };
         let destination = check_address(&key.chain, &req.destination)
-            .map_err(|e| CoordError::InvalidArgument(format!("destination: {e}")))?
+            .map_err(|e| CoordError::invalid("destination", e.to_string()))?
             .canonical;
         // Refused now, not found at signing: a payout the chain's
         // transaction format cannot carry would wait forever.
         if let Some(family) = custos_chains::family_of(&key.chain) {
             for (field, value) in [("amount", amount), ("fee_cap", fee_cap)] {
                 if value > family.max_base_units() {
-                    return Err(CoordError::InvalidArgument(format!(
-                        "{field}: {value} base units is more than a {} transaction can carry ({})",
-                        key.chain,
-                        family.max_base_units()
-                    )));
+                    return Err(CoordError::invalid(
+                        field,
+                        format!(
+                            "{value} base units is more than a {} transaction can carry ({})",
+                            key.chain,
+                            family.max_base_units()
+                        ),
+                    ));
                 }
             }
         }
@@ -750,7 +749,7 @@ impl Engine {
         self.store
             .get(id)
             .await?
-            .ok_or_else(|| CoordError::NotFound(format!("withdrawal {id}")))
+            .ok_or_else(|| CoordError::not_found("withdrawal", id))
     }
 
     // ------------------------------------------------------------ driving
@@ -1220,7 +1219,9 @@ impl Engine {
         for (node, r) in &results {
             match r {
                 Ok(_) => accepted += 1,
-                Err(CoordError::Refused(m)) => refusals.push(format!("{node}: {m}")),
+                Err(CoordError::Refused { reason, .. }) => {
+                    refusals.push(format!("{node}: {reason}"))
+                }
                 Err(e) => {
                     unreachable += 1;
                     tracing::info!(withdrawal = %row.id, %node, error = %e, "signer did not register the quorum yet");
@@ -1427,9 +1428,9 @@ impl Engine {
         // One witness round covers the decision and the signing session.
         let size = match self.audit.witness_through(signing_index, signers).await {
             Ok(s) => s,
-            Err(e @ CoordError::Storage(_)) => return Err(e),
+            Err(e @ CoordError::Storage { .. }) => return Err(e),
             Err(e) => {
-                return Ok(Err(CoordError::Unavailable(format!(
+                return Ok(Err(CoordError::unavailable(format!(
                     "witness round before signing: {e}"
                 ))));
             }
@@ -1532,7 +1533,7 @@ impl Engine {
                 .await?;
                 Ok(Next::Continue)
             }
-            Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
+            Err(e) if e.is_transient() => {
                 self.note(row, State::Signing, &e.to_string()).await?;
                 Ok(Next::Wait)
             }
@@ -1604,8 +1605,9 @@ impl Engine {
             webauthn: v.webauthn.clone(),
         };
         if v.verdict == Verdict::Cancel && new.webauthn.is_some() {
-            return Err(CoordError::InvalidArgument(
-                "webauthn: cancellations are signed with the approver's Ed25519 key (custos withdrawal cancel)".into(),
+            return Err(CoordError::invalid(
+                "webauthn",
+                "cancellations are signed with the approver's Ed25519 key (custos withdrawal cancel)",
             ));
         }
         if v.verdict == Verdict::Cancel {
@@ -1682,8 +1684,7 @@ impl Engine {
         let Some(assertion) = &new.webauthn else {
             return Ok(());
         };
-        let bad =
-            |e: custos_policy::PolicyError| CoordError::InvalidArgument(format!("webauthn: {e}"));
+        let bad = |e: custos_policy::PolicyError| CoordError::invalid("webauthn", e.to_string());
         let id = assertion.credential_id_bytes().map_err(bad)?;
         let counter = assertion.sign_counter().map_err(bad)?;
         let mut last = 0;
@@ -1696,10 +1697,10 @@ impl Engine {
             }
         }
         check_sign_counter(last, counter).map_err(|e| {
-            CoordError::InvalidArgument(format!(
-                "webauthn: passkey approval of {} refused: {e}",
-                new.approver
-            ))
+            CoordError::invalid(
+                "webauthn",
+                format!("passkey approval of {} refused: {e}", new.approver),
+            )
         })
     }
 
@@ -1811,7 +1812,10 @@ impl Engine {
             return Err(not_cancellable(&row, state));
         }
         let by = check_cancellation(active, decision, statement, &cancel).map_err(|e| {
-            CoordError::InvalidArgument(format!("cancellation by {}: {e}", cancel.approver))
+            CoordError::invalid(
+                format!("cancellation by {}", cancel.approver),
+                e.to_string(),
+            )
         })?;
         let cancel_json =
             serde_json::to_vec(&cancel).map_err(|e| CoordError::Internal(e.to_string()))?;
@@ -1829,7 +1833,7 @@ impl Engine {
         text_ok("reason", reason, MAX_MEMO, false)?;
         let row = self.get(id).await?;
         if row.client_id != who.id && !who.is_admin() {
-            return Err(CoordError::NotFound(format!("withdrawal {id}")));
+            return Err(CoordError::not_found("withdrawal", id));
         }
         let state = row.state()?;
         if !state.cancellable() {

@@ -264,7 +264,7 @@ pub enum Val {
 pub type Updates = Vec<(&'static str, Val)>;
 
 fn db_err(e: sqlx::Error) -> CoordError {
-    CoordError::Storage(e.to_string())
+    CoordError::storage("withdrawal store", e)
 }
 
 fn row(r: &AnyRow) -> WithdrawalRow {
@@ -607,7 +607,7 @@ impl WithdrawalStore {
         for (w, steps) in pending {
             if !self.insert_in(&mut tx, &w).await? {
                 // Taken by another coordinator since the check above.
-                return Err(CoordError::Unavailable(format!(
+                return Err(CoordError::unavailable(format!(
                     "idempotency_key {:?} was taken meanwhile; retry",
                     w.idempotency_key
                 )));

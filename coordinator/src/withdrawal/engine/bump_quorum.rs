@@ -196,18 +196,21 @@ impl Engine {
         let row = self.get(&v.withdrawal_id).await?;
         super::text_ok("approver", &v.approver, 64, true)?;
         if v.webauthn.is_some() {
-            return Err(CoordError::InvalidArgument(
-                "webauthn: fee bumps are approved with the approver's Ed25519 key (custos withdrawal approve)".into(),
+            return Err(CoordError::invalid(
+                "webauthn",
+                "fee bumps are approved with the approver's Ed25519 key (custos withdrawal approve)",
             ));
         }
         if v.signature.len() != 128 || hex::decode(&v.signature).is_err() {
-            return Err(CoordError::InvalidArgument(
-                "signature: must be 128 hex characters (Ed25519)".into(),
+            return Err(CoordError::invalid(
+                "signature",
+                "must be 128 hex characters (Ed25519)",
             ));
         }
         if v.verdict == Verdict::Cancel {
-            return Err(CoordError::InvalidArgument(
-                "verdict: a fee bump is approved or rejected, not cancelled".into(),
+            return Err(CoordError::invalid(
+                "verdict",
+                "a fee bump is approved or rejected, not cancelled",
             ));
         }
         let state = row.state()?;

@@ -226,7 +226,7 @@ impl Engine {
                 }
                 Ok(Next::Continue)
             }
-            Err(e @ (CoordError::Unavailable(_) | CoordError::DeadlineExceeded(_))) => {
+            Err(e) if e.is_transient() => {
                 self.note(row, State::Broadcast, &format!("fee bump: {e}"))
                     .await?;
                 Ok(Next::Wait)
