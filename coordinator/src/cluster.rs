@@ -149,11 +149,14 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), CoordError> {
 /// signer what the reply says about it (unreachable, or our leadership fenced).
 fn signer_error(signer: &Signer, s: &tonic::Status) -> CoordError {
     let fenced = signer.fenced(s).is_some();
+    // A signer that reports a peer it cannot reach answered us: it is the
+    // peer that is unreachable (from it), not the reporter.
     if !fenced
         && matches!(
             s.code(),
             Code::Unavailable | Code::Unknown | Code::Cancelled
         )
+        && crate::signers::reported_culprit(s).is_none()
     {
         signer.mark_unreachable(s.message());
     }
@@ -180,10 +183,20 @@ fn signer_failure(node: &str, fenced: bool, s: &tonic::Status) -> CoordError {
         message: message.clone(),
     };
     match s.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => CoordError::Unavailable {
-            signer: Some(signer),
-            reason: format!("unreachable: {message}"),
-        },
+        Code::Unavailable | Code::Unknown | Code::Cancelled => {
+            match crate::signers::reported_culprit(s).filter(|peer| *peer != signer) {
+                // The signer answered: the peer it names is the one it
+                // could not reach.
+                Some(peer) => CoordError::Unavailable {
+                    signer: Some(peer),
+                    reason: format!("unreachable from {signer}: {message}"),
+                },
+                None => CoordError::Unavailable {
+                    signer: Some(signer),
+                    reason: format!("unreachable: {message}"),
+                },
+            }
+        }
         Code::DeadlineExceeded => CoordError::DeadlineExceeded {
             waiting_for: crate::signers::reported_waiting_for(s),
             reporter: Some(signer),
@@ -1219,6 +1232,32 @@ mod tests {
     fn with(mut st: tonic::Status, key: &'static str, value: &str) -> tonic::Status {
         st.metadata_mut().insert(key, value.parse().unwrap());
         st
+    }
+
+    /// A signer that cannot reach a peer names the peer (its answer says
+    /// so in `custos-culprit`): the error blames the peer, not the reporter.
+    #[test]
+    fn an_unreachable_peer_is_blamed_not_its_reporter() {
+        let st = with(
+            tonic::Status::unavailable("peer signer-3 unreachable: dial failed"),
+            custos_proto::CULPRIT_HEADER,
+            "signer-3",
+        );
+        let e = signer_failure("signer-1", false, &st);
+        assert!(matches!(
+            &e,
+            CoordError::Unavailable { signer: Some(p), reason }
+                if p == "signer-3" && reason.contains("unreachable from signer-1")
+        ));
+        assert_eq!(e.culprit(), Some("signer-3"));
+        assert!(e.is_unavailable());
+        // Without the header, the reporter is the one not reached.
+        let e = signer_failure(
+            "signer-1",
+            false,
+            &tonic::Status::unavailable("tcp connect error"),
+        );
+        assert_eq!(e.culprit(), Some("signer-1"));
     }
 
     /// A signer's answer keeps the signer, and the peer its answer blames,
