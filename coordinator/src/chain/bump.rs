@@ -19,10 +19,9 @@ use custos_chains::evm::signature::assemble_signed;
 use custos_chains::evm::tx::{
     ReplacementFees, bumped_fees, decode_transfer, decode_unsigned, encode_unsigned, with_fees,
 };
-use sqlx::Row;
 
 use super::Payment;
-use super::{EvmChain, Pending, db_err, rpc_note};
+use super::{EvmChain, Pending, db_err, rpc_note, swap_in_replacement};
 use crate::chain::Chains;
 use crate::clock::now_ms;
 use crate::db::consume_presig;
@@ -203,43 +202,9 @@ impl Chains {
     ) -> Result<bool, CoordError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let pending = sqlx::query(
-            "SELECT tx_hash, raw_tx FROM chain_txs
-             WHERE withdrawal_id = $1 AND bump_tx = $2 AND raw_tx IS NOT NULL",
-        )
-        .bind(withdrawal_id)
-        .bind(bump.unsigned_tx.clone())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some(prev) = pending else {
+        if !swap_in_replacement(&mut tx, withdrawal_id, &bump.unsigned_tx, raw, hash, now).await? {
             return Ok(false);
-        };
-        let prev_hash: String = prev.get("tx_hash");
-        let prev_raw: Vec<u8> = prev.get("raw_tx");
-        sqlx::query(
-            "INSERT INTO chain_tx_replaced (withdrawal_id, tx_hash, raw_tx, replaced_ms)
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(withdrawal_id)
-        .bind(prev_hash)
-        .bind(prev_raw)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query(
-            "UPDATE chain_txs SET unsigned_tx = bump_tx, raw_tx = $1, tx_hash = $2, sends = 0,
-                last_sent_ms = NULL, bumps = COALESCE(bumps, 0) + 1,
-                bump_tx = NULL, bump_presig = NULL, bump_signers = NULL, bump_statement = NULL
-             WHERE withdrawal_id = $3",
-        )
-        .bind(raw.to_vec())
-        .bind(hash)
-        .bind(withdrawal_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        }
         sqlx::query(
             "UPDATE withdrawals SET unsigned_tx = $1, sig_r = $2, sig_s = $3, recovery_id = $4,
                 tx_hash = $5, updated_ms = $6

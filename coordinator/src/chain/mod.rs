@@ -343,6 +343,61 @@ fn db_err(e: sqlx::Error) -> CoordError {
     CoordError::storage("chain transactions", e)
 }
 
+/// Inside the caller's database transaction: moves the version a pending
+/// replacement (`bump_tx` = `bump`) replaces to `chain_tx_replaced` (kept
+/// for tracking: either version may confirm) and makes the replacement, as
+/// `raw` with `hash`, the current one (sends reset, one bump more, the bump
+/// columns cleared). `false` if no replacement of these bytes was pending
+/// (already swapped in). One swap for every chain family's fee bumps.
+async fn swap_in_replacement(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    withdrawal_id: &str,
+    bump: &[u8],
+    raw: &[u8],
+    hash: &str,
+    now: i64,
+) -> Result<bool, CoordError> {
+    use sqlx::Row;
+    let pending = sqlx::query(
+        "SELECT tx_hash, raw_tx FROM chain_txs
+         WHERE withdrawal_id = $1 AND bump_tx = $2 AND raw_tx IS NOT NULL",
+    )
+    .bind(withdrawal_id)
+    .bind(bump.to_vec())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    let Some(prev) = pending else {
+        return Ok(false);
+    };
+    let prev_hash: String = prev.try_get("tx_hash").map_err(db_err)?;
+    let prev_raw: Vec<u8> = prev.try_get("raw_tx").map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO chain_tx_replaced (withdrawal_id, tx_hash, raw_tx, replaced_ms)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(withdrawal_id)
+    .bind(prev_hash)
+    .bind(prev_raw)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(
+        "UPDATE chain_txs SET unsigned_tx = bump_tx, raw_tx = $1, tx_hash = $2, sends = 0,
+            last_sent_ms = NULL, bumps = COALESCE(bumps, 0) + 1,
+            bump_tx = NULL, bump_presig = NULL, bump_signers = NULL, bump_statement = NULL
+         WHERE withdrawal_id = $3",
+    )
+    .bind(raw.to_vec())
+    .bind(hash)
+    .bind(withdrawal_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(true)
+}
+
 /// Why a chain step could not proceed now (the withdrawal waits, with this note).
 #[derive(Debug)]
 pub enum Pending {

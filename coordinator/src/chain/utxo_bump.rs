@@ -16,10 +16,9 @@
 
 use custos_chains::ChainError;
 use custos_chains::utxo::{ReplacementRequest, build_replacement, psbt_fee, wallet_address};
-use sqlx::Row;
 
 use super::utxo::{InputRow, Inputs, UtxoChain};
-use super::{Chains, Payment, Pending, db_err, rpc_note};
+use super::{Chains, Payment, Pending, db_err, rpc_note, swap_in_replacement};
 use crate::clock::now_ms;
 use crate::error::CoordError;
 
@@ -167,21 +166,17 @@ impl Chains {
     ) -> Result<bool, CoordError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let pending = sqlx::query(
-            "SELECT tx_hash, raw_tx, chain FROM chain_txs
-             WHERE withdrawal_id = $1 AND bump_tx = $2 AND raw_tx IS NOT NULL",
-        )
-        .bind(withdrawal_id)
-        .bind(bump_psbt.to_vec())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some(prev) = pending else {
+        // Anything that fails below drops `tx`: the swap rolls back.
+        if !swap_in_replacement(&mut tx, withdrawal_id, bump_psbt, raw, txid, now).await? {
             return Ok(false);
-        };
-        let prev_hash: String = prev.try_get("tx_hash").map_err(db_err)?;
-        let prev_raw: Vec<u8> = prev.try_get("raw_tx").map_err(db_err)?;
-        let chain: String = prev.try_get("chain").map_err(db_err)?;
+        }
+        let chain: String =
+            sqlx::query_scalar("SELECT chain FROM chain_txs WHERE withdrawal_id = $1")
+                .bind(withdrawal_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .unwrap_or_default();
         let inputs: Vec<InputRow> = sqlx::query(sqlx::AssertSqlSafe(Inputs::Replacement.select()))
             .bind(withdrawal_id)
             .fetch_all(&mut *tx)
@@ -197,28 +192,6 @@ impl Chains {
             .ok_or_else(|| {
                 CoordError::Internal(format!("{withdrawal_id}: replacement input 0 not signed"))
             })?;
-        sqlx::query(
-            "INSERT INTO chain_tx_replaced (withdrawal_id, tx_hash, raw_tx, replaced_ms)
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(withdrawal_id)
-        .bind(prev_hash)
-        .bind(prev_raw)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query(
-            "UPDATE chain_txs SET unsigned_tx = bump_tx, raw_tx = $1, tx_hash = $2, sends = 0,
-                last_sent_ms = NULL, bumps = COALESCE(bumps, 0) + 1, bump_tx = NULL
-             WHERE withdrawal_id = $3",
-        )
-        .bind(raw.to_vec())
-        .bind(txid)
-        .bind(withdrawal_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
         sqlx::query("DELETE FROM utxo_inputs WHERE withdrawal_id = $1")
             .bind(withdrawal_id)
             .execute(&mut *tx)
