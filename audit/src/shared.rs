@@ -51,10 +51,117 @@ fn conflict_backoff(attempt: u32) -> Duration {
 #[derive(Clone, Debug)]
 pub struct SharedLog {
     log: Arc<Mutex<Log<SqlStore>>>,
+    /// Appends waiting for the log: whoever takes the lock next appends
+    /// them all in one transaction and one tree update (group commit).
+    waiting: Arc<std::sync::Mutex<Vec<Waiting>>>,
     /// For exports, which read through their own [`Log`] so they do not hold
     /// the lock (and stall appends) for the minutes a large export takes.
     store: SqlStore,
     origin: Arc<str>,
+}
+
+/// One caller's entries waiting for a group commit, and where its answer goes.
+#[derive(Debug)]
+struct Waiting {
+    items: Vec<(u64, EntryBody)>,
+    answer: tokio::sync::oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// Most entries one group commit appends (the rest wait for the next).
+const GROUP_MAX_ENTRIES: usize = 4096;
+
+/// `e` for one of several callers whose entries shared a failed commit.
+fn shared_failure(e: &AuditError) -> AuditError {
+    match e {
+        AuditError::AppendConflict { expected, actual } => AuditError::AppendConflict {
+            expected: *expected,
+            actual: *actual,
+        },
+        AuditError::Corrupt(m) => AuditError::Corrupt(m.clone()),
+        other => AuditError::Storage(other.to_string()),
+    }
+}
+
+/// Appends `items` at the log's end, re-trying after other writers (other
+/// coordinator replicas on the same database) appended first.
+fn append_retrying(
+    log: &mut Log<SqlStore>,
+    items: Vec<(u64, EntryBody)>,
+) -> Result<u64, AuditError> {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let head = log.size();
+        match log.append_batch(items.clone()) {
+            Err(conflict @ AuditError::AppendConflict { .. }) => {
+                if started.elapsed() >= CONFLICT_DEADLINE {
+                    return Err(conflict);
+                }
+                log.refresh()?;
+                if log.size() == head {
+                    return Err(conflict);
+                }
+                attempt += 1;
+                // On the blocking pool: sleeping here parks no async worker.
+                std::thread::sleep(conflict_backoff(attempt));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Appends every waiting caller's entries in one commit and answers each
+/// with its first index. Entries that fail together for a reason of their
+/// own (a malformed entry, not the store) are retried caller by caller, so
+/// one caller's bad entry fails only that caller.
+fn commit_group(log: &mut Log<SqlStore>, group: Vec<Waiting>) {
+    if let [_] = group.as_slice() {
+        for w in group {
+            let _ = w.answer.send(append_retrying(log, w.items));
+        }
+        return;
+    }
+    let all: Vec<(u64, EntryBody)> = group.iter().flat_map(|w| w.items.clone()).collect();
+    match append_retrying(log, all) {
+        Ok(mut index) => {
+            for w in group {
+                let n = w.items.len() as u64;
+                let _ = w.answer.send(Ok(index));
+                index += n;
+            }
+        }
+        Err(
+            e @ (AuditError::Storage(_)
+            | AuditError::Corrupt(_)
+            | AuditError::AppendConflict { .. }),
+        ) => {
+            for w in group {
+                let _ = w.answer.send(Err(shared_failure(&e)));
+            }
+        }
+        Err(_) => {
+            for w in group {
+                let _ = w.answer.send(append_retrying(log, w.items));
+            }
+        }
+    }
+}
+
+/// The callers waiting now, oldest first, up to [`GROUP_MAX_ENTRIES`]
+/// entries (one caller at least, however many it brings).
+fn take_group(waiting: &std::sync::Mutex<Vec<Waiting>>) -> Vec<Waiting> {
+    let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+    let mut entries = 0;
+    let take = waiting
+        .iter()
+        .take_while(|w| {
+            entries += w.items.len();
+            entries <= GROUP_MAX_ENTRIES
+        })
+        .count()
+        .max(1)
+        .min(waiting.len());
+    waiting.drain(..take).collect()
 }
 
 fn task_failed(e: tokio::task::JoinError) -> AuditError {
@@ -73,6 +180,7 @@ impl SharedLog {
             .map_err(task_failed)??;
         Ok(Self {
             log: Arc::new(Mutex::new(log)),
+            waiting: Arc::default(),
             store: reader,
             origin: origin.into(),
         })
@@ -107,31 +215,36 @@ impl SharedLog {
     /// then gives up with [`AuditError::AppendConflict`]. A conflict that
     /// other writers do not explain (the stored size did not move: the tables
     /// contradict each other) is returned at once.
+    ///
+    /// Concurrent callers share commits: each waits for the log's lock, and
+    /// whoever gets it appends every caller's entries waiting by then in one
+    /// transaction and one tree update (each caller's entries contiguous, in
+    /// the order they arrived), so a burst of appends costs a few commits,
+    /// not one each. The commit runs on the blocking pool with the lock it
+    /// took: a caller that goes away cannot stop it half-way.
     pub async fn append_batch(&self, items: Vec<(u64, EntryBody)>) -> Result<u64, AuditError> {
-        self.with_log(move |log| {
-            let started = Instant::now();
-            let mut attempt = 0;
-            loop {
-                let head = log.size();
-                match log.append_batch(items.clone()) {
-                    Err(conflict @ AuditError::AppendConflict { .. }) => {
-                        if started.elapsed() >= CONFLICT_DEADLINE {
-                            return Err(conflict);
-                        }
-                        log.refresh()?;
-                        if log.size() == head {
-                            return Err(conflict);
-                        }
-                        attempt += 1;
-                        // On the blocking pool: sleeping here parks no
-                        // async worker.
-                        std::thread::sleep(conflict_backoff(attempt));
-                    }
-                    result => return result,
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Waiting { items, answer });
+        let mut log = Arc::clone(&self.log).lock_owned().await;
+        let mut group = take_group(&self.waiting);
+        if !group.is_empty() {
+            // Not awaited here: the answers come through the channels. The
+            // task keeps the lock while callers keep arriving, so none waits
+            // for a lock nobody will take to commit its entries.
+            let waiting = Arc::clone(&self.waiting);
+            drop(tokio::task::spawn_blocking(move || {
+                while !group.is_empty() {
+                    commit_group(&mut log, group);
+                    group = take_group(&waiting);
                 }
-            }
-        })
-        .await
+            }));
+        }
+        answered
+            .await
+            .map_err(|_| AuditError::Storage("the log's commit task stopped".into()))?
     }
 
     /// Number of entries, as of this process's last append or refresh.

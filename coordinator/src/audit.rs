@@ -15,7 +15,7 @@ use custos_audit::{AuditError, EntryBody, Hash, LogSigner};
 use custos_proto::signer::{CosignRequest, StatusRequest};
 
 use crate::clock::now_ms;
-use crate::error::CoordError;
+use crate::error::{CoordError, WitnessFailure};
 use crate::signers::Signers;
 use crate::stages::{self, Stage};
 
@@ -294,21 +294,17 @@ impl AuditTrail {
             }
         });
         let mut lines = Vec::new();
-        let mut failed = Vec::new();
+        let mut failed: Vec<WitnessFailure> = Vec::new();
         let started = std::time::Instant::now();
         let answers = futures::future::join_all(rounds).await;
         stages::since(Stage::WitnessRound, started);
         for (n, required, r) in answers {
             match r {
                 Ok(mut l) => lines.append(&mut l),
-                // Name the witness once: most errors name it already.
-                Err(e) if required => failed.push(
-                    if e.culprit() == Some(n.as_str()) || e.absent().contains(&n.as_str()) {
-                        e.to_string()
-                    } else {
-                        format!("{n}: {e}")
-                    },
-                ),
+                Err(e) if required => failed.push(WitnessFailure {
+                    witness: n.clone(),
+                    error: Box::new(e),
+                }),
                 Err(e) => tracing::debug!(node = %n, error = %e, "witness did not co-sign"),
             }
         }
@@ -319,10 +315,10 @@ impl AuditTrail {
                 .map_err(log_err)?;
         }
         if !failed.is_empty() {
-            return Err(CoordError::unavailable(format!(
-                "witnesses did not co-sign checkpoint {size}: {}",
-                failed.join("; ")
-            )));
+            return Err(CoordError::WitnessRound {
+                size,
+                failures: failed,
+            });
         }
         Ok(size)
     }

@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 use crate::db::{Db, KeyRow};
 use crate::error::{CoordError, SignerRejection, Unreachable};
 use crate::signers::{Signer, Signers};
+use crate::stages::{self, Stage};
 
 /// Tunables from the config.
 #[derive(Clone, Debug)]
@@ -552,7 +553,11 @@ impl Cluster {
             ));
         }
         let (group_id, participants) = self.db.ready_group().await?.ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("aux info not ready ({})", self.aux_state()))
+            CoordError::precondition(
+                "cluster",
+                "aux-info",
+                format!("is not ready ({})", self.aux_state()),
+            )
         })?;
         let members = self.require_live(&participants, participants.len()).await?;
         let epoch = self.signers.epoch()?;
@@ -684,14 +689,18 @@ impl Cluster {
         let public_key = match (&key.state[..], &key.public_key) {
             ("ready", Some(pk)) => pk.clone(),
             _ => {
-                return Err(CoordError::FailedPrecondition(format!(
-                    "key {key_id} is {}",
-                    key.state
-                )));
+                return Err(CoordError::precondition(
+                    "key",
+                    key_id,
+                    format!("is {}", key.state),
+                ));
             }
         };
         self.locks.check(key_id).await?;
-        if let Some(prev) = self.db.begin_sign(request_id, key_id, &digest).await? {
+        let began = Instant::now();
+        let begun = self.db.begin_sign(request_id, key_id, &digest).await?;
+        stages::since(Stage::SignCommit, began);
+        if let Some(prev) = begun {
             return self.previous_outcome(request_id, key_id, &digest, prev);
         }
         let started = Instant::now();
@@ -701,6 +710,7 @@ impl Cluster {
         match result {
             Ok(mut outcome) => {
                 outcome.elapsed = started.elapsed();
+                let finishing = Instant::now();
                 self.db
                     .finish_sign(
                         request_id,
@@ -710,6 +720,7 @@ impl Cluster {
                         None,
                     )
                     .await?;
+                stages::since(Stage::SignCommit, finishing);
                 self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
                 self.metrics.observe(outcome.elapsed);
                 Ok(outcome)
@@ -732,9 +743,11 @@ impl Cluster {
         prev: crate::db::SignRow,
     ) -> Result<SignOutcome, CoordError> {
         if prev.key_id != key_id || prev.digest != digest {
-            return Err(CoordError::AlreadyExists(format!(
-                "request_id {request_id} was already used for a different key or digest"
-            )));
+            return Err(CoordError::already_exists(
+                "request_id",
+                request_id,
+                "was already used for a different key or digest",
+            ));
         }
         match (prev.state.as_str(), prev.r, prev.s) {
             ("signed", Some(r), Some(s)) => Ok(SignOutcome {
@@ -752,10 +765,14 @@ impl Cluster {
                 presig_id: prev.presig_id.unwrap_or_default(),
                 elapsed: Duration::ZERO,
             }),
-            (state, _, _) => Err(CoordError::FailedPrecondition(format!(
-                "request_id {request_id} was already attempted ({state}{}); a request is never signed twice",
-                prev.error.map(|e| format!(": {e}")).unwrap_or_default()
-            ))),
+            (state, _, _) => Err(CoordError::precondition(
+                "request_id",
+                request_id,
+                format!(
+                    "was already attempted ({state}{}); a request is never signed twice",
+                    prev.error.map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+            )),
         }
     }
 
@@ -778,9 +795,13 @@ impl Cluster {
             let mut pooled = None;
             if !interactive {
                 for (presig_id, signers) in self.db.ready_presigs(&key.key_id).await? {
-                    if signers.iter().all(|s| live_ids.contains(s))
-                        && self.db.take_presig(&presig_id, request_id).await?
-                    {
+                    if !signers.iter().all(|s| live_ids.contains(s)) {
+                        continue;
+                    }
+                    let taking = Instant::now();
+                    let taken = self.db.take_presig(&presig_id, request_id).await?;
+                    stages::since(Stage::SignCommit, taking);
+                    if taken {
                         pooled = Some((presig_id, signers));
                         break;
                     }
@@ -837,6 +858,7 @@ impl Cluster {
             request_id: request_id.to_owned(),
             coordinator_epoch: self.signers.epoch()?,
         };
+        let calling = Instant::now();
         let partials = all_or_first_error(signers, self.settings.partial_timeout, |s| {
             let req = req.clone();
             async move {
@@ -847,12 +869,11 @@ impl Cluster {
             }
         })
         .await?;
-        let (sig, recovery_id) = self
-            .counted(
-                &key.key_id,
-                combine_partials(&partials, signer_ids, public_key, digest, presig_id),
-            )
-            .await?;
+        stages::since(Stage::SignerCalls, calling);
+        let combining = Instant::now();
+        let combined = combine_partials(&partials, signer_ids, public_key, digest, presig_id);
+        stages::since(Stage::Combine, combining);
+        let (sig, recovery_id) = self.counted(&key.key_id, combined).await?;
         Ok(SignOutcome {
             r: sig.r,
             s: sig.s,
@@ -1070,9 +1091,10 @@ impl Cluster {
         mut authorization: custos_proto::signer::WithdrawalAuthorization,
     ) -> Result<SignOutcome, CoordError> {
         authorization.coordinator_epoch = self.signers.epoch()?;
-        let public_key = key.public_key.clone().ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("key {} is not ready", key.key_id))
-        })?;
+        let public_key = key
+            .public_key
+            .clone()
+            .ok_or_else(|| CoordError::precondition("key", key.key_id.clone(), "is not ready"))?;
         self.locks.check(&key.key_id).await?;
         let signers: Vec<Arc<Signer>> = signer_ids
             .iter()
@@ -1100,12 +1122,11 @@ impl Cluster {
             }
         })
         .await?;
-        let (sig, recovery_id) = self
-            .counted(
-                &key.key_id,
-                combine_partials(&partials, signer_ids, &public_key, digest, presig_id),
-            )
-            .await?;
+        stages::since(Stage::SignerCalls, started);
+        let combining = Instant::now();
+        let combined = combine_partials(&partials, signer_ids, &public_key, digest, presig_id);
+        stages::since(Stage::Combine, combining);
+        let (sig, recovery_id) = self.counted(&key.key_id, combined).await?;
         self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe(started.elapsed());
         Ok(SignOutcome {

@@ -244,9 +244,9 @@ impl Db {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(CoordError::AlreadyExists(format!(
-                "key {key_id} already exists"
-            ))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(CoordError::already_exists("key", key_id, "already exists"))
+            }
             Err(e) => Err(db_err(e)),
         }
     }
@@ -371,24 +371,25 @@ impl Db {
         Ok(u32::try_from(n).unwrap_or(0))
     }
 
-    /// Atomically takes a ready presignature: only one caller can win it.
+    /// Atomically takes a ready presignature for `request_id`: only one
+    /// caller can win it, and the request names it in the same commit (one
+    /// fsync on the online path, and no presignature consumed by nobody
+    /// after a crash in between).
     pub async fn take_presig(&self, presig_id: &str, request_id: &str) -> Result<bool, CoordError> {
-        let res = sqlx::query(
-            "UPDATE presignatures SET state = 'consumed' WHERE presig_id = $1 AND state = 'ready'",
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !consume_presig(&mut tx, presig_id).await? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE sign_requests SET presig_id = $1, mode = 'presignature' WHERE request_id = $2",
         )
         .bind(presig_id)
-        .execute(&self.pool)
+        .bind(request_id)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        if res.rows_affected() == 1 {
-            sqlx::query("UPDATE sign_requests SET presig_id = $1, mode = 'presignature' WHERE request_id = $2")
-                .bind(presig_id)
-                .bind(request_id)
-                .execute(&self.pool)
-                .await
-                .map_err(db_err)?;
-        }
-        Ok(res.rows_affected() == 1)
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     /// Presignatures left `generating` by a crash can never be trusted: fail them.

@@ -12,7 +12,8 @@
 //!   session timed out).
 //!
 //! On HTTP they are the JSON fields `culprit` and `waiting_for` beside
-//! `error`, and the same headers.
+//! `error`, and the same headers. A conflict, failed precondition or missing
+//! thing names what it is about in `subject` (`{"kind": "key", "id": "k1"}`).
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -25,9 +26,11 @@ pub fn grpc_code(e: &CoordError) -> Code {
     match e {
         CoordError::InvalidArgument { .. } => Code::InvalidArgument,
         CoordError::NotFound { .. } => Code::NotFound,
-        CoordError::AlreadyExists(_) => Code::AlreadyExists,
-        CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
-        CoordError::Unavailable { .. } | CoordError::SignersUnavailable { .. } => Code::Unavailable,
+        CoordError::AlreadyExists { .. } => Code::AlreadyExists,
+        CoordError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        CoordError::Unavailable { .. }
+        | CoordError::SignersUnavailable { .. }
+        | CoordError::WitnessRound { .. } => Code::Unavailable,
         CoordError::Aborted { .. } => Code::Aborted,
         CoordError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         CoordError::Refused { .. } | CoordError::PermissionDenied(_) => Code::PermissionDenied,
@@ -49,11 +52,12 @@ pub fn http_status(e: &CoordError) -> StatusCode {
         CoordError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
         CoordError::NotFound { .. } => StatusCode::NOT_FOUND,
         CoordError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-        CoordError::AlreadyExists(_) => StatusCode::CONFLICT,
-        CoordError::FailedPrecondition(_) => StatusCode::PRECONDITION_FAILED,
+        CoordError::AlreadyExists { .. } => StatusCode::CONFLICT,
+        CoordError::FailedPrecondition { .. } => StatusCode::PRECONDITION_FAILED,
         CoordError::Storage { .. }
         | CoordError::Unavailable { .. }
-        | CoordError::SignersUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | CoordError::SignersUnavailable { .. }
+        | CoordError::WitnessRound { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CoordError::SignerRejected { kind, .. } => match kind {
             SignerRejection::InvalidRequest => StatusCode::BAD_REQUEST,
             SignerRejection::NotFound => StatusCode::NOT_FOUND,
@@ -103,6 +107,10 @@ pub fn http_body(e: &CoordError) -> Value {
     if !absent.is_empty() {
         body["waiting_for"] = json!(absent);
     }
+    // What a conflict, precondition or missing thing is about, as data.
+    if let Some((kind, id)) = e.subject() {
+        body["subject"] = json!({ "kind": kind, "id": id });
+    }
     body
 }
 
@@ -111,7 +119,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::error::Unreachable;
+    use crate::error::{Unreachable, WitnessFailure};
 
     fn s(v: &str) -> String {
         v.to_owned()
@@ -146,18 +154,18 @@ mod tests {
                 None,
             ),
             (
-                CoordError::AlreadyExists(s("key k exists")),
+                CoordError::already_exists("key", "k", "already exists"),
                 Code::AlreadyExists,
                 409,
-                "key k exists",
+                "key k already exists",
                 None,
                 None,
             ),
             (
-                CoordError::FailedPrecondition(s("aux info not ready (none)")),
+                CoordError::precondition("cluster", "aux-info", "is not ready (none)"),
                 Code::FailedPrecondition,
                 412,
-                "failed precondition: aux info not ready (none)",
+                "failed precondition: cluster aux-info is not ready (none)",
                 None,
                 None,
             ),
@@ -330,6 +338,32 @@ mod tests {
                 None,
             ),
             (
+                CoordError::WitnessRound {
+                    size: 7,
+                    failures: vec![
+                        WitnessFailure {
+                            witness: s("signer-1"),
+                            error: Box::new(CoordError::Refused {
+                                signer: s("signer-1"),
+                                reason: s("log fork"),
+                            }),
+                        },
+                        WitnessFailure {
+                            witness: s("signer-3"),
+                            error: Box::new(CoordError::silent(
+                                "signer-3",
+                                "did not co-sign in time",
+                            )),
+                        },
+                    ],
+                },
+                Code::Unavailable,
+                503,
+                "witnesses did not co-sign checkpoint 7: refused: signer-1: log fork; signer-3 did not co-sign in time",
+                Some("signer-1"),
+                Some("signer-3"),
+            ),
+            (
                 CoordError::Internal(s("bug")),
                 Code::Internal,
                 500,
@@ -342,6 +376,13 @@ mod tests {
             assert_eq!(http_status(&e).as_u16(), http, "{e}");
             let body = http_body(&e);
             assert_eq!(body["error"], message);
+            match e.subject() {
+                Some((kind, id)) => {
+                    assert_eq!(body["subject"]["kind"], kind, "{e}");
+                    assert_eq!(body["subject"]["id"], id, "{e}");
+                }
+                None => assert!(body.get("subject").is_none(), "{e}"),
+            }
             assert_eq!(body["culprit"].as_str(), culprit, "{e}");
             assert_eq!(
                 body["waiting_for"].as_array().map(|a| a

@@ -30,12 +30,29 @@ pub enum CoordError {
         /// The id the request gave (with the known ones where that helps).
         id: String,
     },
-    /// A unique id was reused.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The cluster is not ready for this (aux info, key state).
-    #[error("failed precondition: {0}")]
-    FailedPrecondition(String),
+    /// Something unique was used again (a key id, a request id, an
+    /// idempotency key for another request, an approver's second verdict).
+    #[error("{kind} {id} {conflict}")]
+    AlreadyExists {
+        /// What was reused (`key`, `request_id`, `idempotency_key`, `approver`).
+        kind: &'static str,
+        /// The reused value.
+        id: String,
+        /// With what it conflicts (`already exists`, `was already used for ...`).
+        conflict: String,
+    },
+    /// The thing the request acts on is not in a state that allows it (a
+    /// key not ready or locked, a withdrawal past approvals, a policy that
+    /// changed, the cluster's aux info missing).
+    #[error("failed precondition: {kind} {id} {reason}")]
+    FailedPrecondition {
+        /// What kind of thing (`key`, `withdrawal`, `policy`, `cluster`).
+        kind: &'static str,
+        /// Which one.
+        id: String,
+        /// Why it cannot be done now (`is locked for signing ...`).
+        reason: String,
+    },
     /// Something this operation needs cannot be reached: a signer (named),
     /// or a chain node, the lease, the log's witnesses (`signer` is `None`).
     /// Also a signer's refusal of this coordinator as fenced (a newer one
@@ -84,6 +101,18 @@ pub enum CoordError {
         reporter: Option<String>,
         /// What timed out.
         reason: String,
+    },
+    /// Witnesses a checkpoint needed did not co-sign it: each one's own
+    /// failure (a refusal, unreachable, silent) is kept. Nothing is signed
+    /// under a checkpoint its signers have not co-signed, so whoever needed
+    /// it waits and tries again: it counts as unavailable, never as a
+    /// failure of the request.
+    #[error("witnesses did not co-sign checkpoint {size}: {}", witness_text(.failures))]
+    WitnessRound {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// Each required witness that did not co-sign, with why.
+        failures: Vec<WitnessFailure>,
     },
     /// A signer refused on its own checks (policy, approvals, time lock,
     /// history, audit log).
@@ -141,6 +170,15 @@ pub enum SignerRejection {
     Internal,
 }
 
+/// A witness that did not co-sign a checkpoint, and its failure.
+#[derive(Clone, Debug)]
+pub struct WitnessFailure {
+    /// The witness's node id.
+    pub witness: String,
+    /// What went wrong with it (names it too).
+    pub error: Box<CoordError>,
+}
+
 /// A participant that could not be reached, and where we looked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreachable {
@@ -169,6 +207,11 @@ impl CoordError {
             }
             CoordError::Unavailable { signer, .. } => signer.as_deref(),
             CoordError::Aborted { culprit, .. } => culprit.as_deref(),
+            // A witness that refused is at fault; one out of reach is absent.
+            CoordError::WitnessRound { failures, .. } => failures
+                .iter()
+                .find(|f| matches!(*f.error, CoordError::Refused { .. }))
+                .map(|f| f.witness.as_str()),
             _ => None,
         }
     }
@@ -183,6 +226,11 @@ impl CoordError {
             CoordError::DeadlineExceeded { waiting_for, .. } => {
                 waiting_for.iter().map(String::as_str).collect()
             }
+            CoordError::WitnessRound { failures, .. } => failures
+                .iter()
+                .filter(|f| f.error.is_transient())
+                .map(|f| f.witness.as_str())
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -192,7 +240,9 @@ impl CoordError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            CoordError::Unavailable { .. } | CoordError::SignersUnavailable { .. }
+            CoordError::Unavailable { .. }
+                | CoordError::SignersUnavailable { .. }
+                | CoordError::WitnessRound { .. }
         )
     }
 
@@ -237,6 +287,44 @@ impl CoordError {
         }
     }
 
+    /// `kind` `id` was already used: `conflict` says with what.
+    pub fn already_exists(
+        kind: &'static str,
+        id: impl Into<String>,
+        conflict: impl Into<String>,
+    ) -> CoordError {
+        CoordError::AlreadyExists {
+            kind,
+            id: id.into(),
+            conflict: conflict.into(),
+        }
+    }
+
+    /// `kind` `id` is in no state for this: `reason`.
+    pub fn precondition(
+        kind: &'static str,
+        id: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> CoordError {
+        CoordError::FailedPrecondition {
+            kind,
+            id: id.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// What an [`CoordError::AlreadyExists`] or
+    /// [`CoordError::FailedPrecondition`] is about (`("key", "k1")`), or a
+    /// [`CoordError::NotFound`]'s missing thing.
+    pub fn subject(&self) -> Option<(&'static str, &str)> {
+        match self {
+            CoordError::AlreadyExists { kind, id, .. }
+            | CoordError::FailedPrecondition { kind, id, .. }
+            | CoordError::NotFound { kind, id } => Some((kind, id)),
+            _ => None,
+        }
+    }
+
     /// A session aborted without a single named culprit.
     pub fn aborted(reason: impl Into<String>) -> CoordError {
         CoordError::Aborted {
@@ -262,6 +350,22 @@ fn with_signer(signer: &Option<String>, reason: &str) -> String {
         Some(s) => format!("{s} {reason}"),
         None => reason.to_owned(),
     }
+}
+
+fn witness_text(failures: &[WitnessFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| {
+            let text = f.error.to_string();
+            // Name the witness once: most errors name it already.
+            if text.contains(f.witness.as_str()) {
+                text
+            } else {
+                format!("{}: {text}", f.witness)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn list(items: &[Unreachable]) -> String {
@@ -392,6 +496,48 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         let e = CoordError::not_found("withdrawal", "wd-1");
         assert_eq!(e.to_string(), "not found: withdrawal wd-1");
+        assert_eq!(e.subject(), Some(("withdrawal", "wd-1")));
+    }
+
+    #[test]
+    fn a_witness_round_keeps_each_witness_and_stays_retryable() {
+        let e = CoordError::WitnessRound {
+            size: 12,
+            failures: vec![
+                WitnessFailure {
+                    witness: "signer-2".into(),
+                    error: Box::new(CoordError::Refused {
+                        signer: "signer-2".into(),
+                        reason: "checkpoint 12 is not consistent with 9".into(),
+                    }),
+                },
+                WitnessFailure {
+                    witness: "signer-3".into(),
+                    error: Box::new(CoordError::silent("signer-3", "did not co-sign in time")),
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "witnesses did not co-sign checkpoint 12: refused: signer-2: checkpoint 12 is not consistent with 9; signer-3 did not co-sign in time"
+        );
+        assert_eq!(e.culprit(), Some("signer-2"));
+        assert_eq!(e.absent(), ["signer-3"]);
+        assert!(e.is_unavailable() && e.is_transient());
+    }
+
+    #[test]
+    fn conflicts_and_preconditions_keep_their_subject() {
+        let e = CoordError::already_exists("key", "k1", "already exists");
+        assert_eq!(e.to_string(), "key k1 already exists");
+        assert_eq!(e.subject(), Some(("key", "k1")));
+        let e = CoordError::precondition("key", "k1", "is locked for signing");
+        assert_eq!(
+            e.to_string(),
+            "failed precondition: key k1 is locked for signing"
+        );
+        assert_eq!(e.subject(), Some(("key", "k1")));
+        assert_eq!(e.culprit(), None);
     }
 
     #[test]

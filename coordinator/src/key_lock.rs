@@ -81,9 +81,13 @@ impl KeyLocks {
                 consecutive,
                 last_error,
                 locked_ms: Some(_),
-            }) => Err(CoordError::FailedPrecondition(format!(
-                "key {key_id} is locked for signing after {consecutive} unexplained signing failures (last: {last_error}); an admin unlocks it with `custos key unlock {key_id} --reason ...` once the cause is understood"
-            ))),
+            }) => Err(CoordError::precondition(
+                "key",
+                key_id,
+                format!(
+                    "is locked for signing after {consecutive} unexplained signing failures (last: {last_error}); an admin unlocks it with `custos key unlock {key_id} --reason ...` once the cause is understood"
+                ),
+            )),
             _ => Ok(()),
         }
     }

@@ -37,7 +37,8 @@ pub use dispatcher::{
 pub use nats::{NatsConfig, NatsSink};
 pub use outbox::{
     DeadLetter, DeliveryState, Event, StoredEvent, Webhook, create_schema, dead_letters,
-    delivery_state, enqueue, redrive, register_webhook, schema, set_webhook_active, webhooks,
+    delivery_state, enqueue, enqueue_first, redrive, register_webhook, schema, set_webhook_active,
+    webhooks,
 };
 pub use webhook::{REPLAY_WINDOW_SECS, sign_webhook, verify_webhook};
 

@@ -137,6 +137,75 @@ fn valid_event_type(t: &str) -> bool {
         })
 }
 
+/// Events per statement in [`enqueue_first`] (6 values each): SQLite's
+/// cost of preparing a statement grows with the square of its `$N`
+/// parameters, so a few hundred at most.
+const FIRST_CHUNK: usize = 40;
+
+/// Adds the first events of aggregates that have none yet, each
+/// aggregate's in the order given (sequence 1, 2, ...), in one statement
+/// per [`FIRST_CHUNK`] events: for a group commit whose transaction creates
+/// the aggregates themselves (new withdrawals), where [`enqueue`] would cost
+/// one statement per event. An aggregate that already has events makes the
+/// statement fail on the (aggregate, seq) uniqueness, and nothing of it is
+/// written. Returns how many events were added; nudge the dispatcher after
+/// commit as for [`enqueue`].
+pub async fn enqueue_first(
+    conn: &mut AnyConnection,
+    events: &[Event],
+) -> Result<usize, EventsError> {
+    let mut rows = Vec::with_capacity(events.len());
+    let mut next: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for event in events {
+        if !valid_event_type(&event.event_type) {
+            return Err(EventsError::InvalidEventType(event.event_type.clone()));
+        }
+        if event.aggregate_id.is_empty() {
+            return Err(EventsError::InvalidId("aggregate id"));
+        }
+        if event.client_id.is_empty() {
+            return Err(EventsError::InvalidId("client id"));
+        }
+        let seq = next.entry(event.aggregate_id.as_str()).or_insert(0);
+        *seq += 1;
+        rows.push((event, *seq, serde_json::to_string(&event.payload)?));
+    }
+    let created_at_ms = now_ms();
+    for chunk in rows.chunks(FIRST_CHUNK) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    chunk.len() * 6 + 1
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO outbox (event_id, aggregate_id, seq, client_id, event_type, payload, created_at) VALUES {values}"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (event, seq, payload) in chunk {
+            q = q
+                .bind(format!("{}:{seq}", event.aggregate_id))
+                .bind(event.aggregate_id.as_str())
+                .bind(*seq)
+                .bind(event.client_id.as_str())
+                .bind(event.event_type.as_str())
+                .bind(payload.as_str());
+        }
+        q.bind(created_at_ms).execute(&mut *conn).await?;
+    }
+    Ok(rows.len())
+}
+
 /// How many times [`enqueue`] re-reads the next sequence number after losing
 /// a race for it to a concurrent transaction on the same aggregate.
 const SEQ_ATTEMPTS: usize = 16;

@@ -16,8 +16,8 @@ use custos_db::Db;
 use custos_db::testdb::{fresh_pg, fresh_sqlite};
 use custos_events::{
     DeliveryState, DestinationPolicy, Dispatcher, DispatcherConfig, Event, EventsError, NatsConfig,
-    NatsSink, RetryPolicy, create_schema, dead_letters, delivery_state, enqueue, redrive,
-    register_webhook, sign_webhook, verify_webhook,
+    NatsSink, RetryPolicy, create_schema, dead_letters, delivery_state, enqueue, enqueue_first,
+    redrive, register_webhook, sign_webhook, verify_webhook,
 };
 
 async fn sqlite(dir: &tempfile::TempDir) -> Db {
@@ -245,6 +245,74 @@ async fn enqueue_semantics(db: Db) {
     assert!(matches!(err, EventsError::InvalidWebhook(_)), "{err:?}");
 }
 on_both!(enqueue_semantics, enqueue_sqlite, enqueue_pg);
+
+/// A group commit's first events of new aggregates: sequences 1.. per
+/// aggregate in order, interleaved aggregates kept apart, more events than
+/// one statement holds, then `enqueue` goes on from there; an aggregate that
+/// already has events is refused and nothing of that batch is written.
+async fn first_events_in_one_go(db: Db) {
+    let mut batch = Vec::new();
+    for i in 0..700 {
+        batch.push(event(
+            &format!("new-{}", i % 300),
+            "c1",
+            "withdrawal.requested",
+            i,
+        ));
+    }
+    let mut tx = db.pool.begin().await.unwrap();
+    assert_eq!(enqueue_first(&mut tx, &batch).await.unwrap(), 700);
+    tx.commit().await.unwrap();
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT event_id, seq, payload FROM outbox WHERE aggregate_id = 'new-7' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(rows[2].0, "new-7:3");
+    let n: Vec<u64> = rows
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.2).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        n,
+        [7, 307, 607],
+        "each aggregate's events in the order given"
+    );
+    let next = enqueue_committed(&db, &event("new-7", "c1", "withdrawal.approved", 0)).await;
+    assert_eq!(next.seq, 4);
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let refused = enqueue_first(
+        &mut tx,
+        &[
+            event("fresh", "c1", "withdrawal.requested", 0),
+            event("new-8", "c1", "withdrawal.requested", 0),
+        ],
+    )
+    .await;
+    assert!(refused.is_err(), "an aggregate with events is not new");
+    drop(tx);
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE aggregate_id = 'fresh'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(count, 0);
+    let mut conn = db.pool.acquire().await.unwrap();
+    let bad = enqueue_first(&mut conn, &[event("x", "c1", "Bad Type", 0)]).await;
+    assert!(
+        matches!(bad, Err(EventsError::InvalidEventType(_))),
+        "{bad:?}"
+    );
+}
+on_both!(first_events_in_one_go, first_events_sqlite, first_events_pg);
 
 /// Concurrent transactions enqueueing on one aggregate each get their own
 /// sequence number: the loser of a race waits and takes the next one instead

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod latency;
 pub mod limits;
 pub mod standby;
 pub mod tls;

@@ -25,4 +25,5 @@ pub mod p2p;
 pub mod recovery;
 pub mod service;
 pub mod sessions;
+pub mod stages;
 pub mod store;

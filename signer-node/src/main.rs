@@ -454,6 +454,7 @@ impl custos_service::http::Health for SignerHealth {
             self.node.store().key_count().unwrap_or(0),
             self.node.protocol_threads()
         ) + &custos_service::limits::metrics_text(std::slice::from_ref(&self.guard))
+            + &custos_signer_node::stages::metrics_text()
     }
 }
 

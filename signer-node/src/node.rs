@@ -641,8 +641,11 @@ impl Node {
         if crate::DEV_BUILD && self.fault == FaultInjection::CorruptPartialSignatures {
             digest[0] ^= 1;
         }
+        let computing = std::time::Instant::now();
         let partial = protocol::issue_partial(presig, &digest);
-        serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()))
+        let bytes = serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()));
+        crate::stages::since(crate::stages::Stage::Partial, computing);
+        bytes
     }
 
     /// Interactive signing without a presignature.

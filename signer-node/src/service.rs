@@ -1,6 +1,7 @@
 //! The control API: decode, call the node, map errors to gRPC status.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use custos_proto::signer::signer_control_server::SignerControl;
 use custos_proto::signer::*;
@@ -12,6 +13,7 @@ use crate::cosigner::{Cosigner, SignDecision};
 use crate::error::NodeError;
 use crate::fence::EpochFence;
 use crate::node::{Node, PrimeState};
+use crate::stages::{self, Stage};
 
 /// gRPC adapter over a [`Node`] and its [`Cosigner`].
 pub struct ControlService {
@@ -47,8 +49,10 @@ impl ControlService {
     /// is acted on.
     async fn admit(&self, epoch: u64, call: &'static str) -> Result<(), Status> {
         let fence = self.fence.clone();
+        let started = Instant::now();
         blocking(move || fence.admit(epoch))
             .await
+            .inspect(|_| stages::since(Stage::Admit, started))
             .inspect_err(|e| {
                 tracing::warn!(call, epoch, refusal = %e.message(), "request from a fenced coordinator refused");
             })
@@ -236,6 +240,7 @@ impl SignerControl for ControlService {
         req: Request<PartialSignRequest>,
     ) -> Result<Response<PartialSignResponse>, Status> {
         self.raw_digest_allowed()?;
+        let started = Instant::now();
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "partial_sign").await?;
         let d = digest(&r.digest)?;
@@ -247,6 +252,7 @@ impl SignerControl for ControlService {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(status)?;
+        stages::since(Stage::Request, started);
         Ok(Response::new(PartialSignResponse {
             partial_signature: partial,
         }))
@@ -302,6 +308,7 @@ impl SignerControl for ControlService {
         &self,
         req: Request<SignWithdrawalRequest>,
     ) -> Result<Response<PartialSignResponse>, Status> {
+        let started = Instant::now();
         let mut r = req.into_inner();
         let a = r
             .authorization
@@ -315,6 +322,7 @@ impl SignerControl for ControlService {
                 .inspect_err(|e| cos.record_refusal(&a, "sign_withdrawal", e))
         })
         .await?;
+        stages::since(Stage::Request, started);
         Ok(Response::new(PartialSignResponse {
             partial_signature: partial,
         }))
@@ -400,7 +408,9 @@ fn sign_withdrawal(
         Err(NodeError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
+    let checking = Instant::now();
     let (decision, _serialised) = cos.authorize_signing(a, &r.presignature_id)?;
+    stages::since(Stage::Checks, checking);
     match decision {
         SignDecision::Repeat(p) => Ok(p),
         SignDecision::Issue(v) => {
@@ -433,7 +443,9 @@ fn sign_withdrawal(
             };
             let partial = node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &usage)?;
             // Recorded before it leaves: velocity and replay see it even after a crash.
+            let journaling = Instant::now();
             cos.record_signed(&v, &r.presignature_id, &partial)?;
+            stages::since(Stage::Journal, journaling);
             Ok(partial)
         }
     }

@@ -17,12 +17,14 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use custos_hsm::{SealContext, Sealer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::NodeError;
+use crate::stages::{self, Stage};
 
 /// Public facts about a key this node holds a share of.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -337,11 +339,14 @@ impl Store {
         let path = self
             .root
             .join(format!("presigs/{key_id}/{presig_id}.sealed"));
+        let unsealing = Instant::now();
         let payload = self
             .unseal_from(&path, key_id, &format!("presig:{presig_id}"))?
             .ok_or_else(|| {
                 NodeError::NotFound(format!("presignature {presig_id} of key {key_id}"))
             })?;
+        stages::since(Stage::Unseal, unsealing);
+        let marking = Instant::now();
         let marker = self.root.join(format!("consumed/{presig_id}"));
         // create_new: two concurrent consumers cannot both win.
         let mut f = OpenOptions::new()
@@ -359,6 +364,7 @@ impl Store {
             .map_err(|e| NodeError::storage(&marker, e))?;
         f.sync_all().map_err(|e| NodeError::storage(&marker, e))?;
         sync_dir(&self.root.join("consumed"))?;
+        stages::since(Stage::ConsumeMarker, marking);
         // The marker is authoritative; the blob's removal need not be durable.
         if let Err(e) = fs::remove_file(&path) {
             tracing::warn!(error = %e, "consumed presignature blob not removed");

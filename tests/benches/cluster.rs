@@ -32,6 +32,8 @@ fn digest() -> [u8; 32] {
 }
 
 struct Figures {
+    /// Where online signing's time went: (who, stage, count, mean ms).
+    breakdown: Vec<(String, &'static str, f64, f64)>,
     keygen_p50: f64,
     presign_ms: f64,
     online_p50: f64,
@@ -90,7 +92,33 @@ fn in_process(t: u16, n: u16, signatures: usize) -> Figures {
         online_p50: p50,
         online_p99: pct(&mut online, 0.99),
         throughput: 1000.0 / p50,
+        breakdown: Vec::new(),
     }
+}
+
+/// Count and mean (ms) of each `stage` of the histogram `metric` at `http`.
+fn stage_means(
+    http: std::net::SocketAddr,
+    metric: &str,
+    who: &str,
+    stages: &[&'static str],
+) -> Vec<(String, &'static str, f64, f64)> {
+    stages
+        .iter()
+        .map(|stage| {
+            let read = |what: &str| {
+                custos_tests::metric_if_any(http, &format!("{metric}_{what}{{stage=\"{stage}\"}}"))
+                    .unwrap_or(0.0)
+            };
+            let (count, sum) = (read("count"), read("sum"));
+            let mean = if count > 0.0 {
+                sum * 1000.0 / count
+            } else {
+                0.0
+            };
+            (who.to_owned(), *stage, count, mean)
+        })
+        .collect()
 }
 
 async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
@@ -165,6 +193,22 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
             pct(&mut o, 0.99)
         );
     }
+    // The online path's breakdown, read before anything else signs.
+    let layout = tc.cluster.layout();
+    let mut breakdown = stage_means(
+        layout.coordinator.metrics_listen,
+        "custos_stage_latency_seconds",
+        "coordinator",
+        &["sign_commit", "signer_calls", "combine"],
+    );
+    for s in &layout.signers {
+        breakdown.extend(stage_means(
+            s.http_listen,
+            "custos_signer_stage_latency_seconds",
+            &s.node_id,
+            &["request", "admit", "unseal", "consume_marker", "partial"],
+        ));
+    }
     // Throughput: concurrent requests, 8 in flight.
     let s = Instant::now();
     let mut done = 0;
@@ -190,6 +234,7 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
     }
     tc.cluster.stop().await.unwrap();
     Figures {
+        breakdown,
         keygen_p50: pct(&mut keygen, 0.5),
         presign_ms,
         online_p50: pct(&mut online, 0.5),
@@ -249,5 +294,15 @@ fn main() {
         row("online signing p50", base.online_p50, clu.online_p50, "ms");
         row("online signing p99", base.online_p99, clu.online_p99, "ms");
         row("signing throughput", base.throughput, clu.throughput, "/s");
+        println!("  online path, means over the {signatures} sequential signatures (/metrics):");
+        println!(
+            "    {:<14} {:<16} {:>8} {:>10}",
+            "process", "stage", "count", "mean"
+        );
+        for (who, stage, count, mean) in &clu.breakdown {
+            if *count > 0.0 {
+                println!("    {who:<14} {stage:<16} {count:>8.0} {mean:>7.3} ms");
+            }
+        }
     }
 }

@@ -1,18 +1,24 @@
 //! The withdrawal flow under load on a real 2-of-3 cluster (coordinator and
 //! three signers as processes on loopback, TLS gRPC, libp2p), one wallet.
 //!
-//! `cargo bench -p custos-tests --bench withdrawals -- [--count N]` (default 200;
-//! build the daemons first: `cargo build --release --workspace --bins`).
+//! `cargo bench -p custos-tests --bench withdrawals -- [--count N] [--creates M]
+//! [--create-rate R] [--allowed-rate S] [--only-creates]` (defaults 200, 1000,
+//! 1000/s, 50/s; build the daemons first:
+//! `cargo build --release --workspace --bins --features custos-signer-node/dev,custos-coordinator/dev,custos-cli/dev`).
 //!
-//! - A: N concurrent `CreateWithdrawal` (5 ETH, rule `medium-two-approvals`):
-//!   RPC latency (it returns after risk scoring and policy evaluation, in
-//!   `awaiting_approvals`), requests/s, and no loss (exactly N withdrawals, each
-//!   awaiting approvals).
-//! - B: two treasury approvals each (alice then bob; 20 withdrawals in flight):
-//!   quorum (bob's response) → `signed` (timestamped from `WatchWithdrawals`), and
-//!   signatures/s. Every signature is verified over `tx_digest`.
-//! - C: N concurrent allowed withdrawals (0.5 ETH, rule `small-allow`):
-//!   request → `signed` latency and signed withdrawals/s.
+//! - A: M `CreateWithdrawal` (5 ETH, rule `medium-two-approvals`) sent at R per
+//!   second, open loop (each at its own instant, whatever the answers before it
+//!   did): RPC latency (it returns after risk scoring and policy evaluation, in
+//!   `awaiting_approvals`), requests accepted per second (M over the time from
+//!   the first send to the last answer), and no loss (exactly M withdrawals,
+//!   each awaiting approvals). Then a burst of all of them at once would only
+//!   measure a queue; the rate is what a backend sends.
+//! - B: two treasury approvals each for the first N of them (alice then bob;
+//!   20 withdrawals in flight): quorum (bob's response) → `signed`
+//!   (timestamped from `WatchWithdrawals`), and signatures/s. Every signature
+//!   is verified over `tx_digest`.
+//! - C: N allowed withdrawals (0.5 ETH, rule `small-allow`) sent at S per
+//!   second, open loop: request → `signed` latency and signed withdrawals/s.
 //!
 //! The presignature pool (one per wallet) is filled before A and refilled before
 //! C, so signing draws on ready presignatures; it refills in the background as
@@ -49,7 +55,52 @@ const IN_FLIGHT: usize = 20;
 /// Extra presignatures above N in the pool target.
 const POOL_SLACK: u32 = 8;
 const LIMIT: Duration = Duration::from_secs(1800);
-const RISK: &str = "[risk]\nvelocity_count_points = 0\nvelocity_amount_points = 0";
+/// The risk model without its velocity signals, and API limits above the
+/// offered load (the defaults, 100/s per client and route, would refuse it).
+const TUNING: &str = "[risk]\nvelocity_count_points = 0\nvelocity_amount_points = 0\n\
+    [limits]\nrate_per_sec = 100000\nburst = 100000\nmax_concurrent = 4096";
+
+/// What the command line asks for.
+struct Args {
+    /// Withdrawals approved (B) and allowed (C).
+    n: usize,
+    /// Withdrawals created in A.
+    creates: usize,
+    /// A's offered rate, per second.
+    create_rate: f64,
+    /// C's offered rate, per second.
+    allowed_rate: f64,
+    /// Only A (no pool, no signing).
+    only_creates: bool,
+}
+
+/// Sends `count` calls of `call(i)` at `rate` per second, each at its own
+/// instant (open loop); returns each answer with when it was sent and
+/// answered.
+async fn open_loop<T, F, Fut>(count: usize, rate: f64, call: F) -> Vec<(T, Instant, Instant)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let fut = call(i);
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer = fut.await;
+            (answer, sent, Instant::now())
+        }));
+    }
+    let mut out = Vec::with_capacity(count);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
 
 fn pct(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
@@ -258,6 +309,7 @@ fn stage_breakdown(http: std::net::SocketAddr) -> (Vec<(&'static str, f64, f64)>
         "risk",
         "policy",
         "intake",
+        "intake_store",
         "log_append",
         "checkpoint",
         "witness_round",
@@ -266,14 +318,16 @@ fn stage_breakdown(http: std::net::SocketAddr) -> (Vec<(&'static str, f64, f64)>
     ]
     .into_iter()
     .map(|stage| {
-        let count = custos_tests::metric(
+        let count = custos_tests::metric_if_any(
             http,
             &format!("custos_stage_latency_seconds_count{{stage=\"{stage}\"}}"),
-        );
-        let sum = custos_tests::metric(
+        )
+        .unwrap_or(0.0);
+        let sum = custos_tests::metric_if_any(
             http,
             &format!("custos_stage_latency_seconds_sum{{stage=\"{stage}\"}}"),
-        );
+        )
+        .unwrap_or(0.0);
         (
             stage,
             count,
@@ -287,18 +341,23 @@ fn stage_breakdown(http: std::net::SocketAddr) -> (Vec<(&'static str, f64, f64)>
     .collect();
     (
         stages,
-        custos_tests::metric(http, "custos_intake_requests_total"),
-        custos_tests::metric(http, "custos_intake_batches_total"),
+        custos_tests::metric_if_any(http, "custos_intake_requests_total").unwrap_or(0.0),
+        custos_tests::metric_if_any(http, "custos_intake_batches_total").unwrap_or(0.0),
     )
 }
 
-async fn cluster(n: usize) -> Figures {
-    let pool = n as u32 + POOL_SLACK;
+async fn cluster(args: &Args) -> Figures {
+    let n = args.n;
+    let pool = if args.only_creates {
+        0
+    } else {
+        n as u32 + POOL_SLACK
+    };
     let fc = start_flow_tuned(
         &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/bench-policy.toml"),
         &[WALLET],
         pool,
-        RISK,
+        TUNING,
     )
     .await;
     let (admin, backend, approver) = (&fc.tc.client, &fc.backend, &fc.approver);
@@ -314,39 +373,62 @@ async fn cluster(n: usize) -> Figures {
     let seen = watch(backend);
     let run = hex::encode(&digest()[..4]);
 
-    eprintln!("  filling the presignature pool to {pool}...");
-    let (fill, made) = fill_pool(admin, pool).await;
-    let presign_ms = ms(fill) / f64::from(made.max(1));
-    eprintln!("  pool full after {:.0} s", fill.as_secs_f64());
+    let presign_ms = if args.only_creates {
+        f64::NAN
+    } else {
+        eprintln!("  filling the presignature pool to {pool}...");
+        let (fill, made) = fill_pool(admin, pool).await;
+        eprintln!("  pool full after {:.0} s", fill.as_secs_f64());
+        ms(fill) / f64::from(made.max(1))
+    };
 
-    // ---- A: N concurrent requests needing approvals.
-    eprintln!("  A: {n} concurrent CreateWithdrawal (5 ETH, 2 approvals)");
-    let start = Instant::now();
-    let calls = (0..n).map(|i| {
+    // ---- A: requests needing approvals, at the offered rate.
+    let m = args.creates;
+    eprintln!(
+        "  A: {m} CreateWithdrawal at {:.0}/s (5 ETH, 2 approvals)",
+        args.create_rate
+    );
+    let created = open_loop(m, args.create_rate, |i| {
         let b = backend.clone();
         let req = withdrawal_req(&format!("{run}-a-{i}"), WALLET, WHITELISTED, 5 * ETH);
-        async move {
-            let s = Instant::now();
-            let w = b.clone().create_withdrawal(req).await.unwrap().into_inner();
-            (w, ms(s.elapsed()))
-        }
-    });
-    let created = futures::future::join_all(calls).await;
-    let a_rate = n as f64 / start.elapsed().as_secs_f64();
-    let a_lat: Vec<f64> = created.iter().map(|(_, l)| *l).collect();
-    let a: Vec<Withdrawal> = created.into_iter().map(|(w, _)| w).collect();
+        async move { b.clone().create_withdrawal(req).await.unwrap().into_inner() }
+    })
+    .await;
+    let first_sent = created.iter().map(|c| c.1).min().unwrap();
+    let last_answer = created.iter().map(|c| c.2).max().unwrap();
+    let a_rate = m as f64 / last_answer.duration_since(first_sent).as_secs_f64();
+    let a_lat: Vec<f64> = created
+        .iter()
+        .map(|(_, s, r)| ms(r.duration_since(*s)))
+        .collect();
+    let a: Vec<Withdrawal> = created.into_iter().map(|(w, _, _)| w).collect();
     for w in &a {
         assert_eq!(w.state, "awaiting_approvals", "{} {}", w.id, w.reason);
         assert_eq!(w.rule_id, "medium-two-approvals", "{}", w.id);
     }
     let ids: HashSet<&str> = a.iter().map(|w| w.id.as_str()).collect();
-    assert_eq!(ids.len(), n, "duplicate withdrawal ids");
+    assert_eq!(ids.len(), m, "duplicate withdrawal ids");
     let all = list(backend, "").await;
     let waiting = list(backend, "awaiting_approvals").await;
-    assert_eq!(all.len(), n, "withdrawals stored");
-    assert_eq!(waiting.len(), n, "withdrawals awaiting approvals");
+    assert_eq!(all.len(), m, "withdrawals stored");
+    assert_eq!(waiting.len(), m, "withdrawals awaiting approvals");
     assert!(waiting.iter().all(|w| ids.contains(w.id.as_str())));
-    eprintln!("  A: no loss: {n} stored, {n} awaiting approvals");
+    eprintln!("  A: no loss: {m} stored, {m} awaiting approvals");
+    if args.only_creates {
+        let stages = stage_breakdown(fc.tc.cluster.layout().coordinator.metrics_listen);
+        fc.tc.cluster.stop().await.unwrap();
+        return Figures {
+            stages,
+            a_lat,
+            a_rate,
+            b_lat: Vec::new(),
+            b_rate: f64::NAN,
+            c_lat: Vec::new(),
+            c_rate: f64::NAN,
+            presign_ms,
+        };
+    }
+    let a: Vec<Withdrawal> = a.into_iter().take(n).collect();
 
     // ---- B: approve all (alice then bob each, IN_FLIGHT at once).
     eprintln!("  B: approving {n} ({IN_FLIGHT} in flight)");
@@ -385,18 +467,17 @@ async fn cluster(n: usize) -> Figures {
     // ---- C: N concurrent allowed withdrawals.
     eprintln!("  C: refilling the pool to {n}...");
     fill_pool(admin, n as u32).await;
-    eprintln!("  C: {n} concurrent CreateWithdrawal (0.5 ETH, allowed)");
+    eprintln!(
+        "  C: {n} CreateWithdrawal at {:.0}/s (0.5 ETH, allowed)",
+        args.allowed_rate
+    );
     let start = Instant::now();
-    let calls = (0..n).map(|i| {
+    let created = open_loop(n, args.allowed_rate, |i| {
         let b = backend.clone();
         let req = withdrawal_req(&format!("{run}-c-{i}"), WALLET, WHITELISTED, ETH / 2);
-        async move {
-            let s = Instant::now();
-            let w = b.clone().create_withdrawal(req).await.unwrap().into_inner();
-            (w, s, Instant::now())
-        }
-    });
-    let created = futures::future::join_all(calls).await;
+        async move { b.clone().create_withdrawal(req).await.unwrap().into_inner() }
+    })
+    .await;
     for (w, _, _) in &created {
         assert_eq!(w.rule_id, "small-allow", "{} {}", w.id, w.reason);
     }
@@ -419,11 +500,16 @@ async fn cluster(n: usize) -> Figures {
         verify(&pk, &withdrawal(backend, id).await);
     }
     let all = list(backend, "").await;
-    assert_eq!(all.len(), 2 * n);
-    assert!(all.iter().all(|w| w.state == "signed"));
+    assert_eq!(all.len(), m + n);
+    let signed = all.iter().filter(|w| w.state == "signed").count();
+    let waiting = all
+        .iter()
+        .filter(|w| w.state == "awaiting_approvals")
+        .count();
+    assert_eq!((signed, waiting), (2 * n, m - n));
     eprintln!(
-        "  C: {n} signatures verified; {} withdrawals, all signed",
-        2 * n
+        "  C: {n} signatures verified; {} withdrawals: {signed} signed, {waiting} of A still awaiting approvals",
+        m + n
     );
     let stages = stage_breakdown(fc.tc.cluster.layout().coordinator.metrics_listen);
     fc.tc.cluster.stop().await.unwrap();
@@ -441,13 +527,29 @@ async fn cluster(n: usize) -> Figures {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n = args
-        .iter()
-        .position(|a| a == "--count")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200usize);
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse::<f64>()
+                    .unwrap_or_else(|_| panic!("{flag} takes a number, got {v:?}"))
+            })
+    };
+    let n = value("--count").unwrap_or(200.0) as usize;
+    let args = Args {
+        n,
+        creates: value("--creates").map_or(1000.max(n), |v| v as usize),
+        create_rate: value("--create-rate").unwrap_or(1000.0),
+        allowed_rate: value("--allowed-rate").unwrap_or(50.0),
+        only_creates: args.iter().any(|a| a == "--only-creates"),
+    };
     assert!(n > 0, "--count must be at least 1");
+    assert!(args.creates >= n, "--creates must be at least --count");
+    assert!(
+        args.create_rate > 0.0 && args.allowed_rate > 0.0,
+        "rates must be positive"
+    );
     eprintln!("== in-process baseline (2-of-3)");
     let base = in_process(n);
     eprintln!("== cluster on loopback (2-of-3, one wallet, {n} withdrawals per phase)");
@@ -456,7 +558,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let f = rt.block_on(cluster(n));
+    let f = rt.block_on(cluster(&args));
+    let n = args.n;
 
     let online_p50 = pct(&base.online, 0.5);
     let online_p99 = pct(&base.online, 0.99);
@@ -483,7 +586,16 @@ fn main() {
         pct(&f.a_lat, 0.99),
         "ms",
     );
-    row("A requests/s", None, f.a_rate, "/s");
+    row(
+        &format!("A requests/s (offered {:.0}/s)", args.create_rate),
+        None,
+        f.a_rate,
+        "/s",
+    );
+    if args.only_creates {
+        print_stages(&f.stages);
+        return;
+    }
     row(
         "B quorum → signed p50",
         Some(online_p50),
@@ -497,14 +609,15 @@ fn main() {
         "ms",
     );
     row("B signatures/s", Some(1000.0 / online_p50), f.b_rate, "/s");
+    let c_at = format!("(at {:.0}/s)", args.allowed_rate);
     row(
-        "C request → signed p50",
+        &format!("C request → signed p50 {c_at}"),
         Some(online_p50),
         pct(&f.c_lat, 0.5),
         "ms",
     );
     row(
-        "C request → signed p99",
+        &format!("C request → signed p99 {c_at}"),
         Some(online_p99),
         pct(&f.c_lat, 0.99),
         "ms",
@@ -525,7 +638,10 @@ fn main() {
         "  (in-process: online signing = 2 partials + verified combine from a presignature; \
          cluster presignatures: pool fill wall time / presignatures made)"
     );
-    let (stages, requests, batches) = &f.stages;
+    print_stages(&f.stages);
+}
+
+fn print_stages((stages, requests, batches): &(Vec<(&'static str, f64, f64)>, f64, f64)) {
     println!("\ncoordinator stages over all phases (/metrics)      count     mean");
     for (stage, count, mean) in stages {
         println!("  {stage:<40} {count:>10.0} {mean:>10.3} ms");

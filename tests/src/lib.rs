@@ -709,6 +709,12 @@ pub async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<cust
 /// A gauge or counter from a daemon's `/metrics` (its metrics listener,
 /// plain HTTP on loopback).
 pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
+    metric_if_any(http, name).unwrap_or_else(|| panic!("no metric {name} at {http}"))
+}
+
+/// Like [`metric`], `None` when the daemon does not export `name` (an
+/// older build compared in a benchmark).
+pub fn metric_if_any(http: std::net::SocketAddr, name: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(5)).unwrap();
     stream
@@ -721,13 +727,11 @@ pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
     .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .map(|v| v.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no metric {name} at {http}:\n{body}"))
+    body.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+    })
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.

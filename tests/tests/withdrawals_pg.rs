@@ -78,6 +78,7 @@ async fn withdrawal_flow_on_postgresql() {
         "policy",
         "log_append",
         "intake",
+        "intake_store",
         "checkpoint",
         "witness_round",
         "registration",

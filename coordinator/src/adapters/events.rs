@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::config::EventSettings;
 use crate::error::CoordError;
 use crate::withdrawal::State;
-use crate::withdrawal::store::{HookFuture, TransitionHook, WithdrawalRow};
+use crate::withdrawal::store::{HookFuture, NewWithdrawal, TransitionHook, WithdrawalRow};
 
 /// The event type of a transition to `state`.
 pub fn event_type(state: State) -> String {
@@ -111,10 +111,33 @@ impl OutboxHook {
     ) -> Result<(), CoordError> {
         custos_events::enqueue(conn, event)
             .await
-            .map_err(|e| match e {
-                EventsError::Db(e) => CoordError::storage("outbox", e),
-                other => CoordError::storage("outbox", other),
-            })?;
+            .map_err(outbox_err)?;
+        self.nudge();
+        Ok(())
+    }
+
+    /// The first events of a group commit's new withdrawals, in one go.
+    async fn enqueue_new(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[NewWithdrawal],
+    ) -> Result<(), CoordError> {
+        let events: Vec<Event> = batch
+            .iter()
+            .flat_map(|w| {
+                w.path
+                    .iter()
+                    .map(|(from, to, detail)| withdrawal_event(&w.row, *from, *to, detail))
+            })
+            .collect();
+        custos_events::enqueue_first(conn, &events)
+            .await
+            .map_err(outbox_err)?;
+        self.nudge();
+        Ok(())
+    }
+
+    fn nudge(&self) {
         if let Some(n) = &self.notify {
             // The row becomes visible when the caller commits, after this
             // returns: nudge the dispatcher a moment later (a nudge that comes
@@ -125,7 +148,13 @@ impl OutboxHook {
                 n.notify_one();
             });
         }
-        Ok(())
+    }
+}
+
+fn outbox_err(e: EventsError) -> CoordError {
+    match e {
+        EventsError::Db(e) => CoordError::storage("outbox", e),
+        other => CoordError::storage("outbox", other),
     }
 }
 
@@ -139,6 +168,14 @@ impl TransitionHook for OutboxHook {
         detail: &'a str,
     ) -> HookFuture<'a> {
         Box::pin(self.enqueue(conn, row, from, to, detail))
+    }
+
+    fn on_new<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        batch: &'a [NewWithdrawal],
+    ) -> HookFuture<'a> {
+        Box::pin(self.enqueue_new(conn, batch))
     }
 }
 

@@ -28,7 +28,7 @@ use sqlx::AnyConnection;
 use crate::clock::now_ms;
 use crate::error::CoordError;
 use crate::withdrawal::State;
-use crate::withdrawal::store::{HookFuture, TransitionHook, WithdrawalRow};
+use crate::withdrawal::store::{HookFuture, NewWithdrawal, TransitionHook, WithdrawalRow};
 
 /// Where a withdrawal's reservation is settled: `confirmed` for a chain with
 /// a transaction adapter, `signed` for a withdrawal without a chain
@@ -268,6 +268,27 @@ impl TransitionHook for LedgerHook {
         _detail: &'a str,
     ) -> HookFuture<'a> {
         Box::pin(self.post(conn, row, to))
+    }
+
+    fn on_new<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        batch: &'a [NewWithdrawal],
+    ) -> HookFuture<'a> {
+        Box::pin(async move {
+            // Creation only makes sure the pair has its overdraft row: once
+            // per (wallet, asset) of the batch, not once per withdrawal.
+            let mut seen = std::collections::HashSet::new();
+            for w in batch {
+                if seen.insert((w.row.wallet.as_str(), w.row.asset.as_str())) {
+                    self.ensure_overdraft(&mut *conn, &w.row).await?;
+                }
+                for (_, to, _) in w.path.iter().filter(|(from, _, _)| from.is_some()) {
+                    self.post(&mut *conn, &w.row, *to).await?;
+                }
+            }
+            Ok(())
+        })
     }
 }
 

@@ -40,7 +40,7 @@ pub struct PolicyHolder {
 }
 
 fn refused(what: &str, e: impl std::fmt::Display) -> CoordError {
-    CoordError::FailedPrecondition(format!("{what}: {e}"))
+    CoordError::precondition("policy", "bundle", format!("is refused: {what}: {e}"))
 }
 
 impl PolicyHolder {

@@ -726,19 +726,20 @@ impl Engine {
             updated_ms: now_ms(),
             ..WithdrawalRow::default()
         };
-        if let Some(prev) = self
-            .store
-            .by_idempotency_key(&client.id, &req.idempotency_key)
-            .await?
-        {
-            return same_request(prev, &row);
-        }
         // Risk and policy run before the call returns (the caller sees
         // blocked / awaiting_approvals / approved), in a group commit with
         // every request that arrives meanwhile; signer rounds continue in
-        // the background.
+        // the background. A repeated idempotency key is answered there too,
+        // from one lookup for the whole batch.
         let row = self.clone().admit(row).await?;
-        if !row.state()?.is_terminal() {
+        // Only a withdrawal with work to do is driven on: one awaiting
+        // approvals waits for verdicts, and a new one has none yet (a
+        // driver would only read it and its verdicts back, once for every
+        // request of a burst).
+        if !matches!(
+            machine::work(row.state()?),
+            Work::Nothing | Work::AwaitVerdicts
+        ) {
             self.spawn_advance(row.id.clone());
         }
         Ok(row)
@@ -885,8 +886,9 @@ impl Engine {
         detail: &str,
     ) -> Result<Option<WithdrawalRow>, CoordError> {
         let from = row.state()?;
-        let t = machine::next(from, event)
-            .map_err(|e| CoordError::FailedPrecondition(format!("withdrawal {}: {e}", row.id)))?;
+        let t = machine::next(from, event).map_err(|e| {
+            CoordError::precondition("withdrawal", row.id.clone(), format!("refuses: {e}"))
+        })?;
         let mut committed = None;
         let mut updates = Some(updates);
         for effect in &t.effects {
@@ -1161,7 +1163,7 @@ impl Engine {
 
     fn statement(&self, row: &WithdrawalRow) -> Result<ApprovalStatement, CoordError> {
         let bytes = row.statement.as_deref().ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("withdrawal {} has nothing to approve", row.id))
+            CoordError::precondition("withdrawal", row.id.clone(), "has nothing to approve")
         })?;
         ApprovalStatement::decode(bytes)
             .map_err(|e| CoordError::Internal(format!("stored statement: {e}")))
@@ -1176,7 +1178,7 @@ impl Engine {
         let hash = PolicyHash::from_hex(row.policy_hash.as_deref().unwrap_or_default())
             .map_err(|e| CoordError::Internal(format!("stored policy hash: {e}")))?;
         let bundle = self.policy.bundle(&hash).ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("policy {hash} is no longer known"))
+            CoordError::precondition("policy", hash.to_string(), "is no longer known")
         })?;
         let latest = self.policy.latest().unwrap_or(bundle);
         let approvals: Vec<Approval> = self
@@ -1289,7 +1291,7 @@ impl Engine {
     ) -> Result<Option<Next>, CoordError> {
         match self.cluster.locks.check(&key.key_id).await {
             Ok(()) => Ok(None),
-            Err(e @ CoordError::FailedPrecondition(_)) => {
+            Err(e @ CoordError::FailedPrecondition { .. }) => {
                 self.note(row, state, &e.to_string()).await?;
                 Ok(Some(Next::Wait))
             }
@@ -1426,9 +1428,13 @@ impl Engine {
             None => self.audit.append(session).await?,
         };
         // One witness round covers the decision and the signing session.
+        // A witness round that fails keeps each witness's failure (typed,
+        // the refusing one as culprit) and counts as unavailable: the
+        // withdrawal waits with a note and signs once the witnesses co-sign.
         let size = match self.audit.witness_through(signing_index, signers).await {
             Ok(s) => s,
             Err(e @ CoordError::Storage { .. }) => return Err(e),
+            Err(e) if e.is_transient() => return Ok(Err(e)),
             Err(e) => {
                 return Ok(Err(CoordError::unavailable(format!(
                     "witness round before signing: {e}"
@@ -1593,10 +1599,11 @@ impl Engine {
         let now = Timestamp(now_secs());
         let active = self.policy.in_force(now);
         if active.policy().hash() != decision.policy_hash {
-            return Err(CoordError::FailedPrecondition(format!(
-                "the policy changed since withdrawal {} was evaluated; request it again",
-                row.id
-            )));
+            return Err(CoordError::precondition(
+                "withdrawal",
+                row.id.clone(),
+                "was evaluated under a policy that is no longer in force (the policy changed); request it again",
+            ));
         }
         let new = Approval {
             approver: v.approver.clone(),
@@ -1616,17 +1623,19 @@ impl Engine {
                 .await;
         }
         if state != State::AwaitingApprovals {
-            return Err(CoordError::FailedPrecondition(format!(
-                "withdrawal {} is {state}: approvals are accepted only while awaiting_approvals",
-                row.id
-            )));
+            return Err(CoordError::precondition(
+                "withdrawal",
+                row.id.clone(),
+                format!("is {state}: approvals are accepted only while awaiting_approvals"),
+            ));
         }
         let mut all = self.stored_verdicts(&row.id).await?;
         if all.iter().any(|a| a.approver == new.approver) {
-            return Err(CoordError::AlreadyExists(format!(
-                "{} already gave a verdict on withdrawal {}",
-                new.approver, row.id
-            )));
+            return Err(CoordError::already_exists(
+                "approver",
+                new.approver.clone(),
+                format!("already gave a verdict on withdrawal {}", row.id),
+            ));
         }
         all.push(new.clone());
         let status = check_approvals(&active, &decision, &statement, &all, now);
@@ -1664,10 +1673,11 @@ impl Engine {
             )
             .await?;
         if !stored {
-            return Err(CoordError::AlreadyExists(format!(
-                "{} already gave a verdict on withdrawal {}",
-                new.approver, row.id
-            )));
+            return Err(CoordError::already_exists(
+                "approver",
+                new.approver.clone(),
+                format!("already gave a verdict on withdrawal {}", row.id),
+            ));
         }
         let _ = self.changes.send(());
         if let Next::Continue = self.settle(&row, status, &v.reason).await? {
@@ -1921,15 +1931,19 @@ impl Engine {
 fn not_cancellable(row: &WithdrawalRow, state: State) -> CoordError {
     match state {
         State::Signing | State::Signed | State::Broadcast | State::Confirmed => {
-            CoordError::FailedPrecondition(format!(
-                "withdrawal {} is already {state}: cancel refused (a signature may exist; it cannot be recalled)",
-                row.id
-            ))
+            CoordError::precondition(
+                "withdrawal",
+                row.id.clone(),
+                format!(
+                    "is already {state}: cancel refused (a signature may exist; it cannot be recalled)"
+                ),
+            )
         }
-        _ => CoordError::FailedPrecondition(format!(
-            "withdrawal {} is {state}: nothing to cancel",
-            row.id
-        )),
+        _ => CoordError::precondition(
+            "withdrawal",
+            row.id.clone(),
+            format!("is {state}: nothing to cancel"),
+        ),
     }
 }
 
@@ -1937,10 +1951,14 @@ fn same_request(prev: WithdrawalRow, new: &WithdrawalRow) -> Result<WithdrawalRo
     if prev.request_hash == new.request_hash {
         Ok(prev)
     } else {
-        Err(CoordError::AlreadyExists(format!(
-            "idempotency_key {:?} was already used for a different request (withdrawal {})",
-            new.idempotency_key, prev.id
-        )))
+        Err(CoordError::already_exists(
+            "idempotency_key",
+            format!("{:?}", new.idempotency_key),
+            format!(
+                "was already used for a different request (withdrawal {})",
+                prev.id
+            ),
+        ))
     }
 }
 

@@ -223,16 +223,18 @@ impl Engine {
             _ => None,
         };
         let Some((chains, pending)) = pending else {
-            return Err(CoordError::FailedPrecondition(format!(
-                "withdrawal {} ({state}) has no fee bump awaiting approvals",
-                row.id
-            )));
+            return Err(CoordError::precondition(
+                "withdrawal",
+                row.id.clone(),
+                format!("({state}) has no fee bump awaiting approvals"),
+            ));
         };
         if pending != statement {
-            return Err(CoordError::FailedPrecondition(format!(
-                "fee_bump_statement: not the one pending for withdrawal {} (it was replaced or abandoned); fetch the withdrawal again",
-                row.id
-            )));
+            return Err(CoordError::precondition(
+                "withdrawal",
+                row.id.clone(),
+                "has another fee bump pending than the fee_bump_statement given (it was replaced or abandoned); fetch the withdrawal again",
+            ));
         }
         let decoded =
             FeeBumpStatement::decode(&pending).map_err(internal("stored fee-bump statement"))?;
@@ -244,10 +246,14 @@ impl Engine {
             .map(|b| b.approval)
             .collect();
         if all.iter().any(|a| a.approver == v.approver) {
-            return Err(CoordError::AlreadyExists(format!(
-                "{} already gave a verdict on this fee bump of withdrawal {}",
-                v.approver, row.id
-            )));
+            return Err(CoordError::already_exists(
+                "approver",
+                v.approver.clone(),
+                format!(
+                    "already gave a verdict on this fee bump of withdrawal {}",
+                    row.id
+                ),
+            ));
         }
         let new = Approval {
             approver: v.approver.clone(),
@@ -274,10 +280,14 @@ impl Engine {
             })
             .await?;
         if !chains.add_bump_verdict(&row.id, &key, &new).await? {
-            return Err(CoordError::AlreadyExists(format!(
-                "{} already gave a verdict on this fee bump of withdrawal {}",
-                v.approver, row.id
-            )));
+            return Err(CoordError::already_exists(
+                "approver",
+                v.approver.clone(),
+                format!(
+                    "already gave a verdict on this fee bump of withdrawal {}",
+                    row.id
+                ),
+            ));
         }
         tracing::info!(withdrawal = %row.id, approver = %new.approver, verdict = ?new.verdict, "fee-bump verdict recorded");
         if matches!(

@@ -138,11 +138,13 @@ impl Engine {
         // A key stored by an earlier batch: answered from the store, nothing
         // logged (batches run one at a time, so none can store it meanwhile).
         let mut answers: Vec<Option<Inserted>> = Vec::with_capacity(rows.len());
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.client_id.clone(), r.idempotency_key.clone()))
+            .collect();
+        let mut stored = self.store.by_idempotency_keys(&keys).await?;
         for mut row in rows {
-            if let Some(prev) = self
-                .store
-                .by_idempotency_key(&row.client_id, &row.idempotency_key)
-                .await?
+            if let Some(prev) = stored.remove(&(row.client_id.clone(), row.idempotency_key.clone()))
             {
                 answers.push(Some(Inserted::Existing(prev)));
                 continue;
@@ -243,7 +245,14 @@ impl Engine {
             index += p.entries.len() as u64;
             items.push((p.row, p.steps));
         }
-        let mut inserted = self.store.insert_decided(items).await?.into_iter();
+        let started = std::time::Instant::now();
+        let mut inserted = self
+            .store
+            .insert_decided(items)
+            .await?
+            .into_iter()
+            .map(Inserted::New);
+        stages::since(Stage::IntakeStore, started);
         Ok(answers
             .into_iter()
             .filter_map(|a| a.or_else(|| inserted.next()))

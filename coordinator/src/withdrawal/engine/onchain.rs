@@ -133,7 +133,7 @@ impl Engine {
         let now = custos_policy::Timestamp(crate::clock::now_secs());
         let hash = self.policy.in_force(now).policy().hash();
         let bundle = self.policy.bundle(&hash).ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("policy in force {hash} has no bundle"))
+            CoordError::precondition("policy", hash.to_string(), "is in force but has no bundle")
         })?;
         auth.policy_document = bundle.document.clone();
         auth.policy_signatures = bundle.signatures.clone();
