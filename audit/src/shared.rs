@@ -67,9 +67,6 @@ struct Waiting {
     answer: tokio::sync::oneshot::Sender<Result<u64, AuditError>>,
 }
 
-/// Most entries one group commit appends (the rest wait for the next).
-const GROUP_MAX_ENTRIES: usize = 4096;
-
 /// `e` for one of several callers whose entries shared a failed commit.
 fn shared_failure(e: &AuditError) -> AuditError {
     match e {
@@ -147,23 +144,6 @@ fn commit_group(log: &mut Log<SqlStore>, group: Vec<Waiting>) {
     }
 }
 
-/// The callers waiting now, oldest first, up to [`GROUP_MAX_ENTRIES`]
-/// entries (one caller at least, however many it brings).
-fn take_group(waiting: &std::sync::Mutex<Vec<Waiting>>) -> Vec<Waiting> {
-    let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
-    let mut entries = 0;
-    let take = waiting
-        .iter()
-        .take_while(|w| {
-            entries += w.items.len();
-            entries <= GROUP_MAX_ENTRIES
-        })
-        .count()
-        .max(1)
-        .min(waiting.len());
-    waiting.drain(..take).collect()
-}
-
 fn task_failed(e: tokio::task::JoinError) -> AuditError {
     AuditError::Storage(format!("log task failed: {e}"))
 }
@@ -229,17 +209,16 @@ impl SharedLog {
             .unwrap_or_else(|p| p.into_inner())
             .push(Waiting { items, answer });
         let mut log = Arc::clone(&self.log).lock_owned().await;
-        let mut group = take_group(&self.waiting);
+        // Every caller waiting now, this one among them unless an earlier
+        // commit took it. Each caller takes the lock in turn (the lock is
+        // fair), so every entry is taken by its own caller at the latest,
+        // and reads and checkpoints waiting for the lock get their turn
+        // between commits.
+        let group = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
         if !group.is_empty() {
-            // Not awaited here: the answers come through the channels. The
-            // task keeps the lock while callers keep arriving, so none waits
-            // for a lock nobody will take to commit its entries.
-            let waiting = Arc::clone(&self.waiting);
+            // Not awaited here: the answers come through the channels.
             drop(tokio::task::spawn_blocking(move || {
-                while !group.is_empty() {
-                    commit_group(&mut log, group);
-                    group = take_group(&waiting);
-                }
+                commit_group(&mut log, group)
             }));
         }
         answered

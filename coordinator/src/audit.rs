@@ -57,6 +57,24 @@ pub fn note_size(note: &str) -> Option<u64> {
         .map(|c| c.size)
 }
 
+/// When the checkpointer runs a round: at most `longest` after the last
+/// one, and as soon as `entries` entries were appended since.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPace {
+    /// The longest interval between rounds.
+    pub longest: Duration,
+    /// Growth that brings the next round forward.
+    pub entries: u64,
+}
+
+impl CheckpointPace {
+    /// Whether a round is due `elapsed` after the last one, with `grown`
+    /// entries appended since.
+    pub fn due(&self, elapsed: Duration, grown: u64) -> bool {
+        elapsed >= self.longest || grown >= self.entries
+    }
+}
+
 /// How far back [`AuditTrail::logged`] looks for a retried session's entry.
 const RETRY_SCAN: u64 = 10_000;
 
@@ -495,10 +513,12 @@ impl AuditTrail {
 
     /// Checkpoints and collects cosignatures from every signer whenever the
     /// log grew or a signer is behind it (best effort; signing forces its own round when needed),
-    /// until `stop` is cancelled (a round in progress finishes first).
+    /// until `stop` is cancelled (a round in progress finishes first). The
+    /// pace adapts: a round at most `pace.longest` after the last one, and
+    /// sooner once `pace.entries` entries were appended since.
     pub async fn run_checkpointer(
         self: Arc<Self>,
-        every: Duration,
+        pace: CheckpointPace,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let nodes: Vec<String> = self
@@ -508,11 +528,19 @@ impl AuditTrail {
             .map(|s| s.endpoint.node_id.clone())
             .collect();
         let mut last = 0u64;
+        // Looks at the log's growth this often in between.
+        let glance = (pace.longest / 10).max(Duration::from_millis(20));
+        let mut since = tokio::time::Instant::now();
         while !stop.is_cancelled() {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(glance) => {}
             }
+            let grown = self.log.size().await.saturating_sub(last);
+            if !pace.due(since.elapsed(), grown) {
+                continue;
+            }
+            since = tokio::time::Instant::now();
             self.log_refusals().await;
             let size = self.log.size().await;
             let lagging = self.forget_stale_witnesses(size);
@@ -524,5 +552,22 @@ impl AuditTrail {
                 Err(e) => tracing::debug!(error = %e, "checkpoint round incomplete"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_come_sooner_under_load_and_at_most_the_longest_interval_apart() {
+        let pace = CheckpointPace {
+            longest: Duration::from_millis(1000),
+            entries: 256,
+        };
+        assert!(!pace.due(Duration::from_millis(100), 10));
+        assert!(pace.due(Duration::from_millis(100), 256));
+        assert!(pace.due(Duration::from_millis(1000), 0));
+        assert!(!pace.due(Duration::from_millis(999), 255));
     }
 }

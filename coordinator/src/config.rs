@@ -283,8 +283,13 @@ pub struct AuditSettings {
     /// `data_dir/log-key.pass`; production configs name a token or a
     /// passphrase held elsewhere.
     pub signer: Option<custos_hsm::LogSignerConfig>,
-    /// Checkpoint interval, milliseconds (default 1000).
+    /// Longest interval between checkpoints while the log grows,
+    /// milliseconds (default 1000).
     pub checkpoint_ms: u64,
+    /// Entries appended since the last checkpoint that bring the next one
+    /// forward (default 256): under load checkpoints come sooner and each
+    /// witness round ships fewer entries; idle, one per `checkpoint_ms`.
+    pub checkpoint_entries: u64,
 }
 
 impl Default for AuditSettings {
@@ -293,6 +298,7 @@ impl Default for AuditSettings {
             origin: "custos.local/log".into(),
             signer: None,
             checkpoint_ms: 1000,
+            checkpoint_entries: 256,
         }
     }
 }

@@ -626,7 +626,10 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
         .spawn(
             "checkpointer",
             p.audit.clone().run_checkpointer(
-                Duration::from_millis(cfg.audit.checkpoint_ms.max(100)),
+                custos_coordinator::audit::CheckpointPace {
+                    longest: Duration::from_millis(cfg.audit.checkpoint_ms.max(100)),
+                    entries: cfg.audit.checkpoint_entries.max(1),
+                },
                 stop.clone(),
             ),
         )
