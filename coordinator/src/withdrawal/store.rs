@@ -18,6 +18,11 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
     db.add_column_if_missing("withdrawals", "request_signature", "TEXT")
         .await?;
     db.add_column_if_missing("approvals", "webauthn", "TEXT")
+        .await?;
+    // Withdrawals from a derived address of the wallet (HD child key).
+    db.add_column_if_missing("withdrawals", "source_path", "TEXT")
+        .await?;
+    db.add_column_if_missing("withdrawals", "source_address", "TEXT")
         .await
 }
 
@@ -176,6 +181,11 @@ pub struct WithdrawalRow {
     pub tx_hash: Option<String>,
     /// Signers' refusals, JSON list.
     pub signer_notes: String,
+    /// The derivation path it spends from (`m/0/5`), when not the
+    /// wallet's own address.
+    pub source_path: Option<String>,
+    /// The address at `source_path`, canonical.
+    pub source_address: Option<String>,
     /// Unix ms.
     pub created_ms: i64,
     /// Unix ms.
@@ -192,6 +202,17 @@ impl WithdrawalRow {
             destination: self.destination.clone(),
             amount: self.amount.clone(),
             fee_cap: self.fee_cap.clone(),
+        }
+    }
+
+    /// The derived address it spends from, if not the wallet's own.
+    pub fn source(&self) -> Option<custos_policy::DerivedSource> {
+        match (&self.source_path, &self.source_address) {
+            (Some(path), Some(address)) => Some(custos_policy::DerivedSource {
+                path: path.clone(),
+                address: address.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -309,6 +330,8 @@ fn row(r: &AnyRow) -> WithdrawalRow {
         fee_paid: r.get("fee_paid"),
         tx_hash: r.get("tx_hash"),
         signer_notes: r.get("signer_notes"),
+        source_path: r.try_get("source_path").ok().flatten(),
+        source_address: r.try_get("source_address").ok().flatten(),
         created_ms: r.get("created_ms"),
         updated_ms: r.get("updated_ms"),
     }
@@ -438,8 +461,8 @@ impl WithdrawalStore {
         let res = sqlx::query(
             "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain, asset,
                 destination, amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms,
-                request_signature)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '[]', $14, $14, $15)",
+                request_signature, source_path, source_address)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '[]', $14, $14, $15, $16, $17)",
         )
         .bind(&w.id)
         .bind(&w.client_id)
@@ -456,6 +479,8 @@ impl WithdrawalStore {
         .bind(State::Requested.as_str())
         .bind(w.created_ms)
         .bind(w.request_signature.as_deref())
+        .bind(w.source_path.as_deref())
+        .bind(w.source_address.as_deref())
         .execute(&mut **tx)
         .await;
         match res {
