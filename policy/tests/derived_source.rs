@@ -71,7 +71,13 @@ fn a_derived_source_makes_a_version_2_statement_that_binds_it() {
     assert!(ApprovalStatement::decode(&longer).is_err());
 
     // Approvals over the statement of one source do not count for another.
-    let quorum = |s: &ApprovalStatement| [approve(s, "alice", ALICE), approve(s, "bob", BOB)];
+    let quorum = |s: &ApprovalStatement| {
+        [
+            approve(s, "erin", ERIN),
+            approve(s, "alice", ALICE),
+            approve(s, "bob", BOB),
+        ]
+    };
     assert!(matches!(
         check_approvals(&act, &d, &s, &quorum(&s), wed10()),
         ApprovalStatus::Satisfied { .. }

@@ -383,6 +383,13 @@ async fn a_withdrawal_from_a_derived_address(fc: &FlowCluster, node: &Litecoind,
         .unwrap()
         .into_inner();
     assert_eq!(w.source_address, d.address);
+    // ltc-hd is in no wallet group of the policy: two treasurers approve
+    // the version-2 statement, which names the source.
+    let w = wait_for(fc, &w.id, "awaiting_approvals").await;
+    let s = custos_policy::ApprovalStatement::decode(&w.statement).unwrap();
+    assert_eq!(s.source.unwrap().address, d.address);
+    approve(&fc.approver, &w, "alice").await;
+    approve(&fc.approver, &w, "bob").await;
     let w = wait_for(fc, &w.id, "broadcast").await;
     let (tx, _) = watched_tx(node, &w.tx_hash).await;
     let child = parse_address(NETWORK, &d.address).unwrap();
