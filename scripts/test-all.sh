@@ -81,6 +81,13 @@ stage "terraform"
 stage "deploy files"
 ./scripts/check-deploy.sh
 
+stage "hd vectors"
+# 1,000 HD-derived keys and addresses derived again by Python bip_utils,
+# compared with the vectors chains/tests/hd_vectors.rs checks the Rust side
+# against (the venv comes from scripts/install-deps.sh).
+"${CUSTOS_HD_VENV:-$HOME/.cache/custos/hd-venv}/bin/python" \
+  chains/tests/vectors/make_hd_vectors.py --check chains/tests/vectors/hd_derivation.json
+
 stage "cargo deny"
 ./scripts/check-deps.sh
 

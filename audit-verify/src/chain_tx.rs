@@ -108,8 +108,12 @@ pub(crate) fn check_intent(
     message_digest: &[u8],
     approval: u64,
 ) -> Result<Withdrawal, VerifyError> {
+    // The source of a withdrawal from a derived address is not in the
+    // request entry; the approved statement binds it (version 2), so the
+    // intent is the request's from that source.
     let w = Withdrawal {
         fee_cap: statement.fee_cap,
+        source: statement.source.clone(),
         ..withdrawal.clone()
     };
     let intent = intent_digest(&w);
@@ -187,6 +191,7 @@ pub(crate) mod tests {
 
     fn withdrawal() -> Withdrawal {
         Withdrawal {
+            source: None,
             id: "wd-1".into(),
             wallet: "w-eth".into(),
             chain: "anvil".into(),
@@ -201,6 +206,7 @@ pub(crate) mod tests {
 
     fn statement(w: &Withdrawal) -> ApprovalStatement {
         ApprovalStatement {
+            source: None,
             withdrawal_id: w.id.clone(),
             chain: w.chain.clone(),
             asset: w.asset.clone(),

@@ -212,6 +212,7 @@ impl LoggedRequest {
             } => Some((
                 e.index,
                 Withdrawal {
+                    source: None,
                     id: withdrawal.to_owned(),
                     wallet: key_id.clone(),
                     chain: chain.clone(),

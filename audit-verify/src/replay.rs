@@ -436,6 +436,7 @@ reason = "not whitelisted"
         let hash = p.hash();
         let mut out = vec![entry(0, T0, activation(&p, &["admin1", "admin2"]))];
         let w = Withdrawal {
+            source: None,
             id: "wd-1".into(),
             wallet: "w-hot".into(),
             chain: "ethereum".into(),

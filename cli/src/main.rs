@@ -61,6 +61,10 @@ enum Command {
     /// failures locked (admin).
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
+    /// HD-derived deposit addresses of a wallet (m/0/<index>): derive one
+    /// (recorded and watched for deposits), list them.
+    #[command(subcommand)]
+    Address(cmd::address::AddressCommand),
     /// The coordinator's API tokens: create (shown once), list, revoke. Edits
     /// its hashed token store; the running coordinator rereads it (no restart).
     #[command(subcommand)]
@@ -98,6 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(a) => cmd::report::run(a),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Key(c) => cmd::key::run(c),
+        Command::Address(c) => cmd::address::run(c),
         Command::Token(c) => cmd::token::run(c),
         Command::Unseal(c) => cmd::unseal::run(c),
         Command::Recovery(c) => cmd::recovery::run(c),

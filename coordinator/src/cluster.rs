@@ -577,28 +577,43 @@ impl Cluster {
         let result = all_or_first_error(members, self.settings.session_timeout, |s| {
             let req = req.clone();
             async move {
-                s.client()
-                    .keygen(req)
-                    .await
-                    .map(|r| r.into_inner().public_key)
+                s.client().keygen(req).await.map(|r| {
+                    let r = r.into_inner();
+                    (r.public_key, r.chain_code)
+                })
             }
         })
         .await;
         let keys = match result {
             Ok(k) => k,
             Err(e) => {
-                self.db.finish_key(&key_id, None, None).await?;
+                self.db.finish_key(&key_id, None, None, None).await?;
                 return Err(e);
             }
         };
-        let first = keys.first().cloned().unwrap_or_default();
-        if keys.iter().any(|k| *k != first) {
-            self.db.finish_key(&key_id, None, None).await?;
+        let (first, chain_code) = keys.first().cloned().unwrap_or_default();
+        // The chain code too: addresses derived with another chain code
+        // than the signers' shares carry could not be spent.
+        if keys.iter().any(|(k, c)| *k != first || *c != chain_code) {
+            self.db.finish_key(&key_id, None, None, None).await?;
             return Err(CoordError::Aborted {
                 culprit: None,
                 reporter: None,
                 suspects: participants.clone(),
-                reason: "signers disagree on the public key; key discarded".into(),
+                reason: "signers disagree on the public key or its chain code; key discarded"
+                    .into(),
+            });
+        }
+        if chain_code.len() != 32 {
+            self.db.finish_key(&key_id, None, None, None).await?;
+            return Err(CoordError::Aborted {
+                culprit: None,
+                reporter: None,
+                suspects: participants.clone(),
+                reason: format!(
+                    "signers returned a chain code of {} bytes, not 32; key discarded",
+                    chain_code.len()
+                ),
             });
         }
         // The wallet's address in its chain's format (EIP-55, or P2WPKH on
@@ -607,7 +622,7 @@ impl Cluster {
         let address = custos_chains::family::wallet_address(on, &first)
             .map_err(|e| CoordError::Internal(format!("key {key_id} on {on}: {e}")))?;
         self.db
-            .finish_key(&key_id, Some(&first), Some(&address))
+            .finish_key(&key_id, Some(&first), Some(&chain_code), Some(&address))
             .await?;
         self.db
             .key(&key_id)

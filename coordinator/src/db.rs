@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS keys (
     eth_address TEXT,
     chain TEXT NOT NULL,
     state TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    chain_code BLOB
 );
 CREATE TABLE IF NOT EXISTS presignatures (
     presig_id TEXT PRIMARY KEY,
@@ -77,6 +78,31 @@ pub struct KeyRow {
     pub created_at: String,
     /// Chain the key's wallet pays on.
     pub chain: String,
+    /// The chain code the signers generated with the key (32 bytes), for
+    /// HD-derived addresses; `None` for keys made before HD support.
+    pub chain_code: Option<Vec<u8>>,
+}
+
+impl KeyRow {
+    /// The key's extended public key: its public key and chain code (the
+    /// legacy chain code for keys made without one, as every signer
+    /// derives it: `custos_mpc::hd`). `None` until the key is ready.
+    pub fn extended_public_key(&self) -> Result<custos_mpc::ExtendedPublicKey, CoordError> {
+        let pk = self.public_key.as_deref().ok_or_else(|| {
+            CoordError::FailedPrecondition(format!("key {} is {}", self.key_id, self.state))
+        })?;
+        let code = match &self.chain_code {
+            None => None,
+            Some(c) => Some(<[u8; 32]>::try_from(c.as_slice()).map_err(|_| {
+                CoordError::Internal(format!(
+                    "key {}: stored chain code is not 32 bytes",
+                    self.key_id
+                ))
+            })?),
+        };
+        custos_mpc::ExtendedPublicKey::of_key(pk, code)
+            .map_err(|e| CoordError::Internal(format!("key {}: {e}", self.key_id)))
+    }
 }
 
 /// A completed or attempted sign request.
@@ -156,6 +182,11 @@ impl Db {
             .map_err(|e| CoordError::storage("opening the database", e))?;
         let ddl = SCHEMA.replace("BLOB", db.backend.blob());
         db.execute_ddl(&ddl).await.map_err(db_err)?;
+        // Databases from before HD support: keys without a chain code
+        // derive with the legacy one (custos_mpc::hd).
+        db.add_column_if_missing("keys", "chain_code", db.backend.blob())
+            .await
+            .map_err(db_err)?;
         Ok(Db {
             pool: db.pool,
             backend: db.backend,
@@ -251,11 +282,14 @@ impl Db {
         }
     }
 
-    /// Marks a key ready with its public key, or failed.
+    /// Marks a key ready with its public key (and the chain code its
+    /// signers generated, in the same statement: a ready key never lacks
+    /// the chain code its shares carry), or failed.
     pub async fn finish_key(
         &self,
         key_id: &str,
         public_key: Option<&[u8]>,
+        chain_code: Option<&[u8]>,
         address: Option<&str>,
     ) -> Result<(), CoordError> {
         let state = if public_key.is_some() {
@@ -264,11 +298,13 @@ impl Db {
             "failed"
         };
         sqlx::query(
-            "UPDATE keys SET state = $1, public_key = $2, eth_address = $3 WHERE key_id = $4",
+            "UPDATE keys SET state = $1, public_key = $2, eth_address = $3, chain_code = $4
+             WHERE key_id = $5",
         )
         .bind(state)
         .bind(public_key)
         .bind(address)
+        .bind(chain_code)
         .bind(key_id)
         .execute(&self.pool)
         .await
@@ -287,6 +323,7 @@ impl Db {
             state: r.get("state"),
             created_at: r.get("created_at"),
             chain: r.get("chain"),
+            chain_code: r.get("chain_code"),
         }
     }
 

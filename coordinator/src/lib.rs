@@ -23,6 +23,7 @@ pub const BUILD_MODE: custos_service::config::BuildMode =
 /// Whether this build honours development settings: `BUILD_MODE.allows_dev()`.
 pub const DEV_BUILD: bool = BUILD_MODE.allows_dev();
 pub mod db;
+pub mod derived;
 pub mod edge;
 pub mod error;
 pub mod key_lock;

@@ -164,6 +164,8 @@ fn to_withdrawal(engine: &Engine, w: WithdrawalRow, approvals: Vec<ApprovalRow>)
         fee_paid: w.fee_paid.unwrap_or_default(),
         fee_bump_statement: Vec::new(),
         fee_bump_approvals: Vec::new(),
+        source_path: w.source_path.unwrap_or_default(),
+        source_address: w.source_address.unwrap_or_default(),
     }
 }
 
@@ -231,6 +233,19 @@ impl ExpectedBackup<'_> {
             ));
         }
         Ok(b)
+    }
+}
+
+fn to_derived(d: crate::derived::DerivedAddress) -> DerivedAddress {
+    DerivedAddress {
+        wallet: d.wallet,
+        chain: d.chain,
+        path: d.path,
+        index: d.index,
+        address: d.address,
+        public_key: d.public_key,
+        label: d.label,
+        created_at: rfc3339_ms(d.created_ms),
     }
 }
 
@@ -532,6 +547,7 @@ impl Custody for CustodyService {
                     fee_cap: r.fee_cap,
                     memo: r.memo,
                     request_signature: r.request_signature,
+                    source_path: r.source_path,
                 },
             )
             .await
@@ -714,6 +730,43 @@ impl Custody for CustodyService {
             .filter(|k| k.state == "ready")
             .ok_or_else(|| status(CoordError::not_found("wallet", id)))?;
         Ok(Response::new(self.wallet(k)))
+    }
+
+    async fn derive_address(
+        &self,
+        req: Request<DeriveAddressRequest>,
+    ) -> Result<Response<DerivedAddress>, Status> {
+        require_any(&req, &[Role::Backend])?;
+        let r = req.into_inner();
+        let key = self.wallet_row(&r.wallet).await?;
+        let d = crate::derived::derive_address(
+            &self.cluster.db,
+            &key,
+            r.index,
+            &r.label,
+            custos_clock::now_ms_i64(),
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(to_derived(d)))
+    }
+
+    async fn list_derived_addresses(
+        &self,
+        req: Request<ListDerivedAddressesRequest>,
+    ) -> Result<Response<ListDerivedAddressesResponse>, Status> {
+        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
+        let wallet = req.into_inner().wallet;
+        if !wallet.is_empty() {
+            self.wallet_row(&wallet).await?;
+        }
+        let addresses = crate::derived::list(&self.cluster.db, &wallet)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(to_derived)
+            .collect();
+        Ok(Response::new(ListDerivedAddressesResponse { addresses }))
     }
 
     async fn list_address_book(
@@ -923,6 +976,18 @@ impl Custody for CustodyService {
 }
 
 impl CustodyService {
+    /// The ready wallet `id` (validated), or NOT_FOUND.
+    async fn wallet_row(&self, id: &str) -> Result<KeyRow, Status> {
+        crate::cluster::validate_id("wallet", id).map_err(status)?;
+        self.cluster
+            .db
+            .key(id)
+            .await
+            .map_err(status)?
+            .filter(|k| k.state == "ready")
+            .ok_or_else(|| status(CoordError::not_found("wallet", id)))
+    }
+
     fn wallet(&self, k: KeyRow) -> Wallet {
         let assets = self
             .engine

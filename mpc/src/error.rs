@@ -21,6 +21,15 @@ pub enum MpcError {
     /// The caller passed arguments the protocol cannot run with.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A derivation path that is malformed, hardened or too deep (HD
+    /// wallets derive non-hardened children only).
+    #[error("derivation path {path:?}: {reason}")]
+    InvalidDerivationPath {
+        /// The path as given (at most 64 characters of it).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Stored protocol state could not be (de)serialised.
     #[error("invalid stored state: {0}")]
     InvalidState(String),

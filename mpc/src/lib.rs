@@ -22,6 +22,7 @@ pub mod eid;
 mod error;
 pub mod fixture;
 pub mod frost;
+pub mod hd;
 pub mod primes;
 pub mod protocol;
 pub mod recovery;
@@ -33,6 +34,7 @@ pub mod wire;
 pub use cancel::CancelToken;
 pub use eid::{ExecutionId, SessionKind};
 pub use error::MpcError;
+pub use hd::{DerivationPath, ExtendedPublicKey};
 pub use protocol::{
     AuxInfo, IncompleteKeyShare, KeyShare, PartialSignature, Presignature, Primes, Signature,
 };

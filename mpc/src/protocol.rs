@@ -55,7 +55,7 @@ impl Signature {
     }
 }
 
-fn data_to_sign(digest: &[u8; 32]) -> DataToSign<Secp256k1> {
+pub(crate) fn data_to_sign(digest: &[u8; 32]) -> DataToSign<Secp256k1> {
     // The digest is the chain's own pre-hash (keccak256, sighash): sign it as is.
     DataToSign::from_scalar(Scalar::from_be_bytes_mod_order(digest))
 }
@@ -82,7 +82,9 @@ pub async fn run_aux_info(io: SessionIo, primes: Primes) -> Result<AuxInfo, MpcE
     result.map_err(|e| attribute(&observed, &e))
 }
 
-/// Runs threshold key generation (`threshold`-of-`io.parties`).
+/// Runs threshold key generation (`threshold`-of-`io.parties`). The key
+/// carries a chain code the parties generate jointly, so its children can
+/// be derived (non-hardened BIP32, [`crate::hd`]).
 pub async fn run_keygen(io: SessionIo, threshold: u16) -> Result<IncompleteKeyShare, MpcError> {
     let (me, n, eid) = (io.me, io.parties, io.eid);
     if threshold < 2 || threshold > n {
@@ -94,6 +96,7 @@ pub async fn run_keygen(io: SessionIo, threshold: u16) -> Result<IncompleteKeySh
     let party = MpcParty::connected((incoming, outgoing));
     let result = cggmp21::keygen::<Secp256k1>(CrateEid::new(&eid.0), me, n)
         .set_threshold(threshold)
+        .hd_wallet(true)
         .start(&mut OsRng, party)
         .await;
     result.map_err(|e| attribute(&observed, &e))

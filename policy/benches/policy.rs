@@ -34,6 +34,7 @@ fn main() {
     let now = Timestamp::parse("2026-01-07T10:00:00Z").unwrap();
     let active = ActivePolicy::assumed(Policy::parse(FIXTURE).unwrap(), Timestamp(0));
     let w = |amount: u128| Withdrawal {
+        source: None,
         id: "wd-1".into(),
         wallet: "eth-hot-1".into(),
         chain: "ethereum".into(),

@@ -45,6 +45,55 @@ pub struct Withdrawal {
     /// Digest of the unsigned transaction, hex (empty until built).
     #[serde(default)]
     pub tx_digest: String,
+    /// Set when it spends from a derived address of the wallet (HD child
+    /// key) rather than the wallet's own: part of the intent digest and the
+    /// approval statement, and every signer derives the address itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DerivedSource>,
+}
+
+/// Where a withdrawal from a derived address spends from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedSource {
+    /// The non-hardened derivation path below the wallet key (`m/0/5`).
+    pub path: String,
+    /// The address of the child key at `path`, in the chain's canonical form.
+    pub address: String,
+}
+
+/// Longest derivation path text accepted (`m` and 16 indices).
+pub const MAX_PATH_LEN: usize = 192;
+
+impl DerivedSource {
+    /// Checks the path's shape (`m/<digits>/...`; signers parse it fully
+    /// when they derive) and the address on `chain`; returns the source
+    /// with the address in canonical form.
+    pub fn validate(&self, chain: &str) -> Result<DerivedSource> {
+        let shape = self.path.len() <= MAX_PATH_LEN
+            && self.path.strip_prefix("m/").is_some_and(|rest| {
+                rest.split('/')
+                    .all(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            });
+        if !shape {
+            return Err(PolicyError::InvalidWithdrawal {
+                field: "source.path",
+                reason: format!(
+                    "must be m/<index>/... (non-hardened, at most {MAX_PATH_LEN} characters)"
+                ),
+            });
+        }
+        let address = check_address(chain, &self.address)
+            .map(|c| c.canonical)
+            .map_err(|reason| PolicyError::InvalidWithdrawal {
+                field: "source.address",
+                reason,
+            })?;
+        Ok(DerivedSource {
+            path: self.path.clone(),
+            address,
+        })
+    }
 }
 
 /// A past withdrawal counted by velocity limits.
@@ -305,6 +354,14 @@ impl Withdrawal {
                 field: "tx_digest",
                 reason: format!("not hex: {e}"),
             })?;
+        }
+        if let Some(source) = &self.source
+            && source.validate(&self.chain)? != *source
+        {
+            return Err(PolicyError::InvalidWithdrawal {
+                field: "source.address",
+                reason: "not in canonical form".into(),
+            });
         }
         check_address(&self.chain, &self.destination)
             .map(|c| c.canonical)

@@ -59,8 +59,8 @@ pub use document::{
 };
 pub use error::{Issue, PolicyError, Result};
 pub use eval::{
-    Check, Decision, HistoryEntry, MAX_FIELD_LEN, Outcome, RequiredTerm, RuleTrace, Withdrawal,
-    WithdrawalSummary, evaluate,
+    Check, Decision, DerivedSource, HistoryEntry, MAX_FIELD_LEN, MAX_PATH_LEN, Outcome,
+    RequiredTerm, RuleTrace, Withdrawal, WithdrawalSummary, evaluate,
 };
 pub use fee::MAX_FEE_BPS;
 pub use fee_bump::{
@@ -68,7 +68,7 @@ pub use fee_bump::{
     check_fee_bump_approvals, fee_bump_needs_approval,
 };
 pub use governance::{ActivePolicy, PolicyState, UpdateEffect, relaxation};
-pub use intent::{INTENT_DOMAIN, intent_digest};
+pub use intent::{INTENT_DOMAIN, INTENT_DOMAIN_DERIVED, intent_digest};
 pub use keys::{PublicKey, SecretKey};
 pub use policy::{MAX_DOCUMENT_BYTES, POLICY_HASH_DOMAIN, Policy, PolicyHash, parse_document};
 pub use request::{
@@ -76,7 +76,7 @@ pub use request::{
 };
 pub use statement::{
     APPROVAL_SIGN_DOMAIN, ApprovalStatement, MAX_DIGEST_LEN, STATEMENT_MAGIC, STATEMENT_VERSION,
-    Verdict,
+    STATEMENT_VERSION_DERIVED, Verdict,
 };
 pub use units::{describe_amount, format_units, known_decimals, parse_units};
 pub use value::{Amount, Duration, MAX_VELOCITY_WINDOW_SECS, Timestamp};

@@ -18,6 +18,17 @@
 //! expiry        8 bytes  i64, Unix seconds UTC
 //! ```
 //!
+//! Version 2 is the statement of a withdrawal from a derived address of the
+//! wallet (HD child key): the same fields, with two after `source_wallet`:
+//!
+//! ```text
+//! source_path    str     the derivation path below the wallet key (m/0/5)
+//! source_address str     the child key's address, canonical form
+//! ```
+//!
+//! A withdrawal from the wallet's own address keeps version 1, so every
+//! statement made before derived addresses encodes as it did.
+//!
 //! The message signed is `"custos.approval.v1" 0x00 || verdict || statement`,
 //! verdict 0x01 approve, 0x02 reject, 0x03 cancel: a signature for one verdict is
 //! never valid for another. Decoding refuses trailing bytes, so one statement has
@@ -26,14 +37,16 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PolicyError, Result};
-use crate::eval::{Decision, MAX_FIELD_LEN, Withdrawal};
+use crate::eval::{Decision, DerivedSource, MAX_FIELD_LEN, Withdrawal};
 use crate::policy::PolicyHash;
 use crate::value::{Amount, Timestamp};
 
 /// Magic prefix of an encoded statement.
 pub const STATEMENT_MAGIC: &[u8; 25] = b"custos.approval-statement";
-/// Current encoding version.
+/// Encoding version of a withdrawal from the wallet's own address.
 pub const STATEMENT_VERSION: u8 = 1;
+/// Encoding version of a withdrawal from a derived address.
+pub const STATEMENT_VERSION_DERIVED: u8 = 2;
 /// Domain tag of the signed message.
 pub const APPROVAL_SIGN_DOMAIN: &[u8] = b"custos.approval.v1\x00";
 /// Longest transaction digest accepted.
@@ -51,6 +64,10 @@ pub struct ApprovalStatement {
     pub asset: String,
     /// Source wallet.
     pub source_wallet: String,
+    /// The derived address of the wallet it spends from, if not the
+    /// wallet's own (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DerivedSource>,
     /// Canonical destination address.
     pub destination: String,
     /// Amount, base units.
@@ -151,16 +168,22 @@ impl<'a> Reader<'a> {
     }
     /// Reads and checks the magic and version byte of a `what` encoding.
     pub(crate) fn header(&mut self, magic: &[u8], version: u8, what: &str) -> Result<()> {
+        self.header_any(magic, &[version], what).map(|_| ())
+    }
+
+    /// As [`Self::header`], for an encoding with several versions; returns
+    /// the one read.
+    pub(crate) fn header_any(&mut self, magic: &[u8], versions: &[u8], what: &str) -> Result<u8> {
         if self.take(magic.len(), "magic")? != magic {
             return Err(PolicyError::Statement(format!("not {what} (bad magic)")));
         }
         let v = self.array::<1>("version")?[0];
-        if v != version {
+        if !versions.contains(&v) {
             return Err(PolicyError::Statement(format!(
                 "unsupported version {v} of {what}"
             )));
         }
-        Ok(())
+        Ok(v)
     }
 
     /// Refuses trailing bytes: one value has exactly one encoding.
@@ -211,6 +234,7 @@ impl ApprovalStatement {
             chain: decision.withdrawal.chain.clone(),
             asset: decision.withdrawal.asset.clone(),
             source_wallet: decision.withdrawal.wallet.clone(),
+            source: withdrawal.source.clone(),
             destination: decision.withdrawal.destination.clone(),
             amount: decision.withdrawal.amount,
             fee_cap: withdrawal.fee_cap,
@@ -227,11 +251,18 @@ impl ApprovalStatement {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(STATEMENT_MAGIC);
-        out.push(STATEMENT_VERSION);
+        out.push(match self.source {
+            None => STATEMENT_VERSION,
+            Some(_) => STATEMENT_VERSION_DERIVED,
+        });
         put_str(&mut out, "withdrawal_id", &self.withdrawal_id)?;
         put_str(&mut out, "chain", &self.chain)?;
         put_str(&mut out, "asset", &self.asset)?;
         put_str(&mut out, "source_wallet", &self.source_wallet)?;
+        if let Some(source) = &self.source {
+            put_str(&mut out, "source_path", &source.path)?;
+            put_str(&mut out, "source_address", &source.address)?;
+        }
         put_str(&mut out, "destination", &self.destination)?;
         out.extend_from_slice(&self.amount.0.to_be_bytes());
         out.extend_from_slice(&self.fee_cap.0.to_be_bytes());
@@ -250,12 +281,24 @@ impl ApprovalStatement {
     /// Parses canonical bytes; refuses other versions and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
-        r.header(STATEMENT_MAGIC, STATEMENT_VERSION, "an approval statement")?;
+        let derived = r.header_any(
+            STATEMENT_MAGIC,
+            &[STATEMENT_VERSION, STATEMENT_VERSION_DERIVED],
+            "an approval statement",
+        )? == STATEMENT_VERSION_DERIVED;
         let s = ApprovalStatement {
             withdrawal_id: r.string("withdrawal_id")?,
             chain: r.string("chain")?,
             asset: r.string("asset")?,
             source_wallet: r.string("source_wallet")?,
+            source: if derived {
+                Some(DerivedSource {
+                    path: r.string("source_path")?,
+                    address: r.string("source_address")?,
+                })
+            } else {
+                None
+            },
             destination: r.string("destination")?,
             amount: Amount(u128::from_be_bytes(r.array("amount")?)),
             fee_cap: Amount(u128::from_be_bytes(r.array("fee_cap")?)),

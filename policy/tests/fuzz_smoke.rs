@@ -17,6 +17,7 @@ use proptest::prelude::*;
 
 fn statement_bytes() -> Vec<u8> {
     ApprovalStatement {
+        source: None,
         withdrawal_id: "wd".into(),
         chain: "ethereum".into(),
         asset: "ETH".into(),

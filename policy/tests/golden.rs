@@ -29,6 +29,7 @@ fn golden(name: &str, actual: &str) {
 
 fn sample_statement() -> ApprovalStatement {
     ApprovalStatement {
+        source: None,
         withdrawal_id: "wd-0001".into(),
         chain: "ethereum".into(),
         asset: "ETH".into(),

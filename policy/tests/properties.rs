@@ -198,6 +198,7 @@ proptest! {
         digest in prop::collection::vec(any::<u8>(), 0..64), expiry in 0i64..4_000_000_000,
     ) {
         let s = ApprovalStatement {
+            source: None,
             withdrawal_id: id, chain: "ethereum".into(), asset: "ETH".into(), source_wallet: "w".into(),
             destination: EXCHANGE.into(), amount: Amount(amount), fee_cap: Amount(fee), tx_digest: digest,
             policy_hash: PolicyHash([3; 32]), rule_id: "r".into(), expiry: Timestamp(expiry),

@@ -61,6 +61,23 @@ pub enum NodeError {
     /// lock, history, audit log).
     #[error("refused by co-signer checks: {0}")]
     Refused(String),
+    /// A withdrawal from a derived address names a path whose child key, as
+    /// this signer derives it from its own record of the wallet key, has
+    /// another address than the approved source address: refused (and
+    /// logged as a refusal).
+    #[error(
+        "wallet {wallet}: source path {path} derives {derived}, not the source address {claimed}: refused"
+    )]
+    SourceMismatch {
+        /// The wallet (key id).
+        wallet: String,
+        /// The path the request names.
+        path: String,
+        /// The address this signer derived for it.
+        derived: String,
+        /// The address the request claims.
+        claimed: String,
+    },
     /// The request comes from a coordinator whose leadership epoch is older
     /// than one this signer has already seen: a newer coordinator leads and
     /// this one is fenced off (paused, partitioned or not yet aware).

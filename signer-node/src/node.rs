@@ -461,7 +461,7 @@ impl Node {
         participants: &[String],
         threshold: u16,
         nonce: &[u8],
-    ) -> Result<[u8; 33], NodeError> {
+    ) -> Result<([u8; 33], Option<[u8; 32]>), NodeError> {
         validate_id("key id", key_id)?;
         if nonce.len() < 16 {
             return Err(NodeError::InvalidRequest(
@@ -488,19 +488,21 @@ impl Node {
             .await?;
         let share = protocol::complete_key_share(incomplete, aux)?;
         let public_key = protocol::public_key(&share);
+        let chain_code = custos_mpc::hd::share_chain_code(&share);
         let meta = KeyMeta {
             key_id: key_id.to_owned(),
             group_id: group_id.to_owned(),
             threshold,
             participants: participants.to_vec(),
             public_key: hex::encode(public_key),
+            chain_code: chain_code.map(hex::encode),
         };
         self.store.put_key(&meta, &to_secret_bytes(&share)?)?;
         self.shares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key_id.to_owned(), Arc::new(share));
-        Ok(public_key)
+        Ok((public_key, chain_code))
     }
 
     /// The public facts of key `key_id`.
@@ -625,16 +627,28 @@ impl Node {
         Ok(nonce)
     }
 
-    /// Issues a partial signature from a stored presignature. The
-    /// presignature is durably marked consumed before the partial exists.
+    /// Issues a partial signature from a stored presignature, for the key's
+    /// child at `path` (the master key for `m`). The presignature is durably
+    /// marked consumed before the partial exists.
     pub fn partial_sign(
         &self,
         key_id: &str,
         presig_id: &str,
         digest: &[u8; 32],
+        path: &custos_mpc::DerivationPath,
         request_id: &str,
     ) -> Result<Vec<u8>, NodeError> {
-        let usage = format!("request={request_id} digest={}\n", hex::encode(digest));
+        // The extended public key before the presignature is consumed: a
+        // key record that cannot derive costs no presignature.
+        let master = if path.is_master() {
+            None
+        } else {
+            Some(self.store.key_meta(key_id)?.extended_public_key()?)
+        };
+        let usage = format!(
+            "request={request_id} digest={} path={path}\n",
+            hex::encode(digest)
+        );
         let (_meta, secret) = self.store.consume_presig(key_id, presig_id, &usage)?;
         let presig: custos_mpc::Presignature = from_secret_bytes(&secret)?;
         let mut digest = *digest;
@@ -642,7 +656,10 @@ impl Node {
             digest[0] ^= 1;
         }
         let computing = std::time::Instant::now();
-        let partial = protocol::issue_partial(presig, &digest);
+        let partial = match &master {
+            None => protocol::issue_partial(presig, &digest),
+            Some(xpub) => custos_mpc::hd::issue_partial_derived(presig, xpub, path, &digest)?,
+        };
         let bytes = serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()));
         crate::stages::since(crate::stages::Stage::Partial, computing);
         bytes

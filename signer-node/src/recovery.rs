@@ -54,6 +54,7 @@ pub fn restore_share(
         threshold: header.threshold,
         participants: header.participants.clone(),
         public_key: header.public_key.clone(),
+        chain_code: custos_mpc::hd::share_chain_code(share).map(hex::encode),
     };
     store.put_key(&meta, &to_secret_bytes(share)?)?;
     Ok(meta)

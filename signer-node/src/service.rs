@@ -112,7 +112,7 @@ fn status(e: NodeError) -> Status {
             &node,
         ),
         NodeError::Protocol(_) => Status::aborted(msg),
-        NodeError::Refused(_) => Status::permission_denied(msg),
+        NodeError::Refused(_) | NodeError::SourceMismatch { .. } => Status::permission_denied(msg),
         NodeError::StaleEpoch { highest, .. } => {
             let mut s = Status::failed_precondition(msg);
             s.metadata_mut().insert(
@@ -209,13 +209,14 @@ impl SignerControl for ControlService {
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "keygen").await?;
         let t = u16_field("threshold", r.threshold)?;
-        let pk = self
+        let (pk, chain_code) = self
             .node
             .keygen(&r.key_id, &r.group_id, &r.participants, t, &r.nonce)
             .await
             .map_err(status)?;
         Ok(Response::new(KeygenResponse {
             public_key: pk.to_vec(),
+            chain_code: chain_code.map(|c| c.to_vec()).unwrap_or_default(),
         }))
     }
 
@@ -247,7 +248,13 @@ impl SignerControl for ControlService {
         let node = self.node.clone();
         // Unsealing and fsync are blocking work.
         let partial = tokio::task::spawn_blocking(move || {
-            node.partial_sign(&r.key_id, &r.presignature_id, &d, &r.request_id)
+            node.partial_sign(
+                &r.key_id,
+                &r.presignature_id,
+                &d,
+                &custos_mpc::DerivationPath::master(),
+                &r.request_id,
+            )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -441,7 +448,16 @@ fn sign_withdrawal(
                     v.bump_approvers.join(",")
                 ),
             };
-            let partial = node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &usage)?;
+            // The child key of a derived source, from the path this signer
+            // checked against the approved address itself (Cosigner::verify).
+            let path = match &v.withdrawal.source {
+                None => custos_mpc::DerivationPath::master(),
+                Some(source) => {
+                    crate::cosigner::derived::source_path(&v.withdrawal.wallet, source)?
+                }
+            };
+            let partial =
+                node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &path, &usage)?;
             // Recorded before it leaves: velocity and replay see it even after a crash.
             let journaling = Instant::now();
             cos.record_signed(&v, &r.presignature_id, &partial)?;

@@ -39,6 +39,30 @@ pub struct KeyMeta {
     pub participants: Vec<String>,
     /// SEC1 compressed public key, hex.
     pub public_key: String,
+    /// The chain code the signers generated with the key (hex), for HD
+    /// derivation; absent for keys generated before HD support, which
+    /// derive with the legacy chain code (`custos_mpc::hd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_code: Option<String>,
+}
+
+impl KeyMeta {
+    /// The key's extended public key (its chain code, or the legacy one).
+    pub fn extended_public_key(&self) -> Result<custos_mpc::ExtendedPublicKey, NodeError> {
+        let bad = |what: &str| NodeError::Internal(format!("key {}: stored {what}", self.key_id));
+        let pk = hex::decode(&self.public_key).map_err(|_| bad("public key is not hex"))?;
+        let code = match &self.chain_code {
+            None => None,
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| bad("chain code is not 32 bytes of hex"))?,
+            ),
+        };
+        custos_mpc::ExtendedPublicKey::of_key(&pk, code)
+            .map_err(|e| NodeError::Internal(format!("key {}: {e}", self.key_id)))
+    }
 }
 
 /// A presignature's public facts, stored next to its sealed secret.
@@ -548,6 +572,7 @@ mod tests {
             threshold: 2,
             participants: vec!["n1".into(), "n2".into()],
             public_key: "00".into(),
+            chain_code: None,
         };
         s.put_key(&m, b"{\"plaintext share\":1}").unwrap();
         let raw = fs::read(dir.path().join("keys/k1.sealed")).unwrap();

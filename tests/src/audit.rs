@@ -183,6 +183,38 @@ pub fn export_and_verify(cluster_dir: &Path, trust: &str, extra: &[&str]) -> Out
     custos(&args)
 }
 
+/// Exports the log of the cluster in `cluster_dir` and runs `custos audit
+/// verify --policy policy` until it passes with `done` true of its report
+/// (the last entries reach a checkpoint a moment later); panics after a
+/// minute with the report.
+pub async fn verify_policy_until(
+    cluster_dir: &Path,
+    policy: &Path,
+    done: impl Fn(&Outcome) -> bool,
+) {
+    let trust = trust_args(cluster_dir);
+    let started = Instant::now();
+    loop {
+        let o = export_and_verify(cluster_dir, &trust, &["--policy", policy.to_str().unwrap()]);
+        if o.ok && done(&o) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether a `custos audit verify --policy` report authorised every
+/// signature it checked (its `signatures N authorised of N checked` line).
+pub fn all_signatures_authorised(o: &Outcome) -> bool {
+    o.stdout.lines().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.first() == Some(&"signatures")
+            && words.get(2) == Some(&"authorised")
+            && words.get(1) == words.get(4)
+    })
+}
+
 /// The refusal lines of a `custos audit verify` report.
 pub fn refusal_lines(o: &Outcome) -> Vec<&str> {
     o.stdout

@@ -75,6 +75,7 @@ fn withdrawal(key: &str, to: &str, amount: u128) -> Withdrawal {
         .unwrap()
         .insert(id.clone(), key.to_owned());
     Withdrawal {
+        source: None,
         id,
         wallet: "w-hot".into(),
         chain: "ethereum".into(),

@@ -11,7 +11,10 @@ use custos_chains::evm::tx::decode_unsigned_transfer;
 use custos_chains::{Address, B256, U256};
 use custos_devkit::client::connect_as;
 use custos_devkit::{ClusterSpec, StartOptions};
-use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, GetWithdrawalRequest, Withdrawal};
+use custos_proto::custody::{
+    CreateKeyRequest, DeriveAddressRequest, GetKeyRequest, GetWithdrawalRequest,
+    ListDerivedAddressesRequest, Withdrawal,
+};
 use custos_tests::anvil::{Anvil, rpc};
 use custos_tests::eth::{CHAIN, CHAIN_ID, DEV_0, MINI, addr, dev_send, fund};
 use custos_tests::*;
@@ -327,12 +330,174 @@ async fn default_configuration_on_one_cluster() {
     let rpc = rpc(&anvil.url);
     // First transaction of the dev account: the token address the config expects.
     let token = deploy_mini(&rpc).await;
-    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many", "w-dep"]).await;
+    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many", "w-dep", "w-hd"]).await;
     deposits_are_credited_from_the_blocks(&fc, &rpc, wallets[3]).await;
     eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
     ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
     onchain_transactions_match_the_log(&fc, &rpc, &anvil.url, wallets[2]).await;
+    // After the on-chain count above: a derived address's transactions are
+    // not the master address's nonces.
+    withdrawal_from_a_derived_address(&fc, &rpc, wallets[4]).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// HD-derived addresses (issue 19): a deposit address of wallet `w-hd` is
+/// derived, recorded and listed (gRPC and `custos address`), a payment to
+/// it is credited to the wallet's ledger account, and a withdrawal from it
+/// (its path and address in the intent digest and a version-2 approval
+/// statement, every signer deriving the child key itself from its own share
+/// record) is signed, mined by anvil as sent from the derived address, and
+/// replayed by `custos audit verify --policy`.
+async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, master: Address) {
+    let derive = |index: u32, label: &str| {
+        let mut backend = fc.backend.clone();
+        let req = DeriveAddressRequest {
+            wallet: "w-hd".into(),
+            index,
+            label: label.into(),
+        };
+        async move { backend.derive_address(req).await }
+    };
+    let d = derive(7, "customer-7").await.unwrap().into_inner();
+    assert_eq!(
+        (d.path.as_str(), d.index, d.chain.as_str()),
+        ("m/0/7", 7, CHAIN)
+    );
+    let child = addr(&d.address);
+    assert_ne!(child, master);
+    // Idempotent; a second label for the index is refused; hardened refused.
+    assert_eq!(derive(7, "").await.unwrap().into_inner(), d);
+    let e = derive(7, "customer-8").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    let e = derive(1 << 31, "").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let other = derive(8, "").await.unwrap().into_inner();
+    let listed = fc
+        .auditor
+        .clone()
+        .list_derived_addresses(ListDerivedAddressesRequest {
+            wallet: "w-hd".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .addresses;
+    assert_eq!(listed, vec![d.clone(), other]);
+    let layout = fc.tc.cluster.layout();
+    let out = std::process::Command::new(bin_dir().join("custos"))
+        .args(["address", "list", "--wallet", "w-hd", "--json", "--cluster"])
+        .arg(&layout.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli[0]["address"], json!(d.address), "{cli}");
+    assert_eq!(cli[0]["label"], json!("customer-7"), "{cli}");
+
+    // A deposit to the derived address is the wallet's.
+    fund(rpc, child, 2 * ETH).await;
+    let want: std::collections::BTreeMap<String, String> =
+        [("ETH".to_owned(), format!("-{}", 2 * ETH))].into();
+    let started = Instant::now();
+    while external_balances(&layout.dir, "w-hd") != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "deposit to {} not credited to w-hd: {:?}",
+            d.address,
+            external_balances(&layout.dir, "w-hd")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A withdrawal from it: the node takes the transaction as the derived
+    // address's (its signature recovers to it), at its own nonce 0.
+    let before = rpc.balance(addr(PAYEE_3)).await.unwrap();
+    let mut req = withdrawal_req("hd-1", "w-hd", PAYEE_3, ETH / 10);
+    req.asset = "ETH".into();
+    req.source_path = d.path.clone();
+    let w = fc
+        .backend
+        .clone()
+        .create_withdrawal(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (w.source_path.as_str(), w.source_address.as_str()),
+        ("m/0/7", d.address.as_str())
+    );
+    if !w.statement.is_empty() {
+        let s = custos_policy::ApprovalStatement::decode(&w.statement).unwrap();
+        assert_eq!(s.source.unwrap().address, d.address);
+    }
+    // A payout from a wallet without history may need the treasurers: they
+    // approve the version-2 statement that names the source.
+    if w.state == "awaiting_approvals" {
+        approve(&fc.approver, &w, "alice").await;
+        approve(&fc.approver, &w, "bob").await;
+    }
+    let (_, nonce, receipt) = confirmed_tx(fc, rpc, &w.id).await;
+    assert!(receipt.success);
+    assert_eq!(receipt.from, child);
+    assert_eq!(nonce, 0);
+    assert_eq!(
+        rpc.balance(addr(PAYEE_3)).await.unwrap(),
+        before + U256::from(ETH / 10)
+    );
+    assert_eq!(
+        rpc.transaction_count(master, BlockTag::Latest)
+            .await
+            .unwrap(),
+        0,
+        "the master address sent nothing"
+    );
+
+    // A rogue coordinator (docs/SECURITY.md case 67) names path m/0/8 with
+    // the address of m/0/7: every signer derives m/0/8 itself and refuses,
+    // naming the path, what it derives and the address claimed, before it
+    // reads anything else of the request.
+    let mut rogue: custos_policy::Withdrawal =
+        serde_json::from_slice(&policy_withdrawal_json(&get(fc, &w.id).await, ETH / 10)).unwrap();
+    rogue.id = "hd-rogue".into();
+    rogue.source = Some(custos_policy::DerivedSource {
+        path: "m/0/8".into(),
+        address: d.address.clone(),
+    });
+    rogue.tx_digest = hex::encode(custos_policy::intent_digest(&rogue));
+    let authorization = custos_proto::signer::WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(&rogue).unwrap(),
+        ..Default::default()
+    };
+    let signers = rogue_clients(layout).await;
+    let why = format!(
+        "source path m/0/8 derives {}, not the source address {}",
+        listed[1].address, d.address
+    );
+    for (node, c) in &signers {
+        let e = c
+            .clone()
+            .register_quorum(authorization.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{node}: {e}");
+        assert!(e.message().contains(&why), "{node}: {e}");
+    }
+    assert_eq!(
+        refusals_saying(&signers, authorization, "w-hd", "ps-hd-rogue", &why).await,
+        signers.len()
+    );
+
+    // The auditor's replay authorises it like every other signature.
+    let policy = layout.dir.parent().unwrap().join("eth-policy.toml");
+    custos_tests::audit::verify_policy_until(&layout.dir, &policy, |o| {
+        custos_tests::audit::all_signatures_authorised(o)
+            && o.stdout.contains("source path m/0/8 derives")
+    })
+    .await;
 }
 
 /// Deposit detection on EVM chains (issue 19): ETH sent to a wallet and
@@ -681,6 +846,7 @@ fn policy_withdrawal_json(w: &Withdrawal, amount: u128) -> Vec<u8> {
         fee_cap: custos_policy::Amount(w.fee_cap.parse().unwrap()),
         initiator: w.initiator.clone(),
         tx_digest: String::new(),
+        source: None,
     };
     pw.tx_digest = hex::encode(custos_policy::intent_digest(&pw));
     serde_json::to_vec(&pw).unwrap()
@@ -781,6 +947,7 @@ async fn signers_refuse_a_transaction_that_differs_from_the_approval() {
             fee_cap: Amount(fee_cap),
             initiator: "payments-backend".into(),
             tx_digest: String::new(),
+            source: None,
         };
         w.tx_digest = hex::encode(intent_digest(&w));
         let active = ActivePolicy::assumed(Policy::parse(&document).unwrap(), Timestamp(0));

@@ -15,7 +15,8 @@ use custos_chains::utxo::{
 use custos_devkit::client::connect_as;
 use custos_devkit::{ClusterSpec, StartOptions};
 use custos_proto::custody::{
-    CreateKeyRequest, CreateWithdrawalRequest, GetKeyRequest, GetWithdrawalRequest, Withdrawal,
+    CreateKeyRequest, CreateWithdrawalRequest, DeriveAddressRequest, GetKeyRequest,
+    GetWithdrawalRequest, Withdrawal,
 };
 use custos_tests::litecoind::Litecoind;
 use custos_tests::*;
@@ -310,7 +311,7 @@ async fn ltc_withdrawals_on_one_cluster() {
     // within 3 s of each other share a transaction.
     let (fc, addresses) = start_ltc(
         &node,
-        &["ltc-hot", "ltc-rogue"],
+        &["ltc-hot", "ltc-rogue", "ltc-hd"],
         "resubmit_after_secs = 10\nbatch_window_ms = 3000",
     )
     .await;
@@ -320,7 +321,87 @@ async fn ltc_withdrawals_on_one_cluster() {
     withdrawals_ready_together_share_one_transaction(&fc, &node, &addresses[0]).await;
     deposits_after_the_scan_cursor_are_credited(&fc, &node, &addresses[0]).await;
     signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
+    a_withdrawal_from_a_derived_address(&fc, &node, &addresses[2]).await;
     fc.tc.cluster.stop().await.unwrap();
+}
+
+/// HD-derived addresses on a UTXO chain (issue 19): a deposit address of
+/// wallet `ltc-hd` is imported into the node's watch-only wallet and what
+/// it receives is credited to the wallet; a withdrawal from it spends its
+/// coins only (each input signed by signers that derived the child key
+/// themselves), sends change back to it, and Litecoin Core accepts and
+/// mines the transaction.
+async fn a_withdrawal_from_a_derived_address(fc: &FlowCluster, node: &Litecoind, master: &str) {
+    let d = fc
+        .backend
+        .clone()
+        .derive_address(DeriveAddressRequest {
+            wallet: "ltc-hd".into(),
+            index: 3,
+            label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.path, "m/0/3");
+    assert!(
+        d.address.starts_with("rltc1q") && d.address != master,
+        "{d:?}"
+    );
+    node.pay(&d.address, 0.5).await;
+    node.pay(master, 0.25).await;
+    node.mine(1).await;
+    let dir = fc.tc.cluster.layout().dir.clone();
+    let external = || {
+        custos_tests::external_balances(&dir, "ltc-hd")
+            .get("LTC")
+            .cloned()
+    };
+    let started = Instant::now();
+    while external().as_deref() != Some(&format!("-{}", 75 * LTC / 100)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "deposits to {} and {master} not credited to ltc-hd: {:?}",
+            d.address,
+            external()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let w = fc
+        .backend
+        .clone()
+        .create_withdrawal(CreateWithdrawalRequest {
+            idempotency_key: "ltc-hd-1".into(),
+            wallet: "ltc-hd".into(),
+            asset: "LTC".into(),
+            destination: payee().text,
+            amount: (LTC / 5).to_string(),
+            source_path: d.path.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.source_address, d.address);
+    // ltc-hd is in no wallet group of the policy: two treasurers approve
+    // the version-2 statement, which names the source.
+    let w = wait_for(fc, &w.id, "awaiting_approvals").await;
+    let s = custos_policy::ApprovalStatement::decode(&w.statement).unwrap();
+    assert_eq!(s.source.unwrap().address, d.address);
+    approve(&fc.approver, &w, "alice").await;
+    approve(&fc.approver, &w, "bob").await;
+    let w = wait_for(fc, &w.id, "broadcast").await;
+    let (tx, _) = watched_tx(node, &w.tx_hash).await;
+    let child = parse_address(NETWORK, &d.address).unwrap();
+    assert_eq!(tx.input.len(), 1, "the derived address's one coin: {tx:?}");
+    assert_eq!(tx.output[0].value.to_sat(), LTC / 5);
+    assert_eq!(tx.output[0].script_pubkey, payee().script_pubkey);
+    assert_eq!(
+        tx.output[1].script_pubkey, child.script_pubkey,
+        "change to the derived address"
+    );
+    node.mine(1).await;
+    wait_for(fc, &w.id, "confirmed").await;
 }
 
 /// A Bitcoin-format output carries a u64 of base units: a larger amount or
@@ -501,20 +582,8 @@ async fn several_inputs_and_change_to_a_confirmed_transaction(
 async fn verify_until(fc: &FlowCluster, wanted: &str) {
     let layout = fc.tc.cluster.layout();
     let policy = layout.dir.parent().unwrap().join("ltc-policy.toml");
-    let trust = custos_tests::audit::trust_args(&layout.dir);
-    let started = Instant::now();
-    loop {
-        let o = custos_tests::audit::export_and_verify(
-            &layout.dir,
-            &trust,
-            &["--policy", policy.to_str().unwrap()],
-        );
-        if o.ok && o.stdout.contains(wanted) {
-            return;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{o}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    custos_tests::audit::verify_policy_until(&layout.dir, &policy, |o| o.stdout.contains(wanted))
+        .await;
 }
 
 /// The mempool entry of `txid`: (fee, vsize); `None` if the node has none.
@@ -882,6 +951,7 @@ async fn signers_refuse_a_psbt_that_differs_from_the_approval(
         fee_cap: Amount(u128::from(FEE_CAP)),
         initiator: "payments-backend".into(),
         tx_digest: String::new(),
+        source: None,
     };
     w.tx_digest = hex::encode(intent_digest(&w));
     let coins = utxo::testing::coins(&wallet.script_pubkey, &[LTC / 5, LTC / 5]);

@@ -817,6 +817,7 @@ async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowClu
         fee_cap: Amount(w2.fee_cap.parse().unwrap()),
         initiator: w2.initiator.clone(),
         tx_digest: String::new(),
+        source: None,
     };
     let grace_w2 = grace.approve("grace", &st2, PASSKEY_ORIGIN, UP_UV);
     let auth =

@@ -126,6 +126,7 @@ fn at(index: usize, ms: u64, body: EntryBody) -> Entry {
 /// returns its approval statement's bytes, if any.
 fn decide(out: &mut Vec<Entry>, ms: &mut u64, p: &Payee, policy: &Policy) -> Option<Vec<u8>> {
     let mut w = Withdrawal {
+        source: None,
         id: p.id.into(),
         wallet: WALLET.into(),
         chain: CHAIN.into(),

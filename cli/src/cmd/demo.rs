@@ -439,6 +439,7 @@ async fn create(
             fee_cap: String::new(),
             memo: memo.into(),
             request_signature: String::new(),
+            source_path: String::new(),
         })
         .await
         .map_err(rpc("CreateWithdrawal"))?

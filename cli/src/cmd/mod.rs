@@ -1,5 +1,6 @@
 //! One module per top-level subcommand.
 
+pub mod address;
 pub mod approve;
 pub mod approver;
 pub mod audit;

@@ -108,6 +108,14 @@ impl Review {
             &s.source_wallet,
             w.wallet == s.source_wallet,
         );
+        // Where it spends from: the signed statement's source, not the server's.
+        let signed_source = s.source.as_ref().map_or(String::new(), |x| x.path.clone());
+        check(
+            "source path",
+            &w.source_path,
+            &signed_source,
+            w.source_path == signed_source,
+        );
         check(
             "destination",
             &w.destination,
@@ -266,6 +274,12 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
             );
             line("chain / asset", format!("{} / {}", s.chain, s.asset));
             line("from wallet", s.source_wallet.clone());
+            if let Some(source) = &s.source {
+                line(
+                    "from address",
+                    format!("{} (derived, path {})", source.address, source.path),
+                );
+            }
             line("to", s.destination.clone());
             line(
                 "destination",
@@ -288,6 +302,12 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
             );
             line("chain / asset", format!("{} / {}", w.chain, w.asset));
             line("from wallet", w.wallet.clone());
+            if !w.source_path.is_empty() {
+                line(
+                    "from address",
+                    format!("{} (derived, path {})", w.source_address, w.source_path),
+                );
+            }
             line("to", w.destination.clone());
             if !w.destination_label.is_empty() {
                 line("destination", w.destination_label.clone());
@@ -396,6 +416,8 @@ pub fn withdrawal_json(w: &Withdrawal) -> Value {
         "fee_cap": w.fee_cap,
         "initiator": w.initiator,
         "memo": w.memo,
+        "source_path": w.source_path,
+        "source_address": w.source_address,
         "state": w.state,
         "risk_score": w.risk_score,
         "risk_reasons": w.risk_reasons.iter().map(|r| json!({"code": r.code, "points": r.points, "message": r.message})).collect::<Vec<_>>(),
@@ -482,6 +504,7 @@ mod tests {
             chain: "ethereum".into(),
             asset: "ETH".into(),
             source_wallet: "demo-hot".into(),
+            source: None,
             destination: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into(),
             amount: custos_policy::Amount(2_000_000_000_000_000_000),
             fee_cap: custos_policy::Amount(21_000),

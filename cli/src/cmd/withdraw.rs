@@ -23,6 +23,10 @@ pub struct WithdrawArgs {
     /// Source wallet id (= key id), e.g. demo-hot.
     #[arg(long, value_name = "WALLET")]
     wallet: String,
+    /// Spend from the wallet's derived address at this path (m/0/<index>,
+    /// as `custos address derive` shows it) [default: the wallet's own address].
+    #[arg(long, value_name = "PATH")]
+    source_path: Option<String>,
     /// Asset symbol configured for the wallet's chain, e.g. ETH.
     #[arg(long, value_name = "SYMBOL")]
     asset: String,
@@ -174,6 +178,7 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
                 fee_cap: args.fee_cap.clone().unwrap_or_default(),
                 memo: args.memo.clone().unwrap_or_default(),
                 request_signature,
+                source_path: args.source_path.clone().unwrap_or_default(),
             })
             .await
             .map_err(rpc("CreateWithdrawal"))?

@@ -1,7 +1,8 @@
 //! Deposits into the wallets on UTXO chains, as the node sees them.
 //!
-//! Every wallet key on a UTXO chain has one address; the coordinator imports
-//! it into the node's watch-only wallet (with a rescan, so earlier payments
+//! Every wallet key on a UTXO chain has one address, and as many derived
+//! deposit addresses as were asked for (`crate::derived`, credited to the
+//! wallet); the coordinator imports each into the node's watch-only wallet (with a rescan, so earlier payments
 //! count) and reads the wallet's received outputs with `listsinceblock`
 //! from a cursor kept in `utxo_deposit_cursors` (the block the last
 //! complete scan ended at, and the addresses it covered: a new address
@@ -221,6 +222,11 @@ impl Chains {
             if let Ok(address) = wallet_address(chain.network, &key) {
                 wallets.insert(address.text, row.get::<String, _>("key_id"));
             }
+        }
+        // The wallets' derived deposit addresses: what they receive is the
+        // wallet's (crate::derived).
+        for (wallet, address) in crate::derived::on_chain(&self.pool, &chain.settings.name).await? {
+            wallets.insert(address, wallet);
         }
         Ok(wallets)
     }

@@ -120,7 +120,8 @@ impl Chains {
             .unwrap_or(chain.settings.deposit_start_block))
     }
 
-    /// Each wallet's address on `chain` → its wallet (key id).
+    /// Each wallet's address on `chain`, and its derived deposit addresses,
+    /// → the wallet (key id).
     async fn evm_wallets(&self, chain: &str) -> Result<HashMap<Address, String>, CoordError> {
         let mut wallets = HashMap::new();
         for row in sqlx::query(
@@ -134,6 +135,13 @@ impl Chains {
             let key: Vec<u8> = row.get("public_key");
             if let Ok(address) = address_from_sec1(&key) {
                 wallets.insert(address, row.get::<String, _>("key_id"));
+            }
+        }
+        // The wallets' derived deposit addresses, credited to the wallet
+        // (crate::derived).
+        for (wallet, text) in crate::derived::on_chain(&self.pool, chain).await? {
+            if let Ok(address) = parse_address(&text) {
+                wallets.insert(address, wallet);
             }
         }
         Ok(wallets)

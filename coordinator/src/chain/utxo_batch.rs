@@ -92,8 +92,10 @@ impl Chains {
     }
 
     /// Withdrawals that may join `lead`'s batch: ready to sign on the same
-    /// chain, wallet and asset, no transaction or presignature yet, in no
-    /// batch; oldest first, at most `limit`.
+    /// chain, wallet, source address (one transaction spends from one
+    /// address; signers refuse a batch that mixes them) and asset, no
+    /// transaction or presignature yet, in no batch; oldest first, at most
+    /// `limit`.
     pub async fn batch_candidates(
         &self,
         lead: &super::Payment,
@@ -106,6 +108,8 @@ impl Chains {
         sqlx::query(
             "SELECT id FROM withdrawals
              WHERE state = 'signing' AND chain = $1 AND wallet = $2 AND asset = $3 AND id <> $4
+               AND COALESCE(source_path, '') =
+                   (SELECT COALESCE(source_path, '') FROM withdrawals WHERE id = $4)
                AND unsigned_tx IS NULL AND presig_id IS NULL
                AND id NOT IN (SELECT withdrawal_id FROM utxo_batches)
              ORDER BY created_ms, id LIMIT $5",

@@ -75,6 +75,9 @@ pub struct CreateRequest {
     /// The client's signature over the request statement (hex), required
     /// when the policy registers a request key.
     pub request_signature: String,
+    /// Spend from the wallet's derived address at this path (`m/0/5`);
+    /// empty: the wallet's own address.
+    pub source_path: String,
 }
 
 /// An approver's signed verdict, as received.
@@ -368,6 +371,7 @@ pub fn policy_withdrawal(row: &WithdrawalRow) -> Result<Withdrawal, CoordError> 
             .as_deref()
             .map(hex::encode)
             .unwrap_or_default(),
+        source: row.source(),
     })
 }
 
@@ -671,10 +675,32 @@ impl Engine {
                 }
             }
         }
-        let body = serde_json::json!({
+        // A derived source: the coordinator derives its address from the
+        // key's extended public key (every signer derives it again itself).
+        let source = if req.source_path.is_empty() {
+            None
+        } else {
+            let path: custos_mpc::DerivationPath =
+                req.source_path.parse().map_err(|e: custos_mpc::MpcError| {
+                    CoordError::invalid("source_path", e.to_string())
+                })?;
+            if path.is_master() {
+                return Err(CoordError::invalid(
+                    "source_path",
+                    "m is the wallet's own address: leave source_path empty",
+                ));
+            }
+            let (address, _) = crate::derived::derive(&key, &path)?;
+            Some((path.to_string(), address))
+        };
+        let mut body = serde_json::json!({
             "wallet": req.wallet, "asset": req.asset, "destination": destination,
             "amount": amount.to_string(), "fee_cap": fee_cap.to_string(), "memo": req.memo,
         });
+        // Only when set, so requests without one hash as they always did.
+        if let Some((path, _)) = &source {
+            body["source_path"] = serde_json::Value::from(path.clone());
+        }
         let request_hash = hex::encode(sha256(body.to_string().as_bytes()));
         // A policy with request keys: the client must have signed exactly
         // this request, and its id follows from the client and idempotency
@@ -721,6 +747,8 @@ impl Engine {
             fee_cap: fee_cap.to_string(),
             initiator: client.id.clone(),
             memo: req.memo.clone(),
+            source_path: source.as_ref().map(|(p, _)| p.clone()),
+            source_address: source.map(|(_, a)| a),
             state: State::Requested.as_str().into(),
             created_ms: now_ms(),
             updated_ms: now_ms(),
@@ -1273,12 +1301,36 @@ impl Engine {
         .await
     }
 
+    /// The key `row` spends with, as the chain drivers use it: the
+    /// wallet's key, or for a withdrawal from a derived address the child
+    /// key (its public key and address; the key id, presignature pool and
+    /// lock stay the wallet's, the signers derive the child themselves).
     async fn key(&self, row: &WithdrawalRow) -> Result<crate::db::KeyRow, CoordError> {
-        self.cluster
+        let key = self
+            .cluster
             .db
             .key(&row.wallet)
             .await?
-            .ok_or_else(|| CoordError::Internal(format!("wallet {} vanished", row.wallet)))
+            .ok_or_else(|| CoordError::Internal(format!("wallet {} vanished", row.wallet)))?;
+        let Some(source) = row.source() else {
+            return Ok(key);
+        };
+        let path: custos_mpc::DerivationPath = source
+            .path
+            .parse()
+            .map_err(|e| CoordError::Internal(format!("{}: stored source path: {e}", row.id)))?;
+        let (address, public_key) = crate::derived::derive(&key, &path)?;
+        if address != source.address {
+            return Err(CoordError::Internal(format!(
+                "{}: source path {} derives {address}, not the stored {}",
+                row.id, source.path, source.address
+            )));
+        }
+        Ok(crate::db::KeyRow {
+            public_key: Some(public_key.to_vec()),
+            address: Some(address),
+            ..key
+        })
     }
 
     /// A locked key (repeated unexplained signing failures) signs nothing:

@@ -34,6 +34,11 @@ pub async fn upgrade(db: &custos_service::db::Db) -> Result<(), sqlx::Error> {
     db.add_column_if_missing("withdrawals", "request_signature", "TEXT")
         .await?;
     db.add_column_if_missing("approvals", "webauthn", "TEXT")
+        .await?;
+    // Withdrawals from a derived address of the wallet (HD child key).
+    db.add_column_if_missing("withdrawals", "source_path", "TEXT")
+        .await?;
+    db.add_column_if_missing("withdrawals", "source_address", "TEXT")
         .await
 }
 
@@ -192,6 +197,11 @@ pub struct WithdrawalRow {
     pub tx_hash: Option<String>,
     /// Signers' refusals, JSON list.
     pub signer_notes: String,
+    /// The derivation path it spends from (`m/0/5`), when not the
+    /// wallet's own address.
+    pub source_path: Option<String>,
+    /// The address at `source_path`, canonical.
+    pub source_address: Option<String>,
     /// Unix ms.
     pub created_ms: i64,
     /// Unix ms.
@@ -208,6 +218,17 @@ impl WithdrawalRow {
             destination: self.destination.clone(),
             amount: self.amount.clone(),
             fee_cap: self.fee_cap.clone(),
+        }
+    }
+
+    /// The derived address it spends from, if not the wallet's own.
+    pub fn source(&self) -> Option<custos_policy::DerivedSource> {
+        match (&self.source_path, &self.source_address) {
+            (Some(path), Some(address)) => Some(custos_policy::DerivedSource {
+                path: path.clone(),
+                address: address.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -325,6 +346,8 @@ fn row(r: &AnyRow) -> WithdrawalRow {
         fee_paid: r.get("fee_paid"),
         tx_hash: r.get("tx_hash"),
         signer_notes: r.get("signer_notes"),
+        source_path: r.try_get("source_path").ok().flatten(),
+        source_address: r.try_get("source_address").ok().flatten(),
         created_ms: r.get("created_ms"),
         updated_ms: r.get("updated_ms"),
     }
@@ -1002,7 +1025,7 @@ impl WithdrawalStore {
 }
 
 /// Values bound per row by [`insert_rows`] before the decided columns.
-const ROW_BINDS: usize = 16;
+const ROW_BINDS: usize = 18;
 
 /// Inserts `rows` (each with its values for `cols`, the columns beyond the
 /// request's, and its state) in one statement inside the caller's
@@ -1017,7 +1040,7 @@ async fn insert_rows(
     let mut names = String::from(
         "id, client_id, idempotency_key, request_hash, wallet, chain, asset, destination, \
          amount, fee_cap, initiator, memo, state, signer_notes, created_ms, updated_ms, \
-         request_signature",
+         request_signature, source_path, source_address",
     );
     for col in cols {
         names.push_str(&format!(", {col}"));
@@ -1052,7 +1075,9 @@ async fn insert_rows(
             .bind(state.as_str())
             .bind(w.created_ms)
             .bind(updated_ms)
-            .bind(w.request_signature.as_deref());
+            .bind(w.request_signature.as_deref())
+            .bind(w.source_path.as_deref())
+            .bind(w.source_address.as_deref());
         for v in vals {
             q = match v.clone() {
                 Val::Text(t) => q.bind(t),

@@ -50,6 +50,7 @@ pub fn wed10() -> Timestamp {
 
 pub fn wd(amount: u128) -> Withdrawal {
     Withdrawal {
+        source: None,
         id: "wd-1".into(),
         wallet: "eth-hot-1".into(),
         chain: "ethereum".into(),

@@ -272,6 +272,10 @@ pub struct KeygenRequest {
 pub struct KeygenResponse {
     #[prost(bytes = "vec", tag = "1")]
     pub public_key: ::prost::alloc::vec::Vec<u8>,
+    /// The chain code the signers generated with the key (32 bytes): with the
+    /// public key, the extended public key HD-derived addresses come from.
+    #[prost(bytes = "vec", tag = "2")]
+    pub chain_code: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

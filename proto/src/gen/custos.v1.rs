@@ -217,6 +217,12 @@ pub struct CreateWithdrawalRequest {
     /// destination in canonical form, amount). Signers check it too.
     #[prost(string, tag = "8")]
     pub request_signature: ::prost::alloc::string::String,
+    /// Spend from the wallet's derived address at this path ("m/0/<index>",
+    /// as DeriveAddress returns it) instead of the wallet's own address. The
+    /// path and its address are part of the approval statement, and every
+    /// signer derives the child key itself and checks the address.
+    #[prost(string, tag = "9")]
+    pub source_path: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -339,6 +345,12 @@ pub struct Withdrawal {
     pub fee_bump_statement: ::prost::alloc::vec::Vec<u8>,
     #[prost(message, repeated, tag = "38")]
     pub fee_bump_approvals: ::prost::alloc::vec::Vec<ApprovalRecord>,
+    /// A withdrawal from a derived address: its path and address (empty: the
+    /// wallet's own address).
+    #[prost(string, tag = "39")]
+    pub source_path: ::prost::alloc::string::String,
+    #[prost(string, tag = "40")]
+    pub source_address: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -450,6 +462,57 @@ pub struct AddressBookEntry {
     /// RFC 3339: when rules may use it (cooling period after it was added).
     #[prost(string, tag = "6")]
     pub usable_from: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeriveAddressRequest {
+    /// Wallet id (= key id).
+    #[prost(string, tag = "1")]
+    pub wallet: ::prost::alloc::string::String,
+    /// Below 2^31 (non-hardened): the path is m/0/<index>.
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
+    /// Optional caller's reference (a customer id), at most 128 bytes; a
+    /// second, different label for the same index is ALREADY_EXISTS.
+    #[prost(string, tag = "3")]
+    pub label: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DerivedAddress {
+    #[prost(string, tag = "1")]
+    pub wallet: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub chain: ::prost::alloc::string::String,
+    /// "m/0/<index>": what a withdrawal from this address names (source_path).
+    #[prost(string, tag = "3")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "4")]
+    pub index: u32,
+    /// The address in the chain's format (EIP-55, bech32 P2WPKH).
+    #[prost(string, tag = "5")]
+    pub address: ::prost::alloc::string::String,
+    /// The child's compressed SEC1 public key (33 bytes).
+    #[prost(bytes = "vec", tag = "6")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "7")]
+    pub label: ::prost::alloc::string::String,
+    /// RFC 3339: when it was first derived.
+    #[prost(string, tag = "8")]
+    pub created_at: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDerivedAddressesRequest {
+    /// Only this wallet's (empty: every wallet's).
+    #[prost(string, tag = "1")]
+    pub wallet: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDerivedAddressesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub addresses: ::prost::alloc::vec::Vec<DerivedAddress>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1085,6 +1148,56 @@ pub mod custody_client {
                 .insert(GrpcMethod::new("custos.v1.Custody", "ListAddressBook"));
             self.inner.unary(req, path, codec).await
         }
+        /// The deposit address `index` of a wallet: its child key m/0/<index>
+        /// (non-hardened BIP32 from the key's public key and chain code) in the
+        /// wallet chain's format. Recorded (the same wallet and index always give
+        /// the same address), listed, and watched for deposits, which are credited
+        /// to the wallet. Role backend or admin.
+        pub async fn derive_address(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeriveAddressRequest>,
+        ) -> std::result::Result<tonic::Response<super::DerivedAddress>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/DeriveAddress",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "DeriveAddress"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_derived_addresses(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListDerivedAddressesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDerivedAddressesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/ListDerivedAddresses",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "ListDerivedAddresses"));
+            self.inner.unary(req, path, codec).await
+        }
         /// --- Approvers (role "approver"; approvals are signatures, so the
         /// transport is not trusted with them) ---
         pub async fn list_pending(
@@ -1355,6 +1468,22 @@ pub mod custody_server {
             request: tonic::Request<super::ListAddressBookRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListAddressBookResponse>,
+            tonic::Status,
+        >;
+        /// The deposit address `index` of a wallet: its child key m/0/<index>
+        /// (non-hardened BIP32 from the key's public key and chain code) in the
+        /// wallet chain's format. Recorded (the same wallet and index always give
+        /// the same address), listed, and watched for deposits, which are credited
+        /// to the wallet. Role backend or admin.
+        async fn derive_address(
+            &self,
+            request: tonic::Request<super::DeriveAddressRequest>,
+        ) -> std::result::Result<tonic::Response<super::DerivedAddress>, tonic::Status>;
+        async fn list_derived_addresses(
+            &self,
+            request: tonic::Request<super::ListDerivedAddressesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDerivedAddressesResponse>,
             tonic::Status,
         >;
         /// --- Approvers (role "approver"; approvals are signatures, so the
@@ -2120,6 +2249,97 @@ pub mod custody_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAddressBookSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/DeriveAddress" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeriveAddressSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::DeriveAddressRequest>
+                    for DeriveAddressSvc<T> {
+                        type Response = super::DerivedAddress;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeriveAddressRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::derive_address(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeriveAddressSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/ListDerivedAddresses" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListDerivedAddressesSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::ListDerivedAddressesRequest>
+                    for ListDerivedAddressesSvc<T> {
+                        type Response = super::ListDerivedAddressesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListDerivedAddressesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::list_derived_addresses(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListDerivedAddressesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

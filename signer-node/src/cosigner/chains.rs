@@ -267,6 +267,7 @@ mod tests {
         let pk = key(11);
         let payee = utxo::wallet_address(net, &key(12)).unwrap();
         let w = Withdrawal {
+            source: None,
             id: "w-ltc".into(),
             wallet: "ltc-hot".into(),
             chain: "litecoin-regtest".into(),

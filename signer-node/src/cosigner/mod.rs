@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod bundles;
 pub mod chains;
+pub mod derived;
 pub mod journal;
 pub mod log_view;
 pub mod refusals;
@@ -280,7 +281,10 @@ impl Cosigner {
     /// refusal or a replay, not a malformed request or a fault of its own.
     /// Best effort: the refusal itself stands whatever happens here.
     pub fn record_refusal(&self, a: &WithdrawalAuthorization, request: &str, err: &NodeError) {
-        if !matches!(err, NodeError::Refused(_) | NodeError::Replay(_)) {
+        if !matches!(
+            err,
+            NodeError::Refused(_) | NodeError::Replay(_) | NodeError::SourceMismatch { .. }
+        ) {
             return;
         }
         let (Some(w), Some(store)) = (&self.witness, &self.refusals) else {
@@ -358,6 +362,23 @@ impl Cosigner {
             .unwrap_or_default()
     }
 
+    /// The public key `w` spends from: the wallet's own key, or for a
+    /// withdrawal from a derived address the child key at its path, which
+    /// this signer derives itself and whose address must be the approved
+    /// source address ([`derived`]).
+    fn spending_key(&self, w: &Withdrawal) -> Result<Vec<u8>, NodeError> {
+        let Some(source) = &w.source else {
+            return Ok(self.wallet_key(&w.wallet));
+        };
+        let meta = self
+            .wallet_keys
+            .as_ref()
+            .ok_or_else(|| refused("no key store: cannot derive a source address"))?
+            .key_meta(&w.wallet)
+            .map_err(|e| refused(format!("wallet {}: {e}", w.wallet)))?;
+        derived::derived_source_key(&meta, &w.chain, source).map(|k| k.to_vec())
+    }
+
     /// The digest to sign: the intent digest, or for a transaction the
     /// digest of the bytes this signer parsed and checked against `w` (the
     /// approved fields).
@@ -376,6 +397,9 @@ impl Cosigner {
         w: &Withdrawal,
         a: &WithdrawalAuthorization,
     ) -> Result<([u8; 32], Vec<[u8; 32]>), NodeError> {
+        // First where it spends from: a derived source is checked even
+        // when there is no transaction to read.
+        let key = self.spending_key(w)?;
         if a.unsigned_tx.is_empty() {
             if a.input_index != 0 {
                 return Err(NodeError::InvalidRequest(format!(
@@ -388,15 +412,16 @@ impl Cosigner {
         } else {
             let mut ws = vec![w.clone()];
             ws.extend(batch::batch_withdrawals(w, a)?);
-            chains::check_transaction(
-                &self.chains,
-                &ws,
-                &a.unsigned_tx,
-                &self.wallet_key(&w.wallet),
-                a.input_index,
-            )
-            .map(|c| (c.digest, c.checked.digests))
-            .map_err(refused)
+            // One transaction spends from one address.
+            if let Some(m) = ws.iter().find(|m| m.source != w.source) {
+                return Err(refused(format!(
+                    "batch member {} spends from another source than {}",
+                    m.id, w.id
+                )));
+            }
+            chains::check_transaction(&self.chains, &ws, &a.unsigned_tx, &key, a.input_index)
+                .map(|c| (c.digest, c.checked.digests))
+                .map_err(refused)
         }
     }
 

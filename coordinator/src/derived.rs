@@ -1,0 +1,283 @@
+//! HD-derived deposit addresses of the wallets (`DeriveAddress`).
+//!
+//! # Design
+//!
+//! A wallet's child key at `m/0/<index>` (non-hardened BIP32, derived from
+//! the key's public key and chain code: `custos_mpc::hd`) has its own
+//! address in the wallet chain's format. A backend asks for one per
+//! customer; the coordinator records it (table `derived_addresses`), lists
+//! it, and the deposit scanners of both chain families watch it beside the
+//! wallet's own address and credit what it receives to the wallet's ledger
+//! account (`chain::deposits`, `chain::evm_deposits`). Deriving is
+//! idempotent: the same wallet and index always give the same row, and a
+//! second label for it is refused rather than silently kept or replaced.
+//!
+//! The coordinator derives from the chain code the signers returned at
+//! keygen (stored with the key); the signers never take an address or a
+//! public key from it: a withdrawal from a derived address names the path,
+//! and each signer derives the child key from its own share's extended
+//! public key and checks the address itself.
+
+use custos_mpc::DerivationPath;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::db::{Db, KeyRow};
+use crate::error::CoordError;
+
+/// The branch of the derivation tree deposit addresses come from (BIP44's
+/// "external chain"): index `i` is `m/0/i`.
+pub const DEPOSIT_BRANCH: u32 = 0;
+
+/// Longest label accepted.
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// Idempotent DDL (`BLOB` is rewritten for PostgreSQL by the caller).
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS derived_addresses (
+    wallet TEXT NOT NULL,
+    path TEXT NOT NULL,
+    idx BIGINT NOT NULL,
+    chain TEXT NOT NULL,
+    address TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    label TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (wallet, path),
+    UNIQUE (chain, address)
+);
+"#;
+
+fn db_err(e: sqlx::Error) -> CoordError {
+    CoordError::storage("derived addresses", e)
+}
+
+/// One derived address as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DerivedAddress {
+    /// The wallet (key id).
+    pub wallet: String,
+    /// Its chain.
+    pub chain: String,
+    /// `m/0/<index>`.
+    pub path: String,
+    /// The index under the deposit branch.
+    pub index: u32,
+    /// The address, in the chain's format.
+    pub address: String,
+    /// The child's compressed public key.
+    pub public_key: Vec<u8>,
+    /// The caller's label ("" if none).
+    pub label: String,
+    /// When it was first derived, Unix milliseconds.
+    pub created_ms: i64,
+}
+
+fn row(r: &AnyRow) -> DerivedAddress {
+    DerivedAddress {
+        wallet: r.get("wallet"),
+        chain: r.get("chain"),
+        path: r.get("path"),
+        index: u32::try_from(r.get::<i64, _>("idx")).unwrap_or(u32::MAX),
+        address: r.get("address"),
+        public_key: r.get("public_key"),
+        label: r.get("label"),
+        created_ms: r.get("created_ms"),
+    }
+}
+
+/// The deposit path of `index`; refuses indices of 2^31 and above (hardened).
+pub fn deposit_path(index: u32) -> Result<DerivationPath, CoordError> {
+    DerivationPath::from_indices(&[DEPOSIT_BRANCH, index])
+        .map_err(|e| CoordError::invalid("index", e.to_string()))
+}
+
+/// The address of `key`'s child at `path` on the key's chain, and the
+/// child's public key.
+pub fn derive(key: &KeyRow, path: &DerivationPath) -> Result<(String, [u8; 33]), CoordError> {
+    let child = key
+        .extended_public_key()?
+        .derive(path)
+        .map_err(|e| CoordError::invalid("path", e.to_string()))?;
+    let on = if key.chain.is_empty() {
+        "ethereum"
+    } else {
+        &key.chain
+    };
+    let address = custos_chains::family::wallet_address(on, &child.public_key())
+        .map_err(|e| CoordError::Internal(format!("key {} on {on}: {e}", key.key_id)))?;
+    Ok((address, child.public_key()))
+}
+
+/// Derives (or returns the recorded) deposit address `index` of `key`.
+pub async fn derive_address(
+    db: &Db,
+    key: &KeyRow,
+    index: u32,
+    label: &str,
+    now_ms: i64,
+) -> Result<DerivedAddress, CoordError> {
+    if label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
+        return Err(CoordError::invalid(
+            "label",
+            format!("at most {MAX_LABEL_LEN} bytes, no control characters"),
+        ));
+    }
+    if key.state != "ready" {
+        return Err(CoordError::FailedPrecondition(format!(
+            "key {} is {}",
+            key.key_id, key.state
+        )));
+    }
+    let path = deposit_path(index)?;
+    let (address, public_key) = derive(key, &path)?;
+    let fresh = DerivedAddress {
+        wallet: key.key_id.clone(),
+        chain: key.chain.clone(),
+        path: path.to_string(),
+        index,
+        address,
+        public_key: public_key.to_vec(),
+        label: label.to_owned(),
+        created_ms: now_ms,
+    };
+    sqlx::query(
+        "INSERT INTO derived_addresses (wallet, path, idx, chain, address, public_key, label, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(&fresh.wallet)
+    .bind(&fresh.path)
+    .bind(i64::from(index))
+    .bind(&fresh.chain)
+    .bind(&fresh.address)
+    .bind(&fresh.public_key)
+    .bind(&fresh.label)
+    .bind(now_ms)
+    .execute(db.pool())
+    .await
+    .map_err(db_err)?;
+    let stored = get(db, &fresh.wallet, &fresh.path)
+        .await?
+        .ok_or_else(|| CoordError::Internal(format!("derived address {} vanished", fresh.path)))?;
+    // A row made earlier must be the same derivation (it is, unless the
+    // key's chain code changed, which nothing does); a second label is
+    // refused so that a typo does not attach one customer's reference to
+    // another's address.
+    if stored.address != fresh.address {
+        return Err(CoordError::Internal(format!(
+            "wallet {} {}: recorded address {} differs from the derivation {}",
+            fresh.wallet, fresh.path, stored.address, fresh.address
+        )));
+    }
+    if !label.is_empty() && stored.label != label {
+        return Err(CoordError::AlreadyExists(format!(
+            "wallet {} index {index} is already derived with label {:?}",
+            fresh.wallet, stored.label
+        )));
+    }
+    Ok(stored)
+}
+
+/// One recorded derived address.
+pub async fn get(db: &Db, wallet: &str, path: &str) -> Result<Option<DerivedAddress>, CoordError> {
+    let r = sqlx::query("SELECT * FROM derived_addresses WHERE wallet = $1 AND path = $2")
+        .bind(wallet)
+        .bind(path)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(db_err)?;
+    Ok(r.as_ref().map(row))
+}
+
+/// The recorded derived addresses of `wallet` (every wallet's for ""), by
+/// wallet and index.
+pub async fn list(db: &Db, wallet: &str) -> Result<Vec<DerivedAddress>, CoordError> {
+    let rows = sqlx::query(
+        "SELECT * FROM derived_addresses WHERE $1 = '' OR wallet = $1 ORDER BY wallet, idx, path",
+    )
+    .bind(wallet)
+    .fetch_all(db.pool())
+    .await
+    .map_err(db_err)?;
+    Ok(rows.iter().map(row).collect())
+}
+
+/// Every derived address on `chain` and its wallet, for the deposit
+/// scanners (which credit what it receives to that wallet).
+pub async fn on_chain(
+    pool: &sqlx::AnyPool,
+    chain: &str,
+) -> Result<Vec<(String, String)>, CoordError> {
+    let rows = sqlx::query("SELECT wallet, address FROM derived_addresses WHERE chain = $1")
+        .bind(chain)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<String, _>("wallet"), r.get::<String, _>("address")))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn ready_key(db: &Db, id: &str, chain: &str, code: Option<[u8; 32]>) -> KeyRow {
+        db.insert_key(id, "g", 2, &["a".into(), "b".into(), "c".into()], chain)
+            .await
+            .unwrap();
+        // The generator point: any valid key does.
+        let pk = hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+            .unwrap();
+        let address = custos_chains::family::wallet_address(chain, &pk).unwrap();
+        db.finish_key(id, Some(&pk), code.as_ref().map(|c| &c[..]), Some(&address))
+            .await
+            .unwrap();
+        db.key(id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn derived_addresses_are_recorded_listed_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open(dir.path()).await.unwrap();
+        let eth = ready_key(&db, "hot", "anvil", Some([9; 32])).await;
+        let ltc = ready_key(&db, "ltc", "litecoin-regtest", None).await;
+        let a = derive_address(&db, &eth, 5, "customer-5", 1).await.unwrap();
+        assert_eq!(a.path, "m/0/5");
+        assert!(a.address.starts_with("0x"));
+        let xpub = eth.extended_public_key().unwrap();
+        let child = xpub.derive(&"m/0/5".parse().unwrap()).unwrap();
+        assert_eq!(a.public_key, child.public_key().to_vec());
+        // Again: the same row (the first creation time), with or without the label.
+        assert_eq!(
+            derive_address(&db, &eth, 5, "customer-5", 2).await.unwrap(),
+            a
+        );
+        assert_eq!(derive_address(&db, &eth, 5, "", 3).await.unwrap(), a);
+        let e = derive_address(&db, &eth, 5, "someone-else", 4)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoordError::AlreadyExists(_)), "{e}");
+        // Hardened indices cannot be derived without the private key.
+        let e = derive_address(&db, &eth, 1 << 31, "", 5).await.unwrap_err();
+        assert!(matches!(e, CoordError::InvalidArgument { .. }), "{e}");
+        // A key without a chain code derives with the legacy one.
+        let b = derive_address(&db, &ltc, 0, "", 6).await.unwrap();
+        assert!(b.address.starts_with("rltc1q"), "{}", b.address);
+        assert_eq!(
+            ltc.extended_public_key().unwrap().chain_code(),
+            custos_mpc::hd::legacy_chain_code(&ltc.public_key.clone().unwrap().try_into().unwrap())
+        );
+        derive_address(&db, &eth, 2, "", 7).await.unwrap();
+        let all = list(&db, "").await.unwrap();
+        let paths: Vec<_> = all.iter().map(|d| (d.wallet.as_str(), d.index)).collect();
+        assert_eq!(paths, [("hot", 2), ("hot", 5), ("ltc", 0)]);
+        assert_eq!(list(&db, "ltc").await.unwrap(), vec![b.clone()]);
+        assert_eq!(
+            on_chain(db.pool(), "litecoin-regtest").await.unwrap(),
+            vec![("ltc".to_owned(), b.address)]
+        );
+    }
+}
