@@ -28,44 +28,22 @@ pub enum Stage {
     Request,
 }
 
-impl Stage {
-    const ALL: [Stage; 7] = [
-        Stage::Admit,
-        Stage::Checks,
-        Stage::Unseal,
-        Stage::ConsumeMarker,
-        Stage::Partial,
-        Stage::Journal,
-        Stage::Request,
-    ];
+/// Each stage's name on `/metrics`, in the order of [`Stage`] (a stage is
+/// its index here).
+const NAMES: [&str; 7] = [
+    "admit",
+    "checks",
+    "unseal",
+    "consume_marker",
+    "partial",
+    "journal",
+    "request",
+];
 
-    const fn name(self) -> &'static str {
-        match self {
-            Stage::Admit => "admit",
-            Stage::Checks => "checks",
-            Stage::Unseal => "unseal",
-            Stage::ConsumeMarker => "consume_marker",
-            Stage::Partial => "partial",
-            Stage::Journal => "journal",
-            Stage::Request => "request",
-        }
-    }
-
-    const fn names() -> [&'static str; Stage::ALL.len()] {
-        let mut out = [""; Stage::ALL.len()];
-        let mut i = 0;
-        while i < out.len() {
-            out[i] = Stage::ALL[i].name();
-            i += 1;
-        }
-        out
-    }
-}
-
-static STAGES: StageLatencies<{ Stage::ALL.len() }> = StageLatencies::new(
+static STAGES: StageLatencies<{ NAMES.len() }> = StageLatencies::new(
     "custos_signer_stage_latency_seconds",
     "Time a signer spends per stage of online signing.",
-    Stage::names(),
+    NAMES,
 );
 
 /// Records `stage` from `started` until now.
@@ -86,13 +64,13 @@ mod tests {
     fn every_stage_is_exported_by_its_name() {
         since(Stage::Unseal, Instant::now());
         let text = metrics_text();
-        for stage in Stage::ALL {
+        assert_eq!(Stage::Request as usize, NAMES.len() - 1);
+        for name in NAMES {
             assert!(
                 text.contains(&format!(
-                    "custos_signer_stage_latency_seconds_count{{stage=\"{}\"}}",
-                    stage.name()
+                    "custos_signer_stage_latency_seconds_count{{stage=\"{name}\"}}"
                 )),
-                "{stage:?}"
+                "{name}"
             );
         }
     }
