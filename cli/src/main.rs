@@ -61,6 +61,9 @@ enum Command {
     /// failures locked (admin).
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
+    /// Sign a raw digest (cggmp21 ECDSA) or message (FROST) with a key:
+    /// development clusters only (the coordinator's SignDigest).
+    Sign(cmd::sign::SignArgs),
     /// The coordinator's API tokens: create (shown once), list, revoke. Edits
     /// its hashed token store; the running coordinator rereads it (no restart).
     #[command(subcommand)]
@@ -98,6 +101,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(a) => cmd::report::run(a),
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Key(c) => cmd::key::run(c),
+        Command::Sign(a) => cmd::sign::run(a),
         Command::Token(c) => cmd::token::run(c),
         Command::Unseal(c) => cmd::unseal::run(c),
         Command::Recovery(c) => cmd::recovery::run(c),

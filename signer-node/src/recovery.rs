@@ -54,6 +54,7 @@ pub fn restore_share(
         threshold: header.threshold,
         participants: header.participants.clone(),
         public_key: header.public_key.clone(),
+        scheme: custos_mpc::SchemeId::EcdsaSecp256k1.name().to_owned(),
     };
     store.put_key(&meta, &to_secret_bytes(share)?)?;
     Ok(meta)

@@ -13,6 +13,7 @@ fn key(t: u16, n: usize) -> KeyMeta {
         threshold: t,
         participants: (1..=n).map(|i| format!("signer-{i}")).collect(),
         public_key: String::new(),
+        scheme: "ecdsa-secp256k1".into(),
     }
 }
 
