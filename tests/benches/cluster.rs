@@ -16,7 +16,7 @@ use custos_mpc::frost::{FrostEd25519, FrostTaproot};
 use custos_mpc::protocol::{combine, issue_partial, public_key};
 use custos_mpc::scheme::SignatureScheme;
 use custos_mpc::{Primes, sim};
-use custos_proto::custody::{CreateKeyRequest, Curve, GetKeyRequest, Scheme, SignDigestRequest};
+use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, Scheme, SignDigestRequest};
 use rand::RngCore;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -97,16 +97,22 @@ fn in_process(t: u16, n: u16, signatures: usize) -> Figures {
     }
 }
 
-async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
+/// Through a loopback cluster: key creation, the pool (presignatures or
+/// FROST nonce commitments), online signing. ECDSA runs the group's real
+/// aux-info ceremony first; FROST needs none (the fixture's is imported).
+async fn cluster(t: u16, n: u16, signatures: usize, scheme: Scheme) -> Figures {
     let concurrent = 64usize;
     let pool = (signatures + concurrent + 4) as u32;
-    let tc = custos_tests::start_with_pool(n, t, &[], Some(pool)).await;
+    let tc = if scheme == Scheme::Cggmp21Ecdsa {
+        custos_tests::start_with_pool(n, t, &[], Some(pool)).await
+    } else {
+        custos_tests::start_from_fixture_with_pool(n, t, pool).await
+    };
     let mut client = tc.client.clone();
     let create = |id: String| CreateKeyRequest {
         key_id: id,
-        curve: Curve::Secp256k1 as i32,
         threshold: u32::from(t),
-        chain: String::new(),
+        scheme: scheme as i32,
         ..Default::default()
     };
 
@@ -161,6 +167,7 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
             .into_inner();
         online.push(ms(s.elapsed()));
         assert_eq!(r.mode, "presignature", "pool ran dry; raise the pool");
+        assert_eq!(r.signature.len(), 64);
     }
     {
         let mut o = online.clone();
@@ -248,89 +255,6 @@ fn frost_in_process<S: SignatureScheme<KeygenSetup = ()>>(
     }
 }
 
-/// FROST through a loopback cluster (aux info from the fixture: FROST needs
-/// none): key creation by DKG, the nonce-commitment pool, online signing.
-async fn frost_cluster(t: u16, n: u16, signatures: usize, scheme: Scheme) -> Figures {
-    let concurrent = 64usize;
-    let pool = (signatures + concurrent + 4) as u32;
-    let tc = custos_tests::start_from_fixture_with_pool(n, t, pool).await;
-    let mut client = tc.client.clone();
-    let create = |id: String| CreateKeyRequest {
-        key_id: id,
-        threshold: u32::from(t),
-        scheme: scheme as i32,
-        ..Default::default()
-    };
-    let key = client
-        .create_key(create("bench-frost".into()))
-        .await
-        .unwrap()
-        .into_inner();
-    let filled = |c: &mut custos_devkit::client::Client| {
-        let mut c = c.clone();
-        async move {
-            c.get_key(GetKeyRequest {
-                key_id: "bench-frost".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .presignatures_ready
-        }
-    };
-    let start = Instant::now();
-    let first = 5u32.min(pool);
-    while filled(&mut client).await < first {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let presign_ms = ms(start.elapsed()) / f64::from(first);
-    while filled(&mut client).await < pool {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let sign = |i: usize| SignDigestRequest {
-        key_id: key.key_id.clone(),
-        digest: digest().to_vec(),
-        request_id: format!("bench-frost-{t}-{n}-{i}-{}", hex::encode(&digest()[..4])),
-        interactive: false,
-    };
-    let mut online = Vec::new();
-    for i in 0..signatures {
-        let s = Instant::now();
-        let r = client.sign_digest(sign(i)).await.unwrap().into_inner();
-        online.push(ms(s.elapsed()));
-        assert_eq!(r.mode, "presignature", "pool ran dry; raise the pool");
-        assert_eq!(r.signature.len(), 64);
-    }
-    let s = Instant::now();
-    let mut done = 0;
-    for chunk in (0..concurrent).collect::<Vec<_>>().chunks(8) {
-        let calls = chunk.iter().map(|i| {
-            let mut c = client.clone();
-            let req = sign(signatures + i);
-            async move { c.sign_digest(req).await.unwrap() }
-        });
-        done += futures::future::join_all(calls).await.len();
-    }
-    let throughput = done as f64 / s.elapsed().as_secs_f64();
-    let mut keygen = Vec::new();
-    for i in 0..10 {
-        let s = Instant::now();
-        client
-            .create_key(create(format!("bench-frost-k{i}")))
-            .await
-            .unwrap();
-        keygen.push(ms(s.elapsed()));
-    }
-    tc.cluster.stop().await.unwrap();
-    Figures {
-        keygen_p50: pct(&mut keygen, 0.5),
-        presign_ms,
-        online_p50: pct(&mut online, 0.5),
-        online_p99: pct(&mut online, 0.99),
-        throughput,
-    }
-}
-
 fn print(title: &str, base: &Figures, clu: &Figures, precompute: &str) {
     println!("\n{title:<40} in-process     cluster     cluster/in-process");
     let row = |label: &str, a: f64, b: f64, unit: &str| {
@@ -381,20 +305,19 @@ fn main() {
                     eprintln!("== {name} ecdsa: in-process baseline");
                     let base = in_process(t, n, signatures);
                     eprintln!("== {name} ecdsa: cluster on loopback");
-                    let clu = rt.block_on(cluster(t, n, signatures));
+                    let clu = rt.block_on(cluster(t, n, signatures, Scheme::Cggmp21Ecdsa));
                     (base, clu, "presignature generation")
                 }
                 "frost-ed25519" => {
                     eprintln!("== {name} {scheme}: in-process baseline, then cluster");
                     let base = frost_in_process::<FrostEd25519>(t, n, signatures);
-                    let clu = rt.block_on(frost_cluster(t, n, signatures, Scheme::FrostEd25519));
+                    let clu = rt.block_on(cluster(t, n, signatures, Scheme::FrostEd25519));
                     (base, clu, "commitment round")
                 }
                 "frost-secp256k1-tr" => {
                     eprintln!("== {name} {scheme}: in-process baseline, then cluster");
                     let base = frost_in_process::<FrostTaproot>(t, n, signatures);
-                    let clu =
-                        rt.block_on(frost_cluster(t, n, signatures, Scheme::FrostSecp256k1Tr));
+                    let clu = rt.block_on(cluster(t, n, signatures, Scheme::FrostSecp256k1Tr));
                     (base, clu, "commitment round")
                 }
                 other => panic!("--schemes: unknown scheme {other}"),
