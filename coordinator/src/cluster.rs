@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::key_lock::KeyLocks;
+use custos_mpc::MpcError;
 use std::time::{Duration, Instant};
 
 use custos_proto::signer::signer_control_client::SignerControlClient;
@@ -44,12 +45,17 @@ pub struct Settings {
 /// A produced signature.
 #[derive(Clone, Debug)]
 pub struct SignOutcome {
-    /// r.
+    /// r (ECDSA keys; zero for other schemes).
     pub r: [u8; 32],
-    /// s (low-s).
+    /// s (low-s; ECDSA keys; zero for other schemes).
     pub s: [u8; 32],
-    /// Ethereum recovery id.
+    /// Ethereum recovery id (ECDSA keys).
     pub recovery_id: u8,
+    /// The key's signature scheme.
+    pub scheme: custos_mpc::SchemeId,
+    /// The signature in the scheme's standard encoding (ECDSA `r || s`,
+    /// BIP340 `R.x || s`, Ed25519 `R || S`).
+    pub signature: Vec<u8>,
     /// Signers that took part.
     pub signers: Vec<String>,
     /// `presignature` or `interactive`.
@@ -279,48 +285,135 @@ where
         .collect()
 }
 
-/// Parses the signers' partial signatures and combines them; the combined
-/// signature is verified, so a bad partial is reported (with the signer set)
-/// instead of producing an invalid signature.
+/// A combined, verified signature.
+#[derive(Clone, Debug)]
+struct Combined {
+    signature: Vec<u8>,
+    /// ECDSA keys: `r`, `s` and the Ethereum recovery id.
+    ecdsa: Option<([u8; 32], [u8; 32], u8)>,
+}
+
+/// Combines the signers' partial signatures through the key's scheme (the
+/// `custos_mpc` seam); the combined signature is verified, so a bad partial
+/// is reported instead of producing an invalid signature: by its signer
+/// where the scheme can tell (a partial that does not parse; FROST's
+/// cheater detection), else with the signer set.
 fn combine_partials(
+    key: &KeyRow,
     partials: &[Vec<u8>],
     signer_ids: &[String],
-    public_key: &[u8],
-    digest: &[u8; 32],
+    message: &[u8],
     presig_id: &str,
-) -> Result<(custos_mpc::protocol::Signature, u8), CoordError> {
-    let parsed = partials
+    presig_public: &[u8],
+) -> Result<Combined, CoordError> {
+    let scheme = custos_mpc::scheme(key.scheme);
+    let package = key
+        .combine_package()
+        .ok_or_else(|| CoordError::Internal("stored public key".into()))?;
+    let indexed = signer_ids
         .iter()
-        .zip(signer_ids)
-        .map(|(p, n)| {
-            serde_json::from_slice::<custos_mpc::PartialSignature>(p).map_err(|_| {
-                CoordError::Aborted {
-                    culprit: Some(n.clone()),
-                    reporter: None,
-                    suspects: Vec::new(),
-                    reason: "returned a malformed partial signature".into(),
-                }
-            })
+        .zip(partials)
+        .map(|(n, p)| {
+            key.participants
+                .iter()
+                .position(|x| x == n)
+                .and_then(|k| u16::try_from(k).ok())
+                .map(|k| (k, p.as_slice()))
+                .ok_or_else(|| {
+                    CoordError::Internal(format!("{n} holds no share of key {}", key.key_id))
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let pk: [u8; 33] = public_key
-        .try_into()
-        .map_err(|_| CoordError::Internal("stored public key".into()))?;
-    let sig = custos_mpc::protocol::combine(&parsed, &pk, digest).map_err(|_| {
-        CoordError::Aborted {
-            culprit: None,
+    let node = |k: u16| key.participants.get(usize::from(k)).cloned();
+    let aborted =
+        |culprit: Option<String>, suspects: Vec<String>, reason: String| CoordError::Aborted {
+            culprit,
             reporter: None,
-            suspects: signer_ids.to_vec(),
-            reason: format!(
-                "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
-                signer_ids.join(", ")
+            suspects,
+            reason,
+        };
+    let signature = scheme
+        .combine(package, presig_public, message, &indexed)
+        .map_err(|e| match e {
+            MpcError::MalformedPartial { party, .. } => aborted(
+                node(party),
+                Vec::new(),
+                "returned a malformed partial signature".into(),
             ),
-        }
-    })?;
-    let recovery_id =
-        custos_chains::evm::signature::recovery_id(public_key, digest, &sig.r, &sig.s)
+            MpcError::WrongSigningPackage { party } => aborted(
+                node(party),
+                Vec::new(),
+                format!(
+                    "signed another message or other nonce commitments than presignature {presig_id} holds (discarded, not retried)"
+                ),
+            ),
+            MpcError::InvalidSignatureShare { parties } => {
+                let named: Vec<String> = parties.iter().filter_map(|k| node(*k)).collect();
+                aborted(
+                    named.first().cloned(),
+                    named.clone(),
+                    format!(
+                        "sent an invalid signature share for presignature {presig_id} (signers at fault: {}; discarded, not retried)",
+                        named.join(", ")
+                    ),
+                )
+            }
+            MpcError::InvalidInput(m) | MpcError::InvalidState(m) => {
+                CoordError::Internal(format!("combining for key {}: {m}", key.key_id))
+            }
+            _ => aborted(
+                None,
+                signer_ids.to_vec(),
+                format!(
+                    "combined signature from presignature {presig_id} does not verify: a partial from one of {} was invalid (presignature discarded, not retried)",
+                    signer_ids.join(", ")
+                ),
+            ),
+        })?;
+    // ECDSA signatures also travel as r, s and the recovery id EVM
+    // transactions need.
+    let ecdsa = if key.scheme == custos_mpc::SchemeId::EcdsaSecp256k1 {
+        let (r, s) = split_rs(&signature)
+            .ok_or_else(|| CoordError::Internal("an ECDSA signature is not 64 bytes".into()))?;
+        let public_key = key.public_key.as_deref().unwrap_or_default();
+        let digest: &[u8; 32] = message
+            .try_into()
+            .map_err(|_| CoordError::Internal("an ECDSA digest is not 32 bytes".into()))?;
+        let recovery_id = custos_chains::evm::signature::recovery_id(public_key, digest, &r, &s)
             .ok_or_else(|| CoordError::Internal("signature verifies but recovers no key".into()))?;
-    Ok((sig, recovery_id))
+        Some((r, s, recovery_id))
+    } else {
+        None
+    };
+    Ok(Combined { signature, ecdsa })
+}
+
+fn split_rs(signature: &[u8]) -> Option<([u8; 32], [u8; 32])> {
+    let r = signature.get(..32)?.try_into().ok()?;
+    let s = signature.get(32..64)?.try_into().ok()?;
+    (signature.len() == 64).then_some((r, s))
+}
+
+/// The outcome of a signing from a presignature.
+fn outcome(
+    key: &KeyRow,
+    combined: Combined,
+    signer_ids: &[String],
+    mode: &str,
+    presig_id: &str,
+) -> SignOutcome {
+    let (r, s, recovery_id) = combined.ecdsa.unwrap_or(([0; 32], [0; 32], 0));
+    SignOutcome {
+        r,
+        s,
+        recovery_id,
+        scheme: key.scheme,
+        signature: combined.signature,
+        signers: signer_ids.to_vec(),
+        mode: mode.to_owned(),
+        presig_id: presig_id.to_owned(),
+        elapsed: Duration::ZERO,
+    }
 }
 
 /// An interactive signature whose `which` component is malformed: the
@@ -364,8 +457,8 @@ impl Cluster {
     async fn counted(
         &self,
         key_id: &str,
-        combined: Result<(custos_mpc::protocol::Signature, u8), CoordError>,
-    ) -> Result<(custos_mpc::protocol::Signature, u8), CoordError> {
+        combined: Result<Combined, CoordError>,
+    ) -> Result<Combined, CoordError> {
         match combined {
             Ok(sig) => Ok(sig),
             Err(e) => {
@@ -516,12 +609,15 @@ impl Cluster {
         }
     }
 
-    /// Creates a key with every signer of the group.
+    /// Creates a key in `scheme` with every signer of the group. Schemes
+    /// whose key generation needs aux info (cggmp21) wait for the group's;
+    /// the others (FROST) run their DKG on the configured signers directly.
     pub async fn create_key(
         &self,
         key_id: &str,
         threshold: u16,
         chain: &str,
+        scheme_id: custos_mpc::SchemeId,
     ) -> Result<KeyRow, CoordError> {
         let key_id = if key_id.is_empty() {
             format!("key-{}", random_hex(8))
@@ -552,17 +648,29 @@ impl Cluster {
                 ),
             ));
         }
-        let (group_id, participants) = self.db.ready_group().await?.ok_or_else(|| {
-            CoordError::precondition(
-                "cluster",
-                "aux-info",
-                format!("is not ready ({})", self.aux_state()),
-            )
-        })?;
+        let scheme = custos_mpc::scheme(scheme_id);
+        let (group_id, participants) = if scheme.needs_aux_info() {
+            self.db.ready_group().await?.ok_or_else(|| {
+                CoordError::precondition(
+                    "cluster",
+                    "aux-info",
+                    format!("is not ready ({})", self.aux_state()),
+                )
+            })?
+        } else {
+            (String::new(), self.signers.group())
+        };
         let members = self.require_live(&participants, participants.len()).await?;
         let epoch = self.signers.epoch()?;
         self.db
-            .insert_key(&key_id, &group_id, threshold, &participants, chain)
+            .insert_key(
+                &key_id,
+                &group_id,
+                threshold,
+                &participants,
+                chain,
+                scheme_id,
+            )
             .await?;
         let mut nonce = vec![0u8; 32];
         rand::thread_rng().fill_bytes(&mut nonce);
@@ -573,13 +681,14 @@ impl Cluster {
             threshold: u32::from(threshold),
             nonce,
             coordinator_epoch: epoch,
+            scheme: scheme_id.name().to_owned(),
         };
         let result = all_or_first_error(members, self.settings.session_timeout, |s| {
             let req = req.clone();
             async move {
                 s.client().keygen(req).await.map(|r| {
                     let r = r.into_inner();
-                    (r.public_key, r.chain_code)
+                    (r.public_key, r.public_package, r.scheme, r.chain_code)
                 })
             }
         })
@@ -591,10 +700,10 @@ impl Cluster {
                 return Err(e);
             }
         };
-        let (first, chain_code) = keys.first().cloned().unwrap_or_default();
+        let first = keys.first().cloned().unwrap_or_default();
         // The chain code too: addresses derived with another chain code
         // than the signers' shares carry could not be spent.
-        if keys.iter().any(|(k, c)| *k != first || *c != chain_code) {
+        if keys.iter().any(|k| *k != first) || first.2 != scheme_id.name() {
             self.db.finish_key(&key_id, None, None, None).await?;
             return Err(CoordError::Aborted {
                 culprit: None,
@@ -604,7 +713,10 @@ impl Cluster {
                     .into(),
             });
         }
-        if chain_code.len() != 32 {
+        let (public_key, package, _, chain_code) = first;
+        // ECDSA keys carry a chain code for HD derivation; FROST keys none.
+        let chain_code = (scheme_id == custos_mpc::SchemeId::EcdsaSecp256k1).then_some(chain_code);
+        if chain_code.as_ref().is_some_and(|c| c.len() != 32) {
             self.db.finish_key(&key_id, None, None, None).await?;
             return Err(CoordError::Aborted {
                 culprit: None,
@@ -612,17 +724,31 @@ impl Cluster {
                 suspects: participants.clone(),
                 reason: format!(
                     "signers returned a chain code of {} bytes, not 32; key discarded",
-                    chain_code.len()
+                    chain_code.as_ref().map_or(0, Vec::len)
                 ),
             });
         }
         // The wallet's address in its chain's format (EIP-55, or P2WPKH on
-        // a UTXO chain); a key without a chain gets its Ethereum address.
-        let on = if chain.is_empty() { "ethereum" } else { chain };
-        let address = custos_chains::family::wallet_address(on, &first)
-            .map_err(|e| CoordError::Internal(format!("key {key_id} on {on}: {e}")))?;
+        // a UTXO chain); an ECDSA key without a chain gets its Ethereum
+        // address, a key of another scheme without a chain none.
+        let on = match (chain.is_empty(), scheme_id) {
+            (false, _) => Some(chain),
+            (true, custos_mpc::SchemeId::EcdsaSecp256k1) => Some("ethereum"),
+            (true, _) => None,
+        };
+        let address = on
+            .map(|on| {
+                custos_chains::family::wallet_address(on, &public_key)
+                    .map_err(|e| CoordError::Internal(format!("key {key_id} on {on}: {e}")))
+            })
+            .transpose()?;
         self.db
-            .finish_key(&key_id, Some(&first), Some(&chain_code), Some(&address))
+            .finish_key(
+                &key_id,
+                Some((&public_key, &package)),
+                chain_code.as_deref(),
+                address.as_deref(),
+            )
             .await?;
         self.db
             .key(&key_id)
@@ -677,8 +803,10 @@ impl Cluster {
         })
     }
 
-    /// Signs a digest: from a pooled presignature when one is ready with
-    /// live signers, else interactively. A request id signs at most once.
+    /// Signs a digest (ECDSA) or message (FROST): from a pooled
+    /// presignature or nonce commitments when one is ready with live
+    /// signers, else interactively (ECDSA) or from a fresh commitment round
+    /// (FROST). A request id signs at most once.
     pub async fn sign_digest(
         &self,
         key_id: &str,
@@ -693,14 +821,24 @@ impl Cluster {
                 "must be 1-128 characters",
             ));
         }
-        let digest: [u8; 32] = digest.try_into().map_err(|_| {
-            CoordError::invalid("digest", format!("must be 32 bytes, got {}", digest.len()))
-        })?;
+        if digest.is_empty() || digest.len() > custos_mpc::erased::MAX_MESSAGE {
+            return Err(CoordError::invalid(
+                "digest",
+                format!(
+                    "must be 1-{} bytes, got {}",
+                    custos_mpc::erased::MAX_MESSAGE,
+                    digest.len()
+                ),
+            ));
+        }
         let key = self
             .db
             .key(key_id)
             .await?
             .ok_or_else(|| CoordError::not_found("key", key_id))?;
+        custos_mpc::scheme(key.scheme)
+            .check_message(digest)
+            .map_err(|e| CoordError::invalid("digest", e.to_string()))?;
         let public_key = match (&key.state[..], &key.public_key) {
             ("ready", Some(pk)) => pk.clone(),
             _ => {
@@ -713,25 +851,31 @@ impl Cluster {
         };
         self.locks.check(key_id).await?;
         let began = Instant::now();
-        let begun = self.db.begin_sign(request_id, key_id, &digest).await?;
+        let begun = self.db.begin_sign(request_id, key_id, digest).await?;
         stages::since(Stage::SignCommit, began);
         if let Some(prev) = begun {
-            return self.previous_outcome(request_id, key_id, &digest, prev);
+            return self.previous_outcome(request_id, &key, digest, prev);
         }
         let started = Instant::now();
         let result = self
-            .sign_attempts(&key, &public_key, &digest, request_id, interactive)
+            .sign_attempts(&key, &public_key, digest, request_id, interactive)
             .await;
         match result {
             Ok(mut outcome) => {
                 outcome.elapsed = started.elapsed();
                 let finishing = Instant::now();
+                let ecdsa = (outcome.scheme == custos_mpc::SchemeId::EcdsaSecp256k1).then_some((
+                    &outcome.r[..],
+                    &outcome.s[..],
+                    outcome.recovery_id,
+                ));
                 self.db
                     .finish_sign(
                         request_id,
                         &outcome.mode,
                         &outcome.signers,
-                        Some((&outcome.r, &outcome.s, outcome.recovery_id)),
+                        ecdsa,
+                        Some(&outcome.signature),
                         None,
                     )
                     .await?;
@@ -743,7 +887,7 @@ impl Cluster {
             Err(e) => {
                 self.metrics.sign_failures.fetch_add(1, Ordering::Relaxed);
                 self.db
-                    .finish_sign(request_id, "", &[], None, Some(&e.to_string()))
+                    .finish_sign(request_id, "", &[], None, None, Some(&e.to_string()))
                     .await?;
                 Err(e)
             }
@@ -753,53 +897,72 @@ impl Cluster {
     fn previous_outcome(
         &self,
         request_id: &str,
-        key_id: &str,
-        digest: &[u8; 32],
+        key: &KeyRow,
+        digest: &[u8],
         prev: crate::db::SignRow,
     ) -> Result<SignOutcome, CoordError> {
-        if prev.key_id != key_id || prev.digest != digest {
+        if prev.key_id != key.key_id || prev.digest != digest {
             return Err(CoordError::already_exists(
                 "request_id",
                 request_id,
                 "was already used for a different key or digest",
             ));
         }
-        match (prev.state.as_str(), prev.r, prev.s) {
-            ("signed", Some(r), Some(s)) => Ok(SignOutcome {
-                r: r.try_into()
-                    .map_err(|_| CoordError::Internal("stored r".into()))?,
-                s: s.try_into()
-                    .map_err(|_| CoordError::Internal("stored s".into()))?,
-                recovery_id: prev
-                    .recovery_id
-                    .and_then(|v| u8::try_from(v).ok())
-                    .unwrap_or(0),
-                signers: serde_json::from_str(prev.signers.as_deref().unwrap_or("[]"))
-                    .unwrap_or_default(),
-                mode: prev.mode.unwrap_or_default(),
-                presig_id: prev.presig_id.unwrap_or_default(),
-                elapsed: Duration::ZERO,
-            }),
-            (state, _, _) => Err(CoordError::precondition(
+        if prev.state != "signed" {
+            return Err(CoordError::precondition(
                 "request_id",
                 request_id,
                 format!(
-                    "was already attempted ({state}{}); a request is never signed twice",
+                    "was already attempted ({}{}); a request is never signed twice",
+                    prev.state,
                     prev.error.map(|e| format!(": {e}")).unwrap_or_default()
                 ),
-            )),
+            ));
         }
+        // Rows from before the signature column hold ECDSA r and s only.
+        let signature = match (&prev.signature, &prev.r, &prev.s) {
+            (Some(sig), _, _) => sig.clone(),
+            (None, Some(r), Some(s)) => [r.as_slice(), s.as_slice()].concat(),
+            _ => return Err(CoordError::Internal("stored signature".into())),
+        };
+        let (r, s) = match (&prev.r, &prev.s) {
+            (Some(r), Some(s)) => (
+                r.clone()
+                    .try_into()
+                    .map_err(|_| CoordError::Internal("stored r".into()))?,
+                s.clone()
+                    .try_into()
+                    .map_err(|_| CoordError::Internal("stored s".into()))?,
+            ),
+            _ => ([0; 32], [0; 32]),
+        };
+        Ok(SignOutcome {
+            r,
+            s,
+            recovery_id: prev
+                .recovery_id
+                .and_then(|v| u8::try_from(v).ok())
+                .unwrap_or(0),
+            scheme: key.scheme,
+            signature,
+            signers: serde_json::from_str(prev.signers.as_deref().unwrap_or("[]"))
+                .unwrap_or_default(),
+            mode: prev.mode.unwrap_or_default(),
+            presig_id: prev.presig_id.unwrap_or_default(),
+            elapsed: Duration::ZERO,
+        })
     }
 
     async fn sign_attempts(
         &self,
         key: &KeyRow,
         public_key: &[u8],
-        digest: &[u8; 32],
+        digest: &[u8],
         request_id: &str,
         interactive: bool,
     ) -> Result<SignOutcome, CoordError> {
         let t = usize::from(key.threshold);
+        let scheme = custos_mpc::scheme(key.scheme);
         let mut last_err = None;
         for _attempt in 0..3 {
             let live = self.require_live(&key.participants, t).await?;
@@ -808,6 +971,7 @@ impl Cluster {
             // concurrent requests race for each row, and a loser moves on to
             // the next one (exactly one request can win a presignature).
             let mut pooled = None;
+            let mut fresh = false;
             if !interactive {
                 for (presig_id, signers) in self.db.ready_presigs(&key.key_id).await? {
                     if !signers.iter().all(|s| live_ids.contains(s)) {
@@ -822,12 +986,37 @@ impl Cluster {
                     }
                 }
             }
+            if pooled.is_none() && !scheme.interactive_signing() {
+                // No interactive protocol (FROST): a commitment round among
+                // live signers now, then the signing round from it.
+                let ids: Vec<String> = live_ids.iter().take(t).cloned().collect();
+                match self.presign_among(key, Some(&ids)).await {
+                    Ok((presig_id, signers)) => {
+                        if self.db.take_presig(&presig_id, request_id).await? {
+                            pooled = Some((presig_id, signers));
+                            fresh = true;
+                        } else {
+                            continue;
+                        }
+                    }
+                    Err(e) if e.is_unavailable() || e.is_transient() => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             if let Some((presig_id, signers)) = pooled {
                 match self
-                    .sign_with_presig(key, public_key, digest, request_id, &presig_id, &signers)
+                    .sign_with_presig(key, digest, request_id, &presig_id, &signers)
                     .await
                 {
-                    Ok(o) => return Ok(o),
+                    Ok(mut o) => {
+                        if fresh {
+                            o.mode = "interactive".into();
+                        }
+                        return Ok(o);
+                    }
                     Err(e) if e.is_transient() => {
                         // The presignature is burned (consumed on the signers that answered); try again.
                         tracing::warn!(%presig_id, error = %e, "presignature signing failed; retrying");
@@ -837,6 +1026,9 @@ impl Cluster {
                     Err(e) => return Err(e),
                 }
             }
+            let digest: &[u8; 32] = digest
+                .try_into()
+                .map_err(|_| CoordError::invalid("digest", "must be 32 bytes"))?;
             let signers: Vec<Arc<Signer>> = live.into_iter().take(t).collect();
             match self
                 .sign_interactive(key, public_key, digest, request_id, signers)
@@ -853,11 +1045,18 @@ impl Cluster {
         Err(last_err.unwrap_or_else(|| CoordError::unavailable("no signing attempt succeeded")))
     }
 
+    /// The public half of a presignature the coordinator stored when its
+    /// signers agreed on it.
+    async fn presig_public(&self, presig_id: &str) -> Result<Vec<u8>, CoordError> {
+        self.db.presig_public(presig_id).await?.ok_or_else(|| {
+            CoordError::Internal(format!("presignature {presig_id} has no public half"))
+        })
+    }
+
     async fn sign_with_presig(
         &self,
         key: &KeyRow,
-        public_key: &[u8],
-        digest: &[u8; 32],
+        digest: &[u8],
         request_id: &str,
         presig_id: &str,
         signer_ids: &[String],
@@ -866,6 +1065,7 @@ impl Cluster {
             .iter()
             .filter_map(|n| self.signers.get(n).cloned())
             .collect();
+        let presig_public = self.presig_public(presig_id).await?;
         let req = PartialSignRequest {
             key_id: key.key_id.clone(),
             presignature_id: presig_id.to_owned(),
@@ -886,18 +1086,23 @@ impl Cluster {
         .await?;
         stages::since(Stage::SignerCalls, calling);
         let combining = Instant::now();
-        let combined = combine_partials(&partials, signer_ids, public_key, digest, presig_id);
+        let combined = combine_partials(
+            key,
+            &partials,
+            signer_ids,
+            digest,
+            presig_id,
+            &presig_public,
+        );
         stages::since(Stage::Combine, combining);
-        let (sig, recovery_id) = self.counted(&key.key_id, combined).await?;
-        Ok(SignOutcome {
-            r: sig.r,
-            s: sig.s,
-            recovery_id,
-            signers: signer_ids.to_vec(),
-            mode: "presignature".into(),
-            presig_id: presig_id.to_owned(),
-            elapsed: Duration::ZERO,
-        })
+        let combined = self.counted(&key.key_id, combined).await?;
+        Ok(outcome(
+            key,
+            combined,
+            signer_ids,
+            "presignature",
+            presig_id,
+        ))
     }
 
     async fn sign_interactive(
@@ -945,6 +1150,8 @@ impl Cluster {
             r,
             s,
             recovery_id,
+            scheme: key.scheme,
+            signature: [r, s].concat(),
             signers: ids,
             mode: "interactive".into(),
             presig_id: String::new(),
@@ -1106,11 +1313,15 @@ impl Cluster {
         mut authorization: custos_proto::signer::WithdrawalAuthorization,
     ) -> Result<SignOutcome, CoordError> {
         authorization.coordinator_epoch = self.signers.epoch()?;
-        let public_key = key
-            .public_key
-            .clone()
-            .ok_or_else(|| CoordError::precondition("key", key.key_id.clone(), "is not ready"))?;
+        if key.public_key.is_none() {
+            return Err(CoordError::precondition(
+                "key",
+                key.key_id.clone(),
+                "is not ready",
+            ));
+        }
         self.locks.check(&key.key_id).await?;
+        let presig_public = self.presig_public(presig_id).await?;
         let signers: Vec<Arc<Signer>> = signer_ids
             .iter()
             .filter_map(|n| self.signers.get(n).cloned())
@@ -1139,20 +1350,21 @@ impl Cluster {
         .await?;
         stages::since(Stage::SignerCalls, started);
         let combining = Instant::now();
-        let combined = combine_partials(&partials, signer_ids, &public_key, digest, presig_id);
+        let combined = combine_partials(
+            key,
+            &partials,
+            signer_ids,
+            digest,
+            presig_id,
+            &presig_public,
+        );
         stages::since(Stage::Combine, combining);
-        let (sig, recovery_id) = self.counted(&key.key_id, combined).await?;
+        let combined = self.counted(&key.key_id, combined).await?;
         self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe(started.elapsed());
-        Ok(SignOutcome {
-            r: sig.r,
-            s: sig.s,
-            recovery_id,
-            signers: signer_ids.to_vec(),
-            mode: "presignature".into(),
-            presig_id: presig_id.to_owned(),
-            elapsed: started.elapsed(),
-        })
+        let mut o = outcome(key, combined, signer_ids, "presignature", presig_id);
+        o.elapsed = started.elapsed();
+        Ok(o)
     }
 
     /// Calls every participant at once with `call`, each within `timeout`;
@@ -1483,12 +1695,27 @@ mod tests {
     #[test]
     fn a_bad_partial_names_its_signer() {
         let ids = vec!["signer-1".to_owned(), "signer-2".to_owned()];
+        let key = KeyRow {
+            key_id: "k".into(),
+            group_id: "g".into(),
+            threshold: 2,
+            participants: ids.clone(),
+            public_key: Some(vec![2; 33]),
+            address: None,
+            state: "ready".into(),
+            created_at: String::new(),
+            chain: String::new(),
+            scheme: custos_mpc::SchemeId::EcdsaSecp256k1,
+            public_package: None,
+            chain_code: None,
+        };
         let e = combine_partials(
-            &[b"{}".to_vec(), b"not json".to_vec()],
+            &key,
+            &[b"not json".to_vec(), b"{}".to_vec()],
             &ids,
-            &[2; 33],
             &[0; 32],
             "ps-1",
+            &[2; 33],
         )
         .unwrap_err();
         assert!(

@@ -76,11 +76,18 @@ pub struct KeyRow {
     pub state: String,
     /// RFC 3339.
     pub created_at: String,
-    /// Chain the key's wallet pays on.
+    /// Chain the key's wallet pays on (empty: none, a FROST key signing
+    /// digests or messages).
     pub chain: String,
     /// The chain code the signers generated with the key (32 bytes), for
     /// HD-derived addresses; `None` for keys made before HD support.
     pub chain_code: Option<Vec<u8>>,
+    /// Signature scheme (column `scheme`; keys from before it are cggmp21 ECDSA).
+    pub scheme: custos_mpc::SchemeId,
+    /// What combining needs besides the partials, as every signer returned
+    /// it at keygen (`custos_mpc::erased::KeygenOutput::public_package`);
+    /// `None` for ECDSA keys from before it was stored (their public key is it).
+    pub public_package: Option<Vec<u8>>,
 }
 
 impl KeyRow {
@@ -89,7 +96,7 @@ impl KeyRow {
     /// derives it: `custos_mpc::hd`). `None` until the key is ready.
     pub fn extended_public_key(&self) -> Result<custos_mpc::ExtendedPublicKey, CoordError> {
         let pk = self.public_key.as_deref().ok_or_else(|| {
-            CoordError::FailedPrecondition(format!("key {} is {}", self.key_id, self.state))
+            CoordError::precondition("key", self.key_id.clone(), format!("is {}", self.state))
         })?;
         let code = match &self.chain_code {
             None => None,
@@ -102,6 +109,13 @@ impl KeyRow {
         };
         custos_mpc::ExtendedPublicKey::of_key(pk, code)
             .map_err(|e| CoordError::Internal(format!("key {}: {e}", self.key_id)))
+    }
+
+    /// What combining takes as the key's public form.
+    pub fn combine_package(&self) -> Option<&[u8]> {
+        self.public_package
+            .as_deref()
+            .or(self.public_key.as_deref())
     }
 }
 
@@ -126,6 +140,9 @@ pub struct SignRow {
     pub s: Option<Vec<u8>>,
     /// Recovery id.
     pub recovery_id: Option<i64>,
+    /// The signature in its scheme's encoding (`None` before it was stored:
+    /// ECDSA `r || s`).
+    pub signature: Option<Vec<u8>>,
     /// Failure reason.
     pub error: Option<String>,
 }
@@ -185,6 +202,17 @@ impl Db {
         // Databases from before HD support: keys without a chain code
         // derive with the legacy one (custos_mpc::hd).
         db.add_column_if_missing("keys", "chain_code", db.backend.blob())
+            .await
+            .map_err(db_err)?;
+        // Additive upgrades: signature schemes (issue 18).
+        let blob = db.backend.blob();
+        db.add_column_if_missing("keys", "scheme", "TEXT")
+            .await
+            .map_err(db_err)?;
+        db.add_column_if_missing("keys", "public_package", blob)
+            .await
+            .map_err(db_err)?;
+        db.add_column_if_missing("sign_requests", "signature", blob)
             .await
             .map_err(db_err)?;
         Ok(Db {
@@ -260,17 +288,20 @@ impl Db {
         threshold: u16,
         participants: &[String],
         chain: &str,
+        scheme: custos_mpc::SchemeId,
     ) -> Result<(), CoordError> {
         let res = sqlx::query(
-            "INSERT INTO keys (key_id, group_id, curve, threshold, participants, state, created_at, chain)
-             VALUES ($1, $2, 'secp256k1', $3, $4, 'creating', $5, $6)",
+            "INSERT INTO keys (key_id, group_id, curve, threshold, participants, state, created_at, chain, scheme)
+             VALUES ($1, $2, $3, $4, $5, 'creating', $6, $7, $8)",
         )
         .bind(key_id)
         .bind(group_id)
+        .bind(scheme.curve())
         .bind(i64::from(threshold))
         .bind(serde_json::to_string(participants).unwrap_or_default())
         .bind(now())
         .bind(chain)
+        .bind(scheme.name())
         .execute(&self.pool)
         .await;
         match res {
@@ -282,28 +313,25 @@ impl Db {
         }
     }
 
-    /// Marks a key ready with its public key (and the chain code its
-    /// signers generated, in the same statement: a ready key never lacks
-    /// the chain code its shares carry), or failed.
+    /// Marks a key ready with its public key and public package (and the
+    /// chain code its signers generated, in the same statement: a ready key
+    /// never lacks the chain code its shares carry), or failed.
     pub async fn finish_key(
         &self,
         key_id: &str,
-        public_key: Option<&[u8]>,
+        public: Option<(&[u8], &[u8])>,
         chain_code: Option<&[u8]>,
         address: Option<&str>,
     ) -> Result<(), CoordError> {
-        let state = if public_key.is_some() {
-            "ready"
-        } else {
-            "failed"
-        };
+        let state = if public.is_some() { "ready" } else { "failed" };
         sqlx::query(
-            "UPDATE keys SET state = $1, public_key = $2, eth_address = $3, chain_code = $4
-             WHERE key_id = $5",
+            "UPDATE keys SET state = $1, public_key = $2, eth_address = $3, public_package = $4,
+             chain_code = $5 WHERE key_id = $6",
         )
         .bind(state)
-        .bind(public_key)
+        .bind(public.map(|p| p.0))
         .bind(address)
+        .bind(public.map(|p| p.1))
         .bind(chain_code)
         .bind(key_id)
         .execute(&self.pool)
@@ -324,6 +352,17 @@ impl Db {
             created_at: r.get("created_at"),
             chain: r.get("chain"),
             chain_code: r.get("chain_code"),
+            // ECDSA is what rows from before the column hold.
+            scheme: r
+                .get::<Option<String>, _>("scheme")
+                .map_or(Ok(custos_mpc::SchemeId::EcdsaSecp256k1), |n| {
+                    custos_mpc::SchemeId::from_name(&n)
+                })
+                // An unknown name (a newer version's row) reads as ECDSA,
+                // which fails closed for it: its package is not a 33-byte
+                // key, so nothing combines, and its signers hold its scheme.
+                .unwrap_or(custos_mpc::SchemeId::EcdsaSecp256k1),
+            public_package: r.get("public_package"),
         }
     }
 
@@ -473,6 +512,7 @@ impl Db {
                     r: r.get("r"),
                     s: r.get("s"),
                     recovery_id: r.get("recovery_id"),
+                    signature: r.get("signature"),
                     error: r.get("error"),
                 }))
             }
@@ -480,7 +520,8 @@ impl Db {
         }
     }
 
-    /// Records a sign request's outcome.
+    /// Records a sign request's outcome: the signature in its scheme's
+    /// encoding, and ECDSA's `(r, s, recovery id)` where the scheme has them.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_sign(
         &self,
@@ -488,10 +529,15 @@ impl Db {
         mode: &str,
         signers: &[String],
         sig: Option<(&[u8], &[u8], u8)>,
+        signature: Option<&[u8]>,
         error: Option<&str>,
     ) -> Result<(), CoordError> {
-        let state = if sig.is_some() { "signed" } else { "failed" };
-        sqlx::query("UPDATE sign_requests SET state = $1, mode = $2, signers = $3, r = $4, s = $5, recovery_id = $6, error = $7 WHERE request_id = $8")
+        let state = if signature.is_some() {
+            "signed"
+        } else {
+            "failed"
+        };
+        sqlx::query("UPDATE sign_requests SET state = $1, mode = $2, signers = $3, r = $4, s = $5, recovery_id = $6, error = $7, signature = $9 WHERE request_id = $8")
             .bind(state)
             .bind(mode)
             .bind(serde_json::to_string(signers).unwrap_or_default())
@@ -500,10 +546,22 @@ impl Db {
             .bind(sig.map(|s| i64::from(s.2)))
             .bind(error)
             .bind(request_id)
+            .bind(signature)
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    /// The public half of a presignature (ECDSA nonce point, FROST
+    /// commitments) as its signers reported it.
+    pub async fn presig_public(&self, presig_id: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        let row = sqlx::query("SELECT nonce_point FROM presignatures WHERE presig_id = $1")
+            .bind(presig_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.and_then(|r| r.get::<Option<Vec<u8>>, _>(0)))
     }
 }
 

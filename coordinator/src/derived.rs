@@ -124,10 +124,11 @@ pub async fn derive_address(
         ));
     }
     if key.state != "ready" {
-        return Err(CoordError::FailedPrecondition(format!(
-            "key {} is {}",
-            key.key_id, key.state
-        )));
+        return Err(CoordError::precondition(
+            "key",
+            key.key_id.clone(),
+            format!("is {}", key.state),
+        ));
     }
     let path = deposit_path(index)?;
     let (address, public_key) = derive(key, &path)?;
@@ -170,10 +171,11 @@ pub async fn derive_address(
         )));
     }
     if !label.is_empty() && stored.label != label {
-        return Err(CoordError::AlreadyExists(format!(
-            "wallet {} index {index} is already derived with label {:?}",
-            fresh.wallet, stored.label
-        )));
+        return Err(CoordError::already_exists(
+            "derived address",
+            format!("{} {}", fresh.wallet, fresh.path),
+            format!("is already derived with label {:?}", stored.label),
+        ));
     }
     Ok(stored)
 }
@@ -225,16 +227,28 @@ mod tests {
     use super::*;
 
     async fn ready_key(db: &Db, id: &str, chain: &str, code: Option<[u8; 32]>) -> KeyRow {
-        db.insert_key(id, "g", 2, &["a".into(), "b".into(), "c".into()], chain)
-            .await
-            .unwrap();
+        db.insert_key(
+            id,
+            "g",
+            2,
+            &["a".into(), "b".into(), "c".into()],
+            chain,
+            custos_mpc::SchemeId::EcdsaSecp256k1,
+        )
+        .await
+        .unwrap();
         // The generator point: any valid key does.
         let pk = hex::decode("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
             .unwrap();
         let address = custos_chains::family::wallet_address(chain, &pk).unwrap();
-        db.finish_key(id, Some(&pk), code.as_ref().map(|c| &c[..]), Some(&address))
-            .await
-            .unwrap();
+        db.finish_key(
+            id,
+            Some((&pk, &pk)),
+            code.as_ref().map(|c| &c[..]),
+            Some(&address),
+        )
+        .await
+        .unwrap();
         db.key(id).await.unwrap().unwrap()
     }
 
@@ -259,7 +273,7 @@ mod tests {
         let e = derive_address(&db, &eth, 5, "someone-else", 4)
             .await
             .unwrap_err();
-        assert!(matches!(e, CoordError::AlreadyExists(_)), "{e}");
+        assert!(matches!(e, CoordError::AlreadyExists { .. }), "{e}");
         // Hardened indices cannot be derived without the private key.
         let e = derive_address(&db, &eth, 1 << 31, "", 5).await.unwrap_err();
         assert!(matches!(e, CoordError::InvalidArgument { .. }), "{e}");

@@ -261,8 +261,9 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         signing_locked: lock.as_ref().is_some_and(|l| l.locked_ms.is_some()),
         unexplained_failures: lock.as_ref().map_or(0, |l| l.consecutive),
         last_failure: lock.map(|l| l.last_error).unwrap_or_default(),
+        curve: scheme_curve(k.scheme) as i32,
+        scheme: scheme_to_proto(k.scheme) as i32,
         key_id: k.key_id,
-        curve: Curve::Secp256k1 as i32,
         threshold: u32::from(k.threshold),
         participants: k.participants,
         public_key: k.public_key.unwrap_or_default(),
@@ -282,42 +283,83 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
     }
 }
 
+/// The API's scheme of a key.
+fn scheme_to_proto(id: custos_mpc::SchemeId) -> Scheme {
+    match id {
+        custos_mpc::SchemeId::EcdsaSecp256k1 => Scheme::Cggmp21Ecdsa,
+        custos_mpc::SchemeId::SchnorrSecp256k1Taproot => Scheme::FrostSecp256k1Tr,
+        custos_mpc::SchemeId::Ed25519 => Scheme::FrostEd25519,
+        // A scheme this API does not name yet.
+        _ => Scheme::Unspecified,
+    }
+}
+
+/// The key scheme a request asks for (unspecified: cggmp21 ECDSA).
+fn scheme_from_proto(value: i32) -> Result<custos_mpc::SchemeId, Status> {
+    match Scheme::try_from(value) {
+        Ok(Scheme::Unspecified | Scheme::Cggmp21Ecdsa) => Ok(custos_mpc::SchemeId::EcdsaSecp256k1),
+        Ok(Scheme::FrostSecp256k1Tr) => Ok(custos_mpc::SchemeId::SchnorrSecp256k1Taproot),
+        Ok(Scheme::FrostEd25519) => Ok(custos_mpc::SchemeId::Ed25519),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "scheme: unsupported value {value}"
+        ))),
+    }
+}
+
+/// The curve a scheme works on.
+fn scheme_curve(id: custos_mpc::SchemeId) -> Curve {
+    match id.curve() {
+        "ed25519" => Curve::Ed25519,
+        _ => Curve::Secp256k1,
+    }
+}
+
 #[tonic::async_trait]
 impl Custody for CustodyService {
     async fn create_key(&self, req: Request<CreateKeyRequest>) -> Result<Response<Key>, Status> {
         require_any(&req, &[Role::Admin])?;
         let r = req.into_inner();
-        let chain = if r.chain.is_empty() {
-            "ethereum".to_string()
-        } else {
-            r.chain.clone()
-        };
-        if custos_policy::chain_kind(&chain).is_none() {
-            return Err(Status::invalid_argument(format!(
-                "chain: unknown chain {chain:?}"
-            )));
-        }
+        let scheme = scheme_from_proto(r.scheme)?;
         match Curve::try_from(r.curve) {
-            Ok(Curve::Secp256k1) | Ok(Curve::Unspecified) => {}
+            Ok(Curve::Unspecified) => {}
+            Ok(c) if c == scheme_curve(scheme) => {}
             _ => {
                 return Err(Status::invalid_argument(format!(
-                    "curve: unsupported value {}",
+                    "curve: unsupported value {} for scheme {scheme}",
                     r.curve
                 )));
             }
+        }
+        // Wallet chains sign with ECDSA (EVM, P2WPKH); keys of the other
+        // schemes sign digests and messages, on no chain yet.
+        let chain = match (r.chain.is_empty(), scheme) {
+            (true, custos_mpc::SchemeId::EcdsaSecp256k1) => "ethereum".to_string(),
+            (true, _) => String::new(),
+            (false, custos_mpc::SchemeId::EcdsaSecp256k1) => r.chain.clone(),
+            (false, _) => {
+                return Err(Status::invalid_argument(format!(
+                    "chain: a {scheme} key has no wallet chain yet (wallets on {} sign with cggmp21 ECDSA): leave chain empty",
+                    r.chain
+                )));
+            }
+        };
+        if !chain.is_empty() && custos_policy::chain_kind(&chain).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "chain: unknown chain {chain:?}"
+            )));
         }
         let t = u16::try_from(r.threshold).map_err(|_| {
             Status::invalid_argument(format!("threshold: {} out of range", r.threshold))
         })?;
         let key = self
             .cluster
-            .create_key(&r.key_id, t, &chain)
+            .create_key(&r.key_id, t, &chain, scheme)
             .await
             .map_err(status)?;
         self.audit
             .append(EntryBody::KeyCreated {
                 key_id: key.key_id.clone(),
-                scheme: "ecdsa-secp256k1".into(),
+                scheme: key.scheme.name().into(),
                 participants: key.participants.clone(),
                 threshold: key.threshold,
                 public_key: key.public_key.clone().unwrap_or_default(),
@@ -367,10 +409,14 @@ impl Custody for CustodyService {
             .sign_digest(&r.key_id, &r.digest, &r.request_id, r.interactive)
             .await
             .map_err(status)?;
+        // r, s and the recovery id are ECDSA's; every scheme has `signature`.
+        let ecdsa = o.scheme == custos_mpc::SchemeId::EcdsaSecp256k1;
         Ok(Response::new(SignDigestResponse {
-            r: o.r.to_vec(),
-            s: o.s.to_vec(),
+            r: if ecdsa { o.r.to_vec() } else { Vec::new() },
+            s: if ecdsa { o.s.to_vec() } else { Vec::new() },
             recovery_id: u32::from(o.recovery_id),
+            signature: o.signature,
+            scheme: scheme_to_proto(o.scheme) as i32,
             signers: o.signers,
             mode: o.mode,
             presignature_id: o.presig_id,

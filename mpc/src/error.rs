@@ -43,6 +43,25 @@ pub enum MpcError {
         /// Keygen indices of the signers whose shares are bad.
         parties: Vec<u16>,
     },
+    /// A signer's partial signature that does not parse (keygen index of
+    /// the signer that sent it).
+    #[error("malformed partial signature from party {party} (keygen index): {reason}")]
+    MalformedPartial {
+        /// Keygen index of the signer.
+        party: u16,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A signer signed another signing package than the one combined (another
+    /// message, or other nonce commitments): FROST tells it apart from an
+    /// invalid share over the right package (keygen index).
+    #[error(
+        "party {party} (keygen index) signed another signing package (other message or nonce commitments)"
+    )]
+    WrongSigningPackage {
+        /// Keygen index of the signer.
+        party: u16,
+    },
     /// The session's owner cancelled it (timeout, caller gone); the protocol
     /// work stopped at a stage boundary.
     #[error("session cancelled")]

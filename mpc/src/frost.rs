@@ -699,10 +699,7 @@ pub fn combine<C: FrostSuite>(
             )));
         }
         if p.package_hash != expected {
-            return Err(MpcError::Aborted(format!(
-                "party {} signed another signing package (other message or nonce commitments)",
-                p.signer
-            )));
+            return Err(MpcError::WrongSigningPackage { party: p.signer });
         }
         if shares.insert(ident::<C>(p.signer)?, p.share).is_some() {
             return Err(MpcError::InvalidInput(format!(
@@ -986,5 +983,53 @@ impl<C: FrostSuite> SignatureScheme for Frost<C> {
 
     fn signature_bytes(signature: &FrostSignature<C>) -> Vec<u8> {
         signature_bytes(signature)
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, MpcError> {
+    serde_json::to_vec(value).map_err(|e| MpcError::InvalidState(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, MpcError> {
+    serde_json::from_slice(bytes).map_err(|e| MpcError::InvalidInput(format!("{what}: {e}")))
+}
+
+impl<C: FrostSuite> crate::erased::Erasable for Frost<C> {
+    /// Signing takes a commitment round first (one pool item), then one
+    /// local round.
+    const INTERACTIVE: bool = false;
+    /// The DKG needs no Paillier keys.
+    const NEEDS_AUX: bool = false;
+
+    fn keygen_setup(_: Option<&[u8]>) -> Result<(), MpcError> {
+        Ok(())
+    }
+
+    /// The public key package (group key, every verifying share) and the
+    /// DKG key, JSON: deterministic, so every honest party returns the same
+    /// bytes.
+    fn encode_public(key: &FrostPublicKey<C>) -> Result<Vec<u8>, MpcError> {
+        json(key)
+    }
+
+    fn decode_public(bytes: &[u8]) -> Result<FrostPublicKey<C>, MpcError> {
+        from_json(bytes, "FROST public key package")
+    }
+
+    /// Who signs and every signer's commitments, JSON (deterministic).
+    fn encode_presignature_public(p: &FrostCommitments<C>) -> Result<Vec<u8>, MpcError> {
+        json(p)
+    }
+
+    fn decode_presignature_public(bytes: &[u8]) -> Result<FrostCommitments<C>, MpcError> {
+        from_json(bytes, "FROST nonce commitments")
+    }
+
+    fn attribute(partial: &mut FrostPartial<C>, keygen_index: u16) {
+        partial.signer = keygen_index;
+    }
+
+    fn check_message(message: &[u8]) -> Result<(), MpcError> {
+        crate::erased::check_schnorr_message(message)
     }
 }

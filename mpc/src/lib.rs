@@ -19,6 +19,7 @@
 
 pub mod cancel;
 pub mod eid;
+pub mod erased;
 mod error;
 pub mod fixture;
 pub mod frost;
@@ -33,6 +34,7 @@ pub mod wire;
 
 pub use cancel::CancelToken;
 pub use eid::{ExecutionId, SessionKind};
+pub use erased::{ThresholdScheme, scheme};
 pub use error::MpcError;
 pub use hd::{DerivationPath, ExtendedPublicKey};
 pub use protocol::{

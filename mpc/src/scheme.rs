@@ -241,3 +241,49 @@ impl SignatureScheme for Cggmp21Ecdsa {
         signature.to_bytes().to_vec()
     }
 }
+
+fn fixed33(bytes: &[u8], what: &str) -> Result<[u8; 33], MpcError> {
+    bytes.try_into().map_err(|_| {
+        MpcError::InvalidInput(format!(
+            "{what} must be a 33-byte compressed point, got {} bytes",
+            bytes.len()
+        ))
+    })
+}
+
+impl crate::erased::Erasable for Cggmp21Ecdsa {
+    const INTERACTIVE: bool = true;
+    const NEEDS_AUX: bool = true;
+
+    fn keygen_setup(aux: Option<&[u8]>) -> Result<AuxInfo, MpcError> {
+        let aux = aux.ok_or_else(|| {
+            MpcError::InvalidInput("cggmp21 key generation needs the group's aux info".into())
+        })?;
+        protocol::from_secret_bytes(aux)
+    }
+
+    /// The compressed SEC1 key, as stored since the first version.
+    fn encode_public(key: &[u8; 33]) -> Result<Vec<u8>, MpcError> {
+        Ok(key.to_vec())
+    }
+
+    fn decode_public(bytes: &[u8]) -> Result<[u8; 33], MpcError> {
+        fixed33(bytes, "public key")
+    }
+
+    /// The compressed nonce point `R`, as stored since the first version.
+    fn encode_presignature_public(nonce: &[u8; 33]) -> Result<Vec<u8>, MpcError> {
+        Ok(nonce.to_vec())
+    }
+
+    fn decode_presignature_public(bytes: &[u8]) -> Result<[u8; 33], MpcError> {
+        fixed33(bytes, "nonce point")
+    }
+
+    /// cggmp21 partials carry no signer (combining does not need one).
+    fn attribute(_: &mut PartialSignature, _: u16) {}
+
+    fn check_message(message: &[u8]) -> Result<(), MpcError> {
+        prehash(message).map(|_| ())
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use custos_mpc::protocol::{self, from_secret_bytes, to_secret_bytes};
 use custos_mpc::wire::Frame;
-use custos_mpc::{ExecutionId, KeyShare, MpcError, SessionIo, SessionKind};
+use custos_mpc::{ExecutionId, KeyShare, MpcError, SchemeId, SessionIo, SessionKind};
 use futures::channel::mpsc;
 use libp2p::PeerId;
 
@@ -453,7 +453,10 @@ impl Node {
         Ok(())
     }
 
-    /// Distributed key generation; returns the compressed public key.
+    /// Distributed key generation in `scheme`; returns the key's public key
+    /// and the public package combining needs (every honest signer returns
+    /// the same bytes). The share is sealed before anything is returned.
+    #[allow(clippy::too_many_arguments)]
     pub async fn keygen(
         &self,
         key_id: &str,
@@ -461,7 +464,8 @@ impl Node {
         participants: &[String],
         threshold: u16,
         nonce: &[u8],
-    ) -> Result<([u8; 33], Option<[u8; 32]>), NodeError> {
+        scheme_id: SchemeId,
+    ) -> Result<KeygenResult, NodeError> {
         validate_id("key id", key_id)?;
         if nonce.len() < 16 {
             return Err(NodeError::InvalidRequest(
@@ -472,37 +476,47 @@ impl Node {
         if self.store.key_meta(key_id).is_ok() {
             return Err(NodeError::Replay(format!("key {key_id} already exists")));
         }
-        let aux_bytes = self
-            .store
-            .get_aux(group_id)?
-            .ok_or_else(|| NodeError::NotReady(format!("no aux info for group {group_id}")))?;
-        let aux: custos_mpc::AuxInfo = from_secret_bytes(&aux_bytes)?;
-        let incomplete = self
+        let scheme = custos_mpc::scheme(scheme_id);
+        let aux =
+            if scheme.needs_aux_info() {
+                Some(self.store.get_aux(group_id)?.ok_or_else(|| {
+                    NodeError::NotReady(format!("no aux info for group {group_id}"))
+                })?)
+            } else {
+                None
+            };
+        let out = self
             .run_session(
                 SessionKind::Keygen,
                 key_id,
                 participants,
-                nonce,
-                move |io| protocol::run_keygen(io, threshold),
+                &keygen_request(scheme_id, nonce),
+                move |io| scheme.keygen(io, threshold, aux),
             )
             .await?;
-        let share = protocol::complete_key_share(incomplete, aux)?;
-        let public_key = protocol::public_key(&share);
-        let chain_code = custos_mpc::hd::share_chain_code(&share);
+        // An ECDSA share carries the chain code its signers generated
+        // together (HD derivation); FROST keys have none.
+        let chain_code = if scheme_id == SchemeId::EcdsaSecp256k1 {
+            let share: custos_mpc::KeyShare = from_secret_bytes(&out.share)?;
+            custos_mpc::hd::share_chain_code(&share)
+        } else {
+            None
+        };
         let meta = KeyMeta {
             key_id: key_id.to_owned(),
             group_id: group_id.to_owned(),
             threshold,
             participants: participants.to_vec(),
-            public_key: hex::encode(public_key),
+            public_key: hex::encode(&out.public_key),
             chain_code: chain_code.map(hex::encode),
+            scheme: scheme_id.name().to_owned(),
         };
-        self.store.put_key(&meta, &to_secret_bytes(&share)?)?;
-        self.shares
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key_id.to_owned(), Arc::new(share));
-        Ok((public_key, chain_code))
+        self.store.put_key(&meta, &out.share)?;
+        Ok(KeygenResult {
+            public_key: out.public_key,
+            public_package: out.public_package,
+            chain_code,
+        })
     }
 
     /// The public facts of key `key_id`.
@@ -520,6 +534,12 @@ impl Node {
         now_ms: u64,
     ) -> Result<custos_mpc::recovery::ShareBackup, NodeError> {
         let meta = self.store.key_meta(key_id)?;
+        let scheme = meta.scheme()?;
+        if scheme != SchemeId::EcdsaSecp256k1 {
+            return Err(NodeError::InvalidRequest(format!(
+                "key {key_id} is a {scheme} key: share backups are made of cggmp21 ECDSA keys only"
+            )));
+        }
         let party_index = meta
             .participants
             .iter()
@@ -595,27 +615,49 @@ impl Node {
             .collect()
     }
 
-    /// Generates and stores a presignature; returns its public nonce point.
+    /// Runs one precomputation (a cggmp21 presignature, or a FROST nonce
+    /// commitment round) and stores its secret sealed; returns its public
+    /// half (the nonce point, or every signer's commitments).
     pub async fn presign(
         &self,
         key_id: &str,
         presig_id: &str,
         signers: &[String],
-    ) -> Result<[u8; 33], NodeError> {
+    ) -> Result<Vec<u8>, NodeError> {
         validate_id("presignature id", presig_id)?;
-        let (meta, share) = self.share(key_id)?;
+        let meta = self.store.key_meta(key_id)?;
+        let scheme_id = meta.scheme()?;
         let indices = self.signer_indices(&meta, signers)?;
-        let presig = self
-            .run_session(
-                SessionKind::Presign,
-                key_id,
-                signers,
-                presig_id.as_bytes(),
-                move |io| async move { protocol::run_presign(io, &share, &indices).await },
+        let (public, secret) = if scheme_id == SchemeId::EcdsaSecp256k1 {
+            // ECDSA keeps its typed path: the unsealed share stays cached.
+            let (_, share) = self.share(key_id)?;
+            let presig = self
+                .run_session(
+                    SessionKind::Presign,
+                    key_id,
+                    signers,
+                    presig_id.as_bytes(),
+                    move |io| async move { protocol::run_presign(io, &share, &indices).await },
+                )
+                .await?;
+            (
+                protocol::presignature_nonce(&presig).to_vec(),
+                to_secret_bytes(&presig)?,
             )
-            .await?;
-        let nonce = protocol::presignature_nonce(&presig);
-        let secret = to_secret_bytes(&presig)?;
+        } else {
+            let scheme = custos_mpc::scheme(scheme_id);
+            let share = self.store.key_share(key_id)?;
+            let pre = self
+                .run_session(
+                    SessionKind::Presign,
+                    key_id,
+                    signers,
+                    presig_id.as_bytes(),
+                    move |io| scheme.precompute(io, share, indices),
+                )
+                .await?;
+            (pre.public, pre.secret)
+        };
         self.store.put_presig(
             key_id,
             presig_id,
@@ -624,48 +666,74 @@ impl Node {
             },
             &secret,
         )?;
-        Ok(nonce)
+        Ok(public)
     }
 
-    /// Issues a partial signature from a stored presignature, for the key's
-    /// child at `path` (the master key for `m`). The presignature is durably
-    /// marked consumed before the partial exists.
+    /// Issues a partial signature over `message` from a stored pool item
+    /// (ECDSA: a 32-byte prehash, for the key's child at `path`, the master
+    /// key for `m`; FROST: the message, master key only). The pool item is
+    /// durably marked consumed before the partial exists.
     pub fn partial_sign(
         &self,
         key_id: &str,
         presig_id: &str,
-        digest: &[u8; 32],
+        message: &[u8],
         path: &custos_mpc::DerivationPath,
         request_id: &str,
     ) -> Result<Vec<u8>, NodeError> {
-        // The extended public key before the presignature is consumed: a
-        // key record that cannot derive costs no presignature.
+        let meta = self.store.key_meta(key_id)?;
+        let scheme_id = meta.scheme()?;
+        let scheme = custos_mpc::scheme(scheme_id);
+        scheme
+            .check_message(message)
+            .map_err(|e| NodeError::InvalidRequest(e.to_string()))?;
+        // The extended public key before the pool item is consumed: a key
+        // record that cannot derive costs no presignature.
         let master = if path.is_master() {
             None
+        } else if scheme_id != SchemeId::EcdsaSecp256k1 {
+            return Err(NodeError::InvalidRequest(format!(
+                "key {key_id} is a {scheme_id} key: derivation paths are for ECDSA keys"
+            )));
         } else {
-            Some(self.store.key_meta(key_id)?.extended_public_key()?)
+            Some(meta.extended_public_key()?)
         };
         let usage = format!(
             "request={request_id} digest={} path={path}\n",
-            hex::encode(digest)
+            hex::encode(message)
         );
         let (_meta, secret) = self.store.consume_presig(key_id, presig_id, &usage)?;
-        let presig: custos_mpc::Presignature = from_secret_bytes(&secret)?;
-        let mut digest = *digest;
-        if crate::DEV_BUILD && self.fault == FaultInjection::CorruptPartialSignatures {
-            digest[0] ^= 1;
+        let mut message = message.to_vec();
+        if crate::DEV_BUILD
+            && self.fault == FaultInjection::CorruptPartialSignatures
+            && let Some(b) = message.first_mut()
+        {
+            *b ^= 1;
         }
         let computing = std::time::Instant::now();
-        let partial = match &master {
-            None => protocol::issue_partial(presig, &digest),
-            Some(xpub) => custos_mpc::hd::issue_partial_derived(presig, xpub, path, &digest)?,
-        };
-        let bytes = serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()));
+        if scheme_id == SchemeId::EcdsaSecp256k1 {
+            // ECDSA keeps its typed path: the partial needs no share.
+            let presig: custos_mpc::Presignature = from_secret_bytes(&secret)?;
+            let digest: [u8; 32] = message
+                .as_slice()
+                .try_into()
+                .map_err(|_| NodeError::InvalidRequest("digest must be 32 bytes".into()))?;
+            let partial = match &master {
+                None => protocol::issue_partial(presig, &digest),
+                Some(xpub) => custos_mpc::hd::issue_partial_derived(presig, xpub, path, &digest)?,
+            };
+            let bytes =
+                serde_json::to_vec(&partial).map_err(|e| NodeError::Internal(e.to_string()));
+            crate::stages::since(crate::stages::Stage::Partial, computing);
+            return bytes;
+        }
+        let share = self.store.key_share(key_id)?;
+        let partial = scheme.partial_sign(&secret, &share, &message)?;
         crate::stages::since(crate::stages::Stage::Partial, computing);
-        bytes
+        Ok(partial)
     }
 
-    /// Interactive signing without a presignature.
+    /// Interactive signing without a presignature (schemes that have it).
     pub async fn sign(
         &self,
         key_id: &str,
@@ -673,6 +741,12 @@ impl Node {
         digest: &[u8; 32],
         request_id: &str,
     ) -> Result<custos_mpc::Signature, NodeError> {
+        let scheme_id = self.store.key_meta(key_id)?.scheme()?;
+        if scheme_id != SchemeId::EcdsaSecp256k1 {
+            return Err(NodeError::InvalidRequest(format!(
+                "key {key_id} is a {scheme_id} key: it signs from a nonce commitment round (Presign, then PartialSign), not interactively"
+            )));
+        }
         let (meta, share) = self.share(key_id)?;
         let indices = self.signer_indices(&meta, signers)?;
         let mut request = request_id.as_bytes().to_vec();
@@ -687,6 +761,33 @@ impl Node {
         )
         .await
     }
+}
+
+/// What a key generation returns to the coordinator.
+#[derive(Clone, Debug)]
+pub struct KeygenResult {
+    /// The key's public key (the scheme's verifier encoding).
+    pub public_key: Vec<u8>,
+    /// What combining needs (see `custos_mpc::erased::KeygenOutput`).
+    pub public_package: Vec<u8>,
+    /// The chain code of an ECDSA key (HD derivation).
+    pub chain_code: Option<[u8; 32]>,
+}
+
+/// The request bytes a keygen's execution id binds: the coordinator's
+/// nonce, and for schemes other than cggmp21 ECDSA (whose execution ids
+/// are as they always were) the scheme's name too, so one nonce can never
+/// start the same session in two schemes.
+fn keygen_request(scheme: SchemeId, nonce: &[u8]) -> Vec<u8> {
+    if scheme == SchemeId::EcdsaSecp256k1 {
+        return nonce.to_vec();
+    }
+    let name = scheme.name().as_bytes();
+    let mut out = Vec::with_capacity(8 + name.len() + nonce.len());
+    out.extend_from_slice(&(name.len() as u64).to_be_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(nonce);
+    out
 }
 
 /// How a session's wait ended.

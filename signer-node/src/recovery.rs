@@ -55,6 +55,7 @@ pub fn restore_share(
         participants: header.participants.clone(),
         public_key: header.public_key.clone(),
         chain_code: custos_mpc::hd::share_chain_code(share).map(hex::encode),
+        scheme: custos_mpc::SchemeId::EcdsaSecp256k1.name().to_owned(),
     };
     store.put_key(&meta, &to_secret_bytes(share)?)?;
     Ok(meta)

@@ -209,14 +209,22 @@ impl SignerControl for ControlService {
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "keygen").await?;
         let t = u16_field("threshold", r.threshold)?;
-        let (pk, chain_code) = self
+        let scheme = if r.scheme.is_empty() {
+            custos_mpc::SchemeId::EcdsaSecp256k1
+        } else {
+            custos_mpc::SchemeId::from_name(&r.scheme)
+                .map_err(|e| Status::invalid_argument(format!("scheme: {e}")))?
+        };
+        let out = self
             .node
-            .keygen(&r.key_id, &r.group_id, &r.participants, t, &r.nonce)
+            .keygen(&r.key_id, &r.group_id, &r.participants, t, &r.nonce, scheme)
             .await
             .map_err(status)?;
         Ok(Response::new(KeygenResponse {
-            public_key: pk.to_vec(),
-            chain_code: chain_code.map(|c| c.to_vec()).unwrap_or_default(),
+            public_key: out.public_key,
+            public_package: out.public_package,
+            scheme: scheme.name().to_owned(),
+            chain_code: out.chain_code.map(|c| c.to_vec()).unwrap_or_default(),
         }))
     }
 
@@ -231,9 +239,7 @@ impl SignerControl for ControlService {
             .presign(&r.key_id, &r.presignature_id, &r.signers)
             .await
             .map_err(status)?;
-        Ok(Response::new(PresignResponse {
-            nonce_point: nonce.to_vec(),
-        }))
+        Ok(Response::new(PresignResponse { nonce_point: nonce }))
     }
 
     async fn partial_sign(
@@ -244,14 +250,14 @@ impl SignerControl for ControlService {
         let started = Instant::now();
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "partial_sign").await?;
-        let d = digest(&r.digest)?;
         let node = self.node.clone();
-        // Unsealing and fsync are blocking work.
+        // Unsealing and fsync are blocking work. The node checks the
+        // message's length against the key's scheme.
         let partial = tokio::task::spawn_blocking(move || {
             node.partial_sign(
                 &r.key_id,
                 &r.presignature_id,
-                &d,
+                &r.digest,
                 &custos_mpc::DerivationPath::master(),
                 &r.request_id,
             )

@@ -37,13 +37,22 @@ pub struct KeyMeta {
     pub threshold: u16,
     /// Node ids in keygen index order.
     pub participants: Vec<String>,
-    /// SEC1 compressed public key, hex.
+    /// The key's public key, hex: SEC1 compressed (ECDSA), BIP340 x-only
+    /// (FROST secp256k1-tr), RFC 8032 (FROST Ed25519).
     pub public_key: String,
     /// The chain code the signers generated with the key (hex), for HD
     /// derivation; absent for keys generated before HD support, which
     /// derive with the legacy chain code (`custos_mpc::hd`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_code: Option<String>,
+    /// Signature scheme (`custos_mpc::SchemeId` name); keys from before
+    /// schemes were recorded are cggmp21 ECDSA.
+    #[serde(default = "ecdsa_scheme")]
+    pub scheme: String,
+}
+
+fn ecdsa_scheme() -> String {
+    custos_mpc::SchemeId::EcdsaSecp256k1.name().to_owned()
 }
 
 impl KeyMeta {
@@ -62,6 +71,12 @@ impl KeyMeta {
         };
         custos_mpc::ExtendedPublicKey::of_key(&pk, code)
             .map_err(|e| NodeError::Internal(format!("key {}: {e}", self.key_id)))
+    }
+
+    /// The key's signature scheme.
+    pub fn scheme(&self) -> Result<custos_mpc::SchemeId, NodeError> {
+        custos_mpc::SchemeId::from_name(&self.scheme)
+            .map_err(|e| NodeError::Internal(format!("key {}: stored scheme: {e}", self.key_id)))
     }
 }
 
@@ -573,6 +588,7 @@ mod tests {
             participants: vec!["n1".into(), "n2".into()],
             public_key: "00".into(),
             chain_code: None,
+            scheme: "ecdsa-secp256k1".into(),
         };
         s.put_key(&m, b"{\"plaintext share\":1}").unwrap();
         let raw = fs::read(dir.path().join("keys/k1.sealed")).unwrap();

@@ -14,6 +14,7 @@ fn key(t: u16, n: usize) -> KeyMeta {
         participants: (1..=n).map(|i| format!("signer-{i}")).collect(),
         public_key: String::new(),
         chain_code: None,
+        scheme: "ecdsa-secp256k1".into(),
     }
 }
 

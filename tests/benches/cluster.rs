@@ -1,6 +1,8 @@
-//! Cluster vs in-process baseline, for 2-of-3 and 3-of-5.
+//! Cluster vs in-process baseline, for 2-of-3 and 3-of-5, in cggmp21 ECDSA
+//! and in both FROST schemes.
 //!
-//! `cargo bench -p custos-tests --bench cluster -- [--signatures N] [--only 2-of-3]`
+//! `cargo bench -p custos-tests --bench cluster -- [--signatures N] [--only 2-of-3]
+//! [--schemes ecdsa,frost-ed25519,frost-secp256k1-tr]`
 //!
 //! In-process: every party in one thread (`custos_mpc::sim`), the library
 //! baseline. Cluster: real coordinator and signer processes on loopback,
@@ -10,9 +12,11 @@
 
 use std::time::{Duration, Instant};
 
+use custos_mpc::frost::{FrostEd25519, FrostTaproot};
 use custos_mpc::protocol::{combine, issue_partial, public_key};
+use custos_mpc::scheme::SignatureScheme;
 use custos_mpc::{Primes, sim};
-use custos_proto::custody::{CreateKeyRequest, Curve, GetKeyRequest, SignDigestRequest};
+use custos_proto::custody::{CreateKeyRequest, GetKeyRequest, Scheme, SignDigestRequest};
 use rand::RngCore;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -121,16 +125,23 @@ fn stage_means(
         .collect()
 }
 
-async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
+/// Through a loopback cluster: key creation, the pool (presignatures or
+/// FROST nonce commitments), online signing. ECDSA runs the group's real
+/// aux-info ceremony first; FROST needs none (the fixture's is imported).
+async fn cluster(t: u16, n: u16, signatures: usize, scheme: Scheme) -> Figures {
     let concurrent = 64usize;
     let pool = (signatures + concurrent + 4) as u32;
-    let tc = custos_tests::start_with_pool(n, t, &[], Some(pool)).await;
+    let tc = if scheme == Scheme::Cggmp21Ecdsa {
+        custos_tests::start_with_pool(n, t, &[], Some(pool)).await
+    } else {
+        custos_tests::start_from_fixture_with_pool(n, t, pool).await
+    };
     let mut client = tc.client.clone();
     let create = |id: String| CreateKeyRequest {
         key_id: id,
-        curve: Curve::Secp256k1 as i32,
         threshold: u32::from(t),
-        chain: String::new(),
+        scheme: scheme as i32,
+        ..Default::default()
     };
 
     // Presignature generation: wall time per presignature while the pool fills.
@@ -184,6 +195,7 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
             .into_inner();
         online.push(ms(s.elapsed()));
         assert_eq!(r.mode, "presignature", "pool ran dry; raise the pool");
+        assert_eq!(r.signature.len(), 64);
     }
     {
         let mut o = online.clone();
@@ -243,6 +255,79 @@ async fn cluster(t: u16, n: u16, signatures: usize) -> Figures {
     }
 }
 
+/// The FROST library baseline: every party in one thread. Key creation is
+/// the DKG; precomputation one commitment round; online signing t partials
+/// and a verified combine.
+fn frost_in_process<S: SignatureScheme<KeygenSetup = ()>>(
+    t: u16,
+    n: u16,
+    signatures: usize,
+) -> Figures {
+    let mut keygen = Vec::new();
+    let mut shares = None;
+    for _ in 0..10 {
+        let s = Instant::now();
+        shares = Some(block(sim::keygen_with::<S>(t, vec![(); n.into()], None)).unwrap());
+        keygen.push(ms(s.elapsed()));
+    }
+    let shares = shares.unwrap();
+    let signers: Vec<u16> = (0..t).collect();
+    let key = S::public_key(&shares[0]);
+    let mut precompute = Vec::new();
+    let mut online = Vec::new();
+    for _ in 0..signatures {
+        let s = Instant::now();
+        let pool = block(sim::precompute_with::<S>(&shares, &signers, None)).unwrap();
+        precompute.push(ms(s.elapsed()));
+        let public = S::presignature_public(&pool[0]);
+        let d = digest();
+        let s = Instant::now();
+        let partials: Vec<_> = pool
+            .into_iter()
+            .zip(&signers)
+            .map(|(p, k)| S::partial_sign(p, &shares[usize::from(*k)], &d).unwrap())
+            .collect();
+        std::hint::black_box(S::combine(&key, &public, &d, &partials).unwrap());
+        online.push(ms(s.elapsed()));
+    }
+    let p50 = pct(&mut online, 0.5);
+    Figures {
+        keygen_p50: pct(&mut keygen, 0.5),
+        presign_ms: precompute.iter().sum::<f64>() / precompute.len() as f64,
+        online_p50: p50,
+        online_p99: pct(&mut online, 0.99),
+        throughput: 1000.0 / p50,
+        breakdown: Vec::new(),
+    }
+}
+
+fn print(title: &str, base: &Figures, clu: &Figures, precompute: &str) {
+    println!("\n{title:<40} in-process     cluster     cluster/in-process");
+    let row = |label: &str, a: f64, b: f64, unit: &str| {
+        println!(
+            "  {label:<34} {a:>10.3} {unit:<4} {b:>10.3} {unit:<4} {:>8.2}x",
+            b / a
+        )
+    };
+    row("key creation p50", base.keygen_p50, clu.keygen_p50, "ms");
+    row(precompute, base.presign_ms, clu.presign_ms, "ms");
+    row("online signing p50", base.online_p50, clu.online_p50, "ms");
+    row("online signing p99", base.online_p99, clu.online_p99, "ms");
+    row("signing throughput", base.throughput, clu.throughput, "/s");
+    if clu.breakdown.iter().any(|(_, _, count, _)| *count > 0.0) {
+        println!("  online path, means over the sequential signatures (/metrics):");
+        println!(
+            "    {:<14} {:<16} {:>8} {:>10}",
+            "process", "stage", "count", "mean"
+        );
+        for (who, stage, count, mean) in &clu.breakdown {
+            if *count > 0.0 {
+                println!("    {who:<14} {stage:<16} {count:>8.0} {mean:>7.3} ms");
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let signatures = args
@@ -261,48 +346,46 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let schemes = args
+        .iter()
+        .position(|a| a == "--schemes")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "ecdsa,frost-ed25519,frost-secp256k1-tr".into());
     for (t, n) in [(2u16, 3u16), (3, 5)] {
         let name = format!("{t}-of-{n}");
         if only.as_ref().is_some_and(|o| *o != name) {
             continue;
         }
-        eprintln!("== {name}: in-process baseline");
-        let base = in_process(t, n, signatures);
-        eprintln!("== {name}: cluster on loopback");
-        let clu = rt.block_on(cluster(t, n, signatures));
-        println!(
-            "\n{name} ({signatures} signatures)         in-process     cluster     cluster/in-process"
-        );
-        let row = |label: &str, a: f64, b: f64, unit: &str| {
-            println!(
-                "  {label:<34} {a:>10.3} {unit:<4} {b:>10.3} {unit:<4} {:>8.2}x",
-                b / a
-            )
-        };
-        row(
-            "key creation p50 (warm aux)",
-            base.keygen_p50,
-            clu.keygen_p50,
-            "ms",
-        );
-        row(
-            "presignature generation",
-            base.presign_ms,
-            clu.presign_ms,
-            "ms",
-        );
-        row("online signing p50", base.online_p50, clu.online_p50, "ms");
-        row("online signing p99", base.online_p99, clu.online_p99, "ms");
-        row("signing throughput", base.throughput, clu.throughput, "/s");
-        println!("  online path, means over the {signatures} sequential signatures (/metrics):");
-        println!(
-            "    {:<14} {:<16} {:>8} {:>10}",
-            "process", "stage", "count", "mean"
-        );
-        for (who, stage, count, mean) in &clu.breakdown {
-            if *count > 0.0 {
-                println!("    {who:<14} {stage:<16} {count:>8.0} {mean:>7.3} ms");
-            }
+        for scheme in schemes.split(',') {
+            let (base, clu, precompute) = match scheme {
+                "ecdsa" => {
+                    eprintln!("== {name} ecdsa: in-process baseline");
+                    let base = in_process(t, n, signatures);
+                    eprintln!("== {name} ecdsa: cluster on loopback");
+                    let clu = rt.block_on(cluster(t, n, signatures, Scheme::Cggmp21Ecdsa));
+                    (base, clu, "presignature generation")
+                }
+                "frost-ed25519" => {
+                    eprintln!("== {name} {scheme}: in-process baseline, then cluster");
+                    let base = frost_in_process::<FrostEd25519>(t, n, signatures);
+                    let clu = rt.block_on(cluster(t, n, signatures, Scheme::FrostEd25519));
+                    (base, clu, "commitment round")
+                }
+                "frost-secp256k1-tr" => {
+                    eprintln!("== {name} {scheme}: in-process baseline, then cluster");
+                    let base = frost_in_process::<FrostTaproot>(t, n, signatures);
+                    let clu = rt.block_on(cluster(t, n, signatures, Scheme::FrostSecp256k1Tr));
+                    (base, clu, "commitment round")
+                }
+                other => panic!("--schemes: unknown scheme {other}"),
+            };
+            print(
+                &format!("{name} {scheme} ({signatures} signatures)"),
+                &base,
+                &clu,
+                precompute,
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod eth;
 pub mod litecoind;
 pub mod netns;
 pub mod pg;
+pub mod schnorr;
 pub mod storm;
 
 use std::path::PathBuf;
@@ -93,6 +94,13 @@ pub async fn start_from_fixture(
     faults: &[(&str, FaultInjection)],
 ) -> TestCluster {
     let tc = launch_spec(signers, threshold, faults, None, true).await;
+    tc.wait_aux_ready(Duration::from_secs(600)).await;
+    tc
+}
+
+/// Like [`start_from_fixture`], with the coordinator's presignature pool target set.
+pub async fn start_from_fixture_with_pool(signers: u16, threshold: u16, pool: u32) -> TestCluster {
+    let tc = launch_spec(signers, threshold, &[], Some(pool), true).await;
     tc.wait_aux_ready(Duration::from_secs(600)).await;
     tc
 }

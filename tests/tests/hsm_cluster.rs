@@ -241,6 +241,7 @@ async fn pkcs11_sealed_cluster_signs_and_survives_a_signer_restart() {
             curve: Curve::Secp256k1 as i32,
             threshold: 2,
             chain: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -279,6 +279,7 @@ async fn ensure_key(
             curve: Curve::Secp256k1 as i32,
             threshold: 0,
             chain: chain.into(),
+            ..Default::default()
         })
         .await
     {

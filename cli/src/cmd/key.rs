@@ -1,13 +1,13 @@
 //! `custos key create|list|show|unlock`: key ceremonies for security admins
-//! (distributed key generation on the signer group), the keys and their
-//! addresses, a key's state, and unlocking a key that repeated unexplained
-//! signing failures locked.
+//! (distributed key generation on the signer group, in cggmp21 ECDSA or
+//! FROST), the keys and their addresses, a key's state, and unlocking a key
+//! that repeated unexplained signing failures locked.
 
 use std::process::ExitCode;
 
 use anyhow::bail;
 use custos_proto::custody::{
-    CreateKeyRequest, Curve, GetKeyRequest, Key, ListKeysRequest, UnlockKeyRequest,
+    CreateKeyRequest, Curve, GetKeyRequest, Key, ListKeysRequest, Scheme, UnlockKeyRequest,
 };
 use serde_json::json;
 
@@ -16,8 +16,11 @@ use super::conn::{ConnArgs, block_on, rpc};
 /// `custos key ...`.
 #[derive(clap::Subcommand)]
 pub enum KeyCommand {
-    /// Create a wallet key: the signer group runs a distributed key
-    /// generation (no machine ever holds the whole key); prints its address.
+    /// Create a key: the signer group runs a distributed key generation (no
+    /// machine ever holds the whole key); prints its public key and address.
+    /// cggmp21 ECDSA keys are wallet keys on a chain (--chain); FROST keys
+    /// (--scheme frost-ed25519 | frost-secp256k1-tr) sign digests and
+    /// messages (`custos sign`).
     Create(CreateArgs),
     /// List the keys: threshold, signers, chain and address.
     List(ListArgs),
@@ -46,9 +49,15 @@ pub struct CreateArgs {
     /// Key (wallet) id: letters, digits, '-', '_', '.'; at most 64 [default:
     /// the coordinator picks one].
     key_id: Option<String>,
-    /// The chain the wallet pays on ("ethereum", "anvil", "litecoin-regtest", ...).
+    /// The chain the wallet pays on ("ethereum", "anvil", "litecoin-regtest",
+    /// ...); needed for cggmp21 ECDSA keys, none for FROST keys.
     #[arg(long)]
-    chain: String,
+    chain: Option<String>,
+    /// Threshold signature scheme: cggmp21 ECDSA over secp256k1 (wallets
+    /// on EVM and Bitcoin-format chains), FROST BIP340 Schnorr with a
+    /// taproot-tweaked key, or FROST Ed25519.
+    #[arg(long, value_enum, default_value_t = SchemeArg::Cggmp21Ecdsa)]
+    scheme: SchemeArg,
     /// Signers needed to sign [default: the cluster's threshold].
     #[arg(long)]
     threshold: Option<u32>,
@@ -57,6 +66,36 @@ pub struct CreateArgs {
     json: bool,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// `--scheme` of `custos key create`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemeArg {
+    /// cggmp21 threshold ECDSA over secp256k1.
+    Cggmp21Ecdsa,
+    /// FROST (RFC 9591) BIP340 Schnorr, taproot-tweaked key (BIP86).
+    FrostSecp256k1Tr,
+    /// FROST (RFC 9591) Ed25519 (RFC 8032 signatures).
+    FrostEd25519,
+}
+
+impl SchemeArg {
+    fn proto(self) -> Scheme {
+        match self {
+            SchemeArg::Cggmp21Ecdsa => Scheme::Cggmp21Ecdsa,
+            SchemeArg::FrostSecp256k1Tr => Scheme::FrostSecp256k1Tr,
+            SchemeArg::FrostEd25519 => Scheme::FrostEd25519,
+        }
+    }
+}
+
+/// The CLI's name of a key's scheme.
+pub fn scheme_name(value: i32) -> &'static str {
+    match Scheme::try_from(value) {
+        Ok(Scheme::FrostSecp256k1Tr) => "frost-secp256k1-tr",
+        Ok(Scheme::FrostEd25519) => "frost-ed25519",
+        _ => "cggmp21-ecdsa",
+    }
 }
 
 /// Arguments of `custos key list`.
@@ -91,16 +130,31 @@ pub fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
             KeyCommand::Create(a) => {
                 let mut c = a.conn.connect(custos_devkit::ADMIN_CLIENT).await?;
                 let what = a.key_id.clone().unwrap_or_else(|| "a new key".into());
+                let chain = a.chain.unwrap_or_default();
+                if a.scheme == SchemeArg::Cggmp21Ecdsa && chain.is_empty() {
+                    bail!("--chain: a cggmp21 ECDSA key is a wallet key on a chain: name it");
+                }
+                if a.scheme != SchemeArg::Cggmp21Ecdsa && !chain.is_empty() {
+                    bail!(
+                        "--chain: FROST keys have no wallet chain yet (they sign digests and messages with `custos sign`)"
+                    );
+                }
+                let on = if chain.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {chain}")
+                };
                 eprintln!(
-                    "creating {what} on {}: distributed key generation on the signer group...",
-                    a.chain
+                    "creating {what}{on} ({}): distributed key generation on the signer group...",
+                    scheme_name(a.scheme.proto() as i32)
                 );
                 let started = std::time::Instant::now();
                 let call = c.create_key(CreateKeyRequest {
                     key_id: a.key_id.unwrap_or_default(),
-                    curve: Curve::Secp256k1.into(),
+                    curve: Curve::Unspecified.into(),
                     threshold: a.threshold.unwrap_or(0),
-                    chain: a.chain,
+                    chain,
+                    scheme: a.scheme.proto().into(),
                 });
                 tokio::pin!(call);
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -156,6 +210,8 @@ pub fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
 fn key_json(k: &Key) -> serde_json::Value {
     json!({
         "key_id": k.key_id,
+        "scheme": scheme_name(k.scheme),
+        "curve": if k.curve == Curve::Ed25519 as i32 { "ed25519" } else { "secp256k1" },
         "threshold": k.threshold,
         "participants": k.participants,
         "public_key": hex::encode(&k.public_key),
@@ -202,14 +258,20 @@ fn print_key(k: &Key, as_json: bool) {
         println!("{}", key_json(k));
         return;
     }
+    let chain = if k.chain.is_empty() {
+        "none".to_owned()
+    } else {
+        k.chain.clone()
+    };
     println!(
-        "key {} ({}-of-{}, chain {})",
+        "key {} ({}-of-{}, {}, chain {chain})",
         k.key_id,
         k.threshold,
         k.participants.len(),
-        k.chain
+        scheme_name(k.scheme),
     );
     println!("  signers             {}", k.participants.join(", "));
+    println!("  public key          {}", hex::encode(&k.public_key));
     println!("  address             {}", k.address);
     println!("  created             {}", k.created_at);
     println!("  presignatures ready {}", k.presignatures_ready);

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod policy;
 pub mod recovery;
 pub mod report;
+pub mod sign;
 pub mod token;
 pub mod unseal;
 pub mod view;

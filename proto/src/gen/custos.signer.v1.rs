@@ -266,16 +266,31 @@ pub struct KeygenRequest {
     /// without a lease (SQLite).
     #[prost(uint64, tag = "6")]
     pub coordinator_epoch: u64,
+    /// Signature scheme (custos_mpc::SchemeId name: "ecdsa-secp256k1",
+    /// "schnorr-secp256k1-taproot", "ed25519"). Empty: "ecdsa-secp256k1".
+    /// Bound into the execution id.
+    #[prost(string, tag = "7")]
+    pub scheme: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct KeygenResponse {
+    /// custos_mpc::SignatureScheme::public_key_bytes: SEC1 compressed (ECDSA),
+    /// x-only (BIP340), RFC 8032 (Ed25519).
     #[prost(bytes = "vec", tag = "1")]
     pub public_key: ::prost::alloc::vec::Vec<u8>,
     /// The chain code the signers generated with the key (32 bytes): with the
     /// public key, the extended public key HD-derived addresses come from.
     #[prost(bytes = "vec", tag = "2")]
     pub chain_code: ::prost::alloc::vec::Vec<u8>,
+    /// What combining needs besides the partials, identical on every signer:
+    /// the FROST public key package (group key and every verifying share),
+    /// JSON; for ECDSA the compressed public key again.
+    #[prost(bytes = "vec", tag = "4")]
+    pub public_package: ::prost::alloc::vec::Vec<u8>,
+    /// The scheme the key was created with (custos_mpc::SchemeId name).
+    #[prost(string, tag = "3")]
+    pub scheme: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -297,7 +312,9 @@ pub struct PresignRequest {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PresignResponse {
-    /// Compressed nonce point R of the presignature (not secret).
+    /// The public half of the precomputation (not secret), identical on every
+    /// signer: ECDSA the compressed nonce point R; FROST every signer's nonce
+    /// commitments (custos_mpc::frost::FrostCommitments, JSON).
     #[prost(bytes = "vec", tag = "1")]
     pub nonce_point: ::prost::alloc::vec::Vec<u8>,
 }
@@ -308,6 +325,7 @@ pub struct PartialSignRequest {
     pub key_id: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub presignature_id: ::prost::alloc::string::String,
+    /// ECDSA: the 32-byte prehash. FROST: the message (1 to 4096 bytes).
     #[prost(bytes = "vec", tag = "3")]
     pub digest: ::prost::alloc::vec::Vec<u8>,
     #[prost(string, tag = "4")]
@@ -322,7 +340,8 @@ pub struct PartialSignRequest {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PartialSignResponse {
-    /// JSON of the cggmp21 partial signature (not secret).
+    /// JSON of the scheme's partial signature (not secret): cggmp21's, or
+    /// custos_mpc::frost::FrostPartial.
     #[prost(bytes = "vec", tag = "1")]
     pub partial_signature: ::prost::alloc::vec::Vec<u8>,
 }

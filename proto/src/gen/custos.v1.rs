@@ -10,9 +10,15 @@ pub struct CreateKeyRequest {
     /// Threshold t; 0 means the cluster default.
     #[prost(uint32, tag = "3")]
     pub threshold: u32,
-    /// Chain the key's wallet pays on ("ethereum", "anvil", ...). Empty: "ethereum".
+    /// Chain the key's wallet pays on ("ethereum", "anvil", ...). Empty:
+    /// "ethereum" for ECDSA keys; no chain (raw-digest / message signing) for
+    /// the FROST schemes.
     #[prost(string, tag = "4")]
     pub chain: ::prost::alloc::string::String,
+    /// Signature scheme; unspecified is cggmp21 ECDSA. `curve` must be
+    /// unspecified or the scheme's curve.
+    #[prost(enumeration = "Scheme", tag = "5")]
+    pub scheme: i32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -53,6 +59,11 @@ pub struct Key {
     /// chains, bech32 P2WPKH on Bitcoin-format chains.
     #[prost(string, tag = "13")]
     pub address: ::prost::alloc::string::String,
+    /// Signature scheme (the curve is in `curve`). `public_key` is SEC1
+    /// compressed for ECDSA, the BIP340 x-only taproot output key (32 bytes)
+    /// for FROST secp256k1-tr, the RFC 8032 key (32 bytes) for FROST Ed25519.
+    #[prost(enumeration = "Scheme", tag = "14")]
+    pub scheme: i32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -117,13 +128,16 @@ pub struct ListKeysResponse {
 pub struct SignDigestRequest {
     #[prost(string, tag = "1")]
     pub key_id: ::prost::alloc::string::String,
-    /// 32 bytes, signed as is (the chain's pre-hash).
+    /// ECDSA: 32 bytes, signed as is (the chain's pre-hash). FROST keys sign
+    /// the bytes as the message (1 to 4096 bytes; BIP340 and Ed25519 hash it
+    /// themselves).
     #[prost(bytes = "vec", tag = "2")]
     pub digest: ::prost::alloc::vec::Vec<u8>,
     /// Idempotency / replay guard: the same request id never signs twice.
     #[prost(string, tag = "3")]
     pub request_id: ::prost::alloc::string::String,
-    /// Skip the presignature pool and run the interactive protocol.
+    /// Skip the presignature pool and run the interactive protocol (FROST
+    /// keys: a fresh nonce-commitment round, then the signing round).
     #[prost(bool, tag = "4")]
     pub interactive: bool,
 }
@@ -148,6 +162,13 @@ pub struct SignDigestResponse {
     /// Time spent in the signing round, microseconds.
     #[prost(uint64, tag = "7")]
     pub signing_micros: u64,
+    /// The signature in the scheme's standard encoding: ECDSA r || s (low s,
+    /// as r and s above), BIP340 R.x || s, Ed25519 R || S (64 bytes each).
+    /// r, s and recovery_id are set for ECDSA keys only.
+    #[prost(bytes = "vec", tag = "8")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+    #[prost(enumeration = "Scheme", tag = "9")]
+    pub scheme: i32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -653,6 +674,7 @@ pub struct AuditBundle {
 pub enum Curve {
     Unspecified = 0,
     Secp256k1 = 1,
+    Ed25519 = 2,
 }
 impl Curve {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -663,6 +685,7 @@ impl Curve {
         match self {
             Self::Unspecified => "CURVE_UNSPECIFIED",
             Self::Secp256k1 => "CURVE_SECP256K1",
+            Self::Ed25519 => "CURVE_ED25519",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -670,6 +693,45 @@ impl Curve {
         match value {
             "CURVE_UNSPECIFIED" => Some(Self::Unspecified),
             "CURVE_SECP256K1" => Some(Self::Secp256k1),
+            "CURVE_ED25519" => Some(Self::Ed25519),
+            _ => None,
+        }
+    }
+}
+/// The threshold signature scheme of a key.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Scheme {
+    /// cggmp21 threshold ECDSA over secp256k1 (the default).
+    Unspecified = 0,
+    Cggmp21Ecdsa = 1,
+    /// FROST (RFC 9591) BIP340 Schnorr over secp256k1 with a taproot-tweaked
+    /// key (BIP86: key-path spends, no script tree).
+    FrostSecp256k1Tr = 2,
+    /// FROST (RFC 9591) Ed25519: RFC 8032 signatures.
+    FrostEd25519 = 3,
+}
+impl Scheme {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SCHEME_UNSPECIFIED",
+            Self::Cggmp21Ecdsa => "SCHEME_CGGMP21_ECDSA",
+            Self::FrostSecp256k1Tr => "SCHEME_FROST_SECP256K1_TR",
+            Self::FrostEd25519 => "SCHEME_FROST_ED25519",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SCHEME_UNSPECIFIED" => Some(Self::Unspecified),
+            "SCHEME_CGGMP21_ECDSA" => Some(Self::Cggmp21Ecdsa),
+            "SCHEME_FROST_SECP256K1_TR" => Some(Self::FrostSecp256k1Tr),
+            "SCHEME_FROST_ED25519" => Some(Self::FrostEd25519),
             _ => None,
         }
     }

@@ -183,6 +183,8 @@ impl Engine {
             r,
             s,
             recovery_id: 0,
+            scheme: custos_mpc::SchemeId::EcdsaSecp256k1,
+            signature: first.to_vec(),
             signers,
             mode: "presignature".into(),
             presig_id: inputs
