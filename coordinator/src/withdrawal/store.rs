@@ -678,8 +678,7 @@ impl WithdrawalStore {
         // one multi-row INSERT, every step's event row goes in one more, and
         // each hook sees the whole batch at once: a batch costs a handful of
         // statements, not a dozen per withdrawal.
-        let mut groups: Vec<(Vec<&'static str>, Vec<(&WithdrawalRow, Vec<Val>, State)>)> =
-            Vec::new();
+        let mut groups: Vec<(Vec<&'static str>, Vec<NewRow<'_>>)> = Vec::new();
         let mut events: Vec<(&str, State, &str, i64)> = Vec::new();
         for (w, steps) in &items {
             let last = steps.last().map_or(State::Requested, |s| s.to);
@@ -1024,6 +1023,10 @@ impl WithdrawalStore {
     }
 }
 
+/// A row for [`insert_rows`]: the request, its values for the decided
+/// columns, and its state.
+type NewRow<'a> = (&'a WithdrawalRow, Vec<Val>, State);
+
 /// Values bound per row by [`insert_rows`] before the decided columns.
 const ROW_BINDS: usize = 18;
 
@@ -1034,7 +1037,7 @@ const ROW_BINDS: usize = 18;
 async fn insert_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     cols: &[&'static str],
-    rows: &[(&WithdrawalRow, Vec<Val>, State)],
+    rows: &[NewRow<'_>],
     updated_ms: i64,
 ) -> Result<bool, CoordError> {
     let mut names = String::from(
