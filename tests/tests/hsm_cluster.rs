@@ -150,10 +150,12 @@ fn assert_only_sealed(node_id: &str, data_dir: &Path, key_id: &str, public_key_h
             assert_eq!(
                 fields,
                 [
+                    "chain_code",
                     "group_id",
                     "key_id",
                     "participants",
                     "public_key",
+                    "scheme",
                     "threshold"
                 ],
                 "{node_id}: {rel}"

@@ -1326,8 +1326,11 @@ impl Engine {
                 row.id, source.path, source.address
             )));
         }
+        // Combining verifies against the child key: the master's public
+        // package must not stand in for it.
         Ok(crate::db::KeyRow {
             public_key: Some(public_key.to_vec()),
+            public_package: None,
             address: Some(address),
             ..key
         })
