@@ -1085,17 +1085,16 @@ impl Cluster {
         })
         .await?;
         stages::since(Stage::SignerCalls, calling);
-        let combining = Instant::now();
-        let combined = combine_partials(
-            key,
-            &partials,
-            signer_ids,
-            digest,
-            presig_id,
-            &presig_public,
-        );
-        stages::since(Stage::Combine, combining);
-        let combined = self.counted(&key.key_id, combined).await?;
+        let combined = self
+            .combine_counted(
+                key,
+                &partials,
+                signer_ids,
+                digest,
+                presig_id,
+                &presig_public,
+            )
+            .await?;
         Ok(outcome(
             key,
             combined,
@@ -1349,22 +1348,39 @@ impl Cluster {
         })
         .await?;
         stages::since(Stage::SignerCalls, started);
-        let combining = Instant::now();
-        let combined = combine_partials(
-            key,
-            &partials,
-            signer_ids,
-            digest,
-            presig_id,
-            &presig_public,
-        );
-        stages::since(Stage::Combine, combining);
-        let combined = self.counted(&key.key_id, combined).await?;
+        let combined = self
+            .combine_counted(
+                key,
+                &partials,
+                signer_ids,
+                digest,
+                presig_id,
+                &presig_public,
+            )
+            .await?;
         self.metrics.signatures.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe(started.elapsed());
         let mut o = outcome(key, combined, signer_ids, "presignature", presig_id);
         o.elapsed = started.elapsed();
         Ok(o)
+    }
+
+    /// Combines a presignature's partials (timed as the `combine` stage);
+    /// a failure counts toward the key's lock.
+    async fn combine_counted(
+        &self,
+        key: &KeyRow,
+        partials: &[Vec<u8>],
+        signer_ids: &[String],
+        digest: &[u8],
+        presig_id: &str,
+        presig_public: &[u8],
+    ) -> Result<Combined, CoordError> {
+        let combining = Instant::now();
+        let combined =
+            combine_partials(key, partials, signer_ids, digest, presig_id, presig_public);
+        stages::since(Stage::Combine, combining);
+        self.counted(&key.key_id, combined).await
     }
 
     /// Calls every participant at once with `call`, each within `timeout`;
