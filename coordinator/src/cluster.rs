@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use custos_proto::signer::signer_control_client::SignerControlClient;
 use custos_proto::signer::{
-    AuxInfoRequest, KeygenRequest, PartialSignRequest, PresignRequest, SignRequest,
+    AuxInfoRequest, KeygenRequest, PartialSignRequest, PresignRequest, QuorumRegistrationResult,
+    QuorumRegistrationResults, QuorumRegistrations, SignRequest, WithdrawalAuthorization,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -19,6 +20,7 @@ use tonic::transport::Channel;
 
 use crate::db::{Db, KeyRow};
 use crate::error::{CoordError, SignerRejection, Unreachable};
+use crate::rounds::GroupRounds;
 use crate::signers::{Signer, Signers};
 use crate::stages::{self, Stage};
 
@@ -132,7 +134,13 @@ pub struct Cluster {
     pub locks: KeyLocks,
     /// Where locks are logged (set once the log is open).
     audit: Arc<crate::audit::AuditTrail>,
+    /// Quorum registrations to the same signers, sent in shared rounds.
+    registrations: GroupRounds<Vec<String>, WithdrawalAuthorization, Registered>,
 }
+
+/// Each signer's answer to one quorum registration: the time from which it
+/// will sign, or the error naming it.
+pub type Registered = Vec<(String, Result<i64, CoordError>)>;
 
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
@@ -449,6 +457,7 @@ impl Cluster {
             aux_state: Mutex::new("none".into()),
             rotation: AtomicUsize::new(0),
             metrics: Metrics::default(),
+            registrations: GroupRounds::new(custos_proto::MAX_QUORUM_REGISTRATIONS),
         })
     }
 
@@ -1418,28 +1427,94 @@ impl Cluster {
 
     /// Registers a completed quorum with every participant; returns each
     /// signer's answer (a refusal is `CoordError::Refused`, naming it).
+    /// Registrations with the same signers made meanwhile share one round
+    /// (one `RegisterQuorums` call per signer).
     pub async fn register_quorum(
         &self,
         participants: &[String],
-        mut authorization: custos_proto::signer::WithdrawalAuthorization,
-    ) -> Vec<(String, Result<i64, CoordError>)> {
-        match self.signers.epoch() {
-            Ok(epoch) => authorization.coordinator_epoch = epoch,
+        authorization: WithdrawalAuthorization,
+    ) -> Registered {
+        let mut group = participants.to_vec();
+        group.sort();
+        let missing = || {
+            participants
+                .iter()
+                .map(|n| {
+                    let e = CoordError::Internal(format!("{n} gave no answer for a registration"));
+                    (n.clone(), Err(e))
+                })
+                .collect()
+        };
+        self.registrations
+            .submit(
+                &group,
+                authorization,
+                |batch| self.registration_round(participants, batch),
+                missing,
+            )
+            .await
+    }
+
+    /// One registration round: every participant verifies and records the
+    /// whole batch in one call; the answers, per authorization.
+    async fn registration_round(
+        &self,
+        participants: &[String],
+        mut batch: Vec<WithdrawalAuthorization>,
+    ) -> Vec<Registered> {
+        let started = Instant::now();
+        let size = batch.len();
+        let epoch = match self.signers.epoch() {
+            Ok(epoch) => epoch,
             Err(e) => {
-                return participants
+                let every: Registered = participants
                     .iter()
                     .map(|n| (n.clone(), Err(e.clone())))
                     .collect();
+                return vec![every; size];
+            }
+        };
+        for a in &mut batch {
+            a.coordinator_epoch = epoch;
+        }
+        let request = QuorumRegistrations {
+            authorizations: batch,
+            coordinator_epoch: epoch,
+        };
+        let answers = self
+            .fan_out(participants, self.settings.partial_timeout, |c| {
+                register_all(c, request.clone())
+            })
+            .await;
+        stages::registration_round(size);
+        stages::since(Stage::Registration, started);
+        let mut per_item: Vec<Registered> = vec![Vec::new(); size];
+        for (node, answer) in answers {
+            let results = answer.and_then(|r| {
+                if r.results.len() == size {
+                    Ok(r.results)
+                } else {
+                    Err(CoordError::SignerRejected {
+                        signer: node.clone(),
+                        kind: SignerRejection::Internal,
+                        message: format!("answered {} registrations for {size}", r.results.len()),
+                    })
+                }
+            });
+            match results {
+                Ok(results) => {
+                    for (slot, r) in per_item.iter_mut().zip(results) {
+                        slot.push((node.clone(), registration_answer(&node, r)));
+                    }
+                }
+                Err(e) => {
+                    for slot in &mut per_item {
+                        slot.push((node.clone(), Err(e.clone())));
+                    }
+                }
             }
         }
-        self.fan_out(participants, self.settings.partial_timeout, |mut c| {
-            let a = authorization.clone();
-            async move { c.register_quorum(a).await }
-        })
-        .await
-        .into_iter()
-        .map(|(n, r)| (n, r.map(|ack| ack.signable_from)))
-        .collect()
+        per_item
     }
 
     /// Tells every participant a withdrawal was cancelled (best effort: logs
@@ -1467,6 +1542,56 @@ impl Cluster {
             if let Err(e) = r {
                 tracing::warn!(node = %node, error = %e, "signer did not take the cancellation");
             }
+        }
+    }
+}
+
+/// One signer's `RegisterQuorums` answer for `request`; a signer from
+/// before batched rounds (`Unimplemented`) is asked one registration at a
+/// time, its answers gathered the same way.
+async fn register_all(
+    mut c: SignerControlClient<Channel>,
+    request: QuorumRegistrations,
+) -> Result<tonic::Response<QuorumRegistrationResults>, tonic::Status> {
+    match c.register_quorums(request.clone()).await {
+        Err(st) if st.code() == Code::Unimplemented => {
+            let mut results = Vec::with_capacity(request.authorizations.len());
+            for a in request.authorizations {
+                results.push(match c.register_quorum(a).await {
+                    Ok(ack) => QuorumRegistrationResult {
+                        ack: Some(ack.into_inner()),
+                        ..QuorumRegistrationResult::default()
+                    },
+                    Err(st) => QuorumRegistrationResult {
+                        ack: None,
+                        code: st.code() as i32,
+                        message: st.message().to_owned(),
+                    },
+                });
+            }
+            Ok(tonic::Response::new(QuorumRegistrationResults { results }))
+        }
+        other => other,
+    }
+}
+
+/// Signer `node`'s answer to one registration of a round: the time it will
+/// sign from, or its refusal mapped as the single call's would be.
+fn registration_answer(node: &str, r: QuorumRegistrationResult) -> Result<i64, CoordError> {
+    match r.ack {
+        Some(ack) if r.code == 0 => Ok(ack.signable_from),
+        _ => {
+            let code = Code::from(r.code);
+            let code = if code == Code::Ok {
+                Code::Internal
+            } else {
+                code
+            };
+            Err(signer_failure(
+                node,
+                false,
+                &tonic::Status::new(code, r.message),
+            ))
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod edge;
 pub mod error;
 pub mod key_lock;
 pub mod leadership;
+pub mod rounds;
 pub mod service;
 pub mod signers;
 pub mod stages;

@@ -66,8 +66,47 @@ static STAGES: StageLatencies<{ NAMES.len() }> = StageLatencies::new(
     "Time spent per stage of the withdrawal path.",
     NAMES,
 );
-static INTAKE_BATCHES: AtomicU64 = AtomicU64::new(0);
-static INTAKE_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many group rounds ran and how many items they carried.
+struct Rounds {
+    rounds: AtomicU64,
+    items: AtomicU64,
+    /// Metric names: rounds, items.
+    names: (&'static str, &'static str),
+}
+
+impl Rounds {
+    const fn new(rounds: &'static str, items: &'static str) -> Self {
+        Self {
+            rounds: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+            names: (rounds, items),
+        }
+    }
+
+    fn record(&self, items: usize) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.items.fetch_add(items as u64, Ordering::Relaxed);
+    }
+
+    fn metrics_text(&self) -> String {
+        let (rounds, items) = self.names;
+        format!(
+            "# TYPE {rounds} counter\n{rounds} {}\n# TYPE {items} counter\n{items} {}\n",
+            self.rounds.load(Ordering::Relaxed),
+            self.items.load(Ordering::Relaxed),
+        )
+    }
+}
+
+static INTAKE: Rounds = Rounds::new(
+    "custos_intake_batches_total",
+    "custos_intake_requests_total",
+);
+static REGISTRATION: Rounds = Rounds::new(
+    "custos_registration_rounds_total",
+    "custos_registrations_total",
+);
 
 /// Records that `stage` took `d`.
 pub fn observe(stage: Stage, d: Duration) {
@@ -81,19 +120,20 @@ pub fn since(stage: Stage, started: Instant) {
 
 /// Records one intake group commit of `requests` withdrawals.
 pub fn intake_batch(requests: usize) {
-    INTAKE_BATCHES.fetch_add(1, Ordering::Relaxed);
-    INTAKE_REQUESTS.fetch_add(requests as u64, Ordering::Relaxed);
+    INTAKE.record(requests);
 }
 
-/// Prometheus text for every stage and the intake batch counters.
+/// Records one registration round (one call per signer) carrying
+/// `registrations` approved quorums.
+pub fn registration_round(registrations: usize) {
+    REGISTRATION.record(registrations);
+}
+
+/// Prometheus text for every stage and the group-round counters.
 pub fn metrics_text() -> String {
     let mut out = STAGES.metrics_text();
-    out.push_str(&format!(
-        "# TYPE custos_intake_batches_total counter\ncustos_intake_batches_total {}\n\
-         # TYPE custos_intake_requests_total counter\ncustos_intake_requests_total {}\n",
-        INTAKE_BATCHES.load(Ordering::Relaxed),
-        INTAKE_REQUESTS.load(Ordering::Relaxed),
-    ));
+    out.push_str(&INTAKE.metrics_text());
+    out.push_str(&REGISTRATION.metrics_text());
     out
 }
 
@@ -130,5 +170,6 @@ mod tests {
             );
         }
         assert!(after.contains("custos_intake_batches_total "));
+        assert!(after.contains("# TYPE custos_registrations_total counter\n"));
     }
 }

@@ -305,6 +305,61 @@ impl SignerControl for ControlService {
         }))
     }
 
+    async fn register_quorums(
+        &self,
+        req: Request<QuorumRegistrations>,
+    ) -> Result<Response<QuorumRegistrationResults>, Status> {
+        let r = req.into_inner();
+        if r.authorizations.len() > custos_proto::MAX_QUORUM_REGISTRATIONS {
+            return Err(Status::invalid_argument(format!(
+                "{} registrations in one batch: at most {}",
+                r.authorizations.len(),
+                custos_proto::MAX_QUORUM_REGISTRATIONS
+            )));
+        }
+        if let Some(i) = r
+            .authorizations
+            .iter()
+            .position(|a| a.coordinator_epoch != r.coordinator_epoch)
+        {
+            return Err(Status::invalid_argument(format!(
+                "authorizations[{i}]: coordinator_epoch differs from the batch's ({})",
+                r.coordinator_epoch
+            )));
+        }
+        self.admit(r.coordinator_epoch, "register_quorums").await?;
+        let cos = self.cosigner.clone();
+        let results = blocking(move || {
+            let answers = cos.register_quorums(&r.authorizations);
+            Ok::<_, NodeError>(
+                r.authorizations
+                    .iter()
+                    .zip(answers)
+                    .map(|(a, answer)| match answer {
+                        Ok((statement_hash, signable_from)) => QuorumRegistrationResult {
+                            ack: Some(AuthorizationAck {
+                                statement_hash,
+                                signable_from,
+                            }),
+                            ..QuorumRegistrationResult::default()
+                        },
+                        Err(e) => {
+                            cos.record_refusal(a, "register_quorum", &e);
+                            let st = status(e);
+                            QuorumRegistrationResult {
+                                ack: None,
+                                code: st.code() as i32,
+                                message: st.message().to_owned(),
+                            }
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
+        Ok(Response::new(QuorumRegistrationResults { results }))
+    }
+
     async fn register_cancel(
         &self,
         req: Request<CancelNotice>,

@@ -298,13 +298,20 @@ struct Figures {
     c_lat: Vec<f64>,
     c_rate: f64,
     presign_ms: f64,
-    /// (stage, count, mean ms) from the coordinator's `/metrics`, then the
-    /// intake's requests and batches.
-    stages: (Vec<(&'static str, f64, f64)>, f64, f64),
+    stages: StageFigures,
+}
+
+/// The coordinator's `/metrics` after a run.
+struct StageFigures {
+    /// (stage, count, mean ms).
+    stages: Vec<(&'static str, f64, f64)>,
+    /// Group rounds: (name, items, rounds) for the intake's group commits
+    /// and the signers' registration rounds.
+    rounds: Vec<(&'static str, f64, f64)>,
 }
 
 /// Where the coordinator's time went, from its per-stage histograms.
-fn stage_breakdown(http: std::net::SocketAddr) -> (Vec<(&'static str, f64, f64)>, f64, f64) {
+fn stage_breakdown(http: std::net::SocketAddr) -> StageFigures {
     let stages = [
         "risk",
         "policy",
@@ -339,11 +346,22 @@ fn stage_breakdown(http: std::net::SocketAddr) -> (Vec<(&'static str, f64, f64)>
         )
     })
     .collect();
-    (
+    let metric = |name| custos_tests::metric_if_any(http, name).unwrap_or(0.0);
+    StageFigures {
         stages,
-        custos_tests::metric_if_any(http, "custos_intake_requests_total").unwrap_or(0.0),
-        custos_tests::metric_if_any(http, "custos_intake_batches_total").unwrap_or(0.0),
-    )
+        rounds: vec![
+            (
+                "intake: requests / group commits",
+                metric("custos_intake_requests_total"),
+                metric("custos_intake_batches_total"),
+            ),
+            (
+                "registrations / rounds to the signers",
+                metric("custos_registrations_total"),
+                metric("custos_registration_rounds_total"),
+            ),
+        ],
+    }
 }
 
 async fn cluster(args: &Args) -> Figures {
@@ -641,13 +659,15 @@ fn main() {
     print_stages(&f.stages);
 }
 
-fn print_stages((stages, requests, batches): &(Vec<(&'static str, f64, f64)>, f64, f64)) {
+fn print_stages(f: &StageFigures) {
     println!("\ncoordinator stages over all phases (/metrics)      count     mean");
-    for (stage, count, mean) in stages {
+    for (stage, count, mean) in &f.stages {
         println!("  {stage:<40} {count:>10.0} {mean:>10.3} ms");
     }
-    println!(
-        "  intake: {requests:.0} requests in {batches:.0} group commits ({:.1} per commit)",
-        requests / batches.max(1.0)
-    );
+    for (name, items, rounds) in &f.rounds {
+        println!(
+            "  {name}: {items:.0} in {rounds:.0} ({:.1} per round)",
+            items / rounds.max(1.0)
+        );
+    }
 }

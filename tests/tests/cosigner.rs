@@ -1102,3 +1102,69 @@ fn time_lock_runs_on_the_signers_own_clock() {
         .unwrap_err();
     assert!(!e.to_string().contains("time lock"), "{e}");
 }
+
+/// One registration round (`RegisterQuorums`) verifies each withdrawal on
+/// its own and after the ones before it: a velocity limit counts the
+/// earlier withdrawals of the same round, a refusal fails only its own
+/// answer, and everything accepted is durable once the round answers.
+#[test]
+fn one_registration_round_verifies_each_after_the_ones_before_it() {
+    use custos_signer_node::cosigner::{Cosigner, bundles::Bundles, journal::Journal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let admins =
+        custos_policy::AdminSet::parse(&std::fs::read(repo.join("examples/admins.toml")).unwrap())
+            .unwrap();
+    let cosigner = Cosigner::new(
+        Some(Bundles::open(dir.path(), admins).unwrap()),
+        Journal::open(dir.path()).unwrap(),
+        None,
+    );
+    let b = admin_signed(std::fs::read_to_string(flow_policy()).unwrap());
+    let expiry = now() + 3600;
+    // Four 0.9 ETH withdrawals from one wallet: the rule's 3 ETH a day
+    // allows three (with their fee caps); alone, each would be allowed.
+    let mut batch: Vec<WithdrawalAuthorization> = (0..4)
+        .map(|i| {
+            let mut w = withdrawal(&format!("round-{i}"), WHITELISTED, ETH / 10 * 9);
+            w.wallet = "w-vel".into();
+            let (_, rule) = statement(&b.document, &w, expiry);
+            assert_eq!(rule, "small-allow");
+            auth(&b, &w, &rule, expiry, &[])
+        })
+        .collect();
+    // And one whose quorum is short: a 50 ETH withdrawal approved by one.
+    let mut big = withdrawal("round-big", WHITELISTED, 50 * ETH);
+    big.wallet = "w-round".into();
+    let (st, rule) = statement(&b.document, &big, expiry);
+    batch.insert(1, auth(&b, &big, &rule, expiry, &sign_all(&st, &["alice"])));
+
+    let answers = cosigner.register_quorums(&batch);
+    let outcome: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(outcome[0], "ok");
+    assert!(outcome[1].contains("refused"), "{outcome:?}");
+    assert_eq!(&outcome[2..4], ["ok", "ok"], "{outcome:?}");
+    assert!(
+        outcome[4].contains("small-over-limit"),
+        "the fourth 0.9 ETH of the round must meet the limit: {outcome:?}"
+    );
+    drop(cosigner);
+    // What the round accepted survives a restart; what it refused is absent.
+    let journal = Journal::open(dir.path()).unwrap();
+    let id = |a: &WithdrawalAuthorization| {
+        serde_json::from_slice::<Withdrawal>(&a.withdrawal_json)
+            .unwrap()
+            .id
+    };
+    for (i, a) in batch.iter().enumerate() {
+        let seen = journal.get(&id(a)).quorum_seen.is_some();
+        assert_eq!(seen, [0, 2, 3].contains(&i), "withdrawal {i}");
+    }
+}

@@ -97,6 +97,15 @@ async fn withdrawal_flow_on_postgresql() {
         "{batches} batches for {requests} requests"
     );
     eprintln!("intake: {requests} requests in {batches} group commits");
+    // The allowed ones registered their quorums in shared rounds (one call
+    // per signer carries every registration waiting meanwhile).
+    let registrations = metric(http, "custos_registrations_total");
+    let rounds = metric(http, "custos_registration_rounds_total");
+    assert!(
+        registrations >= 3.0 && rounds >= 1.0 && rounds <= registrations,
+        "{registrations} registrations in {rounds} rounds"
+    );
+    eprintln!("registration: {registrations} quorums in {rounds} rounds");
 
     // concurrent identical requests: one withdrawal
     let calls = (0..6).map(|_| {

@@ -122,6 +122,33 @@ pub struct AuthorizationAck {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
+pub struct QuorumRegistrations {
+    /// Each authorization's coordinator_epoch must equal the batch's.
+    #[prost(message, repeated, tag = "1")]
+    pub authorizations: ::prost::alloc::vec::Vec<WithdrawalAuthorization>,
+    #[prost(uint64, tag = "2")]
+    pub coordinator_epoch: u64,
+}
+/// One authorization's answer, in request order: an ack, or the gRPC status
+/// code and message the single-withdrawal call would have returned.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QuorumRegistrationResult {
+    #[prost(message, optional, tag = "1")]
+    pub ack: ::core::option::Option<AuthorizationAck>,
+    #[prost(int32, tag = "2")]
+    pub code: i32,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct QuorumRegistrationResults {
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<QuorumRegistrationResult>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CancelNotice {
     #[prost(message, optional, tag = "1")]
     pub authorization: ::core::option::Option<WithdrawalAuthorization>,
@@ -632,6 +659,35 @@ pub mod signer_control_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// The same for several withdrawals in one round: each is verified on its
+        /// own (one refusal fails only its own result), and what the signer records
+        /// for all of them is made durable in one write.
+        pub async fn register_quorums(
+            &mut self,
+            request: impl tonic::IntoRequest<super::QuorumRegistrations>,
+        ) -> std::result::Result<
+            tonic::Response<super::QuorumRegistrationResults>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.signer.v1.SignerControl/RegisterQuorums",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("custos.signer.v1.SignerControl", "RegisterQuorums"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
         /// A verified cancellation: the signer will refuse to sign the withdrawal.
         pub async fn register_cancel(
             &mut self,
@@ -796,6 +852,16 @@ pub mod signer_control_server {
             request: tonic::Request<super::WithdrawalAuthorization>,
         ) -> std::result::Result<
             tonic::Response<super::AuthorizationAck>,
+            tonic::Status,
+        >;
+        /// The same for several withdrawals in one round: each is verified on its
+        /// own (one refusal fails only its own result), and what the signer records
+        /// for all of them is made durable in one write.
+        async fn register_quorums(
+            &self,
+            request: tonic::Request<super::QuorumRegistrations>,
+        ) -> std::result::Result<
+            tonic::Response<super::QuorumRegistrationResults>,
             tonic::Status,
         >;
         /// A verified cancellation: the signer will refuse to sign the withdrawal.
@@ -1210,6 +1276,52 @@ pub mod signer_control_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RegisterQuorumSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.signer.v1.SignerControl/RegisterQuorums" => {
+                    #[allow(non_camel_case_types)]
+                    struct RegisterQuorumsSvc<T: SignerControl>(pub Arc<T>);
+                    impl<
+                        T: SignerControl,
+                    > tonic::server::UnaryService<super::QuorumRegistrations>
+                    for RegisterQuorumsSvc<T> {
+                        type Response = super::QuorumRegistrationResults;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::QuorumRegistrations>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as SignerControl>::register_quorums(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RegisterQuorumsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -156,6 +156,17 @@ pub struct Known {
     pub authorized: Option<Spend>,
 }
 
+/// When a record becomes durable: at once, or at the caller's next
+/// [`Journal::sync`] (a batch of records, one fsync).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync'd before the call returns.
+    Now,
+    /// Written; durable at the next [`Journal::sync`], which must come
+    /// before anything is acted on.
+    Deferred,
+}
+
 /// The journal file and its index.
 pub struct Journal {
     path: PathBuf,
@@ -201,6 +212,14 @@ impl Journal {
     }
 
     fn append(&self, l: Line) -> Result<(), NodeError> {
+        self.write(l, Durability::Now)
+    }
+
+    /// Writes `l` and applies it to the index; with [`Durability::Deferred`] the
+    /// caller makes it durable with [`Journal::sync`] before acting on it
+    /// (several records, one fsync). Applying it at once keeps a batch's
+    /// later checks (velocity, counters) aware of its earlier records.
+    fn write(&self, l: Line, durability: Durability) -> Result<(), NodeError> {
         let mut bytes = serde_json::to_vec(&l).map_err(|e| NodeError::Internal(e.to_string()))?;
         bytes.push(b'\n');
         {
@@ -208,7 +227,10 @@ impl Journal {
             // A torn line left by a crash would glue onto ours: start fresh.
             f.write_all(b"\n")
                 .and_then(|_| f.write_all(&bytes))
-                .and_then(|_| f.sync_data())
+                .and_then(|_| match durability {
+                    Durability::Now => f.sync_data(),
+                    Durability::Deferred => Ok(()),
+                })
                 .map_err(|e| NodeError::storage(&self.path, e))?;
         }
         apply(
@@ -217,6 +239,15 @@ impl Journal {
             l,
         );
         Ok(())
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&self) -> Result<(), NodeError> {
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_data()
+            .map_err(|e| NodeError::storage(&self.path, e))
     }
 
     /// Checks the passkey uses of one quorum against the counters this
@@ -265,29 +296,46 @@ impl Journal {
     /// new statement under the same withdrawal id (other terms, another
     /// expiry) starts its own lock, so re-approving cannot inherit an older
     /// statement's elapsed time (docs/SECURITY.md case 29).
-    pub fn quorum_seen(&self, id: &str, at: i64, statement_hash: &str) -> Result<i64, NodeError> {
+    pub fn quorum_seen(
+        &self,
+        id: &str,
+        at: i64,
+        statement_hash: &str,
+        durability: Durability,
+    ) -> Result<i64, NodeError> {
         if let Some((t, seen_hash)) = self.get(id).quorum_seen
             && seen_hash == statement_hash
         {
             return Ok(t);
         }
-        self.append(Line::QuorumSeen {
-            id: id.to_owned(),
-            at,
-            statement_hash: statement_hash.to_owned(),
-        })?;
+        self.write(
+            Line::QuorumSeen {
+                id: id.to_owned(),
+                at,
+                statement_hash: statement_hash.to_owned(),
+            },
+            durability,
+        )?;
         Ok(at)
     }
 
     /// Records a withdrawal verified as authorised (once).
-    pub fn authorized(&self, id: &str, spend: Spend) -> Result<(), NodeError> {
+    pub fn authorized(
+        &self,
+        id: &str,
+        spend: Spend,
+        durability: Durability,
+    ) -> Result<(), NodeError> {
         if self.get(id).authorized.is_some() {
             return Ok(());
         }
-        self.append(Line::Authorized {
-            id: id.to_owned(),
-            spend: Box::new(spend),
-        })
+        self.write(
+            Line::Authorized {
+                id: id.to_owned(),
+                spend: Box::new(spend),
+            },
+            durability,
+        )
     }
 
     /// Records a cancellation.
@@ -409,8 +457,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::open(dir.path()).unwrap();
-            assert_eq!(j.quorum_seen("w1", 100, "aa").unwrap(), 100);
-            assert_eq!(j.quorum_seen("w1", 200, "aa").unwrap(), 100);
+            assert_eq!(
+                j.quorum_seen("w1", 100, "aa", Durability::Now).unwrap(),
+                100
+            );
+            assert_eq!(
+                j.quorum_seen("w1", 200, "aa", Durability::Now).unwrap(),
+                100
+            );
             j.cancelled("w2", 150, "dave").unwrap();
         }
         // Simulate a crash mid-append.
@@ -424,9 +478,37 @@ mod tests {
         assert_eq!(j.get("w1").quorum_seen.map(|q| q.0), Some(100));
         assert_eq!(j.get("w2").cancelled_by.as_deref(), Some("dave"));
         assert!(j.get("w3").signed.is_none());
-        j.quorum_seen("w4", 300, "bb").unwrap();
+        j.quorum_seen("w4", 300, "bb", Durability::Now).unwrap();
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.get("w4").quorum_seen.map(|q| q.0), Some(300));
+    }
+
+    /// Deferred records count at once for the checks that follow them, and
+    /// one sync makes all of them durable.
+    #[test]
+    fn deferred_records_apply_at_once_and_survive_after_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            for (i, id) in ["b1", "b2", "b3"].into_iter().enumerate() {
+                let at = 100 + i64::try_from(i).unwrap();
+                assert_eq!(
+                    j.quorum_seen(id, at, "h", Durability::Deferred).unwrap(),
+                    at
+                );
+            }
+            // Seen again within the batch: the first time stands.
+            assert_eq!(
+                j.quorum_seen("b2", 500, "h", Durability::Deferred).unwrap(),
+                101
+            );
+            j.sync().unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.get("b1").quorum_seen.map(|q| q.0), Some(100));
+        assert_eq!(j.get("b3").quorum_seen.map(|q| q.0), Some(102));
+        let lines = std::fs::read_to_string(dir.path().join("withdrawals.log")).unwrap();
+        assert_eq!(lines.lines().filter(|l| !l.is_empty()).count(), 3);
     }
 
     fn pk(credential: &str, counter: u32, assertion: &str) -> PasskeyUse {

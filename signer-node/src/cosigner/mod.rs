@@ -28,7 +28,7 @@ use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
 
 use crate::error::NodeError;
 use bundles::Bundles;
-use journal::{Journal, SignedRecord, Spend};
+use journal::{Durability, Journal, SignedRecord, Spend};
 use refusals::{PendingRefusal, Refusals};
 use witness::LogWitness;
 
@@ -542,7 +542,10 @@ impl Cosigner {
         let statement_hash = hex::encode(authorization.statement_hash);
         let seen = match &known.quorum_seen {
             Some((t, seen_hash)) if *seen_hash == statement_hash => *t,
-            _ if delay == 0 => self.journal.quorum_seen(&w.id, now, &statement_hash)?,
+            _ if delay == 0 => {
+                self.journal
+                    .quorum_seen(&w.id, now, &statement_hash, Durability::Now)?
+            }
             Some(_) => {
                 return Err(refused(format!(
                     "time lock: the quorum registered with this signer for withdrawal {} was over another statement; this statement's {delay}s delay has not started here",
@@ -698,7 +701,44 @@ impl Cosigner {
     /// Verifies a completed quorum and records when this signer saw it;
     /// returns the time from which it will sign (its own clock).
     pub fn register_quorum(&self, a: &WithdrawalAuthorization) -> Result<(String, i64), NodeError> {
+        self.register_quorums(std::slice::from_ref(a))
+            .pop()
+            .unwrap_or_else(|| Err(NodeError::Internal("no registration result".into())))
+    }
+
+    /// [`Cosigner::register_quorum`] for several withdrawals, in order: each
+    /// is verified on its own, after the records of those before it (a
+    /// velocity limit counts them), and all records are made durable by one
+    /// fsync before any answer is given. A failed fsync fails them all.
+    pub fn register_quorums(
+        &self,
+        batch: &[WithdrawalAuthorization],
+    ) -> Vec<Result<(String, i64), NodeError>> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let answers: Vec<_> = batch.iter().map(|a| self.record_quorum(a)).collect();
+        if answers.iter().any(Result::is_ok)
+            && let Err(e) = self.journal.sync()
+        {
+            // Nothing recorded may be acted on: every answer is the failure.
+            let (path, message) = match e {
+                NodeError::Storage { path, message } => (path, message),
+                other => (String::new(), other.to_string()),
+            };
+            return answers
+                .iter()
+                .map(|_| {
+                    Err(NodeError::Storage {
+                        path: path.clone(),
+                        message: message.clone(),
+                    })
+                })
+                .collect();
+        }
+        answers
+    }
+
+    /// Verifies one quorum and writes (not yet durably) what it records.
+    fn record_quorum(&self, a: &WithdrawalAuthorization) -> Result<(String, i64), NodeError> {
         let now = self.now_secs();
         let v = self.verify(a, now)?;
         let hash = hex::encode(v.authorization.statement_hash);
@@ -708,9 +748,14 @@ impl Cosigner {
                 .delay
                 .is_some_and(|d| d.secs_i64() > 0),
         );
-        let seen = self.journal.quorum_seen(&v.withdrawal.id, start, &hash)?;
-        self.journal
-            .authorized(&v.withdrawal.id, spend(&v.withdrawal, now))?;
+        let seen =
+            self.journal
+                .quorum_seen(&v.withdrawal.id, start, &hash, Durability::Deferred)?;
+        self.journal.authorized(
+            &v.withdrawal.id,
+            spend(&v.withdrawal, now),
+            Durability::Deferred,
+        )?;
         Ok((
             hash,
             v.authorization.decision.signable_from(Timestamp(seen)).0,
