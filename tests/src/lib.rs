@@ -761,22 +761,25 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     // A daemon moving from its sealed listener to its own one is briefly
-    // not listening: retry the connection for a while.
+    // not listening, or resets a connection the closing listener had taken:
+    // retry the whole request for a while.
     let started = std::time::Instant::now();
-    let mut s = loop {
-        match std::net::TcpStream::connect(addr) {
-            Ok(s) => break s,
+    let text = loop {
+        let attempt = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        match attempt {
+            Ok(text) => break text,
             Err(e) if started.elapsed() > Duration::from_secs(10) => panic!("{addr}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     };
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (text[9..12].parse().unwrap(), body)
 }
