@@ -41,8 +41,14 @@ pub(crate) fn check_prepared_transaction(
     approval: u64,
 ) -> Result<(), VerifyError> {
     let w = check_intent(withdrawal, statement, message_digest, approval)?;
-    if let Some(ChainFamily::Utxo(network)) = family_of(&w.chain) {
-        return check_prepared_psbt(history, &w, network, message_digest, approval);
+    match family_of(&w.chain) {
+        Some(ChainFamily::Utxo(network)) => {
+            return check_prepared_psbt(history, &w, network, message_digest, approval);
+        }
+        Some(ChainFamily::Message) => {
+            return check_prepared_message(history, &w, message_digest, approval);
+        }
+        _ => {}
     }
     let Some((entry, tx)) = history.iter().find_map(|e| match &e.body {
         EntryBody::TransactionPrepared { unsigned_tx, .. }
@@ -93,6 +99,34 @@ pub(crate) fn check_prepared_transaction(
             entry,
             fee: transfer.fee_cap_wei,
             cap: statement.fee_cap,
+        });
+    }
+    Ok(())
+}
+
+/// The `message` chain: the signed digest is the SHA-256 of the approved
+/// message (the destination), which was logged as what is signed.
+fn check_prepared_message(
+    history: &[&Entry],
+    w: &Withdrawal,
+    message_digest: &[u8],
+    approval: u64,
+) -> Result<(), VerifyError> {
+    let message = custos_chains::message::parse_message(&w.destination).map_err(|source| {
+        VerifyError::BadDestination {
+            approval,
+            destination: w.destination.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let logged = history.iter().any(|e| {
+        matches!(&e.body, EntryBody::TransactionPrepared { unsigned_tx, .. } if *unsigned_tx == message)
+    });
+    if !logged || custos_chains::message::message_digest(&message).as_slice() != message_digest {
+        return Err(VerifyError::NoPreparedTransaction {
+            approval,
+            digest: hex::encode(message_digest),
+            withdrawal: w.id.clone(),
         });
     }
     Ok(())

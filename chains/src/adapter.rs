@@ -52,6 +52,24 @@ pub enum CheckedDetail {
     Evm(Box<DecodedTransfer>),
     /// A segwit transaction with its proved inputs.
     Utxo(Box<CheckedUtxoTx>),
+    /// A message of the `message` chain (the bytes the key signs).
+    Message(Vec<u8>),
+}
+
+impl CheckedTransaction {
+    /// What the key signs in session `input`: the message itself on the
+    /// `message` chain, the digest of that input on a transaction chain
+    /// (empty when there is no such input).
+    pub fn message(&self, input: usize) -> Vec<u8> {
+        match &self.detail {
+            CheckedDetail::Message(m) => m.clone(),
+            _ => self
+                .digests
+                .get(input)
+                .map(|d| d.to_vec())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// What a signer needs from one chain.
@@ -86,6 +104,20 @@ pub trait ChainAdapter: Send + Sync + fmt::Debug {
         previous: &CheckedTransaction,
         next: &CheckedTransaction,
     ) -> Result<()>;
+}
+
+/// The one approved transfer of a family that signs one at a time.
+pub(crate) fn only_one<'s, 'a>(
+    approved: &'s [ApprovedTransfer<'a>],
+    rule: &str,
+) -> Result<&'s ApprovedTransfer<'a>> {
+    match approved {
+        [w] => Ok(w),
+        _ => Err(ChainError::InvalidRequest {
+            field: "approved",
+            reason: format!("{rule}, {} given", approved.len()),
+        }),
+    }
 }
 
 fn refused(why: impl Into<String>) -> ChainError {
@@ -154,15 +186,7 @@ impl ChainAdapter for EvmAdapter {
     ) -> Result<CheckedTransaction> {
         // The sender is not in an EVM transaction: the signature makes it,
         // so the key signing is the wallet by construction.
-        let [w] = approved else {
-            return Err(ChainError::InvalidRequest {
-                field: "approved",
-                reason: format!(
-                    "an EVM transaction pays one withdrawal, {} given",
-                    approved.len()
-                ),
-            });
-        };
+        let w = only_one(approved, "an EVM transaction pays one withdrawal")?;
         let token = if w.asset == self.native {
             None
         } else {

@@ -23,6 +23,9 @@ pub enum ChainFamily {
     Evm,
     /// Bitcoin-format chains: coins, segwit transactions, on one network.
     Utxo(UtxoNetwork),
+    /// The chain-neutral `message` chain: the key signs an approved message
+    /// ([`crate::message`]); nothing is broadcast.
+    Message,
 }
 
 impl ChainFamily {
@@ -33,6 +36,7 @@ impl ChainFamily {
         match self {
             Self::Evm => u128::MAX,
             Self::Utxo(_) => u128::from(u64::MAX),
+            Self::Message => u128::MAX,
         }
     }
 }
@@ -42,6 +46,7 @@ impl fmt::Display for ChainFamily {
         match self {
             Self::Evm => f.write_str("evm"),
             Self::Utxo(n) => write!(f, "utxo ({n})"),
+            Self::Message => f.write_str("message"),
         }
     }
 }
@@ -62,6 +67,9 @@ pub const EVM_CHAINS: &[&str] = &[
 
 /// The family of a chain name, `None` for a name no family knows.
 pub fn family_of(chain: &str) -> Option<ChainFamily> {
+    if chain == crate::message::MESSAGE_CHAIN {
+        return Some(ChainFamily::Message);
+    }
     if chain == "bitcoin-signet" {
         return Some(ChainFamily::Utxo(UtxoNetwork::BitcoinTestnet));
     }
@@ -82,8 +90,9 @@ pub fn family_of(chain: &str) -> Option<ChainFamily> {
 pub fn known_chains() -> String {
     let utxo: Vec<&str> = UtxoNetwork::ALL.iter().map(|n| n.name()).collect();
     format!(
-        "{}, bitcoin-signet, {}, or evm:<chain id>",
+        "{}, bitcoin-signet, {}, {}, or evm:<chain id>",
         utxo.join(", "),
+        crate::message::MESSAGE_CHAIN,
         EVM_CHAINS.join(", ")
     )
 }
@@ -99,6 +108,7 @@ pub fn native_asset(chain: &str) -> Option<&'static str> {
             UtxoNetwork::Bitcoin | UtxoNetwork::BitcoinTestnet | UtxoNetwork::BitcoinRegtest,
         ) => Some("BTC"),
         ChainFamily::Utxo(_) => Some("LTC"),
+        ChainFamily::Message => Some(crate::message::MESSAGE_ASSET),
         ChainFamily::Evm => match chain {
             "ethereum" | "sepolia" | "holesky" | "anvil" | "arbitrum" | "optimism" | "base" => {
                 Some("ETH")
@@ -154,6 +164,7 @@ pub fn check_address(chain: &str, address: &str) -> Result<CheckedAddress> {
             canonical: parse_utxo(network, address)?.text,
             unchecksummed: false,
         }),
+        Some(ChainFamily::Message) => crate::message::check_message_address(address),
     }
 }
 
@@ -171,6 +182,8 @@ pub fn wallet_address(chain: &str, sec1: &[u8]) -> Result<String> {
         Some(ChainFamily::Utxo(network)) => {
             crate::utxo::address::wallet_address(network, sec1).map(|a| a.text)
         }
+        // A message wallet's "address" is its public key, hex.
+        Some(ChainFamily::Message) => Ok(crate::message::canonical(sec1)),
     }
 }
 
@@ -193,6 +206,12 @@ mod tests {
             Some(ChainFamily::Utxo(UtxoNetwork::BitcoinTestnet))
         );
         assert_eq!(family_of("dogecoin"), None);
+        assert_eq!(family_of("message"), Some(ChainFamily::Message));
+        assert_eq!(native_asset("message"), Some("MSG"));
+        assert_eq!(
+            check_address("message", "C0FFEE").unwrap().canonical,
+            "c0ffee"
+        );
         assert_eq!(native_asset("litecoin"), Some("LTC"));
         assert_eq!(native_asset("bitcoin-regtest"), Some("BTC"));
         assert_eq!(native_asset("bsc"), Some("BNB"));

@@ -40,6 +40,7 @@ pub mod evm;
 pub mod family;
 #[cfg(feature = "rpc")]
 mod jsonrpc;
+pub mod message;
 pub mod utxo;
 
 pub use adapter::{
@@ -48,3 +49,4 @@ pub use adapter::{
 pub use alloy_primitives::{Address, B256, Bytes, U256};
 pub use error::{ChainError, Result};
 pub use family::{ChainFamily, family_of};
+pub use message::MessageAdapter;

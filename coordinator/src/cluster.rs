@@ -1311,11 +1311,13 @@ impl Cluster {
     }
 
     /// Asks the presignature's signers for their partials for an authorised
-    /// withdrawal (each verifies the authorisation itself) and combines them.
+    /// withdrawal (each verifies the authorisation itself) and combines them
+    /// over `message` (a transaction's digest, or the approved message on the
+    /// `message` chain).
     pub async fn sign_withdrawal(
         &self,
         key: &KeyRow,
-        digest: &[u8; 32],
+        message: &[u8],
         presig_id: &str,
         signer_ids: &[String],
         mut authorization: custos_proto::signer::WithdrawalAuthorization,
@@ -1362,7 +1364,7 @@ impl Cluster {
                 key,
                 &partials,
                 signer_ids,
-                digest,
+                message,
                 presig_id,
                 &presig_public,
             )

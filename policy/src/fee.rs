@@ -175,9 +175,11 @@ enum Family {
 }
 
 fn family(chain: &str) -> Option<Family> {
-    chain_kind(chain).map(|k| match k {
-        ChainFamily::Evm => Family::Evm,
-        ChainFamily::Utxo(_) => Family::Bitcoin,
+    chain_kind(chain).and_then(|k| match k {
+        ChainFamily::Evm => Some(Family::Evm),
+        ChainFamily::Utxo(_) => Some(Family::Bitcoin),
+        // Signing a message pays no fee.
+        ChainFamily::Message => None,
     })
 }
 

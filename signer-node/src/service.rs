@@ -518,7 +518,7 @@ fn sign_withdrawal(
                 }
             };
             let partial =
-                node.partial_sign(&r.key_id, &r.presignature_id, &v.digest, &path, &usage)?;
+                node.partial_sign(&r.key_id, &r.presignature_id, &v.message, &path, &usage)?;
             // Recorded before it leaves: velocity and replay see it even after a crash.
             let journaling = Instant::now();
             cos.record_signed(&v, &r.presignature_id, &partial)?;

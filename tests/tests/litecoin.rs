@@ -53,6 +53,7 @@ approval_expiry = "1h"
 
 [wallet_groups]
 hot = ["ltc-hot", "ltc-rogue"]
+messages = ["msg-ed"]
 
 [[address_book]]
 id = "ltc-payee"
@@ -91,6 +92,13 @@ id = "medium-two-approvals"
 assets = ["LTC"]
 destination = "whitelisted"
 amount = {{ max = "{medium}" }}
+action = "require_approvals"
+approvals = {{ all = [{{ group = "treasury", count = 2 }}], exclude_initiator = true }}
+
+[[rules]]
+id = "message-two-approvals"
+wallet_groups = ["messages"]
+assets = ["MSG"]
 action = "require_approvals"
 approvals = {{ all = [{{ group = "treasury", count = 2 }}], exclude_initiator = true }}
 
@@ -136,6 +144,12 @@ symbol = "LTC"
 decimals = 8
 default_fee_cap = "{FEE_CAP}"
 
+[[assets]]
+chain = "message"
+symbol = "MSG"
+decimals = 0
+default_fee_cap = "0"
+
 [[chains]]
 name = "{CHAIN}"
 kind = "utxo"
@@ -146,7 +160,7 @@ rpc_timeout_ms = 5000
         url = node.url
     ));
     std::fs::write(&layout.coordinator.config, cfg).unwrap();
-    let signer_chains = format!(r#"chains = [{{ name = "{CHAIN}" }}]"#);
+    let signer_chains = format!(r#"chains = [{{ name = "{CHAIN}" }}, {{ name = "message" }}]"#);
     for s in &layout.signers {
         let text = std::fs::read_to_string(&s.config).unwrap();
         let text = if text.contains("[cosigner]") {
@@ -322,6 +336,7 @@ async fn ltc_withdrawals_on_one_cluster() {
     deposits_after_the_scan_cursor_are_credited(&fc, &node, &addresses[0]).await;
     signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
     a_withdrawal_from_a_derived_address(&fc, &node, &addresses[2]).await;
+    an_approved_message_signed_by_an_ed25519_key(&fc).await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -402,6 +417,138 @@ async fn a_withdrawal_from_a_derived_address(fc: &FlowCluster, node: &Litecoind,
     );
     node.mine(1).await;
     wait_for(fc, &w.id, "confirmed").await;
+}
+
+/// The chain-neutral `message` chain (issue 18): an Ed25519 FROST wallet
+/// signs a message through the withdrawal flow (policy, two approvals over
+/// the statement that names the message, the signers' own checks); the
+/// signature, on the withdrawal, verifies with Python `cryptography` and
+/// `openssl pkeyutl -rawin` over the message itself. A rogue coordinator
+/// showing the signers another message than the approved one, or none, gets
+/// no signature (SECURITY.md case 75).
+async fn an_approved_message_signed_by_an_ed25519_key(fc: &FlowCluster) {
+    use custos_proto::custody::Scheme;
+    let key = fc
+        .tc
+        .client
+        .clone()
+        .create_key(CreateKeyRequest {
+            key_id: "msg-ed".into(),
+            chain: "message".into(),
+            scheme: Scheme::FrostEd25519 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.public_key.len(), 32, "{key:?}");
+    assert_eq!(key.address, hex::encode(&key.public_key));
+    let message = b"custos: transfer of custody of vault 7 to treasury, 2026-12-07".to_vec();
+    let create = |idempotency: &str, destination: String| {
+        let mut backend = fc.backend.clone();
+        let idempotency = idempotency.to_owned();
+        async move {
+            backend
+                .create_withdrawal(CreateWithdrawalRequest {
+                    idempotency_key: idempotency,
+                    wallet: "msg-ed".into(),
+                    asset: "MSG".into(),
+                    destination,
+                    amount: "1".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    // A destination that is not a message is refused at creation.
+    let e = create("msg-bad", "not hex".into()).await.unwrap_err();
+    assert!(e.message().contains("destination"), "{e:?}");
+    let w = create("msg-1", hex::encode_upper(&message))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        w.destination,
+        hex::encode(&message),
+        "canonical lowercase hex"
+    );
+    let w = wait_for(fc, &w.id, "awaiting_approvals").await;
+    let s = custos_policy::ApprovalStatement::decode(&w.statement).unwrap();
+    assert_eq!(
+        s.destination,
+        hex::encode(&message),
+        "approvers see the message"
+    );
+    approve(&fc.approver, &w, "alice").await;
+    approve(&fc.approver, &w, "bob").await;
+    let w = wait_for(fc, &w.id, "signed").await;
+    let mut signature = w.signature_r.clone();
+    signature.extend_from_slice(&w.signature_s);
+    assert_eq!(signature.len(), 64, "{w:?}");
+    assert!(
+        custos_tests::schnorr::ed25519_python(&key.public_key, &message, &signature),
+        "python cryptography verifies the message's Ed25519 signature"
+    );
+    assert!(
+        custos_tests::schnorr::ed25519_openssl(&key.public_key, &message, &signature),
+        "openssl pkeyutl -rawin verifies the message's Ed25519 signature"
+    );
+    let mut other = message.clone();
+    other[0] ^= 1;
+    assert!(!custos_tests::schnorr::ed25519_python(
+        &key.public_key,
+        &other,
+        &signature
+    ));
+    // Nothing to broadcast: it stays signed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(fc, &w.id).await.state, "signed");
+    // The log names the message's SHA-256 as the session's digest, and an
+    // auditor's replay accepts the signature.
+    let digest = custos_chains::message::message_digest(&message);
+    let entries = log_entries(&mut fc.auditor.clone()).await;
+    assert!(
+        entries.iter().any(|e| matches!(&e.body,
+            EntryBody::SigningSession { withdrawal_id, message_digest, .. }
+                if *withdrawal_id == w.id && message_digest.as_slice() == digest)),
+        "signing session with the message digest"
+    );
+    verify_until(fc, "signature").await;
+
+    // A rogue coordinator (its client certificate, real signers) asks for
+    // a message withdrawal with other bytes than its message to sign, or
+    // with none (which would have them sign the intent digest instead):
+    // every signer refuses before anything else.
+    let layout = fc.tc.cluster.layout().clone();
+    let signers = coordinator_signer_clients(&layout).await;
+    let p = layout.policy.as_ref().unwrap();
+    let genuine = custos_policy::Withdrawal {
+        id: "rogue-msg".into(),
+        wallet: "msg-ed".into(),
+        chain: "message".into(),
+        asset: "MSG".into(),
+        destination: hex::encode(&message),
+        amount: custos_policy::Amount(1),
+        fee_cap: custos_policy::Amount(0),
+        initiator: "payments-backend".into(),
+        tx_digest: String::new(),
+        source: None,
+    };
+    let auth = |unsigned_tx: Vec<u8>| custos_proto::signer::WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(&genuine).unwrap(),
+        unsigned_tx,
+        policy_document: std::fs::read(&p.document).unwrap(),
+        policy_signatures: std::fs::read(&p.signatures).unwrap(),
+        rule_id: "message-two-approvals".into(),
+        ..Default::default()
+    };
+    for (what, unsigned_tx, why) in [
+        ("another message", other.clone(), "not the approved message"),
+        ("no message", Vec::new(), "signs its approved message"),
+    ] {
+        let named = refusals_saying(&signers, auth(unsigned_tx), "msg-ed", "p-none", why).await;
+        assert_eq!(named, signers.len(), "{what}: every signer names {why:?}");
+    }
 }
 
 /// A Bitcoin-format output carries a u64 of base units: a larger amount or

@@ -569,6 +569,12 @@ impl Chains {
                     utxo.push(utxo::UtxoChain::new(s, network, field)?);
                     continue;
                 }
+                Some(custos_chains::ChainFamily::Message) => {
+                    return Err(CoordError::invalid(
+                        field("name"),
+                        "the message chain needs no [[chains]] entry (it has no node): withdrawals on it are signed and not broadcast",
+                    ));
+                }
                 Some(other) => {
                     return Err(CoordError::invalid(
                         field("kind"),
@@ -578,6 +584,7 @@ impl Chains {
                             match other {
                                 custos_chains::ChainFamily::Evm => "evm",
                                 custos_chains::ChainFamily::Utxo(_) => "utxo",
+                                custos_chains::ChainFamily::Message => "message",
                             },
                             s.kind
                         ),
@@ -694,6 +701,10 @@ impl Chains {
 
     /// The family of the configured chain `name` (`None`: not configured).
     pub fn family(&self, name: &str) -> Option<custos_chains::ChainFamily> {
+        // The message chain needs no node: it is always there.
+        if custos_chains::family_of(name) == Some(custos_chains::ChainFamily::Message) {
+            return Some(custos_chains::ChainFamily::Message);
+        }
         if self.evm(name).is_some() {
             return Some(custos_chains::ChainFamily::Evm);
         }

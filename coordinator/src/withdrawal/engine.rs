@@ -43,6 +43,7 @@ mod digest;
 mod driver;
 mod evm;
 mod intake;
+mod message;
 mod onchain;
 mod utxo;
 
@@ -486,6 +487,7 @@ impl Engine {
         match self.chains.family(chain) {
             Some(custos_chains::ChainFamily::Evm) => &evm::EvmDriver,
             Some(custos_chains::ChainFamily::Utxo(_)) => &utxo::UtxoDriver,
+            Some(custos_chains::ChainFamily::Message) => &message::MessageDriver,
             None => &digest::DigestOnly,
         }
     }
@@ -1437,6 +1439,23 @@ impl Engine {
         digest: &[u8; 32],
         presig: &str,
         signers: &[String],
+        auth: WithdrawalAuthorization,
+    ) -> Result<Result<crate::cluster::SignOutcome, CoordError>, CoordError> {
+        self.audited_sign_message(row, key, digest, digest, presig, signers, auth)
+            .await
+    }
+
+    /// [`Self::audited_sign`] where the key signs `message` and the log
+    /// names its `digest` (the `message` chain: the message and its SHA-256).
+    #[allow(clippy::too_many_arguments)]
+    async fn audited_sign_message(
+        &self,
+        row: &WithdrawalRow,
+        key: &crate::db::KeyRow,
+        digest: &[u8; 32],
+        message: &[u8],
+        presig: &str,
+        signers: &[String],
         mut auth: WithdrawalAuthorization,
     ) -> Result<Result<crate::cluster::SignOutcome, CoordError>, CoordError> {
         let statement_hash = row.statement.as_deref().map(sha256).unwrap_or_default();
@@ -1515,12 +1534,19 @@ impl Engine {
         }
         let outcome = self
             .cluster
-            .sign_withdrawal(key, digest, presig, signers, auth)
+            .sign_withdrawal(key, message, presig, signers, auth)
             .await;
         if let Ok(sig) = &outcome {
-            let mut signature = sig.r.to_vec();
-            signature.extend_from_slice(&sig.s);
-            signature.push(sig.recovery_id);
+            // ECDSA `r || s || recovery id`; other schemes their standard
+            // encoding (BIP340 `R.x || s`, Ed25519 `R || S`).
+            let signature = if sig.scheme == custos_mpc::SchemeId::EcdsaSecp256k1 {
+                let mut signature = sig.r.to_vec();
+                signature.extend_from_slice(&sig.s);
+                signature.push(sig.recovery_id);
+                signature
+            } else {
+                sig.signature.clone()
+            };
             self.audit
                 .append(EntryBody::SignatureProduced {
                     withdrawal_id: row.id.clone(),
@@ -1552,10 +1578,29 @@ impl Engine {
         key: &crate::db::KeyRow,
         digest: &[u8; 32],
     ) -> Result<Next, CoordError> {
+        self.sign_message(row, key, digest, digest).await
+    }
+
+    /// [`Self::sign_digest`] where the key signs `message` and the log names
+    /// its `digest` (the `message` chain).
+    async fn sign_message(
+        &self,
+        row: &WithdrawalRow,
+        key: &crate::db::KeyRow,
+        digest: &[u8; 32],
+        message: &[u8],
+    ) -> Result<Next, CoordError> {
+        let unsigned_tx = row.unsigned_tx.clone();
         let mut row = row.clone();
         if row.presig_id.is_none() {
             match self.take_presig(key, PresigUse::Signing(&row.id)).await? {
-                Some(true) => row = self.get(&row.id).await?,
+                Some(true) => {
+                    row = self.get(&row.id).await?;
+                    // What the driver made to sign, kept over the reload.
+                    if row.unsigned_tx.is_none() {
+                        row.unsigned_tx = unsigned_tx;
+                    }
+                }
                 Some(false) => return Ok(Next::Continue),
                 None => return Ok(Next::Wait),
             }
@@ -1566,7 +1611,7 @@ impl Engine {
         let auth = self.authorization(&row).await?;
         let started = std::time::Instant::now();
         let signed = self
-            .audited_sign(&row, key, digest, &presig, &signers, auth)
+            .audited_sign_message(&row, key, digest, message, &presig, &signers, auth)
             .await?;
         stages::since(Stage::Signing, started);
         self.settle_signing(&row, signed).await
@@ -1581,13 +1626,14 @@ impl Engine {
     ) -> Result<Next, CoordError> {
         match signed {
             Ok(sig) => {
+                let (r, s, recovery_id) = stored_parts(&sig);
                 self.apply(
                     row,
                     Event::Signed,
                     vec![
-                        ("sig_r", Val::Blob(Some(sig.r.to_vec()))),
-                        ("sig_s", Val::Blob(Some(sig.s.to_vec()))),
-                        ("recovery_id", Val::Int(Some(i64::from(sig.recovery_id)))),
+                        ("sig_r", Val::Blob(Some(r))),
+                        ("sig_s", Val::Blob(Some(s))),
+                        ("recovery_id", Val::Int(Some(i64::from(recovery_id)))),
                     ],
                     &format!("signed by {}", sig.signers.join(", ")),
                 )
@@ -2038,6 +2084,19 @@ impl Drop for InFlight {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.1);
     }
+}
+
+/// How a signature is stored on its withdrawal (`sig_r`, `sig_s`,
+/// `recovery_id`, shown by `GetWithdrawal` as `signature_r`, `signature_s`):
+/// ECDSA's `r`, `s` and recovery id; a Schnorr signature's two 32-byte
+/// halves (BIP340 `R.x` and `s`, Ed25519 `R` and `S`) and 0.
+fn stored_parts(sig: &crate::cluster::SignOutcome) -> (Vec<u8>, Vec<u8>, u8) {
+    if sig.scheme == custos_mpc::SchemeId::EcdsaSecp256k1 {
+        return (sig.r.to_vec(), sig.s.to_vec(), sig.recovery_id);
+    }
+    let half = sig.signature.len() / 2;
+    let (r, s) = sig.signature.split_at(half);
+    (r.to_vec(), s.to_vec(), 0)
 }
 
 #[cfg(test)]

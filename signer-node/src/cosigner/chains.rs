@@ -10,7 +10,8 @@
 
 use custos_chains::family::{ChainFamily, family_of, known_chains, native_asset};
 use custos_chains::{
-    ApprovedTransfer, ChainAdapter, ChainError, CheckedTransaction, EvmAdapter, UtxoAdapter,
+    ApprovedTransfer, ChainAdapter, ChainError, CheckedTransaction, EvmAdapter, MessageAdapter,
+    UtxoAdapter,
 };
 use custos_policy::Withdrawal;
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,15 @@ pub fn adapter(c: &SignerChain) -> Result<Box<dyn ChainAdapter>, String> {
             }
             Ok(Box::new(UtxoAdapter::new(&c.name, network, &native)))
         }
+        ChainFamily::Message => {
+            if c.chain_id.is_some() || !c.tokens.is_empty() || c.native.is_some() {
+                return Err(format!(
+                    "{}: the message chain has no chain_id, native coin or tokens",
+                    c.name
+                ));
+            }
+            Ok(Box::new(MessageAdapter))
+        }
     }
 }
 
@@ -103,9 +113,12 @@ pub fn adapters(chains: &[SignerChain]) -> Vec<Box<dyn ChainAdapter>> {
 /// A transaction checked against its approval.
 #[derive(Clone, Debug)]
 pub struct CheckedTx {
-    /// The digest to sign in this session (computed here from the bytes):
-    /// the one of the requested input.
+    /// The digest of this session (computed here from the bytes): the one
+    /// of the requested input; its signing session's log entry names it.
     pub digest: [u8; 32],
+    /// What the key signs in this session: the digest itself on a
+    /// transaction chain, the approved message on the `message` chain.
+    pub message: Vec<u8>,
     /// The family's view of it (every input's digest), for replacement
     /// checks and for tying sessions of one transaction together.
     pub checked: CheckedTransaction,
@@ -180,7 +193,12 @@ pub fn check_transaction(
                 checked.digests.len()
             )
         })?;
-    Ok(CheckedTx { digest, checked })
+    let message = checked.message(usize::try_from(input).unwrap_or(usize::MAX));
+    Ok(CheckedTx {
+        digest,
+        message,
+        checked,
+    })
 }
 
 /// Checks that `next` (already checked against the approval) replaces the

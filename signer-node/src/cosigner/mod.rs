@@ -43,10 +43,23 @@ pub struct Verified {
     pub withdrawal: Withdrawal,
     /// The digest to sign.
     pub digest: [u8; 32],
+    /// What the key signs: the digest, or the approved message on the
+    /// `message` chain (`custos_chains::message`).
+    pub message: Vec<u8>,
     /// The digests of every input of the transaction (`[digest]` for one).
     pub tx_digests: Vec<[u8; 32]>,
     /// The policy's verdict and the statement.
     pub authorization: Authorization,
+}
+
+/// What one signing session signs, as this signer computed it.
+struct Signing {
+    /// The session's digest (its log entry names it).
+    digest: [u8; 32],
+    /// The digests of every input of the transaction.
+    tx_digests: Vec<[u8; 32]>,
+    /// What the key signs (see [`Verified::message`]).
+    message: Vec<u8>,
 }
 
 /// Most signatures a signer issues for one withdrawal: the first and its
@@ -60,6 +73,8 @@ pub struct Grant {
     pub withdrawal: Withdrawal,
     /// The digest to sign.
     pub digest: [u8; 32],
+    /// What the key signs (see [`Verified::message`]).
+    pub message: Vec<u8>,
     /// The approval statement's hash, hex.
     pub statement_hash: String,
     /// The unsigned transaction signed (empty for an intent digest).
@@ -387,7 +402,7 @@ impl Cosigner {
         w: &Withdrawal,
         a: &WithdrawalAuthorization,
     ) -> Result<[u8; 32], NodeError> {
-        self.signing_digests(w, a).map(|(d, _)| d)
+        self.signing_digests(w, a).map(|s| s.digest)
     }
 
     /// The digest to sign (of input `a.input_index`) and the digests of
@@ -396,7 +411,7 @@ impl Cosigner {
         &self,
         w: &Withdrawal,
         a: &WithdrawalAuthorization,
-    ) -> Result<([u8; 32], Vec<[u8; 32]>), NodeError> {
+    ) -> Result<Signing, NodeError> {
         // First where it spends from: a derived source is checked even
         // when there is no transaction to read.
         let key = self.spending_key(w)?;
@@ -407,8 +422,20 @@ impl Cosigner {
                     a.input_index
                 )));
             }
+            // A message is signed only as the bytes checked against the
+            // approved one, never as an intent digest in its place.
+            if custos_chains::family_of(&w.chain) == Some(custos_chains::ChainFamily::Message) {
+                return Err(refused(format!(
+                    "withdrawal {}: a message withdrawal signs its approved message, and none was given (unsigned_tx is empty)",
+                    w.id
+                )));
+            }
             let d = intent_digest(w);
-            Ok((d, vec![d]))
+            Ok(Signing {
+                digest: d,
+                tx_digests: vec![d],
+                message: d.to_vec(),
+            })
         } else {
             let mut ws = vec![w.clone()];
             ws.extend(batch::batch_withdrawals(w, a)?);
@@ -420,7 +447,11 @@ impl Cosigner {
                 )));
             }
             chains::check_transaction(&self.chains, &ws, &a.unsigned_tx, &key, a.input_index)
-                .map(|c| (c.digest, c.checked.digests))
+                .map(|c| Signing {
+                    digest: c.digest,
+                    tx_digests: c.checked.digests,
+                    message: c.message,
+                })
                 .map_err(refused)
         }
     }
@@ -440,7 +471,11 @@ impl Cosigner {
         // Recompute the digest from what is signed; the claimed one is ignored.
         // Approvals bind the transfer intent (with the fee cap); a transaction
         // is checked field by field against it (and a batch's other payouts).
-        let (digest, tx_digests) = self.signing_digests(&w, a)?;
+        let Signing {
+            digest,
+            tx_digests,
+            message,
+        } = self.signing_digests(&w, a)?;
         w.tx_digest = hex::encode(intent_digest(&w));
         // The payouts after it in a batch do not count against it (they are
         // checked with it counted), even once this signer recorded them.
@@ -452,6 +487,7 @@ impl Cosigner {
         Ok(Verified {
             withdrawal: w,
             digest,
+            message,
             tx_digests,
             authorization,
         })
@@ -886,6 +922,7 @@ impl Cosigner {
             SignDecision::Issue(Box::new(Grant {
                 withdrawal: v.withdrawal,
                 digest: v.digest,
+                message: v.message,
                 statement_hash,
                 unsigned_tx: a.unsigned_tx.clone(),
                 replaces: None,
@@ -1064,6 +1101,7 @@ impl Cosigner {
             batch,
             withdrawal: w,
             digest: checked.digest,
+            message: checked.message.clone(),
             statement_hash: signed.statement_hash.clone(),
             unsigned_tx: a.unsigned_tx.clone(),
             replaces: Some(signed.digest.clone()),
@@ -1112,6 +1150,7 @@ impl Cosigner {
             batch,
             withdrawal: w,
             digest: checked.digest,
+            message: checked.message,
             statement_hash: signed.statement_hash.clone(),
             unsigned_tx: a.unsigned_tx.clone(),
             replaces: None,
