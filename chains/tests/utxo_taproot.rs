@@ -187,3 +187,80 @@ fn digests_commit_to_every_prevout_and_bad_signatures_are_refused_before_broadca
     let raw = bitcoin::consensus::serialize(&tx);
     assert!(consensus_verify(&raw, &spend.prevouts).is_err());
 }
+
+/// A FROST wallet on the adapter's own path (what the coordinator and the
+/// signers run): its wallet key (the x-only output key) gives a P2TR
+/// script and a bech32m address; the PSBT built from its coins signs
+/// BIP341 digests (no sighash field: DEFAULT), each signer's `check_psbt`
+/// computes the same ones, `assemble_signed` puts one 64-byte signature in
+/// each witness, and Bitcoin's interpreter accepts the spend. A coin whose
+/// amount the PSBT misstates, another sighash type, or a signature over
+/// another input's digest is refused (SECURITY.md case 76).
+#[test]
+fn a_frost_wallet_spends_p2tr_coins_through_the_psbt_path() {
+    use custos_chains::utxo::testing::coins;
+    use custos_chains::utxo::{
+        BuildRequest, Payout, assemble_signed, build_unsigned, check_psbt, wallet_address,
+        wallet_script,
+    };
+    let shares = frost::keygen();
+    let wallet_key = frost::output_key(&shares);
+    assert_eq!(wallet_key.len(), 32);
+    let own = wallet_script(&wallet_key).unwrap();
+    assert_eq!(output_key_of(&own).unwrap().to_vec(), wallet_key);
+    let address = wallet_address(NET, &wallet_key).unwrap();
+    assert!(address.text.starts_with("bc1p"), "{}", address.text);
+    assert_eq!(
+        address,
+        p2tr_address(NET, &frost::internal_key(&shares)).unwrap(),
+        "the output key's address is the internal key's BIP86 address"
+    );
+    let payouts = [Payout {
+        withdrawal_id: "w-tr".into(),
+        script_pubkey: parse_address(NET, DEST_P2WPKH).unwrap().script_pubkey,
+        amount: 70_000,
+        fee_cap: 10_000,
+    }];
+    let coins = coins(&own, &[50_000, 40_000]);
+    let built = build_unsigned(&BuildRequest {
+        coins: &coins,
+        required: &[],
+        payouts: &payouts,
+        change_script: &own,
+        fee_rate_sat_per_kvb: 2_000,
+    })
+    .unwrap();
+    let checked = check_psbt(&built.psbt, &payouts, std::slice::from_ref(&own)).unwrap();
+    assert_eq!(checked.digests.len(), 2);
+    assert_eq!(
+        checked.digests,
+        taproot_digests(&checked.tx, &checked.prevouts).unwrap(),
+        "BIP341 key-path digests"
+    );
+    let sigs = frost::sign(&shares, &[0, 1], &checked.digests);
+    let signed = assemble_signed(&checked, &sigs, &wallet_key).unwrap();
+    consensus_verify(&signed.raw, &checked.prevouts).unwrap();
+    // Swapped signatures: each verified before the witness is made.
+    let swapped = [sigs[1], sigs[0]];
+    let e = assemble_signed(&checked, &swapped, &wallet_key)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("input 0") && e.contains("output key"), "{e}");
+
+    // Another sighash type on a P2TR coin is refused.
+    let mut psbt = bitcoin::psbt::Psbt::deserialize(&built.psbt).unwrap();
+    psbt.inputs[0].sighash_type = Some(bitcoin::psbt::PsbtSighashType::from(
+        bitcoin::TapSighashType::All,
+    ));
+    let e = check_psbt(&psbt.serialize(), &payouts, std::slice::from_ref(&own))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sighash type"), "{e}");
+    // A witness UTXO that misstates the amount is refused (the previous
+    // transaction proves it).
+    let mut psbt = bitcoin::psbt::Psbt::deserialize(&built.psbt).unwrap();
+    if let Some(w) = psbt.inputs[0].witness_utxo.as_mut() {
+        w.value = Amount::from_sat(w.value.to_sat() + 1);
+    }
+    assert!(check_psbt(&psbt.serialize(), &payouts, std::slice::from_ref(&own)).is_err());
+}

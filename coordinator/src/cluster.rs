@@ -424,6 +424,27 @@ fn outcome(
     }
 }
 
+/// Refuses a wallet key whose scheme its chain cannot spend with: EVM
+/// accounts are ECDSA; Bitcoin-format coins are P2WPKH (ECDSA) or P2TR
+/// (BIP340, FROST secp256k1-tr); the `message` chain signs with any key.
+fn check_scheme_for_chain(chain: &str, scheme: custos_mpc::SchemeId) -> Result<(), CoordError> {
+    use custos_chains::ChainFamily;
+    use custos_mpc::SchemeId;
+    let fits = match custos_chains::family_of(chain) {
+        None | Some(ChainFamily::Message) => true,
+        Some(ChainFamily::Evm) => scheme == SchemeId::EcdsaSecp256k1,
+        Some(ChainFamily::Utxo(_)) => scheme != SchemeId::Ed25519,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(CoordError::invalid(
+            "scheme",
+            format!("a {scheme} key cannot hold coins on chain {chain}"),
+        ))
+    }
+}
+
 /// An interactive signature whose `which` component is malformed: the
 /// signature is the first signer's answer, so that signer is the culprit.
 fn malformed_signature(ids: &[String], which: &str) -> CoordError {
@@ -657,6 +678,7 @@ impl Cluster {
                 ),
             ));
         }
+        check_scheme_for_chain(chain, scheme_id)?;
         let scheme = custos_mpc::scheme(scheme_id);
         let (group_id, participants) = if scheme.needs_aux_info() {
             self.db.ready_group().await?.ok_or_else(|| {

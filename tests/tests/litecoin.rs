@@ -52,7 +52,7 @@ change_delay = "24h"
 approval_expiry = "1h"
 
 [wallet_groups]
-hot = ["ltc-hot", "ltc-rogue"]
+hot = ["ltc-hot", "ltc-rogue", "ltc-tr"]
 messages = ["msg-ed"]
 
 [[address_book]]
@@ -337,6 +337,7 @@ async fn ltc_withdrawals_on_one_cluster() {
     signers_refuse_a_psbt_that_differs_from_the_approval(&fc, &addresses[1]).await;
     a_withdrawal_from_a_derived_address(&fc, &node, &addresses[2]).await;
     an_approved_message_signed_by_an_ed25519_key(&fc).await;
+    a_taproot_wallet_spends_by_key_path(&fc, &node).await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -549,6 +550,136 @@ async fn an_approved_message_signed_by_an_ed25519_key(fc: &FlowCluster) {
         let named = refusals_saying(&signers, auth(unsigned_tx), "msg-ed", "p-none", why).await;
         assert_eq!(named, signers.len(), "{what}: every signer names {why:?}");
     }
+}
+
+/// A FROST secp256k1-tr wallet on Litecoin (issue 18): its address is P2TR
+/// of the group's (tweaked) output key, bech32m `rltc1p`; it is funded by a
+/// transaction the project builds (Litecoin Core's wallet makes no bech32m
+/// addresses: a local test key's P2WPKH coin pays it, as in
+/// `chains/tests/utxo_taproot_litecoind.rs`). A withdrawal from it selects
+/// the P2TR coin, each signer recomputes the BIP341 key-path digest
+/// (`SIGHASH_DEFAULT`, every prevout's amount and script) and signs with
+/// FROST; the coordinator assembles one 64-byte signature per witness and
+/// the node accepts and mines the transaction.
+async fn a_taproot_wallet_spends_by_key_path(fc: &FlowCluster, node: &Litecoind) {
+    use custos_proto::custody::Scheme;
+    // An Ed25519 key holds no coins on a UTXO chain.
+    let e = fc
+        .tc
+        .client
+        .clone()
+        .create_key(CreateKeyRequest {
+            key_id: "ltc-ed".into(),
+            chain: CHAIN.into(),
+            scheme: Scheme::FrostEd25519 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("scheme"), "{e:?}");
+    let key = fc
+        .tc
+        .client
+        .clone()
+        .create_key(CreateKeyRequest {
+            key_id: "ltc-tr".into(),
+            chain: CHAIN.into(),
+            scheme: Scheme::FrostSecp256k1Tr as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.public_key.len(), 32, "x-only output key: {key:?}");
+    assert!(key.address.starts_with("rltc1p"), "{key:?}");
+    let p2tr = parse_address(NETWORK, &key.address).unwrap();
+    assert_eq!(
+        p2tr.script_pubkey.as_bytes()[2..],
+        key.public_key[..],
+        "OP_1 <output key>"
+    );
+    let validated = node
+        .rpc()
+        .call(None, "validateaddress", json!([key.address]))
+        .await
+        .unwrap();
+    assert_eq!(validated["witness_version"], json!(1), "{validated}");
+
+    // Funding: the node pays a local key's P2WPKH address; the adapter
+    // builds the payout to the P2TR address and the local key signs it.
+    let local = k256::ecdsa::SigningKey::from_slice(&[0x17; 32]).unwrap();
+    let sec1 = local.verifying_key().to_sec1_bytes();
+    let funding = utxo::wallet_address(NETWORK, &sec1).unwrap();
+    let rpc = node.rpc();
+    rpc.ensure_watch_wallet("custos-ltc-funding").await.unwrap();
+    rpc.watch_address("custos-ltc-funding", &funding.text, false)
+        .await
+        .unwrap();
+    node.pay(&funding.text, 1.0).await;
+    node.mine(1).await;
+    let coins = rpc.spendable("custos-ltc-funding", 1).await.unwrap();
+    let payouts = [Payout {
+        withdrawal_id: "fund-ltc-tr".into(),
+        script_pubkey: p2tr.script_pubkey.clone(),
+        amount: LTC / 2,
+        fee_cap: FEE_CAP,
+    }];
+    let unsigned = utxo::build_unsigned(&BuildRequest {
+        coins: &coins,
+        required: &[],
+        payouts: &payouts,
+        change_script: &funding.script_pubkey,
+        fee_rate_sat_per_kvb: 2_000,
+    })
+    .unwrap();
+    let checked = utxo::check_psbt(
+        &unsigned.psbt,
+        &payouts,
+        std::slice::from_ref(&funding.script_pubkey),
+    )
+    .unwrap();
+    let fund = utxo::assemble_signed(
+        &checked,
+        &utxo::testing::sign_locally(&local, &checked),
+        &sec1,
+    )
+    .unwrap();
+    rpc.send_raw(&fund.raw, fund.txid).await.unwrap();
+    node.mine(1).await;
+
+    // The withdrawal: 0.2 LTC to the payee from the 0.5 LTC P2TR coin,
+    // change back to the P2TR address.
+    let w = create(fc, "ltc-tr-1", "ltc-tr", LTC / 5).await;
+    let w = wait_for(fc, &w.id, "broadcast").await;
+    let (tx, _) = watched_tx(node, &w.tx_hash).await;
+    assert_eq!(tx.input.len(), 1, "{tx:?}");
+    assert_eq!(tx.input[0].previous_output.txid, fund.txid);
+    let witness: Vec<&[u8]> = tx.input[0].witness.iter().collect();
+    assert_eq!(witness.len(), 1, "key path: one element");
+    assert_eq!(witness[0].len(), 64, "SIGHASH_DEFAULT: no sighash byte");
+    assert_eq!(tx.output[0].value.to_sat(), LTC / 5);
+    assert_eq!(tx.output[0].script_pubkey, payee().script_pubkey);
+    assert_eq!(tx.output[1].script_pubkey, p2tr.script_pubkey, "change");
+    // The stored signature is that BIP340 signature, and libsecp256k1
+    // verifies it under the output key over the BIP341 digest the
+    // signers computed.
+    let mut signature = w.signature_r.clone();
+    signature.extend_from_slice(&w.signature_s);
+    assert_eq!(signature, witness[0]);
+    let prevout = checked
+        .tx
+        .output
+        .iter()
+        .find(|o| o.script_pubkey == p2tr.script_pubkey)
+        .unwrap();
+    let digests = utxo::taproot::taproot_digests(&tx, std::slice::from_ref(prevout)).unwrap();
+    assert!(custos_tests::schnorr::bip340_libsecp256k1(
+        &key.public_key,
+        &digests[0],
+        &signature
+    ));
+    node.mine(1).await;
+    wait_for(fc, &w.id, "confirmed").await;
 }
 
 /// A Bitcoin-format output carries a u64 of base units: a larger amount or

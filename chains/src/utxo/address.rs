@@ -156,16 +156,20 @@ pub fn compressed_key(sec1: &[u8]) -> Result<CompressedPublicKey> {
     Ok(CompressedPublicKey(key))
 }
 
-/// The P2WPKH output script of a wallet key (SEC1, 33 or 65 bytes).
-pub fn wallet_script(sec1: &[u8]) -> Result<ScriptBuf> {
-    Ok(ScriptBuf::new_p2wpkh(&compressed_key(sec1)?.wpubkey_hash()))
+/// The output script of a wallet key: P2WPKH of a SEC1 key (33 or 65
+/// bytes, ECDSA), P2TR of an x-only taproot output key (32 bytes, FROST
+/// secp256k1-tr) ([`crate::utxo::spend`]).
+pub fn wallet_script(public_key: &[u8]) -> Result<ScriptBuf> {
+    Ok(crate::utxo::spend::wallet_spend(public_key)?.script())
 }
 
-/// The P2WPKH address of a wallet key on `network`.
-pub fn wallet_address(network: UtxoNetwork, sec1: &[u8]) -> Result<UtxoAddress> {
-    let script_pubkey = wallet_script(sec1)?;
-    let text = address_of(network, &script_pubkey)
-        .ok_or(ChainError::InvalidPublicKey("cannot be encoded as P2WPKH"))?;
+/// The address of a wallet key on `network` (see [`wallet_script`]):
+/// bech32 P2WPKH or bech32m P2TR.
+pub fn wallet_address(network: UtxoNetwork, public_key: &[u8]) -> Result<UtxoAddress> {
+    let script_pubkey = wallet_script(public_key)?;
+    let text = address_of(network, &script_pubkey).ok_or(ChainError::InvalidPublicKey(
+        "cannot be encoded as an address",
+    ))?;
     Ok(UtxoAddress {
         script_pubkey,
         text,

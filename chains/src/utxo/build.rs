@@ -197,7 +197,10 @@ pub fn build_unsigned(req: &BuildRequest<'_>) -> Result<UnsignedUtxoTx> {
     for (input, coin) in psbt.inputs.iter_mut().zip(&selected) {
         input.witness_utxo = coin.txout().cloned();
         input.non_witness_utxo = Some(coin.prev_tx.clone());
-        input.sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
+        // Taproot coins sign SIGHASH_DEFAULT: the field stays absent.
+        if !coin.txout().is_some_and(|o| o.script_pubkey.is_p2tr()) {
+            input.sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
+        }
     }
     Ok(UnsignedUtxoTx {
         psbt: psbt.serialize(),

@@ -9,16 +9,18 @@
 //!   further output is at most one change output to the wallet, above dust;
 //! - the fee (inputs minus outputs) gives every payout a share within its
 //!   own approved fee cap;
-//! - version 2, no lock time, RBF sequence, empty scriptSigs, sighash ALL.
+//! - version 2, no lock time, RBF sequence, empty scriptSigs, sighash ALL
+//!   (DEFAULT for P2TR coins).
 //!
-//! It then computes the BIP143 digests to sign, one per input, itself.
+//! It then computes the digests to sign, one per input, itself: BIP143 for
+//! a P2WPKH wallet, BIP341 key path (every input's amount and script) for a
+//! P2TR one.
 
 use std::collections::HashSet;
 
 use bitcoin::psbt::Psbt;
-use bitcoin::sighash::SighashCache;
 use bitcoin::transaction::Version;
-use bitcoin::{EcdsaSighashType, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use bitcoin::{EcdsaSighashType, OutPoint, ScriptBuf, TapSighashType, Transaction, TxOut, Txid};
 
 use crate::error::{ChainError, Result};
 use crate::utxo::build::{MAX_INPUTS, MAX_PAYOUTS, Payout, RBF_SEQUENCE};
@@ -36,7 +38,7 @@ pub struct CheckedUtxoTx {
     pub txid: Txid,
     /// The output each input spends, in input order (proved by txid).
     pub prevouts: Vec<TxOut>,
-    /// The BIP143 digest to sign for each input.
+    /// The digest to sign for each input (BIP143, or BIP341 for P2TR).
     pub digests: Vec<[u8; 32]>,
     /// Fee, base units.
     pub fee: u64,
@@ -165,14 +167,7 @@ pub fn check_psbt(
             )));
         }
     }
-    let mut cache = SighashCache::new(tx);
-    let mut digests = Vec::with_capacity(tx.input.len());
-    for (i, prev) in prevouts.iter().enumerate() {
-        let hash = cache
-            .p2wpkh_signature_hash(i, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
-            .map_err(|e| refused(format!("input {i}: no BIP143 digest: {e}")))?;
-        digests.push(bitcoin::hashes::Hash::to_byte_array(hash));
-    }
+    let digests = crate::utxo::spend::digests_by_script(tx, &prevouts)?;
     Ok(CheckedUtxoTx {
         txid: tx.compute_txid(),
         tx: tx.clone(),
@@ -182,6 +177,16 @@ pub fn check_psbt(
         fee_shares: shares,
         change,
     })
+}
+
+/// Whether the coin an input spends is P2TR, as its previous transaction
+/// says (the proof is checked below; this only picks the sighash rule).
+fn psbt_prev_is_p2tr(input: &bitcoin::psbt::Input, op: OutPoint) -> bool {
+    input
+        .non_witness_utxo
+        .as_ref()
+        .and_then(|t| t.output.get(op.vout as usize))
+        .is_some_and(|o| o.script_pubkey.is_p2tr())
 }
 
 fn check_inputs(psbt: &Psbt, own_scripts: &[ScriptBuf]) -> Result<Vec<TxOut>> {
@@ -204,12 +209,18 @@ fn check_inputs(psbt: &Psbt, own_scripts: &[ScriptBuf]) -> Result<Vec<TxOut>> {
                 txin.sequence.0, RBF_SEQUENCE.0
             )));
         }
-        if let Some(t) = input.sighash_type
-            && t.ecdsa_hash_ty().ok() != Some(EcdsaSighashType::All)
-        {
-            return Err(refused(format!(
-                "input {i}: sighash type {t} (only ALL is signed)"
-            )));
+        // ECDSA inputs sign SIGHASH_ALL, taproot ones SIGHASH_DEFAULT
+        // (the PSBT field absent): whatever else it says is refused.
+        let taproot = psbt_prev_is_p2tr(input, op);
+        match input.sighash_type {
+            None => {}
+            Some(t) if !taproot && t.ecdsa_hash_ty().ok() == Some(EcdsaSighashType::All) => {}
+            Some(t) if taproot && t.taproot_hash_ty().ok() == Some(TapSighashType::Default) => {}
+            Some(t) => {
+                return Err(refused(format!(
+                    "input {i}: sighash type {t} (only ALL is signed, DEFAULT for taproot)"
+                )));
+            }
         }
         let prev_tx = input.non_witness_utxo.as_ref().ok_or_else(|| {
             refused(format!(
@@ -226,7 +237,9 @@ fn check_inputs(psbt: &Psbt, own_scripts: &[ScriptBuf]) -> Result<Vec<TxOut>> {
             .output
             .get(op.vout as usize)
             .ok_or_else(|| refused(format!("input {i}: {op} has no such output")))?;
-        if !prev.script_pubkey.is_p2wpkh() || !own_scripts.contains(&prev.script_pubkey) {
+        if !(prev.script_pubkey.is_p2wpkh() || prev.script_pubkey.is_p2tr())
+            || !own_scripts.contains(&prev.script_pubkey)
+        {
             return Err(refused(format!(
                 "input {i}: {op} is not a coin of this wallet"
             )));

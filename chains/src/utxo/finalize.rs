@@ -1,4 +1,5 @@
-//! Assembling the signed transaction from one ECDSA signature per input.
+//! Assembling the signed transaction from one signature per input (ECDSA
+//! for P2WPKH wallets, BIP340 for P2TR ones: [`crate::utxo::spend`]).
 //!
 //! Threshold ECDSA may return a high `s`; Bitcoin's standardness rules
 //! (BIP146 LOW_S) refuse it, so `s` is normalised. Each signature is then
@@ -7,11 +8,9 @@
 //! the node would reject after broadcast.
 
 use bitcoin::consensus::encode::serialize;
-use bitcoin::secp256k1::{Message, Secp256k1, ecdsa};
-use bitcoin::{EcdsaSighashType, Txid, Witness, Wtxid};
+use bitcoin::{Txid, Wtxid};
 
 use crate::error::{ChainError, Result};
-use crate::utxo::address::compressed_key;
 use crate::utxo::check::CheckedUtxoTx;
 
 /// A signed transaction ready to broadcast.
@@ -27,12 +26,14 @@ pub struct SignedUtxoTx {
     pub vbytes: u64,
 }
 
-/// Puts `signatures` (`r || s`, one per input, in input order) made by the
-/// wallet key `sec1` into `checked`'s transaction.
+/// Puts `signatures` (64 bytes, one per input, in input order: ECDSA
+/// `r || s`, or BIP340 for a taproot wallet) made by the wallet key
+/// `public_key` into `checked`'s transaction, each verified first
+/// ([`crate::utxo::spend`]).
 pub fn assemble_signed(
     checked: &CheckedUtxoTx,
     signatures: &[[u8; 64]],
-    sec1: &[u8],
+    public_key: &[u8],
 ) -> Result<SignedUtxoTx> {
     if signatures.len() != checked.digests.len() {
         return Err(ChainError::InvalidSignature(format!(
@@ -41,8 +42,7 @@ pub fn assemble_signed(
             checked.digests.len()
         )));
     }
-    let key = compressed_key(sec1)?;
-    let secp = Secp256k1::verification_only();
+    let spend = crate::utxo::spend::wallet_spend(public_key)?;
     let mut tx = checked.tx.clone();
     for (i, ((input, sig), digest)) in tx
         .input
@@ -51,20 +51,7 @@ pub fn assemble_signed(
         .zip(&checked.digests)
         .enumerate()
     {
-        let mut sig = ecdsa::Signature::from_compact(sig)
-            .map_err(|e| ChainError::InvalidSignature(format!("input {i}: {e}")))?;
-        sig.normalize_s();
-        secp.verify_ecdsa(&Message::from_digest(*digest), &sig, &key.0)
-            .map_err(|_| {
-                ChainError::InvalidSignature(format!(
-                    "input {i}: does not verify under the wallet key"
-                ))
-            })?;
-        let sig = bitcoin::ecdsa::Signature {
-            signature: sig,
-            sighash_type: EcdsaSighashType::All,
-        };
-        input.witness = Witness::p2wpkh(&sig, &key.0);
+        input.witness = spend.witness(i, digest, sig)?;
     }
     Ok(SignedUtxoTx {
         raw: serialize(&tx),

@@ -12,9 +12,12 @@
 //!   inputs carry their previous transactions; output `i` pays approved
 //!   payout `i`, then at most one change output ([`build`], [`check`]).
 //! - **Signing digests**: one BIP143 digest per input, sighash ALL, signed
-//!   as a prehash; one signing session per input.
+//!   as a prehash; one signing session per input. A FROST secp256k1-tr
+//!   wallet's coins are P2TR (bech32m) and sign BIP341 key-path digests
+//!   ([`spend`] decides by the wallet key).
 //! - **Signed transaction**: the segwit serialisation with a
-//!   `[DER(r, low s) || 0x01, key]` witness per input ([`finalize`]).
+//!   `[DER(r, low s) || 0x01, key]` witness per input, or one 64-byte BIP340
+//!   signature per P2TR input ([`finalize`]).
 //!
 //! # Signer-side flow
 //!
@@ -36,6 +39,7 @@ pub mod network;
 pub mod replace;
 #[cfg(feature = "rpc")]
 pub mod rpc;
+pub mod spend;
 pub mod taproot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -47,3 +51,4 @@ pub use check::{CheckedUtxoTx, check_psbt, check_replacement, spent_script};
 pub use finalize::{SignedUtxoTx, assemble_signed};
 pub use network::UtxoNetwork;
 pub use replace::{ReplacementRequest, build_replacement, psbt_coins, psbt_fee};
+pub use spend::{WalletSpend, wallet_spend};

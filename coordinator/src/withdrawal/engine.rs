@@ -2086,6 +2086,14 @@ impl Drop for InFlight {
     }
 }
 
+/// The 64 bytes stored per input of a UTXO transaction (`r || s`, or the
+/// BIP340 signature), what `custos_chains::utxo::assemble_signed` takes.
+fn input_signature(sig: &crate::cluster::SignOutcome) -> Vec<u8> {
+    let (mut r, s, _) = stored_parts(sig);
+    r.extend_from_slice(&s);
+    r
+}
+
 /// How a signature is stored on its withdrawal (`sig_r`, `sig_s`,
 /// `recovery_id`, shown by `GetWithdrawal` as `signature_r`, `signature_s`):
 /// ECDSA's `r`, `s` and recovery id; a Schnorr signature's two 32-byte

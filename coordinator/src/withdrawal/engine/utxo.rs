@@ -111,7 +111,7 @@ impl Engine {
         }
         let Some(input) = inputs.iter().find(|i| i.signature.is_none()) else {
             // Every input signed (a crash after the last one was stored).
-            return self.settle_utxo_signed(&rows, &inputs).await;
+            return self.settle_utxo_signed(&rows, &inputs, key.scheme).await;
         };
         let (presig, signers) = match &input.presig_id {
             Some(p) => (p.clone(), input.signers.clone()),
@@ -139,8 +139,7 @@ impl Engine {
         stages::since(Stage::Signing, started);
         match signed {
             Ok(sig) => {
-                let mut rs = sig.r.to_vec();
-                rs.extend_from_slice(&sig.s);
+                let rs = super::input_signature(&sig);
                 chains
                     .store_input_signature(Inputs::Current, &row.id, input.index, &rs)
                     .await?;
@@ -148,7 +147,7 @@ impl Engine {
                     return Ok(Next::Continue);
                 }
                 let inputs = chains.utxo_inputs(&row.id).await?;
-                self.settle_utxo_signed(&rows, &inputs).await
+                self.settle_utxo_signed(&rows, &inputs, key.scheme).await
             }
             // Unreachable signers: wait; a refusal or a protocol failure:
             // failed (its coins are released when no input was signed).
@@ -157,12 +156,13 @@ impl Engine {
     }
 
     /// Every input signed: the withdrawals it pays are `signed`, the
-    /// members first (the first input's signature stands for the
-    /// transaction on each row).
+    /// members first (the first input's signature, of the wallet key's
+    /// `scheme`, stands for the transaction on each row).
     async fn settle_utxo_signed(
         &self,
         rows: &[WithdrawalRow],
         inputs: &[crate::chain::utxo::InputRow],
+        scheme: custos_mpc::SchemeId,
     ) -> Result<Next, CoordError> {
         let row = rows
             .first()
@@ -183,7 +183,7 @@ impl Engine {
             r,
             s,
             recovery_id: 0,
-            scheme: custos_mpc::SchemeId::EcdsaSecp256k1,
+            scheme,
             signature: first.to_vec(),
             signers,
             mode: "presignature".into(),
@@ -483,8 +483,7 @@ impl Engine {
             .await?
         {
             Ok(sig) => {
-                let mut rs = sig.r.to_vec();
-                rs.extend_from_slice(&sig.s);
+                let rs = super::input_signature(&sig);
                 chains
                     .store_input_signature(Inputs::Replacement, &row.id, input.index, &rs)
                     .await?;
