@@ -39,7 +39,7 @@ pub const MAX_MESSAGE_BYTES: usize = 128;
 /// [`MAX_MESSAGE_BYTES`] bytes.
 pub fn parse_message(destination: &str) -> Result<Vec<u8>> {
     let bad = |why: String| ChainError::InvalidAddress(format!("message: {why}"));
-    if destination.is_empty() || destination.len() % 2 != 0 {
+    if destination.is_empty() || !destination.len().is_multiple_of(2) {
         return Err(bad(format!(
             "an even number of hex digits is expected, got {}",
             destination.len()

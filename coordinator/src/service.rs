@@ -330,18 +330,13 @@ impl Custody for CustodyService {
                 )));
             }
         }
-        // Wallet chains sign with ECDSA (EVM, P2WPKH); keys of the other
-        // schemes sign digests and messages, on no chain yet.
+        // A key without a chain: ECDSA keys get Ethereum's, keys of the
+        // other schemes none (they sign digests and messages). A chain a
+        // scheme cannot spend on is refused by `Cluster::create_key`.
         let chain = match (r.chain.is_empty(), scheme) {
             (true, custos_mpc::SchemeId::EcdsaSecp256k1) => "ethereum".to_string(),
             (true, _) => String::new(),
-            (false, custos_mpc::SchemeId::EcdsaSecp256k1) => r.chain.clone(),
-            (false, _) => {
-                return Err(Status::invalid_argument(format!(
-                    "chain: a {scheme} key has no wallet chain yet (wallets on {} sign with cggmp21 ECDSA): leave chain empty",
-                    r.chain
-                )));
-            }
+            (false, _) => r.chain.clone(),
         };
         if !chain.is_empty() && custos_policy::chain_kind(&chain).is_none() {
             return Err(Status::invalid_argument(format!(

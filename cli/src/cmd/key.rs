@@ -20,7 +20,8 @@ pub enum KeyCommand {
     /// machine ever holds the whole key); prints its public key and address.
     /// cggmp21 ECDSA keys are wallet keys on a chain (--chain); FROST keys
     /// (--scheme frost-ed25519 | frost-secp256k1-tr) sign digests and
-    /// messages (`custos sign`).
+    /// messages (`custos sign`, or `--chain message` withdrawals), and
+    /// frost-secp256k1-tr keys hold P2TR coins on Bitcoin-format chains.
     Create(CreateArgs),
     /// List the keys: threshold, signers, chain and address.
     List(ListArgs),
@@ -134,11 +135,9 @@ pub fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 if a.scheme == SchemeArg::Cggmp21Ecdsa && chain.is_empty() {
                     bail!("--chain: a cggmp21 ECDSA key is a wallet key on a chain: name it");
                 }
-                if a.scheme != SchemeArg::Cggmp21Ecdsa && !chain.is_empty() {
-                    bail!(
-                        "--chain: FROST keys have no wallet chain yet (they sign digests and messages with `custos sign`)"
-                    );
-                }
+                // A FROST key may name a chain its scheme spends on
+                // (frost-secp256k1-tr on Bitcoin-format chains, any on
+                // `message`); the coordinator refuses the others.
                 let on = if chain.is_empty() {
                     String::new()
                 } else {

@@ -422,14 +422,6 @@ impl Cosigner {
                     a.input_index
                 )));
             }
-            // A message is signed only as the bytes checked against the
-            // approved one, never as an intent digest in its place.
-            if custos_chains::family_of(&w.chain) == Some(custos_chains::ChainFamily::Message) {
-                return Err(refused(format!(
-                    "withdrawal {}: a message withdrawal signs its approved message, and none was given (unsigned_tx is empty)",
-                    w.id
-                )));
-            }
             let d = intent_digest(w);
             Ok(Signing {
                 digest: d,
@@ -855,6 +847,17 @@ impl Cosigner {
         let now = self.now_secs();
         let w: Withdrawal = serde_json::from_slice(&a.withdrawal_json)
             .map_err(|e| NodeError::InvalidRequest(format!("withdrawal: {e}")))?;
+        // A message is signed only as the bytes checked against the approved
+        // one, never as an intent digest in its place (registering the
+        // quorum, before signing, has no bytes and checks the intent).
+        if a.unsigned_tx.is_empty()
+            && custos_chains::family_of(&w.chain) == Some(custos_chains::ChainFamily::Message)
+        {
+            return Err(refused(format!(
+                "withdrawal {}: a message withdrawal signs its approved message, and none was given (unsigned_tx is empty)",
+                w.id
+            )));
+        }
         let known = self.journal.get(&w.id);
         if let Some(s) = &known.signed {
             let digest = self
