@@ -119,6 +119,16 @@ tagged_enum! {
 }
 
 tagged_enum! {
+    /// A change of a key's shares (FROST). Tags: `Refresh` = 1, `Repair` = 2.
+    pub enum ShareChange ("share change") {
+        /// Share refresh without a dealer: every share new, same key.
+        Refresh = 1,
+        /// A lost share rebuilt by other holders.
+        Repair = 2,
+    }
+}
+
+tagged_enum! {
     /// Cluster membership change. Tags: `Joined` = 1, `Left` = 2, `KeyRotated` = 3.
     pub enum MembershipAction ("membership action") {
         /// A node joined.
@@ -466,6 +476,31 @@ entry_bodies! {
         /// SHA-256 of the backup's encapsulated key and ciphertext
         /// (`custos_mpc::recovery::ShareBackup::ciphertext_hash`).
         backup_hash: Hash,
+        /// The admin client that asked for it.
+        actor: String,
+    },
+    /// kind 20: a key's shares were refreshed (every share new, the same
+    /// public key; old shares and their pooled nonce commitments useless)
+    /// or one signer's lost share was repaired by others. Logged by the
+    /// coordinator once every signer taking part has stored its result.
+    KeySharesChanged = 20, "key_shares_changed" {
+        /// Key identifier.
+        key_id: String,
+        /// Refresh or repair.
+        change: ShareChange,
+        /// The share generation in force afterwards (a refresh adds one;
+        /// a repair restores a share of the generation in force).
+        generation: u64,
+        /// The signers that took part (repair: the helpers, then the
+        /// repaired signer).
+        signers: Vec<String>,
+        /// The repaired signer (empty for a refresh).
+        repaired: String,
+        /// The group public key (unchanged).
+        public_key: Vec<u8>,
+        /// SHA-256 of the public package in force afterwards (the verifying
+        /// shares the next signatures are checked against).
+        package_hash: Hash,
         /// The admin client that asked for it.
         actor: String,
     },

@@ -7,7 +7,7 @@
 use custos_audit::Hash;
 use custos_audit::entry::{
     AddressBookAction, AdminSignature, DecisionOutcome, Entry, EntryBody, MembershipAction,
-    Verdict, WithdrawalStatus,
+    ShareChange, Verdict, WithdrawalStatus,
 };
 
 const STATUSES: [(&str, WithdrawalStatus); 15] = [
@@ -293,6 +293,32 @@ fn bodies() -> Vec<(String, EntryBody)> {
             party_index: 2,
             recipient_fingerprint: h(11),
             backup_hash: h(12),
+            actor: "admin".into(),
+        },
+    );
+    add(
+        "key_shares_refreshed",
+        EntryBody::KeySharesChanged {
+            key_id: "key-2".into(),
+            change: ShareChange::Refresh,
+            generation: 1,
+            signers: vec!["signer-1".into(), "signer-2".into(), "signer-3".into()],
+            repaired: String::new(),
+            public_key: vec![0x0d; 32],
+            package_hash: h(13),
+            actor: "admin".into(),
+        },
+    );
+    add(
+        "key_share_repaired",
+        EntryBody::KeySharesChanged {
+            key_id: "key-2".into(),
+            change: ShareChange::Repair,
+            generation: 1,
+            signers: vec!["signer-1".into(), "signer-3".into(), "signer-2".into()],
+            repaired: "signer-2".into(),
+            public_key: vec![0x0d; 32],
+            package_hash: h(14),
             actor: "admin".into(),
         },
     );

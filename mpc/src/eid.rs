@@ -18,6 +18,10 @@ pub enum SessionKind {
     Presign,
     /// Full (interactive) signing without a presignature.
     Sign,
+    /// Share refresh (FROST): new shares of the same key.
+    Refresh,
+    /// Repair of one party's lost share by `t` others (FROST).
+    Repair,
 }
 
 impl SessionKind {
@@ -27,6 +31,8 @@ impl SessionKind {
             SessionKind::Keygen => b"keygen",
             SessionKind::Presign => b"presign",
             SessionKind::Sign => b"sign",
+            SessionKind::Refresh => b"refresh",
+            SessionKind::Repair => b"repair",
         }
     }
 }

@@ -130,6 +130,51 @@ pub trait ThresholdScheme: Send + Sync {
         message: &[u8],
         partials: &[(u16, &[u8])],
     ) -> Result<Vec<u8>, MpcError>;
+
+    /// Whether the scheme refreshes and repairs shares (FROST does;
+    /// cggmp21 ECDSA here does not): [`MpcError::Unsupported`] if not.
+    /// Callers check it before they start a session.
+    fn check_refreshable(&self) -> Result<(), MpcError>;
+
+    /// Share refresh without a dealer among every holder of the key
+    /// (`parties_at_keygen` in session order): the same public key, new
+    /// shares, and a new public package (new verifying shares). Old shares
+    /// no longer combine with new ones: the caller stores the new share
+    /// durably, then drops the old one and every pool item made under it.
+    fn refresh(
+        &self,
+        io: SessionIo,
+        share: Zeroizing<Vec<u8>>,
+        parties_at_keygen: Vec<u16>,
+    ) -> LocalFuture<KeygenOutput>;
+
+    /// A helper's part in rebuilding party `lost`'s share: `helpers` (at
+    /// least the threshold, keygen indices) hold session positions
+    /// `0..helpers.len()`, the lost party the last one. The helper learns
+    /// nothing of the rebuilt share.
+    fn repair_help(
+        &self,
+        io: SessionIo,
+        share: Zeroizing<Vec<u8>>,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> LocalFuture<()>;
+
+    /// The lost party's part: rebuilds its share from the helpers' data and
+    /// checks it against its verifying share in `public_package` (which
+    /// the caller must have from a record the helpers agree with, not from
+    /// the helpers' messages).
+    fn repair_recover(
+        &self,
+        io: SessionIo,
+        public_package: Vec<u8>,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> LocalFuture<KeygenOutput>;
+
+    /// The public package of a share (what its keygen, refresh or repair
+    /// returned as [`KeygenOutput::public_package`]).
+    fn share_public_package(&self, share: &[u8]) -> Result<Vec<u8>, MpcError>;
 }
 
 /// Longest message the Schnorr schemes sign through the services.
@@ -158,6 +203,62 @@ pub trait Erasable: SignatureScheme + 'static {
     fn attribute(partial: &mut Self::PartialSignature, keygen_index: u16);
     /// See [`ThresholdScheme::check_message`].
     fn check_message(message: &[u8]) -> Result<(), MpcError>;
+
+    /// Whether [`refresh`](Self::refresh) and the repairs are implemented.
+    const REFRESHABLE: bool = false;
+
+    /// See [`ThresholdScheme::refresh`]; unsupported unless implemented.
+    fn refresh(
+        io: SessionIo,
+        share: Self::KeyShare,
+        parties_at_keygen: Vec<u16>,
+    ) -> LocalFuture<Self::KeyShare> {
+        drop((io, share, parties_at_keygen));
+        let e = unsupported(Self::ID, "share refresh");
+        Box::pin(async move { Err(e) })
+    }
+
+    /// See [`ThresholdScheme::repair_help`]; unsupported unless implemented.
+    fn repair_help(
+        io: SessionIo,
+        share: Self::KeyShare,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> LocalFuture<()> {
+        drop((io, share, helpers, lost));
+        let e = unsupported(Self::ID, "share repair");
+        Box::pin(async move { Err(e) })
+    }
+
+    /// See [`ThresholdScheme::repair_recover`]; unsupported unless implemented.
+    fn repair_recover(
+        io: SessionIo,
+        public: Self::PublicKey,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> LocalFuture<Self::KeyShare> {
+        drop((io, public, helpers, lost));
+        let e = unsupported(Self::ID, "share repair");
+        Box::pin(async move { Err(e) })
+    }
+}
+
+fn unsupported(scheme: SchemeId, operation: &'static str) -> MpcError {
+    MpcError::Unsupported { scheme, operation }
+}
+
+/// The bytes of a share and its public forms.
+fn output<S>(share: &S::KeyShare) -> Result<KeygenOutput, MpcError>
+where
+    S: Erasable,
+    S::KeyShare: Serialize,
+{
+    let public = S::public_key(share);
+    Ok(KeygenOutput {
+        share: to_secret_bytes(share)?,
+        public_key: S::public_key_bytes(&public),
+        public_package: S::encode_public(&public)?,
+    })
 }
 
 /// A Schnorr message: 1 to [`MAX_MESSAGE`] bytes.
@@ -207,13 +308,70 @@ where
             let setup = S::keygen_setup(aux.as_ref().map(|a| a.as_slice()))?;
             drop(aux);
             let share = S::keygen(io, threshold, setup).await?;
-            let public = S::public_key(&share);
-            Ok(KeygenOutput {
-                share: to_secret_bytes(&share)?,
-                public_key: S::public_key_bytes(&public),
-                public_package: S::encode_public(&public)?,
-            })
+            output::<S>(&share)
         })
+    }
+
+    fn check_refreshable(&self) -> Result<(), MpcError> {
+        if S::REFRESHABLE {
+            Ok(())
+        } else {
+            Err(unsupported(S::ID, "share refresh and repair"))
+        }
+    }
+
+    fn refresh(
+        &self,
+        io: SessionIo,
+        share: Zeroizing<Vec<u8>>,
+        parties_at_keygen: Vec<u16>,
+    ) -> LocalFuture<KeygenOutput> {
+        Box::pin(async move {
+            if !S::REFRESHABLE {
+                return Err(unsupported(S::ID, "share refresh"));
+            }
+            let share: S::KeyShare = from_secret_bytes(&share)?;
+            let new = S::refresh(io, share, parties_at_keygen).await?;
+            output::<S>(&new)
+        })
+    }
+
+    fn repair_help(
+        &self,
+        io: SessionIo,
+        share: Zeroizing<Vec<u8>>,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> LocalFuture<()> {
+        Box::pin(async move {
+            if !S::REFRESHABLE {
+                return Err(unsupported(S::ID, "share repair"));
+            }
+            let share: S::KeyShare = from_secret_bytes(&share)?;
+            S::repair_help(io, share, helpers, lost).await
+        })
+    }
+
+    fn repair_recover(
+        &self,
+        io: SessionIo,
+        public_package: Vec<u8>,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> LocalFuture<KeygenOutput> {
+        Box::pin(async move {
+            if !S::REFRESHABLE {
+                return Err(unsupported(S::ID, "share repair"));
+            }
+            let public = S::decode_public(&public_package)?;
+            let share = S::repair_recover(io, public, helpers, lost).await?;
+            output::<S>(&share)
+        })
+    }
+
+    fn share_public_package(&self, share: &[u8]) -> Result<Vec<u8>, MpcError> {
+        let share: S::KeyShare = from_secret_bytes(share)?;
+        S::encode_public(&S::public_key(&share))
     }
 
     fn precompute(

@@ -62,6 +62,15 @@ pub enum MpcError {
         /// Keygen index of the signer.
         party: u16,
     },
+    /// The key's scheme has no such operation (cggmp21 ECDSA has no share
+    /// refresh or repair here): the caller asked for what cannot be done.
+    #[error("{scheme} keys do not support {operation}")]
+    Unsupported {
+        /// The key's scheme.
+        scheme: crate::scheme::SchemeId,
+        /// What was asked (`share refresh`, `share repair`).
+        operation: &'static str,
+    },
     /// The session's owner cancelled it (timeout, caller gone); the protocol
     /// work stopped at a stage boundary.
     #[error("session cancelled")]

@@ -1032,4 +1032,32 @@ impl<C: FrostSuite> crate::erased::Erasable for Frost<C> {
     fn check_message(message: &[u8]) -> Result<(), MpcError> {
         crate::erased::check_schnorr_message(message)
     }
+
+    const REFRESHABLE: bool = true;
+
+    fn refresh(
+        io: SessionIo,
+        share: FrostKeyShare<C>,
+        parties_at_keygen: Vec<u16>,
+    ) -> crate::erased::LocalFuture<FrostKeyShare<C>> {
+        Box::pin(async move { run_refresh(io, &share, &parties_at_keygen).await })
+    }
+
+    fn repair_help(
+        io: SessionIo,
+        share: FrostKeyShare<C>,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> crate::erased::LocalFuture<()> {
+        Box::pin(async move { run_repair_help(io, &share, &helpers, lost).await })
+    }
+
+    fn repair_recover(
+        io: SessionIo,
+        public: FrostPublicKey<C>,
+        helpers: Vec<u16>,
+        lost: u16,
+    ) -> crate::erased::LocalFuture<FrostKeyShare<C>> {
+        Box::pin(async move { run_repair_recover(io, &public, &helpers, lost).await })
+    }
 }

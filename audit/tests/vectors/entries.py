@@ -124,6 +124,12 @@ def entries():
         + u64(T0 + 5) + byts(b"\x0a" * 64))
     add("share_exported", 19,
         s("key-1") + s("signer-3") + u16(2) + h(11) + h(12) + s("admin"))
+    add("key_shares_refreshed", 20,
+        s("key-2") + u8(1) + u64(1) + lst(["signer-1", "signer-2", "signer-3"], s) + s("")
+        + byts(b"\x0d" * 32) + h(13) + s("admin"))
+    add("key_share_repaired", 20,
+        s("key-2") + u8(2) + u64(1) + lst(["signer-1", "signer-3", "signer-2"], s)
+        + s("signer-2") + byts(b"\x0d" * 32) + h(14) + s("admin"))
     return out
 
 
