@@ -139,6 +139,48 @@ async fn approvers_and_backends_drive_withdrawals_through_the_cli() {
     let e = fails(&dir, &["key", "unlock", "demo-hot", "--reason", " "]);
     assert!(e.contains("--reason"), "{e}");
 
+    // Share maintenance from the CLI (issue 18): FROST keys only. An ECDSA
+    // wallet is refused naming its scheme, an unknown key naming it; a
+    // FROST key's refresh keeps its public key and `key show` reports it.
+    assert_eq!(k["share_generation"], 0, "{k}");
+    let e = fails(&dir, &["key", "refresh", "demo-hot"]);
+    assert!(e.contains("ecdsa-secp256k1"), "{e}");
+    let e = fails(&dir, &["key", "repair", "demo-hot", "--signer", "signer-2"]);
+    assert!(e.contains("ecdsa-secp256k1"), "{e}");
+    let e = fails(&dir, &["key", "refresh", "no-such-key"]);
+    assert!(e.contains("no-such-key"), "{e}");
+    let ed = json(&ok(
+        &dir,
+        &[
+            "key",
+            "create",
+            "cli-ed",
+            "--scheme",
+            "frost-ed25519",
+            "--json",
+        ],
+    ));
+    let refreshed = json(&ok(&dir, &["key", "refresh", "cli-ed", "--json"]));
+    assert_eq!(refreshed["operation"], "refresh", "{refreshed}");
+    assert_eq!(refreshed["generation"], 1, "{refreshed}");
+    assert_eq!(
+        refreshed["key"]["public_key"], ed["public_key"],
+        "{refreshed}"
+    );
+    let shown = json(&ok(&dir, &["key", "show", "cli-ed", "--json"]));
+    assert_eq!(shown["share_generation"], 1, "{shown}");
+    assert_eq!(shown["last_share_change"], "refresh", "{shown}");
+    let text = ok(&dir, &["key", "show", "cli-ed"]);
+    assert!(
+        text.contains("generation 1; last change: refresh"),
+        "{text}"
+    );
+    let help = ok(&dir, &["key", "repair", "--help"]);
+    assert!(
+        help.contains("--signer") && help.contains("--json"),
+        "{help}"
+    );
+
     // A key ceremony from the CLI (issue 19): created by the signer group,
     // listed with its address; a bad id is refused naming it.
     let created = json(&ok(

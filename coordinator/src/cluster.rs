@@ -24,6 +24,9 @@ use crate::rounds::GroupRounds;
 use crate::signers::{Signer, Signers};
 use crate::stages::{self, Stage};
 
+mod maintenance;
+pub use maintenance::ShareChangeOutcome;
+
 /// Tunables from the config.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -136,6 +139,8 @@ pub struct Cluster {
     audit: Arc<crate::audit::AuditTrail>,
     /// Quorum registrations to the same signers, sent in shared rounds.
     registrations: GroupRounds<Vec<String>, WithdrawalAuthorization, Registered>,
+    /// Keys whose shares are being refreshed or repaired (no pool refill).
+    maintenance: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Each signer's answer to one quorum registration: the time from which it
@@ -479,6 +484,7 @@ impl Cluster {
             rotation: AtomicUsize::new(0),
             metrics: Metrics::default(),
             registrations: GroupRounds::new(custos_proto::MAX_QUORUM_REGISTRATIONS),
+            maintenance: Mutex::default(),
         })
     }
 
@@ -1213,7 +1219,7 @@ impl Cluster {
 
     async fn refill_once(&self) -> Result<bool, CoordError> {
         for key in self.db.keys().await? {
-            if key.state != "ready" {
+            if key.state != "ready" || self.in_maintenance(&key.key_id) {
                 continue;
             }
             if self.db.ready_presigs(&key.key_id).await?.len() as u32 >= self.settings.pool_target {

@@ -40,6 +40,16 @@ CREATE TABLE IF NOT EXISTS presignatures (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS presignatures_ready ON presignatures (key_id, state);
+CREATE TABLE IF NOT EXISTS key_share_changes (
+    key_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    change TEXT NOT NULL,
+    repaired TEXT NOT NULL,
+    signers TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (key_id, seq)
+);
 CREATE TABLE IF NOT EXISTS sign_requests (
     request_id TEXT PRIMARY KEY,
     key_id TEXT NOT NULL,
@@ -88,6 +98,21 @@ pub struct KeyRow {
     /// it at keygen (`custos_mpc::erased::KeygenOutput::public_package`);
     /// `None` for ECDSA keys from before it was stored (their public key is it).
     pub public_package: Option<Vec<u8>>,
+}
+
+/// A refresh or repair of a key's shares, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareChangeRow {
+    /// The share generation in force afterwards.
+    pub generation: u64,
+    /// `refresh` or `repair`.
+    pub change: String,
+    /// The repaired signer (empty for a refresh).
+    pub repaired: String,
+    /// Signers that took part.
+    pub signers: Vec<String>,
+    /// RFC 3339.
+    pub at: String,
 }
 
 impl KeyRow {
@@ -364,6 +389,93 @@ impl Db {
                 .unwrap_or(custos_mpc::SchemeId::EcdsaSecp256k1),
             public_package: r.get("public_package"),
         }
+    }
+
+    /// Drops a key's unused pool items (ready or being made): they were
+    /// made under shares a refresh or repair is replacing. Returns how many.
+    pub async fn discard_presigs(&self, key_id: &str) -> Result<u64, CoordError> {
+        let res = sqlx::query(
+            "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')",
+        )
+        .bind(key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(res.rows_affected())
+    }
+
+    /// Records a refresh or repair of a key's shares in one transaction:
+    /// the public package in force (the new verifying shares), the change,
+    /// and no pool item left from before it.
+    pub async fn record_share_change(
+        &self,
+        key_id: &str,
+        public_package: &[u8],
+        change: &ShareChangeRow,
+    ) -> Result<(), CoordError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("UPDATE keys SET public_package = $1 WHERE key_id = $2")
+            .bind(public_package)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM key_share_changes WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO key_share_changes (key_id, seq, generation, change, repaired, signers, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key_id)
+        .bind(seq)
+        .bind(i64::try_from(change.generation).unwrap_or(i64::MAX))
+        .bind(&change.change)
+        .bind(&change.repaired)
+        .bind(serde_json::to_string(&change.signers).unwrap_or_default())
+        .bind(&change.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')",
+        )
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// The last refresh or repair of a key's shares, if any.
+    pub async fn last_share_change(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<ShareChangeRow>, CoordError> {
+        let row = sqlx::query(
+            "SELECT generation, change, repaired, signers, created_at FROM key_share_changes
+             WHERE key_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(|r| ShareChangeRow {
+            generation: u64::try_from(r.get::<i64, _>("generation")).unwrap_or(0),
+            change: r.get("change"),
+            repaired: r.get("repaired"),
+            signers: list(&r.get::<String, _>("signers")),
+            at: r.get("created_at"),
+        }))
+    }
+
+    /// The time now, as the database records it (RFC 3339).
+    pub fn now_rfc3339() -> String {
+        now()
     }
 
     /// One key.

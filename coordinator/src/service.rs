@@ -55,6 +55,43 @@ impl CustodyService {
             .ok_or_else(|| Status::not_found(format!("key {key_id}")))
     }
 
+    /// Logs a refresh or repair (`key_shares_changed`) and answers with it.
+    async fn share_change_logged(
+        &self,
+        out: crate::cluster::ShareChangeOutcome,
+        actor: String,
+    ) -> Result<Response<KeyShareChange>, Status> {
+        use sha2::Digest;
+        let change = match out.change.change.as_str() {
+            "refresh" => custos_audit::entry::ShareChange::Refresh,
+            _ => custos_audit::entry::ShareChange::Repair,
+        };
+        let log_index = self
+            .audit
+            .append(EntryBody::KeySharesChanged {
+                key_id: out.key.key_id.clone(),
+                change,
+                generation: out.change.generation,
+                signers: out.change.signers.clone(),
+                repaired: out.change.repaired.clone(),
+                public_key: out.key.public_key.clone().unwrap_or_default(),
+                package_hash: sha2::Sha256::digest(&out.public_package).into(),
+                actor: actor.clone(),
+            })
+            .await
+            .map_err(status)?;
+        tracing::warn!(key_id = %out.key.key_id, change = %out.change.change, by = %actor,
+            log_index, "key share change logged");
+        Ok(Response::new(KeyShareChange {
+            operation: out.change.change,
+            generation: out.change.generation,
+            signers: out.change.signers,
+            repaired: out.change.repaired,
+            log_index,
+            key: Some(to_key(&self.cluster, out.key).await),
+        }))
+    }
+
     fn engine(&self) -> Result<&Arc<Engine>, Status> {
         self.engine.as_ref().ok_or_else(|| {
             Status::failed_precondition(
@@ -257,7 +294,11 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         .map(|v| v.len() as u32)
         .unwrap_or(0);
     let lock = cluster.locks.status(&k.key_id).await.ok().flatten();
+    let change = cluster.db.last_share_change(&k.key_id).await.ok().flatten();
     Key {
+        share_generation: change.as_ref().map_or(0, |c| c.generation),
+        last_share_change: change.as_ref().map(describe_change).unwrap_or_default(),
+        last_share_change_at: change.map(|c| c.at).unwrap_or_default(),
         signing_locked: lock.as_ref().is_some_and(|l| l.locked_ms.is_some()),
         unexplained_failures: lock.as_ref().map_or(0, |l| l.consecutive),
         last_failure: lock.map(|l| l.last_error).unwrap_or_default(),
@@ -280,6 +321,15 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         created_at: k.created_at,
         presignatures_ready: ready,
         chain: k.chain,
+    }
+}
+
+/// `refresh`, or `repair of <signer>`.
+fn describe_change(c: &crate::db::ShareChangeRow) -> String {
+    if c.repaired.is_empty() {
+        c.change.clone()
+    } else {
+        format!("{} of {}", c.change, c.repaired)
     }
 }
 
@@ -535,6 +585,37 @@ impl Custody for CustodyService {
             });
         }
         Ok(Response::new(out))
+    }
+
+    async fn refresh_key(
+        &self,
+        req: Request<RefreshKeyRequest>,
+    ) -> Result<Response<KeyShareChange>, Status> {
+        let who = require_any(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        crate::cluster::validate_id("key_id", &r.key_id).map_err(status)?;
+        let out = self.cluster.refresh_key(&r.key_id).await.map_err(status)?;
+        self.share_change_logged(out, who.id.clone()).await
+    }
+
+    async fn repair_key_share(
+        &self,
+        req: Request<RepairKeyShareRequest>,
+    ) -> Result<Response<KeyShareChange>, Status> {
+        let who = require_any(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        crate::cluster::validate_id("key_id", &r.key_id).map_err(status)?;
+        if r.signer.is_empty() {
+            return Err(Status::invalid_argument(
+                "signer: name the signer whose share is repaired",
+            ));
+        }
+        let out = self
+            .cluster
+            .repair_key_share(&r.key_id, &r.signer)
+            .await
+            .map_err(status)?;
+        self.share_change_logged(out, who.id.clone()).await
     }
 
     async fn get_cluster_status(

@@ -96,6 +96,9 @@ pub struct Node {
     protocol_threads: Arc<std::sync::atomic::AtomicUsize>,
     shares: Mutex<HashMap<String, Arc<KeyShare>>>,
     primes: Mutex<PrimeState>,
+    /// Keys whose share is being refreshed or repaired: no pool item is
+    /// made for them meanwhile (it would be made under the old share).
+    maintenance: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Node {
@@ -129,6 +132,7 @@ impl Node {
             protocol_threads: Arc::default(),
             shares: Mutex::new(HashMap::new()),
             primes: Mutex::new(PrimeState::Idle),
+            maintenance: Mutex::default(),
         })
     }
 
@@ -510,6 +514,7 @@ impl Node {
             public_key: hex::encode(&out.public_key),
             chain_code: chain_code.map(hex::encode),
             scheme: scheme_id.name().to_owned(),
+            generation: 0,
         };
         self.store.put_key(&meta, &out.share)?;
         Ok(KeygenResult {
@@ -625,6 +630,11 @@ impl Node {
         signers: &[String],
     ) -> Result<Vec<u8>, NodeError> {
         validate_id("presignature id", presig_id)?;
+        if self.in_maintenance(key_id) {
+            return Err(NodeError::NotReady(format!(
+                "key {key_id}: its share is being refreshed or repaired"
+            )));
+        }
         let meta = self.store.key_meta(key_id)?;
         let scheme_id = meta.scheme()?;
         let indices = self.signer_indices(&meta, signers)?;
@@ -681,6 +691,12 @@ impl Node {
         path: &custos_mpc::DerivationPath,
         request_id: &str,
     ) -> Result<Vec<u8>, NodeError> {
+        // Before the pool item is consumed: it is about to be discarded.
+        if self.in_maintenance(key_id) {
+            return Err(NodeError::NotReady(format!(
+                "key {key_id}: its share is being refreshed or repaired"
+            )));
+        }
         let meta = self.store.key_meta(key_id)?;
         let scheme_id = meta.scheme()?;
         let scheme = custos_mpc::scheme(scheme_id);
@@ -761,6 +777,321 @@ impl Node {
         )
         .await
     }
+}
+
+/// A key's share maintenance (refresh or repair) in progress on this node;
+/// ends when dropped.
+struct Maintenance<'a> {
+    node: &'a Node,
+    key_id: String,
+}
+
+impl Drop for Maintenance<'_> {
+    fn drop(&mut self) {
+        self.node
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key_id);
+    }
+}
+
+impl Node {
+    fn in_maintenance(&self, key_id: &str) -> bool {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key_id)
+    }
+
+    /// Marks `key_id` under maintenance; refuses a second concurrent one.
+    fn begin_maintenance(&self, key_id: &str) -> Result<Maintenance<'_>, NodeError> {
+        if !self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.to_owned())
+        {
+            return Err(NodeError::NotReady(format!(
+                "key {key_id}: a refresh or repair of its share is already running"
+            )));
+        }
+        Ok(Maintenance {
+            node: self,
+            key_id: key_id.to_owned(),
+        })
+    }
+
+    /// Share refresh without a dealer (FROST keys): with every holder of
+    /// `key_id` (`participants`, exactly the key's holders in keygen
+    /// order), new shares of the same key. The new share is sealed and
+    /// stored under `generation` (one more than this node's) before the
+    /// old one and the key's pool items are dropped; the new public package
+    /// is returned. The execution id binds the coordinator's nonce, the
+    /// generation and the hash of this node's current public package, so
+    /// holders that disagree on the key's state never form a session.
+    pub async fn refresh(
+        &self,
+        key_id: &str,
+        participants: &[String],
+        nonce: &[u8],
+        generation: u64,
+    ) -> Result<KeygenResult, NodeError> {
+        let meta = self.store.key_meta(key_id)?;
+        let scheme_id = meta.scheme()?;
+        let scheme = custos_mpc::scheme(scheme_id);
+        scheme.check_refreshable().map_err(unsupported)?;
+        check_maintenance_nonce(nonce)?;
+        if participants != meta.participants.as_slice() {
+            return Err(NodeError::InvalidRequest(format!(
+                "a refresh of key {key_id} takes every holder in keygen order {:?}, got {participants:?}",
+                meta.participants
+            )));
+        }
+        if generation != meta.generation + 1 {
+            return Err(NodeError::InvalidRequest(format!(
+                "key {key_id}: this signer holds share generation {}, a refresh makes {}, not {generation}",
+                meta.generation,
+                meta.generation + 1
+            )));
+        }
+        let _busy = self.begin_maintenance(key_id)?;
+        // Nothing pooled under the old share survives the refresh, even if
+        // it fails half-way.
+        self.store.discard_presigs(key_id)?;
+        let share = self.store.key_share(key_id)?;
+        let package = scheme.share_public_package(&share)?;
+        let request = maintenance_request(scheme_id, nonce, &package, generation, &[]);
+        let all: Vec<u16> = (0..participants.len() as u16).collect();
+        let out = self
+            .run_session(
+                SessionKind::Refresh,
+                key_id,
+                participants,
+                &request,
+                move |io| scheme.refresh(io, share, all),
+            )
+            .await?;
+        if hex::encode(&out.public_key) != meta.public_key {
+            return Err(NodeError::Protocol(format!(
+                "refresh of key {key_id} produced another public key: old share kept"
+            )));
+        }
+        let new_meta = KeyMeta { generation, ..meta };
+        self.store.replace_share(&new_meta, &out.share)?;
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+        tracing::info!(%key_id, generation, "key share refreshed");
+        Ok(KeygenResult {
+            public_key: out.public_key,
+            public_package: out.public_package,
+            chain_code: None,
+        })
+    }
+
+    /// Repair of `lost`'s share of `key_id` by `helpers` (at least the
+    /// threshold of the key's other holders; session order: the helpers,
+    /// then `lost`). A helper sends its part from its own share; the lost
+    /// node rebuilds its share, checks it against its verifying share in
+    /// `record.public_package`, and stores it sealed. Every party binds
+    /// into the execution id the hash of the public package it holds (the
+    /// lost node: the record's), so a record the helpers' shares do not
+    /// belong to never forms a session. Returns the public package.
+    pub async fn repair(
+        &self,
+        key_id: &str,
+        helpers: &[String],
+        lost: &str,
+        nonce: &[u8],
+        record: &RepairRecord,
+    ) -> Result<Vec<u8>, NodeError> {
+        validate_id("key id", key_id)?;
+        check_maintenance_nonce(nonce)?;
+        let mut session = helpers.to_vec();
+        session.push(lost.to_owned());
+        if helpers.iter().any(|h| h == lost) {
+            return Err(NodeError::InvalidRequest(format!(
+                "{lost} cannot help repair its own share"
+            )));
+        }
+        if self.node_id == lost {
+            return self
+                .repair_recover(key_id, helpers, &session, nonce, record)
+                .await;
+        }
+        let meta = self.store.key_meta(key_id)?;
+        let scheme_id = meta.scheme()?;
+        let scheme = custos_mpc::scheme(scheme_id);
+        scheme.check_refreshable().map_err(unsupported)?;
+        let (helper_idx, lost_idx) =
+            repair_indices(&meta.participants, meta.threshold, helpers, lost)?;
+        let _busy = self.begin_maintenance(key_id)?;
+        let share = self.store.key_share(key_id)?;
+        let package = scheme.share_public_package(&share)?;
+        let request =
+            maintenance_request(scheme_id, nonce, &package, meta.generation, lost.as_bytes());
+        self.run_session(SessionKind::Repair, key_id, &session, &request, move |io| {
+            scheme.repair_help(io, share, helper_idx, lost_idx)
+        })
+        .await?;
+        tracing::info!(%key_id, %lost, "helped repair a lost share");
+        Ok(package)
+    }
+
+    async fn repair_recover(
+        &self,
+        key_id: &str,
+        helpers: &[String],
+        session: &[String],
+        nonce: &[u8],
+        record: &RepairRecord,
+    ) -> Result<Vec<u8>, NodeError> {
+        let scheme_id = SchemeId::from_name(&record.scheme)
+            .map_err(|e| NodeError::InvalidRequest(format!("scheme: {e}")))?;
+        let scheme = custos_mpc::scheme(scheme_id);
+        scheme.check_refreshable().map_err(unsupported)?;
+        validate_id("group id", &record.group_id)?;
+        self.check_participants(&record.participants, None)?;
+        if self.store.key_share(key_id).is_ok() {
+            return Err(NodeError::Replay(format!(
+                "this signer holds a share of key {key_id}: nothing to repair"
+            )));
+        }
+        if let Ok(old) = self.store.key_meta(key_id)
+            && old.generation > record.generation
+        {
+            return Err(NodeError::InvalidRequest(format!(
+                "key {key_id}: this signer recorded share generation {}, newer than the repair's {}",
+                old.generation, record.generation
+            )));
+        }
+        let (helper_idx, lost_idx) = repair_indices(
+            &record.participants,
+            record.threshold,
+            helpers,
+            &self.node_id,
+        )?;
+        let _busy = self.begin_maintenance(key_id)?;
+        let package = record.public_package.clone();
+        let request = maintenance_request(
+            scheme_id,
+            nonce,
+            &package,
+            record.generation,
+            self.node_id.as_bytes(),
+        );
+        let out = self
+            .run_session(SessionKind::Repair, key_id, session, &request, move |io| {
+                scheme.repair_recover(io, package, helper_idx, lost_idx)
+            })
+            .await?;
+        let meta = KeyMeta {
+            key_id: key_id.to_owned(),
+            group_id: record.group_id.clone(),
+            threshold: record.threshold,
+            participants: record.participants.clone(),
+            public_key: hex::encode(&out.public_key),
+            chain_code: None,
+            scheme: scheme_id.name().to_owned(),
+            generation: record.generation,
+        };
+        // Whatever is left of the lost share (metadata, an unreadable
+        // blob) is of this generation or older; the repaired one takes its
+        // place.
+        match self.store.key_meta(key_id) {
+            Ok(old) if old.generation < record.generation => {
+                self.store.replace_share(&meta, &out.share)?
+            }
+            Ok(_) | Err(NodeError::NotFound(_)) => self.store.restore_share(&meta, &out.share)?,
+            Err(e) => return Err(e),
+        }
+        tracing::warn!(%key_id, "lost key share repaired by {} helpers", helpers.len());
+        Ok(out.public_package)
+    }
+}
+
+/// What the lost node needs to know of the key it lost (from the
+/// coordinator's record; the helpers check the public package through the
+/// execution id).
+#[derive(Clone, Debug)]
+pub struct RepairRecord {
+    /// Scheme name.
+    pub scheme: String,
+    /// The signer group.
+    pub group_id: String,
+    /// Threshold.
+    pub threshold: u16,
+    /// Holders in keygen index order.
+    pub participants: Vec<String>,
+    /// The key's public package (generation `generation`).
+    pub public_package: Vec<u8>,
+    /// The share generation the helpers hold.
+    pub generation: u64,
+}
+
+fn unsupported(e: MpcError) -> NodeError {
+    NodeError::InvalidRequest(e.to_string())
+}
+
+fn check_maintenance_nonce(nonce: &[u8]) -> Result<(), NodeError> {
+    if nonce.len() < 16 {
+        return Err(NodeError::InvalidRequest(
+            "refresh and repair nonces must be at least 16 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Keygen indices of the helpers and of the lost holder, checked against
+/// the key's holders and threshold.
+fn repair_indices(
+    participants: &[String],
+    threshold: u16,
+    helpers: &[String],
+    lost: &str,
+) -> Result<(Vec<u16>, u16), NodeError> {
+    let index = |node: &str| {
+        participants
+            .iter()
+            .position(|p| p == node)
+            .map(|i| i as u16)
+            .ok_or_else(|| NodeError::InvalidRequest(format!("{node} holds no share of this key")))
+    };
+    let helper_idx = helpers
+        .iter()
+        .map(|h| index(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    if helpers.len() < usize::from(threshold) {
+        return Err(NodeError::InvalidRequest(format!(
+            "a repair needs at least {threshold} helpers, got {}",
+            helpers.len()
+        )));
+    }
+    Ok((helper_idx, index(lost)?))
+}
+
+/// The request bytes a refresh's or repair's execution id binds: scheme,
+/// the coordinator's nonce, the hash of the public package the party holds
+/// (or, repairing, was given), the generation, and the repaired node.
+fn maintenance_request(
+    scheme: SchemeId,
+    nonce: &[u8],
+    package: &[u8],
+    generation: u64,
+    lost: &[u8],
+) -> Vec<u8> {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(package).into();
+    let generation = generation.to_be_bytes();
+    let fields: [&[u8]; 5] = [scheme.name().as_bytes(), nonce, &digest, &generation, lost];
+    let mut out = Vec::new();
+    for field in fields {
+        out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out
 }
 
 /// What a key generation returns to the coordinator.

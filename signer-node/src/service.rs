@@ -459,6 +459,48 @@ impl SignerControl for ControlService {
         );
         Ok(Response::new(ExportShareResponse { backup_json: json }))
     }
+
+    async fn refresh_shares(
+        &self,
+        req: Request<RefreshSharesRequest>,
+    ) -> Result<Response<RefreshSharesResponse>, Status> {
+        let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "refresh_shares").await?;
+        let out = self
+            .node
+            .refresh(&r.key_id, &r.participants, &r.nonce, r.generation)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RefreshSharesResponse {
+            public_key: out.public_key,
+            public_package: out.public_package,
+            generation: r.generation,
+        }))
+    }
+
+    async fn repair_share(
+        &self,
+        req: Request<RepairShareRequest>,
+    ) -> Result<Response<RepairShareResponse>, Status> {
+        let r = req.into_inner();
+        self.admit(r.coordinator_epoch, "repair_share").await?;
+        let record = crate::node::RepairRecord {
+            scheme: r.scheme,
+            group_id: r.group_id,
+            threshold: u16_field("threshold", r.threshold)?,
+            participants: r.participants,
+            public_package: r.public_package,
+            generation: r.generation,
+        };
+        let package = self
+            .node
+            .repair(&r.key_id, &r.helpers, &r.lost, &r.nonce, &record)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RepairShareResponse {
+            public_package: package,
+        }))
+    }
 }
 
 /// The checks and the partial signature of one `SignWithdrawal`.

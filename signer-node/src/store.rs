@@ -3,7 +3,8 @@
 //! ```text
 //! aux/<group>.sealed            aux info of a signer group (Paillier secret key)
 //! primes/next.sealed            safe primes waiting for the next aux-info run
-//! keys/<key>.sealed             completed key share
+//! keys/<key>.sealed             completed key share (generation 0)
+//! keys/<key>.g<n>.sealed        the share after the n-th refresh or repair
 //! keys/<key>.json               public metadata (threshold, participants, public key)
 //! presigs/<key>/<id>.sealed     unused presignature
 //! consumed/<id>                 presignature consumed (written before the partial leaves)
@@ -49,6 +50,28 @@ pub struct KeyMeta {
     /// schemes were recorded are cggmp21 ECDSA.
     #[serde(default = "ecdsa_scheme")]
     pub scheme: String,
+    /// Share generation: 0 from keygen, then the generation of the last
+    /// refresh or repair that replaced this node's share (FROST). It names
+    /// the share's file and is bound into the share's sealing context, so a
+    /// share of another generation cannot be swapped in.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// File name and sealing context of a key's share of `generation`.
+fn share_location(key_id: &str, generation: u64) -> (String, String) {
+    if generation == 0 {
+        (format!("keys/{key_id}.sealed"), "share".to_owned())
+    } else {
+        (
+            format!("keys/{key_id}.g{generation}.sealed"),
+            format!("share:g{generation}"),
+        )
+    }
 }
 
 fn ecdsa_scheme() -> String {
@@ -307,15 +330,92 @@ impl Store {
         }
     }
 
-    /// A key's sealed share, unsealed.
+    /// A key's sealed share (of the generation its metadata names), unsealed.
     pub fn key_share(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, NodeError> {
         validate_id("key id", key_id)?;
-        self.unseal_from(
-            &self.root.join(format!("keys/{key_id}.sealed")),
-            key_id,
-            "share",
-        )?
-        .ok_or_else(|| NodeError::NotFound(format!("share of key {key_id}")))
+        let generation = match self.key_meta(key_id) {
+            Ok(m) => m.generation,
+            Err(NodeError::NotFound(_)) => 0,
+            Err(e) => return Err(e),
+        };
+        let (file, context) = share_location(key_id, generation);
+        self.unseal_from(&self.root.join(file), key_id, &context)?
+            .ok_or_else(|| NodeError::NotFound(format!("share of key {key_id}")))
+    }
+
+    /// Replaces a key's share with one of a newer generation (a refresh, or
+    /// a repair after a lost share), crash-consistently: the new share is
+    /// sealed and durable first, then the key's pool items (made under the
+    /// old share) are dropped, then the metadata naming the new generation
+    /// is written (the commit point: a crash before it leaves the old share
+    /// in force, after it the new one), and only then is the old share
+    /// removed. `meta.generation` must be newer than the stored one.
+    pub fn replace_share(&self, meta: &KeyMeta, share: &[u8]) -> Result<(), NodeError> {
+        let k = &meta.key_id;
+        validate_id("key id", k)?;
+        let old = match self.key_meta(k) {
+            Ok(m) => Some(m.generation),
+            Err(NodeError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if old.is_some_and(|g| g >= meta.generation) {
+            return Err(NodeError::Replay(format!(
+                "key {k}: share generation {} is not newer than the stored {}",
+                meta.generation,
+                old.unwrap_or_default()
+            )));
+        }
+        let (file, context) = share_location(k, meta.generation);
+        self.seal_to(&self.root.join(file), k, &context, share)?;
+        self.discard_presigs(k)?;
+        let json =
+            serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Internal(e.to_string()))?;
+        write_atomic(&self.root.join(format!("keys/{k}.json")), &json)?;
+        if let Some(g) = old {
+            remove_durably(&self.root.join(share_location(k, g).0))?;
+        }
+        // A pool item stored while the metadata still named the old share.
+        self.discard_presigs(k).map(|_| ())
+    }
+
+    /// Stores a repaired share in place of one that is lost (missing or
+    /// unreadable) at `meta.generation`: sealed first, then the metadata.
+    /// Only for a share that cannot be read: nothing readable is replaced.
+    pub fn restore_share(&self, meta: &KeyMeta, share: &[u8]) -> Result<(), NodeError> {
+        let k = &meta.key_id;
+        validate_id("key id", k)?;
+        if self.key_share(k).is_ok() {
+            return Err(NodeError::Replay(format!(
+                "key {k}: a readable share is never overwritten by a repair"
+            )));
+        }
+        let (file, context) = share_location(k, meta.generation);
+        self.seal_to(&self.root.join(file), k, &context, share)?;
+        self.discard_presigs(k)?;
+        let json =
+            serde_json::to_vec_pretty(meta).map_err(|e| NodeError::Internal(e.to_string()))?;
+        write_atomic(&self.root.join(format!("keys/{k}.json")), &json)
+    }
+
+    /// Drops every unused pool item of a key (durably): items made under a
+    /// share that was replaced must not outlive it.
+    pub fn discard_presigs(&self, key_id: &str) -> Result<usize, NodeError> {
+        validate_id("key id", key_id)?;
+        let dir = self.root.join(format!("presigs/{key_id}"));
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(NodeError::storage(&dir, e)),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| NodeError::storage(&dir, e))?;
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| NodeError::storage(&path, e))?;
+            n += 1;
+        }
+        sync_dir(&dir)?;
+        Ok(n)
     }
 
     /// Number of keys held.
@@ -589,6 +689,7 @@ mod tests {
             public_key: "00".into(),
             chain_code: None,
             scheme: "ecdsa-secp256k1".into(),
+            generation: 0,
         };
         s.put_key(&m, b"{\"plaintext share\":1}").unwrap();
         let raw = fs::read(dir.path().join("keys/k1.sealed")).unwrap();
@@ -612,5 +713,71 @@ mod tests {
         fs::write(dir.path().join("keys/k2.tmp"), b"torn").unwrap();
         assert_eq!(other.key_count().unwrap(), 1);
         assert!(validate_id("key id", "../etc").is_err());
+    }
+
+    #[test]
+    fn a_replaced_share_is_durable_before_the_old_one_goes_and_pool_items_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "n1");
+        let mut m = KeyMeta {
+            key_id: "k1".into(),
+            group_id: "g".into(),
+            threshold: 2,
+            participants: vec!["n1".into(), "n2".into()],
+            public_key: "00".into(),
+            chain_code: None,
+            scheme: "ed25519".into(),
+            generation: 0,
+        };
+        s.put_key(&m, b"old share").unwrap();
+        s.put_presig("k1", "p1", &meta(), b"nonces under the old share")
+            .unwrap();
+        assert_eq!(s.presig_count("k1"), 1);
+        // A crash after the new share is sealed but before the metadata
+        // names it: the old share stays in force.
+        let (file, ctx) = share_location("k1", 1);
+        s.seal_to(&dir.path().join(&file), "k1", &ctx, b"new share")
+            .unwrap();
+        drop(s);
+        let s = store(dir.path(), "n1");
+        assert_eq!(s.key_share("k1").unwrap().as_slice(), b"old share");
+        // The replacement itself.
+        m.generation = 1;
+        s.replace_share(&m, b"new share").unwrap();
+        assert_eq!(s.key_share("k1").unwrap().as_slice(), b"new share");
+        assert_eq!(s.key_meta("k1").unwrap().generation, 1);
+        assert!(
+            !dir.path().join("keys/k1.sealed").exists(),
+            "old share removed"
+        );
+        assert_eq!(
+            s.presig_count("k1"),
+            0,
+            "pool items of the old share dropped"
+        );
+        assert!(matches!(
+            s.consume_presig("k1", "p1", "after refresh"),
+            Err(NodeError::NotFound(_))
+        ));
+        // Not newer: refused, nothing changes.
+        assert!(matches!(
+            s.replace_share(&m, b"other"),
+            Err(NodeError::Replay(_))
+        ));
+        assert_eq!(s.key_share("k1").unwrap().as_slice(), b"new share");
+        // A generation-1 blob under the generation-2 name does not unseal:
+        // the generation is bound into the sealing context.
+        fs::copy(
+            dir.path().join("keys/k1.g1.sealed"),
+            dir.path().join("keys/k1.g2.sealed"),
+        )
+        .unwrap();
+        m.generation = 2;
+        let json = serde_json::to_vec(&m).unwrap();
+        write_atomic(&dir.path().join("keys/k1.json"), &json).unwrap();
+        assert!(matches!(s.key_share("k1"), Err(NodeError::Sealer(_))));
+        // Metadata of generation 0 keeps its old form (no `generation` field).
+        m.generation = 0;
+        assert!(!serde_json::to_string(&m).unwrap().contains("generation"));
     }
 }

@@ -15,6 +15,7 @@ fn key(t: u16, n: usize) -> KeyMeta {
         public_key: String::new(),
         chain_code: None,
         scheme: "ecdsa-secp256k1".into(),
+        generation: 0,
     }
 }
 

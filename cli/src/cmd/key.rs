@@ -1,13 +1,15 @@
-//! `custos key create|list|show|unlock`: key ceremonies for security admins
-//! (distributed key generation on the signer group, in cggmp21 ECDSA or
-//! FROST), the keys and their addresses, a key's state, and unlocking a key
-//! that repeated unexplained signing failures locked.
+//! `custos key create|list|show|unlock|refresh|repair`: key ceremonies for
+//! security admins (distributed key generation on the signer group, in
+//! cggmp21 ECDSA or FROST), the keys and their addresses, a key's state,
+//! unlocking a key that repeated unexplained signing failures locked, and
+//! the share maintenance of FROST keys (refresh, repair of a lost share).
 
 use std::process::ExitCode;
 
 use anyhow::bail;
 use custos_proto::custody::{
-    CreateKeyRequest, Curve, GetKeyRequest, Key, ListKeysRequest, Scheme, UnlockKeyRequest,
+    CreateKeyRequest, Curve, GetKeyRequest, Key, KeyShareChange, ListKeysRequest,
+    RefreshKeyRequest, RepairKeyShareRequest, Scheme, UnlockKeyRequest,
 };
 use serde_json::json;
 
@@ -30,6 +32,44 @@ pub enum KeyCommand {
     /// Unlock a key locked after repeated unexplained signing failures (admin;
     /// the reason is written to the audit log before the key signs again).
     Unlock(UnlockArgs),
+    /// Refresh a FROST key's shares without a dealer (admin): every signer
+    /// holding a share must be up; they jointly re-randomise their shares.
+    /// The public key and addresses stay; every share changes, and old
+    /// shares (a stolen backup, a retired disk) and the nonce commitments
+    /// pooled under them become useless. Logged (key_shares_changed).
+    Refresh(RefreshArgs),
+    /// Repair a signer's lost share of a FROST key (admin): at least the
+    /// threshold of the other holders rebuild it on that signer without
+    /// learning it. The signer must be running with its share gone (a new
+    /// disk, a wiped data directory). Logged (key_shares_changed).
+    Repair(RepairArgs),
+}
+
+/// Arguments of `custos key refresh`.
+#[derive(clap::Args)]
+pub struct RefreshArgs {
+    /// Key id (a FROST key: frost-secp256k1-tr or frost-ed25519).
+    key_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// Arguments of `custos key repair`.
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    /// Key id (a FROST key: frost-secp256k1-tr or frost-ed25519).
+    key_id: String,
+    /// The signer whose share is rebuilt (node id, e.g. signer-2).
+    #[arg(long)]
+    signer: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 /// Arguments of `custos key show`.
@@ -200,10 +240,81 @@ pub fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                     .map_err(rpc("UnlockKey"))?;
                 (k.into_inner(), a.json)
             }
+            KeyCommand::Refresh(a) => {
+                let mut c = a.conn.connect(custos_devkit::ADMIN_CLIENT).await?;
+                eprintln!(
+                    "refreshing the shares of {} on every signer holding one...",
+                    a.key_id
+                );
+                let out = c
+                    .refresh_key(RefreshKeyRequest { key_id: a.key_id })
+                    .await
+                    .map_err(rpc("RefreshKey"))?;
+                print_change(&out.into_inner(), a.json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            KeyCommand::Repair(a) => {
+                if a.signer.trim().is_empty() {
+                    bail!("--signer: name the signer whose share is repaired");
+                }
+                let mut c = a.conn.connect(custos_devkit::ADMIN_CLIENT).await?;
+                eprintln!(
+                    "repairing {}'s share of {} with the other holders...",
+                    a.signer, a.key_id
+                );
+                let out = c
+                    .repair_key_share(RepairKeyShareRequest {
+                        key_id: a.key_id,
+                        signer: a.signer,
+                    })
+                    .await
+                    .map_err(rpc("RepairKeyShare"))?;
+                print_change(&out.into_inner(), a.json);
+                return Ok(ExitCode::SUCCESS);
+            }
         };
         print_key(&key, json);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn print_change(c: &KeyShareChange, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "operation": c.operation,
+                "generation": c.generation,
+                "signers": c.signers,
+                "repaired": c.repaired,
+                "log_index": c.log_index,
+                "key": c.key.as_ref().map(key_json),
+            })
+        );
+        return;
+    }
+    let key_id = c.key.as_ref().map_or("", |k| k.key_id.as_str());
+    if c.operation == "refresh" {
+        println!(
+            "refreshed the shares of {key_id}: share generation {}, signers {}",
+            c.generation,
+            c.signers.join(", ")
+        );
+    } else {
+        println!(
+            "repaired {}'s share of {key_id} (share generation {}), signers {}",
+            c.repaired,
+            c.generation,
+            c.signers.join(", ")
+        );
+    }
+    if let Some(k) = &c.key {
+        println!(
+            "  public key          {} (unchanged)",
+            hex::encode(&k.public_key)
+        );
+    }
+    println!("  audit log entry     {}", c.log_index);
 }
 
 fn key_json(k: &Key) -> serde_json::Value {
@@ -222,6 +333,9 @@ fn key_json(k: &Key) -> serde_json::Value {
         "signing_locked": k.signing_locked,
         "unexplained_failures": k.unexplained_failures,
         "last_failure": k.last_failure,
+        "share_generation": k.share_generation,
+        "last_share_change": k.last_share_change,
+        "last_share_change_at": k.last_share_change_at,
     })
 }
 
@@ -274,6 +388,17 @@ fn print_key(k: &Key, as_json: bool) {
     println!("  address             {}", k.address);
     println!("  created             {}", k.created_at);
     println!("  presignatures ready {}", k.presignatures_ready);
+    if k.last_share_change.is_empty() {
+        println!(
+            "  shares              generation {} (as created)",
+            k.share_generation
+        );
+    } else {
+        println!(
+            "  shares              generation {}; last change: {} at {}",
+            k.share_generation, k.last_share_change, k.last_share_change_at
+        );
+    }
     if k.signing_locked {
         println!(
             "  LOCKED for signing after {} unexplained failures; last: {}",

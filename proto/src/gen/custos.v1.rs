@@ -64,6 +64,53 @@ pub struct Key {
     /// for FROST secp256k1-tr, the RFC 8032 key (32 bytes) for FROST Ed25519.
     #[prost(enumeration = "Scheme", tag = "14")]
     pub scheme: i32,
+    /// Share generation: 0 from key creation, one more per refresh.
+    #[prost(uint64, tag = "15")]
+    pub share_generation: u64,
+    /// The last refresh or repair of the key's shares ("refresh", or
+    /// "repair of <signer>"), and when (RFC 3339); empty if none.
+    #[prost(string, tag = "16")]
+    pub last_share_change: ::prost::alloc::string::String,
+    #[prost(string, tag = "17")]
+    pub last_share_change_at: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefreshKeyRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RepairKeyShareRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// The signer whose share is rebuilt (it must be running, with its share
+    /// of this key lost: a signer holding a readable share refuses).
+    #[prost(string, tag = "2")]
+    pub signer: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct KeyShareChange {
+    /// The key after the change.
+    #[prost(message, optional, tag = "1")]
+    pub key: ::core::option::Option<Key>,
+    /// "refresh" or "repair".
+    #[prost(string, tag = "2")]
+    pub operation: ::prost::alloc::string::String,
+    /// The share generation in force afterwards.
+    #[prost(uint64, tag = "3")]
+    pub generation: u64,
+    /// The signers that took part (repair: the helpers, then the repaired one).
+    #[prost(string, repeated, tag = "4")]
+    pub signers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The repaired signer (repair only).
+    #[prost(string, tag = "5")]
+    pub repaired: ::prost::alloc::string::String,
+    /// Index of the audit-log entry that records the change.
+    #[prost(uint64, tag = "6")]
+    pub log_index: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1000,6 +1047,54 @@ pub mod custody_client {
                 .insert(GrpcMethod::new("custos.v1.Custody", "ExportShareBackups"));
             self.inner.unary(req, path, codec).await
         }
+        /// Admin: share refresh without a dealer (FROST keys): every holder of
+        /// the key takes part; the public key stays, every share changes, and old
+        /// shares and the nonce commitments pooled under them become useless.
+        /// Logged (key_shares_changed). ECDSA keys: INVALID_ARGUMENT.
+        pub async fn refresh_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RefreshKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyShareChange>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/RefreshKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "RefreshKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Admin: repair of one signer's lost share by at least t other holders
+        /// (FROST keys); the repaired signer gets back the share it lost. Logged.
+        pub async fn repair_key_share(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RepairKeyShareRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyShareChange>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/RepairKeyShare",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "RepairKeyShare"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         pub async fn get_cluster_status(
             &mut self,
@@ -1469,6 +1564,20 @@ pub mod custody_server {
             tonic::Response<super::ExportShareBackupsResponse>,
             tonic::Status,
         >;
+        /// Admin: share refresh without a dealer (FROST keys): every holder of
+        /// the key takes part; the public key stays, every share changes, and old
+        /// shares and the nonce commitments pooled under them become useless.
+        /// Logged (key_shares_changed). ECDSA keys: INVALID_ARGUMENT.
+        async fn refresh_key(
+            &self,
+            request: tonic::Request<super::RefreshKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyShareChange>, tonic::Status>;
+        /// Admin: repair of one signer's lost share by at least t other holders
+        /// (FROST keys); the repaired signer gets back the share it lost. Logged.
+        async fn repair_key_share(
+            &self,
+            request: tonic::Request<super::RepairKeyShareRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyShareChange>, tonic::Status>;
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         async fn get_cluster_status(
             &self,
@@ -1906,6 +2015,96 @@ pub mod custody_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ExportShareBackupsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/RefreshKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RefreshKeySvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::RefreshKeyRequest>
+                    for RefreshKeySvc<T> {
+                        type Response = super::KeyShareChange;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RefreshKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::refresh_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RefreshKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/RepairKeyShare" => {
+                    #[allow(non_camel_case_types)]
+                    struct RepairKeyShareSvc<T: Custody>(pub Arc<T>);
+                    impl<
+                        T: Custody,
+                    > tonic::server::UnaryService<super::RepairKeyShareRequest>
+                    for RepairKeyShareSvc<T> {
+                        type Response = super::KeyShareChange;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RepairKeyShareRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::repair_key_share(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RepairKeyShareSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -80,6 +80,7 @@ mod tests {
                 "47fdacbd0f1097043b78c63c20c34ef4ed9a111d980047ad16282c7ae6236141".into(),
             ),
             scheme: "ecdsa-secp256k1".into(),
+            generation: 0,
         }
     }
 
