@@ -76,3 +76,16 @@ if ! "$hd_venv/bin/pip" freeze 2>/dev/null | grep -qx "bip_utils==$bip_utils_ver
   echo "==> installing bip_utils==$bip_utils_version into $hd_venv"
   "$hd_venv/bin/pip" install -q "bip_utils==$bip_utils_version"
 fi
+# The HTTP API's property tests (tests/tests/adapters.rs, rest_api): schemathesis
+# from PyPI, pinned, in its own venv, run against a live dev cluster's
+# /v1/openapi.json.
+api_venv="${CUSTOS_API_VENV:-$HOME/.cache/custos/api-venv}"
+schemathesis_version=4.32.5
+if [ ! -x "$api_venv/bin/pip" ]; then
+  echo "==> creating $api_venv"
+  python3 -m venv "$api_venv"
+fi
+if ! "$api_venv/bin/pip" freeze 2>/dev/null | grep -qx "schemathesis==$schemathesis_version"; then
+  echo "==> installing schemathesis==$schemathesis_version into $api_venv"
+  "$api_venv/bin/pip" install -q "schemathesis==$schemathesis_version"
+fi

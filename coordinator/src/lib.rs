@@ -11,6 +11,7 @@ pub mod chain;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod custody;
 
 /// This build's mode: [`Dev`](custos_service::config::BuildMode::Dev) in a
 /// debug build or with the `dev` feature (optimised demo and benchmark

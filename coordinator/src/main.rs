@@ -692,7 +692,15 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
     let tls = p.http.is_tls();
     let http = custos_service::http::serve_api(
         p.http,
-        p.adapters.api_router(http_guard, limits.max_request()),
+        p.adapters.api_router(
+            custos_coordinator::custody::CustodyApi::new(
+                p.cluster.clone(),
+                p.engine.clone(),
+                p.audit.clone(),
+            ),
+            http_guard,
+            limits.max_request(),
+        ),
         stop.clone().cancelled_owned(),
     );
     tasks.spawn("HTTP API", async move {

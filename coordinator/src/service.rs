@@ -13,16 +13,15 @@ use tonic::{Request, Response, Status};
 use crate::audit::AuditTrail;
 use crate::auth::{Role, identity};
 use crate::cluster::Cluster;
+use crate::custody::{CustodyApi, audit_error, rfc3339_ms};
 use crate::db::KeyRow;
 use crate::edge::status;
-use crate::error::CoordError;
-use crate::withdrawal::store::{ApprovalRow, WithdrawalRow};
-use crate::withdrawal::{CreateRequest, Engine, State, SubmittedVerdict};
+use crate::withdrawal::{CreateRequest, Engine};
 
 /// gRPC adapter over the [`Cluster`] and the withdrawal [`Engine`].
 pub struct CustodyService {
     cluster: Arc<Cluster>,
-    engine: Option<Arc<Engine>>,
+    api: CustodyApi,
     audit: Arc<AuditTrail>,
     allow_sign_digest: bool,
 }
@@ -37,8 +36,8 @@ impl CustodyService {
         allow_sign_digest: bool,
     ) -> Self {
         CustodyService {
+            api: CustodyApi::new(cluster.clone(), engine, audit.clone()),
             cluster,
-            engine,
             audit,
             allow_sign_digest,
         }
@@ -91,14 +90,6 @@ impl CustodyService {
             key: Some(to_key(&self.cluster, out.key).await),
         }))
     }
-
-    fn engine(&self) -> Result<&Arc<Engine>, Status> {
-        self.engine.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "no withdrawal policy configured (config section [policy]): withdrawals are refused",
-            )
-        })
-    }
 }
 
 fn require_any<T>(req: &Request<T>, roles: &[Role]) -> Result<crate::auth::Identity, Status> {
@@ -110,133 +101,6 @@ fn require_any<T>(req: &Request<T>, roles: &[Role]) -> Result<crate::auth::Ident
             "client {} needs one of the roles {roles:?}",
             id.id
         )))
-    }
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-fn rfc3339_s(s: Option<i64>) -> String {
-    s.map(|v| rfc3339_ms(v.saturating_mul(1000)))
-        .unwrap_or_default()
-}
-
-fn to_withdrawal(engine: &Engine, w: WithdrawalRow, approvals: Vec<ApprovalRow>) -> Withdrawal {
-    let risk: Vec<RiskReason> = w
-        .risk_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str::<custos_risk::RiskAssessment>(j).ok())
-        .map(|a| {
-            a.reasons
-                .into_iter()
-                .map(|r| RiskReason {
-                    code: r.code,
-                    points: r.points,
-                    message: r.message,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let label = engine.destination_label(&w.chain, &w.destination);
-    Withdrawal {
-        amount_human: engine.human_amount(&w),
-        id: w.id,
-        idempotency_key: w.idempotency_key,
-        wallet: w.wallet,
-        chain: w.chain,
-        asset: w.asset,
-        destination: w.destination,
-        destination_label: label,
-        amount: w.amount,
-        fee_cap: w.fee_cap,
-        initiator: w.initiator,
-        memo: w.memo,
-        state: w.state,
-        risk_score: w
-            .risk_score
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0),
-        risk_reasons: risk,
-        rule_id: w.rule_id.unwrap_or_default(),
-        decision: w.explanation.unwrap_or_default(),
-        policy_hash: w.policy_hash.unwrap_or_default(),
-        required_approvals: w.required.unwrap_or_default(),
-        approvals: approvals
-            .into_iter()
-            .map(|a| ApprovalRecord {
-                approver: a.approver,
-                verdict: a.verdict,
-                signature: a.signature,
-                received_at: rfc3339_ms(a.received_ms),
-            })
-            .collect(),
-        statement: w.statement.unwrap_or_default(),
-        unsigned_tx: w.unsigned_tx.unwrap_or_default(),
-        tx_digest: w.tx_digest.unwrap_or_default(),
-        delay_secs: w
-            .delay_secs
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(0),
-        time_lock_until: rfc3339_s(w.time_lock_until),
-        cancel_group: w.cancel_group.unwrap_or_default(),
-        expires_at: rfc3339_s(w.statement_expiry),
-        signature_r: w.sig_r.unwrap_or_default(),
-        signature_s: w.sig_s.unwrap_or_default(),
-        recovery_id: w
-            .recovery_id
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0),
-        reason: w.reason.unwrap_or_default(),
-        created_at: rfc3339_ms(w.created_ms),
-        updated_at: rfc3339_ms(w.updated_ms),
-        signer_notes: serde_json::from_str(&w.signer_notes).unwrap_or_default(),
-        tx_hash: w.tx_hash.unwrap_or_default(),
-        fee_paid: w.fee_paid.unwrap_or_default(),
-        fee_bump_statement: Vec::new(),
-        fee_bump_approvals: Vec::new(),
-        source_path: w.source_path.unwrap_or_default(),
-        source_address: w.source_address.unwrap_or_default(),
-    }
-}
-
-async fn view(engine: &Engine, w: WithdrawalRow) -> Result<Withdrawal, Status> {
-    let approvals = engine.store.approvals(&w.id).await.map_err(status)?;
-    let bump = engine.pending_fee_bump(&w).await.map_err(status)?;
-    let mut out = to_withdrawal(engine, w, approvals);
-    if let Some((statement, verdicts)) = bump {
-        out.fee_bump_statement = statement;
-        out.fee_bump_approvals = verdicts
-            .into_iter()
-            .map(|v| ApprovalRecord {
-                approver: v.approval.approver,
-                verdict: verdict_text(v.approval.verdict).into(),
-                signature: v.approval.signature,
-                received_at: rfc3339_ms(v.received_ms),
-            })
-            .collect();
-    }
-    Ok(out)
-}
-
-fn verdict_text(v: custos_policy::Verdict) -> &'static str {
-    match v {
-        custos_policy::Verdict::Approve => "approve",
-        custos_policy::Verdict::Reject => "reject",
-        custos_policy::Verdict::Cancel => "cancel",
-    }
-}
-
-fn audit_status(e: custos_audit::AuditError) -> Status {
-    match e {
-        custos_audit::AuditError::InvalidArgument(m) => Status::invalid_argument(m),
-        other => Status::unavailable(format!("audit log: {other}")),
     }
 }
 
@@ -654,115 +518,49 @@ impl Custody for CustodyService {
         &self,
         req: Request<CreateWithdrawalRequest>,
     ) -> Result<Response<Withdrawal>, Status> {
-        let who = require_any(&req, &[Role::Backend])?;
-        let engine = self.engine()?;
+        let who = identity(&req)?;
         let r = req.into_inner();
-        let row = engine
-            .create(
-                &who,
-                CreateRequest {
-                    idempotency_key: r.idempotency_key,
-                    wallet: r.wallet,
-                    asset: r.asset,
-                    destination: r.destination,
-                    amount: r.amount,
-                    fee_cap: r.fee_cap,
-                    memo: r.memo,
-                    request_signature: r.request_signature,
-                    source_path: r.source_path,
-                },
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(view(engine, row).await?))
+        let request = CreateRequest {
+            idempotency_key: r.idempotency_key,
+            wallet: r.wallet,
+            asset: r.asset,
+            destination: r.destination,
+            amount: r.amount,
+            fee_cap: r.fee_cap,
+            memo: r.memo,
+            request_signature: r.request_signature,
+            source_path: r.source_path,
+        };
+        let w = self.api.create_withdrawal(&who, request).await;
+        Ok(Response::new(w.map_err(status)?))
     }
 
     async fn get_withdrawal(
         &self,
         req: Request<GetWithdrawalRequest>,
     ) -> Result<Response<Withdrawal>, Status> {
-        let who = require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
-        let engine = self.engine()?;
-        let id = req.into_inner().id;
-        let row = engine.get(&id).await.map_err(status)?;
-        if who.roles == [Role::Backend] && row.client_id != who.id {
-            // Another client's withdrawal: answered as one that does not exist.
-            return Err(status(CoordError::not_found("withdrawal", id)));
-        }
-        Ok(Response::new(view(engine, row).await?))
+        let who = identity(&req)?;
+        let w = self.api.get_withdrawal(&who, &req.into_inner().id).await;
+        Ok(Response::new(w.map_err(status)?))
     }
 
     async fn list_withdrawals(
         &self,
         req: Request<ListWithdrawalsRequest>,
     ) -> Result<Response<ListWithdrawalsResponse>, Status> {
-        let who = require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
-        let engine = self.engine()?;
-        let r = req.into_inner();
-        let states = if r.state.is_empty() {
-            Vec::new()
-        } else {
-            vec![State::parse(&r.state).ok_or_else(|| {
-                Status::invalid_argument(format!("state: unknown state {:?}", r.state))
-            })?]
-        };
-        let limit = match r.page_size {
-            0 => 50,
-            n if n > 500 => return Err(Status::invalid_argument("page_size: at most 500")),
-            n => i64::from(n),
-        };
-        let offset: i64 = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token.parse().map_err(|_| {
-                Status::invalid_argument("page_token: not a token from a previous page")
-            })?
-        };
-        let initiator = if who.roles == [Role::Backend] {
-            Some(who.id.clone())
-        } else if r.initiator.is_empty() {
-            None
-        } else {
-            Some(r.initiator.clone())
-        };
-        let rows = engine
-            .store
-            .list(
-                (!r.wallet.is_empty()).then_some(r.wallet.as_str()),
-                &states,
-                initiator.as_deref(),
-                offset,
-                limit + 1,
-            )
-            .await
-            .map_err(status)?;
-        let more = rows.len() as i64 > limit;
-        let mut withdrawals = Vec::new();
-        for row in rows.into_iter().take(usize::try_from(limit).unwrap_or(50)) {
-            withdrawals.push(view(engine, row).await?);
-        }
-        Ok(Response::new(ListWithdrawalsResponse {
-            withdrawals,
-            next_page_token: if more {
-                (offset + limit).to_string()
-            } else {
-                String::new()
-            },
-        }))
+        let who = identity(&req)?;
+        let page = self.api.list_withdrawals(&who, req.get_ref()).await;
+        Ok(Response::new(page.map_err(status)?))
     }
 
     async fn cancel_withdrawal(
         &self,
         req: Request<CancelWithdrawalRequest>,
     ) -> Result<Response<Withdrawal>, Status> {
-        let who = require_any(&req, &[Role::Backend])?;
-        let engine = self.engine()?;
+        let who = identity(&req)?;
         let r = req.into_inner();
-        let row = engine
-            .cancel_by_client(&who, &r.id, &r.reason)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(view(engine, row).await?))
+        let w = self.api.cancel_withdrawal(&who, &r.id, &r.reason).await;
+        Ok(Response::new(w.map_err(status)?))
     }
 
     type WatchWithdrawalsStream =
@@ -773,7 +571,7 @@ impl Custody for CustodyService {
         req: Request<WatchWithdrawalsRequest>,
     ) -> Result<Response<Self::WatchWithdrawalsStream>, Status> {
         require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
-        let engine = self.engine()?.clone();
+        let engine = self.api.engine().map_err(status)?.clone();
         let r = req.into_inner();
         let mut cursor = i64::try_from(r.cursor)
             .map_err(|_| Status::invalid_argument("cursor: out of range"))?;
@@ -829,29 +627,15 @@ impl Custody for CustodyService {
         &self,
         req: Request<ListWalletsRequest>,
     ) -> Result<Response<ListWalletsResponse>, Status> {
-        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
-        let mut wallets = Vec::new();
-        for k in self.cluster.db.keys().await.map_err(status)? {
-            if k.state == "ready" {
-                wallets.push(self.wallet(k));
-            }
-        }
+        let who = identity(&req)?;
+        let wallets = self.api.list_wallets(&who).await.map_err(status)?;
         Ok(Response::new(ListWalletsResponse { wallets }))
     }
 
     async fn get_wallet(&self, req: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {
-        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
-        let id = req.into_inner().wallet_id;
-        crate::cluster::validate_id("wallet_id", &id).map_err(status)?;
-        let k = self
-            .cluster
-            .db
-            .key(&id)
-            .await
-            .map_err(status)?
-            .filter(|k| k.state == "ready")
-            .ok_or_else(|| status(CoordError::not_found("wallet", id)))?;
-        Ok(Response::new(self.wallet(k)))
+        let who = identity(&req)?;
+        let w = self.api.get_wallet(&who, &req.into_inner().wallet_id).await;
+        Ok(Response::new(w.map_err(status)?))
     }
 
     async fn derive_address(
@@ -860,7 +644,11 @@ impl Custody for CustodyService {
     ) -> Result<Response<DerivedAddress>, Status> {
         require_any(&req, &[Role::Backend])?;
         let r = req.into_inner();
-        let key = self.wallet_row(&r.wallet).await?;
+        let key = self
+            .api
+            .wallet_row("wallet", &r.wallet)
+            .await
+            .map_err(status)?;
         let d = crate::derived::derive_address(
             &self.cluster.db,
             &key,
@@ -880,7 +668,10 @@ impl Custody for CustodyService {
         require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
         let wallet = req.into_inner().wallet;
         if !wallet.is_empty() {
-            self.wallet_row(&wallet).await?;
+            self.api
+                .wallet_row("wallet", &wallet)
+                .await
+                .map_err(status)?;
         }
         let addresses = crate::derived::list(&self.cluster.db, &wallet)
             .await
@@ -895,165 +686,59 @@ impl Custody for CustodyService {
         &self,
         req: Request<ListAddressBookRequest>,
     ) -> Result<Response<ListAddressBookResponse>, Status> {
-        require_any(&req, &[Role::Backend, Role::Approver, Role::Auditor])?;
-        let engine = self.engine()?;
-        let chain = req.into_inner().chain;
-        let (entries, hash) = engine.address_book(&chain);
-        Ok(Response::new(ListAddressBookResponse {
-            entries: entries
-                .into_iter()
-                .map(|(e, usable)| AddressBookEntry {
-                    id: e.id,
-                    labels: e.labels,
-                    chain: e.chain,
-                    address: e.address,
-                    whitelisted: e.whitelisted,
-                    usable_from: rfc3339_s(Some(usable)),
-                })
-                .collect(),
-            policy_hash: hash,
-        }))
+        let who = identity(&req)?;
+        let book = self.api.address_book(&who, &req.into_inner().chain);
+        Ok(Response::new(book.map_err(status)?))
     }
 
     async fn list_pending(
         &self,
         req: Request<ListPendingRequest>,
     ) -> Result<Response<ListWithdrawalsResponse>, Status> {
-        require_any(&req, &[Role::Approver, Role::Auditor])?;
-        let engine = self.engine()?;
-        let approver = req.into_inner().approver;
-        let rows = engine
-            .store
-            .list(
-                None,
-                &[State::AwaitingApprovals, State::TimeLocked],
-                None,
-                0,
-                500,
-            )
-            .await
-            .map_err(status)?;
-        let mut withdrawals = Vec::new();
-        for row in rows {
-            let w = view(engine, row).await?;
-            if approver.is_empty() || !w.approvals.iter().any(|a| a.approver == approver) {
-                withdrawals.push(w);
-            }
-        }
-        Ok(Response::new(ListWithdrawalsResponse {
-            withdrawals,
-            next_page_token: String::new(),
-        }))
+        let who = identity(&req)?;
+        let pending = self
+            .api
+            .list_pending(&who, &req.into_inner().approver)
+            .await;
+        Ok(Response::new(pending.map_err(status)?))
     }
 
     async fn submit_approval(
         &self,
         req: Request<SubmitApprovalRequest>,
     ) -> Result<Response<Withdrawal>, Status> {
-        require_any(&req, &[Role::Approver])?;
-        let engine = self.engine()?;
-        let r = req.into_inner();
-        let verdict = match Verdict::try_from(r.verdict) {
-            Ok(Verdict::Approve) => custos_policy::Verdict::Approve,
-            Ok(Verdict::Reject) => custos_policy::Verdict::Reject,
-            Ok(Verdict::Cancel) => custos_policy::Verdict::Cancel,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "verdict: must be APPROVE, REJECT or CANCEL",
-                ));
-            }
-        };
-        let submitted = SubmittedVerdict {
-            withdrawal_id: r.withdrawal_id,
-            approver: r.approver,
-            verdict,
-            signature: r.signature,
-            webauthn: r.webauthn.map(|a| {
-                custos_policy::PasskeyAssertion::from_bytes(
-                    &a.credential_id,
-                    &a.authenticator_data,
-                    &a.client_data_json,
-                    &a.signature,
-                )
-            }),
-            reason: r.reason,
-        };
-        let row = if r.fee_bump_statement.is_empty() {
-            engine.submit(submitted).await
-        } else {
-            engine
-                .submit_bump_verdict(submitted, &r.fee_bump_statement)
-                .await
-        }
-        .map_err(status)?;
-        Ok(Response::new(view(engine, row).await?))
+        let who = identity(&req)?;
+        let w = self.api.submit_approval(&who, req.into_inner()).await;
+        Ok(Response::new(w.map_err(status)?))
     }
 
     async fn get_checkpoint(
         &self,
         req: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
-        require_any(&req, &[Role::Auditor, Role::Approver, Role::Backend])?;
-        let note = self
-            .audit
-            .log()
-            .latest_checkpoint()
-            .await
-            .map_err(audit_status)?
-            .unwrap_or_default();
-        let size = crate::audit::note_size(&note).unwrap_or(0);
-        Ok(Response::new(Checkpoint { note, size }))
+        let who = identity(&req)?;
+        Ok(Response::new(
+            self.api.checkpoint(&who).await.map_err(status)?,
+        ))
     }
 
     async fn get_log_entry(
         &self,
         req: Request<GetLogEntryRequest>,
     ) -> Result<Response<LogEntry>, Status> {
-        require_any(&req, &[Role::Auditor])?;
-        let index = req.into_inner().index;
-        let size = self.audit.log().size().await;
-        if index >= size {
-            return Err(Status::not_found(format!(
-                "not found: entry {index} (log size {size})"
-            )));
-        }
-        let entry = self.audit.log().entry(index).await.map_err(audit_status)?;
-        let json = custos_audit::Entry::decode(&entry)
-            .map(|e| {
-                serde_json::json!({
-                    "index": e.index,
-                    "timestamp_ms": e.timestamp_ms,
-                    "kind": e.body.kind_name(),
-                    "withdrawal_id": e.body.withdrawal_id(),
-                    "body": format!("{:?}", e.body),
-                })
-                .to_string()
-            })
-            .unwrap_or_default();
-        Ok(Response::new(LogEntry { index, entry, json }))
+        let who = identity(&req)?;
+        let entry = self.api.log_entry(&who, req.into_inner().index).await;
+        Ok(Response::new(entry.map_err(status)?))
     }
 
     async fn get_inclusion_proof(
         &self,
         req: Request<GetInclusionProofRequest>,
     ) -> Result<Response<Proof>, Status> {
-        require_any(&req, &[Role::Auditor])?;
+        let who = identity(&req)?;
         let r = req.into_inner();
-        let size = if r.size == 0 {
-            self.latest_size().await?
-        } else {
-            r.size
-        };
-        let proof = self
-            .audit
-            .log()
-            .inclusion_proof(r.index, size)
-            .await
-            .map_err(audit_status)?;
-        Ok(Response::new(Proof {
-            hashes: proof.iter().map(|h| h.to_vec()).collect(),
-            size,
-        }))
+        let proof = self.api.inclusion_proof(&who, r.index, r.size).await;
+        Ok(Response::new(proof.map_err(status)?))
     }
 
     async fn get_consistency_proof(
@@ -1067,7 +752,7 @@ impl Custody for CustodyService {
             .log()
             .consistency_proof(r.old_size, r.new_size)
             .await
-            .map_err(audit_status)?;
+            .map_err(|e| status(audit_error("size", e)))?;
         Ok(Response::new(Proof {
             hashes: proof.iter().map(|h| h.to_vec()).collect(),
             size: r.new_size,
@@ -1081,7 +766,7 @@ impl Custody for CustodyService {
         require_any(&req, &[Role::Auditor])?;
         let r = req.into_inner();
         let to = if r.to == 0 {
-            self.latest_size().await?
+            self.api.latest_size().await.map_err(status)?
         } else {
             r.to
         };
@@ -1090,51 +775,9 @@ impl Custody for CustodyService {
             .log()
             .export(r.from, to, (r.previous_size > 0).then_some(r.previous_size))
             .await
-            .map_err(audit_status)?;
+            .map_err(|e| status(audit_error("size", e)))?;
         let json = serde_json::to_vec_pretty(&bundle)
             .map_err(|e| Status::internal(format!("bundle encoding: {e}")))?;
         Ok(Response::new(AuditBundle { json }))
-    }
-}
-
-impl CustodyService {
-    /// The ready wallet `id` (validated), or NOT_FOUND.
-    async fn wallet_row(&self, id: &str) -> Result<KeyRow, Status> {
-        crate::cluster::validate_id("wallet", id).map_err(status)?;
-        self.cluster
-            .db
-            .key(id)
-            .await
-            .map_err(status)?
-            .filter(|k| k.state == "ready")
-            .ok_or_else(|| status(CoordError::not_found("wallet", id)))
-    }
-
-    fn wallet(&self, k: KeyRow) -> Wallet {
-        let assets = self
-            .engine
-            .as_ref()
-            .map(|e| e.assets_on(&k.chain))
-            .unwrap_or_default();
-        Wallet {
-            wallet_id: k.key_id,
-            chain: k.chain,
-            address: k.address.unwrap_or_default(),
-            assets,
-            threshold: u32::from(k.threshold),
-            participants: k.participants,
-        }
-    }
-
-    async fn latest_size(&self) -> Result<u64, Status> {
-        let note = self
-            .audit
-            .log()
-            .latest_checkpoint()
-            .await
-            .map_err(audit_status)?
-            .ok_or_else(|| Status::failed_precondition("no checkpoint yet"))?;
-        crate::audit::note_size(&note)
-            .ok_or_else(|| Status::internal("stored checkpoint unreadable"))
     }
 }

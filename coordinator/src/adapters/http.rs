@@ -25,10 +25,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{JsonBody, PathParams, QueryParams};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -36,6 +37,7 @@ use sqlx::AnyPool;
 use tokio::sync::Notify;
 
 use super::reports::{self, Group, ReportQuery};
+use super::routes::{Routes, Verb};
 use crate::auth::{Authenticator, Identity, Role};
 use crate::error::CoordError;
 
@@ -111,20 +113,7 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 /// Resolves the bearer token to an identity with one of `roles` (admins have all).
 fn identify(state: &HttpState, headers: &HeaderMap, roles: &[Role]) -> Result<Identity, ApiError> {
-    let mut req = tonic::Request::new(());
-    if let Some(v) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
-        req.metadata_mut().insert("authorization", v);
-    }
-    let req = state
-        .auth
-        .authenticate(req)
-        .map_err(|s| ApiError::Route(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
-    let id = crate::auth::identity(&req)
-        .map_err(|s| ApiError::Route(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
+    let id = authenticate(&state.auth, headers)?;
     if id.is_admin() || roles.iter().any(|r| id.roles.contains(r)) {
         Ok(id)
     } else {
@@ -133,6 +122,27 @@ fn identify(state: &HttpState, headers: &HeaderMap, roles: &[Role]) -> Result<Id
             format!("client {} lacks the role ({roles:?})", id.id),
         ))
     }
+}
+
+/// The identity the bearer token proves (401 without a valid one): the
+/// same tokens and checks as the gRPC API.
+pub(crate) fn authenticate(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+) -> Result<Identity, ApiError> {
+    let mut req = tonic::Request::new(());
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        req.metadata_mut().insert("authorization", v);
+    }
+    let req = auth
+        .authenticate(req)
+        .map_err(|s| ApiError::Route(StatusCode::UNAUTHORIZED, s.message().to_owned()))?;
+    crate::auth::identity(&req)
+        .map_err(|s| ApiError::Route(StatusCode::UNAUTHORIZED, s.message().to_owned()))
 }
 
 /// Routes only an admin may call (and `rpc=` on reconcile).
@@ -153,7 +163,7 @@ fn is_admin_call(route: &str, query: Option<&str>) -> bool {
 /// admin route, whoever makes them (refusals included), and every call made
 /// with an admin token; with the client, the token id (never the token),
 /// the route and the status answered.
-async fn audit_admin_calls(
+pub(crate) async fn audit_admin_calls(
     State(auth): State<Authenticator>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -186,21 +196,29 @@ async fn audit_admin_calls(
     response
 }
 
+/// The adapter routes, not yet given their state (the table is what the
+/// OpenAPI document is checked against).
+pub fn routes() -> Routes<HttpState> {
+    Routes::default()
+        .add(Verb::Post, "/v1/webhooks", register_webhook)
+        .add(Verb::Get, "/v1/webhooks", list_webhooks)
+        .add(Verb::Get, "/v1/webhooks/dead-letters", dead_letters)
+        .add(Verb::Post, "/v1/webhooks/redrive/{event_id}", redrive)
+        .add(Verb::Get, "/v1/reports/{name}", report)
+        .add(Verb::Get, "/v1/ledger/balances", balances)
+        .add(Verb::Get, "/v1/ledger/journal", journal)
+        .add(Verb::Get, "/v1/ledger/invariants", invariants)
+        .add(Verb::Get, "/v1/ledger/exceptions", exceptions)
+        .add(Verb::Post, "/v1/ledger/deposits", deposit)
+        .add(Verb::Post, "/v1/ledger/overdrafts", set_overdraft)
+        .add(Verb::Get, "/v1/ledger/reconcile", reconcile)
+}
+
 /// The adapter routes.
 pub fn router(state: HttpState) -> Router {
     let auth = state.auth.clone();
-    Router::new()
-        .route("/v1/webhooks", post(register_webhook).get(list_webhooks))
-        .route("/v1/webhooks/dead-letters", get(dead_letters))
-        .route("/v1/webhooks/redrive/{event_id}", post(redrive))
-        .route("/v1/reports/{name}", get(report))
-        .route("/v1/ledger/balances", get(balances))
-        .route("/v1/ledger/journal", get(journal))
-        .route("/v1/ledger/invariants", get(invariants))
-        .route("/v1/ledger/exceptions", get(exceptions))
-        .route("/v1/ledger/deposits", post(deposit))
-        .route("/v1/ledger/overdrafts", post(set_overdraft))
-        .route("/v1/ledger/reconcile", get(reconcile))
+    routes()
+        .into_router()
         .route_layer(axum::middleware::from_fn_with_state(
             auth,
             audit_admin_calls,
@@ -251,7 +269,7 @@ struct WebhookBody {
 async fn register_webhook(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Json(body): Json<WebhookBody>,
+    JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Backend])?;
     if (body.allow_private || body.client_id.is_some()) && !id.is_admin() {
@@ -338,7 +356,7 @@ async fn dead_letters(State(s): State<HttpState>, headers: HeaderMap) -> ApiResu
 async fn redrive(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Path(event_id): Path<String>,
+    PathParams(event_id): PathParams<String>,
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Backend])?;
     let mut conn = s.pool.acquire().await.map_err(storage)?;
@@ -397,8 +415,8 @@ pub fn report_query(
 async fn report(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(p): Query<ReportParams>,
+    PathParams(name): PathParams<String>,
+    QueryParams(p): QueryParams<ReportParams>,
 ) -> ApiResult {
     identify(&s, &headers, &[Role::Auditor])?;
     let q = report_query(p.from.as_deref(), p.to.as_deref(), p.group.as_deref())?;
@@ -422,7 +440,7 @@ fn ledger_err(e: custos_ledger::LedgerError) -> ApiError {
 async fn balances(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Query(p): Query<WalletParam>,
+    QueryParams(p): QueryParams<WalletParam>,
 ) -> ApiResult {
     identify(&s, &headers, &[Role::Auditor])?;
     let mut conn = s.pool.acquire().await.map_err(storage)?;
@@ -446,7 +464,7 @@ async fn balances(
 async fn journal(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Query(p): Query<WalletParam>,
+    QueryParams(p): QueryParams<WalletParam>,
 ) -> ApiResult {
     identify(&s, &headers, &[Role::Auditor])?;
     let wallet = p.wallet.ok_or_else(|| bad_request("wallet: required"))?;
@@ -503,7 +521,7 @@ struct DepositBody {
 async fn deposit(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Json(body): Json<DepositBody>,
+    JsonBody(body): JsonBody<DepositBody>,
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Admin])?;
     let amount: u128 = body
@@ -537,7 +555,7 @@ struct OverdraftBody {
 async fn set_overdraft(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Json(body): Json<OverdraftBody>,
+    JsonBody(body): JsonBody<OverdraftBody>,
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Admin])?;
     let limit = super::ledger::parse_overdraft(&body.limit)
@@ -654,7 +672,7 @@ async fn evm_holdings(
 async fn reconcile(
     State(s): State<HttpState>,
     headers: HeaderMap,
-    Query(p): Query<ReconcileParams>,
+    QueryParams(p): QueryParams<ReconcileParams>,
 ) -> ApiResult {
     let id = identify(&s, &headers, &[Role::Auditor])?;
     let chain = p.chain.unwrap_or_else(|| "eth".into());

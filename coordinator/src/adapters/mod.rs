@@ -10,10 +10,14 @@
 //! listener, runs [`Adapters::refresh_gauges`] with its other background
 //! tasks and calls [`Adapters::shutdown`] when it stops.
 
+pub mod custody;
 pub mod events;
+pub mod extract;
 pub mod http;
 pub mod ledger;
+pub mod openapi;
 pub mod reports;
+pub mod routes;
 #[cfg(test)]
 mod tests;
 
@@ -278,15 +282,25 @@ impl Adapters {
         })
     }
 
-    /// The adapter routes ([`http`]) for the API listener: every request
-    /// goes through `guard` (rate limits per client and route, calls in
-    /// flight) and bodies are bounded to `max_body` bytes (413 beyond).
+    /// The REST routes for the API listener: the adapters' ([`http`]), the
+    /// custody API's over `api` ([`custody`]) and the OpenAPI document
+    /// ([`openapi`]); every request goes through `guard` (rate limits per
+    /// client and route, calls in flight) and bodies are bounded to
+    /// `max_body` bytes (413 beyond). Another path is a JSON 404.
     pub fn api_router(
         &self,
+        api: crate::custody::CustodyApi,
         guard: custos_service::limits::Guard,
         max_body: usize,
     ) -> axum::Router {
+        let custody = custody::CustodyState {
+            api,
+            auth: self.http.auth.clone(),
+        };
         http::router(self.http.clone())
+            .merge(custody::router(custody))
+            .merge(openapi::router())
+            .fallback(not_found)
             .layer(guard)
             .layer(axum::extract::DefaultBodyLimit::max(max_body))
     }
@@ -317,6 +331,14 @@ impl Adapters {
             }
         }
     }
+}
+
+/// A path the API does not serve.
+async fn not_found(uri: axum::http::Uri) -> http::ApiError {
+    http::ApiError::Route(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("no route {} (see {})", uri.path(), openapi::PATH),
+    )
 }
 
 /// The daemon's health plus the adapters' metrics.
