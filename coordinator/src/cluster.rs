@@ -1025,8 +1025,10 @@ impl Cluster {
             }
             if pooled.is_none() && !scheme.interactive_signing() {
                 // No interactive protocol (FROST): a commitment round among
-                // live signers now, then the signing round from it.
-                let ids: Vec<String> = live_ids.iter().take(t).cloned().collect();
+                // live signers now, then the signing round from it. The
+                // subset rotates, as for pool refills, so every live signer
+                // (a repaired one too) takes its turn.
+                let ids: Vec<String> = self.rotated(live_ids.clone()).into_iter().take(t).collect();
                 match self.presign_among(key, Some(&ids)).await {
                     Ok((presig_id, signers)) => {
                         if self.db.take_presig(&presig_id, request_id).await? {
@@ -1234,6 +1236,14 @@ impl Cluster {
         Ok(false)
     }
 
+    /// `live` rotated by the next step of the cluster's rotation, so that
+    /// taking its first t spreads work over every live signer.
+    fn rotated<T>(&self, mut live: Vec<T>) -> Vec<T> {
+        let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len().max(1);
+        live.rotate_left(shift);
+        live
+    }
+
     /// Generates one presignature for `key` now with a rotating subset of live
     /// signers; returns its id and signers once every signer reports the same
     /// nonce point.
@@ -1261,11 +1271,9 @@ impl Cluster {
                 self.require_live(ids, t).await?
             }
             None => {
-                let mut live = self.require_live(&key.participants, t).await?;
                 // Rotate subsets so every signer's presignatures are spread.
-                let shift = self.rotation.fetch_add(1, Ordering::Relaxed) % live.len().max(1);
-                live.rotate_left(shift);
-                live.into_iter().take(t).collect()
+                let live = self.require_live(&key.participants, t).await?;
+                self.rotated(live).into_iter().take(t).collect()
             }
         };
         let ids: Vec<String> = chosen.iter().map(|s| s.endpoint.node_id.clone()).collect();

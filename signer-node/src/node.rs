@@ -952,7 +952,10 @@ impl Node {
             .map_err(|e| NodeError::InvalidRequest(format!("scheme: {e}")))?;
         let scheme = custos_mpc::scheme(scheme_id);
         scheme.check_refreshable().map_err(unsupported)?;
-        validate_id("group id", &record.group_id)?;
+        // FROST keys have no aux-info group: an empty id is theirs.
+        if !record.group_id.is_empty() {
+            validate_id("group id", &record.group_id)?;
+        }
         self.check_participants(&record.participants, None)?;
         if self.store.key_share(key_id).is_ok() {
             return Err(NodeError::Replay(format!(

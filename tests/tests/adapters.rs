@@ -1056,7 +1056,7 @@ async fn rest_api(
     assert_eq!(w["amount_human"], grpc.amount_human.as_str());
     assert_eq!(w["statement"], hex::encode(&grpc.statement));
     // Created over REST (the backend's signed request), then listed.
-    let req = withdrawal_req("ad-rest", "w-hot", WHITELISTED, ETH / 4);
+    let req = withdrawal_req("ad-rest", "w-hot", WHITELISTED, 20 * ETH);
     let body = serde_json::json!({
         "idempotency_key": req.idempotency_key, "wallet": req.wallet, "asset": req.asset,
         "destination": req.destination, "amount": req.amount,
