@@ -72,7 +72,8 @@ pub use intent::{INTENT_DOMAIN, INTENT_DOMAIN_DERIVED, intent_digest};
 pub use keys::{PublicKey, SecretKey};
 pub use policy::{MAX_DOCUMENT_BYTES, POLICY_HASH_DOMAIN, Policy, PolicyHash, parse_document};
 pub use request::{
-    REQUEST_SIGN_DOMAIN, RequestStatement, canonical_destination, request_withdrawal_id,
+    REQUEST_SIGN_DOMAIN, REQUEST_SIGN_DOMAIN_V2, RequestStatement, canonical_destination,
+    request_withdrawal_id,
 };
 pub use statement::{
     APPROVAL_SIGN_DOMAIN, ApprovalStatement, MAX_DIGEST_LEN, STATEMENT_MAGIC, STATEMENT_VERSION,

@@ -464,6 +464,18 @@ pub fn request_key() -> custos_policy::SecretKey {
 /// A CreateWithdrawal request for ETH, signed with [`request_key`] as
 /// `payments-backend` (policies without request keys ignore the signature).
 pub fn withdrawal_req(key: &str, wallet: &str, to: &str, amount: u128) -> CreateWithdrawalRequest {
+    withdrawal_req_from(key, wallet, "", to, amount)
+}
+
+/// [`withdrawal_req`] spending from the wallet's derived address at
+/// `source_path` (empty: the wallet's own address), the path signed too.
+pub fn withdrawal_req_from(
+    key: &str,
+    wallet: &str,
+    source_path: &str,
+    to: &str,
+    amount: u128,
+) -> CreateWithdrawalRequest {
     let request_signature = custos_policy::RequestStatement {
         client: custos_devkit::BACKEND_CLIENT.to_owned(),
         idempotency_key: key.to_owned(),
@@ -471,6 +483,7 @@ pub fn withdrawal_req(key: &str, wallet: &str, to: &str, amount: u128) -> Create
         asset: "ETH".into(),
         destination: custos_policy::canonical_destination("ethereum", to),
         amount,
+        source_path: source_path.to_owned(),
     }
     .sign(&request_key());
     CreateWithdrawalRequest {
@@ -480,6 +493,7 @@ pub fn withdrawal_req(key: &str, wallet: &str, to: &str, amount: u128) -> Create
         destination: to.to_owned(),
         amount: amount.to_string(),
         request_signature,
+        source_path: source_path.to_owned(),
         ..Default::default()
     }
 }

@@ -485,6 +485,39 @@ async fn compromised_coordinator_gets_no_signature() {
         "one signed request backs one withdrawal",
     )
     .await;
+    // The same request moved by the coordinator from the wallet's own
+    // address to one of its derived addresses (case 77): the backend's
+    // signature covers where it spends from.
+    let derived = fc
+        .backend
+        .clone()
+        .derive_address(custos_proto::custody::DeriveAddressRequest {
+            wallet: "w-hot".into(),
+            index: 3,
+            label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The coordinator refuses it too, naming the path to sign.
+    let mut unsigned_path = withdrawal_req("moved-source", "w-hot", WHITELISTED, ETH / 10);
+    unsigned_path.source_path = derived.path.clone();
+    let e = fc
+        .backend
+        .clone()
+        .create_withdrawal(unsigned_path)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("source path as m/0/3"), "{e}");
+    let mut moved = w.clone();
+    moved.source = Some(custos_policy::DerivedSource {
+        path: derived.path,
+        address: derived.address,
+    });
+    let mut a = genuine.clone();
+    a.withdrawal_json = serde_json::to_vec(&moved).unwrap();
+    all_refuse(&signers, &a, true, "source m/0/3)").await;
 
     // A correctly admin-signed relaxation (v2 adds an address) is not in force
     // on the signers until its change delay has passed on their clocks (cases 12, 13).

@@ -416,9 +416,7 @@ async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, maste
     // A withdrawal from it: the node takes the transaction as the derived
     // address's (its signature recovers to it), at its own nonce 0.
     let before = rpc.balance(addr(PAYEE_3)).await.unwrap();
-    let mut req = withdrawal_req("hd-1", "w-hd", PAYEE_3, ETH / 10);
-    req.asset = "ETH".into();
-    req.source_path = d.path.clone();
+    let req = withdrawal_req_from("hd-1", "w-hd", &d.path, PAYEE_3, ETH / 10);
     let w = fc
         .backend
         .clone()
@@ -455,6 +453,37 @@ async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, maste
         0,
         "the master address sent nothing"
     );
+    // Reconciled: the wallet's on-chain holdings count its derived
+    // addresses too, where its deposit went and its payout came from.
+    let started = Instant::now();
+    loop {
+        let out = std::process::Command::new(bin_dir().join("custos"))
+            .args([
+                "ledger",
+                "reconcile",
+                "--chain",
+                CHAIN,
+                "--json",
+                "--cluster",
+            ])
+            .arg(&layout.dir)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let row = v["wallets"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["wallet"] == "w-hd").cloned())
+            .unwrap_or_default();
+        if row["matches"] == json!(true) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "w-hd does not reconcile: {row} ({})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // A rogue coordinator (docs/SECURITY.md case 67) names path m/0/8 with
     // the address of m/0/7: every signer derives m/0/8 itself and refuses,

@@ -164,6 +164,7 @@ pub fn withdraw(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
                     asset: args.asset.clone(),
                     destination: custos_policy::canonical_destination(&chain, &args.to),
                     amount,
+                    source_path: args.source_path.clone().unwrap_or_default(),
                 };
                 sign_request("--request-key", path, &statement)?
             }
@@ -462,6 +463,7 @@ mod tests {
             asset: "ETH".into(),
             destination: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".into(),
             amount: 1_000,
+            source_path: String::new(),
         }
     }
 

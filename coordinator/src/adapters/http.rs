@@ -641,24 +641,39 @@ async fn evm_holdings(
         let Some(addr) = k.address.clone() else {
             continue;
         };
-        let parsed = custos_chains::evm::address::parse_address(&addr).map_err(|e| {
-            ApiError::Route(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("wallet {} address {addr}: {e}", k.key_id),
-            )
-        })?;
-        let wei = rpc.balance(parsed).await.map_err(|e| {
-            ApiError::Route(
-                StatusCode::BAD_GATEWAY,
-                format!("balance of {} ({addr}): {e}", k.key_id),
-            )
-        })?;
-        let amount = u128::try_from(wei).map_err(|_| {
-            ApiError::Route(
-                StatusCode::BAD_GATEWAY,
-                format!("balance of {} exceeds 128 bits", k.key_id),
-            )
-        })?;
+        // The wallet holds what its own address and every derived deposit
+        // address hold: deposits to either are credited to the wallet.
+        let mut addresses = vec![addr.clone()];
+        addresses.extend(
+            crate::derived::list(&s.db, &k.key_id)
+                .await?
+                .into_iter()
+                .map(|d| d.address),
+        );
+        let mut amount: u128 = 0;
+        for a in &addresses {
+            let parsed = custos_chains::evm::address::parse_address(a).map_err(|e| {
+                ApiError::Route(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("wallet {} address {a}: {e}", k.key_id),
+                )
+            })?;
+            let wei = rpc.balance(parsed).await.map_err(|e| {
+                ApiError::Route(
+                    StatusCode::BAD_GATEWAY,
+                    format!("balance of {} ({a}): {e}", k.key_id),
+                )
+            })?;
+            amount = u128::try_from(wei)
+                .ok()
+                .and_then(|w| amount.checked_add(w))
+                .ok_or_else(|| {
+                    ApiError::Route(
+                        StatusCode::BAD_GATEWAY,
+                        format!("balance of {} exceeds 128 bits", k.key_id),
+                    )
+                })?;
+        }
         onchain.push(custos_ledger::OnchainBalance {
             wallet: k.key_id.clone(),
             asset: native.into(),

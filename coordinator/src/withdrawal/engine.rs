@@ -716,14 +716,19 @@ impl Engine {
                 asset: req.asset.clone(),
                 destination: destination.clone(),
                 amount,
+                source_path: source.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),
             };
             active
                 .policy()
                 .verify_request(&statement, &req.request_signature)
                 .map_err(|e| {
                     CoordError::PermissionDenied(format!(
-                        "request_signature: {} (sign the destination as {destination})",
-                        e.to_string().trim_start_matches("signing refused: ")
+                        "request_signature: {} (sign the destination as {destination}{})",
+                        e.to_string().trim_start_matches("signing refused: "),
+                        match &source {
+                            Some((path, _)) => format!(" and the source path as {path}"),
+                            None => String::new(),
+                        }
                     ))
                 })?;
             (

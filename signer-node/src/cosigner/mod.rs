@@ -148,7 +148,8 @@ fn check_against_request(w: &Withdrawal, r: &log_view::LoggedRequest) -> Result<
 
 /// With request keys in the policy, the initiator the policy sees must be
 /// the client whose signature over exactly this request (wallet, asset,
-/// destination, amount, idempotency key) verifies, and the withdrawal id must
+/// destination, amount, idempotency key, and the source path when it spends
+/// from a derived address) verifies, and the withdrawal id must
 /// be the one that request derives: one signed request backs one withdrawal.
 fn check_signed_request(
     policy: &custos_policy::Policy,
