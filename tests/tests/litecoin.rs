@@ -464,6 +464,38 @@ async fn an_approved_message_signed_by_an_ed25519_key(fc: &FlowCluster) {
     // A destination that is not a message is refused at creation.
     let e = create("msg-bad", "not hex".into()).await.unwrap_err();
     assert!(e.message().contains("destination"), "{e:?}");
+    // An ECDSA key signs 32-byte digests only: a message of another length
+    // is refused at creation, not left to fail at signing.
+    fc.tc
+        .client
+        .clone()
+        .create_key(CreateKeyRequest {
+            key_id: "msg-ecdsa".into(),
+            chain: "message".into(),
+            scheme: Scheme::Cggmp21Ecdsa as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = fc
+        .backend
+        .clone()
+        .create_withdrawal(CreateWithdrawalRequest {
+            idempotency_key: "msg-ecdsa-1".into(),
+            wallet: "msg-ecdsa".into(),
+            asset: "MSG".into(),
+            destination: hex::encode(&message),
+            amount: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message()
+            .contains("32-byte digest only: this message is 62 bytes"),
+        "{e}"
+    );
     let w = create("msg-1", hex::encode_upper(&message))
         .await
         .unwrap()

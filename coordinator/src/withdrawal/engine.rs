@@ -661,6 +661,24 @@ impl Engine {
         let destination = check_address(&key.chain, &req.destination)
             .map_err(|e| CoordError::invalid("destination", e.to_string()))?
             .canonical;
+        // Refused now, not at signing: an ECDSA key signs a 32-byte digest
+        // only, so a message of another length could never be signed.
+        if key.chain == custos_chains::message::MESSAGE_CHAIN
+            && key.scheme == custos_mpc::SchemeId::EcdsaSecp256k1
+        {
+            let message = custos_chains::message::parse_message(&destination)
+                .map_err(|e| CoordError::invalid("destination", e.to_string()))?;
+            if message.len() != 32 {
+                return Err(CoordError::invalid(
+                    "destination",
+                    format!(
+                        "wallet {} is an ECDSA key, which signs a 32-byte digest only: this message is {} bytes (hash it first, or use an Ed25519 or taproot key)",
+                        req.wallet,
+                        message.len()
+                    ),
+                ));
+            }
+        }
         // Refused now, not found at signing: a payout the chain's
         // transaction format cannot carry would wait forever.
         if let Some(family) = custos_chains::family_of(&key.chain) {
