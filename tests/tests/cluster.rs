@@ -218,7 +218,26 @@ async fn refresh_and_repair_a_frost_key(tc: &mut custos_tests::TestCluster, ed: 
     }
     assert!(with_repaired > 0, "no signature with the repaired signer");
 
-    // Both changes are in the transparency log.
+    // Both changes are in the transparency log, once a checkpoint covers
+    // the repair's entry (checkpoints follow appends by up to an interval).
+    let started = std::time::Instant::now();
+    loop {
+        let size = client
+            .get_checkpoint(custos_proto::custody::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .size;
+        if size > out.log_index {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no checkpoint covers the repair's entry {} (size {size})",
+            out.log_index
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let changes: Vec<_> = log_entries(&mut client)
         .await
         .into_iter()
