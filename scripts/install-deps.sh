@@ -15,6 +15,9 @@ command -v dot >/dev/null || need_pkgs+=(graphviz)               # docs/topology
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_pkgs+=(python3-venv)  # deploy checkers' venv
 command -v ip >/dev/null || need_pkgs+=(iproute2)                # network-namespace tests (ip netns, tc)
 command -v iptables >/dev/null || need_pkgs+=(iptables)         # their delay and loss where the kernel has no netem
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)                # approval app browser test (never a downloaded browser)
+command -v node >/dev/null || need_pkgs+=(nodejs)                # its driver (playwright-core)
+command -v npm >/dev/null || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
@@ -83,3 +86,12 @@ pinned_venv "${CUSTOS_HD_VENV:-$HOME/.cache/custos/hd-venv}" "bip_utils==2.12.3"
 # schemathesis from PyPI, pinned, in its own venv, run against a live dev
 # cluster's /v1/openapi.json.
 pinned_venv "${CUSTOS_API_VENV:-$HOME/.cache/custos/api-venv}" "schemathesis==4.32.5"
+# The approval app's browser test (tests/tests/withdrawals/approval_app.rs):
+# playwright-core from npm, pinned by tests/browser/package-lock.json; it
+# drives /usr/bin/chromium and never downloads a browser.
+browser_dir="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
+if [ "$(node -p "try{require('$browser_dir/node_modules/playwright-core/package.json').version}catch(e){''}" 2>/dev/null)" != \
+  "$(node -p "require('$browser_dir/package-lock.json').packages['node_modules/playwright-core'].version" 2>/dev/null)" ]; then
+  echo "==> installing playwright-core into $browser_dir/node_modules"
+  (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --ignore-scripts)
+fi

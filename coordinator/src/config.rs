@@ -115,6 +115,47 @@ pub struct CoordinatorConfig {
     /// database (a lease; unused with SQLite, where one coordinator runs).
     #[serde(default)]
     pub leadership: LeadershipSettings,
+    /// The approval web app (`/app/` on the HTTP port).
+    #[serde(default)]
+    pub app: AppSettings,
+}
+
+/// `[app]`: the approval web app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// How long an approver stays signed in after a passkey sign-in
+    /// (default 900 s; 60..=3600): short, so a session left open on an
+    /// unattended machine soon ends. Every verdict takes the passkey
+    /// anyway.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_secs: u64,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: default_session_ttl(),
+        }
+    }
+}
+
+fn default_session_ttl() -> u64 {
+    900
+}
+
+impl AppSettings {
+    /// Refuses a session lifetime outside 60..=3600 s, naming the field.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if (60..=3600).contains(&self.session_ttl_secs) {
+            Ok(())
+        } else {
+            Err(ConfigError::Field {
+                field: "app.session_ttl_secs".into(),
+                message: format!("{} is outside 60..=3600 seconds", self.session_ttl_secs),
+            })
+        }
+    }
 }
 
 impl CoordinatorConfig {
@@ -160,6 +201,7 @@ impl CoordinatorConfig {
             ledger: LedgerSettings::default(),
             events: EventSettings::default(),
             leadership: LeadershipSettings::default(),
+            app: AppSettings::default(),
         }
     }
 }
@@ -309,6 +351,7 @@ impl CoordinatorConfig {
     pub fn check_build(&self, mode: BuildMode) -> Result<(), ConfigError> {
         self.limit_settings()?;
         self.leadership.check()?;
+        self.app.check()?;
         if let Some(custos_hsm::LogSignerConfig::Software {
             unseal,
             passphrase_file,

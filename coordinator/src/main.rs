@@ -698,6 +698,10 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
                 p.engine.clone(),
                 p.audit.clone(),
             ),
+            custos_coordinator::adapters::app::AppConfig {
+                session_ttl: Duration::from_secs(cfg.app.session_ttl_secs),
+                stop: stop.clone(),
+            },
             http_guard,
             limits.max_request(),
         ),

@@ -202,6 +202,52 @@ impl Policy {
         self.passkeys.get(idx).map_or(&[], Vec::as_slice)
     }
 
+    /// The approver (not revoked) whose registered passkey has credential id
+    /// `credential_id`, with that passkey: how the approval app resolves a
+    /// passkey sign-in to an approver (credential ids are unique across
+    /// the document, checked when it is loaded).
+    pub fn passkey_owner(
+        &self,
+        credential_id: &[u8],
+    ) -> Option<(&str, &crate::webauthn::PasskeyCredentialKey)> {
+        self.doc
+            .approvers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.revoked)
+            .find_map(|(i, a)| {
+                self.approver_passkeys(i)
+                    .iter()
+                    .find(|c| c.id == credential_id)
+                    .map(|c| (a.id.as_str(), c))
+            })
+    }
+
+    /// The credential ids of approver `id`'s passkeys (empty when it has
+    /// none or is not an approver).
+    pub fn passkey_ids(&self, id: &str) -> Vec<Vec<u8>> {
+        self.approver_index(id)
+            .map(|i| {
+                self.approver_passkeys(i)
+                    .iter()
+                    .map(|c| c.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The relying party passkeys are verified for (`[webauthn]`), if the
+    /// document has one.
+    pub fn relying_party(&self) -> Option<crate::webauthn::RelyingParty<'_>> {
+        self.doc
+            .webauthn
+            .as_ref()
+            .map(|w| crate::webauthn::RelyingParty {
+                rp_id: &w.rp_id,
+                origins: &w.origins,
+            })
+    }
+
     /// Role of an initiator id, when it is an approver of this policy.
     pub(crate) fn role_of(&self, id: &str) -> Option<&str> {
         self.doc

@@ -371,3 +371,37 @@ fn passkey_configuration_is_validated() {
     .unwrap_err();
     assert!(e.contains("credential_id is 3 bytes"), "{e}");
 }
+
+// ------------------------------------------------------------ sign-in
+
+/// The approval app resolves a sign-in's credential id to its approver
+/// through the policy in force: the registered passkey and its approver, no
+/// one for an unknown id, no one for a revoked approver.
+#[test]
+fn passkey_owner_finds_unrevoked_approvers() {
+    let (alice, bob) = (SoftPasskey::new(0xa1), SoftPasskey::new(0xb1));
+    let p = passkey_policy(&alice, &bob, "");
+    let (who, cred) = p.passkey_owner(&bob.id).unwrap();
+    assert_eq!(who, "bob");
+    assert_eq!(cred.id, bob.id);
+    assert_eq!(p.passkey_owner(&alice.id).unwrap().0, "alice");
+    assert!(p.passkey_owner(&[0x77; 16]).is_none());
+    assert_eq!(p.passkey_ids("bob"), vec![bob.id.clone()]);
+    assert!(p.passkey_ids("carol").is_empty());
+    let rp = p.relying_party().unwrap();
+    assert_eq!(rp.rp_id, "custos.test");
+    assert_eq!(rp.origins, ["https://custos.test".to_owned()]);
+    // A sign-in assertion over a server challenge verifies with the key found.
+    let mut bob = bob;
+    let challenge = [9u8; 32];
+    let a = bob.assert(&challenge, "https://custos.test", 0x05);
+    let (_, cred) = p.passkey_owner(&bob.id).unwrap();
+    assert_eq!(verify_passkey_assertion(cred, rp, &challenge, 0, &a), Ok(1));
+    // Revoked: the passkey no longer signs anyone in.
+    let mut revoked = p.document().clone();
+    revoked.approvers[1].revoked = true;
+    let bytes = toml::to_string(&revoked).unwrap();
+    let p2 = Policy::parse(bytes.as_bytes()).unwrap();
+    assert!(p2.passkey_owner(&bob.id).is_none());
+    assert_eq!(p2.passkey_owner(&alice.id).unwrap().0, "alice");
+}

@@ -12,6 +12,8 @@ use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
+mod approval_app;
+
 async fn count(fc: &FlowCluster) -> usize {
     all_withdrawals(&fc.backend).await.len()
 }
@@ -334,8 +336,20 @@ async fn every_policy_action_end_to_end() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
     passkey_approvals_verified_by_coordinator_and_every_signer(&fc).await;
+    // After the passkey test: the browser's authenticators count above it.
+    approval_app::approval_app_in_a_browser(&fc, "w-cold").await;
     api_tokens_rotate_revoke_and_expire(&fc).await;
     client_certificates_authenticate_backends(&fc).await;
+    fc.tc.cluster.stop().await.unwrap();
+}
+
+/// The approval app scenario on a cluster of its own (the shared test
+/// above runs it too): for working on the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "every_policy_action_end_to_end runs the scenario on the shared cluster"]
+async fn approval_app_alone() {
+    let fc = start_flow(&flow_policy(), false, &["w-cold"]).await;
+    approval_app::approval_app_in_a_browser(&fc, "w-cold").await;
     fc.tc.cluster.stop().await.unwrap();
 }
 

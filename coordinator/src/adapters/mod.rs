@@ -10,6 +10,7 @@
 //! listener, runs [`Adapters::refresh_gauges`] with its other background
 //! tasks and calls [`Adapters::shutdown`] when it stops.
 
+pub mod app;
 pub mod custody;
 pub mod events;
 pub mod extract;
@@ -283,23 +284,33 @@ impl Adapters {
     }
 
     /// The REST routes for the API listener: the adapters' ([`http`]), the
-    /// custody API's over `api` ([`custody`]) and the OpenAPI document
-    /// ([`openapi`]); every request goes through `guard` (rate limits per
-    /// client and route, calls in flight) and bodies are bounded to
-    /// `max_body` bytes (413 beyond). Another path is a JSON 404.
+    /// custody API's over `api` ([`custody`]), the OpenAPI document
+    /// ([`openapi`]) and the approval app ([`app`], with `app`'s settings);
+    /// every request goes through `guard` (rate limits per client and
+    /// route, calls in flight) and bodies are bounded to `max_body` bytes
+    /// (413 beyond). Another path is a JSON 404.
     pub fn api_router(
         &self,
         api: crate::custody::CustodyApi,
+        app: app::AppConfig,
         guard: custos_service::limits::Guard,
         max_body: usize,
     ) -> axum::Router {
+        let sessions = Arc::new(app::sessions::Sessions::new(app.session_ttl));
         let custody = custody::CustodyState {
-            api,
+            api: api.clone(),
             auth: self.http.auth.clone(),
+            sessions: Arc::clone(&sessions),
+        };
+        let app = app::AppState {
+            api,
+            sessions,
+            stop: app.stop,
         };
         http::router(self.http.clone())
             .merge(custody::router(custody))
             .merge(openapi::router())
+            .merge(app::router(app))
             .fallback(not_found)
             .layer(guard)
             .layer(axum::extract::DefaultBodyLimit::max(max_body))

@@ -1735,13 +1735,12 @@ impl Engine {
             signature: v.signature.clone(),
             webauthn: v.webauthn.clone(),
         };
-        if v.verdict == Verdict::Cancel && new.webauthn.is_some() {
-            return Err(CoordError::invalid(
-                "webauthn",
-                "cancellations are signed with the approver's Ed25519 key (custos withdrawal cancel)",
-            ));
-        }
         if v.verdict == Verdict::Cancel {
+            // A passkey cancellation (the approval app's) is verified like
+            // a passkey approval, by check_cancellation here and by every
+            // signer; its counter is compared too, though a replayed cancel
+            // could only cancel.
+            self.check_passkey_counter(&new).await?;
             return self
                 .cancel_signed(row, state, &active, &decision, &statement, new, &v.reason)
                 .await;

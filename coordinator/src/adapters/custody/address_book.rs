@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use super::caller::Caller;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -18,10 +18,10 @@ pub(super) struct BookQuery {
 
 pub(super) async fn list(
     State(s): State<CustodyState>,
-    headers: HeaderMap,
+    caller: Caller,
     QueryParams(q): QueryParams<BookQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = s.caller(&headers)?;
+    let who = caller.who;
     let book = s.api.address_book(&who, &q.chain)?;
     let entries: Vec<Value> = book
         .entries

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use super::caller::Caller;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -14,19 +14,19 @@ use crate::adapters::http::ApiError;
 
 pub(super) async fn checkpoint(
     State(s): State<CustodyState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let who = s.caller(&headers)?;
+    let who = caller.who;
     let c = s.api.checkpoint(&who).await?;
     Ok(Json(json!({ "note": c.note, "size": c.size })))
 }
 
 pub(super) async fn entry(
     State(s): State<CustodyState>,
-    headers: HeaderMap,
+    caller: Caller,
     PathParams(index): PathParams<u64>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = s.caller(&headers)?;
+    let who = caller.who;
     let e = s.api.log_entry(&who, index).await?;
     // The decoded entry as an object (null when it does not decode).
     let decoded: Value = serde_json::from_str(&e.json).unwrap_or(Value::Null);
@@ -46,10 +46,10 @@ pub(super) struct ProofQuery {
 
 pub(super) async fn inclusion_proof(
     State(s): State<CustodyState>,
-    headers: HeaderMap,
+    caller: Caller,
     QueryParams(q): QueryParams<ProofQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = s.caller(&headers)?;
+    let who = caller.who;
     let p = s.api.inclusion_proof(&who, q.index, q.size).await?;
     let hashes: Vec<String> = p.hashes.iter().map(hex::encode).collect();
     Ok(Json(

@@ -4,7 +4,9 @@
 //! same validation and the same errors (mapped at the edge,
 //! [`crate::edge`]: `{error, culprit, waiting_for, subject}`). Callers
 //! authenticate with `Authorization: Bearer <API token>`, as on the other
-//! `/v1` routes. Described by the OpenAPI document ([`super::openapi`]).
+//! `/v1` routes, or, in the approval app, with an approver's session cookie
+//! (approver role only, CSRF token and origin checked on every POST: see
+//! [`caller`]). Described by the OpenAPI document ([`super::openapi`]).
 //!
 //! | route | roles | what |
 //! |---|---|---|
@@ -26,16 +28,19 @@
 
 mod address_book;
 mod audit_log;
+pub mod caller;
 mod wallets;
 mod withdrawals;
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
 
-use super::http::{ApiError, authenticate};
+use super::app::sessions::Sessions;
+use super::http::ApiError;
 use super::routes::{Routes, Verb};
-use crate::auth::{Authenticator, Identity};
+use crate::auth::Authenticator;
 use crate::custody::CustodyApi;
 
 /// What the custody routes need.
@@ -45,14 +50,8 @@ pub struct CustodyState {
     pub api: CustodyApi,
     /// API tokens.
     pub auth: Authenticator,
-}
-
-impl CustodyState {
-    /// The caller's identity (401 without a valid token); its roles are
-    /// checked by the call itself.
-    fn caller(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
-        authenticate(&self.auth, headers)
-    }
+    /// The approval app's approver sessions.
+    pub sessions: Arc<Sessions>,
 }
 
 /// A 400 naming `field`.

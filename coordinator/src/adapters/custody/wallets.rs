@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use super::caller::Caller;
 use custos_proto::custody::Wallet;
 use serde_json::{Value, json};
 
@@ -24,9 +24,9 @@ pub(super) fn wallet_json(w: Wallet) -> Value {
 
 pub(super) async fn list(
     State(s): State<CustodyState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let who = s.caller(&headers)?;
+    let who = caller.who;
     let wallets: Vec<Value> = s
         .api
         .list_wallets(&who)
@@ -39,9 +39,9 @@ pub(super) async fn list(
 
 pub(super) async fn get(
     State(s): State<CustodyState>,
-    headers: HeaderMap,
+    caller: Caller,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = s.caller(&headers)?;
+    let who = caller.who;
     Ok(Json(wallet_json(s.api.get_wallet(&who, &id).await?)))
 }

@@ -1,0 +1,332 @@
+// Drives the approval app in headless Chromium for
+// tests/tests/withdrawals/approval_app.rs, which starts the cluster, creates
+// the withdrawals, runs this script and checks what it prints: one JSON
+// object per line, {"step": ..., ...}.
+//
+// The browser reaches the app as https://custos.test (the policy's
+// [webauthn] origin and RP ID) through a CONNECT proxy to the coordinator's
+// HTTPS port; the coordinator's certificate is pinned by its SPKI hash (it
+// names localhost, not custos.test). Debian's chromium, never a downloaded
+// browser. Each approver has its own browser context with a CDP virtual
+// authenticator holding its passkey (the flow policy's TEST KEYS: P-256
+// scalars 0xf1.. and 0xf2.., credential ids 0xf1 x16 and 0xf2 x16).
+//
+// Env: APP_TARGET (host:port of the coordinator's HTTPS API), APP_CERT (its
+// certificate, PEM), APP_W_APPROVE, APP_W_REJECT, APP_W_CANCEL (withdrawal
+// ids), APP_SCREENSHOTS (directory for the README's screenshots).
+'use strict';
+
+const crypto = require('crypto');
+const fs = require('fs');
+const http = require('http');
+const https = require('https');
+const net = require('net');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+const ORIGIN = 'https://custos.test';
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) {
+    throw new Error(`${k} is not set`);
+  }
+  return v;
+};
+const TARGET = env('APP_TARGET');
+const [HOST, PORT] = [TARGET.split(':')[0], Number(TARGET.split(':')[1])];
+const SHOTS = env('APP_SCREENSHOTS');
+const W = { approve: env('APP_W_APPROVE'), reject: env('APP_W_REJECT'), cancel: env('APP_W_CANCEL') };
+const out = (step, fields) => console.log(JSON.stringify({ step, ...fields }));
+const b64u = (b) => Buffer.from(b).toString('base64url');
+
+// The passkey of approver `who` as WebAuthn.addCredential takes it.
+function credential(who) {
+  const seed = who === 'frank' ? 0xf1 : 0xf2;
+  const d = Buffer.alloc(32, seed);
+  const ecdh = crypto.createECDH('prime256v1');
+  ecdh.setPrivateKey(d);
+  const pub = ecdh.getPublicKey();
+  const key = crypto.createPrivateKey({
+    key: { kty: 'EC', crv: 'P-256', d: b64u(d), x: b64u(pub.subarray(1, 33)), y: b64u(pub.subarray(33)) },
+    format: 'jwk',
+  });
+  return {
+    credentialId: Buffer.alloc(16, seed).toString('base64'),
+    isResidentKey: true,
+    rpId: 'custos.test',
+    privateKey: key.export({ type: 'pkcs8', format: 'der' }).toString('base64'),
+    userHandle: Buffer.from(who).toString('base64'),
+    // Above any counter the gRPC passkey test used for these credentials.
+    signCount: 5000,
+  };
+}
+
+// Every tunnel the browser asks for goes to the coordinator.
+async function proxy() {
+  const p = http.createServer((_, res) => {
+    res.statusCode = 405;
+    res.end();
+  });
+  p.on('connect', (_req, sock, head) => {
+    const up = net.connect(PORT, HOST, () => {
+      sock.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      up.write(head);
+      up.pipe(sock);
+      sock.pipe(up);
+    });
+    up.on('error', () => sock.destroy());
+    sock.on('error', () => up.destroy());
+  });
+  await new Promise((r) => p.listen(0, '127.0.0.1', r));
+  return p;
+}
+
+// A request straight to the coordinator (not through the browser), with
+// headers a browser would not let a page set.
+function raw(method, urlPath, headers, body) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      { host: HOST, port: PORT, method, path: urlPath, headers, rejectUnauthorized: false },
+      (res) => {
+        let text = '';
+        res.on('data', (c) => {
+          text += c;
+        });
+        res.on('end', () => resolve({ status: res.statusCode, body: text }));
+      },
+    );
+    req.on('error', reject);
+    if (body) {
+      req.write(body);
+    }
+    req.end();
+  });
+}
+
+async function approverContext(browser, who) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await ctx.newPage();
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2',
+      transport: 'internal',
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+  await cdp.send('WebAuthn.addCredential', { authenticatorId, credential: credential(who) });
+  return { ctx, page, cdp, authenticatorId, who };
+}
+
+async function signIn(a) {
+  await a.page.goto(`${ORIGIN}/app/`);
+  await a.page.waitForSelector('#signin', { state: 'visible' });
+  await a.page.click('#signin');
+  await a.page.waitForSelector(`#who[data-approver="${a.who}"]`, { timeout: 15000 });
+  out('signed_in', { approver: await a.page.getAttribute('#who', 'data-approver') });
+}
+
+async function openDetail(a, id) {
+  await a.page.goto(`${ORIGIN}/app/#/w/${id}`);
+  await a.page.waitForSelector(`#detail-id:has-text("${id}")`);
+  await a.page.waitForSelector('[data-field="amount_base"]');
+}
+
+const text = (page, sel) => page.textContent(sel).then((t) => (t || '').trim());
+
+async function fields(page) {
+  const f = {};
+  for (const name of ['withdrawal_id', 'wallet', 'chain', 'asset', 'amount_units', 'amount_base', 'destination', 'label', 'fee_cap', 'rule', 'expiry']) {
+    f[name] = await text(page, `[data-field="${name}"]`);
+  }
+  f.state = await page.getAttribute('[data-field="state"] [data-state]', 'data-state');
+  f.risk = await page.getAttribute('#risk', 'data-score');
+  f.mismatch_hidden = await page.isHidden('#mismatch');
+  return f;
+}
+
+async function verdict(a, id, kind, reason) {
+  await openDetail(a, id);
+  if (reason) {
+    await a.page.fill(`#${kind}-reason`, reason);
+  }
+  await a.page.click(`#${kind}`);
+  const want = { approve: 'Approved', reject: 'Rejected', cancel: 'Cancelled' }[kind];
+  await a.page.waitForFunction(
+    (w) => {
+      const m = document.getElementById('message');
+      return m && (m.textContent.startsWith(w) || m.textContent.startsWith('Refused'));
+    },
+    want,
+    { timeout: 20000 },
+  );
+  const message = await text(a.page, '#message');
+  out('verdict', { approver: a.who, withdrawal: id, kind, message });
+  if (!message.startsWith(want)) {
+    throw new Error(`${a.who} ${kind} ${id}: ${message}`);
+  }
+}
+
+const stateOf = (page) =>
+  page.getAttribute('[data-field="state"] [data-state]', 'data-state').catch(() => null);
+
+async function waitState(page, states, ms) {
+  await page.waitForFunction(
+    (s) => {
+      const e = document.querySelector('[data-field="state"] [data-state]');
+      return e && s.includes(e.getAttribute('data-state'));
+    },
+    states,
+    { timeout: ms },
+  );
+  return stateOf(page);
+}
+
+async function main() {
+  const p = await proxy();
+  const cert = new crypto.X509Certificate(fs.readFileSync(env('APP_CERT')));
+  const spki = crypto
+    .createHash('sha256')
+    .update(cert.publicKey.export({ type: 'spki', format: 'der' }))
+    .digest('base64');
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-background-networking',
+      `--proxy-server=http://127.0.0.1:${p.address().port}`,
+      `--ignore-certificate-errors-spki-list=${spki}`,
+    ],
+  });
+  try {
+    // Not signed in: the page, its headers, and no data.
+    const anon = await browser.newContext();
+    const page = await anon.newPage();
+    const res = await page.goto(`${ORIGIN}/app/`);
+    const h = res.headers();
+    out('headers', {
+      status: res.status(),
+      csp: h['content-security-policy'] || '',
+      nosniff: h['x-content-type-options'] || '',
+      referrer: h['referrer-policy'] || '',
+      frame: h['x-frame-options'] || '',
+    });
+    await page.waitForSelector('#signin', { state: 'visible' });
+    const anonCalls = await page.evaluate(async () => {
+      const r = {};
+      for (const p of ['/v1/withdrawals/pending', '/v1/withdrawals', '/app/session', '/app/events']) {
+        const x = await fetch(p);
+        r[p] = { status: x.status, body: await x.text() };
+      }
+      return r;
+    });
+    out('unauthenticated', { calls: anonCalls });
+    await anon.close();
+
+    const frank = await approverContext(browser, 'frank');
+    const grace = await approverContext(browser, 'grace');
+    await signIn(frank);
+
+    // The pending list shows the withdrawals.
+    await frank.page.waitForSelector(`#pending tr[data-id="${W.approve}"]`);
+    const listed = await frank.page.$$eval('#pending tr[data-id]', (rows) => rows.map((r) => r.getAttribute('data-id')));
+    out('pending', { listed });
+    await frank.page.screenshot({ path: path.join(SHOTS, 'approvals-pending.png') });
+
+    // CSRF: the session cookie without the token, or with a foreign origin.
+    const cookie = (await frank.ctx.cookies(ORIGIN)).find((c) => c.name === '__Host-custos_session');
+    out('cookie', {
+      name: cookie.name,
+      httpOnly: cookie.httpOnly,
+      secure: cookie.secure,
+      sameSite: cookie.sameSite,
+      path: cookie.path,
+      lifetime: Math.round(cookie.expires - Date.now() / 1000),
+    });
+    const csrf = await frank.page.evaluate(async () => (await (await fetch('/app/session')).json()).csrf_token);
+    const body = JSON.stringify({ approver: 'frank', verdict: 'reject', reason: 'csrf' });
+    const noToken = await frank.page.evaluate(async ([id, b]) => {
+      const x = await fetch(`/v1/withdrawals/${id}/approvals`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: b });
+      return { status: x.status, body: await x.text() };
+    }, [W.approve, body]);
+    const base = { 'Content-Type': 'application/json', Cookie: `${cookie.name}=${cookie.value}` };
+    const foreign = await raw('POST', `/v1/withdrawals/${W.approve}/approvals`, { ...base, 'X-CSRF-Token': csrf, Origin: 'https://evil.test' }, body);
+    const wrongToken = await raw('POST', `/v1/withdrawals/${W.approve}/approvals`, { ...base, 'X-CSRF-Token': 'x'.repeat(43), Origin: ORIGIN }, body);
+    const noOrigin = await raw('POST', `/v1/withdrawals/${W.approve}/approvals`, { ...base, 'X-CSRF-Token': csrf }, body);
+    const asGrace = await raw(
+      'POST',
+      `/v1/withdrawals/${W.approve}/approvals`,
+      { ...base, 'X-CSRF-Token': csrf, Origin: ORIGIN },
+      JSON.stringify({ approver: 'grace', verdict: 'approve' }),
+    );
+    const forged = await raw('GET', '/v1/withdrawals/pending', { Cookie: `${cookie.name}=${'A'.repeat(43)}` });
+    out('csrf', { no_token: noToken, foreign_origin: foreign, wrong_token: wrongToken, no_origin: noOrigin, as_other_approver: asGrace, forged_session: forged });
+
+    // The detail page, decoded from the statement.
+    await openDetail(frank, W.approve);
+    out('detail', { withdrawal: W.approve, fields: await fields(frank.page) });
+    await frank.page.screenshot({ path: path.join(SHOTS, 'approvals-detail.png'), fullPage: true });
+
+    // Two approvals; frank's page follows without a reload.
+    await verdict(frank, W.approve, 'approve');
+    await frank.page.evaluate(() => {
+      window.__notReloaded = true;
+    });
+    await signIn(grace);
+    await verdict(grace, W.approve, 'approve');
+    const seen = [];
+    seen.push(await waitState(frank.page, ['time_locked', 'signing', 'signed'], 30000));
+    const countdown = await text(frank.page, '[data-field="time_lock"]').catch(() => '');
+    const approvers = await frank.page.$$eval('#approvals li[data-approver]', (l) => l.map((x) => x.getAttribute('data-approver')));
+    seen.push(await waitState(frank.page, ['signed', 'broadcast', 'confirmed'], 120000));
+    const live = await frank.page.evaluate(() => window.__notReloaded === true);
+    out('live', { withdrawal: W.approve, seen, countdown, approvers, not_reloaded: live });
+
+    // Reject with a reason.
+    await verdict(frank, W.reject, 'reject', 'destination not agreed with treasury');
+    await waitState(frank.page, ['rejected'], 20000);
+    out('rejected', {
+      withdrawal: W.reject,
+      state: await stateOf(frank.page),
+      reason: await text(frank.page, '[data-field="reason"]'),
+    });
+
+    // Cancel during the time lock.
+    await verdict(frank, W.cancel, 'approve');
+    await verdict(grace, W.cancel, 'approve');
+    await waitState(grace.page, ['time_locked'], 20000);
+    await verdict(grace, W.cancel, 'cancel', 'payee asked to stop');
+    await waitState(grace.page, ['cancelled'], 20000);
+    out('cancelled', {
+      withdrawal: W.cancel,
+      state: await stateOf(grace.page),
+      reason: await text(grace.page, '[data-field="reason"]'),
+    });
+
+    // History, then sign out.
+    await frank.page.goto(`${ORIGIN}/app/#/history`);
+    await frank.page.waitForSelector(`#history tr[data-id="${W.cancel}"]`);
+    const history = await frank.page.$$eval('#history tr[data-id]', (rows) =>
+      rows.map((r) => [r.getAttribute('data-id'), r.querySelector('[data-state]').getAttribute('data-state')]),
+    );
+    out('history', { rows: history });
+    await frank.page.click('#signout');
+    await frank.page.waitForSelector('#signin', { state: 'visible' });
+    const after = await raw('GET', '/v1/withdrawals/pending', { Cookie: `${cookie.name}=${cookie.value}` });
+    out('signed_out', { status: after.status });
+    out('done', {});
+  } finally {
+    await browser.close();
+    p.close();
+  }
+}
+
+main().catch((e) => {
+  out('error', { message: String(e && e.stack ? e.stack : e) });
+  process.exit(1);
+});
