@@ -216,7 +216,7 @@
   // ------------------------------------------------------------ views
 
   function show(id) {
-    for (const v of ['signin-view', 'pending-view', 'detail-view', 'history-view']) {
+    for (const v of ['signin-view', 'enroll-view', 'pending-view', 'detail-view', 'history-view']) {
       $(v).hidden = v !== id;
     }
     for (const [nav, view] of [['nav-pending', 'pending-view'], ['nav-history', 'history-view']]) {
@@ -412,7 +412,67 @@
     }
   }
 
+  // ------------------------------------------------------------ enrollment
+
+  function b64url(bytes) {
+    let s = '';
+    for (const b of bytes) {
+      s += String.fromCharCode(b);
+    }
+    return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
+  // Creates a passkey for the approver id typed in, and shows it in the
+  // policy document's form: the credential id (base64url) and the public
+  // key, hex (the SEC1 point of a P-256 key, the 32 bytes of an Ed25519
+  // key, taken from the SubjectPublicKeyInfo the browser gives).
+  async function enroll() {
+    const id = $('enroll-id').value.trim();
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
+      say('Approver id: 1 to 64 letters, digits, ".", "_" or "-".', 'error');
+      return;
+    }
+    say('Creating the passkey…');
+    try {
+      const c = await api('POST', '/app/session/challenge');
+      const cred = await navigator.credentials.create({
+        publicKey: {
+          challenge: S.fromHex(c.challenge),
+          rp: { id: c.rp_id, name: 'Custos approvals' },
+          user: { id: new TextEncoder().encode(id), name: id, displayName: id },
+          pubKeyCredParams: [
+            { type: 'public-key', alg: -7 },
+            { type: 'public-key', alg: -8 },
+          ],
+          authenticatorSelection: { residentKey: 'required', userVerification: 'required' },
+          attestation: 'none',
+          timeout: c.timeout_ms,
+        },
+      });
+      const alg = cred.response.getPublicKeyAlgorithm();
+      const spki = new Uint8Array(cred.response.getPublicKey());
+      let line;
+      if (alg === -7 && spki.length >= 65 && spki[spki.length - 65] === 4) {
+        line = `webauthn_p256 = { credential_id = "${b64url(new Uint8Array(cred.rawId))}", public_key = "${S.toHex(spki.subarray(spki.length - 65))}" }`;
+      } else if (alg === -8 && spki.length >= 32) {
+        line = `webauthn_ed25519 = { credential_id = "${b64url(new Uint8Array(cred.rawId))}", public_key = "${S.toHex(spki.subarray(spki.length - 32))}" }`;
+      } else {
+        throw new Error(`the authenticator made a key of COSE algorithm ${alg}; only ES256 (-7) and EdDSA (-8) can approve`);
+      }
+      const out = $('enroll-result');
+      out.textContent = `[[approvers]]\nid = "${id}"\n${line}`;
+      out.hidden = false;
+      say('Passkey created: give these lines to your security admins.', 'ok');
+    } catch (e) {
+      say(`Enrollment failed: ${e.message}`, 'error');
+    }
+  }
+
   async function route() {
+    if (location.hash === '#/enroll') {
+      show('enroll-view');
+      return;
+    }
     if (!session) {
       show('signin-view');
       return;
@@ -453,6 +513,7 @@
   async function start() {
     $('signin').addEventListener('click', signIn);
     $('signout').addEventListener('click', signOut);
+    $('enroll').addEventListener('click', enroll);
     $('approve').addEventListener('click', () => verdict('approve'));
     $('reject').addEventListener('click', () => verdict('reject'));
     $('cancel').addEventListener('click', () => verdict('cancel'));
@@ -465,6 +526,7 @@
       signedIn();
     } catch (_) {
       signedOut('');
+      route();
     }
   }
 

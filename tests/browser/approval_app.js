@@ -228,6 +228,23 @@ async function main() {
     out('unauthenticated', { calls: anonCalls });
     await anon.close();
 
+    // Enrollment: a new approver creates a passkey and gets the policy line.
+    {
+      const ctx = await browser.newContext();
+      const page = await ctx.newPage();
+      const cdp = await ctx.newCDPSession(page);
+      await cdp.send('WebAuthn.enable');
+      await cdp.send('WebAuthn.addVirtualAuthenticator', {
+        options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+      });
+      await page.goto(`${ORIGIN}/app/#/enroll`);
+      await page.fill('#enroll-id', 'heidi');
+      await page.click('#enroll');
+      await page.waitForSelector('#enroll-result:not([hidden])', { timeout: 15000 });
+      out('enrolled', { text: await text(page, '#enroll-result') });
+      await ctx.close();
+    }
+
     const frank = await approverContext(browser, 'frank');
     const grace = await approverContext(browser, 'grace');
     await signIn(frank);

@@ -127,6 +127,20 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
             "{path} leaked data: {body}"
         );
     }
+    // Enrollment: the policy lines of a new passkey, in a form the policy
+    // document takes.
+    let enrolled = s["enrolled"]["text"].as_str().unwrap();
+    assert!(enrolled.contains("id = \"heidi\""), "{enrolled}");
+    let field = |name: &str| -> String {
+        let at = enrolled.find(&format!("{name} = \"")).unwrap() + name.len() + 4;
+        enrolled[at..].split('"').next().unwrap().to_owned()
+    };
+    custos_policy::PasskeyKey::parse(custos_policy::PasskeyAlg::Es256, &field("public_key"))
+        .unwrap_or_else(|e| panic!("{e}: {enrolled}"));
+    assert!(
+        enrolled.contains("webauthn_p256 = { credential_id = ") && field("credential_id").len() >= 16,
+        "{enrolled}"
+    );
     // Signed in; the session cookie.
     let c = &s["cookie"];
     assert_eq!(c["httpOnly"], true, "{c}");
