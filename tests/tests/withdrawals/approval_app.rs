@@ -40,7 +40,9 @@ async fn run_browser(env: &[(&str, String)]) -> (BTreeMap<String, Value>, String
         "/usr/bin/chromium missing: run scripts/install-deps.sh (Debian's chromium)"
     );
     let mut cmd = tokio::process::Command::new("node");
-    cmd.current_dir(&dir).arg("approval_app.js").kill_on_drop(true);
+    cmd.current_dir(&dir)
+        .arg("approval_app.js")
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -138,7 +140,8 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     custos_policy::PasskeyKey::parse(custos_policy::PasskeyAlg::Es256, &field("public_key"))
         .unwrap_or_else(|e| panic!("{e}: {enrolled}"));
     assert!(
-        enrolled.contains("webauthn_p256 = { credential_id = ") && field("credential_id").len() >= 16,
+        enrolled.contains("webauthn_p256 = { credential_id = ")
+            && field("credential_id").len() >= 16,
         "{enrolled}"
     );
     // Signed in; the session cookie.
@@ -166,7 +169,11 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         ("wrong_token", 403, "X-CSRF-Token"),
         ("foreign_origin", 403, "not an origin of the approval app"),
         ("no_origin", 403, "Origin: missing"),
-        ("as_other_approver", 403, "cannot give a verdict as \\\"grace\\\""),
+        (
+            "as_other_approver",
+            403,
+            "cannot give a verdict as \\\"grace\\\"",
+        ),
         ("forged_session", 401, "unknown or expired"),
     ] {
         assert_eq!(x[case]["status"], code, "{case}: {x}");
@@ -184,10 +191,16 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     assert_eq!(f["destination"], APP_PAYEE, "{f}");
     assert_eq!(f["label"], "app-payee (passkey-lock)", "{f}");
     assert_eq!(f["rule"], "passkey-approvals-lock", "{f}");
-    assert!(f["fee_cap"].as_str().unwrap().parse::<u128>().unwrap() > 0, "{f}");
+    assert!(
+        f["fee_cap"].as_str().unwrap().parse::<u128>().unwrap() > 0,
+        "{f}"
+    );
     assert_eq!(f["state"], "awaiting_approvals", "{f}");
     assert_eq!(f["mismatch_hidden"], true, "{f}");
-    assert!(f["risk"].as_str().unwrap().parse::<u32>().unwrap() < 80, "{f}");
+    assert!(
+        f["risk"].as_str().unwrap().parse::<u32>().unwrap() < 80,
+        "{f}"
+    );
     // Approved by both; the page followed the time lock to the signature
     // without a reload.
     let l = &s["live"];
@@ -196,8 +209,7 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     assert_eq!(l["seen"][1], "signed", "{l}");
     if l["seen"][0] == "time_locked" {
         assert!(
-            l["countdown"].as_str().unwrap().ends_with("s left")
-                || l["countdown"] == "elapsed",
+            l["countdown"].as_str().unwrap().ends_with("s left") || l["countdown"] == "elapsed",
             "{l}"
         );
     }
@@ -251,8 +263,7 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         (&cancel, "cancelled"),
     ] {
         assert!(
-            rows.iter()
-                .any(|r| r[0] == id.as_str() && r[1] == state),
+            rows.iter().any(|r| r[0] == id.as_str() && r[1] == state),
             "{id} {state}: {rows:?}"
         );
     }

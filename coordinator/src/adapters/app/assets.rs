@@ -10,16 +10,35 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 /// (file name, content type, bytes).
 const FILES: &[(&str, &str, &str)] = &[
-    ("index.html", "text/html; charset=utf-8", include_str!("../../../app/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../../../app/app.js")),
-    ("statement.js", "text/javascript; charset=utf-8", include_str!("../../../app/statement.js")),
-    ("app.css", "text/css; charset=utf-8", include_str!("../../../app/app.css")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../../app/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../app/app.js"),
+    ),
+    (
+        "statement.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../app/statement.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../app/app.css"),
+    ),
 ];
 
 fn file(name: &str) -> Response {
     match FILES.iter().find(|(n, _, _)| *n == name) {
         Some((_, kind, body)) => (
-            [(header::CONTENT_TYPE, *kind), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, *kind),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             *body,
         )
             .into_response(),
@@ -52,7 +71,17 @@ mod tests {
     #[test]
     fn files_are_self_contained() {
         for (name, _, body) in FILES {
-            for bad in ["http://", "https://", "//cdn", "javascript:", " onclick=", " onload=", " style=\"", "eval(", "innerHTML"] {
+            for bad in [
+                "http://",
+                "https://",
+                "//cdn",
+                "javascript:",
+                " onclick=",
+                " onload=",
+                " style=\"",
+                "eval(",
+                "innerHTML",
+            ] {
                 assert!(!body.contains(bad), "{name} contains {bad:?}");
             }
         }

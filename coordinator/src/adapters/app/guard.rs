@@ -75,7 +75,9 @@ pub fn check_origin(api: &CustodyApi, headers: &HeaderMap) -> Result<(), ApiErro
     if !allowed_origins(api).iter().any(|o| o == origin) {
         return Err(ApiError::Route(
             StatusCode::FORBIDDEN,
-            format!("Origin: {origin:?} is not an origin of the approval app (policy [webauthn] origins)"),
+            format!(
+                "Origin: {origin:?} is not an origin of the approval app (policy [webauthn] origins)"
+            ),
         ));
     }
     Ok(())

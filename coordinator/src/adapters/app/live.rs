@@ -41,19 +41,30 @@ pub async fn events(
     let session = guard::live_session(&s.sessions, &id)?;
     let changes = s.api.engine()?.subscribe();
     let left = Duration::from_secs(
-        u64::try_from(session.expires_unix.saturating_sub(custos_clock::now_secs())).unwrap_or(0),
+        u64::try_from(
+            session
+                .expires_unix
+                .saturating_sub(custos_clock::now_secs()),
+        )
+        .unwrap_or(0),
     )
     .min(STREAM_LIMIT);
     let until = tokio::time::Instant::from_std(Instant::now() + left);
     let stop = s.stop.clone();
     let hello = futures::stream::once(async {
-        Ok::<_, Infallible>(Event::default().event("hello").data("{}").retry(Duration::from_secs(1)))
+        Ok::<_, Infallible>(
+            Event::default()
+                .event("hello")
+                .data("{}")
+                .retry(Duration::from_secs(1)),
+        )
     });
     let changed = futures::stream::unfold(changes, |mut rx| async move {
         match rx.recv().await {
-            Ok(()) | Err(RecvError::Lagged(_)) => {
-                Some((Ok::<_, Infallible>(Event::default().event("change").data("{}")), rx))
-            }
+            Ok(()) | Err(RecvError::Lagged(_)) => Some((
+                Ok::<_, Infallible>(Event::default().event("change").data("{}")),
+                rx,
+            )),
             Err(RecvError::Closed) => None,
         }
     });

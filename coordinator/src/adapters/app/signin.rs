@@ -17,8 +17,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use custos_policy::{PasskeyAssertion, verify_passkey_assertion};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -48,7 +48,10 @@ fn active_policy(s: &AppState) -> Result<custos_policy::ActivePolicy, ApiError> 
 }
 
 /// `POST /app/session/challenge`.
-pub async fn challenge(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn challenge(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     guard::check_origin(&s.api, &headers)?;
     let active = active_policy(&s)?;
     let rp_id = active
@@ -80,7 +83,8 @@ pub struct SignInBody {
 }
 
 fn hex_field(field: &str, v: &str) -> Result<Vec<u8>, ApiError> {
-    hex::decode(v.trim()).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("{field}: not hex ({e})")))
+    hex::decode(v.trim())
+        .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("{field}: not hex ({e})")))
 }
 
 #[derive(Deserialize)]
@@ -146,7 +150,12 @@ fn cookie(id: &str, max_age: u64) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(&format!(
         "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     ))
-    .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, format!("session cookie: {e}")))
+    .map_err(|e| {
+        refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("session cookie: {e}"),
+        )
+    })
 }
 
 /// `POST /app/session`: signs in with a passkey.
@@ -192,13 +201,23 @@ pub async fn sign_in(
         &signature,
     );
     let last = last_counter(&s, &approver, &credential_id).await?;
-    let counter = verify_passkey_assertion(credential, rp, &challenge, last, &assertion).map_err(|e| {
-        tracing::warn!(%approver, reason = %e, "approval app: passkey sign-in refused");
-        refused(StatusCode::UNAUTHORIZED, format!("passkey sign-in of {approver} refused: {e}"))
-    })?;
+    let counter =
+        verify_passkey_assertion(credential, rp, &challenge, last, &assertion).map_err(|e| {
+            tracing::warn!(%approver, reason = %e, "approval app: passkey sign-in refused");
+            refused(
+                StatusCode::UNAUTHORIZED,
+                format!("passkey sign-in of {approver} refused: {e}"),
+            )
+        })?;
     let (id, session) = s
         .sessions
-        .open(&approver, &credential_id, counter, now, custos_clock::now_secs())
+        .open(
+            &approver,
+            &credential_id,
+            counter,
+            now,
+            custos_clock::now_secs(),
+        )
         .map_err(|e| refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     tracing::info!(%approver, expires = session.expires_unix, "approval app: approver signed in");
     let body = session_json(&s, &session)?;
@@ -210,9 +229,15 @@ pub async fn sign_in(
 }
 
 /// `GET /app/session`.
-pub async fn current(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn current(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let id = guard::session_cookie(&headers).ok_or_else(|| {
-        refused(StatusCode::UNAUTHORIZED, "session: none; sign in with your passkey")
+        refused(
+            StatusCode::UNAUTHORIZED,
+            "session: none; sign in with your passkey",
+        )
     })?;
     let session = guard::live_session(&s.sessions, &id)?;
     Ok(Json(session_json(&s, &session)?))
@@ -221,13 +246,18 @@ pub async fn current(State(s): State<AppState>, headers: HeaderMap) -> Result<Js
 /// `POST /app/session/logout`.
 pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let id = guard::session_cookie(&headers).ok_or_else(|| {
-        refused(StatusCode::UNAUTHORIZED, "session: none; sign in with your passkey")
+        refused(
+            StatusCode::UNAUTHORIZED,
+            "session: none; sign in with your passkey",
+        )
     })?;
     let session = guard::live_session(&s.sessions, &id)?;
     guard::check_state_change(&s.api, &session, &headers)?;
     s.sessions.close(&id);
     tracing::info!(approver = %session.approver, "approval app: approver signed out");
     let mut response = Json(json!({ "signed_out": session.approver })).into_response();
-    response.headers_mut().insert(header::SET_COOKIE, cookie("", 0)?);
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0)?);
     Ok(response)
 }

@@ -1,8 +1,8 @@
 //! `GET /v1/address-book?chain=`: the address book of the policy in force.
 
+use super::caller::Caller;
 use axum::Json;
 use axum::extract::State;
-use super::caller::Caller;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

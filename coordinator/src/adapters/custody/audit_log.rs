@@ -2,9 +2,9 @@
 //! checkpoint, a C2SP note), `GET /v1/audit/entries/{index}` and
 //! `GET /v1/audit/proofs/inclusion?index=&size=`.
 
+use super::caller::Caller;
 use axum::Json;
 use axum::extract::State;
-use super::caller::Caller;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

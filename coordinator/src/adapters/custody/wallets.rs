@@ -1,8 +1,8 @@
 //! `GET /v1/wallets`, `GET /v1/wallets/{id}`: the ready wallets.
 
+use super::caller::Caller;
 use axum::Json;
 use axum::extract::State;
-use super::caller::Caller;
 use custos_proto::custody::Wallet;
 use serde_json::{Value, json};
 

@@ -1,9 +1,9 @@
 //! Withdrawals: create, get, list, list pending, submit a verdict, cancel.
 
+use super::caller::Caller;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use super::caller::Caller;
 use custos_proto::custody::{
     ApprovalRecord, ListWithdrawalsRequest, ListWithdrawalsResponse, SubmitApprovalRequest,
     Verdict, WebAuthnAssertion, Withdrawal,
