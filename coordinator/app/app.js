@@ -122,7 +122,7 @@
 
   function approvalsCount(w) {
     const n = w.approvals.filter((a) => a.verdict === 'approve').length;
-    return `${n} of ${w.required_approvals.length ? w.required_approvals.join(', ') : '?'}`;
+    return `${n} approved; needs ${w.required_approvals || '?'}`;
   }
 
   // ------------------------------------------------------------ session

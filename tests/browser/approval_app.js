@@ -37,6 +37,7 @@ const [HOST, PORT] = [TARGET.split(':')[0], Number(TARGET.split(':')[1])];
 const SHOTS = env('APP_SCREENSHOTS');
 const W = { approve: env('APP_W_APPROVE'), reject: env('APP_W_REJECT'), cancel: env('APP_W_CANCEL') };
 const out = (step, fields) => console.log(JSON.stringify({ step, ...fields }));
+let lastPage = null;
 const b64u = (b) => Buffer.from(b).toString('base64url');
 
 // The passkey of approver `who` as WebAuthn.addCredential takes it.
@@ -52,7 +53,9 @@ function credential(who) {
   });
   return {
     credentialId: Buffer.alloc(16, seed).toString('base64'),
-    isResidentKey: true,
+    isResidentCredential: true,
+    userName: who,
+    userDisplayName: who,
     rpId: 'custos.test',
     privateKey: key.export({ type: 'pkcs8', format: 'der' }).toString('base64'),
     userHandle: Buffer.from(who).toString('base64'),
@@ -106,6 +109,7 @@ function raw(method, urlPath, headers, body) {
 async function approverContext(browser, who) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await ctx.newPage();
+  page.on('pageerror', (e) => out('page_error', { approver: who, message: String(e) }));
   const cdp = await ctx.newCDPSession(page);
   await cdp.send('WebAuthn.enable');
   const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
@@ -127,6 +131,7 @@ async function signIn(a) {
   await a.page.waitForSelector('#signin', { state: 'visible' });
   await a.page.click('#signin');
   await a.page.waitForSelector(`#who[data-approver="${a.who}"]`, { timeout: 15000 });
+  lastPage = a.page;
   out('signed_in', { approver: await a.page.getAttribute('#who', 'data-approver') });
 }
 
@@ -337,6 +342,10 @@ async function main() {
     const after = await raw('GET', '/v1/withdrawals/pending', { Cookie: `${cookie.name}=${cookie.value}` });
     out('signed_out', { status: after.status });
     out('done', {});
+  } catch (e) {
+    const shown = lastPage ? await lastPage.textContent('#message').catch(() => '') : '';
+    out('page_message', { text: shown });
+    throw e;
   } finally {
     await browser.close();
     p.close();

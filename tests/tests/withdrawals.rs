@@ -12,6 +12,7 @@ use tonic::Code;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
+#[path = "withdrawals/approval_app.rs"]
 mod approval_app;
 
 async fn count(fc: &FlowCluster) -> usize {
