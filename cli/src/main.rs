@@ -51,7 +51,7 @@ enum Command {
     /// locked, signed), verifying each signature.
     #[cfg(any(debug_assertions, feature = "dev"))]
     Demo(cmd::demo::DemoArgs),
-    /// Reports over withdrawals and the ledger: volume, states, approval-latency,
+    /// Reports over withdrawals and the ledger: volume, states, approval-latency, heatmap,
     /// blocked, risk, fees (from the coordinator's HTTP port).
     Report(cmd::report::ReportArgs),
     /// Ledger balances, invariant check, deposits (admin) and reconciliation with the chain.

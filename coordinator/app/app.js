@@ -216,10 +216,10 @@
   // ------------------------------------------------------------ views
 
   function show(id) {
-    for (const v of ['signin-view', 'enroll-view', 'pending-view', 'detail-view', 'history-view']) {
+    for (const v of ['signin-view', 'enroll-view', 'pending-view', 'detail-view', 'history-view', 'reports-view']) {
       $(v).hidden = v !== id;
     }
-    for (const [nav, view] of [['nav-pending', 'pending-view'], ['nav-history', 'history-view']]) {
+    for (const [nav, view] of [['nav-pending', 'pending-view'], ['nav-history', 'history-view'], ['nav-reports', 'reports-view']]) {
       $(nav).className = view === id ? 'current' : '';
     }
   }
@@ -271,6 +271,27 @@
         ),
       );
     }
+  }
+
+  // YYYY-MM-DD of a Date, in UTC.
+  const isoDay = (d) => d.toISOString().slice(0, 10);
+
+  async function reports() {
+    show('reports-view');
+    if (!$('reports-from').value || !$('reports-to').value) {
+      const today = new Date();
+      $('reports-to').value = isoDay(today);
+      $('reports-from').value = isoDay(new Date(today.getTime() - 29 * 86400000));
+    }
+    const [from, to] = [$('reports-from').value, $('reports-to').value];
+    if (from > to) {
+      say('Reports: the range starts after it ends.', 'error');
+      return;
+    }
+    const root = $('reports');
+    root.setAttribute('data-ready', 'false');
+    await CustosReports.render(root, from, to, api, el);
+    root.setAttribute('data-ready', 'true');
   }
 
   function dl(node, rows) {
@@ -483,6 +504,11 @@
         await detail(decodeURIComponent(hash.slice(4)));
       } else if (hash === '#/history') {
         await history();
+      } else if (hash === '#/reports') {
+        // Charts are redrawn on demand, not on every live change.
+        if (!refreshing || $('reports-view').hidden) {
+          await reports();
+        }
       } else {
         await pending();
       }
@@ -517,6 +543,10 @@
     $('approve').addEventListener('click', () => verdict('approve'));
     $('reject').addEventListener('click', () => verdict('reject'));
     $('cancel').addEventListener('click', () => verdict('cancel'));
+    $('reports-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      reports().catch((err) => say(err.message, 'error'));
+    });
     window.addEventListener('hashchange', route);
     setInterval(tick, 1000);
     // A fallback for a stream that dropped a change.

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod csv;
 pub mod daemon;
 pub mod http;
 pub mod latency;

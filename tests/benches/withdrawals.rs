@@ -229,27 +229,15 @@ async fn wait_signed(client: &Client, seen: &Seen, ids: &[String]) -> HashMap<St
 }
 
 async fn list(client: &Client, state: &str) -> Vec<Withdrawal> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let r = client
-            .clone()
-            .list_withdrawals(ListWithdrawalsRequest {
-                wallet: WALLET.into(),
-                state: state.into(),
-                page_size: 500,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(r.withdrawals);
-        if r.next_page_token.is_empty() {
-            return out;
-        }
-        token = r.next_page_token;
-    }
+    custos_tests::listed(
+        client,
+        ListWithdrawalsRequest {
+            wallet: WALLET.into(),
+            state: state.into(),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Waits until the wallet has `want` presignatures ready; returns the wait

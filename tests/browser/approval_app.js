@@ -12,8 +12,10 @@
 // scalars 0xf1.. and 0xf2.., credential ids 0xf1 x16 and 0xf2 x16).
 //
 // Env: APP_TARGET (host:port of the coordinator's HTTPS API), APP_CERT (its
-// certificate, PEM), APP_W_APPROVE, APP_W_REJECT, APP_W_CANCEL (withdrawal
-// ids), APP_SCREENSHOTS (directory for the README's screenshots).
+// certificate, PEM), APP_W_APPROVE, APP_W_REJECT, APP_W_CANCEL, APP_W_EXPIRED,
+// APP_W_TAMPER (withdrawal ids; APP_W_EXPIRED's approvals have expired,
+// APP_W_TAMPER only gets tampered approvals), APP_SCREENSHOTS (directory for
+// the README's screenshots).
 'use strict';
 
 const crypto = require('crypto');
@@ -35,14 +37,14 @@ const env = (k) => {
 const TARGET = env('APP_TARGET');
 const [HOST, PORT] = [TARGET.split(':')[0], Number(TARGET.split(':')[1])];
 const SHOTS = env('APP_SCREENSHOTS');
-const W = { approve: env('APP_W_APPROVE'), reject: env('APP_W_REJECT'), cancel: env('APP_W_CANCEL') };
+const W = { approve: env('APP_W_APPROVE'), reject: env('APP_W_REJECT'), cancel: env('APP_W_CANCEL'), expired: env('APP_W_EXPIRED'), tamper: env('APP_W_TAMPER') };
 const out = (step, fields) => console.log(JSON.stringify({ step, ...fields }));
 let lastPage = null;
 const b64u = (b) => Buffer.from(b).toString('base64url');
 
 // The passkey of approver `who` as WebAuthn.addCredential takes it.
-function credential(who) {
-  const seed = who === 'frank' ? 0xf1 : 0xf2;
+function credential(who, signCount) {
+  const seed = { frank: 0xf1, grace: 0xf2, mallory: 0xee }[who];
   const d = Buffer.alloc(32, seed);
   const ecdh = crypto.createECDH('prime256v1');
   ecdh.setPrivateKey(d);
@@ -60,7 +62,7 @@ function credential(who) {
     privateKey: key.export({ type: 'pkcs8', format: 'der' }).toString('base64'),
     userHandle: Buffer.from(who).toString('base64'),
     // Above any counter the gRPC passkey test used for these credentials.
-    signCount: 5000,
+    signCount: signCount === undefined ? 5000 : signCount,
   };
 }
 
@@ -127,13 +129,89 @@ async function approverContext(browser, who) {
 }
 
 async function signIn(a) {
+  const sent = [];
+  const capture = (r) => {
+    if (r.method() === 'POST' && r.url() === `${ORIGIN}/app/session`) {
+      sent.push(r.postData());
+    }
+  };
+  a.page.on('request', capture);
   await a.page.goto(`${ORIGIN}/app/`);
   await a.page.waitForSelector('#signin', { state: 'visible' });
   await a.page.click('#signin');
   await a.page.waitForSelector(`#who[data-approver="${a.who}"]`, { timeout: 15000 });
   lastPage = a.page;
+  a.page.off('request', capture);
+  a.signInBody = sent[0];
   out('signed_in', { approver: await a.page.getAttribute('#who', 'data-approver') });
 }
+
+// Clicks `kind` on the detail page of `id` with the POST's body changed by
+// `mutate` (an attacker between the page and the API, or a page an attacker
+// serves); the message the page shows and the assertion that went out.
+async function tamperedVerdict(a, id, mutate, pageRoute) {
+  const routes = [];
+  let sent = null;
+  const approvals = `${ORIGIN}/v1/withdrawals/${id}/approvals`;
+  const post = async (route) => {
+    const body = JSON.parse(route.request().postData());
+    if (mutate) {
+      mutate(body);
+    }
+    sent = body;
+    await route.continue({ postData: JSON.stringify(body) });
+  };
+  await a.page.route(approvals, post);
+  routes.push([approvals, post]);
+  if (pageRoute) {
+    const url = `${ORIGIN}/v1/withdrawals/${id}`;
+    await a.page.route(url, pageRoute);
+    routes.push([url, pageRoute]);
+  }
+  try {
+    // Away and back, so the detail page fetches the withdrawal again.
+    await a.page.goto(`${ORIGIN}/app/#/pending`);
+    await a.page.waitForSelector('#pending-view', { state: 'visible' });
+    await openDetail(a, id);
+    await a.page.waitForSelector('#approve', { state: 'visible', timeout: 10000 });
+    await a.page.evaluate(() => {
+      document.getElementById('message').textContent = '';
+    });
+    await a.page.click('#approve');
+    await a.page.waitForFunction(
+      () => {
+        const m = document.getElementById('message');
+        return m && (m.textContent.startsWith('Refused') || m.textContent.startsWith('Approved'));
+      },
+      null,
+      { timeout: 20000 },
+    );
+    return { message: await text(a.page, '#message'), webauthn: sent && sent.webauthn };
+  } finally {
+    for (const [url, handler] of routes) {
+      await a.page.unroute(url, handler);
+    }
+  }
+}
+
+// A withdrawal's JSON as the API gave it, rewritten by `edit`.
+// (Fetched straight from the coordinator with the page's cookie: the
+// test's name for it, custos.test, resolves only through the browser's
+// proxy.)
+function rewrite(edit) {
+  return async (route) => {
+    const headers = await route.request().allHeaders();
+    const r = await raw('GET', new URL(route.request().url()).pathname, { cookie: headers.cookie || '' });
+    const w = JSON.parse(r.body);
+    if (r.status === 200) {
+      edit(w);
+    }
+    await route.fulfill({ status: r.status, contentType: 'application/json', body: JSON.stringify(w) });
+  };
+}
+
+const hexToText = (h) => Buffer.from(h, 'hex').toString('utf8');
+const textToHex = (t) => Buffer.from(t, 'utf8').toString('hex');
 
 async function openDetail(a, id) {
   await a.page.goto(`${ORIGIN}/app/#/w/${id}`);
@@ -224,7 +302,7 @@ async function main() {
     await page.waitForSelector('#signin', { state: 'visible' });
     const anonCalls = await page.evaluate(async () => {
       const r = {};
-      for (const p of ['/v1/withdrawals/pending', '/v1/withdrawals', '/app/session', '/app/events']) {
+      for (const p of ['/v1/withdrawals/pending', '/v1/withdrawals', '/app/session', '/app/events', '/app/reports/volume', '/app/reports/heatmap/csv']) {
         const x = await fetch(p);
         r[p] = { status: x.status, body: await x.text() };
       }
@@ -253,6 +331,19 @@ async function main() {
     const frank = await approverContext(browser, 'frank');
     const grace = await approverContext(browser, 'grace');
     await signIn(frank);
+
+    // The sign-in frank's browser sent, sent again: its challenge is spent.
+    const replayedSignIn = await raw('POST', '/app/session', { 'Content-Type': 'application/json', Origin: ORIGIN }, frank.signInBody);
+    // A passkey no approver of the policy holds: the page says so.
+    const mallory = await approverContext(browser, 'mallory');
+    await mallory.page.goto(`${ORIGIN}/app/`);
+    await mallory.page.waitForSelector('#signin', { state: 'visible' });
+    await mallory.page.click('#signin');
+    await mallory.page.waitForFunction(() => document.getElementById('message').textContent.startsWith('Sign-in failed'), null, { timeout: 15000 });
+    const unknown = { message: await text(mallory.page, '#message'), nav_hidden: await mallory.page.isHidden('#nav') };
+    const malloryData = await mallory.page.evaluate(async () => (await fetch('/v1/withdrawals/pending')).status);
+    await mallory.ctx.close();
+    out('bad_sign_in', { replayed: replayedSignIn, unknown: { ...unknown, pending_status: malloryData } });
 
     // The pending list shows the withdrawals.
     await frank.page.waitForSelector(`#pending tr[data-id="${W.approve}"]`);
@@ -309,6 +400,51 @@ async function main() {
     const live = await frank.page.evaluate(() => window.__notReloaded === true);
     out('live', { withdrawal: W.approve, seen, countdown, approvers, not_reloaded: live });
 
+    // Tampered and bad approvals of W.tamper by frank: each is refused with
+    // the reason shown in the page, and nothing is recorded.
+    const tampered = {};
+    // A page that shows a smaller amount than the withdrawal's: the passkey
+    // signs that statement, whose challenge is not the real one's.
+    tampered.changed_amount = await tamperedVerdict(frank, W.tamper, null, rewrite((w) => {
+      const real = BigInt(w.amount).toString(16).padStart(32, '0');
+      const fake = (BigInt(w.amount) / 10n).toString(16).padStart(32, '0');
+      if (w.statement.split(real).length !== 2) {
+        throw new Error('the amount is not once in the statement');
+      }
+      w.statement = w.statement.replace(real, fake);
+      w.amount = (BigInt(w.amount) / 10n).toString();
+      w.amount_human = `${w.amount} base units`;
+    }));
+    tampered.uv_cleared = await tamperedVerdict(frank, W.tamper, (b) => {
+      const flags = parseInt(b.webauthn.authenticator_data.slice(64, 66), 16) & ~0x04;
+      b.webauthn.authenticator_data = b.webauthn.authenticator_data.slice(0, 64) + flags.toString(16).padStart(2, '0') + b.webauthn.authenticator_data.slice(66);
+    });
+    tampered.wrong_origin = await tamperedVerdict(frank, W.tamper, (b) => {
+      b.webauthn.client_data_json = textToHex(hexToText(b.webauthn.client_data_json).replace(ORIGIN, 'https://evil.test'));
+    });
+    tampered.malformed = await tamperedVerdict(frank, W.tamper, (b) => {
+      b.webauthn.signature = 'not hex';
+    });
+    // frank's passkey cloned with an old counter.
+    const frankId = credential('frank').credentialId;
+    await frank.cdp.send('WebAuthn.removeCredential', { authenticatorId: frank.authenticatorId, credentialId: frankId });
+    await frank.cdp.send('WebAuthn.addCredential', { authenticatorId: frank.authenticatorId, credential: credential('frank', 1) });
+    tampered.replayed_counter = await tamperedVerdict(frank, W.tamper, null);
+    await frank.cdp.send('WebAuthn.removeCredential', { authenticatorId: frank.authenticatorId, credentialId: frankId });
+    await frank.cdp.send('WebAuthn.addCredential', { authenticatorId: frank.authenticatorId, credential: credential('frank', 100000) });
+    // A page left open until the approvals expired (it still offers approve).
+    tampered.expired = await tamperedVerdict(frank, W.expired, null, rewrite((w) => {
+      w.state = 'awaiting_approvals';
+    }));
+    const approvalsAfter = await frank.page.evaluate(async (ids) => {
+      const r = {};
+      for (const id of ids) {
+        r[id] = (await (await fetch(`/v1/withdrawals/${id}`)).json()).approvals.length;
+      }
+      return r;
+    }, [W.tamper, W.expired]);
+    out('tampered', { cases: tampered, approvals_after: approvalsAfter });
+
     // Reject with a reason.
     await verdict(frank, W.reject, 'reject', 'destination not agreed with treasury');
     await waitState(frank.page, ['rejected'], 20000);
@@ -329,6 +465,34 @@ async function main() {
       state: await stateOf(grace.page),
       reason: await text(grace.page, '[data-field="reason"]'),
     });
+
+    // Reports: charts drawn from the reports, and a CSV download.
+    await frank.page.goto(`${ORIGIN}/app/#/reports`);
+    await frank.page.waitForSelector('#reports[data-ready="true"]', { timeout: 20000 });
+    const charts = await frank.page.$$eval('#reports figure', (figs) =>
+      figs.map((f) => ({
+        report: f.getAttribute('data-report'),
+        rows: Number(f.getAttribute('data-rows')),
+        bars: [...f.querySelectorAll('rect.bar')].map((b) => ({ day: b.getAttribute('data-day'), asset: b.getAttribute('data-asset'), amount: b.getAttribute('data-amount'), p50: b.getAttribute('data-p50') })),
+        hot: [...f.querySelectorAll('rect.cell.hot')].map((c) => [Number(c.getAttribute('data-weekday')), Number(c.getAttribute('data-hour')), Number(c.getAttribute('data-flagged'))]),
+        cells: f.querySelectorAll('rect.cell').length,
+        error: (f.querySelector('.alert') || { textContent: '' }).textContent,
+      })),
+    );
+    await frank.page.screenshot({ path: path.join(SHOTS, 'approvals-reports.png'), fullPage: true });
+    const csv = {};
+    for (const name of ['volume', 'heatmap']) {
+      const [download] = await Promise.all([
+        frank.page.waitForEvent('download', { timeout: 15000 }),
+        frank.page.click(`#reports figure[data-report="${name}"] a.csv`),
+      ]);
+      csv[name] = { file: download.suggestedFilename(), text: fs.readFileSync(await download.path(), 'utf8') };
+    }
+    const badRange = await frank.page.evaluate(async () => {
+      const x = await fetch('/app/reports/volume?from=2026-13-01');
+      return { status: x.status, body: await x.text() };
+    });
+    out('reports', { charts, csv, bad_range: badRange });
 
     // History, then sign out.
     await frank.page.goto(`${ORIGIN}/app/#/history`);

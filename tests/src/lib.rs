@@ -508,18 +508,39 @@ pub async fn withdrawal(client: &Client, id: &str) -> Withdrawal {
         .into_inner()
 }
 
-/// Every withdrawal `client` may see (up to 500).
+/// Every withdrawal `client` may see.
 pub async fn all_withdrawals(client: &Client) -> Vec<Withdrawal> {
-    client
-        .clone()
-        .list_withdrawals(custos_proto::custody::ListWithdrawalsRequest {
-            page_size: 500,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .withdrawals
+    listed(
+        client,
+        custos_proto::custody::ListWithdrawalsRequest::default(),
+    )
+    .await
+}
+
+/// Every withdrawal `client` may see that `filter` selects (all pages).
+pub async fn listed(
+    client: &Client,
+    filter: custos_proto::custody::ListWithdrawalsRequest,
+) -> Vec<Withdrawal> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .clone()
+            .list_withdrawals(custos_proto::custody::ListWithdrawalsRequest {
+                page_size: 500,
+                page_token: token,
+                ..filter.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.withdrawals);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
 }
 
 /// Polls until the withdrawal is in one of `states` (panics on a terminal

@@ -695,7 +695,7 @@ const PASSKEY_PAYEE: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
 /// forwards it anyway. Uses wallet w-cold, so no velocity limit of w-hot
 /// moves.
 async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowCluster) {
-    use custos_policy::{Amount, ApprovalStatement, Withdrawal as PolicyWithdrawal};
+    use custos_policy::{Amount, ApprovalStatement};
     let (mut frank, mut grace) = (SoftPasskey::of("frank"), SoftPasskey::of("grace"));
     let create = |key: &'static str| {
         let backend = fc.backend.clone();
@@ -819,36 +819,8 @@ async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowClu
 
     // A rogue coordinator forwards w2 with grace's genuine approval and a
     // tampered one of frank's: every signer refuses, naming the check.
-    let layout = fc.tc.cluster.layout().clone();
-    let policy = layout.policy.as_ref().unwrap();
     let request = withdrawal_req("passkey-2", "w-cold", PASSKEY_PAYEE, 2 * ETH);
-    let pw = PolicyWithdrawal {
-        id: w2.id.clone(),
-        wallet: w2.wallet.clone(),
-        chain: w2.chain.clone(),
-        asset: w2.asset.clone(),
-        destination: w2.destination.clone(),
-        amount: Amount(2 * ETH),
-        fee_cap: Amount(w2.fee_cap.parse().unwrap()),
-        initiator: w2.initiator.clone(),
-        tx_digest: String::new(),
-        source: None,
-    };
     let grace_w2 = grace.approve("grace", &st2, PASSKEY_ORIGIN, UP_UV);
-    let auth =
-        |frank_approval: custos_policy::Approval| custos_proto::signer::WithdrawalAuthorization {
-            idempotency_key: request.idempotency_key.clone(),
-            request_signature: request.request_signature.clone(),
-            withdrawal_json: serde_json::to_vec(&pw).unwrap(),
-            policy_document: std::fs::read(&policy.document).unwrap(),
-            policy_signatures: std::fs::read(&policy.signatures).unwrap(),
-            rule_id: "passkey-two-approvals".into(),
-            statement_expiry: st2.expiry.0,
-            risk_score: 0,
-            approvals_json: serde_json::to_vec(&[frank_approval, grace_w2.clone()]).unwrap(),
-            ..Default::default()
-        };
-    let signers = coordinator_signer_clients(&layout).await;
     let mut other2 = st2.clone();
     other2.amount = Amount(3 * ETH);
     frank.counter = 100;
@@ -873,22 +845,73 @@ async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowClu
         ),
     ];
     for (bad, why) in cases {
-        let a = auth(bad);
-        for (node, c) in &signers {
-            let e = c.clone().register_quorum(a.clone()).await.unwrap_err();
-            assert_eq!(e.code(), Code::PermissionDenied, "{node} register: {e}");
-            assert!(e.message().contains(&why), "{node} register, {why}: {e}");
-            let e = c
-                .clone()
-                .sign_withdrawal(custos_proto::signer::SignWithdrawalRequest {
-                    authorization: Some(a.clone()),
-                    key_id: "w-cold".into(),
-                    presignature_id: "ps-rogue".into(),
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(e.code(), Code::PermissionDenied, "{node} sign: {e}");
-            assert!(e.message().contains(&why), "{node} sign, {why}: {e}");
-        }
+        let auth = rogue_authorization(fc, &w2, &request, vec![bad, grace_w2.clone()]);
+        every_signer_refuses(fc, &auth, "w-cold", &why).await;
+    }
+}
+
+/// What a rogue coordinator sends signers for withdrawal `w` (created by
+/// `request`) with `approvals`: the genuine request, policy and rule, and
+/// whatever approvals it likes.
+fn rogue_authorization(
+    fc: &FlowCluster,
+    w: &custos_proto::custody::Withdrawal,
+    request: &custos_proto::custody::CreateWithdrawalRequest,
+    approvals: Vec<custos_policy::Approval>,
+) -> custos_proto::signer::WithdrawalAuthorization {
+    use custos_policy::{Amount, ApprovalStatement, Withdrawal as PolicyWithdrawal};
+    let layout = fc.tc.cluster.layout();
+    let policy = layout.policy.as_ref().unwrap();
+    let st = ApprovalStatement::decode(&w.statement).unwrap();
+    let pw = PolicyWithdrawal {
+        id: w.id.clone(),
+        wallet: w.wallet.clone(),
+        chain: w.chain.clone(),
+        asset: w.asset.clone(),
+        destination: w.destination.clone(),
+        amount: Amount(w.amount.parse().unwrap()),
+        fee_cap: Amount(w.fee_cap.parse().unwrap()),
+        initiator: w.initiator.clone(),
+        tx_digest: String::new(),
+        source: None,
+    };
+    custos_proto::signer::WithdrawalAuthorization {
+        idempotency_key: request.idempotency_key.clone(),
+        request_signature: request.request_signature.clone(),
+        withdrawal_json: serde_json::to_vec(&pw).unwrap(),
+        policy_document: std::fs::read(&policy.document).unwrap(),
+        policy_signatures: std::fs::read(&policy.signatures).unwrap(),
+        rule_id: w.rule_id.clone(),
+        statement_expiry: st.expiry.0,
+        risk_score: 0,
+        approvals_json: serde_json::to_vec(&approvals).unwrap(),
+        ..Default::default()
+    }
+}
+
+/// Every signer refuses `auth` (registration and signing with `key_id`)
+/// with PermissionDenied, naming `why`.
+async fn every_signer_refuses(
+    fc: &FlowCluster,
+    auth: &custos_proto::signer::WithdrawalAuthorization,
+    key_id: &str,
+    why: &str,
+) {
+    let signers = coordinator_signer_clients(fc.tc.cluster.layout()).await;
+    for (node, c) in &signers {
+        let e = c.clone().register_quorum(auth.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{node} register: {e}");
+        assert!(e.message().contains(why), "{node} register, {why}: {e}");
+        let e = c
+            .clone()
+            .sign_withdrawal(custos_proto::signer::SignWithdrawalRequest {
+                authorization: Some(auth.clone()),
+                key_id: key_id.into(),
+                presignature_id: "ps-rogue".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{node} sign: {e}");
+        assert!(e.message().contains(why), "{node} sign, {why}: {e}");
     }
 }

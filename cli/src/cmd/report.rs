@@ -148,7 +148,7 @@ impl Api {
 /// Arguments of `custos report`.
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Report: volume, states, approval-latency, blocked, risk, fees.
+    /// Report: volume, states, approval-latency, blocked, risk, fees, heatmap.
     name: String,
     /// First day (YYYY-MM-DD, UTC), RFC 3339 time or Unix ms [default: the beginning].
     #[arg(long, value_name = "DATE")]
@@ -264,19 +264,5 @@ pub fn table(columns: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// RFC 4180 CSV.
-pub fn csv(columns: &[String], rows: &[Vec<String>]) -> String {
-    let esc = |c: &String| {
-        if c.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", c.replace('"', "\"\""))
-        } else {
-            c.clone()
-        }
-    };
-    let mut out = String::new();
-    for r in std::iter::once(columns).chain(rows.iter().map(Vec::as_slice)) {
-        out.push_str(&r.iter().map(esc).collect::<Vec<_>>().join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
+/// RFC 4180 CSV (the coordinator's report downloads use the same writer).
+pub use custos_service::csv::table as csv;

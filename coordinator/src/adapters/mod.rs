@@ -304,6 +304,7 @@ impl Adapters {
         };
         let app = app::AppState {
             api,
+            pool: self.http.pool.clone(),
             sessions,
             stop: app.stop,
         };

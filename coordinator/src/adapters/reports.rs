@@ -15,6 +15,9 @@
 //! | `blocked` | every blocked or cancelled withdrawal with its rule and reason | (a list) |
 //! | `risk` | risk-score distribution in buckets of 10 (`90-100` last; `unscored`) | none, `wallet`, `asset`, `day` |
 //! | `fees` | network fees posted to the ledger's `fees` accounts: entries and amount per asset | `asset` (default), `wallet`, `day` |
+//! | `heatmap` | withdrawals per UTC weekday (`1` Monday … `7` Sunday) and hour: all, `blocked` (blocked or cancelled), `high_risk` (score ≥ [`HIGH_RISK_SCORE`]) and `flagged` (either); non-empty cells only | (a grid) |
+//!
+//! [`Report::csv`] renders any of them as RFC 4180 CSV.
 
 use std::collections::BTreeMap;
 
@@ -25,14 +28,20 @@ use sqlx::AnyConnection;
 use crate::error::CoordError;
 
 /// The report names.
-pub const REPORTS: [&str; 6] = [
+pub const REPORTS: [&str; 7] = [
     "volume",
     "states",
     "approval-latency",
     "blocked",
     "risk",
     "fees",
+    "heatmap",
 ];
+
+/// The risk score from which the `heatmap` report counts a withdrawal as
+/// high-risk: the lower bound of the top three buckets of the `risk`
+/// report, below the score the shipped policies block at (80).
+pub const HIGH_RISK_SCORE: i64 = 70;
 
 /// The final states of a withdrawal whose value left: `confirmed` (chains
 /// with a transaction adapter) and `signed` (chains without one).
@@ -101,6 +110,24 @@ pub struct Report {
     pub columns: Vec<String>,
     /// Rows, one value per column.
     pub rows: Vec<Vec<Value>>,
+}
+
+impl Report {
+    /// The report as RFC 4180 CSV: a header line of the columns, then one
+    /// line per row (strings as they are, numbers in decimal, null empty).
+    pub fn csv(&self) -> String {
+        let cell = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(cell).collect())
+            .collect();
+        custos_service::csv::table(&self.columns, &rows)
+    }
 }
 
 /// Parses a range bound: `YYYY-MM-DD` (UTC midnight; with `end`, the next
@@ -296,6 +323,7 @@ pub async fn run(
         "blocked" => blocked(conn, q).await?,
         "risk" => risk(conn, q).await?,
         "fees" => fees(conn, q).await?,
+        "heatmap" => heatmap(conn, q).await?,
         other => {
             return Err(CoordError::not_found(
                 "report",
@@ -504,9 +532,77 @@ async fn fees(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Table, CoordE
     Ok((columns, rows))
 }
 
+/// The ISO weekday (1 = Monday) and hour of a Unix-ms timestamp, in UTC.
+pub fn weekday_hour(ms: i64) -> Option<(u8, u8)> {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).ok()?;
+    Some((t.weekday().number_from_monday(), t.hour()))
+}
+
+async fn heatmap(conn: &mut AnyConnection, q: &ReportQuery) -> Result<Table, CoordError> {
+    // (weekday, hour) -> (all, blocked, high risk, either)
+    let mut acc: BTreeMap<(u8, u8), [u64; 4]> = BTreeMap::new();
+    for w in withdrawals(conn, q).await? {
+        let Some(cell) = weekday_hour(w.created_ms) else {
+            continue;
+        };
+        let blocked = w.state == "blocked" || w.state == "cancelled";
+        let high = w.risk_score.is_some_and(|s| s >= HIGH_RISK_SCORE);
+        let slot = acc.entry(cell).or_default();
+        slot[0] += 1;
+        slot[1] += u64::from(blocked);
+        slot[2] += u64::from(high);
+        slot[3] += u64::from(blocked || high);
+    }
+    let columns = [
+        "weekday",
+        "hour",
+        "count",
+        "blocked",
+        "high_risk",
+        "flagged",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows = acc
+        .into_iter()
+        .map(|((d, h), n)| {
+            let mut r = vec![json!(d), json!(h)];
+            r.extend(n.iter().map(|v| json!(v)));
+            r
+        })
+        .collect();
+    Ok((columns, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weekdays_hours_and_csv() {
+        // 1970-01-01 was a Thursday; 2026-12-07 a Monday.
+        assert_eq!(weekday_hour(0), Some((4, 0)));
+        assert_eq!(weekday_hour(3_600_000 * 23 + 59_999), Some((4, 23)));
+        let monday = parse_bound("2026-12-07T13:30:00Z", false).unwrap_or_default();
+        assert_eq!(weekday_hour(monday), Some((1, 13)));
+        let r = Report {
+            name: "blocked".into(),
+            from_ms: 0,
+            to_ms: 1,
+            group: None,
+            columns: vec!["id".into(), "reason".into(), "count".into(), "p50".into()],
+            rows: vec![vec![
+                json!("w-1"),
+                json!("over \"limit\", daily"),
+                json!(3),
+                Value::Null,
+            ]],
+        };
+        assert_eq!(
+            r.csv(),
+            "id,reason,count,p50\r\nw-1,\"over \"\"limit\"\", daily\",3,\r\n"
+        );
+    }
 
     #[test]
     fn bounds_and_days() {

@@ -676,6 +676,35 @@ async fn reports_scenario(db: Db) {
         .collect();
     assert_eq!(got, fees);
 
+    // The heat map: per UTC weekday (1 = Monday) and hour, computed here
+    // from days since the epoch (a Thursday) rather than a date library.
+    let mut cells: BTreeMap<(u64, u64), [u64; 4]> = BTreeMap::new();
+    for s in &data {
+        let days = s.created_ms.div_euclid(DAY_MS);
+        let weekday = (days + 3).rem_euclid(7) as u64 + 1;
+        let hour = (s.created_ms.rem_euclid(DAY_MS) / 3_600_000) as u64;
+        let blocked = s.state == "blocked" || s.state == "cancelled";
+        let high = s.risk.is_some_and(|r| r >= 70);
+        let c = cells.entry((weekday, hour)).or_default();
+        c[0] += 1;
+        c[1] += u64::from(blocked);
+        c[2] += u64::from(high);
+        c[3] += u64::from(blocked || high);
+    }
+    assert!(
+        cells.values().any(|c| c[1] > 0) && cells.values().any(|c| c[2] > 0),
+        "the dataset has blocked and high-risk withdrawals"
+    );
+    let got: BTreeMap<(u64, u64), [u64; 4]> = report(&db, "heatmap", all)
+        .await
+        .iter()
+        .map(|r| {
+            let n = |i: usize| r[i].as_u64().unwrap();
+            ((n(0), n(1)), [n(2), n(3), n(4), n(5)])
+        })
+        .collect();
+    assert_eq!(got, cells);
+
     let mut c = db.pool().acquire().await.unwrap();
     assert!(matches!(
         reports::run(&mut c, "nope", &all).await,

@@ -542,6 +542,11 @@ impl Engine {
             .find(|a| a.chain == chain && a.symbol == symbol)
     }
 
+    /// Every configured asset.
+    pub fn assets(&self) -> &[AssetConfig] {
+        &self.assets
+    }
+
     /// The ERC-20 tokens configured (deposit detection reads their logs).
     pub fn tokens(&self) -> Vec<crate::chain::evm_deposits::Token> {
         self.assets

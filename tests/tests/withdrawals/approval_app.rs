@@ -6,7 +6,14 @@
 //! lock to the signature, a reject with its reason, a cancel during the
 //! time lock; a request without a session gets 401 and no data, a POST
 //! without the CSRF token or from another origin is refused, and every page
-//! carries the strict Content-Security-Policy.
+//! carries the strict Content-Security-Policy. Bad input: a replayed
+//! sign-in, an unknown passkey, and approvals the browser made but that were
+//! tampered with (another amount in the statement shown, UV flag cleared,
+//! another origin, a malformed signature, a cloned passkey's old counter) or
+//! sent from a page left open past the statement's expiry: the page shows
+//! why, nothing is recorded, and every signer refuses the same assertions
+//! from a rogue coordinator. The reports page: its charts against the
+//! withdrawals the auditor lists, and its CSV downloads.
 //!
 //! The screenshots go to `$CUSTOS_SCREENSHOT_DIR` (default: the test's temp
 //! directory); `CUSTOS_SCREENSHOT_DIR=$PWD/docs` refreshes the README's.
@@ -22,6 +29,10 @@ use serde_json::Value;
 /// The flow policy's `app-payee` (rule `passkey-approvals-lock`: two
 /// passkey approvals, an 8 s time lock the passkey group may cancel).
 const APP_PAYEE: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+
+/// The flow policy's `app-expiry-payee` (rule `passkey-short-expiry`:
+/// passkey approvals that expire after 2 s).
+const EXPIRY_PAYEE: &str = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc";
 
 fn browser_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
@@ -87,6 +98,22 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     let approve = create(fc, "app-approve", wallet, 2 * ETH).await;
     let reject = create(fc, "app-reject", wallet, 5 * ETH / 2).await;
     let cancel = create(fc, "app-cancel", wallet, 3 * ETH).await;
+    let tamper = create(fc, "app-tamper", wallet, 3 * ETH / 2).await;
+    let expired = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req("app-expired", wallet, EXPIRY_PAYEE, ETH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        expired.rule_id, "passkey-short-expiry",
+        "{}",
+        expired.decision
+    );
+    let expired = wait_state(&fc.backend, &expired.id, &["expired"], super::LIMIT)
+        .await
+        .id;
     let layout = fc.tc.cluster.layout();
     let target = layout
         .coordinator
@@ -105,6 +132,8 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         ("APP_W_APPROVE", approve.clone()),
         ("APP_W_REJECT", reject.clone()),
         ("APP_W_CANCEL", cancel.clone()),
+        ("APP_W_EXPIRED", expired.clone()),
+        ("APP_W_TAMPER", tamper.clone()),
         ("APP_SCREENSHOTS", shots.display().to_string()),
     ])
     .await;
@@ -180,6 +209,24 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         let body = x[case]["body"].as_str().unwrap();
         assert!(body.contains(why), "{case}: {body}");
     }
+    // A replayed sign-in and an unknown passkey: refused, with the reason.
+    let b = &s["bad_sign_in"];
+    assert_eq!(b["replayed"]["status"], 401, "{b}");
+    assert!(
+        b["replayed"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("sign-in challenge unknown, already used"),
+        "{b}"
+    );
+    let unknown = b["unknown"]["message"].as_str().unwrap();
+    assert!(
+        unknown.starts_with("Sign-in failed: credential_id: ")
+            && unknown.contains("is not the passkey of any approver of the policy in force"),
+        "{b}"
+    );
+    assert_eq!(b["unknown"]["nav_hidden"], true, "{b}");
+    assert_eq!(b["unknown"]["pending_status"], 401, "{b}");
     // The detail page, decoded from the statement in the browser.
     let f = &s["detail"]["fields"];
     assert_eq!(f["withdrawal_id"], approve.as_str(), "{f}");
@@ -233,6 +280,81 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         "{:?}",
         signed.approvals
     );
+    // Tampered and bad approvals: the page shows the reason; nothing is
+    // recorded; every signer refuses the browser's tampered assertions.
+    let t = &s["tampered"];
+    let tamper_w = withdrawal(&fc.backend, &tamper).await;
+    assert_eq!(tamper_w.state, "awaiting_approvals");
+    assert!(tamper_w.approvals.is_empty(), "{:?}", tamper_w.approvals);
+    let tamper_req = withdrawal_req("app-tamper", wallet, APP_PAYEE, 3 * ETH / 2);
+    // grace's genuine approval completes the quorum, so each signer gets as
+    // far as frank's assertion (and its counter).
+    let mut grace = SoftPasskey::of("grace");
+    grace.counter = 1_000_000;
+    let grace_ok = grace.approve(
+        "grace",
+        &custos_policy::ApprovalStatement::decode(&tamper_w.statement).unwrap(),
+        PASSKEY_ORIGIN,
+        UP_UV,
+    );
+    for (case, shown, signers_say) in [
+        (
+            "changed_amount",
+            "challenge is not this statement's",
+            Some("challenge is not this statement's"),
+        ),
+        (
+            "uv_cleared",
+            "(UV) flag is clear",
+            Some("(UV) flag is clear"),
+        ),
+        (
+            "wrong_origin",
+            "\"https://evil.test\" is not an allowed origin",
+            Some("is not an allowed origin"),
+        ),
+        ("malformed", "webauthn.signature", None),
+        (
+            "replayed_counter",
+            "sign counter 2 is not above the last one seen",
+            Some("sign counter 2 is not above the last one seen"),
+        ),
+        ("expired", "expired", None),
+    ] {
+        let message = t["cases"][case]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Refused: ") && message.contains(shown),
+            "{case}: the page shows {message:?}, not {shown:?}"
+        );
+        let Some(why) = signers_say else { continue };
+        let a = &t["cases"][case]["webauthn"];
+        let field = |k: &str| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                hex::decode(a[k].as_str().unwrap()).unwrap(),
+            )
+        };
+        let approval = custos_policy::Approval {
+            approver: "frank".into(),
+            verdict: custos_policy::Verdict::Approve,
+            signature: String::new(),
+            webauthn: Some(custos_policy::PasskeyAssertion {
+                credential_id: field("credential_id"),
+                authenticator_data: field("authenticator_data"),
+                client_data_json: field("client_data_json"),
+                signature: field("signature"),
+            }),
+        };
+        let auth = super::rogue_authorization(
+            fc,
+            &tamper_w,
+            &tamper_req,
+            vec![approval, grace_ok.clone()],
+        );
+        super::every_signer_refuses(fc, &auth, wallet, why).await;
+    }
+    assert_eq!(t["approvals_after"][&tamper], 0, "{t}");
+    assert_eq!(t["approvals_after"][&expired], 0, "{t}");
     // Rejected with its reason; cancelled during the lock.
     assert_eq!(s["rejected"]["state"], "rejected", "{log}");
     assert!(
@@ -255,6 +377,9 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     let c = withdrawal(&fc.backend, &cancel).await;
     assert_eq!(c.state, "cancelled", "{}", c.reason);
     assert!(c.reason.contains("grace"), "{}", c.reason);
+    // Reports: the charts and CSVs agree with the withdrawals the auditor
+    // lists (every withdrawal of this test is inside the page's 30 days).
+    reports_agree_with_the_withdrawals(fc, &s["reports"]).await;
     // History and sign-out.
     let rows = s["history"]["rows"].as_array().unwrap();
     for (id, state) in [
@@ -268,4 +393,111 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         );
     }
     assert_eq!(s["signed_out"]["status"], 401, "{log}");
+    // The withdrawal that only got tampered approvals: withdrawn.
+    fc.backend
+        .clone()
+        .cancel_withdrawal(custos_proto::custody::CancelWithdrawalRequest {
+            id: tamper.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// The CSV's rows as maps from column to cell.
+fn csv_rows(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            head.iter()
+                .map(|h| (*h).to_owned())
+                .zip(l.split(',').map(str::to_owned))
+                .collect()
+        })
+        .collect()
+}
+
+async fn reports_agree_with_the_withdrawals(fc: &FlowCluster, r: &Value) {
+    let all = all_withdrawals(&fc.auditor).await;
+    let charts = r["charts"].as_array().unwrap();
+    let chart = |name: &str| {
+        charts
+            .iter()
+            .find(|c| c["report"] == name)
+            .unwrap_or_else(|| panic!("no {name} chart: {r}"))
+    };
+    for c in charts {
+        assert_eq!(c["error"], "", "{c}");
+    }
+    // Volume: settled ETH per the list, as the bars and the CSV say.
+    let settled: u128 = all
+        .iter()
+        .filter(|w| w.asset == "ETH" && ["signed", "confirmed"].contains(&w.state.as_str()))
+        .map(|w| w.amount.parse::<u128>().unwrap())
+        .sum();
+    assert!(settled >= 2 * ETH, "the approved withdrawal is settled");
+    let bars: u128 = chart("volume")["bars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["asset"] == "ETH")
+        .map(|b| b["amount"].as_str().unwrap().parse::<u128>().unwrap())
+        .sum();
+    assert_eq!(bars, settled, "volume bars: {r}");
+    let volume = &r["csv"]["volume"];
+    let file = volume["file"].as_str().unwrap();
+    assert!(
+        file.starts_with("custos-volume-") && file.ends_with(".csv"),
+        "{file}"
+    );
+    let text = volume["text"].as_str().unwrap();
+    assert!(text.starts_with("day,asset,count,amount\r\n"), "{text}");
+    let csv: u128 = csv_rows(text)
+        .iter()
+        .filter(|row| row["asset"] == "ETH")
+        .map(|row| row["amount"].parse::<u128>().unwrap())
+        .sum();
+    assert_eq!(csv, settled, "volume CSV: {text}");
+    // Approval latency: the app's two quorums (approve, cancel) at least.
+    assert!(
+        !chart("approval-latency")["bars"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{r}"
+    );
+    // Heat map: every withdrawal counted once; flagged = blocked, cancelled
+    // or high-risk, in the cell of its UTC weekday and hour.
+    let text = r["csv"]["heatmap"]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("weekday,hour,count,blocked,high_risk,flagged\r\n"),
+        "{text}"
+    );
+    let cells = csv_rows(text);
+    let sum = |col: &str| -> u64 { cells.iter().map(|c| c[col].parse::<u64>().unwrap()).sum() };
+    assert_eq!(sum("count"), all.len() as u64, "{text}");
+    let flagged = all
+        .iter()
+        .filter(|w| ["blocked", "cancelled"].contains(&w.state.as_str()) || w.risk_score >= 70)
+        .count() as u64;
+    assert!(flagged >= 1, "the cancelled withdrawal at least");
+    assert_eq!(sum("flagged"), flagged, "{text}");
+    let hot: u64 = chart("heatmap")["hot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[2].as_u64().unwrap())
+        .sum();
+    assert_eq!(hot, flagged, "heat map cells: {r}");
+    assert_eq!(chart("heatmap")["cells"], 7 * 24, "{r}");
+    // A bad range: a clear error.
+    assert_eq!(r["bad_range"]["status"], 400, "{r}");
+    assert!(
+        r["bad_range"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("`2026-13-01` is not YYYY-MM-DD"),
+        "{r}"
+    );
 }

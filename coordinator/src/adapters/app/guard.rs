@@ -32,6 +32,18 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<Zeroizing<String>> {
         })
 }
 
+/// The live session the request's cookie names; 401 without a cookie, or
+/// when the session is unknown or over.
+pub fn signed_in(sessions: &Sessions, headers: &HeaderMap) -> Result<Session, ApiError> {
+    let id = session_cookie(headers).ok_or_else(|| {
+        ApiError::Route(
+            StatusCode::UNAUTHORIZED,
+            "session: none; sign in with your passkey".into(),
+        )
+    })?;
+    live_session(sessions, &id)
+}
+
 /// The live session `id` names; 401 when it is unknown or over.
 pub fn live_session(sessions: &Sessions, id: &str) -> Result<Session, ApiError> {
     sessions.get(id, Instant::now()).ok_or_else(|| {

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -32,13 +32,7 @@ pub async fn events(
     State(s): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = guard::session_cookie(&headers).ok_or_else(|| {
-        ApiError::Route(
-            StatusCode::UNAUTHORIZED,
-            "session: none; sign in with your passkey".into(),
-        )
-    })?;
-    let session = guard::live_session(&s.sessions, &id)?;
+    let session = guard::signed_in(&s.sessions, &headers)?;
     let changes = s.api.engine()?.subscribe();
     let left = Duration::from_secs(
         u64::try_from(

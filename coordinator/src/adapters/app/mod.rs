@@ -22,6 +22,7 @@
 pub mod assets;
 pub mod guard;
 pub mod live;
+pub mod reports;
 pub mod sessions;
 pub mod signin;
 
@@ -63,6 +64,8 @@ pub struct AppConfig {
 pub struct AppState {
     /// The custody API (the policy in force, the engine's changes).
     pub api: CustodyApi,
+    /// The coordinator's pool (the reports page reads reports).
+    pub pool: sqlx::AnyPool,
     /// Challenges and sessions.
     pub sessions: Arc<Sessions>,
     /// See [`AppConfig::stop`].
@@ -90,6 +93,8 @@ pub fn router(state: AppState) -> Router {
         .route("/app/session", post(signin::sign_in).get(signin::current))
         .route("/app/session/logout", post(signin::logout))
         .route("/app/events", get(live::events))
+        .route("/app/reports/{name}", get(reports::json))
+        .route("/app/reports/{name}/csv", get(reports::csv))
         .route("/app/{file}", get(assets::asset))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
