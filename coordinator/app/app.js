@@ -449,9 +449,12 @@
   // key, taken from the SubjectPublicKeyInfo the browser gives).
   async function enroll() {
     const id = $('enroll-id').value.trim();
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
-      say('Approver id: 1 to 64 letters, digits, ".", "_" or "-".', 'error');
-      return;
+    const role = $('enroll-role').value.trim();
+    for (const [what, v] of [['Approver id', id], ['Role', role]]) {
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(v)) {
+        say(`${what}: 1 to 64 letters, digits, ".", "_" or "-".`, 'error');
+        return;
+      }
     }
     say('Creating the passkey…');
     try {
@@ -481,7 +484,7 @@
         throw new Error(`the authenticator made a key of COSE algorithm ${alg}; only ES256 (-7) and EdDSA (-8) can approve`);
       }
       const out = $('enroll-result');
-      out.textContent = `[[approvers]]\nid = "${id}"\n${line}`;
+      out.textContent = `[[approvers]]\nid = "${id}"\nrole = "${role}"\n${line}`;
       out.hidden = false;
       say('Passkey created: give these lines to your security admins.', 'ok');
     } catch (e) {

@@ -15,7 +15,9 @@
 // certificate, PEM), APP_W_APPROVE, APP_W_REJECT, APP_W_CANCEL, APP_W_EXPIRED,
 // APP_W_TAMPER (withdrawal ids; APP_W_EXPIRED's approvals have expired,
 // APP_W_TAMPER only gets tampered approvals), APP_SCREENSHOTS (directory for
-// the README's screenshots).
+// the README's screenshots). With APP_MODE=enrolled (a second cluster
+// whose policy holds the approvers enrolled in the first run):
+// APP_CREDENTIALS (their exported passkeys) and APP_W_APPROVE only.
 'use strict';
 
 const crypto = require('crypto');
@@ -37,7 +39,10 @@ const env = (k) => {
 const TARGET = env('APP_TARGET');
 const [HOST, PORT] = [TARGET.split(':')[0], Number(TARGET.split(':')[1])];
 const SHOTS = env('APP_SCREENSHOTS');
-const W = { approve: env('APP_W_APPROVE'), reject: env('APP_W_REJECT'), cancel: env('APP_W_CANCEL'), expired: env('APP_W_EXPIRED'), tamper: env('APP_W_TAMPER') };
+const ENROLLED = process.env.APP_MODE === 'enrolled';
+const W = ENROLLED
+  ? { approve: env('APP_W_APPROVE') }
+  : { approve: env('APP_W_APPROVE'), reject: env('APP_W_REJECT'), cancel: env('APP_W_CANCEL'), expired: env('APP_W_EXPIRED'), tamper: env('APP_W_TAMPER') };
 const out = (step, fields) => console.log(JSON.stringify({ step, ...fields }));
 let lastPage = null;
 const b64u = (b) => Buffer.from(b).toString('base64url');
@@ -108,7 +113,7 @@ function raw(method, urlPath, headers, body) {
   });
 }
 
-async function approverContext(browser, who) {
+async function approverContext(browser, who, cred) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   const page = await ctx.newPage();
   page.on('pageerror', (e) => out('page_error', { approver: who, message: String(e) }));
@@ -124,7 +129,7 @@ async function approverContext(browser, who) {
       automaticPresenceSimulation: true,
     },
   });
-  await cdp.send('WebAuthn.addCredential', { authenticatorId, credential: credential(who) });
+  await cdp.send('WebAuthn.addCredential', { authenticatorId, credential: cred || credential(who) });
   return { ctx, page, cdp, authenticatorId, who };
 }
 
@@ -269,6 +274,46 @@ async function waitState(page, states, ms) {
   return stateOf(page);
 }
 
+// Enrolls approver `who` on the enrollment page with a fresh virtual
+// authenticator: the policy lines the page shows, and the passkey the
+// authenticator made (its private key, as CDP exports it).
+async function enroll(browser, who) {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  await page.goto(`${ORIGIN}/app/#/enroll`);
+  await page.fill('#enroll-id', who);
+  await page.click('#enroll');
+  await page.waitForSelector('#enroll-result:not([hidden])', { timeout: 15000 });
+  const enrolledText = await text(page, '#enroll-result');
+  const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
+  await ctx.close();
+  return { text: enrolledText, credential: credentials[0] };
+}
+
+// The second cluster's run: approvers enrolled in the first sign in with
+// the passkeys they made there and approve APP_W_APPROVE.
+async function enrolledMain(browser) {
+  const creds = JSON.parse(env('APP_CREDENTIALS'));
+  const seen = [];
+  const pages = [];
+  for (const who of Object.keys(creds)) {
+    const a = await approverContext(browser, who, creds[who]);
+    await signIn(a);
+    await verdict(a, W.approve, 'approve');
+    pages.push(a);
+  }
+  seen.push(await waitState(pages[0].page, ['time_locked', 'signing', 'signed'], 30000));
+  seen.push(await waitState(pages[0].page, ['signed', 'broadcast', 'confirmed'], 120000));
+  const approvers = await pages[0].page.$$eval('#approvals li[data-approver]', (l) => l.map((x) => x.getAttribute('data-approver')));
+  out('enrolled_approved', { withdrawal: W.approve, seen, approvers });
+  out('done', {});
+}
+
 async function main() {
   const p = await proxy();
   const cert = new crypto.X509Certificate(fs.readFileSync(env('APP_CERT')));
@@ -287,6 +332,10 @@ async function main() {
     ],
   });
   try {
+    if (ENROLLED) {
+      await enrolledMain(browser);
+      return;
+    }
     // Not signed in: the page, its headers, and no data.
     const anon = await browser.newContext();
     const page = await anon.newPage();
@@ -311,22 +360,14 @@ async function main() {
     out('unauthenticated', { calls: anonCalls });
     await anon.close();
 
-    // Enrollment: a new approver creates a passkey and gets the policy line.
-    {
-      const ctx = await browser.newContext();
-      const page = await ctx.newPage();
-      const cdp = await ctx.newCDPSession(page);
-      await cdp.send('WebAuthn.enable');
-      await cdp.send('WebAuthn.addVirtualAuthenticator', {
-        options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
-      });
-      await page.goto(`${ORIGIN}/app/#/enroll`);
-      await page.fill('#enroll-id', 'heidi');
-      await page.click('#enroll');
-      await page.waitForSelector('#enroll-result:not([hidden])', { timeout: 15000 });
-      out('enrolled', { text: await text(page, '#enroll-result') });
-      await ctx.close();
+    // Enrollment: new approvers create passkeys and get the policy lines;
+    // the test puts ivan's and judy's in a policy and they approve with
+    // them (enrolledMain), so their authenticators' credentials go out too.
+    const enrolled = {};
+    for (const who of ['heidi', 'ivan', 'judy']) {
+      enrolled[who] = await enroll(browser, who);
     }
+    out('enrolled', { text: enrolled.heidi.text, approvers: enrolled });
 
     const frank = await approverContext(browser, 'frank');
     const grace = await approverContext(browser, 'grace');

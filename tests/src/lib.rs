@@ -508,6 +508,19 @@ pub async fn withdrawal(client: &Client, id: &str) -> Withdrawal {
         .into_inner()
 }
 
+/// The public key of wallet key `key_id` (SEC1 bytes).
+pub async fn wallet_public_key(client: &Client, key_id: &str) -> Vec<u8> {
+    client
+        .clone()
+        .get_key(custos_proto::custody::GetKeyRequest {
+            key_id: key_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .public_key
+}
+
 /// Every withdrawal `client` may see.
 pub async fn all_withdrawals(client: &Client) -> Vec<Withdrawal> {
     listed(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use custos_policy::Verdict as PV;
-use custos_proto::custody::{CancelWithdrawalRequest, GetKeyRequest, SignDigestRequest};
+use custos_proto::custody::{CancelWithdrawalRequest, SignDigestRequest};
 use custos_tests::*;
 use tonic::Code;
 
@@ -27,17 +27,7 @@ fn verify_signed(pk: &[u8], w: &custos_proto::custody::Withdrawal) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_policy_action_end_to_end() {
     let fc = start_flow(&flow_policy(), false, &["w-hot", "w-cold"]).await;
-    let pk = fc
-        .tc
-        .client
-        .clone()
-        .get_key(GetKeyRequest {
-            key_id: "w-hot".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .public_key;
+    let pk = wallet_public_key(&fc.tc.client, "w-hot").await;
     let backend = fc.backend.clone();
 
     // allow: signed with no approval.
@@ -766,17 +756,7 @@ async fn passkey_approvals_verified_by_coordinator_and_every_signer(fc: &FlowClu
     let a = grace.approve("grace", &st1, PASSKEY_ORIGIN, UP_UV);
     submit_passkey(&fc.approver, &w1, &a).await.unwrap();
     let signed = wait_state(&fc.backend, &w1.id, &["signed"], LIMIT).await;
-    let pk = fc
-        .tc
-        .client
-        .clone()
-        .get_key(GetKeyRequest {
-            key_id: "w-cold".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .public_key;
+    let pk = wallet_public_key(&fc.tc.client, "w-cold").await;
     verify_signed(&pk, &signed);
 
     // The log carries the assertions: the real `custos audit verify` with

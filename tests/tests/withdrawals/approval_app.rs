@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use custos_proto::custody::GetKeyRequest;
 use custos_tests::*;
 use serde_json::Value;
 
@@ -169,7 +168,8 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     custos_policy::PasskeyKey::parse(custos_policy::PasskeyAlg::Es256, &field("public_key"))
         .unwrap_or_else(|e| panic!("{e}: {enrolled}"));
     assert!(
-        enrolled.contains("webauthn_p256 = { credential_id = ")
+        enrolled.contains("role = \"treasury\"")
+            && enrolled.contains("webauthn_p256 = { credential_id = ")
             && field("credential_id").len() >= 16,
         "{enrolled}"
     );
@@ -262,17 +262,7 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
     }
     let signed = withdrawal(&fc.backend, &approve).await;
     assert_eq!(signed.state, "signed");
-    let pk = fc
-        .tc
-        .client
-        .clone()
-        .get_key(GetKeyRequest {
-            key_id: wallet.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .public_key;
+    let pk = wallet_public_key(&fc.tc.client, wallet).await;
     let digest: [u8; 32] = signed.tx_digest.clone().try_into().unwrap();
     verify_both(&pk, &digest, &signed.signature_r, &signed.signature_s);
     assert!(
@@ -393,6 +383,9 @@ pub async fn approval_app_in_a_browser(fc: &FlowCluster, wallet: &str) {
         );
     }
     assert_eq!(s["signed_out"]["status"], 401, "{log}");
+    // Two approvers enrolled in this run approve on a cluster whose
+    // policy names their passkeys.
+    enrolled_approvers_approve(fc, &s["enrolled"]["approvers"]).await;
     // The withdrawal that only got tampered approvals: withdrawn.
     fc.backend
         .clone()
@@ -500,4 +493,64 @@ async fn reports_agree_with_the_withdrawals(fc: &FlowCluster, r: &Value) {
             .contains("`2026-13-01` is not YYYY-MM-DD"),
         "{r}"
     );
+}
+
+/// The admin's part of enrollment, then the approvers': ivan's and judy's
+/// policy lines from the enrollment page go into a copy of the flow policy
+/// as the `passkeys` group (in place of frank and grace), a second cluster
+/// starts under it, and both approve a withdrawal in the browser with the
+/// passkeys their authenticators made at enrollment; it is signed.
+async fn enrolled_approvers_approve(fc: &FlowCluster, enrolled: &Value) {
+    let mut policy = std::fs::read_to_string(flow_policy()).unwrap();
+    let group = "passkeys = [\"frank\", \"grace\"]";
+    assert!(policy.contains(group), "the flow policy's passkeys group");
+    policy = policy.replace(group, "passkeys = [\"ivan\", \"judy\"]");
+    let mut credentials = serde_json::Map::new();
+    let mut lines = String::new();
+    for who in ["ivan", "judy"] {
+        let text = enrolled[who]["text"].as_str().unwrap();
+        lines.push_str(text);
+        lines.push_str("\n\n");
+        credentials.insert(who.into(), enrolled[who]["credential"].clone());
+    }
+    policy = policy.replacen("[groups]", &format!("{lines}[groups]"), 1);
+    let path = fc.tc.dir.path().join("enrolled-policy.toml");
+    std::fs::write(&path, &policy).unwrap();
+    let fb = start_flow(&path, false, &["w-cold"]).await;
+    let id = create(&fb, "app-enrolled", "w-cold", 2 * ETH).await;
+    let layout = fb.tc.cluster.layout();
+    let (s, log) = run_browser(&[
+        ("APP_MODE", "enrolled".into()),
+        (
+            "APP_TARGET",
+            layout
+                .coordinator
+                .http_url
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_owned(),
+        ),
+        (
+            "APP_CERT",
+            layout.coordinator.server_cert.display().to_string(),
+        ),
+        ("APP_W_APPROVE", id.clone()),
+        ("APP_CREDENTIALS", Value::Object(credentials).to_string()),
+        ("APP_SCREENSHOTS", fb.tc.dir.path().display().to_string()),
+    ])
+    .await;
+    let a = &s["enrolled_approved"];
+    assert_eq!(a["approvers"], serde_json::json!(["ivan", "judy"]), "{log}");
+    let signed = withdrawal(&fb.backend, &id).await;
+    assert_eq!(signed.state, "signed", "{log}");
+    let approvers: Vec<&str> = signed
+        .approvals
+        .iter()
+        .map(|a| a.approver.as_str())
+        .collect();
+    assert_eq!(approvers, ["ivan", "judy"]);
+    let pk = wallet_public_key(&fb.tc.client, "w-cold").await;
+    let digest: [u8; 32] = signed.tx_digest.clone().try_into().unwrap();
+    verify_both(&pk, &digest, &signed.signature_r, &signed.signature_s);
+    fb.tc.cluster.stop().await.unwrap();
 }
