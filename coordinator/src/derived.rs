@@ -255,7 +255,18 @@ mod tests {
     #[tokio::test]
     async fn derived_addresses_are_recorded_listed_and_idempotent() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::storage::open(dir.path()).await.unwrap();
+        recorded_listed_and_idempotent(crate::storage::open(dir.path()).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn derived_addresses_are_recorded_listed_and_idempotent_on_postgres() {
+        let url = custos_service::db::testdb::fresh_pg_url("derived")
+            .await
+            .expect("PostgreSQL (scripts/ensure-services.sh)");
+        recorded_listed_and_idempotent(crate::storage::connect(&url).await.unwrap()).await;
+    }
+
+    async fn recorded_listed_and_idempotent(db: Db) {
         let eth = ready_key(&db, "hot", "anvil", Some([9; 32])).await;
         let ltc = ready_key(&db, "ltc", "litecoin-regtest", None).await;
         let a = derive_address(&db, &eth, 5, "customer-5", 1).await.unwrap();

@@ -1,14 +1,19 @@
 //! A database made by an earlier version (without the columns added since)
 //! is upgraded in place when the coordinator opens it, on SQLite and
 //! PostgreSQL, and keeps its rows (the EVM-only `evm_txs` copied into the
-//! chain-neutral `chain_txs`).
+//! chain-neutral `chain_txs`; a key made before HD derivation and signature
+//! schemes keeps its row, with no chain code, scheme or public package).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sqlx::Row;
 
-/// The first versions of the two tables that gained columns.
-const OLD_TABLES: [&str; 2] = [
+/// The first versions of the tables that gained columns.
+const OLD_TABLES: [&str; 3] = [
+    "CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY, group_id TEXT NOT NULL, curve TEXT NOT NULL,
+        threshold BIGINT NOT NULL, participants TEXT NOT NULL, public_key BLOB,
+        eth_address TEXT, chain TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL)",
     "CREATE TABLE evm_txs (
         withdrawal_id TEXT PRIMARY KEY, chain TEXT NOT NULL, sender TEXT NOT NULL,
         nonce BIGINT NOT NULL, unsigned_tx BLOB NOT NULL, raw_tx BLOB, tx_hash TEXT,
@@ -41,6 +46,15 @@ async fn old_database(url: &str) {
          VALUES ('w-1', 'anvil', '0xab', 4, $1, 1, 7)",
     )
     .bind(vec![2u8, 1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO keys (key_id, group_id, curve, threshold, participants, public_key,
+                           eth_address, chain, state, created_at)
+         VALUES ('k-old', 'g-1', 'secp256k1', 2, 'a,b,c', $1, '0xab', 'ethereum', 'ready', 't')",
+    )
+    .bind(vec![3u8; 33])
     .execute(&db.pool)
     .await
     .unwrap();
@@ -88,6 +102,36 @@ async fn check_upgraded(url: &str) {
             .fetch_all(db.pool())
             .await
             .unwrap();
+        // HD derivation and signature schemes: the old key keeps its row
+        // and has none of the later columns' values (it derives with the
+        // legacy chain code); withdrawals gained their source columns, and
+        // the derived-address table exists.
+        let k = sqlx::query(
+            "SELECT public_key, chain_code, scheme, public_package FROM keys WHERE key_id = 'k-old'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(k.get::<Vec<u8>, _>("public_key"), vec![3u8; 33]);
+        assert_eq!(k.get::<Option<Vec<u8>>, _>("chain_code"), None);
+        assert_eq!(k.get::<Option<String>, _>("scheme"), None);
+        assert_eq!(k.get::<Option<Vec<u8>>, _>("public_package"), None);
+        let key = db.key("k-old").await.unwrap().unwrap();
+        assert_eq!(
+            key.scheme,
+            custos_mpc::SchemeId::EcdsaSecp256k1,
+            "cggmp21 ECDSA"
+        );
+        assert_eq!(key.chain_code, None);
+        sqlx::query("SELECT source_path, source_address FROM withdrawals")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM derived_addresses")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
         db.pool().close().await;
     }
 }
