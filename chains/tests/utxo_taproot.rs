@@ -240,6 +240,14 @@ fn a_frost_wallet_spends_p2tr_coins_through_the_psbt_path() {
     let sigs = frost::sign(&shares, &[0, 1], &checked.digests);
     let signed = assemble_signed(&checked, &sigs, &wallet_key).unwrap();
     consensus_verify(&signed.raw, &checked.prevouts).unwrap();
+    // The fee was estimated for key-path inputs: never below the signed
+    // size, and not a P2WPKH input's 10 vbytes more per input.
+    assert!(
+        built.vbytes >= signed.vbytes && built.vbytes - signed.vbytes <= 2,
+        "estimated {} vbytes, signed {}",
+        built.vbytes,
+        signed.vbytes
+    );
     // Swapped signatures: each verified before the witness is made.
     let swapped = [sigs[1], sigs[0]];
     let e = assemble_signed(&checked, &swapped, &wallet_key)

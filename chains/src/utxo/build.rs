@@ -26,7 +26,8 @@ use bitcoin::{
 
 use crate::error::{ChainError, Result};
 use crate::utxo::fees::{
-    P2WPKH_INPUT_VBYTES, dust_threshold, fee_for, fee_shares, output_vbytes, tx_vbytes,
+    P2WPKH_INPUT_VBYTES, TX_OVERHEAD_VBYTES, dust_threshold, fee_for, fee_shares, input_vbytes,
+    output_vbytes, tx_vbytes,
 };
 
 /// Most inputs one transaction spends (keeps signing sessions and the
@@ -124,20 +125,15 @@ pub fn build_unsigned(req: &BuildRequest<'_>) -> Result<UnsignedUtxoTx> {
         .map(|p| p.script_pubkey.as_script())
         .collect();
     let pay: u64 = req.payouts.iter().map(|p| p.amount).sum();
-    let base_vbytes = tx_vbytes(0, outputs.iter().copied());
+    let base_vbytes = tx_vbytes([], outputs.iter().copied());
     let change_out = output_vbytes(req.change_script);
     let change_dust = dust_threshold(req.change_script);
     let selected = select(req, pay, base_vbytes, change_out, change_dust)?;
 
     let total_in: u64 = selected.iter().map(|u| u.value()).sum();
-    let no_change_fee = fee_for(
-        base_vbytes + selected.len() as u64 * P2WPKH_INPUT_VBYTES,
-        rate,
-    );
-    let with_change_fee = fee_for(
-        base_vbytes + change_out + selected.len() as u64 * P2WPKH_INPUT_VBYTES,
-        rate,
-    );
+    let inputs_vbytes: u64 = selected.iter().map(|u| coin_vbytes(u)).sum();
+    let no_change_fee = fee_for(base_vbytes + inputs_vbytes, rate);
+    let with_change_fee = fee_for(base_vbytes + change_out + inputs_vbytes, rate);
     let (fee, change) = match total_in.checked_sub(pay + with_change_fee) {
         Some(c) if c >= change_dust => (with_change_fee, Some(c)),
         _ => (total_in - pay, None),
@@ -189,10 +185,12 @@ pub fn build_unsigned(req: &BuildRequest<'_>) -> Result<UnsignedUtxoTx> {
         output,
     };
     let txid = tx.compute_txid();
-    let vbytes = tx_vbytes(
-        selected.len(),
-        tx.output.iter().map(|o| o.script_pubkey.as_script()),
-    );
+    let vbytes = TX_OVERHEAD_VBYTES
+        + inputs_vbytes
+        + tx.output
+            .iter()
+            .map(|o| output_vbytes(&o.script_pubkey))
+            .sum::<u64>();
     let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| refuse("psbt", e.to_string()))?;
     for (input, coin) in psbt.inputs.iter_mut().zip(&selected) {
         input.witness_utxo = coin.txout().cloned();
@@ -260,6 +258,12 @@ fn validate(req: &BuildRequest<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The virtual size of spending `coin` once signed.
+fn coin_vbytes(coin: &Utxo) -> u64 {
+    coin.txout()
+        .map_or(P2WPKH_INPUT_VBYTES, |o| input_vbytes(&o.script_pubkey))
+}
+
 fn select<'a>(
     req: &BuildRequest<'a>,
     pay: u64,
@@ -268,11 +272,11 @@ fn select<'a>(
     change_dust: u64,
 ) -> Result<Vec<&'a Utxo>> {
     let rate = req.fee_rate_sat_per_kvb;
-    let input_fee = fee_for(P2WPKH_INPUT_VBYTES, rate);
-    let effective = |u: &Utxo| u.value().saturating_sub(input_fee);
+    let input_fee = |u: &Utxo| fee_for(coin_vbytes(u), rate);
+    let effective = |u: &Utxo| u.value().saturating_sub(input_fee(u));
     let target = pay + fee_for(base_vbytes, rate);
     // Making change costs its output now and an input later.
-    let cost_of_change = fee_for(change_vbytes + P2WPKH_INPUT_VBYTES, rate);
+    let cost_of_change = fee_for(change_vbytes + input_vbytes(req.change_script), rate);
 
     let mut chosen: Vec<&Utxo> = req
         .coins
@@ -310,7 +314,7 @@ fn select<'a>(
     if have < target {
         let available: u64 = req.coins.iter().map(|c| c.value()).sum();
         return Err(ChainError::InsufficientFunds {
-            needed: target + chosen.len() as u64 * input_fee,
+            needed: target + chosen.iter().map(|u| input_fee(u)).sum::<u64>(),
             available,
         });
     }

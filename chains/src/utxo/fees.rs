@@ -2,9 +2,10 @@
 //!
 //! Sizes are virtual bytes (BIP141 weight / 4, rounded up) of the worst case
 //! the signer can produce: a P2WPKH input carries a witness of at most a
-//! 72-byte DER signature plus sighash byte and a 33-byte key, so a signed
-//! transaction is never larger than estimated and never pays less than the
-//! rate it was built for.
+//! 72-byte DER signature plus sighash byte and a 33-byte key, a P2TR
+//! key-path input one 64-byte BIP340 signature (SIGHASH_DEFAULT, no sighash
+//! byte), so a signed transaction is never larger than estimated and never
+//! pays less than the rate it was built for.
 
 use bitcoin::Script;
 
@@ -13,6 +14,10 @@ pub const TX_OVERHEAD_VBYTES: u64 = 11;
 /// One P2WPKH input: outpoint, empty scriptSig, sequence (41 bytes) and its
 /// witness (108 weight units / 4, rounded up).
 pub const P2WPKH_INPUT_VBYTES: u64 = 68;
+/// One P2TR key-path input: outpoint, empty scriptSig, sequence (41 bytes)
+/// and its witness (one item of 64 bytes: 66 weight units), 230 weight
+/// units / 4, rounded up.
+pub const P2TR_KEY_PATH_INPUT_VBYTES: u64 = 58;
 /// Core's dust relay fee, sat per 1,000 vbytes: an output worth less than
 /// what spending it would cost at this rate is not relayed.
 pub const DUST_RELAY_FEE_SAT_PER_KVB: u64 = 3_000;
@@ -23,10 +28,24 @@ pub fn output_vbytes(script: &Script) -> u64 {
     8 + 1 + script.len() as u64
 }
 
-/// Virtual size of a transaction with `inputs` P2WPKH inputs and these outputs.
-pub fn tx_vbytes<'a>(inputs: usize, outputs: impl IntoIterator<Item = &'a Script>) -> u64 {
+/// Virtual size of an input spending an output locked by `spent` once
+/// signed: P2TR by key path, anything else as P2WPKH (the wallets' two kinds).
+pub fn input_vbytes(spent: &Script) -> u64 {
+    if spent.is_p2tr() {
+        P2TR_KEY_PATH_INPUT_VBYTES
+    } else {
+        P2WPKH_INPUT_VBYTES
+    }
+}
+
+/// Virtual size of a transaction spending outputs locked by `spent` (one
+/// input each) and paying `outputs`.
+pub fn tx_vbytes<'a, 'b>(
+    spent: impl IntoIterator<Item = &'a Script>,
+    outputs: impl IntoIterator<Item = &'b Script>,
+) -> u64 {
     TX_OVERHEAD_VBYTES
-        + inputs as u64 * P2WPKH_INPUT_VBYTES
+        + spent.into_iter().map(input_vbytes).sum::<u64>()
         + outputs.into_iter().map(output_vbytes).sum::<u64>()
 }
 
@@ -82,7 +101,15 @@ mod tests {
     #[test]
     fn one_in_two_out_is_141_vbytes() {
         let p2wpkh = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::all_zeros());
-        assert_eq!(tx_vbytes(1, [p2wpkh.as_script(), p2wpkh.as_script()]), 141);
+        let two = [p2wpkh.as_script(), p2wpkh.as_script()];
+        assert_eq!(tx_vbytes([p2wpkh.as_script()], two), 141);
+        // A P2TR key-path input is 10 vbytes smaller.
+        let p2tr =
+            ScriptBuf::new_p2tr_tweaked(bitcoin::key::TweakedPublicKey::dangerous_assume_tweaked(
+                bitcoin::XOnlyPublicKey::from_slice(&[2; 32]).unwrap(),
+            ));
+        assert_eq!(input_vbytes(&p2tr), 58);
+        assert_eq!(tx_vbytes([p2tr.as_script()], two), 131);
         assert_eq!(fee_for(141, 1_000), 141);
         assert_eq!(fee_for(141, 1_500), 212);
     }

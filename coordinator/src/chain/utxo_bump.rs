@@ -67,8 +67,9 @@ impl Chains {
             std::slice::from_ref(&wallet.script_pubkey),
         )
         .map(|c| {
+            // Every input spends the wallet's own script.
             custos_chains::utxo::fees::tx_vbytes(
-                c.tx.input.len(),
+                std::iter::repeat_n(wallet.script_pubkey.as_script(), c.tx.input.len()),
                 c.tx.output.iter().map(|o| o.script_pubkey.as_script()),
             )
         })
