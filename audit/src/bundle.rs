@@ -129,6 +129,8 @@ pub enum FailureKind {
     /// A signer's refusal whose signature does not verify under the
     /// witness key of the signer it names.
     RefusalSignature,
+    /// A signing session with a key after the entry that retired it.
+    RetiredKeyUsed,
 }
 
 /// A signer's refusal found in the log (kind 18), its signature checked.
@@ -180,6 +182,25 @@ pub struct LoggedShareExport {
     pub backup_hash: String,
     /// The admin client that asked.
     pub actor: String,
+}
+
+/// A key retired (kind 22), with what the log says happened around it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoggedRetirement {
+    /// Entry index of the retirement.
+    pub entry: u64,
+    /// Its time, Unix ms (the coordinator's clock).
+    pub retired_at_ms: u64,
+    /// The retired key.
+    pub key_id: String,
+    /// The key that took over its balances (empty: none).
+    pub successor: String,
+    /// The admin client that asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Signers whose share destruction the log records (kind 23), in order.
+    pub shares_destroyed_by: Vec<String>,
 }
 
 /// One problem found.
@@ -237,6 +258,10 @@ pub struct Report {
     /// Share backups exported to a recovery key (kind 19): each is a copy
     /// of a share outside its signer, so an auditor sees every one.
     pub share_exports: Vec<LoggedShareExport>,
+    /// Keys retired (kind 22), with the signers that destroyed their
+    /// shares (kind 23). A signing session with a retired key after its
+    /// retirement is a [`FailureKind::RetiredKeyUsed`] failure.
+    pub retirements: Vec<LoggedRetirement>,
     /// Everything wrong, in discovery order.
     pub failures: Vec<Failure>,
 }
@@ -684,6 +709,7 @@ pub fn verify_bundle(
                 actor: actor.clone(),
             });
         }
+        note_key_lifecycle(&mut report, e);
         if let EntryBody::SigningSession {
             withdrawal_id,
             key_id,
@@ -745,6 +771,61 @@ pub fn verify_bundle(
         }
     }
     report
+}
+
+/// Records a key's retirement and its signers' share destruction, and
+/// fails a signing session with a key the log retired before it.
+fn note_key_lifecycle(report: &mut Report, e: &Entry) {
+    match &e.body {
+        EntryBody::KeyRetired {
+            key_id,
+            successor,
+            actor,
+            reason,
+            ..
+        } if !report.retirements.iter().any(|r| r.key_id == *key_id) => {
+            report.retirements.push(LoggedRetirement {
+                entry: e.index,
+                retired_at_ms: e.timestamp_ms,
+                key_id: key_id.clone(),
+                successor: successor.clone(),
+                actor: actor.clone(),
+                reason: reason.clone(),
+                shares_destroyed_by: Vec::new(),
+            });
+        }
+        EntryBody::KeySharesDestroyed {
+            key_id, signers, ..
+        } => match report.retirements.iter_mut().find(|r| r.key_id == *key_id) {
+            Some(r) => r.shares_destroyed_by.extend(signers.iter().cloned()),
+            None => report.fail(
+                Some(e.index),
+                FailureKind::RetiredKeyUsed,
+                format!(
+                    "key_shares_destroyed entry {}: key {key_id} was never retired before it",
+                    e.index
+                ),
+            ),
+        },
+        EntryBody::SigningSession {
+            withdrawal_id,
+            key_id,
+            ..
+        } => {
+            if let Some(r) = report.retirements.iter().find(|r| r.key_id == *key_id) {
+                let retired = r.entry;
+                report.fail(
+                    Some(e.index),
+                    FailureKind::RetiredKeyUsed,
+                    format!(
+                        "signing session entry {} for withdrawal {withdrawal_id}: key {key_id} was retired at entry {retired}",
+                        e.index
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Checks each unwitnessed checkpoint (`(size, root, cosignatures)`) in the

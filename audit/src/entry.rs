@@ -504,6 +504,50 @@ entry_bodies! {
         /// The admin client that asked for it.
         actor: String,
     },
+    /// kind 21: a key's rotation by sweep began: a new key on the same
+    /// signer group takes over, and every balance of the old key's
+    /// addresses is swept to the new key's address through ordinary
+    /// withdrawals (policy, approvals, time lock). Logged by the
+    /// coordinator once the new key exists, before any sweep is requested.
+    KeyRotationStarted = 21, "key_rotation_started" {
+        /// The key being rotated out.
+        key_id: String,
+        /// The key that receives its balances.
+        new_key_id: String,
+        /// The new key's address on the chain (the sweeps' destination).
+        new_address: String,
+        /// The admin client that asked for it.
+        actor: String,
+    },
+    /// kind 22: a key was retired: it never signs again. Logged by the
+    /// coordinator (after it found every balance of the key's addresses
+    /// zero) before it asks any signer to destroy its share; each signer
+    /// destroys its share and pool only once it has witnessed this entry,
+    /// and refuses to sign with the key from then on.
+    KeyRetired = 22, "key_retired" {
+        /// The retired key.
+        key_id: String,
+        /// Its public key.
+        public_key: Vec<u8>,
+        /// The key that took over its balances (empty: none).
+        successor: String,
+        /// The admin client that asked for it.
+        actor: String,
+        /// Why (e.g. `rotated to key-2`).
+        reason: String,
+    },
+    /// kind 23: signers reported their share of a retired key, and every
+    /// presignature or nonce commitment pooled under it, destroyed
+    /// (overwritten and deleted). Logged by the coordinator as they answer;
+    /// a signer that was down is asked again by the next `key retire`.
+    KeySharesDestroyed = 23, "key_shares_destroyed" {
+        /// The retired key.
+        key_id: String,
+        /// The signers that destroyed their share in this round.
+        signers: Vec<String>,
+        /// The key_retired entry they checked before destroying it.
+        retirement_index: u64,
+    },
 }
 
 impl EntryBody {

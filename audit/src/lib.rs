@@ -56,8 +56,8 @@ pub mod tree;
 pub mod witness;
 
 pub use bundle::{
-    ExportBundle, Failure, FailureKind, LoggedRefusal, LoggedShareExport, Report, TrustRoots,
-    Warning, verify_bundle,
+    ExportBundle, Failure, FailureKind, LoggedRefusal, LoggedRetirement, LoggedShareExport, Report,
+    TrustRoots, Warning, verify_bundle,
 };
 pub use entry::{Entry, EntryBody};
 pub use error::AuditError;

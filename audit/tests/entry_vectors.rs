@@ -322,6 +322,33 @@ fn bodies() -> Vec<(String, EntryBody)> {
             actor: "admin".into(),
         },
     );
+    add(
+        "key_rotation_started",
+        EntryBody::KeyRotationStarted {
+            key_id: "key-1".into(),
+            new_key_id: "key-3".into(),
+            new_address: "0x00000000000000000000000000000000000000bb".into(),
+            actor: "admin".into(),
+        },
+    );
+    add(
+        "key_retired",
+        EntryBody::KeyRetired {
+            key_id: "key-1".into(),
+            public_key: vec![2; 33],
+            successor: "key-3".into(),
+            actor: "admin".into(),
+            reason: "rotated to key-3".into(),
+        },
+    );
+    add(
+        "key_shares_destroyed",
+        EntryBody::KeySharesDestroyed {
+            key_id: "key-1".into(),
+            signers: strings(&["signer-1", "signer-2", "signer-3"]),
+            retirement_index: 41,
+        },
+    );
     out
 }
 
@@ -372,7 +399,7 @@ fn every_kind_encodes_and_decodes_as_the_independent_vectors() {
     kinds.dedup();
     assert_eq!(
         kinds,
-        (1..=20).collect::<Vec<u16>>(),
+        (1..=23).collect::<Vec<u16>>(),
         "every kind is covered"
     );
 }

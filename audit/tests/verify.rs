@@ -859,3 +859,63 @@ fn signed_refusals_are_reported_and_forged_ones_flagged() {
     assert_eq!(flagged, vec![Some(altered)], "{:#?}", r.failures);
     assert_eq!(r.entry_kinds.get("signing_refused"), Some(&2));
 }
+
+#[test]
+fn retirements_are_reported_and_a_signing_session_after_one_fails() {
+    let signer = SoftSigner::from_seed(1);
+    let mut ws = [witness(1), witness(2)];
+    let mut log = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for b in common::genesis() {
+        log.append(T0, b).unwrap();
+    }
+    for b in common::withdrawal(1, 0) {
+        log.append(T0, b).unwrap();
+    }
+    let retired = log
+        .append(
+            T0 + 1,
+            EntryBody::KeyRetired {
+                key_id: "key-1".into(),
+                public_key: vec![2; 33],
+                successor: "key-2".into(),
+                actor: "admin".into(),
+                reason: "rotated to key-2".into(),
+            },
+        )
+        .unwrap();
+    log.append(
+        T0 + 2,
+        EntryBody::KeySharesDestroyed {
+            key_id: "key-1".into(),
+            signers: vec!["signer-1".into(), "signer-2".into()],
+            retirement_index: retired,
+        },
+    )
+    .unwrap();
+    checkpoint(&mut log, &signer, &mut ws, T0 + 2);
+    let r = verify(&log.export(0, log.size(), None).unwrap());
+    assert!(r.is_ok(), "{:#?}", r.failures);
+    assert_eq!(r.retirements.len(), 1);
+    let got = &r.retirements[0];
+    assert_eq!(
+        (got.entry, got.key_id.as_str(), got.successor.as_str()),
+        (retired, "key-1", "key-2")
+    );
+    assert_eq!(got.shares_destroyed_by, ["signer-1", "signer-2"]);
+
+    // A coordinator that signs with it afterwards is caught.
+    let first = log.size();
+    for b in common::withdrawal(2, 0) {
+        log.append(T0 + 3, b).unwrap();
+    }
+    checkpoint(&mut log, &signer, &mut ws, T0 + 3);
+    let r = verify(&log.export(0, log.size(), None).unwrap());
+    let used: Vec<_> = r
+        .failures
+        .iter()
+        .filter(|f| f.kind == FailureKind::RetiredKeyUsed)
+        .collect();
+    assert_eq!(used.len(), 1, "{:#?}", r.failures);
+    assert!(used[0].entry.is_some_and(|e| e > first));
+    assert!(used[0].message.contains("key key-1 was retired at entry"));
+}

@@ -25,7 +25,9 @@ use crate::signers::{Signer, Signers};
 use crate::stages::{self, Stage};
 
 mod maintenance;
+mod retire;
 pub use maintenance::ShareChangeOutcome;
+pub use retire::Destruction;
 
 /// Tunables from the config.
 #[derive(Clone, Debug)]
@@ -525,6 +527,20 @@ impl Cluster {
         }
     }
 
+    /// Refuses a retired key, naming it (typed: [`CoordError::KeyRetired`]).
+    /// The signers refuse it on their own too; this only answers early.
+    pub async fn check_not_retired(&self, key: &KeyRow) -> Result<(), CoordError> {
+        if key.state != "retired" {
+            return Ok(());
+        }
+        let l = self.db.lifecycle(&key.key_id).await?;
+        Err(CoordError::KeyRetired {
+            key_id: key.key_id.clone(),
+            retired_at: l.retired_at.unwrap_or_default(),
+            successor: l.successor,
+        })
+    }
+
     /// Threshold of new keys when a request does not say.
     pub fn default_threshold(&self) -> u16 {
         self.settings.default_threshold
@@ -876,6 +892,7 @@ impl Cluster {
         custos_mpc::scheme(key.scheme)
             .check_message(digest)
             .map_err(|e| CoordError::invalid("digest", e.to_string()))?;
+        self.check_not_retired(&key).await?;
         let public_key = match (&key.state[..], &key.public_key) {
             ("ready", Some(pk)) => pk.clone(),
             _ => {
@@ -1359,6 +1376,7 @@ impl Cluster {
         mut authorization: custos_proto::signer::WithdrawalAuthorization,
     ) -> Result<SignOutcome, CoordError> {
         authorization.coordinator_epoch = self.signers.epoch()?;
+        self.check_not_retired(key).await?;
         if key.public_key.is_none() {
             return Err(CoordError::precondition(
                 "key",

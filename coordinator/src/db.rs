@@ -50,6 +50,27 @@ CREATE TABLE IF NOT EXISTS key_share_changes (
     created_at TEXT NOT NULL,
     PRIMARY KEY (key_id, seq)
 );
+CREATE TABLE IF NOT EXISTS key_lifecycle (
+    key_id TEXT PRIMARY KEY,
+    rotating_to TEXT,
+    rotation_log_index BIGINT,
+    retired_at TEXT,
+    retirement_index BIGINT,
+    successor TEXT,
+    reason TEXT,
+    shares_destroyed TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_sweeps (
+    key_id TEXT NOT NULL,
+    withdrawal_id TEXT NOT NULL,
+    source_address TEXT NOT NULL,
+    derivation_index BIGINT NOT NULL,
+    asset TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (key_id, withdrawal_id)
+);
 CREATE TABLE IF NOT EXISTS sign_requests (
     request_id TEXT PRIMARY KEY,
     key_id TEXT NOT NULL,
@@ -98,6 +119,40 @@ pub struct KeyRow {
     /// it at keygen (`custos_mpc::erased::KeygenOutput::public_package`);
     /// `None` for ECDSA keys from before it was stored (their public key is it).
     pub public_package: Option<Vec<u8>>,
+}
+
+/// A key's rotation and retirement, as recorded (`key_lifecycle`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyLifecycle {
+    /// The key its balances are being swept to (a rotation).
+    pub rotating_to: Option<String>,
+    /// The `key_rotation_started` entry.
+    pub rotation_log_index: Option<u64>,
+    /// When it was retired (RFC 3339).
+    pub retired_at: Option<String>,
+    /// The `key_retired` entry (absent while the retirement is being logged).
+    pub retirement_index: Option<u64>,
+    /// The key that took over its balances, if any.
+    pub successor: String,
+    /// Why it was retired.
+    pub reason: String,
+    /// Signers that reported their share destroyed.
+    pub shares_destroyed: Vec<String>,
+}
+
+/// One sweep withdrawal of a rotation (`key_sweeps`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepRow {
+    /// The withdrawal.
+    pub withdrawal_id: String,
+    /// The address swept.
+    pub source_address: String,
+    /// Its derivation index (-1: the key's own address).
+    pub derivation_index: i64,
+    /// Asset.
+    pub asset: String,
+    /// Amount, base units.
+    pub amount: String,
 }
 
 /// A refresh or repair of a key's shares, as recorded.
@@ -471,6 +526,169 @@ impl Db {
             signers: list(&r.get::<String, _>("signers")),
             at: r.get("created_at"),
         }))
+    }
+
+    /// A key's rotation and retirement record (default: none).
+    pub async fn lifecycle(&self, key_id: &str) -> Result<KeyLifecycle, CoordError> {
+        let row = sqlx::query("SELECT * FROM key_lifecycle WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        let index = |r: &AnyRow, c: &str| {
+            r.get::<Option<i64>, _>(c)
+                .and_then(|i| u64::try_from(i).ok())
+        };
+        Ok(row.map_or_else(KeyLifecycle::default, |r| KeyLifecycle {
+            rotating_to: r.get("rotating_to"),
+            rotation_log_index: index(&r, "rotation_log_index"),
+            retired_at: r.get("retired_at"),
+            retirement_index: index(&r, "retirement_index"),
+            successor: r.get::<Option<String>, _>("successor").unwrap_or_default(),
+            reason: r.get::<Option<String>, _>("reason").unwrap_or_default(),
+            shares_destroyed: list(&r.get::<String, _>("shares_destroyed")),
+        }))
+    }
+
+    async fn ensure_lifecycle(&self, key_id: &str) -> Result<(), CoordError> {
+        sqlx::query(
+            "INSERT INTO key_lifecycle (key_id, shares_destroyed) VALUES ($1, '[]')
+             ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Records that `key_id` is being rotated to `new_key_id`
+    /// (`log_index`: its `key_rotation_started` entry, once logged).
+    pub async fn set_rotation(
+        &self,
+        key_id: &str,
+        new_key_id: &str,
+        log_index: Option<u64>,
+    ) -> Result<(), CoordError> {
+        self.ensure_lifecycle(key_id).await?;
+        sqlx::query(
+            "UPDATE key_lifecycle SET rotating_to = $1, rotation_log_index = $2 WHERE key_id = $3",
+        )
+        .bind(new_key_id)
+        .bind(log_index.and_then(|i| i64::try_from(i).ok()))
+        .bind(key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Marks `key_id` retired (state `retired`: nothing signs with it from
+    /// now on) and drops its pool, in one transaction, before the
+    /// retirement is logged or any signer is asked to destroy its share.
+    pub async fn mark_retired(
+        &self,
+        key_id: &str,
+        successor: &str,
+        reason: &str,
+    ) -> Result<(), CoordError> {
+        self.ensure_lifecycle(key_id).await?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("UPDATE keys SET state = 'retired' WHERE key_id = $1")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE key_lifecycle SET retired_at = COALESCE(retired_at, $1), successor = $2, reason = $3
+             WHERE key_id = $4",
+        )
+        .bind(now())
+        .bind(successor)
+        .bind(reason)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')",
+        )
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// Records the `key_retired` entry of `key_id`.
+    pub async fn set_retirement_index(&self, key_id: &str, index: u64) -> Result<(), CoordError> {
+        sqlx::query("UPDATE key_lifecycle SET retirement_index = $1 WHERE key_id = $2")
+            .bind(i64::try_from(index).unwrap_or(i64::MAX))
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Adds signers that reported their share of `key_id` destroyed.
+    pub async fn add_shares_destroyed(
+        &self,
+        key_id: &str,
+        signers: &[String],
+    ) -> Result<(), CoordError> {
+        let mut all = self.lifecycle(key_id).await?.shares_destroyed;
+        for s in signers {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        sqlx::query("UPDATE key_lifecycle SET shares_destroyed = $1 WHERE key_id = $2")
+            .bind(serde_json::to_string(&all).unwrap_or_default())
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Records a sweep withdrawal of `key_id`'s rotation (after the others).
+    pub async fn insert_sweep(&self, key_id: &str, sweep: &SweepRow) -> Result<(), CoordError> {
+        sqlx::query(
+            "INSERT INTO key_sweeps (key_id, withdrawal_id, source_address, derivation_index, asset, amount, seq, created_ms)
+             SELECT $1, $2, $3, $4, $5, $6, COALESCE(MAX(seq), 0) + 1, $7 FROM key_sweeps WHERE key_id = $1
+             ON CONFLICT (key_id, withdrawal_id) DO NOTHING",
+        )
+        .bind(key_id)
+        .bind(&sweep.withdrawal_id)
+        .bind(&sweep.source_address)
+        .bind(sweep.derivation_index)
+        .bind(&sweep.asset)
+        .bind(&sweep.amount)
+        .bind(crate::clock::now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The sweep withdrawals of `key_id`'s rotation, oldest first.
+    pub async fn sweeps(&self, key_id: &str) -> Result<Vec<SweepRow>, CoordError> {
+        let rows = sqlx::query("SELECT * FROM key_sweeps WHERE key_id = $1 ORDER BY seq")
+            .bind(key_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| SweepRow {
+                withdrawal_id: r.get("withdrawal_id"),
+                source_address: r.get("source_address"),
+                derivation_index: r.get("derivation_index"),
+                asset: r.get("asset"),
+                amount: r.get("amount"),
+            })
+            .collect())
     }
 
     /// The time now, as the database records it (RFC 3339).

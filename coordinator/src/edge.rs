@@ -27,7 +27,9 @@ pub fn grpc_code(e: &CoordError) -> Code {
         CoordError::InvalidArgument { .. } => Code::InvalidArgument,
         CoordError::NotFound { .. } => Code::NotFound,
         CoordError::AlreadyExists { .. } => Code::AlreadyExists,
-        CoordError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        CoordError::FailedPrecondition { .. } | CoordError::KeyRetired { .. } => {
+            Code::FailedPrecondition
+        }
         CoordError::Unavailable { .. }
         | CoordError::SignersUnavailable { .. }
         | CoordError::WitnessRound { .. } => Code::Unavailable,
@@ -53,7 +55,9 @@ pub fn http_status(e: &CoordError) -> StatusCode {
         CoordError::NotFound { .. } => StatusCode::NOT_FOUND,
         CoordError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         CoordError::AlreadyExists { .. } => StatusCode::CONFLICT,
-        CoordError::FailedPrecondition { .. } => StatusCode::PRECONDITION_FAILED,
+        CoordError::FailedPrecondition { .. } | CoordError::KeyRetired { .. } => {
+            StatusCode::PRECONDITION_FAILED
+        }
         CoordError::Storage { .. }
         | CoordError::Unavailable { .. }
         | CoordError::SignersUnavailable { .. }

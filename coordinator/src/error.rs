@@ -135,6 +135,20 @@ pub enum CoordError {
         /// The signer's message.
         message: String,
     },
+    /// The key is retired: it never signs again (its signers destroyed,
+    /// or are destroying, their shares).
+    #[error(
+        "key {key_id} is retired (since {retired_at}): it signs nothing, ever{}",
+        successor_text(.successor)
+    )]
+    KeyRetired {
+        /// The retired key.
+        key_id: String,
+        /// When it was retired (RFC 3339).
+        retired_at: String,
+        /// The key that took over its balances (empty: none).
+        successor: String,
+    },
     /// The caller is not allowed to do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -374,6 +388,14 @@ fn list(items: &[Unreachable]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn successor_text(successor: &str) -> String {
+    if successor.is_empty() {
+        String::new()
+    } else {
+        format!("; its balances moved to key {successor}")
+    }
 }
 
 fn abort_text(culprit: &Option<String>, reporter: &Option<String>, reason: &str) -> String {

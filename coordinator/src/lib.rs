@@ -29,6 +29,7 @@ pub mod edge;
 pub mod error;
 pub mod key_lock;
 pub mod leadership;
+pub mod rotation;
 pub mod rounds;
 pub mod service;
 pub mod signers;

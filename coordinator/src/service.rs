@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::custody::{CustodyApi, audit_error, rfc3339_ms};
 use crate::db::KeyRow;
 use crate::edge::status;
+use crate::rotation::{RotationReport, Rotations};
 use crate::withdrawal::{CreateRequest, Engine};
 
 /// gRPC adapter over the [`Cluster`] and the withdrawal [`Engine`].
@@ -23,6 +24,7 @@ pub struct CustodyService {
     cluster: Arc<Cluster>,
     api: CustodyApi,
     audit: Arc<AuditTrail>,
+    rotations: Rotations,
     allow_sign_digest: bool,
 }
 
@@ -36,6 +38,7 @@ impl CustodyService {
         allow_sign_digest: bool,
     ) -> Self {
         CustodyService {
+            rotations: Rotations::new(cluster.clone(), engine.clone(), audit.clone()),
             api: CustodyApi::new(cluster.clone(), engine, audit.clone()),
             cluster,
             audit,
@@ -89,6 +92,53 @@ impl CustodyService {
             log_index,
             key: Some(to_key(&self.cluster, out.key).await),
         }))
+    }
+}
+
+impl CustodyService {
+    /// A rotation report as the API answers it.
+    async fn rotation(&self, r: RotationReport) -> KeyRotation {
+        let sweep = |address: String, index: i64, asset: String, amount: String| Sweep {
+            source_address: address,
+            derivation_index: index,
+            asset,
+            amount,
+            ..Sweep::default()
+        };
+        let remaining = r
+            .holdings
+            .iter()
+            .filter(|h| h.balance > 0)
+            .map(|h| {
+                sweep(
+                    h.address.clone(),
+                    h.index.map_or(-1, i64::from),
+                    h.asset.clone(),
+                    h.balance.to_string(),
+                )
+            })
+            .collect();
+        let sweeps = r
+            .sweeps
+            .into_iter()
+            .map(|(s, state)| Sweep {
+                withdrawal_id: s.withdrawal_id,
+                status: state,
+                ..sweep(s.source_address, s.derivation_index, s.asset, s.amount)
+            })
+            .collect();
+        let new_key = match r.new_key {
+            Some(k) => Some(to_key(&self.cluster, k).await),
+            None => None,
+        };
+        KeyRotation {
+            old_key: Some(to_key(&self.cluster, r.old_key).await),
+            new_key,
+            state: r.state,
+            sweeps,
+            remaining,
+            log_index: r.lifecycle.rotation_log_index.unwrap_or_default(),
+        }
     }
 }
 
@@ -159,7 +209,13 @@ async fn to_key(cluster: &Cluster, k: KeyRow) -> Key {
         .unwrap_or(0);
     let lock = cluster.locks.status(&k.key_id).await.ok().flatten();
     let change = cluster.db.last_share_change(&k.key_id).await.ok().flatten();
+    let life = cluster.db.lifecycle(&k.key_id).await.unwrap_or_default();
     Key {
+        retired_at: life.retired_at.unwrap_or_default(),
+        successor: life.successor,
+        shares_destroyed_by: life.shares_destroyed,
+        retirement_log_index: life.retirement_index.unwrap_or_default(),
+        rotating_to: life.rotating_to.unwrap_or_default(),
         share_generation: change.as_ref().map_or(0, |c| c.generation),
         last_share_change: change.as_ref().map(describe_change).unwrap_or_default(),
         last_share_change_at: change.map(|c| c.at).unwrap_or_default(),
@@ -449,6 +505,39 @@ impl Custody for CustodyService {
             });
         }
         Ok(Response::new(out))
+    }
+
+    async fn rotate_key(
+        &self,
+        req: Request<RotateKeyRequest>,
+    ) -> Result<Response<KeyRotation>, Status> {
+        let who = require_any(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        if !r.new_key_id.is_empty() {
+            crate::cluster::validate_id("new_key_id", &r.new_key_id).map_err(status)?;
+        }
+        let report = self
+            .rotations
+            .rotate(&who, &r.key_id, &r.new_key_id, r.status_only)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.rotation(report).await))
+    }
+
+    async fn retire_key(&self, req: Request<RetireKeyRequest>) -> Result<Response<Key>, Status> {
+        let who = require_any(&req, &[Role::Admin])?;
+        let r = req.into_inner();
+        if r.reason.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "reason: at most 1024 characters (it is logged)",
+            ));
+        }
+        let report = self
+            .rotations
+            .retire(&r.key_id, &who.id, &r.reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(to_key(&self.cluster, report.old_key).await))
     }
 
     async fn refresh_key(

@@ -90,6 +90,16 @@ pub enum NodeError {
         /// The highest epoch this signer has recorded.
         highest: u64,
     },
+    /// The key is retired (the audit log's entry `retirement_index` says
+    /// so): this signer destroyed, or will destroy, its share and never
+    /// signs with it again.
+    #[error("key {key_id} is retired (audit log entry {retirement_index}): it never signs again")]
+    KeyRetired {
+        /// The retired key.
+        key_id: String,
+        /// The `key_retired` entry this signer witnessed.
+        retirement_index: u64,
+    },
     /// A bug or corrupt internal state.
     #[error("internal error: {0}")]
     Internal(String),

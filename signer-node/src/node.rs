@@ -575,8 +575,25 @@ impl Node {
         )?)
     }
 
+    /// Retires `key_id` here once `cosigner` finds its retirement in the
+    /// log this signer witnessed: share and pool destroyed on disk, the
+    /// unsealed share dropped from memory (zeroized with its last holder).
+    pub fn retire_key(
+        &self,
+        cosigner: &crate::cosigner::Cosigner,
+        key_id: &str,
+    ) -> Result<(crate::store::Retirement, crate::store::Destroyed), NodeError> {
+        let out = cosigner.retire_key(&self.store, key_id)?;
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key_id);
+        Ok(out)
+    }
+
     fn share(&self, key_id: &str) -> Result<(KeyMeta, Arc<KeyShare>), NodeError> {
         let meta = self.store.key_meta(key_id)?;
+        self.store.check_not_retired(key_id)?;
         if let Some(s) = self
             .shares
             .lock()

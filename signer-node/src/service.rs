@@ -95,7 +95,7 @@ fn status(e: NodeError) -> Status {
         NodeError::InvalidRequest(_) => Status::invalid_argument(msg),
         NodeError::NotFound(_) => Status::not_found(msg),
         NodeError::Replay(_) => Status::already_exists(msg),
-        NodeError::NotReady(_) => Status::failed_precondition(msg),
+        NodeError::NotReady(_) | NodeError::KeyRetired { .. } => Status::failed_precondition(msg),
         // The peer at fault travels as metadata too, so the coordinator
         // keeps it as data instead of parsing our message.
         NodeError::PeerMisbehaved { node, .. } => {
@@ -234,6 +234,7 @@ impl SignerControl for ControlService {
     ) -> Result<Response<PresignResponse>, Status> {
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "presign").await?;
+        self.cosigner.check_not_retired(&r.key_id).map_err(status)?;
         let nonce = self
             .node
             .presign(&r.key_id, &r.presignature_id, &r.signers)
@@ -250,6 +251,7 @@ impl SignerControl for ControlService {
         let started = Instant::now();
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "partial_sign").await?;
+        self.cosigner.check_not_retired(&r.key_id).map_err(status)?;
         let node = self.node.clone();
         // Unsealing and fsync are blocking work. The node checks the
         // message's length against the key's scheme.
@@ -275,6 +277,7 @@ impl SignerControl for ControlService {
         self.raw_digest_allowed()?;
         let r = req.into_inner();
         self.admit(r.coordinator_epoch, "sign").await?;
+        self.cosigner.check_not_retired(&r.key_id).map_err(status)?;
         let d = digest(&r.digest)?;
         let sig = self
             .node
@@ -500,6 +503,29 @@ impl SignerControl for ControlService {
         Ok(Response::new(RepairShareResponse {
             public_package: package,
         }))
+    }
+
+    async fn retire_key(
+        &self,
+        req: Request<RetireKeyRequest>,
+    ) -> Result<Response<RetireKeyResponse>, Status> {
+        self.retire(req.into_inner()).await.map(Response::new)
+    }
+}
+
+impl ControlService {
+    /// `RetireKey`: this signer's own check of the retirement (the log it
+    /// witnessed), then the destruction of its share and pool.
+    async fn retire(&self, r: RetireKeyRequest) -> Result<RetireKeyResponse, Status> {
+        self.admit(r.coordinator_epoch, "retire_key").await?;
+        let cos = self.cosigner.clone();
+        let node = self.node.clone();
+        let (retirement, destroyed) = blocking(move || node.retire_key(&cos, &r.key_id)).await?;
+        Ok(RetireKeyResponse {
+            retirement_index: retirement.retirement_index,
+            shares_destroyed: u32::try_from(destroyed.shares).unwrap_or(u32::MAX),
+            presignatures_destroyed: u32::try_from(destroyed.presignatures).unwrap_or(u32::MAX),
+        })
     }
 }
 

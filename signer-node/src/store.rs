@@ -6,6 +6,7 @@
 //! keys/<key>.sealed             completed key share (generation 0)
 //! keys/<key>.g<n>.sealed        the share after the n-th refresh or repair
 //! keys/<key>.json               public metadata (threshold, participants, public key)
+//! keys/<key>.retired            the key is retired: its share and pool are destroyed
 //! presigs/<key>/<id>.sealed     unused presignature
 //! consumed/<id>                 presignature consumed (written before the partial leaves)
 //! sessions.log                  execution ids already used, one hex id per line
@@ -108,6 +109,26 @@ impl KeyMeta {
 pub struct PresigMeta {
     /// Signer node ids, in session order.
     pub signers: Vec<String>,
+}
+
+/// A key's retirement as this signer recorded it (`keys/<key>.retired`,
+/// written before the share is destroyed: a crash half-way leaves a
+/// retired key whose destruction the next request finishes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retirement {
+    /// The `key_retired` entry of the audit log this signer witnessed.
+    pub retirement_index: u64,
+    /// This signer's clock when it retired the key, Unix seconds.
+    pub at: i64,
+}
+
+/// What destroying a retired key's material removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Destroyed {
+    /// Share files overwritten and deleted (0 when a previous call did it).
+    pub shares: usize,
+    /// Presignatures or nonce commitments overwritten and deleted.
+    pub presignatures: usize,
 }
 
 /// Checks an id used as a file name: no path tricks, bounded length.
@@ -330,9 +351,80 @@ impl Store {
         }
     }
 
+    /// The retirement of `key_id`, if this signer retired it.
+    pub fn retirement(&self, key_id: &str) -> Result<Option<Retirement>, NodeError> {
+        validate_id("key id", key_id)?;
+        let path = self.root.join(format!("keys/{key_id}.retired"));
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::storage(&path, e)),
+        }
+    }
+
+    /// Refuses (typed, naming the key) when `key_id` is retired here.
+    pub fn check_not_retired(&self, key_id: &str) -> Result<(), NodeError> {
+        match self.retirement(key_id)? {
+            Some(r) => Err(NodeError::KeyRetired {
+                key_id: key_id.to_owned(),
+                retirement_index: r.retirement_index,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Retires `key_id` for good: records the retirement durably first
+    /// (from then on nothing of the key is unsealed or stored again), then
+    /// overwrites with zeros and deletes every share file of the key (any
+    /// generation) and every pooled presignature or nonce commitment. The
+    /// public metadata stays, so the key stays known as retired. Repeating
+    /// it finishes an interrupted destruction and keeps the first record.
+    pub fn retire_key(
+        &self,
+        key_id: &str,
+        retirement: &Retirement,
+    ) -> Result<Destroyed, NodeError> {
+        validate_id("key id", key_id)?;
+        let meta = self.key_meta(key_id)?;
+        if self.retirement(key_id)?.is_none() {
+            let json = serde_json::to_vec_pretty(retirement)
+                .map_err(|e| NodeError::Internal(e.to_string()))?;
+            write_atomic(&self.root.join(format!("keys/{key_id}.retired")), &json)?;
+        }
+        let mut destroyed = Destroyed::default();
+        // Every generation up to the one in force (an older one left by a
+        // crash mid-replacement included).
+        for generation in 0..=meta.generation {
+            let path = self.root.join(share_location(key_id, generation).0);
+            if shred(&path)? {
+                destroyed.shares += 1;
+            }
+        }
+        let pool = self.root.join(format!("presigs/{key_id}"));
+        match fs::read_dir(&pool) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(|e| NodeError::storage(&pool, e))?;
+                    if shred(&entry.path())? {
+                        destroyed.presignatures += 1;
+                    }
+                }
+                fs::remove_dir(&pool).map_err(|e| NodeError::storage(&pool, e))?;
+                sync_dir(&self.root.join("presigs"))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::storage(&pool, e)),
+        }
+        Ok(destroyed)
+    }
+
     /// A key's sealed share (of the generation its metadata names), unsealed.
+    /// A retired key's share is refused even where a file was restored.
     pub fn key_share(&self, key_id: &str) -> Result<Zeroizing<Vec<u8>>, NodeError> {
         validate_id("key id", key_id)?;
+        self.check_not_retired(key_id)?;
         let generation = match self.key_meta(key_id) {
             Ok(m) => m.generation,
             Err(NodeError::NotFound(_)) => 0,
@@ -353,6 +445,7 @@ impl Store {
     pub fn replace_share(&self, meta: &KeyMeta, share: &[u8]) -> Result<(), NodeError> {
         let k = &meta.key_id;
         validate_id("key id", k)?;
+        self.check_not_retired(k)?;
         let old = match self.key_meta(k) {
             Ok(m) => Some(m.generation),
             Err(NodeError::NotFound(_)) => None,
@@ -384,6 +477,7 @@ impl Store {
     pub fn restore_share(&self, meta: &KeyMeta, share: &[u8]) -> Result<(), NodeError> {
         let k = &meta.key_id;
         validate_id("key id", k)?;
+        self.check_not_retired(k)?;
         if self.key_share(k).is_ok() {
             return Err(NodeError::Replay(format!(
                 "key {k}: a readable share is never overwritten by a repair"
@@ -433,6 +527,7 @@ impl Store {
     ) -> Result<(), NodeError> {
         validate_id("key id", key_id)?;
         validate_id("presignature id", presig_id)?;
+        self.check_not_retired(key_id)?;
         if self.is_consumed(presig_id) {
             return Err(NodeError::Replay(format!(
                 "presignature {presig_id} was already consumed"
@@ -470,6 +565,7 @@ impl Store {
     ) -> Result<(PresigMeta, Zeroizing<Vec<u8>>), NodeError> {
         validate_id("key id", key_id)?;
         validate_id("presignature id", presig_id)?;
+        self.check_not_retired(key_id)?;
         if self.is_consumed(presig_id) {
             return Err(NodeError::Replay(format!(
                 "presignature {presig_id} was already consumed"
@@ -575,6 +671,27 @@ fn remove_durably(path: &Path) -> Result<(), NodeError> {
     }
 }
 
+/// Overwrites a secret's file with zeros (fsync'd), then deletes it
+/// durably: the sealed bytes do not linger in the file's blocks. `false`
+/// when there was no such file.
+fn shred(path: &Path) -> Result<bool, NodeError> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(NodeError::storage(path, e)),
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| NodeError::storage(path, e))?;
+    let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    f.write_all(&zeros)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| NodeError::storage(path, e))?;
+    drop(f);
+    remove_durably(path).map(|()| true)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), NodeError> {
     custos_fsutil::sync_dir(dir).map_err(|e| NodeError::storage(dir, e))
 }
@@ -657,6 +774,76 @@ mod tests {
             .filter(|w| *w)
             .count();
         assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn a_retired_key_loses_its_share_and_pool_and_never_signs_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "n1");
+        let key = KeyMeta {
+            key_id: "old".into(),
+            group_id: "g".into(),
+            threshold: 2,
+            participants: vec!["n1".into(), "n2".into()],
+            public_key: "02".repeat(33),
+            chain_code: None,
+            scheme: ecdsa_scheme(),
+            generation: 0,
+        };
+        s.put_key(&key, b"share-bytes").unwrap();
+        // A key whose id extends the retired one's is not touched.
+        let other = KeyMeta {
+            key_id: "old.g1".into(),
+            ..key.clone()
+        };
+        s.put_key(&other, b"other-share").unwrap();
+        s.put_presig("old", "p1", &meta(), b"nonce-1").unwrap();
+        s.put_presig("old", "p2", &meta(), b"nonce-2").unwrap();
+        assert_eq!(s.check_not_retired("old").ok(), Some(()));
+        let sealed = dir.path().join("keys/old.sealed");
+        assert!(sealed.exists());
+
+        let r = Retirement {
+            retirement_index: 41,
+            at: 1_700_000_000,
+        };
+        let out = s.retire_key("old", &r).unwrap();
+        assert_eq!(
+            out,
+            Destroyed {
+                shares: 1,
+                presignatures: 2
+            }
+        );
+        assert!(!sealed.exists(), "the share file is gone");
+        assert!(!dir.path().join("presigs/old").exists(), "the pool is gone");
+        let refused = |e: NodeError| matches!(e, NodeError::KeyRetired { ref key_id, retirement_index: 41 } if key_id == "old");
+        assert!(refused(s.key_share("old").unwrap_err()));
+        assert!(refused(s.consume_presig("old", "p1", "r").unwrap_err()));
+        assert!(refused(
+            s.put_presig("old", "p3", &meta(), b"x").unwrap_err()
+        ));
+        assert!(refused(s.restore_share(&key, b"restored").unwrap_err()));
+        // A share file restored from an old backup is still refused.
+        fs::write(&sealed, b"whatever").unwrap();
+        assert!(refused(s.key_share("old").unwrap_err()));
+        // Again: idempotent, the first record stays, the stray file goes.
+        let again = s
+            .retire_key(
+                "old",
+                &Retirement {
+                    retirement_index: 99,
+                    at: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(again.shares, 1);
+        assert_eq!(s.retirement("old").unwrap(), Some(r));
+        // The other key still signs; the retired one survives a restart.
+        assert_eq!(s.key_share("old.g1").unwrap().as_slice(), b"other-share");
+        drop(s);
+        let s = store(dir.path(), "n1");
+        assert!(refused(s.key_share("old").unwrap_err()));
     }
 
     #[test]

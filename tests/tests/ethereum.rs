@@ -330,7 +330,11 @@ async fn default_configuration_on_one_cluster() {
     let rpc = rpc(&anvil.url);
     // First transaction of the dev account: the token address the config expects.
     let token = deploy_mini(&rpc).await;
-    let (fc, wallets) = start_eth(&anvil, &["w-eth", "w-tok", "w-many", "w-dep", "w-hd"]).await;
+    let (fc, wallets) = start_eth(
+        &anvil,
+        &["w-eth", "w-tok", "w-many", "w-dep", "w-hd", "w-rot"],
+    )
+    .await;
     deposits_are_credited_from_the_blocks(&fc, &rpc, wallets[3]).await;
     eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
     ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
@@ -338,6 +342,7 @@ async fn default_configuration_on_one_cluster() {
     // After the on-chain count above: a derived address's transactions are
     // not the master address's nonces.
     withdrawal_from_a_derived_address(&fc, &rpc, wallets[4]).await;
+    rotation::a_key_rotated_by_sweep_is_emptied_and_retired(&fc, &rpc, token, wallets[5]).await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -1569,3 +1574,5 @@ async fn confirmations_are_counted_and_reverted_or_displaced_transactions_fail()
 
 #[path = "ethereum/fee_bump_approvals.rs"]
 mod fee_bump_approvals;
+#[path = "ethereum/rotation.rs"]
+mod rotation;

@@ -130,6 +130,12 @@ def entries():
     add("key_share_repaired", 20,
         s("key-2") + u8(2) + u64(1) + lst(["signer-1", "signer-3", "signer-2"], s)
         + s("signer-2") + byts(b"\x0d" * 32) + h(14) + s("admin"))
+    add("key_rotation_started", 21,
+        s("key-1") + s("key-3") + s("0x00000000000000000000000000000000000000bb") + s("admin"))
+    add("key_retired", 22,
+        s("key-1") + byts(b"\x02" * 33) + s("key-3") + s("admin") + s("rotated to key-3"))
+    add("key_shares_destroyed", 23,
+        s("key-1") + lst(["signer-1", "signer-2", "signer-3"], s) + u64(41))
     return out
 
 

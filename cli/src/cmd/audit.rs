@@ -400,6 +400,25 @@ fn print_verification(
             );
         }
     }
+    if !report.retirements.is_empty() {
+        println!("retired      {} key(s):", report.retirements.len());
+        for r in &report.retirements {
+            let to = if r.successor.is_empty() {
+                String::new()
+            } else {
+                format!(", successor {}", r.successor)
+            };
+            let destroyed = if r.shares_destroyed_by.is_empty() {
+                "no share destruction logged yet".to_owned()
+            } else {
+                format!("shares destroyed by {}", r.shares_destroyed_by.join(", "))
+            };
+            println!(
+                "  entry {} key {} retired by {} ({}{to}); {destroyed}",
+                r.entry, r.key_id, r.actor, r.reason
+            );
+        }
+    }
     for w in &outcome.onchain {
         println!(
             "on chain     {} {} {}: {} mined, {} logged",

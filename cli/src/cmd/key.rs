@@ -1,15 +1,17 @@
-//! `custos key create|list|show|unlock|refresh|repair`: key ceremonies for
-//! security admins (distributed key generation on the signer group, in
-//! cggmp21 ECDSA or FROST), the keys and their addresses, a key's state,
-//! unlocking a key that repeated unexplained signing failures locked, and
-//! the share maintenance of FROST keys (refresh, repair of a lost share).
+//! `custos key create|list|show|unlock|refresh|repair|rotate|retire`: key
+//! ceremonies for security admins (distributed key generation on the signer
+//! group, in cggmp21 ECDSA or FROST), the keys and their addresses, a key's
+//! state, unlocking a key that repeated unexplained signing failures
+//! locked, the share maintenance of FROST keys (refresh, repair of a lost
+//! share), rotation by sweep to a new key and retirement.
 
 use std::process::ExitCode;
 
 use anyhow::bail;
 use custos_proto::custody::{
-    CreateKeyRequest, Curve, GetKeyRequest, Key, KeyShareChange, ListKeysRequest,
-    RefreshKeyRequest, RepairKeyShareRequest, Scheme, UnlockKeyRequest,
+    CreateKeyRequest, Curve, GetKeyRequest, Key, KeyRotation, KeyShareChange, ListKeysRequest,
+    RefreshKeyRequest, RepairKeyShareRequest, RetireKeyRequest, RotateKeyRequest, Scheme, Sweep,
+    UnlockKeyRequest,
 };
 use serde_json::json;
 
@@ -43,6 +45,56 @@ pub enum KeyCommand {
     /// learning it. The signer must be running with its share gone (a new
     /// disk, a wiped data directory). Logged (key_shares_changed).
     Repair(RepairArgs),
+    /// Rotate a key by sweep (admin): a new key on the same signers (same
+    /// scheme, threshold and chain) receives every balance of every address
+    /// of the old one through ordinary withdrawals (policy, approvals, time
+    /// lock). Run it again (or with --wait) to follow the sweeps; once
+    /// everything is swept the old key is retired. Logged
+    /// (key_rotation_started, then the sweeps, then key_retired).
+    Rotate(RotateArgs),
+    /// Retire a key (admin): refused while it still holds funds (tokens, or
+    /// more of the native coin than one transfer's fee) or has open
+    /// withdrawals. Logged (key_retired); every signer, on seeing that in
+    /// the log it witnessed, destroys its share and presignatures and
+    /// refuses the key ever after (key_shares_destroyed).
+    Retire(RetireArgs),
+}
+
+/// Arguments of `custos key rotate`.
+#[derive(clap::Args)]
+pub struct RotateArgs {
+    /// The key to rotate out.
+    key_id: String,
+    /// The new key's id [default: <key>-r<unix seconds>] (first call only).
+    #[arg(long)]
+    new_key_id: Option<String>,
+    /// Only show where the rotation stands: create, request and retire nothing.
+    #[arg(long)]
+    status: bool,
+    /// Keep following the sweeps (every 3 s) and retire the key once they
+    /// are done; gives up after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// Arguments of `custos key retire`.
+#[derive(clap::Args)]
+pub struct RetireArgs {
+    /// Key id.
+    key_id: String,
+    /// Why (logged) [default: "retired by an admin", or the rotation].
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 /// Arguments of `custos key refresh`.
@@ -272,10 +324,195 @@ pub fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
                 print_change(&out.into_inner(), a.json);
                 return Ok(ExitCode::SUCCESS);
             }
+            KeyCommand::Rotate(a) => return rotate(a).await,
+            KeyCommand::Retire(a) => {
+                let mut c = a.conn.connect(custos_devkit::ADMIN_CLIENT).await?;
+                eprintln!(
+                    "retiring {}: every signer destroys its share once the log shows the retirement...",
+                    a.key_id
+                );
+                let k = c
+                    .retire_key(RetireKeyRequest {
+                        key_id: a.key_id,
+                        reason: a.reason,
+                    })
+                    .await
+                    .map_err(rpc("RetireKey"))?
+                    .into_inner();
+                print_key(&k, a.json);
+                return Ok(if k.shares_destroyed_by.len() == k.participants.len() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "not every signer confirmed yet: run `custos key retire {}` again once they are up",
+                        k.key_id
+                    );
+                    ExitCode::from(3)
+                });
+            }
         };
         print_key(&key, json);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `custos key rotate`: one call, or (--wait) follows the sweeps and
+/// retires the key when they are done.
+async fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
+    let c = a.conn.connect(custos_devkit::ADMIN_CLIENT).await?;
+    let call = |status_only: bool| {
+        let req = RotateKeyRequest {
+            key_id: a.key_id.clone(),
+            new_key_id: a.new_key_id.clone().unwrap_or_default(),
+            status_only,
+        };
+        let mut c = c.clone();
+        async move {
+            c.rotate_key(req)
+                .await
+                .map_err(rpc("RotateKey"))
+                .map(|r| r.into_inner())
+        }
+    };
+    if !a.status {
+        eprintln!(
+            "rotating {}: new key on the same signers, sweeps through the withdrawal flow...",
+            a.key_id
+        );
+    }
+    let mut r = call(a.status).await?;
+    let Some(limit) = a.wait else {
+        print_rotation(&r, a.json);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let line = progress(&r);
+        if line != last && !a.json {
+            eprintln!("  [{:>4} s] {line}", started.elapsed().as_secs());
+            last = line;
+        }
+        match r.state.as_str() {
+            "retired" => break,
+            "swept" => {
+                eprintln!("  every balance swept: retiring {}...", a.key_id);
+                r = call(false).await?;
+                continue;
+            }
+            "pending" if !a.status => {
+                eprintln!("  requesting the next sweeps...");
+                r = call(false).await?;
+            }
+            _ => {}
+        }
+        if started.elapsed().as_secs() >= limit {
+            print_rotation(&r, a.json);
+            eprintln!("still {} after {limit} s", r.state);
+            return Ok(ExitCode::from(3));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        r = call(true).await?;
+    }
+    print_rotation(&r, a.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of rotation progress: sweeps by state.
+fn progress(r: &KeyRotation) -> String {
+    let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in &r.sweeps {
+        *by.entry(s.status.as_str()).or_default() += 1;
+    }
+    let states: Vec<String> = by.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!(
+        "{}: {} sweep(s){}",
+        r.state,
+        r.sweeps.len(),
+        if states.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", states.join(", "))
+        }
+    )
+}
+
+fn sweep_json(s: &Sweep) -> serde_json::Value {
+    json!({
+        "source_address": s.source_address,
+        "derivation_index": s.derivation_index,
+        "asset": s.asset,
+        "amount": s.amount,
+        "withdrawal_id": s.withdrawal_id,
+        "status": s.status,
+    })
+}
+
+fn print_rotation(r: &KeyRotation, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "state": r.state,
+                "old_key": r.old_key.as_ref().map(key_json),
+                "new_key": r.new_key.as_ref().map(key_json),
+                "sweeps": r.sweeps.iter().map(sweep_json).collect::<Vec<_>>(),
+                "remaining": r.remaining.iter().map(sweep_json).collect::<Vec<_>>(),
+                "log_index": r.log_index,
+            })
+        );
+        return;
+    }
+    let old = r.old_key.as_ref().map_or("", |k| k.key_id.as_str());
+    let new = r.new_key.as_ref();
+    println!(
+        "rotation of {old} to {}: {}",
+        new.map_or("(no new key yet)", |k| k.key_id.as_str()),
+        r.state
+    );
+    if let Some(k) = new {
+        println!("  new address         {}", k.address);
+    }
+    if r.log_index > 0 {
+        println!("  audit log entry     {}", r.log_index);
+    }
+    for s in &r.sweeps {
+        let from = if s.derivation_index < 0 {
+            s.source_address.clone()
+        } else {
+            format!("{} (m/0/{})", s.source_address, s.derivation_index)
+        };
+        println!(
+            "  sweep {} {} {} from {from}: {}",
+            s.withdrawal_id, s.amount, s.asset, s.status
+        );
+    }
+    for s in &r.remaining {
+        println!("  still on {}: {} {}", s.source_address, s.amount, s.asset);
+    }
+    match r.state.as_str() {
+        "sweeping" => println!(
+            "  sweeps go through the policy (approve them with `custos approve`); run `custos key rotate {old}` again to follow"
+        ),
+        "pending" => println!(
+            "  balances left to sweep (the native coin after the tokens): `custos key rotate {old}` requests them"
+        ),
+        "swept" => println!("  nothing left to sweep: `custos key rotate {old}` retires the key"),
+        _ => {}
+    }
+    if let Some(k) = &r.old_key
+        && !k.retired_at.is_empty()
+    {
+        println!(
+            "  retired             {} (shares destroyed by {})",
+            k.retired_at,
+            if k.shares_destroyed_by.is_empty() {
+                "no signer yet".to_owned()
+            } else {
+                k.shares_destroyed_by.join(", ")
+            }
+        );
+    }
 }
 
 fn print_change(c: &KeyShareChange, as_json: bool) {
@@ -336,6 +573,11 @@ fn key_json(k: &Key) -> serde_json::Value {
         "share_generation": k.share_generation,
         "last_share_change": k.last_share_change,
         "last_share_change_at": k.last_share_change_at,
+        "retired_at": k.retired_at,
+        "successor": k.successor,
+        "shares_destroyed_by": k.shares_destroyed_by,
+        "retirement_log_index": k.retirement_log_index,
+        "rotating_to": k.rotating_to,
     })
 }
 
@@ -361,7 +603,15 @@ fn print_list(keys: &[Key], as_json: bool) {
             k.chain,
             k.address,
             k.presignatures_ready,
-            if k.signing_locked { "LOCKED" } else { "active" }
+            if !k.retired_at.is_empty() {
+                "RETIRED"
+            } else if k.signing_locked {
+                "LOCKED"
+            } else if !k.rotating_to.is_empty() {
+                "rotating"
+            } else {
+                "active"
+            }
         );
     }
 }
@@ -398,6 +648,48 @@ fn print_key(k: &Key, as_json: bool) {
             "  shares              generation {}; last change: {} at {}",
             k.share_generation, k.last_share_change, k.last_share_change_at
         );
+    }
+    if !k.rotating_to.is_empty() {
+        println!("  rotating to         {}", k.rotating_to);
+    }
+    if !k.retired_at.is_empty() {
+        println!(
+            "  retired             {} (audit log entry {}){}",
+            k.retired_at,
+            k.retirement_log_index,
+            if k.successor.is_empty() {
+                String::new()
+            } else {
+                format!(", balances moved to {}", k.successor)
+            }
+        );
+        let missing: Vec<&String> = k
+            .participants
+            .iter()
+            .filter(|p| !k.shares_destroyed_by.contains(p))
+            .collect();
+        println!(
+            "  shares destroyed    {}{}",
+            if k.shares_destroyed_by.is_empty() {
+                "by no signer yet".to_owned()
+            } else {
+                format!("by {}", k.shares_destroyed_by.join(", "))
+            },
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; waiting for {}",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        println!("  signing             refused: the key is retired");
+        return;
     }
     if k.signing_locked {
         println!(

@@ -716,6 +716,39 @@ impl Chains {
         self.evm.iter().find(|c| c.settings.name == name)
     }
 
+    /// The balance of `address` on EVM chain `chain` now (`latest`), in
+    /// base units: the native coin, or the ERC-20 token at `contract`.
+    pub async fn evm_balance(
+        &self,
+        chain: &str,
+        address: &str,
+        contract: Option<&str>,
+    ) -> Result<u128, CoordError> {
+        let c = self.evm(chain).ok_or_else(|| {
+            CoordError::invalid("chain", format!("{chain} is not a configured EVM chain"))
+        })?;
+        let owner =
+            parse_address(address).map_err(|e| CoordError::invalid("address", e.to_string()))?;
+        let unavailable = |e: ChainError| CoordError::Unavailable {
+            signer: None,
+            reason: format!("{chain} node: reading the balance of {address}: {e}"),
+        };
+        let wei = match contract {
+            None => c.rpc.balance(owner).await.map_err(unavailable)?,
+            Some(t) => {
+                let token =
+                    parse_address(t).map_err(|e| CoordError::invalid("contract", e.to_string()))?;
+                c.rpc
+                    .erc20_balance(token, owner)
+                    .await
+                    .map_err(unavailable)?
+            }
+        };
+        u128::try_from(wei).map_err(|_| {
+            CoordError::Internal(format!("balance of {address} on {chain} exceeds 2^128"))
+        })
+    }
+
     /// The transaction stored for a withdrawal.
     pub async fn stored(&self, withdrawal_id: &str) -> Result<Option<EvmTxRow>, CoordError> {
         let r = sqlx::query("SELECT * FROM chain_txs WHERE withdrawal_id = $1")

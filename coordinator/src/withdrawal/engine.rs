@@ -638,15 +638,13 @@ impl Engine {
         text_ok("destination", &req.destination, MAX_DESTINATION, true)?;
         text_ok("memo", &req.memo, MAX_MEMO, false)?;
         let amount = parse_amount("amount", &req.amount, false)?;
-        let key = self
-            .cluster
-            .db
-            .key(&req.wallet)
-            .await?
-            .filter(|k| k.state == "ready")
-            .ok_or_else(|| {
-                CoordError::invalid("wallet", format!("unknown wallet {:?}", req.wallet))
-            })?;
+        let key = self.cluster.db.key(&req.wallet).await?;
+        if let Some(k) = &key {
+            self.cluster.check_not_retired(k).await?;
+        }
+        let key = key.filter(|k| k.state == "ready").ok_or_else(|| {
+            CoordError::invalid("wallet", format!("unknown wallet {:?}", req.wallet))
+        })?;
         let asset = self.asset(&key.chain, &req.asset).ok_or_else(|| {
             CoordError::invalid(
                 "asset",

@@ -73,6 +73,83 @@ pub struct Key {
     pub last_share_change: ::prost::alloc::string::String,
     #[prost(string, tag = "17")]
     pub last_share_change_at: ::prost::alloc::string::String,
+    /// Retired (RFC 3339; empty: not retired): the key never signs again.
+    #[prost(string, tag = "18")]
+    pub retired_at: ::prost::alloc::string::String,
+    /// The key that took over its balances (a rotation), if any.
+    #[prost(string, tag = "19")]
+    pub successor: ::prost::alloc::string::String,
+    /// Signers that reported their share of the retired key destroyed.
+    #[prost(string, repeated, tag = "20")]
+    pub shares_destroyed_by: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Index of the key_retired audit-log entry (retired keys).
+    #[prost(uint64, tag = "21")]
+    pub retirement_log_index: u64,
+    /// Being rotated to this key (its balances are being swept there).
+    #[prost(string, tag = "22")]
+    pub rotating_to: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateKeyRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// The new key's id \[default: the coordinator picks one\]; first call only.
+    #[prost(string, tag = "2")]
+    pub new_key_id: ::prost::alloc::string::String,
+    /// Only report progress: create nothing, request nothing, retire nothing.
+    #[prost(bool, tag = "3")]
+    pub status_only: bool,
+}
+/// One balance of the old key being swept.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Sweep {
+    /// The address it is swept from, and its derivation index (-1: the root).
+    #[prost(string, tag = "1")]
+    pub source_address: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub derivation_index: i64,
+    /// Asset (native symbol or token symbol) and amount in base units.
+    #[prost(string, tag = "3")]
+    pub asset: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub amount: ::prost::alloc::string::String,
+    /// The sweep withdrawal and its status.
+    #[prost(string, tag = "5")]
+    pub withdrawal_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub status: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KeyRotation {
+    #[prost(message, optional, tag = "1")]
+    pub old_key: ::core::option::Option<Key>,
+    #[prost(message, optional, tag = "2")]
+    pub new_key: ::core::option::Option<Key>,
+    /// "sweeping" (withdrawals pending), "swept" (nothing left to sweep,
+    /// retirement next) or "retired".
+    #[prost(string, tag = "3")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "4")]
+    pub sweeps: ::prost::alloc::vec::Vec<Sweep>,
+    /// Balances still on the old key's addresses (asset, amount, address),
+    /// as read from the chain now.
+    #[prost(message, repeated, tag = "5")]
+    pub remaining: ::prost::alloc::vec::Vec<Sweep>,
+    /// Index of the key_rotation_started audit-log entry.
+    #[prost(uint64, tag = "6")]
+    pub log_index: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RetireKeyRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// Why (logged).
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1095,6 +1172,62 @@ pub mod custody_client {
                 .insert(GrpcMethod::new("custos.v1.Custody", "RepairKeyShare"));
             self.inner.unary(req, path, codec).await
         }
+        /// Admin: rotation by sweep. The first call creates a new key on the same
+        /// signer group (same scheme, threshold and chain), logs
+        /// key_rotation_started, and requests one ordinary withdrawal per
+        /// non-zero balance of every address of the old key (its root address
+        /// and every derived one; ERC-20 tokens first, then the native asset less
+        /// a fee reserve) to the new key's address: each goes through policy,
+        /// approvals and time lock like any other. A later call (or status_only)
+        /// reports progress; once every sweep is confirmed and every balance is
+        /// zero, a call without status_only retires the old key (as RetireKey).
+        pub async fn rotate_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyRotation>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/RotateKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "RotateKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Admin: retires a key whose every balance is zero (else
+        /// FAILED_PRECONDITION naming the balance): logs key_retired, then every
+        /// signer, on seeing that entry in the log it witnessed, destroys its
+        /// share and pool and refuses the key ever after (logged:
+        /// key_shares_destroyed). Repeating it asks the signers that were down.
+        pub async fn retire_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RetireKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Key>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/custos.v1.Custody/RetireKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("custos.v1.Custody", "RetireKey"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         pub async fn get_cluster_status(
             &mut self,
@@ -1578,6 +1711,28 @@ pub mod custody_server {
             &self,
             request: tonic::Request<super::RepairKeyShareRequest>,
         ) -> std::result::Result<tonic::Response<super::KeyShareChange>, tonic::Status>;
+        /// Admin: rotation by sweep. The first call creates a new key on the same
+        /// signer group (same scheme, threshold and chain), logs
+        /// key_rotation_started, and requests one ordinary withdrawal per
+        /// non-zero balance of every address of the old key (its root address
+        /// and every derived one; ERC-20 tokens first, then the native asset less
+        /// a fee reserve) to the new key's address: each goes through policy,
+        /// approvals and time lock like any other. A later call (or status_only)
+        /// reports progress; once every sweep is confirmed and every balance is
+        /// zero, a call without status_only retires the old key (as RetireKey).
+        async fn rotate_key(
+            &self,
+            request: tonic::Request<super::RotateKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyRotation>, tonic::Status>;
+        /// Admin: retires a key whose every balance is zero (else
+        /// FAILED_PRECONDITION naming the balance): logs key_retired, then every
+        /// signer, on seeing that entry in the log it witnessed, destroys its
+        /// share and pool and refuses the key ever after (logged:
+        /// key_shares_destroyed). Repeating it asks the signers that were down.
+        async fn retire_key(
+            &self,
+            request: tonic::Request<super::RetireKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Key>, tonic::Status>;
         /// Cluster readiness: signer reachability, aux info, presignature pools.
         async fn get_cluster_status(
             &self,
@@ -2105,6 +2260,92 @@ pub mod custody_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RepairKeyShareSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/RotateKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateKeySvc<T: Custody>(pub Arc<T>);
+                    impl<T: Custody> tonic::server::UnaryService<super::RotateKeyRequest>
+                    for RotateKeySvc<T> {
+                        type Response = super::KeyRotation;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::rotate_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/custos.v1.Custody/RetireKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct RetireKeySvc<T: Custody>(pub Arc<T>);
+                    impl<T: Custody> tonic::server::UnaryService<super::RetireKeyRequest>
+                    for RetireKeySvc<T> {
+                        type Response = super::Key;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RetireKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Custody>::retire_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RetireKeySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

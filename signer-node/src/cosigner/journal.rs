@@ -120,6 +120,16 @@ enum Line {
         /// SHA-256 of the assertion, hex.
         assertion: String,
     },
+    /// A key this signer retired (the log's `key_retired` entry it
+    /// witnessed) and what it destroyed of it.
+    KeyRetired {
+        key_id: String,
+        retirement_index: u64,
+        /// Unix seconds (this signer's clock).
+        at: i64,
+        shares: usize,
+        presignatures: usize,
+    },
 }
 
 /// One passkey use: credential id (base64url), sign counter, assertion digest (hex).
@@ -355,6 +365,26 @@ impl Journal {
         })
     }
 
+    /// Records that this signer retired `key_id` (after `retirement_index`
+    /// in the log) and destroyed `shares` share files and `presignatures`
+    /// pool items of it.
+    pub fn key_retired(
+        &self,
+        key_id: &str,
+        retirement_index: u64,
+        at: i64,
+        shares: usize,
+        presignatures: usize,
+    ) -> Result<(), NodeError> {
+        self.append(Line::KeyRetired {
+            key_id: key_id.to_owned(),
+            retirement_index,
+            at,
+            shares,
+            presignatures,
+        })
+    }
+
     /// Every withdrawal this signer signed since `since` (velocity history),
     /// except `exclude`.
     pub fn history(&self, since: i64, exclude: &str) -> Vec<HistoryEntry> {
@@ -400,6 +430,8 @@ impl Journal {
 
 fn apply(index: &mut HashMap<String, Known>, passkeys: &mut PasskeyIndex, l: Line) {
     match l {
+        // The store's retirement record is what refuses the key.
+        Line::KeyRetired { .. } => {}
         Line::PasskeySeen {
             credential,
             counter,

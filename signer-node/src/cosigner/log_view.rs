@@ -160,6 +160,12 @@ pub struct LogView {
     /// looks up its own pending refusals here, which are recent).
     #[serde(default)]
     pub refusals: BTreeMap<String, u64>,
+    /// Keys the log retired: key id to the index of its first `key_retired`
+    /// entry. A retired key never signs again on this signer, and only a
+    /// retirement seen here lets the coordinator ask for its share's
+    /// destruction.
+    #[serde(default)]
+    pub retired_keys: BTreeMap<String, u64>,
 }
 
 /// Logged refusals remembered by [`LogView::refusals`].
@@ -299,6 +305,9 @@ impl LogView {
                     witnessed_at: now,
                 });
             }
+            EntryBody::KeyRetired { key_id, .. } => {
+                self.retired_keys.entry(key_id.clone()).or_insert(index);
+            }
             EntryBody::SigningRefused { .. } => {
                 if let Some((refusal, signature)) = Refusal::from_entry(&entry.body) {
                     self.refusals
@@ -318,6 +327,11 @@ impl LogView {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The index of the entry that retired `key_id`, if the log retired it.
+    pub fn retirement(&self, key_id: &str) -> Option<u64> {
+        self.retired_keys.get(key_id).copied()
     }
 
     /// Whether the refusal with this signature is in the log.

@@ -293,6 +293,74 @@ impl Cosigner {
             .unwrap_or(false)
     }
 
+    /// The index of the `key_retired` entry for `key_id` in the log this
+    /// signer witnessed, if any (no witness: none known).
+    pub fn logged_retirement(&self, key_id: &str) -> Result<Option<u64>, NodeError> {
+        match &self.witness {
+            Some(w) => w.with_view(|v| v.retirement(key_id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Refuses a key the witnessed log retired, even before this signer
+    /// was asked to destroy its share.
+    pub fn check_not_retired(&self, key_id: &str) -> Result<(), NodeError> {
+        match self.logged_retirement(key_id)? {
+            Some(retirement_index) => Err(NodeError::KeyRetired {
+                key_id: key_id.to_owned(),
+                retirement_index,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Retires `key_id` on this signer, on this signer's own evidence only:
+    /// the log it witnessed must carry the key's `key_retired` entry (the
+    /// coordinator's word is not enough). Records the retirement in the
+    /// store (refusing the key from then on), destroys the share and pool,
+    /// and journals what was destroyed.
+    pub fn retire_key(
+        &self,
+        store: &crate::store::Store,
+        key_id: &str,
+    ) -> Result<(crate::store::Retirement, crate::store::Destroyed), NodeError> {
+        crate::store::validate_id("key id", key_id)?;
+        let witness = self.witness.as_ref().ok_or_else(|| {
+            refused(format!(
+                "retiring key {key_id}: this signer witnesses no audit log, so nothing proves the retirement"
+            ))
+        })?;
+        let (logged, size) = witness.with_view(|v| (v.retirement(key_id), v.size))?;
+        let retirement_index = logged.ok_or_else(|| {
+            refused(format!(
+                "retiring key {key_id}: the audit log this signer witnessed (entries 0..{size}) does not retire it"
+            ))
+        })?;
+        let retirement = match store.retirement(key_id)? {
+            Some(r) => r,
+            None => crate::store::Retirement {
+                retirement_index,
+                at: self.now_secs(),
+            },
+        };
+        let destroyed = store.retire_key(key_id, &retirement)?;
+        self.journal.key_retired(
+            key_id,
+            retirement.retirement_index,
+            self.now_secs(),
+            destroyed.shares,
+            destroyed.presignatures,
+        )?;
+        tracing::warn!(
+            key_id,
+            retirement_index,
+            shares = destroyed.shares,
+            presignatures = destroyed.presignatures,
+            "key retired: share and pool destroyed"
+        );
+        Ok((retirement, destroyed))
+    }
+
     /// Signs and keeps this signer's refusal of `request` for `a`: a policy
     /// refusal or a replay, not a malformed request or a fault of its own.
     /// Best effort: the refusal itself stands whatever happens here.
@@ -859,6 +927,7 @@ impl Cosigner {
                 w.id
             )));
         }
+        self.check_not_retired(&w.wallet)?;
         let known = self.journal.get(&w.id);
         if let Some(s) = &known.signed {
             let digest = self
