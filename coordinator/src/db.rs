@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS sign_requests (
 );
 "#;
 
+/// Drops a key's unused pool items (ready or being made).
+const DISCARD_POOL: &str = "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')";
+
 /// A key row.
 #[derive(Clone, Debug)]
 pub struct KeyRow {
@@ -449,13 +452,11 @@ impl Db {
     /// Drops a key's unused pool items (ready or being made): they were
     /// made under shares a refresh or repair is replacing. Returns how many.
     pub async fn discard_presigs(&self, key_id: &str) -> Result<u64, CoordError> {
-        let res = sqlx::query(
-            "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')",
-        )
-        .bind(key_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let res = sqlx::query(DISCARD_POOL)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(res.rows_affected())
     }
 
@@ -496,13 +497,11 @@ impl Db {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        sqlx::query(
-            "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')",
-        )
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        sqlx::query(DISCARD_POOL)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -610,13 +609,11 @@ impl Db {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        sqlx::query(
-            "UPDATE presignatures SET state = 'discarded' WHERE key_id = $1 AND state IN ('ready', 'generating')",
-        )
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        sqlx::query(DISCARD_POOL)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     }
 

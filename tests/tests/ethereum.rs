@@ -200,8 +200,10 @@ async fn start_eth_policy(
     (fc, addresses)
 }
 
+/// A withdrawal as the auditor reads it (every client's: the backend's, and
+/// the admin's rotation sweeps).
 async fn get(fc: &FlowCluster, id: &str) -> Withdrawal {
-    fc.backend
+    fc.auditor
         .clone()
         .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
         .await

@@ -24,39 +24,6 @@ fn cli(layout: &ClusterLayout, args: &[&str]) -> custos_tests::audit::Outcome {
     custos_tests::audit::custos(&all)
 }
 
-/// The sweep `id` as the auditor reads it (sweeps are the admin's
-/// withdrawals, not the backend's), once it is in `state` (panics on a
-/// failed end state or after `limit`).
-async fn sweep_in(fc: &FlowCluster, id: &str, state: &str, limit: Duration) -> Withdrawal {
-    let started = Instant::now();
-    loop {
-        let w = fc
-            .auditor
-            .clone()
-            .get_withdrawal(GetWithdrawalRequest { id: id.to_owned() })
-            .await
-            .unwrap()
-            .into_inner();
-        if w.state == state {
-            return w;
-        }
-        assert!(
-            !["blocked", "rejected", "cancelled", "expired", "failed"].contains(&w.state.as_str()),
-            "sweep {id} ended {} ({}); notes {:?}",
-            w.state,
-            w.reason,
-            w.signer_notes
-        );
-        assert!(
-            started.elapsed() < limit,
-            "sweep {id} still {} after {limit:?}, expected {state}; notes {:?}",
-            w.state,
-            w.signer_notes
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
     fc: &FlowCluster,
     rpc: &EvmRpc,
@@ -154,14 +121,12 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
         let fresh = all[sweeps.len()..].to_vec();
         // The rotation rule: one treasury approval per sweep.
         for (id, ..) in &fresh {
-            let w = sweep_in(fc, id, "awaiting_approvals", Duration::from_secs(30)).await;
+            let w = wait_for(fc, id, "awaiting_approvals", Duration::from_secs(30)).await;
             assert_eq!(w.destination.to_lowercase(), format!("{new:#x}"));
             approve(&fc.approver, &w, "alice").await;
         }
         for (id, asset, amount, _) in &fresh {
-            let w = sweep_in(fc, id, "confirmed", Duration::from_secs(120)).await;
-            let hash = find_hash(&w).unwrap();
-            let receipt = rpc.transaction_receipt(hash).await.unwrap().unwrap();
+            let (_, _, receipt) = confirmed_tx(fc, rpc, id).await;
             assert!(receipt.success, "{id}");
             if asset == "ETH" {
                 eth_in += U256::from_str_radix(amount, 10).unwrap();
@@ -223,7 +188,7 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
     let e = fc.backend.clone().create_withdrawal(req).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("key w-rot is retired"), "{e}");
-    let swept = sweep_in(fc, &sweeps[2].0, "confirmed", Duration::from_secs(5)).await;
+    let swept = get(fc, &sweeps[2].0).await;
     let authorization = WithdrawalAuthorization {
         withdrawal_json: policy_withdrawal_json(&swept, 1),
         ..Default::default()
