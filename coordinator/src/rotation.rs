@@ -24,10 +24,13 @@
 //! a balance is never swept twice and no open withdrawal is starved; a
 //! later call requests sweeps for what is still there (a blocked or
 //! rejected sweep, a deposit that arrived meanwhile). Once nothing is left
-//! and nothing is open, the key is retired: marked `retired` (nothing signs
-//! with it from then on) and logged (`key_retired`) before any signer is
-//! asked to destroy its share, which each does only on seeing that entry in
-//! the log it witnessed ([`crate::cluster::Cluster::destroy_retired_shares`]).
+//! and nothing is open, and the admins listed the key under `retired_keys`
+//! in the signed policy in force ([`Engine::retirement_bundle`]), the key
+//! is retired: marked `retired` (nothing signs with it from then on) and
+//! logged (`key_retired`) before any signer is asked to destroy its share,
+//! which each does only on that admin bundle (checked against its own admin
+//! set and the log's newest activation) and on seeing that entry in the log
+//! it witnessed ([`crate::cluster::Cluster::destroy_retired_shares`]).
 //! Every step is persisted before it is acted on: the new key's id before
 //! its key generation, each sweep withdrawal as it is created.
 
@@ -40,6 +43,7 @@ use crate::auth::Identity;
 use crate::cluster::{Cluster, Destruction};
 use crate::db::{KeyLifecycle, KeyRow, SweepRow};
 use crate::error::CoordError;
+use crate::withdrawal::bundle::BundleBytes;
 use crate::withdrawal::{CreateRequest, Engine, State};
 
 /// One balance of one address of the key being rotated.
@@ -325,7 +329,9 @@ impl Rotations {
     ) -> Result<RotationReport, CoordError> {
         let key = self.key(key_id).await?;
         let lifecycle = self.cluster.db.lifecycle(key_id).await?;
-        if key.state != "retired" {
+        let bundle = if key.state == "retired" {
+            self.retirement_bundle(key_id)?
+        } else {
             if key.state != "ready" {
                 return Err(CoordError::precondition(
                     "key",
@@ -350,6 +356,10 @@ impl Rotations {
                 }
                 check_retirable(key_id, &self.holdings(&key).await?)?;
             }
+            // The admins' authorization, which every signer checks itself
+            // before it destroys its share: nothing is marked or logged
+            // without it.
+            let bundle = self.retirement_bundle(key_id)?;
             let successor = lifecycle.rotating_to.clone().unwrap_or_default();
             let reason = match (reason.trim(), successor.is_empty()) {
                 ("", true) => "retired by an admin".to_owned(),
@@ -361,7 +371,8 @@ impl Rotations {
                 .db
                 .mark_retired(key_id, &successor, &reason)
                 .await?;
-        }
+            bundle
+        };
         let mut lifecycle = self.cluster.db.lifecycle(key_id).await?;
         let index = match lifecycle.retirement_index {
             Some(i) => i,
@@ -383,7 +394,7 @@ impl Rotations {
         };
         let destruction = self
             .cluster
-            .destroy_retired_shares(&key, index, &lifecycle.shares_destroyed)
+            .destroy_retired_shares(&key, index, &lifecycle.shares_destroyed, &bundle)
             .await?;
         if !destruction.destroyed.is_empty() {
             self.cluster
@@ -403,6 +414,22 @@ impl Rotations {
         report.lifecycle = lifecycle;
         report.destruction = Some(destruction);
         Ok(report)
+    }
+
+    /// The admins' signed policy bundle that lists `key_id` under
+    /// `retired_keys` and is in force: refused, naming what the admins must
+    /// sign, when there is none.
+    fn retirement_bundle(&self, key_id: &str) -> Result<BundleBytes, CoordError> {
+        self.engine
+            .as_ref()
+            .ok_or_else(|| {
+                CoordError::precondition(
+                    "key",
+                    key_id,
+                    "cannot retire: this coordinator has no policy configured, and signers destroy a share only when the admins list the key under retired_keys in a signed policy bundle",
+                )
+            })?
+            .retirement_bundle(key_id)
     }
 
     /// Where the rotation of `key_id` stands; with `holdings`, what its

@@ -54,6 +54,13 @@ pub struct PolicyDocument {
     /// Ordered rules: the first that matches decides. No match means block.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Keys the admins retire (`retired_keys = ["w-old"]`): the admin
+    /// quorum's authorization, verified by each signer itself, to destroy
+    /// its share of each once the audit log it witnessed also carries the
+    /// key's `key_retired` entry. Adding a key is a tightening (immediate);
+    /// removing one is a relaxation (see [`crate::relaxation`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<String>,
 }
 
 /// Governance delays. The values of the policy *in force* apply to a change, so an

@@ -212,8 +212,8 @@ impl PolicyState {
 
 /// Why `new` is not a pure tightening of `old`, or `None` when it is.
 ///
-/// Tightenings (immediate): raising delays; removing address-book entries or their
-/// whitelisting; removing approvers from groups; revoking approvers; inserting
+/// Tightenings (immediate): raising delays; listing keys under `retired_keys`;
+/// removing address-book entries or their whitelisting; removing approvers from groups; revoking approvers; inserting
 /// `block` rules anywhere; turning a rule into a `block` rule. Everything else
 /// (including harmless-looking edits) counts as a relaxation and is delayed:
 /// erring towards the delay is the safe side.
@@ -231,6 +231,11 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
     if new.webauthn != old.webauthn {
         // Another RP ID or origin is another place passkeys may approve from.
         return Some("webauthn relying party changed".into());
+    }
+    // Retiring a key only restricts (the key never signs again, and its
+    // shares may be destroyed); taking a key off the list is a relaxation.
+    if let Some(k) = old.retired_keys.iter().find(|k| !new.retired_keys.contains(k)) {
+        return Some(format!("key {k:?} taken off retired_keys"));
     }
     if new.native_assets != old.native_assets {
         // Decides where relative fee bounds apply and which velocity totals

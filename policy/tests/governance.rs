@@ -397,3 +397,37 @@ fn newly_whitelisted_entry_cools_down_like_a_new_one() {
         "unchanged entries keep their time"
     );
 }
+
+/// Listing a key under `retired_keys` only restricts (it authorizes the
+/// destruction of its shares): in force at once. Taking one off is a
+/// relaxation, and an older document without the field keeps its hash.
+#[test]
+fn retiring_a_key_is_a_tightening_and_unretiring_a_relaxation() {
+    let t0 = wed10();
+    let mut st = PolicyState::genesis(bundle(FIXTURE, &[ADMIN1, ADMIN2]), Timestamp(0));
+    let retired = edit(
+        "\n[settings]",
+        "retired_keys = [\"eth-old\"]\n\n[settings]",
+        2,
+    );
+    let p2 = Policy::parse(&retired).unwrap();
+    assert_eq!(p2.document().retired_keys, vec!["eth-old".to_owned()]);
+    assert_eq!(policy().document().retired_keys, Vec::<String>::new());
+    assert_eq!(relaxation(policy().document(), p2.document()), None);
+    assert_eq!(
+        st.propose(bundle(&retired, &[ADMIN1, ADMIN2]), t0).unwrap(),
+        UpdateEffect::Immediate
+    );
+    let unretired = String::from_utf8(retired.clone())
+        .unwrap()
+        .replacen("retired_keys = [\"eth-old\"]\n", "", 1)
+        .replacen("version = 2", "version = 3", 1);
+    let p3 = Policy::parse(unretired.as_bytes()).unwrap();
+    let why = relaxation(p2.document(), p3.document()).unwrap();
+    assert!(why.contains("eth-old"), "{why}");
+    assert!(matches!(
+        st.propose(bundle(unretired.as_bytes(), &[ADMIN1, ADMIN2]), t0)
+            .unwrap(),
+        UpdateEffect::Delayed(_)
+    ));
+}

@@ -100,9 +100,74 @@ pub enum NodeError {
         /// The `key_retired` entry this signer witnessed.
         retirement_index: u64,
     },
+    /// A request to destroy a key's share lacks the admins' authorization
+    /// as this signer checks it itself: nothing was destroyed.
+    #[error("retiring key {key_id} refused, nothing destroyed: {missing}")]
+    RetirementUnauthorized {
+        /// The key the request names.
+        key_id: String,
+        /// What this signer found missing.
+        missing: RetirementGap,
+    },
     /// A bug or corrupt internal state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What is missing from a key's retirement, as a signer checks it before it
+/// destroys its share: the admin quorum's word (a signed policy listing the
+/// key, activated by the log) and the log's `key_retired` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetirementGap {
+    /// This signer witnesses no audit log.
+    #[error("this signer witnesses no audit log, so nothing proves the retirement")]
+    NoWitness,
+    /// This signer has no admin set (`[cosigner] admins`).
+    #[error("no admin set configured ([cosigner] admins): no admin can authorize it")]
+    NoAdminSet,
+    /// The request carries no policy document.
+    #[error(
+        "the request carries no policy bundle: the admins must list the key under retired_keys in a signed policy bundle"
+    )]
+    NoBundle,
+    /// The log this signer witnessed activated no policy.
+    #[error("the audit log this signer witnessed activated no policy")]
+    NoPolicyActivated,
+    /// The bundle shown is not the newest policy the log activated.
+    #[error(
+        "the policy shown ({shown}) is not the newest the audit log this signer witnessed activated ({newest}, version {version}, entry {index})"
+    )]
+    NotNewestPolicy {
+        /// Hash of the document shown.
+        shown: String,
+        /// Hash of the newest activation.
+        newest: String,
+        /// Its version.
+        version: u64,
+        /// Its entry index.
+        index: u64,
+    },
+    /// The bundle is not admin-signed (quorum of this signer's admin set) or
+    /// not in force on this signer's clock.
+    #[error("the policy bundle is refused: {0}")]
+    Bundle(String),
+    /// The admin-signed policy in force does not list the key.
+    #[error(
+        "policy {hash} (version {version}) does not list it under retired_keys: the admins must list the key under retired_keys in a signed policy bundle"
+    )]
+    NotListed {
+        /// Policy hash.
+        hash: String,
+        /// Its version.
+        version: u64,
+    },
+    /// The log this signer witnessed has no `key_retired` entry for the key.
+    #[error("the audit log this signer witnessed (entries 0..{size}) does not retire it")]
+    NotInLog {
+        /// Entries witnessed.
+        size: u64,
+    },
 }
 
 impl NodeError {

@@ -575,15 +575,19 @@ impl Node {
         )?)
     }
 
-    /// Retires `key_id` here once `cosigner` finds its retirement in the
-    /// log this signer witnessed: share and pool destroyed on disk, the
-    /// unsealed share dropped from memory (zeroized with its last holder).
+    /// Retires `key_id` here once `cosigner` finds it authorized (the admin
+    /// policy bundle `document`/`signatures` listing it, activated by the
+    /// log this signer witnessed, and the log's retirement entry): share and
+    /// pool destroyed on disk, the unsealed share dropped from memory
+    /// (zeroized with its last holder).
     pub fn retire_key(
         &self,
         cosigner: &crate::cosigner::Cosigner,
         key_id: &str,
+        document: &[u8],
+        signatures: &[u8],
     ) -> Result<(crate::store::Retirement, crate::store::Destroyed), NodeError> {
-        let out = cosigner.retire_key(&self.store, key_id)?;
+        let out = cosigner.retire_key(&self.store, key_id, document, signatures)?;
         self.shares
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -112,7 +112,9 @@ fn status(e: NodeError) -> Status {
             &node,
         ),
         NodeError::Protocol(_) => Status::aborted(msg),
-        NodeError::Refused(_) | NodeError::SourceMismatch { .. } => Status::permission_denied(msg),
+        NodeError::Refused(_)
+        | NodeError::SourceMismatch { .. }
+        | NodeError::RetirementUnauthorized { .. } => Status::permission_denied(msg),
         NodeError::StaleEpoch { highest, .. } => {
             let mut s = Status::failed_precondition(msg);
             s.metadata_mut().insert(
@@ -514,13 +516,18 @@ impl SignerControl for ControlService {
 }
 
 impl ControlService {
-    /// `RetireKey`: this signer's own check of the retirement (the log it
-    /// witnessed), then the destruction of its share and pool.
+    /// `RetireKey`: this signer's own check of the retirement (the admin
+    /// quorum's signed policy listing the key, activated by the log it
+    /// witnessed, and the log's `key_retired` entry), then the destruction
+    /// of its share and pool.
     async fn retire(&self, r: RetireKeyRequest) -> Result<RetireKeyResponse, Status> {
         self.admit(r.coordinator_epoch, "retire_key").await?;
         let cos = self.cosigner.clone();
         let node = self.node.clone();
-        let (retirement, destroyed) = blocking(move || node.retire_key(&cos, &r.key_id)).await?;
+        let (retirement, destroyed) = blocking(move || {
+            node.retire_key(&cos, &r.key_id, &r.policy_document, &r.policy_signatures)
+        })
+        .await?;
         Ok(RetireKeyResponse {
             retirement_index: retirement.retirement_index,
             shares_destroyed: u32::try_from(destroyed.shares).unwrap_or(u32::MAX),

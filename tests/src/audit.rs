@@ -192,10 +192,23 @@ pub async fn verify_policy_until(
     policy: &Path,
     done: impl Fn(&Outcome) -> bool,
 ) {
+    verify_policies_until(cluster_dir, &[policy], done).await;
+}
+
+/// [`verify_policy_until`] with every policy document the log activated.
+pub async fn verify_policies_until(
+    cluster_dir: &Path,
+    policies: &[&Path],
+    done: impl Fn(&Outcome) -> bool,
+) {
     let trust = trust_args(cluster_dir);
+    let mut args = Vec::new();
+    for p in policies {
+        args.extend(["--policy", p.to_str().unwrap()]);
+    }
     let started = Instant::now();
     loop {
-        let o = export_and_verify(cluster_dir, &trust, &["--policy", policy.to_str().unwrap()]);
+        let o = export_and_verify(cluster_dir, &trust, &args);
         if o.ok && done(&o) {
             return;
         }

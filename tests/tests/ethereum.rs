@@ -332,7 +332,7 @@ async fn default_configuration_on_one_cluster() {
     let rpc = rpc(&anvil.url);
     // First transaction of the dev account: the token address the config expects.
     let token = deploy_mini(&rpc).await;
-    let (fc, wallets) = start_eth(
+    let (mut fc, wallets) = start_eth(
         &anvil,
         &["w-eth", "w-tok", "w-many", "w-dep", "w-hd", "w-rot"],
     )
@@ -344,7 +344,7 @@ async fn default_configuration_on_one_cluster() {
     // After the on-chain count above: a derived address's transactions are
     // not the master address's nonces.
     withdrawal_from_a_derived_address(&fc, &rpc, wallets[4]).await;
-    rotation::a_key_rotated_by_sweep_is_emptied_and_retired(&fc, &rpc, token, wallets[5]).await;
+    rotation::a_key_rotated_by_sweep_is_emptied_and_retired(&mut fc, &rpc, token, wallets[5]).await;
     fc.tc.cluster.stop().await.unwrap();
 }
 

@@ -3,8 +3,11 @@
 //! # Design
 //!
 //! The coordinator only asks. A signer destroys its share of a key when the
-//! audit log *it* witnessed carries the key's `key_retired` entry, so the
-//! entry is put under a checkpoint the holders co-sign first; a holder that
+//! admins authorized it (the policy bundle sent along, signed by an admin
+//! quorum, the newest the log activated, lists the key under
+//! `retired_keys`) and the audit log *it* witnessed carries the key's
+//! `key_retired` entry, so the entry is put under a checkpoint the holders
+//! co-sign first; a holder that
 //! has not seen it refuses and is asked again by the next `key retire`.
 //! Every holder is asked on its own (one down signer does not stop the
 //! others), and the answers are returned for the caller to record and log.
@@ -14,6 +17,7 @@ use custos_proto::signer::RetireKeyRequest;
 use super::Cluster;
 use crate::db::KeyRow;
 use crate::error::CoordError;
+use crate::withdrawal::bundle::BundleBytes;
 
 /// What the holders of a retired key answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,12 +31,15 @@ pub struct Destruction {
 impl Cluster {
     /// Asks every holder of `key` (retired at log entry `retirement_index`)
     /// to destroy its share and pool, once the entry is under a checkpoint
-    /// they co-signed. Holders in `skip` (already confirmed) are not asked.
+    /// they co-signed, showing them the admins' `bundle` that lists the key
+    /// under `retired_keys`. Holders in `skip` (already confirmed) are not
+    /// asked.
     pub async fn destroy_retired_shares(
         &self,
         key: &KeyRow,
         retirement_index: u64,
         skip: &[String],
+        bundle: &BundleBytes,
     ) -> Result<Destruction, CoordError> {
         let holders: Vec<String> = key
             .participants
@@ -63,6 +70,8 @@ impl Cluster {
             let req = RetireKeyRequest {
                 key_id: key.key_id.clone(),
                 coordinator_epoch: epoch,
+                policy_document: bundle.document.clone(),
+                policy_signatures: bundle.signatures.clone(),
             };
             let mut client = signer.client();
             let call = client.retire_key(req);

@@ -572,6 +572,41 @@ impl Engine {
             .collect()
     }
 
+    /// The admins' authorization to retire `key_id`, as signers check it
+    /// before destroying their shares: the bundle of the policy in force,
+    /// which must list the key under `retired_keys` and be the newest
+    /// activation (signers accept no older one).
+    pub fn retirement_bundle(&self, key_id: &str) -> Result<super::bundle::BundleBytes, CoordError> {
+        let active = self.policy.in_force(Timestamp(now_secs()));
+        let hash = active.policy().hash();
+        let doc = active.policy().document();
+        if !doc.retired_keys.iter().any(|k| k == key_id) {
+            return Err(CoordError::precondition(
+                "key",
+                key_id,
+                format!(
+                    "is not listed under retired_keys by the policy in force ({hash}, version {}): the admins must list {key_id} under retired_keys in a signed policy bundle and activate it before the key retires",
+                    doc.version
+                ),
+            ));
+        }
+        if let Some(latest) = self.policy.latest()
+            && PolicyHash::of_document(&latest.document) != hash
+        {
+            return Err(CoordError::precondition(
+                "key",
+                key_id,
+                format!(
+                    "is listed under retired_keys by the policy in force ({hash}), but the newest activated policy ({}) is not in force yet: signers accept only the newest",
+                    PolicyHash::of_document(&latest.document)
+                ),
+            ));
+        }
+        self.policy.bundle(&hash).cloned().ok_or_else(|| {
+            CoordError::precondition("policy", hash.to_string(), "is no longer known")
+        })
+    }
+
     /// The address-book entries of the policy in force (all chains when
     /// `chain` is empty), with when each becomes usable, and the policy hash.
     pub fn address_book(&self, chain: &str) -> (Vec<(custos_policy::AddressEntry, i64)>, String) {

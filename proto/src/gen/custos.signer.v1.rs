@@ -7,6 +7,12 @@ pub struct RetireKeyRequest {
     /// The coordinator's leadership epoch (see RefreshSharesRequest).
     #[prost(uint64, tag = "2")]
     pub coordinator_epoch: u64,
+    /// The admin-signed policy document that lists key_id under retired_keys,
+    /// exactly as signed, and its signatures (`*.sigs.json`).
+    #[prost(bytes = "vec", tag = "3")]
+    pub policy_document: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub policy_signatures: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -960,9 +966,13 @@ pub mod signer_control_client {
             self.inner.unary(req, path, codec).await
         }
         /// --- Key retirement ---
-        /// Retires a key on this signer for good: only when the audit log this
-        /// signer witnessed carries the key's key_retired entry (the request
-        /// itself proves nothing). The signer records the retirement durably,
+        /// Retires a key on this signer for good, on the admins' authority checked
+        /// by the signer itself: the request's policy bundle must carry an admin
+        /// quorum of the signer's own admin set, be the newest policy the audit
+        /// log this signer witnessed activated (and in force on its clock), and
+        /// list the key under retired_keys; and that log must carry the key's
+        /// key_retired entry. Otherwise PERMISSION_DENIED naming what is missing,
+        /// and nothing is destroyed. The signer records the retirement durably,
         /// then overwrites and deletes its share and every presignature or nonce
         /// commitment of the key, journals it, and refuses to sign with the key
         /// from then on (FAILED_PRECONDITION naming the key as retired).
@@ -1115,9 +1125,13 @@ pub mod signer_control_server {
             tonic::Status,
         >;
         /// --- Key retirement ---
-        /// Retires a key on this signer for good: only when the audit log this
-        /// signer witnessed carries the key's key_retired entry (the request
-        /// itself proves nothing). The signer records the retirement durably,
+        /// Retires a key on this signer for good, on the admins' authority checked
+        /// by the signer itself: the request's policy bundle must carry an admin
+        /// quorum of the signer's own admin set, be the newest policy the audit
+        /// log this signer witnessed activated (and in force on its clock), and
+        /// list the key under retired_keys; and that log must carry the key's
+        /// key_retired entry. Otherwise PERMISSION_DENIED naming what is missing,
+        /// and nothing is destroyed. The signer records the retirement durably,
         /// then overwrites and deletes its share and every presignature or nonce
         /// commitment of the key, journals it, and refuses to sign with the key
         /// from then on (FAILED_PRECONDITION naming the key as retired).

@@ -118,6 +118,14 @@ impl Bundles {
         Ok(())
     }
 
+    /// Verifies `document`'s `signatures` against this signer's admin set,
+    /// whether or not the bundle was seen before: an irreversible act (a
+    /// key's retirement) needs the admin quorum's signatures in the request
+    /// itself.
+    pub fn check_quorum(&self, document: &[u8], signatures: &[u8]) -> Result<(), NodeError> {
+        verify(document, signatures, &self.admins).map(|_| ())
+    }
+
     /// The policy named by `document` if this signer accepts it as the one in
     /// force at `now`: verified against the admin set, remembered (persisted
     /// before use) the first time, and subject to relaxation delays.

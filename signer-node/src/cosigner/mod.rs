@@ -13,6 +13,7 @@ pub mod derived;
 pub mod journal;
 pub mod log_view;
 pub mod refusals;
+pub mod retirement;
 pub mod witness;
 
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ use custos_policy::{
 use custos_proto::signer::{CancelNotice, WithdrawalAuthorization};
 use custos_risk::{RiskAssessment, RiskModel, RiskRequest, RiskState};
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RetirementGap};
 use bundles::Bundles;
 use journal::{Durability, Journal, SignedRecord, Spend};
 use refusals::{PendingRefusal, Refusals};
@@ -314,29 +315,56 @@ impl Cosigner {
         }
     }
 
-    /// Retires `key_id` on this signer, on this signer's own evidence only:
-    /// the log it witnessed must carry the key's `key_retired` entry (the
-    /// coordinator's word is not enough). Records the retirement in the
-    /// store (refusing the key from then on), destroys the share and pool,
-    /// and journals what was destroyed.
+    /// Retires `key_id` on this signer, on this signer's own evidence only
+    /// (the coordinator's word is not enough; see [`retirement::authorize`]):
+    /// the admin policy bundle `document`/`signatures` must carry a quorum
+    /// of this signer's admin set, be the newest policy the log it witnessed
+    /// activated (in force on its clock) and list the key under
+    /// `retired_keys`, and that log must carry the key's `key_retired`
+    /// entry. Records the retirement in the store (refusing the key from
+    /// then on), destroys the share and pool, and journals what was
+    /// destroyed. A key this signer already recorded as retired (so
+    /// authorized before) only has an interrupted destruction finished.
     pub fn retire_key(
         &self,
         store: &crate::store::Store,
         key_id: &str,
+        document: &[u8],
+        signatures: &[u8],
     ) -> Result<(crate::store::Retirement, crate::store::Destroyed), NodeError> {
         crate::store::validate_id("key id", key_id)?;
-        let witness = self.witness.as_ref().ok_or_else(|| {
-            refused(format!(
-                "retiring key {key_id}: this signer witnesses no audit log, so nothing proves the retirement"
-            ))
-        })?;
-        let (logged, size) = witness.with_view(|v| (v.retirement(key_id), v.size))?;
-        let retirement_index = logged.ok_or_else(|| {
-            refused(format!(
-                "retiring key {key_id}: the audit log this signer witnessed (entries 0..{size}) does not retire it"
-            ))
-        })?;
-        let retirement = match store.retirement(key_id)? {
+        let recorded = store.retirement(key_id)?;
+        let retirement_index = match &recorded {
+            Some(r) => r.retirement_index,
+            None => {
+                let unauthorized = |missing| NodeError::RetirementUnauthorized {
+                    key_id: key_id.to_owned(),
+                    missing,
+                };
+                let witness = self
+                    .witness
+                    .as_ref()
+                    .ok_or_else(|| unauthorized(RetirementGap::NoWitness))?;
+                let bundles = self
+                    .bundles
+                    .as_ref()
+                    .ok_or_else(|| unauthorized(RetirementGap::NoAdminSet))?;
+                let facts = witness.with_view(|v| retirement::LogFacts {
+                    newest_policy: v.newest_policy.clone(),
+                    retirement: v.retirement(key_id),
+                    size: v.size,
+                })?;
+                retirement::authorize(
+                    bundles,
+                    &facts,
+                    key_id,
+                    document,
+                    signatures,
+                    Timestamp(self.now_secs()),
+                )?
+            }
+        };
+        let retirement = match recorded {
             Some(r) => r,
             None => crate::store::Retirement {
                 retirement_index,

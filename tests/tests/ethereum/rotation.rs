@@ -2,8 +2,10 @@
 //! `w-rot` holds ETH and MINI on its own address and ETH on a derived one;
 //! `custos key rotate` makes `w-rot-2` on the same signers and sweeps every
 //! balance to it through the ordinary flow (the test policy's
-//! `rotation-sweep` rule asks one treasury approval); once they confirm the
-//! old key is retired, every signer destroys its share and refuses the key,
+//! `rotation-sweep` rule asks one treasury approval); once they confirm and
+//! the admins sign and activate a policy listing the old key under
+//! `retired_keys`, the key is retired, every signer (having checked that
+//! admin bundle and its own witnessed log) destroys its share and refuses the key,
 //! and `custos audit verify` replays the sweeps and shows the retirement
 //! (docs/SECURITY.md case 74).
 
@@ -24,8 +26,18 @@ fn cli(layout: &ClusterLayout, args: &[&str]) -> custos_tests::audit::Outcome {
     custos_tests::audit::custos(&all)
 }
 
+/// Admin signatures (`*.sigs.json`) over `document` by the demo admins `by`.
+fn admin_signatures(document: &[u8], by: &[&str]) -> Vec<u8> {
+    let mut sigs =
+        custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(document));
+    for who in by {
+        sigs.sign(&custos_tests::approver_key(who));
+    }
+    serde_json::to_vec(&sigs).unwrap()
+}
+
 pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
-    fc: &FlowCluster,
+    fc: &mut FlowCluster,
     rpc: &EvmRpc,
     token: Address,
     old: Address,
@@ -51,18 +63,50 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
     assert!(layout.signers.iter().all(|s| share(s).exists()));
 
     // A coordinator that asks a signer to destroy its share without the
-    // retirement in the log gets nothing: the signer checks its own view.
+    // admins' authorization gets nothing: each signer checks the bundle
+    // against its own admin set and its own witnessed log. Refused: no
+    // bundle; the genuine policy in force (v1), which does not list the
+    // key; v1 under-signed (one admin of two); an admin-signed v2 listing
+    // the key that the log never activated.
+    let policy = layout.policy.clone().unwrap();
+    let v1 = std::fs::read(&policy.document).unwrap();
+    let v1_sigs = std::fs::read(&policy.signatures).unwrap();
+    let v2 = String::from_utf8(v1.clone())
+        .unwrap()
+        .replacen("version = 1", "version = 2", 1)
+        .replacen("\n[settings]", "retired_keys = [\"w-rot\"]\n\n[settings]", 1)
+        .into_bytes();
+    assert_ne!(v2, v1);
+    let v2_sigs = admin_signatures(&v2, &["admin1", "admin2"]);
+    let rogue: [(&[u8], Vec<u8>, &str); 4] = [
+        (b"", Vec::new(), "carries no policy bundle"),
+        (&v1, v1_sigs.clone(), "does not list it under retired_keys"),
+        (
+            &v1,
+            admin_signatures(&v1, &["admin1"]),
+            "the policy bundle is refused",
+        ),
+        (&v2, v2_sigs.clone(), "is not the newest"),
+    ];
     for (node, c) in rogue_clients(&layout).await {
-        let e = c
-            .clone()
-            .retire_key(RetireKeyRequest {
-                key_id: "w-rot".into(),
-                coordinator_epoch: 0,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{node}: {e}");
-        assert!(e.message().contains("does not retire it"), "{node}: {e}");
+        for (document, signatures, why) in &rogue {
+            let e = c
+                .clone()
+                .retire_key(RetireKeyRequest {
+                    key_id: "w-rot".into(),
+                    coordinator_epoch: 0,
+                    policy_document: document.to_vec(),
+                    policy_signatures: signatures.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{node}: {e}");
+            assert!(
+                e.message().contains("retiring key w-rot refused, nothing destroyed")
+                    && e.message().contains(why),
+                "{node}: {why}: {e}"
+            );
+        }
     }
     assert!(layout.signers.iter().all(|s| share(s).exists()));
 
@@ -143,6 +187,33 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
     assert!(rpc.balance(old).await.unwrap() <= cap);
     assert!(rpc.balance(child_addr).await.unwrap() <= cap);
 
+    // Emptied, the key still does not retire until the admins say so: the
+    // coordinator refuses, naming what the admins must sign, and nothing is
+    // marked, logged or destroyed.
+    for args in [
+        &["key", "rotate", "w-rot", "--wait", "120", "--json"][..],
+        &["key", "retire", "w-rot"][..],
+    ] {
+        let o = cli(&layout, args);
+        assert!(!o.ok, "{o}");
+        assert!(
+            o.stderr
+                .contains("the admins must list w-rot under retired_keys in a signed policy bundle"),
+            "{o}"
+        );
+    }
+    assert!(layout.signers.iter().all(|s| share(s).exists()));
+    let o = cli(&layout, &["key", "show", "w-rot"]);
+    assert!(o.ok && !o.stdout.contains("retired "), "{o}");
+
+    // The admins sign v2 (v1 plus `retired_keys = ["w-rot"]`, a tightening
+    // in force at once) and the coordinator restarts on it, which logs its
+    // activation.
+    std::fs::write(&policy.document, &v2).unwrap();
+    std::fs::write(&policy.signatures, &v2_sigs).unwrap();
+    fc.tc.cluster.kill_coordinator().unwrap();
+    fc.tc.cluster.restart_coordinator().await.unwrap();
+
     // Following it retires the key: every signer destroys its share.
     let o = cli(
         &layout,
@@ -218,9 +289,12 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
         assert!(e.message().contains("key w-rot is retired"), "{node}: {e}");
     }
 
-    // The auditor replays every sweep and sees the retirement.
-    let policy = layout.dir.parent().unwrap().join("eth-policy.toml");
-    custos_tests::audit::verify_policy_until(&layout.dir, &policy, |o| {
+    // The auditor replays every sweep (under v1) and sees the retirement
+    // (after v2's activation).
+    let v1_file = layout.dir.parent().unwrap().join("eth-policy.toml");
+    let v2_file = layout.dir.parent().unwrap().join("eth-policy-v2.toml");
+    std::fs::write(&v2_file, &v2).unwrap();
+    custos_tests::audit::verify_policies_until(&layout.dir, &[&v1_file, &v2_file], |o| {
         custos_tests::audit::all_signatures_authorised(o)
             && o.stdout.contains("key w-rot retired by")
             && o.stdout.contains("shares destroyed by signer-")
