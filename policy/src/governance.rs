@@ -234,7 +234,11 @@ pub fn relaxation(old: &PolicyDocument, new: &PolicyDocument) -> Option<String> 
     }
     // Retiring a key only restricts (the key never signs again, and its
     // shares may be destroyed); taking a key off the list is a relaxation.
-    if let Some(k) = old.retired_keys.iter().find(|k| !new.retired_keys.contains(k)) {
+    if let Some(k) = old
+        .retired_keys
+        .iter()
+        .find(|k| !new.retired_keys.contains(k))
+    {
         return Some(format!("key {k:?} taken off retired_keys"));
     }
     if new.native_assets != old.native_assets {

@@ -576,7 +576,10 @@ impl Engine {
     /// before destroying their shares: the bundle of the policy in force,
     /// which must list the key under `retired_keys` and be the newest
     /// activation (signers accept no older one).
-    pub fn retirement_bundle(&self, key_id: &str) -> Result<super::bundle::BundleBytes, CoordError> {
+    pub fn retirement_bundle(
+        &self,
+        key_id: &str,
+    ) -> Result<super::bundle::BundleBytes, CoordError> {
         let active = self.policy.in_force(Timestamp(now_secs()));
         let hash = active.policy().hash();
         let doc = active.policy().document();

@@ -63,8 +63,12 @@ pub fn authorize(
         NodeError::Refused(m) => missing(RetirementGap::Bundle(m)),
         other => other,
     };
-    bundles.check_quorum(document, signatures).map_err(refused)?;
-    let active = bundles.in_force(document, signatures, now).map_err(refused)?;
+    bundles
+        .check_quorum(document, signatures)
+        .map_err(refused)?;
+    let active = bundles
+        .in_force(document, signatures, now)
+        .map_err(refused)?;
     let doc = active.policy().document();
     if !doc.retired_keys.iter().any(|k| k == key_id) {
         return Err(missing(RetirementGap::NotListed {
@@ -137,15 +141,18 @@ mod tests {
             retirement: Some(9),
             size: 10,
         };
-        let auth = |facts: &LogFacts, d: &[u8], s: &[u8]| {
-            authorize(&bundles, facts, "w-old", d, s, now)
-        };
+        let auth =
+            |facts: &LogFacts, d: &[u8], s: &[u8]| authorize(&bundles, facts, "w-old", d, s, now);
 
         // No bundle at all: the log entry alone is the coordinator's word.
         assert_eq!(gap(auth(&facts, b"", b"")), RetirementGap::NoBundle);
         // The policy in force (v1, admin-signed) does not list the key.
         let e = auth(&facts, &v1, &sigs(&v1, &[1, 2])).unwrap_err();
-        assert!(e.to_string().contains("does not list it under retired_keys"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("does not list it under retired_keys"),
+            "{e}"
+        );
         assert!(matches!(
             gap(Err(e)),
             RetirementGap::NotListed { version: 1, .. }
@@ -153,7 +160,11 @@ mod tests {
         // An admin-signed v2 the log never activated.
         assert!(matches!(
             gap(auth(&facts, &v2, &v2_sigs)),
-            RetirementGap::NotNewestPolicy { version: 1, index: 0, .. }
+            RetirementGap::NotNewestPolicy {
+                version: 1,
+                index: 0,
+                ..
+            }
         ));
         // No activation at all.
         let none = LogFacts {
@@ -176,7 +187,11 @@ mod tests {
         // An older bundle while v2 is the newest activation.
         assert!(matches!(
             gap(auth(&facts, &v1, &sigs(&v1, &[1, 2]))),
-            RetirementGap::NotNewestPolicy { version: 2, index: 8, .. }
+            RetirementGap::NotNewestPolicy {
+                version: 2,
+                index: 8,
+                ..
+            }
         ));
         // The admins' v2, but no key_retired entry in the witnessed log.
         let unlogged = LogFacts {
@@ -196,6 +211,9 @@ mod tests {
         ));
         // Another key is not authorized by v2.
         let other = authorize(&bundles, &facts, "w-hot", &v2, &v2_sigs, now).unwrap_err();
-        assert!(other.to_string().contains("retiring key w-hot refused"), "{other}");
+        assert!(
+            other.to_string().contains("retiring key w-hot refused"),
+            "{other}"
+        );
     }
 }

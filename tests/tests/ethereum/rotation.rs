@@ -74,7 +74,11 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
     let v2 = String::from_utf8(v1.clone())
         .unwrap()
         .replacen("version = 1", "version = 2", 1)
-        .replacen("\n[settings]", "retired_keys = [\"w-rot\"]\n\n[settings]", 1)
+        .replacen(
+            "\n[settings]",
+            "retired_keys = [\"w-rot\"]\n\n[settings]",
+            1,
+        )
         .into_bytes();
     assert_ne!(v2, v1);
     let v2_sigs = admin_signatures(&v2, &["admin1", "admin2"]);
@@ -102,7 +106,8 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
                 .unwrap_err();
             assert_eq!(e.code(), Code::PermissionDenied, "{node}: {e}");
             assert!(
-                e.message().contains("retiring key w-rot refused, nothing destroyed")
+                e.message()
+                    .contains("retiring key w-rot refused, nothing destroyed")
                     && e.message().contains(why),
                 "{node}: {why}: {e}"
             );
@@ -197,8 +202,9 @@ pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
         let o = cli(&layout, args);
         assert!(!o.ok, "{o}");
         assert!(
-            o.stderr
-                .contains("the admins must list w-rot under retired_keys in a signed policy bundle"),
+            o.stderr.contains(
+                "the admins must list w-rot under retired_keys in a signed policy bundle"
+            ),
             "{o}"
         );
     }
