@@ -604,6 +604,17 @@ pub fn approver_key(who: &str) -> custos_policy::SecretKey {
     custos_policy::SecretKey::from_pem(&pem).unwrap()
 }
 
+/// Admin signatures (`*.sigs.json`) over the policy `document` by the demo
+/// admins `by` (`admin1`, `admin2`: the devkit cluster's admin set needs both).
+pub fn admin_signatures(document: &[u8], by: &[&str]) -> Vec<u8> {
+    let mut sigs =
+        custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(document));
+    for who in by {
+        sigs.sign(&approver_key(who));
+    }
+    serde_json::to_vec(&sigs).unwrap()
+}
+
 /// Signs `w`'s statement as `who` with `verdict` and submits it.
 pub async fn submit_verdict(
     approver: &Client,

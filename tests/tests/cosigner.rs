@@ -43,14 +43,9 @@ fn bundle(layout: &ClusterLayout) -> Bundle {
 
 /// `document` signed by both demo admins (the cluster's admin set).
 fn admin_signed(document: String) -> Bundle {
-    let mut sigs = custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(
-        document.as_bytes(),
-    ));
-    sigs.sign(&approver_key("admin1"));
-    sigs.sign(&approver_key("admin2"));
     Bundle {
+        signatures: custos_tests::admin_signatures(document.as_bytes(), &["admin1", "admin2"]),
         document: document.into_bytes(),
-        signatures: serde_json::to_vec(&sigs).unwrap(),
     }
 }
 

@@ -16,6 +16,8 @@ use custos_proto::signer::{
 };
 use tonic::Code;
 
+use custos_tests::admin_signatures;
+
 use super::*;
 
 /// `custos ... --cluster <dir>` (the admin's CLI on the cluster).
@@ -24,16 +26,6 @@ fn cli(layout: &ClusterLayout, args: &[&str]) -> custos_tests::audit::Outcome {
     let mut all = args.to_vec();
     all.extend(["--cluster", dir]);
     custos_tests::audit::custos(&all)
-}
-
-/// Admin signatures (`*.sigs.json`) over `document` by the demo admins `by`.
-fn admin_signatures(document: &[u8], by: &[&str]) -> Vec<u8> {
-    let mut sigs =
-        custos_policy::BundleSignatures::new(custos_policy::PolicyHash::of_document(document));
-    for who in by {
-        sigs.sign(&custos_tests::approver_key(who));
-    }
-    serde_json::to_vec(&sigs).unwrap()
 }
 
 pub(super) async fn a_key_rotated_by_sweep_is_emptied_and_retired(
