@@ -548,6 +548,69 @@ entry_bodies! {
         /// The key_retired entry they checked before destroying it.
         retirement_index: u64,
     },
+    /// kind 24: a deposit address was derived from a wallet key
+    /// (non-hardened BIP32 below the key's extended public key). Logged
+    /// by the coordinator the first time it records the address, before
+    /// it hands the address out, so an auditor re-derives every address
+    /// funds were sent to from the key's logged public key and this chain
+    /// code, and knows which wallet each belongs to.
+    AddressDerived = 24, "address_derived" {
+        /// The wallet key.
+        key_id: String,
+        /// Chain identifier.
+        chain: String,
+        /// The derivation path (`m/0/7`).
+        path: String,
+        /// The child's address in the chain's canonical form.
+        address: String,
+        /// The child's compressed public key (for taproot keys: the
+        /// child's internal key, before the BIP86 tweak).
+        public_key: Vec<u8>,
+        /// The wallet key's chain code the child was derived with.
+        chain_code: Vec<u8>,
+        /// The client that asked for it.
+        actor: String,
+    },
+    /// kind 25: a confirmed deposit into a wallet's address was credited
+    /// to the wallet. Logged before the ledger posting.
+    DepositCredited = 25, "deposit_credited" {
+        /// Chain identifier.
+        chain: String,
+        /// The wallet (key) credited.
+        key_id: String,
+        /// The address paid (the wallet's own or a derived one).
+        address: String,
+        /// Asset identifier.
+        asset: String,
+        /// Amount in base units, canonical decimal.
+        amount: String as CanonicalAmount,
+        /// The ledger's reference (`<chain>:<tx>[:<output or log>]`).
+        reference: String,
+        /// Height of the block that included it.
+        block_number: u64,
+        /// That block's hash, as the chain's node prints it.
+        block_hash: String,
+    },
+    /// kind 26: a credited deposit was reversed because its block left
+    /// the chain (a reorganisation). Logged before the ledger reversal.
+    DepositReversed = 26, "deposit_reversed" {
+        /// Chain identifier.
+        chain: String,
+        /// The wallet (key) the credit is taken back from.
+        key_id: String,
+        /// Asset identifier.
+        asset: String,
+        /// Amount in base units, canonical decimal.
+        amount: String as CanonicalAmount,
+        /// The credit's ledger reference.
+        reference: String,
+        /// Height of the block the credit was in.
+        block_number: u64,
+        /// Hash of that block, no longer in the chain.
+        block_hash: String,
+        /// Why (e.g. `block 812 is now 0xab…`).
+        reason: String,
+    },
 }
 
 impl EntryBody {

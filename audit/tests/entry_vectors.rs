@@ -349,6 +349,44 @@ fn bodies() -> Vec<(String, EntryBody)> {
             retirement_index: 41,
         },
     );
+    add(
+        "address_derived",
+        EntryBody::AddressDerived {
+            key_id: "key-1".into(),
+            chain: "ethereum".into(),
+            path: "m/0/7".into(),
+            address: "0x00000000000000000000000000000000000000cc".into(),
+            public_key: vec![3; 33],
+            chain_code: vec![0x0e; 32],
+            actor: "backend".into(),
+        },
+    );
+    add(
+        "deposit_credited",
+        EntryBody::DepositCredited {
+            chain: "ethereum".into(),
+            key_id: "key-1".into(),
+            address: "0x00000000000000000000000000000000000000cc".into(),
+            asset: "ETH".into(),
+            amount: "10000000000000000000".into(),
+            reference: "ethereum:0xfeed".into(),
+            block_number: 812,
+            block_hash: "0xb10c".into(),
+        },
+    );
+    add(
+        "deposit_reversed",
+        EntryBody::DepositReversed {
+            chain: "litecoin".into(),
+            key_id: "key-2".into(),
+            asset: "LTC".into(),
+            amount: "250000".into(),
+            reference: "litecoin:ab:1".into(),
+            block_number: 1 << 40,
+            block_hash: "00ff".into(),
+            reason: "block 1099511627776 is now 00ee".into(),
+        },
+    );
     out
 }
 
@@ -399,7 +437,7 @@ fn every_kind_encodes_and_decodes_as_the_independent_vectors() {
     kinds.dedup();
     assert_eq!(
         kinds,
-        (1..=23).collect::<Vec<u16>>(),
+        (1..=26).collect::<Vec<u16>>(),
         "every kind is covered"
     );
 }

@@ -136,6 +136,15 @@ def entries():
         s("key-1") + byts(b"\x02" * 33) + s("key-3") + s("admin") + s("rotated to key-3"))
     add("key_shares_destroyed", 23,
         s("key-1") + lst(["signer-1", "signer-2", "signer-3"], s) + u64(41))
+    add("address_derived", 24,
+        s("key-1") + s("ethereum") + s("m/0/7") + s("0x00000000000000000000000000000000000000cc")
+        + byts(b"\x03" * 33) + byts(b"\x0e" * 32) + s("backend"))
+    add("deposit_credited", 25,
+        s("ethereum") + s("key-1") + s("0x00000000000000000000000000000000000000cc") + s("ETH")
+        + s("10000000000000000000") + s("ethereum:0xfeed") + u64(812) + s("0xb10c"))
+    add("deposit_reversed", 26,
+        s("litecoin") + s("key-2") + s("LTC") + s("250000") + s("litecoin:ab:1") + u64(2**40)
+        + s("00ff") + s("block 1099511627776 is now 00ee"))
     return out
 
 
