@@ -110,6 +110,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 mod approvals;
 mod batch;
 mod chain_tx;

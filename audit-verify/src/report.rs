@@ -6,6 +6,7 @@ use custos_audit::{
 };
 
 use crate::VerifyError;
+use crate::addresses::AddressCheck;
 use crate::onchain::WalletNonces;
 use crate::replay::{BatchCount, PolicyReplay};
 
@@ -47,6 +48,9 @@ pub struct Verification {
     /// Batched UTXO transactions whose every payout the policy replay
     /// authorised (zero without one).
     pub batches: BatchCount,
+    /// Derived addresses and approved derived sources re-derived from the
+    /// keys ([`crate::addresses`]).
+    pub addresses: AddressCheck,
     /// The on-chain comparison, when chains were asked
     /// ([`crate::onchain::query`]; empty otherwise).
     pub onchain: Vec<WalletNonces>,
@@ -84,6 +88,7 @@ pub fn verify(
         None => &RequireSatisfiedDecision,
     };
     let mut report = verify_bundle(bundle, trust, previous, replay);
+    let addresses = crate::addresses::check(bundle, &mut report);
     let mode = match policy {
         Some(r) => {
             r.check_activations(bundle, &mut report);
@@ -98,6 +103,7 @@ pub fn verify(
     Verification {
         report,
         replay: mode,
+        addresses,
         batches: policy
             .map(PolicyReplay::batches_authorised)
             .unwrap_or_default(),

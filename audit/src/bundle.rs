@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::deposits::{DepositReplay, DepositSummary};
 use crate::entry::{Entry, EntryBody};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{VerifiedCheckpoint, VerifierKey};
@@ -131,6 +132,13 @@ pub enum FailureKind {
     RefusalSignature,
     /// A signing session with a key after the entry that retired it.
     RetiredKeyUsed,
+    /// Two derived-address entries disagree: one wallet path with two
+    /// addresses, one address with two owners, or one wallet with two
+    /// chain codes.
+    AddressConflict,
+    /// A deposit credited twice without a reversal, credited to a wallet
+    /// other than its address's, or a reversal that matches no credit.
+    DepositMismatch,
 }
 
 /// A signer's refusal found in the log (kind 18), its signature checked.
@@ -262,6 +270,9 @@ pub struct Report {
     /// shares (kind 23). A signing session with a retired key after its
     /// retirement is a [`FailureKind::RetiredKeyUsed`] failure.
     pub retirements: Vec<LoggedRetirement>,
+    /// Deposit addresses derived and deposits credited or reversed
+    /// (kinds 24–26), checked by [`crate::deposits`].
+    pub deposits: DepositSummary,
     /// Everything wrong, in discovery order.
     pub failures: Vec<Failure>,
 }
@@ -289,7 +300,9 @@ impl Report {
             .or(self.failures.first())
     }
 
-    fn fail(&mut self, entry: Option<u64>, kind: FailureKind, message: impl Into<String>) {
+    /// Adds a failure (checks outside this crate, such as the auditor's
+    /// re-derivation of addresses, report into the same list).
+    pub fn fail(&mut self, entry: Option<u64>, kind: FailureKind, message: impl Into<String>) {
         self.failures.push(Failure {
             entry,
             kind,
@@ -670,7 +683,9 @@ pub fn verify_bundle(
             by_withdrawal.entry(w).or_default().push(e);
         }
     }
+    let mut deposits = DepositReplay::new(bundle.start == 0);
     for e in decoded.iter().flatten() {
+        deposits.note(&mut report, e);
         if let Some((refusal, signature)) = Refusal::from_entry(&e.body) {
             if let Err(err) = refusal.verify(signature, &trust.witness_keys) {
                 report.fail(
@@ -770,6 +785,7 @@ pub fn verify_bundle(
             by_withdrawal.entry(w).or_default().push(e);
         }
     }
+    deposits.finish(&mut report);
     report
 }
 

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod deposits;
 pub mod entry;
 mod error;
 pub mod hash;

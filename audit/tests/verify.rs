@@ -919,3 +919,126 @@ fn retirements_are_reported_and_a_signing_session_after_one_fails() {
     assert!(used[0].entry.is_some_and(|e| e > first));
     assert!(used[0].message.contains("key key-1 was retired at entry"));
 }
+
+fn derived(key: &str, path: &str, address: &str, code: u8) -> EntryBody {
+    EntryBody::AddressDerived {
+        key_id: key.into(),
+        chain: "anvil".into(),
+        path: path.into(),
+        address: address.into(),
+        public_key: vec![3; 33],
+        chain_code: vec![code; 32],
+        actor: "backend".into(),
+    }
+}
+
+fn credit(key: &str, address: &str, amount: &str, reference: &str, block: &str) -> EntryBody {
+    EntryBody::DepositCredited {
+        chain: "anvil".into(),
+        key_id: key.into(),
+        address: address.into(),
+        asset: "ETH".into(),
+        amount: amount.into(),
+        reference: reference.into(),
+        block_number: 7,
+        block_hash: block.into(),
+    }
+}
+
+fn reversal(key: &str, amount: &str, reference: &str, block: &str) -> EntryBody {
+    EntryBody::DepositReversed {
+        chain: "anvil".into(),
+        key_id: key.into(),
+        asset: "ETH".into(),
+        amount: amount.into(),
+        reference: reference.into(),
+        block_number: 7,
+        block_hash: block.into(),
+        reason: "block 7 is now 0xbb".into(),
+    }
+}
+
+/// The failures of `kind` in a verification of `bodies` after genesis, by
+/// the position of the offending body in `bodies`.
+fn deposit_failures(
+    bodies: Vec<EntryBody>,
+    kind: FailureKind,
+) -> (custos_audit::Report, Vec<usize>) {
+    let signer = SoftSigner::from_seed(1);
+    let mut ws = [witness(1), witness(2)];
+    let mut log = Log::open(MemoryStore::new(), common::ORIGIN).unwrap();
+    for b in common::genesis() {
+        log.append(T0, b).unwrap();
+    }
+    let first = log.size();
+    for b in bodies {
+        log.append(T0 + 1, b).unwrap();
+    }
+    checkpoint(&mut log, &signer, &mut ws, T0 + 2);
+    let r = verify(&log.export(0, log.size(), None).unwrap());
+    let at = r
+        .failures
+        .iter()
+        .filter(|f| f.kind == kind)
+        .map(|f| usize::try_from(f.entry.unwrap() - first).unwrap())
+        .collect();
+    (r, at)
+}
+
+#[test]
+fn deposits_and_derived_addresses_are_totalled_and_conflicts_fail() {
+    let (r, _) = deposit_failures(
+        vec![
+            derived("key-1", "m/0/1", "0xa1", 9),
+            // The same derivation logged twice (two callers at once) is fine.
+            derived("key-1", "m/0/1", "0xa1", 9),
+            derived("key-1", "m/0/2", "0xa2", 9),
+            credit("key-1", "0xa1", "5", "anvil:0x01", "0xaa"),
+            credit("key-1", "0xa2", "7", "anvil:0x02", "0xaa"),
+            reversal("key-1", "5", "anvil:0x01", "0xaa"),
+            // Mined again after the reorg: credited again.
+            credit("key-1", "0xa1", "5", "anvil:0x01", "0xbb"),
+        ],
+        FailureKind::DepositMismatch,
+    );
+    assert!(r.is_ok(), "{:#?}", r.failures);
+    assert_eq!(r.deposits.addresses_derived, 2);
+    assert_eq!((r.deposits.credited, r.deposits.reversed), (3, 1));
+    assert_eq!(
+        r.deposits.net.get("key-1/ETH").map(String::as_str),
+        Some("12")
+    );
+    assert_eq!(r.entry_kinds.get("deposit_reversed"), Some(&1));
+
+    let (_, at) = deposit_failures(
+        vec![
+            derived("key-1", "m/0/1", "0xa1", 9),
+            derived("key-1", "m/0/1", "0xa9", 9),
+            derived("key-1", "m/0/3", "0xa3", 8),
+            derived("key-2", "m/0/1", "0xa1", 7),
+        ],
+        FailureKind::AddressConflict,
+    );
+    assert_eq!(
+        at,
+        [1, 2, 3],
+        "another address, another chain code, another owner"
+    );
+
+    let (_, at) = deposit_failures(
+        vec![
+            derived("key-1", "m/0/1", "0xa1", 9),
+            credit("key-1", "0xa1", "5", "anvil:0x01", "0xaa"),
+            credit("key-1", "0xa1", "5", "anvil:0x01", "0xaa"),
+            credit("key-2", "0xa1", "5", "anvil:0x03", "0xaa"),
+            reversal("key-1", "6", "anvil:0x01", "0xaa"),
+            reversal("key-1", "5", "anvil:0x04", "0xaa"),
+        ],
+        FailureKind::DepositMismatch,
+    );
+    assert_eq!(
+        at,
+        [2, 3, 4, 5],
+        "credited twice, to another wallet, a reversal of another amount, of nothing"
+    );
+}

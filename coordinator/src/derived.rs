@@ -110,12 +110,21 @@ pub fn derive(key: &KeyRow, path: &DerivationPath) -> Result<(String, [u8; 33]),
 }
 
 /// Derives (or returns the recorded) deposit address `index` of `key`.
+///
+/// A new address is logged (`address_derived`, through `log`, the audit
+/// trail's append) before it is recorded or handed out: an address that
+/// can receive funds is one an auditor can re-derive. If the log refuses,
+/// nothing is recorded and the caller gets the error (fail closed). Two
+/// callers deriving the same new address at once may both log it; the
+/// entries are identical, and the table keeps one row.
 pub async fn derive_address(
     db: &Db,
     key: &KeyRow,
     index: u32,
     label: &str,
     now_ms: i64,
+    actor: &str,
+    log: impl AsyncFnOnce(custos_audit::EntryBody) -> Result<u64, CoordError>,
 ) -> Result<DerivedAddress, CoordError> {
     if label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
         return Err(CoordError::invalid(
@@ -132,6 +141,7 @@ pub async fn derive_address(
     }
     let path = deposit_path(index)?;
     let (address, public_key) = derive(key, &path)?;
+    let chain_code = key.extended_public_key()?.chain_code();
     let fresh = DerivedAddress {
         wallet: key.key_id.clone(),
         chain: key.chain.clone(),
@@ -142,6 +152,18 @@ pub async fn derive_address(
         label: label.to_owned(),
         created_ms: now_ms,
     };
+    if get(db.pool(), &fresh.wallet, &fresh.path).await?.is_none() {
+        log(custos_audit::EntryBody::AddressDerived {
+            key_id: fresh.wallet.clone(),
+            chain: fresh.chain.clone(),
+            path: fresh.path.clone(),
+            address: fresh.address.clone(),
+            public_key: fresh.public_key.clone(),
+            chain_code: chain_code.to_vec(),
+            actor: actor.to_owned(),
+        })
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO derived_addresses (wallet, path, idx, chain, address, public_key, label, created_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
@@ -157,7 +179,7 @@ pub async fn derive_address(
     .execute(db.pool())
     .await
     .map_err(db_err)?;
-    let stored = get(db, &fresh.wallet, &fresh.path)
+    let stored = get(db.pool(), &fresh.wallet, &fresh.path)
         .await?
         .ok_or_else(|| CoordError::Internal(format!("derived address {} vanished", fresh.path)))?;
     // A row made earlier must be the same derivation (it is, unless the
@@ -181,11 +203,15 @@ pub async fn derive_address(
 }
 
 /// One recorded derived address.
-pub async fn get(db: &Db, wallet: &str, path: &str) -> Result<Option<DerivedAddress>, CoordError> {
+pub async fn get(
+    pool: &sqlx::AnyPool,
+    wallet: &str,
+    path: &str,
+) -> Result<Option<DerivedAddress>, CoordError> {
     let r = sqlx::query("SELECT * FROM derived_addresses WHERE wallet = $1 AND path = $2")
         .bind(wallet)
         .bind(path)
-        .fetch_optional(db.pool())
+        .fetch_optional(pool)
         .await
         .map_err(db_err)?;
     Ok(r.as_ref().map(row))
@@ -266,10 +292,30 @@ mod tests {
         recorded_listed_and_idempotent(crate::storage::connect(&url).await.unwrap()).await;
     }
 
+    /// Derives with a log that keeps what it was given.
+    async fn derive(
+        db: &Db,
+        key: &KeyRow,
+        index: u32,
+        label: &str,
+        now_ms: i64,
+        logged: &std::sync::Mutex<Vec<custos_audit::EntryBody>>,
+    ) -> Result<DerivedAddress, CoordError> {
+        derive_address(db, key, index, label, now_ms, "backend", async |e| {
+            let mut logged = logged.lock().unwrap();
+            logged.push(e);
+            Ok(logged.len() as u64)
+        })
+        .await
+    }
+
     async fn recorded_listed_and_idempotent(db: Db) {
+        let logged = std::sync::Mutex::new(Vec::new());
         let eth = ready_key(&db, "hot", "anvil", Some([9; 32])).await;
         let ltc = ready_key(&db, "ltc", "litecoin-regtest", None).await;
-        let a = derive_address(&db, &eth, 5, "customer-5", 1).await.unwrap();
+        let a = derive(&db, &eth, 5, "customer-5", 1, &logged)
+            .await
+            .unwrap();
         assert_eq!(a.path, "m/0/5");
         assert!(a.address.starts_with("0x"));
         let xpub = eth.extended_public_key().unwrap();
@@ -277,32 +323,83 @@ mod tests {
         assert_eq!(a.public_key, child.public_key().to_vec());
         // Again: the same row (the first creation time), with or without the label.
         assert_eq!(
-            derive_address(&db, &eth, 5, "customer-5", 2).await.unwrap(),
+            derive(&db, &eth, 5, "customer-5", 2, &logged)
+                .await
+                .unwrap(),
             a
         );
-        assert_eq!(derive_address(&db, &eth, 5, "", 3).await.unwrap(), a);
-        let e = derive_address(&db, &eth, 5, "someone-else", 4)
+        assert_eq!(derive(&db, &eth, 5, "", 3, &logged).await.unwrap(), a);
+        let e = derive(&db, &eth, 5, "someone-else", 4, &logged)
             .await
             .unwrap_err();
         assert!(matches!(e, CoordError::AlreadyExists { .. }), "{e}");
         // Hardened indices cannot be derived without the private key.
-        let e = derive_address(&db, &eth, 1 << 31, "", 5).await.unwrap_err();
+        let e = derive(&db, &eth, 1 << 31, "", 5, &logged)
+            .await
+            .unwrap_err();
         assert!(matches!(e, CoordError::InvalidArgument { .. }), "{e}");
         // A key without a chain code derives with the legacy one.
-        let b = derive_address(&db, &ltc, 0, "", 6).await.unwrap();
+        let b = derive(&db, &ltc, 0, "", 6, &logged).await.unwrap();
         assert!(b.address.starts_with("rltc1q"), "{}", b.address);
         assert_eq!(
             ltc.extended_public_key().unwrap().chain_code(),
             custos_mpc::hd::legacy_chain_code(&ltc.public_key.clone().unwrap().try_into().unwrap())
         );
-        derive_address(&db, &eth, 2, "", 7).await.unwrap();
+        derive(&db, &eth, 2, "", 7, &logged).await.unwrap();
         let all = list(&db, "").await.unwrap();
         let paths: Vec<_> = all.iter().map(|d| (d.wallet.as_str(), d.index)).collect();
         assert_eq!(paths, [("hot", 2), ("hot", 5), ("ltc", 0)]);
         assert_eq!(list(&db, "ltc").await.unwrap(), vec![b.clone()]);
         assert_eq!(
             on_chain(db.pool(), "litecoin-regtest").await.unwrap(),
-            vec![("ltc".to_owned(), b.address)]
+            vec![("ltc".to_owned(), b.address.clone())]
         );
+        // Each new address was logged once, before it was recorded; a
+        // repeat logs nothing.
+        let logged = logged.into_inner().unwrap();
+        let paths: Vec<_> = logged
+            .iter()
+            .map(|e| match e {
+                custos_audit::EntryBody::AddressDerived {
+                    key_id,
+                    path,
+                    address,
+                    chain_code,
+                    actor,
+                    ..
+                } => {
+                    assert_eq!(actor, "backend");
+                    let want = if key_id == "hot" {
+                        vec![9; 32]
+                    } else {
+                        ltc.extended_public_key().unwrap().chain_code().to_vec()
+                    };
+                    assert_eq!(chain_code, &want);
+                    (key_id.as_str(), path.as_str(), address.clone())
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("hot", "m/0/5", a.address.clone()),
+                ("ltc", "m/0/0", b.address.clone()),
+                (
+                    "hot",
+                    "m/0/2",
+                    list(&db, "hot").await.unwrap()[0].address.clone()
+                ),
+            ]
+        );
+        // Fail closed: an address the log refused is neither recorded nor
+        // handed out.
+        let e = derive_address(&db, &eth, 9, "", 8, "backend", async |_| {
+            Err(CoordError::unavailable("audit log down"))
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, CoordError::Unavailable { .. }), "{e}");
+        assert!(get(db.pool(), "hot", "m/0/9").await.unwrap().is_none());
     }
 }

@@ -731,7 +731,7 @@ impl Custody for CustodyService {
         &self,
         req: Request<DeriveAddressRequest>,
     ) -> Result<Response<DerivedAddress>, Status> {
-        require_any(&req, &[Role::Backend])?;
+        let who = require_any(&req, &[Role::Backend])?;
         let r = req.into_inner();
         let key = self
             .api
@@ -744,6 +744,8 @@ impl Custody for CustodyService {
             r.index,
             &r.label,
             custos_clock::now_ms_i64(),
+            &who.id,
+            async |entry| self.audit.append(entry).await,
         )
         .await
         .map_err(status)?;

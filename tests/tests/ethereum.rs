@@ -422,6 +422,19 @@ async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, maste
 
     // A withdrawal from it: the node takes the transaction as the derived
     // address's (its signature recovers to it), at its own nonce 0.
+    // Only a recorded (so logged) derived address may be a source.
+    let e = fc
+        .backend
+        .clone()
+        .create_withdrawal(withdrawal_req_from("hd-0", "w-hd", "m/0/9", PAYEE_3, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message()
+            .contains("m/0/9 is not a derived address of wallet w-hd: derive it first"),
+        "{e}"
+    );
     let before = rpc.balance(addr(PAYEE_3)).await.unwrap();
     let req = withdrawal_req_from("hd-1", "w-hd", &d.path, PAYEE_3, ETH / 10);
     let w = fc
@@ -527,11 +540,16 @@ async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, maste
         signers.len()
     );
 
-    // The auditor's replay authorises it like every other signature.
+    // The auditor's replay authorises it like every other signature, and
+    // re-derives both logged addresses (and the approved source, if the
+    // withdrawal needed approvals) from the key's logged public key and
+    // chain code with its own BIP32.
     let policy = layout.dir.parent().unwrap().join("eth-policy.toml");
     custos_tests::audit::verify_policy_until(&layout.dir, &policy, |o| {
         custos_tests::audit::all_signatures_authorised(o)
             && o.stdout.contains("source path m/0/8 derives")
+            && o.stdout
+                .contains("addresses    2 derived; 2 re-derived from their key and chain code")
     })
     .await;
 }

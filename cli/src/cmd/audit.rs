@@ -256,6 +256,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "first_failure": report.first_failure(),
             "replay": outcome.replay.as_str(),
             "report": report,
+            "addresses": &outcome.addresses,
             "onchain": &outcome.onchain,
             "onchain_unlogged": &unlogged,
             "batches": outcome.batches,
@@ -417,6 +418,28 @@ fn print_verification(
                 "  entry {} key {} retired by {} ({}{to}); {destroyed}",
                 r.entry, r.key_id, r.actor, r.reason
             );
+        }
+    }
+    let d = &report.deposits;
+    if d.addresses_derived + d.credited + d.reversed > 0 {
+        let a = &outcome.addresses;
+        println!(
+            "addresses    {} derived; {} re-derived from their key and chain code, {} approved sources checked{}",
+            d.addresses_derived,
+            a.rederived,
+            a.sources,
+            if a.skipped > 0 {
+                format!(", {} of other schemes not re-derived", a.skipped)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "deposits     {} credited, {} reversed (reorganisation)",
+            d.credited, d.reversed
+        );
+        for (wallet_asset, net) in &d.net {
+            println!("  net {wallet_asset}: {net} base units");
         }
     }
     for w in &outcome.onchain {

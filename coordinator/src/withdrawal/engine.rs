@@ -738,6 +738,9 @@ impl Engine {
         }
         // A derived source: the coordinator derives its address from the
         // key's extended public key (every signer derives it again itself).
+        // Only a recorded address may be a source: it is one the log holds
+        // (`address_derived`), so an auditor re-derives every source, and
+        // the only kind that can have received a deposit.
         let source = if req.source_path.is_empty() {
             None
         } else {
@@ -752,6 +755,23 @@ impl Engine {
                 ));
             }
             let (address, _) = crate::derived::derive(&key, &path)?;
+            let recorded = crate::derived::get(self.store.pool(), &key.key_id, &path.to_string())
+                .await?
+                .ok_or_else(|| {
+                    CoordError::invalid(
+                        "source_path",
+                        format!(
+                            "{path} is not a derived address of wallet {}: derive it first (DeriveAddress, `custos address derive`)",
+                            key.key_id
+                        ),
+                    )
+                })?;
+            if recorded.address != address {
+                return Err(CoordError::Internal(format!(
+                    "wallet {} {path}: recorded address {} differs from the derivation {address}",
+                    key.key_id, recorded.address
+                )));
+            }
             Some((path.to_string(), address))
         };
         let mut body = serde_json::json!({
