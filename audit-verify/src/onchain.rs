@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use custos_audit::{Entry, EntryBody, ExportBundle};
 use custos_chains::Address;
-use custos_chains::evm::address::address_from_sec1;
-use custos_chains::evm::tx::decode_unsigned;
+use custos_chains::evm::address::{address_from_sec1, parse_address};
+use custos_chains::evm::tx::{decode_unsigned, signing_digest};
+use custos_policy::ApprovalStatement;
 
 use crate::VerifyError;
 
@@ -28,6 +29,8 @@ pub struct WalletNonces {
     pub chain: String,
     /// Key id (wallet).
     pub key_id: String,
+    /// `m` for the key's own address, else the derived path.
+    pub path: String,
     /// The wallet's EVM address.
     pub address: String,
     /// Transactions the chain says the address mined.
@@ -40,7 +43,11 @@ impl WalletNonces {
     /// [`VerifyError::SignedOutsideLog`] if some mined nonce is not in the log.
     pub fn outside_log(&self) -> Option<VerifyError> {
         (!self.unlogged.is_empty()).then(|| VerifyError::SignedOutsideLog {
-            key_id: self.key_id.clone(),
+            key_id: if self.path == "m" {
+                self.key_id.clone()
+            } else {
+                format!("{} {}", self.key_id, self.path)
+            },
             chain: self.chain.clone(),
             address: self.address.clone(),
             mined: self.mined,
@@ -52,17 +59,32 @@ impl WalletNonces {
 /// The EVM wallets of a log and the nonces of the transactions it prepared.
 #[derive(Clone, Debug, Default)]
 pub struct LoggedNonces {
-    /// Each secp256k1 key's EVM address, by key id.
-    wallets: BTreeMap<String, Address>,
-    /// Nonces of prepared transactions, by (chain, key id).
-    prepared: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Each secp256k1 key's EVM addresses (`m` for its own, then each
+    /// logged derived path), by key id.
+    wallets: BTreeMap<String, BTreeMap<String, Address>>,
+    /// Nonces of prepared transactions, by (chain, sending address).
+    prepared: BTreeMap<(String, Address), BTreeSet<u64>>,
     /// Every chain a withdrawal names.
     chains: BTreeSet<String>,
+}
+
+/// A prepared transaction before its sender is known.
+struct Prepared {
+    withdrawal_id: String,
+    chain: String,
+    nonce: u64,
+    digest: [u8; 32],
 }
 
 impl LoggedNonces {
     /// Reads the bundle's entries (not verified here: run the bundle
     /// verifier too).
+    ///
+    /// Each derived address has its own nonces. A prepared transaction
+    /// counts for the address its logged signature recovers to (one of
+    /// its key's addresses); without a logged signature (a coordinator
+    /// stopped between signing and logging it), for the derived source its
+    /// approvals name, else for the key's own address.
     ///
     /// # Errors
     ///
@@ -77,6 +99,9 @@ impl LoggedNonces {
         }
         let mut out = LoggedNonces::default();
         let mut wallet_of: BTreeMap<String, String> = BTreeMap::new();
+        let mut prepared: Vec<Prepared> = Vec::new();
+        let mut signatures: BTreeMap<[u8; 32], Vec<Vec<u8>>> = BTreeMap::new();
+        let mut approved_source: BTreeMap<String, Address> = BTreeMap::new();
         for (i, hex_entry) in (0u64..).zip(&bundle.entries) {
             let bytes =
                 hex::decode(hex_entry).map_err(|_| VerifyError::EntryNotHex { entry: i })?;
@@ -90,7 +115,19 @@ impl LoggedNonces {
                     ..
                 } if scheme == "ecdsa-secp256k1" => {
                     if let Ok(a) = address_from_sec1(&public_key) {
-                        out.wallets.insert(key_id, a);
+                        out.wallets.entry(key_id).or_default().insert("m".into(), a);
+                    }
+                }
+                EntryBody::AddressDerived {
+                    key_id,
+                    path,
+                    address,
+                    ..
+                } => {
+                    if let (Some(w), Ok(a)) =
+                        (out.wallets.get_mut(&key_id), parse_address(&address))
+                    {
+                        w.insert(path, a);
                     }
                 }
                 EntryBody::WithdrawalRequested {
@@ -102,30 +139,76 @@ impl LoggedNonces {
                     out.chains.insert(chain);
                     wallet_of.insert(withdrawal_id, key_id);
                 }
+                EntryBody::Approval {
+                    withdrawal_id,
+                    statement,
+                    ..
+                } => {
+                    let source = ApprovalStatement::decode(&statement)
+                        .ok()
+                        .and_then(|s| s.source)
+                        .and_then(|s| parse_address(&s.address).ok());
+                    if let Some(a) = source {
+                        approved_source.insert(withdrawal_id, a);
+                    }
+                }
                 EntryBody::TransactionPrepared {
                     withdrawal_id,
                     chain,
                     unsigned_tx,
                 } => {
-                    let (Some(key), Ok(tx)) =
-                        (wallet_of.get(&withdrawal_id), decode_unsigned(&unsigned_tx))
-                    else {
+                    let Ok(tx) = decode_unsigned(&unsigned_tx) else {
                         continue;
                     };
-                    out.prepared
-                        .entry((chain, key.clone()))
-                        .or_default()
-                        .insert(tx.as_eip1559().nonce);
+                    prepared.push(Prepared {
+                        withdrawal_id,
+                        chain,
+                        nonce: tx.as_eip1559().nonce,
+                        digest: signing_digest(&tx),
+                    });
                 }
+                EntryBody::SignatureProduced {
+                    message_digest,
+                    signature,
+                    ..
+                } => signatures
+                    .entry(message_digest)
+                    .or_default()
+                    .push(signature),
                 _ => {}
+            }
+        }
+        for p in prepared {
+            let Some(own) = wallet_of
+                .get(&p.withdrawal_id)
+                .and_then(|k| out.wallets.get(k))
+            else {
+                continue;
+            };
+            let recovered = signatures
+                .get(&p.digest)
+                .into_iter()
+                .flatten()
+                .flat_map(|sig| senders(&p.digest, sig))
+                .find(|a| own.values().any(|o| o == a));
+            let sender = recovered
+                .or_else(|| approved_source.get(&p.withdrawal_id).copied())
+                .or_else(|| own.get("m").copied());
+            if let Some(sender) = sender {
+                out.prepared
+                    .entry((p.chain, sender))
+                    .or_default()
+                    .insert(p.nonce);
             }
         }
         Ok(out)
     }
 
-    /// The EVM wallets: key id and address.
-    pub fn wallets(&self) -> impl Iterator<Item = (&str, Address)> {
-        self.wallets.iter().map(|(k, a)| (k.as_str(), *a))
+    /// The EVM addresses: key id, path (`m` for the key's own) and address.
+    pub fn wallets(&self) -> impl Iterator<Item = (&str, &str, Address)> {
+        self.wallets
+            .iter()
+            .flat_map(|(k, paths)| paths.iter().map(move |(p, a)| (k.as_str(), p.as_str(), *a)))
     }
 
     /// The log names a withdrawal on `chain` (a misspelt chain name would
@@ -144,13 +227,22 @@ impl LoggedNonces {
         })
     }
 
-    /// Compares `mined`, the number of transactions `key_id` has mined on
-    /// `chain`, with the transactions the log prepared for it.
-    pub fn compare(&self, chain: &str, key_id: &str, address: Address, mined: u64) -> WalletNonces {
-        let have = self.prepared.get(&(chain.to_owned(), key_id.to_owned()));
+    /// Compares `mined`, the number of transactions `address` (of
+    /// `key_id`, at `path`) has mined on `chain`, with the transactions
+    /// the log prepared from it.
+    pub fn compare(
+        &self,
+        chain: &str,
+        key_id: &str,
+        path: &str,
+        address: Address,
+        mined: u64,
+    ) -> WalletNonces {
+        let have = self.prepared.get(&(chain.to_owned(), address));
         WalletNonces {
             chain: chain.to_owned(),
             key_id: key_id.to_owned(),
+            path: path.to_owned(),
             address: format!("{address:#x}"),
             mined,
             unlogged: (0..mined)
@@ -158,6 +250,20 @@ impl LoggedNonces {
                 .collect(),
         }
     }
+}
+
+/// The addresses a 64-byte ECDSA signature over `digest` recovers to
+/// (one per recovery id).
+fn senders(digest: &[u8; 32], signature: &[u8]) -> Vec<Address> {
+    let Ok(sig) = k256::ecdsa::Signature::from_slice(signature.get(..64).unwrap_or(signature))
+    else {
+        return Vec::new();
+    };
+    (0u8..2)
+        .filter_map(k256::ecdsa::RecoveryId::from_byte)
+        .filter_map(|id| k256::ecdsa::VerifyingKey::recover_from_prehash(digest, &sig, id).ok())
+        .filter_map(|k| address_from_sec1(k.to_encoded_point(true).as_bytes()).ok())
+        .collect()
 }
 
 /// Asks each chain's node (`rpcs`: chain name and JSON-RPC URL) how many
@@ -185,7 +291,7 @@ pub async fn query(
             chain: chain.clone(),
             source: Box::new(source),
         })?;
-        for (key_id, address) in logged.wallets() {
+        for (key_id, path, address) in logged.wallets() {
             let mined = rpc
                 .transaction_count(address, BlockTag::Latest)
                 .await
@@ -194,7 +300,7 @@ pub async fn query(
                     address: format!("{address:#x}"),
                     source: Box::new(source),
                 })?;
-            out.push(logged.compare(chain, key_id, address, mined));
+            out.push(logged.compare(chain, key_id, path, address, mined));
         }
     }
     Ok(out)
@@ -268,14 +374,14 @@ mod tests {
     #[test]
     fn a_mined_nonce_the_log_never_prepared_is_named() {
         let logged = LoggedNonces::from_bundle(&bundle(0, log())).unwrap();
-        let (key_id, address) = logged.wallets().next().unwrap();
-        assert_eq!(key_id, "w-eth");
+        let (key_id, path, address) = logged.wallets().next().unwrap();
+        assert_eq!((key_id, path), ("w-eth", "m"));
         // Nonce 0 is the logged transaction.
-        let one = logged.compare("anvil", key_id, address, 1);
+        let one = logged.compare("anvil", key_id, path, address, 1);
         assert_eq!(one.unlogged, Vec::<u64>::new());
         assert!(one.outside_log().is_none());
         // Nonces 1 and 2 were signed outside the log.
-        let three = logged.compare("anvil", key_id, address, 3);
+        let three = logged.compare("anvil", key_id, path, address, 3);
         assert_eq!(three.unlogged, vec![1, 2]);
         let e = three.outside_log().unwrap().to_string();
         assert!(
@@ -284,7 +390,7 @@ mod tests {
         );
         // Another chain's nonces are not this chain's.
         assert_eq!(
-            logged.compare("sepolia", key_id, address, 1).unlogged,
+            logged.compare("sepolia", key_id, path, address, 1).unlogged,
             vec![0]
         );
     }
@@ -299,5 +405,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("starts at entry 5"), "{e}");
+    }
+
+    /// A derived address has its own nonces: its transaction (found by the
+    /// logged signature recovering to it) is not the master address's.
+    #[test]
+    fn a_derived_address_has_its_own_nonces() {
+        use k256::ecdsa::SigningKey;
+        let child = SigningKey::from_slice(&[2; 32]).unwrap();
+        let child_address =
+            address_from_sec1(child.verifying_key().to_encoded_point(true).as_bytes()).unwrap();
+        let unsigned = tx(TO, 1, 1_000_000_000);
+        let digest = signing_digest(&decode_unsigned(&unsigned).unwrap());
+        let (sig, _) = child.sign_prehash_recoverable(&digest).unwrap();
+        let mut entries = log();
+        // The master's transaction is gone: only the derived one is logged.
+        entries.truncate(2);
+        entries.extend([
+            EntryBody::AddressDerived {
+                key_id: "w-eth".into(),
+                chain: "anvil".into(),
+                path: "m/0/7".into(),
+                address: format!("{child_address:#x}"),
+                public_key: vec![],
+                chain_code: vec![],
+                actor: "backend".into(),
+            },
+            EntryBody::TransactionPrepared {
+                withdrawal_id: "wd-1".into(),
+                chain: "anvil".into(),
+                unsigned_tx: unsigned,
+            },
+            EntryBody::SignatureProduced {
+                withdrawal_id: "wd-1".into(),
+                key_id: "w-eth".into(),
+                execution_id: vec![1],
+                message_digest: digest,
+                signature: sig.to_bytes().to_vec(),
+            },
+        ]);
+        let logged = LoggedNonces::from_bundle(&bundle(0, entries)).unwrap();
+        let wallets: Vec<_> = logged.wallets().collect();
+        assert_eq!(wallets.len(), 2);
+        let (_, _, master) = wallets[0];
+        assert_eq!(wallets[1], ("w-eth", "m/0/7", child_address));
+        assert!(
+            logged
+                .compare("anvil", "w-eth", "m/0/7", child_address, 1)
+                .unlogged
+                .is_empty()
+        );
+        // The master address's nonce 0 is not covered by the child's.
+        let m = logged.compare("anvil", "w-eth", "m", master, 1);
+        assert_eq!(m.unlogged, vec![0]);
+        let derived = logged.compare("anvil", "w-eth", "m/0/7", child_address, 2);
+        let e = derived.outside_log().unwrap().to_string();
+        assert!(e.starts_with("w-eth m/0/7 on anvil"), "{e}");
     }
 }

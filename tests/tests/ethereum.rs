@@ -343,7 +343,7 @@ async fn default_configuration_on_one_cluster() {
     onchain_transactions_match_the_log(&fc, &rpc, &anvil.url, wallets[2]).await;
     // After the on-chain count above: a derived address's transactions are
     // not the master address's nonces.
-    withdrawal_from_a_derived_address(&fc, &rpc, wallets[4]).await;
+    withdrawal_from_a_derived_address(&fc, &rpc, &anvil.url, wallets[4]).await;
     rotation::a_key_rotated_by_sweep_is_emptied_and_retired(&mut fc, &rpc, token, wallets[5]).await;
     fc.tc.cluster.stop().await.unwrap();
 }
@@ -355,7 +355,12 @@ async fn default_configuration_on_one_cluster() {
 /// statement, every signer deriving the child key itself from its own share
 /// record) is signed, mined by anvil as sent from the derived address, and
 /// replayed by `custos audit verify --policy`.
-async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, master: Address) {
+async fn withdrawal_from_a_derived_address(
+    fc: &FlowCluster,
+    rpc: &EvmRpc,
+    url: &str,
+    master: Address,
+) {
     let derive = |index: u32, label: &str| {
         let mut backend = fc.backend.clone();
         let req = DeriveAddressRequest {
@@ -552,6 +557,27 @@ async fn withdrawal_from_a_derived_address(fc: &FlowCluster, rpc: &EvmRpc, maste
                 .contains("addresses    2 derived; 2 re-derived from their key and chain code")
     })
     .await;
+    // The derived address's nonces are its own: the payout is its nonce 0
+    // (found by the logged signature recovering to it), the master address
+    // mined nothing.
+    let rpc_arg = format!("{CHAIN}={url}");
+    let trust = custos_tests::audit::trust_args(&layout.dir);
+    let o = custos_tests::audit::export_and_verify(
+        &layout.dir,
+        &trust,
+        &["--evm-rpc", rpc_arg.as_str()],
+    );
+    // (Not `o.ok`: the impersonated w-many transaction of an earlier step
+    // stays outside the log.)
+    for line in [
+        format!(
+            "on chain     {CHAIN} w-hd m/0/7 {}: 1 mined, 1 logged",
+            d.address.to_lowercase()
+        ),
+        format!("on chain     {CHAIN} w-hd {master:#x}: 0 mined, 0 logged"),
+    ] {
+        assert!(o.stdout.contains(&line), "{line}\n{o}");
+    }
 }
 
 /// Deposit detection on EVM chains (issue 19): ETH sent to a wallet and

@@ -444,9 +444,14 @@ fn print_verification(
     }
     for w in &outcome.onchain {
         println!(
-            "on chain     {} {} {}: {} mined, {} logged",
+            "on chain     {} {}{} {}: {} mined, {} logged",
             w.chain,
             w.key_id,
+            if w.path == "m" {
+                String::new()
+            } else {
+                format!(" {}", w.path)
+            },
             w.address,
             w.mined,
             w.mined - w.unlogged.len() as u64
