@@ -785,6 +785,33 @@ impl Chains {
         .transpose()
     }
 
+    /// Releases what failed withdrawals on `chain` still hold: a release
+    /// (the `ReleaseNonce` effect, after the `failed` state is committed)
+    /// that a crash interrupted would otherwise hold its nonce forever, and
+    /// every later transaction of the wallet would wait behind the gap (or
+    /// its coins stay reserved). Run under the chain's allocation lock,
+    /// before anything is allocated; each release is the same idempotent
+    /// one the effect runs, which keeps whatever was signed.
+    pub async fn release_abandoned(&self, chain: &str, utxo: bool) -> Result<(), CoordError> {
+        let failed: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT c.withdrawal_id FROM chain_txs c
+               JOIN withdrawals w ON w.id = c.withdrawal_id
+              WHERE c.chain = $1 AND w.state = 'failed' AND c.raw_tx IS NULL",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        for id in failed {
+            if utxo {
+                self.release_unsigned_utxo(&id).await?;
+            } else {
+                self.release_unsigned(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Releases the nonce of a withdrawal that failed before any signature
     /// existed (signers refused), so the next allocation reuses it.
     pub async fn release_unsigned(&self, withdrawal_id: &str) -> Result<(), CoordError> {
@@ -878,6 +905,7 @@ impl Chains {
             max_fee = allowed;
         }
         let tip = fees.max_priority_fee_per_gas.min(max_fee);
+        self.release_abandoned(name, false).await?;
         let taken: Vec<i64> = sqlx::query(
             "SELECT nonce FROM chain_txs WHERE chain = $1 AND sender = $2 AND nonce >= $3 ORDER BY nonce",
         )
@@ -1188,4 +1216,57 @@ impl Chains {
 fn parse_hash(text: &str) -> Result<B256, CoordError> {
     text.parse()
         .map_err(|_| CoordError::Internal(format!("stored hash {text}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn withdrawal(pool: &AnyPool, id: &str, state: &str, signed: bool, nonce: i64) {
+        sqlx::query(
+            "INSERT INTO withdrawals (id, client_id, idempotency_key, request_hash, wallet, chain,
+               asset, destination, amount, fee_cap, initiator, memo, state, signer_notes,
+               created_ms, updated_ms, sig_r)
+             VALUES ($1, 'c', $1, 'h', 'w', 'anvil', 'ETH', '0x00', '1', '1', 'c', '', $2, '', 0, 0, $3)",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(signed.then(|| vec![1u8; 32]))
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO chain_txs (withdrawal_id, chain, sender, nonce, unsigned_tx, sends, created_ms)
+             VALUES ($1, 'anvil', '0xaa', $2, $3, 0, 0)",
+        )
+        .bind(id)
+        .bind(nonce)
+        .bind(vec![2u8])
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// A crash between committing `failed` and releasing the nonce leaves
+    /// the nonce held; the next allocation frees it (and only it).
+    #[tokio::test]
+    async fn a_release_interrupted_by_a_crash_is_done_at_the_next_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open(dir.path()).await.unwrap();
+        let pool = db.pool().clone();
+        withdrawal(&pool, "failed-unsigned", "failed", false, 5).await;
+        withdrawal(&pool, "failed-signed", "failed", true, 6).await;
+        withdrawal(&pool, "still-signing", "signing", false, 7).await;
+        let chains = Chains::new(&[], pool.clone()).unwrap();
+        chains.release_abandoned("anvil", false).await.unwrap();
+        let held: Vec<String> =
+            sqlx::query_scalar("SELECT withdrawal_id FROM chain_txs ORDER BY nonce")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(held, ["failed-signed", "still-signing"]);
+        // Idempotent.
+        chains.release_abandoned("anvil", false).await.unwrap();
+    }
 }

@@ -356,6 +356,7 @@ impl Chains {
             .await
             .map_err(|e| rpc_note(name, "cannot watch the wallet's address", &e))?;
         let _g = chain.alloc.lock().await;
+        self.release_abandoned(name, true).await?;
         let held: HashSet<String> =
             sqlx::query("SELECT outpoint FROM utxo_inputs WHERE chain = $1")
                 .bind(name)
