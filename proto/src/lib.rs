@@ -13,14 +13,16 @@ pub mod signer {
     include!("gen/custos.signer.v1.rs");
 }
 
-/// Metadata on a signer's refusal of a request from a fenced coordinator
-/// (a `coordinator_epoch` older than one the signer has seen): that newer
-/// epoch, in decimal, so the coordinator knows at once it no longer leads.
+pub mod json;
+
 /// The most quorum registrations one `RegisterQuorums` call may carry: the
 /// coordinator sends at most as many, a signer refuses more (each is a few
 /// kilobytes: the policy bundle, approvals and an inclusion proof).
 pub const MAX_QUORUM_REGISTRATIONS: usize = 128;
 
+/// Metadata on a signer's refusal of a request from a fenced coordinator
+/// (a `coordinator_epoch` older than one the signer has seen): that newer
+/// epoch, in decimal, so the coordinator knows at once it no longer leads.
 pub const FENCED_EPOCH_HEADER: &str = "custos-fenced-epoch";
 
 /// Metadata on an error that names the signer at fault (a peer that

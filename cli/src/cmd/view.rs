@@ -401,48 +401,9 @@ pub fn render(w: &Withdrawal, review: Option<&Review>, book_note: Option<&str>) 
     out
 }
 
-/// A withdrawal as JSON (the server's fields, bytes in hex).
+/// A withdrawal as JSON (the REST face's form, `custos_proto::json`).
 pub fn withdrawal_json(w: &Withdrawal) -> Value {
-    json!({
-        "id": w.id,
-        "idempotency_key": w.idempotency_key,
-        "wallet": w.wallet,
-        "chain": w.chain,
-        "asset": w.asset,
-        "destination": w.destination,
-        "destination_label": w.destination_label,
-        "amount": w.amount,
-        "amount_human": w.amount_human,
-        "fee_cap": w.fee_cap,
-        "initiator": w.initiator,
-        "memo": w.memo,
-        "source_path": w.source_path,
-        "source_address": w.source_address,
-        "state": w.state,
-        "risk_score": w.risk_score,
-        "risk_reasons": w.risk_reasons.iter().map(|r| json!({"code": r.code, "points": r.points, "message": r.message})).collect::<Vec<_>>(),
-        "rule_id": w.rule_id,
-        "decision": w.decision,
-        "policy_hash": w.policy_hash,
-        "required_approvals": w.required_approvals,
-        "approvals": w.approvals.iter().map(|a| json!({"approver": a.approver, "verdict": a.verdict, "signature": a.signature, "received_at": a.received_at})).collect::<Vec<_>>(),
-        "statement": hex::encode(&w.statement),
-        "unsigned_tx": hex::encode(&w.unsigned_tx),
-        "tx_digest": hex::encode(&w.tx_digest),
-        "delay_secs": w.delay_secs,
-        "time_lock_until": w.time_lock_until,
-        "cancel_group": w.cancel_group,
-        "expires_at": w.expires_at,
-        "signature_r": hex::encode(&w.signature_r),
-        "signature_s": hex::encode(&w.signature_s),
-        "recovery_id": w.recovery_id,
-        "reason": w.reason,
-        "created_at": w.created_at,
-        "updated_at": w.updated_at,
-        "signer_notes": w.signer_notes,
-        "tx_hash": w.tx_hash,
-        "fee_paid": w.fee_paid,
-    })
+    custos_proto::json::withdrawal(w)
 }
 
 /// The review as JSON: the decoded statement (policy crate JSON form), its hash,

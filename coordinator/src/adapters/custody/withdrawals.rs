@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use custos_proto::custody::{
-    ApprovalRecord, ListWithdrawalsRequest, ListWithdrawalsResponse, SubmitApprovalRequest,
-    Verdict, WebAuthnAssertion, Withdrawal,
+    ListWithdrawalsRequest, ListWithdrawalsResponse, SubmitApprovalRequest, Verdict,
+    WebAuthnAssertion, Withdrawal,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,64 +16,9 @@ use crate::adapters::extract::{JsonBody, PathParams, QueryParams};
 use crate::adapters::http::ApiError;
 use crate::withdrawal::CreateRequest;
 
-fn approval_json(a: ApprovalRecord) -> Value {
-    json!({
-        "approver": a.approver,
-        "verdict": a.verdict,
-        "signature": a.signature,
-        "received_at": a.received_at,
-    })
-}
-
-/// A withdrawal as JSON: the gRPC message's fields, bytes in hex.
+/// A withdrawal as JSON (`custos_proto::json`, shared with the CLI).
 pub(super) fn withdrawal_json(w: Withdrawal) -> Value {
-    let risk: Vec<Value> = w
-        .risk_reasons
-        .into_iter()
-        .map(|r| json!({ "code": r.code, "points": r.points, "message": r.message }))
-        .collect();
-    json!({
-        "id": w.id,
-        "idempotency_key": w.idempotency_key,
-        "wallet": w.wallet,
-        "chain": w.chain,
-        "asset": w.asset,
-        "destination": w.destination,
-        "destination_label": w.destination_label,
-        "amount": w.amount,
-        "amount_human": w.amount_human,
-        "fee_cap": w.fee_cap,
-        "initiator": w.initiator,
-        "memo": w.memo,
-        "state": w.state,
-        "risk_score": w.risk_score,
-        "risk_reasons": risk,
-        "rule_id": w.rule_id,
-        "decision": w.decision,
-        "policy_hash": w.policy_hash,
-        "required_approvals": w.required_approvals,
-        "approvals": w.approvals.into_iter().map(approval_json).collect::<Vec<_>>(),
-        "statement": hex::encode(&w.statement),
-        "unsigned_tx": hex::encode(&w.unsigned_tx),
-        "tx_digest": hex::encode(&w.tx_digest),
-        "delay_secs": w.delay_secs,
-        "time_lock_until": w.time_lock_until,
-        "cancel_group": w.cancel_group,
-        "expires_at": w.expires_at,
-        "signature_r": hex::encode(&w.signature_r),
-        "signature_s": hex::encode(&w.signature_s),
-        "recovery_id": w.recovery_id,
-        "reason": w.reason,
-        "created_at": w.created_at,
-        "updated_at": w.updated_at,
-        "signer_notes": w.signer_notes,
-        "tx_hash": w.tx_hash,
-        "fee_paid": w.fee_paid,
-        "fee_bump_statement": hex::encode(&w.fee_bump_statement),
-        "fee_bump_approvals": w.fee_bump_approvals.into_iter().map(approval_json).collect::<Vec<_>>(),
-        "source_path": w.source_path,
-        "source_address": w.source_address,
-    })
+    custos_proto::json::withdrawal(&w)
 }
 
 fn page_json(p: ListWithdrawalsResponse) -> Value {
