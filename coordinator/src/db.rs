@@ -178,20 +178,49 @@ impl KeyRow {
     /// legacy chain code for keys made without one, as every signer
     /// derives it: `custos_mpc::hd`). `None` until the key is ready.
     pub fn extended_public_key(&self) -> Result<custos_mpc::ExtendedPublicKey, CoordError> {
-        let pk = self.public_key.as_deref().ok_or_else(|| {
-            CoordError::precondition("key", self.key_id.clone(), format!("is {}", self.state))
-        })?;
-        let code = match &self.chain_code {
-            None => None,
-            Some(c) => Some(<[u8; 32]>::try_from(c.as_slice()).map_err(|_| {
-                CoordError::Internal(format!(
-                    "key {}: stored chain code is not 32 bytes",
-                    self.key_id
-                ))
-            })?),
-        };
-        custos_mpc::ExtendedPublicKey::of_key(pk, code)
+        let pk = self.public_key.as_deref().ok_or_else(|| self.not_ready())?;
+        custos_mpc::ExtendedPublicKey::of_key(pk, self.chain_code()?)
             .map_err(|e| CoordError::Internal(format!("key {}: {e}", self.key_id)))
+    }
+
+    fn not_ready(&self) -> CoordError {
+        CoordError::precondition("key", self.key_id.clone(), format!("is {}", self.state))
+    }
+
+    /// The chain code the key's keygen made, if any (ECDSA keys since HD
+    /// support).
+    pub fn chain_code(&self) -> Result<Option<[u8; 32]>, CoordError> {
+        self.chain_code
+            .as_ref()
+            .map(|c| {
+                <[u8; 32]>::try_from(c.as_slice()).map_err(|_| {
+                    CoordError::Internal(format!(
+                        "key {}: stored chain code is not 32 bytes",
+                        self.key_id
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// The key's child at `path` through its scheme
+    /// (`custos_mpc::ThresholdScheme::derive_public`): the child's public
+    /// key and the public package combining its partials takes. A scheme
+    /// without children below the master (Ed25519) is a failed
+    /// precondition naming the key.
+    pub fn derive(
+        &self,
+        path: &custos_mpc::DerivationPath,
+    ) -> Result<custos_mpc::erased::DerivedKey, CoordError> {
+        let package = self.combine_package().ok_or_else(|| self.not_ready())?;
+        custos_mpc::scheme(self.scheme)
+            .derive_public(package, self.chain_code()?, path)
+            .map_err(|e| match e {
+                custos_mpc::MpcError::Unsupported { .. } => {
+                    CoordError::precondition("key", self.key_id.clone(), e.to_string())
+                }
+                other => CoordError::invalid("path", other.to_string()),
+            })
     }
 
     /// What combining takes as the key's public form.

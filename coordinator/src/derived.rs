@@ -17,6 +17,13 @@
 //! public key from it: a withdrawal from a derived address names the path,
 //! and each signer derives the child key from its own share's extended
 //! public key and checks the address itself.
+//!
+//! Derivation goes through the key's scheme (`KeyRow::derive`): ECDSA keys
+//! derive BIP32 children of their key; FROST taproot keys children of
+//! their internal key, each its own P2TR (BIP86) address, with the child's
+//! public package for combining (`custos_mpc::frost::hd`); Ed25519 keys
+//! have none (SLIP-10 defines only hardened ed25519 derivation) and are
+//! refused with `FAILED_PRECONDITION`.
 
 use custos_mpc::DerivationPath;
 use sqlx::Row;
@@ -65,7 +72,8 @@ pub struct DerivedAddress {
     pub index: u32,
     /// The address, in the chain's format.
     pub address: String,
-    /// The child's compressed public key.
+    /// The child's key bytes (compressed SEC1; a taproot key's x-only
+    /// output key).
     pub public_key: Vec<u8>,
     /// The caller's label ("" if none).
     pub label: String,
@@ -92,21 +100,37 @@ pub fn deposit_path(index: u32) -> Result<DerivationPath, CoordError> {
         .map_err(|e| CoordError::invalid("index", e.to_string()))
 }
 
-/// The address of `key`'s child at `path` on the key's chain, and the
-/// child's public key.
-pub fn derive(key: &KeyRow, path: &DerivationPath) -> Result<(String, [u8; 33]), CoordError> {
-    let child = key
-        .extended_public_key()?
-        .derive(path)
-        .map_err(|e| CoordError::invalid("path", e.to_string()))?;
+/// `key`'s child at `path` (`KeyRow::derive`) and its address on the
+/// key's chain.
+#[derive(Clone, Debug)]
+pub struct Child {
+    /// The address, in the chain's format (P2TR for a taproot key).
+    pub address: String,
+    /// The child's key bytes (compressed SEC1; a taproot key's x-only
+    /// output key).
+    pub public_key: Vec<u8>,
+    /// What combining the child's partials takes.
+    pub public_package: Vec<u8>,
+    /// The key's chain code the child was derived with.
+    pub chain_code: Option<[u8; 32]>,
+}
+
+/// The child of `key` at `path` and its address on the key's chain.
+pub fn derive(key: &KeyRow, path: &DerivationPath) -> Result<Child, CoordError> {
+    let child = key.derive(path)?;
     let on = if key.chain.is_empty() {
         "ethereum"
     } else {
         &key.chain
     };
-    let address = custos_chains::family::wallet_address(on, &child.public_key())
+    let address = custos_chains::family::wallet_address(on, &child.public_key)
         .map_err(|e| CoordError::Internal(format!("key {} on {on}: {e}", key.key_id)))?;
-    Ok((address, child.public_key()))
+    Ok(Child {
+        address,
+        public_key: child.public_key,
+        public_package: child.public_package,
+        chain_code: child.chain_code,
+    })
 }
 
 /// Derives (or returns the recorded) deposit address `index` of `key`.
@@ -140,15 +164,14 @@ pub async fn derive_address(
         ));
     }
     let path = deposit_path(index)?;
-    let (address, public_key) = derive(key, &path)?;
-    let chain_code = key.extended_public_key()?.chain_code();
+    let child = derive(key, &path)?;
     let fresh = DerivedAddress {
         wallet: key.key_id.clone(),
         chain: key.chain.clone(),
         path: path.to_string(),
         index,
-        address,
-        public_key: public_key.to_vec(),
+        address: child.address,
+        public_key: child.public_key,
         label: label.to_owned(),
         created_ms: now_ms,
     };
@@ -159,7 +182,7 @@ pub async fn derive_address(
             path: fresh.path.clone(),
             address: fresh.address.clone(),
             public_key: fresh.public_key.clone(),
-            chain_code: chain_code.to_vec(),
+            chain_code: child.chain_code.map(|c| c.to_vec()).unwrap_or_default(),
             actor: actor.to_owned(),
         })
         .await?;
@@ -401,5 +424,77 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, CoordError::Unavailable { .. }), "{e}");
         assert!(get(db.pool(), "hot", "m/0/9").await.unwrap().is_none());
+    }
+
+    /// A FROST key of `scheme` on `chain`, ready, with the package its DKG made.
+    async fn frost_key<C: custos_mpc::frost::FrostSuite>(db: &Db, id: &str, chain: &str) -> KeyRow {
+        let shares = futures::executor::block_on(custos_mpc::sim::keygen_with::<
+            custos_mpc::frost::Frost<C>,
+        >(2, vec![(); 3], None))
+        .unwrap();
+        let public = shares[0].public();
+        db.insert_key(
+            id,
+            "",
+            2,
+            &["a".into(), "b".into(), "c".into()],
+            chain,
+            C::SCHEME,
+        )
+        .await
+        .unwrap();
+        let pk = public.key_bytes();
+        let address = custos_chains::family::wallet_address(chain, &pk).unwrap();
+        let package = serde_json::to_vec(public).unwrap();
+        db.finish_key(id, Some((&pk, &package)), None, Some(&address))
+            .await
+            .unwrap();
+        db.key(id).await.unwrap().unwrap()
+    }
+
+    /// A taproot key's deposit address is P2TR of its child's output key,
+    /// with the child's public package for combining; an Ed25519 key has
+    /// no derived address (failed precondition, saying why).
+    #[tokio::test]
+    async fn taproot_keys_derive_p2tr_addresses_and_ed25519_keys_none() {
+        use custos_mpc::frost::{Ed25519, FrostPublicKey, FrostSuite, Secp256k1Tr};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open(dir.path()).await.unwrap();
+        let tr = frost_key::<Secp256k1Tr>(&db, "tr", "litecoin-regtest").await;
+        let logged = std::sync::Mutex::new(Vec::new());
+        let a = derive(&db, &tr, 7, "", 1, &logged).await.unwrap();
+        // The logged chain code is the one the child was derived with.
+        let base = custos_mpc::frost::hd::extended_public_key(
+            &custos_mpc::frost::hd::internal_key(
+                &serde_json::from_slice(tr.public_package.as_deref().unwrap()).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        match &logged.lock().unwrap()[..] {
+            [
+                custos_audit::EntryBody::AddressDerived {
+                    chain_code,
+                    public_key,
+                    ..
+                },
+            ] => {
+                assert_eq!(chain_code, &base.chain_code().to_vec());
+                assert_eq!(public_key, &a.public_key);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(a.address.starts_with("rltc1p"), "{}", a.address);
+        let public: FrostPublicKey<Secp256k1Tr> =
+            serde_json::from_slice(tr.public_package.as_deref().unwrap()).unwrap();
+        let child = Secp256k1Tr::derive_public(&public, &"m/0/7".parse().unwrap()).unwrap();
+        assert_eq!(a.public_key, child.key_bytes());
+        let c = super::derive(&tr, &"m/0/7".parse().unwrap()).unwrap();
+        assert_eq!(c.public_package, serde_json::to_vec(&child).unwrap());
+        assert_ne!(a.address, tr.address.clone().unwrap());
+        let ed = frost_key::<Ed25519>(&db, "ed", "message").await;
+        let e = derive(&db, &ed, 7, "", 2, &logged).await.unwrap_err();
+        assert!(matches!(e, CoordError::FailedPrecondition { .. }), "{e}");
+        assert!(e.to_string().contains("SLIP-10"), "{e}");
     }
 }

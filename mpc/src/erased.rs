@@ -31,6 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::error::MpcError;
 use crate::frost::{FrostEd25519, FrostTaproot};
+use crate::hd::DerivationPath;
 use crate::protocol::{from_secret_bytes, to_secret_bytes};
 use crate::scheme::{Cggmp21Ecdsa, SchemeId, SignatureScheme};
 use crate::session::SessionIo;
@@ -58,6 +59,20 @@ impl std::fmt::Debug for KeygenOutput {
             .field("public_key", &hex::encode(&self.public_key))
             .finish()
     }
+}
+
+/// A key's HD child, public ([`ThresholdScheme::derive_public`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DerivedKey {
+    /// [`SignatureScheme::public_key_bytes`] of the child: what its address
+    /// is made from (ECDSA: compressed SEC1; taproot: the x-only output key).
+    pub public_key: Vec<u8>,
+    /// What combining the child's partials takes (as
+    /// [`KeygenOutput::public_package`]).
+    pub public_package: Vec<u8>,
+    /// The parent's chain code the child was derived with (`None` for the
+    /// master of a scheme without children).
+    pub chain_code: Option<[u8; 32]>,
 }
 
 /// One pool item (presignature or FROST nonces with every commitment).
@@ -118,6 +133,32 @@ pub trait ThresholdScheme: Send + Sync {
         share: &[u8],
         message: &[u8],
     ) -> Result<Vec<u8>, MpcError>;
+
+    /// Checks that the scheme's keys have a child at `path` (every scheme
+    /// has the master, `m`): callers check before they consume a pool item.
+    /// Ed25519 keys have no other ([`MpcError::Unsupported`]).
+    fn check_path(&self, path: &DerivationPath) -> Result<(), MpcError>;
+
+    /// [`partial_sign`](Self::partial_sign) for the key's child at `path`
+    /// ([`crate::hd`], [`crate::frost::hd`]): every signer derives the
+    /// child from its own share.
+    fn partial_sign_at(
+        &self,
+        presignature: &[u8],
+        share: &[u8],
+        message: &[u8],
+        path: &DerivationPath,
+    ) -> Result<Vec<u8>, MpcError>;
+
+    /// The key's child at `path`, from the key's public package and, for a
+    /// key whose keygen made one, its chain code: what the child's address
+    /// is made from and what combining its partials takes.
+    fn derive_public(
+        &self,
+        public_package: &[u8],
+        chain_code: Option<[u8; 32]>,
+        path: &DerivationPath,
+    ) -> Result<DerivedKey, MpcError>;
 
     /// Combines partials, each with its signer's keygen index (from the
     /// authenticated sender, not from the partial), into a verified
@@ -203,6 +244,29 @@ pub trait Erasable: SignatureScheme + 'static {
     fn attribute(partial: &mut Self::PartialSignature, keygen_index: u16);
     /// See [`ThresholdScheme::check_message`].
     fn check_message(message: &[u8]) -> Result<(), MpcError>;
+
+    /// `None` if the scheme's keys have HD children below the master, else
+    /// why not (the [`MpcError::Unsupported`] a path below it gets).
+    const NO_DERIVATION: Option<&'static str>;
+    /// The key's child at `path` (see [`ThresholdScheme::derive_public`]).
+    fn derive_public(
+        key: &Self::PublicKey,
+        chain_code: Option<[u8; 32]>,
+        path: &DerivationPath,
+    ) -> Result<Self::PublicKey, MpcError>;
+    /// The chain code derivation below the key uses (the keygen's, else
+    /// the one derived from the key); `None` for keys without children.
+    fn derivation_chain_code(
+        key: &Self::PublicKey,
+        chain_code: Option<[u8; 32]>,
+    ) -> Option<[u8; 32]>;
+    /// This signer's partial for the key's child at `path`.
+    fn partial_sign_at(
+        presignature: Self::Presignature,
+        share: &Self::KeyShare,
+        message: &[u8],
+        path: &DerivationPath,
+    ) -> Result<Self::PartialSignature, MpcError>;
 
     /// Whether [`refresh`](Self::refresh) and the repairs are implemented.
     const REFRESHABLE: bool = false;
@@ -397,11 +461,44 @@ where
         share: &[u8],
         message: &[u8],
     ) -> Result<Vec<u8>, MpcError> {
+        self.partial_sign_at(presignature, share, message, &DerivationPath::master())
+    }
+
+    fn check_path(&self, path: &DerivationPath) -> Result<(), MpcError> {
+        match S::NO_DERIVATION {
+            Some(why) if !path.is_master() => Err(unsupported(S::ID, why)),
+            _ => Ok(()),
+        }
+    }
+
+    fn partial_sign_at(
+        &self,
+        presignature: &[u8],
+        share: &[u8],
+        message: &[u8],
+        path: &DerivationPath,
+    ) -> Result<Vec<u8>, MpcError> {
         S::check_message(message)?;
+        self.check_path(path)?;
         let pre: S::Presignature = from_secret_bytes(presignature)?;
         let share: S::KeyShare = from_secret_bytes(share)?;
-        let partial = S::partial_sign(pre, &share, message)?;
+        let partial = S::partial_sign_at(pre, &share, message, path)?;
         serde_json::to_vec(&partial).map_err(|e| MpcError::InvalidState(e.to_string()))
+    }
+
+    fn derive_public(
+        &self,
+        public_package: &[u8],
+        chain_code: Option<[u8; 32]>,
+        path: &DerivationPath,
+    ) -> Result<DerivedKey, MpcError> {
+        let key = S::decode_public(public_package)?;
+        let child = S::derive_public(&key, chain_code, path)?;
+        Ok(DerivedKey {
+            public_key: S::public_key_bytes(&child),
+            public_package: S::encode_public(&child)?,
+            chain_code: S::derivation_chain_code(&key, chain_code),
+        })
     }
 
     fn combine(

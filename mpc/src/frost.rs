@@ -41,6 +41,14 @@
 //! taproot output key and signatures verify under it as plain BIP340.
 //! [`FrostPublicKey::dkg_key`] keeps `P` (the BIP341 internal key) so that
 //! address derivation can be checked against an independent tweak.
+//!
+//! HD children ([`hd`]): a taproot key's non-hardened BIP32 children are
+//! children of its internal key, each a BIP86 output; every signer derives
+//! its child share from its own share ([`partial_sign_at`]) and the
+//! combiner the child's public form from the public one
+//! ([`FrostSuite::derive_public`]). Ed25519 keys have none (SLIP-10 derives
+//! ed25519 keys by hardened indices only, which needs the whole private
+//! key): a path below the master is [`MpcError::Unsupported`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -57,7 +65,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::MpcError;
+use crate::hd::DerivationPath;
 use crate::scheme::{SchemeId, SignatureScheme};
+
+pub mod hd;
 use crate::session::{DeliveryError, SessionIo, delivery};
 
 /// BIP340 Schnorr over secp256k1 with taproot-tweaked keys.
@@ -71,12 +82,30 @@ pub type FrostSignature<C> = frost_core::Signature<C>;
 pub trait FrostSuite: Ciphersuite {
     /// The scheme it implements.
     const SCHEME: SchemeId;
+    /// `None` if its keys have HD children below the master ([`hd`]),
+    /// else why not.
+    const NO_DERIVATION: Option<&'static str>;
     /// The key bytes an independent verifier takes.
     fn key_bytes(key: &VerifyingKey<Self>) -> Vec<u8>;
+    /// The public form of the key's child at `path` (a non-master path:
+    /// [`MpcError::Unsupported`] if [`NO_DERIVATION`](Self::NO_DERIVATION)).
+    fn derive_public(
+        key: &FrostPublicKey<Self>,
+        path: &DerivationPath,
+    ) -> Result<FrostPublicKey<Self>, MpcError>;
+    /// The chain code its children are derived with (`None`: no children).
+    fn derivation_chain_code(key: &FrostPublicKey<Self>) -> Option<[u8; 32]>;
+    /// This party's share of the key's child at `path`, derived from its
+    /// own share (as [`derive_public`](Self::derive_public)).
+    fn derive_share(
+        share: &FrostKeyShare<Self>,
+        path: &DerivationPath,
+    ) -> Result<FrostKeyShare<Self>, MpcError>;
 }
 
 impl FrostSuite for Secp256k1Tr {
     const SCHEME: SchemeId = SchemeId::SchnorrSecp256k1Taproot;
+    const NO_DERIVATION: Option<&'static str> = None;
     /// BIP340 x-only: the compressed encoding without its parity byte.
     fn key_bytes(key: &VerifyingKey<Self>) -> Vec<u8> {
         let mut bytes = key.serialize().unwrap_or_default();
@@ -85,12 +114,64 @@ impl FrostSuite for Secp256k1Tr {
         }
         bytes
     }
+
+    fn derive_public(
+        key: &FrostPublicKey<Self>,
+        path: &DerivationPath,
+    ) -> Result<FrostPublicKey<Self>, MpcError> {
+        hd::derive_public(key, path)
+    }
+
+    fn derivation_chain_code(key: &FrostPublicKey<Self>) -> Option<[u8; 32]> {
+        hd::internal_key(key)
+            .and_then(|x| hd::extended_public_key(&x))
+            .ok()
+            .map(|x| x.chain_code())
+    }
+
+    fn derive_share(
+        share: &FrostKeyShare<Self>,
+        path: &DerivationPath,
+    ) -> Result<FrostKeyShare<Self>, MpcError> {
+        hd::derive_share(share, path)
+    }
 }
+
+/// Why an Ed25519 key has no child below the master.
+const NO_ED25519_DERIVATION: &str = "derivation below the master key (SLIP-10 defines only hardened ed25519 derivation, which needs the private key no party holds)";
 
 impl FrostSuite for Ed25519 {
     const SCHEME: SchemeId = SchemeId::Ed25519;
+    const NO_DERIVATION: Option<&'static str> = Some(NO_ED25519_DERIVATION);
     fn key_bytes(key: &VerifyingKey<Self>) -> Vec<u8> {
         key.serialize().unwrap_or_default()
+    }
+
+    fn derive_public(
+        key: &FrostPublicKey<Self>,
+        path: &DerivationPath,
+    ) -> Result<FrostPublicKey<Self>, MpcError> {
+        if path.is_master() {
+            return Ok(key.clone());
+        }
+        Err(MpcError::Unsupported {
+            scheme: Self::SCHEME,
+            operation: NO_ED25519_DERIVATION,
+        })
+    }
+
+    fn derivation_chain_code(_key: &FrostPublicKey<Self>) -> Option<[u8; 32]> {
+        None
+    }
+
+    fn derive_share(
+        _share: &FrostKeyShare<Self>,
+        _path: &DerivationPath,
+    ) -> Result<FrostKeyShare<Self>, MpcError> {
+        Err(MpcError::Unsupported {
+            scheme: Self::SCHEME,
+            operation: NO_ED25519_DERIVATION,
+        })
     }
 }
 
@@ -678,6 +759,24 @@ pub fn partial_sign<C: FrostSuite>(
     // `presignature` drops here: its nonces are zeroized.
 }
 
+/// This signer's share of the signature over `message` by the key's child
+/// at `path` ([`hd`]), consuming the pool item: the nonces committed under
+/// the master key sign for any child, since FROST's commitments do not
+/// depend on the key. Every signer must use the same path, and the combiner
+/// the child's public form ([`FrostSuite::derive_public`]).
+pub fn partial_sign_at<C: FrostSuite>(
+    presignature: FrostPresignature<C>,
+    share: &FrostKeyShare<C>,
+    message: &[u8],
+    path: &DerivationPath,
+) -> Result<FrostPartial<C>, MpcError> {
+    if path.is_master() {
+        return partial_sign(presignature, share, message);
+    }
+    let child = C::derive_share(share, path)?;
+    partial_sign(presignature, &child, message)
+}
+
 /// Combines the signers' partials into a signature over `message`, verified
 /// under the group key. A share that does not verify against its signer's
 /// verifying share fails with [`MpcError::InvalidSignatureShare`] naming
@@ -1027,6 +1126,33 @@ impl<C: FrostSuite> crate::erased::Erasable for Frost<C> {
 
     fn attribute(partial: &mut FrostPartial<C>, keygen_index: u16) {
         partial.signer = keygen_index;
+    }
+
+    const NO_DERIVATION: Option<&'static str> = C::NO_DERIVATION;
+
+    /// FROST keys have no chain code of their own ([`hd`]).
+    fn derive_public(
+        key: &FrostPublicKey<C>,
+        _chain_code: Option<[u8; 32]>,
+        path: &DerivationPath,
+    ) -> Result<FrostPublicKey<C>, MpcError> {
+        C::derive_public(key, path)
+    }
+
+    fn derivation_chain_code(
+        key: &FrostPublicKey<C>,
+        _chain_code: Option<[u8; 32]>,
+    ) -> Option<[u8; 32]> {
+        C::derivation_chain_code(key)
+    }
+
+    fn partial_sign_at(
+        presignature: FrostPresignature<C>,
+        share: &FrostKeyShare<C>,
+        message: &[u8],
+        path: &DerivationPath,
+    ) -> Result<FrostPartial<C>, MpcError> {
+        partial_sign_at(presignature, share, message, path)
     }
 
     fn check_message(message: &[u8]) -> Result<(), MpcError> {

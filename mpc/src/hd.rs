@@ -1,4 +1,4 @@
-//! HD derivation of ECDSA wallet keys: non-hardened BIP32 / SLIP-10 paths.
+//! HD derivation of wallet keys: non-hardened BIP32 / SLIP-10 paths.
 //!
 //! # Design
 //!
@@ -27,6 +27,16 @@
 //! material becomes known either way (a child private key, which with the
 //! chain code would reveal the parent's, never exists in one place).
 //!
+//! Schemes. This module derives secp256k1 public keys and ECDSA partial
+//! signatures; each scheme says what its child is through the seam
+//! (`ThresholdScheme::derive_public`, `partial_sign_at`): ECDSA keys are
+//! derived here; FROST taproot keys derive from their BIP341 internal key
+//! with its legacy chain code (FROST's DKG makes no joint chain code) and
+//! every signer derives its child share itself ([`crate::frost::hd`]);
+//! Ed25519 keys have no non-hardened children (SLIP-10 defines only
+//! hardened ed25519 derivation, which needs the whole private key) and
+//! refuse every path but `m` ([`MpcError::Unsupported`]).
+//!
 //! SLIP-10 and BIP32 agree for secp256k1 except where `I_L` is not a valid
 //! scalar or the child is the point at infinity (probability about
 //! 2^-127): BIP32 skips the index, SLIP-10 (used here, as by cggmp21)
@@ -35,7 +45,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use cggmp21::generic_ec::{NonZero, Point};
+use cggmp21::generic_ec::{NonZero, Point, Scalar};
 use cggmp21::hd_wallet::{self, NonHardenedIndex, Slip10};
 use cggmp21::supported_curves::Secp256k1;
 use serde::{Deserialize, Serialize};
@@ -276,7 +286,37 @@ impl ExtendedPublicKey {
     }
 }
 
-fn point(sec1: &[u8; 33]) -> Result<Point<Secp256k1>, MpcError> {
+impl ExtendedPublicKey {
+    /// The child at `path` and the scalar `I_L` summed over its levels: the
+    /// child's public key is this key's plus that shift times `G`, so a
+    /// holder of a share of this key's secret holds a share of the child's
+    /// by adding the shift (the threshold schemes that derive shares
+    /// themselves use it: [`crate::frost::hd`]).
+    pub(crate) fn derive_with_shift(
+        &self,
+        path: &DerivationPath,
+    ) -> Result<(Self, Scalar<Secp256k1>), MpcError> {
+        let mut epub = self.to_crate()?;
+        let mut shift = Scalar::<Secp256k1>::zero();
+        for index in path.non_hardened()? {
+            let step =
+                <Slip10 as hd_wallet::DeriveShift<Secp256k1>>::derive_public_shift(&epub, index);
+            shift += step.shift;
+            epub = step.child_public_key;
+        }
+        let mut public_key = [0u8; 33];
+        public_key.copy_from_slice(epub.public_key.to_bytes(true).as_bytes());
+        Ok((
+            Self {
+                public_key,
+                chain_code: epub.chain_code,
+            },
+            shift,
+        ))
+    }
+}
+
+pub(crate) fn point(sec1: &[u8]) -> Result<Point<Secp256k1>, MpcError> {
     let p = Point::<Secp256k1>::from_bytes(sec1)
         .map_err(|_| MpcError::InvalidInput("public key is not a secp256k1 point".into()))?;
     NonZero::from_point(p)

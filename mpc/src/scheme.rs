@@ -21,6 +21,7 @@
 use std::future::Future;
 
 use crate::error::MpcError;
+use crate::hd::{DerivationPath, ExtendedPublicKey};
 use crate::protocol::{self, AuxInfo, KeyShare, PartialSignature, Presignature, Signature};
 use crate::session::SessionIo;
 
@@ -282,6 +283,37 @@ impl crate::erased::Erasable for Cggmp21Ecdsa {
 
     /// cggmp21 partials carry no signer (combining does not need one).
     fn attribute(_: &mut PartialSignature, _: u16) {}
+
+    const NO_DERIVATION: Option<&'static str> = None;
+
+    /// The BIP32 child of the key with its chain code, or the legacy one
+    /// ([`crate::hd`]).
+    fn derive_public(
+        key: &[u8; 33],
+        chain_code: Option<[u8; 32]>,
+        path: &DerivationPath,
+    ) -> Result<[u8; 33], MpcError> {
+        Ok(ExtendedPublicKey::of_key(key, chain_code)?
+            .derive(path)?
+            .public_key())
+    }
+
+    fn derivation_chain_code(key: &[u8; 33], chain_code: Option<[u8; 32]>) -> Option<[u8; 32]> {
+        ExtendedPublicKey::of_key(key, chain_code)
+            .ok()
+            .map(|x| x.chain_code())
+    }
+
+    /// The presignature shifted to the child (cggmp21's HD support).
+    fn partial_sign_at(
+        presignature: Presignature,
+        share: &KeyShare,
+        message: &[u8],
+        path: &DerivationPath,
+    ) -> Result<PartialSignature, MpcError> {
+        let master = ExtendedPublicKey::of_share(share)?;
+        crate::hd::issue_partial_derived(presignature, &master, path, prehash(message)?)
+    }
 
     fn check_message(message: &[u8]) -> Result<(), MpcError> {
         prehash(message).map(|_| ())

@@ -515,6 +515,7 @@ impl Node {
             chain_code: chain_code.map(hex::encode),
             scheme: scheme_id.name().to_owned(),
             generation: 0,
+            public_package: Some(hex::encode(&out.public_package)),
         };
         self.store.put_key(&meta, &out.share)?;
         Ok(KeygenResult {
@@ -701,9 +702,9 @@ impl Node {
     }
 
     /// Issues a partial signature over `message` from a stored pool item
-    /// (ECDSA: a 32-byte prehash, for the key's child at `path`, the master
-    /// key for `m`; FROST: the message, master key only). The pool item is
-    /// durably marked consumed before the partial exists.
+    /// (ECDSA: a 32-byte prehash; FROST: the message) for the key's child
+    /// at `path` (the master key for `m`; Ed25519 keys have no other). The
+    /// pool item is durably marked consumed before the partial exists.
     pub fn partial_sign(
         &self,
         key_id: &str,
@@ -724,14 +725,13 @@ impl Node {
         scheme
             .check_message(message)
             .map_err(|e| NodeError::InvalidRequest(e.to_string()))?;
-        // The extended public key before the pool item is consumed: a key
-        // record that cannot derive costs no presignature.
-        let master = if path.is_master() {
+        // Before the pool item is consumed: a key without children (Ed25519)
+        // or a key record that cannot derive costs no presignature.
+        scheme
+            .check_path(path)
+            .map_err(|e| NodeError::InvalidRequest(format!("key {key_id}: {e}")))?;
+        let master = if path.is_master() || scheme_id != SchemeId::EcdsaSecp256k1 {
             None
-        } else if scheme_id != SchemeId::EcdsaSecp256k1 {
-            return Err(NodeError::InvalidRequest(format!(
-                "key {key_id} is a {scheme_id} key: derivation paths are for ECDSA keys"
-            )));
         } else {
             Some(meta.extended_public_key()?)
         };
@@ -764,8 +764,9 @@ impl Node {
             crate::stages::since(crate::stages::Stage::Partial, computing);
             return bytes;
         }
+        // FROST: the signer derives its child share from its own share.
         let share = self.store.key_share(key_id)?;
-        let partial = scheme.partial_sign(&secret, &share, &message)?;
+        let partial = scheme.partial_sign_at(&secret, &share, &message, path)?;
         crate::stages::since(crate::stages::Stage::Partial, computing);
         Ok(partial)
     }
@@ -898,7 +899,11 @@ impl Node {
                 "refresh of key {key_id} produced another public key: old share kept"
             )));
         }
-        let new_meta = KeyMeta { generation, ..meta };
+        let new_meta = KeyMeta {
+            generation,
+            public_package: Some(hex::encode(&out.public_package)),
+            ..meta
+        };
         self.store.replace_share(&new_meta, &out.share)?;
         self.shares
             .lock()
@@ -1020,6 +1025,7 @@ impl Node {
             chain_code: None,
             scheme: scheme_id.name().to_owned(),
             generation: record.generation,
+            public_package: Some(hex::encode(&out.public_package)),
         };
         // Whatever is left of the lost share (metadata, an unreadable
         // blob) is of this generation or older; the repaired one takes its

@@ -57,6 +57,7 @@ pub fn restore_share(
         chain_code: custos_mpc::hd::share_chain_code(share).map(hex::encode),
         scheme: custos_mpc::SchemeId::EcdsaSecp256k1.name().to_owned(),
         generation: 0,
+        public_package: None,
     };
     store.put_key(&meta, &to_secret_bytes(share)?)?;
     Ok(meta)

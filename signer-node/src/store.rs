@@ -57,6 +57,12 @@ pub struct KeyMeta {
     /// share of another generation cannot be swapped in.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u64,
+    /// The key's public package (hex: what its keygen, refresh or repair
+    /// returned), recorded since HD derivation of FROST keys: a taproot
+    /// key's children are derived from it (`custos_mpc::frost::hd`). An
+    /// ECDSA key's package is its public key, which older records hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_package: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -80,21 +86,43 @@ fn ecdsa_scheme() -> String {
 }
 
 impl KeyMeta {
-    /// The key's extended public key (its chain code, or the legacy one).
-    pub fn extended_public_key(&self) -> Result<custos_mpc::ExtendedPublicKey, NodeError> {
-        let bad = |what: &str| NodeError::Internal(format!("key {}: stored {what}", self.key_id));
-        let pk = hex::decode(&self.public_key).map_err(|_| bad("public key is not hex"))?;
-        let code = match &self.chain_code {
-            None => None,
-            Some(h) => Some(
+    fn bad(&self, what: &str) -> NodeError {
+        NodeError::Internal(format!("key {}: stored {what}", self.key_id))
+    }
+
+    /// The chain code the key's keygen made, if any.
+    pub fn chain_code(&self) -> Result<Option<[u8; 32]>, NodeError> {
+        self.chain_code
+            .as_ref()
+            .map(|h| {
                 hex::decode(h)
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| bad("chain code is not 32 bytes of hex"))?,
-            ),
-        };
-        custos_mpc::ExtendedPublicKey::of_key(&pk, code)
+                    .ok_or_else(|| self.bad("chain code is not 32 bytes of hex"))
+            })
+            .transpose()
+    }
+
+    /// The key's extended public key (its chain code, or the legacy one).
+    pub fn extended_public_key(&self) -> Result<custos_mpc::ExtendedPublicKey, NodeError> {
+        let pk = hex::decode(&self.public_key).map_err(|_| self.bad("public key is not hex"))?;
+        custos_mpc::ExtendedPublicKey::of_key(&pk, self.chain_code()?)
             .map_err(|e| NodeError::Internal(format!("key {}: {e}", self.key_id)))
+    }
+
+    /// The key's public package ([`Self::public_package`]; for an ECDSA
+    /// key recorded without one, its public key).
+    pub fn package(&self) -> Result<Vec<u8>, NodeError> {
+        match (&self.public_package, self.scheme()?) {
+            (Some(h), _) => hex::decode(h).map_err(|_| self.bad("public package is not hex")),
+            (None, custos_mpc::SchemeId::EcdsaSecp256k1) => {
+                hex::decode(&self.public_key).map_err(|_| self.bad("public key is not hex"))
+            }
+            (None, scheme) => Err(NodeError::Refused(format!(
+                "key {} ({scheme}) was recorded without its public package (before HD derivation of FROST keys): a share refresh records it",
+                self.key_id
+            ))),
+        }
     }
 
     /// The key's signature scheme.
@@ -789,6 +817,7 @@ mod tests {
             chain_code: None,
             scheme: ecdsa_scheme(),
             generation: 0,
+            public_package: None,
         };
         s.put_key(&key, b"share-bytes").unwrap();
         // A key whose id extends the retired one's is not touched.
@@ -877,6 +906,7 @@ mod tests {
             chain_code: None,
             scheme: "ecdsa-secp256k1".into(),
             generation: 0,
+            public_package: None,
         };
         s.put_key(&m, b"{\"plaintext share\":1}").unwrap();
         let raw = fs::read(dir.path().join("keys/k1.sealed")).unwrap();
@@ -915,6 +945,7 @@ mod tests {
             chain_code: None,
             scheme: "ed25519".into(),
             generation: 0,
+            public_package: None,
         };
         s.put_key(&m, b"old share").unwrap();
         s.put_presig("k1", "p1", &meta(), b"nonces under the old share")

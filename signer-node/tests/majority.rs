@@ -16,6 +16,7 @@ fn key(t: u16, n: usize) -> KeyMeta {
         chain_code: None,
         scheme: "ecdsa-secp256k1".into(),
         generation: 0,
+        public_package: None,
     }
 }
 

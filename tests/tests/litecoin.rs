@@ -277,6 +277,18 @@ async fn wait_for(fc: &FlowCluster, id: &str, state: &str) -> Withdrawal {
 }
 
 async fn create(fc: &FlowCluster, key: &str, wallet: &str, amount: u64) -> Withdrawal {
+    create_from(fc, key, wallet, "", amount).await
+}
+
+/// A withdrawal to the payee from the wallet's derived address at
+/// `source_path` ("": its own address).
+async fn create_from(
+    fc: &FlowCluster,
+    key: &str,
+    wallet: &str,
+    source_path: &str,
+    amount: u64,
+) -> Withdrawal {
     fc.backend
         .clone()
         .create_withdrawal(CreateWithdrawalRequest {
@@ -285,11 +297,33 @@ async fn create(fc: &FlowCluster, key: &str, wallet: &str, amount: u64) -> Withd
             asset: "LTC".into(),
             destination: payee().text,
             amount: amount.to_string(),
+            source_path: source_path.to_owned(),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner()
+}
+
+/// `wallet`'s external LTC balance in the ledger (deposits count negative).
+fn external_ltc(fc: &FlowCluster, wallet: &str) -> i128 {
+    custos_tests::external_balances(&fc.tc.cluster.layout().dir, wallet)
+        .get("LTC")
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// Waits until `wallet`'s external LTC balance is `expected` (`what` was
+/// credited).
+async fn wait_external(fc: &FlowCluster, wallet: &str, expected: i128, what: &str) {
+    let started = Instant::now();
+    while external_ltc(fc, wallet) != expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} not credited to {wallet}: {} instead of {expected}",
+            external_ltc(fc, wallet)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The transaction `txid` as the coordinator's watch-only wallet sees it.
@@ -338,6 +372,7 @@ async fn ltc_withdrawals_on_one_cluster() {
     a_withdrawal_from_a_derived_address(&fc, &node, &addresses[2]).await;
     an_approved_message_signed_by_an_ed25519_key(&fc).await;
     a_taproot_wallet_spends_by_key_path(&fc, &node).await;
+    a_withdrawal_from_a_derived_taproot_address(&fc, &node).await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -367,37 +402,9 @@ async fn a_withdrawal_from_a_derived_address(fc: &FlowCluster, node: &Litecoind,
     node.pay(&d.address, 0.5).await;
     node.pay(master, 0.25).await;
     node.mine(1).await;
-    let dir = fc.tc.cluster.layout().dir.clone();
-    let external = || {
-        custos_tests::external_balances(&dir, "ltc-hd")
-            .get("LTC")
-            .cloned()
-    };
-    let started = Instant::now();
-    while external().as_deref() != Some(&format!("-{}", 75 * LTC / 100)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "deposits to {} and {master} not credited to ltc-hd: {:?}",
-            d.address,
-            external()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let w = fc
-        .backend
-        .clone()
-        .create_withdrawal(CreateWithdrawalRequest {
-            idempotency_key: "ltc-hd-1".into(),
-            wallet: "ltc-hd".into(),
-            asset: "LTC".into(),
-            destination: payee().text,
-            amount: (LTC / 5).to_string(),
-            source_path: d.path.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let credited = format!("deposits to {} and {master}", d.address);
+    wait_external(fc, "ltc-hd", -i128::from(75 * LTC / 100), &credited).await;
+    let w = create_from(fc, "ltc-hd-1", "ltc-hd", &d.path, LTC / 5).await;
     assert_eq!(w.source_address, d.address);
     // ltc-hd is in no wallet group of the policy: two treasurers approve
     // the version-2 statement, which names the source.
@@ -637,47 +644,7 @@ async fn a_taproot_wallet_spends_by_key_path(fc: &FlowCluster, node: &Litecoind)
         .unwrap();
     assert_eq!(validated["witness_version"], json!(1), "{validated}");
 
-    // Funding: the node pays a local key's P2WPKH address; the adapter
-    // builds the payout to the P2TR address and the local key signs it.
-    let local = k256::ecdsa::SigningKey::from_slice(&[0x17; 32]).unwrap();
-    let sec1 = local.verifying_key().to_sec1_bytes();
-    let funding = utxo::wallet_address(NETWORK, &sec1).unwrap();
-    let rpc = node.rpc();
-    rpc.ensure_watch_wallet("custos-ltc-funding").await.unwrap();
-    rpc.watch_address("custos-ltc-funding", &funding.text, false)
-        .await
-        .unwrap();
-    node.pay(&funding.text, 1.0).await;
-    node.mine(1).await;
-    let coins = rpc.spendable("custos-ltc-funding", 1).await.unwrap();
-    let payouts = [Payout {
-        withdrawal_id: "fund-ltc-tr".into(),
-        script_pubkey: p2tr.script_pubkey.clone(),
-        amount: LTC / 2,
-        fee_cap: FEE_CAP,
-    }];
-    let unsigned = utxo::build_unsigned(&BuildRequest {
-        coins: &coins,
-        required: &[],
-        payouts: &payouts,
-        change_script: &funding.script_pubkey,
-        fee_rate_sat_per_kvb: 2_000,
-    })
-    .unwrap();
-    let checked = utxo::check_psbt(
-        &unsigned.psbt,
-        &payouts,
-        std::slice::from_ref(&funding.script_pubkey),
-    )
-    .unwrap();
-    let fund = utxo::assemble_signed(
-        &checked,
-        &utxo::testing::sign_locally(&local, &checked),
-        &sec1,
-    )
-    .unwrap();
-    rpc.send_raw(&fund.raw, fund.txid).await.unwrap();
-    node.mine(1).await;
+    let (fund, checked) = fund_p2tr(node, "fund-ltc-tr", &p2tr, LTC / 2).await;
 
     // The withdrawal: 0.2 LTC to the payee from the 0.5 LTC P2TR coin,
     // change back to the P2TR address.
@@ -712,6 +679,155 @@ async fn a_taproot_wallet_spends_by_key_path(fc: &FlowCluster, node: &Litecoind)
     ));
     node.mine(1).await;
     wait_for(fc, &w.id, "confirmed").await;
+}
+
+/// Pays `amount` to `address` (a P2TR output, which Litecoin Core's wallet
+/// makes no address for) and mines it: the node pays a local key's P2WPKH
+/// address; the adapter builds the payout and the local key signs it.
+/// Returns the funding transaction and its checked PSBT.
+async fn fund_p2tr(
+    node: &Litecoind,
+    id: &str,
+    address: &UtxoAddress,
+    amount: u64,
+) -> (utxo::SignedUtxoTx, utxo::CheckedUtxoTx) {
+    let local = k256::ecdsa::SigningKey::from_slice(&[0x17; 32]).unwrap();
+    let sec1 = local.verifying_key().to_sec1_bytes();
+    let funding = utxo::wallet_address(NETWORK, &sec1).unwrap();
+    let rpc = node.rpc();
+    rpc.ensure_watch_wallet("custos-ltc-funding").await.unwrap();
+    rpc.watch_address("custos-ltc-funding", &funding.text, false)
+        .await
+        .unwrap();
+    node.pay(&funding.text, 1.0).await;
+    node.mine(1).await;
+    let coins = rpc.spendable("custos-ltc-funding", 1).await.unwrap();
+    let payouts = [Payout {
+        withdrawal_id: id.into(),
+        script_pubkey: address.script_pubkey.clone(),
+        amount,
+        fee_cap: FEE_CAP,
+    }];
+    let unsigned = utxo::build_unsigned(&BuildRequest {
+        coins: &coins,
+        required: &[],
+        payouts: &payouts,
+        change_script: &funding.script_pubkey,
+        fee_rate_sat_per_kvb: 2_000,
+    })
+    .unwrap();
+    let checked = utxo::check_psbt(
+        &unsigned.psbt,
+        &payouts,
+        std::slice::from_ref(&funding.script_pubkey),
+    )
+    .unwrap();
+    let fund = utxo::assemble_signed(
+        &checked,
+        &utxo::testing::sign_locally(&local, &checked),
+        &sec1,
+    )
+    .unwrap();
+    rpc.send_raw(&fund.raw, fund.txid).await.unwrap();
+    node.mine(1).await;
+    (fund, checked)
+}
+
+/// HD derivation of a FROST taproot wallet (issue 19): a deposit address of
+/// `ltc-tr` is P2TR of the BIP86 tweak of its internal key's BIP32 child
+/// (`custos_mpc::frost::hd`); what it receives is credited to the wallet;
+/// a withdrawal from it (`source_path`) spends that coin only, each signer
+/// deriving its child share from its own share and checking the address
+/// itself, the coordinator combining with the child's public package; the
+/// node accepts and mines the key-path spend. A signer asked directly with
+/// a path whose child is not the claimed address refuses, naming both.
+async fn a_withdrawal_from_a_derived_taproot_address(fc: &FlowCluster, node: &Litecoind) {
+    let derive = |index: u32| {
+        let mut backend = fc.backend.clone();
+        async move {
+            backend
+                .derive_address(DeriveAddressRequest {
+                    wallet: "ltc-tr".into(),
+                    index,
+                    label: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let d = derive(7).await;
+    assert_eq!(d.path, "m/0/7");
+    assert!(d.address.starts_with("rltc1p"), "{d:?}");
+    let child = parse_address(NETWORK, &d.address).unwrap();
+    let child_key = child.script_pubkey.as_bytes()[2..].to_vec();
+    let before = external_ltc(fc, "ltc-tr");
+    let (fund, checked) = fund_p2tr(node, "fund-ltc-tr-m07", &child, 3 * LTC / 10).await;
+    let credited = format!("the deposit to {}", d.address);
+    wait_external(fc, "ltc-tr", before - i128::from(3 * LTC / 10), &credited).await;
+    let w = create_from(fc, "ltc-tr-hd-1", "ltc-tr", &d.path, LTC / 10).await;
+    assert_eq!(w.source_address, d.address);
+    let w = wait_for(fc, &w.id, "broadcast").await;
+    let (tx, _) = watched_tx(node, &w.tx_hash).await;
+    assert_eq!(tx.input.len(), 1, "the derived address's one coin: {tx:?}");
+    assert_eq!(tx.input[0].previous_output.txid, fund.txid);
+    let witness: Vec<&[u8]> = tx.input[0].witness.iter().collect();
+    assert_eq!(witness.len(), 1, "key path: one element");
+    assert_eq!(tx.output[0].value.to_sat(), LTC / 10);
+    assert_eq!(tx.output[0].script_pubkey, payee().script_pubkey);
+    assert_eq!(
+        tx.output[1].script_pubkey, child.script_pubkey,
+        "change to the derived address"
+    );
+    // The signature verifies (libsecp256k1) under the child's output key,
+    // not the wallet's.
+    let prevout = checked
+        .tx
+        .output
+        .iter()
+        .find(|o| o.script_pubkey == child.script_pubkey)
+        .unwrap();
+    let digests = utxo::taproot::taproot_digests(&tx, std::slice::from_ref(prevout)).unwrap();
+    assert!(custos_tests::schnorr::bip340_libsecp256k1(
+        &child_key,
+        &digests[0],
+        witness[0]
+    ));
+    node.mine(1).await;
+    wait_for(fc, &w.id, "confirmed").await;
+
+    // A rogue coordinator names m/0/8 with m/0/7's address: every signer
+    // derives m/0/8's taproot child itself and refuses, naming both.
+    let m08 = derive(8).await;
+    let mut rogue = custos_policy::Withdrawal {
+        id: "tr-hd-rogue".into(),
+        wallet: "ltc-tr".into(),
+        chain: CHAIN.into(),
+        asset: "LTC".into(),
+        destination: payee().text,
+        amount: custos_policy::Amount(u128::from(LTC / 10)),
+        fee_cap: custos_policy::Amount(u128::from(FEE_CAP)),
+        initiator: "payments-backend".into(),
+        tx_digest: String::new(),
+        source: Some(custos_policy::DerivedSource {
+            path: "m/0/8".into(),
+            address: d.address.clone(),
+        }),
+    };
+    rogue.tx_digest = hex::encode(custos_policy::intent_digest(&rogue));
+    let authorization = custos_proto::signer::WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(&rogue).unwrap(),
+        ..Default::default()
+    };
+    let why = format!(
+        "source path m/0/8 derives {}, not the source address {}",
+        m08.address, d.address
+    );
+    let signers = coordinator_signer_clients(fc.tc.cluster.layout()).await;
+    assert_eq!(
+        refusals_saying(&signers, authorization, "ltc-tr", "p-none", &why).await,
+        signers.len()
+    );
 }
 
 /// A Bitcoin-format output carries a u64 of base units: a larger amount or

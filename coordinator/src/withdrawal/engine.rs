@@ -754,7 +754,7 @@ impl Engine {
                     "m is the wallet's own address: leave source_path empty",
                 ));
             }
-            let (address, _) = crate::derived::derive(&key, &path)?;
+            let address = crate::derived::derive(&key, &path)?.address;
             let recorded = crate::derived::get(self.store.pool(), &key.key_id, &path.to_string())
                 .await?
                 .ok_or_else(|| {
@@ -1405,19 +1405,19 @@ impl Engine {
             .path
             .parse()
             .map_err(|e| CoordError::Internal(format!("{}: stored source path: {e}", row.id)))?;
-        let (address, public_key) = crate::derived::derive(&key, &path)?;
-        if address != source.address {
+        let child = crate::derived::derive(&key, &path)?;
+        if child.address != source.address {
             return Err(CoordError::Internal(format!(
-                "{}: source path {} derives {address}, not the stored {}",
-                row.id, source.path, source.address
+                "{}: source path {} derives {}, not the stored {}",
+                row.id, source.path, child.address, source.address
             )));
         }
-        // Combining verifies against the child key: the master's public
-        // package must not stand in for it.
+        // Combining verifies against the child key: its public package
+        // (a FROST child's verifying shares), not the master's.
         Ok(crate::db::KeyRow {
-            public_key: Some(public_key.to_vec()),
-            public_package: None,
-            address: Some(address),
+            public_key: Some(child.public_key),
+            public_package: Some(child.public_package),
+            address: Some(child.address),
             ..key
         })
     }

@@ -634,10 +634,11 @@ pub struct DerivedAddress {
     pub path: ::prost::alloc::string::String,
     #[prost(uint32, tag = "4")]
     pub index: u32,
-    /// The address in the chain's format (EIP-55, bech32 P2WPKH).
+    /// The address in the chain's format (EIP-55, bech32 P2WPKH, bech32m P2TR).
     #[prost(string, tag = "5")]
     pub address: ::prost::alloc::string::String,
-    /// The child's compressed SEC1 public key (33 bytes).
+    /// The child's public key: compressed SEC1 (33 bytes, ECDSA), or a taproot
+    /// child's x-only output key (32 bytes, FROST secp256k1-tr).
     #[prost(bytes = "vec", tag = "6")]
     pub public_key: ::prost::alloc::vec::Vec<u8>,
     #[prost(string, tag = "7")]

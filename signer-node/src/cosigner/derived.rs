@@ -8,6 +8,12 @@
 //! any transaction is read. The child key derived here is then the key the
 //! transaction check uses (UTXO inputs must be its coins) and the one the
 //! partial signature is issued for.
+//!
+//! Derivation goes through the key's scheme (`custos_mpc::scheme(..)
+//! .derive_public`): an ECDSA key's BIP32 child, a taproot key's child
+//! internal key and its BIP86 output key (`custos_mpc::frost::hd`, from
+//! the public package this signer recorded with its share); an Ed25519 key
+//! has no child and is refused.
 
 use custos_chains::family::wallet_address;
 use custos_mpc::DerivationPath;
@@ -32,20 +38,21 @@ pub fn source_path(wallet: &str, source: &DerivedSource) -> Result<DerivationPat
     Ok(path)
 }
 
-/// The child public key `source` spends from, derived by this signer from
-/// `meta` (the wallet key it holds a share of); refuses unless its address on
-/// `chain` is exactly `source.address`.
+/// The child public key `source` spends from (its scheme's key bytes:
+/// compressed SEC1, or a taproot child's x-only output key), derived by
+/// this signer from `meta` (the wallet key it holds a share of); refuses
+/// unless its address on `chain` is exactly `source.address`. Ed25519
+/// wallets have no derived address (refused).
 pub fn derived_source_key(
     meta: &KeyMeta,
     chain: &str,
     source: &DerivedSource,
-) -> Result<[u8; 33], NodeError> {
+) -> Result<Vec<u8>, NodeError> {
     let path = source_path(&meta.key_id, source)?;
-    let child = meta
-        .extended_public_key()?
-        .derive(&path)
+    let child = custos_mpc::scheme(meta.scheme()?)
+        .derive_public(&meta.package()?, meta.chain_code()?, &path)
         .map_err(|e| NodeError::Refused(format!("wallet {}: {e}", meta.key_id)))?;
-    let derived = wallet_address(chain, &child.public_key()).map_err(|e| {
+    let derived = wallet_address(chain, &child.public_key).map_err(|e| {
         NodeError::Refused(format!(
             "wallet {}: no address on chain {chain}: {e}",
             meta.key_id
@@ -59,7 +66,7 @@ pub fn derived_source_key(
             claimed: source.address.clone(),
         });
     }
-    Ok(child.public_key())
+    Ok(child.public_key)
 }
 
 #[cfg(test)]
@@ -81,6 +88,7 @@ mod tests {
             ),
             scheme: "ecdsa-secp256k1".into(),
             generation: 0,
+            public_package: None,
         }
     }
 
@@ -148,7 +156,60 @@ mod tests {
         let address = wallet_address("anvil", &child.public_key()).unwrap();
         assert_eq!(
             derived_source_key(&m, "anvil", &source("m/0/3", &address)).unwrap(),
-            child.public_key()
+            child.public_key().to_vec()
         );
+    }
+
+    #[test]
+    fn a_taproot_wallet_derives_its_child_output_key() {
+        use custos_mpc::frost::{Ed25519, Frost, FrostSuite, Secp256k1Tr};
+        let shares = futures::executor::block_on(
+            custos_mpc::sim::keygen_with::<Frost<Secp256k1Tr>>(2, vec![(); 3], None),
+        )
+        .unwrap();
+        let public = shares[0].public();
+        let mut m = meta();
+        m.scheme = "schnorr-secp256k1-taproot".into();
+        m.public_key = hex::encode(public.key_bytes());
+        m.chain_code = None;
+        m.public_package = Some(hex::encode(serde_json::to_vec(public).unwrap()));
+        let m07 = Secp256k1Tr::derive_public(public, &"m/0/7".parse().unwrap()).unwrap();
+        let address = wallet_address("litecoin-regtest", &m07.key_bytes()).unwrap();
+        assert!(address.starts_with("rltc1p"), "{address}");
+        let chain = "litecoin-regtest";
+        assert_eq!(
+            derived_source_key(&m, chain, &source("m/0/7", &address)).unwrap(),
+            m07.key_bytes()
+        );
+        assert!(matches!(
+            derived_source_key(&m, chain, &source("m/0/8", &address)),
+            Err(NodeError::SourceMismatch { .. })
+        ));
+        // A record from before FROST HD holds no package: refused, saying so.
+        let old = KeyMeta {
+            public_package: None,
+            ..m.clone()
+        };
+        match derived_source_key(&old, chain, &source("m/0/7", &address)) {
+            Err(NodeError::Refused(why)) => assert!(why.contains("refresh"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // An Ed25519 wallet has no derived address.
+        let ed = futures::executor::block_on(custos_mpc::sim::keygen_with::<Frost<Ed25519>>(
+            2,
+            vec![(); 3],
+            None,
+        ))
+        .unwrap();
+        let ed_meta = KeyMeta {
+            scheme: "ed25519".into(),
+            public_key: hex::encode(ed[0].public().key_bytes()),
+            public_package: Some(hex::encode(serde_json::to_vec(ed[0].public()).unwrap())),
+            ..m
+        };
+        match derived_source_key(&ed_meta, "message", &source("m/0/7", "00")) {
+            Err(NodeError::Refused(why)) => assert!(why.contains("SLIP-10"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -488,7 +488,7 @@ impl Cosigner {
             .ok_or_else(|| refused("no key store: cannot derive a source address"))?
             .key_meta(&w.wallet)
             .map_err(|e| refused(format!("wallet {}: {e}", w.wallet)))?;
-        derived::derived_source_key(&meta, &w.chain, source).map(|k| k.to_vec())
+        derived::derived_source_key(&meta, &w.chain, source)
     }
 
     /// The digest to sign: the intent digest, or for a transaction the
