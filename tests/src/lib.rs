@@ -773,6 +773,75 @@ pub async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<cust
     out
 }
 
+/// What the ledger holds of `asset` from the outside world for `wallet`
+/// (its deposits minus what it paid out), base units.
+pub fn deposited(layout: &ClusterLayout, wallet: &str, asset: &str) -> i128 {
+    external_balances(&layout.dir, wallet)
+        .get(asset)
+        .map_or(0, |b| -b.parse::<i128>().unwrap())
+}
+
+/// Waits (30 s at most) until [`deposited`] is `want`; panics naming `what`.
+pub async fn wait_deposited(
+    layout: &ClusterLayout,
+    wallet: &str,
+    asset: &str,
+    want: i128,
+    what: &str,
+) {
+    let started = Instant::now();
+    while deposited(layout, wallet, asset) != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: {} {asset} deposited into {wallet}, want {want}",
+            deposited(layout, wallet, asset)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Polls the log (up to its latest checkpoint) until an entry's body
+/// satisfies `wanted`; returns that body (panics after `limit`, naming `what`).
+pub async fn wait_for_entry(
+    client: &mut custos_devkit::client::Client,
+    limit: Duration,
+    what: &str,
+    wanted: impl Fn(&custos_audit::EntryBody) -> bool,
+) -> custos_audit::EntryBody {
+    let started = Instant::now();
+    loop {
+        if let Some(e) = log_entries(client)
+            .await
+            .into_iter()
+            .find(|e| wanted(&e.body))
+        {
+            return e.body;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no {what} in the log after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The payloads of the coordinator's outbox events of `event_type` (its
+/// SQLite database), oldest first.
+pub async fn outbox_payloads(layout: &ClusterLayout, event_type: &str) -> Vec<serde_json::Value> {
+    let url = coordinator_sqlite_url(layout);
+    let pool = custos_service::db::Db::connect(&url, 1).await.unwrap().pool;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY id")
+            .bind(event_type)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|(p,)| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
 /// A gauge or counter from a daemon's `/metrics` (its metrics listener,
 /// plain HTTP on loopback).
 pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {

@@ -338,6 +338,11 @@ async fn default_configuration_on_one_cluster() {
     )
     .await;
     deposits_are_credited_from_the_blocks(&fc, &rpc, wallets[3]).await;
+    // Before any withdrawal: its rollback takes back its own block only.
+    deposit_reorg::a_deposit_in_a_reverted_block_is_reversed_and_credited_again(
+        &fc, &rpc, wallets[3],
+    )
+    .await;
     eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
     ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
     onchain_transactions_match_the_log(&fc, &rpc, &anvil.url, wallets[2]).await;
@@ -1574,6 +1579,8 @@ async fn confirmations_are_counted_and_reverted_or_displaced_transactions_fail()
     );
 }
 
+#[path = "ethereum/deposit_reorg.rs"]
+mod deposit_reorg;
 #[path = "ethereum/fee_bump_approvals.rs"]
 mod fee_bump_approvals;
 #[path = "ethereum/rotation.rs"]

@@ -338,6 +338,13 @@ async fn ltc_withdrawals_on_one_cluster() {
     a_withdrawal_from_a_derived_address(&fc, &node, &addresses[2]).await;
     an_approved_message_signed_by_an_ed25519_key(&fc).await;
     a_taproot_wallet_spends_by_key_path(&fc, &node).await;
+    // Last: it reorganises the chain.
+    deposit_reorg::a_deposit_in_an_invalidated_block_is_reversed_and_credited_again(
+        &fc,
+        &node,
+        &addresses[0],
+    )
+    .await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -1497,3 +1504,6 @@ async fn node_restart_and_reorg_mid_flow() {
     assert!(confs >= 2, "{confs}");
     fc.tc.cluster.stop().await.unwrap();
 }
+
+#[path = "litecoin/deposit_reorg.rs"]
+mod deposit_reorg;

@@ -1,0 +1,142 @@
+//! Deposits and reorganisations (issue 19) on the shared anvil cluster:
+//! a deposit into `w-dep` is logged (kind 25) and credited after its
+//! confirmations; anvil is then rolled back to before its block
+//! (`evm_revert`) and mines past it without the deposit, as a
+//! reorganisation deeper than the confirmations would: the credit is
+//! logged as reversed (kind 26), taken back from the ledger and announced
+//! (`deposit.reversed`). The same transaction sent again lands in a later
+//! block and is credited again, once, under the next generation's
+//! reference (`<reference>#1`). Runs before the withdrawals: the rollback
+//! only takes back this step's own block.
+
+use custos_audit::EntryBody;
+
+use super::*;
+
+pub(super) async fn a_deposit_in_a_reverted_block_is_reversed_and_credited_again(
+    fc: &FlowCluster,
+    rpc: &EvmRpc,
+    wallet: Address,
+) {
+    let layout = fc.tc.cluster.layout();
+    let metrics = layout.coordinator.metrics_listen;
+    let before = deposited(layout, "w-dep", "ETH");
+    let amount = ETH / 2;
+    let snapshot = rpc.request("evm_snapshot", json!([])).await.unwrap();
+    // Every field fixed: sent again after the rollback (same nonce), it is
+    // the same transaction, with the same hash.
+    let nonce = rpc
+        .request("eth_getTransactionCount", json!([DEV_0, "latest"]))
+        .await
+        .unwrap();
+    let tx = json!({
+        "from": DEV_0, "to": wallet, "value": format!("0x{amount:x}"), "nonce": nonce,
+        "gas": "0x5208", "maxFeePerGas": "0x174876e800", "maxPriorityFeePerGas": "0x3b9aca00",
+    });
+    let first = dev_send(rpc, tx.clone()).await;
+    assert!(first.success);
+    let reference = format!("{CHAIN}:{}", first.transaction_hash);
+    wait_deposited(layout, "w-dep", "ETH", before + amount as i128, "credited").await;
+    let block_hash = match wait_for_entry(
+        &mut fc.auditor.clone(),
+        Duration::from_secs(30),
+        "deposit_credited",
+        |b| matches!(b, EntryBody::DepositCredited { reference: r, .. } if *r == reference),
+    )
+    .await
+    {
+        EntryBody::DepositCredited {
+            key_id,
+            address,
+            amount: logged,
+            block_number,
+            block_hash,
+            ..
+        } => {
+            assert_eq!(key_id, "w-dep");
+            assert_eq!(address, wallet.to_string());
+            assert_eq!(logged, amount.to_string());
+            assert_eq!(block_number, first.block_number);
+            block_hash
+        }
+        other => panic!("{other:?}"),
+    };
+    let credited = outbox_payloads(layout, "deposit.credited").await;
+    assert!(
+        credited
+            .iter()
+            .any(|p| p["reference"] == reference && p["block_hash"] == block_hash),
+        "{credited:?}"
+    );
+
+    // The rollback: the deposit's block is gone; three empty blocks stand
+    // at its height and above.
+    let reversed_before = metric(metrics, "custos_deposits_reversed_total");
+    assert_eq!(
+        rpc.request("evm_revert", json!([snapshot])).await.unwrap(),
+        json!(true)
+    );
+    mine(rpc, 3).await;
+    wait_deposited(layout, "w-dep", "ETH", before, "reversed").await;
+    assert_eq!(
+        metric(metrics, "custos_deposits_reversed_total"),
+        reversed_before + 1.0
+    );
+    wait_for_entry(
+        &mut fc.auditor.clone(),
+        Duration::from_secs(30),
+        "deposit_reversed",
+        |b| {
+            matches!(b, EntryBody::DepositReversed { reference: r, block_hash: h, amount: a, .. }
+                if *r == reference && *h == block_hash && *a == amount.to_string())
+        },
+    )
+    .await;
+    let reversed = outbox_payloads(layout, "deposit.reversed").await;
+    assert!(
+        matches!(reversed.as_slice(), [p] if p["reference"] == reference && p["wallet"] == "w-dep"),
+        "{reversed:?}"
+    );
+
+    // The same transaction mined again, in a later block: credited again,
+    // once, under the next generation's reference.
+    let again = dev_send(rpc, tx).await;
+    assert_eq!(again.transaction_hash, first.transaction_hash);
+    assert!(again.block_number > first.block_number);
+    let next = format!("{reference}#1");
+    wait_deposited(
+        layout,
+        "w-dep",
+        "ETH",
+        before + amount as i128,
+        "credited again",
+    )
+    .await;
+    wait_for_entry(
+        &mut fc.auditor.clone(),
+        Duration::from_secs(30),
+        "deposit_credited again",
+        |b| {
+            matches!(b, EntryBody::DepositCredited { reference: r, block_number, .. }
+                if *r == next && *block_number == again.block_number)
+        },
+    )
+    .await;
+    mine(rpc, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        deposited(layout, "w-dep", "ETH"),
+        before + amount as i128,
+        "credited twice"
+    );
+    let credited = outbox_payloads(layout, "deposit.credited").await;
+    let of_tx = credited
+        .iter()
+        .filter(|p| {
+            p["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&reference))
+        })
+        .count();
+    assert_eq!(of_tx, 2, "{credited:?}");
+}

@@ -1,0 +1,116 @@
+//! A deposit whose block a reorganisation takes out (issue 19), on the
+//! shared Litecoin Core regtest cluster: a payment to `ltc-hot` is logged
+//! (kind 25) and credited once mined; its block is then invalidated and two
+//! empty blocks (`generateblock` with no transactions) make the longer
+//! chain without it: the credit is logged as reversed (kind 26), taken back
+//! from the ledger and announced (`deposit.reversed`). The payment, back in
+//! the node's mempool, is mined again and credited again, once, under the
+//! next generation's reference (`<reference>#1`). Runs last: the other
+//! steps' coins are not in the invalidated block, but nothing else should
+//! see a reorganisation it did not ask for.
+
+use super::*;
+
+pub(super) async fn a_deposit_in_an_invalidated_block_is_reversed_and_credited_again(
+    fc: &FlowCluster,
+    node: &Litecoind,
+    wallet_address: &str,
+) {
+    let layout = fc.tc.cluster.layout();
+    let metrics = layout.coordinator.metrics_listen;
+    let before = deposited(layout, "ltc-hot", "LTC");
+    let amount = i128::from(3 * LTC / 10);
+    let txid = node.pay(wallet_address, 0.3).await;
+    let mined = node.mine(1).await;
+    wait_deposited(layout, "ltc-hot", "LTC", before + amount, "credited").await;
+    let prefix = format!("{CHAIN}:{txid}:");
+    let reference = match wait_for_entry(
+        &mut fc.auditor.clone(),
+        Duration::from_secs(30),
+        "deposit_credited",
+        |b| matches!(b, EntryBody::DepositCredited { reference, .. } if reference.starts_with(&prefix)),
+    )
+    .await
+    {
+        EntryBody::DepositCredited {
+            key_id,
+            address,
+            reference,
+            block_hash,
+            ..
+        } => {
+            assert_eq!(key_id, "ltc-hot");
+            assert_eq!(address, wallet_address);
+            assert_eq!(block_hash, mined[0]);
+            reference
+        }
+        other => panic!("{other:?}"),
+    };
+
+    let reversed_before = metric(metrics, "custos_deposits_reversed_total");
+    node.rpc()
+        .call(None, "invalidateblock", json!([mined[0]]))
+        .await
+        .unwrap();
+    let miner = node.miner_address().await;
+    for _ in 0..2 {
+        node.rpc()
+            .call(None, "generateblock", json!([miner, []]))
+            .await
+            .unwrap();
+    }
+    wait_deposited(layout, "ltc-hot", "LTC", before, "reversed").await;
+    assert_eq!(
+        metric(metrics, "custos_deposits_reversed_total"),
+        reversed_before + 1.0
+    );
+    wait_for_entry(
+        &mut fc.auditor.clone(),
+        Duration::from_secs(30),
+        "deposit_reversed",
+        |b| {
+            matches!(b, EntryBody::DepositReversed { reference: r, block_hash, amount: a, .. }
+                if *r == reference && *block_hash == mined[0] && *a == amount.to_string())
+        },
+    )
+    .await;
+    let reversed = outbox_payloads(layout, "deposit.reversed").await;
+    assert!(
+        reversed
+            .iter()
+            .any(|p| p["reference"] == reference && p["wallet"] == "ltc-hot"),
+        "{reversed:?}"
+    );
+
+    // Back in the mempool, mined again: credited again, once.
+    let again = node.mine(1).await;
+    let next = format!("{reference}#1");
+    wait_deposited(layout, "ltc-hot", "LTC", before + amount, "credited again").await;
+    wait_for_entry(
+        &mut fc.auditor.clone(),
+        Duration::from_secs(30),
+        "deposit_credited again",
+        |b| {
+            matches!(b, EntryBody::DepositCredited { reference: r, block_hash, .. }
+                if *r == next && *block_hash == again[0])
+        },
+    )
+    .await;
+    node.mine(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        deposited(layout, "ltc-hot", "LTC"),
+        before + amount,
+        "credited twice"
+    );
+    let credited = outbox_payloads(layout, "deposit.credited").await;
+    let of_tx = credited
+        .iter()
+        .filter(|p| {
+            p["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&prefix))
+        })
+        .count();
+    assert_eq!(of_tx, 2, "{credited:?}");
+}
