@@ -800,27 +800,50 @@ pub async fn wait_deposited(
     }
 }
 
-/// Polls the log (up to its latest checkpoint) until an entry's body
-/// satisfies `wanted`; returns that body (panics after `limit`, naming `what`).
+/// Polls the log (up to its latest checkpoint) from entry `from` on until
+/// an entry's body satisfies `wanted`; returns that body (panics after
+/// `limit`, naming `what`). Reads each entry once and waits out the API's
+/// rate limit, so it can poll for long.
 pub async fn wait_for_entry(
     client: &mut custos_devkit::client::Client,
+    from: u64,
     limit: Duration,
     what: &str,
     wanted: impl Fn(&custos_audit::EntryBody) -> bool,
 ) -> custos_audit::EntryBody {
+    use custos_proto::custody::{GetCheckpointRequest, GetLogEntryRequest};
     let started = Instant::now();
+    let mut next = from;
     loop {
-        if let Some(e) = log_entries(client)
-            .await
-            .into_iter()
-            .find(|e| wanted(&e.body))
-        {
-            return e.body;
-        }
         assert!(
             started.elapsed() < limit,
             "no {what} in the log after {limit:?}"
         );
+        let size = match client.get_checkpoint(GetCheckpointRequest {}).await {
+            Ok(c) => c.into_inner().size,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => 0,
+            Err(s) => panic!("{s}"),
+        };
+        while next < size {
+            match client
+                .get_log_entry(GetLogEntryRequest { index: next })
+                .await
+            {
+                Ok(e) => {
+                    let body = custos_audit::Entry::decode(&e.into_inner().entry)
+                        .unwrap()
+                        .body;
+                    if wanted(&body) {
+                        return body;
+                    }
+                    next += 1;
+                }
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(s) => panic!("{s}"),
+            }
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

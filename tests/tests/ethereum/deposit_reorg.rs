@@ -20,6 +20,8 @@ pub(super) async fn a_deposit_in_a_reverted_block_is_reversed_and_credited_again
 ) {
     let layout = fc.tc.cluster.layout();
     let metrics = layout.coordinator.metrics_listen;
+    // The log as the step starts: its entries are read from there.
+    let (from, _) = custos_tests::audit::checkpoint(fc).await;
     let before = deposited(layout, "w-dep", "ETH");
     let amount = ETH / 2;
     let snapshot = rpc.request("evm_snapshot", json!([])).await.unwrap();
@@ -39,6 +41,7 @@ pub(super) async fn a_deposit_in_a_reverted_block_is_reversed_and_credited_again
     wait_deposited(layout, "w-dep", "ETH", before + amount as i128, "credited").await;
     let block_hash = match wait_for_entry(
         &mut fc.auditor.clone(),
+        from,
         Duration::from_secs(30),
         "deposit_credited",
         |b| matches!(b, EntryBody::DepositCredited { reference: r, .. } if *r == reference),
@@ -84,6 +87,7 @@ pub(super) async fn a_deposit_in_a_reverted_block_is_reversed_and_credited_again
     );
     wait_for_entry(
         &mut fc.auditor.clone(),
+        from,
         Duration::from_secs(30),
         "deposit_reversed",
         |b| {
@@ -114,6 +118,7 @@ pub(super) async fn a_deposit_in_a_reverted_block_is_reversed_and_credited_again
     .await;
     wait_for_entry(
         &mut fc.auditor.clone(),
+        from,
         Duration::from_secs(30),
         "deposit_credited again",
         |b| {

@@ -18,6 +18,8 @@ pub(super) async fn a_deposit_in_an_invalidated_block_is_reversed_and_credited_a
 ) {
     let layout = fc.tc.cluster.layout();
     let metrics = layout.coordinator.metrics_listen;
+    // The log as the step starts: its entries are read from there.
+    let (from, _) = custos_tests::audit::checkpoint(fc).await;
     let before = deposited(layout, "ltc-hot", "LTC");
     let amount = i128::from(3 * LTC / 10);
     let txid = node.pay(wallet_address, 0.3).await;
@@ -26,6 +28,7 @@ pub(super) async fn a_deposit_in_an_invalidated_block_is_reversed_and_credited_a
     let prefix = format!("{CHAIN}:{txid}:");
     let reference = match wait_for_entry(
         &mut fc.auditor.clone(),
+        from,
         Duration::from_secs(30),
         "deposit_credited",
         |b| matches!(b, EntryBody::DepositCredited { reference, .. } if reference.starts_with(&prefix)),
@@ -66,6 +69,7 @@ pub(super) async fn a_deposit_in_an_invalidated_block_is_reversed_and_credited_a
     );
     wait_for_entry(
         &mut fc.auditor.clone(),
+        from,
         Duration::from_secs(30),
         "deposit_reversed",
         |b| {
@@ -88,6 +92,7 @@ pub(super) async fn a_deposit_in_an_invalidated_block_is_reversed_and_credited_a
     wait_deposited(layout, "ltc-hot", "LTC", before + amount, "credited again").await;
     wait_for_entry(
         &mut fc.auditor.clone(),
+        from,
         Duration::from_secs(30),
         "deposit_credited again",
         |b| {
