@@ -848,6 +848,117 @@ pub async fn wait_for_entry(
     }
 }
 
+/// A deposit credit as a step saw it.
+pub struct SeenCredit<'a> {
+    /// The wallet credited.
+    pub wallet: &'a str,
+    /// Its asset.
+    pub asset: &'a str,
+    /// Base units.
+    pub amount: i128,
+    /// Its ledger reference.
+    pub reference: &'a str,
+    /// The block it was credited in.
+    pub block_hash: &'a str,
+}
+
+/// Waits until `credit` is reversed: the wallet's deposits back to `before`,
+/// the reversal counter one above `reversed_before`, the kind 26 entry (from
+/// log entry `from` on) and a `deposit.reversed` event.
+pub async fn wait_reversed(
+    fc: &FlowCluster,
+    from: u64,
+    credit: &SeenCredit<'_>,
+    before: i128,
+    reversed_before: f64,
+) {
+    let layout = fc.tc.cluster.layout();
+    wait_deposited(layout, credit.wallet, credit.asset, before, "reversed").await;
+    assert_eq!(
+        metric(
+            layout.coordinator.metrics_listen,
+            "custos_deposits_reversed_total"
+        ),
+        reversed_before + 1.0
+    );
+    wait_for_entry(
+        &mut fc.auditor.clone(),
+        from,
+        Duration::from_secs(30),
+        "deposit_reversed",
+        |b| {
+            matches!(b, custos_audit::EntryBody::DepositReversed { reference, block_hash, amount, .. }
+                if reference == credit.reference && block_hash == credit.block_hash
+                    && *amount == credit.amount.to_string())
+        },
+    )
+    .await;
+    let reversed = outbox_payloads(layout, "deposit.reversed").await;
+    assert!(
+        reversed
+            .iter()
+            .any(|p| p["reference"] == credit.reference && p["wallet"] == credit.wallet),
+        "{reversed:?}"
+    );
+}
+
+/// Waits until `wallet` holds `want` of `asset` deposited again and the log
+/// (from entry `from` on) has the credit under `reference` (a generation
+/// after a reversal: `<reference>#1`); returns its entry's block number and
+/// hash.
+pub async fn wait_credited_again(
+    fc: &FlowCluster,
+    from: u64,
+    (wallet, asset): (&str, &str),
+    want: i128,
+    reference: &str,
+) -> (u64, String) {
+    wait_deposited(
+        fc.tc.cluster.layout(),
+        wallet,
+        asset,
+        want,
+        "credited again",
+    )
+    .await;
+    let entry = wait_for_entry(
+        &mut fc.auditor.clone(),
+        from,
+        Duration::from_secs(30),
+        "deposit_credited again",
+        |b| matches!(b, custos_audit::EntryBody::DepositCredited { reference: r, .. } if r == reference),
+    )
+    .await;
+    match entry {
+        custos_audit::EntryBody::DepositCredited {
+            block_number,
+            block_hash,
+            ..
+        } => (block_number, block_hash),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// After more blocks: `wallet` still holds `want` of `asset` deposited, and
+/// the deposits whose references start with `tx` (one transaction's) were
+/// announced credited exactly twice (before and after a reversal).
+pub async fn assert_credited_twice_in_all(
+    layout: &ClusterLayout,
+    wallet: &str,
+    asset: &str,
+    want: i128,
+    tx: &str,
+) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(deposited(layout, wallet, asset), want, "credited twice");
+    let credited = outbox_payloads(layout, "deposit.credited").await;
+    let of_tx = credited
+        .iter()
+        .filter(|p| p["reference"].as_str().is_some_and(|r| r.starts_with(tx)))
+        .count();
+    assert_eq!(of_tx, 2, "{credited:?}");
+}
+
 /// The payloads of the coordinator's outbox events of `event_type` (its
 /// SQLite database), oldest first.
 pub async fn outbox_payloads(layout: &ClusterLayout, event_type: &str) -> Vec<serde_json::Value> {

@@ -208,14 +208,7 @@ impl Chains {
             confirmations: (head + 1).saturating_sub(block),
         };
         for block in from..=to {
-            let b = chain
-                .rpc
-                .request(
-                    "eth_getBlockByNumber",
-                    json!([format_quantity(U256::from(block)), true]),
-                )
-                .await
-                .map_err(node)?;
+            let b = chain.block_at(block, true).await?;
             // A block the node does not have (yet) stops the scan here: the
             // cursor never moves past a block that was not read.
             let unavailable =
@@ -327,18 +320,22 @@ impl EvmChain {
             .map_err(|e| CoordError::unavailable(format!("{} node: {e}", self.settings.name)))
     }
 
+    /// The node's block at `height` (`null` when it has none), with its
+    /// transactions when `full`.
+    async fn block_at(&self, height: u64, full: bool) -> Result<Value, CoordError> {
+        self.rpc
+            .request(
+                "eth_getBlockByNumber",
+                json!([format_quantity(U256::from(height)), full]),
+            )
+            .await
+            .map_err(|e| CoordError::unavailable(format!("{} node: {e}", self.settings.name)))
+    }
+
     /// The hash of the node's block at `height` (`0x…`, as the scan records
     /// it), `None` when it has none there.
     pub(super) async fn block_hash_at(&self, height: u64) -> Result<Option<String>, CoordError> {
-        let name = &self.settings.name;
-        let b = self
-            .rpc
-            .request(
-                "eth_getBlockByNumber",
-                json!([format_quantity(U256::from(height)), false]),
-            )
-            .await
-            .map_err(|e| CoordError::unavailable(format!("{name} node: {e}")))?;
+        let b = self.block_at(height, false).await?;
         if b.is_null() {
             return Ok(None);
         }
@@ -346,7 +343,10 @@ impl EvmChain {
             .as_str()
             .map(|h| Some(h.to_owned()))
             .ok_or_else(|| {
-                CoordError::unavailable(format!("{name} node: block {height} without a hash"))
+                CoordError::unavailable(format!(
+                    "{} node: block {height} without a hash",
+                    self.settings.name
+                ))
             })
     }
 }

@@ -80,68 +80,29 @@ pub(super) async fn a_deposit_in_a_reverted_block_is_reversed_and_credited_again
         json!(true)
     );
     mine(rpc, 3).await;
-    wait_deposited(layout, "w-dep", "ETH", before, "reversed").await;
-    assert_eq!(
-        metric(metrics, "custos_deposits_reversed_total"),
-        reversed_before + 1.0
-    );
-    wait_for_entry(
-        &mut fc.auditor.clone(),
-        from,
-        Duration::from_secs(30),
-        "deposit_reversed",
-        |b| {
-            matches!(b, EntryBody::DepositReversed { reference: r, block_hash: h, amount: a, .. }
-                if *r == reference && *h == block_hash && *a == amount.to_string())
-        },
-    )
-    .await;
-    let reversed = outbox_payloads(layout, "deposit.reversed").await;
-    assert!(
-        matches!(reversed.as_slice(), [p] if p["reference"] == reference && p["wallet"] == "w-dep"),
-        "{reversed:?}"
-    );
+    let seen = SeenCredit {
+        wallet: "w-dep",
+        asset: "ETH",
+        amount: amount as i128,
+        reference: &reference,
+        block_hash: &block_hash,
+    };
+    wait_reversed(fc, from, &seen, before, reversed_before).await;
 
     // The same transaction mined again, in a later block: credited again,
     // once, under the next generation's reference.
     let again = dev_send(rpc, tx).await;
     assert_eq!(again.transaction_hash, first.transaction_hash);
     assert!(again.block_number > first.block_number);
-    let next = format!("{reference}#1");
-    wait_deposited(
-        layout,
-        "w-dep",
-        "ETH",
-        before + amount as i128,
-        "credited again",
-    )
-    .await;
-    wait_for_entry(
-        &mut fc.auditor.clone(),
+    let (block_number, _) = wait_credited_again(
+        fc,
         from,
-        Duration::from_secs(30),
-        "deposit_credited again",
-        |b| {
-            matches!(b, EntryBody::DepositCredited { reference: r, block_number, .. }
-                if *r == next && *block_number == again.block_number)
-        },
+        ("w-dep", "ETH"),
+        before + amount as i128,
+        &format!("{reference}#1"),
     )
     .await;
+    assert_eq!(block_number, again.block_number);
     mine(rpc, 3).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        deposited(layout, "w-dep", "ETH"),
-        before + amount as i128,
-        "credited twice"
-    );
-    let credited = outbox_payloads(layout, "deposit.credited").await;
-    let of_tx = credited
-        .iter()
-        .filter(|p| {
-            p["reference"]
-                .as_str()
-                .is_some_and(|r| r.starts_with(&reference))
-        })
-        .count();
-    assert_eq!(of_tx, 2, "{credited:?}");
+    assert_credited_twice_in_all(layout, "w-dep", "ETH", before + amount as i128, &reference).await;
 }

@@ -62,60 +62,26 @@ pub(super) async fn a_deposit_in_an_invalidated_block_is_reversed_and_credited_a
             .await
             .unwrap();
     }
-    wait_deposited(layout, "ltc-hot", "LTC", before, "reversed").await;
-    assert_eq!(
-        metric(metrics, "custos_deposits_reversed_total"),
-        reversed_before + 1.0
-    );
-    wait_for_entry(
-        &mut fc.auditor.clone(),
-        from,
-        Duration::from_secs(30),
-        "deposit_reversed",
-        |b| {
-            matches!(b, EntryBody::DepositReversed { reference: r, block_hash, amount: a, .. }
-                if *r == reference && *block_hash == mined[0] && *a == amount.to_string())
-        },
-    )
-    .await;
-    let reversed = outbox_payloads(layout, "deposit.reversed").await;
-    assert!(
-        reversed
-            .iter()
-            .any(|p| p["reference"] == reference && p["wallet"] == "ltc-hot"),
-        "{reversed:?}"
-    );
+    let seen = SeenCredit {
+        wallet: "ltc-hot",
+        asset: "LTC",
+        amount,
+        reference: &reference,
+        block_hash: &mined[0],
+    };
+    wait_reversed(fc, from, &seen, before, reversed_before).await;
 
     // Back in the mempool, mined again: credited again, once.
     let again = node.mine(1).await;
-    let next = format!("{reference}#1");
-    wait_deposited(layout, "ltc-hot", "LTC", before + amount, "credited again").await;
-    wait_for_entry(
-        &mut fc.auditor.clone(),
+    let (_, block_hash) = wait_credited_again(
+        fc,
         from,
-        Duration::from_secs(30),
-        "deposit_credited again",
-        |b| {
-            matches!(b, EntryBody::DepositCredited { reference: r, block_hash, .. }
-                if *r == next && *block_hash == again[0])
-        },
+        ("ltc-hot", "LTC"),
+        before + amount,
+        &format!("{reference}#1"),
     )
     .await;
+    assert_eq!(block_hash, again[0]);
     node.mine(1).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        deposited(layout, "ltc-hot", "LTC"),
-        before + amount,
-        "credited twice"
-    );
-    let credited = outbox_payloads(layout, "deposit.credited").await;
-    let of_tx = credited
-        .iter()
-        .filter(|p| {
-            p["reference"]
-                .as_str()
-                .is_some_and(|r| r.starts_with(&prefix))
-        })
-        .count();
-    assert_eq!(of_tx, 2, "{credited:?}");
+    assert_credited_twice_in_all(layout, "ltc-hot", "LTC", before + amount, &prefix).await;
 }
