@@ -14,6 +14,10 @@
 //! ([`AuditTrail::logged`]) and does not log the deposit twice. Then one
 //! database transaction writes the ledger posting, the outbox event
 //! (`deposit.credited` / `deposit.reversed`) and the record's new state.
+//! A credit whose entry is in the log but whose posting never happened
+//! (the process stopped in between) is posted by the next reorganisation
+//! check even when no scan finds the deposit again, so every logged credit
+//! reaches the ledger, and is reversed there if its block is gone.
 //!
 //! With the ledger off (`[ledger] enabled = false`) deposits are still
 //! logged, recorded and announced as events, only not posted: the audit
@@ -139,7 +143,7 @@ impl Adapters {
                     .await?
                     .is_some()
                 {
-                    return self.post_credit(c.clone()).await.map(|()| true);
+                    return self.post_credit(c.clone()).await.map(|_| true);
                 }
                 c.generation
             }
@@ -165,12 +169,13 @@ impl Adapters {
         credits::save(&mut conn, &credit).await?;
         drop(conn);
         audit.append(credit.credited_entry()).await?;
-        self.post_credit(credit).await.map(|()| true)
+        self.post_credit(credit).await.map(|_| true)
     }
 
     /// The ledger posting (with the ledger on), the `deposit.credited`
-    /// event and the record's `credited` state, in one transaction.
-    async fn post_credit(&self, mut credit: Credit) -> Result<(), CoordError> {
+    /// event and the record's `credited` state, in one transaction; the
+    /// credit as recorded.
+    async fn post_credit(&self, mut credit: Credit) -> Result<Credit, CoordError> {
         let reference = credit.ledger_reference();
         let mut tx = self.http.pool.begin().await.map_err(storage)?;
         let mut announce = true;
@@ -196,7 +201,8 @@ impl Adapters {
         }
         credit.state = CreditState::Credited;
         credits::save(&mut tx, &credit).await?;
-        tx.commit().await.map_err(storage)
+        tx.commit().await.map_err(storage)?;
+        Ok(credit)
     }
 
     /// Reverses the credits of `chain` whose block is no longer in it, and
@@ -214,11 +220,25 @@ impl Adapters {
         if recent.is_empty() {
             return Ok(());
         }
-        let (credited, reversing): (Vec<Credit>, Vec<Credit>) = recent
-            .into_iter()
-            .partition(|c| c.state == CreditState::Credited);
-        for c in reversing {
-            self.reverse(audit, c, None).await?;
+        let mut credited = Vec::new();
+        for c in recent {
+            match c.state {
+                CreditState::Credited => credited.push(c),
+                CreditState::Reversing => self.reverse(audit, c, None).await?,
+                // Logged by an attempt that stopped before the ledger, and
+                // not found by the scans since (its block may be gone):
+                // a logged credit is posted, then checked like the others.
+                CreditState::Pending => {
+                    if audit
+                        .logged(c.log_from, &c.credited_entry())
+                        .await?
+                        .is_some()
+                    {
+                        credited.push(self.post_credit(c).await?);
+                    }
+                }
+                CreditState::Reversed => {}
+            }
         }
         let heights: BTreeSet<u64> = credited.iter().map(|c| c.block_number).collect();
         let mut canonical = BTreeMap::new();

@@ -228,12 +228,13 @@ pub async fn newest(pool: &AnyPool, reference: &str) -> Result<Option<Credit>, C
     .transpose()
 }
 
-/// The credits of `chain` in blocks at or above `floor` that are credited
-/// (checked for a reorganisation) or being reversed (to finish).
+/// The credits of `chain` in blocks at or above `floor` that are not
+/// reversed: credited (checked for a reorganisation), or pending or being
+/// reversed (to finish).
 pub async fn recent(pool: &AnyPool, chain: &str, floor: u64) -> Result<Vec<Credit>, CoordError> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM deposit_credits
-         WHERE chain = $1 AND state IN ('credited', 'reversing') AND block_number >= $2
+         WHERE chain = $1 AND state <> 'reversed' AND block_number >= $2
          ORDER BY block_number, reference, generation"
     )))
     .bind(chain)
@@ -486,6 +487,9 @@ mod tests {
         save(&mut conn, &going).await.unwrap();
         let window = recent(&pool, "anvil", 5).await.unwrap();
         assert_eq!(window, [going, again]);
+        let waiting = credit("anvil:0x3", 0, 13, CreditState::Pending);
+        save(&mut conn, &waiting).await.unwrap();
+        assert_eq!(recent(&pool, "anvil", 13).await.unwrap(), [waiting]);
         assert!(recent(&pool, "other", 0).await.unwrap().is_empty());
     }
 
