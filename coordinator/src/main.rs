@@ -643,12 +643,15 @@ async fn serve(p: Parts, cfg: &CoordinatorConfig, stop: CancellationToken) -> Re
         );
     if let Some(e) = &p.engine {
         tasks.spawn("withdrawal ticker", e.clone().run());
-        if cfg.ledger.enabled && (e.chains().has_utxo() || e.chains().has_evm()) {
+        // Deposits are logged and announced with the ledger off too (only
+        // not posted): the audit log is the custody record.
+        if e.chains().has_utxo() || e.chains().has_evm() {
             tasks.spawn_until_stopped(
                 "deposit watcher",
                 p.adapters.clone().credit_deposits_forever(
                     e.chains().clone(),
                     e.tokens(),
+                    p.audit.clone(),
                     Duration::from_millis(cfg.ledger.deposit_scan_ms.max(100)),
                 ),
             );

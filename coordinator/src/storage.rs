@@ -1,6 +1,6 @@
 //! Opening the coordinator's database with every module's tables. Each
 //! module owns its schema and its upgrades (`db`, `derived`,
-//! `chain`, `withdrawal::store`, `key_lock`); this module, above all of them, is the
+//! `chain`, `chain::credits`, `withdrawal::store`, `key_lock`); this module, above all of them, is the
 //! one place that lists them, so none reaches up into another's tables.
 
 use std::path::Path;
@@ -30,6 +30,9 @@ pub async fn connect(url: &str) -> Result<Db, CoordError> {
         .await
         .map_err(db_err)?;
     sql.execute_ddl(crate::key_lock::SCHEMA)
+        .await
+        .map_err(db_err)?;
+    sql.execute_ddl(crate::chain::credits::SCHEMA)
         .await
         .map_err(db_err)?;
     sql.execute_ddl(&crate::derived::SCHEMA.replace("BLOB", sql.backend.blob()))

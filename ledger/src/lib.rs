@@ -22,7 +22,10 @@
 //! transaction stays usable (PostgreSQL would otherwise poison it).
 //!
 //! Every operation is keyed by a unique `(reference, kind)`: the withdrawal id
-//! for `reserve`/`settle`/`release`, the deposit reference for `deposit`.
+//! for `reserve`/`settle`/`release`, the deposit reference for `deposit` and
+//! `deposit_reversal` ([`reverse_deposit`]: a deposit whose block left the
+//! chain; a deposit credited again after that is a new reference, see the
+//! coordinator's `chain::credits`).
 //! Replaying an operation with the same arguments returns the original entry
 //! ([`Posted::replayed`]); replaying it with different arguments is refused
 //! ([`LedgerError::ReplayMismatch`]).
@@ -38,7 +41,7 @@ use std::fmt;
 use custos_db::{Backend, Db};
 use serde::{Deserialize, Serialize};
 
-pub use ops::{deposit, release, reserve, set_overdraft_limit, settle};
+pub use ops::{deposit, release, reserve, reverse_deposit, set_overdraft_limit, settle};
 pub use query::{
     Violation, balance, balances, check_invariants, journal, overdraft_limit, wallet_balances,
 };
@@ -102,6 +105,9 @@ pub enum EntryKind {
     Settle,
     /// reserved → available, when a withdrawal is cancelled or fails.
     Release,
+    /// available → external, when a deposit's block left the chain (keyed
+    /// by the deposit's reference).
+    DepositReversal,
 }
 
 impl EntryKind {
@@ -112,6 +118,7 @@ impl EntryKind {
             Self::Reserve => "reserve",
             Self::Settle => "settle",
             Self::Release => "release",
+            Self::DepositReversal => "deposit_reversal",
         }
     }
 
@@ -122,6 +129,7 @@ impl EntryKind {
             "reserve" => Some(Self::Reserve),
             "settle" => Some(Self::Settle),
             "release" => Some(Self::Release),
+            "deposit_reversal" => Some(Self::DepositReversal),
             _ => None,
         }
     }
@@ -218,6 +226,12 @@ pub enum LedgerError {
         requested: Amount,
         /// The configured overdraft limit (0 when none).
         overdraft_limit: Amount,
+    },
+    /// `reverse_deposit` of a reference the ledger holds no deposit under.
+    #[error("{reference} is not a deposit in the ledger: nothing to reverse")]
+    NotADeposit {
+        /// The reference asked for.
+        reference: String,
     },
     /// `settle` or `release` for a withdrawal that was never reserved.
     #[error("withdrawal {withdrawal_id} has no reservation")]

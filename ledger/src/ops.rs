@@ -35,10 +35,82 @@ pub async fn deposit(
                         signed_amount,
                     ),
                 ];
-                apply_postings(&mut tx, entry_id, &postings).await?;
+                apply_postings(&mut tx, entry_id, &postings, Overdraft::Enforced).await?;
                 Ok(posted(entry_id))
             }
         }
+    }
+    .await;
+    finish(tx, result).await
+}
+
+/// Reverses the deposit credited under `reference` (available → external):
+/// its block left the chain, so the coins it recorded are not the wallet's.
+/// Keyed by `(reference, deposit_reversal)`, so a repeat returns the first
+/// reversal and never posts twice; a reference that has no deposit entry
+/// (nothing credited, or a withdrawal id) is refused as
+/// [`LedgerError::NotADeposit`].
+///
+/// The overdraft rule is waived: the reversal records what the chain did,
+/// and refusing it would leave the books claiming coins that are gone. When
+/// the deposit was already spent, `available` goes negative, which
+/// [`crate::check_invariants`] reports and [`reserve`] refuses to spend from.
+pub async fn reverse_deposit(
+    conn: &mut AnyConnection,
+    reference: &str,
+) -> Result<Posted, LedgerError> {
+    let mut tx = conn.begin().await?;
+    let result = async {
+        let deposit: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, wallet FROM ledger_entries WHERE reference = $1 AND kind = 'deposit'",
+        )
+        .bind(reference)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((deposit_id, wallet)) = deposit else {
+            return Err(LedgerError::NotADeposit {
+                reference: reference.to_string(),
+            });
+        };
+        // The deposit's entry id is the argument compared on replay.
+        let params = fingerprint(&[&deposit_id.to_string()]);
+        let entry_id = match claim_entry(
+            &mut tx,
+            reference,
+            EntryKind::DepositReversal,
+            &wallet,
+            &params,
+        )
+        .await?
+        {
+            Claim::Existing(entry_id) => return Ok(replayed(entry_id)),
+            Claim::New(entry_id) => entry_id,
+        };
+        let lines: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT a.wallet, a.asset, a.kind, p.amount FROM ledger_postings p
+             JOIN ledger_accounts a ON a.id = p.account_id
+             WHERE p.entry_id = $1 ORDER BY p.id",
+        )
+        .bind(deposit_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut postings = Vec::with_capacity(lines.len());
+        for (wallet, asset, kind, amount) in &lines {
+            let kind = AccountKind::parse(kind).ok_or_else(|| {
+                LedgerError::Corrupt(format!("deposit {reference}: account kind {kind:?}"))
+            })?;
+            let amount = parse_i128(amount, "deposit posting")?
+                .checked_neg()
+                .ok_or(LedgerError::Overflow)?;
+            postings.push((AccountKey::new(wallet, asset, kind), amount));
+        }
+        if postings.is_empty() {
+            return Err(LedgerError::Corrupt(format!(
+                "deposit {reference} has no postings"
+            )));
+        }
+        apply_postings(&mut tx, entry_id, &postings, Overdraft::Waived).await?;
+        Ok(posted(entry_id))
     }
     .await;
     finish(tx, result).await
@@ -72,7 +144,7 @@ pub async fn reserve(
                         signed_amount,
                     ),
                 ];
-                apply_postings(&mut tx, entry_id, &postings).await?;
+                apply_postings(&mut tx, entry_id, &postings, Overdraft::Enforced).await?;
                 Ok(posted(entry_id))
             }
         }
@@ -130,7 +202,7 @@ pub async fn settle(
             ));
             postings.push((AccountKey::new(wallet, fee_asset, AccountKind::Fees), fee));
         }
-        apply_postings(&mut tx, entry_id, &postings).await?;
+        apply_postings(&mut tx, entry_id, &postings, Overdraft::Enforced).await?;
         Ok(posted(entry_id))
     }
     .await;
@@ -169,7 +241,7 @@ pub async fn release(conn: &mut AnyConnection, withdrawal_id: &str) -> Result<Po
                     reservation.amount,
                 ),
             ];
-            apply_postings(&mut tx, entry_id, &postings).await?;
+            apply_postings(&mut tx, entry_id, &postings, Overdraft::Enforced).await?;
             Ok(posted(entry_id))
         }
         .await;
@@ -402,6 +474,16 @@ async fn insert_outcome_entry(
     }
 }
 
+/// Whether an entry's postings are held to the balance rules ([`check_balance`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overdraft {
+    /// Every operation the wallet's owner causes.
+    Enforced,
+    /// A fact of the chain the books must record whatever the balance
+    /// ([`reverse_deposit`]).
+    Waived,
+}
+
 /// Writes `postings` for `entry_id` and updates the cached balances.
 ///
 /// Accounts are locked in ascending id order (a no-op UPDATE takes the row
@@ -412,6 +494,7 @@ async fn apply_postings(
     conn: &mut AnyConnection,
     entry_id: i64,
     postings: &[(AccountKey, i128)],
+    overdraft: Overdraft,
 ) -> Result<(), LedgerError> {
     // Defensive: the callers build balanced entries; refuse anything else.
     let mut per_asset: BTreeMap<&str, i128> = BTreeMap::new();
@@ -453,7 +536,7 @@ async fn apply_postings(
                 .await?;
         let old = parse_i128(&stored, "account balance")?;
         let new = old.checked_add(*delta).ok_or(LedgerError::Overflow)?;
-        check_balance(conn, account, old, *delta, new).await?;
+        check_balance(conn, account, old, *delta, new, overdraft).await?;
         new_balances.push((*id, new));
     }
 
@@ -480,7 +563,8 @@ async fn apply_postings(
 }
 
 /// The balance rules: `available` may not be taken below minus the overdraft
-/// limit (raising it is always allowed, even while still below); `reserved`
+/// limit unless `overdraft` is waived (raising it is always allowed, even
+/// while still below); `reserved`
 /// and `fees` never go negative by construction, so a negative one is corruption.
 async fn check_balance(
     conn: &mut AnyConnection,
@@ -488,9 +572,10 @@ async fn check_balance(
     old: i128,
     delta: i128,
     new: i128,
+    overdraft: Overdraft,
 ) -> Result<(), LedgerError> {
     match account.kind {
-        AccountKind::Available if delta < 0 => {
+        AccountKind::Available if delta < 0 && overdraft == Overdraft::Enforced => {
             let limit = overdraft_limit(conn, &account.wallet, &account.asset).await?;
             let floor = i128::try_from(limit)
                 .map_err(|_| LedgerError::AmountOutOfRange(limit))?

@@ -362,7 +362,9 @@ pub async fn check_invariants(conn: &mut AnyConnection) -> Result<Vec<Violation>
             outcome @ (EntryKind::Settle | EntryKind::Release) => {
                 outcomes.entry(reference).or_default().insert(outcome);
             }
-            EntryKind::Deposit => {}
+            // A reversal's deposit is checked by `reverse_deposit` when it
+            // posts (it mirrors the deposit's postings).
+            EntryKind::Deposit | EntryKind::DepositReversal => {}
         }
     }
     for (withdrawal_id, kinds) in &outcomes {

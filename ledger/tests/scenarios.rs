@@ -7,7 +7,7 @@ use custos_db::testdb::{fresh_pg, fresh_sqlite};
 use custos_ledger::{
     AccountKind, Difference, EntryKind, LedgerError, OnchainBalance, Violation, balance, balances,
     check_invariants, create_schema, deposit, journal, reconcile, release, reserve,
-    set_overdraft_limit, settle, wallet_balances,
+    reverse_deposit, set_overdraft_limit, settle, wallet_balances,
 };
 use sqlx::Connection;
 
@@ -277,6 +277,87 @@ async fn replays_and_outcomes(db: &Db) {
     assert_consistent(db).await;
 }
 on_both!(replays_and_outcomes, replays_sqlite, replays_pg);
+
+/// A deposit whose block left the chain is reversed once (a repeat is a
+/// replay), a reference that is not a deposit is refused, a deposit already
+/// spent is still reversed (the deficit shows as a violation), and the same
+/// chain reference credited again under a generation suffix is a new deposit.
+async fn deposit_reversals(db: &Db) {
+    let mut conn = db.pool.acquire().await.unwrap();
+    let credited = deposit(&mut conn, "w1", "eth", 700, "anvil:0xd1")
+        .await
+        .unwrap();
+    deposit(&mut conn, "w1", "eth", 300, "anvil:0xd2")
+        .await
+        .unwrap();
+    let reversed = reverse_deposit(&mut conn, "anvil:0xd1").await.unwrap();
+    assert!(!reversed.replayed);
+    assert_ne!(reversed.entry_id, credited.entry_id);
+    assert_eq!(bal(db, "w1", "eth", AccountKind::Available).await, 300);
+    assert_eq!(bal(db, "w1", "eth", AccountKind::External).await, -300);
+    let again = reverse_deposit(&mut conn, "anvil:0xd1").await.unwrap();
+    assert_eq!(again.entry_id, reversed.entry_id);
+    assert!(again.replayed, "a second reversal posts nothing");
+    assert_eq!(bal(db, "w1", "eth", AccountKind::Available).await, 300);
+
+    // Not deposits: nothing under that reference, or a withdrawal's.
+    reserve(&mut conn, "wd-1", "w1", "eth", 100).await.unwrap();
+    for reference in ["anvil:0xnothing", "wd-1"] {
+        let err = reverse_deposit(&mut conn, reference).await.unwrap_err();
+        assert!(
+            matches!(&err, LedgerError::NotADeposit { reference: r } if r == reference),
+            "{err:?}"
+        );
+    }
+    assert_eq!(bal(db, "w1", "eth", AccountKind::Reserved).await, 100);
+
+    // Spent before its block left the chain: reversed all the same; the
+    // books show the deficit instead of coins that are gone.
+    settle(&mut conn, "wd-1", "eth", 0).await.unwrap();
+    reverse_deposit(&mut conn, "anvil:0xd2").await.unwrap();
+    assert_eq!(bal(db, "w1", "eth", AccountKind::Available).await, -100);
+    let violations = check_invariants(&mut conn).await.unwrap();
+    assert!(
+        matches!(
+            violations.as_slice(),
+            [Violation::NegativeBalance { balance: -100, .. }]
+        ),
+        "{violations:?}"
+    );
+    let err = reserve(&mut conn, "wd-2", "w1", "eth", 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::InsufficientFunds { .. }),
+        "{err:?}"
+    );
+
+    // Mined again after the reorganisation: the next generation's reference.
+    let recredited = deposit(&mut conn, "w1", "eth", 700, "anvil:0xd1#1")
+        .await
+        .unwrap();
+    assert!(!recredited.replayed);
+    assert_eq!(bal(db, "w1", "eth", AccountKind::Available).await, 600);
+    let kinds: Vec<EntryKind> = journal(&mut conn, "w1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EntryKind::Deposit,
+            EntryKind::Deposit,
+            EntryKind::DepositReversal,
+            EntryKind::Reserve,
+            EntryKind::Settle,
+            EntryKind::DepositReversal,
+            EntryKind::Deposit
+        ]
+    );
+}
+on_both!(deposit_reversals, reversals_sqlite, reversals_pg);
 
 /// Crash consistency: a transaction dropped without commit (what a crash
 /// before COMMIT amounts to) leaves no entry, posting or balance change; the

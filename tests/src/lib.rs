@@ -773,6 +773,209 @@ pub async fn log_entries(client: &mut custos_devkit::client::Client) -> Vec<cust
     out
 }
 
+/// What the ledger holds of `asset` from the outside world for `wallet`
+/// (its deposits minus what it paid out), base units.
+pub fn deposited(layout: &ClusterLayout, wallet: &str, asset: &str) -> i128 {
+    external_balances(&layout.dir, wallet)
+        .get(asset)
+        .map_or(0, |b| -b.parse::<i128>().unwrap())
+}
+
+/// Waits (30 s at most) until [`deposited`] is `want`; panics naming `what`.
+pub async fn wait_deposited(
+    layout: &ClusterLayout,
+    wallet: &str,
+    asset: &str,
+    want: i128,
+    what: &str,
+) {
+    let started = Instant::now();
+    while deposited(layout, wallet, asset) != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: {} {asset} deposited into {wallet}, want {want}",
+            deposited(layout, wallet, asset)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Polls the log (up to its latest checkpoint) from entry `from` on until
+/// an entry's body satisfies `wanted`; returns that body (panics after
+/// `limit`, naming `what`). Reads each entry once and waits out the API's
+/// rate limit, so it can poll for long.
+pub async fn wait_for_entry(
+    client: &mut custos_devkit::client::Client,
+    from: u64,
+    limit: Duration,
+    what: &str,
+    wanted: impl Fn(&custos_audit::EntryBody) -> bool,
+) -> custos_audit::EntryBody {
+    use custos_proto::custody::{GetCheckpointRequest, GetLogEntryRequest};
+    let started = Instant::now();
+    let mut next = from;
+    loop {
+        assert!(
+            started.elapsed() < limit,
+            "no {what} in the log after {limit:?}"
+        );
+        let size = match client.get_checkpoint(GetCheckpointRequest {}).await {
+            Ok(c) => c.into_inner().size,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => 0,
+            Err(s) => panic!("{s}"),
+        };
+        while next < size {
+            match client
+                .get_log_entry(GetLogEntryRequest { index: next })
+                .await
+            {
+                Ok(e) => {
+                    let body = custos_audit::Entry::decode(&e.into_inner().entry)
+                        .unwrap()
+                        .body;
+                    if wanted(&body) {
+                        return body;
+                    }
+                    next += 1;
+                }
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(s) => panic!("{s}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A deposit credit as a step saw it.
+pub struct SeenCredit<'a> {
+    /// The wallet credited.
+    pub wallet: &'a str,
+    /// Its asset.
+    pub asset: &'a str,
+    /// Base units.
+    pub amount: i128,
+    /// Its ledger reference.
+    pub reference: &'a str,
+    /// The block it was credited in.
+    pub block_hash: &'a str,
+}
+
+/// Waits until `credit` is reversed: the wallet's deposits back to `before`,
+/// the reversal counter one above `reversed_before`, the kind 26 entry (from
+/// log entry `from` on) and a `deposit.reversed` event.
+pub async fn wait_reversed(
+    fc: &FlowCluster,
+    from: u64,
+    credit: &SeenCredit<'_>,
+    before: i128,
+    reversed_before: f64,
+) {
+    let layout = fc.tc.cluster.layout();
+    wait_deposited(layout, credit.wallet, credit.asset, before, "reversed").await;
+    assert_eq!(
+        metric(
+            layout.coordinator.metrics_listen,
+            "custos_deposits_reversed_total"
+        ),
+        reversed_before + 1.0
+    );
+    wait_for_entry(
+        &mut fc.auditor.clone(),
+        from,
+        Duration::from_secs(30),
+        "deposit_reversed",
+        |b| {
+            matches!(b, custos_audit::EntryBody::DepositReversed { reference, block_hash, amount, .. }
+                if reference == credit.reference && block_hash == credit.block_hash
+                    && *amount == credit.amount.to_string())
+        },
+    )
+    .await;
+    let reversed = outbox_payloads(layout, "deposit.reversed").await;
+    assert!(
+        reversed
+            .iter()
+            .any(|p| p["reference"] == credit.reference && p["wallet"] == credit.wallet),
+        "{reversed:?}"
+    );
+}
+
+/// Waits until `wallet` holds `want` of `asset` deposited again and the log
+/// (from entry `from` on) has the credit under `reference` (a generation
+/// after a reversal: `<reference>#1`); returns its entry's block number and
+/// hash.
+pub async fn wait_credited_again(
+    fc: &FlowCluster,
+    from: u64,
+    (wallet, asset): (&str, &str),
+    want: i128,
+    reference: &str,
+) -> (u64, String) {
+    wait_deposited(
+        fc.tc.cluster.layout(),
+        wallet,
+        asset,
+        want,
+        "credited again",
+    )
+    .await;
+    let entry = wait_for_entry(
+        &mut fc.auditor.clone(),
+        from,
+        Duration::from_secs(30),
+        "deposit_credited again",
+        |b| matches!(b, custos_audit::EntryBody::DepositCredited { reference: r, .. } if r == reference),
+    )
+    .await;
+    match entry {
+        custos_audit::EntryBody::DepositCredited {
+            block_number,
+            block_hash,
+            ..
+        } => (block_number, block_hash),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// After more blocks: `wallet` still holds `want` of `asset` deposited, and
+/// the deposits whose references start with `tx` (one transaction's) were
+/// announced credited exactly twice (before and after a reversal).
+pub async fn assert_credited_twice_in_all(
+    layout: &ClusterLayout,
+    wallet: &str,
+    asset: &str,
+    want: i128,
+    tx: &str,
+) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(deposited(layout, wallet, asset), want, "credited twice");
+    let credited = outbox_payloads(layout, "deposit.credited").await;
+    let of_tx = credited
+        .iter()
+        .filter(|p| p["reference"].as_str().is_some_and(|r| r.starts_with(tx)))
+        .count();
+    assert_eq!(of_tx, 2, "{credited:?}");
+}
+
+/// The payloads of the coordinator's outbox events of `event_type` (its
+/// SQLite database), oldest first.
+pub async fn outbox_payloads(layout: &ClusterLayout, event_type: &str) -> Vec<serde_json::Value> {
+    let url = coordinator_sqlite_url(layout);
+    let pool = custos_service::db::Db::connect(&url, 1).await.unwrap().pool;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY id")
+            .bind(event_type)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|(p,)| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
 /// A gauge or counter from a daemon's `/metrics` (its metrics listener,
 /// plain HTTP on loopback).
 pub fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
@@ -1029,4 +1232,23 @@ pub async fn submit_passkey(
         })
         .await
         .map(|r| r.into_inner())
+}
+
+/// What a rogue coordinator sends to make the signers sign `w` from the
+/// derived `path` while claiming `address` as its source: the withdrawal
+/// with that source and its intent digest recomputed, as an authorization.
+pub fn claimed_source(
+    mut w: custos_policy::Withdrawal,
+    path: &str,
+    address: &str,
+) -> custos_proto::signer::WithdrawalAuthorization {
+    w.source = Some(custos_policy::DerivedSource {
+        path: path.into(),
+        address: address.into(),
+    });
+    w.tx_digest = hex::encode(custos_policy::intent_digest(&w));
+    custos_proto::signer::WithdrawalAuthorization {
+        withdrawal_json: serde_json::to_vec(&w).expect("a withdrawal serialises"),
+        ..Default::default()
+    }
 }

@@ -338,6 +338,11 @@ async fn default_configuration_on_one_cluster() {
     )
     .await;
     deposits_are_credited_from_the_blocks(&fc, &rpc, wallets[3]).await;
+    // Before any withdrawal: its rollback takes back its own block only.
+    deposit_reorg::a_deposit_in_a_reverted_block_is_reversed_and_credited_again(
+        &fc, &rpc, wallets[3],
+    )
+    .await;
     eth_and_erc20_withdrawals_through_the_full_flow(&fc, &rpc, token, wallets[0], wallets[1]).await;
     ten_concurrent_withdrawals_get_consecutive_nonces(&fc, &rpc, wallets[2]).await;
     onchain_transactions_match_the_log(&fc, &rpc, &anvil.url, wallets[2]).await;
@@ -517,15 +522,7 @@ async fn withdrawal_from_a_derived_address(
     let mut rogue: custos_policy::Withdrawal =
         serde_json::from_slice(&policy_withdrawal_json(&get(fc, &w.id).await, ETH / 10)).unwrap();
     rogue.id = "hd-rogue".into();
-    rogue.source = Some(custos_policy::DerivedSource {
-        path: "m/0/8".into(),
-        address: d.address.clone(),
-    });
-    rogue.tx_digest = hex::encode(custos_policy::intent_digest(&rogue));
-    let authorization = custos_proto::signer::WithdrawalAuthorization {
-        withdrawal_json: serde_json::to_vec(&rogue).unwrap(),
-        ..Default::default()
-    };
+    let authorization = custos_tests::claimed_source(rogue, "m/0/8", &d.address);
     let signers = rogue_clients(layout).await;
     let why = format!(
         "source path m/0/8 derives {}, not the source address {}",
@@ -555,6 +552,11 @@ async fn withdrawal_from_a_derived_address(
             && o.stdout.contains("source path m/0/8 derives")
             && o.stdout
                 .contains("addresses    2 derived; 2 re-derived from their key and chain code")
+            // The deposits so far, the reorganised one among them, are in
+            // the log, each reversal matching a credit.
+            && deposits_logged(&o.stdout).is_some_and(|(credited, reversed)| {
+                reversed >= 1 && credited > reversed
+            })
     })
     .await;
     // The derived address's nonces are its own: the payout is its nonce 0
@@ -578,6 +580,15 @@ async fn withdrawal_from_a_derived_address(
     ] {
         assert!(o.stdout.contains(&line), "{line}\n{o}");
     }
+}
+
+/// The `deposits` line of `custos audit verify`: (credited, reversed).
+fn deposits_logged(report: &str) -> Option<(u64, u64)> {
+    let line = report.lines().find(|l| l.starts_with("deposits     "))?;
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok());
+    Some((numbers.next()?, numbers.next()?))
 }
 
 /// Deposit detection on EVM chains (issue 19): ETH sent to a wallet and
@@ -1618,6 +1629,8 @@ async fn confirmations_are_counted_and_reverted_or_displaced_transactions_fail()
     );
 }
 
+#[path = "ethereum/deposit_reorg.rs"]
+mod deposit_reorg;
 #[path = "ethereum/fee_bump_approvals.rs"]
 mod fee_bump_approvals;
 #[path = "ethereum/rotation.rs"]

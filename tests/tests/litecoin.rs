@@ -373,6 +373,13 @@ async fn ltc_withdrawals_on_one_cluster() {
     an_approved_message_signed_by_an_ed25519_key(&fc).await;
     a_taproot_wallet_spends_by_key_path(&fc, &node).await;
     a_withdrawal_from_a_derived_taproot_address(&fc, &node).await;
+    // Last: it reorganises the chain.
+    deposit_reorg::a_deposit_in_an_invalidated_block_is_reversed_and_credited_again(
+        &fc,
+        &node,
+        &addresses[0],
+    )
+    .await;
     fc.tc.cluster.stop().await.unwrap();
 }
 
@@ -799,7 +806,7 @@ async fn a_withdrawal_from_a_derived_taproot_address(fc: &FlowCluster, node: &Li
     // A rogue coordinator names m/0/8 with m/0/7's address: every signer
     // derives m/0/8's taproot child itself and refuses, naming both.
     let m08 = derive(8).await;
-    let mut rogue = custos_policy::Withdrawal {
+    let rogue = custos_policy::Withdrawal {
         id: "tr-hd-rogue".into(),
         wallet: "ltc-tr".into(),
         chain: CHAIN.into(),
@@ -809,16 +816,9 @@ async fn a_withdrawal_from_a_derived_taproot_address(fc: &FlowCluster, node: &Li
         fee_cap: custos_policy::Amount(u128::from(FEE_CAP)),
         initiator: "payments-backend".into(),
         tx_digest: String::new(),
-        source: Some(custos_policy::DerivedSource {
-            path: "m/0/8".into(),
-            address: d.address.clone(),
-        }),
+        source: None,
     };
-    rogue.tx_digest = hex::encode(custos_policy::intent_digest(&rogue));
-    let authorization = custos_proto::signer::WithdrawalAuthorization {
-        withdrawal_json: serde_json::to_vec(&rogue).unwrap(),
-        ..Default::default()
-    };
+    let authorization = custos_tests::claimed_source(rogue, "m/0/8", &d.address);
     let why = format!(
         "source path m/0/8 derives {}, not the source address {}",
         m08.address, d.address
@@ -1613,3 +1613,6 @@ async fn node_restart_and_reorg_mid_flow() {
     assert!(confs >= 2, "{confs}");
     fc.tc.cluster.stop().await.unwrap();
 }
+
+#[path = "litecoin/deposit_reorg.rs"]
+mod deposit_reorg;

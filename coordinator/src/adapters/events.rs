@@ -6,6 +6,8 @@
 //! `{id, wallet, chain, asset, amount, destination, state, from, detail, initiator, client_id}`;
 //! one sequence per withdrawal (`event id = <withdrawal id>:<seq>`), so a
 //! consumer sees a withdrawal's states in order and can deduplicate.
+//! Deposits: `deposit.credited` and `deposit.reversed` ([`deposit_event`],
+//! [`deposit_reversed_event`]), one sequence per credit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use custos_service::db::Db;
 use sqlx::AnyConnection;
 use tokio::sync::Notify;
 
+use crate::chain::credits::Credit;
 use crate::config::EventSettings;
 use crate::error::CoordError;
 use crate::withdrawal::State;
@@ -60,21 +63,49 @@ pub fn withdrawal_event(
     }
 }
 
-/// The event of a deposit credited to `wallet` (type `deposit.credited`,
-/// one per ledger reference). Deposits belong to no API client: the event
-/// goes to the event stream (NATS), not to a client's webhooks.
-pub fn deposit_event(wallet: &str, asset: &str, amount: u128, reference: &str) -> Event {
+/// The event of a deposit credited to its wallet (type `deposit.credited`,
+/// one per credit: aggregate `deposit:<ledger reference>`). Deposits belong
+/// to no API client: the event goes to the event stream (NATS), not to a
+/// client's webhooks. Payload `{wallet, asset, amount, reference, chain,
+/// address, block_number, block_hash}`; `reference` is the ledger's (the
+/// chain's reference, with `#<n>` when credited again after `n` reversals).
+pub fn deposit_event(credit: &Credit) -> Event {
+    deposit_change(credit, "deposit.credited", serde_json::Map::new())
+}
+
+/// The event of a credit taken back because its block left the chain
+/// (type `deposit.reversed`, same aggregate as the credit's event):
+/// the credit's payload plus `reason`.
+pub fn deposit_reversed_event(credit: &Credit) -> Event {
+    let mut more = serde_json::Map::new();
+    more.insert("reason".into(), credit.reason.clone().into());
+    deposit_change(credit, "deposit.reversed", more)
+}
+
+fn deposit_change(
+    credit: &Credit,
+    event_type: &str,
+    more: serde_json::Map<String, serde_json::Value>,
+) -> Event {
+    let reference = credit.ledger_reference();
+    let mut payload = serde_json::json!({
+        "wallet": credit.wallet,
+        "asset": credit.asset,
+        "amount": credit.amount.to_string(),
+        "reference": reference,
+        "chain": credit.chain,
+        "address": credit.address,
+        "block_number": credit.block_number,
+        "block_hash": credit.block_hash,
+    });
+    if let Some(p) = payload.as_object_mut() {
+        p.extend(more);
+    }
     Event {
         aggregate_id: format!("deposit:{reference}"),
         client_id: "custody".to_owned(),
-        event_type: "deposit.credited".to_owned(),
-        payload: serde_json::json!({
-            "wallet": wallet,
-            "asset": asset,
-            "amount": amount.to_string(),
-            "reference": reference,
-            "chain": reference.split(':').next().unwrap_or_default(),
-        }),
+        event_type: event_type.to_owned(),
+        payload,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Adapters fed by the withdrawal state machine: the double-entry ledger
 //! ([`ledger::LedgerHook`]), the transactional outbox and its delivery to
 //! NATS JetStream and webhooks ([`events`]), reports ([`reports`]), and their
-//! REST routes and metrics on the HTTP port ([`http`]).
+//! REST routes and metrics on the HTTP port ([`http`]); and fed by the
+//! chains: deposits credited and reversed ([`deposits`]).
 //!
 //! `main.rs` calls [`Adapters::start`] once the database is open, wraps the
 //! withdrawal store with [`Adapters::attach`] (the hooks then run inside every
@@ -12,6 +13,7 @@
 
 pub mod app;
 pub mod custody;
+pub mod deposits;
 pub mod events;
 pub mod extract;
 pub mod http;
@@ -55,8 +57,10 @@ struct Gauges {
     dead_letters: AtomicU64,
     webhooks_failing: AtomicU64,
     ledger_exceptions: AtomicU64,
-    /// Deposits credited from UTXO chains by this process.
+    /// Deposits credited by this process.
     deposits_credited: AtomicU64,
+    /// Credits reversed by this process (their block left the chain).
+    deposits_reversed: AtomicU64,
 }
 
 /// The running adapters.
@@ -78,115 +82,6 @@ impl std::fmt::Debug for Adapters {
 }
 
 impl Adapters {
-    /// Credits the confirmed deposits `chains` finds on its UTXO chains every
-    /// `every`, forever (each once: a deposit already credited is a replay).
-    pub async fn credit_deposits_forever(
-        self: Arc<Self>,
-        chains: Arc<crate::chain::Chains>,
-        tokens: Vec<crate::chain::evm_deposits::Token>,
-        every: std::time::Duration,
-    ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if chains.has_utxo() {
-                match chains.utxo_deposits().await {
-                    Ok(scans) => {
-                        for scan in scans {
-                            if self.credit_all(&scan.deposits).await
-                                && let Err(e) = chains.advance_utxo_cursor(&scan).await
-                            {
-                                tracing::warn!(chain = %scan.chain, error = %e, "deposit scan position not saved; the blocks are scanned again");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot scan for deposits"),
-                }
-            }
-            if chains.has_evm() {
-                let scans = match chains.evm_deposits(&tokens).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot scan for deposits");
-                        continue;
-                    }
-                };
-                for scan in scans {
-                    // The cursor moves only past blocks whose every deposit
-                    // is in the ledger (a failed one is found again).
-                    if self.credit_all(&scan.deposits).await
-                        && let Err(e) = chains
-                            .advance_evm_cursor(&scan.chain, scan.next_block)
-                            .await
-                    {
-                        tracing::warn!(chain = %scan.chain, error = %e, "deposit scan position not saved; the blocks are scanned again");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Credits each deposit once; whether every one is in the ledger now.
-    async fn credit_all(&self, deposits: &[crate::chain::deposits::Deposit]) -> bool {
-        let mut all = true;
-        for d in deposits {
-            match self
-                .credit_deposit(&d.wallet, &d.asset, d.amount, &d.reference)
-                .await
-            {
-                Ok(true) => {
-                    self.gauges
-                        .deposits_credited
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        chain = %d.chain, wallet = %d.wallet, asset = %d.asset,
-                        amount = %d.amount, reference = %d.reference,
-                        confirmations = d.confirmations, "deposit credited"
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    all = false;
-                    tracing::error!(reference = %d.reference, error = %e,
-                        "deposit not credited; retrying at the next scan");
-                }
-            }
-        }
-        all
-    }
-
-    /// Credits a deposit to `wallet`'s available balance in the ledger,
-    /// once per `reference` (a repeat writes nothing); `Ok(true)` when this
-    /// call recorded it, `Ok(false)` for a repeat or without a ledger.
-    pub async fn credit_deposit(
-        &self,
-        wallet: &str,
-        asset: &str,
-        amount: u128,
-        reference: &str,
-    ) -> Result<bool, CoordError> {
-        if self.ledger.is_none() {
-            return Ok(false);
-        }
-        let storage = |e: sqlx::Error| CoordError::storage("ledger deposit", e);
-        let mut tx = self.http.pool.begin().await.map_err(storage)?;
-        let posted = custos_ledger::deposit(&mut tx, wallet, asset, amount, reference)
-            .await
-            .map_err(|e| CoordError::storage(format!("ledger deposit {reference}"), e))?;
-        if !posted.replayed {
-            // In the posting's transaction: the event exists iff the credit does.
-            self.outbox
-                .enqueue_event(
-                    &mut tx,
-                    &events::deposit_event(wallet, asset, amount, reference),
-                )
-                .await?;
-        }
-        tx.commit().await.map_err(storage)?;
-        Ok(!posted.replayed)
-    }
-
     /// Creates the schemas, starts the event dispatcher and builds the hooks.
     /// `InvalidArgument` errors name the config field at fault.
     pub async fn start(
@@ -260,7 +155,8 @@ impl Adapters {
              # TYPE custos_events_nats_enabled gauge\ncustos_events_nats_enabled {}\n\
              # TYPE custos_ledger_exceptions_total counter\ncustos_ledger_exceptions_total {exceptions}\n\
              # TYPE custos_ledger_exceptions gauge\ncustos_ledger_exceptions {}\n\
-             # TYPE custos_deposits_credited_total counter\ncustos_deposits_credited_total {}\n",
+             # TYPE custos_deposits_credited_total counter\ncustos_deposits_credited_total {}\n\
+             # TYPE custos_deposits_reversed_total counter\ncustos_deposits_reversed_total {}\n",
             m.backlog,
             m.delivered,
             m.failures,
@@ -271,6 +167,7 @@ impl Adapters {
             u8::from(self.dispatcher.nats),
             self.gauges.ledger_exceptions.load(Ordering::Relaxed),
             self.gauges.deposits_credited.load(Ordering::Relaxed),
+            self.gauges.deposits_reversed.load(Ordering::Relaxed),
         )
     }
 

@@ -13,7 +13,12 @@
 //! not in a transaction of the wallets' own withdrawals (their change comes
 //! back to the same address). Each deposit is named `<chain>:<txid>:<vout>`,
 //! the reference the ledger credits it under exactly once, so scanning again
-//! (or after a restart) credits nothing twice.
+//! (or after a restart) credits nothing twice. Each carries its block's
+//! height and hash (from the same listing): the record of credits
+//! ([`super::credits`]) later asks the node with `getblockhash` whether that
+//! block is still the one at its height, reverses the credit when a
+//! reorganisation replaced it, and moves the cursor back to the block below
+//! the fork ([`Chains::rewind_utxo_cursor`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,12 +37,20 @@ pub struct Deposit {
     pub chain: String,
     /// The wallet (key id) it pays.
     pub wallet: String,
-    /// The chain's native coin ("LTC").
+    /// The address it pays (the wallet's own or a derived one).
+    pub address: String,
+    /// The asset: the chain's native coin ("LTC", "ETH") or a token's symbol.
     pub asset: String,
     /// Base units.
     pub amount: u128,
-    /// `<chain>:<txid>:<vout>`: the ledger's reference.
+    /// Its name on the chain (`<chain>:<txid>:<vout>`, `<chain>:<tx hash>`,
+    /// `<chain>:<tx hash>:log<i>`): the ledger's reference for its first
+    /// credit ([`super::credits::ledger_reference`]).
     pub reference: String,
+    /// Height of the block it is in.
+    pub block_number: u64,
+    /// That block's hash, as the node prints it.
+    pub block_hash: String,
     /// Confirmations when seen.
     pub confirmations: u64,
 }
@@ -92,12 +105,17 @@ impl Chains {
                     !own.contains(&r.txid) && r.confirmations >= chain.settings.confirmations
                 })
                 .filter_map(|r| {
+                    // A confirmed listing always names its block.
+                    let (block_number, block_hash) = r.block?;
                     Some(Deposit {
                         chain: name.clone(),
                         wallet: wallets.get(&r.address)?.clone(),
+                        reference: format!("{name}:{}:{}", r.txid, r.vout),
+                        address: r.address,
                         asset: asset.to_owned(),
                         amount: u128::from(r.amount),
-                        reference: format!("{name}:{}:{}", r.txid, r.vout),
+                        block_number,
+                        block_hash,
                         confirmations: r.confirmations,
                     })
                 })
@@ -156,6 +174,33 @@ impl Chains {
         .bind(&scan.chain)
         .bind(block)
         .bind(addresses)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Moves the cursor of `chain` back so that the blocks from `height` on
+    /// are listed again: to the block below it (`listsinceblock` lists the
+    /// blocks after its argument), or to the first block.
+    pub async fn rewind_utxo_cursor(
+        &self,
+        chain: &super::utxo::UtxoChain,
+        height: u64,
+    ) -> Result<(), CoordError> {
+        let name = &chain.settings.name;
+        let below = match height.checked_sub(1) {
+            Some(h) => chain.block_hash_at(h).await?,
+            None => None,
+        };
+        match below {
+            Some(hash) => {
+                sqlx::query("UPDATE utxo_deposit_cursors SET block_hash = $2 WHERE chain = $1")
+                    .bind(name)
+                    .bind(hash)
+            }
+            None => sqlx::query("DELETE FROM utxo_deposit_cursors WHERE chain = $1").bind(name),
+        }
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -284,10 +329,16 @@ impl Chains {
             let Some(amount) = item.get("amount") else {
                 continue;
             };
+            let block = item
+                .get("blockhash")
+                .and_then(Value::as_str)
+                .zip(item.get("blockheight").and_then(Value::as_u64))
+                .map(|(hash, height)| (height, hash.to_owned()));
             out.push(Received {
                 address: address.to_owned(),
                 txid: txid.to_owned(),
                 vout,
+                block,
                 amount: coins_to_base_units(m, amount)?,
                 confirmations: item
                     .get("confirmations")
@@ -329,6 +380,44 @@ struct Received {
     address: String,
     txid: String,
     vout: u64,
+    /// Its block's height and hash (none while in the mempool).
+    block: Option<(u64, String)>,
     amount: u64,
     confirmations: u64,
+}
+
+impl super::utxo::UtxoChain {
+    fn node_err(&self, e: custos_chains::ChainError) -> CoordError {
+        CoordError::unavailable(format!("{} node: {e}", self.settings.name))
+    }
+
+    /// The node's newest block height.
+    pub(super) async fn head(&self) -> Result<u64, CoordError> {
+        let count = self
+            .rpc()
+            .call(None, "getblockcount", json!([]))
+            .await
+            .map_err(|e| self.node_err(e))?;
+        count.as_u64().ok_or_else(|| {
+            CoordError::unavailable(format!(
+                "{} node: getblockcount answered {count}",
+                self.settings.name
+            ))
+        })
+    }
+
+    /// The hash of the node's block at `height` in its best chain, `None`
+    /// when its chain is not that long.
+    pub(super) async fn block_hash_at(&self, height: u64) -> Result<Option<String>, CoordError> {
+        match self.rpc().call(None, "getblockhash", json!([height])).await {
+            Ok(Value::String(hash)) => Ok(Some(hash)),
+            Ok(other) => Err(CoordError::unavailable(format!(
+                "{} node: getblockhash {height} answered {other}",
+                self.settings.name
+            ))),
+            // -8: "Block height out of range".
+            Err(custos_chains::ChainError::RpcError { code: -8, .. }) => Ok(None),
+            Err(e) => Err(self.node_err(e)),
+        }
+    }
 }

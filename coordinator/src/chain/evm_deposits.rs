@@ -11,6 +11,12 @@
 //! idempotent references (`<chain>:<tx hash>` for ETH,
 //! `<chain>:<tx hash>:log<index>` for a token) credit nothing twice.
 //!
+//! Each deposit carries the number and hash of its block: the record of
+//! credits ([`super::credits`]) asks the node again later whether that
+//! block is still the one at its height ([`EvmChain::block_hash_at`]) and
+//! reverses the credit, and moves the cursor back
+//! ([`Chains::rewind_evm_cursor`]), when a reorganisation replaced it.
+//!
 //! Not seen: ETH moved to a wallet by a contract's internal call (it leaves
 //! no transaction to the address and no log); reconciliation shows it.
 
@@ -109,6 +115,22 @@ impl Chains {
         Ok(())
     }
 
+    /// Moves the cursor of `chain` back to `height` (a reorganisation
+    /// replaced the blocks from there); never forward.
+    pub async fn rewind_evm_cursor(&self, chain: &str, height: u64) -> Result<(), CoordError> {
+        let height = i64::try_from(height)
+            .map_err(|_| CoordError::Internal(format!("{chain}: block {height}")))?;
+        sqlx::query(
+            "UPDATE deposit_cursors SET next_block = $2 WHERE chain = $1 AND next_block > $2",
+        )
+        .bind(chain)
+        .bind(height)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn evm_cursor(&self, chain: &EvmChain) -> Result<u64, CoordError> {
         let row = sqlx::query("SELECT next_block FROM deposit_cursors WHERE chain = $1")
             .bind(&chain.settings.name)
@@ -157,7 +179,7 @@ impl Chains {
         let name = &chain.settings.name;
         let node =
             |e: custos_chains::ChainError| CoordError::unavailable(format!("{name} node: {e}"));
-        let head = chain.rpc.block_number().await.map_err(node)?;
+        let head = chain.head().await?;
         // Block b has head - b + 1 confirmations.
         let last = (head + 1).saturating_sub(chain.settings.confirmations.max(1));
         let mut scan = EvmScan {
@@ -170,34 +192,34 @@ impl Chains {
         }
         let to = last.min(from + MAX_BLOCKS_PER_SCAN - 1);
         let native = custos_chains::family::native_asset(name).unwrap_or("ETH");
-        let deposit =
-            |wallet: &String, asset: &str, amount: u128, reference: String, block: u64| Deposit {
-                chain: name.clone(),
-                wallet: wallet.clone(),
-                asset: asset.to_owned(),
-                amount,
-                reference,
-                confirmations: (head + 1).saturating_sub(block),
-            };
+        let deposit = |(wallet, address): (&String, &Address),
+                       asset: &str,
+                       amount: u128,
+                       reference: String,
+                       (block, block_hash): (u64, &str)| Deposit {
+            chain: name.clone(),
+            wallet: wallet.clone(),
+            address: address.to_string(),
+            asset: asset.to_owned(),
+            amount,
+            reference,
+            block_number: block,
+            block_hash: block_hash.to_owned(),
+            confirmations: (head + 1).saturating_sub(block),
+        };
         for block in from..=to {
-            let b = chain
-                .rpc
-                .request(
-                    "eth_getBlockByNumber",
-                    json!([format_quantity(U256::from(block)), true]),
-                )
-                .await
-                .map_err(node)?;
+            let b = chain.block_at(block, true).await?;
             // A block the node does not have (yet) stops the scan here: the
             // cursor never moves past a block that was not read.
-            let txs = b["transactions"].as_array().ok_or_else(|| {
-                CoordError::unavailable(format!("{name} node: block {block} not available"))
-            })?;
+            let unavailable =
+                || CoordError::unavailable(format!("{name} node: block {block} not available"));
+            let txs = b["transactions"].as_array().ok_or_else(unavailable)?;
+            let block_hash = b["hash"].as_str().ok_or_else(unavailable)?;
             for tx in txs {
-                let Some(wallet) = tx["to"]
+                let Some((to, wallet)) = tx["to"]
                     .as_str()
                     .and_then(|t| parse_address(t).ok())
-                    .and_then(|to| wallets.get(&to))
+                    .and_then(|to| wallets.get_key_value(&to))
                 else {
                     continue;
                 };
@@ -220,11 +242,11 @@ impl Chains {
                 })?;
                 if receipt.success {
                     scan.deposits.push(deposit(
-                        wallet,
+                        (wallet, to),
                         native,
                         value,
                         format!("{name}:{hash}"),
-                        block,
+                        (block, block_hash),
                     ));
                 }
             }
@@ -262,26 +284,69 @@ impl Chains {
                     .and_then(|t| hex::decode(t.trim_start_matches("0x")).ok())
                     .filter(|b| b.len() == 32)
                     .map(|b| Address::from_slice(&b[12..]))
-                    .and_then(|a| wallets.get(&a));
-                let (Some((_, token)), Some(wallet)) = (token, wallet) else {
+                    .and_then(|a| wallets.get_key_value(&a));
+                let (Some((_, token)), Some((to, wallet))) = (token, wallet) else {
                     continue;
                 };
                 let amount = quantity(&log["data"], "Transfer amount", parse_u128)?;
                 let hash = log["transactionHash"].as_str().unwrap_or_default();
                 let index = quantity(&log["logIndex"], "logIndex", parse_u64)?;
                 let block = quantity(&log["blockNumber"], "blockNumber", parse_u64)?;
+                let block_hash = log["blockHash"].as_str().ok_or_else(|| {
+                    CoordError::unavailable(format!("{name} node: a log without its block hash"))
+                })?;
                 if amount > 0 {
                     scan.deposits.push(deposit(
-                        wallet,
+                        (wallet, to),
                         &token.symbol,
                         amount,
                         format!("{name}:{hash}:log{index}"),
-                        block,
+                        (block, block_hash),
                     ));
                 }
             }
         }
         scan.next_block = to + 1;
         Ok(scan)
+    }
+}
+
+impl EvmChain {
+    /// The node's newest block number.
+    pub(super) async fn head(&self) -> Result<u64, CoordError> {
+        self.rpc
+            .block_number()
+            .await
+            .map_err(|e| CoordError::unavailable(format!("{} node: {e}", self.settings.name)))
+    }
+
+    /// The node's block at `height` (`null` when it has none), with its
+    /// transactions when `full`.
+    async fn block_at(&self, height: u64, full: bool) -> Result<Value, CoordError> {
+        self.rpc
+            .request(
+                "eth_getBlockByNumber",
+                json!([format_quantity(U256::from(height)), full]),
+            )
+            .await
+            .map_err(|e| CoordError::unavailable(format!("{} node: {e}", self.settings.name)))
+    }
+
+    /// The hash of the node's block at `height` (`0x…`, as the scan records
+    /// it), `None` when it has none there.
+    pub(super) async fn block_hash_at(&self, height: u64) -> Result<Option<String>, CoordError> {
+        let b = self.block_at(height, false).await?;
+        if b.is_null() {
+            return Ok(None);
+        }
+        b["hash"]
+            .as_str()
+            .map(|h| Some(h.to_owned()))
+            .ok_or_else(|| {
+                CoordError::unavailable(format!(
+                    "{} node: block {height} without a hash",
+                    self.settings.name
+                ))
+            })
     }
 }

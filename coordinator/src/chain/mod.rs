@@ -37,6 +37,7 @@
 
 pub mod bump;
 pub mod bump_approvals;
+pub mod credits;
 pub mod deposits;
 pub mod evm_deposits;
 pub mod utxo;
