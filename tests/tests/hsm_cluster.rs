@@ -142,7 +142,9 @@ fn assert_only_sealed(node_id: &str, data_dir: &Path, key_id: &str, public_key_h
             // authorised and signed withdrawals (partials are public once sent),
             // admin-signed policy documents. The needles above found no secret.
         } else if rel.starts_with("keys/") {
-            // Public metadata only.
+            // Public metadata only (the public package: the group key and
+            // every signer's verifying share, what a signer derives a child
+            // address from itself).
             assert_eq!(rel, format!("keys/{key_id}.json"), "{node_id}");
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             let mut fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -155,6 +157,7 @@ fn assert_only_sealed(node_id: &str, data_dir: &Path, key_id: &str, public_key_h
                     "key_id",
                     "participants",
                     "public_key",
+                    "public_package",
                     "scheme",
                     "threshold"
                 ],
